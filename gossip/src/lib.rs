@@ -1,0 +1,1 @@
+//! Gossip: membership, metadata and unit-state dissemination. Comes with issue 4; nothing here yet.

@@ -1,0 +1,1 @@
+//! The deterministic cluster simulator. Comes with issue 6; nothing here yet.

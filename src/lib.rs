@@ -1,0 +1,1 @@
+//! fleet: fleetd (the agent) and fleetctl (the CLI).

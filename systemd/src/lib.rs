@@ -1,0 +1,1 @@
+//! The systemd Manager over D-Bus.
