@@ -1,1 +1,8 @@
 //! fleet: fleetd (the agent) and fleetctl (the CLI).
+//!
+//! Only this crate knows etcd, HTTP, the command line, configuration files and signals.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod registry;

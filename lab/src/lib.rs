@@ -1,0 +1,1 @@
+//! The cluster lab as a Rust guard for tests (wraps cluster-lab.sh).

@@ -1,0 +1,1 @@
+//! The HTTP API v1 (fleet-compatible), served on a unix socket and optionally TCP.

@@ -1,0 +1,1 @@
+//! fleetd configuration: /etc/fleet/fleet.conf, FLEET_* environment, command-line flags.

@@ -1,0 +1,1 @@
+//! The etcd registry: unit files by hash, desired states, claims, leases.
