@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, checks formatting and lints, starts a private etcd,
+# runs every test (lab tests need root: they boot emulated machines with a real systemd), stops etcd.
+#   sudo scripts/test.sh            # everything
+#   sudo scripts/test.sh -p fleet-sched   # extra arguments go to `cargo test`
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+ensure_deps
+trap stop_etcd EXIT INT TERM
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+start_etcd
+export FLEET_TEST_ETCD="$ETCD_ENDPOINT"
+log "cargo test"
+cargo test --workspace "$@"
