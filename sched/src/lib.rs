@@ -1,1 +1,21 @@
 //! fleet's pure core: the unit model ([X-Fleet] requirements), placement and reconcile.
+//!
+//! This crate does no I/O: no sockets, no clock, no randomness of its own.
+//!
+//! - [`name`]: validated unit names ([`UnitName`]) and specifier expansion.
+//! - [`unitfile`]: systemd unit file syntax ([`UnitFile`]), serialized and hashed exactly as fleet v1 did.
+//! - [`requirements`]: `[X-Fleet]` options ([`Requirements`]) and the combinations fleet rejects.
+//! - [`state`]: the desired state a user sets ([`DesiredState`]).
+//! - [`machine`]: machine identities ([`MachineId`]).
+
+pub mod machine;
+pub mod name;
+pub mod requirements;
+pub mod state;
+pub mod unitfile;
+
+pub use machine::{MachineId, MachineIdError};
+pub use name::{NameError, UnitName};
+pub use requirements::{glob_match, RequirementError, Requirements};
+pub use state::{DesiredState, StateError};
+pub use unitfile::{ParseError, UnitFile, UnitHash, UnitOption};

@@ -1,0 +1,150 @@
+//! Machine identities.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest accepted machine ID.
+pub const MAX_MACHINE_ID_LEN: usize = 64;
+
+/// Length of the short form shown by `fleetctl` and accepted by `MachineID=`.
+pub const SHORT_ID_LEN: usize = 8;
+
+/// A machine's identity: normally systemd's `/etc/machine-id` (32 lowercase hex characters).
+///
+/// Accepted: 1 to [`MAX_MACHINE_ID_LEN`] ASCII letters and digits, so that tests and simulations may use
+/// readable IDs. IDs are compared exactly (case-sensitive), as fleet did.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MachineId(String);
+
+/// Why a string is not a machine ID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MachineIdError {
+    /// The empty string.
+    #[error("machine ID cannot be empty")]
+    Empty,
+    /// Longer than [`MAX_MACHINE_ID_LEN`].
+    #[error("machine ID {0:?} is longer than {MAX_MACHINE_ID_LEN} characters")]
+    TooLong(String),
+    /// A character other than an ASCII letter or digit.
+    #[error("machine ID {id:?} contains {ch:?}; only ASCII letters and digits are allowed")]
+    InvalidChar {
+        /// The rejected ID.
+        id: String,
+        /// The first offending character.
+        ch: char,
+    },
+}
+
+impl MachineId {
+    /// Validates `s` as a machine ID.
+    pub fn parse(s: &str) -> Result<MachineId, MachineIdError> {
+        if s.is_empty() {
+            return Err(MachineIdError::Empty);
+        }
+        if s.len() > MAX_MACHINE_ID_LEN {
+            return Err(MachineIdError::TooLong(s.to_owned()));
+        }
+        if let Some(ch) = s.chars().find(|c| !c.is_ascii_alphanumeric()) {
+            return Err(MachineIdError::InvalidChar {
+                id: s.to_owned(),
+                ch,
+            });
+        }
+        Ok(MachineId(s.to_owned()))
+    }
+
+    /// The ID as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first 8 characters (the whole ID when shorter), as `fleetctl` shows it.
+    pub fn short(&self) -> &str {
+        &self.0[..self.0.len().min(SHORT_ID_LEN)]
+    }
+
+    /// `true` if `id` is this machine's full ID or its short form, as `MachineID=` is matched by fleet.
+    pub fn matches(&self, id: &str) -> bool {
+        self.0 == id || self.short() == id
+    }
+}
+
+impl fmt::Display for MachineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for MachineId {
+    type Err = MachineIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MachineId::parse(s)
+    }
+}
+
+impl AsRef<str> for MachineId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for MachineId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MachineId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        MachineId::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_machine_id_is_accepted_and_shortened_to_eight() {
+        let id = MachineId::parse("113f16a7f0e74e7a8d7e1ba3b0f9a3c2").unwrap();
+        assert_eq!(id.short(), "113f16a7");
+        assert!(id.matches("113f16a7"));
+        assert!(id.matches("113f16a7f0e74e7a8d7e1ba3b0f9a3c2"));
+        assert!(!id.matches("113f16a"));
+        assert!(!id.matches("113f16a7f"));
+    }
+
+    #[test]
+    fn short_test_ids_are_their_own_short_form() {
+        let id = MachineId::parse("m1").unwrap();
+        assert_eq!(id.short(), "m1");
+        assert!(id.matches("m1"));
+    }
+
+    #[test]
+    fn bad_ids_are_rejected_with_the_reason() {
+        assert_eq!(MachineId::parse(""), Err(MachineIdError::Empty));
+        assert!(matches!(
+            MachineId::parse(&"a".repeat(65)),
+            Err(MachineIdError::TooLong(_))
+        ));
+        let err = MachineId::parse("abc/def").unwrap_err();
+        assert_eq!(
+            err,
+            MachineIdError::InvalidChar {
+                id: "abc/def".into(),
+                ch: '/'
+            }
+        );
+        assert!(serde_json::from_str::<MachineId>("\"a b\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<MachineId>("\"ab12\"")
+                .unwrap()
+                .as_str(),
+            "ab12"
+        );
+    }
+}

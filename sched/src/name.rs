@@ -1,0 +1,268 @@
+//! Unit names: validation and the parts that specifiers (`%n %N %p %i`) expand to.
+//!
+//! The rules are fleet v1's `unit.ValidateName` plus systemd's template rules:
+//! - at most [`MAX_NAME_LEN`] bytes, contains a `.`, does not end with `.`;
+//! - ends in a known suffix ([`KNOWN_SUFFIXES`]);
+//! - the part before the suffix is non-empty and uses only ASCII letters, digits and `:` `-` `_` `.` `\` `@`;
+//! - it does not start with `@`;
+//! - `@` (templates and instances) only for the suffixes in [`TEMPLATE_SUFFIXES`];
+//! - `foo@.service` is a template, `foo@bar.service` an instance of it (the instance is everything after the
+//!   first `@`, so it may itself contain `@`).
+//!
+//! fleet accepted `.service` (an empty name before the suffix); systemd does not, and neither do we.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest accepted unit name, in bytes (fleet's `unitNameMax`).
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Unit suffixes (types) fleet accepts.
+pub const KNOWN_SUFFIXES: &[&str] = &[
+    "automount",
+    "busname",
+    "device",
+    "mount",
+    "path",
+    "scope",
+    "service",
+    "slice",
+    "snapshot",
+    "socket",
+    "swap",
+    "target",
+    "timer",
+];
+
+/// Unit suffixes that may be templates (`foo@.service`) or instances (`foo@bar.service`).
+pub const TEMPLATE_SUFFIXES: &[&str] = &["path", "service", "socket", "target", "timer"];
+
+/// Why a string is not a valid unit name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// The name is the empty string.
+    #[error("unit name cannot be empty")]
+    Empty,
+    /// The name is longer than [`MAX_NAME_LEN`] bytes.
+    #[error("unit name is {len} characters long, the maximum is {max}")]
+    TooLong {
+        /// Length of the rejected name, in bytes.
+        len: usize,
+        /// The maximum ([`MAX_NAME_LEN`]).
+        max: usize,
+    },
+    /// There is no `.` separating the name from its suffix.
+    #[error("unit name {0:?} must contain \".\" followed by a unit type such as \"service\"")]
+    NoDot(String),
+    /// The name ends with `.` (no suffix).
+    #[error("unit name {0:?} cannot end in \".\"")]
+    EndsWithDot(String),
+    /// The suffix is not one of [`KNOWN_SUFFIXES`].
+    #[error("unit name {name:?} has unknown unit type {suffix:?} (known: {known})", known = KNOWN_SUFFIXES.join(", "))]
+    UnknownSuffix {
+        /// The whole name.
+        name: String,
+        /// The unrecognized suffix.
+        suffix: String,
+    },
+    /// Nothing before the suffix (`.service`).
+    #[error("unit name {0:?} has nothing before its unit type")]
+    EmptyPrefix(String),
+    /// A character outside letters, digits and `:-_.\@`.
+    #[error("invalid character {ch:?} in unit name {name:?} (allowed: letters, digits and : - _ . \\ @)")]
+    InvalidChar {
+        /// The whole name.
+        name: String,
+        /// The first offending character.
+        ch: char,
+    },
+    /// The name starts with `@`.
+    #[error("unit name {0:?} cannot start with \"@\"")]
+    StartsWithAt(String),
+    /// An `@` in a unit whose type cannot be a template.
+    #[error("unit name {name:?} contains \"@\" but {suffix:?} units cannot be templates (only {allowed})", allowed = TEMPLATE_SUFFIXES.join(", "))]
+    TemplateNotAllowed {
+        /// The whole name.
+        name: String,
+        /// The unit type.
+        suffix: String,
+    },
+}
+
+/// A validated unit name such as `hello.service`, `web@.service` or `web@1.service`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnitName(String);
+
+impl UnitName {
+    /// Validates `s` as a unit name.
+    pub fn parse(s: &str) -> Result<UnitName, NameError> {
+        validate(s)?;
+        Ok(UnitName(s.to_owned()))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Position of the last `.`; validation guarantees it exists.
+    fn dot(&self) -> usize {
+        self.0.rfind('.').expect("validated unit name contains '.'")
+    }
+
+    /// The unit type, e.g. `service`.
+    pub fn suffix(&self) -> &str {
+        &self.0[self.dot() + 1..]
+    }
+
+    /// The name without its suffix (`%N`): `foo@bar` for `foo@bar.service`.
+    pub fn without_suffix(&self) -> &str {
+        &self.0[..self.dot()]
+    }
+
+    /// Position of the first `@` before the suffix, if any.
+    fn at(&self) -> Option<usize> {
+        self.without_suffix().find('@')
+    }
+
+    /// `true` for a template such as `foo@.service`.
+    pub fn is_template(&self) -> bool {
+        matches!(self.instance(), Some(""))
+    }
+
+    /// `true` for an instance such as `foo@bar.service`.
+    pub fn is_instance(&self) -> bool {
+        matches!(self.instance(), Some(i) if !i.is_empty())
+    }
+
+    /// For an instance, its template: `foo@bar.service` -> `foo@.service`. `None` otherwise.
+    pub fn template(&self) -> Option<UnitName> {
+        if !self.is_instance() {
+            return None;
+        }
+        Some(UnitName(format!("{}@.{}", self.prefix(), self.suffix())))
+    }
+
+    /// The prefix (`%p`): `foo` for `foo@bar.service`, `hello` for `hello.service`.
+    pub fn prefix(&self) -> &str {
+        match self.at() {
+            Some(at) => &self.0[..at],
+            None => self.without_suffix(),
+        }
+    }
+
+    /// The instance (`%i`): `Some("bar")` for `foo@bar.service`, `Some("")` for the template
+    /// `foo@.service`, `None` for a plain unit.
+    pub fn instance(&self) -> Option<&str> {
+        let at = self.at()?;
+        Some(&self.without_suffix()[at + 1..])
+    }
+
+    /// Expands the specifiers fleet supports in `[X-Fleet]` values: `%n` (full name), `%N` (name without
+    /// suffix), `%p` (prefix), `%i` (instance, empty when none) and `%%` (a literal `%`). Other
+    /// specifiers are left as written, as fleet did.
+    pub fn expand_specifiers(&self, value: &str) -> String {
+        let mut out = String::with_capacity(value.len());
+        let mut chars = value.chars();
+        while let Some(c) = chars.next() {
+            if c != '%' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => out.push_str(self.as_str()),
+                Some('N') => out.push_str(self.without_suffix()),
+                Some('p') => out.push_str(self.prefix()),
+                Some('i') => out.push_str(self.instance().unwrap_or("")),
+                Some('%') => out.push('%'),
+                Some(other) => {
+                    out.push('%');
+                    out.push(other);
+                }
+                None => out.push('%'),
+            }
+        }
+        out
+    }
+}
+
+fn validate(s: &str) -> Result<(), NameError> {
+    if s.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if s.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            len: s.len(),
+            max: MAX_NAME_LEN,
+        });
+    }
+    let Some(dot) = s.rfind('.') else {
+        return Err(NameError::NoDot(s.to_owned()));
+    };
+    if dot == s.len() - 1 {
+        return Err(NameError::EndsWithDot(s.to_owned()));
+    }
+    let (base, suffix) = (&s[..dot], &s[dot + 1..]);
+    if !KNOWN_SUFFIXES.contains(&suffix) {
+        return Err(NameError::UnknownSuffix {
+            name: s.to_owned(),
+            suffix: suffix.to_owned(),
+        });
+    }
+    if base.is_empty() {
+        return Err(NameError::EmptyPrefix(s.to_owned()));
+    }
+    if let Some(ch) = base
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || ":-_.\\@".contains(*c)))
+    {
+        return Err(NameError::InvalidChar {
+            name: s.to_owned(),
+            ch,
+        });
+    }
+    if base.starts_with('@') {
+        return Err(NameError::StartsWithAt(s.to_owned()));
+    }
+    if base.contains('@') && !TEMPLATE_SUFFIXES.contains(&suffix) {
+        return Err(NameError::TemplateNotAllowed {
+            name: s.to_owned(),
+            suffix: suffix.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl fmt::Display for UnitName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for UnitName {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        UnitName::parse(s)
+    }
+}
+
+impl AsRef<str> for UnitName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for UnitName {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitName {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        UnitName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
