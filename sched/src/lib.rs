@@ -10,6 +10,7 @@
 
 pub mod machine;
 pub mod name;
+pub mod reconcile;
 pub mod requirements;
 pub mod state;
 pub mod unitfile;
