@@ -266,3 +266,256 @@ impl<'de> Deserialize<'de> for UnitName {
         UnitName::parse(&s).map_err(serde::de::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_names_and_their_parts() {
+        // (name, suffix, %N, %p, %i, template, instance, template of)
+        type Row = (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            Option<&'static str>,
+            bool,
+            bool,
+            Option<&'static str>,
+        );
+        let rows: &[Row] = &[
+            (
+                "hello.service",
+                "service",
+                "hello",
+                "hello",
+                None,
+                false,
+                false,
+                None,
+            ),
+            (
+                "foo@.service",
+                "service",
+                "foo@",
+                "foo",
+                Some(""),
+                true,
+                false,
+                None,
+            ),
+            (
+                "foo@bar.service",
+                "service",
+                "foo@bar",
+                "foo",
+                Some("bar"),
+                false,
+                true,
+                Some("foo@.service"),
+            ),
+            (
+                "foo@bar@baz.socket",
+                "socket",
+                "foo@bar@baz",
+                "foo",
+                Some("bar@baz"),
+                false,
+                true,
+                Some("foo@.socket"),
+            ),
+            (
+                "a.b.c.timer",
+                "timer",
+                "a.b.c",
+                "a.b.c",
+                None,
+                false,
+                false,
+                None,
+            ),
+            (
+                "x:y-z_w\\x2d.mount",
+                "mount",
+                "x:y-z_w\\x2d",
+                "x:y-z_w\\x2d",
+                None,
+                false,
+                false,
+                None,
+            ),
+            (
+                "web@8080.target",
+                "target",
+                "web@8080",
+                "web",
+                Some("8080"),
+                false,
+                true,
+                Some("web@.target"),
+            ),
+            (
+                "dev-sda.device",
+                "device",
+                "dev-sda",
+                "dev-sda",
+                None,
+                false,
+                false,
+                None,
+            ),
+        ];
+        for &(s, suffix, n, p, i, is_t, is_i, t) in rows {
+            let name = UnitName::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(name.as_str(), s);
+            assert_eq!(name.suffix(), suffix, "{s}");
+            assert_eq!(name.without_suffix(), n, "{s}");
+            assert_eq!(name.prefix(), p, "{s}");
+            assert_eq!(name.instance(), i, "{s}");
+            assert_eq!(name.is_template(), is_t, "{s}");
+            assert_eq!(name.is_instance(), is_i, "{s}");
+            assert_eq!(name.template().as_ref().map(UnitName::as_str), t, "{s}");
+        }
+    }
+
+    #[test]
+    fn every_known_suffix_is_accepted() {
+        for suffix in KNOWN_SUFFIXES {
+            assert!(UnitName::parse(&format!("a.{suffix}")).is_ok(), "{suffix}");
+            let tpl = UnitName::parse(&format!("a@.{suffix}"));
+            assert_eq!(
+                tpl.is_ok(),
+                TEMPLATE_SUFFIXES.contains(suffix),
+                "{suffix}: {tpl:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_names_say_what_is_wrong() {
+        let long = format!("{}.service", "a".repeat(MAX_NAME_LEN - 7));
+        let cases: &[(&str, NameError, &str)] = &[
+            ("", NameError::Empty, "empty"),
+            (
+                &long,
+                NameError::TooLong {
+                    len: MAX_NAME_LEN + 1,
+                    max: MAX_NAME_LEN,
+                },
+                "257",
+            ),
+            ("hello", NameError::NoDot("hello".into()), "must contain"),
+            (
+                "hello.",
+                NameError::EndsWithDot("hello.".into()),
+                "cannot end",
+            ),
+            (
+                "hello.exe",
+                NameError::UnknownSuffix {
+                    name: "hello.exe".into(),
+                    suffix: "exe".into(),
+                },
+                "\"exe\"",
+            ),
+            (
+                "hello.Service",
+                NameError::UnknownSuffix {
+                    name: "hello.Service".into(),
+                    suffix: "Service".into(),
+                },
+                "unknown unit type",
+            ),
+            (
+                ".service",
+                NameError::EmptyPrefix(".service".into()),
+                "nothing before",
+            ),
+            (
+                "he llo.service",
+                NameError::InvalidChar {
+                    name: "he llo.service".into(),
+                    ch: ' ',
+                },
+                "' '",
+            ),
+            (
+                "a/b.service",
+                NameError::InvalidChar {
+                    name: "a/b.service".into(),
+                    ch: '/',
+                },
+                "'/'",
+            ),
+            (
+                "h\u{e9}.service",
+                NameError::InvalidChar {
+                    name: "h\u{e9}.service".into(),
+                    ch: '\u{e9}',
+                },
+                "allowed",
+            ),
+            (
+                "@foo.service",
+                NameError::StartsWithAt("@foo.service".into()),
+                "start with",
+            ),
+            (
+                "@.service",
+                NameError::StartsWithAt("@.service".into()),
+                "start with",
+            ),
+            (
+                "foo@bar.mount",
+                NameError::TemplateNotAllowed {
+                    name: "foo@bar.mount".into(),
+                    suffix: "mount".into(),
+                },
+                "cannot be templates",
+            ),
+        ];
+        for (s, want, msg_part) in cases {
+            let err = UnitName::parse(s).unwrap_err();
+            assert_eq!(&err, want, "{s:?}");
+            assert!(err.to_string().contains(msg_part), "{s:?}: {err}");
+        }
+        let max = format!("{}.service", "a".repeat(MAX_NAME_LEN - 8));
+        assert!(UnitName::parse(&max).is_ok());
+    }
+
+    #[test]
+    fn specifiers_expand_like_fleet_and_percent_percent_is_a_percent() {
+        let inst = UnitName::parse("web@8080.service").unwrap();
+        assert_eq!(
+            inst.expand_specifiers("%n|%N|%p|%i"),
+            "web@8080.service|web@8080|web|8080"
+        );
+        assert_eq!(inst.expand_specifiers("100%% %i %H %"), "100% 8080 %H %");
+        let plain = UnitName::parse("db.service").unwrap();
+        assert_eq!(
+            plain.expand_specifiers("%p-backup.service [%i]"),
+            "db-backup.service []"
+        );
+        let tpl = UnitName::parse("web@.service").unwrap();
+        assert_eq!(tpl.expand_specifiers("%p@%i.service"), "web@.service");
+        // Expansion is a single pass: "%%i" is a literal "%i", not the instance.
+        assert_eq!(inst.expand_specifiers("%%i"), "%i");
+    }
+
+    #[test]
+    fn string_traits_and_serde_validate() {
+        let n: UnitName = "hello.service".parse().unwrap();
+        assert_eq!(n.to_string(), "hello.service");
+        assert_eq!(serde_json::to_string(&n).unwrap(), "\"hello.service\"");
+        assert_eq!(
+            serde_json::from_str::<UnitName>("\"hello.service\"").unwrap(),
+            n
+        );
+        let err = serde_json::from_str::<UnitName>("\"hello\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must contain"), "{err}");
+        assert!(UnitName::parse("a.service").unwrap() < UnitName::parse("b.service").unwrap());
+    }
+}

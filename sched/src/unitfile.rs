@@ -10,7 +10,7 @@
 //!   (go-systemd did this; systemd itself does not continue comments).
 //! - A value line ending in `\` continues on the next line. The stored value keeps the backslash and the
 //!   newline (`ExecStart=/bin/a \` + `  b` gives `/bin/a \⏎  b`), which is what fleet hashed and wrote back
-//!   to disk for systemd to join. A continuation stops at a blank line.
+//!   to disk for systemd to join.
 //! - Lines of [`LINE_MAX`] bytes or more are rejected (systemd truncates them).
 //!
 //! # Where we are stricter than go-systemd (it silently accepted these)
@@ -18,6 +18,8 @@
 //!   go-systemd skipped it character by character.
 //! - A section header not closed on its own line, or an empty one (`[]`).
 //! - An option with an empty name (`=value`).
+//! - A line continuation followed by a blank line or the end of the file. go-systemd kept the trailing
+//!   `\` (and newline) in the value, so the unit it wrote back out meant something else to systemd.
 //!
 //! Errors carry the 1-based line number.
 
@@ -114,6 +116,18 @@ pub enum ParseError {
         /// [`LINE_MAX`].
         max: usize,
     },
+    /// The last line of the input ends in a `\` line continuation with nothing after it.
+    #[error("line {line}: line continuation \"\\\" at the end of the file")]
+    ContinuationAtEnd {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A `\` line continuation followed by a blank line.
+    #[error("line {line}: blank line after a line continuation \"\\\"")]
+    ContinuationIntoBlankLine {
+        /// 1-based line number of the blank line.
+        line: usize,
+    },
     /// An option given as data (API, [`UnitFile::from_options`]) that cannot be written as a unit file.
     #[error("option {index} ([{section}] {name:?}): {reason}")]
     InvalidOption {
@@ -126,6 +140,9 @@ pub enum ParseError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Options written out and read back differ (inside [`ParseError::NotRepresentable`]).
+    #[error("{0}")]
+    Mismatch(String),
     /// The options, written out as a unit file, do not parse back (e.g. a value with a line continuation
     /// followed by a blank line and more text).
     #[error("options do not form a valid unit file: {0}")]
@@ -177,7 +194,7 @@ impl FromStr for UnitHash {
     type Err = HashParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || HashParseError(s.to_owned());
-        if s.len() != 40 || !s.is_ascii() {
+        if s.len() != 40 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(err());
         }
         let mut out = [0u8; 20];
@@ -230,10 +247,31 @@ impl UnitFile {
             }
         }
         let file = UnitFile { options };
-        // fleet's own check: the serialized form must deserialize.
-        Lexer::new(&file.serialize())
+        // fleet's own check: the serialized form must deserialize. We also require that it reads back as
+        // the same options (up to whitespace around values, which parsing trims).
+        let back = Lexer::new(&file.serialize())
             .run()
             .map_err(|e| ParseError::NotRepresentable(Box::new(e)))?;
+        let grouped = file.grouped();
+        if back.len() != grouped.len() {
+            return Err(ParseError::NotRepresentable(Box::new(
+                ParseError::Mismatch(format!(
+                    "{} options were given but {} are read back",
+                    grouped.len(),
+                    back.len()
+                )),
+            )));
+        }
+        for (a, b) in grouped.iter().zip(&back) {
+            if a.section != b.section || a.name != b.name || a.value.trim() != b.value.trim() {
+                return Err(ParseError::NotRepresentable(Box::new(
+                    ParseError::Mismatch(format!(
+                        "[{}] {}={:?} reads back as [{}] {}={:?}",
+                        a.section, a.name, a.value, b.section, b.name, b.value
+                    )),
+                )));
+            }
+        }
         Ok(file)
     }
 
@@ -263,13 +301,7 @@ impl UnitFile {
     /// `[Section]\n` followed by its `Name=Value\n` lines in order, a blank line between sections. Empty for
     /// no options.
     pub fn serialize(&self) -> String {
-        let mut sections: Vec<(&str, Vec<&UnitOption>)> = Vec::new();
-        for o in &self.options {
-            match sections.iter_mut().find(|(s, _)| *s == o.section) {
-                Some((_, opts)) => opts.push(o),
-                None => sections.push((&o.section, vec![o])),
-            }
-        }
+        let sections = self.sections();
         let mut out = String::new();
         for (i, (section, opts)) in sections.iter().enumerate() {
             if i > 0 {
@@ -286,6 +318,28 @@ impl UnitFile {
             }
         }
         out
+    }
+
+    /// Options grouped by section, sections in order of first appearance (the order of
+    /// [`serialize`](Self::serialize)).
+    fn sections(&self) -> Vec<(&str, Vec<&UnitOption>)> {
+        let mut sections: Vec<(&str, Vec<&UnitOption>)> = Vec::new();
+        for o in &self.options {
+            match sections.iter_mut().find(|(s, _)| *s == o.section) {
+                Some((_, opts)) => opts.push(o),
+                None => sections.push((&o.section, vec![o])),
+            }
+        }
+        sections
+    }
+
+    /// The options in the order [`serialize`](Self::serialize) writes them (and parsing its output
+    /// returns them): grouped by section, sections in order of first appearance.
+    pub fn grouped(&self) -> Vec<UnitOption> {
+        self.sections()
+            .into_iter()
+            .flat_map(|(_, opts)| opts.into_iter().cloned())
+            .collect()
     }
 
     /// SHA1 of [`serialize`](Self::serialize), as fleet's `UnitFile.Hash()`.
@@ -336,6 +390,25 @@ fn option_problem(o: &UnitOption) -> Option<&'static str> {
     }
     if o.name.starts_with(['[', '#', ';']) {
         return Some("option name starts with \"[\", \"#\" or \";\"");
+    }
+    if o.section.len() + 2 >= LINE_MAX {
+        return Some("section name makes a line of 2048 bytes or more");
+    }
+    let first_line = o.value.split('\n').next().unwrap_or("");
+    if o.name.len() + 1 + first_line.len() >= LINE_MAX
+        || o.value.split('\n').skip(1).any(|l| l.len() >= LINE_MAX)
+    {
+        return Some("a line of the option is 2048 bytes or longer");
+    }
+    if o.value.ends_with('\\') {
+        return Some("value ends in \"\\\", which would continue it onto the next line");
+    }
+    if o.value
+        .split('\n')
+        .skip(1)
+        .any(|line| line.trim().is_empty())
+    {
+        return Some("a \"\\\" line continuation is followed by a blank line");
     }
     let bytes = o.value.as_bytes();
     for (i, b) in bytes.iter().enumerate() {
@@ -501,6 +574,13 @@ impl<'a> Lexer<'a> {
         loop {
             let (line, eof) = self.read_line();
             if line.trim().is_empty() {
+                if !partial.is_empty() {
+                    // go-systemd kept "\\\n" at the end of the value; written back out, the continuation
+                    // would swallow the next option (and systemd joins it with the blank line instead).
+                    return Err(ParseError::ContinuationIntoBlankLine {
+                        line: self.line - usize::from(!eof),
+                    });
+                }
                 break;
             }
             partial.push_str(line);
@@ -508,21 +588,357 @@ impl<'a> Lexer<'a> {
                 break;
             }
             if eof {
-                break;
+                // go-systemd kept the backslash; the value would then change when written back out.
+                return Err(ParseError::ContinuationAtEnd { line: self.line });
             }
             partial.push('\n');
         }
-        let value = if partial.ends_with('\n') {
-            // A continuation followed by a blank line: go-systemd keeps the newline.
-            format!("{}\n", partial.trim())
-        } else {
-            partial.trim().to_owned()
-        };
+        let value = partial.trim().to_owned();
         self.options.push(UnitOption {
             section,
             name,
             value,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opt(section: &str, name: &str, value: &str) -> UnitOption {
+        UnitOption::new(section, name, value)
+    }
+
+    fn parse(text: &str) -> Vec<UnitOption> {
+        UnitFile::parse(text)
+            .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+            .into_options()
+    }
+
+    const HELLO: &str = "[Unit]\nDescription=Hello World\n\n[Service]\n\
+        ExecStart=/bin/bash -c \"while true; do echo Hello; sleep 1; done\"\n\n\
+        [X-Fleet]\nConflicts=hello*.service\n";
+
+    #[test]
+    fn hash_is_sha1_of_the_serialized_text() {
+        // printf '[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/bash -c "while true; do
+        // echo Hello; sleep 1; done"\n\n[X-Fleet]\nConflicts=hello*.service\n' | sha1sum
+        let f = UnitFile::parse(HELLO).unwrap();
+        assert_eq!(f.serialize(), HELLO);
+        assert_eq!(
+            f.hash().to_string(),
+            "4f08a4d32cbf4a0770b5e6e951415ec1d27b4167"
+        );
+        assert_eq!(f.hash().short(), "4f08a4d");
+    }
+
+    #[test]
+    fn hash_of_reformatted_file_equals_hash_of_canonical_text() {
+        // Comments, indentation, spacing around '=', interleaved sections and CRLF line ends all vanish;
+        // the hash is that of the canonical text:
+        // printf '[Unit]\nDescription=a\nAfter=b\n\n[Service]\nExecStart=/bin/a \\\n  b\n' | sha1sum
+        let messy = "# header comment\r\n[Unit]\r\n  Description = a \r\n; note\r\n\r\n\
+            [Service]\r\nExecStart=/bin/a \\\n  b\n[Unit]\nAfter=b\n";
+        let f = UnitFile::parse(messy).unwrap();
+        assert_eq!(
+            f.serialize(),
+            "[Unit]\nDescription=a\nAfter=b\n\n[Service]\nExecStart=/bin/a \\\n  b\n"
+        );
+        assert_eq!(
+            f.hash().to_string(),
+            "521db3e9c90743384624a91a6e1ce79657e7f36e"
+        );
+    }
+
+    #[test]
+    fn empty_file_has_no_options_and_hashes_the_empty_string() {
+        let f = UnitFile::parse("").unwrap();
+        assert!(f.options().is_empty());
+        assert_eq!(f.serialize(), "");
+        assert_eq!(
+            f.hash().to_string(),
+            "da39a3ee5e6b4b0d3255bfef95601890afd80709"
+        );
+        assert_eq!(UnitFile::parse("\n  \n# only a comment\n").unwrap(), f);
+    }
+
+    #[test]
+    fn repeated_keys_are_kept_in_order() {
+        let got = parse("[Service]\nExecStartPre=/bin/a\nExecStartPre=/bin/b\nExecStart=/bin/c\nExecStartPre=/bin/d\n");
+        let names: Vec<_> = got
+            .iter()
+            .map(|o| (o.name.as_str(), o.value.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("ExecStartPre", "/bin/a"),
+                ("ExecStartPre", "/bin/b"),
+                ("ExecStart", "/bin/c"),
+                ("ExecStartPre", "/bin/d"),
+            ]
+        );
+    }
+
+    #[test]
+    fn values_and_names_are_trimmed_inner_text_kept() {
+        let got = parse("[Unit]\n   Description   =   two  words  \nEmpty=\nBlank=   \nEq=a=b\n");
+        assert_eq!(
+            got,
+            [
+                opt("Unit", "Description", "two  words"),
+                opt("Unit", "Empty", ""),
+                opt("Unit", "Blank", ""),
+                opt("Unit", "Eq", "a=b"),
+            ]
+        );
+    }
+
+    #[test]
+    fn line_continuations_keep_backslash_and_newline() {
+        assert_eq!(
+            parse("[Service]\nExecStart=/bin/a \\\n    --flag \\\n  last\nUser=x\n"),
+            [
+                opt("Service", "ExecStart", "/bin/a \\\n    --flag \\\n  last"),
+                opt("Service", "User", "x"),
+            ]
+        );
+        // A continuation followed by a blank line is an error (go-systemd kept "\\\n" in the value).
+        assert_eq!(
+            UnitFile::parse("[Service]\nExecStart=/bin/a \\\n\nUser=x\n"),
+            Err(ParseError::ContinuationIntoBlankLine { line: 3 })
+        );
+        assert_eq!(
+            UnitFile::parse("[Service]\nExecStart=/bin/a \\\n  \\\n   \n"),
+            Err(ParseError::ContinuationIntoBlankLine { line: 4 })
+        );
+        // A backslash that is not last on the line is just a character.
+        assert_eq!(parse("[S]\nA=a\\b\n"), [opt("S", "A", "a\\b")]);
+        // Trailing whitespace after the backslash means no continuation (go-systemd).
+        assert_eq!(
+            parse("[S]\nA=a \\ \nB=b\n"),
+            [opt("S", "A", "a \\"), opt("S", "B", "b")]
+        );
+    }
+
+    #[test]
+    fn comments_are_skipped_and_continue_with_a_trailing_backslash() {
+        assert_eq!(
+            parse("; top\n[S]\n# c1\n  ; c2\nA=1 # not a comment\n# swallow \\\nB=hidden\nC=3\n"),
+            [opt("S", "A", "1 # not a comment"), opt("S", "C", "3")]
+        );
+    }
+
+    #[test]
+    fn section_names_are_taken_verbatim() {
+        assert_eq!(
+            parse("[X-Fleet]\nA=1\n[ odd name ]  \nB=2\n"),
+            [opt("X-Fleet", "A", "1"), opt(" odd name ", "B", "2"),]
+        );
+    }
+
+    #[test]
+    fn malformed_files_are_rejected_with_line_numbers() {
+        let cases: &[(&str, ParseError)] = &[
+            (
+                "Description=x\n[Unit]\n",
+                ParseError::OptionOutsideSection {
+                    line: 1,
+                    text: "Description=x".into(),
+                },
+            ),
+            (
+                "# c\n\n  junk\n",
+                ParseError::OptionOutsideSection {
+                    line: 3,
+                    text: "junk".into(),
+                },
+            ),
+            (
+                "[Unit]\nA=1\n[Service\nB=2\n",
+                ParseError::UnterminatedSection { line: 3 },
+            ),
+            ("[Unit]\n\n[]\n", ParseError::EmptySectionName { line: 3 }),
+            (
+                "[Unit] trailing\n",
+                ParseError::GarbageAfterSection {
+                    line: 1,
+                    section: "Unit".into(),
+                    garbage: "trailing".into(),
+                },
+            ),
+            (
+                "[Unit]\nA=1\nNoEquals\nB=2\n",
+                ParseError::MissingEquals {
+                    line: 3,
+                    text: "NoEquals".into(),
+                },
+            ),
+            (
+                "[Unit]\nNoEqualsAtEnd",
+                ParseError::MissingEquals {
+                    line: 2,
+                    text: "NoEqualsAtEnd".into(),
+                },
+            ),
+            (
+                "[Unit]\n  = value\n",
+                ParseError::EmptyOptionName { line: 2 },
+            ),
+            ("[Unit]\nA=x \\", ParseError::ContinuationAtEnd { line: 2 }),
+        ];
+        for (text, want) in cases {
+            assert_eq!(UnitFile::parse(text).as_ref(), Err(want), "{text:?}");
+            // Messages carry the line number.
+            let msg = want.to_string();
+            assert!(msg.starts_with("line "), "{msg}");
+        }
+    }
+
+    #[test]
+    fn lines_of_line_max_bytes_are_rejected() {
+        let ok = format!("[S]\nA={}\n", "x".repeat(LINE_MAX - 3));
+        assert_eq!(
+            UnitFile::parse(&ok).unwrap().options()[0].value.len(),
+            LINE_MAX - 3
+        );
+        let long = format!("[S]\nB=1\nA={}\n", "x".repeat(LINE_MAX - 2));
+        assert_eq!(
+            UnitFile::parse(&long),
+            Err(ParseError::LineTooLong {
+                line: 3,
+                len: LINE_MAX,
+                max: LINE_MAX
+            })
+        );
+        // A long comment counts too; systemd would truncate it.
+        let comment = format!("# {}\n[S]\n", "c".repeat(5000));
+        assert!(matches!(
+            UnitFile::parse(&comment),
+            Err(ParseError::LineTooLong { line: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn serialize_groups_sections_in_first_appearance_order() {
+        let f = UnitFile::from_options(vec![
+            opt("Service", "ExecStart", "/bin/a"),
+            opt("Unit", "Description", "d"),
+            opt("Service", "Restart", "always"),
+        ])
+        .unwrap();
+        assert_eq!(
+            f.serialize(),
+            "[Service]\nExecStart=/bin/a\nRestart=always\n\n[Unit]\nDescription=d\n"
+        );
+        // Options keep the given order; hashing uses the grouped text.
+        assert_eq!(f.options()[1].section, "Unit");
+        assert_eq!(f.grouped()[1].name, "Restart");
+        let same = UnitFile::from_options(f.grouped()).unwrap();
+        assert_eq!(same.hash(), f.hash());
+        assert_ne!(same, f);
+    }
+
+    #[test]
+    fn from_options_rejects_what_cannot_be_written_back() {
+        let bad: &[(UnitOption, &str)] = &[
+            (opt("", "A", "1"), "section name is empty"),
+            (opt("Un]it", "A", "1"), "contains \"]\""),
+            (opt("Un\nit", "A", "1"), "line break"),
+            (opt("Unit", "", "1"), "option name is empty"),
+            (opt("Unit", "A=B", "1"), "contains \"=\""),
+            (opt("Unit", "A\nB", "1"), "line break"),
+            (opt("Unit", " A", "1"), "whitespace"),
+            (opt("Unit", "#A", "1"), "starts with"),
+            (
+                opt("Unit", "A", "one\ntwo"),
+                "not a \"\\\" line continuation",
+            ),
+            (opt("Unit", "A", "one\\"), "continue it onto the next line"),
+            (opt("Unit", "A", &"x".repeat(LINE_MAX)), "2048 bytes"),
+        ];
+        for (o, want) in bad {
+            let err = UnitFile::from_options(vec![opt("Unit", "Ok", "1"), o.clone()]).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(err, ParseError::InvalidOption { index: 1, .. }),
+                "{o:?}: {msg}"
+            );
+            assert!(msg.contains(want), "{o:?}: {msg}");
+        }
+        for value in ["a \\\n", "a \\\n \t", "a \\\n\\\n\nb"] {
+            let err =
+                UnitFile::from_options(vec![opt("S", "A", value), opt("S", "B", "1")]).unwrap_err();
+            assert!(
+                err.to_string().contains("followed by a blank line"),
+                "{value:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn from_options_accepts_what_parse_produces() {
+        let f = UnitFile::parse(HELLO).unwrap();
+        assert_eq!(UnitFile::from_options(f.options().to_vec()).unwrap(), f);
+        let cont = UnitFile::parse("[S]\nA=a \\\n  b \\\n c\n[T]\nB= x\n").unwrap();
+        assert_eq!(
+            UnitFile::from_options(cont.options().to_vec()).unwrap(),
+            cont
+        );
+        let slashes =
+            UnitFile::from_options(vec![opt("S", "A", "a \\\n\\\nb"), opt("S", "B", "1")]).unwrap();
+        assert_eq!(UnitFile::parse(&slashes.serialize()).unwrap(), slashes);
+        // Whitespace around values is accepted as given (fleet hashed it as given).
+        let spaced = UnitFile::from_options(vec![opt("S", "A", " padded ")]).unwrap();
+        assert_eq!(spaced.serialize(), "[S]\nA= padded \n");
+    }
+
+    #[test]
+    fn description_is_the_last_one_and_install_section_is_detected() {
+        let f = UnitFile::parse(
+            "[Unit]\nDescription=first\nDescription=second\n[Service]\nDescription=no\n",
+        )
+        .unwrap();
+        assert_eq!(f.description(), Some("second"));
+        assert!(!f.has_install_section());
+        let g = UnitFile::parse("[Service]\nExecStart=/a\n[Install]\nWantedBy=multi-user.target\n")
+            .unwrap();
+        assert_eq!(g.description(), None);
+        assert!(g.has_install_section());
+    }
+
+    #[test]
+    fn unit_hash_text_and_json_round_trip() {
+        let h = UnitFile::parse(HELLO).unwrap().hash();
+        let text = h.to_string();
+        assert_eq!(text.len(), 40);
+        assert_eq!(text.parse::<UnitHash>(), Ok(h));
+        assert_eq!(text.to_uppercase().parse::<UnitHash>(), Ok(h));
+        let json = serde_json::to_string(&h).unwrap();
+        assert_eq!(json, format!("\"{text}\""));
+        assert_eq!(serde_json::from_str::<UnitHash>(&json).unwrap(), h);
+        for bad in [
+            "",
+            "4f08a4d",
+            &format!("{text}0"),
+            &format!("{}g", &text[..39]),
+            &format!("+{}", &text[1..]),
+        ] {
+            assert!(bad.parse::<UnitHash>().is_err(), "{bad:?}");
+        }
+        assert!(serde_json::from_str::<UnitHash>("\"xyz\"").is_err());
+    }
+
+    #[test]
+    fn unit_option_json_uses_fleets_field_names() {
+        let o = opt("Unit", "Description", "d");
+        let json = serde_json::to_string(&o).unwrap();
+        assert_eq!(
+            json,
+            r#"{"section":"Unit","name":"Description","value":"d"}"#
+        );
+        assert_eq!(serde_json::from_str::<UnitOption>(&json).unwrap(), o);
     }
 }
