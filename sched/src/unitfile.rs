@@ -20,6 +20,10 @@
 //! - An option with an empty name (`=value`).
 //! - A line continuation followed by a blank line or the end of the file. go-systemd kept the trailing
 //!   `\` (and newline) in the value, so the unit it wrote back out meant something else to systemd.
+//! - A value ending in `\` followed by whitespace: go-systemd ended the value there, systemd continues it.
+//!
+//! With these rules every parsed file is accepted by [`UnitFile::from_options`], and parsing its
+//! [`UnitFile::serialize`] output gives back the same options (grouped by section).
 //!
 //! Errors carry the 1-based line number.
 
@@ -119,6 +123,13 @@ pub enum ParseError {
     /// The last line of the input ends in a `\` line continuation with nothing after it.
     #[error("line {line}: line continuation \"\\\" at the end of the file")]
     ContinuationAtEnd {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A value that ends in `\` followed by whitespace: go-systemd did not treat it as a line continuation,
+    /// systemd does.
+    #[error("line {line}: value ends in \"\\\" followed by whitespace; remove the whitespace to continue the line or the backslash to end it")]
+    BackslashBeforeTrailingSpace {
         /// 1-based line number.
         line: usize,
     },
@@ -571,15 +582,20 @@ impl<'a> Lexer<'a> {
         }
         self.advance(eq + 1);
         let mut partial = String::new();
+        let mut last_line;
         loop {
+            last_line = self.line;
             let (line, eof) = self.read_line();
             if line.trim().is_empty() {
+                if !partial.is_empty() && eof && line.is_empty() {
+                    return Err(ParseError::ContinuationAtEnd {
+                        line: last_line - 1,
+                    });
+                }
                 if !partial.is_empty() {
                     // go-systemd kept "\\\n" at the end of the value; written back out, the continuation
                     // would swallow the next option (and systemd joins it with the blank line instead).
-                    return Err(ParseError::ContinuationIntoBlankLine {
-                        line: self.line - usize::from(!eof),
-                    });
+                    return Err(ParseError::ContinuationIntoBlankLine { line: last_line });
                 }
                 break;
             }
@@ -594,6 +610,11 @@ impl<'a> Lexer<'a> {
             partial.push('\n');
         }
         let value = partial.trim().to_owned();
+        if value.ends_with('\\') {
+            // "\\" then whitespace: go-systemd ended the value there, systemd continues the line. Written back
+            // out without the whitespace it would become a continuation, so the meaning is ambiguous.
+            return Err(ParseError::BackslashBeforeTrailingSpace { line: last_line });
+        }
         self.options.push(UnitOption {
             section,
             name,
@@ -716,10 +737,14 @@ mod tests {
         );
         // A backslash that is not last on the line is just a character.
         assert_eq!(parse("[S]\nA=a\\b\n"), [opt("S", "A", "a\\b")]);
-        // Trailing whitespace after the backslash means no continuation (go-systemd).
+        // Whitespace after a final backslash: go-systemd ends the value, systemd continues it. Rejected.
         assert_eq!(
-            parse("[S]\nA=a \\ \nB=b\n"),
-            [opt("S", "A", "a \\"), opt("S", "B", "b")]
+            UnitFile::parse("[S]\nA=a \\ \nB=b\n"),
+            Err(ParseError::BackslashBeforeTrailingSpace { line: 2 })
+        );
+        assert_eq!(
+            UnitFile::parse("[S]\nA=a \\\n b \\\t"),
+            Err(ParseError::BackslashBeforeTrailingSpace { line: 3 })
         );
     }
 
@@ -788,6 +813,18 @@ mod tests {
                 ParseError::EmptyOptionName { line: 2 },
             ),
             ("[Unit]\nA=x \\", ParseError::ContinuationAtEnd { line: 2 }),
+            (
+                "[Unit]\nA=x \\\n",
+                ParseError::ContinuationAtEnd { line: 2 },
+            ),
+            (
+                "[Unit]\nA=x \\\n  y \\\n",
+                ParseError::ContinuationAtEnd { line: 3 },
+            ),
+            (
+                "[Unit]\nA=x \\\n\t\n",
+                ParseError::ContinuationIntoBlankLine { line: 3 },
+            ),
         ];
         for (text, want) in cases {
             assert_eq!(UnitFile::parse(text).as_ref(), Err(want), "{text:?}");
