@@ -851,19 +851,11 @@ pub fn parse_metadata(v: &str) -> Result<BTreeMap<String, String>, String> {
     Ok(out)
 }
 
-/// Checks a machine ID: 1 to 128 characters of `[A-Za-z0-9_.-]` (systemd IDs are 32 hex).
+/// Checks a machine ID with [`fleet_sched::MachineId::parse`] (ASCII letters and digits).
 pub fn validate_machine_id(id: &str) -> Result<String, String> {
-    let id = id.trim();
-    if id.is_empty() || id.len() > 128 {
-        return Err("a machine ID has 1 to 128 characters".into());
-    }
-    if !id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
-        return Err("a machine ID is made of letters, digits, '_', '.', '-'".into());
-    }
-    Ok(id.to_string())
+    fleet_sched::MachineId::parse(id.trim())
+        .map(|m| m.as_str().to_string())
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

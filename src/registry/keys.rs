@@ -1,0 +1,139 @@
+//! The etcd key layout (see `docs/etcd-layout.md`) and the JSON values stored under it.
+
+use fleet_sched::{DesiredState, MachineId, UnitHash, UnitName};
+use serde::{Deserialize, Serialize};
+
+/// What an etcd key under the prefix stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyKind {
+    /// `P unit-files/<hash40>`: the text of a unit file.
+    UnitFile(UnitHash),
+    /// `P units/<name>`: a unit record ([`UnitRecord`]).
+    Unit(UnitName),
+    /// `P claims/<name>`: the placement claim of a unit ([`ClaimRecord`]).
+    Claim(UnitName),
+    /// Anything else under the prefix (machines/..., future keys): ignored by the mirror.
+    Other,
+}
+
+/// Builds and classifies keys under one prefix (always ending with `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// Keys under `prefix` (a `/` is appended when missing).
+    pub fn new(prefix: &str) -> Keys {
+        let mut prefix = prefix.to_string();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Keys { prefix }
+    }
+
+    /// The prefix, ending with `/`.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `P units/<name>`.
+    pub fn unit(&self, name: &UnitName) -> String {
+        format!("{}units/{}", self.prefix, name)
+    }
+
+    /// `P unit-files/<hash>`.
+    pub fn unit_file(&self, hash: &UnitHash) -> String {
+        format!("{}unit-files/{}", self.prefix, hash)
+    }
+
+    /// `P claims/<name>`.
+    pub fn claim(&self, name: &UnitName) -> String {
+        format!("{}claims/{}", self.prefix, name)
+    }
+
+    /// `P machines/<id>`.
+    pub fn machine(&self, id: &MachineId) -> String {
+        format!("{}machines/{}", self.prefix, id)
+    }
+
+    /// What `key` stands for; `None` when it is not under the prefix or its name part is invalid.
+    pub fn classify(&self, key: &[u8]) -> Option<KeyKind> {
+        let key = std::str::from_utf8(key).ok()?;
+        let rest = key.strip_prefix(&self.prefix)?;
+        if let Some(h) = rest.strip_prefix("unit-files/") {
+            return h.parse().ok().map(KeyKind::UnitFile);
+        }
+        if let Some(n) = rest.strip_prefix("units/") {
+            return UnitName::parse(n).ok().map(KeyKind::Unit);
+        }
+        if let Some(n) = rest.strip_prefix("claims/") {
+            return UnitName::parse(n).ok().map(KeyKind::Claim);
+        }
+        Some(KeyKind::Other)
+    }
+}
+
+/// The JSON value of `P units/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    /// The unit name (equal to the key's last part).
+    pub name: String,
+    /// 40 hex characters: the key of its content under `unit-files/`.
+    pub hash: String,
+    /// `inactive`, `loaded` or `launched`.
+    #[serde(rename = "desiredState")]
+    pub desired_state: DesiredState,
+}
+
+/// The JSON value of `P claims/<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    /// The machine that runs the unit.
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip_through_classify() {
+        let k = Keys::new("/fleet");
+        let name = UnitName::parse("web@1.service").unwrap();
+        let hash: UnitHash = "0123456789abcdef0123456789abcdef01234567".parse().unwrap();
+        assert_eq!(k.unit(&name), "/fleet/units/web@1.service");
+        assert_eq!(
+            k.classify(k.unit(&name).as_bytes()),
+            Some(KeyKind::Unit(name.clone()))
+        );
+        assert_eq!(
+            k.classify(k.claim(&name).as_bytes()),
+            Some(KeyKind::Claim(name))
+        );
+        assert_eq!(
+            k.classify(k.unit_file(&hash).as_bytes()),
+            Some(KeyKind::UnitFile(hash))
+        );
+        assert_eq!(k.classify(b"/fleet/machines/abc"), Some(KeyKind::Other));
+        assert_eq!(k.classify(b"/other/units/a.service"), None);
+        assert_eq!(k.classify(b"/fleet/units/not-a-unit"), None);
+        assert_eq!(k.classify(b"/fleet/unit-files/xyz"), None);
+    }
+
+    #[test]
+    fn records_are_the_documented_json() {
+        let r = UnitRecord {
+            name: "hello.service".into(),
+            hash: "0123456789abcdef0123456789abcdef01234567".into(),
+            desired_state: DesiredState::Launched,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"name":"hello.service","hash":"0123456789abcdef0123456789abcdef01234567","desiredState":"launched"}"#
+        );
+        let c: ClaimRecord = serde_json::from_str(r#"{"machineID":"abc"}"#).unwrap();
+        assert_eq!(c.machine_id, "abc");
+    }
+}

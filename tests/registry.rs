@@ -1,0 +1,323 @@
+//! The etcd registry against a real etcd.
+
+mod support;
+
+use std::time::Duration;
+
+use fleet::registry::{Registry, RegistryError, RegistryOptions};
+use fleet_sched::{DesiredState, UnitFile, UnitName};
+use support::Etcd;
+
+fn name(s: &str) -> UnitName {
+    UnitName::parse(s).unwrap()
+}
+
+fn file(exec: &str) -> UnitFile {
+    UnitFile::parse(&format!(
+        "[Unit]\nDescription=test\n\n[Service]\nExecStart={exec}\n"
+    ))
+    .unwrap()
+}
+
+async fn registry(etcd: &Etcd) -> Registry {
+    let mut opts = RegistryOptions::new(vec![etcd.endpoint().to_string()], etcd.prefix());
+    opts.backoff_max = Duration::from_millis(500);
+    let r = Registry::start(opts);
+    r.wait_available(Duration::from_secs(20))
+        .await
+        .expect("registry reaches etcd");
+    r
+}
+
+#[tokio::test]
+async fn create_get_list_replace_destroy_round_trip() {
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let a = name("a.service");
+    let f1 = file("/bin/true");
+    r.create_unit(&a, &f1, DesiredState::Inactive)
+        .await
+        .unwrap();
+
+    // Read-your-writes: the mirror has it as soon as create returns.
+    let u = r.unit(&a).unwrap().expect("unit a");
+    assert_eq!(u.hash, f1.hash());
+    assert_eq!(*u.file, f1);
+    assert_eq!(u.desired_state, DesiredState::Inactive);
+
+    let dump = etcd.dump().await;
+    assert_eq!(dump[&format!("unit-files/{}", f1.hash())], f1.serialize());
+    let record: serde_json::Value = serde_json::from_str(&dump["units/a.service"]).unwrap();
+    assert_eq!(
+        record,
+        serde_json::json!({"name":"a.service","hash":f1.hash().to_string(),"desiredState":"inactive"})
+    );
+
+    assert_eq!(
+        r.create_unit(&a, &file("/bin/false"), DesiredState::Launched)
+            .await,
+        Err(RegistryError::AlreadyExists(a.clone()))
+    );
+
+    r.set_desired_state(&a, DesiredState::Launched)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.unit(&a).unwrap().unwrap().desired_state,
+        DesiredState::Launched
+    );
+
+    let b = name("b.service");
+    r.create_unit(&b, &file("/bin/b"), DesiredState::Loaded)
+        .await
+        .unwrap();
+    let names: Vec<String> = r
+        .units()
+        .unwrap()
+        .iter()
+        .map(|u| u.name.to_string())
+        .collect();
+    assert_eq!(names, ["a.service", "b.service"]);
+
+    // Replace keeps the desired state when none is given, and drops the old content.
+    let f2 = file("/bin/sleep 1");
+    r.replace_unit(&a, &f2, None).await.unwrap();
+    let u = r.unit(&a).unwrap().unwrap();
+    assert_eq!(
+        (u.hash, u.desired_state),
+        (f2.hash(), DesiredState::Launched)
+    );
+    let dump = etcd.dump().await;
+    assert!(
+        !dump.contains_key(&format!("unit-files/{}", f1.hash())),
+        "{dump:?}"
+    );
+
+    r.destroy_unit(&a).await.unwrap();
+    assert_eq!(r.unit(&a).unwrap(), None);
+    assert_eq!(
+        r.destroy_unit(&a).await,
+        Err(RegistryError::NotFound(a.clone()))
+    );
+    assert_eq!(
+        r.set_desired_state(&a, DesiredState::Loaded).await,
+        Err(RegistryError::NotFound(a.clone()))
+    );
+    let dump = etcd.dump().await;
+    assert_eq!(
+        dump.keys().cloned().collect::<Vec<_>>(),
+        vec![
+            format!("unit-files/{}", file("/bin/b").hash()),
+            "units/b.service".to_string()
+        ]
+    );
+}
+
+#[tokio::test]
+async fn units_with_equal_content_share_one_file_until_the_last_is_destroyed() {
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let f = file("/bin/shared");
+    let key = format!("unit-files/{}", f.hash());
+    for n in ["web@1.service", "web@2.service", "web@3.service"] {
+        r.create_unit(&name(n), &f, DesiredState::Inactive)
+            .await
+            .unwrap();
+    }
+    let files = |d: &std::collections::BTreeMap<String, String>| {
+        d.keys().filter(|k| k.starts_with("unit-files/")).count()
+    };
+    let dump = etcd.dump().await;
+    assert_eq!(files(&dump), 1);
+
+    r.destroy_unit(&name("web@1.service")).await.unwrap();
+    // Replacing one user of the content must not delete it either.
+    r.replace_unit(&name("web@2.service"), &file("/bin/other"), None)
+        .await
+        .unwrap();
+    assert!(etcd.dump().await.contains_key(&key));
+    r.destroy_unit(&name("web@3.service")).await.unwrap();
+    let dump = etcd.dump().await;
+    assert!(
+        !dump.contains_key(&key),
+        "content of the last user is collected: {dump:?}"
+    );
+    assert_eq!(files(&dump), 1, "the replaced unit's new content stays");
+}
+
+#[tokio::test]
+async fn concurrent_creates_of_one_name_have_exactly_one_winner() {
+    let etcd = Etcd::shared();
+    let r1 = registry(&etcd).await;
+    let r2 = registry(&etcd).await;
+    for round in 0..5 {
+        let n = name(&format!("race{round}.service"));
+        let (f1, f2) = (
+            file(&format!("/bin/one {round}")),
+            file(&format!("/bin/two {round}")),
+        );
+        let (a, b) = tokio::join!(
+            r1.create_unit(&n, &f1, DesiredState::Inactive),
+            r2.create_unit(&n, &f2, DesiredState::Launched)
+        );
+        let wins = [&a, &b].iter().filter(|x| x.is_ok()).count();
+        assert_eq!(wins, 1, "round {round}: {a:?} {b:?}");
+        let loser = if a.is_ok() { b } else { a };
+        assert_eq!(loser, Err(RegistryError::AlreadyExists(n.clone())));
+        // Both fleetds see the winner's content right after their call returned.
+        let u1 = r1.unit(&n).unwrap().unwrap();
+        let u2 = r2.unit(&n).unwrap().unwrap();
+        assert_eq!(u1.hash, u2.hash);
+        // Only the winner's content was written.
+        let dump = etcd.dump().await;
+        let loser_hash = if u1.hash == f1.hash() {
+            f2.hash()
+        } else {
+            f1.hash()
+        };
+        assert!(!dump.contains_key(&format!("unit-files/{loser_hash}")));
+    }
+}
+
+#[tokio::test]
+async fn concurrent_destroy_and_create_of_shared_content_keep_the_content() {
+    let etcd = Etcd::shared();
+    let r1 = registry(&etcd).await;
+    let r2 = registry(&etcd).await;
+    let f = file("/bin/gc-race");
+    let key = format!("unit-files/{}", f.hash());
+    for round in 0..5 {
+        let old = name(&format!("old{round}.service"));
+        let new = name(&format!("new{round}.service"));
+        r1.create_unit(&old, &f, DesiredState::Inactive)
+            .await
+            .unwrap();
+        r2.wait_available(Duration::from_secs(5)).await.unwrap();
+        let (a, b) = tokio::join!(
+            r1.destroy_unit(&old),
+            r2.create_unit(&new, &f, DesiredState::Inactive)
+        );
+        a.unwrap();
+        b.unwrap();
+        let dump = etcd.dump().await;
+        assert!(
+            dump.contains_key(&key),
+            "round {round}: content of {new} lost: {dump:?}"
+        );
+        r2.destroy_unit(&new).await.unwrap();
+        assert!(!etcd.dump().await.contains_key(&key));
+    }
+}
+
+#[tokio::test]
+async fn the_mirror_sees_writes_made_behind_its_back() {
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let mut rx = r.subscribe();
+    rx.borrow_and_update();
+    let mut c = etcd.client().await;
+    let f = file("/bin/external");
+    let p = etcd.prefix();
+    c.put(format!("{p}unit-files/{}", f.hash()), f.serialize(), None)
+        .await
+        .unwrap();
+    c.put(
+        format!("{p}units/ext.service"),
+        format!(
+            r#"{{"name":"ext.service","hash":"{}","desiredState":"loaded"}}"#,
+            f.hash()
+        ),
+        None,
+    )
+    .await
+    .unwrap();
+    c.put(
+        format!("{p}claims/ext.service"),
+        r#"{"machineID":"m1"}"#,
+        None,
+    )
+    .await
+    .unwrap();
+    let rev = etcd.revision().await;
+
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision >= rev))
+        .await
+        .expect("notified")
+        .unwrap();
+    let u = r.unit(&name("ext.service")).unwrap().expect("mirrored");
+    assert_eq!(u.desired_state, DesiredState::Loaded);
+    assert_eq!(*u.file, f);
+    let claim = r
+        .claim(&name("ext.service"))
+        .unwrap()
+        .expect("claim mirrored");
+    assert_eq!(claim.machine_id.as_str(), "m1");
+
+    c.delete(format!("{p}units/ext.service"), None)
+        .await
+        .unwrap();
+    let rev = etcd.revision().await;
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision >= rev))
+        .await
+        .expect("notified")
+        .unwrap();
+    assert_eq!(r.unit(&name("ext.service")).unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_stopped_etcd_makes_the_registry_unavailable_until_it_is_back() {
+    let etcd = Etcd::private();
+    let r = registry(&etcd).await;
+    let a = name("a.service");
+    r.create_unit(&a, &file("/bin/true"), DesiredState::Inactive)
+        .await
+        .unwrap();
+
+    etcd.stop();
+    let mut rx = r.subscribe();
+    tokio::time::timeout(Duration::from_secs(15), rx.wait_for(|s| !s.available))
+        .await
+        .expect("unavailability noticed within 15 s")
+        .unwrap();
+    assert!(matches!(r.units(), Err(RegistryError::Unavailable(_))));
+    assert!(matches!(r.unit(&a), Err(RegistryError::Unavailable(_))));
+    assert!(matches!(
+        r.create_unit(&name("b.service"), &file("/bin/b"), DesiredState::Inactive)
+            .await,
+        Err(RegistryError::Unavailable(_))
+    ));
+    assert!(matches!(
+        r.destroy_unit(&a).await,
+        Err(RegistryError::Unavailable(_))
+    ));
+
+    etcd.restart();
+    r.wait_available(Duration::from_secs(20))
+        .await
+        .expect("registry recovers after etcd restarts");
+    let names: Vec<String> = r
+        .units()
+        .unwrap()
+        .iter()
+        .map(|u| u.name.to_string())
+        .collect();
+    assert_eq!(names, ["a.service"]);
+    r.create_unit(&name("b.service"), &file("/bin/b"), DesiredState::Inactive)
+        .await
+        .unwrap();
+    assert_eq!(r.units().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_registry_started_before_etcd_connects_when_it_appears() {
+    let etcd = Etcd::private();
+    etcd.stop();
+    let mut opts = RegistryOptions::new(vec![etcd.endpoint().to_string()], etcd.prefix());
+    opts.backoff_max = Duration::from_millis(300);
+    let r = Registry::start(opts);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(matches!(r.units(), Err(RegistryError::Unavailable(_))));
+    etcd.restart();
+    r.wait_available(Duration::from_secs(20)).await.unwrap();
+    assert!(r.units().unwrap().is_empty());
+}
