@@ -143,6 +143,20 @@ impl Requirements {
                     .push(format!("[X-Fleet] {alias} is deprecated, use {canonical}"));
             }
         }
+        // An empty machine ID can match no machine: drop it instead of pinning the unit nowhere.
+        for key in [MACHINE_ID, X_MACHINE_ID, X_MACHINE_BOOT_ID] {
+            if let Some(vals) = values.get_mut(key) {
+                let before = vals.len();
+                vals.retain(|v| !v.trim().is_empty());
+                if vals.len() != before {
+                    req.warnings
+                        .push(format!("[X-Fleet] empty {key}= is ignored"));
+                }
+                for v in vals.iter_mut() {
+                    *v = v.trim().to_owned();
+                }
+            }
+        }
         let get = |key: &str| values.get(key).map(Vec::as_slice).unwrap_or(&[]);
 
         // MachineID: first value wins; precedence as fleet's RequiredTarget.
@@ -547,6 +561,26 @@ mod tests {
     }
 
     #[test]
+    fn split_quoted_matches_fleets_parse_multivalue_line() {
+        // fleet v1 unit/unit_test.go TestParseMultivalueLine, except that empty words are dropped (fleet's
+        // TODO said they should be).
+        let cases: &[(&str, &[&str])] = &[
+            (r#""bar" "ping" "pong""#, &["bar", "ping", "pong"]),
+            (r#""bar""#, &["bar"]),
+            ("", &[""]),
+            (r#""""#, &[]),
+            (r#""bar"#, &[r#""bar"#]),
+            (r#"bar""#, &[r#"bar""#]),
+            (r#"foo\"bar"#, &[r#"foo\"bar"#]),
+            (r#""bar" ""#, &["bar"]),
+            (r#""foo\"bar""#, &[r"foo\bar"]),
+        ];
+        for (input, want) in cases {
+            assert_eq!(split_quoted(input), strings(want), "{input:?}");
+        }
+    }
+
+    #[test]
     fn global_accepts_fleets_truthy_values_and_the_last_one_wins() {
         for v in ["true", "TRUE", "yes", "Yes", "1", "on", "ON", "t", "T"] {
             assert!(ok("a.service", &format!("Global={v}\n")).global, "{v}");
@@ -612,6 +646,20 @@ mod tests {
         );
         assert_eq!(r.machine_id, None);
         assert_eq!(r.required_machine(), Some("boot"));
+
+        let r = ok("a.service", "MachineID=\nConflicts=b*\n");
+        assert_eq!(
+            r.required_machine(),
+            None,
+            "an empty MachineID pins nothing"
+        );
+        assert!(
+            r.warnings
+                .iter()
+                .any(|w| w.contains("empty MachineID= is ignored")),
+            "{:?}",
+            r.warnings
+        );
 
         let r = ok("a.service", "MachineID=first\nMachineID=second\n");
         assert_eq!(r.machine_id.as_deref(), Some("first"));

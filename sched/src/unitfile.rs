@@ -674,6 +674,68 @@ mod tests {
     }
 
     #[test]
+    fn hash_matches_fleets_own_test_vector() {
+        // fleet v1 unit/unit_test.go TestUnitHash.
+        let f = UnitFile::parse("[Service]\nExecStart=/bin/sleep 100\n").unwrap();
+        assert_eq!(
+            f.hash().to_string(),
+            "1c6fb6f3684bafb0c173d8b8b957ceff031180c1"
+        );
+        assert_eq!(f.hash().short(), "1c6fb6f");
+    }
+
+    #[test]
+    fn escaped_multilines_match_fleets_test() {
+        // fleet v1 unit/unit_test.go TestDeserializeEscapedMultilines: continuations keep "\\\n", and
+        // comment characters inside a continuation are part of the value.
+        let text =
+            "\n[Service]\nExecStart=echo \\\n  \"pi\\\n  ng\"\nExecStop=\\\necho \"po\\\nng\"\n\
+            # comments within continuation should not be ignored\nExecStopPre=echo\\\n#pang\n\
+            ExecStopPost=echo\\\n#peng\\\npung\n";
+        assert_eq!(
+            parse(text),
+            [
+                opt("Service", "ExecStart", "echo \\\n  \"pi\\\n  ng\""),
+                opt("Service", "ExecStop", "\\\necho \"po\\\nng\""),
+                opt("Service", "ExecStopPre", "echo\\\n#pang"),
+                opt("Service", "ExecStopPost", "echo\\\n#peng\\\npung"),
+            ]
+        );
+    }
+
+    #[test]
+    fn fleets_garbage_cases() {
+        // fleet v1 TestDeserializedUnitGarbage: any line with '=' inside a section is an option.
+        assert_eq!(
+            parse("[Service]\nExecStart=jim\n<<<<<<<<<<<=bar\n"),
+            [
+                opt("Service", "ExecStart", "jim"),
+                opt("Service", "<<<<<<<<<<<", "bar")
+            ]
+        );
+        // ... but fleet silently skipped text before the first section; we reject it.
+        assert!(matches!(
+            UnitFile::parse("\n>>>>>>>>>>>>>\n[Service]\nExecStart=jim\n"),
+            Err(ParseError::OptionOutsideSection { line: 2, .. })
+        ));
+        // fleet v1 TestBadUnitsFail.
+        assert_eq!(
+            UnitFile::parse("\n[Unit]\n\n[Service]\n<<<<<<<<<<<<<<<<\n"),
+            Err(ParseError::MissingEquals {
+                line: 5,
+                text: "<<<<<<<<<<<<<<<<".into()
+            })
+        );
+        assert_eq!(
+            UnitFile::parse("\n[Unit]\nnonsense upon stilts\n"),
+            Err(ParseError::MissingEquals {
+                line: 3,
+                text: "nonsense upon stilts".into()
+            })
+        );
+    }
+
+    #[test]
     fn empty_file_has_no_options_and_hashes_the_empty_string() {
         let f = UnitFile::parse("").unwrap();
         assert!(f.options().is_empty());
