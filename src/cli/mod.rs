@@ -1,1 +1,145 @@
-//! fleetctl: the command-line client of the HTTP API.
+//! fleetctl: the command-line client of fleetd's HTTP API v1.
+//!
+//! - [`args`]: the command line (clap), with `FLEETCTL_<FLAG>` environment fallbacks.
+//! - [`client`]: the endpoint, the HTTP transport and the typed API calls (with paging).
+//! - [`names`]: arguments to unit names (`hello` → `hello.service`, paths → base names).
+//! - [`table`]: fleet's tab-aligned table output.
+//! - [`commands`]: the verbs.
+//!
+//! fleetctl talks only to the API: it never reads etcd, and it knows nothing of gossip or systemd.
+
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod names;
+pub mod table;
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, Parser};
+use hyper::Method;
+
+use args::{Cli, Command};
+use client::{Api, ClientError, HttpTransport, RawResponse, Transport};
+use commands::{CreateVerb, Ctx};
+
+/// The version fleetctl reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A transport that prints every request and its outcome on stderr (`--debug`).
+pub struct Logged<T> {
+    inner: T,
+    on: bool,
+}
+
+impl<T: Transport> Transport for Logged<T> {
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<RawResponse, ClientError> {
+        let started = Instant::now();
+        let label = format!("{method} {path}");
+        let res = self.inner.send(method, path, body).await;
+        if self.on {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            match &res {
+                Ok(r) => eprintln!("DEBUG: {label} -> {} ({ms:.1} ms)", r.status),
+                Err(e) => eprintln!("DEBUG: {label} -> {e} ({ms:.1} ms)"),
+            }
+        }
+        res
+    }
+}
+
+/// Entry point of the `fleetctl` binary: parse the command line and the environment, run, exit.
+pub fn main() -> ExitCode {
+    run(Cli::parse())
+}
+
+/// Run a parsed command line; errors are printed on stderr and turn into exit status 1.
+pub fn run(cli: Cli) -> ExitCode {
+    match run_inner(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            if msg.starts_with("Error") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("Error: {msg}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_inner(cli: Cli) -> anyhow::Result<()> {
+    let g = &cli.global;
+    if g.version || matches!(cli.command, Some(Command::Version)) {
+        println!("fleetctl version {VERSION}");
+        return Ok(());
+    }
+    let Some(command) = cli.command.clone() else {
+        let mut help = Cli::command();
+        help.print_help()?;
+        return Ok(());
+    };
+    if let Some(t) = &g.tunnel {
+        anyhow::bail!(
+            "Error: --tunnel {t}: SSH tunnels are not supported yet by this fleetctl; reach fleetd directly with --endpoint=http://HOST:PORT or unix:///PATH"
+        );
+    }
+    if g.endpoint.contains(',') {
+        eprintln!(
+            "WARNING: multiple endpoints provided but only the first ({}) is used",
+            g.endpoint.split(',').next().unwrap_or_default()
+        );
+    }
+    if (g.ca_file.is_some() || g.cert_file.is_some() || g.key_file.is_some())
+        && !g.endpoint.starts_with("https://")
+    {
+        eprintln!(
+            "WARNING: --ca-file, --cert-file and --key-file only apply to https endpoints; ignored"
+        );
+    }
+    let first = g.endpoint.split(',').next().unwrap_or_default().trim();
+    let transport = HttpTransport::new(first, Duration::from_secs_f64(g.request_timeout))?;
+    let api = Api::new(Logged {
+        inner: transport,
+        on: g.debug,
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut ctx = Ctx::new(
+        api,
+        Box::new(std::io::stdout()),
+        Box::new(std::io::stderr()),
+    );
+    let res = rt.block_on(async {
+        match &command {
+            Command::Submit(a) => ctx.submit(&a.units.units, a.replace).await,
+            Command::Load(a) => {
+                ctx.activate(&a.units.units, a.replace, &a.block, CreateVerb::Load)
+                    .await
+            }
+            Command::Start(a) => {
+                ctx.activate(&a.units.units, a.replace, &a.block, CreateVerb::Start)
+                    .await
+            }
+            Command::Stop(a) => ctx.stop(&a.units.units, &a.block).await,
+            Command::Unload(a) => ctx.unload(&a.units.units, &a.block).await,
+            Command::Destroy(a) => ctx.destroy(&a.units).await,
+            Command::Cat(a) => ctx.cat(&a.unit).await,
+            Command::ListUnitFiles(a) => ctx.list_unit_files(a).await,
+            Command::ListUnits(a) => ctx.list_units(a).await,
+            Command::ListMachines(a) => ctx.list_machines(a).await,
+            Command::Version => unreachable!("handled above"),
+        }
+    });
+    let _ = std::io::stdout().flush();
+    res
+}

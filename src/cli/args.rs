@@ -1,0 +1,413 @@
+//! fleetctl's command line (clap derive). Every global flag can also come from `FLEETCTL_<FLAG>` in the
+//! environment (`--request-timeout` ↔ `FLEETCTL_REQUEST_TIMEOUT`); a flag on the command line wins.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Default number of times load/start/stop/unload check whether the desired state was reached.
+pub const DEFAULT_BLOCK_ATTEMPTS: u32 = 10;
+
+const AFTER_HELP: &str = "\
+Exit status: 0 on success; 1 when fleetd reports an error, cannot be reached, or (load, start, stop,
+unload) the desired state was recorded but could not be confirmed within --block-attempts; 2 on a
+command-line usage error.";
+
+/// fleetctl: control a fleet cluster through fleetd's HTTP API v1.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "fleetctl",
+    about = "fleetctl controls a fleet cluster through fleetd's HTTP API v1",
+    disable_version_flag = true,
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Global flags, accepted before or after the command.
+    #[command(flatten)]
+    pub global: GlobalFlags,
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags valid with every command.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct GlobalFlags {
+    /// Location of fleetd's API: unix:///PATH or http://HOST:PORT (https is not supported yet). Only the
+    /// first of a comma-separated list is used.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_ENDPOINT",
+        default_value = "unix:///var/run/fleet.sock"
+    )]
+    pub endpoint: String,
+    /// Seconds to wait for each answer from fleetd.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_REQUEST_TIMEOUT",
+        default_value_t = 3.0,
+        value_parser = positive_seconds
+    )]
+    pub request_timeout: f64,
+    /// Reach fleetd through an SSH tunnel to HOST[:PORT] (not supported yet).
+    #[arg(long, global = true, env = "FLEETCTL_TUNNEL", value_name = "HOST")]
+    pub tunnel: Option<String>,
+    /// Username for SSH connections (--tunnel, ssh, status, journal).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_SSH_USERNAME",
+        default_value = "core"
+    )]
+    pub ssh_username: String,
+    /// Seconds to wait for an SSH connection.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_SSH_TIMEOUT",
+        default_value_t = 10.0,
+        value_parser = positive_seconds
+    )]
+    pub ssh_timeout: f64,
+    /// Verify SSH host keys against --known-hosts-file (write --strict-host-key-checking=false to turn off).
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_STRICT_HOST_KEY_CHECKING",
+        default_value_t = true,
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub strict_host_key_checking: bool,
+    /// File of trusted SSH host keys.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_KNOWN_HOSTS_FILE",
+        default_value = "~/.fleetctl/known_hosts"
+    )]
+    pub known_hosts_file: String,
+    /// CA certificate for an https endpoint (https is not supported yet).
+    #[arg(long, global = true, env = "FLEETCTL_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for an https endpoint (https is not supported yet).
+    #[arg(long, global = true, env = "FLEETCTL_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Client key for an https endpoint (https is not supported yet).
+    #[arg(long, global = true, env = "FLEETCTL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Accepted for compatibility; fleetctl only talks to the API, which knows its own etcd prefix.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_ETCD_KEY_PREFIX",
+        default_value = "/_coreos.com/fleet/"
+    )]
+    pub etcd_key_prefix: String,
+    /// Print every API request and its outcome on stderr.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_DEBUG",
+        action = ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub debug: bool,
+    /// Print the version and exit.
+    #[arg(long, global = true, action = ArgAction::SetTrue)]
+    pub version: bool,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{s:?} must be a positive number of seconds"))
+    }
+}
+
+/// The verbs.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum Command {
+    /// Upload units (local unit files, or instances of templates) to the cluster without starting them.
+    Submit(SubmitArgs),
+    /// Schedule units onto machines and load them into systemd, without starting them.
+    Load(StartArgs),
+    /// Schedule units onto machines (if needed) and start them.
+    Start(StartArgs),
+    /// Stop running units (they stay loaded on their machine). Stopping an inactive unit is an error.
+    Stop(BlockArgs),
+    /// Unload units from their machines (they stay in the cluster, inactive).
+    Unload(BlockArgs),
+    /// Remove units from the cluster entirely (stopping and unloading them first).
+    Destroy(UnitsArgs),
+    /// Print the unit file of a unit as the cluster stores it.
+    Cat(CatArgs),
+    /// List the units in the cluster, whether or not they are placed on a machine.
+    ListUnitFiles(ListUnitFilesArgs),
+    /// List the state of units on the machines that report them.
+    ListUnits(ListUnitsArgs),
+    /// List the machines of the cluster.
+    ListMachines(ListMachinesArgs),
+    /// Print the version of fleetctl.
+    Version,
+}
+
+/// Units named on the command line.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct UnitsArgs {
+    /// Unit names or paths to unit files; `.service` is appended when the name has no unit suffix.
+    #[arg(required = true, value_name = "UNIT")]
+    pub units: Vec<String>,
+}
+
+/// `submit`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct SubmitArgs {
+    /// Replace units whose stored file differs from the local one (only while they are inactive).
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub units: UnitsArgs,
+}
+
+/// How long to wait for the desired state.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct BlockFlags {
+    /// Do not wait: record the desired state and return.
+    #[arg(long)]
+    pub no_block: bool,
+    /// How many times (500 ms apart) to check whether the desired state was reached; 0 waits forever
+    /// (fleet's old default). When the attempts run out the desired state stays recorded, the reason it
+    /// is not reached is printed, and fleetctl exits 1.
+    #[arg(long, default_value_t = DEFAULT_BLOCK_ATTEMPTS, value_name = "N")]
+    pub block_attempts: u32,
+}
+
+/// `load` and `start`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub block: BlockFlags,
+    /// Replace units whose stored file differs from the local one.
+    #[arg(long)]
+    pub replace: bool,
+    #[command(flatten)]
+    pub units: UnitsArgs,
+}
+
+/// `stop` and `unload`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct BlockArgs {
+    #[command(flatten)]
+    pub block: BlockFlags,
+    #[command(flatten)]
+    pub units: UnitsArgs,
+}
+
+/// `cat`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct CatArgs {
+    /// The unit to print.
+    #[arg(value_name = "UNIT")]
+    pub unit: String,
+}
+
+/// Flags shared by the list commands.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ListFlags {
+    /// Do not shorten machine IDs (or hashes).
+    #[arg(long, short = 'l')]
+    pub full: bool,
+    /// Do not print the header line.
+    #[arg(long)]
+    pub no_legend: bool,
+}
+
+/// `list-unit-files`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ListUnitFilesArgs {
+    /// Columns to print, comma-separated; valid: unit, hash, dstate, state, target, desc, global,
+    /// tmachine.
+    #[arg(long, default_value = "unit,hash,dstate,state,target")]
+    pub fields: String,
+    #[command(flatten)]
+    pub list: ListFlags,
+}
+
+/// `list-units`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ListUnitsArgs {
+    /// Columns to print, comma-separated; valid: unit, machine, active, sub, hash, load.
+    #[arg(long, default_value = "unit,machine,active,sub")]
+    pub fields: String,
+    #[command(flatten)]
+    pub list: ListFlags,
+}
+
+/// `list-machines`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct ListMachinesArgs {
+    /// Columns to print, comma-separated; valid: machine, ip, metadata.
+    #[arg(long, default_value = "machine,ip,metadata")]
+    pub fields: String,
+    #[command(flatten)]
+    pub list: ListFlags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    /// Parse `args` with `env` set in the process environment (clap reads it from there); a lock keeps
+    /// the tests that touch the environment from overlapping.
+    fn parse_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Cli, clap::Error> {
+        let _guard = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, v) in env {
+            std::env::set_var(k, v);
+        }
+        let res = Cli::command()
+            .try_get_matches_from(args)
+            .and_then(|m| Cli::from_arg_matches(&m));
+        for (k, _) in env {
+            std::env::remove_var(k);
+        }
+        res
+    }
+
+    static ENV_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_match_fleet() {
+        let cli = parse_with_env(&["fleetctl", "list-units"], &[]).unwrap();
+        assert_eq!(cli.global.endpoint, "unix:///var/run/fleet.sock");
+        assert_eq!(cli.global.request_timeout, 3.0);
+        assert_eq!(cli.global.ssh_timeout, 10.0);
+        assert_eq!(cli.global.ssh_username, "core");
+        assert!(cli.global.strict_host_key_checking);
+        assert_eq!(cli.global.etcd_key_prefix, "/_coreos.com/fleet/");
+        assert!(!cli.global.debug);
+        let Some(Command::ListUnits(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(a.fields, "unit,machine,active,sub");
+    }
+
+    #[test]
+    fn environment_supplies_global_flags_and_the_command_line_wins() {
+        let env = [
+            ("FLEETCTL_ENDPOINT", "http://10.0.0.1:49153"),
+            ("FLEETCTL_REQUEST_TIMEOUT", "7.5"),
+            ("FLEETCTL_DEBUG", "true"),
+            ("FLEETCTL_STRICT_HOST_KEY_CHECKING", "false"),
+            ("FLEETCTL_SSH_USERNAME", "ops"),
+        ];
+        let cli = parse_with_env(&["fleetctl", "list-machines"], &env).unwrap();
+        assert_eq!(cli.global.endpoint, "http://10.0.0.1:49153");
+        assert_eq!(cli.global.request_timeout, 7.5);
+        assert!(cli.global.debug);
+        assert!(!cli.global.strict_host_key_checking);
+        assert_eq!(cli.global.ssh_username, "ops");
+
+        let cli = parse_with_env(
+            &[
+                "fleetctl",
+                "--endpoint=unix:///tmp/f.sock",
+                "list-machines",
+                "--request-timeout",
+                "1",
+                "--strict-host-key-checking",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(cli.global.endpoint, "unix:///tmp/f.sock");
+        assert_eq!(cli.global.request_timeout, 1.0);
+        assert!(cli.global.strict_host_key_checking);
+    }
+
+    #[test]
+    fn falsy_environment_values_turn_flags_off() {
+        let cli = parse_with_env(&["fleetctl", "version"], &[("FLEETCTL_DEBUG", "0")]).unwrap();
+        assert!(!cli.global.debug);
+    }
+
+    #[test]
+    fn verbs_take_their_flags_and_units() {
+        let cli = parse_with_env(
+            &[
+                "fleetctl",
+                "start",
+                "--no-block",
+                "--replace",
+                "a",
+                "b.service",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Start(StartArgs {
+                block: BlockFlags {
+                    no_block: true,
+                    block_attempts: DEFAULT_BLOCK_ATTEMPTS
+                },
+                replace: true,
+                units: UnitsArgs {
+                    units: vec!["a".into(), "b.service".into()]
+                },
+            }))
+        );
+        let cli = parse_with_env(&["fleetctl", "load", "--block-attempts=3", "x"], &[]).unwrap();
+        let Some(Command::Load(a)) = cli.command else {
+            panic!()
+        };
+        assert_eq!(a.block.block_attempts, 3);
+        let cli = parse_with_env(
+            &[
+                "fleetctl",
+                "list-unit-files",
+                "--full",
+                "--no-legend",
+                "--fields=unit,desc",
+            ],
+            &[],
+        )
+        .unwrap();
+        let Some(Command::ListUnitFiles(a)) = cli.command else {
+            panic!()
+        };
+        assert!(a.list.full && a.list.no_legend);
+        assert_eq!(a.fields, "unit,desc");
+    }
+
+    #[test]
+    fn usage_errors_are_rejected() {
+        for args in [
+            &["fleetctl", "submit"][..],
+            &["fleetctl", "cat"],
+            &["fleetctl", "cat", "a", "b"],
+            &["fleetctl", "frobnicate"],
+            &["fleetctl", "--request-timeout=0", "list-units"],
+            &["fleetctl", "--request-timeout=abc", "list-units"],
+            &["fleetctl", "start", "--block-attempts=-1", "x"],
+        ] {
+            assert!(parse_with_env(args, &[]).is_err(), "{args:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,1310 @@
+//! The verbs: each one a method of [`Ctx`], talking to fleetd through [`Api`] and writing what fleet's
+//! fleetctl wrote.
+//!
+//! Differences from fleet v1.0.0, each the obvious fix (also in `fleetctl --help`):
+//! - `load`/`start`/`stop`/`unload` wait at most `--block-attempts` checks (default 10, 500 ms apart)
+//!   instead of forever; when the state is not reached they say why (no machine, no machine matching the
+//!   requirements, the machine has not reported the unit...) and exit 1. The desired state stays recorded.
+//! - `stop`, `unload`, `load` and `start` of a unit that does not exist (and has no local file) are errors;
+//!   fleet silently skipped them. `destroy` of a missing unit still succeeds silently, as in fleet.
+//! - Whether a unit can be stopped is decided from its desired state, not its current one: fleet refused to
+//!   stop a unit whose machine had not reported it yet.
+//! - `[X-Fleet]` problems are checked before anything is sent: unknown keys are warnings, rejected
+//!   combinations are errors.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use fleet_sched::{MachineId, Requirements, UnitFile, UnitName};
+
+use super::args::{BlockFlags, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
+use super::client::{Api, ApiMachine, ApiUnit, ApiUnitState, Transport};
+use super::names;
+use super::table::Table;
+
+/// Time between two checks of a unit's state while blocking (fleet's `defaultSleepTime`).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Desired/current state words.
+const INACTIVE: &str = "inactive";
+const LOADED: &str = "loaded";
+const LAUNCHED: &str = "launched";
+
+/// The verb that creates units lazily (decides which states `--replace` may cross).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateVerb {
+    /// `submit`: replace only inactive units.
+    Submit,
+    /// `load`: replace inactive or loaded units.
+    Load,
+    /// `start`: replace units in any state.
+    Start,
+}
+
+impl CreateVerb {
+    fn may_replace(self, desired: &str) -> bool {
+        match self {
+            CreateVerb::Submit => desired == INACTIVE,
+            CreateVerb::Load => desired == INACTIVE || desired == LOADED,
+            CreateVerb::Start => true,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        match self {
+            CreateVerb::Submit => "submit",
+            CreateVerb::Load => "load",
+            CreateVerb::Start => "start",
+        }
+    }
+}
+
+/// One fleetctl invocation: the API, where output goes, and what was learnt about machines.
+pub struct Ctx<T> {
+    /// The API client.
+    pub api: Api<T>,
+    out: Box<dyn Write>,
+    err: Box<dyn Write>,
+    /// Machines by ID, fetched at most once unless an unknown ID shows up.
+    machines: Option<BTreeMap<String, ApiMachine>>,
+    /// Time between two state checks while blocking.
+    pub poll_interval: Duration,
+}
+
+/// A unit file and where it came from (for messages).
+struct Found {
+    file: UnitFile,
+    origin: String,
+}
+
+/// Write a line, ignoring failures of the terminal (a closed pipe must not turn success into failure
+/// halfway through; the final table write reports its error).
+macro_rules! say {
+    ($w:expr, $($arg:tt)*) => {{
+        let _ = writeln!($w, $($arg)*);
+        let _ = $w.flush();
+    }};
+}
+
+/// Parse the unit name an argument refers to.
+pub fn unit_name(arg: &str) -> Result<UnitName> {
+    let name = names::unit_name_of(arg);
+    UnitName::parse(&name).map_err(|e| anyhow!("Error: invalid unit name {name:?}: {e}"))
+}
+
+/// The unit file of a stored unit.
+pub fn stored_file(u: &ApiUnit) -> Result<UnitFile> {
+    UnitFile::from_options(u.options.clone()).with_context(|| {
+        format!(
+            "unit {} as stored by fleetd is not a valid unit file",
+            u.name
+        )
+    })
+}
+
+/// Whether a stored unit is global (`[X-Fleet] Global=true`).
+pub fn is_global(u: &ApiUnit) -> bool {
+    requirements_of(u).is_some_and(|r| r.global)
+}
+
+fn requirements_of(u: &ApiUnit) -> Option<Requirements> {
+    let name = UnitName::parse(&u.name).ok()?;
+    let file = UnitFile::from_options(u.options.clone()).ok()?;
+    Requirements::from_unit(&name, &file).ok()
+}
+
+/// Read and parse a local unit file; `Ok(None)` when there is no such file.
+fn read_unit_file(path: &Path) -> Result<Option<UnitFile>> {
+    let text = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow!("Error reading unit file {}: {e}", path.display())),
+    };
+    let text = String::from_utf8(text)
+        .map_err(|_| anyhow!("Error reading unit file {}: not UTF-8 text", path.display()))?;
+    UnitFile::parse(&text)
+        .map(Some)
+        .map_err(|e| anyhow!("Error reading unit file {}: {e}", path.display()))
+}
+
+/// `id8...` or the full ID.
+pub fn machine_id_legend(id: &str, full: bool) -> String {
+    if full {
+        id.to_string()
+    } else {
+        let short: String = id
+            .chars()
+            .take(fleet_sched::machine::SHORT_ID_LEN)
+            .collect();
+        format!("{short}...")
+    }
+}
+
+/// `id8.../IP` (or the full ID with `--full`); just the ID legend when the IP is unknown.
+pub fn machine_full_legend(id: &str, machine: Option<&ApiMachine>, full: bool) -> String {
+    let legend = machine_id_legend(id, full);
+    match machine {
+        Some(m) if !m.primary_ip.is_empty() => format!("{legend}/{}", m.primary_ip),
+        _ => legend,
+    }
+}
+
+/// Metadata as sorted `k=v,k=v`, `-` when empty.
+pub fn format_metadata(metadata: &BTreeMap<String, String>) -> String {
+    if metadata.is_empty() {
+        return "-".to_string();
+    }
+    metadata
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Split and check `--fields` against the valid names.
+fn parse_fields<'a>(fields: &'a str, valid: &[&str]) -> Result<Vec<&'a str>> {
+    if fields.is_empty() {
+        bail!("Error: must define output format (--fields)");
+    }
+    let cols: Vec<&str> = fields.split(',').collect();
+    for c in &cols {
+        if !valid.contains(c) {
+            bail!(
+                "Error: invalid key in output format: {c:?} (valid: {})",
+                valid.join(",")
+            );
+        }
+    }
+    Ok(cols)
+}
+
+/// Valid `list-unit-files` fields.
+pub const UNIT_FILE_FIELDS: &[&str] = &[
+    "unit", "hash", "dstate", "state", "target", "desc", "global", "tmachine",
+];
+/// Valid `list-units` fields.
+pub const UNIT_FIELDS: &[&str] = &["unit", "machine", "active", "sub", "hash", "load"];
+/// Valid `list-machines` fields.
+pub const MACHINE_FIELDS: &[&str] = &["machine", "ip", "metadata"];
+
+/// The `list-unit-files` table for `units` (sorted here by name).
+pub fn unit_files_table(
+    units: &[ApiUnit],
+    machines: &BTreeMap<String, ApiMachine>,
+    cols: &[&str],
+    full: bool,
+    legend: bool,
+) -> Table {
+    let mut sorted: Vec<&ApiUnit> = units.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut t = Table::new();
+    if legend {
+        t.header(cols);
+    }
+    for u in sorted {
+        let file = UnitFile::from_options(u.options.clone()).ok();
+        let global = requirements_of(u).is_some_and(|r| r.global);
+        let target = || {
+            if global {
+                "global".to_string()
+            } else if u.machine_id.is_empty() {
+                "-".to_string()
+            } else {
+                machine_full_legend(&u.machine_id, machines.get(&u.machine_id), full)
+            }
+        };
+        let row = cols
+            .iter()
+            .map(|c| match *c {
+                "unit" => u.name.clone(),
+                "hash" => match &file {
+                    Some(f) if full => f.hash().to_string(),
+                    Some(f) => f.hash().short(),
+                    None => "-".to_string(),
+                },
+                "dstate" => dash(&u.desired_state),
+                "state" if global => "-".to_string(),
+                "state" => dash(&u.current_state),
+                "target" | "tmachine" => target(),
+                "desc" => file
+                    .as_ref()
+                    .and_then(|f| f.description().map(str::to_string))
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| "-".to_string()),
+                "global" => global.to_string(),
+                other => unreachable!("field {other} was validated"),
+            })
+            .collect();
+        t.row(row);
+    }
+    t
+}
+
+/// The `list-units` table for `states` (sorted here by unit, then machine).
+pub fn units_table(
+    states: &[ApiUnitState],
+    machines: &BTreeMap<String, ApiMachine>,
+    cols: &[&str],
+    full: bool,
+    legend: bool,
+) -> Table {
+    let mut sorted: Vec<&ApiUnitState> = states.iter().collect();
+    sorted.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+    let mut t = Table::new();
+    if legend {
+        t.header(cols);
+    }
+    for s in sorted {
+        let row = cols
+            .iter()
+            .map(|c| match *c {
+                "unit" => dash(&s.name),
+                "machine" if s.machine_id.is_empty() => "-".to_string(),
+                "machine" => machine_full_legend(&s.machine_id, machines.get(&s.machine_id), full),
+                "active" => dash(&s.systemd_active_state),
+                "sub" => dash(&s.systemd_sub_state),
+                "load" => dash(&s.systemd_load_state),
+                "hash" if s.hash.is_empty() => "-".to_string(),
+                "hash" if full => s.hash.clone(),
+                "hash" => s.hash.chars().take(7).collect(),
+                other => unreachable!("field {other} was validated"),
+            })
+            .collect();
+        t.row(row);
+    }
+    t
+}
+
+/// The `list-machines` table (sorted here by ID).
+pub fn machines_table(machines: &[ApiMachine], cols: &[&str], full: bool, legend: bool) -> Table {
+    let mut sorted: Vec<&ApiMachine> = machines.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut t = Table::new();
+    if legend {
+        t.header(cols);
+    }
+    for m in sorted {
+        let row = cols
+            .iter()
+            .map(|c| match *c {
+                "machine" => machine_id_legend(&m.id, full),
+                "ip" => dash(&m.primary_ip),
+                "metadata" => format_metadata(&m.metadata),
+                other => unreachable!("field {other} was validated"),
+            })
+            .collect();
+        t.row(row);
+    }
+    t
+}
+
+impl<T: Transport> Ctx<T> {
+    /// A context writing to `out` (results) and `err` (warnings, progress on failure).
+    pub fn new(api: Api<T>, out: Box<dyn Write>, err: Box<dyn Write>) -> Self {
+        Ctx {
+            api,
+            out,
+            err,
+            machines: None,
+            poll_interval: POLL_INTERVAL,
+        }
+    }
+
+    async fn machine_map(&mut self, refresh: bool) -> Result<&BTreeMap<String, ApiMachine>> {
+        if refresh || self.machines.is_none() {
+            let list = self
+                .api
+                .machines()
+                .await
+                .context("Error retrieving list of machines")?;
+            self.machines = Some(list.into_iter().map(|m| (m.id.clone(), m)).collect());
+        }
+        Ok(self.machines.as_ref().expect("just filled"))
+    }
+
+    /// `id8.../IP` for a machine, refreshing the machine list once when the ID is unknown; best effort.
+    async fn legend(&mut self, id: &str) -> String {
+        let known = matches!(&self.machines, Some(m) if m.contains_key(id));
+        if !known {
+            let refresh = self.machines.is_some();
+            let _ = self.machine_map(refresh).await;
+        }
+        let m = self.machines.as_ref().and_then(|m| m.get(id));
+        machine_full_legend(id, m, false)
+    }
+
+    async fn get_unit(&mut self, name: &UnitName) -> Result<Option<ApiUnit>> {
+        self.api
+            .unit(name.as_str())
+            .await
+            .with_context(|| format!("Error retrieving unit {name} from fleetd"))
+    }
+
+    /// `submit`.
+    pub async fn submit(&mut self, args: &[String], replace: bool) -> Result<()> {
+        self.lazy_create(args, replace, CreateVerb::Submit).await?;
+        Ok(())
+    }
+
+    /// Make sure every argument's unit exists in the cluster (fleet's `lazyCreateUnits`), creating it from
+    /// the local file or a template. Returns the unit names.
+    async fn lazy_create(
+        &mut self,
+        args: &[String],
+        replace: bool,
+        verb: CreateVerb,
+    ) -> Result<Vec<UnitName>> {
+        let parsed = args
+            .iter()
+            .map(|a| unit_name(a).map(|n| (a.as_str(), n)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut names = Vec::with_capacity(parsed.len());
+        for (arg, name) in parsed {
+            self.ensure_unit(arg, &name, replace, verb).await?;
+            names.push(name);
+        }
+        Ok(names)
+    }
+
+    async fn ensure_unit(
+        &mut self,
+        arg: &str,
+        name: &UnitName,
+        replace: bool,
+        verb: CreateVerb,
+    ) -> Result<()> {
+        let local_path = names::local_path_of(arg);
+        let existing = self.get_unit(name).await?;
+        let file = match existing {
+            Some(stored) => {
+                let stored_hash = stored_file(&stored)?.hash();
+                let local = self.local_file(&local_path, name)?;
+                let differs = local
+                    .as_ref()
+                    .map(|f| f.file.hash() != stored_hash)
+                    .unwrap_or(false);
+                if !replace {
+                    if let (true, Some(f)) = (differs, &local) {
+                        say!(
+                            self.err,
+                            "WARNING: Unit {name} in registry differs from local unit file {}. Add --replace to override.",
+                            f.origin
+                        );
+                    }
+                    return Ok(());
+                }
+                let Some(local) = local else {
+                    bail!(
+                        "Error: cannot replace unit {name}: no local unit file {} (or template next to it)",
+                        local_path.display()
+                    );
+                };
+                if !differs {
+                    say!(
+                        self.out,
+                        "Found same Unit({name}) in Registry, nothing to do"
+                    );
+                    return Ok(());
+                }
+                if !verb.may_replace(&stored.desired_state) {
+                    say!(
+                        self.err,
+                        "Warning: can not replace Unit({name}) in state '{}' with {}, use the appropriate command",
+                        stored.desired_state,
+                        verb.word()
+                    );
+                    return Ok(());
+                }
+                local.file
+            }
+            None => self.find_new_unit_file(&local_path, name).await?,
+        };
+        self.create_unit(name, file).await
+    }
+
+    /// The local file to compare a stored unit with: the argument's file, else (for an instance) the
+    /// template file next to it.
+    fn local_file(&self, path: &Path, name: &UnitName) -> Result<Option<Found>> {
+        if let Some(file) = read_unit_file(path)? {
+            return Ok(Some(Found {
+                file,
+                origin: path.display().to_string(),
+            }));
+        }
+        if let Some(template) = name.template() {
+            let tpath = names::template_path_next_to(path, template.as_str());
+            if let Some(file) = read_unit_file(&tpath)? {
+                return Ok(Some(Found {
+                    file,
+                    origin: tpath.display().to_string(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where a unit that is not in the cluster comes from: the local file, else the template in the
+    /// cluster, else the template file next to the argument.
+    async fn find_new_unit_file(&mut self, path: &Path, name: &UnitName) -> Result<UnitFile> {
+        if let Some(file) = read_unit_file(path)? {
+            return Ok(file);
+        }
+        let Some(template) = name.template() else {
+            bail!(
+                "Error: unable to find unit {name} in the cluster or on the filesystem (no file {})",
+                path.display()
+            );
+        };
+        let tpath: PathBuf = names::template_path_next_to(path, template.as_str());
+        if let Some(stored) = self.get_unit(&template).await? {
+            let file = stored_file(&stored)?;
+            if let Ok(Some(local)) = read_unit_file(&tpath) {
+                if local.hash() != file.hash() {
+                    say!(
+                        self.err,
+                        "WARNING: Unit {template} in registry differs from local template unit file {}. Add --replace to override.",
+                        tpath.display()
+                    );
+                }
+            }
+            return Ok(file);
+        }
+        match read_unit_file(&tpath)? {
+            Some(file) => Ok(file),
+            None => bail!(
+                "Error: unable to find unit {name} or its template {template} in the cluster or on the filesystem (no file {} or {})",
+                path.display(),
+                tpath.display()
+            ),
+        }
+    }
+
+    /// Check `[X-Fleet]`, print its warnings, PUT the unit, print `Unit X inactive`.
+    async fn create_unit(&mut self, name: &UnitName, file: UnitFile) -> Result<()> {
+        let req = Requirements::from_unit(name, &file)
+            .map_err(|e| anyhow!("Error creating unit {name}: invalid [X-Fleet] options: {e}"))?;
+        for w in &req.warnings {
+            say!(self.err, "WARNING: Unit {name}: {w}");
+        }
+        let unit = ApiUnit {
+            name: name.to_string(),
+            options: file.into_options(),
+            ..ApiUnit::default()
+        };
+        self.api
+            .put_unit(&unit)
+            .await
+            .with_context(|| format!("Error creating unit {name}"))?;
+        say!(self.out, "Unit {name} inactive");
+        Ok(())
+    }
+
+    /// `load` (`target` = loaded) and `start` (`target` = launched).
+    pub async fn activate(
+        &mut self,
+        args: &[String],
+        replace: bool,
+        block: &BlockFlags,
+        verb: CreateVerb,
+    ) -> Result<()> {
+        let (target, word) = match verb {
+            CreateVerb::Load => (LOADED, "load"),
+            CreateVerb::Start => (LAUNCHED, "start"),
+            CreateVerb::Submit => unreachable!("submit does not activate"),
+        };
+        // A template can never be loaded or launched: say so before creating anything.
+        for arg in args {
+            let name = unit_name(arg)?;
+            if name.is_template() {
+                bail!(
+                    "Error: unit {name} is a template: it can be submitted but not {target}; {word} an instance such as {}@1.{}",
+                    name.prefix(),
+                    name.suffix()
+                );
+            }
+        }
+        let names = self.lazy_create(args, replace, verb).await?;
+        for name in &names {
+            self.api
+                .set_desired_state(name.as_str(), target)
+                .await
+                .with_context(|| {
+                    format!("Error setting target state of unit {name} to {target}")
+                })?;
+        }
+        if block.no_block {
+            for name in &names {
+                say!(self.out, "Triggered unit {name} {word}");
+            }
+            return Ok(());
+        }
+        self.wait_for(&names, target, block.block_attempts).await
+    }
+
+    /// Look up every argument's unit; all must exist.
+    async fn existing_units(&mut self, args: &[String]) -> Result<Vec<ApiUnit>> {
+        let mut units = Vec::with_capacity(args.len());
+        for arg in args {
+            let name = unit_name(arg)?;
+            match self.get_unit(&name).await? {
+                Some(u) => units.push(u),
+                None => bail!("Error: unit {name} does not exist in the cluster"),
+            }
+        }
+        Ok(units)
+    }
+
+    /// `stop`: desired state loaded; an inactive unit cannot be stopped.
+    pub async fn stop(&mut self, args: &[String], block: &BlockFlags) -> Result<()> {
+        let units = self.existing_units(args).await?;
+        for u in &units {
+            if u.desired_state == INACTIVE && !is_global(u) {
+                bail!(
+                    "Error: unable to stop unit {} in state inactive (it is not loaded; nothing to stop)",
+                    u.name
+                );
+            }
+        }
+        self.change_state(units, LOADED, "stop", block).await
+    }
+
+    /// `unload`: desired state inactive.
+    pub async fn unload(&mut self, args: &[String], block: &BlockFlags) -> Result<()> {
+        let units = self.existing_units(args).await?;
+        self.change_state(units, INACTIVE, "unload", block).await
+    }
+
+    async fn change_state(
+        &mut self,
+        units: Vec<ApiUnit>,
+        target: &str,
+        word: &str,
+        block: &BlockFlags,
+    ) -> Result<()> {
+        let mut wait = Vec::new();
+        for u in units {
+            let global = is_global(&u);
+            if !global && u.desired_state == target && u.current_state == target {
+                continue; // already there
+            }
+            self.api
+                .set_desired_state(&u.name, target)
+                .await
+                .with_context(|| {
+                    format!("Error setting target state of unit {} to {target}", u.name)
+                })?;
+            let name = UnitName::parse(&u.name)
+                .map_err(|e| anyhow!("fleetd returned an invalid unit name {:?}: {e}", u.name))?;
+            if global {
+                say!(self.out, "Triggered global unit {name} {word}");
+            } else if block.no_block {
+                say!(self.out, "Triggered unit {name} {word}");
+            } else {
+                wait.push(name);
+            }
+        }
+        if wait.is_empty() {
+            return Ok(());
+        }
+        self.wait_for(&wait, target, block.block_attempts).await
+    }
+
+    /// Poll until every unit reports `target`, at most `attempts` times (0: no limit). Prints
+    /// `Unit X <state> on <machine>` as each one gets there; on time-out, prints why each remaining unit
+    /// is not there and fails.
+    async fn wait_for(&mut self, names: &[UnitName], target: &str, attempts: u32) -> Result<()> {
+        let started = Instant::now();
+        let mut pending: Vec<UnitName> = names.to_vec();
+        let mut attempt: u32 = 0;
+        let mut gone = Vec::new();
+        loop {
+            attempt += 1;
+            let mut still = Vec::new();
+            for name in pending {
+                let Some(u) = self.get_unit(&name).await? else {
+                    gone.push(name);
+                    continue;
+                };
+                let global = is_global(&u);
+                let state = if global {
+                    &u.desired_state
+                } else {
+                    &u.current_state
+                };
+                if state != target {
+                    still.push(name);
+                    continue;
+                }
+                if !global && !u.machine_id.is_empty() {
+                    let legend = self.legend(&u.machine_id).await;
+                    say!(self.out, "Unit {name} {target} on {legend}");
+                } else {
+                    say!(self.out, "Unit {name} {target}");
+                }
+            }
+            pending = still;
+            if pending.is_empty() && gone.is_empty() {
+                return Ok(());
+            }
+            if pending.is_empty() || (attempts != 0 && attempt >= attempts) {
+                break;
+            }
+            if attempts == 0 && attempt.is_multiple_of(20) {
+                let list = join(&pending);
+                say!(
+                    self.err,
+                    "Still waiting for {list} to be {target} ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+        let waited = started.elapsed().as_secs_f64();
+        for name in &gone {
+            say!(
+                self.err,
+                "Unit {name} was destroyed while waiting for it to be {target}"
+            );
+        }
+        for name in &pending {
+            let why = self.why_not(name, target).await;
+            say!(
+                self.err,
+                "Unit {name}: desired state {target} is recorded but was not reached after {attempt} checks ({waited:.1} s): {why}"
+            );
+        }
+        let failed = pending.len() + gone.len();
+        Err(anyhow!(
+            "Error waiting for units: {failed} of {} did not reach state {target} (the desired state stays recorded; --block-attempts=0 waits without limit, --no-block does not wait)",
+            names.len()
+        ))
+    }
+
+    /// A plain explanation of why `name` is not in state `target` (best effort: API failures are named).
+    async fn why_not(&mut self, name: &UnitName, target: &str) -> String {
+        let unit = match self.api.unit(name.as_str()).await {
+            Ok(Some(u)) => u,
+            Ok(None) => return "the unit no longer exists".to_string(),
+            Err(e) => return format!("cannot read the unit from fleetd: {e}"),
+        };
+        let machines = match self.machine_map(true).await {
+            Ok(m) => m.clone(),
+            Err(e) => return format!("cannot list machines: {e:#}"),
+        };
+        if machines.is_empty() {
+            return "no machine has joined the cluster (no fleetd agent is running), so nothing can be scheduled".to_string();
+        }
+        let count = machines.len();
+        if unit.machine_id.is_empty() {
+            let mut why = format!("it is not placed on any of the {count} machines yet");
+            if let Some(req) = requirements_of(&unit) {
+                if let Some(id) = req.required_machine() {
+                    let any = machines
+                        .keys()
+                        .any(|m| MachineId::parse(m).is_ok_and(|m| m.matches(id)));
+                    if !any {
+                        why = format!(
+                            "its [X-Fleet] MachineID={id} matches none of the {count} machines"
+                        );
+                    }
+                } else if !req.metadata.is_empty()
+                    && !machines.values().any(|m| req.metadata_matches(&m.metadata))
+                {
+                    why = format!(
+                        "its [X-Fleet] MachineMetadata requirements match none of the {count} machines"
+                    );
+                }
+            }
+            return why;
+        }
+        let legend = machine_full_legend(&unit.machine_id, machines.get(&unit.machine_id), false);
+        if !machines.contains_key(&unit.machine_id) {
+            return format!("it is placed on {legend}, which is no longer a member of the cluster");
+        }
+        let states = self
+            .api
+            .unit_states(Some(name.as_str()))
+            .await
+            .unwrap_or_default();
+        match states.iter().find(|s| s.machine_id == unit.machine_id) {
+            None => format!("it is placed on {legend}, which has not reported the unit yet (current state {})", dash(&unit.current_state)),
+            Some(s) => format!(
+                "it is placed on {legend}, where systemd reports load={} active={} sub={} (current state {}, wanted {target})",
+                dash(&s.systemd_load_state),
+                dash(&s.systemd_active_state),
+                dash(&s.systemd_sub_state),
+                dash(&unit.current_state)
+            ),
+        }
+    }
+
+    /// `destroy`: missing units are skipped silently, as in fleet.
+    pub async fn destroy(&mut self, args: &[String]) -> Result<()> {
+        let names = args
+            .iter()
+            .map(|a| unit_name(a))
+            .collect::<Result<Vec<_>>>()?;
+        for name in names {
+            if self
+                .api
+                .destroy_unit(name.as_str())
+                .await
+                .with_context(|| format!("Error destroying unit {name}"))?
+            {
+                say!(self.out, "Destroyed {name}");
+            }
+        }
+        Ok(())
+    }
+
+    /// `cat`: the stored unit file, exactly as fleet serializes it.
+    pub async fn cat(&mut self, arg: &str) -> Result<()> {
+        let name = unit_name(arg)?;
+        let Some(u) = self.get_unit(&name).await? else {
+            bail!("Error: unit {name} not found");
+        };
+        let text = stored_file(&u)?.serialize();
+        self.write_out(&text)
+    }
+
+    fn write_out(&mut self, text: &str) -> Result<()> {
+        self.out
+            .write_all(text.as_bytes())
+            .and_then(|_| self.out.flush())
+            .context("Error writing output")
+    }
+
+    /// `list-unit-files`.
+    pub async fn list_unit_files(&mut self, a: &ListUnitFilesArgs) -> Result<()> {
+        let cols = parse_fields(&a.fields, UNIT_FILE_FIELDS)?;
+        let units = self
+            .api
+            .units()
+            .await
+            .context("Error retrieving list of units from fleetd")?;
+        let needs_machines = cols.iter().any(|c| *c == "target" || *c == "tmachine")
+            && units.iter().any(|u| !u.machine_id.is_empty());
+        let machines = if needs_machines {
+            self.machine_map(false).await?.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let t = unit_files_table(&units, &machines, &cols, a.list.full, !a.list.no_legend);
+        self.write_out(&t.render())
+    }
+
+    /// `list-units`.
+    pub async fn list_units(&mut self, a: &ListUnitsArgs) -> Result<()> {
+        let cols = parse_fields(&a.fields, UNIT_FIELDS)?;
+        let states = self
+            .api
+            .unit_states(None)
+            .await
+            .context("Error retrieving list of units from fleetd")?;
+        let machines = if cols.contains(&"machine") && !states.is_empty() {
+            self.machine_map(false).await?.clone()
+        } else {
+            BTreeMap::new()
+        };
+        let t = units_table(&states, &machines, &cols, a.list.full, !a.list.no_legend);
+        self.write_out(&t.render())
+    }
+
+    /// `list-machines`.
+    pub async fn list_machines(&mut self, a: &ListMachinesArgs) -> Result<()> {
+        let cols = parse_fields(&a.fields, MACHINE_FIELDS)?;
+        let machines = self
+            .api
+            .machines()
+            .await
+            .context("Error retrieving list of machines from fleetd")?;
+        let t = machines_table(&machines, &cols, a.list.full, !a.list.no_legend);
+        self.write_out(&t.render())
+    }
+}
+
+fn join(names: &[UnitName]) -> String {
+    names
+        .iter()
+        .map(UnitName::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::client::fake::Scripted;
+    use crate::cli::table::expand_tabs;
+    use fleet_sched::UnitOption;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    fn machine(id: &str, ip: &str, meta: &[(&str, &str)]) -> ApiMachine {
+        ApiMachine {
+            id: id.into(),
+            primary_ip: ip.into(),
+            metadata: meta
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn unit(name: &str, opts: &[(&str, &str, &str)], d: &str, c: &str, m: &str) -> ApiUnit {
+        ApiUnit {
+            name: name.into(),
+            options: opts
+                .iter()
+                .map(|(s, n, v)| UnitOption::new(*s, *n, *v))
+                .collect(),
+            desired_state: d.into(),
+            current_state: c.into(),
+            machine_id: m.into(),
+        }
+    }
+
+    const M1: &str = "113f16a7c5e44a1cb2e8a6e8b8f4d7a1";
+    const M2: &str = "2cb2e8a6e8b8f4d7a1113f16a7c5e44a";
+
+    fn machines() -> BTreeMap<String, ApiMachine> {
+        [
+            machine(M1, "10.0.0.1", &[("region", "us"), ("disk", "ssd")]),
+            machine(M2, "", &[]),
+        ]
+        .into_iter()
+        .map(|m| (m.id.clone(), m))
+        .collect()
+    }
+
+    fn sample_units() -> Vec<ApiUnit> {
+        vec![
+            unit(
+                "world.service",
+                &[("Service", "ExecStart", "/bin/true")],
+                "loaded",
+                "inactive",
+                "",
+            ),
+            unit(
+                "hello.service",
+                &[
+                    ("Unit", "Description", "Hello World"),
+                    ("Service", "ExecStart", "/bin/sh -c 'echo hi; sleep 1d'"),
+                ],
+                "launched",
+                "launched",
+                M1,
+            ),
+            unit(
+                "everywhere.service",
+                &[
+                    ("Service", "ExecStart", "/bin/true"),
+                    ("X-Fleet", "Global", "true"),
+                ],
+                "launched",
+                "",
+                "",
+            ),
+            unit(
+                "nomachine.service",
+                &[("Service", "ExecStart", "/bin/false")],
+                "launched",
+                "loaded",
+                M2,
+            ),
+        ]
+    }
+
+    #[test]
+    fn list_unit_files_default_columns() {
+        let units = sample_units();
+        let h = |n: usize| stored_file(&units[n]).unwrap().hash().short();
+        let cols = parse_fields("unit,hash,dstate,state,target", UNIT_FILE_FIELDS).unwrap();
+        let out = unit_files_table(&units, &machines(), &cols, false, true).render();
+        let expected = format!(
+            "UNIT\t\t\tHASH\tDSTATE\t\tSTATE\t\tTARGET\n\
+             everywhere.service\t{}\tlaunched\t-\t\tglobal\n\
+             hello.service\t\t{}\tlaunched\tlaunched\t113f16a7.../10.0.0.1\n\
+             nomachine.service\t{}\tlaunched\tloaded\t\t2cb2e8a6...\n\
+             world.service\t\t{}\tloaded\t\tinactive\t-\n",
+            h(2),
+            h(1),
+            h(3),
+            h(0)
+        );
+        assert_eq!(out, expected);
+        assert!(expand_tabs(&out).starts_with(
+            "UNIT                    HASH    DSTATE          STATE           TARGET\n"
+        ));
+    }
+
+    #[test]
+    fn list_unit_files_extra_columns_full_and_no_legend() {
+        let units = sample_units();
+        let cols = parse_fields("unit,desc,global,tmachine,hash", UNIT_FILE_FIELDS).unwrap();
+        let out = unit_files_table(&units[1..2], &machines(), &cols, true, false).render();
+        let hash = stored_file(&units[1]).unwrap().hash().to_string();
+        assert_eq!(hash.len(), 40);
+        assert_eq!(
+            out,
+            format!("hello.service\tHello World\tfalse\t{M1}/10.0.0.1\t{hash}\n")
+        );
+        let out =
+            unit_files_table(&units[0..1], &machines(), &["desc", "global"], false, false).render();
+        assert_eq!(out, "-\tfalse\n");
+    }
+
+    #[test]
+    fn the_hash_is_the_sha1_of_the_serialized_unit() {
+        // sha1("[Service]\nExecStart=/bin/true\n")
+        let u = unit(
+            "a.service",
+            &[("Service", "ExecStart", "/bin/true")],
+            "",
+            "",
+            "",
+        );
+        let out = unit_files_table(&[u], &BTreeMap::new(), &["hash"], true, false).render();
+        let expected = {
+            use std::process::Command;
+            let o = Command::new("sh")
+                .args([
+                    "-c",
+                    "printf '[Service]\\nExecStart=/bin/true\\n' | sha1sum",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8(o.stdout).unwrap()[..40].to_string()
+        };
+        assert_eq!(out, format!("{expected}\n"));
+    }
+
+    #[test]
+    fn list_units_rows_are_sorted_by_unit_then_machine() {
+        let st = |n: &str, m: &str, a: &str| ApiUnitState {
+            name: n.into(),
+            hash: "e55c0ae1234567890abcdef1234567890abcdef0".into(),
+            machine_id: m.into(),
+            systemd_load_state: "loaded".into(),
+            systemd_active_state: a.into(),
+            systemd_sub_state: if a == "active" { "running" } else { "dead" }.into(),
+        };
+        let states = vec![
+            st("hello.service", M2, "active"),
+            st("b.service", M1, "inactive"),
+            st("hello.service", M1, "active"),
+        ];
+        let cols = parse_fields("unit,machine,active,sub", UNIT_FIELDS).unwrap();
+        let out = units_table(&states, &machines(), &cols, false, true).render();
+        assert_eq!(
+            out,
+            "UNIT\t\tMACHINE\t\t\tACTIVE\t\tSUB\n\
+             b.service\t113f16a7.../10.0.0.1\tinactive\tdead\n\
+             hello.service\t113f16a7.../10.0.0.1\tactive\t\trunning\n\
+             hello.service\t2cb2e8a6...\t\tactive\t\trunning\n"
+        );
+        assert_eq!(
+            expand_tabs(&out).lines().nth(2).unwrap(),
+            "hello.service   113f16a7.../10.0.0.1    active          running"
+        );
+        let cols = parse_fields("hash,load", UNIT_FIELDS).unwrap();
+        let out = units_table(&states[..1], &machines(), &cols, false, false).render();
+        assert_eq!(out, "e55c0ae\tloaded\n");
+        let out = units_table(&states[..1], &machines(), &["hash"], true, false).render();
+        assert_eq!(out, "e55c0ae1234567890abcdef1234567890abcdef0\n");
+    }
+
+    #[test]
+    fn list_machines_shows_short_ids_and_sorted_metadata() {
+        let ms: Vec<ApiMachine> = machines().into_values().rev().collect();
+        let cols = parse_fields("machine,ip,metadata", MACHINE_FIELDS).unwrap();
+        let out = machines_table(&ms, &cols, false, true).render();
+        assert_eq!(
+            out,
+            "MACHINE\t\tIP\t\tMETADATA\n\
+             113f16a7...\t10.0.0.1\tdisk=ssd,region=us\n\
+             2cb2e8a6...\t-\t\t-\n"
+        );
+        let out = machines_table(&ms[..1], &["machine"], true, false).render();
+        assert_eq!(out, format!("{M2}\n"));
+    }
+
+    #[test]
+    fn unknown_or_empty_fields_are_rejected() {
+        let e = parse_fields("unit,bogus", UNIT_FIELDS)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"bogus\""), "{e}");
+        assert!(parse_fields("", UNIT_FIELDS).is_err());
+        assert!(parse_fields("unit,", UNIT_FIELDS).is_err());
+    }
+
+    #[test]
+    fn short_machine_ids_are_shown_whole() {
+        assert_eq!(machine_id_legend("abc", false), "abc...");
+        assert_eq!(machine_full_legend("abc", None, false), "abc...");
+    }
+
+    /// A writer the test can read back.
+    #[derive(Clone, Default)]
+    struct Buf(Rc<RefCell<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.borrow_mut().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Buf {
+        fn text(&self) -> String {
+            String::from_utf8(self.0.borrow().clone()).unwrap()
+        }
+    }
+
+    fn ctx(answers: &[(u16, &str)]) -> (Ctx<Scripted>, Buf, Buf) {
+        let (out, err) = (Buf::default(), Buf::default());
+        let mut c = Ctx::new(
+            Api::new(Scripted::new(answers)),
+            Box::new(out.clone()),
+            Box::new(err.clone()),
+        );
+        c.poll_interval = Duration::from_millis(1);
+        (c, out, err)
+    }
+
+    fn block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn start_without_machines_gives_up_after_the_block_attempts_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hello.service");
+        std::fs::write(&path, "[Service]\nExecStart=/bin/true\n").unwrap();
+        let inactive = r#"{"name":"hello.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}],"desiredState":"launched","currentState":"inactive"}"#;
+        let (mut c, out, err) = ctx(&[
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+            (201, ""),
+            (204, ""),
+            (200, inactive),
+            (200, inactive),
+            (200, inactive),
+            (200, r#"{"machines":[]}"#),
+        ]);
+        let flags = BlockFlags {
+            no_block: false,
+            block_attempts: 2,
+        };
+        let args = [path.display().to_string()];
+        let e = block(c.activate(&args, false, &flags, CreateVerb::Start)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("1 of 1 did not reach state launched"),
+            "{e}"
+        );
+        assert_eq!(out.text(), "Unit hello.service inactive\n");
+        let err = err.text();
+        assert!(
+            err.contains("desired state launched is recorded but was not reached after 2 checks")
+                && err.contains("no machine has joined the cluster"),
+            "{err}"
+        );
+        let reqs: Vec<_> = c
+            .api
+            .transport()
+            .requests
+            .iter()
+            .map(|r| r.0.clone())
+            .collect();
+        assert_eq!(
+            reqs,
+            [
+                "GET /fleet/v1/units/hello.service",
+                "PUT /fleet/v1/units/hello.service",
+                "PUT /fleet/v1/units/hello.service",
+                "GET /fleet/v1/units/hello.service",
+                "GET /fleet/v1/units/hello.service",
+                "GET /fleet/v1/units/hello.service",
+                "GET /fleet/v1/machines",
+            ]
+        );
+        let create: serde_json::Value =
+            serde_json::from_str(c.api.transport().requests[1].1.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            create,
+            serde_json::json!({"name":"hello.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]})
+        );
+    }
+
+    #[test]
+    fn start_reports_the_machine_once_the_unit_is_launched() {
+        let launched = format!(
+            r#"{{"name":"a.service","options":[{{"section":"Service","name":"ExecStart","value":"/bin/true"}}],"desiredState":"launched","currentState":"launched","machineID":"{M1}"}}"#
+        );
+        let machines = format!(r#"{{"machines":[{{"id":"{M1}","primaryIP":"10.0.0.1"}}]}}"#);
+        let (mut c, out, _) = ctx(&[
+            (200, &launched),
+            (204, ""),
+            (200, &launched),
+            (200, &machines),
+        ]);
+        let flags = BlockFlags {
+            no_block: false,
+            block_attempts: 1,
+        };
+        block(c.activate(&["a".into()], false, &flags, CreateVerb::Start)).unwrap();
+        assert_eq!(
+            out.text(),
+            "Unit a.service launched on 113f16a7.../10.0.0.1\n"
+        );
+    }
+
+    #[test]
+    fn no_block_only_triggers() {
+        let stored = r#"{"name":"a.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}],"desiredState":"inactive"}"#;
+        let (mut c, out, _) = ctx(&[(200, stored), (204, "")]);
+        let flags = BlockFlags {
+            no_block: true,
+            block_attempts: 10,
+        };
+        block(c.activate(&["a".into()], false, &flags, CreateVerb::Load)).unwrap();
+        assert_eq!(out.text(), "Triggered unit a.service load\n");
+    }
+
+    #[test]
+    fn templates_cannot_be_started_and_bad_names_are_refused_before_any_request() {
+        let (mut c, _, _) = ctx(&[]);
+        let flags = BlockFlags {
+            no_block: true,
+            block_attempts: 1,
+        };
+        let e = block(c.activate(&["web@.service".into()], false, &flags, CreateVerb::Start))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is a template"), "{e}");
+        let e = block(c.submit(&["bad$name".into()], false))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("Error: invalid unit name \"bad$name.service\""),
+            "{e}"
+        );
+        assert!(c.api.transport().requests.is_empty());
+    }
+
+    #[test]
+    fn stopping_an_inactive_unit_is_an_error() {
+        let stored = r#"{"name":"a.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}],"desiredState":"inactive","currentState":"inactive"}"#;
+        let (mut c, _, _) = ctx(&[(200, stored)]);
+        let flags = BlockFlags {
+            no_block: false,
+            block_attempts: 1,
+        };
+        let e = block(c.stop(&["a".into()], &flags))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unable to stop unit a.service in state inactive"),
+            "{e}"
+        );
+        assert_eq!(c.api.transport().requests.len(), 1);
+    }
+
+    #[test]
+    fn submit_warns_when_the_local_file_differs_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.service");
+        std::fs::write(&path, "[Service]\nExecStart=/bin/false\n").unwrap();
+        let stored = r#"{"name":"a.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}],"desiredState":"inactive"}"#;
+        let (mut c, out, err) = ctx(&[(200, stored)]);
+        block(c.submit(&[path.display().to_string()], false)).unwrap();
+        assert_eq!(out.text(), "");
+        assert!(
+            err.text().contains("differs from local unit file") && err.text().contains("--replace"),
+            "{}",
+            err.text()
+        );
+    }
+
+    #[test]
+    fn submit_of_an_instance_uses_the_template_file_next_to_it_and_warns_about_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("web@.service"),
+            "[Service]\nExecStart=/bin/echo %i\n[X-Fleet]\nFoo=bar\n",
+        )
+        .unwrap();
+        let (mut c, out, err) = ctx(&[
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+            (201, ""),
+        ]);
+        let arg = dir.path().join("web@1").display().to_string();
+        block(c.submit(&[arg], false)).unwrap();
+        assert_eq!(out.text(), "Unit web@1.service inactive\n");
+        assert!(err.text().contains("\"Foo\""), "{}", err.text());
+        let reqs: Vec<_> = c
+            .api
+            .transport()
+            .requests
+            .iter()
+            .map(|r| r.0.clone())
+            .collect();
+        assert_eq!(
+            reqs,
+            [
+                "GET /fleet/v1/units/web%401.service",
+                "GET /fleet/v1/units/web%40.service",
+                "PUT /fleet/v1/units/web%401.service",
+            ]
+        );
+    }
+
+    #[test]
+    fn rejected_x_fleet_combinations_fail_before_sending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.service");
+        std::fs::write(
+            &path,
+            "[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineID=abc\nGlobal=true\n",
+        )
+        .unwrap();
+        let (mut c, out, _) = ctx(&[(
+            404,
+            r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+        )]);
+        let e = block(c.submit(&[path.display().to_string()], false))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MachineID cannot be used with Global"), "{e}");
+        assert_eq!(out.text(), "");
+        assert_eq!(c.api.transport().requests.len(), 1);
+    }
+}
