@@ -238,6 +238,8 @@ pub struct UnitFile {
 impl UnitFile {
     /// Parses systemd unit file text (see the module docs for the exact rules).
     pub fn parse(text: &str) -> Result<UnitFile, ParseError> {
+        // A UTF-8 byte order mark is skipped (go-systemd skipped anything before the first '[').
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
         Ok(UnitFile {
             options: Lexer::new(text).run()?,
         })
@@ -367,6 +369,21 @@ impl UnitFile {
     /// `true` if the file has an `[Install]` section (fleet then enables the unit at runtime).
     pub fn has_install_section(&self) -> bool {
         self.options.iter().any(|o| o.section == "Install")
+    }
+}
+
+/// Serialized as its option list (fleet's JSON shape `[{"section","name","value"}, ...]`); deserializing
+/// validates it like [`UnitFile::from_options`].
+impl Serialize for UnitFile {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.options.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for UnitFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let options = Vec::<UnitOption>::deserialize(deserializer)?;
+        UnitFile::from_options(options).map_err(serde::de::Error::custom)
     }
 }
 
@@ -1028,6 +1045,30 @@ mod tests {
             assert!(bad.parse::<UnitHash>().is_err(), "{bad:?}");
         }
         assert!(serde_json::from_str::<UnitHash>("\"xyz\"").is_err());
+    }
+
+    #[test]
+    fn byte_order_mark_is_skipped() {
+        assert_eq!(
+            parse("\u{feff}[Unit]\nDescription=x\n"),
+            [opt("Unit", "Description", "x")]
+        );
+    }
+
+    #[test]
+    fn unit_file_json_is_its_option_list_and_is_validated() {
+        let f = UnitFile::parse("[Unit]\nDescription=d\n[Service]\nExecStart=/a\n").unwrap();
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"section":"Unit","name":"Description","value":"d"},{"section":"Service","name":"ExecStart","value":"/a"}]"#
+        );
+        assert_eq!(serde_json::from_str::<UnitFile>(&json).unwrap(), f);
+        let bad = r#"[{"section":"","name":"A","value":"1"}]"#;
+        let err = serde_json::from_str::<UnitFile>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("section name is empty"), "{err}");
     }
 
     #[test]
