@@ -26,6 +26,22 @@
 //! [`UnitFile::serialize`] output gives back the same options (grouped by section).
 //!
 //! Errors carry the 1-based line number.
+//!
+//! ```
+//! use fleet_sched::{Requirements, UnitFile, UnitName};
+//!
+//! let text = "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sleep 100\n\n\
+//!             [X-Fleet]\nConflicts=%p@*.service\n";
+//! let file = UnitFile::parse(text)?;
+//! // printf '[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/sleep 100\n\n[X-Fleet]\nConflicts=%%p@*.service\n' | sha1sum
+//! assert_eq!(file.hash().short(), "ca78503");
+//! assert_eq!(file.description(), Some("Hello"));
+//!
+//! let name = UnitName::parse("hello@1.service")?;
+//! let req = Requirements::from_unit(&name, &file)?;
+//! assert!(req.conflicts_with("hello@2.service"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use std::fmt;
 use std::str::FromStr;
