@@ -1,0 +1,219 @@
+//! The lab guard against the real thing (root only; skipped with a message otherwise).
+
+use std::path::Path;
+use std::process::Command;
+
+use fleet_lab::{Lab, LabError, LabOptions, Netns};
+
+/// Whether machine `to`'s kernel answers TCP from machine `from` (a RST from a closed port counts;
+/// no `ping` in the image).
+fn ping(lab: &Lab, from: usize, to: usize) -> bool {
+    let probe = format!("echo > /dev/tcp/{}/9", fleet_lab::machine_ip(to));
+    let out = lab
+        .sh(from, &["timeout", "1", "bash", "-c", &probe])
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).contains("Connection refused")
+}
+
+fn netns_of(prefix: &str) -> Vec<String> {
+    let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with(&format!("{prefix}-")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn lab_boots_machines_with_options_faults_and_tears_down() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let bind_src = std::env::temp_dir().join(format!("fleet-lab-bind-{}", std::process::id()));
+    std::fs::create_dir_all(&bind_src).unwrap();
+    std::fs::write(bind_src.join("hello"), "from the host\n").unwrap();
+    let opts = LabOptions::new()
+        .bind(&bind_src, "/opt/labtest", true)
+        .unit(
+            "labprobe.service",
+            "[Service]\nEnvironmentFile=/etc/fleettest.env\n\
+             ExecStart=/bin/sh -c 'echo $FT_MACHINE $LAB_EXTRA > /run/probe; exec sleep infinity'\n",
+        )
+        .env("LAB_EXTRA", "extra-value");
+    let lab = Lab::up(2, opts).unwrap();
+    let prefix = lab.prefix().to_string();
+    let state = lab.state_dir().to_path_buf();
+    assert_eq!(netns_of(&prefix).len(), 3, "hub + 2 machines");
+
+    // Identity, binds, units started at boot, the env file.
+    assert_eq!(lab.sh_ok(1, &["hostname"]).unwrap().trim(), "m1");
+    assert_eq!(
+        lab.sh_ok(2, &["cat", "/opt/labtest/hello"]).unwrap(),
+        "from the host\n"
+    );
+    assert!(
+        lab.sh(2, &["touch", "/opt/labtest/x"])
+            .unwrap()
+            .status
+            .code()
+            != Some(0),
+        "ro bind"
+    );
+    assert_eq!(
+        lab.sh_ok(2, &["systemctl", "is-active", "labprobe.service"])
+            .unwrap()
+            .trim(),
+        "active"
+    );
+    assert_eq!(
+        lab.sh_ok(2, &["cat", "/run/probe"]).unwrap(),
+        "m2 extra-value\n"
+    );
+    let root = lab.machine_root(1).unwrap();
+    let env = std::fs::read_to_string(root.join("etc/fleettest.env")).unwrap();
+    assert!(
+        env.contains("FT_IP=10.77.0.11\n") && env.contains("FT_ETCD=http://10.77.0.1:2379"),
+        "{env}"
+    );
+    let bus = lab.bus_address(1).unwrap();
+    let socket = bus.strip_prefix("unix:path=").unwrap();
+    assert!(Path::new(socket).exists(), "{socket}");
+
+    // etcd: from a machine, from the hub, and from the host through the forwarder.
+    lab.sh_ok(
+        1,
+        &[
+            "env",
+            "ETCDCTL_API=3",
+            "etcdctl",
+            "--endpoints",
+            fleet_lab::ETCD_IN_LAB,
+            "put",
+            "/k",
+            "v1",
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        lab.etcdctl(&["get", "--print-value-only", "/k"]).unwrap(),
+        "v1\n"
+    );
+    let ep = lab.etcd_endpoint().unwrap();
+    assert!(ep.starts_with("http://127.0.0.1:"), "{ep}");
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &ep, "get", "--print-value-only", "/k"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v1\n", "{out:?}");
+
+    // Faults.
+    assert!(ping(&lab, 1, 2));
+    lab.cut(2).unwrap();
+    assert!(!ping(&lab, 1, 2), "cut");
+    lab.heal(2).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(ping(&lab, 1, 2), "healed");
+    lab.drop(2).unwrap();
+    assert!(!ping(&lab, 1, 2), "dropped");
+    lab.undrop(2).unwrap();
+    assert!(ping(&lab, 1, 2), "undropped");
+    let bus2 = lab.bus_address(2).unwrap();
+    let bus_answers = || {
+        // (busctl's own --timeout does not cover connecting, which hangs too)
+        Command::new("timeout")
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus2)
+            .args([
+                "1",
+                "busctl",
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+            ])
+            .args(["org.freedesktop.DBus", "GetId"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(bus_answers());
+    lab.freeze(2).unwrap();
+    let frozen_answers = bus_answers();
+    lab.thaw(2).unwrap();
+    assert!(!frozen_answers, "a frozen machine's dbus-daemon must hang");
+    assert!(bus_answers(), "thawed");
+
+    let old_pid = lab.machine_pid(2).unwrap();
+    let machine_id = lab.sh_ok(2, &["cat", "/etc/machine-id"]).unwrap();
+    lab.kill(2).unwrap();
+    assert!(matches!(lab.machine_pid(2), Err(LabError::NotRunning(2))));
+    assert!(matches!(lab.sh(2, &["true"]), Err(LabError::NotRunning(2))));
+    assert!(
+        ping(&lab, 1, 2),
+        "the netns of a killed machine still answers"
+    );
+    lab.boot(2).unwrap();
+    assert!(matches!(lab.boot(2), Err(LabError::AlreadyRunning(2))));
+    assert_ne!(lab.machine_pid(2).unwrap(), old_pid);
+    assert_eq!(
+        lab.sh_ok(2, &["cat", "/etc/machine-id"]).unwrap(),
+        machine_id,
+        "same disk"
+    );
+    lab.poweroff(1).unwrap();
+    assert!(matches!(lab.machine_pid(1), Err(LabError::NotRunning(1))));
+    assert!(matches!(
+        lab.machine_pid(3),
+        Err(LabError::NoSuchMachine {
+            index: 3,
+            machines: 2
+        })
+    ));
+    assert_eq!(lab.add_machine().unwrap(), 3);
+    assert_eq!(lab.sh_ok(3, &["hostname"]).unwrap().trim(), "m3");
+    assert!(ping(&lab, 3, 2));
+
+    drop(lab);
+    assert!(
+        netns_of(&prefix).is_empty(),
+        "netns left: {:?}",
+        netns_of(&prefix)
+    );
+    assert!(!state.exists(), "{} left", state.display());
+    std::fs::remove_dir_all(&bind_src).unwrap();
+}
+
+#[test]
+fn labs_with_different_prefixes_run_side_by_side_and_a_prefix_is_exclusive() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let a = Lab::up(1, LabOptions::new().without_etcd()).unwrap();
+    let b = Lab::up(1, LabOptions::new().without_etcd()).unwrap();
+    assert_ne!(a.prefix(), b.prefix());
+    // Same address in both clusters, separate L2 islands.
+    assert_eq!(
+        a.sh_ok(1, &["hostname", "-I"]).unwrap().trim(),
+        "10.77.0.11"
+    );
+    assert_eq!(
+        b.sh_ok(1, &["hostname", "-I"]).unwrap().trim(),
+        "10.77.0.11"
+    );
+    let taken = Lab::up(1, LabOptions::new().prefix(a.prefix()));
+    assert!(
+        matches!(taken, Err(LabError::PrefixInUse { .. })),
+        "{taken:?}"
+    );
+    assert!(
+        a.sh(1, &["true"]).unwrap().status.success(),
+        "the refused lab did not tear down a"
+    );
+    let bad = Lab::up(1, LabOptions::new().prefix("bad-prefix"));
+    assert!(matches!(bad, Err(LabError::InvalidOption(_))), "{bad:?}");
+    // A forwarder into a machine's netns.
+    let fwd = a
+        .forward_tcp(Netns::Machine(1), "10.77.0.11:22".parse().unwrap())
+        .unwrap();
+    assert!(fwd.ip().is_loopback());
+}
