@@ -32,6 +32,7 @@ pub struct Cli {
 
 /// Flags valid with every command.
 #[derive(Args, Debug, Clone, PartialEq)]
+#[command(next_help_heading = "Global options")]
 pub struct GlobalFlags {
     /// Location of fleetd's API: unix:///PATH or http://HOST:PORT (https is not supported yet). Only the
     /// first of a comma-separated list is used.

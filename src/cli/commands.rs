@@ -70,6 +70,8 @@ pub struct Ctx<T> {
     err: Box<dyn Write>,
     /// Machines by ID, fetched at most once unless an unknown ID shows up.
     machines: Option<BTreeMap<String, ApiMachine>>,
+    /// Whether `machines` was refetched because of an unknown ID (done at most once).
+    machines_refreshed: bool,
     /// Time between two state checks while blocking.
     pub poll_interval: Duration,
 }
@@ -317,6 +319,7 @@ impl<T: Transport> Ctx<T> {
             out,
             err,
             machines: None,
+            machines_refreshed: false,
             poll_interval: POLL_INTERVAL,
         }
     }
@@ -336,8 +339,9 @@ impl<T: Transport> Ctx<T> {
     /// `id8.../IP` for a machine, refreshing the machine list once when the ID is unknown; best effort.
     async fn legend(&mut self, id: &str) -> String {
         let known = matches!(&self.machines, Some(m) if m.contains_key(id));
-        if !known {
+        if !known && (self.machines.is_none() || !self.machines_refreshed) {
             let refresh = self.machines.is_some();
+            self.machines_refreshed |= refresh;
             let _ = self.machine_map(refresh).await;
         }
         let m = self.machines.as_ref().and_then(|m| m.get(id));
