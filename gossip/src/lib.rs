@@ -9,6 +9,7 @@
 
 pub mod core;
 mod store;
+pub mod testing;
 pub mod types;
 
 pub use crate::core::{Config, Counters, Event, Node};

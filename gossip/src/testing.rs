@@ -1,0 +1,331 @@
+//! A deterministic virtual network for [`Node`]s: a virtual clock, datagram latency and loss, crashes,
+//! and in-process sync exchanges. Used by the tests and by `examples/detection.rs`; the cluster
+//! simulator has its own, richer network.
+//!
+//! ```
+//! use std::time::Duration;
+//! use fleet_gossip::testing::VirtualNet;
+//! use fleet_gossip::core::Config;
+//!
+//! let mut net = VirtualNet::new(42, Config::default());
+//! let a = net.add_node(&[]);
+//! let b = net.add_node(&[a]);
+//! net.run_for(Duration::from_secs(2));
+//! assert!(net.sees_alive(a, b) && net.sees_alive(b, a));
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::core::{Config, Event, FullState, Node, SyncAnswer, SyncOffer};
+use crate::types::{Liveness, MachineId, NodeIdentity, View};
+
+/// Index of a node in the [`VirtualNet`].
+pub type NodeIndex = usize;
+
+struct Slot {
+    node: Option<Node>,
+    addr: SocketAddr,
+    events: Vec<(Duration, Event)>,
+}
+
+/// Nodes exchanging datagrams and syncs over a virtual network, with a virtual clock.
+pub struct VirtualNet {
+    rng: StdRng,
+    config: Config,
+    base: Instant,
+    now: Instant,
+    slots: Vec<Slot>,
+    // (delivery time, sequence) -> (to, from, data)
+    in_flight: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Bytes)>,
+    seq: u64,
+    /// One-way datagram latency.
+    pub latency: Duration,
+    /// Probability that a datagram is lost.
+    pub loss: f64,
+    /// Datagrams lost so far.
+    pub lost: u64,
+    /// Bytes moved by sync exchanges so far.
+    pub sync_bytes: u64,
+}
+
+impl VirtualNet {
+    /// An empty network; every random choice derives from `seed`.
+    pub fn new(seed: u64, config: Config) -> Self {
+        let base = Instant::now();
+        VirtualNet {
+            rng: StdRng::seed_from_u64(seed),
+            config,
+            base,
+            now: base,
+            slots: Vec::new(),
+            in_flight: BTreeMap::new(),
+            seq: 0,
+            latency: Duration::from_micros(500),
+            loss: 0.0,
+            lost: 0,
+            sync_bytes: 0,
+        }
+    }
+
+    /// Virtual time since the network was created.
+    pub fn elapsed(&self) -> Duration {
+        self.now - self.base
+    }
+
+    /// Adds a node that joins through the given nodes' addresses; returns its index.
+    pub fn add_node(&mut self, seeds: &[NodeIndex]) -> NodeIndex {
+        let index = self.slots.len();
+        let addr = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(
+                10,
+                0,
+                (index / 250) as u8,
+                (index % 250) as u8 + 1,
+            )),
+            4000,
+        );
+        self.slots.push(Slot {
+            node: None,
+            addr,
+            events: Vec::new(),
+        });
+        self.start(index, 1, seeds);
+        index
+    }
+
+    /// (Re)starts node `index` with this incarnation, joining through `seeds`.
+    pub fn start(&mut self, index: NodeIndex, incarnation: u64, seeds: &[NodeIndex]) {
+        let identity = NodeIdentity {
+            machine_id: Self::machine_id(index),
+            addr: self.slots[index].addr,
+            incarnation,
+        };
+        let rng = StdRng::from_rng(&mut self.rng);
+        let mut node = Node::new(self.config.clone(), identity, rng, self.now);
+        let seed_addrs: Vec<SocketAddr> = seeds.iter().map(|s| self.slots[*s].addr).collect();
+        node.join(self.now, &seed_addrs);
+        self.slots[index].node = Some(node);
+        self.flush(index);
+    }
+
+    /// The machine ID node `index` uses.
+    pub fn machine_id(index: NodeIndex) -> MachineId {
+        MachineId::new(format!("m{index:04}"))
+    }
+
+    /// Crashes node `index`: it stops without a word.
+    pub fn kill(&mut self, index: NodeIndex) {
+        self.slots[index].node = None;
+    }
+
+    /// Node `index`, unless crashed.
+    pub fn node(&mut self, index: NodeIndex) -> Option<&mut Node> {
+        self.slots[index].node.as_mut()
+    }
+
+    /// The address of node `index`.
+    pub fn addr(&self, index: NodeIndex) -> SocketAddr {
+        self.slots[index].addr
+    }
+
+    /// Events node `index` reported, with their virtual time.
+    pub fn events(&self, index: NodeIndex) -> &[(Duration, Event)] {
+        &self.slots[index].events
+    }
+
+    /// How `observer` sees `target`, if it knows it.
+    pub fn liveness(&self, observer: NodeIndex, target: NodeIndex) -> Option<Liveness> {
+        let node = self.slots[observer].node.as_ref()?;
+        node.view()
+            .machines
+            .get(&Self::machine_id(target))
+            .map(|m| m.liveness)
+    }
+
+    /// Node `index`'s view, unless crashed.
+    pub fn view(&self, index: NodeIndex) -> Option<View> {
+        self.slots[index].node.as_ref().map(|n| n.view())
+    }
+
+    /// True if `observer` is running and sees `target` alive (or suspect).
+    pub fn sees_alive(&self, observer: NodeIndex, target: NodeIndex) -> bool {
+        matches!(
+            self.liveness(observer, target),
+            Some(Liveness::Alive | Liveness::Suspect)
+        )
+    }
+
+    /// Indices of the running nodes.
+    pub fn running(&self) -> Vec<NodeIndex> {
+        (0..self.slots.len())
+            .filter(|i| self.slots[*i].node.is_some())
+            .collect()
+    }
+
+    /// Calls `f` on node `index` at the current virtual time, then sends what it produced.
+    pub fn with_node(&mut self, index: NodeIndex, f: impl FnOnce(&mut Node, Instant)) {
+        let now = self.now;
+        if let Some(node) = self.slots[index].node.as_mut() {
+            f(node, now);
+        }
+        self.flush(index);
+    }
+
+    /// Runs until virtual time has advanced by `d`.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        self.run_until_time(end);
+    }
+
+    /// Runs until `done(net)` holds (checked after each step) or `limit` passes; returns whether it held.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
+        let end = self.now + limit;
+        loop {
+            if done(self) {
+                return true;
+            }
+            match self.next_instant() {
+                Some(t) if t <= end => self.step_to(t),
+                _ => {
+                    self.now = end;
+                    return done(self);
+                }
+            }
+        }
+    }
+
+    fn run_until_time(&mut self, end: Instant) {
+        while let Some(t) = self.next_instant() {
+            if t > end {
+                break;
+            }
+            self.step_to(t);
+        }
+        self.now = end;
+    }
+
+    fn next_instant(&self) -> Option<Instant> {
+        let timers = self
+            .slots
+            .iter()
+            .filter_map(|s| s.node.as_ref().and_then(|n| n.poll_timeout()));
+        let deliveries = self.in_flight.keys().next().map(|(t, _)| *t);
+        timers.chain(deliveries).min()
+    }
+
+    fn step_to(&mut self, t: Instant) {
+        self.now = self.now.max(t);
+        let now = self.now;
+        // Deliver every datagram due.
+        while let Some(entry) = self.in_flight.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (to, from, data) = entry.remove();
+            if let Some(i) = self.index_of(to) {
+                if let Some(node) = self.slots[i].node.as_mut() {
+                    // Errors are counted by the node; the network just moves on.
+                    let _ = node.handle_datagram(now, from, &data);
+                    self.flush(i);
+                }
+            }
+        }
+        for i in 0..self.slots.len() {
+            let due = self.slots[i]
+                .node
+                .as_ref()
+                .and_then(|n| n.poll_timeout())
+                .is_some_and(|at| at <= now);
+            if due {
+                if let Some(node) = self.slots[i].node.as_mut() {
+                    node.handle_timeout(now);
+                }
+                self.flush(i);
+            }
+        }
+    }
+
+    fn index_of(&self, addr: SocketAddr) -> Option<NodeIndex> {
+        self.slots.iter().position(|s| s.addr == addr)
+    }
+
+    /// Moves node `index`'s outputs into the network: datagrams, syncs (run at once), events.
+    fn flush(&mut self, index: NodeIndex) {
+        let now = self.now;
+        let elapsed = self.elapsed();
+        let mut syncs = Vec::new();
+        let src = self.slots[index].addr;
+        let slot = &mut self.slots[index];
+        if let Some(node) = slot.node.as_mut() {
+            while let Some(t) = node.poll_transmit() {
+                if self.loss > 0.0 && self.rng.random_bool(self.loss) {
+                    self.lost += 1;
+                    continue;
+                }
+                self.seq += 1;
+                self.in_flight
+                    .insert((now + self.latency, self.seq), (t.dst, src, t.data));
+            }
+            while let Some(peer) = node.poll_sync() {
+                syncs.push(peer);
+            }
+            while let Some(e) = node.poll_event() {
+                slot.events.push((elapsed, e));
+            }
+        }
+        for peer in syncs {
+            if let Some(p) = self.index_of(peer) {
+                self.sync(index, p);
+            }
+        }
+    }
+
+    /// Runs the three-message sync exchange between two nodes, through the wire encoding.
+    fn sync(&mut self, initiator: NodeIndex, peer: NodeIndex) {
+        let now = self.now;
+        if initiator == peer || self.slots[peer].node.is_none() {
+            return;
+        }
+        let Some(offer) = self.slots[initiator]
+            .node
+            .as_ref()
+            .map(|n| n.sync_offer().encode())
+        else {
+            return;
+        };
+        self.sync_bytes += offer.len() as u64;
+        let answer = {
+            let node = self.slots[peer].node.as_mut().expect("checked above");
+            let offer = SyncOffer::decode(&offer).expect("own encoding decodes");
+            match node.handle_sync_offer(now, offer) {
+                Ok(a) => a.encode(),
+                Err(_) => return,
+            }
+        };
+        self.flush(peer);
+        self.sync_bytes += answer.len() as u64;
+        let delta = {
+            let Some(node) = self.slots[initiator].node.as_mut() else {
+                return;
+            };
+            let answer = SyncAnswer::decode(&answer).expect("own encoding decodes");
+            match node.handle_sync_answer(now, answer) {
+                Ok(d) => d.encode(),
+                Err(_) => return,
+            }
+        };
+        self.flush(initiator);
+        self.sync_bytes += delta.len() as u64;
+        if let Some(node) = self.slots[peer].node.as_mut() {
+            let delta = FullState::decode(&delta).expect("own encoding decodes");
+            let _ = node.merge(now, delta);
+        }
+        self.flush(peer);
+    }
+}

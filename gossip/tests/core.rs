@@ -1,0 +1,312 @@
+//! Deterministic tests of the sans-IO node on a virtual network: seeded RNG, virtual clock.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_gossip::core::{Config, Error, Event};
+use fleet_gossip::testing::VirtualNet;
+use fleet_gossip::{Liveness, Metadata, UnitState};
+
+fn cluster(seed: u64, n: usize) -> VirtualNet {
+    let mut net = VirtualNet::new(seed, Config::default());
+    let first = net.add_node(&[]);
+    for _ in 1..n {
+        net.add_node(&[first]);
+    }
+    let all: Vec<_> = (0..n).collect();
+    let joined = net.run_until(Duration::from_secs(10), |net| {
+        all.iter()
+            .all(|a| all.iter().all(|b| a == b || net.sees_alive(*a, *b)))
+    });
+    assert!(joined, "seed {seed}: {n} nodes did not all see each other");
+    net
+}
+
+fn unit(active: &str, hash: u8) -> UnitState {
+    UnitState {
+        load_state: "loaded".into(),
+        active_state: active.into(),
+        sub_state: if active == "active" {
+            "running"
+        } else {
+            "dead"
+        }
+        .into(),
+        unit_hash: [hash; 20],
+    }
+}
+
+fn metadata(region: &str) -> Metadata {
+    Metadata {
+        public_ip: "192.0.2.1".into(),
+        metadata: BTreeMap::from([("region".to_string(), region.to_string())]),
+        version: "0.1.0".into(),
+        unit_count: 2,
+    }
+}
+
+#[test]
+fn nodes_join_through_one_seed_and_see_each_other() {
+    let net = cluster(1, 5);
+    for i in 0..5 {
+        let view = net_view(&net, i);
+        assert_eq!(view.len(), 5, "node {i} sees {view:?}");
+    }
+}
+
+fn net_view(net: &VirtualNet, i: usize) -> Vec<(String, Liveness)> {
+    (0..5)
+        .filter_map(|t| {
+            net.liveness(i, t)
+                .map(|l| (VirtualNet::machine_id(t).to_string(), l))
+        })
+        .collect()
+}
+
+#[test]
+fn a_crashed_node_is_declared_down_by_every_member_within_the_bound() {
+    // Bound for the default config: p99 detection is about 4.6 probe periods of waiting plus a
+    // probe period, the suspicion timeout and dissemination (see `Config`); 3 s leaves margin for a
+    // deterministic run while still failing if detection regressed to foca's multi-second defaults.
+    let bound = Duration::from_secs(3);
+    for seed in 0..5 {
+        let mut net = cluster(seed, 8);
+        net.run_for(Duration::from_secs(2));
+        let victim = 3;
+        net.kill(victim);
+        let others: Vec<_> = net.running();
+        let start = net.elapsed();
+        let detected = net.run_until(bound, |net| {
+            others
+                .iter()
+                .all(|o| net.liveness(*o, victim) == Some(Liveness::Down))
+        });
+        assert!(
+            detected,
+            "seed {seed}: not every member saw the crash within {bound:?}"
+        );
+        for o in &others {
+            let down_at = net
+                .events(*o)
+                .iter()
+                .find(|(_, e)| *e == Event::MemberDown(VirtualNet::machine_id(victim)))
+                .map(|(t, _)| *t)
+                .expect("a MemberDown event");
+            assert!(down_at >= start && down_at - start <= bound);
+        }
+    }
+}
+
+#[test]
+fn a_live_node_is_not_declared_down_on_a_lossy_network() {
+    let mut net = cluster(7, 6);
+    net.loss = 0.05;
+    net.run_for(Duration::from_secs(30));
+    for a in 0..6 {
+        for b in 0..6 {
+            if a != b {
+                assert!(net.sees_alive(a, b), "{a} lost sight of {b} at 5% loss");
+            }
+        }
+        let downs = net
+            .events(a)
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::MemberDown(_)))
+            .count();
+        // A false positive heals by itself (renewed identity), but at 5% loss there should be none.
+        assert_eq!(downs, 0, "node {a} saw false downs: {:?}", net.events(a));
+    }
+}
+
+#[test]
+fn metadata_and_unit_states_reach_every_member() {
+    let mut net = cluster(2, 6);
+    let units = BTreeMap::from([
+        ("a.service".to_string(), unit("active", 1)),
+        ("b.service".to_string(), unit("inactive", 2)),
+    ]);
+    net.with_node(0, |n, now| {
+        n.set_local_metadata(now, metadata("eu"));
+        n.set_local_unit_states(now, &units);
+    });
+    let origin = VirtualNet::machine_id(0);
+    let spread = net.run_until(Duration::from_secs(2), |net| {
+        (1..6).all(|i| {
+            let mut net_i = net_node_view(net, i);
+            let m = net_i.remove(&origin);
+            m.is_some_and(|m| m.metadata == Some(metadata("eu")) && m.units == units)
+        })
+    });
+    assert!(
+        spread,
+        "state did not reach everyone by broadcast within 2 s"
+    );
+    for i in 1..6 {
+        let evs = net.events(i);
+        assert!(evs
+            .iter()
+            .any(|(_, e)| *e == Event::MetadataChanged(origin.clone())));
+        assert!(evs
+            .iter()
+            .any(|(_, e)| *e == Event::UnitStatesChanged(origin.clone())));
+    }
+}
+
+fn net_node_view(
+    net: &VirtualNet,
+    i: usize,
+) -> BTreeMap<fleet_gossip::MachineId, fleet_gossip::MachineView> {
+    net.view(i).map(|v| v.machines).unwrap_or_default()
+}
+
+fn net_views(
+    net: &VirtualNet,
+) -> BTreeMap<usize, BTreeMap<fleet_gossip::MachineId, fleet_gossip::MachineView>> {
+    net.running()
+        .into_iter()
+        .filter_map(|i| net.view(i).map(|v| (i, v.machines)))
+        .collect()
+}
+
+#[test]
+fn newer_versions_win_despite_loss_and_reordering() {
+    let mut net = cluster(3, 6);
+    net.loss = 0.2;
+    for round in 0..20u8 {
+        let state = if round % 2 == 0 { "active" } else { "failed" };
+        net.with_node(1, |n, now| {
+            n.set_local_unit_state(now, "x.service", Some(unit(state, round)))
+        });
+        net.run_for(Duration::from_millis(30));
+    }
+    net.with_node(1, |n, now| {
+        n.set_local_unit_state(now, "x.service", Some(unit("active", 99)))
+    });
+    net.loss = 0.0;
+    let origin = VirtualNet::machine_id(1);
+    // Broadcasts or anti-entropy (every 5 s) must converge on the last version everywhere.
+    let converged = net.run_until(Duration::from_secs(15), |net| {
+        net_views(net).values().all(|v| {
+            v.get(&origin)
+                .and_then(|m| m.units.get("x.service"))
+                .is_some_and(|u| u.unit_hash == [99; 20])
+        })
+    });
+    assert!(
+        converged,
+        "not every member converged on the newest unit state"
+    );
+}
+
+#[test]
+fn a_joiner_converges_through_anti_entropy() {
+    let mut net = cluster(4, 5);
+    for i in 0..5 {
+        let units = BTreeMap::from([(format!("u{i}.service"), unit("active", i as u8))]);
+        net.with_node(i, |n, now| {
+            n.set_local_metadata(now, metadata(&format!("r{i}")));
+            n.set_local_unit_states(now, &units);
+        });
+    }
+    // Long after every broadcast has used up its transmissions.
+    net.run_for(Duration::from_secs(20));
+    let joiner = net.add_node(&[2]);
+    let start = net.elapsed();
+    let converged = net.run_until(Duration::from_secs(5), |net| {
+        let Some(v) = net.view(joiner) else {
+            return false;
+        };
+        (0..5).all(|i| {
+            v.machines.get(&VirtualNet::machine_id(i)).is_some_and(|m| {
+                m.metadata == Some(metadata(&format!("r{i}"))) && m.units.len() == 1
+            })
+        })
+    });
+    assert!(converged, "the joiner did not get everyone's state");
+    let took = net.elapsed() - start;
+    assert!(took < Duration::from_secs(1), "join sync took {took:?}");
+}
+
+#[test]
+fn a_restarted_node_replaces_its_previous_life() {
+    let mut net = cluster(5, 4);
+    net.with_node(2, |n, now| {
+        n.set_local_unit_state(now, "old.service", Some(unit("active", 1)))
+    });
+    net.run_for(Duration::from_secs(1));
+    net.kill(2);
+    net.start(2, 2, &[0]);
+    net.with_node(2, |n, now| {
+        n.set_local_unit_state(now, "new.service", Some(unit("active", 2)))
+    });
+    let origin = VirtualNet::machine_id(2);
+    let replaced = net.run_until(Duration::from_secs(3), |net| {
+        net_views(net).iter().all(|(i, v)| {
+            *i == 2
+                || v.get(&origin).is_some_and(|m| {
+                    m.identity.incarnation == 2
+                        && m.liveness == Liveness::Alive
+                        && m.units.keys().collect::<Vec<_>>() == ["new.service"]
+                })
+        })
+    });
+    assert!(
+        replaced,
+        "the new life did not replace the old one everywhere"
+    );
+    assert!(net
+        .events(0)
+        .iter()
+        .any(|(_, e)| *e == Event::MemberRestarted(origin.clone())));
+}
+
+#[test]
+fn leaving_gracefully_is_seen_quickly() {
+    let mut net = cluster(6, 5);
+    net.with_node(4, |n, now| n.leave(now));
+    let seen = net.run_until(Duration::from_millis(1500), |net| {
+        (0..4).all(|i| net.liveness(i, 4) == Some(Liveness::Down))
+    });
+    assert!(seen, "a graceful leave was not seen by all within 1.5 s");
+}
+
+#[test]
+fn garbage_datagrams_are_errors_and_counted() {
+    let mut net = cluster(8, 3);
+    let from = net.addr(1);
+    let node = net.node(0).expect("running");
+    let before = node.counters().garbage_dropped;
+    for junk in [&b""[..], &[0xff; 7], &[0u8; 2000], b"hello, fleet"] {
+        let err = node
+            .handle_datagram(std::time::Instant::now(), from, junk)
+            .expect_err("garbage must be rejected");
+        assert!(matches!(err, Error::Garbage { .. }), "{err}");
+    }
+    assert_eq!(node.counters().garbage_dropped, before + 4);
+    // And the node keeps working.
+    net.run_for(Duration::from_secs(2));
+    assert!(net.sees_alive(0, 1) && net.sees_alive(0, 2));
+}
+
+#[test]
+fn sync_messages_reject_garbage() {
+    use fleet_gossip::core::{FullState, SyncAnswer, SyncOffer};
+    assert!(SyncOffer::decode(&[1, 2, 3]).is_err());
+    assert!(SyncAnswer::decode(&[]).is_err());
+    assert!(FullState::decode(&[0xff; 40]).is_err());
+}
+
+#[test]
+fn the_same_seed_reproduces_the_same_run() {
+    let run = |seed| {
+        let mut net = cluster(seed, 6);
+        net.loss = 0.1;
+        net.kill(2);
+        net.run_for(Duration::from_secs(5));
+        (0..6)
+            .map(|i| format!("{:?}", net.events(i)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(run(11), run(11));
+    assert_ne!(run(11), run(12));
+}
