@@ -1,1 +1,413 @@
 //! The HTTP API v1 (fleet-compatible), served on a unix socket and optionally TCP.
+//!
+//! Routes (each under both `/fleet/v1` and `/v1-alpha`): `GET discovery`, `GET units`,
+//! `GET|PUT|DELETE units/{name}`, `GET state`, `GET|PATCH machines`. `/` and the bare prefixes
+//! answer 405, anything else 404. Every response carries `Server: fleetd/<version>`; every error
+//! is `{"error":{"code":N,"message":"..."}}` with `Content-Type: application/json`.
+//! The status-code rules of each route are documented on its handler and exercised by `tests/api.rs`.
+//!
+//! Architecture invariant: handlers validate everything before they write, and each write is one
+//! registry call (one etcd transaction), so a request that fails has written nothing.
+
+pub mod cluster;
+mod error;
+mod machines;
+pub mod pagination;
+pub mod schema;
+mod units;
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::Router;
+use http_body_util::BodyExt;
+use tokio::net::{TcpListener, UnixListener};
+
+pub use cluster::{ClusterView, LocalCluster, MachineInfo, MetadataOp, UnitStateInfo};
+pub use error::{ApiError, ETCD_UNAVAILABLE};
+
+use crate::registry::Registry;
+
+/// The value of the `Server` header.
+pub const SERVER: &str = concat!("fleetd/", env!("CARGO_PKG_VERSION"));
+
+/// The discovery document served at `GET /fleet/v1/discovery`.
+pub const DISCOVERY: &str = include_str!("discovery.json");
+
+/// Settings that SIGHUP may change while serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// Items per page (`token_limit`).
+    pub token_limit: u16,
+    /// Largest accepted request body (`api_max_body`).
+    pub max_body: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            token_limit: 100,
+            max_body: 1024 * 1024,
+        }
+    }
+}
+
+/// Everything the handlers need; cheap to clone.
+#[derive(Clone)]
+pub struct ApiState {
+    registry: Registry,
+    cluster: Arc<dyn ClusterView>,
+    settings: Arc<RwLock<ApiSettings>>,
+}
+
+impl ApiState {
+    /// State over `registry` (units) and `cluster` (machines, unit states).
+    pub fn new(
+        registry: Registry,
+        cluster: Arc<dyn ClusterView>,
+        settings: ApiSettings,
+    ) -> ApiState {
+        ApiState {
+            registry,
+            cluster,
+            settings: Arc::new(RwLock::new(settings)),
+        }
+    }
+
+    /// Replaces the settings (takes effect for the next request).
+    pub fn set_settings(&self, s: ApiSettings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = s;
+    }
+
+    /// The current settings.
+    pub fn settings(&self) -> ApiSettings {
+        *self.settings.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn token_limit(&self) -> u16 {
+        self.settings().token_limit
+    }
+
+    fn max_body(&self) -> usize {
+        self.settings().max_body
+    }
+}
+
+/// The API router (both prefixes, error fallbacks, `Server` header).
+pub fn router(state: ApiState) -> Router {
+    let mut r = Router::new();
+    for p in ["/fleet/v1", "/v1-alpha"] {
+        r = r
+            .route(
+                &format!("{p}/discovery"),
+                get(discovery).fallback(only("GET")),
+            )
+            .route(
+                &format!("{p}/units"),
+                get(units::list).fallback(only("GET")),
+            )
+            .route(
+                &format!("{p}/units/{{name}}"),
+                get(units::get)
+                    .put(units::set)
+                    .delete(units::destroy)
+                    .fallback(only("GET, PUT and DELETE")),
+            )
+            .route(
+                &format!("{p}/state"),
+                get(machines::states).fallback(only("GET")),
+            )
+            .route(
+                &format!("{p}/machines"),
+                get(machines::list)
+                    .patch(machines::patch)
+                    .fallback(only("GET and PATCH")),
+            )
+            .route(p, any(prefix_not_allowed));
+    }
+    r.route("/", any(root_not_allowed))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(server_header))
+        .with_state(state)
+}
+
+async fn server_header(mut r: Response) -> Response {
+    r.headers_mut()
+        .insert(header::SERVER, HeaderValue::from_static(SERVER));
+    r
+}
+
+async fn discovery() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        DISCOVERY,
+    )
+        .into_response()
+}
+
+fn only(methods: &'static str) -> impl Fn() -> std::future::Ready<ApiError> + Clone {
+    move || {
+        std::future::ready(ApiError::method_not_allowed(format!(
+            "only {methods} supported against this resource"
+        )))
+    }
+}
+
+async fn prefix_not_allowed() -> ApiError {
+    ApiError::method_not_allowed("no method is supported on the API root; see /fleet/v1/discovery")
+}
+
+async fn root_not_allowed() -> ApiError {
+    ApiError::method_not_allowed("no method is supported on /; the API is under /fleet/v1")
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("not found")
+}
+
+/// The query string as pairs, in order.
+pub(crate) struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    /// Every value of `name`.
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The value of `name`, if given once; a 400 when repeated. An empty value counts as absent.
+    fn single(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.all(name).as_slice() {
+            [] => Ok(None),
+            [v] => Ok((!v.is_empty()).then_some(*v)),
+            _ => Err(ApiError::bad_request(format!("too many values for {name}"))),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map(|Query(v)| QueryParams(v))
+            .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+    }
+}
+
+/// 415 unless there is exactly one `Content-Type` and it is `application/json`
+/// (parameters such as `; charset=utf-8` are allowed).
+pub(crate) fn check_json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let values: Vec<&HeaderValue> = headers.get_all(header::CONTENT_TYPE).iter().collect();
+    let unsupported = |m: String| ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, m);
+    match values.as_slice() {
+        [] => Err(unsupported(
+            "missing Content-Type header; expecting \"application/json\"".into(),
+        )),
+        [v] => {
+            let ok = v
+                .to_str()
+                .ok()
+                .and_then(|s| s.split(';').next())
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+            if ok {
+                Ok(())
+            } else {
+                Err(unsupported(format!(
+                    "unsupported Content-Type {:?}; expecting \"application/json\"",
+                    String::from_utf8_lossy(v.as_bytes())
+                )))
+            }
+        }
+        _ => Err(unsupported(format!(
+            "expected exactly one Content-Type header, found {}",
+            values.len()
+        ))),
+    }
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {max} bytes (fleetd's api_max_body)"),
+    )
+}
+
+/// Reads the whole body, refusing (413) more than `max` bytes.
+pub(crate) async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    max: usize,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    match http_body_util::Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+        Err(e) => Err(ApiError::bad_request(format!("unable to read body: {e}"))),
+    }
+}
+
+/// Binds the API's unix socket: removes a stale socket file (refusing if a server still answers
+/// on it, or if the path is not a socket), then sets the permission bits to `mode`.
+pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            if !meta.file_type().is_socket() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another server is listening on {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+            tracing::info!("removed stale socket {}", path.display());
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(l)
+}
+
+/// Where the API listens.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// The unix socket and its path (removed when serving ends).
+    pub unix: Option<(UnixListener, PathBuf)>,
+    /// The TCP listener.
+    pub tcp: Option<TcpListener>,
+}
+
+/// Serves `router` on every listener until `shutdown` resolves, then finishes the requests in
+/// flight and removes the socket file.
+pub async fn serve(
+    router: Router,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    let socket_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
+    if let Some((l, _)) = listeners.unix {
+        let mut rx = rx.clone();
+        let r = router.clone();
+        tasks.spawn(async move {
+            axum::serve(l, r)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    if let Some(l) = listeners.tcp {
+        let mut rx = rx.clone();
+        tasks.spawn(async move {
+            axum::serve(l, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        });
+    }
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let mut result = Ok(());
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(e) => result = Err(io::Error::other(e)),
+        }
+    }
+    if let Some(p) = socket_path {
+        let _ = std::fs::remove_file(p);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cts: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for c in cts {
+            h.append(header::CONTENT_TYPE, HeaderValue::from_str(c).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn content_type_must_be_one_json() {
+        assert!(check_json_content_type(&headers(&["application/json"])).is_ok());
+        assert!(check_json_content_type(&headers(&["application/json; charset=utf-8"])).is_ok());
+        for bad in [
+            &[][..],
+            &["text/plain"][..],
+            &["application/json", "application/json"][..],
+            &["application/jsonx"][..],
+        ] {
+            let e = check_json_content_type(&headers(bad)).unwrap_err();
+            assert_eq!(e.status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_discovery_document_is_json() {
+        let v: serde_json::Value = serde_json::from_str(DISCOVERY).unwrap();
+        assert_eq!(v["id"], "fleet:v1");
+        assert!(v["resources"]["Units"]["methods"]["Set"].is_object());
+    }
+
+    #[test]
+    fn a_stale_socket_is_replaced_but_a_file_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.sock");
+        {
+            let _l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _l = bind_unix(&p, 0o600).unwrap();
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            let e = bind_unix(&p, 0o600).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        });
+        let f = dir.path().join("file");
+        std::fs::write(&f, "x").unwrap();
+        assert!(rt.block_on(async { bind_unix(&f, 0o600) }).is_err());
+        assert!(f.exists());
+    }
+}

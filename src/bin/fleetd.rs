@@ -1,1 +1,242 @@
-fn main() {}
+//! fleetd: the fleet agent. For now: configuration, the etcd registry and the HTTP API.
+//!
+//! Signals: SIGTERM/SIGINT shut down gracefully (requests in flight finish), SIGHUP reloads the
+//! configuration keeping the listeners, SIGUSR1 logs the state.
+
+use std::io::IsTerminal;
+use std::net::{IpAddr, UdpSocket};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use fleet::api::{self, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
+use fleet::config::{Config, FleetdArgs};
+use fleet::registry::{Registry, RegistryOptions};
+use fleet_sched::MachineId;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{reload, EnvFilter, Registry as TracingRegistry};
+
+type FilterHandle = reload::Handle<EnvFilter, TracingRegistry>;
+
+fn main() -> ExitCode {
+    let args = FleetdArgs::parse();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetd: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fleetd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn filter_for(verbosity: u8) -> EnvFilter {
+    EnvFilter::new(match verbosity {
+        0 => "info",
+        1 => "info,fleet=debug,fleetd=debug",
+        _ => "debug,fleet=trace,fleetd=trace",
+    })
+}
+
+/// Logs to stderr; `RUST_LOG` wins over `verbosity`. Returns a handle to change the level on SIGHUP
+/// (None when RUST_LOG decides).
+fn init_logging(verbosity: u8) -> Option<FilterHandle> {
+    let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty());
+    let filter = if from_env {
+        EnvFilter::from_default_env()
+    } else {
+        filter_for(verbosity)
+    };
+    let (filter, handle) = reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr),
+        )
+        .init();
+    (!from_env).then_some(handle)
+}
+
+/// The address of the interface that routes to the internet (no packet is sent).
+fn detect_public_ip() -> Option<IpAddr> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("198.51.100.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
+async fn run(args: FleetdArgs) -> anyhow::Result<()> {
+    let (config, warnings) = args.load().context("loading configuration")?;
+    let log_handle = init_logging(config.verbosity);
+    for w in &warnings {
+        tracing::warn!("config: {w}");
+    }
+    let machine_id =
+        MachineId::parse(&config.resolve_machine_id()?).context("invalid machine ID")?;
+    let public_ip = config.public_ip.or_else(detect_public_ip);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        machine = %machine_id,
+        public_ip = ?public_ip,
+        etcd = ?config.etcd_servers,
+        prefix = %config.etcd_key_prefix,
+        "fleetd starting"
+    );
+
+    let opts = RegistryOptions::from_config(&config);
+    opts.check().context("etcd TLS settings")?;
+    let registry = Registry::start(opts);
+    let cluster = Arc::new(LocalCluster::new(
+        machine_id.clone(),
+        public_ip,
+        config.metadata.clone(),
+    ));
+    let state = ApiState::new(
+        registry.clone(),
+        cluster.clone() as Arc<dyn ClusterView>,
+        settings_of(&config),
+    );
+
+    let mut listeners = Listeners::default();
+    if let Some(path) = &config.api_socket {
+        let l = api::bind_unix(path, config.api_socket_mode)
+            .with_context(|| format!("binding API socket {}", path.display()))?;
+        tracing::info!("API on unix://{}", path.display());
+        listeners.unix = Some((l, path.clone()));
+    }
+    if let Some(addr) = config.api_tcp {
+        let l = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding API address {addr}"))?;
+        tracing::info!("API on http://{addr}");
+        listeners.tcp = Some(l);
+    }
+    if listeners.unix.is_none() && listeners.tcp.is_none() {
+        bail!("no API listener: set api_socket or api_tcp");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(api::serve(api::router(state.clone()), listeners, async {
+        let _ = stop_rx.await;
+    }));
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
+    let mut current = config;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload(&args, &mut current, &state, &cluster, log_handle.as_ref()),
+            _ = usr1.recv() => dump(&registry, &cluster, &state),
+        }
+    }
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("API server: {e}"),
+        Ok(Err(e)) => tracing::warn!("API server task: {e}"),
+        Err(_) => tracing::warn!("requests still in flight after 10s; exiting anyway"),
+    }
+    tracing::info!("fleetd stopped");
+    Ok(())
+}
+
+fn settings_of(c: &Config) -> ApiSettings {
+    ApiSettings {
+        token_limit: c.token_limit,
+        max_body: c.api_max_body,
+    }
+}
+
+/// SIGHUP: re-reads file and environment (flags still win), applies what can change live and logs
+/// what needs a restart. A configuration that does not load is logged and ignored.
+fn reload(
+    args: &FleetdArgs,
+    current: &mut Config,
+    state: &ApiState,
+    cluster: &LocalCluster,
+    log_handle: Option<&FilterHandle>,
+) {
+    let (new, warnings) = match args.load() {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded: {e}");
+            return;
+        }
+    };
+    for w in &warnings {
+        tracing::warn!("config: {w}");
+    }
+    let changes = current.diff(&new);
+    if changes.is_empty() {
+        tracing::info!("SIGHUP: configuration unchanged");
+        return;
+    }
+    const LIVE: &[&str] = &[
+        "public_ip",
+        "metadata",
+        "token_limit",
+        "api_max_body",
+        "verbosity",
+    ];
+    for c in &changes {
+        let key = c.split(':').next().unwrap_or("");
+        if LIVE.contains(&key) {
+            tracing::info!("SIGHUP: {c}");
+        } else {
+            tracing::warn!("SIGHUP: {c} (takes effect after a restart)");
+        }
+    }
+    let public_ip = new.public_ip.or_else(detect_public_ip);
+    cluster.reconfigure(public_ip, new.metadata.clone());
+    state.set_settings(settings_of(&new));
+    if new.verbosity != current.verbosity {
+        if let Some(h) = log_handle {
+            if let Err(e) = h.reload(filter_for(new.verbosity)) {
+                tracing::warn!("cannot change log level: {e}");
+            }
+        }
+    }
+    // Keys that need a restart keep their running values.
+    let running = current.clone();
+    *current = Config {
+        public_ip: new.public_ip,
+        metadata: new.metadata,
+        token_limit: new.token_limit,
+        api_max_body: new.api_max_body,
+        verbosity: new.verbosity,
+        ..running
+    };
+}
+
+fn dump(registry: &Registry, cluster: &LocalCluster, state: &ApiState) {
+    let status = registry.status();
+    let units = registry.units().map(|u| u.len());
+    let claims = registry.claims().map(|c| c.len());
+    tracing::info!(
+        available = status.available,
+        revision = status.revision,
+        error = ?status.error,
+        units = ?units,
+        claims = ?claims,
+        machine = ?cluster.local(),
+        settings = ?state.settings(),
+        "SIGUSR1: state"
+    );
+}

@@ -268,7 +268,8 @@ impl Registry {
         RegistryError::Unavailable(s.error.clone().unwrap_or_else(|| "not connected".into()))
     }
 
-    fn check_available(&self) -> Result<(), RegistryError> {
+    /// `Ok` while etcd is reachable and the mirror current, else `Unavailable`.
+    pub fn check_available(&self) -> Result<(), RegistryError> {
         if self.shared.status.borrow().available {
             Ok(())
         } else {

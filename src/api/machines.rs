@@ -1,0 +1,144 @@
+//! `/machines` (list, metadata PATCH) and `/state`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::Json;
+
+use super::cluster::{MetadataError, MetadataOp};
+use super::error::ApiError;
+use super::pagination::PageToken;
+use super::schema;
+use super::units::filter_states;
+use super::{read_body, ApiState, QueryParams};
+use crate::config::valid_metadata_key;
+
+/// `GET /machines`.
+pub(super) async fn list(
+    State(st): State<ApiState>,
+    q: QueryParams,
+) -> Result<Json<schema::MachinePage>, ApiError> {
+    let token = PageToken::from_query(&q.all("nextPageToken"), st.token_limit())
+        .map_err(ApiError::bad_request)?;
+    let machines: Vec<schema::Machine> = st
+        .cluster
+        .machines()
+        .into_iter()
+        .map(|m| schema::Machine {
+            id: m.id.to_string(),
+            primary_ip: m.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            metadata: m.metadata,
+        })
+        .collect();
+    let (page, next) = token.page_of(&machines);
+    Ok(Json(schema::MachinePage {
+        machines: page.to_vec(),
+        next_page_token: next.map(|t| t.encode()),
+    }))
+}
+
+/// `PATCH /machines`: every op is validated before any is applied.
+pub(super) async fn patch(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    // fleet did not require a Content-Type here; a non-JSON one is still refused.
+    if headers.contains_key(header::CONTENT_TYPE) {
+        super::check_json_content_type(&headers)?;
+    }
+    let bytes = read_body(body, &headers, st.max_body()).await?;
+    let raw: Vec<schema::MachineMetadataOp> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+    let mut ops = Vec::with_capacity(raw.len());
+    for (i, op) in raw.iter().enumerate() {
+        let (machine, key) = parse_path(&op.path).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "operation {i}: machine metadata path {:?} invalid: expected /<machineID>/metadata/<key> with key [A-Za-z0-9_.-]+",
+                op.path
+            ))
+        })?;
+        let parsed = match op.op.as_str() {
+            "add" | "replace" => {
+                if op.value.value.is_empty() {
+                    return Err(ApiError::bad_request(format!(
+                        "operation {i}: invalid value: add and replace require a value"
+                    )));
+                }
+                MetadataOp::Set {
+                    machine,
+                    key,
+                    value: op.value.value.clone(),
+                }
+            }
+            "remove" => MetadataOp::Remove { machine, key },
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "operation {i}: invalid op {other:?}: expect add, remove, or replace"
+                )))
+            }
+        };
+        ops.push(parsed);
+    }
+    st.cluster.apply_metadata(&ops).map_err(|e| match e {
+        MetadataError::UnknownMachine(_) => ApiError::not_found(e.to_string()),
+    })?;
+    tracing::info!(ops = ops.len(), "machine metadata changed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `/<machineID>/metadata/<key>` -> (machine, key).
+fn parse_path(path: &str) -> Option<(String, String)> {
+    let rest = path.strip_prefix('/')?;
+    let (machine, rest) = rest.split_once('/')?;
+    let key = rest.strip_prefix("metadata/")?;
+    if machine.is_empty() || !valid_metadata_key(key) {
+        return None;
+    }
+    Some((machine.to_string(), key.to_string()))
+}
+
+/// `GET /state?machineID=&unitName=`.
+pub(super) async fn states(
+    State(st): State<ApiState>,
+    q: QueryParams,
+) -> Result<Json<schema::UnitStatePage>, ApiError> {
+    let token = PageToken::from_query(&q.all("nextPageToken"), st.token_limit())
+        .map_err(ApiError::bad_request)?;
+    let machine = q.single("machineID")?;
+    let unit = q.single("unitName")?;
+    let states: Vec<schema::UnitState> = filter_states(st.cluster.unit_states(), machine, unit)
+        .into_iter()
+        .map(|s| schema::UnitState {
+            name: s.name.to_string(),
+            hash: s.hash.to_string(),
+            machine_id: s.machine_id.to_string(),
+            systemd_load_state: s.load_state,
+            systemd_active_state: s.active_state,
+            systemd_sub_state: s.sub_state,
+        })
+        .collect();
+    let (page, next) = token.page_of(&states);
+    Ok(Json(schema::UnitStatePage {
+        states: page.to_vec(),
+        next_page_token: next.map(|t| t.encode()),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_path;
+
+    #[test]
+    fn metadata_paths() {
+        assert_eq!(
+            parse_path("/abc/metadata/region"),
+            Some(("abc".into(), "region".into()))
+        );
+        assert_eq!(parse_path("abc/metadata/region"), None);
+        assert_eq!(parse_path("/abc/metadata/"), None);
+        assert_eq!(parse_path("/abc/metadata/a/b"), None);
+        assert_eq!(parse_path("/abc/meta/region"), None);
+        assert_eq!(parse_path("//metadata/region"), None);
+    }
+}

@@ -1,0 +1,225 @@
+//! `/units` and `/units/{name}`.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fleet_sched::{DesiredState, Requirements, UnitFile, UnitName};
+
+use super::cluster::UnitStateInfo;
+use super::error::ApiError;
+use super::pagination::PageToken;
+use super::schema;
+use super::{check_json_content_type, read_body, ApiState, QueryParams};
+use crate::registry::{Claim, RegistryError, Unit};
+
+/// How often a PUT re-evaluates after losing a race with another writer.
+const PUT_ATTEMPTS: usize = 8;
+
+/// `GET /units`.
+pub(super) async fn list(
+    State(st): State<ApiState>,
+    q: QueryParams,
+) -> Result<Json<schema::UnitPage>, ApiError> {
+    let token = PageToken::from_query(&q.all("nextPageToken"), st.token_limit())
+        .map_err(ApiError::bad_request)?;
+    let snap = st.registry.snapshot()?;
+    let states = st.cluster.unit_states();
+    let (page, next) = token.page_of(&snap.units);
+    let units = page
+        .iter()
+        .map(|u| to_schema(u, snap.claims.get(&u.name), &states))
+        .collect();
+    Ok(Json(schema::UnitPage {
+        units,
+        next_page_token: next.map(|t| t.encode()),
+    }))
+}
+
+/// `GET /units/{name}`.
+pub(super) async fn get(
+    State(st): State<ApiState>,
+    Path(item): Path<String>,
+) -> Result<Json<schema::Unit>, ApiError> {
+    let Ok(name) = UnitName::parse(&item) else {
+        st.registry.check_available()?;
+        return Err(ApiError::not_found("unit does not exist"));
+    };
+    let unit = st
+        .registry
+        .unit(&name)?
+        .ok_or_else(|| ApiError::not_found("unit does not exist"))?;
+    let claim = st.registry.claim(&name)?;
+    Ok(Json(to_schema(
+        &unit,
+        claim.as_ref(),
+        &st.cluster.unit_states(),
+    )))
+}
+
+/// `DELETE /units/{name}`.
+pub(super) async fn destroy(
+    State(st): State<ApiState>,
+    Path(item): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let Ok(name) = UnitName::parse(&item) else {
+        st.registry.check_available()?;
+        return Err(ApiError::not_found("unit does not exist"));
+    };
+    st.registry.destroy_unit(&name).await?;
+    tracing::info!(unit = %name, "destroyed");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /units/{name}`: create, replace, or set the desired state.
+pub(super) async fn set(
+    State(st): State<ApiState>,
+    Path(item): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_json_content_type(&headers)?;
+    let bytes = read_body(body, &headers, st.max_body()).await?;
+    let mut su: schema::Unit = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+    if su.name.is_empty() {
+        su.name = item.clone();
+    }
+    if su.name != item {
+        return Err(ApiError::bad_request(format!(
+            "name in URL {item:?} differs from unit name in request body {:?}",
+            su.name
+        )));
+    }
+    let name = UnitName::parse(&su.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let desired = if su.desired_state.is_empty() {
+        None
+    } else {
+        Some(
+            su.desired_state
+                .parse::<DesiredState>()
+                .map_err(|e| ApiError::bad_request(e.to_string()))?,
+        )
+    };
+    // Validate the options before looking at the registry: an invalid file is invalid either way.
+    let file = if su.options.is_empty() {
+        None
+    } else {
+        let file = UnitFile::from_options(std::mem::take(&mut su.options))
+            .map_err(|e| ApiError::bad_request(format!("invalid unit options: {e}")))?;
+        Requirements::from_unit(&name, &file)
+            .map_err(|e| ApiError::bad_request(format!("invalid unit options: {e}")))?;
+        Some(file)
+    };
+    let template_check = |state: DesiredState| {
+        if name.is_template() && state != DesiredState::Inactive {
+            Err(ApiError::bad_request(format!(
+                "cannot activate template {:?}",
+                name.as_str()
+            )))
+        } else {
+            Ok(())
+        }
+    };
+
+    for _ in 0..PUT_ATTEMPTS {
+        let existing = st.registry.unit(&name)?;
+        match (existing, &file) {
+            (None, None) => {
+                return Err(ApiError::conflict(
+                    "unit does not exist and options field empty",
+                ))
+            }
+            (None, Some(file)) => {
+                let state = desired.unwrap_or(DesiredState::Inactive);
+                template_check(state)?;
+                match st.registry.create_unit(&name, file, state).await {
+                    Ok(()) => {
+                        tracing::info!(unit = %name, hash = %file.hash(), %state, "created");
+                        return Ok(StatusCode::CREATED.into_response());
+                    }
+                    Err(RegistryError::AlreadyExists(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            (Some(eu), Some(file)) if file.hash() != eu.hash => {
+                template_check(desired.unwrap_or(eu.desired_state))?;
+                match st.registry.replace_unit(&name, file, desired).await {
+                    Ok(()) => {
+                        tracing::info!(unit = %name, hash = %file.hash(), "replaced");
+                        return Ok(StatusCode::CREATED.into_response());
+                    }
+                    Err(RegistryError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            (Some(_), _) => {
+                let Some(state) = desired else {
+                    return Err(ApiError::conflict(
+                        "must provide DesiredState to update existing unit",
+                    ));
+                };
+                template_check(state)?;
+                match st.registry.set_desired_state(&name, state).await {
+                    Ok(()) => {
+                        tracing::info!(unit = %name, %state, "desired state set");
+                        return Ok(StatusCode::NO_CONTENT.into_response());
+                    }
+                    Err(RegistryError::NotFound(_)) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Err(RegistryError::Conflict(name).into())
+}
+
+/// The API view of a stored unit: currentState from its claim and what its machine reports.
+pub(super) fn to_schema(u: &Unit, claim: Option<&Claim>, states: &[UnitStateInfo]) -> schema::Unit {
+    let machine_id = claim.map(|c| c.machine_id.to_string()).unwrap_or_default();
+    let current = claim
+        .and_then(|c| {
+            states
+                .iter()
+                .find(|s| s.name == u.name && s.machine_id == c.machine_id)
+        })
+        .map(current_state)
+        .unwrap_or(DesiredState::Inactive);
+    schema::Unit {
+        name: u.name.to_string(),
+        options: u.file.options().to_vec(),
+        desired_state: u.desired_state.to_string(),
+        current_state: current.to_string(),
+        machine_id,
+    }
+}
+
+/// `launched` when systemd has it active (or activating), `loaded` when loaded, else `inactive`.
+fn current_state(s: &UnitStateInfo) -> DesiredState {
+    match (s.load_state.as_str(), s.active_state.as_str()) {
+        (_, "active" | "activating" | "reloading" | "deactivating") => DesiredState::Launched,
+        ("loaded", _) => DesiredState::Loaded,
+        _ => DesiredState::Inactive,
+    }
+}
+
+/// Unit states, optionally filtered, for `GET /state`.
+pub(super) fn filter_states(
+    states: Vec<UnitStateInfo>,
+    machine: Option<&str>,
+    unit: Option<&str>,
+) -> Vec<UnitStateInfo> {
+    let mut by_key: BTreeMap<(String, String), UnitStateInfo> = BTreeMap::new();
+    for s in states {
+        if machine.is_some_and(|m| m != s.machine_id.as_str())
+            || unit.is_some_and(|n| n != s.name.as_str())
+        {
+            continue;
+        }
+        by_key.insert((s.name.to_string(), s.machine_id.to_string()), s);
+    }
+    by_key.into_values().collect()
+}

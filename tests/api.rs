@@ -1,0 +1,509 @@
+//! The HTTP API end to end: a real fleetd binary on a unix socket, a real etcd.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{http, http_get, http_put_json, Etcd, Fleetd, HttpResponse};
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+fn options(exec: &str) -> Value {
+    json!([
+        {"section": "Unit", "name": "Description", "value": "test unit"},
+        {"section": "Service", "name": "ExecStart", "value": exec}
+    ])
+}
+
+fn put(f: &Fleetd, name: &str, body: Value) -> HttpResponse {
+    http_put_json(f.socket(), &format!("/fleet/v1/units/{name}"), &body)
+}
+
+fn assert_error(r: &HttpResponse, status: u16, message_part: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v = r.json();
+    assert_eq!(v["error"]["code"], status, "{v}");
+    let msg = r.error_message();
+    assert!(
+        msg.contains(message_part),
+        "message {msg:?} does not contain {message_part:?}"
+    );
+}
+
+/// The etcd keys under the test prefix, to prove that failed requests wrote nothing.
+fn dump(etcd: &Etcd) -> BTreeMap<String, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(etcd.dump())
+}
+
+#[test]
+fn routing_errors_server_header_and_discovery() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    let s = f.socket();
+
+    let r = http_get(s, "/");
+    assert_error(&r, 405, "");
+    assert!(r.header("server").unwrap().starts_with("fleetd/"));
+    assert_error(&http_get(s, "/fleet/v1"), 405, "");
+    assert_error(&http_get(s, "/v1-alpha"), 405, "");
+    let r = http_get(s, "/nope");
+    assert_error(&r, 404, "");
+    assert!(r.header("server").unwrap().starts_with("fleetd/"));
+    assert_error(&http_get(s, "/fleet/v1/nope"), 404, "");
+    assert_error(&http_get(s, "/fleet/v2/units"), 404, "");
+
+    let r = http(s, "POST", "/fleet/v1/units", &[JSON], b"{}").unwrap();
+    assert_error(&r, 405, "only GET");
+    let r = http(s, "POST", "/fleet/v1/units/a.service", &[JSON], b"{}").unwrap();
+    assert_error(&r, 405, "GET, PUT and DELETE");
+    let r = http(s, "DELETE", "/fleet/v1/machines", &[], b"").unwrap();
+    assert_error(&r, 405, "");
+
+    let r = http_get(s, "/fleet/v1/discovery");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["id"], "fleet:v1");
+    assert_eq!(http_get(s, "/v1-alpha/discovery").status, 200);
+
+    // Both prefixes serve the same units.
+    let r = http_get(s, "/v1-alpha/units");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), json!({"units": []}));
+}
+
+#[test]
+fn unit_lifecycle_status_codes() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    let s = f.socket();
+
+    assert_error(
+        &http_get(s, "/fleet/v1/units/hello.service"),
+        404,
+        "unit does not exist",
+    );
+    // A new unit without options cannot be created.
+    assert_error(
+        &put(&f, "hello.service", json!({"desiredState": "launched"})),
+        409,
+        "unit does not exist and options field empty",
+    );
+    // Create: 201, desiredState defaults to inactive; the name may be omitted from the body.
+    let r = put(
+        &f,
+        "hello.service",
+        json!({"options": options("/bin/true")}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = http_get(s, "/fleet/v1/units/hello.service");
+    assert_eq!(r.status, 200);
+    let u = r.json();
+    assert_eq!(u["name"], "hello.service");
+    assert_eq!(u["desiredState"], "inactive");
+    assert_eq!(u["currentState"], "inactive");
+    assert_eq!(u["options"], options("/bin/true"));
+    assert!(
+        u.get("machineID").is_none(),
+        "empty fields are omitted: {u}"
+    );
+
+    // Same options, no desiredState: 409.
+    assert_error(
+        &put(
+            &f,
+            "hello.service",
+            json!({"name": "hello.service", "options": options("/bin/true")}),
+        ),
+        409,
+        "DesiredState",
+    );
+    // Set the desired state: 204.
+    let r = put(&f, "hello.service", json!({"desiredState": "launched"}));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        http_get(s, "/v1-alpha/units/hello.service").json()["desiredState"],
+        "launched"
+    );
+    // Same options and a desired state: 204.
+    let r = put(
+        &f,
+        "hello.service",
+        json!({"options": options("/bin/true"), "desiredState": "loaded"}),
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    // Different options: replaced, 201, desired state kept.
+    let r = put(
+        &f,
+        "hello.service",
+        json!({"options": options("/bin/false")}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let u = http_get(s, "/fleet/v1/units/hello.service").json();
+    assert_eq!(u["options"], options("/bin/false"));
+    assert_eq!(u["desiredState"], "loaded");
+
+    // Listing.
+    let r = put(
+        &f,
+        "a.service",
+        json!({"options": options("/bin/a"), "desiredState": "loaded"}),
+    );
+    assert_eq!(r.status, 201);
+    let list = http_get(s, "/fleet/v1/units").json();
+    let names: Vec<&str> = list["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.service", "hello.service"]);
+    assert!(list.get("nextPageToken").is_none());
+
+    // Delete: 204 then 404.
+    let r = http(s, "DELETE", "/fleet/v1/units/hello.service", &[], b"").unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+    let r = http(s, "DELETE", "/fleet/v1/units/hello.service", &[], b"").unwrap();
+    assert_error(&r, 404, "unit does not exist");
+    assert_error(
+        &http_get(s, "/fleet/v1/units/hello.service"),
+        404,
+        "unit does not exist",
+    );
+    let keys: Vec<String> = dump(&etcd).into_keys().collect();
+    assert_eq!(
+        keys.len(),
+        2,
+        "only a.service and its content remain: {keys:?}"
+    );
+}
+
+#[test]
+fn bad_requests_write_nothing() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    let s = f.socket();
+    let path = "/fleet/v1/units/x.service";
+    let body = json!({"options": options("/bin/true")}).to_string();
+
+    // 415: missing, wrong, or repeated Content-Type.
+    let r = http(s, "PUT", path, &[], body.as_bytes()).unwrap();
+    assert_error(&r, 415, "Content-Type");
+    let r = http(
+        s,
+        "PUT",
+        path,
+        &[("Content-Type", "text/plain")],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_error(&r, 415, "Content-Type");
+    let r = http(s, "PUT", path, &[JSON, JSON], body.as_bytes()).unwrap();
+    assert_error(&r, 415, "exactly one");
+    // 400: undecodable bodies.
+    let r = http(s, "PUT", path, &[JSON], b"{not json").unwrap();
+    assert_error(&r, 400, "unable to decode body");
+    let r = http(s, "PUT", path, &[JSON], br#"{"options": "nope"}"#).unwrap();
+    assert_error(&r, 400, "unable to decode body");
+    // 400: name in the body differs from the URL.
+    let r = put(
+        &f,
+        "x.service",
+        json!({"name": "y.service", "options": options("/bin/true")}),
+    );
+    assert_error(&r, 400, "differs");
+    // 400: invalid names.
+    for bad in ["x.unknown", "noext", "@x.service", "x@y.mount"] {
+        let r = put(&f, bad, json!({"options": options("/bin/true")}));
+        assert_error(&r, 400, bad);
+    }
+    // 400: invalid desired state.
+    let r = put(
+        &f,
+        "x.service",
+        json!({"options": options("/bin/true"), "desiredState": "running"}),
+    );
+    assert_error(&r, 400, "running");
+    // 400: malformed options.
+    let r = put(
+        &f,
+        "x.service",
+        json!({"options": [{"section": "Service", "name": "Exec=Start", "value": "x"}]}),
+    );
+    assert_error(&r, 400, "invalid unit options");
+    // 400: rejected [X-Fleet] combinations name the conflict.
+    let r = put(
+        &f,
+        "x.service",
+        json!({"options": [
+            {"section": "Service", "name": "ExecStart", "value": "/bin/true"},
+            {"section": "X-Fleet", "name": "MachineID", "value": "abc"},
+            {"section": "X-Fleet", "name": "Global", "value": "true"}
+        ]}),
+    );
+    assert_error(&r, 400, "MachineID cannot be used with Global");
+    let r = put(
+        &f,
+        "x.service",
+        json!({"options": [
+            {"section": "Service", "name": "ExecStart", "value": "/bin/true"},
+            {"section": "X-Fleet", "name": "Conflicts", "value": "a*"},
+            {"section": "X-Fleet", "name": "Replaces", "value": "b*"}
+        ]}),
+    );
+    assert_error(&r, 400, "Conflicts cannot be used with Replaces");
+    // 400: templates cannot be loaded or launched.
+    let r = put(
+        &f,
+        "web@.service",
+        json!({"options": options("/bin/web"), "desiredState": "launched"}),
+    );
+    assert_error(&r, 400, "cannot activate template");
+    // 413: body larger than api_max_body (1 MiB).
+    let big = json!({"options": options(&"x".repeat(2 << 20))}).to_string();
+    let r = http(s, "PUT", path, &[JSON], big.as_bytes()).unwrap();
+    assert_error(&r, 413, "larger than");
+
+    assert!(dump(&etcd).is_empty(), "nothing written: {:?}", dump(&etcd));
+
+    // Templates can be submitted (inactive) but not activated afterwards.
+    let r = put(&f, "web@.service", json!({"options": options("/bin/web")}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let before = dump(&etcd);
+    let r = put(&f, "web@.service", json!({"desiredState": "loaded"}));
+    assert_error(&r, 400, "cannot activate template");
+    let r = put(&f, "web@.service", json!({"desiredState": "bogus"}));
+    assert_error(&r, 400, "bogus");
+    assert_eq!(dump(&etcd), before, "failed requests wrote nothing");
+    let r = put(&f, "web@.service", json!({"desiredState": "inactive"}));
+    assert_eq!(r.status, 204);
+}
+
+#[test]
+fn pagination_tokens() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    let s = f.socket();
+    for i in 0..105 {
+        let r = put(
+            &f,
+            &format!("u{i:03}.service"),
+            json!({"options": options(&format!("/bin/{i}"))}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let p1 = http_get(s, "/fleet/v1/units").json();
+    assert_eq!(p1["units"].as_array().unwrap().len(), 100);
+    assert_eq!(p1["nextPageToken"], "ZAACAA==");
+    let p2 = http_get(s, "/fleet/v1/units?nextPageToken=ZAACAA==").json();
+    let names: Vec<&str> = p2["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "u100.service",
+            "u101.service",
+            "u102.service",
+            "u103.service",
+            "u104.service"
+        ]
+    );
+    assert!(p2.get("nextPageToken").is_none());
+
+    // Malformed, page 0, another limit, repeated.
+    for q in [
+        "nextPageToken=!!!",
+        "nextPageToken=ZAAAAA==",
+        "nextPageToken=CgACAA==",
+        "nextPageToken=ZAACAA==&nextPageToken=ZAACAA==",
+    ] {
+        assert_error(&http_get(s, &format!("/fleet/v1/units?{q}")), 400, "");
+        assert_error(&http_get(s, &format!("/fleet/v1/machines?{q}")), 400, "");
+        assert_error(&http_get(s, &format!("/fleet/v1/state?{q}")), 400, "");
+    }
+}
+
+#[test]
+fn machines_state_and_metadata_patch() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::builder(&etcd)
+        .config("public_ip", "10.1.2.3")
+        .config("metadata", "region=west,disk=ssd")
+        .start();
+    f.wait_ready();
+    let s = f.socket();
+    let id = f.machine_id().to_string();
+
+    let m = http_get(s, "/fleet/v1/machines").json();
+    assert_eq!(
+        m,
+        json!({"machines": [{"id": id, "primaryIP": "10.1.2.3", "metadata": {"disk": "ssd", "region": "west"}}]})
+    );
+    let st = http_get(
+        s,
+        &format!("/fleet/v1/state?machineID={id}&unitName=a.service"),
+    );
+    assert_eq!(st.status, 200);
+    assert_eq!(st.json(), json!({"states": []}));
+    assert_error(
+        &http_get(s, "/fleet/v1/state?machineID=a&machineID=b"),
+        400,
+        "machineID",
+    );
+
+    let patch = |body: Value| {
+        http(
+            s,
+            "PATCH",
+            "/fleet/v1/machines",
+            &[JSON],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    };
+    // Every op is validated before any is applied.
+    let good =
+        json!({"op": "add", "path": format!("/{id}/metadata/rack"), "value": {"value": "r1"}});
+    for bad in [
+        json!({"op": "frob", "path": format!("/{id}/metadata/x"), "value": {"value": "1"}}),
+        json!({"op": "add", "path": format!("/{id}/meta/x"), "value": {"value": "1"}}),
+        json!({"op": "add", "path": format!("/{id}/metadata/bad key"), "value": {"value": "1"}}),
+        json!({"op": "replace", "path": format!("/{id}/metadata/x"), "value": {"value": ""}}),
+    ] {
+        assert_error(&patch(json!([good.clone(), bad])), 400, "operation 1");
+    }
+    assert_error(&patch(json!("not a list")), 400, "unable to decode body");
+    assert_eq!(
+        http_get(s, "/fleet/v1/machines").json()["machines"][0]["metadata"],
+        json!({"disk": "ssd", "region": "west"}),
+        "nothing applied"
+    );
+    let r = patch(json!([
+        good,
+        {"op": "replace", "path": format!("/{id}/metadata/region"), "value": {"value": "east"}},
+        {"op": "remove", "path": format!("/{id}/metadata/disk")}
+    ]));
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(
+        http_get(s, "/fleet/v1/machines").json()["machines"][0]["metadata"],
+        json!({"rack": "r1", "region": "east"})
+    );
+}
+
+#[test]
+fn etcd_down_means_503_and_recovery_after() {
+    let etcd = Etcd::private();
+    let f = Fleetd::start(&etcd);
+    let s = f.socket();
+    let r = put(&f, "a.service", json!({"options": options("/bin/true")}));
+    assert_eq!(r.status, 201);
+
+    etcd.stop();
+    f.wait_for_status(503);
+    assert_error(
+        &http_get(s, "/fleet/v1/units"),
+        503,
+        "fleet server unable to communicate with etcd",
+    );
+    assert_error(
+        &http_get(s, "/fleet/v1/units/a.service"),
+        503,
+        "unable to communicate with etcd",
+    );
+    assert_error(
+        &put(&f, "b.service", json!({"options": options("/bin/b")})),
+        503,
+        "unable to communicate with etcd",
+    );
+    let r = http(s, "DELETE", "/fleet/v1/units/a.service", &[], b"").unwrap();
+    assert_error(&r, 503, "unable to communicate with etcd");
+
+    etcd.restart();
+    f.wait_ready();
+    let list = http_get(s, "/fleet/v1/units").json();
+    assert_eq!(list["units"].as_array().unwrap().len(), 1, "{list}");
+    let keys: Vec<String> = dump(&etcd).into_keys().collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+#[test]
+fn fleetd_started_without_etcd_answers_503_until_etcd_appears() {
+    let etcd = Etcd::private();
+    etcd.stop();
+    let f = Fleetd::builder(&etcd).start();
+    assert_error(
+        &http_get(f.socket(), "/fleet/v1/units"),
+        503,
+        "unable to communicate with etcd",
+    );
+    etcd.restart();
+    f.wait_ready();
+}
+
+#[test]
+fn sighup_reloads_metadata_and_sigterm_exits_cleanly() {
+    let etcd = Etcd::shared();
+    let mut f = Fleetd::builder(&etcd).config("metadata", "a=1").start();
+    f.wait_ready();
+    let conf = std::fs::read_to_string(f.config_path()).unwrap();
+    std::fs::write(
+        f.config_path(),
+        conf.replace("metadata=a=1", "metadata=a=2,b=3"),
+    )
+    .unwrap();
+    f.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let md =
+            http_get(f.socket(), "/fleet/v1/machines").json()["machines"][0]["metadata"].clone();
+        if md == json!({"a": "2", "b": "3"}) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metadata not reloaded: {md}\n{}",
+            f.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(f.log().contains("metadata"), "{}", f.log());
+    f.signal("TERM");
+    assert_eq!(f.wait_exit(Duration::from_secs(10)), Some(0), "{}", f.log());
+    assert!(!f.socket().exists(), "socket removed on exit");
+}
+
+#[test]
+fn fleetd_version_and_help() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--etcd-servers") && help.contains("--config"),
+        "{help}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .args(["--config", "/nonexistent/fleet.conf"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fleet.conf"));
+}
