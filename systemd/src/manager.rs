@@ -1,0 +1,553 @@
+//! The connection to systemd's Manager and the unit operations fleet needs.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+use zbus::message::Type as MessageType;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue};
+use zbus::{Connection, MatchRule, MessageStream};
+
+use crate::error::{Error, Result};
+use crate::events::{drain, Subscription};
+use crate::names::validate_unit_name;
+use crate::state::{ActiveState, JobResult, UnitState};
+
+/// Where unit files are written by default (as fleet v1 did).
+pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units";
+/// Default D-Bus method call timeout.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) const SYSTEMD: &str = "org.freedesktop.systemd1";
+pub(crate) const MANAGER_PATH: &str = "/org/freedesktop/systemd1";
+pub(crate) const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
+
+/// `(type, file, destination)` of a unit file change.
+type UnitFileChange = (String, String, String);
+/// One entry of `ListUnitsByNames`.
+type ListedUnit = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_blocking = false
+)]
+trait Manager {
+    fn subscribe(&self) -> zbus::Result<()>;
+    fn reload(&self) -> zbus::Result<()>;
+    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn link_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<Vec<UnitFileChange>>;
+    fn enable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+        force: bool,
+    ) -> zbus::Result<(bool, Vec<UnitFileChange>)>;
+    fn disable_unit_files(
+        &self,
+        files: &[&str],
+        runtime: bool,
+    ) -> zbus::Result<Vec<UnitFileChange>>;
+    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
+    fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<ListedUnit>>;
+}
+
+/// Which bus systemd is reached on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bus {
+    /// The system bus (`DBUS_SYSTEM_BUS_ADDRESS` or `/run/dbus/system_bus_socket`).
+    System,
+    /// The session bus (a user manager: `systemd --user`).
+    Session,
+    /// A D-Bus address, e.g. `unix:path=/proc/<pid>/root/run/dbus/system_bus_socket`.
+    Address(String),
+}
+
+/// How to reach systemd and where unit files go.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The bus.
+    pub bus: Bus,
+    /// Directory of fleet's unit files as systemd sees it (absolute, UTF-8). Default
+    /// [`DEFAULT_UNITS_DIRECTORY`].
+    pub units_directory: PathBuf,
+    /// Where systemd's root filesystem is for this process: `/` normally; `/proc/<pid>/root` when
+    /// driving a lab machine (or container) from outside. Files are written under it.
+    pub fs_root: PathBuf,
+    /// Timeout of each D-Bus call. Default [`DEFAULT_CALL_TIMEOUT`].
+    pub call_timeout: Duration,
+}
+
+impl Config {
+    /// Defaults for `bus`.
+    pub fn new(bus: Bus) -> Config {
+        Config {
+            bus,
+            units_directory: DEFAULT_UNITS_DIRECTORY.into(),
+            fs_root: "/".into(),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+        }
+    }
+    /// Sets [`Config::units_directory`].
+    pub fn units_directory(mut self, dir: impl Into<PathBuf>) -> Config {
+        self.units_directory = dir.into();
+        self
+    }
+    /// Sets [`Config::fs_root`].
+    pub fn fs_root(mut self, root: impl Into<PathBuf>) -> Config {
+        self.fs_root = root.into();
+        self
+    }
+    /// Sets [`Config::call_timeout`].
+    pub fn call_timeout(mut self, timeout: Duration) -> Config {
+        self.call_timeout = timeout;
+        self
+    }
+}
+
+/// A job systemd queued.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Job {
+    /// Job id (last component of the path).
+    pub id: u32,
+    /// Job object path.
+    pub path: String,
+}
+
+/// A connection to systemd's Manager. Cheap to clone (clones share the connection).
+///
+/// Reconnecting: when a call fails with [`Error::is_disconnected`] or a [`Subscription`] yields
+/// [`crate::Event::Disconnected`], the connection is dead for good. Get a new handle with
+/// [`Systemd::reconnect`] (or [`Systemd::reconnect_with_backoff`]), replace the old one everywhere,
+/// [`Systemd::subscribe`] again, and re-read the states of your units ([`Systemd::list_units`]),
+/// since changes during the gap were not seen.
+#[derive(Clone, Debug)]
+pub struct Systemd {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: Config,
+    conn: Connection,
+    manager: ManagerProxy<'static>,
+    subscribed: OnceCell<()>,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Systemd {
+    /// Connects to systemd on `bus` with default settings ([`Config::new`]).
+    pub async fn connect_bus(bus: Bus) -> Result<Systemd> {
+        Systemd::connect(Config::new(bus)).await
+    }
+
+    /// Connects to systemd as `config` says.
+    pub async fn connect(config: Config) -> Result<Systemd> {
+        if !config.units_directory.is_absolute() || config.units_directory.to_str().is_none() {
+            return Err(Error::Io {
+                path: config.units_directory.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the units directory must be an absolute UTF-8 path",
+                ),
+            });
+        }
+        let context = format!("connecting to {:?}", config.bus);
+        let builder = match &config.bus {
+            Bus::System => zbus::connection::Builder::system(),
+            Bus::Session => zbus::connection::Builder::session(),
+            Bus::Address(a) => zbus::connection::Builder::address(a.as_str()),
+        }
+        .map_err(|e| Error::connect(context.clone(), e))?;
+        let conn = builder
+            .method_timeout(config.call_timeout)
+            .build()
+            .await
+            .map_err(|e| Error::connect(context.clone(), e))?;
+        let manager = ManagerProxy::new(&conn)
+            .await
+            .map_err(|e| Error::connect(context, e))?;
+        tracing::debug!(bus = ?config.bus, "connected to systemd");
+        Ok(Systemd {
+            inner: Arc::new(Inner {
+                config,
+                conn,
+                manager,
+                subscribed: OnceCell::new(),
+            }),
+        })
+    }
+
+    /// A new connection with the same configuration (one attempt).
+    pub async fn reconnect(&self) -> Result<Systemd> {
+        Systemd::connect(self.inner.config.clone()).await
+    }
+
+    /// Reconnects, retrying with exponential backoff (50 ms doubling up to 2 s) until `give_up_after`
+    /// has passed; returns the last error then.
+    pub async fn reconnect_with_backoff(&self, give_up_after: Duration) -> Result<Systemd> {
+        let deadline = tokio::time::Instant::now() + give_up_after;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.reconnect().await {
+                Ok(sd) => return Ok(sd),
+                Err(e) if tokio::time::Instant::now() + delay > deadline => return Err(e),
+                Err(e) => tracing::debug!(error = %e, ?delay, "reconnecting to systemd"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// The configuration this handle was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Path of unit `name`'s file as systemd sees it (`<units_directory>/<name>`).
+    pub fn unit_file_path(&self, name: &str) -> PathBuf {
+        self.inner.config.units_directory.join(name)
+    }
+
+    /// Path of unit `name`'s file for this process (under [`Config::fs_root`]).
+    pub fn local_unit_file_path(&self, name: &str) -> PathBuf {
+        self.local_units_directory().join(name)
+    }
+
+    fn local_units_directory(&self) -> PathBuf {
+        let dir = &self.inner.config.units_directory;
+        self.inner
+            .config
+            .fs_root
+            .join(dir.strip_prefix("/").unwrap_or(dir))
+    }
+
+    /// Writes unit `name` (atomically: temp file + rename) into the units directory, links it into
+    /// systemd as a runtime unit (`LinkUnitFiles(runtime, force)`), enables it at runtime when
+    /// `enable` (pass [`crate::has_install_section`] of the contents), then reloads systemd.
+    /// Loading a unit again replaces it. Does not start it.
+    pub async fn load_unit(&self, name: &str, contents: &str, enable: bool) -> Result<()> {
+        validate_unit_name(name)?;
+        write_atomic(&self.local_units_directory(), name, contents).await?;
+        let file = self.unit_file_path(name);
+        let file = file.to_str().expect("checked UTF-8 at connect");
+        let m = &self.inner.manager;
+        m.link_unit_files(&[file], true, true)
+            .await
+            .map_err(|e| Error::from_call("LinkUnitFiles", name, e))?;
+        if enable {
+            m.enable_unit_files(&[file], true, true)
+                .await
+                .map_err(|e| Error::from_call("EnableUnitFiles", name, e))?;
+        }
+        self.reload().await
+    }
+
+    /// Undoes [`Systemd::load_unit`]: disables and unlinks the unit (`DisableUnitFiles(runtime)`
+    /// removes both the `enable` and the `link` symlinks), removes its file, reloads systemd.
+    /// Does not stop it: stop first, or it keeps running as a `not-found` unit.
+    pub async fn unload_unit(&self, name: &str) -> Result<()> {
+        validate_unit_name(name)?;
+        self.inner
+            .manager
+            .disable_unit_files(&[name], true)
+            .await
+            .map_err(|e| Error::from_call("DisableUnitFiles", name, e))?;
+        let path = self.local_unit_file_path(name);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Io { path, source }),
+        }
+        self.reload().await
+    }
+
+    /// `Reload`: systemd re-reads all unit files (the reply comes when it is done).
+    pub async fn reload(&self) -> Result<()> {
+        self.inner
+            .manager
+            .reload()
+            .await
+            .map_err(|e| Error::from_call("Reload", "", e))
+    }
+
+    /// Queues a start job (mode `replace`).
+    pub async fn start_unit(&self, name: &str) -> Result<Job> {
+        self.job(JobKind::Start, name).await
+    }
+    /// Queues a stop job (mode `replace`).
+    pub async fn stop_unit(&self, name: &str) -> Result<Job> {
+        self.job(JobKind::Stop, name).await
+    }
+    /// Queues a restart job (mode `replace`).
+    pub async fn restart_unit(&self, name: &str) -> Result<Job> {
+        self.job(JobKind::Restart, name).await
+    }
+    /// Starts `name` and waits for its job to finish (`JobRemoved`); for a service of the default
+    /// `Type=simple` that is when its process was forked, not when it is ready.
+    pub async fn start_unit_and_wait(&self, name: &str) -> Result<JobResult> {
+        self.job_and_wait(JobKind::Start, name).await
+    }
+    /// Stops `name` and waits for its job to finish.
+    pub async fn stop_unit_and_wait(&self, name: &str) -> Result<JobResult> {
+        self.job_and_wait(JobKind::Stop, name).await
+    }
+    /// Restarts `name` and waits for its job to finish.
+    pub async fn restart_unit_and_wait(&self, name: &str) -> Result<JobResult> {
+        self.job_and_wait(JobKind::Restart, name).await
+    }
+
+    async fn job(&self, kind: JobKind, name: &str) -> Result<Job> {
+        validate_unit_name(name)?;
+        let m = &self.inner.manager;
+        let path = match kind {
+            JobKind::Start => m.start_unit(name, "replace").await,
+            JobKind::Stop => m.stop_unit(name, "replace").await,
+            JobKind::Restart => m.restart_unit(name, "replace").await,
+        }
+        .map_err(|e| Error::from_call(kind.method(), name, e))?;
+        let path = path.as_str().to_string();
+        let id = path
+            .rsplit('/')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Ok(Job { id, path })
+    }
+
+    async fn job_and_wait(&self, kind: JobKind, name: &str) -> Result<JobResult> {
+        validate_unit_name(name)?;
+        self.ensure_subscribed().await?;
+        let rule = MatchRule::builder()
+            .msg_type(MessageType::Signal)
+            .sender(SYSTEMD)
+            .and_then(|b| b.path(MANAGER_PATH))
+            .and_then(|b| b.interface(MANAGER_IFACE))
+            .and_then(|b| b.member("JobRemoved"))
+            .map_err(|e| Error::from_call("AddMatch", name, e))?
+            .build();
+        // Listen before queueing: the job may finish before StartUnit's reply arrives.
+        let stream = MessageStream::for_match_rule(rule, &self.inner.conn, Some(256))
+            .await
+            .map_err(|e| Error::from_call("AddMatch", name, e))?;
+        let mut signals = drain(stream);
+        let job = self.job(kind, name).await?;
+        while let Some(msg) = signals.recv().await {
+            let Ok(msg) = msg else { break };
+            let body = msg.body();
+            let Ok((_id, path, _unit, result)) =
+                body.deserialize::<(u32, OwnedObjectPath, String, String)>()
+            else {
+                continue;
+            };
+            if path.as_str() == job.path {
+                return Ok(JobResult::from(result));
+            }
+        }
+        Err(Error::Disconnected {
+            context: format!("waiting for job {} of {name}", job.path),
+            source: zbus::Error::Failure("the signal stream ended".into()),
+        })
+    }
+
+    /// `Subscribe` once per connection (systemd only emits unit and job signals on the system
+    /// bus while some client is subscribed).
+    pub(crate) async fn ensure_subscribed(&self) -> Result<()> {
+        self.inner
+            .subscribed
+            .get_or_try_init(|| async {
+                match self.inner.manager.subscribe().await {
+                    Ok(()) => Ok(()),
+                    Err(zbus::Error::MethodError(name, _, _))
+                        if name.as_str() == "org.freedesktop.systemd1.AlreadySubscribed" =>
+                    {
+                        Ok(())
+                    }
+                    Err(e) => Err(Error::from_call("Subscribe", "", e)),
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// The state of one unit. A unit systemd does not know is reported as `not-found`/`inactive`
+    /// (like `systemctl show`), not as an error.
+    pub async fn unit_state(&self, name: &str) -> Result<UnitState> {
+        let mut units = self.list_units(&[name]).await?;
+        match units.pop() {
+            Some((_, state)) => Ok(state),
+            None => Err(Error::NoSuchUnit(name.to_string())),
+        }
+    }
+
+    /// States of the named units, in the order given (`ListUnitsByNames`, plus `MainPID` of the
+    /// services that may have one).
+    pub async fn list_units(&self, names: &[&str]) -> Result<Vec<(String, UnitState)>> {
+        for n in names {
+            validate_unit_name(n)?;
+        }
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let listed = self
+            .inner
+            .manager
+            .list_units_by_names(names)
+            .await
+            .map_err(|e| Error::from_call("ListUnitsByNames", &names.join(" "), e))?;
+        let mut out = Vec::with_capacity(listed.len());
+        for (name, _desc, load, active, sub, _following, path, _job_id, _job_type, _job_path) in
+            listed
+        {
+            let active_state = ActiveState::from(active);
+            let main_pid = if name.ends_with(".service") && active_state.may_have_main_pid() {
+                self.main_pid(&path).await?
+            } else {
+                None
+            };
+            let state = UnitState {
+                load_state: load.into(),
+                active_state,
+                sub_state: sub,
+                main_pid,
+            };
+            out.push((name, state));
+        }
+        Ok(out)
+    }
+
+    /// States of the units whose files are in the units directory (sorted by name).
+    pub async fn list_fleet_units(&self) -> Result<Vec<(String, UnitState)>> {
+        let dir = self.local_units_directory();
+        let mut names = Vec::new();
+        match tokio::fs::read_dir(&dir).await {
+            Ok(mut entries) => loop {
+                match entries.next_entry().await {
+                    Ok(Some(e)) => {
+                        if let Some(n) = e.file_name().to_str() {
+                            if validate_unit_name(n).is_ok() {
+                                names.push(n.to_string());
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(source) => return Err(Error::Io { path: dir, source }),
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Io { path: dir, source }),
+        }
+        names.sort();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        self.list_units(&names).await
+    }
+
+    /// `GetUnitFileState`: `linked-runtime`, `enabled-runtime`, `static`, ... of a unit file.
+    pub async fn unit_file_state(&self, name: &str) -> Result<String> {
+        validate_unit_name(name)?;
+        self.inner
+            .manager
+            .get_unit_file_state(name)
+            .await
+            .map_err(|e| match Error::from_call("GetUnitFileState", name, e) {
+                Error::Refused { name: err, .. }
+                    if err == "org.freedesktop.DBus.Error.FileNotFound" =>
+                {
+                    Error::NoSuchUnit(name.to_string())
+                }
+                other => other,
+            })
+    }
+
+    async fn main_pid(&self, unit_path: &OwnedObjectPath) -> Result<Option<u32>> {
+        let reply = self
+            .inner
+            .conn
+            .call_method(
+                Some(SYSTEMD),
+                unit_path.as_str(),
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &("org.freedesktop.systemd1.Service", "MainPID"),
+            )
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            // The unit went away between the listing and this call.
+            Err(zbus::Error::MethodError(..)) | Err(zbus::Error::FDO(_)) => return Ok(None),
+            Err(e) => return Err(Error::from_call("Get(MainPID)", unit_path.as_str(), e)),
+        };
+        let value: OwnedValue = reply
+            .body()
+            .deserialize()
+            .map_err(|e| Error::from_call("Get(MainPID)", unit_path.as_str(), e))?;
+        Ok(u32::try_from(&value).ok().filter(|pid| *pid != 0))
+    }
+
+    /// Subscribes to unit state changes and job results (see [`Subscription`]). Each call makes an
+    /// independent stream.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        self.ensure_subscribed().await?;
+        Subscription::start(&self.inner.conn).await
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum JobKind {
+    Start,
+    Stop,
+    Restart,
+}
+
+impl JobKind {
+    fn method(self) -> &'static str {
+        match self {
+            JobKind::Start => "StartUnit",
+            JobKind::Stop => "StopUnit",
+            JobKind::Restart => "RestartUnit",
+        }
+    }
+}
+
+/// Writes `dir/name` atomically: a temp file in the same directory, then rename.
+async fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let path = dir.join(name);
+    if let Err(e) = tokio::fs::write(&tmp, contents).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(io(&tmp)(e));
+    }
+    if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+        let _ = tokio::fs::remove_file(&tmp).await;
+        return Err(io(&path)(e));
+    }
+    Ok(())
+}
