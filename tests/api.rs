@@ -507,3 +507,73 @@ fn fleetd_version_and_help() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fleet.conf"));
 }
+
+#[test]
+fn the_api_is_also_served_on_tcp_when_configured() {
+    let etcd = Etcd::shared();
+    let addr = support::free_loopback_addr();
+    let f = Fleetd::builder(&etcd).config("api_tcp", &addr).start();
+    f.wait_ready();
+    let body = json!({"options": options("/bin/tcp")}).to_string();
+    let r = support::http_tcp(
+        &addr,
+        "PUT",
+        "/fleet/v1/units/t.service",
+        &[JSON],
+        body.as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = support::http_tcp(&addr, "GET", "/fleet/v1/units", &[], b"").unwrap();
+    assert_eq!(
+        r.header("server"),
+        Some(concat!("fleetd/", env!("CARGO_PKG_VERSION")))
+    );
+    assert_eq!(r.json()["units"][0]["name"], "t.service");
+    // The unix socket serves the same registry.
+    assert_eq!(
+        http_get(f.socket(), "/fleet/v1/units/t.service").status,
+        200
+    );
+}
+
+#[test]
+fn a_claim_shows_as_the_units_machine() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    let r = put(
+        &f,
+        "c.service",
+        json!({"options": options("/bin/c"), "desiredState": "launched"}),
+    );
+    assert_eq!(r.status, 201);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd.client().await;
+        c.put(
+            format!("{}claims/c.service", etcd.prefix()),
+            r#"{"machineID":"0123abcd"}"#,
+            None,
+        )
+        .await
+        .unwrap();
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let u = http_get(f.socket(), "/fleet/v1/units/c.service").json();
+        if u.get("machineID").is_some() {
+            assert_eq!(u["machineID"], "0123abcd");
+            // No agent reports a state yet: the unit is placed but not (known to be) running.
+            assert_eq!(u["currentState"], "inactive");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "claim not mirrored: {u}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -6,6 +6,20 @@
 //! is `{"error":{"code":N,"message":"..."}}` with `Content-Type: application/json`.
 //! The status-code rules of each route are documented on its handler and exercised by `tests/api.rs`.
 //!
+//! Where this API deliberately differs from fleet v1.0.0 (each the obvious fix):
+//! - an invalid `desiredState` is a 400 (fleet stored it and corrupted the unit);
+//! - options of an existing unit are validated too (fleet only validated new units);
+//! - replacing a unit (different options) without `desiredState` keeps its desired state; a
+//!   template can never get a state other than `inactive`, on create, replace or update;
+//! - `nextPageToken` is only sent when another page has items (fleet also sent it after an
+//!   exactly full last page, pointing at an empty page);
+//! - `GET`/`DELETE` of a syntactically invalid name is a 404, like any unit that does not exist;
+//! - `Content-Type: application/json; charset=...` is accepted; error bodies are JSON everywhere,
+//!   including 404/405 (fleet answered those with an empty body);
+//! - bodies larger than `api_max_body` are refused with 413;
+//! - `PATCH /machines` naming a machine this fleetd cannot change is a 404 and applies nothing
+//!   (until gossip exists, only the local machine's metadata can change; it is kept in memory).
+//!
 //! Architecture invariant: handlers validate everything before they write, and each write is one
 //! registry call (one etcd transaction), so a request that fails has written nothing.
 

@@ -343,6 +343,29 @@ pub fn http(
 ) -> std::io::Result<HttpResponse> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(&mut s, method, path, headers, body)
+}
+
+/// One HTTP/1.1 request over TCP to `addr` (like [`http`]).
+pub fn http_tcp(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    exchange(&mut s, method, path, headers, body)
+}
+
+fn exchange<S: Read + Write>(
+    s: &mut S,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: fleet\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -357,6 +380,11 @@ pub fn http(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
+}
+
+/// A free loopback TCP address (`127.0.0.1:<port>`) for a test server.
+pub fn free_loopback_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
 }
 
 /// `GET path` with no headers.
