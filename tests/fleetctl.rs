@@ -1,0 +1,395 @@
+//! fleetctl end to end: the real `fleetctl` binary against a real fleetd on a real etcd.
+//!
+//! No agent runs systemd units here, so nothing is ever placed or started: load/start must still return
+//! within their block attempts and say plainly that the desired state was recorded but not reached.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use fleet_sched::UnitFile;
+use support::{Etcd, Fleetd};
+
+/// A fleetd on a shared etcd (own key prefix) plus a directory for unit files.
+struct Env {
+    _etcd: Etcd,
+    fleetd: Fleetd,
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let etcd = Etcd::shared();
+        let fleetd = Fleetd::start(&etcd);
+        Env {
+            _etcd: etcd,
+            fleetd,
+            dir: tempfile::tempdir().expect("temp dir for unit files"),
+        }
+    }
+
+    /// Write a unit file into the working directory.
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.dir.path().join(name), text).expect("write unit file");
+    }
+
+    /// Run fleetctl in the unit directory against this fleetd.
+    fn run(&self, args: &[&str]) -> Run {
+        let mut cmd = fleetctl(self.dir.path());
+        cmd.arg(format!("--endpoint={}", self.fleetd.endpoint()));
+        cmd.args(args);
+        Run::of(cmd, args)
+    }
+}
+
+/// A fleetctl command with a clean environment (no FLEETCTL_* from the caller).
+fn fleetctl(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    cmd.current_dir(cwd);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FLEETCTL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// The outcome of one fleetctl run.
+struct Run {
+    args: String,
+    code: Option<i32>,
+    out: String,
+    err: String,
+    took: Duration,
+}
+
+impl Run {
+    fn of(mut cmd: Command, args: &[&str]) -> Run {
+        let started = Instant::now();
+        let Output {
+            status,
+            stdout,
+            stderr,
+        } = cmd.output().expect("run fleetctl");
+        Run {
+            args: args.join(" "),
+            code: status.code(),
+            out: String::from_utf8_lossy(&stdout).into_owned(),
+            err: String::from_utf8_lossy(&stderr).into_owned(),
+            took: started.elapsed(),
+        }
+    }
+
+    /// Assert exit 0 and return stdout.
+    fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "fleetctl {} failed\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.out,
+            self.err
+        );
+        &self.out
+    }
+
+    /// Assert exit 1 and return stderr.
+    fn fails(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "fleetctl {} should have failed\nstdout:\n{}\nstderr:\n{}",
+            self.args,
+            self.out,
+            self.err
+        );
+        &self.err
+    }
+}
+
+const HELLO: &str = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sh -c \"while true; do echo Hello World; sleep 1; done\"\n";
+
+fn short_hash(text: &str) -> String {
+    UnitFile::parse(text).expect("valid unit").hash().short()
+}
+
+#[test]
+fn submit_list_cat_replace_and_destroy() {
+    let env = Env::new();
+    env.write("hello.service", HELLO);
+
+    assert_eq!(
+        env.run(&["submit", "hello.service"]).ok(),
+        "Unit hello.service inactive\n"
+    );
+    let h = short_hash(HELLO);
+    assert_eq!(
+        env.run(&["list-unit-files"]).ok(),
+        format!(
+            "UNIT\t\tHASH\tDSTATE\t\tSTATE\t\tTARGET\nhello.service\t{h}\tinactive\tinactive\t-\n"
+        )
+    );
+    // `cat` prints the stored unit as fleet serializes it (here: identical to the file).
+    assert_eq!(env.run(&["cat", "hello"]).ok(), HELLO);
+
+    // Submitting again is a no-op; a different local file gets a warning suggesting --replace.
+    assert_eq!(env.run(&["submit", "hello"]).ok(), "");
+    let changed = HELLO.replace("Hello World", "Hello again");
+    env.write("hello.service", &changed);
+    let r = env.run(&["submit", "hello"]);
+    assert_eq!(r.ok(), "");
+    assert!(
+        r.err.contains("differs from local unit file") && r.err.contains("--replace"),
+        "{}",
+        r.err
+    );
+    assert_eq!(env.run(&["cat", "hello.service"]).ok(), HELLO);
+    assert_eq!(
+        env.run(&["submit", "--replace", "hello"]).ok(),
+        "Unit hello.service inactive\n"
+    );
+    assert_eq!(env.run(&["cat", "hello.service"]).ok(), changed);
+    let full = UnitFile::parse(&changed).unwrap().hash().to_string();
+    assert_eq!(
+        env.run(&[
+            "list-unit-files",
+            "--no-legend",
+            "--full",
+            "--fields=unit,hash,desc,global"
+        ])
+        .ok(),
+        format!("hello.service\t{full}\tHello again\tfalse\n")
+    );
+
+    assert_eq!(
+        env.run(&["destroy", "hello"]).ok(),
+        "Destroyed hello.service\n"
+    );
+    assert_eq!(env.run(&["list-unit-files", "--no-legend"]).ok(), "");
+    // Destroying a unit that does not exist succeeds silently, as in fleet.
+    assert_eq!(env.run(&["destroy", "hello"]).ok(), "");
+    let err = env.run(&["cat", "hello"]).fails().to_string();
+    assert!(err.contains("hello.service not found"), "{err}");
+}
+
+#[test]
+fn start_and_load_without_agents_return_in_bounded_time_and_say_why() {
+    let env = Env::new();
+    env.write("hello.service", HELLO);
+    let r = env.run(&["start", "--block-attempts=3", "hello"]);
+    assert!(r.took < Duration::from_secs(15), "start took {:?}", r.took);
+    assert!(
+        r.out.starts_with("Unit hello.service inactive\n"),
+        "{}",
+        r.out
+    );
+    if r.code == Some(0) {
+        // An agent placed and started it: fleet's message names the machine.
+        assert!(r.out.contains("Unit hello.service launched"), "{}", r.out);
+    } else {
+        let err = r.fails();
+        assert!(
+            err.contains("desired state launched is recorded but was not reached after 3 checks"),
+            "{err}"
+        );
+        assert!(err.contains("Error waiting for units"), "{err}");
+    }
+    let listed = env
+        .run(&["list-unit-files", "--no-legend", "--fields=unit,dstate"])
+        .ok()
+        .to_string();
+    assert_eq!(listed, "hello.service\tlaunched\n");
+
+    // The default block attempts are bounded too (10 checks, 500 ms apart).
+    env.write("other.service", HELLO);
+    let r = env.run(&["load", "other"]);
+    assert!(r.took < Duration::from_secs(20), "load took {:?}", r.took);
+    if r.code != Some(0) {
+        let err = r.fails();
+        assert!(err.contains("desired state loaded is recorded"), "{err}");
+        let machines = env.run(&["list-machines", "--no-legend"]).ok().to_string();
+        if machines.is_empty() {
+            assert!(err.contains("no machine has joined the cluster"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn no_block_triggers_and_templates_instantiate() {
+    let env = Env::new();
+    env.write(
+        "web@.service",
+        "[Service]\nExecStart=/bin/echo %i\n\n[X-Fleet]\nConflicts=web@*.service\n",
+    );
+    assert_eq!(
+        env.run(&["submit", "web@.service"]).ok(),
+        "Unit web@.service inactive\n"
+    );
+    // web@1 has no file of its own: it takes the template's content from the cluster.
+    assert_eq!(
+        env.run(&["start", "--no-block", "web@1"]).ok(),
+        "Unit web@1.service inactive\nTriggered unit web@1.service start\n"
+    );
+    assert_eq!(
+        env.run(&["cat", "web@1"]).ok(),
+        env.run(&["cat", "web@.service"]).ok()
+    );
+    // A template itself can never be started.
+    let err = env
+        .run(&["start", "--no-block", "web@.service"])
+        .fails()
+        .to_string();
+    assert!(err.contains("is a template"), "{err}");
+    assert_eq!(
+        env.run(&["list-unit-files", "--no-legend", "--fields=unit,dstate"])
+            .ok(),
+        "web@.service\tinactive\nweb@1.service\tlaunched\n"
+    );
+    // stop of a launched unit records loaded; unload records inactive.
+    env.run(&["stop", "--no-block", "web@1"]).ok();
+    env.run(&["unload", "--no-block", "web@1"]).ok();
+    assert_eq!(
+        env.run(&[
+            "list-unit-files",
+            "--no-legend",
+            "--fields=unit,dstate",
+            "--full"
+        ])
+        .ok(),
+        "web@.service\tinactive\nweb@1.service\tinactive\n"
+    );
+    // Stopping an inactive unit is an error.
+    let err = env.run(&["stop", "web@1"]).fails().to_string();
+    assert!(
+        err.contains("unable to stop unit web@1.service in state inactive"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let env = Env::new();
+    let err = env.run(&["submit", "bad$name"]).fails().to_string();
+    assert!(
+        err.contains("invalid unit name \"bad$name.service\""),
+        "{err}"
+    );
+
+    env.write("broken.service", "ExecStart=/bin/true\n");
+    let err = env.run(&["submit", "broken"]).fails().to_string();
+    assert!(
+        err.contains("Error reading unit file broken.service"),
+        "{err}"
+    );
+    assert!(err.contains("before any [Section] header"), "{err}");
+
+    env.write(
+        "pinned.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineID=abc\nGlobal=true\n",
+    );
+    let err = env.run(&["submit", "pinned"]).fails().to_string();
+    assert!(
+        err.contains("MachineID cannot be used with Global"),
+        "{err}"
+    );
+
+    let err = env.run(&["submit", "missing"]).fails().to_string();
+    assert!(err.contains("unable to find unit missing.service"), "{err}");
+    let err = env.run(&["stop", "missing"]).fails().to_string();
+    assert!(err.contains("missing.service does not exist"), "{err}");
+
+    // Unknown [X-Fleet] keys are accepted with a warning.
+    env.write(
+        "odd.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nFoo=bar\n",
+    );
+    let r = env.run(&["submit", "odd"]);
+    assert_eq!(r.ok(), "Unit odd.service inactive\n");
+    assert!(
+        r.err.contains("WARNING: Unit odd.service") && r.err.contains("\"Foo\""),
+        "{}",
+        r.err
+    );
+
+    // Nothing but the valid unit was created.
+    assert_eq!(
+        env.run(&["list-unit-files", "--no-legend", "--fields=unit"])
+            .ok(),
+        "odd.service\n"
+    );
+    let err = env
+        .run(&["list-units", "--fields=unit,nope"])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("invalid key in output format: \"nope\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn listing_follows_pages_past_one_hundred_units() {
+    let env = Env::new();
+    let mut args = vec!["submit".to_string()];
+    for i in 0..150 {
+        let name = format!("u{i:03}.service");
+        env.write(&name, &format!("[Service]\nExecStart=/bin/echo {i}\n"));
+        args.push(name);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = env.run(&args).ok().to_string();
+    assert_eq!(out.lines().count(), 150, "{out}");
+    let listed = env
+        .run(&["list-unit-files", "--no-legend", "--fields=unit"])
+        .ok()
+        .to_string();
+    let names: Vec<&str> = listed.lines().collect();
+    let expected: Vec<String> = (0..150).map(|i| format!("u{i:03}.service")).collect();
+    assert_eq!(names, expected);
+}
+
+#[test]
+fn list_units_and_machines_print_their_headers() {
+    let env = Env::new();
+    let units = env.run(&["list-units"]).ok().to_string();
+    assert!(units.starts_with("UNIT\t"), "{units}");
+    assert!(units.lines().next().unwrap().ends_with("\tSUB"), "{units}");
+    let machines = env.run(&["list-machines"]).ok().to_string();
+    assert!(machines.starts_with("MACHINE\t"), "{machines}");
+    assert!(
+        machines.lines().next().unwrap().ends_with("\tMETADATA"),
+        "{machines}"
+    );
+}
+
+#[test]
+fn the_endpoint_comes_from_the_environment_and_the_flag_wins() {
+    let env = Env::new();
+    env.write("hello.service", HELLO);
+    let mut cmd = fleetctl(env.dir.path());
+    cmd.env("FLEETCTL_ENDPOINT", env.fleetd.endpoint())
+        .args(["submit", "hello"]);
+    assert_eq!(
+        Run::of(cmd, &["submit", "hello"]).ok(),
+        "Unit hello.service inactive\n"
+    );
+
+    let bogus = format!("unix://{}/nothing-here.sock", env.dir.path().display());
+    let mut cmd = fleetctl(env.dir.path());
+    cmd.env("FLEETCTL_ENDPOINT", env.fleetd.endpoint())
+        .arg(format!("--endpoint={bogus}"))
+        .arg("list-units");
+    let r = Run::of(cmd, &["list-units"]);
+    let err = r.fails();
+    assert!(
+        err.contains(&bogus) && err.contains("cannot connect to fleetd"),
+        "{err}"
+    );
+
+    let mut cmd = fleetctl(env.dir.path());
+    cmd.args(["--tunnel=somehost", "list-units"]);
+    let err = Run::of(cmd, &["--tunnel"]).fails().to_string();
+    assert!(err.contains("not supported yet"), "{err}");
+}
