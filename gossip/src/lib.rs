@@ -10,6 +10,7 @@
 pub mod core;
 mod store;
 pub mod testing;
+pub mod tls;
 pub mod types;
 
 pub use crate::core::{Config, Counters, Event, Node};

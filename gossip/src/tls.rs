@@ -1,0 +1,333 @@
+//! Mutual TLS for the gossip transport: every node holds a certificate signed by the cluster CA; a
+//! server requires a client certificate signed by that CA, and a client verifies the server's against
+//! it. Also mints the CA and machine certificates, and offers an explicit insecure development mode.
+//!
+//! All certificates name the server `fleet` (the name every client dials, since peers are addressed
+//! by IP), and carry the machine ID as their common name.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// The TLS server name every node's certificate carries and every client dials.
+pub const SERVER_NAME: &str = "fleet";
+/// The ALPN protocol of fleet's gossip.
+pub const ALPN: &[u8] = b"fleet-gossip/1";
+
+/// How a node authenticates its peers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TlsConfig {
+    /// Mutual TLS with a cluster CA: only peers with a certificate signed by the CA get in.
+    Mutual {
+        /// PEM file of the cluster CA certificate.
+        ca_cert: PathBuf,
+        /// PEM file of this machine's certificate (signed by the CA).
+        cert: PathBuf,
+        /// PEM file of this machine's private key.
+        key: PathBuf,
+    },
+    /// Development only: a fresh self-signed certificate, and no verification in either direction.
+    /// Anyone who can reach the port can join the cluster and read its traffic. Logged loudly.
+    InsecureDevelopment,
+}
+
+/// What went wrong setting up TLS or minting certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file could not be read or parsed.
+    #[error("cannot load {what} from {path}: {reason}")]
+    Pem {
+        /// Which file it was (CA certificate, certificate, key).
+        what: &'static str,
+        /// Its path.
+        path: PathBuf,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// A PEM file held no certificate.
+    #[error("{0}: no certificate in the file")]
+    NoCertificate(PathBuf),
+    /// rustls refused the certificates or keys (e.g. a key that does not match the certificate).
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client certificate verifier could not be built (e.g. an unusable CA certificate).
+    #[error("cannot build the client certificate verifier: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// quinn refused the TLS configuration (it needs TLS 1.3 with an AES-128-GCM suite).
+    #[error("QUIC cannot use this TLS configuration: {0}")]
+    Quic(String),
+    /// Certificate generation failed.
+    #[error("cannot generate a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// Writing a PEM file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate(path.to_path_buf()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
+        what: "private key",
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
+}
+
+fn quic_err(e: impl std::fmt::Display) -> TlsError {
+    TlsError::Quic(e.to_string())
+}
+
+/// The QUIC server and client configurations for `tls`.
+pub(crate) fn quic_configs(
+    tls: &TlsConfig,
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    let provider = provider();
+    let (mut server, mut client) = match tls {
+        TlsConfig::Mutual { ca_cert, cert, key } => {
+            let mut roots = RootCertStore::empty();
+            for ca in load_certs("CA certificate", ca_cert)? {
+                roots.add(ca)?;
+            }
+            let roots = Arc::new(roots);
+            let chain = load_certs("certificate", cert)?;
+            let key = load_key(key)?;
+            let client_verifier =
+                WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()?;
+            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_client_cert_verifier(client_verifier)
+                .with_single_cert(chain.clone(), key.clone_key())?;
+            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)?;
+            (server, client)
+        }
+        TlsConfig::InsecureDevelopment => {
+            tracing::error!(
+                "gossip runs in INSECURE DEVELOPMENT MODE: no peer authentication, no protection \
+                 of cluster traffic; anyone who reaches the gossip port can join. Never use this \
+                 outside development."
+            );
+            let rcgen::CertifiedKey { cert, signing_key } =
+                rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])?;
+            let key = PrivateKeyDer::try_from(signing_key.serialize_der()).map_err(quic_err)?;
+            let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], key)?;
+            let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(&[&rustls::version::TLS13])?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyServer(provider)))
+                .with_no_client_auth();
+            (server, client)
+        }
+    };
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let server = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(quic_err)?;
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(quic_err)?;
+    Ok((
+        quinn::ServerConfig::with_crypto(Arc::new(server)),
+        quinn::ClientConfig::new(Arc::new(client)),
+    ))
+}
+
+/// Insecure development mode: accepts any server certificate (still checks the handshake signature,
+/// which proves nothing about who the peer is).
+#[derive(Debug)]
+struct AcceptAnyServer(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
+    std::fs::write(path, contents).map_err(|source| TlsError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn write_key(path: &Path, contents: &str) -> Result<(), TlsError> {
+    write(path, contents)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| TlsError::Write {
+                path: path.to_path_buf(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Mints a cluster CA: writes its certificate and private key (mode 0600) as PEM.
+pub fn mint_ca(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "fleet cluster CA");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    write(cert_path, &cert.pem())?;
+    write_key(key_path, &key.serialize_pem())
+}
+
+/// Mints a machine certificate signed by the CA in `ca_cert_path`/`ca_key_path`: usable both as a
+/// server and as a client certificate, for the name [`SERVER_NAME`], with `machine_id` as common name.
+/// Writes the certificate and private key (mode 0600) as PEM.
+pub fn mint_machine_cert(
+    ca_cert_path: &Path,
+    ca_key_path: &Path,
+    machine_id: &str,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
+    let read = |what, path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| TlsError::Pem {
+            what,
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    };
+    let ca_key = rcgen::KeyPair::from_pem(&read("CA private key", ca_key_path)?)?;
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&read("CA certificate", ca_cert_path)?, ca_key)?;
+    let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, machine_id);
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    write(cert_path, &cert.pem())?;
+    write_key(key_path, &key.serialize_pem())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_certificates_make_a_usable_mutual_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        mint_ca(&p("ca.pem"), &p("ca.key")).unwrap();
+        mint_machine_cert(&p("ca.pem"), &p("ca.key"), "m1", &p("m1.pem"), &p("m1.key")).unwrap();
+        let tls = TlsConfig::Mutual {
+            ca_cert: p("ca.pem"),
+            cert: p("m1.pem"),
+            key: p("m1.key"),
+        };
+        quic_configs(&tls).unwrap();
+        assert!(quic_configs(&TlsConfig::InsecureDevelopment).is_ok());
+    }
+
+    #[test]
+    fn missing_or_mismatched_files_are_named_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let err = quic_configs(&TlsConfig::Mutual {
+            ca_cert: p("nope.pem"),
+            cert: p("m1.pem"),
+            key: p("m1.key"),
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("nope.pem"), "{err}");
+        mint_ca(&p("ca.pem"), &p("ca.key")).unwrap();
+        mint_machine_cert(&p("ca.pem"), &p("ca.key"), "m1", &p("m1.pem"), &p("m1.key")).unwrap();
+        mint_machine_cert(&p("ca.pem"), &p("ca.key"), "m2", &p("m2.pem"), &p("m2.key")).unwrap();
+        let mismatched = quic_configs(&TlsConfig::Mutual {
+            ca_cert: p("ca.pem"),
+            cert: p("m1.pem"),
+            key: p("m2.key"),
+        });
+        assert!(
+            mismatched.is_err(),
+            "a key that does not match the certificate"
+        );
+    }
+}
