@@ -32,7 +32,7 @@ pub enum Error {
         /// What was being done.
         context: String,
         /// The underlying error.
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// No reply within the method timeout ([`crate::Config::call_timeout`]): systemd or the bus
     /// hangs (e.g. a frozen machine). The connection may still be usable.
@@ -47,7 +47,7 @@ pub enum Error {
         /// What was being done.
         context: String,
         /// The underlying error.
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
     /// Writing or removing a unit file failed; systemd was not told.
     #[error("{path}: {source}")]
@@ -91,7 +91,7 @@ impl Error {
             | "org.freedesktop.DBus.Error.ServiceUnknown"
             | "org.freedesktop.DBus.Error.NameHasNoOwner" => Error::Disconnected {
                 context: format!("{method}({unit})"),
-                source: e,
+                source: Box::new(e),
             },
             _ => Error::Refused {
                 method,
@@ -107,14 +107,23 @@ impl Error {
         if is_timeout(&e) {
             Error::Timeout { context }
         } else if is_connection_error(&e) {
-            Error::Disconnected { context, source: e }
+            Error::Disconnected {
+                context,
+                source: Box::new(e),
+            }
         } else {
-            Error::Bus { context, source: e }
+            Error::Bus {
+                context,
+                source: Box::new(e),
+            }
         }
     }
 
     pub(crate) fn connect(context: String, e: zbus::Error) -> Error {
-        Error::Disconnected { context, source: e }
+        Error::Disconnected {
+            context,
+            source: Box::new(e),
+        }
     }
 }
 

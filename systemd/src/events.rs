@@ -79,14 +79,18 @@ impl Subscription {
             .await
             .map_err(|e| Error::from_call("AddMatch", "", e))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let conn = conn.clone();
         let task = tokio::spawn(async move {
             let mut signals = drain(stream);
-            let mut decoder = Decoder::default();
+            let mut decoder = Decoder {
+                conn,
+                units: HashMap::new(),
+            };
             loop {
                 tokio::select! {
                     msg = signals.recv() => match msg {
                         Some(Ok(msg)) => {
-                            if let Some(ev) = decoder.decode(&msg) {
+                            if let Some(ev) = decoder.decode(&msg).await {
                                 if tx.send(ev).is_err() {
                                     return;
                                 }
@@ -156,9 +160,26 @@ pub(crate) fn drain(mut stream: MessageStream) -> mpsc::UnboundedReceiver<zbus::
 /// Turns signals into events, merging the `Service` (MainPID) and `Unit` (states) property
 /// changes systemd sends one after the other (type-specific interface first), and dropping
 /// repeats of an unchanged state.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Decoder {
+    conn: Connection,
     units: HashMap<String, Known>,
+}
+
+/// `LoadState` of the unit object at `path`; `None` if it cannot be read (unit gone).
+async fn load_state(conn: &Connection, path: &str) -> Option<LoadState> {
+    let reply = conn
+        .call_method(
+            Some(SYSTEMD),
+            path,
+            Some(PROPERTIES_IFACE),
+            "Get",
+            &(UNIT_IFACE, "LoadState"),
+        )
+        .await
+        .ok()?;
+    let value: OwnedValue = reply.body().deserialize().ok()?;
+    <&str>::try_from(&value).ok().map(LoadState::from)
 }
 
 #[derive(Debug, Default)]
@@ -171,7 +192,7 @@ struct Known {
 }
 
 impl Decoder {
-    fn decode(&mut self, msg: &Message) -> Option<Event> {
+    async fn decode(&mut self, msg: &Message) -> Option<Event> {
         let header = msg.header();
         let path = header.path()?.as_str().to_string();
         let iface = header.interface()?.as_str().to_string();
@@ -183,7 +204,7 @@ impl Decoder {
                 let (iface, changed, _invalidated) = body
                     .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
                     .ok()?;
-                self.properties_changed(name, &iface, &changed)
+                self.properties_changed(name, &path, &iface, &changed).await
             }
             (MANAGER_IFACE, "JobRemoved") if path == MANAGER_PATH => {
                 let (id, job, unit, result) = body
@@ -203,15 +224,22 @@ impl Decoder {
             }
             (MANAGER_IFACE, "Reloading") if path == MANAGER_PATH => {
                 let active: bool = body.deserialize().ok()?;
-                (!active).then_some(Event::Reloaded)
+                if active {
+                    return None;
+                }
+                for known in self.units.values_mut() {
+                    known.load = None; // may have changed: read again on the next change
+                }
+                Some(Event::Reloaded)
             }
             _ => None,
         }
     }
 
-    fn properties_changed(
+    async fn properties_changed(
         &mut self,
         name: String,
+        path: &str,
         iface: &str,
         changed: &HashMap<String, OwnedValue>,
     ) -> Option<Event> {
@@ -228,17 +256,26 @@ impl Decoder {
                 if let Some(s) = text("LoadState") {
                     known.load = Some(s.into());
                 }
+                if known.load.is_none() {
+                    // systemd does not include LoadState in PropertiesChanged: read it once per
+                    // unit (and again after a reload), not per change.
+                    known.load = Some(load_state(&self.conn, path).await?);
+                }
                 if let Some(s) = text("ActiveState") {
                     known.active = Some(s.into());
                 }
                 if let Some(s) = text("SubState") {
                     known.sub = Some(s.to_string());
                 }
+                let active_state = known.active.clone()?;
+                let main_pid = known
+                    .main_pid
+                    .filter(|p| *p != 0 && active_state.may_have_main_pid());
                 let state = UnitState {
                     load_state: known.load.clone()?,
-                    active_state: known.active.clone()?,
+                    active_state,
                     sub_state: known.sub.clone()?,
-                    main_pid: known.main_pid.filter(|p| *p != 0),
+                    main_pid,
                 };
                 if known.last_sent.as_ref() == Some(&state) {
                     return None;

@@ -270,11 +270,16 @@ impl Systemd {
     /// Does not stop it: stop first, or it keeps running as a `not-found` unit.
     pub async fn unload_unit(&self, name: &str) -> Result<()> {
         validate_unit_name(name)?;
-        self.inner
-            .manager
-            .disable_unit_files(&[name], true)
-            .await
-            .map_err(|e| Error::from_call("DisableUnitFiles", name, e))?;
+        match self.inner.manager.disable_unit_files(&[name], true).await {
+            Ok(_) => {}
+            // Never loaded (or already unloaded): nothing to disable.
+            Err(e) => match Error::from_call("DisableUnitFiles", name, e) {
+                Error::NoSuchUnit(_) => {}
+                Error::Refused { name: err, .. }
+                    if err == "org.freedesktop.DBus.Error.FileNotFound" => {}
+                other => return Err(other),
+            },
+        }
         let path = self.local_unit_file_path(name);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => {}
@@ -368,7 +373,7 @@ impl Systemd {
         }
         Err(Error::Disconnected {
             context: format!("waiting for job {} of {name}", job.path),
-            source: zbus::Error::Failure("the signal stream ended".into()),
+            source: Box::new(zbus::Error::Failure("the signal stream ended".into())),
         })
     }
 

@@ -1,0 +1,283 @@
+//! fleet-systemd against a real systemd 252 in a lab machine (root only; skipped otherwise).
+//! The tests share one machine (they use distinct unit names) and inject no faults.
+
+mod common;
+
+use std::path::Path;
+
+use common::{connect, states_until, wait_for};
+use fleet_lab::{LabOptions, SharedLab};
+use fleet_systemd::{ActiveState, Error, Event, JobResult, LoadState};
+
+static LAB: SharedLab = SharedLab::new(1, || LabOptions::new().without_etcd());
+
+const SLEEPER: &str = "[Unit]\nDescription=test sleeper\n[Service]\nExecStart=/bin/sleep 1000\n";
+
+#[tokio::test]
+async fn a_loaded_unit_starts_shows_running_with_its_main_pid_then_stops_and_unloads() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let sd = connect(&lab, 1).await;
+    let name = "t-lifecycle.service";
+    let mut events = sd.subscribe().await.unwrap();
+
+    sd.load_unit(name, SLEEPER, false).await.unwrap();
+    let local = sd.local_unit_file_path(name);
+    assert_eq!(std::fs::read_to_string(&local).unwrap(), SLEEPER);
+    assert_eq!(
+        sd.unit_file_path(name),
+        Path::new("/run/fleet/units/t-lifecycle.service")
+    );
+    assert_eq!(sd.unit_file_state(name).await.unwrap(), "linked-runtime");
+    let st = sd.unit_state(name).await.unwrap();
+    assert_eq!(
+        (st.load_state, st.active_state, st.main_pid),
+        (LoadState::Loaded, ActiveState::Inactive, None)
+    );
+
+    let job = sd.start_unit(name).await.unwrap();
+    assert!(
+        job.path.starts_with("/org/freedesktop/systemd1/job/") && job.id > 0,
+        "{job:?}"
+    );
+    let seen = states_until(&mut events, name, |s| s.active_state == ActiveState::Active).await;
+    let running = seen.last().unwrap();
+    assert_eq!(running.sub_state, "running");
+    assert_eq!(running.load_state, LoadState::Loaded);
+    let pid = running.main_pid.expect("a running service has a main PID");
+    // The PID is in the machine's pid namespace: ask the machine what it is.
+    let comm = lab
+        .sh_ok(1, &["cat", &format!("/proc/{pid}/comm")])
+        .unwrap();
+    assert_eq!(comm.trim(), "sleep");
+    let st = sd.unit_state(name).await.unwrap();
+    assert_eq!(st, *running, "a read agrees with the pushed state");
+    let done = wait_for(
+        &mut events,
+        "JobRemoved of the start job",
+        |e| matches!(e, Event::JobRemoved { job: j, .. } if *j == job.path),
+    )
+    .await;
+    assert!(
+        matches!(&done, Event::JobRemoved { unit, result: JobResult::Done, id, .. } if unit == name && *id == job.id),
+        "{done:?}"
+    );
+
+    sd.stop_unit(name).await.unwrap();
+    let seen = states_until(&mut events, name, |s| {
+        s.active_state == ActiveState::Inactive
+    })
+    .await;
+    let stopped = seen.last().unwrap();
+    assert_eq!(
+        (stopped.sub_state.as_str(), stopped.main_pid),
+        ("dead", None)
+    );
+
+    sd.unload_unit(name).await.unwrap();
+    assert!(!local.exists(), "unit file removed");
+    let link = lab
+        .machine_root(1)
+        .unwrap()
+        .join("run/systemd/system")
+        .join(name);
+    assert!(
+        link.symlink_metadata().is_err(),
+        "link removed: {}",
+        link.display()
+    );
+    let st = sd.unit_state(name).await.unwrap();
+    assert_eq!(
+        (st.load_state, st.active_state),
+        (LoadState::NotFound, ActiveState::Inactive)
+    );
+    assert!(matches!(sd.unit_file_state(name).await, Err(Error::NoSuchUnit(n)) if n == name));
+    assert!(matches!(
+        sd.start_unit(name).await,
+        Err(Error::NoSuchUnit(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_unit_with_an_install_section_is_enabled_at_runtime_and_disabled_on_unload() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let sd = connect(&lab, 1).await;
+    let name = "t-install.service";
+    let unit = format!("{SLEEPER}[Install]\nWantedBy=multi-user.target\n");
+    assert!(fleet_systemd::has_install_section(&unit));
+    sd.load_unit(name, &unit, true).await.unwrap();
+    assert_eq!(sd.unit_file_state(name).await.unwrap(), "enabled-runtime");
+    let wants = lab
+        .machine_root(1)
+        .unwrap()
+        .join("run/systemd/system/multi-user.target.wants")
+        .join(name);
+    assert!(wants.symlink_metadata().is_ok(), "{}", wants.display());
+    // Loading again (new contents) replaces the unit.
+    let unit2 = unit.replace("sleep 1000", "sleep 2000");
+    sd.load_unit(name, &unit2, true).await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(sd.local_unit_file_path(name)).unwrap(),
+        unit2
+    );
+    assert_eq!(sd.start_unit_and_wait(name).await.unwrap(), JobResult::Done);
+    let cmdline = lab
+        .sh_ok(
+            1,
+            &["systemctl", "show", "-p", "ExecStart", "--value", name],
+        )
+        .unwrap();
+    assert!(cmdline.contains("2000"), "{cmdline}");
+    assert_eq!(sd.stop_unit_and_wait(name).await.unwrap(), JobResult::Done);
+    sd.unload_unit(name).await.unwrap();
+    assert!(wants.symlink_metadata().is_err(), "wants link removed");
+    assert!(matches!(
+        sd.unit_file_state(name).await,
+        Err(Error::NoSuchUnit(_))
+    ));
+}
+
+#[tokio::test]
+async fn missing_and_invalid_units_give_typed_errors() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let sd = connect(&lab, 1).await;
+    let missing = "t-does-not-exist.service";
+    assert!(matches!(sd.start_unit(missing).await, Err(Error::NoSuchUnit(n)) if n == missing));
+    assert!(matches!(
+        sd.stop_unit(missing).await,
+        Err(Error::NoSuchUnit(_))
+    ));
+    assert!(matches!(
+        sd.restart_unit(missing).await,
+        Err(Error::NoSuchUnit(_))
+    ));
+    assert!(matches!(
+        sd.start_unit_and_wait(missing).await,
+        Err(Error::NoSuchUnit(_))
+    ));
+    assert!(matches!(
+        sd.unit_file_state(missing).await,
+        Err(Error::NoSuchUnit(_))
+    ));
+    let st = sd.unit_state(missing).await.unwrap();
+    assert_eq!(st.load_state, LoadState::NotFound);
+    for bad in ["../etc/passwd.service", "nosuffix", "a b.service"] {
+        assert!(
+            matches!(sd.load_unit(bad, SLEEPER, false).await, Err(Error::InvalidUnitName(n)) if n == bad)
+        );
+        assert!(matches!(
+            sd.start_unit(bad).await,
+            Err(Error::InvalidUnitName(_))
+        ));
+    }
+    // Unloading something never loaded is not an error (idempotent).
+    sd.unload_unit(missing).await.unwrap();
+    // A failing start is a job result, not an error.
+    let name = "t-fails.service";
+    sd.load_unit(
+        name,
+        "[Service]\nType=oneshot\nExecStart=/bin/false\n",
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sd.start_unit_and_wait(name).await.unwrap(),
+        JobResult::Failed
+    );
+    assert_eq!(
+        sd.unit_state(name).await.unwrap().active_state,
+        ActiveState::Failed
+    );
+    sd.unload_unit(name).await.unwrap();
+    let _ = lab.sh(1, &["systemctl", "reset-failed", name]);
+}
+
+#[tokio::test]
+async fn the_subscription_sees_changes_made_by_others_and_reloads() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let sd = connect(&lab, 1).await;
+    let name = "t-others.service";
+    sd.load_unit(name, SLEEPER, false).await.unwrap();
+    let mut events = sd.subscribe().await.unwrap();
+    // Someone else (systemctl inside the machine) starts and kills it; we only listen.
+    lab.sh_ok(1, &["systemctl", "start", name]).unwrap();
+    let seen = states_until(&mut events, name, |s| s.sub_state == "running").await;
+    let pid = seen.last().unwrap().main_pid.unwrap();
+    lab.sh_ok(1, &["kill", "-KILL", &pid.to_string()]).unwrap();
+    let seen = states_until(&mut events, name, |s| s.active_state == ActiveState::Failed).await;
+    assert_eq!(seen.last().unwrap().main_pid, None);
+    lab.sh_ok(1, &["systemctl", "daemon-reload"]).unwrap();
+    wait_for(&mut events, "Reloaded", |e| *e == Event::Reloaded).await;
+    lab.sh_ok(1, &["systemctl", "reset-failed", name]).unwrap();
+    sd.unload_unit(name).await.unwrap();
+    wait_for(
+        &mut events,
+        "UnitRemoved",
+        |e| matches!(e, Event::UnitRemoved { name: n } if n == name),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn list_fleet_units_reports_the_units_in_the_units_directory() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    // A directory of its own, so the other tests' units do not show up.
+    let config_dir = "/run/fleet/units-list-test";
+    let sd = fleet_systemd::Systemd::connect(
+        fleet_systemd::Config::new(fleet_systemd::Bus::Address(lab.bus_address(1).unwrap()))
+            .fs_root(lab.machine_root(1).unwrap())
+            .units_directory(config_dir),
+    )
+    .await
+    .unwrap();
+    assert!(
+        sd.list_fleet_units().await.unwrap().is_empty(),
+        "no directory yet: no units"
+    );
+    sd.load_unit("t-list-b.service", SLEEPER, false)
+        .await
+        .unwrap();
+    sd.load_unit("t-list-a.service", SLEEPER, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        sd.start_unit_and_wait("t-list-b.service").await.unwrap(),
+        JobResult::Done
+    );
+    let units = sd.list_fleet_units().await.unwrap();
+    let names: Vec<&str> = units.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["t-list-a.service", "t-list-b.service"]);
+    assert_eq!(units[0].1.active_state, ActiveState::Inactive);
+    assert_eq!(units[1].1.active_state, ActiveState::Active);
+    assert!(units[1].1.main_pid.is_some());
+    let restarted_from = units[1].1.main_pid;
+    assert_eq!(
+        sd.restart_unit_and_wait("t-list-b.service").await.unwrap(),
+        JobResult::Done
+    );
+    let st = sd.unit_state("t-list-b.service").await.unwrap();
+    assert!(
+        st.main_pid.is_some() && st.main_pid != restarted_from,
+        "restart gives a new process"
+    );
+    sd.stop_unit_and_wait("t-list-b.service").await.unwrap();
+    for n in ["t-list-a.service", "t-list-b.service"] {
+        sd.unload_unit(n).await.unwrap();
+    }
+    assert!(sd.list_fleet_units().await.unwrap().is_empty());
+}
