@@ -7,9 +7,11 @@
 //! - [`requirements`]: `[X-Fleet]` options ([`Requirements`]) and the combinations fleet rejects.
 //! - [`state`]: the desired state a user sets ([`DesiredState`]).
 //! - [`machine`]: machine identities ([`MachineId`]).
+//! - [`placement`]: where units run ([`schedule`] gives a [`Plan`]), decided identically by every agent.
 
 pub mod machine;
 pub mod name;
+pub mod placement;
 pub mod reconcile;
 pub mod requirements;
 pub mod state;
@@ -17,6 +19,7 @@ pub mod unitfile;
 
 pub use machine::{MachineId, MachineIdError};
 pub use name::{NameError, UnitName};
+pub use placement::{schedule, Decision, MachineInfo, Plan, Reason, UnitInfo};
 pub use requirements::{glob_match, RequirementError, Requirements};
 pub use state::{DesiredState, StateError};
 pub use unitfile::{ParseError, UnitFile, UnitHash, UnitOption};
