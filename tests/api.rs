@@ -577,3 +577,40 @@ fn a_claim_shows_as_the_units_machine() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn sighup_with_a_new_etcd_prefix_reconnects() {
+    let etcd = Etcd::shared();
+    let other = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    let r = put(&f, "old.service", json!({"options": options("/bin/old")}));
+    assert_eq!(r.status, 201);
+    let conf = std::fs::read_to_string(f.config_path()).unwrap();
+    std::fs::write(
+        f.config_path(),
+        conf.replace(
+            &format!("etcd_key_prefix={}", etcd.prefix()),
+            &format!("etcd_key_prefix={}", other.prefix()),
+        ),
+    )
+    .unwrap();
+    f.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http_get(f.socket(), "/fleet/v1/units");
+        if r.status == 200 && r.json() == json!({"units": []}) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not switched: {}\n{}",
+            r.text(),
+            f.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = put(&f, "new.service", json!({"options": options("/bin/new")}));
+    assert_eq!(r.status, 201);
+    assert_eq!(dump(&other).len(), 2);
+    assert_eq!(dump(&etcd).len(), 2);
+}

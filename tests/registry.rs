@@ -321,3 +321,43 @@ async fn a_registry_started_before_etcd_connects_when_it_appears() {
     r.wait_available(Duration::from_secs(20)).await.unwrap();
     assert!(r.units().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn reconfigure_switches_to_another_prefix() {
+    let etcd = Etcd::shared();
+    let other = Etcd::shared();
+    let r = registry(&etcd).await;
+    r.create_unit(
+        &name("here.service"),
+        &file("/bin/here"),
+        DesiredState::Inactive,
+    )
+    .await
+    .unwrap();
+    let r2 = registry(&other).await;
+    r2.create_unit(
+        &name("there.service"),
+        &file("/bin/there"),
+        DesiredState::Loaded,
+    )
+    .await
+    .unwrap();
+
+    let mut opts = RegistryOptions::new(vec![other.endpoint().to_string()], other.prefix());
+    opts.backoff_max = Duration::from_millis(500);
+    r.reconfigure(opts);
+    assert!(!r.status().available);
+    r.wait_available(Duration::from_secs(10)).await.unwrap();
+    let names: Vec<String> = r
+        .units()
+        .unwrap()
+        .iter()
+        .map(|u| u.name.to_string())
+        .collect();
+    assert_eq!(names, ["there.service"]);
+    assert_eq!(r.keys().prefix(), other.prefix());
+    // Writes go to the new prefix.
+    r.destroy_unit(&name("there.service")).await.unwrap();
+    assert!(other.dump().await.is_empty());
+    assert_eq!(etcd.dump().await.len(), 2, "the old prefix is untouched");
+}

@@ -142,7 +142,7 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload(&args, &mut current, &state, &cluster, log_handle.as_ref()),
+            _ = hup.recv() => reload(&args, &mut current, &state, &cluster, &registry, log_handle.as_ref()),
             _ = usr1.recv() => dump(&registry, &cluster, &state),
         }
     }
@@ -171,6 +171,7 @@ fn reload(
     current: &mut Config,
     state: &ApiState,
     cluster: &LocalCluster,
+    registry: &Registry,
     log_handle: Option<&FilterHandle>,
 ) {
     let (new, warnings) = match args.load() {
@@ -189,6 +190,14 @@ fn reload(
         return;
     }
     const LIVE: &[&str] = &[
+        "etcd_servers",
+        "etcd_key_prefix",
+        "etcd_request_timeout",
+        "etcd_cafile",
+        "etcd_certfile",
+        "etcd_keyfile",
+        "etcd_username",
+        "etcd_password",
         "public_ip",
         "metadata",
         "token_limit",
@@ -213,8 +222,36 @@ fn reload(
             }
         }
     }
+    let old_etcd = RegistryOptions::from_config(current);
+    let new_etcd = RegistryOptions::from_config(&new);
+    let mut etcd_applied = false;
+    if old_etcd != new_etcd {
+        match new_etcd.check() {
+            Ok(()) => {
+                tracing::info!("SIGHUP: reconnecting to etcd with the new settings");
+                registry.reconfigure(new_etcd);
+                etcd_applied = true;
+            }
+            Err(e) => tracing::error!("SIGHUP: etcd settings not applied: {e}"),
+        }
+    }
     // Keys that need a restart keep their running values.
     let running = current.clone();
+    let running = if etcd_applied {
+        Config {
+            etcd_servers: new.etcd_servers.clone(),
+            etcd_key_prefix: new.etcd_key_prefix.clone(),
+            etcd_request_timeout: new.etcd_request_timeout,
+            etcd_cafile: new.etcd_cafile.clone(),
+            etcd_certfile: new.etcd_certfile.clone(),
+            etcd_keyfile: new.etcd_keyfile.clone(),
+            etcd_username: new.etcd_username.clone(),
+            etcd_password: new.etcd_password.clone(),
+            ..running
+        }
+    } else {
+        running
+    };
     *current = Config {
         public_ip: new.public_ip,
         metadata: new.metadata,

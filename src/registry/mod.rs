@@ -66,7 +66,7 @@ pub enum RegistryError {
 }
 
 /// Connection settings of the registry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryOptions {
     /// etcd client URLs.
     pub endpoints: Vec<String>,
@@ -161,11 +161,31 @@ pub struct RegistryStatus {
 }
 
 struct Shared {
-    opts: RegistryOptions,
-    keys: Keys,
+    /// Connection settings and the key layout; replaced by [`Registry::reconfigure`].
+    config: RwLock<(RegistryOptions, Keys)>,
+    /// Wakes the task to drop the session and reconnect with the new settings.
+    reconnect: tokio::sync::Notify,
     mirror: RwLock<Mirror>,
     client: RwLock<Option<Client>>,
     status: watch::Sender<RegistryStatus>,
+}
+
+impl Shared {
+    fn opts(&self) -> RegistryOptions {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    fn keys(&self) -> Keys {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .1
+            .clone()
+    }
 }
 
 struct Handle {
@@ -189,7 +209,7 @@ pub struct Registry {
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
-            .field("prefix", &self.shared.keys.prefix())
+            .field("prefix", &self.shared.keys().prefix())
             .field("status", &*self.shared.status.borrow())
             .finish()
     }
@@ -212,8 +232,8 @@ impl Registry {
             error: Some("not connected yet".into()),
         });
         let shared = Arc::new(Shared {
-            keys: Keys::new(&opts.prefix),
-            opts,
+            config: RwLock::new((opts.clone(), Keys::new(&opts.prefix))),
+            reconnect: tokio::sync::Notify::new(),
             mirror: RwLock::new(Mirror::default()),
             client: RwLock::new(None),
             status,
@@ -227,8 +247,32 @@ impl Registry {
     }
 
     /// The key layout in use.
-    pub fn keys(&self) -> &Keys {
-        &self.shared.keys
+    pub fn keys(&self) -> Keys {
+        self.shared.keys()
+    }
+
+    /// Switches to new connection settings (endpoints, prefix, TLS, user, timeouts): the registry
+    /// becomes unavailable, drops its connection and reconnects with `opts` at once.
+    pub fn reconfigure(&self, opts: RegistryOptions) {
+        {
+            let mut c = self
+                .shared
+                .config
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            c.1 = Keys::new(&opts.prefix);
+            c.0 = opts;
+        }
+        *self
+            .shared
+            .client
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.shared.status.send_modify(|s| {
+            s.available = false;
+            s.error = Some("reconnecting with new settings".into());
+        });
+        self.shared.reconnect.notify_one();
     }
 
     /// The current status.
@@ -326,7 +370,7 @@ impl Registry {
         state: DesiredState,
     ) -> Result<(), RegistryError> {
         self.check_available()?;
-        let keys = &self.shared.keys;
+        let keys = &self.shared.keys();
         let rk = keys.unit(name);
         let hash = file.hash();
         let txn = Txn::new()
@@ -375,7 +419,7 @@ impl Registry {
     }
 
     async fn update_record(&self, name: &UnitName, op: RecordOp<'_>) -> Result<(), RegistryError> {
-        let keys = &self.shared.keys;
+        let keys = &self.shared.keys();
         let rk = keys.unit(name);
         for _ in 0..MAX_ATTEMPTS {
             let (txn, old_hash) = {
@@ -455,7 +499,7 @@ impl Registry {
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, RegistryError> {
         let mut kv = self.etcd_client()?.kv_client();
-        let timeout = self.shared.opts.request_timeout;
+        let timeout = self.shared.opts().request_timeout;
         match tokio::time::timeout(timeout, kv.txn(txn)).await {
             Err(_) => Err(RegistryError::Unavailable(format!(
                 "etcd request timed out after {timeout:?}"
@@ -473,7 +517,7 @@ impl Registry {
 
     async fn wait_mirror(&self, pred: impl Fn(&Mirror) -> bool) {
         let mut rx = self.subscribe();
-        let deadline = tokio::time::Instant::now() + self.shared.opts.request_timeout * 5;
+        let deadline = tokio::time::Instant::now() + self.shared.opts().request_timeout * 5;
         loop {
             {
                 let status = rx.borrow_and_update();
@@ -553,11 +597,12 @@ fn classify(e: etcd_client::Error) -> RegistryError {
 
 /// The background task: sessions separated by capped exponential backoff.
 async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = shared.opts.backoff_min;
+    let mut backoff = shared.opts().backoff_min;
     loop {
         let mut reached = false;
         let result = tokio::select! {
             r = session(&shared, &mut reached) => r,
+            _ = shared.reconnect.notified() => Err("reconnecting with new settings".to_string()),
             _ = shutdown.wait_for(|s| *s) => return,
         };
         let reason = match result {
@@ -570,19 +615,21 @@ async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
             s.available = false;
             s.error = Some(reason.clone());
         });
+        let opts = shared.opts();
         if was_available {
             tracing::warn!("lost etcd: {reason}; reconnecting");
         } else {
             tracing::debug!("etcd not reachable: {reason}; retrying in {backoff:?}");
         }
         if reached {
-            backoff = shared.opts.backoff_min;
+            backoff = opts.backoff_min;
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
+            _ = shared.reconnect.notified() => backoff = opts.backoff_min,
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(shared.opts.backoff_max);
+        backoff = (backoff * 2).min(opts.backoff_max);
     }
 }
 
@@ -601,9 +648,13 @@ async fn timed<T>(
 /// One connection: range read, watch, apply events until something breaks.
 /// Returns `Err(reason)` when the connection or watch breaks.
 async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
-    let opts = &shared.opts;
+    let (opts, keys) = shared
+        .config
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let t = opts.request_timeout;
-    let prefix = shared.keys.prefix().to_string();
+    let prefix = keys.prefix().to_string();
     let copts = opts.connect_options().map_err(|e| e.to_string())?;
     let client = timed(
         t,
@@ -625,7 +676,7 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
     };
     for kv in resp.kvs() {
         mirror.apply(
-            &shared.keys,
+            &keys,
             Change::Put {
                 key: kv.key(),
                 value: kv.value(),
@@ -697,7 +748,7 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
                     },
                     EventType::Delete => Change::Delete { key: kv.key() },
                 };
-                m.apply(&shared.keys, change);
+                m.apply(&keys, change);
             }
             if rev > m.revision {
                 m.revision = rev;
