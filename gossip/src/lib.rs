@@ -11,6 +11,7 @@ pub mod core;
 mod store;
 pub mod testing;
 pub mod tls;
+pub mod transport;
 pub mod types;
 
 pub use crate::core::{Config, Counters, Event, Node};

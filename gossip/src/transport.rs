@@ -1,0 +1,974 @@
+//! The tokio/quinn driver: one QUIC endpoint on one UDP port runs a [`Node`].
+//!
+//! SWIM packets travel as QUIC datagrams; anti-entropy syncs and request/response exchanges each use
+//! a bidirectional stream. Every connection is mutually authenticated ([`TlsConfig`]): a peer without a
+//! certificate from the cluster CA never gets a connection, so it never reaches the node.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use fleet_gossip::transport::{Gossip, GossipConfig};
+//! use fleet_gossip::tls::TlsConfig;
+//! use fleet_gossip::{MachineId, Metadata};
+//!
+//! let mut config = GossipConfig::new(MachineId::new("m1"), "10.0.0.1:4001".parse()?);
+//! config.seeds = vec!["10.0.0.2:4001".parse()?];
+//! config.tls = TlsConfig::Mutual {
+//!     ca_cert: "/etc/fleet/ca.pem".into(),
+//!     cert: "/etc/fleet/machine.pem".into(),
+//!     key: "/etc/fleet/machine.key".into(),
+//! };
+//! let (gossip, mut events) = Gossip::start(config).await?;
+//! gossip.set_metadata(Metadata::default());
+//! gossip.set_request_handler(|_from, request: Vec<u8>| async move { Ok(request) });
+//! while let Some(event) = events.recv().await {
+//!     println!("{event:?}: {:?}", gossip.view().await?.machines.len());
+//! }
+//! gossip.leave().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Stream framing: one kind byte ([`STREAM_SYNC`] or [`STREAM_REQUEST`]), then frames of a 4-byte
+//! big-endian length and that many bytes (at most [`MAX_FRAME`]). A sync stream carries offer, answer,
+//! delta; a request stream carries the request, then a status byte (0 ok, 1 error) and the response
+//! (or the error text).
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+use rand::rngs::{StdRng, SysRng};
+use rand::SeedableRng;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{self, Counters, Event, FullState, Node, SyncAnswer, SyncOffer};
+use crate::tls::{self, TlsConfig, TlsError};
+use crate::types::{MachineId, Metadata, NodeIdentity, UnitState, View};
+
+/// First byte of a sync stream.
+pub const STREAM_SYNC: u8 = 1;
+/// First byte of a request stream.
+pub const STREAM_REQUEST: u8 = 2;
+/// Largest frame accepted on a stream (64 MiB); larger is refused as garbage.
+pub const MAX_FRAME: usize = 64 << 20;
+/// How long a stream exchange (sync or request) may take.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Datagrams kept per peer while its connection is being set up.
+const MAX_PENDING: usize = 32;
+
+/// Everything [`Gossip::start`] needs.
+#[derive(Clone, Debug)]
+pub struct GossipConfig {
+    /// This machine's ID.
+    pub machine_id: MachineId,
+    /// The UDP address to bind (datagrams and streams share it).
+    pub listen: SocketAddr,
+    /// The address peers should use; defaults to the bound address, and is required when `listen`
+    /// is a wildcard (0.0.0.0 or ::).
+    pub advertise: Option<SocketAddr>,
+    /// Seed peers to join through (fleetd adds bootstrap addresses from etcd via
+    /// [`GossipHandle::join`]).
+    pub seeds: Vec<SocketAddr>,
+    /// Peer authentication.
+    pub tls: TlsConfig,
+    /// Failure detection and dissemination settings.
+    pub core: core::Config,
+    /// The incarnation to start with; defaults to the wall clock in milliseconds since the Unix
+    /// epoch, so each restart is newer than the last.
+    pub incarnation: Option<u64>,
+    /// Seed of the node's RNG; defaults to OS randomness.
+    pub rng_seed: Option<u64>,
+    /// QUIC idle timeout: a connection without traffic for this long is closed (and reopened on the
+    /// next send). Default 60 s.
+    pub idle_timeout: Duration,
+}
+
+impl GossipConfig {
+    /// Defaults for everything but the machine ID and the listen address (mutual TLS is required:
+    /// `tls` starts as [`TlsConfig::InsecureDevelopment`] only so that this constructor needs no
+    /// files; set it).
+    pub fn new(machine_id: MachineId, listen: SocketAddr) -> Self {
+        GossipConfig {
+            machine_id,
+            listen,
+            advertise: None,
+            seeds: Vec::new(),
+            tls: TlsConfig::InsecureDevelopment,
+            core: core::Config::default(),
+            incarnation: None,
+            rng_seed: None,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What went wrong in the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The TLS setup failed.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The UDP port could not be bound.
+    #[error("cannot bind the gossip endpoint on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// `listen` is a wildcard address and no `advertise` address was given.
+    #[error("listen address {0} is a wildcard: set an advertise address peers can reach")]
+    NeedAdvertise(SocketAddr),
+    /// The gossip task has stopped (after leave, or a crash of the task).
+    #[error("gossip has stopped")]
+    Stopped,
+}
+
+/// Why a request to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// The machine is not in the membership.
+    #[error("unknown machine {0}")]
+    UnknownMachine(MachineId),
+    /// No connection could be made (unreachable, or TLS refused).
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The stream failed mid-exchange.
+    #[error("request stream to {addr} failed: {reason}")]
+    Stream {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// The peer's handler returned an error (or it has none).
+    #[error("peer {addr} refused the request: {message}")]
+    Remote {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// The handler's error text.
+        message: String,
+    },
+    /// The exchange took longer than 30 s.
+    #[error("request to {0} timed out")]
+    Timeout(SocketAddr),
+    /// Gossip has stopped.
+    #[error("gossip has stopped")]
+    Stopped,
+}
+
+/// The future a [`RequestHandler`] returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, String>> + Send>>;
+
+/// Serves requests that peers send with [`GossipHandle::request`]. Any
+/// `Fn(SocketAddr, Vec<u8>) -> impl Future<Output = Result<Vec<u8>, String>>` is one.
+pub trait RequestHandler: Send + Sync + 'static {
+    /// Answers `request` from the peer at `from` (already authenticated by TLS).
+    fn handle(&self, from: SocketAddr, request: Vec<u8>) -> HandlerFuture;
+}
+
+impl<F, Fut> RequestHandler for F
+where
+    F: Fn(SocketAddr, Vec<u8>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
+{
+    fn handle(&self, from: SocketAddr, request: Vec<u8>) -> HandlerFuture {
+        Box::pin(self(from, request))
+    }
+}
+
+type SharedHandler = Arc<RwLock<Option<Arc<dyn RequestHandler>>>>;
+
+/// Transport counters, shared between tasks.
+#[derive(Debug, Default)]
+struct Shared {
+    stream_bytes_in: AtomicU64,
+    stream_bytes_out: AtomicU64,
+    rejected_connections: AtomicU64,
+    failed_connects: AtomicU64,
+    datagrams_not_sent: AtomicU64,
+    datagrams_overflow: AtomicU64,
+    garbage_streams: AtomicU64,
+}
+
+/// A snapshot of a node's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// The core's counters (SWIM datagrams in/out, garbage dropped, syncs).
+    pub core: Counters,
+    /// Bytes read from sync and request streams.
+    pub stream_bytes_in: u64,
+    /// Bytes written to sync and request streams.
+    pub stream_bytes_out: u64,
+    /// UDP bytes received on all connections so far (QUIC overhead and TLS included).
+    pub udp_bytes_in: u64,
+    /// UDP bytes sent on all connections so far.
+    pub udp_bytes_out: u64,
+    /// Incoming connections refused during the handshake (e.g. no or foreign certificate).
+    pub rejected_connections: u64,
+    /// Outgoing connection attempts that failed.
+    pub failed_connects: u64,
+    /// Datagrams that could not be sent (too large for the path, connection lost, or no
+    /// connection in time).
+    pub datagrams_not_sent: u64,
+    /// Received datagrams dropped because the node could not keep up.
+    pub datagrams_overflow: u64,
+    /// Streams refused as garbage (unknown kind, oversized or undecodable frames).
+    pub garbage_streams: u64,
+}
+
+enum Command {
+    View(oneshot::Sender<View>),
+    Stats(oneshot::Sender<Stats>),
+    SetMetadata(Metadata),
+    SetUnits(BTreeMap<String, UnitState>),
+    SetUnit(String, Option<UnitState>),
+    Join(Vec<SocketAddr>),
+    Lookup(MachineId, oneshot::Sender<Option<SocketAddr>>),
+    Connection(SocketAddr, oneshot::Sender<Result<Connection, String>>),
+    Leave(oneshot::Sender<()>),
+    Abort(oneshot::Sender<()>),
+}
+
+enum Net {
+    Datagram(SocketAddr, Bytes),
+    Connected(Connection),
+    ConnectFailed(SocketAddr),
+    /// A connection ended: its address, stable id, and final UDP bytes (in, out).
+    Closed(SocketAddr, usize, (u64, u64)),
+    Offer(SyncOffer, oneshot::Sender<Option<SyncAnswer>>),
+    Answer(SyncAnswer, oneshot::Sender<Option<FullState>>),
+    Merge(FullState),
+}
+
+/// Starts gossip.
+pub struct Gossip;
+
+impl Gossip {
+    /// Binds the endpoint, starts the node and its driver task, and joins through the seeds.
+    /// Returns the handle and the stream of [`Event`]s (unbounded: read it, or drop it).
+    ///
+    /// Must be called inside a tokio runtime.
+    pub async fn start(
+        config: GossipConfig,
+    ) -> Result<(GossipHandle, mpsc::UnboundedReceiver<Event>), TransportError> {
+        let (server, mut client) = tls::quic_configs(&config.tls)?;
+        let mut transport = quinn::TransportConfig::default();
+        transport
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(config.idle_timeout)
+                    .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(60_000))),
+            ))
+            .max_concurrent_bidi_streams(256u32.into())
+            .max_concurrent_uni_streams(0u32.into());
+        let transport = Arc::new(transport);
+        client.transport_config(transport.clone());
+        let mut server = server;
+        server.transport_config(transport);
+        let mut endpoint =
+            Endpoint::server(server, config.listen).map_err(|source| TransportError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        endpoint.set_default_client_config(client);
+        let bound = endpoint
+            .local_addr()
+            .map_err(|source| TransportError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let advertise = match config.advertise {
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => {
+                return Err(TransportError::NeedAdvertise(bound))
+            }
+            None => bound,
+        };
+        let incarnation = config.incarnation.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(1)
+        });
+        let rng = match config.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::try_from_rng(&mut SysRng).unwrap_or_else(|_| {
+                StdRng::seed_from_u64(incarnation ^ u64::from(std::process::id()))
+            }),
+        };
+        let identity = NodeIdentity {
+            machine_id: config.machine_id.clone(),
+            addr: advertise,
+            incarnation,
+        };
+        let now = Instant::now();
+        let mut node = Node::new(config.core.clone(), identity.clone(), rng, now);
+        node.join(now, &config.seeds);
+
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (net_tx, net_rx) = mpsc::channel(4096);
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::default());
+        let handler: SharedHandler = Arc::new(RwLock::new(None));
+
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            net_tx.clone(),
+            shared.clone(),
+        ));
+        let driver = Driver {
+            node,
+            endpoint: endpoint.clone(),
+            conns: HashMap::new(),
+            pending: HashMap::new(),
+            net_tx,
+            event_tx,
+            shared: shared.clone(),
+            handler: handler.clone(),
+            closed_udp: (0, 0),
+        };
+        tokio::spawn(driver.run(cmd_rx, net_rx));
+        tracing::info!(machine = %identity.machine_id, %advertise, %bound, "gossip started");
+        Ok((
+            GossipHandle {
+                cmd: cmd_tx,
+                identity,
+                local_addr: bound,
+                handler,
+            },
+            event_rx,
+        ))
+    }
+}
+
+/// fleetd's handle on gossip. Cheap to clone; every clone drives the same node.
+///
+/// Dropping every handle stops gossip abruptly (peers will declare this node down); call
+/// [`GossipHandle::leave`] for a graceful exit.
+#[derive(Clone)]
+pub struct GossipHandle {
+    cmd: mpsc::UnboundedSender<Command>,
+    identity: NodeIdentity,
+    local_addr: SocketAddr,
+    handler: SharedHandler,
+}
+
+impl std::fmt::Debug for GossipHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipHandle")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GossipHandle {
+    /// The identity the node started with (it is renewed if the cluster ever declares it down).
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), TransportError> {
+        self.cmd.send(cmd).map_err(|_| TransportError::Stopped)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, TransportError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| TransportError::Stopped)
+    }
+
+    /// The node's current view of the cluster (machines, liveness, metadata, unit states).
+    pub async fn view(&self) -> Result<View, TransportError> {
+        self.ask(Command::View).await
+    }
+
+    /// The node's counters.
+    pub async fn stats(&self) -> Result<Stats, TransportError> {
+        self.ask(Command::Stats).await
+    }
+
+    /// Publishes this machine's metadata.
+    pub fn set_metadata(&self, metadata: Metadata) -> Result<(), TransportError> {
+        self.send(Command::SetMetadata(metadata))
+    }
+
+    /// Publishes the runtime states of all this machine's units (missing units count as removed).
+    pub fn set_unit_states(
+        &self,
+        units: BTreeMap<String, UnitState>,
+    ) -> Result<(), TransportError> {
+        self.send(Command::SetUnits(units))
+    }
+
+    /// Publishes one unit's runtime state, or its removal (`None`).
+    pub fn set_unit_state(
+        &self,
+        unit: impl Into<String>,
+        state: Option<UnitState>,
+    ) -> Result<(), TransportError> {
+        self.send(Command::SetUnit(unit.into(), state))
+    }
+
+    /// Joins through more addresses (e.g. bootstrap addresses fleetd read from etcd).
+    pub fn join(&self, addrs: Vec<SocketAddr>) -> Result<(), TransportError> {
+        self.send(Command::Join(addrs))
+    }
+
+    /// Installs the handler for requests from peers (replacing any previous one). Without one,
+    /// requests are refused with an error.
+    pub fn set_request_handler(&self, handler: impl RequestHandler) {
+        let mut slot = self.handler.write().unwrap_or_else(|e| e.into_inner());
+        *slot = Some(Arc::new(handler));
+    }
+
+    /// Sends `request` to machine `peer` over a new stream and returns its handler's response.
+    pub async fn request(
+        &self,
+        peer: &MachineId,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
+        let addr = self
+            .ask(|tx| Command::Lookup(peer.clone(), tx))
+            .await
+            .map_err(|_| RequestError::Stopped)?
+            .ok_or_else(|| RequestError::UnknownMachine(peer.clone()))?;
+        self.request_addr(addr, request).await
+    }
+
+    /// Sends `request` to the peer at `addr` (see [`GossipHandle::request`]).
+    pub async fn request_addr(
+        &self,
+        addr: SocketAddr,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, RequestError> {
+        let conn = self
+            .ask(|tx| Command::Connection(addr, tx))
+            .await
+            .map_err(|_| RequestError::Stopped)?
+            .map_err(|reason| RequestError::Connect { addr, reason })?;
+        let exchange = async {
+            let stream_err = |e: &dyn std::fmt::Display| RequestError::Stream {
+                addr,
+                reason: e.to_string(),
+            };
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
+            send.write_all(&[STREAM_REQUEST])
+                .await
+                .map_err(|e| stream_err(&e))?;
+            write_frame(&mut send, &request)
+                .await
+                .map_err(|e| stream_err(&e))?;
+            send.finish().map_err(|e| stream_err(&e))?;
+            let mut status = [0u8; 1];
+            recv.read_exact(&mut status)
+                .await
+                .map_err(|e| stream_err(&e))?;
+            let body = read_frame(&mut recv).await.map_err(|e| stream_err(&e))?;
+            match status[0] {
+                0 => Ok(body),
+                _ => Err(RequestError::Remote {
+                    addr,
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                }),
+            }
+        };
+        tokio::time::timeout(STREAM_TIMEOUT, exchange)
+            .await
+            .map_err(|_| RequestError::Timeout(addr))?
+    }
+
+    /// Leaves the cluster gracefully: tells a few members, lets the datagrams go out, closes the
+    /// endpoint and stops the driver. Other handles then get [`TransportError::Stopped`].
+    pub async fn leave(&self) -> Result<(), TransportError> {
+        self.ask(Command::Leave).await
+    }
+
+    /// Stops at once without telling anyone, as a crash would (for failure-detection tests and
+    /// benchmarks).
+    pub async fn abort(&self) -> Result<(), TransportError> {
+        self.ask(Command::Abort).await
+    }
+}
+
+struct Driver {
+    node: Node,
+    endpoint: Endpoint,
+    conns: HashMap<SocketAddr, Connection>,
+    pending: HashMap<SocketAddr, Vec<Bytes>>,
+    net_tx: mpsc::Sender<Net>,
+    event_tx: mpsc::UnboundedSender<Event>,
+    shared: Arc<Shared>,
+    handler: SharedHandler,
+    closed_udp: (u64, u64),
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::UnboundedReceiver<Command>,
+        mut net_rx: mpsc::Receiver<Net>,
+    ) {
+        self.flush();
+        loop {
+            let deadline = self.node.poll_timeout();
+            tokio::select! {
+                cmd = cmd_rx.recv() => match cmd {
+                    None => {
+                        tracing::debug!("every gossip handle dropped: stopping");
+                        self.endpoint.close(0u32.into(), b"stopped");
+                        return;
+                    }
+                    Some(Command::Leave(done)) => {
+                        self.node.leave(Instant::now());
+                        self.flush();
+                        // Give the leave datagrams a moment to go out before closing.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        self.endpoint.close(0u32.into(), b"leave");
+                        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(Command::Abort(done)) => {
+                        self.endpoint.close(0u32.into(), b"abort");
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(cmd) => self.command(cmd),
+                },
+                Some(net) = net_rx.recv() => self.net(net),
+                _ = sleep_until(deadline) => self.node.handle_timeout(Instant::now()),
+            }
+            self.flush();
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::View(tx) => {
+                let _ = tx.send(self.node.view());
+            }
+            Command::Stats(tx) => {
+                let _ = tx.send(self.stats());
+            }
+            Command::SetMetadata(m) => self.node.set_local_metadata(now, m),
+            Command::SetUnits(u) => self.node.set_local_unit_states(now, &u),
+            Command::SetUnit(name, state) => self.node.set_local_unit_state(now, &name, state),
+            Command::Join(addrs) => self.node.join(now, &addrs),
+            Command::Lookup(id, tx) => {
+                let addr = self.node.view().machines.get(&id).map(|m| m.identity.addr);
+                let _ = tx.send(addr);
+            }
+            Command::Connection(addr, tx) => match self.live_conn(addr) {
+                Some(c) => {
+                    let _ = tx.send(Ok(c));
+                }
+                None => {
+                    let endpoint = self.endpoint.clone();
+                    let net_tx = self.net_tx.clone();
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(connect(&endpoint, addr, &net_tx, &shared).await);
+                    });
+                }
+            },
+            Command::Leave(_) | Command::Abort(_) => unreachable!("handled by run"),
+        }
+    }
+
+    fn net(&mut self, net: Net) {
+        let now = Instant::now();
+        match net {
+            Net::Datagram(from, data) => {
+                if let Err(e) = self.node.handle_datagram(now, from, &data) {
+                    tracing::debug!(error = %e, "gossip datagram rejected");
+                }
+            }
+            Net::Connected(conn) => {
+                let addr = conn.remote_address();
+                if self.live_conn(addr).is_none() {
+                    self.conns.insert(addr, conn.clone());
+                }
+                spawn_conn_tasks(
+                    conn.clone(),
+                    self.net_tx.clone(),
+                    self.shared.clone(),
+                    self.handler.clone(),
+                );
+                if let Some(queued) = self.pending.remove(&addr) {
+                    for data in queued {
+                        self.send_on(&conn, data);
+                    }
+                }
+            }
+            Net::ConnectFailed(addr) => {
+                if let Some(queued) = self.pending.remove(&addr) {
+                    self.shared
+                        .datagrams_not_sent
+                        .fetch_add(queued.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Net::Closed(addr, id, stats) => {
+                self.closed_udp.0 += stats.0;
+                self.closed_udp.1 += stats.1;
+                if self.conns.get(&addr).is_some_and(|c| c.stable_id() == id) {
+                    self.conns.remove(&addr);
+                }
+            }
+            Net::Offer(offer, reply) => {
+                let answer = self.node.handle_sync_offer(now, offer).ok();
+                let _ = reply.send(answer);
+            }
+            Net::Answer(answer, reply) => {
+                let delta = self.node.handle_sync_answer(now, answer).ok();
+                let _ = reply.send(delta);
+            }
+            Net::Merge(state) => {
+                if let Err(e) = self.node.merge(now, state) {
+                    tracing::debug!(error = %e, "sync merge failed");
+                }
+            }
+        }
+    }
+
+    fn stats(&self) -> Stats {
+        let (mut rx, mut tx) = self.closed_udp;
+        for c in self.conns.values() {
+            let s = c.stats();
+            rx += s.udp_rx.bytes;
+            tx += s.udp_tx.bytes;
+        }
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            core: self.node.counters(),
+            stream_bytes_in: get(&self.shared.stream_bytes_in),
+            stream_bytes_out: get(&self.shared.stream_bytes_out),
+            udp_bytes_in: rx,
+            udp_bytes_out: tx,
+            rejected_connections: get(&self.shared.rejected_connections),
+            failed_connects: get(&self.shared.failed_connects),
+            datagrams_not_sent: get(&self.shared.datagrams_not_sent),
+            datagrams_overflow: get(&self.shared.datagrams_overflow),
+            garbage_streams: get(&self.shared.garbage_streams),
+        }
+    }
+
+    fn live_conn(&self, addr: SocketAddr) -> Option<Connection> {
+        self.conns
+            .get(&addr)
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    fn send_on(&self, conn: &Connection, data: Bytes) {
+        if let Err(e) = conn.send_datagram(data) {
+            self.shared
+                .datagrams_not_sent
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(peer = %conn.remote_address(), error = %e, "datagram not sent");
+        }
+    }
+
+    /// Carries out what the node asked for: datagrams, syncs, events.
+    fn flush(&mut self) {
+        while let Some(t) = self.node.poll_transmit() {
+            if let Some(conn) = self.live_conn(t.dst) {
+                self.send_on(&conn, t.data);
+                continue;
+            }
+            let queue = self.pending.entry(t.dst).or_default();
+            let first = queue.is_empty();
+            if queue.len() < MAX_PENDING {
+                queue.push(t.data);
+            } else {
+                self.shared
+                    .datagrams_not_sent
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            if first {
+                let endpoint = self.endpoint.clone();
+                let net_tx = self.net_tx.clone();
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    let _ = connect(&endpoint, t.dst, &net_tx, &shared).await;
+                });
+            }
+        }
+        while let Some(peer) = self.node.poll_sync() {
+            let offer = self.node.sync_offer().encode();
+            let conn = self.live_conn(peer);
+            let endpoint = self.endpoint.clone();
+            let net_tx = self.net_tx.clone();
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let run = run_sync(conn, endpoint, peer, offer, net_tx, shared);
+                match tokio::time::timeout(STREAM_TIMEOUT, run).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "sync failed"),
+                    Err(_) => tracing::debug!(%peer, "sync timed out"),
+                }
+            });
+        }
+        while let Some(event) = self.node.poll_event() {
+            let _ = self.event_tx.send(event);
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Connects to `addr` and reports the connection to the driver (or the failure).
+async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    net_tx: &mpsc::Sender<Net>,
+    shared: &Shared,
+) -> Result<Connection, String> {
+    let result = match endpoint.connect(addr, tls::SERVER_NAME) {
+        Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(conn) => {
+            let _ = net_tx.send(Net::Connected(conn.clone())).await;
+            Ok(conn)
+        }
+        Err(reason) => {
+            shared.failed_connects.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%addr, %reason, "gossip connection failed");
+            let _ = net_tx.send(Net::ConnectFailed(addr)).await;
+            Err(reason)
+        }
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, net_tx: mpsc::Sender<Net>, shared: Arc<Shared>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let net_tx = net_tx.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => {
+                    let _ = net_tx.send(Net::Connected(conn)).await;
+                }
+                Err(e) => {
+                    shared.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%remote, error = %e, "refused a gossip connection");
+                }
+            }
+        });
+    }
+}
+
+/// Per connection: a datagram reader, a stream acceptor, and a close watcher.
+fn spawn_conn_tasks(
+    conn: Connection,
+    net_tx: mpsc::Sender<Net>,
+    shared: Arc<Shared>,
+    handler: SharedHandler,
+) {
+    let addr = conn.remote_address();
+    {
+        let conn = conn.clone();
+        let net_tx = net_tx.clone();
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while let Ok(data) = conn.read_datagram().await {
+                if net_tx.try_send(Net::Datagram(addr, data)).is_err() {
+                    shared.datagrams_overflow.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let stats = conn.stats();
+            let udp = (stats.udp_rx.bytes, stats.udp_tx.bytes);
+            let _ = net_tx.send(Net::Closed(addr, conn.stable_id(), udp)).await;
+        });
+    }
+    tokio::spawn(async move {
+        while let Ok((send, recv)) = conn.accept_bi().await {
+            let net_tx = net_tx.clone();
+            let shared = shared.clone();
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let serve = serve_stream(addr, send, recv, net_tx, shared.clone(), handler);
+                match tokio::time::timeout(STREAM_TIMEOUT, serve).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        if e.garbage {
+                            shared.garbage_streams.fetch_add(1, Ordering::Relaxed);
+                        }
+                        tracing::debug!(peer = %addr, error = %e.reason, "stream failed");
+                    }
+                    Err(_) => tracing::debug!(peer = %addr, "stream timed out"),
+                }
+            });
+        }
+    });
+}
+
+struct StreamError {
+    reason: String,
+    garbage: bool,
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+fn io_err(e: impl std::fmt::Display) -> StreamError {
+    StreamError {
+        reason: e.to_string(),
+        garbage: false,
+    }
+}
+
+fn garbage(e: impl std::fmt::Display) -> StreamError {
+    StreamError {
+        reason: e.to_string(),
+        garbage: true,
+    }
+}
+
+async fn serve_stream(
+    from: SocketAddr,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    net_tx: mpsc::Sender<Net>,
+    shared: Arc<Shared>,
+    handler: SharedHandler,
+) -> Result<(), StreamError> {
+    let mut kind = [0u8; 1];
+    recv.read_exact(&mut kind).await.map_err(io_err)?;
+    match kind[0] {
+        STREAM_SYNC => {
+            let offer = read_counted(&mut recv, &shared).await?;
+            let offer = SyncOffer::decode(&offer).map_err(garbage)?;
+            let (tx, rx) = oneshot::channel();
+            net_tx.send(Net::Offer(offer, tx)).await.map_err(io_err)?;
+            let answer = rx
+                .await
+                .map_err(io_err)?
+                .ok_or_else(|| io_err("node refused the sync"))?;
+            write_counted(&mut send, &answer.encode(), &shared).await?;
+            let delta = read_counted(&mut recv, &shared).await?;
+            let delta = FullState::decode(&delta).map_err(garbage)?;
+            net_tx.send(Net::Merge(delta)).await.map_err(io_err)?;
+            send.finish().map_err(io_err)?;
+            Ok(())
+        }
+        STREAM_REQUEST => {
+            let request = read_counted(&mut recv, &shared).await?;
+            let handler = handler.read().unwrap_or_else(|e| e.into_inner()).clone();
+            let result = match handler {
+                Some(h) => h.handle(from, request).await,
+                None => Err("no request handler installed".to_string()),
+            };
+            let (status, body) = match result {
+                Ok(body) => (0u8, body),
+                Err(message) => (1u8, message.into_bytes()),
+            };
+            send.write_all(&[status]).await.map_err(io_err)?;
+            write_counted(&mut send, &body, &shared).await?;
+            send.finish().map_err(io_err)?;
+            Ok(())
+        }
+        other => Err(garbage(format!("unknown stream kind {other}"))),
+    }
+}
+
+/// Initiator side of a sync: offer, answer, delta.
+async fn run_sync(
+    conn: Option<Connection>,
+    endpoint: Endpoint,
+    peer: SocketAddr,
+    offer: Vec<u8>,
+    net_tx: mpsc::Sender<Net>,
+    shared: Arc<Shared>,
+) -> Result<(), StreamError> {
+    let conn = match conn {
+        Some(c) => c,
+        None => connect(&endpoint, peer, &net_tx, &shared)
+            .await
+            .map_err(io_err)?,
+    };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(io_err)?;
+    send.write_all(&[STREAM_SYNC]).await.map_err(io_err)?;
+    write_counted(&mut send, &offer, &shared).await?;
+    let answer = read_counted(&mut recv, &shared).await?;
+    let answer = SyncAnswer::decode(&answer).map_err(garbage)?;
+    let (tx, rx) = oneshot::channel();
+    net_tx.send(Net::Answer(answer, tx)).await.map_err(io_err)?;
+    let delta = rx
+        .await
+        .map_err(io_err)?
+        .ok_or_else(|| io_err("node refused the sync answer"))?;
+    write_counted(&mut send, &delta.encode(), &shared).await?;
+    send.finish().map_err(io_err)?;
+    // Wait for the peer to read everything before the stream is dropped.
+    let _ = send.stopped().await;
+    Ok(())
+}
+
+async fn read_counted(recv: &mut RecvStream, shared: &Shared) -> Result<Vec<u8>, StreamError> {
+    let frame = read_frame(recv).await?;
+    shared
+        .stream_bytes_in
+        .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
+    Ok(frame)
+}
+
+async fn write_counted(
+    send: &mut SendStream,
+    data: &[u8],
+    shared: &Shared,
+) -> Result<(), StreamError> {
+    write_frame(send, data).await?;
+    shared
+        .stream_bytes_out
+        .fetch_add(data.len() as u64 + 4, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, StreamError> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(io_err)?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(garbage(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await.map_err(io_err)?;
+    Ok(buf)
+}
+
+async fn write_frame(send: &mut SendStream, data: &[u8]) -> Result<(), StreamError> {
+    let len = u32::try_from(data.len()).map_err(|_| io_err("frame too large"))?;
+    send.write_all(&len.to_be_bytes()).await.map_err(io_err)?;
+    send.write_all(data).await.map_err(io_err)?;
+    Ok(())
+}
