@@ -41,7 +41,9 @@ mod state;
 
 pub use error::{Error, Result};
 pub use events::{Event, Subscription};
-pub use manager::{Bus, Config, Job, Systemd, DEFAULT_CALL_TIMEOUT, DEFAULT_UNITS_DIRECTORY};
+pub use manager::{
+    Bus, Config, Job, ReloadPolicy, Systemd, DEFAULT_CALL_TIMEOUT, DEFAULT_UNITS_DIRECTORY,
+};
 pub use names::{
     escape_bus_label, has_install_section, unescape_bus_label, unit_name_from_path,
     unit_object_path, validate_unit_name,

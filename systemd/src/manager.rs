@@ -13,7 +13,7 @@ use zbus::{Connection, MatchRule, MessageStream};
 use crate::error::{Error, Result};
 use crate::events::{drain, Subscription};
 use crate::names::validate_unit_name;
-use crate::state::{ActiveState, JobResult, UnitState};
+use crate::state::{ActiveState, JobResult, LoadState, UnitState};
 
 /// Where unit files are written by default (as fleet v1 did).
 pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units";
@@ -97,6 +97,22 @@ pub struct Config {
     pub fs_root: PathBuf,
     /// Timeout of each D-Bus call. Default [`DEFAULT_CALL_TIMEOUT`].
     pub call_timeout: Duration,
+    /// When `load_unit` calls `Reload`. Default [`ReloadPolicy::Always`].
+    pub reload: ReloadPolicy,
+}
+
+/// When [`Systemd::load_unit`] reloads systemd.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReloadPolicy {
+    /// After every load (what fleet v1 did): always correct, but a `Reload` re-reads every unit
+    /// file, so it costs more the more units the machine has, and reloads are serialized.
+    #[default]
+    Always,
+    /// Skip the `Reload` when systemd does not know the unit yet (`not-found`) and it is not
+    /// enabled: systemd (>= 246) loads a unit file that appeared in its search path on first use
+    /// (it notices the changed directory). A unit that is loaded (new contents) or enabled (new
+    /// dependencies) still gets a `Reload`.
+    WhenNeeded,
 }
 
 impl Config {
@@ -107,7 +123,13 @@ impl Config {
             units_directory: DEFAULT_UNITS_DIRECTORY.into(),
             fs_root: "/".into(),
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            reload: ReloadPolicy::Always,
         }
+    }
+    /// Sets [`Config::reload`].
+    pub fn reload_policy(mut self, policy: ReloadPolicy) -> Config {
+        self.reload = policy;
+        self
     }
     /// Sets [`Config::units_directory`].
     pub fn units_directory(mut self, dir: impl Into<PathBuf>) -> Config {
@@ -246,10 +268,13 @@ impl Systemd {
 
     /// Writes unit `name` (atomically: temp file + rename) into the units directory, links it into
     /// systemd as a runtime unit (`LinkUnitFiles(runtime, force)`), enables it at runtime when
-    /// `enable` (pass [`crate::has_install_section`] of the contents), then reloads systemd.
-    /// Loading a unit again replaces it. Does not start it.
+    /// `enable` (pass [`crate::has_install_section`] of the contents), then reloads systemd
+    /// (see [`ReloadPolicy`]). Loading a unit again replaces it. Does not start it.
     pub async fn load_unit(&self, name: &str, contents: &str, enable: bool) -> Result<()> {
         validate_unit_name(name)?;
+        let reload = enable
+            || self.inner.config.reload == ReloadPolicy::Always
+            || self.unit_state(name).await?.load_state != LoadState::NotFound;
         write_atomic(&self.local_units_directory(), name, contents).await?;
         let file = self.unit_file_path(name);
         let file = file.to_str().expect("checked UTF-8 at connect");
@@ -262,7 +287,10 @@ impl Systemd {
                 .await
                 .map_err(|e| Error::from_call("EnableUnitFiles", name, e))?;
         }
-        self.reload().await
+        if reload {
+            self.reload().await?;
+        }
+        Ok(())
     }
 
     /// Undoes [`Systemd::load_unit`]: disables and unlinks the unit (`DisableUnitFiles(runtime)`

@@ -281,3 +281,57 @@ async fn list_fleet_units_reports_the_units_in_the_units_directory() {
     }
     assert!(sd.list_fleet_units().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn lazy_reload_loads_new_units_without_a_reload_and_reloads_changed_ones() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let sd = fleet_systemd::Systemd::connect(
+        fleet_systemd::Config::new(fleet_systemd::Bus::Address(lab.bus_address(1).unwrap()))
+            .fs_root(lab.machine_root(1).unwrap())
+            .reload_policy(fleet_systemd::ReloadPolicy::WhenNeeded),
+    )
+    .await
+    .unwrap();
+    let name = "t-lazy.service";
+    sd.load_unit(name, SLEEPER, false).await.unwrap();
+    assert_eq!(
+        sd.unit_state(name).await.unwrap().load_state,
+        LoadState::Loaded
+    );
+    assert_eq!(sd.start_unit_and_wait(name).await.unwrap(), JobResult::Done);
+    assert_eq!(sd.unit_state(name).await.unwrap().sub_state, "running");
+    // New contents of a loaded unit: reloaded, so a restart runs the new command.
+    sd.load_unit(name, &SLEEPER.replace("1000", "3000"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        sd.restart_unit_and_wait(name).await.unwrap(),
+        JobResult::Done
+    );
+    let cmdline = lab
+        .sh_ok(
+            1,
+            &["systemctl", "show", "-p", "ExecStart", "--value", name],
+        )
+        .unwrap();
+    assert!(cmdline.contains("3000"), "{cmdline}");
+    let stale = lab
+        .sh_ok(
+            1,
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                "NeedDaemonReload",
+                "--value",
+                name,
+            ],
+        )
+        .unwrap();
+    assert_eq!(stale.trim(), "no");
+    sd.stop_unit_and_wait(name).await.unwrap();
+    sd.unload_unit(name).await.unwrap();
+}
