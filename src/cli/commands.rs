@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use fleet_sched::{MachineId, Requirements, UnitFile, UnitName};
+use fleet_sched::{
+    schedule, Decision, DesiredState, MachineId, MachineInfo, Requirements, UnitFile, UnitInfo,
+    UnitName,
+};
 
 use super::args::{BlockFlags, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
 use super::client::{Api, ApiMachine, ApiUnit, ApiUnitState, Transport};
@@ -681,11 +684,12 @@ impl<T: Transport> Ctx<T> {
                 "Unit {name} was destroyed while waiting for it to be {target}"
             );
         }
+        let checks = if attempt == 1 { "check" } else { "checks" };
         for name in &pending {
             let why = self.why_not(name, target).await;
             say!(
                 self.err,
-                "Unit {name}: desired state {target} is recorded but was not reached after {attempt} checks ({waited:.1} s): {why}"
+                "Unit {name}: desired state {target} is recorded but was not reached after {attempt} {checks} ({waited:.1} s): {why}"
             );
         }
         let failed = pending.len() + gone.len();
@@ -709,28 +713,11 @@ impl<T: Transport> Ctx<T> {
         if machines.is_empty() {
             return "no machine has joined the cluster (no fleetd agent is running), so nothing can be scheduled".to_string();
         }
-        let count = machines.len();
         if unit.machine_id.is_empty() {
-            let mut why = format!("it is not placed on any of the {count} machines yet");
-            if let Some(req) = requirements_of(&unit) {
-                if let Some(id) = req.required_machine() {
-                    let any = machines
-                        .keys()
-                        .any(|m| MachineId::parse(m).is_ok_and(|m| m.matches(id)));
-                    if !any {
-                        why = format!(
-                            "its [X-Fleet] MachineID={id} matches none of the {count} machines"
-                        );
-                    }
-                } else if !req.metadata.is_empty()
-                    && !machines.values().any(|m| req.metadata_matches(&m.metadata))
-                {
-                    why = format!(
-                        "its [X-Fleet] MachineMetadata requirements match none of the {count} machines"
-                    );
-                }
-            }
-            return why;
+            return match self.api.units().await {
+                Ok(units) => explain_unplaced(name, &units, &machines),
+                Err(e) => format!("it is not placed on a machine yet (cannot list units: {e})"),
+            };
         }
         let legend = machine_full_legend(&unit.machine_id, machines.get(&unit.machine_id), false);
         if !machines.contains_key(&unit.machine_id) {
@@ -835,6 +822,50 @@ impl<T: Transport> Ctx<T> {
             .context("Error retrieving list of machines from fleetd")?;
         let t = machines_table(&machines, &cols, a.list.full, !a.list.no_legend);
         self.write_out(&t.render())
+    }
+}
+
+/// Why an unplaced unit is not placed: the placement function every agent runs ([`schedule`]), applied
+/// to the cluster as the API shows it.
+pub fn explain_unplaced(
+    name: &UnitName,
+    units: &[ApiUnit],
+    machines: &BTreeMap<String, ApiMachine>,
+) -> String {
+    let infos: Vec<MachineInfo> = machines
+        .values()
+        .filter_map(|m| {
+            let id = MachineId::parse(&m.id).ok()?;
+            let mut info = MachineInfo::new(id);
+            info.metadata = m.metadata.clone();
+            Some(info)
+        })
+        .collect();
+    let units: Vec<UnitInfo> = units
+        .iter()
+        .filter_map(|u| {
+            let name = UnitName::parse(&u.name).ok()?;
+            let file = UnitFile::from_options(u.options.clone()).ok()?;
+            let req = Requirements::from_unit(&name, &file).ok()?;
+            let desired = u.desired_state.parse::<DesiredState>().ok()?;
+            let info = UnitInfo::new(name, req, desired);
+            Some(match MachineId::parse(&u.machine_id) {
+                Ok(m) => info.claimed_by(m),
+                Err(_) => info,
+            })
+        })
+        .collect();
+    let count = infos.len();
+    let plural = if count == 1 { "" } else { "s" };
+    match schedule(&infos, &units).decision(name) {
+        Some(Decision::Unplaceable(reason)) => format!("it cannot be placed: {reason}"),
+        Some(Decision::On(m)) => format!(
+            "it is not placed yet, though it fits on {} ({count} machine{plural} in the cluster): no agent has claimed it",
+            machine_full_legend(m.as_str(), machines.get(m.as_str()), false)
+        ),
+        Some(Decision::Global(_)) | None => {
+            format!("it is not placed on any of the {count} machine{plural} yet")
+        }
     }
 }
 
@@ -1053,6 +1084,53 @@ mod tests {
         assert!(e.contains("\"bogus\""), "{e}");
         assert!(parse_fields("", UNIT_FIELDS).is_err());
         assert!(parse_fields("unit,", UNIT_FIELDS).is_err());
+    }
+
+    #[test]
+    fn unplaced_units_are_explained_by_the_agents_placement_function() {
+        let conflicts = [
+            ("Service", "ExecStart", "/bin/true"),
+            ("X-Fleet", "Conflicts", "web@*.service"),
+        ];
+        let units = vec![
+            unit("web@1.service", &conflicts, "launched", "", M1),
+            unit("web@2.service", &conflicts, "launched", "", ""),
+            unit(
+                "eu.service",
+                &[
+                    ("Service", "ExecStart", "/bin/true"),
+                    ("X-Fleet", "MachineMetadata", "region=eu"),
+                ],
+                "launched",
+                "",
+                "",
+            ),
+            unit(
+                "free.service",
+                &[("Service", "ExecStart", "/bin/true")],
+                "launched",
+                "",
+                "",
+            ),
+        ];
+        let one: BTreeMap<_, _> = machines().into_iter().take(1).collect();
+        let why = |n: &str, ms: &BTreeMap<String, ApiMachine>| {
+            explain_unplaced(&UnitName::parse(n).unwrap(), &units, ms)
+        };
+        let w = why("web@2.service", &one);
+        assert!(
+            w.starts_with("it cannot be placed: ") && w.contains("web@1.service"),
+            "{w}"
+        );
+        let w = why("eu.service", &one);
+        assert!(
+            w.contains("MachineMetadata") && w.contains("region=eu"),
+            "{w}"
+        );
+        let w = why("free.service", &one);
+        assert!(w.contains("fits on 113f16a7.../10.0.0.1"), "{w}");
+        let w = why("free.service", &BTreeMap::new());
+        assert!(w.contains("no machine"), "{w}");
     }
 
     #[test]
