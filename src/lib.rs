@@ -2,6 +2,7 @@
 //!
 //! Only this crate knows etcd, HTTP, the command line, configuration files and signals.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use fleet::agent::{Agent, AgentCluster, AgentOptions};
 use fleet::api::{self, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
 use fleet::config::{Config, FleetdArgs};
 use fleet::registry::{Registry, RegistryOptions};
@@ -99,10 +100,9 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
     let opts = RegistryOptions::from_config(&config);
     opts.check().context("etcd TLS settings")?;
     let registry = Registry::start(opts);
-    let cluster = Arc::new(LocalCluster::new(
-        machine_id.clone(),
-        public_ip,
-        config.metadata.clone(),
+    let cluster = Arc::new(AgentCluster::new(
+        LocalCluster::new(machine_id.clone(), public_ip, config.metadata.clone()),
+        registry.clone(),
     ));
     let state = ApiState::new(
         registry.clone(),
@@ -133,6 +133,20 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
+    let agent = Agent::start(
+        AgentOptions {
+            machine: machine_id.clone(),
+            public_ip,
+            metadata: config.metadata.clone(),
+            units_directory: config.units_directory.clone(),
+            systemd_user: config.systemd_user,
+            agent_ttl: config.agent_ttl,
+            reconcile_interval: config.engine_reconcile_interval,
+        },
+        registry.clone(),
+        cluster.clone(),
+    );
+
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
@@ -146,6 +160,7 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
             _ = usr1.recv() => dump(&registry, &cluster, &state),
         }
     }
+    agent.shutdown(Duration::from_secs(60)).await;
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
@@ -170,7 +185,7 @@ fn reload(
     args: &FleetdArgs,
     current: &mut Config,
     state: &ApiState,
-    cluster: &LocalCluster,
+    cluster: &AgentCluster,
     registry: &Registry,
     log_handle: Option<&FilterHandle>,
 ) {
@@ -213,7 +228,10 @@ fn reload(
         }
     }
     let public_ip = new.public_ip.or_else(detect_public_ip);
-    cluster.reconfigure(public_ip, new.metadata.clone());
+    cluster
+        .local_cluster()
+        .reconfigure(public_ip, new.metadata.clone());
+    cluster.local_changed();
     state.set_settings(settings_of(&new));
     if new.verbosity != current.verbosity {
         if let Some(h) = log_handle {
@@ -262,7 +280,7 @@ fn reload(
     };
 }
 
-fn dump(registry: &Registry, cluster: &LocalCluster, state: &ApiState) {
+fn dump(registry: &Registry, cluster: &AgentCluster, state: &ApiState) {
     let status = registry.status();
     let units = registry.units().map(|u| u.len());
     let claims = registry.claims().map(|c| c.len());
@@ -272,7 +290,7 @@ fn dump(registry: &Registry, cluster: &LocalCluster, state: &ApiState) {
         error = ?status.error,
         units = ?units,
         claims = ?claims,
-        machine = ?cluster.local(),
+        machine = ?cluster.local_machine(),
         settings = ?state.settings(),
         "SIGUSR1: state"
     );

@@ -12,6 +12,8 @@ pub enum KeyKind {
     Unit(UnitName),
     /// `P claims/<name>`: the placement claim of a unit ([`ClaimRecord`]).
     Claim(UnitName),
+    /// `P machines/<id>`: a live agent's announcement ([`MachineRecord`]), bound to its lease.
+    Machine(MachineId),
     /// Anything else under the prefix (machines/..., future keys): ignored by the mirror.
     Other,
 }
@@ -70,6 +72,9 @@ impl Keys {
         if let Some(n) = rest.strip_prefix("claims/") {
             return UnitName::parse(n).ok().map(KeyKind::Claim);
         }
+        if let Some(id) = rest.strip_prefix("machines/") {
+            return MachineId::parse(id).ok().map(KeyKind::Machine);
+        }
         Some(KeyKind::Other)
     }
 }
@@ -92,6 +97,22 @@ pub struct ClaimRecord {
     /// The machine that runs the unit.
     #[serde(rename = "machineID")]
     pub machine_id: String,
+}
+
+/// The JSON value of `P machines/<id>`: how a live agent announces itself (bound to its lease).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineRecord {
+    /// The machine ID (equal to the key's last part).
+    pub id: MachineId,
+    /// Its public IP.
+    #[serde(rename = "primaryIP", default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<std::net::IpAddr>,
+    /// Its metadata.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// fleetd's version.
+    #[serde(default)]
+    pub version: String,
 }
 
 #[cfg(test)]

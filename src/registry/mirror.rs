@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use fleet_sched::{DesiredState, MachineId, UnitFile, UnitHash, UnitName};
 
-use super::keys::{ClaimRecord, KeyKind, Keys, UnitRecord};
+use super::keys::{ClaimRecord, KeyKind, Keys, MachineRecord, UnitRecord};
 
 /// A unit as stored: its record joined with its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,15 @@ pub struct Claim {
     /// etcd `mod_revision` of the claim key.
     pub mod_revision: i64,
     /// The lease the claim is bound to (0 = none).
+    pub lease: i64,
+}
+
+/// A machine's announcement (`P machines/<id>`), present while its agent's lease lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Machine {
+    /// What the agent announced.
+    pub record: MachineRecord,
+    /// The lease the key is bound to.
     pub lease: i64,
 }
 
@@ -67,6 +76,7 @@ pub(crate) struct Mirror {
     pub records: BTreeMap<UnitName, RecordEntry>,
     pub files: BTreeMap<UnitHash, FileEntry>,
     pub claims: BTreeMap<UnitName, Claim>,
+    pub machines: BTreeMap<MachineId, Machine>,
 }
 
 impl Mirror {
@@ -134,6 +144,21 @@ impl Mirror {
                         self.claims.remove(&name);
                     }
                 },
+                Some(KeyKind::Machine(id)) => {
+                    match serde_json::from_slice::<MachineRecord>(value) {
+                        Ok(record) if record.id == id => {
+                            self.machines.insert(id, Machine { record, lease });
+                        }
+                        Ok(record) => {
+                            tracing::warn!(machine = %id, other = %record.id, "machine key names another machine: ignored");
+                            self.machines.remove(&id);
+                        }
+                        Err(e) => {
+                            tracing::warn!(machine = %id, "ignoring machine record: {e}");
+                            self.machines.remove(&id);
+                        }
+                    }
+                }
                 Some(KeyKind::Other) | None => {}
             },
             Change::Delete { key } => match keys.classify(key) {
@@ -145,6 +170,9 @@ impl Mirror {
                 }
                 Some(KeyKind::Claim(name)) => {
                     self.claims.remove(&name);
+                }
+                Some(KeyKind::Machine(id)) => {
+                    self.machines.remove(&id);
                 }
                 Some(KeyKind::Other) | None => {}
             },

@@ -23,12 +23,12 @@ use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity,
     TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
-use fleet_sched::{DesiredState, UnitFile, UnitHash, UnitName};
+use fleet_sched::{DesiredState, MachineId, UnitFile, UnitHash, UnitName};
 use tokio::sync::watch;
 
-pub use keys::{ClaimRecord, KeyKind, Keys, UnitRecord};
+pub use keys::{ClaimRecord, KeyKind, Keys, MachineRecord, UnitRecord};
 use mirror::{Change, Mirror};
-pub use mirror::{Claim, Unit};
+pub use mirror::{Claim, Machine, Unit};
 
 use crate::config::Config;
 
@@ -358,6 +358,7 @@ impl Registry {
             revision: m.revision,
             units: m.units(),
             claims: m.claims.clone(),
+            machines: m.machines.clone(),
         })
     }
 
@@ -549,6 +550,8 @@ pub struct Snapshot {
     pub units: Vec<Unit>,
     /// Every claim.
     pub claims: BTreeMap<UnitName, Claim>,
+    /// Every announced (live, lease-bound) machine.
+    pub machines: BTreeMap<MachineId, Machine>,
 }
 
 fn record_json(name: &UnitName, hash: &UnitHash, state: DesiredState) -> String {
