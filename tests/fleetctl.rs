@@ -202,6 +202,21 @@ fn start_and_load_without_agents_return_in_bounded_time_and_say_why() {
         .to_string();
     assert_eq!(listed, "hello.service\tlaunched\n");
 
+    // A unit no machine can take is explained with the agents' placement rules.
+    env.write(
+        "nowhere.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=nowhere\n",
+    );
+    let err = env
+        .run(&["start", "--block-attempts=1", "nowhere"])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("after 1 check (")
+            && (err.contains("MachineMetadata region=nowhere") || err.contains("no machine")),
+        "{err}"
+    );
+
     // The default block attempts are bounded too (10 checks, 500 ms apart).
     env.write("other.service", HELLO);
     let r = env.run(&["load", "other"]);

@@ -1296,6 +1296,29 @@ mod tests {
     }
 
     #[test]
+    fn api_errors_are_printed_with_what_was_being_done() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.service");
+        std::fs::write(&path, "[Service]\nExecStart=/bin/true\n").unwrap();
+        let (mut c, out, _) = ctx(&[
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+            (
+                503,
+                r#"{"error":{"code":503,"message":"fleet server unable to communicate with etcd"}}"#,
+            ),
+        ]);
+        let e = block(c.submit(&[path.display().to_string()], false)).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "Error creating unit a.service: fleet server unable to communicate with etcd"
+        );
+        assert_eq!(out.text(), "");
+    }
+
+    #[test]
     fn stopping_an_inactive_unit_is_an_error() {
         let stored = r#"{"name":"a.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}],"desiredState":"inactive","currentState":"inactive"}"#;
         let (mut c, _, _) = ctx(&[(200, stored)]);
