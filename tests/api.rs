@@ -614,3 +614,90 @@ fn sighup_with_a_new_etcd_prefix_reconnects() {
     assert_eq!(dump(&other).len(), 2);
     assert_eq!(dump(&etcd).len(), 2);
 }
+
+/// Prints API figures for 1,000 units (one request at a time over the unix socket, debug or release
+/// build as invoked): `cargo test --release --test api -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark: prints figures"]
+fn bench_api_with_1000_units() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    let n = 1000;
+    let timed = |what: &str, count: usize, mut op: Box<dyn FnMut(usize) + '_>| {
+        let start = std::time::Instant::now();
+        for i in 0..count {
+            op(i);
+        }
+        let el = start.elapsed();
+        println!(
+            "{what}: {count} times in {:.2?} ({:.0} µs each)",
+            el,
+            el.as_micros() as f64 / count as f64
+        );
+    };
+    timed(
+        "PUT create",
+        n,
+        Box::new(|i| {
+            let r = put(
+                &f,
+                &format!("b{i:04}.service"),
+                json!({"options": options(&format!("/bin/{i}"))}),
+            );
+            assert_eq!(r.status, 201);
+        }),
+    );
+    timed(
+        "PUT desiredState",
+        n,
+        Box::new(|i| {
+            let r = put(
+                &f,
+                &format!("b{i:04}.service"),
+                json!({"desiredState": "launched"}),
+            );
+            assert_eq!(r.status, 204);
+        }),
+    );
+    timed(
+        "GET one unit",
+        n,
+        Box::new(|i| {
+            let r = http_get(f.socket(), &format!("/fleet/v1/units/b{i:04}.service"));
+            assert_eq!(r.status, 200);
+        }),
+    );
+    timed(
+        "list all 1000 units (10 pages of 100)",
+        10,
+        Box::new(|_| {
+            let mut path = "/fleet/v1/units".to_string();
+            let mut total = 0;
+            loop {
+                let v = http_get(f.socket(), &path).json();
+                total += v["units"].as_array().unwrap().len();
+                match v["nextPageToken"].as_str() {
+                    Some(t) => path = format!("/fleet/v1/units?nextPageToken={t}"),
+                    None => break,
+                }
+            }
+            assert_eq!(total, n);
+        }),
+    );
+    timed(
+        "DELETE",
+        n,
+        Box::new(|i| {
+            let r = http(
+                f.socket(),
+                "DELETE",
+                &format!("/fleet/v1/units/b{i:04}.service"),
+                &[],
+                b"",
+            )
+            .unwrap();
+            assert_eq!(r.status, 204);
+        }),
+    );
+    assert!(dump(&etcd).is_empty());
+}
