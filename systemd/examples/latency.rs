@@ -71,7 +71,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .reload_policy(policy),
     )
     .await?;
-    let mut events = sd.subscribe().await?;
+    let mut events = sd.subscribe_filtered(|n| n.starts_with("latency-")).await?;
     println!("systemd at {address}, {runs} runs, reload policy {policy:?}");
 
     let unit = "[Service]\nExecStart=/bin/sleep 1000\n";

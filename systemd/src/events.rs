@@ -68,7 +68,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub(crate) async fn start(conn: &Connection) -> Result<Subscription> {
+    pub(crate) async fn start(conn: &Connection, wanted: UnitFilter) -> Result<Subscription> {
         let rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .sender(SYSTEMD)
@@ -84,6 +84,7 @@ impl Subscription {
             let mut signals = drain(stream);
             let mut decoder = Decoder {
                 conn,
+                wanted,
                 units: HashMap::new(),
             };
             loop {
@@ -160,9 +161,12 @@ pub(crate) fn drain(mut stream: MessageStream) -> mpsc::UnboundedReceiver<zbus::
 /// Turns signals into events, merging the `Service` (MainPID) and `Unit` (states) property
 /// changes systemd sends one after the other (type-specific interface first), and dropping
 /// repeats of an unchanged state.
-#[derive(Debug)]
+/// Which units a subscription is about.
+pub(crate) type UnitFilter = Box<dyn Fn(&str) -> bool + Send>;
+
 struct Decoder {
     conn: Connection,
+    wanted: UnitFilter,
     units: HashMap<String, Known>,
 }
 
@@ -200,7 +204,7 @@ impl Decoder {
         let body = msg.body();
         match (iface.as_str(), member.as_str()) {
             (PROPERTIES_IFACE, "PropertiesChanged") => {
-                let name = unit_name_from_path(&path)?;
+                let name = unit_name_from_path(&path).filter(|n| (self.wanted)(n))?;
                 let (iface, changed, _invalidated) = body
                     .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
                     .ok()?;
@@ -210,6 +214,9 @@ impl Decoder {
                 let (id, job, unit, result) = body
                     .deserialize::<(u32, OwnedObjectPath, String, String)>()
                     .ok()?;
+                if !(self.wanted)(&unit) {
+                    return None;
+                }
                 Some(Event::JobRemoved {
                     id,
                     job: job.as_str().to_string(),
@@ -219,6 +226,9 @@ impl Decoder {
             }
             (MANAGER_IFACE, "UnitRemoved") if path == MANAGER_PATH => {
                 let (name, _path) = body.deserialize::<(String, OwnedObjectPath)>().ok()?;
+                if !(self.wanted)(&name) {
+                    return None;
+                }
                 self.units.remove(&name);
                 Some(Event::UnitRemoved { name })
             }

@@ -542,8 +542,18 @@ impl Systemd {
     /// Subscribes to unit state changes and job results (see [`Subscription`]). Each call makes an
     /// independent stream.
     pub async fn subscribe(&self) -> Result<Subscription> {
+        self.subscribe_filtered(|_| true).await
+    }
+
+    /// Like [`Systemd::subscribe`], but only for the units whose name `wanted` accepts
+    /// (`UnitChanged`, `UnitRemoved` and `JobRemoved` of others are dropped early, before any
+    /// work is done for them); `Reloaded` and `Disconnected` always come through.
+    pub async fn subscribe_filtered(
+        &self,
+        wanted: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Subscription> {
         self.ensure_subscribed().await?;
-        Subscription::start(&self.inner.conn).await
+        Subscription::start(&self.inner.conn, Box::new(wanted)).await
     }
 }
 

@@ -210,7 +210,10 @@ async fn the_subscription_sees_changes_made_by_others_and_reloads() {
     let sd = connect(&lab, 1).await;
     let name = "t-others.service";
     sd.load_unit(name, SLEEPER, false).await.unwrap();
-    let mut events = sd.subscribe().await.unwrap();
+    let mut events = sd
+        .subscribe_filtered(|n| n == "t-others.service")
+        .await
+        .unwrap();
     // Someone else (systemctl inside the machine) starts and kills it; we only listen.
     lab.sh_ok(1, &["systemctl", "start", name]).unwrap();
     let seen = states_until(&mut events, name, |s| s.sub_state == "running").await;
@@ -219,7 +222,21 @@ async fn the_subscription_sees_changes_made_by_others_and_reloads() {
     let seen = states_until(&mut events, name, |s| s.active_state == ActiveState::Failed).await;
     assert_eq!(seen.last().unwrap().main_pid, None);
     lab.sh_ok(1, &["systemctl", "daemon-reload"]).unwrap();
-    wait_for(&mut events, "Reloaded", |e| *e == Event::Reloaded).await;
+    // Only our unit's events pass the filter (a reload frees many unrelated unit objects).
+    let ev = wait_for(&mut events, "Reloaded", |e| match e {
+        Event::Reloaded => true,
+        Event::UnitChanged { name: n, .. } | Event::UnitRemoved { name: n } => {
+            assert_eq!(n, name, "filtered out");
+            false
+        }
+        Event::JobRemoved { unit, .. } => {
+            assert_eq!(unit, name, "filtered out");
+            false
+        }
+        Event::Disconnected => false,
+    })
+    .await;
+    assert_eq!(ev, Event::Reloaded);
     lab.sh_ok(1, &["systemctl", "reset-failed", name]).unwrap();
     sd.unload_unit(name).await.unwrap();
     wait_for(
