@@ -408,3 +408,47 @@ fn the_endpoint_comes_from_the_environment_and_the_flag_wins() {
     let err = Run::of(cmd, &["--tunnel"]).fails().to_string();
     assert!(err.contains("not supported yet"), "{err}");
 }
+
+#[test]
+fn http_endpoints_over_tcp_work_and_debug_logs_requests() {
+    let etcd = Etcd::shared();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let fleetd = Fleetd::builder(&etcd)
+        .config("api_tcp", &format!("127.0.0.1:{port}"))
+        .config("token_limit", "7")
+        .start();
+    fleetd.wait_ready();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["submit".to_string()];
+    for i in 0..20 {
+        let name = format!("t{i:02}.service");
+        std::fs::write(
+            dir.path().join(&name),
+            format!("[Service]\nExecStart=/bin/echo {i}\n"),
+        )
+        .unwrap();
+        args.push(name);
+    }
+    let endpoint = format!("--endpoint=http://127.0.0.1:{port}");
+    let mut cmd = fleetctl(dir.path());
+    cmd.arg(&endpoint).args(&args);
+    assert_eq!(Run::of(cmd, &["submit"]).ok().lines().count(), 20);
+
+    // 20 units at 7 a page: three pages, all listed, in order.
+    let mut cmd = fleetctl(dir.path());
+    cmd.arg(&endpoint)
+        .args(["--debug", "list-unit-files", "--no-legend", "--fields=unit"]);
+    let r = Run::of(cmd, &["--debug", "list-unit-files"]);
+    let expected: String = (0..20).map(|i| format!("t{i:02}.service\n")).collect();
+    assert_eq!(r.ok(), expected);
+    let pages = r
+        .err
+        .lines()
+        .filter(|l| l.starts_with("DEBUG: GET /fleet/v1/units"))
+        .count();
+    assert_eq!(pages, 3, "{}", r.err);
+}
