@@ -481,6 +481,12 @@ enum Dec {
     On(u32),
     Global(Vec<u32>),
     Unplaceable(Reason),
+    /// Every one of `machines` candidates is blocked; the reason names a blocker on `machine` once every
+    /// unit is decided, so that it does not depend on the order of decisions.
+    Blocked {
+        machine: u32,
+        machines: usize,
+    },
 }
 
 /// Why a machine is refused by a unit's dynamic checks.
@@ -782,16 +788,20 @@ impl<'a> Scheduler<'a> {
         let decisions = self
             .units
             .iter()
-            .zip(self.decision)
-            .map(|(u, d)| {
-                let d = match d.expect("every unit is decided") {
-                    Dec::On(m) => Decision::On(self.machines[m as usize].id.clone()),
+            .zip(&self.decision)
+            .enumerate()
+            .map(|(i, (u, d))| {
+                let d = match d.as_ref().expect("every unit is decided") {
+                    Dec::On(m) => Decision::On(self.machines[*m as usize].id.clone()),
                     Dec::Global(ms) => Decision::Global(
                         ms.iter()
                             .map(|&m| self.machines[m as usize].id.clone())
                             .collect(),
                     ),
-                    Dec::Unplaceable(r) => Decision::Unplaceable(r),
+                    Dec::Unplaceable(r) => Decision::Unplaceable(r.clone()),
+                    Dec::Blocked { machine, machines } => {
+                        Decision::Unplaceable(self.blocked_reason(i as u32, *machine, *machines))
+                    }
                 };
                 (u.name.clone(), d)
             })
@@ -884,7 +894,7 @@ impl<'a> Scheduler<'a> {
                         .filter(|&m| self.blocked(g, m).is_none())
                         .collect();
                     if chosen.is_empty() {
-                        Dec::Unplaceable(self.unplaceable_reason(g, &candidates))
+                        self.unplaceable(g, &candidates)
                     } else {
                         for &m in &chosen {
                             self.place(g, m);
@@ -930,44 +940,45 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Why `u` fits none of `candidates` (machines that pass every static check).
-    fn unplaceable_reason(&self, u: u32, candidates: &[u32]) -> Reason {
+    fn unplaceable(&self, u: u32, candidates: &[u32]) -> Dec {
         let Some(&m) = candidates.first() else {
             let considered = match self.req(u).required_machine() {
                 Some(id) => self.id_matches(id).len(),
                 None => self.machines.len(),
             };
-            return Reason::MetadataUnmatched {
+            return Dec::Unplaceable(Reason::MetadataUnmatched {
                 requirement: render_metadata(&self.req(u).metadata),
                 considered,
-            };
+            });
         };
-        self.conflict_reason(u, m, candidates.len())
+        Dec::Blocked {
+            machine: m,
+            machines: candidates.len(),
+        }
     }
 
-    /// Names a unit on `m` that blocks `u`.
-    fn conflict_reason(&self, u: u32, m: u32, machines: usize) -> Reason {
+    /// Names the unit on `m` that blocks `u`: the first by name, in the final placement.
+    fn blocked_reason(&self, u: u32, m: u32, machines: usize) -> Reason {
         let me = self.units[u as usize];
-        let replaces = matches!(self.blocked(u, m), Some(Block::Replace));
+        let conflicts = |w: u32| {
+            let other = self.units[w as usize];
+            me.requirements.conflicts_with(other.name.as_str())
+                || other.requirements.conflicts_with(me.name.as_str())
+        };
+        let related = |w: u32| {
+            self.replaces[u as usize].contains(&w) || self.replaced_by[u as usize].contains(&w)
+        };
         let blocker = self.on_machine[m as usize]
             .iter()
             .copied()
-            .find(|&w| {
-                if replaces {
-                    self.replaces[u as usize].contains(&w)
-                        || self.replaced_by[u as usize].contains(&w)
-                } else {
-                    let other = self.units[w as usize];
-                    w != u
-                        && (me.requirements.conflicts_with(other.name.as_str())
-                            || other.requirements.conflicts_with(me.name.as_str()))
-                }
-            })
+            .filter(|&w| w != u && (conflicts(w) || related(w)))
+            .min()
             .expect("a blocked machine holds the blocking unit");
         Reason::ConflictsEverywhere {
             machines,
             unit: self.units[blocker as usize].name.clone(),
             machine: self.machines[m as usize].id.clone(),
-            replaces,
+            replaces: !conflicts(blocker),
         }
     }
 
@@ -1021,18 +1032,27 @@ impl<'a> Scheduler<'a> {
                     .count() as u32
             })
             .collect();
-        let claim = self.claim.clone();
-        let ready_key = |pending: &[u32], u: u32| -> (bool, bool, u32) {
-            (pending[u as usize] > 0, claim[u as usize] == NONE, u)
-        };
-        let mut ready: BTreeSet<(bool, bool, u32)> = BTreeSet::new();
+        let class: Vec<u8> = (0..n as u32).map(|u| self.class(u)).collect();
+        let key = |u: u32| (class[u as usize], u);
+        // Ready: every wait is over. Deferred: only waiting for replacing units; taken by name when nothing
+        // is ready, which only MachineOf/Replaces cycles cause (by name only, so that claims do not change
+        // how such a cycle is broken).
+        let mut ready: BTreeSet<(u8, u32)> = BTreeSet::new();
+        let mut deferred: BTreeSet<u32> = BTreeSet::new();
         for u in 0..n as u32 {
             if self.decision[u as usize].is_none() && waiting[u as usize] == 0 {
-                ready.insert(ready_key(&pending, u));
+                if pending[u as usize] == 0 {
+                    ready.insert(key(u));
+                } else {
+                    deferred.insert(u);
+                }
             }
         }
-        while let Some(k) = ready.pop_first() {
-            let u = k.2;
+        while let Some(u) = ready
+            .pop_first()
+            .map(|(_, u)| u)
+            .or_else(|| deferred.pop_first())
+        {
             self.ensure_pool(u);
             let dec = self.decide(u);
             if let Dec::On(m) = dec {
@@ -1042,19 +1062,52 @@ impl<'a> Scheduler<'a> {
             for &f in &followers[u as usize] {
                 waiting[f as usize] -= 1;
                 if waiting[f as usize] == 0 {
-                    ready.insert(ready_key(&pending, f));
+                    if pending[f as usize] == 0 {
+                        ready.insert(key(f));
+                    } else {
+                        deferred.insert(f);
+                    }
                 }
             }
-            for i in 0..self.replaces[u as usize].len() {
-                let v = self.replaces[u as usize][i];
-                let before = ready_key(&pending, v);
+            for &v in &self.replaces[u as usize] {
                 pending[v as usize] -= 1;
-                if pending[v as usize] == 0 && ready.remove(&before) {
-                    ready.insert(ready_key(&pending, v));
+                if pending[v as usize] == 0 && deferred.remove(&v) {
+                    ready.insert(key(v));
                 }
             }
         }
         debug_assert!(self.decision.iter().all(Option::is_some));
+    }
+
+    /// Processing class of a non-global unit (lower first, then by name; waits come first):
+    /// 0. claimed on a live machine, and nothing replaces it: the claim is checked before any newcomer;
+    /// 1. not claimed, and it replaces a claimed unit that is free to move: it may take that machine;
+    /// 2. claimed, but replaced by another unit (which goes first);
+    /// 3. everything else (new units, claims on dead machines).
+    fn class(&self, u: u32) -> u8 {
+        let ui = u as usize;
+        let claimed = self.claim[ui] != NONE;
+        let replaced = !self.replaced_by[ui].is_empty();
+        if claimed && !replaced {
+            0
+        } else if !claimed
+            && self.replaces[ui]
+                .iter()
+                .any(|&v| self.movable_claim(v).is_some())
+        {
+            1
+        } else if claimed {
+            2
+        } else {
+            3
+        }
+    }
+
+    /// The live claim of `v` if it is free to move (no `MachineOf=`, no `MachineID=`).
+    fn movable_claim(&self, v: u32) -> Option<u32> {
+        let req = self.req(v);
+        let m = self.claim[v as usize];
+        (m != NONE && req.machine_of.is_empty() && req.required_machine().is_none()).then_some(m)
     }
 
     /// Decides one non-global unit; its MachineOf targets are already decided.
@@ -1143,7 +1196,10 @@ impl<'a> Scheduler<'a> {
                     considered: 1,
                 });
             }
-            return Dec::Unplaceable(self.conflict_reason(u, m, 1));
+            return Dec::Blocked {
+                machine: m,
+                machines: 1,
+            };
         }
         if !within.is_empty() {
             let shared: Vec<u32> = (0..self.machines.len() as u32)
@@ -1163,9 +1219,9 @@ impl<'a> Scheduler<'a> {
                     considered: shared.len(),
                 });
             }
-            return Dec::Unplaceable(self.conflict_reason(u, candidates[0], candidates.len()));
+            return self.unplaceable(u, &candidates);
         }
-        Dec::Unplaceable(self.unplaceable_reason(u, &self.static_candidates(u)))
+        self.unplaceable(u, &self.static_candidates(u))
     }
 
     /// Creates the ordered set of a class matched by many (not all) machines, once, before it is needed.
