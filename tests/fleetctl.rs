@@ -363,6 +363,30 @@ fn listing_follows_pages_past_one_hundred_units() {
     let names: Vec<&str> = listed.lines().collect();
     let expected: Vec<String> = (0..150).map(|i| format!("u{i:03}.service")).collect();
     assert_eq!(names, expected);
+
+    // Submitting them again (one listing instead of 150 lookups) creates nothing.
+    assert_eq!(env.run(&args).ok(), "");
+
+    // Loading many units checks them with listings too, within the block attempts.
+    let mut load = vec!["load", "--block-attempts=2"];
+    load.extend(args[1..31].iter().copied());
+    let r = env.run(&load);
+    assert!(r.took < Duration::from_secs(15), "load took {:?}", r.took);
+    if r.code == Some(0) {
+        assert_eq!(r.out.matches(" loaded").count(), 30, "{}", r.out);
+    } else {
+        let err = r.fails();
+        assert_eq!(
+            err.matches("is recorded but was not reached").count(),
+            30 - r.out.matches(" loaded").count(),
+            "{err}"
+        );
+    }
+    let dstates = env
+        .run(&["list-unit-files", "--no-legend", "--fields=dstate"])
+        .ok()
+        .to_string();
+    assert_eq!(dstates.matches("loaded").count(), 30, "{dstates}");
 }
 
 #[test]

@@ -31,6 +31,9 @@ use super::table::Table;
 /// Time between two checks of a unit's state while blocking (fleet's `defaultSleepTime`).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Above this many units, a check lists all units (100 a page) instead of fetching each one.
+const BULK_THRESHOLD: usize = 20;
+
 /// Desired/current state words.
 const INACTIVE: &str = "inactive";
 const LOADED: &str = "loaded";
@@ -376,12 +379,37 @@ impl<T: Transport> Ctx<T> {
             .iter()
             .map(|a| unit_name(a).map(|n| (a.as_str(), n)))
             .collect::<Result<Vec<_>>>()?;
+        // Many units: list the cluster's units once instead of one lookup per argument.
+        let snapshot = if parsed.len() > BULK_THRESHOLD {
+            let all = self
+                .api
+                .units()
+                .await
+                .context("Error retrieving list of units from fleetd")?;
+            Some(all.into_iter().map(|u| (u.name.clone(), u)).collect())
+        } else {
+            None
+        };
         let mut names = Vec::with_capacity(parsed.len());
+        let mut snapshot: Option<BTreeMap<String, ApiUnit>> = snapshot;
         for (arg, name) in parsed {
-            self.ensure_unit(arg, &name, replace, verb).await?;
+            self.ensure_unit(arg, &name, replace, verb, &mut snapshot)
+                .await?;
             names.push(name);
         }
         Ok(names)
+    }
+
+    /// A unit from `snapshot` when there is one, else from fleetd.
+    async fn lookup(
+        &mut self,
+        name: &UnitName,
+        snapshot: &Option<BTreeMap<String, ApiUnit>>,
+    ) -> Result<Option<ApiUnit>> {
+        match snapshot {
+            Some(map) => Ok(map.get(name.as_str()).cloned()),
+            None => self.get_unit(name).await,
+        }
     }
 
     async fn ensure_unit(
@@ -390,9 +418,10 @@ impl<T: Transport> Ctx<T> {
         name: &UnitName,
         replace: bool,
         verb: CreateVerb,
+        snapshot: &mut Option<BTreeMap<String, ApiUnit>>,
     ) -> Result<()> {
         let local_path = names::local_path_of(arg);
-        let existing = self.get_unit(name).await?;
+        let existing = self.lookup(name, snapshot).await?;
         let file = match existing {
             Some(stored) => {
                 let stored_hash = stored_file(&stored)?.hash();
@@ -435,9 +464,13 @@ impl<T: Transport> Ctx<T> {
                 }
                 local.file
             }
-            None => self.find_new_unit_file(&local_path, name).await?,
+            None => self.find_new_unit_file(&local_path, name, snapshot).await?,
         };
-        self.create_unit(name, file).await
+        let created = self.create_unit(name, file).await?;
+        if let Some(map) = snapshot {
+            map.insert(created.name.clone(), created);
+        }
+        Ok(())
     }
 
     /// The local file to compare a stored unit with: the argument's file, else (for an instance) the
@@ -463,7 +496,12 @@ impl<T: Transport> Ctx<T> {
 
     /// Where a unit that is not in the cluster comes from: the local file, else the template in the
     /// cluster, else the template file next to the argument.
-    async fn find_new_unit_file(&mut self, path: &Path, name: &UnitName) -> Result<UnitFile> {
+    async fn find_new_unit_file(
+        &mut self,
+        path: &Path,
+        name: &UnitName,
+        snapshot: &Option<BTreeMap<String, ApiUnit>>,
+    ) -> Result<UnitFile> {
         if let Some(file) = read_unit_file(path)? {
             return Ok(file);
         }
@@ -474,7 +512,7 @@ impl<T: Transport> Ctx<T> {
             );
         };
         let tpath: PathBuf = names::template_path_next_to(path, template.as_str());
-        if let Some(stored) = self.get_unit(&template).await? {
+        if let Some(stored) = self.lookup(&template, snapshot).await? {
             let file = stored_file(&stored)?;
             if let Ok(Some(local)) = read_unit_file(&tpath) {
                 if local.hash() != file.hash() {
@@ -498,7 +536,7 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// Check `[X-Fleet]`, print its warnings, PUT the unit, print `Unit X inactive`.
-    async fn create_unit(&mut self, name: &UnitName, file: UnitFile) -> Result<()> {
+    async fn create_unit(&mut self, name: &UnitName, file: UnitFile) -> Result<ApiUnit> {
         let req = Requirements::from_unit(name, &file)
             .map_err(|e| anyhow!("Error creating unit {name}: invalid [X-Fleet] options: {e}"))?;
         for w in &req.warnings {
@@ -514,7 +552,10 @@ impl<T: Transport> Ctx<T> {
             .await
             .with_context(|| format!("Error creating unit {name}"))?;
         say!(self.out, "Unit {name} inactive");
-        Ok(())
+        Ok(ApiUnit {
+            desired_state: INACTIVE.to_string(),
+            ..unit
+        })
     }
 
     /// `load` (`target` = loaded) and `start` (`target` = launched).
@@ -638,8 +679,22 @@ impl<T: Transport> Ctx<T> {
         loop {
             attempt += 1;
             let mut still = Vec::new();
+            // Many units: one paged listing per check instead of one request per unit.
+            let mut listed: Option<BTreeMap<String, ApiUnit>> = None;
+            if pending.len() > BULK_THRESHOLD {
+                let all = self
+                    .api
+                    .units()
+                    .await
+                    .context("Error retrieving list of units from fleetd")?;
+                listed = Some(all.into_iter().map(|u| (u.name.clone(), u)).collect());
+            }
             for name in pending {
-                let Some(u) = self.get_unit(&name).await? else {
+                let found = match &mut listed {
+                    Some(map) => map.remove(name.as_str()),
+                    None => self.get_unit(&name).await?,
+                };
+                let Some(u) = found else {
                     gone.push(name);
                     continue;
                 };
