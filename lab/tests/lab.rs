@@ -29,8 +29,15 @@ fn lab_boots_machines_with_options_faults_and_tears_down() {
     if !fleet_lab::require_root() {
         return;
     }
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     let bind_src = std::env::temp_dir().join(format!("fleet-lab-bind-{}", std::process::id()));
     std::fs::create_dir_all(&bind_src).unwrap();
+    let _cleanup = RemoveOnDrop(bind_src.clone());
     std::fs::write(bind_src.join("hello"), "from the host\n").unwrap();
     let opts = LabOptions::new()
         .bind(&bind_src, "/opt/labtest", true)
@@ -180,7 +187,6 @@ fn lab_boots_machines_with_options_faults_and_tears_down() {
         netns_of(&prefix)
     );
     assert!(!state.exists(), "{} left", state.display());
-    std::fs::remove_dir_all(&bind_src).unwrap();
 }
 
 #[test]
