@@ -150,6 +150,13 @@ const KEYS: &[KeyInfo] = &[
     key("api_max_body"),
     key("machine_id"),
     key("machine_id_file"),
+    key("gossip_port"),
+    key("gossip_listen"),
+    key("gossip_seeds"),
+    key("gossip_ca_file"),
+    key("gossip_cert_file"),
+    key("gossip_key_file"),
+    key("gossip_insecure"),
 ];
 
 /// The names of every key fleetd accepts (including the obsolete ones).
@@ -204,6 +211,20 @@ pub struct Config {
     pub machine_id: Option<String>,
     /// `machine_id_file`: file holding the machine ID.
     pub machine_id_file: PathBuf,
+    /// `gossip_port`: UDP port of the gossip (QUIC) endpoint; peers are reached at `public_ip:port`.
+    pub gossip_port: u16,
+    /// `gossip_listen`: address to bind (default `0.0.0.0:<gossip_port>`).
+    pub gossip_listen: Option<SocketAddr>,
+    /// `gossip_seeds`: `ip:port` addresses of peers to join through (etcd bootstrap keys add more).
+    pub gossip_seeds: Vec<SocketAddr>,
+    /// `gossip_ca_file`: PEM of the cluster CA (mutual TLS between agents).
+    pub gossip_ca_file: Option<PathBuf>,
+    /// `gossip_cert_file`: PEM of this machine's certificate, signed by the cluster CA.
+    pub gossip_cert_file: Option<PathBuf>,
+    /// `gossip_key_file`: PEM of this machine's private key.
+    pub gossip_key_file: Option<PathBuf>,
+    /// `gossip_insecure`: development only: no peer authentication, no secrecy.
+    pub gossip_insecure: bool,
 }
 
 impl Default for Config {
@@ -231,6 +252,13 @@ impl Default for Config {
             api_max_body: 1024 * 1024,
             machine_id: None,
             machine_id_file: PathBuf::from("/etc/machine-id"),
+            gossip_port: 7479,
+            gossip_listen: None,
+            gossip_seeds: Vec::new(),
+            gossip_ca_file: None,
+            gossip_cert_file: None,
+            gossip_key_file: None,
+            gossip_insecure: false,
         }
     }
 }
@@ -444,6 +472,36 @@ impl RawConfig {
                     c.machine_id_file =
                         PathBuf::from(non_empty(v).ok_or_else(|| bad("must not be empty".into()))?)
                 }
+                "gossip_port" => {
+                    c.gossip_port = v
+                        .parse()
+                        .map_err(|_| bad("expected a port number from 0 to 65535".into()))?
+                }
+                "gossip_listen" => {
+                    c.gossip_listen = match non_empty(v) {
+                        None => None,
+                        Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                            bad("expected an IP:port address like 0.0.0.0:7479".into())
+                        })?),
+                    }
+                }
+                "gossip_seeds" => {
+                    c.gossip_seeds = v
+                        .split(',')
+                        .filter_map(non_empty)
+                        .map(|a| {
+                            a.parse::<SocketAddr>().map_err(|_| {
+                                bad(format!(
+                                    "{a:?} is not an IP:port address like 10.0.0.1:7479"
+                                ))
+                            })
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "gossip_ca_file" => c.gossip_ca_file = non_empty(v).map(PathBuf::from),
+                "gossip_cert_file" => c.gossip_cert_file = non_empty(v).map(PathBuf::from),
+                "gossip_key_file" => c.gossip_key_file = non_empty(v).map(PathBuf::from),
+                "gossip_insecure" => c.gossip_insecure = parse_bool(v).map_err(bad)?,
                 // enable_grpc & co: obsolete, already warned about; unknown keys too.
                 _ => {}
             }
@@ -560,6 +618,13 @@ impl Config {
         cmp!(api_max_body);
         cmp!(machine_id);
         cmp!(machine_id_file);
+        cmp!(gossip_port);
+        cmp!(gossip_listen);
+        cmp!(gossip_seeds);
+        cmp!(gossip_ca_file);
+        cmp!(gossip_cert_file);
+        cmp!(gossip_key_file);
+        cmp!(gossip_insecure);
         out
     }
 
@@ -669,12 +734,33 @@ pub struct FleetdArgs {
     /// File holding the machine ID
     #[arg(long, alias = "machine_id_file", value_name = "PATH")]
     pub machine_id_file: Option<String>,
+    /// UDP port of the gossip endpoint (default 7479)
+    #[arg(long, alias = "gossip_port", value_name = "PORT")]
+    pub gossip_port: Option<String>,
+    /// Address the gossip endpoint binds (default 0.0.0.0:<gossip_port>)
+    #[arg(long, alias = "gossip_listen", value_name = "ADDR")]
+    pub gossip_listen: Option<String>,
+    /// Gossip peers to join through (IP:port,...)
+    #[arg(long, alias = "gossip_seeds", value_name = "ADDRS")]
+    pub gossip_seeds: Option<String>,
+    /// PEM file of the cluster CA for gossip mutual TLS
+    #[arg(long, alias = "gossip_ca_file", value_name = "PATH")]
+    pub gossip_ca_file: Option<String>,
+    /// PEM file of this machine's gossip certificate
+    #[arg(long, alias = "gossip_cert_file", value_name = "PATH")]
+    pub gossip_cert_file: Option<String>,
+    /// PEM file of this machine's gossip key
+    #[arg(long, alias = "gossip_key_file", value_name = "PATH")]
+    pub gossip_key_file: Option<String>,
+    /// Development only: gossip without authentication or encryption secrecy
+    #[arg(long, alias = "gossip_insecure", value_name = "BOOL")]
+    pub gossip_insecure: Option<String>,
 }
 
 impl FleetdArgs {
     /// The configuration keys given on the command line, as `(key, value)`.
     pub fn overrides(&self) -> Vec<(&'static str, &str)> {
-        let pairs: [(&'static str, &Option<String>); 24] = [
+        let pairs: [(&'static str, &Option<String>); 31] = [
             ("etcd_servers", &self.etcd_servers),
             ("etcd_key_prefix", &self.etcd_key_prefix),
             ("etcd_request_timeout", &self.etcd_request_timeout),
@@ -699,6 +785,13 @@ impl FleetdArgs {
             ("api_max_body", &self.api_max_body),
             ("machine_id", &self.machine_id),
             ("machine_id_file", &self.machine_id_file),
+            ("gossip_port", &self.gossip_port),
+            ("gossip_listen", &self.gossip_listen),
+            ("gossip_seeds", &self.gossip_seeds),
+            ("gossip_ca_file", &self.gossip_ca_file),
+            ("gossip_cert_file", &self.gossip_cert_file),
+            ("gossip_key_file", &self.gossip_key_file),
+            ("gossip_insecure", &self.gossip_insecure),
         ];
         pairs
             .into_iter()

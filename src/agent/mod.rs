@@ -37,7 +37,7 @@ use tokio::time::Instant;
 
 use crate::registry::{MachineRecord, Registry, Snapshot};
 use lease::LeaseKeeper;
-pub use view::{AgentCluster, LocalReport};
+pub use view::{spawn_view_refresh, AgentCluster, LocalReport};
 
 /// How the agent is set up (from fleetd's configuration).
 #[derive(Debug, Clone)]
@@ -114,6 +114,9 @@ struct State {
     /// The lease generation our machine key was written under.
     announced: Option<(i64, u64)>,
     fenced: bool,
+    /// What we last told gossip about our units (to send only changes).
+    gossiped_units: Option<BTreeMap<String, fleet_gossip::UnitState>>,
+    unit_count: usize,
 }
 
 async fn connect_systemd(opts: &AgentOptions) -> anyhow::Result<Systemd> {
@@ -158,6 +161,7 @@ async fn run(
     let mut lease_rx = lease.subscribe();
     let mut reg_rx = registry.subscribe();
     let mut local_rx = cluster.subscribe_local_changes();
+    let mut members_rx = cluster.subscribe_membership();
     let mut tick = tokio::time::interval(opts.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut st = State {
@@ -171,6 +175,8 @@ async fn run(
         loaded: BTreeMap::new(),
         announced: None,
         fenced: false,
+        gossiped_units: None,
+        unit_count: usize::MAX,
     };
     st.read_current().await;
     loop {
@@ -181,6 +187,7 @@ async fn run(
             r = reg_rx.changed() => { if r.is_err() { break; } }
             r = lease_rx.changed() => { if r.is_err() { break; } }
             r = local_rx.changed() => { if r.is_err() { break; } st.announced = None; }
+            r = members_rx.changed() => { if r.is_err() { break; } }
             ev = events.next() => match ev {
                 Some(Event::UnitChanged { name, state }) => {
                     if !st.note_state(&name, state) { continue; }
@@ -259,19 +266,32 @@ impl State {
         true
     }
 
+    /// systemd freed the unit object. For a unit whose file we keep linked that only means it is
+    /// inactive and unreferenced (systemd garbage-collects those); it would load again on demand, so it
+    /// is reported as loaded/inactive/dead rather than asked about (asking would load it and start the
+    /// cycle over).
     fn note_removed(&mut self, name: &str) -> bool {
         let Ok(name) = UnitName::parse(name) else {
             return false;
         };
-        if self.states.remove(&name).is_none() {
+        if !self.loaded.contains_key(&name) {
             return false;
         }
+        self.states.insert(
+            name,
+            UnitState {
+                load_state: fleet_systemd::LoadState::Loaded,
+                active_state: fleet_systemd::ActiveState::Inactive,
+                sub_state: "dead".to_string(),
+                main_pid: None,
+            },
+        );
         self.publish();
         true
     }
 
-    fn publish(&self) {
-        let units = self
+    fn publish(&mut self) {
+        let units: BTreeMap<UnitName, (UnitHash, Option<UnitState>)> = self
             .loaded
             .iter()
             .map(|(n, h)| {
@@ -279,7 +299,47 @@ impl State {
                 (n.clone(), (*h, s))
             })
             .collect();
+        if let Some(g) = self.cluster.gossip() {
+            let states = units
+                .iter()
+                .filter_map(|(n, (h, s))| {
+                    let s = s.as_ref()?;
+                    Some((
+                        n.to_string(),
+                        fleet_gossip::UnitState {
+                            load_state: s.load_state.to_string(),
+                            active_state: s.active_state.to_string(),
+                            sub_state: s.sub_state.clone(),
+                            unit_hash: *h.as_bytes(),
+                        },
+                    ))
+                })
+                .collect();
+            if self.gossiped_units.as_ref() != Some(&states) {
+                let _ = g.set_unit_states(states.clone());
+                self.gossiped_units = Some(states);
+            }
+        }
+        let count = units.len();
         self.cluster.set_local_report(LocalReport { units });
+        if self.unit_count != count {
+            self.unit_count = count;
+            self.publish_metadata();
+        }
+    }
+
+    /// Tells gossip this machine's metadata (IP, k=v, version, number of units).
+    fn publish_metadata(&self) {
+        let Some(g) = self.cluster.gossip() else {
+            return;
+        };
+        let local = self.cluster.local_machine();
+        let _ = g.set_metadata(fleet_gossip::Metadata {
+            public_ip: local.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            metadata: local.metadata,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            unit_count: self.unit_count as u32,
+        });
     }
 
     /// One reconcile pass: announce, place, claim, reconcile, fence.
@@ -302,6 +362,13 @@ impl State {
             return;
         }
         self.announce(&lease).await;
+        if let Some(g) = self.cluster.gossip() {
+            let unknown = self.cluster.unknown_announced();
+            if !unknown.is_empty() {
+                tracing::debug!(?unknown, "joining machines announced in etcd");
+                let _ = g.join(unknown);
+            }
+        }
         let machines = self.cluster.live_machines();
         let target = self.place_and_claim(&snap, &machines, lease.id).await;
         self.apply(target, &snap).await;
@@ -321,7 +388,9 @@ impl State {
             public_ip: local.public_ip,
             metadata: local.metadata,
             version: env!("CARGO_PKG_VERSION").to_string(),
+            gossip_addr: self.cluster.gossip().map(|g| g.identity().addr),
         };
+        self.publish_metadata();
         match claims::announce(&mut c, &self.registry.keys(), &rec, lease.id).await {
             Ok(()) => self.announced = Some(key),
             Err(e) => tracing::warn!("announcing this machine: {e}"),
@@ -376,10 +445,8 @@ impl State {
                 state: *desired,
             };
             match decision {
-                Decision::Global(ms) => {
-                    if ms.contains(&me) {
-                        target.insert(name.clone(), want);
-                    }
+                Decision::Global(ms) if ms.contains(&me) => {
+                    target.insert(name.clone(), want);
                 }
                 Decision::On(m) if *m == me => match snap.claims.get(name) {
                     Some(c) if c.machine_id == me => {

@@ -1,12 +1,15 @@
 //! What this fleetd knows about the cluster: machines, this machine's unit states, the last plan.
 //!
-//! Machines come from the lease-bound `machines/<id>` keys in the registry mirror (an interim source until
-//! gossip carries membership); unit states are this machine's own, as its agent last read them from
-//! systemd. The HTTP API reads this through [`ClusterView`].
+//! Machines, their metadata and every machine's unit states come from gossip (a cached copy of the
+//! gossip [`View`], refreshed on every gossip event). Without gossip (no endpoint could start), the
+//! lease-bound `machines/<id>` keys in the registry mirror stand in for membership and only this
+//! machine's unit states are known. The HTTP API reads this through [`ClusterView`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
+use fleet_gossip::transport::GossipHandle;
+use fleet_gossip::{Liveness, View};
 use fleet_sched::placement::{self, Decision, Plan, Reason};
 use fleet_sched::{MachineId, UnitHash, UnitName};
 use fleet_systemd::UnitState;
@@ -27,12 +30,15 @@ pub struct LocalReport {
 pub struct AgentCluster {
     local: LocalCluster,
     registry: Registry,
+    gossip: Option<GossipHandle>,
     inner: RwLock<Inner>,
     changed: tokio::sync::watch::Sender<u64>,
+    membership: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Default)]
 struct Inner {
+    view: Option<View>,
     report: LocalReport,
     globals_here: BTreeSet<UnitName>,
     unplaceable: BTreeMap<UnitName, Reason>,
@@ -40,13 +46,104 @@ struct Inner {
 
 impl AgentCluster {
     /// The view of machine `local` over `registry`.
-    pub fn new(local: LocalCluster, registry: Registry) -> AgentCluster {
+    pub fn new(
+        local: LocalCluster,
+        registry: Registry,
+        gossip: Option<GossipHandle>,
+    ) -> AgentCluster {
         AgentCluster {
             local,
             registry,
+            gossip,
             inner: RwLock::new(Inner::default()),
             changed: tokio::sync::watch::channel(0).0,
+            membership: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// The gossip handle, when gossip runs.
+    pub fn gossip(&self) -> Option<&GossipHandle> {
+        self.gossip.as_ref()
+    }
+
+    /// Notified when the set of live machines (or their metadata) changes.
+    pub fn subscribe_membership(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.membership.subscribe()
+    }
+
+    /// Stores a fresh gossip view; wakes membership subscribers when live machines or metadata changed.
+    pub fn set_view(&self, view: View) {
+        let key = |v: &View| -> Vec<(String, Option<BTreeMap<String, String>>)> {
+            v.live()
+                .map(|m| {
+                    (
+                        m.identity.machine_id.as_str().to_string(),
+                        m.metadata.as_ref().map(|md| md.metadata.clone()),
+                    )
+                })
+                .collect()
+        };
+        let mut i = self.write();
+        let changed = i.view.as_ref().map(key) != Some(key(&view));
+        i.view = Some(view);
+        drop(i);
+        if changed {
+            self.membership.send_modify(|v| *v += 1);
+        }
+    }
+
+    /// Machines of the gossip view that are alive or suspect: `(id, public IP, metadata)`.
+    fn gossip_machines(&self) -> Option<Vec<MachineInfo>> {
+        let i = self.read();
+        let view = i.view.as_ref()?;
+        Some(
+            view.live()
+                .filter_map(|m| {
+                    let id = MachineId::parse(m.identity.machine_id.as_str()).ok()?;
+                    let md = m.metadata.clone().unwrap_or_default();
+                    Some(MachineInfo {
+                        id,
+                        public_ip: md.public_ip.parse().ok(),
+                        metadata: md.metadata,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// Machines known from etcd announcements that gossip does not know: addresses to join through.
+    pub fn unknown_announced(&self) -> Vec<std::net::SocketAddr> {
+        let Ok(snap) = self.registry.snapshot() else {
+            return Vec::new();
+        };
+        let i = self.read();
+        let known = |id: &MachineId| {
+            i.view.as_ref().is_some_and(|v| {
+                v.machines
+                    .get(&fleet_gossip::MachineId::new(id.as_str()))
+                    .is_some_and(|m| m.liveness != Liveness::Down)
+            })
+        };
+        snap.machines
+            .iter()
+            .filter(|(id, _)| **id != *self.local.id() && !known(id))
+            .filter_map(|(_, m)| m.record.gossip_addr)
+            .collect()
+    }
+
+    /// The etcd announcements as machines (no gossip).
+    fn announced_machines(&self) -> Vec<MachineInfo> {
+        let mut out = Vec::new();
+        if let Ok(snap) = self.registry.snapshot() {
+            for (id, m) in snap.machines {
+                out.push(MachineInfo {
+                    id,
+                    public_ip: m.record.public_ip,
+                    metadata: m.record.metadata,
+                });
+            }
+        }
+        out
     }
 
     /// The local machine (configuration plus run-time metadata changes).
@@ -72,27 +169,13 @@ impl AgentCluster {
     /// Live machines for placement, sorted by ID. The local machine is always included, with its
     /// current metadata.
     pub fn live_machines(&self) -> Vec<placement::MachineInfo> {
-        let local = self.local.local();
-        let mut out: BTreeMap<MachineId, placement::MachineInfo> = BTreeMap::new();
-        if let Ok(snap) = self.registry.snapshot() {
-            for (id, m) in snap.machines {
-                out.insert(
-                    id.clone(),
-                    placement::MachineInfo {
-                        id,
-                        metadata: m.record.metadata,
-                    },
-                );
-            }
-        }
-        out.insert(
-            local.id.clone(),
-            placement::MachineInfo {
-                id: local.id,
-                metadata: local.metadata,
-            },
-        );
-        out.into_values().collect()
+        ClusterView::machines(self)
+            .into_iter()
+            .map(|m| placement::MachineInfo {
+                id: m.id,
+                metadata: m.metadata,
+            })
+            .collect()
     }
 
     /// Stores this machine's unit states.
@@ -143,26 +226,19 @@ impl AgentCluster {
 impl ClusterView for AgentCluster {
     fn machines(&self) -> Vec<MachineInfo> {
         let local = self.local.local();
-        let mut out: BTreeMap<MachineId, MachineInfo> = BTreeMap::new();
-        if let Ok(snap) = self.registry.snapshot() {
-            for (id, m) in snap.machines {
-                out.insert(
-                    id.clone(),
-                    MachineInfo {
-                        id,
-                        public_ip: m.record.public_ip,
-                        metadata: m.record.metadata,
-                    },
-                );
-            }
-        }
+        let list = self
+            .gossip_machines()
+            .unwrap_or_else(|| self.announced_machines());
+        let mut out: BTreeMap<MachineId, MachineInfo> =
+            list.into_iter().map(|m| (m.id.clone(), m)).collect();
         out.insert(local.id.clone(), local);
         out.into_values().collect()
     }
 
     fn unit_states(&self) -> Vec<UnitStateInfo> {
         let me = self.local.id().clone();
-        self.read()
+        let i = self.read();
+        let mut out: Vec<UnitStateInfo> = i
             .report
             .units
             .iter()
@@ -177,7 +253,32 @@ impl ClusterView for AgentCluster {
                     sub_state: s.sub_state.clone(),
                 })
             })
-            .collect()
+            .collect();
+        if let Some(view) = &i.view {
+            for m in view.live() {
+                let Ok(id) = MachineId::parse(m.identity.machine_id.as_str()) else {
+                    continue;
+                };
+                if id == me {
+                    continue;
+                }
+                for (name, s) in &m.units {
+                    let Ok(name) = UnitName::parse(name) else {
+                        continue;
+                    };
+                    out.push(UnitStateInfo {
+                        name,
+                        hash: UnitHash::from_bytes(s.unit_hash),
+                        machine_id: id.clone(),
+                        load_state: s.load_state.clone(),
+                        active_state: s.active_state.clone(),
+                        sub_state: s.sub_state.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+        out
     }
 
     fn apply_metadata(&self, ops: &[MetadataOp]) -> Result<(), MetadataError> {
@@ -185,4 +286,36 @@ impl ClusterView for AgentCluster {
         self.local_changed();
         Ok(())
     }
+}
+
+/// Keeps `cluster`'s copy of the gossip view fresh: on every gossip event, and every 500 ms.
+pub fn spawn_view_refresh(
+    cluster: std::sync::Arc<AgentCluster>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<fleet_gossip::Event>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Some(handle) = cluster.gossip().cloned() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    None => return,
+                    Some(ev) => tracing::debug!(?ev, "gossip"),
+                },
+                _ = tick.tick() => {}
+            }
+            while let Ok(ev) = events.try_recv() {
+                tracing::debug!(?ev, "gossip");
+            }
+            match handle.view().await {
+                Ok(v) => cluster.set_view(v),
+                Err(e) => {
+                    tracing::warn!("gossip stopped: {e}");
+                    return;
+                }
+            }
+        }
+    })
 }

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fleet::agent::{Agent, AgentCluster, AgentOptions};
+use fleet::agent::{spawn_view_refresh, Agent, AgentCluster, AgentOptions};
 use fleet::api::{self, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
 use fleet::config::{Config, FleetdArgs};
 use fleet::registry::{Registry, RegistryOptions};
+use fleet_gossip::tls::TlsConfig;
+use fleet_gossip::transport::{Gossip, GossipConfig, GossipHandle};
 use fleet_sched::MachineId;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::layer::SubscriberExt;
@@ -100,10 +102,13 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
     let opts = RegistryOptions::from_config(&config);
     opts.check().context("etcd TLS settings")?;
     let registry = Registry::start(opts);
+    let (gossip, gossip_events) = start_gossip(&config, &machine_id, public_ip).await?;
     let cluster = Arc::new(AgentCluster::new(
         LocalCluster::new(machine_id.clone(), public_ip, config.metadata.clone()),
         registry.clone(),
+        Some(gossip.clone()),
     ));
+    let _view_refresh = spawn_view_refresh(cluster.clone(), gossip_events);
     let state = ApiState::new(
         registry.clone(),
         cluster.clone() as Arc<dyn ClusterView>,
@@ -161,6 +166,9 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
         }
     }
     agent.shutdown(Duration::from_secs(60)).await;
+    if let Err(e) = gossip.leave().await {
+        tracing::warn!("leaving the gossip cluster: {e}");
+    }
     let _ = stop_tx.send(());
     match tokio::time::timeout(Duration::from_secs(10), server).await {
         Ok(Ok(Ok(()))) => {}
@@ -170,6 +178,60 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
     }
     tracing::info!("fleetd stopped");
     Ok(())
+}
+
+/// Starts the gossip endpoint: mutual TLS with the cluster CA, or the insecure development mode when
+/// `gossip_insecure` says so (loudly). Without either, fleetd refuses to start.
+async fn start_gossip(
+    config: &Config,
+    machine_id: &MachineId,
+    public_ip: Option<IpAddr>,
+) -> anyhow::Result<(
+    GossipHandle,
+    tokio::sync::mpsc::UnboundedReceiver<fleet_gossip::Event>,
+)> {
+    let tls = match (
+        &config.gossip_ca_file,
+        &config.gossip_cert_file,
+        &config.gossip_key_file,
+    ) {
+        (Some(ca), Some(cert), Some(key)) => TlsConfig::Mutual {
+            ca_cert: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (None, None, None) if config.gossip_insecure => {
+            tracing::warn!(
+                "INSECURE: gossip_insecure is set: any host that reaches the gossip port can join \
+                 this cluster and read its traffic. Use it for development only; set \
+                 gossip_ca_file, gossip_cert_file and gossip_key_file in production \
+                 (`fleetctl gen-certs` mints them)."
+            );
+            TlsConfig::InsecureDevelopment
+        }
+        (None, None, None) => bail!(
+            "gossip needs mutual TLS: set gossip_ca_file, gossip_cert_file and gossip_key_file \
+             (mint them with `fleetctl gen-certs`), or gossip_insecure=true for development"
+        ),
+        _ => bail!("gossip_ca_file, gossip_cert_file and gossip_key_file must be given together"),
+    };
+    let listen = config
+        .gossip_listen
+        .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], config.gossip_port)));
+    let mut gc = GossipConfig::new(fleet_gossip::MachineId::new(machine_id.as_str()), listen);
+    gc.tls = tls;
+    gc.seeds = config.gossip_seeds.clone();
+    if listen.ip().is_unspecified() {
+        let ip = public_ip.context(
+            "gossip listens on a wildcard address and public_ip is unknown: set public_ip or gossip_listen",
+        )?;
+        gc.advertise = Some(std::net::SocketAddr::new(ip, listen.port()));
+    }
+    let (handle, events) = Gossip::start(gc)
+        .await
+        .context("starting the gossip endpoint")?;
+    tracing::info!(addr = %handle.identity().addr, "gossip endpoint up");
+    Ok((handle, events))
 }
 
 fn settings_of(c: &Config) -> ApiSettings {

@@ -113,6 +113,13 @@ pub struct MachineRecord {
     /// fleetd's version.
     #[serde(default)]
     pub version: String,
+    /// The agent's gossip (QUIC) address: how a new machine finds its first peers.
+    #[serde(
+        rename = "gossipAddr",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub gossip_addr: Option<std::net::SocketAddr>,
 }
 
 #[cfg(test)]

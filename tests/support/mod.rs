@@ -494,7 +494,8 @@ impl FleetdBuilder {
         let socket = dir.path().join("fleet.sock");
         let conf = dir.path().join("fleet.conf");
         let mut text = format!(
-            "etcd_servers={}\netcd_key_prefix={}\napi_socket={}\nmachine_id={}\n",
+            "etcd_servers={}\netcd_key_prefix={}\napi_socket={}\nmachine_id={}\n\
+             gossip_insecure=true\ngossip_listen=127.0.0.1:0\n",
             self.etcd_endpoint,
             self.prefix,
             socket.display(),

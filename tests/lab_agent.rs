@@ -1,0 +1,153 @@
+//! End-to-end: fleetd agents drive real systemd in a cluster-lab cluster (root only).
+
+mod lab;
+
+use std::time::Duration;
+
+use lab::FleetLab;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn unit_line(fl: &FleetLab, i: usize, cmd: &str, unit: &str) -> Option<String> {
+    let out = fl.fleetctl(i, &[cmd, "--no-legend", "--full"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(unit))
+        .map(str::to_string)
+}
+
+#[test]
+fn a_unit_goes_through_its_whole_life_on_real_systemd() {
+    let Some(fl) = FleetLab::up(3, &[]) else {
+        return;
+    };
+    let m2 = fl.machine_id(2);
+    let unit = format!(
+        "[Unit]\nDescription=life\n\n[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nMachineID={m2}\n"
+    );
+    fl.write_file(1, "/tmp/life.service", &unit);
+
+    let out = fl.fleetctl_ok(1, &["submit", "/tmp/life.service"]);
+    assert!(out.contains("Unit life.service inactive"), "{out}");
+    assert_eq!(fl.active_state(2, "life.service"), "inactive");
+
+    let out = fl.fleetctl_ok(1, &["load", "life.service"]);
+    assert!(out.contains("Unit life.service loaded on"), "{out}");
+    assert!(out.contains("10.77.0.12"), "loaded on m2: {out}");
+    assert_eq!(fl.show(2, "life.service", "LoadState"), "loaded");
+    assert_eq!(
+        fl.show(2, "life.service", "UnitFileState"),
+        "linked-runtime"
+    );
+    assert_eq!(fl.active_state(2, "life.service"), "inactive");
+
+    let out = fl.fleetctl_ok(1, &["start", "life.service"]);
+    assert!(out.contains("Unit life.service launched on"), "{out}");
+    assert_eq!(fl.active_state(2, "life.service"), "active");
+    // list-units on the machine running it shows systemd's state.
+    let line = fl.wait_for("list-units shows life.service running", WAIT, |fl| {
+        unit_line(fl, 2, "list-units", "life.service").filter(|l| l.contains("running"))
+    });
+    assert!(line.contains(&m2) && line.contains("active"), "{line}");
+    let line = unit_line(&fl, 1, "list-unit-files", "life.service").expect("listed");
+    assert!(line.contains("launched"), "{line}");
+
+    fl.fleetctl_ok(1, &["stop", "life.service"]);
+    fl.wait_for("life.service stopped on m2", WAIT, |fl| {
+        (fl.active_state(2, "life.service") == "inactive").then_some(())
+    });
+    assert_eq!(fl.show(2, "life.service", "LoadState"), "loaded");
+
+    fl.fleetctl_ok(1, &["unload", "life.service"]);
+    fl.wait_for("life.service unloaded on m2", WAIT, |fl| {
+        (fl.show(2, "life.service", "LoadState") == "not-found").then_some(())
+    });
+
+    let out = fl.fleetctl_ok(1, &["destroy", "life.service"]);
+    assert!(out.contains("Destroyed life.service"), "{out}");
+    assert!(unit_line(&fl, 1, "list-unit-files", "life.service").is_none());
+}
+
+#[test]
+fn replacing_a_unit_restarts_it_with_the_new_content_and_destroy_stops_it() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let m1 = fl.machine_id(1);
+    let v1 = format!("[Service]\nExecStart=/bin/sleep 1001\n\n[X-Fleet]\nMachineID={m1}\n");
+    let v2 = format!("[Service]\nExecStart=/bin/sleep 1002\n\n[X-Fleet]\nMachineID={m1}\n");
+    fl.write_file(1, "/tmp/r.service", &v1);
+    fl.fleetctl_ok(1, &["start", "/tmp/r.service"]);
+    assert!(fl.show(1, "r.service", "ExecStart").contains("1001"));
+    let pid1 = fl.show(1, "r.service", "MainPID");
+
+    fl.write_file(1, "/tmp/r.service", &v2);
+    fl.fleetctl_ok(1, &["start", "--replace", "/tmp/r.service"]);
+    fl.wait_for("r.service runs the new content", WAIT, |fl| {
+        (fl.show(1, "r.service", "ExecStart").contains("1002")
+            && fl.active_state(1, "r.service") == "active")
+            .then_some(())
+    });
+    assert_ne!(fl.show(1, "r.service", "MainPID"), pid1);
+
+    fl.fleetctl_ok(1, &["destroy", "r.service"]);
+    fl.wait_for("r.service gone from m1", WAIT, |fl| {
+        (fl.show(1, "r.service", "LoadState") == "not-found").then_some(())
+    });
+}
+
+#[test]
+fn a_crashed_fleetd_comes_back_without_touching_running_units() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    fl.fleetctl_ok(1, &["start", "/opt/fleet/examples/hello.service"]);
+    let on = fl.wait_for("hello.service running somewhere", WAIT, |fl| {
+        let r = fl.running_on("hello.service");
+        (r.len() == 1).then(|| r[0])
+    });
+    let pid = fl.show(on, "hello.service", "MainPID");
+    let since = fl.show(on, "hello.service", "ActiveEnterTimestampMonotonic");
+    let fleetd = fl.show(on, "fleet.service", "MainPID");
+
+    // SIGKILL: systemd restarts fleetd (Restart=always); the new agent adopts what runs.
+    fl.lab
+        .sh_ok(on, &["systemctl", "kill", "-s", "KILL", "fleet.service"])
+        .unwrap();
+    fl.wait_for("fleetd restarted", WAIT, |fl| {
+        let now = fl.show(on, "fleet.service", "MainPID");
+        (now != fleetd && now != "0" && fl.active_state(on, "fleet.service") == "active")
+            .then_some(())
+    });
+    // Give the new agent a few reconcile passes.
+    fl.wait_for("the new fleetd answers", WAIT, |fl| {
+        unit_line(fl, on, "list-units", "hello.service").filter(|l| l.contains("running"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(fl.show(on, "hello.service", "MainPID"), pid);
+    assert_eq!(
+        fl.show(on, "hello.service", "ActiveEnterTimestampMonotonic"),
+        since
+    );
+    assert_eq!(fl.running_on("hello.service"), vec![on]);
+}
+
+#[test]
+fn a_dead_machines_unit_is_started_on_another_machine() {
+    let Some(fl) = FleetLab::up(3, &[]) else {
+        return;
+    };
+    fl.fleetctl_ok(1, &["start", "/opt/fleet/examples/hello.service"]);
+    let on = fl.wait_for("hello.service running somewhere", WAIT, |fl| {
+        let r = fl.running_on("hello.service");
+        (r.len() == 1).then(|| r[0])
+    });
+    fl.lab.kill(on).unwrap();
+    let other = if on == 1 { 2 } else { 1 };
+    let now = fl.wait_for("hello.service running on a survivor", WAIT, |fl| {
+        let r = fl.running_on("hello.service");
+        (r.len() == 1 && r[0] != on).then(|| r[0])
+    });
+    let line = unit_line(&fl, other, "list-unit-files", "hello.service").unwrap();
+    assert!(line.contains(&fl.machine_id(now)), "{line}");
+}
