@@ -3,6 +3,8 @@
 //! until every other member has declared it down. Also prints steady-state datagram bytes/s per node.
 //!
 //! `cargo run --release -p fleet-gossip --example detection -- [trials] [sizes...]`
+//! With `LOSS=0.05` in the environment, every datagram is lost with that probability (the false
+//! downs column then measures accuracy).
 
 use std::time::Duration;
 
@@ -19,7 +21,12 @@ fn main() {
         vec![5, 20, 100]
     };
     let config = Config::default();
+    let loss: f64 = std::env::var("LOSS")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0.0);
     println!("config: {config:?}");
+    println!("datagram loss: {loss}");
     println!("trials per size: {trials}; seeds 0..{trials}");
     for n in sizes {
         let mut times = Vec::new();
@@ -28,6 +35,7 @@ fn main() {
         let mut undetected = 0usize;
         for seed in 0..trials {
             let mut net = VirtualNet::new(seed, config.clone());
+            net.loss = loss;
             let first = net.add_node(&[]);
             for _ in 1..n {
                 net.add_node(&[first]);
@@ -60,7 +68,27 @@ fn main() {
                     .all(|o| net.liveness(*o, victim) == Some(Liveness::Down))
             });
             if ok {
-                times.push(net.elapsed() - start);
+                let took = net.elapsed() - start;
+                if std::env::var_os("VERBOSE").is_some() && took > Duration::from_secs(2) {
+                    let late: Vec<_> = others
+                        .iter()
+                        .filter_map(|o| {
+                            net.events(*o)
+                                .iter()
+                                .find(|(_, e)| {
+                                    *e == fleet_gossip::Event::MemberDown(VirtualNet::machine_id(
+                                        victim,
+                                    ))
+                                })
+                                .map(|(t, _)| (*o, *t - start))
+                        })
+                        .filter(|(_, t)| *t > Duration::from_secs(2))
+                        .collect();
+                    println!(
+                        "  n={n} seed={seed} victim={victim}: {took:?}; late observers {late:?}"
+                    );
+                }
+                times.push(took);
             } else {
                 undetected += 1;
             }

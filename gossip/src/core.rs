@@ -86,14 +86,17 @@ pub struct Config {
     pub probe_rtt: Duration,
     /// How many members to ask for an indirect probe. Default 3.
     pub num_indirect_probes: usize,
-    /// How long a suspect has to refute before it is declared down. Default 500 ms.
+    /// How long a suspect has to refute before it is declared down. Default 400 ms.
     pub suspect_to_down_after: Duration,
     /// How long a down member is remembered (and its last state kept) before it is forgotten; a
     /// machine cannot rejoin with the same identity before then (restarts use a new one). Default
     /// 10 min.
     pub remove_down_after: Duration,
-    /// How many times each membership update and state update is piggybacked. Default 10 (enough
-    /// for clusters of a few thousand: foca suggests about 4·log10(n+1)).
+    /// How many times each node passes on each membership update and state update. A member misses
+    /// an update only if none of the roughly `n · max_transmissions` sends reach it, so the chance
+    /// that some member of `n` misses one is about `n · e^(-max_transmissions)` (then anti-entropy
+    /// delivers it within `anti_entropy_interval`). Default 12: about 0.06% for 100 machines, 0.6%
+    /// for 1000; raise it for larger clusters.
     pub max_transmissions: u8,
     /// Largest datagram, in bytes. Must fit in one QUIC datagram: 1100 is safe before path MTU
     /// discovery (QUIC's minimum is 1200-byte packets). Default 1100.
@@ -116,9 +119,9 @@ impl Default for Config {
             probe_period: Duration::from_millis(200),
             probe_rtt: Duration::from_millis(80),
             num_indirect_probes: 3,
-            suspect_to_down_after: Duration::from_millis(500),
+            suspect_to_down_after: Duration::from_millis(400),
             remove_down_after: Duration::from_secs(600),
-            max_transmissions: 10,
+            max_transmissions: 12,
             max_packet_size: 1100,
             gossip_interval: Duration::from_millis(100),
             gossip_fanout: 3,
