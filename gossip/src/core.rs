@@ -107,9 +107,11 @@ pub struct Config {
     pub gossip_fanout: usize,
     /// How often to announce ourselves to one random member (heals partitions). Default 5 s.
     pub announce_interval: Duration,
-    /// How often to run anti-entropy (push-pull state sync) with one random live member. Default 5 s.
+    /// How often to run anti-entropy (push-pull state sync) with one random live member, and with
+    /// one random member seen down (which heals partitions: both sides renew and rejoin). Default 5 s.
     pub anti_entropy_interval: Duration,
-    /// While no member is alive, how often to retry joining through the seeds. Default 1 s.
+    /// While no member is alive, how often to retry joining through the seeds and a few members
+    /// last seen down. Default 1 s.
     pub join_retry_interval: Duration,
 }
 
@@ -367,6 +369,7 @@ impl Node {
             now + node.config.anti_entropy_interval,
             TimerKind::AntiEntropy,
         );
+        node.schedule(now + node.config.join_retry_interval, TimerKind::JoinRetry);
         node
     }
 
@@ -391,7 +394,8 @@ impl Node {
     }
 
     /// Joins through these addresses (configured seeds, or bootstrap addresses read from etcd): asks
-    /// for a sync with each now, and again every `join_retry_interval` while no member is alive.
+    /// for a sync with each now, and again every `join_retry_interval` while no member is alive
+    /// (along with a few members last seen down, so that a healed partition merges back).
     /// Our own address is skipped. Addresses accumulate across calls.
     pub fn join(&mut self, now: Instant, addrs: &[SocketAddr]) {
         self.now = now;
@@ -403,13 +407,6 @@ impl Node {
             .collect();
         for addr in fresh {
             self.request_sync(addr);
-        }
-        if !self
-            .timers
-            .values()
-            .any(|t| matches!(t, TimerKind::JoinRetry))
-        {
-            self.schedule(now + self.config.join_retry_interval, TimerKind::JoinRetry);
         }
     }
 
@@ -710,10 +707,21 @@ impl Node {
                 }
             }
             TimerKind::AntiEntropy => {
-                let live: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-                if !live.is_empty() {
-                    let pick = live[self.rng.random_range(0..live.len())];
-                    self.request_sync(pick);
+                // One random live member for state, and one random member we saw die: if it was
+                // only cut off (a healed partition), the sync makes both sides renew and rejoin.
+                let mut live = Vec::new();
+                let mut down = Vec::new();
+                for m in self.foca.iter_membership_state() {
+                    match m.state() {
+                        State::Down => down.push(m.id().addr),
+                        _ => live.push(m.id().addr),
+                    }
+                }
+                for candidates in [live, down] {
+                    if !candidates.is_empty() {
+                        let pick = candidates[self.rng.random_range(0..candidates.len())];
+                        self.request_sync(pick);
+                    }
                 }
                 self.schedule(
                     self.now + self.config.anti_entropy_interval,
@@ -721,18 +729,29 @@ impl Node {
                 );
             }
             TimerKind::JoinRetry => {
-                if self.foca.num_members() == 0 && !self.seeds.is_empty() {
-                    let seeds: Vec<SocketAddr> = self.seeds.iter().copied().collect();
-                    for addr in seeds {
+                if self.foca.num_members() == 0 {
+                    // Isolated: retry the seeds, and a few members we saw die (they may only have
+                    // been cut off; a sync makes both sides renew and rejoin each other).
+                    let mut targets: Vec<SocketAddr> = self.seeds.iter().copied().collect();
+                    let mut down: Vec<SocketAddr> = self
+                        .foca
+                        .iter_membership_state()
+                        .filter(|m| m.state() == State::Down)
+                        .map(|m| m.id().addr)
+                        .filter(|a| !self.seeds.contains(a))
+                        .collect();
+                    for _ in 0..down.len().min(3) {
+                        let i = self.rng.random_range(0..down.len());
+                        targets.push(down.swap_remove(i));
+                    }
+                    for addr in targets {
                         self.request_sync(addr);
                     }
                 }
-                if !self.seeds.is_empty() {
-                    self.schedule(
-                        self.now + self.config.join_retry_interval,
-                        TimerKind::JoinRetry,
-                    );
-                }
+                self.schedule(
+                    self.now + self.config.join_retry_interval,
+                    TimerKind::JoinRetry,
+                );
             }
         }
     }

@@ -48,8 +48,10 @@ pub struct VirtualNet {
     pub latency: Duration,
     /// Probability that a datagram is lost.
     pub loss: f64,
-    /// Datagrams lost so far.
+    /// Datagrams lost so far (random loss and partitions).
     pub lost: u64,
+    // Nodes cut off from the rest: traffic crosses only between nodes on the same side.
+    cut: std::collections::BTreeSet<NodeIndex>,
     /// Bytes moved by sync exchanges so far.
     pub sync_bytes: u64,
 }
@@ -69,6 +71,7 @@ impl VirtualNet {
             latency: Duration::from_micros(500),
             loss: 0.0,
             lost: 0,
+            cut: Default::default(),
             sync_bytes: 0,
         }
     }
@@ -122,6 +125,21 @@ impl VirtualNet {
     /// Crashes node `index`: it stops without a word.
     pub fn kill(&mut self, index: NodeIndex) {
         self.slots[index].node = None;
+    }
+
+    /// Partitions the network: `side` on one side, everyone else on the other. Datagrams and syncs
+    /// across are lost until [`VirtualNet::repair`].
+    pub fn partition(&mut self, side: &[NodeIndex]) {
+        self.cut = side.iter().copied().collect();
+    }
+
+    /// Ends the partition.
+    pub fn repair(&mut self) {
+        self.cut.clear();
+    }
+
+    fn linked(&self, a: NodeIndex, b: NodeIndex) -> bool {
+        self.cut.contains(&a) == self.cut.contains(&b)
     }
 
     /// Node `index`, unless crashed.
@@ -228,6 +246,14 @@ impl VirtualNet {
                 break;
             }
             let (to, from, data) = entry.remove();
+            let linked = match (self.index_of(to), self.index_of(from)) {
+                (Some(t), Some(f)) => self.linked(t, f),
+                _ => true,
+            };
+            if !linked {
+                self.lost += 1;
+                continue;
+            }
             if let Some(i) = self.index_of(to) {
                 if let Some(node) = self.slots[i].node.as_mut() {
                     // Errors are counted by the node; the network just moves on.
@@ -289,7 +315,7 @@ impl VirtualNet {
     /// Runs the three-message sync exchange between two nodes, through the wire encoding.
     fn sync(&mut self, initiator: NodeIndex, peer: NodeIndex) {
         let now = self.now;
-        if initiator == peer || self.slots[peer].node.is_none() {
+        if initiator == peer || self.slots[peer].node.is_none() || !self.linked(initiator, peer) {
             return;
         }
         let Some(offer) = self.slots[initiator]

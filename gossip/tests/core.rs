@@ -310,3 +310,34 @@ fn the_same_seed_reproduces_the_same_run() {
     assert_eq!(run(11), run(11));
     assert_ne!(run(11), run(12));
 }
+
+#[test]
+fn a_healed_partition_merges_back() {
+    let mut net = cluster(9, 6);
+    net.partition(&[0, 1]);
+    let split = net.run_until(Duration::from_secs(5), |net| {
+        net.liveness(0, 4) == Some(Liveness::Down) && net.liveness(4, 0) == Some(Liveness::Down)
+    });
+    assert!(split, "the two sides did not declare each other down");
+    net.run_for(Duration::from_secs(3));
+    net.repair();
+    let healed = net.run_until(Duration::from_secs(10), |net| {
+        (0..6).all(|a| (0..6).all(|b| a == b || net.liveness(a, b) == Some(Liveness::Alive)))
+    });
+    if !healed {
+        for a in 0..6 {
+            let row: Vec<_> = (0..6).map(|b| net.liveness(a, b)).collect();
+            eprintln!("{a}: {row:?}");
+        }
+        eprintln!("events of 0: {:?}", net.events(0));
+        eprintln!("events of 4: {:?}", net.events(4));
+    }
+    assert!(
+        healed,
+        "the cluster did not merge back within 10 s of the repair"
+    );
+    assert!(net
+        .events(0)
+        .iter()
+        .any(|(_, e)| matches!(e, Event::Rejoined(_))));
+}
