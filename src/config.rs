@@ -157,6 +157,7 @@ const KEYS: &[KeyInfo] = &[
     key("gossip_cert_file"),
     key("gossip_key_file"),
     key("gossip_insecure"),
+    key("takeover_grace"),
 ];
 
 /// The names of every key fleetd accepts (including the obsolete ones).
@@ -225,6 +226,9 @@ pub struct Config {
     pub gossip_key_file: Option<PathBuf>,
     /// `gossip_insecure`: development only: no peer authentication, no secrecy.
     pub gossip_insecure: bool,
+    /// `takeover_grace`: how long after gossip declares a machine down its claims still stand (a
+    /// fleetd that crashed and restarts in less keeps its units).
+    pub takeover_grace: Duration,
 }
 
 impl Default for Config {
@@ -259,6 +263,7 @@ impl Default for Config {
             gossip_cert_file: None,
             gossip_key_file: None,
             gossip_insecure: false,
+            takeover_grace: Duration::from_millis(800),
         }
     }
 }
@@ -502,6 +507,7 @@ impl RawConfig {
                 "gossip_cert_file" => c.gossip_cert_file = non_empty(v).map(PathBuf::from),
                 "gossip_key_file" => c.gossip_key_file = non_empty(v).map(PathBuf::from),
                 "gossip_insecure" => c.gossip_insecure = parse_bool(v).map_err(bad)?,
+                "takeover_grace" => c.takeover_grace = parse_duration(v).map_err(bad)?,
                 // enable_grpc & co: obsolete, already warned about; unknown keys too.
                 _ => {}
             }
@@ -625,6 +631,7 @@ impl Config {
         cmp!(gossip_cert_file);
         cmp!(gossip_key_file);
         cmp!(gossip_insecure);
+        cmp!(takeover_grace);
         out
     }
 
@@ -755,12 +762,15 @@ pub struct FleetdArgs {
     /// Development only: gossip without authentication or encryption secrecy
     #[arg(long, alias = "gossip_insecure", value_name = "BOOL")]
     pub gossip_insecure: Option<String>,
+    /// How long a machine gossip declared down keeps its claims (default 800ms)
+    #[arg(long, alias = "takeover_grace", value_name = "DURATION")]
+    pub takeover_grace: Option<String>,
 }
 
 impl FleetdArgs {
     /// The configuration keys given on the command line, as `(key, value)`.
     pub fn overrides(&self) -> Vec<(&'static str, &str)> {
-        let pairs: [(&'static str, &Option<String>); 31] = [
+        let pairs: [(&'static str, &Option<String>); 32] = [
             ("etcd_servers", &self.etcd_servers),
             ("etcd_key_prefix", &self.etcd_key_prefix),
             ("etcd_request_timeout", &self.etcd_request_timeout),
@@ -792,6 +802,7 @@ impl FleetdArgs {
             ("gossip_cert_file", &self.gossip_cert_file),
             ("gossip_key_file", &self.gossip_key_file),
             ("gossip_insecure", &self.gossip_insecure),
+            ("takeover_grace", &self.takeover_grace),
         ];
         pairs
             .into_iter()

@@ -130,6 +130,26 @@ fn a_crashed_fleetd_comes_back_without_touching_running_units() {
         since
     );
     assert_eq!(fl.running_on("hello.service"), vec![on]);
+
+    // `systemctl restart fleet`: SIGTERM with a restart job queued; the units stay.
+    let fleetd = fl.show(on, "fleet.service", "MainPID");
+    fl.lab
+        .sh_ok(on, &["systemctl", "restart", "fleet.service"])
+        .unwrap();
+    assert_ne!(fl.show(on, "fleet.service", "MainPID"), fleetd);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(fl.show(on, "hello.service", "MainPID"), pid);
+    assert_eq!(fl.running_on("hello.service"), vec![on]);
+
+    // `systemctl stop fleet` is a leave: the machine's units stop and move elsewhere.
+    fl.lab
+        .sh_ok(on, &["systemctl", "stop", "fleet.service"])
+        .unwrap();
+    assert_eq!(fl.active_state(on, "hello.service"), "inactive");
+    fl.wait_for("hello.service moved to the other machine", WAIT, |fl| {
+        let r = fl.running_on("hello.service");
+        (r.len() == 1 && r[0] != on).then_some(())
+    });
 }
 
 #[test]

@@ -61,7 +61,7 @@ pub struct AgentOptions {
 /// Handle to a running agent.
 pub struct Agent {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<bool>>,
 }
 
 impl Agent {
@@ -82,18 +82,27 @@ impl Agent {
         }
     }
 
-    /// Graceful shutdown: stops and unloads this machine's units, releases claims, revokes the lease.
-    pub async fn shutdown(mut self, timeout: Duration) {
+    /// Graceful shutdown: stops and unloads this machine's units, releases claims, revokes the lease;
+    /// or, when systemd is restarting fleetd, leaves the units running. Returns `true` in that case
+    /// (the caller then must not leave the gossip cluster either).
+    pub async fn shutdown(mut self, timeout: Duration) -> bool {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         match tokio::time::timeout(timeout, &mut self.task).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!("agent: {e:#}"),
-            Ok(Err(e)) => tracing::warn!("agent task: {e}"),
+            Ok(Ok(Ok(restarting))) => restarting,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!("agent: {e:#}");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::warn!("agent task: {e}");
+                false
+            }
             Err(_) => {
                 tracing::warn!("agent did not finish its shutdown in {timeout:?}");
                 self.task.abort();
+                false
             }
         }
     }
@@ -125,7 +134,11 @@ async fn connect_systemd(opts: &AgentOptions) -> anyhow::Result<Systemd> {
     } else {
         Bus::System
     };
-    let cfg = fleet_systemd::Config::new(bus).units_directory(&opts.units_directory);
+    // Units new to systemd are loaded on first use without a full daemon Reload (systemd >= 246):
+    // ~30 ms instead of ~300 ms from `fleetctl start` to active.
+    let cfg = fleet_systemd::Config::new(bus)
+        .units_directory(&opts.units_directory)
+        .reload_policy(fleet_systemd::ReloadPolicy::WhenNeeded);
     Systemd::connect(cfg)
         .await
         .context("connecting to systemd over D-Bus")
@@ -136,7 +149,7 @@ async fn run(
     registry: Registry,
     cluster: Arc<AgentCluster>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     // Without systemd there is nothing to drive: keep trying (fleetd's API serves meanwhile).
     let mut delay = Duration::from_millis(200);
     let systemd = loop {
@@ -145,15 +158,18 @@ async fn run(
             Err(e) => {
                 tracing::warn!("{e:#}; retrying in {delay:?}");
                 tokio::select! {
-                    _ = &mut stop => return Ok(()),
+                    _ = &mut stop => return Ok(false),
                     _ = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     };
+    // Only our units' events: a unit is ours while its file is in our units directory.
+    let units_dir = systemd.local_unit_file_path("");
+    let ours = move |name: &str| units_dir.join(name).exists();
     let mut events = systemd
-        .subscribe()
+        .subscribe_filtered(ours.clone())
         .await
         .context("subscribing to systemd")?;
     let reg = registry.clone();
@@ -188,6 +204,7 @@ async fn run(
             r = lease_rx.changed() => { if r.is_err() { break; } }
             r = local_rx.changed() => { if r.is_err() { break; } st.announced = None; }
             r = members_rx.changed() => { if r.is_err() { break; } }
+            _ = grace_timer(&st.cluster) => {}
             ev = events.next() => match ev {
                 Some(Event::UnitChanged { name, state }) => {
                     if !st.note_state(&name, state) { continue; }
@@ -201,7 +218,7 @@ async fn run(
                     tracing::warn!("lost the connection to systemd; reconnecting");
                     st.systemd = st.systemd.reconnect_with_backoff(Duration::from_secs(3600)).await
                         .context("reconnecting to systemd")?;
-                    events = st.systemd.subscribe().await.context("subscribing to systemd")?;
+                    events = st.systemd.subscribe_filtered(ours.clone()).await.context("subscribing to systemd")?;
                     full = true;
                 }
             },
@@ -213,8 +230,15 @@ async fn run(
         }
         st.pass().await;
     }
-    st.shutdown().await;
-    Ok(())
+    Ok(st.shutdown().await)
+}
+
+/// Fires when the takeover grace of a recently downed machine ends (never, if none).
+async fn grace_timer(cluster: &AgentCluster) {
+    match cluster.next_grace_deadline() {
+        Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl State {
@@ -672,6 +696,7 @@ impl State {
             units: Vec::new(),
             claims: BTreeMap::new(),
             machines: BTreeMap::new(),
+            restarting: BTreeSet::new(),
         };
         for task in tasks.iter().filter(|t| {
             matches!(
@@ -687,8 +712,27 @@ impl State {
         self.refresh_states().await;
     }
 
-    /// SIGTERM: stop and unload everything, release claims, revoke the lease.
-    async fn shutdown(mut self) {
+    /// SIGTERM. When systemd is restarting fleetd itself (a `restart` job on fleetd's own unit), the
+    /// units keep running: the agent marks this machine as restarting in etcd (bound to its current
+    /// lease, so peers keep its claims even if gossip declares it down meanwhile) and exits; the next
+    /// fleetd adopts the units and re-binds the claims. Otherwise (a stop): stop and unload
+    /// everything, then revoke the lease (claims and announcement go at once).
+    async fn shutdown(mut self) -> bool {
+        let job = self
+            .systemd
+            .job_of_process_unit(std::process::id())
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!("cannot tell whether systemd restarts us: {e}");
+                None
+            });
+        if job.as_deref() == Some("restart") {
+            if self.mark_restarting().await {
+                tracing::info!("systemd restarts fleetd: leaving this machine's units running");
+                return true;
+            }
+            tracing::warn!("restarting, but etcd is unreachable: stopping units to stay safe");
+        }
         tracing::info!("stopping and unloading this machine's units");
         let tasks = reconcile(&BTreeMap::new(), &self.current());
         let empty = Snapshot {
@@ -696,6 +740,7 @@ impl State {
             units: Vec::new(),
             claims: BTreeMap::new(),
             machines: BTreeMap::new(),
+            restarting: BTreeSet::new(),
         };
         for task in &tasks {
             tracing::info!("{task} (shutdown)");
@@ -706,6 +751,28 @@ impl State {
         self.publish();
         // Revoking the lease deletes our claims and our machine key at once.
         self.lease.revoke(Duration::from_secs(3)).await;
+        false
+    }
+
+    /// Writes `restarting/<id>` bound to our lease; `false` if etcd did not take it.
+    async fn mark_restarting(&self) -> bool {
+        let lease = self.lease.status();
+        if lease.id == 0 || lease.maybe_expired(Instant::now()) {
+            return false;
+        }
+        let Ok(mut c) = self.registry.etcd_client() else {
+            return false;
+        };
+        let key = self.registry.keys().restarting(&self.opts.machine);
+        let put = c.put(
+            key,
+            "{}",
+            Some(etcd_client::PutOptions::new().with_lease(lease.id)),
+        );
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), put).await,
+            Ok(Ok(_))
+        )
     }
 }
 

@@ -34,11 +34,14 @@ pub struct AgentCluster {
     inner: RwLock<Inner>,
     changed: tokio::sync::watch::Sender<u64>,
     membership: tokio::sync::watch::Sender<u64>,
+    takeover_grace: std::time::Duration,
 }
 
 #[derive(Default)]
 struct Inner {
     view: Option<View>,
+    /// Machines gossip declared down (or forgot), and when this node first saw them gone.
+    down_since: BTreeMap<MachineId, std::time::Instant>,
     report: LocalReport,
     globals_here: BTreeSet<UnitName>,
     unplaceable: BTreeMap<UnitName, Reason>,
@@ -50,11 +53,13 @@ impl AgentCluster {
         local: LocalCluster,
         registry: Registry,
         gossip: Option<GossipHandle>,
+        takeover_grace: std::time::Duration,
     ) -> AgentCluster {
         AgentCluster {
             local,
             registry,
             gossip,
+            takeover_grace,
             inner: RwLock::new(Inner::default()),
             changed: tokio::sync::watch::channel(0).0,
             membership: tokio::sync::watch::channel(0).0,
@@ -83,8 +88,25 @@ impl AgentCluster {
                 })
                 .collect()
         };
+        let now = std::time::Instant::now();
         let mut i = self.write();
         let changed = i.view.as_ref().map(key) != Some(key(&view));
+        // Remember when live machines went away (takeover grace, see `live_machines`).
+        let live: BTreeSet<String> = view
+            .live()
+            .map(|m| m.identity.machine_id.as_str().to_string())
+            .collect();
+        if let Some(old) = &i.view {
+            let gone: Vec<MachineId> = old
+                .live()
+                .filter(|m| !live.contains(m.identity.machine_id.as_str()))
+                .filter_map(|m| MachineId::parse(m.identity.machine_id.as_str()).ok())
+                .collect();
+            for id in gone {
+                i.down_since.entry(id).or_insert(now);
+            }
+        }
+        i.down_since.retain(|id, _| !live.contains(id.as_str()));
         i.view = Some(view);
         drop(i);
         if changed {
@@ -109,6 +131,27 @@ impl AgentCluster {
                 })
                 .collect(),
         )
+    }
+
+    /// When the takeover grace of a recently downed machine ends (the agent reconciles then).
+    pub fn next_grace_deadline(&self) -> Option<std::time::Instant> {
+        self.read()
+            .down_since
+            .values()
+            .map(|t| *t + self.takeover_grace)
+            .filter(|t| *t > std::time::Instant::now())
+            .min()
+    }
+
+    /// The last metadata gossip had for `id` (kept in the view while the machine is down).
+    fn last_metadata(&self, id: &MachineId) -> BTreeMap<String, String> {
+        let i = self.read();
+        i.view
+            .as_ref()
+            .and_then(|v| v.machines.get(&fleet_gossip::MachineId::new(id.as_str())))
+            .and_then(|m| m.metadata.as_ref())
+            .map(|m| m.metadata.clone())
+            .unwrap_or_default()
     }
 
     /// Machines known from etcd announcements that gossip does not know: addresses to join through.
@@ -169,7 +212,38 @@ impl AgentCluster {
     /// Live machines for placement, sorted by ID. The local machine is always included, with its
     /// current metadata.
     pub fn live_machines(&self) -> Vec<placement::MachineInfo> {
-        ClusterView::machines(self)
+        let mut machines = ClusterView::machines(self);
+        // A machine declared down only moments ago may be a fleetd restarting after a crash (its units
+        // still run): its claims stand for `takeover_grace` after the verdict.
+        let now = std::time::Instant::now();
+        for (id, since) in self.read().down_since.iter() {
+            if now.duration_since(*since) < self.takeover_grace
+                && !machines.iter().any(|m| m.id == *id)
+            {
+                machines.push(MachineInfo {
+                    id: id.clone(),
+                    public_ip: None,
+                    metadata: self.last_metadata(id),
+                });
+            }
+        }
+        // A machine whose agent is restarting keeps its units: count it live while its old lease lasts.
+        if let Ok(snap) = self.registry.snapshot() {
+            for id in &snap.restarting {
+                if machines.iter().any(|m| m.id == *id) {
+                    continue;
+                }
+                if let Some(m) = snap.machines.get(id) {
+                    machines.push(MachineInfo {
+                        id: id.clone(),
+                        public_ip: m.record.public_ip,
+                        metadata: m.record.metadata.clone(),
+                    });
+                }
+            }
+            machines.sort_by(|a, b| a.id.cmp(&b.id));
+        }
+        machines
             .into_iter()
             .map(|m| placement::MachineInfo {
                 id: m.id,

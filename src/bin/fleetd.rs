@@ -107,6 +107,7 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
         LocalCluster::new(machine_id.clone(), public_ip, config.metadata.clone()),
         registry.clone(),
         Some(gossip.clone()),
+        config.takeover_grace,
     ));
     let _view_refresh = spawn_view_refresh(cluster.clone(), gossip_events);
     let state = ApiState::new(
@@ -165,8 +166,11 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
             _ = usr1.recv() => dump(&registry, &cluster, &state),
         }
     }
-    agent.shutdown(Duration::from_secs(60)).await;
-    if let Err(e) = gossip.leave().await {
+    if agent.shutdown(Duration::from_secs(60)).await {
+        // Restarting: the next fleetd rejoins with a newer incarnation; leaving would tell peers to
+        // take our units over.
+        let _ = gossip.abort().await;
+    } else if let Err(e) = gossip.leave().await {
         tracing::warn!("leaving the gossip cluster: {e}");
     }
     let _ = stop_tx.send(());

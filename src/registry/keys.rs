@@ -14,6 +14,8 @@ pub enum KeyKind {
     Claim(UnitName),
     /// `P machines/<id>`: a live agent's announcement ([`MachineRecord`]), bound to its lease.
     Machine(MachineId),
+    /// `P restarting/<id>`: the agent is restarting and keeps its units (bound to its old lease).
+    Restarting(MachineId),
     /// Anything else under the prefix (machines/..., future keys): ignored by the mirror.
     Other,
 }
@@ -59,6 +61,11 @@ impl Keys {
         format!("{}machines/{}", self.prefix, id)
     }
 
+    /// `P restarting/<id>`.
+    pub fn restarting(&self, id: &MachineId) -> String {
+        format!("{}restarting/{}", self.prefix, id)
+    }
+
     /// What `key` stands for; `None` when it is not under the prefix or its name part is invalid.
     pub fn classify(&self, key: &[u8]) -> Option<KeyKind> {
         let key = std::str::from_utf8(key).ok()?;
@@ -74,6 +81,9 @@ impl Keys {
         }
         if let Some(id) = rest.strip_prefix("machines/") {
             return MachineId::parse(id).ok().map(KeyKind::Machine);
+        }
+        if let Some(id) = rest.strip_prefix("restarting/") {
+            return MachineId::parse(id).ok().map(KeyKind::Restarting);
         }
         Some(KeyKind::Other)
     }

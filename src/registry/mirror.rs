@@ -77,6 +77,7 @@ pub(crate) struct Mirror {
     pub files: BTreeMap<UnitHash, FileEntry>,
     pub claims: BTreeMap<UnitName, Claim>,
     pub machines: BTreeMap<MachineId, Machine>,
+    pub restarting: std::collections::BTreeSet<MachineId>,
 }
 
 impl Mirror {
@@ -159,6 +160,9 @@ impl Mirror {
                         }
                     }
                 }
+                Some(KeyKind::Restarting(id)) => {
+                    self.restarting.insert(id);
+                }
                 Some(KeyKind::Other) | None => {}
             },
             Change::Delete { key } => match keys.classify(key) {
@@ -173,6 +177,9 @@ impl Mirror {
                 }
                 Some(KeyKind::Machine(id)) => {
                     self.machines.remove(&id);
+                }
+                Some(KeyKind::Restarting(id)) => {
+                    self.restarting.remove(&id);
                 }
                 Some(KeyKind::Other) | None => {}
             },

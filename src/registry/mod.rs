@@ -359,6 +359,7 @@ impl Registry {
             units: m.units(),
             claims: m.claims.clone(),
             machines: m.machines.clone(),
+            restarting: m.restarting.clone(),
         })
     }
 
@@ -552,6 +553,8 @@ pub struct Snapshot {
     pub claims: BTreeMap<UnitName, Claim>,
     /// Every announced (live, lease-bound) machine.
     pub machines: BTreeMap<MachineId, Machine>,
+    /// Machines whose agent is restarting and keeps its units (until its old lease expires).
+    pub restarting: std::collections::BTreeSet<MachineId>,
 }
 
 fn record_json(name: &UnitName, hash: &UnitHash, state: DesiredState) -> String {

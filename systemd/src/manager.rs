@@ -71,6 +71,8 @@ trait Manager {
     ) -> zbus::Result<Vec<UnitFileChange>>;
     fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<ListedUnit>>;
+    #[zbus(name = "GetUnitByPID")]
+    fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
 }
 
 /// Which bus systemd is reached on.
@@ -512,6 +514,56 @@ impl Systemd {
                 }
                 other => other,
             })
+    }
+
+    /// The type of the job systemd has queued for the unit that contains process `pid` (`"restart"`,
+    /// `"stop"`, ...), or `None` when there is none. fleetd asks this about itself on SIGTERM: a
+    /// `restart` job means "come back", so it leaves its units running; a `stop` means "leave".
+    pub async fn job_of_process_unit(&self, pid: u32) -> Result<Option<String>> {
+        let unit = self
+            .inner
+            .manager
+            .get_unit_by_pid(pid)
+            .await
+            .map_err(|e| Error::from_call("GetUnitByPID", &pid.to_string(), e))?;
+        let job: (u32, OwnedObjectPath) = self
+            .property(unit.as_str(), "org.freedesktop.systemd1.Unit", "Job")
+            .await?;
+        if job.0 == 0 {
+            return Ok(None);
+        }
+        let kind: String = self
+            .property(job.1.as_str(), "org.freedesktop.systemd1.Job", "JobType")
+            .await?;
+        Ok(Some(kind))
+    }
+
+    async fn property<T>(&self, path: &str, iface: &str, name: &str) -> Result<T>
+    where
+        T: TryFrom<OwnedValue>,
+        T::Error: std::fmt::Display,
+    {
+        let what = "Properties.Get";
+        let reply = self
+            .inner
+            .conn
+            .call_method(
+                Some(SYSTEMD),
+                path,
+                Some("org.freedesktop.DBus.Properties"),
+                "Get",
+                &(iface, name),
+            )
+            .await
+            .map_err(|e| Error::from_call(what, path, e))?;
+        let value: OwnedValue = reply
+            .body()
+            .deserialize()
+            .map_err(|e| Error::from_call(what, path, e))?;
+        T::try_from(value).map_err(|e| Error::Bus {
+            context: format!("Get({name}) on {path}: unexpected type: {e}"),
+            source: Box::new(zbus::Error::Failure(e.to_string())),
+        })
     }
 
     async fn main_pid(&self, unit_path: &OwnedObjectPath) -> Result<Option<u32>> {
