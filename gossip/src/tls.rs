@@ -105,8 +105,9 @@ fn quic_err(e: impl std::fmt::Display) -> TlsError {
     TlsError::Quic(e.to_string())
 }
 
-/// The QUIC server and client configurations for `tls`.
-pub(crate) fn quic_configs(
+/// The QUIC server and client configurations for `tls` (the transport uses them; exposed for tools
+/// and tests that speak to gossip endpoints directly).
+pub fn quic_configs(
     tls: &TlsConfig,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
     let provider = provider();

@@ -548,6 +548,7 @@ impl Driver {
                     }
                     Some(Command::Abort(done)) => {
                         self.endpoint.close(0u32.into(), b"abort");
+                        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
                         let _ = done.send(());
                         return;
                     }
@@ -603,10 +604,10 @@ impl Driver {
                 }
             }
             Net::Connected(conn) => {
+                // The newest connection wins: it proves the peer is there now, while an older one
+                // may point at a previous life of the peer that crashed without closing it.
                 let addr = conn.remote_address();
-                if self.live_conn(addr).is_none() {
-                    self.conns.insert(addr, conn.clone());
-                }
+                self.conns.insert(addr, conn.clone());
                 spawn_conn_tasks(
                     conn.clone(),
                     self.net_tx.clone(),

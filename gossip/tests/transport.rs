@@ -189,3 +189,99 @@ async fn three_nodes_gossip_over_mutual_tls_and_refuse_a_foreign_ca() {
     assert_eq!(stats.core.garbage_dropped, 0);
     a.leave().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_an_authenticated_peer_is_counted_and_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_ca(&d.join("ca.pem"), &d.join("ca.key")).unwrap();
+    let (a, _ea) = start("a", tls_for(d, "ca", "a"), vec![]).await;
+    let (b, _eb) = start("b", tls_for(d, "ca", "b"), vec![a.local_addr()]).await;
+    assert!(wait_for(Duration::from_secs(5), || sees(&a, "b", Liveness::Alive)).await);
+
+    // A raw QUIC client holding a valid cluster certificate, speaking nonsense.
+    let (_server, client) = fleet_gossip::tls::quic_configs(&tls_for(d, "ca", "junk")).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(a.local_addr(), fleet_gossip::tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    for junk in [&b"\xff\xff\xff\xff"[..], b"not a swim packet", &[0u8; 3]] {
+        conn.send_datagram(bytes::Bytes::copy_from_slice(junk))
+            .unwrap();
+    }
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[0x7f, 1, 2, 3]).await.unwrap();
+    send.finish().unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[fleet_gossip::transport::STREAM_SYNC, 0, 0, 0, 3, 9, 9, 9])
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let _ = recv.read_to_end(1024).await;
+
+    let counted = wait_for(Duration::from_secs(3), || async {
+        let s = a.stats().await.unwrap();
+        s.core.garbage_dropped >= 3 && s.garbage_streams >= 2
+    })
+    .await;
+    assert!(
+        counted,
+        "garbage not counted: {:?}",
+        a.stats().await.unwrap()
+    );
+    // Still healthy.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(sees(&a, "b", Liveness::Alive).await && sees(&b, "a", Liveness::Alive).await);
+    conn.close(0u32.into(), b"");
+    a.leave().await.unwrap();
+    b.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_on_the_same_address_is_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_ca(&d.join("ca.pem"), &d.join("ca.key")).unwrap();
+    let (a, _ea) = start("a", tls_for(d, "ca", "a"), vec![]).await;
+    let (c, _ec) = start("c", tls_for(d, "ca", "c"), vec![a.local_addr()]).await;
+    assert!(wait_for(Duration::from_secs(5), || sees(&a, "c", Liveness::Alive)).await);
+    let first = c.identity().clone();
+    let addr = c.local_addr();
+    c.abort().await.unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut config = GossipConfig::new(MachineId::new("c"), addr);
+    config.tls = tls_for(d, "ca", "c");
+    config.seeds = vec![a.local_addr()];
+    config.incarnation = Some(first.incarnation + 1);
+    // The old endpoint's socket goes away once its connections have drained.
+    let mut attempt = 0;
+    let (c2, _ec2) = loop {
+        match Gossip::start(config.clone()).await {
+            Ok(started) => break started,
+            Err(e) if attempt < 50 => {
+                attempt += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("cannot restart on {addr}: {e}"),
+        }
+    };
+    let back = wait_for(Duration::from_secs(3), || async {
+        let v = a.view().await.unwrap();
+        v.machines.get(&MachineId::new("c")).is_some_and(|m| {
+            m.identity.incarnation == first.incarnation + 1 && m.liveness == Liveness::Alive
+        }) && sees(&c2, "a", Liveness::Alive).await
+    })
+    .await;
+    assert!(back, "the restarted node was not back within 3 s");
+    // And stays up (a answers it over the new connection, not the dead one).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(sees(&a, "c", Liveness::Alive).await && sees(&c2, "a", Liveness::Alive).await);
+    c2.leave().await.unwrap();
+    a.leave().await.unwrap();
+}
