@@ -41,7 +41,7 @@
 //! Joining is this exchange with a seed address: the seed learns the joiner from the offer, the joiner
 //! learns the whole cluster from the answer.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::{Duration, Instant};
@@ -644,6 +644,14 @@ impl Node {
         mut members: Vec<Member<NodeIdentity>>,
     ) -> Result<(), Error> {
         self.counters.syncs_merged += 1;
+        // A down verdict is only news about an identity we know. Learning verdicts about identities
+        // we already forgot would keep dead members alive in everyone's lists forever, each node
+        // re-teaching the others after its own `remove_down_after`.
+        let known: HashSet<&NodeIdentity> =
+            self.foca.iter_membership_state().map(|m| m.id()).collect();
+        let own = self.identity();
+        members.retain(|m| m.state() != State::Down || known.contains(m.id()) || m.id() == own);
+        drop(known);
         members.push(Member::alive(from));
         let result = self
             .foca

@@ -3,9 +3,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fleet_gossip::core::{Config, Error, Event};
+use fleet_gossip::core::{Config, Error, Event, Node};
 use fleet_gossip::testing::VirtualNet;
 use fleet_gossip::{Liveness, Metadata, UnitState};
+use fleet_gossip::{MachineId, NodeIdentity};
+use rand::{rngs::StdRng, SeedableRng};
 
 fn cluster(seed: u64, n: usize) -> VirtualNet {
     let mut net = VirtualNet::new(seed, Config::default());
@@ -340,4 +342,50 @@ fn a_healed_partition_merges_back() {
         .events(0)
         .iter()
         .any(|(_, e)| matches!(e, Event::Rejoined(_))));
+}
+
+#[test]
+fn dead_members_are_forgotten_and_not_taught_to_joiners() {
+    let config = Config {
+        remove_down_after: Duration::from_secs(2),
+        anti_entropy_interval: Duration::from_millis(300),
+        ..Config::default()
+    };
+    let mut net = VirtualNet::new(21, config);
+    let first = net.add_node(&[]);
+    for _ in 1..6 {
+        net.add_node(&[first]);
+    }
+    net.run_for(Duration::from_secs(2));
+    net.kill(4);
+    let down = net.run_until(Duration::from_secs(3), |net| {
+        net.running()
+            .iter()
+            .all(|o| net.liveness(*o, 4) == Some(Liveness::Down))
+    });
+    assert!(down);
+    // A node merging a snapshot learns the live members, but not the verdicts about identities it
+    // never knew: otherwise it would remember (and re-teach) the dead member after the others forgot.
+    let snapshot = net.node(0).expect("running").snapshot();
+    let now = std::time::Instant::now();
+    let mut fresh = Node::new(
+        Config::default(),
+        NodeIdentity {
+            machine_id: MachineId::new("fresh"),
+            addr: "10.9.9.9:4000".parse().unwrap(),
+            incarnation: 1,
+        },
+        StdRng::seed_from_u64(1),
+        now,
+    );
+    fresh.merge(now, snapshot).unwrap();
+    let view = fresh.view();
+    assert!(view.machines.contains_key(&VirtualNet::machine_id(5)));
+    assert!(!view.machines.contains_key(&VirtualNet::machine_id(4)));
+    let forgotten = net.run_until(Duration::from_secs(10), |net| {
+        net.running().iter().all(|o| net.liveness(*o, 4).is_none())
+    });
+    assert!(forgotten, "the dead member was not forgotten everywhere");
+    net.run_for(Duration::from_secs(5));
+    assert!(net.running().iter().all(|o| net.liveness(*o, 4).is_none()));
 }
