@@ -526,6 +526,9 @@ struct Scheduler<'a> {
     /// Per `(pattern, machine)`: units there that match the pattern / that own it.
     cnt_match: FxMap<u64, u32>,
     cnt_own: FxMap<u64, u32>,
+    /// Per `(pattern, pool)`: machines of the pool holding a unit that matches the pattern, one that owns
+    /// it, and either.
+    pool_touched: FxMap<u64, [u32; 3]>,
     /// Units on each machine, in the order they were placed.
     on_machine: Vec<Vec<u32>>,
 }
@@ -633,6 +636,7 @@ impl<'a> Scheduler<'a> {
             machine_pools: vec![Vec::new(); machines.len()],
             cnt_match: FxMap::default(),
             cnt_own: FxMap::default(),
+            pool_touched: FxMap::default(),
             on_machine: vec![Vec::new(); machines.len()],
             machines,
             units,
@@ -867,15 +871,80 @@ impl<'a> Scheduler<'a> {
         let ui = u as usize;
         self.set_load(m, self.load[m as usize] + 1);
         self.on_machine[m as usize].push(u);
+        let before: Vec<(u32, [bool; 2])> = self
+            .touched_patterns(u)
+            .into_iter()
+            .map(|p| (p, self.pattern_state(p, m)))
+            .collect();
         for &p in &self.conflict_pats[ui] {
             *self.cnt_own.entry(key(p, m)).or_insert(0) += 1;
         }
         for &p in &self.matched_by[ui] {
             *self.cnt_match.entry(key(p, m)).or_insert(0) += 1;
         }
+        for (p, was) in before {
+            let now = self.pattern_state(p, m);
+            let delta = [
+                (now[0] && !was[0]) as u32,
+                (now[1] && !was[1]) as u32,
+                ((now[0] || now[1]) && !(was[0] || was[1])) as u32,
+            ];
+            if delta != [0; 3] {
+                for i in 0..=self.machine_pools[m as usize].len() {
+                    let pool = if i == 0 {
+                        0
+                    } else {
+                        self.machine_pools[m as usize][i - 1]
+                    };
+                    let c = self.pool_touched.entry(key(p, pool as u32)).or_default();
+                    for k in 0..3 {
+                        c[k] += delta[k];
+                    }
+                }
+            }
+        }
         if !self.is_global(u) {
             self.at[ui] = m;
         }
+    }
+
+    /// `Conflicts=` patterns that `u` owns or matches, without repeats.
+    fn touched_patterns(&self, u: u32) -> Vec<u32> {
+        let mut ps: Vec<u32> = self.conflict_pats[u as usize]
+            .iter()
+            .chain(&self.matched_by[u as usize])
+            .copied()
+            .collect();
+        ps.sort_unstable();
+        ps.dedup();
+        ps
+    }
+
+    /// Whether machine `m` holds a unit that matches pattern `p`, and one that owns it.
+    fn pattern_state(&self, p: u32, m: u32) -> [bool; 2] {
+        let k = key(p, m);
+        [
+            self.cnt_match.get(&k).is_some_and(|&c| c > 0),
+            self.cnt_own.get(&k).is_some_and(|&c| c > 0),
+        ]
+    }
+
+    /// `true` if a single `Conflicts=` pattern already blocks every machine of `pool` for `u` (an
+    /// oversubscribed group such as `Conflicts=web@*.service`), which spares scanning the pool.
+    fn pool_blocked(&self, u: u32, pool: usize) -> bool {
+        let size = self.pools[pool].len() as u32;
+        let ui = u as usize;
+        let counts = |p: u32| {
+            self.pool_touched
+                .get(&key(p, pool as u32))
+                .copied()
+                .unwrap_or_default()
+        };
+        self.conflict_pats[ui].iter().any(|&p| {
+            // Owning p blocks machines holding a match; being matched too also those holding an owner.
+            let both = self.matched_by[ui].contains(&p);
+            counts(p)[if both { 2 } else { 0 }] == size
+        }) || self.matched_by[ui].iter().any(|&p| counts(p)[1] == size)
     }
 
     /// Global units, by name: every eligible machine where no earlier global unit conflicts.
@@ -939,9 +1008,29 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// The first (by ID) of the machines `MachineID=` and `MachineMetadata=` allow, and their number.
+    fn static_span(&self, u: u32) -> (Option<u32>, usize) {
+        if self.req(u).required_machine().is_some() {
+            let ids = self.static_candidates(u);
+            return (ids.first().copied(), ids.len());
+        }
+        match &self.classes[self.class_of[u as usize] as usize].eligible {
+            None => (
+                (!self.machines.is_empty()).then_some(0),
+                self.machines.len(),
+            ),
+            Some(e) => (e.first().copied(), e.len()),
+        }
+    }
+
     /// Why `u` fits none of `candidates` (machines that pass every static check).
     fn unplaceable(&self, u: u32, candidates: &[u32]) -> Dec {
-        let Some(&m) = candidates.first() else {
+        self.unplaceable_span(u, (candidates.first().copied(), candidates.len()))
+    }
+
+    /// [`Scheduler::unplaceable`] from the first candidate and the number of candidates.
+    fn unplaceable_span(&self, u: u32, (first, count): (Option<u32>, usize)) -> Dec {
+        let Some(m) = first else {
             let considered = match self.req(u).required_machine() {
                 Some(id) => self.id_matches(id).len(),
                 None => self.machines.len(),
@@ -953,7 +1042,7 @@ impl<'a> Scheduler<'a> {
         };
         Dec::Blocked {
             machine: m,
-            machines: candidates.len(),
+            machines: count,
         }
     }
 
@@ -1023,6 +1112,28 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
+        // Reserve, targets first, every claim that is sure to be kept, so that every unit decided later
+        // sees it: on a live machine that its MachineID/MachineMetadata accept, nothing replaces it, its
+        // MachineOf targets are reserved on (or, global, run on) the same machine, and nothing already
+        // there (global units, earlier reservations) blocks it. Everything placed later is checked against
+        // it, so it stays.
+        let mut reserved = vec![false; n];
+        let mut left = waiting.clone();
+        let mut queue: std::collections::VecDeque<u32> = (0..n as u32)
+            .filter(|&u| self.decision[u as usize].is_none() && left[u as usize] == 0)
+            .collect();
+        while let Some(u) = queue.pop_front() {
+            if self.can_reserve(u, &reserved) {
+                self.place(u, self.claim[u as usize]);
+                reserved[u as usize] = true;
+            }
+            for &f in &followers[u as usize] {
+                left[f as usize] -= 1;
+                if left[f as usize] == 0 {
+                    queue.push_back(f);
+                }
+            }
+        }
         // Replaced units wait for the units that replace them.
         let mut pending: Vec<u32> = (0..n)
             .map(|v| {
@@ -1032,7 +1143,22 @@ impl<'a> Scheduler<'a> {
                     .count() as u32
             })
             .collect();
-        let class: Vec<u8> = (0..n as u32).map(|u| self.class(u)).collect();
+        // A unit that others wait for inherits their class, so that a claim is never held back behind a
+        // newcomer by what it waits for (its MachineOf targets, the units replacing it, and theirs).
+        let mut class: Vec<u8> = (0..n as u32).map(|u| self.class(u)).collect();
+        let mut work: Vec<u32> = (0..n as u32).filter(|&u| class[u as usize] < 2).collect();
+        while let Some(w) = work.pop() {
+            let c = class[w as usize];
+            let waits_for = targets[w as usize]
+                .iter()
+                .chain(&self.replaced_by[w as usize]);
+            for &u in waits_for {
+                if class[u as usize] > c {
+                    class[u as usize] = c;
+                    work.push(u);
+                }
+            }
+        }
         let key = |u: u32| (class[u as usize], u);
         // Ready: every wait is over. Deferred: only waiting for replacing units; taken by name when nothing
         // is ready, which only MachineOf/Replaces cycles cause (by name only, so that claims do not change
@@ -1053,11 +1179,16 @@ impl<'a> Scheduler<'a> {
             .map(|(_, u)| u)
             .or_else(|| deferred.pop_first())
         {
-            self.ensure_pool(u);
-            let dec = self.decide(u);
-            if let Dec::On(m) = dec {
-                self.place(u, m);
-            }
+            let dec = if reserved[u as usize] {
+                Dec::On(self.at[u as usize])
+            } else {
+                self.ensure_pool(u);
+                let dec = self.decide(u);
+                if let Dec::On(m) = dec {
+                    self.place(u, m);
+                }
+                dec
+            };
             self.decision[u as usize] = Some(dec);
             for &f in &followers[u as usize] {
                 waiting[f as usize] -= 1;
@@ -1079,27 +1210,47 @@ impl<'a> Scheduler<'a> {
         debug_assert!(self.decision.iter().all(Option::is_some));
     }
 
-    /// Processing class of a non-global unit (lower first, then by name; waits come first):
-    /// 0. claimed on a live machine, and nothing replaces it: the claim is checked before any newcomer;
+    /// Whether the live claim of `u` can be reserved (see `place_non_globals`).
+    fn can_reserve(&self, u: u32, reserved: &[bool]) -> bool {
+        let m = self.claim[u as usize];
+        if m == NONE
+            || self.is_global(u)
+            || !self.replaced_by[u as usize].is_empty()
+            || self.precheck(u).is_some()
+            || !self.static_ok(u, m)
+        {
+            return false;
+        }
+        let with_targets = self.req(u).machine_of.iter().all(|t| {
+            let Some(&t) = self.by_name.get(t.as_str()) else {
+                return false;
+            };
+            match &self.decision[t as usize] {
+                Some(Dec::Global(ms)) => ms.binary_search(&m).is_ok(),
+                Some(_) => false,
+                None => reserved[t as usize] && self.at[t as usize] == m,
+            }
+        });
+        with_targets && self.blocked(u, m).is_none()
+    }
+
+    /// Processing class of a non-global unit once nothing it waits for is pending (lower first, then by
+    /// name):
+    /// 0. claimed on a live machine: the claim is checked before any newcomer can take its place (a unit
+    ///    that others replace gets here only after they are decided);
     /// 1. not claimed, and it replaces a claimed unit that is free to move: it may take that machine;
-    /// 2. claimed, but replaced by another unit (which goes first);
-    /// 3. everything else (new units, claims on dead machines).
+    /// 2. everything else (new units, claims on dead machines).
     fn class(&self, u: u32) -> u8 {
         let ui = u as usize;
-        let claimed = self.claim[ui] != NONE;
-        let replaced = !self.replaced_by[ui].is_empty();
-        if claimed && !replaced {
+        if self.claim[ui] != NONE {
             0
-        } else if !claimed
-            && self.replaces[ui]
-                .iter()
-                .any(|&v| self.movable_claim(v).is_some())
+        } else if self.replaces[ui]
+            .iter()
+            .any(|&v| self.movable_claim(v).is_some())
         {
             1
-        } else if claimed {
-            2
         } else {
-            3
+            2
         }
     }
 
@@ -1170,7 +1321,9 @@ impl<'a> Scheduler<'a> {
         } else {
             let class = &self.classes[self.class_of[u as usize] as usize];
             match (&class.eligible, class.pool) {
+                (None, _) if self.pool_blocked(u, 0) => None,
                 (None, _) => self.pools[0].iter().map(|&(_, m)| m).find(|&m| fits(m)),
+                (Some(_), Some(p)) if self.pool_blocked(u, p) => None,
                 (Some(_), Some(p)) => self.pools[p].iter().map(|&(_, m)| m).find(|&m| fits(m)),
                 (Some(e), None) => by_load(e.clone()),
             }
@@ -1221,7 +1374,7 @@ impl<'a> Scheduler<'a> {
             }
             return self.unplaceable(u, &candidates);
         }
-        self.unplaceable(u, &self.static_candidates(u))
+        self.unplaceable_span(u, self.static_span(u))
     }
 
     /// Creates the ordered set of a class matched by many (not all) machines, once, before it is needed.
@@ -1238,9 +1391,24 @@ impl<'a> Scheduler<'a> {
         }
         let p = self.pools.len();
         let set: BTreeSet<(u32, u32)> = e.iter().map(|&m| (self.load[m as usize], m)).collect();
+        let mut touched: FxMap<u64, [u32; 3]> = FxMap::default();
         for &m in e {
             self.machine_pools[m as usize].push(p);
+            let mut ps: Vec<u32> = self.on_machine[m as usize]
+                .iter()
+                .flat_map(|&w| self.touched_patterns(w))
+                .collect();
+            ps.sort_unstable();
+            ps.dedup();
+            for q in ps {
+                let [matched, owned] = self.pattern_state(q, m);
+                let c = touched.entry(key(q, p as u32)).or_default();
+                c[0] += matched as u32;
+                c[1] += owned as u32;
+                c[2] += (matched || owned) as u32;
+            }
         }
+        self.pool_touched.extend(touched);
         self.pools.push(set);
         self.classes[c].pool = Some(p);
     }

@@ -237,7 +237,10 @@ fn with_plan_claims(units: &[UnitInfo], plan: &Plan) -> Vec<UnitInfo> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2000))]
+    // 2000 cases each by default; PROPTEST_CASES=N for a longer campaign.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000)
+    ))]
 
     #[test]
     fn no_decision_violates_a_requirement(ms in machines(), us in units()) {
