@@ -468,7 +468,8 @@ impl Node {
         self.syncs.pop_front()
     }
 
-    /// The next event.
+    /// The next event. Events report what the node learned about the cluster and itself; the
+    /// node's own `set_local_*` calls produce none.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }

@@ -292,3 +292,12 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
     c2.leave().await.unwrap();
     a.leave().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_wildcard_listen_address_needs_an_advertise_address() {
+    let config = GossipConfig::new(MachineId::new("w"), "0.0.0.0:0".parse().unwrap());
+    match Gossip::start(config).await {
+        Err(fleet_gossip::transport::TransportError::NeedAdvertise(_)) => {}
+        other => panic!("expected NeedAdvertise, got {:?}", other.map(|_| ())),
+    }
+}
