@@ -27,17 +27,27 @@
 //!   that matches a global unit or the unit itself.
 //!
 //! # Order and stability
-//! Non-global units are decided one at a time, in an order that depends only on the inputs:
-//! 1. `MachineOf` targets before their followers;
-//! 2. units that a not yet decided unit replaces wait for it (unless only such units are left, which
-//!    happens only with `MachineOf`/`Replaces` cycles);
-//! 3. units with a claim on a live machine before the others;
-//! 4. by name.
+//! Global units are decided first, by name. Then the claims that are sure to be kept are *reserved*: a
+//! claim on a live machine that its `MachineID=`/`MachineMetadata=` accept, that no unit replaces, whose
+//! `MachineOf=` targets are reserved on the same machine, and that no global unit or earlier reservation
+//! blocks. Every unit decided afterwards is checked against the reservations (and counts them in the
+//! load), so a newcomer never takes a claimed unit's place: existing placements are never rebalanced.
+//!
+//! The other non-global units are then decided one at a time, in an order that depends only on the inputs:
+//! 1. `MachineOf` targets before their followers, and units that others replace after those (unless only
+//!    such units are left, which happens only with `MachineOf`/`Replaces` cycles; then by name);
+//! 2. units claimed on a live machine, then units that replace a claimed unit, then the rest; a unit that
+//!    others wait for is promoted to their rank;
+//! 3. by name.
 //!
 //! A unit first tries its own claim (if on a live machine), then the claims of the units it replaces, then
-//! every candidate machine by load. A claim is kept if it satisfies every requirement against the units
-//! decided so far. Because checks only get stricter as units are added, re-running [`schedule`] with the
-//! plan's decisions as claims yields the same plan.
+//! every candidate machine by load. So a claim is moved only when a rule requires it (a requirement it no
+//! longer meets, a conflict with another claim or a global unit, a unit that replaces it, a `MachineOf=`
+//! target that moved), and re-running [`schedule`] with the plan's decisions as claims yields the same
+//! plan (a property test checks both).
+//!
+//! An unplaceable unit's reason is computed once every unit is decided (for a conflict: the first
+//! blocking unit by name on the first candidate machine by ID), so it too depends only on the inputs.
 //!
 //! Global units count toward the load of every machine they are placed on (fleet counted them on every
 //! machine whose metadata matched, ignoring conflicts).
@@ -489,12 +499,6 @@ enum Dec {
     },
 }
 
-/// Why a machine is refused by a unit's dynamic checks.
-enum Block {
-    Conflict,
-    Replace,
-}
-
 struct Scheduler<'a> {
     machines: Vec<&'a MachineInfo>,
     /// Machines by 8-character short ID.
@@ -664,7 +668,10 @@ impl<'a> Scheduler<'a> {
             let next = self.classes.len() as u32;
             let c = *ids.entry(md).or_insert(next);
             if c == next {
-                let eligible = self.match_metadata(md);
+                // A requirement every machine meets is the same as none.
+                let eligible = self
+                    .match_metadata(md)
+                    .filter(|e| e.len() < self.machines.len());
                 self.classes.push(Class {
                     eligible,
                     pool: None,
@@ -813,7 +820,7 @@ impl<'a> Scheduler<'a> {
         Plan { decisions }
     }
 
-    /// Machines that `MachineID=` allows, or `None` without that requirement.
+    /// Machines whose full or short ID is `id`, sorted.
     fn id_matches(&self, id: &str) -> Vec<u32> {
         let mut out: Vec<u32> = self.short_ids.get(id).cloned().unwrap_or_default();
         if let Ok(i) = self.machines.binary_search_by(|m| m.id.as_str().cmp(id)) {
@@ -838,22 +845,17 @@ impl<'a> Scheduler<'a> {
     }
 
     /// Whether a unit already on `m` conflicts with `u`, or is in a `Replaces` relation with it.
-    fn blocked(&self, u: u32, m: u32) -> Option<Block> {
+    fn blocked(&self, u: u32, m: u32) -> bool {
         let ui = u as usize;
-        let conflict = self.conflict_pats[ui]
+        let count = |map: &FxMap<u64, u32>, p: u32| map.get(&key(p, m)).is_some_and(|&c| c > 0);
+        self.conflict_pats[ui]
             .iter()
-            .any(|&p| self.cnt_match.get(&key(p, m)).is_some_and(|&c| c > 0))
-            || self.matched_by[ui]
+            .any(|&p| count(&self.cnt_match, p))
+            || self.matched_by[ui].iter().any(|&p| count(&self.cnt_own, p))
+            || self.replaces[ui]
                 .iter()
-                .any(|&p| self.cnt_own.get(&key(p, m)).is_some_and(|&c| c > 0));
-        if conflict {
-            return Some(Block::Conflict);
-        }
-        let replace = self.replaces[ui]
-            .iter()
-            .chain(&self.replaced_by[ui])
-            .any(|&v| self.at[v as usize] == m);
-        replace.then_some(Block::Replace)
+                .chain(&self.replaced_by[ui])
+                .any(|&v| self.at[v as usize] == m)
     }
 
     fn set_load(&mut self, m: u32, new: u32) {
@@ -960,7 +962,7 @@ impl<'a> Scheduler<'a> {
                     let chosen: Vec<u32> = candidates
                         .iter()
                         .copied()
-                        .filter(|&m| self.blocked(g, m).is_none())
+                        .filter(|&m| !self.blocked(g, m))
                         .collect();
                     if chosen.is_empty() {
                         self.unplaceable(g, &candidates)
@@ -1231,7 +1233,7 @@ impl<'a> Scheduler<'a> {
                 None => reserved[t as usize] && self.at[t as usize] == m,
             }
         });
-        with_targets && self.blocked(u, m).is_none()
+        with_targets && !self.blocked(u, m)
     }
 
     /// Processing class of a non-global unit once nothing it waits for is pending (lower first, then by
@@ -1293,7 +1295,7 @@ impl<'a> Scheduler<'a> {
                 && within.iter().all(|ms| ms.binary_search(&m).is_ok())
                 && self.static_ok(u, m)
         };
-        let fits = |m: u32| allowed(m) && self.blocked(u, m).is_none();
+        let fits = |m: u32| allowed(m) && !self.blocked(u, m);
 
         // Its own claim, then the claims of the units it replaces (when they are free to move).
         let own = self.claim[u as usize];
