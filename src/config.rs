@@ -158,6 +158,7 @@ const KEYS: &[KeyInfo] = &[
     key("gossip_key_file"),
     key("gossip_insecure"),
     key("takeover_grace"),
+    key("state_dir"),
 ];
 
 /// The names of every key fleetd accepts (including the obsolete ones).
@@ -229,6 +230,8 @@ pub struct Config {
     /// `takeover_grace`: how long after gossip declares a machine down its claims still stand (a
     /// fleetd that crashed and restarts in less keeps its units).
     pub takeover_grace: Duration,
+    /// `state_dir`: where fleetd keeps what must survive its restarts (metadata set through the API).
+    pub state_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -264,6 +267,7 @@ impl Default for Config {
             gossip_key_file: None,
             gossip_insecure: false,
             takeover_grace: Duration::from_millis(800),
+            state_dir: PathBuf::from("/var/lib/fleet"),
         }
     }
 }
@@ -508,6 +512,10 @@ impl RawConfig {
                 "gossip_key_file" => c.gossip_key_file = non_empty(v).map(PathBuf::from),
                 "gossip_insecure" => c.gossip_insecure = parse_bool(v).map_err(bad)?,
                 "takeover_grace" => c.takeover_grace = parse_duration(v).map_err(bad)?,
+                "state_dir" => {
+                    c.state_dir =
+                        PathBuf::from(non_empty(v).ok_or_else(|| bad("must not be empty".into()))?)
+                }
                 // enable_grpc & co: obsolete, already warned about; unknown keys too.
                 _ => {}
             }
@@ -632,6 +640,7 @@ impl Config {
         cmp!(gossip_key_file);
         cmp!(gossip_insecure);
         cmp!(takeover_grace);
+        cmp!(state_dir);
         out
     }
 
@@ -765,12 +774,15 @@ pub struct FleetdArgs {
     /// How long a machine gossip declared down keeps its claims (default 800ms)
     #[arg(long, alias = "takeover_grace", value_name = "DURATION")]
     pub takeover_grace: Option<String>,
+    /// Directory for state that survives restarts (default /var/lib/fleet)
+    #[arg(long, alias = "state_dir", value_name = "PATH")]
+    pub state_dir: Option<String>,
 }
 
 impl FleetdArgs {
     /// The configuration keys given on the command line, as `(key, value)`.
     pub fn overrides(&self) -> Vec<(&'static str, &str)> {
-        let pairs: [(&'static str, &Option<String>); 32] = [
+        let pairs: [(&'static str, &Option<String>); 33] = [
             ("etcd_servers", &self.etcd_servers),
             ("etcd_key_prefix", &self.etcd_key_prefix),
             ("etcd_request_timeout", &self.etcd_request_timeout),
@@ -803,6 +815,7 @@ impl FleetdArgs {
             ("gossip_key_file", &self.gossip_key_file),
             ("gossip_insecure", &self.gossip_insecure),
             ("takeover_grace", &self.takeover_grace),
+            ("state_dir", &self.state_dir),
         ];
         pairs
             .into_iter()

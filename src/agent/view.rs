@@ -35,6 +35,8 @@ pub struct AgentCluster {
     changed: tokio::sync::watch::Sender<u64>,
     membership: tokio::sync::watch::Sender<u64>,
     takeover_grace: std::time::Duration,
+    /// Where run-time metadata changes are saved (`<state_dir>/metadata.json`), if anywhere.
+    metadata_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
@@ -60,10 +62,44 @@ impl AgentCluster {
             registry,
             gossip,
             takeover_grace,
+            metadata_file: None,
             inner: RwLock::new(Inner::default()),
             changed: tokio::sync::watch::channel(0).0,
             membership: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Keeps run-time metadata changes in `file` (JSON), restoring what an earlier fleetd saved there.
+    pub fn with_metadata_file(mut self, file: std::path::PathBuf) -> AgentCluster {
+        match std::fs::read(&file) {
+            Ok(bytes) => match serde_json::from_slice(&bytes) {
+                Ok(changes) => {
+                    self.local.restore_metadata_changes(changes);
+                    tracing::info!(file = %file.display(), "restored metadata set through the API");
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), "ignoring unreadable metadata file: {e}")
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %file.display(), "cannot read metadata file: {e}"),
+        }
+        self.metadata_file = Some(file);
+        self
+    }
+
+    fn save_metadata(&self) -> std::io::Result<()> {
+        let Some(file) = &self.metadata_file else {
+            return Ok(());
+        };
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let json =
+            serde_json::to_vec_pretty(&self.local.metadata_changes()).expect("metadata serializes");
+        let tmp = file.with_extension("json.tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, file)
     }
 
     /// The gossip handle, when gossip runs.
@@ -357,6 +393,9 @@ impl ClusterView for AgentCluster {
 
     fn apply_metadata(&self, ops: &[MetadataOp]) -> Result<(), MetadataError> {
         self.local.apply_metadata(ops)?;
+        if let Err(e) = self.save_metadata() {
+            tracing::warn!("metadata changed but not saved (lost on restart): {e}");
+        }
         self.local_changed();
         Ok(())
     }

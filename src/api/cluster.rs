@@ -124,6 +124,18 @@ impl LocalCluster {
         i.configured = metadata;
     }
 
+    /// The run-time metadata changes (`Some(v)` set, `None` removed), to persist them.
+    pub fn metadata_changes(&self) -> BTreeMap<String, Option<String>> {
+        let i = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        i.changes.clone()
+    }
+
+    /// Restores run-time metadata changes saved by an earlier fleetd (see [`Self::metadata_changes`]).
+    pub fn restore_metadata_changes(&self, changes: BTreeMap<String, Option<String>>) {
+        let mut i = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        i.changes = changes;
+    }
+
     /// The local machine's ID.
     pub fn id(&self) -> &MachineId {
         &self.id

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use fleet::agent::relay::{self, GossipRelay};
 use fleet::agent::{spawn_view_refresh, Agent, AgentCluster, AgentOptions};
 use fleet::api::{self, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
 use fleet::config::{Config, FleetdArgs};
@@ -103,18 +104,28 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
     opts.check().context("etcd TLS settings")?;
     let registry = Registry::start(opts);
     let (gossip, gossip_events) = start_gossip(&config, &machine_id, public_ip).await?;
-    let cluster = Arc::new(AgentCluster::new(
-        LocalCluster::new(machine_id.clone(), public_ip, config.metadata.clone()),
-        registry.clone(),
-        Some(gossip.clone()),
-        config.takeover_grace,
-    ));
+    let cluster = Arc::new(
+        AgentCluster::new(
+            LocalCluster::new(machine_id.clone(), public_ip, config.metadata.clone()),
+            registry.clone(),
+            Some(gossip.clone()),
+            config.takeover_grace,
+        )
+        .with_metadata_file(config.state_dir.join("metadata.json")),
+    );
     let _view_refresh = spawn_view_refresh(cluster.clone(), gossip_events);
+    // Peers ask this machine for its units' status and journal (fleetctl status/journal).
+    relay::install(&gossip, config.systemd_user);
     let state = ApiState::new(
         registry.clone(),
         cluster.clone() as Arc<dyn ClusterView>,
         settings_of(&config),
-    );
+    )
+    .with_relay(Arc::new(GossipRelay::new(
+        machine_id.clone(),
+        Some(gossip.clone()),
+        config.systemd_user,
+    )));
 
     let mut listeners = Listeners::default();
     if let Some(path) = &config.api_socket {

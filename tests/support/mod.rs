@@ -495,11 +495,14 @@ impl FleetdBuilder {
         let conf = dir.path().join("fleet.conf");
         let mut text = format!(
             "etcd_servers={}\netcd_key_prefix={}\napi_socket={}\nmachine_id={}\n\
-             gossip_insecure=true\ngossip_listen=127.0.0.1:0\n",
+             gossip_insecure=true\ngossip_listen=127.0.0.1:0\nstate_dir={}\n\
+             units_directory={}\n",
             self.etcd_endpoint,
             self.prefix,
             socket.display(),
-            self.machine_id
+            self.machine_id,
+            dir.path().join("state").display(),
+            dir.path().join("units").display(),
         );
         for (k, v) in &self.config {
             text.push_str(&format!("{k}={v}\n"));
