@@ -30,13 +30,12 @@ async fn main() {
         let key = d.join(format!("{i}.key"));
         mint_machine_cert(&d.join("ca.pem"), &d.join("ca.key"), &name, &cert, &key)
             .expect("mint machine cert");
-        let tls = TlsConfig::Mutual {
+        let mut config = GossipConfig::new(MachineId::new(&name), "127.0.0.1:0".parse().unwrap());
+        config.tls = TlsConfig::Mutual {
             ca_cert: d.join("ca.pem"),
             cert,
             key,
         };
-        let mut config =
-            GossipConfig::new(MachineId::new(&name), "127.0.0.1:0".parse().unwrap(), tls);
         config.seeds = nodes
             .first()
             .map(|(_, h)| vec![h.local_addr()])

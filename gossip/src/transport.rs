@@ -10,13 +10,13 @@
 //! use fleet_gossip::tls::TlsConfig;
 //! use fleet_gossip::{MachineId, Metadata};
 //!
-//! let tls = TlsConfig::Mutual {
+//! let mut config = GossipConfig::new(MachineId::new("m1"), "10.0.0.1:4001".parse()?);
+//! config.seeds = vec!["10.0.0.2:4001".parse()?];
+//! config.tls = TlsConfig::Mutual {
 //!     ca_cert: "/etc/fleet/ca.pem".into(),
 //!     cert: "/etc/fleet/machine.pem".into(),
 //!     key: "/etc/fleet/machine.key".into(),
 //! };
-//! let mut config = GossipConfig::new(MachineId::new("m1"), "10.0.0.1:4001".parse()?, tls);
-//! config.seeds = vec!["10.0.0.2:4001".parse()?];
 //! let (gossip, mut events) = Gossip::start(config).await?;
 //! gossip.set_metadata(Metadata::default());
 //! gossip.set_request_handler(|_from, request: Vec<u8>| async move { Ok(request) });
@@ -89,15 +89,16 @@ pub struct GossipConfig {
 }
 
 impl GossipConfig {
-    /// Defaults for everything but the machine ID, the listen address and peer authentication
-    /// (explicit, so that insecure mode is never a default).
-    pub fn new(machine_id: MachineId, listen: SocketAddr, tls: TlsConfig) -> Self {
+    /// Defaults for everything but the machine ID and the listen address (mutual TLS is required:
+    /// `tls` starts as [`TlsConfig::InsecureDevelopment`] only so that this constructor needs no
+    /// files; set it).
+    pub fn new(machine_id: MachineId, listen: SocketAddr) -> Self {
         GossipConfig {
             machine_id,
             listen,
             advertise: None,
             seeds: Vec::new(),
-            tls,
+            tls: TlsConfig::InsecureDevelopment,
             core: core::Config::default(),
             incarnation: None,
             rng_seed: None,

@@ -34,8 +34,8 @@ async fn start(
     tls: TlsConfig,
     seeds: Vec<SocketAddr>,
 ) -> (GossipHandle, UnboundedReceiver<Event>) {
-    let mut config =
-        GossipConfig::new(MachineId::new(machine), "127.0.0.1:0".parse().unwrap(), tls);
+    let mut config = GossipConfig::new(MachineId::new(machine), "127.0.0.1:0".parse().unwrap());
+    config.tls = tls;
     config.seeds = seeds;
     config.rng_seed = Some(machine.len() as u64);
     Gossip::start(config).await.unwrap()
@@ -257,7 +257,8 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let mut config = GossipConfig::new(MachineId::new("c"), addr, tls_for(d, "ca", "c"));
+    let mut config = GossipConfig::new(MachineId::new("c"), addr);
+    config.tls = tls_for(d, "ca", "c");
     config.seeds = vec![a.local_addr()];
     config.incarnation = Some(first.incarnation + 1);
     // The old endpoint's socket goes away once its connections have drained.
@@ -294,11 +295,7 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
 
 #[tokio::test]
 async fn a_wildcard_listen_address_needs_an_advertise_address() {
-    let config = GossipConfig::new(
-        MachineId::new("w"),
-        "0.0.0.0:0".parse().unwrap(),
-        TlsConfig::InsecureDevelopment,
-    );
+    let config = GossipConfig::new(MachineId::new("w"), "0.0.0.0:0".parse().unwrap());
     match Gossip::start(config).await {
         Err(fleet_gossip::transport::TransportError::NeedAdvertise(_)) => {}
         other => panic!("expected NeedAdvertise, got {:?}", other.map(|_| ())),
