@@ -6,6 +6,34 @@
 //! no clock, no randomness, no dependence on the order of the input slices, and stable: a claim on a live
 //! machine that still satisfies every requirement is kept (units are never rebalanced).
 //!
+//! ```
+//! use fleet_sched::{schedule, Decision, DesiredState, MachineId, MachineInfo, Requirements};
+//! use fleet_sched::{UnitFile, UnitInfo, UnitName};
+//!
+//! let m = |id: &str| MachineId::parse(id).unwrap();
+//! let machines = vec![
+//!     MachineInfo::new(m("m1")).with_metadata("role", "web"),
+//!     MachineInfo::new(m("m2")).with_metadata("role", "db"),
+//! ];
+//! let unit = |name: &str, xfleet: &str| {
+//!     let name = UnitName::parse(name).unwrap();
+//!     let file = UnitFile::parse(&format!("[Service]\nExecStart=/bin/true\n[X-Fleet]\n{xfleet}")).unwrap();
+//!     let req = Requirements::from_unit(&name, &file).unwrap();
+//!     UnitInfo::new(name, req, DesiredState::Launched)
+//! };
+//! let units = vec![
+//!     unit("db.service", "MachineMetadata=role=db\n"),
+//!     unit("web.service", "Conflicts=db.service\n").claimed_by(m("m1")),
+//!     unit("agent.service", "Global=true\n"),
+//! ];
+//! let plan = schedule(&machines, &units);
+//! assert_eq!(plan.decision(&UnitName::parse("db.service").unwrap()), Some(&Decision::On(m("m2"))));
+//! // What the agent on m1 claims (global units need no claim):
+//! let mine: Vec<&str> = plan.claims_of(&m("m1")).map(|u| u.as_str()).collect();
+//! assert_eq!(mine, ["web.service"]);
+//! assert_eq!(plan.units_on(&m("m2")).count(), 2);
+//! ```
+//!
 //! # Rules (fleet v1's, see `spec/fleet-compat.md`)
 //! - Units whose desired state is `inactive` are ignored: not placed, no load, absent from the plan.
 //! - Machines are tried by load (units placed there, global units included), ties broken by machine ID;

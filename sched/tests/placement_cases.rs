@@ -807,3 +807,112 @@ fn input_order_and_duplicate_machines_do_not_matter() {
     // The greatest metadata wins for a repeated ID ("web" > "db").
     assert_eq!(on(&plan, "b.service"), s("m2"));
 }
+
+#[test]
+fn a_newcomer_decided_early_still_avoids_a_claimed_units_place() {
+    // a.service is new but decided early (f.service, claimed, follows it); b.service is claimed on m1 and
+    // decided later. Its reservation keeps a off m1, although m1 is the least loaded machine.
+    let ms = machines(&["m1", "m2"]);
+    let plan = run(
+        &ms,
+        &[
+            unit("a.service", "Conflicts=b.service\n"),
+            claimed("b.service", "", "m1"),
+            claimed("c.service", "", "m2"),
+            claimed("d.service", "", "m2"),
+            claimed("f.service", "MachineOf=a.service\n", "m2"),
+        ],
+    );
+    assert_eq!(on(&plan, "b.service"), s("m1"));
+    assert_eq!(on(&plan, "a.service"), s("m2"));
+    assert_eq!(on(&plan, "f.service"), s("m2"));
+}
+
+#[test]
+fn a_replacing_unit_that_cannot_take_the_machine_leaves_the_old_one_in_place() {
+    let ms = vec![machine("m1", &[]), machine("m2", &[("disk", "ssd")])];
+    let plan = run(
+        &ms,
+        &[
+            claimed("old.service", "", "m1"),
+            unit(
+                "new.service",
+                "Replaces=old.service\nMachineMetadata=disk=ssd\n",
+            ),
+        ],
+    );
+    assert_eq!(on(&plan, "new.service"), s("m2"));
+    assert_eq!(on(&plan, "old.service"), s("m1"));
+}
+
+#[test]
+fn a_metadata_change_moves_only_the_units_that_no_longer_fit() {
+    let us = vec![
+        claimed("web1.service", "MachineMetadata=role=web\n", "m1"),
+        claimed("web2.service", "MachineMetadata=role=web\n", "m2"),
+        claimed("any1.service", "", "m1"),
+        claimed("any2.service", "", "m2"),
+    ];
+    let before = vec![
+        machine("m1", &[("role", "web")]),
+        machine("m2", &[("role", "web")]),
+        machine("m3", &[("role", "web")]),
+    ];
+    let plan = run(&before, &us);
+    let after = vec![
+        machine("m1", &[("role", "db")]),
+        machine("m2", &[("role", "web")]),
+        machine("m3", &[("role", "web")]),
+    ];
+    let moved = run(&after, &us);
+    assert_eq!(on(&moved, "web1.service"), s("m3"));
+    for u in ["web2.service", "any1.service", "any2.service"] {
+        assert_eq!(on(&moved, u), on(&plan, u), "{u}");
+    }
+}
+
+#[test]
+fn plan_accessors() {
+    let ms = machines(&["m1", "m2"]);
+    let plan = run(
+        &ms,
+        &[
+            claimed("a.service", "", "m1"),
+            unit("g.service", "Global=true\n"),
+            unit("x.service", "MachineID=m9\n"),
+        ],
+    );
+    let m1 = id("m1");
+    let m2 = id("m2");
+    let names = |it: &mut dyn Iterator<Item = &UnitName>| -> Vec<String> {
+        it.map(|n| n.to_string()).collect()
+    };
+    assert_eq!(
+        names(&mut plan.units_on(&m1)),
+        vec!["a.service", "g.service"]
+    );
+    assert_eq!(names(&mut plan.claims_of(&m1)), vec!["a.service"]);
+    assert_eq!(names(&mut plan.units_on(&m2)), vec!["g.service"]);
+    assert_eq!(plan.claims_of(&m2).count(), 0);
+    let load: Vec<(String, usize)> = plan
+        .load()
+        .into_iter()
+        .map(|(m, n)| (m.to_string(), n))
+        .collect();
+    assert_eq!(load, vec![("m1".to_string(), 2), ("m2".to_string(), 1)]);
+    let unplaceable: Vec<(String, String)> = plan
+        .unplaceable()
+        .map(|(n, r)| (n.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(
+        unplaceable,
+        vec![(
+            "x.service".to_string(),
+            "no live machine has MachineID=m9".to_string()
+        )]
+    );
+    let g = decision(&plan, "g.service");
+    assert_eq!(g.machines(), &[m1.clone(), m2.clone()]);
+    assert!(g.is_on(&m2) && g.reason().is_none());
+    assert!(decision(&plan, "x.service").machines().is_empty());
+}
