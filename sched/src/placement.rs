@@ -29,9 +29,10 @@
 //! let plan = schedule(&machines, &units);
 //! assert_eq!(plan.decision(&UnitName::parse("db.service").unwrap()), Some(&Decision::On(m("m2"))));
 //! // What the agent on m1 claims (global units need no claim):
-//! let mine: Vec<&str> = plan.claims_of(&m("m1")).map(|u| u.as_str()).collect();
+//! let (m1, m2) = (m("m1"), m("m2"));
+//! let mine: Vec<&str> = plan.claims_of(&m1).map(|u| u.as_str()).collect();
 //! assert_eq!(mine, ["web.service"]);
-//! assert_eq!(plan.units_on(&m("m2")).count(), 2);
+//! assert_eq!(plan.units_on(&m2).count(), 2);
 //! ```
 //!
 //! # Rules (fleet v1's, see `spec/fleet-compat.md`)
