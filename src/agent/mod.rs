@@ -19,6 +19,7 @@
 
 pub mod claims;
 pub mod lease;
+pub mod relay;
 pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -1,7 +1,9 @@
 //! The HTTP API v1 (fleet-compatible), served on a unix socket and optionally TCP.
 //!
 //! Routes (each under both `/fleet/v1` and `/v1-alpha`): `GET discovery`, `GET units`,
-//! `GET|PUT|DELETE units/{name}`, `GET state`, `GET|PATCH machines`. `/` and the bare prefixes
+//! `GET|PUT|DELETE units/{name}`, `GET state`, `GET|PATCH machines`; and two fleet extensions
+//! (fleet v1 used SSH for these), `GET units/{name}/status` and `GET units/{name}/journal`, answered
+//! by the unit's machine ([`relay`]). `/` and the bare prefixes
 //! answer 405, anything else 404. Every response carries `Server: fleetd/<version>`; every error
 //! is `{"error":{"code":N,"message":"..."}}` with `Content-Type: application/json`.
 //! The status-code rules of each route are documented on its handler and exercised by `tests/api.rs`.
@@ -27,6 +29,7 @@ pub mod cluster;
 mod error;
 mod machines;
 pub mod pagination;
+pub mod relay;
 pub mod schema;
 mod units;
 
@@ -80,6 +83,7 @@ pub struct ApiState {
     registry: Registry,
     cluster: Arc<dyn ClusterView>,
     settings: Arc<RwLock<ApiSettings>>,
+    relay: Option<Arc<dyn relay::UnitRelay>>,
 }
 
 impl ApiState {
@@ -93,7 +97,15 @@ impl ApiState {
             registry,
             cluster,
             settings: Arc::new(RwLock::new(settings)),
+            relay: None,
         }
+    }
+
+    /// The same state, asking units' machines for status and journal through `relay` (without one,
+    /// those routes answer 501).
+    pub fn with_relay(mut self, relay: Arc<dyn relay::UnitRelay>) -> ApiState {
+        self.relay = Some(relay);
+        self
     }
 
     /// Replaces the settings (takes effect for the next request).
@@ -134,6 +146,14 @@ pub fn router(state: ApiState) -> Router {
                     .put(units::set)
                     .delete(units::destroy)
                     .fallback(only("GET, PUT and DELETE")),
+            )
+            .route(
+                &format!("{p}/units/{{name}}/status"),
+                get(relay::status).fallback(only("GET")),
+            )
+            .route(
+                &format!("{p}/units/{{name}}/journal"),
+                get(relay::journal).fallback(only("GET")),
             )
             .route(
                 &format!("{p}/state"),

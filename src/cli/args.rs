@@ -158,8 +158,45 @@ pub enum Command {
     ListUnits(ListUnitsArgs),
     /// List the machines of the cluster.
     ListMachines(ListMachinesArgs),
+    /// Print `systemctl status` of units, as the machine running each one reports it.
+    Status(StatusArgs),
+    /// Print the journal of a unit, read on the machine running it.
+    Journal(JournalArgs),
     /// Print the version of fleetctl.
     Version,
+}
+
+/// `status`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct StatusArgs {
+    /// Only this machine (full ID), for a global unit: by default every machine running it is shown.
+    #[arg(long, value_name = "ID")]
+    pub machine: Option<String>,
+    #[command(flatten)]
+    pub units: UnitsArgs,
+}
+
+/// `journal`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct JournalArgs {
+    /// Number of recent journal lines to print.
+    #[arg(long, short = 'n', default_value_t = 10, value_name = "N")]
+    pub lines: u32,
+    /// Keep printing new lines as they are logged (until Ctrl-C).
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Output format of the journal lines (only `short`, journalctl's default, is supported).
+    #[arg(long, short = 'o', default_value = "short", value_parser = ["short"])]
+    pub output: String,
+    /// The machine to read it on (full ID): needed for a global unit running on several machines.
+    #[arg(long, value_name = "ID")]
+    pub machine: Option<String>,
+    /// Accepted for compatibility with fleet (which ran journalctl over SSH): ignored.
+    #[arg(long, hide = true)]
+    pub sudo: bool,
+    /// The unit.
+    #[arg(value_name = "UNIT")]
+    pub unit: String,
 }
 
 /// Units named on the command line.
@@ -407,8 +444,46 @@ mod tests {
             &["fleetctl", "--request-timeout=0", "list-units"],
             &["fleetctl", "--request-timeout=abc", "list-units"],
             &["fleetctl", "start", "--block-attempts=-1", "x"],
+            &["fleetctl", "status"],
+            &["fleetctl", "journal"],
+            &["fleetctl", "journal", "a", "b"],
+            &["fleetctl", "journal", "--output=json", "a"],
+            &["fleetctl", "journal", "--lines=-1", "a"],
         ] {
             assert!(parse_with_env(args, &[]).is_err(), "{args:?} was accepted");
         }
+    }
+
+    #[test]
+    fn journal_defaults_to_ten_short_lines_and_takes_follow() {
+        let cli = parse_with_env(&["fleetctl", "journal", "hello"], &[]).unwrap();
+        let Some(Command::Journal(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!((a.lines, a.follow, a.output.as_str()), (10, false, "short"));
+        assert_eq!(a.unit, "hello");
+        let cli = parse_with_env(
+            &[
+                "fleetctl",
+                "journal",
+                "-f",
+                "--lines",
+                "3",
+                "--output=short",
+                "x",
+            ],
+            &[],
+        )
+        .unwrap();
+        let Some(Command::Journal(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert!(a.follow);
+        assert_eq!(a.lines, 3);
+        let cli = parse_with_env(&["fleetctl", "status", "a", "b.socket"], &[]).unwrap();
+        let Some(Command::Status(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(a.units.units, ["a", "b.socket"]);
     }
 }

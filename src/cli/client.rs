@@ -391,6 +391,24 @@ pub struct ApiMachine {
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
+/// A unit's status or journal as its machine answered (fleet extension, see `fleet::api::relay`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiUnitOutput {
+    /// The machine that answered.
+    #[serde(default, rename = "machineID")]
+    pub machine_id: String,
+    /// The output of `systemctl status` or `journalctl`.
+    #[serde(default)]
+    pub text: String,
+    /// Journal: where the next request continues.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Status: `systemctl status`'s exit code.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UnitPage {
@@ -612,6 +630,45 @@ impl<T: Transport> Api<T> {
         };
         self.paged(&path, |p: StatePage| (p.states, p.next_page_token))
             .await
+    }
+
+    /// `systemctl status` of a unit with its last `lines` journal lines, from its machine (or from
+    /// `machine`, for a global unit).
+    pub async fn unit_status(
+        &mut self,
+        name: &str,
+        lines: u32,
+        machine: Option<&str>,
+    ) -> Result<ApiUnitOutput, ClientError> {
+        let mut path = format!(
+            "{API_PREFIX}/units/{}/status?lines={lines}",
+            encode_component(name)
+        );
+        if let Some(m) = machine {
+            path.push_str(&format!("&machineID={}", encode_component(m)));
+        }
+        self.get_json(&path).await
+    }
+
+    /// Journal lines of a unit: the last `lines`, or at most `lines` after `cursor`.
+    pub async fn unit_journal(
+        &mut self,
+        name: &str,
+        lines: u32,
+        cursor: Option<&str>,
+        machine: Option<&str>,
+    ) -> Result<ApiUnitOutput, ClientError> {
+        let mut path = format!(
+            "{API_PREFIX}/units/{}/journal?lines={lines}",
+            encode_component(name)
+        );
+        if let Some(c) = cursor {
+            path.push_str(&format!("&cursor={}", encode_component(c)));
+        }
+        if let Some(m) = machine {
+            path.push_str(&format!("&machineID={}", encode_component(m)));
+        }
+        self.get_json(&path).await
     }
 
     /// All machines (`GET /fleet/v1/machines`, every page).

@@ -23,13 +23,22 @@ use fleet_sched::{
     UnitName,
 };
 
-use super::args::{BlockFlags, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
+use super::args::{BlockFlags, JournalArgs, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
 use super::client::{Api, ApiMachine, ApiUnit, ApiUnitState, Transport};
 use super::names;
 use super::table::Table;
 
 /// Time between two checks of a unit's state while blocking (fleet's `defaultSleepTime`).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Journal lines `status` shows (systemctl's default).
+pub const STATUS_LINES: u32 = 10;
+
+/// Most lines one read of `journal --follow` asks for.
+pub const FOLLOW_BATCH: u32 = 1000;
+
+/// How long `journal --follow` keeps retrying a machine that does not answer before it gives up.
+pub const FOLLOW_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Above this many units, a check lists all units (100 a page) instead of fetching each one.
 const BULK_THRESHOLD: usize = 20;
@@ -822,6 +831,136 @@ impl<T: Transport> Ctx<T> {
         };
         let text = stored_file(&u)?.serialize();
         self.write_out(&text)
+    }
+
+    /// `status`: `systemctl status` of each unit, from the machine running it (every machine running
+    /// it, for a global unit, unless `machine` picks one), an empty line between units as in fleet.
+    /// Returns systemctl's last non-zero exit code (fleet exited with it), else 0.
+    pub async fn status(&mut self, args: &[String], machine: Option<&str>) -> Result<i32> {
+        let names = args
+            .iter()
+            .map(|a| unit_name(a))
+            .collect::<Result<Vec<_>>>()?;
+        let mut code = 0;
+        for (i, name) in names.iter().enumerate() {
+            let Some(u) = self.get_unit(name).await? else {
+                bail!("Error: unit {name} does not exist");
+            };
+            let machines: Vec<Option<String>> = match machine {
+                Some(m) => vec![Some(m.to_string())],
+                None if is_global(&u) => {
+                    let mut ids: Vec<String> = self
+                        .api
+                        .unit_states(Some(name.as_str()))
+                        .await
+                        .with_context(|| format!("Error retrieving the machines running {name}"))?
+                        .into_iter()
+                        .map(|s| s.machine_id)
+                        .filter(|m| !m.is_empty())
+                        .collect();
+                    ids.dedup();
+                    if ids.is_empty() {
+                        vec![None]
+                    } else {
+                        ids.into_iter().map(Some).collect()
+                    }
+                }
+                None => vec![None],
+            };
+            for (j, m) in machines.iter().enumerate() {
+                if i > 0 || j > 0 {
+                    say!(self.out, "");
+                }
+                let o = self
+                    .api
+                    .unit_status(name.as_str(), STATUS_LINES, m.as_deref())
+                    .await
+                    .with_context(|| format!("Error retrieving the status of {name}"))?;
+                if machines.len() > 1 {
+                    let legend = self.legend(&o.machine_id).await;
+                    say!(self.out, "{name} on {legend}:");
+                }
+                self.write_out(&o.text)?;
+                if let Some(c) = o.exit_code.filter(|c| *c != 0) {
+                    code = c;
+                }
+            }
+        }
+        Ok(code)
+    }
+
+    /// `journal`: the last `--lines` lines of the unit's journal, read on its machine; with
+    /// `--follow`, then every poll interval the lines logged since, until `stop` resolves (Ctrl-C).
+    /// While following, a machine that does not answer is retried (with one warning) for
+    /// [`FOLLOW_PATIENCE`]; when the unit moves to another machine, following continues there.
+    pub async fn journal(
+        &mut self,
+        a: &JournalArgs,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        let name = unit_name(&a.unit)?;
+        if a.output != "short" {
+            bail!("Error: --output {} is not supported (only short)", a.output);
+        }
+        let what = || format!("Error reading the journal of {name}");
+        let first = self
+            .api
+            .unit_journal(name.as_str(), a.lines, None, a.machine.as_deref())
+            .await
+            .with_context(what)?;
+        self.write_out(&first.text)?;
+        if !a.follow {
+            return Ok(());
+        }
+        tokio::pin!(stop);
+        let mut cursor = first.cursor;
+        // Follow the journal of one machine: a cursor means nothing on another one.
+        let mut on = Some(first.machine_id);
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return Ok(()),
+                _ = tokio::time::sleep(self.poll_interval) => {}
+            }
+            let machine = a.machine.as_deref().or(on.as_deref());
+            let res = tokio::select! {
+                _ = &mut stop => return Ok(()),
+                r = self.api.unit_journal(name.as_str(), FOLLOW_BATCH, cursor.as_deref(), machine) => r,
+            };
+            match res {
+                Ok(o) => {
+                    failing_since = None;
+                    self.write_out(&o.text)?;
+                    if on.as_deref() != Some(o.machine_id.as_str()) {
+                        on = Some(o.machine_id);
+                    }
+                    if o.cursor.is_some() {
+                        cursor = o.cursor;
+                    }
+                }
+                Err(e) if e.api_status() == Some(404) => return Err(e).with_context(what),
+                Err(e) => {
+                    if e.api_status() == Some(409) && a.machine.is_none() && on.is_some() {
+                        // Not on that machine any more: follow it wherever it runs now.
+                        say!(
+                            self.err,
+                            "{name} left machine {}: {e}",
+                            on.unwrap_or_default()
+                        );
+                        on = None;
+                        cursor = None;
+                    }
+                    let first_failure = failing_since.is_none();
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= FOLLOW_PATIENCE {
+                        return Err(e).with_context(what);
+                    }
+                    if first_failure {
+                        say!(self.err, "WARNING: {e}; retrying");
+                    }
+                }
+            }
+        }
     }
 
     fn write_out(&mut self, text: &str) -> Result<()> {

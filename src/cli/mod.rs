@@ -18,6 +18,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 use hyper::Method;
 
@@ -55,6 +56,19 @@ impl<T: Transport> Transport for Logged<T> {
     }
 }
 
+/// Ends fleetctl with this exit status without printing anything more (`status` exits with
+/// systemctl's code, as fleet did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitWith(pub u8);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
 /// Entry point of the `fleetctl` binary: parse the command line and the environment, run, exit.
 pub fn main() -> ExitCode {
     run(Cli::parse())
@@ -65,6 +79,9 @@ pub fn run(cli: Cli) -> ExitCode {
     match run_inner(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(ExitWith(code)) = e.downcast_ref::<ExitWith>() {
+                return ExitCode::from(*code);
+            }
             let msg = format!("{e:#}");
             if msg.starts_with("Error") {
                 eprintln!("{msg}");
@@ -137,6 +154,28 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
             Command::ListUnitFiles(a) => ctx.list_unit_files(a).await,
             Command::ListUnits(a) => ctx.list_units(a).await,
             Command::ListMachines(a) => ctx.list_machines(a).await,
+            Command::Status(a) => match ctx.status(&a.units.units, a.machine.as_deref()).await? {
+                0 => Ok(()),
+                code => Err(ExitWith(code.clamp(1, 255) as u8).into()),
+            },
+            Command::Journal(a) => {
+                // Installed before the first request, so that Ctrl-C always ends --follow cleanly.
+                let int = if a.follow {
+                    use tokio::signal::unix::{signal, SignalKind};
+                    Some(signal(SignalKind::interrupt()).context("installing the SIGINT handler")?)
+                } else {
+                    None
+                };
+                ctx.journal(a, async move {
+                    match int {
+                        Some(mut int) => {
+                            int.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                })
+                .await
+            }
             Command::Version => unreachable!("handled above"),
         }
     });
