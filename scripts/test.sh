@@ -18,4 +18,4 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 start_etcd
 export FLEET_TEST_ETCD="$ETCD_ENDPOINT"
 log "cargo test"
-cargo test --workspace "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -370,8 +370,7 @@ impl State {
     /// One reconcile pass: announce, place, claim, reconcile, fence.
     async fn pass(&mut self) {
         let lease = self.lease.status();
-        let now = Instant::now();
-        if lease.id != 0 && lease.maybe_expired(now) {
+        if self.must_fence(&lease, Instant::now()) {
             self.fence().await;
             return;
         }
@@ -397,6 +396,21 @@ impl State {
         let machines = self.cluster.live_machines();
         let target = self.place_and_claim(&snap, &machines, lease.id).await;
         self.apply(target, &snap).await;
+    }
+
+    /// Fencing rule (see docs/safety.md): stop our claimed units when we are on the minority side of the
+    /// gossip membership and etcd has not confirmed our lease for `min(TTL, 2 s)`: the majority will
+    /// take our units over after its down verdict plus the takeover grace. On the majority side, an
+    /// unconfirmed (even expired) lease stops nothing: peers see us alive and keep our units here.
+    fn must_fence(&self, lease: &lease::LeaseStatus, now: Instant) -> bool {
+        if lease.id == 0 || self.cluster.in_majority() {
+            return false;
+        }
+        let limit = lease.ttl.min(Duration::from_secs(2));
+        match lease.confirmed_at {
+            Some(t) => now.duration_since(t) >= limit,
+            None => true,
+        }
     }
 
     async fn announce(&mut self, lease: &lease::LeaseStatus) {
@@ -445,9 +459,16 @@ impl State {
                 }
             };
             let mut info = UnitInfo::new(u.name.clone(), req, u.desired_state);
-            if let Some(c) = snap.claims.get(&u.name) {
-                if live.contains(&c.machine_id) {
+            match snap.claims.get(&u.name) {
+                Some(c) if live.contains(&c.machine_id) => {
                     info = info.claimed_by(c.machine_id.clone());
+                }
+                Some(_) => {}
+                // No claim (its holder's lease expired, say) but running somewhere live: keep it there.
+                None => {
+                    if let Some(m) = self.cluster.runs_on(&u.name).filter(|m| live.contains(m)) {
+                        info = info.claimed_by(m);
+                    }
                 }
             }
             hashes.insert(u.name.clone(), (u.hash, u.desired_state));
@@ -461,6 +482,7 @@ impl State {
             return self.keep_current_claims(snap, &hashes);
         };
         let keys = self.registry.keys();
+        let majority = self.cluster.in_majority();
         for (name, decision) in &plan.decisions {
             let Some((hash, desired)) = hashes.get(name) else {
                 continue;
@@ -486,6 +508,9 @@ impl State {
                         } else {
                             target.insert(name.clone(), want);
                         }
+                    }
+                    Some(_) if !majority => {
+                        tracing::debug!(unit = %name, "not taking over: this machine is in a gossip minority");
                     }
                     Some(c) => {
                         // Held by a machine that is no longer live (placement ignored it).
@@ -665,10 +690,12 @@ impl State {
         }
     }
 
-    /// Our lease may have expired: stop every non-global unit we run (another machine may take it over).
+    /// We may have lost our claims: stop every non-global unit we run (another machine may take it over).
     async fn fence(&mut self) {
         if !self.fenced {
-            tracing::warn!("etcd has not confirmed our lease for a whole TTL: stopping claimed units (fencing)");
+            tracing::warn!(
+                "cut off from the majority and from etcd: stopping claimed units (fencing)"
+            );
         }
         self.fenced = true;
         let globals: BTreeSet<UnitName> = self.cluster.global_units_here();

@@ -169,6 +169,62 @@ impl AgentCluster {
         )
     }
 
+    /// Whether this machine sees a strict majority of the machines gossip knows (alive, suspect, or down
+    /// and not yet forgotten) as live. Only a majority side takes units over from machines it cannot
+    /// see, and a minority side that also lost etcd fences itself. `true` without gossip.
+    pub fn in_majority(&self) -> bool {
+        let i = self.read();
+        let Some(view) = &i.view else {
+            return true;
+        };
+        let total = view.machines.len().max(1);
+        let live = view.live().count();
+        live * 2 > total
+    }
+
+    /// The live machine that reports `unit` running (active, activating or reloading), by gossip; the
+    /// lowest ID if several do. Used as the claim of a unit whose claim is gone (e.g. an expired lease),
+    /// so that placement keeps it where it runs.
+    pub fn runs_on(&self, unit: &UnitName) -> Option<MachineId> {
+        let me = self.local.id();
+        let i = self.read();
+        let local = i
+            .report
+            .units
+            .get(unit)
+            .and_then(|(_, s)| s.as_ref())
+            .is_some_and(|s| {
+                matches!(
+                    s.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                )
+            });
+        let mut found: Option<MachineId> = local.then(|| me.clone());
+        if let Some(view) = &i.view {
+            for m in view.live() {
+                let Some(s) = m.units.get(unit.as_str()) else {
+                    continue;
+                };
+                if !matches!(
+                    s.active_state.as_str(),
+                    "active" | "activating" | "reloading"
+                ) {
+                    continue;
+                }
+                let Ok(id) = MachineId::parse(m.identity.machine_id.as_str()) else {
+                    continue;
+                };
+                if id == *me {
+                    continue;
+                }
+                if found.as_ref().is_none_or(|f| id < *f) {
+                    found = Some(id);
+                }
+            }
+        }
+        found
+    }
+
     /// When the takeover grace of a recently downed machine ends (the agent reconciles then).
     pub fn next_grace_deadline(&self) -> Option<std::time::Instant> {
         self.read()

@@ -154,7 +154,16 @@ mod tests {
             k.classify(k.unit_file(&hash).as_bytes()),
             Some(KeyKind::UnitFile(hash))
         );
-        assert_eq!(k.classify(b"/fleet/machines/abc"), Some(KeyKind::Other));
+        let m = MachineId::parse("abc").unwrap();
+        assert_eq!(
+            k.classify(k.machine(&m).as_bytes()),
+            Some(KeyKind::Machine(m.clone()))
+        );
+        assert_eq!(
+            k.classify(k.restarting(&m).as_bytes()),
+            Some(KeyKind::Restarting(m))
+        );
+        assert_eq!(k.classify(b"/fleet/elsewhere/abc"), Some(KeyKind::Other));
         assert_eq!(k.classify(b"/other/units/a.service"), None);
         assert_eq!(k.classify(b"/fleet/units/not-a-unit"), None);
         assert_eq!(k.classify(b"/fleet/unit-files/xyz"), None);
