@@ -509,6 +509,11 @@ impl State {
                             target.insert(name.clone(), want);
                         }
                     }
+                    Some(c) if live.contains(&c.machine_id) => {
+                        // Moved away from a live machine (a requirement changed): it stops the unit and
+                        // releases the claim itself; we claim it once it is free.
+                        tracing::debug!(unit = %name, holder = %c.machine_id, "waiting for the holder to release");
+                    }
                     Some(_) if !majority => {
                         tracing::debug!(unit = %name, "not taking over: this machine is in a gossip minority");
                     }
