@@ -108,12 +108,7 @@ fn workload(machines: &[MachineInfo], n: usize) -> Vec<UnitInfo> {
         us.push(unit(
             format!("pin{i}.service"),
             Requirements {
-                machine_id: Some(
-                    machines[(i * 7) % machines.len()]
-                        .id
-                        .short()
-                        .to_string(),
-                ),
+                machine_id: Some(machines[(i * 7) % machines.len()].id.short().to_string()),
                 ..Requirements::default()
             },
         ));
@@ -204,7 +199,11 @@ fn main() {
             std::hint::black_box(schedule(&machines, &units));
         }
         let secs = start.elapsed().as_secs_f64() / repeat as f64;
-        println!("cold start: {:.1} ms, {:.0} placements/s", secs * 1e3, n as f64 / secs);
+        println!(
+            "cold start: {:.1} ms, {:.0} placements/s",
+            secs * 1e3,
+            n as f64 / secs
+        );
         return;
     }
 
