@@ -1,0 +1,146 @@
+//! End-to-end: `fleetctl status` and `fleetctl journal` on one machine show a unit running on
+//! another, answered by that machine's agent over the gossip request channel (root only).
+
+mod lab;
+
+use std::time::Duration;
+
+use lab::FleetLab;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A service that logs a marker with its machine's ID (`%m`, expanded by systemd where it runs),
+/// then a numbered tick every 300 ms.
+fn ticker(machine: &str) -> String {
+    format!(
+        "[Unit]\nDescription=relay ticker\n\n[Service]\n\
+         ExecStart=/bin/sh -c 'echo relay-marker-%m; i=0; while :; do i=$$((i+1)); echo tick-$$i; sleep 0.3; done'\n\n\
+         [X-Fleet]\nMachineID={machine}\n"
+    )
+}
+
+fn text(out: &std::process::Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The numbers of the `tick-N` lines, in order.
+fn ticks(s: &str) -> Vec<u64> {
+    s.lines()
+        .filter_map(|l| l.rsplit_once("tick-"))
+        .filter_map(|(_, n)| n.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn status_and_journal_of_a_unit_on_another_machine_come_from_that_machine() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let m2 = fl.machine_id(2);
+    fl.write_file(1, "/tmp/ticker.service", &ticker(&m2));
+    let out = fl.fleetctl_ok(1, &["start", "/tmp/ticker.service"]);
+    assert!(out.contains("launched on"), "{out}");
+    assert_eq!(fl.active_state(2, "ticker.service"), "active");
+    assert_eq!(fl.show(1, "ticker.service", "LoadState"), "not-found");
+
+    // journal --lines 3 on m1: the last three lines of m2's journal.
+    let out = fl.wait_for("three ticks in the journal", WAIT, |fl| {
+        let out = fl.fleetctl(1, &["journal", "--lines", "3", "ticker.service"]);
+        let (o, _) = text(&out);
+        (out.status.success() && ticks(&o).len() == 3).then_some(o)
+    });
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let t = ticks(&out);
+    assert!(t.windows(2).all(|w| w[1] == w[0] + 1), "{out}");
+    // The whole journal has the marker only m2's systemd could write.
+    let all = fl.fleetctl_ok(1, &["journal", "--lines", "1000", "ticker.service"]);
+    assert!(all.contains(&format!("relay-marker-{m2}")), "{all}");
+
+    // status on m1: systemctl status as m2 sees it (m1 does not even know the unit).
+    let out = fl.fleetctl(1, &["status", "ticker.service"]);
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "{o}{e}");
+    assert!(o.contains("ticker.service - relay ticker"), "{o}");
+    assert!(o.contains("Active: active (running)"), "{o}");
+    assert!(
+        !ticks(&o).is_empty(),
+        "status shows recent journal lines: {o}"
+    );
+
+    // journal --follow: new lines keep coming, each once, until SIGINT ends it with status 0.
+    let out = fl
+        .lab
+        .sh(
+            1,
+            &[
+                "timeout",
+                "--preserve-status",
+                "-s",
+                "INT",
+                "4",
+                "/opt/fleet/bin/fleetctl",
+                "journal",
+                "--follow",
+                "--lines",
+                "1",
+                "ticker.service",
+            ],
+        )
+        .expect("run fleetctl journal --follow");
+    let (o, e) = text(&out);
+    assert!(out.status.success(), "exit {:?}: {o}{e}", out.status);
+    let t = ticks(&o);
+    assert!(t.len() >= 6, "new lines appeared while following: {o}");
+    assert!(
+        t.windows(2).all(|w| w[1] == w[0] + 1),
+        "each line exactly once, in order: {t:?}"
+    );
+
+    // A unit that does not exist, and one that is not placed anywhere.
+    let out = fl.fleetctl(1, &["status", "nope.service"]);
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{o}{e}");
+    assert!(e.contains("nope.service does not exist"), "{e}");
+    let out = fl.fleetctl(1, &["journal", "nope.service"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("does not exist"), "{:?}", text(&out));
+    fl.write_file(1, "/tmp/idle.service", &ticker(&m2));
+    fl.fleetctl_ok(1, &["submit", "/tmp/idle.service"]);
+    let out = fl.fleetctl(1, &["status", "idle.service"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).1.contains("not running on any machine"),
+        "{:?}",
+        text(&out)
+    );
+
+    // A stopped unit: systemctl's exit status 3 comes back, as fleet did.
+    fl.fleetctl_ok(1, &["stop", "ticker.service"]);
+    let out = fl.fleetctl(1, &["status", "ticker.service"]);
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{o}{e}");
+    assert!(o.contains("inactive (dead)"), "{o}");
+}
+
+#[test]
+fn a_machine_that_does_not_answer_is_a_clear_error() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let m2 = fl.machine_id(2);
+    fl.write_file(1, "/tmp/ticker.service", &ticker(&m2));
+    fl.fleetctl_ok(1, &["start", "/tmp/ticker.service"]);
+    fl.lab.freeze(2).expect("freeze m2");
+    let out = fl.fleetctl(1, &["status", "ticker.service"]);
+    fl.lab.thaw(2).expect("thaw m2");
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{o}{e}");
+    assert!(
+        e.contains(&format!("machine {m2}"))
+            && (e.contains("did not answer") || e.contains("cannot be reached")),
+        "{e}"
+    );
+}
