@@ -1606,4 +1606,141 @@ mod tests {
         assert_eq!(out.text(), "");
         assert_eq!(c.api.transport().requests.len(), 1);
     }
+
+    const UNIT_A: &str = r#"{"name":"a.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/a"}],"desiredState":"launched","machineID":"m2"}"#;
+    const UNIT_B: &str = r#"{"name":"b.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/b"}],"desiredState":"loaded","machineID":"m2"}"#;
+
+    fn journal_args(follow: bool) -> JournalArgs {
+        JournalArgs {
+            lines: 3,
+            follow,
+            output: "short".into(),
+            machine: None,
+            sudo: false,
+            unit: "a".into(),
+        }
+    }
+
+    #[test]
+    fn status_prints_each_units_status_and_returns_systemctls_last_failure() {
+        let (mut c, out, _) = ctx(&[
+            (200, UNIT_A),
+            (
+                200,
+                r#"{"machineID":"m2","text":"A is running\n","exitCode":0}"#,
+            ),
+            (200, UNIT_B),
+            (
+                200,
+                r#"{"machineID":"m2","text":"B is dead\n","exitCode":3}"#,
+            ),
+        ]);
+        let code = block(c.status(&["a".into(), "b".into()], None)).unwrap();
+        assert_eq!(code, 3);
+        assert_eq!(out.text(), "A is running\n\nB is dead\n");
+        let paths: Vec<&str> = c
+            .api
+            .transport()
+            .requests
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "GET /fleet/v1/units/a.service",
+                "GET /fleet/v1/units/a.service/status?lines=10",
+                "GET /fleet/v1/units/b.service",
+                "GET /fleet/v1/units/b.service/status?lines=10",
+            ]
+        );
+    }
+
+    #[test]
+    fn status_of_a_missing_unit_is_an_error() {
+        let (mut c, out, _) = ctx(&[(
+            404,
+            r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+        )]);
+        let e = block(c.status(&["nope".into()], None)).unwrap_err();
+        assert_eq!(format!("{e:#}"), "Error: unit nope.service does not exist");
+        assert_eq!(out.text(), "");
+    }
+
+    #[test]
+    fn journal_prints_the_last_lines_once_without_follow() {
+        let (mut c, out, _) = ctx(&[(
+            200,
+            r#"{"machineID":"m2","text":"l1\nl2\nl3\n","cursor":"c3"}"#,
+        )]);
+        block(c.journal(&journal_args(false), std::future::pending())).unwrap();
+        assert_eq!(out.text(), "l1\nl2\nl3\n");
+        assert_eq!(
+            c.api.transport().requests[0].0,
+            "GET /fleet/v1/units/a.service/journal?lines=3"
+        );
+    }
+
+    #[test]
+    fn follow_continues_from_the_last_cursor_on_the_same_machine_and_stops_when_told() {
+        let (mut c, out, _) = ctx(&[(200, r#"{"machineID":"m2","text":"l1\n","cursor":"c1"}"#)]);
+        block(c.journal(&journal_args(true), std::future::ready(()))).unwrap();
+        assert_eq!(out.text(), "l1\n");
+        assert_eq!(c.api.transport().requests.len(), 1);
+
+        let conflict = r#"{"error":{"code":409,"message":"unit is not running on machine m2"}}"#;
+        let (mut c, out, err) = ctx(&[
+            (200, r#"{"machineID":"m2","text":"l1\n","cursor":"c1"}"#),
+            (200, r#"{"machineID":"m2","text":""}"#),
+            (200, r#"{"machineID":"m2","text":"l2\nl3\n","cursor":"c3"}"#),
+            (
+                504,
+                r#"{"error":{"code":504,"message":"machine m2 did not answer in time"}}"#,
+            ),
+            (200, r#"{"machineID":"m2","text":"l4\n","cursor":"c4"}"#),
+            (409, conflict),
+            (200, r#"{"machineID":"m3","text":"n1\n","cursor":"d1"}"#),
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+        ]);
+        let e = block(c.journal(&journal_args(true), std::future::pending())).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "Error reading the journal of a.service: unit does not exist"
+        );
+        assert_eq!(out.text(), "l1\nl2\nl3\nl4\nn1\n");
+        assert!(err
+            .text()
+            .contains("WARNING: machine m2 did not answer in time; retrying"));
+        assert!(
+            err.text().contains("a.service left machine m2"),
+            "{}",
+            err.text()
+        );
+        let paths: Vec<String> = c
+            .api
+            .transport()
+            .requests
+            .iter()
+            .map(|r| {
+                r.0.trim_start_matches("GET /fleet/v1/units/a.service/journal?")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "lines=3",
+                "lines=1000&cursor=c1&machineID=m2",
+                "lines=1000&cursor=c1&machineID=m2",
+                "lines=1000&cursor=c3&machineID=m2",
+                "lines=1000&cursor=c3&machineID=m2",
+                "lines=1000&cursor=c4&machineID=m2",
+                "lines=1000",
+                "lines=1000&cursor=d1&machineID=m3",
+            ]
+        );
+    }
 }
