@@ -125,3 +125,125 @@ impl FleetLab {
         }
     }
 }
+
+/// The table `nft` uses for [`FleetLab::block_etcd`].
+const ETCD_BLOCK_TABLE: &str = "ftetcdblock";
+
+impl FleetLab {
+    /// Changes machine `i`'s own metadata through its API (`PATCH /fleet/v1/machines`, curl on the unix
+    /// socket inside the machine): `Some(value)` adds or replaces `key`, `None` removes it. Panics unless
+    /// fleetd answers 204.
+    pub fn patch_metadata(&self, i: usize, key: &str, value: Option<&str>) {
+        let id = self.machine_id(i);
+        let op = match value {
+            Some(v) => format!(
+                r#"[{{"op":"add","path":"/{id}/metadata/{key}","value":{{"value":"{v}"}}}}]"#
+            ),
+            None => format!(r#"[{{"op":"remove","path":"/{id}/metadata/{key}"}}]"#),
+        };
+        let out = self
+            .lab
+            .sh(
+                i,
+                &[
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "10",
+                    "--unix-socket",
+                    "/var/run/fleet.sock",
+                    "-X",
+                    "PATCH",
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    &op,
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "http://fleet/fleet/v1/machines",
+                ],
+            )
+            .expect("run curl in the lab");
+        let code = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            code.trim(),
+            "204",
+            "PATCH {op} on m{i}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Machine `j`'s metadata as `list-machines` on machine `i` shows it (`k=v,k=v`, `-` when empty),
+    /// `None` when `i` does not list `j`.
+    pub fn metadata_seen(&self, i: usize, j: usize) -> Option<String> {
+        let id = self.machine_id(j);
+        let out = self.fleetctl(i, &["list-machines", "--no-legend", "--full"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|cols| cols.first() == Some(&id.as_str()))
+            .map(|cols| cols.get(2).unwrap_or(&"-").to_string())
+    }
+
+    /// Waits until every running machine lists machine `j` with exactly `metadata` (`k=v,k=v` sorted,
+    /// `-` for none).
+    pub fn wait_metadata(&self, j: usize, metadata: &str) {
+        self.wait_for(
+            &format!("every machine sees m{j} with metadata {metadata}"),
+            Duration::from_secs(20),
+            |fl| {
+                (1..=fl.lab.machines())
+                    .filter(|i| fl.lab.machine_pid(*i).is_ok())
+                    .all(|i| fl.metadata_seen(i, j).as_deref() == Some(metadata))
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Drops every packet between machine `i` and the hub etcd (10.77.0.1:2379) both ways (nftables in
+    /// the machine's netns); gossip and everything else still flow. Undone by [`FleetLab::unblock_etcd`].
+    pub fn block_etcd(&self, i: usize) {
+        let t = ETCD_BLOCK_TABLE;
+        let hub = fleet_lab::HUB_IP.to_string();
+        let cmds: [Vec<&str>; 5] = [
+            vec!["nft", "add", "table", "inet", t],
+            vec![
+                "nft", "add", "chain", "inet", t, "out", "{", "type", "filter", "hook", "output",
+                "priority", "0", ";", "}",
+            ],
+            vec![
+                "nft", "add", "chain", "inet", t, "in", "{", "type", "filter", "hook", "input",
+                "priority", "0", ";", "}",
+            ],
+            vec![
+                "nft", "add", "rule", "inet", t, "out", "ip", "daddr", &hub, "tcp", "dport",
+                "2379", "drop",
+            ],
+            vec![
+                "nft", "add", "rule", "inet", t, "in", "ip", "saddr", &hub, "tcp", "sport", "2379",
+                "drop",
+            ],
+        ];
+        for cmd in &cmds {
+            self.lab.sh_ok(i, cmd).expect("nft in the lab");
+        }
+    }
+
+    /// Undoes [`FleetLab::block_etcd`].
+    pub fn unblock_etcd(&self, i: usize) {
+        self.lab
+            .sh_ok(i, &["nft", "delete", "table", "inet", ETCD_BLOCK_TABLE])
+            .expect("nft in the lab");
+    }
+
+    /// The last `lines` lines of fleetd's journal in machine `i` (empty if the machine is down).
+    pub fn journal(&self, i: usize, lines: usize) -> String {
+        let n = lines.to_string();
+        self.lab
+            .sh(i, &["journalctl", "-u", "fleet", "--no-pager", "-n", &n])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+}
