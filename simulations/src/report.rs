@@ -1,0 +1,542 @@
+//! What a run measured: metrics collected during the run, and the report (text, JSON, SVG).
+//!
+//! The report holds only simulated quantities (no wall-clock time), so the same scenario and seed
+//! give a byte-identical report.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::etcd::EtcdOps;
+use crate::scenario::Scenario;
+
+/// Which invariant broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    /// A non-global unit was active on two machines longer than the bound.
+    DoubleRun,
+    /// A placeable launched unit was active nowhere longer than the bound.
+    NotPlaced,
+    /// Membership had not converged the bound after the last fault healed.
+    NoConvergence,
+}
+
+/// One invariant violation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// Which invariant.
+    pub kind: ViolationKind,
+    /// Simulated µs when it was detected.
+    pub at: u64,
+    /// The unit or machines concerned.
+    pub subject: String,
+    /// What was seen.
+    pub detail: String,
+}
+
+/// One sample of the time series.
+#[derive(Clone, Debug, Serialize)]
+pub struct Sample {
+    /// Simulated seconds.
+    pub t: f64,
+    /// Machines whose agent runs.
+    pub live_machines: usize,
+    /// Live machines whose gossip view has the wrong number of live members.
+    pub wrong_views: usize,
+    /// Launched non-global units active nowhere.
+    pub unavailable_units: usize,
+    /// Non-global units active on two or more machines.
+    pub double_running_units: usize,
+}
+
+/// Gossip traffic totals.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GossipTotals {
+    /// Datagrams sent.
+    pub datagrams: u64,
+    /// Bytes sent (datagrams and sync exchanges).
+    pub bytes: u64,
+    /// Bytes of sync exchanges.
+    pub sync_bytes: u64,
+}
+
+/// Metrics gathered while the simulation runs.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    down_since: BTreeMap<u32, (u64, bool)>,
+    reported_down: BTreeSet<u32>,
+    doubles: BTreeMap<u32, u64>,
+    reported_double: BTreeSet<u32>,
+    placement: Vec<u64>,
+    reschedule: Vec<u64>,
+    double_durations: Vec<u64>,
+    unavailable_us: u64,
+    detection: Vec<u64>,
+    first_detection: BTreeMap<u32, u64>,
+    pub(crate) false_verdicts: u64,
+    pub(crate) partition_verdicts: u64,
+    pub(crate) datagrams_lost: u64,
+    pub(crate) sync_bytes: u64,
+    pub(crate) gossip_dead_datagrams: u64,
+    pub(crate) gossip_dead_bytes: u64,
+    pub(crate) takeovers: u64,
+    pub(crate) fencings: u64,
+    pub(crate) failures: u64,
+    pub(crate) start_failures: u64,
+    samples: Vec<Sample>,
+    pub(crate) fault_marks: Vec<(u64, String)>,
+    pub(crate) violations: Vec<Violation>,
+    pub(crate) converged_checked: bool,
+    machines: usize,
+    units: usize,
+}
+
+impl Metrics {
+    pub(crate) fn new(machines: usize, units: usize) -> Metrics {
+        Metrics {
+            machines,
+            units,
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn unit_down(&mut self, u: u32, now: u64, was_up: bool) {
+        self.down_since.entry(u).or_insert((now, was_up));
+    }
+
+    pub(crate) fn unit_up(&mut self, u: u32, now: u64) {
+        if let Some((t, was_up)) = self.down_since.remove(&u) {
+            self.unavailable_us += now - t;
+            if was_up {
+                self.reschedule.push(now - t);
+            } else {
+                self.placement.push(now - t);
+            }
+        }
+        self.reported_down.remove(&u);
+    }
+
+    pub(crate) fn double_start(&mut self, u: u32, now: u64) {
+        self.doubles.insert(u, now);
+    }
+
+    pub(crate) fn double_end(&mut self, u: u32, now: u64) {
+        if let Some(t) = self.doubles.remove(&u) {
+            self.double_durations.push(now - t);
+        }
+        self.reported_double.remove(&u);
+    }
+
+    /// Doubles older than `bound` not yet reported (marked reported).
+    pub(crate) fn doubles_over(&mut self, now: u64, bound: u64) -> Vec<(u32, u64)> {
+        let out: Vec<(u32, u64)> = self
+            .doubles
+            .iter()
+            .filter(|(u, t)| now - **t > bound && !self.reported_double.contains(u))
+            .map(|(u, t)| (*u, *t))
+            .collect();
+        self.reported_double.extend(out.iter().map(|(u, _)| *u));
+        out
+    }
+
+    /// Units unavailable longer than `bound`, not yet reported (the caller decides).
+    pub(crate) fn down_over(&mut self, now: u64, bound: u64) -> Vec<(u32, u64)> {
+        self.down_since
+            .iter()
+            .filter(|(u, (t, _))| now - *t > bound && !self.reported_down.contains(u))
+            .map(|(u, (t, _))| (*u, *t))
+            .collect()
+    }
+
+    pub(crate) fn detection(&mut self, machine: u32, delay: u64) {
+        self.detection.push(delay);
+        self.first_detection.entry(machine).or_insert(delay);
+    }
+
+    pub(crate) fn violation(&mut self, v: Violation) {
+        self.violations.push(v);
+    }
+
+    pub(crate) fn mark_down_reported(&mut self, u: u32) {
+        self.reported_down.insert(u);
+    }
+
+    pub(crate) fn sample(&mut self, now: u64, live: usize, wrong_views: usize, submitted: bool) {
+        self.samples.push(Sample {
+            t: secs(now),
+            live_machines: live,
+            wrong_views,
+            unavailable_units: if submitted { self.down_since.len() } else { 0 },
+            double_running_units: self.doubles.len(),
+        });
+    }
+}
+
+fn secs(us: u64) -> f64 {
+    (us as f64 / 1000.0).round() / 1000.0
+}
+
+/// Percentiles of a set of durations, in seconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    /// How many samples.
+    pub count: usize,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Stats {
+    fn of(v: &[u64]) -> Stats {
+        if v.is_empty() {
+            return Stats::default();
+        }
+        let mut s = v.to_vec();
+        s.sort_unstable();
+        let p = |q: f64| secs(s[((s.len() as f64 * q).ceil() as usize).clamp(1, s.len()) - 1]);
+        Stats {
+            count: s.len(),
+            p50: p(0.5),
+            p90: p(0.9),
+            p99: p(0.99),
+            max: secs(*s.last().expect("not empty")),
+        }
+    }
+}
+
+/// Gossip cost per machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct GossipReport {
+    /// `real` (counted from the gossip core's datagrams and sync exchanges) or `model`
+    /// (estimated from message counts and sizes of the SWIM model).
+    pub source: &'static str,
+    /// Datagrams sent per machine per second.
+    pub datagrams_per_machine_s: f64,
+    /// Bytes sent per machine per second (datagrams and anti-entropy syncs).
+    pub bytes_per_machine_s: f64,
+    /// Of which anti-entropy syncs.
+    pub sync_bytes_per_machine_s: f64,
+    /// Datagrams lost (partitions and loss).
+    pub datagrams_lost: u64,
+}
+
+/// Double runs of non-global units.
+#[derive(Clone, Debug, Serialize)]
+pub struct DoubleRuns {
+    /// Episodes (a unit active on two or more machines).
+    pub episodes: usize,
+    /// Their durations.
+    pub duration: Stats,
+    /// The bound the invariant enforces, seconds.
+    pub bound: f64,
+}
+
+/// The report of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// `real` or `model` gossip.
+    pub gossip_mode: &'static str,
+    /// Machines.
+    pub machines: usize,
+    /// Units (all launched).
+    pub units: usize,
+    /// Simulated seconds.
+    pub simulated_s: f64,
+    /// Machine failures injected (crashes and pauses).
+    pub failures: u64,
+    /// Per observer and failed machine: time from the failure to that observer's down verdict.
+    pub detection: Stats,
+    /// Per failed machine: time to the first down verdict.
+    pub first_detection: Stats,
+    /// Down verdicts about machines that ran and were reachable from the observer.
+    pub false_down_verdicts: u64,
+    /// Down verdicts about machines cut off from the observer by a partition.
+    pub partition_down_verdicts: u64,
+    /// Submission to first active, per unit.
+    pub initial_placement: Stats,
+    /// Time a unit was active nowhere after having been active (failover), per episode.
+    pub reschedule: Stats,
+    /// Unit-seconds of unavailability (launched non-global units active nowhere), after submission.
+    pub unavailable_unit_s: f64,
+    /// Double runs.
+    pub double_runs: DoubleRuns,
+    /// Claims taken over from another machine.
+    pub takeovers: u64,
+    /// Times an agent fenced (stopped its units because its lease may have expired).
+    pub fencings: u64,
+    /// Unit starts that failed (systemd model).
+    pub start_failures: u64,
+    /// Gossip cost.
+    pub gossip: GossipReport,
+    /// etcd operations.
+    pub etcd: EtcdOps,
+    /// Placement computations (distinct agent inputs; agents with the same inputs share one).
+    pub plan_computations: u64,
+    /// Invariant violations.
+    pub violations: Vec<Violation>,
+    /// Faults as they happened: (seconds, what).
+    pub faults: Vec<(f64, String)>,
+    /// Time series.
+    pub series: Vec<Sample>,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn build(
+        sc: &Scenario,
+        seed: u64,
+        now: u64,
+        m: &mut Metrics,
+        etcd: &EtcdOps,
+        g: GossipTotals,
+        plan_computations: u64,
+        model: bool,
+    ) -> Report {
+        // Close open intervals.
+        let open: Vec<u64> = m.down_since.values().map(|(t, _)| now - t).collect();
+        m.unavailable_us += open.iter().sum::<u64>();
+        let open_doubles: Vec<u64> = m.doubles.values().map(|t| now - t).collect();
+        m.double_durations.extend(open_doubles);
+        let per = (m.machines as f64 * secs(now)).max(1e-9);
+        let round = |x: f64| (x * 100.0).round() / 100.0;
+        Report {
+            scenario: sc.name.clone(),
+            seed,
+            gossip_mode: if model { "model" } else { "real" },
+            machines: m.machines,
+            units: m.units,
+            simulated_s: secs(now),
+            failures: m.failures,
+            detection: Stats::of(&m.detection),
+            first_detection: Stats::of(&m.first_detection.values().copied().collect::<Vec<_>>()),
+            false_down_verdicts: m.false_verdicts,
+            partition_down_verdicts: m.partition_verdicts,
+            initial_placement: Stats::of(&m.placement),
+            reschedule: Stats::of(&m.reschedule),
+            unavailable_unit_s: secs(m.unavailable_us),
+            double_runs: DoubleRuns {
+                episodes: m.double_durations.len(),
+                duration: Stats::of(&m.double_durations),
+                bound: secs(sc.double_run_bound().0),
+            },
+            takeovers: m.takeovers,
+            fencings: m.fencings,
+            start_failures: m.start_failures,
+            gossip: GossipReport {
+                source: if model { "model" } else { "real" },
+                datagrams_per_machine_s: round(g.datagrams as f64 / per),
+                bytes_per_machine_s: round(g.bytes as f64 / per),
+                sync_bytes_per_machine_s: round(g.sync_bytes as f64 / per),
+                datagrams_lost: m.datagrams_lost,
+            },
+            etcd: *etcd,
+            plan_computations,
+            violations: m.violations.clone(),
+            faults: m
+                .fault_marks
+                .iter()
+                .map(|(t, s)| (secs(*t), s.clone()))
+                .collect(),
+            series: std::mem::take(&mut m.samples),
+        }
+    }
+
+    /// Whether any invariant broke.
+    pub fn failed(&self) -> bool {
+        !self.violations.is_empty()
+    }
+
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report serializes")
+    }
+
+    /// The report as text for a terminal.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let st = |x: &Stats| {
+            if x.count == 0 {
+                "none".to_string()
+            } else {
+                format!(
+                    "p50 {:.3}s  p90 {:.3}s  p99 {:.3}s  max {:.3}s  (n={})",
+                    x.p50, x.p90, x.p99, x.max, x.count
+                )
+            }
+        };
+        let _ = writeln!(
+            s,
+            "scenario {}  seed {}  gossip {}  {} machines  {} units  {:.1}s simulated",
+            self.scenario, self.seed, self.gossip_mode, self.machines, self.units, self.simulated_s
+        );
+        let _ = writeln!(s, "faults:");
+        for (t, f) in &self.faults {
+            let _ = writeln!(s, "  {t:>8.3}s  {f}");
+        }
+        let _ = writeln!(s, "machine failures          {}", self.failures);
+        let _ = writeln!(s, "detection (per observer)  {}", st(&self.detection));
+        let _ = writeln!(s, "first down verdict        {}", st(&self.first_detection));
+        let _ = writeln!(
+            s,
+            "down verdicts             {} false, {} across partitions",
+            self.false_down_verdicts, self.partition_down_verdicts
+        );
+        let _ = writeln!(
+            s,
+            "initial placement         {}",
+            st(&self.initial_placement)
+        );
+        let _ = writeln!(s, "reschedule (failover)     {}", st(&self.reschedule));
+        let _ = writeln!(
+            s,
+            "unavailable               {:.1} unit-seconds",
+            self.unavailable_unit_s
+        );
+        let _ = writeln!(
+            s,
+            "double runs               {} episodes, {} (bound {:.1}s)",
+            self.double_runs.episodes,
+            st(&self.double_runs.duration),
+            self.double_runs.bound
+        );
+        let _ = writeln!(
+            s,
+            "takeovers {}  fencings {}  failed starts {}  placement computations {}",
+            self.takeovers, self.fencings, self.start_failures, self.plan_computations
+        );
+        let _ = writeln!(
+            s,
+            "gossip ({})              {:.1} datagrams/s and {:.0} B/s per machine ({:.0} B/s anti-entropy), {} datagrams lost",
+            self.gossip.source,
+            self.gossip.datagrams_per_machine_s,
+            self.gossip.bytes_per_machine_s,
+            self.gossip.sync_bytes_per_machine_s,
+            self.gossip.datagrams_lost
+        );
+        let e = &self.etcd;
+        let _ = writeln!(
+            s,
+            "etcd                      {} txn ok, {} txn failed, {} grants, {} keep-alives, {} expiries, {} announces, {} unavailable, {} watch deliveries",
+            e.txn_ok, e.txn_failed, e.lease_grants, e.keepalives, e.lease_expiries, e.announces, e.unavailable, e.watch_deliveries
+        );
+        if self.violations.is_empty() {
+            let _ = writeln!(s, "invariants                all held");
+        } else {
+            let _ = writeln!(s, "INVARIANT VIOLATIONS ({}):", self.violations.len());
+            for v in self.violations.iter().take(20) {
+                let _ = writeln!(
+                    s,
+                    "  {:>8.3}s  {:?}  {}: {}",
+                    secs(v.at),
+                    v.kind,
+                    v.subject,
+                    v.detail
+                );
+            }
+        }
+        s
+    }
+
+    /// An SVG timeline: unavailable and double-running units, live machines and wrong views, with
+    /// the faults marked.
+    pub fn to_svg(&self) -> String {
+        let (w, h, pad) = (900.0, 360.0, 50.0);
+        let tmax = self.simulated_s.max(1.0);
+        let x = |t: f64| pad + (w - 2.0 * pad) * t / tmax;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="11">"#
+        );
+        let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+        let _ = writeln!(
+            s,
+            r#"<text x="{pad}" y="18" font-size="13">{} (seed {}): units unavailable / double-running, machines live / with a wrong view</text>"#,
+            xml(&self.scenario),
+            self.seed
+        );
+        let series: [(&str, &str, fn(&Sample) -> usize); 4] = [
+            ("unavailable units", "#d62728", |p| p.unavailable_units),
+            ("double-running units", "#9467bd", |p| {
+                p.double_running_units
+            }),
+            ("live machines", "#2ca02c", |p| p.live_machines),
+            ("machines with a wrong view", "#ff7f0e", |p| p.wrong_views),
+        ];
+        let ymax = self
+            .series
+            .iter()
+            .flat_map(|p| series.iter().map(move |(_, _, f)| f(p)))
+            .max()
+            .unwrap_or(1)
+            .max(1) as f64;
+        let y = |v: f64| h - pad - (h - 2.0 * pad) * v / ymax;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>"#,
+            h - pad,
+            w - pad,
+            h - pad,
+            h - pad
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="4" y="{}">{ymax}</text><text x="4" y="{}">0</text>"#,
+            pad + 4.0,
+            h - pad
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{}">{tmax:.0}s</text>"#,
+            w - pad - 10.0,
+            h - pad + 16.0
+        );
+        for (t, f) in &self.faults {
+            let _ = writeln!(
+                s,
+                r#"<line x1="{0:.1}" y1="{pad}" x2="{0:.1}" y2="{1}" stroke="gray" stroke-dasharray="3,3"><title>{2:.3}s {3}</title></line>"#,
+                x(*t),
+                h - pad,
+                t,
+                xml(f)
+            );
+        }
+        for (k, (name, color, f)) in series.iter().enumerate() {
+            let pts: Vec<String> = self
+                .series
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", x(p.t), y(f(p) as f64)))
+                .collect();
+            let _ = writeln!(
+                s,
+                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+                pts.join(" ")
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="{}" fill="{color}">{name}</text>"#,
+                pad + 10.0 + 200.0 * k as f64,
+                h - 12.0
+            );
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

@@ -1,0 +1,564 @@
+//! Scenario files: the machines, their units, the settings and a timeline of faults (TOML).
+//!
+//! ```toml
+//! name = "rack-loss"
+//! duration = "90s"
+//!
+//! [machines]
+//! count = 1000
+//! racks = 20            # metadata rack=r00..r19, contiguous blocks of machines
+//!
+//! [units]
+//! dir = "units"         # real .service files with [X-Fleet] sections, relative to this file
+//! instances = { "web@.service" = 2000 }
+//!
+//! [config]
+//! agent_ttl = "10s"
+//!
+//! [[fault]]
+//! at = "30s"
+//! kind = "crash"
+//! machines = "rack=r03"
+//! ```
+//!
+//! Selectors (`machines`, `from`, `to`): `all`, `etcd` (the etcd cluster, for partitions), an index
+//! `7`, a range `0-99`, a metadata match `rack=r03`, `random:50` (50 machines drawn with the seed),
+//! or a comma-separated union of these.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written as `250ms`, `30s`, `2m`, `1h` or `1500us` (stored in microseconds).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Dur(pub u64);
+
+impl Dur {
+    /// From milliseconds.
+    pub const fn ms(ms: u64) -> Dur {
+        Dur(ms * 1000)
+    }
+    /// From seconds.
+    pub const fn secs(s: u64) -> Dur {
+        Dur(s * 1_000_000)
+    }
+    /// As a `std` duration.
+    pub fn std(self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.0)
+    }
+    /// In seconds.
+    pub fn as_secs_f64(self) -> f64 {
+        self.0 as f64 / 1e6
+    }
+    /// Parses `250ms`, `30s`, `2m`, `1h`, `1500us` (a bare number is seconds).
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 30s, 2m"))?;
+        let mult = match unit.trim() {
+            "us" => 1.0,
+            "ms" => 1e3,
+            "" | "s" => 1e6,
+            "m" | "min" => 60e6,
+            "h" => 3600e6,
+            other => return Err(format!("invalid duration unit {other:?} in {s:?}")),
+        };
+        Ok(Dur((n * mult).round() as u64))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0;
+        if us % 1_000_000 == 0 {
+            write!(f, "{}s", us / 1_000_000)
+        } else if us % 1000 == 0 {
+            write!(f, "{}ms", us / 1000)
+        } else {
+            write!(f, "{us}us")
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dur, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(u64),
+            F(f64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) => Dur::parse(&s).map_err(serde::de::Error::custom),
+            Raw::I(n) => Ok(Dur::secs(n)),
+            Raw::F(x) => Ok(Dur((x * 1e6).round() as u64)),
+        }
+    }
+}
+
+/// A whole scenario.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Short name, shown in reports.
+    pub name: String,
+    /// What the scenario shows.
+    #[serde(default)]
+    pub description: String,
+    /// Simulated time to run.
+    pub duration: Dur,
+    /// The machines.
+    pub machines: Machines,
+    /// The units submitted (all `launched`).
+    pub units: Units,
+    /// Timers, TTLs and the models of network, etcd and systemd.
+    #[serde(default)]
+    pub config: Config,
+    /// Bounds the invariant checker enforces.
+    #[serde(default)]
+    pub invariants: Bounds,
+    /// The fault timeline.
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<Fault>,
+    /// Where relative paths (the units folder) are resolved; set by [`Scenario::load`].
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// The machines of the cluster.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Machines {
+    /// How many machines (IDs `m00000`, `m00001`, ...), in addition to `list`.
+    #[serde(default)]
+    pub count: usize,
+    /// Split the counted machines into this many racks: metadata `rack=r00`, ... (contiguous blocks).
+    #[serde(default)]
+    pub racks: usize,
+    /// Metadata every counted machine has.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Machines listed one by one.
+    #[serde(default)]
+    pub list: Vec<MachineEntry>,
+}
+
+/// One listed machine.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineEntry {
+    /// Its ID (ASCII letters and digits); default `m<index>`.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its `k=v` metadata.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The units: a folder of unit files, and how many instances of each template.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Units {
+    /// Folder of `.service` files (relative to the scenario file). Non-template files are submitted
+    /// as they are; templates only through `instances`.
+    pub dir: PathBuf,
+    /// Template file name → number of instances (`web@1.service` ... `web@N.service`).
+    #[serde(default)]
+    pub instances: BTreeMap<String, usize>,
+    /// Only these files of the folder (default: all).
+    #[serde(default)]
+    pub only: Vec<String>,
+}
+
+/// How the gossip layer is simulated.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GossipMode {
+    /// The real `fleet_gossip::core::Node` (foca) for every machine.
+    #[default]
+    Real,
+    /// A SWIM model (probes, indirect probes, suspicion, epidemic dissemination) for large clusters.
+    Model,
+}
+
+/// Settings. Defaults follow fleetd's defaults where fleetd has one.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Real gossip core or the SWIM model.
+    pub gossip_mode: GossipMode,
+    /// Gossip: probe period (200ms).
+    pub probe_period: Dur,
+    /// Gossip: direct ack timeout (80ms).
+    pub probe_rtt: Dur,
+    /// Gossip: indirect probes (3).
+    pub num_indirect_probes: usize,
+    /// Gossip: suspicion timeout (400ms).
+    pub suspect_to_down_after: Dur,
+    /// Gossip: dissemination round period (100ms).
+    pub gossip_interval: Dur,
+    /// Gossip: members per round (3).
+    pub gossip_fanout: usize,
+    /// Gossip: transmissions per update (12).
+    pub max_transmissions: u8,
+    /// Gossip: anti-entropy period (5s).
+    pub anti_entropy_interval: Dur,
+    /// Agent: lease TTL (`agent_ttl`, 30s).
+    pub agent_ttl: Dur,
+    /// Agent: periodic full pass (`engine_reconcile_interval`, 2s).
+    pub reconcile_interval: Dur,
+    /// Agent: claims of a machine just declared down still stand this long (800ms).
+    pub takeover_grace: Dur,
+    /// Agent: stop claimed units when the lease may have expired. Turning this off is only for
+    /// showing what fencing prevents.
+    pub fencing: bool,
+    /// Agent: a pass runs this long after what triggered it (fleetd coalesces for 5ms).
+    pub coalesce: Dur,
+    /// Simulator: passes are aligned to this grid so that agents share plans (see the README).
+    pub pass_quantum: Dur,
+    /// When the units are submitted (after membership formed).
+    pub units_at: Dur,
+    /// Network: one-way latency between machines.
+    pub latency: Dur,
+    /// Network: uniform jitter added to the latency.
+    pub jitter: Dur,
+    /// Network: loss probability on every link.
+    pub loss: f64,
+    /// etcd: round trip of one request.
+    pub etcd_rtt: Dur,
+    /// etcd: delay from a commit to its watch event reaching agents.
+    pub watch_delay: Dur,
+    /// systemd: time from StartUnit to active.
+    pub start_delay: Dur,
+    /// systemd: time from StopUnit to inactive.
+    pub stop_delay: Dur,
+    /// systemd: probability that a start fails (the unit ends `failed`).
+    pub start_failure: f64,
+    /// Report: sampling period of the time series.
+    pub sample_interval: Dur,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gossip_mode: GossipMode::Real,
+            probe_period: Dur::ms(200),
+            probe_rtt: Dur::ms(80),
+            num_indirect_probes: 3,
+            suspect_to_down_after: Dur::ms(400),
+            gossip_interval: Dur::ms(100),
+            gossip_fanout: 3,
+            max_transmissions: 12,
+            anti_entropy_interval: Dur::secs(5),
+            agent_ttl: Dur::secs(30),
+            reconcile_interval: Dur::secs(2),
+            takeover_grace: Dur::ms(800),
+            fencing: true,
+            coalesce: Dur::ms(5),
+            pass_quantum: Dur::ms(20),
+            units_at: Dur::secs(5),
+            latency: Dur(500),
+            jitter: Dur(200),
+            loss: 0.0,
+            etcd_rtt: Dur::ms(2),
+            watch_delay: Dur::ms(10),
+            start_delay: Dur::ms(200),
+            stop_delay: Dur::ms(100),
+            start_failure: 0.0,
+            sample_interval: Dur::secs(1),
+        }
+    }
+}
+
+/// Bounds checked at every step.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bounds {
+    /// A non-global unit may be active on two machines at most this long (default: `agent_ttl` +
+    /// `reconcile_interval` + 1s, the fencing bound).
+    pub double_run: Option<Dur>,
+    /// A placeable launched unit must be active somewhere within this long (30s).
+    pub placement: Dur,
+    /// Membership must converge this long after the last fault healed (30s).
+    pub converge: Dur,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            double_run: None,
+            placement: Dur::secs(30),
+            converge: Dur::secs(30),
+        }
+    }
+}
+
+/// What a fault does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Machines lose power: fleetd and its units stop. With `for`, they boot again after it.
+    Crash,
+    /// Crashed machines boot (fleetd starts with a new incarnation, systemd runs nothing).
+    Restart,
+    /// Machines pause (a VM pause; with `agent_only`, only fleetd: its units keep running). With
+    /// `for`, they resume after it.
+    Freeze,
+    /// Frozen machines resume.
+    Thaw,
+    /// Traffic from `from` to `to` is dropped (both ways unless `oneway`). `etcd` may be a side.
+    Partition,
+    /// Ends every partition, loss and delay rule.
+    Heal,
+    /// Datagrams (and etcd requests) from `from` to `to` are lost with probability `rate`.
+    Loss,
+    /// Traffic from `from` to `to` takes `extra` longer.
+    Delay,
+    /// etcd answers nothing (lost quorum / leader).
+    EtcdOutage,
+    /// Every etcd request takes `extra` longer.
+    EtcdSlow,
+    /// The machines' clocks run at `rate` (1.05 = 5% fast).
+    ClockSkew,
+}
+
+/// One fault of the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// When it starts.
+    pub at: Dur,
+    /// What it does.
+    pub kind: FaultKind,
+    /// How long until it is undone (restart, thaw, heal, end of outage...); forever when absent.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<Dur>,
+    /// The machines concerned (crash, restart, freeze, thaw, clock_skew).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machines: Option<String>,
+    /// One side of a partition, loss or delay (default `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// The other side (default `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Partition: only from `from` to `to`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oneway: bool,
+    /// Loss probability; clock rate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// Extra delay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<Dur>,
+    /// Freeze only fleetd, not its units.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agent_only: bool,
+}
+
+/// Why a scenario could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The scenario file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The TOML did not match the scenario format.
+    #[error("{path}: {source}")]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// The parse error (with line and column).
+        source: toml::de::Error,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("scenario {name}: {message}")]
+    Invalid {
+        /// The scenario.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Scenario {
+    /// Reads a scenario file; relative paths inside resolve against its folder.
+    pub fn load(path: &Path) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Scenario::from_toml(&text, &base).map_err(|e| match e {
+            ScenarioError::Toml { source, .. } => ScenarioError::Toml {
+                path: path.to_path_buf(),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a scenario from TOML text; relative paths resolve against `base_dir`.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Scenario, ScenarioError> {
+        let mut s: Scenario = toml::from_str(text).map_err(|source| ScenarioError::Toml {
+            path: PathBuf::from("<scenario>"),
+            source,
+        })?;
+        s.base_dir = base_dir.to_path_buf();
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// The fault timeline as TOML (`[[fault]]` tables), for reproducing a run.
+    pub fn faults_toml(faults: &[Fault]) -> String {
+        #[derive(Serialize)]
+        struct T<'a> {
+            fault: &'a [Fault],
+        }
+        toml::to_string(&T { fault: faults }).unwrap_or_default()
+    }
+
+    fn invalid(&self, message: String) -> ScenarioError {
+        ScenarioError::Invalid {
+            name: self.name.clone(),
+            message,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ScenarioError> {
+        if self.machines.count + self.machines.list.len() == 0 {
+            return Err(self.invalid("no machines".into()));
+        }
+        if self.config.probe_rtt >= self.config.probe_period {
+            return Err(self.invalid("probe_rtt must be less than probe_period".into()));
+        }
+        if !(0.0..=1.0).contains(&self.config.loss)
+            || !(0.0..=1.0).contains(&self.config.start_failure)
+        {
+            return Err(self.invalid("loss and start_failure are probabilities (0..1)".into()));
+        }
+        if self.config.pass_quantum.0 == 0 || self.config.sample_interval.0 == 0 {
+            return Err(self.invalid("pass_quantum and sample_interval must be positive".into()));
+        }
+        for (i, f) in self.faults.iter().enumerate() {
+            let need = |what: &str, ok: bool| {
+                if ok {
+                    Ok(())
+                } else {
+                    Err(self.invalid(format!("fault {i} ({:?}) needs {what}", f.kind)))
+                }
+            };
+            match f.kind {
+                FaultKind::Crash | FaultKind::Restart | FaultKind::Freeze | FaultKind::Thaw => {
+                    need("machines", f.machines.is_some())?
+                }
+                FaultKind::ClockSkew => {
+                    need("machines", f.machines.is_some())?;
+                    need("a positive rate", f.rate.is_some_and(|r| r > 0.0))?
+                }
+                FaultKind::Loss => need(
+                    "rate (0..1)",
+                    f.rate.is_some_and(|r| (0.0..=1.0).contains(&r)),
+                )?,
+                FaultKind::Delay | FaultKind::EtcdSlow => need("extra", f.extra.is_some())?,
+                FaultKind::Partition | FaultKind::Heal | FaultKind::EtcdOutage => {}
+            }
+            for sel in [&f.machines, &f.from, &f.to].into_iter().flatten() {
+                Selector::parse(sel).map_err(|e| self.invalid(format!("fault {i}: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The double-run bound in force.
+    pub fn double_run_bound(&self) -> Dur {
+        self.invariants
+            .double_run
+            .unwrap_or(Dur(self.config.agent_ttl.0
+                + self.config.reconcile_interval.0
+                + 1_000_000))
+    }
+}
+
+/// A parsed machine selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// Every machine.
+    All,
+    /// The etcd cluster.
+    Etcd,
+    /// Machines by index, inclusive range.
+    Range(usize, usize),
+    /// Machines whose metadata has this pair.
+    Meta(String, String),
+    /// This many machines drawn at random (seeded).
+    Random(usize),
+    /// A union.
+    Union(Vec<Selector>),
+}
+
+impl Selector {
+    /// Parses the selector syntax (see the module docs).
+    pub fn parse(s: &str) -> Result<Selector, String> {
+        let parts: Vec<&str> = s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return Err(format!("empty selector {s:?}"));
+        }
+        let one = |p: &str| -> Result<Selector, String> {
+            if p == "all" || p == "*" {
+                return Ok(Selector::All);
+            }
+            if p == "etcd" {
+                return Ok(Selector::Etcd);
+            }
+            if let Some(n) = p.strip_prefix("random:") {
+                return n
+                    .parse()
+                    .map(Selector::Random)
+                    .map_err(|_| format!("bad count in selector {p:?}"));
+            }
+            if let Some((k, v)) = p.split_once('=') {
+                return Ok(Selector::Meta(k.to_string(), v.to_string()));
+            }
+            if let Some((a, b)) = p.split_once('-') {
+                let a = a.parse().map_err(|_| format!("bad range {p:?}"))?;
+                let b = b.parse().map_err(|_| format!("bad range {p:?}"))?;
+                return Ok(Selector::Range(a, b));
+            }
+            p.parse().map(|i| Selector::Range(i, i)).map_err(|_| {
+                format!("unknown selector {p:?} (all, etcd, 7, 0-99, rack=r1, random:5)")
+            })
+        };
+        if parts.len() == 1 {
+            one(parts[0])
+        } else {
+            parts
+                .into_iter()
+                .map(one)
+                .collect::<Result<_, _>>()
+                .map(Selector::Union)
+        }
+    }
+}
