@@ -144,3 +144,50 @@ fn a_machine_that_does_not_answer_is_a_clear_error() {
         "{e}"
     );
 }
+
+#[test]
+fn a_global_units_status_comes_from_every_machine_and_its_journal_from_the_one_picked() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let (m1, m2) = (fl.machine_id(1), fl.machine_id(2));
+    let unit = "[Unit]\nDescription=global ticker\n\n[Service]\n\
+                ExecStart=/bin/sh -c 'echo global-marker-%m; exec sleep 1000'\n\n\
+                [X-Fleet]\nGlobal=true\n";
+    fl.write_file(1, "/tmp/g.service", unit);
+    fl.fleetctl_ok(1, &["start", "/tmp/g.service"]);
+    fl.wait_for("g.service reported by both machines", WAIT, |fl| {
+        let out = fl.fleetctl(1, &["list-units", "--no-legend", "--full"]);
+        let (o, _) = text(&out);
+        (o.lines()
+            .filter(|l| l.starts_with("g.service") && l.contains("running"))
+            .count()
+            == 2)
+            .then_some(())
+    });
+
+    let out = fl.fleetctl_ok(1, &["status", "g.service"]);
+    for m in [&m1, &m2] {
+        assert!(
+            out.contains(&format!("g.service on {}...", &m[..8])),
+            "{out}"
+        );
+        assert!(out.contains(&format!("global-marker-{m}")), "{out}");
+    }
+    assert_eq!(out.matches("Active: active (running)").count(), 2, "{out}");
+
+    let out = fl.fleetctl_ok(
+        1,
+        &["journal", "--machine", &m2, "--lines", "50", "g.service"],
+    );
+    assert!(out.contains(&format!("global-marker-{m2}")), "{out}");
+    assert!(!out.contains(&format!("global-marker-{m1}")), "{out}");
+
+    let out = fl.fleetctl(1, &["journal", "g.service"]);
+    let (o, e) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{o}{e}");
+    assert!(
+        e.contains("runs on 2 machines") && e.contains("--machine"),
+        "{e}"
+    );
+}

@@ -11,6 +11,9 @@
 //!   stop a unit whose machine had not reported it yet.
 //! - `[X-Fleet]` problems are checked before anything is sent: unknown keys are warnings, rejected
 //!   combinations are errors.
+//! - `status` and `journal` need no SSH: fleetd asks the agent of the unit's machine (API extension
+//!   `units/{name}/status` and `/journal`). `status` of a global unit shows every machine running it
+//!   (fleet refused); `journal` of a global unit on several machines needs `--machine`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -903,11 +906,17 @@ impl<T: Transport> Ctx<T> {
             bail!("Error: --output {} is not supported (only short)", a.output);
         }
         let what = || format!("Error reading the journal of {name}");
-        let first = self
+        let first = match self
             .api
             .unit_journal(name.as_str(), a.lines, None, a.machine.as_deref())
             .await
-            .with_context(what)?;
+        {
+            Ok(o) => o,
+            Err(e) if e.api_status() == Some(409) && e.to_string().contains("machineID=") => {
+                bail!("{}: {e}; pick one with --machine ID", what())
+            }
+            Err(e) => return Err(e).with_context(what),
+        };
         self.write_out(&first.text)?;
         if !a.follow {
             return Ok(());
