@@ -226,7 +226,8 @@ async fn start_gossip(
         }
         (None, None, None) => bail!(
             "gossip needs mutual TLS: set gossip_ca_file, gossip_cert_file and gossip_key_file \
-             (mint them with `fleetctl gen-certs`), or gossip_insecure=true for development"
+             (mint them with `fleetctl gen-certs --dir DIR --ca`, then `fleetctl gen-certs --dir \
+             DIR --machine-id ID` for each machine), or gossip_insecure=true for development"
         ),
         _ => bail!("gossip_ca_file, gossip_cert_file and gossip_key_file must be given together"),
     };

@@ -164,6 +164,49 @@ pub enum Command {
     Journal(JournalArgs),
     /// Print the version of fleetctl.
     Version,
+    /// Mint the gossip TLS files: a cluster CA, or a machine certificate signed by it (local files
+    /// only; fleetd is not contacted).
+    #[command(after_help = GEN_CERTS_HELP)]
+    GenCerts(GenCertsArgs),
+}
+
+const GEN_CERTS_HELP: &str = "\
+fleetd's agents speak to each other (gossip) over QUIC with mutual TLS: every machine needs the cluster
+CA certificate, and a certificate and key of its own signed by that CA. A peer whose certificate is not
+signed by the CA is refused.
+
+Files written (keys are created with mode 0600; existing files are kept unless --force):
+  --ca                 DIR/ca.pem, DIR/ca.key         (keep ca.key off the machines)
+  --machine-id ID      DIR/ID.pem, DIR/ID.key         (signed by CA-DIR/ca.pem and CA-DIR/ca.key)
+
+Example:
+  fleetctl gen-certs --dir /root/fleet-ca --ca
+  fleetctl gen-certs --dir /root/fleet-certs --ca-dir /root/fleet-ca --machine-id $(cat /etc/machine-id)
+  # then on that machine, in fleet.conf (after copying the three files there):
+  #   gossip_ca_file=/etc/fleet/ca.pem
+  #   gossip_cert_file=/etc/fleet/<ID>.pem
+  #   gossip_key_file=/etc/fleet/<ID>.key";
+
+/// `gen-certs`.
+#[derive(Args, Debug, Clone, PartialEq)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["ca", "machine_id"])))]
+pub struct GenCertsArgs {
+    /// Directory to write the files into (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Mint a new cluster CA: DIR/ca.pem and DIR/ca.key.
+    #[arg(long, conflicts_with_all = ["machine_id", "ca_dir"])]
+    pub ca: bool,
+    /// Mint a certificate for this machine (its machine ID, the certificate's common name):
+    /// DIR/ID.pem and DIR/ID.key.
+    #[arg(long, value_name = "ID")]
+    pub machine_id: Option<String>,
+    /// Directory holding the CA's ca.pem and ca.key (default: --dir).
+    #[arg(long, value_name = "CA-DIR", requires = "machine_id")]
+    pub ca_dir: Option<PathBuf>,
+    /// Overwrite files that already exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `status`.

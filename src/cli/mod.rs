@@ -5,10 +5,13 @@
 //! - [`names`]: arguments to unit names (`hello` → `hello.service`, paths → base names).
 //! - [`table`]: fleet's tab-aligned table output.
 //! - [`commands`]: the verbs.
+//! - [`certs`]: `gen-certs`, which mints gossip's TLS files locally.
 //!
-//! fleetctl talks only to the API: it never reads etcd, and it knows nothing of gossip or systemd.
+//! fleetctl talks only to the API: it never reads etcd, and it knows nothing of gossip or systemd
+//! (except `gen-certs`, which only writes local files with the gossip crate's minting functions).
 
 pub mod args;
+pub mod certs;
 pub mod client;
 pub mod commands;
 pub mod names;
@@ -99,6 +102,10 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
         println!("fleetctl version {VERSION}");
         return Ok(());
     }
+    if let Some(Command::GenCerts(a)) = &cli.command {
+        certs::gen_certs(a, &mut std::io::stdout())?;
+        return Ok(());
+    }
     let Some(command) = cli.command.clone() else {
         let mut help = Cli::command();
         help.print_help()?;
@@ -176,7 +183,7 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
             }
-            Command::Version => unreachable!("handled above"),
+            Command::Version | Command::GenCerts(_) => unreachable!("handled above"),
         }
     });
     let _ = std::io::stdout().flush();
