@@ -1,0 +1,208 @@
+//! Helpers shared by the lab benchmarks: the monotonic clock (the same clock systemd's
+//! `*TimestampMonotonic` properties use: lab machines have no time namespace), percentiles, reading
+//! unit properties and process memory inside a machine, knobs from the environment.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::lab::FleetLab;
+
+#[repr(C)]
+struct Timespec {
+    tv_sec: i64,
+    tv_nsec: i64,
+}
+
+extern "C" {
+    fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+}
+
+/// `CLOCK_MONOTONIC` on Linux.
+const CLOCK_MONOTONIC: i32 = 1;
+
+/// `CLOCK_MONOTONIC` in microseconds: directly comparable with systemd's
+/// `ActiveEnterTimestampMonotonic` read inside a lab machine.
+pub fn mono_us() -> u64 {
+    let mut ts = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec (two 64-bit fields on 64-bit Linux) to a valid pointer.
+    let rc = unsafe { clock_gettime(CLOCK_MONOTONIC, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_MONOTONIC) failed");
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
+/// A knob from the environment (`name`), or `default`.
+pub fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
+        _ => default,
+    }
+}
+
+/// A string knob from the environment.
+pub fn knob_str(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// Nearest-rank percentile (`p` in 0..=100) of sorted samples.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    assert!(!sorted.is_empty());
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `p50 X ms, p90 Y ms, p99 Z ms, min, max (n samples)` of durations in milliseconds.
+pub fn summary_ms(samples: &[f64]) -> String {
+    if samples.is_empty() {
+        return "no samples".into();
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    format!(
+        "p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, min {:.0} ms, max {:.0} ms ({} samples)",
+        percentile(&s, 50.0),
+        percentile(&s, 90.0),
+        percentile(&s, 99.0),
+        s[0],
+        s[s.len() - 1],
+        s.len()
+    )
+}
+
+/// A tiny deterministic RNG (xorshift64*) for pauses between measurements; the seed is printed.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded generator (a zero seed is replaced).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// Properties of several units in machine `i` with one `systemctl show` (keyed by unit `Id`).
+/// `None` when the machine is not running or the command fails.
+pub fn show_units(
+    fl: &FleetLab,
+    i: usize,
+    units: &[String],
+    props: &[&str],
+) -> Option<BTreeMap<String, BTreeMap<String, String>>> {
+    let mut cmd: Vec<String> = vec!["systemctl".into(), "show".into(), "-p".into(), "Id".into()];
+    for p in props {
+        cmd.push("-p".into());
+        cmd.push((*p).into());
+    }
+    cmd.extend(units.iter().cloned());
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let out = fl.lab.sh(i, &args).ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut all = BTreeMap::new();
+    for block in text.split("\n\n") {
+        let mut props = BTreeMap::new();
+        for line in block.lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                props.insert(k.to_string(), v.to_string());
+            }
+        }
+        if let Some(id) = props.get("Id").cloned() {
+            all.insert(id, props);
+        }
+    }
+    Some(all)
+}
+
+/// A monotonic timestamp property in microseconds (0 = never).
+pub fn ts(props: &BTreeMap<String, String>, key: &str) -> u64 {
+    props.get(key).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Memory of fleetd in machine `i`: (VmRSS, VmHWM) in KiB, read from `/proc/<MainPID>/status`
+/// inside the machine.
+pub fn fleetd_memory_kib(fl: &FleetLab, i: usize) -> (u64, u64, u32) {
+    let pid = fl.show(i, "fleet.service", "MainPID");
+    let status = fl
+        .lab
+        .sh_ok(i, &["cat", &format!("/proc/{pid}/status")])
+        .unwrap_or_else(|e| panic!("reading fleetd's /proc/{pid}/status in m{i}: {e}"));
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in fleetd's status:\n{status}"))
+    };
+    (
+        field("VmRSS:"),
+        field("VmHWM:"),
+        pid.parse().unwrap_or_default(),
+    )
+}
+
+/// Sleeps `d`.
+pub fn sleep(d: Duration) {
+    std::thread::sleep(d);
+}
+
+/// The exact command line and build that produced the figures (printed at the top of a run).
+pub fn print_header(name: &str) {
+    let rev = std::process::Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "describe",
+            "--always",
+            "--dirty",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let profile = fleet_lab::cargo_profile_dir()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "== bench {name}: git {rev}, fleetd from {profile}, {cores} cores, loadavg {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+}
+
+/// Fails early with a clear message when the lab binaries are missing from the profile dir.
+pub fn require_binaries() {
+    let dir = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
+    for bin in ["fleetd", "fleetctl"] {
+        let p = dir.join(bin);
+        assert!(
+            p.is_file(),
+            "{} is missing: build it first (`cargo build --release --bins`, or run scripts/bench-lab.sh)",
+            p.display()
+        );
+    }
+}
