@@ -56,11 +56,13 @@
 //!   that matches a global unit or the unit itself.
 //!
 //! # Order and stability
-//! Global units are decided first, by name. Then the claims that are sure to be kept are *reserved*: a
-//! claim on a live machine that its `MachineID=`/`MachineMetadata=` accept, that no unit replaces, whose
-//! `MachineOf=` targets are reserved on the same machine, and that no global unit or earlier reservation
-//! blocks. Every unit decided afterwards is checked against the reservations (and counts them in the
-//! load), so a newcomer never takes a claimed unit's place: existing placements are never rebalanced.
+//! Global units are decided first, by name. Then every claim that can be kept is *reserved*: a claim on
+//! a live machine that its `MachineID=`/`MachineMetadata=` accept, whose `MachineOf=` targets are
+//! reserved on the same machine, and that no global unit or earlier reservation blocks. Every unit decided
+//! afterwards is checked against the reservations (and counts them in the load), so a newcomer never takes
+//! a claimed unit's place: existing placements are never rebalanced. A unit that replaces a reserved one
+//! ignores that reservation while it is decided; if it takes that machine, the replaced unit and its
+//! followers lose their reservations and are decided anew.
 //!
 //! The other non-global units are then decided one at a time, in an order that depends only on the inputs:
 //! 1. `MachineOf` targets before their followers, and units that others replace after those (unless only
@@ -237,6 +239,13 @@ pub enum Reason {
         machine: MachineId,
         /// The block is a `Replaces=` relation, not `Conflicts=`.
         replaces: bool,
+    },
+    /// None of the machines allowed by the other requirements can take it (a fallback that the
+    /// scheduler is not expected to produce: it names a blocking unit when it can).
+    #[error("none of the {machines} machine(s) it may run on can take it")]
+    NoRoom {
+        /// How many machines satisfied the other requirements.
+        machines: usize,
     },
 }
 
@@ -899,43 +908,69 @@ impl<'a> Scheduler<'a> {
     }
 
     fn place(&mut self, u: u32, m: u32) {
-        let ui = u as usize;
         self.set_load(m, self.load[m as usize] + 1);
         self.on_machine[m as usize].push(u);
+        self.count(u, m, true);
+        if !self.is_global(u) {
+            self.at[u as usize] = m;
+        }
+    }
+
+    /// Takes a reserved non-global unit off its machine again.
+    fn unplace(&mut self, u: u32) {
+        let m = self.at[u as usize];
+        self.set_load(m, self.load[m as usize] - 1);
+        self.on_machine[m as usize].retain(|&w| w != u);
+        self.count(u, m, false);
+        self.at[u as usize] = NONE;
+    }
+
+    /// Adds (or removes) `u` on `m` to the pattern counters.
+    fn count(&mut self, u: u32, m: u32, add: bool) {
+        let ui = u as usize;
         let before: Vec<(u32, [bool; 2])> = self
             .touched_patterns(u)
             .into_iter()
             .map(|p| (p, self.pattern_state(p, m)))
             .collect();
+        let step = |c: &mut u32| {
+            if add {
+                *c += 1
+            } else {
+                *c -= 1
+            }
+        };
         for &p in &self.conflict_pats[ui] {
-            *self.cnt_own.entry(key(p, m)).or_insert(0) += 1;
+            step(self.cnt_own.entry(key(p, m)).or_insert(0));
         }
         for &p in &self.matched_by[ui] {
-            *self.cnt_match.entry(key(p, m)).or_insert(0) += 1;
+            step(self.cnt_match.entry(key(p, m)).or_insert(0));
         }
         for (p, was) in before {
             let now = self.pattern_state(p, m);
+            // Machines of each pool where the pattern became (or stopped being) matched, owned, either.
+            let (from, to) = if add { (was, now) } else { (now, was) };
             let delta = [
-                (now[0] && !was[0]) as u32,
-                (now[1] && !was[1]) as u32,
-                ((now[0] || now[1]) && !(was[0] || was[1])) as u32,
+                to[0] && !from[0],
+                to[1] && !from[1],
+                (to[0] || to[1]) && !(from[0] || from[1]),
             ];
-            if delta != [0; 3] {
-                for i in 0..=self.machine_pools[m as usize].len() {
-                    let pool = if i == 0 {
-                        0
-                    } else {
-                        self.machine_pools[m as usize][i - 1]
-                    };
-                    let c = self.pool_touched.entry(key(p, pool as u32)).or_default();
-                    for k in 0..3 {
-                        c[k] += delta[k];
+            if delta == [false; 3] {
+                continue;
+            }
+            for i in 0..=self.machine_pools[m as usize].len() {
+                let pool = if i == 0 {
+                    0
+                } else {
+                    self.machine_pools[m as usize][i - 1]
+                };
+                let c = self.pool_touched.entry(key(p, pool as u32)).or_default();
+                for k in 0..3 {
+                    if delta[k] {
+                        step(&mut c[k]);
                     }
                 }
             }
-        }
-        if !self.is_global(u) {
-            self.at[ui] = m;
         }
     }
 
@@ -1092,8 +1127,13 @@ impl<'a> Scheduler<'a> {
             .iter()
             .copied()
             .filter(|&w| w != u && (conflicts(w) || related(w)))
-            .min()
-            .expect("a blocked machine holds the blocking unit");
+            .min();
+        let Some(blocker) = blocker else {
+            // Not expected: once placed, units stay, and blocked units are retried when a reservation
+            // is given up.
+            debug_assert!(false, "no unit blocks {} on machine {m}", me.name);
+            return Reason::NoRoom { machines };
+        };
         Reason::ConflictsEverywhere {
             machines,
             unit: self.units[blocker as usize].name.clone(),
@@ -1143,12 +1183,13 @@ impl<'a> Scheduler<'a> {
                 }
             }
         }
-        // Reserve, targets first, every claim that is sure to be kept, so that every unit decided later
-        // sees it: on a live machine that its MachineID/MachineMetadata accept, nothing replaces it, its
-        // MachineOf targets are reserved on (or, global, run on) the same machine, and nothing already
-        // there (global units, earlier reservations) blocks it. Everything placed later is checked against
-        // it, so it stays.
+        // Reserve, targets first, every claim that can be kept, so that every unit decided later sees it:
+        // on a live machine that its MachineID/MachineMetadata accept, its MachineOf targets reserved on
+        // (or, global, running on) the same machine, and nothing already there (global units, earlier
+        // reservations) blocking it. Everything placed later is checked against it, so it stays, unless a
+        // unit that replaces it takes its machine (then it and its followers are decided anew).
         let mut reserved = vec![false; n];
+        let mut freed = false;
         let mut left = waiting.clone();
         let mut queue: std::collections::VecDeque<u32> = (0..n as u32)
             .filter(|&u| self.decision[u as usize].is_none() && left[u as usize] == 0)
@@ -1176,7 +1217,7 @@ impl<'a> Scheduler<'a> {
             .collect();
         // A unit that others wait for inherits their class, so that a claim is never held back behind a
         // newcomer by what it waits for (its MachineOf targets, the units replacing it, and theirs).
-        let mut class: Vec<u8> = (0..n as u32).map(|u| self.class(u)).collect();
+        let mut class: Vec<u8> = (0..n as u32).map(|u| self.class(u, &reserved)).collect();
         let mut work: Vec<u32> = (0..n as u32).filter(|&u| class[u as usize] < 2).collect();
         while let Some(w) = work.pop() {
             let c = class[w as usize];
@@ -1213,10 +1254,30 @@ impl<'a> Scheduler<'a> {
             let dec = if reserved[u as usize] {
                 Dec::On(self.at[u as usize])
             } else {
+                // A unit may take the machine of the units it replaces: their reservations do not count
+                // while it is decided, and stay only where it did not go.
+                let released: Vec<u32> = self.replaces[u as usize]
+                    .iter()
+                    .copied()
+                    .filter(|&v| reserved[v as usize] && self.decision[v as usize].is_none())
+                    .collect();
+                for &v in &released {
+                    self.unplace(v);
+                }
                 self.ensure_pool(u);
                 let dec = self.decide(u);
                 if let Dec::On(m) = dec {
                     self.place(u, m);
+                }
+                for &v in &released {
+                    let m = self.claim[v as usize];
+                    if self.blocked(v, m) {
+                        self.release_followers(v, &followers, &mut reserved);
+                        reserved[v as usize] = false;
+                        freed = true;
+                    } else {
+                        self.place(v, m);
+                    }
                 }
                 dec
             };
@@ -1239,17 +1300,58 @@ impl<'a> Scheduler<'a> {
             }
         }
         debug_assert!(self.decision.iter().all(Option::is_some));
+        if freed {
+            self.retry();
+        }
+    }
+
+    /// After a reservation was given up, units decided earlier may have been kept off a machine by it:
+    /// those that are blocked, or follow a unit that was not placed, are decided again (by name, until
+    /// nothing changes). From here on units are only added, so what is still blocked stays blocked.
+    fn retry(&mut self) {
+        loop {
+            let mut changed = false;
+            for u in 0..self.units.len() as u32 {
+                let again = matches!(
+                    self.decision[u as usize],
+                    Some(Dec::Blocked { .. })
+                        | Some(Dec::Unplaceable(Reason::MachineOfNotPlaced(_)))
+                );
+                if !again || self.is_global(u) {
+                    continue;
+                }
+                self.ensure_pool(u);
+                let dec = self.decide(u);
+                if let Dec::On(m) = dec {
+                    self.place(u, m);
+                    changed = true;
+                }
+                self.decision[u as usize] = Some(dec);
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    /// Drops the reservations of the units that follow `v` (and of theirs): `v` is moving.
+    fn release_followers(&mut self, v: u32, followers: &[Vec<u32>], reserved: &mut [bool]) {
+        let mut stack = vec![v];
+        while let Some(t) = stack.pop() {
+            for &f in &followers[t as usize] {
+                if reserved[f as usize] && self.decision[f as usize].is_none() {
+                    self.unplace(f);
+                    reserved[f as usize] = false;
+                    stack.push(f);
+                }
+            }
+        }
     }
 
     /// Whether the live claim of `u` can be reserved (see `place_non_globals`).
     fn can_reserve(&self, u: u32, reserved: &[bool]) -> bool {
         let m = self.claim[u as usize];
-        if m == NONE
-            || self.is_global(u)
-            || !self.replaced_by[u as usize].is_empty()
-            || self.precheck(u).is_some()
-            || !self.static_ok(u, m)
-        {
+        if m == NONE || self.is_global(u) || self.precheck(u).is_some() || !self.static_ok(u, m) {
             return false;
         }
         let with_targets = self.req(u).machine_of.iter().all(|t| {
@@ -1267,18 +1369,19 @@ impl<'a> Scheduler<'a> {
 
     /// Processing class of a non-global unit once nothing it waits for is pending (lower first, then by
     /// name):
-    /// 0. claimed on a live machine: the claim is checked before any newcomer can take its place (a unit
-    ///    that others replace gets here only after they are decided);
-    /// 1. not claimed, and it replaces a claimed unit that is free to move: it may take that machine;
+    /// 0. without a reservation, and it replaces a claimed unit that is free to move: it may take that
+    ///    machine, so it goes before anything could be blocked by the reservation it may end;
+    /// 1. claimed on a live machine;
     /// 2. everything else (new units, claims on dead machines).
-    fn class(&self, u: u32) -> u8 {
+    fn class(&self, u: u32, reserved: &[bool]) -> u8 {
         let ui = u as usize;
-        if self.claim[ui] != NONE {
-            0
-        } else if self.replaces[ui]
-            .iter()
-            .any(|&v| self.movable_claim(v).is_some())
+        if !reserved[ui]
+            && self.replaces[ui]
+                .iter()
+                .any(|&v| self.movable_claim(v).is_some())
         {
+            0
+        } else if self.claim[ui] != NONE {
             1
         } else {
             2

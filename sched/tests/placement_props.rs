@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use fleet_sched::{
-    schedule, Decision, DesiredState, MachineId, MachineInfo, Plan, Requirements, UnitInfo,
+    schedule, Decision, DesiredState, MachineId, MachineInfo, Plan, Reason, Requirements, UnitInfo,
     UnitName,
 };
 use proptest::prelude::*;
@@ -249,6 +249,8 @@ proptest! {
         prop_assert!(v.is_empty(), "{v:#?}\n{plan:#?}");
         for (name, reason) in plan.unplaceable() {
             prop_assert!(!reason.to_string().is_empty(), "{name}");
+            // The fallback reason means a blocked unit was not retried after a reservation was given up.
+            prop_assert!(!matches!(reason, Reason::NoRoom { .. }), "{name}: {reason}\n{}", describe(&ms, &us));
         }
     }
 
