@@ -1435,11 +1435,9 @@ impl<'a> Scheduler<'a> {
             return Dec::On(own);
         }
         for &v in &self.replaces[u as usize] {
-            let vm = self.claim[v as usize];
-            let free =
-                self.req(v).machine_of.is_empty() && self.req(v).required_machine().is_none();
-            if vm != NONE && free && self.at[v as usize] == NONE && fits(vm) {
-                return Dec::On(vm);
+            match self.movable_claim(v) {
+                Some(vm) if self.at[v as usize] == NONE && fits(vm) => return Dec::On(vm),
+                _ => {}
             }
         }
 

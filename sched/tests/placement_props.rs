@@ -185,6 +185,114 @@ fn units() -> impl Strategy<Value = Vec<UnitInfo>> {
     })
 }
 
+/// Clusters large enough for the per-metadata ordered sets (more than 32 matching machines) and for
+/// groups of self-conflicting template instances.
+fn big_machines() -> impl Strategy<Value = Vec<MachineInfo>> {
+    (
+        33..90usize,
+        prop::collection::vec((0..3usize, any::<bool>()), 90),
+    )
+        .prop_map(|(n, md)| {
+            (0..n)
+                .map(|i| {
+                    let (role, ssd) = md[i];
+                    let mut m = MachineInfo::new(MachineId::parse(&format!("m{i:03}")).unwrap());
+                    if role > 0 {
+                        m = m.with_metadata("role", ["web", "db"][role - 1]);
+                    }
+                    if ssd {
+                        m = m.with_metadata("disk", "ssd");
+                    }
+                    m
+                })
+                .collect()
+        })
+}
+
+fn big_requirements(names: Vec<String>) -> impl Strategy<Value = Requirements> {
+    let md = prop_oneof![
+        3 => Just(BTreeMap::new()),
+        1 => Just([("role".to_string(), vec!["web".to_string()])].into()),
+        1 => Just([("role".to_string(), vec!["db".to_string(), "web".to_string()])].into()),
+        1 => Just([("disk".to_string(), vec!["ssd".to_string()])].into()),
+    ];
+    let conflicts = prop_oneof![
+        3 => Just(vec![]),
+        2 => Just(vec!["web@*.service".to_string()]),
+        1 => Just(vec!["app1*.service".to_string()]),
+        1 => Just(vec!["app2.service".to_string(), "app3*".to_string()]),
+    ];
+    let replaces = prop_oneof![
+        6 => Just(vec![]),
+        1 => prop::sample::select(names.clone()).prop_map(|n| vec![n]),
+        1 => Just(vec!["app3*.service".to_string()]),
+    ];
+    let machine_of = prop_oneof![
+        5 => Just(vec![]),
+        1 => prop::sample::select(names).prop_map(|n| vec![n]),
+    ];
+    (
+        md,
+        conflicts,
+        replaces,
+        machine_of,
+        prop::bool::weighted(0.05),
+    )
+        .prop_map(|(metadata, conflicts, replaces, machine_of, global)| {
+            let mut r = Requirements {
+                metadata,
+                conflicts,
+                replaces,
+                machine_of,
+                global,
+                ..Requirements::default()
+            };
+            let fixes: [fn(&mut Requirements); 3] = [
+                |r| r.global = false,
+                |r| r.replaces.clear(),
+                |r| r.machine_of.clear(),
+            ];
+            for fix in fixes {
+                if r.validate().is_ok() {
+                    break;
+                }
+                fix(&mut r);
+            }
+            r
+        })
+}
+
+fn big_units() -> impl Strategy<Value = Vec<UnitInfo>> {
+    let names: Vec<String> = (0..40)
+        .map(|i| format!("web@{i}.service"))
+        .chain((0..40).map(|i| format!("app{i}.service")))
+        .collect();
+    let pool = names.clone();
+    prop::sample::subsequence(names, 10..80).prop_flat_map(move |chosen| {
+        let n = chosen.len();
+        let claim = prop_oneof![
+            2 => Just(None),
+            2 => (0..90usize).prop_map(|i| Some(format!("m{i:03}"))),
+        ];
+        (
+            Just(chosen),
+            prop::collection::vec((big_requirements(pool.clone()), claim), n),
+        )
+            .prop_map(|(chosen, specs)| {
+                chosen
+                    .iter()
+                    .zip(specs)
+                    .map(|(name, (req, claim))| UnitInfo {
+                        name: UnitName::parse(name).unwrap(),
+                        requirements: req,
+                        desired: DesiredState::Launched,
+                        claim: claim.map(|c| MachineId::parse(&c).unwrap()),
+                    })
+                    .collect()
+            })
+    })
+}
+
 /// One line per machine and active unit, for failure messages.
 fn describe(ms: &[MachineInfo], us: &[UnitInfo]) -> String {
     let mut out = String::new();
@@ -299,5 +407,25 @@ proptest! {
                 prop_assert_eq!(after.decision(name), Some(&Decision::On(m.clone())), "{}\nfirst run:\n{}\nsecond run:\n{}", name, describe(&ms, &us), describe(&more, &claimed));
             }
         }
+    }
+}
+
+proptest! {
+    // Bigger inputs, fewer cases (PROPTEST_CASES / 10).
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(2000) / 10
+    ))]
+
+    #[test]
+    fn large_clusters_are_sound_and_stable(ms in big_machines(), us in big_units(), seed in any::<u64>()) {
+        let plan = schedule(&ms, &us);
+        let v = plan.violations(&ms, &us);
+        prop_assert!(v.is_empty(), "{v:#?}\n{}", describe(&ms, &us));
+        for (name, reason) in plan.unplaceable() {
+            prop_assert!(!matches!(reason, Reason::NoRoom { .. }), "{name}: {reason}\n{}", describe(&ms, &us));
+        }
+        prop_assert_eq!(&schedule(&shuffled(&ms, seed), &shuffled(&us, !seed)), &plan);
+        let claimed = with_plan_claims(&us, &plan);
+        prop_assert_eq!(&schedule(&ms, &claimed), &plan, "\n{}", describe(&ms, &us));
     }
 }
