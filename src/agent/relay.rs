@@ -1,10 +1,13 @@
-//! Unit status and journal between agents: the protocol on the gossip request channel, the handler
-//! that answers on the unit's machine, and the [`UnitRelay`] the HTTP API asks through.
+//! Unit status, journal and restart between agents: the protocol on the gossip request channel, the
+//! handler that answers on the unit's machine, and the [`UnitRelay`] the HTTP API asks through.
 //!
 //! A request is one postcard-encoded [`Request`]; the answer is one postcard-encoded [`Response`]
 //! (failures are [`Response::Error`], so the gossip stream itself only fails on transport trouble).
-//! The handler runs `systemctl status` or `journalctl` for the unit on this machine:
-//! - the unit name must parse as a [`UnitName`] and the cursor must pass [`valid_cursor`], else the
+//! The handler runs `systemctl status`, `journalctl` or `systemctl restart` for the unit on this
+//! machine (a peer is trusted as far as mutual TLS admitted it; which units may be restarted is
+//! decided by the API that sends the request: launched units of the registry, on their machine):
+//! - the unit name must parse as a [`UnitName`] (and not be a template, for a restart) and the cursor
+//!   must pass [`valid_cursor`], else the
 //!   request is refused before any command runs; each value is passed as one argument, after `--` or
 //!   as `--opt=value`, never through a shell;
 //! - a command runs at most [`COMMAND_TIMEOUT`] and its output is cut at [`MAX_OUTPUT`] bytes
@@ -49,6 +52,11 @@ pub enum Request {
         /// Continue after this cursor (from a previous [`Response::Journal`]).
         cursor: Option<String>,
     },
+    /// `systemctl restart` of `unit` (stop, then start: a new main process), waiting for the job.
+    Restart {
+        /// The unit name (validated by the receiver; templates are refused).
+        unit: String,
+    },
 }
 
 /// The answer to a [`Request`].
@@ -67,6 +75,13 @@ pub enum Response {
         text: String,
         /// Where to continue; `None` when there was no entry (keep the previous cursor).
         cursor: Option<String>,
+    },
+    /// `systemctl restart` finished: exit code 0 when the unit was restarted.
+    Restart {
+        /// systemctl's output (empty on success; its error otherwise).
+        text: String,
+        /// systemctl's exit code (-1 when killed by a signal).
+        exit_code: i32,
     },
     /// The request was refused or the command failed.
     Error(String),
@@ -125,11 +140,14 @@ impl From<UnitQuery> for Request {
                 lines,
                 cursor,
             },
+            UnitQuery::Restart { unit } => Request::Restart {
+                unit: unit.to_string(),
+            },
         }
     }
 }
 
-/// Makes this machine answer status and journal requests from its peers.
+/// Makes this machine answer status, journal and restart requests from its peers.
 pub fn install(gossip: &GossipHandle, systemd_user: bool) {
     gossip.set_request_handler(move |from: SocketAddr, request: Vec<u8>| async move {
         Ok(handle(from, &request, systemd_user).await)
@@ -234,11 +252,16 @@ pub async fn answer(request: &Request, systemd_user: bool) -> Response {
                     let (text, cursor) = split_cursor(&out.stdout);
                     Response::Journal { text, cursor }
                 }
-                // journalctl exits 1 with "-- No entries --" when nothing matches.
-                Ok(out) if out.stdout.trim() == "-- No entries --" && out.stderr.is_empty() => {
+                // journalctl exits 1 without a word (--quiet) when nothing matches, e.g. a unit
+                // that never ran, or no new entry after the cursor.
+                Ok(out)
+                    if out.code == 1
+                        && out.stderr.trim().is_empty()
+                        && split_cursor(&out.stdout).0.trim().is_empty() =>
+                {
                     Response::Journal {
                         text: String::new(),
-                        cursor: None,
+                        cursor: split_cursor(&out.stdout).1,
                     }
                 }
                 Ok(out) => Response::Error(format!(
@@ -247,6 +270,37 @@ pub async fn answer(request: &Request, systemd_user: bool) -> Response {
                     first_line(&out.stderr, &out.stdout)
                 )),
                 Err(e) => Response::Error(e),
+            }
+        }
+        Request::Restart { unit } => {
+            let name = match check(unit, 0, None) {
+                Ok(n) if n.is_template() => {
+                    return Response::Error(format!("cannot restart template {n}"))
+                }
+                Ok(n) => n,
+                Err(e) => return Response::Error(e),
+            };
+            let mut args = Vec::new();
+            if systemd_user {
+                args.push("--user".to_string());
+            }
+            args.extend([
+                "restart".into(),
+                "--no-ask-password".into(),
+                "--job-mode=replace".into(),
+                "--".into(),
+                name.to_string(),
+            ]);
+            match run("systemctl", &args, Keep::Head).await {
+                Ok(out) => Response::Restart {
+                    text: if out.stderr.trim().is_empty() {
+                        out.stdout
+                    } else {
+                        out.stderr
+                    },
+                    exit_code: out.code,
+                },
+                Err(e) => Response::Error(format!("{e} (a restart job may still be running)")),
             }
         }
     }
@@ -427,24 +481,31 @@ impl GossipRelay {
 impl UnitRelay for GossipRelay {
     fn ask<'a>(&'a self, machine: &'a MachineId, query: UnitQuery) -> RelayFuture<'a> {
         Box::pin(async move {
-            let status = matches!(query, UnitQuery::Status { .. });
             let failed = |message: String| RelayError::Failed {
                 machine: machine.clone(),
                 message,
             };
-            match (self.exchange(machine, Request::from(query)).await?, status) {
-                (Response::Status { text, exit_code }, true) => Ok(UnitAnswer {
+            let request = Request::from(query);
+            match (&request, self.exchange(machine, request.clone()).await?) {
+                (Request::Status { .. }, Response::Status { text, exit_code }) => Ok(UnitAnswer {
                     text,
                     cursor: None,
                     exit_code: Some(exit_code),
                 }),
-                (Response::Journal { text, cursor }, false) => Ok(UnitAnswer {
+                (Request::Journal { .. }, Response::Journal { text, cursor }) => Ok(UnitAnswer {
                     text,
                     cursor,
                     exit_code: None,
                 }),
-                (Response::Error(e), _) => Err(failed(e)),
-                (other, _) => Err(failed(format!(
+                (Request::Restart { .. }, Response::Restart { text, exit_code }) => {
+                    Ok(UnitAnswer {
+                        text,
+                        cursor: None,
+                        exit_code: Some(exit_code),
+                    })
+                }
+                (_, Response::Error(e)) => Err(failed(e)),
+                (_, other) => Err(failed(format!(
                     "answered with the wrong kind of response: {other:?}"
                 ))),
             }
@@ -480,6 +541,9 @@ mod tests {
                 lines: 3,
                 cursor: Some("s=1;i=2".into()),
             },
+            Request::Restart {
+                unit: "a.service".into(),
+            },
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
@@ -491,6 +555,10 @@ mod tests {
             Response::Journal {
                 text: "x\n".into(),
                 cursor: None,
+            },
+            Response::Restart {
+                text: String::new(),
+                exit_code: 0,
             },
             Response::Error("no".into()),
         ] {
@@ -564,6 +632,12 @@ mod tests {
                 lines: 1,
                 cursor: Some("s=1 --merge".into()),
             },
+            Request::Restart {
+                unit: "--force".into(),
+            },
+            Request::Restart {
+                unit: "a@.service".into(),
+            },
         ];
         block(async {
             for r in bad {
@@ -572,7 +646,9 @@ mod tests {
                     panic!("{r:?} was answered: {got:?}");
                 };
                 assert!(
-                    msg.starts_with("invalid") || msg.starts_with("lines"),
+                    msg.starts_with("invalid")
+                        || msg.starts_with("lines")
+                        || msg.starts_with("cannot restart template"),
                     "{r:?}: {msg}"
                 );
             }
