@@ -248,27 +248,7 @@ pub async fn answer(request: &Request, systemd_user: bool) -> Response {
                 args.push(format!("--after-cursor={c}"));
             }
             match run("journalctl", &args, Keep::Tail).await {
-                Ok(out) if out.code == 0 => {
-                    let (text, cursor) = split_cursor(&out.stdout);
-                    Response::Journal { text, cursor }
-                }
-                // journalctl exits 1 without a word (--quiet) when nothing matches, e.g. a unit
-                // that never ran, or no new entry after the cursor.
-                Ok(out)
-                    if out.code == 1
-                        && out.stderr.trim().is_empty()
-                        && split_cursor(&out.stdout).0.trim().is_empty() =>
-                {
-                    Response::Journal {
-                        text: String::new(),
-                        cursor: split_cursor(&out.stdout).1,
-                    }
-                }
-                Ok(out) => Response::Error(format!(
-                    "journalctl exited with {}: {}",
-                    out.code,
-                    first_line(&out.stderr, &out.stdout)
-                )),
+                Ok(out) => journal_response(out),
                 Err(e) => Response::Error(e),
             }
         }
@@ -303,6 +283,24 @@ pub async fn answer(request: &Request, systemd_user: bool) -> Response {
                 Err(e) => Response::Error(format!("{e} (a restart job may still be running)")),
             }
         }
+    }
+}
+
+/// The answer for journalctl's output.
+fn journal_response(out: Output) -> Response {
+    let (text, cursor) = split_cursor(&out.stdout);
+    match out.code {
+        0 => Response::Journal { text, cursor },
+        // journalctl exits 1 without a word (--quiet) when nothing matches, e.g. a unit that never
+        // ran, or no new entry after the cursor.
+        1 if out.stderr.trim().is_empty() && text.trim().is_empty() => Response::Journal {
+            text: String::new(),
+            cursor,
+        },
+        code => Response::Error(format!(
+            "journalctl exited with {code}: {}",
+            first_line(&out.stderr, &out.stdout)
+        )),
     }
 }
 
@@ -665,6 +663,42 @@ mod tests {
         );
         assert_eq!(cursor.as_deref(), Some("s=ab;i=3;b=cd"));
         assert_eq!(split_cursor("-- No entries --\n"), (String::new(), None));
+    }
+
+    #[test]
+    fn journalctls_silent_exit_1_is_an_empty_answer_but_an_error_message_is_an_error() {
+        let out = |stdout: &str, stderr: &str, code| Output {
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+            code,
+        };
+        assert_eq!(
+            journal_response(out("a\n-- cursor: s=1\n", "", 0)),
+            Response::Journal {
+                text: "a\n".into(),
+                cursor: Some("s=1".into())
+            }
+        );
+        assert_eq!(
+            journal_response(out("", "", 1)),
+            Response::Journal {
+                text: String::new(),
+                cursor: None
+            }
+        );
+        assert_eq!(
+            journal_response(out("-- No entries --\n", "", 1)),
+            Response::Journal {
+                text: String::new(),
+                cursor: None
+            }
+        );
+        assert_eq!(
+            journal_response(out("", "Failed to seek to cursor: Invalid argument\n", 1)),
+            Response::Error(
+                "journalctl exited with 1: Failed to seek to cursor: Invalid argument".into()
+            )
+        );
     }
 
     #[test]
