@@ -43,7 +43,7 @@ use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::{any, get, post};
 use axum::Router;
 use http_body_util::BodyExt;
 use tokio::net::{TcpListener, UnixListener};
@@ -158,6 +158,10 @@ pub fn router(state: ApiState) -> Router {
             .route(
                 &format!("{p}/state"),
                 get(machines::states).fallback(only("GET")),
+            )
+            .route(
+                &format!("{p}/units/{{name}}/restart"),
+                post(relay::restart).fallback(only("POST")),
             )
             .route(
                 &format!("{p}/machines"),

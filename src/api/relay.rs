@@ -1,4 +1,5 @@
-//! Fleet extensions: a unit's `systemctl status` and journal, answered by the machine that runs it.
+//! Fleet extensions: a unit's `systemctl status` and journal, answered by the machine that runs it,
+//! and a real restart of a unit on the machines that run it.
 //!
 //! fleet v1 had no API for these: `fleetctl status` and `fleetctl journal` ran `systemctl` and
 //! `journalctl` over SSH on the unit's machine. Here the local fleetd finds the unit's machine and
@@ -11,11 +12,19 @@
 //!   "cursor"}`: the last `lines` journal lines (default 10), or with `cursor` at most `lines` lines
 //!   logged after that cursor; `cursor` in the answer is where the next call continues (absent when
 //!   the journal has no entry for the unit yet).
+//! - `POST /fleet/v1/units/{name}/restart?machineID=M` → `{"restarts": [{"machineID", "error"?}]}`:
+//!   `systemctl restart` (a new main process) on the machine holding the unit, or on every machine
+//!   running a global unit (only `M` when given), all at once. The answer is 200 once every machine
+//!   was asked, with one entry per machine (sorted by ID) and `error` on those where the restart
+//!   failed. Only a unit whose desired state is `launched` is restarted (else 409: restarting would
+//!   start a unit the user wants stopped). fleet v1's `restart` only stopped and started the unit's
+//!   desired state, which systemd could skip (the main process survived); this one always restarts.
 //!
 //! The machine: the one holding the unit's claim; for a global unit, the machines the placement
 //! function puts it on (the same function every agent runs), of which `machineID` picks one (needed
 //! when there are several). Errors: 404 `unit does not exist`; 409 `unit is not running on any
-//! machine` (not placed, or not on `machineID`); 400 bad `lines`/`cursor`/`machineID`; 502 when the
+//! machine` (not placed, or not on `machineID`); 400 bad `lines`/`cursor`/`machineID`; 502 (status,
+//! journal) when the
 //! machine cannot be reached or its agent could not answer; 504 when it did not answer within
 //! [`RELAY_TIMEOUT`]; 501 when this fleetd has no relay (no agent).
 
@@ -62,6 +71,11 @@ pub enum UnitQuery {
         /// Only entries after this cursor (checked with [`valid_cursor`]).
         cursor: Option<String>,
     },
+    /// `systemctl restart` of the unit (the answer's `exit_code` is systemctl's, 0 on success).
+    Restart {
+        /// The unit.
+        unit: UnitName,
+    },
 }
 
 /// What the unit's machine answered.
@@ -71,7 +85,7 @@ pub struct UnitAnswer {
     pub text: String,
     /// Where the journal continues (journal only; `None` when the unit has no entry yet).
     pub cursor: Option<String>,
-    /// `systemctl status`'s exit code (status only: 0 active, 3 not active, 4 no such unit).
+    /// `systemctl`'s exit code (status: 0 active, 3 not active, 4 no such unit; restart: 0 done).
     pub exit_code: Option<i32>,
 }
 
@@ -139,6 +153,24 @@ pub struct UnitOutput {
     pub exit_code: Option<i32>,
 }
 
+/// The answer of `POST /units/{name}/restart`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartOutput {
+    /// One entry per machine asked, sorted by machine ID.
+    pub restarts: Vec<RestartResult>,
+}
+
+/// How the restart went on one machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartResult {
+    /// The machine.
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    /// Why the unit was not restarted there (absent when it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 fn lines_param(q: &QueryParams) -> Result<u32, ApiError> {
     match q.single("lines")? {
         None => Ok(DEFAULT_LINES),
@@ -193,16 +225,100 @@ pub(super) async fn journal(
     .await
 }
 
+/// `POST /units/{name}/restart`.
+pub(super) async fn restart(
+    State(st): State<ApiState>,
+    Path(item): Path<String>,
+    q: QueryParams,
+) -> Result<Json<RestartOutput>, ApiError> {
+    let Ok(name) = UnitName::parse(&item) else {
+        st.registry.check_available()?;
+        return Err(ApiError::not_found("unit does not exist"));
+    };
+    let wanted = machine_param(&q)?;
+    let snap = st.registry.snapshot()?;
+    let unit = snap
+        .units
+        .iter()
+        .find(|u| u.name == name)
+        .ok_or_else(|| ApiError::not_found("unit does not exist"))?;
+    if unit.desired_state != DesiredState::Launched {
+        return Err(ApiError::conflict(format!(
+            "unit {name} is not launched (desired state {}): start it instead",
+            unit.desired_state
+        )));
+    }
+    let placed = placed_on(&snap, &name, &st.cluster.machines())?;
+    // `choose` also gives the "not running on any machine" conflict when nothing is placed.
+    let targets = match wanted {
+        None if !placed.is_empty() => placed,
+        wanted => vec![choose(&name, &placed, wanted)?],
+    };
+    let Some(relay) = st.relay.clone() else {
+        return Err(no_relay());
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for machine in targets {
+        let relay = relay.clone();
+        let unit = name.clone();
+        tasks.spawn(async move {
+            let asked = relay.ask(&machine, UnitQuery::Restart { unit });
+            let error = match tokio::time::timeout(RELAY_TIMEOUT, asked).await {
+                Err(_) => Some(format!(
+                    "machine {machine} did not answer in time (waited {RELAY_TIMEOUT:?})"
+                )),
+                Ok(Err(e)) => Some(e.to_string()),
+                Ok(Ok(a)) => match a.exit_code {
+                    Some(0) => None,
+                    code => Some(format!(
+                        "systemctl restart exited with {}: {}",
+                        code.unwrap_or(-1),
+                        a.text.trim()
+                    )),
+                },
+            };
+            RestartResult {
+                machine_id: machine.to_string(),
+                error,
+            }
+        });
+    }
+    let mut restarts = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        restarts.push(r.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("restart task failed: {e}"),
+            )
+        })?);
+    }
+    restarts.sort_by(|a, b| a.machine_id.cmp(&b.machine_id));
+    Ok(Json(RestartOutput { restarts }))
+}
+
+fn no_relay() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "this fleetd has no agent to relay unit status, journal and restart requests",
+    )
+}
+
+fn machine_param(q: &QueryParams) -> Result<Option<MachineId>, ApiError> {
+    q.single("machineID")?
+        .map(|m| {
+            MachineId::parse(m)
+                .map_err(|e| ApiError::bad_request(format!("invalid machineID {m:?}: {e}")))
+        })
+        .transpose()
+}
+
 async fn relay(
     st: &ApiState,
     machine: MachineId,
     query: UnitQuery,
 ) -> Result<Json<UnitOutput>, ApiError> {
     let Some(relay) = st.relay.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "this fleetd has no agent to relay unit status and journal requests",
-        ));
+        return Err(no_relay());
     };
     let answer = match tokio::time::timeout(RELAY_TIMEOUT, relay.ask(&machine, query)).await {
         Err(_) => Err(RelayError::Timeout {
@@ -231,13 +347,7 @@ fn locate(st: &ApiState, item: &str, q: &QueryParams) -> Result<(UnitName, Machi
         st.registry.check_available()?;
         return Err(ApiError::not_found("unit does not exist"));
     };
-    let wanted = q
-        .single("machineID")?
-        .map(|m| {
-            MachineId::parse(m)
-                .map_err(|e| ApiError::bad_request(format!("invalid machineID {m:?}: {e}")))
-        })
-        .transpose()?;
+    let wanted = machine_param(&q)?;
     let snap = st.registry.snapshot()?;
     let placed = placed_on(&snap, &name, &st.cluster.machines())?;
     choose(&name, &placed, wanted).map(|m| (name, m))

@@ -52,10 +52,16 @@ pub struct GlobalFlags {
         value_parser = positive_seconds
     )]
     pub request_timeout: f64,
-    /// Reach fleetd through an SSH tunnel to HOST[:PORT] (not supported yet).
-    #[arg(long, global = true, env = "FLEETCTL_TUNNEL", value_name = "HOST")]
+    /// Reach fleetd through SSH on HOST[:PORT] (the system's OpenSSH client forwards a local socket to
+    /// --endpoint as seen from HOST); `ssh` then jumps through HOST too.
+    #[arg(
+        long,
+        global = true,
+        env = "FLEETCTL_TUNNEL",
+        value_name = "HOST[:PORT]"
+    )]
     pub tunnel: Option<String>,
-    /// Username for SSH connections (--tunnel, ssh, status, journal).
+    /// Username for SSH connections (--tunnel, ssh).
     #[arg(
         long,
         global = true,
@@ -63,7 +69,7 @@ pub struct GlobalFlags {
         default_value = "core"
     )]
     pub ssh_username: String,
-    /// Seconds to wait for an SSH connection.
+    /// Seconds to wait for an SSH connection (OpenSSH's ConnectTimeout).
     #[arg(
         long,
         global = true,
@@ -85,7 +91,7 @@ pub struct GlobalFlags {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub strict_host_key_checking: bool,
-    /// File of trusted SSH host keys.
+    /// File of trusted SSH host keys (OpenSSH's known_hosts format; unknown hosts are asked about).
     #[arg(
         long,
         global = true,
@@ -139,31 +145,54 @@ fn positive_seconds(s: &str) -> Result<f64, String> {
 #[derive(Subcommand, Debug, Clone, PartialEq)]
 pub enum Command {
     /// Upload units (local unit files, or instances of templates) to the cluster without starting them.
+    #[command(after_help = EX_SUBMIT)]
     Submit(SubmitArgs),
     /// Schedule units onto machines and load them into systemd, without starting them.
+    #[command(after_help = EX_LOAD)]
     Load(StartArgs),
     /// Schedule units onto machines (if needed) and start them.
+    #[command(after_help = EX_START)]
     Start(StartArgs),
     /// Stop running units (they stay loaded on their machine). Stopping an inactive unit is an error.
+    #[command(after_help = EX_STOP)]
     Stop(BlockArgs),
     /// Unload units from their machines (they stay in the cluster, inactive).
+    #[command(after_help = EX_UNLOAD)]
     Unload(BlockArgs),
     /// Remove units from the cluster entirely (stopping and unloading them first).
+    #[command(after_help = EX_DESTROY)]
     Destroy(UnitsArgs),
     /// Print the unit file of a unit as the cluster stores it.
+    #[command(after_help = EX_CAT)]
     Cat(CatArgs),
     /// List the units in the cluster, whether or not they are placed on a machine.
+    #[command(after_help = EX_LIST_UNIT_FILES)]
     ListUnitFiles(ListUnitFilesArgs),
     /// List the state of units on the machines that report them.
+    #[command(after_help = EX_LIST_UNITS)]
     ListUnits(ListUnitsArgs),
     /// List the machines of the cluster.
+    #[command(after_help = EX_LIST_MACHINES)]
     ListMachines(ListMachinesArgs),
     /// Print `systemctl status` of units, as the machine running each one reports it.
+    #[command(after_help = EX_STATUS)]
     Status(StatusArgs),
     /// Print the journal of a unit, read on the machine running it.
+    #[command(after_help = EX_JOURNAL)]
     Journal(JournalArgs),
     /// Print the version of fleetctl.
+    #[command(after_help = EX_VERSION)]
     Version,
+    /// Restart units on the machines running them (every machine, for a global unit): systemd stops
+    /// and starts each one, so it gets a new main process.
+    #[command(after_help = EX_RESTART)]
+    Restart(RestartArgs),
+    /// Open an SSH session (or run COMMAND) on a machine, named by an ID prefix or by a unit it runs.
+    #[command(after_help = EX_SSH)]
+    Ssh(SshArgs),
+    /// Print a shell completion script for fleetctl.
+    #[command(after_help = EX_COMPLETION)]
+    Completion(CompletionArgs),
     /// Mint the gossip TLS files: a cluster CA, or a machine certificate signed by it (local files
     /// only; fleetd is not contacted).
     #[command(after_help = GEN_CERTS_HELP)]
@@ -209,6 +238,137 @@ pub struct GenCertsArgs {
     pub force: bool,
 }
 
+const EX_SUBMIT: &str = "\
+Examples:
+  fleetctl submit hello.service           # ./hello.service, stored as hello.service (inactive)
+  fleetctl submit --replace web@.service  # a template, replacing a different stored copy";
+const EX_LOAD: &str = "\
+Examples:
+  fleetctl load hello                     # hello.service: placed and loaded, not started
+  fleetctl load --no-block web@1 web@2    # instances of web@.service, without waiting";
+const EX_START: &str = "\
+Examples:
+  fleetctl start hello.service            # submits ./hello.service if the cluster lacks it
+  fleetctl start --block-attempts=40 web@{1,2,3}.service";
+const EX_STOP: &str = "\
+Example:
+  fleetctl stop hello.service";
+const EX_UNLOAD: &str = "\
+Example:
+  fleetctl unload hello.service";
+const EX_DESTROY: &str = "\
+Example:
+  fleetctl destroy hello.service web@1.service";
+const EX_CAT: &str = "\
+Example:
+  fleetctl cat hello.service";
+const EX_LIST_UNIT_FILES: &str = "\
+--json prints a JSON array with one object per unit, keyed by the --fields names, with the values of
+--full (null where the table shows -; global is a boolean).
+
+Examples:
+  fleetctl list-unit-files
+  fleetctl list-unit-files --fields=unit,desc,global --no-legend
+  fleetctl list-unit-files --json | jq -r '.[] | select(.dstate == \"launched\") | .unit'";
+const EX_LIST_UNITS: &str = "\
+--json prints a JSON array with one object per unit and machine, keyed by the --fields names, with
+the values of --full (null where the table shows -).
+
+Examples:
+  fleetctl list-units
+  fleetctl list-units --fields=unit,machine,hash,load --full
+  fleetctl list-units --json";
+const EX_LIST_MACHINES: &str = "\
+--json prints a JSON array with one object per machine, keyed by the --fields names (machine: the
+full ID; metadata: an object).
+
+Examples:
+  fleetctl list-machines
+  fleetctl list-machines --json | jq -r '.[].ip'";
+const EX_STATUS: &str = "\
+Exits with systemctl's status when it is not 0 (3: not active).
+
+Examples:
+  fleetctl status hello.service
+  fleetctl status --machine 113f16a7 global-agent.service";
+const EX_JOURNAL: &str = "\
+A global unit's journal is read on every machine running it, each part headed by the machine (with
+--follow, a heading whenever the lines come from another machine); --machine picks one.
+
+Examples:
+  fleetctl journal --lines 50 hello.service
+  fleetctl journal --follow hello.service      # until Ctrl-C";
+const EX_VERSION: &str = "\
+Example:
+  fleetctl version";
+const EX_RESTART: &str = "\
+Only units whose desired state is launched are restarted. Prints `Restarted unit X on ID.../IP` for
+every machine; exits 1 when the restart failed on any machine (fleet v1 only reset the desired
+state, which could leave the old process running).
+
+Examples:
+  fleetctl restart hello.service
+  fleetctl restart --machine 113f16a7 global-agent.service";
+const EX_SSH: &str = "\
+The target is a machine ID (or a unique prefix of one) or a unit (the machine it runs on); --machine
+and --unit say which, and then every argument is part of COMMAND. Runs the system's OpenSSH client
+with --ssh-username, --ssh-port, --ssh-timeout, --known-hosts-file and --strict-host-key-checking;
+through --tunnel HOST it jumps via HOST (ProxyCommand ssh -W). Exits with ssh's status.
+
+Examples:
+  fleetctl ssh 113f16a7                        # a login shell on that machine
+  fleetctl ssh hello.service systemctl status hello
+  fleetctl ssh --unit hello -- journalctl -n 5
+  fleetctl --tunnel bastion.example.com ssh -A 113f16a7";
+const EX_COMPLETION: &str = "\
+Examples:
+  fleetctl completion bash > /etc/bash_completion.d/fleetctl
+  fleetctl completion zsh > \"${fpath[1]}/_fleetctl\"
+  fleetctl completion fish > ~/.config/fish/completions/fleetctl.fish";
+
+/// `restart`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct RestartArgs {
+    /// Only on this machine (full ID), for a global unit: by default every machine running it.
+    #[arg(long, value_name = "ID")]
+    pub machine: Option<String>,
+    #[command(flatten)]
+    pub units: UnitsArgs,
+}
+
+/// `ssh`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct SshArgs {
+    /// The machine to connect to (an ID or a unique prefix of one).
+    #[arg(long, value_name = "ID", conflicts_with = "unit")]
+    pub machine: Option<String>,
+    /// Connect to the machine running this unit.
+    #[arg(long, value_name = "UNIT")]
+    pub unit: Option<String>,
+    /// Forward the SSH agent connection (ssh -A).
+    #[arg(long, short = 'A')]
+    pub forward_agent: bool,
+    /// Port of the machines' SSH server.
+    #[arg(long, default_value_t = 22, value_name = "PORT")]
+    pub ssh_port: u16,
+    /// MACHINE|UNIT (unless --machine or --unit is given), then the command to run remotely (a login
+    /// shell when there is none).
+    #[arg(
+        value_name = "MACHINE|UNIT [COMMAND]",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub args: Vec<String>,
+}
+
+/// `completion`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct CompletionArgs {
+    /// The shell to complete in.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 /// `status`.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct StatusArgs {
@@ -231,7 +391,7 @@ pub struct JournalArgs {
     /// Output format of the journal lines (only `short`, journalctl's default, is supported).
     #[arg(long, short = 'o', default_value = "short", value_parser = ["short"])]
     pub output: String,
-    /// The machine to read it on (full ID): needed for a global unit running on several machines.
+    /// Only on this machine (full ID), for a global unit: by default every machine running it.
     #[arg(long, value_name = "ID")]
     pub machine: Option<String>,
     /// Accepted for compatibility with fleet (which ran journalctl over SSH): ignored.
@@ -311,6 +471,10 @@ pub struct ListFlags {
     /// Do not print the header line.
     #[arg(long)]
     pub no_legend: bool,
+    /// Print a JSON array of objects (one per row, keyed by the field names, full values) instead of
+    /// the table.
+    #[arg(long, conflicts_with = "no_legend")]
+    pub json: bool,
 }
 
 /// `list-unit-files`.

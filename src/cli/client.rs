@@ -409,6 +409,17 @@ pub struct ApiUnitOutput {
     pub exit_code: Option<i32>,
 }
 
+/// How a restart went on one machine (fleet extension, see `fleet::api::relay`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ApiRestart {
+    /// The machine.
+    #[serde(default, rename = "machineID")]
+    pub machine_id: String,
+    /// Why the unit was not restarted there (`None` when it was).
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UnitPage {
@@ -669,6 +680,32 @@ impl<T: Transport> Api<T> {
             path.push_str(&format!("&machineID={}", encode_component(m)));
         }
         self.get_json(&path).await
+    }
+
+    /// `systemctl restart` of a unit on the machines running it, or only on `machine` (fleet
+    /// extension `POST units/{name}/restart`): one result per machine asked.
+    pub async fn restart_unit(
+        &mut self,
+        name: &str,
+        machine: Option<&str>,
+    ) -> Result<Vec<ApiRestart>, ClientError> {
+        let mut path = format!("{API_PREFIX}/units/{}/restart", encode_component(name));
+        if let Some(m) = machine {
+            path.push_str(&format!("?machineID={}", encode_component(m)));
+        }
+        let resp = self.call(Method::POST, &path, None).await?;
+        #[derive(Deserialize)]
+        struct Restarts {
+            restarts: Vec<ApiRestart>,
+        }
+        serde_json::from_slice::<Restarts>(&resp.body)
+            .map(|r| r.restarts)
+            .map_err(|e| ClientError::Unexpected {
+                method: Method::POST,
+                path,
+                status: resp.status,
+                detail: format!("undecodable JSON: {e}"),
+            })
     }
 
     /// All machines (`GET /fleet/v1/machines`, every page).

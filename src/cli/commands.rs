@@ -12,8 +12,11 @@
 //! - `[X-Fleet]` problems are checked before anything is sent: unknown keys are warnings, rejected
 //!   combinations are errors.
 //! - `status` and `journal` need no SSH: fleetd asks the agent of the unit's machine (API extension
-//!   `units/{name}/status` and `/journal`). `status` of a global unit shows every machine running it
-//!   (fleet refused); `journal` of a global unit on several machines needs `--machine`.
+//!   `units/{name}/status` and `/journal`). `status` and `journal` of a global unit show every machine
+//!   running it, each headed by the machine (fleet refused); `--machine` picks one.
+//! - `restart` really restarts (fleet extension `POST units/{name}/restart`: `systemctl restart` on
+//!   every machine running the unit); fleet v1's only cycled the desired state.
+//! - `list-units`, `list-unit-files` and `list-machines` take `--json`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -26,7 +29,9 @@ use fleet_sched::{
     UnitName,
 };
 
-use super::args::{BlockFlags, JournalArgs, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
+use super::args::{
+    BlockFlags, JournalArgs, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs, SshArgs,
+};
 use super::client::{Api, ApiMachine, ApiUnit, ApiUnitState, Transport};
 use super::names;
 use super::table::Table;
@@ -39,6 +44,9 @@ pub const STATUS_LINES: u32 = 10;
 
 /// Most lines one read of `journal --follow` asks for.
 pub const FOLLOW_BATCH: u32 = 1000;
+
+/// Every this many polls, `journal --follow` of a global unit looks for machines newly running it.
+pub const FOLLOW_REFRESH: u32 = 20;
 
 /// How long `journal --follow` keeps retrying a machine that does not answer before it gives up.
 pub const FOLLOW_PATIENCE: Duration = Duration::from_secs(30);
@@ -326,6 +334,121 @@ pub fn machines_table(machines: &[ApiMachine], cols: &[&str], full: bool, legend
             .collect();
         t.row(row);
     }
+    t
+}
+
+/// `Some(s)` as a JSON string, `null` when empty.
+fn json_str(s: &str) -> serde_json::Value {
+    if s.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::String(s.to_string())
+    }
+}
+
+/// `list-unit-files --json`: one object per unit (sorted by name), keyed by `cols`, with the values
+/// `--full` shows (`null` for `-`, `global` a boolean).
+pub fn unit_files_json(
+    units: &[ApiUnit],
+    machines: &BTreeMap<String, ApiMachine>,
+    cols: &[&str],
+) -> serde_json::Value {
+    use serde_json::Value;
+    let mut sorted: Vec<&ApiUnit> = units.iter().collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let rows = sorted.into_iter().map(|u| {
+        let file = UnitFile::from_options(u.options.clone()).ok();
+        let global = requirements_of(u).is_some_and(|r| r.global);
+        let obj = cols.iter().map(|c| {
+            let v = match *c {
+                "unit" => json_str(&u.name),
+                "hash" => file
+                    .as_ref()
+                    .map_or(Value::Null, |f| Value::String(f.hash().to_string())),
+                "dstate" => json_str(&u.desired_state),
+                "state" if global => Value::Null,
+                "state" => json_str(&u.current_state),
+                "target" | "tmachine" if global => Value::String("global".into()),
+                "target" | "tmachine" if u.machine_id.is_empty() => Value::Null,
+                "target" | "tmachine" => Value::String(machine_full_legend(
+                    &u.machine_id,
+                    machines.get(&u.machine_id),
+                    true,
+                )),
+                "desc" => json_str(file.as_ref().and_then(|f| f.description()).unwrap_or("")),
+                "global" => Value::Bool(global),
+                other => unreachable!("field {other} was validated"),
+            };
+            (c.to_string(), v)
+        });
+        Value::Object(obj.collect())
+    });
+    Value::Array(rows.collect())
+}
+
+/// `list-units --json`: one object per unit and machine (sorted), keyed by `cols`, with the values
+/// `--full` shows (`null` for `-`).
+pub fn units_json(
+    states: &[ApiUnitState],
+    machines: &BTreeMap<String, ApiMachine>,
+    cols: &[&str],
+) -> serde_json::Value {
+    use serde_json::Value;
+    let mut sorted: Vec<&ApiUnitState> = states.iter().collect();
+    sorted.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+    let rows = sorted.into_iter().map(|s| {
+        let obj = cols.iter().map(|c| {
+            let v = match *c {
+                "unit" => json_str(&s.name),
+                "machine" if s.machine_id.is_empty() => Value::Null,
+                "machine" => Value::String(machine_full_legend(
+                    &s.machine_id,
+                    machines.get(&s.machine_id),
+                    true,
+                )),
+                "active" => json_str(&s.systemd_active_state),
+                "sub" => json_str(&s.systemd_sub_state),
+                "load" => json_str(&s.systemd_load_state),
+                "hash" => json_str(&s.hash),
+                other => unreachable!("field {other} was validated"),
+            };
+            (c.to_string(), v)
+        });
+        Value::Object(obj.collect())
+    });
+    Value::Array(rows.collect())
+}
+
+/// `list-machines --json`: one object per machine (sorted by ID), keyed by `cols`: `machine` the full
+/// ID, `ip` (`null` when unknown), `metadata` an object.
+pub fn machines_json(machines: &[ApiMachine], cols: &[&str]) -> serde_json::Value {
+    use serde_json::Value;
+    let mut sorted: Vec<&ApiMachine> = machines.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    let rows = sorted.into_iter().map(|m| {
+        let obj = cols.iter().map(|c| {
+            let v = match *c {
+                "machine" => json_str(&m.id),
+                "ip" => json_str(&m.primary_ip),
+                "metadata" => Value::Object(
+                    m.metadata
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect(),
+                ),
+                other => unreachable!("field {other} was validated"),
+            };
+            (c.to_string(), v)
+        });
+        Value::Object(obj.collect())
+    });
+    Value::Array(rows.collect())
+}
+
+/// Pretty JSON and a newline.
+fn json_text(v: &serde_json::Value) -> String {
+    let mut t = serde_json::to_string_pretty(v).expect("a JSON value always serializes");
+    t.push('\n');
     t
 }
 
@@ -913,7 +1036,12 @@ impl<T: Transport> Ctx<T> {
         {
             Ok(o) => o,
             Err(e) if e.api_status() == Some(409) && e.to_string().contains("machineID=") => {
-                bail!("{}: {e}; pick one with --machine ID", what())
+                // A global unit on several machines: read it on each of them.
+                let machines = self.machines_running(&name).await?;
+                if machines.len() < 2 {
+                    bail!("{}: {e}; pick one with --machine ID", what())
+                }
+                return self.journal_many(&name, a, machines, stop).await;
             }
             Err(e) => return Err(e).with_context(what),
         };
@@ -972,6 +1100,229 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
+    /// The machines that report `name` (sorted, each once).
+    async fn machines_running(&mut self, name: &UnitName) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .api
+            .unit_states(Some(name.as_str()))
+            .await
+            .with_context(|| format!("Error retrieving the machines running {name}"))?
+            .into_iter()
+            .map(|s| s.machine_id)
+            .filter(|m| !m.is_empty())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    /// `journal` of a global unit on several machines: each machine's last lines under a heading;
+    /// with `--follow`, every poll interval each machine's new lines, under a heading whenever the
+    /// machine changes, until `stop` resolves. Machines that start running the unit are picked up
+    /// (every [`FOLLOW_REFRESH`] polls); one that fails is warned about once and retried.
+    async fn journal_many(
+        &mut self,
+        name: &UnitName,
+        a: &JournalArgs,
+        machines: Vec<String>,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<()> {
+        tokio::pin!(stop);
+        let what = || format!("Error reading the journal of {name}");
+        // Per machine: the cursor to continue from (None before the first answer), whether it failed.
+        let mut cursors: BTreeMap<String, (Option<String>, bool)> =
+            machines.into_iter().map(|m| (m, (None, false))).collect();
+        let mut last_shown: Option<String> = None;
+        let mut first_round = true;
+        let mut polls = 0u32;
+        loop {
+            if !first_round {
+                tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    _ = tokio::time::sleep(self.poll_interval) => {}
+                }
+                polls += 1;
+                if polls % FOLLOW_REFRESH == 0 {
+                    if let Ok(now) = self.machines_running(name).await {
+                        for m in now {
+                            cursors.entry(m).or_insert((None, false));
+                        }
+                    }
+                }
+            }
+            let ids: Vec<String> = cursors.keys().cloned().collect();
+            for m in ids {
+                let (cursor, _) = cursors.get(&m).cloned().unwrap_or_default();
+                let lines = if cursor.is_some() {
+                    FOLLOW_BATCH
+                } else {
+                    a.lines
+                };
+                let res = tokio::select! {
+                    _ = &mut stop => return Ok(()),
+                    r = self.api.unit_journal(name.as_str(), lines, cursor.as_deref(), Some(&m)) => r,
+                };
+                match res {
+                    Ok(o) => {
+                        let entry = cursors.entry(m.clone()).or_default();
+                        entry.1 = false;
+                        if o.cursor.is_some() {
+                            entry.0 = o.cursor;
+                        }
+                        let heading = first_round || !o.text.is_empty();
+                        if heading && last_shown.as_deref() != Some(m.as_str()) {
+                            if last_shown.is_some() {
+                                say!(self.out, "");
+                            }
+                            let legend = self.legend(&m).await;
+                            say!(self.out, "{name} on {legend}:");
+                            last_shown = Some(m.clone());
+                        }
+                        self.write_out(&o.text)?;
+                    }
+                    Err(e) if e.api_status() == Some(404) => return Err(e).with_context(what),
+                    Err(e) if !a.follow => return Err(e).with_context(what),
+                    Err(e) => {
+                        let entry = cursors.entry(m.clone()).or_default();
+                        if !entry.1 {
+                            say!(self.err, "WARNING: {e}; retrying");
+                        }
+                        entry.1 = true;
+                    }
+                }
+            }
+            if !a.follow {
+                return Ok(());
+            }
+            first_round = false;
+        }
+    }
+
+    /// `restart`: `systemctl restart` of each unit on every machine running it (only `machine`, when
+    /// given), printing `Restarted unit X on ID.../IP` per machine. Failures are printed per machine;
+    /// the result is an error when any machine failed.
+    pub async fn restart(&mut self, args: &[String], machine: Option<&str>) -> Result<()> {
+        let names = args
+            .iter()
+            .map(|a| unit_name(a))
+            .collect::<Result<Vec<_>>>()?;
+        let mut failed = 0;
+        for name in &names {
+            let results = match self.api.restart_unit(name.as_str(), machine).await {
+                Ok(r) => r,
+                Err(e) if e.api_status() == Some(404) => {
+                    bail!("Error: unit {name} does not exist")
+                }
+                Err(e) => return Err(e).with_context(|| format!("Error restarting {name}")),
+            };
+            for r in results {
+                let legend = self.legend(&r.machine_id).await;
+                match r.error {
+                    None => say!(self.out, "Restarted unit {name} on {legend}"),
+                    Some(e) => {
+                        failed += 1;
+                        say!(self.err, "Error restarting unit {name} on {legend}: {e}");
+                    }
+                }
+            }
+        }
+        if failed > 0 {
+            let plural = if failed == 1 { "" } else { "s" };
+            bail!("Error: {failed} restart{plural} failed");
+        }
+        Ok(())
+    }
+
+    /// `ssh`: the IP address to connect to and the remote command, from `--machine`, `--unit` or the
+    /// first argument (a machine ID prefix, else a unit).
+    pub async fn ssh_target(&mut self, a: &SshArgs) -> Result<(String, Vec<String>)> {
+        let (machine, command) = if let Some(m) = &a.machine {
+            (self.machine_by_prefix(m).await?, a.args.clone())
+        } else if let Some(u) = &a.unit {
+            (self.machine_of_unit(&unit_name(u)?).await?, a.args.clone())
+        } else {
+            let Some((target, command)) = a.args.split_first() else {
+                bail!("Error: one machine or unit must be provided");
+            };
+            let machine = match self.machine_by_prefix(target).await {
+                Ok(m) => m,
+                Err(not_a_machine) => {
+                    let as_unit = unit_name(target).ok().filter(|_| !target.is_empty());
+                    match as_unit {
+                        Some(n) if self.get_unit(&n).await?.is_some() => {
+                            self.machine_of_unit(&n).await?
+                        }
+                        _ => {
+                            return Err(not_a_machine.context(format!(
+                                "Error: {target:?} is neither a machine nor a unit"
+                            )))
+                        }
+                    }
+                }
+            };
+            (machine, command.to_vec())
+        };
+        if machine.primary_ip.is_empty() {
+            bail!("Error: machine {} has no known IP address", machine.id);
+        }
+        Ok((machine.primary_ip, command))
+    }
+
+    /// The one machine whose ID starts with `prefix`.
+    async fn machine_by_prefix(&mut self, prefix: &str) -> Result<ApiMachine> {
+        let found: Vec<ApiMachine> = self
+            .machine_map(false)
+            .await?
+            .values()
+            .filter(|m| !prefix.is_empty() && m.id.starts_with(prefix))
+            .cloned()
+            .collect();
+        match found.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => bail!("Error: no machine ID starts with {prefix:?}"),
+            many => bail!(
+                "Error: {prefix:?} matches {} machines ({}): give more of the ID",
+                many.len(),
+                many.iter()
+                    .map(|m| m.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    /// The machine `name` runs on (a global unit: only when it runs on exactly one).
+    async fn machine_of_unit(&mut self, name: &UnitName) -> Result<ApiMachine> {
+        let Some(u) = self.get_unit(name).await? else {
+            bail!("Error: unit {name} does not exist");
+        };
+        let id = if is_global(&u) {
+            match self.machines_running(name).await?.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("Error: global unit {name} is not running on any machine"),
+                many => bail!(
+                    "Error: global unit {name} runs on {} machines ({}): pick one with --machine",
+                    many.len(),
+                    many.join(", ")
+                ),
+            }
+        } else if u.machine_id.is_empty() {
+            bail!("Error: unit {name} is not running on any machine");
+        } else {
+            u.machine_id
+        };
+        let known = self.machine_map(false).await?.get(&id).cloned();
+        match known {
+            Some(m) => Ok(m),
+            None => self
+                .machine_map(true)
+                .await?
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| anyhow!("Error: unit {name} is on machine {id}, which is gone")),
+        }
+    }
+
     fn write_out(&mut self, text: &str) -> Result<()> {
         self.out
             .write_all(text.as_bytes())
@@ -994,6 +1345,9 @@ impl<T: Transport> Ctx<T> {
         } else {
             BTreeMap::new()
         };
+        if a.list.json {
+            return self.write_out(&json_text(&unit_files_json(&units, &machines, &cols)));
+        }
         let t = unit_files_table(&units, &machines, &cols, a.list.full, !a.list.no_legend);
         self.write_out(&t.render())
     }
@@ -1011,6 +1365,9 @@ impl<T: Transport> Ctx<T> {
         } else {
             BTreeMap::new()
         };
+        if a.list.json {
+            return self.write_out(&json_text(&units_json(&states, &machines, &cols)));
+        }
         let t = units_table(&states, &machines, &cols, a.list.full, !a.list.no_legend);
         self.write_out(&t.render())
     }
@@ -1023,6 +1380,9 @@ impl<T: Transport> Ctx<T> {
             .machines()
             .await
             .context("Error retrieving list of machines from fleetd")?;
+        if a.list.json {
+            return self.write_out(&json_text(&machines_json(&machines, &cols)));
+        }
         let t = machines_table(&machines, &cols, a.list.full, !a.list.no_legend);
         self.write_out(&t.render())
     }

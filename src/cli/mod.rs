@@ -5,6 +5,7 @@
 //! - [`names`]: arguments to unit names (`hello` → `hello.service`, paths → base names).
 //! - [`table`]: fleet's tab-aligned table output.
 //! - [`commands`]: the verbs.
+//! - [`ssh`]: `ssh` and `--tunnel` through the system's OpenSSH client.
 //! - [`certs`]: `gen-certs`, which mints gossip's TLS files locally.
 //!
 //! fleetctl talks only to the API: it never reads etcd, and it knows nothing of gossip or systemd
@@ -15,6 +16,7 @@ pub mod certs;
 pub mod client;
 pub mod commands;
 pub mod names;
+pub mod ssh;
 pub mod table;
 
 use std::io::Write;
@@ -106,16 +108,29 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
         certs::gen_certs(a, &mut std::io::stdout())?;
         return Ok(());
     }
+    if let Some(Command::Completion(a)) = &cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(a.shell, &mut Cli::command(), "fleetctl", &mut script);
+        let mut out = std::io::stdout().lock();
+        return out
+            .write_all(&script)
+            .and_then(|_| out.flush())
+            .context("Error writing the completion script");
+    }
     let Some(command) = cli.command.clone() else {
         let mut help = Cli::command();
         help.print_help()?;
         return Ok(());
     };
-    if let Some(t) = &g.tunnel {
-        anyhow::bail!(
-            "Error: --tunnel {t}: SSH tunnels are not supported yet by this fleetctl; reach fleetd directly with --endpoint=http://HOST:PORT or unix:///PATH"
-        );
-    }
+    let ssh_opts = ssh::SshOptions::from_flags(g)?;
+    // Lives until fleetctl ends: dropping it ends ssh.
+    let tunnel = match &g.tunnel {
+        Some(_) => Some(ssh::Tunnel::open(&ssh_opts, &ssh::remote_of(&g.endpoint)?)?),
+        None => None,
+    };
+    let tunnelled = tunnel
+        .as_ref()
+        .map(|t| format!("unix://{}", t.socket().display()));
     if g.endpoint.contains(',') {
         eprintln!(
             "WARNING: multiple endpoints provided but only the first ({}) is used",
@@ -130,6 +145,7 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
         );
     }
     let first = g.endpoint.split(',').next().unwrap_or_default().trim();
+    let first = tunnelled.as_deref().unwrap_or(first);
     let transport = HttpTransport::new(first, Duration::from_secs_f64(g.request_timeout))?;
     let api = Api::new(Logged {
         inner: transport,
@@ -183,7 +199,17 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
             }
-            Command::Version | Command::GenCerts(_) => unreachable!("handled above"),
+            Command::Restart(a) => ctx.restart(&a.units.units, a.machine.as_deref()).await,
+            Command::Ssh(a) => {
+                let (ip, cmd) = ctx.ssh_target(a).await?;
+                match ssh::run_session(&ssh_opts, &ip, a.ssh_port, a.forward_agent, &cmd)? {
+                    0 => Ok(()),
+                    code => Err(ExitWith(code.clamp(1, 255) as u8).into()),
+                }
+            }
+            Command::Version | Command::GenCerts(_) | Command::Completion(_) => {
+                unreachable!("handled above")
+            }
         }
     });
     let _ = std::io::stdout().flush();
