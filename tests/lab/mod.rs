@@ -247,3 +247,207 @@ impl FleetLab {
             .unwrap_or_default()
     }
 }
+
+/// Where [`FleetLab::up_with_tls`] binds its certificates in every machine (read-only).
+pub const LAB_TLS_DIR: &str = "/etc/fleet-tls";
+/// The common name (machine ID) of the certificate every machine of a TLS lab shares.
+pub const LAB_CERT_NAME: &str = "labshared";
+
+/// A [`FleetLab`] whose agents authenticate each other with mutual TLS (see
+/// [`FleetLab::up_with_tls`]). Derefs to the [`FleetLab`]; dropping it tears the cluster down, then
+/// removes the certificates.
+pub struct TlsFleetLab {
+    /// The cluster (declared first: dropped before the certificates it mounts).
+    pub fl: FleetLab,
+    /// `FLEET_*` lines every machine's [`fleet_lab::ENV_FILE`] must hold.
+    env: Vec<(String, String)>,
+    /// Host directory: `ca/` (the CA, host only), `foreign-ca/`, and `etc/` (bound at [`LAB_TLS_DIR`]).
+    pub certs: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TlsFleetLab {
+    type Target = FleetLab;
+    fn deref(&self) -> &FleetLab {
+        &self.fl
+    }
+}
+
+/// Runs the `fleetctl` of this build on the host; panics unless it succeeds.
+fn host_fleetctl(bin: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new(bin.join("fleetctl"))
+        .args(args)
+        .output()
+        .expect("run fleetctl on the host");
+    assert!(
+        out.status.success(),
+        "fleetctl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Mints a CA in `ca` and a machine certificate named [`LAB_CERT_NAME`] into `into` (with a copy of
+/// the CA certificate as `into/ca.pem`), with `fleetctl gen-certs`.
+fn mint_lab_certs(bin: &std::path::Path, ca: &std::path::Path, into: &std::path::Path) {
+    let (ca_s, into_s) = (ca.to_str().unwrap(), into.to_str().unwrap());
+    host_fleetctl(bin, &["gen-certs", "--dir", ca_s, "--ca"]);
+    host_fleetctl(
+        bin,
+        &[
+            "gen-certs",
+            "--dir",
+            into_s,
+            "--ca-dir",
+            ca_s,
+            "--machine-id",
+            LAB_CERT_NAME,
+        ],
+    );
+    std::fs::copy(ca.join("ca.pem"), into.join("ca.pem")).expect("copy the CA certificate");
+}
+
+impl FleetLab {
+    /// Like [`FleetLab::up`], but gossip runs with mutual TLS instead of the insecure mode: a cluster
+    /// CA and a machine certificate are minted with this build's `fleetctl gen-certs` into a temp
+    /// dir bound read-only at [`LAB_TLS_DIR`] (`ca.pem`, `labshared.pem`, `labshared.key`), and
+    /// `FLEET_GOSSIP_{CA,CERT,KEY}_FILE` point there. Also minted, for peers that must be refused: a
+    /// certificate of another CA in `LAB_TLS_DIR/foreign/` (same file names).
+    ///
+    /// All machines share one certificate: lab machine IDs are generated at boot, and gossip checks
+    /// only that a peer's certificate is signed by the CA (its common name is not compared with
+    /// anything), so a per-machine certificate would prove nothing more here.
+    pub fn up_with_tls(n: usize, env: &[(&str, &str)]) -> Option<TlsFleetLab> {
+        if !fleet_lab::require_root() {
+            return None;
+        }
+        let bin = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
+        let certs = tempfile::Builder::new()
+            .prefix("fleetlab-tls")
+            .tempdir()
+            .expect("temp dir for the lab certificates");
+        let etc = certs.path().join("etc");
+        mint_lab_certs(&bin, &certs.path().join("ca"), &etc);
+        mint_lab_certs(&bin, &certs.path().join("foreign-ca"), &etc.join("foreign"));
+        let mut fleet_env: Vec<(String, String)> = vec![
+            ("FLEET_AGENT_TTL".into(), "3s".into()),
+            ("FLEET_ENGINE_RECONCILE_INTERVAL".into(), "1s".into()),
+            (
+                "FLEET_GOSSIP_CA_FILE".into(),
+                format!("{LAB_TLS_DIR}/ca.pem"),
+            ),
+            (
+                "FLEET_GOSSIP_CERT_FILE".into(),
+                format!("{LAB_TLS_DIR}/{LAB_CERT_NAME}.pem"),
+            ),
+            (
+                "FLEET_GOSSIP_KEY_FILE".into(),
+                format!("{LAB_TLS_DIR}/{LAB_CERT_NAME}.key"),
+            ),
+        ];
+        fleet_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
+        let mut opts = LabOptions::new()
+            .bind(&bin, fleet_lab::FLEET_BIN_DIR, true)
+            .bind(examples, "/opt/fleet/examples", true)
+            .bind(&etc, LAB_TLS_DIR, true)
+            .unit("fleet.service", FLEET_UNIT);
+        for (k, v) in &fleet_env {
+            opts = opts.env(k.as_str(), v.as_str());
+        }
+        let lab = Lab::up(n, opts).expect("lab up");
+        let tl = TlsFleetLab {
+            fl: FleetLab { lab },
+            env: fleet_env,
+            certs,
+        };
+        tl.wait_all_listed(Duration::from_secs(30));
+        Some(tl)
+    }
+}
+
+impl TlsFleetLab {
+    /// Every running machine lists exactly the running machines (`fleetctl list-machines`).
+    pub fn wait_all_listed(&self, timeout: Duration) {
+        self.wait_for(
+            "every running machine lists every running machine",
+            timeout,
+            |fl| {
+                let want: std::collections::BTreeSet<String> =
+                    fl.running().map(|i| fl.machine_id(i)).collect();
+                fl.running()
+                    .all(|i| fl.listed_machines(i).as_ref() == Some(&want))
+                    .then_some(())
+            },
+        );
+    }
+
+    /// Boots machine `i` again (after a kill) and makes sure its fleetd runs with the lab's settings.
+    pub fn boot(&self, i: usize) {
+        self.lab.boot(i).expect("boot");
+        self.provision(i);
+    }
+
+    /// Adds a machine running fleetd with the lab's settings; returns its index.
+    pub fn add_machine(&self) -> usize {
+        let i = self.lab.add_machine().expect("add a machine");
+        self.provision(i);
+        i
+    }
+
+    /// Makes machine `i` run fleet.service with this lab's `FLEET_*` settings. The lab script installs
+    /// the unit and the extra environment lines only at `up`: a machine booted again gets a fresh
+    /// [`fleet_lab::ENV_FILE`] without them, and an added machine gets no unit at all. A no-op when
+    /// the machine has both.
+    pub fn provision(&self, i: usize) {
+        let root = self.lab.machine_root(i).expect("machine root");
+        let env_path = root.join(fleet_lab::ENV_FILE.trim_start_matches('/'));
+        let env_now = std::fs::read_to_string(&env_path).unwrap_or_default();
+        let unit_path = root.join("etc/systemd/system/fleet.service");
+        let mut changed = false;
+        if !env_now.contains("FLEET_GOSSIP_CA_FILE=") {
+            let mut text = env_now;
+            for (k, v) in &self.env {
+                text.push_str(&format!("{k}={v}\n"));
+            }
+            std::fs::write(&env_path, text).expect("write the machine's env file");
+            changed = true;
+        }
+        if !unit_path.exists() {
+            std::fs::write(&unit_path, FLEET_UNIT).expect("install fleet.service");
+            changed = true;
+        }
+        if changed {
+            eprintln!("m{i}: fleet.service and its settings installed after boot");
+            self.lab
+                .sh_ok(i, &["systemctl", "daemon-reload"])
+                .expect("daemon-reload");
+            let _ = self
+                .lab
+                .sh(i, &["systemctl", "reset-failed", "fleet.service"]);
+            self.lab
+                .sh_ok(i, &["systemctl", "restart", "fleet.service"])
+                .expect("start fleet.service");
+        }
+    }
+}
+
+impl FleetLab {
+    /// Indices of the machines whose systemd runs (not killed).
+    pub fn running(&self) -> impl Iterator<Item = usize> + '_ {
+        (1..=self.lab.machines()).filter(|i| self.lab.machine_pid(*i).is_ok())
+    }
+
+    /// Full machine IDs machine `i` lists (`fleetctl list-machines --full`); `None` when fleetctl
+    /// fails there (fleetd down, or the machine is not running).
+    pub fn listed_machines(&self, i: usize) -> Option<std::collections::BTreeSet<String>> {
+        let mut cmd = vec!["/opt/fleet/bin/fleetctl"];
+        cmd.extend_from_slice(&["list-machines", "--no-legend", "--full", "--fields=machine"]);
+        let out = self.lab.sh(i, &cmd).ok()?;
+        out.status.success().then(|| {
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect()
+        })
+    }
+}

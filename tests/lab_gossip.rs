@@ -1,0 +1,395 @@
+//! End-to-end: gossip membership with mutual TLS.
+//!
+//! - On loopback (needs etcd only, no root): certificates minted with `fleetctl gen-certs` let two
+//!   fleetds see each other; a fleetd with a certificate of another CA is never seen.
+//! - In a 5-machine cluster lab (root only; [`FleetLab::up_with_tls`]): a killed machine and a frozen
+//!   one leave every survivor's `fleetctl list-machines`, a thawed one comes back, a new machine
+//!   converges (membership both ways, and the unit states of others), and peers without a valid
+//!   certificate (another CA, or the insecure mode) are refused and logged.
+//!
+//! Times are printed, never asserted: `benches/gossip.rs` measures them.
+
+mod lab;
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lab::{FleetLab, LAB_CERT_NAME, LAB_TLS_DIR};
+use support::{http_get, Etcd, Fleetd};
+
+/// Generous bound for membership changes in a loaded test machine (detection takes ~1 s).
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---- loopback ----------------------------------------------------------------------------------
+
+fn fleetctl_host(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+        .args(args)
+        .output()
+        .expect("run fleetctl");
+    assert!(
+        out.status.success(),
+        "fleetctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Mints a CA into `dir/ca` and a certificate for `id` into `dir/certs` with `fleetctl gen-certs`;
+/// returns the three config lines' values (CA certificate, certificate, key).
+fn mint(dir: &Path, id: &str) -> [String; 3] {
+    let ca = dir.join("ca");
+    let certs = dir.join("certs");
+    if !ca.join("ca.pem").exists() {
+        fleetctl_host(&["gen-certs", "--dir", ca.to_str().unwrap(), "--ca"]);
+    }
+    fleetctl_host(&[
+        "gen-certs",
+        "--dir",
+        certs.to_str().unwrap(),
+        "--ca-dir",
+        ca.to_str().unwrap(),
+        "--machine-id",
+        id,
+    ]);
+    [
+        ca.join("ca.pem").display().to_string(),
+        certs.join(format!("{id}.pem")).display().to_string(),
+        certs.join(format!("{id}.key")).display().to_string(),
+    ]
+}
+
+/// A fleetd with a certificate minted by the CA in `dir` (minted first if missing), joining
+/// through `seed`'s gossip endpoint. (Seeds are explicit: agents announce their gossip address in
+/// etcd only once systemd is reached, and test hosts may have none.)
+fn start_tls(etcd: &Etcd, dir: &Path, seed: Option<&Fleetd>) -> Fleetd {
+    let id = format!("{}{}", support::unique_token(), support::unique_token());
+    let [ca, cert, key] = mint(dir, &id);
+    let mut b = Fleetd::builder(etcd)
+        .machine_id(&id)
+        .config("gossip_insecure", "false")
+        .config("gossip_ca_file", &ca)
+        .config("gossip_cert_file", &cert)
+        .config("gossip_key_file", &key);
+    if let Some(seed) = seed {
+        b = b.config("gossip_seeds", &gossip_addr(seed));
+    }
+    let f = b.start();
+    f.wait_ready();
+    f
+}
+
+/// The gossip address a fleetd logged at start (`gossip endpoint up addr=...`).
+fn gossip_addr(f: &Fleetd) -> String {
+    let log = f.log();
+    log.lines()
+        .find_map(|l| l.split("gossip endpoint up addr=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+        .unwrap_or_else(|| panic!("no gossip address in the log:\n{log}"))
+}
+
+fn machines_of(f: &Fleetd) -> BTreeSet<String> {
+    let v = http_get(f.socket(), "/fleet/v1/machines").json();
+    v["machines"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Polls `ok` until it holds; after [`WAIT`] panics with `what` and the logs of `fleetds`.
+fn wait_until(what: &str, fleetds: &[&Fleetd], mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        if t0.elapsed() > WAIT {
+            let mut msg = format!("timed out after {WAIT:?}: {what}");
+            for f in fleetds {
+                msg += &format!(
+                    "\n--- fleetd {} lists {:?}; its log:\n{}",
+                    f.machine_id(),
+                    machines_of(f),
+                    f.log()
+                );
+            }
+            panic!("{msg}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn fleetds_with_minted_certificates_see_each_other_and_a_foreign_ca_is_refused() {
+    let etcd = Etcd::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let a = start_tls(&etcd, &dir.path().join("cluster"), None);
+    let b = start_tls(&etcd, &dir.path().join("cluster"), Some(&a));
+    let both: BTreeSet<String> = [a.machine_id(), b.machine_id()]
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    wait_until("both fleetds list both machines", &[&a, &b], || {
+        machines_of(&a) == both && machines_of(&b) == both
+    });
+    assert!(a.log().contains("gossip endpoint up"), "{}", a.log());
+    assert!(!a.log().contains("INSECURE"), "{}", a.log());
+
+    // Joins through `a` with a certificate of another CA.
+    let rogue = start_tls(&etcd, &dir.path().join("other"), Some(&a));
+    wait_until(
+        "the cluster refuses the foreign certificate",
+        &[&a, &b, &rogue],
+        || {
+            let log = a.log() + &b.log();
+            log.contains("refused a gossip connection")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(machines_of(&a), both);
+    assert_eq!(machines_of(&b), both);
+    let own: BTreeSet<String> = [rogue.machine_id().to_string()].into();
+    assert_eq!(machines_of(&rogue), own);
+}
+
+// ---- cluster lab -------------------------------------------------------------------------------
+
+/// The running machines other than `except`.
+fn others(fl: &FleetLab, except: usize) -> Vec<usize> {
+    fl.running().filter(|i| *i != except).collect()
+}
+
+/// Waits until every running machine but `victim` no longer lists `victim_id` and lists every other
+/// running machine; returns how long it took.
+fn wait_gone_everywhere(fl: &FleetLab, victim: usize, victim_id: &str) -> Duration {
+    let t0 = Instant::now();
+    fl.wait_for(
+        &format!("every survivor stops listing m{victim}"),
+        WAIT,
+        |fl| {
+            let survivors = others(fl, victim);
+            let want: BTreeSet<String> = survivors.iter().map(|i| fl.machine_id(*i)).collect();
+            survivors
+                .iter()
+                .all(|i| {
+                    fl.listed_machines(*i)
+                        .is_some_and(|l| !l.contains(victim_id) && l == want)
+                })
+                .then_some(())
+        },
+    );
+    t0.elapsed()
+}
+
+#[test]
+fn a_killed_machine_leaves_every_survivors_view() {
+    let Some(fl) = FleetLab::up_with_tls(5, &[]) else {
+        return;
+    };
+    let victim = 3;
+    let id = fl.machine_id(victim);
+    fl.lab.kill(victim).unwrap();
+    let took = wait_gone_everywhere(&fl, victim, &id);
+    eprintln!("m{victim} (SIGKILL) left every survivor's list-machines after {took:?}");
+
+    // It boots again with a new incarnation and comes back everywhere.
+    fl.boot(victim);
+    fl.wait_all_listed(WAIT);
+}
+
+#[test]
+fn a_frozen_machine_leaves_the_views_and_comes_back_when_thawed() {
+    let Some(fl) = FleetLab::up_with_tls(5, &[]) else {
+        return;
+    };
+    let victim = 2;
+    let id = fl.machine_id(victim);
+    fl.lab.freeze(victim).unwrap();
+    let took = wait_gone_everywhere(&fl, victim, &id);
+    eprintln!("m{victim} (frozen) left every survivor's list-machines after {took:?}");
+    fl.lab.thaw(victim).unwrap();
+    let t0 = Instant::now();
+    fl.wait_all_listed(WAIT);
+    eprintln!(
+        "m{victim} (thawed) back in every view after {:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn a_new_machine_converges_with_membership_and_unit_states() {
+    let Some(fl) = FleetLab::up_with_tls(5, &[]) else {
+        return;
+    };
+    // Pinned to m2, so that the joiner can only learn its state from m2 (by gossip).
+    let m2 = fl.machine_id(2);
+    fl.write_file(
+        1,
+        "/tmp/pinned.service",
+        &format!("[Service]\nExecStart=/bin/sleep 100000\n\n[X-Fleet]\nMachineID={m2}\n"),
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/pinned.service"]);
+    fl.wait_for("pinned.service running on m2", WAIT, |fl| {
+        (fl.running_on("pinned.service") == [2]).then_some(())
+    });
+
+    let t0 = Instant::now();
+    let new = fl.add_machine();
+    assert_eq!(new, 6);
+    fl.wait_all_listed(WAIT);
+    eprintln!(
+        "m{new} listed by all and listing all after {:?}",
+        t0.elapsed()
+    );
+
+    // The joiner learnt the unit states others publish (gossip, not etcd).
+    let line = fl.wait_for("the new machine lists pinned.service running", WAIT, |fl| {
+        let out = fl.fleetctl(new, &["list-units", "--no-legend", "--full"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some("pinned.service"))
+            .filter(|l| l.contains("running"))
+            .map(str::to_string)
+    });
+    assert!(line.contains(&m2), "pinned.service runs on m2: {line}");
+    assert_eq!(fl.running_on("pinned.service"), [2]);
+}
+
+/// Starts a second fleetd in machine `i` as a transient unit `name`: gossip on port 7480 of the
+/// machine's address, joining through m1 (`gossip_seeds`), with `extra` `FLEET_*` settings for its
+/// TLS. Its etcd is unreachable on purpose: it must not announce itself there nor claim anything;
+/// gossip is all it does.
+fn start_rogue(fl: &FleetLab, i: usize, name: &str, extra: &[(&str, &str)]) -> String {
+    let ip = fleet_lab::machine_ip(i);
+    let listen = format!("{ip}:7480");
+    let seed = format!("{}:7479", fleet_lab::machine_ip(1));
+    let id = format!("{}{}", name.replace('-', ""), support::unique_token());
+    let mut cmd: Vec<String> = vec![
+        "systemd-run".into(),
+        format!("--unit={name}"),
+        format!("--setenv=FLEET_MACHINE_ID={id}"),
+        format!("--setenv=FLEET_GOSSIP_LISTEN={listen}"),
+        format!("--setenv=FLEET_GOSSIP_SEEDS={seed}"),
+        format!("--setenv=FLEET_API_SOCKET=/run/{name}.sock"),
+        format!("--setenv=FLEET_STATE_DIR=/run/{name}-state"),
+        format!("--setenv=FLEET_UNITS_DIRECTORY=/run/{name}-units"),
+    ];
+    for (k, v) in extra {
+        cmd.push(format!("--setenv={k}={v}"));
+    }
+    cmd.extend([
+        "/opt/fleet/bin/fleetd".into(),
+        "--etcd-servers=http://127.0.0.1:9".into(),
+        format!("--public-ip={ip}"),
+    ]);
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    fl.lab.sh_ok(i, &args).expect("start the rogue fleetd");
+    listen
+}
+
+#[test]
+fn peers_without_a_valid_certificate_are_refused() {
+    let Some(fl) = FleetLab::up_with_tls(5, &[]) else {
+        return;
+    };
+    let all: BTreeSet<String> = fl.running().map(|i| fl.machine_id(i)).collect();
+    let foreign = format!("{LAB_TLS_DIR}/foreign");
+    let rogues = [
+        (
+            5,
+            "rogue-foreign",
+            start_rogue(
+                &fl,
+                5,
+                "rogue-foreign",
+                &[
+                    ("FLEET_GOSSIP_CA_FILE", &format!("{foreign}/ca.pem")),
+                    (
+                        "FLEET_GOSSIP_CERT_FILE",
+                        &format!("{foreign}/{LAB_CERT_NAME}.pem"),
+                    ),
+                    (
+                        "FLEET_GOSSIP_KEY_FILE",
+                        &format!("{foreign}/{LAB_CERT_NAME}.key"),
+                    ),
+                ],
+            ),
+        ),
+        (
+            4,
+            "rogue-insecure",
+            start_rogue(
+                &fl,
+                4,
+                "rogue-insecure",
+                &[("FLEET_GOSSIP_INSECURE", "true")],
+            ),
+        ),
+    ];
+    for (i, name, addr) in &rogues {
+        // m1 (their seed) refuses them during the handshake and logs it with their address.
+        let t0 = Instant::now();
+        while !fl
+            .journal(1, 1000)
+            .lines()
+            .any(|l| l.contains("refused a gossip connection") && l.contains(addr.as_str()))
+        {
+            if t0.elapsed() > WAIT {
+                let unit = format!("{name}.service");
+                let rogue = fl
+                    .lab
+                    .sh(*i, &["journalctl", "-u", &unit, "--no-pager", "-n", "30"])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                panic!(
+                    "m1 did not log refusing {name} ({addr}) within {WAIT:?}\n\
+                     m1 journal:\n{}\n{name} journal:\n{rogue}",
+                    fl.journal(1, 30)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let state = fl.show(*i, &format!("{name}.service"), "ActiveState");
+        assert_eq!(state, "active", "{name} keeps running (and retrying)");
+    }
+    // Let them retry for a while: nobody ever lists anything but the five machines.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        for i in 1..=5 {
+            if let Some(l) = fl.listed_machines(i) {
+                assert_eq!(l, all, "m{i} lists a machine it should not");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    fl.wait_all_listed(WAIT);
+}
+
+/// Guard: the certificate files the lab binds are what `fleetctl gen-certs` wrote.
+#[test]
+fn the_tls_lab_binds_minted_files_read_only() {
+    let Some(fl) = FleetLab::up_with_tls(1, &[]) else {
+        return;
+    };
+    let mut names: Vec<String> = std::fs::read_dir(fl.certs.path().join("etc"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["ca.pem", "foreign", "labshared.key", "labshared.pem"]
+    );
+    let out = fl
+        .lab
+        .sh(1, &["touch", &format!("{LAB_TLS_DIR}/x")])
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the TLS dir is writable in the machine"
+    );
+    assert!(!fl.journal(1, 200).contains("INSECURE"));
+}
