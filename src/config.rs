@@ -148,6 +148,12 @@ const KEYS: &[KeyInfo] = &[
     key("api_socket_mode"),
     key("api_tcp"),
     key("api_max_body"),
+    key("api_socket_group"),
+    key("api_tcp_insecure"),
+    key("api_tls_cert_file"),
+    key("api_tls_key_file"),
+    key("api_client_ca_file"),
+    key("api_token_file"),
     key("machine_id"),
     key("machine_id_file"),
     key("gossip_port"),
@@ -209,6 +215,18 @@ pub struct Config {
     pub api_tcp: Option<SocketAddr>,
     /// `api_max_body`: largest accepted request body in bytes.
     pub api_max_body: usize,
+    /// `api_socket_group`: group (name or GID) given the API socket; `None` = fleetd's group.
+    pub api_socket_group: Option<String>,
+    /// `api_tcp_insecure`: serve `api_tcp` as plain HTTP without access control (trusted networks).
+    pub api_tcp_insecure: bool,
+    /// `api_tls_cert_file`: PEM certificate (chain) of the TLS TCP listener.
+    pub api_tls_cert_file: Option<PathBuf>,
+    /// `api_tls_key_file`: PEM key of `api_tls_cert_file`.
+    pub api_tls_key_file: Option<PathBuf>,
+    /// `api_client_ca_file`: PEM CA whose client certificates may use the TCP listener.
+    pub api_client_ca_file: Option<PathBuf>,
+    /// `api_token_file`: file whose content is the bearer token accepted on the TCP listener.
+    pub api_token_file: Option<PathBuf>,
     /// `machine_id`: this machine's ID; `None` = read `machine_id_file`.
     pub machine_id: Option<String>,
     /// `machine_id_file`: file holding the machine ID.
@@ -257,6 +275,12 @@ impl Default for Config {
             api_socket_mode: 0o660,
             api_tcp: None,
             api_max_body: 1024 * 1024,
+            api_socket_group: None,
+            api_tcp_insecure: false,
+            api_tls_cert_file: None,
+            api_tls_key_file: None,
+            api_client_ca_file: None,
+            api_token_file: None,
             machine_id: None,
             machine_id_file: PathBuf::from("/etc/machine-id"),
             gossip_port: 7479,
@@ -471,6 +495,19 @@ impl RawConfig {
                         return Err(bad("must be greater than zero".into()));
                     }
                 }
+                "api_socket_group" => {
+                    c.api_socket_group = match non_empty(v) {
+                        Some(g) if g.contains([':', '\n', ' ']) => {
+                            return Err(bad("expected a group name or a numeric GID".into()))
+                        }
+                        g => g.map(str::to_string),
+                    }
+                }
+                "api_tcp_insecure" => c.api_tcp_insecure = parse_bool(v).map_err(bad)?,
+                "api_tls_cert_file" => c.api_tls_cert_file = non_empty(v).map(PathBuf::from),
+                "api_tls_key_file" => c.api_tls_key_file = non_empty(v).map(PathBuf::from),
+                "api_client_ca_file" => c.api_client_ca_file = non_empty(v).map(PathBuf::from),
+                "api_token_file" => c.api_token_file = non_empty(v).map(PathBuf::from),
                 "machine_id" => {
                     c.machine_id = match non_empty(v) {
                         None => None,
@@ -550,7 +587,49 @@ impl RawConfig {
                 reason: "etcd_username and etcd_password must be given together".into(),
             });
         }
+        self.check_api_tcp(&c)?;
         Ok((c, warnings))
+    }
+
+    /// The TCP listener is TLS with client credentials, or explicitly insecure.
+    fn check_api_tcp(&self, c: &Config) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: &str| ConfigError::InvalidValue {
+            key: key.to_string(),
+            value: self
+                .values
+                .get(key)
+                .map(|(v, _)| v.clone())
+                .unwrap_or_default(),
+            origin: self.source_of(key),
+            reason: reason.to_string(),
+        };
+        let tls = c.api_tls_cert_file.is_some() || c.api_tls_key_file.is_some();
+        if c.api_tls_cert_file.is_some() != c.api_tls_key_file.is_some() {
+            return Err(err(
+                "api_tls_key_file",
+                "api_tls_cert_file and api_tls_key_file must be given together",
+            ));
+        }
+        if tls && c.api_tcp_insecure {
+            return Err(err(
+                "api_tcp_insecure",
+                "contradicts api_tls_cert_file: choose TLS or plain HTTP",
+            ));
+        }
+        if tls && c.api_client_ca_file.is_none() && c.api_token_file.is_none() {
+            return Err(err(
+                "api_tls_cert_file",
+                "the TLS listener needs client credentials: set api_client_ca_file and/or api_token_file",
+            ));
+        }
+        if c.api_tcp.is_some() && !tls && !c.api_tcp_insecure {
+            return Err(err(
+                "api_tcp",
+                "the TCP API needs TLS (api_tls_cert_file, api_tls_key_file, and api_client_ca_file \
+                 or api_token_file), or api_tcp_insecure=true for plain HTTP on a trusted network",
+            ));
+        }
+        Ok(())
     }
 
     /// Where the value of `key` comes from.
@@ -630,6 +709,12 @@ impl Config {
         cmp!(api_socket_mode);
         cmp!(api_tcp);
         cmp!(api_max_body);
+        cmp!(api_socket_group);
+        cmp!(api_tcp_insecure);
+        cmp!(api_tls_cert_file);
+        cmp!(api_tls_key_file);
+        cmp!(api_client_ca_file);
+        cmp!(api_token_file);
         cmp!(machine_id);
         cmp!(machine_id_file);
         cmp!(gossip_port);
@@ -744,6 +829,24 @@ pub struct FleetdArgs {
     /// Largest accepted request body in bytes (suffixes K, M allowed)
     #[arg(long, alias = "api_max_body", value_name = "BYTES")]
     pub api_max_body: Option<String>,
+    /// Group (name or GID) of the API socket
+    #[arg(long, alias = "api_socket_group", value_name = "GROUP")]
+    pub api_socket_group: Option<String>,
+    /// Serve api_tcp as plain HTTP without access control (trusted networks only)
+    #[arg(long, alias = "api_tcp_insecure", value_name = "BOOL")]
+    pub api_tcp_insecure: Option<String>,
+    /// PEM certificate of the TLS API listener
+    #[arg(long, alias = "api_tls_cert_file", value_name = "PATH")]
+    pub api_tls_cert_file: Option<String>,
+    /// PEM key of the TLS API listener
+    #[arg(long, alias = "api_tls_key_file", value_name = "PATH")]
+    pub api_tls_key_file: Option<String>,
+    /// PEM CA whose client certificates may use the TCP API
+    #[arg(long, alias = "api_client_ca_file", value_name = "PATH")]
+    pub api_client_ca_file: Option<String>,
+    /// File holding the bearer token accepted on the TCP API
+    #[arg(long, alias = "api_token_file", value_name = "PATH")]
+    pub api_token_file: Option<String>,
     /// This machine's ID (default: read machine_id_file)
     #[arg(long, alias = "machine_id", value_name = "ID")]
     pub machine_id: Option<String>,
@@ -782,7 +885,7 @@ pub struct FleetdArgs {
 impl FleetdArgs {
     /// The configuration keys given on the command line, as `(key, value)`.
     pub fn overrides(&self) -> Vec<(&'static str, &str)> {
-        let pairs: [(&'static str, &Option<String>); 33] = [
+        let pairs: [(&'static str, &Option<String>); 39] = [
             ("etcd_servers", &self.etcd_servers),
             ("etcd_key_prefix", &self.etcd_key_prefix),
             ("etcd_request_timeout", &self.etcd_request_timeout),
@@ -805,6 +908,12 @@ impl FleetdArgs {
             ("api_socket_mode", &self.api_socket_mode),
             ("api_tcp", &self.api_tcp),
             ("api_max_body", &self.api_max_body),
+            ("api_socket_group", &self.api_socket_group),
+            ("api_tcp_insecure", &self.api_tcp_insecure),
+            ("api_tls_cert_file", &self.api_tls_cert_file),
+            ("api_tls_key_file", &self.api_tls_key_file),
+            ("api_client_ca_file", &self.api_client_ca_file),
+            ("api_token_file", &self.api_token_file),
             ("machine_id", &self.machine_id),
             ("machine_id_file", &self.machine_id_file),
             ("gossip_port", &self.gossip_port),
@@ -1126,7 +1235,7 @@ mod tests {
     #[test]
     fn socket_settings_parse() {
         let c = build(
-            "api_socket=\napi_tcp=127.0.0.1:4002\napi_socket_mode=0600",
+            "api_socket=\napi_tcp=127.0.0.1:4002\napi_socket_mode=0600\napi_tcp_insecure=1",
             &[],
             &[],
         )
@@ -1135,6 +1244,38 @@ mod tests {
         assert_eq!(c.api_tcp, Some("127.0.0.1:4002".parse().unwrap()));
         assert_eq!(c.api_socket_mode, 0o600);
         assert!(build("api_socket_mode=999", &[], &[]).is_err());
+        assert!(build("api_socket_group=a:b", &[], &[]).is_err());
+        assert_eq!(
+            build("api_socket_group=fleet", &[], &[])
+                .unwrap()
+                .api_socket_group
+                .as_deref(),
+            Some("fleet")
+        );
+    }
+
+    #[test]
+    fn the_tcp_api_is_tls_with_credentials_or_explicitly_insecure() {
+        let e = build("api_tcp=127.0.0.1:4002", &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("api_tls_cert_file") && e.contains("api_tcp_insecure"),
+            "{e}"
+        );
+        let tls = "api_tcp=127.0.0.1:4002\napi_tls_cert_file=/c\napi_tls_key_file=/k\n";
+        let e = build(tls, &[], &[]).unwrap_err().to_string();
+        assert!(e.contains("api_token_file"), "{e}");
+        let c = build(&format!("{tls}api_token_file=/t"), &[], &[]).unwrap();
+        assert_eq!(c.api_token_file.as_deref(), Some(Path::new("/t")));
+        assert!(build(&format!("{tls}api_client_ca_file=/ca"), &[], &[]).is_ok());
+        assert!(build(
+            &format!("{tls}api_token_file=/t\napi_tcp_insecure=1"),
+            &[],
+            &[]
+        )
+        .is_err());
+        assert!(build("api_tls_cert_file=/c\napi_token_file=/t", &[], &[]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use fleet_sched::{MachineId, UnitName};
 
+use crate::metrics::EtcdOp;
 use crate::registry::{Claim, ClaimRecord, Keys, MachineRecord};
 
 fn claim_json(machine: &MachineId) -> String {
@@ -17,7 +18,12 @@ fn claim_json(machine: &MachineId) -> String {
 }
 
 async fn txn(c: &mut Client, t: Txn) -> Result<bool, etcd_client::Error> {
-    Ok(c.txn(t).await?.succeeded())
+    let m = crate::metrics::global();
+    let won = m.time_etcd(EtcdOp::ClaimTxn, c.txn(t)).await?.succeeded();
+    if !won {
+        m.claim_conflict();
+    }
+    Ok(won)
 }
 
 /// Claims `unit` for `machine` under `lease` if nobody holds it. Returns whether we won.

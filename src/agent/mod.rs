@@ -213,7 +213,10 @@ async fn run(
                 Some(Event::UnitRemoved { name }) => {
                     if !st.note_removed(&name) { continue; }
                 }
-                Some(Event::JobRemoved { .. }) => continue,
+                Some(Event::JobRemoved { unit, result, .. }) => {
+                    crate::metrics::global().job_removed(&unit, result.is_success());
+                    continue;
+                }
                 Some(Event::Reloaded) => continue,
                 Some(Event::Disconnected) | None => {
                     tracing::warn!("lost the connection to systemd; reconnecting");
@@ -522,6 +525,7 @@ impl State {
                         match claims::supersede(&mut client, &keys, name, c, &me, lease).await {
                             Ok(true) => {
                                 tracing::info!(unit = %name, from = %c.machine_id, "took over unit from a machine that is gone");
+                                crate::metrics::global().took_over(c.machine_id.as_str());
                                 target.insert(name.clone(), want);
                             }
                             Ok(false) => {}
@@ -531,6 +535,7 @@ impl State {
                     None => match claims::claim(&mut client, &keys, name, &me, lease).await {
                         Ok(true) => {
                             tracing::info!(unit = %name, "claimed");
+                            crate::metrics::global().placed();
                             target.insert(name.clone(), want);
                         }
                         Ok(false) => {}
@@ -608,7 +613,8 @@ impl State {
     async fn run_task(&mut self, task: &Task, snap: &Snapshot) -> anyhow::Result<()> {
         match task {
             Task::Stop(n, _) => {
-                self.systemd.stop_unit_and_wait(n.as_str()).await?;
+                let stop = self.systemd.stop_unit_and_wait(n.as_str());
+                crate::metrics::global().time_job(crate::metrics::JobKind::Stop, stop).await?;
                 self.started.remove(n);
             }
             Task::Unload(n, _) => {
@@ -643,6 +649,7 @@ impl State {
             }
             Task::Start(n, _) => {
                 let h = self.loaded.get(n).copied();
+                crate::metrics::global().start_queued(n.as_str());
                 self.systemd.start_unit(n.as_str()).await?;
                 if let Some(h) = h {
                     self.started.insert(n.clone(), h);

@@ -4,7 +4,8 @@
 //! `GET|PUT|DELETE units/{name}`, `GET state`, `GET|PATCH machines`; and two fleet extensions
 //! (fleet v1 used SSH for these), `GET units/{name}/status` and `GET units/{name}/journal`, answered
 //! by the unit's machine ([`relay`]). `/` and the bare prefixes
-//! answer 405, anything else 404. Every response carries `Server: fleetd/<version>`; every error
+//! answer 405, anything else 404. `GET /metrics` serves Prometheus metrics ([`crate::metrics`]).
+//! Every response carries `Server: fleetd/<version>`; every error
 //! is `{"error":{"code":N,"message":"..."}}` with `Content-Type: application/json`.
 //! The status-code rules of each route are documented on its handler and exercised by `tests/api.rs`.
 //!
@@ -25,9 +26,12 @@
 //! Architecture invariant: handlers validate everything before they write, and each write is one
 //! registry call (one etcd transaction), so a request that fails has written nothing.
 
+pub mod access;
+pub mod activation;
 pub mod cluster;
 mod error;
 mod machines;
+mod metrics;
 pub mod pagination;
 pub mod relay;
 pub mod schema;
@@ -156,12 +160,12 @@ pub fn router(state: ApiState) -> Router {
                 get(relay::journal).fallback(only("GET")),
             )
             .route(
-                &format!("{p}/state"),
-                get(machines::states).fallback(only("GET")),
-            )
-            .route(
                 &format!("{p}/units/{{name}}/restart"),
                 post(relay::restart).fallback(only("POST")),
+            )
+            .route(
+                &format!("{p}/state"),
+                get(machines::states).fallback(only("GET")),
             )
             .route(
                 &format!("{p}/machines"),
@@ -171,7 +175,8 @@ pub fn router(state: ApiState) -> Router {
             )
             .route(p, any(prefix_not_allowed));
     }
-    r.route("/", any(root_not_allowed))
+    r.route("/metrics", get(metrics::scrape).fallback(only("GET")))
+        .route("/", any(root_not_allowed))
         .fallback(not_found)
         .layer(axum::middleware::map_response(server_header))
         .with_state(state)
@@ -333,13 +338,44 @@ pub fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(l)
 }
 
+/// Gives the API socket at `path` to `group` (a name from /etc/group, or a numeric GID); the owner
+/// stays the user fleetd runs as (root).
+pub fn set_socket_group(path: &Path, group: &str) -> io::Result<()> {
+    let gid = match group.parse::<u32>() {
+        Ok(gid) => gid,
+        Err(_) => {
+            lookup_group(group, &std::fs::read_to_string("/etc/group")?).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("group {group:?} is not in /etc/group"),
+                )
+            })?
+        }
+    };
+    std::os::unix::fs::chown(path, None, Some(gid))
+}
+
+/// The GID of `name` in the text of an /etc/group file.
+fn lookup_group(name: &str, etc_group: &str) -> Option<u32> {
+    etc_group.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.trim().parse().ok()
+    })
+}
+
 /// Where the API listens.
 #[derive(Debug, Default)]
 pub struct Listeners {
-    /// The unix socket and its path (removed when serving ends).
+    /// The unix socket and its path (removed when serving ends, unless `keep_socket_file`).
     pub unix: Option<(UnixListener, PathBuf)>,
+    /// The socket file belongs to someone else (systemd's socket activation): leave it in place.
+    pub keep_socket_file: bool,
     /// The TCP listener.
     pub tcp: Option<TcpListener>,
+    /// TLS and credentials of the TCP listener; `None` serves plain HTTP without access control
+    /// (`api_tcp_insecure`).
+    pub tcp_access: Option<Arc<access::TcpAccess>>,
 }
 
 /// Serves `router` on every listener until `shutdown` resolves, then finishes the requests in
@@ -351,7 +387,11 @@ pub async fn serve(
 ) -> io::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
-    let socket_path = listeners.unix.as_ref().map(|(_, p)| p.clone());
+    let socket_path = listeners
+        .unix
+        .as_ref()
+        .filter(|_| !listeners.keep_socket_file)
+        .map(|(_, p)| p.clone());
     if let Some((l, _)) = listeners.unix {
         let mut rx = rx.clone();
         let r = router.clone();
@@ -363,15 +403,35 @@ pub async fn serve(
                 .await
         });
     }
-    if let Some(l) = listeners.tcp {
-        let mut rx = rx.clone();
-        tasks.spawn(async move {
-            axum::serve(l, router)
+    match (listeners.tcp, listeners.tcp_access) {
+        (Some(l), Some(access)) => {
+            let mut rx = rx.clone();
+            let app = router.layer(axum::middleware::from_fn_with_state(
+                access.clone(),
+                access::require_credentials,
+            ));
+            tasks.spawn(async move {
+                axum::serve(
+                    access.listener(l),
+                    app.into_make_service_with_connect_info::<access::Peer>(),
+                )
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
                 .await
-        });
+            });
+        }
+        (Some(l), None) => {
+            let mut rx = rx.clone();
+            tasks.spawn(async move {
+                axum::serve(l, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = rx.wait_for(|s| *s).await;
+                    })
+                    .await
+            });
+        }
+        (None, _) => {}
     }
     tokio::spawn(async move {
         shutdown.await;
@@ -423,6 +483,14 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(DISCOVERY).unwrap();
         assert_eq!(v["id"], "fleet:v1");
         assert!(v["resources"]["Units"]["methods"]["Set"].is_object());
+    }
+
+    #[test]
+    fn groups_are_found_by_name() {
+        let etc = "root:x:0:\nfleet:x:973:alice,bob\nadm:x:4:\n";
+        assert_eq!(lookup_group("fleet", etc), Some(973));
+        assert_eq!(lookup_group("root", etc), Some(0));
+        assert_eq!(lookup_group("flee", etc), None);
     }
 
     #[test]

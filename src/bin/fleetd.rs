@@ -1,7 +1,11 @@
-//! fleetd: the fleet agent. For now: configuration, the etcd registry and the HTTP API.
+//! fleetd: the fleet agent: configuration, the etcd registry, gossip, the agent and the HTTP API.
 //!
 //! Signals: SIGTERM/SIGINT shut down gracefully (requests in flight finish), SIGHUP reloads the
 //! configuration keeping the listeners, SIGUSR1 logs the state.
+//!
+//! As a systemd service (`dist/fleet.service`, `Type=notify`): takes its API sockets from
+//! `dist/fleet.socket` when socket-activated, reports `READY=1` once the API serves and
+//! `STOPPING=1` on shutdown, and logs without timestamps or colours when its stderr is the journal.
 
 use std::io::IsTerminal;
 use std::net::{IpAddr, UdpSocket};
@@ -13,7 +17,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use fleet::agent::relay::{self, GossipRelay};
 use fleet::agent::{spawn_view_refresh, Agent, AgentCluster, AgentOptions};
-use fleet::api::{self, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
+use fleet::api::access::{TcpAccess, TlsSettings};
+use fleet::api::{self, activation, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
 use fleet::config::{Config, FleetdArgs};
 use fleet::registry::{Registry, RegistryOptions};
 use fleet_gossip::tls::TlsConfig;
@@ -28,6 +33,8 @@ type FilterHandle = reload::Handle<EnvFilter, TracingRegistry>;
 
 fn main() -> ExitCode {
     let args = FleetdArgs::parse();
+    // Before any thread exists: this edits the environment.
+    let activated = activation::take_listen_fds();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -35,7 +42,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -53,8 +60,57 @@ fn filter_for(verbosity: u8) -> EnvFilter {
     })
 }
 
+/// Whether stderr is connected to the journal (`JOURNAL_STREAM` names stderr's device and inode).
+fn stderr_is_journal() -> bool {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::MetadataExt;
+    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = v.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let meta = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from)
+        .and_then(|f| f.metadata());
+    match meta {
+        Ok(m) => dev.parse() == Ok(m.dev()) && ino.parse() == Ok(m.ino()),
+        Err(_) => false,
+    }
+}
+
+/// Prefixes each line with its syslog priority (`<3>` error ... `<7>` trace), which journald
+/// turns into the entry's priority; the journal adds the timestamp itself.
+struct JournalFormat(
+    tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Full, ()>,
+);
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let prio = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+        };
+        write!(writer, "<{prio}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
 /// Logs to stderr; `RUST_LOG` wins over `verbosity`. Returns a handle to change the level on SIGHUP
-/// (None when RUST_LOG decides).
+/// (None when RUST_LOG decides). In the journal: no timestamps or colours, priorities as prefixes.
 fn init_logging(verbosity: u8) -> Option<FilterHandle> {
     let from_env = std::env::var("RUST_LOG").is_ok_and(|v| !v.is_empty());
     let filter = if from_env {
@@ -63,14 +119,21 @@ fn init_logging(verbosity: u8) -> Option<FilterHandle> {
         filter_for(verbosity)
     };
     let (filter, handle) = reload::Layer::new(filter);
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr),
-        )
-        .init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    if stderr_is_journal() {
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_ansi(false);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.with_ansi(false).event_format(JournalFormat(format)))
+            .init();
+    } else {
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt.with_ansi(std::io::stderr().is_terminal()))
+            .init();
+    }
     (!from_env).then_some(handle)
 }
 
@@ -82,7 +145,10 @@ fn detect_public_ip() -> Option<IpAddr> {
     (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
-async fn run(args: FleetdArgs) -> anyhow::Result<()> {
+async fn run(
+    args: FleetdArgs,
+    activated: std::io::Result<activation::Activated>,
+) -> anyhow::Result<()> {
     let (config, warnings) = args.load().context("loading configuration")?;
     let log_handle = init_logging(config.verbosity);
     for w in &warnings {
@@ -114,6 +180,7 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
         .with_metadata_file(config.state_dir.join("metadata.json")),
     );
     let _view_refresh = spawn_view_refresh(cluster.clone(), gossip_events);
+    let _metrics_sampler = fleet::metrics::spawn_membership_sampler(gossip.clone());
     // Peers ask this machine for its units' status and journal (fleetctl status/journal).
     relay::install(&gossip, config.systemd_user);
     let state = ApiState::new(
@@ -127,28 +194,16 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
         config.systemd_user,
     )));
 
-    let mut listeners = Listeners::default();
-    if let Some(path) = &config.api_socket {
-        let l = api::bind_unix(path, config.api_socket_mode)
-            .with_context(|| format!("binding API socket {}", path.display()))?;
-        tracing::info!("API on unix://{}", path.display());
-        listeners.unix = Some((l, path.clone()));
-    }
-    if let Some(addr) = config.api_tcp {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding API address {addr}"))?;
-        tracing::info!("API on http://{addr}");
-        listeners.tcp = Some(l);
-    }
-    if listeners.unix.is_none() && listeners.tcp.is_none() {
-        bail!("no API listener: set api_socket or api_tcp");
-    }
+    let activated = activated.context("taking the sockets systemd passed")?;
+    let listeners = api_listeners(&config, activated).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(api::serve(api::router(state.clone()), listeners, async {
         let _ = stop_rx.await;
     }));
+    activation::notify_or_log(&format!(
+        "READY=1\nSTATUS=API serving; machine {machine_id}"
+    ));
 
     let agent = Agent::start(
         AgentOptions {
@@ -177,6 +232,7 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
             _ = usr1.recv() => dump(&registry, &cluster, &state),
         }
     }
+    activation::notify_or_log("STOPPING=1\nSTATUS=stopping this machine's units");
     if agent.shutdown(Duration::from_secs(60)).await {
         // Restarting: the next fleetd rejoins with a newer incarnation; leaving would tell peers to
         // take our units over.
@@ -193,6 +249,86 @@ async fn run(args: FleetdArgs) -> anyhow::Result<()> {
     }
     tracing::info!("fleetd stopped");
     Ok(())
+}
+
+/// The API's listeners: the sockets systemd passed (socket activation), else the configured ones.
+/// The TCP listener gets TLS and client credentials unless `api_tcp_insecure` says plain HTTP.
+async fn api_listeners(
+    config: &Config,
+    activated: activation::Activated,
+) -> anyhow::Result<Listeners> {
+    let mut listeners = Listeners::default();
+    if !activated.is_empty() {
+        let mut unix = activated.unix.into_iter();
+        if let Some((l, path)) = unix.next() {
+            tracing::info!("API on unix://{} (socket activation)", path.display());
+            let l = tokio::net::UnixListener::from_std(l).context("adopting the unix socket")?;
+            listeners.unix = Some((l, path));
+            listeners.keep_socket_file = true;
+        }
+        let mut tcp = activated.tcp.into_iter();
+        if let Some(l) = tcp.next() {
+            let addr = l.local_addr().context("passed TCP socket")?;
+            tracing::info!("API on {addr} (socket activation)");
+            listeners.tcp =
+                Some(tokio::net::TcpListener::from_std(l).context("adopting the TCP socket")?);
+        }
+        if unix.next().is_some() || tcp.next().is_some() {
+            tracing::warn!(
+                "systemd passed more than one unix or TCP socket: only the first of each is served"
+            );
+        }
+    } else {
+        if let Some(path) = &config.api_socket {
+            let l = api::bind_unix(path, config.api_socket_mode)
+                .with_context(|| format!("binding API socket {}", path.display()))?;
+            if let Some(group) = &config.api_socket_group {
+                api::set_socket_group(path, group).with_context(|| {
+                    format!("giving API socket {} to group {group}", path.display())
+                })?;
+            }
+            tracing::info!("API on unix://{}", path.display());
+            listeners.unix = Some((l, path.clone()));
+        }
+        if let Some(addr) = config.api_tcp {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding API address {addr}"))?;
+            listeners.tcp = Some(l);
+        }
+    }
+    if let Some(l) = &listeners.tcp {
+        let addr = l.local_addr().context("API TCP address")?;
+        match (&config.api_tls_cert_file, &config.api_tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let access = TcpAccess::load(&TlsSettings {
+                    cert_file: cert.clone(),
+                    key_file: key.clone(),
+                    client_ca_file: config.api_client_ca_file.clone(),
+                    token_file: config.api_token_file.clone(),
+                })
+                .context("TLS settings of the TCP API")?;
+                tracing::info!(
+                    client_certs = config.api_client_ca_file.is_some(),
+                    token = config.api_token_file.is_some(),
+                    "API on https://{addr}"
+                );
+                listeners.tcp_access = Some(Arc::new(access));
+            }
+            _ if config.api_tcp_insecure => tracing::warn!(
+                "INSECURE: API on http://{addr} without TLS or credentials (api_tcp_insecure): \
+                 anyone who reaches it controls the cluster"
+            ),
+            _ => bail!(
+                "the TCP API on {addr} needs api_tls_cert_file, api_tls_key_file and \
+                 api_client_ca_file or api_token_file (or api_tcp_insecure=true)"
+            ),
+        }
+    }
+    if listeners.unix.is_none() && listeners.tcp.is_none() {
+        bail!("no API listener: set api_socket or api_tcp");
+    }
+    Ok(listeners)
 }
 
 /// Starts the gossip endpoint: mutual TLS with the cluster CA, or the insecure development mode when

@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Args, Debug, Clone, PartialEq)]
 #[command(next_help_heading = "Global options")]
 pub struct GlobalFlags {
-    /// Location of fleetd's API: unix:///PATH or http://HOST:PORT (https is not supported yet). Only the
+    /// Location of fleetd's API: unix:///PATH, http://HOST:PORT or https://HOST:PORT. Only the
     /// first of a comma-separated list is used.
     #[arg(
         long,
@@ -99,15 +99,18 @@ pub struct GlobalFlags {
         default_value = "~/.fleetctl/known_hosts"
     )]
     pub known_hosts_file: String,
-    /// CA certificate for an https endpoint (https is not supported yet).
+    /// CA certificate that signed fleetd's TLS certificate (https endpoints).
     #[arg(long, global = true, env = "FLEETCTL_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    /// Client certificate for an https endpoint (https is not supported yet).
+    /// Client certificate for an https endpoint (signed by fleetd's api_client_ca_file).
     #[arg(long, global = true, env = "FLEETCTL_CERT_FILE")]
     pub cert_file: Option<PathBuf>,
-    /// Client key for an https endpoint (https is not supported yet).
+    /// Key of --cert-file.
     #[arg(long, global = true, env = "FLEETCTL_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// File holding a bearer token for an https endpoint (fleetd's api_token_file).
+    #[arg(long, global = true, env = "FLEETCTL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Accepted for compatibility; fleetctl only talks to the API, which knows its own etcd prefix.
     #[arg(
         long,

@@ -30,6 +30,34 @@ pub enum Endpoint {
         /// Path prefix put before `/fleet/v1` (empty, or starting with `/` and without a trailing `/`).
         base: String,
     },
+    /// `https://host:port[/base]`: HTTP over TLS (fleetd's `api_tls_cert_file`), see [`Credentials`].
+    Https {
+        /// `host:port` to connect to (port 443 when the URL has none).
+        authority: String,
+        /// Path prefix put before `/fleet/v1`.
+        base: String,
+    },
+}
+
+/// What fleetctl presents to an https endpoint: the CA to verify fleetd with (`--ca-file`), and a
+/// client certificate (`--cert-file`, `--key-file`) and/or a bearer token (`--token-file`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// CA certificate (PEM) that signed fleetd's server certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// File holding the bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// TLS settings and token loaded from [`Credentials`].
+#[derive(Clone)]
+struct Tls {
+    connector: tokio_rustls::TlsConnector,
+    token: Option<String>,
 }
 
 /// Everything that can go wrong talking to fleetd.
@@ -77,6 +105,16 @@ pub enum ClientError {
         /// The timeout that ran out.
         timeout: Duration,
     },
+    /// A `--ca-file`, `--cert-file`, `--key-file` or `--token-file` cannot be used.
+    #[error("{flag} {path}: {reason}")]
+    Credentials {
+        /// The flag.
+        flag: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The API answered with its error document `{"error":{"code":N,"message":"..."}}`.
     #[error("{message}")]
     Api {
@@ -111,7 +149,7 @@ impl ClientError {
 
 impl Endpoint {
     /// Parse `--endpoint`. fleet accepted a comma-separated list and used only the first; so do we (the
-    /// caller warns). `https://` is refused with a clear message: TLS is not implemented yet.
+    /// caller warns).
     pub fn parse(endpoint: &str) -> Result<Endpoint, ClientError> {
         let bad = |reason: &str| ClientError::BadEndpoint {
             endpoint: endpoint.to_string(),
@@ -126,12 +164,11 @@ impl Endpoint {
             }
             return Ok(Endpoint::Unix(PathBuf::from(path)));
         }
-        if first.starts_with("https://") {
-            return Err(bad(
-                "https endpoints are not supported yet by this fleetctl (use http:// or unix://)",
-            ));
-        }
-        if let Some(rest) = first.strip_prefix("http://") {
+        let (rest, tls) = match first.strip_prefix("https://") {
+            Some(rest) => (Some(rest), true),
+            None => (first.strip_prefix("http://"), false),
+        };
+        if let Some(rest) = rest {
             let (authority, base) = match rest.find('/') {
                 Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
                 None => (rest, ""),
@@ -142,14 +179,18 @@ impl Endpoint {
             let authority = if has_port(authority) {
                 authority.to_string()
             } else {
-                format!("{authority}:80")
+                format!("{authority}:{}", if tls { 443 } else { 80 })
             };
-            return Ok(Endpoint::Http {
-                authority,
-                base: base.to_string(),
+            let base = base.to_string();
+            return Ok(if tls {
+                Endpoint::Https { authority, base }
+            } else {
+                Endpoint::Http { authority, base }
             });
         }
-        Err(bad("expected unix://PATH or http://HOST:PORT"))
+        Err(bad(
+            "expected unix://PATH, http://HOST:PORT or https://HOST:PORT",
+        ))
     }
 }
 
@@ -193,6 +234,77 @@ pub struct HttpTransport {
     shown: String,
     timeout: Duration,
     sender: Option<http1::SendRequest<Full<Bytes>>>,
+    tls: Option<Tls>,
+}
+
+fn cred_err(flag: &'static str, path: &std::path::Path, reason: impl ToString) -> ClientError {
+    ClientError::Credentials {
+        flag,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Tls {
+    fn load(c: &Credentials) -> Result<Tls, ClientError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = |flag, path: &std::path::Path| {
+            CertificateDer::pem_file_iter(path)
+                .map_err(|e| cred_err(flag, path, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| cred_err(flag, path, e))
+        };
+        let Some(ca) = &c.ca_file else {
+            return Err(cred_err(
+                "--ca-file",
+                std::path::Path::new(""),
+                "https endpoints need --ca-file: the CA that signed fleetd's api_tls_cert_file",
+            ));
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in certs("--ca-file", ca)? {
+            roots.add(cert).map_err(|e| cred_err("--ca-file", ca, e))?;
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| cred_err("--ca-file", ca, e))?
+            .with_root_certificates(roots);
+        let config = match (&c.cert_file, &c.key_file) {
+            (Some(cert), Some(key)) => {
+                let chain = certs("--cert-file", cert)?;
+                let k = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| cred_err("--key-file", key, e))?;
+                builder
+                    .with_client_auth_cert(chain, k)
+                    .map_err(|e| cred_err("--key-file", key, e))?
+            }
+            (None, None) => builder.with_no_client_auth(),
+            (Some(p), None) | (None, Some(p)) => {
+                return Err(cred_err(
+                    "--cert-file/--key-file",
+                    p,
+                    "--cert-file and --key-file go together",
+                ))
+            }
+        };
+        let token = match &c.token_file {
+            Some(p) => {
+                let t = std::fs::read_to_string(p).map_err(|e| cred_err("--token-file", p, e))?;
+                let t = t.trim().to_string();
+                if t.is_empty() {
+                    return Err(cred_err("--token-file", p, "the file is empty"));
+                }
+                Some(t)
+            }
+            None => None,
+        };
+        Ok(Tls {
+            connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+            token,
+        })
+    }
 }
 
 impl HttpTransport {
@@ -203,7 +315,16 @@ impl HttpTransport {
             shown: shown.to_string(),
             timeout,
             sender: None,
+            tls: None,
         })
+    }
+
+    /// Uses `creds` for an https endpoint (loads the files now); ignored for other endpoints.
+    pub fn with_credentials(mut self, creds: &Credentials) -> Result<Self, ClientError> {
+        if matches!(self.endpoint, Endpoint::Https { .. }) {
+            self.tls = Some(Tls::load(creds)?);
+        }
+        Ok(self)
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>, ClientError> {
@@ -239,6 +360,41 @@ impl HttpTransport {
                 tokio::spawn(conn);
                 Ok(sender)
             }
+            Endpoint::Https { authority, .. } => {
+                let tls = self.tls.as_ref().ok_or_else(|| {
+                    cred_err(
+                        "--ca-file",
+                        std::path::Path::new(""),
+                        "https endpoints need --ca-file",
+                    )
+                })?;
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']');
+                let name =
+                    rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| {
+                        ClientError::BadEndpoint {
+                            endpoint: self.shown.clone(),
+                            reason: format!("{host:?} is not a TLS server name: {e}"),
+                        }
+                    })?;
+                let stream = tokio::net::TcpStream::connect(authority.as_str())
+                    .await
+                    .map_err(connect_err)?;
+                let _ = stream.set_nodelay(true);
+                let stream = tls
+                    .connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(connect_err)?;
+                let (sender, conn) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(http_err)?;
+                tokio::spawn(conn);
+                Ok(sender)
+            }
         }
     }
 
@@ -250,7 +406,9 @@ impl HttpTransport {
     ) -> Result<RawResponse, ClientError> {
         let (host, full_path) = match &self.endpoint {
             Endpoint::Unix(_) => ("fleet".to_string(), path.to_string()),
-            Endpoint::Http { authority, base } => (authority.clone(), format!("{base}{path}")),
+            Endpoint::Http { authority, base } | Endpoint::Https { authority, base } => {
+                (authority.clone(), format!("{base}{path}"))
+            }
         };
         // A kept-alive connection may have been closed by fleetd since the last request: retry once on
         // a fresh connection when the old one fails before an answer (all our requests are idempotent).
@@ -279,6 +437,9 @@ impl HttpTransport {
                 .header(hyper::header::ACCEPT, "application/json");
             if body.is_some() {
                 req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(token) = self.tls.as_ref().and_then(|t| t.token.as_deref()) {
+                req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
             }
             let req = req
                 .body(Full::new(Bytes::from(body.clone().unwrap_or_default())))
@@ -804,8 +965,13 @@ mod tests {
                 base: String::new()
             }
         );
-        let https = Endpoint::parse("https://h:1").unwrap_err().to_string();
-        assert!(https.contains("not supported yet"), "{https}");
+        assert_eq!(
+            Endpoint::parse("https://fleet.example").unwrap(),
+            Endpoint::Https {
+                authority: "fleet.example:443".into(),
+                base: String::new()
+            }
+        );
         assert!(Endpoint::parse("tcp://h:1").is_err());
         assert!(Endpoint::parse("unix://").is_err());
         assert!(Endpoint::parse("http:///x").is_err());

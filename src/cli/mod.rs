@@ -28,7 +28,7 @@ use clap::{CommandFactory, Parser};
 use hyper::Method;
 
 use args::{Cli, Command};
-use client::{Api, ClientError, HttpTransport, RawResponse, Transport};
+use client::{Api, ClientError, Credentials, HttpTransport, RawResponse, Transport};
 use commands::{CreateVerb, Ctx};
 
 /// The version fleetctl reports.
@@ -137,16 +137,25 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
             g.endpoint.split(',').next().unwrap_or_default()
         );
     }
-    if (g.ca_file.is_some() || g.cert_file.is_some() || g.key_file.is_some())
+    if (g.ca_file.is_some()
+        || g.cert_file.is_some()
+        || g.key_file.is_some()
+        || g.token_file.is_some())
         && !g.endpoint.starts_with("https://")
     {
         eprintln!(
-            "WARNING: --ca-file, --cert-file and --key-file only apply to https endpoints; ignored"
+            "WARNING: --ca-file, --cert-file, --key-file and --token-file only apply to https endpoints; ignored"
         );
     }
     let first = g.endpoint.split(',').next().unwrap_or_default().trim();
     let first = tunnelled.as_deref().unwrap_or(first);
-    let transport = HttpTransport::new(first, Duration::from_secs_f64(g.request_timeout))?;
+    let transport = HttpTransport::new(first, Duration::from_secs_f64(g.request_timeout))?
+        .with_credentials(&Credentials {
+            ca_file: g.ca_file.clone(),
+            cert_file: g.cert_file.clone(),
+            key_file: g.key_file.clone(),
+            token_file: g.token_file.clone(),
+        })?;
     let api = Api::new(Logged {
         inner: transport,
         on: g.debug,

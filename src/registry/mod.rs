@@ -502,10 +502,15 @@ impl Registry {
     async fn txn(&self, txn: Txn) -> Result<TxnResponse, RegistryError> {
         let mut kv = self.etcd_client()?.kv_client();
         let timeout = self.shared.opts().request_timeout;
-        match tokio::time::timeout(timeout, kv.txn(txn)).await {
-            Err(_) => Err(RegistryError::Unavailable(format!(
-                "etcd request timed out after {timeout:?}"
-            ))),
+        let m = crate::metrics::global();
+        let op = crate::metrics::EtcdOp::RegistryTxn;
+        match tokio::time::timeout(timeout, m.time_etcd(op, kv.txn(txn))).await {
+            Err(_) => {
+                m.etcd_timeout(op, timeout);
+                Err(RegistryError::Unavailable(format!(
+                    "etcd request timed out after {timeout:?}"
+                )))
+            }
             Ok(Err(e)) => Err(classify(e)),
             Ok(Ok(r)) => Ok(r),
         }

@@ -359,7 +359,8 @@ pub fn http_tcp(
     exchange(&mut s, method, path, headers, body)
 }
 
-fn exchange<S: Read + Write>(
+/// One HTTP/1.1 request on an open stream `s` (TLS, say); like [`http`].
+pub fn exchange<S: Read + Write>(
     s: &mut S,
     method: &str,
     path: &str,
@@ -506,6 +507,11 @@ impl FleetdBuilder {
         );
         for (k, v) in &self.config {
             text.push_str(&format!("{k}={v}\n"));
+        }
+        // Tests that ask for plain TCP (no TLS settings) get it explicitly.
+        let has = |key: &str| self.config.iter().any(|(k, _)| k == key);
+        if has("api_tcp") && !has("api_tls_cert_file") && !has("api_tcp_insecure") {
+            text.push_str("api_tcp_insecure=true\n");
         }
         std::fs::write(&conf, text).expect("write fleet.conf");
         let log_path = dir.path().join("fleetd.log");
