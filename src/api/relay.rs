@@ -347,7 +347,7 @@ fn locate(st: &ApiState, item: &str, q: &QueryParams) -> Result<(UnitName, Machi
         st.registry.check_available()?;
         return Err(ApiError::not_found("unit does not exist"));
     };
-    let wanted = machine_param(&q)?;
+    let wanted = machine_param(q)?;
     let snap = st.registry.snapshot()?;
     let placed = placed_on(&snap, &name, &st.cluster.machines())?;
     choose(&name, &placed, wanted).map(|m| (name, m))

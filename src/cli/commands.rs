@@ -1142,7 +1142,7 @@ impl<T: Transport> Ctx<T> {
                     _ = tokio::time::sleep(self.poll_interval) => {}
                 }
                 polls += 1;
-                if polls % FOLLOW_REFRESH == 0 {
+                if polls.is_multiple_of(FOLLOW_REFRESH) {
                     if let Ok(now) = self.machines_running(name).await {
                         for m in now {
                             cursors.entry(m).or_insert((None, false));
