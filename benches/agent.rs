@@ -39,7 +39,8 @@ fn main() {
         "1 machine, engine_reconcile_interval={interval}, {n_lat} latency units, {n_mem} memory units, seed {seed}"
     );
     let t = Instant::now();
-    let Some(fl) = FleetLab::up(1, &[("FLEET_ENGINE_RECONCILE_INTERVAL", &interval)]) else {
+    let Some(fl) = support::fleet_lab_up(1, &[("FLEET_ENGINE_RECONCILE_INTERVAL", &interval)])
+    else {
         return;
     };
     println!("lab up in {:.1} s", t.elapsed().as_secs_f64());

@@ -18,7 +18,7 @@
 //! of the bench profile first: `cargo build --release --bins && cargo bench --bench failover`
 //! (or `scripts/bench-lab.sh`). Knobs: `BENCH_ROUNDS`, `BENCH_PARTITION_ROUNDS`, `BENCH_UNITS`,
 //! `BENCH_AGENT_TTL` (`3s`, as the lab tests), `BENCH_TAKEOVER_GRACE` (fleetd's default when unset),
-//! `BENCH_GOSSIP_SECS` (10).
+//! `BENCH_RECONCILE_INTERVAL` (fleetd's default when unset), `BENCH_GOSSIP_SECS` (10).
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -53,12 +53,16 @@ fn main() {
     if !grace.is_empty() {
         env.push(("FLEET_TAKEOVER_GRACE", grace.as_str()));
     }
+    let interval = knob_str("BENCH_RECONCILE_INTERVAL", "");
+    if !interval.is_empty() {
+        env.push(("FLEET_ENGINE_RECONCILE_INTERVAL", interval.as_str()));
+    }
     println!(
         "{MACHINES} machines, {n_units} units, {rounds} crash rounds, {partitions} partition rounds, agent_ttl={ttl}, takeover_grace={}",
         if grace.is_empty() { "default" } else { &grace }
     );
     let t = Instant::now();
-    let Some(fl) = FleetLab::up(MACHINES, &env) else {
+    let Some(fl) = support::fleet_lab_up(MACHINES, &env) else {
         return;
     };
     println!("lab up in {:.1} s", t.elapsed().as_secs_f64());
@@ -158,27 +162,39 @@ fn placement(fl: &FleetLab, units: &[String]) -> BTreeMap<String, Vec<usize>> {
 }
 
 /// Waits until every machine is listed by fleetctl and every unit is active on exactly one machine,
-/// twice in a row one second apart. Returns how long it took.
+/// twice in a row one second apart. Returns how long it took; on time-out prints what is wrong
+/// (placement, and the fleetd journal of every machine not listed) and exits.
 fn settle(fl: &FleetLab, units: &[String], from: Option<usize>) -> Duration {
     let t = Instant::now();
     let mut stable = 0;
-    fl.wait_for("cluster settled", Duration::from_secs(180), |fl| {
+    loop {
         let i = from.unwrap_or(1);
         let out = fl.fleetctl(i, &["list-machines", "--no-legend"]);
-        let machines = String::from_utf8_lossy(&out.stdout).lines().count();
+        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
         let on = placement(fl, units);
-        if machines == MACHINES && on.values().all(|m| m.len() == 1) {
+        if listed.lines().count() == MACHINES && on.values().all(|m| m.len() == 1) {
             stable += 1;
         } else {
             stable = 0;
         }
         if stable >= 2 {
-            return Some(());
+            return t.elapsed();
+        }
+        if t.elapsed() > Duration::from_secs(120) {
+            println!("cluster did not settle within 120 s: placement {on:?}, list-machines on m{i}:\n{listed}");
+            for m in 1..=MACHINES {
+                let ip = fleet_lab::machine_ip(m).to_string();
+                if !listed.contains(&ip) {
+                    println!(
+                        "m{m} is not listed; its fleetd journal:\n{}",
+                        journal(fl, m, 60)
+                    );
+                }
+            }
+            panic!("cluster did not settle (see above)"); // unwinding tears the lab down
         }
         support::sleep(Duration::from_millis(900));
-        None
-    });
-    t.elapsed()
+    }
 }
 
 /// One observation of one machine: the units seen active by a `systemctl show` that ran between

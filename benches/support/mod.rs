@@ -158,6 +158,45 @@ pub fn fleetd_memory_kib(fl: &FleetLab, i: usize) -> (u64, u64, u32) {
     )
 }
 
+/// Like [`FleetLab::up`] (`n` machines running this profile's fleetd, gossip in insecure mode, waits
+/// until every agent is listed), but the `FLEET_*` settings are `Environment=` lines of the fleet unit
+/// instead of lines of the lab's env file: `Lab::boot` rewrites `/etc/fleettest.env` without the
+/// extra lines given at `Lab::up`, so a rebooted fleetd would lose them (and refuse to start without
+/// `gossip_insecure`), while the unit file survives a reboot. `None` (with a message) when not root.
+pub fn fleet_lab_up(n: usize, settings: &[(&str, &str)]) -> Option<FleetLab> {
+    if !fleet_lab::require_root() {
+        return None;
+    }
+    let mut unit = crate::lab::FLEET_UNIT.trim_end().to_string();
+    assert!(
+        unit.rsplit("\n[")
+            .next()
+            .is_some_and(|s| s.starts_with("Service]")),
+        "the lab's fleet.service no longer ends with its [Service] section"
+    );
+    unit.push('\n');
+    for (k, v) in [("FLEET_GOSSIP_INSECURE", "true")].iter().chain(settings) {
+        assert!(!v.contains(char::is_whitespace), "{k}={v:?}");
+        unit.push_str(&format!("Environment={k}={v}\n"));
+    }
+    let opts = fleet_lab::LabOptions::new()
+        .bind(
+            fleet_lab::cargo_profile_dir().expect("cargo profile dir"),
+            fleet_lab::FLEET_BIN_DIR,
+            true,
+        )
+        .unit("fleet.service", unit);
+    let fl = FleetLab {
+        lab: fleet_lab::Lab::up(n, opts).expect("lab up"),
+    };
+    fl.wait_for("every machine announced", Duration::from_secs(60), |fl| {
+        let out = fl.fleetctl(1, &["list-machines", "--no-legend"]);
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == n)
+            .then_some(())
+    });
+    Some(fl)
+}
+
 /// Sleeps `d`.
 pub fn sleep(d: Duration) {
     std::thread::sleep(d);
