@@ -52,8 +52,9 @@
 //! - `Replaces=`: the replacing unit and the replaced one never share a machine; the replacing unit is
 //!   decided before the units it replaces and first tries the machine they are claimed on (when they are
 //!   free to move, i.e. have no `MachineOf=`/`MachineID=`), so it takes that machine and the replaced unit
-//!   moves to the least loaded other machine. A mutual `Replaces=` is ignored, and so is a `Replaces=`
-//!   that matches a global unit or the unit itself.
+//!   moves to the least loaded other machine. A mutual or circular `Replaces=` (a replaces b, b replaces
+//!   a, or longer rings) is ignored, and so is a `Replaces=` that matches a global unit or the unit
+//!   itself.
 //!
 //! # Order and stability
 //! Global units are decided first, by name. Then every claim that can be kept is *reserved*: a claim on
@@ -326,7 +327,7 @@ impl Plan {
     ///
     /// Checked: every active unit (and no other) has a decision; a placed unit is on a live machine that
     /// satisfies `MachineID=`, `MachineMetadata=` and `MachineOf=`, and shares it with no unit it conflicts
-    /// with (either way) or replaces (either way, mutual `Replaces=` ignored); a global unit is on exactly
+    /// with (either way) or replaces (either way, circular `Replaces=` ignored); a global unit is on exactly
     /// the eligible machines minus those where a unit it conflicts with runs; an unplaceable unit without
     /// `MachineOf=` could not have been put on any machine.
     pub fn violations(&self, machines: &[MachineInfo], units: &[UnitInfo]) -> Vec<String> {
@@ -342,15 +343,40 @@ impl Plan {
                 out.push(format!("{name} is not active but has a decision"));
             }
         }
-        let replaces = |a: &UnitInfo, b: &UnitInfo| {
+        // Replaces edges between valid non-global units; an edge on a cycle does not count.
+        let edge = |a: &UnitInfo, b: &UnitInfo| {
             a.name != b.name
                 && !a.requirements.global
                 && !b.requirements.global
                 && a.requirements.validate().is_ok()
                 && b.requirements.validate().is_ok()
                 && a.requirements.replaces_unit(b.name.as_str())
-                && !b.requirements.replaces_unit(a.name.as_str())
         };
+        let graph: BTreeMap<&UnitName, Vec<&UnitName>> = active
+            .iter()
+            .map(|(a, ua)| {
+                let to = active
+                    .iter()
+                    .filter(|(_, ub)| edge(ua, ub))
+                    .map(|(b, _)| *b)
+                    .collect();
+                (*a, to)
+            })
+            .collect();
+        let reaches = |from: &UnitName, to: &UnitName| {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut stack = vec![from];
+            while let Some(x) = stack.pop() {
+                if x == to {
+                    return true;
+                }
+                if seen.insert(x) {
+                    stack.extend(graph.get(x).into_iter().flatten().copied());
+                }
+            }
+            false
+        };
+        let replaces = |a: &UnitInfo, b: &UnitInfo| edge(a, b) && !reaches(&b.name, &a.name);
         // Whether `u` may share `m` with the units the plan puts there; `Err` names the first blocker.
         let shares = |u: &UnitInfo, m: &MachineId| -> Result<(), String> {
             for other in self.units_on(m) {
@@ -552,7 +578,7 @@ struct Scheduler<'a> {
     /// `Conflicts=` patterns of each unit (interned), and the patterns that match each unit's name.
     conflict_pats: Vec<Vec<u32>>,
     matched_by: Vec<Vec<u32>>,
-    /// Units each unit replaces (non-mutual), and the units that replace it.
+    /// Units each unit replaces (not circularly), and the units that replace it.
     replaces: Vec<Vec<u32>>,
     replaced_by: Vec<Vec<u32>>,
     /// Claim on a live machine, or `NONE`.
@@ -816,10 +842,17 @@ impl<'a> Scheduler<'a> {
             });
             self.replaces[u] = targets;
         }
-        // A mutual Replaces is ignored in both directions.
-        let snapshot = self.replaces.clone();
+        // A mutual or circular Replaces (a replaces b ... replaces a) is ignored.
+        let mut scc = vec![NONE; self.units.len()];
+        for (i, members) in cycles(&self.replaces).into_iter().enumerate() {
+            for u in members {
+                scc[u as usize] = i as u32;
+            }
+        }
         for (u, targets) in self.replaces.iter_mut().enumerate() {
-            targets.retain(|&v| snapshot[v as usize].binary_search(&(u as u32)).is_err());
+            if scc[u] != NONE {
+                targets.retain(|&v| scc[v as usize] != scc[u]);
+            }
         }
         for u in 0..self.units.len() {
             for i in 0..self.replaces[u].len() {
@@ -1269,15 +1302,29 @@ impl<'a> Scheduler<'a> {
                 if let Dec::On(m) = dec {
                     self.place(u, m);
                 }
-                for &v in &released {
-                    let m = self.claim[v as usize];
-                    if self.blocked(v, m) {
-                        self.release_followers(v, &followers, &mut reserved);
-                        reserved[v as usize] = false;
-                        freed = true;
-                    } else {
-                        self.place(v, m);
+                // Reserve again, targets before followers, those that still can be; the others (and
+                // their followers) are decided anew.
+                let mut back = released;
+                loop {
+                    let before = back.len();
+                    let mut i = 0;
+                    while i < back.len() {
+                        let v = back[i];
+                        if self.can_reserve(v, &reserved) {
+                            self.place(v, self.claim[v as usize]);
+                            back.remove(i);
+                        } else {
+                            i += 1;
+                        }
                     }
+                    if back.len() == before {
+                        break;
+                    }
+                }
+                for v in back {
+                    reserved[v as usize] = false;
+                    self.release_followers(v, &followers, &mut reserved);
+                    freed = true;
                 }
                 dec
             };
@@ -1340,7 +1387,9 @@ impl<'a> Scheduler<'a> {
         while let Some(t) = stack.pop() {
             for &f in &followers[t as usize] {
                 if reserved[f as usize] && self.decision[f as usize].is_none() {
-                    self.unplace(f);
+                    if self.at[f as usize] != NONE {
+                        self.unplace(f);
+                    }
                     reserved[f as usize] = false;
                     stack.push(f);
                 }
@@ -1546,8 +1595,8 @@ impl<'a> Scheduler<'a> {
     }
 }
 
-/// Strongly connected components of the follower -> targets graph that are cycles (more than one unit,
-/// or a unit that follows itself). Iterative Tarjan, so long chains do not exhaust the stack.
+/// Strongly connected components of a graph (`MachineOf` follower -> targets, or replacing -> replaced)
+/// that are cycles (more than one unit, or a unit pointing at itself). Iterative Tarjan, so long chains do not exhaust the stack.
 fn cycles(targets: &[Vec<u32>]) -> Vec<Vec<u32>> {
     let n = targets.len();
     let mut index = vec![u32::MAX; n];

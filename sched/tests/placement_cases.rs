@@ -470,6 +470,18 @@ fn circular_replaces_is_ignored() {
         ],
     );
     assert_eq!(on(&plan, "b.service"), s("m1"));
+    // A ring of three is ignored too: all three share the only machine.
+    let plan = run(
+        &machines(&["m1"]),
+        &[
+            unit("a.service", "Replaces=b.service\n"),
+            unit("b.service", "Replaces=c.service\n"),
+            claimed("c.service", "Replaces=a.service\n", "m1"),
+        ],
+    );
+    for u in ["a.service", "b.service", "c.service"] {
+        assert_eq!(on(&plan, u), s("m1"), "{u}");
+    }
     // A unit whose Replaces matches itself ignores that.
     let plan = run(
         &ms,
