@@ -372,7 +372,7 @@ fn ssh_reaches_machines_by_id_prefix_or_unit_and_tunnel_reaches_the_api_through_
     let mut want = vec![m1.as_str(), m2.as_str()];
     want.sort();
     assert_eq!(ids, want, "{o}");
-    assert_eq!(listed[0]["ip"].as_str().is_some(), true, "{o}");
+    assert!(listed[0]["ip"].as_str().is_some(), "{o}");
     // Without the tunnel the same endpoint does not exist on m1.
     let out = fl.fleetctl(
         1,

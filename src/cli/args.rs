@@ -696,4 +696,96 @@ mod tests {
         };
         assert_eq!(a.units.units, ["a", "b.socket"]);
     }
+
+    #[test]
+    fn ssh_takes_its_target_and_the_remote_command_verbatim() {
+        let cli = parse_with_env(
+            &[
+                "fleetctl",
+                "--tunnel",
+                "bastion:2222",
+                "ssh",
+                "-A",
+                "--ssh-port",
+                "2200",
+                "113f",
+                "ls",
+                "-l",
+                "--color",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(cli.global.tunnel.as_deref(), Some("bastion:2222"));
+        let Some(Command::Ssh(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert!(a.forward_agent);
+        assert_eq!(a.ssh_port, 2200);
+        assert_eq!(a.args, ["113f", "ls", "-l", "--color"]);
+        let cli = parse_with_env(&["fleetctl", "ssh", "--unit", "web", "--", "-x"], &[]).unwrap();
+        let Some(Command::Ssh(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!((a.unit.as_deref(), a.ssh_port), (Some("web"), 22));
+        assert_eq!(a.args, ["-x"]);
+        assert!(
+            parse_with_env(&["fleetctl", "ssh", "--unit", "a", "--machine", "b"], &[]).is_err()
+        );
+    }
+
+    #[test]
+    fn restart_completion_and_json_parse() {
+        let cli =
+            parse_with_env(&["fleetctl", "restart", "--machine", "m1", "a", "b"], &[]).unwrap();
+        assert_eq!(
+            cli.command,
+            Some(Command::Restart(RestartArgs {
+                machine: Some("m1".into()),
+                units: UnitsArgs {
+                    units: vec!["a".into(), "b".into()]
+                },
+            }))
+        );
+        assert!(parse_with_env(&["fleetctl", "restart"], &[]).is_err());
+        for (shell, want) in [
+            ("bash", clap_complete::Shell::Bash),
+            ("zsh", clap_complete::Shell::Zsh),
+            ("fish", clap_complete::Shell::Fish),
+        ] {
+            let cli = parse_with_env(&["fleetctl", "completion", shell], &[]).unwrap();
+            assert_eq!(
+                cli.command,
+                Some(Command::Completion(CompletionArgs { shell: want }))
+            );
+        }
+        assert!(parse_with_env(&["fleetctl", "completion", "cmd.exe"], &[]).is_err());
+        for verb in ["list-units", "list-unit-files", "list-machines"] {
+            let cli = parse_with_env(&["fleetctl", verb, "--json"], &[]).unwrap();
+            let json = match cli.command {
+                Some(Command::ListUnits(a)) => a.list.json,
+                Some(Command::ListUnitFiles(a)) => a.list.json,
+                Some(Command::ListMachines(a)) => a.list.json,
+                other => panic!("{other:?}"),
+            };
+            assert!(json, "{verb}");
+            assert!(parse_with_env(&["fleetctl", verb, "--json", "--no-legend"], &[]).is_err());
+        }
+    }
+
+    #[test]
+    fn every_verb_has_an_example_in_its_help() {
+        let mut cmd = Cli::command();
+        for sub in cmd.get_subcommands_mut() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let help = sub.render_long_help().to_string();
+            assert!(
+                help.contains("Example") && help.contains(&format!("fleetctl {}", sub.get_name())),
+                "fleetctl {} --help has no example:\n{help}",
+                sub.get_name()
+            );
+        }
+    }
 }

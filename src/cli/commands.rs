@@ -1239,7 +1239,11 @@ impl<T: Transport> Ctx<T> {
         let (machine, command) = if let Some(m) = &a.machine {
             (self.machine_by_prefix(m).await?, a.args.clone())
         } else if let Some(u) = &a.unit {
-            (self.machine_of_unit(&unit_name(u)?).await?, a.args.clone())
+            let name = unit_name(u)?;
+            let Some(m) = self.machine_of_unit(&name).await? else {
+                bail!("Error: unit {name} does not exist");
+            };
+            (m, a.args.clone())
         } else {
             let Some((target, command)) = a.args.split_first() else {
                 bail!("Error: one machine or unit must be provided");
@@ -1247,17 +1251,14 @@ impl<T: Transport> Ctx<T> {
             let machine = match self.machine_by_prefix(target).await {
                 Ok(m) => m,
                 Err(not_a_machine) => {
-                    let as_unit = unit_name(target).ok().filter(|_| !target.is_empty());
-                    match as_unit {
-                        Some(n) if self.get_unit(&n).await?.is_some() => {
-                            self.machine_of_unit(&n).await?
-                        }
-                        _ => {
-                            return Err(not_a_machine.context(format!(
-                                "Error: {target:?} is neither a machine nor a unit"
-                            )))
-                        }
-                    }
+                    let found = match unit_name(target) {
+                        Ok(n) => self.machine_of_unit(&n).await?,
+                        Err(_) => None,
+                    };
+                    found.ok_or_else(|| {
+                        not_a_machine
+                            .context(format!("Error: {target:?} is neither a machine nor a unit"))
+                    })?
                 }
             };
             (machine, command.to_vec())
@@ -1291,10 +1292,11 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    /// The machine `name` runs on (a global unit: only when it runs on exactly one).
-    async fn machine_of_unit(&mut self, name: &UnitName) -> Result<ApiMachine> {
+    /// The machine `name` runs on (a global unit: only when it runs on exactly one); `None` when
+    /// there is no such unit.
+    async fn machine_of_unit(&mut self, name: &UnitName) -> Result<Option<ApiMachine>> {
         let Some(u) = self.get_unit(name).await? else {
-            bail!("Error: unit {name} does not exist");
+            return Ok(None);
         };
         let id = if is_global(&u) {
             match self.machines_running(name).await?.as_slice() {
@@ -1313,12 +1315,13 @@ impl<T: Transport> Ctx<T> {
         };
         let known = self.machine_map(false).await?.get(&id).cloned();
         match known {
-            Some(m) => Ok(m),
+            Some(m) => Ok(Some(m)),
             None => self
                 .machine_map(true)
                 .await?
                 .get(&id)
                 .cloned()
+                .map(Some)
                 .ok_or_else(|| anyhow!("Error: unit {name} is on machine {id}, which is gone")),
         }
     }
@@ -1443,6 +1446,7 @@ fn join(names: &[UnitName]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::args::ListFlags;
     use crate::cli::client::fake::Scripted;
     use crate::cli::table::expand_tabs;
     use fleet_sched::UnitOption;
@@ -2110,6 +2114,266 @@ mod tests {
                 "lines=1000",
                 "lines=1000&cursor=d1&machineID=m3",
             ]
+        );
+    }
+
+    #[test]
+    fn json_lists_carry_the_requested_fields_with_full_values_and_nulls() {
+        let m = machines();
+        let cols = ["unit", "hash", "state", "target", "desc", "global"];
+        let v = unit_files_json(&sample_units(), &m, &cols);
+        let rows = v.as_array().unwrap();
+        assert_eq!(rows.len(), 4);
+        // Sorted by name, keyed by field.
+        assert_eq!(rows[0]["unit"], "everywhere.service");
+        assert_eq!(rows[0]["target"], "global");
+        assert_eq!(rows[0]["state"], serde_json::Value::Null);
+        assert_eq!(rows[0]["global"], true);
+        assert_eq!(rows[1]["unit"], "hello.service");
+        assert_eq!(rows[1]["target"], format!("{M1}/10.0.0.1"));
+        assert_eq!(rows[1]["desc"], "Hello World");
+        assert_eq!(rows[1]["hash"].as_str().map(str::len), Some(40));
+        assert_eq!(rows[2]["target"], M2, "no IP known: the bare full ID");
+        assert_eq!(rows[3]["target"], serde_json::Value::Null);
+        assert_eq!(rows[3]["desc"], serde_json::Value::Null);
+        assert_eq!(rows[3].as_object().unwrap().len(), cols.len());
+
+        let states = vec![
+            ApiUnitState {
+                name: "b.service".into(),
+                machine_id: M1.into(),
+                hash: "a".repeat(40),
+                systemd_active_state: "active".into(),
+                ..Default::default()
+            },
+            ApiUnitState {
+                name: "a.service".into(),
+                ..Default::default()
+            },
+        ];
+        let v = units_json(&states, &m, &["unit", "machine", "active", "sub", "hash"]);
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"unit": "a.service", "machine": null, "active": null, "sub": null, "hash": null},
+                {"unit": "b.service", "machine": format!("{M1}/10.0.0.1"), "active": "active",
+                 "sub": null, "hash": "a".repeat(40)},
+            ])
+        );
+
+        let list: Vec<ApiMachine> = m.values().cloned().collect();
+        let v = machines_json(&list, &["machine", "ip", "metadata"]);
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"machine": M1, "ip": "10.0.0.1", "metadata": {"disk": "ssd", "region": "us"}},
+                {"machine": M2, "ip": null, "metadata": {}},
+            ])
+        );
+    }
+
+    #[test]
+    fn list_machines_json_is_printed_instead_of_the_table() {
+        let (mut c, out, _) = ctx(&[(
+            200,
+            r#"{"machines":[{"id":"m1","primaryIP":"10.0.0.1","metadata":{"a":"b"}}]}"#,
+        )]);
+        let a = ListMachinesArgs {
+            fields: "machine,ip".into(),
+            list: ListFlags {
+                full: false,
+                no_legend: false,
+                json: true,
+            },
+        };
+        block(c.list_machines(&a)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out.text()).unwrap();
+        assert_eq!(v, serde_json::json!([{"machine": "m1", "ip": "10.0.0.1"}]));
+    }
+
+    const MACHINES_2: &str = r#"{"machines":[{"id":"113f16a7aa","primaryIP":"10.0.0.1"},{"id":"113f99bbcc","primaryIP":"10.0.0.2"},{"id":"2cb2e8a6ee","primaryIP":"10.0.0.3"}]}"#;
+
+    #[test]
+    fn restart_prints_every_machine_and_fails_when_one_failed() {
+        let (mut c, out, err) = ctx(&[
+            (
+                200,
+                r#"{"restarts":[{"machineID":"113f16a7aa"},{"machineID":"2cb2e8a6ee","error":"systemctl restart exited with 1: Job failed"}]}"#,
+            ),
+            (200, MACHINES_2),
+        ]);
+        let e = block(c.restart(&["g".into()], None)).unwrap_err();
+        assert_eq!(format!("{e:#}"), "Error: 1 restart failed");
+        assert_eq!(
+            out.text(),
+            "Restarted unit g.service on 113f16a7.../10.0.0.1\n"
+        );
+        assert_eq!(
+            err.text(),
+            "Error restarting unit g.service on 2cb2e8a6.../10.0.0.3: systemctl restart exited with 1: Job failed\n"
+        );
+        assert_eq!(
+            c.api.transport().requests[0].0,
+            "POST /fleet/v1/units/g.service/restart"
+        );
+
+        let (mut c, _, _) = ctx(&[(
+            404,
+            r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+        )]);
+        let e = block(c.restart(&["x".into()], Some("m1"))).unwrap_err();
+        assert_eq!(format!("{e:#}"), "Error: unit x.service does not exist");
+        assert_eq!(
+            c.api.transport().requests[0].0,
+            "POST /fleet/v1/units/x.service/restart?machineID=m1"
+        );
+    }
+
+    fn ssh_args(args: &[&str]) -> SshArgs {
+        SshArgs {
+            machine: None,
+            unit: None,
+            forward_agent: false,
+            ssh_port: 22,
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn ssh_finds_a_machine_by_unique_id_prefix_and_keeps_the_command() {
+        let (mut c, _, _) = ctx(&[(200, MACHINES_2)]);
+        let (ip, cmd) = block(c.ssh_target(&ssh_args(&["2cb", "ls", "-l"]))).unwrap();
+        assert_eq!(
+            (ip.as_str(), cmd),
+            ("10.0.0.3", vec!["ls".into(), "-l".into()])
+        );
+
+        // An ambiguous prefix names the candidates (and is no unit either).
+        let (mut c, _, _) = ctx(&[
+            (200, MACHINES_2),
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+        ]);
+        let e = block(c.ssh_target(&ssh_args(&["113f"]))).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("matches 2 machines (113f16a7aa, 113f99bbcc)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn ssh_to_a_unit_goes_to_its_machine_and_a_global_one_needs_a_machine() {
+        let placed = r#"{"name":"web.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/a"}],"desiredState":"launched","machineID":"2cb2e8a6ee"}"#;
+        let (mut c, _, _) = ctx(&[(200, MACHINES_2), (200, placed)]);
+        let (ip, cmd) = block(c.ssh_target(&ssh_args(&["web", "hostname"]))).unwrap();
+        assert_eq!(
+            (ip.as_str(), cmd),
+            ("10.0.0.3", vec!["hostname".to_string()])
+        );
+
+        // --unit: every argument is the command.
+        let (mut c, _, _) = ctx(&[(200, placed), (200, MACHINES_2)]);
+        let mut a = ssh_args(&["2cb", "x"]);
+        a.unit = Some("web".into());
+        let (_, cmd) = block(c.ssh_target(&a)).unwrap();
+        assert_eq!(cmd, ["2cb", "x"]);
+
+        let global = r#"{"name":"g.service","options":[{"section":"X-Fleet","name":"Global","value":"true"}],"desiredState":"launched"}"#;
+        let states = r#"{"states":[{"name":"g.service","machineID":"113f16a7aa"},{"name":"g.service","machineID":"2cb2e8a6ee"}]}"#;
+        let (mut c, _, _) = ctx(&[(200, global), (200, states)]);
+        let mut a = ssh_args(&[]);
+        a.unit = Some("g".into());
+        let e = block(c.ssh_target(&a)).unwrap_err();
+        assert!(
+            format!("{e:#}")
+                .contains("runs on 2 machines (113f16a7aa, 2cb2e8a6ee): pick one with --machine"),
+            "{e:#}"
+        );
+        let e = block(ctx(&[]).0.ssh_target(&ssh_args(&[]))).unwrap_err();
+        assert!(format!("{e:#}").contains("one machine or unit"), "{e:#}");
+    }
+
+    #[test]
+    fn journal_of_a_global_unit_reads_each_machine_under_a_heading_and_follows_them_all() {
+        let several = r#"{"error":{"code":409,"message":"global unit a.service runs on 2 machines (113f16a7aa, 2cb2e8a6ee); choose one with machineID="}}"#;
+        let states = r#"{"states":[{"name":"a.service","machineID":"2cb2e8a6ee"},{"name":"a.service","machineID":"113f16a7aa"}]}"#;
+        let (mut c, out, err) = ctx(&[
+            (409, several),
+            (200, states),
+            (
+                200,
+                r#"{"machineID":"113f16a7aa","text":"a1\n","cursor":"a1"}"#,
+            ),
+            (200, MACHINES_2),
+            (
+                200,
+                r#"{"machineID":"2cb2e8a6ee","text":"b1\n","cursor":"b1"}"#,
+            ),
+            // Following: nothing new on the first, two lines on the second, then the first again.
+            (200, r#"{"machineID":"113f16a7aa","text":""}"#),
+            (
+                200,
+                r#"{"machineID":"2cb2e8a6ee","text":"b2\nb3\n","cursor":"b3"}"#,
+            ),
+            (
+                200,
+                r#"{"machineID":"113f16a7aa","text":"a2\n","cursor":"a2"}"#,
+            ),
+            (
+                504,
+                r#"{"error":{"code":504,"message":"machine 2cb2e8a6ee did not answer in time"}}"#,
+            ),
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+        ]);
+        let e = block(c.journal(&journal_args(true), std::future::pending())).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "Error reading the journal of a.service: unit does not exist"
+        );
+        assert_eq!(
+            out.text(),
+            "a.service on 113f16a7.../10.0.0.1:\na1\n\n\
+             a.service on 2cb2e8a6.../10.0.0.3:\nb1\nb2\nb3\n\n\
+             a.service on 113f16a7.../10.0.0.1:\na2\n"
+        );
+        assert_eq!(
+            err.text(),
+            "WARNING: machine 2cb2e8a6ee did not answer in time; retrying\n"
+        );
+        let paths: Vec<&str> = c
+            .api
+            .transport()
+            .requests
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect();
+        assert_eq!(
+            paths[2],
+            "GET /fleet/v1/units/a.service/journal?lines=3&machineID=113f16a7aa"
+        );
+        assert_eq!(
+            paths[6],
+            "GET /fleet/v1/units/a.service/journal?lines=1000&cursor=b1&machineID=2cb2e8a6ee"
+        );
+
+        // Without --follow: each machine once, then done.
+        let (mut c, out, _) = ctx(&[
+            (409, several),
+            (200, states),
+            (200, r#"{"machineID":"113f16a7aa","text":"a1\n"}"#),
+            (200, MACHINES_2),
+            (200, r#"{"machineID":"2cb2e8a6ee","text":""}"#),
+        ]);
+        block(c.journal(&journal_args(false), std::future::pending())).unwrap();
+        assert_eq!(
+            out.text(),
+            "a.service on 113f16a7.../10.0.0.1:\na1\n\na.service on 2cb2e8a6.../10.0.0.3:\n"
         );
     }
 }
