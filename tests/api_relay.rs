@@ -1,4 +1,4 @@
-//! The status/journal routes (fleet extensions) end to end on one real fleetd and a real etcd: how
+//! The status/journal/restart routes (fleet extensions) end to end on one real fleetd and a real etcd: how
 //! the unit's machine is found, and the errors when it cannot be. The relay between two machines
 //! is tested in the lab (`tests/lab_relay.rs`).
 
@@ -137,4 +137,56 @@ fn a_unit_on_this_machine_is_answered_by_this_fleetd() {
     // Whatever systemctl says on this host (no such unit, or no systemd at all), it said it here.
     assert!(v["exitCode"].as_i64().is_some_and(|c| c != 0), "{v}");
     assert!(!v["text"].as_str().unwrap_or_default().is_empty(), "{v}");
+}
+
+#[test]
+fn restart_needs_a_launched_unit_and_reports_each_machine() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    f.wait_ready();
+    let s = f.socket();
+    let post = |path: &str| http(s, "POST", path, &[], b"").unwrap();
+    for p in ["/fleet/v1", "/v1-alpha"] {
+        assert_error(
+            &post(&format!("{p}/units/nope.service/restart")),
+            404,
+            "unit does not exist",
+        );
+    }
+    let r = http_get(s, "/fleet/v1/units/nope.service/restart");
+    assert_error(&r, 405, "only POST");
+
+    // Not launched: restarting would start what the user stopped.
+    put_unit(&f, "idle.service", "loaded");
+    assert_error(
+        &post("/fleet/v1/units/idle.service/restart"),
+        409,
+        "unit idle.service is not launched (desired state loaded)",
+    );
+
+    // Launched on a machine outside the cluster: asked, and its failure reported per machine.
+    put_unit(&f, "far.service", "launched");
+    claim(&etcd, &f, "far.service", "0123abcd");
+    let r = post("/fleet/v1/units/far.service/restart");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let restarts = v["restarts"].as_array().expect("restarts");
+    assert_eq!(restarts.len(), 1, "{v}");
+    assert_eq!(restarts[0]["machineID"], "0123abcd", "{v}");
+    assert!(
+        restarts[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("machine 0123abcd cannot be reached")),
+        "{v}"
+    );
+    assert_error(
+        &post("/fleet/v1/units/far.service/restart?machineID=4567cdef"),
+        409,
+        "unit is not running on machine 4567cdef",
+    );
+    assert_error(
+        &post("/fleet/v1/units/far.service/restart?machineID=a%2Fb"),
+        400,
+        "invalid machineID",
+    );
 }
