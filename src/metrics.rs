@@ -12,8 +12,9 @@
 //!   samples, the last sample showing it alive) to the first sample showing it down. The view is
 //!   sampled every [`SAMPLE_PERIOD`], so values are ±100 ms; a graceful leave shows up as ~0.
 //!   The part before the first failed probe is not visible to any single node and is not included;
-//! - failover (`fleet_failover_seconds`): from this node's down verdict on a machine to this node's
-//!   successful takeover claim of one of its units (one sample per unit taken over);
+//! - failover (`fleet_failover_seconds`): from this node's down verdict on a machine (when the
+//!   agent's view first showed it gone) to this node's successful takeover claim of one of its
+//!   units (one sample per unit taken over); it includes `takeover_grace`;
 //! - placements (`fleet_placements_total{kind}`) and lost claim transactions
 //!   (`fleet_claim_conflicts_total`);
 //! - etcd requests (`fleet_etcd_request_duration_seconds{op}`, `fleet_etcd_request_errors_total{op}`)
@@ -188,10 +189,11 @@ impl Metrics {
     }
 
     /// This machine took a unit over from `from`, a machine that is gone: counts a placement and,
-    /// if this node saw `from` go down, the failover latency.
-    pub fn took_over(&self, from: &str) {
+    /// if this node saw `from` go down, the failover latency from `verdict` (the agent's own record
+    /// of the down verdict), else from the sampler's.
+    pub fn took_over(&self, from: &str, verdict: Option<Instant>) {
         self.takeovers.fetch_add(1, Ordering::Relaxed);
-        if let Some(t) = lock(&self.down_at).get(from) {
+        if let Some(t) = verdict.or_else(|| lock(&self.down_at).get(from).copied()) {
             self.failover.observe(t.elapsed());
         }
     }
@@ -560,13 +562,16 @@ mod tests {
         assert_eq!(m.detection.count(), 1);
         let sum = m.detection.sum_nanos.load(Ordering::Relaxed);
         assert_eq!(sum, 500_000_000, "from the first suspect sample");
-        m.took_over("b");
-        m.took_over("unknown");
+        m.took_over("b", None);
+        m.took_over("unknown", None);
         assert_eq!(m.failovers(), 1, "only machines seen going down");
         // Back alive: a later takeover from it is no failover.
         t.sample(&m, t0 + Duration::from_secs(1), [("b", Liveness::Alive)]);
-        m.took_over("b");
+        m.took_over("b", None);
         assert_eq!(m.failovers(), 1);
+        // The agent's own verdict time wins.
+        m.took_over("c", Some(Instant::now()));
+        assert_eq!(m.failovers(), 2);
     }
 
     #[test]

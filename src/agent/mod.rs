@@ -525,7 +525,8 @@ impl State {
                         match claims::supersede(&mut client, &keys, name, c, &me, lease).await {
                             Ok(true) => {
                                 tracing::info!(unit = %name, from = %c.machine_id, "took over unit from a machine that is gone");
-                                crate::metrics::global().took_over(c.machine_id.as_str());
+                                let verdict = self.cluster.down_since(&c.machine_id);
+                                crate::metrics::global().took_over(c.machine_id.as_str(), verdict);
                                 target.insert(name.clone(), want);
                             }
                             Ok(false) => {}
@@ -614,7 +615,9 @@ impl State {
         match task {
             Task::Stop(n, _) => {
                 let stop = self.systemd.stop_unit_and_wait(n.as_str());
-                crate::metrics::global().time_job(crate::metrics::JobKind::Stop, stop).await?;
+                crate::metrics::global()
+                    .time_job(crate::metrics::JobKind::Stop, stop)
+                    .await?;
                 self.started.remove(n);
             }
             Task::Unload(n, _) => {

@@ -235,6 +235,11 @@ impl AgentCluster {
             .min()
     }
 
+    /// When this node's view first showed `id` gone (its down verdict), while it stays gone.
+    pub fn down_since(&self, id: &MachineId) -> Option<std::time::Instant> {
+        self.read().down_since.get(id).copied()
+    }
+
     /// The last metadata gossip had for `id` (kept in the view while the machine is down).
     fn last_metadata(&self, id: &MachineId) -> BTreeMap<String, String> {
         let i = self.read();
