@@ -1,9 +1,9 @@
 //! The HTTP API v1 (fleet-compatible), served on a unix socket and optionally TCP.
 //!
 //! Routes (each under both `/fleet/v1` and `/v1-alpha`): `GET discovery`, `GET units`,
-//! `GET|PUT|DELETE units/{name}`, `GET state`, `GET|PATCH machines`; and two fleet extensions
-//! (fleet v1 used SSH for these), `GET units/{name}/status` and `GET units/{name}/journal`, answered
-//! by the unit's machine ([`relay`]). `/` and the bare prefixes
+//! `GET|PUT|DELETE units/{name}`, `GET state`, `GET|PATCH machines`; and three fleet extensions
+//! (fleet v1 used SSH for the first two), `GET units/{name}/status`, `GET units/{name}/journal` and
+//! `POST units/{name}/restart`, answered by the unit's machine(s) ([`relay`]). `/` and the bare prefixes
 //! answer 405, anything else 404. `GET /metrics` serves Prometheus metrics ([`crate::metrics`]).
 //! Every response carries `Server: fleetd/<version>`; every error
 //! is `{"error":{"code":N,"message":"..."}}` with `Content-Type: application/json`.
