@@ -613,3 +613,78 @@ fn logs_to_the_journal_have_no_timestamps_and_carry_priorities() {
         "{line:?}"
     );
 }
+
+#[test]
+fn an_activated_tcp_socket_serves_tls_with_credentials() {
+    let Some(activate) = [
+        "/usr/bin/systemd-socket-activate",
+        "/bin/systemd-socket-activate",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists()) else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let etcd = Etcd::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let unix = dir.path().join("activated.sock");
+    let addr = support::free_loopback_addr();
+    let conf = write_conf(dir.path(), &etcd, &dir.path().join("configured.sock"));
+    // TLS settings without api_tcp: the TCP socket comes from the service manager.
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    for (k, v) in [
+        ("api_tls_cert_file", pki.path("server.pem")),
+        ("api_tls_key_file", pki.path("server.key")),
+        ("api_token_file", pki.path("token")),
+    ] {
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    std::fs::write(&conf, text).unwrap();
+    let log = dir.path().join("log");
+    let child = Command::new(activate)
+        .arg("-l")
+        .arg(&unix)
+        .arg("-l")
+        .arg(&addr)
+        .arg(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--config")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("run systemd-socket-activate");
+    let _child = Killed(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !unix.exists() {
+        assert!(Instant::now() < deadline, "socket not created");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first TLS connection starts fleetd, which serves both passed sockets.
+    let good = [("Authorization", "Bearer s3cret-token")];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match https(&pki, &addr, None, &good, "/fleet/v1/units") {
+            Ok(r) if r.status == 200 => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "{other:?}; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_refused(
+        &https(&pki, &addr, None, &[], "/fleet/v1/units").unwrap(),
+        401,
+        "credentials required",
+    );
+    assert_eq!(http_get(&unix, "/fleet/v1/units").status, 200);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("API on {addr} (socket activation)")),
+        "{text}"
+    );
+    assert!(text.contains("API on https://"), "{text}");
+}
