@@ -451,3 +451,76 @@ impl FleetLab {
         })
     }
 }
+
+impl FleetLab {
+    /// Boots machine `i` again after `lab.kill(i)` and makes sure fleetd starts there with the lab's
+    /// settings. (`Lab::boot` rewrites /etc/fleettest.env without the test's `FLEET_*` lines, see
+    /// [`FleetLab::restore_fleet_setup`].)
+    pub fn boot_fleet(&self, i: usize) {
+        self.lab.boot(i).expect("boot");
+        self.restore_fleet_setup(i);
+    }
+
+    /// Adds a machine running fleetd with the lab's settings; returns its index.
+    pub fn add_fleet_machine(&self) -> usize {
+        let i = self.lab.add_machine().expect("add machine");
+        self.restore_fleet_setup(i);
+        i
+    }
+
+    /// `Lab::boot` and `Lab::add_machine` run the lab script without the `up`-time environment, so a
+    /// (re)booted machine gets /etc/fleettest.env without the test's `FLEET_*` lines (fleetd then
+    /// refuses to start: no gossip TLS) and a new machine gets no fleet.service at all. Puts both back
+    /// from the lab's state dir and (re)starts fleetd; does nothing when both are already there.
+    pub fn restore_fleet_setup(&self, i: usize) {
+        let root = self.lab.machine_root(i).expect("machine root");
+        let state = self.lab.state_dir().join("lab");
+        let extra = std::fs::read_to_string(state.join("extra.env")).unwrap_or_default();
+        let env_path = root.join(fleet_lab::ENV_FILE.trim_start_matches('/'));
+        let env = std::fs::read_to_string(&env_path).expect("machine env file");
+        let mut changed = false;
+        if !env.contains(&extra) {
+            std::fs::write(&env_path, format!("{env}{extra}")).expect("write env file");
+            changed = true;
+        }
+        let unit = root.join("etc/systemd/system/fleet.service");
+        if !unit.exists() {
+            std::fs::write(&unit, FLEET_UNIT).expect("write fleet.service");
+            changed = true;
+        }
+        if changed {
+            for cmd in [
+                &["systemctl", "daemon-reload"][..],
+                &["systemctl", "reset-failed", "fleet.service"],
+                // Not `restart`: fleetd may already run with the restored settings (Restart=always).
+                &["systemctl", "start", "fleet.service"],
+            ] {
+                let _ = self.lab.sh(i, cmd);
+            }
+        }
+        self.wait_for(
+            &format!("fleetd on m{i} answers"),
+            Duration::from_secs(20),
+            |fl| {
+                fl.fleetctl(i, &["list-machines"])
+                    .status
+                    .success()
+                    .then_some(())
+            },
+        );
+    }
+
+    /// The last `lines` lines of fleetd's journal in every running machine, each under a header.
+    pub fn journals(&self, lines: usize) -> String {
+        (1..=self.lab.machines())
+            .filter(|i| self.lab.machine_pid(*i).is_ok())
+            .map(|i| {
+                format!(
+                    "--- m{i} ({}) ---\n{}",
+                    self.machine_id(i),
+                    self.journal(i, lines)
+                )
+            })
+            .collect()
+    }
+}
