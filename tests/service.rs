@@ -688,3 +688,37 @@ fn an_activated_tcp_socket_serves_tls_with_credentials() {
     );
     assert!(text.contains("API on https://"), "{text}");
 }
+
+#[test]
+fn the_api_socket_gets_the_configured_group_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let etcd = Etcd::shared();
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(1);
+    if uid != 0 {
+        eprintln!("skipped: giving a socket to another group needs root");
+        return;
+    }
+    let f = Fleetd::builder(&etcd)
+        .config("api_socket_group", "4242")
+        .config("api_socket_mode", "0640")
+        .start();
+    let meta = std::fs::metadata(f.socket()).unwrap();
+    assert_eq!(meta.gid(), 4242);
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+    // An unknown group name stops fleetd with a message naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_conf(dir.path(), &etcd, &dir.path().join("s.sock"));
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("--api-socket-group=no-such-group-here")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-group-here"), "{err}");
+}
