@@ -59,6 +59,17 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The unit the request is about.
+    pub fn unit(&self) -> Option<&str> {
+        match self {
+            Request::Status { unit, .. }
+            | Request::Journal { unit, .. }
+            | Request::Restart { unit } => Some(unit),
+        }
+    }
+}
+
 /// The answer to a [`Request`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
@@ -147,10 +158,28 @@ impl From<UnitQuery> for Request {
     }
 }
 
-/// Makes this machine answer status, journal and restart requests from its peers.
-pub fn install(gossip: &GossipHandle, systemd_user: bool) {
-    gossip.set_request_handler(move |from: SocketAddr, request: Vec<u8>| async move {
-        Ok(handle(from, &request, systemd_user).await)
+/// Makes this machine answer status, journal and restart requests from its peers, for the units fleet
+/// manages here only (those with a file in `units_directory`): a peer cannot read or restart the
+/// machine's other services (sshd, etcd, ...).
+pub fn install(gossip: &GossipHandle, systemd_user: bool, units_directory: std::path::PathBuf) {
+    gossip.set_request_handler(move |from: SocketAddr, request: Vec<u8>| {
+        let units_directory = units_directory.clone();
+        async move {
+            if let Ok(r) = Request::decode(&request) {
+                if let Some(unit) = r.unit() {
+                    let managed = UnitName::parse(unit)
+                        .map(|n| units_directory.join(n.as_str()).exists())
+                        .unwrap_or(true); // invalid names get their own error below
+                    if !managed {
+                        return Ok(Response::Error(format!(
+                            "{unit} is not a unit fleet runs on this machine"
+                        ))
+                        .encode());
+                    }
+                }
+            }
+            Ok(handle(from, &request, systemd_user).await)
+        }
     });
 }
 

@@ -182,7 +182,7 @@ async fn run(
     let _view_refresh = spawn_view_refresh(cluster.clone(), gossip_events);
     let _metrics_sampler = fleet::metrics::spawn_membership_sampler(gossip.clone());
     // Peers ask this machine for its units' status and journal (fleetctl status/journal).
-    relay::install(&gossip, config.systemd_user);
+    relay::install(&gossip, config.systemd_user, config.units_directory.clone());
     let state = ApiState::new(
         registry.clone(),
         cluster.clone() as Arc<dyn ClusterView>,
