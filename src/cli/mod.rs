@@ -211,7 +211,7 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
             Command::Restart(a) => ctx.restart(&a.units.units, a.machine.as_deref()).await,
             Command::Ssh(a) => {
                 let (ip, cmd) = ctx.ssh_target(a).await?;
-                match ssh::run_session(&ssh_opts, &ip, a.ssh_port, a.forward_agent, &cmd)? {
+                match ssh::run_session(&ssh_opts, &ip, a.ssh_port, a.forward_agent, &cmd).await? {
                     0 => Ok(()),
                     code => Err(ExitWith(code.clamp(1, 255) as u8).into()),
                 }

@@ -220,22 +220,37 @@ impl SshOptions {
     }
 }
 
-/// Runs an interactive `ssh` session (or a command) on `host` and returns its exit status (255 when
-/// ssh was killed by a signal, as ssh itself reports failures).
-pub fn run_session(
+/// Runs an interactive `ssh` session (or a command) on `host` and returns its exit status (128 +
+/// the signal when ssh was killed by one). fleetctl outlives Ctrl-C meanwhile (the terminal sends
+/// it to ssh too, which decides), so that it can report ssh's status and close a `--tunnel`.
+pub async fn run_session(
     opts: &SshOptions,
     host: &str,
     port: u16,
     forward_agent: bool,
     command: &[String],
 ) -> Result<i32> {
+    use std::os::unix::process::ExitStatusExt as _;
+    use tokio::signal::unix::{signal, SignalKind};
     opts.prepare()?;
     let args = opts.session_args(host, port, forward_agent, command);
-    let status = Command::new(SSH_PROGRAM)
+    let mut interrupts =
+        signal(SignalKind::interrupt()).context("Error installing the SIGINT handler")?;
+    let mut child = tokio::process::Command::new(SSH_PROGRAM)
         .args(&args)
-        .status()
+        .spawn()
         .with_context(|| format!("Error running {SSH_PROGRAM} (is OpenSSH's client installed?)"))?;
-    Ok(status.code().unwrap_or(255))
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                let status = status.with_context(|| format!("Error waiting for {SSH_PROGRAM}"))?;
+                return Ok(status
+                    .code()
+                    .unwrap_or_else(|| 128 + status.signal().unwrap_or(127)));
+            }
+            _ = interrupts.recv() => {}
+        }
+    }
 }
 
 /// Where the tunnel leads on the remote side: `--endpoint` as seen from the tunnel host (a unix
