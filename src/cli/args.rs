@@ -307,7 +307,8 @@ Example:
 const EX_RESTART: &str = "\
 Only units whose desired state is launched are restarted. Prints `Restarted unit X on ID.../IP` for
 every machine; exits 1 when the restart failed on any machine (fleet v1 only reset the desired
-state, which could leave the old process running).
+state, which could leave the old process running). A machine has 2 s to finish its restart; a
+slower one is reported as failed while systemd finishes the job there.
 
 Examples:
   fleetctl restart hello.service
