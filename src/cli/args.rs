@@ -183,11 +183,7 @@ pub enum Command {
     /// Print the journal of a unit, read on the machine running it.
     #[command(after_help = EX_JOURNAL)]
     Journal(JournalArgs),
-    /// Print the version of fleetctl.
-    #[command(after_help = EX_VERSION)]
-    Version,
-    /// Restart units on the machines running them (every machine, for a global unit): systemd stops
-    /// and starts each one, so it gets a new main process.
+    /// Restart units where they run (on every machine, for a global unit): each gets a new process.
     #[command(after_help = EX_RESTART)]
     Restart(RestartArgs),
     /// Open an SSH session (or run COMMAND) on a machine, named by an ID prefix or by a unit it runs.
@@ -196,6 +192,9 @@ pub enum Command {
     /// Print a shell completion script for fleetctl.
     #[command(after_help = EX_COMPLETION)]
     Completion(CompletionArgs),
+    /// Print the version of fleetctl.
+    #[command(after_help = EX_VERSION)]
+    Version,
     /// Mint the gossip TLS files: a cluster CA, or a machine certificate signed by it (local files
     /// only; fleetd is not contacted).
     #[command(after_help = GEN_CERTS_HELP)]
