@@ -622,8 +622,9 @@ fn a_rebooted_machines_units_run_elsewhere_and_never_twice() {
     }
 }
 
-#[test]
-fn a_short_etcd_outage_on_one_machine_stops_nothing() {
+/// Cuts machine `cut`'s etcd traffic for `outage` (< the lab's agent_ttl of 3 s) while it runs a unit
+/// and another machine runs another: afterwards both still run, with the same MainPID.
+fn etcd_outage_stops_nothing(outage: Duration) {
     lab!(fl, 2);
     let units = ["el-1.service", "el-2.service"];
     let on = start_each(&fl, &[(units[0], ""), (units[1], "")]);
@@ -651,7 +652,7 @@ fn a_short_etcd_outage_on_one_machine_stops_nothing() {
         )
         .unwrap();
     let want = BTreeMap::from([(units[0], vec![on[0]]), (units[1], vec![on[1]])]);
-    let rest = Duration::from_millis(1500).saturating_sub(blocked_at.elapsed());
+    let rest = outage.saturating_sub(blocked_at.elapsed());
     hold(&fl, rest, &want);
     fl.unblock_etcd(cut);
     assert!(
@@ -664,9 +665,19 @@ fn a_short_etcd_outage_on_one_machine_stops_nothing() {
         assert_eq!(
             fl.show(on[k], units[k], "MainPID"),
             pids[k],
-            "{} restarted; m{cut} fleetd journal:\n{}",
+            "{} restarted",
             units[k],
-            fl.journal(cut, 30)
         );
     }
+}
+
+#[test]
+fn a_short_etcd_outage_on_one_machine_stops_nothing() {
+    etcd_outage_stops_nothing(Duration::from_millis(1500));
+}
+
+#[test]
+#[ignore = "bug: when its lease expired during an etcd outage, the agent fails to re-claim (old lease) and stops its units"]
+fn an_etcd_outage_just_under_the_agent_ttl_stops_nothing() {
+    etcd_outage_stops_nothing(Duration::from_millis(2500));
 }
