@@ -85,6 +85,11 @@ impl Etcd {
         self.claims[unit as usize]
     }
 
+    /// Every unit's claim (a copy is what agents' mirrors hold).
+    pub fn claims(&self) -> &[Option<Claim>] {
+        &self.claims
+    }
+
     /// Units whose claim `machine` holds.
     pub fn claims_of(&self, machine: u32) -> impl Iterator<Item = u32> + '_ {
         self.by_machine.get(&machine).into_iter().flatten().copied()

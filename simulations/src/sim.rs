@@ -259,6 +259,10 @@ pub struct Sim {
     plans: HashMap<(u64, u64), Rc<PlanIndex>>,
     pub(crate) plan_computations: u64,
     watch_pending: bool,
+    /// What the agents' registry mirrors hold: the claims as of the last watch delivery (agents
+    /// that cannot reach etcd do not reconcile, so one shared mirror stands for all).
+    mirror: Vec<Option<crate::etcd::Claim>>,
+    mirror_rev: u64,
     submitted: bool,
     /// Active (counted) machines per unit.
     active: Vec<u16>,
@@ -399,6 +403,8 @@ impl Sim {
             plans: HashMap::new(),
             plan_computations: 0,
             watch_pending: false,
+            mirror: vec![None; nunits],
+            mirror_rev: 0,
             submitted: false,
             active: vec![0; nunits],
             metrics: Metrics::new(n, nunits),
@@ -595,6 +601,11 @@ impl Sim {
             }
             Ev::WatchFlush => {
                 self.watch_pending = false;
+                if self.mirror_rev != self.etcd.revision() {
+                    self.mirror.clear();
+                    self.mirror.extend_from_slice(self.etcd.claims());
+                    self.mirror_rev = self.etcd.revision();
+                }
                 for i in 0..self.machines.len() as u32 {
                     if self.machines[i as usize].agent_runs() && self.etcd_reachable(i) {
                         self.etcd.ops.watch_deliveries += 1;
@@ -1160,7 +1171,7 @@ impl Sim {
 
     /// The plan for this effective live set at the current etcd revision (shared between agents).
     fn plan_for(&mut self, live: &[u32], hash: u64) -> Rc<PlanIndex> {
-        let key = (hash, self.etcd.revision());
+        let key = (hash, self.mirror_rev);
         if let Some(p) = self.plans.get(&key) {
             return p.clone();
         }
@@ -1176,7 +1187,7 @@ impl Sim {
             .enumerate()
             .map(|(u, info)| {
                 let mut info = info.clone();
-                if let Some(c) = self.etcd.claim(u as u32) {
+                if let Some(c) = self.mirror[u] {
                     if live_set.contains(&c.machine) {
                         info.claim = Some(self.machines[c.machine as usize].id.clone());
                     }
@@ -1252,7 +1263,7 @@ impl Sim {
         for &j in mm.grace.keys() {
             hash ^= mix(j as u64);
         }
-        let plan = match self.plans.get(&(hash, self.etcd.revision())) {
+        let plan = match self.plans.get(&(hash, self.mirror_rev)) {
             Some(p) => p.clone(),
             None => {
                 let mm = &self.machines[m as usize];
@@ -1263,38 +1274,55 @@ impl Sim {
                 self.plan_for(&live, hash)
             }
         };
-        let mine: Vec<(u32, bool)> = plan.on.get(&m).cloned().unwrap_or_default();
+        let empty = Vec::new();
+        let mine = plan.on.get(&m).unwrap_or(&empty);
         let mut target_units: BTreeSet<u32> = BTreeSet::new();
         let mut globals = BTreeSet::new();
         let mut changed = false;
-        for (u, global) in mine {
+        for &(u, global) in mine {
             if global {
                 target_units.insert(u);
                 globals.insert(u);
                 continue;
             }
-            match self.etcd.claim(u) {
-                Some(c) if c.machine == m && c.lease == lease => {
-                    target_units.insert(u);
-                }
-                Some(c) => {
-                    requests += 1;
-                    if self.etcd_request_ok(m) && self.etcd.supersede(u, c.mod_revision, m, lease) {
-                        target_units.insert(u);
-                        changed = true;
-                        if c.machine != m {
+            // Read-your-writes: a claim this agent just won counts even before the watch
+            // delivers it to the mirror.
+            if self
+                .etcd
+                .claim(u)
+                .is_some_and(|c| c.machine == m && c.lease == lease)
+            {
+                target_units.insert(u);
+                continue;
+            }
+            requests += 1;
+            let won = self.etcd_request_ok(m)
+                && match self.mirror[u as usize] {
+                    // Held by a machine that is not live here (placement ignored it), or our own
+                    // claim under an old lease: supersede at the revision we saw.
+                    Some(c) => {
+                        let ok = self.etcd.supersede(u, c.mod_revision, m, lease);
+                        if ok && c.machine != m {
                             self.metrics.takeovers += 1;
                         }
+                        ok
                     }
-                }
-                None => {
-                    requests += 1;
-                    if self.etcd_request_ok(m) && self.etcd.claim_if_absent(u, m, lease) {
-                        target_units.insert(u);
-                        changed = true;
-                    }
-                }
+                    None => self.etcd.claim_if_absent(u, m, lease),
+                };
+            if won {
+                target_units.insert(u);
+                changed = true;
             }
+        }
+        // Claims won since the mirror's revision: the agent's own plan would keep them (stable
+        // placement keeps a live machine's claims).
+        if self.mirror_rev != self.etcd.revision() {
+            let own: Vec<u32> = self
+                .etcd
+                .claims_of(m)
+                .filter(|&u| self.etcd.claim(u).is_some_and(|c| c.lease == lease))
+                .collect();
+            target_units.extend(own);
         }
         self.machines[m as usize].globals_here = globals;
         let delay = requests * (self.sc.config.etcd_rtt.0 + self.etcd_extra);
@@ -1322,6 +1350,18 @@ impl Sim {
     /// Reconciles machine `m`'s systemd with `target` (all launched); with `stops_only`, only
     /// stops and unloads (fencing).
     fn apply(&mut self, m: u32, target: &BTreeSet<u32>, delay: u64, stops_only: bool) {
+        // Shortcut with the same outcome as `reconcile`: every target unit is loaded with its
+        // content and already started, and nothing else is loaded, so there is no task.
+        let units = &self.machines[m as usize].units;
+        if units.len() == target.len()
+            && target.iter().all(|u| {
+                units
+                    .get(u)
+                    .is_some_and(|s| s.started && s.hash == self.units[*u as usize].hash)
+            })
+        {
+            return;
+        }
         let target_map: BTreeMap<UnitName, TargetUnit> = target
             .iter()
             .map(|&u| {
