@@ -402,7 +402,6 @@ fn global_units_run_where_metadata_matches_and_no_global_unit_conflicts() {
 }
 
 #[test]
-#[ignore = "bug: a starting fleetd takes over the claims of live machines its gossip view does not list yet (units move, run twice)"]
 fn a_late_joiner_runs_the_global_units_and_takes_nothing_else() {
     lab!(fl, 2);
     fl.patch_metadata(1, "role", Some("web"));
@@ -529,7 +528,6 @@ fn a_metadata_change_moves_the_unit_or_leaves_it_unplaced() {
 }
 
 #[test]
-#[ignore = "bug: a starting fleetd takes over the claims of live machines its gossip view does not list yet (units move, run twice)"]
 fn a_new_member_takes_only_the_unit_no_survivor_could_run() {
     lab!(fl, 3);
     let st_x = "Conflicts=st-*.service\n";
@@ -578,7 +576,6 @@ fn a_new_member_takes_only_the_unit_no_survivor_could_run() {
 }
 
 #[test]
-#[ignore = "bug: a starting fleetd takes over the claims of live machines its gossip view does not list yet (units move, run twice)"]
 fn a_rebooted_machines_units_run_elsewhere_and_never_twice() {
     lab!(fl, 3);
     let units = ["rb-1.service", "rb-2.service", "rb-3.service"];
@@ -672,13 +669,11 @@ fn etcd_outage_stops_nothing(outage: Duration) {
 }
 
 #[test]
-#[ignore = "bug: when its lease expired during an etcd outage, the agent fails to re-claim (old lease) and stops its units (here: flaky, whenever TCP retransmission backoff stretches the 1.5 s cut past the 3 s lease, e.g. on a loaded host)"]
 fn a_short_etcd_outage_on_one_machine_stops_nothing() {
     etcd_outage_stops_nothing(Duration::from_millis(1500));
 }
 
 #[test]
-#[ignore = "bug: when its lease expired during an etcd outage, the agent fails to re-claim (old lease) and stops its units"]
 fn an_etcd_outage_just_under_the_agent_ttl_stops_nothing() {
     etcd_outage_stops_nothing(Duration::from_millis(2500));
 }

@@ -289,6 +289,8 @@ pub struct Lab {
     forwards: Mutex<Vec<Forward>>,
     etcd_endpoint: OnceLock<String>,
     down: AtomicBool,
+    /// `FT_UNITS`/`FT_ENV_FILE` of [`Lab::up`], for every later boot.
+    boot_env: OnceLock<Vec<(String, String)>>,
 }
 
 static NEXT_LAB: AtomicUsize = AtomicUsize::new(0);
@@ -338,6 +340,7 @@ impl Lab {
             forwards: Mutex::new(Vec::new()),
             etcd_endpoint: OnceLock::new(),
             down: AtomicBool::new(true), // nothing to tear down yet
+            boot_env: OnceLock::new(),
         };
         if let Err(e) = lab.script(&["reap"]) {
             let _ = writeln!(
@@ -348,8 +351,10 @@ impl Lab {
         lab.claim_prefix()?;
         lab.down.store(false, Ordering::SeqCst);
         let n = n.to_string();
+        let files = lab.files_env(&opts)?;
+        let _ = lab.boot_env.set(files.clone());
         let mut env = vec![("FT_OWNER".to_string(), std::process::id().to_string())];
-        env.extend(lab.files_env(&opts)?);
+        env.extend(files);
         lab.script_env(&["up", &n], &env)?; // on error, Drop tears down the partial cluster
         Ok(lab)
     }
@@ -585,7 +590,13 @@ impl Lab {
             Err(e @ LabError::NoSuchMachine { .. }) => return Err(e),
             _ => {}
         }
-        self.machine_script("boot", i)
+        self.check(i)?;
+        self.script_env(&["boot", &i.to_string()], self.boot_env())
+    }
+
+    /// The units and extra environment given at [`Lab::up`]: every (re)boot installs them again.
+    fn boot_env(&self) -> &[(String, String)] {
+        self.boot_env.get().map(Vec::as_slice).unwrap_or(&[])
     }
     /// Adds a machine (netns + boot) and returns its index.
     pub fn add_machine(&self) -> Result<usize> {
@@ -593,7 +604,7 @@ impl Lab {
         let s = i.to_string();
         self.script(&["net", &s])?;
         self.machines.store(i, Ordering::SeqCst);
-        self.script(&["boot", &s])?;
+        self.script_env(&["boot", &s], self.boot_env())?;
         Ok(i)
     }
 

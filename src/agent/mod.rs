@@ -506,7 +506,14 @@ impl State {
                                     target.insert(name.clone(), want);
                                 }
                                 Ok(false) => {}
-                                Err(e) => tracing::warn!(unit = %name, "re-binding claim: {e}"),
+                                Err(e) => {
+                                    tracing::warn!(unit = %name, "re-binding claim: {e}");
+                                    // etcd did not answer (or our lease just expired): a unit that already
+                                    // runs here keeps running; the next pass claims it again.
+                                    if self.loaded.contains_key(name) {
+                                        target.insert(name.clone(), want.clone());
+                                    }
+                                }
                             }
                         } else {
                             target.insert(name.clone(), want);
@@ -530,7 +537,14 @@ impl State {
                                 target.insert(name.clone(), want);
                             }
                             Ok(false) => {}
-                            Err(e) => tracing::warn!(unit = %name, "taking over claim: {e}"),
+                            Err(e) => {
+                                tracing::warn!(unit = %name, "taking over claim: {e}");
+                                // etcd did not answer (or our lease just expired): a unit that already
+                                // runs here keeps running; the next pass claims it again.
+                                if self.loaded.contains_key(name) {
+                                    target.insert(name.clone(), want.clone());
+                                }
+                            }
                         }
                     }
                     None => match claims::claim(&mut client, &keys, name, &me, lease).await {
@@ -540,7 +554,14 @@ impl State {
                             target.insert(name.clone(), want);
                         }
                         Ok(false) => {}
-                        Err(e) => tracing::warn!(unit = %name, "claiming: {e}"),
+                        Err(e) => {
+                            tracing::warn!(unit = %name, "claiming: {e}");
+                            // etcd did not answer (or our lease just expired): a unit that already
+                            // runs here keeps running; the next pass claims it again.
+                            if self.loaded.contains_key(name) {
+                                target.insert(name.clone(), want.clone());
+                            }
+                        }
                     },
                 },
                 _ => {

@@ -173,13 +173,40 @@ impl AgentCluster {
     /// and not yet forgotten) as live. Only a majority side takes units over from machines it cannot
     /// see, and a minority side that also lost etcd fences itself. `true` without gossip.
     pub fn in_majority(&self) -> bool {
+        let unheard = self.announced_unheard().len();
         let i = self.read();
         let Some(view) = &i.view else {
             return true;
         };
-        let total = view.machines.len().max(1);
-        let live = view.live().count();
-        live * 2 > total
+        let total = view.machines.len() + unheard;
+        let live = view.live().count() + unheard;
+        live * 2 > total.max(1)
+    }
+
+    /// Machines announced in etcd (their lease lives) that gossip has not heard of at all yet: a
+    /// fleetd that just started, or a machine that just joined. They count as live (their claims stand)
+    /// until gossip has an opinion; a machine gossip declared down is never in this list.
+    fn announced_unheard(&self) -> Vec<MachineInfo> {
+        let Ok(snap) = self.registry.snapshot() else {
+            return Vec::new();
+        };
+        let i = self.read();
+        let Some(view) = &i.view else {
+            return Vec::new();
+        };
+        snap.machines
+            .into_iter()
+            .filter(|(id, _)| {
+                !view
+                    .machines
+                    .contains_key(&fleet_gossip::MachineId::new(id.as_str()))
+            })
+            .map(|(id, m)| MachineInfo {
+                id,
+                public_ip: m.record.public_ip,
+                metadata: m.record.metadata,
+            })
+            .collect()
     }
 
     /// The live machine that reports `unit` running (active, activating or reloading), by gossip; the
@@ -322,6 +349,13 @@ impl AgentCluster {
                     public_ip: None,
                     metadata: self.last_metadata(id),
                 });
+            }
+        }
+        // A machine gossip has not heard of yet (we just started, or it just joined) is live while etcd
+        // has its announcement.
+        for m in self.announced_unheard() {
+            if !machines.iter().any(|x| x.id == m.id) {
+                machines.push(m);
             }
         }
         // A machine whose agent is restarting keeps its units: count it live while its old lease lasts.
