@@ -466,7 +466,8 @@ impl Report {
             xml(&self.scenario),
             self.seed
         );
-        let series: [(&str, &str, fn(&Sample) -> usize); 4] = [
+        type Series = (&'static str, &'static str, fn(&Sample) -> usize);
+        let series: [Series; 4] = [
             ("unavailable units", "#d62728", |p| p.unavailable_units),
             ("double-running units", "#9467bd", |p| {
                 p.double_running_units

@@ -292,8 +292,8 @@ impl Sim {
         };
         for i in 0..sc.machines.count {
             let mut meta = sc.machines.metadata.clone();
-            if per_rack > 0 {
-                meta.insert("rack".into(), format!("r{:02}", i / per_rack));
+            if let Some(rack) = i.checked_div(per_rack) {
+                meta.insert("rack".into(), format!("r{rack:02}"));
             }
             ids.push(format!("m{i:05}"));
             metas.push(meta);
