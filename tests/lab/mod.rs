@@ -394,10 +394,10 @@ impl TlsFleetLab {
         i
     }
 
-    /// Makes machine `i` run fleet.service with this lab's `FLEET_*` settings. The lab script installs
-    /// the unit and the extra environment lines only at `up`: a machine booted again gets a fresh
-    /// [`fleet_lab::ENV_FILE`] without them, and an added machine gets no unit at all. A no-op when
-    /// the machine has both.
+    /// Makes sure machine `i` runs fleet.service with this lab's `FLEET_*` settings: installs the unit
+    /// and the environment lines if a boot left them out, and (re)starts fleetd then. A no-op when the
+    /// machine has both ([`Lab::boot`] and [`Lab::add_machine`] reinstall them since fleet-lab keeps
+    /// the `up` options; older labs did not).
     pub fn provision(&self, i: usize) {
         let root = self.lab.machine_root(i).expect("machine root");
         let env_path = root.join(fleet_lab::ENV_FILE.trim_start_matches('/'));
