@@ -246,6 +246,19 @@ fn linked_and_active(fl: &FleetLab, prefix: &str) -> (usize, usize) {
     (linked, units.lines().count())
 }
 
+/// Polls `done` every 500 ms (listing hundreds of units keeps systemd busy: the observer must not
+/// slow down what it observes); panics after 10 minutes naming `what`.
+fn wait_slowly(fl: &FleetLab, what: &str, mut done: impl FnMut(&FleetLab) -> bool) {
+    let t = Instant::now();
+    while !done(fl) {
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "timed out after 10 minutes waiting for: {what}"
+        );
+        support::sleep(Duration::from_millis(500));
+    }
+}
+
 /// Returns (rss, hwm) with `n` units loaded, then (rss, hwm) with them launched, in KiB.
 fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
     let t = Instant::now();
@@ -262,11 +275,9 @@ fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
         "fleetctl load failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fl.wait_for(
-        &format!("{n} units linked"),
-        Duration::from_secs(300),
-        |fl| (linked_and_active(fl, "mem-").0 >= n).then_some(()),
-    );
+    wait_slowly(fl, &format!("{n} units linked"), |fl| {
+        linked_and_active(fl, "mem-").0 >= n
+    });
     let loaded = t.elapsed();
     support::sleep(Duration::from_secs(5));
     let (rss_l, hwm_l, _) = fleetd_memory_kib(fl, 1);
@@ -282,11 +293,9 @@ fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
         "fleetctl start failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    fl.wait_for(
-        &format!("{n} units active"),
-        Duration::from_secs(300),
-        |fl| (linked_and_active(fl, "mem-").1 >= n).then_some(()),
-    );
+    wait_slowly(fl, &format!("{n} units active"), |fl| {
+        linked_and_active(fl, "mem-").1 >= n
+    });
     let launched = t.elapsed();
     support::sleep(Duration::from_secs(5));
     let (rss_a, hwm_a, _) = fleetd_memory_kib(fl, 1);
