@@ -52,6 +52,8 @@ pub enum ModelEv {
         version: u32,
         /// Who learns it now.
         observers: Vec<u32>,
+        /// The verdicts were already recorded in the metrics.
+        quiet: bool,
     },
     /// Anti-entropy: machines that hold a responsive, reachable machine down learn it is up.
     Repair,
@@ -67,6 +69,7 @@ pub struct SwimModel {
     interval: u64,
     anti_entropy: u64,
     max_tx: u64,
+    sync_views: bool,
     /// Cumulative fraction of machines infected after each round.
     cdf: Vec<f64>,
     pending: Vec<bool>,
@@ -110,6 +113,7 @@ impl SwimModel {
             interval: c.gossip_interval.0,
             anti_entropy: c.anti_entropy_interval.0,
             max_tx: c.max_transmissions as u64,
+            sync_views: c.sync_views,
             cdf,
             pending: vec![false; n],
             version: vec![0; n],
@@ -186,11 +190,38 @@ impl SwimModel {
         }
         self.datagrams += (reached + 1) * self.max_tx / 3;
         self.bytes += (reached + 1) * self.max_tx * UPDATE_BYTES;
+        let when = |r: usize| at + (r as u64 + 1) * self.interval / 2 + 500;
+        if self.sync_views {
+            // Everyone learns it when the last observer would; detection is drawn per observer.
+            let last = rounds.iter().rposition(|o| !o.is_empty());
+            let Some(last) = last else { return };
+            let mut all = Vec::new();
+            for (r, observers) in rounds.into_iter().enumerate() {
+                if down {
+                    for &o in &observers {
+                        sim.record_verdict(o, target, when(r));
+                    }
+                }
+                all.extend(observers);
+            }
+            all.sort_unstable();
+            sim.push_model(
+                when(last),
+                ModelEv::Learn {
+                    target,
+                    down,
+                    version,
+                    observers: all,
+                    quiet: true,
+                },
+            );
+            return;
+        }
         for (r, observers) in rounds.into_iter().enumerate() {
             if observers.is_empty() {
                 continue;
             }
-            let t = at + (r as u64 + 1) * self.interval / 2 + 500;
+            let t = when(r);
             sim.push_model(
                 t,
                 ModelEv::Learn {
@@ -198,6 +229,7 @@ impl SwimModel {
                     down,
                     version,
                     observers,
+                    quiet: false,
                 },
             );
         }
@@ -281,6 +313,7 @@ impl SwimModel {
                 down,
                 version,
                 observers,
+                quiet,
             } => {
                 if self.version[target as usize] != version {
                     return;
@@ -289,7 +322,9 @@ impl SwimModel {
                     if !sim.is_responsive(o) {
                         continue;
                     }
-                    if down {
+                    if down && quiet {
+                        sim.learn_down_quiet(o, target);
+                    } else if down {
                         sim.learn_down(o, target);
                     } else {
                         sim.learn_up(o, target);
@@ -320,6 +355,7 @@ impl SwimModel {
                                     down: false,
                                     version: self.version[j as usize],
                                     observers: vec![o],
+                                    quiet: false,
                                 },
                             );
                         }

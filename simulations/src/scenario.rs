@@ -201,6 +201,11 @@ pub enum GossipMode {
 pub struct Config {
     /// Real gossip core or the SWIM model.
     pub gossip_mode: GossipMode,
+    /// Model mode only: every machine learns a verdict (or a rejoin) at the same moment, when the
+    /// last observer would have, so that agents share one placement view and one plan per change.
+    /// Detection times are still drawn per observer. Reschedule times become pessimistic by the
+    /// spread of dissemination (about one second). Needed for 10,000 machines; see the README.
+    pub sync_views: bool,
     /// Gossip: probe period (200ms).
     pub probe_period: Dur,
     /// Gossip: direct ack timeout (80ms).
@@ -256,6 +261,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             gossip_mode: GossipMode::Real,
+            sync_views: false,
             probe_period: Dur::ms(200),
             probe_rtt: Dur::ms(80),
             num_indirect_probes: 3,

@@ -1008,25 +1008,12 @@ impl Sim {
         }
     }
 
-    /// Observer `m` declared `j` down.
-    pub(crate) fn learn_down(&mut self, m: u32, j: u32) {
-        if m == j {
-            return;
-        }
-        let now = self.now;
-        let grace = self.sc.config.takeover_grace.0;
-        let mm = &mut self.machines[m as usize];
-        if !mm.live.remove(j) {
-            return;
-        }
-        mm.live_hash ^= mix(j as u64);
-        mm.grace.insert(j, now);
-        let epoch = mm.epoch;
-        self.push(now + grace, Ev::GraceEnd { m, epoch });
-        self.request_pass(m);
-        // Was it a true verdict?
+    /// Records observer `m`'s down verdict about `j` at time `at` in the detection metrics (the
+    /// model with `sync_views` applies verdicts later than it draws them).
+    pub(crate) fn record_verdict(&mut self, m: u32, j: u32, at: u64) {
         match self.failed_at[j as usize] {
-            Some(t0) => self.metrics.detection(j, now - t0),
+            Some(t0) if at >= t0 => self.metrics.detection(j, at - t0),
+            Some(_) => {}
             None => {
                 let (a, b) = (m as usize, j as usize);
                 if self.machines[b].running && (self.net.blocked(a, b) || self.net.blocked(b, a)) {
@@ -1036,6 +1023,32 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Observer `m` declared `j` down (recorded in the metrics).
+    pub(crate) fn learn_down(&mut self, m: u32, j: u32) {
+        if self.learn_down_quiet(m, j) {
+            self.record_verdict(m, j, self.now);
+        }
+    }
+
+    /// Observer `m` declared `j` down; returns whether its view changed.
+    pub(crate) fn learn_down_quiet(&mut self, m: u32, j: u32) -> bool {
+        if m == j {
+            return false;
+        }
+        let now = self.now;
+        let grace = self.sc.config.takeover_grace.0;
+        let mm = &mut self.machines[m as usize];
+        if !mm.live.remove(j) {
+            return false;
+        }
+        mm.live_hash ^= mix(j as u64);
+        mm.grace.insert(j, now);
+        let epoch = mm.epoch;
+        self.push(now + grace, Ev::GraceEnd { m, epoch });
+        self.request_pass(m);
+        true
     }
 
     /// Whether machine `m` is up for the model (running, not paused).
