@@ -26,9 +26,13 @@ use crate::sim::Sim;
 const PROBE_BYTES: u64 = 70;
 /// Bytes per membership update carried by a rumor.
 const UPDATE_BYTES: u64 = 45;
+/// Bytes per transmission of one unit state update, amortized over piggybacking (calibrated).
+const UNIT_UPDATE_BYTES: u64 = 30;
+/// Updates piggybacked per datagram.
+const UPDATES_PER_DATAGRAM: u64 = 40;
 /// Bytes of an anti-entropy exchange per cluster member (offer and answer carry the membership
-/// and the digest; measured from the real core at 200 machines).
-const SYNC_BYTES_PER_MEMBER: u64 = 130;
+/// and the digest; calibrated on the real core at 50 and 100 machines, see the README).
+const SYNC_BYTES_PER_MEMBER: u64 = 600;
 
 /// Events of the model.
 #[derive(Clone, Debug)]
@@ -76,6 +80,7 @@ pub struct SwimModel {
     version: Vec<u32>,
     datagrams: u64,
     bytes: u64,
+    sync_bytes: u64,
 }
 
 impl SwimModel {
@@ -119,12 +124,24 @@ impl SwimModel {
             version: vec![0; n],
             datagrams: 0,
             bytes: 0,
+            sync_bytes: 0,
         }
     }
 
-    /// Estimated traffic so far: (datagrams, bytes).
-    pub fn traffic(&self) -> (u64, u64) {
-        (self.datagrams, self.bytes)
+    /// Estimated traffic so far: (datagrams, bytes, of which anti-entropy bytes).
+    pub fn traffic(&self) -> (u64, u64, u64) {
+        (
+            self.datagrams,
+            self.bytes + self.sync_bytes,
+            self.sync_bytes,
+        )
+    }
+
+    /// A machine published a unit state change: one state update disseminated to every member.
+    pub(crate) fn unit_update(&mut self) {
+        let n = self.n as u64;
+        self.bytes += n * self.max_tx * UNIT_UPDATE_BYTES;
+        self.datagrams += n * self.max_tx / UPDATES_PER_DATAGRAM;
     }
 
     pub(crate) fn start(&mut self, sim: &mut Sim) {
@@ -146,7 +163,7 @@ impl SwimModel {
                 sim.learn_up(i, j);
             }
         }
-        self.bytes += SYNC_BYTES_PER_MEMBER * self.n as u64;
+        self.sync_bytes += SYNC_BYTES_PER_MEMBER * self.n as u64;
         // ... and the cluster learns it through a rumor.
         self.rumor(sim, i, i, false, now);
     }
@@ -339,7 +356,7 @@ impl SwimModel {
                     .collect();
                 live_count += responsive.len() as u64;
                 self.datagrams += live_count;
-                self.bytes += live_count * SYNC_BYTES_PER_MEMBER * self.n as u64;
+                self.sync_bytes += live_count * SYNC_BYTES_PER_MEMBER * self.n as u64;
                 let total = responsive.len();
                 for &o in &responsive {
                     if sim.view_len(o) + 1 == total {

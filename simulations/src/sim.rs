@@ -537,9 +537,10 @@ impl Sim {
         t.bytes += self.metrics.gossip_dead_bytes + self.metrics.sync_bytes;
         t.sync_bytes = self.metrics.sync_bytes;
         if let Some(m) = &self.model {
-            let (d, b) = m.traffic();
+            let (d, b, s) = m.traffic();
             t.datagrams += d;
             t.bytes += b;
+            t.sync_bytes += s;
         }
         t
     }
@@ -1556,6 +1557,10 @@ impl Sim {
 
     /// Tells gossip the unit's state (real dissemination traffic).
     fn publish_unit(&mut self, m: u32, u: u32) {
+        if let Some(model) = self.model.as_mut() {
+            model.unit_update();
+            return;
+        }
         let at = self.instant(m);
         let mm = &mut self.machines[m as usize];
         let Some(node) = mm.node.as_mut() else { return };
