@@ -8,16 +8,16 @@
 //!   the monotonic clock just before the kill. Pollers (one thread per machine, `systemctl show` every
 //!   ~20 ms) detect completion and any moment a unit is active on two machines; the machine is then
 //!   booted again and the cluster left to settle.
-//! - Partition rounds (`BENCH_PARTITION_ROUNDS`, 1): `Lab::drop` (nftables drop of all the machine's
-//!   traffic, etcd included). The victim runs its units until its lease fencing (`agent_ttl`), the
-//!   survivors take them over after the gossip verdict + `takeover_grace`; the bench prints how long two
+//! - Partition rounds (`BENCH_PARTITION_ROUNDS`, 3): `Lab::drop` (nftables drop of all the machine's
+//!   traffic, etcd included). The victim runs its units until it fences (gossip minority and lease
+//!   unconfirmed for `min(agent_ttl, 2 s)`, see docs/safety.md), the survivors take them over after the gossip verdict + `takeover_grace`; the bench prints how long two
 //!   copies of a unit were active (victim's `ActiveExitTimestampMonotonic` minus the survivor's
 //!   `ActiveEnterTimestampMonotonic`), then `Lab::undrop` and the time to settle.
 //!
 //! Prints figures, asserts no timing. Root only (skips with a message otherwise). Build the binaries
 //! of the bench profile first: `cargo build --release --bins && cargo bench --bench failover`
 //! (or `scripts/bench-lab.sh`). Knobs: `BENCH_ROUNDS`, `BENCH_PARTITION_ROUNDS`, `BENCH_UNITS`,
-//! `BENCH_AGENT_TTL` (`3s`, as the lab tests), `BENCH_TAKEOVER_GRACE` (fleetd's default when unset),
+//! `BENCH_AGENT_TTL` (fleetd's default when unset), `BENCH_TAKEOVER_GRACE` (fleetd's default when unset),
 //! `BENCH_RECONCILE_INTERVAL` (fleetd's default when unset), `BENCH_GOSSIP_SECS` (10).
 
 #[path = "../tests/lab/mod.rs"]
@@ -44,12 +44,16 @@ fn main() {
     support::require_binaries();
     support::print_header("failover");
     let rounds: usize = knob("BENCH_ROUNDS", 10);
-    let partitions: usize = knob("BENCH_PARTITION_ROUNDS", 1);
+    let partitions: usize = knob("BENCH_PARTITION_ROUNDS", 3);
     let n_units: usize = knob("BENCH_UNITS", 5);
-    let ttl = knob_str("BENCH_AGENT_TTL", "3s");
+    let ttl = knob_str("BENCH_AGENT_TTL", "");
     let grace = knob_str("BENCH_TAKEOVER_GRACE", "");
     let gossip_secs: u64 = knob("BENCH_GOSSIP_SECS", 10);
-    let mut env = vec![("FLEET_AGENT_TTL", ttl.as_str())];
+    let mut env = vec![];
+    if !ttl.is_empty() {
+        env.push(("FLEET_AGENT_TTL", ttl.as_str()));
+    }
+    let ttl = if ttl.is_empty() { "default" } else { &ttl };
     if !grace.is_empty() {
         env.push(("FLEET_TAKEOVER_GRACE", grace.as_str()));
     }
