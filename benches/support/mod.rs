@@ -159,10 +159,10 @@ pub fn fleetd_memory_kib(fl: &FleetLab, i: usize) -> (u64, u64, u32) {
 }
 
 /// Like [`FleetLab::up`] (`n` machines running this profile's fleetd, gossip in insecure mode, waits
-/// until every agent is listed), but the `FLEET_*` settings are `Environment=` lines of the fleet unit
-/// instead of lines of the lab's env file: `Lab::boot` rewrites `/etc/fleettest.env` without the
-/// extra lines given at `Lab::up`, so a rebooted fleetd would lose them (and refuse to start without
-/// `gossip_insecure`), while the unit file survives a reboot. `None` (with a message) when not root.
+/// until every agent is listed), but with fleetd's default settings unless given (no test
+/// overrides), and the `FLEET_*` settings as `Environment=` lines of the fleet unit, which stay the
+/// same across `Lab::boot` whatever the lab does with its env file. `None` (with a message) when not
+/// root.
 pub fn fleet_lab_up(n: usize, settings: &[(&str, &str)]) -> Option<FleetLab> {
     if !fleet_lab::require_root() {
         return None;
