@@ -59,7 +59,7 @@ impl ActiveState {
         }
     }
 
-    /// Whether the unit is running or on its way there (a stop is needed to end it).
+    /// Whether the unit is running or on its way there.
     pub fn is_up(&self) -> bool {
         matches!(
             self,
@@ -93,6 +93,15 @@ pub struct CurrentUnit {
     /// The agent already started this content (so a unit that since exited, a oneshot say, is not
     /// started again: systemd's own `Restart=` decides that).
     pub started: bool,
+}
+
+impl CurrentUnit {
+    /// Whether ending it needs a stop: systemd says it is up, or the agent started it and systemd has
+    /// not reported the start yet (a stop of an already stopped unit is harmless; a missed stop leaves a
+    /// process running without its unit file).
+    pub fn needs_stop(&self) -> bool {
+        self.active.is_up() || self.started
+    }
 }
 
 /// Why a task is needed: shown in logs and in `SIGUSR1` dumps.
@@ -179,7 +188,7 @@ pub fn reconcile(
 
     for (name, cur) in current {
         if !target.contains_key(name) {
-            if cur.active.is_up() {
+            if cur.needs_stop() {
                 stops.push(Task::Stop(name.clone(), Reason::NotTargeted));
             }
             unloads.push(Task::Unload(name.clone(), Reason::NotTargeted));
@@ -189,7 +198,7 @@ pub fn reconcile(
         if want.state == DesiredState::Inactive {
             // Not a target at all; an agent should not hand these in, but be safe: treat as absent.
             if let Some(cur) = current.get(name) {
-                if cur.active.is_up() {
+                if cur.needs_stop() {
                     stops.push(Task::Stop(name.clone(), Reason::NotTargeted));
                 }
                 unloads.push(Task::Unload(name.clone(), Reason::NotTargeted));
@@ -205,7 +214,7 @@ pub fn reconcile(
                 }
             }
             Some(cur) if cur.hash != want.hash => {
-                if cur.active.is_up() {
+                if cur.needs_stop() {
                     stops.push(Task::Stop(name.clone(), Reason::ContentChanged));
                 }
                 loads.push(Task::Load(name.clone(), want.hash, Reason::ContentChanged));
@@ -216,7 +225,7 @@ pub fn reconcile(
             Some(cur) => {
                 if launch && !cur.started && !cur.active.is_up() {
                     starts.push(Task::Start(name.clone(), Reason::NotStarted));
-                } else if !launch && cur.active.is_up() {
+                } else if !launch && cur.needs_stop() {
                     stops.push(Task::Stop(name.clone(), Reason::ShouldNotRun));
                 }
             }
@@ -367,6 +376,20 @@ mod tests {
                 Task::Load(name("a.service"), hash(2), Reason::ContentChanged),
                 Task::ReloadDaemon(Reason::FilesChanged),
                 Task::Start(name("a.service"), Reason::ContentChanged),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_unit_started_moments_ago_is_stopped_before_unload_even_if_systemd_has_not_said_so() {
+        // Destroyed right after StartUnit: systemd's state change has not arrived yet.
+        let c = current(&[("a.service", 1, ActiveState::Inactive, true)]);
+        assert_eq!(
+            reconcile(&BTreeMap::new(), &c),
+            vec![
+                Task::Stop(name("a.service"), Reason::NotTargeted),
+                Task::Unload(name("a.service"), Reason::NotTargeted),
+                Task::ReloadDaemon(Reason::FilesChanged),
             ]
         );
     }
