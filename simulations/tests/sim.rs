@@ -51,6 +51,15 @@ fn the_same_seed_gives_a_byte_identical_report() {
     assert_eq!(a.to_text(), b.to_text());
     assert_eq!(a.to_svg(), b.to_svg());
     // And the seed matters: another seed draws other gossip choices.
+    let mut model = sc.clone();
+    model.config.gossip_mode = fleet_sim::scenario::GossipMode::Model;
+    let m1 = Sim::new(&model, 7).unwrap().run();
+    let m2 = Sim::new(&model, 7).unwrap().run();
+    assert_eq!(
+        m1.to_json(),
+        m2.to_json(),
+        "model mode is deterministic too"
+    );
     let mut c = Sim::new(&sc, 8).unwrap().run();
     c.seed = a.seed;
     assert_ne!(
