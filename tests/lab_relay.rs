@@ -175,7 +175,14 @@ fn a_global_units_status_comes_from_every_machine_and_its_journal_from_the_one_p
             .then_some(())
     });
 
-    let out = fl.fleetctl_ok(1, &["status", "g.service"]);
+    // The marker is logged as the unit starts; journald may take a moment to have it.
+    let out = fl.wait_for("status shows both machines' markers", WAIT, |fl| {
+        let out = fl.fleetctl_ok(1, &["status", "g.service"]);
+        [&m1, &m2]
+            .iter()
+            .all(|m| out.contains(&format!("global-marker-{m}")))
+            .then_some(out)
+    });
     for m in [&m1, &m2] {
         assert!(
             out.contains(&format!("g.service on {}...", &m[..8])),
