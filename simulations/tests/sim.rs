@@ -236,3 +236,74 @@ fn example_scenarios_parse() {
     }
     assert!(n >= 5);
 }
+
+#[test]
+fn units_stuck_during_a_long_etcd_outage_break_the_placement_bound() {
+    let mut sc = small(
+        "real",
+        r#"
+[[fault]]
+at = "10s"
+kind = "etcd_outage"
+for = "25s"
+[[fault]]
+at = "11s"
+kind = "crash"
+machines = "4"
+"#,
+        "",
+    );
+    sc.invariants.placement = fleet_sim::scenario::Dur::secs(10);
+    let r = Sim::new(&sc, 2).unwrap().run();
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::NotPlaced),
+        "{:#?}",
+        r.violations
+    );
+    // The outage is longer than the TTL: every agent fenced, and healthy units stopped too.
+    assert!(r.fencings > 0);
+}
+
+#[test]
+fn a_partition_that_never_heals_breaks_convergence() {
+    let sc = small(
+        "model",
+        r#"
+[[fault]]
+at = "10s"
+kind = "partition"
+from = "rack=r00"
+to = "rack=r01"
+"#,
+        "",
+    );
+    let r = Sim::new(&sc, 4).unwrap().run();
+    assert!(
+        r.violations
+            .iter()
+            .any(|v| v.kind == ViolationKind::NoConvergence),
+        "{:#?}",
+        r.violations
+    );
+}
+
+#[test]
+fn durations_and_selectors_parse() {
+    use fleet_sim::scenario::{Dur, Selector};
+    assert_eq!(Dur::parse("250ms"), Ok(Dur(250_000)));
+    assert_eq!(Dur::parse("2m"), Ok(Dur::secs(120)));
+    assert_eq!(Dur::parse("1.5s"), Ok(Dur(1_500_000)));
+    assert!(Dur::parse("3 parsecs").is_err());
+    assert_eq!(Dur::secs(30).to_string(), "30s");
+    assert_eq!(Selector::parse("0-9"), Ok(Selector::Range(0, 9)));
+    assert_eq!(
+        Selector::parse("3,rack=r1"),
+        Ok(Selector::Union(vec![
+            Selector::Range(3, 3),
+            Selector::Meta("rack".into(), "r1".into())
+        ]))
+    );
+    assert!(Selector::parse("").is_err());
+}
