@@ -26,6 +26,22 @@ async fn txn(c: &mut Client, t: Txn) -> Result<bool, etcd_client::Error> {
     Ok(won)
 }
 
+/// Writes our claim of `unit` under `lease` if `when` holds: one transaction.
+async fn put_claim(
+    c: &mut Client,
+    key: &str,
+    when: Compare,
+    machine: &MachineId,
+    lease: i64,
+) -> Result<bool, etcd_client::Error> {
+    let put = TxnOp::put(
+        key,
+        claim_json(machine),
+        Some(PutOptions::new().with_lease(lease)),
+    );
+    txn(c, Txn::new().when([when]).and_then([put])).await
+}
+
 /// Claims `unit` for `machine` under `lease` if nobody holds it. Returns whether we won.
 pub async fn claim(
     c: &mut Client,
@@ -35,14 +51,8 @@ pub async fn claim(
     lease: i64,
 ) -> Result<bool, etcd_client::Error> {
     let key = keys.claim(unit);
-    let t = Txn::new()
-        .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            claim_json(machine),
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    txn(c, t).await
+    let absent = Compare::create_revision(key.as_str(), CompareOp::Equal, 0);
+    put_claim(c, &key, absent, machine, lease).await
 }
 
 /// Takes over `unit` from the holder of `old` (a machine that is gone), only if the claim is still exactly
@@ -56,18 +66,8 @@ pub async fn supersede(
     lease: i64,
 ) -> Result<bool, etcd_client::Error> {
     let key = keys.claim(unit);
-    let t = Txn::new()
-        .when([Compare::mod_revision(
-            key.as_str(),
-            CompareOp::Equal,
-            old.mod_revision,
-        )])
-        .and_then([TxnOp::put(
-            key.as_str(),
-            claim_json(machine),
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    txn(c, t).await
+    let unchanged = Compare::mod_revision(key.as_str(), CompareOp::Equal, old.mod_revision);
+    put_claim(c, &key, unchanged, machine, lease).await
 }
 
 /// Re-binds our own claim of `unit` to a new `lease` (after the old lease expired and was replaced).
