@@ -448,10 +448,12 @@ impl Report {
         s
     }
 
-    /// An SVG timeline: unavailable and double-running units, live machines and wrong views, with
-    /// the faults marked.
+    /// An SVG timeline in two panels, each with its own scale: units (unavailable, double-running)
+    /// and machines (live, with a wrong view), with the faults marked.
     pub fn to_svg(&self) -> String {
-        let (w, h, pad) = (900.0, 360.0, 50.0);
+        type Series = (&'static str, &'static str, fn(&Sample) -> usize);
+        let (w, pad, panel_h) = (900.0, 50.0, 140.0);
+        let h = 2.0 * panel_h + 3.0 * pad;
         let tmax = self.simulated_s.max(1.0);
         let x = |t: f64| pad + (w - 2.0 * pad) * t / tmax;
         let mut s = String::new();
@@ -462,74 +464,75 @@ impl Report {
         let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
         let _ = writeln!(
             s,
-            r#"<text x="{pad}" y="18" font-size="13">{} (seed {}): units unavailable / double-running, machines live / with a wrong view</text>"#,
+            r#"<text x="{pad}" y="18" font-size="13">{} (seed {}, {} machines, {} units, gossip {})</text>"#,
             xml(&self.scenario),
-            self.seed
+            self.seed,
+            self.machines,
+            self.units,
+            self.gossip_mode
         );
-        type Series = (&'static str, &'static str, fn(&Sample) -> usize);
-        let series: [Series; 4] = [
-            ("unavailable units", "#d62728", |p| p.unavailable_units),
-            ("double-running units", "#9467bd", |p| {
-                p.double_running_units
-            }),
-            ("live machines", "#2ca02c", |p| p.live_machines),
-            ("machines with a wrong view", "#ff7f0e", |p| p.wrong_views),
+        let panels: [[Series; 2]; 2] = [
+            [
+                ("unavailable units", "#d62728", |p| p.unavailable_units),
+                ("double-running units", "#9467bd", |p| {
+                    p.double_running_units
+                }),
+            ],
+            [
+                ("live machines", "#2ca02c", |p| p.live_machines),
+                ("machines with a wrong view", "#ff7f0e", |p| p.wrong_views),
+            ],
         ];
-        let ymax = self
-            .series
-            .iter()
-            .flat_map(|p| series.iter().map(move |(_, _, f)| f(p)))
-            .max()
-            .unwrap_or(1)
-            .max(1) as f64;
-        let y = |v: f64| h - pad - (h - 2.0 * pad) * v / ymax;
-        let _ = writeln!(
-            s,
-            r#"<line x1="{pad}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{pad}" y1="{pad}" x2="{pad}" y2="{}" stroke="black"/>"#,
-            h - pad,
-            w - pad,
-            h - pad,
-            h - pad
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="4" y="{}">{ymax}</text><text x="4" y="{}">0</text>"#,
-            pad + 4.0,
-            h - pad
-        );
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}">{tmax:.0}s</text>"#,
-            w - pad - 10.0,
-            h - pad + 16.0
-        );
-        for (t, f) in &self.faults {
-            let _ = writeln!(
-                s,
-                r#"<line x1="{0:.1}" y1="{pad}" x2="{0:.1}" y2="{1}" stroke="gray" stroke-dasharray="3,3"><title>{2:.3}s {3}</title></line>"#,
-                x(*t),
-                h - pad,
-                t,
-                xml(f)
-            );
-        }
-        for (k, (name, color, f)) in series.iter().enumerate() {
-            let pts: Vec<String> = self
+        for (k, series) in panels.iter().enumerate() {
+            let top = pad + k as f64 * (panel_h + pad);
+            let bottom = top + panel_h;
+            let ymax = self
                 .series
                 .iter()
-                .map(|p| format!("{:.1},{:.1}", x(p.t), y(f(p) as f64)))
-                .collect();
+                .flat_map(|p| series.iter().map(move |(_, _, f)| f(p)))
+                .max()
+                .unwrap_or(1)
+                .max(1) as f64;
+            let y = |v: f64| bottom - panel_h * v / ymax;
             let _ = writeln!(
                 s,
-                r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
-                pts.join(" ")
+                r#"<line x1="{pad}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="black"/><line x1="{pad}" y1="{top}" x2="{pad}" y2="{bottom}" stroke="black"/>"#,
+                w - pad
             );
             let _ = writeln!(
                 s,
-                r#"<text x="{}" y="{}" fill="{color}">{name}</text>"#,
-                pad + 10.0 + 200.0 * k as f64,
-                h - 12.0
+                r#"<text x="4" y="{}">{ymax}</text><text x="4" y="{bottom}">0</text><text x="{}" y="{}">{tmax:.0}s</text>"#,
+                top + 4.0,
+                w - pad - 10.0,
+                bottom + 14.0
             );
+            for (t, f) in &self.faults {
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{bottom}" stroke="gray" stroke-dasharray="3,3"><title>{1:.3}s {2}</title></line>"#,
+                    x(*t),
+                    t,
+                    xml(f)
+                );
+            }
+            for (i, (name, color, f)) in series.iter().enumerate() {
+                let pts: Vec<String> = self
+                    .series
+                    .iter()
+                    .map(|p| format!("{:.1},{:.1}", x(p.t), y(f(p) as f64)))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    r#"<polyline fill="none" stroke="{color}" stroke-width="1.5" points="{}"/>"#,
+                    pts.join(" ")
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{}" y="{}" fill="{color}">{name}</text>"#,
+                    pad + 10.0 + 220.0 * i as f64,
+                    bottom + 28.0
+                );
+            }
         }
         s.push_str("</svg>\n");
         s
