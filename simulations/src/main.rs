@@ -46,9 +46,10 @@ enum Cmd {
         /// Also write an SVG timeline here.
         #[arg(long)]
         svg: Option<PathBuf>,
-        /// On a violation, search the shortest fault timeline that reproduces it.
+        /// On a violation, do not search the shortest fault timeline that reproduces it (each try
+        /// is a run up to the first violation).
         #[arg(long)]
-        shrink: bool,
+        no_shrink: bool,
         /// Override the gossip mode (real or model).
         #[arg(long)]
         gossip: Option<String>,
@@ -105,7 +106,7 @@ fn main() -> anyhow::Result<()> {
             format,
             json,
             svg,
-            shrink: do_shrink,
+            no_shrink,
             gossip,
             duration,
         } => {
@@ -138,7 +139,7 @@ fn main() -> anyhow::Result<()> {
             }
             if report.failed() {
                 println!("seed {seed} breaks an invariant; reproduce with: fleet-sim run {} --seed {seed}", scenario.display());
-                if do_shrink {
+                if !no_shrink {
                     print_shrunk(&sc, seed)?;
                 }
                 std::process::exit(1);
