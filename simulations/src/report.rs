@@ -85,6 +85,7 @@ pub struct Metrics {
     pub(crate) fencings: u64,
     pub(crate) failures: u64,
     pub(crate) start_failures: u64,
+    pub(crate) unit_starts: u64,
     samples: Vec<Sample>,
     pub(crate) fault_marks: Vec<(u64, String)>,
     pub(crate) violations: Vec<Violation>,
@@ -277,6 +278,9 @@ pub struct Report {
     pub fencings: u64,
     /// Unit starts that failed (systemd model).
     pub start_failures: u64,
+    /// Start jobs issued by agents (every unit's first start included): many more than units means
+    /// units moved or restarted.
+    pub unit_starts: u64,
     /// Gossip cost.
     pub gossip: GossipReport,
     /// etcd operations.
@@ -333,6 +337,7 @@ impl Report {
             takeovers: m.takeovers,
             fencings: m.fencings,
             start_failures: m.start_failures,
+            unit_starts: m.unit_starts,
             gossip: GossipReport {
                 source: if model { "model" } else { "real" },
                 datagrams_per_machine_s: round(g.datagrams as f64 / per),
@@ -412,8 +417,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "takeovers {}  fencings {}  failed starts {}  placement computations {}",
-            self.takeovers, self.fencings, self.start_failures, self.plan_computations
+            "unit starts {}  takeovers {}  fencings {}  failed starts {}  placement computations {}",
+            self.unit_starts, self.takeovers, self.fencings, self.start_failures, self.plan_computations
         );
         let _ = writeln!(
             s,

@@ -1467,6 +1467,7 @@ impl Sim {
                     };
                     s.job += 1;
                     s.started = true;
+                    self.metrics.unit_starts += 1;
                     let job = s.job;
                     self.set_active(m, u, ActiveState::Activating);
                     self.push(
