@@ -1250,7 +1250,11 @@ impl Sim {
         let ttl = self.sc.config.agent_ttl.0;
         let local = self.machines[m as usize].clock.local(now);
         let mm = &self.machines[m as usize];
-        if mm.lease != 0 && mm.confirmed_at.is_none_or(|c| local >= c + ttl) {
+        // As src/agent: a machine on the minority side of its gossip view whose lease etcd has not
+        // confirmed for min(TTL, 2 s) fences; on the majority side an unconfirmed lease stops nothing.
+        let limit = ttl.min(2_000_000);
+        let majority = self.in_majority(m);
+        if mm.lease != 0 && !majority && mm.confirmed_at.is_none_or(|c| local >= c + limit) {
             if self.sc.config.fencing {
                 self.fence(m);
             }
@@ -1314,6 +1318,10 @@ impl Sim {
                 && match self.mirror[u as usize] {
                     // Held by a machine that is not live here (placement ignored it), or our own
                     // claim under an old lease: supersede at the revision we saw.
+                    // A live holder releases a moved unit itself; a minority never takes over.
+                    Some(c) if c.machine != m && (self.sees_live(m, c.machine) || !majority) => {
+                        false
+                    }
                     Some(c) => {
                         let ok = self.etcd.supersede(u, c.mod_revision, m, lease);
                         if ok && c.machine != m {
@@ -1483,6 +1491,19 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Whether `m` sees a strict majority of the cluster's machines (itself included) as live.
+    fn in_majority(&self, m: u32) -> bool {
+        let mm = &self.machines[m as usize];
+        let live = mm.live.len() + usize::from(!mm.live.contains(m));
+        live * 2 > self.machines.len().max(1)
+    }
+
+    /// Whether `m`'s view counts `j` as live (gossip live, or in the takeover grace).
+    fn sees_live(&self, m: u32, j: u32) -> bool {
+        let mm = &self.machines[m as usize];
+        j == m || mm.live.contains(j) || mm.grace.contains_key(&j)
     }
 
     fn fence(&mut self, m: u32) {

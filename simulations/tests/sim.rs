@@ -167,10 +167,8 @@ fn fencing_bounds_the_double_run_of_an_isolated_machine() {
     let r = Sim::new(&sc, 5).unwrap().run();
     assert!(r.violations.is_empty(), "{:#?}", r.violations);
     assert!(r.fencings >= 1, "the isolated machine fences");
-    assert!(
-        r.double_runs.episodes > 0,
-        "its units ran twice for a while"
-    );
+    // It fences within min(TTL, 2 s) of losing etcd and its peers, about when the majority takes its
+    // units over: any overlap stays within the bound.
     assert!(r.double_runs.duration.max <= r.double_runs.bound);
 }
 
@@ -262,8 +260,9 @@ machines = "4"
         "{:#?}",
         r.violations
     );
-    // The outage is longer than the TTL: every agent fenced, and healthy units stopped too.
-    assert!(r.fencings > 0);
+    // The outage is longer than the TTL, but every agent still sees a gossip majority: nobody can
+    // take anything over, so nobody fences and healthy units keep running.
+    assert_eq!(r.fencings, 0);
 }
 
 #[test]
