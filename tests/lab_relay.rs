@@ -161,7 +161,7 @@ fn a_global_units_status_comes_from_every_machine_and_its_journal_from_the_one_p
     };
     let (m1, m2) = (fl.machine_id(1), fl.machine_id(2));
     let unit = "[Unit]\nDescription=global ticker\n\n[Service]\n\
-                ExecStart=/bin/sh -c 'echo global-marker-%m; exec sleep 1000'\n\n\
+                ExecStart=/bin/sh -c 'while :; do echo global-marker-%m; sleep 1; done'\n\n\
                 [X-Fleet]\nGlobal=true\n";
     fl.write_file(1, "/tmp/g.service", unit);
     fl.fleetctl_ok(1, &["start", "/tmp/g.service"]);
