@@ -290,7 +290,7 @@ impl Default for Config {
             gossip_cert_file: None,
             gossip_key_file: None,
             gossip_insecure: false,
-            takeover_grace: Duration::from_millis(800),
+            takeover_grace: Duration::from_millis(600),
             state_dir: PathBuf::from("/var/lib/fleet"),
         }
     }
@@ -874,7 +874,7 @@ pub struct FleetdArgs {
     /// Development only: gossip without authentication or encryption secrecy
     #[arg(long, alias = "gossip_insecure", value_name = "BOOL")]
     pub gossip_insecure: Option<String>,
-    /// How long a machine gossip declared down keeps its claims (default 800ms)
+    /// How long a machine gossip declared down keeps its claims (default 600ms)
     #[arg(long, alias = "takeover_grace", value_name = "DURATION")]
     pub takeover_grace: Option<String>,
     /// Directory for state that survives restarts (default /var/lib/fleet)

@@ -79,7 +79,7 @@ use crate::types::{
 /// dynamic suspicion timeout (start long, shrink as independent members confirm the suspicion).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// How often this node probes one member. Default 200 ms.
+    /// How often this node probes one member. Default 400 ms.
     pub probe_period: Duration,
     /// How long to wait for a direct ack before asking other members to probe indirectly. Must be
     /// less than `probe_period`. Default 80 ms.
@@ -118,7 +118,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            probe_period: Duration::from_millis(200),
+            probe_period: Duration::from_millis(400),
             probe_rtt: Duration::from_millis(80),
             num_indirect_probes: 3,
             suspect_to_down_after: Duration::from_millis(400),

@@ -39,7 +39,7 @@
 //!   features the rest of the binary enables). All certificates carry the name `fleet`; the machine
 //!   ID is the certificate's common name.
 //! - **Failure detection**: see [`core::Config`] for the defaults and their reasoning (probe every
-//!   200 ms, 80 ms ack timeout, 3 indirect probes, 400 ms suspicion). Lifeguard's local health
+//!   400 ms, 80 ms ack timeout, 3 indirect probes, 400 ms suspicion). Lifeguard's local health
 //!   awareness and dynamic suspicion timeouts are not implemented (foca offers no hook).
 //!
 //! # Known limits

@@ -206,7 +206,7 @@ pub struct Config {
     /// Detection times are still drawn per observer. Reschedule times become pessimistic by the
     /// spread of dissemination (about one second). Needed for 10,000 machines; see the README.
     pub sync_views: bool,
-    /// Gossip: probe period (200ms).
+    /// Gossip: probe period (400ms, fleetd's default).
     pub probe_period: Dur,
     /// Gossip: direct ack timeout (80ms).
     pub probe_rtt: Dur,
@@ -226,7 +226,7 @@ pub struct Config {
     pub agent_ttl: Dur,
     /// Agent: periodic full pass (`engine_reconcile_interval`, 2s).
     pub reconcile_interval: Dur,
-    /// Agent: claims of a machine just declared down still stand this long (800ms).
+    /// Agent: claims of a machine just declared down still stand this long (600ms, fleetd's default).
     pub takeover_grace: Dur,
     /// Agent: stop claimed units when the lease may have expired. Turning this off is only for
     /// showing what fencing prevents.
@@ -262,7 +262,7 @@ impl Default for Config {
         Config {
             gossip_mode: GossipMode::Real,
             sync_views: false,
-            probe_period: Dur::ms(200),
+            probe_period: Dur::ms(400),
             probe_rtt: Dur::ms(80),
             num_indirect_probes: 3,
             suspect_to_down_after: Dur::ms(400),
@@ -272,7 +272,7 @@ impl Default for Config {
             anti_entropy_interval: Dur::secs(5),
             agent_ttl: Dur::secs(30),
             reconcile_interval: Dur::secs(2),
-            takeover_grace: Dur::ms(800),
+            takeover_grace: Dur::ms(600),
             fencing: true,
             coalesce: Dur::ms(5),
             pass_quantum: Dur::ms(20),
