@@ -17,8 +17,17 @@ ensure_deps() {
       echo "missing packages: ${need[*]} (run as root, or: apt-get install -y ${need[*]})" >&2; return 1
     fi
     log "installing ${need[*]}"
+    # Packages like etcd-server and openssh-server start their daemon on install: not on this host (the
+    # tests start their own etcd and sshd, in namespaces). A policy-rc.d that says "no" prevents it.
+    local policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      policy=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+    fi
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
+      || { [ -z "$policy" ] || rm -f "$policy"; return 1; }
+    [ -z "$policy" ] || rm -f "$policy"
   fi
   if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"

@@ -55,8 +55,8 @@ pub async fn claim(
     put_claim(c, &key, absent, machine, lease).await
 }
 
-/// Takes over `unit` from the holder of `old` (a machine that is gone), only if the claim is still exactly
-/// the one we saw. Returns whether we won.
+/// Takes over `unit` from the holder of `old` (a machine that is gone, or our own claim under a lease that
+/// expired), only if the claim is still exactly the one we saw. Returns whether we won.
 pub async fn supersede(
     c: &mut Client,
     keys: &Keys,
@@ -68,18 +68,6 @@ pub async fn supersede(
     let key = keys.claim(unit);
     let unchanged = Compare::mod_revision(key.as_str(), CompareOp::Equal, old.mod_revision);
     put_claim(c, &key, unchanged, machine, lease).await
-}
-
-/// Re-binds our own claim of `unit` to a new `lease` (after the old lease expired and was replaced).
-pub async fn rebind(
-    c: &mut Client,
-    keys: &Keys,
-    unit: &UnitName,
-    old: &Claim,
-    machine: &MachineId,
-    lease: i64,
-) -> Result<bool, etcd_client::Error> {
-    supersede(c, keys, unit, old, machine, lease).await
 }
 
 /// Releases our claim of `unit` (only if it is still the one we saw).

@@ -33,7 +33,6 @@ use fleet_sched::placement::{self, Decision, MachineInfo, UnitInfo};
 use fleet_sched::reconcile::{reconcile, ActiveState, CurrentUnit, TargetUnit, Task};
 use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, UnitName};
 use fleet_systemd::{Bus, Event, Systemd, UnitState};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::registry::{MachineRecord, Registry, Snapshot};
@@ -501,7 +500,7 @@ impl State {
                 Decision::On(m) if *m == me => match snap.claims.get(name) {
                     Some(c) if c.machine_id == me => {
                         if c.lease != lease {
-                            match claims::rebind(&mut client, &keys, name, c, &me, lease).await {
+                            match claims::supersede(&mut client, &keys, name, c, &me, lease).await {
                                 Ok(true) => {
                                     target.insert(name.clone(), want);
                                 }
@@ -669,7 +668,8 @@ impl State {
                 self.started.remove(n);
             }
             Task::ReloadDaemon(_) => {
-                // load_unit and unload_unit already reloaded systemd.
+                // Already done where systemd needs it: load_unit reloads for units systemd knows
+                // (ReloadPolicy::WhenNeeded; a new file is loaded on first use), unload_unit always.
             }
             Task::Start(n, _) => {
                 let h = self.loaded.get(n).copied();
@@ -839,6 +839,3 @@ impl State {
         )
     }
 }
-
-/// Watches the lease for tests and dumps.
-pub type LeaseWatch = watch::Receiver<lease::LeaseStatus>;

@@ -195,17 +195,13 @@ impl AgentCluster {
             return Vec::new();
         };
         snap.machines
-            .into_iter()
+            .iter()
             .filter(|(id, _)| {
                 !view
                     .machines
                     .contains_key(&fleet_gossip::MachineId::new(id.as_str()))
             })
-            .map(|(id, m)| MachineInfo {
-                id,
-                public_ip: m.record.public_ip,
-                metadata: m.record.metadata,
-            })
+            .map(announced)
             .collect()
     }
 
@@ -300,17 +296,10 @@ impl AgentCluster {
 
     /// The etcd announcements as machines (no gossip).
     fn announced_machines(&self) -> Vec<MachineInfo> {
-        let mut out = Vec::new();
-        if let Ok(snap) = self.registry.snapshot() {
-            for (id, m) in snap.machines {
-                out.push(MachineInfo {
-                    id,
-                    public_ip: m.record.public_ip,
-                    metadata: m.record.metadata,
-                });
-            }
+        match self.registry.snapshot() {
+            Ok(snap) => snap.machines.iter().map(announced).collect(),
+            Err(_) => Vec::new(),
         }
-        out
     }
 
     /// The local machine (configuration plus run-time metadata changes).
@@ -364,12 +353,8 @@ impl AgentCluster {
                 if machines.iter().any(|m| m.id == *id) {
                     continue;
                 }
-                if let Some(m) = snap.machines.get(id) {
-                    machines.push(MachineInfo {
-                        id: id.clone(),
-                        public_ip: m.record.public_ip,
-                        metadata: m.record.metadata.clone(),
-                    });
+                if let Some(m) = snap.machines.get_key_value(id) {
+                    machines.push(announced(m));
                 }
             }
             machines.sort_by(|a, b| a.id.cmp(&b.id));
@@ -493,6 +478,15 @@ impl ClusterView for AgentCluster {
         }
         self.local_changed();
         Ok(())
+    }
+}
+
+/// A machine as its etcd announcement (`machines/<id>`) describes it.
+fn announced((id, m): (&MachineId, &crate::registry::Machine)) -> MachineInfo {
+    MachineInfo {
+        id: id.clone(),
+        public_ip: m.record.public_ip,
+        metadata: m.record.metadata.clone(),
     }
 }
 
