@@ -1,18 +1,18 @@
-//! Gossip for fleet: membership and liveness (SWIM via foca), dissemination of each machine's
-//! metadata and unit runtime states, and the QUIC transport that carries it.
+//! Gossip for fleet, sans-IO: membership and liveness (SWIM via foca) and the dissemination of each
+//! machine's metadata and unit runtime states. The QUIC transport and TLS that carry it in fleetd are
+//! the separate crate `fleet-gossip-quic`; the simulator drives this crate directly.
 //!
 //! # Map
 //! - [`core`]: the sans-IO [`core::Node`]. Inputs are datagrams, sync messages, timers and `now`;
-//!   outputs are datagrams, sync requests and [`core::Event`]s. The simulator drives it directly.
-//! - [`transport`]: the tokio/quinn driver fleetd uses: [`transport::Gossip::start`] returns a
-//!   [`transport::GossipHandle`] and the event stream.
-//! - [`tls`]: mutual TLS with a cluster CA, certificate minting, and the insecure development mode.
+//!   outputs are datagrams, sync requests and [`core::Event`]s.
 //! - [`types`]: machine IDs, identities, metadata, unit states, the view.
-//! - [`testing`]: a deterministic virtual network of nodes (tests, `examples/detection.rs`).
+//! - `testing` (cargo feature `testing`): a deterministic virtual network of nodes (the crate's
+//!   tests, `examples/detection.rs`).
 //!
 //! # Invariants
-//! - `core` reads no clock, opens no socket and draws no ambient randomness: time is passed in, the
-//!   RNG is seeded by the caller. Only `transport` knows quinn and tokio; only `tls` knows rustls.
+//! - The crate reads no clock, opens no socket and draws no ambient randomness: time is passed in,
+//!   the RNG is seeded by the caller. Cargo enforces it: no tokio, quinn or rustls among its
+//!   dependencies (checked by `tests/boundaries.rs` at the workspace root).
 //! - Every piece of a machine's state carries a [`Stamp`] (epoch, version) set by that machine, and
 //!   a stamp only ever replaces a smaller one: the newer always wins, whatever the delivery order.
 //!   A restarted machine starts a larger epoch, so its fresh state replaces its previous life's.
@@ -31,13 +31,9 @@
 //!   as tombstones. Anti-entropy (push-pull, three messages on one QUIC stream: membership + digest,
 //!   then what each side lacks) repairs losses every `anti_entropy_interval` and is how a joiner
 //!   learns everything at once: joining *is* a sync with a seed address, so seeds need no machine ID.
-//! - **Transport**: one UDP port. SWIM packets are QUIC datagrams (`max_packet_size` 1100 fits before
-//!   path MTU discovery); syncs and requests use bidirectional streams framed as a kind byte, then
-//!   4-byte length-prefixed frames capped at 64 MiB. Connections are opened on demand and kept
-//!   until idle for 60 s.
-//! - **TLS**: TLS 1.3 with the ring provider (explicitly, so it does not depend on which rustls
-//!   features the rest of the binary enables). All certificates carry the name `fleet`; the machine
-//!   ID is the certificate's common name.
+//! - **Transport** (`fleet-gossip-quic`): SWIM packets need only fit `max_packet_size` (1100 fits a
+//!   QUIC datagram before path MTU discovery); sync messages are byte strings the driver carries
+//!   over a stream.
 //! - **Failure detection**: see [`core::Config`] for the defaults and their reasoning (probe every
 //!   400 ms, 80 ms ack timeout, 3 indirect probes, 400 ms suspicion). Lifeguard's local health
 //!   awareness and dynamic suspicion timeouts are not implemented (foca offers no hook).
@@ -50,9 +46,8 @@
 
 pub mod core;
 mod store;
+#[cfg(feature = "testing")]
 pub mod testing;
-pub mod tls;
-pub mod transport;
 pub mod types;
 
 pub use crate::core::{Config, Counters, Event, Node};

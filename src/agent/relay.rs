@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use fleet_gossip::transport::{GossipHandle, RequestError};
+use fleet_gossip_quic::transport::{GossipHandle, RequestError};
 use fleet_sched::{MachineId, UnitName};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};

@@ -8,8 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 
-use fleet_gossip::transport::GossipHandle;
 use fleet_gossip::{Liveness, View};
+use fleet_gossip_quic::transport::GossipHandle;
 use fleet_sched::placement::{self, Decision, Plan, Reason};
 use fleet_sched::{MachineId, UnitHash, UnitName};
 use fleet_systemd::UnitState;

@@ -1,5 +1,5 @@
 //! `fleetctl gen-certs`: mints the files of gossip's mutual TLS (a cluster CA, and machine
-//! certificates signed by it) with [`fleet_gossip::tls`]. The one verb that works on local files only:
+//! certificates signed by it) with [`fleet_gossip_quic::tls`]. The one verb that works on local files only:
 //! it never contacts fleetd.
 
 use std::fs::OpenOptions;
@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use fleet_gossip::tls::{self, TlsConfig};
+use fleet_gossip_quic::tls::{self, TlsConfig};
 
 use super::args::GenCertsArgs;
 

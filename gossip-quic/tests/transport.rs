@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use fleet_gossip::tls::{mint_ca, mint_machine_cert, TlsConfig};
-use fleet_gossip::transport::{Gossip, GossipConfig, GossipHandle, RequestError};
 use fleet_gossip::{Event, Liveness, MachineId, Metadata, UnitState};
+use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, TlsConfig};
+use fleet_gossip_quic::transport::{Gossip, GossipConfig, GossipHandle, RequestError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn tls_for(dir: &Path, ca: &str, machine: &str) -> TlsConfig {
@@ -200,11 +200,12 @@ async fn garbage_from_an_authenticated_peer_is_counted_and_dropped() {
     assert!(wait_for(Duration::from_secs(5), || sees(&a, "b", Liveness::Alive)).await);
 
     // A raw QUIC client holding a valid cluster certificate, speaking nonsense.
-    let (_server, client) = fleet_gossip::tls::quic_configs(&tls_for(d, "ca", "junk")).unwrap();
+    let (_server, client) =
+        fleet_gossip_quic::tls::quic_configs(&tls_for(d, "ca", "junk")).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(client);
     let conn = endpoint
-        .connect(a.local_addr(), fleet_gossip::tls::SERVER_NAME)
+        .connect(a.local_addr(), fleet_gossip_quic::tls::SERVER_NAME)
         .unwrap()
         .await
         .unwrap();
@@ -216,9 +217,18 @@ async fn garbage_from_an_authenticated_peer_is_counted_and_dropped() {
     send.write_all(&[0x7f, 1, 2, 3]).await.unwrap();
     send.finish().unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&[fleet_gossip::transport::STREAM_SYNC, 0, 0, 0, 3, 9, 9, 9])
-        .await
-        .unwrap();
+    send.write_all(&[
+        fleet_gossip_quic::transport::STREAM_SYNC,
+        0,
+        0,
+        0,
+        3,
+        9,
+        9,
+        9,
+    ])
+    .await
+    .unwrap();
     send.finish().unwrap();
     let _ = recv.read_to_end(1024).await;
 
@@ -297,7 +307,7 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
 async fn a_wildcard_listen_address_needs_an_advertise_address() {
     let config = GossipConfig::new(MachineId::new("w"), "0.0.0.0:0".parse().unwrap());
     match Gossip::start(config).await {
-        Err(fleet_gossip::transport::TransportError::NeedAdvertise(_)) => {}
+        Err(fleet_gossip_quic::transport::TransportError::NeedAdvertise(_)) => {}
         other => panic!("expected NeedAdvertise, got {:?}", other.map(|_| ())),
     }
 }

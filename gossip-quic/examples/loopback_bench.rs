@@ -2,14 +2,14 @@
 //! steady-state traffic per node, then crashes nodes one at a time and measures how long until every
 //! survivor has declared the crashed one down.
 //!
-//! `cargo run --release -p fleet-gossip --example loopback_bench -- [nodes=10] [kills=3]`
+//! `cargo run --release -p fleet-gossip-quic --example loopback_bench -- [nodes=10] [kills=3]`
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use fleet_gossip::tls::{mint_ca, mint_machine_cert, TlsConfig};
-use fleet_gossip::transport::{Gossip, GossipConfig, GossipHandle};
 use fleet_gossip::{Liveness, MachineId, Metadata, UnitState};
+use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, TlsConfig};
+use fleet_gossip_quic::transport::{Gossip, GossipConfig, GossipHandle};
 
 #[tokio::main]
 async fn main() {
@@ -146,7 +146,7 @@ async fn main() {
     }
 }
 
-async fn stats(nodes: &[(String, GossipHandle)]) -> Vec<fleet_gossip::transport::Stats> {
+async fn stats(nodes: &[(String, GossipHandle)]) -> Vec<fleet_gossip_quic::transport::Stats> {
     let mut out = Vec::new();
     for (_, h) in nodes {
         out.push(h.stats().await.unwrap());
@@ -160,7 +160,7 @@ async fn measure(nodes: &[(String, GossipHandle)], label: &str) {
     tokio::time::sleep(window).await;
     let after = stats(nodes).await;
     let secs = window.as_secs_f64();
-    let per = |f: fn(&fleet_gossip::transport::Stats) -> u64| {
+    let per = |f: fn(&fleet_gossip_quic::transport::Stats) -> u64| {
         let v: Vec<f64> = before
             .iter()
             .zip(&after)

@@ -6,9 +6,9 @@
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use fleet_gossip::transport::{Gossip, GossipConfig};
-//! use fleet_gossip::tls::TlsConfig;
 //! use fleet_gossip::{MachineId, Metadata};
+//! use fleet_gossip_quic::tls::TlsConfig;
+//! use fleet_gossip_quic::transport::{Gossip, GossipConfig};
 //!
 //! let mut config = GossipConfig::new(MachineId::new("m1"), "10.0.0.1:4001".parse()?);
 //! config.seeds = vec!["10.0.0.2:4001".parse()?];
@@ -46,9 +46,10 @@ use rand::rngs::{StdRng, SysRng};
 use rand::SeedableRng;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{self, Counters, Event, FullState, Node, SyncAnswer, SyncOffer};
+use fleet_gossip::core::{self, Counters, Event, FullState, Node, SyncAnswer, SyncOffer};
+use fleet_gossip::{MachineId, Metadata, NodeIdentity, UnitState, View};
+
 use crate::tls::{self, TlsConfig, TlsError};
-use crate::types::{MachineId, Metadata, NodeIdentity, UnitState, View};
 
 /// First byte of a sync stream.
 pub const STREAM_SYNC: u8 = 1;

@@ -1,0 +1,25 @@
+//! fleet's gossip over QUIC: the tokio/quinn driver of the sans-IO [`fleet_gossip`] core, and the
+//! mutual TLS that authenticates peers.
+//!
+//! # Map
+//! - [`transport`]: the driver fleetd uses: [`transport::Gossip::start`] returns a
+//!   [`transport::GossipHandle`] and the event stream.
+//! - [`tls`]: mutual TLS with a cluster CA, certificate minting, and the insecure development mode.
+//!
+//! # Invariants
+//! - The protocol's rules live in `fleet_gossip`; this crate only moves bytes, reads the clock and
+//!   authenticates. Only `transport` knows quinn and tokio; `tls` builds the rustls (and quinn
+//!   crypto) configurations.
+//! - Garbage from a peer (stream kind, oversized or undecodable frame) is an error and a counter,
+//!   never a panic.
+//!
+//! # Decisions
+//! - **Transport**: one UDP port. SWIM packets are QUIC datagrams; syncs and requests use
+//!   bidirectional streams framed as a kind byte, then 4-byte length-prefixed frames. Connections
+//!   are opened on demand and kept until idle for 60 s.
+//! - **TLS**: TLS 1.3 with the ring provider (explicitly, so it does not depend on which rustls
+//!   features the rest of the binary enables). All certificates carry the name `fleet`; the machine
+//!   ID is the certificate's common name.
+
+pub mod tls;
+pub mod transport;
