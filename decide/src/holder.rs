@@ -1,0 +1,193 @@
+//! When another machine has provably stopped a unit: from what etcd says about its lease and when this
+//! machine's gossip view declared it down.
+//!
+//! A holder `H` keeps a claimed unit only until its fence deadline (see [`crate::fence`]), which it sets
+//! either `fence_after` after a lease confirmation or `fence_after` after an evaluation of its view.
+//! Both are bounded from outside:
+//! - **the lease:** a confirmation that counts was answered before etcd's last renewal of the lease, so
+//!   the deadline it gives is at most `t_k + F`, where `t_k` is that last renewal. etcd reports a lease's
+//!   remaining TTL in whole seconds (truncated), so a `LeaseTimeToLive` answer of `R` seconds received at
+//!   `t` proves `t_k < t - (granted - R - 1) s`; polling a few times a second pins `t_k` down to the poll
+//!   period as soon as the reported value ticks.
+//! - **the view:** any deadline `H` sets is at most `F` after the last moment `H` ran at all, and a down
+//!   verdict comes at least the gossip layer's minimum detection time after `H` fell silent. So a
+//!   machine whose view declared `H` down at `v` knows `H` stopped extending by `v - min_detection`.
+//!
+//! `H` is fenced from the later of the two bounds (each stretched by the clock-rate bound, plus the kill
+//! allowance). Observations must be taken *after* the claim was superseded: a renewal before the
+//! supersede that an earlier poll missed is then seen, and a renewal after it shows `H` a mirror that
+//! contains the supersede, so `H` stops the unit itself.
+
+use std::time::Duration;
+
+use crate::time::Time;
+use crate::timing::Timing;
+
+/// What etcd answered to `LeaseTimeToLive`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// The lease exists: `ttl` whole seconds remain of `granted`.
+    Remaining {
+        /// Remaining seconds, truncated (etcd's `TTL`).
+        ttl: i64,
+        /// The TTL the lease was granted with (etcd's `grantedTTL`).
+        granted: i64,
+    },
+    /// The lease expired or was revoked (etcd's `TTL: -1`): keys bound to it are gone.
+    NotFound,
+}
+
+/// One `LeaseTimeToLive` round trip, timed on this machine's clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeasePoll {
+    /// When the request was sent.
+    pub sent: Time,
+    /// When the answer arrived.
+    pub received: Time,
+    /// The answer.
+    pub answer: LeaseAnswer,
+}
+
+impl LeasePoll {
+    /// An upper bound on the lease's last renewal as of this answer (`None` for a lease that is gone).
+    pub fn renewed_before(&self, timing: &Timing) -> Option<Time> {
+        match self.answer {
+            LeaseAnswer::NotFound => None,
+            LeaseAnswer::Remaining { ttl, granted } => {
+                let elapsed_secs = (granted - ttl - 1).max(0) as u64;
+                Some(self.received - timing.shrink(Duration::from_secs(elapsed_secs)))
+            }
+        }
+    }
+}
+
+/// What this machine can prove about a holder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderState {
+    /// The holder's lease is gone (expired or revoked), so are its claims: it stopped its units before.
+    Gone,
+    /// The holder's units are provably stopped from this time on (this machine's clock).
+    FencedBy(Time),
+    /// Not provable yet: no observation of its lease after `after`, or this machine's view does not
+    /// show it down.
+    Unknown,
+}
+
+/// What this machine can prove about a holder whose view-declared down time is `down_since`, from
+/// `polls` of its lease sent at or after `after`.
+pub fn holder_state(
+    timing: &Timing,
+    down_since: Option<Time>,
+    polls: &[LeasePoll],
+    after: Time,
+) -> HolderState {
+    let mut renewed: Option<Time> = None;
+    for p in polls.iter().filter(|p| p.sent >= after) {
+        match p.renewed_before(timing) {
+            None => return HolderState::Gone,
+            Some(t) => renewed = Some(renewed.map_or(t, |r: Time| r.min(t))),
+        }
+    }
+    let (Some(renewed), Some(down)) = (renewed, down_since) else {
+        return HolderState::Unknown;
+    };
+    let by_lease = renewed + timing.fenced_after();
+    let by_view = down.saturating_sub(timing.shrink(timing.min_detection)) + timing.fenced_after();
+    HolderState::FencedBy(by_lease.max(by_view))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: u64) -> Time {
+        Time::from_micros(x * 1000)
+    }
+
+    fn timing() -> Timing {
+        Timing {
+            clock_rate_ppm: 0,
+            ..Timing::new(
+                Duration::from_millis(500),
+                Duration::from_secs(10),
+                Duration::from_millis(480),
+            )
+        }
+    }
+
+    fn poll(sent: u64, ttl: i64) -> LeasePoll {
+        LeasePoll {
+            sent: ms(sent),
+            received: ms(sent + 2),
+            answer: LeaseAnswer::Remaining { ttl, granted: 10 },
+        }
+    }
+
+    #[test]
+    fn a_truncated_ttl_bounds_the_last_renewal_within_a_second() {
+        // Renewed at 0 (expiry 10 s): at 1.5 s etcd says 8 (8.5 truncated).
+        let p = poll(1498, 8);
+        assert_eq!(p.renewed_before(&timing()), Some(ms(500)));
+        // Right after the tick to 7 (at 2.0 s) the bound is tight.
+        let p = poll(2001, 7);
+        assert_eq!(p.renewed_before(&timing()), Some(ms(3)));
+    }
+
+    #[test]
+    fn fenced_by_the_later_of_the_lease_and_the_view_bounds() {
+        let t = timing();
+        // Crash at 0, last renewal just before. Down verdict at 1000.
+        let polls = [poll(900, 8), poll(2001, 7)];
+        // Lease: renewed before 3 ms -> fenced by 3 + 600 = 603. View: 1000 - 480 + 600 = 1120.
+        assert_eq!(
+            holder_state(&t, Some(ms(1000)), &polls, ms(0)),
+            HolderState::FencedBy(ms(1120))
+        );
+        // Only the first poll: renewed before 900+2-1000 ... = 902 - 1000? bound 902ms - 1s -> 0.
+        assert_eq!(
+            holder_state(&t, Some(ms(1000)), &polls[..1], ms(0)),
+            HolderState::FencedBy(ms(1120))
+        );
+    }
+
+    #[test]
+    fn a_lease_still_renewed_keeps_pushing_the_bound() {
+        let t = timing();
+        // The holder is cut off from us but renews its lease: every poll says ~10 s remain.
+        let polls = [poll(5000, 9), poll(6000, 9)];
+        match holder_state(&t, Some(ms(1000)), &polls, ms(0)) {
+            HolderState::FencedBy(at) => assert!(at > ms(5500), "{at}"),
+            s => panic!("{s:?}"),
+        }
+    }
+
+    #[test]
+    fn only_polls_after_the_supersede_count() {
+        let t = timing();
+        let polls = [poll(900, 8)];
+        assert_eq!(
+            holder_state(&t, Some(ms(1000)), &polls, ms(1200)),
+            HolderState::Unknown
+        );
+    }
+
+    #[test]
+    fn a_gone_lease_is_gone() {
+        let t = timing();
+        let gone = LeasePoll {
+            sent: ms(10),
+            received: ms(11),
+            answer: LeaseAnswer::NotFound,
+        };
+        assert_eq!(holder_state(&t, None, &[gone], ms(0)), HolderState::Gone);
+    }
+
+    #[test]
+    fn a_holder_not_seen_down_is_never_proven_fenced_by_its_lease_alone() {
+        let t = timing();
+        assert_eq!(
+            holder_state(&t, None, &[poll(5000, 1)], ms(0)),
+            HolderState::Unknown
+        );
+    }
+}

@@ -1,0 +1,362 @@
+//! What this machine does about one unit: run it, claim it, take it over, wait, release it, hand it over.
+//!
+//! The rules, for a non-global unit (global units need no claim: every machine the plan names runs
+//! them, fenced or not):
+//! - **Run** a unit only while holding its claim under the current lease, not fenced, and (to *start* it,
+//!   as opposed to keeping it running) with a fresh lease confirmation the mirror has caught up with.
+//!   A claim this machine won by superseding another holder runs only once that holder is proven
+//!   stopped ([`crate::holder`]), its lease is gone, or it acknowledged the handover.
+//! - **Claim** a unit the plan puts here when nobody holds it (etcd creates the claim only if absent).
+//! - **Take over** (supersede at the seen revision) a unit the plan puts here from a holder this machine's
+//!   gossip view shows down, only with a quorum ([`crate::quorum`]) and once the holder is proven
+//!   stopped by the observations so far; the claim then records the holder (a *handover*), and the unit
+//!   starts after a fresh proof (see above).
+//! - **Wait** for a holder that is alive, restarting (its `restarting` mark), suspected, or not proven
+//!   stopped; a live holder whose unit moved releases it itself.
+//! - **Release** a claim of this machine for a unit the plan puts elsewhere (or nowhere) once the unit
+//!   is no longer loaded here, and never while a handover it started is unresolved (a released claim
+//!   may be claimed and started at once by anyone).
+//! - **Acknowledge** a handover away from this machine once the unit is no longer loaded here.
+//! - **Re-bind** a claim of this machine under an older lease (a previous life of this fleetd).
+
+use fleet_sched::MachineId;
+
+use crate::fence::Guard;
+use crate::holder::{holder_state, HolderState, LeasePoll};
+use crate::quorum::Quorum;
+use crate::time::Time;
+use crate::timing::Timing;
+
+/// A claim as the registry mirror shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// The holder.
+    pub machine: MachineId,
+    /// The holder's lease the claim is bound to.
+    pub lease: i64,
+    /// The claim key's revision (every write compares it).
+    pub mod_revision: i64,
+    /// Set when the claim was taken over: the previous holder, until it acknowledges or is proven stopped.
+    pub handoff: Option<Handoff>,
+}
+
+/// The previous holder of a claim that was taken over.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    /// The machine.
+    pub machine: MachineId,
+    /// The lease its claim was bound to.
+    pub lease: i64,
+}
+
+/// Where the plan puts the unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// A non-global unit placed on this machine.
+    Here,
+    /// A global unit that runs on this machine.
+    GlobalHere,
+    /// On another machine, nowhere (unplaceable, inactive, deleted), or a global unit not for here.
+    NotHere,
+}
+
+/// How this machine sees another machine (a claim's holder or a handover's previous holder).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Peer<'a> {
+    /// Gossip shows it alive (possibly suspected).
+    pub alive: bool,
+    /// Gossip suspects it (alive, failed a probe).
+    pub suspect: bool,
+    /// When this machine's view declared it down, if it is down now.
+    pub down_since: Option<Time>,
+    /// Its fleetd is restarting (its `restarting` mark is in etcd): its claims stand.
+    pub restarting: bool,
+    /// Recent `LeaseTimeToLive` answers about the lease in question, oldest first.
+    pub polls: &'a [LeasePoll],
+}
+
+/// This machine's situation for one pass.
+#[derive(Clone, Debug)]
+pub struct Ctx<'a> {
+    /// The timings.
+    pub timing: &'a Timing,
+    /// This machine.
+    pub me: &'a MachineId,
+    /// Its current lease (0: none).
+    pub lease: i64,
+    /// Its fence deadline ([`crate::fence::guard`]).
+    pub guard: &'a Guard,
+    /// Its quorum count (`None` without a gossip view).
+    pub quorum: Option<&'a Quorum>,
+    /// Now, on this machine's clock.
+    pub now: Time,
+}
+
+/// One unit as this pass sees it.
+#[derive(Clone, Debug)]
+pub struct Case<'a> {
+    /// Where the plan puts it.
+    pub placement: Placement,
+    /// Its claim, if any.
+    pub claim: Option<&'a Claim>,
+    /// Its file is in this machine's units directory (loaded, running or not).
+    pub loaded: bool,
+    /// It is running here (active, activating or reloading, or started by this agent).
+    pub running: bool,
+    /// How this machine sees the claim's holder (for a claim of another machine) or the handover's
+    /// previous holder (for a claim of this machine with a handover).
+    pub peer: Peer<'a>,
+    /// When this machine superseded the claim (its own record, or when this fleetd started): only
+    /// observations after it prove a handover.
+    pub superseded_at: Time,
+}
+
+/// A write to etcd (each is one transaction comparing `mod_revision`, or absence for a claim).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Create the claim if absent, bound to this machine's lease.
+    Claim,
+    /// Take the claim over from another holder (records the handover).
+    Supersede {
+        /// The claim's revision as seen.
+        mod_revision: i64,
+        /// The holder taken over from.
+        from: Handoff,
+    },
+    /// Bind this machine's claim, made under an older lease, to the current lease.
+    Rebind {
+        /// The claim's revision as seen.
+        mod_revision: i64,
+    },
+    /// Delete this machine's claim.
+    Release {
+        /// The claim's revision as seen.
+        mod_revision: i64,
+    },
+    /// Clear the handover of a claim taken from this machine: it no longer runs the unit here.
+    Ack {
+        /// The claim's revision as seen.
+        mod_revision: i64,
+    },
+}
+
+/// Why a unit runs, or does not, here (logged, and shown for units that wait).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// A global unit for this machine.
+    Global,
+    /// This machine holds the claim.
+    Held,
+    /// Not placed here.
+    NotHere,
+    /// Fenced: neither the lease nor the view vouches for this machine.
+    Fenced,
+    /// The lease is not freshly confirmed: nothing new starts.
+    Unconfirmed,
+    /// The holder is alive (or restarting): it releases a unit that moved.
+    HolderAlive,
+    /// The holder is suspected, not yet down.
+    HolderSuspect,
+    /// The holder is down, but this machine sees no quorum.
+    NoQuorum,
+    /// The holder is down but not yet proven stopped.
+    HolderNotFenced,
+    /// The holder's lease is gone; its claim is about to vanish.
+    HolderGone,
+    /// This machine took the unit over and waits for proof that the previous holder stopped it.
+    HandoffPending,
+    /// The claim was taken from this machine.
+    TakenOver,
+    /// Gossip has no opinion about the holder yet.
+    HolderUnknown,
+}
+
+/// The outcome for one unit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Keep it (or get it) running here. A claim written by [`Verdict::write`] must succeed first.
+    pub run: bool,
+    /// The etcd write to attempt.
+    pub write: Option<Write>,
+    /// A lease to ask etcd about (`LeaseTimeToLive`).
+    pub poll: Option<i64>,
+    /// When to look again at the latest (a proof that will hold then).
+    pub wake_at: Option<Time>,
+    /// Why.
+    pub why: Why,
+}
+
+impl Verdict {
+    fn new(run: bool, why: Why) -> Verdict {
+        Verdict {
+            run,
+            write: None,
+            poll: None,
+            wake_at: None,
+            why,
+        }
+    }
+
+    fn write(mut self, w: Write) -> Verdict {
+        self.write = Some(w);
+        self
+    }
+
+    fn poll(mut self, lease: i64) -> Verdict {
+        self.poll = Some(lease);
+        self
+    }
+
+    fn wake(mut self, at: Time) -> Verdict {
+        self.wake_at = Some(at);
+        self
+    }
+}
+
+/// Decides what this machine does about one unit.
+pub fn decide(ctx: &Ctx<'_>, case: &Case<'_>) -> Verdict {
+    let fenced = ctx.guard.fenced(ctx.now);
+    if case.placement == Placement::GlobalHere {
+        return Verdict::new(true, Why::Global);
+    }
+    let Some(claim) = case.claim else {
+        if case.placement == Placement::NotHere {
+            return Verdict::new(false, Why::NotHere);
+        }
+        if !ctx.guard.may_start(ctx.now) || ctx.lease == 0 {
+            return Verdict::new(
+                false,
+                if fenced {
+                    Why::Fenced
+                } else {
+                    Why::Unconfirmed
+                },
+            );
+        }
+        return Verdict::new(false, Why::Held).write(Write::Claim);
+    };
+    // A claim taken from this machine: stop, then acknowledge.
+    if claim.machine != *ctx.me && claim.handoff.as_ref().is_some_and(|h| h.machine == *ctx.me) {
+        let v = Verdict::new(false, Why::TakenOver);
+        return if case.loaded {
+            v
+        } else {
+            v.write(Write::Ack {
+                mod_revision: claim.mod_revision,
+            })
+        };
+    }
+    if claim.machine == *ctx.me {
+        return decide_own(ctx, case, claim, fenced);
+    }
+    if case.placement == Placement::NotHere {
+        return Verdict::new(false, Why::NotHere);
+    }
+    decide_takeover(ctx, case, claim)
+}
+
+/// A claim of this machine.
+fn decide_own(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim, fenced: bool) -> Verdict {
+    let pending = claim.handoff.as_ref().map(|h| {
+        (
+            h,
+            holder_state(
+                ctx.timing,
+                case.peer.down_since,
+                case.peer.polls,
+                case.superseded_at,
+            ),
+        )
+    });
+    let proven = |s: &HolderState| match s {
+        HolderState::Gone => true,
+        HolderState::FencedBy(t) => *t <= ctx.now,
+        HolderState::Unknown => false,
+    };
+    if case.placement == Placement::NotHere {
+        let v = Verdict::new(false, Why::NotHere);
+        return match &pending {
+            // A released claim may be claimed and started at once by anyone: not while the previous
+            // holder may still run the unit.
+            Some((h, s)) if !proven(s) => pending_wait(v, h, s),
+            _ if case.loaded => v,
+            _ => v.write(Write::Release {
+                mod_revision: claim.mod_revision,
+            }),
+        };
+    }
+    if claim.lease != ctx.lease {
+        // Ours from a previous life (or an expired lease): bind it to the current one. Keep a unit
+        // that runs here meanwhile; start nothing until the claim is bound again.
+        let v = Verdict::new(case.running && !fenced, Why::Held);
+        return if ctx.lease != 0 && ctx.guard.may_start(ctx.now) {
+            v.write(Write::Rebind {
+                mod_revision: claim.mod_revision,
+            })
+        } else {
+            v
+        };
+    }
+    if fenced {
+        return Verdict::new(false, Why::Fenced);
+    }
+    if let Some((h, s)) = &pending {
+        if !proven(s) {
+            return pending_wait(Verdict::new(false, Why::HandoffPending), h, s);
+        }
+    }
+    if case.running || ctx.guard.may_start(ctx.now) {
+        Verdict::new(true, Why::Held)
+    } else {
+        Verdict::new(false, Why::Unconfirmed)
+    }
+}
+
+fn pending_wait(v: Verdict, h: &Handoff, s: &HolderState) -> Verdict {
+    let v = v.poll(h.lease);
+    match s {
+        HolderState::FencedBy(t) => v.wake(*t),
+        _ => v,
+    }
+}
+
+/// A unit the plan puts here, claimed by another machine.
+fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
+    let peer = &case.peer;
+    let wait = |why| Verdict::new(false, why);
+    if peer.restarting || (peer.alive && !peer.suspect) {
+        return wait(Why::HolderAlive);
+    }
+    if peer.alive {
+        // Suspected: start asking etcd about its lease, so that a down verdict finds the proof ready.
+        return wait(Why::HolderSuspect).poll(claim.lease);
+    }
+    let Some(down) = peer.down_since else {
+        return wait(Why::HolderUnknown);
+    };
+    if claim.handoff.is_some() {
+        // The holder was itself taking the unit over from a third machine, not yet proven stopped:
+        // its claim vanishes with its lease, by when the third machine has stopped too.
+        return wait(Why::HandoffPending);
+    }
+    if !ctx.quorum.is_some_and(Quorum::holds) {
+        return wait(Why::NoQuorum);
+    }
+    if !ctx.guard.may_start(ctx.now) || ctx.lease == 0 {
+        return wait(Why::Unconfirmed);
+    }
+    match holder_state(ctx.timing, Some(down), peer.polls, Time::ZERO) {
+        HolderState::Gone => wait(Why::HolderGone),
+        HolderState::FencedBy(t) if t <= ctx.now => {
+            wait(Why::HandoffPending).write(Write::Supersede {
+                mod_revision: claim.mod_revision,
+                from: Handoff {
+                    machine: claim.machine.clone(),
+                    lease: claim.lease,
+                },
+            })
+        }
+        HolderState::FencedBy(t) => wait(Why::HolderNotFenced).poll(claim.lease).wake(t),
+        HolderState::Unknown => wait(Why::HolderNotFenced).poll(claim.lease),
+    }
+}

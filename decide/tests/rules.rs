@@ -1,0 +1,341 @@
+//! The decision core against the cases of docs/safety.md, one test per row (table-driven where rows share
+//! a shape). Times are in milliseconds on the deciding machine's clock.
+
+use std::time::Duration;
+
+use fleet_decide::*;
+use fleet_sched::MachineId;
+
+fn ms(x: u64) -> Time {
+    Time::from_micros(x * 1000)
+}
+
+fn id(s: &str) -> MachineId {
+    MachineId::parse(s).unwrap()
+}
+
+fn timing() -> Timing {
+    Timing {
+        clock_rate_ppm: 0,
+        ..Timing::new(
+            Duration::from_millis(500),
+            Duration::from_secs(10),
+            Duration::from_millis(480),
+        )
+    }
+}
+
+/// A guard confirmed by the lease at `conf` (mirror caught up), evaluated at `now`.
+fn lease_guard(conf: u64, q: &Quorum, now: u64) -> Guard {
+    let l = OwnLease {
+        id: 1,
+        ttl: Duration::from_secs(10),
+        confirmations: vec![Confirmation {
+            sent: ms(conf),
+            revision: 1,
+        }],
+    };
+    guard(&timing(), &l, 1, Some(q), ms(now))
+}
+
+const QUORUM: Quorum = Quorum { size: 3, up: 2 };
+const NO_QUORUM: Quorum = Quorum { size: 3, up: 1 };
+
+struct World {
+    t: Timing,
+    me: MachineId,
+    g: Guard,
+    q: Quorum,
+    now: u64,
+}
+
+impl World {
+    fn new(now: u64) -> World {
+        World {
+            t: timing(),
+            me: id("me"),
+            g: lease_guard(now.saturating_sub(50), &QUORUM, now),
+            q: QUORUM,
+            now,
+        }
+    }
+
+    fn decide(&self, case: &Case<'_>) -> Verdict {
+        let ctx = Ctx {
+            timing: &self.t,
+            me: &self.me,
+            lease: 1,
+            guard: &self.g,
+            quorum: Some(&self.q),
+            now: ms(self.now),
+        };
+        decide(&ctx, case)
+    }
+}
+
+fn claim(machine: &str, lease: i64, handoff: Option<(&str, i64)>) -> Claim {
+    Claim {
+        machine: id(machine),
+        lease,
+        mod_revision: 40,
+        handoff: handoff.map(|(m, l)| Handoff {
+            machine: id(m),
+            lease: l,
+        }),
+    }
+}
+
+fn case<'a>(placement: Placement, claim: Option<&'a Claim>, peer: Peer<'a>) -> Case<'a> {
+    Case {
+        placement,
+        claim,
+        loaded: false,
+        running: false,
+        peer,
+        superseded_at: Time::ZERO,
+    }
+}
+
+/// A poll of a 10 s lease sent at `sent` answering `ttl` seconds.
+fn poll(sent: u64, ttl: i64) -> LeasePoll {
+    LeasePoll {
+        sent: ms(sent),
+        received: ms(sent + 2),
+        answer: LeaseAnswer::Remaining { ttl, granted: 10 },
+    }
+}
+
+fn down(at: u64, polls: &[LeasePoll]) -> Peer<'_> {
+    Peer {
+        down_since: Some(ms(at)),
+        polls,
+        ..Peer::default()
+    }
+}
+
+// ---- A machine crashes -------------------------------------------------------------------------------
+
+#[test]
+fn crash_takeover_waits_for_the_proof_then_supersedes_then_starts_after_a_fresh_proof() {
+    // The holder crashed at 0 (last renewal just before 0); our view declared it down at 1000.
+    let c = claim("h", 9, None);
+    let polls = [poll(950, 9)]; // bound: renewed before 952 - 0 s (= 952): lease bound 952 + 600.
+    let w = World::new(1200);
+    let v = w.decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert_eq!(v.write, None, "not proven yet: {v:?}");
+    assert_eq!(v.poll, Some(9));
+    assert_eq!(v.why, Why::HolderNotFenced);
+    // After the tick (at 2.0 s etcd says 7): renewed before ~3 ms; view bound 1000-480+600 = 1120.
+    let polls = [poll(950, 9), poll(2001, 7)];
+    let w = World::new(2010);
+    let v = w.decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert!(
+        matches!(
+            v.write,
+            Some(Write::Supersede {
+                mod_revision: 40,
+                ..
+            })
+        ),
+        "{v:?}"
+    );
+    assert!(!v.run, "a supersede runs nothing before a fresh proof");
+    // Now the claim is ours with a handover; polls before the supersede do not count.
+    let mine = claim("me", 1, Some(("h", 9)));
+    let mut k = case(Placement::Here, Some(&mine), down(1000, &polls));
+    k.superseded_at = ms(2015);
+    let v = World::new(2016).decide(&k);
+    assert!(!v.run);
+    assert_eq!(v.why, Why::HandoffPending);
+    assert_eq!(v.poll, Some(9));
+    let fresh = [poll(950, 9), poll(2001, 7), poll(2020, 7)];
+    let mut k = case(Placement::Here, Some(&mine), down(1000, &fresh));
+    k.superseded_at = ms(2015);
+    let v = World::new(2030).decide(&k);
+    assert!(v.run, "{v:?}");
+}
+
+#[test]
+fn the_view_bound_holds_a_takeover_back_even_when_the_lease_is_long_stale() {
+    // The holder lost etcd long ago (renewed before 0) but kept extending by its view until it fell
+    // silent; our view declared it down at 5000: it may have extended until 4520, so fenced by 5125.
+    let c = claim("h", 9, None);
+    let polls = [poll(5001, 4)];
+    let v = World::new(5050).decide(&case(Placement::Here, Some(&c), down(5000, &polls)));
+    assert_eq!(v.write, None);
+    assert_eq!(v.wake_at, Some(ms(5120)));
+    let v = World::new(5120).decide(&case(Placement::Here, Some(&c), down(5000, &polls)));
+    assert!(matches!(v.write, Some(Write::Supersede { .. })));
+}
+
+// ---- The holder is alive, restarting, suspected, unknown; the quorum is missing ----------------------
+
+#[test]
+fn nothing_is_taken_from_a_holder_that_is_not_down_or_without_a_quorum() {
+    let c = claim("h", 9, None);
+    let polls = [poll(5001, 1)];
+    let alive = Peer {
+        alive: true,
+        polls: &polls,
+        ..Peer::default()
+    };
+    let restarting = Peer {
+        restarting: true,
+        down_since: Some(ms(10)),
+        polls: &polls,
+        ..Peer::default()
+    };
+    let suspect = Peer {
+        alive: true,
+        suspect: true,
+        polls: &polls,
+        ..Peer::default()
+    };
+    let unknown = Peer {
+        polls: &polls,
+        ..Peer::default()
+    };
+    let w = World::new(9000);
+    for (peer, why) in [
+        (alive, Why::HolderAlive),
+        (restarting, Why::HolderAlive),
+        (suspect.clone(), Why::HolderSuspect),
+        (unknown, Why::HolderUnknown),
+    ] {
+        let v = w.decide(&case(Placement::Here, Some(&c), peer));
+        assert_eq!((v.write.clone(), v.run, v.why), (None, false, why), "{v:?}");
+    }
+    // A suspect's lease is polled early.
+    assert_eq!(
+        w.decide(&case(Placement::Here, Some(&c), suspect)).poll,
+        Some(9)
+    );
+    // Down, proven stopped, but no quorum here (a minority, or one of two machines).
+    let mut w = World::new(9000);
+    w.q = NO_QUORUM;
+    let v = w.decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert_eq!((v.write, v.why), (None, Why::NoQuorum));
+}
+
+#[test]
+fn a_holder_that_keeps_renewing_its_lease_is_never_taken_over() {
+    // Cut off from our gossip but not from etcd: every poll shows a fresh renewal.
+    let c = claim("h", 9, None);
+    for now in (2000..60_000).step_by(1000) {
+        let polls = [poll(now - 100, 9)];
+        let v = World::new(now).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+        assert_eq!(v.write, None, "at {now}: {v:?}");
+    }
+}
+
+#[test]
+fn a_gone_lease_waits_for_its_claim_to_vanish_then_the_unit_is_claimed() {
+    let c = claim("h", 9, None);
+    let gone = [LeasePoll {
+        sent: ms(100),
+        received: ms(101),
+        answer: LeaseAnswer::NotFound,
+    }];
+    let w = World::new(200);
+    let v = w.decide(&case(Placement::Here, Some(&c), down(50, &gone)));
+    assert_eq!((v.write, v.why), (None, Why::HolderGone));
+    let v = w.decide(&case(Placement::Here, None, Peer::default()));
+    assert_eq!(v.write, Some(Write::Claim));
+}
+
+#[test]
+fn a_claim_that_is_itself_a_pending_takeover_is_not_taken_over() {
+    let c = claim("h", 9, Some(("z", 3)));
+    let polls = [poll(9000, 1)];
+    let v = World::new(9100).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert_eq!((v.write, v.why), (None, Why::HandoffPending));
+}
+
+// ---- Our own claims ------------------------------------------------------------------------------------
+
+#[test]
+fn own_claims_run_only_unfenced_and_start_only_with_a_fresh_lease() {
+    let mine = claim("me", 1, None);
+    let mut k = case(Placement::Here, Some(&mine), Peer::default());
+    // Fresh lease: start.
+    assert!(World::new(1000).decide(&k).run);
+    // Fenced (minority, lease unconfirmed for fence_after): stop.
+    let mut w = World::new(1000);
+    w.g = lease_guard(400, &NO_QUORUM, 1000);
+    assert_eq!(w.decide(&k).why, Why::Fenced);
+    assert!(!w.decide(&k).run);
+    // Kept alive by the view only (majority, lease unconfirmed): keep a running unit, start nothing.
+    let mut w = World::new(5000);
+    w.g = lease_guard(400, &QUORUM, 5000);
+    assert!(!w.decide(&k).run);
+    assert_eq!(w.decide(&k).why, Why::Unconfirmed);
+    k.running = true;
+    assert!(w.decide(&k).run);
+}
+
+#[test]
+fn an_own_claim_under_an_old_lease_is_rebound() {
+    let old = claim("me", 77, None);
+    let mut k = case(Placement::Here, Some(&old), Peer::default());
+    k.running = true;
+    let v = World::new(1000).decide(&k);
+    assert_eq!(v.write, Some(Write::Rebind { mod_revision: 40 }));
+    assert!(v.run);
+}
+
+#[test]
+fn a_moved_unit_is_released_only_once_unloaded_and_never_with_a_pending_handover() {
+    let mine = claim("me", 1, None);
+    let mut k = case(Placement::NotHere, Some(&mine), Peer::default());
+    k.loaded = true;
+    let v = World::new(1000).decide(&k);
+    assert_eq!((v.run, v.write), (false, None));
+    k.loaded = false;
+    let v = World::new(1000).decide(&k);
+    assert_eq!(v.write, Some(Write::Release { mod_revision: 40 }));
+    // Taken over from h, not yet proven: keep the claim (a released claim can be started at once).
+    let pending = claim("me", 1, Some(("h", 9)));
+    let polls = [poll(900, 9)];
+    let k = case(Placement::NotHere, Some(&pending), down(800, &polls));
+    let v = World::new(1000).decide(&k);
+    assert_eq!(v.write, None);
+    assert_eq!(v.poll, Some(9));
+}
+
+#[test]
+fn a_unit_taken_from_us_is_stopped_then_acknowledged() {
+    let theirs = claim("x", 5, Some(("me", 1)));
+    let mut k = case(Placement::Here, Some(&theirs), Peer::default());
+    k.loaded = true;
+    k.running = true;
+    let v = World::new(1000).decide(&k);
+    assert_eq!(
+        (v.run, v.write.clone(), v.why),
+        (false, None, Why::TakenOver)
+    );
+    k.loaded = false;
+    k.running = false;
+    let v = World::new(1000).decide(&k);
+    assert_eq!(v.write, Some(Write::Ack { mod_revision: 40 }));
+}
+
+#[test]
+fn global_units_run_even_when_fenced() {
+    let mut w = World::new(1000);
+    w.g = lease_guard(0, &NO_QUORUM, 1000);
+    assert!(w.g.fenced(ms(1000)));
+    let v = w.decide(&case(Placement::GlobalHere, None, Peer::default()));
+    assert!(v.run);
+}
+
+#[test]
+fn nothing_is_claimed_while_fenced_or_unconfirmed() {
+    let mut w = World::new(1000);
+    w.g = lease_guard(0, &NO_QUORUM, 1000);
+    let v = w.decide(&case(Placement::Here, None, Peer::default()));
+    assert_eq!((v.write, v.why), (None, Why::Fenced));
+    let mut w = World::new(5000);
+    w.g = lease_guard(0, &QUORUM, 5000);
+    let v = w.decide(&case(Placement::Here, None, Peer::default()));
+    assert_eq!((v.write, v.why), (None, Why::Unconfirmed));
+}
