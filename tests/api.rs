@@ -124,9 +124,10 @@ fn unit_lifecycle_status_codes() {
         409,
         "DesiredState",
     );
-    // Set the desired state: 204.
+    // Set the desired state: 204, with fleet's Content-Type all the same.
     let r = put(&f, "hello.service", json!({"desiredState": "launched"}));
     assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         http_get(s, "/v1-alpha/units/hello.service").json()["desiredState"],
         "launched"
@@ -138,15 +139,26 @@ fn unit_lifecycle_status_codes() {
         json!({"options": options("/bin/true"), "desiredState": "loaded"}),
     );
     assert_eq!(r.status, 204, "{}", r.text());
-    // Different options: replaced, 201, desired state kept.
+    // Different options: replaced, 201; without a desired state it starts over as inactive (as in
+    // fleet: the original fleetctl waits for that), with one it takes it.
     let r = put(
         &f,
         "hello.service",
         json!({"options": options("/bin/false")}),
     );
     assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
     let u = http_get(s, "/fleet/v1/units/hello.service").json();
     assert_eq!(u["options"], options("/bin/false"));
+    assert_eq!(u["desiredState"], "inactive");
+    let r = put(
+        &f,
+        "hello.service",
+        json!({"options": options("/bin/sh"), "desiredState": "loaded"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let u = http_get(s, "/fleet/v1/units/hello.service").json();
+    assert_eq!(u["options"], options("/bin/sh"));
     assert_eq!(u["desiredState"], "loaded");
 
     // Listing.
@@ -169,6 +181,7 @@ fn unit_lifecycle_status_codes() {
     // Delete: 204 then 404.
     let r = http(s, "DELETE", "/fleet/v1/units/hello.service", &[], b"").unwrap();
     assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
     let r = http(s, "DELETE", "/fleet/v1/units/hello.service", &[], b"").unwrap();
     assert_error(&r, 404, "unit does not exist");
     assert_error(
@@ -360,6 +373,18 @@ fn machines_state_and_metadata_patch() {
         400,
         "machineID",
     );
+    // One unit's state (no agent reports anything here; the lab tests the 200s).
+    for p in ["/fleet/v1", "/v1-alpha"] {
+        for name in ["a.service", "noext"] {
+            assert_error(
+                &http_get(s, &format!("{p}/state/{name}")),
+                404,
+                "unit state does not exist",
+            );
+        }
+    }
+    let r = http(s, "PUT", "/fleet/v1/state/a.service", &[JSON], b"{}").unwrap();
+    assert_error(&r, 405, "only GET");
 
     let patch = |body: Value| {
         http(
@@ -394,6 +419,7 @@ fn machines_state_and_metadata_patch() {
         {"op": "remove", "path": format!("/{id}/metadata/disk")}
     ]));
     assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
     assert_eq!(
         http_get(s, "/fleet/v1/machines").json()["machines"][0]["metadata"],
         json!({"rack": "r1", "region": "east"})

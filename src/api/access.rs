@@ -304,7 +304,7 @@ pub async fn require_credentials(
                     HeaderValue::from_static("Bearer realm=\"fleet\""),
                 );
             }
-            super::server_header(r).await
+            super::common_headers(r).await
         }
     }
 }

@@ -1,11 +1,13 @@
-//! `/machines` (list, metadata PATCH) and `/state`.
+//! `/machines` (list, metadata PATCH), `/state` and `/state/{name}`.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 
-use super::cluster::{MetadataError, MetadataOp};
+use fleet_sched::{MachineId, UnitName};
+
+use super::cluster::{MetadataError, MetadataOp, UnitStateInfo};
 use super::error::ApiError;
 use super::pagination::PageToken;
 use super::schema;
@@ -109,14 +111,7 @@ pub(super) async fn states(
     let unit = q.single("unitName")?;
     let states: Vec<schema::UnitState> = filter_states(st.cluster.unit_states(), machine, unit)
         .into_iter()
-        .map(|s| schema::UnitState {
-            name: s.name.to_string(),
-            hash: s.hash.to_string(),
-            machine_id: s.machine_id.to_string(),
-            systemd_load_state: s.load_state,
-            systemd_active_state: s.active_state,
-            systemd_sub_state: s.sub_state,
-        })
+        .map(state_to_schema)
         .collect();
     let (page, next) = token.page_of(&states);
     Ok(Json(schema::UnitStatePage {
@@ -125,9 +120,86 @@ pub(super) async fn states(
     }))
 }
 
+/// `GET /state/{name}`: the state reported by the machine holding the unit's claim, else (a global
+/// unit, or a unit between machines) by the lowest machine ID reporting it; 404 `unit state does not
+/// exist` when no machine reports it. The original fleetctl polls this after `start` until systemd
+/// says `loaded`/`active`.
+pub(super) async fn state(
+    State(st): State<ApiState>,
+    Path(item): Path<String>,
+) -> Result<Json<schema::UnitState>, ApiError> {
+    let missing = || ApiError::not_found("unit state does not exist");
+    let Ok(name) = UnitName::parse(&item) else {
+        st.registry.check_available()?;
+        return Err(missing());
+    };
+    let claimed = st.registry.claim(&name)?.map(|c| c.machine_id);
+    state_of(st.cluster.unit_states(), &name, claimed.as_ref())
+        .map(|s| Json(state_to_schema(s)))
+        .ok_or_else(missing)
+}
+
+/// The state of `name` among `states`: the one reported by `claimed` if it reports it, else the one
+/// of the lowest machine ID.
+fn state_of(
+    states: Vec<UnitStateInfo>,
+    name: &UnitName,
+    claimed: Option<&MachineId>,
+) -> Option<UnitStateInfo> {
+    states
+        .into_iter()
+        .filter(|s| s.name == *name)
+        .min_by(|a, b| {
+            let key = |s: &UnitStateInfo| (Some(&s.machine_id) != claimed, s.machine_id.clone());
+            key(a).cmp(&key(b))
+        })
+}
+
+fn state_to_schema(s: UnitStateInfo) -> schema::UnitState {
+    schema::UnitState {
+        name: s.name.to_string(),
+        hash: s.hash.to_string(),
+        machine_id: s.machine_id.to_string(),
+        systemd_load_state: s.load_state,
+        systemd_active_state: s.active_state,
+        systemd_sub_state: s.sub_state,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_path;
+    use super::*;
+
+    fn reported(unit: &str, machine: &str, active: &str) -> UnitStateInfo {
+        UnitStateInfo {
+            name: UnitName::parse(unit).unwrap(),
+            hash: fleet_sched::UnitFile::parse("[Service]\nExecStart=/bin/true\n")
+                .unwrap()
+                .hash(),
+            machine_id: MachineId::parse(machine).unwrap(),
+            load_state: "loaded".into(),
+            active_state: active.into(),
+            sub_state: "running".into(),
+        }
+    }
+
+    #[test]
+    fn the_state_of_a_unit_is_its_claimed_machines_else_the_lowest_ids() {
+        let states = vec![
+            reported("a.service", "m1", "inactive"),
+            reported("a.service", "m3", "active"),
+            reported("b.service", "m2", "active"),
+        ];
+        let a = UnitName::parse("a.service").unwrap();
+        let m3 = MachineId::parse("m3").unwrap();
+        let m9 = MachineId::parse("m9").unwrap();
+        let got = |claimed| state_of(states.clone(), &a, claimed).map(|s| s.machine_id);
+        assert_eq!(got(Some(&m3)), Some(m3.clone()));
+        assert_eq!(got(None).unwrap().as_str(), "m1");
+        assert_eq!(got(Some(&m9)).unwrap().as_str(), "m1");
+        let c = UnitName::parse("c.service").unwrap();
+        assert!(state_of(states, &c, None).is_none());
+    }
 
     #[test]
     fn metadata_paths() {

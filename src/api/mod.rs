@@ -1,19 +1,20 @@
 //! The HTTP API v1 (fleet-compatible), served on a unix socket and optionally TCP.
 //!
 //! Routes (each under both `/fleet/v1` and `/v1-alpha`): `GET discovery`, `GET units`,
-//! `GET|PUT|DELETE units/{name}`, `GET state`, `GET|PATCH machines`; and three fleet extensions
+//! `GET|PUT|DELETE units/{name}`, `GET state`, `GET state/{name}`, `GET|PATCH machines`; and three fleet extensions
 //! (fleet v1 used SSH for the first two), `GET units/{name}/status`, `GET units/{name}/journal` and
 //! `POST units/{name}/restart`, answered by the unit's machine(s) ([`relay`]). `/` and the bare prefixes
 //! answer 405, anything else 404. `GET /metrics` serves Prometheus metrics ([`crate::metrics`]).
-//! Every response carries `Server: fleetd/<version>`; every error
-//! is `{"error":{"code":N,"message":"..."}}` with `Content-Type: application/json`.
+//! Every response carries `Server: fleetd/<version>` and (except `/metrics`) `Content-Type:
+//! application/json`, 201 and 204 included; every error is `{"error":{"code":N,"message":"..."}}`.
 //! The status-code rules of each route are documented on its handler and exercised by `tests/api.rs`.
 //!
 //! Where this API deliberately differs from fleet v1.0.0 (each the obvious fix):
 //! - an invalid `desiredState` is a 400 (fleet stored it and corrupted the unit);
 //! - options of an existing unit are validated too (fleet only validated new units);
-//! - replacing a unit (different options) without `desiredState` keeps its desired state; a
-//!   template can never get a state other than `inactive`, on create, replace or update;
+//! - a template can never get a state other than `inactive`, on create, replace or update
+//!   (replacing a unit, i.e. different options, without `desiredState` makes it `inactive`, as
+//!   in fleet: the original fleetctl waits for that before it sets the state it wants again);
 //! - `nextPageToken` is only sent when another page has items (fleet also sent it after an
 //!   exactly full last page, pointing at an empty page);
 //! - `GET`/`DELETE` of a syntactically invalid name is a 404, like any unit that does not exist;
@@ -168,6 +169,10 @@ pub fn router(state: ApiState) -> Router {
                 get(machines::states).fallback(only("GET")),
             )
             .route(
+                &format!("{p}/state/{{name}}"),
+                get(machines::state).fallback(only("GET")),
+            )
+            .route(
                 &format!("{p}/machines"),
                 get(machines::list)
                     .patch(machines::patch)
@@ -178,13 +183,21 @@ pub fn router(state: ApiState) -> Router {
     r.route("/metrics", get(metrics::scrape).fallback(only("GET")))
         .route("/", any(root_not_allowed))
         .fallback(not_found)
-        .layer(axum::middleware::map_response(server_header))
+        .layer(axum::middleware::map_response(common_headers))
         .with_state(state)
 }
 
-async fn server_header(mut r: Response) -> Response {
-    r.headers_mut()
-        .insert(header::SERVER, HeaderValue::from_static(SERVER));
+/// `Server: fleetd/<version>` on every answer, and `Content-Type: application/json` on every answer
+/// that has no other type (fleet's did, 201 and 204 included; clients check it).
+async fn common_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    if !h.contains_key(header::CONTENT_TYPE) {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
     r
 }
 
@@ -479,10 +492,40 @@ mod tests {
     }
 
     #[test]
-    fn the_discovery_document_is_json() {
+    fn the_discovery_document_lists_every_route() {
         let v: serde_json::Value = serde_json::from_str(DISCOVERY).unwrap();
         assert_eq!(v["id"], "fleet:v1");
-        assert!(v["resources"]["Units"]["methods"]["Set"].is_object());
+        let mut listed: Vec<(String, String)> = Vec::new();
+        for (_, r) in v["resources"].as_object().unwrap() {
+            for (_, m) in r["methods"].as_object().unwrap() {
+                listed.push((
+                    m["httpMethod"].as_str().unwrap().to_string(),
+                    m["path"].as_str().unwrap().to_string(),
+                ));
+                if let Some(resp) = m["response"]["$ref"].as_str() {
+                    assert!(v["schemas"][resp].is_object(), "schema {resp}");
+                }
+            }
+        }
+        listed.sort();
+        let mut routes: Vec<(String, String)> = [
+            ("GET", "machines"),
+            ("PATCH", "machines"),
+            ("GET", "state"),
+            ("GET", "state/{unitName}"),
+            ("GET", "units"),
+            ("GET", "units/{unitName}"),
+            ("PUT", "units/{unitName}"),
+            ("DELETE", "units/{unitName}"),
+            ("GET", "units/{unitName}/status"),
+            ("GET", "units/{unitName}/journal"),
+            ("POST", "units/{unitName}/restart"),
+        ]
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+        routes.sort();
+        assert_eq!(listed, routes);
     }
 
     #[test]

@@ -146,8 +146,11 @@ pub(super) async fn set(
                 }
             }
             (Some(eu), Some(file)) if file.hash() != eu.hash => {
-                template_check(desired.unwrap_or(eu.desired_state))?;
-                match st.registry.replace_unit(&name, file, desired).await {
+                // As fleet: a replaced unit without a desired state starts over as inactive (the
+                // original fleetctl waits for that, then sets the state it wants again).
+                let state = desired.unwrap_or(DesiredState::Inactive);
+                template_check(state)?;
+                match st.registry.replace_unit(&name, file, Some(state)).await {
                     Ok(()) => {
                         tracing::info!(unit = %name, hash = %file.hash(), "replaced");
                         return Ok(StatusCode::CREATED.into_response());
