@@ -7,7 +7,7 @@ ensure_deps() {
   local need=() cmd pkg
   for pair in etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler nft:nftables ip:iproute2 \
               nsenter:util-linux curl:curl dbus-daemon:dbus /usr/lib/systemd/systemd:systemd \
-              python3:python3 ssh:openssh-client /usr/sbin/sshd:openssh-server; do
+              python3:python3 ssh:openssh-client /usr/sbin/sshd:openssh-server xz:xz-utils; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     if [[ $cmd == /* ]]; then [ -x "$cmd" ] && continue; else command -v "$cmd" >/dev/null 2>&1 && continue; fi
     need+=("$pkg")

@@ -8,11 +8,10 @@ mod lab;
 use std::process::Output;
 use std::time::Duration;
 
+use lab::ssh::{start_sshd, Keys, SSH_PORT};
 use lab::FleetLab;
 
 const WAIT: Duration = Duration::from_secs(20);
-/// Port of the test sshd in the machines (the distribution's ssh.service, if any, keeps 22).
-const SSH_PORT: &str = "2222";
 
 fn text(out: &Output) -> (String, String) {
     (
@@ -113,87 +112,6 @@ fn restart_gives_units_a_new_main_process_on_every_machine_running_them() {
         "{:?}",
         text(&out)
     );
-}
-
-/// Keys made on the host with ssh-keygen: the machines' host key and root's client key.
-struct Keys {
-    dir: std::path::PathBuf,
-}
-
-impl Keys {
-    fn new() -> Option<Keys> {
-        let dir = std::env::temp_dir().join(format!("fleet-lab-cli-keys-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for name in ["host", "client"] {
-            let path = dir.join(name);
-            let ok = std::process::Command::new("ssh-keygen")
-                .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
-                .arg(&path)
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false);
-            if !ok {
-                eprintln!("skipped: ssh-keygen failed (apt-get install openssh-client)");
-                return None;
-            }
-        }
-        Some(Keys { dir })
-    }
-
-    fn read(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join(name)).unwrap()
-    }
-}
-
-impl Drop for Keys {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Starts sshd on [`SSH_PORT`] in machine `i` (a transient unit), accepting root with the client
-/// key, and installs the client key as root's default identity there.
-fn start_sshd(fl: &FleetLab, i: usize, keys: &Keys) {
-    fl.write_file(i, "/etc/ssh/fleet-lab/host_key", &keys.read("host"));
-    fl.write_file(i, "/root/.ssh/id_ed25519", &keys.read("client"));
-    fl.write_file(i, "/root/.ssh/authorized_keys", &keys.read("client.pub"));
-    for cmd in [
-        &[
-            "chmod",
-            "600",
-            "/etc/ssh/fleet-lab/host_key",
-            "/root/.ssh/id_ed25519",
-        ][..],
-        &["mkdir", "-p", "-m", "755", "/run/sshd"],
-        &[
-            "systemd-run",
-            "--unit=fleet-lab-sshd",
-            "/usr/sbin/sshd",
-            "-D",
-            "-e",
-            "-p",
-            SSH_PORT,
-            "-h",
-            "/etc/ssh/fleet-lab/host_key",
-            "-o",
-            "AuthorizedKeysFile=/root/.ssh/authorized_keys",
-            "-o",
-            "PermitRootLogin=prohibit-password",
-            "-o",
-            "StrictModes=no",
-            "-o",
-            "UsePAM=no",
-            "-o",
-            "PidFile=none",
-        ],
-    ] {
-        fl.lab.sh_ok(i, cmd).expect("sshd setup in the lab");
-    }
-    fl.wait_for(&format!("sshd listening in m{i}"), WAIT, |fl| {
-        let out = fl.lab.sh(i, &["ss", "-Hltn", "sport", "=", ":2222"]).ok()?;
-        (!out.stdout.is_empty()).then_some(())
-    });
 }
 
 #[test]

@@ -2,6 +2,8 @@
 //! tests. Root only: tests call [`FleetLab::up`] which returns `None` (after printing why) elsewhere.
 #![allow(dead_code)]
 
+pub mod ssh;
+
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -19,6 +21,16 @@ impl FleetLab {
     /// `n` machines running fleetd with `FLEET_*` settings `env`, waiting until every agent announced
     /// itself. `None` (with a message) when not root or the lab's tools are missing.
     pub fn up(n: usize, env: &[(&str, &str)]) -> Option<FleetLab> {
+        FleetLab::up_with_binds(n, env, &[])
+    }
+
+    /// Like [`FleetLab::up`], with more host directories bound read-only into every machine
+    /// (`(host dir, path in the machine)`).
+    pub fn up_with_binds(
+        n: usize,
+        env: &[(&str, &str)],
+        binds: &[(&std::path::Path, &str)],
+    ) -> Option<FleetLab> {
         if !fleet_lab::require_root() {
             return None;
         }
@@ -26,7 +38,11 @@ impl FleetLab {
         let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
         let mut opts = LabOptions::new()
             .bind(bin, fleet_lab::FLEET_BIN_DIR, true)
-            .bind(examples, "/opt/fleet/examples", true)
+            .bind(examples, "/opt/fleet/examples", true);
+        for (src, dst) in binds {
+            opts = opts.bind(*src, *dst, true);
+        }
+        let mut opts = opts
             .unit("fleet.service", FLEET_UNIT)
             .env("FLEET_AGENT_TTL", "3s")
             .env("FLEET_GOSSIP_INSECURE", "true")

@@ -1,0 +1,575 @@
+//! The original fleetctl v1.0.0 (CoreOS fleet's own client: `../shared/interop/fleetctl-v1.0.0.xz`)
+//! drives our fleetd in a 3-machine cluster lab, for everything its API driver does: `submit`, `load`,
+//! `start`, `stop`, `unload`, `destroy` (blocking and `--no-block`, `--replace`, `--block-attempts`),
+//! `cat`, `list-unit-files`, `list-units`, `list-machines` (every field, `--full`, `--no-legend`: byte
+//! for byte what our fleetctl prints), and `status`/`journal` on the unit's machine, run locally or
+//! through SSH (a real sshd in the machines, an ssh-agent holding the key, as fleet users had).
+//!
+//! The assertions are those of our own fleetctl's tests (`tests/fleetctl.rs`, `tests/lab_cli.rs`), on
+//! the original client's own wording. Root only (the lab); skipped with a message when the binary is
+//! not there: it is looked for in `<repo>/../shared/interop/`, then in `$FLEET_SHARED/interop/`.
+
+mod lab;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use fleet_sched::UnitFile;
+use lab::ssh::{start_sshd, Keys, SSH_PORT};
+use lab::FleetLab;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// Where the original fleetctl is bound in every machine.
+const INTEROP_DIR: &str = "/opt/fleet/interop";
+/// sha256 of the decompressed binary (from `../shared/interop/README.md`).
+const SHA256: &str = "12f0db96921fac7403fb81d582006345b9b1e8356b92116d8674b74d1b6555a5";
+
+/// The decompressed original fleetctl in a host temp dir (bound into the machines).
+struct Original {
+    dir: tempfile::TempDir,
+}
+
+impl Original {
+    /// Finds and decompresses `fleetctl-v1.0.0.xz`; `None` (with a message) when it is not there.
+    fn get() -> Option<Original> {
+        let mut places: Vec<PathBuf> =
+            vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")];
+        if let Some(dir) = std::env::var_os("FLEET_SHARED") {
+            places.push(PathBuf::from(dir));
+        }
+        let Some(xz) = places
+            .iter()
+            .map(|p| p.join("interop/fleetctl-v1.0.0.xz"))
+            .find(|p| p.exists())
+        else {
+            eprintln!(
+                "skipped: the original fleetctl is not in {} (set FLEET_SHARED to the directory holding interop/)",
+                places
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            );
+            return None;
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("fleet-interop")
+            .tempdir()
+            .expect("temp dir for the original fleetctl");
+        let bin = dir.path().join("fleetctl-v1.0.0");
+        let out = Command::new("xz")
+            .arg("-dc")
+            .arg(&xz)
+            .output()
+            .expect("run xz (apt-get install xz-utils)");
+        assert!(out.status.success(), "xz -dc {}: {:?}", xz.display(), out);
+        std::fs::write(&bin, &out.stdout).expect("write the original fleetctl");
+        std::fs::set_permissions(
+            &bin,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
+        let sum = Command::new("sha256sum").arg(&bin).output().unwrap();
+        let sum = String::from_utf8_lossy(&sum.stdout);
+        assert!(sum.starts_with(SHA256), "unexpected binary: {sum}");
+        Some(Original { dir })
+    }
+}
+
+/// A lab of `n` machines with the original fleetctl bound at [`INTEROP_DIR`].
+fn lab(n: usize) -> Option<(FleetLab, Original)> {
+    if !fleet_lab::require_root() {
+        return None;
+    }
+    let orig = Original::get()?;
+    let fl = FleetLab::up_with_binds(n, &[], &[(orig.dir.path(), INTEROP_DIR)])?;
+    Some((fl, orig))
+}
+
+/// The outcome of one run.
+struct Run {
+    what: String,
+    code: Option<i32>,
+    out: String,
+    err: String,
+    took: Duration,
+}
+
+impl Run {
+    fn ok(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "{} failed\nstdout:\n{}\nstderr:\n{}",
+            self.what,
+            self.out,
+            self.err
+        );
+        &self.out
+    }
+
+    fn fails(&self) -> &str {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "{} should have failed\nstdout:\n{}\nstderr:\n{}",
+            self.what,
+            self.out,
+            self.err
+        );
+        &self.err
+    }
+}
+
+/// Runs a fleetctl (`bin`: the original or ours) in machine `i`, in /tmp, with `env` (`K=V`), for at
+/// most 60 s (a hang is a failure, not a stuck test).
+fn run_in(fl: &FleetLab, i: usize, bin: &str, env: &[&str], args: &[&str]) -> Run {
+    let mut cmd = vec!["env", "-C", "/tmp"];
+    cmd.extend_from_slice(env);
+    cmd.extend_from_slice(&["timeout", "60", bin]);
+    cmd.extend_from_slice(args);
+    let t0 = Instant::now();
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = fl.lab.sh(i, &cmd).expect("run in the lab");
+    Run {
+        what: format!("{bin} {} on m{i}", args.join(" ")),
+        code: status.code(),
+        out: String::from_utf8_lossy(&stdout).into_owned(),
+        err: String::from_utf8_lossy(&stderr).into_owned(),
+        took: t0.elapsed(),
+    }
+}
+
+/// The original fleetctl in machine `i`.
+fn v1(fl: &FleetLab, i: usize, args: &[&str]) -> Run {
+    run_in(fl, i, &format!("{INTEROP_DIR}/fleetctl-v1.0.0"), &[], args)
+}
+
+/// Our fleetctl in machine `i`.
+fn ours(fl: &FleetLab, i: usize, args: &[&str]) -> Run {
+    run_in(fl, i, "/opt/fleet/bin/fleetctl", &[], args)
+}
+
+/// `id8.../IP` of machine `i`, as fleetctl shows a machine.
+fn legend(fl: &FleetLab, i: usize) -> String {
+    format!("{}.../{}", &fl.machine_id(i)[..8], fleet_lab::machine_ip(i))
+}
+
+fn short_hash(text: &str) -> String {
+    UnitFile::parse(text).expect("valid unit").hash().short()
+}
+
+/// The one machine `unit` is active on (waits for it).
+fn running_on_one(fl: &FleetLab, unit: &str) -> usize {
+    fl.wait_for(&format!("{unit} active on one machine"), WAIT, |fl| {
+        let r = fl.running_on(unit);
+        (r.len() == 1).then(|| r[0])
+    })
+}
+
+const HELLO: &str = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sh -c \"while true; do echo Hello World; sleep 1; done\"\n";
+
+#[test]
+fn the_original_fleetctl_submits_starts_stops_and_destroys_units() {
+    let Some((fl, _orig)) = lab(3) else {
+        return;
+    };
+    fl.write_file(1, "/tmp/hello.service", HELLO);
+
+    // submit, list-unit-files, cat; submitting again is a no-op, a different file gets a warning.
+    assert_eq!(
+        v1(&fl, 1, &["submit", "hello.service"]).ok(),
+        "Unit hello.service inactive\n"
+    );
+    let h = short_hash(HELLO);
+    assert_eq!(
+        v1(&fl, 1, &["list-unit-files"]).ok(),
+        format!(
+            "UNIT\t\tHASH\tDSTATE\t\tSTATE\t\tTARGET\nhello.service\t{h}\tinactive\tinactive\t-\n"
+        )
+    );
+    assert_eq!(v1(&fl, 1, &["cat", "hello"]).ok(), HELLO);
+    assert_eq!(v1(&fl, 1, &["submit", "hello"]).ok(), "");
+    let changed = HELLO.replace("Hello World", "Hello again");
+    fl.write_file(1, "/tmp/hello.service", &changed);
+    let r = v1(&fl, 1, &["submit", "hello"]);
+    assert_eq!(r.ok(), "");
+    assert!(
+        r.err.contains("differs from local unit file") && r.err.contains("--replace"),
+        "{}",
+        r.err
+    );
+    assert_eq!(v1(&fl, 1, &["cat", "hello.service"]).ok(), HELLO);
+    assert_eq!(
+        v1(&fl, 1, &["submit", "--replace", "hello"]).ok(),
+        "Unit hello.service inactive\n"
+    );
+    assert_eq!(v1(&fl, 1, &["cat", "hello.service"]).ok(), changed);
+    let full = UnitFile::parse(&changed).unwrap().hash().to_string();
+    assert_eq!(
+        v1(
+            &fl,
+            1,
+            &[
+                "list-unit-files",
+                "--no-legend",
+                "--full",
+                "--fields=unit,hash,desc,global"
+            ]
+        )
+        .ok(),
+        format!("hello.service\t{full}\tHello again\tfalse\n")
+    );
+
+    // Blocking start: placed, started, and systemd reports it active (the client polls
+    // GET /fleet/v1/state/hello.service until it does).
+    let r = v1(&fl, 1, &["start", "hello"]);
+    let out = r.ok().to_string();
+    let m = running_on_one(&fl, "hello.service");
+    assert_eq!(
+        out,
+        format!("Unit hello.service launched on {}\n", legend(&fl, m))
+    );
+    // Blocking stop and unload: what the client waits for is reached.
+    let r = v1(&fl, 1, &["stop", "hello"]);
+    assert_eq!(
+        r.ok(),
+        format!("Unit hello.service loaded on {}\n", legend(&fl, m))
+    );
+    assert_eq!(r.err, "Successfully stopped units [hello.service].\n");
+    assert_eq!(fl.active_state(m, "hello.service"), "inactive");
+    let r = v1(&fl, 1, &["unload", "hello"]);
+    assert_eq!(r.ok(), "Unit hello.service inactive\n");
+    assert_eq!(r.err, "Successfully unloaded units [hello.service].\n");
+    assert_eq!(fl.show(m, "hello.service", "LoadState"), "not-found");
+    // Blocking load.
+    let out = v1(&fl, 2, &["load", "hello"]).ok().to_string();
+    let placed = fl.wait_for("hello.service loaded somewhere", WAIT, |fl| {
+        (1..=3).find(|i| fl.show(*i, "hello.service", "LoadState") == "loaded")
+    });
+    assert_eq!(
+        out,
+        format!("Unit hello.service loaded on {}\n", legend(&fl, placed))
+    );
+
+    // --no-block: each verb triggers and returns; the cluster gets there.
+    let out = v1(&fl, 1, &["start", "--no-block", "hello"])
+        .ok()
+        .to_string();
+    assert!(
+        out.lines()
+            .all(|l| l == "Triggered unit hello.service start")
+            && !out.is_empty(),
+        "{out}"
+    );
+    let m = running_on_one(&fl, "hello.service");
+    assert_eq!(
+        v1(&fl, 1, &["stop", "--no-block", "hello"]).ok(),
+        "Triggered unit hello.service stop\n"
+    );
+    fl.wait_for("hello.service stopped", WAIT, |fl| {
+        (fl.active_state(m, "hello.service") == "inactive").then_some(())
+    });
+    assert_eq!(
+        v1(&fl, 1, &["unload", "--no-block", "hello"]).ok(),
+        "Triggered unit hello.service unload\n"
+    );
+    fl.wait_for("hello.service unloaded", WAIT, |fl| {
+        (1..=3)
+            .all(|i| fl.show(i, "hello.service", "LoadState") == "not-found")
+            .then_some(())
+    });
+    assert_eq!(
+        v1(&fl, 1, &["load", "--no-block", "hello"]).ok(),
+        "Triggered unit hello.service load\n"
+    );
+    fl.wait_for("hello.service loaded", WAIT, |fl| {
+        (1..=3)
+            .any(|i| fl.show(i, "hello.service", "LoadState") == "loaded")
+            .then_some(())
+    });
+
+    // destroy: gone from the cluster and from its machine; again: nothing to do.
+    assert_eq!(
+        v1(&fl, 1, &["destroy", "hello"]).ok(),
+        "Destroyed hello.service\n"
+    );
+    fl.wait_for("hello.service gone from every machine", WAIT, |fl| {
+        (1..=3)
+            .all(|i| fl.show(i, "hello.service", "LoadState") == "not-found")
+            .then_some(())
+    });
+    assert_eq!(ours(&fl, 1, &["list-unit-files", "--no-legend"]).ok(), "");
+    let r = v1(&fl, 1, &["destroy", "hello"]);
+    assert_eq!(r.ok(), "");
+    assert_eq!(r.err, "Units not found in registry\n");
+    let err = v1(&fl, 1, &["cat", "hello"]).fails().to_string();
+    assert!(err.contains("hello.service not found"), "{err}");
+
+    // --replace: a running unit gets the new content and runs it again; load --replace likewise.
+    fl.write_file(
+        1,
+        "/tmp/r.service",
+        "[Service]\nExecStart=/bin/sleep 1001\n",
+    );
+    v1(&fl, 1, &["start", "r.service"]).ok();
+    let m = running_on_one(&fl, "r.service");
+    fl.write_file(
+        1,
+        "/tmp/r.service",
+        "[Service]\nExecStart=/bin/sleep 1002\n",
+    );
+    let out = v1(&fl, 1, &["start", "--replace", "r.service"])
+        .ok()
+        .to_string();
+    let m2 = running_on_one(&fl, "r.service");
+    assert_eq!(
+        out,
+        format!(
+            "Unit r.service inactive\nUnit r.service launched on {}\n",
+            legend(&fl, m2)
+        )
+    );
+    assert!(
+        fl.show(m2, "r.service", "ExecStart").contains("1002"),
+        "m{m} -> m{m2}: {}",
+        fl.show(m2, "r.service", "ExecStart")
+    );
+    v1(&fl, 1, &["stop", "r.service"]).ok();
+    fl.write_file(
+        1,
+        "/tmp/r.service",
+        "[Service]\nExecStart=/bin/sleep 1003\n",
+    );
+    let out = v1(&fl, 1, &["load", "--replace", "r.service"])
+        .ok()
+        .to_string();
+    assert!(
+        out.starts_with("Unit r.service inactive\nUnit r.service loaded on "),
+        "{out}"
+    );
+    assert!(v1(&fl, 1, &["cat", "r"]).ok().contains("sleep 1003"));
+    // --replace of a unit in a state the verb may not cross: a warning, nothing replaced.
+    v1(&fl, 1, &["start", "r.service"]).ok();
+    fl.write_file(
+        1,
+        "/tmp/r.service",
+        "[Service]\nExecStart=/bin/sleep 1004\n",
+    );
+    let r = v1(&fl, 1, &["load", "--replace", "r.service"]);
+    assert!(
+        r.err
+            .contains("can not replace Unit(r.service) in state 'launched'"),
+        "{}",
+        r.err
+    );
+    assert!(v1(&fl, 1, &["cat", "r"]).ok().contains("sleep 1003"));
+
+    // --block-attempts: a unit no machine can take; the client gives up after its attempts.
+    fl.write_file(
+        1,
+        "/tmp/nowhere.service",
+        "[Service]\nExecStart=/bin/true\n\n[X-Fleet]\nMachineMetadata=region=nowhere\n",
+    );
+    let r = v1(&fl, 1, &["start", "--block-attempts=3", "nowhere"]);
+    let err = r.fails().to_string();
+    assert!(
+        err.contains("timed out waiting for unit nowhere.service"),
+        "{err}"
+    );
+    assert!(r.took < Duration::from_secs(20), "took {:?}", r.took);
+    assert_eq!(
+        ours(
+            &fl,
+            1,
+            &[
+                "list-unit-files",
+                "--no-legend",
+                "--fields=unit,dstate,state"
+            ]
+        )
+        .ok()
+        .lines()
+        .find(|l| l.starts_with("nowhere"))
+        .unwrap(),
+        "nowhere.service\tlaunched\tinactive"
+    );
+    v1(&fl, 1, &["destroy", "nowhere", "r"]).ok();
+
+    // Templates: instances take the template's content; conflicting instances land apart.
+    fl.write_file(
+        1,
+        "/tmp/web@.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nConflicts=web@*.service\n",
+    );
+    assert_eq!(
+        v1(&fl, 1, &["submit", "web@.service"]).ok(),
+        "Unit web@.service inactive\n"
+    );
+    let out = v1(&fl, 1, &["start", "web@1", "web@2"]).ok().to_string();
+    let (w1, w2) = (
+        running_on_one(&fl, "web@1.service"),
+        running_on_one(&fl, "web@2.service"),
+    );
+    assert_ne!(w1, w2);
+    for (n, m) in [(1, w1), (2, w2)] {
+        let line = format!("Unit web@{n}.service launched on {}", legend(&fl, m));
+        assert!(out.lines().any(|l| l == line), "no {line:?} in {out}");
+    }
+    // A global unit: triggered, runs everywhere.
+    fl.write_file(
+        1,
+        "/tmp/g.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nGlobal=true\n",
+    );
+    assert_eq!(
+        v1(&fl, 1, &["start", "g.service"]).ok(),
+        "Unit g.service inactive\nTriggered global unit g.service start\n"
+    );
+    fl.wait_for("g.service on every machine", WAIT, |fl| {
+        (fl.running_on("g.service").len() == 3).then_some(())
+    });
+
+    // The lists, with every field, --full and --no-legend: byte for byte what our fleetctl prints.
+    fl.patch_metadata(2, "region", Some("eu"));
+    fl.patch_metadata(3, "disk", Some("ssd"));
+    fl.patch_metadata(3, "region", Some("us"));
+    fl.wait_metadata(3, "disk=ssd,region=us");
+    fl.wait_for("every unit reported by its machine", WAIT, |fl| {
+        let out = ours(fl, 1, &["list-units", "--no-legend"]);
+        (out.out.lines().count() == 5 && out.out.matches("running").count() == 5).then_some(())
+    });
+    let lists: &[&[&str]] = &[
+        &["list-machines"],
+        &["list-machines", "--full"],
+        &["list-machines", "--no-legend"],
+        &["list-machines", "--fields=ip,metadata,machine", "--full"],
+        &["list-units"],
+        &["list-units", "--full"],
+        &["list-units", "--no-legend"],
+        &["list-units", "--fields=unit,machine,active,sub,hash,load"],
+        &[
+            "list-units",
+            "--fields=unit,machine,active,sub,hash,load",
+            "--full",
+            "--no-legend",
+        ],
+        &["list-unit-files"],
+        &["list-unit-files", "--full"],
+        &["list-unit-files", "--no-legend"],
+        &[
+            "list-unit-files",
+            "--fields=unit,hash,dstate,state,target,desc,global",
+        ],
+        &[
+            "list-unit-files",
+            "--fields=unit,hash,dstate,state,target,desc,global,tmachine",
+            "--full",
+        ],
+    ];
+    for args in lists {
+        let (theirs, mine) = (v1(&fl, 2, args), ours(&fl, 2, args));
+        assert_eq!(
+            theirs.ok(),
+            mine.ok(),
+            "fleetctl {} differs from the original",
+            args.join(" ")
+        );
+    }
+    let machines = v1(&fl, 1, &["list-machines", "--no-legend", "--full"])
+        .ok()
+        .to_string();
+    let m3 = format!(
+        "{}\t{}\tdisk=ssd,region=us",
+        fl.machine_id(3),
+        fleet_lab::machine_ip(3)
+    );
+    assert!(machines.lines().any(|l| l == m3), "{machines}");
+}
+
+/// A service that logs a marker with its machine's ID once a second.
+const TICKER: &str = "[Service]\nExecStart=/bin/sh -c 'while :; do echo tick-%m; sleep 1; done'\n";
+
+#[test]
+fn the_original_fleetctl_runs_status_and_journal_on_the_units_machine() {
+    if !fleet_lab::require_root() || !Path::new("/usr/sbin/sshd").exists() {
+        eprintln!("skipped: needs root and /usr/sbin/sshd (apt-get install openssh-server)");
+        return;
+    }
+    let Some(keys) = Keys::new() else {
+        return;
+    };
+    let Some((fl, _orig)) = lab(2) else {
+        return;
+    };
+    start_sshd(&fl, 1, &keys);
+    start_sshd(&fl, 2, &keys);
+    let m2 = fl.machine_id(2);
+    fl.write_file(
+        1,
+        "/tmp/tick.service",
+        &format!("{TICKER}\n[X-Fleet]\nMachineID={m2}\n"),
+    );
+    assert_eq!(
+        v1(&fl, 1, &["start", "tick.service"]).ok(),
+        format!(
+            "Unit tick.service inactive\nUnit tick.service launched on {}\n",
+            legend(&fl, 2)
+        )
+    );
+    let marker = format!("tick-{m2}");
+    // On the unit's own machine the client runs systemctl and journalctl itself.
+    let r = v1(&fl, 2, &["status", "tick.service"]);
+    let out = r.ok();
+    assert!(
+        out.contains("tick.service") && out.contains("Active: active (running)"),
+        "{out}"
+    );
+    fl.wait_for("the marker in tick.service's journal", WAIT, |fl| {
+        let r = v1(fl, 2, &["journal", "--lines", "5", "tick.service"]);
+        (r.code == Some(0) && r.out.contains(&marker)).then_some(())
+    });
+    // From another machine it goes through SSH to the unit's machine, authenticated by an
+    // ssh-agent as fleet's users had it (the machines' sshd listens on SSH_PORT).
+    let agent = "/run/fleet-interop-agent.sock";
+    fl.lab
+        .sh_ok(1, &["ssh-agent", "-a", agent])
+        .expect("start ssh-agent in m1");
+    let auth = format!("SSH_AUTH_SOCK={agent}");
+    let added = fl
+        .lab
+        .sh(1, &["env", &auth, "ssh-add", "-q", "/root/.ssh/id_ed25519"])
+        .unwrap();
+    assert!(added.status.success(), "ssh-add: {added:?}");
+    let remote = |args: &[&str]| {
+        let mut all = vec!["--ssh-username", "root", "--strict-host-key-checking=false"];
+        all.extend_from_slice(args);
+        run_in(
+            &fl,
+            1,
+            &format!("{INTEROP_DIR}/fleetctl-v1.0.0"),
+            &[&auth],
+            &all,
+        )
+    };
+    let r = remote(&["status", "--ssh-port", SSH_PORT, "tick.service"]);
+    let out = r.ok();
+    assert!(
+        out.contains("Active: active (running)") && out.contains(" m2 "),
+        "{out}"
+    );
+    let r = remote(&["journal", "--ssh-port", SSH_PORT, "--lines", "5", "tick"]);
+    let out = r.ok();
+    assert!(out.contains(&marker), "{out}");
+    assert!(out.lines().count() <= 6, "{out}");
+    // A unit that is not loaded anywhere has no status.
+    fl.write_file(1, "/tmp/idle.service", TICKER);
+    v1(&fl, 1, &["submit", "idle.service"]).ok();
+    let err = v1(&fl, 1, &["status", "idle.service"]).fails().to_string();
+    assert!(err.contains("does not appear to be loaded"), "{err}");
+    // The ssh-agent ends with the machine when the lab is torn down.
+}
