@@ -70,6 +70,14 @@ pub fn machine_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, (10 + i) as u8)
 }
 
+/// IP address of etcd member `k` (1-based) of a member cluster ([`LabOptions::etcd_cluster`]).
+pub fn etcd_member_ip(k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, (1 + k) as u8)
+}
+
+/// Most members a lab etcd cluster may have (their addresses sit below the machines').
+pub const MAX_ETCD_MEMBERS: usize = 8;
+
 /// What went wrong while driving the lab.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
@@ -153,6 +161,17 @@ pub struct LabOptions {
     pub env: Vec<(String, String)>,
     /// Do not start the hub etcd (faster boot for tests that only need systemd).
     pub no_etcd: bool,
+    /// Run an etcd cluster of this many members instead of the hub etcd (`FT_ETCD_MEMBERS`): member
+    /// `k` (1-based) in a netns of its own at [`etcd_member_ip`]`(k)`, so it can be killed, frozen or
+    /// cut off alone. `FT_ETCD` in [`ENV_FILE`] then lists every client URL.
+    pub etcd_members: Option<usize>,
+    /// Serve etcd's clients over TLS with client certificates (`FT_ETCD_TLS`): the directory holds
+    /// `ca.pem`, `server.pem`, `server.key` (with IP SANs of every member and 127.0.0.1) and
+    /// `client.pem`/`client.key` (used by [`Lab::etcdctl`]). Member clusters only.
+    pub etcd_tls: Option<PathBuf>,
+    /// Extra command-line flags for every etcd member (`FT_ETCD_ARGS`), e.g.
+    /// `--auto-compaction-retention=1s`. Member clusters only.
+    pub etcd_args: Vec<String>,
 }
 
 impl LabOptions {
@@ -197,6 +216,22 @@ impl LabOptions {
     /// Skips the hub etcd.
     pub fn without_etcd(mut self) -> Self {
         self.no_etcd = true;
+        self
+    }
+    /// Runs an etcd cluster of `members` members, each in a netns of its own, instead of the hub
+    /// etcd (see [`LabOptions::etcd_members`]).
+    pub fn etcd_cluster(mut self, members: usize) -> Self {
+        self.etcd_members = Some(members);
+        self
+    }
+    /// Serves etcd over TLS with client certificates from `dir` (see [`LabOptions::etcd_tls`]).
+    pub fn etcd_tls(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.etcd_tls = Some(dir.into());
+        self
+    }
+    /// Adds a command-line flag for every etcd member (see [`LabOptions::etcd_args`]).
+    pub fn etcd_arg(mut self, arg: impl Into<String>) -> Self {
+        self.etcd_args.push(arg.into());
         self
     }
 }
@@ -283,6 +318,10 @@ pub enum Netns {
 /// A running cluster. Dropping it tears the cluster down (machines, etcd, netns, cgroups, state).
 pub struct Lab {
     prefix: String,
+    /// Members of the etcd cluster (0: the hub etcd).
+    etcd_members: usize,
+    /// etcd serves clients over TLS.
+    etcd_tls: bool,
     machines: AtomicUsize,
     state: PathBuf,
     env: Vec<(String, String)>,
@@ -332,8 +371,36 @@ impl Lab {
         if opts.no_etcd {
             env.push(("FT_NO_ETCD".into(), "1".into()));
         }
+        let members = opts.etcd_members.unwrap_or(0);
+        if members > MAX_ETCD_MEMBERS || (opts.etcd_members.is_some() && members == 0) {
+            return Err(LabError::InvalidOption(format!(
+                "{members} etcd members: use 1 to {MAX_ETCD_MEMBERS}"
+            )));
+        }
+        if members == 0 && (opts.etcd_tls.is_some() || !opts.etcd_args.is_empty()) {
+            return Err(LabError::InvalidOption(
+                "etcd TLS and etcd flags need an etcd member cluster (LabOptions::etcd_cluster)"
+                    .into(),
+            ));
+        }
+        if members > 0 {
+            env.push(("FT_ETCD_MEMBERS".into(), members.to_string()));
+        }
+        if let Some(dir) = &opts.etcd_tls {
+            env.push(("FT_ETCD_TLS".into(), path_str(dir)?.to_string()));
+        }
+        if !opts.etcd_args.is_empty() {
+            for a in &opts.etcd_args {
+                if a.contains(char::is_whitespace) || a.is_empty() {
+                    return Err(LabError::InvalidOption(format!("etcd flag {a:?}")));
+                }
+            }
+            env.push(("FT_ETCD_ARGS".into(), opts.etcd_args.join(" ")));
+        }
         let lab = Lab {
             prefix,
+            etcd_members: members,
+            etcd_tls: opts.etcd_tls.is_some(),
             machines: AtomicUsize::new(n),
             state,
             env,
@@ -489,25 +556,113 @@ impl Lab {
         ok_stdout(&format!("hub: {}", cmd.join(" ")), out)
     }
 
-    /// Runs `etcdctl` (API v3) against the hub etcd; returns its stdout.
+    /// Runs `etcdctl` (API v3) in the hub netns against the lab's etcd (every member of a member
+    /// cluster, with the TLS client certificate when etcd uses TLS); returns its stdout.
     pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let mut cmd = vec![
-            "env",
-            "ETCDCTL_API=3",
-            "etcdctl",
-            "--endpoints=http://127.0.0.1:2379",
-        ];
-        cmd.extend_from_slice(args);
-        self.hub_ok(&cmd)
+        let mut a = vec!["etcdctl"];
+        a.extend_from_slice(args);
+        self.script_stdout(&a)
+    }
+
+    /// Members of the lab's etcd cluster (0 when the lab runs the single hub etcd).
+    pub fn etcd_members(&self) -> usize {
+        self.etcd_members
+    }
+
+    /// The etcd client URLs as machines see them (the `FT_ETCD` of [`ENV_FILE`], split).
+    pub fn etcd_urls_in_lab(&self) -> Vec<String> {
+        let scheme = if self.etcd_tls { "https" } else { "http" };
+        if self.etcd_members == 0 {
+            return vec![format!("{scheme}://{HUB_IP}:2379")];
+        }
+        (1..=self.etcd_members)
+            .map(|k| format!("{scheme}://{}:2379", etcd_member_ip(k)))
+            .collect()
+    }
+
+    fn check_member(&self, k: usize) -> Result<()> {
+        if k == 0 || k > self.etcd_members {
+            return Err(LabError::InvalidOption(format!(
+                "no etcd member {k} (this lab has {} members)",
+                self.etcd_members
+            )));
+        }
+        Ok(())
+    }
+
+    fn member_script(&self, verb: &str, k: usize) -> Result<()> {
+        self.check_member(k)?;
+        self.script(&[verb, &k.to_string()])
+    }
+
+    /// SIGKILLs etcd member `k` (its data dir stays; [`Lab::etcd_start`] restarts it from there).
+    pub fn etcd_kill(&self, k: usize) -> Result<()> {
+        self.member_script("etcd-kill", k)
+    }
+    /// Starts etcd member `k` again from its data dir; returns once it answers `/health` (which
+    /// needs a quorum).
+    pub fn etcd_start(&self, k: usize) -> Result<()> {
+        self.member_script("etcd-start", k)
+    }
+    /// Freezes etcd member `k` (cgroup freezer): it answers nothing, its sockets stay open.
+    pub fn etcd_freeze(&self, k: usize) -> Result<()> {
+        self.member_script("etcd-freeze", k)
+    }
+    /// Thaws a frozen etcd member.
+    pub fn etcd_thaw(&self, k: usize) -> Result<()> {
+        self.member_script("etcd-thaw", k)
+    }
+    /// Cuts etcd member `k` off from the other members (its peer port 2380, both ways) while its
+    /// clients stay connected: a minority of one, which cannot serve linearizable requests.
+    pub fn etcd_isolate(&self, k: usize) -> Result<()> {
+        self.member_script("etcd-isolate", k)
+    }
+    /// Undoes [`Lab::etcd_isolate`].
+    pub fn etcd_rejoin(&self, k: usize) -> Result<()> {
+        self.member_script("etcd-rejoin", k)
+    }
+    /// The member (1-based) that reports itself the etcd leader right now.
+    pub fn etcd_leader(&self) -> Result<usize> {
+        if self.etcd_members == 0 {
+            return Err(LabError::InvalidOption(
+                "the hub etcd has no members to choose from".into(),
+            ));
+        }
+        let out = self.script_stdout(&["etcd-leader"])?;
+        out.trim()
+            .parse()
+            .map_err(|_| LabError::InvalidOption(format!("etcd-leader printed {out:?}")))
+    }
+    /// Host PID of etcd member `k`, while it runs.
+    pub fn etcd_member_pid(&self, k: usize) -> Result<u32> {
+        self.check_member(k)?;
+        let file = self.state.join(format!("e{k}/pid"));
+        fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
+            .ok_or_else(|| LabError::InvalidOption(format!("etcd member {k} is not running")))
+    }
+    /// A host `127.0.0.1` port forwarded to etcd member `k`'s client port (`http(s)://127.0.0.1:<port>`).
+    pub fn etcd_member_endpoint(&self, k: usize) -> Result<String> {
+        self.check_member(k)?;
+        let scheme = if self.etcd_tls { "https" } else { "http" };
+        let addr = self.forward_tcp(Netns::Hub, SocketAddr::from((etcd_member_ip(k), 2379)))?;
+        Ok(format!("{scheme}://{addr}"))
     }
 
     /// The hub etcd's client URL for the test process on the host: `http://127.0.0.1:<port>`, a
     /// TCP forwarder (threads of this process) whose outgoing connections are made inside the hub
     /// netns to `10.77.0.1:2379`. Started on first use, stopped with the lab. Machines use
     /// [`ETCD_IN_LAB`] instead. Without a forwarder, run `etcdctl` in the hub: [`Lab::etcdctl`].
+    /// In a member cluster this forwards to member 1 ([`Lab::etcd_member_endpoint`] reaches the others).
     pub fn etcd_endpoint(&self) -> Result<String> {
         if let Some(ep) = self.etcd_endpoint.get() {
             return Ok(ep.clone());
+        }
+        if self.etcd_members > 0 {
+            let ep = self.etcd_member_endpoint(1)?;
+            return Ok(self.etcd_endpoint.get_or_init(|| ep).clone());
         }
         let addr = self.forward_tcp(Netns::Hub, SocketAddr::from((HUB_IP, 2379)))?;
         Ok(self
@@ -631,6 +786,24 @@ impl Lab {
 
     fn script(&self, args: &[&str]) -> Result<()> {
         self.script_env(args, &[])
+    }
+
+    /// Runs the script and returns its stdout (fails unless it succeeds).
+    fn script_stdout(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = Command::new("bash");
+        cmd.arg(SCRIPT).args(args);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let out = run(&mut cmd)?;
+        ok_stdout(
+            &format!(
+                "FT_PREFIX={} cluster-lab.sh {}",
+                self.prefix,
+                args.join(" ")
+            ),
+            out,
+        )
     }
 
     fn script_env(&self, args: &[&str], extra: &[(String, String)]) -> Result<()> {

@@ -223,3 +223,129 @@ fn labs_with_different_prefixes_run_side_by_side_and_a_prefix_is_exclusive() {
         .unwrap();
     assert!(fwd.ip().is_loopback());
 }
+
+#[test]
+fn an_etcd_member_cluster_whose_members_fail_alone() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = Lab::up(1, LabOptions::new().etcd_cluster(3)).unwrap();
+    assert_eq!(lab.etcd_members(), 3);
+    let urls = lab.etcd_urls_in_lab();
+    assert_eq!(
+        urls,
+        [
+            "http://10.77.0.2:2379",
+            "http://10.77.0.3:2379",
+            "http://10.77.0.4:2379"
+        ]
+    );
+    // Machines get every client URL.
+    let env =
+        std::fs::read_to_string(lab.machine_root(1).unwrap().join("etc/fleettest.env")).unwrap();
+    assert!(
+        env.contains(&format!("FT_ETCD={}\n", urls.join(","))),
+        "{env}"
+    );
+    // No hub etcd in this mode: nothing listens on 10.77.0.1:2379.
+    assert!(
+        lab.hub(&[
+            "curl",
+            "-sf",
+            "--max-time",
+            "1",
+            "http://10.77.0.1:2379/health"
+        ])
+        .unwrap()
+        .status
+        .code()
+            != Some(0)
+    );
+    let from_m1 = |args: &[&str]| {
+        let mut cmd = vec!["env", "ETCDCTL_API=3", "etcdctl", "--command-timeout=3s"];
+        let eps = format!("--endpoints={}", urls.join(","));
+        cmd.push(&eps);
+        cmd.extend_from_slice(args);
+        lab.sh_ok(1, &cmd)
+    };
+    from_m1(&["put", "/k", "v1"]).unwrap();
+    assert_eq!(
+        lab.etcdctl(&["get", "--print-value-only", "/k"]).unwrap(),
+        "v1\n"
+    );
+
+    // Kill the leader: the two others elect a new one and serve writes.
+    let leader = lab.etcd_leader().unwrap();
+    assert!((1..=3).contains(&leader));
+    lab.etcd_kill(leader).unwrap();
+    assert!(lab.etcd_member_pid(leader).is_err());
+    let t0 = std::time::Instant::now();
+    let new_leader = loop {
+        if let Ok(l) = lab.etcd_leader() {
+            break l;
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "no new leader"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_ne!(new_leader, leader);
+    lab.etcdctl(&["put", "/k", "v2"]).unwrap();
+    // Restarted from its data dir, the old leader catches up.
+    lab.etcd_start(leader).unwrap();
+    let ep = lab.etcd_member_endpoint(leader).unwrap();
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &ep, "get", "--print-value-only", "/k"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "v2\n", "{out:?}");
+
+    // A member cut off from its peers still accepts connections but cannot serve linearizable reads.
+    let cut = if new_leader == 1 { 2 } else { 1 };
+    lab.etcd_isolate(cut).unwrap();
+    let ep = lab.etcd_member_endpoint(cut).unwrap();
+    let read = |consistency: &str| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &ep,
+                "--command-timeout=2s",
+                "get",
+                "--print-value-only",
+            ])
+            .arg(format!("--consistency={consistency}"))
+            .arg("/k")
+            .output()
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(String::from_utf8_lossy(&read("s").stdout), "v2\n");
+    assert!(
+        !read("l").status.success(),
+        "a minority member served a linearizable read"
+    );
+    lab.etcd_rejoin(cut).unwrap();
+    let t0 = std::time::Instant::now();
+    while !read("l").status.success() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "the member did not rejoin"
+        );
+    }
+
+    // A frozen member answers nothing; thawed, it serves again.
+    lab.etcd_freeze(cut).unwrap();
+    assert!(!read("s").status.success(), "a frozen member answered");
+    lab.etcd_thaw(cut).unwrap();
+    assert_eq!(String::from_utf8_lossy(&read("s").stdout), "v2\n");
+    let prefix = lab.prefix().to_string();
+    drop(lab);
+    assert!(
+        netns_of(&prefix).is_empty(),
+        "netns left: {:?}",
+        netns_of(&prefix)
+    );
+}
