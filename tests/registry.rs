@@ -231,14 +231,18 @@ async fn the_mirror_sees_writes_made_behind_its_back() {
     )
     .await
     .unwrap();
-    c.put(
-        format!("{p}claims/ext.service"),
-        r#"{"machineID":"m1"}"#,
-        None,
-    )
-    .await
-    .unwrap();
-    let rev = etcd.revision().await;
+    // The revision of our own last write (other tests write to the shared etcd concurrently).
+    let rev = c
+        .put(
+            format!("{p}claims/ext.service"),
+            r#"{"machineID":"m1"}"#,
+            None,
+        )
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
 
     tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision >= rev))
         .await
@@ -253,10 +257,13 @@ async fn the_mirror_sees_writes_made_behind_its_back() {
         .expect("claim mirrored");
     assert_eq!(claim.machine_id.as_str(), "m1");
 
-    c.delete(format!("{p}units/ext.service"), None)
+    let rev = c
+        .delete(format!("{p}units/ext.service"), None)
         .await
-        .unwrap();
-    let rev = etcd.revision().await;
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision >= rev))
         .await
         .expect("notified")

@@ -72,17 +72,47 @@ pub(crate) enum Change<'a> {
 /// The mirror: records, contents and claims under the prefix at `revision`.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Mirror {
+    /// The newest revision applied: the range read's, then the newest event's.
     pub revision: i64,
+    /// The prefix mirrored (empty before the first read).
+    pub prefix: String,
     pub records: BTreeMap<UnitName, RecordEntry>,
     pub files: BTreeMap<UnitHash, FileEntry>,
     pub claims: BTreeMap<UnitName, Claim>,
     pub machines: BTreeMap<MachineId, Machine>,
     pub restarting: std::collections::BTreeSet<MachineId>,
+    /// Every key under the prefix (also those the mirror ignores), for the delta read after a
+    /// reconnect: it compares their number with etcd's and finds the ones deleted meanwhile.
+    pub raw_keys: std::collections::HashSet<Box<[u8]>>,
 }
 
 impl Mirror {
+    /// How many keys under the prefix the mirror has seen (and not seen deleted).
+    pub fn key_count(&self) -> usize {
+        self.raw_keys.len()
+    }
+
+    /// The keys held here that `present` lacks.
+    pub fn keys_missing_from(&self, present: &std::collections::HashSet<&[u8]>) -> Vec<Box<[u8]>> {
+        self.raw_keys
+            .iter()
+            .filter(|k| !present.contains(&k[..]))
+            .cloned()
+            .collect()
+    }
+
     /// Applies one change; values that cannot be parsed are logged and treated as absent.
     pub fn apply(&mut self, keys: &Keys, change: Change<'_>) {
+        match &change {
+            Change::Put { key, .. } => {
+                if !self.raw_keys.contains(*key) {
+                    self.raw_keys.insert((*key).into());
+                }
+            }
+            Change::Delete { key } => {
+                self.raw_keys.remove(*key);
+            }
+        }
         match change {
             Change::Put {
                 key,

@@ -16,6 +16,7 @@ mod mirror;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -86,6 +87,9 @@ pub struct RegistryOptions {
     pub backoff_max: Duration,
     /// HTTP/2 keep-alive interval (and timeout) that detects a dead etcd connection.
     pub keep_alive: Duration,
+    /// When the watch has been silent this long, the registry asks the etcd member for a progress
+    /// notification; no answer within `request_timeout` moves it to the next endpoint.
+    pub probe_interval: Duration,
 }
 
 impl RegistryOptions {
@@ -101,6 +105,7 @@ impl RegistryOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             keep_alive: Duration::from_secs(3),
+            probe_interval: Duration::from_secs(1),
         }
     }
 
@@ -120,7 +125,11 @@ impl RegistryOptions {
             .with_connect_timeout(self.request_timeout)
             .with_keep_alive(self.keep_alive, self.keep_alive)
             .with_keep_alive_while_idle(true)
-            .with_require_leader(true);
+            // A member without a leader refuses requests and cancels our streams at once instead
+            // of serving stale data or hanging: the registry then moves to the next endpoint.
+            .with_require_leader(true)
+            // Simple tokens expire (5 min idle) and vanish when the member restarts.
+            .with_auto_token_refresh(true);
         if let Some((u, p)) = &self.user {
             o = o.with_user(u.clone(), p.clone());
         }
@@ -160,6 +169,21 @@ pub struct RegistryStatus {
     pub error: Option<String>,
 }
 
+/// How the registry's sessions went since it started (for tests, benchmarks and metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegistryStats {
+    /// Sessions that read the whole prefix (the first one, after a compaction, a new prefix).
+    pub full_reads: u64,
+    /// Sessions that caught the mirror up with what changed while away (a delta read).
+    pub delta_reads: u64,
+    /// Delta reads that also listed the key names (because keys had been deleted meanwhile).
+    pub delta_listings: u64,
+    /// Times a failed session moved to the next endpoint.
+    pub endpoint_switches: u64,
+    /// Watches canceled because etcd had compacted the revisions they still needed.
+    pub compactions: u64,
+}
+
 struct Shared {
     /// Connection settings and the key layout; replaced by [`Registry::reconfigure`].
     config: RwLock<(RegistryOptions, Keys)>,
@@ -168,6 +192,15 @@ struct Shared {
     mirror: RwLock<Mirror>,
     client: RwLock<Option<Client>>,
     status: watch::Sender<RegistryStatus>,
+    /// Which endpoint sessions use (modulo their number); advanced when one fails.
+    endpoint: AtomicUsize,
+    /// A request failed as if the endpoint were bad: the session checks it at once.
+    suspect: tokio::sync::Notify,
+    full_reads: AtomicU64,
+    delta_reads: AtomicU64,
+    delta_listings: AtomicU64,
+    endpoint_switches: AtomicU64,
+    compactions: AtomicU64,
 }
 
 impl Shared {
@@ -177,6 +210,16 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .0
             .clone()
+    }
+
+    /// The endpoint the current (or next) session uses.
+    fn endpoint_in_use(&self) -> String {
+        let c = self.config.read().unwrap_or_else(|e| e.into_inner());
+        let eps = &c.0.endpoints;
+        if eps.is_empty() {
+            return String::new();
+        }
+        eps[self.endpoint.load(Ordering::Relaxed) % eps.len()].clone()
     }
 
     fn keys(&self) -> Keys {
@@ -237,6 +280,13 @@ impl Registry {
             mirror: RwLock::new(Mirror::default()),
             client: RwLock::new(None),
             status,
+            endpoint: AtomicUsize::new(random_u64() as usize),
+            suspect: tokio::sync::Notify::new(),
+            full_reads: AtomicU64::new(0),
+            delta_reads: AtomicU64::new(0),
+            delta_listings: AtomicU64::new(0),
+            endpoint_switches: AtomicU64::new(0),
+            compactions: AtomicU64::new(0),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(run(shared.clone(), shutdown_rx));
@@ -273,6 +323,23 @@ impl Registry {
             s.error = Some("reconnecting with new settings".into());
         });
         self.shared.reconnect.notify_one();
+    }
+
+    /// The etcd endpoint this registry uses now (it moves to the next one when it fails).
+    pub fn endpoint(&self) -> String {
+        self.shared.endpoint_in_use()
+    }
+
+    /// Counters of the sessions so far.
+    pub fn stats(&self) -> RegistryStats {
+        let s = &self.shared;
+        RegistryStats {
+            full_reads: s.full_reads.load(Ordering::Relaxed),
+            delta_reads: s.delta_reads.load(Ordering::Relaxed),
+            delta_listings: s.delta_listings.load(Ordering::Relaxed),
+            endpoint_switches: s.endpoint_switches.load(Ordering::Relaxed),
+            compactions: s.compactions.load(Ordering::Relaxed),
+        }
     }
 
     /// The current status.
@@ -507,11 +574,18 @@ impl Registry {
         match tokio::time::timeout(timeout, m.time_etcd(op, kv.txn(txn))).await {
             Err(_) => {
                 m.etcd_timeout(op, timeout);
+                self.shared.suspect.notify_one();
                 Err(RegistryError::Unavailable(format!(
                     "etcd request timed out after {timeout:?}"
                 )))
             }
-            Ok(Err(e)) => Err(classify(e)),
+            Ok(Err(e)) => {
+                let e = classify(e);
+                if matches!(e, RegistryError::Unavailable(_)) {
+                    self.shared.suspect.notify_one();
+                }
+                Err(e)
+            }
             Ok(Ok(r)) => Ok(r),
         }
     }
@@ -606,17 +680,65 @@ fn classify(e: etcd_client::Error) -> RegistryError {
     }
 }
 
-/// The background task: sessions separated by capped exponential backoff.
+/// How a session ended.
+struct SessionEnd {
+    /// What happened (logged, and shown as the reason of `Unavailable`).
+    reason: String,
+    /// The endpoint in use is suspect: the next session tries the next one.
+    rotate: bool,
+}
+
+impl SessionEnd {
+    fn endpoint(reason: impl Into<String>) -> SessionEnd {
+        SessionEnd {
+            reason: reason.into(),
+            rotate: true,
+        }
+    }
+}
+
+impl From<String> for SessionEnd {
+    fn from(reason: String) -> SessionEnd {
+        SessionEnd::endpoint(reason)
+    }
+}
+
+impl From<&str> for SessionEnd {
+    fn from(reason: &str) -> SessionEnd {
+        SessionEnd::endpoint(reason)
+    }
+}
+
+/// A random number (for the first endpoint: agents spread over etcd's members).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The background task: sessions, each pinned to one endpoint, separated by backoff. A session that
+/// fails moves to the next endpoint after `backoff_min`; only when a whole round of endpoints failed
+/// does the delay grow (doubling up to `backoff_max`).
 async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = shared.opts().backoff_min;
+    let mut failures = 0usize;
     loop {
         let mut reached = false;
         let result = tokio::select! {
             r = session(&shared, &mut reached) => r,
-            _ = shared.reconnect.notified() => Err("reconnecting with new settings".to_string()),
+            _ = shared.reconnect.notified() => Err(SessionEnd {
+                reason: "reconnecting with new settings".into(),
+                rotate: false,
+            }),
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let reason = match result {
+        let end = match result {
             Ok(()) => return,
             Err(e) => e,
         };
@@ -624,23 +746,41 @@ async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         let was_available = shared.status.borrow().available;
         shared.status.send_modify(|s| {
             s.available = false;
-            s.error = Some(reason.clone());
+            s.error = Some(end.reason.clone());
         });
         let opts = shared.opts();
-        if was_available {
-            tracing::warn!("lost etcd: {reason}; reconnecting");
-        } else {
-            tracing::debug!("etcd not reachable: {reason}; retrying in {backoff:?}");
+        let n = opts.endpoints.len().max(1);
+        let from = shared.endpoint_in_use();
+        if end.rotate && n > 1 {
+            shared.endpoint.fetch_add(1, Ordering::Relaxed);
+            shared.endpoint_switches.fetch_add(1, Ordering::Relaxed);
         }
         if reached {
             backoff = opts.backoff_min;
+            failures = 0;
+        }
+        failures += 1;
+        let delay = if failures < n {
+            opts.backoff_min
+        } else {
+            let d = backoff;
+            backoff = (backoff * 2).min(opts.backoff_max);
+            d
+        };
+        let to = shared.endpoint_in_use();
+        if was_available {
+            tracing::warn!("lost etcd at {from}: {}; reconnecting to {to}", end.reason);
+        } else {
+            tracing::debug!(
+                "etcd at {from} not usable: {}; trying {to} in {delay:?}",
+                end.reason
+            );
         }
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shared.reconnect.notified() => backoff = opts.backoff_min,
+            _ = tokio::time::sleep(delay) => {}
+            _ = shared.reconnect.notified() => { backoff = opts.backoff_min; failures = 0; }
             _ = shutdown.wait_for(|s| *s) => return,
         }
-        backoff = (backoff * 2).min(opts.backoff_max);
     }
 }
 
@@ -651,14 +791,81 @@ async fn timed<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(timeout, f).await {
         Err(_) => Err(format!("{what}: timed out after {timeout:?}")),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
         Ok(Ok(v)) => Ok(v),
     }
 }
 
-/// One connection: range read, watch, apply events until something breaks.
-/// Returns `Err(reason)` when the connection or watch breaks.
-async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
+/// An etcd error as a sentence that says what is wrong (certificates, passwords, permissions).
+fn describe(e: &etcd_client::Error) -> String {
+    use etcd_client::Error as E;
+    use tonic::Code;
+    match e {
+        E::GRpcStatus(s) => match s.code() {
+            Code::PermissionDenied => format!(
+                "{} (the etcd user's role must grant readwrite on fleet's key prefix; see docs/etcd-layout.md)",
+                s.message()
+            ),
+            Code::InvalidArgument
+                if s.message().contains("authentication failed")
+                    || s.message().contains("invalid user") =>
+            {
+                format!(
+                    "{} (check etcd_username and etcd_password)",
+                    s.message()
+                )
+            }
+            Code::Unauthenticated => format!("{} (check etcd_username and etcd_password)", s.message()),
+            Code::Unavailable if is_transport(s) => {
+                format!("{} ({})", s.message(), transport_hint(&format!("{s:?}")))
+            }
+            _ => s.message().to_string(),
+        },
+        E::TransportError(t) => format!("{t} ({})", transport_hint(&format!("{t:?}"))),
+        other => other.to_string(),
+    }
+}
+
+fn is_transport(s: &tonic::Status) -> bool {
+    let m = s.message();
+    m.contains("transport")
+        || m.contains("connect")
+        || m.contains("tls")
+        || m.contains("certificate")
+}
+
+/// Names the likely cause of a connection failure from the error chain's text.
+fn transport_hint(chain: &str) -> String {
+    let c = chain.to_ascii_lowercase();
+    if c.contains("unknownissuer") || c.contains("unknown issuer") || c.contains("badsignature") {
+        "etcd's server certificate is not signed by etcd_cafile".into()
+    } else if c.contains("notvalidforname") || c.contains("not valid for name") {
+        "etcd's server certificate does not name this endpoint's host or IP".into()
+    } else if c.contains("certificaterequired") || c.contains("certificate required") {
+        "etcd wants a client certificate: set etcd_certfile and etcd_keyfile".into()
+    } else if c.contains("badcertificate")
+        || c.contains("bad certificate")
+        || c.contains("unknown ca")
+    {
+        "etcd refused the client certificate (etcd_certfile is not signed by a CA etcd trusts)"
+            .into()
+    } else if c.contains("expired") {
+        "a certificate has expired".into()
+    } else if c.contains("invalidcontenttype")
+        || c.contains("corrupt message")
+        || c.contains("http2")
+    {
+        "TLS mismatch: https:// needs a TLS etcd and http:// a plain one".into()
+    } else if c.contains("connection refused") {
+        "nothing listens there".into()
+    } else {
+        "cannot connect".into()
+    }
+}
+
+/// One connection to one endpoint: resume the watch from the mirror's revision (or read the whole
+/// prefix), then apply events until something breaks. Returns why it ended.
+async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> {
     let (opts, keys) = shared
         .config
         .read()
@@ -666,36 +873,35 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
         .clone();
     let t = opts.request_timeout;
     let prefix = keys.prefix().to_string();
-    let copts = opts.connect_options().map_err(|e| e.to_string())?;
+    let endpoint = shared.endpoint_in_use();
+    let copts = opts.connect_options().map_err(|e| SessionEnd {
+        reason: e.to_string(),
+        rotate: false,
+    })?;
     let client = timed(
         t,
         "connect",
-        Client::connect(opts.endpoints.clone(), Some(copts)),
+        Client::connect([endpoint.clone()], Some(copts)),
     )
-    .await?;
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-    let resp = timed(
-        t * 5,
-        "read prefix",
-        kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
-    let mut mirror = Mirror {
-        revision,
-        ..Mirror::default()
+    .await
+    .map_err(|e| format!("{endpoint}: {e}"))?;
+
+    // A mirror of this prefix is brought up to date with what changed while away (a delta read);
+    // otherwise (first session, new prefix, compaction) the whole prefix is read.
+    let delta_from = {
+        let m = shared.mirror.read().unwrap_or_else(|e| e.into_inner());
+        (m.prefix == prefix && m.revision > 0).then_some(m.revision)
     };
-    for kv in resp.kvs() {
-        mirror.apply(
-            &keys,
-            Change::Put {
-                key: kv.key(),
-                value: kv.value(),
-                mod_revision: kv.mod_revision(),
-                lease: kv.lease(),
-            },
-        );
-    }
+    let (revision, delta) = match delta_from {
+        Some(since) => (delta_read(shared, &client, &keys, since, t).await?, true),
+        None => {
+            let mirror = full_read(&client, &keys, t).await?;
+            let rev = mirror.revision;
+            *shared.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
+            shared.full_reads.fetch_add(1, Ordering::Relaxed);
+            (rev, false)
+        }
+    };
     let mut wc = client.watch_client().max_decoding_message_size(MAX_MESSAGE);
     let mut stream = timed(
         t,
@@ -715,10 +921,17 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
         .await?
         .ok_or("watch stream closed at once")?;
     if !first.created() || first.canceled() {
-        return Err(format!("watch not created: {}", first.cancel_reason()));
+        if first.compact_revision() > 0 {
+            return Err(compacted(shared, first.compact_revision()));
+        }
+        return Err(format!("watch not created: {}", first.cancel_reason()).into());
     }
-    let units = mirror.records.len();
-    *shared.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
+    let units = shared
+        .mirror
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .records
+        .len();
     *shared.client.write().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
     shared.status.send_modify(|s| {
         s.available = true;
@@ -726,30 +939,66 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
         s.error = None;
     });
     *reached = true;
-    tracing::info!(
-        endpoints = ?opts.endpoints,
-        %prefix,
-        revision,
-        units,
-        "connected to etcd"
-    );
+    tracing::info!(%endpoint, %prefix, revision, units, delta, "connected to etcd");
+
+    // Liveness: a member that answers nothing (frozen, its host gone) keeps the TCP connection open.
+    // When the watch has been silent for `probe_interval`, ask it for a progress notification (the
+    // member answers it locally, no raft round); no answer within the request timeout ends the
+    // session. A member cut off from its quorum is noticed by etcd itself: with `require_leader` it
+    // cancels our streams once it has no leader ("etcdserver: no leader"). A failed write
+    // ([`Shared::suspect`]) triggers a linearizable check of the endpoint.
+    let mut last_message = tokio::time::Instant::now();
+    let mut probe_sent: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(opts.probe_interval.min(t).max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let msg = stream.message().await.map_err(|e| format!("watch: {e}"))?;
+        let msg = tokio::select! {
+            msg = stream.message() => msg,
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                match probe_sent {
+                    Some(at) if now.duration_since(at) >= t => {
+                        return Err(format!(
+                            "{endpoint} did not answer a watch progress request within {t:?}"
+                        ).into());
+                    }
+                    Some(_) => {}
+                    None if now.duration_since(last_message) >= opts.probe_interval => {
+                        stream.request_progress().await.map_err(|e| format!("watch: {e}"))?;
+                        probe_sent = Some(now);
+                    }
+                    None => {}
+                }
+                continue;
+            }
+            _ = shared.suspect.notified() => {
+                check_endpoint(&client, &keys, t).await.map_err(|e| format!("{endpoint}: {e}"))?;
+                continue;
+            }
+        };
+        last_message = tokio::time::Instant::now();
+        probe_sent = None;
+        let msg = msg.map_err(|e| format!("watch: {}", describe(&e)))?;
         let Some(resp) = msg else {
             return Err("watch stream ended".into());
         };
         if resp.canceled() {
-            return Err(format!(
-                "watch canceled: {} (compact revision {})",
-                resp.cancel_reason(),
-                resp.compact_revision()
-            ));
+            if resp.compact_revision() > 0 {
+                return Err(compacted(shared, resp.compact_revision()));
+            }
+            return Err(format!("watch canceled: {}", resp.cancel_reason()).into());
         }
-        let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+        if resp.events().is_empty() {
+            // A progress notification: nothing to apply. (Its revision is not used: before etcd
+            // 3.4.24 a requested one may overtake events still queued for this watch.)
+            continue;
+        }
+        let mut newest = 0;
         {
             let mut m = shared.mirror.write().unwrap_or_else(|e| e.into_inner());
             for ev in resp.events() {
                 let Some(kv) = ev.kv() else { continue };
+                newest = newest.max(kv.mod_revision());
                 let change = match ev.event_type() {
                     EventType::Put => Change::Put {
                         key: kv.key(),
@@ -761,14 +1010,176 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), String> {
                 };
                 m.apply(&keys, change);
             }
-            if rev > m.revision {
-                m.revision = rev;
+            if newest > m.revision {
+                m.revision = newest;
             }
         }
         shared.status.send_modify(|s| {
-            if rev > s.revision {
-                s.revision = rev;
+            if newest > s.revision {
+                s.revision = newest;
             }
         });
     }
+}
+
+/// The watch fell behind etcd's compacted history (a slow watcher): the next session reads the whole
+/// prefix again. Units are not touched: the registry is only unavailable meanwhile.
+fn compacted(shared: &Shared, compact_revision: i64) -> SessionEnd {
+    shared.compactions.fetch_add(1, Ordering::Relaxed);
+    shared
+        .mirror
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .revision = 0;
+    tracing::warn!(
+        compact_revision,
+        "etcd compacted revisions the watch still needed: reading the whole prefix again"
+    );
+    SessionEnd {
+        reason: format!("watch canceled: revision compacted at {compact_revision}"),
+        rotate: false,
+    }
+}
+
+/// Reads the whole prefix into a fresh mirror (at the revision of the read).
+async fn full_read(client: &Client, keys: &Keys, t: Duration) -> Result<Mirror, SessionEnd> {
+    let prefix = keys.prefix().to_string();
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let resp = timed(
+        t * 5,
+        "read prefix",
+        kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+    let mut mirror = Mirror {
+        revision,
+        prefix,
+        ..Mirror::default()
+    };
+    for kv in resp.kvs() {
+        mirror.apply(
+            keys,
+            Change::Put {
+                key: kv.key(),
+                value: kv.value(),
+                mod_revision: kv.mod_revision(),
+                lease: kv.lease(),
+            },
+        );
+    }
+    Ok(mirror)
+}
+
+/// Brings the mirror (at revision `since`) up to the current revision H without reading what did not
+/// change, and without etcd's history (so compaction does not matter):
+/// 1. the keys modified after `since` that exist now, with their values (a linearizable read; H is
+///    its revision), applied as puts;
+/// 2. the number of keys under the prefix at H (etcd counts from its index): if the mirror now holds
+///    as many keys, no key it holds was deleted (a deleted and re-created key came with step 1);
+/// 3. only otherwise, the key names at H (no values), and the mirror's keys missing there are deleted.
+///
+/// etcd still scans the prefix for step 1 (it filters by revision after reading), but sends, and
+/// fleetd parses, only what changed. Returns H.
+async fn delta_read(
+    shared: &Shared,
+    client: &Client,
+    keys: &Keys,
+    since: i64,
+    t: Duration,
+) -> Result<i64, SessionEnd> {
+    let prefix = keys.prefix().to_string();
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let changed = timed(
+        t * 5,
+        "read changes",
+        kv.get(
+            prefix.clone(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_min_mod_revision(since + 1),
+            ),
+        ),
+    )
+    .await?;
+    let h = changed.header().map(|h| h.revision()).unwrap_or(since);
+    let count = timed(
+        t,
+        "count keys",
+        kv.get(
+            prefix.clone(),
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_count_only()
+                    .with_revision(h),
+            ),
+        ),
+    )
+    .await?
+    .count();
+    let held = {
+        let mut m = shared.mirror.write().unwrap_or_else(|e| e.into_inner());
+        for kv in changed.kvs() {
+            m.apply(
+                keys,
+                Change::Put {
+                    key: kv.key(),
+                    value: kv.value(),
+                    mod_revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                },
+            );
+        }
+        m.key_count()
+    };
+    if held as i64 != count {
+        let listing = timed(
+            t * 5,
+            "list keys",
+            kv.get(
+                prefix,
+                Some(
+                    GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only()
+                        .with_revision(h),
+                ),
+            ),
+        )
+        .await?;
+        let present: std::collections::HashSet<&[u8]> =
+            listing.kvs().iter().map(|kv| kv.key()).collect();
+        let mut m = shared.mirror.write().unwrap_or_else(|e| e.into_inner());
+        for key in m.keys_missing_from(&present) {
+            m.apply(keys, Change::Delete { key: &key });
+        }
+        shared.delta_listings.fetch_add(1, Ordering::Relaxed);
+    }
+    {
+        let mut m = shared.mirror.write().unwrap_or_else(|e| e.into_inner());
+        m.revision = m.revision.max(h);
+    }
+    shared.delta_reads.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(
+        since,
+        revision = h,
+        changed = changed.kvs().len(),
+        listed = held as i64 != count,
+        "caught up with a delta read"
+    );
+    Ok(h)
+}
+
+/// A linearizable read of one key: fails when the member has no quorum or answers nothing.
+async fn check_endpoint(client: &Client, keys: &Keys, t: Duration) -> Result<(), String> {
+    let mut kv = client.kv_client();
+    timed(
+        t,
+        "linearizable read",
+        kv.get(keys.prefix(), Some(GetOptions::new().with_count_only())),
+    )
+    .await
+    .map(|_| ())
 }
