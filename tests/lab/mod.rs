@@ -31,6 +31,17 @@ impl FleetLab {
         env: &[(&str, &str)],
         binds: &[(&std::path::Path, &str)],
     ) -> Option<FleetLab> {
+        FleetLab::up_with_options(n, env, binds, |o| o)
+    }
+
+    /// Like [`FleetLab::up_with_binds`], with the lab options adjusted by `more` (e.g. an etcd
+    /// member cluster: `|o| o.etcd_cluster(3)`).
+    pub fn up_with_options(
+        n: usize,
+        env: &[(&str, &str)],
+        binds: &[(&std::path::Path, &str)],
+        more: impl FnOnce(LabOptions) -> LabOptions,
+    ) -> Option<FleetLab> {
         if !fleet_lab::require_root() {
             return None;
         }
@@ -50,7 +61,7 @@ impl FleetLab {
         for (k, v) in env {
             opts = opts.env(*k, *v);
         }
-        let lab = Lab::up(n, opts).expect("lab up");
+        let lab = Lab::up(n, more(opts)).expect("lab up");
         let fl = FleetLab { lab };
         fl.wait_for("every machine announced", Duration::from_secs(30), |fl| {
             let out = fl.fleetctl(1, &["list-machines", "--no-legend"]);

@@ -1,0 +1,340 @@
+//! fleetd against a 3-member etcd cluster whose members fail one at a time (root only): the leader
+//! killed, a member frozen, a member cut off from its peers while fleetds stay connected to it, a
+//! member restarted from its data dir. In each: no unit stops or restarts (MainPID unchanged), no
+//! unit runs on two machines, API writes work again (the time it took is printed), and every fleetd
+//! sees every change made meanwhile.
+
+mod lab;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use lab::FleetLab;
+
+const MACHINES: usize = 3;
+const UNITS: [&str; 3] = ["e1.service", "e2.service", "e3.service"];
+const GLOBAL: &str = "eg.service";
+/// How long API writes are probed after a fault.
+const PROBE_WINDOW: Duration = Duration::from_secs(8);
+/// Generous: the etcd election (1-2 s) plus fleetd's reconnect, on a loaded 2-core machine.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
+
+/// A lab of 3 machines running fleetd against 3 etcd members, with 3 units and a global unit running.
+/// The lease TTL is fleetd's default: these tests are about the registry's failover, and a lease that
+/// expires while fleetd moves to another member would move units for a reason of its own.
+fn up() -> Option<FleetLab> {
+    let fl = FleetLab::up_with_options(MACHINES, &[("FLEET_AGENT_TTL", "30s")], &[], |o| {
+        o.etcd_cluster(3)
+    })?;
+    for u in UNITS {
+        fl.write_file(
+            1,
+            &format!("/tmp/{u}"),
+            "[Service]\nExecStart=/bin/sleep 100000\n",
+        );
+        fl.fleetctl_ok(1, &["start", "--no-block", &format!("/tmp/{u}")]);
+    }
+    fl.write_file(
+        1,
+        &format!("/tmp/{GLOBAL}"),
+        "[Service]\nExecStart=/bin/sleep 100000\n\n[X-Fleet]\nGlobal=true\n",
+    );
+    fl.fleetctl_ok(1, &["start", "--no-block", &format!("/tmp/{GLOBAL}")]);
+    fl.wait_for("every unit running", Duration::from_secs(60), |fl| {
+        (UNITS.iter().all(|u| fl.running_on(u).len() == 1)
+            && fl.running_on(GLOBAL).len() == MACHINES)
+            .then_some(())
+    });
+    Some(fl)
+}
+
+/// (unit, machine) -> MainPID of everything running.
+fn main_pids(fl: &FleetLab) -> BTreeMap<(String, usize), String> {
+    let mut pids = BTreeMap::new();
+    for u in UNITS.iter().chain([&GLOBAL]) {
+        for i in fl.running_on(u) {
+            pids.insert((u.to_string(), i), fl.show(i, u, "MainPID"));
+        }
+    }
+    pids
+}
+
+/// The etcd member (1-based) machine `i`'s fleetd is connected to (its established :2379 connection).
+fn member_of(fl: &FleetLab, i: usize) -> Option<usize> {
+    let out = fl
+        .lab
+        .sh_ok(
+            i,
+            &["ss", "-Htn", "state", "established", "( dport = :2379 )"],
+        )
+        .ok()?;
+    let mut counts = BTreeMap::new();
+    for line in out.lines() {
+        for k in 1..=3 {
+            if line.contains(&format!("{}:2379", fleet_lab::etcd_member_ip(k))) {
+                *counts.entry(k).or_insert(0) += 1;
+            }
+        }
+    }
+    counts.into_iter().max_by_key(|(_, n)| *n).map(|(k, _)| k)
+}
+
+/// The member most fleetds use, and which machines use it.
+fn busiest_member(fl: &FleetLab) -> (usize, Vec<usize>) {
+    let on: Vec<(usize, Option<usize>)> = (1..=MACHINES).map(|i| (i, member_of(fl, i))).collect();
+    let busiest = (1..=3)
+        .max_by_key(|k| on.iter().filter(|(_, m)| *m == Some(*k)).count())
+        .unwrap();
+    let machines = on
+        .iter()
+        .filter(|(_, m)| *m == Some(busiest))
+        .map(|(i, _)| *i)
+        .collect();
+    eprintln!("fleetd endpoints: {on:?} (machine, member)");
+    (busiest, machines)
+}
+
+/// One API write through machine `i`'s fleetd: creates unit `name` (inactive). True on 201.
+fn api_create(fl: &FleetLab, i: usize, name: &str) -> bool {
+    let body = format!(
+        r#"{{"name":"{name}","desiredState":"inactive","options":[{{"section":"Service","name":"ExecStart","value":"/bin/true"}}]}}"#
+    );
+    let out = fl.lab.sh(
+        i,
+        &[
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "--unix-socket",
+            "/var/run/fleet.sock",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            &body,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://fleet/fleet/v1/units/{name}"),
+        ],
+    );
+    matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).trim() == "201")
+}
+
+/// What happened while a fault lasted.
+struct FaultRun {
+    /// Per machine: time from the fault to the first API write that succeeded after the last failure
+    /// (zero when none failed).
+    recovery: Vec<Duration>,
+    /// Units created through the API meanwhile (each must be seen by every fleetd).
+    created: Vec<String>,
+    /// Non-global units seen running on two machines at once.
+    doubles: Vec<String>,
+}
+
+/// Injects `fault` and probes for [`PROBE_WINDOW`]: API writes through every machine every 200 ms,
+/// and systemd on every machine for a unit running twice.
+fn during(fl: &FleetLab, tag: &str, fault: impl FnOnce()) -> FaultRun {
+    let created = Mutex::new(Vec::new());
+    let doubles = Mutex::new(Vec::new());
+    let stop = AtomicBool::new(false);
+    let t0 = Instant::now();
+    fault();
+    let recovery = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(Ordering::SeqCst) {
+                for u in UNITS {
+                    if fl.running_on(u).len() > 1 {
+                        doubles.lock().unwrap().push(u.to_string());
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let probes: Vec<_> = (1..=MACHINES)
+            .map(|i| {
+                let created = &created;
+                s.spawn(move || {
+                    let mut last_failure = None;
+                    let mut first_ok_after = Duration::ZERO;
+                    let mut n = 0;
+                    while t0.elapsed() < PROBE_WINDOW {
+                        n += 1;
+                        let name = format!("w-{tag}-m{i}-{n}.service");
+                        let at = Instant::now();
+                        if api_create(fl, i, &name) {
+                            created.lock().unwrap().push(name);
+                            if last_failure.is_some() && first_ok_after.is_zero() {
+                                first_ok_after = at.duration_since(t0);
+                            }
+                        } else {
+                            last_failure = Some(at);
+                            first_ok_after = Duration::ZERO;
+                        }
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    match last_failure {
+                        None => Duration::ZERO,
+                        Some(_) if first_ok_after.is_zero() => PROBE_WINDOW * 10, // never again
+                        Some(_) => first_ok_after,
+                    }
+                })
+            })
+            .collect();
+        let r = probes.into_iter().map(|p| p.join().unwrap()).collect();
+        stop.store(true, Ordering::SeqCst);
+        r
+    });
+    FaultRun {
+        recovery,
+        created: created.into_inner().unwrap(),
+        doubles: doubles.into_inner().unwrap(),
+    }
+}
+
+/// The common checks after a fault.
+fn check(fl: &FleetLab, what: &str, run: &FaultRun, before: &BTreeMap<(String, usize), String>) {
+    eprintln!(
+        "{what}: API writes worked again after {:?} (per machine; zero = never failed); {} units created meanwhile",
+        run.recovery,
+        run.created.len()
+    );
+    assert!(
+        run.doubles.is_empty(),
+        "{what}: ran twice: {:?}",
+        run.doubles
+    );
+    for (i, r) in run.recovery.iter().enumerate() {
+        assert!(
+            *r <= RECOVERY_LIMIT,
+            "{what}: API writes through m{} did not work again within {RECOVERY_LIMIT:?}\n{}",
+            i + 1,
+            fl.journals(30)
+        );
+    }
+    assert_eq!(
+        &main_pids(fl),
+        before,
+        "{what}: a unit stopped, restarted or moved\n{}",
+        fl.journals(30)
+    );
+    // Every fleetd's mirror has every unit created meanwhile, through any machine.
+    for i in 1..=MACHINES {
+        fl.wait_for(
+            &format!("m{i} lists every unit created during {what}"),
+            Duration::from_secs(20),
+            |fl| {
+                let out = fl.fleetctl(i, &["list-unit-files", "--no-legend", "--fields=unit"]);
+                let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+                (out.status.success() && run.created.iter().all(|u| listed.contains(u.as_str())))
+                    .then_some(())
+            },
+        );
+    }
+}
+
+#[test]
+fn killing_the_etcd_leader_moves_fleetd_to_the_new_one_and_nothing_restarts() {
+    let Some(fl) = up() else {
+        return;
+    };
+    let before = main_pids(&fl);
+    // Make the member most fleetds use the leader, so that killing it disconnects them.
+    let (busiest, users) = busiest_member(&fl);
+    let id = fl
+        .lab
+        .etcdctl(&["member", "list", "-w", "simple"])
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(&format!(", e{busiest}, ")))
+        .and_then(|l| l.split(',').next())
+        .map(str::to_string)
+        .expect("member id");
+    fl.lab.etcdctl(&["move-leader", &id]).unwrap();
+    assert_eq!(fl.lab.etcd_leader().unwrap(), busiest);
+    eprintln!("killing leader e{busiest}, used by machines {users:?}");
+    let run = during(&fl, "kill", || fl.lab.etcd_kill(busiest).unwrap());
+    check(&fl, "leader killed", &run, &before);
+    for i in users {
+        assert_ne!(
+            member_of(&fl, i),
+            Some(busiest),
+            "m{i} still on the dead member"
+        );
+    }
+    fl.lab.etcd_start(busiest).unwrap();
+}
+
+#[test]
+fn a_frozen_etcd_member_is_left_and_nothing_restarts() {
+    let Some(fl) = up() else {
+        return;
+    };
+    let before = main_pids(&fl);
+    let (busiest, users) = busiest_member(&fl);
+    eprintln!("freezing e{busiest}, used by machines {users:?}");
+    let run = during(&fl, "freeze", || fl.lab.etcd_freeze(busiest).unwrap());
+    for i in &users {
+        assert_ne!(
+            member_of(&fl, *i),
+            Some(busiest),
+            "m{i} still on the frozen member"
+        );
+    }
+    fl.lab.etcd_thaw(busiest).unwrap();
+    check(&fl, "member frozen", &run, &before);
+}
+
+#[test]
+fn an_etcd_member_cut_off_from_its_quorum_is_left_and_nothing_restarts() {
+    let Some(fl) = up() else {
+        return;
+    };
+    let before = main_pids(&fl);
+    let (busiest, users) = busiest_member(&fl);
+    eprintln!("isolating e{busiest} from its peers, used by machines {users:?}");
+    let run = during(&fl, "isolate", || fl.lab.etcd_isolate(busiest).unwrap());
+    for i in &users {
+        assert_ne!(
+            member_of(&fl, *i),
+            Some(busiest),
+            "m{i} still on the member without quorum"
+        );
+    }
+    fl.lab.etcd_rejoin(busiest).unwrap();
+    check(&fl, "member cut off", &run, &before);
+}
+
+#[test]
+fn an_etcd_member_restarted_from_its_data_dir_serves_fleetd_again() {
+    let Some(fl) = up() else {
+        return;
+    };
+    let before = main_pids(&fl);
+    let (busiest, users) = busiest_member(&fl);
+    eprintln!(
+        "killing e{busiest} (used by machines {users:?}), then restarting it from its data dir"
+    );
+    let run = during(&fl, "down", || fl.lab.etcd_kill(busiest).unwrap());
+    check(&fl, "member killed", &run, &before);
+    fl.lab.etcd_start(busiest).unwrap();
+    // Now kill the other two in turn: fleetd must be able to use the restarted member, which has
+    // caught up with what was written while it was down.
+    for other in (1..=3).filter(|k| *k != busiest) {
+        let run = during(&fl, &format!("after-restart-{other}"), || {
+            fl.lab.etcd_kill(other).unwrap()
+        });
+        check(
+            &fl,
+            &format!("member e{other} killed after the restart"),
+            &run,
+            &before,
+        );
+        fl.lab.etcd_start(other).unwrap();
+    }
+}
