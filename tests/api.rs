@@ -232,9 +232,33 @@ fn bad_requests_write_nothing() {
     );
     assert_error(&r, 400, "differs");
     // 400: invalid names.
-    for bad in ["x.unknown", "noext", "@x.service", "x@y.mount"] {
+    // Issue 13 case 5: names systemd cannot load (a hidden file, longer than 255 bytes, a unit type
+    // systemd removed) are refused too, with the same validator as the agent's.
+    let long = format!("{}.service", "a".repeat(248));
+    for (bad, why) in [
+        ("x.unknown", "x.unknown"),
+        ("noext", "noext"),
+        ("@x.service", "@x.service"),
+        ("x@y.mount", "x@y.mount"),
+        (".hidden.service", "cannot start with \".\""),
+        ("x.snapshot", "unknown unit type"),
+        (long.as_str(), "256 bytes long, the maximum is 255"),
+    ] {
         let r = put(&f, bad, json!({"options": options("/bin/true")}));
-        assert_error(&r, 400, bad);
+        assert_error(&r, 400, why);
+    }
+    // Issue 13 case 2: a value with '\r' (or NUL, or any control character but tab) would be several
+    // lines to systemd.
+    for value in [
+        "harmless\r[Service]\rExecStartPre=/bin/touch /tmp/pwned",
+        "a\u{0}b",
+    ] {
+        let r = put(
+            &f,
+            "x.service",
+            json!({"options": [{"section": "Unit", "name": "Description", "value": value}]}),
+        );
+        assert_error(&r, 400, "invalid unit options");
     }
     // 400: invalid desired state.
     let r = put(

@@ -1,35 +1,42 @@
-//! Unit names: validation and the parts that specifiers (`%n %N %p %i`) expand to.
+//! Unit names: the one validator (used by the API, the registry, the agent and the systemd driver) and
+//! the parts that specifiers (`%n %N %p %i`) expand to.
 //!
-//! The rules are fleet v1's `unit.ValidateName` plus systemd's template rules:
-//! - at most [`MAX_NAME_LEN`] bytes, contains a `.`, does not end with `.`;
-//! - ends in a known suffix ([`KNOWN_SUFFIXES`]);
-//! - the part before the suffix is non-empty and uses only ASCII letters, digits and `:` `-` `_` `.` `\` `@`;
+//! A name is accepted exactly when systemd would load a unit file of that name (systemd's
+//! `unit_name_is_valid` plus the template rules of fleet v1, which match systemd's `unit_type_may_template`):
+//! - at most [`MAX_NAME_LEN`] (255) bytes: systemd's `UNIT_NAME_MAX` is 256 including the final NUL, and
+//!   a file name is at most 255 bytes on Linux (the temporary file the driver writes has a fixed-length
+//!   name, so it never overflows);
+//! - contains a `.`, does not end with `.`, does not start with `.` (systemd skips hidden files when it
+//!   reads a directory of units);
+//! - ends in a unit type systemd knows ([`KNOWN_SUFFIXES`]: fleet's list without `busname` and
+//!   `snapshot`, which systemd removed and refuses);
+//! - the part before the suffix is non-empty and uses only ASCII letters, digits and `:` `-` `_` `.` `\`
+//!   `@`;
 //! - it does not start with `@`;
 //! - `@` (templates and instances) only for the suffixes in [`TEMPLATE_SUFFIXES`];
 //! - `foo@.service` is a template, `foo@bar.service` an instance of it (the instance is everything after the
 //!   first `@`, so it may itself contain `@`).
 //!
-//! fleet accepted `.service` (an empty name before the suffix); systemd does not, and neither do we.
+//! fleet accepted `.service` (an empty name before the suffix), names of 256 bytes and the two removed
+//! types; systemd does not, and neither do we.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Longest accepted unit name, in bytes (fleet's `unitNameMax`).
-pub const MAX_NAME_LEN: usize = 256;
+/// Longest accepted unit name, in bytes (systemd's `UNIT_NAME_MAX` less its NUL; fleet allowed 256).
+pub const MAX_NAME_LEN: usize = 255;
 
-/// Unit suffixes (types) fleet accepts.
+/// Unit suffixes (types) fleet accepts: the unit types systemd knows.
 pub const KNOWN_SUFFIXES: &[&str] = &[
     "automount",
-    "busname",
     "device",
     "mount",
     "path",
     "scope",
     "service",
     "slice",
-    "snapshot",
     "socket",
     "swap",
     "target",
@@ -46,7 +53,7 @@ pub enum NameError {
     #[error("unit name cannot be empty")]
     Empty,
     /// The name is longer than [`MAX_NAME_LEN`] bytes.
-    #[error("unit name is {len} characters long, the maximum is {max}")]
+    #[error("unit name is {len} bytes long, the maximum is {max}")]
     TooLong {
         /// Length of the rejected name, in bytes.
         len: usize,
@@ -78,6 +85,9 @@ pub enum NameError {
         /// The first offending character.
         ch: char,
     },
+    /// The name starts with `.` (systemd ignores hidden unit files).
+    #[error("unit name {0:?} cannot start with \".\"")]
+    StartsWithDot(String),
     /// The name starts with `@`.
     #[error("unit name {0:?} cannot start with \"@\"")]
     StartsWithAt(String),
@@ -213,6 +223,9 @@ fn validate(s: &str) -> Result<(), NameError> {
     }
     if base.is_empty() {
         return Err(NameError::EmptyPrefix(s.to_owned()));
+    }
+    if base.starts_with('.') {
+        return Err(NameError::StartsWithDot(s.to_owned()));
     }
     if let Some(ch) = base
         .chars()
@@ -403,7 +416,7 @@ mod tests {
                     len: MAX_NAME_LEN + 1,
                     max: MAX_NAME_LEN,
                 },
-                "257",
+                "256",
             ),
             ("hello", NameError::NoDot("hello".into()), "must contain"),
             (
@@ -455,6 +468,27 @@ mod tests {
                     ch: '\u{e9}',
                 },
                 "allowed",
+            ),
+            (
+                ".hidden.service",
+                NameError::StartsWithDot(".hidden.service".into()),
+                "start with",
+            ),
+            (
+                "a.snapshot",
+                NameError::UnknownSuffix {
+                    name: "a.snapshot".into(),
+                    suffix: "snapshot".into(),
+                },
+                "unknown unit type",
+            ),
+            (
+                "a.busname",
+                NameError::UnknownSuffix {
+                    name: "a.busname".into(),
+                    suffix: "busname".into(),
+                },
+                "unknown unit type",
             ),
             (
                 "@foo.service",

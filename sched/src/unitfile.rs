@@ -5,13 +5,28 @@
 //! # Parsing (go-systemd `Deserialize`, 2016/2017 version vendored by fleet v1)
 //! - `[Section]` headers; nothing but whitespace may follow the closing `]`.
 //! - `Name=Value` options. Leading whitespace of a line is skipped, the name and the value are trimmed.
-//!   Repeated names are kept, in order.
-//! - Lines starting with `#` or `;` are comments. A comment line ending in `\` also swallows the next line
-//!   (go-systemd did this; systemd itself does not continue comments).
-//! - A value line ending in `\` continues on the next line. The stored value keeps the backslash and the
-//!   newline (`ExecStart=/bin/a \` + `  b` gives `/bin/a \⏎  b`), which is what fleet hashed and wrote back
-//!   to disk for systemd to join.
+//!   Repeated names are kept, in order. "Whitespace" is systemd's: space, tab, and the line breaks.
+//! - Lines starting with `#` or `;` are comments.
+//! - A value line ending in an odd number of `\` continues on the next line (an even number is escaped
+//!   backslashes, as systemd reads it). The stored value keeps the backslash and the newline
+//!   (`ExecStart=/bin/a \` + `  b` gives `/bin/a \⏎  b`), which is what fleet hashed and wrote back to
+//!   disk for systemd to join.
+//! - `\r\n` line ends are read as `\n`.
 //! - Lines of [`LINE_MAX`] bytes or more are rejected (systemd truncates them).
+//!
+//! # What systemd reads
+//! fleet never gives systemd the user's text: it writes [`UnitFile::serialize`] to disk. Every unit file
+//! this module accepts (parsed or built from options) serializes to a text that systemd reads as exactly
+//! the same directives, sections and values, and [`UnitFile::parse`] of that text gives back the same
+//! options: so `fleetctl cat`, the API's options and the hash show what systemd will run. A property test
+//! (`sched/tests/systemd_parser.rs`) checks this against systemd's own parser (`systemd-analyze verify`).
+//! For that, what systemd and go-systemd read differently is rejected:
+//! - control characters other than tab and the line break (systemd also ends a line at a lone `\r` and at
+//!   NUL: `Description=x\r[Service]\rExecStartPre=...` would be three lines to systemd, one to
+//!   go-systemd);
+//! - a comment line ending in `\` (go-systemd swallowed the next line into the comment, systemd does not);
+//! - a comment line inside a continued value (go-systemd kept it in the value, systemd skips it);
+//! - from options: a value with leading or trailing whitespace (systemd strips it).
 //!
 //! # Where we are stricter than go-systemd (it silently accepted these)
 //! - Text before the first section header that is not blank or a comment ([`ParseError::OptionOutsideSection`]);
@@ -43,6 +58,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -82,6 +98,29 @@ impl UnitOption {
 /// Why a unit file (text or option list) was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
+    /// A control character other than tab and the line break (`\r` only as part of `\r\n`).
+    #[error(
+        "line {line}: control character {ch:?} is not allowed (systemd ends a line at \\r and NUL)"
+    )]
+    ControlCharacter {
+        /// 1-based line number.
+        line: usize,
+        /// The character.
+        ch: char,
+    },
+    /// A comment line ending in `\`: go-systemd continued the comment onto the next line, systemd does
+    /// not.
+    #[error("line {line}: comment ends in \"\\\"; go-systemd and systemd disagree on whether the next line is part of it")]
+    CommentContinuation {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A comment line inside a continued value: go-systemd kept it in the value, systemd skips it.
+    #[error("line {line}: comment line inside a value continued with \"\\\"")]
+    CommentInContinuation {
+        /// 1-based line number.
+        line: usize,
+    },
     /// An option (or other text) appears before the first `[Section]` header.
     #[error("line {line}: {text:?} appears before any [Section] header")]
     OptionOutsideSection {
@@ -256,14 +295,22 @@ impl UnitFile {
     pub fn parse(text: &str) -> Result<UnitFile, ParseError> {
         // A UTF-8 byte order mark is skipped (go-systemd skipped anything before the first '[').
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        // "\r\n" ends a line like "\n" (for systemd too); any other '\r' is refused below.
+        let text: std::borrow::Cow<'_, str> = if text.contains('\r') {
+            text.replace("\r\n", "\n").into()
+        } else {
+            text.into()
+        };
         Ok(UnitFile {
-            options: Lexer::new(text).run()?,
+            options: Lexer::new(&text).run()?,
         })
     }
 
     /// Builds a unit file from options given as data (the HTTP API's `options`), checking that they can
-    /// be written as a unit file and read back: non-empty section and name, no `]` or line break in a
-    /// section, no `=` or line break in a name, line breaks in values only as `\` continuations.
+    /// be written as a unit file and read back as the same options, by go-systemd and by systemd:
+    /// non-empty section and name, no `]` in a section, no `=` in a name, no control character but tab
+    /// anywhere (line breaks in values only as `\` continuations), no whitespace around a name or a
+    /// value.
     pub fn from_options(options: Vec<UnitOption>) -> Result<UnitFile, ParseError> {
         for (index, o) in options.iter().enumerate() {
             if let Some(reason) = option_problem(o) {
@@ -277,7 +324,7 @@ impl UnitFile {
         }
         let file = UnitFile { options };
         // fleet's own check: the serialized form must deserialize. We also require that it reads back as
-        // the same options (up to whitespace around values, which parsing trims).
+        // exactly the same options.
         let back = Lexer::new(&file.serialize())
             .run()
             .map_err(|e| ParseError::NotRepresentable(Box::new(e)))?;
@@ -292,7 +339,7 @@ impl UnitFile {
             )));
         }
         for (a, b) in grouped.iter().zip(&back) {
-            if a.section != b.section || a.name != b.name || a.value.trim() != b.value.trim() {
+            if a.section != b.section || a.name != b.name || a.value != b.value {
                 return Err(ParseError::NotRepresentable(Box::new(
                     ParseError::Mismatch(format!(
                         "[{}] {}={:?} reads back as [{}] {}={:?}",
@@ -351,12 +398,17 @@ impl UnitFile {
 
     /// Options grouped by section, sections in order of first appearance (the order of
     /// [`serialize`](Self::serialize)).
+    /// Linear in the number of options (an index by section name, not a search per option).
     fn sections(&self) -> Vec<(&str, Vec<&UnitOption>)> {
         let mut sections: Vec<(&str, Vec<&UnitOption>)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
         for o in &self.options {
-            match sections.iter_mut().find(|(s, _)| *s == o.section) {
-                Some((_, opts)) => opts.push(o),
-                None => sections.push((&o.section, vec![o])),
+            match index.get(o.section.as_str()) {
+                Some(&i) => sections[i].1.push(o),
+                None => {
+                    index.insert(&o.section, sections.len());
+                    sections.push((&o.section, vec![o]));
+                }
             }
         }
         sections
@@ -410,12 +462,34 @@ impl FromStr for UnitFile {
     }
 }
 
+/// systemd's `WHITESPACE`: what it strips around names and values (Rust's `trim` strips more).
+const WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
+/// Trims systemd's whitespace.
+fn trim_ws(s: &str) -> &str {
+    s.trim_matches(WHITESPACE)
+}
+
+/// A control character systemd or go-systemd would read differently (all but tab).
+fn is_bad_control(c: char) -> bool {
+    c.is_control() && c != '\t'
+}
+
+/// `true` if `line` ends in an odd number of backslashes: systemd continues it onto the next line.
+fn continues(line: &str) -> bool {
+    let run = line.len() - line.trim_end_matches('\\').len();
+    run % 2 == 1
+}
+
 fn option_problem(o: &UnitOption) -> Option<&'static str> {
     if o.section.is_empty() {
         return Some("section name is empty");
     }
     if o.section.contains(['\n', '\r']) {
         return Some("section name contains a line break");
+    }
+    if o.section.contains(is_bad_control) {
+        return Some("section name contains a control character");
     }
     if o.section.contains(']') {
         return Some("section name contains \"]\"");
@@ -426,10 +500,13 @@ fn option_problem(o: &UnitOption) -> Option<&'static str> {
     if o.name.contains(['\n', '\r']) {
         return Some("option name contains a line break");
     }
+    if o.name.contains(is_bad_control) {
+        return Some("option name contains a control character");
+    }
     if o.name.contains('=') {
         return Some("option name contains \"=\"");
     }
-    if o.name.trim() != o.name {
+    if trim_ws(&o.name) != o.name {
         return Some("option name has leading or trailing whitespace");
     }
     if o.name.starts_with(['[', '#', ';']) {
@@ -444,21 +521,32 @@ fn option_problem(o: &UnitOption) -> Option<&'static str> {
     {
         return Some("a line of the option is 2048 bytes or longer");
     }
-    if o.value.ends_with('\\') {
+    if o.value.contains('\r') {
+        return Some("value contains a carriage return (systemd ends a line there)");
+    }
+    if o.value.contains(|c| is_bad_control(c) && c != '\n') {
+        return Some("value contains a control character (only tab is allowed)");
+    }
+    let lines: Vec<&str> = o.value.split('\n').collect();
+    if continues(lines[lines.len() - 1]) {
         return Some("value ends in \"\\\", which would continue it onto the next line");
     }
-    if o.value
-        .split('\n')
-        .skip(1)
-        .any(|line| line.trim().is_empty())
-    {
+    if lines[1..].iter().any(|line| trim_ws(line).is_empty()) {
         return Some("a \"\\\" line continuation is followed by a blank line");
     }
-    let bytes = o.value.as_bytes();
-    for (i, b) in bytes.iter().enumerate() {
-        if *b == b'\n' && (i == 0 || bytes[i - 1] != b'\\') {
-            return Some("value contains a line break that is not a \"\\\" line continuation");
-        }
+    if lines[..lines.len() - 1].iter().any(|l| !continues(l)) {
+        return Some("value contains a line break that is not a \"\\\" line continuation");
+    }
+    if lines[1..]
+        .iter()
+        .any(|line| line.trim_start_matches(WHITESPACE).starts_with(['#', ';']))
+    {
+        return Some(
+            "a continuation line starts with \"#\" or \";\" (systemd skips it as a comment)",
+        );
+    }
+    if trim_ws(&o.value) != o.value {
+        return Some("value has leading or trailing whitespace, which systemd strips");
     }
     None
 }
@@ -495,12 +583,12 @@ impl<'a> Lexer<'a> {
     }
 
     fn run(mut self) -> Result<Vec<UnitOption>, ParseError> {
-        self.check_line_lengths()?;
+        self.check_lines()?;
         let mut section: Option<String> = None;
         loop {
             // Skip whitespace (including line breaks) before the next item.
             let rest = &self.text[self.pos..];
-            let trimmed = rest.trim_start();
+            let trimmed = rest.trim_start_matches(WHITESPACE);
             self.advance(rest.len() - trimmed.len());
             let Some(first) = trimmed.chars().next() else {
                 break;
@@ -508,7 +596,7 @@ impl<'a> Lexer<'a> {
             if first == '[' {
                 section = Some(self.section_header()?);
             } else if first == '#' || first == ';' {
-                self.skip_comment();
+                self.skip_comment()?;
             } else {
                 let Some(section) = &section else {
                     let line_no = self.line;
@@ -530,9 +618,8 @@ impl<'a> Lexer<'a> {
         self.pos += n;
     }
 
-    /// go-systemd's `toEOL`: consumes the rest of the line and returns it without its line break, trimmed
-    /// in go-systemd's order (`TrimSuffix("\r")`, then `TrimSuffix("\n")`, so `"a\r\n"` gives `"a\r"`),
-    /// and whether the end of input was reached.
+    /// go-systemd's `toEOL`: consumes the rest of the line and returns it without its line break, and
+    /// whether the end of input was reached (`\r\n` was turned into `\n` and no other `\r` is left).
     fn read_line(&mut self) -> (&'a str, bool) {
         let text: &'a str = self.text;
         let rest = &text[self.pos..];
@@ -541,21 +628,21 @@ impl<'a> Lexer<'a> {
             None => (rest, true),
         };
         self.advance(raw.len());
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let line = line.strip_suffix('\n').unwrap_or(line);
-        (line, eof)
+        (raw.strip_suffix('\n').unwrap_or(raw), eof)
     }
 
-    fn check_line_lengths(&self) -> Result<(), ParseError> {
+    /// Line lengths and control characters, before anything is read.
+    fn check_lines(&self) -> Result<(), ParseError> {
         for (i, line) in self.text.split('\n').enumerate() {
-            // go-systemd treats both '\r' and '\n' as line ends for this check.
-            let longest = line.split('\r').map(str::len).max().unwrap_or(0);
-            if longest >= LINE_MAX {
+            if line.len() >= LINE_MAX {
                 return Err(ParseError::LineTooLong {
                     line: i + 1,
                     len: line.len(),
                     max: LINE_MAX,
                 });
+            }
+            if let Some(ch) = line.chars().find(|c| is_bad_control(*c)) {
+                return Err(ParseError::ControlCharacter { line: i + 1, ch });
             }
         }
         Ok(())
@@ -572,7 +659,7 @@ impl<'a> Lexer<'a> {
         if name.is_empty() {
             return Err(ParseError::EmptySectionName { line: line_no });
         }
-        let garbage = line[close + 1..].trim();
+        let garbage = trim_ws(&line[close + 1..]);
         if !garbage.is_empty() {
             return Err(ParseError::GarbageAfterSection {
                 line: line_no,
@@ -583,14 +670,15 @@ impl<'a> Lexer<'a> {
         Ok(name.to_owned())
     }
 
-    fn skip_comment(&mut self) {
-        loop {
-            let (line, eof) = self.read_line();
-            let line = line.strip_suffix(' ').unwrap_or(line);
-            if eof || !line.ends_with('\\') {
-                break;
-            }
+    fn skip_comment(&mut self) -> Result<(), ParseError> {
+        let line_no = self.line;
+        let (line, eof) = self.read_line();
+        // go-systemd continued a comment ending in '\' (or "\ "), systemd does not.
+        let line = line.strip_suffix(' ').unwrap_or(line);
+        if !eof && line.ends_with('\\') {
+            return Err(ParseError::CommentContinuation { line: line_no });
         }
+        Ok(())
     }
 
     fn option(&mut self, section: String) -> Result<(), ParseError> {
@@ -609,7 +697,7 @@ impl<'a> Lexer<'a> {
                 });
             }
         };
-        let name = rest[..eq].trim().to_owned();
+        let name = trim_ws(&rest[..eq]).to_owned();
         if name.is_empty() {
             return Err(ParseError::EmptyOptionName { line: line_no });
         }
@@ -619,7 +707,7 @@ impl<'a> Lexer<'a> {
         loop {
             last_line = self.line;
             let (line, eof) = self.read_line();
-            if line.trim().is_empty() {
+            if trim_ws(line).is_empty() {
                 if !partial.is_empty() && eof && line.is_empty() {
                     return Err(ParseError::ContinuationAtEnd {
                         line: last_line - 1,
@@ -632,8 +720,12 @@ impl<'a> Lexer<'a> {
                 }
                 break;
             }
+            if !partial.is_empty() && line.trim_start_matches(WHITESPACE).starts_with(['#', ';']) {
+                // systemd skips a comment line inside a continuation, go-systemd kept it in the value.
+                return Err(ParseError::CommentInContinuation { line: last_line });
+            }
             partial.push_str(line);
-            if !line.ends_with('\\') {
+            if !continues(line) {
                 break;
             }
             if eof {
@@ -642,8 +734,8 @@ impl<'a> Lexer<'a> {
             }
             partial.push('\n');
         }
-        let value = partial.trim().to_owned();
-        if value.ends_with('\\') {
+        let value = trim_ws(&partial).to_owned();
+        if continues(&value) {
             // "\\" then whitespace: go-systemd ended the value there, systemd continues the line. Written back
             // out without the whitespace it would become a continuation, so the meaning is ambiguous.
             return Err(ParseError::BackslashBeforeTrailingSpace { line: last_line });
@@ -719,21 +811,77 @@ mod tests {
 
     #[test]
     fn escaped_multilines_match_fleets_test() {
-        // fleet v1 unit/unit_test.go TestDeserializeEscapedMultilines: continuations keep "\\\n", and
-        // comment characters inside a continuation are part of the value.
+        // fleet v1 unit/unit_test.go TestDeserializeEscapedMultilines: continuations keep "\\\n".
         let text =
-            "\n[Service]\nExecStart=echo \\\n  \"pi\\\n  ng\"\nExecStop=\\\necho \"po\\\nng\"\n\
-            # comments within continuation should not be ignored\nExecStopPre=echo\\\n#pang\n\
-            ExecStopPost=echo\\\n#peng\\\npung\n";
+            "\n[Service]\nExecStart=echo \\\n  \"pi\\\n  ng\"\nExecStop=\\\necho \"po\\\nng\"\n";
         assert_eq!(
             parse(text),
             [
                 opt("Service", "ExecStart", "echo \\\n  \"pi\\\n  ng\""),
                 opt("Service", "ExecStop", "\\\necho \"po\\\nng\""),
-                opt("Service", "ExecStopPre", "echo\\\n#pang"),
-                opt("Service", "ExecStopPost", "echo\\\n#peng\\\npung"),
             ]
         );
+        // The same test's comment lines inside a continuation were part of the value for go-systemd;
+        // systemd skips them (and joins the next line instead). Refused.
+        assert_eq!(
+            UnitFile::parse("[Service]\nExecStopPre=echo\\\n#pang\n"),
+            Err(ParseError::CommentInContinuation { line: 3 })
+        );
+        assert_eq!(
+            UnitFile::parse("[Service]\nExecStopPost=echo\\\n  ;peng\\\npung\n"),
+            Err(ParseError::CommentInContinuation { line: 3 })
+        );
+    }
+
+    #[test]
+    fn an_even_number_of_backslashes_does_not_continue_the_line() {
+        // systemd reads "\\\\" at the end of a line as an escaped backslash, not a continuation.
+        assert_eq!(
+            parse("[S]\nA=a\\\\\nB=b\n"),
+            [opt("S", "A", "a\\\\"), opt("S", "B", "b")]
+        );
+        assert_eq!(parse("[S]\nA=a\\\\\\\nb\n"), [opt("S", "A", "a\\\\\\\nb")]);
+    }
+
+    #[test]
+    fn control_characters_are_refused_where_systemd_would_end_a_line() {
+        // Issue 13 case 2: systemd reads a lone '\r' (and NUL) as a line end.
+        let injected =
+            "[Unit]\nDescription=harmless\r[Service]\rExecStartPre=/bin/touch /tmp/pwned\n";
+        assert_eq!(
+            UnitFile::parse(injected),
+            Err(ParseError::ControlCharacter { line: 2, ch: '\r' })
+        );
+        // Issue 13 case 7: this parsed, but its options were refused when submitted back.
+        assert_eq!(
+            UnitFile::parse("[a\rb]\nX=y\n"),
+            Err(ParseError::ControlCharacter { line: 1, ch: '\r' })
+        );
+        for ch in ['\0', '\x0b', '\x0c', '\x1b', '\x7f', '\u{85}'] {
+            let text = format!("[S]\nA=1\n# c{ch}\n");
+            assert_eq!(
+                UnitFile::parse(&text),
+                Err(ParseError::ControlCharacter { line: 3, ch }),
+                "{ch:?}"
+            );
+        }
+        // Tab is fine, and CRLF line ends are line ends.
+        assert_eq!(
+            parse("[S]\r\nA=a\tb\r\nB=x \\\r\n y\r\n"),
+            [opt("S", "A", "a\tb"), opt("S", "B", "x \\\n y")]
+        );
+        // Options given as data: the same rule.
+        for value in ["harmless\r[Service]\rExecStartPre=/x", "a\0b", "a\x0cb"] {
+            let err = UnitFile::from_options(vec![opt("Unit", "Description", value)]).unwrap_err();
+            assert!(
+                err.to_string().contains("carriage return")
+                    || err.to_string().contains("control character"),
+                "{value:?}: {err}"
+            );
+        }
+        for (section, name) in [("a\rb", "X"), ("S", "a\0b"), ("S\x01", "X")] {
+            assert!(UnitFile::from_options(vec![opt(section, name, "y")]).is_err());
+        }
     }
 
     #[test]
@@ -844,11 +992,26 @@ mod tests {
     }
 
     #[test]
-    fn comments_are_skipped_and_continue_with_a_trailing_backslash() {
+    fn comments_are_skipped_but_never_continued() {
         assert_eq!(
-            parse("; top\n[S]\n# c1\n  ; c2\nA=1 # not a comment\n# swallow \\\nB=hidden\nC=3\n"),
+            parse("; top\n[S]\n# c1\n  ; c2\nA=1 # not a comment\nC=3\n# last \\"),
             [opt("S", "A", "1 # not a comment"), opt("S", "C", "3")]
         );
+        // go-systemd swallowed the next line into such a comment; systemd reads it as an option.
+        assert_eq!(
+            UnitFile::parse("[S]\n# swallow \\\nB=hidden\n"),
+            Err(ParseError::CommentContinuation { line: 2 })
+        );
+    }
+
+    #[test]
+    fn only_systemds_whitespace_may_follow_a_section_header() {
+        // Found by the systemd oracle: systemd calls this an invalid section header.
+        assert!(matches!(
+            UnitFile::parse("[Service]\u{a0}\nA=1\n"),
+            Err(ParseError::GarbageAfterSection { line: 1, .. })
+        ));
+        assert_eq!(parse("[S] \t\nA=1\n"), [opt("S", "A", "1")]);
     }
 
     #[test]
@@ -1022,9 +1185,15 @@ mod tests {
         let slashes =
             UnitFile::from_options(vec![opt("S", "A", "a \\\n\\\nb"), opt("S", "B", "1")]).unwrap();
         assert_eq!(UnitFile::parse(&slashes.serialize()).unwrap(), slashes);
-        // Whitespace around values is accepted as given (fleet hashed it as given).
-        let spaced = UnitFile::from_options(vec![opt("S", "A", " padded ")]).unwrap();
-        assert_eq!(spaced.serialize(), "[S]\nA= padded \n");
+        // Whitespace around values is refused: systemd (and parsing) would strip it, so the options and
+        // the hash would not show what systemd runs.
+        for v in [" padded", "padded ", "\tx"] {
+            let err = UnitFile::from_options(vec![opt("S", "A", v)]).unwrap_err();
+            assert!(err.to_string().contains("whitespace"), "{v:?}: {err}");
+        }
+        // Whitespace that systemd does not strip (a no-break space) is kept, by both.
+        let nbsp = UnitFile::from_options(vec![opt("S", "A", "\u{a0}x\u{a0}")]).unwrap();
+        assert_eq!(UnitFile::parse(&nbsp.serialize()).unwrap(), nbsp);
     }
 
     #[test]

@@ -34,6 +34,10 @@ fn value() -> impl Strategy<Value = String> {
     .prop_filter("a value cannot end in a continuation", |v| {
         !v.ends_with('\\')
     })
+    .prop_filter(
+        "a continuation line cannot be a comment (systemd skips it)",
+        |v| !v.split('\n').skip(1).any(|l| l.starts_with(['#', ';'])),
+    )
 }
 
 fn options() -> impl Strategy<Value = Vec<UnitOption>> {

@@ -626,7 +626,9 @@ impl JobKind {
     }
 }
 
-/// Writes `dir/name` atomically: a temp file in the same directory, then rename.
+/// Writes `dir/name` atomically: a temp file in the same directory, then rename. The temp file's name
+/// has a fixed length (it does not contain `name`), so the longest valid unit name (255 bytes, the file
+/// system's limit too) still fits; it starts with `.`, which no unit name does.
 async fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -634,7 +636,7 @@ async fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
     };
     tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".{name}.{}.{n}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".fleet-{}-{n}.tmp", std::process::id()));
     let path = dir.join(name);
     if let Err(e) = tokio::fs::write(&tmp, contents).await {
         let _ = tokio::fs::remove_file(&tmp).await;

@@ -5,38 +5,13 @@ use crate::Error;
 /// Object path prefix of unit objects.
 pub(crate) const UNIT_PATH_PREFIX: &str = "/org/freedesktop/systemd1/unit/";
 
-/// Unit type suffixes systemd knows.
-const SUFFIXES: &[&str] = &[
-    ".service",
-    ".socket",
-    ".target",
-    ".timer",
-    ".path",
-    ".mount",
-    ".automount",
-    ".swap",
-    ".device",
-    ".slice",
-    ".scope",
-];
-
-/// Checks that `name` is a unit name systemd accepts (`foo.service`, `web@1.service`, `web@.service`):
-/// at most 255 bytes of `[A-Za-z0-9:_.\\@-]`, a known type suffix, no path separator.
+/// Checks that `name` is a unit name systemd accepts (`foo.service`, `web@1.service`, `web@.service`).
+/// The rules are those of [`fleet_sched::UnitName`], the one validator the API, the registry and the
+/// agent use too.
 pub fn validate_unit_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":_.\\@-".contains(&b))
-        && SUFFIXES
-            .iter()
-            .any(|s| name.len() > s.len() && name.ends_with(s))
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidUnitName(name.to_string()))
-    }
+    fleet_sched::UnitName::parse(name)
+        .map(|_| ())
+        .map_err(|_| Error::InvalidUnitName(name.to_string()))
 }
 
 /// Whether unit file contents have an `[Install]` section (then `load_unit` should enable it).
@@ -157,6 +132,8 @@ mod tests {
             "a",
             "a.unknown",
             "../a.service",
+            ".a.service",
+            "a.snapshot",
             "a b.service",
             "a/b.service",
         ] {
@@ -165,7 +142,8 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(validate_unit_name(&format!("{}.service", "a".repeat(250))).is_err());
+        assert!(validate_unit_name(&format!("{}.service", "a".repeat(248))).is_err());
+        assert!(validate_unit_name(&format!("{}.service", "a".repeat(247))).is_ok());
     }
 
     #[test]
