@@ -224,6 +224,13 @@ fn bad_requests_write_nothing() {
     assert_error(&r, 400, "unable to decode body");
     let r = http(s, "PUT", path, &[JSON], br#"{"options": "nope"}"#).unwrap();
     assert_error(&r, 400, "unable to decode body");
+    // 400 (was 409): a JSON array is not a unit, even an empty one (issue 13 case 7).
+    for body in ["[]", " [{}]", "\"x.service\"", "null"] {
+        let r = http(s, "PUT", path, &[JSON], body.as_bytes()).unwrap();
+        assert_error(&r, 400, "unable to decode body");
+    }
+    let r = http(s, "PATCH", "/fleet/v1/machines", &[JSON], b"[[]]").unwrap();
+    assert_error(&r, 400, "operation 0 is not a JSON object");
     // 400: name in the body differs from the URL.
     let r = put(
         &f,
@@ -356,6 +363,18 @@ fn pagination_tokens() {
         ]
     );
     assert!(p2.get("nextPageToken").is_none());
+
+    // Issue 13 case 7: a 100 KB token got hyper's 414 with an empty body; fleet's JSON error now. A long
+    // token that hyper lets through is refused without being decoded or echoed back.
+    let huge = "A".repeat(100_000);
+    let r = http_get(s, &format!("/fleet/v1/units?nextPageToken={huge}"));
+    assert_error(&r, 414, "too long");
+    let long = "A".repeat(10_000);
+    let r = http_get(s, &format!("/fleet/v1/units?nextPageToken={long}"));
+    assert_error(&r, 400, "10000 bytes long");
+    assert!(r.text().len() < 200, "{}", r.text());
+    // The connection-level rewrite leaves ordinary answers alone.
+    assert_eq!(http_get(s, "/fleet/v1/units").status, 200);
 
     // Malformed, page 0, another limit, repeated.
     for q in [

@@ -50,7 +50,18 @@ pub(super) async fn patch(
         super::check_json_content_type(&headers)?;
     }
     let bytes = read_body(body, &headers, st.max_body()).await?;
-    let raw: Vec<schema::MachineMetadataOp> = serde_json::from_slice(&bytes)
+    // Each operation must be a JSON object (serde would also read a struct from an array).
+    let values: Vec<serde_json::Value> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
+    if let Some(i) = values.iter().position(|v| !v.is_object()) {
+        return Err(ApiError::bad_request(format!(
+            "unable to decode body: operation {i} is not a JSON object"
+        )));
+    }
+    let raw: Vec<schema::MachineMetadataOp> = values
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()
         .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
     let mut ops = Vec::with_capacity(raw.len());
     for (i, op) in raw.iter().enumerate() {

@@ -20,7 +20,10 @@
 //! - `GET`/`DELETE` of a syntactically invalid name is a 404, like any unit that does not exist;
 //! - `Content-Type: application/json; charset=...` is accepted; error bodies are JSON everywhere,
 //!   including 404/405 (fleet answered those with an empty body);
-//! - bodies larger than `api_max_body` are refused with 413;
+//! - bodies larger than `api_max_body` are refused with 413; a body that is not a JSON object where
+//!   one is expected (`[]` as a unit) is a 400;
+//! - the errors hyper answers by itself (a URI of 64 KiB or more, headers too large, a malformed
+//!   request line) carry the same JSON error body ([`wire`]);
 //! - `PATCH /machines` naming a machine this fleetd cannot change is a 404 and applies nothing
 //!   (until gossip exists, only the local machine's metadata can change; it is kept in memory).
 //!
@@ -37,6 +40,7 @@ pub mod pagination;
 pub mod relay;
 pub mod schema;
 mod units;
+mod wire;
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -409,7 +413,7 @@ pub async fn serve(
         let mut rx = rx.clone();
         let r = router.clone();
         tasks.spawn(async move {
-            axum::serve(l, r)
+            axum::serve(wire::JsonErrors(l), r)
                 .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|s| *s).await;
                 })
@@ -425,7 +429,7 @@ pub async fn serve(
             ));
             tasks.spawn(async move {
                 axum::serve(
-                    access.listener(l),
+                    wire::JsonErrors(access.listener(l)),
                     app.into_make_service_with_connect_info::<access::Peer>(),
                 )
                 .with_graceful_shutdown(async move {
@@ -437,7 +441,7 @@ pub async fn serve(
         (Some(l), None) => {
             let mut rx = rx.clone();
             tasks.spawn(async move {
-                axum::serve(l, router)
+                axum::serve(wire::JsonErrors(l), router)
                     .with_graceful_shutdown(async move {
                         let _ = rx.wait_for(|s| *s).await;
                     })

@@ -3,6 +3,9 @@
 use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine;
 
+/// Longest `nextPageToken` looked at (a real one is 8 characters).
+pub const MAX_TOKEN_LEN: usize = 64;
+
 /// Which page of a listing to return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageToken {
@@ -23,6 +26,13 @@ impl PageToken {
 
     /// Parses a token; the message says what is wrong.
     pub fn decode(s: &str) -> Result<PageToken, String> {
+        // A token is 8 characters; anything much longer is refused before decoding (and not echoed).
+        if s.len() > MAX_TOKEN_LEN {
+            return Err(format!(
+                "invalid page token: {} bytes long, a token is at most {MAX_TOKEN_LEN}",
+                s.len()
+            ));
+        }
         let b = URL_SAFE
             .decode(s)
             .map_err(|e| format!("invalid page token {s:?}: {e}"))?;

@@ -83,6 +83,13 @@ pub(super) async fn set(
 ) -> Result<Response, ApiError> {
     check_json_content_type(&headers)?;
     let bytes = read_body(body, &headers, st.max_body()).await?;
+    // serde reads a struct from a JSON array too (`[]` was an empty unit, then a 409): only an object is
+    // a unit.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "unable to decode body: expected a JSON object (a unit)",
+        ));
+    }
     let mut su: schema::Unit = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
     if su.name.is_empty() {
