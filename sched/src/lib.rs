@@ -8,6 +8,7 @@
 //! - [`state`]: the desired state a user sets ([`DesiredState`]).
 //! - [`machine`]: machine identities ([`MachineId`]).
 //! - [`placement`]: where units run ([`schedule`] gives a [`Plan`]), decided identically by every agent.
+//! - `testing` (feature `testing`): test oracles, among them an independent placement checker.
 
 pub mod machine;
 pub mod name;
@@ -15,6 +16,8 @@ pub mod placement;
 pub mod reconcile;
 pub mod requirements;
 pub mod state;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod unitfile;
 
 pub use machine::{MachineId, MachineIdError};

@@ -320,6 +320,7 @@ impl Plan {
     }
 }
 
+#[cfg(feature = "testing")]
 impl Plan {
     /// Checks this plan against `machines` and `units` by brute force, independently of how [`schedule`]
     /// works, and describes every broken rule (empty when the plan is sound). Meant for tests and
