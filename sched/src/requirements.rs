@@ -363,67 +363,89 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     }
     let p: Vec<char> = pattern.chars().collect();
     let n: Vec<char> = name.chars().collect();
-    match_from(&p, 0, &n, 0)
+    if n.contains(&'/') {
+        match_dp(&p, &n)
+    } else {
+        match_greedy(&p, &n)
+    }
 }
 
-fn match_from(p: &[char], mut pi: usize, n: &[char], mut ni: usize) -> bool {
-    while pi < p.len() {
-        match p[pi] {
-            '*' => {
-                // Collapse runs of '*'.
-                while pi < p.len() && p[pi] == '*' {
-                    pi += 1;
-                }
-                let mut k = ni;
-                loop {
-                    if match_from(p, pi, n, k) {
-                        return true;
-                    }
-                    if k >= n.len() || n[k] == '/' {
-                        return false;
-                    }
-                    k += 1;
-                }
-            }
-            '?' => {
-                if ni >= n.len() || n[ni] == '/' {
-                    return false;
-                }
+/// One non-`*` pattern element at `p[pi]` against `n[ni]`: the indices after both, if it matches.
+fn step(p: &[char], pi: usize, n: &[char], ni: usize) -> Option<(usize, usize)> {
+    let c = *n.get(ni)?;
+    match p[pi] {
+        '?' => (c != '/').then_some((pi + 1, ni + 1)),
+        '[' => match match_class(p, pi, c) {
+            Ok((true, next)) if c != '/' => Some((next, ni + 1)),
+            _ => None,
+        },
+        '\\' => (p.get(pi + 1) == Some(&c)).then_some((pi + 2, ni + 1)),
+        lit => (lit == c).then_some((pi + 1, ni + 1)),
+    }
+}
+
+/// Matching for names without `/` (unit names): the classic wildcard algorithm that backtracks only to
+/// the last `*`, `O(len(p) × len(n))` at worst (the recursive version was exponential in the number of
+/// `*`: `*a*a*a*a*a*a*a*b` against 200 `a`s never finished).
+fn match_greedy(p: &[char], n: &[char]) -> bool {
+    let (mut pi, mut ni) = (0, 0);
+    // (pattern index after the last '*', name index where its match ends).
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if pi < p.len() {
+            if p[pi] == '*' {
                 pi += 1;
-                ni += 1;
+                star = Some((pi, ni));
+                continue;
             }
-            '[' => {
-                if ni >= n.len() || n[ni] == '/' {
-                    return false;
-                }
-                match match_class(p, pi, n[ni]) {
-                    Ok((true, next)) => {
-                        pi = next;
-                        ni += 1;
-                    }
-                    _ => return false,
-                }
+            if let Some((npi, nni)) = step(p, pi, n, ni) {
+                (pi, ni) = (npi, nni);
+                continue;
             }
-            '\\' => {
-                let Some(&c) = p.get(pi + 1) else {
-                    return false;
-                };
-                if n.get(ni) != Some(&c) {
-                    return false;
-                }
-                pi += 2;
-                ni += 1;
+        } else if ni == n.len() {
+            return true;
+        }
+        match star {
+            Some((sp, sn)) if sn < n.len() => {
+                star = Some((sp, sn + 1));
+                (pi, ni) = (sp, sn + 1);
             }
-            c => {
-                if n.get(ni) != Some(&c) {
-                    return false;
-                }
-                pi += 1;
-                ni += 1;
-            }
+            _ => return false,
         }
     }
-    ni == n.len()
+}
+
+/// Matching for any name, `*` never crossing `/`: dynamic programming over (pattern, name) positions.
+fn match_dp(p: &[char], n: &[char]) -> bool {
+    // can[j]: the pattern read so far matches n[..j].
+    let mut can = vec![false; n.len() + 1];
+    can[0] = true;
+    let mut pi = 0;
+    while pi < p.len() {
+        let mut next = vec![false; n.len() + 1];
+        let mut after = pi + 1;
+        for j in 0..=n.len() {
+            if p[pi] == '*' {
+                next[j] = can[j] || (j > 0 && next[j - 1] && n[j - 1] != '/');
+            } else if j > 0 && can[j - 1] {
+                if let Some((npi, _)) = step(p, pi, n, j - 1) {
+                    next[j] = true;
+                    after = npi;
+                }
+            }
+        }
+        if p[pi] != '*' {
+            // The element's length in the pattern does not depend on the character it matched.
+            after = match p[pi] {
+                '\\' => pi + 2,
+                '[' => match_class(p, pi, 'a').map_or(pi + 1, |(_, next)| next),
+                _ => pi + 1,
+            };
+        }
+        can = next;
+        pi = after;
+    }
+    can[n.len()]
 }
 
 /// Matches `c` against the class starting at `p[start] == '['`; returns (matched, index after `]`).
@@ -475,6 +497,40 @@ fn class_char(p: &[char], i: usize) -> Result<(char, usize), GlobError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn glob_matching_is_polynomial_and_both_matchers_agree() {
+        // Exponential for the old recursive matcher.
+        let many = "*a".repeat(40) + "*b";
+        assert!(!glob_match(&many, &"a".repeat(250)));
+        assert!(glob_match(&many, &format!("{}b", "a".repeat(250))));
+        // The greedy matcher (names without '/') and the general one agree, on a small alphabet.
+        let alphabet = ['a', 'b', '*', '?', '[', ']', '^', '-', '\\'];
+        let names = ["", "a", "b", "ab", "ba", "aab", "abab", "bbba", "a-b", "^]"];
+        let mut seed = 7u64;
+        for _ in 0..20_000 {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (seed >> 60) as usize;
+            let pat: Vec<char> = (0..len)
+                .map(|i| alphabet[((seed >> (4 * i + 3)) % alphabet.len() as u64) as usize])
+                .collect();
+            if glob_check(&pat.iter().collect::<String>()).is_err() {
+                continue;
+            }
+            for name in names {
+                let n: Vec<char> = name.chars().collect();
+                assert_eq!(
+                    match_greedy(&pat, &n),
+                    match_dp(&pat, &n),
+                    "{pat:?} {name:?}"
+                );
+            }
+        }
+        assert!(match_dp(&['*', '/', 'b'], &['a', '/', 'b']));
+        assert!(!match_dp(&['*', 'b'], &['a', '/', 'b']));
+    }
 
     fn req(name: &str, xfleet: &str) -> Result<Requirements, RequirementError> {
         let name = UnitName::parse(name).unwrap();

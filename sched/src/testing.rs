@@ -283,6 +283,10 @@ fn compile(pattern: &str) -> Option<Vec<Tok>> {
                     if c == ']' && !first {
                         break;
                     }
+                    // As Go's path.Match: an unescaped ']' first or '-' is a malformed class.
+                    if c == ']' || c == '-' {
+                        return None;
+                    }
                     first = false;
                     if c == '\\' {
                         c = it.next()?;
@@ -587,7 +591,7 @@ mod tests {
         assert!(glob("web@*.service", "web@1.service"));
         assert!(!glob("web@*.service", "db.service"));
         assert!(glob("a?c", "abc") && !glob("a?c", "ac"));
-        assert!(glob("[a-c]x", "bx") && !glob("[^a-c]x", "bx") && glob("[]]", "]"));
+        assert!(glob("[a-c]x", "bx") && !glob("[^a-c]x", "bx") && !glob("[]]", "]"));
         assert!(glob("a\\*", "a*") && !glob("a\\*", "ab"));
         assert!(!glob("[a", "a") && !glob("a\\", "a"));
         assert!(glob("*a*a*a*a*a*a*a*b", &format!("{}b", "a".repeat(200))));
