@@ -451,6 +451,14 @@ fn machines_state_and_metadata_patch() {
         assert_error(&patch(json!([good.clone(), bad])), 400, "operation 1");
     }
     assert_error(&patch(json!("not a list")), 400, "unable to decode body");
+    // A machine that is not in the cluster: 404, and the valid op beside it is not applied either.
+    assert_error(
+        &patch(
+            json!([good.clone(), {"op": "add", "path": "/0123abcd/metadata/x", "value": {"value": "1"}}]),
+        ),
+        404,
+        "machine 0123abcd does not exist",
+    );
     assert_eq!(
         http_get(s, "/fleet/v1/machines").json()["machines"][0]["metadata"],
         json!({"disk": "ssd", "region": "west"}),

@@ -98,13 +98,26 @@ fn restart_gives_units_a_new_main_process_on_every_machine_running_them() {
     assert_eq!(&again[..2], &after[..2]);
     assert_ne!(again[2], after[2]);
 
-    // A unit the user stopped is not started behind their back; a missing unit is an error.
+    // As fleet's restart, a unit that is stopped (loaded) or unloaded (inactive) is started.
     fl.fleetctl_ok(1, &["stop", "one.service"]);
-    let out = fl.fleetctl(1, &["restart", "one.service"]);
-    let (o, e) = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{o}{e}");
-    assert!(e.contains("not launched"), "{e}");
     assert_eq!(fl.active_state(on, "one.service"), "inactive");
+    let out = fl.fleetctl_ok(1, &["restart", "one.service"]);
+    let at = fl.wait_for("one.service active again", WAIT, |fl| {
+        let r = fl.running_on("one.service");
+        (r.len() == 1).then(|| r[0])
+    });
+    assert_eq!(
+        out.trim(),
+        format!(
+            "Unit one.service launched on {}.../{}",
+            &fl.machine_id(at)[..8],
+            fleet_lab::machine_ip(at)
+        )
+    );
+    fl.fleetctl_ok(1, &["unload", "one.service"]);
+    let out = fl.fleetctl_ok(1, &["restart", "one.service"]);
+    assert!(out.starts_with("Unit one.service launched on "), "{out}");
+    assert_eq!(fl.running_on("one.service").len(), 1);
     let out = fl.fleetctl(1, &["restart", "nope.service"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

@@ -1,5 +1,7 @@
 //! End-to-end: `fleetctl status` and `fleetctl journal` on one machine show a unit running on
-//! another, answered by that machine's agent over the gossip request channel (root only).
+//! another, answered by that machine's agent over the gossip request channel; `PATCH
+//! /fleet/v1/machines` through one machine changes the metadata of others, applied by each of them
+//! (root only).
 
 mod lab;
 
@@ -212,4 +214,80 @@ fn a_global_units_status_comes_from_every_machine_and_its_journal_from_the_one_p
             "{e}"
         );
     }
+}
+
+#[test]
+fn metadata_of_any_machine_is_changed_through_any_machine() {
+    let Some(fl) = FleetLab::up(3, &[]) else {
+        return;
+    };
+    let (m2, m3) = (fl.machine_id(2), fl.machine_id(3));
+    let add = |m: &str, k: &str, v: &str| {
+        format!(r#"{{"op":"add","path":"/{m}/metadata/{k}","value":{{"value":"{v}"}}}}"#)
+    };
+    // Two other machines in one request through m1: 204 once applied, and m1 already shows it.
+    let (code, body) = fl.patch_machines(
+        1,
+        &format!(
+            "[{},{},{}]",
+            add(&m2, "region", "eu"),
+            add(&m3, "region", "us"),
+            add(&m3, "disk", "ssd")
+        ),
+    );
+    assert_eq!(code, 204, "{body}");
+    assert_eq!(fl.metadata_seen(1, 2).as_deref(), Some("region=eu"));
+    assert_eq!(
+        fl.metadata_seen(1, 3).as_deref(),
+        Some("disk=ssd,region=us")
+    );
+    // Applied by the machines themselves (their own fleetd has it), and gossiped to everyone.
+    assert_eq!(fl.metadata_seen(2, 2).as_deref(), Some("region=eu"));
+    fl.wait_metadata(2, "region=eu");
+    fl.wait_metadata(3, "disk=ssd,region=us");
+    assert_eq!(fl.metadata_seen(1, 1).as_deref(), Some("-"));
+
+    // Every op is validated, and every machine must exist, before anything is applied.
+    let (code, body) = fl.patch_machines(
+        1,
+        &format!(
+            "[{},{}]",
+            add(&m2, "region", "xx"),
+            add(&m3, "bad key", "1")
+        ),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = fl.patch_machines(
+        1,
+        &format!(
+            "[{},{}]",
+            add(&m2, "region", "yy"),
+            add("0123456789abcdef0123456789abcdef", "region", "1")
+        ),
+    );
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("0123456789abcdef0123456789abcdef"), "{body}");
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 1..=3 {
+        assert_eq!(fl.metadata_seen(i, 2).as_deref(), Some("region=eu"), "m{i}");
+    }
+
+    // Removal through a third machine; placement follows the new metadata.
+    let (code, body) = fl.patch_machines(
+        3,
+        &format!(r#"[{{"op":"remove","path":"/{m2}/metadata/region"}}]"#),
+    );
+    assert_eq!(code, 204, "{body}");
+    fl.wait_metadata(2, "-");
+    fl.write_file(
+        1,
+        "/tmp/us.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n\n[X-Fleet]\nMachineMetadata=region=us\n",
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/us.service"]);
+    let on = fl.wait_for("us.service running", WAIT, |fl| {
+        let r = fl.running_on("us.service");
+        (r.len() == 1).then(|| r[0])
+    });
+    assert_eq!(on, 3);
 }

@@ -1,10 +1,12 @@
-//! Unit status, journal and restart between agents: the protocol on the gossip request channel, the
-//! handler that answers on the unit's machine, and the [`UnitRelay`] the HTTP API asks through.
+//! Requests between agents: a unit's status, journal and restart, and machine metadata changes. The
+//! protocol on the gossip request channel, the [`Responder`] that answers on the unit's (or the
+//! machine's) own machine, and the [`UnitRelay`] the HTTP API asks through.
 //!
 //! A request is one postcard-encoded [`Request`]; the answer is one postcard-encoded [`Response`]
 //! (failures are [`Response::Error`], so the gossip stream itself only fails on transport trouble).
-//! The handler runs `systemctl status`, `journalctl` or `systemctl restart` for the unit on this
-//! machine (a peer is trusted as far as mutual TLS admitted it; which units may be restarted is
+//! The responder runs `systemctl status` or `journalctl` for the unit on this machine, restarts it
+//! through systemd's D-Bus API (`RestartUnit`, waiting for the job), or applies metadata changes to
+//! this machine (a peer is trusted as far as mutual TLS admitted it; which units may be restarted is
 //! decided by the API that sends the request: launched units of the registry, on their machine):
 //! - the unit name must parse as a [`UnitName`] (and not be a template, for a restart) and the cursor
 //!   must pass [`valid_cursor`], else the
@@ -12,19 +14,29 @@
 //!   as `--opt=value`, never through a shell;
 //! - a command runs at most [`COMMAND_TIMEOUT`] and its output is cut at [`MAX_OUTPUT`] bytes
 //!   (status keeps the head, journal keeps the tail, where the newest lines and the cursor are);
+//! - a metadata change must name valid keys (`[A-Za-z0-9_.-]+`) and non-empty values, else nothing
+//!   is applied;
 //! - a request that does not decode gets [`Response::Error`], never a panic.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_gossip_quic::transport::{GossipHandle, RequestError};
 use fleet_sched::{MachineId, UnitName};
+use fleet_systemd::{Bus, Systemd};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::api::relay::{valid_cursor, RelayError, RelayFuture, UnitAnswer, UnitQuery, UnitRelay};
+use crate::api::cluster::{ClusterView, MetadataOp};
+use crate::api::relay::{
+    valid_cursor, MetadataChange, MetadataFuture, RelayError, RelayFuture, UnitAnswer, UnitQuery,
+    UnitRelay,
+};
 use crate::api::relay::{MAX_CURSOR, MAX_LINES};
+use crate::config::valid_metadata_key;
 
 /// Most bytes of command output kept in an answer.
 pub const MAX_OUTPUT: usize = 1 << 20;
@@ -52,20 +64,27 @@ pub enum Request {
         /// Continue after this cursor (from a previous [`Response::Journal`]).
         cursor: Option<String>,
     },
-    /// `systemctl restart` of `unit` (stop, then start: a new main process), waiting for the job.
+    /// A restart of `unit` (stop, then start: a new main process), waiting for systemd's job.
     Restart {
         /// The unit name (validated by the receiver; templates are refused).
         unit: String,
     },
+    /// Metadata changes of the receiving machine (`PATCH /fleet/v1/machines` sent to another
+    /// machine's fleetd): `(key, Some(value))` sets, `(key, None)` removes; all or nothing.
+    SetMetadata {
+        /// The changes, in order.
+        changes: Vec<(String, Option<String>)>,
+    },
 }
 
 impl Request {
-    /// The unit the request is about.
+    /// The unit the request is about (none for metadata changes).
     pub fn unit(&self) -> Option<&str> {
         match self {
             Request::Status { unit, .. }
             | Request::Journal { unit, .. }
             | Request::Restart { unit } => Some(unit),
+            Request::SetMetadata { .. } => None,
         }
     }
 }
@@ -87,13 +106,16 @@ pub enum Response {
         /// Where to continue; `None` when there was no entry (keep the previous cursor).
         cursor: Option<String>,
     },
-    /// `systemctl restart` finished: exit code 0 when the unit was restarted.
+    /// The restart job finished: exit code 0 when the unit was restarted, 1 when systemd's job did
+    /// not succeed (`text` says how it ended).
     Restart {
-        /// systemctl's output (empty on success; its error otherwise).
+        /// Empty on success; the job's result otherwise.
         text: String,
-        /// systemctl's exit code (-1 when killed by a signal).
+        /// 0 when restarted.
         exit_code: i32,
     },
+    /// The metadata changes were applied.
+    MetadataSet,
     /// The request was refused or the command failed.
     Error(String),
 }
@@ -158,17 +180,152 @@ impl From<UnitQuery> for Request {
     }
 }
 
-/// Makes this machine answer status, journal and restart requests from its peers, for the units fleet
-/// manages here only (those with a file in `units_directory`): a peer cannot read or restart the
-/// machine's other services (sshd, etcd, ...).
-pub fn install(gossip: &GossipHandle, systemd_user: bool, units_directory: std::path::PathBuf) {
+/// What this machine answers its peers (and its own API, for its own units and metadata): status and
+/// journal through `systemctl`/`journalctl`, restarts through systemd's D-Bus API (one connection,
+/// opened on first use and again after it broke), metadata changes through the cluster view.
+pub struct Responder {
+    local: MachineId,
+    systemd_user: bool,
+    units_directory: PathBuf,
+    systemd: tokio::sync::Mutex<Option<Systemd>>,
+    cluster: Option<Arc<dyn ClusterView>>,
+}
+
+impl Responder {
+    /// Answers as machine `local` for units in `units_directory`, with systemd on the session bus
+    /// when `systemd_user`. Metadata changes are refused until [`Responder::with_cluster`].
+    pub fn new(local: MachineId, systemd_user: bool, units_directory: PathBuf) -> Responder {
+        Responder {
+            local,
+            systemd_user,
+            units_directory,
+            systemd: tokio::sync::Mutex::new(None),
+            cluster: None,
+        }
+    }
+
+    /// Applies metadata changes to `cluster`'s local machine.
+    pub fn with_cluster(mut self, cluster: Arc<dyn ClusterView>) -> Responder {
+        self.cluster = Some(cluster);
+        self
+    }
+
+    /// Answers `request` on this machine (always with a [`Response`]).
+    pub async fn answer(&self, request: &Request) -> Response {
+        match request {
+            Request::Restart { unit } => match check(unit, 0, None) {
+                Ok(n) if n.is_template() => Response::Error(format!("cannot restart template {n}")),
+                Ok(n) => self.restart(&n).await,
+                Err(e) => Response::Error(e),
+            },
+            Request::SetMetadata { changes } => self.set_metadata(changes),
+            other => run_command(other, self.systemd_user).await,
+        }
+    }
+
+    /// `RestartUnit(name, "replace")` and wait for its job, at most [`COMMAND_TIMEOUT`].
+    async fn restart(&self, name: &UnitName) -> Response {
+        let mut conn = self.systemd.lock().await;
+        for attempt in 0..2 {
+            let sd = match conn.as_ref() {
+                Some(sd) => sd.clone(),
+                None => match self.connect().await {
+                    Ok(sd) => conn.insert(sd).clone(),
+                    Err(e) => return Response::Error(format!("cannot reach systemd: {e}")),
+                },
+            };
+            let job =
+                tokio::time::timeout(COMMAND_TIMEOUT, sd.restart_unit_and_wait(name.as_str()));
+            match job.await {
+                Err(_) => {
+                    return Response::Error(format!(
+                        "the restart of {name} did not finish within {COMMAND_TIMEOUT:?} (systemd's job may still be running)"
+                    ))
+                }
+                Ok(Ok(r)) if r.is_success() => {
+                    return Response::Restart {
+                        text: String::new(),
+                        exit_code: 0,
+                    }
+                }
+                Ok(Ok(r)) => {
+                    return Response::Restart {
+                        text: format!("systemd's restart job for {name} ended with result {r}"),
+                        exit_code: 1,
+                    }
+                }
+                Ok(Err(e)) if e.is_disconnected() && attempt == 0 => {
+                    tracing::debug!("relay: systemd connection lost ({e}); reconnecting");
+                    *conn = None;
+                }
+                Ok(Err(e)) => return Response::Error(format!("restarting {name}: {e}")),
+            }
+        }
+        Response::Error(format!("restarting {name}: systemd connection lost"))
+    }
+
+    async fn connect(&self) -> Result<Systemd, fleet_systemd::Error> {
+        let bus = if self.systemd_user {
+            Bus::Session
+        } else {
+            Bus::System
+        };
+        Systemd::connect(
+            fleet_systemd::Config::new(bus)
+                .units_directory(&self.units_directory)
+                .call_timeout(COMMAND_TIMEOUT),
+        )
+        .await
+    }
+
+    /// Validates every change, then applies them all to this machine.
+    fn set_metadata(&self, changes: &[(String, Option<String>)]) -> Response {
+        let Some(cluster) = &self.cluster else {
+            return Response::Error("this machine cannot change its metadata".into());
+        };
+        let me = &self.local;
+        let mut ops = Vec::with_capacity(changes.len());
+        for (i, (key, value)) in changes.iter().enumerate() {
+            if !valid_metadata_key(key) {
+                let shown: String = key.chars().take(100).collect();
+                return Response::Error(format!("change {i}: invalid metadata key {shown:?}"));
+            }
+            ops.push(match value {
+                Some(v) if v.is_empty() => {
+                    return Response::Error(format!("change {i}: empty value for {key}"))
+                }
+                Some(v) => MetadataOp::Set {
+                    machine: me.to_string(),
+                    key: key.clone(),
+                    value: v.clone(),
+                },
+                None => MetadataOp::Remove {
+                    machine: me.to_string(),
+                    key: key.clone(),
+                },
+            });
+        }
+        match cluster.apply_metadata(&ops) {
+            Ok(()) => {
+                tracing::info!(changes = ops.len(), "machine metadata changed by a peer");
+                Response::MetadataSet
+            }
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+}
+
+/// Makes this machine answer requests from its peers through `responder`: status, journal and
+/// restart for the units fleet manages here only (those with a file in its units directory; a peer
+/// cannot read or restart the machine's other services: sshd, etcd, ...), and metadata changes.
+pub fn install(gossip: &GossipHandle, responder: Arc<Responder>) {
     gossip.set_request_handler(move |from: SocketAddr, request: Vec<u8>| {
-        let units_directory = units_directory.clone();
+        let responder = responder.clone();
         async move {
             if let Ok(r) = Request::decode(&request) {
                 if let Some(unit) = r.unit() {
                     let managed = UnitName::parse(unit)
-                        .map(|n| units_directory.join(n.as_str()).exists())
+                        .map(|n| responder.units_directory.join(n.as_str()).exists())
                         .unwrap_or(true); // invalid names get their own error below
                     if !managed {
                         return Ok(Response::Error(format!(
@@ -178,17 +335,17 @@ pub fn install(gossip: &GossipHandle, systemd_user: bool, units_directory: std::
                     }
                 }
             }
-            Ok(handle(from, &request, systemd_user).await)
+            Ok(handle(from, &request, &responder).await)
         }
     });
 }
 
 /// Answers one encoded request (always with an encoded [`Response`]).
-pub async fn handle(from: SocketAddr, request: &[u8], systemd_user: bool) -> Vec<u8> {
+pub async fn handle(from: SocketAddr, request: &[u8], responder: &Responder) -> Vec<u8> {
     let response = match Request::decode(request) {
         Ok(r) => {
             tracing::debug!(%from, request = ?r, "relay request");
-            answer(&r, systemd_user).await
+            responder.answer(&r).await
         }
         Err(e) => {
             tracing::debug!(%from, len = request.len(), "relay: {e}");
@@ -216,8 +373,8 @@ fn check(unit: &str, lines: u32, cursor: Option<&str>) -> Result<UnitName, Strin
     Ok(name)
 }
 
-/// Runs the command a request asks for on this machine.
-pub async fn answer(request: &Request, systemd_user: bool) -> Response {
+/// Runs the command a status or journal request asks for on this machine.
+async fn run_command(request: &Request, systemd_user: bool) -> Response {
     match request {
         Request::Status { unit, lines } => {
             let name = match check(unit, *lines, None) {
@@ -281,36 +438,8 @@ pub async fn answer(request: &Request, systemd_user: bool) -> Response {
                 Err(e) => Response::Error(e),
             }
         }
-        Request::Restart { unit } => {
-            let name = match check(unit, 0, None) {
-                Ok(n) if n.is_template() => {
-                    return Response::Error(format!("cannot restart template {n}"))
-                }
-                Ok(n) => n,
-                Err(e) => return Response::Error(e),
-            };
-            let mut args = Vec::new();
-            if systemd_user {
-                args.push("--user".to_string());
-            }
-            args.extend([
-                "restart".into(),
-                "--no-ask-password".into(),
-                "--job-mode=replace".into(),
-                "--".into(),
-                name.to_string(),
-            ]);
-            match run("systemctl", &args, Keep::Head).await {
-                Ok(out) => Response::Restart {
-                    text: if out.stderr.trim().is_empty() {
-                        out.stdout
-                    } else {
-                        out.stderr
-                    },
-                    exit_code: out.code,
-                },
-                Err(e) => Response::Error(format!("{e} (a restart job may still be running)")),
-            }
+        Request::Restart { .. } | Request::SetMetadata { .. } => {
+            Response::Error("not a command request".into())
         }
     }
 }
@@ -454,16 +583,21 @@ async fn read_bounded(
 pub struct GossipRelay {
     local: MachineId,
     gossip: Option<GossipHandle>,
-    systemd_user: bool,
+    responder: Arc<Responder>,
 }
 
 impl GossipRelay {
-    /// Relays from machine `local` over `gossip` (without gossip only local units can be asked).
-    pub fn new(local: MachineId, gossip: Option<GossipHandle>, systemd_user: bool) -> GossipRelay {
+    /// Relays from machine `local` over `gossip` (without gossip only this machine can be asked);
+    /// `responder` answers what concerns this machine.
+    pub fn new(
+        local: MachineId,
+        gossip: Option<GossipHandle>,
+        responder: Arc<Responder>,
+    ) -> GossipRelay {
         GossipRelay {
             local,
             gossip,
-            systemd_user,
+            responder,
         }
     }
 
@@ -473,7 +607,7 @@ impl GossipRelay {
         request: Request,
     ) -> Result<Response, RelayError> {
         if *machine == self.local {
-            return Ok(answer(&request, self.systemd_user).await);
+            return Ok(self.responder.answer(&request).await);
         }
         let Some(gossip) = &self.gossip else {
             return Err(RelayError::Unreachable {
@@ -538,6 +672,29 @@ impl UnitRelay for GossipRelay {
             }
         })
     }
+
+    fn set_metadata<'a>(
+        &'a self,
+        machine: &'a MachineId,
+        changes: Vec<MetadataChange>,
+    ) -> MetadataFuture<'a> {
+        Box::pin(async move {
+            let failed = |message: String| RelayError::Failed {
+                machine: machine.clone(),
+                message,
+            };
+            match self
+                .exchange(machine, Request::SetMetadata { changes })
+                .await?
+            {
+                Response::MetadataSet => Ok(()),
+                Response::Error(e) => Err(failed(e)),
+                other => Err(failed(format!(
+                    "answered with the wrong kind of response: {other:?}"
+                ))),
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -546,6 +703,14 @@ mod tests {
 
     fn from() -> SocketAddr {
         "127.0.0.1:1".parse().unwrap()
+    }
+
+    fn responder() -> Responder {
+        Responder::new(
+            MachineId::parse("m1").unwrap(),
+            false,
+            "/nonexistent/fleet-units".into(),
+        )
     }
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
@@ -571,6 +736,9 @@ mod tests {
             Request::Restart {
                 unit: "a.service".into(),
             },
+            Request::SetMetadata {
+                changes: vec![("a".into(), Some("b".into())), ("c".into(), None)],
+            },
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
@@ -587,6 +755,7 @@ mod tests {
                 text: String::new(),
                 exit_code: 0,
             },
+            Response::MetadataSet,
             Response::Error("no".into()),
         ] {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);
@@ -618,9 +787,10 @@ mod tests {
             }
             garbage.push(g);
         }
+        let responder = responder();
         block(async {
             for g in garbage {
-                let answer = handle(from(), &g, false).await;
+                let answer = handle(from(), &g, &responder).await;
                 let r = Response::decode(&answer).expect("an encoded response");
                 if Request::decode(&g).is_err() {
                     assert!(matches!(r, Response::Error(_)), "{g:?} -> {r:?}");
@@ -668,7 +838,7 @@ mod tests {
         ];
         block(async {
             for r in bad {
-                let got = answer(&r, false).await;
+                let got = responder().answer(&r).await;
                 let Response::Error(msg) = &got else {
                     panic!("{r:?} was answered: {got:?}");
                 };
@@ -680,6 +850,72 @@ mod tests {
                 );
             }
         });
+    }
+
+    /// A cluster view that records the metadata ops it applies.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<MetadataOp>>);
+
+    impl ClusterView for Recorder {
+        fn machines(&self) -> Vec<crate::api::MachineInfo> {
+            Vec::new()
+        }
+        fn unit_states(&self) -> Vec<crate::api::UnitStateInfo> {
+            Vec::new()
+        }
+        fn apply_metadata(
+            &self,
+            ops: &[MetadataOp],
+        ) -> Result<(), crate::api::cluster::MetadataError> {
+            self.0.lock().unwrap().extend_from_slice(ops);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn metadata_changes_are_all_validated_then_applied_to_this_machine() {
+        let rec = Arc::new(Recorder::default());
+        let r = responder().with_cluster(rec.clone());
+        let set = |k: &str, v: Option<&str>| (k.to_string(), v.map(str::to_string));
+        block(async {
+            for bad in [
+                vec![set("region", Some("eu")), set("bad key", Some("x"))],
+                vec![set("region", Some("eu")), set("disk", Some(""))],
+                vec![set("", None)],
+            ] {
+                let req = Request::SetMetadata { changes: bad };
+                let got = Response::decode(&handle(from(), &req.encode(), &r).await).unwrap();
+                assert!(matches!(got, Response::Error(_)), "{req:?} -> {got:?}");
+            }
+            assert!(rec.0.lock().unwrap().is_empty(), "nothing applied");
+            let req = Request::SetMetadata {
+                changes: vec![set("region", Some("eu")), set("disk", None)],
+            };
+            let got = Response::decode(&handle(from(), &req.encode(), &r).await).unwrap();
+            assert_eq!(got, Response::MetadataSet);
+        });
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            vec![
+                MetadataOp::Set {
+                    machine: "m1".into(),
+                    key: "region".into(),
+                    value: "eu".into()
+                },
+                MetadataOp::Remove {
+                    machine: "m1".into(),
+                    key: "disk".into()
+                }
+            ]
+        );
+        // Without a cluster view, a machine refuses metadata changes.
+        let req = Request::SetMetadata {
+            changes: vec![set("region", Some("eu"))],
+        };
+        assert!(matches!(
+            block(responder().answer(&req)),
+            Response::Error(_)
+        ));
     }
 
     #[test]
@@ -754,7 +990,7 @@ mod tests {
     #[test]
     fn without_gossip_other_machines_are_unreachable() {
         let local = MachineId::parse("m1").unwrap();
-        let relay = GossipRelay::new(local, None, false);
+        let relay = GossipRelay::new(local, None, Arc::new(responder()));
         let unit = UnitName::parse("a.service").unwrap();
         block(async {
             let other = MachineId::parse("m2").unwrap();

@@ -1,15 +1,19 @@
 //! `/machines` (list, metadata PATCH), `/state` and `/state/{name}`.
 
 use axum::body::Body;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 
 use fleet_sched::{MachineId, UnitName};
 
-use super::cluster::{MetadataError, MetadataOp, UnitStateInfo};
+use super::cluster::{MachineInfo, MetadataError, MetadataOp, UnitStateInfo};
 use super::error::ApiError;
 use super::pagination::PageToken;
+use super::relay::{MetadataChange, RelayError, UnitRelay, RELAY_TIMEOUT};
 use super::schema;
 use super::units::filter_states;
 use super::{read_body, ApiState, QueryParams};
@@ -39,7 +43,12 @@ pub(super) async fn list(
     }))
 }
 
-/// `PATCH /machines`: every op is validated before any is applied.
+/// `PATCH /machines`: every op is validated, and every machine it names must be in the cluster (else
+/// 404), before any is applied. Each machine applies its own ops (this one directly, others through
+/// the agents' request channel, all at once); the answer is 204 once every machine has applied them
+/// and this fleetd's view of the cluster shows them (or [`RELAY_TIMEOUT`] passed: gossip carries
+/// them the rest of the way). A machine that cannot be reached gets nothing applied and makes the
+/// answer a 502 (504 when it did not answer in time) naming it; the other machines keep their changes.
 pub(super) async fn patch(
     State(st): State<ApiState>,
     headers: HeaderMap,
@@ -93,11 +102,120 @@ pub(super) async fn patch(
         };
         ops.push(parsed);
     }
-    st.cluster.apply_metadata(&ops).map_err(|e| match e {
-        MetadataError::UnknownMachine(_) => ApiError::not_found(e.to_string()),
-    })?;
+    match st.relay.clone() {
+        None => st.cluster.apply_metadata(&ops).map_err(|e| match e {
+            MetadataError::UnknownMachine(_) => ApiError::not_found(e.to_string()),
+        })?,
+        Some(relay) => relay_metadata(&st, relay, &ops).await?,
+    }
     tracing::info!(ops = ops.len(), "machine metadata changed");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Sends each machine its ops (see [`patch`]).
+async fn relay_metadata(
+    st: &ApiState,
+    relay: Arc<dyn UnitRelay>,
+    ops: &[MetadataOp],
+) -> Result<(), ApiError> {
+    let known: BTreeMap<String, MachineId> = st
+        .cluster
+        .machines()
+        .into_iter()
+        .map(|m| (m.id.to_string(), m.id))
+        .collect();
+    let mut per_machine: BTreeMap<MachineId, Vec<MetadataChange>> = BTreeMap::new();
+    for op in ops {
+        let (machine, change) = match op {
+            MetadataOp::Set {
+                machine,
+                key,
+                value,
+            } => (machine, (key.clone(), Some(value.clone()))),
+            MetadataOp::Remove { machine, key } => (machine, (key.clone(), None)),
+        };
+        let id = known.get(machine).ok_or_else(|| {
+            ApiError::not_found(MetadataError::UnknownMachine(machine.clone()).to_string())
+        })?;
+        per_machine.entry(id.clone()).or_default().push(change);
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (machine, changes) in per_machine.clone() {
+        let relay = relay.clone();
+        tasks.spawn(async move {
+            let sent = relay.set_metadata(&machine, changes);
+            let r = match tokio::time::timeout(RELAY_TIMEOUT, sent).await {
+                Err(_) => Err(RelayError::Timeout {
+                    machine: machine.clone(),
+                }),
+                Ok(r) => r,
+            };
+            (machine, r)
+        });
+    }
+    let mut failed: Vec<RelayError> = Vec::new();
+    let mut applied: BTreeMap<MachineId, Vec<MetadataChange>> = BTreeMap::new();
+    while let Some(done) = tasks.join_next().await {
+        let (machine, r) = done.map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("metadata task failed: {e}"),
+            )
+        })?;
+        match r {
+            Ok(()) => {
+                let changes = per_machine.remove(&machine).unwrap_or_default();
+                applied.insert(machine, changes);
+            }
+            Err(e) => failed.push(e),
+        }
+    }
+    if !failed.is_empty() {
+        failed.sort_by_key(|e| e.to_string());
+        let status = if failed
+            .iter()
+            .all(|e| matches!(e, RelayError::Timeout { .. }))
+        {
+            StatusCode::GATEWAY_TIMEOUT
+        } else {
+            StatusCode::BAD_GATEWAY
+        };
+        let done: Vec<String> = applied.keys().map(|m| m.to_string()).collect();
+        let reasons: Vec<String> = failed.iter().map(|e| e.to_string()).collect();
+        return Err(ApiError::new(
+            status,
+            format!(
+                "metadata not changed: {}{}",
+                reasons.join("; "),
+                if done.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (applied on {})", done.join(", "))
+                }
+            ),
+        ));
+    }
+    // Read-your-writes for the usual client: wait until this fleetd's view shows the changes.
+    let deadline = tokio::time::Instant::now() + RELAY_TIMEOUT;
+    while !shows(&st.cluster.machines(), &applied) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Whether `machines` show every change of `applied` (the last change of a key wins).
+fn shows(machines: &[MachineInfo], applied: &BTreeMap<MachineId, Vec<MetadataChange>>) -> bool {
+    applied.iter().all(|(id, changes)| {
+        let Some(m) = machines.iter().find(|m| m.id == *id) else {
+            return false;
+        };
+        let mut last: BTreeMap<&str, Option<&str>> = BTreeMap::new();
+        for (k, v) in changes {
+            last.insert(k, v.as_deref());
+        }
+        last.iter()
+            .all(|(k, v)| m.metadata.get(*k).map(String::as_str) == *v)
+    })
 }
 
 /// `/<machineID>/metadata/<key>` -> (machine, key).

@@ -24,8 +24,9 @@
 //!   one is expected (`[]` as a unit) is a 400;
 //! - the errors hyper answers by itself (a URI of 64 KiB or more, headers too large, a malformed
 //!   request line) carry the same JSON error body ([`wire`]);
-//! - `PATCH /machines` naming a machine this fleetd cannot change is a 404 and applies nothing
-//!   (until gossip exists, only the local machine's metadata can change; it is kept in memory).
+//! - `PATCH /machines` may name any machine of the cluster, as in fleet: each machine applies its
+//!   own ops (relayed over the agents' channel) and keeps them across restarts; a machine that is
+//!   not in the cluster is a 404 and nothing is applied.
 //!
 //! Architecture invariant: handlers validate everything before they write, and each write is one
 //! registry call (one etcd transaction), so a request that fails has written nothing.

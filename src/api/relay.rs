@@ -13,7 +13,7 @@
 //!   logged after that cursor; `cursor` in the answer is where the next call continues (absent when
 //!   the journal has no entry for the unit yet).
 //! - `POST /fleet/v1/units/{name}/restart?machineID=M` → `{"restarts": [{"machineID", "error"?}]}`:
-//!   `systemctl restart` (a new main process) on the machine holding the unit, or on every machine
+//!   systemd's `RestartUnit` (a new main process) on the machine holding the unit, or on every machine
 //!   running a global unit (only `M` when given), all at once. The answer is 200 once every machine
 //!   was asked, with one entry per machine (sorted by ID) and `error` on those where the restart
 //!   failed. Only a unit whose desired state is `launched` is restarted (else 409: restarting would
@@ -71,7 +71,7 @@ pub enum UnitQuery {
         /// Only entries after this cursor (checked with [`valid_cursor`]).
         cursor: Option<String>,
     },
-    /// `systemctl restart` of the unit (the answer's `exit_code` is systemctl's, 0 on success).
+    /// A restart of the unit by systemd (the answer's `exit_code` is 0 when it succeeded).
     Restart {
         /// The unit.
         unit: UnitName,
@@ -120,10 +120,24 @@ pub enum RelayError {
 pub type RelayFuture<'a> =
     Pin<Box<dyn Future<Output = Result<UnitAnswer, RelayError>> + Send + 'a>>;
 
-/// Asks a machine's agent about one of its units (answering locally when it is this machine).
+/// The future of [`UnitRelay::set_metadata`].
+pub type MetadataFuture<'a> = Pin<Box<dyn Future<Output = Result<(), RelayError>> + Send + 'a>>;
+
+/// One metadata change of a machine: `(key, Some(value))` sets the key, `(key, None)` removes it.
+pub type MetadataChange = (String, Option<String>);
+
+/// Asks a machine's agent about one of its units, or to change its metadata (answering locally when
+/// it is this machine).
 pub trait UnitRelay: Send + Sync + 'static {
     /// Sends `query` to `machine` and returns its answer.
     fn ask<'a>(&'a self, machine: &'a MachineId, query: UnitQuery) -> RelayFuture<'a>;
+
+    /// Has `machine`'s agent apply `changes` to its machine, all or none; `Ok` once applied there.
+    fn set_metadata<'a>(
+        &'a self,
+        machine: &'a MachineId,
+        changes: Vec<MetadataChange>,
+    ) -> MetadataFuture<'a>;
 }
 
 /// A journal cursor as journald writes them (`s=...;i=...;b=...`): 1 to [`MAX_CURSOR`] characters
@@ -270,11 +284,7 @@ pub(super) async fn restart(
                 Ok(Err(e)) => Some(e.to_string()),
                 Ok(Ok(a)) => match a.exit_code {
                     Some(0) => None,
-                    code => Some(format!(
-                        "systemctl restart exited with {}: {}",
-                        code.unwrap_or(-1),
-                        a.text.trim()
-                    )),
+                    _ => Some(format!("the restart failed: {}", a.text.trim())),
                 },
             };
             RestartResult {

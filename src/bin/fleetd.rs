@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fleet::agent::relay::{self, GossipRelay};
+use fleet::agent::relay::{self, GossipRelay, Responder};
 use fleet::agent::{spawn_view_refresh, Agent, AgentCluster, AgentOptions};
 use fleet::api::access::{TcpAccess, TlsSettings};
 use fleet::api::{self, activation, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
@@ -181,8 +181,16 @@ async fn run(
     );
     let _view_refresh = spawn_view_refresh(cluster.clone(), gossip_events);
     let _metrics_sampler = fleet::metrics::spawn_membership_sampler(gossip.clone());
-    // Peers ask this machine for its units' status and journal (fleetctl status/journal).
-    relay::install(&gossip, config.systemd_user, config.units_directory.clone());
+    // Peers ask this machine for its units' status, journal and restart, and to change its metadata.
+    let responder = Arc::new(
+        Responder::new(
+            machine_id.clone(),
+            config.systemd_user,
+            config.units_directory.clone(),
+        )
+        .with_cluster(cluster.clone() as Arc<dyn ClusterView>),
+    );
+    relay::install(&gossip, responder.clone());
     let state = ApiState::new(
         registry.clone(),
         cluster.clone() as Arc<dyn ClusterView>,
@@ -191,7 +199,7 @@ async fn run(
     .with_relay(Arc::new(GossipRelay::new(
         machine_id.clone(),
         Some(gossip.clone()),
-        config.systemd_user,
+        responder,
     )));
 
     let activated = activated.context("taking the sockets systemd passed")?;

@@ -304,10 +304,12 @@ const EX_VERSION: &str = "\
 Example:
   fleetctl version";
 const EX_RESTART: &str = "\
-Only units whose desired state is launched are restarted. Prints `Restarted unit X on ID.../IP` for
-every machine; exits 1 when the restart failed on any machine (fleet v1 only reset the desired
-state, which could leave the old process running). A machine has 2 s to finish its restart; a
-slower one is reported as failed while systemd finishes the job there.
+A unit whose desired state is launched is restarted where it runs (systemd's RestartUnit: a new main
+process); prints `Restarted unit X on ID.../IP` for every machine and exits 1 when the restart failed
+on any (fleet v1 only cycled the desired state, which could leave the old process running). A
+machine has 2 s to finish its restart; a slower one is reported as failed while systemd finishes the
+job there. A unit that is loaded or inactive is started, as fleet's restart did, waiting like
+`start` (--no-block, --block-attempts).
 
 Examples:
   fleetctl restart hello.service
@@ -335,6 +337,9 @@ pub struct RestartArgs {
     /// Only on this machine (full ID), for a global unit: by default every machine running it.
     #[arg(long, value_name = "ID")]
     pub machine: Option<String>,
+    /// For units that are not launched (these are started, as `start` does).
+    #[command(flatten)]
+    pub block: BlockFlags,
     #[command(flatten)]
     pub units: UnitsArgs,
 }
@@ -742,6 +747,10 @@ mod tests {
             cli.command,
             Some(Command::Restart(RestartArgs {
                 machine: Some("m1".into()),
+                block: BlockFlags {
+                    no_block: false,
+                    block_attempts: DEFAULT_BLOCK_ATTEMPTS,
+                },
                 units: UnitsArgs {
                     units: vec!["a".into(), "b".into()]
                 },

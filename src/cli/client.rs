@@ -843,7 +843,7 @@ impl<T: Transport> Api<T> {
         self.get_json(&path).await
     }
 
-    /// `systemctl restart` of a unit on the machines running it, or only on `machine` (fleet
+    /// A restart (systemd's `RestartUnit`) of a unit on the machines running it, or only on `machine` (fleet
     /// extension `POST units/{name}/restart`): one result per machine asked.
     pub async fn restart_unit(
         &mut self,

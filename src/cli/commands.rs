@@ -14,7 +14,7 @@
 //! - `status` and `journal` need no SSH: fleetd asks the agent of the unit's machine (API extension
 //!   `units/{name}/status` and `/journal`). `status` and `journal` of a global unit show every machine
 //!   running it, each headed by the machine (fleet refused); `--machine` picks one.
-//! - `restart` really restarts (fleet extension `POST units/{name}/restart`: `systemctl restart` on
+//! - `restart` really restarts (fleet extension `POST units/{name}/restart`: systemd's `RestartUnit` on
 //!   every machine running the unit); fleet v1's only cycled the desired state.
 //! - `list-units`, `list-unit-files` and `list-machines` take `--json`.
 
@@ -1198,14 +1198,44 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    /// `restart`: `systemctl restart` of each unit on every machine running it (only `machine`, when
-    /// given), printing `Restarted unit X on ID.../IP` per machine. Failures are printed per machine;
-    /// the result is an error when any machine failed.
-    pub async fn restart(&mut self, args: &[String], machine: Option<&str>) -> Result<()> {
-        let names = args
-            .iter()
-            .map(|a| unit_name(a))
-            .collect::<Result<Vec<_>>>()?;
+    /// `restart`: a launched unit is restarted by systemd on every machine running it (only `machine`,
+    /// when given), printing `Restarted unit X on ID.../IP` per machine; failures are printed per
+    /// machine and make the result an error. A unit that is loaded or inactive is started instead
+    /// (as fleet's restart did), waiting as `start` does.
+    pub async fn restart(
+        &mut self,
+        args: &[String],
+        machine: Option<&str>,
+        block: &BlockFlags,
+    ) -> Result<()> {
+        let mut names = Vec::with_capacity(args.len());
+        let mut to_start = Vec::new();
+        for u in self.existing_units(args).await? {
+            let name = UnitName::parse(&u.name)
+                .map_err(|e| anyhow!("fleetd returned an invalid unit name {:?}: {e}", u.name))?;
+            // As fleet's restart: a unit that is not meant to run is started.
+            if u.desired_state == LAUNCHED {
+                names.push(name);
+            } else {
+                to_start.push(name);
+            }
+        }
+        for name in &to_start {
+            self.api
+                .set_desired_state(name.as_str(), LAUNCHED)
+                .await
+                .with_context(|| {
+                    format!("Error setting target state of unit {name} to launched")
+                })?;
+        }
+        if block.no_block {
+            for name in &to_start {
+                say!(self.out, "Triggered unit {name} start");
+            }
+        } else if !to_start.is_empty() {
+            self.wait_for(&to_start, LAUNCHED, block.block_attempts)
+                .await?;
+        }
         let mut failed = 0;
         for name in &names {
             let results = match self.api.restart_unit(name.as_str(), machine).await {
@@ -2195,14 +2225,19 @@ mod tests {
 
     #[test]
     fn restart_prints_every_machine_and_fails_when_one_failed() {
+        let block_flags = BlockFlags {
+            no_block: false,
+            block_attempts: 3,
+        };
         let (mut c, out, err) = ctx(&[
+            (200, r#"{"name":"g.service","desiredState":"launched"}"#),
             (
                 200,
-                r#"{"restarts":[{"machineID":"113f16a7aa"},{"machineID":"2cb2e8a6ee","error":"systemctl restart exited with 1: Job failed"}]}"#,
+                r#"{"restarts":[{"machineID":"113f16a7aa"},{"machineID":"2cb2e8a6ee","error":"the restart failed: job failed"}]}"#,
             ),
             (200, MACHINES_2),
         ]);
-        let e = block(c.restart(&["g".into()], None)).unwrap_err();
+        let e = block(c.restart(&["g".into()], None, &block_flags)).unwrap_err();
         assert_eq!(format!("{e:#}"), "Error: 1 restart failed");
         assert_eq!(
             out.text(),
@@ -2210,23 +2245,76 @@ mod tests {
         );
         assert_eq!(
             err.text(),
-            "Error restarting unit g.service on 2cb2e8a6.../10.0.0.3: systemctl restart exited with 1: Job failed\n"
+            "Error restarting unit g.service on 2cb2e8a6.../10.0.0.3: the restart failed: job failed\n"
         );
         assert_eq!(
-            c.api.transport().requests[0].0,
+            c.api.transport().requests[1].0,
             "POST /fleet/v1/units/g.service/restart"
         );
 
+        let (mut c, _, _) = ctx(&[
+            (200, r#"{"name":"x.service","desiredState":"launched"}"#),
+            (
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+        ]);
+        let e = block(c.restart(&["x".into()], Some("m1"), &block_flags)).unwrap_err();
+        assert_eq!(format!("{e:#}"), "Error: unit x.service does not exist");
+        assert_eq!(
+            c.api.transport().requests[1].0,
+            "POST /fleet/v1/units/x.service/restart?machineID=m1"
+        );
         let (mut c, _, _) = ctx(&[(
             404,
             r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
         )]);
-        let e = block(c.restart(&["x".into()], Some("m1"))).unwrap_err();
-        assert_eq!(format!("{e:#}"), "Error: unit x.service does not exist");
-        assert_eq!(
-            c.api.transport().requests[0].0,
-            "POST /fleet/v1/units/x.service/restart?machineID=m1"
+        let e = block(c.restart(&["x".into()], None, &block_flags)).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("x.service does not exist"),
+            "{e:#}"
         );
+    }
+
+    #[test]
+    fn restart_starts_a_unit_that_is_loaded_or_inactive() {
+        let block_flags = BlockFlags {
+            no_block: false,
+            block_attempts: 3,
+        };
+        let (mut c, out, _) = ctx(&[
+            (200, r#"{"name":"a.service","desiredState":"loaded"}"#),
+            (204, ""),
+            (
+                200,
+                r#"{"name":"a.service","desiredState":"launched","currentState":"launched","machineID":"113f16a7aa"}"#,
+            ),
+            (200, MACHINES_2),
+        ]);
+        block(c.restart(&["a".into()], None, &block_flags)).unwrap();
+        assert_eq!(
+            out.text(),
+            "Unit a.service launched on 113f16a7.../10.0.0.1\n"
+        );
+        let reqs: Vec<&str> = c
+            .api
+            .transport()
+            .requests
+            .iter()
+            .map(|r| r.0.as_str())
+            .collect();
+        assert_eq!(reqs[1], "PUT /fleet/v1/units/a.service");
+        assert!(!reqs.iter().any(|r| r.ends_with("/restart")), "{reqs:?}");
+        let (mut c, out, _) = ctx(&[
+            (200, r#"{"name":"a.service","desiredState":"inactive"}"#),
+            (204, ""),
+        ]);
+        let no_block = BlockFlags {
+            no_block: true,
+            block_attempts: 3,
+        };
+        block(c.restart(&["a".into()], None, &no_block)).unwrap();
+        assert_eq!(out.text(), "Triggered unit a.service start\n");
     }
 
     fn ssh_args(args: &[&str]) -> SshArgs {

@@ -208,7 +208,10 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
             }
-            Command::Restart(a) => ctx.restart(&a.units.units, a.machine.as_deref()).await,
+            Command::Restart(a) => {
+                ctx.restart(&a.units.units, a.machine.as_deref(), &a.block)
+                    .await
+            }
             Command::Ssh(a) => {
                 let (ip, cmd) = ctx.ssh_target(a).await?;
                 match ssh::run_session(&ssh_opts, &ip, a.ssh_port, a.forward_agent, &cmd).await? {

@@ -168,6 +168,12 @@ impl FleetLab {
             ),
             None => format!(r#"[{{"op":"remove","path":"/{id}/metadata/{key}"}}]"#),
         };
+        let (code, body) = self.patch_machines(i, &op);
+        assert_eq!(code, 204, "PATCH {op} on m{i}: {body}");
+    }
+
+    /// `PATCH /fleet/v1/machines` with `body` through machine `i`'s API: the status code and the body.
+    pub fn patch_machines(&self, i: usize, body: &str) -> (u16, String) {
         let out = self
             .lab
             .sh(
@@ -184,22 +190,22 @@ impl FleetLab {
                     "-H",
                     "Content-Type: application/json",
                     "-d",
-                    &op,
-                    "-o",
-                    "/dev/null",
+                    body,
                     "-w",
-                    "%{http_code}",
+                    "\n%{http_code}",
                     "http://fleet/fleet/v1/machines",
                 ],
             )
             .expect("run curl in the lab");
-        let code = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            code.trim(),
-            "204",
-            "PATCH {op} on m{i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        let code = code.trim().parse().unwrap_or_else(|_| {
+            panic!(
+                "no status from curl on m{i}: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (code, body.to_string())
     }
 
     /// Machine `j`'s metadata as `list-machines` on machine `i` shows it (`k=v,k=v`, `-` when empty),
