@@ -5,6 +5,7 @@
 //! sees every change made meanwhile.
 
 mod lab;
+mod pki;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -337,4 +338,136 @@ fn an_etcd_member_restarted_from_its_data_dir_serves_fleetd_again() {
         );
         fl.lab.etcd_start(other).unwrap();
     }
+}
+
+/// etcd with TLS client certificates and users: fleetd (user `fleet`, role readwrite on `/fleet/`)
+/// runs units; a fleetd whose user may only read starts nothing (it cannot claim) and says why.
+#[test]
+fn fleetd_runs_units_on_an_etcd_with_tls_and_users_and_starts_nothing_it_cannot_claim() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let ips: Vec<String> = (1..=3)
+        .map(|k| fleet_lab::etcd_member_ip(k).to_string())
+        .chain(["127.0.0.1".to_string()])
+        .collect();
+    let pki = pki::Pki::new(&ips.iter().map(String::as_str).collect::<Vec<_>>());
+    const TLS: &str = "/etc/etcd-tls";
+    let bin = fleet_lab::cargo_profile_dir().unwrap();
+    let mut opts = fleet_lab::LabOptions::new()
+        .etcd_cluster(3)
+        .etcd_tls(pki.dir())
+        .bind(bin, fleet_lab::FLEET_BIN_DIR, true)
+        .bind(pki.dir(), TLS, true)
+        .unit("fleet.service", lab::FLEET_UNIT);
+    for (k, v) in [
+        ("FLEET_GOSSIP_INSECURE", "true".to_string()),
+        ("FLEET_ENGINE_RECONCILE_INTERVAL", "1s".into()),
+        ("FLEET_ETCD_CAFILE", format!("{TLS}/ca.pem")),
+        ("FLEET_ETCD_CERTFILE", format!("{TLS}/fleet.pem")),
+        ("FLEET_ETCD_KEYFILE", format!("{TLS}/fleet.key")),
+        ("FLEET_ETCD_USERNAME", "fleet".into()),
+        ("FLEET_ETCD_PASSWORD", "fleetpw".into()),
+    ] {
+        opts = opts.env(k, v);
+    }
+    // etcd first (users, roles, auth), then the machines.
+    let lab = fleet_lab::Lab::up(0, opts).unwrap();
+    for args in [
+        &["user", "add", "root", "--no-password"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "fleet"],
+        &[
+            "role",
+            "grant-permission",
+            "fleet",
+            "--prefix",
+            "readwrite",
+            "/fleet/",
+        ],
+        &["user", "add", "fleet:fleetpw"],
+        &["user", "grant-role", "fleet", "fleet"],
+        &["role", "add", "reader"],
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "--prefix",
+            "read",
+            "/fleet/",
+        ],
+        &["user", "add", "reader:readerpw"],
+        &["user", "grant-role", "reader", "reader"],
+        &["auth", "enable"],
+    ] {
+        lab.etcdctl(args).unwrap();
+    }
+    for _ in 0..MACHINES {
+        lab.add_machine().unwrap();
+    }
+    let fl = FleetLab { lab };
+    fl.wait_for("every machine announced", Duration::from_secs(30), |fl| {
+        let out = fl.fleetctl(1, &["list-machines", "--no-legend"]);
+        (out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == MACHINES)
+            .then_some(())
+    });
+    fl.write_file(
+        1,
+        "/tmp/tls.service",
+        "[Service]\nExecStart=/bin/sleep 100000\n",
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/tls.service"]);
+    fl.wait_for("tls.service running", Duration::from_secs(30), |fl| {
+        (fl.running_on("tls.service").len() == 1).then_some(())
+    });
+
+    // Machine 3's fleetd may only read: it sees units but cannot claim them.
+    let env = fl.lab.machine_root(3).unwrap().join("etc/fleettest.env");
+    let text = std::fs::read_to_string(&env).unwrap();
+    std::fs::write(
+        &env,
+        text.replace(
+            "FLEET_ETCD_USERNAME=fleet\n",
+            "FLEET_ETCD_USERNAME=reader\n",
+        )
+        .replace(
+            "FLEET_ETCD_PASSWORD=fleetpw\n",
+            "FLEET_ETCD_PASSWORD=readerpw\n",
+        ),
+    )
+    .unwrap();
+    fl.lab
+        .sh_ok(3, &["systemctl", "restart", "fleet.service"])
+        .unwrap();
+    let m3 = fl.machine_id(3);
+    fl.write_file(
+        1,
+        "/tmp/pinned.service",
+        &format!("[Service]\nExecStart=/bin/sleep 100000\n\n[X-Fleet]\nMachineID={m3}\n"),
+    );
+    fl.fleetctl_ok(1, &["start", "--no-block", "/tmp/pinned.service"]);
+    fl.wait_for(
+        "m3's fleetd reports the permission it lacks",
+        Duration::from_secs(30),
+        |fl| {
+            fl.journal(3, 200)
+                .contains("permission denied")
+                .then_some(())
+        },
+    );
+    for l in fl
+        .journal(3, 200)
+        .lines()
+        .filter(|l| l.contains("permission denied"))
+        .take(3)
+    {
+        eprintln!("m3: {l}");
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        fl.running_on("pinned.service").is_empty(),
+        "a unit started without a claim\n{}",
+        fl.journal(3, 50)
+    );
+    assert_eq!(fl.running_on("tls.service").len(), 1);
 }

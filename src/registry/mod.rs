@@ -11,6 +11,7 @@
 //! Architecture invariant: nothing outside this module talks to etcd about units, and nothing here
 //! knows HTTP.
 
+mod diagnose;
 mod keys;
 mod mirror;
 
@@ -722,12 +723,32 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// How often the same reason for not reaching etcd is logged (at WARN or ERROR).
+const LOG_AGAIN: Duration = Duration::from_secs(60);
+
+/// Whether `reason` (from [`describe`] or the TLS diagnosis) is about fleetd's etcd settings or
+/// etcd's users and roles rather than about etcd being down.
+fn is_settings_problem(reason: &str) -> bool {
+    [
+        "etcd_cafile",
+        "etcd_certfile",
+        "etcd_username",
+        "role must grant",
+        "does not speak TLS",
+        "use https://",
+        "certificate",
+    ]
+    .iter()
+    .any(|w| reason.contains(w))
+}
+
 /// The background task: sessions, each pinned to one endpoint, separated by backoff. A session that
 /// fails moves to the next endpoint after `backoff_min`; only when a whole round of endpoints failed
 /// does the delay grow (doubling up to `backoff_max`).
 async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = shared.opts().backoff_min;
     let mut failures = 0usize;
+    let mut logged: std::collections::HashMap<String, std::time::Instant> = Default::default();
     loop {
         let mut reached = false;
         let result = tokio::select! {
@@ -770,11 +791,24 @@ async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         let to = shared.endpoint_in_use();
         if was_available {
             tracing::warn!("lost etcd at {from}: {}; reconnecting to {to}", end.reason);
-        } else {
+        } else if logged
+            .get(&end.reason)
+            .is_some_and(|at| at.elapsed() < LOG_AGAIN)
+        {
             tracing::debug!(
                 "etcd at {from} not usable: {}; trying {to} in {delay:?}",
                 end.reason
             );
+        } else {
+            // Each distinct reason once a minute: a wrong certificate, password or role is an
+            // operator's to fix, and retrying will not.
+            if is_settings_problem(&end.reason) {
+                tracing::error!("cannot use etcd: {}", end.reason);
+            } else {
+                tracing::warn!("cannot use etcd: {}; retrying", end.reason);
+            }
+            logged.retain(|_, at| at.elapsed() < LOG_AGAIN);
+            logged.insert(end.reason.clone(), std::time::Instant::now());
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -796,71 +830,75 @@ async fn timed<T>(
     }
 }
 
-/// An etcd error as a sentence that says what is wrong (certificates, passwords, permissions).
+/// An etcd error as a sentence that says what is wrong (passwords, permissions), with the causes
+/// gRPC keeps in its source chain (the TLS alert of a refused certificate, a refused connection).
 fn describe(e: &etcd_client::Error) -> String {
     use etcd_client::Error as E;
     use tonic::Code;
     match e {
-        E::GRpcStatus(s) => match s.code() {
-            Code::PermissionDenied => format!(
-                "{} (the etcd user's role must grant readwrite on fleet's key prefix; see docs/etcd-layout.md)",
-                s.message()
-            ),
-            Code::InvalidArgument
-                if s.message().contains("authentication failed")
-                    || s.message().contains("invalid user") =>
-            {
-                format!(
-                    "{} (check etcd_username and etcd_password)",
-                    s.message()
-                )
+        E::GRpcStatus(s) => {
+            let m = s.message();
+            match s.code() {
+                Code::PermissionDenied => format!(
+                    "{m} (the etcd user's role must grant readwrite on fleet's key prefix: see docs/etcd-layout.md)"
+                ),
+                Code::InvalidArgument if m.contains("authentication failed") => {
+                    format!("{m} (check etcd_username and etcd_password)")
+                }
+                Code::Unauthenticated => format!("{m} (check etcd_username and etcd_password)"),
+                Code::FailedPrecondition if m.contains("authentication is not enabled") => format!(
+                    "{m} (etcd_username/etcd_password are set but etcd has no users: enable auth in etcd or remove them)"
+                ),
+                _ => with_sources(m.to_string(), std::error::Error::source(s)),
             }
-            Code::Unauthenticated => format!("{} (check etcd_username and etcd_password)", s.message()),
-            Code::Unavailable if is_transport(s) => {
-                format!("{} ({})", s.message(), transport_hint(&format!("{s:?}")))
-            }
-            _ => s.message().to_string(),
-        },
-        E::TransportError(t) => format!("{t} ({})", transport_hint(&format!("{t:?}"))),
-        other => other.to_string(),
+        }
+        other => with_sources(other.to_string(), std::error::Error::source(other)),
     }
 }
 
-fn is_transport(s: &tonic::Status) -> bool {
-    let m = s.message();
-    m.contains("transport")
-        || m.contains("connect")
-        || m.contains("tls")
-        || m.contains("certificate")
+fn with_sources(
+    mut text: String,
+    mut source: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        source = s.source();
+    }
+    text
 }
 
-/// Names the likely cause of a connection failure from the error chain's text.
-fn transport_hint(chain: &str) -> String {
-    let c = chain.to_ascii_lowercase();
-    if c.contains("unknownissuer") || c.contains("unknown issuer") || c.contains("badsignature") {
-        "etcd's server certificate is not signed by etcd_cafile".into()
-    } else if c.contains("notvalidforname") || c.contains("not valid for name") {
-        "etcd's server certificate does not name this endpoint's host or IP".into()
-    } else if c.contains("certificaterequired") || c.contains("certificate required") {
-        "etcd wants a client certificate: set etcd_certfile and etcd_keyfile".into()
-    } else if c.contains("badcertificate")
-        || c.contains("bad certificate")
-        || c.contains("unknown ca")
-    {
-        "etcd refused the client certificate (etcd_certfile is not signed by a CA etcd trusts)"
-            .into()
-    } else if c.contains("expired") {
-        "a certificate has expired".into()
-    } else if c.contains("invalidcontenttype")
-        || c.contains("corrupt message")
-        || c.contains("http2")
-    {
-        "TLS mismatch: https:// needs a TLS etcd and http:// a plain one".into()
-    } else if c.contains("connection refused") {
-        "nothing listens there".into()
-    } else {
-        "cannot connect".into()
+/// A failure to set a session up, explained: for `https://` endpoints whose failure looks like the
+/// connection's, a TLS check of our own names the certificate problem.
+async fn explain_setup_failure(endpoint: &str, opts: &RegistryOptions, reason: String) -> String {
+    let r = reason.to_ascii_lowercase();
+    let connection_like = [
+        "transport error",
+        "operation was canceled",
+        "tls",
+        "certificate",
+        "connection",
+        "broken pipe",
+        "timed out",
+    ]
+    .iter()
+    .any(|w| r.contains(w));
+    if !connection_like {
+        return format!("{endpoint}: {reason}");
     }
+    if endpoint.starts_with("https://") {
+        if let Some(d) = diagnose::tls_problem(endpoint, opts).await {
+            return format!("{endpoint}: {d}");
+        }
+    } else if r.contains("transport error") || r.contains("frame") || r.contains("http2") {
+        return format!(
+            "{endpoint}: {reason} (if etcd serves TLS, use https:// URLs and set etcd_cafile)"
+        );
+    }
+    format!("{endpoint}: {reason}")
 }
 
 /// One connection to one endpoint: resume the watch from the mirror's revision (or read the whole
@@ -878,13 +916,16 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
         reason: e.to_string(),
         rotate: false,
     })?;
-    let client = timed(
+    let client = match timed(
         t,
         "connect",
         Client::connect([endpoint.clone()], Some(copts)),
     )
     .await
-    .map_err(|e| format!("{endpoint}: {e}"))?;
+    {
+        Ok(c) => c,
+        Err(e) => return Err(explain_setup_failure(&endpoint, &opts, e).await.into()),
+    };
 
     // A mirror of this prefix is brought up to date with what changed while away (a delta read);
     // otherwise (first session, new prefix, compaction) the whole prefix is read.
@@ -892,10 +933,26 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
         let m = shared.mirror.read().unwrap_or_else(|e| e.into_inner());
         (m.prefix == prefix && m.revision > 0).then_some(m.revision)
     };
-    let (revision, delta) = match delta_from {
-        Some(since) => (delta_read(shared, &client, &keys, since, t).await?, true),
-        None => {
-            let mirror = full_read(&client, &keys, t).await?;
+    let read = match delta_from {
+        Some(since) => delta_read(shared, &client, &keys, since, t)
+            .await
+            .map(|rev| (rev, None)),
+        None => full_read(&client, &keys, t)
+            .await
+            .map(|m| (m.revision, Some(m))),
+    };
+    let read = match read {
+        Ok(r) => r,
+        Err(e) if e.rotate => {
+            return Err(explain_setup_failure(&endpoint, &opts, e.reason)
+                .await
+                .into())
+        }
+        Err(e) => return Err(e),
+    };
+    let (revision, delta) = match read {
+        (rev, None) => (rev, true),
+        (_, Some(mirror)) => {
             let rev = mirror.revision;
             *shared.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
             shared.full_reads.fetch_add(1, Ordering::Relaxed);
