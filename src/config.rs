@@ -749,6 +749,10 @@ impl Config {
     }
 }
 
+/// Help output as fleet's: what it is, its version, then usage and options.
+const HELP_TEMPLATE: &str =
+    "{about-with-newline}\nVersion: {version}\n\n{usage-heading} {usage}\n\n{all-args}{after-help}";
+
 /// Command-line flags of fleetd. Every configuration key is a flag (`--etcd-servers` or
 /// `--etcd_servers`); values are parsed exactly like file and environment values.
 #[derive(Debug, Clone, Default, clap::Parser)]
@@ -756,6 +760,7 @@ impl Config {
     name = "fleetd",
     version,
     about = "fleetd: the fleet agent (schedules units, drives systemd, serves the HTTP API)",
+    help_template = HELP_TEMPLATE,
     after_help = "Every key can also be set in the configuration file or as FLEET_<KEY> in the \
                   environment; flags win over the environment, which wins over the file."
 )]

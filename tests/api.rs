@@ -577,6 +577,10 @@ fn fleetd_version_and_help() {
         help.contains("--etcd-servers") && help.contains("--config"),
         "{help}"
     );
+    assert!(
+        help.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION"))),
+        "{help}"
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleetd"))
         .args(["--config", "/nonexistent/fleet.conf"])
         .output()

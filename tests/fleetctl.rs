@@ -482,3 +482,17 @@ fn http_endpoints_over_tcp_work_and_debug_logs_requests() {
         .count();
     assert_eq!(pages, 3, "{}", r.err);
 }
+
+#[test]
+fn help_shows_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["help"][..], &["--help"], &[]] {
+        let out = fleetctl(dir.path()).args(args).output().unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains(&format!("Version: {}", env!("CARGO_PKG_VERSION")))
+                && help.contains("list-unit-files"),
+            "fleetctl {args:?}: {help}"
+        );
+    }
+}

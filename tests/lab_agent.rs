@@ -171,3 +171,82 @@ fn a_dead_machines_unit_is_started_on_another_machine() {
     let line = unit_line(&fl, other, "list-unit-files", "hello.service").unwrap();
     assert!(line.contains(&fl.machine_id(now)), "{line}");
 }
+
+#[test]
+fn units_with_an_install_section_are_enabled_at_runtime_and_disabled_when_unloaded() {
+    let Some(fl) = FleetLab::up(1, &[]) else {
+        return;
+    };
+    let sh = |cmd: &str| {
+        let out = fl.lab.sh(1, &["sh", "-c", cmd]).expect("sh in the lab");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // z.service is the machine's own unit, not fleet's: only x's `Also=` enables it.
+    fl.write_file(
+        1,
+        "/etc/systemd/system/z.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n\n[Install]\nWantedBy=anchor.service\n",
+    );
+    sh("systemctl daemon-reload");
+    assert_eq!(sh("systemctl is-enabled z.service"), "disabled");
+    fl.write_file(
+        1,
+        "/tmp/anchor.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    // x runs once and exits; starting anchor.service (which wants it) runs it again.
+    fl.write_file(
+        1,
+        "/tmp/x.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo run >> /run/x.count'\n\n\
+         [Install]\nWantedBy=anchor.service\nAlso=z.service\n",
+    );
+    fl.write_file(
+        1,
+        "/tmp/y.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n\n[Install]\nRequiredBy=anchor.service\n",
+    );
+    fl.fleetctl_ok(1, &["load", "/tmp/anchor.service"]);
+    fl.fleetctl_ok(
+        1,
+        &["start", "--no-block", "/tmp/x.service", "/tmp/y.service"],
+    );
+    fl.wait_for("x ran once and y runs", WAIT, |fl| {
+        (sh("cat /run/x.count 2>/dev/null | wc -l") == "1"
+            && fl.active_state(1, "y.service") == "active")
+            .then_some(())
+    });
+    for u in ["x.service", "y.service", "z.service"] {
+        assert_eq!(
+            sh(&format!("systemctl is-enabled {u}")),
+            "enabled-runtime",
+            "{u}"
+        );
+    }
+    let wants = fl.show(1, "anchor.service", "Wants");
+    assert!(
+        wants.contains("x.service") && wants.contains("z.service"),
+        "{wants}"
+    );
+    assert!(fl
+        .show(1, "anchor.service", "Requires")
+        .contains("y.service"));
+
+    // Starting anchor pulls in what is enabled for it.
+    fl.fleetctl_ok(1, &["start", "anchor.service"]);
+    fl.wait_for("x ran again and z runs", WAIT, |fl| {
+        (sh("cat /run/x.count | wc -l") == "2" && fl.active_state(1, "z.service") == "active")
+            .then_some(())
+    });
+
+    // Unloading disables (x's Also= goes with it); destroying too.
+    fl.fleetctl_ok(1, &["unload", "x.service"]);
+    fl.fleetctl_ok(1, &["destroy", "y.service"]);
+    fl.wait_for("x and y disabled", WAIT, |fl| {
+        let wants = fl.show(1, "anchor.service", "Wants");
+        let requires = fl.show(1, "anchor.service", "Requires");
+        (!wants.contains("x.service") && !requires.contains("y.service")).then_some(())
+    });
+    assert_eq!(sh("ls /run/systemd/system/anchor.service.wants /run/systemd/system/anchor.service.requires 2>/dev/null"), "");
+    assert_eq!(sh("systemctl is-enabled z.service"), "disabled");
+}

@@ -13,11 +13,17 @@ Exit status: 0 on success; 1 when fleetd reports an error, cannot be reached, or
 unload) the desired state was recorded but could not be confirmed within --block-attempts; 2 on a
 command-line usage error.";
 
+/// Help output as fleet's: what it is, its version, then usage and options.
+const HELP_TEMPLATE: &str =
+    "{about-with-newline}\nVersion: {version}\n\n{usage-heading} {usage}\n\n{all-args}{after-help}";
+
 /// fleetctl: control a fleet cluster through fleetd's HTTP API v1.
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "fleetctl",
     about = "fleetctl controls a fleet cluster through fleetd's HTTP API v1",
+    version,
+    help_template = HELP_TEMPLATE,
     disable_version_flag = true,
     after_help = AFTER_HELP
 )]
