@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lab::{FleetLab, LAB_CERT_NAME, LAB_TLS_DIR};
+use lab::{FleetLab, LAB_TLS_DIR};
 use support::{http_get, Etcd, Fleetd};
 
 /// Generous bound for membership changes in a loaded test machine (detection takes ~1 s).
@@ -155,6 +155,133 @@ fn fleetds_with_minted_certificates_see_each_other_and_a_foreign_ca_is_refused()
     assert_eq!(machines_of(&rogue), own);
 }
 
+/// The `/fleet/v1/machines` entry of `id` as `f` lists it.
+fn machine_entry(f: &Fleetd, id: &str) -> Option<serde_json::Value> {
+    let v = http_get(f.socket(), "/fleet/v1/machines").json();
+    v["machines"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"] == id)
+        .cloned()
+}
+
+/// Issue 13 case 1: a second gossip node with `a`'s machine ID and `b`'s certificate (a patched
+/// fleetd: fleetd itself refuses to start with a certificate of another machine). Both fleetds
+/// refuse it with a clear log line; nothing about `a` changes; nobody rejoins.
+#[test]
+fn a_peer_claiming_another_machines_identity_is_refused_and_changes_nothing() {
+    use fleet_gossip_quic::tls::TlsConfig;
+    use fleet_gossip_quic::transport::{Gossip, GossipConfig};
+    let etcd = Etcd::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let a = start_tls(&etcd, &cluster, None);
+    let b = start_tls(&etcd, &cluster, Some(&a));
+    wait_until("b lists a", &[&a, &b], || {
+        machine_entry(&b, a.machine_id()).is_some()
+    });
+
+    let b_cert = cluster
+        .join("certs")
+        .join(format!("{}.pem", b.machine_id()));
+    let mut config = GossipConfig::new(
+        fleet_gossip::MachineId::new(a.machine_id()),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.tls = TlsConfig::Mutual {
+        ca_cert: cluster.join("ca").join("ca.pem"),
+        cert: b_cert.clone(),
+        key: b_cert.with_extension("key"),
+    };
+    config.seeds = vec![
+        gossip_addr(&a).parse().unwrap(),
+        gossip_addr(&b).parse().unwrap(),
+    ];
+    config.incarnation = Some(u64::MAX / 2);
+    config.verify_own_certificate = false;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let impostor = rt.block_on(async {
+        let (g, _events) = Gossip::start(config).await.unwrap();
+        g.set_metadata(fleet_gossip::Metadata {
+            public_ip: "203.0.113.66".into(),
+            metadata: [("owner".to_string(), "impostor".to_string())].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        g
+    });
+    const REFUSED: &str = "refused gossip from a peer that claims another machine's identity";
+    wait_until("both fleetds refuse the impostor", &[&a, &b], || {
+        a.log().contains(REFUSED) && b.log().contains(REFUSED)
+    });
+    // For 5 s, `a` stays listed everywhere and nothing the impostor published shows up.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        for f in [&a, &b] {
+            let entry = machine_entry(f, a.machine_id())
+                .unwrap_or_else(|| panic!("{} stopped listing a", f.machine_id()));
+            assert_ne!(entry["primaryIP"], "203.0.113.66", "{entry}");
+            assert!(entry["metadata"]["owner"].is_null(), "{entry}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = b
+        .log()
+        .lines()
+        .find(|l| l.contains(REFUSED))
+        .unwrap()
+        .to_string();
+    eprintln!("b logged: {line}");
+    assert!(
+        line.contains(&format!("certificate is for machine {}", b.machine_id()))
+            && line.contains(&format!("claims to be {}", a.machine_id())),
+        "{line}"
+    );
+    for f in [&a, &b] {
+        assert!(!f.log().contains("rejoined"), "{}", f.log());
+    }
+    rt.block_on(impostor.abort()).unwrap();
+
+    // The literal case 1: fleetd itself, given a's ID and b's certificate, refuses to start.
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("fleet.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "etcd_servers={}\netcd_key_prefix={}\napi_socket={}\nmachine_id={}\n\
+             gossip_listen=127.0.0.1:0\nstate_dir={}\nunits_directory={}\n\
+             gossip_ca_file={}\ngossip_cert_file={}\ngossip_key_file={}\n",
+            etcd.endpoint(),
+            etcd.prefix(),
+            tmp.path().join("fleet.sock").display(),
+            a.machine_id(),
+            tmp.path().join("state").display(),
+            tmp.path().join("units").display(),
+            cluster.join("ca").join("ca.pem").display(),
+            b_cert.display(),
+            b_cert.with_extension("key").display(),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--config")
+        .arg(&conf)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!(
+            "is the certificate of machine {}, not of this machine {}",
+            b.machine_id(),
+            a.machine_id()
+        )),
+        "{text}"
+    );
+}
+
 // ---- cluster lab -------------------------------------------------------------------------------
 
 /// The running machines other than `except`.
@@ -258,15 +385,19 @@ fn a_new_machine_converges_with_membership_and_unit_states() {
     assert_eq!(fl.running_on("pinned.service"), [2]);
 }
 
-/// Starts a second fleetd in machine `i` as a transient unit `name`: gossip on port 7480 of the
-/// machine's address, joining through m1 (`gossip_seeds`), with `extra` `FLEET_*` settings for its
-/// TLS. Its etcd is unreachable on purpose: it must not announce itself there nor claim anything;
-/// gossip is all it does.
-fn start_rogue(fl: &FleetLab, i: usize, name: &str, extra: &[(&str, &str)]) -> String {
+/// A machine ID for a rogue fleetd called `name`.
+fn rogue_id(name: &str) -> String {
+    format!("{}{}", name.replace('-', ""), support::unique_token())
+}
+
+/// Starts a second fleetd with machine ID `id` in machine `i` as a transient unit `name`: gossip on
+/// port 7480 of the machine's address, joining through m1 (`gossip_seeds`), with `extra` `FLEET_*`
+/// settings for its TLS. Its etcd is unreachable on purpose: it must not announce itself there nor
+/// claim anything; gossip is all it does.
+fn start_rogue(fl: &FleetLab, i: usize, name: &str, id: &str, extra: &[(&str, &str)]) -> String {
     let ip = fleet_lab::machine_ip(i);
     let listen = format!("{ip}:7480");
     let seed = format!("{}:7479", fleet_lab::machine_ip(1));
-    let id = format!("{}{}", name.replace('-', ""), support::unique_token());
     let mut cmd: Vec<String> = vec![
         "systemd-run".into(),
         format!("--unit={name}"),
@@ -297,6 +428,8 @@ fn peers_without_a_valid_certificate_are_refused() {
     };
     let all: BTreeSet<String> = fl.running().map(|i| fl.machine_id(i)).collect();
     let foreign = format!("{LAB_TLS_DIR}/foreign");
+    let foreign_id = rogue_id("rogue-foreign");
+    fl.mint_foreign(&foreign_id);
     let rogues = [
         (
             5,
@@ -305,15 +438,16 @@ fn peers_without_a_valid_certificate_are_refused() {
                 &fl,
                 5,
                 "rogue-foreign",
+                &foreign_id,
                 &[
                     ("FLEET_GOSSIP_CA_FILE", &format!("{foreign}/ca.pem")),
                     (
                         "FLEET_GOSSIP_CERT_FILE",
-                        &format!("{foreign}/{LAB_CERT_NAME}.pem"),
+                        &format!("{foreign}/{foreign_id}.pem"),
                     ),
                     (
                         "FLEET_GOSSIP_KEY_FILE",
-                        &format!("{foreign}/{LAB_CERT_NAME}.key"),
+                        &format!("{foreign}/{foreign_id}.key"),
                     ),
                 ],
             ),
@@ -325,6 +459,7 @@ fn peers_without_a_valid_certificate_are_refused() {
                 &fl,
                 4,
                 "rogue-insecure",
+                &rogue_id("rogue-insecure"),
                 &[("FLEET_GOSSIP_INSECURE", "true")],
             ),
         ),
@@ -379,10 +514,15 @@ fn the_tls_lab_binds_minted_files_read_only() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        ["ca.pem", "foreign", "labshared.key", "labshared.pem"]
-    );
+    let id = fl.machine_id(1);
+    let mut want = vec![
+        "ca.pem".to_string(),
+        "foreign".to_string(),
+        format!("{id}.key"),
+        format!("{id}.pem"),
+    ];
+    want.sort();
+    assert_eq!(names, want);
     let out = fl
         .lab
         .sh(1, &["touch", &format!("{LAB_TLS_DIR}/x")])
@@ -392,4 +532,52 @@ fn the_tls_lab_binds_minted_files_read_only() {
         "the TLS dir is writable in the machine"
     );
     assert!(!fl.journal(1, 200).contains("INSECURE"));
+}
+
+/// Issue 13 case 1 in the lab: a second fleetd (in m3) with m1's machine ID and m2's certificate.
+/// It refuses to start, saying why; m1 stays listed everywhere with its address. (A patched fleetd
+/// that skips this check is refused by every peer: `a_peer_claiming_another_machines_identity...`
+/// above, on loopback.)
+#[test]
+fn a_second_fleetd_with_another_machines_id_and_certificate_is_refused() {
+    let Some(fl) = FleetLab::up_with_tls(3, &[]) else {
+        return;
+    };
+    let (m1, m2) = (fl.machine_id(1), fl.machine_id(2));
+    let ips_before = fl.fleetctl_ok(2, &["list-machines", "--no-legend", "--full"]);
+    start_rogue(
+        &fl,
+        3,
+        "impostor",
+        &m1,
+        &[
+            ("FLEET_GOSSIP_CA_FILE", &format!("{LAB_TLS_DIR}/ca.pem")),
+            ("FLEET_GOSSIP_CERT_FILE", &format!("{LAB_TLS_DIR}/{m2}.pem")),
+            ("FLEET_GOSSIP_KEY_FILE", &format!("{LAB_TLS_DIR}/{m2}.key")),
+        ],
+    );
+    let want = format!("is the certificate of machine {m2}, not of this machine {m1}");
+    let line = fl.wait_for("the impostor refuses to start", WAIT, |fl| {
+        let out = fl
+            .lab
+            .sh(
+                3,
+                &["journalctl", "-u", "impostor", "--no-pager", "-n", "50"],
+            )
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.contains(&want))
+            .map(str::to_string)
+    });
+    eprintln!("impostor: {line}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        fl.fleetctl_ok(2, &["list-machines", "--no-legend", "--full"]),
+        ips_before
+    );
+    fl.wait_all_listed(WAIT);
+    for i in 1..=3 {
+        assert!(!fl.journal(i, 500).contains("rejoined"), "m{i}");
+    }
 }

@@ -18,8 +18,10 @@
 //!   bidirectional streams framed as a kind byte, then 4-byte length-prefixed frames. Connections
 //!   are opened on demand and kept until idle for 60 s.
 //! - **TLS**: TLS 1.3 with the ring provider (explicitly, so it does not depend on which rustls
-//!   features the rest of the binary enables). All certificates carry the name `fleet`; the machine
-//!   ID is the certificate's common name.
+//!   features the rest of the binary enables). All certificates carry the name `fleet`; each names
+//!   its machine (URI `urn:fleet:machine:<ID>`, and the common name). The transport hands the core
+//!   the machine each connection's certificate names with every datagram and sync, and the core
+//!   refuses a sender that claims another machine.
 
 pub mod tls;
 pub mod transport;

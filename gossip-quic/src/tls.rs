@@ -3,7 +3,10 @@
 //! it. Also mints the CA and machine certificates, and offers an explicit insecure development mode.
 //!
 //! All certificates name the server `fleet` (the name every client dials, since peers are addressed
-//! by IP), and carry the machine ID as their common name.
+//! by IP), and carry the machine ID twice: as a URI subject alternative name
+//! (`urn:fleet:machine:<ID>`, what [`certified_machine_id`] reads) and as the common name
+//! (certificates minted before the URI existed are read by their common name). A peer speaks only
+//! for the machine its certificate names: the transport hands that ID to the core with every input.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +22,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 pub const SERVER_NAME: &str = "fleet";
 /// The ALPN protocol of fleet's gossip.
 pub const ALPN: &[u8] = b"fleet-gossip/1";
+/// The prefix of the URI subject alternative name that carries a machine ID.
+pub const MACHINE_URI_PREFIX: &str = "urn:fleet:machine:";
 
 /// How a node authenticates its peers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,6 +70,20 @@ pub enum TlsError {
     /// Certificate generation failed.
     #[error("cannot generate a certificate: {0}")]
     Generate(#[from] rcgen::Error),
+    /// The certificate does not name the machine it is used for.
+    #[error(
+        "{} is the certificate of {}, not of this machine {expected}",
+        .path.display(),
+        .certified.as_deref().map_or("no machine".to_string(), |id| format!("machine {id}"))
+    )]
+    WrongMachine {
+        /// The certificate file.
+        path: PathBuf,
+        /// The machine ID it carries (None: none found).
+        certified: Option<String>,
+        /// This machine's ID.
+        expected: String,
+    },
     /// Writing a PEM file failed.
     #[error("cannot write {path}: {source}")]
     Write {
@@ -255,7 +274,8 @@ pub fn mint_ca(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
 }
 
 /// Mints a machine certificate signed by the CA in `ca_cert_path`/`ca_key_path`: usable both as a
-/// server and as a client certificate, for the name [`SERVER_NAME`], with `machine_id` as common name.
+/// server and as a client certificate, for the name [`SERVER_NAME`], naming `machine_id` (URI
+/// subject alternative name and common name).
 /// Writes the certificate and private key (mode 0600) as PEM.
 pub fn mint_machine_cert(
     ca_cert_path: &Path,
@@ -277,6 +297,8 @@ pub fn mint_machine_cert(
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, machine_id);
+    let uri = rcgen::string::Ia5String::try_from(format!("{MACHINE_URI_PREFIX}{machine_id}"))?;
+    params.subject_alt_names.push(rcgen::SanType::URI(uri));
     params.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,
@@ -286,6 +308,50 @@ pub fn mint_machine_cert(
     let cert = params.signed_by(&key, &issuer)?;
     write(cert_path, &cert.pem())?;
     write_key(key_path, &key.serialize_pem())
+}
+
+/// The machine ID a certificate (DER) names: its `urn:fleet:machine:` URI subject alternative name,
+/// or else its common name. `None` if it names none (or does not parse).
+pub fn certified_machine_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for name in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::URI(uri) = name {
+                if let Some(id) = uri.strip_prefix(MACHINE_URI_PREFIX) {
+                    return Some(id.to_string());
+                }
+            }
+        }
+    }
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+/// The machine ID named by the first certificate of a QUIC peer's identity (what
+/// `quinn::Connection::peer_identity` returns with rustls), if any.
+pub fn peer_machine_id(identity: Option<Box<dyn std::any::Any>>) -> Option<String> {
+    let certs = identity?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    certified_machine_id(certs.first()?.as_ref())
+}
+
+/// Checks that the certificate file of `tls` names `machine_id` (in the insecure mode there is
+/// nothing to check): a node whose own certificate names another machine would be refused by
+/// every peer, so it should not start.
+pub fn check_own_certificate(tls: &TlsConfig, machine_id: &str) -> Result<(), TlsError> {
+    let TlsConfig::Mutual { cert, .. } = tls else {
+        return Ok(());
+    };
+    let chain = load_certs("certificate", cert)?;
+    let certified = certified_machine_id(chain[0].as_ref());
+    if certified.as_deref() == Some(machine_id) {
+        Ok(())
+    } else {
+        Err(TlsError::WrongMachine {
+            path: cert.clone(),
+            certified,
+            expected: machine_id.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -305,6 +371,47 @@ mod tests {
         };
         quic_configs(&tls).unwrap();
         assert!(quic_configs(&TlsConfig::InsecureDevelopment).is_ok());
+        check_own_certificate(&tls, "m1").unwrap();
+        let err = check_own_certificate(&tls, "m2").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("m1.pem is the certificate of machine m1, not of this machine m2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_machine_id_is_read_from_the_uri_or_else_the_common_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        mint_ca(&p("ca.pem"), &p("ca.key")).unwrap();
+        mint_machine_cert(
+            &p("ca.pem"),
+            &p("ca.key"),
+            "abc123",
+            &p("m.pem"),
+            &p("m.key"),
+        )
+        .unwrap();
+        let der = load_certs("certificate", &p("m.pem")).unwrap().remove(0);
+        assert_eq!(
+            certified_machine_id(der.as_ref()).as_deref(),
+            Some("abc123")
+        );
+        let pem = std::fs::read_to_string(p("m.pem")).unwrap();
+        assert!(!pem.is_empty());
+        // A certificate minted before the URI (common name only).
+        let mut params = rcgen::CertificateParams::new(vec![SERVER_NAME.to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "old-style");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            certified_machine_id(cert.der().as_ref()).as_deref(),
+            Some("old-style")
+        );
+        assert_eq!(certified_machine_id(b"not a certificate"), None);
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub struct GossipConfig {
     /// QUIC idle timeout: a connection without traffic for this long is closed (and reopened on the
     /// next send). Default 60 s.
     pub idle_timeout: Duration,
+    /// Refuse to start if the certificate names another machine than `machine_id` (peers would
+    /// refuse every message anyway). Default true; only tests of the peers' defences turn it off
+    /// to play an impostor.
+    pub verify_own_certificate: bool,
 }
 
 impl GossipConfig {
@@ -104,6 +108,7 @@ impl GossipConfig {
             incarnation: None,
             rng_seed: None,
             idle_timeout: Duration::from_secs(60),
+            verify_own_certificate: true,
         }
     }
 }
@@ -241,15 +246,29 @@ enum Command {
     Abort(oneshot::Sender<()>),
 }
 
+/// The machine a connection's peer certificate names (`None` in the insecure mode).
+type Cert = Option<MachineId>;
+
 enum Net {
-    Datagram(SocketAddr, Bytes),
+    Datagram(SocketAddr, Cert, Bytes),
     Connected(Connection),
     ConnectFailed(SocketAddr),
     /// A connection ended: its address, stable id, and final UDP bytes (in, out).
     Closed(SocketAddr, usize, (u64, u64)),
-    Offer(SyncOffer, oneshot::Sender<Option<SyncAnswer>>),
-    Answer(SyncAnswer, oneshot::Sender<Option<FullState>>),
-    Merge(FullState),
+    Offer(Cert, SyncOffer, oneshot::Sender<Option<SyncAnswer>>),
+    Answer(Cert, SyncAnswer, oneshot::Sender<Option<FullState>>),
+    Merge(Cert, FullState),
+}
+
+/// The machine `conn`'s peer certificate names, when peers are bound to their certificates
+/// (mutual TLS). A certificate that names no machine is an error: such a peer may not speak.
+fn peer_cert(conn: &Connection, bind: bool) -> Result<Cert, String> {
+    if !bind {
+        return Ok(None);
+    }
+    tls::peer_machine_id(conn.peer_identity())
+        .map(|id| Some(MachineId::new(id)))
+        .ok_or_else(|| "the peer's certificate names no machine".to_string())
 }
 
 /// Starts gossip.
@@ -263,6 +282,10 @@ impl Gossip {
     pub async fn start(
         config: GossipConfig,
     ) -> Result<(GossipHandle, mpsc::UnboundedReceiver<Event>), TransportError> {
+        if config.verify_own_certificate {
+            tls::check_own_certificate(&config.tls, config.machine_id.as_str())?;
+        }
+        let bind = matches!(config.tls, TlsConfig::Mutual { .. });
         let (server, mut client) = tls::quic_configs(&config.tls)?;
         let mut transport = quinn::TransportConfig::default();
         transport
@@ -337,6 +360,7 @@ impl Gossip {
             shared: shared.clone(),
             handler: handler.clone(),
             closed_udp: (0, 0),
+            bind,
         };
         tokio::spawn(driver.run(cmd_rx, net_rx));
         tracing::info!(machine = %identity.machine_id, %advertise, %bound, "gossip started");
@@ -519,6 +543,8 @@ struct Driver {
     shared: Arc<Shared>,
     handler: SharedHandler,
     closed_udp: (u64, u64),
+    /// Peers are bound to the machine their certificate names (mutual TLS).
+    bind: bool,
 }
 
 impl Driver {
@@ -609,18 +635,33 @@ impl Driver {
     fn net(&mut self, net: Net) {
         let now = Instant::now();
         match net {
-            Net::Datagram(from, data) => {
-                if let Err(e) = self.node.handle_datagram(now, from, &data) {
+            Net::Datagram(from, cert, data) => {
+                if let Err(e) = self
+                    .node
+                    .handle_datagram_from(now, from, cert.as_ref(), &data)
+                {
                     tracing::debug!(error = %e, "gossip datagram rejected");
                 }
             }
             Net::Connected(conn) => {
+                let addr = conn.remote_address();
+                let cert = match peer_cert(&conn, self.bind) {
+                    Ok(cert) => cert,
+                    Err(reason) => {
+                        self.shared
+                            .rejected_connections
+                            .fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(remote = %addr, %reason, "refused a gossip connection");
+                        conn.close(1u32.into(), b"certificate names no machine");
+                        return;
+                    }
+                };
                 // The newest connection wins: it proves the peer is there now, while an older one
                 // may point at a previous life of the peer that crashed without closing it.
-                let addr = conn.remote_address();
                 self.conns.insert(addr, conn.clone());
                 spawn_conn_tasks(
                     conn.clone(),
+                    cert,
                     self.net_tx.clone(),
                     self.shared.clone(),
                     self.handler.clone(),
@@ -645,16 +686,31 @@ impl Driver {
                     self.conns.remove(&addr);
                 }
             }
-            Net::Offer(offer, reply) => {
-                let answer = self.node.handle_sync_offer(now, offer).ok();
+            Net::Offer(cert, offer, reply) => {
+                let answer = match self.node.handle_sync_offer_from(now, cert.as_ref(), offer) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "sync offer refused");
+                        None
+                    }
+                };
                 let _ = reply.send(answer);
             }
-            Net::Answer(answer, reply) => {
-                let delta = self.node.handle_sync_answer(now, answer).ok();
+            Net::Answer(cert, answer, reply) => {
+                let delta = match self
+                    .node
+                    .handle_sync_answer_from(now, cert.as_ref(), answer)
+                {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "sync answer refused");
+                        None
+                    }
+                };
                 let _ = reply.send(delta);
             }
-            Net::Merge(state) => {
-                if let Err(e) = self.node.merge(now, state) {
+            Net::Merge(cert, state) => {
+                if let Err(e) = self.node.merge_from(now, cert.as_ref(), state) {
                     tracing::debug!(error = %e, "sync merge failed");
                 }
             }
@@ -730,8 +786,9 @@ impl Driver {
             let endpoint = self.endpoint.clone();
             let net_tx = self.net_tx.clone();
             let shared = self.shared.clone();
+            let bind = self.bind;
             tokio::spawn(async move {
-                let run = run_sync(conn, endpoint, peer, offer, net_tx, shared);
+                let run = run_sync(conn, endpoint, peer, offer, net_tx, shared, bind);
                 match tokio::time::timeout(STREAM_TIMEOUT, run).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => tracing::debug!(%peer, error = %e, "sync failed"),
@@ -799,6 +856,7 @@ async fn accept_loop(endpoint: Endpoint, net_tx: mpsc::Sender<Net>, shared: Arc<
 /// Per connection: a datagram reader, a stream acceptor, and a close watcher.
 fn spawn_conn_tasks(
     conn: Connection,
+    cert: Cert,
     net_tx: mpsc::Sender<Net>,
     shared: Arc<Shared>,
     handler: SharedHandler,
@@ -808,9 +866,13 @@ fn spawn_conn_tasks(
         let conn = conn.clone();
         let net_tx = net_tx.clone();
         let shared = shared.clone();
+        let cert_in = cert.clone();
         tokio::spawn(async move {
             while let Ok(data) = conn.read_datagram().await {
-                if net_tx.try_send(Net::Datagram(addr, data)).is_err() {
+                if net_tx
+                    .try_send(Net::Datagram(addr, cert_in.clone(), data))
+                    .is_err()
+                {
                     shared.datagrams_overflow.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -824,8 +886,9 @@ fn spawn_conn_tasks(
             let net_tx = net_tx.clone();
             let shared = shared.clone();
             let handler = handler.clone();
+            let cert = cert.clone();
             tokio::spawn(async move {
-                let serve = serve_stream(addr, send, recv, net_tx, shared.clone(), handler);
+                let serve = serve_stream(addr, cert, send, recv, net_tx, shared.clone(), handler);
                 match tokio::time::timeout(STREAM_TIMEOUT, serve).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => {
@@ -868,6 +931,7 @@ fn garbage(e: impl std::fmt::Display) -> StreamError {
 
 async fn serve_stream(
     from: SocketAddr,
+    cert: Cert,
     mut send: SendStream,
     mut recv: RecvStream,
     net_tx: mpsc::Sender<Net>,
@@ -881,7 +945,10 @@ async fn serve_stream(
             let offer = read_counted(&mut recv, &shared).await?;
             let offer = SyncOffer::decode(&offer).map_err(garbage)?;
             let (tx, rx) = oneshot::channel();
-            net_tx.send(Net::Offer(offer, tx)).await.map_err(io_err)?;
+            net_tx
+                .send(Net::Offer(cert.clone(), offer, tx))
+                .await
+                .map_err(io_err)?;
             let answer = rx
                 .await
                 .map_err(io_err)?
@@ -889,7 +956,7 @@ async fn serve_stream(
             write_counted(&mut send, &answer.encode(), &shared).await?;
             let delta = read_counted(&mut recv, &shared).await?;
             let delta = FullState::decode(&delta).map_err(garbage)?;
-            net_tx.send(Net::Merge(delta)).await.map_err(io_err)?;
+            net_tx.send(Net::Merge(cert, delta)).await.map_err(io_err)?;
             send.finish().map_err(io_err)?;
             Ok(())
         }
@@ -921,6 +988,7 @@ async fn run_sync(
     offer: Vec<u8>,
     net_tx: mpsc::Sender<Net>,
     shared: Arc<Shared>,
+    bind: bool,
 ) -> Result<(), StreamError> {
     let conn = match conn {
         Some(c) => c,
@@ -928,13 +996,17 @@ async fn run_sync(
             .await
             .map_err(io_err)?,
     };
+    let cert = peer_cert(&conn, bind).map_err(garbage)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(io_err)?;
     send.write_all(&[STREAM_SYNC]).await.map_err(io_err)?;
     write_counted(&mut send, &offer, &shared).await?;
     let answer = read_counted(&mut recv, &shared).await?;
     let answer = SyncAnswer::decode(&answer).map_err(garbage)?;
     let (tx, rx) = oneshot::channel();
-    net_tx.send(Net::Answer(answer, tx)).await.map_err(io_err)?;
+    net_tx
+        .send(Net::Answer(cert, answer, tx))
+        .await
+        .map_err(io_err)?;
     let delta = rx
         .await
         .map_err(io_err)?

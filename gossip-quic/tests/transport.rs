@@ -311,3 +311,69 @@ async fn a_wildcard_listen_address_needs_an_advertise_address() {
         other => panic!("expected NeedAdvertise, got {:?}", other.map(|_| ())),
     }
 }
+
+/// Issue 13 case 1 over real QUIC: a node that claims machine `a` while holding `b`'s certificate.
+/// `a` and `b` refuse it (counted), `a` stays as it was everywhere, and nobody rejoins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_claiming_another_machine_with_its_own_certificate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_ca(&d.join("ca.pem"), &d.join("ca.key")).unwrap();
+    let (a, mut ea) = start("a", tls_for(d, "ca", "a"), vec![]).await;
+    let (b, mut eb) = start("b", tls_for(d, "ca", "b"), vec![a.local_addr()]).await;
+    a.set_metadata(Metadata {
+        public_ip: "192.0.2.1".into(),
+        ..Metadata::default()
+    })
+    .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            sees(&a, "b", Liveness::Alive).await
+                && b.view().await.is_ok_and(|v| {
+                    v.machines
+                        .get(&MachineId::new("a"))
+                        .is_some_and(|m| m.metadata.is_some())
+                })
+        })
+        .await
+    );
+    let a_before = b.view().await.unwrap().machines[&MachineId::new("a")].clone();
+
+    // Not a fleetd (it would refuse to start with a certificate of another machine): a patched one.
+    let mut config = GossipConfig::new(MachineId::new("a"), "127.0.0.1:0".parse().unwrap());
+    config.tls = tls_for(d, "ca", "b");
+    config.seeds = vec![a.local_addr(), b.local_addr()];
+    config.incarnation = Some(u64::MAX / 2);
+    config.verify_own_certificate = false;
+    let (impostor, _ei) = Gossip::start(config.clone()).await.unwrap();
+    impostor
+        .set_metadata(Metadata {
+            public_ip: "203.0.113.66".into(),
+            ..Metadata::default()
+        })
+        .unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            b.stats().await.unwrap().core.impersonations_refused > 0
+                && a.stats().await.unwrap().core.impersonations_refused > 0
+        })
+        .await,
+        "the impostor was not refused"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a_after = b.view().await.unwrap().machines[&MachineId::new("a")].clone();
+    assert_eq!(a_after.identity, a_before.identity);
+    assert_eq!(a_after.metadata, a_before.metadata);
+    assert_eq!(a_after.liveness, Liveness::Alive);
+    impostor.abort().await.unwrap();
+    for events in [&mut ea, &mut eb] {
+        while let Ok(e) = events.try_recv() {
+            assert!(!matches!(e, Event::Rejoined(_)), "{e:?}");
+        }
+    }
+
+    // fleetd's own check: a certificate of another machine is refused at start.
+    config.verify_own_certificate = true;
+    let err = Gossip::start(config).await.unwrap_err();
+    assert!(err.to_string().contains("not of this machine a"), "{err}");
+}

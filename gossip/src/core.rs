@@ -41,21 +41,30 @@
 //! Joining is this exchange with a seed address: the seed learns the joiner from the offer, the joiner
 //! learns the whole cluster from the answer.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
+use foca::{
+    AccumulatingRuntime, Codec, Foca, Header, Member, Message, OwnedNotification, PostcardCodec,
+    State, Timer,
+};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::roster::Roster;
 use crate::store::{Change, Handler, OriginDelta, SharedStore, Store, Update};
 use crate::types::{
     Liveness, MachineId, MachineView, Metadata, NodeIdentity, Stamp, UnitState, View,
 };
+
+/// How often one (certificate, claimed identity) pair is logged at most.
+const IMPERSONATION_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How often at most this node asks one machine directly about a new life it heard of.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Failure detection and dissemination settings.
 ///
@@ -218,6 +227,17 @@ pub enum Error {
     /// foca may be left inconsistent, which it repairs over the next probe cycles.
     #[error("membership protocol error: {0}")]
     Protocol(foca::Error),
+    /// The peer's certificate names one machine and its message claims to come from another. The
+    /// whole input was refused and counted in [`Counters::impersonations_refused`].
+    #[error(
+        "refused: the peer's certificate is for machine {certified} but it claims to be {claimed}"
+    )]
+    Impersonation {
+        /// The machine ID in the peer's certificate.
+        certified: MachineId,
+        /// The machine ID its message claims.
+        claimed: MachineId,
+    },
 }
 
 /// Traffic and error counters of one node.
@@ -237,6 +257,14 @@ pub struct Counters {
     pub syncs_requested: u64,
     /// Sync messages merged (offers, answers and deltas).
     pub syncs_merged: u64,
+    /// Inputs refused because the sender claimed another machine's identity than its
+    /// certificate's.
+    pub impersonations_refused: u64,
+    /// Membership rumours refused: a third party announcing a machine's new identity (learnt
+    /// from the machine itself instead).
+    pub rumours_refused: u64,
+    /// State updates refused: a newer epoch for a machine than the identity the membership holds.
+    pub state_refused: u64,
 }
 
 /// Step 1 of a sync: the initiator's membership and state digest.
@@ -298,6 +326,62 @@ enum TimerKind {
     Foca(Timer<NodeIdentity>),
     AntiEntropy,
     JoinRetry,
+    /// Ask this machine directly who it is now (a third party told us of a new life).
+    Check(MachineId),
+}
+
+/// A foca packet taken apart with foca's own codec: the header, the membership updates it
+/// piggybacks, and where the rest (custom broadcasts) starts.
+struct Packet {
+    header: Header<NodeIdentity>,
+    updates: Vec<Member<NodeIdentity>>,
+    has_updates: bool,
+    rest: usize,
+}
+
+impl Packet {
+    /// foca's packet layout: a header, then (unless the message is a custom broadcast and if at
+    /// least two bytes follow) a big-endian `u16` count of updates and the updates, then custom
+    /// broadcasts.
+    fn parse(data: &[u8]) -> Result<Packet, postcard::Error> {
+        let mut codec = PostcardCodec;
+        let mut buf = data;
+        let header: Header<NodeIdentity> = codec.decode_header(&mut buf)?;
+        let mut updates = Vec::new();
+        let has_updates = buf.len() >= 2 && header.message != Message::Broadcast;
+        if has_updates {
+            let count = u16::from_be_bytes([buf[0], buf[1]]);
+            buf = &buf[2..];
+            for _ in 0..count {
+                updates.push(codec.decode_member(&mut buf)?);
+            }
+        }
+        Ok(Packet {
+            header,
+            updates,
+            has_updates,
+            rest: data.len() - buf.len(),
+        })
+    }
+
+    /// The same packet with only `kept` as its updates.
+    fn rewrite(&self, kept: &[Member<NodeIdentity>], data: &[u8]) -> Vec<u8> {
+        let mut codec = PostcardCodec;
+        let mut out = Vec::with_capacity(data.len());
+        codec
+            .encode_header(&self.header, &mut out)
+            .expect("encoding to a Vec cannot fail");
+        if self.has_updates {
+            out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+            for m in kept {
+                codec
+                    .encode_member(m, &mut out)
+                    .expect("encoding to a Vec cannot fail");
+            }
+        }
+        out.extend_from_slice(&data[self.rest..]);
+        out
+    }
 }
 
 type FocaNode = Foca<NodeIdentity, PostcardCodec, StdRng, Handler>;
@@ -318,13 +402,19 @@ pub struct Node {
     events: VecDeque<Event>,
     counters: Counters,
     left: bool,
+    roster: Roster,
+    /// When each (certificate, claimed identity) pair was last logged.
+    warned: BTreeMap<(MachineId, MachineId), Instant>,
+    /// When this node last asked each machine directly about a new life.
+    checked: BTreeMap<MachineId, Instant>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node")
             .field("identity", self.foca.identity())
-            .field("members", &self.foca.num_members())
+            .field("members", &self.roster.len())
+            .field("live", &self.roster.live_count())
             .finish_non_exhaustive()
     }
 }
@@ -363,6 +453,9 @@ impl Node {
             events: VecDeque::new(),
             counters: Counters::default(),
             left: false,
+            roster: Roster::default(),
+            warned: BTreeMap::new(),
+            checked: BTreeMap::new(),
             config,
         };
         node.schedule(
@@ -385,7 +478,10 @@ impl Node {
 
     /// Traffic and error counters.
     pub fn counters(&self) -> Counters {
-        self.counters
+        Counters {
+            state_refused: self.store.lock().refused(),
+            ..self.counters
+        }
     }
 
     /// True once [`Node::leave`] was called.
@@ -410,13 +506,34 @@ impl Node {
         }
     }
 
-    /// Handles a datagram received from `from`.
-    ///
-    /// Garbage returns [`Error::Garbage`] and is counted; it never changes the node's state.
+    /// Handles a datagram received from `from`, with no certificate to hold its sender to (the
+    /// insecure development mode, simulations): the sender is taken at its word. See
+    /// [`Node::handle_datagram_from`].
     pub fn handle_datagram(
         &mut self,
         now: Instant,
         from: SocketAddr,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        self.handle_datagram_from(now, from, None, data)
+    }
+
+    /// Handles a datagram received from `from`, whose transport authenticated the sender as machine
+    /// `certified` (the ID in its TLS certificate), if any.
+    ///
+    /// - A datagram whose sender claims another machine's identity than `certified` is refused
+    ///   whole ([`Error::Impersonation`], counted, logged at most every 10 s per pair).
+    /// - A rumour (a membership update about a third machine) that announces a new identity of a
+    ///   machine this node knows is dropped: a new life is learnt from the machine itself, which
+    ///   this node then asks directly (so a restarted machine is still recognised at once).
+    ///   Rumours about known identities follow SWIM's rules (suspicion, refutation, down).
+    ///
+    /// Garbage returns [`Error::Garbage`] and is counted; it never changes the node's state.
+    pub fn handle_datagram_from(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        certified: Option<&MachineId>,
         data: &[u8],
     ) -> Result<(), Error> {
         self.now = now;
@@ -425,14 +542,149 @@ impl Node {
         if self.left {
             return Ok(());
         }
-        let result = self.foca.handle_data(data, &mut self.runtime);
+        if data.len() > self.foca_max_packet() {
+            return Err(self.garbage(from, foca::Error::DataTooBig));
+        }
+        let packet = match Packet::parse(data) {
+            Ok(p) => p,
+            Err(e) => return Err(self.garbage(from, foca::Error::Decode(Box::new(e)))),
+        };
+        let sender = packet.header.src.clone();
+        if let Some(cert) = certified {
+            if sender.machine_id != *cert {
+                return Err(self.impersonation(from, cert, &sender));
+            }
+        }
+        let mut kept = Vec::with_capacity(packet.updates.len());
+        for u in &packet.updates {
+            if self.admit(&sender, u) {
+                kept.push(u.clone());
+            }
+        }
+        self.observe_input(
+            &Member::new(sender.clone(), packet.header.src_incarnation, State::Alive),
+            &kept,
+        );
+        let result = if kept.len() == packet.updates.len() {
+            self.foca.handle_data(data, &mut self.runtime)
+        } else {
+            let rewritten = packet.rewrite(&kept, data);
+            self.foca.handle_data(&rewritten, &mut self.runtime)
+        };
         self.drain_runtime();
-        match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.counters.garbage_dropped += 1;
-                tracing::debug!(%from, error = %e, "dropped datagram");
-                Err(Error::Garbage { from, source: e })
+        result.map_err(|e| self.garbage(from, e))
+    }
+
+    fn foca_max_packet(&self) -> usize {
+        self.config.max_packet_size.max(256)
+    }
+
+    fn garbage(&mut self, from: SocketAddr, source: foca::Error) -> Error {
+        self.counters.garbage_dropped += 1;
+        tracing::debug!(%from, error = %source, "dropped datagram");
+        Error::Garbage { from, source }
+    }
+
+    fn impersonation(
+        &mut self,
+        from: SocketAddr,
+        certified: &MachineId,
+        claimed: &NodeIdentity,
+    ) -> Error {
+        self.counters.impersonations_refused += 1;
+        let key = (certified.clone(), claimed.machine_id.clone());
+        let due = match self.warned.get(&key) {
+            Some(at) => self.now >= *at + IMPERSONATION_LOG_EVERY,
+            None => true,
+        };
+        if due {
+            if self.warned.len() >= 1024 {
+                self.warned.clear();
+            }
+            self.warned.insert(key, self.now);
+            tracing::warn!(
+                %from,
+                certificate = %certified,
+                claims = %claimed.machine_id,
+                advertised = %claimed.addr,
+                refused = self.counters.impersonations_refused,
+                "refused gossip from a peer that claims another machine's identity: its \
+                 certificate is for machine {certified}, it claims to be {}",
+                claimed.machine_id
+            );
+        }
+        Error::Impersonation {
+            certified: certified.clone(),
+            claimed: claimed.machine_id.clone(),
+        }
+    }
+
+    /// Whether a membership update that `sender` passes on may reach foca. A sender speaks for
+    /// itself (its own present or past lives), and news about this node is foca's to judge
+    /// (refute, or rejoin). About a third machine, a sender may only relay what concerns the life
+    /// of it this node already knows, or introduce a machine this node does not know at all
+    /// (that is how joins spread); a different life of a known machine is refused, and the
+    /// machine is asked directly.
+    fn admit(&mut self, sender: &NodeIdentity, update: &Member<NodeIdentity>) -> bool {
+        let id = update.id();
+        if id.machine_id == self.identity().machine_id {
+            return true;
+        }
+        if id.machine_id == sender.machine_id {
+            return id.incarnation <= sender.incarnation;
+        }
+        let Some(known) = self.roster.get(&id.machine_id) else {
+            return true;
+        };
+        if known.identity == *id {
+            return true;
+        }
+        if id.incarnation > known.identity.incarnation {
+            self.counters.rumours_refused += 1;
+            tracing::debug!(relayed_by = %sender.machine_id, claimed = ?id, known = ?known.identity, "rumour of a new life refused; asking the machine");
+            let machine = id.machine_id.clone();
+            self.want_check(machine);
+        }
+        false
+    }
+
+    /// Asks `machine` directly who it is now (soon, spread at random so that a machine that
+    /// restarts is not asked by every member at once), at most every [`CHECK_EVERY`].
+    fn want_check(&mut self, machine: MachineId) {
+        if let Some(at) = self.checked.get(&machine) {
+            if self.now < *at + CHECK_EVERY {
+                return;
+            }
+        }
+        self.checked.insert(machine.clone(), self.now);
+        let spread = self.config.probe_period.as_micros().max(1) as u64;
+        let delay = Duration::from_micros(self.rng.random_range(0..spread));
+        self.schedule(self.now + delay, TimerKind::Check(machine));
+    }
+
+    /// Follows in the roster what foca is about to apply: the sender is alive (at its
+    /// incarnation), and, if foca holds it active, the updates it passes on. State that these
+    /// identities publish may now be accepted up to their epochs.
+    fn observe_input(&mut self, sender: &Member<NodeIdentity>, updates: &[Member<NodeIdentity>]) {
+        let now = self.now;
+        let me = self.identity().machine_id.clone();
+        self.roster.observe(sender, now);
+        let mut store = self.store.lock();
+        store.allow_epoch(&sender.id().machine_id, sender.id().incarnation);
+        let sender_down = self
+            .roster
+            .get(&sender.id().machine_id)
+            .is_some_and(|k| k.identity == *sender.id() && k.state == State::Down);
+        if sender_down {
+            return;
+        }
+        for u in updates {
+            if u.id().machine_id == me {
+                continue;
+            }
+            self.roster.observe(u, now);
+            if u.state() != State::Down {
+                store.allow_epoch(&u.id().machine_id, u.id().incarnation);
             }
         }
     }
@@ -499,42 +751,33 @@ impl Node {
     /// This node's view of the cluster, itself included.
     pub fn view(&self) -> View {
         let me = self.identity().clone();
-        let mut idents: BTreeMap<MachineId, (NodeIdentity, Liveness)> = BTreeMap::new();
-        for m in self.foca.iter_membership_state() {
-            let liveness = match m.state() {
-                State::Alive => Liveness::Alive,
-                State::Suspect => Liveness::Suspect,
-                State::Down => Liveness::Down,
-            };
-            let id = m.id();
-            if id.machine_id == me.machine_id {
-                continue;
-            }
-            match idents.get(&id.machine_id) {
-                Some((known, _)) if known.incarnation >= id.incarnation => {}
-                _ => {
-                    idents.insert(id.machine_id.clone(), (id.clone(), liveness));
-                }
-            }
-        }
-        idents.insert(me.machine_id.clone(), (me.clone(), Liveness::Alive));
         let store = self.store.lock();
-        let machines = idents
-            .into_iter()
-            .map(|(mid, (identity, liveness))| {
-                let data = store.origin(&mid);
-                let view = MachineView {
-                    identity,
-                    liveness,
-                    metadata: data.and_then(|d| d.metadata().cloned()),
-                    units: data
-                        .map(|d| d.units().map(|(n, s)| (n.clone(), s.clone())).collect())
-                        .unwrap_or_default(),
-                    version: data.map(|d| d.newest()).unwrap_or_default(),
+        let entry = |identity: NodeIdentity, liveness: Liveness| {
+            let data = store.origin(&identity.machine_id);
+            MachineView {
+                identity,
+                liveness,
+                metadata: data.and_then(|d| d.metadata().cloned()),
+                units: data
+                    .map(|d| d.units().map(|(n, s)| (n.clone(), s.clone())).collect())
+                    .unwrap_or_default(),
+                version: data.map(|d| d.newest()).unwrap_or_default(),
+            }
+        };
+        let mut machines: BTreeMap<MachineId, MachineView> = self
+            .roster
+            .iter()
+            .filter(|(id, _)| **id != me.machine_id)
+            .map(|(id, k)| {
+                let liveness = match k.state {
+                    State::Alive => Liveness::Alive,
+                    State::Suspect => Liveness::Suspect,
+                    State::Down => Liveness::Down,
                 };
-                (mid, view)
+                (id.clone(), entry(k.identity.clone(), liveness))
             })
             .collect();
+        machines.insert(me.machine_id.clone(), entry(me.clone(), Liveness::Alive));
         View {
             local: me.machine_id,
             machines,
@@ -555,16 +798,29 @@ impl Node {
         }
     }
 
-    /// Step 2 of a sync, on the peer: merges the offer's membership and returns the answer.
+    /// Step 2 of a sync, on the peer: merges the offer's membership and returns the answer. The
+    /// sender is taken at its word; see [`Node::handle_sync_offer_from`].
     pub fn handle_sync_offer(
         &mut self,
         now: Instant,
+        offer: SyncOffer,
+    ) -> Result<SyncAnswer, Error> {
+        self.handle_sync_offer_from(now, None, offer)
+    }
+
+    /// Step 2 of a sync from a peer whose certificate names machine `certified`: refused whole
+    /// if the offer claims to come from another machine (see [`Node::handle_datagram_from`]).
+    pub fn handle_sync_offer_from(
+        &mut self,
+        now: Instant,
+        certified: Option<&MachineId>,
         offer: SyncOffer,
     ) -> Result<SyncAnswer, Error> {
         self.now = now;
         if self.left {
             return Err(Error::Left);
         }
+        self.check_sender(certified, &offer.from)?;
         self.apply_members(offer.from, offer.members)?;
         let store = self.store.lock();
         Ok(SyncAnswer {
@@ -575,16 +831,28 @@ impl Node {
         })
     }
 
-    /// Step 3 of a sync, on the initiator: merges the answer and returns what the peer lacks.
+    /// Step 3 of a sync, on the initiator: merges the answer and returns what the peer lacks. The
+    /// sender is taken at its word; see [`Node::handle_sync_answer_from`].
     pub fn handle_sync_answer(
         &mut self,
         now: Instant,
+        answer: SyncAnswer,
+    ) -> Result<FullState, Error> {
+        self.handle_sync_answer_from(now, None, answer)
+    }
+
+    /// Step 3 of a sync from a peer whose certificate names machine `certified`.
+    pub fn handle_sync_answer_from(
+        &mut self,
+        now: Instant,
+        certified: Option<&MachineId>,
         answer: SyncAnswer,
     ) -> Result<FullState, Error> {
         self.now = now;
         if self.left {
             return Err(Error::Left);
         }
+        self.check_sender(certified, &answer.from)?;
         self.apply_members(answer.from, answer.members)?;
         self.merge_state(answer.state);
         let store = self.store.lock();
@@ -604,12 +872,24 @@ impl Node {
         }
     }
 
-    /// Merges a snapshot, or step 3 of a sync (on the peer).
+    /// Merges a snapshot, or step 3 of a sync (on the peer). The sender is taken at its word; see
+    /// [`Node::merge_from`].
     pub fn merge(&mut self, now: Instant, state: FullState) -> Result<(), Error> {
+        self.merge_from(now, None, state)
+    }
+
+    /// Merges step 3 of a sync from a peer whose certificate names machine `certified`.
+    pub fn merge_from(
+        &mut self,
+        now: Instant,
+        certified: Option<&MachineId>,
+        state: FullState,
+    ) -> Result<(), Error> {
         self.now = now;
         if self.left {
             return Err(Error::Left);
         }
+        self.check_sender(certified, &state.from)?;
         self.apply_members(state.from, state.members)?;
         self.merge_state(state.state);
         Ok(())
@@ -639,24 +919,48 @@ impl Node {
             .collect()
     }
 
+    fn check_sender(
+        &mut self,
+        certified: Option<&MachineId>,
+        from: &NodeIdentity,
+    ) -> Result<(), Error> {
+        match certified {
+            Some(cert) if from.machine_id != *cert => {
+                Err(self.impersonation(from.addr, cert, from))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn apply_members(
         &mut self,
         from: NodeIdentity,
-        mut members: Vec<Member<NodeIdentity>>,
+        members: Vec<Member<NodeIdentity>>,
     ) -> Result<(), Error> {
         self.counters.syncs_merged += 1;
-        // A down verdict is only news about an identity we know. Learning verdicts about identities
-        // we already forgot would keep dead members alive in everyone's lists forever, each node
-        // re-teaching the others after its own `remove_down_after`.
-        let known: HashSet<&NodeIdentity> =
-            self.foca.iter_membership_state().map(|m| m.id()).collect();
-        let own = self.identity();
-        members.retain(|m| m.state() != State::Down || known.contains(m.id()) || m.id() == own);
-        drop(known);
-        members.push(Member::alive(from));
+        let own = self.identity().clone();
+        let mut kept = Vec::with_capacity(members.len() + 1);
+        for m in members {
+            if !self.admit(&from, &m) {
+                continue;
+            }
+            // A down verdict is only news about an identity we know. Learning verdicts about
+            // identities we already forgot would keep dead members alive in everyone's lists
+            // forever, each node re-teaching the others after its own `remove_down_after`.
+            let known = self
+                .roster
+                .get(&m.id().machine_id)
+                .is_some_and(|k| k.identity == *m.id());
+            if m.state() != State::Down || known || *m.id() == own {
+                kept.push(m);
+            }
+        }
+        let sender = Member::alive(from);
+        self.observe_input(&sender, &kept);
+        kept.push(sender);
         let result = self
             .foca
-            .apply_many(members.into_iter(), true, &mut self.runtime);
+            .apply_many(kept.into_iter(), true, &mut self.runtime);
         self.drain_runtime();
         result.map_err(Error::Protocol)
     }
@@ -701,36 +1005,42 @@ impl Node {
     fn fire(&mut self, timer: TimerKind) {
         match timer {
             TimerKind::Foca(t) => {
-                let forget = matches!(t, Timer::RemoveDown(_));
+                let forget = match &t {
+                    Timer::RemoveDown(id) => Some(id.clone()),
+                    _ => None,
+                };
                 if let Err(e) = self.foca.handle_timer(t, &mut self.runtime) {
                     tracing::debug!(error = %e, "foca timer failed");
                 }
                 self.drain_runtime();
-                if forget {
-                    let known: BTreeSet<MachineId> = self
-                        .foca
-                        .iter_membership_state()
-                        .map(|m| m.id().machine_id.clone())
-                        .collect();
-                    self.store.lock().retain(|id| known.contains(id));
+                if let Some(id) = forget {
+                    self.roster.forget(&id);
+                    if self.roster.get(&id.machine_id).is_none() {
+                        self.store.lock().forget(&id.machine_id);
+                    }
                 }
             }
             TimerKind::AntiEntropy => {
+                // The roster follows foca's notifications; re-read foca's list now and then so
+                // that it never drifts (an O(n) walk every few seconds, off the hot paths).
+                let fixed = self
+                    .roster
+                    .reconcile(self.foca.iter_membership_state(), self.now);
+                if fixed > 0 {
+                    tracing::debug!(fixed, "roster reconciled with foca");
+                }
+                let now = self.now;
+                self.checked.retain(|_, at| now < *at + CHECK_EVERY);
                 // One random live member for state, and one random member we saw die: if it was
                 // only cut off (a healed partition), the sync makes both sides renew and rejoin.
-                let mut live = Vec::new();
-                let mut down = Vec::new();
-                for m in self.foca.iter_membership_state() {
-                    match m.state() {
-                        State::Down => down.push(m.id().addr),
-                        _ => live.push(m.id().addr),
+                if let Some(pick) = self.roster.random_live(&mut self.rng, 1, None).pop() {
+                    if let Some(k) = self.roster.get(&pick) {
+                        let addr = k.identity.addr;
+                        self.request_sync(addr);
                     }
                 }
-                for candidates in [live, down] {
-                    if !candidates.is_empty() {
-                        let pick = candidates[self.rng.random_range(0..candidates.len())];
-                        self.request_sync(pick);
-                    }
+                if let Some(addr) = self.random_down(1).pop() {
+                    self.request_sync(addr);
                 }
                 self.schedule(
                     self.now + self.config.anti_entropy_interval,
@@ -742,16 +1052,10 @@ impl Node {
                     // Isolated: retry the seeds, and a few members we saw die (they may only have
                     // been cut off; a sync makes both sides renew and rejoin each other).
                     let mut targets: Vec<SocketAddr> = self.seeds.iter().copied().collect();
-                    let mut down: Vec<SocketAddr> = self
-                        .foca
-                        .iter_membership_state()
-                        .filter(|m| m.state() == State::Down)
-                        .map(|m| m.id().addr)
-                        .filter(|a| !self.seeds.contains(a))
-                        .collect();
-                    for _ in 0..down.len().min(3) {
-                        let i = self.rng.random_range(0..down.len());
-                        targets.push(down.swap_remove(i));
+                    for addr in self.random_down(3) {
+                        if !self.seeds.contains(&addr) {
+                            targets.push(addr);
+                        }
                     }
                     for addr in targets {
                         self.request_sync(addr);
@@ -762,10 +1066,39 @@ impl Node {
                     TimerKind::JoinRetry,
                 );
             }
+            TimerKind::Check(machine) => {
+                if let Some(k) = self.roster.get(&machine) {
+                    // foca accepts an announce addressed to any life of its machine and answers
+                    // with a feed from its current identity, which this node then hears first-hand.
+                    let dst = k.identity.clone();
+                    if let Err(e) = self.foca.announce(dst, &mut self.runtime) {
+                        tracing::debug!(error = %e, "announce failed");
+                    }
+                    self.drain_runtime();
+                }
+            }
         }
     }
 
+    /// Up to `k` addresses of members seen down, chosen at random (an O(n) walk: used every few
+    /// seconds at most).
+    fn random_down(&mut self, k: usize) -> Vec<SocketAddr> {
+        let mut down: Vec<SocketAddr> = self
+            .roster
+            .iter()
+            .filter(|(_, m)| m.state == State::Down)
+            .map(|(_, m)| m.identity.addr)
+            .collect();
+        let mut out = Vec::new();
+        while out.len() < k && !down.is_empty() {
+            let i = self.rng.random_range(0..down.len());
+            out.push(down.swap_remove(i));
+        }
+        out
+    }
+
     fn drain_runtime(&mut self) {
+        let now = self.now;
         while let Some((to, data)) = self.runtime.to_send() {
             self.transmits.push_back(Transmit {
                 dst: to.addr,
@@ -774,17 +1107,47 @@ impl Node {
             });
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.schedule(self.now + after, TimerKind::Foca(timer));
+            if let Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &timer
+            {
+                // foca suspects a member only after its own probe of it failed.
+                self.roster.suspect(member_id, *incarnation, now);
+            }
+            self.schedule(now + after, TimerKind::Foca(timer));
         }
         while let Some(n) = self.runtime.to_notify() {
             let event = match n {
-                OwnedNotification::MemberUp(id) => Event::MemberUp(id.machine_id),
-                OwnedNotification::MemberDown(id) => Event::MemberDown(id.machine_id),
-                OwnedNotification::Rename(_, new) => Event::MemberRestarted(new.machine_id),
+                OwnedNotification::MemberUp(id) => {
+                    self.roster.up(&id, now);
+                    self.store
+                        .lock()
+                        .allow_epoch(&id.machine_id, id.incarnation);
+                    Event::MemberUp(id.machine_id)
+                }
+                OwnedNotification::MemberDown(id) => {
+                    self.roster.down(&id, now);
+                    Event::MemberDown(id.machine_id)
+                }
+                OwnedNotification::Rename(_, new) => {
+                    self.roster.renamed(&new, now);
+                    self.store
+                        .lock()
+                        .allow_epoch(&new.machine_id, new.incarnation);
+                    Event::MemberRestarted(new.machine_id)
+                }
                 OwnedNotification::Active => Event::Connected,
                 OwnedNotification::Idle => Event::Isolated,
                 OwnedNotification::Defunct => Event::Defunct,
-                OwnedNotification::Rejoin(id) => Event::Rejoined(id),
+                OwnedNotification::Rejoin(id) => {
+                    tracing::warn!(
+                        incarnation = id.incarnation,
+                        "the cluster declared this node down: rejoined with a renewed identity"
+                    );
+                    Event::Rejoined(id)
+                }
             };
             tracing::debug!(?event, "gossip event");
             self.events.push_back(event);

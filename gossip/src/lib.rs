@@ -21,6 +21,12 @@
 //!   complete anti-entropy deltas do. This is what lets a digest exchange fill every gap.
 //! - Garbage from a peer (datagram, stream frame, sync message) is an `Err` and a counter, never a
 //!   panic, and never changes state.
+//! - A peer speaks only for itself: with the machine ID its transport authenticated (the
+//!   `*_from` methods), an input whose sender claims another machine is refused whole. A rumour
+//!   never installs a new identity of a machine the node knows (the node asks that machine
+//!   directly), and a machine's state is accepted only up to the epoch of its known identity.
+//! - [`core::Node`] looks members up in its own index (`roster`), never by walking foca's list on
+//!   a hot path; the roster is reconciled with foca's list every anti-entropy interval.
 //!
 //! # Decisions
 //! - **Identity** = machine ID + advertised address + incarnation; foca's `Addr` is the machine ID,
@@ -39,12 +45,13 @@
 //!   awareness and dynamic suspicion timeouts are not implemented (foca offers no hook).
 //!
 //! # Known limits
-//! - The identity inside a SWIM packet is not checked against the sender's certificate: any holder
-//!   of a cluster certificate can speak for any machine. The CA is the trust boundary.
+//! - Relayed rumours about a known identity (suspect, alive, down) follow SWIM's rules and are not
+//!   signed by the machine they concern.
 //! - Tombstones of removed units are kept for the life (epoch) of their origin.
 //! - The event stream is unbounded; fleetd must keep reading it.
 
 pub mod core;
+mod roster;
 mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

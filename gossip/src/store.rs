@@ -144,12 +144,19 @@ impl OriginData {
 }
 
 /// Every origin's state, this node's own included.
+///
+/// A remote origin's state is accepted only up to the epoch of the origin's identity that the
+/// membership holds (`limits`): a new life of a machine is learnt from that machine (or through
+/// the membership's rules), never from state someone else relays, so a peer cannot replace another
+/// machine's state by inventing a newer epoch for it.
 #[derive(Debug)]
 pub(crate) struct Store {
     local: MachineId,
     local_stamp: Stamp,
     origins: BTreeMap<MachineId, OriginData>,
     changes: BTreeSet<(MachineId, Change)>,
+    limits: BTreeMap<MachineId, u64>,
+    refused: u64,
 }
 
 impl Store {
@@ -169,7 +176,30 @@ impl Store {
             local_stamp,
             origins,
             changes: BTreeSet::new(),
+            limits: BTreeMap::new(),
+            refused: 0,
         }
+    }
+
+    /// The membership holds `origin` with this identity incarnation: its state may now come in
+    /// epochs up to it.
+    pub(crate) fn allow_epoch(&mut self, origin: &MachineId, incarnation: u64) {
+        let limit = self.limits.entry(origin.clone()).or_insert(0);
+        *limit = (*limit).max(incarnation);
+    }
+
+    fn epoch_allowed(&mut self, origin: &MachineId, epoch: u64) -> bool {
+        let ok = self.limits.get(origin).is_some_and(|l| epoch <= *l);
+        if !ok {
+            self.refused += 1;
+            tracing::debug!(%origin, epoch, limit = ?self.limits.get(origin), "state from a life the membership does not know: refused");
+        }
+        ok
+    }
+
+    /// State updates refused because their epoch was newer than the origin's known identity.
+    pub(crate) fn refused(&self) -> u64 {
+        self.refused
     }
 
     pub(crate) fn origin(&self, id: &MachineId) -> Option<&OriginData> {
@@ -274,6 +304,9 @@ impl Store {
         if update.origin == self.local {
             return false;
         }
+        if !self.epoch_allowed(&update.origin, update.stamp.epoch) {
+            return false;
+        }
         let origin = update.origin.clone();
         let data = self.origins.entry(origin.clone()).or_default();
         let mut changes = Vec::new();
@@ -355,6 +388,9 @@ impl Store {
                 }
                 continue;
             }
+            if !self.epoch_allowed(&delta.origin, delta.synced.epoch) {
+                continue;
+            }
             for (stamp, entry) in delta.entries {
                 self.apply(&Update {
                     origin: delta.origin.clone(),
@@ -373,10 +409,12 @@ impl Store {
         }
     }
 
-    /// Forgets the state of every origin for which `keep` is false (never our own).
-    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&MachineId) -> bool) {
-        let local = self.local.clone();
-        self.origins.retain(|id, _| *id == local || keep(id));
+    /// Forgets an origin's state (never our own): the membership forgot the machine.
+    pub(crate) fn forget(&mut self, origin: &MachineId) {
+        if *origin != self.local {
+            self.origins.remove(origin);
+            self.limits.remove(origin);
+        }
     }
 }
 
@@ -488,6 +526,7 @@ mod tests {
     fn newer_stamp_wins_and_older_is_ignored() {
         let mut a = Store::new(MachineId::new("a"), 1);
         let mut b = Store::new(MachineId::new("b"), 1);
+        b.allow_epoch(&MachineId::new("a"), 1);
         let u1 = a.set_local_units(&units(&[("x.service", "active")]));
         let u2 = a.set_local_units(&units(&[("x.service", "failed")]));
         // Delivered out of order: the newer one first.
@@ -501,11 +540,18 @@ mod tests {
     fn a_new_epoch_replaces_the_previous_life() {
         let mut a = Store::new(MachineId::new("a"), 1);
         let mut b = Store::new(MachineId::new("b"), 1);
+        b.allow_epoch(&MachineId::new("a"), 1);
         for u in a.set_local_units(&units(&[("x.service", "active"), ("y.service", "active")])) {
             b.apply(&u);
         }
         let mut a2 = Store::new(MachineId::new("a"), 2);
         let u = a2.set_local_units(&units(&[("z.service", "active")]));
+        assert!(
+            !b.apply(&u[0]),
+            "a new life the membership has not accepted yet is refused"
+        );
+        assert_eq!(b.refused(), 1);
+        b.allow_epoch(&MachineId::new("a"), 2);
         assert!(b.apply(&u[0]));
         let names: Vec<_> = b
             .origin(&MachineId::new("a"))
@@ -530,6 +576,7 @@ mod tests {
     fn delta_after_out_of_order_broadcasts_fills_the_gaps() {
         let mut a = Store::new(MachineId::new("a"), 1);
         let mut b = Store::new(MachineId::new("b"), 1);
+        b.allow_epoch(&MachineId::new("a"), 1);
         let first = a.set_local_units(&units(&[("x.service", "active")]));
         let second = a.set_local_unit("y.service", Some(unit("active")));
         // b only hears the second broadcast.
@@ -552,6 +599,7 @@ mod tests {
     fn removed_units_travel_as_tombstones() {
         let mut a = Store::new(MachineId::new("a"), 1);
         let mut b = Store::new(MachineId::new("b"), 1);
+        b.allow_epoch(&MachineId::new("a"), 1);
         b.merge(a.delta_for(&b.digest()));
         a.set_local_units(&units(&[("x.service", "active")]));
         b.merge(a.delta_for(&b.digest()));
@@ -563,6 +611,22 @@ mod tests {
         assert!(b
             .take_changes()
             .contains(&(MachineId::new("a"), Change::Units)));
+    }
+
+    #[test]
+    fn state_of_an_unknown_machine_or_a_newer_life_is_refused_whole() {
+        let mut a = Store::new(MachineId::new("a"), 7);
+        let mut b = Store::new(MachineId::new("b"), 1);
+        a.set_local_metadata(Metadata::default());
+        b.merge(a.delta_for(&b.digest()));
+        assert!(b.origin(&MachineId::new("a")).is_none(), "unknown machine");
+        b.allow_epoch(&MachineId::new("a"), 6);
+        b.merge(a.delta_for(&b.digest()));
+        assert!(b.origin(&MachineId::new("a")).is_none(), "epoch 7 > 6");
+        assert_eq!(b.refused(), 2);
+        b.allow_epoch(&MachineId::new("a"), 7);
+        b.merge(a.delta_for(&b.digest()));
+        assert!(b.origin(&MachineId::new("a")).unwrap().metadata().is_some());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! A deterministic virtual network for [`Node`]s: a virtual clock, datagram latency and loss, crashes,
-//! and in-process sync exchanges. Used by the tests and by `examples/detection.rs`; the cluster
+//! in-process sync exchanges, and certificates (each node's inputs carry the machine ID of the
+//! sender's certificate, as the QUIC transport's do; [`VirtualNet::add_impostor`] adds a node whose
+//! certificate is another machine's). Used by the tests and by `examples/detection.rs`; the cluster
 //! simulator has its own, richer network.
 //!
 //! ```
@@ -31,6 +33,10 @@ pub type NodeIndex = usize;
 struct Slot {
     node: Option<Node>,
     addr: SocketAddr,
+    /// The machine ID the node claims.
+    id: MachineId,
+    /// The machine ID of its certificate.
+    cert: MachineId,
     events: Vec<(Duration, Event)>,
 }
 
@@ -84,6 +90,32 @@ impl VirtualNet {
     /// Adds a node that joins through the given nodes' addresses; returns its index.
     pub fn add_node(&mut self, seeds: &[NodeIndex]) -> NodeIndex {
         let index = self.slots.len();
+        self.add_slot(Self::machine_id(index), Self::machine_id(index), 1, seeds)
+    }
+
+    /// Adds a node that claims to be machine `claims` (with incarnation `incarnation`) while its
+    /// certificate is machine `cert_of`'s, as a second fleetd started with a stolen certificate
+    /// and another machine's ID would; it joins through `seeds`. Returns its index.
+    pub fn add_impostor(
+        &mut self,
+        claims: NodeIndex,
+        cert_of: NodeIndex,
+        incarnation: u64,
+        seeds: &[NodeIndex],
+    ) -> NodeIndex {
+        let id = self.slots[claims].id.clone();
+        let cert = self.slots[cert_of].cert.clone();
+        self.add_slot(id, cert, incarnation, seeds)
+    }
+
+    fn add_slot(
+        &mut self,
+        id: MachineId,
+        cert: MachineId,
+        incarnation: u64,
+        seeds: &[NodeIndex],
+    ) -> NodeIndex {
+        let index = self.slots.len();
         let addr = SocketAddr::new(
             IpAddr::V4(Ipv4Addr::new(
                 10,
@@ -96,16 +128,18 @@ impl VirtualNet {
         self.slots.push(Slot {
             node: None,
             addr,
+            id,
+            cert,
             events: Vec::new(),
         });
-        self.start(index, 1, seeds);
+        self.start(index, incarnation, seeds);
         index
     }
 
     /// (Re)starts node `index` with this incarnation, joining through `seeds`.
     pub fn start(&mut self, index: NodeIndex, incarnation: u64, seeds: &[NodeIndex]) {
         let identity = NodeIdentity {
-            machine_id: Self::machine_id(index),
+            machine_id: self.slots[index].id.clone(),
             addr: self.slots[index].addr,
             incarnation,
         };
@@ -162,7 +196,7 @@ impl VirtualNet {
         let node = self.slots[observer].node.as_ref()?;
         node.view()
             .machines
-            .get(&Self::machine_id(target))
+            .get(&self.slots[target].id)
             .map(|m| m.liveness)
     }
 
@@ -254,10 +288,11 @@ impl VirtualNet {
                 self.lost += 1;
                 continue;
             }
+            let cert = self.index_of(from).map(|f| self.slots[f].cert.clone());
             if let Some(i) = self.index_of(to) {
                 if let Some(node) = self.slots[i].node.as_mut() {
                     // Errors are counted by the node; the network just moves on.
-                    let _ = node.handle_datagram(now, from, &data);
+                    let _ = node.handle_datagram_from(now, from, cert.as_ref(), &data);
                     self.flush(i);
                 }
             }
@@ -326,10 +361,14 @@ impl VirtualNet {
             return;
         };
         self.sync_bytes += offer.len() as u64;
+        let (initiator_cert, peer_cert) = (
+            self.slots[initiator].cert.clone(),
+            self.slots[peer].cert.clone(),
+        );
         let answer = {
             let node = self.slots[peer].node.as_mut().expect("checked above");
             let offer = SyncOffer::decode(&offer).expect("own encoding decodes");
-            match node.handle_sync_offer(now, offer) {
+            match node.handle_sync_offer_from(now, Some(&initiator_cert), offer) {
                 Ok(a) => a.encode(),
                 Err(_) => return,
             }
@@ -341,7 +380,7 @@ impl VirtualNet {
                 return;
             };
             let answer = SyncAnswer::decode(&answer).expect("own encoding decodes");
-            match node.handle_sync_answer(now, answer) {
+            match node.handle_sync_answer_from(now, Some(&peer_cert), answer) {
                 Ok(d) => d.encode(),
                 Err(_) => return,
             }
@@ -350,7 +389,7 @@ impl VirtualNet {
         self.sync_bytes += delta.len() as u64;
         if let Some(node) = self.slots[peer].node.as_mut() {
             let delta = FullState::decode(&delta).expect("own encoding decodes");
-            let _ = node.merge(now, delta);
+            let _ = node.merge_from(now, Some(&initiator_cert), delta);
         }
         self.flush(peer);
     }

@@ -3,19 +3,22 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 /// A machine's ID (fleet uses the 32 hex characters of `/etc/machine-id`).
 ///
-/// Gossip treats it as an opaque string; fleetd converts from its own `MachineId` type.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct MachineId(String);
+/// Gossip treats it as an opaque string; fleetd converts from its own `MachineId` type. It is shared
+/// (`Arc<str>`): foca compares members' addresses on every update and clones them freely, so a clone
+/// is a reference count and a comparison of one ID with itself is a pointer comparison.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MachineId(Arc<str>);
 
 impl MachineId {
     /// Wraps a machine ID string.
-    pub fn new(id: impl Into<String>) -> Self {
-        MachineId(id.into())
+    pub fn new(id: impl AsRef<str>) -> Self {
+        MachineId(Arc::from(id.as_ref()))
     }
 
     /// The ID as a string.
@@ -27,6 +30,34 @@ impl MachineId {
 impl fmt::Display for MachineId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MachineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MachineId({:?})", &*self.0)
+    }
+}
+
+impl Serialize for MachineId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MachineId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MachineId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a machine ID string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MachineId, E> {
+                Ok(MachineId::new(v))
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 }
 

@@ -389,3 +389,140 @@ fn dead_members_are_forgotten_and_not_taught_to_joiners() {
     net.run_for(Duration::from_secs(5));
     assert!(net.running().iter().all(|o| net.liveness(*o, 4).is_none()));
 }
+
+/// Issue 13 case 1: a second node with m1's ID and m2's certificate. It is refused by everyone,
+/// nothing about m1 changes anywhere, and m1 is not made to rejoin.
+#[test]
+fn an_impostor_with_another_machines_certificate_changes_nothing() {
+    let mut net = cluster(31, 4);
+    net.with_node(1, |n, now| {
+        n.set_local_metadata(now, metadata("eu"));
+        n.set_local_unit_state(now, "real.service", Some(unit("active", 1)));
+    });
+    net.run_for(Duration::from_secs(2));
+    let m1 = VirtualNet::machine_id(1);
+    let before: Vec<_> = (0..4)
+        .map(|i| net.view(i).unwrap().machines[&m1].clone())
+        .collect();
+    // Claims m1 with a newer incarnation, holds m2's certificate, joins through m0.
+    let impostor = net.add_impostor(1, 2, 99, &[0]);
+    net.with_node(impostor, |n, now| {
+        n.set_local_metadata(now, metadata("evil"));
+        n.set_local_unit_state(now, "fake.service", Some(unit("failed", 9)));
+    });
+    net.run_for(Duration::from_secs(20));
+    for (i, seen) in before.iter().enumerate() {
+        let now = net.view(i).unwrap().machines[&m1].clone();
+        assert_eq!(
+            now.identity, seen.identity,
+            "node {i}: m1's identity changed"
+        );
+        assert_eq!(
+            now.metadata, seen.metadata,
+            "node {i}: m1's metadata changed"
+        );
+        assert_eq!(now.units, seen.units, "node {i}: m1's units changed");
+        assert_eq!(now.liveness, Liveness::Alive, "node {i}");
+    }
+    assert!(
+        !net.events(1)
+            .iter()
+            .any(|(_, e)| matches!(e, Event::Rejoined(_))),
+        "m1 was made to rejoin: {:?}",
+        net.events(1)
+    );
+    let refused: u64 = (0..4)
+        .map(|i| net.node(i).unwrap().counters().impersonations_refused)
+        .sum();
+    assert!(refused > 0, "nobody refused the impostor");
+    // The impostor itself learnt nothing and nobody learnt it.
+    for i in 0..4 {
+        assert!(!net.events(i).iter().any(|(_, e)| matches!(
+            e,
+            Event::MemberRestarted(id) if *id == m1
+        )));
+    }
+}
+
+/// A peer (honest about itself) relays a forged rumour: a newer identity of a third machine at
+/// the peer's own address. The rumour is refused and the third machine keeps its identity; the
+/// node asks the machine itself and learns nothing new.
+#[test]
+fn a_forged_rumour_of_a_new_life_is_refused() {
+    use foca::{Codec, Header, Member, Message, PostcardCodec};
+    let mut net = cluster(32, 3);
+    let m0 = net.view(0).unwrap();
+    let m1_id = m0.machines[&VirtualNet::machine_id(1)].identity.clone();
+    let m2_id = m0.machines[&VirtualNet::machine_id(2)].identity.clone();
+    let forged = NodeIdentity {
+        incarnation: m2_id.incarnation + 1000,
+        addr: m1_id.addr,
+        ..m2_id.clone()
+    };
+    let mut packet = Vec::new();
+    PostcardCodec
+        .encode_header(
+            &Header {
+                src: m1_id.clone(),
+                src_incarnation: 0,
+                dst: m0.machines[&m0.local].identity.clone(),
+                message: Message::Gossip,
+            },
+            &mut packet,
+        )
+        .unwrap();
+    packet.extend_from_slice(&1u16.to_be_bytes());
+    PostcardCodec
+        .encode_member(&Member::alive(forged), &mut packet)
+        .unwrap();
+    let from = net.addr(1);
+    let m1_cert = VirtualNet::machine_id(1);
+    net.with_node(0, |n, now| {
+        n.handle_datagram_from(now, from, Some(&m1_cert), &packet)
+            .unwrap();
+        assert_eq!(n.counters().rumours_refused, 1);
+    });
+    net.run_for(Duration::from_secs(5));
+    let seen = &net.view(0).unwrap().machines[&VirtualNet::machine_id(2)];
+    assert_eq!(seen.identity, m2_id);
+    assert_eq!(seen.liveness, Liveness::Alive);
+}
+
+/// A datagram whose sender is not the machine of the peer's certificate is refused whole, with an
+/// error that names both.
+#[test]
+fn a_datagram_claiming_another_sender_is_refused() {
+    use foca::{Codec, Header, Message, PostcardCodec};
+    let mut net = cluster(33, 3);
+    let view = net.view(0).unwrap();
+    let mut packet = Vec::new();
+    PostcardCodec
+        .encode_header(
+            &Header {
+                src: view.machines[&VirtualNet::machine_id(1)].identity.clone(),
+                src_incarnation: 7,
+                dst: view.machines[&view.local].identity.clone(),
+                message: Message::Gossip,
+            },
+            &mut packet,
+        )
+        .unwrap();
+    packet.extend_from_slice(&0u16.to_be_bytes());
+    let from = net.addr(2);
+    let (right, wrong) = (VirtualNet::machine_id(1), VirtualNet::machine_id(2));
+    net.with_node(0, |n, now| {
+        let err = n
+            .handle_datagram_from(now, from, Some(&wrong), &packet)
+            .unwrap_err();
+        assert!(matches!(err, Error::Impersonation { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("certificate is for machine m0002 but it claims to be m0001"),
+            "{err}"
+        );
+        assert_eq!(n.counters().impersonations_refused, 1);
+        n.handle_datagram_from(now, from, Some(&right), &packet)
+            .unwrap();
+        assert_eq!(n.counters().impersonations_refused, 1);
+    });
+}

@@ -1,6 +1,8 @@
 //! `fleetctl gen-certs`: mints the files of gossip's mutual TLS (a cluster CA, and machine
-//! certificates signed by it) with [`fleet_gossip_quic::tls`]. The one verb that works on local files only:
-//! it never contacts fleetd.
+//! certificates signed by it) with [`fleet_gossip_quic::tls`]. A machine certificate names its
+//! machine (a `urn:fleet:machine:<ID>` URI and the common name), and gossip holds every peer to the
+//! machine its certificate names. The one verb that works on local files only: it never contacts
+//! fleetd.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -226,12 +228,15 @@ mod tests {
             assert_eq!(mode(&ca.join("ca.key")), 0o600);
             assert_eq!(mode(key), 0o600);
         }
-        tls::quic_configs(&TlsConfig::Mutual {
+        let mutual = TlsConfig::Mutual {
             ca_cert: ca.join("ca.pem"),
             cert: cert.clone(),
             key: key.clone(),
-        })
-        .unwrap();
+        };
+        tls::quic_configs(&mutual).unwrap();
+        // The certificate names the machine (gossip binds a peer to it).
+        tls::check_own_certificate(&mutual, "abc123").unwrap();
+        assert!(tls::check_own_certificate(&mutual, "abc124").is_err());
         // --ca-dir defaults to --dir.
         let (minted, _) = run(&["--dir", ca.to_str().unwrap(), "--machine-id", "m2"]).unwrap();
         assert!(matches!(minted, Minted::Machine { ca_cert, .. } if ca_cert == ca.join("ca.pem")));

@@ -283,8 +283,6 @@ impl FleetLab {
 
 /// Where [`FleetLab::up_with_tls`] binds its certificates in every machine (read-only).
 pub const LAB_TLS_DIR: &str = "/etc/fleet-tls";
-/// The common name (machine ID) of the certificate every machine of a TLS lab shares.
-pub const LAB_CERT_NAME: &str = "labshared";
 
 /// A [`FleetLab`] whose agents authenticate each other with mutual TLS (see
 /// [`FleetLab::up_with_tls`]). Derefs to the [`FleetLab`]; dropping it tears the cluster down, then
@@ -296,6 +294,8 @@ pub struct TlsFleetLab {
     env: Vec<(String, String)>,
     /// Host directory: `ca/` (the CA, host only), `foreign-ca/`, and `etc/` (bound at [`LAB_TLS_DIR`]).
     pub certs: tempfile::TempDir,
+    /// Where this build's `fleetctl` is (it mints the certificates).
+    bin: std::path::PathBuf,
 }
 
 impl std::ops::Deref for TlsFleetLab {
@@ -319,36 +319,31 @@ fn host_fleetctl(bin: &std::path::Path, args: &[&str]) {
     );
 }
 
-/// Mints a CA in `ca` and a machine certificate named [`LAB_CERT_NAME`] into `into` (with a copy of
-/// the CA certificate as `into/ca.pem`), with `fleetctl gen-certs`.
-fn mint_lab_certs(bin: &std::path::Path, ca: &std::path::Path, into: &std::path::Path) {
-    let (ca_s, into_s) = (ca.to_str().unwrap(), into.to_str().unwrap());
-    host_fleetctl(bin, &["gen-certs", "--dir", ca_s, "--ca"]);
-    host_fleetctl(
-        bin,
-        &[
-            "gen-certs",
-            "--dir",
-            into_s,
-            "--ca-dir",
-            ca_s,
-            "--machine-id",
-            LAB_CERT_NAME,
-        ],
-    );
+/// Mints a CA in `ca` (with `fleetctl gen-certs`) and copies its certificate to `into/ca.pem`.
+fn mint_lab_ca(bin: &std::path::Path, ca: &std::path::Path, into: &std::path::Path) {
+    host_fleetctl(bin, &["gen-certs", "--dir", ca.to_str().unwrap(), "--ca"]);
+    std::fs::create_dir_all(into).expect("certificate directory");
     std::fs::copy(ca.join("ca.pem"), into.join("ca.pem")).expect("copy the CA certificate");
+}
+
+/// The `fleet.service` of a TLS lab: the lab's unit, with each machine's certificate and key found
+/// by its machine ID (`%m`, which systemd expands) in [`LAB_TLS_DIR`].
+fn tls_unit() -> String {
+    format!(
+        "{FLEET_UNIT}Environment=FLEET_GOSSIP_CERT_FILE={LAB_TLS_DIR}/%m.pem\n\
+         Environment=FLEET_GOSSIP_KEY_FILE={LAB_TLS_DIR}/%m.key\n"
+    )
 }
 
 impl FleetLab {
     /// Like [`FleetLab::up`], but gossip runs with mutual TLS instead of the insecure mode: a cluster
-    /// CA and a machine certificate are minted with this build's `fleetctl gen-certs` into a temp
-    /// dir bound read-only at [`LAB_TLS_DIR`] (`ca.pem`, `labshared.pem`, `labshared.key`), and
-    /// `FLEET_GOSSIP_{CA,CERT,KEY}_FILE` point there. Also minted, for peers that must be refused: a
-    /// certificate of another CA in `LAB_TLS_DIR/foreign/` (same file names).
-    ///
-    /// All machines share one certificate: lab machine IDs are generated at boot, and gossip checks
-    /// only that a peer's certificate is signed by the CA (its common name is not compared with
-    /// anything), so a per-machine certificate would prove nothing more here.
+    /// CA and one certificate per machine, naming its machine ID, are minted with this build's
+    /// `fleetctl gen-certs` into a temp dir bound read-only at [`LAB_TLS_DIR`] (`ca.pem`,
+    /// `<machine-id>.pem`, `<machine-id>.key`); `FLEET_GOSSIP_CA_FILE` and the unit's `%m` paths
+    /// point there. Machine IDs are generated when the machines first boot, so their certificates
+    /// are minted then and fleetd (which refuses to start without its certificate) is started again.
+    /// Also minted: a CA of its own in `LAB_TLS_DIR/foreign/` ([`TlsFleetLab::mint_foreign`] signs
+    /// certificates with it for peers that must be refused).
     pub fn up_with_tls(n: usize, env: &[(&str, &str)]) -> Option<TlsFleetLab> {
         if !fleet_lab::require_root() {
             return None;
@@ -359,22 +354,14 @@ impl FleetLab {
             .tempdir()
             .expect("temp dir for the lab certificates");
         let etc = certs.path().join("etc");
-        mint_lab_certs(&bin, &certs.path().join("ca"), &etc);
-        mint_lab_certs(&bin, &certs.path().join("foreign-ca"), &etc.join("foreign"));
+        mint_lab_ca(&bin, &certs.path().join("ca"), &etc);
+        mint_lab_ca(&bin, &certs.path().join("foreign-ca"), &etc.join("foreign"));
         let mut fleet_env: Vec<(String, String)> = vec![
             ("FLEET_AGENT_TTL".into(), "3s".into()),
             ("FLEET_ENGINE_RECONCILE_INTERVAL".into(), "1s".into()),
             (
                 "FLEET_GOSSIP_CA_FILE".into(),
                 format!("{LAB_TLS_DIR}/ca.pem"),
-            ),
-            (
-                "FLEET_GOSSIP_CERT_FILE".into(),
-                format!("{LAB_TLS_DIR}/{LAB_CERT_NAME}.pem"),
-            ),
-            (
-                "FLEET_GOSSIP_KEY_FILE".into(),
-                format!("{LAB_TLS_DIR}/{LAB_CERT_NAME}.key"),
             ),
         ];
         fleet_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -383,7 +370,7 @@ impl FleetLab {
             .bind(&bin, fleet_lab::FLEET_BIN_DIR, true)
             .bind(examples, "/opt/fleet/examples", true)
             .bind(&etc, LAB_TLS_DIR, true)
-            .unit("fleet.service", FLEET_UNIT);
+            .unit("fleet.service", tls_unit());
         for (k, v) in &fleet_env {
             opts = opts.env(k.as_str(), v.as_str());
         }
@@ -392,7 +379,11 @@ impl FleetLab {
             fl: FleetLab { lab },
             env: fleet_env,
             certs,
+            bin,
         };
+        for i in 1..=n {
+            tl.provision(i);
+        }
         tl.wait_all_listed(Duration::from_secs(30));
         Some(tl)
     }
@@ -427,16 +418,57 @@ impl TlsFleetLab {
         i
     }
 
-    /// Makes sure machine `i` runs fleet.service with this lab's `FLEET_*` settings: installs the unit
-    /// and the environment lines if a boot left them out, and (re)starts fleetd then. A no-op when the
-    /// machine has both ([`Lab::boot`] and [`Lab::add_machine`] reinstall them since fleet-lab keeps
-    /// the `up` options; older labs did not).
+    /// Mints a certificate for machine `id` signed by the lab's CA (if it has none yet) into
+    /// [`LAB_TLS_DIR`]: `<id>.pem`, `<id>.key`. Returns true if it minted one.
+    pub fn mint(&self, id: &str) -> bool {
+        let etc = self.certs.path().join("etc");
+        if etc.join(format!("{id}.pem")).exists() {
+            return false;
+        }
+        let ca = self.certs.path().join("ca");
+        host_fleetctl(
+            &self.bin,
+            &[
+                "gen-certs",
+                "--dir",
+                etc.to_str().unwrap(),
+                "--ca-dir",
+                ca.to_str().unwrap(),
+                "--machine-id",
+                id,
+            ],
+        );
+        true
+    }
+
+    /// Mints a certificate for machine `id` signed by the lab's *foreign* CA into
+    /// `LAB_TLS_DIR/foreign/` (`<id>.pem`, `<id>.key`, next to that CA's `ca.pem`).
+    pub fn mint_foreign(&self, id: &str) {
+        let dir = self.certs.path().join("etc").join("foreign");
+        let ca = self.certs.path().join("foreign-ca");
+        host_fleetctl(
+            &self.bin,
+            &[
+                "gen-certs",
+                "--dir",
+                dir.to_str().unwrap(),
+                "--ca-dir",
+                ca.to_str().unwrap(),
+                "--machine-id",
+                id,
+            ],
+        );
+    }
+
+    /// Makes sure machine `i` runs fleet.service with this lab's settings and its own certificate:
+    /// mints the certificate for its machine ID if missing, installs the unit and the environment
+    /// lines if a boot left them out, and (re)starts fleetd then.
     pub fn provision(&self, i: usize) {
         let root = self.lab.machine_root(i).expect("machine root");
         let env_path = root.join(fleet_lab::ENV_FILE.trim_start_matches('/'));
         let env_now = std::fs::read_to_string(&env_path).unwrap_or_default();
         let unit_path = root.join("etc/systemd/system/fleet.service");
-        let mut changed = false;
+        let mut changed = self.mint(&self.machine_id(i));
         if !env_now.contains("FLEET_GOSSIP_CA_FILE=") {
             let mut text = env_now;
             for (k, v) in &self.env {
@@ -445,12 +477,12 @@ impl TlsFleetLab {
             std::fs::write(&env_path, text).expect("write the machine's env file");
             changed = true;
         }
-        if !unit_path.exists() {
-            std::fs::write(&unit_path, FLEET_UNIT).expect("install fleet.service");
+        let unit = tls_unit();
+        if std::fs::read_to_string(&unit_path).ok().as_deref() != Some(unit.as_str()) {
+            std::fs::write(&unit_path, unit).expect("install fleet.service");
             changed = true;
         }
         if changed {
-            eprintln!("m{i}: fleet.service and its settings installed after boot");
             self.lab
                 .sh_ok(i, &["systemctl", "daemon-reload"])
                 .expect("daemon-reload");

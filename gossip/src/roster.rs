@@ -1,0 +1,354 @@
+//! The node's own index of the membership: foca keeps its members in a list it scans linearly, so
+//! every lookup by machine ID, every random choice and every liveness question the node asks goes
+//! here instead, in O(1).
+//!
+//! The roster follows foca: foca's notifications (up, down, renamed) are exact, and the suspicion
+//! changes foca does not notify (a member suspected, or refuting) are applied here by SWIM's order
+//! of precedence as the node passes the same updates to foca. [`Roster::reconcile`] re-reads foca's
+//! list every anti-entropy interval and corrects any drift, so the roster is a cache of foca's state,
+//! never a second source of truth.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use foca::{Incarnation, Member, State};
+use rand::rngs::StdRng;
+use rand::RngExt;
+
+use crate::types::{MachineId, NodeIdentity};
+
+/// What the node knows of one member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Known {
+    /// The member's current identity (its life).
+    pub(crate) identity: NodeIdentity,
+    /// foca's incarnation (bumped by the member to refute suspicion).
+    pub(crate) incarnation: Incarnation,
+    /// Alive, suspect or down.
+    pub(crate) state: State,
+    /// When `state` (or the identity) last changed, on this node's clock.
+    pub(crate) since: Instant,
+}
+
+/// Every member foca knows (never this node), by machine ID, plus the live ones in a vector for
+/// uniform random choice. Ordered maps (not hashed), so that a seeded run makes the same choices
+/// every time.
+#[derive(Debug, Default)]
+pub(crate) struct Roster {
+    known: BTreeMap<MachineId, Known>,
+    live: Vec<MachineId>,
+    live_at: BTreeMap<MachineId, usize>,
+}
+
+/// SWIM's order of precedence (the paper's section 4.2, which foca implements): may a member in
+/// `state` at `incarnation` move to `to` at `to_inc`?
+fn precedes(state: State, incarnation: Incarnation, to: State, to_inc: Incarnation) -> bool {
+    match (state, to) {
+        (State::Down, _) => false,
+        (_, State::Down) => true,
+        (State::Alive, State::Alive) => to_inc > incarnation,
+        (State::Alive, State::Suspect) => to_inc >= incarnation,
+        (State::Suspect, _) => to_inc > incarnation,
+    }
+}
+
+impl Roster {
+    pub(crate) fn get(&self, id: &MachineId) -> Option<&Known> {
+        self.known.get(id)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub(crate) fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&MachineId, &Known)> {
+        self.known.iter()
+    }
+
+    /// Up to `k` distinct live members chosen uniformly at random, none of them `except`.
+    pub(crate) fn random_live(
+        &self,
+        rng: &mut StdRng,
+        k: usize,
+        except: Option<&MachineId>,
+    ) -> Vec<MachineId> {
+        let n = self.live.len();
+        let mut out: Vec<MachineId> = Vec::with_capacity(k.min(n));
+        if n == 0 || k == 0 {
+            return out;
+        }
+        // A few rejection-sampled draws are O(k) for k much smaller than n; small sets are walked.
+        if n <= 2 * k + 2 {
+            let mut all: Vec<&MachineId> =
+                self.live.iter().filter(|m| Some(*m) != except).collect();
+            while !all.is_empty() && out.len() < k {
+                let i = rng.random_range(0..all.len());
+                out.push(all.swap_remove(i).clone());
+            }
+            return out;
+        }
+        let mut tries = 0;
+        while out.len() < k && tries < 8 * k {
+            tries += 1;
+            let pick = &self.live[rng.random_range(0..n)];
+            if Some(pick) != except && !out.contains(pick) {
+                out.push(pick.clone());
+            }
+        }
+        out
+    }
+
+    fn set_live(&mut self, id: &MachineId, live: bool) {
+        match (live, self.live_at.get(id).copied()) {
+            (true, None) => {
+                self.live_at.insert(id.clone(), self.live.len());
+                self.live.push(id.clone());
+            }
+            (false, Some(i)) => {
+                self.live_at.remove(id);
+                self.live.swap_remove(i);
+                if let Some(moved) = self.live.get(i) {
+                    self.live_at.insert(moved.clone(), i);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn put(&mut self, known: Known) {
+        let id = known.identity.machine_id.clone();
+        self.set_live(&id, known.state != State::Down);
+        self.known.insert(id, known);
+    }
+
+    /// An update the node passes to foca, applied by SWIM's rules to the same identity only: foca
+    /// resolves a change of identity itself and notifies it ([`Roster::renamed`]). Members first
+    /// learned as down are recorded here too (foca notifies only members that come up). Returns
+    /// true if the member's liveness changed.
+    pub(crate) fn observe(&mut self, update: &Member<NodeIdentity>, now: Instant) -> bool {
+        let id = update.id();
+        match self.known.get_mut(&id.machine_id) {
+            Some(k) if k.identity == *id => {
+                if precedes(k.state, k.incarnation, update.state(), update.incarnation()) {
+                    let changed = k.state != update.state();
+                    k.incarnation = update.incarnation();
+                    if changed {
+                        k.state = update.state();
+                        k.since = now;
+                        let live = k.state != State::Down;
+                        let mid = id.machine_id.clone();
+                        self.set_live(&mid, live);
+                    }
+                    changed
+                } else {
+                    false
+                }
+            }
+            Some(_) => false,
+            None => {
+                if update.state() == State::Down {
+                    self.put(Known {
+                        identity: id.clone(),
+                        incarnation: update.incarnation(),
+                        state: State::Down,
+                        since: now,
+                    });
+                }
+                false
+            }
+        }
+    }
+
+    /// foca notified that `id` is up (new, back, or a new life).
+    pub(crate) fn up(&mut self, id: &NodeIdentity, now: Instant) {
+        let incarnation = match self.known.get(&id.machine_id) {
+            Some(k) if k.identity == *id => k.incarnation,
+            _ => 0,
+        };
+        self.put(Known {
+            identity: id.clone(),
+            incarnation,
+            state: State::Alive,
+            since: now,
+        });
+    }
+
+    /// foca notified that `id` is down.
+    pub(crate) fn down(&mut self, id: &NodeIdentity, now: Instant) {
+        let incarnation = match self.known.get(&id.machine_id) {
+            Some(k) if k.identity == *id => k.incarnation,
+            _ => 0,
+        };
+        self.put(Known {
+            identity: id.clone(),
+            incarnation,
+            state: State::Down,
+            since: now,
+        });
+    }
+
+    /// foca notified that `new` replaced `old` (a restart or a renewal).
+    pub(crate) fn renamed(&mut self, new: &NodeIdentity, now: Instant) {
+        match self.known.get_mut(&new.machine_id) {
+            Some(k) => {
+                k.identity = new.clone();
+                k.since = now;
+            }
+            None => self.up(new, now),
+        }
+    }
+
+    /// This node suspects `id` (its probe failed).
+    pub(crate) fn suspect(&mut self, id: &NodeIdentity, incarnation: Incarnation, now: Instant) {
+        self.observe(&Member::new(id.clone(), incarnation, State::Suspect), now);
+    }
+
+    /// foca forgot `id` (down for `remove_down_after`).
+    pub(crate) fn forget(&mut self, id: &NodeIdentity) {
+        if self
+            .known
+            .get(&id.machine_id)
+            .is_some_and(|k| k.identity == *id)
+        {
+            self.set_live(&id.machine_id, false);
+            self.known.remove(&id.machine_id);
+        }
+    }
+
+    /// Replaces the roster's content with foca's list (an O(n) walk, run rarely), keeping the
+    /// `since` of members whose state did not change. Returns how many entries were corrected.
+    pub(crate) fn reconcile<'a>(
+        &mut self,
+        members: impl Iterator<Item = &'a Member<NodeIdentity>>,
+        now: Instant,
+    ) -> usize {
+        let mut fixed = 0;
+        let mut fresh: BTreeMap<MachineId, Known> = BTreeMap::new();
+        for m in members {
+            let id = m.id();
+            // foca may hold an old life next to a new one briefly; the newer identity wins.
+            if fresh
+                .get(&id.machine_id)
+                .is_some_and(|k| k.identity.incarnation >= id.incarnation)
+            {
+                continue;
+            }
+            let since = match self.known.get(&id.machine_id) {
+                Some(k) if k.identity == *id && k.state == m.state() => {
+                    if k.incarnation != m.incarnation() {
+                        fixed += 1;
+                    }
+                    k.since
+                }
+                _ => {
+                    fixed += 1;
+                    now
+                }
+            };
+            fresh.insert(
+                id.machine_id.clone(),
+                Known {
+                    identity: id.clone(),
+                    incarnation: m.incarnation(),
+                    state: m.state(),
+                    since,
+                },
+            );
+        }
+        fixed += self
+            .known
+            .keys()
+            .filter(|k| !fresh.contains_key(*k))
+            .count();
+        self.known = fresh;
+        self.live.clear();
+        self.live_at.clear();
+        let live: Vec<MachineId> = self
+            .known
+            .iter()
+            .filter(|(_, k)| k.state != State::Down)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in live {
+            self.set_live(&id, true);
+        }
+        fixed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn ident(id: &str, inc: u64) -> NodeIdentity {
+        NodeIdentity {
+            machine_id: MachineId::new(id),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            incarnation: inc,
+        }
+    }
+
+    #[test]
+    fn follows_swim_precedence_for_one_identity() {
+        let now = Instant::now();
+        let mut r = Roster::default();
+        r.up(&ident("a", 1), now);
+        assert!(r.observe(&Member::new(ident("a", 1), 0, State::Suspect), now));
+        assert_eq!(r.get(&MachineId::new("a")).unwrap().state, State::Suspect);
+        // A refutation needs a larger incarnation.
+        assert!(!r.observe(&Member::new(ident("a", 1), 0, State::Alive), now));
+        assert!(r.observe(&Member::new(ident("a", 1), 1, State::Alive), now));
+        // Another life is foca's business (renamed), not a state change.
+        assert!(!r.observe(&Member::new(ident("a", 2), 5, State::Down), now));
+        assert_eq!(r.live_count(), 1);
+        r.down(&ident("a", 1), now);
+        assert_eq!(r.live_count(), 0);
+        assert!(!r.observe(&Member::new(ident("a", 1), 9, State::Alive), now));
+    }
+
+    #[test]
+    fn random_choice_is_distinct_and_skips_the_excluded() {
+        let now = Instant::now();
+        let mut r = Roster::default();
+        for i in 0..100 {
+            r.up(&ident(&format!("m{i}"), 1), now);
+        }
+        let mut rng = StdRng::seed_from_u64(1);
+        let except = MachineId::new("m7");
+        for k in [1, 3, 10, 99, 150] {
+            let pick = r.random_live(&mut rng, k, Some(&except));
+            let mut dedup = pick.clone();
+            dedup.sort();
+            dedup.dedup();
+            assert_eq!(dedup.len(), pick.len());
+            assert!(!pick.contains(&except));
+            assert!(pick.len() <= k.min(99));
+        }
+        r.forget(&ident("m3", 1));
+        r.down(&ident("m4", 1), now);
+        assert_eq!(r.live_count(), 98);
+        assert_eq!(r.len(), 99);
+    }
+
+    #[test]
+    fn reconcile_repairs_drift() {
+        let now = Instant::now();
+        let mut r = Roster::default();
+        r.up(&ident("a", 1), now);
+        r.up(&ident("gone", 1), now);
+        let truth = [
+            Member::new(ident("a", 1), 3, State::Suspect),
+            Member::new(ident("b", 2), 0, State::Alive),
+        ];
+        assert_eq!(r.reconcile(truth.iter(), now), 3);
+        assert_eq!(r.get(&MachineId::new("a")).unwrap().incarnation, 3);
+        assert!(r.get(&MachineId::new("gone")).is_none());
+        assert_eq!(r.live_count(), 2);
+        assert_eq!(r.reconcile(truth.iter(), now), 0);
+    }
+}
