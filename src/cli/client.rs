@@ -225,7 +225,29 @@ pub trait Transport {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> impl Future<Output = Result<RawResponse, ClientError>>;
+
+    /// Send every request of `batch`; the answers in the batch's order. This default sends them one
+    /// after the other; [`HttpTransport`] sends up to [`PARALLEL_REQUESTS`] at once.
+    fn send_batch(
+        &mut self,
+        batch: Vec<BatchRequest>,
+    ) -> impl Future<Output = Vec<Result<RawResponse, ClientError>>> {
+        async move {
+            let mut out = Vec::with_capacity(batch.len());
+            for (method, path, body) in batch {
+                out.push(self.send(method, &path, body).await);
+            }
+            out
+        }
+    }
 }
+
+/// One request of a batch: method, path (with the query), JSON body.
+pub type BatchRequest = (Method, String, Option<Vec<u8>>);
+
+/// How many requests of a batch [`HttpTransport`] has in flight at once, each on its own connection:
+/// fleetd answers them in parallel and etcd commits their transactions together.
+pub const PARALLEL_REQUESTS: usize = 16;
 
 /// HTTP/1.1 to fleetd over one kept-alive connection, reopened when fleetd closes it.
 pub struct HttpTransport {
@@ -308,6 +330,17 @@ impl Tls {
 }
 
 impl HttpTransport {
+    /// Another transport to the same endpoint, with its own connection.
+    fn sibling(&self) -> HttpTransport {
+        HttpTransport {
+            endpoint: self.endpoint.clone(),
+            shown: self.shown.clone(),
+            timeout: self.timeout,
+            sender: None,
+            tls: self.tls.clone(),
+        }
+    }
+
     /// A transport for `endpoint` (as written by the user) with a per-request timeout.
     pub fn new(shown: &str, timeout: Duration) -> Result<Self, ClientError> {
         Ok(HttpTransport {
@@ -469,6 +502,58 @@ impl HttpTransport {
 }
 
 impl Transport for HttpTransport {
+    async fn send_batch(
+        &mut self,
+        batch: Vec<BatchRequest>,
+    ) -> Vec<Result<RawResponse, ClientError>> {
+        let n = batch.len();
+        if n <= 1 {
+            let mut out = Vec::with_capacity(n);
+            for (method, path, body) in batch {
+                out.push(self.send(method, &path, body).await);
+            }
+            return out;
+        }
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(
+            batch
+                .into_iter()
+                .enumerate()
+                .collect::<std::collections::VecDeque<_>>(),
+        ));
+        let mut workers = tokio::task::JoinSet::new();
+        for w in 0..PARALLEL_REQUESTS.min(n) {
+            let mut t = self.sibling();
+            if w == 0 {
+                t.sender = self.sender.take();
+            }
+            let queue = queue.clone();
+            workers.spawn(async move {
+                let mut done = Vec::new();
+                loop {
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    let Some((i, (method, path, body))) = next else {
+                        break;
+                    };
+                    done.push((i, t.send(method, &path, body).await));
+                }
+                (t, done)
+            });
+        }
+        let mut out: Vec<Option<Result<RawResponse, ClientError>>> = (0..n).map(|_| None).collect();
+        while let Some(joined) = workers.join_next().await {
+            let (t, done) = joined.expect("a batch worker does not panic");
+            if self.sender.is_none() {
+                self.sender = t.sender;
+            }
+            for (i, r) in done {
+                out[i] = Some(r);
+            }
+        }
+        out.into_iter()
+            .map(|r| r.expect("every request of the batch was sent"))
+            .collect()
+    }
+
     async fn send(
         &mut self,
         method: Method,
@@ -659,6 +744,11 @@ impl<T: Transport> Api<T> {
         body: Option<Vec<u8>>,
     ) -> Result<RawResponse, ClientError> {
         let resp = self.transport.send(method.clone(), path, body).await?;
+        Self::checked(method, path, resp)
+    }
+
+    /// `resp` when it is a 2xx, else the API's error.
+    fn checked(method: Method, path: &str, resp: RawResponse) -> Result<RawResponse, ClientError> {
         if (200..300).contains(&resp.status) {
             return Ok(resp);
         }
@@ -763,6 +853,46 @@ impl<T: Transport> Api<T> {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Create or replace every unit of `units` at once ([`Transport::send_batch`]: one request, so
+    /// one etcd transaction, per unit); one result per unit, in order.
+    pub async fn put_units(&mut self, units: &[ApiUnit]) -> Vec<Result<(), ClientError>> {
+        let batch: Vec<BatchRequest> = units
+            .iter()
+            .map(|u| {
+                (
+                    Method::PUT,
+                    format!("{API_PREFIX}/units/{}", encode_component(&u.name)),
+                    Some(serde_json::to_vec(u).expect("a unit always serializes")),
+                )
+            })
+            .collect();
+        let paths: Vec<String> = batch.iter().map(|(_, p, _)| p.clone()).collect();
+        self.transport
+            .send_batch(batch)
+            .await
+            .into_iter()
+            .zip(paths)
+            .map(|(r, path)| r.and_then(|resp| Self::checked(Method::PUT, &path, resp).map(|_| ())))
+            .collect()
+    }
+
+    /// Set the desired state of every unit of `names` at once; one result per unit, in order.
+    pub async fn set_desired_states(
+        &mut self,
+        names: &[&str],
+        state: &str,
+    ) -> Vec<Result<(), ClientError>> {
+        let units: Vec<ApiUnit> = names
+            .iter()
+            .map(|n| ApiUnit {
+                name: n.to_string(),
+                desired_state: state.to_string(),
+                ..ApiUnit::default()
+            })
+            .collect();
+        self.put_units(&units).await
     }
 
     /// Set the desired state of an existing unit (PUT without options).

@@ -102,6 +102,28 @@ pub struct Ctx<T> {
     pub poll_interval: Duration,
 }
 
+/// What a run knows of the cluster's units: a listing when many units are named, and the units it is
+/// about to create.
+struct Known {
+    snapshot: Option<BTreeMap<String, ApiUnit>>,
+    planned: BTreeMap<String, ApiUnit>,
+}
+
+/// Ok when nothing `failed`; the error itself when one did; otherwise each is printed to `err` and
+/// the result says how many `what`.
+fn batch_result(err: &mut dyn Write, mut failed: Vec<anyhow::Error>, what: &str) -> Result<()> {
+    match failed.len() {
+        0 => Ok(()),
+        1 => Err(failed.remove(0)),
+        n => {
+            for e in &failed {
+                let _ = writeln!(err, "{e:#}");
+            }
+            bail!("Error: {n} {what}")
+        }
+    }
+}
+
 /// A unit file and where it came from (for messages).
 struct Found {
     file: UnitFile,
@@ -525,38 +547,59 @@ impl<T: Transport> Ctx<T> {
         } else {
             None
         };
+        let mut known = Known {
+            snapshot,
+            planned: BTreeMap::new(),
+        };
         let mut names = Vec::with_capacity(parsed.len());
-        let mut snapshot: Option<BTreeMap<String, ApiUnit>> = snapshot;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut to_create: Vec<(UnitName, UnitFile)> = Vec::new();
         for (arg, name) in parsed {
-            self.ensure_unit(arg, &name, replace, verb, &mut snapshot)
-                .await?;
-            names.push(name);
+            // A unit named twice is handled once.
+            if seen.insert(name.clone()) {
+                if let Some(file) = self.ensure_unit(arg, &name, replace, verb, &known).await? {
+                    known.planned.insert(
+                        name.to_string(),
+                        ApiUnit {
+                            name: name.to_string(),
+                            options: file.options().to_vec(),
+                            desired_state: INACTIVE.to_string(),
+                            ..ApiUnit::default()
+                        },
+                    );
+                    to_create.push((name.clone(), file));
+                }
+                names.push(name);
+            }
         }
+        self.create_units(to_create).await?;
         Ok(names)
     }
 
-    /// A unit from `snapshot` when there is one, else from fleetd.
-    async fn lookup(
-        &mut self,
-        name: &UnitName,
-        snapshot: &Option<BTreeMap<String, ApiUnit>>,
-    ) -> Result<Option<ApiUnit>> {
-        match snapshot {
+    /// A unit about to be created in this run, else from the snapshot when there is one, else from
+    /// fleetd.
+    async fn lookup(&mut self, name: &UnitName, known: &Known) -> Result<Option<ApiUnit>> {
+        if let Some(u) = known.planned.get(name.as_str()) {
+            return Ok(Some(u.clone()));
+        }
+        match &known.snapshot {
             Some(map) => Ok(map.get(name.as_str()).cloned()),
             None => self.get_unit(name).await,
         }
     }
 
+    /// What `arg` needs: `Some(file)` to create (or replace) unit `name` with, `None` when the stored
+    /// unit stays as it is (with fleet's warnings when the local file differs).
     async fn ensure_unit(
         &mut self,
         arg: &str,
         name: &UnitName,
         replace: bool,
         verb: CreateVerb,
-        snapshot: &mut Option<BTreeMap<String, ApiUnit>>,
-    ) -> Result<()> {
+        known: &Known,
+    ) -> Result<Option<UnitFile>> {
         let local_path = names::local_path_of(arg);
-        let existing = self.lookup(name, snapshot).await?;
+        let existing = self.lookup(name, known).await?;
         let file = match existing {
             Some(stored) => {
                 let stored_hash = stored_file(&stored)?.hash();
@@ -573,7 +616,7 @@ impl<T: Transport> Ctx<T> {
                             f.origin
                         );
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 let Some(local) = local else {
                     bail!(
@@ -586,7 +629,7 @@ impl<T: Transport> Ctx<T> {
                         self.out,
                         "Found same Unit({name}) in Registry, nothing to do"
                     );
-                    return Ok(());
+                    return Ok(None);
                 }
                 if !verb.may_replace(&stored.desired_state) {
                     say!(
@@ -595,17 +638,13 @@ impl<T: Transport> Ctx<T> {
                         stored.desired_state,
                         verb.word()
                     );
-                    return Ok(());
+                    return Ok(None);
                 }
                 local.file
             }
-            None => self.find_new_unit_file(&local_path, name, snapshot).await?,
+            None => self.find_new_unit_file(&local_path, name, known).await?,
         };
-        let created = self.create_unit(name, file).await?;
-        if let Some(map) = snapshot {
-            map.insert(created.name.clone(), created);
-        }
-        Ok(())
+        Ok(Some(file))
     }
 
     /// The local file to compare a stored unit with: the argument's file, else (for an instance) the
@@ -635,7 +674,7 @@ impl<T: Transport> Ctx<T> {
         &mut self,
         path: &Path,
         name: &UnitName,
-        snapshot: &Option<BTreeMap<String, ApiUnit>>,
+        known: &Known,
     ) -> Result<UnitFile> {
         if let Some(file) = read_unit_file(path)? {
             return Ok(file);
@@ -647,7 +686,7 @@ impl<T: Transport> Ctx<T> {
             );
         };
         let tpath: PathBuf = names::template_path_next_to(path, template.as_str());
-        if let Some(stored) = self.lookup(&template, snapshot).await? {
+        if let Some(stored) = self.lookup(&template, known).await? {
             let file = stored_file(&stored)?;
             if let Ok(Some(local)) = read_unit_file(&tpath) {
                 if local.hash() != file.hash() {
@@ -670,27 +709,34 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    /// Check `[X-Fleet]`, print its warnings, PUT the unit, print `Unit X inactive`.
-    async fn create_unit(&mut self, name: &UnitName, file: UnitFile) -> Result<ApiUnit> {
-        let req = Requirements::from_unit(name, &file)
-            .map_err(|e| anyhow!("Error creating unit {name}: invalid [X-Fleet] options: {e}"))?;
-        for w in &req.warnings {
-            say!(self.err, "WARNING: Unit {name}: {w}");
+    /// Check every unit's `[X-Fleet]` (any error stops everything before a request is sent), print
+    /// their warnings, PUT them all at once ([`Api::put_units`]), print `Unit X inactive` for each in
+    /// order. Units that could not be created are reported after the others.
+    async fn create_units(&mut self, units: Vec<(UnitName, UnitFile)>) -> Result<()> {
+        let mut api_units = Vec::with_capacity(units.len());
+        for (name, file) in units {
+            let req = Requirements::from_unit(&name, &file).map_err(|e| {
+                anyhow!("Error creating unit {name}: invalid [X-Fleet] options: {e}")
+            })?;
+            for w in &req.warnings {
+                say!(self.err, "WARNING: Unit {name}: {w}");
+            }
+            api_units.push(ApiUnit {
+                name: name.to_string(),
+                options: file.into_options(),
+                ..ApiUnit::default()
+            });
         }
-        let unit = ApiUnit {
-            name: name.to_string(),
-            options: file.into_options(),
-            ..ApiUnit::default()
-        };
-        self.api
-            .put_unit(&unit)
-            .await
-            .with_context(|| format!("Error creating unit {name}"))?;
-        say!(self.out, "Unit {name} inactive");
-        Ok(ApiUnit {
-            desired_state: INACTIVE.to_string(),
-            ..unit
-        })
+        let results = self.api.put_units(&api_units).await;
+        let mut failed = Vec::new();
+        for (u, r) in api_units.iter().zip(results) {
+            match r {
+                Ok(()) => say!(self.out, "Unit {} inactive", u.name),
+                Err(e) => failed
+                    .push(anyhow::Error::new(e).context(format!("Error creating unit {}", u.name))),
+            }
+        }
+        batch_result(&mut self.err, failed, "units could not be created")
     }
 
     /// `load` (`target` = loaded) and `start` (`target` = launched).
@@ -718,14 +764,7 @@ impl<T: Transport> Ctx<T> {
             }
         }
         let names = self.lazy_create(args, replace, verb).await?;
-        for name in &names {
-            self.api
-                .set_desired_state(name.as_str(), target)
-                .await
-                .with_context(|| {
-                    format!("Error setting target state of unit {name} to {target}")
-                })?;
-        }
+        self.set_states(&names, target).await?;
         if block.no_block {
             for name in &names {
                 say!(self.out, "Triggered unit {name} {word}");
@@ -733,6 +772,24 @@ impl<T: Transport> Ctx<T> {
             return Ok(());
         }
         self.wait_for(&names, target, block.block_attempts).await
+    }
+
+    /// Sets the desired state of every unit of `names` to `target`, all at once.
+    async fn set_states(&mut self, names: &[UnitName], target: &str) -> Result<()> {
+        let strs: Vec<&str> = names.iter().map(UnitName::as_str).collect();
+        let results = self.api.set_desired_states(&strs, target).await;
+        let failed: Vec<anyhow::Error> = names
+            .iter()
+            .zip(results)
+            .filter_map(|(name, r)| {
+                r.err().map(|e| {
+                    anyhow::Error::new(e).context(format!(
+                        "Error setting target state of unit {name} to {target}"
+                    ))
+                })
+            })
+            .collect();
+        batch_result(&mut self.err, failed, "desired states could not be set")
     }
 
     /// Look up every argument's unit; all must exist.
@@ -775,20 +832,20 @@ impl<T: Transport> Ctx<T> {
         word: &str,
         block: &BlockFlags,
     ) -> Result<()> {
-        let mut wait = Vec::new();
+        let mut change: Vec<(UnitName, bool)> = Vec::new();
         for u in units {
             let global = is_global(&u);
             if !global && u.desired_state == target && u.current_state == target {
                 continue; // already there
             }
-            self.api
-                .set_desired_state(&u.name, target)
-                .await
-                .with_context(|| {
-                    format!("Error setting target state of unit {} to {target}", u.name)
-                })?;
             let name = UnitName::parse(&u.name)
                 .map_err(|e| anyhow!("fleetd returned an invalid unit name {:?}: {e}", u.name))?;
+            change.push((name, global));
+        }
+        let names: Vec<UnitName> = change.iter().map(|(n, _)| n.clone()).collect();
+        self.set_states(&names, target).await?;
+        let mut wait = Vec::new();
+        for (name, global) in change {
             if global {
                 say!(self.out, "Triggered global unit {name} {word}");
             } else if block.no_block {
