@@ -4,9 +4,9 @@
 #   benches/failover.rs  crash and partition failover on 5 machines, gossip/etcd bytes per machine
 # Builds the release binaries the lab machines run (target/release/fleetd, fleetctl), then runs each
 # bench and prints every figure. Knobs are environment variables, see the benches' headers, e.g.
-#   sudo scripts/bench-lab.sh                    # both benches
-#   sudo scripts/bench-lab.sh failover           # one of them
-#   sudo BENCH_ROUNDS=20 scripts/bench-lab.sh failover
+#   scripts/bench-lab.sh                         # both benches (as root)
+#   scripts/bench-lab.sh failover                # one of them
+#   BENCH_ROUNDS=20 scripts/bench-lab.sh failover
 # Each bench tears its lab down when it ends (a bench killed before that leaves it to the next
 # lab run's reaper, or `FT_PREFIX=<prefix> lab/cluster-lab.sh down`).
 set -euo pipefail

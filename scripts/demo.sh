@@ -2,9 +2,10 @@
 # The main job: a 3-machine cluster in the lab (each machine a real systemd running fleetd as a service,
 # plus a real etcd), example units, and a visible failover when the machine running a unit is killed.
 #
-#   sudo scripts/demo.sh            # run the demo, then tear the cluster down
-#   sudo scripts/demo.sh --keep     # leave the cluster running to play with; it prints how to use it
-#   sudo scripts/demo.sh --down     # tear down a cluster left by --keep
+# As root (prefix sudo when you are not root):
+#   scripts/demo.sh            # run the demo, then tear the cluster down
+#   scripts/demo.sh --keep     # leave the cluster running to play with; it prints how to use it
+#   scripts/demo.sh --down     # tear down a cluster left by --keep
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -18,7 +19,7 @@ case "${1:-}" in
   "") ;;
   *) echo "usage: $0 [--keep|--down]" >&2; exit 2 ;;
 esac
-[ "$(id -u)" = 0 ] || { echo "the lab needs root (namespaces, cgroups, mounts): run with sudo" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "the lab needs root (namespaces, cgroups, mounts): run this as root (e.g. sudo $0)" >&2; exit 1; }
 
 ensure_deps
 log "building fleetd and fleetctl"
@@ -85,9 +86,9 @@ if [ "$keep" = 1 ]; then
   cat <<EOF
 
 The cluster keeps running (prefix $FT_PREFIX). Try:
-  sudo FT_PREFIX=$FT_PREFIX $LAB sh 1 /opt/fleet/bin/fleetctl list-units
-  sudo FT_PREFIX=$FT_PREFIX $LAB boot $victim        # bring the killed machine back
-  sudo FT_PREFIX=$FT_PREFIX $LAB sh 2 journalctl -u fleet -f
-Tear it down with:  sudo scripts/demo.sh --down
+  FT_PREFIX=$FT_PREFIX $LAB sh 1 /opt/fleet/bin/fleetctl list-units
+  FT_PREFIX=$FT_PREFIX $LAB boot $victim        # bring the killed machine back
+  FT_PREFIX=$FT_PREFIX $LAB sh 2 journalctl -u fleet -f
+Tear it down with:  scripts/demo.sh --down
 EOF
 fi

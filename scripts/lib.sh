@@ -2,42 +2,98 @@
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Install what a fresh Debian machine lacks: apt packages (as root) and the Rust components we use.
+# Everything the build, the tests and the demo use, as "what:package": a path is a file that must exist
+# (headers the build reads, daemons the lab starts), a bare word a command that must be on PATH.
+FLEET_DEPS=(
+  # the build: Rust's linker, protoc and the .proto files etcd-client's build script compiles, TLS roots
+  # for crates.io
+  cc:gcc protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
+  /etc/ssl/certs/ca-certificates.crt:ca-certificates git:git
+  # etcd (the tests start their own) and the cluster lab (lab/cluster-lab.sh)
+  etcd:etcd-server etcdctl:etcd-client /usr/lib/systemd/systemd:systemd systemd-run:systemd
+  journalctl:systemd dbus-daemon:dbus unshare:util-linux nsenter:util-linux setpriv:util-linux
+  flock:util-linux mount:mount ip:iproute2 ss:iproute2 nft:nftables
+  # the tests and scripts: free ports (python3), HTTP probes, SSH verbs, the original fleetctl (xz)
+  python3:python3 curl:curl ssh:openssh-client ssh-keygen:openssh-client ssh-agent:openssh-client
+  ssh-add:openssh-client /usr/sbin/sshd:openssh-server xz:xz-utils sha256sum:coreutils
+  timeout:coreutils pgrep:procps awk:mawk
+)
+
+# The dependencies of FLEET_DEPS that are missing, as package names (one per line, sorted, unique).
+missing_packages() {
+  local pair what pkg
+  for pair in "${FLEET_DEPS[@]}"; do
+    what=${pair%%:*}; pkg=${pair#*:}
+    if [[ $what == /* ]]; then [ -e "$what" ] && continue; else command -v "$what" >/dev/null 2>&1 && continue; fi
+    echo "$pkg"
+  done | sort -u
+}
+
+# Debian's packages of a Rust toolchain recent enough for this workspace (Debian 12 ships rustc 1.63 as
+# `rustc`; `rustc-web` and friends follow Firefox's needs: 1.85 in bookworm, newer in its updates).
+RUST_PACKAGES=(rustc-web cargo-web rustfmt-web rust-web-clippy)
+
+# apt-get install "$@" without starting the daemons of the packages (etcd-server and openssh-server
+# start theirs on install; the tests start their own, in namespaces): a policy-rc.d that says "no".
+apt_install() {
+  local policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
+  fi
+  log "installing $*"
+  local ok=0
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null || ok=1
+  [ -z "$policy" ] || rm -f "$policy"
+  return $ok
+}
+
+# The minimum Rust version of the workspace (Cargo.toml's rust-version), e.g. 1.80.
+rust_version_wanted() { sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml | head -1; }
+
+# Whether version $1 (x.y[.z]) is at least $2.
+version_at_least() { [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" = "$2" ]; }
+
+# Install what a fresh Debian machine lacks (as root; without root, say what is missing), then check
+# again: fails, naming them, if files or commands are still missing. Also a Rust toolchain: rustup's
+# (~/.cargo/bin) when there is one, else Debian's rust-web packages.
 ensure_deps() {
-  local need=() cmd pkg
-  for pair in etcd:etcd-server etcdctl:etcd-client protoc:protobuf-compiler nft:nftables ip:iproute2 \
-              nsenter:util-linux curl:curl dbus-daemon:dbus /usr/lib/systemd/systemd:systemd \
-              python3:python3 ssh:openssh-client /usr/sbin/sshd:openssh-server xz:xz-utils; do
-    cmd=${pair%%:*}; pkg=${pair#*:}
-    if [[ $cmd == /* ]]; then [ -x "$cmd" ] && continue; else command -v "$cmd" >/dev/null 2>&1 && continue; fi
-    need+=("$pkg")
-  done
+  local need
+  mapfile -t need < <(missing_packages)
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if ! command -v cargo >/dev/null 2>&1; then need+=("${RUST_PACKAGES[@]}"); fi
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
       echo "missing packages: ${need[*]} (run as root, or: apt-get install -y ${need[*]})" >&2; return 1
     fi
-    log "installing ${need[*]}"
-    # Packages like etcd-server and openssh-server start their daemon on install: not on this host (the
-    # tests start their own etcd and sshd, in namespaces). A policy-rc.d that says "no" prevents it.
-    local policy=""
-    if [ ! -e /usr/sbin/policy-rc.d ]; then
-      policy=/usr/sbin/policy-rc.d
-      printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod 755 "$policy"
-    fi
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null \
-      || { [ -z "$policy" ] || rm -f "$policy"; return 1; }
-    [ -z "$policy" ] || rm -f "$policy"
+    apt_install "${need[@]}" || { echo "apt-get install ${need[*]} failed" >&2; return 1; }
   fi
-  if ! command -v cargo >/dev/null 2>&1; then
-    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  mapfile -t need < <(missing_packages)
+  if [ ${#need[@]} -gt 0 ]; then
+    local pair still=()
+    for pair in "${FLEET_DEPS[@]}"; do
+      if [[ ${pair%%:*} == /* ]]; then [ -e "${pair%%:*}" ] || still+=("${pair%%:*}")
+      else command -v "${pair%%:*}" >/dev/null 2>&1 || still+=("${pair%%:*}"); fi
+    done
+    echo "still missing after installing: ${still[*]} (packages ${need[*]})" >&2; return 1
   fi
-  command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust with rustup" >&2; return 1; }
+  command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup, or apt-get install ${RUST_PACKAGES[*]})" >&2; return 1; }
   if command -v rustup >/dev/null 2>&1; then
+    local c
     for c in rustfmt clippy; do
       rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
     done
   fi
+  local have want
+  have=$(rustc --version | awk '{print $2}'); want=$(rust_version_wanted)
+  if [ -n "$want" ] && ! version_at_least "$have" "$want"; then
+    echo "rustc $have is older than this workspace's rust-version $want (rustup update, or apt-get install ${RUST_PACKAGES[*]})" >&2
+    return 1
+  fi
+  cargo fmt --version >/dev/null 2>&1 || { echo "cargo fmt is missing (rustfmt)" >&2; return 1; }
+  cargo clippy --version >/dev/null 2>&1 || { echo "cargo clippy is missing (clippy)" >&2; return 1; }
 }
 
 # A private etcd on free loopback ports with a temporary data dir. Sets ETCD_PID, ETCD_DIR, ETCD_ENDPOINT.

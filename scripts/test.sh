@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, checks formatting and lints, starts a private etcd,
 # runs every test (lab tests need root: they boot emulated machines with a real systemd), stops etcd.
-#   sudo scripts/test.sh            # everything
-#   sudo scripts/test.sh -p fleet-sched   # extra arguments go to `cargo test`
+# As root for the lab tests (prefix sudo when you are not root; without root they are skipped):
+#   scripts/test.sh                  # everything
+#   scripts/test.sh -p fleet-sched   # extra arguments go to `cargo test`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
