@@ -26,8 +26,13 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
 /// The lease TTL is fleetd's default: these tests are about the registry's failover, and a lease that
 /// expires while fleetd moves to another member would move units for a reason of its own.
 fn up() -> Option<FleetLab> {
+    up_with(|o| o)
+}
+
+/// [`up`] with more lab options (etcd flags).
+fn up_with(more: impl FnOnce(fleet_lab::LabOptions) -> fleet_lab::LabOptions) -> Option<FleetLab> {
     let fl = FleetLab::up_with_options(MACHINES, &[("FLEET_AGENT_TTL", "30s")], &[], |o| {
-        o.etcd_cluster(3)
+        more(o.etcd_cluster(3))
     })?;
     for u in UNITS {
         fl.write_file(
@@ -470,4 +475,140 @@ fn fleetd_runs_units_on_an_etcd_with_tls_and_users_and_starts_nothing_it_cannot_
         fl.journal(3, 50)
     );
     assert_eq!(fl.running_on("tls.service").len(), 1);
+}
+
+/// Drops machine `i`'s traffic to and from every etcd member (port 2379), nothing else.
+fn block_etcd(fl: &FleetLab, i: usize, block: bool) {
+    let script = if block {
+        "table inet ftetcd {\n chain out { type filter hook output priority 0; tcp dport 2379 drop; }\n \
+         chain in { type filter hook input priority 0; tcp sport 2379 drop; }\n}\n"
+    } else {
+        "delete table inet ftetcd\n"
+    };
+    let cmd = format!("printf '{script}' | nft -f -");
+    fl.lab.sh_ok(i, &["sh", "-c", &cmd]).unwrap();
+}
+
+/// etcd's limits with fleetd running: a fleetd cut off from etcd for longer than etcd's history
+/// (auto-compaction every 2 s) catches up without touching its units, and the NOSPACE alarm makes API
+/// writes fail with a 503 that says so while every unit keeps running.
+#[test]
+fn compaction_while_away_and_the_nospace_alarm_leave_units_running() {
+    let Some(fl) = up_with(|o| {
+        o.etcd_arg("--auto-compaction-mode=periodic")
+            .etcd_arg("--auto-compaction-retention=2s")
+            .etcd_arg("--quota-backend-bytes=16777216")
+    }) else {
+        return;
+    };
+    let before = main_pids(&fl);
+
+    // Machine 2 loses etcd; meanwhile units are created and one destroyed through machine 1.
+    let rev_before: i64 = {
+        let out = fl
+            .lab
+            .etcdctl(&["endpoint", "status", "-w", "json"])
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["Status"]["header"]["revision"].as_i64().unwrap()
+    };
+    let deltas = |fl: &FleetLab| fl.journal(2, 1000).matches("delta=true").count();
+    let deltas_before = deltas(&fl);
+    block_etcd(&fl, 2, true);
+    for n in 0..3 {
+        assert!(api_create(&fl, 1, &format!("away{n}.service")));
+    }
+    fl.fleetctl_ok(1, &["destroy", "away0.service"]);
+    // etcd's history no longer reaches back to where machine 2 left.
+    fl.wait_for(
+        "etcd compacted the old revisions",
+        Duration::from_secs(30),
+        |fl| {
+            fl.lab
+                .etcdctl(&[
+                    "get",
+                    "--prefix",
+                    "/fleet/",
+                    "--rev",
+                    &rev_before.to_string(),
+                ])
+                .err()
+                .filter(|e| e.to_string().contains("compacted"))
+                .map(|_| ())
+        },
+    );
+    block_etcd(&fl, 2, false);
+    fl.wait_for("m2 caught up", Duration::from_secs(30), |fl| {
+        let out = fl.fleetctl(2, &["list-unit-files", "--no-legend", "--fields=unit"]);
+        let l = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.success()
+            && l.contains("away1.service")
+            && l.contains("away2.service")
+            && !l.contains("away0.service"))
+        .then_some(())
+    });
+    let journal = fl.journal(2, 1000);
+    for l in journal.lines().filter(|l| l.contains("fleet::registry")) {
+        eprintln!("m2: {l}");
+    }
+    assert!(
+        deltas(&fl) > deltas_before,
+        "m2 did not catch up with a delta read:\n{journal}"
+    );
+    assert_eq!(main_pids(&fl), before, "{}", fl.journals(30));
+
+    // NOSPACE: fill etcd (outside fleet's prefix) until it raises the alarm.
+    let ep = fl.lab.etcd_member_endpoint(1).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect([ep], None).await.unwrap();
+        let value = vec![b'f'; 1024 * 1024];
+        for i in 0..100 {
+            match c.put(format!("/filler/{i}"), value.clone(), None).await {
+                Ok(_) => {}
+                Err(e) if e.to_string().contains("database space exceeded") => return,
+                Err(e) => panic!("filling etcd: {e}"),
+            }
+        }
+        panic!("etcd never ran out of space");
+    });
+    let out = fl
+        .lab
+        .sh(
+            1,
+            &[
+                "curl", "-s", "--max-time", "5", "--unix-socket", "/var/run/fleet.sock", "-X",
+                "PUT", "-H", "Content-Type: application/json", "-d",
+                r#"{"desiredState":"inactive","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#,
+                "-w", "\n%{http_code}", "http://fleet/fleet/v1/units/nospace.service",
+            ],
+        )
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("during NOSPACE, PUT answered: {text}");
+    assert!(text.ends_with("\n503"), "{text}");
+    assert!(
+        text.contains("NOSPACE") && text.contains("unable to write to etcd"),
+        "{text}"
+    );
+    // Units keep running through several reconcile passes.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(main_pids(&fl), before, "{}", fl.journals(30));
+    assert!(fl
+        .fleetctl(2, &["list-units", "--no-legend"])
+        .status
+        .success());
+
+    // An operator frees space: writes work again.
+    fl.lab.etcdctl(&["del", "--prefix", "/filler/"]).unwrap();
+    std::thread::sleep(Duration::from_secs(3)); // auto-compaction passes the deletion
+    fl.lab.etcdctl(&["defrag"]).unwrap();
+    fl.lab.etcdctl(&["alarm", "disarm"]).unwrap();
+    fl.wait_for("API writes work again", Duration::from_secs(20), |fl| {
+        api_create(fl, 1, "after-nospace.service").then_some(())
+    });
+    assert_eq!(main_pids(&fl), before, "{}", fl.journals(30));
 }

@@ -365,3 +365,19 @@ async fn a_registry_away_longer_than_etcd_keeps_history_catches_up() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_idle_registry_keeps_its_session() {
+    let etcd = Etcd::shared();
+    let r = Registry::start(options(vec![etcd.endpoint().to_string()], etcd.prefix()));
+    r.wait_available(Duration::from_secs(20)).await.unwrap();
+    let mut rx = r.subscribe();
+    let t0 = tokio::time::Instant::now();
+    // Ten probe intervals without a single change under the prefix: every probe is answered.
+    while t0.elapsed() < Duration::from_secs(3) {
+        let _ = tokio::time::timeout(Duration::from_millis(100), rx.changed()).await;
+        assert!(r.status().available, "{:?}", r.status());
+    }
+    assert_eq!(r.stats().full_reads, 1, "{:?}", r.stats());
+    assert_eq!(r.stats().delta_reads, 0, "{:?}", r.stats());
+}

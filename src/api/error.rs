@@ -61,6 +61,11 @@ impl From<RegistryError> for ApiError {
             RegistryError::Conflict(n) => {
                 ApiError::conflict(format!("unit {n} is being changed concurrently; try again"))
             }
+            e @ RegistryError::NoSpace(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("fleet server unable to write to etcd: {e}"),
+            ),
+            RegistryError::TooLarge(m) => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m),
             e @ (RegistryError::Etcd(_) | RegistryError::Tls { .. }) => {
                 tracing::error!("registry error: {e}");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())

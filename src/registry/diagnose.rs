@@ -46,7 +46,15 @@ pub(super) async fn tls_problem(endpoint: &str, opts: &RegistryOptions) -> Optio
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let mut tls = match tokio::time::timeout(t, connector.connect(name, tcp)).await {
         Err(_) => return None,
-        Ok(Err(e)) => return Some(explain(&e.to_string(), has_cert)),
+        Ok(Err(e)) => {
+            let text = e.to_string();
+            if text.to_ascii_lowercase().contains("connection reset") {
+                return Some(format!(
+                    "etcd does not speak TLS there: it reset the connection during the TLS handshake; use an http:// URL, or enable TLS in etcd ({text})"
+                ));
+            }
+            return Some(explain(&text, has_cert));
+        }
         Ok(Ok(s)) => s,
     };
     // HTTP/2 preface + an empty SETTINGS frame; the server answers with its SETTINGS, or with the

@@ -36,8 +36,15 @@ use crate::config::Config;
 
 /// How many times a write is retried when one of its compares fails because of a concurrent change.
 const MAX_ATTEMPTS: usize = 16;
-/// Largest etcd response accepted (the initial range read holds every unit file).
+/// Largest etcd response accepted (a page of the full read holds up to `READ_PAGE` unit files).
 const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+/// Keys per page of the full read (all pages are read at one revision).
+const READ_PAGE: i64 = 1000;
+/// etcd's default `--max-request-bytes` (1.5 MiB): the largest request it accepts.
+pub const ETCD_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// What a transaction costs beyond its keys and values (headers, compares, framing), counted
+/// generously so that the check fires before etcd's does.
+const TXN_OVERHEAD: usize = 4096;
 
 /// Why a registry operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +64,13 @@ pub enum RegistryError {
     /// etcd refused the request for another reason (permissions, bad request); nothing was written.
     #[error("etcd error: {0}")]
     Etcd(String),
+    /// etcd raised its NOSPACE alarm (its database reached `--quota-backend-bytes`): it refuses every
+    /// write until an operator compacts, defragments and disarms the alarm. Reads still work.
+    #[error("etcd is out of space (NOSPACE alarm: {0}); compact and defragment etcd, then `etcdctl alarm disarm`")]
+    NoSpace(String),
+    /// The write would exceed etcd's request size limit; nothing was sent.
+    #[error("{0}")]
+    TooLarge(String),
     /// The TLS files of the configuration could not be read.
     #[error("cannot read {path}: {reason}")]
     Tls {
@@ -91,6 +105,9 @@ pub struct RegistryOptions {
     /// When the watch has been silent this long, the registry asks the etcd member for a progress
     /// notification; no answer within `request_timeout` moves it to the next endpoint.
     pub probe_interval: Duration,
+    /// The largest request etcd accepts (its `--max-request-bytes`): larger unit writes are refused
+    /// with [`RegistryError::TooLarge`] before they are sent.
+    pub max_request_bytes: usize,
 }
 
 impl RegistryOptions {
@@ -107,6 +124,7 @@ impl RegistryOptions {
             backoff_max: Duration::from_secs(5),
             keep_alive: Duration::from_secs(3),
             probe_interval: Duration::from_secs(1),
+            max_request_bytes: ETCD_MAX_REQUEST_BYTES,
         }
     }
 
@@ -431,6 +449,20 @@ impl Registry {
         })
     }
 
+    /// Refuses a unit write whose transaction would exceed etcd's request limit.
+    fn check_size(&self, name: &UnitName, file: &UnitFile) -> Result<(), RegistryError> {
+        let keys = self.shared.keys();
+        let text = file.serialize().len();
+        let size = text + keys.unit_file(&file.hash()).len() + 2 * keys.unit(name).len() + 512;
+        let limit = self.shared.opts().max_request_bytes;
+        if size + TXN_OVERHEAD > limit {
+            return Err(RegistryError::TooLarge(format!(
+                "unit {name}: its file is {text} bytes; with its record that exceeds etcd's request limit of {limit} bytes (etcd's --max-request-bytes)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Creates unit `name` with `file` and `state` in one transaction (content + record).
     /// Fails with `AlreadyExists` (and writes nothing) if a unit of that name exists.
     pub async fn create_unit(
@@ -440,6 +472,7 @@ impl Registry {
         state: DesiredState,
     ) -> Result<(), RegistryError> {
         self.check_available()?;
+        self.check_size(name, file)?;
         let keys = &self.shared.keys();
         let rk = keys.unit(name);
         let hash = file.hash();
@@ -489,6 +522,9 @@ impl Registry {
     }
 
     async fn update_record(&self, name: &UnitName, op: RecordOp<'_>) -> Result<(), RegistryError> {
+        if let RecordOp::Replace(file, _) = &op {
+            self.check_size(name, file)?;
+        }
         let keys = &self.shared.keys();
         let rk = keys.unit(name);
         for _ in 0..MAX_ATTEMPTS {
@@ -582,6 +618,9 @@ impl Registry {
             }
             Ok(Err(e)) => {
                 let e = classify(e);
+                if let RegistryError::NoSpace(m) = &e {
+                    tracing::error!("etcd refused a write: {m} (NOSPACE alarm)");
+                }
                 if matches!(e, RegistryError::Unavailable(_)) {
                     self.shared.suspect.notify_one();
                 }
@@ -667,6 +706,12 @@ fn classify(e: etcd_client::Error) -> RegistryError {
     match &e {
         E::TransportError(_) | E::IoError(_) | E::WatchError(_) | E::EndpointError(_) => {
             RegistryError::Unavailable(e.to_string())
+        }
+        E::GRpcStatus(s) if s.message().contains("database space exceeded") => {
+            RegistryError::NoSpace(s.message().to_string())
+        }
+        E::GRpcStatus(s) if s.message().contains("request is too large") => {
+            RegistryError::TooLarge(format!("{} (etcd's --max-request-bytes)", s.message()))
         }
         E::GRpcStatus(s) => match s.code() {
             Code::Unavailable
@@ -893,7 +938,9 @@ async fn explain_setup_failure(endpoint: &str, opts: &RegistryOptions, reason: S
         if let Some(d) = diagnose::tls_problem(endpoint, opts).await {
             return format!("{endpoint}: {d}");
         }
-    } else if r.contains("transport error") || r.contains("frame") || r.contains("http2") {
+    } else if !r.contains("tcp connect error")
+        && (r.contains("broken pipe") || r.contains("frame") || r.contains("http2"))
+    {
         return format!(
             "{endpoint}: {reason} (if etcd serves TLS, use https:// URLs and set etcd_cafile)"
         );
@@ -1098,34 +1145,63 @@ fn compacted(shared: &Shared, compact_revision: i64) -> SessionEnd {
     }
 }
 
-/// Reads the whole prefix into a fresh mirror (at the revision of the read).
+/// Reads the whole prefix into a fresh mirror: pages of [`READ_PAGE`] keys, the first one linearizable
+/// (its revision R is the mirror's), the others at R, so that no single response grows with the
+/// number of units.
 async fn full_read(client: &Client, keys: &Keys, t: Duration) -> Result<Mirror, SessionEnd> {
     let prefix = keys.prefix().to_string();
+    let end = prefix_end(&prefix);
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-    let resp = timed(
-        t * 5,
-        "read prefix",
-        kv.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let revision = resp.header().map(|h| h.revision()).unwrap_or(0);
     let mut mirror = Mirror {
-        revision,
-        prefix,
+        prefix: prefix.clone(),
         ..Mirror::default()
     };
-    for kv in resp.kvs() {
-        mirror.apply(
-            keys,
-            Change::Put {
-                key: kv.key(),
-                value: kv.value(),
-                mod_revision: kv.mod_revision(),
-                lease: kv.lease(),
-            },
-        );
+    let mut from = prefix.clone().into_bytes();
+    let mut revision = 0;
+    loop {
+        let mut o = GetOptions::new()
+            .with_range(end.clone())
+            .with_limit(READ_PAGE);
+        if revision > 0 {
+            o = o.with_revision(revision);
+        }
+        let resp = timed(t * 5, "read prefix", kv.get(from.clone(), Some(o))).await?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or(0);
+        }
+        for kv in resp.kvs() {
+            mirror.apply(
+                keys,
+                Change::Put {
+                    key: kv.key(),
+                    value: kv.value(),
+                    mod_revision: kv.mod_revision(),
+                    lease: kv.lease(),
+                },
+            );
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => break,
+        }
     }
+    mirror.revision = revision;
     Ok(mirror)
+}
+
+/// The end of the key range of `prefix` (etcd's `--prefix`): the prefix with its last byte + 1.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// Brings the mirror (at revision `since`) up to the current revision H without reading what did not
