@@ -81,12 +81,24 @@ pub fn holder_state(
     polls: &[LeasePoll],
     after: Time,
 ) -> HolderState {
+    let polls: Vec<&LeasePoll> = polls.iter().filter(|p| p.sent >= after).collect();
+    if polls.iter().any(|p| p.answer == LeaseAnswer::NotFound) {
+        return HolderState::Gone;
+    }
+    // Each answer bounds the last renewal *before etcd handled it*; the holder may have renewed since
+    // an earlier answer, so the bound is the latest answer's. An earlier answer tightens it only when
+    // the latest bound lies before that earlier poll was sent: then the last renewal came before that
+    // poll too, and that poll bounds it as well.
     let mut renewed: Option<Time> = None;
-    for p in polls.iter().filter(|p| p.sent >= after) {
-        match p.renewed_before(timing) {
-            None => return HolderState::Gone,
-            Some(t) => renewed = Some(renewed.map_or(t, |r: Time| r.min(t))),
-        }
+    for p in polls.iter().rev() {
+        let Some(b) = p.renewed_before(timing) else {
+            continue;
+        };
+        renewed = match renewed {
+            None => Some(b),
+            Some(r) if r <= p.sent => Some(r.min(b)),
+            keep => keep,
+        };
     }
     let (Some(renewed), Some(down)) = (renewed, down_since) else {
         return HolderState::Unknown;

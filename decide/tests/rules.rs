@@ -339,3 +339,34 @@ fn nothing_is_claimed_while_fenced_or_unconfirmed() {
     let v = w.decide(&case(Placement::Here, None, Peer::default()));
     assert_eq!((v.write, v.why), (None, Why::Unconfirmed));
 }
+
+// ---- A holder cut off from its peers but not from etcd ---------------------------------------------------
+
+/// Found by fleet-sim (`split-brain` with units that take 2 s to stop): a machine that keeps renewing its
+/// lease was taken over, because the lease bound took the *earliest* of the answers it had (the minimum
+/// over all polls) instead of the latest; the holder then stopped the unit slowly while the taker, proving
+/// the handover from its first answer after the supersede, started it: a double run for as long as the
+/// stop took.
+#[test]
+fn a_later_answer_showing_a_renewal_overrides_an_earlier_one() {
+    let c = claim("h", 9, None);
+    // Cut off from us at 800 (down at 1000) but renewing every ~170 ms: every answer says 9 s remain.
+    let polls = [poll(900, 9), poll(1000, 9), poll(1100, 9)];
+    let v = World::new(1150).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert_eq!(v.write, None, "{v:?}");
+    // Later answers keep showing renewals: still no proof, however old the first answer is.
+    let polls = [poll(900, 9), poll(5000, 9), poll(5100, 9)];
+    let v = World::new(5150).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert_eq!(v.write, None, "{v:?}");
+    // After the supersede, the first answer alone does not prove the handover either.
+    let mine = claim("me", 1, Some(("h", 9)));
+    let mut k = case(Placement::Here, Some(&mine), down(1000, &polls));
+    k.superseded_at = ms(4000);
+    let v = World::new(5650).decide(&k);
+    assert!(!v.run, "{v:?}");
+    // An earlier answer still tightens the bound when the later one shows no renewal since it: renewed
+    // at 0, answers at 1.5 s (8 s left: renewed before 0.5 s) and 2.0 s (7 s left: before 3 ms).
+    let dead = [poll(1498, 8), poll(2001, 7), poll(2300, 7)];
+    let v = World::new(2310).decide(&case(Placement::Here, Some(&c), down(1000, &dead)));
+    assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
+}
