@@ -345,8 +345,17 @@ fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
     if !ctx.guard.may_start(ctx.now) || ctx.lease == 0 {
         return wait(Why::Unconfirmed);
     }
+    // The lease bound covers renewals up to the latest answer only: a takeover acts on a recent one
+    // (a holder that kept renewing since an old answer is not taken from).
+    let fresh = peer
+        .polls
+        .last()
+        .is_some_and(|p| ctx.now.since(p.received) <= ctx.timing.lease_poll_period() * 2);
     match holder_state(ctx.timing, Some(down), peer.polls, Time::ZERO) {
         HolderState::Gone => wait(Why::HolderGone),
+        HolderState::FencedBy(t) if t <= ctx.now && !fresh => {
+            wait(Why::HolderNotFenced).poll(claim.lease)
+        }
         HolderState::FencedBy(t) if t <= ctx.now => {
             wait(Why::HandoffPending).write(Write::Supersede {
                 mod_revision: claim.mod_revision,

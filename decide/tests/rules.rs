@@ -370,3 +370,19 @@ fn a_later_answer_showing_a_renewal_overrides_an_earlier_one() {
     let v = World::new(2310).decide(&case(Placement::Here, Some(&c), down(1000, &dead)));
     assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
 }
+
+/// Found by fleet-sim (`split-brain`, `flapping-link`): a machine whose plan moved a unit away and back
+/// acted on answers it had received a second earlier, and took the unit from a holder that had renewed
+/// its lease since (the handover then moved it, a needless move of a healthy unit).
+#[test]
+fn an_old_answer_does_not_prove_anything_now() {
+    let c = claim("h", 9, None);
+    let polls = [poll(1100, 9), poll(1200, 9)];
+    // Without the old answers being refreshed, it asks again instead of taking over.
+    let v = World::new(2500).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert_eq!((v.write.clone(), v.poll), (None, Some(9)), "{v:?}");
+    // A fresh answer that shows the renewals stopped (renewed before ~1.2 s) proves it.
+    let polls = [poll(1100, 9), poll(1200, 9), poll(2400, 8)];
+    let v = World::new(2450).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
+}
