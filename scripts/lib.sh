@@ -94,6 +94,21 @@ ensure_deps() {
   fi
   cargo fmt --version >/dev/null 2>&1 || { echo "cargo fmt is missing (rustfmt)" >&2; return 1; }
   cargo clippy --version >/dev/null 2>&1 || { echo "cargo clippy is missing (clippy)" >&2; return 1; }
+  ensure_fuzz_deps
+}
+
+# cargo-fuzz (for scripts/fuzz.sh), built once from crates.io into ~/.cargo/bin and kept there. Its
+# version is pinned so that a fresh machine builds the same tool (about 1 minute on 2 cores).
+CARGO_FUZZ_VERSION=0.13.2
+ensure_fuzz_deps() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  if cargo fuzz --version 2>/dev/null | grep -q " $CARGO_FUZZ_VERSION\$"; then
+    return 0
+  fi
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked --quiet --version "$CARGO_FUZZ_VERSION" cargo-fuzz
 }
 
 # A private etcd on free loopback ports with a temporary data dir. Sets ETCD_PID, ETCD_DIR, ETCD_ENDPOINT.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what is missing, checks formatting and lints, starts a private etcd,
-# runs every test (lab tests need root: they boot emulated machines with a real systemd), stops etcd.
+# runs every test (lab tests need root: they boot emulated machines with a real systemd), stops etcd, then
+# runs each fuzz target for 20 s (scripts/fuzz.sh).
 # As root for the lab tests (prefix sudo when you are not root; without root they are skipped):
 #   scripts/test.sh                  # everything
 #   scripts/test.sh -p fleet-sched   # extra arguments go to `cargo test`
@@ -19,4 +20,12 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 start_etcd
 export FLEET_TEST_ETCD="$ETCD_ENDPOINT"
 log "cargo test"
-cargo test --workspace --no-fail-fast "$@"
+status=0
+cargo test --workspace --no-fail-fast "$@" || status=$?
+# Coverage-guided fuzzing, each target for a short bounded time (FLEET_FUZZ_SECS, default 20 s; 0 skips);
+# only for the whole suite (no extra arguments).
+if [ $# -eq 0 ] && [ "${FLEET_FUZZ_SECS:-20}" != 0 ]; then
+  log "fuzz"
+  scripts/fuzz.sh "${FLEET_FUZZ_SECS:-20}" || status=1
+fi
+exit $status

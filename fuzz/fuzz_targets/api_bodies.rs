@@ -1,0 +1,29 @@
+//! The API's request bodies: decoding a `PUT /units/{name}` or `PATCH /machines` body and validating
+//! what it holds (as the handlers do) never panics, whatever the bytes.
+//!
+//! The wire types are the server's own (`src/api/schema.rs`, which needs only serde and fleet-sched),
+//! included by path so that this build does not instrument fleetd's whole dependency tree.
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../../src/api/schema.rs"]
+mod schema;
+
+use fleet_sched::{DesiredState, Requirements, UnitFile, UnitName};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(u) = serde_json::from_slice::<schema::Unit>(data) {
+        let name = UnitName::parse(&u.name);
+        let _ = u.desired_state.parse::<DesiredState>();
+        if let Ok(file) = UnitFile::from_options(u.options) {
+            if let Ok(name) = name {
+                let _ = Requirements::from_unit(&name, &file);
+            }
+            let _ = file.hash();
+        }
+    }
+    if let Ok(ops) = serde_json::from_slice::<Vec<schema::MachineMetadataOp>>(data) {
+        let _ = serde_json::to_string(&ops);
+    }
+});

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Coverage-guided fuzzing of fleet's parsers (fuzz/, libFuzzer through cargo-fuzz, stable toolchain with
+# RUSTC_BOOTSTRAP=1 and no sanitizer: no nightly toolchain can be downloaded here).
+#   scripts/fuzz.sh                 # every target for 20 s each (what scripts/test.sh runs)
+#   scripts/fuzz.sh 600 unit_file   # one target for 10 minutes
+# Fails on a crash, a panic or a time-out (an input that takes more than 10 s); the input that did it is in
+# fuzz/artifacts/<target>/. Corpora grow in fuzz/corpus/<target>/ (not committed), so later runs start
+# from what earlier ones found.
+#
+# Hooks for more targets: add fuzz/fuzz_targets/<name>.rs and a [[bin]] in fuzz/Cargo.toml; every target
+# listed by `cargo fuzz list` runs here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/lib.sh
+
+secs=${1:-20}
+shift || true
+ensure_fuzz_deps
+cd fuzz
+export RUSTC_BOOTSTRAP=1
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
+log "fuzz: building ${#targets[@]} targets"
+cargo fuzz build --sanitizer none -O
+failed=()
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  log "fuzz: $t for ${secs}s"
+  # -timeout: an input slower than 10 s is a failure (catches super-linear parsing); -rss_limit_mb: 2 GiB.
+  # A dictionary (fuzz/dicts/<target>.dict) gives it the tokens it cannot guess (suffixes, keys): without
+  # sanitizers, libFuzzer does not see string comparisons.
+  dict=()
+  [ -f "dicts/$t.dict" ] && dict=(-dict="dicts/$t.dict")
+  if ! cargo fuzz run --sanitizer none -O "$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+       "${dict[@]}" -print_final_stats=1 >"target/fuzz-$t.log" 2>&1; then
+    failed+=("$t")
+    tail -40 "target/fuzz-$t.log" >&2
+  fi
+  grep -E '^#[0-9]+.*DONE|^Done' "target/fuzz-$t.log" | sed "s/^/  $t: /" >&2 || true
+done
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz: crashes in: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+  exit 1
+fi
+log "fuzz: ${#targets[@]} targets ran ${secs}s each without a crash"
