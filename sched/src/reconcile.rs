@@ -106,7 +106,7 @@ impl CurrentUnit {
 
 /// Why a task is needed: shown in logs and in `SIGUSR1` dumps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub enum TaskReason {
     /// The unit is no longer meant to be on this machine.
     NotTargeted,
     /// The unit should be here and is not loaded yet.
@@ -121,15 +121,15 @@ pub enum Reason {
     FilesChanged,
 }
 
-impl fmt::Display for Reason {
+impl fmt::Display for TaskReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Reason::NotTargeted => "unit is no longer scheduled to this machine",
-            Reason::NotLoaded => "unit is scheduled here but not loaded",
-            Reason::ContentChanged => "unit content changed",
-            Reason::NotStarted => "unit should be launched but is not running",
-            Reason::ShouldNotRun => "unit should be loaded only but is running",
-            Reason::FilesChanged => "unit files changed",
+            TaskReason::NotTargeted => "unit is no longer scheduled to this machine",
+            TaskReason::NotLoaded => "unit is scheduled here but not loaded",
+            TaskReason::ContentChanged => "unit content changed",
+            TaskReason::NotStarted => "unit should be launched but is not running",
+            TaskReason::ShouldNotRun => "unit should be loaded only but is running",
+            TaskReason::FilesChanged => "unit files changed",
         })
     }
 }
@@ -138,15 +138,15 @@ impl fmt::Display for Reason {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Task {
     /// `StopUnit(name, "replace")`.
-    Stop(UnitName, Reason),
+    Stop(UnitName, TaskReason),
     /// Disable, unlink and remove the unit's file.
-    Unload(UnitName, Reason),
+    Unload(UnitName, TaskReason),
     /// Write the file with this content, link it (and enable it when it has `[Install]`).
-    Load(UnitName, UnitHash, Reason),
+    Load(UnitName, UnitHash, TaskReason),
     /// systemd's daemon `Reload`, once after all loads and unloads.
-    ReloadDaemon(Reason),
+    ReloadDaemon(TaskReason),
     /// `StartUnit(name, "replace")`.
-    Start(UnitName, Reason),
+    Start(UnitName, TaskReason),
 }
 
 impl Task {
@@ -189,9 +189,9 @@ pub fn reconcile(
     for (name, cur) in current {
         if !target.contains_key(name) {
             if cur.needs_stop() {
-                stops.push(Task::Stop(name.clone(), Reason::NotTargeted));
+                stops.push(Task::Stop(name.clone(), TaskReason::NotTargeted));
             }
-            unloads.push(Task::Unload(name.clone(), Reason::NotTargeted));
+            unloads.push(Task::Unload(name.clone(), TaskReason::NotTargeted));
         }
     }
     for (name, want) in target {
@@ -199,34 +199,38 @@ pub fn reconcile(
             // Not a target at all; an agent should not hand these in, but be safe: treat as absent.
             if let Some(cur) = current.get(name) {
                 if cur.needs_stop() {
-                    stops.push(Task::Stop(name.clone(), Reason::NotTargeted));
+                    stops.push(Task::Stop(name.clone(), TaskReason::NotTargeted));
                 }
-                unloads.push(Task::Unload(name.clone(), Reason::NotTargeted));
+                unloads.push(Task::Unload(name.clone(), TaskReason::NotTargeted));
             }
             continue;
         }
         let launch = want.state == DesiredState::Launched;
         match current.get(name) {
             None => {
-                loads.push(Task::Load(name.clone(), want.hash, Reason::NotLoaded));
+                loads.push(Task::Load(name.clone(), want.hash, TaskReason::NotLoaded));
                 if launch {
-                    starts.push(Task::Start(name.clone(), Reason::NotStarted));
+                    starts.push(Task::Start(name.clone(), TaskReason::NotStarted));
                 }
             }
             Some(cur) if cur.hash != want.hash => {
                 if cur.needs_stop() {
-                    stops.push(Task::Stop(name.clone(), Reason::ContentChanged));
+                    stops.push(Task::Stop(name.clone(), TaskReason::ContentChanged));
                 }
-                loads.push(Task::Load(name.clone(), want.hash, Reason::ContentChanged));
+                loads.push(Task::Load(
+                    name.clone(),
+                    want.hash,
+                    TaskReason::ContentChanged,
+                ));
                 if launch {
-                    starts.push(Task::Start(name.clone(), Reason::ContentChanged));
+                    starts.push(Task::Start(name.clone(), TaskReason::ContentChanged));
                 }
             }
             Some(cur) => {
                 if launch && !cur.started && !cur.active.is_up() {
-                    starts.push(Task::Start(name.clone(), Reason::NotStarted));
+                    starts.push(Task::Start(name.clone(), TaskReason::NotStarted));
                 } else if !launch && cur.needs_stop() {
-                    stops.push(Task::Stop(name.clone(), Reason::ShouldNotRun));
+                    stops.push(Task::Stop(name.clone(), TaskReason::ShouldNotRun));
                 }
             }
         }
@@ -237,7 +241,7 @@ pub fn reconcile(
     tasks.append(&mut unloads);
     tasks.append(&mut loads);
     if files_changed {
-        tasks.push(Task::ReloadDaemon(Reason::FilesChanged));
+        tasks.push(Task::ReloadDaemon(TaskReason::FilesChanged));
     }
     tasks.append(&mut starts);
     tasks
@@ -334,9 +338,9 @@ mod tests {
         assert_eq!(
             tasks,
             vec![
-                Task::Load(name("a.service"), hash(1), Reason::NotLoaded),
-                Task::ReloadDaemon(Reason::FilesChanged),
-                Task::Start(name("a.service"), Reason::NotStarted),
+                Task::Load(name("a.service"), hash(1), TaskReason::NotLoaded),
+                Task::ReloadDaemon(TaskReason::FilesChanged),
+                Task::Start(name("a.service"), TaskReason::NotStarted),
             ]
         );
     }
@@ -358,9 +362,9 @@ mod tests {
         assert_eq!(
             reconcile(&BTreeMap::new(), &c),
             vec![
-                Task::Stop(name("a.service"), Reason::NotTargeted),
-                Task::Unload(name("a.service"), Reason::NotTargeted),
-                Task::ReloadDaemon(Reason::FilesChanged),
+                Task::Stop(name("a.service"), TaskReason::NotTargeted),
+                Task::Unload(name("a.service"), TaskReason::NotTargeted),
+                Task::ReloadDaemon(TaskReason::FilesChanged),
             ]
         );
     }
@@ -372,10 +376,10 @@ mod tests {
         assert_eq!(
             reconcile(&t, &c),
             vec![
-                Task::Stop(name("a.service"), Reason::ContentChanged),
-                Task::Load(name("a.service"), hash(2), Reason::ContentChanged),
-                Task::ReloadDaemon(Reason::FilesChanged),
-                Task::Start(name("a.service"), Reason::ContentChanged),
+                Task::Stop(name("a.service"), TaskReason::ContentChanged),
+                Task::Load(name("a.service"), hash(2), TaskReason::ContentChanged),
+                Task::ReloadDaemon(TaskReason::FilesChanged),
+                Task::Start(name("a.service"), TaskReason::ContentChanged),
             ]
         );
     }
@@ -387,9 +391,9 @@ mod tests {
         assert_eq!(
             reconcile(&BTreeMap::new(), &c),
             vec![
-                Task::Stop(name("a.service"), Reason::NotTargeted),
-                Task::Unload(name("a.service"), Reason::NotTargeted),
-                Task::ReloadDaemon(Reason::FilesChanged),
+                Task::Stop(name("a.service"), TaskReason::NotTargeted),
+                Task::Unload(name("a.service"), TaskReason::NotTargeted),
+                Task::ReloadDaemon(TaskReason::FilesChanged),
             ]
         );
     }
@@ -400,7 +404,7 @@ mod tests {
         let c = current(&[("a.service", 1, ActiveState::Activating, true)]);
         assert_eq!(
             reconcile(&t, &c),
-            vec![Task::Stop(name("a.service"), Reason::ShouldNotRun)]
+            vec![Task::Stop(name("a.service"), TaskReason::ShouldNotRun)]
         );
     }
 
@@ -412,7 +416,7 @@ mod tests {
         let c = current(&[("a.service", 1, ActiveState::Failed, false)]);
         assert_eq!(
             reconcile(&t, &c),
-            vec![Task::Start(name("a.service"), Reason::NotStarted)]
+            vec![Task::Start(name("a.service"), TaskReason::NotStarted)]
         );
     }
 
