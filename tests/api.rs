@@ -782,3 +782,54 @@ fn bench_api_with_1000_units() {
     );
     assert!(dump(&etcd).is_empty());
 }
+
+/// What fleetd serves is exactly the shared wire types (`fleet-api-types`, which fleetctl reads with):
+/// every document parses into them and writes back to the same JSON, nothing lost or renamed.
+#[test]
+fn served_documents_are_the_shared_wire_types() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::builder(&etcd)
+        .config("public_ip", "10.1.2.3")
+        .config("metadata", "region=west")
+        .start();
+    f.wait_ready();
+    let s = f.socket();
+    for (name, state) in [("a.service", "launched"), ("b@.service", "inactive")] {
+        let r = put(
+            &f,
+            name,
+            json!({"options": options("/bin/true"), "desiredState": state}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    fn same<T: serde::de::DeserializeOwned + serde::Serialize>(r: &HttpResponse) {
+        let served = r.json();
+        let parsed: T = serde_json::from_value(served.clone())
+            .unwrap_or_else(|e| panic!("{served} does not parse: {e}"));
+        assert_eq!(serde_json::to_value(&parsed).unwrap(), served);
+    }
+    use fleet_api_types as t;
+    same::<t::UnitPage>(&http_get(s, "/fleet/v1/units"));
+    same::<t::Unit>(&http_get(s, "/fleet/v1/units/a.service"));
+    same::<t::UnitStatePage>(&http_get(s, "/fleet/v1/state"));
+    same::<t::MachinePage>(&http_get(s, "/fleet/v1/machines"));
+    for bad in [
+        http_get(s, "/fleet/v1/units/nope.service"),
+        http_get(s, "/fleet/v1/state/nope.service"),
+        http_get(s, "/nope"),
+    ] {
+        same::<t::ErrorDoc>(&bad);
+    }
+    // A page that has a next one.
+    for i in 0..101 {
+        let r = put(
+            &f,
+            &format!("p{i:03}.service"),
+            json!({"options": options(&format!("/bin/{i}"))}),
+        );
+        assert_eq!(r.status, 201);
+    }
+    let r = http_get(s, "/fleet/v1/units");
+    assert!(r.json()["nextPageToken"].is_string());
+    same::<t::UnitPage>(&r);
+}

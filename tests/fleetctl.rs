@@ -496,3 +496,69 @@ fn help_shows_the_version() {
         );
     }
 }
+
+/// The original fleetctl v1.0.0 reads what fleetd serves (no agent here: submissions, unit files,
+/// machines, the empty unit list), and prints exactly what ours prints. Skipped without `../shared`.
+#[test]
+fn the_original_fleetctl_reads_what_fleetd_serves() {
+    let Some(orig) = support::original::Original::get() else {
+        return;
+    };
+    let env = Env::new();
+    let text = "[Unit]\nDescription=Grüße \"quoted\" \\\n  and continued\n\n[Service]\nExecStart=/bin/sh -c 'echo %n; sleep 1'\nEnvironment=A=1 B=2\n\n[X-Fleet]\nConflicts=other*.service\n";
+    env.write("hello.service", text);
+    env.write("web@.service", HELLO);
+    let v1 = |args: &[&str]| {
+        let mut cmd = Command::new(orig.bin());
+        cmd.current_dir(env.dir.path())
+            .env_remove("FLEETCTL_ENDPOINT")
+            .arg(format!("--endpoint={}", env.fleetd.endpoint()))
+            .args(args);
+        Run::of(cmd, args)
+    };
+    assert_eq!(
+        v1(&["submit", "hello.service", "web@.service", "web@1"]).ok(),
+        "Unit hello.service inactive\nUnit web@.service inactive\nUnit web@1.service inactive\n"
+    );
+    assert_eq!(v1(&["cat", "hello"]).ok(), env.run(&["cat", "hello"]).ok());
+    for args in [
+        &["list-unit-files"][..],
+        &["list-unit-files", "--full", "--no-legend"],
+        &[
+            "list-unit-files",
+            "--fields=unit,hash,dstate,state,target,desc,global",
+        ],
+        &["list-units"],
+        &[
+            "list-units",
+            "--fields=unit,machine,active,sub,hash,load",
+            "--full",
+        ],
+        &["list-machines"],
+        &["list-machines", "--full", "--fields=machine,ip,metadata"],
+    ] {
+        assert_eq!(
+            v1(args).ok(),
+            env.run(args).ok(),
+            "fleetctl {} differs from the original",
+            args.join(" ")
+        );
+    }
+    assert!(v1(&["start", "--no-block", "hello"])
+        .ok()
+        .contains("Triggered unit hello.service start"));
+    assert_eq!(
+        env.run(&["list-unit-files", "--no-legend", "--fields=unit,dstate"])
+            .ok(),
+        "hello.service\tlaunched\nweb@.service\tinactive\nweb@1.service\tinactive\n"
+    );
+    assert_eq!(
+        v1(&["destroy", "hello", "web@1"]).ok(),
+        "Destroyed hello.service\nDestroyed web@1.service\n"
+    );
+    assert_eq!(
+        env.run(&["list-unit-files", "--no-legend", "--fields=unit"])
+            .ok(),
+        "web@.service\n"
+    );
+}

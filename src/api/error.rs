@@ -76,10 +76,14 @@ impl From<RegistryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "error": {"code": self.status.as_u16(), "message": self.message}
-        });
-        let mut r = (self.status, body.to_string()).into_response();
+        let body = serde_json::to_string(&fleet_api_types::ErrorDoc {
+            error: fleet_api_types::ErrorBody {
+                code: self.status.as_u16(),
+                message: self.message,
+            },
+        })
+        .expect("an error document always serializes");
+        let mut r = (self.status, body).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),

@@ -39,7 +39,8 @@ mod machines;
 mod metrics;
 pub mod pagination;
 pub mod relay;
-pub mod schema;
+/// The API's JSON documents (one definition, shared with fleetctl).
+pub use fleet_api_types as schema;
 mod units;
 mod wire;
 

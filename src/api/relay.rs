@@ -37,9 +37,9 @@ use axum::http::StatusCode;
 use axum::Json;
 use fleet_sched::placement::{self, Plan};
 use fleet_sched::{DesiredState, MachineId, Requirements, UnitName};
-use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::schema::{RestartOutput, RestartResult, UnitOutput};
 use super::{ApiState, MachineInfo, QueryParams};
 use crate::registry::Snapshot;
 
@@ -148,41 +148,6 @@ pub fn valid_cursor(c: &str) -> bool {
         && !c.starts_with('-')
         && c.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'=' | b';' | b'-' | b'_'))
-}
-
-/// The JSON answer of both routes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UnitOutput {
-    /// The machine that answered.
-    #[serde(rename = "machineID")]
-    pub machine_id: String,
-    /// The output.
-    pub text: String,
-    /// Journal: where the next request continues.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
-    /// Status: `systemctl status`'s exit code.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i32>,
-}
-
-/// The answer of `POST /units/{name}/restart`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestartOutput {
-    /// One entry per machine asked, sorted by machine ID.
-    pub restarts: Vec<RestartResult>,
-}
-
-/// How the restart went on one machine.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RestartResult {
-    /// The machine.
-    #[serde(rename = "machineID")]
-    pub machine_id: String,
-    /// Why the unit was not restarted there (absent when it was).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
 }
 
 fn lines_param(q: &QueryParams) -> Result<u32, ApiError> {

@@ -78,7 +78,13 @@ fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
     if !head.contains("\r\ncontent-length: 0\r\n") {
         return None;
     }
-    let body = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
+    let body = serde_json::to_string(&fleet_api_types::ErrorDoc {
+        error: fleet_api_types::ErrorBody {
+            code,
+            message: message.to_string(),
+        },
+    })
+    .expect("an error document always serializes");
     let status_line = &buf[..buf.windows(2).position(|w| w == b"\r\n")?];
     let mut out = Vec::with_capacity(256 + body.len());
     out.extend_from_slice(status_line);

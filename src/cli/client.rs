@@ -6,17 +6,19 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fleet_sched::UnitOption;
+use fleet_api_types::{
+    ErrorDoc, Machine, MachinePage, RestartOutput, RestartResult, Unit, UnitOutput, UnitPage,
+    UnitState, UnitStatePage,
+};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1;
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 /// The API path prefix (fleet also accepts `/v1-alpha`; we always use the stable one).
-pub const API_PREFIX: &str = "/fleet/v1";
+pub use fleet_api_types::API_PREFIX;
 
 /// Where fleetd's API is served.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -576,134 +578,6 @@ impl Transport for HttpTransport {
     }
 }
 
-/// A unit as the API carries it (fields omitted when empty).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiUnit {
-    /// Unit name.
-    pub name: String,
-    /// The unit file's options, in order.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub options: Vec<UnitOption>,
-    /// `inactive` | `loaded` | `launched`.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub desired_state: String,
-    /// `inactive` | `loaded` | `launched` (derived by fleetd; never sent).
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub current_state: String,
-    /// The machine the unit is placed on (never sent).
-    #[serde(
-        default,
-        rename = "machineID",
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub machine_id: String,
-}
-
-/// What one machine's systemd reports for one unit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiUnitState {
-    /// Unit name.
-    pub name: String,
-    /// Hash of the unit file the machine runs (40 hex characters).
-    #[serde(default)]
-    pub hash: String,
-    /// The reporting machine.
-    #[serde(default, rename = "machineID")]
-    pub machine_id: String,
-    /// systemd LoadState.
-    #[serde(default)]
-    pub systemd_load_state: String,
-    /// systemd ActiveState.
-    #[serde(default)]
-    pub systemd_active_state: String,
-    /// systemd SubState.
-    #[serde(default)]
-    pub systemd_sub_state: String,
-}
-
-/// A machine of the cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiMachine {
-    /// Full machine ID.
-    pub id: String,
-    /// Public IP, may be empty.
-    #[serde(default, rename = "primaryIP")]
-    pub primary_ip: String,
-    /// `k=v` metadata.
-    #[serde(default)]
-    pub metadata: std::collections::BTreeMap<String, String>,
-}
-
-/// A unit's status or journal as its machine answered (fleet extension, see `fleet::api::relay`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ApiUnitOutput {
-    /// The machine that answered.
-    #[serde(default, rename = "machineID")]
-    pub machine_id: String,
-    /// The output of `systemctl status` or `journalctl`.
-    #[serde(default)]
-    pub text: String,
-    /// Journal: where the next request continues.
-    #[serde(default)]
-    pub cursor: Option<String>,
-    /// Status: `systemctl status`'s exit code.
-    #[serde(default)]
-    pub exit_code: Option<i32>,
-}
-
-/// How a restart went on one machine (fleet extension, see `fleet::api::relay`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct ApiRestart {
-    /// The machine.
-    #[serde(default, rename = "machineID")]
-    pub machine_id: String,
-    /// Why the unit was not restarted there (`None` when it was).
-    #[serde(default)]
-    pub error: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct UnitPage {
-    #[serde(default)]
-    units: Vec<ApiUnit>,
-    #[serde(default)]
-    next_page_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatePage {
-    #[serde(default)]
-    states: Vec<ApiUnitState>,
-    #[serde(default)]
-    next_page_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MachinePage {
-    #[serde(default)]
-    machines: Vec<ApiMachine>,
-    #[serde(default)]
-    next_page_token: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorDoc {
-    error: ErrorBody,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    #[serde(default)]
-    message: String,
-}
-
 /// Upper bound on pages followed in one listing, so that a server that keeps answering the same token
 /// cannot make fleetctl loop forever (100 items a page: ten million items).
 pub const MAX_PAGES: usize = 100_000;
@@ -824,7 +698,7 @@ impl<T: Transport> Api<T> {
     }
 
     /// All units (`GET /fleet/v1/units`, every page).
-    pub async fn units(&mut self) -> Result<Vec<ApiUnit>, ClientError> {
+    pub async fn units(&mut self) -> Result<Vec<Unit>, ClientError> {
         self.paged(&format!("{API_PREFIX}/units"), |p: UnitPage| {
             (p.units, p.next_page_token)
         })
@@ -832,7 +706,7 @@ impl<T: Transport> Api<T> {
     }
 
     /// One unit, `None` when it does not exist.
-    pub async fn unit(&mut self, name: &str) -> Result<Option<ApiUnit>, ClientError> {
+    pub async fn unit(&mut self, name: &str) -> Result<Option<Unit>, ClientError> {
         match self
             .get_json(&format!("{API_PREFIX}/units/{}", encode_component(name)))
             .await
@@ -844,7 +718,7 @@ impl<T: Transport> Api<T> {
     }
 
     /// Create or replace a unit (PUT with options; desired state as given, inactive when empty).
-    pub async fn put_unit(&mut self, unit: &ApiUnit) -> Result<(), ClientError> {
+    pub async fn put_unit(&mut self, unit: &Unit) -> Result<(), ClientError> {
         let body = serde_json::to_vec(unit).expect("a unit always serializes");
         self.call(
             Method::PUT,
@@ -857,7 +731,7 @@ impl<T: Transport> Api<T> {
 
     /// Create or replace every unit of `units` at once ([`Transport::send_batch`]: one request, so
     /// one etcd transaction, per unit); one result per unit, in order.
-    pub async fn put_units(&mut self, units: &[ApiUnit]) -> Vec<Result<(), ClientError>> {
+    pub async fn put_units(&mut self, units: &[Unit]) -> Vec<Result<(), ClientError>> {
         let batch: Vec<BatchRequest> = units
             .iter()
             .map(|u| {
@@ -884,12 +758,12 @@ impl<T: Transport> Api<T> {
         names: &[&str],
         state: &str,
     ) -> Vec<Result<(), ClientError>> {
-        let units: Vec<ApiUnit> = names
+        let units: Vec<Unit> = names
             .iter()
-            .map(|n| ApiUnit {
+            .map(|n| Unit {
                 name: n.to_string(),
                 desired_state: state.to_string(),
-                ..ApiUnit::default()
+                ..Unit::default()
             })
             .collect();
         self.put_units(&units).await
@@ -897,10 +771,10 @@ impl<T: Transport> Api<T> {
 
     /// Set the desired state of an existing unit (PUT without options).
     pub async fn set_desired_state(&mut self, name: &str, state: &str) -> Result<(), ClientError> {
-        self.put_unit(&ApiUnit {
+        self.put_unit(&Unit {
             name: name.to_string(),
             desired_state: state.to_string(),
-            ..ApiUnit::default()
+            ..Unit::default()
         })
         .await
     }
@@ -922,15 +796,12 @@ impl<T: Transport> Api<T> {
     }
 
     /// Unit states (`GET /fleet/v1/state`, every page), optionally for one unit only.
-    pub async fn unit_states(
-        &mut self,
-        unit: Option<&str>,
-    ) -> Result<Vec<ApiUnitState>, ClientError> {
+    pub async fn unit_states(&mut self, unit: Option<&str>) -> Result<Vec<UnitState>, ClientError> {
         let path = match unit {
             Some(u) => format!("{API_PREFIX}/state?unitName={}", encode_component(u)),
             None => format!("{API_PREFIX}/state"),
         };
-        self.paged(&path, |p: StatePage| (p.states, p.next_page_token))
+        self.paged(&path, |p: UnitStatePage| (p.states, p.next_page_token))
             .await
     }
 
@@ -941,7 +812,7 @@ impl<T: Transport> Api<T> {
         name: &str,
         lines: u32,
         machine: Option<&str>,
-    ) -> Result<ApiUnitOutput, ClientError> {
+    ) -> Result<UnitOutput, ClientError> {
         let mut path = format!(
             "{API_PREFIX}/units/{}/status?lines={lines}",
             encode_component(name)
@@ -959,7 +830,7 @@ impl<T: Transport> Api<T> {
         lines: u32,
         cursor: Option<&str>,
         machine: Option<&str>,
-    ) -> Result<ApiUnitOutput, ClientError> {
+    ) -> Result<UnitOutput, ClientError> {
         let mut path = format!(
             "{API_PREFIX}/units/{}/journal?lines={lines}",
             encode_component(name)
@@ -979,17 +850,13 @@ impl<T: Transport> Api<T> {
         &mut self,
         name: &str,
         machine: Option<&str>,
-    ) -> Result<Vec<ApiRestart>, ClientError> {
+    ) -> Result<Vec<RestartResult>, ClientError> {
         let mut path = format!("{API_PREFIX}/units/{}/restart", encode_component(name));
         if let Some(m) = machine {
             path.push_str(&format!("?machineID={}", encode_component(m)));
         }
         let resp = self.call(Method::POST, &path, None).await?;
-        #[derive(Deserialize)]
-        struct Restarts {
-            restarts: Vec<ApiRestart>,
-        }
-        serde_json::from_slice::<Restarts>(&resp.body)
+        serde_json::from_slice::<RestartOutput>(&resp.body)
             .map(|r| r.restarts)
             .map_err(|e| ClientError::Unexpected {
                 method: Method::POST,
@@ -1000,7 +867,7 @@ impl<T: Transport> Api<T> {
     }
 
     /// All machines (`GET /fleet/v1/machines`, every page).
-    pub async fn machines(&mut self) -> Result<Vec<ApiMachine>, ClientError> {
+    pub async fn machines(&mut self) -> Result<Vec<Machine>, ClientError> {
         self.paged(&format!("{API_PREFIX}/machines"), |p: MachinePage| {
             (p.machines, p.next_page_token)
         })

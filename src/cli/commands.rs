@@ -32,9 +32,10 @@ use fleet_sched::{
 use super::args::{
     BlockFlags, JournalArgs, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs, SshArgs,
 };
-use super::client::{Api, ApiMachine, ApiUnit, ApiUnitState, Transport};
+use super::client::{Api, Transport};
 use super::names;
 use super::table::Table;
+use fleet_api_types::{Machine, Unit, UnitState};
 
 /// Time between two checks of a unit's state while blocking (fleet's `defaultSleepTime`).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -95,7 +96,7 @@ pub struct Ctx<T> {
     out: Box<dyn Write>,
     err: Box<dyn Write>,
     /// Machines by ID, fetched at most once unless an unknown ID shows up.
-    machines: Option<BTreeMap<String, ApiMachine>>,
+    machines: Option<BTreeMap<String, Machine>>,
     /// Whether `machines` was refetched because of an unknown ID (done at most once).
     machines_refreshed: bool,
     /// Time between two state checks while blocking.
@@ -105,8 +106,8 @@ pub struct Ctx<T> {
 /// What a run knows of the cluster's units: a listing when many units are named, and the units it is
 /// about to create.
 struct Known {
-    snapshot: Option<BTreeMap<String, ApiUnit>>,
-    planned: BTreeMap<String, ApiUnit>,
+    snapshot: Option<BTreeMap<String, Unit>>,
+    planned: BTreeMap<String, Unit>,
 }
 
 /// Ok when nothing `failed`; the error itself when one did; otherwise each is printed to `err` and
@@ -146,7 +147,7 @@ pub fn unit_name(arg: &str) -> Result<UnitName> {
 }
 
 /// The unit file of a stored unit.
-pub fn stored_file(u: &ApiUnit) -> Result<UnitFile> {
+pub fn stored_file(u: &Unit) -> Result<UnitFile> {
     UnitFile::from_options(u.options.clone()).with_context(|| {
         format!(
             "unit {} as stored by fleetd is not a valid unit file",
@@ -156,11 +157,11 @@ pub fn stored_file(u: &ApiUnit) -> Result<UnitFile> {
 }
 
 /// Whether a stored unit is global (`[X-Fleet] Global=true`).
-pub fn is_global(u: &ApiUnit) -> bool {
+pub fn is_global(u: &Unit) -> bool {
     requirements_of(u).is_some_and(|r| r.global)
 }
 
-fn requirements_of(u: &ApiUnit) -> Option<Requirements> {
+fn requirements_of(u: &Unit) -> Option<Requirements> {
     let name = UnitName::parse(&u.name).ok()?;
     let file = UnitFile::from_options(u.options.clone()).ok()?;
     Requirements::from_unit(&name, &file).ok()
@@ -194,7 +195,7 @@ pub fn machine_id_legend(id: &str, full: bool) -> String {
 }
 
 /// `id8.../IP` (or the full ID with `--full`); just the ID legend when the IP is unknown.
-pub fn machine_full_legend(id: &str, machine: Option<&ApiMachine>, full: bool) -> String {
+pub fn machine_full_legend(id: &str, machine: Option<&Machine>, full: bool) -> String {
     let legend = machine_id_legend(id, full);
     match machine {
         Some(m) if !m.primary_ip.is_empty() => format!("{legend}/{}", m.primary_ip),
@@ -250,13 +251,13 @@ pub const MACHINE_FIELDS: &[&str] = &["machine", "ip", "metadata"];
 
 /// The `list-unit-files` table for `units` (sorted here by name).
 pub fn unit_files_table(
-    units: &[ApiUnit],
-    machines: &BTreeMap<String, ApiMachine>,
+    units: &[Unit],
+    machines: &BTreeMap<String, Machine>,
     cols: &[&str],
     full: bool,
     legend: bool,
 ) -> Table {
-    let mut sorted: Vec<&ApiUnit> = units.iter().collect();
+    let mut sorted: Vec<&Unit> = units.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut t = Table::new();
     if legend {
@@ -303,13 +304,13 @@ pub fn unit_files_table(
 
 /// The `list-units` table for `states` (sorted here by unit, then machine).
 pub fn units_table(
-    states: &[ApiUnitState],
-    machines: &BTreeMap<String, ApiMachine>,
+    states: &[UnitState],
+    machines: &BTreeMap<String, Machine>,
     cols: &[&str],
     full: bool,
     legend: bool,
 ) -> Table {
-    let mut sorted: Vec<&ApiUnitState> = states.iter().collect();
+    let mut sorted: Vec<&UnitState> = states.iter().collect();
     sorted.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
     let mut t = Table::new();
     if legend {
@@ -337,8 +338,8 @@ pub fn units_table(
 }
 
 /// The `list-machines` table (sorted here by ID).
-pub fn machines_table(machines: &[ApiMachine], cols: &[&str], full: bool, legend: bool) -> Table {
-    let mut sorted: Vec<&ApiMachine> = machines.iter().collect();
+pub fn machines_table(machines: &[Machine], cols: &[&str], full: bool, legend: bool) -> Table {
+    let mut sorted: Vec<&Machine> = machines.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let mut t = Table::new();
     if legend {
@@ -371,12 +372,12 @@ fn json_str(s: &str) -> serde_json::Value {
 /// `list-unit-files --json`: one object per unit (sorted by name), keyed by `cols`, with the values
 /// `--full` shows (`null` for `-`, `global` a boolean).
 pub fn unit_files_json(
-    units: &[ApiUnit],
-    machines: &BTreeMap<String, ApiMachine>,
+    units: &[Unit],
+    machines: &BTreeMap<String, Machine>,
     cols: &[&str],
 ) -> serde_json::Value {
     use serde_json::Value;
-    let mut sorted: Vec<&ApiUnit> = units.iter().collect();
+    let mut sorted: Vec<&Unit> = units.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let rows = sorted.into_iter().map(|u| {
         let file = UnitFile::from_options(u.options.clone()).ok();
@@ -411,12 +412,12 @@ pub fn unit_files_json(
 /// `list-units --json`: one object per unit and machine (sorted), keyed by `cols`, with the values
 /// `--full` shows (`null` for `-`).
 pub fn units_json(
-    states: &[ApiUnitState],
-    machines: &BTreeMap<String, ApiMachine>,
+    states: &[UnitState],
+    machines: &BTreeMap<String, Machine>,
     cols: &[&str],
 ) -> serde_json::Value {
     use serde_json::Value;
-    let mut sorted: Vec<&ApiUnitState> = states.iter().collect();
+    let mut sorted: Vec<&UnitState> = states.iter().collect();
     sorted.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
     let rows = sorted.into_iter().map(|s| {
         let obj = cols.iter().map(|c| {
@@ -443,9 +444,9 @@ pub fn units_json(
 
 /// `list-machines --json`: one object per machine (sorted by ID), keyed by `cols`: `machine` the full
 /// ID, `ip` (`null` when unknown), `metadata` an object.
-pub fn machines_json(machines: &[ApiMachine], cols: &[&str]) -> serde_json::Value {
+pub fn machines_json(machines: &[Machine], cols: &[&str]) -> serde_json::Value {
     use serde_json::Value;
-    let mut sorted: Vec<&ApiMachine> = machines.iter().collect();
+    let mut sorted: Vec<&Machine> = machines.iter().collect();
     sorted.sort_by(|a, b| a.id.cmp(&b.id));
     let rows = sorted.into_iter().map(|m| {
         let obj = cols.iter().map(|c| {
@@ -487,7 +488,7 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    async fn machine_map(&mut self, refresh: bool) -> Result<&BTreeMap<String, ApiMachine>> {
+    async fn machine_map(&mut self, refresh: bool) -> Result<&BTreeMap<String, Machine>> {
         if refresh || self.machines.is_none() {
             let list = self
                 .api
@@ -511,7 +512,7 @@ impl<T: Transport> Ctx<T> {
         machine_full_legend(id, m, false)
     }
 
-    async fn get_unit(&mut self, name: &UnitName) -> Result<Option<ApiUnit>> {
+    async fn get_unit(&mut self, name: &UnitName) -> Result<Option<Unit>> {
         self.api
             .unit(name.as_str())
             .await
@@ -560,11 +561,11 @@ impl<T: Transport> Ctx<T> {
                 if let Some(file) = self.ensure_unit(arg, &name, replace, verb, &known).await? {
                     known.planned.insert(
                         name.to_string(),
-                        ApiUnit {
+                        Unit {
                             name: name.to_string(),
                             options: file.options().to_vec(),
                             desired_state: INACTIVE.to_string(),
-                            ..ApiUnit::default()
+                            ..Unit::default()
                         },
                     );
                     to_create.push((name.clone(), file));
@@ -578,7 +579,7 @@ impl<T: Transport> Ctx<T> {
 
     /// A unit about to be created in this run, else from the snapshot when there is one, else from
     /// fleetd.
-    async fn lookup(&mut self, name: &UnitName, known: &Known) -> Result<Option<ApiUnit>> {
+    async fn lookup(&mut self, name: &UnitName, known: &Known) -> Result<Option<Unit>> {
         if let Some(u) = known.planned.get(name.as_str()) {
             return Ok(Some(u.clone()));
         }
@@ -721,10 +722,10 @@ impl<T: Transport> Ctx<T> {
             for w in &req.warnings {
                 say!(self.err, "WARNING: Unit {name}: {w}");
             }
-            api_units.push(ApiUnit {
+            api_units.push(Unit {
                 name: name.to_string(),
                 options: file.into_options(),
-                ..ApiUnit::default()
+                ..Unit::default()
             });
         }
         let results = self.api.put_units(&api_units).await;
@@ -793,7 +794,7 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// Look up every argument's unit; all must exist.
-    async fn existing_units(&mut self, args: &[String]) -> Result<Vec<ApiUnit>> {
+    async fn existing_units(&mut self, args: &[String]) -> Result<Vec<Unit>> {
         let mut units = Vec::with_capacity(args.len());
         for arg in args {
             let name = unit_name(arg)?;
@@ -827,7 +828,7 @@ impl<T: Transport> Ctx<T> {
 
     async fn change_state(
         &mut self,
-        units: Vec<ApiUnit>,
+        units: Vec<Unit>,
         target: &str,
         word: &str,
         block: &BlockFlags,
@@ -872,7 +873,7 @@ impl<T: Transport> Ctx<T> {
             attempt += 1;
             let mut still = Vec::new();
             // Many units: one paged listing per check instead of one request per unit.
-            let mut listed: Option<BTreeMap<String, ApiUnit>> = None;
+            let mut listed: Option<BTreeMap<String, Unit>> = None;
             if pending.len() > BULK_THRESHOLD {
                 let all = self
                     .api
@@ -1357,8 +1358,8 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// The one machine whose ID starts with `prefix`.
-    async fn machine_by_prefix(&mut self, prefix: &str) -> Result<ApiMachine> {
-        let found: Vec<ApiMachine> = self
+    async fn machine_by_prefix(&mut self, prefix: &str) -> Result<Machine> {
+        let found: Vec<Machine> = self
             .machine_map(false)
             .await?
             .values()
@@ -1381,7 +1382,7 @@ impl<T: Transport> Ctx<T> {
 
     /// The machine `name` runs on (a global unit: only when it runs on exactly one); `None` when
     /// there is no such unit.
-    async fn machine_of_unit(&mut self, name: &UnitName) -> Result<Option<ApiMachine>> {
+    async fn machine_of_unit(&mut self, name: &UnitName) -> Result<Option<Machine>> {
         let Some(u) = self.get_unit(name).await? else {
             return Ok(None);
         };
@@ -1482,8 +1483,8 @@ impl<T: Transport> Ctx<T> {
 /// to the cluster as the API shows it.
 pub fn explain_unplaced(
     name: &UnitName,
-    units: &[ApiUnit],
-    machines: &BTreeMap<String, ApiMachine>,
+    units: &[Unit],
+    machines: &BTreeMap<String, Machine>,
 ) -> String {
     let infos: Vec<MachineInfo> = machines
         .values()
@@ -1540,8 +1541,8 @@ mod tests {
     use std::cell::RefCell;
     use std::rc::Rc;
 
-    fn machine(id: &str, ip: &str, meta: &[(&str, &str)]) -> ApiMachine {
-        ApiMachine {
+    fn machine(id: &str, ip: &str, meta: &[(&str, &str)]) -> Machine {
+        Machine {
             id: id.into(),
             primary_ip: ip.into(),
             metadata: meta
@@ -1551,8 +1552,8 @@ mod tests {
         }
     }
 
-    fn unit(name: &str, opts: &[(&str, &str, &str)], d: &str, c: &str, m: &str) -> ApiUnit {
-        ApiUnit {
+    fn unit(name: &str, opts: &[(&str, &str, &str)], d: &str, c: &str, m: &str) -> Unit {
+        Unit {
             name: name.into(),
             options: opts
                 .iter()
@@ -1567,7 +1568,7 @@ mod tests {
     const M1: &str = "113f16a7c5e44a1cb2e8a6e8b8f4d7a1";
     const M2: &str = "2cb2e8a6e8b8f4d7a1113f16a7c5e44a";
 
-    fn machines() -> BTreeMap<String, ApiMachine> {
+    fn machines() -> BTreeMap<String, Machine> {
         [
             machine(M1, "10.0.0.1", &[("region", "us"), ("disk", "ssd")]),
             machine(M2, "", &[]),
@@ -1577,7 +1578,7 @@ mod tests {
         .collect()
     }
 
-    fn sample_units() -> Vec<ApiUnit> {
+    fn sample_units() -> Vec<Unit> {
         vec![
             unit(
                 "world.service",
@@ -1682,7 +1683,7 @@ mod tests {
 
     #[test]
     fn list_units_rows_are_sorted_by_unit_then_machine() {
-        let st = |n: &str, m: &str, a: &str| ApiUnitState {
+        let st = |n: &str, m: &str, a: &str| UnitState {
             name: n.into(),
             hash: "e55c0ae1234567890abcdef1234567890abcdef0".into(),
             machine_id: m.into(),
@@ -1717,7 +1718,7 @@ mod tests {
 
     #[test]
     fn list_machines_shows_short_ids_and_sorted_metadata() {
-        let ms: Vec<ApiMachine> = machines().into_values().rev().collect();
+        let ms: Vec<Machine> = machines().into_values().rev().collect();
         let cols = parse_fields("machine,ip,metadata", MACHINE_FIELDS).unwrap();
         let out = machines_table(&ms, &cols, false, true).render();
         assert_eq!(
@@ -1768,7 +1769,7 @@ mod tests {
             ),
         ];
         let one: BTreeMap<_, _> = machines().into_iter().take(1).collect();
-        let why = |n: &str, ms: &BTreeMap<String, ApiMachine>| {
+        let why = |n: &str, ms: &BTreeMap<String, Machine>| {
             explain_unplaced(&UnitName::parse(n).unwrap(), &units, ms)
         };
         let w = why("web@2.service", &one);
@@ -2226,14 +2227,14 @@ mod tests {
         assert_eq!(rows[3].as_object().unwrap().len(), cols.len());
 
         let states = vec![
-            ApiUnitState {
+            UnitState {
                 name: "b.service".into(),
                 machine_id: M1.into(),
                 hash: "a".repeat(40),
                 systemd_active_state: "active".into(),
                 ..Default::default()
             },
-            ApiUnitState {
+            UnitState {
                 name: "a.service".into(),
                 ..Default::default()
             },
@@ -2248,7 +2249,7 @@ mod tests {
             ])
         );
 
-        let list: Vec<ApiMachine> = m.values().cloned().collect();
+        let list: Vec<Machine> = m.values().cloned().collect();
         let v = machines_json(&list, &["machine", "ip", "metadata"]);
         assert_eq!(
             v,

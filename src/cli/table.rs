@@ -34,31 +34,80 @@ impl Table {
         self.rows.push(cells);
     }
 
-    /// The rendered table, one `\n`-terminated line per row.
+    /// The rendered table, one `\n`-terminated line per row: the rows as fleet wrote them to its
+    /// tabwriter (cells joined by tabs), laid out by [`tabwrite`].
     pub fn render(&self) -> String {
-        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
-        // Widths of every column but the last (the trailing cell of a line is never padded).
-        let mut widths = vec![0usize; columns.saturating_sub(1)];
+        let mut text = String::new();
         for row in &self.rows {
-            for (i, cell) in row.iter().enumerate().take(widths.len()) {
-                widths[i] = widths[i].max(text_width(cell) + PADDING);
-            }
+            text.push_str(&row.join("\t"));
+            text.push('\n');
         }
-        let mut out = String::new();
-        for row in &self.rows {
-            for (i, cell) in row.iter().enumerate() {
-                out.push_str(cell);
-                if i + 1 < row.len() {
-                    let cell_width = widths[i].div_ceil(TAB_WIDTH) * TAB_WIDTH;
-                    let gap = cell_width - text_width(cell);
-                    for _ in 0..gap.div_ceil(TAB_WIDTH) {
-                        out.push('\t');
-                    }
+        tabwrite(&text)
+    }
+}
+
+/// Go's `text/tabwriter` as fleet used it (minwidth 0, tabwidth 8, padding 1, padchar `\t`, no flags),
+/// over a whole text. A line is split into cells at tabs; only tab-terminated cells are aligned (a
+/// line's last cell is not); a column's width is computed over each block of consecutive lines that
+/// have a cell in it (so a cell holding a newline, as a `Description=` with a line continuation does,
+/// ends the blocks of the columns after it, exactly as in fleet's output).
+pub fn tabwrite(text: &str) -> String {
+    let lines: Vec<Vec<&str>> = text.split('\n').map(|l| l.split('\t').collect()).collect();
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    let mut widths = Vec::new();
+    format_block(&lines, 0, lines.len(), &mut widths, &mut out);
+    out
+}
+
+/// Go's `(*Writer).format`: lays out lines `line0..line1`, whose columns left of `widths.len()` have
+/// the given widths.
+fn format_block(
+    lines: &[Vec<&str>],
+    mut line0: usize,
+    line1: usize,
+    widths: &mut Vec<usize>,
+    out: &mut String,
+) {
+    let column = widths.len();
+    let mut this = line0;
+    while this < line1 {
+        if column + 1 >= lines[this].len() {
+            this += 1;
+            continue;
+        }
+        // A cell in this column: the lines before it are done; a column block begins.
+        write_lines(lines, line0, this, widths, out);
+        line0 = this;
+        let mut width = 0;
+        while this < line1 && column + 1 < lines[this].len() {
+            width = width.max(text_width(lines[this][column]) + PADDING);
+            this += 1;
+        }
+        widths.push(width);
+        format_block(lines, line0, this, widths, out);
+        widths.pop();
+        line0 = this;
+    }
+    write_lines(lines, line0, line1, widths, out);
+}
+
+/// Go's `(*Writer).writeLines`: every cell, padded with tabs to its column's width when it has one;
+/// a newline after every line but the text's last (unterminated) one.
+fn write_lines(lines: &[Vec<&str>], from: usize, to: usize, widths: &[usize], out: &mut String) {
+    for (i, line) in lines.iter().enumerate().take(to).skip(from) {
+        for (j, cell) in line.iter().enumerate() {
+            out.push_str(cell);
+            if let Some(w) = widths.get(j) {
+                let cell_width = w.div_ceil(TAB_WIDTH) * TAB_WIDTH;
+                let gap = cell_width - text_width(cell);
+                for _ in 0..gap.div_ceil(TAB_WIDTH) {
+                    out.push('\t');
                 }
             }
+        }
+        if i + 1 < lines.len() {
             out.push('\n');
         }
-        out
     }
 }
 
@@ -130,6 +179,33 @@ mod tests {
         t.row(vec!["abc...".into()]);
         assert_eq!(t.render(), "MACHINE\nabc...\n");
         assert_eq!(Table::new().render(), "");
+    }
+
+    #[test]
+    fn a_cell_with_a_newline_ends_the_column_blocks_after_it_as_in_go() {
+        let mut t = Table::new();
+        t.header(&["unit", "desc", "global"]);
+        t.row(vec![
+            "a.service".into(),
+            "one \\\n  two".into(),
+            "false".into(),
+        ]);
+        t.row(vec![
+            "b.service".into(),
+            "Hello World".into(),
+            "false".into(),
+        ]);
+        t.row(vec!["c.service".into(), "x".into(), "true".into()]);
+        // Go's tabwriter, as fleet printed it: the DESC column of the header and `one \` is padded on
+        // its own (its block ends at the line break), the two rows after it form a block of their own;
+        // `  two` is in the first column, whose block spans every line.
+        assert_eq!(
+            t.render(),
+            "UNIT\t\tDESC\tGLOBAL\n\
+             a.service\tone \\\n  two\t\tfalse\n\
+             b.service\tHello World\tfalse\n\
+             c.service\tx\t\ttrue\n"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! - [`http`]: one HTTP/1.1 request over a unix socket, blocking, with the raw headers you give.
 #![allow(dead_code)]
 
+pub mod original;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -1,0 +1,302 @@
+//! The JSON documents of fleet's HTTP API v1 and of this project's extensions: the one definition
+//! fleetd serves and fleetctl reads (`tests/api.rs` checks that what fleetd serves parses into these and
+//! back to the same JSON; `tests/lab_interop.rs` that the original fleetctl v1.0.0 reads it too).
+//!
+//! Field names are fleet's; empty fields are omitted when writing and default when reading (`null`
+//! too), so either side accepts what fleet v1 wrote.
+
+use std::collections::BTreeMap;
+
+pub use fleet_sched::UnitOption;
+use serde::{Deserialize, Serialize};
+
+/// Where API v1 is served (`/v1-alpha` is the same API).
+pub const API_PREFIX: &str = "/fleet/v1";
+
+/// `Unit {name, options, desiredState, currentState, machineID}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    /// Unit name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// The unit file as options; `null` is read as empty.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub options: Vec<UnitOption>,
+    /// `inactive`, `loaded` or `launched`.
+    #[serde(
+        rename = "desiredState",
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub desired_state: String,
+    /// Derived from the claim and the state its machine reports.
+    #[serde(
+        rename = "currentState",
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub current_state: String,
+    /// The machine the unit is placed on.
+    #[serde(
+        rename = "machineID",
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub machine_id: String,
+}
+
+/// `GET /units` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitPage {
+    /// The units of this page.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub units: Vec<Unit>,
+    /// Token of the next page, when there is one.
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_page_token: Option<String>,
+}
+
+/// `UnitState {name, hash, machineID, systemdLoadState, systemdActiveState, systemdSubState}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitState {
+    /// Unit name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Hash (40 hex) of the content the machine runs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    /// Reporting machine.
+    #[serde(
+        rename = "machineID",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub machine_id: String,
+    /// systemd LoadState.
+    #[serde(
+        rename = "systemdLoadState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub systemd_load_state: String,
+    /// systemd ActiveState.
+    #[serde(
+        rename = "systemdActiveState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub systemd_active_state: String,
+    /// systemd SubState.
+    #[serde(
+        rename = "systemdSubState",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub systemd_sub_state: String,
+}
+
+/// `GET /state` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatePage {
+    /// The states of this page.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub states: Vec<UnitState>,
+    /// Token of the next page, when there is one.
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_page_token: Option<String>,
+}
+
+/// `Machine {id, primaryIP, metadata}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    /// Machine ID.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// Its public IP.
+    #[serde(
+        rename = "primaryIP",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub primary_ip: String,
+    /// Its metadata.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `GET /machines` answer.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachinePage {
+    /// The machines of this page.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub machines: Vec<Machine>,
+    /// Token of the next page, when there is one.
+    #[serde(
+        rename = "nextPageToken",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub next_page_token: Option<String>,
+}
+
+/// One operation of `PATCH /machines`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineMetadataOp {
+    /// `add`, `replace` or `remove`.
+    #[serde(default)]
+    pub op: String,
+    /// `/<machineID>/metadata/<key>`.
+    #[serde(default)]
+    pub path: String,
+    /// `{"value":"x"}` (ignored for `remove`).
+    #[serde(default)]
+    pub value: MetadataValue,
+}
+
+/// The value object of a metadata op.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataValue {
+    /// The new value.
+    #[serde(default)]
+    pub value: String,
+}
+
+/// Every error answer: `{"error":{"code":N,"message":"..."}}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDoc {
+    /// The error.
+    pub error: ErrorBody,
+}
+
+/// The body of an [`ErrorDoc`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The HTTP status code.
+    #[serde(default)]
+    pub code: u16,
+    /// What was wrong.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Extension `GET /units/{name}/status` and `/journal`: output of a command on the unit's machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitOutput {
+    /// The machine that answered.
+    #[serde(rename = "machineID", default)]
+    pub machine_id: String,
+    /// The output.
+    #[serde(default)]
+    pub text: String,
+    /// Journal: where the next request continues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Status: `systemctl status`'s exit code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+/// Extension `POST /units/{name}/restart`: how it went on every machine asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartOutput {
+    /// One entry per machine asked, sorted by machine ID.
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub restarts: Vec<RestartResult>,
+}
+
+/// How a restart went on one machine.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartResult {
+    /// The machine.
+    #[serde(rename = "machineID", default)]
+    pub machine_id: String,
+    /// Why the unit was not restarted there (absent when it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Documents as fleet v1 wrote them (its own API's shapes) read into these types and are written
+    /// back identically.
+    #[test]
+    fn fleet_documents_round_trip() {
+        for doc in [
+            json!({"units": [{"name": "a.service", "options": [{"section": "Service", "name": "ExecStart", "value": "/bin/true"}], "desiredState": "launched", "currentState": "loaded", "machineID": "m1"}], "nextPageToken": "ZAACAA=="}),
+            json!({"units": [{"name": "b.service", "desiredState": "inactive", "currentState": "inactive"}]}),
+        ] {
+            let page: UnitPage = serde_json::from_value(doc.clone()).unwrap();
+            assert_eq!(serde_json::to_value(&page).unwrap(), doc);
+        }
+        let doc = json!({"states": [{"name": "a.service", "hash": "e55c0ae", "machineID": "m1", "systemdLoadState": "loaded", "systemdActiveState": "active", "systemdSubState": "running"}]});
+        let page: UnitStatePage = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&page).unwrap(), doc);
+        let doc = json!({"machines": [{"id": "m1", "primaryIP": "10.0.0.1", "metadata": {"region": "eu"}}, {"id": "m2"}]});
+        let page: MachinePage = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&page).unwrap(), doc);
+        let doc = json!({"error": {"code": 404, "message": "unit does not exist"}});
+        let e: ErrorDoc = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&e).unwrap(), doc);
+        let doc = json!({"restarts": [{"machineID": "m1"}, {"machineID": "m2", "error": "no"}]});
+        let r: RestartOutput = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&r).unwrap(), doc);
+        let doc = json!({"machineID": "m1", "text": "x\n", "exitCode": 3});
+        let o: UnitOutput = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&o).unwrap(), doc);
+    }
+
+    #[test]
+    fn nulls_and_missing_fields_read_as_empty() {
+        let u: Unit = serde_json::from_value(
+            json!({"name": "a.service", "options": null, "desiredState": null, "machineID": null}),
+        )
+        .unwrap();
+        assert_eq!(
+            u,
+            Unit {
+                name: "a.service".into(),
+                ..Unit::default()
+            }
+        );
+        let p: UnitPage = serde_json::from_value(json!({"units": null})).unwrap();
+        assert!(p.units.is_empty() && p.next_page_token.is_none());
+        let p: MachinePage = serde_json::from_value(json!({})).unwrap();
+        assert!(p.machines.is_empty());
+        // Empty fields are not written.
+        assert_eq!(
+            serde_json::to_value(Unit {
+                name: "a.service".into(),
+                ..Unit::default()
+            })
+            .unwrap(),
+            json!({"name": "a.service"})
+        );
+    }
+}
