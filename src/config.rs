@@ -163,8 +163,13 @@ const KEYS: &[KeyInfo] = &[
     key("gossip_cert_file"),
     key("gossip_key_file"),
     key("gossip_insecure"),
-    key("takeover_grace"),
+    obsolete(
+        "takeover_grace",
+        "takeovers now wait for proof that the holder stopped (see fence_after)",
+    ),
+    key("fence_after"),
     key("state_dir"),
+    key("runtime_dir"),
 ];
 
 /// The names of every key fleetd accepts (including the obsolete ones).
@@ -245,11 +250,14 @@ pub struct Config {
     pub gossip_key_file: Option<PathBuf>,
     /// `gossip_insecure`: development only: no peer authentication, no secrecy.
     pub gossip_insecure: bool,
-    /// `takeover_grace`: how long after gossip declares a machine down its claims still stand (a
-    /// fleetd that crashed and restarts in less keeps its units).
-    pub takeover_grace: Duration,
+    /// `fence_after`: how long this machine keeps its claimed units once neither its etcd lease nor its
+    /// view of the cluster vouches for it; every failover timing derives from it (docs/safety.md).
+    pub fence_after: Duration,
     /// `state_dir`: where fleetd keeps what must survive its restarts (metadata set through the API).
     pub state_dir: PathBuf,
+    /// `runtime_dir`: where fleetd keeps what must survive a restart of fleetd but not of the machine
+    /// (its lease, the fence deadline the fence guard reads).
+    pub runtime_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -290,8 +298,9 @@ impl Default for Config {
             gossip_cert_file: None,
             gossip_key_file: None,
             gossip_insecure: false,
-            takeover_grace: Duration::from_millis(600),
+            fence_after: Duration::from_millis(500),
             state_dir: PathBuf::from("/var/lib/fleet"),
+            runtime_dir: PathBuf::from("/run/fleet"),
         }
     }
 }
@@ -548,9 +557,18 @@ impl RawConfig {
                 "gossip_cert_file" => c.gossip_cert_file = non_empty(v).map(PathBuf::from),
                 "gossip_key_file" => c.gossip_key_file = non_empty(v).map(PathBuf::from),
                 "gossip_insecure" => c.gossip_insecure = parse_bool(v).map_err(bad)?,
-                "takeover_grace" => c.takeover_grace = parse_duration(v).map_err(bad)?,
+                "fence_after" => {
+                    c.fence_after = parse_duration(v).map_err(bad)?;
+                    if c.fence_after < Duration::from_millis(100) {
+                        return Err(bad("must be at least 100ms".into()));
+                    }
+                }
                 "state_dir" => {
                     c.state_dir =
+                        PathBuf::from(non_empty(v).ok_or_else(|| bad("must not be empty".into()))?)
+                }
+                "runtime_dir" => {
+                    c.runtime_dir =
                         PathBuf::from(non_empty(v).ok_or_else(|| bad("must not be empty".into()))?)
                 }
                 // enable_grpc & co: obsolete, already warned about; unknown keys too.
@@ -724,8 +742,9 @@ impl Config {
         cmp!(gossip_cert_file);
         cmp!(gossip_key_file);
         cmp!(gossip_insecure);
-        cmp!(takeover_grace);
+        cmp!(fence_after);
         cmp!(state_dir);
+        cmp!(runtime_dir);
         out
     }
 
@@ -879,18 +898,21 @@ pub struct FleetdArgs {
     /// Development only: gossip without authentication or encryption secrecy
     #[arg(long, alias = "gossip_insecure", value_name = "BOOL")]
     pub gossip_insecure: Option<String>,
-    /// How long a machine gossip declared down keeps its claims (default 600ms)
-    #[arg(long, alias = "takeover_grace", value_name = "DURATION")]
-    pub takeover_grace: Option<String>,
+    /// How long units keep running once nothing vouches for this machine (default 500ms)
+    #[arg(long, alias = "fence_after", value_name = "DURATION")]
+    pub fence_after: Option<String>,
     /// Directory for state that survives restarts (default /var/lib/fleet)
     #[arg(long, alias = "state_dir", value_name = "PATH")]
     pub state_dir: Option<String>,
+    /// Directory for state that survives fleetd restarts, not reboots (default /run/fleet)
+    #[arg(long, alias = "runtime_dir", value_name = "PATH")]
+    pub runtime_dir: Option<String>,
 }
 
 impl FleetdArgs {
     /// The configuration keys given on the command line, as `(key, value)`.
     pub fn overrides(&self) -> Vec<(&'static str, &str)> {
-        let pairs: [(&'static str, &Option<String>); 39] = [
+        let pairs: [(&'static str, &Option<String>); 40] = [
             ("etcd_servers", &self.etcd_servers),
             ("etcd_key_prefix", &self.etcd_key_prefix),
             ("etcd_request_timeout", &self.etcd_request_timeout),
@@ -928,8 +950,9 @@ impl FleetdArgs {
             ("gossip_cert_file", &self.gossip_cert_file),
             ("gossip_key_file", &self.gossip_key_file),
             ("gossip_insecure", &self.gossip_insecure),
-            ("takeover_grace", &self.takeover_grace),
+            ("fence_after", &self.fence_after),
             ("state_dir", &self.state_dir),
+            ("runtime_dir", &self.runtime_dir),
         ];
         pairs
             .into_iter()

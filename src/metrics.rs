@@ -14,7 +14,7 @@
 //!   The part before the first failed probe is not visible to any single node and is not included;
 //! - failover (`fleet_failover_seconds`): from this node's down verdict on a machine (when the
 //!   agent's view first showed it gone) to this node's successful takeover claim of one of its
-//!   units (one sample per unit taken over); it includes `takeover_grace`;
+//!   units (one sample per unit taken over); it includes the wait for the proof that the holder stopped;
 //! - placements (`fleet_placements_total{kind}`) and lost claim transactions
 //!   (`fleet_claim_conflicts_total`);
 //! - etcd requests (`fleet_etcd_request_duration_seconds{op}`, `fleet_etcd_request_errors_total{op}`)
@@ -108,17 +108,20 @@ impl Histogram {
 pub enum EtcdOp {
     /// A registry transaction (unit writes from the API).
     RegistryTxn,
-    /// An agent claim transaction (claim, take over, re-bind, release).
+    /// An agent claim transaction (claim, take over, re-bind, release, acknowledge, announce).
     ClaimTxn,
+    /// A `LeaseTimeToLive` about another machine's lease (proving a holder stopped).
+    LeaseTtl,
 }
 
 impl EtcdOp {
-    const ALL: [EtcdOp; 2] = [EtcdOp::RegistryTxn, EtcdOp::ClaimTxn];
+    const ALL: [EtcdOp; 3] = [EtcdOp::RegistryTxn, EtcdOp::ClaimTxn, EtcdOp::LeaseTtl];
 
     fn label(self) -> &'static str {
         match self {
             EtcdOp::RegistryTxn => "registry_txn",
             EtcdOp::ClaimTxn => "claim_txn",
+            EtcdOp::LeaseTtl => "lease_ttl",
         }
     }
 }
@@ -155,9 +158,10 @@ pub struct Metrics {
     claims: AtomicU64,
     takeovers: AtomicU64,
     claim_conflicts: AtomicU64,
+    fencings: AtomicU64,
     detection: Histogram,
     failover: Histogram,
-    etcd: [Timed; 2],
+    etcd: [Timed; 3],
     systemd: [Timed; 2],
     /// When this node's samples first showed each machine down (cleared when it comes back).
     down_at: Mutex<HashMap<String, Instant>>,
@@ -201,6 +205,11 @@ impl Metrics {
     /// A claim transaction lost its compare (another agent was first, or the claim changed).
     pub fn claim_conflict(&self) {
         self.claim_conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// This machine passed its fence deadline and killed its claimed units.
+    pub fn fenced(&self) {
+        self.fencings.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Times `f` as an etcd request of kind `op`; an `Err` counts as an error.
@@ -306,6 +315,13 @@ impl Metrics {
             "fleet_claim_conflicts_total {}",
             get(&self.claim_conflicts)
         );
+        header(
+            o,
+            "fleet_fencings_total",
+            "counter",
+            "Times this machine passed its fence deadline and killed its claimed units (docs/safety.md).",
+        );
+        let _ = writeln!(o, "fleet_fencings_total {}", get(&self.fencings));
         header(
             o,
             "fleet_gossip_detection_seconds",

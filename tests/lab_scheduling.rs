@@ -97,7 +97,12 @@ fn hold(fl: &FleetLab, d: Duration, expected: &BTreeMap<&str, Vec<usize>>) {
     let t0 = Instant::now();
     while t0.elapsed() < d {
         for (u, want) in expected {
-            assert_eq!(&fl.running_on(u), want, "{u} moved or stopped");
+            let on = fl.running_on(u);
+            assert!(
+                &on == want,
+                "{u} moved or stopped: on {on:?}, expected {want:?}\n{}",
+                fl.journals_dump()
+            );
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -673,7 +678,12 @@ fn a_short_etcd_outage_on_one_machine_stops_nothing() {
     etcd_outage_stops_nothing(Duration::from_millis(1500));
 }
 
+/// The lease expires a TTL after its last renewal, so a machine must stop its claimed units shortly
+/// before (docs/safety.md, the slow bound: `agent_ttl·(1−ρ) − K` after its last confirmation). An outage
+/// stops nothing when it ends early enough for a keep-alive to get through before that: with the lab's
+/// 3 s TTL, 2.87 s after the last confirmation, which came at most `fence_after/3` (167 ms) before the
+/// cut; reconnecting takes up to a third of a second more.
 #[test]
-fn an_etcd_outage_just_under_the_agent_ttl_stops_nothing() {
-    etcd_outage_stops_nothing(Duration::from_millis(2500));
+fn an_etcd_outage_of_most_of_the_agent_ttl_stops_nothing() {
+    etcd_outage_stops_nothing(Duration::from_millis(2200));
 }

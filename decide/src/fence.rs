@@ -171,9 +171,21 @@ mod tests {
         }
     }
 
-    const MINORITY: Quorum = Quorum { size: 3, up: 1 };
-    const MAJORITY: Quorum = Quorum { size: 3, up: 2 };
-    const PAIR_CUT: Quorum = Quorum { size: 2, up: 1 };
+    const MINORITY: Quorum = Quorum {
+        size: 3,
+        up: 1,
+        alive: 1,
+    };
+    const MAJORITY: Quorum = Quorum {
+        size: 3,
+        up: 2,
+        alive: 2,
+    };
+    const PAIR_CUT: Quorum = Quorum {
+        size: 2,
+        up: 1,
+        alive: 1,
+    };
 
     #[test]
     fn a_confirmed_lease_vouches_for_fence_after() {

@@ -1,20 +1,21 @@
 //! Quorums over a membership that a partition cannot shrink and a dead or new member cannot inflate.
 //!
 //! The membership `S` is every machine with an announcement in etcd (a live lease), plus machines whose
-//! announcement vanished less than a TTL ago. A machine counts as *up* for this node only when gossip
-//! shows it alive (not suspected, not down) **and** this node has known it for at least a TTL.
+//! announcement vanished less than a TTL ago. A machine is *alive* for this node when gossip shows it
+//! alive (not suspected, not down); this node itself always is. It is *up* when alive **and** known to
+//! this node for at least a TTL.
 //!
 //! - A node may take a unit over from a holder it sees down only with a quorum: at least
 //!   `floor(|S|/2) + 1` members up ([`Quorum::holds`]).
-//! - A node whose lease is unconfirmed keeps its units only while the members it does not see up could
-//!   not form such a quorum ([`Quorum::others_could_take_over`]).
+//! - A node whose lease is unconfirmed keeps its units only while the members it does not see alive
+//!   could not form such a quorum ([`Quorum::others_could_take_over`]).
 //!
 //! With the same `S` on both sides and views that are not stale, both cannot be true at once: the
-//! taker's up members are among the holder's not-up members. Why the two sides agree on `S`:
-//! - a machine that joined counts as up only after a TTL, and a holder that has been cut off from etcd
-//!   for a TTL has stopped its units anyway (its lease expired), so a member the holder could not know
-//!   never tips a quorum against it; members not yet up still count in `|S|`, which only makes a
-//!   quorum harder;
+//! taker's up members are among the holder's not-alive members. Why the two sides agree on `S`:
+//! - a machine that joined counts as up for a taker only after a TTL, and a holder that has been cut
+//!   off from etcd for a TTL has stopped its units anyway (its lease expired), so a member the holder
+//!   could not know never tips a quorum against it; members not yet up still count in `|S|`, which
+//!   only makes a quorum harder;
 //! - a machine that left keeps counting in `|S|` (as not up) for a TTL, so a side whose members' leases
 //!   expire cannot shrink `S` under a holder that still runs its units.
 
@@ -37,13 +38,15 @@ pub struct Member {
     pub alive: bool,
 }
 
-/// A quorum count: how many members there are, how many are up, how many a quorum needs.
+/// A quorum count: how many members there are, how many are alive and up here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quorum {
     /// `|S|`: current members and those that left less than a TTL ago.
     pub size: usize,
-    /// Members up: alive in gossip and known for at least a TTL.
+    /// Members up: alive in gossip and known for at least a TTL (what a taker counts).
     pub up: usize,
+    /// Members alive in gossip, however new (what a holder counts on its side).
+    pub alive: usize,
 }
 
 impl Quorum {
@@ -53,15 +56,22 @@ impl Quorum {
         ttl: Duration,
         now: Time,
     ) -> Quorum {
-        let mut q = Quorum { size: 0, up: 0 };
+        let mut q = Quorum {
+            size: 0,
+            up: 0,
+            alive: 0,
+        };
         for m in members {
             match m.departed_at {
                 Some(d) if now.since(d) >= ttl => continue,
                 Some(_) => q.size += 1,
                 None => {
                     q.size += 1;
-                    if m.alive && now.since(m.known_since) >= ttl {
-                        q.up += 1;
+                    if m.alive {
+                        q.alive += 1;
+                        if now.since(m.known_since) >= ttl {
+                            q.up += 1;
+                        }
                     }
                 }
             }
@@ -79,10 +89,10 @@ impl Quorum {
         self.size > 0 && self.up >= self.needed()
     }
 
-    /// The members this node does not see up could form a quorum without it (so, once its lease is
+    /// The members this node does not see alive could form a quorum without it (so, once its lease is
     /// unconfirmed, it must stop its units before they could be taken over).
     pub fn others_could_take_over(&self) -> bool {
-        self.size - self.up >= self.needed()
+        self.size - self.alive >= self.needed()
     }
 }
 
@@ -109,7 +119,14 @@ mod tests {
     fn two_machines_cut_apart_neither_holds_and_neither_must_fence() {
         let a = [member("a", 0, true), member("b", 0, false)];
         let q = Quorum::count(&a, TTL, at(100));
-        assert_eq!(q, Quorum { size: 2, up: 1 });
+        assert_eq!(
+            q,
+            Quorum {
+                size: 2,
+                up: 1,
+                alive: 1
+            }
+        );
         assert!(!q.holds());
         assert!(!q.others_could_take_over());
     }
@@ -153,9 +170,24 @@ mod tests {
             member("n", 95, true),
         ];
         let q = Quorum::count(&m, TTL, at(100));
-        assert_eq!(q, Quorum { size: 3, up: 2 });
+        assert_eq!(
+            q,
+            Quorum {
+                size: 3,
+                up: 2,
+                alive: 3
+            }
+        );
+        assert!(!q.others_could_take_over());
         let q = Quorum::count(&m, TTL, at(105));
-        assert_eq!(q, Quorum { size: 3, up: 3 });
+        assert_eq!(
+            q,
+            Quorum {
+                size: 3,
+                up: 3,
+                alive: 3
+            }
+        );
     }
 
     #[test]
@@ -164,9 +196,23 @@ mod tests {
         gone.departed_at = Some(at(95));
         let m = [member("a", 0, true), member("b", 0, false), gone];
         let q = Quorum::count(&m, TTL, at(100));
-        assert_eq!(q, Quorum { size: 3, up: 1 });
+        assert_eq!(
+            q,
+            Quorum {
+                size: 3,
+                up: 1,
+                alive: 1
+            }
+        );
         let q = Quorum::count(&m, TTL, at(105));
-        assert_eq!(q, Quorum { size: 2, up: 1 });
+        assert_eq!(
+            q,
+            Quorum {
+                size: 2,
+                up: 1,
+                alive: 1
+            }
+        );
     }
 
     #[test]

@@ -38,8 +38,16 @@ fn lease_guard(conf: u64, q: &Quorum, now: u64) -> Guard {
     guard(&timing(), &l, 1, Some(q), ms(now))
 }
 
-const QUORUM: Quorum = Quorum { size: 3, up: 2 };
-const NO_QUORUM: Quorum = Quorum { size: 3, up: 1 };
+const QUORUM: Quorum = Quorum {
+    size: 3,
+    up: 2,
+    alive: 2,
+};
+const NO_QUORUM: Quorum = Quorum {
+    size: 3,
+    up: 1,
+    alive: 1,
+};
 
 struct World {
     t: Timing,

@@ -1,42 +1,48 @@
 //! The agent: the event loop that makes this machine's systemd run what the cluster asks of it.
 //!
-//! Reconcile, as fleet did it: gather desired (the units placed on this machine), gather current (the
-//! files in the units directory and systemd's states), compute ordered tasks ([`fleet_sched::reconcile`]),
-//! act. It runs when the registry changes (the etcd watch), when systemd reports a change of one of our
-//! units (D-Bus signals, no polling), and on a periodic safety pass (`engine_reconcile_interval`).
+//! Every decision comes from the decision core ([`fleet_decide`]); this module only gathers its inputs
+//! and carries its verdicts out (docs/safety.md is the argument, ARCHITECTURE.md the map):
+//! 1. gather: the registry mirror (units, claims, announcements), the gossip view (liveness, metadata),
+//!    the lease's confirmations, what etcd said about other machines' leases, systemd's unit states;
+//! 2. decide: the quorum count, the fence deadline ([`fleet_decide::guard`], written for the fence
+//!    guard at once), the placement plan ([`fleet_sched::placement::schedule`]) and a verdict per unit
+//!    ([`fleet_decide::decide`]);
+//! 3. act: the claim writes (each one etcd transaction, `crate::registry`), `LeaseTimeToLive` polls,
+//!    and the reconcile tasks ([`fleet_sched::reconcile`]) that make systemd run exactly the units the
+//!    verdicts say.
 //!
-//! Placement ([`fleet_sched::placement::schedule`]) runs in every agent over the same inputs; an agent
-//! claims, with an etcd transaction bound to its lease, the units the plan puts on itself, and runs only
-//! units whose claim it holds (or global units the plan puts on it).
+//! A pass runs when the registry changes (the etcd watch), when systemd reports a change of one of our
+//! units (D-Bus signals, no polling), when the gossip view changes, when a verdict asked to look again at
+//! a given time, and on a periodic safety pass (`engine_reconcile_interval`). The fence deadline is also
+//! refreshed on every lease confirmation and every `fence_after / 3`.
 //!
-//! Safety:
-//! - A unit runs here only while we hold its claim; claims are bound to our lease. When etcd has not
-//!   confirmed the lease for a whole TTL (it may have expired, and another machine may take the units over),
-//!   the agent stops its claimed units: fencing. A shorter etcd outage changes nothing: healthy units keep
-//!   running, and nothing is scheduled until the registry is back.
-//! - When the registry is unavailable the agent does not reconcile at all (no decision from stale data).
-//! - SIGTERM: stop and unload this machine's units, release its claims, revoke its lease, leave.
+//! SIGTERM: stop and unload this machine's units, release its claims (revoke its lease), leave; or, when
+//! systemd restarts fleetd, mark the machine as restarting and leave everything running.
 
-pub mod claims;
-pub mod lease;
+pub mod guard;
+pub mod membership;
 pub mod relay;
 pub mod view;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_sched::placement::{self, Decision, MachineInfo, UnitInfo};
+use fleet_decide::{
+    Case, Ctx, Guard, LeasePoll, Peer, Placement, Quorum, Time, Timing, Verdict, Why, Write,
+};
+use fleet_sched::placement::{self, Decision, UnitInfo};
 use fleet_sched::reconcile::{reconcile, ActiveState, CurrentUnit, TargetUnit, Task};
 use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, UnitName};
 use fleet_systemd::{Bus, Event, Systemd, UnitState};
-use tokio::time::Instant;
 
-use crate::registry::{MachineRecord, Registry, Snapshot};
-use lease::LeaseKeeper;
+use crate::clock;
+use crate::registry::lease::{LeaseKeeper, LeaseStatus};
+use crate::registry::{Announced, ClaimWrite, MachineRecord, Registry, Snapshot};
+use membership::Membership;
 pub use view::{spawn_view_refresh, AgentCluster, LocalReport};
 
 /// How the agent is set up (from fleetd's configuration).
@@ -56,6 +62,27 @@ pub struct AgentOptions {
     pub agent_ttl: Duration,
     /// Period of the safety pass (`engine_reconcile_interval`).
     pub reconcile_interval: Duration,
+    /// `fence_after` (docs/safety.md).
+    pub fence_after: Duration,
+    /// The gossip layer's minimum detection time.
+    pub min_detection: Duration,
+    /// Where the lease, the membership and the fence deadline are kept (`runtime_dir`).
+    pub runtime_dir: PathBuf,
+    /// How long `systemctl restart fleet` may take before the guard fences (the machine is marked
+    /// restarting meanwhile, so nobody takes its units).
+    pub restart_allowance: Duration,
+}
+
+impl AgentOptions {
+    /// The decision core's timings.
+    pub fn timing(&self) -> Timing {
+        Timing::new(self.fence_after, self.agent_ttl, self.min_detection)
+    }
+
+    /// The fence guard's deadline file.
+    pub fn fence_file(&self) -> PathBuf {
+        self.runtime_dir.join(guard::FENCE_FILE)
+    }
 }
 
 /// Handle to a running agent.
@@ -65,8 +92,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent. `report` receives this machine's unit states after every change (the API and,
-    /// later, gossip read it).
+    /// Starts the agent.
     pub fn start(opts: AgentOptions, registry: Registry, cluster: Arc<AgentCluster>) -> Agent {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
@@ -108,12 +134,21 @@ impl Agent {
     }
 }
 
+/// Polls kept per lease.
+const POLLS_KEPT: usize = 8;
+
 struct State {
     opts: AgentOptions,
+    timing: Timing,
     registry: Registry,
     systemd: Systemd,
     lease: LeaseKeeper,
     cluster: Arc<AgentCluster>,
+    membership: Arc<std::sync::Mutex<Membership>>,
+    /// Keeps the fence deadline written for the guard, apart from the (sometimes slow) passes.
+    writer: tokio::task::JoinHandle<()>,
+    /// When this fleetd started (observations before a supersede we cannot date count from here).
+    started_at: Time,
     /// Units whose current content we started (so an exited oneshot is not started again).
     started: BTreeMap<UnitName, UnitHash>,
     /// systemd's view of the units in our units directory.
@@ -122,10 +157,21 @@ struct State {
     loaded: BTreeMap<UnitName, UnitHash>,
     /// The lease generation our machine key was written under.
     announced: Option<(i64, u64)>,
+    /// Whether we fenced (killed our claimed units) and have not been vouched for since.
     fenced: bool,
+    /// What etcd said about other machines' leases, most recent last.
+    polls: BTreeMap<i64, VecDeque<LeasePoll>>,
+    /// Leases the last pass wanted to know about.
+    poll_wanted: BTreeSet<i64>,
+    /// When we superseded each claim we took over (our clock).
+    superseded_at: BTreeMap<UnitName, Time>,
+    /// When a verdict wants another look.
+    wake_at: Option<Time>,
     /// What we last told gossip about our units (to send only changes).
     gossiped_units: Option<BTreeMap<String, fleet_gossip::UnitState>>,
     unit_count: usize,
+    /// Why units placed here do not run (logged on change).
+    waiting: BTreeMap<UnitName, Why>,
 }
 
 async fn connect_systemd(opts: &AgentOptions) -> anyhow::Result<Systemd> {
@@ -144,12 +190,31 @@ async fn connect_systemd(opts: &AgentOptions) -> anyhow::Result<Systemd> {
         .context("connecting to systemd over D-Bus")
 }
 
+/// The command line of the fence guard (this very binary).
+fn guard_command(opts: &AgentOptions) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("finding fleetd's own executable")?;
+    let exe = exe.to_str().context("fleetd's path is not UTF-8")?;
+    let mut cmd = format!(
+        "{exe} guard --fence-file {} --units-directory {}",
+        opts.fence_file().display(),
+        opts.units_directory.display()
+    );
+    if opts.systemd_user {
+        cmd.push_str(" --user");
+    }
+    Ok(cmd)
+}
+
 async fn run(
     opts: AgentOptions,
     registry: Registry,
     cluster: Arc<AgentCluster>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<bool> {
+    let timing = opts.timing();
+    if let Err(e) = timing.check() {
+        anyhow::bail!("fence_after and agent_ttl: {e}");
+    }
     // Without systemd there is nothing to drive: keep trying (fleetd's API serves meanwhile).
     let mut delay = Duration::from_millis(200);
     let systemd = loop {
@@ -165,6 +230,34 @@ async fn run(
             }
         }
     };
+    let lease = LeaseKeeper::start(
+        registry.clone(),
+        opts.agent_ttl,
+        timing.keepalive_period(),
+        Some(opts.runtime_dir.join("lease.json")),
+    );
+    // The guard first: whatever the previous fleetd's lease allows, and nothing more.
+    let first = fleet_decide::guard(
+        &timing,
+        &lease.status().lease,
+        registry.status().revision,
+        None,
+        clock::now(),
+    );
+    guard::write_deadline(&opts.fence_file(), first.deadline)
+        .context("writing the fence deadline")?;
+    if !opts.systemd_user {
+        match guard_command(&opts) {
+            Ok(cmd) => {
+                if let Err(e) = systemd.install_guard(&cmd).await {
+                    tracing::error!("installing the fence guard: {e}");
+                } else if let Err(e) = systemd.start_unit(fleet_systemd::GUARD_UNIT).await {
+                    tracing::error!("starting the fence guard: {e}");
+                }
+            }
+            Err(e) => tracing::error!("cannot run the fence guard: {e:#}"),
+        }
+    }
     // Only our units' events: a unit is ours while its file is in our units directory.
     let units_dir = systemd.local_unit_file_path("");
     let ours = move |name: &str| units_dir.join(name).exists();
@@ -172,8 +265,19 @@ async fn run(
         .subscribe_filtered(ours.clone())
         .await
         .context("subscribing to systemd")?;
-    let reg = registry.clone();
-    let lease = LeaseKeeper::start(opts.agent_ttl, move || reg.etcd_client().ok());
+    let membership = Arc::new(std::sync::Mutex::new(Membership::load(Some(
+        opts.runtime_dir.join("members.json"),
+    ))));
+    let (guard_tx, mut guard_rx) = tokio::sync::watch::channel((false, false));
+    let writer = tokio::spawn(write_guard_loop(GuardInputs {
+        timing: timing.clone(),
+        lease: lease.subscribe(),
+        registry: registry.clone(),
+        cluster: cluster.clone(),
+        membership: membership.clone(),
+        file: opts.fence_file(),
+        changes: guard_tx,
+    }));
     let mut lease_rx = lease.subscribe();
     let mut reg_rx = registry.subscribe();
     let mut local_rx = cluster.subscribe_local_changes();
@@ -181,30 +285,47 @@ async fn run(
     let mut tick = tokio::time::interval(opts.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut st = State {
+        membership,
+        writer,
+        timing,
         opts,
         registry,
         systemd,
         lease,
         cluster,
+        started_at: clock::now(),
         started: BTreeMap::new(),
         states: BTreeMap::new(),
         loaded: BTreeMap::new(),
         announced: None,
         fenced: false,
+        polls: BTreeMap::new(),
+        poll_wanted: BTreeSet::new(),
+        superseded_at: BTreeMap::new(),
+        wake_at: None,
         gossiped_units: None,
         unit_count: usize::MAX,
+        waiting: BTreeMap::new(),
     };
     st.read_current().await;
+    let mut generation = st.lease.status().generation;
     loop {
         let mut full = false;
+        let wake = st.wake_at;
         tokio::select! {
             _ = &mut stop => break,
             _ = tick.tick() => { full = true; }
+            r = guard_rx.changed() => { if r.is_err() { break; } }
             r = reg_rx.changed() => { if r.is_err() { break; } }
-            r = lease_rx.changed() => { if r.is_err() { break; } }
+            r = lease_rx.changed() => {
+                if r.is_err() { break; }
+                let g = st.lease.status().generation;
+                if g == generation { continue; }
+                generation = g;
+            }
             r = local_rx.changed() => { if r.is_err() { break; } st.announced = None; }
             r = members_rx.changed() => { if r.is_err() { break; } }
-            _ = grace_timer(&st.cluster) => {}
+            _ = sleep_until(wake) => { st.wake_at = None; }
             ev = events.next() => match ev {
                 Some(Event::UnitChanged { name, state }) => {
                     if !st.note_state(&name, state) { continue; }
@@ -236,15 +357,95 @@ async fn run(
     Ok(st.shutdown().await)
 }
 
-/// Fires when the takeover grace of a recently downed machine ends (never, if none).
-async fn grace_timer(cluster: &AgentCluster) {
-    match cluster.next_grace_deadline() {
-        Some(t) => tokio::time::sleep_until(Instant::from_std(t)).await,
+fn lock(m: &std::sync::Mutex<Membership>) -> std::sync::MutexGuard<'_, Membership> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn quorum_of(
+    membership: &std::sync::Mutex<Membership>,
+    cluster: &AgentCluster,
+    timing: &Timing,
+    now: Time,
+) -> Option<Quorum> {
+    cluster.has_view().then(|| {
+        let members = lock(membership).members(cluster);
+        Quorum::count(&members, timing.ttl, now)
+    })
+}
+
+/// What the fence deadline is computed from.
+struct GuardInputs {
+    timing: Timing,
+    lease: tokio::sync::watch::Receiver<LeaseStatus>,
+    registry: Registry,
+    cluster: Arc<AgentCluster>,
+    membership: Arc<std::sync::Mutex<Membership>>,
+    file: PathBuf,
+    /// `(fenced, may start)`: the agent runs a pass when either changes.
+    changes: tokio::sync::watch::Sender<(bool, bool)>,
+}
+
+/// Writes the fence deadline for the guard on every lease confirmation and every `fence_after / 3`,
+/// whatever the agent's pass is busy with (a pass that waits for systemd must not let the deadline
+/// lapse).
+async fn write_guard_loop(mut g: GuardInputs) {
+    let mut tick = tokio::time::interval(g.timing.keepalive_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written: Option<Option<Time>> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = g.lease.changed() => { if r.is_err() { return; } }
+        }
+        let now = clock::now();
+        let q = quorum_of(&g.membership, &g.cluster, &g.timing, now);
+        let lease = g.lease.borrow().lease.clone();
+        let guard = fleet_decide::guard(
+            &g.timing,
+            &lease,
+            g.registry.status().revision,
+            q.as_ref(),
+            now,
+        );
+        if written != Some(guard.deadline) {
+            match guard::write_deadline(&g.file, guard.deadline) {
+                Ok(()) => written = Some(guard.deadline),
+                Err(e) => tracing::error!("writing the fence deadline: {e}"),
+            }
+        }
+        let state = (guard.fenced(now), guard.may_start(now));
+        g.changes.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+}
+
+async fn sleep_until(t: Option<Time>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(clock::instant_at(t)).await,
         None => std::future::pending().await,
     }
 }
 
 impl State {
+    /// The quorum count over the membership, with this node's gossip view (`None` without one).
+    fn quorum(&self, now: Time) -> Option<Quorum> {
+        quorum_of(&self.membership, &self.cluster, &self.timing, now)
+    }
+
+    fn compute_guard(&self, now: Time) -> Guard {
+        let q = self.quorum(now);
+        fleet_decide::guard(
+            &self.timing,
+            &self.lease.status().lease,
+            self.registry.status().revision,
+            q.as_ref(),
+            now,
+        )
+    }
+
     /// Re-reads the units directory and systemd's states of those units.
     async fn read_current(&mut self) {
         let dir = self.systemd.local_unit_file_path("");
@@ -369,60 +570,79 @@ impl State {
         });
     }
 
-    /// One reconcile pass: announce, place, claim, reconcile, fence.
+    /// One pass: gather, decide, act.
     async fn pass(&mut self) {
-        let lease = self.lease.status();
-        if self.must_fence(&lease, Instant::now()) {
+        self.run_polls().await;
+        let now = clock::now();
+        let snap = self.registry.snapshot().ok();
+        if let Some(s) = &snap {
+            lock(&self.membership).update(&s.machines, self.timing.ttl, now);
+        }
+        let g = self.compute_guard(now);
+        if g.fenced(now) {
             self.fence().await;
             return;
         }
-        self.fenced = false;
-        let snap = match self.registry.snapshot() {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::debug!("registry unavailable, no reconcile: {e}");
-                return;
-            }
+        if self.fenced {
+            tracing::info!(vouch = ?g.vouch, "no longer fenced");
+            self.fenced = false;
+        }
+        // Without a current registry, nothing is decided: what runs keeps running until the deadline.
+        let Some(snap) = snap else {
+            return;
         };
-        if lease.id == 0 {
+        let lease = self.lease.status();
+        if lease.lease.id == 0 {
             return;
         }
-        self.announce(&lease).await;
-        if let Some(g) = self.cluster.gossip() {
+        if !self.announce(&lease).await {
+            // Another agent holds our machine ID: claim nothing, run nothing claimed.
+            self.apply(BTreeMap::new(), &snap).await;
+            return;
+        }
+        if let Some(gh) = self.cluster.gossip() {
             let unknown = self.cluster.unknown_announced();
             if !unknown.is_empty() {
                 tracing::debug!(?unknown, "joining machines announced in etcd");
-                let _ = g.join(unknown);
+                let _ = gh.join(unknown);
             }
         }
-        let machines = self.cluster.live_machines();
-        let target = self.place_and_claim(&snap, &machines, lease.id).await;
+        let quorum = self.quorum(now);
+        let target = self
+            .decide_all(&snap, &g, quorum.as_ref(), &lease, now)
+            .await;
         self.apply(target, &snap).await;
     }
 
-    /// Fencing rule (see docs/safety.md): stop our claimed units when we are on the minority side of the
-    /// gossip membership and etcd has not confirmed our lease for `min(TTL, 2 s)`: the majority will
-    /// take our units over after its down verdict plus the takeover grace. On the majority side, an
-    /// unconfirmed (even expired) lease stops nothing: peers see us alive and keep our units here.
-    fn must_fence(&self, lease: &lease::LeaseStatus, now: Instant) -> bool {
-        if lease.id == 0 || self.cluster.in_majority() {
-            return false;
-        }
-        let limit = lease.ttl.min(Duration::from_secs(2));
-        match lease.confirmed_at {
-            Some(t) => now.duration_since(t) >= limit,
-            None => true,
+    /// Asks etcd about the leases the last pass wanted to know about.
+    async fn run_polls(&mut self) {
+        let wanted = std::mem::take(&mut self.poll_wanted);
+        for lease in wanted {
+            let sent = clock::now();
+            match self.registry.lease_time_to_live(lease).await {
+                Ok(answer) => {
+                    let q = self.polls.entry(lease).or_default();
+                    q.push_back(LeasePoll {
+                        sent,
+                        received: clock::now(),
+                        answer,
+                    });
+                    while q.len() > POLLS_KEPT {
+                        q.pop_front();
+                    }
+                }
+                Err(e) => tracing::debug!(lease = format!("{lease:x}"), "LeaseTimeToLive: {e}"),
+            }
         }
     }
 
-    async fn announce(&mut self, lease: &lease::LeaseStatus) {
-        let key = (lease.id, lease.generation);
+    /// Writes our announcement (once per lease generation, or after a metadata change); `false` while
+    /// another live agent holds our machine ID.
+    async fn announce(&mut self, lease: &LeaseStatus) -> bool {
+        let key = (lease.lease.id, lease.generation);
         if self.announced == Some(key) {
-            return;
+            return true;
         }
-        let Ok(mut c) = self.registry.etcd_client() else {
-            return;
-        };
         let local = self.cluster.local_machine();
         let rec = MachineRecord {
             id: self.opts.machine.clone(),
@@ -432,23 +652,52 @@ impl State {
             gossip_addr: self.cluster.gossip().map(|g| g.identity().addr),
         };
         self.publish_metadata();
-        match claims::announce(&mut c, &self.registry.keys(), &rec, lease.id).await {
-            Ok(()) => self.announced = Some(key),
-            Err(e) => tracing::warn!("announcing this machine: {e}"),
+        match self.registry.announce(&rec, lease.lease.id).await {
+            Ok(Announced::Ok) => {
+                if self.cluster.identity_holder().is_some() {
+                    tracing::info!(machine = %self.opts.machine, "machine ID free again: joining");
+                    self.cluster.set_identity_conflict(None);
+                }
+                self.announced = Some(key);
+                if let Err(e) = self.registry.clear_restarting(&self.opts.machine).await {
+                    tracing::debug!("clearing the restarting mark: {e}");
+                }
+                true
+            }
+            Ok(Announced::InUse { by }) => {
+                if self.cluster.identity_holder().as_deref() != Some(by.as_str()) {
+                    tracing::error!(
+                        machine = %self.opts.machine,
+                        "machine ID {} is already in use by {by}: this fleetd claims nothing until \
+                         the ID is changed (and fleetd restarted) or the other agent is gone",
+                        self.opts.machine
+                    );
+                    self.cluster.set_identity_conflict(Some(by));
+                }
+                false
+            }
+            Err(e) => {
+                tracing::warn!("announcing this machine: {e}");
+                self.cluster.identity_holder().is_none()
+            }
         }
     }
 
-    /// Runs placement, claims what it puts here, and returns what this machine should run.
-    async fn place_and_claim(
+    /// Runs placement and the decision core for every unit that concerns this machine, carries out the
+    /// claim writes, and returns what this machine should run.
+    async fn decide_all(
         &mut self,
         snap: &Snapshot,
-        machines: &[MachineInfo],
-        lease: i64,
+        g: &Guard,
+        quorum: Option<&Quorum>,
+        lease: &LeaseStatus,
+        now: Time,
     ) -> BTreeMap<UnitName, TargetUnit> {
         let me = self.opts.machine.clone();
+        let machines = self.cluster.live_machines();
         let live: BTreeSet<&MachineId> = machines.iter().map(|m| &m.id).collect();
         let mut infos = Vec::new();
-        let mut hashes = BTreeMap::new();
+        let mut wanted: BTreeMap<UnitName, TargetUnit> = BTreeMap::new();
         for u in &snap.units {
             if u.name.is_template() || u.desired_state == DesiredState::Inactive {
                 continue;
@@ -473,126 +722,218 @@ impl State {
                     }
                 }
             }
-            hashes.insert(u.name.clone(), (u.hash, u.desired_state));
+            wanted.insert(
+                u.name.clone(),
+                TargetUnit {
+                    hash: u.hash,
+                    state: u.desired_state,
+                },
+            );
             infos.push(info);
         }
-        let plan = placement::schedule(machines, &infos);
+        let plan = placement::schedule(&machines, &infos);
         self.cluster.set_plan(&plan);
 
+        // Every unit that concerns us: placed here, claimed by us (or taken from us), loaded here.
+        let mut names: BTreeSet<UnitName> = plan
+            .decisions
+            .iter()
+            .filter(|(_, d)| d.machines().contains(&me))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for (n, c) in &snap.claims {
+            if c.machine_id == me || c.handoff.as_ref().is_some_and(|(m, _)| *m == me) {
+                names.insert(n.clone());
+            }
+        }
+        names.extend(self.loaded.keys().cloned());
+
+        let ctx_lease = lease.lease.id;
         let mut target = BTreeMap::new();
-        let Ok(mut client) = self.registry.etcd_client() else {
-            return self.keep_current_claims(snap, &hashes);
-        };
-        let keys = self.registry.keys();
-        let majority = self.cluster.in_majority();
-        for (name, decision) in &plan.decisions {
-            let Some((hash, desired)) = hashes.get(name) else {
-                continue;
+        let mut wake: Option<Time> = None;
+        let mut waiting = BTreeMap::new();
+        for name in names {
+            let placement = match (plan.decision(&name), wanted.get(&name)) {
+                (Some(Decision::On(m)), Some(_)) if *m == me => Placement::Here,
+                (Some(Decision::Global(ms)), Some(_)) if ms.contains(&me) => Placement::GlobalHere,
+                _ => Placement::NotHere,
             };
-            let want = TargetUnit {
-                hash: *hash,
-                state: *desired,
-            };
-            match decision {
-                Decision::Global(ms) if ms.contains(&me) => {
-                    target.insert(name.clone(), want);
+            let claim = snap.claims.get(&name).map(|c| fleet_decide::Claim {
+                machine: c.machine_id.clone(),
+                lease: c.lease,
+                mod_revision: c.mod_revision,
+                handoff: c.handoff.as_ref().map(|(m, l)| fleet_decide::Handoff {
+                    machine: m.clone(),
+                    lease: *l,
+                }),
+            });
+            // The machine whose stop we may need to prove: the holder, or the previous holder.
+            let other = claim.as_ref().and_then(|c| {
+                if c.machine != me {
+                    Some((c.machine.clone(), c.lease))
+                } else {
+                    c.handoff.as_ref().map(|h| (h.machine.clone(), h.lease))
                 }
-                Decision::On(m) if *m == me => match snap.claims.get(name) {
-                    Some(c) if c.machine_id == me => {
-                        if c.lease != lease {
-                            match claims::supersede(&mut client, &keys, name, c, &me, lease).await {
-                                Ok(true) => {
-                                    target.insert(name.clone(), want);
-                                }
-                                Ok(false) => {}
-                                Err(e) => {
-                                    tracing::warn!(unit = %name, "re-binding claim: {e}");
-                                    // etcd did not answer (or our lease just expired): a unit that already
-                                    // runs here keeps running; the next pass claims it again.
-                                    if self.loaded.contains_key(name) {
-                                        target.insert(name.clone(), want.clone());
-                                    }
-                                }
-                            }
-                        } else {
-                            target.insert(name.clone(), want);
-                        }
-                    }
-                    Some(c) if live.contains(&c.machine_id) => {
-                        // Moved away from a live machine (a requirement changed): it stops the unit and
-                        // releases the claim itself; we claim it once it is free.
-                        tracing::debug!(unit = %name, holder = %c.machine_id, "waiting for the holder to release");
-                    }
-                    Some(_) if !majority => {
-                        tracing::debug!(unit = %name, "not taking over: this machine is in a gossip minority");
-                    }
-                    Some(c) => {
-                        // Held by a machine that is no longer live (placement ignored it).
-                        match claims::supersede(&mut client, &keys, name, c, &me, lease).await {
-                            Ok(true) => {
-                                tracing::info!(unit = %name, from = %c.machine_id, "took over unit from a machine that is gone");
-                                let verdict = self.cluster.down_since(&c.machine_id);
-                                crate::metrics::global().took_over(c.machine_id.as_str(), verdict);
-                                target.insert(name.clone(), want);
-                            }
-                            Ok(false) => {}
-                            Err(e) => {
-                                tracing::warn!(unit = %name, "taking over claim: {e}");
-                                // etcd did not answer (or our lease just expired): a unit that already
-                                // runs here keeps running; the next pass claims it again.
-                                if self.loaded.contains_key(name) {
-                                    target.insert(name.clone(), want.clone());
-                                }
-                            }
-                        }
-                    }
-                    None => match claims::claim(&mut client, &keys, name, &me, lease).await {
-                        Ok(true) => {
-                            tracing::info!(unit = %name, "claimed");
-                            crate::metrics::global().placed();
-                            target.insert(name.clone(), want);
-                        }
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(unit = %name, "claiming: {e}");
-                            // etcd did not answer (or our lease just expired): a unit that already
-                            // runs here keeps running; the next pass claims it again.
-                            if self.loaded.contains_key(name) {
-                                target.insert(name.clone(), want.clone());
-                            }
-                        }
-                    },
+            });
+            let no_polls = VecDeque::new();
+            let (alive, suspect, down_since, restarting, polls) = match &other {
+                Some((m, l)) => {
+                    let (alive, suspect, down) = self.cluster.peer(m);
+                    let polls = self.polls.get(l).unwrap_or(&no_polls);
+                    (alive, suspect, down, snap.restarting.contains(m), polls)
+                }
+                None => (false, false, None, false, &no_polls),
+            };
+            let polls: Vec<LeasePoll> = polls.iter().copied().collect();
+            let running = self.is_running(&name);
+            let case = Case {
+                placement,
+                claim: claim.as_ref(),
+                loaded: self.loaded.contains_key(&name),
+                running,
+                peer: Peer {
+                    alive,
+                    suspect,
+                    down_since,
+                    restarting,
+                    polls: &polls,
                 },
-                _ => {
-                    // Placed elsewhere (or nowhere). If we still hold its claim, release it once the unit
-                    // is stopped here (done after apply, see release_stale_claims).
+                superseded_at: self
+                    .superseded_at
+                    .get(&name)
+                    .copied()
+                    .unwrap_or(self.started_at),
+            };
+            let ctx = Ctx {
+                timing: &self.timing,
+                me: &me,
+                lease: ctx_lease,
+                guard: g,
+                quorum,
+                now,
+            };
+            let v = fleet_decide::decide(&ctx, &case);
+            let run = self
+                .carry_out(&name, &v, claim.as_ref(), lease.lease.id)
+                .await;
+            if let Some(l) = v.poll {
+                self.poll_wanted.insert(l);
+            }
+            if let Some(t) = v.wake_at {
+                wake = Some(wake.map_or(t, |w: Time| w.min(t)));
+            }
+            if placement != Placement::NotHere && !run {
+                waiting.insert(name.clone(), v.why);
+            }
+            if run {
+                if let Some(t) = wanted.get(&name) {
+                    target.insert(name, t.clone());
                 }
             }
         }
+        for (n, why) in &waiting {
+            if self.waiting.get(n) != Some(why) {
+                tracing::info!(unit = %n, reason = ?why, "placed here, not running yet");
+            }
+        }
+        self.waiting = waiting;
+        if !self.poll_wanted.is_empty() {
+            let next = now + self.timing.lease_poll_period();
+            wake = Some(wake.map_or(next, |w| w.min(next)));
+        }
+        self.wake_at = wake;
         target
     }
 
-    /// When etcd is briefly unreachable mid-pass: keep exactly the units we hold claims for.
-    fn keep_current_claims(
-        &self,
-        snap: &Snapshot,
-        hashes: &BTreeMap<UnitName, (UnitHash, DesiredState)>,
-    ) -> BTreeMap<UnitName, TargetUnit> {
-        snap.claims
-            .iter()
-            .filter(|(_, c)| c.machine_id == self.opts.machine)
-            .filter_map(|(n, _)| {
-                hashes.get(n).map(|(h, s)| {
-                    (
-                        n.clone(),
-                        TargetUnit {
-                            hash: *h,
-                            state: *s,
-                        },
-                    )
-                })
-            })
-            .collect()
+    fn is_running(&self, name: &UnitName) -> bool {
+        let up = self.states.get(name).is_some_and(|s| {
+            matches!(
+                s.active_state,
+                fleet_systemd::ActiveState::Active
+                    | fleet_systemd::ActiveState::Activating
+                    | fleet_systemd::ActiveState::Reloading
+            )
+        });
+        up || self.started.contains_key(name)
+    }
+
+    /// Carries out a verdict's claim write; returns whether the unit runs here.
+    async fn carry_out(
+        &mut self,
+        name: &UnitName,
+        v: &Verdict,
+        claim: Option<&fleet_decide::Claim>,
+        lease: i64,
+    ) -> bool {
+        let Some(w) = &v.write else {
+            return v.run;
+        };
+        let write = match w {
+            Write::Claim => ClaimWrite::Claim,
+            Write::Supersede { mod_revision, from } => ClaimWrite::Supersede {
+                mod_revision: *mod_revision,
+                from: (from.machine.clone(), from.lease),
+            },
+            Write::Rebind { mod_revision } => ClaimWrite::Rebind {
+                mod_revision: *mod_revision,
+                handoff: claim
+                    .and_then(|c| c.handoff.as_ref())
+                    .map(|h| (h.machine.clone(), h.lease)),
+            },
+            Write::Release { mod_revision } => ClaimWrite::Release {
+                mod_revision: *mod_revision,
+            },
+            Write::Ack { mod_revision } => ClaimWrite::Ack {
+                mod_revision: *mod_revision,
+                holder: claim
+                    .map(|c| c.machine.clone())
+                    .unwrap_or_else(|| self.opts.machine.clone()),
+            },
+        };
+        let m = crate::metrics::global();
+        match self
+            .registry
+            .write_claim(name, &self.opts.machine, lease, &write)
+            .await
+        {
+            Ok(Some(_)) => match w {
+                Write::Claim => {
+                    tracing::info!(unit = %name, "claimed");
+                    m.placed();
+                    true
+                }
+                Write::Supersede { from, .. } => {
+                    tracing::info!(unit = %name, from = %from.machine, "took the claim over; starting once the previous holder is proven stopped");
+                    self.superseded_at.insert(name.clone(), clock::now());
+                    self.poll_wanted.insert(from.lease);
+                    let verdict = self.cluster.peer(&from.machine).2;
+                    m.took_over(
+                        from.machine.as_str(),
+                        verdict.map(clock::instant_at).map(|i| i.into_std()),
+                    );
+                    self.wake_at = Some(clock::now());
+                    false
+                }
+                Write::Rebind { .. } => {
+                    tracing::info!(unit = %name, "claim bound to the current lease");
+                    v.run
+                }
+                Write::Release { .. } => {
+                    tracing::info!(unit = %name, "released claim");
+                    false
+                }
+                Write::Ack { .. } => {
+                    tracing::info!(unit = %name, "acknowledged the handover");
+                    false
+                }
+            },
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(unit = %name, "claim write: {e}");
+                // A unit that runs under our claim keeps running (the fence deadline guards it).
+                v.run && !matches!(w, Write::Claim | Write::Supersede { .. })
+            }
+        }
     }
 
     fn current(&self) -> BTreeMap<UnitName, CurrentUnit> {
@@ -618,6 +959,25 @@ impl State {
     }
 
     async fn apply(&mut self, target: BTreeMap<UnitName, TargetUnit>, snap: &Snapshot) {
+        let globals = self.cluster.global_units_here();
+        // Every claimed unit that runs or will run is bound to the fence guard before it starts.
+        let mut rebind = false;
+        for n in target.keys() {
+            let r = if globals.contains(n) {
+                self.systemd.unbind_from_guard(n.as_str()).await
+            } else {
+                self.systemd.bind_to_guard(n.as_str()).await
+            };
+            match r {
+                Ok(changed) => rebind |= changed && self.loaded.contains_key(n),
+                Err(e) => tracing::warn!(unit = %n, "fence drop-in: {e}"),
+            }
+        }
+        if rebind {
+            if let Err(e) = self.systemd.reload().await {
+                tracing::warn!("reloading systemd for fence drop-ins: {e}");
+            }
+        }
         let tasks = reconcile(&target, &self.current());
         for task in &tasks {
             tracing::info!("{task}");
@@ -628,7 +988,6 @@ impl State {
         if !tasks.is_empty() {
             self.refresh_states().await;
         }
-        self.release_stale_claims(&target, snap).await;
     }
 
     async fn run_task(&mut self, task: &Task, snap: &Snapshot) -> anyhow::Result<()> {
@@ -642,6 +1001,7 @@ impl State {
             }
             Task::Unload(n, _) => {
                 self.systemd.unload_unit(n.as_str()).await?;
+                let _ = self.systemd.unbind_from_guard(n.as_str()).await;
                 self.loaded.remove(n);
                 self.states.remove(n);
                 self.started.remove(n);
@@ -695,92 +1055,42 @@ impl State {
         self.publish();
     }
 
-    /// Releases claims we hold for units we no longer run (placed elsewhere, or made inactive).
-    async fn release_stale_claims(
-        &mut self,
-        target: &BTreeMap<UnitName, TargetUnit>,
-        snap: &Snapshot,
-    ) {
-        let stale: Vec<_> = snap
-            .claims
-            .iter()
-            .filter(|(n, c)| {
-                c.machine_id == self.opts.machine
-                    && !target.contains_key(*n)
-                    && !self.loaded.contains_key(*n)
-            })
-            .map(|(n, c)| (n.clone(), c.clone()))
-            .collect();
-        if stale.is_empty() {
-            return;
-        }
-        let Ok(mut client) = self.registry.etcd_client() else {
-            return;
-        };
-        let keys = self.registry.keys();
-        for (n, c) in stale {
-            match claims::release(&mut client, &keys, &n, &c).await {
-                Ok(_) => tracing::info!(unit = %n, "released claim"),
-                Err(e) => tracing::warn!(unit = %n, "releasing claim: {e}"),
-            }
-        }
-    }
-
-    /// We may have lost our claims: stop every non-global unit we run (another machine may take it over).
+    /// Past the fence deadline: kill every claimed unit at once (the guard does the same, in case we
+    /// are too slow); global units keep running.
     async fn fence(&mut self) {
         if !self.fenced {
             tracing::warn!(
-                "cut off from the majority and from etcd: stopping claimed units (fencing)"
+                "fence deadline passed (no lease confirmation, and the machines out of sight could \
+                 take units over): killing claimed units"
             );
+            crate::metrics::global().fenced();
         }
         self.fenced = true;
-        let globals: BTreeSet<UnitName> = self.cluster.global_units_here();
-        let target: BTreeMap<UnitName, TargetUnit> = self
-            .current()
-            .into_iter()
-            .filter(|(n, _)| globals.contains(n))
-            .map(|(n, c)| {
-                let state = if c.started || c.active.is_up() {
-                    DesiredState::Launched
-                } else {
-                    DesiredState::Loaded
-                };
-                (
-                    n,
-                    TargetUnit {
-                        hash: c.hash,
-                        state,
-                    },
-                )
-            })
-            .collect();
-        let tasks = reconcile(&target, &self.current());
-        let empty = Snapshot {
-            revision: 0,
-            units: Vec::new(),
-            claims: BTreeMap::new(),
-            machines: BTreeMap::new(),
-            restarting: BTreeSet::new(),
-        };
-        for task in tasks.iter().filter(|t| {
-            matches!(
-                t,
-                Task::Stop(..) | Task::Unload(..) | Task::ReloadDaemon(..)
-            )
-        }) {
-            tracing::info!("{task} (fencing)");
-            if let Err(e) = self.run_task(task, &empty).await {
-                tracing::warn!("{task} failed: {e:#}");
+        let globals = self.cluster.global_units_here();
+        let mut killed = false;
+        for (n, _) in self.current() {
+            if globals.contains(&n) || !self.is_running(&n) {
+                continue;
             }
+            match self.systemd.fence_unit(n.as_str()).await {
+                Ok(()) => {
+                    tracing::info!(unit = %n, "killed (fencing)");
+                    killed = true;
+                }
+                Err(e) => tracing::warn!(unit = %n, "fencing: {e}"),
+            }
+            self.started.remove(&n);
         }
-        self.refresh_states().await;
+        if killed {
+            self.refresh_states().await;
+        }
     }
 
     /// SIGTERM. When systemd is restarting fleetd itself (a `restart` job on fleetd's own unit), the
-    /// units keep running: the agent marks this machine as restarting in etcd (bound to its current
-    /// lease, so peers keep its claims even if gossip declares it down meanwhile) and exits; the next
-    /// fleetd adopts the units and re-binds the claims. Otherwise (a stop): stop and unload
-    /// everything, then revoke the lease (claims and announcement go at once).
+    /// units keep running: the agent marks this machine as restarting in etcd (bound to its lease, so
+    /// peers take nothing over), gives the guard a restart allowance, and exits without revoking the
+    /// lease; the next fleetd resumes it. Otherwise (a stop): stop and unload everything, then revoke
+    /// the lease (claims and announcement go at once).
     async fn shutdown(mut self) -> bool {
         let job = self
             .systemd
@@ -790,9 +1100,26 @@ impl State {
                 tracing::debug!("cannot tell whether systemd restarts us: {e}");
                 None
             });
+        self.writer.abort();
         if job.as_deref() == Some("restart") {
-            if self.mark_restarting().await {
+            let lease = self.lease.status().lease;
+            if lease.id != 0
+                && self
+                    .registry
+                    .mark_restarting(&self.opts.machine, lease.id)
+                    .await
+                    .is_ok()
+            {
+                let now = clock::now();
+                let slow = lease
+                    .last_confirmed()
+                    .map(|t| t + self.timing.slow_fence_after());
+                let until = slow.map(|s| s.min(now + self.opts.restart_allowance));
+                if let Err(e) = guard::write_deadline(&self.opts.fence_file(), until) {
+                    tracing::warn!("writing the restart allowance: {e}");
+                }
                 tracing::info!("systemd restarts fleetd: leaving this machine's units running");
+                self.lease.detach();
                 return true;
             }
             tracing::warn!("restarting, but etcd is unreachable: stopping units to stay safe");
@@ -815,27 +1142,7 @@ impl State {
         self.publish();
         // Revoking the lease deletes our claims and our machine key at once.
         self.lease.revoke(Duration::from_secs(3)).await;
+        let _ = std::fs::remove_file(self.opts.runtime_dir.join("lease.json"));
         false
-    }
-
-    /// Writes `restarting/<id>` bound to our lease; `false` if etcd did not take it.
-    async fn mark_restarting(&self) -> bool {
-        let lease = self.lease.status();
-        if lease.id == 0 || lease.maybe_expired(Instant::now()) {
-            return false;
-        }
-        let Ok(mut c) = self.registry.etcd_client() else {
-            return false;
-        };
-        let key = self.registry.keys().restarting(&self.opts.machine);
-        let put = c.put(
-            key,
-            "{}",
-            Some(etcd_client::PutOptions::new().with_lease(lease.id)),
-        );
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), put).await,
-            Ok(Ok(_))
-        )
     }
 }

@@ -34,7 +34,6 @@ pub struct AgentCluster {
     inner: RwLock<Inner>,
     changed: tokio::sync::watch::Sender<u64>,
     membership: tokio::sync::watch::Sender<u64>,
-    takeover_grace: std::time::Duration,
     /// Where run-time metadata changes are saved (`<state_dir>/metadata.json`), if anywhere.
     metadata_file: Option<std::path::PathBuf>,
 }
@@ -42,8 +41,11 @@ pub struct AgentCluster {
 #[derive(Default)]
 struct Inner {
     view: Option<View>,
-    /// Machines gossip declared down (or forgot), and when this node first saw them gone.
-    down_since: BTreeMap<MachineId, std::time::Instant>,
+    /// Machines gossip declared down (or forgot), and when this node first saw them gone
+    /// (`CLOCK_MONOTONIC`, the decision core's clock).
+    down_since: BTreeMap<MachineId, fleet_decide::Time>,
+    /// Set while another live agent holds this machine's ID: `(its address, when noticed)`.
+    identity_conflict: Option<String>,
     report: LocalReport,
     globals_here: BTreeSet<UnitName>,
     unplaceable: BTreeMap<UnitName, Reason>,
@@ -55,13 +57,11 @@ impl AgentCluster {
         local: LocalCluster,
         registry: Registry,
         gossip: Option<GossipHandle>,
-        takeover_grace: std::time::Duration,
     ) -> AgentCluster {
         AgentCluster {
             local,
             registry,
             gossip,
-            takeover_grace,
             metadata_file: None,
             inner: RwLock::new(Inner::default()),
             changed: tokio::sync::watch::channel(0).0,
@@ -124,7 +124,7 @@ impl AgentCluster {
                 })
                 .collect()
         };
-        let now = std::time::Instant::now();
+        let now = crate::clock::now();
         let mut i = self.write();
         let changed = i.view.as_ref().map(key) != Some(key(&view));
         // Remember when live machines went away (takeover grace, see `live_machines`).
@@ -169,18 +169,38 @@ impl AgentCluster {
         )
     }
 
-    /// Whether this machine sees a strict majority of the machines gossip knows (alive, suspect, or down
-    /// and not yet forgotten) as live. Only a majority side takes units over from machines it cannot
-    /// see, and a minority side that also lost etcd fences itself. `true` without gossip.
-    pub fn in_majority(&self) -> bool {
-        let unheard = self.announced_unheard().len();
+    /// Whether this node has a gossip view yet (without one, nothing vouches for a quorum).
+    pub fn has_view(&self) -> bool {
+        self.read().view.is_some()
+    }
+
+    /// How this node's gossip view sees machine `id`: `(alive, suspect, down since)`. A machine gossip
+    /// never heard of is neither alive nor down.
+    pub fn peer(&self, id: &MachineId) -> (bool, bool, Option<fleet_decide::Time>) {
+        if id == self.local.id() {
+            return (true, false, None);
+        }
         let i = self.read();
-        let Some(view) = &i.view else {
-            return true;
-        };
-        let total = view.machines.len() + unheard;
-        let live = view.live().count() + unheard;
-        live * 2 > total.max(1)
+        let m = i
+            .view
+            .as_ref()
+            .and_then(|v| v.machines.get(&fleet_gossip::MachineId::new(id.as_str())));
+        match m.map(|m| m.liveness) {
+            Some(Liveness::Alive) => (true, false, None),
+            Some(Liveness::Suspect) => (true, true, None),
+            Some(Liveness::Down) | None => (false, false, i.down_since.get(id).copied()),
+        }
+    }
+
+    /// Records that another live agent holds this machine's ID (`Some(its address)`), or no longer.
+    /// The API answers 503 meanwhile.
+    pub fn set_identity_conflict(&self, by: Option<String>) {
+        self.write().identity_conflict = by;
+    }
+
+    /// The address of the agent that holds this machine's ID, while one does.
+    pub fn identity_holder(&self) -> Option<String> {
+        self.read().identity_conflict.clone()
     }
 
     /// Machines announced in etcd (their lease lives) that gossip has not heard of at all yet: a
@@ -248,32 +268,6 @@ impl AgentCluster {
         found
     }
 
-    /// When the takeover grace of a recently downed machine ends (the agent reconciles then).
-    pub fn next_grace_deadline(&self) -> Option<std::time::Instant> {
-        self.read()
-            .down_since
-            .values()
-            .map(|t| *t + self.takeover_grace)
-            .filter(|t| *t > std::time::Instant::now())
-            .min()
-    }
-
-    /// When this node's view first showed `id` gone (its down verdict), while it stays gone.
-    pub fn down_since(&self, id: &MachineId) -> Option<std::time::Instant> {
-        self.read().down_since.get(id).copied()
-    }
-
-    /// The last metadata gossip had for `id` (kept in the view while the machine is down).
-    fn last_metadata(&self, id: &MachineId) -> BTreeMap<String, String> {
-        let i = self.read();
-        i.view
-            .as_ref()
-            .and_then(|v| v.machines.get(&fleet_gossip::MachineId::new(id.as_str())))
-            .and_then(|m| m.metadata.as_ref())
-            .map(|m| m.metadata.clone())
-            .unwrap_or_default()
-    }
-
     /// Machines known from etcd announcements that gossip does not know: addresses to join through.
     pub fn unknown_announced(&self) -> Vec<std::net::SocketAddr> {
         let Ok(snap) = self.registry.snapshot() else {
@@ -326,20 +320,6 @@ impl AgentCluster {
     /// current metadata.
     pub fn live_machines(&self) -> Vec<placement::MachineInfo> {
         let mut machines = ClusterView::machines(self);
-        // A machine declared down only moments ago may be a fleetd restarting after a crash (its units
-        // still run): its claims stand for `takeover_grace` after the verdict.
-        let now = std::time::Instant::now();
-        for (id, since) in self.read().down_since.iter() {
-            if now.duration_since(*since) < self.takeover_grace
-                && !machines.iter().any(|m| m.id == *id)
-            {
-                machines.push(MachineInfo {
-                    id: id.clone(),
-                    public_ip: None,
-                    metadata: self.last_metadata(id),
-                });
-            }
-        }
         // A machine gossip has not heard of yet (we just started, or it just joined) is live while etcd
         // has its announcement.
         for m in self.announced_unheard() {
@@ -469,6 +449,14 @@ impl ClusterView for AgentCluster {
         }
         out.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
         out
+    }
+
+    fn identity_conflict(&self) -> Option<String> {
+        let by = self.read().identity_conflict.clone()?;
+        Some(format!(
+            "machine ID {} is already in use by {by}",
+            self.local.id()
+        ))
     }
 
     fn apply_metadata(&self, ops: &[MetadataOp]) -> Result<(), MetadataError> {

@@ -83,6 +83,10 @@ pub trait ClusterView: Send + Sync + 'static {
     fn unit_states(&self) -> Vec<UnitStateInfo>;
     /// Applies every op or none.
     fn apply_metadata(&self, ops: &[MetadataOp]) -> Result<(), MetadataError>;
+    /// `Some(message)` while this fleetd must not serve: another live agent holds its machine ID.
+    fn identity_conflict(&self) -> Option<String> {
+        None
+    }
 }
 
 /// This fleetd's own machine only, with run-time metadata kept in memory.

@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequestParts, Query};
+use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -189,8 +189,25 @@ pub fn router(state: ApiState) -> Router {
     r.route("/metrics", get(metrics::scrape).fallback(only("GET")))
         .route("/", any(root_not_allowed))
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            refuse_on_identity_conflict,
+        ))
         .layer(axum::middleware::map_response(common_headers))
         .with_state(state)
+}
+
+/// While another live agent holds this machine's ID, every route answers 503 with the reason
+/// (fleet v1 refused to serve with a duplicate machine ID too).
+async fn refuse_on_identity_conflict(
+    State(state): State<ApiState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match state.cluster.identity_conflict() {
+        Some(msg) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).into_response(),
+        None => next.run(req).await,
+    }
 }
 
 /// `Server: fleetd/<version>` on every answer, and `Content-Type: application/json` on every answer

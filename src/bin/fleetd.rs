@@ -32,6 +32,9 @@ use tracing_subscriber::{reload, EnvFilter, Registry as TracingRegistry};
 type FilterHandle = reload::Handle<EnvFilter, TracingRegistry>;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("guard") {
+        return guard_main();
+    }
     let args = FleetdArgs::parse();
     // Before any thread exists: this edits the environment.
     let activated = activation::take_listen_fds();
@@ -47,6 +50,47 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!("{e:#}");
             eprintln!("fleetd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Arguments of `fleetd guard` (run by `fleet-guard.service`, which fleetd writes and starts).
+#[derive(Parser)]
+#[command(name = "fleetd guard", about = "fleet's fence guard (docs/safety.md)")]
+struct GuardArgs {
+    /// The fence deadline file fleetd writes.
+    #[arg(long)]
+    fence_file: std::path::PathBuf,
+    /// fleet's units directory.
+    #[arg(long)]
+    units_directory: std::path::PathBuf,
+    /// Drive the user's systemd instead of the system's.
+    #[arg(long)]
+    user: bool,
+}
+
+fn guard_main() -> ExitCode {
+    let args = GuardArgs::parse_from(std::env::args().skip(1));
+    let _ = init_logging(0);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fleetd guard: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fleet::agent::guard::run(
+        args.fence_file,
+        args.units_directory,
+        args.user,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -175,7 +219,6 @@ async fn run(
             LocalCluster::new(machine_id.clone(), public_ip, config.metadata.clone()),
             registry.clone(),
             Some(gossip.clone()),
-            config.takeover_grace,
         )
         .with_metadata_file(config.state_dir.join("metadata.json")),
     );
@@ -222,6 +265,13 @@ async fn run(
             systemd_user: config.systemd_user,
             agent_ttl: config.agent_ttl,
             reconcile_interval: config.engine_reconcile_interval,
+            fence_after: config.fence_after,
+            min_detection: {
+                let c = fleet_gossip::core::Config::default();
+                c.probe_rtt + c.suspect_to_down_after
+            },
+            runtime_dir: config.runtime_dir.clone(),
+            restart_allowance: Duration::from_secs(10),
         },
         registry.clone(),
         cluster.clone(),

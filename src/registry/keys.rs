@@ -107,6 +107,20 @@ pub struct ClaimRecord {
     /// The machine that runs the unit.
     #[serde(rename = "machineID")]
     pub machine_id: String,
+    /// Set when the claim was taken over from another machine, until that machine acknowledges (it no
+    /// longer runs the unit) or is proven to have stopped it (docs/safety.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<HandoffRecord>,
+}
+
+/// The previous holder of a claim that was taken over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoffRecord {
+    /// Its machine.
+    #[serde(rename = "machineID")]
+    pub machine_id: String,
+    /// The lease its claim was bound to.
+    pub lease: i64,
 }
 
 /// The JSON value of `P machines/<id>`: how a live agent announces itself (bound to its lease).

@@ -31,6 +31,8 @@ pub struct Claim {
     pub mod_revision: i64,
     /// The lease the claim is bound to (0 = none).
     pub lease: i64,
+    /// The previous holder and its lease, while a takeover is not acknowledged (docs/safety.md).
+    pub handoff: Option<(MachineId, i64)>,
 }
 
 /// A machine's announcement (`P machines/<id>`), present while its agent's lease lives.
@@ -160,13 +162,14 @@ impl Mirror {
                     }
                 }
                 Some(KeyKind::Claim(name)) => match parse_claim(value) {
-                    Ok(machine_id) => {
+                    Ok((machine_id, handoff)) => {
                         self.claims.insert(
                             name,
                             Claim {
                                 machine_id,
                                 mod_revision,
                                 lease,
+                                handoff,
                             },
                         );
                     }
@@ -264,9 +267,19 @@ fn parse_record(name: &UnitName, value: &[u8]) -> Result<(UnitHash, DesiredState
     Ok((hash, r.desired_state))
 }
 
-fn parse_claim(value: &[u8]) -> Result<MachineId, String> {
+type ParsedClaim = (MachineId, Option<(MachineId, i64)>);
+
+fn parse_claim(value: &[u8]) -> Result<ParsedClaim, String> {
     let c: ClaimRecord = serde_json::from_slice(value).map_err(|e| e.to_string())?;
-    MachineId::parse(&c.machine_id).map_err(|e| e.to_string())
+    let id = MachineId::parse(&c.machine_id).map_err(|e| e.to_string())?;
+    let handoff = match c.handoff {
+        Some(h) => Some((
+            MachineId::parse(&h.machine_id).map_err(|e| format!("handoff: {e}"))?,
+            h.lease,
+        )),
+        None => None,
+    };
+    Ok((id, handoff))
 }
 
 #[cfg(test)]

@@ -11,8 +11,10 @@
 //! Architecture invariant: nothing outside this module talks to etcd about units, and nothing here
 //! knows HTTP.
 
+mod agent_ops;
 mod diagnose;
 mod keys;
+pub mod lease;
 mod mirror;
 
 use std::collections::BTreeMap;
@@ -28,7 +30,8 @@ use etcd_client::{
 use fleet_sched::{DesiredState, MachineId, UnitFile, UnitHash, UnitName};
 use tokio::sync::watch;
 
-pub use keys::{ClaimRecord, KeyKind, Keys, MachineRecord, UnitRecord};
+pub use agent_ops::{Announced, ClaimWrite};
+pub use keys::{ClaimRecord, HandoffRecord, KeyKind, Keys, MachineRecord, UnitRecord};
 use mirror::{Change, Mirror};
 pub use mirror::{Claim, Machine, Unit};
 
@@ -393,6 +396,27 @@ impl Registry {
             .ok_or_else(|| self.unavailable())
     }
 
+    /// A new etcd client with the current settings, independent of the watch session (the lease keeper
+    /// keeps its own connection, so a broken watch never delays a keep-alive).
+    /// `timeout` bounds the attempt (short, so that a retry sends a fresh SYN soon after a network
+    /// comes back instead of waiting for TCP's own retransmission).
+    pub async fn connect_client(&self, timeout: Duration) -> Result<Client, RegistryError> {
+        let opts = self.shared.opts();
+        let copts = opts.connect_options()?.with_connect_timeout(timeout);
+        match tokio::time::timeout(
+            timeout,
+            Client::connect(opts.endpoints.clone(), Some(copts)),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(classify(e)),
+            Err(_) => Err(RegistryError::Unavailable(format!(
+                "connecting to etcd timed out after {timeout:?}"
+            ))),
+        }
+    }
+
     fn unavailable(&self) -> RegistryError {
         let s = self.shared.status.borrow();
         RegistryError::Unavailable(s.error.clone().unwrap_or_else(|| "not connected".into()))
@@ -700,7 +724,7 @@ fn else_max_mod_revision(resp: &TxnResponse) -> Option<i64> {
         .max()
 }
 
-fn classify(e: etcd_client::Error) -> RegistryError {
+pub(super) fn classify(e: etcd_client::Error) -> RegistryError {
     use etcd_client::Error as E;
     use tonic::Code;
     match &e {

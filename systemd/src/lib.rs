@@ -35,12 +35,14 @@
 
 mod error;
 mod events;
+mod fence;
 mod manager;
 mod names;
 mod state;
 
 pub use error::{Error, Result};
 pub use events::{Event, Subscription};
+pub use fence::{FENCE_DROPIN, GUARD_UNIT};
 pub use manager::{
     Bus, Config, Job, ReloadPolicy, Systemd, DEFAULT_CALL_TIMEOUT, DEFAULT_UNITS_DIRECTORY,
 };

@@ -46,7 +46,7 @@ type ListedUnit = (
     default_path = "/org/freedesktop/systemd1",
     gen_blocking = false
 )]
-trait Manager {
+pub(crate) trait Manager {
     fn subscribe(&self) -> zbus::Result<()>;
     fn reload(&self) -> zbus::Result<()>;
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
@@ -73,6 +73,7 @@ trait Manager {
     fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<ListedUnit>>;
     #[zbus(name = "GetUnitByPID")]
     fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
+    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
 }
 
 /// Which bus systemd is reached on.
@@ -182,6 +183,10 @@ struct Inner {
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Systemd {
+    pub(crate) fn manager(&self) -> &ManagerProxy<'static> {
+        &self.inner.manager
+    }
+
     /// Connects to systemd on `bus` with default settings ([`Config::new`]).
     pub async fn connect_bus(bus: Bus) -> Result<Systemd> {
         Systemd::connect(Config::new(bus)).await
@@ -260,7 +265,7 @@ impl Systemd {
         self.local_units_directory().join(name)
     }
 
-    fn local_units_directory(&self) -> PathBuf {
+    pub(crate) fn local_units_directory(&self) -> PathBuf {
         let dir = &self.inner.config.units_directory;
         self.inner
             .config

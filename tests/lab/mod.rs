@@ -61,6 +61,10 @@ impl FleetLab {
         for (k, v) in env {
             opts = opts.env(*k, *v);
         }
+        // FLEET_LAB_RUST_LOG=... sets fleetd's RUST_LOG in every machine (debugging a test).
+        if let Ok(v) = std::env::var("FLEET_LAB_RUST_LOG") {
+            opts = opts.env("RUST_LOG", &v);
+        }
         let lab = Lab::up(n, more(opts)).expect("lab up");
         let fl = FleetLab { lab };
         fl.wait_for("every machine announced", Duration::from_secs(30), |fl| {
@@ -128,6 +132,29 @@ impl FleetLab {
             .collect()
     }
 
+    /// fleetd's journal of every machine (and, with `FLEET_LAB_DEBUG` set, the whole journal), for
+    /// failure messages.
+    pub fn journals_dump(&self) -> String {
+        let mut journals = String::new();
+        for i in 1..=self.lab.machines() {
+            let n = if std::env::var_os("FLEET_LAB_DEBUG").is_some() {
+                400
+            } else {
+                40
+            };
+            journals.push_str(&format!("--- m{i} fleetd journal:\n{}", self.journal(i, n)));
+            if std::env::var_os("FLEET_LAB_DEBUG").is_some() {
+                let all = self
+                    .lab
+                    .sh(i, &["journalctl", "--no-pager", "-n", "60"])
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_default();
+                journals.push_str(&format!("--- m{i} whole journal:\n{all}"));
+            }
+        }
+        journals
+    }
+
     /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` naming `what`.
     pub fn wait_for<T>(
         &self,
@@ -141,12 +168,10 @@ impl FleetLab {
                 return v;
             }
             if t0.elapsed() > timeout {
-                let journal = self
-                    .lab
-                    .sh(1, &["journalctl", "-u", "fleet", "--no-pager", "-n", "40"])
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                    .unwrap_or_default();
-                panic!("timed out after {timeout:?} waiting for: {what}\nm1 fleetd journal:\n{journal}");
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}\n{}",
+                    self.journals_dump()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -499,13 +499,14 @@ impl FleetdBuilder {
         let mut text = format!(
             "etcd_servers={}\netcd_key_prefix={}\napi_socket={}\nmachine_id={}\n\
              gossip_insecure=true\ngossip_listen=127.0.0.1:0\nstate_dir={}\n\
-             units_directory={}\n",
+             units_directory={}\nruntime_dir={}\n",
             self.etcd_endpoint,
             self.prefix,
             socket.display(),
             self.machine_id,
             dir.path().join("state").display(),
             dir.path().join("units").display(),
+            dir.path().join("run").display(),
         );
         for (k, v) in &self.config {
             text.push_str(&format!("{k}={v}\n"));

@@ -1,0 +1,308 @@
+//! The agent's etcd lease: granted once, renewed every `fence_after / 3`, each answer recorded as a
+//! [`Confirmation`] (when the request was sent, and the revision etcd answered at) for the decision
+//! core's fence deadline (docs/safety.md).
+//!
+//! The lease ID and the confirmations are saved to a file (in fleetd's runtime directory) after every
+//! answer, so a restarted fleetd goes on renewing the same lease: its claims stand and peers see the
+//! lease renewed, so nothing is taken over. Times are `CLOCK_MONOTONIC`, valid for one boot only (the
+//! file names its boot).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_decide::{Confirmation, OwnLease, Time};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::Registry;
+use crate::clock;
+
+/// What the agent knows about its lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaseStatus {
+    /// The lease and its recent confirmations.
+    pub lease: OwnLease,
+    /// Incremented every time a new lease replaces an expired one (claims under the old one are gone).
+    pub generation: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    boot_id: String,
+    id: i64,
+    ttl_ms: u64,
+    /// `(CLOCK_MONOTONIC µs, etcd revision)` of each recent confirmation.
+    confirmations: Vec<(u64, i64)>,
+}
+
+/// Keeps one lease alive; replaces it with a new one when etcd says it expired.
+pub struct LeaseKeeper {
+    status: watch::Receiver<LeaseStatus>,
+    task: tokio::task::JoinHandle<()>,
+    registry: Registry,
+    client: Arc<std::sync::Mutex<Option<etcd_client::Client>>>,
+}
+
+impl LeaseKeeper {
+    /// Starts keeping a lease of `ttl`, renewed every `period`; `file` keeps it across restarts.
+    pub fn start(
+        registry: Registry,
+        ttl: Duration,
+        period: Duration,
+        file: Option<PathBuf>,
+    ) -> LeaseKeeper {
+        let saved = file.as_ref().and_then(load);
+        let initial = LeaseStatus {
+            lease: saved.unwrap_or(OwnLease {
+                id: 0,
+                ttl,
+                confirmations: Vec::new(),
+            }),
+            generation: 0,
+        };
+        if initial.lease.id != 0 {
+            tracing::info!(
+                lease = format!("{:x}", initial.lease.id),
+                "resuming the lease of the previous fleetd"
+            );
+        }
+        let (tx, rx) = watch::channel(initial);
+        let file = file.map(Arc::new);
+        let reg = registry.clone();
+        let client = Arc::new(std::sync::Mutex::new(None));
+        let slot = client.clone();
+        let task = tokio::spawn(async move { keep(reg, ttl, period, tx, file, slot).await });
+        LeaseKeeper {
+            status: rx,
+            task,
+            registry,
+            client,
+        }
+    }
+
+    /// The current status.
+    pub fn status(&self) -> LeaseStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Notified on every change of status (every confirmation).
+    pub fn subscribe(&self) -> watch::Receiver<LeaseStatus> {
+        self.status.clone()
+    }
+
+    /// Stops renewing without revoking (a restart: the next fleetd resumes the lease).
+    pub fn detach(self) {
+        self.task.abort();
+    }
+
+    /// Stops keeping the lease and revokes it (its keys go at once), best effort within `timeout`.
+    pub async fn revoke(self, timeout: Duration) {
+        self.task.abort();
+        let id = self.status.borrow().lease.id;
+        if id == 0 {
+            return;
+        }
+        let own = self
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(mut c) = own.or_else(|| self.registry.etcd_client().ok()) else {
+            tracing::warn!(
+                lease = format!("{id:x}"),
+                "cannot revoke the lease: etcd unavailable"
+            );
+            return;
+        };
+        match tokio::time::timeout(timeout, c.lease_revoke(id)).await {
+            Ok(Ok(_)) => tracing::info!(lease = format!("{id:x}"), "lease revoked"),
+            Ok(Err(e)) => tracing::warn!(lease = format!("{id:x}"), "revoking the lease: {e}"),
+            Err(_) => tracing::warn!(lease = format!("{id:x}"), "revoking the lease timed out"),
+        }
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn load(file: &PathBuf) -> Option<OwnLease> {
+    let bytes = std::fs::read(file).ok()?;
+    let s: Saved = match serde_json::from_slice(&bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), "ignoring unreadable lease file: {e}");
+            return None;
+        }
+    };
+    if s.boot_id != clock::boot_id() || s.id == 0 {
+        return None;
+    }
+    Some(OwnLease {
+        id: s.id,
+        ttl: Duration::from_millis(s.ttl_ms),
+        confirmations: s
+            .confirmations
+            .into_iter()
+            .map(|(t, revision)| Confirmation {
+                sent: Time::from_micros(t),
+                revision,
+            })
+            .collect(),
+    })
+}
+
+fn save(file: &PathBuf, lease: &OwnLease) {
+    let s = Saved {
+        boot_id: clock::boot_id(),
+        id: lease.id,
+        ttl_ms: lease.ttl.as_millis() as u64,
+        confirmations: lease
+            .confirmations
+            .iter()
+            .map(|c| (c.sent.as_micros(), c.revision))
+            .collect(),
+    };
+    let json = serde_json::to_vec(&s).expect("lease state serializes");
+    let tmp = file.with_extension("tmp");
+    let r = file
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .and_then(|()| std::fs::write(&tmp, json))
+        .and_then(|()| std::fs::rename(&tmp, file));
+    if let Err(e) = r {
+        tracing::warn!(file = %file.display(), "saving the lease state: {e}");
+    }
+}
+
+async fn keep(
+    registry: Registry,
+    ttl: Duration,
+    period: Duration,
+    tx: watch::Sender<LeaseStatus>,
+    file: Option<Arc<PathBuf>>,
+    last_client: Arc<std::sync::Mutex<Option<etcd_client::Client>>>,
+) {
+    let ttl_secs = ttl.as_secs().max(1) as i64;
+    let mut backoff = Duration::from_millis(50);
+    let confirm = |c: Confirmation, granted: Option<(i64, Duration)>| {
+        tx.send_modify(|s| {
+            if let Some((id, ttl)) = granted {
+                if s.lease.id != id {
+                    if s.lease.id != 0 {
+                        s.generation += 1;
+                    }
+                    s.lease.confirmations.clear();
+                }
+                s.lease.id = id;
+                s.lease.ttl = ttl;
+            }
+            s.lease.confirm(c);
+        });
+        if let Some(f) = &file {
+            save(f, &tx.borrow().lease);
+        }
+    };
+    // A connection of our own: a keep-alive must not wait for the watch session to reconnect.
+    let mut client: Option<etcd_client::Client> = None;
+    let retry_max = (period / 2).max(Duration::from_millis(20));
+    let connect_timeout = (period * 2).max(Duration::from_millis(200));
+    loop {
+        let mut c = match client.clone() {
+            Some(c) => c,
+            None => match registry.connect_client(connect_timeout).await {
+                Ok(c) => {
+                    *last_client.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+                    client = Some(c.clone());
+                    c
+                }
+                Err(e) => {
+                    tracing::debug!("lease keeper: connecting to etcd: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry_max);
+                    continue;
+                }
+            },
+        };
+        let mut id = tx.borrow().lease.id;
+        if id == 0 {
+            let sent = clock::now();
+            match tokio::time::timeout(ttl, c.lease_grant(ttl_secs, None)).await {
+                Ok(Ok(r)) => {
+                    id = r.id();
+                    let granted = Duration::from_secs(r.ttl().max(1) as u64);
+                    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                    confirm(Confirmation { sent, revision }, Some((id, granted)));
+                    tracing::info!(lease = format!("{id:x}"), ?granted, "lease granted");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("granting a lease: {e}");
+                    client = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry_max);
+                    continue;
+                }
+                Err(_) => {
+                    client = None;
+                    continue;
+                }
+            }
+        }
+        backoff = Duration::from_millis(50);
+        let (mut keeper, mut stream) = match c.lease_keep_alive(id).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(lease = format!("{id:x}"), "starting lease keep-alive: {e}");
+                client = None;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry_max);
+                continue;
+            }
+        };
+        loop {
+            let sent = clock::now();
+            if let Err(e) = keeper.keep_alive().await {
+                tracing::debug!(lease = format!("{id:x}"), "lease keep-alive: {e}");
+                client = None;
+                break;
+            }
+            let wait = (period * 3).max(Duration::from_millis(300));
+            match tokio::time::timeout(wait, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                    confirm(Confirmation { sent, revision }, None);
+                }
+                Ok(Ok(Some(_))) => {
+                    tracing::warn!(
+                        lease = format!("{id:x}"),
+                        "etcd says the lease expired: its claims are gone; granting a new one"
+                    );
+                    tx.send_modify(|s| {
+                        s.lease.id = 0;
+                        s.lease.confirmations.clear();
+                        s.generation += 1;
+                    });
+                    if let Some(f) = &file {
+                        save(f, &tx.borrow().lease);
+                    }
+                    break;
+                }
+                Ok(Ok(None)) | Ok(Err(_)) => {
+                    tracing::debug!(lease = format!("{id:x}"), "lease keep-alive stream ended");
+                    client = None;
+                    break;
+                }
+                Err(_) => {
+                    tracing::debug!(lease = format!("{id:x}"), "no keep-alive answer in time");
+                    client = None;
+                    break;
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
