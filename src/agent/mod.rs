@@ -240,7 +240,7 @@ async fn run(
     let first = fleet_decide::guard(
         &timing,
         &lease.status().lease,
-        registry.status().revision,
+        registry.status().synced,
         None,
         clock::now(),
     );
@@ -403,7 +403,7 @@ async fn write_guard_loop(mut g: GuardInputs) {
         let guard = fleet_decide::guard(
             &g.timing,
             &lease,
-            g.registry.status().revision,
+            g.registry.status().synced,
             q.as_ref(),
             now,
         );
@@ -414,6 +414,17 @@ async fn write_guard_loop(mut g: GuardInputs) {
             }
         }
         let state = (guard.fenced(now), guard.may_start(now));
+        if *g.changes.borrow() != state {
+            tracing::debug!(
+                fenced = state.0,
+                may_start = state.1,
+                vouch = ?guard.vouch,
+                synced = g.registry.status().synced,
+                confirmed = ?lease.confirmations.last().map(|c| c.revision),
+                quorum = ?q,
+                "fence guard state"
+            );
+        }
         g.changes.send_if_modified(|s| {
             let changed = *s != state;
             *s = state;
@@ -440,7 +451,7 @@ impl State {
         fleet_decide::guard(
             &self.timing,
             &self.lease.status().lease,
-            self.registry.status().revision,
+            self.registry.status().synced,
             q.as_ref(),
             now,
         )

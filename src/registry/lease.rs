@@ -274,6 +274,7 @@ async fn keep(
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
                     let revision = r.header().map(|h| h.revision()).unwrap_or(0);
                     confirm(Confirmation { sent, revision }, None);
+                    registry.want_synced(revision);
                 }
                 Ok(Ok(Some(_))) => {
                     tracing::warn!(

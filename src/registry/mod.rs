@@ -187,6 +187,10 @@ pub struct RegistryStatus {
     pub available: bool,
     /// The etcd revision the mirror has applied (increases on every change under the prefix).
     pub revision: i64,
+    /// Every change under the prefix up to this revision is in the mirror (`>= revision`: a progress
+    /// notification of the watch can prove that nothing changed under the prefix since). The agent's
+    /// lease confirmations count only up to it (docs/safety.md).
+    pub synced: i64,
     /// Why etcd is unavailable (the last error), when it is.
     pub error: Option<String>,
 }
@@ -218,6 +222,10 @@ struct Shared {
     endpoint: AtomicUsize,
     /// A request failed as if the endpoint were bad: the session checks it at once.
     suspect: tokio::sync::Notify,
+    /// The revision the agent wants the mirror proven synced to ([`Registry::want_synced`]).
+    want_synced: std::sync::atomic::AtomicI64,
+    /// Wakes the session to ask the watch for a progress notification.
+    progress_wanted: tokio::sync::Notify,
     full_reads: AtomicU64,
     delta_reads: AtomicU64,
     delta_listings: AtomicU64,
@@ -294,6 +302,7 @@ impl Registry {
         let (status, _) = watch::channel(RegistryStatus {
             available: false,
             revision: 0,
+            synced: 0,
             error: Some("not connected yet".into()),
         });
         let shared = Arc::new(Shared {
@@ -304,6 +313,8 @@ impl Registry {
             status,
             endpoint: AtomicUsize::new(random_u64() as usize),
             suspect: tokio::sync::Notify::new(),
+            want_synced: std::sync::atomic::AtomicI64::new(0),
+            progress_wanted: tokio::sync::Notify::new(),
             full_reads: AtomicU64::new(0),
             delta_reads: AtomicU64::new(0),
             delta_listings: AtomicU64::new(0),
@@ -414,6 +425,18 @@ impl Registry {
             Err(_) => Err(RegistryError::Unavailable(format!(
                 "connecting to etcd timed out after {timeout:?}"
             ))),
+        }
+    }
+
+    /// Asks the watch to prove the mirror synced up to `revision` (a lease confirmation's): it requests
+    /// a progress notification, and [`RegistryStatus::synced`] follows.
+    pub fn want_synced(&self, revision: i64) {
+        let prev = self
+            .shared
+            .want_synced
+            .fetch_max(revision, Ordering::Relaxed);
+        if revision > prev || self.shared.status.borrow().synced < revision {
+            self.shared.progress_wanted.notify_one();
         }
     }
 
@@ -1064,6 +1087,7 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
     shared.status.send_modify(|s| {
         s.available = true;
         s.revision = revision;
+        s.synced = revision;
         s.error = None;
     });
     *reached = true;
@@ -1077,6 +1101,7 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
     // ([`Shared::suspect`]) triggers a linearizable check of the endpoint.
     let mut last_message = tokio::time::Instant::now();
     let mut probe_sent: Option<tokio::time::Instant> = None;
+    let mut progress_seen = 0i64;
     let mut tick = tokio::time::interval(opts.probe_interval.min(t).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1103,6 +1128,14 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
                 check_endpoint(&client, &keys, t).await.map_err(|e| format!("{endpoint}: {e}"))?;
                 continue;
             }
+            _ = shared.progress_wanted.notified() => {
+                let want = shared.want_synced.load(Ordering::Relaxed);
+                if probe_sent.is_none() && shared.status.borrow().synced < want {
+                    stream.request_progress().await.map_err(|e| format!("watch: {e}"))?;
+                    probe_sent = Some(tokio::time::Instant::now());
+                }
+                continue;
+            }
         };
         last_message = tokio::time::Instant::now();
         probe_sent = None;
@@ -1117,8 +1150,27 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
             return Err(format!("watch canceled: {}", resp.cancel_reason()).into());
         }
         if resp.events().is_empty() {
-            // A progress notification: nothing to apply. (Its revision is not used: before etcd
-            // 3.4.24 a requested one may overtake events still queued for this watch.)
+            // A progress notification: every change under the prefix up to its revision R has been
+            // sent. Before etcd 3.4.24 a requested one may overtake the event of the write at R
+            // itself (etcd bumps the revision before it notifies watchers), so it proves R − 1; a
+            // second one with the same R, produced after the first reached us, proves R.
+            let r = resp.header().map(|h| h.revision()).unwrap_or(0);
+            let proven = if progress_seen == r { r } else { r - 1 };
+            progress_seen = r;
+            shared.status.send_if_modified(|s| {
+                let changed = proven > s.synced;
+                s.synced = s.synced.max(proven);
+                changed
+            });
+            let want = shared.want_synced.load(Ordering::Relaxed);
+            if shared.status.borrow().synced < want && progress_seen >= want {
+                // One more notification proves `want` itself.
+                stream
+                    .request_progress()
+                    .await
+                    .map_err(|e| format!("watch: {e}"))?;
+                probe_sent = Some(tokio::time::Instant::now());
+            }
             continue;
         }
         let mut newest = 0;
@@ -1146,6 +1198,7 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
             if newest > s.revision {
                 s.revision = newest;
             }
+            s.synced = s.synced.max(newest);
         });
     }
 }
