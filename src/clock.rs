@@ -4,8 +4,6 @@
 //! what an earlier fleetd wrote. It does not jump with NTP steps; it keeps counting while the machine's
 //! processes are frozen (so a thawed machine sees its deadlines passed).
 
-use std::time::Duration;
-
 use fleet_decide::Time;
 
 /// Now, on `CLOCK_MONOTONIC`.
@@ -20,11 +18,14 @@ pub fn now() -> Time {
     Time::from_micros(ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000)
 }
 
-/// The tokio instant at which `CLOCK_MONOTONIC` reads `t` (now, if `t` has passed).
+/// The tokio instant at which `CLOCK_MONOTONIC` reads (or read) `t`.
 pub fn instant_at(t: Time) -> tokio::time::Instant {
-    let now_t = now();
-    tokio::time::Instant::now()
-        + Duration::from_micros(t.as_micros().saturating_sub(now_t.as_micros()))
+    let (now_t, now_i) = (now(), tokio::time::Instant::now());
+    if t >= now_t {
+        now_i + t.since(now_t)
+    } else {
+        now_i.checked_sub(now_t.since(t)).unwrap_or(now_i)
+    }
 }
 
 /// `CLOCK_MONOTONIC` at the tokio instant `i` (in the past or the future).

@@ -6,15 +6,20 @@
 //! - `fence_after` after the last lease confirmation that the registry mirror has caught up with
 //!   (a confirmation the mirror has not reached yet may hide a takeover of our units, so it only counts
 //!   once the mirror shows what etcd held when it was answered);
-//! - `fence_after` from now, while the members this machine does not see up could not form a quorum
-//!   (no other side can take anything over, so a lost lease alone stops nothing);
+//! - `support_validity` after the support of the witness committee ([`crate::committee`]): the
+//!   `n − m + 1`-th most recent support request that a witness granted (a witness that is this machine
+//!   supports it now), so that the witnesses that did not support it could not form a majority;
 //!
 //! and never later than the slow bound: shortly before etcd may expire the lease (a TTL after the last
 //! renewal it received), when the claims vanish and anyone may claim the units.
 
 use std::time::Duration;
 
-use crate::quorum::Quorum;
+use std::collections::BTreeMap;
+
+use fleet_sched::MachineId;
+
+use crate::committee::Committee;
 use crate::time::Time;
 use crate::timing::Timing;
 
@@ -68,10 +73,46 @@ impl OwnLease {
 pub enum Vouch {
     /// A recent lease confirmation (the mirror has caught up with it).
     Lease,
-    /// The lease is unconfirmed, but no other side could form a quorum.
-    View,
+    /// The lease is unconfirmed, but enough witnesses support this machine.
+    Support,
     /// Nothing vouches any more: the deadline is the last one either gave.
     Nothing,
+}
+
+/// The witness committee's support of this machine.
+#[derive(Clone, Copy, Debug)]
+pub struct Support<'a> {
+    /// The committee.
+    pub committee: &'a Committee,
+    /// This machine (a witness supports itself).
+    pub me: &'a MachineId,
+    /// For each witness, when this machine sent the latest support request the witness granted.
+    pub granted: &'a BTreeMap<MachineId, Time>,
+}
+
+impl Support<'_> {
+    /// Until when the committee's support lets this machine run its units (`None`: not enough support).
+    pub fn until(&self, timing: &Timing, now: Time) -> Option<Time> {
+        let need = self.committee.support_needed();
+        if need == 0 {
+            // No committee: nobody can take anything over before the lease expires.
+            return Some(Time::from_micros(u64::MAX));
+        }
+        let mut times: Vec<Time> = self
+            .committee
+            .witnesses
+            .iter()
+            .filter_map(|w| {
+                if w == self.me {
+                    Some(now)
+                } else {
+                    self.granted.get(w).copied()
+                }
+            })
+            .collect();
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        times.get(need - 1).map(|t| *t + timing.support_validity())
+    }
 }
 
 /// The fence deadline and what set it.
@@ -100,13 +141,13 @@ impl Guard {
 
 /// The fence deadline at `now`.
 ///
-/// `quorum` is this machine's count over the membership (`None` while it has no gossip view yet, which
-/// vouches for nothing). A restarted agent passes the confirmations its previous life saved.
+/// `support` is the committee's support (`None` before the agent knows the committee, which vouches for
+/// nothing). A restarted agent passes the confirmations its previous life saved.
 pub fn guard(
     timing: &Timing,
     lease: &OwnLease,
     mirror_revision: i64,
-    quorum: Option<&Quorum>,
+    support: Option<&Support<'_>>,
     now: Time,
 ) -> Guard {
     let Some(last) = lease.last_confirmed() else {
@@ -124,13 +165,13 @@ pub fn guard(
     let by_lease = lease
         .confirmed_at(mirror_revision)
         .map(|t| t + timing.fence_after);
-    let by_view = quorum
-        .filter(|q| !q.others_could_take_over())
-        .map(|_| now + timing.fence_after);
+    let by_view = support
+        .and_then(|s| s.until(timing, now))
+        .filter(|t| *t > now);
     let (deadline, vouch) = match (by_lease, by_view) {
         (Some(l), Some(v)) if l > now && l >= v => (l, Vouch::Lease),
         (Some(l), None) if l > now => (l, Vouch::Lease),
-        (l, Some(v)) => (l.map_or(v, |l| l.max(v)), Vouch::View),
+        (l, Some(v)) => (l.map_or(v, |l| l.max(v)), Vouch::Support),
         (Some(l), None) => (l, Vouch::Nothing),
         (None, None) => (last + timing.fence_after, Vouch::Nothing),
     };
@@ -144,17 +185,14 @@ pub fn guard(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::committee::Seat;
 
     fn ms(x: u64) -> Time {
         Time::from_micros(x * 1000)
     }
 
     fn timing() -> Timing {
-        Timing::new(
-            Duration::from_millis(500),
-            Duration::from_secs(10),
-            Duration::from_millis(480),
-        )
+        Timing::new(Duration::from_millis(500), Duration::from_secs(10))
     }
 
     fn lease(confs: &[(u64, i64)]) -> OwnLease {
@@ -171,115 +209,108 @@ mod tests {
         }
     }
 
-    const MINORITY: Quorum = Quorum {
-        size: 3,
-        up: 1,
-        alive: 1,
-    };
-    const MAJORITY: Quorum = Quorum {
-        size: 3,
-        up: 2,
-        alive: 2,
-    };
-    const PAIR_CUT: Quorum = Quorum {
-        size: 2,
-        up: 1,
-        alive: 1,
-    };
+    fn id(s: &str) -> MachineId {
+        MachineId::parse(s).unwrap()
+    }
+
+    /// A committee of `n` machines `m0..`, this machine being `m0`.
+    fn committee(n: usize) -> Committee {
+        let seats: Vec<Seat> = (0..n)
+            .map(|i| Seat {
+                id: id(&format!("m{i}")),
+                since: i as i64,
+                departed_at: None,
+            })
+            .collect();
+        Committee::choose(&seats, Duration::from_secs(10), Time::ZERO)
+    }
+
+    fn grants(g: &[(&str, u64)]) -> BTreeMap<MachineId, Time> {
+        g.iter().map(|(w, t)| (id(w), ms(*t))).collect()
+    }
+
+    fn g(n: usize, granted: &[(&str, u64)], confs: &[(u64, i64)], mirror: i64, now: u64) -> Guard {
+        let c = committee(n);
+        let me = id("m0");
+        let gr = grants(granted);
+        let s = Support {
+            committee: &c,
+            me: &me,
+            granted: &gr,
+        };
+        guard(&timing(), &lease(confs), mirror, Some(&s), ms(now))
+    }
 
     #[test]
     fn a_confirmed_lease_vouches_for_fence_after() {
-        let g = guard(
-            &timing(),
-            &lease(&[(1000, 5)]),
-            5,
-            Some(&MINORITY),
-            ms(1200),
-        );
-        assert_eq!(g.deadline, Some(ms(1500)));
-        assert_eq!(g.vouch, Vouch::Lease);
-        assert!(!g.fenced(ms(1499)));
-        assert!(g.fenced(ms(1500)));
-        assert!(g.may_start(ms(1200)));
+        let x = g(5, &[], &[(1000, 5)], 5, 1200);
+        assert_eq!(x.deadline, Some(ms(1500)));
+        assert_eq!(x.vouch, Vouch::Lease);
+        assert!(!x.fenced(ms(1499)));
+        assert!(x.fenced(ms(1500)));
+        assert!(x.may_start(ms(1200)));
     }
 
     #[test]
     fn a_confirmation_the_mirror_has_not_reached_does_not_count() {
         // Confirmed at 1000 (revision 9), but the mirror is at revision 5: only the older one counts.
-        let g = guard(
-            &timing(),
-            &lease(&[(600, 5), (1000, 9)]),
-            5,
-            Some(&MINORITY),
-            ms(1200),
-        );
-        assert_eq!(g.deadline, Some(ms(1100)));
-        assert!(g.fenced(ms(1200)));
+        let x = g(5, &[], &[(600, 5), (1000, 9)], 5, 1200);
+        assert_eq!(x.deadline, Some(ms(1100)));
+        assert!(x.fenced(ms(1200)));
     }
 
     #[test]
-    fn a_minority_without_etcd_fences_fence_after_after_its_last_confirmation() {
-        let g = guard(
-            &timing(),
-            &lease(&[(1000, 5)]),
-            5,
-            Some(&MINORITY),
-            ms(1600),
-        );
-        assert_eq!(g.deadline, Some(ms(1500)));
-        assert!(g.fenced(ms(1600)));
-        assert_eq!(g.vouch, Vouch::Nothing);
+    fn without_support_a_machine_fences_fence_after_after_its_last_confirmation() {
+        // Three machines, cut off from the other two: only its own support.
+        let x = g(3, &[], &[(1000, 5)], 5, 1600);
+        assert_eq!(x.deadline, Some(ms(1500)));
+        assert!(x.fenced(ms(1600)));
+        assert_eq!(x.vouch, Vouch::Nothing);
     }
 
     #[test]
-    fn a_majority_without_etcd_keeps_its_units_until_the_slow_bound() {
+    fn support_of_enough_witnesses_keeps_the_units_until_the_slow_bound() {
         let t = timing();
-        let l = lease(&[(1000, 5)]);
-        let g = guard(&t, &l, 5, Some(&MAJORITY), ms(5000));
-        assert_eq!(g.deadline, Some(ms(5500)));
-        assert_eq!(g.vouch, Vouch::View);
-        assert!(!g.fenced(ms(5000)));
-        // Near the lease's expiry the slow bound wins, whatever the view says.
+        // Five witnesses (m0 is this machine): m0 + two more make three.
+        let x = g(5, &[("m1", 4000), ("m2", 4200)], &[(1000, 5)], 5, 4500);
+        assert_eq!(x.deadline, Some(ms(4000) + t.support_validity()));
+        assert_eq!(x.vouch, Vouch::Support);
+        // One supporter short: nothing.
+        let x = g(5, &[("m1", 4000)], &[(1000, 5)], 5, 4500);
+        assert!(x.fenced(ms(4500)));
+        // Near the lease's expiry the slow bound wins, whatever the support.
         let late = ms(1000) + t.slow_fence_after();
-        let g = guard(
-            &t,
-            &l,
+        let x = g(
             5,
-            Some(&MAJORITY),
-            late - Duration::from_millis(100),
+            &[("m1", 9000), ("m2", 9000)],
+            &[(1000, 5)],
+            5,
+            late.as_micros() / 1000 - 100,
         );
-        assert_eq!(g.deadline, Some(late));
-        let g = guard(&t, &l, 5, Some(&MAJORITY), late);
-        assert!(g.fenced(late));
+        assert_eq!(x.deadline, Some(late));
     }
 
     #[test]
     fn two_machines_cut_apart_keep_running() {
-        let g = guard(
-            &timing(),
-            &lease(&[(1000, 5)]),
-            5,
-            Some(&PAIR_CUT),
-            ms(9000),
-        );
-        assert!(!g.fenced(ms(9000)));
+        let x = g(2, &[], &[(1000, 5)], 5, 9000);
+        assert!(!x.fenced(ms(9000)));
         assert!(
-            !g.may_start(ms(9000)),
+            !x.may_start(ms(9000)),
             "no new starts without a confirmed lease"
         );
     }
 
     #[test]
-    fn without_a_view_only_the_lease_vouches() {
-        let g = guard(&timing(), &lease(&[(1000, 5)]), 5, None, ms(1700));
-        assert!(g.fenced(ms(1700)));
+    fn without_a_committee_known_only_the_lease_vouches() {
+        let x = guard(&timing(), &lease(&[(1000, 5)]), 5, None, ms(1700));
+        assert!(x.fenced(ms(1700)));
     }
 
     #[test]
     fn no_confirmation_ever_means_nothing_may_run() {
-        let g = guard(&timing(), &OwnLease::default(), 0, Some(&MAJORITY), ms(10));
-        assert_eq!(g.deadline, None);
-        assert!(g.fenced(ms(10)));
+        let x = g(5, &[("m1", 10), ("m2", 10)], &[], 0, 10);
+        assert_eq!(x.deadline, None);
+        assert!(x.fenced(ms(10)));
     }
 
     #[test]

@@ -1,20 +1,20 @@
-//! When another machine has provably stopped a unit: from what etcd says about its lease and when this
-//! machine's gossip view declared it down.
+//! When another machine has provably stopped a unit: from what etcd says about its lease and what the
+//! witness committee promises.
 //!
 //! A holder `H` keeps a claimed unit only until its fence deadline (see [`crate::fence`]), which it sets
-//! either `fence_after` after a lease confirmation or `fence_after` after an evaluation of its view.
-//! Both are bounded from outside:
+//! either `fence_after` after a lease confirmation or `support_validity` after witnesses' support. Both
+//! are bounded from outside:
 //! - **the lease:** a confirmation that counts was answered before etcd's last renewal of the lease, so
 //!   the deadline it gives is at most `t_k + F`, where `t_k` is that last renewal. etcd reports a lease's
 //!   remaining TTL in whole seconds (truncated), so a `LeaseTimeToLive` answer of `R` seconds received at
 //!   `t` proves `t_k < t - (granted - R - 1) s`; polling a few times a second pins `t_k` down to the poll
 //!   period as soon as the reported value ticks.
-//! - **the view:** any deadline `H` sets is at most `F` after the last moment `H` ran at all, and a down
-//!   verdict comes at least the gossip layer's minimum detection time after `H` fell silent. So a
-//!   machine whose view declared `H` down at `v` knows `H` stopped extending by `v - min_detection`.
+//! - **the committee:** a majority of the witnesses (not counting `H`) voted that `H`'s lease may be taken
+//!   over: each had not supported it for `support_validity` (stretched) plus the kill allowance, and never
+//!   will again. `H` cannot have the support it needs without one of them ([`crate::committee`]).
 //!
-//! `H` is fenced from the later of the two bounds (each stretched by the clock-rate bound, plus the kill
-//! allowance). Observations must be taken *after* the claim was superseded: a renewal before the
+//! `H` is fenced from the lease bound, stretched by the clock-rate bound, plus the kill allowance, once the
+//! votes are in. Observations must be taken *after* the claim was superseded: a renewal before the
 //! supersede that an earlier poll missed is then seen, and a renewal after it shows `H` a mirror that
 //! contains the supersede, so `H` stops the unit itself.
 
@@ -68,19 +68,13 @@ pub enum HolderState {
     Gone,
     /// The holder's units are provably stopped from this time on (this machine's clock).
     FencedBy(Time),
-    /// Not provable yet: no observation of its lease after `after`, or this machine's view does not
-    /// show it down.
+    /// Not provable yet: no observation of its lease after `after`, or not enough votes.
     Unknown,
 }
 
-/// What this machine can prove about a holder whose view-declared down time is `down_since`, from
-/// `polls` of its lease sent at or after `after`.
-pub fn holder_state(
-    timing: &Timing,
-    down_since: Option<Time>,
-    polls: &[LeasePoll],
-    after: Time,
-) -> HolderState {
+/// What this machine can prove about a holder from `polls` of its lease sent at or after `after`, given
+/// whether a majority of the committee voted that its lease may be taken over (`voted`).
+pub fn holder_state(timing: &Timing, voted: bool, polls: &[LeasePoll], after: Time) -> HolderState {
     let polls: Vec<&LeasePoll> = polls.iter().filter(|p| p.sent >= after).collect();
     if polls.iter().any(|p| p.answer == LeaseAnswer::NotFound) {
         return HolderState::Gone;
@@ -100,12 +94,10 @@ pub fn holder_state(
             keep => keep,
         };
     }
-    let (Some(renewed), Some(down)) = (renewed, down_since) else {
-        return HolderState::Unknown;
-    };
-    let by_lease = renewed + timing.fenced_after();
-    let by_view = down.saturating_sub(timing.shrink(timing.min_detection)) + timing.fenced_after();
-    HolderState::FencedBy(by_lease.max(by_view))
+    match renewed {
+        Some(renewed) if voted => HolderState::FencedBy(renewed + timing.fenced_after()),
+        _ => HolderState::Unknown,
+    }
 }
 
 #[cfg(test)]
@@ -119,11 +111,7 @@ mod tests {
     fn timing() -> Timing {
         Timing {
             clock_rate_ppm: 0,
-            ..Timing::new(
-                Duration::from_millis(500),
-                Duration::from_secs(10),
-                Duration::from_millis(480),
-            )
+            ..Timing::new(Duration::from_millis(500), Duration::from_secs(10))
         }
     }
 
@@ -146,20 +134,18 @@ mod tests {
     }
 
     #[test]
-    fn fenced_by_the_later_of_the_lease_and_the_view_bounds() {
+    fn fenced_by_the_lease_bound_once_the_committee_voted() {
         let t = timing();
-        // Crash at 0, last renewal just before. Down verdict at 1000.
+        // Crash at 0, last renewal just before.
         let polls = [poll(900, 8), poll(2001, 7)];
-        // Lease: renewed before 3 ms -> fenced by 3 + 600 = 603. View: 1000 - 480 + 600 = 1120.
+        // The later answer (renewed before 3 ms) shows no renewal since the earlier poll, which bounds it
+        // tighter (before 0): fenced by 600.
         assert_eq!(
-            holder_state(&t, Some(ms(1000)), &polls, ms(0)),
-            HolderState::FencedBy(ms(1120))
+            holder_state(&t, true, &polls, ms(0)),
+            HolderState::FencedBy(ms(600))
         );
-        // Only the first poll: renewed before 900+2-1000 ... = 902 - 1000? bound 902ms - 1s -> 0.
-        assert_eq!(
-            holder_state(&t, Some(ms(1000)), &polls[..1], ms(0)),
-            HolderState::FencedBy(ms(1120))
-        );
+        // Without the votes, nothing is proven whatever the lease says.
+        assert_eq!(holder_state(&t, false, &polls, ms(0)), HolderState::Unknown);
     }
 
     #[test]
@@ -167,7 +153,7 @@ mod tests {
         let t = timing();
         // The holder is cut off from us but renews its lease: every poll says ~10 s remain.
         let polls = [poll(5000, 9), poll(6000, 9)];
-        match holder_state(&t, Some(ms(1000)), &polls, ms(0)) {
+        match holder_state(&t, true, &polls, ms(0)) {
             HolderState::FencedBy(at) => assert!(at > ms(5500), "{at}"),
             s => panic!("{s:?}"),
         }
@@ -178,7 +164,7 @@ mod tests {
         let t = timing();
         let polls = [poll(900, 8)];
         assert_eq!(
-            holder_state(&t, Some(ms(1000)), &polls, ms(1200)),
+            holder_state(&t, true, &polls, ms(1200)),
             HolderState::Unknown
         );
     }
@@ -191,14 +177,14 @@ mod tests {
             received: ms(11),
             answer: LeaseAnswer::NotFound,
         };
-        assert_eq!(holder_state(&t, None, &[gone], ms(0)), HolderState::Gone);
+        assert_eq!(holder_state(&t, false, &[gone], ms(0)), HolderState::Gone);
     }
 
     #[test]
-    fn a_holder_not_seen_down_is_never_proven_fenced_by_its_lease_alone() {
+    fn a_lease_alone_never_proves_a_holder_stopped() {
         let t = timing();
         assert_eq!(
-            holder_state(&t, None, &[poll(5000, 1)], ms(0)),
+            holder_state(&t, false, &[poll(5000, 1)], ms(0)),
             HolderState::Unknown
         );
     }

@@ -1,30 +1,37 @@
 //! fleet's agent decision core: whether a unit runs on this machine, and what to write to etcd for it.
 //!
-//! Given what the agent knows (the registry mirror's claims, the placement plan, its gossip view counted
-//! as a [`Quorum`], its own lease confirmations, what etcd said about other machines' leases) and `now`,
-//! it returns decisions with reasons. It does no I/O and reads no clock: fleetd's agent
+//! Given what the agent knows (the registry mirror's claims and announcements, the placement plan, its
+//! gossip view, its own lease confirmations, the witness committee's support and votes, what etcd said
+//! about other machines' leases) and `now`, it returns decisions with reasons. It does no I/O and reads no clock: fleetd's agent
 //! (`src/agent`) carries the decisions out against etcd and systemd, and the simulator (`fleet-sim`)
 //! calls the very same functions for every simulated machine.
 //!
 //! One pass of an agent:
-//! 1. [`Quorum::count`] over the membership (etcd announcements, gossip verdicts);
-//! 2. [`fence::guard`]: the fence deadline; past it, every claimed unit is killed (the deadline is also
-//!    handed to the fence guard, which kills them if fleetd itself is dead or hung);
+//! 1. [`Committee::choose`]: the witnesses, from the etcd announcements;
+//! 2. [`fence::guard`]: the fence deadline, from the lease confirmations and the witnesses' support;
+//!    past it, every claimed unit is killed (the deadline is also handed to the fence guard, which kills
+//!    them if fleetd itself is dead or hung);
 //! 3. [`unit::decide`] for every unit the plan puts here, every claim this machine holds or held, and
-//!    every unit loaded here: run or not, the etcd write to attempt, the lease to ask etcd about.
+//!    every unit loaded here: run or not, the etcd write to attempt, the lease to ask etcd about, the
+//!    holder whose lease the witnesses should vote on.
+//!
+//! Every machine is also a witness when the committee names it: [`Witness`] answers other machines'
+//! requests for support and votes.
 //!
 //! `docs/safety.md` gives the argument; each rule's module says which part of it it carries.
 
+pub mod committee;
 pub mod fence;
 pub mod holder;
-pub mod quorum;
 pub mod time;
 pub mod timing;
 pub mod unit;
+pub mod witness;
 
-pub use fence::{guard, Confirmation, Guard, OwnLease, Vouch};
+pub use committee::{Committee, Seat};
+pub use fence::{guard, Confirmation, Guard, OwnLease, Support, Vouch};
 pub use holder::{holder_state, HolderState, LeaseAnswer, LeasePoll};
-pub use quorum::{Member, Quorum};
 pub use time::Time;
 pub use timing::Timing;
 pub use unit::{decide, Case, Claim, Ctx, Handoff, Peer, Placement, Verdict, Why, Write};
+pub use witness::{Promise, Witness};

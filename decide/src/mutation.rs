@@ -9,9 +9,9 @@ use std::cell::Cell;
 /// One planted bug in the decision rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
-    /// Take units over without seeing a quorum (`decide::unit`).
-    IgnoreQuorum,
-    /// Treat a holder as stopped at its down verdict, without the lease or view proof (`decide::holder`).
+    /// Take units over without a majority of the witnesses' votes (`decide::unit`).
+    IgnoreVotes,
+    /// Treat a holder as stopped once the votes are in, without the lease proof (`decide::holder`).
     IgnoreHolderProof,
     /// A lease confirmation vouches for the whole TTL instead of `fence_after` (`decide::fence`).
     FenceAfterTtl,
@@ -22,7 +22,7 @@ pub enum Mutation {
 impl Mutation {
     /// Every mutation.
     pub const ALL: [Mutation; 4] = [
-        Mutation::IgnoreQuorum,
+        Mutation::IgnoreVotes,
         Mutation::IgnoreHolderProof,
         Mutation::FenceAfterTtl,
         Mutation::IgnoreHandoverOnRelease,
@@ -31,7 +31,7 @@ impl Mutation {
     /// Its name on the command line (`ignore-quorum`, ...).
     pub fn name(self) -> &'static str {
         match self {
-            Mutation::IgnoreQuorum => "ignore-quorum",
+            Mutation::IgnoreVotes => "ignore-votes",
             Mutation::IgnoreHolderProof => "ignore-holder-proof",
             Mutation::FenceAfterTtl => "fence-after-ttl",
             Mutation::IgnoreHandoverOnRelease => "ignore-handover-on-release",

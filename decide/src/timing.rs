@@ -5,17 +5,16 @@ use std::time::Duration;
 /// Timings of the safety rules (see `docs/safety.md` for the argument that uses each of them).
 ///
 /// One setting, [`Timing::fence_after`], trades failover speed against tolerance of network blips: a
-/// machine that can neither confirm its etcd lease nor see that no other side could take its units over
-/// stops them `fence_after` after its last confirmation, and a machine taking a unit over waits until
-/// that holder has provably done so. Everything else follows from it, the lease TTL (`agent_ttl`) and
-/// the gossip layer's minimum detection time.
+/// machine that can neither confirm its etcd lease nor get enough support from the witness committee
+/// stops its units `fence_after` after its last confirmation, and a machine taking a unit over waits until
+/// that holder has provably done so. Everything else follows from it and the lease TTL (`agent_ttl`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
-    /// F: how long a machine keeps running its claimed units once neither its lease nor its view of
-    /// the cluster vouches for it any more. Default 500 ms.
+    /// F: how long a machine keeps running its claimed units after its last lease confirmation when the
+    /// witness committee does not support it. Default 500 ms.
     pub fence_after: Duration,
     /// The lease TTL (`agent_ttl`): claims vanish with the lease; a machine stops its units before then
-    /// whatever its view, and membership changes count for takeover quorums only after it.
+    /// whatever support it has, and a departed witness keeps its seat for that long.
     pub ttl: Duration,
     /// Bound on how much two machines' clock *rates* may differ, in parts per million (offsets do
     /// not matter: no rule compares two machines' clocks). Default 10,000 (1%); NTP keeps real clocks
@@ -24,33 +23,35 @@ pub struct Timing {
     /// K: from a fence deadline to the fenced units' processes being gone (the agent or the fence guard
     /// sends SIGKILL through systemd). Default 100 ms.
     pub kill_allowance: Duration,
-    /// The gossip layer's minimum time from a member falling silent to any member declaring it down
-    /// (for SWIM: the probe timeout plus the suspicion timeout). Default 480 ms (`probe_rtt` 80 ms +
-    /// `suspect_to_down_after` 400 ms).
-    pub min_detection: Duration,
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing::new(
-            Duration::from_millis(500),
-            Duration::from_secs(30),
-            Duration::from_millis(480),
-        )
+        Timing::new(Duration::from_millis(500), Duration::from_secs(30))
     }
 }
 
 impl Timing {
-    /// Timings for `fence_after`, a lease TTL and the gossip layer's minimum detection time, with the
-    /// default clock-rate bound and kill allowance.
-    pub fn new(fence_after: Duration, ttl: Duration, min_detection: Duration) -> Timing {
+    /// Timings for `fence_after` and a lease TTL, with the default clock-rate bound and kill allowance.
+    pub fn new(fence_after: Duration, ttl: Duration) -> Timing {
         Timing {
             fence_after,
             ttl,
             clock_rate_ppm: 10_000,
             kill_allowance: Duration::from_millis(100),
-            min_detection,
         }
+    }
+
+    /// V: how long one witness's support lets a machine without its lease keep its units (from when it
+    /// asked). Four `fence_after`s: support is asked for every `V/3` while the lease is unconfirmed.
+    pub fn support_validity(&self) -> Duration {
+        self.fence_after * 4
+    }
+
+    /// How long a witness waits after supporting a lease before it may vote that the lease be taken over:
+    /// `V` stretched by the clock-rate bound, plus the kill allowance.
+    pub fn vote_after_support(&self) -> Duration {
+        self.stretch(self.support_validity()) + self.kill_allowance
     }
 
     /// P: how often the agent renews its lease: three times per `fence_after`, so that one lost or
@@ -121,11 +122,7 @@ mod tests {
 
     #[test]
     fn a_ttl_close_to_fence_after_is_refused() {
-        let t = Timing::new(
-            Duration::from_secs(2),
-            Duration::from_secs(2),
-            Duration::from_millis(480),
-        );
+        let t = Timing::new(Duration::from_secs(2), Duration::from_secs(2));
         assert!(t.check().unwrap_err().contains("agent_ttl"));
     }
 

@@ -8,9 +8,10 @@
 //!   stopped ([`crate::holder`]), its lease is gone, or it acknowledged the handover.
 //! - **Claim** a unit the plan puts here when nobody holds it (etcd creates the claim only if absent).
 //! - **Take over** (supersede at the seen revision) a unit the plan puts here from a holder this machine's
-//!   gossip view shows down, only with a quorum ([`crate::quorum`]) and once the holder is proven
-//!   stopped by the observations so far; the claim then records the holder (a *handover*), and the unit
-//!   starts after a fresh proof (see above).
+//!   gossip view shows down, only once a majority of the witness committee voted that the holder's lease
+//!   may be taken over ([`crate::committee`], [`crate::witness`]) and the holder is proven stopped by the
+//!   observations so far; the claim then records the holder (a *handover*), and the unit starts after a
+//!   fresh proof (see above).
 //! - **Wait** for a holder that is alive, restarting (its `restarting` mark), suspected, or not proven
 //!   stopped; a live holder whose unit moved releases it itself.
 //! - **Release** a claim of this machine for a unit the plan puts elsewhere (or nowhere) once the unit
@@ -21,9 +22,9 @@
 
 use fleet_sched::MachineId;
 
+use crate::committee::Committee;
 use crate::fence::Guard;
 use crate::holder::{holder_state, HolderState, LeasePoll};
-use crate::quorum::Quorum;
 use crate::time::Time;
 use crate::timing::Timing;
 
@@ -67,8 +68,10 @@ pub struct Peer<'a> {
     pub alive: bool,
     /// Gossip suspects it (alive, failed a probe).
     pub suspect: bool,
-    /// When this machine's view declared it down, if it is down now.
-    pub down_since: Option<Time>,
+    /// This machine's gossip view declares it down (what starts a takeover; the proof is elsewhere).
+    pub down: bool,
+    /// Witnesses (other than it) that voted that the lease in question may be taken over.
+    pub votes: usize,
     /// Its fleetd is restarting (its `restarting` mark is in etcd): its claims stand.
     pub restarting: bool,
     /// Recent `LeaseTimeToLive` answers about the lease in question, oldest first.
@@ -86,8 +89,8 @@ pub struct Ctx<'a> {
     pub lease: i64,
     /// Its fence deadline ([`crate::fence::guard`]).
     pub guard: &'a Guard,
-    /// Its quorum count (`None` without a gossip view).
-    pub quorum: Option<&'a Quorum>,
+    /// The witness committee.
+    pub committee: &'a Committee,
     /// Now, on this machine's clock.
     pub now: Time,
 }
@@ -157,8 +160,8 @@ pub enum Why {
     HolderAlive,
     /// The holder is suspected, not yet down.
     HolderSuspect,
-    /// The holder is down, but this machine sees no quorum.
-    NoQuorum,
+    /// The holder is down, but a majority of the witnesses has not voted yet.
+    NoVotes,
     /// The holder is down but not yet proven stopped.
     HolderNotFenced,
     /// The holder's lease is gone; its claim is about to vanish.
@@ -180,6 +183,8 @@ pub struct Verdict {
     pub write: Option<Write>,
     /// A lease to ask etcd about (`LeaseTimeToLive`).
     pub poll: Option<i64>,
+    /// A holder whose lease the witnesses should vote on (those that have not voted yet).
+    pub votes: Option<Handoff>,
     /// When to look again at the latest (a proof that will hold then).
     pub wake_at: Option<Time>,
     /// Why.
@@ -192,6 +197,7 @@ impl Verdict {
             run,
             write: None,
             poll: None,
+            votes: None,
             wake_at: None,
             why,
         }
@@ -204,6 +210,11 @@ impl Verdict {
 
     fn poll(mut self, lease: i64) -> Verdict {
         self.poll = Some(lease);
+        self
+    }
+
+    fn ask_votes(mut self, holder: &Handoff) -> Verdict {
+        self.votes = Some(holder.clone());
         self
     }
 
@@ -262,7 +273,7 @@ fn decide_own(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim, fenced: bool) -> Ve
             h,
             holder_state(
                 ctx.timing,
-                case.peer.down_since,
+                case.peer.votes >= ctx.committee.majority(),
                 case.peer.polls,
                 case.superseded_at,
             ),
@@ -313,7 +324,7 @@ fn decide_own(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim, fenced: bool) -> Ve
 }
 
 fn pending_wait(v: Verdict, h: &Handoff, s: &HolderState) -> Verdict {
-    let v = v.poll(h.lease);
+    let v = v.poll(h.lease).ask_votes(h);
     match s {
         HolderState::FencedBy(t) => v.wake(*t),
         _ => v,
@@ -331,19 +342,23 @@ fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
         // Suspected: start asking etcd about its lease, so that a down verdict finds the proof ready.
         return wait(Why::HolderSuspect).poll(claim.lease);
     }
-    let Some(down) = peer.down_since else {
+    if !peer.down {
         return wait(Why::HolderUnknown);
-    };
+    }
     if claim.handoff.is_some() {
         // The holder was itself taking the unit over from a third machine, not yet proven stopped:
         // its claim vanishes with its lease, by when the third machine has stopped too.
         return wait(Why::HandoffPending);
     }
-    if !ctx.quorum.is_some_and(Quorum::holds) {
-        return wait(Why::NoQuorum);
-    }
     if !ctx.guard.may_start(ctx.now) || ctx.lease == 0 {
         return wait(Why::Unconfirmed);
+    }
+    let holder = Handoff {
+        machine: claim.machine.clone(),
+        lease: claim.lease,
+    };
+    if peer.votes < ctx.committee.majority() {
+        return wait(Why::NoVotes).poll(claim.lease).ask_votes(&holder);
     }
     // The lease bound covers renewals up to the latest answer only: a takeover acts on a recent one
     // (a holder that kept renewing since an old answer is not taken from).
@@ -351,7 +366,7 @@ fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
         .polls
         .last()
         .is_some_and(|p| ctx.now.since(p.received) <= ctx.timing.lease_poll_period() * 2);
-    match holder_state(ctx.timing, Some(down), peer.polls, Time::ZERO) {
+    match holder_state(ctx.timing, true, peer.polls, Time::ZERO) {
         HolderState::Gone => wait(Why::HolderGone),
         HolderState::FencedBy(t) if t <= ctx.now && !fresh => {
             wait(Why::HolderNotFenced).poll(claim.lease)
@@ -359,10 +374,7 @@ fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
         HolderState::FencedBy(t) if t <= ctx.now => {
             wait(Why::HandoffPending).write(Write::Supersede {
                 mod_revision: claim.mod_revision,
-                from: Handoff {
-                    machine: claim.machine.clone(),
-                    lease: claim.lease,
-                },
+                from: holder,
             })
         }
         HolderState::FencedBy(t) => wait(Why::HolderNotFenced).poll(claim.lease).wake(t),

@@ -17,16 +17,28 @@ fn id(s: &str) -> MachineId {
 fn timing() -> Timing {
     Timing {
         clock_rate_ppm: 0,
-        ..Timing::new(
-            Duration::from_millis(500),
-            Duration::from_secs(10),
-            Duration::from_millis(480),
-        )
+        ..Timing::new(Duration::from_millis(500), Duration::from_secs(10))
     }
 }
 
-/// A guard confirmed by the lease at `conf` (mirror caught up), evaluated at `now`.
-fn lease_guard(conf: u64, q: &Quorum, now: u64) -> Guard {
+/// Three witnesses, this machine ("me") among them: a takeover needs 2 votes, keeping units without the
+/// lease needs 2 supporters (this machine and one more).
+fn committee() -> Committee {
+    let seats: Vec<Seat> = ["me", "h", "x"]
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Seat {
+            id: id(m),
+            since: i as i64,
+            departed_at: None,
+        })
+        .collect();
+    Committee::choose(&seats, Duration::from_secs(10), Time::ZERO)
+}
+
+/// A guard confirmed by the lease at `conf` (mirror caught up), with support granted by `supporters`
+/// (request sent at `now`), evaluated at `now`.
+fn lease_guard(conf: u64, supporters: &[&str], now: u64) -> Guard {
     let l = OwnLease {
         id: 1,
         ttl: Duration::from_secs(10),
@@ -35,25 +47,22 @@ fn lease_guard(conf: u64, q: &Quorum, now: u64) -> Guard {
             revision: 1,
         }],
     };
-    guard(&timing(), &l, 1, Some(q), ms(now))
+    let c = committee();
+    let me = id("me");
+    let granted = supporters.iter().map(|w| (id(w), ms(now))).collect();
+    let s = Support {
+        committee: &c,
+        me: &me,
+        granted: &granted,
+    };
+    guard(&timing(), &l, 1, Some(&s), ms(now))
 }
-
-const QUORUM: Quorum = Quorum {
-    size: 3,
-    up: 2,
-    alive: 2,
-};
-const NO_QUORUM: Quorum = Quorum {
-    size: 3,
-    up: 1,
-    alive: 1,
-};
 
 struct World {
     t: Timing,
     me: MachineId,
     g: Guard,
-    q: Quorum,
+    c: Committee,
     now: u64,
 }
 
@@ -62,8 +71,8 @@ impl World {
         World {
             t: timing(),
             me: id("me"),
-            g: lease_guard(now.saturating_sub(50), &QUORUM, now),
-            q: QUORUM,
+            g: lease_guard(now.saturating_sub(50), &[], now),
+            c: committee(),
             now,
         }
     }
@@ -74,7 +83,7 @@ impl World {
             me: &self.me,
             lease: 1,
             guard: &self.g,
-            quorum: Some(&self.q),
+            committee: &self.c,
             now: ms(self.now),
         };
         decide(&ctx, case)
@@ -113,9 +122,11 @@ fn poll(sent: u64, ttl: i64) -> LeasePoll {
     }
 }
 
-fn down(at: u64, polls: &[LeasePoll]) -> Peer<'_> {
+/// A holder gossip declares down, with the majority's votes in.
+fn down(polls: &[LeasePoll]) -> Peer<'_> {
     Peer {
-        down_since: Some(ms(at)),
+        down: true,
+        votes: 2,
         polls,
         ..Peer::default()
     }
@@ -129,14 +140,14 @@ fn crash_takeover_waits_for_the_proof_then_supersedes_then_starts_after_a_fresh_
     let c = claim("h", 9, None);
     let polls = [poll(950, 9)]; // bound: renewed before 952 - 0 s (= 952): lease bound 952 + 600.
     let w = World::new(1200);
-    let v = w.decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    let v = w.decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert_eq!(v.write, None, "not proven yet: {v:?}");
     assert_eq!(v.poll, Some(9));
     assert_eq!(v.why, Why::HolderNotFenced);
-    // After the tick (at 2.0 s etcd says 7): renewed before ~3 ms; view bound 1000-480+600 = 1120.
+    // After the tick (at 2.0 s etcd says 7): renewed before ~3 ms: fenced by 603.
     let polls = [poll(950, 9), poll(2001, 7)];
     let w = World::new(2010);
-    let v = w.decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    let v = w.decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert!(
         matches!(
             v.write,
@@ -150,36 +161,40 @@ fn crash_takeover_waits_for_the_proof_then_supersedes_then_starts_after_a_fresh_
     assert!(!v.run, "a supersede runs nothing before a fresh proof");
     // Now the claim is ours with a handover; polls before the supersede do not count.
     let mine = claim("me", 1, Some(("h", 9)));
-    let mut k = case(Placement::Here, Some(&mine), down(1000, &polls));
+    let mut k = case(Placement::Here, Some(&mine), down(&polls));
     k.superseded_at = ms(2015);
     let v = World::new(2016).decide(&k);
     assert!(!v.run);
     assert_eq!(v.why, Why::HandoffPending);
     assert_eq!(v.poll, Some(9));
     let fresh = [poll(950, 9), poll(2001, 7), poll(2020, 7)];
-    let mut k = case(Placement::Here, Some(&mine), down(1000, &fresh));
+    let mut k = case(Placement::Here, Some(&mine), down(&fresh));
     k.superseded_at = ms(2015);
     let v = World::new(2030).decide(&k);
     assert!(v.run, "{v:?}");
 }
 
 #[test]
-fn the_view_bound_holds_a_takeover_back_even_when_the_lease_is_long_stale() {
-    // The holder lost etcd long ago (renewed before 0) but kept extending by its view until it fell
-    // silent; our view declared it down at 5000: it may have extended until 4520, so fenced by 5125.
+fn without_a_majority_of_votes_nothing_is_taken_over_and_the_votes_are_asked_for() {
+    // The holder's lease is long stale, but only one witness voted (a majority of three is two).
     let c = claim("h", 9, None);
     let polls = [poll(5001, 4)];
-    let v = World::new(5050).decide(&case(Placement::Here, Some(&c), down(5000, &polls)));
-    assert_eq!(v.write, None);
-    assert_eq!(v.wake_at, Some(ms(5120)));
-    let v = World::new(5120).decide(&case(Placement::Here, Some(&c), down(5000, &polls)));
-    assert!(matches!(v.write, Some(Write::Supersede { .. })));
+    let mut peer = down(&polls);
+    peer.votes = 1;
+    let v = World::new(5050).decide(&case(Placement::Here, Some(&c), peer));
+    assert_eq!((v.write.clone(), v.why), (None, Why::NoVotes), "{v:?}");
+    assert_eq!(
+        v.votes.as_ref().map(|h| (h.machine.as_str(), h.lease)),
+        Some(("h", 9))
+    );
+    let v = World::new(5050).decide(&case(Placement::Here, Some(&c), down(&polls)));
+    assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
 }
 
-// ---- The holder is alive, restarting, suspected, unknown; the quorum is missing ----------------------
+// ---- The holder is alive, restarting, suspected, unknown ------------------------------------------------
 
 #[test]
-fn nothing_is_taken_from_a_holder_that_is_not_down_or_without_a_quorum() {
+fn nothing_is_taken_from_a_holder_that_is_not_down() {
     let c = claim("h", 9, None);
     let polls = [poll(5001, 1)];
     let alive = Peer {
@@ -189,7 +204,8 @@ fn nothing_is_taken_from_a_holder_that_is_not_down_or_without_a_quorum() {
     };
     let restarting = Peer {
         restarting: true,
-        down_since: Some(ms(10)),
+        down: true,
+        votes: 2,
         polls: &polls,
         ..Peer::default()
     };
@@ -218,11 +234,6 @@ fn nothing_is_taken_from_a_holder_that_is_not_down_or_without_a_quorum() {
         w.decide(&case(Placement::Here, Some(&c), suspect)).poll,
         Some(9)
     );
-    // Down, proven stopped, but no quorum here (a minority, or one of two machines).
-    let mut w = World::new(9000);
-    w.q = NO_QUORUM;
-    let v = w.decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
-    assert_eq!((v.write, v.why), (None, Why::NoQuorum));
 }
 
 #[test]
@@ -231,7 +242,7 @@ fn a_holder_that_keeps_renewing_its_lease_is_never_taken_over() {
     let c = claim("h", 9, None);
     for now in (2000..60_000).step_by(1000) {
         let polls = [poll(now - 100, 9)];
-        let v = World::new(now).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+        let v = World::new(now).decide(&case(Placement::Here, Some(&c), down(&polls)));
         assert_eq!(v.write, None, "at {now}: {v:?}");
     }
 }
@@ -245,7 +256,7 @@ fn a_gone_lease_waits_for_its_claim_to_vanish_then_the_unit_is_claimed() {
         answer: LeaseAnswer::NotFound,
     }];
     let w = World::new(200);
-    let v = w.decide(&case(Placement::Here, Some(&c), down(50, &gone)));
+    let v = w.decide(&case(Placement::Here, Some(&c), down(&gone)));
     assert_eq!((v.write, v.why), (None, Why::HolderGone));
     let v = w.decide(&case(Placement::Here, None, Peer::default()));
     assert_eq!(v.write, Some(Write::Claim));
@@ -255,7 +266,7 @@ fn a_gone_lease_waits_for_its_claim_to_vanish_then_the_unit_is_claimed() {
 fn a_claim_that_is_itself_a_pending_takeover_is_not_taken_over() {
     let c = claim("h", 9, Some(("z", 3)));
     let polls = [poll(9000, 1)];
-    let v = World::new(9100).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    let v = World::new(9100).decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert_eq!((v.write, v.why), (None, Why::HandoffPending));
 }
 
@@ -267,14 +278,14 @@ fn own_claims_run_only_unfenced_and_start_only_with_a_fresh_lease() {
     let mut k = case(Placement::Here, Some(&mine), Peer::default());
     // Fresh lease: start.
     assert!(World::new(1000).decide(&k).run);
-    // Fenced (minority, lease unconfirmed for fence_after): stop.
+    // Fenced (no support, lease unconfirmed for fence_after): stop.
     let mut w = World::new(1000);
-    w.g = lease_guard(400, &NO_QUORUM, 1000);
+    w.g = lease_guard(400, &[], 1000);
     assert_eq!(w.decide(&k).why, Why::Fenced);
     assert!(!w.decide(&k).run);
-    // Kept alive by the view only (majority, lease unconfirmed): keep a running unit, start nothing.
+    // Kept alive by the witnesses' support only (lease unconfirmed): keep a running unit, start nothing.
     let mut w = World::new(5000);
-    w.g = lease_guard(400, &QUORUM, 5000);
+    w.g = lease_guard(400, &["x"], 5000);
     assert!(!w.decide(&k).run);
     assert_eq!(w.decide(&k).why, Why::Unconfirmed);
     k.running = true;
@@ -304,7 +315,7 @@ fn a_moved_unit_is_released_only_once_unloaded_and_never_with_a_pending_handover
     // Taken over from h, not yet proven: keep the claim (a released claim can be started at once).
     let pending = claim("me", 1, Some(("h", 9)));
     let polls = [poll(900, 9)];
-    let k = case(Placement::NotHere, Some(&pending), down(800, &polls));
+    let k = case(Placement::NotHere, Some(&pending), down(&polls));
     let v = World::new(1000).decide(&k);
     assert_eq!(v.write, None);
     assert_eq!(v.poll, Some(9));
@@ -330,7 +341,7 @@ fn a_unit_taken_from_us_is_stopped_then_acknowledged() {
 #[test]
 fn global_units_run_even_when_fenced() {
     let mut w = World::new(1000);
-    w.g = lease_guard(0, &NO_QUORUM, 1000);
+    w.g = lease_guard(0, &[], 1000);
     assert!(w.g.fenced(ms(1000)));
     let v = w.decide(&case(Placement::GlobalHere, None, Peer::default()));
     assert!(v.run);
@@ -339,11 +350,11 @@ fn global_units_run_even_when_fenced() {
 #[test]
 fn nothing_is_claimed_while_fenced_or_unconfirmed() {
     let mut w = World::new(1000);
-    w.g = lease_guard(0, &NO_QUORUM, 1000);
+    w.g = lease_guard(0, &[], 1000);
     let v = w.decide(&case(Placement::Here, None, Peer::default()));
     assert_eq!((v.write, v.why), (None, Why::Fenced));
     let mut w = World::new(5000);
-    w.g = lease_guard(0, &QUORUM, 5000);
+    w.g = lease_guard(0, &["x"], 5000);
     let v = w.decide(&case(Placement::Here, None, Peer::default()));
     assert_eq!((v.write, v.why), (None, Why::Unconfirmed));
 }
@@ -360,22 +371,22 @@ fn a_later_answer_showing_a_renewal_overrides_an_earlier_one() {
     let c = claim("h", 9, None);
     // Cut off from us at 800 (down at 1000) but renewing every ~170 ms: every answer says 9 s remain.
     let polls = [poll(900, 9), poll(1000, 9), poll(1100, 9)];
-    let v = World::new(1150).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    let v = World::new(1150).decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert_eq!(v.write, None, "{v:?}");
     // Later answers keep showing renewals: still no proof, however old the first answer is.
     let polls = [poll(900, 9), poll(5000, 9), poll(5100, 9)];
-    let v = World::new(5150).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    let v = World::new(5150).decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert_eq!(v.write, None, "{v:?}");
     // After the supersede, the first answer alone does not prove the handover either.
     let mine = claim("me", 1, Some(("h", 9)));
-    let mut k = case(Placement::Here, Some(&mine), down(1000, &polls));
+    let mut k = case(Placement::Here, Some(&mine), down(&polls));
     k.superseded_at = ms(4000);
     let v = World::new(5650).decide(&k);
     assert!(!v.run, "{v:?}");
     // An earlier answer still tightens the bound when the later one shows no renewal since it: renewed
     // at 0, answers at 1.5 s (8 s left: renewed before 0.5 s) and 2.0 s (7 s left: before 3 ms).
     let dead = [poll(1498, 8), poll(2001, 7), poll(2300, 7)];
-    let v = World::new(2310).decide(&case(Placement::Here, Some(&c), down(1000, &dead)));
+    let v = World::new(2310).decide(&case(Placement::Here, Some(&c), down(&dead)));
     assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
 }
 
@@ -387,10 +398,10 @@ fn an_old_answer_does_not_prove_anything_now() {
     let c = claim("h", 9, None);
     let polls = [poll(1100, 9), poll(1200, 9)];
     // Without the old answers being refreshed, it asks again instead of taking over.
-    let v = World::new(2500).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    let v = World::new(2500).decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert_eq!((v.write.clone(), v.poll), (None, Some(9)), "{v:?}");
     // A fresh answer that shows the renewals stopped (renewed before ~1.2 s) proves it.
     let polls = [poll(1100, 9), poll(1200, 9), poll(2400, 8)];
-    let v = World::new(2450).decide(&case(Placement::Here, Some(&c), down(1000, &polls)));
+    let v = World::new(2450).decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
 }

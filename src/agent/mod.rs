@@ -4,7 +4,7 @@
 //! and carries its verdicts out (docs/safety.md is the argument, ARCHITECTURE.md the map):
 //! 1. gather: the registry mirror (units, claims, announcements), the gossip view (liveness, metadata),
 //!    the lease's confirmations, what etcd said about other machines' leases, systemd's unit states;
-//! 2. decide: the quorum count, the fence deadline ([`fleet_decide::guard`], written for the fence
+//! 2. decide: the witness committee, the fence deadline ([`fleet_decide::guard`], written for the fence
 //!    guard at once), the placement plan ([`fleet_sched::placement::schedule`]) and a verdict per unit
 //!    ([`fleet_decide::decide`]);
 //! 3. act: the claim writes (each one etcd transaction, `crate::registry`), `LeaseTimeToLive` polls,
@@ -23,6 +23,7 @@ pub mod guard;
 pub mod membership;
 pub mod relay;
 pub mod view;
+pub mod witness;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -32,7 +33,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleet_decide::{
-    Case, Ctx, Guard, LeasePoll, Peer, Placement, Quorum, Time, Timing, Verdict, Why, Write,
+    Case, Committee, Ctx, Guard, LeasePoll, Peer, Placement, Support, Time, Timing, Verdict, Why,
+    Write,
 };
 use fleet_sched::placement::{self, Decision, UnitInfo};
 use fleet_sched::reconcile::{reconcile, ActiveState, CurrentUnit, TargetUnit, Task};
@@ -42,8 +44,9 @@ use fleet_systemd::{Bus, Event, Systemd, UnitState};
 use crate::clock;
 use crate::registry::lease::{LeaseKeeper, LeaseStatus};
 use crate::registry::{Announced, ClaimWrite, MachineRecord, Registry, Snapshot};
-use membership::Membership;
+use membership::Seats;
 pub use view::{spawn_view_refresh, AgentCluster, LocalReport};
+use witness::WitnessService;
 
 /// How the agent is set up (from fleetd's configuration).
 #[derive(Debug, Clone)]
@@ -64,8 +67,6 @@ pub struct AgentOptions {
     pub reconcile_interval: Duration,
     /// `fence_after` (docs/safety.md).
     pub fence_after: Duration,
-    /// The gossip layer's minimum detection time.
-    pub min_detection: Duration,
     /// Where the lease, the membership and the fence deadline are kept (`runtime_dir`).
     pub runtime_dir: PathBuf,
     /// How long `systemctl restart fleet` may take before the guard fences (the machine is marked
@@ -76,7 +77,7 @@ pub struct AgentOptions {
 impl AgentOptions {
     /// The decision core's timings.
     pub fn timing(&self) -> Timing {
-        Timing::new(self.fence_after, self.agent_ttl, self.min_detection)
+        Timing::new(self.fence_after, self.agent_ttl)
     }
 
     /// The fence guard's deadline file.
@@ -92,11 +93,16 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent.
-    pub fn start(opts: AgentOptions, registry: Registry, cluster: Arc<AgentCluster>) -> Agent {
+    /// Starts the agent; `witness` is this machine's witness (shared with the relay that answers peers).
+    pub fn start(
+        opts: AgentOptions,
+        registry: Registry,
+        cluster: Arc<AgentCluster>,
+        witness: Arc<WitnessService>,
+    ) -> Agent {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
-            let r = run(opts, registry, cluster, stop_rx).await;
+            let r = run(opts, registry, cluster, witness, stop_rx).await;
             if let Err(e) = &r {
                 tracing::error!("agent stopped: {e:#}");
             }
@@ -144,7 +150,18 @@ struct State {
     systemd: Systemd,
     lease: LeaseKeeper,
     cluster: Arc<AgentCluster>,
-    membership: Arc<std::sync::Mutex<Membership>>,
+    /// The committee's seats as this fleetd knows them.
+    seats: Seats,
+    /// The committee and its support, shared with the guard writer.
+    shared: Arc<GuardShared>,
+    /// This machine as a witness.
+    witness: Arc<WitnessService>,
+    /// Witnesses that voted that a holder's lease may be taken over, by (holder, lease).
+    votes: BTreeMap<(MachineId, i64), BTreeSet<MachineId>>,
+    /// Holders whose lease the last pass wanted votes on.
+    votes_wanted: BTreeSet<(MachineId, i64)>,
+    /// When votes were last asked for each (holder, lease).
+    votes_asked: BTreeMap<(MachineId, i64), Time>,
     /// Keeps the fence deadline written for the guard, apart from the (sometimes slow) passes.
     writer: tokio::task::JoinHandle<()>,
     /// When this fleetd started (observations before a supersede we cannot date count from here).
@@ -209,6 +226,7 @@ async fn run(
     opts: AgentOptions,
     registry: Registry,
     cluster: Arc<AgentCluster>,
+    witness: Arc<WitnessService>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> anyhow::Result<bool> {
     let timing = opts.timing();
@@ -232,6 +250,7 @@ async fn run(
     };
     let lease = LeaseKeeper::start(
         registry.clone(),
+        opts.machine.as_str(),
         opts.agent_ttl,
         timing.keepalive_period(),
         Some(opts.runtime_dir.join("lease.json")),
@@ -265,16 +284,15 @@ async fn run(
         .subscribe_filtered(ours.clone())
         .await
         .context("subscribing to systemd")?;
-    let membership = Arc::new(std::sync::Mutex::new(Membership::load(Some(
-        opts.runtime_dir.join("members.json"),
-    ))));
+    let shared = Arc::new(GuardShared::default());
     let (guard_tx, mut guard_rx) = tokio::sync::watch::channel((false, false));
     let writer = tokio::spawn(write_guard_loop(GuardInputs {
         timing: timing.clone(),
+        me: opts.machine.clone(),
         lease: lease.subscribe(),
         registry: registry.clone(),
         cluster: cluster.clone(),
-        membership: membership.clone(),
+        shared: shared.clone(),
         file: opts.fence_file(),
         changes: guard_tx,
     }));
@@ -285,7 +303,12 @@ async fn run(
     let mut tick = tokio::time::interval(opts.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut st = State {
-        membership,
+        seats: Seats::load(Some(opts.runtime_dir.join("seats.json"))),
+        shared,
+        witness,
+        votes: BTreeMap::new(),
+        votes_wanted: BTreeSet::new(),
+        votes_asked: BTreeMap::new(),
         writer,
         timing,
         opts,
@@ -357,29 +380,48 @@ async fn run(
     Ok(st.shutdown().await)
 }
 
-fn lock(m: &std::sync::Mutex<Membership>) -> std::sync::MutexGuard<'_, Membership> {
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn quorum_of(
-    membership: &std::sync::Mutex<Membership>,
-    cluster: &AgentCluster,
-    timing: &Timing,
-    now: Time,
-) -> Option<Quorum> {
-    cluster.has_view().then(|| {
-        let members = lock(membership).members(cluster);
-        Quorum::count(&members, timing.ttl, now)
-    })
+/// The committee and its support of this machine, shared by the agent's passes and the guard writer.
+#[derive(Default)]
+struct GuardShared {
+    /// The committee of the last pass (`None` before the first pass with the registry).
+    committee: std::sync::Mutex<Option<Committee>>,
+    /// For each witness, when this machine sent the latest support request it granted.
+    granted: std::sync::Mutex<BTreeMap<MachineId, Time>>,
+}
+
+impl GuardShared {
+    /// The fence deadline with the committee's support.
+    fn guard(
+        &self,
+        timing: &Timing,
+        me: &MachineId,
+        lease: &fleet_decide::OwnLease,
+        synced: i64,
+        now: Time,
+    ) -> Guard {
+        let committee = lock(&self.committee).clone();
+        let granted = lock(&self.granted).clone();
+        let support = committee.as_ref().map(|c| Support {
+            committee: c,
+            me,
+            granted: &granted,
+        });
+        fleet_decide::guard(timing, lease, synced, support.as_ref(), now)
+    }
 }
 
 /// What the fence deadline is computed from.
 struct GuardInputs {
     timing: Timing,
+    me: MachineId,
     lease: tokio::sync::watch::Receiver<LeaseStatus>,
     registry: Registry,
     cluster: Arc<AgentCluster>,
-    membership: Arc<std::sync::Mutex<Membership>>,
+    shared: Arc<GuardShared>,
     file: PathBuf,
     /// `(fenced, may start)`: the agent runs a pass when either changes.
     changes: tokio::sync::watch::Sender<(bool, bool)>,
@@ -387,31 +429,38 @@ struct GuardInputs {
 
 /// Writes the fence deadline for the guard on every lease confirmation and every `fence_after / 3`,
 /// whatever the agent's pass is busy with (a pass that waits for systemd must not let the deadline
-/// lapse).
+/// lapse); while the lease is unconfirmed, asks the committee's witnesses for support every
+/// `support_validity / 3`.
 async fn write_guard_loop(mut g: GuardInputs) {
     let mut tick = tokio::time::interval(g.timing.keepalive_period());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut written: Option<Option<Time>> = None;
+    let mut last_round: Option<Time> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             r = g.lease.changed() => { if r.is_err() { return; } }
         }
         let now = clock::now();
-        let q = quorum_of(&g.membership, &g.cluster, &g.timing, now);
         let lease = g.lease.borrow().lease.clone();
-        let guard = fleet_decide::guard(
-            &g.timing,
-            &lease,
-            g.registry.status().synced,
-            q.as_ref(),
-            now,
-        );
+        let synced = g.registry.status().synced;
+        let guard = g.shared.guard(&g.timing, &g.me, &lease, synced, now);
         if written != Some(guard.deadline) {
             match guard::write_deadline(&g.file, guard.deadline) {
                 Ok(()) => written = Some(guard.deadline),
                 Err(e) => tracing::error!("writing the fence deadline: {e}"),
             }
+        }
+        // The lease unconfirmed for half a fence_after: ask for support.
+        let unconfirmed = lease
+            .confirmed_at(synced)
+            .is_none_or(|t| now.since(t) > g.timing.fence_after / 2);
+        if lease.id != 0
+            && unconfirmed
+            && last_round.is_none_or(|t| now.since(t) >= g.timing.support_validity() / 3)
+        {
+            last_round = Some(now);
+            ask_support(&g, lease.id);
         }
         let state = (guard.fenced(now), guard.may_start(now));
         if *g.changes.borrow() != state {
@@ -419,9 +468,8 @@ async fn write_guard_loop(mut g: GuardInputs) {
                 fenced = state.0,
                 may_start = state.1,
                 vouch = ?guard.vouch,
-                synced = g.registry.status().synced,
+                synced,
                 confirmed = ?lease.confirmations.last().map(|c| c.revision),
-                quorum = ?q,
                 "fence guard state"
             );
         }
@@ -429,6 +477,41 @@ async fn write_guard_loop(mut g: GuardInputs) {
             let changed = *s != state;
             *s = state;
             changed
+        });
+    }
+}
+
+/// Sends a support request to every other witness; each grant is recorded with the time it was sent.
+fn ask_support(g: &GuardInputs, lease: i64) {
+    let Some(gossip) = g.cluster.gossip().cloned() else {
+        return;
+    };
+    let Some(committee) = lock(&g.shared.committee).clone() else {
+        return;
+    };
+    let timeout = g.timing.support_validity() / 3;
+    for w in committee.witnesses.into_iter().filter(|w| *w != g.me) {
+        let gossip = gossip.clone();
+        let shared = g.shared.clone();
+        let req = relay::Request::Support {
+            machine: g.me.to_string(),
+            lease,
+        }
+        .encode();
+        tokio::spawn(async move {
+            let sent = clock::now();
+            let peer = fleet_gossip::MachineId::new(w.as_str());
+            let answer = tokio::time::timeout(timeout, gossip.request(&peer, req)).await;
+            match answer
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|b| relay::Response::decode(&b))
+            {
+                Some(Ok(relay::Response::Granted(true))) => {
+                    lock(&shared.granted).insert(w, sent);
+                }
+                other => tracing::debug!(witness = %w, ?other, "no support"),
+            }
         });
     }
 }
@@ -441,18 +524,12 @@ async fn sleep_until(t: Option<Time>) {
 }
 
 impl State {
-    /// The quorum count over the membership, with this node's gossip view (`None` without one).
-    fn quorum(&self, now: Time) -> Option<Quorum> {
-        quorum_of(&self.membership, &self.cluster, &self.timing, now)
-    }
-
     fn compute_guard(&self, now: Time) -> Guard {
-        let q = self.quorum(now);
-        fleet_decide::guard(
+        self.shared.guard(
             &self.timing,
+            &self.opts.machine,
             &self.lease.status().lease,
             self.registry.status().synced,
-            q.as_ref(),
             now,
         )
     }
@@ -587,7 +664,11 @@ impl State {
         let now = clock::now();
         let snap = self.registry.snapshot().ok();
         if let Some(s) = &snap {
-            lock(&self.membership).update(&s.machines, self.timing.ttl, now);
+            self.seats.update(&s.machines, self.timing.ttl, now);
+            let committee = Committee::choose(&self.seats.seats(), self.timing.ttl, now);
+            *lock(&self.shared.committee) = Some(committee);
+            self.witness
+                .retain(|m, l| s.machines.get(m).is_some_and(|x| x.lease == l));
         }
         let g = self.compute_guard(now);
         if g.fenced(now) {
@@ -618,10 +699,9 @@ impl State {
                 let _ = gh.join(unknown);
             }
         }
-        let quorum = self.quorum(now);
-        let target = self
-            .decide_all(&snap, &g, quorum.as_ref(), &lease, now)
-            .await;
+        let committee = lock(&self.shared.committee).clone().unwrap_or_default();
+        self.run_votes(&committee).await;
+        let target = self.decide_all(&snap, &g, &committee, &lease, now).await;
         self.apply(target, &snap).await;
     }
 
@@ -643,6 +723,72 @@ impl State {
                     }
                 }
                 Err(e) => tracing::debug!(lease = format!("{lease:x}"), "LeaseTimeToLive: {e}"),
+            }
+        }
+    }
+
+    /// Asks the witnesses that have not voted yet to vote on the holders the last pass wanted to take
+    /// units from (this machine's own witness is asked directly).
+    async fn run_votes(&mut self, committee: &Committee) {
+        let wanted = std::mem::take(&mut self.votes_wanted);
+        let now = clock::now();
+        self.votes.retain(|k, _| wanted.contains(k));
+        self.votes_asked.retain(|k, _| wanted.contains(k));
+        for (holder, lease) in wanted {
+            let key = (holder.clone(), lease);
+            if self
+                .votes_asked
+                .get(&key)
+                .is_some_and(|t| now.since(*t) < self.timing.lease_poll_period())
+            {
+                continue;
+            }
+            self.votes_asked.insert(key.clone(), now);
+            let have = self.votes.get(&key).cloned().unwrap_or_default();
+            let ask: Vec<MachineId> = committee
+                .witnesses
+                .iter()
+                .filter(|w| **w != holder && !have.contains(*w))
+                .cloned()
+                .collect();
+            for w in ask {
+                let granted = if w == self.opts.machine {
+                    self.witness.vote(&holder, lease)
+                } else {
+                    self.ask_vote(&w, &holder, lease).await
+                };
+                if granted {
+                    self.votes.entry(key.clone()).or_default().insert(w);
+                }
+            }
+        }
+    }
+
+    /// One witness's vote on `holder`'s `lease`.
+    async fn ask_vote(&self, witness: &MachineId, holder: &MachineId, lease: i64) -> bool {
+        let Some(gossip) = self.cluster.gossip() else {
+            return false;
+        };
+        let req = relay::Request::Vote {
+            machine: holder.to_string(),
+            lease,
+        }
+        .encode();
+        let peer = fleet_gossip::MachineId::new(witness.as_str());
+        let answer = tokio::time::timeout(
+            self.timing.lease_poll_period() * 2,
+            gossip.request(&peer, req),
+        )
+        .await;
+        match answer
+            .ok()
+            .and_then(|r| r.ok())
+            .map(|b| relay::Response::decode(&b))
+        {
+            Some(Ok(relay::Response::Granted(g))) => g,
+            other => {
+                tracing::debug!(%witness, ?other, "no vote");
+                false
             }
         }
     }
@@ -700,7 +846,7 @@ impl State {
         &mut self,
         snap: &Snapshot,
         g: &Guard,
-        quorum: Option<&Quorum>,
+        committee: &Committee,
         lease: &LeaseStatus,
         now: Time,
     ) -> BTreeMap<UnitName, TargetUnit> {
@@ -787,13 +933,19 @@ impl State {
                 }
             });
             let no_polls = VecDeque::new();
-            let (alive, suspect, down_since, restarting, polls) = match &other {
+            let (alive, suspect, down, restarting, polls, votes) = match &other {
                 Some((m, l)) => {
                     let (alive, suspect, down) = self.cluster.peer(m);
                     let polls = self.polls.get(l).unwrap_or(&no_polls);
-                    (alive, suspect, down, snap.restarting.contains(m), polls)
+                    let votes = self.votes.get(&(m.clone(), *l)).map_or(0, |v| {
+                        v.iter()
+                            .filter(|w| *w != m && committee.contains(w))
+                            .count()
+                    });
+                    let restarting = snap.restarting.contains(m);
+                    (alive, suspect, down.is_some(), restarting, polls, votes)
                 }
-                None => (false, false, None, false, &no_polls),
+                None => (false, false, false, false, &no_polls, 0),
             };
             let polls: Vec<LeasePoll> = polls.iter().copied().collect();
             let running = self.is_running(&name);
@@ -805,7 +957,8 @@ impl State {
                 peer: Peer {
                     alive,
                     suspect,
-                    down_since,
+                    down,
+                    votes,
                     restarting,
                     polls: &polls,
                 },
@@ -820,7 +973,7 @@ impl State {
                 me: &me,
                 lease: ctx_lease,
                 guard: g,
-                quorum,
+                committee,
                 now,
             };
             let v = fleet_decide::decide(&ctx, &case);
@@ -829,6 +982,9 @@ impl State {
                 .await;
             if let Some(l) = v.poll {
                 self.poll_wanted.insert(l);
+            }
+            if let Some(h) = &v.votes {
+                self.votes_wanted.insert((h.machine.clone(), h.lease));
             }
             if let Some(t) = v.wake_at {
                 wake = Some(wake.map_or(t, |w: Time| w.min(t)));
@@ -848,7 +1004,7 @@ impl State {
             }
         }
         self.waiting = waiting;
-        if !self.poll_wanted.is_empty() {
+        if !self.poll_wanted.is_empty() || !self.votes_wanted.is_empty() {
             let next = now + self.timing.lease_poll_period();
             wake = Some(wake.map_or(next, |w| w.min(next)));
         }

@@ -75,16 +75,30 @@ pub enum Request {
         /// The changes, in order.
         changes: Vec<(String, Option<String>)>,
     },
+    /// The sender asks this witness to support its lease while it cannot confirm it (docs/safety.md).
+    Support {
+        /// The sender's machine ID (checked against the connection's address).
+        machine: String,
+        /// Its lease.
+        lease: i64,
+    },
+    /// The sender asks this witness to vote that `machine`'s `lease` may be taken over.
+    Vote {
+        /// The holder.
+        machine: String,
+        /// Its lease.
+        lease: i64,
+    },
 }
 
 impl Request {
-    /// The unit the request is about (none for metadata changes).
+    /// The unit the request is about (none for metadata changes and the witness's requests).
     pub fn unit(&self) -> Option<&str> {
         match self {
             Request::Status { unit, .. }
             | Request::Journal { unit, .. }
             | Request::Restart { unit } => Some(unit),
-            Request::SetMetadata { .. } => None,
+            Request::SetMetadata { .. } | Request::Support { .. } | Request::Vote { .. } => None,
         }
     }
 }
@@ -116,6 +130,8 @@ pub enum Response {
     },
     /// The metadata changes were applied.
     MetadataSet,
+    /// The witness's answer to [`Request::Support`] or [`Request::Vote`].
+    Granted(bool),
     /// The request was refused or the command failed.
     Error(String),
 }
@@ -189,6 +205,17 @@ pub struct Responder {
     units_directory: PathBuf,
     systemd: tokio::sync::Mutex<Option<Systemd>>,
     cluster: Option<Arc<dyn ClusterView>>,
+    witness: Option<Witnessing>,
+}
+
+/// Where a machine's gossip endpoint is (`None`: unknown).
+pub type AddrOf = Arc<dyn Fn(&MachineId) -> Option<SocketAddr> + Send + Sync>;
+
+/// What the responder needs to act as a witness.
+struct Witnessing {
+    service: Arc<super::witness::WitnessService>,
+    /// The gossip address of a machine (a support request must come from the machine it names).
+    addr_of: AddrOf,
 }
 
 impl Responder {
@@ -201,7 +228,44 @@ impl Responder {
             units_directory,
             systemd: tokio::sync::Mutex::new(None),
             cluster: None,
+            witness: None,
         }
+    }
+
+    /// Answers support and vote requests with `service`; `addr_of` gives a machine's gossip address.
+    pub fn with_witness(
+        mut self,
+        service: Arc<super::witness::WitnessService>,
+        addr_of: AddrOf,
+    ) -> Responder {
+        self.witness = Some(Witnessing { service, addr_of });
+        self
+    }
+
+    /// Answers a witness request from `from` (`None` when this is not a witness request).
+    fn answer_witness(&self, from: Option<SocketAddr>, request: &Request) -> Option<Response> {
+        let (machine, lease, vote) = match request {
+            Request::Support { machine, lease } => (machine, *lease, false),
+            Request::Vote { machine, lease } => (machine, *lease, true),
+            _ => return None,
+        };
+        let Some(w) = &self.witness else {
+            return Some(Response::Error("this machine is not a witness".into()));
+        };
+        let Ok(machine) = MachineId::parse(machine) else {
+            return Some(Response::Error(format!("invalid machine ID {machine:?}")));
+        };
+        if vote {
+            return Some(Response::Granted(w.service.vote(&machine, lease)));
+        }
+        // Support only for the machine that asks (a peer cannot keep another's lease alive).
+        let own = from.is_none_or(|f| (w.addr_of)(&machine) == Some(f));
+        if !own {
+            return Some(Response::Error(format!(
+                "support for {machine} must be asked by {machine}"
+            )));
+        }
+        Some(Response::Granted(w.service.support(&machine, lease)))
     }
 
     /// Applies metadata changes to `cluster`'s local machine.
@@ -212,6 +276,14 @@ impl Responder {
 
     /// Answers `request` on this machine (always with a [`Response`]).
     pub async fn answer(&self, request: &Request) -> Response {
+        self.answer_from(None, request).await
+    }
+
+    /// Answers `request` from peer `from` (`None`: this machine itself).
+    pub async fn answer_from(&self, from: Option<SocketAddr>, request: &Request) -> Response {
+        if let Some(r) = self.answer_witness(from, request) {
+            return r;
+        }
         match request {
             Request::Restart { unit } => match check(unit, 0, None) {
                 Ok(n) if n.is_template() => Response::Error(format!("cannot restart template {n}")),
@@ -345,7 +417,7 @@ pub async fn handle(from: SocketAddr, request: &[u8], responder: &Responder) -> 
     let response = match Request::decode(request) {
         Ok(r) => {
             tracing::debug!(%from, request = ?r, "relay request");
-            responder.answer(&r).await
+            responder.answer_from(Some(from), &r).await
         }
         Err(e) => {
             tracing::debug!(%from, len = request.len(), "relay: {e}");
@@ -438,9 +510,10 @@ async fn run_command(request: &Request, systemd_user: bool) -> Response {
                 Err(e) => Response::Error(e),
             }
         }
-        Request::Restart { .. } | Request::SetMetadata { .. } => {
-            Response::Error("not a command request".into())
-        }
+        Request::Restart { .. }
+        | Request::SetMetadata { .. }
+        | Request::Support { .. }
+        | Request::Vote { .. } => Response::Error("not a command request".into()),
     }
 }
 

@@ -192,6 +192,16 @@ impl AgentCluster {
         }
     }
 
+    /// Where machine `id`'s gossip endpoint is (from the gossip view).
+    pub fn gossip_addr(&self, id: &MachineId) -> Option<std::net::SocketAddr> {
+        let i = self.read();
+        i.view
+            .as_ref()?
+            .machines
+            .get(&fleet_gossip::MachineId::new(id.as_str()))
+            .map(|m| m.identity.addr)
+    }
+
     /// Records that another live agent holds this machine's ID (`Some(its address)`), or no longer.
     /// The API answers 503 meanwhile.
     pub fn set_identity_conflict(&self, by: Option<String>) {

@@ -224,14 +224,25 @@ async fn run(
     );
     let _view_refresh = spawn_view_refresh(cluster.clone(), gossip_events);
     let _metrics_sampler = fleet::metrics::spawn_membership_sampler(gossip.clone());
-    // Peers ask this machine for its units' status, journal and restart, and to change its metadata.
+    // This machine as a witness of the committee (docs/safety.md).
+    let witness = Arc::new(fleet::agent::witness::WitnessService::load(
+        fleet_decide::Timing::new(config.fence_after, config.agent_ttl),
+        Some(config.runtime_dir.join("witness.json")),
+    ));
+    // Peers ask this machine for its units' status, journal and restart, to change its metadata, and
+    // for its support and votes as a witness.
+    let addr_view = cluster.clone();
     let responder = Arc::new(
         Responder::new(
             machine_id.clone(),
             config.systemd_user,
             config.units_directory.clone(),
         )
-        .with_cluster(cluster.clone() as Arc<dyn ClusterView>),
+        .with_cluster(cluster.clone() as Arc<dyn ClusterView>)
+        .with_witness(
+            witness.clone(),
+            Arc::new(move |m: &MachineId| addr_view.gossip_addr(m)),
+        ),
     );
     relay::install(&gossip, responder.clone());
     let state = ApiState::new(
@@ -266,15 +277,12 @@ async fn run(
             agent_ttl: config.agent_ttl,
             reconcile_interval: config.engine_reconcile_interval,
             fence_after: config.fence_after,
-            min_detection: {
-                let c = fleet_gossip::core::Config::default();
-                c.probe_rtt + c.suspect_to_down_after
-            },
             runtime_dir: config.runtime_dir.clone(),
             restart_allowance: Duration::from_secs(10),
         },
         registry.clone(),
         cluster.clone(),
+        witness,
     );
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;

@@ -30,6 +30,9 @@ pub struct LeaseStatus {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     boot_id: String,
+    /// The machine ID the lease was granted for (a fleetd started with another ID starts afresh).
+    #[serde(default)]
+    machine: String,
     id: i64,
     ttl_ms: u64,
     /// `(CLOCK_MONOTONIC µs, etcd revision)` of each recent confirmation.
@@ -45,14 +48,16 @@ pub struct LeaseKeeper {
 }
 
 impl LeaseKeeper {
-    /// Starts keeping a lease of `ttl`, renewed every `period`; `file` keeps it across restarts.
+    /// Starts keeping a lease of `ttl` for `machine`, renewed every `period`; `file` keeps it across
+    /// restarts.
     pub fn start(
         registry: Registry,
+        machine: &str,
         ttl: Duration,
         period: Duration,
         file: Option<PathBuf>,
     ) -> LeaseKeeper {
-        let saved = file.as_ref().and_then(load);
+        let saved = file.as_ref().and_then(|f| load(f, machine));
         let initial = LeaseStatus {
             lease: saved.unwrap_or(OwnLease {
                 id: 0,
@@ -72,7 +77,9 @@ impl LeaseKeeper {
         let reg = registry.clone();
         let client = Arc::new(std::sync::Mutex::new(None));
         let slot = client.clone();
-        let task = tokio::spawn(async move { keep(reg, ttl, period, tx, file, slot).await });
+        let machine = machine.to_string();
+        let task =
+            tokio::spawn(async move { keep(reg, machine, ttl, period, tx, file, slot).await });
         LeaseKeeper {
             status: rx,
             task,
@@ -129,7 +136,7 @@ impl Drop for LeaseKeeper {
     }
 }
 
-fn load(file: &PathBuf) -> Option<OwnLease> {
+fn load(file: &PathBuf, machine: &str) -> Option<OwnLease> {
     let bytes = std::fs::read(file).ok()?;
     let s: Saved = match serde_json::from_slice(&bytes) {
         Ok(s) => s,
@@ -138,7 +145,7 @@ fn load(file: &PathBuf) -> Option<OwnLease> {
             return None;
         }
     };
-    if s.boot_id != clock::boot_id() || s.id == 0 {
+    if s.boot_id != clock::boot_id() || s.id == 0 || s.machine != machine {
         return None;
     }
     Some(OwnLease {
@@ -155,9 +162,10 @@ fn load(file: &PathBuf) -> Option<OwnLease> {
     })
 }
 
-fn save(file: &PathBuf, lease: &OwnLease) {
+fn save(file: &PathBuf, machine: &str, lease: &OwnLease) {
     let s = Saved {
         boot_id: clock::boot_id(),
+        machine: machine.to_string(),
         id: lease.id,
         ttl_ms: lease.ttl.as_millis() as u64,
         confirmations: lease
@@ -180,6 +188,7 @@ fn save(file: &PathBuf, lease: &OwnLease) {
 
 async fn keep(
     registry: Registry,
+    machine: String,
     ttl: Duration,
     period: Duration,
     tx: watch::Sender<LeaseStatus>,
@@ -203,7 +212,7 @@ async fn keep(
             s.lease.confirm(c);
         });
         if let Some(f) = &file {
-            save(f, &tx.borrow().lease);
+            save(f, &machine, &tx.borrow().lease);
         }
     };
     // A connection of our own: a keep-alive must not wait for the watch session to reconnect.
@@ -287,7 +296,7 @@ async fn keep(
                         s.generation += 1;
                     });
                     if let Some(f) = &file {
-                        save(f, &tx.borrow().lease);
+                        save(f, &machine, &tx.borrow().lease);
                     }
                     break;
                 }

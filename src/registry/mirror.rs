@@ -42,6 +42,8 @@ pub struct Machine {
     pub record: MachineRecord,
     /// The lease the key is bound to.
     pub lease: i64,
+    /// The announcement's `create_revision`: its place in line for the witness committee.
+    pub since: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +67,8 @@ pub(crate) enum Change<'a> {
         key: &'a [u8],
         value: &'a [u8],
         mod_revision: i64,
+        /// The key's `create_revision` (a machine announcement's place in the witness line).
+        create_revision: i64,
         lease: i64,
     },
     /// The key was deleted.
@@ -120,6 +124,7 @@ impl Mirror {
                 key,
                 value,
                 mod_revision,
+                create_revision,
                 lease,
             } => match keys.classify(key) {
                 Some(KeyKind::Unit(name)) => match parse_record(&name, value) {
@@ -181,7 +186,14 @@ impl Mirror {
                 Some(KeyKind::Machine(id)) => {
                     match serde_json::from_slice::<MachineRecord>(value) {
                         Ok(record) if record.id == id => {
-                            self.machines.insert(id, Machine { record, lease });
+                            self.machines.insert(
+                                id,
+                                Machine {
+                                    record,
+                                    lease,
+                                    since: create_revision,
+                                },
+                            );
                         }
                         Ok(record) => {
                             tracing::warn!(machine = %id, other = %record.id, "machine key names another machine: ignored");
@@ -291,6 +303,7 @@ mod tests {
             key: key.as_bytes(),
             value: value.as_bytes(),
             mod_revision: rev,
+            create_revision: rev,
             lease: 0,
         }
     }
@@ -351,6 +364,7 @@ mod tests {
                 key: b"/p/claims/a.service",
                 value: br#"{"machineID":"abc123"}"#,
                 mod_revision: 5,
+                create_revision: 5,
                 lease: 77,
             },
         );

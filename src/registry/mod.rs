@@ -1184,6 +1184,7 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
                         key: kv.key(),
                         value: kv.value(),
                         mod_revision: kv.mod_revision(),
+                        create_revision: kv.create_revision(),
                         lease: kv.lease(),
                     },
                     EventType::Delete => Change::Delete { key: kv.key() },
@@ -1253,6 +1254,7 @@ async fn full_read(client: &Client, keys: &Keys, t: Duration) -> Result<Mirror, 
                     key: kv.key(),
                     value: kv.value(),
                     mod_revision: kv.mod_revision(),
+                    create_revision: kv.create_revision(),
                     lease: kv.lease(),
                 },
             );
@@ -1338,6 +1340,7 @@ async fn delta_read(
                     key: kv.key(),
                     value: kv.value(),
                     mod_revision: kv.mod_revision(),
+                    create_revision: kv.create_revision(),
                     lease: kv.lease(),
                 },
             );

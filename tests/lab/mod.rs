@@ -300,7 +300,21 @@ impl FleetLab {
     pub fn journal(&self, i: usize, lines: usize) -> String {
         let n = lines.to_string();
         self.lab
-            .sh(i, &["journalctl", "-u", "fleet", "--no-pager", "-n", &n])
+            .sh(
+                i,
+                &[
+                    "journalctl",
+                    "-u",
+                    "fleet",
+                    "-u",
+                    "fleet-guard",
+                    "--no-pager",
+                    "-o",
+                    "short-precise",
+                    "-n",
+                    &n,
+                ],
+            )
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default()
     }

@@ -1,0 +1,131 @@
+//! What a witness promises ([`crate::committee`]): it supports a machine's lease (lets it keep its units
+//! for `support_validity` without etcd) and votes that a lease may be taken over, but never both: it votes
+//! only when it has not supported the lease for `support_validity` stretched by the clock-rate bound plus
+//! the kill allowance, and after a vote it refuses that lease's support for good.
+//!
+//! The state is saved by fleetd (in its runtime directory) so that a restarted witness keeps its promises;
+//! a witness that starts without it neither supports nor votes until a full support period has passed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fleet_sched::MachineId;
+
+use crate::time::Time;
+use crate::timing::Timing;
+
+/// What a witness remembers about one lease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Promise {
+    /// When it last supported the lease (its clock).
+    pub supported_at: Option<Time>,
+    /// It voted that the lease may be taken over: no more support, ever.
+    pub refused: bool,
+}
+
+/// A witness's promises, by machine and lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Witness {
+    /// Promises per (machine, lease).
+    pub promises: BTreeMap<(MachineId, i64), Promise>,
+    /// Until when this witness neither supports nor votes (it started without its saved promises).
+    pub quiet_until: Time,
+}
+
+impl Witness {
+    /// A witness that starts at `now` without saved promises: quiet for one support period.
+    pub fn fresh(timing: &Timing, now: Time) -> Witness {
+        Witness {
+            promises: BTreeMap::new(),
+            quiet_until: now + timing.vote_after_support(),
+        }
+    }
+
+    /// A request from `machine` for support of its `lease`: granted unless the lease was voted away.
+    pub fn support(&mut self, machine: &MachineId, lease: i64, now: Time) -> bool {
+        if now < self.quiet_until {
+            return false;
+        }
+        let p = self.promises.entry((machine.clone(), lease)).or_default();
+        if p.refused {
+            return false;
+        }
+        p.supported_at = Some(now);
+        true
+    }
+
+    /// A request for a vote that `machine`'s `lease` may be taken over. Granted when this witness has not
+    /// supported the lease for [`Timing::vote_after_support`]; from then on it refuses its support.
+    pub fn vote(&mut self, timing: &Timing, machine: &MachineId, lease: i64, now: Time) -> bool {
+        if now < self.quiet_until {
+            return false;
+        }
+        let p = self.promises.entry((machine.clone(), lease)).or_default();
+        if p.supported_at
+            .is_some_and(|t| now.since(t) < timing.vote_after_support())
+        {
+            return false;
+        }
+        p.refused = true;
+        true
+    }
+
+    /// Forgets leases that are gone (`alive` says which still exist), keeping the rest.
+    pub fn retain(&mut self, mut alive: impl FnMut(&MachineId, i64) -> bool) {
+        self.promises.retain(|(m, l), _| alive(m, *l));
+    }
+
+    /// How long until this witness may vote on `machine`'s `lease` (zero when it may now).
+    pub fn vote_wait(
+        &self,
+        timing: &Timing,
+        machine: &MachineId,
+        lease: i64,
+        now: Time,
+    ) -> Duration {
+        let quiet = self.quiet_until.since(now);
+        let support = self
+            .promises
+            .get(&(machine.clone(), lease))
+            .and_then(|p| p.supported_at)
+            .map(|t| (t + timing.vote_after_support()).since(now))
+            .unwrap_or_default();
+        quiet.max(support)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: u64) -> Time {
+        Time::from_micros(x * 1000)
+    }
+
+    fn m(s: &str) -> MachineId {
+        MachineId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_witness_never_supports_what_it_voted_away_nor_votes_on_what_it_supported_recently() {
+        let t = Timing::default();
+        let mut w = Witness::default();
+        assert!(w.support(&m("h"), 7, ms(1000)));
+        assert!(!w.vote(&t, &m("h"), 7, ms(1500)));
+        let after = ms(1000) + t.vote_after_support();
+        assert!(w.vote(&t, &m("h"), 7, after));
+        assert!(!w.support(&m("h"), 7, after + Duration::from_millis(1)));
+        // Another lease of the same machine is another matter.
+        assert!(w.support(&m("h"), 8, after));
+    }
+
+    #[test]
+    fn a_fresh_witness_is_quiet_for_a_support_period() {
+        let t = Timing::default();
+        let mut w = Witness::fresh(&t, ms(0));
+        assert!(!w.support(&m("h"), 7, ms(10)));
+        assert!(!w.vote(&t, &m("h"), 7, ms(10)));
+        let later = ms(0) + t.vote_after_support();
+        assert!(w.vote(&t, &m("h"), 7, later));
+    }
+}

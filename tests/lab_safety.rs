@@ -1,0 +1,410 @@
+//! The safety issue's lab tests (docs/safety.md): a cut that nobody can exploit stops nothing; a cut-off
+//! machine's units move with zero overlap; a fleetd that dies or hangs for good has its units killed by
+//! the fence guard before they start elsewhere; a second fleetd with a live machine's ID claims nothing.
+//!
+//! Overlap is checked from systemd's own journals (every machine of the lab logs on the host's clock):
+//! the old copy's last log line of its end ("Deactivated", "Stopped", a kill) must come before the new
+//! copy's "Started". Root only; each test skips with a message elsewhere.
+
+mod lab;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lab::FleetLab;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn service() -> String {
+    "[Service]\nExecStart=/bin/sleep 100000\n".to_string()
+}
+
+/// Submits and starts `names` (plain services) through machine `via`; returns where each runs.
+fn start_units(fl: &FleetLab, via: usize, names: &[&str]) -> Vec<usize> {
+    for n in names {
+        fl.write_file(via, &format!("/tmp/{n}"), &service());
+        fl.fleetctl_ok(via, &["start", &format!("/tmp/{n}")]);
+    }
+    names
+        .iter()
+        .map(|n| {
+            fl.wait_for(&format!("{n} running"), WAIT, |fl| {
+                let on = fl.running_on(n);
+                (on.len() == 1).then(|| on[0])
+            })
+        })
+        .collect()
+}
+
+/// systemd's journal lines about `unit` on machine `i`: (µs since the epoch, message).
+fn unit_events(fl: &FleetLab, i: usize, unit: &str) -> Vec<(u64, String)> {
+    let out = fl
+        .lab
+        .sh(
+            i,
+            &[
+                "journalctl",
+                "--no-pager",
+                "-o",
+                "json",
+                "--output-fields=MESSAGE,__REALTIME_TIMESTAMP",
+                "-u",
+                unit,
+            ],
+        )
+        .expect("journalctl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            let t = v["__REALTIME_TIMESTAMP"].as_str()?.parse().ok()?;
+            Some((t, v["MESSAGE"].as_str()?.to_string()))
+        })
+        .collect()
+}
+
+/// When `unit` last ended on machine `i` (the latest end line), if it did.
+fn ended_at(fl: &FleetLab, i: usize, unit: &str) -> Option<u64> {
+    unit_events(fl, i, unit)
+        .into_iter()
+        .filter(|(_, m)| {
+            m.contains("Deactivated")
+                || m.starts_with("Stopped")
+                || m.contains("Failed with result")
+                || m.contains("Main process exited")
+        })
+        .map(|(t, _)| t)
+        .max()
+}
+
+/// Every time `unit` started on machine `i`.
+fn started_at(fl: &FleetLab, i: usize, unit: &str) -> Vec<u64> {
+    unit_events(fl, i, unit)
+        .into_iter()
+        .filter(|(_, m)| m.starts_with("Started"))
+        .map(|(t, _)| t)
+        .collect()
+}
+
+/// Asserts that `unit`, which ran on `old` and now runs on `new`, ended on `old` before it started on
+/// `new`: zero overlap. Returns the gap in ms.
+fn assert_no_overlap(fl: &FleetLab, unit: &str, old: usize, new: usize) -> f64 {
+    let end = ended_at(fl, old, unit)
+        .unwrap_or_else(|| panic!("{unit} never ended on m{old}\n{}", fl.journals_dump()));
+    let start = *started_at(fl, new, unit)
+        .iter()
+        .max()
+        .unwrap_or_else(|| panic!("{unit} never started on m{new}"));
+    assert!(
+        end < start,
+        "{unit} ran on m{old} and m{new} at once: ended on m{old} {:.1} ms after it started on m{new}\n{}",
+        (end - start) as f64 / 1000.0,
+        fl.journals_dump()
+    );
+    (start - end) as f64 / 1000.0
+}
+
+/// Keeps checking for `d` that every unit of `want` is active on exactly its machine.
+fn hold(fl: &FleetLab, d: Duration, want: &BTreeMap<&str, usize>) {
+    let t0 = Instant::now();
+    while t0.elapsed() < d {
+        for (u, m) in want {
+            let on = fl.running_on(u);
+            assert!(
+                on == vec![*m],
+                "{u} should run on m{m} only, runs on {on:?}\n{}",
+                fl.journals_dump()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn main_pid(fl: &FleetLab, i: usize, unit: &str) -> String {
+    fl.show(i, unit, "MainPID")
+}
+
+/// New members count toward takeover quorums only after a TTL (the lab's 3 s): wait that long after
+/// the cluster formed before faults that should move units fast.
+fn let_membership_season() {
+    std::thread::sleep(Duration::from_millis(3500));
+}
+
+#[test]
+fn two_machines_cut_apart_for_ten_seconds_keep_every_unit_running() {
+    // agent_ttl 20 s: the cut machine keeps its units up to its lease's slow bound (~19.7 s).
+    let Some(fl) = FleetLab::up(2, &[("FLEET_AGENT_TTL", "20s")]) else {
+        return;
+    };
+    let units = ["cut-a.service", "cut-b.service"];
+    let on = start_units(&fl, 1, &units);
+    assert_ne!(on[0], on[1], "least-loaded placement spreads the two units");
+    let pids: Vec<String> = units
+        .iter()
+        .zip(&on)
+        .map(|(u, m)| main_pid(&fl, *m, u))
+        .collect();
+    let want: BTreeMap<&str, usize> = units.iter().copied().zip(on.iter().copied()).collect();
+    fl.lab.cut(2).unwrap();
+    hold(&fl, Duration::from_secs(10), &want);
+    fl.lab.heal(2).unwrap();
+    hold(&fl, Duration::from_secs(5), &want);
+    for ((u, m), pid) in units.iter().zip(&on).zip(&pids) {
+        assert_eq!(&main_pid(&fl, *m, u), pid, "{u} was restarted");
+        assert_eq!(started_at(&fl, *m, u).len(), 1, "{u} started again");
+        let other = 3 - m;
+        assert!(
+            started_at(&fl, other, u).is_empty(),
+            "{u} started on m{other}"
+        );
+    }
+}
+
+#[test]
+fn a_machine_cut_off_from_three_moves_its_units_with_zero_overlap() {
+    let Some(fl) = FleetLab::up(3, &[]) else {
+        return;
+    };
+    let_membership_season();
+    let units = [
+        "mv-a.service",
+        "mv-b.service",
+        "mv-c.service",
+        "mv-d.service",
+    ];
+    let on = start_units(&fl, 1, &units);
+    // The victim: a machine that runs something, and not m1 if possible (fleetctl runs there).
+    let victim = on.iter().copied().rev().find(|m| *m != 1).unwrap_or(on[0]);
+    let via = if victim == 1 { 2 } else { 1 };
+    let moving: Vec<&str> = units
+        .iter()
+        .zip(&on)
+        .filter(|(_, m)| **m == victim)
+        .map(|(u, _)| *u)
+        .collect();
+    let staying: BTreeMap<&str, usize> = units
+        .iter()
+        .copied()
+        .zip(on.iter().copied())
+        .filter(|(_, m)| *m != victim)
+        .collect();
+    let pids: BTreeMap<&str, String> = staying
+        .iter()
+        .map(|(u, m)| (*u, main_pid(&fl, *m, u)))
+        .collect();
+    let cut_at = Instant::now();
+    fl.lab.cut(victim).unwrap();
+    let mut homes = BTreeMap::new();
+    for u in &moving {
+        let home = fl.wait_for(&format!("{u} running away from m{victim}"), WAIT, |fl| {
+            let on = fl.running_on(u);
+            assert!(
+                on.len() <= 1,
+                "{u} runs on {on:?} at once\n{}",
+                fl.journals_dump()
+            );
+            (on.len() == 1 && on[0] != victim).then(|| on[0])
+        });
+        homes.insert(*u, home);
+    }
+    let moved_in = cut_at.elapsed();
+    for (u, home) in &homes {
+        let gap = assert_no_overlap(&fl, u, victim, *home);
+        eprintln!("{u}: stopped on m{victim}, started on m{home} {gap:.0} ms later");
+    }
+    eprintln!("all moved {moved_in:?} after the cut");
+    fl.lab.heal(victim).unwrap();
+    // Nothing moves back, nothing runs twice, the units that did not move were not restarted.
+    let mut want = staying.clone();
+    want.extend(homes.iter().map(|(u, m)| (*u, *m)));
+    hold(&fl, Duration::from_secs(5), &want);
+    for (u, pid) in &pids {
+        assert_eq!(&main_pid(&fl, staying[u], u), pid, "{u} was restarted");
+    }
+    let _ = via;
+}
+
+/// fleetd dies for good (its restart forbidden by a runtime drop-in, then SIGKILL) while its machine and
+/// units live: the fence guard kills the units before any other machine starts them. (`systemctl mask
+/// --runtime` would not do here: the lab's fleet.service lives in /etc, which wins over /run.)
+#[test]
+fn a_fleetd_killed_and_kept_down_has_its_units_killed_before_they_start_elsewhere() {
+    let Some(fl) = FleetLab::up(3, &[]) else {
+        return;
+    };
+    let_membership_season();
+    let units = ["dead-a.service", "dead-b.service", "dead-c.service"];
+    let on = start_units(&fl, 1, &units);
+    let victim = on.iter().copied().rev().find(|m| *m != 1).unwrap_or(on[0]);
+    fl.lab
+        .sh_ok(
+            victim,
+            &[
+                "sh",
+                "-c",
+                "mkdir -p /run/systemd/system/fleet.service.d && \
+                 printf '[Service]\\nRestart=no\\n' > /run/systemd/system/fleet.service.d/norestart.conf && \
+                 systemctl daemon-reload",
+            ],
+        )
+        .unwrap();
+    fl.lab
+        .sh_ok(
+            victim,
+            &["systemctl", "kill", "-s", "KILL", "fleet.service"],
+        )
+        .unwrap();
+    for (u, m) in units.iter().zip(&on).filter(|(_, m)| **m == victim) {
+        let home = fl.wait_for(&format!("{u} running elsewhere"), WAIT, |fl| {
+            let on = fl.running_on(u);
+            (on.len() == 1 && on[0] != *m).then(|| on[0])
+        });
+        let gap = assert_no_overlap(&fl, u, victim, home);
+        eprintln!("{u}: killed by the guard on m{victim}, started on m{home} {gap:.0} ms later");
+    }
+    let state = fl.show(victim, "fleet.service", "ActiveState");
+    assert!(
+        state == "failed" || state == "inactive",
+        "fleetd came back: {state}"
+    );
+    let guard = fl
+        .lab
+        .sh(victim, &["journalctl", "--no-pager", "-u", "fleet-guard"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        guard.contains("fence deadline passed"),
+        "the guard did not fence:\n{guard}"
+    );
+}
+
+/// fleetd hangs (SIGSTOP) while its machine and units live, then resumes (SIGCONT): the guard kills the
+/// units before they start elsewhere, and the resumed fleetd starts nothing it no longer holds.
+#[test]
+fn a_hung_fleetd_has_its_units_killed_and_starts_nothing_when_it_resumes() {
+    let Some(fl) = FleetLab::up(3, &[]) else {
+        return;
+    };
+    let_membership_season();
+    let units = ["hung-a.service", "hung-b.service", "hung-c.service"];
+    let on = start_units(&fl, 1, &units);
+    let victim = on.iter().copied().rev().find(|m| *m != 1).unwrap_or(on[0]);
+    fl.lab
+        .sh_ok(
+            victim,
+            &["systemctl", "kill", "-s", "STOP", "fleet.service"],
+        )
+        .unwrap();
+    let mut homes = BTreeMap::new();
+    for (u, _) in units.iter().zip(&on).filter(|(_, m)| **m == victim) {
+        let home = fl.wait_for(&format!("{u} running elsewhere"), WAIT, |fl| {
+            let on = fl.running_on(u);
+            (on.len() == 1 && on[0] != victim).then(|| on[0])
+        });
+        assert_no_overlap(&fl, u, victim, home);
+        homes.insert(*u, home);
+    }
+    fl.lab
+        .sh_ok(
+            victim,
+            &["systemctl", "kill", "-s", "CONT", "fleet.service"],
+        )
+        .unwrap();
+    let mut want: BTreeMap<&str, usize> = units
+        .iter()
+        .copied()
+        .zip(on.iter().copied())
+        .filter(|(_, m)| *m != victim)
+        .collect();
+    want.extend(homes.iter().map(|(u, m)| (*u, *m)));
+    hold(&fl, Duration::from_secs(5), &want);
+    for u in homes.keys() {
+        assert_eq!(
+            started_at(&fl, victim, u).len(),
+            1,
+            "{u} started again on the resumed machine"
+        );
+    }
+}
+
+/// A second fleetd with a live machine's ID claims nothing and answers 503 on every route; the original
+/// is unaffected; with its own ID again, both are listed.
+#[test]
+fn a_second_fleetd_with_a_live_machines_id_is_refused_until_the_id_changes() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let m1 = fl.machine_id(1);
+    let pin = format!("[Service]\nExecStart=/bin/sleep 100000\n\n[X-Fleet]\nMachineID={m1}\n");
+    fl.write_file(1, "/tmp/dup.service", &pin);
+    fl.fleetctl_ok(1, &["start", "/tmp/dup.service"]);
+    let pid = main_pid(&fl, 1, "dup.service");
+    // m2's fleetd restarts with m1's ID.
+    let env = fleet_lab::ENV_FILE;
+    fl.lab
+        .sh_ok(
+            2,
+            &["sh", "-c", &format!("echo FLEET_MACHINE_ID={m1} >> {env}")],
+        )
+        .unwrap();
+    fl.lab.sh_ok(2, &["systemctl", "restart", "fleet"]).unwrap();
+    let curl = |i: usize, path: &str| -> (String, String) {
+        let out = fl
+            .lab
+            .sh(
+                i,
+                &[
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/stderr",
+                    "-w",
+                    "%{http_code}",
+                    "--unix-socket",
+                    "/var/run/fleet.sock",
+                    &format!("http://x{path}"),
+                ],
+            )
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let want = format!("machine ID {m1} is already in use by 10.77.0.11");
+    fl.wait_for("m2 answers 503 naming the conflict", WAIT, |_| {
+        let (code, body) = curl(2, "/fleet/v1/units");
+        (code == "503" && body.contains(&want)).then_some(())
+    });
+    for path in [
+        "/fleet/v1/machines",
+        "/fleet/v1/state",
+        "/fleet/v1/discovery",
+        "/metrics",
+    ] {
+        let (code, body) = curl(2, path);
+        assert_eq!(code, "503", "{path}: {body}");
+    }
+    let log = fl.journal(2, 60);
+    assert!(log.contains("is already in use by"), "{log}");
+    // The original is unaffected.
+    hold(
+        &fl,
+        Duration::from_secs(3),
+        &BTreeMap::from([("dup.service", 1)]),
+    );
+    assert_eq!(main_pid(&fl, 1, "dup.service"), pid);
+    let (code, _) = curl(1, "/fleet/v1/machines");
+    assert_eq!(code, "200");
+    // Back to its own ID: both machines are listed.
+    fl.lab
+        .sh_ok(2, &["sed", "-i", "/^FLEET_MACHINE_ID=/d", env])
+        .unwrap();
+    fl.lab.sh_ok(2, &["systemctl", "restart", "fleet"]).unwrap();
+    fl.wait_for("both machines listed", WAIT, |fl| {
+        let out = fl.fleetctl(1, &["list-machines", "--no-legend"]);
+        (String::from_utf8_lossy(&out.stdout).lines().count() == 2).then_some(())
+    });
+    let (code, _) = curl(2, "/fleet/v1/machines");
+    assert_eq!(code, "200");
+}
