@@ -21,7 +21,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 /// The TLS server name every node's certificate carries and every client dials.
 pub const SERVER_NAME: &str = "fleet";
 /// The ALPN protocol of fleet's gossip.
-pub const ALPN: &[u8] = b"fleet-gossip/1";
+/// `2`: datagrams start with a kind byte, state travels in pushes of its own, summary syncs.
+pub const ALPN: &[u8] = b"fleet-gossip/2";
 /// The prefix of the URI subject alternative name that carries a machine ID.
 pub const MACHINE_URI_PREFIX: &str = "urn:fleet:machine:";
 

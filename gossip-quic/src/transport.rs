@@ -28,9 +28,17 @@
 //! ```
 //!
 //! Stream framing: one kind byte ([`STREAM_SYNC`] or [`STREAM_REQUEST`]), then frames of a 4-byte
-//! big-endian length and that many bytes (at most [`MAX_FRAME`]). A sync stream carries offer, answer,
-//! delta; a request stream carries the request, then a status byte (0 ok, 1 error) and the response
-//! (or the error text).
+//! big-endian length and that many bytes. A sync stream carries offer, answer, delta (each at most
+//! [`fleet_gossip::wire::MAX_SYNC_MESSAGE`]); a request stream carries the request (at most
+//! [`MAX_REQUEST`]), then a status byte (0 ok, 1 error) and the response (at most
+//! [`MAX_RESPONSE`]), or the error text.
+//!
+//! A frame's length is checked against the cap of its place before anything is read, and its
+//! buffer grows as its bytes arrive: a peer that announces a large frame and sends nothing costs
+//! nothing. Frames over 64 KiB also take their size from a budget shared by every stream
+//! ([`FRAME_BUDGET`]); a stream that finds the budget spent is refused, so no peer can make a node
+//! hold more than that in partial frames, whatever the number of streams (at most
+//! [`MAX_STREAMS`] per connection).
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -41,10 +49,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fleet_gossip::wire::MAX_SYNC_MESSAGE;
 use quinn::{Connection, Endpoint, RecvStream, SendStream};
 use rand::rngs::{StdRng, SysRng};
 use rand::SeedableRng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use fleet_gossip::core::{self, Counters, Event, FullState, Node, SyncAnswer, SyncOffer};
 use fleet_gossip::{MachineId, Metadata, NodeIdentity, UnitState, View};
@@ -55,8 +64,17 @@ use crate::tls::{self, TlsConfig, TlsError};
 pub const STREAM_SYNC: u8 = 1;
 /// First byte of a request stream.
 pub const STREAM_REQUEST: u8 = 2;
-/// Largest frame accepted on a stream (64 MiB); larger is refused as garbage.
-pub const MAX_FRAME: usize = 64 << 20;
+/// Largest request accepted (a relay request names a unit and a few options).
+pub const MAX_REQUEST: usize = 64 << 10;
+/// Largest response accepted (a relay response carries at most 1 MiB of command output, plus its
+/// envelope).
+pub const MAX_RESPONSE: usize = (1 << 20) + (64 << 10);
+/// Bytes of large frames (over 64 KiB) all streams together may be receiving at once.
+pub const FRAME_BUDGET: usize = 64 << 20;
+/// Concurrent streams a peer may open on one connection.
+pub const MAX_STREAMS: u32 = 32;
+/// Frames up to this size need no budget.
+const SMALL_FRAME: usize = 64 << 10;
 /// How long a stream exchange (sync or request) may take.
 const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Datagrams kept per peer while its connection is being set up.
@@ -195,9 +213,10 @@ where
 
 type SharedHandler = Arc<RwLock<Option<Arc<dyn RequestHandler>>>>;
 
-/// Transport counters, shared between tasks.
-#[derive(Debug, Default)]
+/// Transport counters and the frame budget, shared between tasks.
+#[derive(Debug)]
 struct Shared {
+    budget: Semaphore,
     stream_bytes_in: AtomicU64,
     stream_bytes_out: AtomicU64,
     rejected_connections: AtomicU64,
@@ -205,6 +224,7 @@ struct Shared {
     datagrams_not_sent: AtomicU64,
     datagrams_overflow: AtomicU64,
     garbage_streams: AtomicU64,
+    frames_over_budget: AtomicU64,
 }
 
 /// A snapshot of a node's counters.
@@ -231,6 +251,8 @@ pub struct Stats {
     pub datagrams_overflow: u64,
     /// Streams refused as garbage (unknown kind, oversized or undecodable frames).
     pub garbage_streams: u64,
+    /// Large frames refused because [`FRAME_BUDGET`] bytes of large frames were already in flight.
+    pub frames_over_budget: u64,
 }
 
 enum Command {
@@ -293,7 +315,7 @@ impl Gossip {
                 quinn::IdleTimeout::try_from(config.idle_timeout)
                     .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::from_u32(60_000))),
             ))
-            .max_concurrent_bidi_streams(256u32.into())
+            .max_concurrent_bidi_streams(MAX_STREAMS.into())
             .max_concurrent_uni_streams(0u32.into());
         let transport = Arc::new(transport);
         client.transport_config(transport.clone());
@@ -342,7 +364,17 @@ impl Gossip {
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let (net_tx, net_rx) = mpsc::channel(4096);
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            budget: Semaphore::new(FRAME_BUDGET / 1024),
+            stream_bytes_in: AtomicU64::new(0),
+            stream_bytes_out: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            failed_connects: AtomicU64::new(0),
+            datagrams_not_sent: AtomicU64::new(0),
+            datagrams_overflow: AtomicU64::new(0),
+            garbage_streams: AtomicU64::new(0),
+            frames_over_budget: AtomicU64::new(0),
+        });
         let handler: SharedHandler = Arc::new(RwLock::new(None));
 
         tokio::spawn(accept_loop(
@@ -494,6 +526,12 @@ impl GossipHandle {
                 addr,
                 reason: e.to_string(),
             };
+            if request.len() > MAX_REQUEST {
+                return Err(stream_err(&format!(
+                    "request of {} bytes exceeds the cap of {MAX_REQUEST} bytes",
+                    request.len()
+                )));
+            }
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| stream_err(&e))?;
             send.write_all(&[STREAM_REQUEST])
                 .await
@@ -506,7 +544,9 @@ impl GossipHandle {
             recv.read_exact(&mut status)
                 .await
                 .map_err(|e| stream_err(&e))?;
-            let body = read_frame(&mut recv).await.map_err(|e| stream_err(&e))?;
+            let body = read_frame(&mut recv, MAX_RESPONSE, None)
+                .await
+                .map_err(|e| stream_err(&e))?;
             match status[0] {
                 0 => Ok(body),
                 _ => Err(RequestError::Remote {
@@ -736,6 +776,7 @@ impl Driver {
             datagrams_not_sent: get(&self.shared.datagrams_not_sent),
             datagrams_overflow: get(&self.shared.datagrams_overflow),
             garbage_streams: get(&self.shared.garbage_streams),
+            frames_over_budget: get(&self.shared.frames_over_budget),
         }
     }
 
@@ -781,7 +822,7 @@ impl Driver {
             }
         }
         while let Some(peer) = self.node.poll_sync() {
-            let offer = self.node.sync_offer().encode();
+            let offer = self.node.sync_offer_to(peer).encode();
             let conn = self.live_conn(peer);
             let endpoint = self.endpoint.clone();
             let net_tx = self.net_tx.clone();
@@ -907,6 +948,7 @@ fn spawn_conn_tasks(
 struct StreamError {
     reason: String,
     garbage: bool,
+    over_budget: bool,
 }
 
 impl std::fmt::Display for StreamError {
@@ -919,6 +961,7 @@ fn io_err(e: impl std::fmt::Display) -> StreamError {
     StreamError {
         reason: e.to_string(),
         garbage: false,
+        over_budget: false,
     }
 }
 
@@ -926,6 +969,7 @@ fn garbage(e: impl std::fmt::Display) -> StreamError {
     StreamError {
         reason: e.to_string(),
         garbage: true,
+        over_budget: false,
     }
 }
 
@@ -942,7 +986,7 @@ async fn serve_stream(
     recv.read_exact(&mut kind).await.map_err(io_err)?;
     match kind[0] {
         STREAM_SYNC => {
-            let offer = read_counted(&mut recv, &shared).await?;
+            let offer = read_counted(&mut recv, &shared, MAX_SYNC_MESSAGE).await?;
             let offer = SyncOffer::decode(&offer).map_err(garbage)?;
             let (tx, rx) = oneshot::channel();
             net_tx
@@ -953,21 +997,29 @@ async fn serve_stream(
                 .await
                 .map_err(io_err)?
                 .ok_or_else(|| io_err("node refused the sync"))?;
-            write_counted(&mut send, &answer.encode(), &shared).await?;
-            let delta = read_counted(&mut recv, &shared).await?;
+            write_sync(&mut send, &answer.encode(), &shared).await?;
+            let delta = read_counted(&mut recv, &shared, MAX_SYNC_MESSAGE).await?;
             let delta = FullState::decode(&delta).map_err(garbage)?;
             net_tx.send(Net::Merge(cert, delta)).await.map_err(io_err)?;
             send.finish().map_err(io_err)?;
             Ok(())
         }
         STREAM_REQUEST => {
-            let request = read_counted(&mut recv, &shared).await?;
+            let request = read_counted(&mut recv, &shared, MAX_REQUEST).await?;
             let handler = handler.read().unwrap_or_else(|e| e.into_inner()).clone();
             let result = match handler {
                 Some(h) => h.handle(from, request).await,
                 None => Err("no request handler installed".to_string()),
             };
             let (status, body) = match result {
+                Ok(body) if body.len() > MAX_RESPONSE => (
+                    1u8,
+                    format!(
+                        "response of {} bytes exceeds the cap of {MAX_RESPONSE} bytes",
+                        body.len()
+                    )
+                    .into_bytes(),
+                ),
                 Ok(body) => (0u8, body),
                 Err(message) => (1u8, message.into_bytes()),
             };
@@ -999,8 +1051,8 @@ async fn run_sync(
     let cert = peer_cert(&conn, bind).map_err(garbage)?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(io_err)?;
     send.write_all(&[STREAM_SYNC]).await.map_err(io_err)?;
-    write_counted(&mut send, &offer, &shared).await?;
-    let answer = read_counted(&mut recv, &shared).await?;
+    write_sync(&mut send, &offer, &shared).await?;
+    let answer = read_counted(&mut recv, &shared, MAX_SYNC_MESSAGE).await?;
     let answer = SyncAnswer::decode(&answer).map_err(garbage)?;
     let (tx, rx) = oneshot::channel();
     net_tx
@@ -1011,19 +1063,50 @@ async fn run_sync(
         .await
         .map_err(io_err)?
         .ok_or_else(|| io_err("node refused the sync answer"))?;
-    write_counted(&mut send, &delta.encode(), &shared).await?;
+    write_sync(&mut send, &delta.encode(), &shared).await?;
     send.finish().map_err(io_err)?;
     // Wait for the peer to read everything before the stream is dropped.
     let _ = send.stopped().await;
     Ok(())
 }
 
-async fn read_counted(recv: &mut RecvStream, shared: &Shared) -> Result<Vec<u8>, StreamError> {
-    let frame = read_frame(recv).await?;
+async fn read_counted(
+    recv: &mut RecvStream,
+    shared: &Shared,
+    cap: usize,
+) -> Result<Vec<u8>, StreamError> {
+    let frame = read_frame(recv, cap, Some(&shared.budget))
+        .await
+        .inspect_err(|e| {
+            if e.over_budget {
+                shared.frames_over_budget.fetch_add(1, Ordering::Relaxed);
+            }
+        })?;
     shared
         .stream_bytes_in
         .fetch_add(frame.len() as u64 + 4, Ordering::Relaxed);
     Ok(frame)
+}
+
+/// Writes a sync message, unless it exceeds the cap every peer holds it to (a cluster larger than
+/// fleet supports): then it logs why and fails the exchange.
+async fn write_sync(
+    send: &mut SendStream,
+    data: &[u8],
+    shared: &Shared,
+) -> Result<(), StreamError> {
+    if data.len() > MAX_SYNC_MESSAGE {
+        tracing::warn!(
+            len = data.len(),
+            cap = MAX_SYNC_MESSAGE,
+            "a sync message exceeds the cap peers accept: not sent"
+        );
+        return Err(io_err(format!(
+            "sync message of {} bytes exceeds the cap of {MAX_SYNC_MESSAGE} bytes",
+            data.len()
+        )));
+    }
+    write_counted(send, data, shared).await
 }
 
 async fn write_counted(
@@ -1038,15 +1121,42 @@ async fn write_counted(
     Ok(())
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, StreamError> {
+/// Reads one frame of at most `cap` bytes. The buffer grows as bytes arrive; a frame over
+/// [`SMALL_FRAME`] first takes its size (in KiB) from `budget`, and is refused if the budget is spent.
+async fn read_frame(
+    recv: &mut RecvStream,
+    cap: usize,
+    budget: Option<&Semaphore>,
+) -> Result<Vec<u8>, StreamError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(io_err)?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(garbage(format!("frame of {len} bytes exceeds {MAX_FRAME}")));
+    if len > cap {
+        return Err(garbage(format!(
+            "frame of {len} bytes exceeds the cap of {cap} bytes"
+        )));
     }
-    let mut buf = vec![0u8; len];
-    recv.read_exact(&mut buf).await.map_err(io_err)?;
+    let _permit = match budget {
+        Some(b) if len > SMALL_FRAME => {
+            let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+            Some(b.try_acquire_many(kib).map_err(|_| StreamError {
+                reason: format!(
+                    "frame of {len} bytes refused: {FRAME_BUDGET} bytes of large frames already \
+                     in flight"
+                ),
+                garbage: false,
+                over_budget: true,
+            })?)
+        }
+        _ => None,
+    };
+    let mut buf = Vec::with_capacity(len.min(SMALL_FRAME));
+    let mut chunk = [0u8; 16 << 10];
+    while buf.len() < len {
+        let want = (len - buf.len()).min(chunk.len());
+        recv.read_exact(&mut chunk[..want]).await.map_err(io_err)?;
+        buf.extend_from_slice(&chunk[..want]);
+    }
     Ok(buf)
 }
 

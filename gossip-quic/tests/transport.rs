@@ -377,3 +377,55 @@ async fn a_node_claiming_another_machine_with_its_own_certificate_is_refused() {
     let err = Gossip::start(config).await.unwrap_err();
     assert!(err.to_string().contains("not of this machine a"), "{err}");
 }
+
+/// Issue 13 case 6: a peer announcing huge frames. Over the cap: refused at once as garbage. Under
+/// the cap but never sent: the frames hold no memory, and once the shared budget is taken by such
+/// frames, the next large one is refused (counted), while the cluster keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_or_hoarded_frames_are_refused_before_any_allocation() {
+    use fleet_gossip_quic::transport::{FRAME_BUDGET, STREAM_SYNC};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_ca(&d.join("ca.pem"), &d.join("ca.key")).unwrap();
+    let (a, _ea) = start("a", tls_for(d, "ca", "a"), vec![]).await;
+    let (b, _eb) = start("b", tls_for(d, "ca", "b"), vec![a.local_addr()]).await;
+    assert!(wait_for(Duration::from_secs(5), || sees(&a, "b", Liveness::Alive)).await);
+    let (_server, client) =
+        fleet_gossip_quic::tls::quic_configs(&tls_for(d, "ca", "hoarder")).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(client);
+    let conn = endpoint
+        .connect(a.local_addr(), fleet_gossip_quic::tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    // 4 GiB: over any cap.
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&[STREAM_SYNC, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    let _ = recv.read_to_end(1024).await;
+    // 15 MiB frames that never come: the budget holds four, the fifth is refused.
+    let frame = (15u32 << 20).to_be_bytes();
+    let mut held = Vec::new();
+    for _ in 0..(FRAME_BUDGET / (15 << 20) + 1) {
+        let (mut send, recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[STREAM_SYNC]).await.unwrap();
+        send.write_all(&frame).await.unwrap();
+        held.push((send, recv));
+    }
+    let refused = wait_for(Duration::from_secs(5), || async {
+        let s = a.stats().await.unwrap();
+        s.garbage_streams >= 1 && s.frames_over_budget >= 1
+    })
+    .await;
+    assert!(refused, "{:?}", a.stats().await.unwrap());
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            sees(&a, "b", Liveness::Alive).await && sees(&b, "a", Liveness::Alive).await
+        })
+        .await
+    );
+    drop(held);
+    conn.close(0u32.into(), b"");
+}

@@ -6,6 +6,10 @@
 //! - [`core`]: the sans-IO [`core::Node`]. Inputs are datagrams, sync messages, timers and `now`;
 //!   outputs are datagrams, sync requests and [`core::Event`]s.
 //! - [`types`]: machine IDs, identities, metadata, unit states, the view.
+//! - [`wire`]: datagrams (a kind byte, then a foca packet or a state push) and sync messages, with
+//!   their size caps.
+//! - `store` (versioned state, bucketed digest), `outbox` (updates being passed on), `roster`
+//!   (the node's index of foca's membership), `trust` (who may say what), `config`.
 //! - `testing` (cargo feature `testing`): a deterministic virtual network of nodes (the crate's
 //!   tests, `examples/detection.rs`).
 //!
@@ -17,8 +21,13 @@
 //!   a stamp only ever replaces a smaller one: the newer always wins, whatever the delivery order.
 //!   A restarted machine starts a larger epoch, so its fresh state replaces its previous life's.
 //! - A node's `synced` stamp for an origin promises it holds the newest value of every entry of that
-//!   origin up to that stamp. Out-of-order broadcasts never advance it; the origin itself and
-//!   complete anti-entropy deltas do. This is what lets a digest exchange fill every gap.
+//!   origin up to that stamp. Each change of an origin has the next version; a push advances
+//!   `synced` only over contiguous versions, and complete anti-entropy deltas advance it to the
+//!   sender's. This is what lets a digest exchange fill every gap.
+//! - Per protocol period a node's work and bytes do not grow with the cluster when nothing
+//!   changes: probes go to one member, pushes only carry changes, and the periodic anti-entropy
+//!   compares bucket sums (at most 256 × 4 bytes) and details only the differing buckets. Only
+//!   joins and heals exchange whole memberships.
 //! - Garbage from a peer (datagram, stream frame, sync message) is an `Err` and a counter, never a
 //!   panic, and never changes state.
 //! - A peer speaks only for itself: with the machine ID its transport authenticated (the
@@ -32,11 +41,15 @@
 //! - **Identity** = machine ID + advertised address + incarnation; foca's `Addr` is the machine ID,
 //!   so a newer incarnation of a machine replaces the old identity at once (restart), and
 //!   [`foca::Identity::renew`] lets a node wrongly declared down rejoin by itself.
-//! - **Dissemination**: each changed entry (metadata, or one unit) is one foca custom broadcast of
-//!   about 100 bytes, so a change costs bytes in proportion to what changed. Removed units travel
-//!   as tombstones. Anti-entropy (push-pull, three messages on one QUIC stream: membership + digest,
-//!   then what each side lacks) repairs losses every `anti_entropy_interval` and is how a joiner
-//!   learns everything at once: joining *is* a sync with a seed address, so seeds need no machine ID.
+//! - **Dissemination**: membership in foca's SWIM packets; state outside foca's broadcast queue
+//!   (which walks its whole backlog on every send): each changed entry (metadata, or one unit) is
+//!   an update of about 100 bytes that the node pushes in datagrams of its own to `gossip_fanout`
+//!   random live members per `gossip_interval`, and that every member passes on at most
+//!   `max_transmissions` times when it is news. Removed units travel as tombstones. Anti-entropy
+//!   (three messages on one QUIC stream) repairs losses every `anti_entropy_interval`: a summary
+//!   of the state digest, then details of the differing buckets, then what the peer lacks. A join
+//!   is a full exchange (membership, digest, state) with a seed address, so a joiner learns
+//!   everything at once and seeds need no machine ID.
 //! - **Transport** (`fleet-gossip-quic`): SWIM packets need only fit `max_packet_size` (1100 fits a
 //!   QUIC datagram before path MTU discovery); sync messages are byte strings the driver carries
 //!   over a stream.
@@ -50,15 +63,20 @@
 //! - Tombstones of removed units are kept for the life (epoch) of their origin.
 //! - The event stream is unbounded; fleetd must keep reading it.
 
+mod config;
 pub mod core;
+mod outbox;
 mod roster;
 mod store;
+mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod trust;
 pub mod types;
+pub mod wire;
 
 pub use crate::core::{Config, Counters, Event, Node};
-pub use crate::store::BroadcastError;
+pub use crate::store::{Entry, EntryKey, OriginDelta, Update};
 pub use crate::types::{
     Liveness, MachineId, MachineView, Metadata, NodeIdentity, Stamp, UnitState, View,
 };

@@ -15,6 +15,7 @@ use foca::{Incarnation, Member, State};
 use rand::rngs::StdRng;
 use rand::RngExt;
 
+use crate::store::{bucket_of, member_contribution, BUCKETS};
 use crate::types::{MachineId, NodeIdentity};
 
 /// What the node knows of one member.
@@ -33,11 +34,33 @@ pub(crate) struct Known {
 /// Every member foca knows (never this node), by machine ID, plus the live ones in a vector for
 /// uniform random choice. Ordered maps (not hashed), so that a seeded run makes the same choices
 /// every time.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Roster {
     known: BTreeMap<MachineId, Known>,
     live: Vec<MachineId>,
     live_at: BTreeMap<MachineId, usize>,
+    /// Per bucket (of the store's [`BUCKETS`]), the wrapping sum of its members' contributions:
+    /// anti-entropy compares memberships with it.
+    sums: Vec<u64>,
+}
+
+impl Default for Roster {
+    fn default() -> Self {
+        Roster {
+            known: BTreeMap::new(),
+            live: Vec::new(),
+            live_at: BTreeMap::new(),
+            sums: vec![0; BUCKETS],
+        }
+    }
+}
+
+fn contribution(k: &Known) -> u64 {
+    member_contribution(
+        &k.identity.machine_id,
+        k.identity.incarnation,
+        k.state == State::Down,
+    )
 }
 
 /// SWIM's order of precedence (the paper's section 4.2, which foca implements): may a member in
@@ -55,6 +78,33 @@ fn precedes(state: State, incarnation: Incarnation, to: State, to_inc: Incarnati
 impl Roster {
     pub(crate) fn get(&self, id: &MachineId) -> Option<&Known> {
         self.known.get(id)
+    }
+
+    /// The membership's per-bucket sums (this node itself not included).
+    pub(crate) fn sums(&self) -> &[u64] {
+        &self.sums
+    }
+
+    /// The members in `buckets` (of `count`), as foca members.
+    pub(crate) fn members_of(&self, buckets: &[u16], count: usize) -> Vec<Member<NodeIdentity>> {
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        let wanted: std::collections::BTreeSet<usize> =
+            buckets.iter().map(|b| *b as usize).collect();
+        self.known
+            .iter()
+            .filter(|(id, _)| wanted.contains(&(bucket_of(id) & mask)))
+            .map(|(_, k)| Member::new(k.identity.clone(), k.incarnation, k.state))
+            .collect()
+    }
+
+    fn add_sum(&mut self, k: &Known, sign: bool) {
+        let b = bucket_of(&k.identity.machine_id);
+        let c = contribution(k);
+        self.sums[b] = if sign {
+            self.sums[b].wrapping_add(c)
+        } else {
+            self.sums[b].wrapping_sub(c)
+        };
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -122,7 +172,10 @@ impl Roster {
     fn put(&mut self, known: Known) {
         let id = known.identity.machine_id.clone();
         self.set_live(&id, known.state != State::Down);
-        self.known.insert(id, known);
+        self.add_sum(&known, true);
+        if let Some(old) = self.known.insert(id, known) {
+            self.add_sum(&old, false);
+        }
     }
 
     /// An update the node passes to foca, applied by SWIM's rules to the same identity only: foca
@@ -135,14 +188,13 @@ impl Roster {
             Some(k) if k.identity == *id => {
                 if precedes(k.state, k.incarnation, update.state(), update.incarnation()) {
                     let changed = k.state != update.state();
-                    k.incarnation = update.incarnation();
+                    let mut next = k.clone();
+                    next.incarnation = update.incarnation();
                     if changed {
-                        k.state = update.state();
-                        k.since = now;
-                        let live = k.state != State::Down;
-                        let mid = id.machine_id.clone();
-                        self.set_live(&mid, live);
+                        next.state = update.state();
+                        next.since = now;
                     }
+                    self.put(next);
                     changed
                 } else {
                     false
@@ -193,10 +245,12 @@ impl Roster {
 
     /// foca notified that `new` replaced `old` (a restart or a renewal).
     pub(crate) fn renamed(&mut self, new: &NodeIdentity, now: Instant) {
-        match self.known.get_mut(&new.machine_id) {
+        match self.known.get(&new.machine_id) {
             Some(k) => {
-                k.identity = new.clone();
-                k.since = now;
+                let mut next = k.clone();
+                next.identity = new.clone();
+                next.since = now;
+                self.put(next);
             }
             None => self.up(new, now),
         }
@@ -215,7 +269,9 @@ impl Roster {
             .is_some_and(|k| k.identity == *id)
         {
             self.set_live(&id.machine_id, false);
-            self.known.remove(&id.machine_id);
+            if let Some(old) = self.known.remove(&id.machine_id) {
+                self.add_sum(&old, false);
+            }
         }
     }
 
@@ -265,6 +321,11 @@ impl Roster {
             .filter(|k| !fresh.contains_key(*k))
             .count();
         self.known = fresh;
+        self.sums = vec![0; BUCKETS];
+        let all: Vec<Known> = self.known.values().cloned().collect();
+        for k in &all {
+            self.add_sum(k, true);
+        }
         self.live.clear();
         self.live_at.clear();
         let live: Vec<MachineId> = self
@@ -333,6 +394,32 @@ mod tests {
         r.down(&ident("m4", 1), now);
         assert_eq!(r.live_count(), 98);
         assert_eq!(r.len(), 99);
+    }
+
+    #[test]
+    fn sums_follow_every_change() {
+        let now = Instant::now();
+        let mut r = Roster::default();
+        let scratch = |r: &Roster| {
+            let mut sums = vec![0u64; BUCKETS];
+            for (id, k) in &r.known {
+                let b = bucket_of(id);
+                sums[b] = sums[b].wrapping_add(contribution(k));
+            }
+            sums
+        };
+        r.up(&ident("a", 1), now);
+        r.up(&ident("b", 1), now);
+        r.observe(&Member::new(ident("a", 1), 0, State::Suspect), now);
+        r.renamed(&ident("b", 2), now);
+        r.down(&ident("a", 1), now);
+        assert_eq!(r.sums, scratch(&r));
+        r.forget(&ident("a", 1));
+        assert_eq!(r.sums, scratch(&r));
+        let truth = [Member::new(ident("c", 1), 0, State::Alive)];
+        r.reconcile(truth.iter(), now);
+        assert_eq!(r.sums, scratch(&r));
+        assert_eq!(r.members_of(&[0, 1, 2, 3, 4, 5, 6, 7], 8).len(), 1);
     }
 
     #[test]

@@ -1,24 +1,34 @@
-//! The versioned store of every machine's metadata and unit states, and the foca broadcast handler
-//! that feeds it.
+//! The versioned store of every machine's metadata and unit states.
 //!
 //! Each origin (machine) owns its entries: one metadata entry and one entry per unit (a removed unit
-//! stays as a tombstone so that the removal spreads too). Every entry carries the [`Stamp`] at which
-//! the origin last changed it, and an entry only ever replaces an older one. Entries travel one by one
-//! as foca custom broadcasts, and in bulk through anti-entropy.
+//! stays as a tombstone so that the removal spreads too). Every change of an entry gets the origin's
+//! next [`Stamp`] (epoch, version): versions of one origin are contiguous, one per change, and an
+//! entry only ever replaces an older one. Changes travel one by one in state pushes, and in bulk
+//! through anti-entropy.
 //!
 //! Anti-entropy relies on one invariant: a node's `synced` stamp for an origin means "I have the newest
-//! value of every entry of this origin whose stamp is at most `synced`". Broadcasts may arrive in any
-//! order, so they change entries but never `synced`; only the origin itself (always fully synced with
-//! itself) and complete anti-entropy deltas advance it. A delta carries every entry newer than the
-//! receiver's `synced`, plus the sender's own `synced`, so the receiver may then take the larger one.
+//! value of every entry of this origin whose stamp is at most `synced`". Pushes may arrive in any
+//! order: an update advances `synced` only when it is the next version (and then any later versions
+//! already received), so a lost update leaves a gap that `synced` cannot cross. Complete anti-entropy
+//! deltas carry every entry newer than the receiver's `synced`, plus the sender's own `synced`, so the
+//! receiver may then take the larger one. An update superseded at its origin before it reached
+//! someone leaves such a gap too; the next delta closes it.
+//!
+//! The digest of the whole store folds into [`BUCKETS`] sums (one per bucket of origins, kept up to
+//! date on every change), so that two nodes compare their states with a few hundred bytes whatever
+//! the cluster's size, and exchange details only for the buckets that differ.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, MutexGuard};
 
-use foca::{BroadcastHandler, Invalidates};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{MachineId, Metadata, Stamp, UnitState};
+
+/// How many buckets the store's digest keeps (a power of two); summaries fold them further.
+pub(crate) const BUCKETS: usize = 256;
+/// Versions received ahead of a gap, kept per origin until the gap closes (beyond: dropped, and
+/// anti-entropy brings them again).
+const MAX_PENDING: usize = 4096;
 
 /// One piece of an origin's state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,7 +54,7 @@ pub enum EntryKey {
 }
 
 impl Entry {
-    fn key(&self) -> EntryKey {
+    pub(crate) fn key(&self) -> EntryKey {
         match self {
             Entry::Metadata(_) => EntryKey::Metadata,
             Entry::Unit { name, .. } => EntryKey::Unit(name.clone()),
@@ -52,7 +62,7 @@ impl Entry {
     }
 }
 
-/// One versioned change of an origin's state: the payload of a custom broadcast.
+/// One versioned change of an origin's state: what a state push carries.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Update {
     /// The machine whose state this is.
@@ -61,20 +71,6 @@ pub struct Update {
     pub stamp: Stamp,
     /// The new value.
     pub entry: Entry,
-}
-
-/// What foca keeps per custom broadcast, to drop stale ones from its backlog.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpdateKey {
-    origin: MachineId,
-    key: EntryKey,
-    stamp: Stamp,
-}
-
-impl Invalidates for UpdateKey {
-    fn invalidates(&self, other: &Self) -> bool {
-        self.origin == other.origin && self.key == other.key && self.stamp >= other.stamp
-    }
 }
 
 /// The part of an origin's state that a peer lacks, with the sender's `synced` stamp for it.
@@ -99,6 +95,8 @@ pub(crate) enum Change {
 pub(crate) struct OriginData {
     epoch: u64,
     synced: Stamp,
+    /// Versions of this epoch received beyond `synced` (a gap in between).
+    pending: BTreeSet<u64>,
     metadata: Option<(Stamp, Metadata)>,
     units: BTreeMap<String, (Stamp, Option<UnitState>)>,
 }
@@ -141,6 +139,82 @@ impl OriginData {
         }
         out
     }
+
+    /// Records that version `v` of the current epoch is here; advances `synced` over every
+    /// contiguous version.
+    fn received(&mut self, v: u64) {
+        if v <= self.synced.version {
+            return;
+        }
+        if v == self.synced.version + 1 {
+            self.synced.version = v;
+            while self.pending.remove(&(self.synced.version + 1)) {
+                self.synced.version += 1;
+            }
+        } else if self.pending.len() < MAX_PENDING {
+            self.pending.insert(v);
+        }
+    }
+
+    fn raise_synced(&mut self, to: Stamp) {
+        if to > self.synced && to.epoch == self.epoch {
+            self.synced = to;
+            self.pending.retain(|v| *v > to.version);
+            while self.pending.remove(&(self.synced.version + 1)) {
+                self.synced.version += 1;
+            }
+        }
+    }
+}
+
+/// A well-mixed 64-bit hash, the same on every machine (FNV-1a, then a finaliser).
+pub(crate) fn mix(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The bucket of an origin (of [`BUCKETS`]).
+pub(crate) fn bucket_of(origin: &MachineId) -> usize {
+    (mix(origin.as_str().as_bytes(), 0) as usize) & (BUCKETS - 1)
+}
+
+/// An origin's contribution to its bucket's sum: its ID and `synced` stamp.
+fn contribution(origin: &MachineId, synced: Stamp) -> u64 {
+    let h = mix(origin.as_str().as_bytes(), 1);
+    mix(
+        &[synced.epoch.to_le_bytes(), synced.version.to_le_bytes()].concat(),
+        h,
+    )
+}
+
+/// A member's contribution to its bucket's sum: its ID, its identity's incarnation, and whether it
+/// is down (a suspect counts as alive: suspicion comes and goes too fast to compare).
+pub(crate) fn member_contribution(id: &MachineId, incarnation: u64, down: bool) -> u64 {
+    let h = mix(id.as_str().as_bytes(), 2);
+    mix(
+        &[&incarnation.to_le_bytes()[..], &[u8::from(down)]].concat(),
+        h,
+    )
+}
+
+/// Folds per-bucket sums (several tables of [`BUCKETS`], added) into `count` 32-bit sums.
+fn fold(tables: &[&[u64]], count: usize) -> Vec<u32> {
+    let count = count.clamp(1, BUCKETS).next_power_of_two();
+    let mut out = vec![0u64; count];
+    for table in tables {
+        for (b, sum) in table.iter().enumerate() {
+            out[b & (count - 1)] = out[b & (count - 1)].wrapping_add(*sum);
+        }
+    }
+    out.into_iter().map(|s| (s ^ (s >> 32)) as u32).collect()
 }
 
 /// Every origin's state, this node's own included.
@@ -157,13 +231,23 @@ pub(crate) struct Store {
     changes: BTreeSet<(MachineId, Change)>,
     limits: BTreeMap<MachineId, u64>,
     refused: u64,
+    /// Per bucket, the wrapping sum of its origins' contributions.
+    sums: Vec<u64>,
 }
 
 impl Store {
     pub(crate) fn new(local: MachineId, epoch: u64) -> Self {
         let local_stamp = Stamp { epoch, version: 0 };
-        let mut origins = BTreeMap::new();
-        origins.insert(
+        let mut store = Store {
+            local: local.clone(),
+            local_stamp,
+            origins: BTreeMap::new(),
+            changes: BTreeSet::new(),
+            limits: BTreeMap::new(),
+            refused: 0,
+            sums: vec![0; BUCKETS],
+        };
+        store.origins.insert(
             local.clone(),
             OriginData {
                 epoch,
@@ -171,14 +255,8 @@ impl Store {
                 ..OriginData::default()
             },
         );
-        Store {
-            local,
-            local_stamp,
-            origins,
-            changes: BTreeSet::new(),
-            limits: BTreeMap::new(),
-            refused: 0,
-        }
+        store.sums[bucket_of(&local)] = contribution(&local, local_stamp);
+        store
     }
 
     /// The membership holds `origin` with this identity incarnation: its state may now come in
@@ -206,16 +284,37 @@ impl Store {
         self.origins.get(id)
     }
 
+    /// How many origins the store holds (this node included).
+    pub(crate) fn len(&self) -> usize {
+        self.origins.len()
+    }
+
     pub(crate) fn take_changes(&mut self) -> BTreeSet<(MachineId, Change)> {
         std::mem::take(&mut self.changes)
+    }
+
+    /// Runs `f` on an origin's data and keeps its bucket's sum true if `synced` changed.
+    fn with_origin<R>(&mut self, origin: &MachineId, f: impl FnOnce(&mut OriginData) -> R) -> R {
+        let existed = self.origins.contains_key(origin);
+        let data = self.origins.entry(origin.clone()).or_default();
+        let before = data.synced;
+        let r = f(data);
+        let after = data.synced;
+        if after != before || !existed {
+            let b = bucket_of(origin);
+            if existed {
+                self.sums[b] = self.sums[b].wrapping_sub(contribution(origin, before));
+            }
+            self.sums[b] = self.sums[b].wrapping_add(contribution(origin, after));
+        }
+        r
     }
 
     fn next_local_stamp(&mut self) -> Stamp {
         self.local_stamp.version += 1;
         let stamp = self.local_stamp;
-        if let Some(o) = self.origins.get_mut(&self.local) {
-            o.synced = stamp;
-        }
+        let local = self.local.clone();
+        self.with_origin(&local, |o| o.synced = stamp);
         stamp
     }
 
@@ -223,7 +322,7 @@ impl Store {
         self.origins.entry(self.local.clone()).or_default()
     }
 
-    /// Replaces the local metadata; returns the update to broadcast, or `None` if nothing changed.
+    /// Replaces the local metadata; returns the update to push, or `None` if nothing changed.
     pub(crate) fn set_local_metadata(&mut self, metadata: Metadata) -> Option<Update> {
         if self.local_data().metadata() == Some(&metadata) {
             return None;
@@ -237,7 +336,8 @@ impl Store {
         })
     }
 
-    /// Replaces the local unit states with `units`; returns one update per changed unit.
+    /// Replaces the local unit states with `units`; returns one update per changed unit (each with
+    /// its own version).
     pub(crate) fn set_local_units(&mut self, units: &BTreeMap<String, UnitState>) -> Vec<Update> {
         let data = self.local_data();
         let mut changed: Vec<(String, Option<UnitState>)> = Vec::new();
@@ -252,26 +352,25 @@ impl Store {
                 changed.push((name.clone(), None));
             }
         }
-        if changed.is_empty() {
-            return Vec::new();
-        }
-        let stamp = self.next_local_stamp();
-        let origin = self.local.clone();
-        let data = self.local_data();
         changed
             .into_iter()
-            .map(|(name, state)| {
-                data.units.insert(name.clone(), (stamp, state.clone()));
-                Update {
-                    origin: origin.clone(),
-                    stamp,
-                    entry: Entry::Unit { name, state },
-                }
-            })
+            .map(|(name, state)| self.put_local_unit(name, state))
             .collect()
     }
 
-    /// Sets or removes (`None`) one local unit's state; returns the update to broadcast, if any.
+    fn put_local_unit(&mut self, name: String, state: Option<UnitState>) -> Update {
+        let stamp = self.next_local_stamp();
+        self.local_data()
+            .units
+            .insert(name.clone(), (stamp, state.clone()));
+        Update {
+            origin: self.local.clone(),
+            stamp,
+            entry: Entry::Unit { name, state },
+        }
+    }
+
+    /// Sets or removes (`None`) one local unit's state; returns the update to push, if any.
     pub(crate) fn set_local_unit(
         &mut self,
         name: &str,
@@ -285,64 +384,53 @@ impl Store {
         if current == state {
             return None;
         }
-        let stamp = self.next_local_stamp();
-        self.local_data()
-            .units
-            .insert(name.to_string(), (stamp, state.clone()));
-        Some(Update {
-            origin: self.local.clone(),
-            stamp,
-            entry: Entry::Unit {
-                name: name.to_string(),
-                state,
-            },
-        })
+        Some(self.put_local_unit(name.to_string(), state))
     }
 
     /// Applies a remote update; true if it was news (newer than what we had).
     pub(crate) fn apply(&mut self, update: &Update) -> bool {
-        if update.origin == self.local {
-            return false;
-        }
-        if !self.epoch_allowed(&update.origin, update.stamp.epoch) {
+        if update.origin == self.local || !self.epoch_allowed(&update.origin, update.stamp.epoch) {
             return false;
         }
         let origin = update.origin.clone();
-        let data = self.origins.entry(origin.clone()).or_default();
         let mut changes = Vec::new();
-        if !enter_epoch(data, update.stamp.epoch, &mut changes) {
-            return false;
-        }
-        let news = match &update.entry {
-            Entry::Metadata(m) => {
-                if data
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|(s, _)| *s >= update.stamp)
-                {
-                    false
-                } else {
-                    let differs = data.metadata() != Some(m);
-                    data.metadata = Some((update.stamp, m.clone()));
-                    if differs {
-                        changes.push(Change::Metadata);
-                    }
-                    true
-                }
+        let news = self.with_origin(&origin, |data| {
+            if !enter_epoch(data, update.stamp.epoch, &mut changes) {
+                return false;
             }
-            Entry::Unit { name, state } => match data.units.get(name) {
-                Some((s, _)) if *s >= update.stamp => false,
-                previous => {
-                    let differs = previous.and_then(|(_, s)| s.as_ref()) != state.as_ref();
-                    data.units
-                        .insert(name.clone(), (update.stamp, state.clone()));
-                    if differs {
-                        changes.push(Change::Units);
+            let news = match &update.entry {
+                Entry::Metadata(m) => {
+                    if data
+                        .metadata
+                        .as_ref()
+                        .is_some_and(|(s, _)| *s >= update.stamp)
+                    {
+                        false
+                    } else {
+                        let differs = data.metadata() != Some(m);
+                        data.metadata = Some((update.stamp, m.clone()));
+                        if differs {
+                            changes.push(Change::Metadata);
+                        }
+                        true
                     }
-                    true
                 }
-            },
-        };
+                Entry::Unit { name, state } => match data.units.get(name) {
+                    Some((s, _)) if *s >= update.stamp => false,
+                    previous => {
+                        let differs = previous.and_then(|(_, s)| s.as_ref()) != state.as_ref();
+                        data.units
+                            .insert(name.clone(), (update.stamp, state.clone()));
+                        if differs {
+                            changes.push(Change::Units);
+                        }
+                        true
+                    }
+                },
+            };
+            data.received(update.stamp.version);
+            news
+        });
         for c in changes {
             self.changes.insert((origin.clone(), c));
         }
@@ -357,13 +445,71 @@ impl Store {
             .collect()
     }
 
+    /// The digest folded into `count` buckets (a power of two, at most [`BUCKETS`]): 32 bits each.
+    /// `members` adds the membership's per-bucket sums (or is empty).
+    pub(crate) fn summary(&self, count: usize, members: &[u64]) -> Vec<u32> {
+        fold(&[&self.sums, members], count)
+    }
+
+    /// The buckets (of `count`) in which `theirs` differs from this node's summary.
+    pub(crate) fn differing(&self, theirs: &[u32], members: &[u64]) -> Vec<u16> {
+        let mine = self.summary(theirs.len(), members);
+        if mine.len() != theirs.len() {
+            return (0..mine.len() as u16).collect();
+        }
+        (0..mine.len())
+            .filter(|b| mine[*b] != theirs[*b])
+            .map(|b| b as u16)
+            .collect()
+    }
+
+    /// Per origin in `buckets` (of `count`), the stamp up to which this node has everything.
+    pub(crate) fn digest_of(&self, buckets: &[u16], count: usize) -> Vec<(MachineId, Stamp)> {
+        let wanted: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        self.origins
+            .iter()
+            .filter(|(id, _)| wanted.contains(&(bucket_of(id) & mask)))
+            .map(|(id, o)| (id.clone(), o.synced))
+            .collect()
+    }
+
     /// What a peer whose digest is `peer` lacks.
     pub(crate) fn delta_for(&self, peer: &[(MachineId, Stamp)]) -> Vec<OriginDelta> {
+        self.delta_where(peer, |_| true)
+    }
+
+    /// What a peer lacks of the origins in `buckets` (of `count`), `peer` being its digest of them.
+    pub(crate) fn delta_for_buckets(
+        &self,
+        peer: &[(MachineId, Stamp)],
+        buckets: &[u16],
+        count: usize,
+    ) -> Vec<OriginDelta> {
+        let wanted: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        self.delta_where(peer, |id| wanted.contains(&(bucket_of(id) & mask)))
+    }
+
+    fn delta_where(
+        &self,
+        peer: &[(MachineId, Stamp)],
+        include: impl Fn(&MachineId) -> bool,
+    ) -> Vec<OriginDelta> {
         let peer: BTreeMap<&MachineId, Stamp> = peer.iter().map(|(id, s)| (id, *s)).collect();
         let mut out = Vec::new();
         for (id, data) in &self.origins {
+            if !include(id) {
+                continue;
+            }
             let theirs = peer.get(id).copied().unwrap_or_default();
-            let entries = data.entries_after(theirs);
+            // A peer on an older epoch of this origin needs all of the current one.
+            let after = if theirs.epoch < data.epoch {
+                Stamp::default()
+            } else {
+                theirs
+            };
+            let entries = data.entries_after(after);
             if !entries.is_empty() || data.synced > theirs {
                 out.push(OriginDelta {
                     origin: id.clone(),
@@ -375,8 +521,10 @@ impl Store {
         out
     }
 
-    /// Merges a delta computed by a peer from our digest (or a full snapshot).
-    pub(crate) fn merge(&mut self, deltas: Vec<OriginDelta>) {
+    /// Merges a delta computed by a peer from our digest (or a full snapshot). Returns the updates
+    /// that were news.
+    pub(crate) fn merge(&mut self, deltas: Vec<OriginDelta>) -> Vec<Update> {
+        let mut news = Vec::new();
         for delta in deltas {
             if delta.origin == self.local {
                 if delta.synced > self.local_stamp {
@@ -392,29 +540,38 @@ impl Store {
                 continue;
             }
             for (stamp, entry) in delta.entries {
-                self.apply(&Update {
+                let update = Update {
                     origin: delta.origin.clone(),
                     stamp,
                     entry,
-                });
+                };
+                if self.apply(&update) {
+                    news.push(update);
+                }
             }
-            let data = self.origins.entry(delta.origin.clone()).or_default();
             let mut changes = Vec::new();
-            if enter_epoch(data, delta.synced.epoch, &mut changes) && delta.synced > data.synced {
-                data.synced = delta.synced;
-            }
+            self.with_origin(&delta.origin, |data| {
+                if enter_epoch(data, delta.synced.epoch, &mut changes) {
+                    data.raise_synced(delta.synced);
+                }
+            });
             for c in changes {
                 self.changes.insert((delta.origin.clone(), c));
             }
         }
+        news
     }
 
     /// Forgets an origin's state (never our own): the membership forgot the machine.
     pub(crate) fn forget(&mut self, origin: &MachineId) {
-        if *origin != self.local {
-            self.origins.remove(origin);
-            self.limits.remove(origin);
+        if *origin == self.local {
+            return;
         }
+        if let Some(data) = self.origins.remove(origin) {
+            let b = bucket_of(origin);
+            self.sums[b] = self.sums[b].wrapping_sub(contribution(origin, data.synced));
+        }
+        self.limits.remove(origin);
     }
 }
 
@@ -432,77 +589,11 @@ fn enter_epoch(data: &mut OriginData, epoch: u64, changes: &mut Vec<Change>) -> 
             changes.push(Change::Units);
         }
         data.units.clear();
+        data.pending.clear();
         data.epoch = epoch;
+        data.synced = Stamp { epoch, version: 0 };
     }
     true
-}
-
-/// The store shared between the node and foca's broadcast handler.
-///
-/// foca owns its handler and offers no way back to it, so both hold the store. The node is driven by
-/// one task at a time, so the lock is never contended.
-#[derive(Clone, Debug)]
-pub(crate) struct SharedStore(Arc<Mutex<Store>>);
-
-impl SharedStore {
-    pub(crate) fn new(store: Store) -> Self {
-        SharedStore(Arc::new(Mutex::new(store)))
-    }
-
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Store> {
-        // A panic while holding the lock would have aborted the node's task anyway; the data is a
-        // cache of gossip, so continuing with it is safe.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Why a custom broadcast was rejected.
-#[derive(Debug, thiserror::Error)]
-pub enum BroadcastError {
-    /// The bytes are not a postcard-encoded [`Update`].
-    #[error("undecodable state update: {0}")]
-    Decode(#[from] postcard::Error),
-    /// The update decoded but bytes were left over.
-    #[error("state update followed by {0} stray bytes")]
-    TrailingBytes(usize),
-}
-
-/// Decodes one broadcast update, refusing trailing bytes.
-pub(crate) fn decode_update(data: &[u8]) -> Result<Update, BroadcastError> {
-    let (update, rest) = postcard::take_from_bytes::<Update>(data)?;
-    if !rest.is_empty() {
-        return Err(BroadcastError::TrailingBytes(rest.len()));
-    }
-    Ok(update)
-}
-
-/// foca's custom-broadcast handler: decodes updates and keeps only news.
-pub(crate) struct Handler {
-    pub(crate) store: SharedStore,
-}
-
-impl<T> BroadcastHandler<T> for Handler {
-    type Key = UpdateKey;
-    type Error = BroadcastError;
-
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        sender: Option<&T>,
-    ) -> Result<Option<UpdateKey>, BroadcastError> {
-        let update = decode_update(data)?;
-        let key = UpdateKey {
-            origin: update.origin.clone(),
-            key: update.entry.key(),
-            stamp: update.stamp,
-        };
-        // `sender` is None for our own updates (added by the node, already in the store).
-        if sender.is_none() || self.store.lock().apply(&update) {
-            Ok(Some(key))
-        } else {
-            Ok(None)
-        }
-    }
 }
 
 #[cfg(test)]
@@ -522,11 +613,28 @@ mod tests {
         list.iter().map(|(n, a)| (n.to_string(), unit(a))).collect()
     }
 
+    fn store(id: &str, epoch: u64) -> Store {
+        let mut s = Store::new(MachineId::new(id), epoch);
+        for other in ["a", "b", "c"] {
+            s.allow_epoch(&MachineId::new(other), 1);
+        }
+        s
+    }
+
+    /// The bucket sums, recomputed from scratch.
+    fn sums_from_scratch(s: &Store) -> Vec<u64> {
+        let mut sums = vec![0u64; BUCKETS];
+        for (id, o) in &s.origins {
+            let b = bucket_of(id);
+            sums[b] = sums[b].wrapping_add(contribution(id, o.synced));
+        }
+        sums
+    }
+
     #[test]
     fn newer_stamp_wins_and_older_is_ignored() {
-        let mut a = Store::new(MachineId::new("a"), 1);
-        let mut b = Store::new(MachineId::new("b"), 1);
-        b.allow_epoch(&MachineId::new("a"), 1);
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
         let u1 = a.set_local_units(&units(&[("x.service", "active")]));
         let u2 = a.set_local_units(&units(&[("x.service", "failed")]));
         // Delivered out of order: the newer one first.
@@ -534,13 +642,38 @@ mod tests {
         assert!(!b.apply(&u1[0]), "an older update must not win");
         let o = b.origin(&MachineId::new("a")).unwrap();
         assert_eq!(o.units().next().unwrap().1.active_state, "failed");
+        assert_eq!(b.sums, sums_from_scratch(&b));
+    }
+
+    #[test]
+    fn versions_are_contiguous_and_synced_crosses_no_gap() {
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
+        let ups = a.set_local_units(&units(&[
+            ("x.service", "active"),
+            ("y.service", "active"),
+            ("z.service", "active"),
+        ]));
+        let versions: Vec<u64> = ups.iter().map(|u| u.stamp.version).collect();
+        assert_eq!(versions, [1, 2, 3]);
+        b.apply(&ups[2]);
+        b.apply(&ups[0]);
+        let a_id = MachineId::new("a");
+        assert_eq!(b.origin(&a_id).unwrap().synced.version, 1, "gap at 2");
+        b.apply(&ups[1]);
+        assert_eq!(b.origin(&a_id).unwrap().synced.version, 3);
+        assert_eq!(b.summary(8, &[]), {
+            let mut c = store("b", 1);
+            c.merge(a.delta_for(&c.digest()));
+            c.summary(8, &[])
+        });
+        assert_eq!(b.sums, sums_from_scratch(&b));
     }
 
     #[test]
     fn a_new_epoch_replaces_the_previous_life() {
-        let mut a = Store::new(MachineId::new("a"), 1);
-        let mut b = Store::new(MachineId::new("b"), 1);
-        b.allow_epoch(&MachineId::new("a"), 1);
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
         for u in a.set_local_units(&units(&[("x.service", "active"), ("y.service", "active")])) {
             b.apply(&u);
         }
@@ -570,18 +703,19 @@ mod tests {
             entry: Entry::Metadata(Metadata::default()),
         };
         assert!(!b.apply(&old));
+        assert_eq!(b.sums, sums_from_scratch(&b));
     }
 
     #[test]
-    fn delta_after_out_of_order_broadcasts_fills_the_gaps() {
-        let mut a = Store::new(MachineId::new("a"), 1);
-        let mut b = Store::new(MachineId::new("b"), 1);
-        b.allow_epoch(&MachineId::new("a"), 1);
+    fn delta_after_out_of_order_pushes_fills_the_gaps() {
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
         let first = a.set_local_units(&units(&[("x.service", "active")]));
         let second = a.set_local_unit("y.service", Some(unit("active")));
-        // b only hears the second broadcast.
+        // b only hears the second push.
         b.apply(second.as_ref().unwrap());
         assert!(first.len() == 1);
+        assert_ne!(a.summary(8, &[]), b.summary(8, &[]));
         let delta = a.delta_for(&b.digest());
         b.merge(delta);
         let o = b.origin(&MachineId::new("a")).unwrap();
@@ -596,10 +730,38 @@ mod tests {
     }
 
     #[test]
+    fn summaries_find_the_differing_buckets_and_their_deltas_repair_them() {
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
+        let mut c = store("c", 1);
+        for s in [&mut a, &mut b] {
+            s.allow_epoch(&MachineId::new("c"), 1);
+        }
+        for u in c.set_local_units(&units(&[("x.service", "active")])) {
+            a.apply(&u);
+        }
+        b.merge(a.delta_for(&b.digest()));
+        a.merge(b.delta_for(&a.digest()));
+        assert_eq!(a.differing(&b.summary(16, &[]), &[]), Vec::<u16>::new());
+        // c changes; a hears it, b does not.
+        for u in c.set_local_units(&units(&[("x.service", "failed")])) {
+            a.apply(&u);
+        }
+        let differ = b.differing(&a.summary(16, &[]), &[]);
+        assert_eq!(differ.len(), 1);
+        let theirs = b.digest_of(&differ, 16);
+        let delta = a.delta_for_buckets(&theirs, &differ, 16);
+        assert_eq!(delta.len(), 1);
+        assert_eq!(delta[0].origin, MachineId::new("c"));
+        let news = b.merge(delta);
+        assert_eq!(news.len(), 1);
+        assert_eq!(a.differing(&b.summary(16, &[]), &[]), Vec::<u16>::new());
+    }
+
+    #[test]
     fn removed_units_travel_as_tombstones() {
-        let mut a = Store::new(MachineId::new("a"), 1);
-        let mut b = Store::new(MachineId::new("b"), 1);
-        b.allow_epoch(&MachineId::new("a"), 1);
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
         b.merge(a.delta_for(&b.digest()));
         a.set_local_units(&units(&[("x.service", "active")]));
         b.merge(a.delta_for(&b.digest()));
@@ -611,6 +773,20 @@ mod tests {
         assert!(b
             .take_changes()
             .contains(&(MachineId::new("a"), Change::Units)));
+    }
+
+    #[test]
+    fn updates_about_ourselves_are_ignored() {
+        let mut a = store("a", 5);
+        let forged = Update {
+            origin: MachineId::new("a"),
+            stamp: Stamp {
+                epoch: 9,
+                version: 1,
+            },
+            entry: Entry::Metadata(Metadata::default()),
+        };
+        assert!(!a.apply(&forged));
     }
 
     #[test]
@@ -630,49 +806,18 @@ mod tests {
     }
 
     #[test]
-    fn updates_about_ourselves_are_ignored() {
-        let mut a = Store::new(MachineId::new("a"), 5);
-        let forged = Update {
-            origin: MachineId::new("a"),
-            stamp: Stamp {
-                epoch: 9,
-                version: 1,
-            },
-            entry: Entry::Metadata(Metadata::default()),
-        };
-        assert!(!a.apply(&forged));
-    }
-
-    #[test]
-    fn invalidation_keeps_only_the_newest_per_entry() {
-        let k = |v, key: EntryKey| UpdateKey {
-            origin: MachineId::new("a"),
-            key,
-            stamp: Stamp {
-                epoch: 1,
-                version: v,
-            },
-        };
-        assert!(k(2, EntryKey::Metadata).invalidates(&k(1, EntryKey::Metadata)));
-        assert!(!k(1, EntryKey::Metadata).invalidates(&k(2, EntryKey::Metadata)));
-        assert!(!k(2, EntryKey::Metadata).invalidates(&k(1, EntryKey::Unit("x".into()))));
-    }
-
-    #[test]
-    fn garbage_broadcasts_are_errors() {
-        assert!(decode_update(&[0xff, 0xff, 0xff]).is_err());
-        let good = postcard::to_allocvec(&Update {
-            origin: MachineId::new("a"),
-            stamp: Stamp::default(),
-            entry: Entry::Metadata(Metadata::default()),
-        })
-        .unwrap();
-        let mut trailing = good.clone();
-        trailing.push(0);
-        assert!(decode_update(&good).is_ok());
-        assert!(matches!(
-            decode_update(&trailing),
-            Err(BroadcastError::TrailingBytes(1))
-        ));
+    fn forgetting_an_origin_keeps_the_sums_true() {
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
+        a.set_local_metadata(Metadata::default());
+        b.merge(a.delta_for(&b.digest()));
+        assert_eq!(b.len(), 2);
+        b.forget(&MachineId::new("a"));
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.sums, sums_from_scratch(&b));
+        assert_eq!(
+            b.summary(4, &[]),
+            Store::new(MachineId::new("b"), 1).summary(4, &[])
+        );
     }
 }

@@ -47,6 +47,12 @@ pub struct VirtualNet {
     base: Instant,
     now: Instant,
     slots: Vec<Slot>,
+    by_addr: BTreeMap<SocketAddr, NodeIndex>,
+    // Each node's next timer, indexed: finding the next event is O(log n), not a walk of all nodes.
+    next_at: Vec<Option<Instant>>,
+    due: std::collections::BTreeSet<(Instant, NodeIndex)>,
+    // Nodes handed out by `node()`: their timers may have changed.
+    dirty: std::collections::BTreeSet<NodeIndex>,
     // (delivery time, sequence) -> (to, from, data)
     in_flight: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Bytes)>,
     seq: u64,
@@ -72,6 +78,10 @@ impl VirtualNet {
             base,
             now: base,
             slots: Vec::new(),
+            by_addr: BTreeMap::new(),
+            next_at: Vec::new(),
+            due: Default::default(),
+            dirty: Default::default(),
             in_flight: BTreeMap::new(),
             seq: 0,
             latency: Duration::from_micros(500),
@@ -125,6 +135,8 @@ impl VirtualNet {
             )),
             4000,
         );
+        self.by_addr.insert(addr, index);
+        self.next_at.push(None);
         self.slots.push(Slot {
             node: None,
             addr,
@@ -159,6 +171,22 @@ impl VirtualNet {
     /// Crashes node `index`: it stops without a word.
     pub fn kill(&mut self, index: NodeIndex) {
         self.slots[index].node = None;
+        self.refresh(index);
+    }
+
+    /// Re-reads node `index`'s next timer into the index.
+    fn refresh(&mut self, index: NodeIndex) {
+        if let Some(at) = self.next_at[index].take() {
+            self.due.remove(&(at, index));
+        }
+        let next = self.slots[index]
+            .node
+            .as_ref()
+            .and_then(|n| n.poll_timeout());
+        if let Some(at) = next {
+            self.due.insert((at, index));
+        }
+        self.next_at[index] = next;
     }
 
     /// Partitions the network: `side` on one side, everyone else on the other. Datagrams and syncs
@@ -178,6 +206,7 @@ impl VirtualNet {
 
     /// Node `index`, unless crashed.
     pub fn node(&mut self, index: NodeIndex) -> Option<&mut Node> {
+        self.dirty.insert(index);
         self.slots[index].node.as_mut()
     }
 
@@ -262,13 +291,13 @@ impl VirtualNet {
         self.now = end;
     }
 
-    fn next_instant(&self) -> Option<Instant> {
-        let timers = self
-            .slots
-            .iter()
-            .filter_map(|s| s.node.as_ref().and_then(|n| n.poll_timeout()));
+    fn next_instant(&mut self) -> Option<Instant> {
+        for i in std::mem::take(&mut self.dirty) {
+            self.refresh(i);
+        }
+        let timers = self.due.first().map(|(at, _)| *at);
         let deliveries = self.in_flight.keys().next().map(|(t, _)| *t);
-        timers.chain(deliveries).min()
+        timers.into_iter().chain(deliveries).min()
     }
 
     fn step_to(&mut self, t: Instant) {
@@ -297,23 +326,22 @@ impl VirtualNet {
                 }
             }
         }
-        for i in 0..self.slots.len() {
-            let due = self.slots[i]
-                .node
-                .as_ref()
-                .and_then(|n| n.poll_timeout())
-                .is_some_and(|at| at <= now);
-            if due {
-                if let Some(node) = self.slots[i].node.as_mut() {
-                    node.handle_timeout(now);
-                }
-                self.flush(i);
+        for i in std::mem::take(&mut self.dirty) {
+            self.refresh(i);
+        }
+        while let Some(&(at, i)) = self.due.first() {
+            if at > now {
+                break;
             }
+            if let Some(node) = self.slots[i].node.as_mut() {
+                node.handle_timeout(now);
+            }
+            self.flush(i);
         }
     }
 
     fn index_of(&self, addr: SocketAddr) -> Option<NodeIndex> {
-        self.slots.iter().position(|s| s.addr == addr)
+        self.by_addr.get(&addr).copied()
     }
 
     /// Moves node `index`'s outputs into the network: datagrams, syncs (run at once), events.
@@ -345,6 +373,7 @@ impl VirtualNet {
                 self.sync(index, p);
             }
         }
+        self.refresh(index);
     }
 
     /// Runs the three-message sync exchange between two nodes, through the wire encoding.
@@ -353,10 +382,11 @@ impl VirtualNet {
         if initiator == peer || self.slots[peer].node.is_none() || !self.linked(initiator, peer) {
             return;
         }
+        let peer_addr = self.slots[peer].addr;
         let Some(offer) = self.slots[initiator]
             .node
-            .as_ref()
-            .map(|n| n.sync_offer().encode())
+            .as_mut()
+            .map(|n| n.sync_offer_to(peer_addr).encode())
         else {
             return;
         };

@@ -459,7 +459,7 @@ fn a_forged_rumour_of_a_new_life_is_refused() {
         addr: m1_id.addr,
         ..m2_id.clone()
     };
-    let mut packet = Vec::new();
+    let mut packet = vec![fleet_gossip::wire::DATAGRAM_SWIM];
     PostcardCodec
         .encode_header(
             &Header {
@@ -495,7 +495,7 @@ fn a_datagram_claiming_another_sender_is_refused() {
     use foca::{Codec, Header, Message, PostcardCodec};
     let mut net = cluster(33, 3);
     let view = net.view(0).unwrap();
-    let mut packet = Vec::new();
+    let mut packet = vec![fleet_gossip::wire::DATAGRAM_SWIM];
     PostcardCodec
         .encode_header(
             &Header {
@@ -525,4 +525,53 @@ fn a_datagram_claiming_another_sender_is_refused() {
             .unwrap();
         assert_eq!(n.counters().impersonations_refused, 1);
     });
+}
+
+/// Bytes one idle node sends per second (datagrams and its share of sync bytes), over `secs` of a
+/// converged cluster of `n`.
+fn idle_bytes_per_node(seed: u64, n: usize, secs: u64) -> f64 {
+    let mut net = cluster(seed, n);
+    for i in 0..n {
+        net.with_node(i, |node, now| {
+            node.set_local_metadata(now, metadata("eu"));
+            node.set_local_unit_state(now, "a.service", Some(unit("active", 1)));
+        });
+    }
+    net.run_for(Duration::from_secs(20));
+    let out = |net: &mut VirtualNet| -> u64 {
+        (0..n)
+            .map(|i| net.node(i).unwrap().counters().bytes_out)
+            .sum::<u64>()
+            + net.sync_bytes
+    };
+    let before = out(&mut net);
+    let sync_before = net.sync_bytes;
+    let c0: Vec<_> = (0..n).map(|i| net.node(i).unwrap().counters()).collect();
+    net.run_for(Duration::from_secs(secs));
+    let c1: Vec<_> = (0..n).map(|i| net.node(i).unwrap().counters()).collect();
+    let d = |f: fn(&fleet_gossip::Counters) -> u64| {
+        c1.iter().map(f).sum::<u64>() - c0.iter().map(f).sum::<u64>()
+    };
+    eprintln!(
+        "n={n}: datagrams {} bytes {} pushes {} syncs {} sync bytes {}",
+        d(|c| c.datagrams_out) as f64 / n as f64 / secs as f64,
+        d(|c| c.bytes_out) as f64 / n as f64 / secs as f64,
+        d(|c| c.pushes_out) as f64 / n as f64 / secs as f64,
+        d(|c| c.syncs_requested) as f64 / n as f64 / secs as f64,
+        (net.sync_bytes - sync_before) as f64 / n as f64 / secs as f64,
+    );
+    (out(&mut net) - before) as f64 / n as f64 / secs as f64
+}
+
+/// Issue 14: an idle node's bytes do not grow with the cluster (probes go to one member, pushes
+/// carry only changes, anti-entropy compares bucket sums). Deterministic (virtual time, seeded).
+#[test]
+fn idle_bytes_per_node_do_not_grow_with_the_cluster() {
+    let small = idle_bytes_per_node(41, 16, 20);
+    let large = idle_bytes_per_node(41, 96, 20);
+    eprintln!("idle bytes per node per second: 16 nodes {small:.0}, 96 nodes {large:.0}");
+    assert!(
+        large < small * 1.2,
+        "an idle node sends {large:.0} B/s at 96 nodes, {small:.0} B/s at 16"
+    );
 }

@@ -1,0 +1,233 @@
+//! The sync exchange (see the module docs of [`crate::core`]): full offers for joins and heals,
+//! summaries of the state digest for the periodic anti-entropy.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use foca::{Member, State};
+use rand::RngExt;
+
+use crate::core::{Error, FullState, Node, SyncAnswer, SyncOffer};
+use crate::store::{bucket_of, member_contribution, OriginDelta, BUCKETS};
+use crate::types::{MachineId, NodeIdentity};
+
+/// At most this many differing buckets are detailed in one summary answer (the rest waits for
+/// the next sync), which bounds the answer's size.
+const MAX_DETAILED_BUCKETS: usize = 8;
+
+impl Node {
+    /// A full offer: this node's membership and its whole digest. See [`Node::sync_offer_to`].
+    pub fn sync_offer(&self) -> SyncOffer {
+        SyncOffer {
+            from: self.identity().clone(),
+            members: self.membership(),
+            digest: self.store.digest(),
+            summary: None,
+        }
+    }
+
+    /// Step 1 of the sync with `peer` that [`Node::poll_sync`] asked for: a full offer for a join,
+    /// a retry or a heal, a summary of the state digest otherwise.
+    pub fn sync_offer_to(&mut self, peer: SocketAddr) -> SyncOffer {
+        if self.full_syncs.remove(&peer) {
+            return self.sync_offer();
+        }
+        // About 16 origins per bucket, between 8 and 256 buckets: a few hundred bytes.
+        let count = (self.store.len() / 16).clamp(8, crate::store::BUCKETS);
+        SyncOffer {
+            from: self.identity().clone(),
+            members: Vec::new(),
+            digest: Vec::new(),
+            summary: Some(self.store.summary(count, &self.member_sums())),
+        }
+    }
+
+    /// The membership's per-bucket sums, this node included.
+    fn member_sums(&self) -> Vec<u64> {
+        let me = self.identity();
+        let mut sums = self.roster.sums().to_vec();
+        let b = bucket_of(&me.machine_id);
+        sums[b] = sums[b].wrapping_add(member_contribution(&me.machine_id, me.incarnation, false));
+        sums
+    }
+
+    /// The members in `buckets` (of `count`) as this node knows them, itself included.
+    fn members_of(&self, buckets: &[u16], count: usize) -> Vec<Member<NodeIdentity>> {
+        let me = self.identity();
+        let mut members = self.roster.members_of(buckets, count);
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        if buckets.contains(&((bucket_of(&me.machine_id) & mask) as u16)) {
+            members.push(Member::alive(me.clone()));
+        }
+        members
+    }
+
+    /// Step 2 of a sync, on the peer: merges the offer's membership and returns the answer. The
+    /// sender is taken at its word; see [`Node::handle_sync_offer_from`].
+    pub fn handle_sync_offer(
+        &mut self,
+        now: Instant,
+        offer: SyncOffer,
+    ) -> Result<SyncAnswer, Error> {
+        self.handle_sync_offer_from(now, None, offer)
+    }
+
+    /// Step 2 of a sync from a peer whose certificate names machine `certified`: refused whole
+    /// if the offer claims to come from another machine (see [`Node::handle_datagram_from`]).
+    pub fn handle_sync_offer_from(
+        &mut self,
+        now: Instant,
+        certified: Option<&MachineId>,
+        offer: SyncOffer,
+    ) -> Result<SyncAnswer, Error> {
+        self.now = now;
+        if self.left {
+            return Err(Error::Left);
+        }
+        self.check_sender(offer.from.addr, certified, &offer.from)?;
+        let from = self.identity().clone();
+        if let Some(summary) = &offer.summary {
+            self.counters.syncs_merged += 1;
+            let mut differ = self.store.differing(summary, &self.member_sums());
+            // Detail a bounded, random choice of the differing buckets.
+            while differ.len() > MAX_DETAILED_BUCKETS {
+                let i = self.rng.random_range(0..differ.len());
+                differ.swap_remove(i);
+            }
+            differ.sort_unstable();
+            let count = summary.len();
+            return Ok(SyncAnswer {
+                from,
+                members: self.members_of(&differ, count),
+                digest: self.store.digest_of(&differ, count),
+                state: Vec::new(),
+                buckets: differ,
+                bucket_count: count as u16,
+            });
+        }
+        self.apply_members(offer.from, offer.members)?;
+        Ok(SyncAnswer {
+            from,
+            members: self.membership(),
+            digest: self.store.digest(),
+            state: self.store.delta_for(&offer.digest),
+            buckets: Vec::new(),
+            bucket_count: 0,
+        })
+    }
+
+    /// Step 3 of a sync, on the initiator: merges the answer and returns what the peer lacks. The
+    /// sender is taken at its word; see [`Node::handle_sync_answer_from`].
+    pub fn handle_sync_answer(
+        &mut self,
+        now: Instant,
+        answer: SyncAnswer,
+    ) -> Result<FullState, Error> {
+        self.handle_sync_answer_from(now, None, answer)
+    }
+
+    /// Step 3 of a sync from a peer whose certificate names machine `certified`.
+    pub fn handle_sync_answer_from(
+        &mut self,
+        now: Instant,
+        certified: Option<&MachineId>,
+        answer: SyncAnswer,
+    ) -> Result<FullState, Error> {
+        self.now = now;
+        if self.left {
+            return Err(Error::Left);
+        }
+        self.check_sender(answer.from.addr, certified, &answer.from)?;
+        let from = self.identity().clone();
+        if answer.bucket_count > 0 {
+            // The peer's members in the differing buckets (it learns ours from the delta).
+            let count = usize::from(answer.bucket_count);
+            let (buckets, digest) = (answer.buckets, answer.digest);
+            self.apply_members(answer.from, answer.members)?;
+            let state = self.store.delta_for_buckets(&digest, &buckets, count);
+            return Ok(FullState {
+                from,
+                members: self.members_of(&buckets, count),
+                state,
+            });
+        }
+        self.apply_members(answer.from, answer.members)?;
+        self.merge_state(answer.state);
+        Ok(FullState {
+            from,
+            members: Vec::new(),
+            state: self.store.delta_for(&answer.digest),
+        })
+    }
+
+    /// Everything this node knows: membership and all state.
+    pub fn snapshot(&self) -> FullState {
+        FullState {
+            from: self.identity().clone(),
+            members: self.membership(),
+            state: self.store.delta_for(&[]),
+        }
+    }
+
+    /// Merges a snapshot, or step 3 of a sync (on the peer). The sender is taken at its word; see
+    /// [`Node::merge_from`].
+    pub fn merge(&mut self, now: Instant, state: FullState) -> Result<(), Error> {
+        self.merge_from(now, None, state)
+    }
+
+    /// Merges step 3 of a sync from a peer whose certificate names machine `certified`.
+    pub fn merge_from(
+        &mut self,
+        now: Instant,
+        certified: Option<&MachineId>,
+        state: FullState,
+    ) -> Result<(), Error> {
+        self.now = now;
+        if self.left {
+            return Err(Error::Left);
+        }
+        self.check_sender(state.from.addr, certified, &state.from)?;
+        self.apply_members(state.from, state.members)?;
+        self.merge_state(state.state);
+        Ok(())
+    }
+
+    fn apply_members(
+        &mut self,
+        from: NodeIdentity,
+        members: Vec<Member<NodeIdentity>>,
+    ) -> Result<(), Error> {
+        self.counters.syncs_merged += 1;
+        let own = self.identity().clone();
+        let mut kept = Vec::with_capacity(members.len() + 1);
+        for m in members {
+            if !self.admit(&from, &m) {
+                continue;
+            }
+            // A down verdict is only news about an identity we know. Learning verdicts about
+            // identities we already forgot would keep dead members alive in everyone's lists
+            // forever, each node re-teaching the others after its own `remove_down_after`.
+            let known = self
+                .roster
+                .get(&m.id().machine_id)
+                .is_some_and(|k| k.identity == *m.id());
+            if m.state() != State::Down || known || *m.id() == own {
+                kept.push(m);
+            }
+        }
+        let sender = Member::alive(from);
+        self.observe_input(&sender, &kept);
+        kept.push(sender);
+        let result = self
+            .foca
+            .apply_many(kept.into_iter(), true, &mut self.runtime);
+        self.drain_runtime();
+        result.map_err(Error::Protocol)
+    }
+
+    fn merge_state(&mut self, state: Vec<OriginDelta>) {
+        let news = self.store.merge(state);
+        self.pass_on(news);
+        self.drain_changes();
+    }
+}

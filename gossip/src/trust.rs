@@ -1,0 +1,126 @@
+//! Who may say what: a peer speaks only for the machine its certificate names, and what it relays
+//! about other machines is limited to what SWIM's rules allow about the lives of them this node
+//! already knows.
+
+use std::net::SocketAddr;
+
+use foca::{Member, State};
+
+use crate::core::{Error, Node};
+use crate::types::{MachineId, NodeIdentity};
+
+/// How often one (certificate, claimed identity) pair is logged at most.
+const IMPERSONATION_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Node {
+    /// Refuses an input whose sender is not the machine of the peer's certificate (when the
+    /// transport authenticated one).
+    pub(crate) fn check_sender(
+        &mut self,
+        from: SocketAddr,
+        certified: Option<&MachineId>,
+        claimed: &NodeIdentity,
+    ) -> Result<(), Error> {
+        match certified {
+            Some(cert) if claimed.machine_id != *cert => {
+                Err(self.impersonation(from, cert, claimed))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn impersonation(
+        &mut self,
+        from: SocketAddr,
+        certified: &MachineId,
+        claimed: &NodeIdentity,
+    ) -> Error {
+        self.counters.impersonations_refused += 1;
+        let key = (certified.clone(), claimed.machine_id.clone());
+        let due = match self.warned.get(&key) {
+            Some(at) => self.now >= *at + IMPERSONATION_LOG_EVERY,
+            None => true,
+        };
+        if due {
+            if self.warned.len() >= 1024 {
+                self.warned.clear();
+            }
+            self.warned.insert(key, self.now);
+            tracing::warn!(
+                %from,
+                certificate = %certified,
+                claims = %claimed.machine_id,
+                advertised = %claimed.addr,
+                refused = self.counters.impersonations_refused,
+                "refused gossip from a peer that claims another machine's identity: its \
+                 certificate is for machine {certified}, it claims to be {}",
+                claimed.machine_id
+            );
+        }
+        Error::Impersonation {
+            certified: certified.clone(),
+            claimed: claimed.machine_id.clone(),
+        }
+    }
+
+    /// Whether a membership update that `sender` passes on may reach foca. A sender speaks for
+    /// itself (its own present or past lives), and news about this node is foca's to judge
+    /// (refute, or rejoin). About a third machine, a sender may only relay what concerns the life
+    /// of it this node already knows, or introduce a machine this node does not know at all
+    /// (that is how joins spread); a different life of a known machine is refused, and the
+    /// machine is asked directly.
+    pub(crate) fn admit(&mut self, sender: &NodeIdentity, update: &Member<NodeIdentity>) -> bool {
+        let id = update.id();
+        if id.machine_id == self.identity().machine_id {
+            return true;
+        }
+        if id.machine_id == sender.machine_id {
+            return id.incarnation <= sender.incarnation;
+        }
+        let Some(known) = self.roster.get(&id.machine_id) else {
+            return true;
+        };
+        if known.identity == *id {
+            return true;
+        }
+        if id.incarnation > known.identity.incarnation {
+            self.counters.rumours_refused += 1;
+            tracing::debug!(relayed_by = %sender.machine_id, claimed = ?id, known = ?known.identity, "rumour of a new life refused; asking the machine");
+            let machine = id.machine_id.clone();
+            self.want_check(machine);
+        }
+        false
+    }
+
+    /// Follows in the roster what foca is about to apply: the sender is alive (at its
+    /// incarnation), and, if foca holds it active, the updates it passes on. State that these
+    /// identities publish may now be accepted up to their epochs.
+    pub(crate) fn observe_input(
+        &mut self,
+        sender: &Member<NodeIdentity>,
+        updates: &[Member<NodeIdentity>],
+    ) {
+        let now = self.now;
+        let me = self.identity().machine_id.clone();
+        self.roster.observe(sender, now);
+        self.store
+            .allow_epoch(&sender.id().machine_id, sender.id().incarnation);
+        let sender_down = self
+            .roster
+            .get(&sender.id().machine_id)
+            .is_some_and(|k| k.identity == *sender.id() && k.state == State::Down);
+        if sender_down {
+            return;
+        }
+        for u in updates {
+            if u.id().machine_id == me {
+                continue;
+            }
+            self.roster.observe(u, now);
+            if u.state() != State::Down {
+                self.store
+                    .allow_epoch(&u.id().machine_id, u.id().incarnation);
+            }
+        }
+    }
+}

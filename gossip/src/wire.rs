@@ -1,0 +1,212 @@
+//! What nodes send each other: datagrams (a kind byte, then a foca SWIM packet or a state push) and
+//! the three messages of a sync exchange. Everything is postcard; every decoder refuses trailing
+//! bytes, and every size is bounded before anything is allocated for it.
+
+use foca::{Codec, Header, Member, Message, PostcardCodec};
+use serde::{Deserialize, Serialize};
+
+use crate::core::Error;
+use crate::store::{OriginDelta, Update};
+use crate::types::{MachineId, NodeIdentity, Stamp};
+
+/// First byte of a datagram that carries a foca SWIM packet.
+pub const DATAGRAM_SWIM: u8 = 0;
+/// First byte of a datagram that carries a state push ([`StatePush`]).
+pub const DATAGRAM_STATE: u8 = 1;
+
+/// The largest sync message (offer, answer or delta) a node sends or accepts, in bytes.
+///
+/// The largest real message is the answer to a full offer (a join): the whole membership, the
+/// whole digest and all state. Encoded sizes: a member about 65 bytes, a digest entry about 45, an
+/// origin's metadata about 150 and each unit's state about 90 (a 32-character machine ID, a
+/// 30-character unit name). For the largest cluster fleet supports, 10,000 machines and 100,000
+/// units, that is 0.65 + 0.45 + 1.5 + 9 MB ≈ 11.6 MB; 16 MiB leaves 40% headroom. Summary
+/// exchanges (the periodic anti-entropy) stay under a few kilobytes.
+pub const MAX_SYNC_MESSAGE: usize = 16 << 20;
+
+/// Step 1 of a sync: the initiator's identity and either a summary of its state digest (the
+/// periodic anti-entropy) or, for a join or a heal, its whole membership and digest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncOffer {
+    pub(crate) from: NodeIdentity,
+    /// Full offers: the membership.
+    pub(crate) members: Vec<Member<NodeIdentity>>,
+    /// Full offers: per origin, the stamp up to which the initiator has everything.
+    pub(crate) digest: Vec<(MachineId, Stamp)>,
+    /// Summary offers: the digest folded into a power-of-two number of 32-bit bucket sums.
+    pub(crate) summary: Option<Vec<u32>>,
+}
+
+/// Step 2 of a sync: the peer's answer. To a full offer: its membership, its digest and the state
+/// the initiator lacks. To a summary: which buckets differ, and its digest of those buckets' origins.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SyncAnswer {
+    pub(crate) from: NodeIdentity,
+    pub(crate) members: Vec<Member<NodeIdentity>>,
+    pub(crate) digest: Vec<(MachineId, Stamp)>,
+    pub(crate) state: Vec<OriginDelta>,
+    /// Answers to a summary: the differing buckets (of `bucket_count`) that `digest` covers.
+    pub(crate) buckets: Vec<u16>,
+    pub(crate) bucket_count: u16,
+}
+
+/// A membership list plus state: step 3 of a sync (what the peer lacks), or a full snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FullState {
+    pub(crate) from: NodeIdentity,
+    pub(crate) members: Vec<Member<NodeIdentity>>,
+    pub(crate) state: Vec<OriginDelta>,
+}
+
+/// A state push: updates the sender made or learnt, passed on by rumour mongering.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatePush {
+    pub(crate) from: NodeIdentity,
+    pub(crate) updates: Vec<Update>,
+}
+
+macro_rules! wire {
+    ($t:ty) => {
+        impl $t {
+            /// Encodes for the wire (postcard).
+            pub fn encode(&self) -> Vec<u8> {
+                postcard::to_allocvec(self).expect("encoding to a Vec cannot fail")
+            }
+
+            /// Decodes from the wire; trailing bytes are an error.
+            pub fn decode(bytes: &[u8]) -> Result<Self, Error> {
+                let (value, rest) = postcard::take_from_bytes::<Self>(bytes)?;
+                if rest.is_empty() {
+                    Ok(value)
+                } else {
+                    Err(Error::Decode(postcard::Error::DeserializeUnexpectedEnd))
+                }
+            }
+
+            /// The sender's identity.
+            pub fn from(&self) -> &NodeIdentity {
+                &self.from
+            }
+        }
+    };
+}
+wire!(SyncOffer);
+wire!(SyncAnswer);
+wire!(FullState);
+wire!(StatePush);
+
+impl SyncOffer {
+    /// A summary offer (periodic anti-entropy) rather than a full one (join, heal).
+    pub fn is_summary(&self) -> bool {
+        self.summary.is_some()
+    }
+}
+
+/// Assembles a [`StatePush`] datagram from already encoded updates (what the outbox keeps), with
+/// the kind byte first.
+pub(crate) fn state_datagram(from: &NodeIdentity, count: usize, updates: &[u8]) -> Vec<u8> {
+    let mut out = vec![DATAGRAM_STATE];
+    out.extend(postcard::to_allocvec(from).expect("encoding to a Vec cannot fail"));
+    // postcard encodes a sequence as its length (a varint), then its items.
+    out.extend(postcard::to_allocvec(&count).expect("encoding to a Vec cannot fail"));
+    out.extend_from_slice(updates);
+    out
+}
+
+/// The encoded size of a state push's header (kind byte, sender, count) for this sender.
+pub(crate) fn state_header_len(from: &NodeIdentity) -> usize {
+    1 + postcard::to_allocvec(from).map_or(64, |v| v.len()) + 3
+}
+
+/// A foca packet taken apart with foca's own codec: the header, the membership updates it
+/// piggybacks, and where the rest (custom broadcasts, unused by fleet) starts.
+pub(crate) struct Packet {
+    pub(crate) header: Header<NodeIdentity>,
+    pub(crate) updates: Vec<Member<NodeIdentity>>,
+    has_updates: bool,
+    rest: usize,
+}
+
+impl Packet {
+    /// foca's packet layout: a header, then (unless the message is a custom broadcast and if at
+    /// least two bytes follow) a big-endian `u16` count of updates and the updates, then custom
+    /// broadcasts.
+    pub(crate) fn parse(data: &[u8]) -> Result<Packet, postcard::Error> {
+        let mut codec = PostcardCodec;
+        let mut buf = data;
+        let header: Header<NodeIdentity> = codec.decode_header(&mut buf)?;
+        let mut updates = Vec::new();
+        let has_updates = buf.len() >= 2 && header.message != Message::Broadcast;
+        if has_updates {
+            let count = u16::from_be_bytes([buf[0], buf[1]]);
+            buf = &buf[2..];
+            for _ in 0..count {
+                updates.push(codec.decode_member(&mut buf)?);
+            }
+        }
+        Ok(Packet {
+            header,
+            updates,
+            has_updates,
+            rest: data.len() - buf.len(),
+        })
+    }
+
+    /// The same packet with only `kept` as its updates.
+    pub(crate) fn rewrite(&self, kept: &[Member<NodeIdentity>], data: &[u8]) -> Vec<u8> {
+        let mut codec = PostcardCodec;
+        let mut out = Vec::with_capacity(data.len());
+        codec
+            .encode_header(&self.header, &mut out)
+            .expect("encoding to a Vec cannot fail");
+        if self.has_updates {
+            out.extend_from_slice(&(kept.len() as u16).to_be_bytes());
+            for m in kept {
+                codec
+                    .encode_member(m, &mut out)
+                    .expect("encoding to a Vec cannot fail");
+            }
+        }
+        out.extend_from_slice(&data[self.rest..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Entry;
+    use crate::types::Metadata;
+
+    #[test]
+    fn a_hand_assembled_state_push_decodes() {
+        let from = NodeIdentity {
+            machine_id: MachineId::new("m1"),
+            addr: "10.0.0.1:7479".parse().unwrap(),
+            incarnation: 1_700_000_000_000,
+        };
+        let updates: Vec<Update> = (1..=3)
+            .map(|v| Update {
+                origin: MachineId::new("m2"),
+                stamp: Stamp {
+                    epoch: 5,
+                    version: v,
+                },
+                entry: Entry::Metadata(Metadata::default()),
+            })
+            .collect();
+        let bytes: Vec<u8> = updates
+            .iter()
+            .flat_map(|u| postcard::to_allocvec(u).unwrap())
+            .collect();
+        let datagram = state_datagram(&from, 3, &bytes);
+        assert_eq!(datagram[0], DATAGRAM_STATE);
+        assert!(datagram.len() <= state_header_len(&from) + bytes.len());
+        let push = StatePush::decode(&datagram[1..]).unwrap();
+        assert_eq!(push.from, from);
+        assert_eq!(push.updates, updates);
+        let mut trailing = datagram[1..].to_vec();
+        trailing.push(0);
+        assert!(StatePush::decode(&trailing).is_err());
+    }
+}
