@@ -634,10 +634,12 @@ fn a_claim_shows_as_the_units_machine() {
         .unwrap();
     rt.block_on(async {
         let mut c = etcd.client().await;
+        // Bound to a lease, as an agent's claim is (one bound to none counts as free).
+        let lease = c.lease_grant(60, None).await.unwrap().id();
         c.put(
             format!("{}claims/c.service", etcd.prefix()),
             r#"{"machineID":"0123abcd"}"#,
-            None,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
         )
         .await
         .unwrap();

@@ -36,10 +36,12 @@ fn claim(etcd: &Etcd, f: &Fleetd, unit: &str, machine: &str) {
         .unwrap()
         .block_on(async {
             let mut c = etcd.client().await;
+            // Bound to a lease, as an agent's claim is (one bound to none counts as free).
+            let lease = c.lease_grant(120, None).await.unwrap().id();
             c.put(
                 format!("{}claims/{unit}", etcd.prefix()),
                 json!({ "machineID": machine }).to_string(),
-                None,
+                Some(etcd_client::PutOptions::new().with_lease(lease)),
             )
             .await
             .unwrap();

@@ -100,6 +100,8 @@ async fn thousands_of_units_are_read_in_pages_at_one_revision() {
         .await
         .unwrap();
     const N: usize = 2600; // > 2 pages of units, plus their claims
+                           // Claims are bound to a lease, as an agent's are (one bound to none counts as free).
+    let lease = c.lease_grant(120, None).await.unwrap().id();
     for chunk in (0..N).collect::<Vec<_>>().chunks(50) {
         let ops: Vec<etcd_client::TxnOp> = chunk
             .iter()
@@ -116,7 +118,7 @@ async fn thousands_of_units_are_read_in_pages_at_one_revision() {
                     etcd_client::TxnOp::put(
                         format!("{p}claims/u{i:05}.service"),
                         r#"{"machineID":"m1"}"#,
-                        None,
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
                     ),
                 ]
             })

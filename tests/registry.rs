@@ -232,11 +232,13 @@ async fn the_mirror_sees_writes_made_behind_its_back() {
     .await
     .unwrap();
     // The revision of our own last write (other tests write to the shared etcd concurrently).
+    // Claims are bound to a lease (an agent's); one bound to none would count as free.
+    let lease = c.lease_grant(30, None).await.unwrap().id();
     let rev = c
         .put(
             format!("{p}claims/ext.service"),
             r#"{"machineID":"m1"}"#,
-            None,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
         )
         .await
         .unwrap()
@@ -367,4 +369,151 @@ async fn reconfigure_switches_to_another_prefix() {
     r.destroy_unit(&name("there.service")).await.unwrap();
     assert!(other.dump().await.is_empty());
     assert_eq!(etcd.dump().await.len(), 2, "the old prefix is untouched");
+}
+
+/// Puts `value` under `key` (relative to the test's prefix), optionally bound to `lease`, and waits until
+/// the registry has applied it.
+async fn put_behind_its_back(etcd: &Etcd, r: &Registry, key: &str, value: &[u8], lease: i64) {
+    let mut c = etcd.client().await;
+    let opts = (lease != 0).then(|| etcd_client::PutOptions::new().with_lease(lease));
+    let rev = c
+        .put(format!("{}{key}", etcd.prefix()), value, opts)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let mut rx = r.subscribe();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|s| s.revision >= rev))
+        .await
+        .expect("applied")
+        .unwrap();
+}
+
+/// Garbage in a unit's record or in its unit file keeps the unit as it was (its last good value, marked
+/// damaged) until the key is fixed; writes through the registry still work on it.
+#[tokio::test]
+async fn garbage_in_a_unit_record_or_its_unit_file_keeps_the_last_good_value() {
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let a = name("g.service");
+    let f = file("/bin/sleep 1000");
+    r.create_unit(&a, &f, DesiredState::Launched).await.unwrap();
+    let random: Vec<u8> = (0..64u32).map(|i| (i * 151 + 7) as u8).collect();
+    let good = format!(
+        r#"{{"name":"g.service","hash":"{}","desiredState":"launched"}}"#,
+        f.hash()
+    );
+    let bogus = good.replace("launched", "bogus");
+    let file_key = format!("unit-files/{}", f.hash());
+    for (key, garbage) in [
+        ("units/g.service", &random[..]),
+        ("units/g.service", bogus.as_bytes()),
+        (file_key.as_str(), b"[Service".as_slice()),
+    ] {
+        put_behind_its_back(&etcd, &r, key, garbage, 0).await;
+        let u = r.unit(&a).unwrap().expect("the unit is still there");
+        assert_eq!(u.desired_state, DesiredState::Launched, "{key}");
+        assert_eq!(*u.file, f, "{key}");
+        assert!(u.damaged.is_some(), "{key}: {u:?}");
+        let snap = r.snapshot().unwrap();
+        assert!(snap.units.iter().any(|u| u.name == a), "{key}");
+        let damage = r.damage().unwrap();
+        let d = &damage[&format!("{}{key}", etcd.prefix())];
+        assert!(d.kept, "{d:?}");
+        // Fixed: recovered.
+        let fixed = if key.starts_with("units/") {
+            good.clone().into_bytes()
+        } else {
+            f.serialize().into_bytes()
+        };
+        put_behind_its_back(&etcd, &r, key, &fixed, 0).await;
+        assert_eq!(r.unit(&a).unwrap().unwrap().damaged, None, "{key}");
+        assert!(r.damage().unwrap().is_empty());
+    }
+    // A damaged record can still be changed through the registry (it compares the key's revision).
+    put_behind_its_back(&etcd, &r, "units/g.service", b"garbage", 0).await;
+    r.set_desired_state(&a, DesiredState::Loaded).await.unwrap();
+    let u = r.unit(&a).unwrap().unwrap();
+    assert_eq!((u.desired_state, u.damaged), (DesiredState::Loaded, None));
+    put_behind_its_back(&etcd, &r, "units/g.service", b"garbage", 0).await;
+    r.destroy_unit(&a).await.unwrap();
+    assert_eq!(r.unit(&a).unwrap(), None);
+}
+
+/// `garbage` in a claim bound to a live lease keeps its holder; in a claim bound to no lease it makes the
+/// unit free, and the claim that replaces it is bound to the claimer's lease.
+#[tokio::test]
+async fn garbage_in_a_claim_keeps_its_holder_or_frees_it_when_bound_to_no_lease() {
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let a = name("c.service");
+    let m1 = fleet_sched::MachineId::parse("m1").unwrap();
+    let mut c = etcd.client().await;
+    let lease = c.lease_grant(30, None).await.unwrap().id();
+    use fleet::registry::ClaimWrite;
+    r.write_claim(&a, &m1, lease, &ClaimWrite::Claim)
+        .await
+        .unwrap()
+        .expect("claimed");
+
+    put_behind_its_back(&etcd, &r, "claims/c.service", b"garbage", lease).await;
+    let claim = r.claim(&a).unwrap().expect("the holder is kept");
+    assert_eq!((claim.machine_id.as_str(), claim.lease), ("m1", lease));
+    assert!(claim.damaged.is_some() && !claim.unbound);
+    assert!(r.snapshot().unwrap().free_claims.is_empty());
+
+    // Rewritten without a lease: still m1's (it may run the unit), flagged unbound.
+    put_behind_its_back(&etcd, &r, "claims/c.service", b"garbage", 0).await;
+    let claim = r.claim(&a).unwrap().expect("the holder is kept");
+    assert!(claim.unbound);
+    assert_eq!((claim.machine_id.as_str(), claim.lease), ("m1", lease));
+    // The holder binds it again (what the agent does for its own unbound claim).
+    r.write_claim(
+        &a,
+        &m1,
+        lease,
+        &ClaimWrite::Rebind {
+            mod_revision: claim.mod_revision,
+            handoff: None,
+        },
+    )
+    .await
+    .unwrap()
+    .expect("bound again");
+    let claim = r.claim(&a).unwrap().unwrap();
+    assert!(!claim.unbound && claim.damaged.is_none());
+
+    // A registry that never saw it bound (a fresh fleetd) sees a free claim, and claiming replaces it.
+    let b = name("d.service");
+    put_behind_its_back(&etcd, &r, "claims/d.service", b"garbage", 0).await;
+    let fresh = registry(&etcd).await;
+    let snap = fresh.snapshot().unwrap();
+    assert!(!snap.claims.contains_key(&b));
+    let free = snap.free_claims[&b].clone();
+    let m2 = fleet_sched::MachineId::parse("m2").unwrap();
+    assert_eq!(
+        fresh
+            .write_claim(&b, &m2, lease, &ClaimWrite::Claim)
+            .await
+            .unwrap(),
+        None,
+        "a create-only claim cannot succeed while the key exists"
+    );
+    fresh
+        .write_claim(
+            &b,
+            &m2,
+            lease,
+            &ClaimWrite::Replace {
+                mod_revision: free.mod_revision,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("replaced");
+    let claim = fresh.claim(&b).unwrap().expect("claimed");
+    assert_eq!((claim.machine_id.as_str(), claim.lease), ("m2", lease));
+    assert!(fresh.snapshot().unwrap().free_claims.is_empty());
+    c.lease_revoke(lease).await.unwrap();
 }

@@ -50,6 +50,11 @@ pub struct Unit {
         deserialize_with = "null_as_empty"
     )]
     pub machine_id: String,
+    /// Extension (fleet v1 has no such field; its fleetctl ignores it): set when what etcd stores for the
+    /// unit (its record, its unit file or its claim) does not parse. The unit is shown, and run, as its
+    /// last good value; this says what is wrong. Read-only: ignored in a PUT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<String>,
 }
 
 /// `GET /units` answer.

@@ -140,6 +140,15 @@ impl Agent {
     }
 }
 
+/// What the registry says about a claim key beyond the claim itself.
+#[derive(Clone, Copy, Debug, Default)]
+struct Stored {
+    /// The claim shown is the last good value of a key bound to no lease.
+    unbound: bool,
+    /// The key binds nobody (no lease, never seen bound): its revision.
+    free: Option<i64>,
+}
+
 /// Polls kept per lease.
 const POLLS_KEPT: usize = 8;
 
@@ -977,8 +986,12 @@ impl State {
                 now,
             };
             let v = fleet_decide::decide(&ctx, &case);
+            let stored = Stored {
+                unbound: snap.claims.get(&name).is_some_and(|c| c.unbound),
+                free: snap.free_claims.get(&name).map(|f| f.mod_revision),
+            };
             let run = self
-                .carry_out(&name, &v, claim.as_ref(), lease.lease.id)
+                .carry_out(&name, &v, claim.as_ref(), stored, lease.lease.id)
                 .await;
             if let Some(l) = v.poll {
                 self.poll_wanted.insert(l);
@@ -1025,18 +1038,44 @@ impl State {
     }
 
     /// Carries out a verdict's claim write; returns whether the unit runs here.
+    ///
+    /// Claim keys that are not bound to a lease (written by something other than an agent; see
+    /// `registry::mirror`) are repaired here, without changing who holds what: a free one is replaced
+    /// (at its revision) by the claim the verdict writes, our own unbound claim is bound to our lease
+    /// again, and an unbound claim whose holder's lease is gone is deleted (at its revision) by the
+    /// machine the plan puts the unit on.
     async fn carry_out(
         &mut self,
         name: &UnitName,
         v: &Verdict,
         claim: Option<&fleet_decide::Claim>,
+        stored: Stored,
         lease: i64,
     ) -> bool {
-        let Some(w) = &v.write else {
+        let repair = match (claim, &v.write) {
+            (Some(c), None)
+                if stored.unbound && c.machine == self.opts.machine && v.why == Why::Held =>
+            {
+                Some(Write::Rebind {
+                    mod_revision: c.mod_revision,
+                })
+            }
+            (Some(c), None) if stored.unbound && v.why == Why::HolderGone => Some(Write::Release {
+                mod_revision: c.mod_revision,
+            }),
+            _ => None,
+        };
+        if let Some(r) = &repair {
+            tracing::warn!(unit = %name, write = ?r, "repairing a claim bound to no lease");
+        }
+        let Some(w) = v.write.as_ref().or(repair.as_ref()) else {
             return v.run;
         };
         let write = match w {
-            Write::Claim => ClaimWrite::Claim,
+            Write::Claim => match stored.free {
+                Some(mod_revision) => ClaimWrite::Replace { mod_revision },
+                None => ClaimWrite::Claim,
+            },
             Write::Supersede { mod_revision, from } => ClaimWrite::Supersede {
                 mod_revision: *mod_revision,
                 from: (from.machine.clone(), from.lease),
@@ -1084,6 +1123,10 @@ impl State {
                 Write::Rebind { .. } => {
                     tracing::info!(unit = %name, "claim bound to the current lease");
                     v.run
+                }
+                Write::Release { .. } if repair.is_some() => {
+                    tracing::info!(unit = %name, "deleted a claim bound to no lease whose holder's lease is gone");
+                    false
                 }
                 Write::Release { .. } => {
                     tracing::info!(unit = %name, "released claim");
@@ -1297,6 +1340,7 @@ impl State {
             revision: 0,
             units: Vec::new(),
             claims: BTreeMap::new(),
+            free_claims: BTreeMap::new(),
             machines: BTreeMap::new(),
             restarting: BTreeSet::new(),
         };

@@ -28,6 +28,40 @@ pub(crate) async fn scrape(State(state): State<ApiState>) -> Response {
         "The etcd revision this fleetd's mirror has applied.",
     );
     let _ = writeln!(extra, "fleet_etcd_revision {}", status.revision);
+    metrics::header(
+        &mut extra,
+        "fleet_registry_damaged_keys",
+        "gauge",
+        "Keys under the prefix whose value does not parse (claims: or bound to no lease), by kind; \
+         the mirror keeps their last good value (kept=\"true\") until they are fixed.",
+    );
+    let mut counts: std::collections::BTreeMap<(&str, bool), usize> =
+        ["unit", "unit_file", "claim", "machine"]
+            .iter()
+            .flat_map(|k| [((*k, true), 0), ((*k, false), 0)])
+            .collect();
+    if let Ok(damage) = state.registry.damage() {
+        for d in damage.values() {
+            *counts.entry((d.kind(), d.kept)).or_default() += 1;
+        }
+    }
+    for ((kind, kept), n) in counts {
+        let _ = writeln!(
+            extra,
+            "fleet_registry_damaged_keys{{kind=\"{kind}\",kept=\"{kept}\"}} {n}"
+        );
+    }
+    metrics::header(
+        &mut extra,
+        "fleet_registry_unparsable_values_total",
+        "counter",
+        "Values under the prefix (puts seen by the watch or a read) that did not parse.",
+    );
+    let _ = writeln!(
+        extra,
+        "fleet_registry_unparsable_values_total {}",
+        crate::registry::unparsable_values_total()
+    );
     let body = metrics::global().render(&extra).await;
     (
         [(

@@ -204,6 +204,10 @@ pub(super) fn to_schema(u: &Unit, claim: Option<&Claim>, states: &[UnitStateInfo
         desired_state: u.desired_state.to_string(),
         current_state: current.to_string(),
         machine_id,
+        damaged: u
+            .damaged
+            .clone()
+            .or_else(|| claim.and_then(|c| c.damaged.clone())),
     }
 }
 

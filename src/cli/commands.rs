@@ -284,6 +284,7 @@ pub fn unit_files_table(
                     Some(f) => f.hash().short(),
                     None => "-".to_string(),
                 },
+                "dstate" if u.damaged.is_some() => format!("{} (damaged)", dash(&u.desired_state)),
                 "dstate" => dash(&u.desired_state),
                 "state" if global => "-".to_string(),
                 "state" => dash(&u.current_state),
@@ -1440,7 +1441,17 @@ impl<T: Transport> Ctx<T> {
             return self.write_out(&json_text(&unit_files_json(&units, &machines, &cols)));
         }
         let t = unit_files_table(&units, &machines, &cols, a.list.full, !a.list.no_legend);
-        self.write_out(&t.render())
+        self.write_out(&t.render())?;
+        for u in &units {
+            if let Some(why) = &u.damaged {
+                say!(
+                    self.err,
+                    "WARNING: Unit {} is damaged in etcd ({why}); shown and run as its last good value until it is fixed",
+                    u.name
+                );
+            }
+        }
+        Ok(())
     }
 
     /// `list-units`.
@@ -1562,6 +1573,7 @@ mod tests {
             desired_state: d.into(),
             current_state: c.into(),
             machine_id: m.into(),
+            damaged: None,
         }
     }
 

@@ -18,6 +18,12 @@ use crate::metrics::EtcdOp;
 pub enum ClaimWrite {
     /// Create the claim if absent, for `machine` under `lease`.
     Claim,
+    /// Claim a unit whose claim key binds nobody (bound to no lease, see `registry::mirror`): replace
+    /// the key at `mod_revision` with our claim under `lease`.
+    Replace {
+        /// The key's revision as seen.
+        mod_revision: i64,
+    },
     /// Take the claim (at `mod_revision`) over from `from` (machine, lease).
     Supersede {
         /// The claim's revision as seen.
@@ -50,6 +56,7 @@ impl ClaimWrite {
     fn name(&self) -> &'static str {
         match self {
             ClaimWrite::Claim => "claim",
+            ClaimWrite::Replace { .. } => "claim (replacing a key bound to no lease)",
             ClaimWrite::Supersede { .. } => "take over",
             ClaimWrite::Rebind { .. } => "re-bind",
             ClaimWrite::Release { .. } => "release",
@@ -97,6 +104,10 @@ impl Registry {
         let (when, then) = match write {
             ClaimWrite::Claim => (
                 Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                TxnOp::put(key.as_str(), claim_json(machine, None), with_lease()),
+            ),
+            ClaimWrite::Replace { mod_revision } => (
+                at(*mod_revision),
                 TxnOp::put(key.as_str(), claim_json(machine, None), with_lease()),
             ),
             ClaimWrite::Supersede { mod_revision, from } => (

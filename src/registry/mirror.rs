@@ -1,11 +1,45 @@
 //! The in-memory mirror of the prefix: built from one range read, kept current by one watch.
+//!
+//! Garbage in etcd never stops a healthy unit. A value that stops parsing (random bytes in a unit
+//! record, `[Service` as a unit file, `bogus` as a desired state, `garbage` in a claim) does not make
+//! the key vanish from the mirror: the mirror keeps its **last good value** (with the key's current
+//! `mod_revision`, so that a write that fixes it compares right), marks it damaged, logs an error,
+//! and counts it ([`Mirror::damage`], `fleet_registry_damaged_keys` in `/metrics`; the API shows the
+//! unit as damaged). A later value that parses replaces it: the key has recovered. A key that never
+//! parsed has no last good value and stands for nothing (as before).
+//!
+//! Claims need more care, because the decision core's safety rests on them (docs/safety.md):
+//! - a claim bound to a lease with a value that does not parse keeps its last good holder; without
+//!   one, its holder is the machine announced under the same lease (only that machine's agent binds
+//!   keys to it), or else an unknown holder nobody takes the unit from: the claim vanishes with its
+//!   lease, as every claim does;
+//! - a claim bound to **no** lease (lease 0: written by something other than an agent, which always
+//!   binds its claims) would never vanish. If it replaced a claim the mirror saw bound to a lease, that
+//!   holder may still run the unit: the claim is kept as that holder's, under its lease, flagged
+//!   [`Claim::unbound`] (the holder binds it again; once its lease is gone the agent the plan puts
+//!   the unit on deletes the key). Without such a last good value it is a [`FreeClaim`]: nobody runs
+//!   the unit under it, and the agent that claims the unit replaces the key at its `mod_revision`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fleet_sched::{DesiredState, MachineId, UnitFile, UnitHash, UnitName};
 
 use super::keys::{ClaimRecord, KeyKind, Keys, MachineRecord, UnitRecord};
+
+/// The holder shown for a lease-bound claim that never parsed and whose lease no machine announced.
+/// Not a machine any agent has: nobody takes the unit over from it, and the claim vanishes with its
+/// lease.
+pub const UNKNOWN_HOLDER: &str = "fleetunreadableclaimholder";
+
+/// Values under the prefix that did not parse, since this process started.
+static UNPARSABLE: AtomicU64 = AtomicU64::new(0);
+
+/// How many values under the prefix did not parse since this process started (`/metrics`).
+pub fn unparsable_values_total() -> u64 {
+    UNPARSABLE.load(Ordering::Relaxed)
+}
 
 /// A unit as stored: its record joined with its content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +54,9 @@ pub struct Unit {
     pub desired_state: DesiredState,
     /// etcd `mod_revision` of the record (the compare of replace / set-state / destroy).
     pub mod_revision: i64,
+    /// Set when the record or the content stored in etcd does not parse: this is the last good value,
+    /// and this says what is wrong.
+    pub damaged: Option<String>,
 }
 
 /// A placement claim: the machine that runs a unit.
@@ -29,10 +66,27 @@ pub struct Claim {
     pub machine_id: MachineId,
     /// etcd `mod_revision` of the claim key.
     pub mod_revision: i64,
-    /// The lease the claim is bound to (0 = none).
+    /// The lease the claim is bound to (for an [`Claim::unbound`] claim: the lease its last good value
+    /// was bound to).
     pub lease: i64,
     /// The previous holder and its lease, while a takeover is not acknowledged (docs/safety.md).
     pub handoff: Option<(MachineId, i64)>,
+    /// Set when the stored value is not what is shown (it does not parse, or it is bound to no
+    /// lease): what is wrong. The claim shown is the last good one (see the module documentation).
+    pub damaged: Option<String>,
+    /// The key is bound to no lease (etcd would never delete it); the claim shown is its last good
+    /// value, bound to [`Claim::lease`].
+    pub unbound: bool,
+}
+
+/// A claim key that binds nobody: bound to no lease, and the mirror never saw it bound to one.
+/// The unit counts as unclaimed; the agent that claims it replaces the key at `mod_revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreeClaim {
+    /// etcd `mod_revision` of the key.
+    pub mod_revision: i64,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// A machine's announcement (`P machines/<id>`), present while its agent's lease lives.
@@ -46,17 +100,47 @@ pub struct Machine {
     pub since: i64,
 }
 
+/// A key whose value does not parse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// What the key stands for.
+    pub what: KeyKind,
+    /// Why its value was refused.
+    pub reason: String,
+    /// The key's `mod_revision`.
+    pub mod_revision: i64,
+    /// The lease the key is bound to (0: none).
+    pub lease: i64,
+    /// Whether the mirror still has a last good value for it.
+    pub kept: bool,
+}
+
+impl Damage {
+    /// The kind of key, as a metrics label (`unit`, `unit_file`, `claim`, `machine`).
+    pub fn kind(&self) -> &'static str {
+        match self.what {
+            KeyKind::Unit(_) => "unit",
+            KeyKind::UnitFile(_) => "unit_file",
+            KeyKind::Claim(_) => "claim",
+            KeyKind::Machine(_) => "machine",
+            KeyKind::Restarting(_) | KeyKind::Other => "other",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct RecordEntry {
     pub hash: UnitHash,
     pub desired_state: DesiredState,
     pub mod_revision: i64,
+    pub damaged: Option<String>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct FileEntry {
     pub file: Arc<UnitFile>,
     pub mod_revision: i64,
+    pub damaged: Option<String>,
 }
 
 /// One key-value change as seen in a range read or a watch event.
@@ -84,9 +168,17 @@ pub(crate) struct Mirror {
     pub prefix: String,
     pub records: BTreeMap<UnitName, RecordEntry>,
     pub files: BTreeMap<UnitHash, FileEntry>,
-    pub claims: BTreeMap<UnitName, Claim>,
+    /// Claims as shown (see the module documentation); use [`Mirror::claims`], which names the holder
+    /// of the unreadable ones.
+    pub(super) claims: BTreeMap<UnitName, Claim>,
+    /// Lease-bound claims that never parsed: their holder is found by their lease at read time.
+    pub(super) unresolved: BTreeSet<UnitName>,
+    /// Claim keys bound to nobody.
+    pub free_claims: BTreeMap<UnitName, FreeClaim>,
     pub machines: BTreeMap<MachineId, Machine>,
-    pub restarting: std::collections::BTreeSet<MachineId>,
+    pub restarting: BTreeSet<MachineId>,
+    /// Keys whose value does not parse, by key.
+    pub(super) damaged: BTreeMap<String, Damage>,
     /// Every key under the prefix (also those the mirror ignores), for the delta read after a
     /// reconnect: it compares their number with etcd's and finds the ones deleted meanwhile.
     pub raw_keys: std::collections::HashSet<Box<[u8]>>,
@@ -107,7 +199,42 @@ impl Mirror {
             .collect()
     }
 
-    /// Applies one change; values that cannot be parsed are logged and treated as absent.
+    /// Keys whose value does not parse (or, for claims, that are bound to no lease), by key.
+    pub fn damage(&self) -> &BTreeMap<String, Damage> {
+        &self.damaged
+    }
+
+    /// Every claim as the agents act on it: an unreadable lease-bound claim without a last good value
+    /// is held by the machine announced under its lease (or by [`UNKNOWN_HOLDER`]).
+    pub fn claims(&self) -> BTreeMap<UnitName, Claim> {
+        let mut claims = self.claims.clone();
+        for name in &self.unresolved {
+            if let Some(c) = claims.get_mut(name) {
+                c.machine_id = self.holder_of_lease(c.lease);
+            }
+        }
+        claims
+    }
+
+    /// The claim of `name` (see [`Mirror::claims`]).
+    pub fn claim(&self, name: &UnitName) -> Option<Claim> {
+        let mut c = self.claims.get(name)?.clone();
+        if self.unresolved.contains(name) {
+            c.machine_id = self.holder_of_lease(c.lease);
+        }
+        Some(c)
+    }
+
+    fn holder_of_lease(&self, lease: i64) -> MachineId {
+        self.machines
+            .iter()
+            .find(|(_, m)| m.lease == lease)
+            .map(|(id, _)| id.clone())
+            .unwrap_or_else(|| MachineId::parse(UNKNOWN_HOLDER).expect("a valid machine ID"))
+    }
+
+    /// Applies one change. A value that cannot be parsed keeps the key's last good value (see the
+    /// module documentation).
     pub fn apply(&mut self, keys: &Keys, change: Change<'_>) {
         match &change {
             Change::Put { key, .. } => {
@@ -126,108 +253,334 @@ impl Mirror {
                 mod_revision,
                 create_revision,
                 lease,
-            } => match keys.classify(key) {
-                Some(KeyKind::Unit(name)) => match parse_record(&name, value) {
-                    Ok((hash, desired_state)) => {
-                        self.records.insert(
-                            name,
-                            RecordEntry {
-                                hash,
-                                desired_state,
-                                mod_revision,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(unit = %name, "ignoring unit record: {e}");
+            } => {
+                let Some(what) = keys.classify(key) else {
+                    return;
+                };
+                let key = String::from_utf8_lossy(key);
+                let revs = (mod_revision, create_revision);
+                let outcome = self.put(what.clone(), value, revs, lease);
+                self.note(&key, what, outcome, mod_revision, lease);
+            }
+            Change::Delete { key } => {
+                let Some(what) = keys.classify(key) else {
+                    return;
+                };
+                if let Some(d) = self.damaged.remove(&*String::from_utf8_lossy(key)) {
+                    tracing::info!(key = %String::from_utf8_lossy(key), was = %d.reason, "damaged key deleted");
+                }
+                match what {
+                    KeyKind::Unit(name) => {
                         self.records.remove(&name);
                     }
-                },
-                Some(KeyKind::UnitFile(hash)) => {
-                    match std::str::from_utf8(value)
-                        .map_err(|e| e.to_string())
-                        .and_then(|t| UnitFile::parse(t).map_err(|e| e.to_string()))
-                    {
-                        Ok(file) => {
-                            if file.hash() != hash {
-                                tracing::warn!(%hash, actual = %file.hash(), "unit file content does not match its hash key");
-                            }
-                            self.files.insert(
-                                hash,
-                                FileEntry {
-                                    file: Arc::new(file),
-                                    mod_revision,
-                                },
-                            );
-                        }
-                        Err(e) => {
-                            tracing::warn!(%hash, "ignoring unit file: {e}");
-                            self.files.remove(&hash);
-                        }
+                    KeyKind::UnitFile(hash) => {
+                        self.files.remove(&hash);
                     }
+                    KeyKind::Claim(name) => {
+                        self.claims.remove(&name);
+                        self.unresolved.remove(&name);
+                        self.free_claims.remove(&name);
+                    }
+                    KeyKind::Machine(id) => {
+                        self.machines.remove(&id);
+                    }
+                    KeyKind::Restarting(id) => {
+                        self.restarting.remove(&id);
+                    }
+                    KeyKind::Other => {}
                 }
-                Some(KeyKind::Claim(name)) => match parse_claim(value) {
-                    Ok((machine_id, handoff)) => {
-                        self.claims.insert(
-                            name,
-                            Claim {
-                                machine_id,
+            }
+        }
+    }
+
+    /// Records how a put went: `Ok` (parsed; a damaged key recovered), or the reason it was refused
+    /// and whether a last good value was kept.
+    fn note(
+        &mut self,
+        key: &str,
+        what: KeyKind,
+        outcome: Result<(), (String, bool)>,
+        mod_revision: i64,
+        lease: i64,
+    ) {
+        match outcome {
+            Ok(()) => {
+                if let Some(d) = self.damaged.remove(key) {
+                    tracing::info!(%key, was = %d.reason, "etcd value parses again: recovered");
+                }
+            }
+            Err((reason, kept)) => {
+                UNPARSABLE.fetch_add(1, Ordering::Relaxed);
+                if kept {
+                    tracing::error!(%key, revision = mod_revision, "damaged value in etcd: {reason}; keeping its last good value until it is fixed");
+                } else {
+                    tracing::error!(%key, revision = mod_revision, "damaged value in etcd: {reason}; there is no good value to keep");
+                }
+                self.damaged.insert(
+                    key.to_string(),
+                    Damage {
+                        what,
+                        reason,
+                        mod_revision,
+                        lease,
+                        kept,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Applies a put of `value`; `Err((why, kept a last good value))` when it does not parse.
+    fn put(
+        &mut self,
+        what: KeyKind,
+        value: &[u8],
+        (mod_revision, create_revision): (i64, i64),
+        lease: i64,
+    ) -> Result<(), (String, bool)> {
+        match what {
+            KeyKind::Unit(name) => match parse_record(&name, value) {
+                Ok((hash, desired_state)) => {
+                    self.records.insert(
+                        name,
+                        RecordEntry {
+                            hash,
+                            desired_state,
+                            mod_revision,
+                            damaged: None,
+                        },
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    let e = format!("unit record: {e}");
+                    Err((e.clone(), self.keep_record(&name, mod_revision, e)))
+                }
+            },
+            KeyKind::UnitFile(hash) => {
+                match std::str::from_utf8(value)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| UnitFile::parse(t).map_err(|e| e.to_string()))
+                {
+                    Ok(file) => {
+                        if file.hash() != hash {
+                            tracing::warn!(%hash, actual = %file.hash(), "unit file content does not match its hash key");
+                        }
+                        self.files.insert(
+                            hash,
+                            FileEntry {
+                                file: Arc::new(file),
                                 mod_revision,
-                                lease,
-                                handoff,
+                                damaged: None,
                             },
                         );
+                        Ok(())
                     }
                     Err(e) => {
-                        tracing::warn!(unit = %name, "ignoring claim: {e}");
-                        self.claims.remove(&name);
+                        let e = format!("unit file {}: {e}", hash.short());
+                        Err((e.clone(), self.keep_file(&hash, mod_revision, e)))
                     }
+                }
+            }
+            KeyKind::Claim(name) => self.put_claim(name, value, mod_revision, lease),
+            KeyKind::Machine(id) => {
+                let e = match serde_json::from_slice::<MachineRecord>(value) {
+                    Ok(record) if record.id == id => {
+                        self.machines.insert(
+                            id,
+                            Machine {
+                                record,
+                                lease,
+                                since: create_revision,
+                            },
+                        );
+                        return Ok(());
+                    }
+                    Ok(record) => format!("machine key names another machine, {}", record.id),
+                    Err(e) => format!("machine record: {e}"),
+                };
+                Err((e, self.keep_machine(&id, lease)))
+            }
+            KeyKind::Restarting(id) => {
+                self.restarting.insert(id);
+                Ok(())
+            }
+            KeyKind::Other => Ok(()),
+        }
+    }
+
+    fn keep_record(&mut self, name: &UnitName, mod_revision: i64, why: String) -> bool {
+        let Some(r) = self.records.get_mut(name) else {
+            return false;
+        };
+        r.mod_revision = mod_revision;
+        r.damaged = Some(why);
+        true
+    }
+
+    fn keep_file(&mut self, hash: &UnitHash, mod_revision: i64, why: String) -> bool {
+        let Some(f) = self.files.get_mut(hash) else {
+            return false;
+        };
+        f.mod_revision = mod_revision;
+        f.damaged = Some(why);
+        true
+    }
+
+    fn keep_machine(&mut self, id: &MachineId, lease: i64) -> bool {
+        let Some(m) = self.machines.get_mut(id) else {
+            return false;
+        };
+        m.lease = lease;
+        true
+    }
+
+    /// A claim put: see the module documentation for what is kept.
+    fn put_claim(
+        &mut self,
+        name: UnitName,
+        value: &[u8],
+        mod_revision: i64,
+        lease: i64,
+    ) -> Result<(), (String, bool)> {
+        let parsed = parse_claim(value);
+        if lease != 0 {
+            if let Ok((machine_id, handoff)) = parsed {
+                self.unresolved.remove(&name);
+                self.free_claims.remove(&name);
+                self.claims.insert(
+                    name,
+                    Claim {
+                        machine_id,
+                        mod_revision,
+                        lease,
+                        handoff,
+                        damaged: None,
+                        unbound: false,
+                    },
+                );
+                return Ok(());
+            }
+        }
+        let reason = match (&parsed, lease) {
+            (Err(e), 0) => format!("claim: {e}, and bound to no lease"),
+            (Err(e), _) => format!("claim: {e}"),
+            (Ok(_), _) => "claim bound to no lease (not written by an agent)".to_string(),
+        };
+        // The last good value: a claim the mirror saw bound to a lease, with a known holder.
+        let last_good = self
+            .claims
+            .get(&name)
+            .filter(|_| !self.unresolved.contains(&name))
+            .cloned();
+        if let Some(prev) = last_good {
+            self.claims.insert(
+                name,
+                Claim {
+                    mod_revision,
+                    damaged: Some(reason.clone()),
+                    unbound: lease == 0,
+                    ..prev
                 },
-                Some(KeyKind::Machine(id)) => {
-                    match serde_json::from_slice::<MachineRecord>(value) {
-                        Ok(record) if record.id == id => {
-                            self.machines.insert(
-                                id,
-                                Machine {
-                                    record,
-                                    lease,
-                                    since: create_revision,
+            );
+            return Err((reason, true));
+        }
+        self.claims.remove(&name);
+        self.unresolved.remove(&name);
+        self.free_claims.remove(&name);
+        if lease == 0 {
+            self.free_claims.insert(
+                name,
+                FreeClaim {
+                    mod_revision,
+                    reason: reason.clone(),
+                },
+            );
+        } else {
+            self.unresolved.insert(name.clone());
+            self.claims.insert(
+                name,
+                Claim {
+                    machine_id: MachineId::parse(UNKNOWN_HOLDER).expect("a valid machine ID"),
+                    mod_revision,
+                    lease,
+                    handoff: None,
+                    damaged: Some(reason.clone()),
+                    unbound: false,
+                },
+            );
+        }
+        Err((reason, false))
+    }
+
+    /// After a full read replaced `old` (a compaction, say): damaged keys that have no last good
+    /// value here take `old`'s.
+    pub fn adopt_last_good(&mut self, old: &Mirror) {
+        let damaged: Vec<(String, Damage)> = self
+            .damaged
+            .iter()
+            .filter(|(_, d)| !d.kept)
+            .map(|(k, d)| (k.clone(), d.clone()))
+            .collect();
+        for (key, d) in damaged {
+            let kept = match &d.what {
+                KeyKind::Unit(name) => match old.records.get(name) {
+                    Some(r) => {
+                        self.records.insert(name.clone(), r.clone());
+                        self.keep_record(name, d.mod_revision, d.reason.clone())
+                    }
+                    None => false,
+                },
+                KeyKind::UnitFile(hash) => match old.files.get(hash) {
+                    Some(f) => {
+                        self.files.insert(*hash, f.clone());
+                        self.keep_file(hash, d.mod_revision, d.reason.clone())
+                    }
+                    None => false,
+                },
+                KeyKind::Claim(name) => {
+                    match old
+                        .claims
+                        .get(name)
+                        .filter(|_| !old.unresolved.contains(name))
+                    {
+                        Some(c) => {
+                            self.unresolved.remove(name);
+                            self.free_claims.remove(name);
+                            self.claims.insert(
+                                name.clone(),
+                                Claim {
+                                    mod_revision: d.mod_revision,
+                                    damaged: Some(d.reason.clone()),
+                                    unbound: d.lease == 0,
+                                    ..c.clone()
                                 },
                             );
+                            true
                         }
-                        Ok(record) => {
-                            tracing::warn!(machine = %id, other = %record.id, "machine key names another machine: ignored");
-                            self.machines.remove(&id);
-                        }
-                        Err(e) => {
-                            tracing::warn!(machine = %id, "ignoring machine record: {e}");
-                            self.machines.remove(&id);
-                        }
+                        None => false,
                     }
                 }
-                Some(KeyKind::Restarting(id)) => {
-                    self.restarting.insert(id);
+                KeyKind::Machine(id) => match old.machines.get(id) {
+                    Some(m) => {
+                        self.machines.insert(
+                            id.clone(),
+                            Machine {
+                                lease: d.lease,
+                                ..m.clone()
+                            },
+                        );
+                        true
+                    }
+                    None => false,
+                },
+                KeyKind::Restarting(_) | KeyKind::Other => false,
+            };
+            if kept {
+                if let Some(d) = self.damaged.get_mut(&key) {
+                    d.kept = true;
                 }
-                Some(KeyKind::Other) | None => {}
-            },
-            Change::Delete { key } => match keys.classify(key) {
-                Some(KeyKind::Unit(name)) => {
-                    self.records.remove(&name);
-                }
-                Some(KeyKind::UnitFile(hash)) => {
-                    self.files.remove(&hash);
-                }
-                Some(KeyKind::Claim(name)) => {
-                    self.claims.remove(&name);
-                }
-                Some(KeyKind::Machine(id)) => {
-                    self.machines.remove(&id);
-                }
-                Some(KeyKind::Restarting(id)) => {
-                    self.restarting.remove(&id);
-                }
-                Some(KeyKind::Other) | None => {}
-            },
+            }
         }
     }
 
@@ -248,6 +601,7 @@ impl Mirror {
             file: f.file.clone(),
             desired_state: r.desired_state,
             mod_revision: r.mod_revision,
+            damaged: r.damaged.clone().or_else(|| f.damaged.clone()),
         })
     }
 
@@ -352,6 +706,206 @@ mod tests {
         );
         assert!(m.records.is_empty());
         assert!(m.claims.is_empty());
+        // Bound to no lease and never seen bound: free.
+        assert!(m
+            .free_claims
+            .contains_key(&UnitName::parse("a.service").unwrap()));
+        assert_eq!(m.damage().len(), 3);
+    }
+
+    fn record(name: &str, hash: &UnitHash, state: &str) -> String {
+        format!(r#"{{"name":"{name}","hash":"{hash}","desiredState":"{state}"}}"#)
+    }
+
+    fn claim_put<'a>(key: &'a str, value: &'a str, rev: i64, lease: i64) -> Change<'a> {
+        Change::Put {
+            key: key.as_bytes(),
+            value: value.as_bytes(),
+            mod_revision: rev,
+            create_revision: rev,
+            lease,
+        }
+    }
+
+    /// A unit `a.service` running `/bin/true`, launched, at revision 2.
+    fn one_unit() -> (Keys, Mirror, UnitFile) {
+        let keys = Keys::new("/p/");
+        let file = UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+        let hash = file.hash();
+        let mut m = Mirror::default();
+        m.apply(
+            &keys,
+            put(&format!("/p/unit-files/{hash}"), &file.serialize(), 2),
+        );
+        m.apply(
+            &keys,
+            put(
+                "/p/units/a.service",
+                &record("a.service", &hash, "launched"),
+                2,
+            ),
+        );
+        (keys, m, file)
+    }
+
+    #[test]
+    fn a_unit_record_that_stops_parsing_keeps_its_last_good_value_until_fixed() {
+        let (keys, mut m, file) = one_unit();
+        let a = UnitName::parse("a.service").unwrap();
+        let hash = file.hash();
+        for (rev, garbage) in [
+            (3, "\u{1}\u{7f}\u{3}random bytes".to_string()),
+            (4, record("a.service", &hash, "bogus")),
+            (5, record("b.service", &hash, "launched")),
+        ] {
+            m.apply(&keys, put("/p/units/a.service", &garbage, rev));
+            let u = m.unit(&a).expect("the last good value is kept");
+            assert_eq!(u.desired_state, DesiredState::Launched);
+            assert_eq!(*u.file, file);
+            assert_eq!(
+                u.mod_revision, rev,
+                "writes compare the key's current revision"
+            );
+            assert!(
+                u.damaged.as_deref().unwrap().contains("unit record"),
+                "{u:?}"
+            );
+            let d = &m.damage()["/p/units/a.service"];
+            assert!(d.kept);
+            assert_eq!(d.kind(), "unit");
+        }
+        // Fixed: the new value counts, the damage is gone.
+        m.apply(
+            &keys,
+            put(
+                "/p/units/a.service",
+                &record("a.service", &hash, "loaded"),
+                6,
+            ),
+        );
+        let u = m.unit(&a).unwrap();
+        assert_eq!(u.desired_state, DesiredState::Loaded);
+        assert_eq!(u.damaged, None);
+        assert!(m.damage().is_empty());
+    }
+
+    #[test]
+    fn a_unit_file_that_stops_parsing_keeps_its_last_good_content() {
+        let (keys, mut m, file) = one_unit();
+        let a = UnitName::parse("a.service").unwrap();
+        let key = format!("/p/unit-files/{}", file.hash());
+        m.apply(&keys, put(&key, "[Service", 3));
+        let u = m.unit(&a).expect("kept");
+        assert_eq!(*u.file, file);
+        assert!(u.damaged.as_deref().unwrap().contains("unit file"), "{u:?}");
+        assert_eq!(m.files[&file.hash()].mod_revision, 3);
+        m.apply(&keys, put(&key, &file.serialize(), 4));
+        assert_eq!(m.unit(&a).unwrap().damaged, None);
+        assert!(m.damage().is_empty());
+    }
+
+    #[test]
+    fn a_lease_bound_claim_that_stops_parsing_keeps_its_holder() {
+        let keys = Keys::new("/p/");
+        let a = UnitName::parse("a.service").unwrap();
+        let mut m = Mirror::default();
+        m.apply(
+            &keys,
+            claim_put("/p/claims/a.service", r#"{"machineID":"m1"}"#, 5, 77),
+        );
+        m.apply(&keys, claim_put("/p/claims/a.service", "garbage", 6, 77));
+        let c = m.claim(&a).expect("kept");
+        assert_eq!(
+            (c.machine_id.as_str(), c.lease, c.mod_revision),
+            ("m1", 77, 6)
+        );
+        assert!(!c.unbound);
+        assert!(c.damaged.is_some());
+        assert!(m.free_claims.is_empty());
+        m.apply(
+            &keys,
+            claim_put("/p/claims/a.service", r#"{"machineID":"m2"}"#, 7, 78),
+        );
+        let c = m.claim(&a).unwrap();
+        assert_eq!((c.machine_id.as_str(), c.damaged), ("m2", None));
+    }
+
+    #[test]
+    fn an_unreadable_claim_without_history_is_held_by_its_leases_machine() {
+        let keys = Keys::new("/p/");
+        let a = UnitName::parse("a.service").unwrap();
+        let mut m = Mirror::default();
+        m.apply(&keys, claim_put("/p/claims/a.service", "garbage", 5, 77));
+        assert_eq!(m.claims()[&a].machine_id.as_str(), UNKNOWN_HOLDER);
+        m.apply(&keys, claim_put("/p/machines/m3", r#"{"id":"m3"}"#, 6, 77));
+        assert_eq!(m.claims()[&a].machine_id.as_str(), "m3");
+        assert_eq!(m.claim(&a).unwrap().machine_id.as_str(), "m3");
+        assert!(
+            m.free_claims.is_empty(),
+            "a claim with a live lease is never free"
+        );
+    }
+
+    #[test]
+    fn a_claim_bound_to_no_lease_is_free_unless_it_replaced_a_bound_one() {
+        let keys = Keys::new("/p/");
+        let a = UnitName::parse("a.service").unwrap();
+        let mut m = Mirror::default();
+        // Never seen bound: free, whatever it says.
+        for (rev, v) in [(3, "garbage"), (4, r#"{"machineID":"m1"}"#)] {
+            m.apply(&keys, claim_put("/p/claims/a.service", v, rev, 0));
+            assert!(m.claim(&a).is_none());
+            assert_eq!(m.free_claims[&a].mod_revision, rev);
+        }
+        // Bound, then overwritten without a lease: the holder may still run it.
+        m.apply(
+            &keys,
+            claim_put("/p/claims/a.service", r#"{"machineID":"m1"}"#, 5, 77),
+        );
+        assert!(m.free_claims.is_empty());
+        m.apply(&keys, claim_put("/p/claims/a.service", "garbage", 6, 0));
+        let c = m.claim(&a).unwrap();
+        assert!(c.unbound);
+        assert_eq!(
+            (c.machine_id.as_str(), c.lease, c.mod_revision),
+            ("m1", 77, 6)
+        );
+        m.apply(
+            &keys,
+            Change::Delete {
+                key: b"/p/claims/a.service",
+            },
+        );
+        assert!(m.claim(&a).is_none() && m.free_claims.is_empty() && m.damage().is_empty());
+    }
+
+    #[test]
+    fn a_full_read_keeps_the_last_good_values_of_the_mirror_it_replaces() {
+        let (keys, old, file) = one_unit();
+        let a = UnitName::parse("a.service").unwrap();
+        let mut old = old;
+        old.apply(
+            &keys,
+            claim_put("/p/claims/a.service", r#"{"machineID":"m1"}"#, 3, 77),
+        );
+        let mut new = Mirror::default();
+        new.apply(
+            &keys,
+            put(&format!("/p/unit-files/{}", file.hash()), "[Service", 9),
+        );
+        new.apply(&keys, put("/p/units/a.service", "\u{0}", 9));
+        new.apply(&keys, claim_put("/p/claims/a.service", "garbage", 9, 0));
+        assert!(new.unit(&a).is_none());
+        new.adopt_last_good(&old);
+        let u = new.unit(&a).expect("adopted");
+        assert_eq!(
+            (u.desired_state, u.mod_revision),
+            (DesiredState::Launched, 9)
+        );
+        let c = new.claim(&a).expect("adopted");
+        assert!(c.unbound && c.machine_id.as_str() == "m1" && c.mod_revision == 9);
+        assert!(new.free_claims.is_empty());
+        assert!(new.damage().values().all(|d| d.kept));
     }
 
     #[test]

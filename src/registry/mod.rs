@@ -32,8 +32,10 @@ use tokio::sync::watch;
 
 pub use agent_ops::{Announced, ClaimWrite};
 pub use keys::{ClaimRecord, HandoffRecord, KeyKind, Keys, MachineRecord, UnitRecord};
+pub use mirror::{
+    unparsable_values_total, Claim, Damage, FreeClaim, Machine, Unit, UNKNOWN_HOLDER,
+};
 use mirror::{Change, Mirror};
-pub use mirror::{Claim, Machine, Unit};
 
 use crate::config::Config;
 
@@ -471,12 +473,17 @@ impl Registry {
 
     /// Every placement claim, by unit name.
     pub fn claims(&self) -> Result<BTreeMap<UnitName, Claim>, RegistryError> {
-        Ok(self.mirror()?.claims.clone())
+        Ok(self.mirror()?.claims())
     }
 
     /// The claim of unit `name`, if any.
     pub fn claim(&self, name: &UnitName) -> Result<Option<Claim>, RegistryError> {
-        Ok(self.mirror()?.claims.get(name).cloned())
+        Ok(self.mirror()?.claim(name))
+    }
+
+    /// Keys whose value in etcd does not parse (or claims bound to no lease), by key.
+    pub fn damage(&self) -> Result<BTreeMap<String, Damage>, RegistryError> {
+        Ok(self.mirror()?.damage().clone())
     }
 
     /// The content stored under `hash`, if any.
@@ -490,7 +497,8 @@ impl Registry {
         Ok(Snapshot {
             revision: m.revision,
             units: m.units(),
-            claims: m.claims.clone(),
+            claims: m.claims(),
+            free_claims: m.free_claims.clone(),
             machines: m.machines.clone(),
             restarting: m.restarting.clone(),
         })
@@ -715,8 +723,10 @@ pub struct Snapshot {
     pub revision: i64,
     /// Every unit with content, sorted by name.
     pub units: Vec<Unit>,
-    /// Every claim.
+    /// Every claim (a damaged one as its last good value: see [`Claim::damaged`]).
     pub claims: BTreeMap<UnitName, Claim>,
+    /// Claim keys that bind nobody (no lease, never seen bound): the units count as unclaimed.
+    pub free_claims: BTreeMap<UnitName, FreeClaim>,
     /// Every announced (live, lease-bound) machine.
     pub machines: BTreeMap<MachineId, Machine>,
     /// Machines whose agent is restarting and keeps its units (until its old lease expires).
@@ -1048,7 +1058,14 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
         (rev, None) => (rev, true),
         (_, Some(mirror)) => {
             let rev = mirror.revision;
-            *shared.mirror.write().unwrap_or_else(|e| e.into_inner()) = mirror;
+            let mut mirror = mirror;
+            let mut old = shared.mirror.write().unwrap_or_else(|e| e.into_inner());
+            if old.prefix == mirror.prefix {
+                // Garbage that replaced a good value while away keeps that value.
+                mirror.adopt_last_good(&old);
+            }
+            *old = mirror;
+            drop(old);
             shared.full_reads.fetch_add(1, Ordering::Relaxed);
             (rev, false)
         }

@@ -1,0 +1,219 @@
+//! End-to-end against hostile input and clumsy operators (root only): garbage in etcd never stops a
+//! healthy unit, and fleet never shadows, stops or relays for a unit it did not create.
+
+mod lab;
+
+use std::time::Duration;
+
+use lab::FleetLab;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `etcdctl ARGS` in the lab's hub with `value_cmd`'s output as stdin (the value of a `put`).
+fn etcdctl_stdin(fl: &FleetLab, value_cmd: &str, args: &str) -> String {
+    let cmd =
+        format!("{value_cmd} | ETCDCTL_API=3 etcdctl --endpoints=http://10.77.0.1:2379 {args}");
+    let out = fl.lab.hub(&["sh", "-c", &cmd]).expect("etcdctl in the hub");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn etcd_get(fl: &FleetLab, key: &str) -> String {
+    fl.lab
+        .etcdctl(&["get", "--print-value-only", key])
+        .expect("etcdctl get")
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+/// The lease (decimal) `key` is bound to, 0 for none.
+fn etcd_lease(fl: &FleetLab, key: &str) -> i64 {
+    let json = fl
+        .lab
+        .etcdctl(&["get", key, "-w", "json"])
+        .expect("etcdctl get -w json");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("etcdctl's json");
+    v["kvs"][0]["lease"].as_i64().unwrap_or(0)
+}
+
+fn put(fl: &FleetLab, key: &str, value: &str) {
+    let quoted = value.replace('\'', r"'\''");
+    etcdctl_stdin(
+        fl,
+        &format!("printf '%s' '{quoted}'"),
+        &format!("put {key}"),
+    );
+}
+
+fn curl(fl: &FleetLab, i: usize, path: &str) -> String {
+    let out = fl
+        .lab
+        .sh(
+            i,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "20",
+                "--unix-socket",
+                "/var/run/fleet.sock",
+                &format!("http://fleet{path}"),
+            ],
+        )
+        .expect("run curl in the lab");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `fleet_registry_damaged_keys` samples of machine `i`'s metrics with a non-zero value.
+fn damaged_metrics(fl: &FleetLab, i: usize) -> Vec<String> {
+    curl(fl, i, "/metrics")
+        .lines()
+        .filter(|l| l.starts_with("fleet_registry_damaged_keys{") && !l.ends_with(" 0"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Random bytes, a bogus desired state, `[Service` as the unit file, `garbage` in the claim (bound to
+/// the holder's lease, then to no lease): the unit keeps running with the same main process, the unit is
+/// listed as damaged while it lasts, and everything recovers when the key is fixed. A unit whose claim
+/// key holds garbage bound to no lease before it was ever claimed still starts.
+#[test]
+fn garbage_in_etcd_never_stops_a_running_unit() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let m1 = fl.machine_id(1);
+    let unit = format!("[Service]\nExecStart=/bin/sleep 100000\n\n[X-Fleet]\nMachineID={m1}\n");
+    fl.write_file(1, "/tmp/g.service", &unit);
+    fl.fleetctl_ok(1, &["start", "/tmp/g.service"]);
+    fl.wait_for("g.service active on m1", WAIT, |fl| {
+        (fl.active_state(1, "g.service") == "active").then_some(())
+    });
+    let pid = fl.show(1, "g.service", "MainPID");
+    let record_key = "/fleet/units/g.service";
+    let claim_key = "/fleet/claims/g.service";
+    let record = etcd_get(&fl, record_key);
+    let hash = serde_json::from_str::<serde_json::Value>(&record).unwrap()["hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let file_key = format!("/fleet/unit-files/{hash}");
+    let file = etcd_get(&fl, &file_key);
+    let claim = etcd_get(&fl, claim_key);
+    let lease = etcd_lease(&fl, claim_key);
+    assert_ne!(lease, 0);
+
+    let unchanged = |fl: &FleetLab, what: &str| {
+        // The old code stopped the unit within a second; give the agents several passes.
+        std::thread::sleep(Duration::from_secs(3));
+        assert_eq!(fl.active_state(1, "g.service"), "active", "{what}");
+        assert_eq!(fl.show(1, "g.service", "MainPID"), pid, "{what}");
+        assert!(fl.running_on("g.service") == vec![1], "{what}");
+    };
+    let listed_damaged = |fl: &FleetLab, what: &str| {
+        let out = fl.fleetctl(1, &["list-unit-files", "--no-legend"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("g.service"))
+            .unwrap_or_else(|| panic!("{what}: g.service not listed: {stdout}"))
+            .to_string();
+        (
+            line.contains("(damaged)"),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    type Damage<'a> = Box<dyn Fn(&FleetLab) + 'a>;
+    let cases: [(&str, &str, Damage); 4] = [
+        (
+            "random bytes in the unit record",
+            record_key,
+            Box::new(|fl| {
+                etcdctl_stdin(
+                    fl,
+                    "head -c 64 /dev/urandom | tr -d '\\000'",
+                    &format!("put {record_key}"),
+                );
+            }),
+        ),
+        (
+            "a bogus desired state",
+            record_key,
+            Box::new(|fl| put(fl, record_key, &record.replace("launched", "bogus"))),
+        ),
+        (
+            "[Service as the unit file",
+            &file_key,
+            Box::new(|fl| put(fl, &file_key, "[Service")),
+        ),
+        (
+            "garbage in the claim, bound to the holder's lease",
+            claim_key,
+            Box::new(|fl| {
+                etcdctl_stdin(
+                    fl,
+                    "printf garbage",
+                    &format!("put --ignore-lease {claim_key}"),
+                );
+            }),
+        ),
+    ];
+    for (what, key, damage) in &cases {
+        damage(&fl);
+        unchanged(&fl, what);
+        let (damaged, warning) = listed_damaged(&fl, what);
+        assert!(damaged, "{what}: list-unit-files marks it");
+        assert!(warning.contains("damaged in etcd"), "{what}: {warning}");
+        let metrics = damaged_metrics(&fl, 1);
+        assert!(
+            metrics.iter().any(|l| l.contains("kept=\"true\"")),
+            "{what}: {metrics:?}"
+        );
+        // Fixed: recovered.
+        let good = match *key {
+            k if k == record_key => record.clone(),
+            k if k == claim_key => claim.clone(),
+            _ => file.clone(),
+        };
+        if *key == claim_key {
+            etcdctl_stdin(
+                &fl,
+                &format!("printf '%s' '{good}'"),
+                &format!("put --ignore-lease {key}"),
+            );
+        } else {
+            put(&fl, key, &good);
+        }
+        fl.wait_for("recovered", WAIT, |fl| {
+            (!listed_damaged(fl, what).0 && damaged_metrics(fl, 1).is_empty()).then_some(())
+        });
+        unchanged(&fl, what);
+    }
+
+    // Garbage bound to no lease: the holder may still run the unit; it keeps it and binds the claim
+    // to its lease again.
+    put(&fl, claim_key, "garbage");
+    unchanged(&fl, "garbage in the claim, bound to no lease");
+    fl.wait_for("the claim is bound to m1's lease again", WAIT, |fl| {
+        (etcd_lease(fl, claim_key) == lease && etcd_get(fl, claim_key) == claim).then_some(())
+    });
+    unchanged(&fl, "after the claim was bound again");
+
+    // A claim key bound to nobody, before the unit was ever claimed: the unit still starts.
+    put(&fl, "/fleet/claims/h.service", "garbage");
+    fl.write_file(
+        1,
+        "/tmp/h.service",
+        "[Service]\nExecStart=/bin/sleep 100000\n",
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/h.service"]);
+    fl.wait_for("h.service runs somewhere", WAIT, |fl| {
+        (fl.running_on("h.service").len() == 1).then_some(())
+    });
+    assert_ne!(etcd_lease(&fl, "/fleet/claims/h.service"), 0);
+}
