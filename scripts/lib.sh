@@ -111,7 +111,8 @@ ensure_fuzz_deps() {
   cargo install --locked --quiet --version "$CARGO_FUZZ_VERSION" cargo-fuzz
 }
 
-# A private etcd on free loopback ports with a temporary data dir. Sets ETCD_PID, ETCD_DIR, ETCD_ENDPOINT.
+# A private etcd on free loopback ports with a temporary data dir under $ETCD_DATA_PARENT (default /tmp;
+# /dev/shm takes the disk's fsync out of every write). Sets ETCD_PID, ETCD_DIR, ETCD_ENDPOINT.
 # Call stop_etcd (e.g. from a trap) to end it.
 start_etcd() {
   local ports
@@ -120,7 +121,7 @@ s=[socket.socket() for _ in range(2)]
 [x.bind(("127.0.0.1",0)) for x in s]
 print(" ".join(str(x.getsockname()[1]) for x in s))')
   set -- $ports
-  ETCD_DIR=$(mktemp -d /tmp/fleet-etcd.XXXXXX)
+  ETCD_DIR=$(mktemp -d "${ETCD_DATA_PARENT:-/tmp}/fleet-etcd.XXXXXX")
   ETCD_ENDPOINT="http://127.0.0.1:$1"
   etcd --name fleet-test --data-dir "$ETCD_DIR/data" \
     --listen-client-urls "$ETCD_ENDPOINT" --advertise-client-urls "$ETCD_ENDPOINT" \

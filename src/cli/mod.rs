@@ -59,6 +59,31 @@ impl<T: Transport> Transport for Logged<T> {
         }
         res
     }
+
+    async fn send_batch(
+        &mut self,
+        batch: Vec<client::BatchRequest>,
+    ) -> Vec<Result<RawResponse, ClientError>> {
+        let started = Instant::now();
+        let labels: Vec<String> = batch.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+        let res = self.inner.send_batch(batch).await;
+        if self.on {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            for (label, r) in labels.iter().zip(&res) {
+                match r {
+                    Ok(r) => eprintln!(
+                        "DEBUG: {label} -> {} (batch of {}, {ms:.1} ms)",
+                        r.status,
+                        res.len()
+                    ),
+                    Err(e) => {
+                        eprintln!("DEBUG: {label} -> {e} (batch of {}, {ms:.1} ms)", res.len())
+                    }
+                }
+            }
+        }
+        res
+    }
 }
 
 /// Ends fleetctl with this exit status without printing anything more (`status` exits with
