@@ -38,6 +38,16 @@ const RULES: &[(&str, &[&str], &str)] = &[
         IO_CRATES,
         "the simulator is deterministic: it drives pure cores only",
     ),
+    (
+        "fleetctl",
+        &["etcd-client", "tonic", "axum", "zbus", "fleet"],
+        "fleetctl speaks only the HTTP API: it knows neither etcd, nor the server, nor D-Bus",
+    ),
+    (
+        "fleet-api-types",
+        IO_CRATES,
+        "the API's wire types are plain data, shared by the server and the client",
+    ),
 ];
 
 fn cargo() -> String {

@@ -46,7 +46,7 @@ impl Env {
 
 /// A fleetctl command with a clean environment (no FLEETCTL_* from the caller).
 fn fleetctl(cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    let mut cmd = Command::new(support::bins::fleetctl());
     cmd.current_dir(cwd);
     for (k, _) in std::env::vars() {
         if k.starts_with("FLEETCTL_") {

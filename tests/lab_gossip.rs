@@ -8,6 +8,8 @@
 //!   certificate (another CA, or the insecure mode) are refused and logged.
 //!
 //! Times are printed, never asserted: `benches/gossip.rs` measures them.
+// Both test support modules include `support/bins.rs` (where this build's fleetctl is).
+#![allow(clippy::duplicate_mod)]
 
 mod lab;
 mod support;
@@ -26,7 +28,7 @@ const WAIT: Duration = Duration::from_secs(20);
 // ---- loopback ----------------------------------------------------------------------------------
 
 fn fleetctl_host(args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleetctl"))
+    let out = Command::new(support::bins::fleetctl())
         .args(args)
         .output()
         .expect("run fleetctl");

@@ -336,7 +336,7 @@ fn the_tcp_api_requires_tls_and_a_certificate_or_token() {
 }
 
 fn fleetctl(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    let mut cmd = Command::new(support::bins::fleetctl());
     for (k, _) in std::env::vars() {
         if k.starts_with("FLEETCTL_") {
             cmd.env_remove(k);

@@ -2,6 +2,8 @@
 //! tests. Root only: tests call [`FleetLab::up`] which returns `None` (after printing why) elsewhere.
 #![allow(dead_code)]
 
+#[path = "../support/bins.rs"]
+pub mod bins;
 pub mod ssh;
 
 use std::process::Output;
@@ -45,6 +47,8 @@ impl FleetLab {
         if !fleet_lab::require_root() {
             return None;
         }
+        // The machines run this build's fleetd and fleetctl from the profile directory.
+        bins::fleetctl();
         let bin = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
         let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/examples");
         let mut opts = LabOptions::new()
@@ -387,6 +391,7 @@ impl FleetLab {
         if !fleet_lab::require_root() {
             return None;
         }
+        bins::fleetctl();
         let bin = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
         let certs = tempfile::Builder::new()
             .prefix("fleetlab-tls")

@@ -8,6 +8,7 @@
 //! - [`http`]: one HTTP/1.1 request over a unix socket, blocking, with the raw headers you give.
 #![allow(dead_code)]
 
+pub mod bins;
 pub mod original;
 
 use std::collections::BTreeMap;

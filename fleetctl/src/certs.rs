@@ -168,7 +168,7 @@ fn prepare(files: &[&Path], key: &Path, force: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args::{Cli, Command};
+    use crate::args::{Cli, Command};
     use clap::Parser;
 
     fn args(line: &[&str]) -> GenCertsArgs {

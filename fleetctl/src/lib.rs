@@ -11,11 +11,41 @@
 //! fleetctl talks only to the API: it never reads etcd, and it knows nothing of gossip or systemd
 //! (except `gen-certs`, which only writes local files with the gossip crate's minting functions).
 
+/// A failure already worded for the user, as fleet's fleetctl worded it (`Error creating unit ...`,
+/// `Error: unit ... does not exist`): `main` prints it as it is. Any other error that reaches `main`
+/// (a [`client::ClientError`] without context, an I/O error) is printed after `Error: `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Worded(pub String);
+
+impl std::fmt::Display for Worded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Worded {}
+
+/// A [`Worded`] message (for `.context(..)` and `.with_context(|| ..)`), with `format!`'s arguments.
+macro_rules! worded {
+    ($($arg:tt)*) => { $crate::Worded(format!($($arg)*)) };
+}
+
+/// A [`Worded`] error, as an `anyhow::Error`.
+macro_rules! worded_err {
+    ($($arg:tt)*) => { anyhow::Error::new($crate::Worded(format!($($arg)*))) };
+}
+
+/// Returns a [`Worded`] error from the enclosing function.
+macro_rules! fail {
+    ($($arg:tt)*) => { return Err(worded_err!($($arg)*)) };
+}
+
 pub mod args;
 pub mod certs;
 pub mod client;
 pub mod commands;
 pub mod names;
+pub mod render;
 pub mod ssh;
 pub mod table;
 
@@ -99,6 +129,16 @@ impl std::fmt::Display for ExitWith {
 
 impl std::error::Error for ExitWith {}
 
+/// What fleetctl prints for a failed command: a [`Worded`] failure (with its causes) as it is, any
+/// other error after `Error: `.
+pub fn report(e: &anyhow::Error) -> String {
+    if e.downcast_ref::<Worded>().is_some() {
+        format!("{e:#}")
+    } else {
+        format!("Error: {e:#}")
+    }
+}
+
 /// Entry point of the `fleetctl` binary: parse the command line and the environment, run, exit.
 pub fn main() -> ExitCode {
     run(Cli::parse())
@@ -112,12 +152,7 @@ pub fn run(cli: Cli) -> ExitCode {
             if let Some(ExitWith(code)) = e.downcast_ref::<ExitWith>() {
                 return ExitCode::from(*code);
             }
-            let msg = format!("{e:#}");
-            if msg.starts_with("Error") {
-                eprintln!("{msg}");
-            } else {
-                eprintln!("Error: {msg}");
-            }
+            eprintln!("{}", report(&e));
             ExitCode::from(1)
         }
     }
@@ -140,7 +175,7 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
         return out
             .write_all(&script)
             .and_then(|_| out.flush())
-            .context("Error writing the completion script");
+            .context(worded!("Error writing the completion script"));
     }
     let Some(command) = cli.command.clone() else {
         let mut help = Cli::command();
@@ -251,4 +286,22 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
     });
     let _ = std::io::stdout().flush();
     res
+}
+
+#[cfg(test)]
+mod report_tests {
+    use super::*;
+
+    #[test]
+    fn worded_failures_print_as_they_are_and_others_after_error() {
+        let e = worded_err!("Error: unit {} does not exist", "a.service");
+        assert_eq!(report(&e), "Error: unit a.service does not exist");
+        let plain = anyhow::Error::new(std::io::Error::other("disk on fire"));
+        assert_eq!(report(&plain), "Error: disk on fire");
+        let r: Result<(), std::io::Error> = Err(std::io::Error::other("broken pipe"));
+        let e = r
+            .context(worded!("Error creating unit {}", "b.service"))
+            .unwrap_err();
+        assert_eq!(report(&e), "Error creating unit b.service: broken pipe");
+    }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 
 use super::args::GlobalFlags;
 use super::client::Endpoint;
@@ -56,7 +56,7 @@ pub fn expand_home(path: &str) -> PathBuf {
 
 /// Splits `HOST[:PORT]` (`[v6]:PORT` for IPv6); the port defaults to `default`.
 pub fn split_host_port(s: &str, default: u16) -> Result<(String, u16)> {
-    let bad = |why: &str| anyhow!("Error: invalid SSH host {s:?}: {why}");
+    let bad = |why: &str| worded_err!("Error: invalid SSH host {s:?}: {why}");
     if s.is_empty() {
         return Err(bad("empty"));
     }
@@ -213,7 +213,7 @@ impl SshOptions {
                 .mode(0o700)
                 .create(dir)
                 .with_context(|| {
-                    format!("Error creating {} for --known-hosts-file", dir.display())
+                    worded!("Error creating {} for --known-hosts-file", dir.display())
                 })?;
         }
         Ok(())
@@ -235,15 +235,15 @@ pub async fn run_session(
     opts.prepare()?;
     let args = opts.session_args(host, port, forward_agent, command);
     let mut interrupts =
-        signal(SignalKind::interrupt()).context("Error installing the SIGINT handler")?;
+        signal(SignalKind::interrupt()).context(worded!("Error installing the SIGINT handler"))?;
     let mut child = tokio::process::Command::new(SSH_PROGRAM)
         .args(&args)
         .spawn()
-        .with_context(|| format!("Error running {SSH_PROGRAM} (is OpenSSH's client installed?)"))?;
+        .with_context(|| worded!("Error running {SSH_PROGRAM} (is OpenSSH's client installed?)"))?;
     loop {
         tokio::select! {
             status = child.wait() => {
-                let status = status.with_context(|| format!("Error waiting for {SSH_PROGRAM}"))?;
+                let status = status.with_context(|| worded!("Error waiting for {SSH_PROGRAM}"))?;
                 return Ok(status
                     .code()
                     .unwrap_or_else(|| 128 + status.signal().unwrap_or(127)));
@@ -258,14 +258,14 @@ pub async fn run_session(
 pub fn remote_of(endpoint: &str) -> Result<String> {
     let first = endpoint.split(',').next().unwrap_or("").trim();
     if first.starts_with("https://") {
-        bail!("Error: --tunnel works with unix:// and http:// endpoints, not {first}");
+        fail!("Error: --tunnel works with unix:// and http:// endpoints, not {first}");
     }
     match Endpoint::parse(first) {
         Ok(Endpoint::Unix(path)) => Ok(path.display().to_string()),
         Ok(Endpoint::Http { authority, .. }) => Ok(authority),
         #[allow(unreachable_patterns)]
-        Ok(_) => bail!("Error: --tunnel cannot reach the endpoint {first}"),
-        Err(e) => Err(anyhow!("Error: {e}")),
+        Ok(_) => fail!("Error: --tunnel cannot reach the endpoint {first}"),
+        Err(e) => Err(worded_err!("Error: {e}")),
     }
 }
 
@@ -287,7 +287,8 @@ impl Tunnel {
         let dir = private_dir()?;
         let socket = dir.join("fleet.sock");
         let log = dir.join("ssh.log");
-        let err = std::fs::File::create(&log).context("Error creating the tunnel's log")?;
+        let err =
+            std::fs::File::create(&log).context(worded!("Error creating the tunnel's log"))?;
         let mut args = opts.connection(port, false);
         args.extend([
             "-N".into(),
@@ -310,7 +311,7 @@ impl Tunnel {
             Ok(c) => c,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(anyhow!(
+                return Err(worded_err!(
                     "Error running {SSH_PROGRAM} for --tunnel {host}: {e} (is OpenSSH's client installed?)"
                 ));
             }
@@ -321,16 +322,20 @@ impl Tunnel {
             if t.socket.exists() {
                 return Ok(t);
             }
-            if let Some(status) = t.child.try_wait().context("Error waiting for ssh")? {
+            if let Some(status) = t
+                .child
+                .try_wait()
+                .context(worded!("Error waiting for ssh"))?
+            {
                 let mut msg = String::new();
                 let _ = std::fs::File::open(&log).and_then(|mut f| f.read_to_string(&mut msg));
-                bail!(
+                fail!(
                     "Error: --tunnel {host}:{port}: ssh exited with {status}: {}",
                     msg.trim()
                 );
             }
             if Instant::now() > deadline {
-                bail!(
+                fail!(
                     "Error: --tunnel {host}:{port}: no forwarded socket after {}s",
                     opts.connect_timeout + 5
                 );
@@ -366,14 +371,14 @@ fn private_dir() -> Result<PathBuf> {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => {
-                return Err(anyhow!(
+                return Err(worded_err!(
                     "Error creating a directory for the tunnel's socket in {}: {e}",
                     base.display()
                 ))
             }
         }
     }
-    bail!(
+    fail!(
         "Error: could not create a private directory in {}",
         base.display()
     )

@@ -1,0 +1,160 @@
+//! `list-unit-files`, `list-units`, `list-machines`: fetch, then render as fleet's tables or JSON.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, Result};
+
+use super::*;
+use crate::args::{ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
+use crate::client::Transport;
+
+impl<T: Transport> Ctx<T> {
+    /// `list-unit-files`.
+    pub async fn list_unit_files(&mut self, a: &ListUnitFilesArgs) -> Result<()> {
+        let cols = parse_fields(&a.fields, UNIT_FILE_FIELDS)?;
+        let units = self
+            .api
+            .units()
+            .await
+            .context(worded!("Error retrieving list of units from fleetd"))?;
+        let needs_machines = cols.iter().any(|c| *c == "target" || *c == "tmachine")
+            && units.iter().any(|u| !u.machine_id.is_empty());
+        let machines = if needs_machines {
+            self.machine_map(false).await?.clone()
+        } else {
+            BTreeMap::new()
+        };
+        if a.list.json {
+            return self.write_out(&json_text(&unit_files_json(&units, &machines, &cols)));
+        }
+        let t = unit_files_table(&units, &machines, &cols, a.list.full, !a.list.no_legend);
+        self.write_out(&t.render())?;
+        for u in &units {
+            if let Some(why) = &u.damaged {
+                say!(
+                    self.err,
+                    "WARNING: Unit {} is damaged in etcd ({why}); shown and run as its last good value until it is fixed",
+                    u.name
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `list-units`.
+    pub async fn list_units(&mut self, a: &ListUnitsArgs) -> Result<()> {
+        let cols = parse_fields(&a.fields, UNIT_FIELDS)?;
+        let states = self
+            .api
+            .unit_states(None)
+            .await
+            .context(worded!("Error retrieving list of units from fleetd"))?;
+        let machines = if cols.contains(&"machine") && !states.is_empty() {
+            self.machine_map(false).await?.clone()
+        } else {
+            BTreeMap::new()
+        };
+        if a.list.json {
+            return self.write_out(&json_text(&units_json(&states, &machines, &cols)));
+        }
+        let t = units_table(&states, &machines, &cols, a.list.full, !a.list.no_legend);
+        self.write_out(&t.render())
+    }
+
+    /// `list-machines`.
+    pub async fn list_machines(&mut self, a: &ListMachinesArgs) -> Result<()> {
+        let cols = parse_fields(&a.fields, MACHINE_FIELDS)?;
+        let machines = self
+            .api
+            .machines()
+            .await
+            .context(worded!("Error retrieving list of machines from fleetd"))?;
+        if a.list.json {
+            return self.write_out(&json_text(&machines_json(&machines, &cols)));
+        }
+        let t = machines_table(&machines, &cols, a.list.full, !a.list.no_legend);
+        self.write_out(&t.render())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::ListFlags;
+    use crate::commands::testutil::*;
+    use fleet_api_types::UnitState;
+
+    #[test]
+    pub(super) fn json_lists_carry_the_requested_fields_with_full_values_and_nulls() {
+        let m = machines();
+        let cols = ["unit", "hash", "state", "target", "desc", "global"];
+        let v = unit_files_json(&sample_units(), &m, &cols);
+        let rows = v.as_array().unwrap();
+        assert_eq!(rows.len(), 4);
+        // Sorted by name, keyed by field.
+        assert_eq!(rows[0]["unit"], "everywhere.service");
+        assert_eq!(rows[0]["target"], "global");
+        assert_eq!(rows[0]["state"], serde_json::Value::Null);
+        assert_eq!(rows[0]["global"], true);
+        assert_eq!(rows[1]["unit"], "hello.service");
+        assert_eq!(rows[1]["target"], format!("{M1}/10.0.0.1"));
+        assert_eq!(rows[1]["desc"], "Hello World");
+        assert_eq!(rows[1]["hash"].as_str().map(str::len), Some(40));
+        assert_eq!(rows[2]["target"], M2, "no IP known: the bare full ID");
+        assert_eq!(rows[3]["target"], serde_json::Value::Null);
+        assert_eq!(rows[3]["desc"], serde_json::Value::Null);
+        assert_eq!(rows[3].as_object().unwrap().len(), cols.len());
+
+        let states = vec![
+            UnitState {
+                name: "b.service".into(),
+                machine_id: M1.into(),
+                hash: "a".repeat(40),
+                systemd_active_state: "active".into(),
+                ..Default::default()
+            },
+            UnitState {
+                name: "a.service".into(),
+                ..Default::default()
+            },
+        ];
+        let v = units_json(&states, &m, &["unit", "machine", "active", "sub", "hash"]);
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"unit": "a.service", "machine": null, "active": null, "sub": null, "hash": null},
+                {"unit": "b.service", "machine": format!("{M1}/10.0.0.1"), "active": "active",
+                 "sub": null, "hash": "a".repeat(40)},
+            ])
+        );
+
+        let list: Vec<Machine> = m.values().cloned().collect();
+        let v = machines_json(&list, &["machine", "ip", "metadata"]);
+        assert_eq!(
+            v,
+            serde_json::json!([
+                {"machine": M1, "ip": "10.0.0.1", "metadata": {"disk": "ssd", "region": "us"}},
+                {"machine": M2, "ip": null, "metadata": {}},
+            ])
+        );
+    }
+
+    #[test]
+    pub(super) fn list_machines_json_is_printed_instead_of_the_table() {
+        let (mut c, out, _) = ctx(&[(
+            200,
+            r#"{"machines":[{"id":"m1","primaryIP":"10.0.0.1","metadata":{"a":"b"}}]}"#,
+        )]);
+        let a = ListMachinesArgs {
+            fields: "machine,ip".into(),
+            list: ListFlags {
+                full: false,
+                no_legend: false,
+                json: true,
+            },
+        };
+        block(c.list_machines(&a)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&out.text()).unwrap();
+        assert_eq!(v, serde_json::json!([{"machine": "m1", "ip": "10.0.0.1"}]));
+    }
+}

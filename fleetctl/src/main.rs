@@ -1,0 +1,5 @@
+//! fleetctl: the command-line client of fleetd's HTTP API v1 (the `fleetctl` library).
+
+fn main() -> std::process::ExitCode {
+    fleetctl::main()
+}

@@ -1,0 +1,39 @@
+//! The workspace's binaries for end-to-end tests. `fleetd` is this package's own
+//! (`CARGO_BIN_EXE_fleetd`); `fleetctl` is a package of its own (`fleetctl/`: it links no etcd, axum or
+//! zbus), so cargo only builds it for these tests in a workspace run (`cargo test --workspace`, as
+//! `scripts/test.sh` does). [`fleetctl`] builds it on first use otherwise (`cargo test -p fleet --test
+//! fleetctl`), into the same profile directory, which the lab binds into its machines.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The path of this build's `fleetctl`, built (once per test process) if needed.
+pub fn fleetctl() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let dir = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
+            let profile = match dir.file_name().and_then(|n| n.to_str()) {
+                Some("debug") | None => "dev".to_string(),
+                Some(p) => p.to_string(),
+            };
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .args(["build", "--quiet", "--profile", &profile])
+                .args(["--package", "fleetctl", "--bin", "fleetctl"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .output()
+                .expect("run cargo build -p fleetctl");
+            assert!(
+                out.status.success(),
+                "cargo build -p fleetctl failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let bin = dir.join("fleetctl");
+            assert!(bin.exists(), "{} was not built", bin.display());
+            bin
+        })
+        .clone()
+}
