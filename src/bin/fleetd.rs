@@ -19,7 +19,7 @@ use fleet::agent::relay::{self, GossipRelay, Responder};
 use fleet::agent::{spawn_view_refresh, Agent, AgentCluster, AgentOptions};
 use fleet::api::access::{TcpAccess, TlsSettings};
 use fleet::api::{self, activation, ApiSettings, ApiState, ClusterView, Listeners, LocalCluster};
-use fleet::config::{Config, FleetdArgs};
+use fleet::config::{Config, FleetdArgs, Reload};
 use fleet::registry::{Registry, RegistryOptions};
 use fleet_gossip_quic::tls::TlsConfig;
 use fleet_gossip_quic::transport::{Gossip, GossipConfig, GossipHandle};
@@ -484,27 +484,10 @@ fn reload(
         tracing::info!("SIGHUP: configuration unchanged");
         return;
     }
-    const LIVE: &[&str] = &[
-        "etcd_servers",
-        "etcd_key_prefix",
-        "etcd_request_timeout",
-        "etcd_cafile",
-        "etcd_certfile",
-        "etcd_keyfile",
-        "etcd_username",
-        "etcd_password",
-        "public_ip",
-        "metadata",
-        "token_limit",
-        "api_max_body",
-        "verbosity",
-    ];
     for c in &changes {
-        let key = c.split(':').next().unwrap_or("");
-        if LIVE.contains(&key) {
-            tracing::info!("SIGHUP: {c}");
-        } else {
-            tracing::warn!("SIGHUP: {c} (takes effect after a restart)");
+        match c.reload {
+            Reload::Live | Reload::Etcd => tracing::info!("SIGHUP: {c}"),
+            Reload::Restart => tracing::warn!("SIGHUP: {c} (takes effect after a restart)"),
         }
     }
     let public_ip = new.public_ip.or_else(detect_public_ip);
@@ -533,31 +516,12 @@ fn reload(
             Err(e) => tracing::error!("SIGHUP: etcd settings not applied: {e}"),
         }
     }
-    // Keys that need a restart keep their running values.
-    let running = current.clone();
-    let running = if etcd_applied {
-        Config {
-            etcd_servers: new.etcd_servers.clone(),
-            etcd_key_prefix: new.etcd_key_prefix.clone(),
-            etcd_request_timeout: new.etcd_request_timeout,
-            etcd_cafile: new.etcd_cafile.clone(),
-            etcd_certfile: new.etcd_certfile.clone(),
-            etcd_keyfile: new.etcd_keyfile.clone(),
-            etcd_username: new.etcd_username.clone(),
-            etcd_password: new.etcd_password.clone(),
-            ..running
-        }
-    } else {
-        running
-    };
-    *current = Config {
-        public_ip: new.public_ip,
-        metadata: new.metadata,
-        token_limit: new.token_limit,
-        api_max_body: new.api_max_body,
-        verbosity: new.verbosity,
-        ..running
-    };
+    // What was not applied keeps its running value (Reload::Live options are applied above).
+    current.adopt(&new, |r| match r {
+        Reload::Live => true,
+        Reload::Etcd => etcd_applied,
+        Reload::Restart => false,
+    });
 }
 
 fn dump(registry: &Registry, cluster: &AgentCluster, state: &ApiState) {
