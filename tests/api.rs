@@ -533,9 +533,10 @@ fn sighup_reloads_metadata_and_sigterm_exits_cleanly() {
     let mut f = Fleetd::builder(&etcd).config("metadata", "a=1").start();
     f.wait_ready();
     let conf = std::fs::read_to_string(f.config_path()).unwrap();
+    // metadata applies live; fence_after needs a restart (the declaration's reload classes).
     std::fs::write(
         f.config_path(),
-        conf.replace("metadata=a=1", "metadata=a=2,b=3"),
+        conf.replace("metadata=a=1", "metadata=a=2,b=3") + "fence_after=1s\n",
     )
     .unwrap();
     f.signal("HUP");
@@ -553,7 +554,23 @@ fn sighup_reloads_metadata_and_sigterm_exits_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(f.log().contains("metadata"), "{}", f.log());
+    let log = f.log();
+    let line = |key: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("SIGHUP: {key}: ")))
+            .unwrap_or_else(|| panic!("no SIGHUP line for {key}:\n{log}"))
+            .to_string()
+    };
+    let metadata = line("metadata");
+    assert!(
+        metadata.contains(r#""a=1" -> "a=2,b=3""#) && !metadata.contains("restart"),
+        "{metadata}"
+    );
+    let fence = line("fence_after");
+    assert!(
+        fence.contains(r#""500ms" -> "1s" (takes effect after a restart)"#),
+        "{fence}"
+    );
     f.signal("TERM");
     assert_eq!(f.wait_exit(Duration::from_secs(10)), Some(0), "{}", f.log());
     assert!(!f.socket().exists(), "socket removed on exit");
