@@ -222,6 +222,8 @@ struct Shared {
     status: watch::Sender<RegistryStatus>,
     /// Which endpoint sessions use (modulo their number); advanced when one fails.
     endpoint: AtomicUsize,
+    /// The endpoint [`Registry::connect_client`] handed out last (`usize::MAX`: none yet).
+    side_endpoint: AtomicUsize,
     /// A request failed as if the endpoint were bad: the session checks it at once.
     suspect: tokio::sync::Notify,
     /// The revision the agent wants the mirror proven synced to ([`Registry::want_synced`]).
@@ -314,6 +316,7 @@ impl Registry {
             client: RwLock::new(None),
             status,
             endpoint: AtomicUsize::new(random_u64() as usize),
+            side_endpoint: AtomicUsize::new(usize::MAX),
             suspect: tokio::sync::Notify::new(),
             want_synced: std::sync::atomic::AtomicI64::new(0),
             progress_wanted: tokio::sync::Notify::new(),
@@ -413,15 +416,28 @@ impl Registry {
     /// keeps its own connection, so a broken watch never delays a keep-alive).
     /// `timeout` bounds the attempt (short, so that a retry sends a fresh SYN soon after a network
     /// comes back instead of waiting for TCP's own retransmission).
+    ///
+    /// The connection goes to ONE endpoint (etcd-client would balance over all of them and keep
+    /// sending to a member without quorum): the watch session's the first time, the next one after it
+    /// on every later call (a caller connects again because the previous connection failed). When the
+    /// endpoint that failed is the session's, the session checks it at once.
     pub async fn connect_client(&self, timeout: Duration) -> Result<Client, RegistryError> {
         let opts = self.shared.opts();
+        let n = opts.endpoints.len().max(1);
+        let session = self.shared.endpoint.load(Ordering::Relaxed) % n;
+        let last = self.shared.side_endpoint.load(Ordering::Relaxed);
+        let idx = if last == usize::MAX {
+            session
+        } else {
+            if last % n == session {
+                self.shared.suspect.notify_one();
+            }
+            (last + 1) % n
+        };
+        self.shared.side_endpoint.store(idx, Ordering::Relaxed);
+        let endpoint = opts.endpoints.get(idx).cloned().unwrap_or_default();
         let copts = opts.connect_options()?.with_connect_timeout(timeout);
-        match tokio::time::timeout(
-            timeout,
-            Client::connect(opts.endpoints.clone(), Some(copts)),
-        )
-        .await
-        {
+        match tokio::time::timeout(timeout, Client::connect([endpoint], Some(copts))).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(classify(e)),
             Err(_) => Err(RegistryError::Unavailable(format!(
@@ -825,6 +841,10 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// How long the session's member may answer progress requests with a revision below one the cluster is
+/// known to have reached before the session moves to another member.
+const BEHIND_LIMIT: Duration = Duration::from_millis(300);
+
 /// How often the same reason for not reaching etcd is logged (at WARN or ERROR).
 const LOG_AGAIN: Duration = Duration::from_secs(60);
 
@@ -1119,6 +1139,10 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
     let mut last_message = tokio::time::Instant::now();
     let mut probe_sent: Option<tokio::time::Instant> = None;
     let mut progress_seen = 0i64;
+    // Since when this member's progress answers stay below a revision the cluster is known to have
+    // reached (a lease confirmation's, from another connection): the member is behind, most likely
+    // cut off from its quorum (it answers progress requests locally, from its own store).
+    let mut behind: Option<(tokio::time::Instant, i64, u32)> = None;
     let mut tick = tokio::time::interval(opts.probe_interval.min(t).max(Duration::from_millis(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1180,6 +1204,25 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
                 changed
             });
             let want = shared.want_synced.load(Ordering::Relaxed);
+            // Behind a fixed target (the revision wanted when it first fell behind: newer writes
+            // must not keep a healthy member "behind").
+            match &mut behind {
+                Some((_, target, _)) if progress_seen >= *target => behind = None,
+                Some((since, target, answers)) => {
+                    *answers += 1;
+                    if *answers >= 2 && since.elapsed() >= BEHIND_LIMIT {
+                        return Err(format!(
+                            "{endpoint} is behind the cluster (its revision {progress_seen} < {target} for {:?}): cut off from its quorum?",
+                            since.elapsed()
+                        )
+                        .into());
+                    }
+                }
+                None if progress_seen < want => {
+                    behind = Some((tokio::time::Instant::now(), want, 1));
+                }
+                None => {}
+            }
             if shared.status.borrow().synced < want && progress_seen >= want {
                 // One more notification proves `want` itself.
                 stream
