@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// F: how long a machine keeps running its claimed units after its last lease confirmation when the
-    /// witness committee does not support it. Default 500 ms.
+    /// witness committee does not support it. Default 1 s.
     pub fence_after: Duration,
     /// The lease TTL (`agent_ttl`): claims vanish with the lease; a machine stops its units before then
     /// whatever support it has, and a departed witness keeps its seat for that long.
@@ -27,7 +27,7 @@ pub struct Timing {
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing::new(Duration::from_millis(500), Duration::from_secs(30))
+        Timing::new(Duration::from_secs(1), Duration::from_secs(30))
     }
 }
 
@@ -114,9 +114,11 @@ mod tests {
     #[test]
     fn derived_timings_of_the_defaults() {
         let t = Timing::default();
-        assert_eq!(t.keepalive_period(), Duration::from_nanos(166_666_666));
-        assert_eq!(t.fenced_after(), Duration::from_millis(605));
+        assert_eq!(t.keepalive_period(), Duration::from_nanos(333_333_333));
+        assert_eq!(t.fenced_after(), Duration::from_millis(1110));
         assert_eq!(t.slow_fence_after(), Duration::from_millis(29_600));
+        assert_eq!(t.support_validity(), Duration::from_secs(4));
+        assert_eq!(t.vote_after_support(), Duration::from_millis(4140));
         assert!(t.check().is_ok());
     }
 

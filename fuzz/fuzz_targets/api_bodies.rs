@@ -1,14 +1,11 @@
 //! The API's request bodies: decoding a `PUT /units/{name}` or `PATCH /machines` body and validating
 //! what it holds (as the handlers do) never panics, whatever the bytes.
 //!
-//! The wire types are the server's own (`src/api/schema.rs`, which needs only serde and fleet-sched),
-//! included by path so that this build does not instrument fleetd's whole dependency tree.
+//! The wire types are the server's own (`fleet-api-types`, which needs only serde and fleet-sched), so
+//! this build does not instrument fleetd's whole dependency tree.
 #![no_main]
 
-#[allow(dead_code)]
-#[path = "../../src/api/schema.rs"]
-mod schema;
-
+use fleet_api_types as schema;
 use fleet_sched::{DesiredState, Requirements, UnitFile, UnitName};
 use libfuzzer_sys::fuzz_target;
 

@@ -400,6 +400,8 @@ struct GuardShared {
     committee: std::sync::Mutex<Option<Committee>>,
     /// For each witness, when this machine sent the latest support request it granted.
     granted: std::sync::Mutex<BTreeMap<MachineId, Time>>,
+    /// Wakes the guard writer when a grant arrives (the deadline it extends must be written at once).
+    granted_now: tokio::sync::Notify,
 }
 
 impl GuardShared {
@@ -448,6 +450,7 @@ async fn write_guard_loop(mut g: GuardInputs) {
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = g.shared.granted_now.notified() => {}
             r = g.lease.changed() => { if r.is_err() { return; } }
         }
         let now = clock::now();
@@ -460,14 +463,18 @@ async fn write_guard_loop(mut g: GuardInputs) {
                 Err(e) => tracing::error!("writing the fence deadline: {e}"),
             }
         }
-        // The lease unconfirmed for half a fence_after: ask for support.
+        // One keep-alive answer late: ask for support, every support_validity/3, or every keep-alive
+        // period while the support falls short.
         let unconfirmed = lease
             .confirmed_at(synced)
-            .is_none_or(|t| now.since(t) > g.timing.fence_after / 2);
-        if lease.id != 0
-            && unconfirmed
-            && last_round.is_none_or(|t| now.since(t) >= g.timing.support_validity() / 3)
-        {
+            .is_none_or(|t| now.since(t) > g.timing.keepalive_period() * 3 / 2);
+        let short = guard.vouch != fleet_decide::Vouch::Support;
+        let every = if short {
+            g.timing.keepalive_period()
+        } else {
+            g.timing.support_validity() / 3
+        };
+        if lease.id != 0 && unconfirmed && last_round.is_none_or(|t| now.since(t) >= every) {
             last_round = Some(now);
             ask_support(&g, lease.id);
         }
@@ -518,6 +525,7 @@ fn ask_support(g: &GuardInputs, lease: i64) {
             {
                 Some(Ok(relay::Response::Granted(true))) => {
                     lock(&shared.granted).insert(w, sent);
+                    shared.granted_now.notify_one();
                 }
                 other => tracing::debug!(witness = %w, ?other, "no support"),
             }

@@ -289,9 +289,11 @@ options! {
     /// machine taking a dead machine's units over waits until the holder is proven stopped: its
     /// last lease renewal + `1.01·fence_after + 100ms`, usually already past at gossip's down
     /// verdict. Raise it on networks with long blips (each step up delays failover by the same
-    /// amount); at least `100ms`, and well below `agent_ttl`.
+    /// amount once it exceeds gossip's detection time, about 1 s), lower it only with fast etcd
+    /// and machines that are never starved of CPU: a restarted fleetd must renew its lease within
+    /// it; at least `100ms`, and well below `agent_ttl`.
     fence_after: Duration {
-        default: Duration::from_millis(500),
+        default: Duration::from_secs(1),
         parse: |v| duration_at_least(v, Duration::from_millis(100)),
         meta: Meta::ours("DURATION", Restart),
     }

@@ -218,7 +218,9 @@ async fn keep(
     // A connection of our own: a keep-alive must not wait for the watch session to reconnect.
     let mut client: Option<etcd_client::Client> = None;
     let retry_max = (period / 2).max(Duration::from_millis(20));
-    let connect_timeout = (period * 2).max(Duration::from_millis(200));
+    // Short enough that a retry soon sends a fresh SYN after a network comes back, long enough for a TLS
+    // handshake and an etcd authentication (bcrypt) on a loaded machine.
+    let connect_timeout = (period * 3).max(Duration::from_secs(1));
     loop {
         let mut c = match client.clone() {
             Some(c) => c,
