@@ -8,3 +8,4 @@ pub mod clock;
 pub mod config;
 pub mod metrics;
 pub mod registry;
+pub mod reserved;

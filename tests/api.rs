@@ -852,3 +852,21 @@ fn served_documents_are_the_shared_wire_types() {
     assert!(r.json()["nextPageToken"].is_string());
     same::<t::UnitPage>(&r);
 }
+
+#[test]
+fn fleets_own_unit_names_are_refused() {
+    let etcd = Etcd::shared();
+    let f = Fleetd::start(&etcd);
+    for name in ["fleet.service", "fleet.socket", "fleet-guard.service"] {
+        let r = put(
+            &f,
+            name,
+            json!({"options": options("/bin/true"), "desiredState": "launched"}),
+        );
+        assert_error(&r, 400, "reserved");
+        assert_eq!(
+            http_get(f.socket(), &format!("/fleet/v1/units/{name}")).status,
+            404
+        );
+    }
+}

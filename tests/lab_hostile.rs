@@ -217,3 +217,156 @@ fn garbage_in_etcd_never_stops_a_running_unit() {
     });
     assert_ne!(etcd_lease(&fl, "/fleet/claims/h.service"), 0);
 }
+
+fn sh(fl: &FleetLab, i: usize, cmd: &str) -> String {
+    let out = fl.lab.sh(i, &["sh", "-c", cmd]).expect("sh in the lab");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// What `unit` runs on machine `i` (its ExecStart's command line) and its main PID.
+fn exec_and_pid(fl: &FleetLab, i: usize, unit: &str) -> (String, String) {
+    let exec = fl.show(i, unit, "ExecStart");
+    let argv = exec
+        .split_once("argv[]=")
+        .and_then(|(_, rest)| rest.split_once(" ;"))
+        .map(|(argv, _)| argv.to_string())
+        .unwrap_or(exec);
+    (argv, fl.show(i, unit, "MainPID"))
+}
+
+/// A fleet unit named like one of a machine's own services is refused there (with a reason fleetctl
+/// shows) and runs elsewhere; destroying it leaves the machine's service alone. fleet's own names are
+/// refused by the API. A file left in the units directory by hand is not fleet's: never stopped, and a
+/// fleet unit of its name is refused on that machine.
+#[test]
+fn fleet_never_shadows_stops_or_claims_a_unit_it_did_not_create() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let m1 = fl.machine_id(1);
+    // m1's own service.
+    fl.write_file(
+        1,
+        "/etc/systemd/system/hostsvc.service",
+        "[Service]\nExecStart=/bin/sleep 7777\n",
+    );
+    sh(
+        &fl,
+        1,
+        "systemctl daemon-reload && systemctl start hostsvc.service",
+    );
+    let host = exec_and_pid(&fl, 1, "hostsvc.service");
+    assert!(host.0.contains("7777") && host.1 != "0", "{host:?}");
+    let untouched = |fl: &FleetLab, what: &str| {
+        assert_eq!(exec_and_pid(fl, 1, "hostsvc.service"), host, "{what}");
+        assert_eq!(fl.active_state(1, "hostsvc.service"), "active", "{what}");
+        assert_eq!(
+            sh(fl, 1, "ls /run/systemd/system/hostsvc.service /run/fleet/units/hostsvc.service 2>/dev/null"),
+            "",
+            "{what}: fleet linked nothing on m1"
+        );
+    };
+
+    // Unpinned: it runs on m2.
+    fl.write_file(
+        1,
+        "/tmp/hostsvc.service",
+        "[Service]\nExecStart=/bin/sleep 8888\n",
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/hostsvc.service"]);
+    fl.wait_for("fleet's hostsvc.service runs on m2", WAIT, |fl| {
+        (fl.active_state(2, "hostsvc.service") == "active"
+            && fl.show(2, "hostsvc.service", "ExecStart").contains("8888"))
+        .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    untouched(&fl, "fleet's unit of the same name runs elsewhere");
+    let line = fl.fleetctl_ok(1, &["list-machines", "--no-legend", "--full"]);
+    assert!(line.contains(&m1), "{line}");
+    fl.fleetctl_ok(1, &["destroy", "hostsvc.service"]);
+    fl.wait_for("fleet's hostsvc.service gone from m2", WAIT, |fl| {
+        (fl.show(2, "hostsvc.service", "LoadState") == "not-found").then_some(())
+    });
+    untouched(&fl, "after destroy");
+    // Its claim released and its state no longer reported (so that the next start is judged afresh).
+    fl.wait_for("the old claim and state are gone", WAIT, |fl| {
+        let listed = fl.fleetctl_ok(1, &["list-units", "--no-legend"]);
+        (etcd_get(fl, "/fleet/claims/hostsvc.service").is_empty()
+            && !listed.contains("hostsvc.service"))
+        .then_some(())
+    });
+
+    // Pinned to m1: unplaceable, and fleetctl says why.
+    fl.write_file(
+        1,
+        "/tmp/hostsvc.service",
+        &format!("[Service]\nExecStart=/bin/sleep 8888\n\n[X-Fleet]\nMachineID={m1}\n"),
+    );
+    let out = fl.fleetctl(1, &["start", "--block-attempts=6", "/tmp/hostsvc.service"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("refuses its name") && text.contains("/etc/systemd/system/hostsvc.service"),
+        "{text}"
+    );
+    untouched(&fl, "pinned to the machine that refuses it");
+    fl.fleetctl_ok(1, &["destroy", "hostsvc.service"]);
+    std::thread::sleep(Duration::from_secs(2));
+    untouched(&fl, "after the pinned unit was destroyed");
+
+    // fleet's own names.
+    for name in ["fleet.service", "fleet.socket", "fleet-guard.service"] {
+        let path = format!("/tmp/{name}");
+        fl.write_file(1, &path, "[Service]\nExecStart=/bin/true\n");
+        let out = fl.fleetctl(1, &["submit", &path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("reserved"),
+            "{name}: {err}"
+        );
+    }
+    assert_eq!(fl.active_state(1, "fleet.service"), "active");
+
+    // A file left in the units directory by hand, linked and started by hand.
+    fl.write_file(
+        1,
+        "/run/fleet/units/stray.service",
+        "[Service]\nExecStart=/bin/sleep 9999\n",
+    );
+    sh(
+        &fl,
+        1,
+        "systemctl link --runtime /run/fleet/units/stray.service && systemctl start stray.service",
+    );
+    let stray = exec_and_pid(&fl, 1, "stray.service");
+    // Several safety passes (1 s each in the lab), and a restart of fleetd.
+    std::thread::sleep(Duration::from_secs(3));
+    sh(&fl, 1, "systemctl restart fleet.service");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(exec_and_pid(&fl, 1, "stray.service"), stray);
+    assert_eq!(fl.active_state(1, "stray.service"), "active");
+    // A fleet unit of that name does not take it over.
+    fl.write_file(
+        1,
+        "/tmp/stray.service",
+        "[Service]\nExecStart=/bin/sleep 1234\n",
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/stray.service"]);
+    fl.wait_for("fleet's stray.service runs on m2", WAIT, |fl| {
+        (fl.active_state(2, "stray.service") == "active").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(exec_and_pid(&fl, 1, "stray.service"), stray);
+    assert_eq!(
+        sh(&fl, 1, "cat /run/fleet/units/stray.service"),
+        "[Service]\nExecStart=/bin/sleep 9999"
+    );
+    // `systemctl stop fleet` stops fleet's units, not the stray one.
+    sh(&fl, 1, "systemctl stop fleet.service");
+    assert_eq!(exec_and_pid(&fl, 1, "stray.service"), stray);
+    untouched(&fl, "after fleetd stopped");
+}

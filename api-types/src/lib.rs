@@ -142,6 +142,15 @@ pub struct Machine {
     /// Its metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Extension (fleet v1 has no such field; its fleetctl ignores it): unit names this machine refuses,
+    /// and why (a unit fleet does not manage has that name there, or the name is reserved). Placement
+    /// keeps such units off it.
+    #[serde(
+        rename = "refusedUnits",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub refused_units: BTreeMap<String, String>,
 }
 
 /// `GET /machines` answer.

@@ -317,6 +317,7 @@ impl Sim {
             machine_infos.push(MachineInfo {
                 id: mid.clone(),
                 metadata: meta,
+                refused: Default::default(),
             });
             machines.push(Machine {
                 id: mid,

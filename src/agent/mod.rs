@@ -198,6 +198,20 @@ struct State {
     unit_count: usize,
     /// Why units placed here do not run (logged on change).
     waiting: BTreeMap<UnitName, Why>,
+    /// Unit names this machine refuses, and why: the registry's units whose name a unit fleet does not
+    /// manage has here, or that are reserved (announced, so that every agent's placement keeps them off
+    /// this machine).
+    refused: BTreeMap<UnitName, String>,
+    /// The units of this machine that are not fleet's, as last looked at.
+    host: Option<fleet_systemd::HostUnits>,
+    /// The unit names `host` was checked for (new names in the registry make it look again).
+    host_checked: BTreeSet<UnitName>,
+    /// Look at the host's units again on the next pass (the safety pass, a systemd reload).
+    host_stale: bool,
+    /// The refusals last announced.
+    announced_refused: BTreeMap<UnitName, String>,
+    /// Files in the units directory that fleet did not write (logged once each).
+    strays: BTreeSet<UnitName>,
 }
 
 async fn connect_systemd(opts: &AgentOptions) -> anyhow::Result<Systemd> {
@@ -286,9 +300,13 @@ async fn run(
             Err(e) => tracing::error!("cannot run the fence guard: {e:#}"),
         }
     }
-    // Only our units' events: a unit is ours while its file is in our units directory.
+    // Only our units' events: a unit is ours while its file in our units directory is one fleet wrote.
     let units_dir = systemd.local_unit_file_path("");
-    let ours = move |name: &str| units_dir.join(name).exists();
+    let ours = move |name: &str| fleet_systemd::written_by_fleet(&units_dir.join(name));
+    match systemd.unit_of_process(std::process::id()).await {
+        Ok(own) => crate::reserved::set_own_unit(&own),
+        Err(e) => tracing::debug!("cannot tell which unit fleetd runs as: {e}"),
+    }
     let mut events = systemd
         .subscribe_filtered(ours.clone())
         .await
@@ -338,6 +356,12 @@ async fn run(
         gossiped_units: None,
         unit_count: usize::MAX,
         waiting: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        host: None,
+        host_checked: BTreeSet::new(),
+        host_stale: true,
+        announced_refused: BTreeMap::new(),
+        strays: BTreeSet::new(),
     };
     st.read_current().await;
     let mut generation = st.lease.status().generation;
@@ -369,7 +393,11 @@ async fn run(
                     crate::metrics::global().job_removed(&unit, result.is_success());
                     continue;
                 }
-                Some(Event::Reloaded) => continue,
+                Some(Event::Reloaded) => {
+                    // Units of the machine may have come or gone (a package installed, say).
+                    st.host_stale = true;
+                    continue;
+                }
                 Some(Event::Disconnected) | None => {
                     tracing::warn!("lost the connection to systemd; reconnecting");
                     st.systemd = st.systemd.reconnect_with_backoff(Duration::from_secs(3600)).await
@@ -383,6 +411,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
         if full {
             st.read_current().await;
+            st.host_stale = true;
         }
         st.pass().await;
     }
@@ -562,6 +591,12 @@ impl State {
                     continue;
                 };
                 match tokio::fs::read_to_string(e.path()).await {
+                    Ok(text) if !fleet_systemd::is_marked(&text) => {
+                        // Not fleet's (left there by hand, say): never stopped, unloaded or relayed.
+                        if self.strays.insert(name.clone()) {
+                            tracing::warn!(unit = %name, file = %e.path().display(), "a unit file fleet did not write is in its units directory: left alone");
+                        }
+                    }
                     Ok(text) => match UnitFile::parse(&text) {
                         Ok(f) => {
                             loaded.insert(name, f.hash());
@@ -704,6 +739,7 @@ impl State {
         if lease.lease.id == 0 {
             return;
         }
+        self.update_refusals(&snap).await;
         if !self.announce(&lease).await {
             // Another agent holds our machine ID: claim nothing, run nothing claimed.
             self.apply(BTreeMap::new(), &snap).await;
@@ -720,6 +756,50 @@ impl State {
         self.run_votes(&committee).await;
         let target = self.decide_all(&snap, &g, &committee, &lease, now).await;
         self.apply(target, &snap).await;
+    }
+
+    /// Recomputes the unit names this machine refuses (see [`State::refused`]): the registry's active
+    /// units whose name is reserved or taken here by a unit fleet does not manage. Looks at the host's
+    /// units again when asked to (safety pass, systemd reload) or when the registry names units not
+    /// looked for yet.
+    async fn update_refusals(&mut self, snap: &Snapshot) {
+        let names: BTreeSet<UnitName> = snap
+            .units
+            .iter()
+            .filter(|u| !u.name.is_template() && u.desired_state != DesiredState::Inactive)
+            .map(|u| u.name.clone())
+            .collect();
+        let unchecked = names.iter().any(|n| !self.host_checked.contains(n));
+        if self.host_stale || unchecked || self.host.is_none() {
+            match self.systemd.host_units().await {
+                Ok(h) => {
+                    self.host = Some(h);
+                    self.host_stale = false;
+                    self.host_checked = names.clone();
+                }
+                Err(e) => tracing::warn!("listing this machine's own units: {e}"),
+            }
+        }
+        let host = self.host.as_ref();
+        let refused: BTreeMap<UnitName, String> = names
+            .into_iter()
+            .filter_map(|n| {
+                let why = crate::reserved::reserved(n.as_str())
+                    .or_else(|| host.and_then(|h| h.foreign(n.as_str())))?;
+                Some((n, why))
+            })
+            .collect();
+        for (n, why) in &refused {
+            if self.refused.get(n) != Some(why) {
+                tracing::warn!(unit = %n, "refused on this machine: {why}; fleet leaves the machine's own unit alone and runs {n} elsewhere");
+            }
+        }
+        for n in self.refused.keys() {
+            if !refused.contains_key(n) {
+                tracing::info!(unit = %n, "no longer refused on this machine");
+            }
+        }
+        self.refused = refused;
     }
 
     /// Asks etcd about the leases the last pass wanted to know about.
@@ -814,7 +894,7 @@ impl State {
     /// another live agent holds our machine ID.
     async fn announce(&mut self, lease: &LeaseStatus) -> bool {
         let key = (lease.lease.id, lease.generation);
-        if self.announced == Some(key) {
+        if self.announced == Some(key) && self.announced_refused == self.refused {
             return true;
         }
         let local = self.cluster.local_machine();
@@ -824,6 +904,11 @@ impl State {
             metadata: local.metadata,
             version: env!("CARGO_PKG_VERSION").to_string(),
             gossip_addr: self.cluster.gossip().map(|g| g.identity().addr),
+            refused: self
+                .refused
+                .iter()
+                .map(|(n, why)| (n.to_string(), why.clone()))
+                .collect(),
         };
         self.publish_metadata();
         match self.registry.announce(&rec, lease.lease.id).await {
@@ -833,6 +918,7 @@ impl State {
                     self.cluster.set_identity_conflict(None);
                 }
                 self.announced = Some(key);
+                self.announced_refused = self.refused.clone();
                 if let Err(e) = self.registry.clear_restarting(&self.opts.machine).await {
                     tracing::debug!("clearing the restarting mark: {e}");
                 }
@@ -928,6 +1014,9 @@ impl State {
         let mut waiting = BTreeMap::new();
         for name in names {
             let placement = match (plan.decision(&name), wanted.get(&name)) {
+                // A name this machine refuses is never fleet's here, whatever a plan made before
+                // the refusal was announced says.
+                _ if self.refused.contains_key(&name) => Placement::NotHere,
                 (Some(Decision::On(m)), Some(_)) if *m == me => Placement::Here,
                 (Some(Decision::Global(ms)), Some(_)) if ms.contains(&me) => Placement::GlobalHere,
                 _ => Placement::NotHere,
@@ -1210,6 +1299,17 @@ impl State {
 
     async fn run_task(&mut self, task: &Task, snap: &Snapshot) -> anyhow::Result<()> {
         match task {
+            // Ownership is checked on disk right before a unit is touched: a file fleet did not write
+            // (or no file) means the unit is not fleet's, and it is left alone.
+            Task::Stop(n, _) | Task::Unload(n, _) if !self.systemd.owns(n.as_str()) => {
+                tracing::warn!(unit = %n, "{task}: not done, the unit is not fleet's (its file was not written by fleetd)");
+                self.loaded.remove(n);
+                self.states.remove(n);
+                self.started.remove(n);
+            }
+            Task::Load(n, ..) if self.refused.contains_key(n) => {
+                anyhow::bail!("{n} is refused on this machine: {}", self.refused[n]);
+            }
             Task::Stop(n, _) => {
                 let stop = self.systemd.stop_unit_and_wait(n.as_str());
                 crate::metrics::global()

@@ -268,6 +268,13 @@ impl Responder {
         Some(Response::Granted(w.service.support(&machine, lease)))
     }
 
+    /// Whether fleet manages unit `name` on this machine: its file in the units directory is one fleet
+    /// wrote (recorded by its first line, see `fleet_systemd::OWNER_MARKER`; a file left there by hand
+    /// is not fleet's).
+    pub fn manages(&self, name: &UnitName) -> bool {
+        fleet_systemd::written_by_fleet(&self.units_directory.join(name.as_str()))
+    }
+
     /// Applies metadata changes to `cluster`'s local machine.
     pub fn with_cluster(mut self, cluster: Arc<dyn ClusterView>) -> Responder {
         self.cluster = Some(cluster);
@@ -388,8 +395,9 @@ impl Responder {
 }
 
 /// Makes this machine answer requests from its peers through `responder`: status, journal and
-/// restart for the units fleet manages here only (those with a file in its units directory; a peer
-/// cannot read or restart the machine's other services: sshd, etcd, ...), and metadata changes.
+/// restart for the units fleet manages here only ([`Responder::manages`]: a peer cannot read or restart
+/// the machine's other services, sshd, etcd, ..., nor a file left in the units directory by hand), and
+/// metadata changes.
 pub fn install(gossip: &GossipHandle, responder: Arc<Responder>) {
     gossip.set_request_handler(move |from: SocketAddr, request: Vec<u8>| {
         let responder = responder.clone();
@@ -397,7 +405,7 @@ pub fn install(gossip: &GossipHandle, responder: Arc<Responder>) {
             if let Ok(r) = Request::decode(&request) {
                 if let Some(unit) = r.unit() {
                     let managed = UnitName::parse(unit)
-                        .map(|n| responder.units_directory.join(n.as_str()).exists())
+                        .map(|n| responder.manages(&n))
                         .unwrap_or(true); // invalid names get their own error below
                     if !managed {
                         return Ok(Response::Error(format!(
@@ -792,6 +800,26 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn only_units_whose_file_fleet_wrote_are_managed() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Responder::new(MachineId::parse("m1").unwrap(), false, dir.path().into());
+        let unit = "[Service]\nExecStart=/bin/true\n";
+        std::fs::write(
+            dir.path().join("ours.service"),
+            format!("{}\n{unit}", fleet_systemd::OWNER_MARKER),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("stray.service"), unit).unwrap();
+        let n = |s: &str| UnitName::parse(s).unwrap();
+        assert!(r.manages(&n("ours.service")));
+        assert!(
+            !r.manages(&n("stray.service")),
+            "a file fleet did not write"
+        );
+        assert!(!r.manages(&n("sshd.service")), "no file at all");
     }
 
     #[test]

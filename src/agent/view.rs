@@ -338,7 +338,8 @@ impl AgentCluster {
             }
         }
         // A machine whose agent is restarting keeps its units: count it live while its old lease lasts.
-        if let Ok(snap) = self.registry.snapshot() {
+        let snap = self.registry.snapshot().ok();
+        if let Some(snap) = &snap {
             for id in &snap.restarting {
                 if machines.iter().any(|m| m.id == *id) {
                     continue;
@@ -349,9 +350,18 @@ impl AgentCluster {
             }
             machines.sort_by(|a, b| a.id.cmp(&b.id));
         }
+        // The unit names each machine refuses: from its announcement, so that every agent (and the
+        // API) plans with the same set.
+        let refused = |id: &MachineId| {
+            snap.as_ref()
+                .and_then(|s| s.machines.get(id))
+                .map(|m| m.record.refused_units())
+                .unwrap_or_default()
+        };
         machines
             .into_iter()
             .map(|m| placement::MachineInfo {
+                refused: refused(&m.id),
                 id: m.id,
                 metadata: m.metadata,
             })

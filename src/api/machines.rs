@@ -26,11 +26,17 @@ pub(super) async fn list(
 ) -> Result<Json<schema::MachinePage>, ApiError> {
     let token = PageToken::from_query(&q.all("nextPageToken"), st.token_limit())
         .map_err(ApiError::bad_request)?;
+    let snap = st.registry.snapshot().ok();
     let machines: Vec<schema::Machine> = st
         .cluster
         .machines()
         .into_iter()
         .map(|m| schema::Machine {
+            refused_units: snap
+                .as_ref()
+                .and_then(|s| s.machines.get(&m.id))
+                .map(|a| a.record.refused.clone())
+                .unwrap_or_default(),
             id: m.id.to_string(),
             primary_ip: m.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             metadata: m.metadata,

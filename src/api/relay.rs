@@ -361,6 +361,11 @@ fn plan(snap: &Snapshot, machines: &[MachineInfo]) -> Plan {
         .map(|m| placement::MachineInfo {
             id: m.id.clone(),
             metadata: m.metadata.clone(),
+            refused: snap
+                .machines
+                .get(&m.id)
+                .map(|a| a.record.refused_units())
+                .unwrap_or_default(),
         })
         .collect();
     let live = |id: &MachineId| machines.iter().any(|m| m.id == *id);

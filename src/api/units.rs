@@ -102,6 +102,9 @@ pub(super) async fn set(
         )));
     }
     let name = UnitName::parse(&su.name).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if let Some(why) = crate::reserved::reserved(name.as_str()) {
+        return Err(ApiError::bad_request(why));
+    }
     let desired = if su.desired_state.is_empty() {
         None
     } else {

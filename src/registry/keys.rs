@@ -144,6 +144,24 @@ pub struct MachineRecord {
         skip_serializing_if = "Option::is_none"
     )]
     pub gossip_addr: Option<std::net::SocketAddr>,
+    /// Unit names this machine refuses, and why (a unit fleet does not manage has that name there, or
+    /// the name is reserved): every agent's placement keeps such units off it.
+    #[serde(
+        rename = "refusedUnits",
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty"
+    )]
+    pub refused: std::collections::BTreeMap<String, String>,
+}
+
+impl MachineRecord {
+    /// [`MachineRecord::refused`] with the names that parse (others cannot name a unit anyway).
+    pub fn refused_units(&self) -> std::collections::BTreeMap<UnitName, String> {
+        self.refused
+            .iter()
+            .filter_map(|(n, why)| Some((UnitName::parse(n).ok()?, why.clone())))
+            .collect()
+    }
 }
 
 #[cfg(test)]

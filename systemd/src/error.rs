@@ -49,6 +49,10 @@ pub enum Error {
         /// The underlying error.
         source: Box<zbus::Error>,
     },
+    /// The unit's file in the units directory (or its runtime link) was not written by fleet: fleet
+    /// leaves it alone (see [`crate::OWNER_MARKER`]).
+    #[error("{0} is not fleet's: its file in the units directory was not written by fleetd")]
+    NotFleets(String),
     /// Writing or removing a unit file failed; systemd was not told.
     #[error("{path}: {source}")]
     Io {

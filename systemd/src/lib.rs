@@ -1,6 +1,6 @@
 //! The systemd Manager over D-Bus (zbus, tokio): what fleet's agent does to the local systemd.
 //!
-//! - [`Systemd::load_unit`] writes a unit file into the units directory (default
+//! - [`Systemd::load_unit`] writes a unit file (marked as fleet's: [`OWNER_MARKER`]) into the units directory (default
 //!   `/run/fleet/units`), links it as a runtime unit (`linked-runtime`), enables it at runtime when
 //!   it has an `[Install]` section (`enabled-runtime`) and reloads; [`Systemd::unload_unit`] undoes it.
 //! - [`Systemd::start_unit`] / [`Systemd::stop_unit`] / [`Systemd::restart_unit`] queue jobs with
@@ -38,6 +38,7 @@ mod events;
 mod fence;
 mod manager;
 mod names;
+mod owner;
 mod state;
 
 pub use error::{Error, Result};
@@ -50,4 +51,5 @@ pub use names::{
     escape_bus_label, has_install_section, unescape_bus_label, unit_name_from_path,
     unit_object_path, validate_unit_name,
 };
+pub use owner::{is_marked, written_by_fleet, HostUnits, OWNER_MARKER};
 pub use state::{ActiveState, JobResult, LoadState, UnitState};

@@ -71,6 +71,7 @@ pub(crate) trait Manager {
     ) -> zbus::Result<Vec<UnitFileChange>>;
     fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<ListedUnit>>;
+    fn list_units(&self) -> zbus::Result<Vec<ListedUnit>>;
     #[zbus(name = "GetUnitByPID")]
     fn get_unit_by_pid(&self, pid: u32) -> zbus::Result<OwnedObjectPath>;
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
@@ -273,16 +274,48 @@ impl Systemd {
             .join(dir.strip_prefix("/").unwrap_or(dir))
     }
 
+    /// Refuses to touch unit `name` unless its file in the units directory was written by fleet, or
+    /// there is none and its runtime link (if any) is fleet's.
+    async fn check_ours(&self, name: &str) -> Result<()> {
+        let file = self.local_unit_file_path(name);
+        let path = file.clone();
+        let ours = self.unit_file_path(name);
+        let link = self.config().fs_root.join("run/systemd/system").join(name);
+        let ok = tokio::task::spawn_blocking(move || match std::fs::symlink_metadata(&path) {
+            Ok(_) => crate::owner::written_by_fleet(&path),
+            Err(_) => match std::fs::read_link(&link) {
+                Ok(target) => target == ours,
+                Err(_) => std::fs::symlink_metadata(&link).is_err(),
+            },
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::NotFleets(name.to_string()))
+        }
+    }
+
     /// Writes unit `name` (atomically: temp file + rename) into the units directory, links it into
     /// systemd as a runtime unit (`LinkUnitFiles(runtime, force)`), enables it at runtime when
     /// `enable` (pass [`crate::has_install_section`] of the contents), then reloads systemd
     /// (see [`ReloadPolicy`]). Loading a unit again replaces it. Does not start it.
+    ///
+    /// The file starts with [`crate::OWNER_MARKER`]. A unit whose file (or runtime link) fleet did not
+    /// write is refused with [`Error::NotFleets`] and left alone.
     pub async fn load_unit(&self, name: &str, contents: &str, enable: bool) -> Result<()> {
         validate_unit_name(name)?;
+        self.check_ours(name).await?;
         let reload = enable
             || self.inner.config.reload == ReloadPolicy::Always
             || self.unit_state(name).await?.load_state != LoadState::NotFound;
-        write_atomic(&self.local_units_directory(), name, contents).await?;
+        write_atomic(
+            &self.local_units_directory(),
+            name,
+            &crate::owner::marked(contents),
+        )
+        .await?;
         let file = self.unit_file_path(name);
         let file = file.to_str().expect("checked UTF-8 at connect");
         let m = &self.inner.manager;
@@ -302,9 +335,11 @@ impl Systemd {
 
     /// Undoes [`Systemd::load_unit`]: disables and unlinks the unit (`DisableUnitFiles(runtime)`
     /// removes both the `enable` and the `link` symlinks), removes its file, reloads systemd.
-    /// Does not stop it: stop first, or it keeps running as a `not-found` unit.
+    /// Does not stop it: stop first, or it keeps running as a `not-found` unit. A unit fleet did not
+    /// write is refused with [`Error::NotFleets`] and left alone.
     pub async fn unload_unit(&self, name: &str) -> Result<()> {
         validate_unit_name(name)?;
+        self.check_ours(name).await?;
         match self.inner.manager.disable_unit_files(&[name], true).await {
             Ok(_) => {}
             // Never loaded (or already unloaded): nothing to disable.
@@ -478,7 +513,7 @@ impl Systemd {
         Ok(out)
     }
 
-    /// States of the units whose files are in the units directory (sorted by name).
+    /// States of the units whose files fleet wrote into the units directory (sorted by name).
     pub async fn list_fleet_units(&self) -> Result<Vec<(String, UnitState)>> {
         let dir = self.local_units_directory();
         let mut names = Vec::new();
@@ -487,7 +522,9 @@ impl Systemd {
                 match entries.next_entry().await {
                     Ok(Some(e)) => {
                         if let Some(n) = e.file_name().to_str() {
-                            if validate_unit_name(n).is_ok() {
+                            if validate_unit_name(n).is_ok()
+                                && crate::owner::written_by_fleet(&e.path())
+                            {
                                 names.push(n.to_string());
                             }
                         }
@@ -521,6 +558,18 @@ impl Systemd {
             })
     }
 
+    /// The name of the unit that contains process `pid` (`GetUnitByPID`, then its `Id`).
+    pub async fn unit_of_process(&self, pid: u32) -> Result<String> {
+        let unit = self
+            .inner
+            .manager
+            .get_unit_by_pid(pid)
+            .await
+            .map_err(|e| Error::from_call("GetUnitByPID", &pid.to_string(), e))?;
+        self.property(unit.as_str(), "org.freedesktop.systemd1.Unit", "Id")
+            .await
+    }
+
     /// The type of the job systemd has queued for the unit that contains process `pid` (`"restart"`,
     /// `"stop"`, ...), or `None` when there is none. fleetd asks this about itself on SIGTERM: a
     /// `restart` job means "come back", so it leaves its units running; a `stop` means "leave".
@@ -543,7 +592,7 @@ impl Systemd {
         Ok(Some(kind))
     }
 
-    async fn property<T>(&self, path: &str, iface: &str, name: &str) -> Result<T>
+    pub(crate) async fn property<T>(&self, path: &str, iface: &str, name: &str) -> Result<T>
     where
         T: TryFrom<OwnedValue>,
         T::Error: std::fmt::Display,

@@ -25,7 +25,10 @@ async fn a_loaded_unit_starts_shows_running_with_its_main_pid_then_stops_and_unl
 
     sd.load_unit(name, SLEEPER, false).await.unwrap();
     let local = sd.local_unit_file_path(name);
-    assert_eq!(std::fs::read_to_string(&local).unwrap(), SLEEPER);
+    assert_eq!(
+        std::fs::read_to_string(&local).unwrap(),
+        format!("{}\n{SLEEPER}", fleet_systemd::OWNER_MARKER)
+    );
     assert_eq!(
         sd.unit_file_path(name),
         Path::new("/run/fleet/units/t-lifecycle.service")
@@ -123,7 +126,7 @@ async fn a_unit_with_an_install_section_is_enabled_at_runtime_and_disabled_on_un
     sd.load_unit(name, &unit2, true).await.unwrap();
     assert_eq!(
         std::fs::read_to_string(sd.local_unit_file_path(name)).unwrap(),
-        unit2
+        format!("{}\n{unit2}", fleet_systemd::OWNER_MARKER)
     );
     assert_eq!(sd.start_unit_and_wait(name).await.unwrap(), JobResult::Done);
     let cmdline = lab
@@ -351,4 +354,88 @@ async fn lazy_reload_loads_new_units_without_a_reload_and_reloads_changed_ones()
     assert_eq!(stale.trim(), "no");
     sd.stop_unit_and_wait(name).await.unwrap();
     sd.unload_unit(name).await.unwrap();
+}
+
+#[tokio::test]
+async fn units_fleet_did_not_write_are_left_alone_and_named_by_host_units() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let config_dir = "/run/fleet/units-owner-test";
+    let sd = fleet_systemd::Systemd::connect(
+        fleet_systemd::Config::new(fleet_systemd::Bus::Address(lab.bus_address(1).unwrap()))
+            .fs_root(lab.machine_root(1).unwrap())
+            .units_directory(config_dir),
+    )
+    .await
+    .unwrap();
+    let root = lab.machine_root(1).unwrap();
+    // A file dropped into the units directory by hand, linked and started by hand.
+    let stray = root.join("run/fleet/units-owner-test/t-stray.service");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, SLEEPER).unwrap();
+    lab.sh_ok(
+        1,
+        &[
+            "systemctl",
+            "link",
+            "--runtime",
+            "/run/fleet/units-owner-test/t-stray.service",
+        ],
+    )
+    .unwrap();
+    lab.sh_ok(1, &["systemctl", "start", "t-stray.service"])
+        .unwrap();
+    // The machine's own unit in /etc.
+    let host = root.join("etc/systemd/system/t-hostsvc.service");
+    std::fs::write(&host, SLEEPER).unwrap();
+    lab.sh_ok(1, &["systemctl", "daemon-reload"]).unwrap();
+
+    assert!(!sd.owns("t-stray.service"));
+    assert!(sd.list_fleet_units().await.unwrap().is_empty());
+    assert!(matches!(
+        sd.load_unit("t-stray.service", SLEEPER, false).await,
+        Err(Error::NotFleets(_))
+    ));
+    assert!(matches!(
+        sd.unload_unit("t-stray.service").await,
+        Err(Error::NotFleets(_))
+    ));
+    assert_eq!(std::fs::read_to_string(&stray).unwrap(), SLEEPER);
+    assert_eq!(
+        sd.unit_state("t-stray.service").await.unwrap().active_state,
+        ActiveState::Active
+    );
+
+    sd.load_unit("t-mine.service", SLEEPER, false)
+        .await
+        .unwrap();
+    assert!(sd.owns("t-mine.service"));
+    sd.start_unit_and_wait("t-mine.service").await.unwrap();
+    let h = sd.host_units().await.unwrap();
+    assert!(
+        h.foreign("t-mine.service").is_none(),
+        "fleet's own unit and link"
+    );
+    let why = h.foreign("t-stray.service").expect("a stray file");
+    assert!(why.contains("did not write"), "{why}");
+    let why = h.foreign("t-hostsvc.service").expect("a unit in /etc");
+    assert!(
+        why.contains("/etc/systemd/system/t-hostsvc.service"),
+        "{why}"
+    );
+    assert!(h.foreign("dbus.service").is_some(), "a distro service");
+    assert!(h.foreign("-.mount").is_some(), "a unit systemd made itself");
+    assert!(h.foreign("t-nothing.service").is_none());
+
+    sd.stop_unit_and_wait("t-mine.service").await.unwrap();
+    sd.unload_unit("t-mine.service").await.unwrap();
+    lab.sh_ok(1, &["systemctl", "stop", "t-stray.service"])
+        .unwrap();
+    lab.sh_ok(1, &["systemctl", "disable", "--runtime", "t-stray.service"])
+        .unwrap();
+    std::fs::remove_file(&stray).unwrap();
+    std::fs::remove_file(&host).unwrap();
+    lab.sh_ok(1, &["systemctl", "daemon-reload"]).unwrap();
 }

@@ -22,6 +22,7 @@ pub(crate) fn machine(id: &str, ip: &str, meta: &[(&str, &str)]) -> Machine {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        refused_units: Default::default(),
     }
 }
 

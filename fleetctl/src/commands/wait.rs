@@ -162,6 +162,11 @@ pub fn explain_unplaced(
             let id = MachineId::parse(&m.id).ok()?;
             let mut info = MachineInfo::new(id);
             info.metadata = m.metadata.clone();
+            info.refused = m
+                .refused_units
+                .iter()
+                .filter_map(|(n, why)| Some((UnitName::parse(n).ok()?, why.clone())))
+                .collect();
             Some(info)
         })
         .collect();

@@ -40,6 +40,8 @@
 //! - Machines are tried by load (units placed there, global units included), ties broken by machine ID;
 //!   the first machine that satisfies every requirement wins.
 //! - `MachineID=`: only the machine whose full or 8-character short ID matches.
+//! - A machine that refuses the unit's name ([`MachineInfo::refused`]: a unit fleet does not manage has
+//!   that name there) never gets it, global or not, claimed there or not.
 //! - `MachineMetadata=`: values of one key are OR'ed, keys AND'ed, exact match.
 //! - `MachineOf=`: only the machine where every named unit is placed (a global target counts on every
 //!   machine it runs on). Followers are decided after their targets, so they move with them. Units in a
@@ -111,6 +113,11 @@ pub struct MachineInfo {
     pub id: MachineId,
     /// Its `k=v` metadata (fleetd's `metadata` setting, or changed at run time through the API).
     pub metadata: BTreeMap<String, String>,
+    /// Unit names this machine refuses, and why: a unit fleet does not manage has that name there (a
+    /// distro service, the machine's own units, fleetd's own), or the name is reserved. Its agent
+    /// announces them (in etcd, so that every agent plans with the same set); no unit of such a name is
+    /// placed there.
+    pub refused: BTreeMap<UnitName, String>,
 }
 
 impl MachineInfo {
@@ -119,7 +126,14 @@ impl MachineInfo {
         MachineInfo {
             id,
             metadata: BTreeMap::new(),
+            refused: BTreeMap::new(),
         }
+    }
+
+    /// Adds a unit name this machine refuses, and why.
+    pub fn refusing(mut self, unit: UnitName, why: &str) -> MachineInfo {
+        self.refused.insert(unit, why.to_owned());
+        self
     }
 
     /// Adds (or replaces) one metadata pair.
@@ -226,6 +240,17 @@ pub enum Reason {
     /// A `MachineOf=` unit is unknown, inactive or itself not placed.
     #[error("MachineOf={0} is not placed on any machine")]
     MachineOfNotPlaced(String),
+    /// Every machine allowed by the other requirements refuses the unit's name (a unit fleet does not
+    /// manage has that name there, or the name is reserved).
+    #[error("every one of the {machines} machine(s) it may run on refuses its name (e.g. {machine}: {why})")]
+    NameRefused {
+        /// How many machines satisfied the other requirements.
+        machines: usize,
+        /// The first of them, by ID.
+        machine: MachineId,
+        /// Why it refuses the name.
+        why: String,
+    },
     /// The unit is part of a `MachineOf=` cycle (each must follow another).
     #[error("MachineOf forms a cycle: {}", names(.0))]
     MachineOfCycle(Vec<UnitName>),

@@ -11,7 +11,7 @@ impl Plan {
     /// simulations; it costs `O(units² + units × machines)`.
     ///
     /// Checked: every active unit (and no other) has a decision; a placed unit is on a live machine that
-    /// satisfies `MachineID=`, `MachineMetadata=` and `MachineOf=`, and shares it with no unit it conflicts
+    /// satisfies `MachineID=`, `MachineMetadata=` and `MachineOf=` and does not refuse its name, and shares it with no unit it conflicts
     /// with (either way) or replaces (either way, circular `Replaces=` ignored); a global unit is on exactly
     /// the eligible machines minus those where a unit it conflicts with runs; an unplaceable unit without
     /// `MachineOf=` could not have been put on any machine.
@@ -87,6 +87,7 @@ impl Plan {
                 .required_machine()
                 .is_none_or(|id| m.id.matches(id))
                 && u.requirements.metadata_matches(&m.metadata)
+                && !m.refused.contains_key(&u.name)
         };
         for (name, u) in &active {
             let Some(d) = self.decisions.get(*name) else {

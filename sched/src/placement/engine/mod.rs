@@ -103,6 +103,8 @@ pub(super) struct Scheduler<'a> {
     replaced_by: Vec<Vec<u32>>,
     /// Claim on a live machine, or `NONE`.
     claim: Vec<u32>,
+    /// Machines that refuse each unit's name (sorted; empty for almost every unit).
+    refused: Vec<Vec<u32>>,
     decision: Vec<Option<Dec>>,
     /// Machine of each placed non-global unit, or `NONE`.
     at: Vec<u32>,
@@ -193,6 +195,14 @@ impl<'a> Scheduler<'a> {
             .iter()
             .map(|u| u.requirements.validate().err())
             .collect();
+        let mut refused = vec![Vec::new(); n];
+        for (mi, m) in machines.iter().enumerate() {
+            for name in m.refused.keys() {
+                if let Some(&u) = by_name.get(name.as_str()) {
+                    refused[u as usize].push(mi as u32);
+                }
+            }
+        }
         let claim = units
             .iter()
             .map(|u| match &u.claim {
@@ -214,6 +224,7 @@ impl<'a> Scheduler<'a> {
             replaces: vec![Vec::new(); n],
             replaced_by: vec![Vec::new(); n],
             claim,
+            refused,
             decision: (0..n).map(|_| None).collect(),
             at: vec![NONE; n],
             load: vec![0; machines.len()],
@@ -423,8 +434,34 @@ impl<'a> Scheduler<'a> {
         out
     }
 
-    /// `MachineID=` and `MachineMetadata=` allow `m`.
+    /// `MachineID=` and `MachineMetadata=` allow `m`, and `m` does not refuse the unit's name.
     fn static_ok(&self, u: u32, m: u32) -> bool {
+        self.requirements_allow(u, m) && !self.refuses(m, u)
+    }
+
+    /// Whether machine `m` refuses the name of unit `u`.
+    fn refuses(&self, m: u32, u: u32) -> bool {
+        self.refused[u as usize].binary_search(&m).is_ok()
+    }
+
+    /// Why `u` cannot go to any of `allowed` (machines its requirements allow, sorted, not empty),
+    /// which all refuse its name.
+    fn refused_reason(&self, u: u32, allowed: &[u32]) -> Reason {
+        let m = allowed[0];
+        let unit = &self.units[u as usize].name;
+        Reason::NameRefused {
+            machines: allowed.len(),
+            machine: self.machines[m as usize].id.clone(),
+            why: self.machines[m as usize]
+                .refused
+                .get(unit)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// `MachineID=` and `MachineMetadata=` allow `m`.
+    fn requirements_allow(&self, u: u32, m: u32) -> bool {
         if let Some(id) = self.req(u).required_machine() {
             if !self.machines[m as usize].id.matches(id) {
                 return false;
@@ -615,11 +652,20 @@ impl<'a> Scheduler<'a> {
         None
     }
 
-    /// Every machine `MachineID=` and `MachineMetadata=` allow, sorted.
+    /// Every machine `MachineID=` and `MachineMetadata=` allow and that does not refuse the name, sorted.
     fn static_candidates(&self, u: u32) -> Vec<u32> {
+        let mut ms = self.allowed_machines(u);
+        if !self.refused[u as usize].is_empty() {
+            ms.retain(|&m| !self.refuses(m, u));
+        }
+        ms
+    }
+
+    /// Every machine `MachineID=` and `MachineMetadata=` allow, sorted.
+    fn allowed_machines(&self, u: u32) -> Vec<u32> {
         if let Some(id) = self.req(u).required_machine() {
             let mut ids = self.id_matches(id);
-            ids.retain(|&m| self.static_ok(u, m));
+            ids.retain(|&m| self.requirements_allow(u, m));
             return ids;
         }
         match &self.classes[self.class_of[u as usize] as usize].eligible {
@@ -628,9 +674,10 @@ impl<'a> Scheduler<'a> {
         }
     }
 
-    /// The first (by ID) of the machines `MachineID=` and `MachineMetadata=` allow, and their number.
+    /// The first (by ID) of the machines `MachineID=` and `MachineMetadata=` allow and that do not refuse
+    /// the name, and their number.
     fn static_span(&self, u: u32) -> (Option<u32>, usize) {
-        if self.req(u).required_machine().is_some() {
+        if self.req(u).required_machine().is_some() || !self.refused[u as usize].is_empty() {
             let ids = self.static_candidates(u);
             return (ids.first().copied(), ids.len());
         }
@@ -651,6 +698,12 @@ impl<'a> Scheduler<'a> {
     /// [`Scheduler::unplaceable`] from the first candidate and the number of candidates.
     fn unplaceable_span(&self, u: u32, (first, count): (Option<u32>, usize)) -> Dec {
         let Some(m) = first else {
+            if !self.refused[u as usize].is_empty() {
+                let allowed = self.allowed_machines(u);
+                if !allowed.is_empty() {
+                    return Dec::Unplaceable(self.refused_reason(u, &allowed));
+                }
+            }
             let considered = match self.req(u).required_machine() {
                 Some(id) => self.id_matches(id).len(),
                 None => self.machines.len(),

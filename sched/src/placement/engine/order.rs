@@ -362,6 +362,9 @@ impl<'a> Scheduler<'a> {
             if !in_within(m) {
                 return apart();
             }
+            if self.requirements_allow(u, m) && self.refuses(m, u) {
+                return Dec::Unplaceable(self.refused_reason(u, &[m]));
+            }
             if !self.static_ok(u, m) {
                 return Dec::Unplaceable(Reason::MetadataUnmatched {
                     requirement: render_metadata(&self.req(u).metadata),
@@ -385,6 +388,14 @@ impl<'a> Scheduler<'a> {
                 .copied()
                 .filter(|&m| self.static_ok(u, m))
                 .collect();
+            let allowed: Vec<u32> = shared
+                .iter()
+                .copied()
+                .filter(|&m| self.requirements_allow(u, m))
+                .collect();
+            if candidates.is_empty() && !allowed.is_empty() {
+                return Dec::Unplaceable(self.refused_reason(u, &allowed));
+            }
             if candidates.is_empty() {
                 return Dec::Unplaceable(Reason::MetadataUnmatched {
                     requirement: render_metadata(&self.req(u).metadata),
