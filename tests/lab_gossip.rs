@@ -583,3 +583,150 @@ fn a_second_fleetd_with_another_machines_id_and_certificate_is_refused() {
         assert!(!fl.journal(i, 500).contains("rejoined"), "m{i}");
     }
 }
+
+/// A cgroup-v1 CPU quota (this host mounts cgroups hybrid: the cpu controller is not in the unified
+/// tree the lab machines live in, so `cpu.max` is its v1 twin `cpu.cfs_quota_us`) for one process;
+/// dropping it moves the process back and removes the cgroup.
+struct CpuQuota {
+    dir: std::path::PathBuf,
+    pid: u32,
+}
+
+impl CpuQuota {
+    /// Puts `pid` alone in a new CPU cgroup allowed `percent`% of one core (100 ms periods).
+    fn new(pid: u32, percent: u32) -> std::io::Result<CpuQuota> {
+        let root = Path::new("/sys/fs/cgroup/cpu");
+        let root = if root.join("cpu.cfs_quota_us").exists() {
+            root.to_path_buf()
+        } else {
+            Path::new("/sys/fs/cgroup/cpu,cpuacct").to_path_buf()
+        };
+        let dir = root.join(format!("fleetlab-starve-{pid}"));
+        std::fs::create_dir_all(&dir)?;
+        let q = CpuQuota { dir, pid };
+        std::fs::write(q.dir.join("cpu.cfs_period_us"), "100000")?;
+        std::fs::write(q.dir.join("cpu.cfs_quota_us"), (percent * 1000).to_string())?;
+        // Every thread of the process.
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let tid = task?.file_name();
+            let _ = std::fs::write(q.dir.join("tasks"), tid.to_string_lossy().as_bytes());
+        }
+        Ok(q)
+    }
+}
+
+impl Drop for CpuQuota {
+    fn drop(&mut self) {
+        let root = self.dir.parent().unwrap().to_path_buf();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
+            for task in tasks.flatten() {
+                let _ = std::fs::write(
+                    root.join("tasks"),
+                    task.file_name().to_string_lossy().as_bytes(),
+                );
+            }
+        }
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The host PID of fleetd in lab machine `i` (a process named fleetd in the machine's PID
+/// namespace).
+fn fleetd_host_pid(fl: &FleetLab, i: usize) -> Option<u32> {
+    let init = fl.lab.machine_pid(i).ok()?;
+    let ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == "fleetd" && std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()? == ns)
+            .then_some(pid)
+    })
+}
+
+/// For `for_`, every other machine keeps listing `victim` and `unit` runs nowhere else. (It may stop
+/// on `victim`: the agent's guard stops the units of a machine frozen past its fencing deadline,
+/// `docs/safety.md`; that is the agent's rule, not a gossip verdict.)
+fn nothing_moves(fl: &FleetLab, victim: usize, unit: &str, for_: Duration) {
+    let id = fl.machine_id(victim);
+    let t0 = Instant::now();
+    while t0.elapsed() < for_ {
+        for i in others(fl, victim) {
+            if let Some(listed) = fl.listed_machines(i) {
+                assert!(
+                    listed.contains(&id),
+                    "m{i} stopped listing m{victim} after {:?}\n{}",
+                    t0.elapsed(),
+                    fl.journals(30)
+                );
+            }
+        }
+        let on = fl.running_on(unit);
+        assert!(
+            on.iter().all(|m| *m == victim),
+            "{unit} moved to {on:?} after {:?}",
+            t0.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+}
+
+/// Issue 14.2 (Lifeguard): a machine starved to 5% of a core for 10 s (a CPU quota on its fleetd)
+/// or frozen for 1 s (cgroup freezer) is not declared down and its unit moves nowhere; a killed one
+/// loses its unit to another machine.
+#[test]
+fn a_frozen_or_starved_machine_keeps_its_unit_and_a_killed_one_does_not() {
+    let Some(fl) = FleetLab::up_with_tls(5, &[]) else {
+        return;
+    };
+    fl.write_file(
+        1,
+        "/tmp/steady.service",
+        "[Service]\nExecStart=/bin/sleep 100000\n",
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/steady.service"]);
+    let victim = fl.wait_for("steady.service runs somewhere", WAIT, |fl| {
+        match fl.running_on("steady.service").as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    });
+
+    // Starved: 5% of one core for 10 s; the unit keeps running there.
+    let pid = fleetd_host_pid(&fl, victim).expect("fleetd's host PID");
+    {
+        let _quota = CpuQuota::new(pid, 5).expect("a CPU quota for fleetd");
+        nothing_moves(&fl, victim, "steady.service", Duration::from_secs(10));
+    }
+    nothing_moves(&fl, victim, "steady.service", Duration::from_secs(3));
+    assert_eq!(fl.running_on("steady.service"), [victim]);
+
+    // Frozen for 1 s.
+    fl.lab.freeze(victim).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    fl.lab.thaw(victim).unwrap();
+    nothing_moves(&fl, victim, "steady.service", Duration::from_secs(5));
+    assert!(
+        !fl.journal(victim, 2000).contains("rejoined"),
+        "{}",
+        fl.journal(victim, 50)
+    );
+
+    // Killed: the unit runs elsewhere.
+    let t0 = Instant::now();
+    fl.lab.kill(victim).unwrap();
+    let moved_to = fl.wait_for("steady.service runs on a survivor", WAIT, |fl| {
+        match fl.running_on("steady.service").as_slice() {
+            [one] if *one != victim => Some(*one),
+            _ => None,
+        }
+    });
+    eprintln!(
+        "killed m{victim}: steady.service active on m{moved_to} after {:?}",
+        t0.elapsed()
+    );
+}

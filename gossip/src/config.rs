@@ -14,15 +14,15 @@ use std::time::Duration;
 /// `suspect_to_down_after`, plus the spread of the verdict (`gossip_interval` rounds to
 /// `gossip_fanout` members, piggybacked on probes too).
 ///
-/// Accuracy: a live member that is suspected refutes as soon as it hears the suspicion (foca gossips
-/// its refutation immediately), so a false "down" needs it to stay unreachable, or paused, for
-/// `probe_period + suspect_to_down_after`. A member wrongly declared down rejoins by itself with a
-/// renewed identity (see [`NodeIdentity`]). For lossy or loaded networks, raise `probe_rtt` and
-/// `suspect_to_down_after` first.
-///
-/// Not implemented yet: Lifeguard's local health awareness (a member that misses its own acks slows
-/// its probing and lengthens its suspicion timeouts) and its dynamic suspicion timeout (start long,
-/// shrink as independent members confirm the suspicion).
+/// Accuracy (Lifeguard, on top of foca; see [`crate::lifeguard`]): a live member that is suspected
+/// refutes as soon as it hears the suspicion (the prober's next ping carries it, and foca gossips the
+/// refutation at once). A suspicion starts at `suspicion_max` and shrinks towards
+/// `suspect_to_down_after` only as other members independently fail to reach the suspect
+/// (`suspicion_confirmations` of them bring it to the minimum), so one member's lost packets or slow
+/// scheduler cannot bring a verdict early. A member that misses its own acks (its local health
+/// score, at most `max_local_health`) probes and waits for acks `score + 1` times more slowly, so a
+/// starved node does not accuse healthy ones. A member wrongly declared down rejoins by itself with
+/// a renewed identity (see [`crate::NodeIdentity`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// How often this node probes one member. Default 400 ms.
@@ -32,8 +32,20 @@ pub struct Config {
     pub probe_rtt: Duration,
     /// How many members to ask for an indirect probe. Default 3.
     pub num_indirect_probes: usize,
-    /// How long a suspect has to refute before it is declared down. Default 400 ms.
+    /// The shortest time a suspect has to refute before it is declared down: the suspicion timeout
+    /// once `suspicion_confirmations` other members confirmed it. Default 500 ms.
     pub suspect_to_down_after: Duration,
+    /// The suspicion timeout with no confirmation (Lifeguard's dynamic suspicion: it shrinks
+    /// logarithmically with each independent confirmation down to `suspect_to_down_after`).
+    /// Default 2 s.
+    pub suspicion_max: Duration,
+    /// How many independent confirmations bring the suspicion timeout to its minimum (capped by
+    /// the number of other live members). Default 3.
+    pub suspicion_confirmations: usize,
+    /// The highest local health score (Lifeguard's awareness): each probe of ours that fails adds
+    /// one, each that succeeds takes one away, and hearing ourselves suspected adds one; probing
+    /// runs `score + 1` times slower. Default 8.
+    pub max_local_health: u8,
     /// How long a down member is remembered (and its last state kept) before it is forgotten; a
     /// machine cannot rejoin with the same identity before then (restarts use a new one). Default
     /// 10 min.
@@ -75,7 +87,10 @@ impl Default for Config {
             probe_period: Duration::from_millis(400),
             probe_rtt: Duration::from_millis(80),
             num_indirect_probes: 3,
-            suspect_to_down_after: Duration::from_millis(400),
+            suspect_to_down_after: Duration::from_millis(500),
+            suspicion_max: Duration::from_millis(1500),
+            suspicion_confirmations: 2,
+            max_local_health: 8,
             remove_down_after: Duration::from_secs(600),
             max_transmissions: 12,
             max_packet_size: 1100,
@@ -89,6 +104,22 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The shortest time from a member falling silent to any Down verdict about it, anywhere: a probe
+    /// of it must go unanswered for `probe_rtt`, then the suspicion must stand for at least
+    /// `suspect_to_down_after` (Lifeguard's timeouts only ever lengthen these: local health slows
+    /// probing, unconfirmed suspicions last longer). Every node must run the same settings for
+    /// this to hold cluster-wide (fleetd's are built in).
+    ///
+    /// It assumes no suspicion of the member was already pending when it fell silent (lost packets
+    /// can leave one): such a suspicion runs from when it started. Lifeguard makes it last
+    /// `suspicion_max` unless other members independently fail to reach the member too, which they
+    /// only do once it is silent (or cut off from them as well).
+    ///
+    /// 580 ms by default.
+    pub fn min_detection(&self) -> Duration {
+        self.probe_rtt + self.suspect_to_down_after
+    }
+
     /// The largest foca packet: a datagram less its kind byte.
     pub(crate) fn foca_max_packet(&self) -> usize {
         self.max_packet_size.max(256) - 1

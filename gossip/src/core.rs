@@ -64,9 +64,10 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 pub use crate::config::Config;
+use crate::lifeguard::{Lifeguard, TimerKey};
 use crate::outbox::Outbox;
 use crate::roster::Roster;
-use crate::store::{Change, Store, Update};
+use crate::store::{Change, Entry, Store, Update};
 use crate::types::{Liveness, MachineId, MachineView, Metadata, NodeIdentity, UnitState, View};
 pub use crate::wire::{FullState, StatePush, SyncAnswer, SyncOffer};
 use crate::wire::{Packet, DATAGRAM_STATE, DATAGRAM_SWIM};
@@ -210,6 +211,8 @@ pub struct Node {
     pub(crate) warned: BTreeMap<(MachineId, MachineId), Instant>,
     /// When this node last asked each machine directly about a new life.
     checked: BTreeMap<MachineId, Instant>,
+    pub(crate) lifeguard: Lifeguard,
+    started: Instant,
 }
 
 impl std::fmt::Debug for Node {
@@ -252,6 +255,8 @@ impl Node {
             push_at: None,
             warned: BTreeMap::new(),
             checked: BTreeMap::new(),
+            lifeguard: Lifeguard::default(),
+            started: now,
             config,
         };
         node.schedule(
@@ -278,6 +283,12 @@ impl Node {
             state_refused: self.store.refused(),
             ..self.counters
         }
+    }
+
+    /// Lifeguard's local health score: 0 when this node's probes succeed, up to
+    /// `max_local_health` when its own packets are late (it then probes that many times slower).
+    pub fn local_health(&self) -> u8 {
+        self.lifeguard.health
     }
 
     /// True once [`Node::leave`] was called.
@@ -399,7 +410,14 @@ impl Node {
             .allow_epoch(&push.from.machine_id, push.from.incarnation);
         let mut news = Vec::new();
         for update in push.updates {
-            if self.store.apply(&update) {
+            let fresh = match &update.entry {
+                Entry::Suspicion {
+                    target,
+                    incarnation,
+                } => self.heard_claim(&update.origin, target, *incarnation),
+                _ => self.store.apply(&update),
+            };
+            if fresh {
                 news.push(update);
             }
         }
@@ -478,11 +496,12 @@ impl Node {
     pub fn view(&self) -> View {
         let me = self.identity().clone();
         let store = &self.store;
-        let entry = |identity: NodeIdentity, liveness: Liveness| {
+        let entry = |identity: NodeIdentity, liveness: Liveness, since: Instant| {
             let data = store.origin(&identity.machine_id);
             MachineView {
                 identity,
                 liveness,
+                liveness_since: since,
                 metadata: data.and_then(|d| d.metadata().cloned()),
                 units: data
                     .map(|d| d.units().map(|(n, s)| (n.clone(), s.clone())).collect())
@@ -500,10 +519,13 @@ impl Node {
                     State::Suspect => Liveness::Suspect,
                     State::Down => Liveness::Down,
                 };
-                (id.clone(), entry(k.identity.clone(), liveness))
+                (id.clone(), entry(k.identity.clone(), liveness, k.since))
             })
             .collect();
-        machines.insert(me.machine_id.clone(), entry(me.clone(), Liveness::Alive));
+        machines.insert(
+            me.machine_id.clone(),
+            entry(me.clone(), Liveness::Alive, self.started),
+        );
         View {
             local: me.machine_id,
             machines,
@@ -539,13 +561,28 @@ impl Node {
             .collect()
     }
 
+    /// How many times each node passes `update` on: state `max_transmissions` times; suspicion
+    /// claims (which matter only while a suspicion lasts, and of which a partition makes many) a
+    /// third of that.
+    fn transmissions(&self, update: &Update) -> u8 {
+        match update.entry {
+            Entry::Suspicion { .. } => (self.config.max_transmissions / 3).max(2),
+            _ => self.config.max_transmissions,
+        }
+    }
+
+    /// Our own suspicion claim: pushed at once.
+    pub(crate) fn publish_claim(&mut self, claim: Update) {
+        self.publish(vec![claim]);
+    }
+
     /// Local changes: pushed at once.
     fn publish(&mut self, updates: Vec<Update>) {
         if self.left || updates.is_empty() {
             return;
         }
         for u in &updates {
-            self.outbox.add(u, self.config.max_transmissions);
+            self.outbox.add(u, self.transmissions(u));
         }
         self.push_now();
     }
@@ -556,7 +593,7 @@ impl Node {
             return;
         }
         for u in &news {
-            self.outbox.add(u, self.config.max_transmissions);
+            self.outbox.add(u, self.transmissions(u));
         }
         let at = self.now + self.config.gossip_interval;
         self.schedule_push(at);
@@ -618,14 +655,38 @@ impl Node {
         self.syncs.push_back(addr);
     }
 
-    fn schedule(&mut self, at: Instant, timer: TimerKind) {
+    fn schedule(&mut self, at: Instant, timer: TimerKind) -> TimerKey {
         // foca wants a probe's indirect stage handled before the next probe when both are due.
         let prio = match timer {
             TimerKind::Foca(Timer::SendIndirectProbe { .. }) => 0,
             _ => 1,
         };
         self.timer_seq += 1;
-        self.timers.insert((at, prio, self.timer_seq), timer);
+        let key = (at, prio, self.timer_seq);
+        self.timers.insert(key, timer);
+        key
+    }
+
+    /// Schedules one of foca's timers; returns its key.
+    pub(crate) fn schedule_keyed(&mut self, at: Instant, timer: Timer<NodeIdentity>) -> TimerKey {
+        self.schedule(at, TimerKind::Foca(timer))
+    }
+
+    /// Removes a scheduled foca timer and returns it.
+    pub(crate) fn take_timer(&mut self, key: TimerKey) -> Option<Timer<NodeIdentity>> {
+        match self.timers.remove(&key) {
+            Some(TimerKind::Foca(t)) => Some(t),
+            Some(other) => {
+                self.timers.insert(key, other);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Cancels a scheduled foca timer.
+    pub(crate) fn cancel_timer(&mut self, key: TimerKey) {
+        let _ = self.take_timer(key);
     }
 
     fn fire(&mut self, timer: TimerKind) {
@@ -635,10 +696,31 @@ impl Node {
                     Timer::RemoveDown(id) => Some(id.clone()),
                     _ => None,
                 };
+                if let Timer::ChangeSuspectToDown {
+                    member_id,
+                    incarnation,
+                    ..
+                } = &t
+                {
+                    self.suspicion_ends(member_id, *incarnation);
+                    if !self.still_suspected(member_id, *incarnation) {
+                        // Refuted (or renamed, or already down): foca would still send the member
+                        // a "you are down" courtesy message (it checks the incarnation only for
+                        // its own verdict), which makes a live member rejoin for nothing.
+                        return;
+                    }
+                }
+                let probe_round = matches!(t, Timer::ProbeRandomMember(_));
+                if probe_round {
+                    self.lifeguard.probe_failed = false;
+                }
                 if let Err(e) = self.foca.handle_timer(t, &mut self.runtime) {
                     tracing::debug!(error = %e, "foca timer failed");
                 }
                 self.drain_runtime();
+                if probe_round {
+                    self.probe_round_done();
+                }
                 if let Some(id) = forget {
                     self.roster.forget(&id);
                     if self.roster.get(&id.machine_id).is_none() {
@@ -661,6 +743,7 @@ impl Node {
                 }
                 let now = self.now;
                 self.checked.retain(|_, at| now < *at + CHECK_EVERY);
+                self.prune_claims();
                 // A summary sync with one random live member, and a full one with one random
                 // member we saw die: if it was only cut off (a healed partition), the sync makes
                 // both sides renew and rejoin.
@@ -731,6 +814,7 @@ impl Node {
     pub(crate) fn drain_runtime(&mut self) {
         let now = self.now;
         while let Some((to, data)) = self.runtime.to_send() {
+            let data = self.with_suspicion(&to, data);
             let mut framed = Vec::with_capacity(data.len() + 1);
             framed.push(DATAGRAM_SWIM);
             framed.extend_from_slice(&data);
@@ -741,16 +825,7 @@ impl Node {
             });
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
-            if let Timer::ChangeSuspectToDown {
-                member_id,
-                incarnation,
-                ..
-            } = &timer
-            {
-                // foca suspects a member only after its own probe of it failed.
-                self.roster.suspect(member_id, *incarnation, now);
-            }
-            self.schedule(now + after, TimerKind::Foca(timer));
+            self.lifeguard_schedule(after, timer);
         }
         while let Some(n) = self.runtime.to_notify() {
             let event = match n {

@@ -9,7 +9,8 @@
 //! - [`wire`]: datagrams (a kind byte, then a foca packet or a state push) and sync messages, with
 //!   their size caps.
 //! - `store` (versioned state, bucketed digest), `outbox` (updates being passed on), `roster`
-//!   (the node's index of foca's membership), `trust` (who may say what), `config`.
+//!   (the node's index of foca's membership), `trust` (who may say what), `lifeguard`, `sync`,
+//!   `config`.
 //! - `testing` (cargo feature `testing`): a deterministic virtual network of nodes (the crate's
 //!   tests, `examples/detection.rs`).
 //!
@@ -54,8 +55,9 @@
 //!   QUIC datagram before path MTU discovery); sync messages are byte strings the driver carries
 //!   over a stream.
 //! - **Failure detection**: see [`core::Config`] for the defaults and their reasoning (probe every
-//!   400 ms, 80 ms ack timeout, 3 indirect probes, 400 ms suspicion). Lifeguard's local health
-//!   awareness and dynamic suspicion timeouts are not implemented (foca offers no hook).
+//!   400 ms, 80 ms ack timeout, 3 indirect probes, suspicion 1.5 s shrinking to 500 ms with
+//!   confirmations) and `lifeguard` for Lifeguard on top of foca (local health, dynamic suspicion,
+//!   refutation priority), done by choosing when foca's timers run.
 //!
 //! # Known limits
 //! - Relayed rumours about a known identity (suspect, alive, down) follow SWIM's rules and are not
@@ -65,6 +67,7 @@
 
 mod config;
 pub mod core;
+mod lifeguard;
 mod outbox;
 mod roster;
 mod store;

@@ -42,6 +42,15 @@ pub enum Entry {
         /// Its state, or `None` once removed.
         state: Option<UnitState>,
     },
+    /// Not state: the origin's claim that its own probe of `target` failed, at foca incarnation
+    /// `incarnation` (Lifeguard's independent confirmations). Pushed and passed on like state,
+    /// never stored.
+    Suspicion {
+        /// The life of the member the origin suspects.
+        target: crate::types::NodeIdentity,
+        /// The suspect's foca incarnation the suspicion is about.
+        incarnation: u16,
+    },
 }
 
 /// Which piece of an origin's state an entry is.
@@ -51,6 +60,8 @@ pub enum EntryKey {
     Metadata,
     /// The entry of the named unit.
     Unit(String),
+    /// A suspicion claim: the suspect, its life and its foca incarnation.
+    Suspicion(MachineId, u64, u16),
 }
 
 impl Entry {
@@ -58,6 +69,10 @@ impl Entry {
         match self {
             Entry::Metadata(_) => EntryKey::Metadata,
             Entry::Unit { name, .. } => EntryKey::Unit(name.clone()),
+            Entry::Suspicion {
+                target,
+                incarnation,
+            } => EntryKey::Suspicion(target.machine_id.clone(), target.incarnation, *incarnation),
         }
     }
 }
@@ -389,7 +404,10 @@ impl Store {
 
     /// Applies a remote update; true if it was news (newer than what we had).
     pub(crate) fn apply(&mut self, update: &Update) -> bool {
-        if update.origin == self.local || !self.epoch_allowed(&update.origin, update.stamp.epoch) {
+        if update.origin == self.local
+            || matches!(update.entry, Entry::Suspicion { .. })
+            || !self.epoch_allowed(&update.origin, update.stamp.epoch)
+        {
             return false;
         }
         let origin = update.origin.clone();
@@ -427,6 +445,7 @@ impl Store {
                         true
                     }
                 },
+                Entry::Suspicion { .. } => false,
             };
             data.received(update.stamp.version);
             news

@@ -53,6 +53,10 @@ pub struct VirtualNet {
     due: std::collections::BTreeSet<(Instant, NodeIndex)>,
     // Nodes handed out by `node()`: their timers may have changed.
     dirty: std::collections::BTreeSet<NodeIndex>,
+    // Frozen nodes: no timer runs, datagrams wait for the thaw.
+    frozen: std::collections::BTreeMap<NodeIndex, Vec<(SocketAddr, Bytes)>>,
+    // Extra one-way latency of datagrams from or to a node (a starved process answers late).
+    slow: BTreeMap<NodeIndex, Duration>,
     // (delivery time, sequence) -> (to, from, data)
     in_flight: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Bytes)>,
     seq: u64,
@@ -82,6 +86,8 @@ impl VirtualNet {
             next_at: Vec::new(),
             due: Default::default(),
             dirty: Default::default(),
+            frozen: Default::default(),
+            slow: Default::default(),
             in_flight: BTreeMap::new(),
             seq: 0,
             latency: Duration::from_micros(500),
@@ -174,10 +180,47 @@ impl VirtualNet {
         self.refresh(index);
     }
 
+    /// Freezes node `index` (a SIGSTOP, a cgroup freezer): its timers stop and datagrams to it
+    /// wait, in order, until [`VirtualNet::thaw`].
+    pub fn freeze(&mut self, index: NodeIndex) {
+        self.frozen.entry(index).or_default();
+        self.refresh(index);
+    }
+
+    /// Thaws node `index`: it handles what arrived meanwhile, then every overdue timer at once.
+    pub fn thaw(&mut self, index: NodeIndex) {
+        let Some(backlog) = self.frozen.remove(&index) else {
+            return;
+        };
+        let now = self.now;
+        for (from, data) in backlog {
+            let cert = self.index_of(from).map(|f| self.slots[f].cert.clone());
+            if let Some(node) = self.slots[index].node.as_mut() {
+                let _ = node.handle_datagram_from(now, from, cert.as_ref(), &data);
+            }
+        }
+        if let Some(node) = self.slots[index].node.as_mut() {
+            node.handle_timeout(now);
+        }
+        self.flush(index);
+    }
+
+    /// Every datagram from or to node `index` takes `extra` longer (`Duration::ZERO` ends it).
+    pub fn slow_down(&mut self, index: NodeIndex, extra: Duration) {
+        if extra.is_zero() {
+            self.slow.remove(&index);
+        } else {
+            self.slow.insert(index, extra);
+        }
+    }
+
     /// Re-reads node `index`'s next timer into the index.
     fn refresh(&mut self, index: NodeIndex) {
         if let Some(at) = self.next_at[index].take() {
             self.due.remove(&(at, index));
+        }
+        if self.frozen.contains_key(&index) {
+            return;
         }
         let next = self.slots[index]
             .node
@@ -319,6 +362,10 @@ impl VirtualNet {
             }
             let cert = self.index_of(from).map(|f| self.slots[f].cert.clone());
             if let Some(i) = self.index_of(to) {
+                if let Some(backlog) = self.frozen.get_mut(&i) {
+                    backlog.push((from, data));
+                    continue;
+                }
                 if let Some(node) = self.slots[i].node.as_mut() {
                     // Errors are counted by the node; the network just moves on.
                     let _ = node.handle_datagram_from(now, from, cert.as_ref(), &data);
@@ -350,6 +397,7 @@ impl VirtualNet {
         let elapsed = self.elapsed();
         let mut syncs = Vec::new();
         let src = self.slots[index].addr;
+        let slow_src = self.slow.get(&index).copied().unwrap_or_default();
         let slot = &mut self.slots[index];
         if let Some(node) = slot.node.as_mut() {
             while let Some(t) = node.poll_transmit() {
@@ -358,8 +406,14 @@ impl VirtualNet {
                     continue;
                 }
                 self.seq += 1;
-                self.in_flight
-                    .insert((now + self.latency, self.seq), (t.dst, src, t.data));
+                let slow_dst = self
+                    .by_addr
+                    .get(&t.dst)
+                    .and_then(|d| self.slow.get(d))
+                    .copied()
+                    .unwrap_or_default();
+                let at = now + self.latency + slow_src + slow_dst;
+                self.in_flight.insert((at, self.seq), (t.dst, src, t.data));
             }
             while let Some(peer) = node.poll_sync() {
                 syncs.push(peer);
@@ -379,7 +433,11 @@ impl VirtualNet {
     /// Runs the three-message sync exchange between two nodes, through the wire encoding.
     fn sync(&mut self, initiator: NodeIndex, peer: NodeIndex) {
         let now = self.now;
-        if initiator == peer || self.slots[peer].node.is_none() || !self.linked(initiator, peer) {
+        if initiator == peer
+            || self.slots[peer].node.is_none()
+            || !self.linked(initiator, peer)
+            || self.frozen.contains_key(&peer)
+        {
             return;
         }
         let peer_addr = self.slots[peer].addr;

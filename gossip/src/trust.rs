@@ -72,6 +72,10 @@ impl Node {
     pub(crate) fn admit(&mut self, sender: &NodeIdentity, update: &Member<NodeIdentity>) -> bool {
         let id = update.id();
         if id.machine_id == self.identity().machine_id {
+            if id == self.identity() && update.state() == State::Suspect {
+                // Lifeguard: being suspected is a sign that our own packets are late.
+                self.heard_self_suspected(update.incarnation());
+            }
             return true;
         }
         if id.machine_id == sender.machine_id {

@@ -159,8 +159,11 @@ pub enum Liveness {
 pub struct MachineView {
     /// The member's current identity (machine ID, address, incarnation).
     pub identity: NodeIdentity,
-    /// Alive, suspect or down.
+    /// Alive, suspect or down. A quorum should count only `Alive`: a suspect may be dead already.
     pub liveness: Liveness,
+    /// When this node saw `liveness` (or the identity) last change, on this node's clock (its own
+    /// entry: when the node started).
+    pub liveness_since: std::time::Instant,
     /// The metadata the machine published, if it has reached us yet.
     pub metadata: Option<Metadata>,
     /// The runtime state of each unit the machine reports, by unit name.

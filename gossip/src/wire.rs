@@ -152,6 +152,11 @@ impl Packet {
         })
     }
 
+    /// Whether the packet has a section of membership updates (every message but a broadcast).
+    pub(crate) fn has_updates(&self) -> bool {
+        self.has_updates
+    }
+
     /// The same packet with only `kept` as its updates.
     pub(crate) fn rewrite(&self, kept: &[Member<NodeIdentity>], data: &[u8]) -> Vec<u8> {
         let mut codec = PostcardCodec;

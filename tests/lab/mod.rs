@@ -428,7 +428,7 @@ impl FleetLab {
         for i in 1..=n {
             tl.provision(i);
         }
-        tl.wait_all_listed(Duration::from_secs(30));
+        tl.wait_all_listed(Duration::from_secs(60));
         Some(tl)
     }
 }
@@ -533,8 +533,9 @@ impl TlsFleetLab {
             let _ = self
                 .lab
                 .sh(i, &["systemctl", "reset-failed", "fleet.service"]);
+            // Not waiting for fleetd to be ready: machines are provisioned one after the other.
             self.lab
-                .sh_ok(i, &["systemctl", "restart", "fleet.service"])
+                .sh_ok(i, &["systemctl", "restart", "--no-block", "fleet.service"])
                 .expect("start fleet.service");
         }
     }
