@@ -99,8 +99,11 @@
 //! units are reserved and decided.
 
 mod engine;
+mod planner;
 #[cfg(feature = "testing")]
 mod violations;
+
+pub use planner::{Change, PassStats, Planner};
 
 use std::collections::BTreeMap;
 

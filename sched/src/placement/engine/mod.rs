@@ -10,7 +10,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use super::{Decision, MachineInfo, Plan, Reason, UnitInfo};
 use crate::requirements::glob_match;
 use crate::{DesiredState, RequirementError, Requirements, UnitName};
-use order::cycles;
+pub(super) use order::cycles;
 
 // ---------------------------------------------------------------------------------------------------------
 // Implementation.
@@ -18,7 +18,7 @@ use order::cycles;
 /// FxHash (rustc's): a fast hasher for the integer and short-string keys used here. Not DoS-resistant,
 /// which does not matter for data that is already trusted cluster state.
 #[derive(Default, Clone, Copy)]
-struct FxHasher(u64);
+pub(super) struct FxHasher(u64);
 
 impl FxHasher {
     #[inline]
@@ -55,12 +55,13 @@ impl Hasher for FxHasher {
     }
 }
 
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(super) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(super) type FxSet<K> = std::collections::HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// No machine / not placed.
-const NONE: u32 = u32::MAX;
+pub(super) const NONE: u32 = u32::MAX;
 /// Classes matched by at most this many machines are scanned instead of kept in an ordered set.
-const SMALL_CLASS: usize = 32;
+pub(super) const SMALL_CLASS: usize = 32;
 
 /// A distinct `MachineMetadata=` requirement and the machines that satisfy it.
 struct Class {
@@ -71,7 +72,7 @@ struct Class {
 }
 
 /// A decision under construction (machines by index).
-enum Dec {
+pub(super) enum Dec {
     On(u32),
     Global(Vec<u32>),
     Unplaceable(Reason),
@@ -123,15 +124,15 @@ pub(super) struct Scheduler<'a> {
     on_machine: Vec<Vec<u32>>,
 }
 
-fn key(pattern: u32, machine: u32) -> u64 {
+pub(super) fn key(pattern: u32, machine: u32) -> u64 {
     ((pattern as u64) << 32) | machine as u64
 }
 
-fn is_literal(pattern: &str) -> bool {
+pub(super) fn is_literal(pattern: &str) -> bool {
     !pattern.contains(['*', '?', '[', '\\'])
 }
 
-fn render_metadata(md: &BTreeMap<String, Vec<String>>) -> String {
+pub(super) fn render_metadata(md: &BTreeMap<String, Vec<String>>) -> String {
     md.iter()
         .map(|(k, vs)| {
             vs.iter()

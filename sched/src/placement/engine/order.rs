@@ -446,7 +446,7 @@ impl<'a> Scheduler<'a> {
 
 /// Strongly connected components of a graph (`MachineOf` follower -> targets, or replacing -> replaced)
 /// that are cycles (more than one unit, or a unit pointing at itself). Iterative Tarjan, so long chains do not exhaust the stack.
-pub(super) fn cycles(targets: &[Vec<u32>]) -> Vec<Vec<u32>> {
+pub(in crate::placement) fn cycles(targets: &[Vec<u32>]) -> Vec<Vec<u32>> {
     let n = targets.len();
     let mut index = vec![u32::MAX; n];
     let mut low = vec![0u32; n];
