@@ -94,7 +94,7 @@ fn a_dead_machine_moves_only_its_units() {
     assert_eq!(on_m2.len(), 3);
     let stats = step(&mut planner, vec![Change::MachineGone(id("m2"))]);
     assert_eq!(stats.units, 3, "only the dead machine's units are decided");
-    assert!(!stats.every_machine);
+    assert_eq!(stats.machines, 0);
     for n in &on_m2 {
         assert_ne!(on(&planner, n.as_str()), Some("m2"));
     }
@@ -122,7 +122,7 @@ fn a_dead_machine_moves_only_its_units() {
 }
 
 #[test]
-fn a_global_unit_change_recomputes_every_machine_and_keeps_claims() {
+fn a_global_unit_with_conflicts_recomputes_the_machines_it_may_run_on() {
     let machines: Vec<MachineInfo> = (1..=3)
         .map(|i| MachineInfo::new(id(&format!("m{i}"))).with_metadata("role", "web"))
         .collect();
@@ -146,12 +146,44 @@ fn a_global_unit_change_recomputes_every_machine_and_keeps_claims() {
         &mut planner,
         vec![Change::Unit(unit("agent.service", global, None))],
     );
-    assert!(stats.every_machine);
-    assert_eq!(stats.machines, 3);
+    assert_eq!((stats.machines, stats.global_moves), (3, 0));
     // b conflicts with the global unit, which never yields: b moves nowhere (every machine runs it).
     assert_eq!(on(&planner, "b.service"), None);
-    step(&mut planner, vec![Change::UnitGone(name("agent.service"))]);
+    let stats = step(&mut planner, vec![Change::UnitGone(name("agent.service"))]);
+    assert_eq!((stats.machines, stats.global_moves), (3, 0));
     assert_eq!(on(&planner, "b.service"), Some("m2"));
+}
+
+#[test]
+fn a_global_unit_without_conflicts_is_placed_directly() {
+    let machines: Vec<MachineInfo> = (1..=4)
+        .map(|i| MachineInfo::new(id(&format!("m{i}"))).with_metadata("role", ["web", "db"][i % 2]))
+        .collect();
+    let web = Requirements {
+        global: true,
+        metadata: [("role".to_string(), vec!["web".to_string()])].into(),
+        ..Requirements::default()
+    };
+    let follower = Requirements {
+        machine_of: vec!["agent.service".into()],
+        ..Requirements::default()
+    };
+    let units = [
+        unit("a.service", Requirements::default(), Some("m1")),
+        unit("sidecar.service", follower, Some("m2")),
+    ];
+    let mut planner = Planner::new(&machines, &units);
+    assert_eq!(on(&planner, "sidecar.service"), None);
+    let stats = step(
+        &mut planner,
+        vec![Change::Unit(unit("agent.service", web, None))],
+    );
+    // On the two web machines; only the follower's machine is recomputed (its claim may now be kept).
+    assert_eq!((stats.machines, stats.global_moves), (1, 2));
+    assert_eq!(on(&planner, "sidecar.service"), Some("m2"));
+    let stats = step(&mut planner, vec![Change::UnitGone(name("agent.service"))]);
+    assert_eq!((stats.machines, stats.global_moves), (1, 2));
+    assert_eq!(on(&planner, "sidecar.service"), None);
 }
 
 #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use fleet_sched::placement::{Change, Planner};
+use fleet_sched::testing::{assignment_of, check_assignment, CheckMachine, CheckUnit};
 use fleet_sched::{
     schedule, Decision, DesiredState, MachineId, MachineInfo, Requirements, UnitInfo, UnitName,
 };
@@ -289,6 +290,51 @@ fn changes(
     }
 }
 
+/// The inputs as the independent checker reads them: machines, and units with their `[X-Fleet]` lines.
+fn for_checker(ms: &[MachineInfo], us: &[UnitInfo]) -> (Vec<CheckMachine>, Vec<CheckUnit>) {
+    let machines = ms
+        .iter()
+        .map(|m| CheckMachine {
+            id: m.id.to_string(),
+            metadata: m.metadata.clone(),
+        })
+        .collect();
+    let units = us
+        .iter()
+        .map(|u| {
+            let r = &u.requirements;
+            let mut x: Vec<(String, String)> = Vec::new();
+            let mut add = |k: &str, v: &str| x.push((k.to_string(), v.to_string()));
+            if let Some(id) = &r.machine_id {
+                add("MachineID", id);
+            }
+            for t in &r.machine_of {
+                add("MachineOf", t);
+            }
+            for (k, vs) in &r.metadata {
+                for v in vs {
+                    add("MachineMetadata", &format!("{k}={v}"));
+                }
+            }
+            for c in &r.conflicts {
+                add("Conflicts", c);
+            }
+            for p in &r.replaces {
+                add("Replaces", p);
+            }
+            if r.global {
+                add("Global", "true");
+            }
+            CheckUnit {
+                name: u.name.to_string(),
+                active: u.desired != DesiredState::Inactive,
+                xfleet: x,
+            }
+        })
+        .collect();
+    (machines, units)
+}
+
 /// Runs the batches; fails at the first batch after which the planner and `schedule` disagree.
 fn check(
     initial_machines: Vec<MachineInfo>,
@@ -345,6 +391,9 @@ fn check(
         );
         let v = expected.violations(&ms, &us);
         prop_assert!(v.is_empty(), "{v:#?}");
+        let (cms, cus) = for_checker(&ms, &us);
+        let v = check_assignment(&cms, &cus, &assignment_of(planner.plan()));
+        prop_assert!(v.is_empty(), "checker: {v:#?}\nunits {us:#?}");
     }
     Ok(())
 }
@@ -392,9 +441,9 @@ fn strings(v: &[&str]) -> Vec<String> {
 }
 
 proptest! {
-    // 1000 cases by default; PROPTEST_CASES=N for a longer campaign.
+    // 500 cases by default (the large ones: 50); PROPTEST_CASES=N for a longer campaign.
     #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
+        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(500)
     ))]
 
     #[test]
@@ -503,7 +552,7 @@ fn dense_units() -> impl Strategy<Value = Vec<UnitInfo>> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000)
+        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(500)
     ))]
 
     #[test]
@@ -597,7 +646,7 @@ fn big_claim() -> impl Strategy<Value = Option<String>> + Clone {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(1000) / 10
+        std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(500) / 10
     ))]
 
     #[test]

@@ -40,9 +40,10 @@
 //! `MachineOf=`/`Replaces=` groups they belong to, in `schedule`'s order, on top of the kept state, and
 //! undoes that replay afterwards, so the kept state is always "steps 1 and 2 only". In a steady cluster
 //! almost every unit is reserved, so a pass costs about the units being moved or unplaceable plus the
-//! machines touched. A change to a global unit recomputes steps 1 and 2 on every machine
-//! ([`PassStats::every_machine`]): a global unit may land on any machine, and a global unit decided
-//! earlier by name may push it off some.
+//! machines touched. A global unit lands on every machine it fits: one without `Conflicts=` relations
+//! (its own patterns, or others' matching its name) is placed or removed there directly; one with such
+//! relations recomputes steps 1 and 2 on every machine it may run on, since a global unit decided earlier
+//! by name may push it off some and it may push reservations off others.
 //!
 //! Batching: [`Planner::apply`] takes any number of changes and runs one pass; the agent coalesces what
 //! arrives within a bounded delay and applies it at once.
@@ -82,12 +83,13 @@ pub enum Change {
 pub struct PassStats {
     /// Changes applied.
     pub changes: usize,
-    /// Machines whose global units and reservations were recomputed.
+    /// Machines whose reservations (and, for a new machine, new metadata or a global unit with
+    /// `Conflicts=` relations, global units) were recomputed.
     pub machines: usize,
     /// Units decided by replaying the last step of `schedule` (unreserved ones and their groups).
     pub units: usize,
-    /// A global unit changed, so every machine was recomputed.
-    pub every_machine: bool,
+    /// Machines a global unit without `Conflicts=` relations was placed on or taken off directly.
+    pub global_moves: usize,
 }
 
 /// The ordered set of `(load, ID, slot)` of a pool of machines: the whole cluster, or one
@@ -240,9 +242,13 @@ pub struct Planner {
     pool_touched: FxMap<u64, [u32; 3]>,
 
     // Work of the current batch.
-    /// Machines whose global units and reservations must be recomputed.
+    /// Machines whose reservations must be recomputed, and those whose global units must be too.
     dirty: FxSet<u32>,
-    every_machine: bool,
+    dirty_globals: FxSet<u32>,
+    /// Global units that joined.
+    new_globals: Vec<u32>,
+    /// Global units placed or removed directly.
+    direct_moves: usize,
     /// Units whose relations must be recomputed.
     affected: FxSet<u32>,
     /// Units whose plan entry must be written again.
@@ -255,6 +261,10 @@ pub struct Planner {
     undo: Vec<(u32, u32, bool)>,
     recording: bool,
     changes: usize,
+    /// Plan entries of the pass, written at its end.
+    writes: Vec<(UnitName, super::Decision)>,
+    /// Loads and counters are kept, the ordered sets not (rebuilt before they are read).
+    bulk: bool,
 
     plan: Plan,
 }
@@ -290,7 +300,9 @@ impl Planner {
             cnt_own: FxMap::default(),
             pool_touched: FxMap::default(),
             dirty: FxSet::default(),
-            every_machine: false,
+            dirty_globals: FxSet::default(),
+            new_globals: Vec::new(),
+            direct_moves: 0,
             affected: FxSet::default(),
             touched: FxSet::default(),
             global_moves: FxMap::default(),
@@ -298,6 +310,8 @@ impl Planner {
             undo: Vec::new(),
             recording: false,
             changes: 0,
+            writes: Vec::new(),
+            bulk: false,
             plan: Plan::default(),
         };
         p.sync(machines, units);
@@ -353,8 +367,11 @@ impl Planner {
                 changes.push(Change::Machine((*m).clone()));
             }
         }
+        // By name (the first of a repeated name wins): indexes by name grow in order.
+        let mut sorted: Vec<&UnitInfo> = units.iter().collect();
+        sorted.sort_by(|a, b| a.name.cmp(&b.name));
         let mut seen: FxSet<&str> = FxSet::default();
-        for u in units {
+        for u in sorted {
             if !seen.insert(u.name.as_str()) {
                 continue;
             }
@@ -446,6 +463,7 @@ impl Planner {
             self.machine_mut(m).info = info;
             self.update_memberships(m);
             self.dirty.insert(m);
+            self.dirty_globals.insert(m);
             return;
         }
         let m = match self.free_ms.pop() {
@@ -483,6 +501,7 @@ impl Planner {
             self.resolve_claim(u);
         }
         self.dirty.insert(m);
+        self.dirty_globals.insert(m);
     }
 
     fn remove_machine(&mut self, id: &MachineId) {
@@ -517,6 +536,7 @@ impl Planner {
             }
         }
         self.dirty.remove(&m);
+        self.dirty_globals.remove(&m);
         self.free_ms.push(m);
     }
 

@@ -22,23 +22,27 @@ struct Depth {
 impl Planner {
     pub(super) fn pass(&mut self) -> PassStats {
         self.settle_relations();
-        let every_machine = std::mem::take(&mut self.every_machine);
-        let dirty: Vec<u32> = if every_machine {
-            self.order.clone()
-        } else {
-            let mut d: Vec<u32> = self
-                .dirty
-                .iter()
-                .copied()
-                .filter(|&m| self.ms[m as usize].is_some())
-                .collect();
-            d.sort_unstable();
-            d
-        };
+        self.place_new_globals();
+        let mut dirty: Vec<u32> = self
+            .dirty
+            .iter()
+            .chain(&self.dirty_globals)
+            .copied()
+            .filter(|&m| self.ms[m as usize].is_some())
+            .collect();
+        dirty.sort_unstable();
+        dirty.dedup();
         self.dirty.clear();
+        let dirty_globals = std::mem::take(&mut self.dirty_globals);
         let globals: Vec<u32> = self.globals.values().copied().collect();
+        // Many machines (a new planner, a global unit with Conflicts= on most machines): the ordered
+        // sets are rebuilt once afterwards instead of being kept up to date at every placement.
+        self.bulk = dirty.len() > 64 && dirty.len() * 4 > self.order.len();
         for &m in &dirty {
-            self.recompute_machine(m, &globals);
+            self.recompute_machine(m, dirty_globals.contains(&m).then_some(&globals[..]));
+        }
+        if self.bulk {
+            self.rebuild_pools();
         }
         let units = self.replay(&globals);
         self.touched.clear();
@@ -47,16 +51,61 @@ impl Planner {
             changes: std::mem::take(&mut self.changes),
             machines: dirty.len(),
             units,
-            every_machine,
+            global_moves: std::mem::take(&mut self.direct_moves),
+        }
+    }
+
+    /// Global units that joined: placed directly on every machine they fit when they have no
+    /// `Conflicts=` relation (then nothing else on those machines changes), otherwise those machines are
+    /// recomputed.
+    fn place_new_globals(&mut self) {
+        for g in std::mem::take(&mut self.new_globals) {
+            if !self.us[g as usize]
+                .as_ref()
+                .is_some_and(|x| x.active && x.global)
+            {
+                continue;
+            }
+            let unit = self.unit(g);
+            if unit.invalid.is_some() || unit.info.name.is_template() {
+                continue;
+            }
+            let candidates: Vec<u32> = match unit.info.requirements.required_machine() {
+                Some(id) => self
+                    .id_matches(id)
+                    .into_iter()
+                    .filter(|&m| self.static_ok(g, m))
+                    .collect(),
+                None if unit.class == NONE => self.order.clone(),
+                None => self.classes[unit.class as usize]
+                    .as_ref()
+                    .expect("class")
+                    .sorted
+                    .clone(),
+            };
+            if self.has_conflict_relations(g) {
+                self.dirty_globals.extend(candidates);
+                continue;
+            }
+            for m in candidates {
+                if !self.dirty_globals.contains(&m) && !self.unit(g).global_on.contains(&m) {
+                    self.place(g, m);
+                    self.direct_moves += 1;
+                }
+            }
         }
     }
 
     // ---- Placement state ------------------------------------------------------------------------
 
     fn set_load(&mut self, m: u32, new: u32) {
+        let bulk = self.bulk;
         let mach = self.machine_mut(m);
         let old = mach.load;
         mach.load = new;
+        if bulk {
+            return;
+        }
         let k = mach.key.clone();
         let pools = std::mem::take(&mut mach.pools);
         for &p in std::iter::once(&0).chain(&pools) {
@@ -139,7 +188,7 @@ impl Planner {
             }
         }
         let after = self.pattern_state(p, m);
-        if before == after {
+        if before == after || self.bulk {
             return;
         }
         let bits = |s: [bool; 2]| [s[0], s[1], s[0] || s[1]];
@@ -161,6 +210,53 @@ impl Planner {
             }
         }
         self.machine_mut(m).pools = pools;
+    }
+
+    /// Rebuilds the ordered sets and their pattern counts from the loads and counters (after a bulk
+    /// recomputation).
+    fn rebuild_pools(&mut self) {
+        self.bulk = false;
+        for (p, pool) in self.pools.iter_mut().enumerate() {
+            if let Some(pool) = pool {
+                pool.clear();
+                if p == 0 {
+                    for &m in &self.order {
+                        let x = self.ms[m as usize].as_ref().expect("live machine");
+                        pool.insert((x.load, x.key.clone(), m));
+                    }
+                }
+            }
+        }
+        for class in self.classes.iter().flatten() {
+            if class.pool != NONE {
+                let pool = self.pools[class.pool as usize].as_mut().expect("pool");
+                for &m in &class.sorted {
+                    let x = self.ms[m as usize].as_ref().expect("live machine");
+                    pool.insert((x.load, x.key.clone(), m));
+                }
+            }
+        }
+        self.pool_touched.clear();
+        let mut keys: Vec<u64> = self
+            .cnt_match
+            .keys()
+            .chain(self.cnt_own.keys())
+            .copied()
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for k in keys {
+            let (p, m) = ((k >> 32) as u32, k as u32);
+            let [matched, owned] = self.pattern_state(p, m);
+            let bits = [matched, owned, matched || owned];
+            let pools = &self.ms[m as usize].as_ref().expect("live machine").pools;
+            for &pool in std::iter::once(&0).chain(pools) {
+                let e = self.pool_touched.entry(key(p, pool)).or_default();
+                for i in 0..3 {
+                    e[i] += bits[i] as u32;
+                }
+            }
+        }
     }
 
     fn pattern_state(&self, p: u32, m: u32) -> [bool; 2] {
@@ -329,6 +425,12 @@ impl Planner {
         if c == NONE || unit.info.requirements.required_machine().is_some() {
             return;
         }
+        self.ensure_class_pool(c);
+    }
+
+    /// Creates the ordered set of class `c` if it is matched by many machines and has none yet: when
+    /// the class appears (so that no later change pays for it), or when it grows past the threshold.
+    pub(super) fn ensure_class_pool(&mut self, c: u32) {
         let class = self.classes[c as usize].as_ref().expect("class");
         if class.pool != NONE || class.sorted.len() <= SMALL_CLASS {
             return;
@@ -388,22 +490,48 @@ impl Planner {
         }
     }
 
-    /// Steps 1 and 2 on `m`: global units by name, then the claims there that can be kept, in the
-    /// order of `schedule`'s reservation queue.
-    fn recompute_machine(&mut self, m: u32, globals: &[u32]) {
-        let before: Vec<u32> = self
-            .machine(m)
-            .on
-            .iter()
-            .copied()
-            .filter(|&u| self.unit(u).global)
-            .collect();
+    /// Steps 1 and 2 on `m`: global units by name (when `globals` is given: all of them, by name),
+    /// then the claims there that can be kept, in the order of `schedule`'s reservation queue.
+    fn recompute_machine(&mut self, m: u32, globals: Option<&[u32]>) {
         for u in self.machine(m).on.clone() {
-            if self.unit(u).global {
-                self.unplace(u, m);
-            } else {
+            if !self.unit(u).global {
                 self.unreserve(u);
             }
+        }
+        if let Some(globals) = globals {
+            self.recompute_globals(m, globals);
+        }
+        let mut claimed: Vec<u32> = self
+            .machine(m)
+            .claimed
+            .iter()
+            .copied()
+            .filter(|&u| self.unit(u).cycle.is_none())
+            .collect();
+        if claimed.iter().any(|&u| !self.unit(u).targets.is_empty()) {
+            let mut depth = FxMap::default();
+            for &u in &claimed {
+                self.depth(u, &mut depth);
+            }
+            claimed.sort_by(|&a, &b| self.queue_cmp(a, b, &depth));
+        } else {
+            claimed.sort_by(|&a, &b| self.name(a).cmp(self.name(b)));
+        }
+        for u in claimed {
+            if self.can_reserve(u, m) {
+                self.place(u, m);
+                self.unit_mut(u).reserved = true;
+                self.unreserved.remove(&u);
+                self.touched.insert(u);
+            }
+        }
+    }
+
+    /// Step 1 on `m` (which holds no reservation): every global unit, by name, that fits.
+    fn recompute_globals(&mut self, m: u32, globals: &[u32]) {
+        let before: Vec<u32> = self.machine(m).on.clone();
+        for &g in &before {
+            self.unplace(g, m);
         }
         for &g in globals {
             let unit = self.unit(g);
@@ -430,30 +558,6 @@ impl Planner {
                     .entry(g)
                     .or_default()
                     .push((id.clone(), true));
-            }
-        }
-        let mut claimed: Vec<u32> = self
-            .machine(m)
-            .claimed
-            .iter()
-            .copied()
-            .filter(|&u| self.unit(u).cycle.is_none())
-            .collect();
-        if claimed.iter().any(|&u| !self.unit(u).targets.is_empty()) {
-            let mut depth = FxMap::default();
-            for &u in &claimed {
-                self.depth(u, &mut depth);
-            }
-            claimed.sort_by(|&a, &b| self.queue_cmp(a, b, &depth));
-        } else {
-            claimed.sort_by(|&a, &b| self.name(a).cmp(self.name(b)));
-        }
-        for u in claimed {
-            if self.can_reserve(u, m) {
-                self.place(u, m);
-                self.unit_mut(u).reserved = true;
-                self.unreserved.remove(&u);
-                self.touched.insert(u);
             }
         }
     }
@@ -577,7 +681,7 @@ impl Planner {
                 }
             };
             let name = self.unit(u).info.name.clone();
-            self.write(name, d);
+            self.writes.push((name, d));
         }
         for &g in globals {
             self.write_global(g);
@@ -608,19 +712,29 @@ impl Planner {
             );
             let d = Decision::On(self.machine(unit.at).info.id.clone());
             let name = unit.info.name.clone();
-            self.write(name, d);
+            self.writes.push((name, d));
         }
+        self.flush_writes();
         let n = s.len();
         self.last_decided = s;
         n
     }
 
-    fn write(&mut self, name: UnitName, d: Decision) {
-        match self.plan.decisions.get_mut(&name) {
-            Some(e) if *e == d => {}
-            Some(e) => *e = d,
-            None => {
-                self.plan.decisions.insert(name, d);
+    /// Writes the pass's plan entries, by name (a new plan is built at once).
+    fn flush_writes(&mut self) {
+        let mut writes = std::mem::take(&mut self.writes);
+        if self.plan.decisions.is_empty() {
+            self.plan.decisions = writes.into_iter().collect();
+            return;
+        }
+        writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (name, d) in writes {
+            match self.plan.decisions.get_mut(&name) {
+                Some(e) if *e == d => {}
+                Some(e) => *e = d,
+                None => {
+                    self.plan.decisions.insert(name, d);
+                }
             }
         }
     }
@@ -641,7 +755,7 @@ impl Planner {
                 Dec::Unplaceable(r) => Decision::Unplaceable(r),
                 _ => unreachable!("a global unit placed nowhere"),
             };
-            self.write(name, d);
+            self.writes.push((name, d));
             return;
         }
         let fresh = self.touched.contains(&g);
@@ -657,14 +771,22 @@ impl Planner {
             }
             return;
         }
-        let mut ids: Vec<MachineId> = self
-            .unit(g)
-            .global_on
-            .iter()
-            .map(|&m| self.machine(m).info.id.clone())
-            .collect();
-        ids.sort();
-        self.write(name, Decision::Global(ids));
+        let on = &self.unit(g).global_on;
+        let ids: Vec<MachineId> = if on.len() * 8 > self.order.len() {
+            self.order
+                .iter()
+                .filter(|m| on.contains(m))
+                .map(|&m| self.machine(m).info.id.clone())
+                .collect()
+        } else {
+            let mut ids: Vec<MachineId> = on
+                .iter()
+                .map(|&m| self.machine(m).info.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        self.writes.push((name, Decision::Global(ids)));
     }
 
     /// `schedule`'s step 3 (`place_non_globals` after the reservations, and `retry`) for the units `s`

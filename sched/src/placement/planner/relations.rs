@@ -74,8 +74,9 @@ impl Planner {
             }
         }
         if req.global {
-            self.globals.insert(name, u);
-            self.every_machine = true;
+            self.globals.insert(name.clone(), u);
+            self.new_globals.push(u);
+            self.dirty_followers_of(&name);
         } else {
             self.unreserved.insert(u);
         }
@@ -94,11 +95,16 @@ impl Planner {
         self.affect_neighbours_of_name(name.as_str());
         if self.unit(u).global {
             let on: Vec<u32> = self.unit(u).global_on.iter().copied().collect();
+            if self.has_conflict_relations(u) {
+                self.dirty_globals.extend(on.iter().copied());
+            } else {
+                self.direct_moves += on.len();
+            }
             for m in on {
                 self.unplace(u, m);
             }
             self.globals.remove(name.as_str());
-            self.every_machine = true;
+            self.dirty_followers_of(name.as_str());
         } else {
             self.unreserve(u);
             self.unreserved.remove(&u);
@@ -159,6 +165,23 @@ impl Planner {
         unit.active = false;
         unit.global = false;
         unit.invalid = None;
+    }
+
+    /// Whether a unit owns a `Conflicts=` pattern or is matched by one.
+    pub(super) fn has_conflict_relations(&self, u: u32) -> bool {
+        let unit = self.unit(u);
+        !unit.conflict_pats.is_empty() || !unit.matched_by.is_empty()
+    }
+
+    /// A global unit named `name` comes or goes: the claims of units with `MachineOf=` it must be
+    /// checked again (they are kept only where it runs).
+    fn dirty_followers_of(&mut self, name: &str) {
+        for &f in self.machine_of_index.get(name).into_iter().flatten() {
+            let claim = self.unit(f).claim;
+            if claim != NONE {
+                self.dirty.insert(claim);
+            }
+        }
     }
 
     /// Units whose relations depend on whether a unit named `name` takes part: those naming it in
@@ -339,6 +362,7 @@ impl Planner {
             }
         };
         self.class_ids.insert(md.clone(), c);
+        self.ensure_class_pool(c);
         c
     }
 
@@ -432,6 +456,32 @@ impl Planner {
                 }
             }
         }
+        // A unit without edges is in no cycle and replaces nothing: only the others need their groups.
+        let (mut linked, mut alone) = (Vec::new(), Vec::new());
+        let mut rep_linked = Vec::new();
+        for &u in &affected {
+            let x = self.unit(u);
+            if x.targets.is_empty() && x.followers.is_empty() {
+                alone.push(u);
+            } else {
+                linked.push(u);
+            }
+            if !x.replaces_raw.is_empty() || !x.replaced_by_raw.is_empty() {
+                rep_linked.push(u);
+            } else if !x.replaces.is_empty() || !x.replaced_by.is_empty() {
+                let x = self.unit_mut(u);
+                x.replaces.clear();
+                x.replaced_by.clear();
+                changed.insert(u);
+            }
+        }
+        for u in alone {
+            if self.unit(u).cycle.is_some() {
+                self.unit_mut(u).cycle = None;
+                changed.insert(u);
+            }
+        }
+        let affected = linked;
         // MachineOf cycles in the groups of the affected units.
         let group = self.group(&affected, |p, u| {
             let x = p.unit(u);
@@ -464,7 +514,7 @@ impl Planner {
             }
         }
         // Replaces: relations inside a cycle are ignored.
-        let group = self.group(&affected, |p, u| {
+        let group = self.group(&rep_linked, |p, u| {
             let x = p.unit(u);
             x.replaces_raw
                 .iter()
