@@ -9,7 +9,8 @@
 //!
 //!     cargo run --release -p fleet-sched --example placement_bench [machines] [units] [repeat]
 //!
-//! `repeat` > 0 only runs the cold start that many times (for a profiler).
+//! `repeat` > 0 only runs the cold start that many times (for a profiler). `BENCH_DEBUG=1` prints every
+//! incremental pass over 1 ms and the units left unreserved.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -391,6 +392,7 @@ fn incremental(machines: &[MachineInfo], claimed: &[UnitInfo], plan: &Plan) {
         "100 claims in one pass",
         "claim written after a move (one per pass)",
         "global unit submitted / destroyed",
+        "global unit with Conflicts= submitted / destroyed",
     ]
     .into_iter()
     .map(|k| (k, Kind::default()))
@@ -406,6 +408,7 @@ fn incremental(machines: &[MachineInfo], claimed: &[UnitInfo], plan: &Plan) {
             "100 claims in one pass",
             "claim written after a move (one per pass)",
             "global unit submitted / destroyed",
+            "global unit with Conflicts= submitted / destroyed",
         ]
         .iter()
         .position(|x| *x == name)
@@ -534,6 +537,31 @@ fn incremental(machines: &[MachineInfo], claimed: &[UnitInfo], plan: &Plan) {
             timed(
                 &mut planner,
                 &mut kinds[k("global unit submitted / destroyed")].1,
+                vec![Change::UnitGone(g_name)],
+            );
+            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
+        }
+        // The same with a Conflicts= glob (matching nothing here): every machine it may run on is
+        // recomputed.
+        if r < 2 {
+            let g = unit(
+                format!("bench-gconflict{r}.service"),
+                Requirements {
+                    global: true,
+                    conflicts: vec!["bench-none*.service".into()],
+                    ..Requirements::default()
+                },
+            );
+            let g_name = g.name.clone();
+            let kind = k("global unit with Conflicts= submitted / destroyed");
+            timed(&mut planner, &mut kinds[kind].1, vec![Change::Unit(g)]);
+            if r == 0 {
+                check(&planner);
+            }
+            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
+            timed(
+                &mut planner,
+                &mut kinds[kind].1,
                 vec![Change::UnitGone(g_name)],
             );
             converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
