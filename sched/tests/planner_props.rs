@@ -1,6 +1,6 @@
 //! The incremental planner against `schedule`: after every batch of random changes (machines joining,
 //! leaving or changing metadata; units submitted, changed, destroyed; claims moving, following the plan
-//! or pointing at dead machines), the planner's plan equals `schedule` on the same inputs, the planner's
+//! or pointing at dead machines; machines refusing unit names), the planner's plan equals `schedule` on the same inputs, the planner's
 //! inputs equal the ones the test tracks on its own, and the plan breaks no rule.
 
 use std::collections::BTreeMap;
@@ -44,6 +44,22 @@ fn machine(id: &str, role: usize, ssd: bool) -> MachineInfo {
         m = m.with_metadata("disk", "ssd");
     }
     m
+}
+
+/// `m` refusing none, one or both of the first and third unit names (bits of `mask`).
+fn refusing(mut m: MachineInfo, names: &[String], mask: u8) -> MachineInfo {
+    for (bit, i) in [(1u8, 0usize), (2, 2)] {
+        if mask & bit != 0 {
+            let name = UnitName::parse(&names[i]).unwrap();
+            m = m.refusing(name, "a unit fleet does not manage has that name there");
+        }
+    }
+    m
+}
+
+/// Which names a machine refuses: mostly none.
+fn refusal_mask() -> impl Strategy<Value = u8> + Clone {
+    prop_oneof![4 => Just(0u8), 1 => 1..4u8]
 }
 
 fn words(pool: &'static [&'static str], max: usize) -> impl Strategy<Value = Vec<String>> + Clone {
@@ -167,7 +183,7 @@ fn claim() -> impl Strategy<Value = Option<String>> + Clone {
 /// A change before it is made concrete against the current state.
 #[derive(Clone, Debug)]
 enum Op {
-    MachineUp(usize, usize, bool),
+    MachineUp(usize, usize, bool, u8),
     MachineGone(usize),
     Unit(usize, Requirements, DesiredState, Option<String>),
     UnitGone(usize),
@@ -186,7 +202,8 @@ where
     C: Strategy<Value = Option<String>> + Clone + 'static,
 {
     prop_oneof![
-        3 => (0..machines, 0..3usize, any::<bool>()).prop_map(|(i, r, s)| Op::MachineUp(i, r, s)),
+        3 => (0..machines, 0..3usize, any::<bool>(), refusal_mask())
+            .prop_map(|(i, r, s, x)| Op::MachineUp(i, r, s, x)),
         2 => (0..machines).prop_map(Op::MachineGone),
         4 => (0..names, req, desired(), claim.clone()).prop_map(|(i, r, d, c)| Op::Unit(i, r, d, c)),
         1 => (0..names).prop_map(Op::UnitGone),
@@ -254,7 +271,11 @@ fn changes(
     let id = |s: &str| MachineId::parse(s).unwrap();
     let name = |i: usize| UnitName::parse(&names[i]).unwrap();
     match op {
-        Op::MachineUp(i, role, ssd) => vec![Change::Machine(machine(&ids[*i], *role, *ssd))],
+        Op::MachineUp(i, role, ssd, refused) => vec![Change::Machine(refusing(
+            machine(&ids[*i], *role, *ssd),
+            names,
+            *refused,
+        ))],
         Op::MachineGone(i) => vec![Change::MachineGone(id(&ids[*i]))],
         Op::Unit(i, req, desired, claim) => vec![Change::Unit(UnitInfo {
             name: name(*i),
@@ -391,6 +412,11 @@ fn check(
         );
         let v = expected.violations(&ms, &us);
         prop_assert!(v.is_empty(), "{v:#?}");
+        // The independent checker knows nothing of refused names (a refused global unit would look
+        // missing there): only without refusals.
+        if ms.iter().any(|m| !m.refused.is_empty()) {
+            continue;
+        }
         let (cms, cus) = for_checker(&ms, &us);
         let v = check_assignment(&cms, &cus, &assignment_of(planner.plan()));
         prop_assert!(v.is_empty(), "checker: {v:#?}\nunits {us:#?}");
@@ -403,12 +429,15 @@ fn initial_machines() -> impl Strategy<Value = Vec<MachineInfo>> {
         let n = ids.len();
         (
             Just(ids),
-            prop::collection::vec((0..3usize, any::<bool>()), n),
+            prop::collection::vec((0..3usize, any::<bool>(), refusal_mask()), n),
         )
             .prop_map(|(ids, md)| {
+                let names = strings(UNIT_NAMES);
                 ids.iter()
                     .zip(md)
-                    .map(|(id, (role, ssd))| machine(id, role, ssd))
+                    .map(|(id, (role, ssd, refused))| {
+                        refusing(machine(id, role, ssd), &names, refused)
+                    })
                     .collect()
             })
     })

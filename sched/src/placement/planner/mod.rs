@@ -207,6 +207,8 @@ pub struct Planner {
     order: Vec<u32>,
     /// Machines by 8-character short ID.
     short_ids: FxMap<String, Vec<u32>>,
+    /// Live machines that refuse a unit name ([`MachineInfo::refused`]), sorted by ID.
+    refusals: FxMap<UnitName, Vec<u32>>,
     classes: Vec<Option<Class>>,
     free_classes: Vec<u32>,
     class_ids: FxMap<BTreeMap<String, Vec<String>>, u32>,
@@ -279,6 +281,7 @@ impl Planner {
             by_id: FxMap::default(),
             order: Vec::new(),
             short_ids: FxMap::default(),
+            refusals: FxMap::default(),
             classes: Vec::new(),
             free_classes: Vec::new(),
             class_ids: FxMap::default(),
@@ -455,12 +458,15 @@ impl Planner {
 
     fn upsert_machine(&mut self, info: MachineInfo) {
         if let Some(&m) = self.by_id.get(&info.id) {
-            if self.machine(m).info.metadata == info.metadata {
+            let old = &self.machine(m).info;
+            if old.metadata == info.metadata && old.refused == info.refused {
                 return;
             }
             // Emptied first, so that leaving and joining pools changes no counter.
             self.clear_machine(m);
+            self.set_refusals(m, false);
             self.machine_mut(m).info = info;
+            self.set_refusals(m, true);
             self.update_memberships(m);
             self.dirty.insert(m);
             self.dirty_globals.insert(m);
@@ -496,6 +502,7 @@ impl Planner {
             pools: Vec::new(),
             claimed: Vec::new(),
         });
+        self.set_refusals(m, true);
         self.update_memberships(m);
         for u in self.claims_by_id.get(&id).cloned().unwrap_or_default() {
             self.resolve_claim(u);
@@ -509,6 +516,7 @@ impl Planner {
             return;
         };
         self.clear_machine(m);
+        self.set_refusals(m, false);
         for u in std::mem::take(&mut self.machine_mut(m).claimed) {
             self.unit_mut(u).claim = NONE;
             self.touched.insert(u);
@@ -538,6 +546,28 @@ impl Planner {
         self.dirty.remove(&m);
         self.dirty_globals.remove(&m);
         self.free_ms.push(m);
+    }
+
+    /// Adds (or removes) live machine `m` to the index of the names it refuses.
+    fn set_refusals(&mut self, m: u32, add: bool) {
+        let names: Vec<UnitName> = self.machine(m).info.refused.keys().cloned().collect();
+        let id = self.machine(m).info.id.clone();
+        for name in names {
+            let list = self.refusals.entry(name.clone()).or_default();
+            let pos = list.partition_point(|&o| {
+                self.ms[o as usize].as_ref().expect("live machine").info.id < id
+            });
+            if add {
+                list.insert(pos, m);
+            } else {
+                if list.get(pos) == Some(&m) {
+                    list.remove(pos);
+                }
+                if list.is_empty() {
+                    self.refusals.remove(&name);
+                }
+            }
+        }
     }
 
     /// Makes the class memberships (and class pools) of an empty machine `m` follow its metadata.

@@ -70,19 +70,7 @@ impl Planner {
             if unit.invalid.is_some() || unit.info.name.is_template() {
                 continue;
             }
-            let candidates: Vec<u32> = match unit.info.requirements.required_machine() {
-                Some(id) => self
-                    .id_matches(id)
-                    .into_iter()
-                    .filter(|&m| self.static_ok(g, m))
-                    .collect(),
-                None if unit.class == NONE => self.order.clone(),
-                None => self.classes[unit.class as usize]
-                    .as_ref()
-                    .expect("class")
-                    .sorted
-                    .clone(),
-            };
+            let candidates = self.static_candidates(g);
             if self.has_conflict_relations(g) {
                 self.dirty_globals.extend(candidates);
                 continue;
@@ -269,8 +257,70 @@ impl Planner {
 
     // ---- Rules -------------------------------------------------------------------------------------
 
-    /// `MachineID=` and `MachineMetadata=` allow `m`.
+    /// `MachineID=` and `MachineMetadata=` allow `m`, and `m` does not refuse the unit's name.
     fn static_ok(&self, u: u32, m: u32) -> bool {
+        self.requirements_allow(u, m) && !self.refuses(m, u)
+    }
+
+    /// Whether machine `m` refuses the name of unit `u`.
+    fn refuses(&self, m: u32, u: u32) -> bool {
+        let refused = &self.machine(m).info.refused;
+        !refused.is_empty() && refused.contains_key(&self.unit(u).info.name)
+    }
+
+    /// Live machines that refuse the name of `u`, sorted by ID.
+    fn refusing(&self, u: u32) -> &[u32] {
+        self.refusals
+            .get(&self.unit(u).info.name)
+            .map_or(&[], |v| v.as_slice())
+    }
+
+    /// Why `u` cannot go to any of `allowed` (machines its requirements allow, sorted by ID, not
+    /// empty), which all refuse its name.
+    fn refused_reason(&self, u: u32, allowed: &[u32]) -> Reason {
+        let m = self.machine(allowed[0]);
+        Reason::NameRefused {
+            machines: allowed.len(),
+            machine: m.info.id.clone(),
+            why: m
+                .info
+                .refused
+                .get(&self.unit(u).info.name)
+                .cloned()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Every machine `MachineID=` and `MachineMetadata=` allow and that does not refuse the name,
+    /// sorted by ID.
+    fn static_candidates(&self, u: u32) -> Vec<u32> {
+        let mut ms = self.allowed_machines(u);
+        if !self.refusing(u).is_empty() {
+            ms.retain(|&m| !self.refuses(m, u));
+        }
+        ms
+    }
+
+    /// Every machine `MachineID=` and `MachineMetadata=` allow, sorted by ID.
+    fn allowed_machines(&self, u: u32) -> Vec<u32> {
+        let unit = self.unit(u);
+        match unit.info.requirements.required_machine() {
+            Some(id) => self
+                .id_matches(id)
+                .into_iter()
+                .filter(|&m| self.requirements_allow(u, m))
+                .collect(),
+            None if unit.class == NONE => self.order.clone(),
+            None => self.classes[unit.class as usize]
+                .as_ref()
+                .expect("class")
+                .sorted
+                .clone(),
+        }
+    }
+
+    /// `MachineID=` and `MachineMetadata=` allow `m`.
+    fn requirements_allow(&self, u: u32, m: u32) -> bool {
         let unit = self.unit(u);
         if let Some(id) = unit.info.requirements.required_machine() {
             if !self.machine(m).info.id.matches(id) {
@@ -333,15 +383,12 @@ impl Planner {
         None
     }
 
-    /// The first (by ID) of the machines `MachineID=` and `MachineMetadata=` allow, and their number.
+    /// The first (by ID) of the machines `MachineID=` and `MachineMetadata=` allow and that do not
+    /// refuse the name, and their number.
     fn static_span(&self, u: u32) -> (Option<u32>, usize) {
         let unit = self.unit(u);
-        if let Some(id) = unit.info.requirements.required_machine() {
-            let ids: Vec<u32> = self
-                .id_matches(id)
-                .into_iter()
-                .filter(|&m| self.static_ok(u, m))
-                .collect();
+        if unit.info.requirements.required_machine().is_some() || !self.refusing(u).is_empty() {
+            let ids = self.static_candidates(u);
             return (ids.first().copied(), ids.len());
         }
         if unit.class == NONE {
@@ -353,6 +400,12 @@ impl Planner {
 
     fn unplaceable_span(&self, u: u32, (first, count): (Option<u32>, usize)) -> Dec {
         let Some(m) = first else {
+            if !self.refusing(u).is_empty() {
+                let allowed = self.allowed_machines(u);
+                if !allowed.is_empty() {
+                    return Dec::Unplaceable(self.refused_reason(u, &allowed));
+                }
+            }
             let req = &self.unit(u).info.requirements;
             let considered = match req.required_machine() {
                 Some(id) => self.id_matches(id).len(),
@@ -1137,6 +1190,9 @@ impl Planner {
             if !in_within(m) {
                 return apart();
             }
+            if self.requirements_allow(u, m) && self.refuses(m, u) {
+                return Dec::Unplaceable(self.refused_reason(u, &[m]));
+            }
             if !self.static_ok(u, m) {
                 return Dec::Unplaceable(Reason::MetadataUnmatched {
                     requirement: render_metadata(&req.metadata),
@@ -1164,6 +1220,14 @@ impl Planner {
                 .filter(|&m| self.static_ok(u, m))
                 .collect();
             if candidates.is_empty() {
+                let allowed: Vec<u32> = shared
+                    .iter()
+                    .copied()
+                    .filter(|&m| self.requirements_allow(u, m))
+                    .collect();
+                if !allowed.is_empty() {
+                    return Dec::Unplaceable(self.refused_reason(u, &allowed));
+                }
                 return Dec::Unplaceable(Reason::MetadataUnmatched {
                     requirement: render_metadata(&req.metadata),
                     considered: shared.len(),
