@@ -46,7 +46,8 @@
 //!   (which walks its whole backlog on every send): each changed entry (metadata, or one unit) is
 //!   an update of about 100 bytes that the node pushes in datagrams of its own to `gossip_fanout`
 //!   random live members per `gossip_interval`, and that every member passes on at most
-//!   `max_transmissions` times when it is news. Removed units travel as tombstones. Anti-entropy
+//!   `max_transmissions` times when it is news (news learnt by a sync only when it is a few updates:
+//!   a joiner does not push on the cluster's state). Removed units travel as tombstones. Anti-entropy
 //!   (three messages on one QUIC stream) repairs losses every `anti_entropy_interval`: a summary
 //!   of the state digest, then details of the differing buckets, then what the peer lacks. A join
 //!   is a full exchange (membership, digest, state) with a seed address, so a joiner learns

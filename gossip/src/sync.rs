@@ -14,6 +14,8 @@ use crate::types::{MachineId, NodeIdentity};
 /// At most this many differing buckets are detailed in one summary answer (the rest waits for
 /// the next sync), which bounds the answer's size.
 const MAX_DETAILED_BUCKETS: usize = 8;
+/// At most this many updates learnt in one sync are passed on in pushes (see `merge_state`).
+const PASS_ON_AFTER_SYNC: usize = 32;
 
 impl Node {
     /// A full offer: this node's membership and its whole digest. See [`Node::sync_offer_to`].
@@ -218,16 +220,26 @@ impl Node {
         let sender = Member::alive(from);
         self.observe_input(&sender, &kept);
         kept.push(sender);
+        // Like state (see `merge_state`): a few membership changes are news foca passes on; a
+        // whole membership (a join, a heal) is not re-broadcast by the node that catches up.
+        let broadcast = kept.len() <= PASS_ON_AFTER_SYNC;
         let result = self
             .foca
-            .apply_many(kept.into_iter(), true, &mut self.runtime);
+            .apply_many(kept.into_iter(), broadcast, &mut self.runtime);
         self.drain_runtime();
         result.map_err(Error::Protocol)
     }
 
+    /// Merges state from a sync. A few updates that were news are passed on (a fresh change that
+    /// rumour mongering missed here likely missed others too); a large batch is a node catching up
+    /// (a joiner's full exchange, a healed partition) and is not: pushing it would cost every
+    /// joiner `max_transmissions` times the whole cluster's state in bytes (1.3 M updates at
+    /// 10,000 members), long after it joined. The others repair by their own anti-entropy.
     fn merge_state(&mut self, state: Vec<OriginDelta>) {
         let news = self.store.merge(state);
-        self.pass_on(news);
+        if news.len() <= PASS_ON_AFTER_SYNC {
+            self.pass_on(news);
+        }
         self.drain_changes();
     }
 }

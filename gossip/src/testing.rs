@@ -109,6 +109,12 @@ impl VirtualNet {
         self.add_slot(Self::machine_id(index), Self::machine_id(index), 1, seeds)
     }
 
+    /// Adds a node with machine ID `id` (a benchmark uses fleetd's 32-hex-digit IDs, whose size
+    /// counts in every packet) that joins through `seeds`. Returns its index.
+    pub fn add_node_with_id(&mut self, id: MachineId, seeds: &[NodeIndex]) -> NodeIndex {
+        self.add_slot(id.clone(), id, 1, seeds)
+    }
+
     /// Adds a node that claims to be machine `claims` (with incarnation `incarnation`) while its
     /// certificate is machine `cert_of`'s, as a second fleetd started with a stolen certificate
     /// and another machine's ID would; it joins through `seeds`. Returns its index.
@@ -481,4 +487,69 @@ impl VirtualNet {
         }
         self.flush(peer);
     }
+}
+
+/// A formed cluster of `n` members, for benchmarks at sizes a [`VirtualNet`] cannot hold: their
+/// identities (32-hex-digit machine IDs as fleetd uses, distinct addresses, incarnation 1) and a
+/// full state as a member of it would send to a joiner (every member alive; each with metadata
+/// and `units` unit states). Merging it into a [`Node`] whose identity is one of them makes that
+/// node a member of the formed cluster.
+pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullState) {
+    use crate::store::{Entry, OriginDelta};
+    use crate::types::{Metadata, Stamp, UnitState};
+    let ids: Vec<NodeIdentity> = (0..n)
+        .map(|i| NodeIdentity {
+            machine_id: MachineId::new(format!("{i:032x}")),
+            addr: SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)),
+                4001,
+            ),
+            incarnation: 1,
+        })
+        .collect();
+    let state = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let stamp = |version| Stamp { epoch: 1, version };
+            let mut entries = vec![(
+                stamp(1),
+                Entry::Metadata(Metadata {
+                    public_ip: id.addr.ip().to_string(),
+                    metadata: [("rack".to_string(), format!("r{}", i % 40))].into(),
+                    version: "0.1.0".into(),
+                    unit_count: units as u32,
+                }),
+            )];
+            for u in 0..units {
+                entries.push((
+                    stamp(2 + u as u64),
+                    Entry::Unit {
+                        name: format!("app-{u:04}.service"),
+                        state: Some(UnitState {
+                            load_state: "loaded".into(),
+                            active_state: "active".into(),
+                            sub_state: "running".into(),
+                            unit_hash: [i as u8; 20],
+                        }),
+                    },
+                ));
+            }
+            OriginDelta {
+                origin: id.machine_id.clone(),
+                synced: stamp(1 + units as u64),
+                entries,
+            }
+        })
+        .collect();
+    let members = ids.iter().cloned().map(foca::Member::alive).collect();
+    let from = ids[n - 1].clone();
+    (
+        ids,
+        FullState {
+            from,
+            members,
+            state,
+        },
+    )
 }

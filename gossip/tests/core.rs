@@ -576,3 +576,33 @@ fn idle_bytes_per_node_do_not_grow_with_the_cluster() {
         "an idle node sends {large:.0} B/s at 96 nodes, {small:.0} B/s at 16"
     );
 }
+
+/// Issue 14: a joiner learns the whole cluster in one exchange and does not push it on (nor does
+/// foca re-broadcast the membership it learnt): it would cost every join `max_transmissions` times
+/// the cluster's state, for minutes at 10,000 members. The others already hold it.
+#[test]
+fn a_joiner_does_not_push_on_the_state_it_learnt_by_joining() {
+    let n = 24;
+    let mut net = cluster(43, n);
+    for i in 0..n {
+        net.with_node(i, |node, now| {
+            node.set_local_metadata(now, metadata("eu"));
+            for u in 0..10 {
+                node.set_local_unit_state(now, &format!("u{u}.service"), Some(unit("active", 1)));
+            }
+        });
+    }
+    net.run_for(Duration::from_secs(15));
+    let joiner = net.add_node(&[0]);
+    let all_known = net.run_until(Duration::from_secs(5), |net| {
+        net.view(joiner)
+            .is_some_and(|v| v.machines.values().filter(|m| m.units.len() == 10).count() == n)
+    });
+    assert!(all_known, "the joiner learnt every member's units");
+    net.run_for(Duration::from_secs(10));
+    let c = net.node(joiner).unwrap().counters();
+    // Its own pings, acks and a few syncs: about 5 datagrams/s of ~100 bytes. Pushing on the
+    // 264 updates it learnt would take over 300 datagrams of ~1 KB.
+    assert_eq!(c.pushes_out, 0, "{c:?}");
+    assert!(c.bytes_out < 15 * 1000, "{c:?}");
+}

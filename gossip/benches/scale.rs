@@ -1,0 +1,482 @@
+//! One member's gossip cost at scale (issue 14.4), with the real `Node`, in-process, simulated time:
+//! [1] a whole cluster of real nodes in a `VirtualNet` (5, 20, 100 members by default), and [2] one
+//! real node of a 100, 1,000 and 10,000-member cluster, its peers modelled at the rates SWIM gives.
+//!
+//!     cargo bench -p fleet-gossip --features testing --bench scale   # [1] 5,20,100 [2] 100,1000,10000
+//!     CLUSTER_SIZES=5,10 SIZES=1000 SECS=120 UNITS=10 cargo bench -p fleet-gossip --features testing --bench scale
+//!
+//! What runs for real: the node under test (foca, Lifeguard, pushes, anti-entropy, the roster), and
+//! a second real node (the "mirror", holding the same membership and state) that answers and starts
+//! its syncs. What is modelled, from SWIM's rates: every member probes one member per
+//! `probe_period`, so the node receives one ping per period from a random member, and every member
+//! it pings acks after `RTT`; every member starts a sync every `anti_entropy_interval` with a random
+//! member, so the node answers one per interval (the mirror plays the peers). With `CHURN` (unit
+//! state changes per second in the whole cluster) the node also receives each change about
+//! `max_transmissions` times in pushes, as rumour mongering delivers it.
+//!
+//! Printed per size: the node's CPU (time spent inside its calls, one thread; a shared, noisy host
+//! inflates it), its payload bytes per second each way (datagrams and sync messages), the same with
+//! QUIC's per-datagram overhead (`QUIC_OVERHEAD`, calibrated on loopback by
+//! `gossip-quic/examples/loopback_bench.rs`), and the QUIC connections it must set up per second
+//! (a peer not contacted for `IDLE_TIMEOUT` needs a new handshake, `HANDSHAKE_BYTES` each way).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use fleet_gossip::core::{Config, Node};
+use fleet_gossip::testing::{synthetic_cluster, VirtualNet};
+use fleet_gossip::wire::{FullState, SyncAnswer, SyncOffer, DATAGRAM_STATE, DATAGRAM_SWIM};
+use fleet_gossip::{MachineId, Metadata, NodeIdentity, Stamp, UnitState, Update};
+use foca::{Codec, Header, Message, PostcardCodec};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+/// One-way LAN latency of the model.
+const RTT: Duration = Duration::from_micros(250);
+
+fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Default)]
+struct Totals {
+    busy: Duration,
+    datagrams_in: u64,
+    datagrams_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    sync_in: u64,
+    sync_out: u64,
+    connections: u64,
+}
+
+enum Ev {
+    /// A datagram for the node under test, from peer `from`.
+    Deliver(usize, Vec<u8>),
+    /// A random peer pings the node.
+    PeerPing,
+    /// A random peer starts a sync with the node (played by the mirror).
+    PeerSync,
+    /// A unit state changes somewhere in the cluster.
+    Churn,
+}
+
+struct Bench {
+    ids: Vec<NodeIdentity>,
+    by_addr: HashMap<SocketAddr, usize>,
+    node: Node,
+    mirror: Node,
+    rng: StdRng,
+    queue: BTreeMap<(Instant, u64), Ev>,
+    seq: u64,
+    totals: Totals,
+    /// When the node last exchanged anything with each peer (for the connection model).
+    contact: HashMap<usize, Instant>,
+    idle_timeout: Duration,
+    probe_number: u8,
+    versions: HashMap<usize, u64>,
+    units: usize,
+}
+
+impl Bench {
+    fn push(&mut self, at: Instant, ev: Ev) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    /// Runs `f` on the node under test, timing it.
+    fn on_node<R>(&mut self, f: impl FnOnce(&mut Node) -> R) -> R {
+        let t = Instant::now();
+        let r = f(&mut self.node);
+        self.totals.busy += t.elapsed();
+        r
+    }
+
+    fn touch(&mut self, peer: usize, now: Instant) {
+        let fresh = self
+            .contact
+            .get(&peer)
+            .is_none_or(|at| now.duration_since(*at) > self.idle_timeout);
+        if fresh {
+            self.totals.connections += 1;
+        }
+        self.contact.insert(peer, now);
+    }
+
+    fn swim(&self, from: usize, message: Message<NodeIdentity>) -> Vec<u8> {
+        let mut out = vec![DATAGRAM_SWIM];
+        PostcardCodec
+            .encode_header(
+                &Header {
+                    src: self.ids[from].clone(),
+                    src_incarnation: 0,
+                    dst: self.node.identity().clone(),
+                    message,
+                },
+                &mut out,
+            )
+            .expect("encode");
+        out.extend_from_slice(&0u16.to_be_bytes());
+        out
+    }
+
+    /// Sends what the node wants sent: acks come back for its pings, syncs run with the mirror.
+    fn drain(&mut self, now: Instant) {
+        while let Some(t) = self.node.poll_transmit() {
+            self.totals.datagrams_out += 1;
+            self.totals.bytes_out += t.data.len() as u64;
+            let Some(&peer) = self.by_addr.get(&t.dst) else {
+                continue;
+            };
+            self.touch(peer, now);
+            if t.data.first() == Some(&DATAGRAM_SWIM) {
+                let mut buf = &t.data[1..];
+                if let Ok(h) = Codec::<NodeIdentity>::decode_header(&mut PostcardCodec, &mut buf) {
+                    if let Message::Ping(n) = h.message {
+                        let ack = self.swim(peer, Message::Ack(n));
+                        self.push(now + 2 * RTT, Ev::Deliver(peer, ack));
+                    }
+                }
+            }
+        }
+        while let Some(peer_addr) = self.node.poll_sync() {
+            let Some(&peer) = self.by_addr.get(&peer_addr) else {
+                continue;
+            };
+            self.touch(peer, now);
+            let offer = self.on_node(|n| n.sync_offer_to(peer_addr).encode());
+            self.totals.sync_out += offer.len() as u64;
+            let answer = self
+                .mirror
+                .handle_sync_offer(now, SyncOffer::decode(&offer).unwrap())
+                .unwrap()
+                .encode();
+            self.totals.sync_in += answer.len() as u64;
+            let delta = self.on_node(|n| {
+                n.handle_sync_answer(now, SyncAnswer::decode(&answer).unwrap())
+                    .map(|d| d.encode())
+            });
+            if let Ok(delta) = delta {
+                self.totals.sync_out += delta.len() as u64;
+                let _ = self.mirror.merge(now, FullState::decode(&delta).unwrap());
+            }
+        }
+        while self.node.poll_event().is_some() {}
+        while self.mirror.poll_transmit().is_some() {}
+        while self.mirror.poll_sync().is_some() {}
+        while self.mirror.poll_event().is_some() {}
+    }
+
+    fn deliver(&mut self, now: Instant, from: usize, data: Vec<u8>) {
+        self.totals.datagrams_in += 1;
+        self.totals.bytes_in += data.len() as u64;
+        self.touch(from, now);
+        let addr = self.ids[from].addr;
+        let _ = self.on_node(|n| n.handle_datagram(now, addr, &data));
+        self.drain(now);
+    }
+
+    fn random_peer(&mut self) -> usize {
+        // 0 is the node under test, 1 the mirror.
+        self.rng.random_range(2..self.ids.len())
+    }
+
+    fn run(&mut self, start: Instant, secs: u64) {
+        let config = self.node.config().clone();
+        let end = start + Duration::from_secs(secs);
+        let churn: f64 = env("CHURN", 0.0);
+        let mut at = start;
+        self.push(at, Ev::PeerPing);
+        self.push(at + config.anti_entropy_interval / 2, Ev::PeerSync);
+        if churn > 0.0 {
+            self.push(at, Ev::Churn);
+        }
+        loop {
+            let next_ev = self.queue.keys().next().map(|(t, _)| *t);
+            let next_timer = self.node.poll_timeout();
+            let now = match (next_ev, next_timer) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) => a,
+                (None, Some(b)) => b,
+                (None, None) => break,
+            };
+            if now > end {
+                break;
+            }
+            at = now;
+            if next_timer.is_some_and(|t| t <= now) {
+                self.on_node(|n| n.handle_timeout(now));
+                self.drain(now);
+                continue;
+            }
+            let (_, ev) = self.queue.pop_first().expect("an event is due");
+            match ev {
+                Ev::Deliver(from, data) => self.deliver(now, from, data),
+                Ev::PeerPing => {
+                    let peer = self.random_peer();
+                    self.probe_number = self.probe_number.wrapping_add(1);
+                    let ping = self.swim(peer, Message::Ping(self.probe_number));
+                    self.deliver(now, peer, ping);
+                    let jitter = self.rng.random_range(0.5..1.5);
+                    self.push(now + config.probe_period.mul_f64(jitter), Ev::PeerPing);
+                }
+                Ev::PeerSync => {
+                    let peer = self.random_peer();
+                    self.touch(peer, now);
+                    let node_addr = self.node.identity().addr;
+                    let offer = self.mirror.sync_offer_to(node_addr).encode();
+                    self.totals.sync_in += offer.len() as u64;
+                    let answer = self.on_node(|n| {
+                        n.handle_sync_offer(now, SyncOffer::decode(&offer).unwrap())
+                            .map(|a| a.encode())
+                    });
+                    if let Ok(answer) = answer {
+                        self.totals.sync_out += answer.len() as u64;
+                        if let Ok(delta) = self
+                            .mirror
+                            .handle_sync_answer(now, SyncAnswer::decode(&answer).unwrap())
+                        {
+                            let delta = delta.encode();
+                            self.totals.sync_in += delta.len() as u64;
+                            let _ =
+                                self.on_node(|n| n.merge(now, FullState::decode(&delta).unwrap()));
+                        }
+                    }
+                    self.drain(now);
+                    let jitter = self.rng.random_range(0.5..1.5);
+                    self.push(
+                        now + config.anti_entropy_interval.mul_f64(jitter),
+                        Ev::PeerSync,
+                    );
+                }
+                Ev::Churn => {
+                    self.churn(now, &config);
+                    let gap = Duration::from_secs_f64(1.0 / churn);
+                    let jitter = self.rng.random_range(0.5..1.5);
+                    self.push(now + gap.mul_f64(jitter), Ev::Churn);
+                }
+            }
+        }
+        let _ = at;
+    }
+
+    /// One unit state change somewhere: the node receives it `max_transmissions` times in pushes
+    /// (from random relays, spread over the next few gossip rounds), and the mirror learns it too.
+    fn churn(&mut self, now: Instant, config: &Config) {
+        let origin = self.random_peer();
+        let v = self.versions.entry(origin).or_insert(1 + self.units as u64);
+        *v += 1;
+        let update = Update {
+            origin: self.ids[origin].machine_id.clone(),
+            stamp: Stamp {
+                epoch: self.ids[origin].incarnation,
+                version: *v,
+            },
+            entry: fleet_gossip::Entry::Unit {
+                name: "app-0000.service".into(),
+                state: Some(UnitState {
+                    load_state: "loaded".into(),
+                    active_state: ["failed", "active"][(*v & 1) as usize].into(),
+                    sub_state: "dead".into(),
+                    unit_hash: [0; 20],
+                }),
+            },
+        };
+        for k in 0..config.max_transmissions {
+            let relay = self.random_peer();
+            let mut push = vec![DATAGRAM_STATE];
+            push.extend(postcard::to_allocvec(&self.ids[relay]).unwrap());
+            push.extend(postcard::to_allocvec(&1usize).unwrap());
+            push.extend(postcard::to_allocvec(&update).unwrap());
+            let at = now + config.gossip_interval * u32::from(k / 3) + RTT;
+            self.push(at, Ev::Deliver(relay, push.clone()));
+            if k == 0 {
+                let addr = self.ids[relay].addr;
+                let _ = self.mirror.handle_datagram(now, addr, &push);
+            }
+        }
+    }
+}
+
+/// Part 1: a whole cluster of real nodes in a `VirtualNet` (every member real, formed by joins
+/// through one seed, `units` units each, then idle). Per member: bytes and datagrams out per
+/// second (in is the same on average), and CPU as the run's wall time divided by members and
+/// simulated seconds (it includes the virtual network's own bookkeeping: an upper bound).
+fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, overhead: f64) {
+    println!(
+        "\n[1] whole cluster of real nodes (VirtualNet, 0.5 ms latency, no loss), idle after \
+         formation; {secs} s measured after {warmup} s; {units} units per machine"
+    );
+    println!(
+        "{:>7} {:>12} {:>9} {:>10} {:>12} {:>10}",
+        "members", "cpu % (max)", "dgram/s", "payload", "with QUIC", "sync"
+    );
+    println!(
+        "{:>7} {:>12} {:>9} {:>10} {:>12} {:>10}",
+        "", "(1 core)", "out", "B/s out", "B/s out", "B/s"
+    );
+    for &n in sizes {
+        let mut net = VirtualNet::new(7, Config::default());
+        for i in 0..n {
+            let seeds: &[usize] = if i == 0 { &[] } else { &[0] };
+            net.add_node_with_id(MachineId::new(format!("{i:032x}")), seeds);
+        }
+        for i in 0..n {
+            net.with_node(i, |node, now| {
+                node.set_local_metadata(
+                    now,
+                    Metadata {
+                        public_ip: format!("10.0.{}.{}", i >> 8, i & 255),
+                        metadata: [("rack".to_string(), format!("r{}", i % 40))].into(),
+                        version: "0.1.0".into(),
+                        unit_count: units as u32,
+                    },
+                );
+                for u in 0..units {
+                    node.set_local_unit_state(
+                        now,
+                        &format!("app-{u:04}.service"),
+                        Some(UnitState {
+                            load_state: "loaded".into(),
+                            active_state: "active".into(),
+                            sub_state: "running".into(),
+                            unit_hash: [i as u8; 20],
+                        }),
+                    );
+                }
+            });
+        }
+        net.run_for(Duration::from_secs(warmup));
+        let counters = |net: &mut VirtualNet| {
+            (0..n)
+                .map(|i| net.node(i).unwrap().counters())
+                .fold((0u64, 0u64), |(d, b), c| {
+                    (d + c.datagrams_out, b + c.bytes_out)
+                })
+        };
+        let (d0, b0) = counters(&mut net);
+        let s0 = net.sync_bytes;
+        let t = Instant::now();
+        net.run_for(Duration::from_secs(secs));
+        let wall = t.elapsed();
+        let (d1, b1) = counters(&mut net);
+        let per = |x: u64| x as f64 / n as f64 / secs as f64;
+        let sync = per(net.sync_bytes - s0);
+        println!(
+            "{:>7} {:>12.3} {:>9.1} {:>10.0} {:>12.0} {:>10.0}",
+            n,
+            100.0 * wall.as_secs_f64() / n as f64 / secs as f64,
+            per(d1 - d0),
+            per(b1 - b0) + sync,
+            per(b1 - b0) + sync + overhead * per(d1 - d0),
+            sync,
+        );
+    }
+}
+
+fn main() {
+    let sizes: Vec<usize> = std::env::var("SIZES")
+        .unwrap_or_else(|_| "100,1000,10000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let secs: u64 = env("SECS", 60);
+    let warmup: u64 = env("WARMUP", 15);
+    let units: usize = env("UNITS", 10);
+    let overhead: f64 = env("QUIC_OVERHEAD", 48.0);
+    let handshake: f64 = env("HANDSHAKE_BYTES", 4500.0);
+    let idle_timeout = Duration::from_secs(env("IDLE_TIMEOUT", 60));
+    let cluster_sizes: Vec<usize> = std::env::var("CLUSTER_SIZES")
+        .unwrap_or_else(|_| "5,20,100".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    whole_cluster(&cluster_sizes, secs, warmup, units, overhead);
+    let config = Config::default();
+    println!(
+        "\n[2] one real node among modelled peers: its gossip, in-process, simulated time; {secs} s measured after {warmup} s; \
+         {units} units per machine; churn {} changes/s; QUIC overhead {overhead} B/datagram, \
+         handshake {handshake} B each way, idle timeout {idle_timeout:?}",
+        env("CHURN", 0.0)
+    );
+    println!(
+        "{:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "members",
+        "cpu %",
+        "dgram/s",
+        "dgram/s",
+        "payload",
+        "payload",
+        "with QUIC",
+        "with QUIC",
+        "new conns"
+    );
+    println!(
+        "{:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "", "(1 core)", "in", "out", "B/s in", "B/s out", "B/s in", "B/s out", "per s"
+    );
+    for n in sizes {
+        let (ids, snapshot) = synthetic_cluster(n.max(3), units);
+        let start = Instant::now();
+        let mut node = Node::new(
+            config.clone(),
+            ids[0].clone(),
+            StdRng::seed_from_u64(1),
+            start,
+        );
+        let mut mirror = Node::new(
+            config.clone(),
+            ids[1].clone(),
+            StdRng::seed_from_u64(2),
+            start,
+        );
+        let t = Instant::now();
+        node.merge(start, snapshot.clone()).expect("snapshot");
+        mirror.merge(start, snapshot).expect("snapshot");
+        let load = t.elapsed();
+        let by_addr = ids.iter().enumerate().map(|(i, id)| (id.addr, i)).collect();
+        let mut b = Bench {
+            ids,
+            by_addr,
+            node,
+            mirror,
+            rng: StdRng::seed_from_u64(3),
+            queue: BTreeMap::new(),
+            seq: 0,
+            totals: Totals::default(),
+            contact: HashMap::new(),
+            idle_timeout,
+            probe_number: 0,
+            versions: HashMap::new(),
+            units,
+        };
+        b.drain(start);
+        b.run(start, warmup);
+        b.totals = Totals::default();
+        let t0 = start + Duration::from_secs(warmup);
+        b.run(t0, secs);
+        let s = secs as f64;
+        let tt = &b.totals;
+        println!(
+            "{:>7} {:>9.3} {:>9.1} {:>9.1} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>10.2}",
+            n,
+            100.0 * tt.busy.as_secs_f64() / s,
+            tt.datagrams_in as f64 / s,
+            tt.datagrams_out as f64 / s,
+            (tt.bytes_in + tt.sync_in) as f64 / s,
+            (tt.bytes_out + tt.sync_out) as f64 / s,
+            (tt.bytes_in + tt.sync_in) as f64 / s + overhead * tt.datagrams_in as f64 / s,
+            (tt.bytes_out + tt.sync_out) as f64 / s + overhead * tt.datagrams_out as f64 / s,
+            tt.connections as f64 / s,
+        );
+        eprintln!(
+            "  (loading the {n}-member snapshot took {load:?}; with connection set-ups the node \
+             would add about {:.0} B/s each way)",
+            handshake * tt.connections as f64 / s
+        );
+    }
+}
