@@ -222,24 +222,20 @@ async fn keep(
     // handshake and an etcd authentication (bcrypt) on a loaded machine.
     let connect_timeout = (period * 3).max(Duration::from_secs(1));
     loop {
-        let mut c = match client.clone() {
-            Some(c) => c,
-            None => match registry.connect_client(connect_timeout).await {
-                Ok(c) => {
-                    *last_client.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
-                    client = Some(c.clone());
-                    c
-                }
-                Err(e) => {
-                    tracing::debug!("lease keeper: connecting to etcd: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(retry_max);
-                    continue;
-                }
-            },
-        };
         let mut id = tx.borrow().lease.id;
         if id == 0 {
+            let mut c = match client.clone() {
+                Some(c) => c,
+                None => match registry.connect_client(connect_timeout).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!("lease keeper: connecting to etcd: {e}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(retry_max);
+                        continue;
+                    }
+                },
+            };
             let sent = clock::now();
             match tokio::time::timeout(ttl, c.lease_grant(ttl_secs, None)).await {
                 Ok(Ok(r)) => {
@@ -248,6 +244,7 @@ async fn keep(
                     let revision = r.header().map(|h| h.revision()).unwrap_or(0);
                     confirm(Confirmation { sent, revision }, Some((id, granted)));
                     tracing::info!(lease = format!("{id:x}"), ?granted, "lease granted");
+                    client = Some(c);
                 }
                 Ok(Err(e)) => {
                     tracing::warn!("granting a lease: {e}");
@@ -262,17 +259,34 @@ async fn keep(
                 }
             }
         }
+        let (c, mut keeper, mut stream) =
+            match open_keep_alive(&registry, client.take(), id, connect_timeout, period).await {
+                Ok(x) => x,
+                Err(Start::Expired) => {
+                    tracing::warn!(
+                        lease = format!("{id:x}"),
+                        "etcd says the lease expired: its claims are gone; granting a new one"
+                    );
+                    tx.send_modify(|s| {
+                        s.lease.id = 0;
+                        s.lease.confirmations.clear();
+                        s.generation += 1;
+                    });
+                    if let Some(f) = &file {
+                        save(f, &machine, &tx.borrow().lease);
+                    }
+                    continue;
+                }
+                Err(Start::Failed(e)) => {
+                    tracing::debug!(lease = format!("{id:x}"), "starting lease keep-alive: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry_max);
+                    continue;
+                }
+            };
         backoff = Duration::from_millis(50);
-        let (mut keeper, mut stream) = match c.lease_keep_alive(id).await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::debug!(lease = format!("{id:x}"), "starting lease keep-alive: {e}");
-                client = None;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(retry_max);
-                continue;
-            }
-        };
+        *last_client.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
+        client = Some(c);
         loop {
             let sent = clock::now();
             if let Err(e) = keeper.keep_alive().await {
@@ -316,5 +330,78 @@ async fn keep(
             tokio::time::sleep(period).await;
         }
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Why a keep-alive stream could not be opened.
+enum Start {
+    /// etcd answered that the lease does not exist (it expired): its claims are gone.
+    Expired,
+    /// No answer (or another error) from any attempt.
+    Failed(String),
+}
+
+/// Opens a keep-alive stream for lease `id` (on `client` if there is one, else on a new connection),
+/// starting another attempt on a new connection every `period` while earlier ones are still pending
+/// (each gets `timeout`, at most four at once): a network that comes back is used within a period,
+/// not after a TCP retransmission or the connect timeout of an attempt whose SYN was lost. The first
+/// stream that opens wins; the others are dropped.
+async fn open_keep_alive(
+    registry: &Registry,
+    client: Option<etcd_client::Client>,
+    id: i64,
+    timeout: Duration,
+    period: Duration,
+) -> Result<
+    (
+        etcd_client::Client,
+        etcd_client::LeaseKeeper,
+        etcd_client::LeaseKeepAliveStream,
+    ),
+    Start,
+> {
+    let attempt = |client: Option<etcd_client::Client>| {
+        let registry = registry.clone();
+        async move {
+            let mut c = match client {
+                Some(c) => c,
+                None => registry
+                    .connect_client(timeout)
+                    .await
+                    .map_err(|e| Start::Failed(e.to_string()))?,
+            };
+            match tokio::time::timeout(timeout, c.lease_keep_alive(id)).await {
+                Ok(Ok((k, s))) => Ok((c, k, s)),
+                Ok(Err(etcd_client::Error::LeaseKeepAliveError(e))) if e.contains("not found") => {
+                    Err(Start::Expired)
+                }
+                Ok(Err(e)) => Err(Start::Failed(e.to_string())),
+                Err(_) => Err(Start::Failed(format!("no answer within {timeout:?}"))),
+            }
+        }
+    };
+    let mut set = tokio::task::JoinSet::new();
+    set.spawn(attempt(client));
+    let mut last = String::from("no attempt");
+    let mut next = tokio::time::Instant::now() + period;
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                Some(Ok(Ok(x))) => return Ok(x),
+                Some(Ok(Err(Start::Expired))) => return Err(Start::Expired),
+                Some(Ok(Err(Start::Failed(e)))) => last = e,
+                Some(Err(e)) => last = e.to_string(),
+                None => {}
+            },
+            _ = tokio::time::sleep_until(next) => {
+                next += period;
+                if set.len() < 4 {
+                    set.spawn(attempt(None));
+                }
+            }
+        }
+        if set.is_empty() {
+            return Err(Start::Failed(last));
+        }
     }
 }
