@@ -730,3 +730,110 @@ fn a_frozen_or_starved_machine_keeps_its_unit_and_a_killed_one_does_not() {
         t0.elapsed()
     );
 }
+
+/// Machine `i`'s `fleet_gossip_bytes_total` (in, out): UDP bytes of its QUIC endpoint.
+fn gossip_bytes(fl: &FleetLab, i: usize) -> Option<(u64, u64)> {
+    let out = fl
+        .lab
+        .sh(
+            i,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--unix-socket",
+                "/var/run/fleet.sock",
+                "http://fleet/metrics",
+            ],
+        )
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |dir: &str| -> Option<u64> {
+        let key = format!("fleet_gossip_bytes_total{{direction=\"{dir}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some((value("in")?, value("out")?))
+}
+
+/// CPU time (user + system, clock ticks) of a host process.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which ends with the last ')'): utime and stime are 12 and 13.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// Issue 14.4, the lab's side of the calibration of `gossip/benches/scale.rs`: an idle cluster of
+/// `LAB_GOSSIP_MACHINES` (5) machines with mutual TLS; per machine, over `LAB_GOSSIP_SECS` (30) after
+/// 15 s of quiet, the UDP bytes of its gossip endpoint (`fleet_gossip_bytes_total`: payload, QUIC,
+/// TLS, handshakes) and its fleetd's CPU (the whole process: agent, etcd and gossip; the profile this
+/// test was built with). A benchmark: it prints, asserts nothing.
+///
+///     cargo test -p fleet --test lab_gossip -- --ignored --nocapture gossip_cost
+#[test]
+#[ignore = "a benchmark (prints figures); run it explicitly"]
+fn gossip_cost_per_machine_in_the_lab() {
+    let n: usize = std::env::var("LAB_GOSSIP_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let secs: u64 = std::env::var("LAB_GOSSIP_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let Some(fl) = FleetLab::up_with_tls(n, &[]) else {
+        return;
+    };
+    fl.wait_all_listed(Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(15));
+    let sample = || -> Vec<Option<(u64, u64, u64)>> {
+        (1..=n)
+            .map(|i| {
+                let (bin, bout) = gossip_bytes(&fl, i)?;
+                Some((bin, bout, cpu_ticks(fleetd_host_pid(&fl, i)?)?))
+            })
+            .collect()
+    };
+    let t0 = Instant::now();
+    let before = sample();
+    std::thread::sleep(Duration::from_secs(secs));
+    let after = sample();
+    let s = t0.elapsed().as_secs_f64();
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut sums = (0.0, 0.0, 0.0, 0usize);
+    println!(
+        "{n} idle machines, mutual TLS, {s:.1} s (load average {}):",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split(' ')
+            .next()
+            .unwrap_or("?")
+    );
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        let (Some(b), Some(a)) = (b, a) else {
+            println!("  m{}: no sample", i + 1);
+            continue;
+        };
+        let bin = (a.0 - b.0) as f64 / s;
+        let bout = (a.1 - b.1) as f64 / s;
+        let cpu = 100.0 * (a.2 - b.2) as f64 / tick / s;
+        println!(
+            "  m{}: gossip UDP {bin:.0} B/s in, {bout:.0} B/s out; fleetd CPU {cpu:.2}% of a core",
+            i + 1
+        );
+        sums = (sums.0 + bin, sums.1 + bout, sums.2 + cpu, sums.3 + 1);
+    }
+    let k = sums.3.max(1) as f64;
+    println!(
+        "  mean: {:.0} B/s in, {:.0} B/s out, fleetd CPU {:.2}%",
+        sums.0 / k,
+        sums.1 / k,
+        sums.2 / k
+    );
+}

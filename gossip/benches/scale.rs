@@ -51,7 +51,45 @@ struct Totals {
     bytes_out: u64,
     sync_in: u64,
     sync_out: u64,
+    /// QUIC packets the sync messages take (at most `STREAM_PACKET` bytes of frame each).
+    sync_packets_in: u64,
+    sync_packets_out: u64,
     connections: u64,
+}
+
+/// Stream payload per QUIC packet (packets of QUIC's minimum MTU, 1,200 bytes, without MTU discovery).
+const STREAM_PACKET: usize = 1150;
+
+impl Totals {
+    fn sent_sync(&mut self, len: usize) {
+        self.sync_out += len as u64;
+        self.sync_packets_out += len.div_ceil(STREAM_PACKET) as u64;
+    }
+
+    fn received_sync(&mut self, len: usize) {
+        self.sync_in += len as u64;
+        self.sync_packets_in += len.div_ceil(STREAM_PACKET) as u64;
+    }
+}
+
+/// What QUIC adds, from `gossip-quic/examples/quic_cost.rs` (`docs/benchmarks.md`).
+struct Wire {
+    /// Bytes a packet carries beyond its payload (short header, frame header, AEAD tag).
+    packet: f64,
+    /// Bytes of the ACK a received packet causes.
+    ack: f64,
+    /// Bytes of one connection set-up, each way on average (the connecting side sends more).
+    handshake: f64,
+}
+
+impl Wire {
+    fn from_env() -> Wire {
+        Wire {
+            packet: env("QUIC_OVERHEAD", 32.0),
+            ack: env("QUIC_ACK", 18.0),
+            handshake: env("HANDSHAKE_BYTES", 2100.0),
+        }
+    }
 }
 
 enum Ev {
@@ -149,19 +187,19 @@ impl Bench {
             };
             self.touch(peer, now);
             let offer = self.on_node(|n| n.sync_offer_to(peer_addr).encode());
-            self.totals.sync_out += offer.len() as u64;
+            self.totals.sent_sync(offer.len());
             let answer = self
                 .mirror
                 .handle_sync_offer(now, SyncOffer::decode(&offer).unwrap())
                 .unwrap()
                 .encode();
-            self.totals.sync_in += answer.len() as u64;
+            self.totals.received_sync(answer.len());
             let delta = self.on_node(|n| {
                 n.handle_sync_answer(now, SyncAnswer::decode(&answer).unwrap())
                     .map(|d| d.encode())
             });
             if let Ok(delta) = delta {
-                self.totals.sync_out += delta.len() as u64;
+                self.totals.sent_sync(delta.len());
                 let _ = self.mirror.merge(now, FullState::decode(&delta).unwrap());
             }
         }
@@ -190,10 +228,13 @@ impl Bench {
         let end = start + Duration::from_secs(secs);
         let churn: f64 = env("CHURN", 0.0);
         let mut at = start;
-        self.push(at, Ev::PeerPing);
-        self.push(at + config.anti_entropy_interval / 2, Ev::PeerSync);
-        if churn > 0.0 {
-            self.push(at, Ev::Churn);
+        if self.queue.is_empty() {
+            // The first run starts the peers' periodic events; later runs continue them.
+            self.push(at, Ev::PeerPing);
+            self.push(at + config.anti_entropy_interval / 2, Ev::PeerSync);
+            if churn > 0.0 {
+                self.push(at, Ev::Churn);
+            }
         }
         loop {
             let next_ev = self.queue.keys().next().map(|(t, _)| *t);
@@ -229,19 +270,19 @@ impl Bench {
                     self.touch(peer, now);
                     let node_addr = self.node.identity().addr;
                     let offer = self.mirror.sync_offer_to(node_addr).encode();
-                    self.totals.sync_in += offer.len() as u64;
+                    self.totals.received_sync(offer.len());
                     let answer = self.on_node(|n| {
                         n.handle_sync_offer(now, SyncOffer::decode(&offer).unwrap())
                             .map(|a| a.encode())
                     });
                     if let Ok(answer) = answer {
-                        self.totals.sync_out += answer.len() as u64;
+                        self.totals.sent_sync(answer.len());
                         if let Ok(delta) = self
                             .mirror
                             .handle_sync_answer(now, SyncAnswer::decode(&answer).unwrap())
                         {
                             let delta = delta.encode();
-                            self.totals.sync_in += delta.len() as u64;
+                            self.totals.received_sync(delta.len());
                             let _ =
                                 self.on_node(|n| n.merge(now, FullState::decode(&delta).unwrap()));
                         }
@@ -302,18 +343,38 @@ impl Bench {
     }
 }
 
+/// Member `i`'s metadata, as `synthetic_cluster` makes it.
+fn machine_metadata(i: usize, units: usize) -> Metadata {
+    Metadata {
+        public_ip: format!("10.{}.{}.{}", (i >> 16) as u8, (i >> 8) as u8, i as u8),
+        metadata: [("rack".to_string(), format!("r{}", i % 40))].into(),
+        version: "0.1.0".into(),
+        unit_count: units as u32,
+    }
+}
+
+/// A running unit of member `i`, as `synthetic_cluster` makes it.
+fn running(i: usize) -> UnitState {
+    UnitState {
+        load_state: "loaded".into(),
+        active_state: "active".into(),
+        sub_state: "running".into(),
+        unit_hash: [i as u8; 20],
+    }
+}
+
 /// Part 1: a whole cluster of real nodes in a `VirtualNet` (every member real, formed by joins
 /// through one seed, `units` units each, then idle). Per member: bytes and datagrams out per
 /// second (in is the same on average), and CPU as the run's wall time divided by members and
 /// simulated seconds (it includes the virtual network's own bookkeeping: an upper bound).
-fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, overhead: f64) {
+fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, wire: &Wire) {
     println!(
         "\n[1] whole cluster of real nodes (VirtualNet, 0.5 ms latency, no loss), idle after \
          formation; {secs} s measured after {warmup} s; {units} units per machine"
     );
     println!(
         "{:>7} {:>12} {:>9} {:>10} {:>12} {:>10}",
-        "members", "cpu % (max)", "dgram/s", "payload", "with QUIC", "sync"
+        "members", "cpu % (max)", "dgram/s", "payload", "wire", "sync"
     );
     println!(
         "{:>7} {:>12} {:>9} {:>10} {:>12} {:>10}",
@@ -327,25 +388,12 @@ fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, overhead
         }
         for i in 0..n {
             net.with_node(i, |node, now| {
-                node.set_local_metadata(
-                    now,
-                    Metadata {
-                        public_ip: format!("10.0.{}.{}", i >> 8, i & 255),
-                        metadata: [("rack".to_string(), format!("r{}", i % 40))].into(),
-                        version: "0.1.0".into(),
-                        unit_count: units as u32,
-                    },
-                );
+                node.set_local_metadata(now, machine_metadata(i, units));
                 for u in 0..units {
                     node.set_local_unit_state(
                         now,
                         &format!("app-{u:04}.service"),
-                        Some(UnitState {
-                            load_state: "loaded".into(),
-                            active_state: "active".into(),
-                            sub_state: "running".into(),
-                            unit_hash: [i as u8; 20],
-                        }),
+                        Some(running(i)),
                     );
                 }
             });
@@ -372,7 +420,9 @@ fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, overhead
             100.0 * wall.as_secs_f64() / n as f64 / secs as f64,
             per(d1 - d0),
             per(b1 - b0) + sync,
-            per(b1 - b0) + sync + overhead * per(d1 - d0),
+            // Every member sends about as much as it receives: each datagram out costs its
+            // packet's overhead and one ACK back; syncs' packets are not counted here.
+            per(b1 - b0) + sync + (wire.packet + wire.ack) * per(d1 - d0),
             sync,
         );
     }
@@ -385,39 +435,35 @@ fn main() {
         .filter_map(|s| s.trim().parse().ok())
         .collect();
     let secs: u64 = env("SECS", 60);
-    let warmup: u64 = env("WARMUP", 15);
+    let warmup: u64 = env("WARMUP", 90);
     let units: usize = env("UNITS", 10);
-    let overhead: f64 = env("QUIC_OVERHEAD", 48.0);
-    let handshake: f64 = env("HANDSHAKE_BYTES", 4500.0);
+    let wire = Wire::from_env();
     let idle_timeout = Duration::from_secs(env("IDLE_TIMEOUT", 60));
     let cluster_sizes: Vec<usize> = std::env::var("CLUSTER_SIZES")
         .unwrap_or_else(|_| "5,20,100".into())
         .split(',')
         .filter_map(|s| s.trim().parse().ok())
         .collect();
-    whole_cluster(&cluster_sizes, secs, warmup, units, overhead);
+    println!(
+        "QUIC: {} B per packet, {} B per ACK, {} B per connection set-up each way (quic_cost); \
+         payload = datagrams + sync messages; wire = payload + QUIC packets, ACKs and set-ups",
+        wire.packet, wire.ack, wire.handshake
+    );
+    whole_cluster(&cluster_sizes, secs, warmup, units, &wire);
     let config = Config::default();
     println!(
-        "\n[2] one real node among modelled peers: its gossip, in-process, simulated time; {secs} s measured after {warmup} s; \
-         {units} units per machine; churn {} changes/s; QUIC overhead {overhead} B/datagram, \
-         handshake {handshake} B each way, idle timeout {idle_timeout:?}",
+        "\n[2] one real node among modelled peers, simulated time; {secs} s measured after \
+         {warmup} s; {units} units per machine; churn {} changes/s in the cluster; a peer not \
+         contacted for {idle_timeout:?} (the QUIC idle timeout) needs a new connection",
         env("CHURN", 0.0)
     );
     println!(
-        "{:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12} {:>12} {:>10}",
-        "members",
-        "cpu %",
-        "dgram/s",
-        "dgram/s",
-        "payload",
-        "payload",
-        "with QUIC",
-        "with QUIC",
-        "new conns"
+        "{:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "members", "cpu %", "dgram/s", "dgram/s", "payload", "payload", "new conn", "wire", "wire"
     );
     println!(
-        "{:>7} {:>9} {:>9} {:>9} {:>10} {:>10} {:>12} {:>12} {:>10}",
-        "", "(1 core)", "in", "out", "B/s in", "B/s out", "B/s in", "B/s out", "per s"
+        "{:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "", "(1 core)", "in", "out", "B/s in", "B/s out", "per s", "B/s in", "B/s out"
     );
     for n in sizes {
         let (ids, snapshot) = synthetic_cluster(n.max(3), units);
@@ -437,6 +483,15 @@ fn main() {
         let t = Instant::now();
         node.merge(start, snapshot.clone()).expect("snapshot");
         mirror.merge(start, snapshot).expect("snapshot");
+        // A node's own state is its own (the snapshot's copy of it is ignored): the same
+        // entries, so that both hold the same stamps for it, as in a formed cluster.
+        for (i, n) in [&mut node, &mut mirror].into_iter().enumerate() {
+            n.set_local_metadata(start, machine_metadata(i, units));
+            let states = (0..units)
+                .map(|u| (format!("app-{u:04}.service"), running(i)))
+                .collect();
+            n.set_local_unit_states(start, &states);
+        }
         let load = t.elapsed();
         let by_addr = ids.iter().enumerate().map(|(i, id)| (id.addr, i)).collect();
         let mut b = Bench {
@@ -461,22 +516,26 @@ fn main() {
         b.run(t0, secs);
         let s = secs as f64;
         let tt = &b.totals;
+        let payload_in = (tt.bytes_in + tt.sync_in) as f64 / s;
+        let payload_out = (tt.bytes_out + tt.sync_out) as f64 / s;
+        let packets_in = (tt.datagrams_in + tt.sync_packets_in) as f64 / s;
+        let packets_out = (tt.datagrams_out + tt.sync_packets_out) as f64 / s;
+        let conns = tt.connections as f64 / s;
+        let extra = |sent: f64, received: f64| {
+            wire.packet * sent + wire.ack * received + wire.handshake * conns
+        };
         println!(
-            "{:>7} {:>9.3} {:>9.1} {:>9.1} {:>10.0} {:>10.0} {:>12.0} {:>12.0} {:>10.2}",
+            "{:>7} {:>8.3} {:>8.1} {:>8.1} {:>9.0} {:>9.0} {:>9.2} {:>9.0} {:>9.0}",
             n,
             100.0 * tt.busy.as_secs_f64() / s,
             tt.datagrams_in as f64 / s,
             tt.datagrams_out as f64 / s,
-            (tt.bytes_in + tt.sync_in) as f64 / s,
-            (tt.bytes_out + tt.sync_out) as f64 / s,
-            (tt.bytes_in + tt.sync_in) as f64 / s + overhead * tt.datagrams_in as f64 / s,
-            (tt.bytes_out + tt.sync_out) as f64 / s + overhead * tt.datagrams_out as f64 / s,
-            tt.connections as f64 / s,
+            payload_in,
+            payload_out,
+            conns,
+            payload_in + extra(packets_in, packets_out),
+            payload_out + extra(packets_out, packets_in),
         );
-        eprintln!(
-            "  (loading the {n}-member snapshot took {load:?}; with connection set-ups the node \
-             would add about {:.0} B/s each way)",
-            handshake * tt.connections as f64 / s
-        );
+        eprintln!("  (the {n}-member snapshot loaded in {load:?})");
     }
 }

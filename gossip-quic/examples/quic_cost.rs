@@ -1,0 +1,122 @@
+//! What QUIC adds to gossip's payload, measured with the transport's own TLS configuration (mutual
+//! TLS 1.3, certificates minted as `fleetctl gen-certs` mints them) on loopback: the bytes of one
+//! connection set-up each way (twice: a second connection between the same endpoints is no shorter),
+//! and the bytes on the wire of one datagram of a given payload (QUIC short header, frame, AEAD tag,
+//! plus the ACKs it causes), with the transport's QUIC parameters (`quic_transport_config`).
+//! `gossip/benches/scale.rs` takes these as `HANDSHAKE_BYTES` and `QUIC_OVERHEAD`.
+//!
+//!     cargo run -p fleet-gossip-quic --example quic_cost
+//!     MTU_DISCOVERY=1 cargo run -p fleet-gossip-quic --example quic_cost   # with quinn's default
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, quic_configs, TlsConfig, SERVER_NAME};
+use fleet_gossip_quic::transport::quic_transport_config;
+
+fn udp(c: &quinn::Connection) -> (u64, u64, u64, u64) {
+    let s = c.stats();
+    (
+        s.udp_tx.bytes,
+        s.udp_rx.bytes,
+        s.udp_tx.datagrams,
+        s.udp_rx.datagrams,
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    mint_ca(&d.join("ca.pem"), &d.join("ca.key")).expect("mint CA");
+    let tls = |name: &str| {
+        let cert = d.join(format!("{name}.pem"));
+        let key = d.join(format!("{name}.key"));
+        mint_machine_cert(
+            &d.join("ca.pem"),
+            &d.join("ca.key"),
+            &format!("{:0>32}", name),
+            &cert,
+            &key,
+        )
+        .expect("mint machine cert");
+        TlsConfig::Mutual {
+            ca_cert: d.join("ca.pem"),
+            cert,
+            key,
+        }
+    };
+    let (mut server_config, _) = quic_configs(&tls("a")).expect("configs");
+    // The transport's own parameters (set `MTU_DISCOVERY=1` for quinn's default discovery).
+    let transport = || {
+        let mut t = quic_transport_config(Duration::from_secs(60));
+        if std::env::var("MTU_DISCOVERY").is_ok() {
+            t.mtu_discovery_config(Some(Default::default()));
+        }
+        std::sync::Arc::new(t)
+    };
+    server_config.transport_config(transport());
+    let (_, client_config) = quic_configs(&tls("b")).expect("configs");
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr: SocketAddr = server.local_addr().unwrap();
+    let accept = {
+        let server = server.clone();
+        tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Some(incoming) = server.accept().await {
+                if let Ok(c) = incoming.await {
+                    let c2 = c.clone();
+                    tokio::spawn(async move {
+                        while let Ok(d) = c2.read_datagram().await {
+                            drop(d);
+                        }
+                    });
+                    conns.push(c);
+                }
+            }
+        })
+    };
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let mut client_config = client_config;
+    client_config.transport_config(transport());
+    client.set_default_client_config(client_config);
+
+    println!("connection set-up (mutual TLS 1.3, one certificate each way, P-256 keys):");
+    for what in ["first connection", "second (no shorter: no resumption)"] {
+        let conn = client.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+        // Let the last handshake packets and their ACKs (and session tickets) arrive.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (tx, rx, dtx, drx) = udp(&conn);
+
+        println!(
+            "  {what:<26} client sends {tx:>5} B in {dtx} datagrams, receives {rx:>5} B in {drx}"
+        );
+        conn.close(0u32.into(), b"");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let conn = client.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    println!("one datagram on an open connection (its UDP bytes, and the ACKs that come back):");
+    for payload in [88usize, 300, 1000] {
+        let rounds = 200u64;
+        let before = udp(&conn);
+        for _ in 0..rounds {
+            conn.send_datagram(vec![0u8; payload].into()).unwrap();
+            // Spaced like probes, so that ACKs are not batched over many datagrams.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = udp(&conn);
+        let sent = (after.0 - before.0) as f64 / rounds as f64;
+        let acks = (after.1 - before.1) as f64 / rounds as f64;
+        println!(
+            "  payload {payload:>4} B: {sent:.1} B on the wire ({:.1} B overhead), {acks:.1} B of \
+             ACKs back per datagram",
+            sent - payload as f64
+        );
+    }
+    conn.close(0u32.into(), b"");
+    server.close(0u32.into(), b"");
+    accept.abort();
+}
