@@ -13,6 +13,9 @@
 //! - the part before the suffix is non-empty and uses only ASCII letters, digits and `:` `-` `_` `.` `\`
 //!   `@`;
 //! - it does not start with `@`;
+//! - a `.socket`, `.timer` or `.path` unit leaves room for the `.service` of the same name within the
+//!   255 bytes ([`TRIGGERS_SERVICE`]): systemd loads that name with it, and fails to load a socket of 255
+//!   bytes (found by the lab test `systemd/tests/units.rs`, which loads names drawn from this grammar);
 //! - `@` (templates and instances) only for the suffixes in [`TEMPLATE_SUFFIXES`];
 //! - `foo@.service` is a template, `foo@bar.service` an instance of it (the instance is everything after the
 //!   first `@`, so it may itself contain `@`).
@@ -43,6 +46,10 @@ pub const KNOWN_SUFFIXES: &[&str] = &[
     "timer",
 ];
 
+/// Unit types that start the `.service` of the same name unless their file names another unit
+/// (`Service=`, `Unit=`): systemd loads that name with them, so it must be valid too.
+pub const TRIGGERS_SERVICE: &[&str] = &["path", "socket", "timer"];
+
 /// Unit suffixes that may be templates (`foo@.service`) or instances (`foo@bar.service`).
 pub const TEMPLATE_SUFFIXES: &[&str] = &["path", "service", "socket", "target", "timer"];
 
@@ -59,6 +66,17 @@ pub enum NameError {
         len: usize,
         /// The maximum ([`MAX_NAME_LEN`]).
         max: usize,
+    },
+    /// A `.socket`, `.timer` or `.path` unit starts the `.service` of the same name, which would be
+    /// longer than [`MAX_NAME_LEN`]: systemd fails to load such a unit.
+    #[error("unit name is {len} bytes long: a .{suffix} unit starts the .service of the same name, which would be {service_len} bytes, the maximum is {max}", max = MAX_NAME_LEN)]
+    TriggeredTooLong {
+        /// Length of the rejected name, in bytes.
+        len: usize,
+        /// Its unit type.
+        suffix: String,
+        /// Length of the `.service` name it would start.
+        service_len: usize,
     },
     /// There is no `.` separating the name from its suffix.
     #[error("unit name {0:?} must contain \".\" followed by a unit type such as \"service\"")]
@@ -245,6 +263,14 @@ fn validate(s: &str) -> Result<(), NameError> {
             suffix: suffix.to_owned(),
         });
     }
+    let service_len = base.len() + ".service".len();
+    if TRIGGERS_SERVICE.contains(&suffix) && service_len > MAX_NAME_LEN {
+        return Err(NameError::TriggeredTooLong {
+            len: s.len(),
+            suffix: suffix.to_owned(),
+            service_len,
+        });
+    }
     Ok(())
 }
 
@@ -393,6 +419,31 @@ mod tests {
     }
 
     #[test]
+    fn triggering_units_leave_room_for_their_service() {
+        for (suffix, room) in [("socket", 1), ("timer", 2), ("path", 3)] {
+            let fits = format!(
+                "{}.{suffix}",
+                "a".repeat(MAX_NAME_LEN - suffix.len() - 1 - room)
+            );
+            assert_eq!(fits.len() + room, MAX_NAME_LEN);
+            assert!(UnitName::parse(&fits).is_ok(), "{suffix}");
+            let over = format!("a{fits}");
+            assert!(
+                matches!(
+                    UnitName::parse(&over),
+                    Err(NameError::TriggeredTooLong { .. })
+                ),
+                "{suffix}"
+            );
+        }
+        // Types that start nothing by default may use all 255 bytes.
+        for suffix in ["service", "target", "slice", "automount"] {
+            let full = format!("{}.{suffix}", "a".repeat(MAX_NAME_LEN - suffix.len() - 1));
+            assert!(UnitName::parse(&full).is_ok(), "{suffix}");
+        }
+    }
+
+    #[test]
     fn every_known_suffix_is_accepted() {
         for suffix in KNOWN_SUFFIXES {
             assert!(UnitName::parse(&format!("a.{suffix}")).is_ok(), "{suffix}");
@@ -417,6 +468,15 @@ mod tests {
                     max: MAX_NAME_LEN,
                 },
                 "256",
+            ),
+            (
+                &format!("{}.socket", "a".repeat(MAX_NAME_LEN - 7)),
+                NameError::TriggeredTooLong {
+                    len: MAX_NAME_LEN,
+                    suffix: "socket".into(),
+                    service_len: MAX_NAME_LEN + 1,
+                },
+                "would be 256 bytes",
             ),
             ("hello", NameError::NoDot("hello".into()), "must contain"),
             (
