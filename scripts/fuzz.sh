@@ -7,8 +7,10 @@
 # fuzz/artifacts/<target>/. Corpora grow in fuzz/corpus/<target>/ (not committed), so later runs start
 # from what earlier ones found.
 #
-# Hooks for more targets: add fuzz/fuzz_targets/<name>.rs and a [[bin]] in fuzz/Cargo.toml; every target
-# listed by `cargo fuzz list` runs here.
+# Targets: unit_file, unit_options, unit_name, requirements, api_bodies (unit files, names and API bodies),
+# gossip_node, gossip_streams, relay (what peers send: gossip datagrams and sync messages into a node, the
+# transport's stream framing, the agents' relay requests and responses). Add one as
+# fuzz/fuzz_targets/<name>.rs and a [[bin]] in fuzz/Cargo.toml; every target `cargo fuzz list` shows runs here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -31,7 +33,9 @@ for t in "${targets[@]}"; do
   # sanitizers, libFuzzer does not see string comparisons.
   dict=()
   [ -f "dicts/$t.dict" ] && dict=(-dict="dicts/$t.dict")
-  if ! cargo fuzz run --sanitizer none -O "$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+  # Targets with seed inputs (the gossip ones: messages recorded from a real exchange between two nodes)
+  # write them into their corpus at start when FLEET_FUZZ_SEEDS names it; the others ignore it.
+  if ! FLEET_FUZZ_SEEDS="$PWD/corpus/$t" cargo fuzz run --sanitizer none -O "$t" -- -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
        "${dict[@]}" -print_final_stats=1 >"target/fuzz-$t.log" 2>&1; then
     failed+=("$t")
     tail -40 "target/fuzz-$t.log" >&2

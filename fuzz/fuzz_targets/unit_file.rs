@@ -14,6 +14,7 @@ fuzz_target!(|text: &str| {
     assert_eq!(back.options(), &file.grouped()[..]);
     assert_eq!(back.serialize(), text);
     assert_eq!(back.hash(), file.hash());
-    let again = UnitFile::from_options(file.options().to_vec()).expect("parsed options are accepted");
+    let again =
+        UnitFile::from_options(file.options().to_vec()).expect("parsed options are accepted");
     assert_eq!(again, file);
 });

@@ -4,6 +4,7 @@
 //! # Map
 //! - [`transport`]: the driver fleetd uses: [`transport::Gossip::start`] returns a
 //!   [`transport::GossipHandle`] and the event stream.
+//! - [`frame`]: stream framing without I/O (kind bytes, caps, the length check before a read).
 //! - [`tls`]: mutual TLS with a cluster CA, certificate minting, and the insecure development mode.
 //!
 //! # Invariants
@@ -24,5 +25,6 @@
 //!   the machine each connection's certificate names with every datagram and sync, and the core
 //!   refuses a sender that claims another machine.
 
+pub mod frame;
 pub mod tls;
 pub mod transport;

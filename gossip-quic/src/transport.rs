@@ -58,17 +58,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use fleet_gossip::core::{self, Counters, Event, FullState, Node, SyncAnswer, SyncOffer};
 use fleet_gossip::{MachineId, Metadata, NodeIdentity, UnitState, View};
 
+use crate::frame;
 use crate::tls::{self, TlsConfig, TlsError};
 
-/// First byte of a sync stream.
-pub const STREAM_SYNC: u8 = 1;
-/// First byte of a request stream.
-pub const STREAM_REQUEST: u8 = 2;
-/// Largest request accepted (a relay request names a unit and a few options).
-pub const MAX_REQUEST: usize = 64 << 10;
-/// Largest response accepted (a relay response carries at most 1 MiB of command output, plus its
-/// envelope).
-pub const MAX_RESPONSE: usize = (1 << 20) + (64 << 10);
+pub use crate::frame::{MAX_REQUEST, MAX_RESPONSE, STREAM_REQUEST, STREAM_SYNC};
 /// Bytes of large frames (over 64 KiB) all streams together may be receiving at once.
 pub const FRAME_BUDGET: usize = 64 << 20;
 /// Concurrent streams a peer may open on one connection.
@@ -1141,12 +1134,7 @@ async fn read_frame(
 ) -> Result<Vec<u8>, StreamError> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.map_err(io_err)?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > cap {
-        return Err(garbage(format!(
-            "frame of {len} bytes exceeds the cap of {cap} bytes"
-        )));
-    }
+    let len = frame::frame_len(len, cap).map_err(garbage)?;
     let _permit = match budget {
         Some(b) if len > SMALL_FRAME => {
             let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
