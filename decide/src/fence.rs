@@ -162,9 +162,12 @@ pub fn guard(
         ..timing.clone()
     };
     let slow = last + ttl.slow_fence_after();
-    let by_lease = lease
-        .confirmed_at(mirror_revision)
-        .map(|t| t + timing.fence_after);
+    let vouched = if mutated!(FenceAfterTtl) {
+        ttl.ttl
+    } else {
+        timing.fence_after
+    };
+    let by_lease = lease.confirmed_at(mirror_revision).map(|t| t + vouched);
     let by_view = support
         .and_then(|s| s.until(timing, now))
         .filter(|t| *t > now);

@@ -75,6 +75,9 @@ pub enum HolderState {
 /// What this machine can prove about a holder from `polls` of its lease sent at or after `after`, given
 /// whether a majority of the committee voted that its lease may be taken over (`voted`).
 pub fn holder_state(timing: &Timing, voted: bool, polls: &[LeasePoll], after: Time) -> HolderState {
+    if mutated!(IgnoreHolderProof) && voted {
+        return HolderState::FencedBy(Time::ZERO);
+    }
     let polls: Vec<&LeasePoll> = polls.iter().filter(|p| p.sent >= after).collect();
     if polls.iter().any(|p| p.answer == LeaseAnswer::NotFound) {
         return HolderState::Gone;

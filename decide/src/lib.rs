@@ -20,9 +20,23 @@
 //!
 //! `docs/safety.md` gives the argument; each rule's module says which part of it it carries.
 
+/// Whether the planted rule bug `$m` is on (mutation tests only; always `false` without the `mutations`
+/// feature, so release builds carry no trace of it).
+macro_rules! mutated {
+    ($m:ident) => {{
+        #[cfg(feature = "mutations")]
+        let on = crate::mutation::on(crate::mutation::Mutation::$m);
+        #[cfg(not(feature = "mutations"))]
+        let on = false;
+        on
+    }};
+}
+
 pub mod committee;
 pub mod fence;
 pub mod holder;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 pub mod time;
 pub mod timing;
 pub mod unit;

@@ -28,7 +28,7 @@ impl Mutation {
         Mutation::IgnoreHandoverOnRelease,
     ];
 
-    /// Its name on the command line (`ignore-quorum`, ...).
+    /// Its name on the command line (`ignore-votes`, ...).
     pub fn name(self) -> &'static str {
         match self {
             Mutation::IgnoreVotes => "ignore-votes",

@@ -289,7 +289,9 @@ fn decide_own(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim, fenced: bool) -> Ve
         return match &pending {
             // A released claim may be claimed and started at once by anyone: not while the previous
             // holder may still run the unit.
-            Some((h, s)) if !proven(s) => pending_wait(v, h, s),
+            Some((h, s)) if !proven(s) && !mutated!(IgnoreHandoverOnRelease) => {
+                pending_wait(v, h, s)
+            }
             _ if case.loaded => v,
             _ => v.write(Write::Release {
                 mod_revision: claim.mod_revision,
@@ -357,7 +359,7 @@ fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
         machine: claim.machine.clone(),
         lease: claim.lease,
     };
-    if peer.votes < ctx.committee.majority() {
+    if peer.votes < ctx.committee.majority() && !mutated!(IgnoreVotes) {
         return wait(Why::NoVotes).poll(claim.lease).ask_votes(&holder);
     }
     // The lease bound covers renewals up to the latest answer only: a takeover acts on a recent one
