@@ -315,7 +315,12 @@ fn decide_own(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim, fenced: bool) -> Ve
     }
     if let Some((h, s)) = &pending {
         if !proven(s) {
-            return pending_wait(Verdict::new(false, Why::HandoffPending), h, s);
+            // A unit already running here was started after a proof (this machine starts a unit
+            // taken over only then, in this life or an earlier one: a restarted fleetd has lost the
+            // observations, not the fact, and an agent drops the votes once the proof held); the
+            // previous holder, once stopped, no longer holds it. Keep it; start nothing new before a
+            // fresh proof.
+            return pending_wait(Verdict::new(case.running, Why::HandoffPending), h, s);
         }
     }
     if case.running || ctx.guard.may_start(ctx.now) {

@@ -405,3 +405,24 @@ fn an_old_answer_does_not_prove_anything_now() {
     let v = World::new(2450).decide(&case(Placement::Here, Some(&c), down(&polls)));
     assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
 }
+
+/// Found by fleet-sim (`fleetd-dies`): a unit taken over from a machine whose fleetd died (so it never
+/// acknowledges) was stopped and started again on every other pass until that machine's lease expired:
+/// once the handover was proven, the verdict no longer asked for votes, the agent dropped them, the next
+/// verdict found the handover unproven and stopped the unit, asked again, and so on. A fleetd restart had
+/// the same effect (the new life has no observation yet): the unit stopped until the lease expired.
+#[test]
+fn a_unit_running_under_an_unresolved_handover_keeps_running_while_it_is_proven_again() {
+    let mine = claim("me", 1, Some(("h", 9)));
+    let mut k = case(Placement::Here, Some(&mine), Peer::default());
+    k.loaded = true;
+    k.running = true;
+    k.superseded_at = ms(1000); // this fleetd's start, or the supersede
+    let v = World::new(1100).decide(&k);
+    assert_eq!((v.run, v.why, v.poll), (true, Why::HandoffPending, Some(9)));
+    assert!(v.votes.is_some(), "{v:?}");
+    // Not running: nothing starts before the proof.
+    k.running = false;
+    let v = World::new(1100).decide(&k);
+    assert!(!v.run, "{v:?}");
+}
