@@ -61,6 +61,18 @@ impl LeasePoll {
     }
 }
 
+impl LeasePoll {
+    /// Whether the answer shows the lease unrenewed for at least a whole second (or gone): only then
+    /// does a takeover ask the witnesses to vote it away (a vote ends their support of the lease for
+    /// good, so a holder that keeps renewing is never voted against on a stale or false down verdict).
+    pub fn lapsing(&self) -> bool {
+        match self.answer {
+            LeaseAnswer::NotFound => true,
+            LeaseAnswer::Remaining { ttl, granted } => granted - ttl > 1,
+        }
+    }
+}
+
 /// What this machine can prove about a holder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HolderState {

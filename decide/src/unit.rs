@@ -364,15 +364,20 @@ fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
         machine: claim.machine.clone(),
         lease: claim.lease,
     };
-    if peer.votes < ctx.committee.majority() && !mutated!(IgnoreVotes) {
-        return wait(Why::NoVotes).poll(claim.lease).ask_votes(&holder);
-    }
     // The lease bound covers renewals up to the latest answer only: a takeover acts on a recent one
     // (a holder that kept renewing since an old answer is not taken from).
     let fresh = peer
         .polls
         .last()
         .is_some_and(|p| ctx.now.since(p.received) <= ctx.timing.lease_poll_period() * 2);
+    if peer.votes < ctx.committee.majority() && !mutated!(IgnoreVotes) {
+        // Votes are asked only once etcd shows the lease lapsing: a witness that votes never supports
+        // that lease again, so votes asked on a down verdict alone (stale views after a partition, a
+        // false suspicion) would leave a healthy holder fenced at its next etcd outage (fleet-sim).
+        let v = wait(Why::NoVotes).poll(claim.lease);
+        let lapsing = fresh && peer.polls.last().is_some_and(|p| p.lapsing());
+        return if lapsing { v.ask_votes(&holder) } else { v };
+    }
     match holder_state(ctx.timing, true, peer.polls, Time::ZERO) {
         HolderState::Gone => wait(Why::HolderGone),
         HolderState::FencedBy(t) if t <= ctx.now && !fresh => {

@@ -191,6 +191,32 @@ fn without_a_majority_of_votes_nothing_is_taken_over_and_the_votes_are_asked_for
     assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
 }
 
+#[test]
+fn votes_are_asked_only_once_etcd_shows_the_lease_lapsing() {
+    // fleet-sim (partition healed, then an etcd outage): a holder declared down by a stale view but
+    // renewing its lease had its witnesses vote it away; they refused it support for good and it fenced
+    // at the next etcd outage.
+    let c = claim("h", 9, None);
+    let mut peer = down(&[]);
+    peer.votes = 0;
+    let v = World::new(5050).decide(&case(Placement::Here, Some(&c), peer.clone()));
+    assert_eq!(
+        (v.why, v.poll, v.votes.clone()),
+        (Why::NoVotes, Some(9), None)
+    );
+    let renewing = [poll(5001, 9)];
+    peer.polls = &renewing;
+    let v = World::new(5050).decide(&case(Placement::Here, Some(&c), peer.clone()));
+    assert_eq!((v.why, v.votes.clone()), (Why::NoVotes, None), "{v:?}");
+    let lapsing = [poll(5001, 8)];
+    peer.polls = &lapsing;
+    let v = World::new(5050).decide(&case(Placement::Here, Some(&c), peer.clone()));
+    assert_eq!(v.votes.as_ref().map(|h| h.lease), Some(9), "{v:?}");
+    // An old answer asks nothing.
+    let v = World::new(9000).decide(&case(Placement::Here, Some(&c), peer));
+    assert_eq!(v.votes, None);
+}
+
 // ---- The holder is alive, restarting, suspected, unknown ------------------------------------------------
 
 #[test]
