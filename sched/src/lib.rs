@@ -9,8 +9,11 @@
 //! - [`machine`]: machine identities ([`MachineId`]).
 //! - [`placement`]: where units run ([`schedule`] gives a [`Plan`]), decided identically by every agent.
 //! - `testing` (feature `testing`): test oracles, among them an independent placement checker.
+//! - `mutation` (feature `mutations`, fleet-sim's tests only): planted placement bugs.
 
 pub mod machine;
+#[cfg(feature = "mutations")]
+pub mod mutation;
 pub mod name;
 pub mod placement;
 pub mod reconcile;

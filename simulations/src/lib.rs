@@ -27,6 +27,8 @@
 //! println!("{}", report.to_text());
 //! ```
 
+pub mod agent;
+pub mod check;
 pub mod etcd;
 pub mod model;
 pub mod net;

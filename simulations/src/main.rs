@@ -56,6 +56,14 @@ enum Cmd {
         /// Override the simulated duration (e.g. 30s).
         #[arg(long)]
         duration: Option<String>,
+        /// Override the agents' `fence_after` (e.g. 3s).
+        #[arg(long)]
+        fence_after: Option<String>,
+        /// Plant a rule bug in the decision core or placement (mutation tests; needs a build with
+        /// `--features mutations`): ignore-votes, ignore-holder-proof, fence-after-ttl,
+        /// ignore-handover-on-release, ignore-conflicts.
+        #[arg(long)]
+        mutation: Option<String>,
     },
     /// Run one scenario over many seeds; print one line per seed and the failing seeds.
     Sweep {
@@ -73,8 +81,15 @@ enum Cmd {
         /// Write all reports as a JSON array here.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Override the gossip mode (real or model).
+        #[arg(long)]
+        gossip: Option<String>,
+        /// Plant a rule bug in the decision core (see `run --mutation`).
+        #[arg(long)]
+        mutation: Option<String>,
     },
-    /// Measure simulated seconds per wall second of a steady cluster (no faults).
+    /// Measure simulated seconds per wall second, of a steady cluster and of one that loses 5% of its
+    /// machines (a rack) halfway through.
     Bench {
         /// Cluster sizes.
         #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
@@ -88,9 +103,13 @@ enum Cmd {
         /// Gossip modes to measure.
         #[arg(long, value_delimiter = ',', default_value = "real,model")]
         modes: Vec<String>,
-        /// Largest cluster to run with real gossip cores (they cost O(n) per datagram).
-        #[arg(long, default_value_t = 2000)]
+        /// Largest cluster to run with real gossip cores.
+        #[arg(long, default_value_t = 10000)]
         max_real: usize,
+        /// Fault timelines to measure: none (steady), crash (5% of the machines, one rack, crash
+        /// halfway through and come back).
+        #[arg(long, value_delimiter = ',', default_value = "none,crash")]
+        faults: Vec<String>,
         /// The units folder.
         #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios/units"))]
         units: PathBuf,
@@ -109,13 +128,28 @@ fn main() -> anyhow::Result<()> {
             no_shrink,
             gossip,
             duration,
+            fence_after,
+            mutation,
         } => {
+            set_mutation(mutation.as_deref())?;
             let mut sc = load(&scenario)?;
+            // The overrides, repeated in the command that reproduces a failure.
+            let mut again = String::new();
             if let Some(g) = gossip {
                 sc.config.gossip_mode = parse_mode(&g)?;
+                again += &format!(" --gossip {g}");
             }
             if let Some(d) = duration {
                 sc.duration = Dur::parse(&d).map_err(anyhow::Error::msg)?;
+                again += &format!(" --duration {d}");
+            }
+            if let Some(f) = fence_after {
+                sc.config.fence_after = Dur::parse(&f).map_err(anyhow::Error::msg)?;
+                sc.timing().check().map_err(anyhow::Error::msg)?;
+                again += &format!(" --fence-after {f}");
+            }
+            if let Some(m) = &mutation {
+                again += &format!(" --mutation {m}");
             }
             eprintln!("fleet-sim: scenario {} seed {seed}", sc.name);
             let (report, wall) = run_with_progress(&sc, seed)?;
@@ -138,7 +172,7 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", p.display()))?;
             }
             if report.failed() {
-                println!("seed {seed} breaks an invariant; reproduce with: fleet-sim run {} --seed {seed}", scenario.display());
+                println!("seed {seed} breaks an invariant; reproduce with: fleet-sim run {} --seed {seed}{again}", scenario.display());
                 if !no_shrink {
                     print_shrunk(&sc, seed)?;
                 }
@@ -151,24 +185,36 @@ fn main() -> anyhow::Result<()> {
             seeds,
             shrink: do_shrink,
             json,
+            gossip,
+            mutation,
         } => {
-            let sc = load(&scenario)?;
+            set_mutation(mutation.as_deref())?;
+            let mut sc = load(&scenario)?;
+            if let Some(g) = gossip {
+                sc.config.gossip_mode = parse_mode(&g)?;
+            }
             let mut failing = Vec::new();
             let mut reports = Vec::new();
             let started = Instant::now();
+            let (mut longest_double, mut worst_down, mut moves) = (0.0f64, 0.0f64, 0u64);
             for seed in from..from + seeds {
                 let report = Sim::new(&sc, seed)
                     .with_context(|| format!("setting up {}", sc.name))?
                     .run();
                 println!(
-                    "seed {seed:>6}: detection p99 {:.3}s  reschedule p99 {:.3}s (max {:.3}s)  double runs {}  false downs {}  violations {}",
-                    report.detection.p99,
+                    "seed {seed:>6}: double run {:>4.0} ms  reschedule p99 {:.3}s max {:.3}s  moves {:>4}  takeovers {:>4}  fencings {:>3}  false downs {:>5}  violations {}",
+                    report.double_runs.duration.max * 1000.0,
                     report.reschedule.p99,
                     report.reschedule.max,
-                    report.double_runs.episodes,
+                    report.moves,
+                    report.takeovers,
+                    report.fencings,
                     report.false_down_verdicts,
                     report.violations.len()
                 );
+                longest_double = longest_double.max(report.double_runs.duration.max);
+                worst_down = worst_down.max(report.reschedule.max);
+                moves += report.moves;
                 if report.failed() {
                     failing.push(seed);
                 }
@@ -178,13 +224,39 @@ fn main() -> anyhow::Result<()> {
                 "fleet-sim: {seeds} seeds in {:.1}s wall",
                 started.elapsed().as_secs_f64()
             );
+            println!(
+                "{} ({} gossip), {seeds} seeds: longest double run {:.0} ms, longest reschedule {:.3}s, {moves} moves",
+                sc.name,
+                reports.first().map_or("?", |r| r.gossip_mode),
+                longest_double * 1000.0,
+                worst_down
+            );
             if let Some(p) = json {
                 let text = serde_json::to_string_pretty(&reports)?;
                 std::fs::write(&p, text + "\n")
                     .with_context(|| format!("writing {}", p.display()))?;
             }
+            // Seeds that broke each invariant (a seed counts once per kind).
+            let mut by_kind: std::collections::BTreeMap<String, u64> = Default::default();
+            for r in &reports {
+                let kinds: std::collections::BTreeSet<String> = r
+                    .violations
+                    .iter()
+                    .map(|v| format!("{:?}", v.kind))
+                    .collect();
+                for k in kinds {
+                    *by_kind.entry(k).or_default() += 1;
+                }
+            }
+            if !by_kind.is_empty() {
+                let list: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                println!("seeds breaking each invariant: {}", list.join(", "));
+            }
             if failing.is_empty() {
-                println!("all {seeds} seeds held every invariant");
+                println!(
+                    "all {seeds} seeds held every invariant (double run bound {}, every unit placed within {})",
+                    sc.invariants.double_run, sc.invariants.placement
+                );
             } else {
                 println!("failing seeds: {failing:?}");
                 if do_shrink {
@@ -199,9 +271,12 @@ fn main() -> anyhow::Result<()> {
             seconds,
             modes,
             max_real,
+            faults,
             units,
         } => {
-            println!("machines  units    gossip  simulated  wall     sim-s/wall-s  events/s");
+            println!(
+                "machines  units    gossip  faults  simulated  wall     sim-s/wall-s  events/s   peak RSS"
+            );
             for n in machines {
                 for mode in &modes {
                     let mode = parse_mode(mode)?;
@@ -209,28 +284,82 @@ fn main() -> anyhow::Result<()> {
                         println!("{n:>8}  (real gossip skipped above --max-real {max_real})");
                         continue;
                     }
-                    let sc = bench_scenario(n, units_per_machine, seconds, mode, &units)?;
-                    let started = Instant::now();
-                    let mut sim = Sim::new(&sc, 1)?;
-                    sim.run_until(sc.duration.0);
-                    let wall = started.elapsed().as_secs_f64();
-                    let events = sim.events_processed();
-                    let report = sim.finish();
-                    println!(
-                        "{n:>8}  {:>7}  {:>6}  {:>8.1}s  {:>6.2}s  {:>12.1}  {:>8.0}   (gossip {:.0} B/s per machine)",
-                        report.units,
-                        report.gossip_mode,
-                        report.simulated_s,
-                        wall,
-                        report.simulated_s / wall.max(1e-9),
-                        events as f64 / wall.max(1e-9),
-                        report.gossip.bytes_per_machine_s
-                    );
+                    for f in &faults {
+                        let sc = bench_scenario(n, units_per_machine, seconds, mode, f, &units)?;
+                        let started = Instant::now();
+                        let mut sim = Sim::new(&sc, 1)?;
+                        sim.run_until(sc.duration.0);
+                        let wall = started.elapsed().as_secs_f64();
+                        let events = sim.events_processed();
+                        let report = sim.finish();
+                        println!(
+                            "{n:>8}  {:>7}  {:>6}  {:>6}  {:>8.1}s  {:>6.2}s  {:>12.1}  {:>8.0}  {:>6} MB   (gossip {:.0} B/s per machine{})",
+                            report.units,
+                            report.gossip_mode,
+                            f,
+                            report.simulated_s,
+                            wall,
+                            report.simulated_s / wall.max(1e-9),
+                            events as f64 / wall.max(1e-9),
+                            peak_rss_mb().map_or("?".to_string(), |m| m.to_string()),
+                            report.gossip.bytes_per_machine_s,
+                            if report.failed() {
+                                format!(", {} VIOLATIONS", report.violations.len())
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Turns a planted rule bug of the decision core on (for this thread: the run and its shrinking).
+fn set_mutation(name: Option<&str>) -> anyhow::Result<()> {
+    #[cfg(feature = "mutations")]
+    {
+        use fleet_decide::mutation::Mutation;
+        use fleet_sched::mutation::Mutation as Placement;
+        let names = || {
+            Mutation::ALL
+                .map(Mutation::name)
+                .into_iter()
+                .chain(Placement::ALL.map(Placement::name))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        fleet_decide::mutation::set(None);
+        fleet_sched::mutation::set(None);
+        if let Some(n) = name {
+            if let Some(m) = Mutation::parse(n) {
+                fleet_decide::mutation::set(Some(m));
+            } else if let Some(m) = Placement::parse(n) {
+                fleet_sched::mutation::set(Some(m));
+            } else {
+                bail!("unknown mutation {n:?}: expected one of {}", names());
+            }
+            eprintln!("fleet-sim: planted rule bug {n}");
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "mutations"))]
+    {
+        if name.is_some() {
+            bail!("this fleet-sim was built without mutations (cargo build -p fleet-sim --features mutations)");
+        }
+        Ok(())
+    }
+}
+
+/// The process's peak resident memory (Linux `VmHWM`), in MB.
+fn peak_rss_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 fn parse_mode(s: &str) -> anyhow::Result<GossipMode> {
@@ -250,10 +379,22 @@ fn bench_scenario(
     per: usize,
     seconds: u64,
     mode: GossipMode,
+    faults: &str,
     units: &Path,
 ) -> anyhow::Result<Scenario> {
+    let racks = (n / 20).max(1);
+    let fault = match faults {
+        "none" => String::new(),
+        "crash" => format!(
+            "[[fault]]\nat = \"{}s\"\nkind = \"crash\"\nmachines = \"rack=r{:02}\"\nfor = \"{}s\"\n",
+            seconds / 2,
+            racks / 2,
+            (seconds / 4).max(1)
+        ),
+        other => bail!("unknown bench faults {other:?}: expected none or crash"),
+    };
     let text = format!(
-        r#"name = "bench-{n}"
+        r#"name = "bench-{n}-{faults}"
 duration = "{seconds}s"
 [machines]
 count = {n}
@@ -264,9 +405,11 @@ only = ["web@.service"]
 instances = {{ "web@.service" = {units} }}
 [config]
 gossip_mode = "{mode}"
-units_at = "2s"
-"#,
-        racks = (n / 50).max(1),
+agent_ttl = "{ttl}s"
+units_at = "{units_at}s"
+[invariants]
+converge = "{converge}s"
+{fault}"#,
         dir = units.display(),
         units = n * per,
         mode = if mode == GossipMode::Real {
@@ -274,6 +417,9 @@ units_at = "2s"
         } else {
             "model"
         },
+        ttl = (seconds / 4).clamp(5, 30),
+        units_at = (seconds / 10).max(1),
+        converge = seconds,
     );
     Scenario::from_toml(&text, Path::new(".")).context("building the bench scenario")
 }

@@ -3,7 +3,7 @@
 //! The report holds only simulated quantities (no wall-clock time), so the same scenario and seed
 //! give a byte-identical report.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use serde::Serialize;
@@ -15,12 +15,18 @@ use crate::scenario::Scenario;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ViolationKind {
-    /// A non-global unit was active on two machines longer than the bound.
+    /// A non-global unit's process ran on two machines at once (for longer than the bound, 0).
     DoubleRun,
-    /// A placeable launched unit was active nowhere longer than the bound.
+    /// A placeable launched unit ran nowhere longer than the bound.
     NotPlaced,
     /// Membership had not converged the bound after the last fault healed.
     NoConvergence,
+    /// A running unit's `[X-Fleet]` requirements did not hold.
+    Requirement,
+    /// A unit moved more often than the faults that concerned it, or away from a healthy machine.
+    Churn,
+    /// A second agent with a live machine's ID claimed or ran something.
+    Identity,
 }
 
 /// One invariant violation.
@@ -62,13 +68,13 @@ pub struct GossipTotals {
     pub sync_bytes: u64,
 }
 
-/// Metrics gathered while the simulation runs.
+/// Metrics gathered while the simulation runs (statistics only: the invariants are
+/// [`crate::check`]'s).
 #[derive(Debug, Default)]
 pub struct Metrics {
     down_since: BTreeMap<u32, (u64, bool)>,
-    reported_down: BTreeSet<u32>,
     doubles: BTreeMap<u32, u64>,
-    reported_double: BTreeSet<u32>,
+    count: Vec<usize>,
     placement: Vec<u64>,
     reschedule: Vec<u64>,
     double_durations: Vec<u64>,
@@ -83,12 +89,18 @@ pub struct Metrics {
     pub(crate) gossip_dead_bytes: u64,
     pub(crate) takeovers: u64,
     pub(crate) fencings: u64,
+    pub(crate) guard_kills: u64,
+    pub(crate) agent_kills: u64,
+    pub(crate) lease_polls: u64,
+    pub(crate) witness_requests: u64,
+    pub(crate) leases_lost: u64,
+    pub(crate) identity_conflicts: u64,
+    pub(crate) moves: u64,
     pub(crate) failures: u64,
     pub(crate) start_failures: u64,
     pub(crate) unit_starts: u64,
     samples: Vec<Sample>,
     pub(crate) fault_marks: Vec<(u64, String)>,
-    pub(crate) violations: Vec<Violation>,
     pub(crate) converged_checked: bool,
     machines: usize,
     units: usize,
@@ -99,56 +111,42 @@ impl Metrics {
         Metrics {
             machines,
             units,
+            count: vec![0; units],
             ..Default::default()
         }
     }
 
+    /// Units were submitted: unit `u` runs nowhere yet.
     pub(crate) fn unit_down(&mut self, u: u32, now: u64, was_up: bool) {
-        self.down_since.entry(u).or_insert((now, was_up));
+        if self.count[u as usize] == 0 {
+            self.down_since.entry(u).or_insert((now, was_up));
+        }
     }
 
-    pub(crate) fn unit_up(&mut self, u: u32, now: u64) {
-        if let Some((t, was_up)) = self.down_since.remove(&u) {
-            self.unavailable_us += now - t;
-            if was_up {
-                self.reschedule.push(now - t);
-            } else {
-                self.placement.push(now - t);
+    /// Non-global unit `u` now runs on `n` machines.
+    pub(crate) fn running(&mut self, u: u32, n: usize, now: u64, submitted: bool) {
+        let before = std::mem::replace(&mut self.count[u as usize], n);
+        if before == 0 && n > 0 {
+            if let Some((t, was_up)) = self.down_since.remove(&u) {
+                self.unavailable_us += now - t;
+                if was_up {
+                    self.reschedule.push(now - t);
+                } else {
+                    self.placement.push(now - t);
+                }
+            }
+        } else if before > 0 && n == 0 && submitted {
+            self.down_since.entry(u).or_insert((now, true));
+        }
+        if before < 2 && n >= 2 {
+            self.doubles.insert(u, now);
+        } else if before >= 2 && n < 2 {
+            if let Some(t) = self.doubles.remove(&u) {
+                if now > t {
+                    self.double_durations.push(now - t);
+                }
             }
         }
-        self.reported_down.remove(&u);
-    }
-
-    pub(crate) fn double_start(&mut self, u: u32, now: u64) {
-        self.doubles.insert(u, now);
-    }
-
-    pub(crate) fn double_end(&mut self, u: u32, now: u64) {
-        if let Some(t) = self.doubles.remove(&u) {
-            self.double_durations.push(now - t);
-        }
-        self.reported_double.remove(&u);
-    }
-
-    /// Doubles older than `bound` not yet reported (marked reported).
-    pub(crate) fn doubles_over(&mut self, now: u64, bound: u64) -> Vec<(u32, u64)> {
-        let out: Vec<(u32, u64)> = self
-            .doubles
-            .iter()
-            .filter(|(u, t)| now - **t > bound && !self.reported_double.contains(u))
-            .map(|(u, t)| (*u, *t))
-            .collect();
-        self.reported_double.extend(out.iter().map(|(u, _)| *u));
-        out
-    }
-
-    /// Units unavailable longer than `bound`, not yet reported (the caller decides).
-    pub(crate) fn down_over(&mut self, now: u64, bound: u64) -> Vec<(u32, u64)> {
-        self.down_since
-            .iter()
-            .filter(|(u, (t, _))| now - *t > bound && !self.reported_down.contains(u))
-            .map(|(u, (t, _))| (*u, *t))
-            .collect()
     }
 
     pub(crate) fn detection(&mut self, machine: u32, delay: u64) {
@@ -156,21 +154,20 @@ impl Metrics {
         self.first_detection.entry(machine).or_insert(delay);
     }
 
-    pub(crate) fn violation(&mut self, v: Violation) {
-        self.violations.push(v);
-    }
-
-    pub(crate) fn mark_down_reported(&mut self, u: u32) {
-        self.reported_down.insert(u);
-    }
-
-    pub(crate) fn sample(&mut self, now: u64, live: usize, wrong_views: usize, submitted: bool) {
+    pub(crate) fn sample(
+        &mut self,
+        now: u64,
+        live: usize,
+        wrong_views: usize,
+        unavailable: usize,
+        doubles: usize,
+    ) {
         self.samples.push(Sample {
             t: secs(now),
             live_machines: live,
             wrong_views,
-            unavailable_units: if submitted { self.down_since.len() } else { 0 },
-            double_running_units: self.doubles.len(),
+            unavailable_units: unavailable,
+            double_running_units: doubles,
         });
     }
 }
@@ -272,10 +269,24 @@ pub struct Report {
     pub unavailable_unit_s: f64,
     /// Double runs.
     pub double_runs: DoubleRuns,
-    /// Claims taken over from another machine.
+    /// Claims taken over from another machine (supersedes that etcd applied).
     pub takeovers: u64,
-    /// Times an agent fenced (stopped its units because its lease may have expired).
+    /// Units whose process started on another machine than the one it last ran on.
+    pub moves: u64,
+    /// Times an agent found itself past its fence deadline.
     pub fencings: u64,
+    /// Units the fence guard killed at a passed deadline (fleetd dead, hung, or late).
+    pub guard_kills: u64,
+    /// Units a fenced agent killed itself.
+    pub agent_kills: u64,
+    /// `LeaseTimeToLive` requests sent by agents proving a holder stopped.
+    pub lease_polls: u64,
+    /// Support and vote requests sent to witnesses.
+    pub witness_requests: u64,
+    /// Times an agent found its own lease gone (expired) and started over with a new one.
+    pub leases_lost: u64,
+    /// Agents that found their machine ID announced by another agent (and claimed nothing).
+    pub identity_conflicts: u64,
     /// Unit starts that failed (systemd model).
     pub start_failures: u64,
     /// Start jobs issued by agents (every unit's first start included): many more than units means
@@ -306,11 +317,17 @@ impl Report {
         g: GossipTotals,
         plan_computations: u64,
         model: bool,
+        violations: Vec<Violation>,
     ) -> Report {
         // Close open intervals.
         let open: Vec<u64> = m.down_since.values().map(|(t, _)| now - t).collect();
         m.unavailable_us += open.iter().sum::<u64>();
-        let open_doubles: Vec<u64> = m.doubles.values().map(|t| now - t).collect();
+        let open_doubles: Vec<u64> = m
+            .doubles
+            .values()
+            .filter(|t| now > **t)
+            .map(|t| now - t)
+            .collect();
         m.double_durations.extend(open_doubles);
         let per = (m.machines as f64 * secs(now)).max(1e-9);
         let round = |x: f64| (x * 100.0).round() / 100.0;
@@ -335,7 +352,14 @@ impl Report {
                 bound: secs(sc.double_run_bound().0),
             },
             takeovers: m.takeovers,
+            moves: m.moves,
             fencings: m.fencings,
+            guard_kills: m.guard_kills,
+            agent_kills: m.agent_kills,
+            lease_polls: m.lease_polls,
+            witness_requests: m.witness_requests,
+            leases_lost: m.leases_lost,
+            identity_conflicts: m.identity_conflicts,
             start_failures: m.start_failures,
             unit_starts: m.unit_starts,
             gossip: GossipReport {
@@ -347,7 +371,7 @@ impl Report {
             },
             etcd: *etcd,
             plan_computations,
-            violations: m.violations.clone(),
+            violations,
             faults: m
                 .fault_marks
                 .iter()
@@ -417,8 +441,17 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "unit starts {}  takeovers {}  fencings {}  failed starts {}  placement computations {}",
-            self.unit_starts, self.takeovers, self.fencings, self.start_failures, self.plan_computations
+            "unit starts {}  moves {}  takeovers {}  failed starts {}  placement computations {}",
+            self.unit_starts,
+            self.moves,
+            self.takeovers,
+            self.start_failures,
+            self.plan_computations
+        );
+        let _ = writeln!(
+            s,
+            "fencing                   {} fencings, {} units killed by agents, {} by fence guards; {} lease polls, {} witness requests, {} leases lost, {} identity conflicts",
+            self.fencings, self.agent_kills, self.guard_kills, self.lease_polls, self.witness_requests, self.leases_lost, self.identity_conflicts
         );
         let _ = writeln!(
             s,
@@ -432,8 +465,8 @@ impl Report {
         let e = &self.etcd;
         let _ = writeln!(
             s,
-            "etcd                      {} txn ok, {} txn failed, {} grants, {} keep-alives, {} expiries, {} announces, {} unavailable, {} watch deliveries",
-            e.txn_ok, e.txn_failed, e.lease_grants, e.keepalives, e.lease_expiries, e.announces, e.unavailable, e.watch_deliveries
+            "etcd                      {} txn ok, {} txn failed, {} grants, {} keep-alives, {} TTL polls, {} expiries, {} announces, {} unavailable, {} watch deliveries",
+            e.txn_ok, e.txn_failed, e.lease_grants, e.keepalives, e.ttl_polls, e.lease_expiries, e.announces, e.unavailable, e.watch_deliveries
         );
         if self.violations.is_empty() {
             let _ = writeln!(s, "invariants                all held");

@@ -212,7 +212,8 @@ pub struct Config {
     pub probe_rtt: Dur,
     /// Gossip: indirect probes (3).
     pub num_indirect_probes: usize,
-    /// Gossip: suspicion timeout (400ms).
+    /// Gossip: shortest suspicion timeout (500ms; with real cores Lifeguard starts it at 1.5s and
+    /// shrinks it with independent confirmations; the model uses this one).
     pub suspect_to_down_after: Dur,
     /// Gossip: dissemination round period (100ms).
     pub gossip_interval: Dur,
@@ -224,13 +225,16 @@ pub struct Config {
     pub anti_entropy_interval: Dur,
     /// Agent: lease TTL (`agent_ttl`, 30s).
     pub agent_ttl: Dur,
+    /// Gossip: how long a down member is remembered (`remove_down_after`, 600s).
+    pub remove_down_after: Dur,
+    /// Agent: `fence_after` (F, 1s, as fleetd): the one setting of the safety rules (`fleet_decide::Timing`).
+    pub fence_after: Dur,
     /// Agent: periodic full pass (`engine_reconcile_interval`, 2s).
     pub reconcile_interval: Dur,
-    /// Agent: claims of a machine just declared down still stand this long (600ms, fleetd's default).
-    pub takeover_grace: Dur,
-    /// Agent: stop claimed units when the lease may have expired. Turning this off is only for
-    /// showing what fencing prevents.
-    pub fencing: bool,
+    /// Fence guard: how often it reads the deadline (20ms).
+    pub guard_poll: Dur,
+    /// Agent: fleetd's etcd request timeout (1s): later answers are dropped.
+    pub etcd_timeout: Dur,
     /// Agent: a pass runs this long after what triggered it (fleetd coalesces for 5ms).
     pub coalesce: Dur,
     /// Simulator: passes are aligned to this grid so that agents share plans (see the README).
@@ -259,21 +263,26 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
+        // The gossip settings are the gossip core's defaults (fleetd builds them in).
+        let g = fleet_gossip::core::Config::default();
+        let d = |d: std::time::Duration| Dur(d.as_micros() as u64);
         Config {
             gossip_mode: GossipMode::Real,
             sync_views: false,
-            probe_period: Dur::ms(400),
-            probe_rtt: Dur::ms(80),
-            num_indirect_probes: 3,
-            suspect_to_down_after: Dur::ms(400),
-            gossip_interval: Dur::ms(100),
-            gossip_fanout: 3,
-            max_transmissions: 12,
-            anti_entropy_interval: Dur::secs(5),
+            probe_period: d(g.probe_period),
+            probe_rtt: d(g.probe_rtt),
+            num_indirect_probes: g.num_indirect_probes,
+            suspect_to_down_after: d(g.suspect_to_down_after),
+            gossip_interval: d(g.gossip_interval),
+            gossip_fanout: g.gossip_fanout,
+            max_transmissions: g.max_transmissions,
+            anti_entropy_interval: d(g.anti_entropy_interval),
+            remove_down_after: d(g.remove_down_after),
             agent_ttl: Dur::secs(30),
+            fence_after: Dur::secs(1),
             reconcile_interval: Dur::secs(2),
-            takeover_grace: Dur::ms(600),
-            fencing: true,
+            guard_poll: Dur::ms(20),
+            etcd_timeout: Dur::secs(1),
             coalesce: Dur::ms(5),
             pass_quantum: Dur::ms(20),
             units_at: Dur::secs(5),
@@ -294,21 +303,24 @@ impl Default for Config {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Bounds {
-    /// A non-global unit may be active on two machines at most this long (default: `agent_ttl` +
-    /// `reconcile_interval` + 1s, the fencing bound).
-    pub double_run: Option<Dur>,
-    /// A placeable launched unit must be active somewhere within this long (30s).
+    /// A non-global unit's process may run on two machines at once at most this long (0: never).
+    pub double_run: Dur,
+    /// A placeable launched unit must run somewhere within this long (30s).
     pub placement: Dur,
     /// Membership must converge this long after the last fault healed (30s).
     pub converge: Dur,
+    /// A `MachineOf=` follower may run without its target on its machine at most this long (5s: the
+    /// target may start a moment later, or be stopping after a move).
+    pub machine_of: Dur,
 }
 
 impl Default for Bounds {
     fn default() -> Self {
         Bounds {
-            double_run: None,
+            double_run: Dur(0),
             placement: Dur::secs(30),
             converge: Dur::secs(30),
+            machine_of: Dur::secs(5),
         }
     }
 }
@@ -338,8 +350,18 @@ pub enum FaultKind {
     EtcdOutage,
     /// Every etcd request takes `extra` longer.
     EtcdSlow,
-    /// The machines' clocks run at `rate` (1.05 = 5% fast).
+    /// The machines' clocks run at `rate` (1.005 = 0.5% fast; the safety rules assume rates within
+    /// `fleet_decide::Timing::clock_rate_ppm`, 1%).
     ClockSkew,
+    /// fleetd dies on the machines (its units, its fence guard and its saved lease stay). With `for`,
+    /// systemd starts it again after that long; without, it stays dead.
+    AgentCrash,
+    /// A second fleetd starts with the machine ID of each of the machines (on another address). With
+    /// `for`, it stops after that long.
+    Impostor,
+    /// Machine metadata changes at run time: `set` pairs are added or replaced, `unset` keys removed.
+    /// With `for`, the old metadata comes back after that long.
+    SetMetadata,
 }
 
 /// One fault of the timeline.
@@ -374,6 +396,12 @@ pub struct Fault {
     /// Freeze only fleetd, not its units.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agent_only: bool,
+    /// `set_metadata`: pairs to add or replace.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// `set_metadata`: keys to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unset: Vec<String>,
 }
 
 /// Why a scenario could not be loaded.
@@ -464,6 +492,9 @@ impl Scenario {
         if self.config.pass_quantum.0 == 0 || self.config.sample_interval.0 == 0 {
             return Err(self.invalid("pass_quantum and sample_interval must be positive".into()));
         }
+        self.timing()
+            .check()
+            .map_err(|e| self.invalid(format!("fence_after and agent_ttl: {e}")))?;
         for (i, f) in self.faults.iter().enumerate() {
             let need = |what: &str, ok: bool| {
                 if ok {
@@ -473,8 +504,15 @@ impl Scenario {
                 }
             };
             match f.kind {
-                FaultKind::Crash | FaultKind::Restart | FaultKind::Freeze | FaultKind::Thaw => {
-                    need("machines", f.machines.is_some())?
+                FaultKind::Crash
+                | FaultKind::Restart
+                | FaultKind::Freeze
+                | FaultKind::Thaw
+                | FaultKind::AgentCrash
+                | FaultKind::Impostor => need("machines", f.machines.is_some())?,
+                FaultKind::SetMetadata => {
+                    need("machines", f.machines.is_some())?;
+                    need("set or unset", !f.set.is_empty() || !f.unset.is_empty())?
                 }
                 FaultKind::ClockSkew => {
                     need("machines", f.machines.is_some())?;
@@ -496,11 +534,13 @@ impl Scenario {
 
     /// The double-run bound in force.
     pub fn double_run_bound(&self) -> Dur {
-        self.invariants
-            .double_run
-            .unwrap_or(Dur(self.config.agent_ttl.0
-                + self.config.reconcile_interval.0
-                + 1_000_000))
+        self.invariants.double_run
+    }
+
+    /// The timings of the safety rules for these settings (the decision core's own type).
+    pub fn timing(&self) -> fleet_decide::Timing {
+        let c = &self.config;
+        fleet_decide::Timing::new(c.fence_after.std(), c.agent_ttl.std())
     }
 }
 

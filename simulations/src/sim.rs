@@ -1,12 +1,14 @@
-//! The discrete-event simulator: one event queue, a simulated clock, and every machine's gossip node,
-//! agent and systemd.
+//! The discrete-event simulator: one event queue, a simulated clock, and every machine's systemd, fence
+//! guard, fleetd (gossip node and agent) and clock.
 //!
 //! What runs for real: [`fleet_gossip::core::Node`] (foca SWIM, dissemination, anti-entropy; in
-//! `gossip_mode = "real"`), [`fleet_sched::placement::schedule`], [`fleet_sched::reconcile::reconcile`],
-//! unit file parsing and [`fleet_sched::Requirements::from_unit`]. What is modelled: the agent's event
-//! loop (its rules are re-stated here from `src/agent`), etcd ([`crate::etcd`]), systemd (a start and a
-//! stop delay, a failure probability), the network ([`crate::net`]), and in `gossip_mode = "model"`
-//! the SWIM layer itself ([`crate::model`]).
+//! `gossip_mode = "real"`), the agent's decision core ([`fleet_decide`]: quorum, fence deadline, per-unit
+//! verdicts; see [`crate::agent`]), [`fleet_sched::placement::schedule`],
+//! [`fleet_sched::reconcile::reconcile`], unit file parsing and [`fleet_sched::Requirements::from_unit`].
+//! What is modelled: the agent's event loop that carries the verdicts out, etcd ([`crate::etcd`]), systemd
+//! (a start and a stop delay, a failure probability), the fence guard, the network ([`crate::net`]), and
+//! in `gossip_mode = "model"` the SWIM layer itself ([`crate::model`]). The invariants are checked by
+//! [`crate::check`], which reads only the simulated systemd's truth.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
@@ -14,7 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use bytes_like::Data;
+use fleet_decide::Time;
+use fleet_decide::{OwnLease, Timing, Witness};
 use fleet_gossip::core::{Config as GossipConfig, Event, FullState, Node, SyncAnswer, SyncOffer};
 use fleet_gossip::{MachineId as GossipId, NodeIdentity, UnitState as GossipUnitState};
 use fleet_sched::placement::{schedule, Decision, MachineInfo, UnitInfo};
@@ -23,16 +26,19 @@ use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, Uni
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::agent::{Agent, Ask, Req, Resp};
+use crate::check::{Checker, MachineTruth};
 use crate::etcd::Etcd;
 use crate::model::SwimModel;
 use crate::net::{Effect, Net};
-use crate::report::{Metrics, Violation, ViolationKind};
+use crate::report::Metrics;
 use crate::scenario::{Fault, FaultKind, GossipMode, Scenario, Selector};
 
-mod bytes_like {
-    /// A datagram in flight.
-    pub type Data = Vec<u8>;
-}
+/// A datagram in flight.
+type Data = Vec<u8>;
+
+/// A machine's metadata before a `set_metadata` fault changed it.
+type SavedMetadata = (usize, BTreeMap<String, String>);
 
 /// Why a run could not start.
 #[derive(Debug, thiserror::Error)]
@@ -74,21 +80,21 @@ pub struct UnitDef {
 
 /// A machine's clock: local time runs at `rate` since the anchor.
 #[derive(Clone, Copy, Debug)]
-struct Clock {
+pub(crate) struct Clock {
     anchor_g: u64,
     anchor_l: u64,
     rate: f64,
 }
 
 impl Clock {
-    fn local(&self, g: u64) -> u64 {
+    pub(crate) fn local(&self, g: u64) -> u64 {
         if self.rate == 1.0 {
             return self.anchor_l + (g - self.anchor_g);
         }
         self.anchor_l + ((g - self.anchor_g) as f64 * self.rate) as u64
     }
     /// Earliest global time at which local time reaches `l`.
-    fn global(&self, l: u64) -> u64 {
+    pub(crate) fn global(&self, l: u64) -> u64 {
         if l <= self.anchor_l {
             return self.anchor_g;
         }
@@ -109,56 +115,81 @@ impl Clock {
 }
 
 #[derive(Clone, Debug)]
-struct SysUnit {
-    hash: UnitHash,
-    active: ActiveState,
-    started: bool,
+pub(crate) struct SysUnit {
+    pub(crate) hash: UnitHash,
+    pub(crate) active: ActiveState,
+    pub(crate) started: bool,
     job: u32,
     unload_after_stop: bool,
 }
 
-struct Machine {
-    id: MachineId,
-    gid: GossipId,
-    addr: SocketAddr,
-    running: bool,
-    frozen: bool,
-    /// Frozen with `agent_only`: units keep running.
-    agent_only: bool,
-    epoch: u32,
-    incarnation: u64,
-    node: Option<Node>,
-    wake: Option<u64>,
-    clock: Clock,
-    /// Machines this agent's gossip view holds alive or suspect (itself excluded).
-    live: Bits,
-    live_hash: u64,
-    /// Machines declared down less than `takeover_grace` ago (global µs of the verdict).
-    grace: BTreeMap<u32, u64>,
-    lease: u64,
-    lease_gen: u64,
-    announced_gen: u64,
-    confirmed_at: Option<u64>,
-    fenced: bool,
-    pass_at: Option<u64>,
-    units: BTreeMap<u32, SysUnit>,
-    globals_here: BTreeSet<u32>,
+impl SysUnit {
+    /// Its process exists: from the start job until the stop completes.
+    pub(crate) fn process(&self) -> bool {
+        matches!(
+            self.active,
+            ActiveState::Activating
+                | ActiveState::Active
+                | ActiveState::Reloading
+                | ActiveState::Deactivating
+        )
+    }
+}
+
+pub(crate) struct Machine {
+    /// The machine ID its fleetd runs with.
+    pub(crate) id: MachineId,
+    pub(crate) gid: GossipId,
+    pub(crate) addr: SocketAddr,
+    /// The machine whose ID this is: itself, or for a second agent with a taken ID, the original.
+    pub(crate) ident: u32,
+    /// A second agent started with another machine's ID (an `impostor` fault's slot).
+    pub(crate) impostor: bool,
+    /// Powered on (not crashed).
+    pub(crate) powered: bool,
+    /// Paused as a whole (VM pause, cgroup freezer of everything): units, guard and fleetd.
+    pub(crate) frozen: bool,
+    /// Boot count: systemd jobs and guard checks of an earlier boot are void.
+    pub(crate) boot: u32,
+    pub(crate) clock: Clock,
+    pub(crate) units: BTreeMap<u32, SysUnit>,
     /// systemd jobs that finished while the machine was paused.
     deferred: Vec<(u32, u32, bool)>,
+    /// The fence deadline fleetd last wrote for its guard (`None`: nothing written yet this boot;
+    /// `Some(None)`: nothing may run).
+    pub(crate) guard: Option<Option<u64>>,
+    /// When the guard's next check is scheduled (global µs).
+    guard_check: Option<u64>,
+    /// fleetd's saved lease and confirmations (its state directory: kept across fleetd restarts, lost
+    /// with a reboot, whose monotonic clock starts over).
+    pub(crate) lease: OwnLease,
+    /// This machine as a witness: its promises (kept across fleetd restarts, lost with a reboot).
+    pub(crate) witness: Witness,
+    /// The committee's seats as fleetd knows them: announcement `create_revision`, when it vanished
+    /// (local µs); kept across fleetd restarts, lost with a reboot.
+    pub(crate) seats: BTreeMap<u32, (i64, Option<u64>)>,
+    pub(crate) incarnation: u64,
+    /// fleetd, while it runs.
+    pub(crate) agent: Option<Box<Agent>>,
+    /// fleetd's life count: events of an earlier life are void.
+    pub(crate) gen: u32,
+    /// fleetd alone is paused (SIGSTOP): units and guard go on.
+    pub(crate) agent_frozen: bool,
 }
 
 impl Machine {
-    /// Whether its units execute (not crashed, not paused as a whole).
-    fn units_run(&self) -> bool {
-        self.running && (!self.frozen || self.agent_only)
+    /// Whether its units' processes execute (powered, not paused as a whole).
+    pub(crate) fn units_run(&self) -> bool {
+        self.powered && !self.frozen
     }
-    fn agent_runs(&self) -> bool {
-        self.running && !self.frozen
+    /// Whether fleetd (agent and gossip node) executes.
+    pub(crate) fn agent_runs(&self) -> bool {
+        self.powered && !self.frozen && !self.agent_frozen && self.agent.is_some()
     }
 }
 
 #[derive(Clone, Debug)]
-enum Ev {
+pub(crate) enum Ev {
     SubmitUnits,
     Deliver {
         to: u32,
@@ -167,30 +198,62 @@ enum Ev {
     },
     NodeWake {
         m: u32,
-        epoch: u32,
+        gen: u32,
     },
     Pass {
         m: u32,
-        epoch: u32,
+        gen: u32,
     },
     Tick {
         m: u32,
-        epoch: u32,
+        gen: u32,
     },
     Keepalive {
         m: u32,
-        epoch: u32,
-    },
-    GraceEnd {
-        m: u32,
-        epoch: u32,
+        gen: u32,
     },
     UnitDone {
         m: u32,
-        epoch: u32,
+        boot: u32,
         unit: u32,
         job: u32,
         start: bool,
+    },
+    GuardCheck {
+        m: u32,
+        boot: u32,
+    },
+    EtcdArrive {
+        m: u32,
+        gen: u32,
+        req: Req,
+        sent: u64,
+        sent_g: u64,
+    },
+    EtcdAnswer {
+        m: u32,
+        gen: u32,
+        req: Req,
+        resp: Resp,
+        sent: u64,
+        sent_g: u64,
+    },
+    Ask {
+        from: u32,
+        gen: u32,
+        to: u32,
+        ask: Ask,
+        sent: u64,
+        sent_g: u64,
+    },
+    Answer {
+        m: u32,
+        gen: u32,
+        from: u32,
+        ask: Ask,
+        granted: bool,
+        sent: u64,
+        sent_g: u64,
     },
     EtcdTick,
     WatchFlush,
@@ -225,12 +288,11 @@ impl Ord for QItem {
 }
 
 /// A plan, indexed by machine.
-struct PlanIndex {
-    on: HashMap<u32, Vec<(u32, bool)>>,
-    placeable: Vec<bool>,
+pub(crate) struct PlanIndex {
+    pub(crate) on: HashMap<u32, Vec<(u32, bool)>>,
 }
 
-fn mix(x: u64) -> u64 {
+pub(crate) fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -245,34 +307,39 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<QItem>>,
     seq: u64,
     pub(crate) rng: StdRng,
-    base: Instant,
-    machines: Vec<Machine>,
+    pub(crate) base: Instant,
+    pub(crate) machines: Vec<Machine>,
+    /// Machines of the cluster (impostor slots come after them).
+    pub(crate) cluster: usize,
     pub(crate) units: Vec<UnitDef>,
     base_infos: Vec<UnitInfo>,
-    machine_infos: Vec<MachineInfo>,
-    by_id: HashMap<MachineId, u32>,
+    pub(crate) machine_infos: Vec<MachineInfo>,
+    pub(crate) by_id: HashMap<MachineId, u32>,
+    /// Gossip identity → machine index.
+    pub(crate) by_gid: HashMap<GossipId, u32>,
     unit_index: HashMap<UnitName, u32>,
     pub(crate) etcd: Etcd,
-    etcd_up: bool,
-    etcd_extra: u64,
+    pub(crate) etcd_up: bool,
+    pub(crate) etcd_extra: u64,
     pub(crate) net: Net,
-    plans: HashMap<(u64, u64), Rc<PlanIndex>>,
+    plans: HashMap<(u64, i64), Rc<PlanIndex>>,
     pub(crate) plan_computations: u64,
     watch_pending: bool,
-    /// What the agents' registry mirrors hold: the claims as of the last watch delivery (agents
-    /// that cannot reach etcd do not reconcile, so one shared mirror stands for all).
-    mirror: Vec<Option<crate::etcd::Claim>>,
-    mirror_rev: u64,
-    submitted: bool,
-    /// Active (counted) machines per unit.
-    active: Vec<u16>,
+    pub(crate) submitted: bool,
     pub(crate) metrics: Metrics,
+    pub(crate) checker: Checker,
+    pub(crate) timing: Timing,
     gossip_cfg: GossipConfig,
-    model: Option<SwimModel>,
-    /// When each machine failed (crash or pause), for detection times.
+    pub(crate) model: Option<SwimModel>,
+    /// When each machine failed (crash, pause, fleetd death), for detection times.
     failed_at: Vec<Option<u64>>,
+    /// Metadata before a `set_metadata` fault, per fault.
+    saved_metadata: HashMap<usize, Vec<SavedMetadata>>,
     events_processed: u64,
+    last_at: u64,
     stop_on_violation: bool,
+    /// A unit whose verdicts are printed on stderr (`FLEET_SIM_TRACE=<unit name>`, for debugging).
+    pub(crate) trace: Option<u32>,
 }
 
 const CHECK_EVERY: u64 = 100_000;
@@ -303,81 +370,111 @@ impl Sim {
             ids.push(e.id.clone().unwrap_or_else(|| format!("m{i:05}")));
             metas.push(e.metadata.clone());
         }
-        let n = ids.len();
-        let n0 = n;
+        let cluster = ids.len();
         let mut by_id = HashMap::new();
         let mut machine_infos = Vec::new();
-        let mut machines = Vec::new();
-        for (i, (id, meta)) in ids.into_iter().zip(metas).enumerate() {
+        for (i, (id, meta)) in ids.iter().zip(metas).enumerate() {
             let mid =
-                MachineId::parse(&id).map_err(|e| SimError::Machine(id.clone(), e.to_string()))?;
+                MachineId::parse(id).map_err(|e| SimError::Machine(id.clone(), e.to_string()))?;
             if by_id.insert(mid.clone(), i as u32).is_some() {
-                return Err(SimError::Machine(id, "listed twice".into()));
+                return Err(SimError::Machine(id.clone(), "listed twice".into()));
             }
             machine_infos.push(MachineInfo {
-                id: mid.clone(),
+                id: mid,
                 metadata: meta,
                 refused: Default::default(),
             });
+        }
+        // Check fault selectors up front; impostor faults get machine slots of their own.
+        let mut impostors = Vec::new();
+        for (k, f) in sc.faults.iter().enumerate() {
+            for s in [&f.machines, &f.from, &f.to].into_iter().flatten() {
+                let sel = Selector::parse(s).map_err(|e| SimError::Fault(k, e))?;
+                let picked = resolve(&sel, &machine_infos, &mut fault_rng(seed, k));
+                if picked.is_empty() && sel != Selector::Etcd {
+                    return Err(SimError::Fault(
+                        k,
+                        format!("selector {s:?} matches no machine"),
+                    ));
+                }
+                if f.kind == FaultKind::Impostor && Some(s) == f.machines.as_ref() {
+                    impostors.extend(picked.into_iter().map(|i| (k, i)));
+                }
+            }
+        }
+        let mut machines = Vec::new();
+        let slots = (0..cluster).map(|i| (i, false)).chain(
+            impostors
+                .iter()
+                .map(|&(_, orig)| (orig, true))
+                .collect::<Vec<_>>(),
+        );
+        for (slot, (ident, impostor)) in slots.enumerate() {
+            let id = machine_infos[ident].id.clone();
             machines.push(Machine {
-                id: mid,
-                gid: GossipId::new(id),
-                addr: addr_of(i as u32),
-                running: false,
+                gid: GossipId::new(id.as_str()),
+                id,
+                addr: addr_of(slot as u32),
+                ident: ident as u32,
+                impostor,
+                powered: false,
                 frozen: false,
-                agent_only: false,
-                epoch: 0,
-                incarnation: 0,
-                node: None,
-                wake: None,
+                boot: 0,
                 clock: Clock {
                     anchor_g: 0,
                     anchor_l: 0,
                     rate: 1.0,
                 },
-                live: Bits::new(n0),
-                live_hash: 0,
-                grace: BTreeMap::new(),
-                lease: 0,
-                lease_gen: 0,
-                announced_gen: 0,
-                confirmed_at: None,
-                fenced: false,
-                pass_at: None,
                 units: BTreeMap::new(),
-                globals_here: BTreeSet::new(),
                 deferred: Vec::new(),
+                guard: None,
+                guard_check: None,
+                lease: OwnLease::default(),
+                witness: Witness::default(),
+                seats: BTreeMap::new(),
+                incarnation: 0,
+                agent: None,
+                gen: 0,
+                agent_frozen: false,
             });
         }
-        let (units, base_infos) = load_units(&sc)?;
+        let n = machines.len();
+        let by_gid = machines
+            .iter()
+            .take(cluster)
+            .enumerate()
+            .map(|(i, m)| (m.gid.clone(), i as u32))
+            .collect();
+        let (units, base_infos, files) = load_units(&sc)?;
         let c = &sc.config;
         let gossip_cfg = GossipConfig {
             probe_period: c.probe_period.std(),
             probe_rtt: c.probe_rtt.std(),
             num_indirect_probes: c.num_indirect_probes,
             suspect_to_down_after: c.suspect_to_down_after.std(),
+            remove_down_after: c.remove_down_after.std(),
             max_transmissions: c.max_transmissions,
             gossip_interval: c.gossip_interval.std(),
             gossip_fanout: c.gossip_fanout,
             anti_entropy_interval: c.anti_entropy_interval.std(),
             ..GossipConfig::default()
         };
-        // Check fault selectors up front.
-        for (k, f) in sc.faults.iter().enumerate() {
-            for s in [&f.machines, &f.from, &f.to].into_iter().flatten() {
-                let sel = Selector::parse(s).map_err(|e| SimError::Fault(k, e))?;
-                if resolve(&sel, &machine_infos, &mut StdRng::seed_from_u64(seed)).is_empty()
-                    && sel != Selector::Etcd
-                {
-                    return Err(SimError::Fault(
-                        k,
-                        format!("selector {s:?} matches no machine"),
-                    ));
-                }
+        let timing = sc.timing();
+        // A move long after a fault ended is not caused by it: allow the slow paths (a lease that
+        // expires a TTL after the fault, a claim that follows) plus some slack.
+        let settle = 2 * sc.config.agent_ttl.0 + 10_000_000;
+        let mut checker = Checker::new(
+            &files,
+            machines.iter().map(|m| m.id.to_string()).collect(),
+            settle,
+        );
+        for (i, m) in machines.iter().enumerate() {
+            if m.impostor {
+                checker.impostor(i as u32);
             }
         }
-        let model =
-            (sc.config.gossip_mode == GossipMode::Model).then(|| SwimModel::new(n, &sc.config));
+        let model = (sc.config.gossip_mode == GossipMode::Model)
+            .then(|| SwimModel::new(cluster, &sc.config));
         let nunits = units.len();
         let unit_index = units
             .iter()
@@ -392,8 +489,10 @@ impl Sim {
             rng,
             base: Instant::now(),
             machines,
+            cluster,
             units,
             base_infos,
+            by_gid,
             machine_infos,
             by_id,
             unit_index,
@@ -404,20 +503,29 @@ impl Sim {
             plans: HashMap::new(),
             plan_computations: 0,
             watch_pending: false,
-            mirror: vec![None; nunits],
-            mirror_rev: 0,
             submitted: false,
-            active: vec![0; nunits],
-            metrics: Metrics::new(n, nunits),
+            metrics: Metrics::new(cluster, nunits),
+            checker,
+            timing,
             gossip_cfg,
             model,
             failed_at: vec![None; n],
+            saved_metadata: HashMap::new(),
             events_processed: 0,
+            last_at: 0,
             stop_on_violation: false,
+            trace: None,
             sc,
         };
-        for i in 0..n as u32 {
-            sim.boot(i);
+        if let Ok(name) = std::env::var("FLEET_SIM_TRACE") {
+            sim.trace = sim
+                .units
+                .iter()
+                .position(|u| u.name.as_str() == name)
+                .map(|u| u as u32);
+        }
+        for i in 0..cluster as u32 {
+            sim.power_on(i);
         }
         sim.push(sim.sc.config.units_at.0, Ev::SubmitUnits);
         sim.push(0, Ev::EtcdTick);
@@ -429,8 +537,7 @@ impl Sim {
         if let Some(t) = sim.converge_time() {
             sim.push(t, Ev::Converge);
         }
-        if let Some(m) = sim.model.take() {
-            let mut m = m;
+        if let Some(mut m) = sim.model.take() {
             m.start(&mut sim);
             sim.model = Some(m);
         }
@@ -442,9 +549,9 @@ impl Sim {
         self.stop_on_violation = yes;
     }
 
-    /// Number of machines.
+    /// Number of machines of the cluster.
     pub fn machine_count(&self) -> usize {
-        self.machines.len()
+        self.cluster
     }
 
     /// Current simulated time (µs).
@@ -471,7 +578,7 @@ impl Sim {
         (t <= self.sc.duration.0).then_some(t)
     }
 
-    fn push(&mut self, at: u64, ev: Ev) {
+    pub(crate) fn push(&mut self, at: u64, ev: Ev) {
         self.seq += 1;
         self.queue.push(Reverse(QItem {
             at: at.max(self.now),
@@ -491,12 +598,21 @@ impl Sim {
                 break;
             }
             let Reverse(item) = self.queue.pop().expect("peeked");
+            if item.at > self.last_at {
+                // Every event of the instant `last_at` is done: what holds now held for a while.
+                self.checker.settle(self.last_at);
+                self.last_at = item.at;
+            }
             self.now = item.at;
             self.events_processed += 1;
             self.handle(item.ev);
-            if self.stop_on_violation && !self.metrics.violations.is_empty() {
+            if self.stop_on_violation && !self.checker.violations.is_empty() {
                 return false;
             }
+        }
+        if until > self.last_at {
+            self.checker.settle(self.last_at);
+            self.last_at = until;
         }
         self.now = self.now.max(until);
         true
@@ -511,8 +627,10 @@ impl Sim {
 
     /// Ends the run (closes open intervals) and builds the report.
     pub fn finish(mut self) -> crate::report::Report {
-        self.now = self.now.max(self.sc.duration.0.min(self.now));
+        self.checker.settle(self.now);
         let gossip = self.gossip_totals();
+        let violations = std::mem::take(&mut self.checker.violations);
+        self.metrics.moves = self.checker.total_moves;
         crate::report::Report::build(
             &self.sc,
             self.seed,
@@ -522,13 +640,14 @@ impl Sim {
             gossip,
             self.plan_computations,
             self.model.is_some(),
+            violations,
         )
     }
 
     fn gossip_totals(&self) -> crate::report::GossipTotals {
         let mut t = crate::report::GossipTotals::default();
         for m in &self.machines {
-            if let Some(n) = &m.node {
+            if let Some(n) = m.agent.as_ref().and_then(|a| a.node.as_ref()) {
                 let c = n.counters();
                 t.datagrams += c.datagrams_out;
                 t.bytes += c.bytes_out;
@@ -550,6 +669,7 @@ impl Sim {
         match ev {
             Ev::SubmitUnits => {
                 self.submitted = true;
+                self.checker.submitted(self.now);
                 for u in 0..self.units.len() {
                     if !self.units[u].global {
                         self.metrics.unit_down(u as u32, self.now, false);
@@ -558,63 +678,76 @@ impl Sim {
                 self.notify_watchers();
             }
             Ev::Deliver { to, from, data } => self.deliver(to, from, data),
-            Ev::NodeWake { m, epoch } => self.node_wake(m, epoch),
-            Ev::Pass { m, epoch } => {
+            Ev::NodeWake { m, gen } => self.node_wake(m, gen),
+            Ev::Pass { m, gen } => {
+                let now = self.now;
                 let mm = &mut self.machines[m as usize];
-                if mm.epoch == epoch && mm.pass_at == Some(self.now) {
-                    mm.pass_at = None;
-                    self.pass(m);
+                if mm.gen == gen {
+                    if let Some(a) = mm.agent.as_mut() {
+                        if a.pass_at == Some(now) {
+                            a.pass_at = None;
+                            self.pass(m);
+                        }
+                    }
                 }
             }
-            Ev::Tick { m, epoch } => {
-                if self.machines[m as usize].epoch != epoch {
+            Ev::Tick { m, gen } => {
+                if self.machines[m as usize].gen != gen {
                     return;
                 }
                 self.request_pass(m);
+                self.rejoin_announced(m);
                 let at = self.local_after(m, self.sc.config.reconcile_interval.0);
-                self.push(at, Ev::Tick { m, epoch });
+                self.push(at, Ev::Tick { m, gen });
             }
-            Ev::Keepalive { m, epoch } => self.keepalive(m, epoch),
-            Ev::GraceEnd { m, epoch } => {
-                let grace = self.sc.config.takeover_grace.0;
-                let now = self.now;
-                let mm = &mut self.machines[m as usize];
-                if mm.epoch != epoch {
-                    return;
-                }
-                let before = mm.grace.len();
-                mm.grace.retain(|_, since| now < *since + grace);
-                if mm.grace.len() != before {
-                    self.request_pass(m);
-                }
-            }
+            Ev::Keepalive { m, gen } => self.keepalive(m, gen),
             Ev::UnitDone {
                 m,
-                epoch,
+                boot,
                 unit,
                 job,
                 start,
-            } => self.unit_done(m, epoch, unit, job, start),
+            } => self.unit_done(m, boot, unit, job, start),
+            Ev::GuardCheck { m, boot } => self.guard_check(m, boot),
+            Ev::EtcdArrive {
+                m,
+                gen,
+                req,
+                sent,
+                sent_g,
+            } => self.etcd_arrive(m, gen, req, sent, sent_g),
+            Ev::EtcdAnswer {
+                m,
+                gen,
+                req,
+                resp,
+                sent,
+                sent_g,
+            } => self.etcd_answer(m, gen, req, resp, sent, sent_g),
+            Ev::Ask {
+                from,
+                gen,
+                to,
+                ask,
+                sent,
+                sent_g,
+            } => self.witness_answer(from, gen, to, ask, sent, sent_g),
+            Ev::Answer {
+                m,
+                gen,
+                from,
+                ask,
+                granted,
+                sent,
+                sent_g,
+            } => self.witness_granted(m, gen, from, ask, granted, sent, sent_g),
             Ev::EtcdTick => {
-                if self.etcd.expire(self.now) {
+                if self.etcd_up && self.etcd.expire(self.now) {
                     self.notify_watchers();
                 }
                 self.push(self.now + 100_000, Ev::EtcdTick);
             }
-            Ev::WatchFlush => {
-                self.watch_pending = false;
-                if self.mirror_rev != self.etcd.revision() {
-                    self.mirror.clear();
-                    self.mirror.extend_from_slice(self.etcd.claims());
-                    self.mirror_rev = self.etcd.revision();
-                }
-                for i in 0..self.machines.len() as u32 {
-                    if self.machines[i as usize].agent_runs() && self.etcd_reachable(i) {
-                        self.etcd.ops.watch_deliveries += 1;
-                        self.request_pass(i);
-                    }
-                }
-            }
+            Ev::WatchFlush => self.watch_flush(),
             Ev::Fault(k) => self.apply_fault(k),
             Ev::Undo(k) => self.undo_fault(k),
             Ev::Check => {
@@ -636,47 +769,79 @@ impl Sim {
     }
 
     // ------------------------------------------------------------------------------------------
-    // Machines: boot, crash, freeze.
+    // Machines: power, crash, freeze; fleetd's life.
 
-    fn local_after(&self, m: u32, local_delay: u64) -> u64 {
+    pub(crate) fn local(&self, m: u32) -> u64 {
+        self.machines[m as usize].clock.local(self.now)
+    }
+
+    pub(crate) fn local_after(&self, m: u32, local_delay: u64) -> u64 {
         let c = &self.machines[m as usize].clock;
         c.global(c.local(self.now) + local_delay)
     }
 
-    fn instant(&self, m: u32) -> Instant {
-        self.base + Duration::from_micros(self.machines[m as usize].clock.local(self.now))
+    pub(crate) fn instant(&self, m: u32) -> Instant {
+        self.base + Duration::from_micros(self.local(m))
     }
 
-    fn boot(&mut self, i: u32) {
-        let now = self.now;
-        let seeds: Vec<SocketAddr> = self.seeds_for(i);
+    /// Boots machine `i`: systemd starts empty, fleetd starts with no saved state.
+    fn power_on(&mut self, i: u32) {
         let mm = &mut self.machines[i as usize];
-        mm.running = true;
+        mm.powered = true;
         mm.frozen = false;
-        mm.agent_only = false;
-        mm.epoch += 1;
-        mm.incarnation += 1;
-        mm.live.clear();
-        mm.grace.clear();
-        mm.live_hash = mix(i as u64);
-        mm.lease = 0;
-        mm.confirmed_at = None;
-        mm.fenced = false;
-        mm.pass_at = None;
-        mm.wake = None;
+        mm.boot += 1;
+        mm.guard = None;
+        mm.guard_check = None;
+        mm.lease = OwnLease::default();
+        mm.seats.clear();
         mm.deferred.clear();
-        let epoch = mm.epoch;
+        let now = Time(mm.clock.local(self.now));
+        mm.witness = Witness::fresh(&self.timing, now);
         self.failed_at[i as usize] = None;
+        self.start_agent(i);
+    }
+
+    /// Starts fleetd on machine `i` (at boot, or restarted by systemd after it died): it keeps the saved
+    /// lease, joins gossip with a new incarnation, and reads the registry.
+    pub(crate) fn start_agent(&mut self, i: u32) {
+        let mm = &self.machines[i as usize];
+        if !mm.powered || mm.agent.is_some() {
+            return;
+        }
+        let seeds: Vec<SocketAddr> = self.seeds_for(i);
+        let local = self.local(i);
+        let n = self.machines.len();
+        let mm = &mut self.machines[i as usize];
+        mm.gen += 1;
+        mm.incarnation += 1;
+        mm.agent_frozen = false;
+        let gen = mm.gen;
+        mm.agent = Some(Box::new(Agent::new(local, n, i)));
+        if !mm.impostor {
+            self.failed_at[i as usize] = None;
+            self.join_gossip(i, &seeds);
+        }
+        let jitter = self.rng.random_range(0..20_000u64);
+        self.push(self.now + jitter, Ev::Keepalive { m: i, gen });
+        let jitter = self
+            .rng
+            .random_range(0..self.sc.config.reconcile_interval.0.max(1));
+        self.push(self.now + jitter, Ev::Tick { m: i, gen });
+        self.etcd_send(i, Req::Sync);
+    }
+
+    fn join_gossip(&mut self, i: u32, seeds: &[SocketAddr]) {
         if self.model.is_none() {
+            let mm = &self.machines[i as usize];
             let identity = NodeIdentity {
-                machine_id: self.machines[i as usize].gid.clone(),
-                addr: self.machines[i as usize].addr,
-                incarnation: self.machines[i as usize].incarnation,
+                machine_id: mm.gid.clone(),
+                addr: mm.addr,
+                incarnation: mm.incarnation,
             };
             let rng = StdRng::from_rng(&mut self.rng);
             let at = self.instant(i);
             let mut node = Node::new(self.gossip_cfg.clone(), identity, rng, at);
-            node.join(at, &seeds);
+            node.join(at, seeds);
             node.set_local_metadata(
                 at,
                 fleet_gossip::Metadata {
@@ -686,24 +851,20 @@ impl Sim {
                     unit_count: 0,
                 },
             );
-            self.machines[i as usize].node = Some(node);
+            if let Some(a) = self.machines[i as usize].agent.as_mut() {
+                a.node = Some(node);
+            }
             self.flush(i);
         } else if let Some(mut model) = self.model.take() {
             model.on_boot(self, i);
             self.model = Some(model);
         }
-        let jitter = self.rng.random_range(0..200_000u64);
-        self.push(now + jitter, Ev::Keepalive { m: i, epoch });
-        let jitter = self
-            .rng
-            .random_range(0..self.sc.config.reconcile_interval.0.max(1));
-        self.push(now + jitter, Ev::Tick { m: i, epoch });
     }
 
-    /// Seeds: three machines (the first ones, or after a restart three with a live lease: fleetd
-    /// joins through the gossip addresses announced in etcd).
+    /// Seeds: three machines (the first ones at time 0, later three with an announcement in etcd:
+    /// fleetd joins through the gossip addresses announced there).
     fn seeds_for(&mut self, i: u32) -> Vec<SocketAddr> {
-        let n = self.machines.len() as u32;
+        let n = self.cluster as u32;
         let mut out = Vec::new();
         if self.now == 0 {
             for j in 0..n.min(4) {
@@ -717,7 +878,7 @@ impl Sim {
             return out;
         }
         let candidates: Vec<u32> = (0..n)
-            .filter(|&j| j != i && self.machines[j as usize].lease != 0)
+            .filter(|&j| j != i && self.etcd.announcement(j).is_some())
             .collect();
         for _ in 0..3.min(candidates.len()) {
             let j = candidates[self.rng.random_range(0..candidates.len())];
@@ -726,97 +887,126 @@ impl Sim {
         out
     }
 
-    fn crash(&mut self, i: u32) {
-        if !self.machines[i as usize].running {
+    /// fleetd dies on machine `i` (its units and guard stay).
+    fn stop_agent(&mut self, i: u32) {
+        let Some(agent) = self.machines[i as usize].agent.take() else {
             return;
-        }
-        let now = self.now;
-        let units: Vec<u32> = self.machines[i as usize].units.keys().copied().collect();
-        for u in &units {
-            self.set_unit(i, *u, None);
-        }
-        if let Some(node) = &self.machines[i as usize].node {
+        };
+        if let Some(node) = &agent.node {
             let c = node.counters();
             self.metrics.gossip_dead_datagrams += c.datagrams_out;
             self.metrics.gossip_dead_bytes += c.bytes_out;
         }
         let mm = &mut self.machines[i as usize];
-        mm.running = false;
-        mm.frozen = false;
-        mm.node = None;
-        mm.epoch += 1;
-        mm.units.clear();
-        mm.live.clear();
-        mm.grace.clear();
-        mm.pass_at = None;
-        mm.wake = None;
-        self.failed_at[i as usize] = Some(now);
-        self.metrics.failures += 1;
-        if let Some(mut model) = self.model.take() {
-            model.on_stop(self, i);
-            self.model = Some(model);
+        mm.gen += 1;
+        mm.agent_frozen = false;
+        if !mm.impostor {
+            self.failed_at[i as usize].get_or_insert(self.now);
+            self.metrics.failures += 1;
+            if let Some(mut model) = self.model.take() {
+                model.on_stop(self, i);
+                self.model = Some(model);
+            }
         }
+    }
+
+    fn crash(&mut self, i: u32) {
+        if !self.machines[i as usize].powered {
+            return;
+        }
+        let units: Vec<u32> = self.machines[i as usize].units.keys().copied().collect();
+        for u in units {
+            self.remove_unit(i, u);
+        }
+        if self.machines[i as usize].agent.is_some() {
+            self.stop_agent(i);
+        } else {
+            self.metrics.failures += 1;
+        }
+        let mm = &mut self.machines[i as usize];
+        mm.powered = false;
+        mm.frozen = false;
+        mm.boot += 1;
+        mm.guard = None;
+        self.failed_at[i as usize].get_or_insert(self.now);
     }
 
     fn freeze(&mut self, i: u32, agent_only: bool) {
         let mm = &self.machines[i as usize];
-        if !mm.running || mm.frozen {
+        if !mm.powered || mm.frozen || (agent_only && mm.agent_frozen) {
             return;
         }
-        let counted: Vec<u32> = if agent_only {
-            Vec::new()
+        if agent_only {
+            self.machines[i as usize].agent_frozen = true;
         } else {
-            mm.units
+            // Every process stops executing: units stop counting as running.
+            let running: Vec<u32> = mm
+                .units
                 .iter()
-                .filter(|(_, s)| counts(&s.active))
+                .filter(|(_, s)| s.process())
                 .map(|(u, _)| *u)
-                .collect()
-        };
-        for u in counted {
-            self.count(u, -1);
+                .collect();
+            for u in running {
+                self.checker
+                    .set_running(self.now, i, u, false, self.submitted);
+                self.metrics_running(u);
+            }
+            self.machines[i as usize].frozen = true;
         }
         let mm = &mut self.machines[i as usize];
-        mm.frozen = true;
-        mm.agent_only = agent_only;
-        mm.wake = None;
-        mm.pass_at = None;
-        self.failed_at[i as usize] = Some(self.now);
-        self.metrics.failures += 1;
-        if let Some(mut model) = self.model.take() {
-            model.on_stop(self, i);
-            self.model = Some(model);
+        if let Some(a) = mm.agent.as_mut() {
+            a.wake = None;
+            a.pass_at = None;
+        }
+        if !mm.impostor {
+            self.failed_at[i as usize] = Some(self.now);
+            self.metrics.failures += 1;
+            if let Some(mut model) = self.model.take() {
+                model.on_stop(self, i);
+                self.model = Some(model);
+            }
         }
     }
 
     fn thaw(&mut self, i: u32) {
         let mm = &self.machines[i as usize];
-        if !mm.running || !mm.frozen {
+        if !mm.powered || !(mm.frozen || mm.agent_frozen) {
             return;
         }
-        let agent_only = mm.agent_only;
-        let counted: Vec<u32> = mm
-            .units
-            .iter()
-            .filter(|(_, s)| counts(&s.active))
-            .map(|(u, _)| *u)
-            .collect();
+        let whole = mm.frozen;
         let mm = &mut self.machines[i as usize];
         mm.frozen = false;
-        mm.agent_only = false;
-        let deferred = std::mem::take(&mut mm.deferred);
-        let epoch = mm.epoch;
-        if !agent_only {
-            for u in counted {
-                self.count(u, 1);
+        mm.agent_frozen = false;
+        if whole {
+            // The guard resumes with the units: a passed deadline kills them before they run again.
+            let boot = mm.boot;
+            self.guard_check(i, boot);
+            let running: Vec<u32> = self.machines[i as usize]
+                .units
+                .iter()
+                .filter(|(_, s)| s.process())
+                .map(|(u, _)| *u)
+                .collect();
+            for u in running {
+                self.checker
+                    .set_running(self.now, i, u, true, self.submitted);
+                self.metrics_running(u);
+            }
+            let deferred = std::mem::take(&mut self.machines[i as usize].deferred);
+            let boot = self.machines[i as usize].boot;
+            for (unit, job, start) in deferred {
+                self.unit_done(i, boot, unit, job, start);
             }
         }
-        self.failed_at[i as usize] = None;
-        for (unit, job, start) in deferred {
-            self.unit_done(i, epoch, unit, job, start);
+        if self.machines[i as usize].agent.is_none() {
+            return;
         }
-        self.push(self.now, Ev::NodeWake { m: i, epoch });
-        self.push(self.now, Ev::Keepalive { m: i, epoch });
+        self.failed_at[i as usize] = None;
+        let gen = self.machines[i as usize].gen;
+        self.push(self.now, Ev::NodeWake { m: i, gen });
+        self.push(self.now, Ev::Keepalive { m: i, gen });
         self.request_pass(i);
+        self.notify_watchers();
         if let Some(mut model) = self.model.take() {
             model.on_resume(self, i);
             self.model = Some(model);
@@ -826,17 +1016,23 @@ impl Sim {
     // ------------------------------------------------------------------------------------------
     // The real gossip node.
 
-    fn node_wake(&mut self, m: u32, epoch: u32) {
+    fn node_wake(&mut self, m: u32, gen: u32) {
+        let now = self.now;
         let mm = &mut self.machines[m as usize];
-        if mm.epoch != epoch || mm.wake != Some(self.now) {
+        if mm.gen != gen || !mm.agent_runs() {
             return;
         }
-        mm.wake = None;
-        if !mm.agent_runs() {
+        let Some(a) = mm.agent.as_mut() else { return };
+        if a.wake != Some(now) {
             return;
         }
+        a.wake = None;
         let at = self.instant(m);
-        if let Some(node) = self.machines[m as usize].node.as_mut() {
+        if let Some(node) = self.machines[m as usize]
+            .agent
+            .as_mut()
+            .and_then(|a| a.node.as_mut())
+        {
             node.handle_timeout(at);
         }
         self.flush(m);
@@ -848,16 +1044,31 @@ impl Sim {
         }
         let at = self.instant(to);
         let from_addr = addr_of(from);
-        if let Some(node) = self.machines[to as usize].node.as_mut() {
+        if let Some(node) = self.node_mut(to) {
             // Garbage is counted by the node; the network moves on.
             let _ = node.handle_datagram(at, from_addr, &data);
         }
         self.flush(to);
     }
 
+    fn node_mut(&mut self, m: u32) -> Option<&mut Node> {
+        self.machines[m as usize]
+            .agent
+            .as_mut()
+            .and_then(|a| a.node.as_mut())
+    }
+
+    /// [`Sim::flush`], for the agent model.
+    pub(crate) fn flush_node(&mut self, m: u32) {
+        self.flush(m);
+    }
+
     /// Sends what node `m` produced, runs its syncs, handles its events, and re-arms its wake-up.
     fn flush(&mut self, m: u32) {
-        let Some(mut node) = self.machines[m as usize].node.take() else {
+        let Some(mut node) = self.machines[m as usize].agent.as_mut().and_then(|a| {
+            a.gossip_inputs += 1;
+            a.node.take()
+        }) else {
             return;
         };
         let mut syncs = Vec::new();
@@ -874,18 +1085,21 @@ impl Sim {
             events.push(e);
         }
         let next = node.poll_timeout();
-        self.machines[m as usize].node = Some(node);
+        if let Some(a) = self.machines[m as usize].agent.as_mut() {
+            a.node = Some(node);
+        }
         for e in events {
             self.gossip_event(m, e);
         }
         if let Some(next) = next {
             let local = next.saturating_duration_since(self.base).as_micros() as u64;
             let g = self.machines[m as usize].clock.global(local).max(self.now);
-            let mm = &mut self.machines[m as usize];
-            if mm.wake.is_none_or(|w| g < w) {
-                mm.wake = Some(g);
-                let epoch = mm.epoch;
-                self.push(g, Ev::NodeWake { m, epoch });
+            let gen = self.machines[m as usize].gen;
+            if let Some(a) = self.machines[m as usize].agent.as_mut() {
+                if a.wake.is_none_or(|w| g < w) {
+                    a.wake = Some(g);
+                    self.push(g, Ev::NodeWake { m, gen });
+                }
             }
         }
         for peer in syncs {
@@ -920,6 +1134,7 @@ impl Sim {
     fn sync(&mut self, a: u32, b: u32) {
         let (ai, bi) = (a as usize, b as usize);
         if a == b
+            || bi >= self.machines.len()
             || !self.machines[bi].agent_runs()
             || self.net.blocked(ai, bi)
             || self.net.blocked(bi, ai)
@@ -931,16 +1146,12 @@ impl Sim {
             return;
         }
         let (ta, tb) = (self.instant(a), self.instant(b));
-        let Some(offer) = self.machines[ai]
-            .node
-            .as_ref()
-            .map(|n| n.sync_offer().encode())
-        else {
+        let Some(offer) = self.node_mut(a).map(|n| n.sync_offer().encode()) else {
             return;
         };
         self.metrics.sync_bytes += offer.len() as u64;
         let answer = {
-            let Some(node) = self.machines[bi].node.as_mut() else {
+            let Some(node) = self.node_mut(b) else {
                 return;
             };
             let Ok(offer) = SyncOffer::decode(&offer) else {
@@ -954,7 +1165,7 @@ impl Sim {
         self.flush(b);
         self.metrics.sync_bytes += answer.len() as u64;
         let delta = {
-            let Some(node) = self.machines[ai].node.as_mut() else {
+            let Some(node) = self.node_mut(a) else {
                 return;
             };
             let Ok(answer) = SyncAnswer::decode(&answer) else {
@@ -967,7 +1178,7 @@ impl Sim {
         };
         self.flush(a);
         self.metrics.sync_bytes += delta.len() as u64;
-        if let Some(node) = self.machines[bi].node.as_mut() {
+        if let Some(node) = self.node_mut(b) {
             if let Ok(d) = FullState::decode(&delta) {
                 let _ = node.merge(tb, d);
             }
@@ -992,9 +1203,7 @@ impl Sim {
     }
 
     fn index_gid(&self, id: &GossipId) -> Option<u32> {
-        MachineId::parse(id.as_str())
-            .ok()
-            .and_then(|mid| self.by_id.get(&mid).copied())
+        self.by_gid.get(id).copied()
     }
 
     /// Observer `m` now holds `j` alive.
@@ -1002,10 +1211,12 @@ impl Sim {
         if m == j {
             return;
         }
-        let mm = &mut self.machines[m as usize];
-        if mm.live.insert(j) {
-            mm.live_hash ^= mix(j as u64);
-            mm.grace.remove(&j);
+        let Some(a) = self.machines[m as usize].agent.as_mut() else {
+            return;
+        };
+        a.down_since.remove(&j);
+        if a.live.insert(j) {
+            a.live_hash ^= mix(j as u64);
             self.request_pass(m);
         }
     }
@@ -1018,9 +1229,9 @@ impl Sim {
             Some(_) => {}
             None => {
                 let (a, b) = (m as usize, j as usize);
-                if self.machines[b].running && (self.net.blocked(a, b) || self.net.blocked(b, a)) {
+                if self.machines[b].powered && (self.net.blocked(a, b) || self.net.blocked(b, a)) {
                     self.metrics.partition_verdicts += 1;
-                } else if self.machines[b].running {
+                } else if self.machines[b].powered {
                     self.metrics.false_verdicts += 1;
                 }
             }
@@ -1039,33 +1250,38 @@ impl Sim {
         if m == j {
             return false;
         }
-        let now = self.now;
-        let grace = self.sc.config.takeover_grace.0;
-        let mm = &mut self.machines[m as usize];
-        if !mm.live.remove(j) {
+        let local = self.local(m);
+        let Some(a) = self.machines[m as usize].agent.as_mut() else {
+            return false;
+        };
+        a.down_since.entry(j).or_insert(local);
+        if !a.live.remove(j) {
             return false;
         }
-        mm.live_hash ^= mix(j as u64);
-        mm.grace.insert(j, now);
-        let epoch = mm.epoch;
-        self.push(now + grace, Ev::GraceEnd { m, epoch });
+        a.live_hash ^= mix(j as u64);
         self.request_pass(m);
         true
     }
 
-    /// Whether machine `m` is up for the model (running, not paused).
+    /// Whether machine `m`'s gossip layer runs (model).
     pub(crate) fn is_responsive(&self, m: u32) -> bool {
-        self.machines[m as usize].agent_runs()
+        self.machines[m as usize].agent_runs() && !self.machines[m as usize].impostor
     }
 
     /// Whether observer `m` holds `j` live (model mode).
     pub(crate) fn view_has(&self, m: u32, j: u32) -> bool {
-        self.machines[m as usize].live.contains(j)
+        self.machines[m as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.live.contains(j))
     }
 
     /// How many machines observer `m` holds live, itself excluded.
     pub(crate) fn view_len(&self, m: u32) -> usize {
-        self.machines[m as usize].live.len()
+        self.machines[m as usize]
+            .agent
+            .as_ref()
+            .map_or(0, |a| a.live.len())
     }
 
     /// Whether `a` and `b` can exchange traffic (no partition either way).
@@ -1080,113 +1296,108 @@ impl Sim {
 
     /// Model mode, time 0: every machine starts with the whole cluster in its view (formed cluster).
     pub(crate) fn preform_views(&mut self) {
-        let n = self.machines.len() as u32;
+        let n = self.cluster as u32;
         let all = (0..n).fold(0u64, |h, j| h ^ mix(j as u64));
+        let size = self.machines.len();
         for i in 0..n {
-            let mm = &mut self.machines[i as usize];
-            mm.live = Bits::full(n as usize);
-            mm.live.remove(i);
-            mm.live_hash = all;
+            if let Some(a) = self.machines[i as usize].agent.as_mut() {
+                a.live = Bits::new(size);
+                for j in 0..n {
+                    if j != i {
+                        a.live.insert(j);
+                    }
+                }
+                a.live_hash = all ^ mix(i as u64);
+            }
         }
     }
 
     // ------------------------------------------------------------------------------------------
-    // etcd access and the lease keeper.
+    // Reachability of etcd, and its watch.
 
     pub(crate) fn etcd_reachable(&self, m: u32) -> bool {
         let e = self.net.etcd();
         self.etcd_up && !self.net.blocked(m as usize, e) && !self.net.blocked(e, m as usize)
     }
 
-    fn etcd_request_ok(&mut self, m: u32) -> bool {
-        if !self.etcd_reachable(m) {
-            self.etcd.ops.unavailable += 1;
-            return false;
-        }
-        // fleetd's etcd_request_timeout is 1s.
-        if self.sc.config.etcd_rtt.0 + self.etcd_extra > 1_000_000 {
-            self.etcd.ops.unavailable += 1;
-            return false;
-        }
-        let e = self.net.etcd();
-        let loss = 1.0
-            - (1.0 - self.net.loss(m as usize, e, 0.0)) * (1.0 - self.net.loss(e, m as usize, 0.0));
-        if loss > 0.0 && self.rng.random_bool(loss.min(1.0)) {
-            self.etcd.ops.unavailable += 1;
-            return false;
-        }
-        true
-    }
-
-    fn keepalive(&mut self, m: u32, epoch: u32) {
-        let mm = &self.machines[m as usize];
-        if mm.epoch != epoch || !mm.running {
-            return;
-        }
-        let ttl = self.sc.config.agent_ttl.0;
-        let period = (ttl / 3).clamp(200_000, 2_000_000);
-        if mm.frozen {
-            return; // thaw re-arms it
-        }
-        let next = self.local_after(m, period);
-        self.push(next, Ev::Keepalive { m, epoch });
-        if !self.etcd_request_ok(m) {
-            return;
-        }
-        let now = self.now;
-        let local = self.machines[m as usize].clock.local(now);
-        let lease = self.machines[m as usize].lease;
-        let expired = self.machines[m as usize]
-            .confirmed_at
-            .is_none_or(|c| local >= c + ttl);
-        let rtt = self.sc.config.etcd_rtt.0 + self.etcd_extra;
-        if lease != 0 && self.etcd.keepalive(lease, now + rtt / 2) {
-            // The keep-alive answer must come within max(period, 500ms).
-            if rtt <= period.max(500_000) {
-                self.machines[m as usize].confirmed_at = Some(local);
-                self.request_pass(m);
-            }
-            return;
-        }
-        if lease == 0 || expired || !self.etcd.keepalive(lease, now) {
-            let id = self.etcd.grant(m, ttl, now + rtt / 2);
-            let mm = &mut self.machines[m as usize];
-            mm.lease_gen += u64::from(mm.lease != 0);
-            mm.lease = id;
-            mm.confirmed_at = Some(local);
-            self.request_pass(m);
-        }
-    }
-
-    fn notify_watchers(&mut self) {
+    pub(crate) fn notify_watchers(&mut self) {
         if !self.watch_pending {
             self.watch_pending = true;
             self.push(self.now + self.sc.config.watch_delay.0, Ev::WatchFlush);
         }
     }
 
-    // ------------------------------------------------------------------------------------------
-    // The agent.
+    /// Delivers the changes so far to every agent that can hear etcd; forgets history no mirror needs.
+    fn watch_flush(&mut self) {
+        self.watch_pending = false;
+        let rev = self.etcd.revision();
+        let mut oldest = rev;
+        for i in 0..self.machines.len() as u32 {
+            let reachable = self.etcd_reachable(i);
+            let mm = &self.machines[i as usize];
+            let Some(a) = mm.agent.as_ref() else { continue };
+            if a.mirror_rev == 0 {
+                continue;
+            }
+            // A lossy link delays the watch stream (TCP retransmits): the batch waits for a later one.
+            let e = self.net.etcd();
+            let loss = self.net.loss(e, i as usize, 0.0);
+            let lost = loss > 0.0 && self.rng.random_bool(loss.min(1.0));
+            let mm = &self.machines[i as usize];
+            let Some(a) = mm.agent.as_ref() else { continue };
+            if mm.agent_runs() && reachable && a.mirror_rev < rev && !lost {
+                self.etcd.ops.watch_deliveries += 1;
+                self.advance_mirror(i, rev);
+                self.request_pass(i);
+            } else {
+                oldest = oldest.min(a.mirror_rev);
+            }
+        }
+        self.etcd.compact(oldest);
+        if oldest < rev {
+            // Agents behind (a lossy link, a pause) get the next batch soon.
+            self.watch_retry();
+        }
+    }
 
-    fn request_pass(&mut self, m: u32) {
+    fn watch_retry(&mut self) {
+        if !self.watch_pending {
+            self.watch_pending = true;
+            self.push(
+                self.now + 4 * self.sc.config.watch_delay.0.max(1),
+                Ev::WatchFlush,
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The agent's pass scheduling and plan.
+
+    pub(crate) fn request_pass(&mut self, m: u32) {
         let c = &self.sc.config;
         let q = c.pass_quantum.0;
         let at = (self.now + c.coalesce.0).div_ceil(q) * q;
+        self.request_pass_at(m, at);
+    }
+
+    pub(crate) fn request_pass_at(&mut self, m: u32, at: u64) {
         let mm = &mut self.machines[m as usize];
         if !mm.agent_runs() {
             return;
         }
-        if mm.pass_at.is_some_and(|p| p <= at) {
+        let gen = mm.gen;
+        let Some(a) = mm.agent.as_mut() else { return };
+        if a.pass_at.is_some_and(|p| p <= at) {
             return;
         }
-        mm.pass_at = Some(at);
-        let epoch = mm.epoch;
-        self.push(at, Ev::Pass { m, epoch });
+        a.pass_at = Some(at);
+        self.push(at, Ev::Pass { m, gen });
     }
 
-    /// The plan for this effective live set at the current etcd revision (shared between agents).
-    fn plan_for(&mut self, live: &[u32], hash: u64) -> Rc<PlanIndex> {
-        let key = (hash, self.mirror_rev);
+    /// The plan for this set of machines at registry revision `rev` (shared between agents with the
+    /// same inputs).
+    pub(crate) fn plan_for(&mut self, live: &[u32], hash: u64, rev: i64) -> Rc<PlanIndex> {
+        let key = (hash, rev);
         if let Some(p) = self.plans.get(&key) {
             return p.clone();
         }
@@ -1202,9 +1413,9 @@ impl Sim {
             .enumerate()
             .map(|(u, info)| {
                 let mut info = info.clone();
-                if let Some(c) = self.mirror[u] {
+                if let Some(c) = self.etcd.claim_at(u as u32, rev) {
                     if live_set.contains(&c.machine) {
-                        info.claim = Some(self.machines[c.machine as usize].id.clone());
+                        info.claim = Some(self.machine_infos[c.machine as usize].id.clone());
                     }
                 }
                 info
@@ -1212,20 +1423,17 @@ impl Sim {
             .collect();
         let plan = schedule(&machines, &infos);
         let mut on: HashMap<u32, Vec<(u32, bool)>> = HashMap::new();
-        let mut placeable = vec![false; self.units.len()];
         for (name, d) in &plan.decisions {
             let Some(&u) = self.unit_index.get(name) else {
                 continue;
             };
             match d {
                 Decision::On(mid) => {
-                    placeable[u as usize] = true;
                     if let Some(&j) = self.by_id.get(mid) {
                         on.entry(j).or_default().push((u, false));
                     }
                 }
                 Decision::Global(ms) => {
-                    placeable[u as usize] = true;
                     for mid in ms {
                         if let Some(&j) = self.by_id.get(mid) {
                             on.entry(j).or_default().push((u, true));
@@ -1235,7 +1443,7 @@ impl Sim {
                 Decision::Unplaceable(_) => {}
             }
         }
-        let p = Rc::new(PlanIndex { on, placeable });
+        let p = Rc::new(PlanIndex { on });
         if self.plans.len() >= 64 {
             self.plans.clear();
         }
@@ -1243,136 +1451,12 @@ impl Sim {
         p
     }
 
-    fn pass(&mut self, m: u32) {
-        if !self.machines[m as usize].agent_runs() {
-            return;
-        }
-        let now = self.now;
-        let ttl = self.sc.config.agent_ttl.0;
-        let local = self.machines[m as usize].clock.local(now);
-        let mm = &self.machines[m as usize];
-        // As src/agent: a machine on the minority side of its gossip view whose lease etcd has not
-        // confirmed for min(TTL, 2 s) fences; on the majority side an unconfirmed lease stops nothing.
-        let limit = ttl.min(2_000_000);
-        let majority = self.in_majority(m);
-        if mm.lease != 0 && !majority && mm.confirmed_at.is_none_or(|c| local >= c + limit) {
-            if self.sc.config.fencing {
-                self.fence(m);
-            }
-            return;
-        }
-        self.machines[m as usize].fenced = false;
-        if !self.etcd_reachable(m) || !self.submitted {
-            return;
-        }
-        let lease = self.machines[m as usize].lease;
-        if lease == 0 {
-            return;
-        }
-        let mut requests = 0u64;
-        if self.machines[m as usize].announced_gen != self.machines[m as usize].lease_gen + 1 {
-            self.etcd.ops.announces += 1;
-            requests += 1;
-            let mm = &mut self.machines[m as usize];
-            mm.announced_gen = mm.lease_gen + 1;
-        }
-        // Effective live set: gossip's live machines, itself, and those in takeover grace.
-        let mm = &self.machines[m as usize];
-        let mut hash = mm.live_hash;
-        for &j in mm.grace.keys() {
-            hash ^= mix(j as u64);
-        }
-        let plan = match self.plans.get(&(hash, self.mirror_rev)) {
-            Some(p) => p.clone(),
-            None => {
-                let mm = &self.machines[m as usize];
-                let mut live: Vec<u32> = mm.live.iter().collect();
-                live.push(m);
-                live.extend(mm.grace.keys().copied());
-                live.sort_unstable();
-                self.plan_for(&live, hash)
-            }
-        };
-        let empty = Vec::new();
-        let mine = plan.on.get(&m).unwrap_or(&empty);
-        let mut target_units: BTreeSet<u32> = BTreeSet::new();
-        let mut globals = BTreeSet::new();
-        let mut changed = false;
-        for &(u, global) in mine {
-            if global {
-                target_units.insert(u);
-                globals.insert(u);
-                continue;
-            }
-            // Read-your-writes: a claim this agent just won counts even before the watch
-            // delivers it to the mirror.
-            if self
-                .etcd
-                .claim(u)
-                .is_some_and(|c| c.machine == m && c.lease == lease)
-            {
-                target_units.insert(u);
-                continue;
-            }
-            requests += 1;
-            let won = self.etcd_request_ok(m)
-                && match self.mirror[u as usize] {
-                    // Held by a machine that is not live here (placement ignored it), or our own
-                    // claim under an old lease: supersede at the revision we saw.
-                    // A live holder releases a moved unit itself; a minority never takes over.
-                    Some(c) if c.machine != m && (self.sees_live(m, c.machine) || !majority) => {
-                        false
-                    }
-                    Some(c) => {
-                        let ok = self.etcd.supersede(u, c.mod_revision, m, lease);
-                        if ok && c.machine != m {
-                            self.metrics.takeovers += 1;
-                        }
-                        ok
-                    }
-                    None => self.etcd.claim_if_absent(u, m, lease),
-                };
-            if won {
-                target_units.insert(u);
-                changed = true;
-            }
-        }
-        // Claims won since the mirror's revision: the agent's own plan would keep them (stable
-        // placement keeps a live machine's claims).
-        if self.mirror_rev != self.etcd.revision() {
-            let own: Vec<u32> = self
-                .etcd
-                .claims_of(m)
-                .filter(|&u| self.etcd.claim(u).is_some_and(|c| c.lease == lease))
-                .collect();
-            target_units.extend(own);
-        }
-        self.machines[m as usize].globals_here = globals;
-        let delay = requests * (self.sc.config.etcd_rtt.0 + self.etcd_extra);
-        self.apply(m, &target_units, delay, false);
-        // Release claims of units we no longer run.
-        let stale: Vec<u32> = self
-            .etcd
-            .claims_of(m)
-            .filter(|u| {
-                !target_units.contains(u) && !self.machines[m as usize].units.contains_key(u)
-            })
-            .collect();
-        for u in stale {
-            if let Some(c) = self.etcd.claim(u) {
-                if self.etcd_request_ok(m) && self.etcd.release(u, c.mod_revision) {
-                    changed = true;
-                }
-            }
-        }
-        if changed {
-            self.notify_watchers();
-        }
-    }
+    // ------------------------------------------------------------------------------------------
+    // systemd.
 
-    /// Reconciles machine `m`'s systemd with `target` (all launched); with `stops_only`, only
-    /// stops and unloads (fencing).
-    fn apply(&mut self, m: u32, target: &BTreeSet<u32>, delay: u64, stops_only: bool) {
+    /// Reconciles machine `m`'s systemd with `target` (all launched), starting and stopping through
+    /// jobs that take `start_delay` and `stop_delay`.
+    pub(crate) fn apply(&mut self, m: u32, target: &BTreeSet<u32>) {
         // Shortcut with the same outcome as `reconcile`: every target unit is loaded with its
         // content and already started, and nothing else is loaded, so there is no task.
         let units = &self.machines[m as usize].units;
@@ -1417,12 +1501,9 @@ impl Sim {
             idx.insert(self.units[u as usize].name.clone(), u);
         }
         let tasks = reconcile(&target_map, &current);
-        let c = self.sc.config.clone();
-        let epoch = self.machines[m as usize].epoch;
+        let (start_delay, stop_delay) = (self.sc.config.start_delay.0, self.sc.config.stop_delay.0);
+        let boot = self.machines[m as usize].boot;
         for task in tasks {
-            if stops_only && !matches!(task, Task::Stop(..) | Task::Unload(..)) {
-                continue;
-            }
             let Some(&u) = task.unit().and_then(|n| idx.get(n)) else {
                 continue;
             };
@@ -1434,12 +1515,14 @@ impl Sim {
                     s.job += 1;
                     s.started = false;
                     let job = s.job;
+                    let was = s.process();
                     self.set_active(m, u, ActiveState::Deactivating);
+                    let at = if was { self.now + stop_delay } else { self.now };
                     self.push(
-                        self.now + delay + c.stop_delay.0,
+                        at,
                         Ev::UnitDone {
                             m,
-                            epoch,
+                            boot,
                             unit: u,
                             job,
                             start: false,
@@ -1452,7 +1535,7 @@ impl Sim {
                         Some(s) if s.active == ActiveState::Deactivating => {
                             s.unload_after_stop = true
                         }
-                        Some(_) => self.set_unit(m, u, None),
+                        Some(_) => self.remove_unit(m, u),
                         None => {}
                     }
                 }
@@ -1480,10 +1563,10 @@ impl Sim {
                     let job = s.job;
                     self.set_active(m, u, ActiveState::Activating);
                     self.push(
-                        self.now + delay + c.start_delay.0,
+                        self.now + start_delay,
                         Ev::UnitDone {
                             m,
-                            epoch,
+                            boot,
                             unit: u,
                             job,
                             start: true,
@@ -1494,34 +1577,43 @@ impl Sim {
         }
     }
 
-    /// Whether `m` sees a strict majority of the cluster's machines (itself included) as live.
-    fn in_majority(&self, m: u32) -> bool {
-        let mm = &self.machines[m as usize];
-        let live = mm.live.len() + usize::from(!mm.live.contains(m));
-        live * 2 > self.machines.len().max(1)
-    }
-
-    /// Whether `m`'s view counts `j` as live (gossip live, or in the takeover grace).
-    fn sees_live(&self, m: u32, j: u32) -> bool {
-        let mm = &self.machines[m as usize];
-        j == m || mm.live.contains(j) || mm.grace.contains_key(&j)
-    }
-
-    fn fence(&mut self, m: u32) {
-        if !self.machines[m as usize].fenced {
-            self.metrics.fencings += 1;
-        }
-        self.machines[m as usize].fenced = true;
-        let globals = self.machines[m as usize].globals_here.clone();
-        self.apply(m, &globals, 0, true);
-    }
-
-    fn unit_done(&mut self, m: u32, epoch: u32, unit: u32, job: u32, start: bool) {
-        let mm = &mut self.machines[m as usize];
-        if mm.epoch != epoch || !mm.running {
+    /// SIGKILL of every non-global unit of machine `m` (and `StopUnit`, so that `Restart=` does not bring
+    /// them back): the fence guard's or the fenced agent's act.
+    pub(crate) fn kill_fenced(&mut self, m: u32, by_guard: bool) {
+        let victims: Vec<u32> = self.machines[m as usize]
+            .units
+            .iter()
+            .filter(|(u, s)| !self.units[**u as usize].global && (s.process() || s.started))
+            .map(|(u, _)| *u)
+            .collect();
+        if victims.is_empty() {
             return;
         }
-        if mm.frozen && !mm.agent_only {
+        if by_guard {
+            self.metrics.guard_kills += victims.len() as u64;
+        } else {
+            self.metrics.agent_kills += victims.len() as u64;
+        }
+        for u in victims {
+            if let Some(s) = self.machines[m as usize].units.get_mut(&u) {
+                s.job += 1;
+                s.started = false;
+                let unload = s.unload_after_stop;
+                self.set_active(m, u, ActiveState::Inactive);
+                if unload {
+                    self.remove_unit(m, u);
+                }
+            }
+        }
+        self.request_pass(m);
+    }
+
+    fn unit_done(&mut self, m: u32, boot: u32, unit: u32, job: u32, start: bool) {
+        let mm = &mut self.machines[m as usize];
+        if mm.boot != boot || !mm.powered {
+            return;
+        }
+        if mm.frozen {
             mm.deferred.push((unit, job, start));
             return;
         }
@@ -1545,7 +1637,8 @@ impl Sim {
                 },
             );
         } else if s.unload_after_stop {
-            self.set_unit(m, unit, None);
+            self.set_active(m, unit, ActiveState::Inactive);
+            self.remove_unit(m, unit);
         } else {
             self.set_active(m, unit, ActiveState::Inactive);
         }
@@ -1556,26 +1649,39 @@ impl Sim {
         let Some(s) = self.machines[m as usize].units.get_mut(&u) else {
             return;
         };
-        let was = counts(&s.active);
-        let is = counts(&state);
+        let was = s.process();
         s.active = state;
+        let is = s.process();
         if self.machines[m as usize].units_run() && was != is {
-            self.count(u, if is { 1 } else { -1 });
+            self.checker.set_running(self.now, m, u, is, self.submitted);
+            self.metrics_running(u);
         }
         self.publish_unit(m, u);
     }
 
-    /// Removes unit `u` from machine `m` (`None`).
-    fn set_unit(&mut self, m: u32, u: u32, _state: Option<()>) {
+    /// Removes unit `u` from machine `m`'s systemd (its process, if any, is gone).
+    fn remove_unit(&mut self, m: u32, u: u32) {
         let Some(s) = self.machines[m as usize].units.remove(&u) else {
             return;
         };
-        if self.machines[m as usize].units_run() && counts(&s.active) {
-            self.count(u, -1);
+        if self.machines[m as usize].units_run() && s.process() {
+            self.checker
+                .set_running(self.now, m, u, false, self.submitted);
+            self.metrics_running(u);
         }
-        if self.machines[m as usize].running {
+        if self.machines[m as usize].powered {
             self.publish_unit(m, u);
         }
+    }
+
+    /// Feeds the availability and double-run statistics after unit `u` changed somewhere.
+    fn metrics_running(&mut self, u: u32) {
+        if self.units[u as usize].global {
+            return;
+        }
+        let n = self.checker.running_on(u).len();
+        let now = self.now;
+        self.metrics.running(u, n, now, self.submitted);
     }
 
     /// Tells gossip the unit's state (real dissemination traffic).
@@ -1584,42 +1690,78 @@ impl Sim {
             model.unit_update();
             return;
         }
+        if !self.machines[m as usize].agent_runs() {
+            return;
+        }
         let at = self.instant(m);
-        let mm = &mut self.machines[m as usize];
-        let Some(node) = mm.node.as_mut() else { return };
-        let state = mm.units.get(&u).map(|s| GossipUnitState {
-            load_state: "loaded".into(),
-            active_state: s.active.as_str().to_string(),
-            sub_state: if s.active == ActiveState::Active {
-                "running".into()
-            } else {
-                "dead".into()
-            },
-            unit_hash: *s.hash.as_bytes(),
-        });
-        node.set_local_unit_state(at, self.units[u as usize].name.as_str(), state);
-        if mm.agent_runs() {
+        let state = self.machines[m as usize]
+            .units
+            .get(&u)
+            .map(|s| GossipUnitState {
+                load_state: "loaded".into(),
+                active_state: s.active.as_str().to_string(),
+                sub_state: if s.active == ActiveState::Active {
+                    "running".into()
+                } else {
+                    "dead".into()
+                },
+                unit_hash: *s.hash.as_bytes(),
+            });
+        let name = self.units[u as usize].name.as_str().to_string();
+        if let Some(node) = self.node_mut(m) {
+            node.set_local_unit_state(at, &name, state);
             self.flush(m);
         }
     }
 
-    fn count(&mut self, u: u32, delta: i32) {
-        if self.units[u as usize].global {
+    // ------------------------------------------------------------------------------------------
+    // The fence guard.
+
+    /// fleetd wrote a new fence deadline (local µs; `None`: nothing may run).
+    pub(crate) fn write_guard(&mut self, m: u32, deadline: Option<u64>) {
+        let mm = &mut self.machines[m as usize];
+        mm.guard = Some(deadline);
+        let due = match deadline {
+            None => self.now,
+            Some(d) => mm.clock.global(d),
+        };
+        if mm.guard_check.is_none_or(|c| due < c) {
+            self.schedule_guard(m, due);
+        }
+    }
+
+    fn schedule_guard(&mut self, m: u32, due: u64) {
+        let poll = self.sc.config.guard_poll.0.max(1);
+        let at = due + self.rng.random_range(0..poll);
+        let mm = &mut self.machines[m as usize];
+        mm.guard_check = Some(at);
+        let boot = mm.boot;
+        self.push(at, Ev::GuardCheck { m, boot });
+    }
+
+    /// The guard reads the deadline: past it, it kills every non-global unit.
+    fn guard_check(&mut self, m: u32, boot: u32) {
+        let now = self.now;
+        let mm = &mut self.machines[m as usize];
+        if mm.boot != boot || !mm.powered {
             return;
         }
-        let before = self.active[u as usize];
-        let after = (before as i32 + delta).max(0) as u16;
-        self.active[u as usize] = after;
-        let now = self.now;
-        if before == 0 && after > 0 {
-            self.metrics.unit_up(u, now);
-        } else if before > 0 && after == 0 && self.submitted {
-            self.metrics.unit_down(u, now, true);
+        if mm.guard_check.is_some_and(|c| c <= now) {
+            mm.guard_check = None;
         }
-        if before < 2 && after >= 2 {
-            self.metrics.double_start(u, now);
-        } else if before >= 2 && after < 2 {
-            self.metrics.double_end(u, now);
+        if mm.frozen {
+            return; // thaw checks at once
+        }
+        let local = mm.clock.local(now);
+        match mm.guard {
+            None => {}
+            Some(Some(d)) if local < d => {
+                let due = mm.clock.global(d);
+                if mm.guard_check.is_none_or(|c| due < c) {
+                    self.schedule_guard(m, due);
+                }
+            }
+            Some(_) => self.kill_fenced(m, true),
         }
     }
 
@@ -1631,22 +1773,71 @@ impl Sim {
     fn select(&self, k: usize, s: &Option<String>) -> (Vec<usize>, bool) {
         let sel = Selector::parse(s.as_deref().unwrap_or("all")).unwrap_or(Selector::All);
         let etcd = contains_etcd(&sel);
-        let mut rng = StdRng::seed_from_u64(self.seed ^ mix(k as u64 + 1));
-        (resolve(&sel, &self.machine_infos, &mut rng), etcd)
+        (
+            resolve(&sel, &self.machine_infos, &mut fault_rng(self.seed, k)),
+            etcd,
+        )
+    }
+
+    /// The impostor slots of fault `k`.
+    fn impostor_slots(&self, k: usize) -> Vec<u32> {
+        let (orig, _) = self.select(k, &self.sc.faults[k].machines);
+        // Slots are allocated in fault order, one per picked machine.
+        let mut slot = self.cluster;
+        for (j, f) in self.sc.faults.iter().enumerate() {
+            if f.kind != FaultKind::Impostor {
+                continue;
+            }
+            let (picked, _) = self.select(j, &f.machines);
+            if j == k {
+                return (slot..slot + picked.len()).map(|s| s as u32).collect();
+            }
+            slot += picked.len();
+        }
+        let _ = orig;
+        Vec::new()
     }
 
     fn apply_fault(&mut self, k: usize) {
         let f: Fault = self.sc.faults[k].clone();
         let (ms, _) = self.select(k, &f.machines);
+        let mut concerned: Vec<u32> = ms.iter().map(|&i| i as u32).collect();
         match f.kind {
             FaultKind::Crash => ms.iter().for_each(|&i| self.crash(i as u32)),
             FaultKind::Restart => ms.iter().for_each(|&i| {
-                if !self.machines[i].running {
-                    self.boot(i as u32)
+                if !self.machines[i].powered {
+                    self.power_on(i as u32)
                 }
             }),
             FaultKind::Freeze => ms.iter().for_each(|&i| self.freeze(i as u32, f.agent_only)),
             FaultKind::Thaw => ms.iter().for_each(|&i| self.thaw(i as u32)),
+            FaultKind::AgentCrash => ms.iter().for_each(|&i| self.stop_agent(i as u32)),
+            FaultKind::Impostor => {
+                for s in self.impostor_slots(k) {
+                    let mm = &mut self.machines[s as usize];
+                    mm.powered = true;
+                    mm.boot += 1;
+                    self.start_agent(s);
+                }
+            }
+            FaultKind::SetMetadata => {
+                let mut saved = Vec::new();
+                for &i in &ms {
+                    let meta = &mut self.machine_infos[i].metadata;
+                    saved.push((i, meta.clone()));
+                    for key in &f.unset {
+                        meta.remove(key);
+                    }
+                    for (key, v) in &f.set {
+                        meta.insert(key.clone(), v.clone());
+                    }
+                }
+                self.saved_metadata.insert(k, saved);
+                self.plans.clear();
+                for &i in &ms {
+                    self.republish_metadata(i as u32);
+                }
+            }
             FaultKind::ClockSkew => {
                 let rate = f.rate.unwrap_or(1.0);
                 for &i in &ms {
@@ -1657,6 +1848,10 @@ impl Sim {
             FaultKind::Partition | FaultKind::Loss | FaultKind::Delay => {
                 let (mut a, ea) = self.select(k, &f.from);
                 let (mut b, eb) = self.select(k, &f.to);
+                concerned = a.iter().map(|&i| i as u32).collect();
+                if f.to.is_some() {
+                    concerned.extend(b.iter().map(|&i| i as u32));
+                }
                 if ea {
                     a.push(self.net.etcd());
                 }
@@ -1664,7 +1859,7 @@ impl Sim {
                     b.push(self.net.etcd());
                 }
                 if f.to.is_none() && f.kind == FaultKind::Partition {
-                    // `from` against everybody else, etcd included.
+                    // `from` against everybody else, etcd and impostor slots included.
                     let inside: BTreeSet<usize> = a.iter().copied().collect();
                     b = (0..=self.machines.len())
                         .filter(|i| !inside.contains(i))
@@ -1680,9 +1875,25 @@ impl Sim {
                     self.net.add(k, &b, &a, effect);
                 }
             }
-            FaultKind::Heal => self.net.clear(),
-            FaultKind::EtcdOutage => self.etcd_up = false,
-            FaultKind::EtcdSlow => self.etcd_extra += f.extra.map(|d| d.0).unwrap_or(0),
+            FaultKind::Heal => {
+                self.net.clear();
+                concerned.clear();
+            }
+            FaultKind::EtcdOutage => {
+                self.etcd_up = false;
+                concerned = (0..self.cluster as u32).collect();
+            }
+            FaultKind::EtcdSlow => {
+                self.etcd_extra += f.extra.map(|d| d.0).unwrap_or(0);
+                concerned = (0..self.cluster as u32).collect();
+            }
+        }
+        if f.kind == FaultKind::Thaw {
+            concerned.clear();
+        }
+        self.checker.fault(self.now, k, &concerned);
+        if f.for_.is_none() && matches!(f.kind, FaultKind::Thaw | FaultKind::Restart) {
+            self.checker.fault_end(self.now, k);
         }
         self.metrics
             .fault_marks
@@ -1704,11 +1915,29 @@ impl Sim {
         let (ms, _) = self.select(k, &f.machines);
         match f.kind {
             FaultKind::Crash => ms.iter().for_each(|&i| {
-                if !self.machines[i].running {
-                    self.boot(i as u32)
+                if !self.machines[i].powered {
+                    self.power_on(i as u32)
                 }
             }),
             FaultKind::Freeze => ms.iter().for_each(|&i| self.thaw(i as u32)),
+            FaultKind::AgentCrash => ms.iter().for_each(|&i| {
+                if self.machines[i].powered && self.machines[i].agent.is_none() {
+                    self.start_agent(i as u32)
+                }
+            }),
+            FaultKind::Impostor => {
+                for s in self.impostor_slots(k) {
+                    self.stop_agent(s);
+                    self.machines[s as usize].powered = false;
+                }
+            }
+            FaultKind::SetMetadata => {
+                for (i, meta) in self.saved_metadata.remove(&k).unwrap_or_default() {
+                    self.machine_infos[i].metadata = meta;
+                    self.republish_metadata(i as u32);
+                }
+                self.plans.clear();
+            }
             FaultKind::ClockSkew => {
                 for &i in &ms {
                     let now = self.now;
@@ -1721,6 +1950,8 @@ impl Sim {
             }
             FaultKind::EtcdOutage => {
                 self.etcd_up = true;
+                // A new leader extends every lease by its TTL.
+                self.etcd.promote(self.now);
                 self.notify_watchers();
             }
             FaultKind::EtcdSlow => {
@@ -1730,82 +1961,77 @@ impl Sim {
             }
             FaultKind::Restart | FaultKind::Thaw | FaultKind::Heal => {}
         }
+        self.checker.fault_end(self.now, k);
         self.metrics
             .fault_marks
             .push((self.now, format!("end of {:?}", f.kind)));
     }
 
+    /// Machine `i`'s metadata changed: its gossip node publishes it, every agent replans.
+    fn republish_metadata(&mut self, i: u32) {
+        let at = self.instant(i);
+        let meta = self.machine_infos[i as usize].metadata.clone();
+        if let Some(node) = self.node_mut(i) {
+            node.set_local_metadata(
+                at,
+                fleet_gossip::Metadata {
+                    public_ip: String::new(),
+                    metadata: meta,
+                    version: "sim".into(),
+                    unit_count: 0,
+                },
+            );
+            self.flush(i);
+        }
+        for j in 0..self.cluster as u32 {
+            self.request_pass(j);
+        }
+    }
+
     // ------------------------------------------------------------------------------------------
     // Invariants and sampling.
 
-    /// Ground truth: machines whose agent runs.
-    fn truth(&self) -> (Vec<u32>, u64) {
-        let mut hash = 0;
-        let mut live = Vec::new();
-        for (i, m) in self.machines.iter().enumerate() {
-            if m.agent_runs() {
-                hash ^= mix(i as u64);
-                live.push(i as u32);
-            }
-        }
-        (live, hash ^ 0x5151)
+    /// Ground truth: machines of the cluster whose fleetd runs.
+    fn truth(&self) -> Vec<u32> {
+        (0..self.cluster as u32)
+            .filter(|&i| self.machines[i as usize].agent_runs())
+            .collect()
     }
 
     fn check(&mut self) {
-        let now = self.now;
-        let bound = self.sc.double_run_bound().0;
-        for (u, since) in self.metrics.doubles_over(now, bound) {
-            let machines: Vec<String> = self
-                .machines
-                .iter()
-                .filter(|m| m.units_run() && m.units.get(&u).is_some_and(|s| counts(&s.active)))
-                .map(|m| m.id.to_string())
-                .collect();
-            self.metrics.violation(Violation {
-                kind: ViolationKind::DoubleRun,
-                at: now,
-                subject: self.units[u as usize].name.to_string(),
-                detail: format!(
-                    "active on {} since {:.3}s (bound {})",
-                    machines.join(" and "),
-                    since as f64 / 1e6,
-                    crate::scenario::Dur(bound)
-                ),
-            });
-        }
-        let pbound = self.sc.invariants.placement.0;
-        let late = self.metrics.down_over(now, pbound);
-        if !late.is_empty() {
-            let (live, hash) = self.truth();
-            if live.is_empty() {
-                return;
-            }
-            let plan = self.plan_for(&live, hash);
-            for (u, since) in late {
-                if plan.placeable[u as usize] {
-                    self.metrics.mark_down_reported(u);
-                    self.metrics.violation(Violation {
-                        kind: ViolationKind::NotPlaced,
-                        at: now,
-                        subject: self.units[u as usize].name.to_string(),
-                        detail: format!(
-                            "placeable but active nowhere since {:.3}s (bound {})",
-                            since as f64 / 1e6,
-                            crate::scenario::Dur(pbound)
-                        ),
-                    });
-                }
-            }
-        }
+        // A machine can run a unit only with a lease: it must reach etcd.
+        let reach: Vec<bool> = (0..self.machines.len() as u32)
+            .map(|i| self.etcd_reachable(i))
+            .collect();
+        let truths: Vec<MachineTruth<'_>> = self
+            .machines
+            .iter()
+            .zip(reach)
+            .map(|(m, reach)| MachineTruth {
+                id: m.id.as_str(),
+                metadata: &self.machine_infos[m.ident as usize].metadata,
+                healthy: m.agent_runs() && !m.impostor && reach,
+            })
+            .collect();
+        self.checker.periodic(
+            self.now,
+            &truths,
+            self.sc.invariants.placement.0,
+            self.sc.invariants.machine_of.0,
+        );
     }
 
     fn check_convergence(&mut self) {
-        let (live, _) = self.truth();
+        let live = self.truth();
         let truth: BTreeSet<u32> = live.iter().copied().collect();
         let mut wrong = Vec::new();
         for &i in &live {
             let mm = &self.machines[i as usize];
-            let mut seen: BTreeSet<u32> = mm.live.iter().collect();
+            let mut seen: BTreeSet<u32> = mm
+                .agent
+                .as_ref()
+                .map(|a| a.live.iter().collect())
+                .unwrap_or_default();
             seen.insert(i);
             if seen != truth {
                 wrong.push(format!(
@@ -1819,8 +2045,8 @@ impl Sim {
         if !wrong.is_empty() {
             let n = wrong.len();
             wrong.truncate(3);
-            self.metrics.violation(Violation {
-                kind: ViolationKind::NoConvergence,
+            self.checker.violations.push(crate::report::Violation {
+                kind: crate::report::ViolationKind::NoConvergence,
                 at: self.now,
                 subject: format!("{n} machine(s)"),
                 detail: format!(
@@ -1834,21 +2060,33 @@ impl Sim {
     }
 
     fn sample(&mut self) {
-        let (live, _) = self.truth();
+        let live = self.truth();
         let wrong_views = live
             .iter()
-            .filter(|&&i| self.machines[i as usize].live.len() + 1 != live.len())
+            .filter(|&&i| {
+                self.machines[i as usize]
+                    .agent
+                    .as_ref()
+                    .is_none_or(|a| a.live.len() + 1 != live.len())
+            })
             .count();
-        self.metrics
-            .sample(self.now, live.len(), wrong_views, self.submitted);
+        let unavailable = if self.submitted {
+            self.checker.unavailable()
+        } else {
+            0
+        };
+        self.metrics.sample(
+            self.now,
+            live.len(),
+            wrong_views,
+            unavailable,
+            self.checker.double_running(),
+        );
     }
 }
 
-fn counts(s: &ActiveState) -> bool {
-    matches!(
-        s,
-        ActiveState::Active | ActiveState::Deactivating | ActiveState::Reloading
-    )
+fn fault_rng(seed: u64, k: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ mix(k as u64 + 1))
 }
 
 fn describe(f: &Fault) -> String {
@@ -1867,6 +2105,15 @@ fn describe(f: &Fault) -> String {
     }
     if let Some(e) = f.extra {
         parts.push(format!("+{e}"));
+    }
+    if f.agent_only {
+        parts.push("agent only".into());
+    }
+    for (k, v) in &f.set {
+        parts.push(format!("{k}={v}"));
+    }
+    for k in &f.unset {
+        parts.push(format!("-{k}"));
     }
     if let Some(d) = f.for_ {
         parts.push(format!("for {d}"));
@@ -1914,7 +2161,7 @@ pub(crate) fn resolve(s: &Selector, machines: &[MachineInfo], rng: &mut StdRng) 
     out.into_iter().collect()
 }
 
-fn addr_of(i: u32) -> SocketAddr {
+pub(crate) fn addr_of(i: u32) -> SocketAddr {
     SocketAddr::new(
         IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)),
         4000,
@@ -1931,7 +2178,9 @@ fn index_of(a: SocketAddr) -> Option<u32> {
     }
 }
 
-fn load_units(sc: &Scenario) -> Result<(Vec<UnitDef>, Vec<UnitInfo>), SimError> {
+type Loaded = (Vec<UnitDef>, Vec<UnitInfo>, Vec<(String, UnitFile)>);
+
+fn load_units(sc: &Scenario) -> Result<Loaded, SimError> {
     let dir = sc.base_dir.join(&sc.units.dir);
     let rd = std::fs::read_dir(&dir).map_err(|source| SimError::UnitsDir {
         path: dir.clone(),
@@ -1970,6 +2219,7 @@ fn load_units(sc: &Scenario) -> Result<(Vec<UnitDef>, Vec<UnitInfo>), SimError> 
     }
     let mut defs = Vec::new();
     let mut infos = Vec::new();
+    let mut raw = Vec::new();
     let mut add = |name: String, file: &UnitFile| -> Result<(), SimError> {
         let un = UnitName::parse(&name).map_err(|e| SimError::Unit {
             name: name.clone(),
@@ -1985,6 +2235,7 @@ fn load_units(sc: &Scenario) -> Result<(Vec<UnitDef>, Vec<UnitInfo>), SimError> 
             global: req.global,
         });
         infos.push(UnitInfo::new(un, req, DesiredState::Launched));
+        raw.push((name, file.clone()));
         Ok(())
     };
     for (name, file) in &files {
@@ -2008,34 +2259,29 @@ fn load_units(sc: &Scenario) -> Result<(Vec<UnitDef>, Vec<UnitInfo>), SimError> 
             message: "no unit to submit".into(),
         });
     }
-    Ok((defs, infos))
+    Ok((defs, infos, raw))
 }
 
 /// A fixed-size set of machine indices.
 #[derive(Clone, Debug)]
-struct Bits {
+pub(crate) struct Bits {
     words: Vec<u64>,
     len: usize,
 }
 
 impl Bits {
-    fn new(n: usize) -> Bits {
+    pub(crate) fn new(n: usize) -> Bits {
         Bits {
             words: vec![0; n.div_ceil(64)],
             len: 0,
         }
     }
-    fn full(n: usize) -> Bits {
-        let mut b = Bits::new(n);
-        for i in 0..n as u32 {
-            b.insert(i);
-        }
-        b
+    pub(crate) fn contains(&self, i: u32) -> bool {
+        self.words
+            .get(i as usize / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
-    fn contains(&self, i: u32) -> bool {
-        self.words[i as usize / 64] & (1 << (i % 64)) != 0
-    }
-    fn insert(&mut self, i: u32) -> bool {
+    pub(crate) fn insert(&mut self, i: u32) -> bool {
         let w = &mut self.words[i as usize / 64];
         let bit = 1u64 << (i % 64);
         if *w & bit != 0 {
@@ -2045,7 +2291,7 @@ impl Bits {
         self.len += 1;
         true
     }
-    fn remove(&mut self, i: u32) -> bool {
+    pub(crate) fn remove(&mut self, i: u32) -> bool {
         let w = &mut self.words[i as usize / 64];
         let bit = 1u64 << (i % 64);
         if *w & bit == 0 {
@@ -2055,14 +2301,10 @@ impl Bits {
         self.len -= 1;
         true
     }
-    fn clear(&mut self) {
-        self.words.iter_mut().for_each(|w| *w = 0);
-        self.len = 0;
-    }
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
-    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.words.iter().enumerate().flat_map(|(k, &w)| {
             let mut w = w;
             std::iter::from_fn(move || {

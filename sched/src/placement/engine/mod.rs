@@ -329,6 +329,10 @@ impl<'a> Scheduler<'a> {
     }
 
     fn build_conflicts(&mut self) {
+        #[cfg(feature = "mutations")]
+        if crate::mutation::on(crate::mutation::Mutation::IgnoreConflicts) {
+            return;
+        }
         let mut ids: FxMap<&'a str, u32> = FxMap::default();
         let mut matches: Vec<Vec<u32>> = Vec::new();
         for u in 0..self.units.len() {

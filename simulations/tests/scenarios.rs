@@ -1,0 +1,160 @@
+//! The example scenarios over a few seeds each (the README's sweeps run 100 of every scenario; the
+//! larger ones, flapping-link, packet-loss-30, etcd-leader-loss, rack-loss and big-10k, only there),
+//! the regressions the simulator found in the decision core, and the known failures it found (ignored:
+//! they fail today).
+
+use std::path::{Path, PathBuf};
+
+use fleet_sim::report::{Report, ViolationKind};
+use fleet_sim::scenario::Scenario;
+use fleet_sim::sim::Sim;
+
+fn path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+fn load(name: &str) -> Scenario {
+    Scenario::load(&path(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Runs `sc` with seeds `1..=seeds` and returns the reports.
+fn sweep(sc: &Scenario, seeds: u64) -> Vec<Report> {
+    (1..=seeds)
+        .map(|seed| Sim::new(sc, seed).expect("scenario sets up").run())
+        .collect()
+}
+
+/// Every seed of `name` holds every invariant, except violations of the kinds in `known`.
+fn holds(name: &str, seeds: u64, known: &[ViolationKind]) -> Vec<Report> {
+    let reports = sweep(&load(name), seeds);
+    for r in &reports {
+        let bad: Vec<_> = r
+            .violations
+            .iter()
+            .filter(|v| !known.contains(&v.kind))
+            .collect();
+        assert!(bad.is_empty(), "{name} seed {}: {bad:#?}", r.seed);
+        assert_eq!(r.double_runs.episodes, 0, "{name} seed {}", r.seed);
+    }
+    reports
+}
+
+const SEEDS: u64 = 3;
+
+#[test]
+fn split_brain_with_etcd_on_both_sides_moves_nothing() {
+    for r in holds("split-brain", SEEDS, &[]) {
+        assert_eq!((r.moves, r.takeovers), (0, 0), "seed {}", r.seed);
+    }
+}
+
+#[test]
+fn a_two_two_partition_takes_nothing_over() {
+    for r in holds("two-two-partition", SEEDS, &[]) {
+        // The half without etcd keeps its units until its leases would expire; they are then claimed
+        // anew (moves), never superseded.
+        assert_eq!(r.takeovers, 0, "seed {}", r.seed);
+        assert!(r.fencings >= 2, "seed {}: the cut-off half fenced", r.seed);
+    }
+}
+
+#[test]
+fn two_machines_cut_apart_keep_every_unit_running() {
+    for r in holds("pair-cut", SEEDS, &[]) {
+        assert_eq!(
+            (r.moves, r.fencings, r.reschedule.count),
+            (0, 0, 0),
+            "{r:#?}"
+        );
+    }
+}
+
+/// The gossip core does not merge two sides that forgot each other (`remove_down_after`): fleetd's
+/// `join` of the announced addresses skips addresses it has joined before (README, findings), so
+/// membership does not converge; units are safe.
+#[test]
+fn a_partition_longer_than_remove_down_after_moves_nothing() {
+    for r in holds("long-partition", SEEDS, &[ViolationKind::NoConvergence]) {
+        assert_eq!((r.moves, r.takeovers), (0, 0), "seed {}", r.seed);
+    }
+}
+
+#[test]
+fn fleetd_dying_with_and_without_restart() {
+    for r in holds("fleetd-dies", SEEDS, &[]) {
+        assert!(r.guard_kills >= 1, "seed {}: the guard fenced", r.seed);
+        // Only the units of the machine whose fleetd stayed dead move; the restarted fleetd keeps its
+        // units, including one it had taken over (regression: it stopped it for 4.5 s).
+        assert!(
+            r.reschedule.max < 2.0,
+            "seed {}: {:?}",
+            r.seed,
+            r.reschedule
+        );
+    }
+}
+
+#[test]
+fn agent_freeze_is_fenced_by_the_guard() {
+    for r in holds("agent-freeze", SEEDS, &[]) {
+        assert!(r.guard_kills >= 1, "seed {}", r.seed);
+        assert!(r.moves >= 1, "seed {}", r.seed);
+    }
+}
+
+#[test]
+fn whole_machine_freezes() {
+    holds("machine-freeze", SEEDS, &[]);
+}
+
+#[test]
+fn a_second_agent_with_a_live_machines_id_claims_nothing() {
+    for r in holds("impostor", SEEDS, &[]) {
+        assert_eq!(r.identity_conflicts, 1, "seed {}", r.seed);
+        assert_eq!((r.moves, r.takeovers), (0, 0), "seed {}", r.seed);
+    }
+}
+
+/// Regression (decide: the lease bound took the earliest answer): both halves keep etcd, units take
+/// 2 s to stop. A half took units over from machines that kept renewing their leases and started them
+/// while the holders were still stopping them.
+#[test]
+fn split_brain_with_slow_stops_has_no_double_run() {
+    let mut sc = load("split-brain");
+    sc.config.stop_delay = fleet_sim::scenario::Dur::secs(2);
+    for r in sweep(&sc, SEEDS) {
+        assert!(
+            r.violations.is_empty(),
+            "seed {}: {:#?}",
+            r.seed,
+            r.violations
+        );
+        assert_eq!(r.moves, 0, "seed {}", r.seed);
+    }
+}
+
+/// A machine cut off from its peers and from etcd: it has no support (it cannot reach the witnesses),
+/// fences `F` after its last confirmation; the others have the votes and the lease proof. (With
+/// view-based quorums this was a double run of 1.4 s in 99 of 100 seeds: README, findings.)
+#[test]
+fn an_isolated_machine_stops_its_units_before_they_are_taken_over() {
+    for r in holds("isolation", SEEDS, &[]) {
+        assert!(r.moves >= 1, "seed {}", r.seed);
+    }
+}
+
+/// 3|2, the two keep etcd: the three keep their units with their witnesses' support until their slow
+/// bound; nothing is voted away from them. (With view-based quorums: double runs of 8.4 s. Gossip does
+/// not re-merge after `remove_down_after`: README, findings.)
+#[test]
+fn a_minority_that_keeps_etcd_takes_nothing_the_majority_still_runs() {
+    for r in holds(
+        "minority-loses-etcd",
+        SEEDS,
+        &[ViolationKind::NoConvergence],
+    ) {
+        assert_eq!(r.takeovers, 0, "seed {}", r.seed);
+    }
+}
