@@ -16,6 +16,9 @@
 //! - a `.socket`, `.timer` or `.path` unit leaves room for the `.service` of the same name within the
 //!   255 bytes ([`TRIGGERS_SERVICE`]): systemd loads that name with it, and fails to load a socket of 255
 //!   bytes (found by the lab test `systemd/tests/units.rs`, which loads names drawn from this grammar);
+//! - an instance of a service or socket (`prefix@instance.service`) leaves room for the slice systemd puts
+//!   it in, `system-<prefix>.slice` with `-` and `\` in the prefix escaped to 4 bytes each
+//!   ([`SLICED_INSTANCES`]; found by the same test);
 //! - `@` (templates and instances) only for the suffixes in [`TEMPLATE_SUFFIXES`];
 //! - `foo@.service` is a template, `foo@bar.service` an instance of it (the instance is everything after the
 //!   first `@`, so it may itself contain `@`).
@@ -50,6 +53,10 @@ pub const KNOWN_SUFFIXES: &[&str] = &[
 /// (`Service=`, `Unit=`): systemd loads that name with them, so it must be valid too.
 pub const TRIGGERS_SERVICE: &[&str] = &["path", "socket", "timer"];
 
+/// Unit types whose instances systemd puts into a slice of their template (`system-<prefix>.slice`,
+/// for the types with a control group that may be templates): that slice's name must be valid too.
+pub const SLICED_INSTANCES: &[&str] = &["service", "socket"];
+
 /// Unit suffixes that may be templates (`foo@.service`) or instances (`foo@bar.service`).
 pub const TEMPLATE_SUFFIXES: &[&str] = &["path", "service", "socket", "target", "timer"];
 
@@ -77,6 +84,18 @@ pub enum NameError {
         suffix: String,
         /// Length of the `.service` name it would start.
         service_len: usize,
+    },
+    /// An instance of a service or socket template goes into the slice `system-<prefix>.slice` (the
+    /// prefix escaped as systemd escapes it), whose name would be longer than [`MAX_NAME_LEN`]: systemd
+    /// fails to load such a unit.
+    #[error("unit name {name:?}: systemd puts an instance of {template} in the slice system-<prefix>.slice, which would be {slice_len} bytes, the maximum is {max}", max = MAX_NAME_LEN)]
+    InstanceSliceTooLong {
+        /// The whole name.
+        name: String,
+        /// Its template (`prefix@.service`).
+        template: String,
+        /// Length of the slice name.
+        slice_len: usize,
     },
     /// There is no `.` separating the name from its suffix.
     #[error("unit name {0:?} must contain \".\" followed by a unit type such as \"service\"")]
@@ -271,7 +290,30 @@ fn validate(s: &str) -> Result<(), NameError> {
             service_len,
         });
     }
+    if let Some(at) = base.find('@') {
+        if SLICED_INSTANCES.contains(&suffix) && at + 1 < base.len() {
+            let prefix = &base[..at];
+            let slice_len = instance_slice_len(prefix);
+            if slice_len > MAX_NAME_LEN {
+                return Err(NameError::InstanceSliceTooLong {
+                    name: s.to_owned(),
+                    template: format!("{prefix}@.{suffix}"),
+                    slice_len,
+                });
+            }
+        }
+    }
     Ok(())
+}
+
+/// Length of `system-<prefix>.slice` with the prefix escaped as systemd's `unit_name_escape` does (a
+/// `-` or `\` becomes `\x2d`/`\x5c`; the other characters a name may hold are kept).
+fn instance_slice_len(prefix: &str) -> usize {
+    let escaped: usize = prefix
+        .bytes()
+        .map(|b| if b == b'-' || b == b'\\' { 4 } else { 1 })
+        .sum();
+    "system-".len() + escaped + ".slice".len()
 }
 
 impl fmt::Display for UnitName {
@@ -441,6 +483,28 @@ mod tests {
             let full = format!("{}.{suffix}", "a".repeat(MAX_NAME_LEN - suffix.len() - 1));
             assert!(UnitName::parse(&full).is_ok(), "{suffix}");
         }
+    }
+
+    #[test]
+    fn instances_leave_room_for_their_templates_slice() {
+        // system-<242 bytes>.slice is 255 bytes.
+        let fits = format!("{}@i.service", "p".repeat(242));
+        assert!(UnitName::parse(&fits).is_ok());
+        let over = format!("{}@i.service", "p".repeat(243));
+        assert!(matches!(
+            UnitName::parse(&over),
+            Err(NameError::InstanceSliceTooLong { slice_len: 256, .. })
+        ));
+        // `-` and `\` count 4 bytes each (\x2d, \x5c).
+        let dashes = format!("{}{}@i.socket", "a-".repeat(60), "p".repeat(3));
+        assert_eq!(instance_slice_len(&dashes[..123]), 7 + 60 * 5 + 3 + 6);
+        assert!(UnitName::parse(&dashes).is_err());
+        assert!(UnitName::parse(&format!("{}@i.socket", "a\\".repeat(48))).is_ok());
+        assert!(UnitName::parse(&format!("{}@i.socket", "a\\".repeat(49))).is_err());
+        // Templates themselves, other types and a long instance with a short prefix are not concerned.
+        assert!(UnitName::parse(&format!("{}@.service", "p".repeat(243))).is_ok());
+        assert!(UnitName::parse(&format!("{}@i.timer", "p".repeat(243))).is_ok());
+        assert!(UnitName::parse(&format!("p@{}.service", "i".repeat(245))).is_ok());
     }
 
     #[test]
