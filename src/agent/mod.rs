@@ -5,8 +5,8 @@
 //! 1. gather: the registry mirror (units, claims, announcements), the gossip view (liveness, metadata),
 //!    the lease's confirmations, what etcd said about other machines' leases, systemd's unit states;
 //! 2. decide: the witness committee, the fence deadline ([`fleet_decide::guard`], written for the fence
-//!    guard at once), the placement plan ([`fleet_sched::placement::schedule`]) and a verdict per unit
-//!    ([`fleet_decide::decide`]);
+//!    guard at once), the placement plan (`schedule`'s, kept up to date incrementally by [`plan`]) and a
+//!    verdict per unit ([`fleet_decide::decide`]);
 //! 3. act: the claim writes (each one etcd transaction, `crate::registry`), `LeaseTimeToLive` polls,
 //!    and the reconcile tasks ([`fleet_sched::reconcile`]) that make systemd run exactly the units the
 //!    verdicts say.
@@ -21,6 +21,7 @@
 
 pub mod guard;
 pub mod membership;
+pub mod plan;
 pub mod relay;
 pub mod view;
 pub mod witness;
@@ -36,9 +37,9 @@ use fleet_decide::{
     Case, Committee, Ctx, Guard, LeasePoll, Peer, Placement, Support, Time, Timing, Verdict, Why,
     Write,
 };
-use fleet_sched::placement::{self, Decision, UnitInfo};
+use fleet_sched::placement::Decision;
 use fleet_sched::reconcile::{reconcile, ActiveState, CurrentUnit, TargetUnit, Task};
-use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, UnitName};
+use fleet_sched::{DesiredState, MachineId, UnitFile, UnitHash, UnitName};
 use fleet_systemd::{Bus, Event, Systemd, UnitState};
 
 use crate::clock;
@@ -212,6 +213,8 @@ struct State {
     announced_refused: BTreeMap<UnitName, String>,
     /// Files in the units directory that fleet did not write (logged once each).
     strays: BTreeSet<UnitName>,
+    /// Placement, kept across passes and fed only what changed.
+    placement: plan::AgentPlanner,
 }
 
 async fn connect_systemd(opts: &AgentOptions) -> anyhow::Result<Systemd> {
@@ -362,6 +365,7 @@ async fn run(
         host_stale: true,
         announced_refused: BTreeMap::new(),
         strays: BTreeSet::new(),
+        placement: plan::AgentPlanner::new(),
     };
     st.read_current().await;
     let mut generation = st.lease.status().generation;
@@ -955,44 +959,39 @@ impl State {
     ) -> BTreeMap<UnitName, TargetUnit> {
         let me = self.opts.machine.clone();
         let machines = self.cluster.live_machines();
-        let live: BTreeSet<&MachineId> = machines.iter().map(|m| &m.id).collect();
-        let mut infos = Vec::new();
-        let mut wanted: BTreeMap<UnitName, TargetUnit> = BTreeMap::new();
-        for u in &snap.units {
-            if u.name.is_template() || u.desired_state == DesiredState::Inactive {
-                continue;
-            }
-            let req = match Requirements::from_unit(&u.name, &u.file) {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::warn!(unit = %u.name, "invalid requirements, not placed: {e}");
-                    continue;
-                }
-            };
-            let mut info = UnitInfo::new(u.name.clone(), req, u.desired_state);
-            match snap.claims.get(&u.name) {
-                Some(c) if live.contains(&c.machine_id) => {
-                    info = info.claimed_by(c.machine_id.clone());
-                }
-                Some(_) => {}
+        let live: BTreeSet<MachineId> = machines.iter().map(|m| m.id.clone()).collect();
+        let active = || {
+            snap.units
+                .iter()
+                .filter(|u| !u.name.is_template() && u.desired_state != DesiredState::Inactive)
+        };
+        let cluster = &self.cluster;
+        let inputs = active().map(|u| plan::UnitInput {
+            name: &u.name,
+            hash: u.hash,
+            file: &u.file,
+            desired: u.desired_state,
+            claim: match snap.claims.get(&u.name) {
+                Some(c) if live.contains(&c.machine_id) => Some(c.machine_id.clone()),
+                Some(_) => None,
                 // No claim (its holder's lease expired, say) but running somewhere live: keep it there.
-                None => {
-                    if let Some(m) = self.cluster.runs_on(&u.name).filter(|m| live.contains(m)) {
-                        info = info.claimed_by(m);
-                    }
-                }
-            }
-            wanted.insert(
-                u.name.clone(),
-                TargetUnit {
+                None => cluster.runs_on(&u.name).filter(|m| live.contains(m)),
+            },
+        });
+        let stats = self.placement.update(machines, inputs);
+        tracing::trace!(?stats, "placement pass");
+        let wanted: BTreeMap<UnitName, TargetUnit> = active()
+            .filter(|u| self.placement.placeable(&u.name))
+            .map(|u| {
+                let t = TargetUnit {
                     hash: u.hash,
                     state: u.desired_state,
-                },
-            );
-            infos.push(info);
-        }
-        let plan = placement::schedule(&machines, &infos);
-        self.cluster.set_plan(&plan);
+                };
+                (u.name.clone(), t)
+            })
+            .collect();
+        let plan = self.placement.plan();
+        self.cluster.set_plan(plan);
 
         // Every unit that concerns us: placed here, claimed by us (or taken from us), loaded here.
         let mut names: BTreeSet<UnitName> = plan
@@ -1007,20 +1006,28 @@ impl State {
             }
         }
         names.extend(self.loaded.keys().cloned());
+        let placements: Vec<(UnitName, Placement)> = names
+            .into_iter()
+            .map(|name| {
+                let placement = match (plan.decision(&name), wanted.get(&name)) {
+                    // A name this machine refuses is never fleet's here, whatever a plan made before
+                    // the refusal was announced says.
+                    _ if self.refused.contains_key(&name) => Placement::NotHere,
+                    (Some(Decision::On(m)), Some(_)) if *m == me => Placement::Here,
+                    (Some(Decision::Global(ms)), Some(_)) if ms.contains(&me) => {
+                        Placement::GlobalHere
+                    }
+                    _ => Placement::NotHere,
+                };
+                (name, placement)
+            })
+            .collect();
 
         let ctx_lease = lease.lease.id;
         let mut target = BTreeMap::new();
         let mut wake: Option<Time> = None;
         let mut waiting = BTreeMap::new();
-        for name in names {
-            let placement = match (plan.decision(&name), wanted.get(&name)) {
-                // A name this machine refuses is never fleet's here, whatever a plan made before
-                // the refusal was announced says.
-                _ if self.refused.contains_key(&name) => Placement::NotHere,
-                (Some(Decision::On(m)), Some(_)) if *m == me => Placement::Here,
-                (Some(Decision::Global(ms)), Some(_)) if ms.contains(&me) => Placement::GlobalHere,
-                _ => Placement::NotHere,
-            };
+        for (name, placement) in placements {
             let claim = snap.claims.get(&name).map(|c| fleet_decide::Claim {
                 machine: c.machine_id.clone(),
                 lease: c.lease,
