@@ -14,11 +14,13 @@
 //! state changes per second in the whole cluster) the node also receives each change about
 //! `max_transmissions` times in pushes, as rumour mongering delivers it.
 //!
-//! Printed per size: the node's CPU (time spent inside its calls, one thread; a shared, noisy host
-//! inflates it), its payload bytes per second each way (datagrams and sync messages), the same with
-//! QUIC's per-datagram overhead (`QUIC_OVERHEAD`, calibrated on loopback by
-//! `gossip-quic/examples/loopback_bench.rs`), and the QUIC connections it must set up per second
-//! (a peer not contacted for `IDLE_TIMEOUT` needs a new handshake, `HANDSHAKE_BYTES` each way).
+//! Printed per size: the node's CPU (thread CPU time inside its calls, so a loaded host inflates it
+//! less than wall time would, though caches and frequency still suffer), its payload bytes per
+//! second each way (datagrams and sync messages), its new QUIC connections per second (a peer not
+//! contacted for `IDLE_TIMEOUT`, 60 s, needs one), and the bytes on the wire: payload plus what QUIC
+//! adds per packet (`QUIC_OVERHEAD`, 32 B), per ACK (`QUIC_ACK`, 18 B) and per connection set-up
+//! (`HANDSHAKE_BYTES`, 2,100 B each way on average), measured by `gossip-quic/examples/quic_cost.rs`
+//! and checked against the lab (`tests/lab_gossip.rs`, `gossip_cost_per_machine_in_the_lab`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -128,9 +130,9 @@ impl Bench {
 
     /// Runs `f` on the node under test, timing it.
     fn on_node<R>(&mut self, f: impl FnOnce(&mut Node) -> R) -> R {
-        let t = Instant::now();
+        let t = thread_cpu();
         let r = f(&mut self.node);
-        self.totals.busy += t.elapsed();
+        self.totals.busy += thread_cpu().saturating_sub(t);
         r
     }
 
@@ -343,6 +345,18 @@ impl Bench {
     }
 }
 
+/// CPU time of the calling thread: unlike wall time, it does not count the time other processes
+/// of a loaded machine run while the node's call is preempted.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Member `i`'s metadata, as `synthetic_cluster` makes it.
 fn machine_metadata(i: usize, units: usize) -> Metadata {
     Metadata {
@@ -365,7 +379,7 @@ fn running(i: usize) -> UnitState {
 
 /// Part 1: a whole cluster of real nodes in a `VirtualNet` (every member real, formed by joins
 /// through one seed, `units` units each, then idle). Per member: bytes and datagrams out per
-/// second (in is the same on average), and CPU as the run's wall time divided by members and
+/// second (in is the same on average), and CPU as the run's CPU time divided by members and
 /// simulated seconds (it includes the virtual network's own bookkeeping: an upper bound).
 fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, wire: &Wire) {
     println!(
@@ -408,16 +422,16 @@ fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, wire: &W
         };
         let (d0, b0) = counters(&mut net);
         let s0 = net.sync_bytes;
-        let t = Instant::now();
+        let t = thread_cpu();
         net.run_for(Duration::from_secs(secs));
-        let wall = t.elapsed();
+        let cpu = thread_cpu() - t;
         let (d1, b1) = counters(&mut net);
         let per = |x: u64| x as f64 / n as f64 / secs as f64;
         let sync = per(net.sync_bytes - s0);
         println!(
             "{:>7} {:>12.3} {:>9.1} {:>10.0} {:>12.0} {:>10.0}",
             n,
-            100.0 * wall.as_secs_f64() / n as f64 / secs as f64,
+            100.0 * cpu.as_secs_f64() / n as f64 / secs as f64,
             per(d1 - d0),
             per(b1 - b0) + sync,
             // Every member sends about as much as it receives: each datagram out costs its

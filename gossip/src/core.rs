@@ -74,6 +74,9 @@ use crate::wire::{Packet, DATAGRAM_STATE, DATAGRAM_SWIM};
 
 /// How often at most this node asks one machine directly about a new life it heard of.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
+/// The roster is reconciled with foca's list every this many anti-entropy intervals (one minute
+/// with the defaults): an O(n) walk, a safety net (the roster follows foca's notifications).
+const RECONCILE_EVERY: u64 = 12;
 
 /// Something the node learned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -211,6 +214,9 @@ pub struct Node {
     pub(crate) warned: BTreeMap<(MachineId, MachineId), Instant>,
     /// When this node last asked each machine directly about a new life.
     checked: BTreeMap<MachineId, Instant>,
+    /// Anti-entropy ticks so far (the roster is reconciled with foca's list every
+    /// `RECONCILE_EVERY`-th).
+    anti_entropy_ticks: u64,
     pub(crate) lifeguard: Lifeguard,
     started: Instant,
 }
@@ -255,6 +261,7 @@ impl Node {
             push_at: None,
             warned: BTreeMap::new(),
             checked: BTreeMap::new(),
+            anti_entropy_ticks: 0,
             lifeguard: Lifeguard::default(),
             started: now,
             config,
@@ -734,13 +741,16 @@ impl Node {
             }
             TimerKind::AntiEntropy => {
                 // The roster follows foca's notifications; re-read foca's list now and then so
-                // that it never drifts (an O(n) walk every few seconds, off the hot paths).
-                let fixed = self
-                    .roster
-                    .reconcile(self.foca.iter_membership_state(), self.now);
-                if fixed > 0 {
-                    tracing::debug!(fixed, "roster reconciled with foca");
+                // that it never drifts (an O(n) walk about once a minute, off the hot paths).
+                if self.anti_entropy_ticks.is_multiple_of(RECONCILE_EVERY) {
+                    let fixed = self
+                        .roster
+                        .reconcile(self.foca.iter_membership_state(), self.now);
+                    if fixed > 0 {
+                        tracing::debug!(fixed, "roster reconciled with foca");
+                    }
                 }
+                self.anti_entropy_ticks += 1;
                 let now = self.now;
                 self.checked.retain(|_, at| now < *at + CHECK_EVERY);
                 self.prune_claims();
