@@ -63,6 +63,8 @@
 //! # Known limits
 //! - Relayed rumours about a known identity (suspect, alive, down) follow SWIM's rules and are not
 //!   signed by the machine they concern.
+//! - Relayed state updates are not signed by their origin either: a certified peer can inject state
+//!   in another machine's name within that machine's current epoch (`docs/security.md`).
 //! - Tombstones of removed units are kept for the life (epoch) of their origin.
 //! - The event stream is unbounded; fleetd must keep reading it.
 
