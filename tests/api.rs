@@ -536,7 +536,7 @@ fn sighup_reloads_metadata_and_sigterm_exits_cleanly() {
     // metadata applies live; fence_after needs a restart (the declaration's reload classes).
     std::fs::write(
         f.config_path(),
-        conf.replace("metadata=a=1", "metadata=a=2,b=3") + "fence_after=1s\n",
+        conf.replace("metadata=a=1", "metadata=a=2,b=3") + "fence_after=2s\n",
     )
     .unwrap();
     f.signal("HUP");
@@ -568,7 +568,7 @@ fn sighup_reloads_metadata_and_sigterm_exits_cleanly() {
     );
     let fence = line("fence_after");
     assert!(
-        fence.contains(r#""500ms" -> "1s" (takes effect after a restart)"#),
+        fence.contains(r#""1s" -> "2s" (takes effect after a restart)"#),
         "{fence}"
     );
     f.signal("TERM");
