@@ -1,24 +1,29 @@
-//! Failover benchmark (issue 5), on a 5-machine cluster lab running the fleetd of this build profile.
+//! Failover benchmark (issues 5 and 11), on a 5-machine cluster lab running the fleetd of this build
+//! profile with fleetd's default settings (`fence_after` 1 s, `agent_ttl` 30 s; docs/configuration.md).
 //!
 //! - Steady state: gossip (QUIC, UDP port 7479) and etcd (TCP 2379) bytes per machine per second,
 //!   counted by an nftables table of the bench in every machine's netns (fleetd exposes no counters).
-//! - Crash rounds (`BENCH_ROUNDS`, 10): `BENCH_UNITS` (5) plain sleep services run somewhere; the bench
-//!   SIGKILLs a machine running at least one of them (`Lab::kill`) and measures the time until all of
-//!   its units are active on survivors: systemd's `ActiveEnterTimestampMonotonic` on the survivor minus
-//!   the monotonic clock just before the kill. Pollers (one thread per machine, `systemctl show` every
-//!   ~20 ms) detect completion and any moment a unit is active on two machines; the machine is then
-//!   booted again and the cluster left to settle.
-//! - Partition rounds (`BENCH_PARTITION_ROUNDS`, 3): `Lab::drop` (nftables drop of all the machine's
-//!   traffic, etcd included). The victim runs its units until it fences (gossip minority and lease
-//!   unconfirmed for `min(agent_ttl, 2 s)`, see docs/safety.md), the survivors take them over after the gossip verdict + `takeover_grace`; the bench prints how long two
-//!   copies of a unit were active (victim's `ActiveExitTimestampMonotonic` minus the survivor's
-//!   `ActiveEnterTimestampMonotonic`), then `Lab::undrop` and the time to settle.
+//! - Crash rounds (`BENCH_ROUNDS`, 20): `BENCH_UNITS` (5) plain sleep services run somewhere; the bench
+//!   SIGKILLs a machine running at least one of them (`Lab::kill`: the kernel kills everything in it)
+//!   and measures the time until all of its units are active on survivors: systemd's
+//!   `ActiveEnterTimestampMonotonic` on the survivor minus the monotonic clock just before the kill.
+//!   Pollers (one thread per machine, `systemctl show` every ~20 ms) see the takeover end (and any
+//!   moment a unit is seen active on two machines). The machine is then booted again and the bench
+//!   waits until every machine lists every machine and every unit is active exactly once.
+//! - Partition rounds (`BENCH_PARTITION_ROUNDS`, 3): `Lab::drop` (nftables drops all of the victim's
+//!   traffic, etcd's included). The victim must fence (`fence_after` after its last lease
+//!   confirmation) and the survivors take its units over once the witnesses voted and the lease proof
+//!   holds (docs/safety.md); the bench waits for both, then `Lab::undrop` and settles.
+//! - Overlap of two copies, exact: every machine's journal is kept on its lab disk (so a killed
+//!   machine's journal survives), and at the end each unit's runs (systemd's "Started" line to its end
+//!   line, or to the kill of its machine) are compared on the host's clock
+//!   (`support::journal`, the technique of `tests/lab_safety.rs`). Goal: zero.
 //!
 //! Prints figures, asserts no timing. Root only (skips with a message otherwise). Build the binaries
 //! of the bench profile first: `cargo build --release --bins && cargo bench --bench failover`
-//! (or `scripts/bench-lab.sh`). Knobs: `BENCH_ROUNDS`, `BENCH_PARTITION_ROUNDS`, `BENCH_UNITS`,
-//! `BENCH_AGENT_TTL` (fleetd's default when unset), `BENCH_TAKEOVER_GRACE` (fleetd's default when unset),
-//! `BENCH_RECONCILE_INTERVAL` (fleetd's default when unset), `BENCH_GOSSIP_SECS` (10).
+//! (or `scripts/bench-lab.sh failover`). Knobs: `BENCH_ROUNDS`, `BENCH_PARTITION_ROUNDS`,
+//! `BENCH_UNITS`, `BENCH_AGENT_TTL`, `BENCH_FENCE_AFTER`, `BENCH_RECONCILE_INTERVAL` (fleetd's
+//! defaults when unset), `BENCH_GOSSIP_SECS` (10).
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -30,11 +35,22 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use lab::FleetLab;
-use support::{knob, knob_str, mono_us, show_units, summary_ms, ts};
+use support::journal::{self, now_us, Timeline};
+use support::{knob, knob_str, mono_us, placement, show_units, summary_ms, ts};
 
 const MACHINES: usize = 5;
 const POLL: Duration = Duration::from_millis(20);
 const GOSSIP_PORT: u16 = 7479;
+const SETTLE: Duration = Duration::from_secs(120);
+
+/// A fault the bench injected: its kind, victim, and when it began and was undone (host clock, µs).
+struct Fault {
+    kind: &'static str,
+    round: usize,
+    victim: usize,
+    from: u64,
+    to: u64,
+}
 
 fn main() {
     if !fleet_lab::require_root() {
@@ -43,32 +59,46 @@ fn main() {
     }
     support::require_binaries();
     support::print_header("failover");
-    let rounds: usize = knob("BENCH_ROUNDS", 10);
+    journal::self_check();
+    let rounds: usize = knob("BENCH_ROUNDS", 20);
     let partitions: usize = knob("BENCH_PARTITION_ROUNDS", 3);
     let n_units: usize = knob("BENCH_UNITS", 5);
-    let ttl = knob_str("BENCH_AGENT_TTL", "");
-    let grace = knob_str("BENCH_TAKEOVER_GRACE", "");
     let gossip_secs: u64 = knob("BENCH_GOSSIP_SECS", 10);
-    let mut env = vec![];
-    if !ttl.is_empty() {
-        env.push(("FLEET_AGENT_TTL", ttl.as_str()));
+    let mut env: Vec<(&str, String)> = vec![];
+    let mut shown = vec![];
+    for (knob_name, setting) in [
+        ("BENCH_AGENT_TTL", "FLEET_AGENT_TTL"),
+        ("BENCH_FENCE_AFTER", "FLEET_FENCE_AFTER"),
+        (
+            "BENCH_RECONCILE_INTERVAL",
+            "FLEET_ENGINE_RECONCILE_INTERVAL",
+        ),
+    ] {
+        let v = knob_str(knob_name, "");
+        shown.push(format!(
+            "{}={}",
+            setting.trim_start_matches("FLEET_").to_lowercase(),
+            if v.is_empty() { "default" } else { &v }
+        ));
+        if !v.is_empty() {
+            env.push((setting, v));
+        }
     }
-    let ttl = if ttl.is_empty() { "default" } else { &ttl };
-    if !grace.is_empty() {
-        env.push(("FLEET_TAKEOVER_GRACE", grace.as_str()));
-    }
-    let interval = knob_str("BENCH_RECONCILE_INTERVAL", "");
-    if !interval.is_empty() {
-        env.push(("FLEET_ENGINE_RECONCILE_INTERVAL", interval.as_str()));
-    }
+    let settings = shown.join(", ");
     println!(
-        "{MACHINES} machines, {n_units} units, {rounds} crash rounds, {partitions} partition rounds, agent_ttl={ttl}, takeover_grace={}",
-        if grace.is_empty() { "default" } else { &grace }
+        "{MACHINES} machines, {n_units} units, {rounds} crash rounds, {partitions} partition rounds, {settings}"
     );
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let t = Instant::now();
     let Some(fl) = support::fleet_lab_up(MACHINES, &env) else {
         return;
     };
+    for i in 1..=MACHINES {
+        journal::keep_journals(&fl, i).expect("persistent journal");
+    }
+    fl.wait_for("every machine lists every machine", SETTLE, |fl| {
+        support::all_list_all(fl, MACHINES).then_some(())
+    });
     println!("lab up in {:.1} s", t.elapsed().as_secs_f64());
 
     let units: Vec<String> = (1..=n_units).map(|k| format!("fo-{k}.service")).collect();
@@ -91,35 +121,72 @@ fn main() {
         "fleetctl start failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    settle(&fl, &units, None);
+    settle(&fl, &units);
 
     gossip_bytes(&fl, gossip_secs);
 
+    let mut faults = Vec::new();
     let mut recoveries = Vec::new();
-    let mut doubles_exact = 0usize;
     let mut doubles_polled = 0usize;
     let mut failed = 0usize;
     for round in 0..rounds {
-        match crash_round(&fl, &units, round) {
+        match crash_round(&fl, &units, round, &mut faults) {
             Some(r) => {
                 recoveries.push(r.recovery_ms);
-                doubles_exact += r.double_exact;
                 doubles_polled += r.double_polled;
             }
             None => failed += 1,
         }
     }
-    let mut overlaps = Vec::new();
+    let mut takeovers = Vec::new();
     for round in 0..partitions {
-        if let Some(o) = partition_round(&fl, &units, round) {
-            overlaps.push(o);
+        if let Some(ms) = partition_round(&fl, &units, round, &mut faults) {
+            takeovers.push(ms);
         }
     }
 
+    // Exact overlaps, from every machine's journal.
+    let mut tl = Timeline::read(&fl, MACHINES, "fo-").expect("reading the journals");
+    for f in faults.iter().filter(|f| f.kind == "crash") {
+        tl.kills.entry(f.victim).or_default().push(f.from);
+    }
+    let overlaps = tl.overlaps();
+    let mut longest: BTreeMap<&str, f64> = BTreeMap::from([("crash", 0.0), ("partition", 0.0)]);
+    for o in &overlaps {
+        // The round during which (or within 5 s after which) the copies overlapped.
+        let fault = faults
+            .iter()
+            .filter(|f| f.from <= o.from + 1_000_000 && o.from <= f.to + 5_000_000)
+            .max_by_key(|f| f.from);
+        let (kind, round) = fault
+            .map(|f| (f.kind, f.round + 1))
+            .unwrap_or(("between", 0));
+        println!(
+            "  OVERLAP ({kind} round {round}): {} on m{} and m{} at once for {:.1} ms",
+            o.unit,
+            o.a.0,
+            o.b.0,
+            o.ms()
+        );
+        if let Some(f) = fault {
+            println!(
+                "    victim m{}; m{}'s copy started at +{:.1} ms, m{}'s at +{:.1} ms after the fault",
+                f.victim,
+                o.a.0,
+                (o.a.1 as f64 - f.from as f64) / 1000.0,
+                o.b.0,
+                (o.b.1 as f64 - f.from as f64) / 1000.0
+            );
+        }
+        let l = longest.entry(kind).or_insert(0.0);
+        *l = l.max(o.ms());
+    }
+    let runs = tl.runs.len();
+
     println!();
-    println!("== failover summary (agent_ttl={ttl})");
+    println!("== failover summary ({settings})");
     println!(
-        "crash -> all of the victim's units active on survivors: {}   goal p50 <= 2000 ms, p99 <= 4000 ms",
+        "crash -> all of the victim's units active on survivors: {}   goal p50 <= 1500 ms, p99 <= 2500 ms",
         summary_ms(&recoveries)
     );
     if failed > 0 {
@@ -128,11 +195,18 @@ fn main() {
         );
     }
     println!(
-        "unit active on two machines during crash rounds: {doubles_exact} (systemd timestamps), {doubles_polled} polled observations   goal 0"
+        "partition (drop) -> all of the victim's units active on survivors: {}",
+        summary_ms(&takeovers)
     );
-    for (k, o) in overlaps.iter().enumerate() {
-        println!("partition round {}: longest double run {o:.0} ms", k + 1);
-    }
+    println!(
+        "overlap of two copies (journals, {runs} runs of {n_units} units checked): {} overlaps; longest in crash rounds {:.1} ms, in partition rounds {:.1} ms   goal 0",
+        overlaps.len(),
+        longest["crash"],
+        longest["partition"]
+    );
+    println!(
+        "unit seen active on two machines by the pollers during crash rounds: {doubles_polled} observations"
+    );
 }
 
 fn unit_text(name: &str) -> String {
@@ -147,60 +221,17 @@ fn running(fl: &FleetLab, i: usize) -> bool {
         .is_ok_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
 }
 
-/// Which machines have each unit active (one `systemctl show` per running machine).
-fn placement(fl: &FleetLab, units: &[String]) -> BTreeMap<String, Vec<usize>> {
-    let mut on: BTreeMap<String, Vec<usize>> = units.iter().map(|u| (u.clone(), vec![])).collect();
-    for i in 1..=MACHINES {
-        if !running(fl, i) {
-            continue;
-        }
-        if let Some(states) = show_units(fl, i, units, &["ActiveState"]) {
-            for (u, p) in states {
-                if p.get("ActiveState").map(String::as_str) == Some("active") {
-                    on.entry(u).or_default().push(i);
-                }
-            }
+/// Waits until every machine lists every machine and every unit is active on exactly one machine; on
+/// time-out prints what is wrong with the fleetd journals and panics (unwinding tears the lab down).
+fn settle(fl: &FleetLab, units: &[String]) -> Duration {
+    match support::settle(fl, MACHINES, units, SETTLE) {
+        Ok(d) => d,
+        Err(e) => {
+            println!("{e}\n{}", fl.journals(60));
+            panic!("cluster did not settle (see above)");
         }
     }
-    on
 }
-
-/// Waits until every machine is listed by fleetctl and every unit is active on exactly one machine,
-/// twice in a row one second apart. Returns how long it took; on time-out prints what is wrong
-/// (placement, and the fleetd journal of every machine not listed) and exits.
-fn settle(fl: &FleetLab, units: &[String], from: Option<usize>) -> Duration {
-    let t = Instant::now();
-    let mut stable = 0;
-    loop {
-        let i = from.unwrap_or(1);
-        let out = fl.fleetctl(i, &["list-machines", "--no-legend"]);
-        let listed = String::from_utf8_lossy(&out.stdout).into_owned();
-        let on = placement(fl, units);
-        if listed.lines().count() == MACHINES && on.values().all(|m| m.len() == 1) {
-            stable += 1;
-        } else {
-            stable = 0;
-        }
-        if stable >= 2 {
-            return t.elapsed();
-        }
-        if t.elapsed() > Duration::from_secs(120) {
-            println!("cluster did not settle within 120 s: placement {on:?}, list-machines on m{i}:\n{listed}");
-            for m in 1..=MACHINES {
-                let ip = fleet_lab::machine_ip(m).to_string();
-                if !listed.contains(&ip) {
-                    println!(
-                        "m{m} is not listed; its fleetd journal:\n{}",
-                        journal(fl, m, 60)
-                    );
-                }
-            }
-            panic!("cluster did not settle (see above)"); // unwinding tears the lab down
-        }
-        support::sleep(Duration::from_millis(900));
-    }
-}
-
 /// One observation of one machine: the units seen active by a `systemctl show` that ran between
 /// `t0` and `t1` (monotonic µs).
 #[derive(Clone, Debug)]
@@ -328,7 +359,6 @@ fn polled_doubles(samples: &[Sample], excluded: impl Fn(usize, u64) -> bool) -> 
 
 struct CrashResult {
     recovery_ms: f64,
-    double_exact: usize,
     double_polled: usize,
 }
 
@@ -338,42 +368,55 @@ fn live_peer(fl: &FleetLab, not: usize) -> usize {
         .expect("a running machine")
 }
 
-fn journal(fl: &FleetLab, i: usize, lines: usize) -> String {
-    fl.lab
-        .sh(
-            i,
-            &[
-                "journalctl",
-                "-u",
-                "fleet",
-                "--no-pager",
-                "-o",
-                "short-monotonic",
-                "-n",
-                &lines.to_string(),
-            ],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
-}
-
-fn crash_round(fl: &FleetLab, units: &[String], round: usize) -> Option<CrashResult> {
+/// A machine running at least one unit (rotating with `round`), and its units.
+fn pick_victim(fl: &FleetLab, units: &[String], round: usize) -> (usize, Vec<String>) {
     let on = placement(fl, units);
     let mut candidates: Vec<usize> = on.values().flatten().copied().collect();
     candidates.sort();
     candidates.dedup();
     let victim = candidates[round % candidates.len()];
-    let lost: Vec<String> = on
+    let lost = on
         .iter()
         .filter(|(_, m)| m.contains(&victim))
         .map(|(u, _)| u.clone())
         .collect();
+    (victim, lost)
+}
 
-    let ((t_kill, t_killed, recovered), samples) = Pollers::run(fl, units, |p| {
+/// When each of `lost` became active on a machine other than `victim` since `since` (monotonic µs):
+/// (unit, machine, ActiveEnterTimestampMonotonic) of its first activation there.
+fn enters_elsewhere(
+    fl: &FleetLab,
+    lost: &[String],
+    victim: usize,
+    since: u64,
+) -> Vec<(String, usize, u64)> {
+    let mut first: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for i in (1..=MACHINES).filter(|&i| i != victim && running(fl, i)) {
+        let props = show_units(fl, i, lost, &["ActiveEnterTimestampMonotonic"]).unwrap_or_default();
+        for (u, p) in props {
+            let enter = ts(&p, "ActiveEnterTimestampMonotonic");
+            if enter >= since && first.get(&u).is_none_or(|(_, e)| enter < *e) {
+                first.insert(u, (i, enter));
+            }
+        }
+    }
+    first.into_iter().map(|(u, (i, e))| (u, i, e)).collect()
+}
+
+fn crash_round(
+    fl: &FleetLab,
+    units: &[String],
+    round: usize,
+    faults: &mut Vec<Fault>,
+) -> Option<CrashResult> {
+    let (victim, lost) = pick_victim(fl, units, round);
+    let ((t_kill, t_killed, killed_rt, recovered), samples) = Pollers::run(fl, units, |p| {
         support::sleep(Duration::from_millis(200));
         let t_kill = mono_us();
         fl.lab.kill(victim).expect("kill");
         let t_killed = mono_us();
+        let killed_rt = now_us();
         let recovered = p.wait(t_killed, Duration::from_secs(60), |latest| {
             lost.iter().all(|u| {
                 latest
@@ -382,51 +425,8 @@ fn crash_round(fl: &FleetLab, units: &[String], round: usize) -> Option<CrashRes
             })
         });
         support::sleep(Duration::from_secs(1)); // catch late duplicates
-        (t_kill, t_killed, recovered)
+        (t_kill, t_killed, killed_rt, recovered)
     });
-
-    // Exact: each survivor's last activation of the lost units (Enter..Exit, or until now).
-    let now = mono_us();
-    let mut intervals: BTreeMap<String, Vec<(usize, u64, u64)>> = BTreeMap::new();
-    for i in (1..=MACHINES).filter(|&i| i != victim) {
-        let props = show_units(
-            fl,
-            i,
-            &lost,
-            &[
-                "ActiveState",
-                "ActiveEnterTimestampMonotonic",
-                "ActiveExitTimestampMonotonic",
-            ],
-        )
-        .unwrap_or_default();
-        for (u, p) in props {
-            let enter = ts(&p, "ActiveEnterTimestampMonotonic");
-            if enter < t_kill {
-                continue; // not started since the crash
-            }
-            let exit = ts(&p, "ActiveExitTimestampMonotonic");
-            let active = p.get("ActiveState").map(String::as_str) == Some("active");
-            let end = if active || exit < enter { now } else { exit };
-            intervals.entry(u).or_default().push((i, enter, end));
-        }
-    }
-    let mut double_exact = 0;
-    for (u, iv) in &intervals {
-        for (a, x) in iv.iter().enumerate() {
-            for y in &iv[a + 1..] {
-                if x.1.max(y.1) < x.2.min(y.2) {
-                    double_exact += 1;
-                    println!(
-                        "  DOUBLE: {u} active on m{} and m{} for {:.0} ms",
-                        x.0,
-                        y.0,
-                        (x.2.min(y.2) - x.1.max(y.1)) as f64 / 1000.0
-                    );
-                }
-            }
-        }
-    }
     let polled = polled_doubles(&samples, |m, t| m == victim && t >= t_kill);
     for (u, t) in polled.iter().take(5) {
         println!(
@@ -434,17 +434,7 @@ fn crash_round(fl: &FleetLab, units: &[String], round: usize) -> Option<CrashRes
             (*t as f64 - t_kill as f64) / 1000.0
         );
     }
-
-    let enters: Vec<(String, usize, u64)> = lost
-        .iter()
-        .filter_map(|u| {
-            intervals
-                .get(u)?
-                .iter()
-                .min_by_key(|x| x.1)
-                .map(|x| (u.clone(), x.0, x.1))
-        })
-        .collect();
+    let enters = enters_elsewhere(fl, &lost, victim, t_kill);
     let result = if recovered && enters.len() == lost.len() {
         let last = enters.iter().map(|e| e.2).max().unwrap();
         let ms = (last - t_kill) as f64 / 1000.0;
@@ -465,16 +455,15 @@ fn crash_round(fl: &FleetLab, units: &[String], round: usize) -> Option<CrashRes
             (t_killed - t_kill) as f64 / 1000.0,
             detail.join(", ")
         );
-        if ms > 4000.0 {
+        if ms > 2500.0 {
             let (u, i, _) = enters.iter().max_by_key(|e| e.2).unwrap();
             println!(
                 "  slow: {u} on m{i}; its fleetd journal:\n{}",
-                journal(fl, *i, 40)
+                fl.journal(*i, 40)
             );
         }
         Some(CrashResult {
             recovery_ms: ms,
-            double_exact,
             double_polled: polled.len(),
         })
     } else {
@@ -483,14 +472,21 @@ fn crash_round(fl: &FleetLab, units: &[String], round: usize) -> Option<CrashRes
             round + 1,
             placement(fl, units)
         );
-        println!("{}", journal(fl, live_peer(fl, victim), 60));
+        println!("{}", fl.journal(live_peer(fl, victim), 60));
         None
     };
 
     let t = Instant::now();
     fl.lab.boot(victim).expect("boot");
     let booted = t.elapsed();
-    let settled = settle(fl, units, Some(live_peer(fl, victim)));
+    faults.push(Fault {
+        kind: "crash",
+        round,
+        victim,
+        from: killed_rt,
+        to: now_us(),
+    });
+    let settled = settle(fl, units);
     println!(
         "  m{victim} booted in {:.1} s, cluster settled {:.1} s later",
         booted.as_secs_f64(),
@@ -499,24 +495,21 @@ fn crash_round(fl: &FleetLab, units: &[String], round: usize) -> Option<CrashRes
     result
 }
 
-/// Returns the longest double run in ms (0 when none).
-fn partition_round(fl: &FleetLab, units: &[String], round: usize) -> Option<f64> {
-    let on = placement(fl, units);
-    let mut candidates: Vec<usize> = on.values().flatten().copied().collect();
-    candidates.sort();
-    candidates.dedup();
-    let victim = candidates[round % candidates.len()];
-    let lost: Vec<String> = on
-        .iter()
-        .filter(|(_, m)| m.contains(&victim))
-        .map(|(u, _)| u.clone())
-        .collect();
-
-    let ((t_drop, done), samples) = Pollers::run(fl, units, |p| {
+/// Drops all of a machine's traffic until it fenced and its units run elsewhere; returns the time from
+/// the drop until the last of them was active on a survivor (ms).
+fn partition_round(
+    fl: &FleetLab,
+    units: &[String],
+    round: usize,
+    faults: &mut Vec<Fault>,
+) -> Option<f64> {
+    let (victim, lost) = pick_victim(fl, units, round);
+    let ((t_drop, from, done), _) = Pollers::run(fl, units, |p| {
         support::sleep(Duration::from_millis(200));
         let t_drop = mono_us();
+        let from = now_us();
         fl.lab.drop(victim).expect("drop");
-        let done = p.wait(mono_us(), Duration::from_secs(120), |latest| {
+        let done = p.wait(mono_us(), Duration::from_secs(60), |latest| {
             let fenced = latest
                 .get(&victim)
                 .is_some_and(|s| lost.iter().all(|u| !s.active.contains(u)));
@@ -528,90 +521,60 @@ fn partition_round(fl: &FleetLab, units: &[String], round: usize) -> Option<f64>
             fenced && taken
         });
         support::sleep(Duration::from_secs(1));
-        (t_drop, done)
+        (t_drop, from, done)
     });
-    let rel = |t: u64| (t as f64 - t_drop as f64) / 1000.0;
-
-    // Victim: when each lost unit stopped (systemd timestamp, else the first polled sample without it).
-    let vprops = show_units(
-        fl,
-        victim,
-        &lost,
-        &["ActiveExitTimestampMonotonic", "ActiveState"],
-    )
-    .unwrap_or_default();
-    let mut longest: f64 = 0.0;
-    let mut lines = Vec::new();
-    for u in &lost {
-        let exit = vprops
-            .get(u)
-            .map(|p| ts(p, "ActiveExitTimestampMonotonic"))
-            .filter(|&e| e >= t_drop)
-            .or_else(|| {
-                samples
-                    .iter()
-                    .find(|s| s.machine == victim && s.t0 >= t_drop && !s.active.contains(u))
-                    .map(|s| s.t1)
-            });
-        let mut enter = None;
-        for i in (1..=MACHINES).filter(|&i| i != victim) {
-            if let Some(p) = show_units(
-                fl,
-                i,
-                std::slice::from_ref(u),
-                &["ActiveEnterTimestampMonotonic"],
+    let enters = enters_elsewhere(fl, &lost, victim, t_drop);
+    let ms = (done && enters.len() == lost.len())
+        .then(|| (enters.iter().map(|e| e.2).max().unwrap() - t_drop) as f64 / 1000.0);
+    let vprops =
+        show_units(fl, victim, &lost, &["ActiveExitTimestampMonotonic"]).unwrap_or_default();
+    let detail: Vec<String> = lost
+        .iter()
+        .map(|u| {
+            let exit = vprops
+                .get(u)
+                .map(|p| ts(p, "ActiveExitTimestampMonotonic"))
+                .filter(|&e| e >= t_drop);
+            let enter = enters.iter().find(|e| &e.0 == u);
+            format!(
+                "{}: fenced at {}, started on {}",
+                u.trim_end_matches(".service"),
+                exit.map(|e| format!("+{:.0} ms", (e - t_drop) as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into()),
+                enter
+                    .map(|(_, i, e)| format!("m{i} at +{:.0} ms", (e - t_drop) as f64 / 1000.0))
+                    .unwrap_or_else(|| "-".into())
             )
-            .and_then(|mut m| m.remove(u))
-            {
-                let e = ts(&p, "ActiveEnterTimestampMonotonic");
-                if e >= t_drop {
-                    enter = Some((i, e));
-                }
-            }
-        }
-        match (exit, enter) {
-            (Some(x), Some((i, e))) => {
-                let overlap = (x as f64 - e as f64) / 1000.0;
-                longest = longest.max(overlap);
-                lines.push(format!(
-                    "{u}: victim stopped it at +{:.0} ms, m{i} started it at +{:.0} ms, double run {:.0} ms",
-                    rel(x),
-                    rel(e),
-                    overlap.max(0.0)
-                ));
-            }
-            _ => lines.push(format!(
-                "{u}: victim stop {:?}, survivor start {:?} (incomplete)",
-                exit.map(rel),
-                enter.map(|(i, e)| (i, rel(e)))
-            )),
-        }
-    }
+        })
+        .collect();
     println!(
-        "partition round {}: dropped m{victim} ({} units){}",
+        "partition round {}: dropped m{victim} ({} units){}: {}",
         round + 1,
         lost.len(),
         if done {
             ""
         } else {
-            ": NOT fenced and taken over within 120 s"
-        }
+            ", NOT fenced and taken over within 60 s"
+        },
+        detail.join("; ")
     );
-    for l in &lines {
-        println!("  {l}");
-    }
     if !done {
-        println!("victim journal:\n{}", journal(fl, victim, 40));
+        println!("victim journal:\n{}", fl.journal(victim, 40));
     }
-
     fl.lab.undrop(victim).expect("undrop");
-    let settled = settle(fl, units, Some(live_peer(fl, victim)));
+    faults.push(Fault {
+        kind: "partition",
+        round,
+        victim,
+        from,
+        to: now_us(),
+    });
+    let settled = settle(fl, units);
     println!(
-        "  undrop m{victim}: cluster settled in {:.1} s, placement {:?}",
-        settled.as_secs_f64(),
-        placement(fl, units)
+        "  undrop m{victim}: cluster settled in {:.1} s",
+        settled.as_secs_f64()
     );
-    done.then_some(longest.max(0.0))
+    ms
 }
 
 /// Steady-state gossip (UDP 7479) and etcd (TCP 2379) traffic per machine, counted by nftables.

@@ -3,7 +3,9 @@
 //! unit properties and process memory inside a machine, knobs from the environment.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+pub mod journal;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::lab::FleetLab;
@@ -244,4 +246,100 @@ pub fn require_binaries() {
             p.display()
         );
     }
+}
+
+/// Machine `i`'s machine ID, read from its lab disk (also while the machine is down).
+pub fn machine_id(fl: &FleetLab, i: usize) -> String {
+    let p = fl
+        .lab
+        .state_dir()
+        .join(format!("m{i}/upper/etc/machine-id"));
+    std::fs::read_to_string(&p)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        .trim()
+        .to_string()
+}
+
+/// Full machine IDs machine `i` lists (`fleetctl list-machines`), `None` when fleetctl fails there.
+pub fn listed(fl: &FleetLab, i: usize) -> Option<BTreeSet<String>> {
+    fl.listed_machines(i)
+}
+
+/// True when every running machine lists every machine of the lab (`n` of them).
+pub fn all_list_all(fl: &FleetLab, n: usize) -> bool {
+    let want: BTreeSet<String> = (1..=n).map(|i| machine_id(fl, i)).collect();
+    let running: Vec<usize> = fl.running().collect();
+    running.len() == n
+        && running
+            .iter()
+            .all(|&i| listed(fl, i).as_ref() == Some(&want))
+}
+
+/// Which machines have each of `units` active (one `systemctl show` per running machine).
+pub fn placement(fl: &FleetLab, units: &[String]) -> BTreeMap<String, Vec<usize>> {
+    let mut on: BTreeMap<String, Vec<usize>> = units.iter().map(|u| (u.clone(), vec![])).collect();
+    let machines: Vec<usize> = fl.running().collect();
+    for i in machines {
+        if let Some(states) = show_units(fl, i, units, &["ActiveState"]) {
+            for (u, p) in states {
+                if p.get("ActiveState").map(String::as_str) == Some("active") {
+                    on.entry(u).or_default().push(i);
+                }
+            }
+        }
+    }
+    on
+}
+
+/// Waits (up to `timeout`) until every machine lists every machine and each of `units` is active on
+/// exactly one machine, twice in a row a second apart. Returns how long it took, or what was still
+/// wrong at the time-out.
+pub fn settle(
+    fl: &FleetLab,
+    n: usize,
+    units: &[String],
+    timeout: Duration,
+) -> Result<Duration, String> {
+    let t = std::time::Instant::now();
+    let mut stable = 0;
+    loop {
+        let listed = all_list_all(fl, n);
+        let on = placement(fl, units);
+        if listed && on.values().all(|m| m.len() == 1) {
+            stable += 1;
+        } else {
+            stable = 0;
+        }
+        if stable >= 2 {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > timeout {
+            let listings: Vec<String> = fl
+                .running()
+                .map(|i| {
+                    format!(
+                        "m{i} lists {}",
+                        listed_short(fl, i).unwrap_or_else(|| "nothing (fleetctl failed)".into())
+                    )
+                })
+                .collect();
+            let wrong: BTreeMap<&String, &Vec<usize>> =
+                on.iter().filter(|(_, m)| m.len() != 1).collect();
+            return Err(format!(
+                "not settled after {timeout:?}: every machine lists every machine: {listed} ({}); units not active exactly once: {wrong:?}",
+                listings.join("; ")
+            ));
+        }
+        sleep(Duration::from_millis(900));
+    }
+}
+
+/// What machine `i` lists, as lab machine numbers (`m1,m3`).
+fn listed_short(fl: &FleetLab, i: usize) -> Option<String> {
+    let ids = listed(fl, i)?;
+    let names: Vec<String> = (1..=fl.lab.machines())
+        .filter(|&j| ids.contains(&machine_id(fl, j)))
+        .map(|j| format!("m{j}"))
+        .collect();
+    Some(names.join(","))
 }

@@ -1,0 +1,369 @@
+//! The checker's exact half and the report: every copy of every unit from the journals, the overlaps,
+//! the time units ran nowhere, failover per fault, and the evidence of any overlap.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::lab::FleetLab;
+use crate::nemesis::{EtcdSide, Kind};
+use crate::sampler::{self, Sample};
+use crate::support::journal::{self, Overlap, Timeline};
+use crate::support::summary_ms;
+use crate::Done;
+
+pub struct Input<'a> {
+    pub fl: &'a FleetLab,
+    pub machines: usize,
+    pub units: &'a [String],
+    pub done: &'a [Done],
+    pub samples: &'a [Sample],
+    pub sample_failures: &'a BTreeMap<usize, usize>,
+    /// Host clock (µs) when the nemesis began and when it had healed everything.
+    pub chaos: (u64, u64),
+    pub settled: Result<Duration, String>,
+    pub seed: u64,
+    pub out: &'a Path,
+    pub interrupted: bool,
+}
+
+/// What a fault did to the units that ran on its victims when it began.
+#[derive(Default)]
+struct KindStats {
+    injected: usize,
+    failed: usize,
+    /// Faults whose victims ran no unit when they began.
+    no_units: usize,
+    all_moved: usize,
+    some_moved: usize,
+    none_moved: usize,
+    /// Fault → the last of its victims' units started elsewhere (ms), when all moved before the heal.
+    failover: Vec<f64>,
+}
+
+/// The victims whose units are followed: for a partition that moves nothing, every machine.
+fn victims(d: &Done, machines: usize) -> Vec<usize> {
+    match d.fault.kind {
+        Kind::Partition(EtcdSide::Both) | Kind::Partition(EtcdSide::Minority) => {
+            (1..=machines).collect()
+        }
+        _ => d.fault.machines.clone(),
+    }
+}
+
+fn rel(t: u64, origin: u64) -> f64 {
+    (t as f64 - origin as f64) / 1e6
+}
+
+pub fn report(inp: Input) {
+    let origin = inp.chaos.0;
+    let mut tl = match Timeline::read(inp.fl, inp.machines, "ch-") {
+        Ok(t) => t,
+        Err(e) => {
+            println!("reading the journals failed: {e}");
+            return;
+        }
+    };
+    for d in inp.done.iter().filter(|d| d.error.is_none()) {
+        let m = d.fault.machines[0];
+        match d.fault.kind {
+            Kind::Crash => tl.kills.entry(m).or_default().push(d.after),
+            Kind::Freeze => {
+                if let Some((thaw, _)) = d.healed {
+                    tl.freezes.entry(m).or_default().push((d.after, thaw));
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = std::fs::create_dir_all(inp.out);
+    write_faults(&inp, origin);
+
+    // Failover and needless moves, per kind.
+    let mut kinds: BTreeMap<&str, KindStats> = BTreeMap::new();
+    let mut failover_all = Vec::new();
+    let mut needless: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in inp.done {
+        let st = kinds.entry(d.fault.kind.name()).or_default();
+        st.injected += 1;
+        if d.error.is_some() {
+            st.failed += 1;
+            continue;
+        }
+        let expected = d.fault.kind.moves_units();
+        let heal = d.healed.map(|h| h.0).unwrap_or(tl.end);
+        let limit = if expected == Some(false) {
+            heal.max(d.after) + 5_000_000
+        } else {
+            heal
+        };
+        let on: Vec<(String, usize)> = victims(d, inp.machines)
+            .into_iter()
+            .flat_map(|v| tl.running_at(v, d.before).into_iter().map(move |u| (u, v)))
+            .collect();
+        if on.is_empty() {
+            st.no_units += 1;
+            continue;
+        }
+        let mut moved = 0;
+        let mut last = 0u64;
+        for (u, v) in &on {
+            if let Some(r) = tl
+                .first_start_elsewhere(u, &[*v], d.before)
+                .filter(|r| r.start <= limit)
+            {
+                moved += 1;
+                last = last.max(r.start - d.before);
+            }
+        }
+        if moved == on.len() {
+            st.all_moved += 1;
+            if expected != Some(false) {
+                st.failover.push(last as f64 / 1000.0);
+                if expected == Some(true) {
+                    failover_all.push(last as f64 / 1000.0);
+                }
+            }
+        } else if moved > 0 {
+            st.some_moved += 1;
+        } else {
+            st.none_moved += 1;
+        }
+        if expected == Some(false) && moved > 0 {
+            *needless.entry(d.fault.kind.name()).or_default() += moved;
+        }
+    }
+
+    let overlaps = tl.overlaps();
+    let (thawed, unsafe_): (Vec<&Overlap>, Vec<&Overlap>) = overlaps.iter().partition(|o| o.thaw);
+    let gaps = tl.gaps();
+    let polled = sampler::analyse(
+        inp.samples,
+        inp.units.len(),
+        inp.chaos.0,
+        inp.chaos.1,
+        250_000,
+    );
+
+    let mut evidence = Vec::new();
+    for (k, o) in unsafe_.iter().enumerate() {
+        evidence.push(write_evidence(&inp, &tl, o, k + 1, origin));
+    }
+
+    println!();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "== chaos summary (seed {}, {:.1} min of faults{}, loadavg at the end {})",
+        inp.seed,
+        (inp.chaos.1 - inp.chaos.0) as f64 / 60e6,
+        if inp.interrupted { ", INTERRUPTED" } else { "" },
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let injected: usize = kinds.values().map(|k| k.injected - k.failed).sum();
+    let failed: usize = kinds.values().map(|k| k.failed).sum();
+    println!("faults injected: {injected} (injections that failed: {failed})");
+    println!(
+        "  {:<36} {:>8}  {:>26}  failover (fault -> last unit started elsewhere)",
+        "kind", "injected", "victims' units moved all/some/none/no units"
+    );
+    for (name, k) in &kinds {
+        println!(
+            "  {name:<36} {:>8}  {:>26}  {}",
+            k.injected - k.failed,
+            format!(
+                "{}/{}/{}/{}",
+                k.all_moved, k.some_moved, k.none_moved, k.no_units
+            ),
+            if k.failover.is_empty() {
+                "-".to_string()
+            } else {
+                summary_ms(&k.failover)
+            }
+        );
+    }
+    let longest = unsafe_.iter().map(|o| o.ms()).fold(0.0, f64::max);
+    println!(
+        "longest overlap of two copies: {longest:.1} ms ({} overlaps; goal 0 ms){}",
+        unsafe_.len(),
+        if unsafe_.is_empty() {
+            String::new()
+        } else {
+            format!("   SAFETY BUG: evidence in {}", inp.out.display())
+        }
+    );
+    for (o, file) in unsafe_.iter().zip(&evidence) {
+        println!(
+            "  OVERLAP {} on m{} and m{} for {:.1} ms at +{:.2} s ({})",
+            o.unit,
+            o.a.0,
+            o.b.0,
+            o.ms(),
+            rel(o.from, origin),
+            file
+        );
+        for d in faults_near(inp.done, o.from, 30_000_000, 2_000_000) {
+            println!("    {}", fault_line(d, origin));
+        }
+    }
+    let mut thaw_ms: Vec<f64> = thawed.iter().map(|o| o.ms()).collect();
+    thaw_ms.sort_by(f64::total_cmp);
+    println!(
+        "overlap right after a thaw (bounded by thaw -> kill, docs/safety.md; goal < 100 ms): {}",
+        if thaw_ms.is_empty() {
+            "none".to_string()
+        } else {
+            summary_ms(&thaw_ms)
+        }
+    );
+    let mut by_len: Vec<&journal::Gap> = gaps.iter().collect();
+    by_len.sort_by(|a, b| b.ms().total_cmp(&a.ms()));
+    if let Some(g) = by_len.first() {
+        println!(
+            "longest time a unit ran nowhere: {:.0} ms ({} from +{:.2} s)",
+            g.ms(),
+            g.unit,
+            rel(g.from, origin)
+        );
+        for g in by_len.iter().take(3) {
+            let near: Vec<String> = faults_near(inp.done, g.from, 25_000_000, 500_000)
+                .iter()
+                .map(|d| format!("#{}", d.fault.id))
+                .collect();
+            println!(
+                "  {} nowhere for {:.0} ms from +{:.2} s; faults begun in the 25 s before: {}",
+                g.unit,
+                g.ms(),
+                rel(g.from, origin),
+                near.join(" ")
+            );
+        }
+        let mut per_unit: Vec<f64> = gaps.iter().map(|g| g.ms()).collect();
+        per_unit.sort_by(f64::total_cmp);
+        println!("  per unit, its longest: {}", summary_ms(&per_unit));
+    }
+    println!(
+        "failover, faults that must move units (crash, fleetd kept down or stopped, freeze, cut, drop, minority without etcd), all of the victim's units started elsewhere before the heal: {}",
+        summary_ms(&failover_all)
+    );
+    println!(
+        "units moved by faults that must not move them (fleetd restarted, etcd loss, partition with etcd on both sides or with the minority): {} {needless:?}",
+        needless.values().sum::<usize>()
+    );
+    let nowhere_polled = polled.nowhere.iter().map(|n| n.0).max().unwrap_or(0);
+    println!(
+        "checker: {} samples of systemd (every {:?} per machine; failed or timed out: {:?}); polled: {} observations of a unit active on two machines in answers <= 250 ms apart (journal-checked above), longest seen nowhere {:.0} ms; {} copies in the journals",
+        polled.samples,
+        sampler::PERIOD,
+        inp.sample_failures,
+        polled.doubles.len(),
+        nowhere_polled as f64 / 1000.0,
+        tl.runs.len()
+    );
+    match &inp.settled {
+        Ok(d) => println!(
+            "after the last heal: every machine lists every machine and every unit runs once, {:.1} s later",
+            d.as_secs_f64()
+        ),
+        Err(e) => println!("after the last heal: NOT SETTLED: {e}"),
+    }
+}
+
+/// The faults injected between `before` µs before `t` and `after` µs after it.
+fn faults_near(done: &[Done], t: u64, before: u64, after: u64) -> Vec<&Done> {
+    done.iter()
+        .filter(|d| d.before + before >= t && d.before <= t + after)
+        .collect()
+}
+
+fn fault_line(d: &Done, origin: u64) -> String {
+    let healed = d
+        .healed
+        .map(|(h, _)| format!("healed at +{:.3} s", rel(h, origin)))
+        .unwrap_or_else(|| "not healed".into());
+    format!(
+        "+{:.3} s  {} ({}){}",
+        rel(d.before, origin),
+        d.fault.describe(),
+        healed,
+        d.error
+            .as_ref()
+            .or(d.heal_error.as_ref())
+            .map(|e| format!(" FAILED: {e}"))
+            .unwrap_or_default()
+    )
+}
+
+fn write_faults(inp: &Input, origin: u64) {
+    let mut text = format!(
+        "seed {}; chaos began at {} µs since the epoch (host clock)\n",
+        inp.seed, origin
+    );
+    for d in inp.done {
+        writeln!(text, "{}", fault_line(d, origin)).unwrap();
+    }
+    let _ = std::fs::write(inp.out.join("faults.txt"), text);
+}
+
+/// Writes what is known about one overlap to a file of `inp.out`; returns its path.
+fn write_evidence(inp: &Input, tl: &Timeline, o: &Overlap, k: usize, origin: u64) -> String {
+    let mut text = String::new();
+    writeln!(
+        text,
+        "seed {}: {} ran on m{} and m{} at once for {:.3} ms, from +{:.6} s to +{:.6} s ({} to {} µs since the epoch)",
+        inp.seed,
+        o.unit,
+        o.a.0,
+        o.b.0,
+        o.ms(),
+        rel(o.from, origin),
+        rel(o.to, origin),
+        o.from,
+        o.to
+    )
+    .unwrap();
+    writeln!(text, "\ncopies of {} (journal):", o.unit).unwrap();
+    for r in tl.runs.iter().filter(|r| r.unit == o.unit) {
+        writeln!(
+            text,
+            "  m{}: started +{:.6} s, ended {} (counted until +{:.6} s)",
+            r.machine,
+            rel(r.start, origin),
+            r.end
+                .map(|e| format!("+{:.6} s", rel(e, origin)))
+                .unwrap_or_else(|| "-".into()),
+            rel(tl.run_end(r), origin)
+        )
+        .unwrap();
+    }
+    writeln!(text, "\nfaults begun from 60 s before to 5 s after:").unwrap();
+    for d in faults_near(inp.done, o.from, 60_000_000, 5_000_000) {
+        writeln!(text, "  {}", fault_line(d, origin)).unwrap();
+    }
+    for m in [o.a.0, o.b.0] {
+        writeln!(
+            text,
+            "\n--- m{m}: fleetd, its guard and systemd about {}, 30 s before to 5 s after:",
+            o.unit
+        )
+        .unwrap();
+        text.push_str(&journal::excerpt(
+            inp.fl,
+            m,
+            &o.unit,
+            o.from.saturating_sub(30_000_000),
+            o.to + 5_000_000,
+        ));
+    }
+    let path = inp.out.join(format!(
+        "overlap-{k}-{}.txt",
+        o.unit.trim_end_matches(".service")
+    ));
+    if let Err(e) = std::fs::write(&path, text) {
+        println!("writing {}: {e}", path.display());
+    }
+    path.display().to_string()
+}
