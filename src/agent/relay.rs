@@ -85,11 +85,16 @@ pub struct Responder {
 /// Where a machine's gossip endpoint is (`None`: unknown).
 pub type AddrOf = Arc<dyn Fn(&MachineId) -> Option<SocketAddr> + Send + Sync>;
 
+/// Whether this machine's gossip sees a machine alive and unsuspected.
+pub type AliveOf = Arc<dyn Fn(&MachineId) -> bool + Send + Sync>;
+
 /// What the responder needs to act as a witness.
 struct Witnessing {
     service: Arc<super::witness::WitnessService>,
     /// The gossip address of a machine (a support request must come from the machine it names).
     addr_of: AddrOf,
+    /// Whether gossip here sees a machine alive (no vote against a machine seen alive).
+    alive_of: AliveOf,
 }
 
 impl Responder {
@@ -106,13 +111,19 @@ impl Responder {
         }
     }
 
-    /// Answers support and vote requests with `service`; `addr_of` gives a machine's gossip address.
+    /// Answers support and vote requests with `service`; `addr_of` gives a machine's gossip address,
+    /// `alive_of` whether gossip here sees it alive.
     pub fn with_witness(
         mut self,
         service: Arc<super::witness::WitnessService>,
         addr_of: AddrOf,
+        alive_of: AliveOf,
     ) -> Responder {
-        self.witness = Some(Witnessing { service, addr_of });
+        self.witness = Some(Witnessing {
+            service,
+            addr_of,
+            alive_of,
+        });
         self
     }
 
@@ -130,6 +141,14 @@ impl Responder {
             return Some(Response::Error(format!("invalid machine ID {machine:?}")));
         };
         if vote {
+            // Votes only against a machine this witness's gossip no longer sees alive: a takeover is
+            // wanted only then, and a peer (or a stolen certificate) cannot vote a healthy machine's
+            // lease away, which would leave it without support at its next etcd outage. Refusing is
+            // always safe: it only delays a takeover until this witness's gossip agrees.
+            if (w.alive_of)(&machine) {
+                tracing::debug!(%machine, "vote refused: gossip here sees it alive");
+                return Some(Response::Granted(false));
+            }
             return Some(Response::Granted(w.service.vote(&machine, lease)));
         }
         // Support only for the machine that asks (a peer cannot keep another's lease alive).
@@ -980,6 +999,33 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(e, RelayError::Unreachable { .. }), "{e:?}");
+        });
+    }
+
+    #[test]
+    fn a_witness_votes_only_against_a_machine_its_gossip_does_not_see_alive() {
+        let t = fleet_decide::Timing::new(
+            std::time::Duration::from_millis(30),
+            std::time::Duration::from_secs(1),
+        );
+        let service = Arc::new(crate::agent::witness::WitnessService::load(t.clone(), None));
+        // A fresh witness stays quiet for a while (it may have supported before a restart).
+        std::thread::sleep(t.vote_after_support() + std::time::Duration::from_millis(30));
+        let seen_alive = MachineId::parse("m2").unwrap();
+        let r = responder().with_witness(
+            service,
+            Arc::new(|_: &MachineId| None),
+            Arc::new(move |m: &MachineId| *m == seen_alive),
+        );
+        let vote = |m: &str| Request::Vote {
+            machine: m.into(),
+            lease: 7,
+        };
+        block(async {
+            let alive = r.answer_from(Some(from()), &vote("m2")).await;
+            assert!(matches!(alive, Response::Granted(false)), "{alive:?}");
+            let gone = r.answer_from(Some(from()), &vote("m3")).await;
+            assert!(matches!(gone, Response::Granted(true)), "{gone:?}");
         });
     }
 }

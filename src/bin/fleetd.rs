@@ -232,6 +232,7 @@ async fn run(
     // Peers ask this machine for its units' status, journal and restart, to change its metadata, and
     // for its support and votes as a witness.
     let addr_view = cluster.clone();
+    let alive_view = cluster.clone();
     let responder = Arc::new(
         Responder::new(
             machine_id.clone(),
@@ -242,6 +243,10 @@ async fn run(
         .with_witness(
             witness.clone(),
             Arc::new(move |m: &MachineId| addr_view.gossip_addr(m)),
+            Arc::new(move |m: &MachineId| {
+                let (alive, suspect, _) = alive_view.peer(m);
+                alive && !suspect
+            }),
         ),
     );
     relay::install(&gossip, responder.clone());
