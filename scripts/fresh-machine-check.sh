@@ -45,6 +45,10 @@ fi
 cp /etc/apt/sources.list.d/debian.sources "$ROOTFS/etc/apt/sources.list.d/debian.sources" 2>/dev/null \
   && rm -f "$ROOTFS/etc/apt/sources.list"
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# A network that intercepts TLS (this lab's egress does) makes every machine on it trust the network's CA,
+# as this host does: the fresh machine gets the same local CA files, nothing else.
+mkdir -p "$ROOTFS/usr/local/share/ca-certificates"
+cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/" 2>/dev/null || true
 # The repository to clone from inside (a plain clone of $REPO: a linked worktree's .git points outside).
 rm -rf "$ROOTFS/srv/repo"
 git clone -q --no-local "$REPO" "$ROOTFS/srv/repo"
@@ -62,6 +66,11 @@ if command -v sudo >/dev/null; then echo "this root has sudo: not a minimal mach
 if command -v cargo >/dev/null; then echo "this root already has cargo: not a fresh machine" >&2; exit 1; fi
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq git >/dev/null
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  echo "==> trusting this network's local CA files (as the host does)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ca-certificates >/dev/null
+  update-ca-certificates >/dev/null
+fi
 rm -rf fleet && git clone -q /srv/repo fleet && cd fleet
 # Whatever happens, no lab cluster outlives this run.
 trap 'FT_PREFIX=freshdemo lab/cluster-lab.sh down >/dev/null 2>&1 || true; lab/cluster-lab.sh reap >/dev/null 2>&1 || true' EXIT
