@@ -7,11 +7,13 @@
 #   scripts/fresh-machine-check.sh            # as root; clones this checkout
 #   REPO=/work/main scripts/fresh-machine-check.sh
 #   KEEP_ROOTFS=1 scripts/fresh-machine-check.sh   # keep the root filesystem (unmounted) for a rerun
+#   FRESH_TEST_ARGS="--test lab_interop" scripts/fresh-machine-check.sh   # arguments for test.sh (a part)
 #
 # Everything runs in a private mount namespace (`unshare --mount`): the chroot's mounts (/proc, /sys,
 # /dev, a fresh /dev/shm and /run) cannot propagate to the host and vanish with it. The lab clusters the
 # tests start in the chroot use their own state directory (the chroot's /dev/shm). The root filesystem
-# (under /var/tmp, a few GB with the cargo build) is removed at the end unless KEEP_ROOTFS=1.
+# (under $TMPDIR or /tmp, a few GB with the cargo build) is removed at the end unless KEEP_ROOTFS=1. Each
+# phase prints how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -19,7 +21,7 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "needs root (debootstrap, chroot, mounts): run it as root" >&2; exit 1; }
 command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 REPO=${REPO:-$PWD}
-ROOTFS=${ROOTFS:-/var/tmp/fleet-fresh-debian12}
+ROOTFS=${ROOTFS:-${TMPDIR:-/tmp}/fleet-fresh-debian12}
 SHARED=""
 for d in "$REPO/../shared" "${FLEET_SHARED:-}"; do
   if [ -n "$d" ] && [ -d "$d/interop" ]; then SHARED=$(realpath "$d"); break; fi
@@ -35,11 +37,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if [ ! -x "$ROOTFS/usr/bin/apt-get" ]; then
+# Only a debootstrap that finished counts (an interrupted one leaves apt-get but no configured system).
+if [ ! -e "$ROOTFS/.fleet-debootstrap-done" ]; then
   log "debootstrap bookworm into $ROOTFS from $MIRROR"
   rm -rf --one-file-system "$ROOTFS"
+  t0=$SECONDS
   unshare --mount --propagation private debootstrap bookworm "$ROOTFS" "$MIRROR" >"/tmp/fresh-debootstrap.log" 2>&1 \
     || { tail -30 /tmp/fresh-debootstrap.log >&2; exit 1; }
+  touch "$ROOTFS/.fleet-debootstrap-done"
+  log "debootstrap: $((SECONDS - t0)) s"
 fi
 # The same apt sources as this machine (the mirror, and the security updates that carry rustc-web).
 cp /etc/apt/sources.list.d/debian.sources "$ROOTFS/etc/apt/sources.list.d/debian.sources" 2>/dev/null \
@@ -72,25 +78,29 @@ if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
   update-ca-certificates >/dev/null
 fi
 rm -rf fleet && git clone -q /srv/repo fleet && cd fleet
+t0=$SECONDS
 # Whatever happens, no lab cluster outlives this run.
 trap 'FT_PREFIX=freshdemo lab/cluster-lab.sh down >/dev/null 2>&1 || true; lab/cluster-lab.sh reap >/dev/null 2>&1 || true' EXIT
 echo "==> fresh clone at $(git rev-parse --short HEAD)"
 FT_PREFIX=freshdemo scripts/demo.sh
-echo "==> scripts/demo.sh: ok"
-scripts/test.sh
-echo "==> scripts/test.sh: ok"
+echo "==> scripts/demo.sh: ok in $((SECONDS - t0)) s (ensure_deps, build, demo)"
+t0=$SECONDS
+# shellcheck disable=SC2086
+scripts/test.sh $FRESH_TEST_ARGS
+echo "==> scripts/test.sh $FRESH_TEST_ARGS: ok in $((SECONDS - t0)) s"
 RUN
 chmod 755 "$ROOTFS/root/fresh-run.sh"
 
 log "in the fresh root: apt-get install git, git clone, scripts/demo.sh, scripts/test.sh"
+t0=$SECONDS
 # shellcheck disable=SC2016
-unshare --mount --propagation private env ROOTFS="$ROOTFS" bash -euc '
+unshare --mount --propagation private env ROOTFS="$ROOTFS" FRESH_TEST_ARGS="${FRESH_TEST_ARGS:-}" bash -euc '
   mount -t proc proc "$ROOTFS/proc"
   mount --rbind /sys "$ROOTFS/sys"
   mount --rbind /dev "$ROOTFS/dev"
   mount -t tmpfs -o mode=1777 tmpfs "$ROOTFS/dev/shm"
   mount -t tmpfs -o mode=755 tmpfs "$ROOTFS/run"
-  exec chroot "$ROOTFS" env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  exec chroot "$ROOTFS" env -i HOME=/root FRESH_TEST_ARGS="$FRESH_TEST_ARGS" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 TERM=dumb /root/fresh-run.sh
 '
-log "fresh Debian 12: scripts/demo.sh and scripts/test.sh passed"
+log "fresh Debian 12: scripts/demo.sh and scripts/test.sh ${FRESH_TEST_ARGS:-} passed in $((SECONDS - t0)) s in the chroot"
