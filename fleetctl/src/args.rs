@@ -389,6 +389,9 @@ pub struct StatusArgs {
     /// Only this machine (full ID), for a global unit: by default every machine running it is shown.
     #[arg(long, value_name = "ID")]
     pub machine: Option<String>,
+    /// Accepted for compatibility with fleet (which ran systemctl over SSH): ignored, fleetd relays.
+    #[arg(long, hide = true, value_name = "PORT")]
+    pub ssh_port: Option<u16>,
     #[command(flatten)]
     pub units: UnitsArgs,
 }
@@ -411,6 +414,9 @@ pub struct JournalArgs {
     /// Accepted for compatibility with fleet (which ran journalctl over SSH): ignored.
     #[arg(long, hide = true)]
     pub sudo: bool,
+    /// Accepted for compatibility with fleet (which ran journalctl over SSH): ignored, fleetd relays.
+    #[arg(long, hide = true, value_name = "PORT")]
+    pub ssh_port: Option<u16>,
     /// The unit.
     #[arg(value_name = "UNIT")]
     pub unit: String,
@@ -706,6 +712,37 @@ mod tests {
             panic!("{:?}", cli.command)
         };
         assert_eq!(a.units.units, ["a", "b.socket"]);
+    }
+
+    #[test]
+    fn status_and_journal_accept_fleets_ssh_flags() {
+        // fleet v1 ran them over SSH; scripts pass --ssh-port (and journal --sudo) after the verb.
+        let cli = parse_with_env(&["fleetctl", "status", "--ssh-port", "2222", "a"], &[]).unwrap();
+        let Some(Command::Status(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!(
+            (a.ssh_port, a.units.units),
+            (Some(2222), vec!["a".to_string()])
+        );
+        let cli = parse_with_env(
+            &[
+                "fleetctl",
+                "journal",
+                "--ssh-port=2222",
+                "--sudo",
+                "--lines",
+                "5",
+                "a",
+            ],
+            &[],
+        )
+        .unwrap();
+        let Some(Command::Journal(a)) = cli.command else {
+            panic!("{:?}", cli.command)
+        };
+        assert_eq!((a.ssh_port, a.sudo, a.lines), (Some(2222), true, 5));
+        assert!(parse_with_env(&["fleetctl", "status", "--ssh-port", "x", "a"], &[]).is_err());
     }
 
     #[test]

@@ -139,6 +139,7 @@ pub(crate) fn journal_args(follow: bool) -> JournalArgs {
         output: "short".into(),
         machine: None,
         sudo: false,
+        ssh_port: None,
         unit: "a".into(),
     }
 }
