@@ -95,6 +95,8 @@ log "in the fresh root: apt-get install git, git clone, scripts/demo.sh, scripts
 t0=$SECONDS
 # shellcheck disable=SC2016
 unshare --mount --propagation private env ROOTFS="$ROOTFS" FRESH_TEST_ARGS="${FRESH_TEST_ARGS:-}" bash -euc '
+  # The root must be a mount point of its own: the lab makes / a slave mount (mount --make-rslave /).
+  mount --bind "$ROOTFS" "$ROOTFS"
   mount -t proc proc "$ROOTFS/proc"
   mount --rbind /sys "$ROOTFS/sys"
   mount --rbind /dev "$ROOTFS/dev"
