@@ -250,3 +250,74 @@ fn units_with_an_install_section_are_enabled_at_runtime_and_disabled_when_unload
     assert_eq!(sh("ls /run/systemd/system/anchor.service.wants /run/systemd/system/anchor.service.requires 2>/dev/null"), "");
     assert_eq!(sh("systemctl is-enabled z.service"), "disabled");
 }
+
+/// Many units at once: the agent loads a pass's units as one batch (one `LinkUnitFiles`, one
+/// `EnableUnitFiles`, at most one reload) and queues their starts pipelined; every one becomes active,
+/// the ones with an `[Install]` section are enabled at runtime, and destroying them all stops and
+/// unloads them all (one batched unload). No timing is checked here (see `systemd/examples/bulk.rs`).
+#[test]
+fn two_hundred_units_started_at_once_all_become_active_and_all_unload() {
+    const N: usize = 200;
+    let Some(fl) = FleetLab::up(1, &[]) else {
+        return;
+    };
+    let sh = |cmd: &str| {
+        let out = fl.lab.sh(1, &["sh", "-c", cmd]).expect("sh in the lab");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    sh(&format!(
+        "mkdir -p /tmp/bulk && for i in $(seq 1 {N}); do \
+         printf '[Service]\\nExecStart=/bin/sleep 100000\\n' > /tmp/bulk/bulk-$i.service; done; \
+         for i in 1 2 3; do \
+         printf '[Service]\\nExecStart=/bin/sleep 100000\\n\\n[Install]\\nWantedBy=multi-user.target\\n' \
+         > /tmp/bulk/bulk-$i.service; done"
+    ));
+    let files: Vec<String> = (1..=N)
+        .map(|i| format!("/tmp/bulk/bulk-{i}.service"))
+        .collect();
+    let mut args = vec!["start", "--no-block"];
+    args.extend(files.iter().map(String::as_str));
+    fl.fleetctl_ok(1, &args);
+    let active = || sh("systemctl list-units 'bulk-*' --state=active --no-legend | wc -l");
+    // systemd first, then what fleet reports (the agent's states lag systemd's by a pass or so).
+    fl.wait_for(
+        &format!("{N} units active"),
+        Duration::from_secs(240),
+        |_| (active() == N.to_string()).then_some(()),
+    );
+    fl.wait_for(
+        &format!("{N} units running in fleetctl list-units"),
+        Duration::from_secs(60),
+        |fl| {
+            let out = fl.fleetctl(1, &["list-units", "--no-legend"]);
+            let listed = String::from_utf8_lossy(&out.stdout);
+            (listed.lines().filter(|l| l.contains("running")).count() == N).then_some(())
+        },
+    );
+    for i in 1..=3 {
+        assert_eq!(
+            sh(&format!("systemctl is-enabled bulk-{i}.service")),
+            "enabled-runtime",
+            "bulk-{i}"
+        );
+    }
+    assert_eq!(
+        fl.show(1, &format!("bulk-{N}.service"), "UnitFileState"),
+        "linked-runtime"
+    );
+
+    let mut args = vec!["destroy"];
+    let names: Vec<String> = (1..=N).map(|i| format!("bulk-{i}.service")).collect();
+    args.extend(names.iter().map(String::as_str));
+    fl.fleetctl_ok(1, &args);
+    fl.wait_for(
+        "every unit stopped and unloaded",
+        Duration::from_secs(180),
+        |_| (active() == "0" && sh("ls /run/fleet/units | grep -c '^bulk-'") == "0").then_some(()),
+    );
+    assert_eq!(
+        sh("ls /run/systemd/system/multi-user.target.wants/ | grep -c '^bulk-'"),
+        "0",
+        "runtime enablement left behind"
+    );
+}

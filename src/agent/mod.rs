@@ -20,6 +20,7 @@
 //! systemd restarts fleetd, mark the machine as restarting and leave everything running.
 
 pub mod guard;
+mod load;
 pub mod membership;
 pub mod plan;
 pub mod relay;
@@ -1293,12 +1294,7 @@ impl State {
             }
         }
         let tasks = reconcile(&target, &self.current());
-        for task in &tasks {
-            tracing::info!("{task}");
-            if let Err(e) = self.run_task(task, snap).await {
-                tracing::warn!("{task} failed: {e:#}");
-            }
-        }
+        self.run_tasks(&tasks, snap, "").await;
         if !tasks.is_empty() {
             self.refresh_states().await;
         }
@@ -1324,33 +1320,13 @@ impl State {
                     .await?;
                 self.started.remove(n);
             }
-            Task::Unload(n, _) => {
-                self.systemd.unload_unit(n.as_str()).await?;
-                let _ = self.systemd.unbind_from_guard(n.as_str()).await;
-                self.loaded.remove(n);
-                self.states.remove(n);
-                self.started.remove(n);
+            Task::Unload(..) => {
+                // Carried out in bulk (`load.rs`).
+                self.unload_all(std::slice::from_ref(task), "").await;
             }
-            Task::Load(n, h, _) => {
-                let file = self
-                    .registry
-                    .unit_file(h)
-                    .ok()
-                    .flatten()
-                    .or_else(|| {
-                        snap.units
-                            .iter()
-                            .find(|u| u.hash == *h)
-                            .map(|u| u.file.clone())
-                    })
-                    .with_context(|| {
-                        format!("content {} of {n} is not in the registry", h.short())
-                    })?;
-                self.systemd
-                    .load_unit(n.as_str(), &file.serialize(), file.has_install_section())
-                    .await?;
-                self.loaded.insert(n.clone(), *h);
-                self.started.remove(n);
+            Task::Load(..) => {
+                // Carried out in bulk (`load.rs`).
+                self.load_all(std::slice::from_ref(task), snap, "").await;
             }
             Task::ReloadDaemon(_) => {
                 // Already done where systemd needs it: load_unit reloads for units systemd knows
@@ -1459,12 +1435,7 @@ impl State {
             machines: BTreeMap::new(),
             restarting: BTreeSet::new(),
         };
-        for task in &tasks {
-            tracing::info!("{task} (shutdown)");
-            if let Err(e) = self.run_task(task, &empty).await {
-                tracing::warn!("{task} failed: {e:#}");
-            }
-        }
+        self.run_tasks(&tasks, &empty, " (shutdown)").await;
         self.publish();
         // Revoking the lease deletes our claims and our machine key at once.
         self.lease.revoke(Duration::from_secs(3)).await;

@@ -45,7 +45,8 @@ pub use error::{Error, Result};
 pub use events::{Event, Subscription};
 pub use fence::{FENCE_DROPIN, GUARD_UNIT};
 pub use manager::{
-    Bus, Config, Job, ReloadPolicy, Systemd, DEFAULT_CALL_TIMEOUT, DEFAULT_UNITS_DIRECTORY,
+    Bus, Config, Job, LoadSpec, ReloadPolicy, Systemd, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_UNITS_DIRECTORY, START_PIPELINE,
 };
 pub use names::{
     escape_bus_label, has_install_section, unescape_bus_label, unit_name_from_path,

@@ -105,6 +105,20 @@ pub struct Config {
     pub reload: ReloadPolicy,
 }
 
+/// `StartUnit` calls [`Systemd::start_units`] keeps in flight.
+pub const START_PIPELINE: usize = 32;
+
+/// One unit for [`Systemd::load_units`].
+#[derive(Clone, Copy, Debug)]
+pub struct LoadSpec<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its unit file (fleet's ownership marker is added).
+    pub contents: &'a str,
+    /// Enable it at runtime (it has an `[Install]` section: see [`crate::has_install_section`]).
+    pub enable: bool,
+}
+
 /// When [`Systemd::load_unit`] reloads systemd.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReloadPolicy {
@@ -305,32 +319,121 @@ impl Systemd {
     /// The file starts with [`crate::OWNER_MARKER`]. A unit whose file (or runtime link) fleet did not
     /// write is refused with [`Error::NotFleets`] and left alone.
     pub async fn load_unit(&self, name: &str, contents: &str, enable: bool) -> Result<()> {
-        validate_unit_name(name)?;
-        self.check_ours(name).await?;
-        let reload = enable
-            || self.inner.config.reload == ReloadPolicy::Always
-            || self.unit_state(name).await?.load_state != LoadState::NotFound;
-        write_atomic(
-            &self.local_units_directory(),
+        let spec = LoadSpec {
             name,
-            &crate::owner::marked(contents),
-        )
-        .await?;
-        let file = self.unit_file_path(name);
-        let file = file.to_str().expect("checked UTF-8 at connect");
-        let m = &self.inner.manager;
-        m.link_unit_files(&[file], true, true)
-            .await
-            .map_err(|e| Error::from_call("LinkUnitFiles", name, e))?;
-        if enable {
-            m.enable_unit_files(&[file], true, true)
-                .await
-                .map_err(|e| Error::from_call("EnableUnitFiles", name, e))?;
+            contents,
+            enable,
+        };
+        let mut results = self.load_units(&[spec]).await?;
+        results.pop().expect("one result per unit")
+    }
+
+    /// [`Systemd::load_unit`] for many units at once: every file written, then **one**
+    /// `LinkUnitFiles` call for all of them, one `EnableUnitFiles` call for those to enable, and at
+    /// most one `Reload` (under [`ReloadPolicy::WhenNeeded`]: when one of them is enabled or already
+    /// known to systemd, asked with one `ListUnitsByNames`).
+    ///
+    /// Why: systemd rebuilds its map of unit files on a lookup whenever a unit directory changed since
+    /// the previous one, and every call above walks its unit directories; loading units one by one
+    /// therefore costs more per unit the more units systemd holds. A batch pays each of those once.
+    ///
+    /// Returns one result per unit, in order (a unit that is not fleet's, has a bad name or whose file
+    /// cannot be written fails alone; when a batched call fails, its units are tried one by one so that
+    /// only the faulty ones fail). `Err` only when the final `Reload` fails (then no unit of the batch
+    /// can be counted as loaded).
+    pub async fn load_units(&self, units: &[LoadSpec<'_>]) -> Result<Vec<Result<()>>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(units.len());
+        for u in units {
+            let r = match validate_unit_name(u.name) {
+                Ok(()) => self.check_ours(u.name).await,
+                Err(e) => Err(e),
+            };
+            results.push(r);
         }
+        let ok = |results: &[Result<()>]| -> Vec<usize> {
+            (0..units.len()).filter(|&i| results[i].is_ok()).collect()
+        };
+        let names: Vec<&str> = ok(&results).iter().map(|&i| units[i].name).collect();
+        if names.is_empty() {
+            return Ok(results);
+        }
+        let m = &self.inner.manager;
+        let reload = units.iter().any(|u| u.enable)
+            || self.inner.config.reload == ReloadPolicy::Always
+            || match m.list_units_by_names(&names).await {
+                Ok(listed) => listed
+                    .iter()
+                    .any(|l| LoadState::from(l.2.clone()) != LoadState::NotFound),
+                Err(e) => {
+                    tracing::debug!("ListUnitsByNames before loading: {e}; reloading");
+                    true
+                }
+            };
+        let dir = self.local_units_directory();
+        for i in ok(&results) {
+            let u = &units[i];
+            if let Err(e) = write_atomic(&dir, u.name, &crate::owner::marked(u.contents)).await {
+                results[i] = Err(e);
+            }
+        }
+        let paths: Vec<String> = units
+            .iter()
+            .map(|u| {
+                let p = self.unit_file_path(u.name);
+                p.to_str().expect("checked UTF-8 at connect").to_string()
+            })
+            .collect();
+        let written = ok(&results);
+        self.batched(&mut results, &written, &paths, FileCall::Link)
+            .await;
+        let enable: Vec<usize> = ok(&results)
+            .into_iter()
+            .filter(|&i| units[i].enable)
+            .collect();
+        self.batched(&mut results, &enable, &paths, FileCall::Enable)
+            .await;
         if reload {
             self.reload().await?;
         }
-        Ok(())
+        Ok(results)
+    }
+
+    /// One D-Bus call for the units `which` (their `paths`); if it fails, one call per unit, and
+    /// each unit whose own call fails gets that error.
+    async fn batched(
+        &self,
+        results: &mut [Result<()>],
+        which: &[usize],
+        paths: &[String],
+        call: FileCall,
+    ) {
+        if which.is_empty() {
+            return;
+        }
+        let method = call.method();
+        let files: Vec<&str> = which.iter().map(|&i| paths[i].as_str()).collect();
+        match self.file_call(call, &files).await {
+            Ok(()) => return,
+            Err(e) if which.len() == 1 => {
+                let name = file_name(&paths[which[0]]);
+                results[which[0]] = Err(Error::from_call(method, name, e));
+                return;
+            }
+            Err(e) => tracing::debug!("{method} of {} units: {e}; one by one", which.len()),
+        }
+        for &i in which {
+            if let Err(e) = self.file_call(call, &[paths[i].as_str()]).await {
+                results[i] = Err(Error::from_call(method, file_name(&paths[i]), e));
+            }
+        }
+    }
+
+    async fn file_call(&self, call: FileCall, files: &[&str]) -> zbus::Result<()> {
+        let m = &self.inner.manager;
+        match call {
+            FileCall::Link => m.link_unit_files(files, true, true).await.map(|_| ()),
+            FileCall::Enable => m.enable_unit_files(files, true, true).await.map(|_| ()),
+        }
     }
 
     /// Undoes [`Systemd::load_unit`]: disables and unlinks the unit (`DisableUnitFiles(runtime)`
@@ -338,25 +441,65 @@ impl Systemd {
     /// Does not stop it: stop first, or it keeps running as a `not-found` unit. A unit fleet did not
     /// write is refused with [`Error::NotFleets`] and left alone.
     pub async fn unload_unit(&self, name: &str) -> Result<()> {
-        validate_unit_name(name)?;
-        self.check_ours(name).await?;
-        match self.inner.manager.disable_unit_files(&[name], true).await {
-            Ok(_) => {}
-            // Never loaded (or already unloaded): nothing to disable.
-            Err(e) => match Error::from_call("DisableUnitFiles", name, e) {
-                Error::NoSuchUnit(_) => {}
+        let mut results = self.unload_units(&[name]).await?;
+        results.pop().expect("one result per unit")
+    }
+
+    /// [`Systemd::unload_unit`] for many units at once: one `DisableUnitFiles` call for all of them
+    /// (one per unit only if that fails), their files removed, one `Reload`. Returns one result per
+    /// unit, in order; `Err` only when the final `Reload` fails.
+    pub async fn unload_units(&self, names: &[&str]) -> Result<Vec<Result<()>>> {
+        let mut results: Vec<Result<()>> = Vec::with_capacity(names.len());
+        for n in names {
+            let r = match validate_unit_name(n) {
+                Ok(()) => self.check_ours(n).await,
+                Err(e) => Err(e),
+            };
+            results.push(r);
+        }
+        let ok: Vec<usize> = (0..names.len()).filter(|&i| results[i].is_ok()).collect();
+        if ok.is_empty() {
+            return Ok(results);
+        }
+        let m = &self.inner.manager;
+        let all: Vec<&str> = ok.iter().map(|&i| names[i]).collect();
+        let disable = |n: &str, e: zbus::Error| -> Result<()> {
+            match Error::from_call("DisableUnitFiles", n, e) {
+                // Never loaded (or already unloaded): nothing to disable.
+                Error::NoSuchUnit(_) => Ok(()),
                 Error::Refused { name: err, .. }
-                    if err == "org.freedesktop.DBus.Error.FileNotFound" => {}
-                other => return Err(other),
-            },
+                    if err == "org.freedesktop.DBus.Error.FileNotFound" =>
+                {
+                    Ok(())
+                }
+                other => Err(other),
+            }
+        };
+        if let Err(e) = m.disable_unit_files(&all, true).await {
+            if ok.len() == 1 {
+                results[ok[0]] = disable(names[ok[0]], e);
+            } else {
+                tracing::debug!("DisableUnitFiles of {} units: {e}; one by one", ok.len());
+                for &i in &ok {
+                    if let Err(e) = m.disable_unit_files(&[names[i]], true).await {
+                        results[i] = disable(names[i], e);
+                    }
+                }
+            }
         }
-        let path = self.local_unit_file_path(name);
-        match tokio::fs::remove_file(&path).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(Error::Io { path, source }),
+        for &i in &ok {
+            if results[i].is_err() {
+                continue;
+            }
+            let path = self.local_unit_file_path(names[i]);
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => results[i] = Err(Error::Io { path, source }),
+            }
         }
-        self.reload().await
+        self.reload().await?;
+        Ok(results)
     }
 
     /// `Reload`: systemd re-reads all unit files (the reply comes when it is done).
@@ -372,6 +515,39 @@ impl Systemd {
     pub async fn start_unit(&self, name: &str) -> Result<Job> {
         self.job(JobKind::Start, name).await
     }
+    /// Queues a start job (mode `replace`) for each unit, with up to [`START_PIPELINE`] `StartUnit`
+    /// calls in flight at once (systemd still runs them in order; the pipeline saves a bus round trip
+    /// per unit). One result per unit, in order.
+    pub async fn start_units(&self, names: &[&str]) -> Vec<Result<Job>> {
+        let mut results: Vec<Option<Result<Job>>> = (0..names.len()).map(|_| None).collect();
+        let mut set = tokio::task::JoinSet::new();
+        let mut next = 0;
+        while next < names.len() || !set.is_empty() {
+            while next < names.len() && set.len() < START_PIPELINE {
+                let (sd, name, i) = (self.clone(), names[next].to_string(), next);
+                set.spawn(async move { (i, sd.start_unit(&name).await) });
+                next += 1;
+            }
+            match set.join_next().await {
+                Some(Ok((i, r))) => results[i] = Some(r),
+                Some(Err(e)) => tracing::warn!("a StartUnit task failed: {e}"),
+                None => break,
+            }
+        }
+        results
+            .into_iter()
+            .zip(names)
+            .map(|(r, n)| {
+                r.unwrap_or_else(|| {
+                    Err(Error::Disconnected {
+                        context: format!("StartUnit({n})"),
+                        source: Box::new(zbus::Error::Failure("the call's task ended".into())),
+                    })
+                })
+            })
+            .collect()
+    }
+
     /// Queues a stop job (mode `replace`).
     pub async fn stop_unit(&self, name: &str) -> Result<Job> {
         self.job(JobKind::Stop, name).await
@@ -683,6 +859,29 @@ impl JobKind {
 /// Writes `dir/name` atomically: a temp file in the same directory, then rename. The temp file's name
 /// has a fixed length (it does not contain `name`), so the longest valid unit name (255 bytes, the file
 /// system's limit too) still fits; it starts with `.`, which no unit name does.
+/// A unit-file call of the Manager that [`Systemd::load_units`] makes for many files at once.
+#[derive(Clone, Copy)]
+enum FileCall {
+    /// `LinkUnitFiles(files, runtime, force)`.
+    Link,
+    /// `EnableUnitFiles(files, runtime, force)`.
+    Enable,
+}
+
+impl FileCall {
+    fn method(self) -> &'static str {
+        match self {
+            FileCall::Link => "LinkUnitFiles",
+            FileCall::Enable => "EnableUnitFiles",
+        }
+    }
+}
+
+/// The last component of a unit file's path: the unit's name.
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
 async fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
     let io = |path: &Path| {
         let path = path.to_path_buf();

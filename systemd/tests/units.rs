@@ -565,3 +565,116 @@ async fn every_name_the_validator_accepts_loads_in_systemd() {
         failed.join("\n")
     );
 }
+
+/// A batch loads, enables, starts and unloads many units with one call of each kind; a unit of the
+/// batch that fleet did not write, or with a bad name, fails alone and is left untouched.
+#[tokio::test]
+async fn batches_load_start_and_unload_many_units_and_a_bad_one_fails_alone() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let config_dir = "/run/fleet/units-batch-test";
+    let sd = fleet_systemd::Systemd::connect(
+        fleet_systemd::Config::new(fleet_systemd::Bus::Address(lab.bus_address(1).unwrap()))
+            .fs_root(lab.machine_root(1).unwrap())
+            .units_directory(config_dir)
+            .reload_policy(fleet_systemd::ReloadPolicy::WhenNeeded),
+    )
+    .await
+    .unwrap();
+    let root = lab.machine_root(1).unwrap();
+    // Not fleet's: a file put into the units directory by hand.
+    let stray = root.join("run/fleet/units-batch-test/t-batch-stray.service");
+    std::fs::create_dir_all(stray.parent().unwrap()).unwrap();
+    std::fs::write(&stray, SLEEPER).unwrap();
+    let installed = "[Service]\nExecStart=/bin/sleep 1000\n[Install]\nWantedBy=multi-user.target\n";
+    let names: Vec<String> = (0..20).map(|i| format!("t-batch-{i}.service")).collect();
+    let mut specs: Vec<fleet_systemd::LoadSpec> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| fleet_systemd::LoadSpec {
+            name: n,
+            contents: if i < 2 { installed } else { SLEEPER },
+            enable: i < 2,
+        })
+        .collect();
+    specs.insert(
+        5,
+        fleet_systemd::LoadSpec {
+            name: "t-batch-stray.service",
+            contents: SLEEPER,
+            enable: false,
+        },
+    );
+    specs.insert(
+        9,
+        fleet_systemd::LoadSpec {
+            name: "../t-batch-evil.service",
+            contents: SLEEPER,
+            enable: false,
+        },
+    );
+    let results = sd.load_units(&specs).await.unwrap();
+    assert_eq!(results.len(), specs.len());
+    for (spec, r) in specs.iter().zip(&results) {
+        match spec.name {
+            "t-batch-stray.service" => assert!(matches!(r, Err(Error::NotFleets(_))), "{r:?}"),
+            "../t-batch-evil.service" => assert!(r.is_err(), "{r:?}"),
+            n => assert!(r.is_ok(), "{n}: {r:?}"),
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(&stray).unwrap(),
+        SLEEPER,
+        "the stray file is untouched"
+    );
+    assert_eq!(
+        sd.unit_file_state("t-batch-0.service").await.unwrap(),
+        "enabled-runtime"
+    );
+    assert_eq!(
+        sd.unit_file_state("t-batch-7.service").await.unwrap(),
+        "linked-runtime"
+    );
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for r in sd.start_units(&refs).await {
+        r.unwrap();
+    }
+    for n in &names {
+        let mut st = sd.unit_state(n).await.unwrap();
+        for _ in 0..300 {
+            if st.active_state == ActiveState::Active {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            st = sd.unit_state(n).await.unwrap();
+        }
+        assert_eq!(
+            (st.active_state, st.sub_state.as_str()),
+            (ActiveState::Active, "running"),
+            "{n}"
+        );
+    }
+    for n in &names {
+        sd.stop_unit_and_wait(n).await.unwrap();
+    }
+    let mut unload = refs.clone();
+    unload.push("t-batch-stray.service");
+    let results = sd.unload_units(&unload).await.unwrap();
+    for (n, r) in unload.iter().zip(&results) {
+        if *n == "t-batch-stray.service" {
+            assert!(matches!(r, Err(Error::NotFleets(_))), "{r:?}");
+        } else {
+            assert!(r.is_ok(), "{n}: {r:?}");
+            assert!(!sd.local_unit_file_path(n).exists(), "{n} file left");
+            assert_eq!(
+                sd.unit_state(n).await.unwrap().load_state,
+                LoadState::NotFound,
+                "{n}"
+            );
+        }
+    }
+    assert!(stray.exists(), "the stray file is left alone");
+    std::fs::remove_file(&stray).unwrap();
+}
