@@ -9,7 +9,7 @@ use std::cell::Cell;
 /// One planted bug in placement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mutation {
-    /// `schedule` ignores every `Conflicts=` pattern.
+    /// `schedule` and the `Planner` ignore every `Conflicts=` pattern.
     IgnoreConflicts,
 }
 

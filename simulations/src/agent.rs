@@ -17,7 +17,8 @@
 //! keeper (a keep-alive every `Timing::keepalive_period`, a new lease when etcd says the old one is gone;
 //! the lease ID and confirmations are kept across fleetd restarts), the guard writer (every keep-alive
 //! period and on every grant: the deadline for the guard and, once a keep-alive answer is late, support
-//! requests to the witnesses every `V/3`, or every keep-alive period while the support falls short), the machine announcement and its identity check (a fleetd whose machine ID
+//! requests to the witnesses every `V/3`, or every keep-alive period while the support falls short), the
+//! machine announcement and its identity check (a fleetd whose machine ID
 //! is announced by another address under a live lease touches nothing), the registry mirror (advanced by
 //! the watch), the committee's seats (kept across fleetd restarts), and the gossip view.
 //!

@@ -1,7 +1,7 @@
 //! fleet-sim: a deterministic discrete-event simulator of a fleet cluster.
 //!
 //! It drives the real sans-IO cores for many machines in one process: the gossip node
-//! ([`fleet_gossip::core::Node`], foca SWIM), placement ([`fleet_sched::placement::schedule`]) and
+//! ([`fleet_gossip::core::Node`], foca SWIM), placement (fleetd's incremental [`fleet_sched::placement::Planner`], the plan of `schedule`) and
 //! reconcile ([`fleet_sched::reconcile::reconcile`]), with a simulated clock, network, etcd and
 //! systemd, under a timeline of faults read from a scenario file. A seed reproduces a run exactly.
 //!

@@ -3,7 +3,7 @@
 //!
 //! What runs for real: [`fleet_gossip::core::Node`] (foca SWIM, dissemination, anti-entropy; in
 //! `gossip_mode = "real"`), the agent's decision core ([`fleet_decide`]: quorum, fence deadline, per-unit
-//! verdicts; see [`crate::agent`]), [`fleet_sched::placement::schedule`],
+//! verdicts; see [`crate::agent`]), [`fleet_sched::placement::Planner`] (as fleetd's agent),
 //! [`fleet_sched::reconcile::reconcile`], unit file parsing and [`fleet_sched::Requirements::from_unit`].
 //! What is modelled: the agent's event loop that carries the verdicts out, etcd ([`crate::etcd`]), systemd
 //! (a start and a stop delay, a failure probability), the fence guard, the network ([`crate::net`]), and
@@ -20,7 +20,7 @@ use fleet_decide::Time;
 use fleet_decide::{OwnLease, Timing, Witness};
 use fleet_gossip::core::{Config as GossipConfig, Event, FullState, Node, SyncAnswer, SyncOffer};
 use fleet_gossip::{MachineId as GossipId, NodeIdentity, UnitState as GossipUnitState};
-use fleet_sched::placement::{schedule, Decision, MachineInfo, UnitInfo};
+use fleet_sched::placement::{Decision, MachineInfo, Planner, UnitInfo};
 use fleet_sched::reconcile::{reconcile, ActiveState, CurrentUnit, TargetUnit, Task};
 use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, UnitName};
 use rand::rngs::StdRng;
@@ -323,6 +323,8 @@ pub struct Sim {
     pub(crate) etcd_extra: u64,
     pub(crate) net: Net,
     plans: HashMap<(u64, i64), Rc<PlanIndex>>,
+    /// The incremental planner behind `plans` (fleetd's agent keeps one too).
+    planner: Option<Planner>,
     pub(crate) plan_computations: u64,
     watch_pending: bool,
     pub(crate) submitted: bool,
@@ -501,6 +503,7 @@ impl Sim {
             etcd_extra: 0,
             net: Net::new(n),
             plans: HashMap::new(),
+            planner: None,
             plan_computations: 0,
             watch_pending: false,
             submitted: false,
@@ -1421,7 +1424,16 @@ impl Sim {
                 info
             })
             .collect();
-        let plan = schedule(&machines, &infos);
+        // fleetd's agent keeps one incremental Planner (the same plan as `schedule`); so does the
+        // simulator, moved to each agent's inputs by their differences.
+        let planner = match self.planner.as_mut() {
+            Some(p) => {
+                p.sync(&machines, &infos);
+                p
+            }
+            None => self.planner.insert(Planner::new(&machines, &infos)),
+        };
+        let plan = planner.plan();
         let mut on: HashMap<u32, Vec<(u32, bool)>> = HashMap::new();
         for (name, d) in &plan.decisions {
             let Some(&u) = self.unit_index.get(name) else {

@@ -53,7 +53,11 @@ impl Planner {
         self.unit_mut(u).matched_by = matched;
         if valid {
             let mut own = Vec::new();
-            for text in &req.conflicts {
+            #[cfg(feature = "mutations")]
+            let ignore = crate::mutation::on(crate::mutation::Mutation::IgnoreConflicts);
+            #[cfg(not(feature = "mutations"))]
+            let ignore = false;
+            for text in req.conflicts.iter().filter(|_| !ignore) {
                 let p = self.intern_pattern(text);
                 if !own.contains(&p) {
                     own.push(p);
