@@ -676,6 +676,13 @@ impl Sim {
                 .witness
                 .support(&asker, lease, now),
             Ask::Vote { holder, lease } => {
+                // As fleetd's relay: no vote against a machine this witness's gossip sees alive and
+                // unsuspected (refusing only delays a takeover).
+                if let Some(a) = self.machines[w as usize].agent.as_ref() {
+                    if a.live.contains(holder) && !a.suspects.contains(&holder) {
+                        return false;
+                    }
+                }
                 let holder = self.machine_infos[holder as usize].id.clone();
                 self.machines[w as usize]
                     .witness
