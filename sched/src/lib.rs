@@ -19,6 +19,7 @@ pub mod placement;
 pub mod reconcile;
 pub mod requirements;
 pub mod state;
+pub mod systemd_state;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod unitfile;

@@ -13,66 +13,8 @@ use std::fmt;
 
 use crate::{DesiredState, UnitHash, UnitName};
 
-/// systemd's ActiveState of a unit, as the agent last saw it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum ActiveState {
-    /// Started and running (or, for oneshot units with RemainAfterExit, done).
-    Active,
-    /// Active and reloading its configuration.
-    Reloading,
-    /// Not running.
-    Inactive,
-    /// Not running, and the last run failed.
-    Failed,
-    /// Starting.
-    Activating,
-    /// Stopping.
-    Deactivating,
-    /// A state this version does not know (kept verbatim).
-    Other(String),
-}
-
-impl ActiveState {
-    /// Parses systemd's spelling; unknown words become [`ActiveState::Other`].
-    pub fn parse(s: &str) -> ActiveState {
-        match s {
-            "active" => ActiveState::Active,
-            "reloading" => ActiveState::Reloading,
-            "inactive" => ActiveState::Inactive,
-            "failed" => ActiveState::Failed,
-            "activating" => ActiveState::Activating,
-            "deactivating" => ActiveState::Deactivating,
-            other => ActiveState::Other(other.to_string()),
-        }
-    }
-
-    /// systemd's spelling.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ActiveState::Active => "active",
-            ActiveState::Reloading => "reloading",
-            ActiveState::Inactive => "inactive",
-            ActiveState::Failed => "failed",
-            ActiveState::Activating => "activating",
-            ActiveState::Deactivating => "deactivating",
-            ActiveState::Other(s) => s,
-        }
-    }
-
-    /// Whether the unit is running or on its way there.
-    pub fn is_up(&self) -> bool {
-        matches!(
-            self,
-            ActiveState::Active | ActiveState::Reloading | ActiveState::Activating
-        )
-    }
-}
-
-impl fmt::Display for ActiveState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// systemd's ActiveState of a unit (fleet's one type for it).
+pub use crate::systemd_state::ActiveState;
 
 /// A unit this machine should have: its content hash and the state the user asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]

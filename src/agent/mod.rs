@@ -1131,14 +1131,10 @@ impl State {
     }
 
     fn is_running(&self, name: &UnitName) -> bool {
-        let up = self.states.get(name).is_some_and(|s| {
-            matches!(
-                s.active_state,
-                fleet_systemd::ActiveState::Active
-                    | fleet_systemd::ActiveState::Activating
-                    | fleet_systemd::ActiveState::Reloading
-            )
-        });
+        let up = self
+            .states
+            .get(name)
+            .is_some_and(|s| s.active_state.is_up());
         up || self.started.contains_key(name)
     }
 
@@ -1258,7 +1254,7 @@ impl State {
                 let active = self
                     .states
                     .get(n)
-                    .map(|s| ActiveState::parse(s.active_state.as_str()))
+                    .map(|s| s.active_state.clone())
                     .unwrap_or(ActiveState::Inactive);
                 let started = self.started.get(n) == Some(h);
                 (
