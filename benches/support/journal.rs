@@ -414,9 +414,9 @@ pub fn self_check() {
             // u3: m4 frozen 400..600 and killed at 610 after the thaw; m5 starts at 500.
             run(4, "u3", 0, Some(610)),
             run(5, "u3", 500, None),
-            // u4: nowhere between 700 and 900.
-            run(1, "u4", 0, Some(700)),
-            run(2, "u4", 900, None),
+            // u4: nowhere between 700 and 900 (not on m1: its kill at 300 would end the copy there).
+            run(2, "u4", 0, Some(700)),
+            run(5, "u4", 900, None),
             // u5: m4's copy outlives the freeze (400..600), m3 starts one at 700: not a thaw case.
             run(4, "u5", 0, Some(800)),
             run(3, "u5", 700, None),
@@ -448,5 +448,7 @@ pub fn self_check() {
     assert_eq!(gaps["u3"], (400, 500), "frozen copies do not run");
     assert_eq!(gaps["u1"].1 - gaps["u1"].0, 0, "u1 always ran somewhere");
     assert_eq!(tl.running_at(4, 450), Vec::<String>::new());
-    assert_eq!(tl.running_at(1, 50), vec!["u1", "u2", "u4"]);
+    assert_eq!(tl.running_at(1, 50), vec!["u1", "u2"]);
+    assert_eq!(tl.running_at(1, 300), Vec::<String>::new(), "killed at 300");
+    assert_eq!(tl.running_at(2, 50), vec!["u4"]);
 }
