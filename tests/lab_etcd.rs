@@ -24,16 +24,17 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
 
 /// A lab of 3 machines running fleetd against 3 etcd members, with 3 units and a global unit running.
 ///
-/// fleetd runs with its defaults (`fence_after` 1 s, `agent_ttl` 30 s): an etcd election (1-2 s, longer on a
-/// loaded machine) stops every lease renewal, so the units outlive it on the witness committee's support
-/// (docs/safety.md), which these tests therefore exercise too.
+/// fleetd runs with its defaults (`fence_after` 1 s, `agent_ttl` 30 s, not the lab's usual 3 s: on a loaded
+/// machine an election and the move to another member took longer than 3 s, and a lease that etcd expires
+/// takes its claims with it): an etcd election stops every lease renewal, so the units outlive it on the
+/// witness committee's support (docs/safety.md), which these tests therefore exercise too.
 fn up() -> Option<FleetLab> {
     up_with(|o| o)
 }
 
 /// [`up`] with more lab options (etcd flags).
 fn up_with(more: impl FnOnce(fleet_lab::LabOptions) -> fleet_lab::LabOptions) -> Option<FleetLab> {
-    let env: [(&str, &str); 0] = [];
+    let env = [("FLEET_AGENT_TTL", "30s")];
     let fl = FleetLab::up_with_options(MACHINES, &env, &[], |o| more(o.etcd_cluster(3)))?;
     for u in UNITS {
         fl.write_file(

@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use fleet_sched::systemd_state::{ActiveState, LoadState};
 use serde::{Deserialize, Serialize};
 
 /// A machine's ID (fleet uses the 32 hex characters of `/etc/machine-id`).
@@ -116,12 +117,12 @@ pub struct Metadata {
 }
 
 /// The runtime state a machine reports for one of its units (what `fleetctl list-units` shows).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitState {
     /// systemd's `LoadState` (`loaded`, `not-found`, ...).
-    pub load_state: String,
+    pub load_state: LoadState,
     /// systemd's `ActiveState` (`active`, `inactive`, `failed`, ...).
-    pub active_state: String,
+    pub active_state: ActiveState,
     /// systemd's `SubState` (`running`, `dead`, ...).
     pub sub_state: String,
     /// The SHA-1 of the unit file the machine runs (the bytes of `fleet_sched::UnitHash`).

@@ -1711,7 +1711,7 @@ impl Sim {
             .get(&u)
             .map(|s| GossipUnitState {
                 load_state: "loaded".into(),
-                active_state: s.active.as_str().to_string(),
+                active_state: s.active.clone(),
                 sub_state: if s.active == ActiveState::Active {
                     "running".into()
                 } else {

@@ -680,8 +680,8 @@ impl State {
                     Some((
                         n.to_string(),
                         fleet_gossip::UnitState {
-                            load_state: s.load_state.to_string(),
-                            active_state: s.active_state.to_string(),
+                            load_state: s.load_state.clone(),
+                            active_state: s.active_state.clone(),
                             sub_state: s.sub_state.clone(),
                             unit_hash: *h.as_bytes(),
                         },

@@ -438,8 +438,8 @@ impl ClusterView for AgentCluster {
                     name: name.clone(),
                     hash: *hash,
                     machine_id: me.clone(),
-                    load_state: s.load_state.to_string(),
-                    active_state: s.active_state.to_string(),
+                    load_state: s.load_state.clone(),
+                    active_state: s.active_state.clone(),
                     sub_state: s.sub_state.clone(),
                 })
             })

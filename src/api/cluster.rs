@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::RwLock;
 
+use fleet_sched::systemd_state::{ActiveState, LoadState};
 use fleet_sched::{MachineId, UnitHash, UnitName};
 
 /// A machine as the API shows it.
@@ -31,9 +32,9 @@ pub struct UnitStateInfo {
     /// The reporting machine.
     pub machine_id: MachineId,
     /// systemd LoadState (`loaded`, `not-found`, ...).
-    pub load_state: String,
+    pub load_state: LoadState,
     /// systemd ActiveState (`active`, `inactive`, `failed`, ...).
-    pub active_state: String,
+    pub active_state: ActiveState,
     /// systemd SubState (`running`, `dead`, ...).
     pub sub_state: String,
 }

@@ -295,8 +295,8 @@ fn state_to_schema(s: UnitStateInfo) -> schema::UnitState {
         name: s.name.to_string(),
         hash: s.hash.to_string(),
         machine_id: s.machine_id.to_string(),
-        systemd_load_state: s.load_state,
-        systemd_active_state: s.active_state,
+        systemd_load_state: s.load_state.to_string(),
+        systemd_active_state: s.active_state.to_string(),
         systemd_sub_state: s.sub_state,
     }
 }

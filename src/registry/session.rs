@@ -249,8 +249,11 @@ async fn session(shared: &Shared, reached: &mut bool) -> Result<(), SessionEnd> 
         reason: e.to_string(),
         rotate: false,
     })?;
+    // With etcd users, connecting includes an Authenticate call, which etcd answers only after a bcrypt
+    // check (slow by design, and slower on a loaded machine): it gets three request timeouts.
+    let connect_t = if opts.user.is_some() { t * 3 } else { t };
     let client = match timed(
-        t,
+        connect_t,
         "connect",
         Client::connect([endpoint.clone()], Some(copts)),
     )
