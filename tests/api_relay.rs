@@ -28,7 +28,8 @@ fn put_unit(f: &Fleetd, name: &str, state: &str) {
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
-/// Writes a claim of `unit` for `machine` and waits until fleetd's mirror has it.
+/// Writes a claim of `unit` for `machine` and waits until fleetd's mirror has it (the API names the
+/// claim's machine unless the unit is inactive and not loaded there, as fleet did: so not for inactive units).
 fn claim(etcd: &Etcd, f: &Fleetd, unit: &str, machine: &str) {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -108,7 +109,7 @@ fn a_machine_outside_the_cluster_is_a_bad_gateway_and_machine_id_must_match() {
     let etcd = Etcd::shared();
     let f = Fleetd::start(&etcd);
     f.wait_ready();
-    put_unit(&f, "far.service", "inactive");
+    put_unit(&f, "far.service", "loaded");
     claim(&etcd, &f, "far.service", "0123abcd");
     let s = f.socket();
     let r = http_get(s, "/fleet/v1/units/far.service/status");
@@ -130,7 +131,7 @@ fn a_unit_on_this_machine_is_answered_by_this_fleetd() {
     let etcd = Etcd::shared();
     let f = Fleetd::start(&etcd);
     f.wait_ready();
-    put_unit(&f, "here.service", "inactive");
+    put_unit(&f, "here.service", "loaded");
     claim(&etcd, &f, "here.service", f.machine_id());
     let r = http_get(f.socket(), "/fleet/v1/units/here.service/status?lines=0");
     assert_eq!(r.status, 200, "{}", r.text());

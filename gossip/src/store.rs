@@ -660,7 +660,10 @@ mod tests {
         assert!(b.apply(&u2[0]));
         assert!(!b.apply(&u1[0]), "an older update must not win");
         let o = b.origin(&MachineId::new("a")).unwrap();
-        assert_eq!(o.units().next().unwrap().1.active_state, fleet_sched::systemd_state::ActiveState::Failed);
+        assert_eq!(
+            o.units().next().unwrap().1.active_state,
+            fleet_sched::systemd_state::ActiveState::Failed
+        );
         assert_eq!(b.sums, sums_from_scratch(&b));
     }
 

@@ -201,6 +201,16 @@ pub(super) fn to_schema(u: &Unit, claim: Option<&Claim>, states: &[UnitStateInfo
         })
         .map(current_state)
         .unwrap_or(DesiredState::Inactive);
+    // fleet v1 unscheduled an unloaded unit before its machine let it go, so an inactive unit never
+    // named a machine; the original fleetctl prints "inactive on <machine>" otherwise. Our claim is
+    // released after the machine unloads the unit, so a unit both meant to be and being inactive names
+    // none meanwhile.
+    let machine_id =
+        if u.desired_state == DesiredState::Inactive && current == DesiredState::Inactive {
+            String::new()
+        } else {
+            machine_id
+        };
     schema::Unit {
         name: u.name.to_string(),
         options: u.file.options().to_vec(),
@@ -239,4 +249,79 @@ pub(super) fn filter_states(
         by_key.insert((s.name.to_string(), s.machine_id.to_string()), s);
     }
     by_key.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use fleet_sched::{DesiredState, MachineId, UnitFile, UnitName};
+
+    use super::{to_schema, UnitStateInfo};
+    use crate::registry::{Claim, Unit};
+
+    fn unit(desired: DesiredState) -> Unit {
+        let file = UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+        Unit {
+            name: UnitName::parse("a.service").unwrap(),
+            hash: file.hash(),
+            file: Arc::new(file),
+            desired_state: desired,
+            mod_revision: 1,
+            damaged: None,
+        }
+    }
+
+    fn claim() -> Claim {
+        Claim {
+            machine_id: "m1".parse::<MachineId>().unwrap(),
+            mod_revision: 2,
+            lease: 3,
+            handoff: None,
+            damaged: None,
+            unbound: false,
+        }
+    }
+
+    fn state(load: &str, active: &str) -> UnitStateInfo {
+        let u = unit(DesiredState::Launched);
+        UnitStateInfo {
+            name: u.name,
+            hash: u.hash,
+            machine_id: "m1".parse::<MachineId>().unwrap(),
+            load_state: load.into(),
+            active_state: active.into(),
+            sub_state: "dead".into(),
+        }
+    }
+
+    #[test]
+    fn an_unloaded_unit_its_machine_let_go_names_no_machine() {
+        let c = claim();
+        // Unloading: the claim is still there, the machine no longer has the unit.
+        let s = to_schema(&unit(DesiredState::Inactive), Some(&c), &[]);
+        assert_eq!(
+            (s.current_state.as_str(), s.machine_id.as_str()),
+            ("inactive", "")
+        );
+        // Still loaded there: the machine is named until it lets the unit go.
+        let loaded = [state("loaded", "inactive")];
+        let s = to_schema(&unit(DesiredState::Inactive), Some(&c), &loaded);
+        assert_eq!(
+            (s.current_state.as_str(), s.machine_id.as_str()),
+            ("loaded", "m1")
+        );
+        // A unit meant to run that is not loaded yet keeps its machine.
+        let s = to_schema(&unit(DesiredState::Launched), Some(&c), &[]);
+        assert_eq!(
+            (s.current_state.as_str(), s.machine_id.as_str()),
+            ("inactive", "m1")
+        );
+        let active = [state("loaded", "active")];
+        let s = to_schema(&unit(DesiredState::Loaded), Some(&c), &active);
+        assert_eq!(
+            (s.current_state.as_str(), s.machine_id.as_str()),
+            ("launched", "m1")
+        );
+    }
 }
