@@ -69,6 +69,20 @@ impl Error {
         matches!(self, Error::Disconnected { .. })
     }
 
+    /// Whether systemd refused a job because of the load state it holds for the unit (not found, or an
+    /// error from an earlier load: "failed to load properly, please adjust/correct and reload service
+    /// manager"), which a daemon reload re-reads from the unit's file.
+    pub fn is_stale_load(&self) -> bool {
+        match self {
+            Error::NoSuchUnit(_) => true,
+            Error::Refused { name, message, .. } => {
+                name == "org.freedesktop.systemd1.NoSuchUnit"
+                    || message.contains("failed to load properly")
+            }
+            _ => false,
+        }
+    }
+
     /// Maps a zbus error of `method` called for `unit`.
     pub(crate) fn from_call(method: &'static str, unit: &str, e: zbus::Error) -> Error {
         let (name, message) = match &e {
@@ -156,3 +170,38 @@ pub(crate) fn is_connection_error(e: &zbus::Error) -> bool {
 
 /// Result of driver calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(name: &str, message: &str) -> Error {
+        Error::Refused {
+            method: "StartUnit",
+            unit: "a.service".into(),
+            name: name.into(),
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_stale_load_state_is_told_apart_from_other_refusals() {
+        assert!(Error::NoSuchUnit("a.service".into()).is_stale_load());
+        assert!(refused(
+            "System.Error.EBUSY",
+            "Unit a.service failed to load properly, please adjust/correct and reload service manager: Device or resource busy"
+        )
+        .is_stale_load());
+        assert!(!refused(
+            "org.freedesktop.systemd1.UnitMasked",
+            "Unit a.service is masked."
+        )
+        .is_stale_load());
+        assert!(!refused(
+            "org.freedesktop.systemd1.BadUnitSetting",
+            "Unit a.service has a bad unit file setting."
+        )
+        .is_stale_load());
+        assert!(!Error::NotFleets("a.service".into()).is_stale_load());
+    }
+}

@@ -518,7 +518,31 @@ impl Systemd {
     /// Queues a start job (mode `replace`) for each unit, with up to [`START_PIPELINE`] `StartUnit`
     /// calls in flight at once (systemd still runs them in order; the pipeline saves a bus round trip
     /// per unit). One result per unit, in order.
+    ///
+    /// A unit systemd refuses for the load state it holds ([`Error::is_stale_load`]: left from before
+    /// fleet wrote its current file, when no reload was needed to load it) is started again after one
+    /// daemon reload for all of them (seen in the lab: a unit unloaded there earlier failed every start
+    /// with "failed to load properly ... reload service manager" until the reload).
     pub async fn start_units(&self, names: &[&str]) -> Vec<Result<Job>> {
+        let mut results = self.start_units_once(names).await;
+        let stale: Vec<usize> = (0..names.len())
+            .filter(|&i| matches!(&results[i], Err(e) if e.is_stale_load()))
+            .collect();
+        if stale.is_empty() {
+            return results;
+        }
+        if let Err(e) = self.reload().await {
+            tracing::warn!("reload after starts refused for a stale load state: {e}");
+            return results;
+        }
+        let again: Vec<&str> = stale.iter().map(|&i| names[i]).collect();
+        for (i, r) in stale.into_iter().zip(self.start_units_once(&again).await) {
+            results[i] = r;
+        }
+        results
+    }
+
+    async fn start_units_once(&self, names: &[&str]) -> Vec<Result<Job>> {
         let mut results: Vec<Option<Result<Job>>> = (0..names.len()).map(|_| None).collect();
         let mut set = tokio::task::JoinSet::new();
         let mut next = 0;
