@@ -31,7 +31,9 @@ fn socket_activated_lab(n: usize) -> Option<FleetLab> {
     let bin = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
     let opts = LabOptions::new()
         .bind(bin, fleet_lab::FLEET_BIN_DIR, true)
-        .env("FLEET_AGENT_TTL", "3s")
+        // fleetd's default lease TTL (30 s), as installed: with the lab's usual 3 s the dead machine's
+        // claim may expire before the takeover's proof and votes, and the unit is then claimed as a free
+        // one, not taken over (which the metrics test counts).
         .env("FLEET_GOSSIP_INSECURE", "true")
         .env("FLEET_ENGINE_RECONCILE_INTERVAL", "1s");
     let fl = FleetLab {
