@@ -55,6 +55,10 @@ fn up_with(more: impl FnOnce(fleet_lab::LabOptions) -> fleet_lab::LabOptions) ->
             && fl.running_on(GLOBAL).len() == MACHINES)
             .then_some(())
     });
+    // A witness that just started supports nobody for `vote_after_support` (4.14 s with the default
+    // fence_after: it may have voted before a restart, docs/safety.md), so a fault this early would find
+    // no support anywhere and every machine would fence. Faults come once the witnesses may speak.
+    std::thread::sleep(Duration::from_secs(5));
     Some(fl)
 }
 
