@@ -5,9 +5,9 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 # Everything the build, the tests and the demo use, as "what:package": a path is a file that must exist
 # (headers the build reads, daemons the lab starts), a bare word a command that must be on PATH.
 FLEET_DEPS=(
-  # the build: Rust's linker, protoc and the .proto files etcd-client's build script compiles, TLS roots
-  # for crates.io
-  cc:gcc protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
+  # the build: Rust's linker, a C++ compiler (the fuzz targets build libFuzzer, which Debian's Rust does
+  # not pull in), protoc and the .proto files etcd-client's build script compiles, TLS roots for crates.io
+  cc:gcc c++:g++ protoc:protobuf-compiler /usr/include/google/protobuf/descriptor.proto:libprotobuf-dev
   /etc/ssl/certs/ca-certificates.crt:ca-certificates git:git
   # etcd (the tests start their own) and the cluster lab (lab/cluster-lab.sh)
   etcd:etcd-server etcdctl:etcd-client /usr/lib/systemd/systemd:systemd systemd-run:systemd
