@@ -54,9 +54,22 @@ impl Witness {
         true
     }
 
-    /// A request for a vote that `machine`'s `lease` may be taken over. Granted when this witness has not
+    /// A request for a vote that `machine`'s `lease` may be taken over. Granted when this witness's own
+    /// gossip does not see `machine` alive and unsuspected (`seen_alive`: a takeover is wanted only then,
+    /// and a peer, or a stolen certificate, cannot vote a healthy machine's lease away, which would leave
+    /// it without support at its next etcd outage; refusing only delays a takeover) and it has not
     /// supported the lease for [`Timing::vote_after_support`]; from then on it refuses its support.
-    pub fn vote(&mut self, timing: &Timing, machine: &MachineId, lease: i64, now: Time) -> bool {
+    pub fn vote(
+        &mut self,
+        timing: &Timing,
+        machine: &MachineId,
+        lease: i64,
+        seen_alive: bool,
+        now: Time,
+    ) -> bool {
+        if seen_alive {
+            return false;
+        }
         if now < self.quiet_until {
             return false;
         }
@@ -111,9 +124,9 @@ mod tests {
         let t = Timing::default();
         let mut w = Witness::default();
         assert!(w.support(&m("h"), 7, ms(1000)));
-        assert!(!w.vote(&t, &m("h"), 7, ms(1500)));
+        assert!(!w.vote(&t, &m("h"), 7, false, ms(1500)));
         let after = ms(1000) + t.vote_after_support();
-        assert!(w.vote(&t, &m("h"), 7, after));
+        assert!(w.vote(&t, &m("h"), 7, false, after));
         assert!(!w.support(&m("h"), 7, after + Duration::from_millis(1)));
         // Another lease of the same machine is another matter.
         assert!(w.support(&m("h"), 8, after));
@@ -124,8 +137,9 @@ mod tests {
         let t = Timing::default();
         let mut w = Witness::fresh(&t, ms(0));
         assert!(!w.support(&m("h"), 7, ms(10)));
-        assert!(!w.vote(&t, &m("h"), 7, ms(10)));
+        assert!(!w.vote(&t, &m("h"), 7, false, ms(10)));
         let later = ms(0) + t.vote_after_support();
-        assert!(w.vote(&t, &m("h"), 7, later));
+        assert!(!w.vote(&t, &m("h"), 7, true, later));
+        assert!(w.vote(&t, &m("h"), 7, false, later));
     }
 }

@@ -676,17 +676,15 @@ impl Sim {
                 .witness
                 .support(&asker, lease, now),
             Ask::Vote { holder, lease } => {
-                // As fleetd's relay: no vote against a machine this witness's gossip sees alive and
-                // unsuspected (refusing only delays a takeover).
-                if let Some(a) = self.machines[w as usize].agent.as_ref() {
-                    if a.live.contains(holder) && !a.suspects.contains(&holder) {
-                        return false;
-                    }
-                }
+                // What this witness's gossip sees of the holder (the rule is fleet_decide's).
+                let seen_alive = self.machines[w as usize]
+                    .agent
+                    .as_ref()
+                    .is_some_and(|a| a.live.contains(holder) && !a.suspects.contains(&holder));
                 let holder = self.machine_infos[holder as usize].id.clone();
                 self.machines[w as usize]
                     .witness
-                    .vote(&timing, &holder, lease, now)
+                    .vote(&timing, &holder, lease, seen_alive, now)
             }
         }
     }

@@ -855,7 +855,8 @@ impl State {
                 .collect();
             for w in ask {
                 let granted = if w == self.opts.machine {
-                    self.witness.vote(&holder, lease)
+                    let (alive, suspect, _) = self.cluster.peer(&holder);
+                    self.witness.vote(&holder, lease, alive && !suspect)
                 } else {
                     self.ask_vote(&w, &holder, lease).await
                 };

@@ -141,15 +141,10 @@ impl Responder {
             return Some(Response::Error(format!("invalid machine ID {machine:?}")));
         };
         if vote {
-            // Votes only against a machine this witness's gossip no longer sees alive: a takeover is
-            // wanted only then, and a peer (or a stolen certificate) cannot vote a healthy machine's
-            // lease away, which would leave it without support at its next etcd outage. Refusing is
-            // always safe: it only delays a takeover until this witness's gossip agrees.
-            if (w.alive_of)(&machine) {
-                tracing::debug!(%machine, "vote refused: gossip here sees it alive");
-                return Some(Response::Granted(false));
-            }
-            return Some(Response::Granted(w.service.vote(&machine, lease)));
+            let seen_alive = (w.alive_of)(&machine);
+            return Some(Response::Granted(
+                w.service.vote(&machine, lease, seen_alive),
+            ));
         }
         // Support only for the machine that asks (a peer cannot keep another's lease alive).
         let own = from.is_none_or(|f| (w.addr_of)(&machine) == Some(f));

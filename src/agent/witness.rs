@@ -77,10 +77,11 @@ impl WitnessService {
         granted
     }
 
-    /// A vote that `machine`'s `lease` may be taken over.
-    pub fn vote(&self, machine: &MachineId, lease: i64) -> bool {
+    /// A vote that `machine`'s `lease` may be taken over (`seen_alive`: gossip here sees it alive and
+    /// unsuspected; see [`fleet_decide::Witness::vote`]).
+    pub fn vote(&self, machine: &MachineId, lease: i64, seen_alive: bool) -> bool {
         let mut w = self.lock();
-        let granted = w.vote(&self.timing, machine, lease, clock::now());
+        let granted = w.vote(&self.timing, machine, lease, seen_alive, clock::now());
         if granted {
             tracing::info!(%machine, lease = format!("{lease:x}"), "voted that the lease may be taken over");
             self.save(&w);

@@ -29,16 +29,7 @@ impl<T: Transport> Ctx<T> {
             let machines: Vec<Option<String>> = match machine {
                 Some(m) => vec![Some(m.to_string())],
                 None if is_global(&u) => {
-                    let mut ids: Vec<String> = self
-                        .api
-                        .unit_states(Some(name.as_str()))
-                        .await
-                        .with_context(|| worded!("Error retrieving the machines running {name}"))?
-                        .into_iter()
-                        .map(|s| s.machine_id)
-                        .filter(|m| !m.is_empty())
-                        .collect();
-                    ids.dedup();
+                    let ids = self.machines_running(name).await?;
                     if ids.is_empty() {
                         vec![None]
                     } else {
