@@ -21,7 +21,7 @@ if [ -d "/dev/shm/fleettest/$FT_PREFIX" ]; then "$LAB" down; fi
 # A frozen machine cannot be torn down: thaw every machine first.
 trap 'for i in 1 2 3; do "$LAB" thaw "$i" 2>/dev/null || true; done; "$LAB" down >/dev/null 2>&1 || true' EXIT
 envfile=$(mktemp /tmp/fleetthaw-env.XXXXXX)
-printf 'FLEET_GOSSIP_INSECURE=true\nFLEET_AGENT_TTL=3s\n' >"$envfile"
+printf 'FLEET_GOSSIP_INSECURE=true\n' >"$envfile"
 FT_ENV_FILE="$envfile" FT_BINDS="$PWD/target/debug:/opt/fleet/bin:ro" FT_UNITS="$PWD/lab/fleet.service" \
   "$LAB" up 3 >/dev/null
 rm -f "$envfile"
