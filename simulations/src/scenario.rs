@@ -21,6 +21,20 @@
 //! machines = "rack=r03"
 //! ```
 //!
+//! Units can also be written out in the file itself, one `[[units.unit]]` table each with its whole
+//! unit file (what `fleetctl simulate capture` writes; `dir` may then be left out):
+//!
+//! ```toml
+//! [[units.unit]]
+//! name = "db.service"
+//! state = "launched"                 # launched (default), loaded (refused), inactive (not submitted)
+//! running_on = ["2c0ffee..."]        # where it was active when captured (not an input)
+//! file = """
+//! [Service]
+//! ExecStart=/usr/bin/sleep infinity
+//! """
+//! ```
+//!
 //! Selectors (`machines`, `from`, `to`): `all`, `etcd` (the etcd cluster, for partitions), an index
 //! `7`, a range `0-99`, a metadata match `rack=r03`, `random:50` (50 machines drawn with the seed),
 //! or a comma-separated union of these.
@@ -111,13 +125,13 @@ impl<'de> Deserialize<'de> for Dur {
 }
 
 /// A whole scenario.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     /// Short name, shown in reports.
     pub name: String,
     /// What the scenario shows.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub description: String,
     /// Simulated time to run.
     pub duration: Dur,
@@ -126,13 +140,13 @@ pub struct Scenario {
     /// The units submitted (all `launched`).
     pub units: Units,
     /// Timers, TTLs and the models of network, etcd and systemd.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub config: Config,
     /// Bounds the invariant checker enforces.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub invariants: Bounds,
     /// The fault timeline.
-    #[serde(default, rename = "fault")]
+    #[serde(default, rename = "fault", skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
     /// Where relative paths (the units folder) are resolved; set by [`Scenario::load`].
     #[serde(skip)]
@@ -140,48 +154,100 @@ pub struct Scenario {
 }
 
 /// The machines of the cluster.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Machines {
     /// How many machines (IDs `m00000`, `m00001`, ...), in addition to `list`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub count: usize,
     /// Split the counted machines into this many racks: metadata `rack=r00`, ... (contiguous blocks).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_default")]
     pub racks: usize,
     /// Metadata every counted machine has.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
-    /// Machines listed one by one.
-    #[serde(default)]
+    /// Machines listed one by one (their indices follow the counted machines').
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub list: Vec<MachineEntry>,
 }
 
 /// One listed machine.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MachineEntry {
     /// Its ID (ASCII letters and digits); default `m<index>`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Its `k=v` metadata.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
 }
 
-/// The units: a folder of unit files, and how many instances of each template.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// The units: a folder of unit files and how many instances of each template, and/or units written
+/// in the scenario itself (`[[units.unit]]`, what `fleetctl simulate capture` writes).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Units {
     /// Folder of `.service` files (relative to the scenario file). Non-template files are submitted
-    /// as they are; templates only through `instances`.
+    /// as they are; templates only through `instances`. Optional when `unit` lists the units.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub dir: PathBuf,
     /// Template file name → number of instances (`web@1.service` ... `web@N.service`).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub instances: BTreeMap<String, usize>,
     /// Only these files of the folder (default: all).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub only: Vec<String>,
+    /// Units written out in the scenario, each with its whole unit file.
+    #[serde(default, rename = "unit", skip_serializing_if = "Vec::is_empty")]
+    pub inline: Vec<InlineUnit>,
+}
+
+fn is_empty_path(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// A unit's desired state, as fleet's API words it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitDesired {
+    /// Scheduled and started (the only state the simulator runs).
+    #[default]
+    Launched,
+    /// Scheduled and loaded, not started: refused by the simulator (edit it to launched or inactive).
+    Loaded,
+    /// Not scheduled: kept in the file, not submitted to the simulated cluster.
+    Inactive,
+}
+
+impl UnitDesired {
+    /// Parses fleet's word (`launched`, `loaded`, `inactive`).
+    pub fn parse(s: &str) -> Option<UnitDesired> {
+        match s {
+            "launched" => Some(UnitDesired::Launched),
+            "loaded" => Some(UnitDesired::Loaded),
+            "inactive" => Some(UnitDesired::Inactive),
+            _ => None,
+        }
+    }
+}
+
+/// One unit written out in the scenario (`[[units.unit]]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InlineUnit {
+    /// Its name (`web.service`, `web@1.service`).
+    pub name: String,
+    /// Its desired state (default `launched`).
+    #[serde(default)]
+    pub state: UnitDesired,
+    /// Where it was active when captured (machine IDs; several for a global unit). Not an input of
+    /// the simulation: `fleetctl simulate capture` compares it with where the simulated cluster
+    /// places the unit and names every difference.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub running_on: Vec<String>,
+    /// The unit file, exactly as the cluster stores it (`fleetctl cat`).
+    pub file: String,
 }
 
 /// How the gossip layer is simulated.
@@ -196,7 +262,7 @@ pub enum GossipMode {
 }
 
 /// Settings. Defaults follow fleetd's defaults where fleetd has one.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Real gossip core or the SWIM model.
@@ -300,7 +366,7 @@ impl Default for Config {
 }
 
 /// Bounds checked at every step.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Bounds {
     /// A non-global unit's process may run on two machines at once at most this long (0: never).
@@ -404,6 +470,10 @@ pub struct Fault {
     pub unset: Vec<String>,
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -461,6 +531,12 @@ impl Scenario {
         Ok(s)
     }
 
+    /// The scenario as TOML, in the format [`Scenario::from_toml`] reads (settings left at their
+    /// defaults are left out, so that the file follows fleetd's defaults).
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string(self)
+    }
+
     /// The fault timeline as TOML (`[[fault]]` tables), for reproducing a run.
     pub fn faults_toml(faults: &[Fault]) -> String {
         #[derive(Serialize)]
@@ -480,6 +556,9 @@ impl Scenario {
     fn validate(&self) -> Result<(), ScenarioError> {
         if self.machines.count + self.machines.list.len() == 0 {
             return Err(self.invalid("no machines".into()));
+        }
+        if is_empty_path(&self.units.dir) && self.units.inline.is_empty() {
+            return Err(self.invalid("units: no dir and no [[units.unit]]".into()));
         }
         if self.config.probe_rtt >= self.config.probe_period {
             return Err(self.invalid("probe_rtt must be less than probe_period".into()));

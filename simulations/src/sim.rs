@@ -32,7 +32,7 @@ use crate::etcd::Etcd;
 use crate::model::SwimModel;
 use crate::net::{Effect, Net};
 use crate::report::Metrics;
-use crate::scenario::{Fault, FaultKind, GossipMode, Scenario, Selector};
+use crate::scenario::{Fault, FaultKind, GossipMode, Scenario, Selector, UnitDesired};
 
 /// A datagram in flight.
 type Data = Vec<u8>;
@@ -555,6 +555,22 @@ impl Sim {
     /// Number of machines of the cluster.
     pub fn machine_count(&self) -> usize {
         self.cluster
+    }
+
+    /// Where each submitted unit is active now (systemd's `active`, on a powered machine that is
+    /// not paused): unit name → machine IDs, in machine order; a unit active nowhere has no entry.
+    pub fn active_units(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for m in self.machines.iter().filter(|m| m.powered && !m.frozen) {
+            for (&u, s) in &m.units {
+                if s.active == ActiveState::Active {
+                    out.entry(self.units[u as usize].name.to_string())
+                        .or_default()
+                        .push(m.id.to_string());
+                }
+            }
+        }
+        out
     }
 
     /// Current simulated time (µs).
@@ -2193,12 +2209,50 @@ fn index_of(a: SocketAddr) -> Option<u32> {
 type Loaded = (Vec<UnitDef>, Vec<UnitInfo>, Vec<(String, UnitFile)>);
 
 fn load_units(sc: &Scenario) -> Result<Loaded, SimError> {
-    let dir = sc.base_dir.join(&sc.units.dir);
-    let rd = std::fs::read_dir(&dir).map_err(|source| SimError::UnitsDir {
-        path: dir.clone(),
-        source,
-    })?;
     let mut files: BTreeMap<String, UnitFile> = BTreeMap::new();
+    // Units written out in the scenario: launched ones are submitted, inactive ones are not (fleet
+    // does not schedule them), loaded ones are refused (the systemd model only runs launched units).
+    for u in &sc.units.inline {
+        let file = UnitFile::parse(&u.file).map_err(|err| SimError::Unit {
+            name: u.name.clone(),
+            message: err.to_string(),
+        })?;
+        match u.state {
+            UnitDesired::Launched => {}
+            UnitDesired::Inactive => continue,
+            UnitDesired::Loaded => {
+                return Err(SimError::Unit {
+                    name: u.name.clone(),
+                    message: "desired state loaded: fleet-sim runs launched units only (edit its \
+                              state to launched or inactive)"
+                        .into(),
+                })
+            }
+        }
+        if UnitName::parse(&u.name).is_ok_and(|n| n.is_template()) {
+            return Err(SimError::Unit {
+                name: u.name.clone(),
+                message: "a template is not a unit (write its instances)".into(),
+            });
+        }
+        if files.insert(u.name.clone(), file).is_some() {
+            return Err(SimError::Unit {
+                name: u.name.clone(),
+                message: "listed twice".into(),
+            });
+        }
+    }
+    let dir = sc.base_dir.join(&sc.units.dir);
+    let rd: Vec<_> = if sc.units.dir.as_os_str().is_empty() {
+        Vec::new()
+    } else {
+        std::fs::read_dir(&dir)
+            .map_err(|source| SimError::UnitsDir {
+                path: dir.clone(),
+                source,
+            })?
+            .collect()
+    };
     for e in rd {
         let e = e.map_err(|source| SimError::UnitsDir {
             path: dir.clone(),
@@ -2219,7 +2273,12 @@ fn load_units(sc: &Scenario) -> Result<Loaded, SimError> {
             name: name.clone(),
             message: err.to_string(),
         })?;
-        files.insert(name, file);
+        if files.insert(name.clone(), file).is_some() {
+            return Err(SimError::Unit {
+                name,
+                message: format!("both in [[units.unit]] and in {}", dir.display()),
+            });
+        }
     }
     for t in sc.units.instances.keys() {
         if !files.contains_key(t) {

@@ -1,0 +1,173 @@
+//! Scenarios that carry their units inline (`[[units.unit]]`, what `fleetctl simulate capture`
+//! writes): the TOML round trip keeps every byte of a unit file, and the simulated cluster runs them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fleet_sim::scenario::{
+    Dur, Fault, FaultKind, InlineUnit, MachineEntry, Machines, Scenario, UnitDesired, Units,
+};
+use fleet_sim::sim::Sim;
+
+const ID_A: &str = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
+const ID_B: &str = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b";
+const ID_C: &str = "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c";
+
+fn unit(name: &str, state: UnitDesired, file: &str) -> InlineUnit {
+    InlineUnit {
+        name: name.into(),
+        state,
+        running_on: Vec::new(),
+        file: file.into(),
+    }
+}
+
+fn scenario(units: Vec<InlineUnit>) -> Scenario {
+    let machine = |id: &str, rack: &str| MachineEntry {
+        id: Some(id.into()),
+        metadata: BTreeMap::from([("rack".to_string(), rack.to_string())]),
+    };
+    Scenario {
+        name: "captured".into(),
+        description: "a cluster as captured".into(),
+        duration: Dur::secs(30),
+        machines: Machines {
+            list: vec![machine(ID_A, "a"), machine(ID_B, "a"), machine(ID_C, "b")],
+            ..Machines::default()
+        },
+        units: Units {
+            inline: units,
+            ..Units::default()
+        },
+        config: Default::default(),
+        invariants: Default::default(),
+        faults: vec![Fault {
+            at: Dur::secs(15),
+            kind: FaultKind::Crash,
+            for_: None,
+            machines: Some("rack=b".into()),
+            from: None,
+            to: None,
+            oneway: false,
+            rate: None,
+            extra: None,
+            agent_only: false,
+            set: BTreeMap::new(),
+            unset: Vec::new(),
+        }],
+        base_dir: Path::new(".").to_path_buf(),
+    }
+}
+
+/// Unit files with what a TOML writer could get wrong: quotes, backslashes, tabs, trailing spaces,
+/// a `"""` inside, line continuations, no final newline.
+fn tricky() -> Vec<InlineUnit> {
+    vec![
+        unit(
+            "web.service",
+            UnitDesired::Launched,
+            "[Unit]\nDescription=web \"quoted\" \\ back\n\n[Service]\nExecStart=/bin/sh -c 'echo \"\"\" ; sleep 1d'\t\nEnvironment=A=1   \n",
+        ),
+        unit(
+            "db.service",
+            UnitDesired::Launched,
+            "[Service]\nExecStart=/usr/bin/sleep infinity\n\n[X-Fleet]\nConflicts=web.service\nMachineMetadata=rack=a",
+        ),
+        unit(
+            "agent.service",
+            UnitDesired::Launched,
+            "[Service]\nExecStart=/usr/bin/sleep infinity\n[X-Fleet]\nGlobal=true\n",
+        ),
+        unit(
+            "off.service",
+            UnitDesired::Inactive,
+            "[Service]\nExecStart=/usr/bin/true\n",
+        ),
+    ]
+}
+
+#[test]
+fn a_scenario_with_inline_units_writes_and_reads_back_the_same() {
+    let mut sc = scenario(tricky());
+    sc.units.inline[0].running_on = vec![ID_A.into()];
+    sc.units.inline[2].running_on = vec![ID_A.into(), ID_B.into(), ID_C.into()];
+    let text = sc.to_toml().expect("serializes");
+    let back = Scenario::from_toml(&text, Path::new(".")).expect("parses");
+    assert_eq!(back, sc, "round trip changed the scenario:\n{text}");
+    for u in &sc.units.inline {
+        let b = back.units.inline.iter().find(|b| b.name == u.name).unwrap();
+        assert_eq!(b.file.as_bytes(), u.file.as_bytes(), "{} changed", u.name);
+    }
+    // Settings at their defaults are left out: the file follows fleetd's defaults.
+    assert!(!text.contains("[config]"), "{text}");
+    assert!(!text.contains("[invariants]"), "{text}");
+    assert!(!text.contains("dir ="), "{text}");
+    // And a changed setting is kept.
+    let mut sc2 = sc.clone();
+    sc2.config.agent_ttl = Dur::secs(10);
+    let text2 = sc2.to_toml().unwrap();
+    assert!(text2.contains("agent_ttl"), "{text2}");
+    assert_eq!(Scenario::from_toml(&text2, Path::new(".")).unwrap(), sc2);
+}
+
+#[test]
+fn inline_units_are_simulated_inactive_ones_are_not_submitted() {
+    let sc = scenario(tricky());
+    let mut sim = Sim::new(&sc, 7).expect("sets up");
+    sim.run_until(Dur::secs(14).0);
+    let active = sim.active_units();
+    assert_eq!(active["agent.service"], vec![ID_A, ID_B, ID_C]);
+    // MachineMetadata=rack=a, and not next to web.
+    let db = &active["db.service"];
+    assert_eq!(db.len(), 1);
+    assert!(db[0] == ID_A || db[0] == ID_B, "{active:?}");
+    assert_eq!(active["web.service"].len(), 1);
+    assert_ne!(active["web.service"], *db, "Conflicts= ignored: {active:?}");
+    assert!(!active.contains_key("off.service"), "{active:?}");
+    // rack b crashes at 15s: everything ends on rack a, the global unit on both of its machines.
+    sim.run_until(Dur::secs(30).0);
+    let after = sim.active_units();
+    assert_eq!(after["agent.service"], vec![ID_A, ID_B]);
+    for u in ["web.service", "db.service"] {
+        assert!(
+            after[u].len() == 1 && after[u][0] != ID_C,
+            "{u} after the crash: {after:?}"
+        );
+    }
+    let report = sim.finish();
+    assert!(!report.failed(), "{}", report.to_text());
+}
+
+#[test]
+fn bad_inline_units_are_refused_naming_the_unit() {
+    let mut bad = tricky();
+    bad[1].file = "[Service\nExecStart=/bin/true\n".into();
+    let err = Sim::new(&scenario(bad), 1)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("db.service"), "{err}");
+
+    let mut loaded = tricky();
+    loaded[0].state = UnitDesired::Loaded;
+    let err = Sim::new(&scenario(loaded), 1)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        err.contains("web.service") && err.contains("loaded"),
+        "{err}"
+    );
+
+    let text = "name = \"x\"\nduration = \"10s\"\n[machines]\ncount = 1\n[units]\n";
+    let err = Scenario::from_toml(text, Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no dir and no [[units.unit]]"), "{err}");
+
+    let text = "name = \"x\"\nduration = \"10s\"\n[machines]\ncount = 1\n[[units.unit]]\nname = \"a.service\"\nstate = \"running\"\nfile = \"\"\n";
+    let err = Scenario::from_toml(text, Path::new("."))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("running"), "{err}");
+}
