@@ -98,6 +98,7 @@
 //! (indexes, load, conflict counters, globals, reasons) and `engine::order` the order in which non-global
 //! units are reserved and decided.
 
+mod decide;
 mod engine;
 mod planner;
 #[cfg(feature = "testing")]

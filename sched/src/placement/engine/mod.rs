@@ -7,10 +7,10 @@ mod order;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::decide::cycles;
 use super::{Decision, MachineInfo, Plan, Reason, UnitInfo};
 use crate::requirements::glob_match;
 use crate::{DesiredState, RequirementError, Requirements, UnitName};
-pub(super) use order::cycles;
 
 // ---------------------------------------------------------------------------------------------------------
 // Implementation.
@@ -437,11 +437,6 @@ impl<'a> Scheduler<'a> {
         out.sort_unstable();
         out.dedup();
         out
-    }
-
-    /// `MachineID=` and `MachineMetadata=` allow `m`, and `m` does not refuse the unit's name.
-    fn static_ok(&self, u: u32, m: u32) -> bool {
-        self.requirements_allow(u, m) && !self.refuses(m, u)
     }
 
     /// Whether machine `m` refuses the name of unit `u`.

@@ -50,6 +50,9 @@
 
 mod pass;
 mod relations;
+mod replay;
+mod rules;
+mod state;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

@@ -6,7 +6,8 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use super::super::engine::{cycles, is_literal, FxSet, NONE};
+use super::super::decide::cycles;
+use super::super::engine::{is_literal, FxSet, NONE};
 use super::{Class, Pattern, Planner};
 use crate::{glob_match, UnitName};
 
