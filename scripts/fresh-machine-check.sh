@@ -9,16 +9,17 @@
 #   KEEP_ROOTFS=1 scripts/fresh-machine-check.sh   # keep the root filesystem (unmounted) for a rerun
 #   FRESH_TEST_ARGS="--test lab_interop" scripts/fresh-machine-check.sh   # arguments for test.sh (a part)
 #
-# Everything runs in a private mount namespace (`unshare --mount`): the chroot's mounts (/proc, /sys,
+# Everything runs in a private mount namespace (`unshare --mount`) whose root becomes the fresh root
+# (pivot_root, as a container runtime does; see below why not chroot): its mounts (/proc, /sys,
 # /dev, a fresh /dev/shm and /run) cannot propagate to the host and vanish with it. The lab clusters the
-# tests start in the chroot use their own state directory (the chroot's /dev/shm). The root filesystem
+# tests start in the fresh root use their own state directory (its own /dev/shm). The root filesystem
 # (under $TMPDIR or /tmp, a few GB with the cargo build) is removed at the end unless KEEP_ROOTFS=1. Each
 # phase prints how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
-[ "$(id -u)" = 0 ] || { echo "needs root (debootstrap, chroot, mounts): run it as root" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "needs root (debootstrap, namespaces, mounts): run it as root" >&2; exit 1; }
 command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
 REPO=${REPO:-$PWD}
 ROOTFS=${ROOTFS:-${TMPDIR:-/tmp}/fleet-fresh-debian12}
@@ -102,7 +103,12 @@ unshare --mount --propagation private env ROOTFS="$ROOTFS" FRESH_TEST_ARGS="${FR
   mount --rbind /dev "$ROOTFS/dev"
   mount -t tmpfs -o mode=1777 tmpfs "$ROOTFS/dev/shm"
   mount -t tmpfs -o mode=755 tmpfs "$ROOTFS/run"
-  exec chroot "$ROOTFS" env -i HOME=/root FRESH_TEST_ARGS="$FRESH_TEST_ARGS" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  # pivot_root, not chroot: a chroot leaves the mount namespace rooted at the host'"'"'s /, so a process that
+  # enters a lab machine with `nsenter -a` (setns to its mount namespace) lands in the HOST'"'"'s root, not
+  # the machine'"'"'s, and `systemctl is-system-running` there says "offline": the lab never "boots". With
+  # pivot_root the fresh root is the namespace'"'"'s root, as on a real machine.
+  cd "$ROOTFS"; mkdir -p .oldroot; pivot_root . .oldroot; cd /; umount -l /.oldroot; rmdir /.oldroot
+  exec env -i HOME=/root FRESH_TEST_ARGS="$FRESH_TEST_ARGS" PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 TERM=dumb /root/fresh-run.sh
 '
-log "fresh Debian 12: scripts/demo.sh and scripts/test.sh ${FRESH_TEST_ARGS:-} passed in $((SECONDS - t0)) s in the chroot"
+log "fresh Debian 12: scripts/demo.sh and scripts/test.sh ${FRESH_TEST_ARGS:-} passed in $((SECONDS - t0)) s in the fresh root"
