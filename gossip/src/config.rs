@@ -74,6 +74,9 @@ pub struct Config {
     /// How often to run anti-entropy with one random live member (a summary of the state digest in
     /// a few hundred bytes; details only for what differs), and a full sync (membership and state)
     /// with one random member seen down (which heals partitions: both sides renew and rejoin).
+    /// Also, once per interval, with probability min(1, k / live members), a full sync with one of
+    /// the k seed addresses and addresses of forgotten members (after `remove_down_after`) that are
+    /// no known member's: a partition longer than `remove_down_after` merges back through them.
     /// Default 5 s.
     pub anti_entropy_interval: Duration,
     /// While no member is alive, how often to retry joining through the seeds and a few members

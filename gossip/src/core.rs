@@ -77,6 +77,13 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// The roster is reconciled with foca's list every this many anti-entropy intervals (one minute
 /// with the defaults): an O(n) walk, a safety net (the roster follows foca's notifications).
 const RECONCILE_EVERY: u64 = 12;
+/// How long the address of a member forgotten after `remove_down_after` is still tried now and
+/// then (a partition that outlived `remove_down_after` heals through it; Serf's
+/// `reconnect_timeout` is the same idea, 24 h by default there too).
+const LOST_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
+/// At most this many forgotten addresses are kept (the oldest go first): one reachable member of
+/// the other side is enough to merge back, since a full sync exchanges whole memberships.
+const LOST_MAX: usize = 1024;
 
 /// Something the node learned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +207,9 @@ pub struct Node {
     timer_seq: u64,
     pub(crate) now: Instant,
     seeds: BTreeSet<SocketAddr>,
+    /// Members forgotten after `remove_down_after`: their last address and when they were
+    /// forgotten (see [`Node::reconnect_candidates`]).
+    lost: BTreeMap<MachineId, (SocketAddr, Instant)>,
     transmits: VecDeque<Transmit>,
     /// Syncs to run: the peer, and whether the exchange is a full one.
     syncs: VecDeque<SocketAddr>,
@@ -250,6 +260,7 @@ impl Node {
             timer_seq: 0,
             now,
             seeds: BTreeSet::new(),
+            lost: BTreeMap::new(),
             transmits: VecDeque::new(),
             syncs: VecDeque::new(),
             full_syncs: BTreeSet::new(),
@@ -304,9 +315,11 @@ impl Node {
     }
 
     /// Joins through these addresses (configured seeds, or bootstrap addresses read from etcd): asks
-    /// for a full sync with each now, and again every `join_retry_interval` while no member is
-    /// alive (along with a few members last seen down, so that a healed partition merges back).
-    /// Our own address is skipped. Addresses accumulate across calls.
+    /// for a full sync with each new one now, and again every `join_retry_interval` while no member
+    /// is alive (along with a few members last seen down or forgotten, so that a healed partition
+    /// merges back). Our own address is skipped. Addresses accumulate across calls: while some are
+    /// not the address of a member this node knows, it also retries them (and the addresses of
+    /// members it forgot) at a bounded rate, see [`Config::anti_entropy_interval`].
     pub fn join(&mut self, now: Instant, addrs: &[SocketAddr]) {
         self.now = now;
         let own = self.identity().addr;
@@ -732,6 +745,7 @@ impl Node {
                     self.roster.forget(&id);
                     if self.roster.get(&id.machine_id).is_none() {
                         self.store.forget(&id.machine_id);
+                        self.remember_lost(id);
                     }
                 }
             }
@@ -766,6 +780,12 @@ impl Node {
                 if let Some(addr) = self.random_down(1).pop() {
                     self.request_sync(addr, true);
                 }
+                // A partition longer than `remove_down_after` leaves no down member to heal
+                // through: each side forgot the other. Like Serf's reconnect of failed members,
+                // retry one seed or forgotten address that is no known member's, with probability
+                // (such addresses / live members): about one attempt per interval cluster-wide for
+                // one dead machine, one per node per interval on a side that lost more than it kept.
+                self.reconnect();
                 self.schedule(
                     self.now + self.config.anti_entropy_interval,
                     TimerKind::AntiEntropy,
@@ -780,6 +800,15 @@ impl Node {
                         if !self.seeds.contains(&addr) {
                             targets.push(addr);
                         }
+                    }
+                    let mut lost = self.reconnect_candidates();
+                    lost.retain(|a| !self.seeds.contains(a));
+                    for _ in 0..3 {
+                        if lost.is_empty() {
+                            break;
+                        }
+                        let i = self.rng.random_range(0..lost.len());
+                        targets.push(lost.swap_remove(i));
                     }
                     for addr in targets {
                         self.request_sync(addr, true);
@@ -802,6 +831,66 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Records the address of a member just forgotten (see [`LOST_KEPT_FOR`], [`LOST_MAX`]).
+    fn remember_lost(&mut self, id: NodeIdentity) {
+        self.lost.insert(id.machine_id, (id.addr, self.now));
+        while self.lost.len() > LOST_MAX {
+            let oldest = self
+                .lost
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(m, _)| m.clone());
+            match oldest {
+                Some(m) => self.lost.remove(&m),
+                None => break,
+            };
+        }
+    }
+
+    /// Addresses worth a full sync to merge back a partition: the seeds and the addresses of
+    /// forgotten members, less our own and those of the members this node knows (whatever their
+    /// state: a member seen down is retried by the anti-entropy already). Drops the forgotten
+    /// members that came back or were forgotten over [`LOST_KEPT_FOR`] ago. An O(n) walk, run
+    /// once per anti-entropy interval (and per join retry while isolated).
+    fn reconnect_candidates(&mut self) -> Vec<SocketAddr> {
+        let now = self.now;
+        let roster = &self.roster;
+        self.lost
+            .retain(|m, (_, at)| roster.get(m).is_none() && now < *at + LOST_KEPT_FOR);
+        if self.seeds.is_empty() && self.lost.is_empty() {
+            return Vec::new();
+        }
+        let own = self.identity().addr;
+        let known: BTreeSet<SocketAddr> = self
+            .roster
+            .iter()
+            .map(|(_, k)| k.identity.addr)
+            .chain(std::iter::once(own))
+            .collect();
+        let mut out: BTreeSet<SocketAddr> = self.seeds.clone();
+        out.extend(self.lost.values().map(|(a, _)| *a));
+        out.retain(|a| !known.contains(a));
+        out.into_iter().collect()
+    }
+
+    /// One full sync with a random [`Node::reconnect_candidates`] address, with probability
+    /// (candidates / live members), capped at 1.
+    fn reconnect(&mut self) {
+        let candidates = self.reconnect_candidates();
+        if candidates.is_empty() {
+            return;
+        }
+        let live = self.roster.live_count();
+        if candidates.len() < live {
+            let p = candidates.len() as f64 / live as f64;
+            if !self.rng.random_bool(p) {
+                return;
+            }
+        }
+        let i = self.rng.random_range(0..candidates.len());
+        self.request_sync(candidates[i], true);
     }
 
     /// Up to `k` addresses of members seen down, chosen at random (an O(n) walk: used every few

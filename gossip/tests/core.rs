@@ -606,3 +606,114 @@ fn a_joiner_does_not_push_on_the_state_it_learnt_by_joining() {
     assert_eq!(c.pushes_out, 0, "{c:?}");
     assert!(c.bytes_out < 15 * 1000, "{c:?}");
 }
+
+/// A partition longer than `remove_down_after`: each side declares the other down, then forgets it
+/// (no verdict is left to heal through). After the repair every node must see every other alive
+/// again, through the seeds it joined with and the addresses of the members it forgot.
+fn long_partition_heals(seed: u64, side: &[usize]) -> Option<Duration> {
+    let config = Config {
+        remove_down_after: Duration::from_secs(4),
+        ..Config::default()
+    };
+    let n = 6;
+    let mut net = VirtualNet::new(seed, config);
+    let first = net.add_node(&[]);
+    for _ in 1..n {
+        net.add_node(&[first]);
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let joined = net.run_until(Duration::from_secs(10), |net| {
+        all.iter()
+            .all(|a| all.iter().all(|b| a == b || net.sees_alive(*a, *b)))
+    });
+    assert!(joined, "seed {seed}: the cluster did not form");
+    net.partition(side);
+    let other: Vec<usize> = all.iter().copied().filter(|i| !side.contains(i)).collect();
+    let forgotten = net.run_until(Duration::from_secs(30), |net| {
+        side.iter()
+            .all(|a| other.iter().all(|b| net.liveness(*a, *b).is_none()))
+            && other
+                .iter()
+                .all(|a| side.iter().all(|b| net.liveness(*a, *b).is_none()))
+    });
+    assert!(
+        forgotten,
+        "seed {seed}: the two sides did not forget each other"
+    );
+    net.repair();
+    let healed_at = net.elapsed();
+    let healed = net.run_until(Duration::from_secs(60), |net| {
+        all.iter().all(|a| {
+            all.iter()
+                .all(|b| a == b || net.liveness(*a, *b) == Some(Liveness::Alive))
+        })
+    });
+    healed.then(|| net.elapsed() - healed_at)
+}
+
+#[test]
+fn a_partition_longer_than_remove_down_after_merges_back() {
+    // The seed (node 0) on the small side, then on the large side (the small side's nodes joined
+    // through it), then a side that holds no seed and whose nodes no seed of the other side names.
+    let mut worst = Duration::ZERO;
+    for (seed, side) in [
+        (41, vec![0, 1]),
+        (42, vec![3, 4]),
+        (43, vec![0, 2, 5]),
+        (44, vec![1]),
+    ] {
+        let took = long_partition_heals(seed, &side);
+        let Some(took) = took else {
+            panic!("seed {seed}, side {side:?}: not merged back within 60 s of the repair");
+        };
+        eprintln!("seed {seed}, side {side:?}: merged back {took:?} after the repair");
+        worst = worst.max(took);
+    }
+    // Each node retries one forgotten address or seed per anti-entropy interval (5 s) while it has
+    // more of them than live members: a few intervals at most.
+    assert!(
+        worst <= Duration::from_secs(20),
+        "merged back only after {worst:?}"
+    );
+}
+
+#[test]
+fn a_forgotten_dead_member_is_retried_at_a_bounded_rate() {
+    let config = Config {
+        remove_down_after: Duration::from_secs(3),
+        ..Config::default()
+    };
+    let n = 20;
+    let mut net = VirtualNet::new(51, config.clone());
+    let first = net.add_node(&[]);
+    for _ in 1..n {
+        net.add_node(&[first]);
+    }
+    net.run_for(Duration::from_secs(5));
+    net.kill(7);
+    let forgotten = net.run_until(Duration::from_secs(20), |net| {
+        net.running().iter().all(|o| net.liveness(*o, 7).is_none())
+    });
+    assert!(forgotten);
+    let syncs = |net: &mut VirtualNet| -> u64 {
+        net.running()
+            .into_iter()
+            .map(|i| net.node(i).expect("running").counters().syncs_requested)
+            .sum()
+    };
+    let before = syncs(&mut net);
+    let secs = 200;
+    net.run_for(Duration::from_secs(secs));
+    let requested = syncs(&mut net) - before;
+    // Every node runs one summary anti-entropy per interval; the rest are retries of the dead
+    // member's address, which the 19 live nodes share: about one per interval in all (each tries
+    // with probability 1/19), not one per node per interval (19 per interval).
+    let intervals = secs / config.anti_entropy_interval.as_secs();
+    let retries = requested.saturating_sub((n as u64 - 1) * intervals);
+    eprintln!("{retries} retries of the dead member's address in {intervals} intervals");
+    assert!(retries >= 1, "the forgotten address was never retried");
+    assert!(
+        retries <= 3 * intervals,
+        "{retries} retries in {intervals} intervals"
+    );
+}
