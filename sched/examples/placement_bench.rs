@@ -3,7 +3,8 @@
 //! failure, and a self-conflicting group larger than the machines it may use. Then the incremental
 //! `Planner` on the same cluster in the steady state: one pass per change for a mix of realistic changes
 //! (machines dying and coming back, the moved units' claims arriving one by one, units submitted and
-//! destroyed, metadata changing, a unit's requirements changing, a global unit submitted), each pass's
+//! destroyed, metadata changing, a unit's requirements changing, global units submitted and destroyed: on
+//! every machine, on half of them, with `Conflicts=`), each pass's
 //! time, and its plan compared with `schedule`'s on the same inputs (outside the timed part). Prints
 //! figures; asserts nothing about timing.
 //!
@@ -361,6 +362,21 @@ fn converge(planner: &mut Planner, kind: &mut Kind, claims: &mut Claims) {
     }
 }
 
+/// The kinds of change the incremental planner is timed on.
+const KINDS: &[&str] = &[
+    "machine dies",
+    "machine comes back",
+    "unit submitted",
+    "unit destroyed",
+    "machine metadata changes (and back)",
+    "unit requirements change (claimed unit)",
+    "100 claims in one pass",
+    "claim written after a move (one per pass)",
+    "global unit submitted / destroyed",
+    "global unit with MachineMetadata= submitted / destroyed",
+    "global unit with Conflicts= submitted / destroyed",
+];
+
 /// The incremental planner in the steady state of the same cluster.
 fn incremental(machines: &[MachineInfo], claimed: &[UnitInfo], plan: &Plan) {
     println!();
@@ -388,38 +404,8 @@ fn incremental(machines: &[MachineInfo], claimed: &[UnitInfo], plan: &Plan) {
         .iter()
         .map(|u| (u.name.clone(), u.claim.clone()))
         .collect();
-    let mut kinds: Vec<(&str, Kind)> = [
-        "machine dies",
-        "machine comes back",
-        "unit submitted",
-        "unit destroyed",
-        "machine metadata changes (and back)",
-        "unit requirements change (claimed unit)",
-        "100 claims in one pass",
-        "claim written after a move (one per pass)",
-        "global unit submitted / destroyed",
-        "global unit with Conflicts= submitted / destroyed",
-    ]
-    .into_iter()
-    .map(|k| (k, Kind::default()))
-    .collect();
-    let k = |name: &str| {
-        [
-            "machine dies",
-            "machine comes back",
-            "unit submitted",
-            "unit destroyed",
-            "machine metadata changes (and back)",
-            "unit requirements change (claimed unit)",
-            "100 claims in one pass",
-            "claim written after a move (one per pass)",
-            "global unit submitted / destroyed",
-            "global unit with Conflicts= submitted / destroyed",
-        ]
-        .iter()
-        .position(|x| *x == name)
-        .unwrap()
-    };
+    let mut kinds: Vec<(&str, Kind)> = KINDS.iter().map(|&k| (k, Kind::default())).collect();
+    let k = |name: &str| KINDS.iter().position(|x| *x == name).unwrap();
     let claim_kind = k("claim written after a move (one per pass)");
     let rounds = 20;
     for r in 0..rounds {
@@ -547,8 +533,33 @@ fn incremental(machines: &[MachineInfo], claimed: &[UnitInfo], plan: &Plan) {
             );
             converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
         }
-        // The same with a Conflicts= glob (matching nothing here): every machine it may run on is
-        // recomputed.
+        // The same on half of the machines (role=web): the pools of other classes and of every machine
+        // are updated machine by machine.
+        if r < 5 {
+            let g = unit(
+                format!("bench-gweb{r}.service"),
+                Requirements {
+                    global: true,
+                    metadata: md(&[("role", &["web"])]),
+                    ..Requirements::default()
+                },
+            );
+            let g_name = g.name.clone();
+            let kind = k("global unit with MachineMetadata= submitted / destroyed");
+            timed(&mut planner, &mut kinds[kind].1, vec![Change::Unit(g)]);
+            if r == 0 {
+                check(&planner);
+            }
+            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
+            timed(
+                &mut planner,
+                &mut kinds[kind].1,
+                vec![Change::UnitGone(g_name)],
+            );
+            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
+        }
+        // The same with a Conflicts= glob (matching nothing here): placed directly where nothing
+        // conflicts with it, which is everywhere.
         if r < 2 {
             let g = unit(
                 format!("bench-gconflict{r}.service"),

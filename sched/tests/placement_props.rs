@@ -3,36 +3,13 @@
 //! machines count as no claim, and the plan is stable (fed back as claims, with or without a new machine,
 //! it does not move anything).
 
-use std::collections::BTreeMap;
-
 use fleet_sched::{
-    schedule, Decision, DesiredState, MachineId, MachineInfo, Plan, Reason, Requirements, UnitInfo,
-    UnitName,
+    schedule, Decision, DesiredState, MachineId, MachineInfo, Plan, Reason, UnitInfo, UnitName,
 };
 use proptest::prelude::*;
 
-const MACHINE_IDS: &[&str] = &[
-    "aaaaaaaa01",
-    "aaaaaaaa02",
-    "bbbbbbbb01",
-    "m1",
-    "m2",
-    "m3",
-    "m4",
-    "m5",
-];
-const UNIT_NAMES: &[&str] = &[
-    "a.service",
-    "b.service",
-    "c.service",
-    "d.service",
-    "e.service",
-    "web@1.service",
-    "web@2.service",
-    "web@3.service",
-    "web@.service",
-    "x.socket",
-];
+mod common;
+use common::{big_requirements, machine, units, MACHINE_IDS};
 
 fn machines() -> impl Strategy<Value = Vec<MachineInfo>> {
     prop::sample::subsequence(MACHINE_IDS, 0..=MACHINE_IDS.len()).prop_flat_map(|ids| {
@@ -44,142 +21,7 @@ fn machines() -> impl Strategy<Value = Vec<MachineInfo>> {
             .prop_map(|(ids, md)| {
                 ids.iter()
                     .zip(md)
-                    .map(|(id, (role, ssd))| {
-                        let mut m = MachineInfo::new(MachineId::parse(id).unwrap());
-                        if role > 0 {
-                            m = m.with_metadata("role", ["web", "db"][role - 1]);
-                        }
-                        if ssd {
-                            m = m.with_metadata("disk", "ssd");
-                        }
-                        m
-                    })
-                    .collect()
-            })
-    })
-}
-
-fn words(pool: &'static [&'static str], max: usize) -> impl Strategy<Value = Vec<String>> {
-    prop::collection::vec(prop::sample::select(pool), 0..=max).prop_map(|v| {
-        let mut out: Vec<String> = Vec::new();
-        for w in v {
-            if !out.iter().any(|x| x == w) {
-                out.push(w.to_string());
-            }
-        }
-        out
-    })
-}
-
-fn requirements() -> impl Strategy<Value = Requirements> {
-    let machine_id = prop_oneof![
-        6 => Just(None),
-        1 => prop::sample::select(&["aaaaaaaa", "aaaaaaaa01", "m1", "m9"][..]).prop_map(|s| Some(s.to_string())),
-    ];
-    let metadata = (0..4usize, any::<bool>()).prop_map(|(role, ssd)| {
-        let mut md = BTreeMap::new();
-        match role {
-            1 => {
-                md.insert("role".to_string(), vec!["web".to_string()]);
-            }
-            2 => {
-                md.insert(
-                    "role".to_string(),
-                    vec!["db".to_string(), "web".to_string()],
-                );
-            }
-            _ => {}
-        }
-        if ssd && role != 3 {
-            md.insert("disk".to_string(), vec!["ssd".to_string()]);
-        }
-        md
-    });
-    (
-        machine_id,
-        words(
-            &["a.service", "b.service", "web@1.service", "missing.service"],
-            2,
-        ),
-        metadata,
-        words(
-            &[
-                "*.service",
-                "web@*.service",
-                "a.service",
-                "b*",
-                "[ab].service",
-                "c.service",
-                "[x",
-            ],
-            2,
-        ),
-        prop::bool::weighted(0.15),
-        words(
-            &["a.service", "b.service", "web@*.service", "d.service", "e*"],
-            1,
-        ),
-        prop::bool::weighted(0.1),
-    )
-        .prop_map(
-            |(machine_id, machine_of, metadata, conflicts, global, replaces, keep_invalid)| {
-                let mut r = Requirements {
-                    machine_id,
-                    machine_of,
-                    metadata,
-                    conflicts,
-                    global,
-                    replaces,
-                    ..Requirements::default()
-                };
-                if !keep_invalid {
-                    // Drop options until the combination is one fleet accepts.
-                    let fixes: [fn(&mut Requirements); 5] = [
-                        |r| r.machine_id = None,
-                        |r| r.global = false,
-                        |r| r.replaces.clear(),
-                        |r| r.machine_of.clear(),
-                        |r| r.conflicts.clear(),
-                    ];
-                    for fix in fixes {
-                        if r.validate().is_ok() {
-                            break;
-                        }
-                        fix(&mut r);
-                    }
-                }
-                r
-            },
-        )
-}
-
-fn units() -> impl Strategy<Value = Vec<UnitInfo>> {
-    prop::sample::subsequence(UNIT_NAMES, 0..=UNIT_NAMES.len()).prop_flat_map(|names| {
-        let n = names.len();
-        let desired = prop_oneof![
-            1 => Just(DesiredState::Inactive),
-            1 => Just(DesiredState::Loaded),
-            3 => Just(DesiredState::Launched),
-        ];
-        let claim = prop_oneof![
-            2 => Just(None),
-            3 => prop::sample::select(MACHINE_IDS).prop_map(Some),
-            1 => Just(Some("dead")),
-        ];
-        (
-            Just(names),
-            prop::collection::vec((requirements(), desired, claim), n),
-        )
-            .prop_map(|(names, specs)| {
-                names
-                    .iter()
-                    .zip(specs)
-                    .map(|(name, (req, desired, claim))| UnitInfo {
-                        name: UnitName::parse(name).unwrap(),
-                        requirements: req,
-                        desired,
-                        claim: claim.map(|c| MachineId::parse(c).unwrap()),
-                    })
+                    .map(|(id, (role, ssd))| machine(id, role, ssd))
                     .collect()
             })
     })
@@ -196,69 +38,9 @@ fn big_machines() -> impl Strategy<Value = Vec<MachineInfo>> {
             (0..n)
                 .map(|i| {
                     let (role, ssd) = md[i];
-                    let mut m = MachineInfo::new(MachineId::parse(&format!("m{i:03}")).unwrap());
-                    if role > 0 {
-                        m = m.with_metadata("role", ["web", "db"][role - 1]);
-                    }
-                    if ssd {
-                        m = m.with_metadata("disk", "ssd");
-                    }
-                    m
+                    machine(&format!("m{i:03}"), role, ssd)
                 })
                 .collect()
-        })
-}
-
-fn big_requirements(names: Vec<String>) -> impl Strategy<Value = Requirements> {
-    let md = prop_oneof![
-        3 => Just(BTreeMap::new()),
-        1 => Just([("role".to_string(), vec!["web".to_string()])].into()),
-        1 => Just([("role".to_string(), vec!["db".to_string(), "web".to_string()])].into()),
-        1 => Just([("disk".to_string(), vec!["ssd".to_string()])].into()),
-    ];
-    let conflicts = prop_oneof![
-        3 => Just(vec![]),
-        2 => Just(vec!["web@*.service".to_string()]),
-        1 => Just(vec!["app1*.service".to_string()]),
-        1 => Just(vec!["app2.service".to_string(), "app3*".to_string()]),
-    ];
-    let replaces = prop_oneof![
-        6 => Just(vec![]),
-        1 => prop::sample::select(names.clone()).prop_map(|n| vec![n]),
-        1 => Just(vec!["app3*.service".to_string()]),
-    ];
-    let machine_of = prop_oneof![
-        5 => Just(vec![]),
-        1 => prop::sample::select(names).prop_map(|n| vec![n]),
-    ];
-    (
-        md,
-        conflicts,
-        replaces,
-        machine_of,
-        prop::bool::weighted(0.05),
-    )
-        .prop_map(|(metadata, conflicts, replaces, machine_of, global)| {
-            let mut r = Requirements {
-                metadata,
-                conflicts,
-                replaces,
-                machine_of,
-                global,
-                ..Requirements::default()
-            };
-            let fixes: [fn(&mut Requirements); 3] = [
-                |r| r.global = false,
-                |r| r.replaces.clear(),
-                |r| r.machine_of.clear(),
-            ];
-            for fix in fixes {
-                if r.validate().is_ok() {
-                    break;
-                }
-                fix(&mut r);
-            }
-            r
         })
 }
 
@@ -276,7 +58,7 @@ fn big_units() -> impl Strategy<Value = Vec<UnitInfo>> {
         ];
         (
             Just(chosen),
-            prop::collection::vec((big_requirements(pool.clone()), claim), n),
+            prop::collection::vec((big_requirements(pool.clone(), 0.05), claim), n),
         )
             .prop_map(|(chosen, specs)| {
                 chosen
@@ -351,7 +133,7 @@ proptest! {
     ))]
 
     #[test]
-    fn no_decision_violates_a_requirement(ms in machines(), us in units()) {
+    fn no_decision_violates_a_requirement(ms in machines(), us in units(1, 3)) {
         let plan = schedule(&ms, &us);
         let v = plan.violations(&ms, &us);
         prop_assert!(v.is_empty(), "{v:#?}\n{plan:#?}");
@@ -363,7 +145,7 @@ proptest! {
     }
 
     #[test]
-    fn same_inputs_in_any_order_give_the_same_plan(ms in machines(), us in units(), seed in any::<u64>()) {
+    fn same_inputs_in_any_order_give_the_same_plan(ms in machines(), us in units(1, 3), seed in any::<u64>()) {
         let plan = schedule(&ms, &us);
         prop_assert_eq!(&schedule(&ms, &us), &plan);
         let again = schedule(&shuffled(&ms, seed), &shuffled(&us, seed ^ 0x9e37_79b9));
@@ -371,7 +153,7 @@ proptest! {
     }
 
     #[test]
-    fn claims_on_dead_machines_count_as_none(ms in machines(), us in units()) {
+    fn claims_on_dead_machines_count_as_none(ms in machines(), us in units(1, 3)) {
         let cleared: Vec<UnitInfo> = us
             .iter()
             .map(|u| {
@@ -386,7 +168,7 @@ proptest! {
     }
 
     #[test]
-    fn the_plan_fed_back_as_claims_is_stable(ms in machines(), us in units()) {
+    fn the_plan_fed_back_as_claims_is_stable(ms in machines(), us in units(1, 3)) {
         let plan = schedule(&ms, &us);
         let claimed = with_plan_claims(&us, &plan);
         let again = schedule(&ms, &claimed);
@@ -394,7 +176,7 @@ proptest! {
     }
 
     #[test]
-    fn a_new_machine_moves_no_placed_unit(ms in machines(), us in units()) {
+    fn a_new_machine_moves_no_placed_unit(ms in machines(), us in units(1, 3)) {
         let plan = schedule(&ms, &us);
         let claimed = with_plan_claims(&us, &plan);
         let mut more = ms.clone();

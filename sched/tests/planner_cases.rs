@@ -122,7 +122,7 @@ fn a_dead_machine_moves_only_its_units() {
 }
 
 #[test]
-fn a_global_unit_with_conflicts_recomputes_the_machines_it_may_run_on() {
+fn a_global_unit_with_conflicts_recomputes_only_the_machines_where_something_conflicts() {
     let machines: Vec<MachineInfo> = (1..=3)
         .map(|i| MachineInfo::new(id(&format!("m{i}"))).with_metadata("role", "web"))
         .collect();
@@ -146,12 +146,40 @@ fn a_global_unit_with_conflicts_recomputes_the_machines_it_may_run_on() {
         &mut planner,
         vec![Change::Unit(unit("agent.service", global, None))],
     );
-    assert_eq!((stats.machines, stats.global_moves), (3, 0));
+    // Placed directly on m1 and m3; m2, where b (which conflicts with it) is reserved, is recomputed.
+    assert_eq!((stats.machines, stats.global_moves), (1, 2));
     // b conflicts with the global unit, which never yields: b moves nowhere (every machine runs it).
     assert_eq!(on(&planner, "b.service"), None);
+    // It goes: taken off every machine directly; only m2, where b's claim is, is recomputed.
     let stats = step(&mut planner, vec![Change::UnitGone(name("agent.service"))]);
-    assert_eq!((stats.machines, stats.global_moves), (3, 0));
+    assert_eq!((stats.machines, stats.global_moves), (1, 3));
     assert_eq!(on(&planner, "b.service"), Some("m2"));
+    // With a global unit that conflicts with it, another global unit's machines are recomputed.
+    let g = |name: &str, conflicts: &str| {
+        let req = Requirements {
+            global: true,
+            conflicts: vec![conflicts.into()],
+            ..Requirements::default()
+        };
+        unit(name, req, None)
+    };
+    step(
+        &mut planner,
+        vec![Change::Unit(g("g1.service", "g2.service"))],
+    );
+    let stats = step(
+        &mut planner,
+        vec![Change::Unit(g("g2.service", "none.service"))],
+    );
+    assert_eq!((stats.machines, stats.global_moves), (3, 0));
+    assert!(matches!(
+        planner.plan().decision(&name("g2.service")),
+        Some(Decision::Unplaceable(_))
+    ));
+    let stats = step(&mut planner, vec![Change::UnitGone(name("g1.service"))]);
+    assert_eq!(stats.machines, 3);
+    let g2 = planner.plan().decision(&name("g2.service")).unwrap();
+    assert_eq!(g2.machines().len(), 3);
 }
 
 #[test]

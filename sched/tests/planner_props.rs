@@ -12,39 +12,11 @@ use fleet_sched::{
 };
 use proptest::prelude::*;
 
-const MACHINE_IDS: &[&str] = &[
-    "aaaaaaaa01",
-    "aaaaaaaa02",
-    "bbbbbbbb01",
-    "m1",
-    "m2",
-    "m3",
-    "m4",
-    "m5",
-];
-const UNIT_NAMES: &[&str] = &[
-    "a.service",
-    "b.service",
-    "c.service",
-    "d.service",
-    "e.service",
-    "web@1.service",
-    "web@2.service",
-    "web@3.service",
-    "web@.service",
-    "x.socket",
-];
-
-fn machine(id: &str, role: usize, ssd: bool) -> MachineInfo {
-    let mut m = MachineInfo::new(MachineId::parse(id).unwrap());
-    if role > 0 {
-        m = m.with_metadata("role", ["web", "db"][role - 1]);
-    }
-    if ssd {
-        m = m.with_metadata("disk", "ssd");
-    }
-    m
-}
+mod common;
+use common::{
+    big_requirements, claim, desired, machine, made_valid, requirements, units, words, MACHINE_IDS,
+    UNIT_NAMES,
+};
 
 /// `m` refusing none, one or both of the first and third unit names (bits of `mask`).
 fn refusing(mut m: MachineInfo, names: &[String], mask: u8) -> MachineInfo {
@@ -60,124 +32,6 @@ fn refusing(mut m: MachineInfo, names: &[String], mask: u8) -> MachineInfo {
 /// Which names a machine refuses: mostly none.
 fn refusal_mask() -> impl Strategy<Value = u8> + Clone {
     prop_oneof![4 => Just(0u8), 1 => 1..4u8]
-}
-
-fn words(pool: &'static [&'static str], max: usize) -> impl Strategy<Value = Vec<String>> + Clone {
-    prop::collection::vec(prop::sample::select(pool), 0..=max).prop_map(|v| {
-        let mut out: Vec<String> = Vec::new();
-        for w in v {
-            if !out.iter().any(|x| x == w) {
-                out.push(w.to_string());
-            }
-        }
-        out
-    })
-}
-
-/// Requirements over the unit names above: MachineOf/Replaces chains and cycles, conflicting globs,
-/// pins, metadata, global units, and (sometimes) combinations fleet rejects.
-fn requirements() -> impl Strategy<Value = Requirements> + Clone {
-    let machine_id = prop_oneof![
-        6 => Just(None),
-        1 => prop::sample::select(&["aaaaaaaa", "aaaaaaaa01", "m1", "m9"][..]).prop_map(|s| Some(s.to_string())),
-    ];
-    let metadata = (0..4usize, any::<bool>()).prop_map(|(role, ssd)| {
-        let mut md = BTreeMap::new();
-        match role {
-            1 => {
-                md.insert("role".to_string(), vec!["web".to_string()]);
-            }
-            2 => {
-                md.insert(
-                    "role".to_string(),
-                    vec!["db".to_string(), "web".to_string()],
-                );
-            }
-            _ => {}
-        }
-        if ssd && role != 3 {
-            md.insert("disk".to_string(), vec!["ssd".to_string()]);
-        }
-        md
-    });
-    (
-        machine_id,
-        words(
-            &[
-                "a.service",
-                "b.service",
-                "c.service",
-                "web@1.service",
-                "missing.service",
-            ],
-            2,
-        ),
-        metadata,
-        words(
-            &[
-                "*.service",
-                "web@*.service",
-                "a.service",
-                "b*",
-                "[ab].service",
-                "c.service",
-                "[x",
-            ],
-            2,
-        ),
-        prop::bool::weighted(0.15),
-        words(
-            &["a.service", "b.service", "web@*.service", "d.service", "e*"],
-            2,
-        ),
-        prop::bool::weighted(0.1),
-    )
-        .prop_map(
-            |(machine_id, machine_of, metadata, conflicts, global, replaces, keep_invalid)| {
-                let mut r = Requirements {
-                    machine_id,
-                    machine_of,
-                    metadata,
-                    conflicts,
-                    global,
-                    replaces,
-                    ..Requirements::default()
-                };
-                if !keep_invalid {
-                    let fixes: [fn(&mut Requirements); 5] = [
-                        |r| r.machine_id = None,
-                        |r| r.global = false,
-                        |r| r.replaces.clear(),
-                        |r| r.machine_of.clear(),
-                        |r| r.conflicts.clear(),
-                    ];
-                    for fix in fixes {
-                        if r.validate().is_ok() {
-                            break;
-                        }
-                        fix(&mut r);
-                    }
-                }
-                r
-            },
-        )
-}
-
-fn desired() -> impl Strategy<Value = DesiredState> {
-    prop_oneof![
-        1 => Just(DesiredState::Inactive),
-        1 => Just(DesiredState::Loaded),
-        4 => Just(DesiredState::Launched),
-    ]
-}
-
-/// A claim: none, a machine of the pool (live or not), or a machine that never exists.
-fn claim() -> impl Strategy<Value = Option<String>> + Clone {
-    prop_oneof![
-        2 => Just(None),
-        3 => prop::sample::select(MACHINE_IDS).prop_map(|s| Some(s.to_string())),
-        1 => Just(Some("dead".to_string())),
-    ]
 }
 
 /// A change before it is made concrete against the current state.
@@ -205,12 +59,12 @@ where
         3 => (0..machines, 0..3usize, any::<bool>(), refusal_mask())
             .prop_map(|(i, r, s, x)| Op::MachineUp(i, r, s, x)),
         2 => (0..machines).prop_map(Op::MachineGone),
-        4 => (0..names, req, desired(), claim.clone()).prop_map(|(i, r, d, c)| Op::Unit(i, r, d, c)),
+        4 => (0..names, req, desired(4), claim.clone()).prop_map(|(i, r, d, c)| Op::Unit(i, r, d, c)),
         1 => (0..names).prop_map(Op::UnitGone),
         3 => (0..names, claim).prop_map(|(i, c)| Op::Claim(i, c)),
         4 => (0..names).prop_map(Op::FollowPlan),
         2 => Just(Op::Converge),
-        1 => (0..names, desired()).prop_map(|(i, d)| Op::Desired(i, d)),
+        1 => (0..names, desired(4)).prop_map(|(i, d)| Op::Desired(i, d)),
     ]
 }
 
@@ -443,28 +297,6 @@ fn initial_machines() -> impl Strategy<Value = Vec<MachineInfo>> {
     })
 }
 
-fn initial_units() -> impl Strategy<Value = Vec<UnitInfo>> {
-    prop::sample::subsequence(UNIT_NAMES, 0..=UNIT_NAMES.len()).prop_flat_map(|names| {
-        let n = names.len();
-        (
-            Just(names),
-            prop::collection::vec((requirements(), desired(), claim()), n),
-        )
-            .prop_map(|(names, specs)| {
-                names
-                    .iter()
-                    .zip(specs)
-                    .map(|(name, (req, desired, claim))| UnitInfo {
-                        name: UnitName::parse(name).unwrap(),
-                        requirements: req,
-                        desired,
-                        claim: claim.map(|c| MachineId::parse(&c).unwrap()),
-                    })
-                    .collect()
-            })
-    })
-}
-
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -478,9 +310,9 @@ proptest! {
     #[test]
     fn the_planner_gives_schedule_s_plan_after_every_batch(
         ms in initial_machines(),
-        us in initial_units(),
+        us in units(2, 4),
         batches in prop::collection::vec(
-            prop::collection::vec(op(MACHINE_IDS.len(), UNIT_NAMES.len(), requirements(), claim()), 1..4),
+            prop::collection::vec(op(MACHINE_IDS.len(), UNIT_NAMES.len(), requirements(2), claim()), 1..4),
             1..12,
         ),
     ) {
@@ -523,7 +355,7 @@ fn dense_requirements() -> impl Strategy<Value = Requirements> + Clone {
     )
         .prop_map(
             |(machine_of, conflicts, replaces, global, metadata, pinned)| {
-                let mut r = Requirements {
+                let r = Requirements {
                     machine_of,
                     conflicts,
                     replaces,
@@ -532,20 +364,16 @@ fn dense_requirements() -> impl Strategy<Value = Requirements> + Clone {
                     machine_id: pinned.then(|| "m2".to_string()),
                     ..Requirements::default()
                 };
-                let fixes: [fn(&mut Requirements); 5] = [
-                    |r| r.machine_id = None,
-                    |r| r.global = false,
-                    |r| r.replaces.clear(),
-                    |r| r.conflicts.clear(),
-                    |r| r.machine_of.clear(),
-                ];
-                for fix in fixes {
-                    if r.validate().is_ok() {
-                        break;
-                    }
-                    fix(&mut r);
-                }
-                r
+                made_valid(
+                    r,
+                    &[
+                        |r| r.machine_id = None,
+                        |r| r.global = false,
+                        |r| r.replaces.clear(),
+                        |r| r.conflicts.clear(),
+                        |r| r.machine_of.clear(),
+                    ],
+                )
             },
         )
 }
@@ -612,60 +440,6 @@ fn big_names() -> Vec<String> {
         .collect()
 }
 
-fn big_requirements() -> impl Strategy<Value = Requirements> + Clone {
-    let names = big_names();
-    let md = prop_oneof![
-        3 => Just(BTreeMap::new()),
-        1 => Just([("role".to_string(), vec!["web".to_string()])].into()),
-        1 => Just([("role".to_string(), vec!["db".to_string(), "web".to_string()])].into()),
-        1 => Just([("disk".to_string(), vec!["ssd".to_string()])].into()),
-    ];
-    let conflicts = prop_oneof![
-        3 => Just(vec![]),
-        2 => Just(vec!["web@*.service".to_string()]),
-        1 => Just(vec!["app1*.service".to_string()]),
-        1 => Just(vec!["app2.service".to_string(), "app3*".to_string()]),
-    ];
-    let replaces = prop_oneof![
-        6 => Just(vec![]),
-        1 => prop::sample::select(names.clone()).prop_map(|n| vec![n]),
-        1 => Just(vec!["app3*.service".to_string()]),
-    ];
-    let machine_of = prop_oneof![
-        5 => Just(vec![]),
-        1 => prop::sample::select(names).prop_map(|n| vec![n]),
-    ];
-    (
-        md,
-        conflicts,
-        replaces,
-        machine_of,
-        prop::bool::weighted(0.03),
-    )
-        .prop_map(|(metadata, conflicts, replaces, machine_of, global)| {
-            let mut r = Requirements {
-                metadata,
-                conflicts,
-                replaces,
-                machine_of,
-                global,
-                ..Requirements::default()
-            };
-            let fixes: [fn(&mut Requirements); 3] = [
-                |r| r.global = false,
-                |r| r.replaces.clear(),
-                |r| r.machine_of.clear(),
-            ];
-            for fix in fixes {
-                if r.validate().is_ok() {
-                    break;
-                }
-                fix(&mut r);
-            }
-            r
-        })
-}
-
 fn big_claim() -> impl Strategy<Value = Option<String>> + Clone {
     prop_oneof![
         2 => Just(None),
@@ -682,10 +456,10 @@ proptest! {
     fn large_clusters_give_schedule_s_plan(
         n in 33..60usize,
         roles in prop::collection::vec((0..3usize, any::<bool>()), 60),
-        specs in prop::collection::vec((big_requirements(), big_claim()), 50),
+        specs in prop::collection::vec((big_requirements(big_names(), 0.03), big_claim()), 50),
         chosen in prop::collection::vec(any::<bool>(), 50),
         batches in prop::collection::vec(
-            prop::collection::vec(op(60, 50, big_requirements(), big_claim()), 1..6),
+            prop::collection::vec(op(60, 50, big_requirements(big_names(), 0.03), big_claim()), 1..6),
             1..10,
         ),
     ) {

@@ -40,10 +40,14 @@
 //! `MachineOf=`/`Replaces=` groups they belong to, in `schedule`'s order, on top of the kept state, and
 //! undoes that replay afterwards, so the kept state is always "steps 1 and 2 only". In a steady cluster
 //! almost every unit is reserved, so a pass costs about the units being moved or unplaceable plus the
-//! machines touched. A global unit lands on every machine it fits: one without `Conflicts=` relations
-//! (its own patterns, or others' matching its name) is placed or removed there directly; one with such
-//! relations recomputes steps 1 and 2 on every machine it may run on, since a global unit decided earlier
-//! by name may push it off some and it may push reservations off others.
+//! machines touched. A global unit lands on every machine it fits, and is placed or removed there
+//! directly, in one batch: on a machine where nothing placed conflicts with it, step 1 places it and
+//! changes nothing else (the global units after it by name and the reservations there did not conflict
+//! with it), so only the machines where something does are recomputed; when it goes, only the machines
+//! where an unreserved claim conflicts with it are (all of its machines if another global unit conflicts
+//! with it). A batch that adds one to the load of every machine of an ordered set (a pool) moves the
+//! pool's base instead of its entries, so a global unit on every machine costs about one hash-set insert
+//! and one plan entry per machine.
 //!
 //! Batching: [`Planner::apply`] takes any number of changes and runs one pass; the agent coalesces what
 //! arrives within a bounded delay and applies it at once.
@@ -95,9 +99,38 @@ pub struct PassStats {
     pub global_moves: usize,
 }
 
-/// The ordered set of `(load, ID, slot)` of a pool of machines: the whole cluster, or one
-/// `MachineMetadata=` requirement.
-type Pool = BTreeSet<(u32, Arc<str>, u32)>;
+/// The machines of a pool (the whole cluster, or one `MachineMetadata=` requirement) ordered by
+/// `(load, ID)`. Entries hold `load - base`: a change that adds the same to the load of every member (a
+/// global unit placed on all of them) moves `base` and no entry.
+#[derive(Default)]
+struct Pool {
+    set: BTreeSet<(i64, Arc<str>, u32)>,
+    base: i64,
+}
+
+impl Pool {
+    fn insert(&mut self, load: u32, key: Arc<str>, m: u32) {
+        self.set.insert((load as i64 - self.base, key, m));
+    }
+
+    fn remove(&mut self, load: u32, key: &Arc<str>, m: u32) {
+        self.set.remove(&(load as i64 - self.base, key.clone(), m));
+    }
+
+    fn clear(&mut self) {
+        self.set.clear();
+        self.base = 0;
+    }
+
+    fn len(&self) -> usize {
+        self.set.len()
+    }
+
+    /// Members by (load, ID).
+    fn machines(&self) -> impl Iterator<Item = u32> + '_ {
+        self.set.iter().map(|&(_, _, m)| m)
+    }
+}
 
 /// A live machine and what is placed on it by steps 1 and 2 (and, during a pass, by step 3).
 struct Machine {
@@ -288,7 +321,7 @@ impl Planner {
             classes: Vec::new(),
             free_classes: Vec::new(),
             class_ids: FxMap::default(),
-            pools: vec![Some(Pool::new())],
+            pools: vec![Some(Pool::default())],
             free_pools: Vec::new(),
             us: Vec::new(),
             free_us: Vec::new(),
@@ -495,7 +528,7 @@ impl Planner {
         self.pools[0]
             .as_mut()
             .expect("pool 0")
-            .insert((0, key.clone(), m));
+            .insert(0, key.clone(), m);
         let id = info.id.clone();
         self.ms[m as usize] = Some(Machine {
             info,
@@ -535,7 +568,7 @@ impl Planner {
         }
         for p in std::iter::once(0).chain(mach.pools.iter().copied()) {
             if let Some(pool) = self.pools[p as usize].as_mut() {
-                pool.remove(&(0, mach.key.clone(), m));
+                pool.remove(0, &mach.key, m);
             }
         }
         for c in 0..self.classes.len() {
@@ -612,10 +645,10 @@ impl Planner {
             let set = self.pools[pool as usize].as_mut().expect("pool");
             let mach = self.ms[m as usize].as_mut().expect("live machine");
             if member {
-                set.insert((0, key, m));
+                set.insert(0, key, m);
                 mach.pools.push(pool);
             } else {
-                set.remove(&(0, key, m));
+                set.remove(0, &key, m);
                 mach.pools.retain(|&p| p != pool);
             }
         }

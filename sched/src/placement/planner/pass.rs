@@ -50,9 +50,8 @@ impl Planner {
         }
     }
 
-    /// Global units that joined: placed directly on every machine they fit when they have no
-    /// `Conflicts=` relation (then nothing else on those machines changes), otherwise those machines are
-    /// recomputed.
+    /// Global units that joined: placed directly on every machine they may run on where nothing placed
+    /// conflicts with them; the machines where something does are recomputed.
     fn place_new_globals(&mut self) {
         for g in std::mem::take(&mut self.new_globals) {
             if !self.us[g as usize]
@@ -65,17 +64,22 @@ impl Planner {
             if unit.invalid.is_some() || unit.info.name.is_template() {
                 continue;
             }
-            let candidates = self.static_candidates(g);
-            if self.has_conflict_relations(g) {
-                self.dirty_globals.extend(candidates);
-                continue;
-            }
-            for m in candidates {
-                if !self.dirty_globals.contains(&m) && !self.unit(g).global_on.contains(&m) {
-                    self.place(g, m);
-                    self.direct_moves += 1;
+            // Where no unit placed there conflicts with it, step 1 places it and changes nothing else
+            // (the global units after it by name and the reservations there do not conflict with
+            // it); the machines where one does are recomputed.
+            let mut direct = Vec::new();
+            for m in self.static_candidates(g) {
+                if self.dirty_globals.contains(&m) || self.unit(g).global_on.contains(&m) {
+                    continue;
+                }
+                if self.blocked(g, m) {
+                    self.dirty_globals.insert(m);
+                } else {
+                    direct.push(m);
                 }
             }
+            self.direct_moves += direct.len();
+            self.place_global(g, &direct);
         }
     }
 

@@ -100,14 +100,15 @@ impl Planner {
         self.affect_neighbours_of_name(name.as_str());
         if self.unit(u).global {
             let on: Vec<u32> = self.unit(u).global_on.iter().copied().collect();
-            if self.has_conflict_relations(u) {
+            if self.has_conflict_relations(u) && self.conflicts_with_a_global(u) {
                 self.dirty_globals.extend(on.iter().copied());
             } else {
+                // No other global unit was kept off a machine by it: only claims there that it blocked
+                // may be kept now.
+                self.dirty_claims_blocked_by(u);
                 self.direct_moves += on.len();
             }
-            for m in on {
-                self.unplace(u, m);
-            }
+            self.unplace_global(u, &on);
             self.globals.remove(name.as_str());
             self.dirty_followers_of(name.as_str());
         } else {
@@ -170,6 +171,38 @@ impl Planner {
         unit.active = false;
         unit.global = false;
         unit.invalid = None;
+    }
+
+    /// Whether global unit `g` and another global unit conflict (either way).
+    fn conflicts_with_a_global(&self, g: u32) -> bool {
+        self.globals
+            .values()
+            .any(|&h| h != g && self.conflict_related(g, h))
+    }
+
+    /// Whether `a` and `b` conflict, either way.
+    fn conflict_related(&self, a: u32, b: u32) -> bool {
+        let (a, b) = (self.unit(a), self.unit(b));
+        a.conflict_pats.iter().any(|p| b.matched_by.contains(p))
+            || a.matched_by.iter().any(|p| b.conflict_pats.contains(p))
+    }
+
+    /// Global unit `g` goes: the machines it runs on where a unit claimed there is not reserved and
+    /// conflicts with it must have their reservations recomputed.
+    fn dirty_claims_blocked_by(&mut self, g: u32) {
+        if !self.has_conflict_relations(g) {
+            return;
+        }
+        let machines: Vec<u32> = self
+            .unreserved
+            .iter()
+            .map(|&w| (w, self.unit(w).claim))
+            .filter(|&(w, m)| {
+                m != NONE && self.unit(g).global_on.contains(&m) && self.conflict_related(g, w)
+            })
+            .map(|(_, m)| m)
+            .collect();
+        self.dirty.extend(machines);
     }
 
     /// Whether a unit owns a `Conflicts=` pattern or is matched by one.

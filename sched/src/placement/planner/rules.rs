@@ -322,7 +322,7 @@ impl Host for Group<'_> {
             return None;
         }
         let set = p.pools[pool as usize].as_ref().expect("pool");
-        set.iter().map(|&(_, _, m)| m).find(|&m| fits(m))
+        set.machines().find(|&m| fits(m))
     }
 
     fn machines_by_id(&self) -> Vec<u32> {

@@ -1,7 +1,7 @@
 //! The planner's placement state: loads and the ordered sets of machines by load (pools), placing and
 //! removing units, and the `Conflicts=` counters per machine and per pool (as `engine` keeps them).
 
-use super::super::engine::{key, FxMap, NONE, SMALL_CLASS};
+use super::super::engine::{key, FxMap, FxSet, NONE, SMALL_CLASS};
 use super::{Planner, Pool};
 
 impl Planner {
@@ -17,10 +17,143 @@ impl Planner {
         let pools = std::mem::take(&mut mach.pools);
         for &p in std::iter::once(&0).chain(&pools) {
             let set = self.pools[p as usize].as_mut().expect("pool");
-            set.remove(&(old, k.clone(), m));
-            set.insert((new, k.clone(), m));
+            set.remove(old, &k, m);
+            set.insert(new, k.clone(), m);
         }
         self.machine_mut(m).pools = pools;
+    }
+
+    /// Adds one to (or takes one from) the load of each of `ms` (distinct live machines). A pool all of
+    /// whose members are in `ms` keeps its order: its base moves and none of its entries; the other
+    /// pools are updated machine by machine.
+    fn shift_loads(&mut self, ms: &[u32], add: bool) {
+        let step = |load: u32| if add { load + 1 } else { load - 1 };
+        if self.bulk {
+            for &m in ms {
+                let mach = self.machine_mut(m);
+                mach.load = step(mach.load);
+            }
+            return;
+        }
+        let mut hits: FxMap<u32, usize> = FxMap::default();
+        hits.insert(0, ms.len());
+        for &m in ms {
+            for &p in &self.machine(m).pools {
+                *hits.entry(p).or_default() += 1;
+            }
+        }
+        let mut whole: FxSet<u32> = FxSet::default();
+        for (&p, &n) in &hits {
+            let pool = self.pools[p as usize].as_mut().expect("pool");
+            if n == pool.len() {
+                pool.base += if add { 1 } else { -1 };
+                whole.insert(p);
+            }
+        }
+        for &m in ms {
+            let mach = self.ms[m as usize].as_mut().expect("live machine");
+            let (old, new) = (mach.load, step(mach.load));
+            mach.load = new;
+            for &p in std::iter::once(&0).chain(&mach.pools) {
+                if !whole.contains(&p) {
+                    let set = self.pools[p as usize].as_mut().expect("pool");
+                    set.remove(old, &mach.key, m);
+                    set.insert(new, mach.key.clone(), m);
+                }
+            }
+        }
+    }
+
+    /// Places global unit `g` on each of `ms` (distinct live machines it is not on), outside a replay.
+    pub(super) fn place_global(&mut self, g: u32, ms: &[u32]) {
+        debug_assert!(!self.recording);
+        self.shift_loads(ms, true);
+        for &m in ms {
+            self.machine_mut(m).on.push(g);
+        }
+        self.count_global(g, ms, true);
+        let on = &mut self.unit_mut(g).global_on;
+        on.reserve(ms.len());
+        on.extend(ms.iter().copied());
+    }
+
+    /// Takes global unit `g` off each of `ms` (machines it is on), outside a replay.
+    pub(super) fn unplace_global(&mut self, g: u32, ms: &[u32]) {
+        debug_assert!(!self.recording);
+        self.shift_loads(ms, false);
+        for &m in ms {
+            self.machine_mut(m).on.retain(|&w| w != g);
+            self.unit_mut(g).global_on.remove(&m);
+        }
+        self.count_global(g, ms, false);
+    }
+
+    /// `count` for global unit `g` on each of `ms` at once: two hash operations per pattern and
+    /// machine, and the pools' counts changed once per pattern and pool.
+    fn count_global(&mut self, g: u32, ms: &[u32], add: bool) {
+        let unit = self.unit(g);
+        let pats: Vec<(u32, bool)> = (unit.conflict_pats.iter().map(|&p| (p, true)))
+            .chain(unit.matched_by.iter().map(|&p| (p, false)))
+            .collect();
+        let mut delta: Vec<[i64; 3]> = vec![[0; 3]; self.pools.len()];
+        for (p, own) in pats {
+            delta.iter_mut().for_each(|d| *d = [0; 3]);
+            if add {
+                self.cnt_own.reserve(ms.len());
+                self.cnt_match.reserve(ms.len());
+            }
+            for &m in ms {
+                let k = key(p, m);
+                let (map, other) = if own {
+                    (&mut self.cnt_own, &self.cnt_match)
+                } else {
+                    (&mut self.cnt_match, &self.cnt_own)
+                };
+                let other = other.contains_key(&k);
+                let (was, now) = if add {
+                    let c = map.entry(k).or_insert(0);
+                    *c += 1;
+                    (*c > 1, true)
+                } else {
+                    let c = map.get_mut(&k).expect("counted");
+                    *c -= 1;
+                    let now = *c > 0;
+                    if !now {
+                        map.remove(&k);
+                    }
+                    (true, now)
+                };
+                if was == now || self.bulk {
+                    continue;
+                }
+                // [matched, owned, either] before and after.
+                let state = |mine: bool| {
+                    let (matched, owned) = if own { (other, mine) } else { (mine, other) };
+                    [matched, owned, matched || owned]
+                };
+                let (before, after) = (state(was), state(now));
+                let pools = &self.ms[m as usize].as_ref().expect("live machine").pools;
+                for &pool in std::iter::once(&0).chain(pools) {
+                    for i in 0..3 {
+                        if before[i] != after[i] {
+                            delta[pool as usize][i] += if after[i] { 1 } else { -1 };
+                        }
+                    }
+                }
+            }
+            for (pool, d) in delta.iter().enumerate() {
+                if *d == [0; 3] {
+                    continue;
+                }
+                let e = self.pool_touched.entry(key(p, pool as u32)).or_default();
+                for i in 0..3 {
+                    e[i] = u32::try_from(e[i] as i64 + d[i]).expect("machines counted");
+                }
+                if *e == [0; 3] {
+                    self.pool_touched.remove(&key(p, pool as u32));
+                }
+            }
+        }
     }
 
     pub(super) fn place(&mut self, u: u32, m: u32) {
@@ -129,7 +262,7 @@ impl Planner {
                 if p == 0 {
                     for &m in &self.order {
                         let x = self.ms[m as usize].as_ref().expect("live machine");
-                        pool.insert((x.load, x.key.clone(), m));
+                        pool.insert(x.load, x.key.clone(), m);
                     }
                 }
             }
@@ -139,7 +272,7 @@ impl Planner {
                 let pool = self.pools[class.pool as usize].as_mut().expect("pool");
                 for &m in &class.sorted {
                     let x = self.ms[m as usize].as_ref().expect("live machine");
-                    pool.insert((x.load, x.key.clone(), m));
+                    pool.insert(x.load, x.key.clone(), m);
                 }
             }
         }
@@ -208,10 +341,10 @@ impl Planner {
             return;
         }
         let members = class.sorted.clone();
-        let set: Pool = members
-            .iter()
-            .map(|&m| (self.machine(m).load, self.machine(m).key.clone(), m))
-            .collect();
+        let mut set = Pool::default();
+        for &m in &members {
+            set.insert(self.machine(m).load, self.machine(m).key.clone(), m);
+        }
         let p = match self.free_pools.pop() {
             Some(p) => p,
             None => {
