@@ -7,11 +7,14 @@
 //!
 //! # Map
 //! - [`scenario`]: the TOML scenario format (machines, units folder, settings, faults).
+//! - [`selector`]: which machines a fault concerns (metadata, ID prefix, index...), strictly resolved.
 //! - [`sim`]: the event loop, the machines (gossip node, agent rules, systemd model), faults and the
 //!   invariant checks.
 //! - [`etcd`]: the in-memory etcd (claim keys, leases, revisions, the agents' transactions).
 //! - [`net`]: link rules (partitions, loss, delay).
 //! - [`model`]: the SWIM model used instead of real gossip cores for very large clusters.
+//! - [`outcome`]: the operator's answers (moves, units that cannot be placed and why, time running
+//!   nowhere, load), derived from what the simulated systemd ran.
 //! - [`report`]: metrics and the report (text, JSON, SVG).
 //! - [`shrink`]: reduce a failing fault timeline to a minimal one.
 //!
@@ -32,7 +35,9 @@ pub mod check;
 pub mod etcd;
 pub mod model;
 pub mod net;
+pub mod outcome;
 pub mod report;
 pub mod scenario;
+pub mod selector;
 pub mod shrink;
 pub mod sim;

@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use fleet_sim::report::Report;
-use fleet_sim::scenario::{Dur, GossipMode, Scenario};
+use fleet_sim::scenario::{Dur, Fault, FaultKind, GossipMode, Scenario};
 use fleet_sim::shrink;
-use fleet_sim::sim::Sim;
+use fleet_sim::sim::{Sim, SimError};
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +26,42 @@ struct Cli {
 enum Format {
     Text,
     Json,
+}
+
+/// Faults added to the scenario's timeline, in the operator's terms. Each fault flag takes the time of
+/// the `--at` before it (flags before the first `--at` take the first one's), and the `--for` given
+/// with that `--at`. SELECTOR: metadata `region=eu-west,rack=b` (every pair must hold), a machine ID
+/// or ID prefix, an index `7`, a range `0-9`, `all`, `random:N`.
+#[derive(Args, Clone, Debug, Default)]
+#[command(next_help_heading = "Faults")]
+struct FaultFlags {
+    /// When the fault flags that follow start (e.g. 10s, 500ms, 2m).
+    #[arg(long = "at", value_name = "TIME")]
+    at: Vec<String>,
+    /// How long the faults of the same --at last, then they are undone (killed machines boot,
+    /// partitions heal...); without it they last to the end.
+    #[arg(long = "for", value_name = "DURATION")]
+    for_: Vec<String>,
+    /// Machines lose power: fleetd and their units stop.
+    #[arg(long, value_name = "SELECTOR")]
+    kill: Vec<String>,
+    /// Machines pause (a VM pause): fleetd and their units stop executing.
+    #[arg(long, value_name = "SELECTOR")]
+    freeze: Vec<String>,
+    /// fleetd dies on the machines; their units keep running.
+    #[arg(long = "stop-fleetd", value_name = "SELECTOR")]
+    stop_fleetd: Vec<String>,
+    /// Traffic between two sets of machines is dropped both ways: 'A|B'; 'A' alone cuts A off from
+    /// every other machine and etcd.
+    #[arg(long, value_name = "A|B")]
+    partition: Vec<String>,
+    /// The machines lose etcd (a partition between them and the etcd cluster).
+    #[arg(long = "cut-etcd", value_name = "SELECTOR")]
+    cut_etcd: Vec<String>,
+    /// Any fault of the scenario vocabulary, as the fields of a [[fault]] table without at and for:
+    /// 'kind="loss", from="rack=a", to="rack=b", rate=0.3'.
+    #[arg(long, value_name = "FIELDS")]
+    fault: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +100,8 @@ enum Cmd {
         /// ignore-handover-on-release, ignore-conflicts.
         #[arg(long)]
         mutation: Option<String>,
+        #[command(flatten)]
+        faults: FaultFlags,
     },
     /// Run one scenario over many seeds; print one line per seed and the failing seeds.
     Sweep {
@@ -87,6 +125,8 @@ enum Cmd {
         /// Plant a rule bug in the decision core (see `run --mutation`).
         #[arg(long)]
         mutation: Option<String>,
+        #[command(flatten)]
+        faults: FaultFlags,
     },
     /// Measure simulated seconds per wall second, of a steady cluster and of one that loses 5% of its
     /// machines (a rack) halfway through.
@@ -117,7 +157,9 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = matches.subcommand().map(|(_, m)| m);
     match cli.cmd {
         Cmd::Run {
             scenario,
@@ -130,6 +172,7 @@ fn main() -> anyhow::Result<()> {
             duration,
             fence_after,
             mutation,
+            faults: _,
         } => {
             set_mutation(mutation.as_deref())?;
             let mut sc = load(&scenario)?;
@@ -151,8 +194,9 @@ fn main() -> anyhow::Result<()> {
             if let Some(m) = &mutation {
                 again += &format!(" --mutation {m}");
             }
+            let added = add_faults(&mut sc, sub.expect("a subcommand"), &mut again)?;
             eprintln!("fleet-sim: scenario {} seed {seed}", sc.name);
-            let (report, wall) = run_with_progress(&sc, seed)?;
+            let (report, wall) = run_with_progress(&sc, seed, &added)?;
             eprintln!(
                 "fleet-sim: {:.1}s simulated in {:.2}s wall ({:.1}x real time)",
                 report.simulated_s,
@@ -187,9 +231,11 @@ fn main() -> anyhow::Result<()> {
             json,
             gossip,
             mutation,
+            faults: _,
         } => {
             set_mutation(mutation.as_deref())?;
             let mut sc = load(&scenario)?;
+            let added = add_faults(&mut sc, sub.expect("a subcommand"), &mut String::new())?;
             if let Some(g) = gossip {
                 sc.config.gossip_mode = parse_mode(&g)?;
             }
@@ -199,7 +245,7 @@ fn main() -> anyhow::Result<()> {
             let (mut longest_double, mut worst_down, mut moves) = (0.0f64, 0.0f64, 0u64);
             for seed in from..from + seeds {
                 let report = Sim::new(&sc, seed)
-                    .with_context(|| format!("setting up {}", sc.name))?
+                    .map_err(|e| explain(e, &sc, &added))?
                     .run();
                 println!(
                     "seed {seed:>6}: double run {:>4.0} ms  reschedule p99 {:.3}s max {:.3}s  moves {:>4}  takeovers {:>4}  fencings {:>3}  false downs {:>5}  violations {}",
@@ -425,9 +471,9 @@ converge = "{converge}s"
 }
 
 /// Runs in slices of simulated time, drawing a progress line on a terminal.
-fn run_with_progress(sc: &Scenario, seed: u64) -> anyhow::Result<(Report, f64)> {
+fn run_with_progress(sc: &Scenario, seed: u64, added: &Added) -> anyhow::Result<(Report, f64)> {
     let started = Instant::now();
-    let mut sim = Sim::new(sc, seed).with_context(|| format!("setting up {}", sc.name))?;
+    let mut sim = Sim::new(sc, seed).map_err(|e| explain(e, sc, added))?;
     let end = sc.duration.0;
     let tty = std::io::stderr().is_terminal();
     let steps = 100u64;
@@ -466,4 +512,223 @@ fn print_shrunk(sc: &Scenario, seed: u64) -> anyhow::Result<()> {
         None => println!("the run did not fail again (not reproducible?)"),
     }
     Ok(())
+}
+
+/// The command-line faults appended to a scenario: the index of the first, and each one's flag as typed.
+struct Added {
+    first: usize,
+    flags: Vec<String>,
+}
+
+/// A run that could not start; a fault from the command line is named by its flag.
+fn explain(e: SimError, sc: &Scenario, added: &Added) -> anyhow::Error {
+    match &e {
+        SimError::Fault(k, msg) if *k >= added.first => {
+            let flag = added.flags.get(k - added.first).map_or("?", String::as_str);
+            anyhow::anyhow!("{flag}: {msg}")
+        }
+        SimError::Fault(k, msg) => {
+            anyhow::anyhow!(
+                "scenario {}: fault {k} ([[fault]] number {}): {msg}",
+                sc.name,
+                k + 1
+            )
+        }
+        _ => anyhow::Error::new(e).context(format!("setting up {}", sc.name)),
+    }
+}
+
+/// Shell-quotes a flag value when it needs it.
+fn quote(v: &str) -> String {
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "=,._:-/+@".contains(c))
+    {
+        v.to_string()
+    } else {
+        format!("'{}'", v.replace('\'', r"'\''"))
+    }
+}
+
+/// Reads the fault flags in command-line order and appends their faults to the scenario (`again`
+/// gets them for the command that reproduces a failure).
+fn add_faults(sc: &mut Scenario, m: &ArgMatches, again: &mut String) -> anyhow::Result<Added> {
+    let first = sc.faults.len();
+    let mut flags: Vec<(usize, &str, String)> = Vec::new();
+    for (id, flag) in [
+        ("at", "--at"),
+        ("for_", "--for"),
+        ("kill", "--kill"),
+        ("freeze", "--freeze"),
+        ("stop_fleetd", "--stop-fleetd"),
+        ("partition", "--partition"),
+        ("cut_etcd", "--cut-etcd"),
+        ("fault", "--fault"),
+    ] {
+        if let (Some(idx), Some(vals)) = (m.indices_of(id), m.get_many::<String>(id)) {
+            flags.extend(idx.zip(vals).map(|(i, v)| (i, flag, v.clone())));
+        }
+    }
+    flags.sort_by_key(|f| f.0);
+    for (_, flag, v) in &flags {
+        *again += &format!(" {flag} {}", quote(v));
+    }
+    // Groups: each --at and the flags up to the next --at (flags before the first --at join it).
+    struct Group {
+        at: Option<(Dur, String)>,
+        for_: Option<(Dur, String)>,
+        faults: Vec<(Fault, String)>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut seen_at = false;
+    for (_, flag, v) in flags {
+        let typed = format!("{flag} {}", quote(&v));
+        let bad = |e: String| anyhow::anyhow!("{typed}: {e}");
+        if flag == "--at" {
+            let t = Dur::parse(&v).map_err(bad)?;
+            if seen_at || groups.is_empty() {
+                groups.push(Group {
+                    at: None,
+                    for_: None,
+                    faults: Vec::new(),
+                });
+            }
+            seen_at = true;
+            groups.last_mut().expect("a group").at = Some((t, typed));
+            continue;
+        }
+        if groups.is_empty() {
+            groups.push(Group {
+                at: None,
+                for_: None,
+                faults: Vec::new(),
+            });
+        }
+        let g = groups.last_mut().expect("a group");
+        if flag == "--for" {
+            let d = Dur::parse(&v).map_err(bad)?;
+            if d.0 == 0 {
+                return Err(bad("a fault lasts a positive time".into()));
+            }
+            if let Some((_, other)) = &g.for_ {
+                bail!("{typed}: this --at already has {other} (one --for per --at)");
+            }
+            g.for_ = Some((d, typed));
+            continue;
+        }
+        let fault = fault_of(flag, &v).map_err(bad)?;
+        g.faults.push((fault, typed));
+    }
+    let mut added = Added {
+        first,
+        flags: Vec::new(),
+    };
+    for g in groups {
+        let Some((at, at_flag)) = g.at else {
+            let what = g
+                .faults
+                .first()
+                .map(|(_, t)| t.clone())
+                .or(g.for_.map(|(_, t)| t))
+                .unwrap_or_default();
+            bail!("{what}: no time given; add --at (e.g. --at 10s {what})");
+        };
+        if g.faults.is_empty() {
+            bail!("{at_flag}: no fault flag (--kill, --partition, --cut-etcd...) goes with it");
+        }
+        if at > sc.duration {
+            bail!(
+                "{at_flag}: after the end of the run ({}; see --duration)",
+                sc.duration
+            );
+        }
+        for (mut f, typed) in g.faults {
+            f.at = at;
+            f.for_ = g.for_.as_ref().map(|(d, _)| *d);
+            // The scenario's own checks, on this fault alone.
+            let mut probe = sc.clone();
+            probe.faults = vec![f.clone()];
+            probe
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{typed}: {e}"))?;
+            sc.faults.push(f);
+            added.flags.push(typed);
+        }
+    }
+    Ok(added)
+}
+
+/// The fault a flag names (time and duration set by the caller).
+fn fault_of(flag: &str, v: &str) -> Result<Fault, String> {
+    // Through the file format, so that every other field keeps its default.
+    let blank = |kind: FaultKind| -> Fault {
+        let mut t = toml::Table::new();
+        t.insert("at".into(), toml::Value::Integer(0));
+        t.insert(
+            "kind".into(),
+            toml::Value::try_from(kind).expect("a fault kind is a string"),
+        );
+        toml::Value::Table(t)
+            .try_into()
+            .expect("at and kind make a fault")
+    };
+    let sel = |v: &str| -> Result<String, String> {
+        fleet_sim::selector::Selector::parse(v)?;
+        Ok(v.trim().to_string())
+    };
+    Ok(match flag {
+        "--kill" => Fault {
+            machines: Some(sel(v)?),
+            ..blank(FaultKind::Crash)
+        },
+        "--freeze" => Fault {
+            machines: Some(sel(v)?),
+            ..blank(FaultKind::Freeze)
+        },
+        "--stop-fleetd" => Fault {
+            machines: Some(sel(v)?),
+            ..blank(FaultKind::AgentCrash)
+        },
+        "--cut-etcd" => Fault {
+            from: Some(sel(v)?),
+            to: Some("etcd".into()),
+            ..blank(FaultKind::Partition)
+        },
+        "--partition" => {
+            let sides: Vec<&str> = v.split('|').collect();
+            match sides.as_slice() {
+                [a] => Fault {
+                    from: Some(sel(a)?),
+                    ..blank(FaultKind::Partition)
+                },
+                [a, b] => Fault {
+                    from: Some(sel(a)?),
+                    to: Some(sel(b)?),
+                    ..blank(FaultKind::Partition)
+                },
+                _ => return Err("expected two sides, A|B (e.g. 'rack=a|rack=b'), or one".into()),
+            }
+        }
+        "--fault" => {
+            let table: toml::Table = toml::from_str(&format!("f = {{ {v} }}"))
+                .map_err(|e| {
+                    format!("expected the fields of a [[fault]] table, kind=\"...\", ...: {e}")
+                })
+                .and_then(|t: toml::Table| match t.get("f") {
+                    Some(toml::Value::Table(t)) => Ok(t.clone()),
+                    _ => Err("expected fields".to_string()),
+                })?;
+            for key in ["at", "for"] {
+                if table.contains_key(key) {
+                    return Err(format!("give {key} with --{key}, not in the fields"));
+                }
+            }
+            let mut table = table;
+            table.insert("at".into(), toml::Value::Integer(0));
+            toml::Value::Table(table)
+                .try_into::<Fault>()
+                .map_err(|e| e.to_string().trim().to_string())?
+        }
+        other => return Err(format!("unknown fault flag {other}")),
+    })
 }

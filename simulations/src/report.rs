@@ -9,6 +9,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::etcd::EtcdOps;
+use crate::outcome::Outcome;
 use crate::scenario::Scenario;
 
 /// Which invariant broke.
@@ -251,6 +252,15 @@ pub struct Report {
     pub units: usize,
     /// Simulated seconds.
     pub simulated_s: f64,
+    /// Faults as they happened: (seconds, what).
+    pub faults: Vec<(f64, String)>,
+    /// The operator's answers first: moves, units that cannot be placed, time running nowhere, load.
+    pub outcome: Outcome,
+    /// Safety: double runs.
+    pub double_runs: DoubleRuns,
+    /// Safety and the other invariants: violations (double runs past the bound, requirements broken,
+    /// units not placed though they could be, churn, membership, identity).
+    pub violations: Vec<Violation>,
     /// Machine failures injected (crashes and pauses).
     pub failures: u64,
     /// Per observer and failed machine: time from the failure to that observer's down verdict.
@@ -267,8 +277,6 @@ pub struct Report {
     pub reschedule: Stats,
     /// Unit-seconds of unavailability (launched non-global units active nowhere), after submission.
     pub unavailable_unit_s: f64,
-    /// Double runs.
-    pub double_runs: DoubleRuns,
     /// Claims taken over from another machine (supersedes that etcd applied).
     pub takeovers: u64,
     /// Units whose process started on another machine than the one it last ran on.
@@ -298,10 +306,6 @@ pub struct Report {
     pub etcd: EtcdOps,
     /// Placement computations (distinct agent inputs; agents with the same inputs share one).
     pub plan_computations: u64,
-    /// Invariant violations.
-    pub violations: Vec<Violation>,
-    /// Faults as they happened: (seconds, what).
-    pub faults: Vec<(f64, String)>,
     /// Time series.
     pub series: Vec<Sample>,
 }
@@ -318,6 +322,7 @@ impl Report {
         plan_computations: u64,
         model: bool,
         violations: Vec<Violation>,
+        outcome: Outcome,
     ) -> Report {
         // Close open intervals.
         let open: Vec<u64> = m.down_since.values().map(|(t, _)| now - t).collect();
@@ -338,6 +343,7 @@ impl Report {
             machines: m.machines,
             units: m.units,
             simulated_s: secs(now),
+            outcome,
             failures: m.failures,
             detection: Stats::of(&m.detection),
             first_detection: Stats::of(&m.first_detection.values().copied().collect::<Vec<_>>()),
@@ -413,6 +419,34 @@ impl Report {
         for (t, f) in &self.faults {
             let _ = writeln!(s, "  {t:>8.3}s  {f}");
         }
+        s.push_str(&self.outcome.to_text(20));
+        let _ = writeln!(s, "safety:");
+        let _ = writeln!(
+            s,
+            "double runs               {} episodes, {} (bound {:.1}s)",
+            self.double_runs.episodes,
+            st(&self.double_runs.duration),
+            self.double_runs.bound
+        );
+        if self.violations.is_empty() {
+            let _ = writeln!(
+                s,
+                "invariants                all held (double runs, requirements, placement, churn, membership, identity)"
+            );
+        } else {
+            let _ = writeln!(s, "INVARIANT VIOLATIONS ({}):", self.violations.len());
+            for v in self.violations.iter().take(20) {
+                let _ = writeln!(
+                    s,
+                    "  {:>8.3}s  {:?}  {}: {}",
+                    secs(v.at),
+                    v.kind,
+                    v.subject,
+                    v.detail
+                );
+            }
+        }
+        let _ = writeln!(s, "details:");
         let _ = writeln!(s, "machine failures          {}", self.failures);
         let _ = writeln!(s, "detection (per observer)  {}", st(&self.detection));
         let _ = writeln!(s, "first down verdict        {}", st(&self.first_detection));
@@ -431,13 +465,6 @@ impl Report {
             s,
             "unavailable               {:.1} unit-seconds",
             self.unavailable_unit_s
-        );
-        let _ = writeln!(
-            s,
-            "double runs               {} episodes, {} (bound {:.1}s)",
-            self.double_runs.episodes,
-            st(&self.double_runs.duration),
-            self.double_runs.bound
         );
         let _ = writeln!(
             s,
@@ -468,21 +495,6 @@ impl Report {
             "etcd                      {} txn ok, {} txn failed, {} grants, {} keep-alives, {} TTL polls, {} expiries, {} announces, {} unavailable, {} watch deliveries",
             e.txn_ok, e.txn_failed, e.lease_grants, e.keepalives, e.ttl_polls, e.lease_expiries, e.announces, e.unavailable, e.watch_deliveries
         );
-        if self.violations.is_empty() {
-            let _ = writeln!(s, "invariants                all held");
-        } else {
-            let _ = writeln!(s, "INVARIANT VIOLATIONS ({}):", self.violations.len());
-            for v in self.violations.iter().take(20) {
-                let _ = writeln!(
-                    s,
-                    "  {:>8.3}s  {:?}  {}: {}",
-                    secs(v.at),
-                    v.kind,
-                    v.subject,
-                    v.detail
-                );
-            }
-        }
         s
     }
 

@@ -35,15 +35,17 @@
 //! """
 //! ```
 //!
-//! Selectors (`machines`, `from`, `to`): `all`, `etcd` (the etcd cluster, for partitions), an index
-//! `7`, a range `0-99`, a metadata match `rack=r03`, `random:50` (50 machines drawn with the seed),
-//! or a comma-separated union of these.
+//! Selectors (`machines`, `from`, `to`) are the operator's terms ([`crate::selector`]): metadata
+//! `region=eu-west,rack=b` (every pair must hold), a machine ID or ID prefix `3f9a`, an index `7`, a
+//! range `0-99`, `all`, `random:50`, and `etcd` (the etcd cluster, as a side of a partition).
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use crate::selector::Selector;
 
 /// A duration written as `250ms`, `30s`, `2m`, `1h` or `1500us` (stored in microseconds).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -396,6 +398,8 @@ impl Default for Bounds {
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
     /// Machines lose power: fleetd and its units stop. With `for`, they boot again after it.
+    /// (`kill` in a file, `--kill` on the command line.)
+    #[serde(alias = "kill")]
     Crash,
     /// Crashed machines boot (fleetd starts with a new incarnation, systemd runs nothing).
     Restart,
@@ -553,7 +557,9 @@ impl Scenario {
         }
     }
 
-    fn validate(&self) -> Result<(), ScenarioError> {
+    /// Checks the settings and the fault timeline (selectors are resolved against the machines when
+    /// a run starts).
+    pub fn validate(&self) -> Result<(), ScenarioError> {
         if self.machines.count + self.machines.list.len() == 0 {
             return Err(self.invalid("no machines".into()));
         }
@@ -620,70 +626,5 @@ impl Scenario {
     pub fn timing(&self) -> fleet_decide::Timing {
         let c = &self.config;
         fleet_decide::Timing::new(c.fence_after.std(), c.agent_ttl.std())
-    }
-}
-
-/// A parsed machine selector.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Selector {
-    /// Every machine.
-    All,
-    /// The etcd cluster.
-    Etcd,
-    /// Machines by index, inclusive range.
-    Range(usize, usize),
-    /// Machines whose metadata has this pair.
-    Meta(String, String),
-    /// This many machines drawn at random (seeded).
-    Random(usize),
-    /// A union.
-    Union(Vec<Selector>),
-}
-
-impl Selector {
-    /// Parses the selector syntax (see the module docs).
-    pub fn parse(s: &str) -> Result<Selector, String> {
-        let parts: Vec<&str> = s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .collect();
-        if parts.is_empty() {
-            return Err(format!("empty selector {s:?}"));
-        }
-        let one = |p: &str| -> Result<Selector, String> {
-            if p == "all" || p == "*" {
-                return Ok(Selector::All);
-            }
-            if p == "etcd" {
-                return Ok(Selector::Etcd);
-            }
-            if let Some(n) = p.strip_prefix("random:") {
-                return n
-                    .parse()
-                    .map(Selector::Random)
-                    .map_err(|_| format!("bad count in selector {p:?}"));
-            }
-            if let Some((k, v)) = p.split_once('=') {
-                return Ok(Selector::Meta(k.to_string(), v.to_string()));
-            }
-            if let Some((a, b)) = p.split_once('-') {
-                let a = a.parse().map_err(|_| format!("bad range {p:?}"))?;
-                let b = b.parse().map_err(|_| format!("bad range {p:?}"))?;
-                return Ok(Selector::Range(a, b));
-            }
-            p.parse().map(|i| Selector::Range(i, i)).map_err(|_| {
-                format!("unknown selector {p:?} (all, etcd, 7, 0-99, rack=r1, random:5)")
-            })
-        };
-        if parts.len() == 1 {
-            one(parts[0])
-        } else {
-            parts
-                .into_iter()
-                .map(one)
-                .collect::<Result<_, _>>()
-                .map(Selector::Union)
-        }
     }
 }

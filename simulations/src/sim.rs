@@ -31,6 +31,7 @@ use crate::check::{Checker, MachineTruth};
 use crate::etcd::Etcd;
 use crate::model::SwimModel;
 use crate::net::{Effect, Net};
+use crate::outcome::Observer;
 use crate::report::Metrics;
 use crate::scenario::{Fault, FaultKind, GossipMode, Scenario, Selector, UnitDesired};
 
@@ -330,6 +331,8 @@ pub struct Sim {
     pub(crate) submitted: bool,
     pub(crate) metrics: Metrics,
     pub(crate) checker: Checker,
+    /// What each machine's systemd ran, for the operator's answers (moves, downtime, load).
+    observer: Observer,
     pub(crate) timing: Timing,
     gossip_cfg: GossipConfig,
     pub(crate) model: Option<SwimModel>,
@@ -390,14 +393,21 @@ impl Sim {
         // Check fault selectors up front; impostor faults get machine slots of their own.
         let mut impostors = Vec::new();
         for (k, f) in sc.faults.iter().enumerate() {
-            for s in [&f.machines, &f.from, &f.to].into_iter().flatten() {
-                let sel = Selector::parse(s).map_err(|e| SimError::Fault(k, e))?;
-                let picked = resolve(&sel, &machine_infos, &mut fault_rng(seed, k));
-                if picked.is_empty() && sel != Selector::Etcd {
-                    return Err(SimError::Fault(
-                        k,
-                        format!("selector {s:?} matches no machine"),
+            for (field, s) in [("machines", &f.machines), ("from", &f.from), ("to", &f.to)] {
+                let Some(s) = s else { continue };
+                let bad = |e: String| SimError::Fault(k, format!("{field} = {s:?}: {e}"));
+                let sel = Selector::parse(s).map_err(bad)?;
+                if field == "machines" && sel.has_etcd() {
+                    return Err(bad(
+                        "etcd is not a machine; it can only be a side of a partition, loss or delay"
+                            .into(),
                     ));
+                }
+                let picked = sel
+                    .resolve(&machine_infos, &mut fault_rng(seed, k), true)
+                    .map_err(bad)?;
+                if picked.is_empty() && !sel.has_etcd() {
+                    return Err(bad("matches no machine".into()));
                 }
                 if f.kind == FaultKind::Impostor && Some(s) == f.machines.as_ref() {
                     impostors.extend(picked.into_iter().map(|i| (k, i)));
@@ -478,6 +488,14 @@ impl Sim {
         let model = (sc.config.gossip_mode == GossipMode::Model)
             .then(|| SwimModel::new(cluster, &sc.config));
         let nunits = units.len();
+        let observer = Observer::new(
+            units
+                .iter()
+                .map(|u| (u.name.as_str().to_string(), u.global))
+                .collect(),
+            machine_infos.iter().map(|m| m.id.to_string()).collect(),
+            machines.iter().map(|m| m.ident as usize).collect(),
+        );
         let unit_index = units
             .iter()
             .enumerate()
@@ -509,6 +527,7 @@ impl Sim {
             submitted: false,
             metrics: Metrics::new(cluster, nunits),
             checker,
+            observer,
             timing,
             gossip_cfg,
             model,
@@ -650,6 +669,7 @@ impl Sim {
         let gossip = self.gossip_totals();
         let violations = std::mem::take(&mut self.checker.violations);
         self.metrics.moves = self.checker.total_moves;
+        let outcome = self.outcome();
         crate::report::Report::build(
             &self.sc,
             self.seed,
@@ -660,7 +680,51 @@ impl Sim {
             self.plan_computations,
             self.model.is_some(),
             violations,
+            outcome,
         )
+    }
+
+    /// The operator's answers from the observations; the reason a unit runs nowhere is the
+    /// scheduler's, for the machines whose fleetd runs at the end and the claims etcd holds then.
+    fn outcome(&self) -> crate::outcome::Outcome {
+        let mut plan = None;
+        self.observer.outcome(self.now, |u| {
+            let plan = plan.get_or_insert_with(|| {
+                let live = self.truth();
+                let machines: Vec<MachineInfo> = live
+                    .iter()
+                    .map(|&j| self.machine_infos[j as usize].clone())
+                    .collect();
+                let infos: Vec<UnitInfo> = self
+                    .base_infos
+                    .iter()
+                    .enumerate()
+                    .map(|(u, info)| {
+                        let mut info = info.clone();
+                        if let Some(c) = self.etcd.claim(u as u32) {
+                            if live.contains(&c.machine) {
+                                info.claim =
+                                    Some(self.machine_infos[c.machine as usize].id.clone());
+                            }
+                        }
+                        info
+                    })
+                    .collect();
+                Planner::new(&machines, &infos).plan().decisions.clone()
+            });
+            match plan.get(&self.units[u as usize].name) {
+                Some(Decision::Unplaceable(r)) => format!("it cannot be placed: {r}"),
+                Some(d) => format!(
+                    "not running at the end, though the scheduler places it on {}",
+                    d.machines()
+                        .iter()
+                        .map(|m| m.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                None => "the scheduler does not know it".to_string(),
+            }
+        })
     }
 
     fn gossip_totals(&self) -> crate::report::GossipTotals {
@@ -689,6 +753,7 @@ impl Sim {
             Ev::SubmitUnits => {
                 self.submitted = true;
                 self.checker.submitted(self.now);
+                self.observer.submitted(self.now);
                 for u in 0..self.units.len() {
                     if !self.units[u].global {
                         self.metrics.unit_down(u as u32, self.now, false);
@@ -966,9 +1031,7 @@ impl Sim {
                 .map(|(u, _)| *u)
                 .collect();
             for u in running {
-                self.checker
-                    .set_running(self.now, i, u, false, self.submitted);
-                self.metrics_running(u);
+                self.ran(i, u, false);
             }
             self.machines[i as usize].frozen = true;
         }
@@ -1007,9 +1070,7 @@ impl Sim {
                 .map(|(u, _)| *u)
                 .collect();
             for u in running {
-                self.checker
-                    .set_running(self.now, i, u, true, self.submitted);
-                self.metrics_running(u);
+                self.ran(i, u, true);
             }
             let deferred = std::mem::take(&mut self.machines[i as usize].deferred);
             let boot = self.machines[i as usize].boot;
@@ -1681,8 +1742,7 @@ impl Sim {
         s.active = state;
         let is = s.process();
         if self.machines[m as usize].units_run() && was != is {
-            self.checker.set_running(self.now, m, u, is, self.submitted);
-            self.metrics_running(u);
+            self.ran(m, u, is);
         }
         self.publish_unit(m, u);
     }
@@ -1693,13 +1753,20 @@ impl Sim {
             return;
         };
         if self.machines[m as usize].units_run() && s.process() {
-            self.checker
-                .set_running(self.now, m, u, false, self.submitted);
-            self.metrics_running(u);
+            self.ran(m, u, false);
         }
         if self.machines[m as usize].powered {
             self.publish_unit(m, u);
         }
+    }
+
+    /// Unit `u`'s process started (`true`) or stopped on machine slot `m`: the checker, the
+    /// observations and the statistics learn it.
+    fn ran(&mut self, m: u32, u: u32, running: bool) {
+        self.checker
+            .set_running(self.now, m, u, running, self.submitted);
+        self.observer.set_running(self.now, m, u, running);
+        self.metrics_running(u);
     }
 
     /// Feeds the availability and double-run statistics after unit `u` changed somewhere.
@@ -1800,11 +1867,10 @@ impl Sim {
     /// undoing a fault picks the same machines.
     fn select(&self, k: usize, s: &Option<String>) -> (Vec<usize>, bool) {
         let sel = Selector::parse(s.as_deref().unwrap_or("all")).unwrap_or(Selector::All);
-        let etcd = contains_etcd(&sel);
-        (
-            resolve(&sel, &self.machine_infos, &mut fault_rng(self.seed, k)),
-            etcd,
-        )
+        let picked = sel
+            .resolve(&self.machine_infos, &mut fault_rng(self.seed, k), false)
+            .unwrap_or_default();
+        (picked, sel.has_etcd())
     }
 
     /// The impostor slots of fault `k`.
@@ -1828,6 +1894,7 @@ impl Sim {
 
     fn apply_fault(&mut self, k: usize) {
         let f: Fault = self.sc.faults[k].clone();
+        self.observer.fault(self.now);
         let (ms, _) = self.select(k, &f.machines);
         let mut concerned: Vec<u32> = ms.iter().map(|&i| i as u32).collect();
         match f.kind {
@@ -2147,46 +2214,6 @@ fn describe(f: &Fault) -> String {
         parts.push(format!("for {d}"));
     }
     parts.join(" ")
-}
-
-fn contains_etcd(s: &Selector) -> bool {
-    match s {
-        Selector::Etcd => true,
-        Selector::Union(v) => v.iter().any(contains_etcd),
-        _ => false,
-    }
-}
-
-/// Machine indices a selector picks (etcd excluded).
-pub(crate) fn resolve(s: &Selector, machines: &[MachineInfo], rng: &mut StdRng) -> Vec<usize> {
-    let n = machines.len();
-    let mut out: BTreeSet<usize> = BTreeSet::new();
-    match s {
-        Selector::All => out.extend(0..n),
-        Selector::Etcd => {}
-        Selector::Range(a, b) => out.extend((*a..=*b).filter(|i| *i < n)),
-        Selector::Meta(k, v) => out.extend(
-            machines
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| m.metadata.get(k) == Some(v))
-                .map(|(i, _)| i),
-        ),
-        Selector::Random(k) => {
-            let mut all: Vec<usize> = (0..n).collect();
-            for i in 0..(*k).min(n) {
-                let j = rng.random_range(i..n);
-                all.swap(i, j);
-                out.insert(all[i]);
-            }
-        }
-        Selector::Union(v) => {
-            for s in v {
-                out.extend(resolve(s, machines, rng));
-            }
-        }
-    }
-    out.into_iter().collect()
 }
 
 pub(crate) fn addr_of(i: u32) -> SocketAddr {

@@ -141,12 +141,21 @@ for = "2s"
 #[test]
 fn bad_scenarios_say_what_is_wrong() {
     let err = Scenario::from_toml(
-        "name='x'\nduration='1s'\n[machines]\ncount=1\n[units]\ndir='units'\n[[fault]]\nat='1s'\nkind='crash'\nmachines='rack'\n",
+        "name='x'\nduration='1s'\n[machines]\ncount=1\n[units]\ndir='units'\n[[fault]]\nat='1s'\nkind='crash'\nmachines='rack.b'\n",
         &units_dir(),
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("unknown selector"), "{err}");
+    // A bare word is a machine ID prefix: one that no machine has is an error naming it.
+    let sc = scenario(
+        "name='x'\nduration='1s'\n[machines]\ncount=2\n[units]\ndir='units'\n[[fault]]\nat='1s'\nkind='crash'\nmachines='rack'\n",
+    );
+    let err = Sim::new(&sc, 1).err().expect("no such machine").to_string();
+    assert!(
+        err.contains("no machine ID is or starts with \"rack\""),
+        "{err}"
+    );
     let err = Scenario::from_toml(
         "name='x'\nduration='1s'\n[machines]\ncount=1\n[units]\ndir='units'\n[[fault]]\nat='1s'\nkind='loss'\n",
         &units_dir(),
@@ -251,12 +260,30 @@ fn durations_and_selectors_parse() {
     assert!(Dur::parse("3 parsecs").is_err());
     assert_eq!(Dur::secs(30).to_string(), "30s");
     assert_eq!(Selector::parse("0-9"), Ok(Selector::Range(0, 9)));
+    let meta = |pairs: &[(&str, &[&str])]| {
+        Selector::Meta(
+            pairs
+                .iter()
+                .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+                .collect(),
+        )
+    };
     assert_eq!(
         Selector::parse("3,rack=r1"),
         Ok(Selector::Union(vec![
             Selector::Range(3, 3),
-            Selector::Meta("rack".into(), "r1".into())
+            meta(&[("rack", &["r1"])])
         ]))
     );
+    // Metadata pairs AND (the same key twice: either value, as MachineMetadata=).
+    assert_eq!(
+        Selector::parse("region=eu-west, rack=b,rack=c"),
+        Ok(meta(&[("rack", &["b", "c"]), ("region", &["eu-west"])]))
+    );
+    assert_eq!(Selector::parse("3f9a"), Ok(Selector::Id("3f9a".into())));
+    assert_eq!(Selector::parse("id:42"), Ok(Selector::Id("42".into())));
     assert!(Selector::parse("").is_err());
+    assert!(Selector::parse("rack=").is_err());
+    assert!(Selector::parse("9-3").is_err());
+    assert!(Selector::parse("a.b").is_err());
 }
