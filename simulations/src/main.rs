@@ -248,11 +248,12 @@ fn main() -> anyhow::Result<()> {
                     .map_err(|e| explain(e, &sc, &added))?
                     .run();
                 println!(
-                    "seed {seed:>6}: double run {:>4.0} ms  reschedule p99 {:.3}s max {:.3}s  moves {:>4}  takeovers {:>4}  fencings {:>3}  false downs {:>5}  violations {}",
+                    "seed {seed:>6}: double run {:>4.0} ms  reschedule p99 {:.3}s max {:.3}s  moves {:>4}  unplaced {:>3}  takeovers {:>4}  fencings {:>3}  false downs {:>5}  violations {}",
                     report.double_runs.duration.max * 1000.0,
                     report.reschedule.p99,
                     report.reschedule.max,
                     report.moves,
+                    report.outcome.unplaced.len(),
                     report.takeovers,
                     report.fencings,
                     report.false_down_verdicts,

@@ -69,6 +69,26 @@ pub struct Load {
     pub peak: usize,
 }
 
+/// One stretch of a unit running on a machine.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Run {
+    /// The machine.
+    pub machine: String,
+    /// From (simulated seconds).
+    pub from_s: f64,
+    /// To (the end of the run if it still runs).
+    pub to_s: f64,
+}
+
+/// Where a unit ran, stretch by stretch (the gaps are the time it ran nowhere).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Timeline {
+    /// The unit.
+    pub unit: String,
+    /// Its stretches, by start.
+    pub runs: Vec<Run>,
+}
+
 /// The operator's answers (see the module docs).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Outcome {
@@ -82,6 +102,8 @@ pub struct Outcome {
     pub downtime: Vec<Downtime>,
     /// Machines whose load rose (more units at the end than at the first fault), most first.
     pub load_rises: Vec<Load>,
+    /// Where each unit of `downtime` (in its order), then each other unit that moved, ran.
+    pub timelines: Vec<Timeline>,
 }
 
 /// Collects the observations during a run.
@@ -107,6 +129,8 @@ pub(crate) struct Observer {
     /// Per machine slot: the machine whose ID it has.
     ident: Vec<usize>,
     first_fault: Option<(u64, Vec<usize>)>,
+    /// Per non-global unit: (machine, from, to) stretches.
+    runs: Vec<Vec<(usize, u64, Option<u64>)>>,
 }
 
 impl Observer {
@@ -129,6 +153,7 @@ impl Observer {
             load: vec![0; machines],
             peak: vec![0; machines],
             ident,
+            runs: vec![Vec::new(); n],
             ..Default::default()
         }
     }
@@ -174,6 +199,7 @@ impl Observer {
                 }
                 None => 0,
             };
+            self.runs[ui].push((m, now, None));
             if let Some(from) = self.last[ui].filter(|&l| l != m) {
                 self.moves.push((u, from, m, now, gap));
             }
@@ -184,6 +210,13 @@ impl Observer {
                 return;
             }
             self.load[m] -= 1;
+            if let Some(r) = self.runs[ui]
+                .iter_mut()
+                .rev()
+                .find(|r| r.0 == m && r.2.is_none())
+            {
+                r.2 = Some(now);
+            }
             if self.on[ui].is_empty() && !self.global[ui] && self.submitted_at.is_some() {
                 self.nowhere_since[ui] = Some(now);
             }
@@ -253,12 +286,37 @@ impl Observer {
                 .cmp(&(a.after - a.before))
                 .then_with(|| a.machine.cmp(&b.machine))
         });
+        let by_name: std::collections::BTreeMap<&str, usize> = self
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i))
+            .collect();
+        let mut shown = BTreeSet::new();
+        let timelines = downtime
+            .iter()
+            .map(|d| d.unit.as_str())
+            .chain(self.moves.iter().map(|m| self.names[m.0 as usize].as_str()))
+            .filter(|n| shown.insert(*n))
+            .map(|n| Timeline {
+                unit: n.to_string(),
+                runs: self.runs[by_name[n]]
+                    .iter()
+                    .map(|&(m, from, to)| Run {
+                        machine: id(m),
+                        from_s: s(from),
+                        to_s: s(to.unwrap_or(now)),
+                    })
+                    .collect(),
+            })
+            .collect();
         Outcome {
             first_fault_s: self.first_fault.as_ref().map(|(t, _)| s(*t)),
             moves,
             unplaced,
             downtime,
             load_rises,
+            timelines,
         }
     }
 }
@@ -401,6 +459,15 @@ mod tests {
         );
         // m0 lost both units, m2 kept g (1 -> 1, peak 2): no machine ends higher.
         assert!(out.load_rises.is_empty(), "{:?}", out.load_rises);
+        let runs: Vec<(&str, f64, f64)> = out.timelines[0]
+            .runs
+            .iter()
+            .map(|r| (r.machine.as_str(), r.from_s, r.to_s))
+            .collect();
+        assert_eq!(
+            runs,
+            vec![("m0", 1.5, 10.0), ("m2", 12.0, 14.0), ("m1", 13.0, 13.5)]
+        );
     }
 
     #[test]

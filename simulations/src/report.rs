@@ -503,7 +503,15 @@ impl Report {
     pub fn to_svg(&self) -> String {
         type Series = (&'static str, &'static str, fn(&Sample) -> usize);
         let (w, pad, panel_h) = (900.0, 50.0, 140.0);
-        let h = 2.0 * panel_h + 3.0 * pad;
+        // A third panel: where the units that moved or ran nowhere ran (one row each, at most 30).
+        let rows: Vec<&crate::outcome::Timeline> = self.outcome.timelines.iter().take(30).collect();
+        let row_h = 16.0;
+        let gantt_h = if rows.is_empty() {
+            0.0
+        } else {
+            rows.len() as f64 * row_h + pad
+        };
+        let h = 2.0 * panel_h + 3.0 * pad + gantt_h;
         let tmax = self.simulated_s.max(1.0);
         let x = |t: f64| pad + (w - 2.0 * pad) * t / tmax;
         let mut s = String::new();
@@ -582,6 +590,70 @@ impl Report {
                     pad + 10.0 + 220.0 * i as f64,
                     bottom + 28.0
                 );
+            }
+        }
+        if !rows.is_empty() {
+            let top = 2.0 * panel_h + 3.0 * pad;
+            let (left, right) = (pad + 120.0, w - pad);
+            let gx = |t: f64| left + (right - left) * t / tmax;
+            let _ = writeln!(
+                s,
+                r#"<text x="{pad}" y="{}">where the units that moved or ran nowhere ran ({} of {}; gaps: running nowhere)</text>"#,
+                top - 6.0,
+                rows.len(),
+                self.outcome.timelines.len()
+            );
+            for (t, f) in &self.faults {
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{0:.1}" y1="{top}" x2="{0:.1}" y2="{1}" stroke="gray" stroke-dasharray="3,3"><title>{2:.3}s {3}</title></line>"#,
+                    gx(*t),
+                    top + rows.len() as f64 * row_h,
+                    t,
+                    xml(f)
+                );
+            }
+            let palette = [
+                "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                "#bcbd22",
+            ];
+            let mut colors: BTreeMap<&str, &str> = BTreeMap::new();
+            for (i, tl) in rows.iter().enumerate() {
+                let y = top + i as f64 * row_h;
+                let _ = writeln!(
+                    s,
+                    r##"<text x="4" y="{}">{}</text><line x1="{left}" y1="{2:.1}" x2="{right}" y2="{2:.1}" stroke="#d62728" stroke-width="1"/>"##,
+                    y + row_h - 4.0,
+                    xml(&tl.unit),
+                    y + row_h / 2.0
+                );
+                for r in &tl.runs {
+                    let n = colors.len();
+                    let color = *colors
+                        .entry(r.machine.as_str())
+                        .or_insert(palette[n % palette.len()]);
+                    let (x0, x1) = (gx(r.from_s), gx(r.to_s).max(gx(r.from_s) + 1.0));
+                    let _ = writeln!(
+                        s,
+                        r#"<rect x="{x0:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{color}"><title>{} on {} {:.3}s-{:.3}s</title></rect>"#,
+                        y + 2.0,
+                        x1 - x0,
+                        row_h - 4.0,
+                        xml(&tl.unit),
+                        xml(&r.machine),
+                        r.from_s,
+                        r.to_s
+                    );
+                    if x1 - x0 > 7.0 * r.machine.len() as f64 {
+                        let _ = writeln!(
+                            s,
+                            r#"<text x="{:.1}" y="{:.1}" fill="white">{}</text>"#,
+                            x0 + 3.0,
+                            y + row_h - 5.0,
+                            xml(&r.machine)
+                        );
+                    }
+                }
             }
         }
         s.push_str("</svg>\n");

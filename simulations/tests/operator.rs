@@ -141,7 +141,21 @@ fn a_metadata_kill_moves_known_units_and_leaves_db_unplaced_in_json() {
 
 #[test]
 fn the_text_report_answers_first() {
-    let text = ok(KILL);
+    let svg = std::env::temp_dir().join(format!("fleet-sim-operator-{}.svg", std::process::id()));
+    let mut args = KILL.to_vec();
+    args.extend(["--svg", svg.to_str().unwrap()]);
+    let text = ok(&args);
+    // The SVG timeline draws where the disrupted units ran: web on b2, then on c1; db on b1 only.
+    let picture = std::fs::read_to_string(&svg).expect("the SVG was written");
+    let _ = std::fs::remove_file(&svg);
+    for run in [
+        "web.service on b2 ",
+        "web.service on c1 ",
+        "db.service on b1 ",
+    ] {
+        assert!(picture.contains(run), "the SVG lacks {run:?}");
+    }
+    assert!(!picture.contains("db.service on c1"));
     let pos = |what: &str| {
         text.find(what)
             .unwrap_or_else(|| panic!("{what:?} not in the report:\n{text}"))
