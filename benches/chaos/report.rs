@@ -1,17 +1,18 @@
 //! The checker's exact half and the report: every copy of every unit from the journals, the overlaps,
-//! the time units ran nowhere, failover per fault, and the evidence of any overlap.
+//! the time units ran nowhere, failover per fault, the evidence of any overlap and of any unit that
+//! never ran again (or ran nowhere for a long time), and every error of the run.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::evidence::{self, Stall};
 use crate::lab::FleetLab;
-use crate::nemesis::{EtcdSide, Kind};
+use crate::plan::{Done, EtcdSide, Kind};
 use crate::sampler::{self, Sample};
 use crate::support::journal::{self, Overlap, Timeline};
 use crate::support::summary_ms;
-use crate::Done;
 
 pub struct Input<'a> {
     pub fl: &'a FleetLab,
@@ -20,6 +21,8 @@ pub struct Input<'a> {
     pub done: &'a [Done],
     pub samples: &'a [Sample],
     pub sample_failures: &'a BTreeMap<usize, usize>,
+    /// Samplers that stopped (a panic).
+    pub sampler_errors: &'a [String],
     /// Host clock (µs) when the nemesis began and when it had healed everything.
     pub chaos: (u64, u64),
     pub settled: Result<Duration, String>,
@@ -58,10 +61,13 @@ fn rel(t: u64, origin: u64) -> f64 {
 
 pub fn report(inp: Input) {
     let origin = inp.chaos.0;
+    let _ = std::fs::create_dir_all(inp.out);
+    write_faults(&inp, origin);
     let mut tl = match Timeline::read(inp.fl, inp.machines, "ch-") {
         Ok(t) => t,
         Err(e) => {
-            println!("reading the journals failed: {e}");
+            println!("reading the journals failed: {e}: no figures");
+            report_errors(&inp, origin, &[format!("reading the journals: {e}")]);
             return;
         }
     };
@@ -77,8 +83,6 @@ pub fn report(inp: Input) {
             _ => {}
         }
     }
-    let _ = std::fs::create_dir_all(inp.out);
-    write_faults(&inp, origin);
 
     // Failover and needless moves, per kind.
     let mut kinds: BTreeMap<&str, KindStats> = BTreeMap::new();
@@ -150,6 +154,12 @@ pub fn report(inp: Input) {
     for (k, o) in unsafe_.iter().enumerate() {
         evidence.push(write_evidence(&inp, &tl, o, k + 1, origin));
     }
+    let stalls = evidence::stalls(&tl, inp.units, origin, STALL_LONG_US, STALL_END_US);
+    let stall_files: Vec<String> = stalls
+        .iter()
+        .enumerate()
+        .map(|(k, st)| write_stall_evidence(&inp, &tl, st, k + 1, origin))
+        .collect();
 
     println!();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -245,6 +255,41 @@ pub fn report(inp: Input) {
         per_unit.sort_by(f64::total_cmp);
         println!("  per unit, its longest: {}", summary_ms(&per_unit));
     }
+    let never = stalls.iter().filter(|st| st.never_restarted).count();
+    println!(
+        "units that never ran again until the end: {never}{}; units that ran nowhere for >= {} s and then again: {}",
+        if never > 0 {
+            format!("   LIVENESS BUG: evidence in {}", inp.out.display())
+        } else {
+            String::new()
+        },
+        STALL_LONG_US / 1_000_000,
+        stalls.len() - never
+    );
+    for (st, file) in stalls.iter().zip(&stall_files) {
+        println!(
+            "  {} {} ran nowhere for {:.1} s from +{:.2} s (last on {}) ({file})",
+            if st.never_restarted {
+                "NEVER RESTARTED"
+            } else {
+                "LONG"
+            },
+            st.unit,
+            st.ms() / 1000.0,
+            rel(st.from, origin),
+            st.last_on
+                .map(|m| format!("m{m}"))
+                .unwrap_or_else(|| "no machine".into())
+        );
+        for d in evidence::faults_around(
+            inp.done,
+            st.from.saturating_sub(60_000_000),
+            st.from + 10_000_000,
+            tl.end,
+        ) {
+            println!("    {}", fault_line(d, origin));
+        }
+    }
     println!(
         "failover, faults that must move units (crash, fleetd kept down or stopped, freeze, cut, drop, minority without etcd), all of the victim's units started elsewhere before the heal: {}",
         summary_ms(&failover_all)
@@ -269,6 +314,50 @@ pub fn report(inp: Input) {
             d.as_secs_f64()
         ),
         Err(e) => println!("after the last heal: NOT SETTLED: {e}"),
+    }
+    report_errors(&inp, origin, &[]);
+}
+
+/// A unit that ran nowhere for this long (µs) and then again gets evidence too.
+const STALL_LONG_US: u64 = 60_000_000;
+/// A unit that ran nowhere for (at least) the last this many µs of the observation never restarted.
+const STALL_END_US: u64 = 10_000_000;
+
+/// Prints every error of the run: faults that could not be injected or healed, samplers that
+/// stopped, the settling, and `more`.
+fn report_errors(inp: &Input, origin: u64, more: &[String]) {
+    let mut errors: Vec<String> = Vec::new();
+    for d in inp.done {
+        if let Some(e) = &d.error {
+            errors.push(format!(
+                "+{:.3} s inject {}: {e}",
+                rel(d.before, origin),
+                d.fault.describe()
+            ));
+        }
+        if let (Some(e), Some((h, _))) = (&d.heal_error, d.healed) {
+            let again = match &d.retried {
+                Some((t, None)) => format!("; healed at the end, +{:.3} s", rel(*t, origin)),
+                Some((t, Some(e2))) => {
+                    format!("; again at the end, +{:.3} s: {e2}", rel(*t, origin))
+                }
+                None => String::new(),
+            };
+            errors.push(format!(
+                "+{:.3} s heal {}: {e}{again}",
+                rel(h, origin),
+                d.fault.describe()
+            ));
+        }
+    }
+    errors.extend(inp.sampler_errors.iter().cloned());
+    if let Err(e) = &inp.settled {
+        errors.push(format!("settling after the last heal: {e}"));
+    }
+    errors.extend(more.iter().cloned());
+    println!("errors during the run: {}", errors.len());
+    for e in &errors {
+        println!("  {e}");
     }
 }
 
@@ -367,3 +456,96 @@ fn write_evidence(inp: &Input, tl: &Timeline, o: &Overlap, k: usize, origin: u64
     }
     path.display().to_string()
 }
+
+/// Writes what is known about a unit that ran nowhere (every machine's journal about it, the faults
+/// around) to a file of `inp.out`; returns its path.
+fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin: u64) -> String {
+    let mut text = String::new();
+    writeln!(
+        text,
+        "seed {}: {} ran nowhere {} from +{:.6} s to +{:.6} s ({:.1} s; {} to {} µs since the epoch); its last copy before ran on {}",
+        inp.seed,
+        st.unit,
+        if st.never_restarted { "until the end (never restarted)" } else { "(then ran again)" },
+        rel(st.from, origin),
+        rel(st.to, origin),
+        st.ms() / 1000.0,
+        st.from,
+        st.to,
+        st.last_on.map(|m| format!("m{m}")).unwrap_or_else(|| "no machine".into())
+    )
+    .unwrap();
+    writeln!(text, "\ncopies of {} (journal):", st.unit).unwrap();
+    for r in tl.runs.iter().filter(|r| r.unit == st.unit) {
+        writeln!(
+            text,
+            "  m{}: started +{:.6} s, ended {} (counted until +{:.6} s)",
+            r.machine,
+            rel(r.start, origin),
+            r.end
+                .map(|e| format!("+{:.6} s", rel(e, origin)))
+                .unwrap_or_else(|| "-".into()),
+            rel(tl.run_end(r), origin)
+        )
+        .unwrap();
+    }
+    writeln!(
+        text,
+        "\nfaults under way from 60 s before to 10 s after it stopped:"
+    )
+    .unwrap();
+    for d in evidence::faults_around(
+        inp.done,
+        st.from.saturating_sub(60_000_000),
+        st.from + 10_000_000,
+        tl.end,
+    ) {
+        writeln!(text, "  {}", fault_line(d, origin)).unwrap();
+    }
+    let window = st.from + 30_000_000;
+    for m in 1..=inp.machines {
+        writeln!(
+            text,
+            "\n--- m{m}: fleetd, its guard and systemd about {}, 30 s before to 30 s after it stopped:",
+            st.unit
+        )
+        .unwrap();
+        text.push_str(&journal::excerpt(
+            inp.fl,
+            m,
+            &st.unit,
+            st.from.saturating_sub(30_000_000),
+            window,
+        ));
+        if st.to > window {
+            writeln!(
+                text,
+                "\n--- m{m}: the lines that name {} from then to +{:.3} s (at most {} first and {} last):",
+                st.unit,
+                rel(st.to, origin),
+                MENTIONS / 2,
+                MENTIONS / 2
+            )
+            .unwrap();
+            text.push_str(&journal::mentions(
+                inp.fl, m, &st.unit, window, st.to, MENTIONS,
+            ));
+        }
+    }
+    let path = inp.out.join(format!(
+        "{}-{k}-{}.txt",
+        if st.never_restarted {
+            "never-restarted"
+        } else {
+            "nowhere"
+        },
+        st.unit.trim_end_matches(".service")
+    ));
+    if let Err(e) = std::fs::write(&path, text) {
+        println!("writing {}: {e}", path.display());
+    }
+    path.display().to_string()
+}
+
+/// At most this many lines naming a stalled unit per machine after the first minute.
+const MENTIONS: usize = 400;

@@ -63,15 +63,24 @@ impl<'a> Sampler<'a> {
             let start = Instant::now();
             if self.states.get(i) == UP {
                 match self.ask(i, &index) {
-                    Some(active) if self.states.get(i) == UP => {
-                        self.samples.lock().unwrap().push(Sample {
+                    Some(active) if self.states.get(i) == UP => self
+                        .samples
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(Sample {
                             machine: i,
                             at: now_us(),
                             active,
-                        })
-                    }
+                        }),
                     Some(_) => {}
-                    None => *self.failures.lock().unwrap().entry(i).or_default() += 1,
+                    None => {
+                        *self
+                            .failures
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(i)
+                            .or_default() += 1
+                    }
                 }
             }
             if let Some(rest) = PERIOD.checked_sub(start.elapsed()) {

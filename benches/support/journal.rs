@@ -393,6 +393,48 @@ pub fn excerpt(fl: &FleetLab, i: usize, unit: &str, from: u64, to: u64) -> Strin
     }
 }
 
+/// Machine `i`'s journal lines that name `unit` (fleetd's, its guard's, systemd's) between `from` and
+/// `to`: the first and last `max / 2` of them when there are more (a unit stuck for minutes gets a
+/// line every reconcile pass).
+pub fn mentions(fl: &FleetLab, i: usize, unit: &str, from: u64, to: u64, max: usize) -> String {
+    let dir = journal_dir(fl, i);
+    let pattern: String = unit
+        .chars()
+        .flat_map(|c| {
+            let escape = !c.is_ascii_alphanumeric() && c != '-' && c != '_';
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect();
+    let out = Command::new("journalctl")
+        .arg("-D")
+        .arg(&dir)
+        .args([
+            "--no-pager",
+            "-o",
+            "short-precise",
+            "--case-sensitive=true",
+            &format!("--grep={pattern}"),
+            &format!("--since=@{}.{:06}", from / 1_000_000, from % 1_000_000),
+            &format!("--until=@{}.{:06}", to / 1_000_000, to % 1_000_000),
+        ])
+        .output();
+    let text = match out {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => return format!("journalctl failed: {e}\n"),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.len() <= max {
+        return text;
+    }
+    let half = max / 2;
+    format!(
+        "{}\n  ... {} lines left out ...\n{}\n",
+        lines[..half].join("\n"),
+        lines.len() - 2 * half,
+        lines[lines.len() - half..].join("\n")
+    )
+}
+
 /// Checks the checker on a made-up timeline (run at the start of every bench that relies on it: a
 /// planted overlap, a thaw overlap, a killed copy and a gap must all be found, and nothing else).
 pub fn self_check() {
