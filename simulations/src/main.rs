@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use fleet_sim::report::Report;
-use fleet_sim::scenario::{Dur, Fault, FaultKind, GossipMode, Scenario};
+use fleet_sim::scenario::{Dur, Fault, FaultKind, GossipMode, Scenario, ScenarioError};
 use fleet_sim::shrink;
 use fleet_sim::sim::{Sim, SimError};
 
@@ -649,9 +649,13 @@ fn add_faults(sc: &mut Scenario, m: &ArgMatches, again: &mut String) -> anyhow::
             // The scenario's own checks, on this fault alone.
             let mut probe = sc.clone();
             probe.faults = vec![f.clone()];
-            probe
-                .validate()
-                .map_err(|e| anyhow::anyhow!("{typed}: {e}"))?;
+            probe.validate().map_err(|e| match e {
+                ScenarioError::Invalid { message, .. } => {
+                    let what = message.strip_prefix("fault 0 ").unwrap_or(&message);
+                    anyhow::anyhow!("{typed}: the fault {what}")
+                }
+                other => anyhow::anyhow!("{typed}: {other}"),
+            })?;
             sc.faults.push(f);
             added.flags.push(typed);
         }
