@@ -562,3 +562,64 @@ fn the_original_fleetctl_reads_what_fleetd_serves() {
         "web@.service\n"
     );
 }
+
+#[test]
+fn simulate_capture_names_what_is_wrong_and_writes_nothing_half() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cluster.toml");
+    let out_arg = out.display().to_string();
+    // An unreachable API: the error names the endpoint and what failed; no file is written.
+    let mut cmd = fleetctl(dir.path());
+    let sock = dir.path().join("nobody.sock");
+    cmd.arg(format!("--endpoint=unix://{}", sock.display()));
+    let args = ["simulate", "capture", "-o", &out_arg];
+    cmd.args(args);
+    let r = Run::of(cmd, &args);
+    let err = r.fails();
+    assert!(
+        err.contains("Error capturing the cluster: reading its machines")
+            && err.contains("cannot connect to fleetd at unix://")
+            && err.contains("nobody.sock"),
+        "{err}"
+    );
+    assert!(!out.exists());
+
+    // A cluster whose only unit is inactive has nothing to simulate: said plainly.
+    let env = Env::new();
+    env.write("hello.service", HELLO);
+    env.run(&["submit", "hello"]).ok();
+    let err = env
+        .run(&["simulate", "capture", "-o", &out_arg])
+        .fails()
+        .to_string();
+    assert!(
+        err.contains("the simulator cannot run the captured cluster")
+            && err.contains("no launched unit"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let err = env
+        .run(&["simulate", "capture", "--duration", "soon"])
+        .fails()
+        .to_string();
+    assert!(err.contains("--duration") && err.contains("soon"), "{err}");
+
+    // Launched (this fleetd's machine runs no systemd: it is placed, never active): the file holds
+    // the unit as `cat` prints it, and the check says the simulated cluster runs it.
+    env.run(&["start", "--no-block", "hello"]).ok();
+    let r = env.run(&["simulate", "capture", "-o", &out_arg]);
+    r.ok();
+    let text = std::fs::read_to_string(&out).expect("the scenario is written");
+    let cat = env.run(&["cat", "hello"]).ok().to_string();
+    assert!(
+        text.contains(&format!("file = \"\"\"\n{cat}\"\"\"")),
+        "{text}"
+    );
+    assert!(text.contains("state = \"launched\""), "{text}");
+    assert!(
+        r.err
+            .contains("hello.service: runs on nowhere, simulated on"),
+        "{}",
+        r.err
+    );
+}

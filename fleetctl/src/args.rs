@@ -195,6 +195,9 @@ pub enum Command {
     /// Open an SSH session (or run COMMAND) on a machine, named by an ID prefix or by a unit it runs.
     #[command(after_help = EX_SSH)]
     Ssh(SshArgs),
+    /// What-if runs of this cluster: `simulate capture` writes the live cluster as a fleet-sim scenario.
+    #[command(subcommand, after_help = EX_SIMULATE)]
+    Simulate(SimulateCommand),
     /// Print a shell completion script for fleetctl.
     #[command(after_help = EX_COMPLETION)]
     Completion(CompletionArgs),
@@ -223,6 +226,47 @@ Example:
   #   gossip_ca_file=/etc/fleet/ca.pem
   #   gossip_cert_file=/etc/fleet/<ID>.pem
   #   gossip_key_file=/etc/fleet/<ID>.key";
+
+/// `simulate` verbs.
+#[derive(Subcommand, Debug, Clone, PartialEq)]
+pub enum SimulateCommand {
+    /// Write the live cluster (machines and metadata, units with their files and desired states, where
+    /// each unit is active) as a fleet-sim scenario file, then check that the simulated cluster places
+    /// every unit where it runs now.
+    #[command(after_help = EX_SIMULATE_CAPTURE)]
+    Capture(CaptureArgs),
+}
+
+const EX_SIMULATE: &str = "\
+Example:
+  fleetctl simulate capture -o cluster.toml";
+const EX_SIMULATE_CAPTURE: &str = "\
+The scenario lists the machines in ID order (fault selectors may name them by index: machines = \"0,3\"),
+carries every unit file inline ([[units.unit]]) and has no fault: add [[fault]] tables (or fleet-sim's
+command-line faults) and run it with fleet-sim. Differences between where units run now and where the
+simulated cluster places them are printed on stderr (placement is stable: a cluster with a history can
+differ from a fresh start).
+
+Examples:
+  fleetctl simulate capture -o cluster.toml
+  fleet-sim run cluster.toml";
+
+/// `simulate capture`.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct CaptureArgs {
+    /// Write the scenario to FILE instead of standard output.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// The scenario's name.
+    #[arg(long, default_value = "captured")]
+    pub name: String,
+    /// Simulated time the scenario runs (e.g. 60s, 2m).
+    #[arg(long, default_value = "60s")]
+    pub duration: String,
+    /// Do not simulate the captured cluster to check where it places the units.
+    #[arg(long)]
+    pub no_check: bool,
+}
 
 /// `gen-certs`.
 #[derive(Args, Debug, Clone, PartialEq)]

@@ -279,6 +279,9 @@ fn run_inner(cli: Cli) -> anyhow::Result<()> {
                     code => Err(ExitWith(code.clamp(1, 255) as u8).into()),
                 }
             }
+            Command::Simulate(args::SimulateCommand::Capture(a)) => {
+                ctx.simulate_capture(a, first).await
+            }
             Command::Version | Command::GenCerts(_) | Command::Completion(_) => {
                 unreachable!("handled above")
             }

@@ -2353,8 +2353,12 @@ fn load_units(sc: &Scenario) -> Result<Loaded, SimError> {
     }
     if defs.is_empty() {
         return Err(SimError::Unit {
-            name: dir.display().to_string(),
-            message: "no unit to submit".into(),
+            name: if sc.units.dir.as_os_str().is_empty() {
+                "[[units.unit]]".into()
+            } else {
+                dir.display().to_string()
+            },
+            message: "no launched unit to submit (inactive units are not submitted)".into(),
         });
     }
     Ok((defs, infos, raw))

@@ -45,11 +45,13 @@ use crate::names;
 mod lifecycle;
 mod lists;
 mod remote;
+mod simulate;
 #[cfg(test)]
 pub(crate) mod testutil;
 mod wait;
 
 pub use crate::render::*;
+pub use simulate::{capture, placement_differences};
 pub use wait::explain_unplaced;
 
 /// Time between two checks of a unit's state while blocking (fleet's `defaultSleepTime`).
