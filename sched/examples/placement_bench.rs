@@ -16,6 +16,11 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+// The helpers the placement property tests share (`with_plan_claims`).
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::with_plan_claims;
+
 use fleet_sched::placement::{Change, PassStats, Planner};
 use fleet_sched::{
     schedule, Decision, DesiredState, MachineId, MachineInfo, Plan, Requirements, UnitInfo,
@@ -150,20 +155,6 @@ fn workload(machines: &[MachineInfo], n: usize) -> Vec<UnitInfo> {
     us
 }
 
-fn claims_from(units: &[UnitInfo], plan: &Plan) -> Vec<UnitInfo> {
-    units
-        .iter()
-        .map(|u| {
-            let mut u = u.clone();
-            u.claim = match plan.decision(&u.name) {
-                Some(Decision::On(m)) => Some(m.clone()),
-                _ => None,
-            };
-            u
-        })
-        .collect()
-}
-
 fn measure(what: &str, machines: &[MachineInfo], units: &[UnitInfo]) -> Plan {
     // Best of three, so that a busy shared machine disturbs the figure less; wall time for the
     // placements/s, and the thread's CPU time to compare with the incremental passes.
@@ -221,7 +212,7 @@ fn main() {
     }
 
     let plan = measure("cold start (no claims)", &machines, &units);
-    let claimed = claims_from(&units, &plan);
+    let claimed = with_plan_claims(&units, &plan);
     let again = measure("steady state (all claimed)", &machines, &claimed);
     assert_eq!(again, plan, "the plan fed back as claims must not change");
 
@@ -510,69 +501,47 @@ fn incremental(machines: &[MachineInfo], claimed: &[UnitInfo], plan: &Plan) {
             same,
         );
 
-        // A global unit is submitted, then destroyed.
-        if r < 5 {
-            let g = unit(
-                format!("bench-global{r}.service"),
+        // Global units submitted, then destroyed: on every machine; on half of them (role=web: the pools
+        // of other classes, and of every machine, are updated machine by machine); with a Conflicts=
+        // glob matching nothing here (placed directly where nothing conflicts with it: everywhere).
+        let globals = [
+            (
+                "global unit submitted / destroyed",
+                5,
+                Requirements::default(),
+            ),
+            (
+                "global unit with MachineMetadata= submitted / destroyed",
+                5,
                 Requirements {
-                    global: true,
-                    ..Requirements::default()
-                },
-            );
-            let g_name = g.name.clone();
-            timed(
-                &mut planner,
-                &mut kinds[k("global unit submitted / destroyed")].1,
-                vec![Change::Unit(g)],
-            );
-            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
-            timed(
-                &mut planner,
-                &mut kinds[k("global unit submitted / destroyed")].1,
-                vec![Change::UnitGone(g_name)],
-            );
-            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
-        }
-        // The same on half of the machines (role=web): the pools of other classes and of every machine
-        // are updated machine by machine.
-        if r < 5 {
-            let g = unit(
-                format!("bench-gweb{r}.service"),
-                Requirements {
-                    global: true,
                     metadata: md(&[("role", &["web"])]),
                     ..Requirements::default()
                 },
-            );
-            let g_name = g.name.clone();
-            let kind = k("global unit with MachineMetadata= submitted / destroyed");
-            timed(&mut planner, &mut kinds[kind].1, vec![Change::Unit(g)]);
-            if r == 0 {
-                check(&planner);
-            }
-            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
-            timed(
-                &mut planner,
-                &mut kinds[kind].1,
-                vec![Change::UnitGone(g_name)],
-            );
-            converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);
-        }
-        // The same with a Conflicts= glob (matching nothing here): placed directly where nothing
-        // conflicts with it, which is everywhere.
-        if r < 2 {
-            let g = unit(
-                format!("bench-gconflict{r}.service"),
+            ),
+            (
+                "global unit with Conflicts= submitted / destroyed",
+                2,
                 Requirements {
-                    global: true,
                     conflicts: vec!["bench-none*.service".into()],
                     ..Requirements::default()
                 },
+            ),
+        ];
+        for (i, (kind, times, req)) in globals.into_iter().enumerate() {
+            if r >= times {
+                continue;
+            }
+            let g = unit(
+                format!("bench-global{i}-{r}.service"),
+                Requirements {
+                    global: true,
+                    ..req
+                },
             );
             let g_name = g.name.clone();
-            let kind = k("global unit with Conflicts= submitted / destroyed");
+            let kind = k(kind);
             timed(&mut planner, &mut kinds[kind].1, vec![Change::Unit(g)]);
-            if r == 0 {
+            if r == 0 && i > 0 {
                 check(&planner);
             }
             converge(&mut planner, &mut kinds[claim_kind].1, &mut claims);

@@ -3,13 +3,11 @@
 //! machines count as no claim, and the plan is stable (fed back as claims, with or without a new machine,
 //! it does not move anything).
 
-use fleet_sched::{
-    schedule, Decision, DesiredState, MachineId, MachineInfo, Plan, Reason, UnitInfo, UnitName,
-};
+use fleet_sched::{schedule, Decision, DesiredState, MachineId, MachineInfo, Reason, UnitInfo};
 use proptest::prelude::*;
 
 mod common;
-use common::{big_requirements, machine, units, MACHINE_IDS};
+use common::{big_requirements, machine, unit, units, with_plan_claims, MACHINE_IDS};
 
 fn machines() -> impl Strategy<Value = Vec<MachineInfo>> {
     prop::sample::subsequence(MACHINE_IDS, 0..=MACHINE_IDS.len()).prop_flat_map(|ids| {
@@ -64,12 +62,7 @@ fn big_units() -> impl Strategy<Value = Vec<UnitInfo>> {
                 chosen
                     .iter()
                     .zip(specs)
-                    .map(|(name, (req, claim))| UnitInfo {
-                        name: UnitName::parse(name).unwrap(),
-                        requirements: req,
-                        desired: DesiredState::Launched,
-                        claim: claim.map(|c| MachineId::parse(&c).unwrap()),
-                    })
+                    .map(|(name, (req, claim))| unit(name, req, DesiredState::Launched, claim))
                     .collect()
             })
     })
@@ -109,21 +102,6 @@ fn shuffled<T: Clone>(v: &[T], mut seed: u64) -> Vec<T> {
         out.swap(i, (seed >> 33) as usize % (i + 1));
     }
     out
-}
-
-/// The units with the plan's decisions as their claims (unplaceable and global units: no claim).
-fn with_plan_claims(units: &[UnitInfo], plan: &Plan) -> Vec<UnitInfo> {
-    units
-        .iter()
-        .map(|u| {
-            let mut u = u.clone();
-            u.claim = match plan.decision(&u.name) {
-                Some(Decision::On(m)) => Some(m.clone()),
-                _ => None,
-            };
-            u
-        })
-        .collect()
 }
 
 proptest! {

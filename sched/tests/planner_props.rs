@@ -14,8 +14,8 @@ use proptest::prelude::*;
 
 mod common;
 use common::{
-    big_requirements, claim, desired, machine, made_valid, requirements, units, words, MACHINE_IDS,
-    UNIT_NAMES,
+    big_requirements, claim, desired, machine, made_valid, requirements, unit, units, words,
+    MACHINE_IDS, UNIT_NAMES,
 };
 
 /// `m` refusing none, one or both of the first and third unit names (bits of `mask`).
@@ -396,12 +396,7 @@ fn dense_units() -> impl Strategy<Value = Vec<UnitInfo>> {
                 names
                     .iter()
                     .zip(specs)
-                    .map(|(name, (req, claim))| UnitInfo {
-                        name: UnitName::parse(name).unwrap(),
-                        requirements: req,
-                        desired: DesiredState::Launched,
-                        claim: claim.map(|c| MachineId::parse(&c).unwrap()),
-                    })
+                    .map(|(name, (req, claim))| unit(name, req, DesiredState::Launched, claim))
                     .collect()
             })
     })
@@ -471,12 +466,7 @@ proptest! {
             .zip(specs)
             .zip(chosen)
             .filter(|(_, c)| *c)
-            .map(|((name, (req, claim)), _)| UnitInfo {
-                name: UnitName::parse(name).unwrap(),
-                requirements: req,
-                desired: DesiredState::Launched,
-                claim: claim.map(|c| MachineId::parse(&c).unwrap()),
-            })
+            .map(|((name, (req, claim)), _)| unit(name, req, DesiredState::Launched, claim))
             .collect();
         check(ms, us, batches, &ids, &names)?;
     }

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use fleet_sched::{DesiredState, MachineId, MachineInfo, Requirements, UnitInfo, UnitName};
+use fleet_sched::{
+    Decision, DesiredState, MachineId, MachineInfo, Plan, Requirements, UnitInfo, UnitName,
+};
 use proptest::prelude::*;
 
 pub const MACHINE_IDS: &[&str] = &[
@@ -45,6 +47,37 @@ pub fn machine(id: &str, role: usize, ssd: bool) -> MachineInfo {
         m = m.with_metadata("disk", "ssd");
     }
     m
+}
+
+/// A unit from its parts (`claim`: a machine ID).
+pub fn unit(
+    name: &str,
+    requirements: Requirements,
+    desired: DesiredState,
+    claim: Option<String>,
+) -> UnitInfo {
+    UnitInfo {
+        name: UnitName::parse(name).unwrap(),
+        requirements,
+        desired,
+        claim: claim.map(|c| MachineId::parse(&c).unwrap()),
+    }
+}
+
+/// The units with the plan's decisions as their claims (unplaceable and global units: no claim), as
+/// the agents write them.
+pub fn with_plan_claims(units: &[UnitInfo], plan: &Plan) -> Vec<UnitInfo> {
+    units
+        .iter()
+        .map(|u| {
+            let mut u = u.clone();
+            u.claim = match plan.decision(&u.name) {
+                Some(Decision::On(m)) => Some(m.clone()),
+                _ => None,
+            };
+            u
+        })
+        .collect()
 }
 
 /// Up to `max` distinct words of `pool`.
@@ -191,12 +224,7 @@ pub fn units(max_replaces: usize, launched: u32) -> impl Strategy<Value = Vec<Un
                 names
                     .iter()
                     .zip(specs)
-                    .map(|(name, (req, desired, claim))| UnitInfo {
-                        name: UnitName::parse(name).unwrap(),
-                        requirements: req,
-                        desired,
-                        claim: claim.map(|c| MachineId::parse(&c).unwrap()),
-                    })
+                    .map(|(name, (req, desired, claim))| unit(name, req, desired, claim))
                     .collect()
             })
     })

@@ -102,19 +102,31 @@ pub struct PassStats {
 /// The machines of a pool (the whole cluster, or one `MachineMetadata=` requirement) ordered by
 /// `(load, ID)`. Entries hold `load - base`: a change that adds the same to the load of every member (a
 /// global unit placed on all of them) moves `base` and no entry.
+/// Entries also hold the ID's first 8 bytes as a number, which orders them like the ID does and spares
+/// reading the ID itself (another allocation) in almost every comparison.
 #[derive(Default)]
 struct Pool {
-    set: BTreeSet<(i64, Arc<str>, u32)>,
+    set: BTreeSet<(i64, u64, Arc<str>, u32)>,
     base: i64,
+}
+
+/// The first 8 bytes of `id`, big-endian, zero-padded: ordered like `id` wherever they differ.
+fn id_prefix(id: &str) -> u64 {
+    let mut b = [0u8; 8];
+    let n = id.len().min(8);
+    b[..n].copy_from_slice(&id.as_bytes()[..n]);
+    u64::from_be_bytes(b)
 }
 
 impl Pool {
     fn insert(&mut self, load: u32, key: Arc<str>, m: u32) {
-        self.set.insert((load as i64 - self.base, key, m));
+        let prefix = id_prefix(&key);
+        self.set.insert((load as i64 - self.base, prefix, key, m));
     }
 
     fn remove(&mut self, load: u32, key: &Arc<str>, m: u32) {
-        self.set.remove(&(load as i64 - self.base, key.clone(), m));
+        let entry = (load as i64 - self.base, id_prefix(key), key.clone(), m);
+        self.set.remove(&entry);
     }
 
     fn clear(&mut self) {
@@ -128,7 +140,7 @@ impl Pool {
 
     /// Members by (load, ID).
     fn machines(&self) -> impl Iterator<Item = u32> + '_ {
-        self.set.iter().map(|&(_, _, m)| m)
+        self.set.iter().map(|&(_, _, _, m)| m)
     }
 }
 

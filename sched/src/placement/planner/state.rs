@@ -1,7 +1,7 @@
 //! The planner's placement state: loads and the ordered sets of machines by load (pools), placing and
 //! removing units, and the `Conflicts=` counters per machine and per pool (as `engine` keeps them).
 
-use super::super::engine::{key, FxMap, FxSet, NONE, SMALL_CLASS};
+use super::super::engine::{key, FxMap, NONE, SMALL_CLASS};
 use super::{Planner, Pool};
 
 impl Planner {
@@ -35,19 +35,21 @@ impl Planner {
             }
             return;
         }
-        let mut hits: FxMap<u32, usize> = FxMap::default();
-        hits.insert(0, ms.len());
+        let mut hits = vec![0usize; self.pools.len()];
+        hits[0] = ms.len();
         for &m in ms {
             for &p in &self.machine(m).pools {
-                *hits.entry(p).or_default() += 1;
+                hits[p as usize] += 1;
             }
         }
-        let mut whole: FxSet<u32> = FxSet::default();
-        for (&p, &n) in &hits {
-            let pool = self.pools[p as usize].as_mut().expect("pool");
-            if n == pool.len() {
+        let mut whole = vec![false; self.pools.len()];
+        for (p, &n) in hits.iter().enumerate() {
+            if let Some(pool) = self.pools[p]
+                .as_mut()
+                .filter(|pool| n > 0 && n == pool.len())
+            {
                 pool.base += if add { 1 } else { -1 };
-                whole.insert(p);
+                whole[p] = true;
             }
         }
         for &m in ms {
@@ -55,7 +57,7 @@ impl Planner {
             let (old, new) = (mach.load, step(mach.load));
             mach.load = new;
             for &p in std::iter::once(&0).chain(&mach.pools) {
-                if !whole.contains(&p) {
+                if !whole[p as usize] {
                     let set = self.pools[p as usize].as_mut().expect("pool");
                     set.remove(old, &mach.key, m);
                     set.insert(new, mach.key.clone(), m);
@@ -83,7 +85,14 @@ impl Planner {
         self.shift_loads(ms, false);
         for &m in ms {
             self.machine_mut(m).on.retain(|&w| w != g);
-            self.unit_mut(g).global_on.remove(&m);
+        }
+        let on = &mut self.unit_mut(g).global_on;
+        if on.len() == ms.len() {
+            on.clear();
+        } else {
+            for m in ms {
+                on.remove(m);
+            }
         }
         self.count_global(g, ms, false);
     }
