@@ -321,8 +321,18 @@ impl Observer {
     }
 }
 
+/// A machine ID as `fleetctl` shows it: its first 8 characters, `...` when cut (the JSON keeps whole IDs).
+pub fn short(id: &str) -> String {
+    if id.len() > 12 {
+        format!("{}...", &id[..8])
+    } else {
+        id.to_string()
+    }
+}
+
 impl Outcome {
-    /// The answers as text (each list cut at `limit` lines; the JSON has them all).
+    /// The answers as text (each list cut at `limit` lines; the JSON has them all; long machine IDs
+    /// cut as `fleetctl` shows them).
     pub fn to_text(&self, limit: usize) -> String {
         let mut s = String::new();
         let more = |s: &mut String, n: usize| {
@@ -341,7 +351,11 @@ impl Outcome {
             let _ = writeln!(
                 s,
                 "  {:<28} {} -> {}  at {:.3}s, after {:.3}s running nowhere",
-                m.unit, m.from, m.to, m.at_s, m.gap_s
+                m.unit,
+                short(&m.from),
+                short(&m.to),
+                m.at_s,
+                m.gap_s
             );
         }
         more(&mut s, self.moves.len());
@@ -350,7 +364,7 @@ impl Outcome {
             let last = u
                 .last_on
                 .as_ref()
-                .map_or("never ran".to_string(), |m| format!("last on {m}"));
+                .map_or("never ran".to_string(), |m| format!("last on {}", short(m)));
             let _ = writeln!(
                 s,
                 "  {:<28} {}; running nowhere since {:.3}s ({last})",
@@ -391,7 +405,7 @@ impl Outcome {
             let _ = writeln!(
                 s,
                 "  {:<28} {} -> {} (+{}), peak {}",
-                l.machine,
+                short(&l.machine),
                 l.before,
                 l.after,
                 l.after - l.before,
@@ -468,6 +482,12 @@ mod tests {
             runs,
             vec![("m0", 1.5, 10.0), ("m2", 12.0, 14.0), ("m1", 13.0, 13.5)]
         );
+    }
+
+    #[test]
+    fn long_machine_ids_are_cut_as_fleetctl_shows_them() {
+        assert_eq!(short("b1"), "b1");
+        assert_eq!(short("2c0ffee1234567890abc"), "2c0ffee1...");
     }
 
     #[test]

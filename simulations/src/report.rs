@@ -644,13 +644,14 @@ impl Report {
                         r.from_s,
                         r.to_s
                     );
-                    if x1 - x0 > 7.0 * r.machine.len() as f64 {
+                    let label = crate::outcome::short(&r.machine);
+                    if x1 - x0 > 7.0 * label.len() as f64 {
                         let _ = writeln!(
                             s,
                             r#"<text x="{:.1}" y="{:.1}" fill="white">{}</text>"#,
                             x0 + 3.0,
                             y + row_h - 5.0,
-                            xml(&r.machine)
+                            xml(&label)
                         );
                     }
                 }
