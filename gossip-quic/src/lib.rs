@@ -6,6 +6,8 @@
 //!   [`transport::GossipHandle`] and the event stream.
 //! - [`frame`]: stream framing without I/O (kind bytes, caps, the length check before a read).
 //! - [`tls`]: mutual TLS with a cluster CA, certificate minting, and the insecure development mode.
+//! - [`credentials`]: the core's signer and checker of state updates (the machine's TLS key, the
+//!   cluster CA; rustls and ring), so that no peer can pass on state in another machine's name.
 //!
 //! # Invariants
 //! - The protocol's rules live in `fleet_gossip`; this crate only moves bytes, reads the clock and
@@ -25,6 +27,7 @@
 //!   the machine each connection's certificate names with every datagram and sync, and the core
 //!   refuses a sender that claims another machine.
 
+pub mod credentials;
 pub mod frame;
 pub mod tls;
 pub mod transport;

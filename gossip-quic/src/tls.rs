@@ -22,7 +22,8 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 pub const SERVER_NAME: &str = "fleet";
 /// The ALPN protocol of fleet's gossip.
 /// `2`: datagrams start with a kind byte, state travels in pushes of its own, summary syncs.
-pub const ALPN: &[u8] = b"fleet-gossip/2";
+/// `3`: every state update carries its origin's signature; certificates travel with the state.
+pub const ALPN: &[u8] = b"fleet-gossip/3";
 /// The prefix of the URI subject alternative name that carries a machine ID.
 pub const MACHINE_URI_PREFIX: &str = "urn:fleet:machine:";
 
@@ -99,7 +100,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn load_certs(
+    what: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Pem {
@@ -113,7 +117,7 @@ fn load_certs(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'sta
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Pem {
         what: "private key",
         path: path.to_path_buf(),

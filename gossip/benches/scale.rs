@@ -328,6 +328,9 @@ impl Bench {
                     unit_hash: [0; 20],
                 }),
             },
+            // The size of an ECDSA P-256 signature (DER), as fleetd's are; this bench's node
+            // runs unsigned and does not check it.
+            signature: vec![0; 71],
         };
         for k in 0..config.max_transmissions {
             let relay = self.random_peer();

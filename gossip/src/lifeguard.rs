@@ -112,16 +112,22 @@ impl Node {
             },
         );
         // Our claim, for the other members that suspect it too.
+        let stamp = Stamp {
+            epoch: self.identity().incarnation,
+            version: 0,
+        };
+        let entry = Entry::Suspicion {
+            target: id,
+            incarnation: inc,
+        };
+        let signature = self
+            .credentials
+            .sign(&crate::crypto::signed_message(&me, stamp, &entry));
         let claim = Update {
             origin: me,
-            stamp: Stamp {
-                epoch: self.identity().incarnation,
-                version: 0,
-            },
-            entry: Entry::Suspicion {
-                target: id,
-                incarnation: inc,
-            },
+            stamp,
+            entry,
+            signature,
         };
         self.publish_claim(claim);
     }

@@ -118,6 +118,7 @@ mod tests {
                     state: None,
                 }
             },
+            signature: Vec::new(),
         }
     }
 

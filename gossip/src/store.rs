@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{signed_message, Credentials, Refusal};
 use crate::types::{MachineId, Metadata, Stamp, UnitState};
 
 /// How many buckets the store's digest keeps (a power of two); summaries fold them further.
@@ -51,6 +52,11 @@ pub enum Entry {
         /// The suspect's foca incarnation the suspicion is about.
         incarnation: u16,
     },
+    /// Not state: the origin's certificate (DER), which the signatures of its updates are checked
+    /// against ([`crate::crypto`]). Published once per epoch with stamp `(epoch, 0)`, pushed and
+    /// passed on like state, kept apart from the state. Needs no signature: the cluster CA's
+    /// signature in it is checked, and that it names the origin.
+    Certificate(Vec<u8>),
 }
 
 /// Which piece of an origin's state an entry is.
@@ -62,6 +68,8 @@ pub enum EntryKey {
     Unit(String),
     /// A suspicion claim: the suspect, its life and its foca incarnation.
     Suspicion(MachineId, u64, u16),
+    /// The origin's certificate.
+    Certificate,
 }
 
 impl Entry {
@@ -73,6 +81,7 @@ impl Entry {
                 target,
                 incarnation,
             } => EntryKey::Suspicion(target.machine_id.clone(), target.incarnation, *incarnation),
+            Entry::Certificate(_) => EntryKey::Certificate,
         }
     }
 }
@@ -86,6 +95,9 @@ pub struct Update {
     pub stamp: Stamp,
     /// The new value.
     pub entry: Entry,
+    /// The origin's signature of (origin, stamp, entry) ([`crate::crypto::signed_message`]):
+    /// empty in the insecure development mode and for certificates.
+    pub signature: Vec<u8>,
 }
 
 /// The part of an origin's state that a peer lacks, with the sender's `synced` stamp for it.
@@ -95,8 +107,12 @@ pub struct OriginDelta {
     pub origin: MachineId,
     /// The sender has every entry of this origin up to this stamp.
     pub synced: Stamp,
-    /// The sender's entries newer than the receiver's `synced` stamp.
-    pub entries: Vec<(Stamp, Entry)>,
+    /// The sender's entries newer than the receiver's `synced` stamp, each with its origin's
+    /// signature.
+    pub entries: Vec<(Stamp, Entry, Vec<u8>)>,
+    /// The origin's certificate, when the receiver's digest shows that it lacks the origin's
+    /// current epoch (so that it can check the entries' signatures).
+    pub certificate: Option<Vec<u8>>,
 }
 
 /// What changed in the store, reported as events by the node.
@@ -112,36 +128,41 @@ pub(crate) struct OriginData {
     synced: Stamp,
     /// Versions of this epoch received beyond `synced` (a gap in between).
     pending: BTreeSet<u64>,
-    metadata: Option<(Stamp, Metadata)>,
-    units: BTreeMap<String, (Stamp, Option<UnitState>)>,
+    metadata: Option<(Stamp, Metadata, Vec<u8>)>,
+    units: BTreeMap<String, (Stamp, Option<UnitState>, Vec<u8>)>,
 }
 
 impl OriginData {
     pub(crate) fn metadata(&self) -> Option<&Metadata> {
-        self.metadata.as_ref().map(|(_, m)| m)
+        self.metadata.as_ref().map(|(_, m, _)| m)
     }
 
     pub(crate) fn units(&self) -> impl Iterator<Item = (&String, &UnitState)> {
         self.units
             .iter()
-            .filter_map(|(name, (_, state))| state.as_ref().map(|s| (name, s)))
+            .filter_map(|(name, (_, state, _))| state.as_ref().map(|s| (name, s)))
     }
 
     /// The newest stamp among the entries (or `synced`, if larger).
     pub(crate) fn newest(&self) -> Stamp {
-        let units = self.units.values().map(|(s, _)| *s);
-        let meta = self.metadata.iter().map(|(s, _)| *s);
-        units.chain(meta).fold(self.synced, Stamp::max)
+        self.newest_entry().max(self.synced)
     }
 
-    fn entries_after(&self, after: Stamp) -> Vec<(Stamp, Entry)> {
+    /// The newest stamp among the entries themselves (each one checked when it came in).
+    fn newest_entry(&self) -> Stamp {
+        let units = self.units.values().map(|(s, _, _)| *s);
+        let meta = self.metadata.iter().map(|(s, _, _)| *s);
+        units.chain(meta).fold(Stamp::default(), Stamp::max)
+    }
+
+    fn entries_after(&self, after: Stamp) -> Vec<(Stamp, Entry, Vec<u8>)> {
         let mut out = Vec::new();
-        if let Some((stamp, m)) = &self.metadata {
+        if let Some((stamp, m, sig)) = &self.metadata {
             if *stamp > after {
-                out.push((*stamp, Entry::Metadata(m.clone())));
+                out.push((*stamp, Entry::Metadata(m.clone()), sig.clone()));
             }
         }
-        for (name, (stamp, state)) in &self.units {
+        for (name, (stamp, state, sig)) in &self.units {
             if *stamp > after {
                 out.push((
                     *stamp,
@@ -149,6 +170,7 @@ impl OriginData {
                         name: name.clone(),
                         state: state.clone(),
                     },
+                    sig.clone(),
                 ));
             }
         }
@@ -337,51 +359,85 @@ impl Store {
         self.origins.entry(self.local.clone()).or_default()
     }
 
-    /// Replaces the local metadata; returns the update to push, or `None` if nothing changed.
-    pub(crate) fn set_local_metadata(&mut self, metadata: Metadata) -> Option<Update> {
+    /// The epoch this node stamps its own state with.
+    pub(crate) fn local_epoch(&self) -> u64 {
+        self.local_stamp.epoch
+    }
+
+    /// Whether state of `origin` at `epoch` may come in (the membership holds a life of it at
+    /// least that new). Counts nothing.
+    pub(crate) fn allows(&self, origin: &MachineId, epoch: u64) -> bool {
+        self.limits.get(origin).is_some_and(|l| epoch <= *l)
+    }
+
+    /// Replaces the local metadata; returns the update to push (signed with `credentials`), or
+    /// `None` if nothing changed.
+    pub(crate) fn set_local_metadata(
+        &mut self,
+        metadata: Metadata,
+        credentials: &dyn Credentials,
+    ) -> Option<Update> {
         if self.local_data().metadata() == Some(&metadata) {
             return None;
         }
         let stamp = self.next_local_stamp();
-        self.local_data().metadata = Some((stamp, metadata.clone()));
+        let entry = Entry::Metadata(metadata.clone());
+        let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
+        self.local_data().metadata = Some((stamp, metadata, signature.clone()));
         Some(Update {
             origin: self.local.clone(),
             stamp,
-            entry: Entry::Metadata(metadata),
+            entry,
+            signature,
         })
     }
 
     /// Replaces the local unit states with `units`; returns one update per changed unit (each with
-    /// its own version).
-    pub(crate) fn set_local_units(&mut self, units: &BTreeMap<String, UnitState>) -> Vec<Update> {
+    /// its own version, signed with `credentials`).
+    pub(crate) fn set_local_units(
+        &mut self,
+        units: &BTreeMap<String, UnitState>,
+        credentials: &dyn Credentials,
+    ) -> Vec<Update> {
         let data = self.local_data();
         let mut changed: Vec<(String, Option<UnitState>)> = Vec::new();
         for (name, state) in units {
-            let current = data.units.get(name).and_then(|(_, s)| s.as_ref());
+            let current = data.units.get(name).and_then(|(_, s, _)| s.as_ref());
             if current != Some(state) {
                 changed.push((name.clone(), Some(state.clone())));
             }
         }
-        for (name, (_, state)) in &data.units {
+        for (name, (_, state, _)) in &data.units {
             if state.is_some() && !units.contains_key(name) {
                 changed.push((name.clone(), None));
             }
         }
         changed
             .into_iter()
-            .map(|(name, state)| self.put_local_unit(name, state))
+            .map(|(name, state)| self.put_local_unit(name, state, credentials))
             .collect()
     }
 
-    fn put_local_unit(&mut self, name: String, state: Option<UnitState>) -> Update {
+    fn put_local_unit(
+        &mut self,
+        name: String,
+        state: Option<UnitState>,
+        credentials: &dyn Credentials,
+    ) -> Update {
         let stamp = self.next_local_stamp();
+        let entry = Entry::Unit {
+            name: name.clone(),
+            state: state.clone(),
+        };
+        let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
         self.local_data()
             .units
-            .insert(name.clone(), (stamp, state.clone()));
+            .insert(name, (stamp, state, signature.clone()));
         Update {
             origin: self.local.clone(),
             stamp,
-            entry: Entry::Unit { name, state },
+            entry,
+            signature,
         }
     }
 
@@ -390,43 +446,79 @@ impl Store {
         &mut self,
         name: &str,
         state: Option<UnitState>,
+        credentials: &dyn Credentials,
     ) -> Option<Update> {
         let current = self
             .local_data()
             .units
             .get(name)
-            .and_then(|(_, s)| s.clone());
+            .and_then(|(_, s, _)| s.clone());
         if current == state {
             return None;
         }
-        Some(self.put_local_unit(name.to_string(), state))
+        Some(self.put_local_unit(name.to_string(), state, credentials))
     }
 
-    /// Applies a remote update; true if it was news (newer than what we had).
-    pub(crate) fn apply(&mut self, update: &Update) -> bool {
+    /// Whether a remote update would be news: of another origin, of a life the membership allows
+    /// (counted as refused otherwise), not older than what is held. Changes nothing else.
+    fn is_news(&mut self, update: &Update) -> bool {
         if update.origin == self.local
-            || matches!(update.entry, Entry::Suspicion { .. })
+            || matches!(
+                update.entry,
+                Entry::Suspicion { .. } | Entry::Certificate(_)
+            )
             || !self.epoch_allowed(&update.origin, update.stamp.epoch)
         {
             return false;
         }
+        let Some(data) = self.origins.get(&update.origin) else {
+            return true;
+        };
+        if update.stamp.epoch != data.epoch {
+            return update.stamp.epoch > data.epoch;
+        }
+        match &update.entry {
+            Entry::Metadata(_) => data
+                .metadata
+                .as_ref()
+                .is_none_or(|(s, _, _)| *s < update.stamp),
+            Entry::Unit { name, .. } => data
+                .units
+                .get(name)
+                .is_none_or(|(s, _, _)| *s < update.stamp),
+            Entry::Suspicion { .. } | Entry::Certificate(_) => false,
+        }
+    }
+
+    /// Applies a remote update if it is news and `verify` accepts it (called only for news, so
+    /// that replays of known updates cost no signature check). `Ok(true)` if it was news.
+    pub(crate) fn apply(
+        &mut self,
+        update: &Update,
+        verify: &mut dyn FnMut(&Update) -> Result<(), Refusal>,
+    ) -> Result<bool, Refusal> {
+        if !self.is_news(update) {
+            return Ok(false);
+        }
+        verify(update)?;
         let origin = update.origin.clone();
         let mut changes = Vec::new();
         let news = self.with_origin(&origin, |data| {
             if !enter_epoch(data, update.stamp.epoch, &mut changes) {
                 return false;
             }
+            let sig = update.signature.clone();
             let news = match &update.entry {
                 Entry::Metadata(m) => {
                     if data
                         .metadata
                         .as_ref()
-                        .is_some_and(|(s, _)| *s >= update.stamp)
+                        .is_some_and(|(s, _, _)| *s >= update.stamp)
                     {
                         false
                     } else {
                         let differs = data.metadata() != Some(m);
-                        data.metadata = Some((update.stamp, m.clone()));
+                        data.metadata = Some((update.stamp, m.clone(), sig));
                         if differs {
                             changes.push(Change::Metadata);
                         }
@@ -434,18 +526,18 @@ impl Store {
                     }
                 }
                 Entry::Unit { name, state } => match data.units.get(name) {
-                    Some((s, _)) if *s >= update.stamp => false,
+                    Some((s, _, _)) if *s >= update.stamp => false,
                     previous => {
-                        let differs = previous.and_then(|(_, s)| s.as_ref()) != state.as_ref();
+                        let differs = previous.and_then(|(_, s, _)| s.as_ref()) != state.as_ref();
                         data.units
-                            .insert(name.clone(), (update.stamp, state.clone()));
+                            .insert(name.clone(), (update.stamp, state.clone(), sig));
                         if differs {
                             changes.push(Change::Units);
                         }
                         true
                     }
                 },
-                Entry::Suspicion { .. } => false,
+                Entry::Suspicion { .. } | Entry::Certificate(_) => false,
             };
             data.received(update.stamp.version);
             news
@@ -453,7 +545,7 @@ impl Store {
         for c in changes {
             self.changes.insert((origin.clone(), c));
         }
-        news
+        Ok(news)
     }
 
     /// Per origin, the stamp up to which this node has everything.
@@ -493,9 +585,14 @@ impl Store {
             .collect()
     }
 
-    /// What a peer whose digest is `peer` lacks.
-    pub(crate) fn delta_for(&self, peer: &[(MachineId, Stamp)]) -> Vec<OriginDelta> {
-        self.delta_where(peer, |_| true)
+    /// What a peer whose digest is `peer` lacks. `certificate` gives an origin's certificate,
+    /// sent along when the peer lacks the origin's current epoch.
+    pub(crate) fn delta_for(
+        &self,
+        peer: &[(MachineId, Stamp)],
+        certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
+    ) -> Vec<OriginDelta> {
+        self.delta_where(peer, |_| true, certificate)
     }
 
     /// What a peer lacks of the origins in `buckets` (of `count`), `peer` being its digest of them.
@@ -504,16 +601,22 @@ impl Store {
         peer: &[(MachineId, Stamp)],
         buckets: &[u16],
         count: usize,
+        certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
     ) -> Vec<OriginDelta> {
         let wanted: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
         let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
-        self.delta_where(peer, |id| wanted.contains(&(bucket_of(id) & mask)))
+        self.delta_where(
+            peer,
+            |id| wanted.contains(&(bucket_of(id) & mask)),
+            certificate,
+        )
     }
 
     fn delta_where(
         &self,
         peer: &[(MachineId, Stamp)],
         include: impl Fn(&MachineId) -> bool,
+        certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
     ) -> Vec<OriginDelta> {
         let peer: BTreeMap<&MachineId, Stamp> = peer.iter().map(|(id, s)| (id, *s)).collect();
         let mut out = Vec::new();
@@ -523,16 +626,18 @@ impl Store {
             }
             let theirs = peer.get(id).copied().unwrap_or_default();
             // A peer on an older epoch of this origin needs all of the current one.
-            let after = if theirs.epoch < data.epoch {
-                Stamp::default()
-            } else {
-                theirs
-            };
+            let new_life = theirs.epoch < data.epoch;
+            let after = if new_life { Stamp::default() } else { theirs };
             let entries = data.entries_after(after);
             if !entries.is_empty() || data.synced > theirs {
                 out.push(OriginDelta {
                     origin: id.clone(),
                     synced: data.synced,
+                    certificate: if new_life || theirs.version == 0 {
+                        certificate(id)
+                    } else {
+                        None
+                    },
                     entries,
                 });
             }
@@ -540,10 +645,20 @@ impl Store {
         out
     }
 
-    /// Merges a delta computed by a peer from our digest (or a full snapshot). Returns the updates
-    /// that were news.
-    pub(crate) fn merge(&mut self, deltas: Vec<OriginDelta>) -> Vec<Update> {
+    /// Merges a delta computed by a peer from our digest (or a full snapshot), each entry checked
+    /// by `verify` before it is stored (an origin's certificate in a delta must be taken in before:
+    /// see `Node::merge_state`). Returns the updates that were news, and the refused ones.
+    ///
+    /// The sender's `synced` stamp is taken only up to the newest entry of the origin this node
+    /// holds (each one checked): a relay cannot make this node believe it has versions that it
+    /// has not seen, which would keep anti-entropy from ever bringing them.
+    pub(crate) fn merge(
+        &mut self,
+        deltas: Vec<OriginDelta>,
+        verify: &mut dyn FnMut(&Update) -> Result<(), Refusal>,
+    ) -> (Vec<Update>, Vec<(Update, Refusal)>) {
         let mut news = Vec::new();
+        let mut refused = Vec::new();
         for delta in deltas {
             if delta.origin == self.local {
                 if delta.synced > self.local_stamp {
@@ -558,27 +673,34 @@ impl Store {
             if !self.epoch_allowed(&delta.origin, delta.synced.epoch) {
                 continue;
             }
-            for (stamp, entry) in delta.entries {
+            for (stamp, entry, signature) in delta.entries {
                 let update = Update {
                     origin: delta.origin.clone(),
                     stamp,
                     entry,
+                    signature,
                 };
-                if self.apply(&update) {
-                    news.push(update);
+                match self.apply(&update, verify) {
+                    Ok(true) => news.push(update),
+                    Ok(false) => {}
+                    Err(why) => refused.push((update, why)),
                 }
             }
             let mut changes = Vec::new();
             self.with_origin(&delta.origin, |data| {
                 if enter_epoch(data, delta.synced.epoch, &mut changes) {
-                    data.raise_synced(delta.synced);
+                    let held = data.newest_entry().max(Stamp {
+                        epoch: data.epoch,
+                        version: 0,
+                    });
+                    data.raise_synced(delta.synced.min(held));
                 }
             });
             for c in changes {
                 self.changes.insert((delta.origin.clone(), c));
             }
         }
-        news
+        (news, refused)
     }
 
     /// Forgets an origin's state (never our own): the membership forgot the machine.
@@ -604,7 +726,7 @@ fn enter_epoch(data: &mut OriginData, epoch: u64, changes: &mut Vec<Change>) -> 
         if data.metadata.take().is_some() {
             changes.push(Change::Metadata);
         }
-        if data.units.values().any(|(_, s)| s.is_some()) {
+        if data.units.values().any(|(_, s, _)| s.is_some()) {
             changes.push(Change::Units);
         }
         data.units.clear();
@@ -618,6 +740,30 @@ fn enter_epoch(data: &mut OriginData, epoch: u64, changes: &mut Vec<Change>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::Unsigned;
+
+    fn ok(_: &Update) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// The store's calls with every update accepted (what the unsigned mode does).
+    trait Unchecked {
+        fn apply_ok(&mut self, u: &Update) -> bool;
+        fn merge_ok(&mut self, d: Vec<OriginDelta>) -> Vec<Update>;
+        fn delta_ok(&self, digest: &[(MachineId, Stamp)]) -> Vec<OriginDelta>;
+    }
+
+    impl Unchecked for Store {
+        fn apply_ok(&mut self, u: &Update) -> bool {
+            self.apply(u, &mut ok).unwrap()
+        }
+        fn merge_ok(&mut self, d: Vec<OriginDelta>) -> Vec<Update> {
+            self.merge(d, &mut ok).0
+        }
+        fn delta_ok(&self, digest: &[(MachineId, Stamp)]) -> Vec<OriginDelta> {
+            self.delta_for(digest, &|_| None)
+        }
+    }
 
     fn unit(active: &str) -> UnitState {
         UnitState {
@@ -654,11 +800,11 @@ mod tests {
     fn newer_stamp_wins_and_older_is_ignored() {
         let mut a = store("a", 1);
         let mut b = store("b", 1);
-        let u1 = a.set_local_units(&units(&[("x.service", "active")]));
-        let u2 = a.set_local_units(&units(&[("x.service", "failed")]));
+        let u1 = a.set_local_units(&units(&[("x.service", "active")]), &Unsigned);
+        let u2 = a.set_local_units(&units(&[("x.service", "failed")]), &Unsigned);
         // Delivered out of order: the newer one first.
-        assert!(b.apply(&u2[0]));
-        assert!(!b.apply(&u1[0]), "an older update must not win");
+        assert!(b.apply_ok(&u2[0]));
+        assert!(!b.apply_ok(&u1[0]), "an older update must not win");
         let o = b.origin(&MachineId::new("a")).unwrap();
         assert_eq!(
             o.units().next().unwrap().1.active_state,
@@ -671,22 +817,25 @@ mod tests {
     fn versions_are_contiguous_and_synced_crosses_no_gap() {
         let mut a = store("a", 1);
         let mut b = store("b", 1);
-        let ups = a.set_local_units(&units(&[
-            ("x.service", "active"),
-            ("y.service", "active"),
-            ("z.service", "active"),
-        ]));
+        let ups = a.set_local_units(
+            &units(&[
+                ("x.service", "active"),
+                ("y.service", "active"),
+                ("z.service", "active"),
+            ]),
+            &Unsigned,
+        );
         let versions: Vec<u64> = ups.iter().map(|u| u.stamp.version).collect();
         assert_eq!(versions, [1, 2, 3]);
-        b.apply(&ups[2]);
-        b.apply(&ups[0]);
+        b.apply_ok(&ups[2]);
+        b.apply_ok(&ups[0]);
         let a_id = MachineId::new("a");
         assert_eq!(b.origin(&a_id).unwrap().synced.version, 1, "gap at 2");
-        b.apply(&ups[1]);
+        b.apply_ok(&ups[1]);
         assert_eq!(b.origin(&a_id).unwrap().synced.version, 3);
         assert_eq!(b.summary(8, &[]), {
             let mut c = store("b", 1);
-            c.merge(a.delta_for(&c.digest()));
+            c.merge_ok(a.delta_ok(&c.digest()));
             c.summary(8, &[])
         });
         assert_eq!(b.sums, sums_from_scratch(&b));
@@ -696,18 +845,21 @@ mod tests {
     fn a_new_epoch_replaces_the_previous_life() {
         let mut a = store("a", 1);
         let mut b = store("b", 1);
-        for u in a.set_local_units(&units(&[("x.service", "active"), ("y.service", "active")])) {
-            b.apply(&u);
+        for u in a.set_local_units(
+            &units(&[("x.service", "active"), ("y.service", "active")]),
+            &Unsigned,
+        ) {
+            b.apply_ok(&u);
         }
         let mut a2 = Store::new(MachineId::new("a"), 2);
-        let u = a2.set_local_units(&units(&[("z.service", "active")]));
+        let u = a2.set_local_units(&units(&[("z.service", "active")]), &Unsigned);
         assert!(
-            !b.apply(&u[0]),
+            !b.apply_ok(&u[0]),
             "a new life the membership has not accepted yet is refused"
         );
         assert_eq!(b.refused(), 1);
         b.allow_epoch(&MachineId::new("a"), 2);
-        assert!(b.apply(&u[0]));
+        assert!(b.apply_ok(&u[0]));
         let names: Vec<_> = b
             .origin(&MachineId::new("a"))
             .unwrap()
@@ -723,8 +875,9 @@ mod tests {
                 version: 99,
             },
             entry: Entry::Metadata(Metadata::default()),
+            signature: Vec::new(),
         };
-        assert!(!b.apply(&old));
+        assert!(!b.apply_ok(&old));
         assert_eq!(b.sums, sums_from_scratch(&b));
     }
 
@@ -732,14 +885,14 @@ mod tests {
     fn delta_after_out_of_order_pushes_fills_the_gaps() {
         let mut a = store("a", 1);
         let mut b = store("b", 1);
-        let first = a.set_local_units(&units(&[("x.service", "active")]));
-        let second = a.set_local_unit("y.service", Some(unit("active")));
+        let first = a.set_local_units(&units(&[("x.service", "active")]), &Unsigned);
+        let second = a.set_local_unit("y.service", Some(unit("active")), &Unsigned);
         // b only hears the second push.
-        b.apply(second.as_ref().unwrap());
+        b.apply_ok(second.as_ref().unwrap());
         assert!(first.len() == 1);
         assert_ne!(a.summary(8, &[]), b.summary(8, &[]));
-        let delta = a.delta_for(&b.digest());
-        b.merge(delta);
+        let delta = a.delta_ok(&b.digest());
+        b.merge_ok(delta);
         let o = b.origin(&MachineId::new("a")).unwrap();
         assert_eq!(
             o.units().count(),
@@ -748,7 +901,7 @@ mod tests {
         );
         assert_eq!(o.synced, a.origin(&MachineId::new("a")).unwrap().synced);
         // Nothing left to send once synced.
-        assert!(a.delta_for(&b.digest()).is_empty());
+        assert!(a.delta_ok(&b.digest()).is_empty());
     }
 
     #[test]
@@ -759,23 +912,23 @@ mod tests {
         for s in [&mut a, &mut b] {
             s.allow_epoch(&MachineId::new("c"), 1);
         }
-        for u in c.set_local_units(&units(&[("x.service", "active")])) {
-            a.apply(&u);
+        for u in c.set_local_units(&units(&[("x.service", "active")]), &Unsigned) {
+            a.apply_ok(&u);
         }
-        b.merge(a.delta_for(&b.digest()));
-        a.merge(b.delta_for(&a.digest()));
+        b.merge_ok(a.delta_ok(&b.digest()));
+        a.merge_ok(b.delta_ok(&a.digest()));
         assert_eq!(a.differing(&b.summary(16, &[]), &[]), Vec::<u16>::new());
         // c changes; a hears it, b does not.
-        for u in c.set_local_units(&units(&[("x.service", "failed")])) {
-            a.apply(&u);
+        for u in c.set_local_units(&units(&[("x.service", "failed")]), &Unsigned) {
+            a.apply_ok(&u);
         }
         let differ = b.differing(&a.summary(16, &[]), &[]);
         assert_eq!(differ.len(), 1);
         let theirs = b.digest_of(&differ, 16);
-        let delta = a.delta_for_buckets(&theirs, &differ, 16);
+        let delta = a.delta_for_buckets(&theirs, &differ, 16, &|_| None);
         assert_eq!(delta.len(), 1);
         assert_eq!(delta[0].origin, MachineId::new("c"));
-        let news = b.merge(delta);
+        let news = b.merge_ok(delta);
         assert_eq!(news.len(), 1);
         assert_eq!(a.differing(&b.summary(16, &[]), &[]), Vec::<u16>::new());
     }
@@ -784,13 +937,13 @@ mod tests {
     fn removed_units_travel_as_tombstones() {
         let mut a = store("a", 1);
         let mut b = store("b", 1);
-        b.merge(a.delta_for(&b.digest()));
-        a.set_local_units(&units(&[("x.service", "active")]));
-        b.merge(a.delta_for(&b.digest()));
+        b.merge_ok(a.delta_ok(&b.digest()));
+        a.set_local_units(&units(&[("x.service", "active")]), &Unsigned);
+        b.merge_ok(a.delta_ok(&b.digest()));
         assert_eq!(b.origin(&MachineId::new("a")).unwrap().units().count(), 1);
-        let removal = a.set_local_units(&BTreeMap::new());
+        let removal = a.set_local_units(&BTreeMap::new(), &Unsigned);
         assert_eq!(removal.len(), 1);
-        assert!(b.apply(&removal[0]));
+        assert!(b.apply_ok(&removal[0]));
         assert_eq!(b.origin(&MachineId::new("a")).unwrap().units().count(), 0);
         assert!(b
             .take_changes()
@@ -807,23 +960,24 @@ mod tests {
                 version: 1,
             },
             entry: Entry::Metadata(Metadata::default()),
+            signature: Vec::new(),
         };
-        assert!(!a.apply(&forged));
+        assert!(!a.apply_ok(&forged));
     }
 
     #[test]
     fn state_of_an_unknown_machine_or_a_newer_life_is_refused_whole() {
         let mut a = Store::new(MachineId::new("a"), 7);
         let mut b = Store::new(MachineId::new("b"), 1);
-        a.set_local_metadata(Metadata::default());
-        b.merge(a.delta_for(&b.digest()));
+        a.set_local_metadata(Metadata::default(), &Unsigned);
+        b.merge_ok(a.delta_ok(&b.digest()));
         assert!(b.origin(&MachineId::new("a")).is_none(), "unknown machine");
         b.allow_epoch(&MachineId::new("a"), 6);
-        b.merge(a.delta_for(&b.digest()));
+        b.merge_ok(a.delta_ok(&b.digest()));
         assert!(b.origin(&MachineId::new("a")).is_none(), "epoch 7 > 6");
         assert_eq!(b.refused(), 2);
         b.allow_epoch(&MachineId::new("a"), 7);
-        b.merge(a.delta_for(&b.digest()));
+        b.merge_ok(a.delta_ok(&b.digest()));
         assert!(b.origin(&MachineId::new("a")).unwrap().metadata().is_some());
     }
 
@@ -831,8 +985,8 @@ mod tests {
     fn forgetting_an_origin_keeps_the_sums_true() {
         let mut a = store("a", 1);
         let mut b = store("b", 1);
-        a.set_local_metadata(Metadata::default());
-        b.merge(a.delta_for(&b.digest()));
+        a.set_local_metadata(Metadata::default(), &Unsigned);
+        b.merge_ok(a.delta_ok(&b.digest()));
         assert_eq!(b.len(), 2);
         b.forget(&MachineId::new("a"));
         assert_eq!(b.len(), 1);

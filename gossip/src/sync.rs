@@ -112,7 +112,9 @@ impl Node {
             from,
             members: self.membership(),
             digest: self.store.digest(),
-            state: self.store.delta_for(&offer.digest),
+            state: self
+                .store
+                .delta_for(&offer.digest, &|id| self.certificate_of(id)),
             buckets: Vec::new(),
             bucket_count: 0,
         })
@@ -146,19 +148,24 @@ impl Node {
             let count = usize::from(answer.bucket_count);
             let (buckets, digest) = (answer.buckets, answer.digest);
             self.apply_members(answer.from, answer.members)?;
-            let state = self.store.delta_for_buckets(&digest, &buckets, count);
+            let state = self
+                .store
+                .delta_for_buckets(&digest, &buckets, count, &|id| self.certificate_of(id));
             return Ok(FullState {
                 from,
                 members: self.members_of(&buckets, count),
                 state,
             });
         }
+        let sender = answer.from.machine_id.clone();
         self.apply_members(answer.from, answer.members)?;
-        self.merge_state(answer.state);
+        self.merge_state(&sender, answer.state);
         Ok(FullState {
             from,
             members: Vec::new(),
-            state: self.store.delta_for(&answer.digest),
+            state: self
+                .store
+                .delta_for(&answer.digest, &|id| self.certificate_of(id)),
         })
     }
 
@@ -167,7 +174,7 @@ impl Node {
         FullState {
             from: self.identity().clone(),
             members: self.membership(),
-            state: self.store.delta_for(&[]),
+            state: self.store.delta_for(&[], &|id| self.certificate_of(id)),
         }
     }
 
@@ -189,8 +196,9 @@ impl Node {
             return Err(Error::Left);
         }
         self.check_sender(state.from.addr, certified, &state.from)?;
+        let sender = state.from.machine_id.clone();
         self.apply_members(state.from, state.members)?;
-        self.merge_state(state.state);
+        self.merge_state(&sender, state.state);
         Ok(())
     }
 
@@ -235,8 +243,11 @@ impl Node {
     /// (a joiner's full exchange, a healed partition) and is not: pushing it would cost every
     /// joiner `max_transmissions` times the whole cluster's state in bytes (1.3 M updates at
     /// 10,000 members), long after it joined. The others repair by their own anti-entropy.
-    fn merge_state(&mut self, state: Vec<OriginDelta>) {
-        let news = self.store.merge(state);
+    ///
+    /// Every entry is taken only with its origin's signature (`crate::crypto`); `sender` is named
+    /// in the log of what is refused.
+    fn merge_state(&mut self, sender: &MachineId, state: Vec<OriginDelta>) {
+        let news = self.take_deltas(sender, state);
         if news.len() <= PASS_ON_AFTER_SYNC {
             self.pass_on(news);
         }

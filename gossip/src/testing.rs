@@ -51,6 +51,8 @@ pub struct VirtualNet {
     // Each node's next timer, indexed: finding the next event is O(log n), not a walk of all nodes.
     next_at: Vec<Option<Instant>>,
     due: std::collections::BTreeSet<(Instant, NodeIndex)>,
+    // Whether nodes sign their state (`ToyCredentials`).
+    signed: bool,
     // Nodes handed out by `node()`: their timers may have changed.
     dirty: std::collections::BTreeSet<NodeIndex>,
     // Frozen nodes: no timer runs, datagrams wait for the thaw.
@@ -95,7 +97,15 @@ impl VirtualNet {
             lost: 0,
             cut: Default::default(),
             sync_bytes: 0,
+            signed: true,
         }
+    }
+
+    /// Nodes started from now on sign nothing and check nothing ([`crate::crypto::Unsigned`],
+    /// the insecure development mode); by default each node signs its state with the
+    /// [`ToyCredentials`] of its certificate's machine.
+    pub fn unsigned(&mut self) {
+        self.signed = false;
     }
 
     /// Virtual time since the network was created.
@@ -169,6 +179,10 @@ impl VirtualNet {
         };
         let rng = StdRng::from_rng(&mut self.rng);
         let mut node = Node::new(self.config.clone(), identity, rng, self.now);
+        if self.signed {
+            let credentials = ToyCredentials::new(self.slots[index].cert.clone());
+            node.set_credentials(self.now, std::sync::Arc::new(credentials));
+        }
         let seed_addrs: Vec<SocketAddr> = seeds.iter().map(|s| self.slots[*s].addr).collect();
         node.join(self.now, &seed_addrs);
         self.slots[index].node = Some(node);
@@ -520,6 +534,7 @@ pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullStat
                     version: "0.1.0".into(),
                     unit_count: units as u32,
                 }),
+                Vec::new(),
             )];
             for u in 0..units {
                 entries.push((
@@ -533,12 +548,14 @@ pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullStat
                             unit_hash: [i as u8; 20],
                         }),
                     },
+                    Vec::new(),
                 ));
             }
             OriginDelta {
                 origin: id.machine_id.clone(),
                 synced: stamp(1 + units as u64),
                 entries,
+                certificate: None,
             }
         })
         .collect();
@@ -552,4 +569,72 @@ pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullStat
             state,
         },
     )
+}
+
+/// Credentials for the virtual network, with the shape of the real ones (a "CA" vouches for each
+/// machine's "certificate", each machine signs with its own "key") but **no cryptography at all**:
+/// the "signatures" are keyed hashes whose keys anyone can compute. They only let tests tell a
+/// node that signs with the right machine's credentials from one that does not.
+#[derive(Clone, Debug)]
+pub struct ToyCredentials {
+    machine: MachineId,
+    certificate: Vec<u8>,
+}
+
+const TOY_CA: u64 = 0x6ca5_3d1e_0f1e_e7c4;
+const TOY_KEYS: u64 = 0x5ee0_1357_9bdf_2468;
+
+impl ToyCredentials {
+    /// The credentials of `machine`: its toy certificate, and its toy key.
+    pub fn new(machine: MachineId) -> Self {
+        let certificate = Self::certificate_of(&machine, TOY_CA);
+        ToyCredentials {
+            machine,
+            certificate,
+        }
+    }
+
+    /// A toy certificate of `machine` vouched for by the "CA" `ca` (tests mint ones of another
+    /// CA to see them refused).
+    pub fn certificate_of(machine: &MachineId, ca: u64) -> Vec<u8> {
+        let mut cert = b"toy-cert:".to_vec();
+        cert.extend_from_slice(&crate::store::mix(machine.as_str().as_bytes(), ca).to_le_bytes());
+        cert.extend_from_slice(machine.as_str().as_bytes());
+        cert
+    }
+
+    /// The toy signature of `message` by `machine`'s key.
+    pub fn signature(machine: &MachineId, message: &[u8]) -> Vec<u8> {
+        let key = crate::store::mix(machine.as_str().as_bytes(), TOY_KEYS);
+        crate::store::mix(message, key).to_le_bytes().to_vec()
+    }
+
+    fn named(certificate: &[u8]) -> Option<MachineId> {
+        let rest = certificate.strip_prefix(b"toy-cert:")?;
+        let name = std::str::from_utf8(rest.get(8..)?).ok()?;
+        let id = MachineId::new(name);
+        (Self::certificate_of(&id, TOY_CA) == certificate).then_some(id)
+    }
+}
+
+impl crate::crypto::Credentials for ToyCredentials {
+    fn required(&self) -> bool {
+        true
+    }
+    fn certificate(&self) -> &[u8] {
+        &self.certificate
+    }
+    fn sign(&self, message: &[u8]) -> Vec<u8> {
+        Self::signature(&self.machine, message)
+    }
+    fn check_certificate(&self, machine: &MachineId, certificate: &[u8]) -> Result<(), String> {
+        match Self::named(certificate) {
+            Some(id) if id == *machine => Ok(()),
+            Some(id) => Err(format!("the certificate names machine {id}")),
+            None => Err("not signed by the cluster CA".to_string()),
+        }
+    }
+    fn verify(&self, certificate: &[u8], message: &[u8], signature: &[u8]) -> bool {
+        Self::named(certificate).is_some_and(|id| Self::signature(&id, message) == signature)
+    }
 }

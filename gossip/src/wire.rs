@@ -17,12 +17,14 @@ pub const DATAGRAM_STATE: u8 = 1;
 /// The largest sync message (offer, answer or delta) a node sends or accepts, in bytes.
 ///
 /// The largest real message is the answer to a full offer (a join): the whole membership, the
-/// whole digest and all state. Encoded sizes: a member about 65 bytes, a digest entry about 45, an
-/// origin's metadata about 150 and each unit's state about 90 (a 32-character machine ID, a
-/// 30-character unit name). For the largest cluster fleet supports, 10,000 machines and 100,000
-/// units, that is 0.65 + 0.45 + 1.5 + 9 MB ≈ 11.6 MB; 16 MiB leaves 40% headroom. Summary
-/// exchanges (the periodic anti-entropy) stay under a few kilobytes.
-pub const MAX_SYNC_MESSAGE: usize = 16 << 20;
+/// whole digest and all state, each entry with its origin's signature, and each origin's
+/// certificate. Encoded sizes: a member about 65 bytes, a digest entry about 45, an origin's
+/// metadata about 150 and each unit's state about 90 (a 32-character machine ID, a 30-character
+/// unit name), a signature 73 (ECDSA P-256), a certificate about 450. For the largest cluster fleet
+/// supports, 10,000 machines and 100,000 units, that is 0.65 + 0.45 + 1.5 + 9 + 8 + 4.5 MB ≈
+/// 24.1 MB; 32 MiB leaves 39% headroom. Summary exchanges (the periodic anti-entropy) stay under a
+/// few kilobytes.
+pub const MAX_SYNC_MESSAGE: usize = 32 << 20;
 
 /// Step 1 of a sync: the initiator's identity and either a summary of its state digest (the
 /// periodic anti-entropy) or, for a join or a heal, its whole membership and digest.
@@ -94,6 +96,37 @@ wire!(SyncOffer);
 wire!(SyncAnswer);
 wire!(FullState);
 wire!(StatePush);
+
+impl FullState {
+    /// Step 3 of a sync (or a snapshot) from `from`: `members` and `state` (tools and tests build
+    /// their own with it).
+    pub fn new(
+        from: NodeIdentity,
+        members: Vec<Member<NodeIdentity>>,
+        state: Vec<OriginDelta>,
+    ) -> Self {
+        FullState {
+            from,
+            members,
+            state,
+        }
+    }
+}
+
+impl StatePush {
+    /// A push of `updates` from `from` (what [`crate::core::Node`] sends; tools and tests build
+    /// their own with it).
+    pub fn new(from: NodeIdentity, updates: Vec<Update>) -> Self {
+        StatePush { from, updates }
+    }
+
+    /// As a datagram: the kind byte, then the push.
+    pub fn to_datagram(&self) -> Vec<u8> {
+        let mut out = vec![DATAGRAM_STATE];
+        out.extend(self.encode());
+        out
+    }
+}
 
 impl SyncOffer {
     /// A summary offer (periodic anti-entropy) rather than a full one (join, heal).
@@ -198,6 +231,7 @@ mod tests {
                     version: v,
                 },
                 entry: Entry::Metadata(Metadata::default()),
+                signature: vec![1; 70],
             })
             .collect();
         let bytes: Vec<u8> = updates

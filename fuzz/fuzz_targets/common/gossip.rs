@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use fleet_gossip::core::{FullState, SyncAnswer, SyncOffer};
+use fleet_gossip::testing::ToyCredentials;
 use fleet_gossip::{Config, MachineId, Metadata, Node, NodeIdentity, UnitState};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -44,13 +45,19 @@ pub fn identity(i: u8) -> NodeIdentity {
     }
 }
 
-/// Node `m<i>` with some metadata and unit states of its own, seeded RNG.
+/// Node `m<i>` with some metadata and unit states of its own, seeded RNG, signing its state and
+/// checking its peers' (toy credentials: the signature checks run, and the recorded exchange
+/// carries valid signatures and certificates for the fuzzer to start from).
 pub fn node(i: u8) -> Node {
     let mut n = Node::new(
         Config::default(),
         identity(i),
         StdRng::seed_from_u64(u64::from(i)),
         base(),
+    );
+    n.set_credentials(
+        base(),
+        Arc::new(ToyCredentials::new(identity(i).machine_id)),
     );
     n.set_local_metadata(
         base(),

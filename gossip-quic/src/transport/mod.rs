@@ -58,6 +58,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use fleet_gossip::core::{self, Counters, Event, FullState, Node, SyncAnswer, SyncOffer};
 use fleet_gossip::{MachineId, Metadata, NodeIdentity, UnitState, View};
 
+use crate::credentials::CertCredentials;
 use crate::frame;
 use crate::tls::{self, TlsConfig, TlsError};
 
@@ -369,6 +370,11 @@ impl Gossip {
         };
         let now = Instant::now();
         let mut node = Node::new(config.core.clone(), identity.clone(), rng, now);
+        // Every state update is signed with the machine's key and checked against its origin's
+        // certificate (none in the insecure development mode).
+        if let Some(credentials) = CertCredentials::load(&config.tls)? {
+            node.set_credentials(now, Arc::new(credentials));
+        }
         node.join(now, &config.seeds);
 
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
