@@ -24,8 +24,9 @@ impl Planner {
     }
 
     /// Adds one to (or takes one from) the load of each of `ms` (distinct live machines). A pool all of
-    /// whose members are in `ms` keeps its order: its base moves and none of its entries; the other
-    /// pools are updated machine by machine.
+    /// whose members are in `ms` keeps its order: its base moves and none of its entries. A pool many
+    /// of whose members are in `ms` is rebuilt in one sweep (those members and the others each stay in
+    /// order, so the two runs are merged); in the other pools the entries move machine by machine.
     fn shift_loads(&mut self, ms: &[u32], add: bool) {
         let step = |load: u32| if add { load + 1 } else { load - 1 };
         if self.bulk {
@@ -42,14 +43,37 @@ impl Planner {
                 hits[p as usize] += 1;
             }
         }
-        let mut whole = vec![false; self.pools.len()];
+        // Per pool: moved one by one (false), or all at once (true).
+        let mut at_once = vec![false; self.pools.len()];
+        let mut shifted: Option<Vec<bool>> = None;
         for (p, &n) in hits.iter().enumerate() {
-            if let Some(pool) = self.pools[p]
-                .as_mut()
-                .filter(|pool| n > 0 && n == pool.len())
-            {
+            let Some(pool) = self.pools[p].as_mut().filter(|_| n > 0) else {
+                continue;
+            };
+            if n == pool.len() {
                 pool.base += if add { 1 } else { -1 };
-                whole[p] = true;
+                at_once[p] = true;
+            } else if n * 4 > pool.len() {
+                let shifted = shifted.get_or_insert_with(|| {
+                    let mut v = vec![false; self.ms.len()];
+                    for &m in ms {
+                        v[m as usize] = true;
+                    }
+                    v
+                });
+                let (mut moved, mut kept) = (Vec::with_capacity(n), Vec::new());
+                for (load, prefix, key, m) in std::mem::take(&mut pool.set) {
+                    if shifted[m as usize] {
+                        moved.push((if add { load + 1 } else { load - 1 }, prefix, key, m));
+                    } else {
+                        kept.push((load, prefix, key, m));
+                    }
+                }
+                kept.append(&mut moved);
+                // Two sorted runs: the sort merges them.
+                kept.sort();
+                pool.set = kept.into_iter().collect();
+                at_once[p] = true;
             }
         }
         for &m in ms {
@@ -57,7 +81,7 @@ impl Planner {
             let (old, new) = (mach.load, step(mach.load));
             mach.load = new;
             for &p in std::iter::once(&0).chain(&mach.pools) {
-                if !whole[p as usize] {
+                if !at_once[p as usize] {
                     let set = self.pools[p as usize].as_mut().expect("pool");
                     set.remove(old, &mach.key, m);
                     set.insert(new, mach.key.clone(), m);
