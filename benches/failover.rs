@@ -9,7 +9,8 @@
 //!   `ActiveEnterTimestampMonotonic` on the survivor minus the monotonic clock just before the kill.
 //!   Pollers (one thread per machine, `systemctl show` every ~20 ms) see the takeover end (and any
 //!   moment a unit is seen active on two machines). The machine is then booted again and the bench
-//!   waits until every machine lists every machine and every unit is active exactly once.
+//!   waits until every machine lists every machine and every unit is active exactly once, and until
+//!   5 s after the boot (a fresh fleetd's witness is quiet for 4.14 s) before the next round.
 //! - Partition rounds (`BENCH_PARTITION_ROUNDS`, 3): `Lab::drop` (nftables drops all of the victim's
 //!   traffic, etcd's included). The victim must fence (`fence_after` after its last lease
 //!   confirmation) and the survivors take its units over once the witnesses voted and the lease proof
@@ -492,8 +493,16 @@ fn crash_round(
         booted.as_secs_f64(),
         settled.as_secs_f64()
     );
+    // The next round's fault comes at least FRESH after the booted machine's fleetd started (it
+    // started before the boot returned): a fresh witness is quiet for 4.14 s.
+    if let Some(rest) = FRESH.checked_sub(t.elapsed() - booted) {
+        support::sleep(rest);
+    }
     result
 }
+
+/// No fault within this time of a fleetd start (a fresh fleetd's witness is quiet for 4.14 s).
+const FRESH: Duration = Duration::from_secs(5);
 
 /// Drops all of a machine's traffic until it fenced and its units run elsewhere; returns the time from
 /// the drop until the last of them was active on a survivor (ms).
