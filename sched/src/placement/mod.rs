@@ -95,8 +95,9 @@
 //!
 //! # Layout
 //! This file is the API ([`schedule`], its inputs and its [`Plan`]); `engine` is the scheduler itself
-//! (indexes, load, conflict counters, globals, reasons) and `engine::order` the order in which non-global
-//! units are reserved and decided.
+//! (indexes, load, conflict counters, globals, reasons) and `engine::order` the reservations of kept
+//! claims; `decide` the order in which the other non-global units are decided and the decision of one
+//! unit, run by both `engine` and the incremental [`Planner`] (`planner`).
 
 mod decide;
 mod engine;

@@ -1,6 +1,7 @@
 //! The scheduler behind [`super::schedule`]: indexes over machines, metadata and `Conflicts=` patterns,
-//! load counting, global units and the reasons of unplaceable units. The order in which non-global units
-//! are decided is in [`order`].
+//! load counting, global units and the reasons of unplaceable units. The reservations of kept claims are
+//! in [`order`]; the order in which the other units are decided, shared with the planner, in
+//! `placement/decide.rs`.
 
 mod order;
 

@@ -245,8 +245,9 @@ impl Unit {
     }
 }
 
-/// Incremental placement with the same result as [`schedule`](super::schedule); see the
-/// [module documentation](self).
+/// Incremental placement with the same result as [`schedule`](super::schedule): it keeps the result of
+/// the per-machine steps and replays the last step for what a batch of changes affects (how, and why that
+/// gives the same plan: `docs/scheduling.md`).
 pub struct Planner {
     ms: Vec<Option<Machine>>,
     free_ms: Vec<u32>,
