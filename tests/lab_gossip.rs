@@ -6,6 +6,8 @@
 //!   one leave every survivor's `fleetctl list-machines`, a thawed one comes back, a new machine
 //!   converges (membership both ways, and the unit states of others), and peers without a valid
 //!   certificate (another CA, or the insecure mode) are refused and logged.
+//! - On loopback too: a peer's state push carrying another machine's state that it did not sign is
+//!   refused and logged, and changes nothing.
 //!
 //! Times are printed, never asserted: `benches/gossip.rs` measures them.
 // Both test support modules include `support/bins.rs` (where this build's fleetctl is).
@@ -282,6 +284,119 @@ fn a_peer_claiming_another_machines_identity_is_refused_and_changes_nothing() {
         )),
         "{text}"
     );
+}
+
+/// Issue 13 case 1, relayed state: a peer with its own valid certificate (machine `c`, honest
+/// about itself) sends `b` a state push carrying an update of `a`'s metadata at `a`'s current
+/// epoch, signed with `c`'s key. `b` refuses it with a clear log line and keeps listing `a` as `a`
+/// published itself. (Before signed state, `b` took it and listed the forged metadata.)
+#[test]
+fn a_relayed_update_in_another_machines_name_is_refused() {
+    use fleet_gossip::crypto::signed_message;
+    use fleet_gossip::wire::StatePush;
+    use fleet_gossip::{Credentials, Entry, MachineId, Metadata, Stamp, Update};
+    use fleet_gossip_quic::credentials::CertCredentials;
+    use fleet_gossip_quic::tls::{self, TlsConfig, SERVER_NAME};
+    use fleet_gossip_quic::transport::{quic_transport_config, Gossip, GossipConfig};
+    let etcd = Etcd::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let a = start_tls(&etcd, &cluster, None);
+    let b = start_tls(&etcd, &cluster, Some(&a));
+    wait_until("b lists a", &[&a, &b], || {
+        machine_entry(&b, a.machine_id()).is_some()
+    });
+    let before = machine_entry(&b, a.machine_id()).unwrap();
+
+    // `c`: a member with a certificate of its own, which learns `a`'s identity as everyone does.
+    let c_id = format!("{}{}", support::unique_token(), support::unique_token());
+    let [ca, cert, key] = mint(&cluster, &c_id);
+    let tls = TlsConfig::Mutual {
+        ca_cert: ca.into(),
+        cert: cert.into(),
+        key: key.into(),
+    };
+    let mut config = GossipConfig::new(MachineId::new(&c_id), "127.0.0.1:0".parse().unwrap());
+    config.tls = tls.clone();
+    config.seeds = vec![gossip_addr(&a).parse().unwrap()];
+    let a_machine = MachineId::new(a.machine_id());
+    let b_addr: std::net::SocketAddr = gossip_addr(&b).parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (c, a_identity) = rt.block_on(async {
+        let (c, _events) = Gossip::start(config).await.unwrap();
+        let t0 = Instant::now();
+        loop {
+            let view = c.view().await.unwrap();
+            if let Some(m) = view.machines.get(&a_machine) {
+                break (c, m.identity.clone());
+            }
+            assert!(t0.elapsed() < WAIT, "c never learnt a");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    // The forged update: a's metadata at a's epoch, far ahead of its versions, signed by c.
+    let stamp = Stamp {
+        epoch: a_identity.incarnation,
+        version: 1_000_000,
+    };
+    let entry = Entry::Metadata(Metadata {
+        public_ip: "203.0.113.77".into(),
+        metadata: [("owner".to_string(), "forged".to_string())].into(),
+        ..Default::default()
+    });
+    let c_keys = CertCredentials::load(&tls).unwrap().unwrap();
+    let signature = c_keys.sign(&signed_message(&a_machine, stamp, &entry));
+    let push = StatePush::new(
+        c.identity().clone(),
+        vec![Update {
+            origin: a_machine.clone(),
+            stamp,
+            entry,
+            signature,
+        }],
+    )
+    .to_datagram();
+    rt.block_on(async {
+        let (_, client) = tls::quic_configs(&tls).unwrap();
+        let mut client = client;
+        client.transport_config(std::sync::Arc::new(quic_transport_config(
+            Duration::from_secs(10),
+        )));
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client);
+        let conn = endpoint
+            .connect(b_addr, SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        conn.send_datagram(bytes::Bytes::from(push)).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.close(0u32.into(), b"done");
+    });
+    let refused = format!(
+        "refused a gossip state update of machine {} relayed by {c_id}",
+        a.machine_id()
+    );
+    wait_until("b refuses the forged update", &[&b], || {
+        b.log().contains(&refused)
+    });
+    // For 3 s, b lists a as a published itself.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        let entry = machine_entry(&b, a.machine_id()).unwrap();
+        assert_eq!(entry["primaryIP"], before["primaryIP"], "{entry}");
+        assert_eq!(entry["metadata"], before["metadata"], "{entry}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let line = b
+        .log()
+        .lines()
+        .find(|l| l.contains(&refused))
+        .unwrap()
+        .to_string();
+    eprintln!("b logged: {line}");
+    assert!(line.contains("WARN"), "{line}");
+    rt.block_on(c.abort()).unwrap();
 }
 
 // ---- cluster lab -------------------------------------------------------------------------------
