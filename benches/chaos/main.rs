@@ -29,7 +29,8 @@
 //! cargo bench --bench chaos -- --duration 2m --seed 7`). Options: `--duration` (2m; `90s`, `30m`,
 //! `1h`), `--seed` (the clock when absent; printed), `--max-faults` (2), `--units` (30), `--out` (a
 //! directory; `target/chaos/<seed>`), `--plan` (print the fault plan and exit). Settings: `BENCH_AGENT_TTL`,
-//! `BENCH_FENCE_AFTER` (fleetd's defaults when unset). Prints figures, asserts no timing. Tears the lab
+//! `BENCH_FENCE_AFTER` (fleetd's defaults when unset), `BENCH_RUST_LOG` (fleetd's `RUST_LOG`, e.g.
+//! `info,fleet::agent=debug`: the evidence then shows the agent's fence state). Prints figures, asserts no timing. Tears the lab
 //! down at the end, on a panic, and on SIGINT/SIGTERM (the run stops early, heals, and still reports).
 
 mod evidence;
@@ -191,6 +192,7 @@ fn main() {
     for (knob, setting) in [
         ("BENCH_AGENT_TTL", "FLEET_AGENT_TTL"),
         ("BENCH_FENCE_AFTER", "FLEET_FENCE_AFTER"),
+        ("BENCH_RUST_LOG", "RUST_LOG"),
     ] {
         let v = support::knob_str(knob, "");
         shown.push(format!(
