@@ -189,7 +189,7 @@ fn a_peer_claiming_another_machines_identity_is_refused_and_changes_nothing() {
         .join("certs")
         .join(format!("{}.pem", b.machine_id()));
     let mut config = GossipConfig::new(
-        fleet_gossip::MachineId::new(a.machine_id()),
+        fleet_gossip::MachineId::parse(a.machine_id()).unwrap(),
         "127.0.0.1:0".parse().unwrap(),
     );
     config.tls = TlsConfig::Mutual {

@@ -68,7 +68,7 @@ fuzz_target!(
         seeds
     }),
     |data: &[u8]| {
-        let m2 = MachineId::new("m2");
+        let m2 = MachineId::parse("m2").unwrap();
         let Some((&role, mut data)) = data.split_first() else { return };
         let mut node = gossip::node(1);
         let now = gossip::base();

@@ -30,7 +30,10 @@ async fn main() {
         let key = d.join(format!("{i}.key"));
         mint_machine_cert(&d.join("ca.pem"), &d.join("ca.key"), &name, &cert, &key)
             .expect("mint machine cert");
-        let mut config = GossipConfig::new(MachineId::new(&name), "127.0.0.1:0".parse().unwrap());
+        let mut config = GossipConfig::new(
+            MachineId::parse(&name).unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        );
         config.tls = TlsConfig::Mutual {
             ca_cert: d.join("ca.pem"),
             cert,
@@ -100,7 +103,7 @@ async fn main() {
         let (victim, handle) = nodes.remove(victim_index);
         let start = Instant::now();
         handle.abort().await.unwrap();
-        let victim = MachineId::new(victim);
+        let victim = MachineId::parse(&victim).unwrap();
         loop {
             let mut all = true;
             for (_, h) in &nodes {

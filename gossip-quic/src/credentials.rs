@@ -170,7 +170,7 @@ mod tests {
         let m1 = CertCredentials::load(&configs[0]).unwrap().unwrap();
         let m2 = CertCredentials::load(&configs[1]).unwrap().unwrap();
         let m3 = CertCredentials::load(&other[0]).unwrap().unwrap();
-        let id = |s: &str| MachineId::new(s);
+        let id = |s: &str| MachineId::parse(s).unwrap();
         let message = signed_message(
             &id("m1"),
             Stamp {

@@ -34,7 +34,10 @@ async fn start(
     tls: TlsConfig,
     seeds: Vec<SocketAddr>,
 ) -> (GossipHandle, UnboundedReceiver<Event>) {
-    let mut config = GossipConfig::new(MachineId::new(machine), "127.0.0.1:0".parse().unwrap());
+    let mut config = GossipConfig::new(
+        MachineId::parse(machine).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
     config.tls = tls;
     config.seeds = seeds;
     config.rng_seed = Some(machine.len() as u64);
@@ -59,7 +62,7 @@ where
 async fn sees(observer: &GossipHandle, target: &str, want: Liveness) -> bool {
     observer.view().await.is_ok_and(|v| {
         v.machines
-            .get(&MachineId::new(target))
+            .get(&MachineId::parse(target).unwrap())
             .is_some_and(|m| m.liveness == want)
     })
 }
@@ -112,7 +115,7 @@ async fn three_nodes_gossip_over_mutual_tls_and_refuse_a_foreign_ca() {
     let spread = wait_for(Duration::from_secs(5), || async {
         for h in [&b, &c] {
             let v = h.view().await.unwrap();
-            let Some(m) = v.machines.get(&MachineId::new("a")) else {
+            let Some(m) = v.machines.get(&MachineId::parse("a").unwrap()) else {
                 return false;
             };
             if m.metadata.as_ref() != Some(&meta) || m.units != units {
@@ -131,15 +134,18 @@ async fn three_nodes_gossip_over_mutual_tls_and_refuse_a_foreign_ca() {
         Ok(out)
     });
     let resp = a
-        .request(&MachineId::new("b"), b"hi".to_vec())
+        .request(&MachineId::parse("b").unwrap(), b"hi".to_vec())
         .await
         .unwrap();
     assert_eq!(resp, b"echo:hi");
-    match a.request(&MachineId::new("c"), b"hi".to_vec()).await {
+    match a
+        .request(&MachineId::parse("c").unwrap(), b"hi".to_vec())
+        .await
+    {
         Err(RequestError::Remote { .. }) => {}
         other => panic!("c has no handler, expected a remote error, got {other:?}"),
     }
-    match a.request(&MachineId::new("zz"), vec![]).await {
+    match a.request(&MachineId::parse("zz").unwrap(), vec![]).await {
         Err(RequestError::UnknownMachine(_)) => {}
         other => panic!("expected an unknown machine, got {other:?}"),
     }
@@ -151,8 +157,12 @@ async fn three_nodes_gossip_over_mutual_tls_and_refuse_a_foreign_ca() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     for h in all {
         let v = h.view().await.unwrap();
-        assert!(!v.machines.contains_key(&MachineId::new("intruder")));
-        assert!(!v.machines.contains_key(&MachineId::new("insecure")));
+        assert!(!v
+            .machines
+            .contains_key(&MachineId::parse("intruder").unwrap()));
+        assert!(!v
+            .machines
+            .contains_key(&MachineId::parse("insecure").unwrap()));
     }
     assert_eq!(intruder.view().await.unwrap().machines.len(), 1);
     assert_eq!(insecure.view().await.unwrap().machines.len(), 1);
@@ -173,7 +183,7 @@ async fn three_nodes_gossip_over_mutual_tls_and_refuse_a_foreign_ca() {
     assert!(gone, "b's leave was not seen");
     let mut saw_down = false;
     while let Ok(e) = ec.try_recv() {
-        saw_down |= e == Event::MemberDown(MachineId::new("b"));
+        saw_down |= e == Event::MemberDown(MachineId::parse("b").unwrap());
     }
     assert!(saw_down, "c did not get MemberDown(b)");
     assert!(b.view().await.is_err(), "b's handle is stopped after leave");
@@ -267,7 +277,7 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
-    let mut config = GossipConfig::new(MachineId::new("c"), addr);
+    let mut config = GossipConfig::new(MachineId::parse("c").unwrap(), addr);
     config.tls = tls_for(d, "ca", "c");
     config.seeds = vec![a.local_addr()];
     config.incarnation = Some(first.incarnation + 1);
@@ -286,9 +296,12 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
     };
     let back = wait_for(Duration::from_secs(3), || async {
         let v = a.view().await.unwrap();
-        v.machines.get(&MachineId::new("c")).is_some_and(|m| {
-            m.identity.incarnation == first.incarnation + 1 && m.liveness == Liveness::Alive
-        }) && sees(&c2, "a", Liveness::Alive).await
+        v.machines
+            .get(&MachineId::parse("c").unwrap())
+            .is_some_and(|m| {
+                m.identity.incarnation == first.incarnation + 1 && m.liveness == Liveness::Alive
+            })
+            && sees(&c2, "a", Liveness::Alive).await
     })
     .await;
     assert!(back, "the restarted node was not back within 3 s");
@@ -296,7 +309,7 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
     // about the new life in the next 3 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let v = a.view().await.unwrap();
-    let m = &v.machines[&MachineId::new("c")];
+    let m = &v.machines[&MachineId::parse("c").unwrap()];
     assert_eq!(m.identity.incarnation, first.incarnation + 1, "{m:?}");
     assert_ne!(m.liveness, Liveness::Down, "{m:?}");
     c2.leave().await.unwrap();
@@ -305,7 +318,7 @@ async fn a_node_restarted_on_the_same_address_is_back_at_once() {
 
 #[tokio::test]
 async fn a_wildcard_listen_address_needs_an_advertise_address() {
-    let config = GossipConfig::new(MachineId::new("w"), "0.0.0.0:0".parse().unwrap());
+    let config = GossipConfig::new(MachineId::parse("w").unwrap(), "0.0.0.0:0".parse().unwrap());
     match Gossip::start(config).await {
         Err(fleet_gossip_quic::transport::TransportError::NeedAdvertise(_)) => {}
         other => panic!("expected NeedAdvertise, got {:?}", other.map(|_| ())),
@@ -331,16 +344,19 @@ async fn a_node_claiming_another_machine_with_its_own_certificate_is_refused() {
             sees(&a, "b", Liveness::Alive).await
                 && b.view().await.is_ok_and(|v| {
                     v.machines
-                        .get(&MachineId::new("a"))
+                        .get(&MachineId::parse("a").unwrap())
                         .is_some_and(|m| m.metadata.is_some())
                 })
         })
         .await
     );
-    let a_before = b.view().await.unwrap().machines[&MachineId::new("a")].clone();
+    let a_before = b.view().await.unwrap().machines[&MachineId::parse("a").unwrap()].clone();
 
     // Not a fleetd (it would refuse to start with a certificate of another machine): a patched one.
-    let mut config = GossipConfig::new(MachineId::new("a"), "127.0.0.1:0".parse().unwrap());
+    let mut config = GossipConfig::new(
+        MachineId::parse("a").unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
     config.tls = tls_for(d, "ca", "b");
     config.seeds = vec![a.local_addr(), b.local_addr()];
     config.incarnation = Some(u64::MAX / 2);
@@ -361,7 +377,7 @@ async fn a_node_claiming_another_machine_with_its_own_certificate_is_refused() {
         "the impostor was not refused"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let a_after = b.view().await.unwrap().machines[&MachineId::new("a")].clone();
+    let a_after = b.view().await.unwrap().machines[&MachineId::parse("a").unwrap()].clone();
     assert_eq!(a_after.identity, a_before.identity);
     assert_eq!(a_after.metadata, a_before.metadata);
     assert_eq!(a_after.liveness, Liveness::Alive);

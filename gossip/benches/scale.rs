@@ -401,7 +401,7 @@ fn whole_cluster(sizes: &[usize], secs: u64, warmup: u64, units: usize, wire: &W
         let mut net = VirtualNet::new(7, Config::default());
         for i in 0..n {
             let seeds: &[usize] = if i == 0 { &[] } else { &[0] };
-            net.add_node_with_id(MachineId::new(format!("{i:032x}")), seeds);
+            net.add_node_with_id(MachineId::parse(&format!("{i:032x}")).unwrap(), seeds);
         }
         for i in 0..n {
             net.with_node(i, |node, now| {

@@ -17,7 +17,7 @@
 //!
 //! let now = Instant::now();
 //! let id = NodeIdentity {
-//!     machine_id: MachineId::new("a"),
+//!     machine_id: MachineId::parse("a").unwrap(),
 //!     addr: "127.0.0.1:4000".parse().unwrap(),
 //!     incarnation: 1,
 //! };

@@ -108,7 +108,7 @@ mod tests {
 
     fn update(origin: &str, version: u64, unit: &str) -> Update {
         Update {
-            origin: MachineId::new(origin),
+            origin: MachineId::parse(origin).unwrap(),
             stamp: Stamp { epoch: 1, version },
             entry: if unit.is_empty() {
                 Entry::Metadata(Metadata::default())

@@ -363,7 +363,7 @@ mod tests {
 
     fn ident(id: &str, inc: u64) -> NodeIdentity {
         NodeIdentity {
-            machine_id: MachineId::new(id),
+            machine_id: MachineId::parse(id).unwrap(),
             addr: "127.0.0.1:1".parse().unwrap(),
             incarnation: inc,
         }
@@ -375,7 +375,10 @@ mod tests {
         let mut r = Roster::default();
         r.up(&ident("a", 1), now);
         assert!(r.observe(&Member::new(ident("a", 1), 0, State::Suspect), now));
-        assert_eq!(r.get(&MachineId::new("a")).unwrap().state, State::Suspect);
+        assert_eq!(
+            r.get(&MachineId::parse("a").unwrap()).unwrap().state,
+            State::Suspect
+        );
         // A refutation needs a larger incarnation.
         assert!(!r.observe(&Member::new(ident("a", 1), 0, State::Alive), now));
         assert!(r.observe(&Member::new(ident("a", 1), 1, State::Alive), now));
@@ -395,7 +398,7 @@ mod tests {
             r.up(&ident(&format!("m{i}"), 1), now);
         }
         let mut rng = StdRng::seed_from_u64(1);
-        let except = MachineId::new("m7");
+        let except = MachineId::parse("m7").unwrap();
         for k in [1, 3, 10, 99, 150] {
             let pick = r.random_live(&mut rng, k, Some(&except));
             let mut dedup = pick.clone();
@@ -448,8 +451,11 @@ mod tests {
             Member::new(ident("b", 2), 0, State::Alive),
         ];
         assert_eq!(r.reconcile(truth.iter(), now), 3);
-        assert_eq!(r.get(&MachineId::new("a")).unwrap().incarnation, 3);
-        assert!(r.get(&MachineId::new("gone")).is_none());
+        assert_eq!(
+            r.get(&MachineId::parse("a").unwrap()).unwrap().incarnation,
+            3
+        );
+        assert!(r.get(&MachineId::parse("gone").unwrap()).is_none());
         assert_eq!(r.live_count(), 2);
         assert_eq!(r.reconcile(truth.iter(), now), 0);
     }

@@ -779,9 +779,9 @@ mod tests {
     }
 
     fn store(id: &str, epoch: u64) -> Store {
-        let mut s = Store::new(MachineId::new(id), epoch);
+        let mut s = Store::new(MachineId::parse(id).unwrap(), epoch);
         for other in ["a", "b", "c"] {
-            s.allow_epoch(&MachineId::new(other), 1);
+            s.allow_epoch(&MachineId::parse(other).unwrap(), 1);
         }
         s
     }
@@ -805,7 +805,7 @@ mod tests {
         // Delivered out of order: the newer one first.
         assert!(b.apply_ok(&u2[0]));
         assert!(!b.apply_ok(&u1[0]), "an older update must not win");
-        let o = b.origin(&MachineId::new("a")).unwrap();
+        let o = b.origin(&MachineId::parse("a").unwrap()).unwrap();
         assert_eq!(
             o.units().next().unwrap().1.active_state,
             fleet_sched::systemd_state::ActiveState::Failed
@@ -829,7 +829,7 @@ mod tests {
         assert_eq!(versions, [1, 2, 3]);
         b.apply_ok(&ups[2]);
         b.apply_ok(&ups[0]);
-        let a_id = MachineId::new("a");
+        let a_id = MachineId::parse("a").unwrap();
         assert_eq!(b.origin(&a_id).unwrap().synced.version, 1, "gap at 2");
         b.apply_ok(&ups[1]);
         assert_eq!(b.origin(&a_id).unwrap().synced.version, 3);
@@ -851,17 +851,17 @@ mod tests {
         ) {
             b.apply_ok(&u);
         }
-        let mut a2 = Store::new(MachineId::new("a"), 2);
+        let mut a2 = Store::new(MachineId::parse("a").unwrap(), 2);
         let u = a2.set_local_units(&units(&[("z.service", "active")]), &Unsigned);
         assert!(
             !b.apply_ok(&u[0]),
             "a new life the membership has not accepted yet is refused"
         );
         assert_eq!(b.refused(), 1);
-        b.allow_epoch(&MachineId::new("a"), 2);
+        b.allow_epoch(&MachineId::parse("a").unwrap(), 2);
         assert!(b.apply_ok(&u[0]));
         let names: Vec<_> = b
-            .origin(&MachineId::new("a"))
+            .origin(&MachineId::parse("a").unwrap())
             .unwrap()
             .units()
             .map(|(n, _)| n.clone())
@@ -869,7 +869,7 @@ mod tests {
         assert_eq!(names, vec!["z.service".to_string()]);
         // A straggler from the old life is stale.
         let old = Update {
-            origin: MachineId::new("a"),
+            origin: MachineId::parse("a").unwrap(),
             stamp: Stamp {
                 epoch: 1,
                 version: 99,
@@ -893,13 +893,16 @@ mod tests {
         assert_ne!(a.summary(8, &[]), b.summary(8, &[]));
         let delta = a.delta_ok(&b.digest());
         b.merge_ok(delta);
-        let o = b.origin(&MachineId::new("a")).unwrap();
+        let o = b.origin(&MachineId::parse("a").unwrap()).unwrap();
         assert_eq!(
             o.units().count(),
             2,
             "the missed entry arrives via anti-entropy"
         );
-        assert_eq!(o.synced, a.origin(&MachineId::new("a")).unwrap().synced);
+        assert_eq!(
+            o.synced,
+            a.origin(&MachineId::parse("a").unwrap()).unwrap().synced
+        );
         // Nothing left to send once synced.
         assert!(a.delta_ok(&b.digest()).is_empty());
     }
@@ -910,7 +913,7 @@ mod tests {
         let mut b = store("b", 1);
         let mut c = store("c", 1);
         for s in [&mut a, &mut b] {
-            s.allow_epoch(&MachineId::new("c"), 1);
+            s.allow_epoch(&MachineId::parse("c").unwrap(), 1);
         }
         for u in c.set_local_units(&units(&[("x.service", "active")]), &Unsigned) {
             a.apply_ok(&u);
@@ -927,7 +930,7 @@ mod tests {
         let theirs = b.digest_of(&differ, 16);
         let delta = a.delta_for_buckets(&theirs, &differ, 16, &|_| None);
         assert_eq!(delta.len(), 1);
-        assert_eq!(delta[0].origin, MachineId::new("c"));
+        assert_eq!(delta[0].origin, MachineId::parse("c").unwrap());
         let news = b.merge_ok(delta);
         assert_eq!(news.len(), 1);
         assert_eq!(a.differing(&b.summary(16, &[]), &[]), Vec::<u16>::new());
@@ -940,21 +943,33 @@ mod tests {
         b.merge_ok(a.delta_ok(&b.digest()));
         a.set_local_units(&units(&[("x.service", "active")]), &Unsigned);
         b.merge_ok(a.delta_ok(&b.digest()));
-        assert_eq!(b.origin(&MachineId::new("a")).unwrap().units().count(), 1);
+        assert_eq!(
+            b.origin(&MachineId::parse("a").unwrap())
+                .unwrap()
+                .units()
+                .count(),
+            1
+        );
         let removal = a.set_local_units(&BTreeMap::new(), &Unsigned);
         assert_eq!(removal.len(), 1);
         assert!(b.apply_ok(&removal[0]));
-        assert_eq!(b.origin(&MachineId::new("a")).unwrap().units().count(), 0);
+        assert_eq!(
+            b.origin(&MachineId::parse("a").unwrap())
+                .unwrap()
+                .units()
+                .count(),
+            0
+        );
         assert!(b
             .take_changes()
-            .contains(&(MachineId::new("a"), Change::Units)));
+            .contains(&(MachineId::parse("a").unwrap(), Change::Units)));
     }
 
     #[test]
     fn updates_about_ourselves_are_ignored() {
         let mut a = store("a", 5);
         let forged = Update {
-            origin: MachineId::new("a"),
+            origin: MachineId::parse("a").unwrap(),
             stamp: Stamp {
                 epoch: 9,
                 version: 1,
@@ -967,18 +982,28 @@ mod tests {
 
     #[test]
     fn state_of_an_unknown_machine_or_a_newer_life_is_refused_whole() {
-        let mut a = Store::new(MachineId::new("a"), 7);
-        let mut b = Store::new(MachineId::new("b"), 1);
+        let mut a = Store::new(MachineId::parse("a").unwrap(), 7);
+        let mut b = Store::new(MachineId::parse("b").unwrap(), 1);
         a.set_local_metadata(Metadata::default(), &Unsigned);
         b.merge_ok(a.delta_ok(&b.digest()));
-        assert!(b.origin(&MachineId::new("a")).is_none(), "unknown machine");
-        b.allow_epoch(&MachineId::new("a"), 6);
+        assert!(
+            b.origin(&MachineId::parse("a").unwrap()).is_none(),
+            "unknown machine"
+        );
+        b.allow_epoch(&MachineId::parse("a").unwrap(), 6);
         b.merge_ok(a.delta_ok(&b.digest()));
-        assert!(b.origin(&MachineId::new("a")).is_none(), "epoch 7 > 6");
+        assert!(
+            b.origin(&MachineId::parse("a").unwrap()).is_none(),
+            "epoch 7 > 6"
+        );
         assert_eq!(b.refused(), 2);
-        b.allow_epoch(&MachineId::new("a"), 7);
+        b.allow_epoch(&MachineId::parse("a").unwrap(), 7);
         b.merge_ok(a.delta_ok(&b.digest()));
-        assert!(b.origin(&MachineId::new("a")).unwrap().metadata().is_some());
+        assert!(b
+            .origin(&MachineId::parse("a").unwrap())
+            .unwrap()
+            .metadata()
+            .is_some());
     }
 
     #[test]
@@ -988,12 +1013,12 @@ mod tests {
         a.set_local_metadata(Metadata::default(), &Unsigned);
         b.merge_ok(a.delta_ok(&b.digest()));
         assert_eq!(b.len(), 2);
-        b.forget(&MachineId::new("a"));
+        b.forget(&MachineId::parse("a").unwrap());
         assert_eq!(b.len(), 1);
         assert_eq!(b.sums, sums_from_scratch(&b));
         assert_eq!(
             b.summary(4, &[]),
-            Store::new(MachineId::new("b"), 1).summary(4, &[])
+            Store::new(MachineId::parse("b").unwrap(), 1).summary(4, &[])
         );
     }
 }

@@ -191,7 +191,7 @@ impl VirtualNet {
 
     /// The machine ID node `index` uses.
     pub fn machine_id(index: NodeIndex) -> MachineId {
-        MachineId::new(format!("m{index:04}"))
+        MachineId::parse(&format!("m{index:04}")).expect("m and digits is a valid machine ID")
     }
 
     /// Crashes node `index`: it stops without a word.
@@ -513,7 +513,7 @@ pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullStat
     use crate::types::{Metadata, Stamp, UnitState};
     let ids: Vec<NodeIdentity> = (0..n)
         .map(|i| NodeIdentity {
-            machine_id: MachineId::new(format!("{i:032x}")),
+            machine_id: MachineId::parse(&format!("{i:032x}")).unwrap(),
             addr: SocketAddr::new(
                 IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)),
                 4001,
@@ -612,7 +612,8 @@ impl ToyCredentials {
     fn named(certificate: &[u8]) -> Option<MachineId> {
         let rest = certificate.strip_prefix(b"toy-cert:")?;
         let name = std::str::from_utf8(rest.get(8..)?).ok()?;
-        let id = MachineId::new(name);
+        // A toy certificate naming an invalid machine ID names no machine (it is refused).
+        let id = MachineId::parse(name).ok()?;
         (Self::certificate_of(&id, TOY_CA) == certificate).then_some(id)
     }
 }

@@ -1,66 +1,15 @@
 //! The nouns gossip talks about: machines, their identities, metadata and unit states.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use fleet_sched::systemd_state::{ActiveState, LoadState};
 use serde::{Deserialize, Serialize};
 
-/// A machine's ID (fleet uses the 32 hex characters of `/etc/machine-id`).
-///
-/// Gossip treats it as an opaque string; fleetd converts from its own `MachineId` type. It is shared
-/// (`Arc<str>`): foca compares members' addresses on every update and clones them freely, so a clone
-/// is a reference count and a comparison of one ID with itself is a pointer comparison.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MachineId(Arc<str>);
-
-impl MachineId {
-    /// Wraps a machine ID string.
-    pub fn new(id: impl AsRef<str>) -> Self {
-        MachineId(Arc::from(id.as_ref()))
-    }
-
-    /// The ID as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for MachineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for MachineId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "MachineId({:?})", &*self.0)
-    }
-}
-
-impl Serialize for MachineId {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for MachineId {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = MachineId;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a machine ID string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MachineId, E> {
-                Ok(MachineId::new(v))
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
-}
+/// A machine's ID: the workspace's one type, from `fleet_sched` (validated at construction, shared as
+/// an `Arc<str>` so foca's frequent clones and comparisons do not allocate). A peer's message naming
+/// an invalid ID fails to decode.
+pub use fleet_sched::MachineId;
 
 /// The identity a node has in the SWIM membership: its machine ID, the address it listens on, and an
 /// incarnation.

@@ -219,13 +219,13 @@ mod tests {
     #[test]
     fn a_hand_assembled_state_push_decodes() {
         let from = NodeIdentity {
-            machine_id: MachineId::new("m1"),
+            machine_id: MachineId::parse("m1").unwrap(),
             addr: "10.0.0.1:7479".parse().unwrap(),
             incarnation: 1_700_000_000_000,
         };
         let updates: Vec<Update> = (1..=3)
             .map(|v| Update {
-                origin: MachineId::new("m2"),
+                origin: MachineId::parse("m2").unwrap(),
                 stamp: Stamp {
                     epoch: 5,
                     version: v,

@@ -372,7 +372,7 @@ fn dead_members_are_forgotten_and_not_taught_to_joiners() {
     let mut fresh = Node::new(
         Config::default(),
         NodeIdentity {
-            machine_id: MachineId::new("fresh"),
+            machine_id: MachineId::parse("fresh").unwrap(),
             addr: "10.9.9.9:4000".parse().unwrap(),
             incarnation: 1,
         },

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -15,8 +16,14 @@ pub const SHORT_ID_LEN: usize = 8;
 ///
 /// Accepted: 1 to [`MAX_MACHINE_ID_LEN`] ASCII letters and digits, so that tests and simulations may use
 /// readable IDs. IDs are compared exactly (case-sensitive), as fleet did.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MachineId(String);
+///
+/// This is the one machine ID type of the workspace: the scheduler, the decisions, gossip, fleetd and
+/// the simulator all use it, and every way in (`parse`, `FromStr`, serde) validates, so a value of this
+/// type is always a valid ID. It is shared (`Arc<str>`): gossip (foca) compares members' addresses on
+/// every update and clones them freely, so a clone is a reference count and comparing an ID with
+/// itself is a pointer comparison; no comparison allocates.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MachineId(Arc<str>);
 
 /// Why a string is not a machine ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,7 +59,7 @@ impl MachineId {
                 ch,
             });
         }
-        Ok(MachineId(s.to_owned()))
+        Ok(MachineId(Arc::from(s)))
     }
 
     /// The ID as a string.
@@ -67,7 +74,13 @@ impl MachineId {
 
     /// `true` if `id` is this machine's full ID or its short form, as `MachineID=` is matched by fleet.
     pub fn matches(&self, id: &str) -> bool {
-        self.0 == id || self.short() == id
+        &*self.0 == id || self.short() == id
+    }
+}
+
+impl fmt::Debug for MachineId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MachineId({:?})", &*self.0)
     }
 }
 
@@ -84,6 +97,13 @@ impl FromStr for MachineId {
     }
 }
 
+/// Lookups by `&str` in maps keyed by `MachineId` (equality, order and hash are the string's).
+impl std::borrow::Borrow<str> for MachineId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl AsRef<str> for MachineId {
     fn as_ref(&self) -> &str {
         &self.0
@@ -96,10 +116,21 @@ impl Serialize for MachineId {
     }
 }
 
+/// Validates while deserializing (a bad ID from a peer, etcd or a file is an error naming it), from a
+/// borrowed string where the format allows, so the only allocation is the `Arc`.
 impl<'de> Deserialize<'de> for MachineId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(deserializer)?;
-        MachineId::parse(&s).map_err(serde::de::Error::custom)
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = MachineId;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a machine ID string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<MachineId, E> {
+                MachineId::parse(v).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Visitor)
     }
 }
 
@@ -122,6 +153,15 @@ mod tests {
         let id = MachineId::parse("m1").unwrap();
         assert_eq!(id.short(), "m1");
         assert!(id.matches("m1"));
+    }
+
+    #[test]
+    fn clones_share_the_string() {
+        let a = MachineId::parse("m1").unwrap();
+        let b = a.clone();
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a, b);
+        assert_eq!(format!("{a:?}"), "MachineId(\"m1\")");
     }
 
     #[test]

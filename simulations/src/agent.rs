@@ -798,7 +798,7 @@ impl Sim {
             .view()
             .machines
             .keys()
-            .filter_map(|id| self.by_gid.get(id).copied())
+            .filter_map(|id| self.by_id.get(id).copied())
             .collect();
         let addrs: Vec<std::net::SocketAddr> = announced
             .into_iter()
@@ -838,7 +838,7 @@ impl Sim {
             .machines
             .values()
             .filter(|v| v.liveness == Liveness::Suspect)
-            .filter_map(|v| self.by_gid.get(&v.identity.machine_id).copied())
+            .filter_map(|v| self.by_id.get(&v.identity.machine_id).copied())
             .collect();
         if let Some(a) = self.machines[m as usize].agent.as_mut() {
             a.suspects = suspects;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use fleet_decide::Time;
 use fleet_decide::{OwnLease, Timing, Witness};
 use fleet_gossip::core::{Config as GossipConfig, Event, FullState, Node, SyncAnswer, SyncOffer};
-use fleet_gossip::{MachineId as GossipId, NodeIdentity, UnitState as GossipUnitState};
+use fleet_gossip::{NodeIdentity, UnitState as GossipUnitState};
 use fleet_sched::placement::{Decision, MachineInfo, Planner, UnitInfo};
 use fleet_sched::reconcile::{reconcile, ActiveState, CurrentUnit, TargetUnit, Task};
 use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, UnitName};
@@ -140,7 +140,6 @@ impl SysUnit {
 pub(crate) struct Machine {
     /// The machine ID its fleetd runs with.
     pub(crate) id: MachineId,
-    pub(crate) gid: GossipId,
     pub(crate) addr: SocketAddr,
     /// The machine whose ID this is: itself, or for a second agent with a taken ID, the original.
     pub(crate) ident: u32,
@@ -316,8 +315,6 @@ pub struct Sim {
     base_infos: Vec<UnitInfo>,
     pub(crate) machine_infos: Vec<MachineInfo>,
     pub(crate) by_id: HashMap<MachineId, u32>,
-    /// Gossip identity → machine index.
-    pub(crate) by_gid: HashMap<GossipId, u32>,
     unit_index: HashMap<UnitName, u32>,
     pub(crate) etcd: Etcd,
     pub(crate) etcd_up: bool,
@@ -424,7 +421,6 @@ impl Sim {
         for (slot, (ident, impostor)) in slots.enumerate() {
             let id = machine_infos[ident].id.clone();
             machines.push(Machine {
-                gid: GossipId::new(id.as_str()),
                 id,
                 addr: addr_of(slot as u32),
                 ident: ident as u32,
@@ -451,12 +447,6 @@ impl Sim {
             });
         }
         let n = machines.len();
-        let by_gid = machines
-            .iter()
-            .take(cluster)
-            .enumerate()
-            .map(|(i, m)| (m.gid.clone(), i as u32))
-            .collect();
         let (units, base_infos, files) = load_units(&sc)?;
         let c = &sc.config;
         let gossip_cfg = GossipConfig {
@@ -512,7 +502,6 @@ impl Sim {
             cluster,
             units,
             base_infos,
-            by_gid,
             machine_infos,
             by_id,
             unit_index,
@@ -918,7 +907,7 @@ impl Sim {
         if self.model.is_none() {
             let mm = &self.machines[i as usize];
             let identity = NodeIdentity {
-                machine_id: mm.gid.clone(),
+                machine_id: mm.id.clone(),
                 addr: mm.addr,
                 incarnation: mm.incarnation,
             };
@@ -1282,8 +1271,8 @@ impl Sim {
         }
     }
 
-    fn index_gid(&self, id: &GossipId) -> Option<u32> {
-        self.by_gid.get(id).copied()
+    fn index_gid(&self, id: &MachineId) -> Option<u32> {
+        self.by_id.get(id).copied()
     }
 
     /// Observer `m` now holds `j` alive.

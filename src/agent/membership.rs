@@ -23,7 +23,7 @@ struct Track {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     boot_id: String,
-    seats: BTreeMap<String, Track>,
+    seats: BTreeMap<MachineId, Track>,
 }
 
 /// The seats, by machine.
@@ -44,14 +44,16 @@ impl Seats {
             .file
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())
-            .and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+            .and_then(|b| match serde_json::from_slice::<Saved>(&b) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring the saved committee seats: unreadable");
+                    None
+                }
+            })
             .filter(|s| s.boot_id == clock::boot_id());
         if let Some(s) = saved {
-            m.seats = s
-                .seats
-                .into_iter()
-                .filter_map(|(id, t)| Some((MachineId::parse(&id).ok()?, t)))
-                .collect();
+            m.seats = s.seats;
         }
         m
     }
@@ -107,7 +109,7 @@ impl Seats {
             seats: self
                 .seats
                 .iter()
-                .map(|(id, t)| (id.to_string(), t.clone()))
+                .map(|(id, t)| (id.clone(), t.clone()))
                 .collect(),
         };
         let tmp = f.with_extension("tmp");

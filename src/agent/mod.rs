@@ -550,7 +550,7 @@ fn ask_support(g: &GuardInputs, lease: i64) {
         .encode();
         tokio::spawn(async move {
             let sent = clock::now();
-            let peer = fleet_gossip::MachineId::new(w.as_str());
+            let peer = w.clone();
             let answer = tokio::time::timeout(timeout, gossip.request(&peer, req)).await;
             match answer
                 .ok()
@@ -877,7 +877,7 @@ impl State {
             lease,
         }
         .encode();
-        let peer = fleet_gossip::MachineId::new(witness.as_str());
+        let peer = witness.clone();
         let answer = tokio::time::timeout(
             self.timing.lease_poll_period() * 2,
             gossip.request(&peer, req),

@@ -584,7 +584,7 @@ impl GossipRelay {
                 reason: "gossip is not running on this machine".into(),
             });
         };
-        let peer = fleet_gossip::MachineId::new(machine.as_str());
+        let peer = machine.clone();
         let bytes = gossip
             .request(&peer, request.encode())
             .await

@@ -128,21 +128,19 @@ impl AgentCluster {
         let mut i = self.write();
         let changed = i.view.as_ref().map(key) != Some(key(&view));
         // Remember when live machines went away (takeover grace, see `live_machines`).
-        let live: BTreeSet<String> = view
-            .live()
-            .map(|m| m.identity.machine_id.as_str().to_string())
-            .collect();
+        let live: BTreeSet<MachineId> =
+            view.live().map(|m| m.identity.machine_id.clone()).collect();
         if let Some(old) = &i.view {
             let gone: Vec<MachineId> = old
                 .live()
-                .filter(|m| !live.contains(m.identity.machine_id.as_str()))
-                .filter_map(|m| MachineId::parse(m.identity.machine_id.as_str()).ok())
+                .filter(|m| !live.contains(&m.identity.machine_id))
+                .map(|m| m.identity.machine_id.clone())
                 .collect();
             for id in gone {
                 i.down_since.entry(id).or_insert(now);
             }
         }
-        i.down_since.retain(|id, _| !live.contains(id.as_str()));
+        i.down_since.retain(|id, _| !live.contains(id));
         i.view = Some(view);
         drop(i);
         if changed {
@@ -156,14 +154,13 @@ impl AgentCluster {
         let view = i.view.as_ref()?;
         Some(
             view.live()
-                .filter_map(|m| {
-                    let id = MachineId::parse(m.identity.machine_id.as_str()).ok()?;
+                .map(|m| {
                     let md = m.metadata.clone().unwrap_or_default();
-                    Some(MachineInfo {
-                        id,
+                    MachineInfo {
+                        id: m.identity.machine_id.clone(),
                         public_ip: md.public_ip.parse().ok(),
                         metadata: md.metadata,
-                    })
+                    }
                 })
                 .collect(),
         )
@@ -181,10 +178,7 @@ impl AgentCluster {
             return (true, false, None);
         }
         let i = self.read();
-        let m = i
-            .view
-            .as_ref()
-            .and_then(|v| v.machines.get(&fleet_gossip::MachineId::new(id.as_str())));
+        let m = i.view.as_ref().and_then(|v| v.machines.get(id));
         match m.map(|m| m.liveness) {
             Some(Liveness::Alive) => (true, false, None),
             Some(Liveness::Suspect) => (true, true, None),
@@ -195,11 +189,7 @@ impl AgentCluster {
     /// Where machine `id`'s gossip endpoint is (from the gossip view).
     pub fn gossip_addr(&self, id: &MachineId) -> Option<std::net::SocketAddr> {
         let i = self.read();
-        i.view
-            .as_ref()?
-            .machines
-            .get(&fleet_gossip::MachineId::new(id.as_str()))
-            .map(|m| m.identity.addr)
+        i.view.as_ref()?.machines.get(id).map(|m| m.identity.addr)
     }
 
     /// Records that another live agent holds this machine's ID (`Some(its address)`), or no longer.
@@ -226,11 +216,7 @@ impl AgentCluster {
         };
         snap.machines
             .iter()
-            .filter(|(id, _)| {
-                !view
-                    .machines
-                    .contains_key(&fleet_gossip::MachineId::new(id.as_str()))
-            })
+            .filter(|(id, _)| !view.machines.contains_key(*id))
             .map(announced)
             .collect()
     }
@@ -264,14 +250,12 @@ impl AgentCluster {
                 ) {
                     continue;
                 }
-                let Ok(id) = MachineId::parse(m.identity.machine_id.as_str()) else {
-                    continue;
-                };
-                if id == *me {
+                let id = &m.identity.machine_id;
+                if id == me {
                     continue;
                 }
-                if found.as_ref().is_none_or(|f| id < *f) {
-                    found = Some(id);
+                if found.as_ref().is_none_or(|f| id < f) {
+                    found = Some(id.clone());
                 }
             }
         }
@@ -287,7 +271,7 @@ impl AgentCluster {
         let known = |id: &MachineId| {
             i.view.as_ref().is_some_and(|v| {
                 v.machines
-                    .get(&fleet_gossip::MachineId::new(id.as_str()))
+                    .get(id)
                     .is_some_and(|m| m.liveness != Liveness::Down)
             })
         };
@@ -446,10 +430,8 @@ impl ClusterView for AgentCluster {
             .collect();
         if let Some(view) = &i.view {
             for m in view.live() {
-                let Ok(id) = MachineId::parse(m.identity.machine_id.as_str()) else {
-                    continue;
-                };
-                if id == me {
+                let id = &m.identity.machine_id;
+                if *id == me {
                     continue;
                 }
                 for (name, s) in &m.units {

@@ -16,7 +16,7 @@ use crate::clock;
 struct Saved {
     boot_id: String,
     /// `(machine, lease, supported at µs, refused)`.
-    promises: Vec<(String, i64, Option<u64>, bool)>,
+    promises: Vec<(MachineId, i64, Option<u64>, bool)>,
 }
 
 /// The witness's promises, shared by the agent (its own votes) and the relay (peers' requests).
@@ -35,21 +35,27 @@ impl WitnessService {
         let saved = file
             .as_ref()
             .and_then(|f| std::fs::read(f).ok())
-            .and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+            .and_then(|b| match serde_json::from_slice::<Saved>(&b) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ignoring the saved witness promises: unreadable");
+                    None
+                }
+            })
             .filter(|s| s.boot_id == clock::boot_id());
         let state = match saved {
             Some(s) => Witness {
                 promises: s
                     .promises
                     .into_iter()
-                    .filter_map(|(m, l, at, refused)| {
-                        Some((
-                            (MachineId::parse(&m).ok()?, l),
+                    .map(|(m, l, at, refused)| {
+                        (
+                            (m, l),
                             Promise {
                                 supported_at: at.map(Time::from_micros),
                                 refused,
                             },
-                        ))
+                        )
                     })
                     .collect(),
                 quiet_until: Time::ZERO,
@@ -110,7 +116,7 @@ impl WitnessService {
                 .iter()
                 .map(|((m, l), p)| {
                     (
-                        m.to_string(),
+                        m.clone(),
                         *l,
                         p.supported_at.map(Time::as_micros),
                         p.refused,

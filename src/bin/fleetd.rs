@@ -441,7 +441,7 @@ async fn start_gossip(
     let listen = config
         .gossip_listen
         .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], config.gossip_port)));
-    let mut gc = GossipConfig::new(fleet_gossip::MachineId::new(machine_id.as_str()), listen);
+    let mut gc = GossipConfig::new(machine_id.clone(), listen);
     gc.tls = tls;
     gc.seeds = config.gossip_seeds.clone();
     if listen.ip().is_unspecified() {

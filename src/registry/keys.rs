@@ -16,8 +16,11 @@ pub enum KeyKind {
     Machine(MachineId),
     /// `P restarting/<id>`: the agent is restarting and keeps its units (bound to its old lease).
     Restarting(MachineId),
-    /// Anything else under the prefix (machines/..., future keys): ignored by the mirror.
+    /// Anything else under the prefix (future keys): ignored by the mirror.
     Other,
+    /// A `machines/` or `restarting/` key whose last part is not a valid machine ID: the reason. The
+    /// mirror reports it as damaged instead of dropping it unseen.
+    Malformed(String),
 }
 
 /// Builds and classifies keys under one prefix (always ending with `/`).
@@ -80,10 +83,16 @@ impl Keys {
             return UnitName::parse(n).ok().map(KeyKind::Claim);
         }
         if let Some(id) = rest.strip_prefix("machines/") {
-            return MachineId::parse(id).ok().map(KeyKind::Machine);
+            return Some(MachineId::parse(id).map_or_else(
+                |e| KeyKind::Malformed(format!("machine key: {e}")),
+                KeyKind::Machine,
+            ));
         }
         if let Some(id) = rest.strip_prefix("restarting/") {
-            return MachineId::parse(id).ok().map(KeyKind::Restarting);
+            return Some(MachineId::parse(id).map_or_else(
+                |e| KeyKind::Malformed(format!("restarting key: {e}")),
+                KeyKind::Restarting,
+            ));
         }
         Some(KeyKind::Other)
     }
@@ -196,6 +205,14 @@ mod tests {
             Some(KeyKind::Restarting(m))
         );
         assert_eq!(k.classify(b"/fleet/elsewhere/abc"), Some(KeyKind::Other));
+        assert!(matches!(
+            k.classify(b"/fleet/machines/not-an-id"),
+            Some(KeyKind::Malformed(e)) if e.contains("not-an-id")
+        ));
+        assert!(matches!(
+            k.classify(b"/fleet/restarting/"),
+            Some(KeyKind::Malformed(_))
+        ));
         assert_eq!(k.classify(b"/other/units/a.service"), None);
         assert_eq!(k.classify(b"/fleet/units/not-a-unit"), None);
         assert_eq!(k.classify(b"/fleet/unit-files/xyz"), None);

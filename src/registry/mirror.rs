@@ -123,7 +123,7 @@ impl Damage {
             KeyKind::UnitFile(_) => "unit_file",
             KeyKind::Claim(_) => "claim",
             KeyKind::Machine(_) => "machine",
-            KeyKind::Restarting(_) | KeyKind::Other => "other",
+            KeyKind::Restarting(_) | KeyKind::Other | KeyKind::Malformed(_) => "other",
         }
     }
 }
@@ -287,7 +287,7 @@ impl Mirror {
                     KeyKind::Restarting(id) => {
                         self.restarting.remove(&id);
                     }
-                    KeyKind::Other => {}
+                    KeyKind::Other | KeyKind::Malformed(_) => {}
                 }
             }
         }
@@ -406,6 +406,7 @@ impl Mirror {
                 Ok(())
             }
             KeyKind::Other => Ok(()),
+            KeyKind::Malformed(reason) => Err((reason, false)),
         }
     }
 
@@ -574,7 +575,7 @@ impl Mirror {
                     }
                     None => false,
                 },
-                KeyKind::Restarting(_) | KeyKind::Other => false,
+                KeyKind::Restarting(_) | KeyKind::Other | KeyKind::Malformed(_) => false,
             };
             if kept {
                 if let Some(d) = self.damaged.get_mut(&key) {

@@ -156,21 +156,22 @@ pub fn explain_unplaced(
     units: &[Unit],
     machines: &BTreeMap<String, Machine>,
 ) -> String {
-    let infos: Vec<MachineInfo> = machines
-        .values()
-        .filter_map(|m| {
-            let id = MachineId::parse(&m.id).ok()?;
-            let mut info = MachineInfo::new(id);
-            info.metadata = m.metadata.clone();
-            info.refused = m
-                .refused_units
-                .iter()
-                .filter_map(|(n, why)| Some((UnitName::parse(n).ok()?, why.clone())))
-                .collect();
-            Some(info)
-        })
-        .collect();
-    let units: Vec<UnitInfo> = units
+    let mut infos: Vec<MachineInfo> = Vec::with_capacity(machines.len());
+    for m in machines.values() {
+        let id = match MachineId::parse(&m.id) {
+            Ok(id) => id,
+            Err(e) => return format!("cannot explain: fleetd lists an invalid machine ID: {e}"),
+        };
+        let mut info = MachineInfo::new(id);
+        info.metadata = m.metadata.clone();
+        info.refused = m
+            .refused_units
+            .iter()
+            .filter_map(|(n, why)| Some((UnitName::parse(n).ok()?, why.clone())))
+            .collect();
+        infos.push(info);
+    }
+    let units: Result<Vec<UnitInfo>, String> = units
         .iter()
         .filter_map(|u| {
             let name = UnitName::parse(&u.name).ok()?;
@@ -178,12 +179,25 @@ pub fn explain_unplaced(
             let req = Requirements::from_unit(&name, &file).ok()?;
             let desired = u.desired_state.parse::<DesiredState>().ok()?;
             let info = UnitInfo::new(name, req, desired);
-            Some(match MachineId::parse(&u.machine_id) {
-                Ok(m) => info.claimed_by(m),
-                Err(_) => info,
-            })
+            if u.machine_id.is_empty() {
+                return Some(Ok(info));
+            }
+            Some(
+                MachineId::parse(&u.machine_id)
+                    .map(|m| info.claimed_by(m))
+                    .map_err(|e| {
+                        format!(
+                            "cannot explain: unit {} names an invalid machine ID: {e}",
+                            u.name
+                        )
+                    }),
+            )
         })
         .collect();
+    let units: Vec<UnitInfo> = match units {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
     let count = infos.len();
     let plural = if count == 1 { "" } else { "s" };
     match schedule(&infos, &units).decision(name) {

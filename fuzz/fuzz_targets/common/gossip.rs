@@ -39,7 +39,7 @@ pub fn base() -> Instant {
 
 pub fn identity(i: u8) -> NodeIdentity {
     NodeIdentity {
-        machine_id: MachineId::new(format!("m{i}")),
+        machine_id: MachineId::parse(&format!("m{i}")).unwrap(),
         addr: SocketAddr::from(([10, 0, 0, i], 7479)),
         incarnation: 1_700_000_000_000 + u64::from(i),
     }
@@ -128,7 +128,7 @@ pub fn drain_checked(n: &mut Node) {
 
 /// Feeds one record to the node `n` at `*now` (peer address: `m2`'s).
 pub fn apply(n: &mut Node, now: &mut Instant, op: u8, payload: &[u8]) {
-    let m2 = MachineId::new("m2");
+    let m2 = MachineId::parse("m2").unwrap();
     let cert = (op & CERTIFIED != 0).then_some(&m2);
     let from = identity(2).addr;
     match (op & !CERTIFIED) % 6 {
@@ -180,7 +180,7 @@ pub fn apply(n: &mut Node, now: &mut Instant, op: u8, payload: &[u8]) {
 /// `m2` sent too (offers, answers, deltas, datagrams), for the framing target.
 pub fn exchange() -> (Vec<u8>, Vec<(u8, Vec<u8>)>) {
     let (mut a, mut b) = (node(1), node(2));
-    let (m1, m2) = (MachineId::new("m1"), MachineId::new("m2"));
+    let (m1, m2) = (MachineId::parse("m1").unwrap(), MachineId::parse("m2").unwrap());
     let mut now = base();
     let mut rec = Vec::new();
     let mut sent = Vec::new();

@@ -10,7 +10,7 @@
 //! use fleet_gossip_quic::tls::TlsConfig;
 //! use fleet_gossip_quic::transport::{Gossip, GossipConfig};
 //!
-//! let mut config = GossipConfig::new(MachineId::new("m1"), "10.0.0.1:4001".parse()?);
+//! let mut config = GossipConfig::new(MachineId::parse("m1").unwrap(), "10.0.0.1:4001".parse()?);
 //! config.seeds = vec!["10.0.0.2:4001".parse()?];
 //! config.tls = TlsConfig::Mutual {
 //!     ca_cert: "/etc/fleet/ca.pem".into(),
@@ -283,14 +283,17 @@ enum Net {
 }
 
 /// The machine `conn`'s peer certificate names, when peers are bound to their certificates
-/// (mutual TLS). A certificate that names no machine is an error: such a peer may not speak.
+/// (mutual TLS). A certificate that names no machine, or names an invalid machine ID, is an error:
+/// such a peer may not speak.
 fn peer_cert(conn: &Connection, bind: bool) -> Result<Cert, String> {
     if !bind {
         return Ok(None);
     }
-    tls::peer_machine_id(conn.peer_identity())
-        .map(|id| Some(MachineId::new(id)))
-        .ok_or_else(|| "the peer's certificate names no machine".to_string())
+    let id = tls::peer_machine_id(conn.peer_identity())
+        .ok_or_else(|| "the peer's certificate names no machine".to_string())?;
+    MachineId::parse(&id)
+        .map(Some)
+        .map_err(|e| format!("the peer's certificate names an invalid machine ID: {e}"))
 }
 
 /// Starts gossip.

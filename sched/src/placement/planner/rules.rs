@@ -107,7 +107,7 @@ impl Planner {
     /// Machines whose full or short ID is `id`, sorted by ID.
     pub(super) fn id_matches(&self, id: &str) -> Vec<u32> {
         let mut out: Vec<u32> = self.short_ids.get(id).cloned().unwrap_or_default();
-        if let Some(&m) = MachineId::parse(id).ok().and_then(|x| self.by_id.get(&x)) {
+        if let Some(&m) = self.by_id.get(id) {
             out.push(m);
         }
         out.sort_unstable_by(|&a, &b| self.machine(a).info.id.cmp(&self.machine(b).info.id));
