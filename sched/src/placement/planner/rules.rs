@@ -6,7 +6,7 @@ use super::super::decide::{Host, Target};
 use super::super::engine::{key, render_metadata, Dec, FxMap, NONE};
 use super::super::Reason;
 use super::Planner;
-use crate::{MachineId, Requirements, UnitName};
+use crate::{Requirements, UnitName};
 
 impl Planner {
     /// `MachineID=` and `MachineMetadata=` allow `m`, and `m` does not refuse the unit's name.
