@@ -316,10 +316,13 @@ fn a_relayed_update_in_another_machines_name_is_refused() {
         cert: cert.into(),
         key: key.into(),
     };
-    let mut config = GossipConfig::new(MachineId::new(&c_id), "127.0.0.1:0".parse().unwrap());
+    let mut config = GossipConfig::new(
+        MachineId::parse(&c_id).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
     config.tls = tls.clone();
     config.seeds = vec![gossip_addr(&a).parse().unwrap()];
-    let a_machine = MachineId::new(a.machine_id());
+    let a_machine = MachineId::parse(a.machine_id()).unwrap();
     let b_addr: std::net::SocketAddr = gossip_addr(&b).parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (c, a_identity) = rt.block_on(async {
