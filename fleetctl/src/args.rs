@@ -243,9 +243,9 @@ Example:
 const EX_SIMULATE_CAPTURE: &str = "\
 The scenario lists the machines in ID order (fault selectors may name them by index: machines = \"0,3\"),
 carries every unit file inline ([[units.unit]]) and has no fault: add [[fault]] tables (or fleet-sim's
-command-line faults) and run it with fleet-sim. Differences between where units run now and where the
-simulated cluster places them are printed on stderr (placement is stable: a cluster with a history can
-differ from a fresh start).
+command-line faults) and run it with fleet-sim. The simulated cluster starts with every unit claimed
+where it runs now; capture simulates it once without faults and prints on stderr every unit it runs
+elsewhere (a unit whose requirements no longer hold where it runs, for one).
 
 Examples:
   fleetctl simulate capture -o cluster.toml

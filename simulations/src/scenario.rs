@@ -28,7 +28,7 @@
 //! [[units.unit]]
 //! name = "db.service"
 //! state = "launched"                 # launched (default), loaded (refused), inactive (not submitted)
-//! running_on = ["2c0ffee..."]        # where it was active when captured (not an input)
+//! running_on = ["2c0ffee..."]        # where it was active when captured: claimed there at start
 //! file = """
 //! [Service]
 //! ExecStart=/usr/bin/sleep infinity
@@ -243,9 +243,11 @@ pub struct InlineUnit {
     /// Its desired state (default `launched`).
     #[serde(default)]
     pub state: UnitDesired,
-    /// Where it was active when captured (machine IDs; several for a global unit). Not an input of
-    /// the simulation: `fleetctl simulate capture` compares it with where the simulated cluster
-    /// places the unit and names every difference.
+    /// Where it was active when captured (machine IDs; several for a global unit). The simulated
+    /// cluster starts from it: a non-global unit active on one machine is claimed there when the
+    /// units are submitted (the claim etcd held), and placement, stable like fleetd's, keeps it there
+    /// unless its requirements say otherwise. `fleetctl simulate capture` names every unit the
+    /// simulated cluster still runs elsewhere.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub running_on: Vec<String>,
     /// The unit file, exactly as the cluster stores it (`fleetctl cat`).

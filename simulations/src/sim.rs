@@ -581,6 +581,41 @@ impl Sim {
         out
     }
 
+    /// A captured cluster starts where it ran: each non-global unit with one `running_on` machine
+    /// (`[[units.unit]]`) is claimed there as the units are submitted (the claim etcd held), bound to
+    /// that machine's lease; the agents then plan around it like fleetd around an existing claim.
+    /// Skipped when the machine is not in the scenario or has no lease yet.
+    fn claim_captured(&mut self) {
+        let mut claims = Vec::new();
+        for u in &self.sc.units.inline {
+            let [machine] = u.running_on.as_slice() else {
+                continue;
+            };
+            let Ok(name) = UnitName::parse(&u.name) else {
+                continue;
+            };
+            let Some(&unit) = self.unit_index.get(&name) else {
+                continue;
+            };
+            if self.units[unit as usize].global {
+                continue;
+            }
+            let Some(&m) = MachineId::parse(machine)
+                .ok()
+                .and_then(|id| self.by_id.get(&id))
+            else {
+                continue;
+            };
+            let lease = self.machines[m as usize].lease.id;
+            if lease != 0 {
+                claims.push((unit, m, lease));
+            }
+        }
+        for (unit, m, lease) in claims {
+            self.etcd.txn(unit, m, lease, crate::etcd::Txn::Claim);
+        }
+    }
+
     /// Current simulated time (µs).
     pub fn now(&self) -> u64 {
         self.now
@@ -742,6 +777,7 @@ impl Sim {
             Ev::SubmitUnits => {
                 self.submitted = true;
                 self.checker.submitted(self.now);
+                self.claim_captured();
                 self.observer.submitted(self.now);
                 for u in 0..self.units.len() {
                     if !self.units[u].global {

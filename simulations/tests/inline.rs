@@ -171,3 +171,43 @@ fn bad_inline_units_are_refused_naming_the_unit() {
         .to_string();
     assert!(err.contains("running"), "{err}");
 }
+
+#[test]
+fn the_simulated_cluster_starts_where_the_units_were_captured() {
+    // Fresh placement spreads three plain units over three machines; captured all on C, they stay
+    // on C (placement keeps a claim whose requirements hold), and move when C crashes.
+    let plain = "[Service]\nExecStart=/usr/bin/sleep infinity\n";
+    let units: Vec<InlineUnit> = ["a.service", "b.service", "c.service"]
+        .into_iter()
+        .map(|n| InlineUnit {
+            running_on: vec![ID_C.into()],
+            ..unit(n, UnitDesired::Launched, plain)
+        })
+        .collect();
+    let sc = scenario(units.clone());
+    let mut sim = Sim::new(&sc, 3).unwrap();
+    sim.run_until(Dur::secs(14).0);
+    for u in &units {
+        assert_eq!(sim.active_units()[&u.name], vec![ID_C], "{}", u.name);
+    }
+    sim.run_until(Dur::secs(30).0);
+    let after = sim.active_units();
+    for u in &units {
+        assert!(
+            after[&u.name].len() == 1 && after[&u.name][0] != ID_C,
+            "{after:?}"
+        );
+    }
+    // Without the capture's placement, they spread.
+    let fresh: Vec<InlineUnit> = units
+        .into_iter()
+        .map(|u| InlineUnit {
+            running_on: vec![],
+            ..u
+        })
+        .collect();
+    let mut sim = Sim::new(&scenario(fresh), 3).unwrap();
+    sim.run_until(Dur::secs(14).0);
+    let on: std::collections::BTreeSet<Vec<String>> = sim.active_units().into_values().collect();
+    assert_eq!(on.len(), 3, "{on:?}");
+}

@@ -2,7 +2,8 @@
 //! (`CARGO_BIN_EXE_fleetd`); `fleetctl` is a package of its own (`fleetctl/`: it links no etcd, axum or
 //! zbus), so cargo only builds it for these tests in a workspace run (`cargo test --workspace`, as
 //! `scripts/test.sh` does). [`fleetctl`] builds it on first use otherwise (`cargo test -p fleet --test
-//! fleetctl`), into the same profile directory, which the lab binds into its machines.
+//! fleetctl`), into the same profile directory, which the lab binds into its machines. [`fleet_sim`]
+//! does the same for the simulator (`tests/lab_simulate.rs`).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -12,28 +13,36 @@ use std::sync::OnceLock;
 /// The path of this build's `fleetctl`, built (once per test process) if needed.
 pub fn fleetctl() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| build("fleetctl", "fleetctl")).clone()
+}
+
+/// The path of this build's `fleet-sim` (package `fleet-sim`), built (once per test process) if needed.
+pub fn fleet_sim() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let dir = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
-            let profile = match dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") | None => "dev".to_string(),
-                Some(p) => p.to_string(),
-            };
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let out = Command::new(cargo)
-                .args(["build", "--quiet", "--profile", &profile])
-                .args(["--package", "fleetctl", "--bin", "fleetctl"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .output()
-                .expect("run cargo build -p fleetctl");
-            assert!(
-                out.status.success(),
-                "cargo build -p fleetctl failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let bin = dir.join("fleetctl");
-            assert!(bin.exists(), "{} was not built", bin.display());
-            bin
-        })
+        .get_or_init(|| build("fleet-sim", "fleet-sim"))
         .clone()
+}
+
+fn build(package: &str, bin_name: &str) -> PathBuf {
+    let dir = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
+    let profile = match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(p) => p.to_string(),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args(["build", "--quiet", "--profile", &profile])
+        .args(["--package", package, "--bin", bin_name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = dir.join(bin_name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
 }

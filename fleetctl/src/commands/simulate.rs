@@ -2,9 +2,10 @@
 //! scenario types (one definition of the format), with every unit file inline.
 //!
 //! The simulated cluster starts from what was captured: the machines (in ID order, with their
-//! metadata), the units with their files and desired states. Where each unit runs now is recorded
-//! (`running_on`) and checked, not imposed: the simulator places units with fleetd's own placement,
-//! which is deterministic on the same inputs, and capture reports every unit it places elsewhere.
+//! metadata), the units with their files and desired states, and where each unit runs now
+//! (`running_on`: the simulator claims each unit there as the units are submitted, as etcd held it).
+//! Placement then runs fleetd's own rules, which keep a claim whose requirements still hold; capture
+//! simulates the quiet cluster once and names every unit that does not end where it runs now.
 
 use std::collections::BTreeMap;
 
@@ -74,13 +75,12 @@ impl<T: Transport> Ctx<T> {
         if diffs.is_empty() {
             say!(
                 self.err,
-                "The simulated cluster places every unit where it runs now."
+                "The simulated cluster runs every unit where it runs now."
             );
         } else {
             say!(
                 self.err,
-                "WARNING: the simulated cluster places {} units elsewhere than where they run now \
-                 (a cluster's history can do that: placement keeps units where they are):",
+                "WARNING: the simulated cluster runs {} units elsewhere than where they run now:",
                 diffs.len()
             );
             for d in &diffs {
@@ -180,8 +180,8 @@ pub fn capture(
     Ok(sc)
 }
 
-/// Every unit the simulated cluster (no fault, seed 1) has active elsewhere than where it was
-/// captured, `SETTLE` after the units are submitted: `name: runs on A, simulated on B`.
+/// Every unit the simulated cluster (no fault, seed 1; it starts with each unit claimed where it was
+/// captured) has active elsewhere than where it was captured, `SETTLE` after the units are submitted: `name: runs on A, simulated on B`.
 pub fn placement_differences(sc: &Scenario) -> Result<Vec<String>> {
     let mut quiet = sc.clone();
     quiet.faults.clear();
@@ -315,12 +315,11 @@ mod tests {
         ];
         let sc = capture("c", "d", Dur::secs(60), &machines, &units, &states).unwrap();
         let diffs = placement_differences(&sc).unwrap();
+        // The simulated cluster starts with db claimed on B, which lacks disk=ssd, and web on A,
+        // which keeps db off A: web stays, db runs nowhere.
         assert_eq!(
             diffs,
-            [
-                "db.service: runs on 0b0b0b0b, simulated on 0a0a0a0a",
-                "web.service: runs on 0a0a0a0a, simulated on 0b0b0b0b"
-            ]
+            ["db.service: runs on 0b0b0b0b, simulated on nowhere"]
         );
     }
 
