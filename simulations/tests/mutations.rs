@@ -100,6 +100,20 @@ fn fencing_after_the_ttl_is_caught() {
 }
 
 #[test]
+fn releasing_under_an_unresolved_handover_is_caught() {
+    // fleetd paused 2.2 s with fence_after 3 s: the takers prove its units fenced and supersede
+    // them; it thaws just after, renews its lease and restarts them before it sees the supersede.
+    // The takers' metadata then loses role=web: with the bug they release the claims at once, and
+    // machines 6-9 claim and start the units while the thawed holder still runs them (2 s stops).
+    caught_with_faults(
+        "ignore-handover-on-release",
+        &test_scenario("handover-release"),
+        "1",
+        "DoubleRun",
+    );
+}
+
+#[test]
 fn placement_ignoring_conflicts_is_caught_by_the_independent_checker() {
     // Six api@ instances (Conflicts=api@*.service) on four machines: with the bug in `schedule`, two
     // machines run two each. The checker reads Conflicts= itself; no fault is needed (the shrinker
