@@ -59,8 +59,6 @@ pub enum TaskReason {
     NotStarted,
     /// The unit should be loaded only, and it is running.
     ShouldNotRun,
-    /// Files changed in the units directory; systemd must re-read them.
-    FilesChanged,
 }
 
 impl fmt::Display for TaskReason {
@@ -71,7 +69,6 @@ impl fmt::Display for TaskReason {
             TaskReason::ContentChanged => "unit content changed",
             TaskReason::NotStarted => "unit should be launched but is not running",
             TaskReason::ShouldNotRun => "unit should be loaded only but is running",
-            TaskReason::FilesChanged => "unit files changed",
         })
     }
 }
@@ -85,8 +82,6 @@ pub enum Task {
     Unload(UnitName, TaskReason),
     /// Write the file with this content, link it (and enable it when it has `[Install]`).
     Load(UnitName, UnitHash, TaskReason),
-    /// systemd's daemon `Reload`, once after all loads and unloads.
-    ReloadDaemon(TaskReason),
     /// `StartUnit(name, "replace")`.
     Start(UnitName, TaskReason),
 }
@@ -98,7 +93,6 @@ impl Task {
             Task::Stop(n, _) | Task::Unload(n, _) | Task::Load(n, _, _) | Task::Start(n, _) => {
                 Some(n)
             }
-            Task::ReloadDaemon(_) => None,
         }
     }
 }
@@ -109,7 +103,6 @@ impl fmt::Display for Task {
             Task::Stop(n, r) => write!(f, "stop {n}: {r}"),
             Task::Unload(n, r) => write!(f, "unload {n}: {r}"),
             Task::Load(n, h, r) => write!(f, "load {n} ({}): {r}", h.short()),
-            Task::ReloadDaemon(r) => write!(f, "reload systemd: {r}"),
             Task::Start(n, r) => write!(f, "start {n}: {r}"),
         }
     }
@@ -178,13 +171,12 @@ pub fn reconcile(
         }
     }
 
-    let files_changed = !unloads.is_empty() || !loads.is_empty();
+    // No daemon-reload task: reloading is part of loading and unloading, which the agent does in bulk
+    // (`fleet_systemd::Systemd::load_units`/`unload_units`: at most one `Reload` per batch, only when
+    // systemd needs it).
     let mut tasks = stops;
     tasks.append(&mut unloads);
     tasks.append(&mut loads);
-    if files_changed {
-        tasks.push(Task::ReloadDaemon(TaskReason::FilesChanged));
-    }
     tasks.append(&mut starts);
     tasks
 }
@@ -262,7 +254,6 @@ mod tests {
                         );
                     }
                 }
-                Task::ReloadDaemon(_) => {}
                 Task::Start(n, _) => {
                     let c = cur.get_mut(n).expect("start of a unit that is not loaded");
                     c.active = ActiveState::Active;
@@ -275,13 +266,12 @@ mod tests {
     use DesiredState::{Launched, Loaded};
 
     #[test]
-    fn a_new_launched_unit_is_loaded_reloaded_then_started() {
+    fn a_new_launched_unit_is_loaded_then_started() {
         let tasks = reconcile(&target(&[("a.service", 1, Launched)]), &BTreeMap::new());
         assert_eq!(
             tasks,
             vec![
                 Task::Load(name("a.service"), hash(1), TaskReason::NotLoaded),
-                Task::ReloadDaemon(TaskReason::FilesChanged),
                 Task::Start(name("a.service"), TaskReason::NotStarted),
             ]
         );
@@ -306,13 +296,12 @@ mod tests {
             vec![
                 Task::Stop(name("a.service"), TaskReason::NotTargeted),
                 Task::Unload(name("a.service"), TaskReason::NotTargeted),
-                Task::ReloadDaemon(TaskReason::FilesChanged),
             ]
         );
     }
 
     #[test]
-    fn changed_content_stops_reloads_and_starts_again() {
+    fn changed_content_stops_loads_and_starts_again() {
         let t = target(&[("a.service", 2, Launched)]);
         let c = current(&[("a.service", 1, ActiveState::Active, true)]);
         assert_eq!(
@@ -320,7 +309,6 @@ mod tests {
             vec![
                 Task::Stop(name("a.service"), TaskReason::ContentChanged),
                 Task::Load(name("a.service"), hash(2), TaskReason::ContentChanged),
-                Task::ReloadDaemon(TaskReason::FilesChanged),
                 Task::Start(name("a.service"), TaskReason::ContentChanged),
             ]
         );
@@ -335,7 +323,6 @@ mod tests {
             vec![
                 Task::Stop(name("a.service"), TaskReason::NotTargeted),
                 Task::Unload(name("a.service"), TaskReason::NotTargeted),
-                Task::ReloadDaemon(TaskReason::FilesChanged),
             ]
         );
     }

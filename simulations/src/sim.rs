@@ -1666,7 +1666,6 @@ impl Sim {
                     );
                     self.publish_unit(m, u);
                 }
-                Task::ReloadDaemon(_) => {}
                 Task::Start(..) => {
                     let Some(s) = self.machines[m as usize].units.get_mut(&u) else {
                         continue;

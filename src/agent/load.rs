@@ -1,5 +1,5 @@
 //! The executor's loads and unloads in bulk. Reconcile orders a pass's tasks as stops, unloads, loads,
-//! reload, starts, so every `load` task goes to systemd as one batch
+//! starts (the daemon reload is part of a load or unload batch, not a task of its own), so every `load` task goes to systemd as one batch
 //! ([`fleet_systemd::Systemd::load_units`]: the files written, one `LinkUnitFiles` call, one
 //! `EnableUnitFiles` call for the units with an `[Install]` section, at most one `Reload`), and every
 //! `unload` task as another ([`fleet_systemd::Systemd::unload_units`]: one `DisableUnitFiles`, one

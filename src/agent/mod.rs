@@ -1325,10 +1325,6 @@ impl State {
                 // Carried out in bulk (`load.rs`).
                 self.load_all(std::slice::from_ref(task), snap, "").await;
             }
-            Task::ReloadDaemon(_) => {
-                // Already done where systemd needs it: load_unit reloads for units systemd knows
-                // (ReloadPolicy::WhenNeeded; a new file is loaded on first use), unload_unit always.
-            }
             Task::Start(n, _) => {
                 let h = self.loaded.get(n).copied();
                 crate::metrics::global().start_queued(n.as_str());
