@@ -113,12 +113,21 @@ impl Certificates {
         self.by_origin.get(origin).map(|(_, c)| c.as_slice())
     }
 
+    /// The kept certificate of `origin` and the epoch it came with.
+    fn get_with_epoch(&self, origin: &MachineId) -> Option<(u64, &[u8])> {
+        self.by_origin.get(origin).map(|(e, c)| (*e, c.as_slice()))
+    }
+
     /// Whether a certificate that came with `epoch` would be news (none known, or one of an older
-    /// epoch that differs).
-    pub(crate) fn wants(&self, origin: &MachineId, epoch: u64, der: &[u8]) -> bool {
-        match self.by_origin.get(origin) {
+    /// epoch that differs). The same certificate with a later epoch only moves the epoch on.
+    pub(crate) fn wants(&mut self, origin: &MachineId, epoch: u64, der: &[u8]) -> bool {
+        match self.by_origin.get_mut(origin) {
             None => true,
-            Some((e, c)) => epoch > *e && c.as_slice() != der,
+            Some((e, c)) if epoch > *e && c.as_slice() == der => {
+                *e = epoch;
+                false
+            }
+            Some((e, _)) => epoch > *e,
         }
     }
 
@@ -144,15 +153,19 @@ pub(crate) fn verify_update(
     if !credentials.required() {
         return Ok(());
     }
-    let Some(cert) = certificates.get(&update.origin) else {
+    let Some((cert_epoch, cert)) = certificates.get_with_epoch(&update.origin) else {
         return Err(Refusal::NoCertificate);
     };
-    if update.signature.is_empty() || update.signature.len() > MAX_SIGNATURE {
-        return Err(Refusal::BadSignature);
-    }
     let message = signed_message(&update.origin, update.stamp, &update.entry);
-    if credentials.verify(cert, &message, &update.signature) {
+    if !update.signature.is_empty()
+        && update.signature.len() <= MAX_SIGNATURE
+        && credentials.verify(cert, &message, &update.signature)
+    {
         Ok(())
+    } else if cert_epoch < update.stamp.epoch {
+        // A later life of the origin may sign with a new certificate (rotated at its restart)
+        // that has not arrived yet: wait for it rather than call the update forged.
+        Err(Refusal::NoCertificate)
     } else {
         Err(Refusal::BadSignature)
     }
