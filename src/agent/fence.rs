@@ -1,0 +1,195 @@
+//! The fence deadline on this machine's side (docs/safety.md): the committee's support shared between
+//! the agent's passes and the guard writer, the loop that writes the deadline for the fence guard and
+//! asks the witnesses for support, and the agent's own fencing when the deadline passes.
+
+use super::*;
+
+/// The committee and its support of this machine, shared by the agent's passes and the guard writer.
+#[derive(Default)]
+pub(super) struct GuardShared {
+    /// The committee of the last pass (`None` before the first pass with the registry).
+    pub(super) committee: std::sync::Mutex<Option<Committee>>,
+    /// For each witness, when this machine sent the latest support request it granted.
+    pub(super) granted: std::sync::Mutex<BTreeMap<MachineId, Time>>,
+    /// Wakes the guard writer when a grant arrives (the deadline it extends must be written at once).
+    pub(super) granted_now: tokio::sync::Notify,
+}
+
+impl GuardShared {
+    /// The fence deadline with the committee's support.
+    pub(super) fn guard(
+        &self,
+        timing: &Timing,
+        me: &MachineId,
+        lease: &fleet_decide::OwnLease,
+        synced: i64,
+        now: Time,
+    ) -> Guard {
+        let committee = lock(&self.committee).clone();
+        let granted = lock(&self.granted).clone();
+        let support = committee.as_ref().map(|c| Support {
+            committee: c,
+            me,
+            granted: &granted,
+        });
+        fleet_decide::guard(timing, lease, synced, support.as_ref(), now)
+    }
+}
+
+/// What the fence deadline is computed from.
+pub(super) struct GuardInputs {
+    pub(super) timing: Timing,
+    pub(super) me: MachineId,
+    pub(super) lease: tokio::sync::watch::Receiver<LeaseStatus>,
+    pub(super) registry: Registry,
+    pub(super) cluster: Arc<AgentCluster>,
+    pub(super) shared: Arc<GuardShared>,
+    pub(super) file: PathBuf,
+    /// `(fenced, may start)`: the agent runs a pass when either changes.
+    pub(super) changes: tokio::sync::watch::Sender<(bool, bool)>,
+}
+
+/// Writes the fence deadline for the guard on every lease confirmation and every `fence_after / 3`,
+/// whatever the agent's pass is busy with (a pass that waits for systemd must not let the deadline
+/// lapse); while the lease is unconfirmed, asks the committee's witnesses for support every
+/// `support_validity / 3`.
+pub(super) async fn write_guard_loop(mut g: GuardInputs) {
+    let mut tick = tokio::time::interval(g.timing.keepalive_period());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut written: Option<Option<Time>> = None;
+    let mut last_round: Option<Time> = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = g.shared.granted_now.notified() => {}
+            r = g.lease.changed() => { if r.is_err() { return; } }
+        }
+        let now = clock::now();
+        let lease = g.lease.borrow().lease.clone();
+        let synced = g.registry.status().synced;
+        let guard = g.shared.guard(&g.timing, &g.me, &lease, synced, now);
+        if written != Some(guard.deadline) {
+            match guard::write_deadline(&g.file, guard.deadline) {
+                Ok(()) => written = Some(guard.deadline),
+                Err(e) => tracing::error!("writing the fence deadline: {e}"),
+            }
+        }
+        // One keep-alive answer late: ask for support, every support_validity/3, or every keep-alive
+        // period while the support falls short.
+        let unconfirmed = lease
+            .confirmed_at(synced)
+            .is_none_or(|t| now.since(t) > g.timing.keepalive_period() * 3 / 2);
+        let short = guard.vouch != fleet_decide::Vouch::Support;
+        let every = if short {
+            g.timing.keepalive_period()
+        } else {
+            g.timing.support_validity() / 3
+        };
+        if lease.id != 0 && unconfirmed && last_round.is_none_or(|t| now.since(t) >= every) {
+            last_round = Some(now);
+            ask_support(&g, lease.id);
+        }
+        let state = (guard.fenced(now), guard.may_start(now));
+        if *g.changes.borrow() != state {
+            tracing::debug!(
+                fenced = state.0,
+                may_start = state.1,
+                vouch = ?guard.vouch,
+                synced,
+                confirmed = ?lease.confirmations.last().map(|c| c.revision),
+                "fence guard state"
+            );
+        }
+        g.changes.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+    }
+}
+
+/// Sends a support request to every other witness; each grant is recorded with the time it was sent.
+pub(super) fn ask_support(g: &GuardInputs, lease: i64) {
+    let Some(gossip) = g.cluster.gossip().cloned() else {
+        return;
+    };
+    let Some(committee) = lock(&g.shared.committee).clone() else {
+        return;
+    };
+    let timeout = g.timing.support_validity() / 3;
+    for w in committee.witnesses.into_iter().filter(|w| *w != g.me) {
+        let gossip = gossip.clone();
+        let shared = g.shared.clone();
+        let req = relay::Request::Support {
+            machine: g.me.to_string(),
+            lease,
+        }
+        .encode();
+        tokio::spawn(async move {
+            let sent = clock::now();
+            let peer = w.clone();
+            let answer = tokio::time::timeout(timeout, gossip.request(&peer, req)).await;
+            match answer
+                .ok()
+                .and_then(|r| r.ok())
+                .map(|b| relay::Response::decode(&b))
+            {
+                Some(Ok(relay::Response::Granted(true))) => {
+                    lock(&shared.granted).insert(w, sent);
+                    shared.granted_now.notify_one();
+                }
+                other => tracing::debug!(witness = %w, ?other, "no support"),
+            }
+        });
+    }
+}
+
+pub(super) async fn sleep_until(t: Option<Time>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(clock::instant_at(t)).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl State {
+    pub(super) fn compute_guard(&self, now: Time) -> Guard {
+        self.shared.guard(
+            &self.timing,
+            &self.opts.machine,
+            &self.lease.status().lease,
+            self.registry.status().synced,
+            now,
+        )
+    }
+
+    /// Past the fence deadline: kill every claimed unit at once (the guard does the same, in case we
+    /// are too slow); global units keep running.
+    pub(super) async fn fence(&mut self) {
+        if !self.fenced {
+            tracing::warn!(
+                "fence deadline passed (no lease confirmation, and the machines out of sight could \
+                 take units over): killing claimed units"
+            );
+            crate::metrics::global().fenced();
+        }
+        self.fenced = true;
+        let globals = self.cluster.global_units_here();
+        let mut killed = false;
+        for (n, _) in self.current() {
+            if globals.contains(&n) || !self.is_running(&n) {
+                continue;
+            }
+            match self.systemd.fence_unit(n.as_str()).await {
+                Ok(()) => {
+                    tracing::info!(unit = %n, "killed (fencing)");
+                    killed = true;
+                }
+                Err(e) => tracing::warn!(unit = %n, "fencing: {e}"),
+            }
+            self.started.remove(&n);
+        }
+        if killed {
+            self.refresh_states().await;
+        }
+    }
+}
