@@ -408,3 +408,46 @@ fn a_second_fleetd_with_a_live_machines_id_is_refused_until_the_id_changes() {
     let (code, _) = curl(2, "/fleet/v1/machines");
     assert_eq!(code, "200");
 }
+
+/// The fence guard fencing on its own while the agent is fine (the guard read a deadline that had passed
+/// before fleetd rewrote it: a machine frozen for less than `fence_after` wakes both, and the chaos bench
+/// saw the guard win) must not leave the units dead: the agent sees the guard's mark and starts them
+/// again. Before the fix the agent kept their claims and never restarted them (its "started" marks).
+#[test]
+fn units_the_guard_killed_on_its_own_start_again() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let_membership_season();
+    let units = ["guarded-a.service", "guarded-b.service"];
+    let on = start_units(&fl, 1, &units);
+    let m = on[0];
+    let here: Vec<&str> = units
+        .iter()
+        .zip(&on)
+        .filter(|(_, o)| **o == m)
+        .map(|(u, _)| *u)
+        .collect();
+    let pids: Vec<String> = here.iter().map(|u| main_pid(&fl, m, u)).collect();
+    // A deadline long past, for this boot: what the guard reads right after a thaw.
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    fl.write_file(m, "/run/fleet/fence", &format!("1 {}\n", boot.trim()));
+    let mark = fl
+        .lab
+        .machine_root(m)
+        .unwrap()
+        .join("run/fleet/fence.fenced");
+    fl.wait_for("the guard's fencing mark", WAIT, |_| {
+        mark.exists().then_some(())
+    });
+    for (u, pid) in here.iter().zip(&pids) {
+        fl.wait_for(&format!("{u} running again"), WAIT, |fl| {
+            let on = fl.running_on(u);
+            (on.len() == 1 && main_pid(fl, on[0], u) != *pid).then_some(())
+        });
+    }
+    for u in &units {
+        let on = fl.running_on(u);
+        assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
+    }
+}

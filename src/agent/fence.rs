@@ -174,22 +174,49 @@ impl State {
         }
         self.fenced = true;
         let globals = self.cluster.global_units_here();
-        let mut killed = false;
-        for (n, _) in self.current() {
-            if globals.contains(&n) || !self.is_running(&n) {
-                continue;
-            }
-            match self.systemd.fence_unit(n.as_str()).await {
-                Ok(()) => {
-                    tracing::info!(unit = %n, "killed (fencing)");
-                    killed = true;
-                }
-                Err(e) => tracing::warn!(unit = %n, "fencing: {e}"),
-            }
-            self.started.remove(&n);
+        let victims: Vec<UnitName> = self
+            .current()
+            .into_keys()
+            .filter(|n| !globals.contains(n) && self.is_running(n))
+            .collect();
+        if victims.is_empty() {
+            return;
         }
-        if killed {
+        // All at once: the kill must come within `kill_allowance` of the deadline.
+        let names: Vec<String> = victims.iter().map(|n| n.as_str().to_string()).collect();
+        let failed = self.systemd.fence_units(&names).await;
+        for n in &victims {
+            match failed.iter().find(|(f, _)| f == n.as_str()) {
+                Some((_, e)) => tracing::warn!(unit = %n, "fencing: {e}"),
+                None => tracing::info!(unit = %n, "killed (fencing)"),
+            }
+            self.started.remove(n);
+        }
+        if failed.len() < victims.len() {
             self.refresh_states().await;
+        }
+    }
+
+    /// The fence guard fenced on its own: the deadline it read had passed while ours had moved on
+    /// (a machine frozen for less than `fence_after` wakes both; the guard may read the file before we
+    /// rewrite it). Once it guards again (its mark), the units it stopped count as not started, so
+    /// that they start again while the lease vouches for us: systemd's `Restart=` does not undo a
+    /// stop, and a unit we started is otherwise left to it (`sched::reconcile`).
+    pub(super) fn notice_guard_fencing(&mut self) {
+        let mark = guard::read_fenced_mark(&guard::fenced_mark_file(&self.opts.fence_file()));
+        if mark == self.guard_fenced_seen {
+            return;
+        }
+        self.guard_fenced_seen = mark;
+        let globals = self.cluster.global_units_here();
+        let before = self.started.len();
+        self.started.retain(|n, _| globals.contains(n));
+        if before != self.started.len() {
+            tracing::warn!(
+                units = before - self.started.len(),
+                "the fence guard killed this machine's claimed units: they start again while the \
+                 lease vouches for this machine"
+            );
         }
     }
 }

@@ -49,6 +49,30 @@ pub fn read_deadline(file: &Path) -> Option<Option<Time>> {
     }
 }
 
+/// The file in which the guard records, when it guards again after a fencing, when that fencing began
+/// (next to the fence file): the agent then counts the units the guard stopped as not started.
+pub fn fenced_mark_file(fence_file: &Path) -> PathBuf {
+    fence_file.with_extension("fenced")
+}
+
+/// Records that the guard guards again after a fencing that began at `at` (this boot's
+/// `CLOCK_MONOTONIC`), atomically.
+pub fn write_fenced_mark(file: &Path, at: Time) -> std::io::Result<()> {
+    let tmp = file.with_extension("fenced-tmp");
+    std::fs::write(&tmp, format!("{} {}\n", at.as_micros(), clock::boot_id()))?;
+    std::fs::rename(&tmp, file)
+}
+
+/// When the fencing the guard last recovered from during this boot began (`None`: none, or no valid
+/// mark).
+pub fn read_fenced_mark(file: &Path) -> Option<Time> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let (at, boot) = text.trim().split_once(' ')?;
+    (boot == clock::boot_id())
+        .then(|| at.parse().ok().map(Time::from_micros))
+        .flatten()
+}
+
 /// Runs the guard until killed. `bus` is the system bus unless `user`.
 pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -71,8 +95,14 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
         let deadline = read_deadline(&fence_file).flatten();
         match deadline {
             Some(d) if now < d => {
-                if fenced_at.take().is_some() {
+                if let Some(at) = fenced_at.take() {
                     tracing::info!("fence deadline ahead again: guarding");
+                    // Tell the agent that the units were stopped under it and that it may start
+                    // them again now: a start before this point would be killed again (a stop keeps
+                    // systemd's `Restart=` from doing it).
+                    if let Err(e) = write_fenced_mark(&fenced_mark_file(&fence_file), at) {
+                        tracing::warn!("writing the fencing mark: {e}");
+                    }
                 }
                 let usec = d.since(now) + WATCHDOG_MARGIN;
                 let _ = crate::api::activation::notify(&format!(
@@ -82,24 +112,32 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
             }
             _ => {
                 let units = systemd.guarded_units();
-                if fenced_at.is_none() {
+                let targets = if fenced_at.is_none() {
                     tracing::warn!(
                         units = units.len(),
                         "fence deadline passed: killing fleet's claimed units"
                     );
                     fenced_at = Some(now);
-                }
-                for u in &units {
-                    let active = systemd
-                        .unit_state(u)
-                        .await
-                        .map(|s| s.active_state.may_have_main_pid())
-                        .unwrap_or(true);
-                    if active {
-                        if let Err(e) = systemd.fence_unit(u).await {
-                            tracing::warn!(unit = %u, "fencing: {e}");
+                    // The first time, every bound unit at once, without asking systemd for its
+                    // state first (fencing a stopped unit is harmless): the kill must come within
+                    // `kill_allowance` of the deadline.
+                    units
+                } else {
+                    let mut active = Vec::new();
+                    for u in units {
+                        let up = systemd
+                            .unit_state(&u)
+                            .await
+                            .map(|s| s.active_state.may_have_main_pid())
+                            .unwrap_or(true);
+                        if up {
+                            active.push(u);
                         }
                     }
+                    active
+                };
+                for (u, e) in systemd.fence_units(&targets).await {
+                    tracing::warn!(unit = %u, "fencing: {e}");
                 }
                 // Done for now: keep the watchdog quiet while fenced.
                 let _ = crate::api::activation::notify("WATCHDOG=1\nWATCHDOG_USEC=10000000");
@@ -124,5 +162,17 @@ mod tests {
         assert_eq!(read_deadline(&f), Some(None));
         std::fs::write(&f, "99 some-other-boot\n").unwrap();
         assert_eq!(read_deadline(&f), None);
+    }
+
+    #[test]
+    fn fencing_marks_round_trip_and_other_boots_do_not_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = fenced_mark_file(&dir.path().join("fence"));
+        assert_eq!(m, dir.path().join("fence.fenced"));
+        assert_eq!(read_fenced_mark(&m), None);
+        write_fenced_mark(&m, Time::from_micros(77)).unwrap();
+        assert_eq!(read_fenced_mark(&m), Some(Time::from_micros(77)));
+        std::fs::write(&m, "99 some-other-boot\n").unwrap();
+        assert_eq!(read_fenced_mark(&m), None);
     }
 }

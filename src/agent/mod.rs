@@ -192,6 +192,8 @@ struct State {
     announced: Option<(i64, u64)>,
     /// Whether we fenced (killed our claimed units) and have not been vouched for since.
     fenced: bool,
+    /// The fence guard's last recovery mark this agent has acted on (`guard::read_fenced_mark`).
+    guard_fenced_seen: Option<Time>,
     /// What etcd said about other machines' leases, most recent last.
     polls: BTreeMap<i64, VecDeque<LeasePoll>>,
     /// Leases the last pass wanted to know about.
@@ -338,6 +340,9 @@ async fn run(
     let mut members_rx = cluster.subscribe_membership();
     let mut tick = tokio::time::interval(opts.reconcile_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A fencing the guard recovered from before this fleetd started needs nothing: nothing counts as
+    // started yet.
+    let guard_fenced_seen = guard::read_fenced_mark(&guard::fenced_mark_file(&opts.fence_file()));
     let mut st = State {
         seats: Seats::load(Some(opts.runtime_dir.join("seats.json"))),
         shared,
@@ -358,6 +363,7 @@ async fn run(
         loaded: BTreeMap::new(),
         announced: None,
         fenced: false,
+        guard_fenced_seen,
         polls: BTreeMap::new(),
         poll_wanted: BTreeSet::new(),
         superseded_at: BTreeMap::new(),
@@ -584,6 +590,7 @@ impl State {
             tracing::info!(vouch = ?g.vouch, "no longer fenced");
             self.fenced = false;
         }
+        self.notice_guard_fencing();
         // Without a current registry, nothing is decided: what runs keeps running until the deadline.
         let Some(snap) = snap else {
             return;

@@ -123,6 +123,31 @@ impl Systemd {
         }
     }
 
+    /// Fences every unit of `names` at once: one task per unit, so the stops and kills go to systemd
+    /// together and the whole fence costs about two round trips to systemd, not two per unit (the
+    /// takeover rule allows `kill_allowance`, 100 ms, from the deadline to the processes being gone;
+    /// one unit after the other took 1.5 s for 13 units on a loaded machine). Returns each failure.
+    pub async fn fence_units(&self, names: &[String]) -> Vec<(String, Error)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in names {
+            let (systemd, n) = (self.clone(), n.clone());
+            tasks.spawn(async move {
+                let r = systemd.fence_unit(&n).await;
+                (n, r)
+            });
+        }
+        let mut failed = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok((_, Ok(()))) => {}
+                Ok((n, Err(e))) => failed.push((n, e)),
+                // Nothing aborts these tasks; a panic in one is a bug: pass it on.
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+        failed
+    }
+
     /// Writes the guard's unit (`/run/systemd/system/fleet-guard.service`) running `exec_start`, and
     /// reloads systemd when it changed. Returns whether it changed.
     pub async fn install_guard(&self, exec_start: &str) -> Result<bool> {
