@@ -1,0 +1,154 @@
+//! etcd as the agents see it: reachability, watch notifications and their retries, agent passes, and the
+//! placement plan shared by agents that see the same inputs.
+
+use super::*;
+
+impl Sim {
+    pub(crate) fn etcd_reachable(&self, m: u32) -> bool {
+        let e = self.net.etcd();
+        self.etcd_up && !self.net.blocked(m as usize, e) && !self.net.blocked(e, m as usize)
+    }
+
+    pub(crate) fn notify_watchers(&mut self) {
+        if !self.watch_pending {
+            self.watch_pending = true;
+            self.push(self.now + self.sc.config.watch_delay.0, Ev::WatchFlush);
+        }
+    }
+
+    /// Delivers the changes so far to every agent that can hear etcd; forgets history no mirror needs.
+    pub(super) fn watch_flush(&mut self) {
+        self.watch_pending = false;
+        let rev = self.etcd.revision();
+        let mut oldest = rev;
+        for i in 0..self.machines.len() as u32 {
+            let reachable = self.etcd_reachable(i);
+            let mm = &self.machines[i as usize];
+            let Some(a) = mm.agent.as_ref() else { continue };
+            if a.mirror_rev == 0 {
+                continue;
+            }
+            // A lossy link delays the watch stream (TCP retransmits): the batch waits for a later one.
+            let e = self.net.etcd();
+            let loss = self.net.loss(e, i as usize, 0.0);
+            let lost = loss > 0.0 && self.rng.random_bool(loss.min(1.0));
+            let mm = &self.machines[i as usize];
+            let Some(a) = mm.agent.as_ref() else { continue };
+            if mm.agent_runs() && reachable && a.mirror_rev < rev && !lost {
+                self.etcd.ops.watch_deliveries += 1;
+                self.advance_mirror(i, rev);
+                self.request_pass(i);
+            } else {
+                oldest = oldest.min(a.mirror_rev);
+            }
+        }
+        self.etcd.compact(oldest);
+        if oldest < rev {
+            // Agents behind (a lossy link, a pause) get the next batch soon.
+            self.watch_retry();
+        }
+    }
+
+    pub(super) fn watch_retry(&mut self) {
+        if !self.watch_pending {
+            self.watch_pending = true;
+            self.push(
+                self.now + 4 * self.sc.config.watch_delay.0.max(1),
+                Ev::WatchFlush,
+            );
+        }
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // The agent's pass scheduling and plan.
+
+    pub(crate) fn request_pass(&mut self, m: u32) {
+        let c = &self.sc.config;
+        let q = c.pass_quantum.0;
+        let at = (self.now + c.coalesce.0).div_ceil(q) * q;
+        self.request_pass_at(m, at);
+    }
+
+    pub(crate) fn request_pass_at(&mut self, m: u32, at: u64) {
+        let mm = &mut self.machines[m as usize];
+        if !mm.agent_runs() {
+            return;
+        }
+        let gen = mm.gen;
+        let Some(a) = mm.agent.as_mut() else { return };
+        if a.pass_at.is_some_and(|p| p <= at) {
+            return;
+        }
+        a.pass_at = Some(at);
+        self.push(at, Ev::Pass { m, gen });
+    }
+
+    /// The plan for this set of machines at registry revision `rev` (shared between agents with the
+    /// same inputs).
+    pub(crate) fn plan_for(&mut self, live: &[u32], hash: u64, rev: i64) -> Rc<PlanIndex> {
+        let key = (hash, rev);
+        if let Some(p) = self.plans.get(&key) {
+            return p.clone();
+        }
+        self.plan_computations += 1;
+        let machines: Vec<MachineInfo> = live
+            .iter()
+            .map(|&j| self.machine_infos[j as usize].clone())
+            .collect();
+        let live_set: BTreeSet<u32> = live.iter().copied().collect();
+        let infos: Vec<UnitInfo> = self
+            .base_infos
+            .iter()
+            .enumerate()
+            .map(|(u, info)| {
+                let mut info = info.clone();
+                if let Some(c) = self.etcd.claim_at(u as u32, rev) {
+                    if live_set.contains(&c.machine) {
+                        info.claim = Some(self.machine_infos[c.machine as usize].id.clone());
+                    }
+                }
+                info
+            })
+            .collect();
+        // fleetd's agent keeps one incremental Planner (the same plan as `schedule`); so does the
+        // simulator, moved to each agent's inputs by their differences.
+        let planner = match self.planner.as_mut() {
+            Some(p) => {
+                p.sync(&machines, &infos);
+                p
+            }
+            None => self.planner.insert(Planner::new(&machines, &infos)),
+        };
+        let plan = planner.plan();
+        let mut on: HashMap<u32, Vec<(u32, bool)>> = HashMap::new();
+        for (name, d) in &plan.decisions {
+            let Some(&u) = self.unit_index.get(name) else {
+                continue;
+            };
+            match d {
+                Decision::On(mid) => {
+                    if let Some(&j) = self.by_id.get(mid) {
+                        on.entry(j).or_default().push((u, false));
+                    }
+                }
+                Decision::Global(ms) => {
+                    for mid in ms {
+                        if let Some(&j) = self.by_id.get(mid) {
+                            on.entry(j).or_default().push((u, true));
+                        }
+                    }
+                }
+                Decision::Unplaceable(_) => {}
+            }
+        }
+        let p = Rc::new(PlanIndex { on });
+        if self.plans.len() >= 64 {
+            self.plans.clear();
+        }
+        self.plans.insert(key, p.clone());
+        p
+    }
+
+    // ------------------------------------------------------------------------------------------
+    // systemd.
+}
