@@ -7,8 +7,10 @@
 //! 1-5, where every unit ends and how long each unit of the killed machines runs nowhere. Then the same
 //! two machines are killed in the lab (SIGKILL of their PID 1: every process dies at once).
 //!
-//! Checked: every unit ends on the machine the simulator predicted (the same for every seed), and each
-//! moved unit's measured time running nowhere is within the predicted range, widened by [`SLACK`].
+//! Checked: the lab ends in one of the outcomes the seeds predicted, every unit on the machine that
+//! outcome names (the seeds draw gossip's probe order, so the survivors may learn of the two deaths in
+//! either order: each order is one outcome), and each moved unit's measured time running nowhere is
+//! within the predicted range, widened by [`SLACK`].
 //! Measured: from the host's `CLOCK_MONOTONIC` just before the kill of the unit's machine to systemd's
 //! `InactiveExitTimestampMonotonic` of the unit on its new machine (the moment its start job began:
 //! the simulator counts a unit as running from its start job too); the machines share the host's
@@ -244,15 +246,20 @@ fn the_simulator_predicts_where_units_go_and_how_long_they_are_down() {
     let predictions: Vec<Prediction> = (1..=SEEDS)
         .map(|seed| simulate(&scenario, seed, &kill_ids))
         .collect();
-    let predicted_end = predictions[0].end.clone();
-    for (k, p) in predictions.iter().enumerate() {
-        assert_eq!(
-            p.end,
-            predicted_end,
-            "seed {} ends elsewhere than seed 1: placement should be deterministic",
-            k + 1
-        );
+    // Placement is deterministic on the same inputs, but the seeds draw gossip's probe order, so the
+    // survivors may learn of the two deaths in either order, and a unit placed after the first death
+    // keeps its new machine (stability): each order is one possible outcome. Reality must end in one
+    // of the predicted outcomes.
+    let mut outcomes: Vec<BTreeMap<String, Vec<String>>> = Vec::new();
+    for p in &predictions {
+        if !outcomes.contains(&p.end) {
+            outcomes.push(p.end.clone());
+        }
     }
+    eprintln!(
+        "{} distinct predicted outcome(s) over {SEEDS} seeds",
+        outcomes.len()
+    );
     let moved: Vec<String> = predictions[0].gap_s.keys().cloned().collect();
     let mut range: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for p in &predictions {
@@ -267,7 +274,7 @@ fn the_simulator_predicts_where_units_go_and_how_long_they_are_down() {
             r.1 = r.1.max(*g);
         }
     }
-    eprintln!("predicted end: {predicted_end:?}\npredicted time running nowhere: {range:?}");
+    eprintln!("predicted ends: {outcomes:?}\npredicted time running nowhere: {range:?}");
     // Every unit of a killed machine moves (but the global one).
     for (u, on) in &before {
         if u != "agent.service" && victims.contains(&on[0]) {
@@ -292,21 +299,26 @@ fn the_simulator_predicts_where_units_go_and_how_long_they_are_down() {
     let id_of = |i: usize| ids[i - 1].clone();
     // The report's timelines cover the units that moved or ran nowhere; every other unit stays where
     // it was (the global one on the survivors).
-    let want: BTreeMap<String, Vec<usize>> = before
+    let wants: Vec<BTreeMap<String, Vec<usize>>> = outcomes
         .iter()
-        .map(|(u, was)| {
-            let mut idx: Vec<usize> = match predicted_end.get(u) {
-                Some(on) => on
-                    .iter()
-                    .map(|id| ids.iter().position(|x| x == id).expect("a lab machine") + 1)
-                    .collect(),
-                None => was.iter().copied().filter(|i| alive.contains(i)).collect(),
-            };
-            idx.sort();
-            (u.clone(), idx)
+        .map(|predicted_end| {
+            before
+                .iter()
+                .map(|(u, was)| {
+                    let mut idx: Vec<usize> = match predicted_end.get(u) {
+                        Some(on) => on
+                            .iter()
+                            .map(|id| ids.iter().position(|x| x == id).expect("a lab machine") + 1)
+                            .collect(),
+                        None => was.iter().copied().filter(|i| alive.contains(i)).collect(),
+                    };
+                    idx.sort();
+                    (u.clone(), idx)
+                })
+                .collect()
         })
         .collect();
-    eprintln!("expected in the lab: {want:?}");
+    eprintln!("expected in the lab, one of: {wants:?}");
     let after = fl.wait_for(
         "every unit on the machine the simulator predicted",
         Duration::from_secs(60),
@@ -318,7 +330,7 @@ fn the_simulator_predicts_where_units_go_and_how_long_they_are_down() {
                     "{u} active on {on:?} at once"
                 );
             }
-            if p == want {
+            if wants.contains(&p) {
                 Some(p)
             } else {
                 eprintln!("lab now: {p:?}");

@@ -13,18 +13,24 @@ use std::sync::OnceLock;
 /// The path of this build's `fleetctl`, built (once per test process) if needed.
 pub fn fleetctl() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| build("fleetctl", "fleetctl")).clone()
+    BUILT
+        .get_or_init(|| build("fleetctl", "fleetctl", &[]))
+        .clone()
 }
 
 /// The path of this build's `fleet-sim` (package `fleet-sim`), built (once per test process) if needed.
 pub fn fleet_sim() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| build("fleet-sim", "fleet-sim"))
+        .get_or_init(|| build("fleet-sim", "fleet-sim", &["--features", "mutations"]))
         .clone()
 }
 
-fn build(package: &str, bin_name: &str) -> PathBuf {
+/// Builds `bin_name` of `package` into this build's profile directory. `features`: the features the
+/// package's own tests build it with, so that the binary they find there afterwards is still theirs
+/// (fleet-sim's mutation tests run `target/<profile>/fleet-sim --mutation ...`: a plain build here
+/// replaced it with one that has no `--mutation` in a workspace run).
+fn build(package: &str, bin_name: &str, features: &[&str]) -> PathBuf {
     let dir = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
     let profile = match dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => "dev".to_string(),
@@ -34,6 +40,7 @@ fn build(package: &str, bin_name: &str) -> PathBuf {
     let out = Command::new(cargo)
         .args(["build", "--quiet", "--profile", &profile])
         .args(["--package", package, "--bin", bin_name])
+        .args(features)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo build");
