@@ -610,12 +610,20 @@ fn peers_without_a_valid_certificate_are_refused() {
         let state = fl.show(*i, &format!("{name}.service"), "ActiveState");
         assert_eq!(state, "active", "{name} keeps running (and retrying)");
     }
-    // Let them retry for a while: nobody ever lists anything but the five machines.
+    // Let them retry for a while: nobody ever lists anything but the five machines. (A machine may list
+    // fewer for a moment; that they are all listed again is checked below.)
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(5) {
         for i in 1..=5 {
             if let Some(l) = fl.listed_machines(i) {
-                assert_eq!(l, all, "m{i} lists a machine it should not");
+                assert!(
+                    l.is_subset(&all),
+                    "m{i} lists a machine it should not: {:?}",
+                    l.difference(&all).collect::<Vec<_>>()
+                );
+                if l != all {
+                    eprintln!("m{i} lists {} of the 5 machines for now", l.len());
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(500));
