@@ -219,6 +219,15 @@ fn a_one_way_conflict_keeps_both_units_apart_whichever_starts_first() {
     fl.wait_for("oneway units stopped", WAIT, |fl| {
         ab.iter().all(|u| fl.running_on(u).is_empty()).then_some(())
     });
+    // And their claims gone from etcd (released by their holders after the stop): a claim of b left
+    // on m1 would rightly keep a off m1 below.
+    fl.wait_for("oneway claims released", WAIT, |fl| {
+        let keys = fl
+            .lab
+            .etcdctl(&["get", "--prefix", "--keys-only", ""])
+            .ok()?;
+        (!keys.lines().any(|k| k.contains("claims/oneway-"))).then_some(())
+    });
 
     // The unit that says nothing comes second: the conflict is checked both ways.
     let on = start_each(&fl, &[("oneway-a.service", a_x), ("oneway-b.service", "")]);
