@@ -398,33 +398,26 @@ async fn run(
             r = local_rx.changed() => { if r.is_err() { break; } st.announced = None; }
             r = members_rx.changed() => { if r.is_err() { break; } }
             _ = sleep_until(wake) => { st.wake_at = None; }
-            ev = events.next() => match ev {
-                Some(Event::UnitChanged { name, state }) => {
-                    if !st.note_state(&name, state) { continue; }
-                }
-                Some(Event::UnitRemoved { name }) => {
-                    if !st.note_removed(&name) { continue; }
-                }
-                Some(Event::JobRemoved { unit, result, .. }) => {
-                    crate::metrics::global().job_removed(&unit, result.is_success());
-                    continue;
-                }
-                Some(Event::Reloaded) => {
-                    // Units of the machine may have come or gone (a package installed, say).
-                    st.host_stale = true;
-                    continue;
-                }
-                Some(Event::Disconnected) | None => {
-                    tracing::warn!("lost the connection to systemd; reconnecting");
-                    st.systemd = st.systemd.reconnect_with_backoff(Duration::from_secs(3600)).await
-                        .context("reconnecting to systemd")?;
-                    events = st.systemd.subscribe_filtered(ours.clone()).await.context("subscribing to systemd")?;
+            ev = events.next() => match st.absorb(ev) {
+                Absorbed::Nothing => continue,
+                Absorbed::Changed => {}
+                Absorbed::Disconnected => {
+                    events = st.reconnect_systemd(&ours).await?;
                     full = true;
                 }
             },
         }
         // Coalesce bursts (a watch event often comes with several more).
         tokio::time::sleep(Duration::from_millis(5)).await;
+        // Take every systemd signal queued meanwhile before the pass: a batch of starts sends several
+        // per unit, and one pass per signal made 1,000 starts take about 30 s instead of 6.
+        while let Some(ev) = events.try_next() {
+            if st.absorb(Some(ev)) == Absorbed::Disconnected {
+                events = st.reconnect_systemd(&ours).await?;
+                full = true;
+                break;
+            }
+        }
         if full {
             st.read_current().await;
             st.host_stale = true;
@@ -432,6 +425,27 @@ async fn run(
         st.pass().await;
     }
     Ok(st.shutdown().await)
+}
+
+/// What a systemd event meant for the agent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Absorbed {
+    /// Nothing a pass needs to look at.
+    Nothing,
+    /// A unit of ours changed: a pass is due.
+    Changed,
+    /// The connection to systemd broke.
+    Disconnected,
+}
+
+impl Absorbed {
+    fn changed(changed: bool) -> Absorbed {
+        if changed {
+            Absorbed::Changed
+        } else {
+            Absorbed::Nothing
+        }
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -481,6 +495,43 @@ impl State {
     }
 
     /// Records a state change; returns whether it concerns one of our units.
+    /// Takes one systemd event into the agent's view of its units.
+    fn absorb(&mut self, ev: Option<Event>) -> Absorbed {
+        match ev {
+            Some(Event::UnitChanged { name, state }) => {
+                Absorbed::changed(self.note_state(&name, state))
+            }
+            Some(Event::UnitRemoved { name }) => Absorbed::changed(self.note_removed(&name)),
+            Some(Event::JobRemoved { unit, result, .. }) => {
+                crate::metrics::global().job_removed(&unit, result.is_success());
+                Absorbed::Nothing
+            }
+            Some(Event::Reloaded) => {
+                // Units of the machine may have come or gone (a package installed, say).
+                self.host_stale = true;
+                Absorbed::Nothing
+            }
+            Some(Event::Disconnected) | None => Absorbed::Disconnected,
+        }
+    }
+
+    /// Reconnects to systemd after the bus connection broke and subscribes again.
+    async fn reconnect_systemd(
+        &mut self,
+        ours: &(impl Fn(&str) -> bool + Clone + Send + 'static),
+    ) -> anyhow::Result<fleet_systemd::Subscription> {
+        tracing::warn!("lost the connection to systemd; reconnecting");
+        self.systemd = self
+            .systemd
+            .reconnect_with_backoff(Duration::from_secs(3600))
+            .await
+            .context("reconnecting to systemd")?;
+        self.systemd
+            .subscribe_filtered(ours.clone())
+            .await
+            .context("subscribing to systemd")
+    }
+
     fn note_state(&mut self, name: &str, state: UnitState) -> bool {
         let Ok(name) = UnitName::parse(name) else {
             return false;

@@ -113,6 +113,12 @@ impl Subscription {
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
     }
+
+    /// The next event if one is already queued, without waiting: lets a consumer take a burst of
+    /// signals (a batch of starts sends several per unit) in one go.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
 }
 
 impl Drop for Subscription {
