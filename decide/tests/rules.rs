@@ -314,8 +314,16 @@ fn own_claims_run_only_unfenced_and_start_only_with_a_fresh_lease() {
     w.g = lease_guard(400, &["x"], 5000);
     assert!(!w.decide(&k).run);
     assert_eq!(w.decide(&k).why, Why::Unconfirmed);
+    // ... but keeps it loaded: nothing says it belongs elsewhere.
+    assert!(w.decide(&k).keeps_loaded());
     k.running = true;
     assert!(w.decide(&k).run);
+    assert!(!w.decide(&k).keeps_loaded());
+    // Fenced: not kept loaded either.
+    let mut w = World::new(1000);
+    w.g = lease_guard(400, &[], 1000);
+    k.running = false;
+    assert!(!w.decide(&k).keeps_loaded());
 }
 
 #[test]

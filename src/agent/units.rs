@@ -170,6 +170,11 @@ impl State {
                 if let Some(t) = wanted.get(&name) {
                     target.insert(name, t.clone());
                 }
+            } else if v.keeps_loaded() && self.loaded.contains_key(&name) {
+                if let Some(t) = wanted.get(&name) {
+                    let state = DesiredState::Loaded;
+                    target.insert(name, TargetUnit { state, ..t.clone() });
+                }
             }
         }
         for (n, why) in &waiting {
