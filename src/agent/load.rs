@@ -97,7 +97,15 @@ impl State {
             }
         }
         let names: Vec<&str> = batch.iter().map(|n| n.as_str()).collect();
+        let t = std::time::Instant::now();
         let results = self.systemd.start_units(&names).await;
+        if names.len() > 1 {
+            tracing::info!(
+                units = names.len(),
+                ms = t.elapsed().as_millis() as u64,
+                "start jobs queued"
+            );
+        }
         for (n, r) in batch.into_iter().zip(results) {
             match r {
                 Ok(_) => {
