@@ -13,7 +13,7 @@
 //! of the bench profile first: `cargo build --release --bins && cargo bench --bench agent`
 //! (or `scripts/bench-lab.sh`). Knobs: `BENCH_LATENCY_UNITS` (50), `BENCH_MEM_UNITS` (500),
 //! `BENCH_RECONCILE_INTERVAL` (`2s`, fleetd's default), `BENCH_SEED`, `BENCH_JOURNAL` (a file to
-//! write m1's fleetd journal to at the end).
+//! write m1's whole journal to at the end: fleetd, systemd and dbus-daemon).
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -58,17 +58,7 @@ fn main() {
     if !journal_file.is_empty() {
         let out = fl
             .lab
-            .sh(
-                1,
-                &[
-                    "journalctl",
-                    "-u",
-                    "fleet",
-                    "--no-pager",
-                    "-o",
-                    "short-precise",
-                ],
-            )
+            .sh(1, &["journalctl", "--no-pager", "-o", "short-precise"])
             .expect("journalctl");
         std::fs::write(&journal_file, &out.stdout).expect("writing BENCH_JOURNAL");
         println!("fleetd journal written to {journal_file}");
