@@ -2,7 +2,8 @@
 //!
 //! A selector is a comma-separated list of terms:
 //! - `region=eu-west,rack=b`: machines whose metadata has every key, with one of the values given for
-//!   it (fleet's `MachineMetadata=` rule: different keys AND, the same key repeated OR);
+//!   it (fleet's `MachineMetadata=` rule, matched by the scheduler's own
+//!   [`Requirements::metadata_matches`]: different keys AND, the same key repeated OR);
 //! - `3f9a` or `id:3f9a`: the machine whose ID is, or starts with, this (as `fleetctl` takes IDs); a
 //!   prefix that several machines share is an error;
 //! - `7`, `0-99`: machines by index in the scenario (`m00007`...);
@@ -15,6 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_sched::placement::MachineInfo;
+use fleet_sched::Requirements;
 use rand::rngs::StdRng;
 use rand::RngExt;
 
@@ -178,15 +180,16 @@ impl Selector {
                 };
             }
             Selector::Meta(want) => {
+                // The scheduler's `MachineMetadata=` rule, not a copy of it.
+                let rule = Requirements {
+                    metadata: want.clone(),
+                    ..Requirements::default()
+                };
                 out.extend(
                     machines
                         .iter()
                         .enumerate()
-                        .filter(|(_, m)| {
-                            want.iter().all(|(k, vs)| {
-                                m.metadata.get(k).is_some_and(|v| vs.iter().any(|x| x == v))
-                            })
-                        })
+                        .filter(|(_, m)| rule.metadata_matches(&m.metadata))
                         .map(|(i, _)| i),
                 );
                 if strict && out.len() == before {
@@ -257,4 +260,91 @@ fn known_values(want: &BTreeMap<String, Vec<String>>, machines: &[MachineInfo]) 
         }
     }
     format!(" ({})", hints.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_sched::{schedule, DesiredState, MachineId, UnitFile, UnitInfo, UnitName};
+    use rand::SeedableRng;
+
+    use super::*;
+
+    /// A metadata selector picks exactly the machines the scheduler runs a global unit with the same
+    /// `MachineMetadata=` on: keys AND'ed, one key's values OR'ed, exact (case-sensitive) values, a
+    /// machine without the key never picked.
+    #[test]
+    fn metadata_terms_pick_what_the_scheduler_places_on() {
+        let spec: &[(&str, &[(&str, &str)])] = &[
+            ("m0", &[("rack", "a"), ("region", "eu")]),
+            ("m1", &[("rack", "b"), ("region", "eu")]),
+            ("m2", &[("rack", "c"), ("region", "eu")]),
+            ("m3", &[("rack", "a"), ("region", "us")]),
+            ("m4", &[("rack", "A"), ("region", "eu")]),
+            ("m5", &[("region", "eu")]),
+            ("m6", &[("rack", "b"), ("region", "eu"), ("disk", "ssd")]),
+        ];
+        let machines: Vec<MachineInfo> = spec
+            .iter()
+            .map(|(id, md)| {
+                md.iter().fold(
+                    MachineInfo::new(MachineId::parse(id).unwrap()),
+                    |m, (k, v)| m.with_metadata(k, v),
+                )
+            })
+            .collect();
+        let mut rng = StdRng::seed_from_u64(1);
+        for (selector, xfleet) in [
+            (
+                "rack=a,rack=b,region=eu",
+                "MachineMetadata=rack=a\nMachineMetadata=rack=b\nMachineMetadata=region=eu",
+            ),
+            ("region=eu", "MachineMetadata=region=eu"),
+            (
+                "rack=b,disk=ssd",
+                "MachineMetadata=rack=b\nMachineMetadata=disk=ssd",
+            ),
+            ("rack=A", "MachineMetadata=rack=A"),
+        ] {
+            let name = UnitName::parse("probe.service").unwrap();
+            let file = UnitFile::parse(&format!(
+                "[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\n{xfleet}\n"
+            ))
+            .unwrap();
+            let req = Requirements::from_unit(&name, &file).unwrap();
+            let plan = schedule(
+                &machines,
+                &[UnitInfo::new(name.clone(), req, DesiredState::Launched)],
+            );
+            let placed: Vec<&str> = plan
+                .decision(&name)
+                .unwrap()
+                .machines()
+                .iter()
+                .map(MachineId::as_str)
+                .collect();
+            let picked: Vec<&str> = Selector::parse(selector)
+                .unwrap()
+                .resolve(&machines, &mut rng, true)
+                .unwrap()
+                .into_iter()
+                .map(|i| machines[i].id.as_str())
+                .collect();
+            assert_eq!(picked, placed, "{selector}");
+            assert!(!picked.is_empty(), "{selector}");
+        }
+        assert_eq!(
+            Selector::parse("rack=a,region=eu")
+                .unwrap()
+                .resolve(&machines, &mut rng, true),
+            Ok(vec![0])
+        );
+        let err = Selector::parse("rack=z")
+            .unwrap()
+            .resolve(&machines, &mut rng, true)
+            .unwrap_err();
+        assert!(
+            err.contains("rack=z") && err.contains("rack is A or a or b or c"),
+            "{err}"
+        );
+    }
 }
