@@ -65,7 +65,12 @@ fn contribution(k: &Known) -> u64 {
 
 /// SWIM's order of precedence (the paper's section 4.2, which foca implements): may a member in
 /// `state` at `incarnation` move to `to` at `to_inc`?
-fn precedes(state: State, incarnation: Incarnation, to: State, to_inc: Incarnation) -> bool {
+pub(crate) fn precedes(
+    state: State,
+    incarnation: Incarnation,
+    to: State,
+    to_inc: Incarnation,
+) -> bool {
     match (state, to) {
         (State::Down, _) => false,
         (_, State::Down) => true,

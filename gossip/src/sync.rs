@@ -231,11 +231,54 @@ impl Node {
         // Like state (see `merge_state`): a few membership changes are news foca passes on; a
         // whole membership (a join, a heal) is not re-broadcast by the node that catches up.
         let broadcast = kept.len() <= PASS_ON_AFTER_SYNC;
+        let kept = self.without_no_ops(kept);
         let result = self
             .foca
             .apply_many(kept.into_iter(), broadcast, &mut self.runtime);
         self.drain_runtime();
         result.map_err(Error::Protocol)
+    }
+
+    /// `members` without the updates foca's `apply_many` would ignore: those about an identity
+    /// foca holds whose (incarnation, state) cannot replace the held one by SWIM's order of
+    /// precedence. foca finds each member by a walk of its whole list, so a whole membership
+    /// (a join, a heal) costs it O(n) per member; one walk here, into a map, makes that O(n) in
+    /// all. foca does nothing for an ignored update (no state, broadcast, timer, notification
+    /// or random draw), so what it applies and does is unchanged. Updates about this node's own
+    /// machine, and every update after the first kept one about the same machine, are kept.
+    fn without_no_ops(&self, members: Vec<Member<NodeIdentity>>) -> Vec<Member<NodeIdentity>> {
+        // Below this, foca's walks cost less than building the map.
+        const MIN_BATCH: usize = 16;
+        if members.len() < MIN_BATCH {
+            return members;
+        }
+        let held: std::collections::HashMap<&MachineId, &Member<NodeIdentity>> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| (&m.id().machine_id, m))
+            .collect();
+        let me = &self.identity().machine_id;
+        let mut touched: std::collections::HashSet<MachineId> = std::collections::HashSet::new();
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            let id = &m.id().machine_id;
+            let no_op = id != me
+                && !touched.contains(id)
+                && held.get(id).is_some_and(|h| {
+                    h.id() == m.id()
+                        && !crate::roster::precedes(
+                            h.state(),
+                            h.incarnation(),
+                            m.state(),
+                            m.incarnation(),
+                        )
+                });
+            if !no_op {
+                touched.insert(id.clone());
+                out.push(m);
+            }
+        }
+        out
     }
 
     /// Merges state from a sync. A few updates that were news are passed on (a fresh change that
