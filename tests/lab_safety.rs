@@ -451,3 +451,244 @@ fn units_the_guard_killed_on_its_own_start_again() {
         assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
     }
 }
+
+/// The units of `names` that are up on machine `i` (systemd's `ActiveState` active, activating or
+/// reloading), read in one `systemctl list-units`.
+fn up_on(fl: &FleetLab, i: usize, names: &[String]) -> Vec<String> {
+    let mut cmd = vec!["systemctl", "list-units", "--all", "--no-legend", "--plain"];
+    cmd.extend(names.iter().map(String::as_str));
+    let out = fl.lab.sh(i, &cmd).expect("systemctl list-units");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            match cols.as_slice() {
+                [unit, _load, "active" | "activating" | "reloading", ..] => Some(unit.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Where each unit of `names` is up, sampling every machine's systemd.
+fn where_up(fl: &FleetLab, names: &[String]) -> BTreeMap<String, Vec<usize>> {
+    let mut at: BTreeMap<String, Vec<usize>> = names.iter().map(|n| (n.clone(), vec![])).collect();
+    for i in fl.running() {
+        for u in up_on(fl, i, names) {
+            at.entry(u).or_default().push(i);
+        }
+    }
+    at
+}
+
+/// Panics if a unit is up on two machines in `at`.
+fn assert_once_at_most(fl: &FleetLab, at: &BTreeMap<String, Vec<usize>>, when: &str) {
+    for (u, on) in at {
+        assert!(
+            on.len() <= 1,
+            "{u} runs on {on:?} at once ({when})\n{}",
+            fl.journals_dump()
+        );
+    }
+}
+
+/// The intervals during which `unit` ran on machine `i`, from systemd's journal: (start, end), µs
+/// since the epoch; `None`: still running.
+fn runs_of(fl: &FleetLab, i: usize, unit: &str) -> Vec<(u64, Option<u64>)> {
+    let mut events = unit_events(fl, i, unit);
+    events.sort();
+    let mut runs: Vec<(u64, Option<u64>)> = Vec::new();
+    for (t, m) in events {
+        if m.starts_with("Started") {
+            runs.push((t, None));
+        } else if m.contains("Deactivated")
+            || m.starts_with("Stopped")
+            || m.contains("Failed with result")
+            || m.contains("Main process exited")
+        {
+            if let Some(last) = runs.last_mut() {
+                if last.1.is_none() {
+                    last.1 = Some(t);
+                }
+            }
+        }
+    }
+    runs
+}
+
+/// Panics if `unit` ran on two machines at the same time at any point of their journals.
+fn assert_never_overlapped(fl: &FleetLab, unit: &str) {
+    let runs: Vec<(usize, (u64, Option<u64>))> = fl
+        .running()
+        .flat_map(|i| runs_of(fl, i, unit).into_iter().map(move |r| (i, r)))
+        .collect();
+    for (a, (sa, ea)) in &runs {
+        for (b, (sb, eb)) in &runs {
+            if a >= b {
+                continue;
+            }
+            let overlap = *sa < eb.unwrap_or(u64::MAX) && *sb < ea.unwrap_or(u64::MAX);
+            assert!(
+                !overlap,
+                "{unit} ran on m{a} ({sa}..{ea:?}) and m{b} ({sb}..{eb:?}) at once\n{}",
+                fl.journals_dump()
+            );
+        }
+    }
+}
+
+/// Cuts machines `side` off from machines `from`, both ways, and from etcd (nftables in each of
+/// `side`'s network namespaces, table `ftsplit`): the machines of `side` still reach each other.
+fn split(fl: &FleetLab, side: &[usize], from: &[usize]) {
+    assert_eq!(fl.lab.etcd_members(), 0, "the hub's etcd");
+    let mut ips: Vec<String> = from
+        .iter()
+        .map(|i| fleet_lab::machine_ip(*i).to_string())
+        .collect();
+    ips.push(fleet_lab::HUB_IP.to_string());
+    let set = ips.join(", ");
+    for i in side {
+        nft(
+            fl,
+            *i,
+            &format!(
+                "table inet ftsplit {{\n\
+                 chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}\n\
+                 chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}\n\
+                 }}\n"
+            ),
+        );
+    }
+}
+
+/// Undoes [`split`].
+fn unsplit(fl: &FleetLab, side: &[usize]) {
+    for i in side {
+        nft(fl, *i, "delete table inet ftsplit\n");
+    }
+}
+
+/// Runs an nftables script in machine `i`'s network namespace.
+fn nft(fl: &FleetLab, i: usize, script: &str) {
+    use std::io::Write;
+    let ns = format!("{}-m{i}", fl.lab.prefix());
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ip netns exec nft");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "nft in m{i}:\n{script}");
+}
+
+/// A partition longer than gossip's `remove_down_after` (5 s here, `gossip_remove_down_after`): four
+/// machines split 2|2 for 16 s, m3 and m4 also cut off from etcd. Both sides declare the other down and
+/// then forget it. Every machine has every gossip address as a seed (as `gossip_seeds` set by an
+/// operator would), so the addresses fleetd reads from etcd are no news after the heal: only gossip's
+/// reconnect (the addresses of forgotten members and seeds, retried at a bounded rate) can merge the
+/// sides back. Checked, sampling every machine's systemd throughout: no unit is up on two machines; the
+/// cut-off side's units stop there (it has neither etcd nor a majority of the witnesses: it fences at its
+/// lease's slow bound, docs/safety.md) and start on the other side once its leases expired, while the
+/// other side's units keep running; after the heal every machine lists every machine again and every
+/// unit runs exactly once; systemd's journals show no two runs of a unit overlapping.
+#[test]
+fn a_partition_longer_than_remove_down_after_moves_the_cut_off_units_once_and_merges_back() {
+    let seeds: Vec<String> = (1..=4)
+        .map(|i| format!("{}:7479", fleet_lab::machine_ip(i)))
+        .collect();
+    let seeds = seeds.join(",");
+    let Some(fl) = FleetLab::up(
+        4,
+        &[
+            ("FLEET_GOSSIP_REMOVE_DOWN_AFTER", "5s"),
+            ("FLEET_GOSSIP_SEEDS", &seeds),
+        ],
+    ) else {
+        return;
+    };
+    let_membership_season();
+    let names: Vec<String> = (1..=8).map(|k| format!("split-{k}.service")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let on = start_units(&fl, 1, &refs);
+    let (a_side, b_side) = ([1, 2], [3, 4]);
+    let moving: Vec<String> = names
+        .iter()
+        .zip(&on)
+        .filter(|(_, m)| b_side.contains(*m))
+        .map(|(u, _)| u.clone())
+        .collect();
+    assert!(
+        !moving.is_empty(),
+        "least-loaded placement put units on m3/m4: {on:?}"
+    );
+    let staying: BTreeMap<String, (usize, String)> = names
+        .iter()
+        .zip(&on)
+        .filter(|(_, m)| a_side.contains(*m))
+        .map(|(u, m)| (u.clone(), (*m, main_pid(&fl, *m, u))))
+        .collect();
+
+    split(&fl, &b_side, &a_side);
+    let t0 = Instant::now();
+    let mut moved_after = None;
+    while t0.elapsed() < Duration::from_secs(16) {
+        let at = where_up(&fl, &names);
+        assert_once_at_most(&fl, &at, &format!("{:?} into the partition", t0.elapsed()));
+        for (u, (m, _)) in &staying {
+            assert_eq!(at[u], [*m], "{u} stays on m{m} during the partition");
+        }
+        if moved_after.is_none()
+            && moving
+                .iter()
+                .all(|u| at[u].len() == 1 && a_side.contains(&at[u][0]))
+        {
+            moved_after = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let moved_after = moved_after.unwrap_or_else(|| {
+        panic!(
+            "{moving:?} did not all move to m1/m2 during the partition\n{}",
+            fl.journals_dump()
+        )
+    });
+    eprintln!("m3/m4's units ran on m1/m2 {moved_after:?} after the partition began");
+    for (u, (m, pid)) in &staying {
+        assert_eq!(&main_pid(&fl, *m, u), pid, "{u} was restarted");
+    }
+
+    unsplit(&fl, &b_side);
+    let healed = Instant::now();
+    let all: std::collections::BTreeSet<String> = (1..=4).map(|i| fl.machine_id(i)).collect();
+    fl.wait_for("every machine lists all four again", WAIT, |fl| {
+        assert_once_at_most(fl, &where_up(fl, &names), "after the heal");
+        (1..=4)
+            .all(|i| fl.listed_machines(i).as_ref() == Some(&all))
+            .then_some(())
+    });
+    eprintln!(
+        "every machine lists all four {:?} after the heal",
+        healed.elapsed()
+    );
+    fl.wait_for("every unit runs exactly once", WAIT, |fl| {
+        let at = where_up(fl, &names);
+        assert_once_at_most(fl, &at, "after the heal");
+        at.values().all(|on| on.len() == 1).then_some(())
+    });
+    let t1 = Instant::now();
+    while t1.elapsed() < Duration::from_secs(5) {
+        let at = where_up(&fl, &names);
+        for (u, on) in &at {
+            assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for u in &names {
+        assert_never_overlapped(&fl, u);
+    }
+}

@@ -444,6 +444,7 @@ async fn start_gossip(
     let mut gc = GossipConfig::new(machine_id.clone(), listen);
     gc.tls = tls;
     gc.seeds = config.gossip_seeds.clone();
+    gc.core.remove_down_after = config.gossip_remove_down_after;
     if listen.ip().is_unspecified() {
         let ip = public_ip.context(
             "gossip listens on a wildcard address and public_ip is unknown: set public_ip or gossip_listen",

@@ -79,6 +79,23 @@ fn errors_name_the_key_the_value_and_the_source() {
 }
 
 #[test]
+fn gossip_remove_down_after_is_well_above_detection() {
+    let err = build("gossip_remove_down_after=4s", &[], &[]).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("gossip_remove_down_after") && msg.contains("at least 5s"),
+        "{msg}"
+    );
+    let c = build("", &[("FLEET_GOSSIP_REMOVE_DOWN_AFTER", "5s")], &[]).unwrap();
+    assert_eq!(c.gossip_remove_down_after, Duration::from_secs(5));
+    assert_eq!(
+        Config::default().gossip_remove_down_after,
+        fleet_gossip::Config::default().remove_down_after,
+        "fleetd's default is gossip's"
+    );
+}
+
+#[test]
 fn obsolete_and_unknown_keys_are_accepted_with_warnings() {
     let mut raw = RawConfig::default();
     raw.apply_file(
@@ -293,6 +310,7 @@ const SAMPLES: &[(&str, &str)] = &[
     ("gossip_cert_file", "/g/c"),
     ("gossip_key_file", "/g/k"),
     ("gossip_insecure", "on"),
+    ("gossip_remove_down_after", "90s"),
     ("fence_after", "750ms"),
     ("state_dir", "/s"),
     ("runtime_dir", "/r"),
