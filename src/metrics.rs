@@ -23,7 +23,9 @@
 //! - systemd jobs (`fleet_systemd_job_duration_seconds{job}`, `fleet_systemd_job_failures_total{job}`):
 //!   start (from queueing the job to its `JobRemoved` signal) and stop (the whole stop-and-wait call);
 //! - gossip traffic (`fleet_gossip_bytes_total{direction}`): UDP bytes of the QUIC endpoint, from
-//!   [`GossipHandle::stats`].
+//!   [`GossipHandle::stats`];
+//! - refused gossip (`fleet_gossip_refused_total{reason}`, `fleet_gossip_refutations_held_total`):
+//!   the gossip core's counters of what it refused (see [`write_gossip_refusals`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -426,11 +428,49 @@ impl Metrics {
                     "fleet_gossip_bytes_total{{direction=\"out\"}} {}",
                     s.udp_bytes_out
                 );
+                write_gossip_refusals(o, &s.core);
             }
         }
         out.push_str(extra);
         out
     }
+}
+
+/// Writes what the gossip core refused (`fleet_gossip_refused_total{reason}`) and the refutations
+/// it held for want of the refuted machine's vouch (`fleet_gossip_refutations_held_total`).
+pub fn write_gossip_refusals(o: &mut String, c: &fleet_gossip::Counters) {
+    header(
+        o,
+        "fleet_gossip_refused_total",
+        "counter",
+        "Gossip input refused, by reason: impersonation (a peer claiming another machine), \
+         rumour (a new life of a machine told by another), signature (state not signed by its \
+         origin), certificate (not the cluster CA's, or naming another machine), refutation (a \
+         raise of a machine's incarnation it never vouched for), over_budget (dropped unchecked: \
+         the peer's budget of refusals was spent).",
+    );
+    for (reason, n) in [
+        ("impersonation", c.impersonations_refused),
+        ("rumour", c.rumours_refused),
+        ("signature", c.signatures_refused),
+        ("certificate", c.certificates_refused),
+        ("refutation", c.refutations_refused),
+        ("over_budget", c.over_budget_dropped),
+    ] {
+        let _ = writeln!(o, "fleet_gossip_refused_total{{reason=\"{reason}\"}} {n}");
+    }
+    header(
+        o,
+        "fleet_gossip_refutations_held_total",
+        "counter",
+        "Relayed refutations held until the refuted machine's signed vouch for its incarnation \
+         arrived (or refused, if it never did).",
+    );
+    let _ = writeln!(
+        o,
+        "fleet_gossip_refutations_held_total {}",
+        c.refutations_held
+    );
 }
 
 /// Writes the `# HELP` and `# TYPE` lines of a metric.
@@ -633,5 +673,24 @@ mod tests {
         assert!(text.contains("fleet_etcd_request_errors_total{op=\"claim_txn\"} 1\n"));
         assert!(text.contains("fleet_systemd_job_failures_total{job=\"start\"} 1\n"));
         assert!(text.contains("fleet_systemd_job_duration_seconds_count{job=\"stop\"} 1\n"));
+    }
+
+    #[test]
+    fn gossip_refusals_are_rendered_by_reason() {
+        let counters = fleet_gossip::Counters {
+            signatures_refused: 3,
+            refutations_refused: 2,
+            over_budget_dropped: 40,
+            refutations_held: 5,
+            ..Default::default()
+        };
+        let mut text = String::new();
+        write_gossip_refusals(&mut text, &counters);
+        assert!(text.contains("# TYPE fleet_gossip_refused_total counter\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"signature\"} 3\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"refutation\"} 2\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"over_budget\"} 40\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"impersonation\"} 0\n"));
+        assert!(text.contains("fleet_gossip_refutations_held_total 5\n"));
     }
 }

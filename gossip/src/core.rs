@@ -189,6 +189,16 @@ pub struct Counters {
     pub state_unverified: u64,
     /// Certificates refused: not signed by the cluster CA, expired, or naming another machine.
     pub certificates_refused: u64,
+    /// Relayed membership updates held because they raise a member's foca incarnation beyond
+    /// what the member vouched for (a refutation that outran the member's vouch, or a forged
+    /// one: [`crate::vouch`]).
+    pub refutations_held: u64,
+    /// Held refutations refused as forged: the member was declared down without ever vouching
+    /// for them.
+    pub refutations_refused: u64,
+    /// Inputs dropped unchecked because their peer's budget of refusals was spent
+    /// ([`crate::budget`]): state updates, certificates and rumours about other machines.
+    pub over_budget_dropped: u64,
 }
 
 #[derive(Debug)]
@@ -243,6 +253,10 @@ pub struct Node {
     pub(crate) certs: crate::crypto::Certificates,
     /// When each (relay, origin) pair's refused state was last logged.
     pub(crate) warned_state: BTreeMap<(MachineId, MachineId), Instant>,
+    /// Vouches for foca incarnations: raises held until vouched ([`crate::vouch`]).
+    pub(crate) vouches: crate::vouch::Vouches,
+    /// Each peer's budget of refused input ([`crate::budget`]).
+    pub(crate) budgets: crate::budget::Budgets,
 }
 
 impl std::fmt::Debug for Node {
@@ -292,6 +306,8 @@ impl Node {
             credentials: std::sync::Arc::new(crate::crypto::Unsigned),
             certs: crate::crypto::Certificates::default(),
             warned_state: BTreeMap::new(),
+            vouches: Default::default(),
+            budgets: Default::default(),
             config,
         };
         node.schedule(
@@ -410,11 +426,19 @@ impl Node {
         let sender = packet.header.src.clone();
         self.check_sender(from, certified, &sender)?;
         let mut kept = Vec::with_capacity(packet.updates.len());
+        // A peer whose budget of refusals is spent speaks only for itself.
+        let over = self.budget_left(&sender.machine_id) == 0;
+        let mut dropped = 0;
         for u in &packet.updates {
+            if over && u.id().machine_id != sender.machine_id && *u.id() != *self.identity() {
+                dropped += 1;
+                continue;
+            }
             if self.admit(&sender, u) {
                 kept.push(u.clone());
             }
         }
+        self.over_budget(&sender.machine_id, dropped);
         self.observe_input(
             &Member::new(sender.clone(), packet.header.src_incarnation, State::Alive),
             &kept,
@@ -449,6 +473,7 @@ impl Node {
         let news = self.take_push(&push.from.machine_id, push.updates);
         self.pass_on(news);
         self.drain_changes();
+        self.release_vouched();
         Ok(())
     }
 
@@ -775,6 +800,8 @@ impl Node {
                 let now = self.now;
                 self.checked.retain(|_, at| now < *at + CHECK_EVERY);
                 self.prune_claims();
+                self.prune_held();
+                self.budgets.prune(now);
                 // A summary sync with one random live member, and a full one with one random
                 // member we saw die: if it was only cut off (a healed partition), the sync makes
                 // both sides renew and rejoin.
@@ -919,19 +946,14 @@ impl Node {
 
     pub(crate) fn drain_runtime(&mut self) {
         let now = self.now;
-        while let Some((to, data)) = self.runtime.to_send() {
-            let data = self.with_suspicion(&to, data);
-            let mut framed = Vec::with_capacity(data.len() + 1);
-            framed.push(DATAGRAM_SWIM);
-            framed.extend_from_slice(&data);
-            self.transmits.push_back(Transmit {
-                dst: to.addr,
-                dst_id: to.machine_id,
-                data: Bytes::from(framed),
-            });
-        }
+        self.send_foca_datagrams();
         while let Some((after, timer)) = self.runtime.to_schedule() {
             self.lifeguard_schedule(after, timer);
+        }
+        // A suspicion that just started may have asked its suspect something directly.
+        self.send_foca_datagrams();
+        if let Some(vouch) = self.own_vouch() {
+            self.publish(vec![vouch]);
         }
         while let Some(n) = self.runtime.to_notify() {
             let event = match n {
@@ -942,6 +964,7 @@ impl Node {
                 }
                 OwnedNotification::MemberDown(id) => {
                     self.roster.down(&id, now);
+                    self.held_at_down(&id);
                     Event::MemberDown(id.machine_id)
                 }
                 OwnedNotification::Rename(_, new) => {
@@ -964,6 +987,21 @@ impl Node {
             self.events.push_back(event);
         }
         self.drain_changes();
+    }
+
+    fn send_foca_datagrams(&mut self) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            self.note_own_incarnation(&data);
+            let data = self.with_suspicion(&to, data);
+            let mut framed = Vec::with_capacity(data.len() + 1);
+            framed.push(DATAGRAM_SWIM);
+            framed.extend_from_slice(&data);
+            self.transmits.push_back(Transmit {
+                dst: to.addr,
+                dst_id: to.machine_id,
+                data: Bytes::from(framed),
+            });
+        }
     }
 
     pub(crate) fn drain_changes(&mut self) {

@@ -99,6 +99,8 @@ pub(crate) enum Refusal {
     NoCertificate,
     /// Its signature is not its origin's.
     BadSignature,
+    /// Not checked: the relay's budget of refusals is spent ([`crate::budget`]).
+    OverBudget,
 }
 
 /// The checked certificates of the origins this node knows: per origin, the epoch it came with
@@ -234,6 +236,10 @@ impl Node {
         {
             return false;
         }
+        if self.budget_left(sender) == 0 {
+            self.over_budget(sender, 1);
+            return false;
+        }
         let checked = if der.len() > MAX_CERTIFICATE {
             Err(format!("{} bytes, more than {MAX_CERTIFICATE}", der.len()))
         } else {
@@ -246,6 +252,7 @@ impl Node {
             }
             Err(why) => {
                 self.counters.certificates_refused += 1;
+                self.charge(sender);
                 if self.log_due(sender, origin) {
                     tracing::warn!(
                         relayed_by = %sender,
@@ -261,12 +268,15 @@ impl Node {
 
     /// Applies one state update (metadata or a unit) if it is news and its origin signed it.
     fn take_update(&mut self, sender: &MachineId, update: &Update) -> bool {
+        let left = self.budget_left(sender);
         let credentials = &*self.credentials;
         let certs = &self.certs;
-        match self
-            .store
-            .apply(update, &mut |u| verify_update(credentials, certs, u))
-        {
+        match self.store.apply(update, &mut |u| {
+            if left == 0 {
+                return Err(Refusal::OverBudget);
+            }
+            verify_update(credentials, certs, u)
+        }) {
             Ok(news) => news,
             Err(why) => {
                 self.refused_update(sender, update, why);
@@ -284,8 +294,10 @@ impl Node {
                 self.counters.state_unverified += 1;
                 tracing::debug!(relayed_by = %sender, %origin, stamp = ?update.stamp, "state update of a machine whose certificate this node does not hold yet: refused");
             }
+            Refusal::OverBudget => self.over_budget(sender, 1),
             Refusal::BadSignature => {
                 self.counters.signatures_refused += 1;
+                self.charge(sender);
                 if self.log_due(sender, origin) {
                     tracing::warn!(
                         relayed_by = %sender,
@@ -300,7 +312,15 @@ impl Node {
         }
     }
 
-    fn log_due(&mut self, sender: &MachineId, origin: &MachineId) -> bool {
+    /// Checks an update's signature unless `sender`'s budget of refusals is spent.
+    fn verify_within_budget(&mut self, sender: &MachineId, update: &Update) -> Result<(), Refusal> {
+        if self.budget_left(sender) == 0 {
+            return Err(Refusal::OverBudget);
+        }
+        verify_update(&*self.credentials, &self.certs, update)
+    }
+
+    pub(crate) fn log_due(&mut self, sender: &MachineId, origin: &MachineId) -> bool {
         let key = (sender.clone(), origin.clone());
         if self
             .warned_state
@@ -338,7 +358,7 @@ impl Node {
                 Entry::Suspicion {
                     target,
                     incarnation,
-                } => match verify_update(&*self.credentials, &self.certs, &update) {
+                } => match self.verify_within_budget(sender, &update) {
                     Ok(()) => self.heard_claim(&update.origin, target, *incarnation),
                     Err(why) => {
                         self.refused_update(sender, &update, why);
@@ -380,11 +400,21 @@ impl Node {
                 }
             }
         }
+        // Each refused signature spends one of the sender's budget; once it is spent, the rest
+        // is dropped unchecked.
+        let mut left = self.budget_left(sender);
         let credentials = &*self.credentials;
         let certs = &self.certs;
-        let (state, refused) = self
-            .store
-            .merge(deltas, &mut |u| verify_update(credentials, certs, u));
+        let (state, refused) = self.store.merge(deltas, &mut |u| {
+            if left == 0 {
+                return Err(Refusal::OverBudget);
+            }
+            let checked = verify_update(credentials, certs, u);
+            if checked == Err(Refusal::BadSignature) {
+                left -= 1;
+            }
+            checked
+        });
         for (update, why) in refused {
             self.refused_update(sender, &update, why);
         }

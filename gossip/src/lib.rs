@@ -12,8 +12,9 @@
 //! - [`wire`]: datagrams (a kind byte, then a foca packet or a state push) and sync messages, with
 //!   their size caps.
 //! - `store` (versioned state, bucketed digest), `outbox` (updates being passed on), `roster`
-//!   (the node's index of foca's membership), `trust` (who may say what), `lifeguard`, `sync`,
-//!   `config`.
+//!   (the node's index of foca's membership), `trust` (who may say what), [`vouch`] (refutations
+//!   only in the refuted machine's signed word), [`budget`] (a budget of refused input per peer),
+//!   `lifeguard`, `sync`, `config`.
 //! - `testing` (cargo feature `testing`): a deterministic virtual network of nodes (the crate's
 //!   tests, `examples/detection.rs`).
 //!
@@ -38,6 +39,13 @@
 //!   `*_from` methods), an input whose sender claims another machine is refused whole. A rumour
 //!   never installs a new identity of a machine the node knows (the node asks that machine
 //!   directly), and a machine's state is accepted only up to the epoch of its known identity.
+//!   Rumours about others can only lower their liveness: a relayed update that raises a member's
+//!   foca incarnation (a refutation) reaches foca only up to the incarnation the member itself
+//!   vouched for in a signed entry ([`vouch`]); until then it is held, and a node whose own probe
+//!   of the member failed asks the member directly.
+//! - A peer whose input keeps being refused (forged signatures, certificates, refutations) costs a
+//!   bounded amount of checking: beyond its budget its relayed input is dropped unchecked
+//!   ([`budget`]).
 //! - A machine's state is stored or passed on only with its origin's signature: every update
 //!   (metadata, a unit, a suspicion claim) carries one, checked against the origin's certificate
 //!   (checked in turn against the cluster CA) through [`crypto::Credentials`], whoever relays it;
@@ -70,13 +78,15 @@
 //!   refutation priority), done by choosing when foca's timers run.
 //!
 //! # Known limits
-//! - Relayed rumours about a known identity (suspect, alive, down) follow SWIM's rules and are not
-//!   signed by the machine they concern.
+//! - Relayed rumours that lower a known identity's liveness (suspect, down) follow SWIM's rules and
+//!   are not signed: any member can make a live machine rejoin by declaring it down. A machine
+//!   everyone forgot can be re-introduced by anyone for one detection time.
 //! - Signatures cost: 70-72 bytes per update on the wire and in the store (ECDSA P-256), one
 //!   signature check per update that is news, and a joiner checks every entry it learns.
 //! - Tombstones of removed units are kept for the life (epoch) of their origin.
 //! - The event stream is unbounded; fleetd must keep reading it.
 
+pub mod budget;
 mod config;
 pub mod core;
 pub mod crypto;
@@ -89,7 +99,12 @@ mod sync;
 pub mod testing;
 mod trust;
 pub mod types;
+pub mod vouch;
 pub mod wire;
+
+/// foca, whose `Member` and packet layout appear in this crate's API ([`wire::FullState::new`])
+/// and which tests use to build SWIM packets of their own.
+pub use foca;
 
 pub use crate::core::{Config, Counters, Event, Node};
 pub use crate::crypto::{Credentials, Unsigned};

@@ -101,6 +101,7 @@ impl Node {
         let deadline = start + self.suspicion_timeout(confirmers.len());
         let key = self.schedule_keyed(deadline, timer);
         tracing::debug!(suspect = %id.machine_id, confirmations = confirmers.len(), timeout = ?(deadline - start), "suspicion started");
+        self.suspicion_started(&id);
         self.lifeguard.suspicions.insert(
             id.machine_id.clone(),
             Suspicion {
@@ -206,6 +207,14 @@ impl Node {
         {
             self.lifeguard.suspicions.remove(&member.machine_id);
         }
+    }
+
+    /// Whether this node's own probe of `member` failed and its suspicion timer runs.
+    pub(crate) fn suspecting(&self, member: &NodeIdentity) -> bool {
+        self.lifeguard
+            .suspicions
+            .get(&member.machine_id)
+            .is_some_and(|s| s.identity == *member)
     }
 
     /// Whether foca still holds `member` suspect at `inc` (a walk of foca's list: only when a

@@ -57,6 +57,17 @@ pub enum Entry {
     /// passed on like state, kept apart from the state. Needs no signature: the cluster CA's
     /// signature in it is checked, and that it names the origin.
     Certificate(Vec<u8>),
+    /// The origin's own word that it is alive at foca incarnation `incarnation` in its life
+    /// `life` (its identity's incarnation): published, signed, when a refutation raises its foca
+    /// incarnation. A relayed membership update that raises the origin's foca incarnation (a
+    /// refutation) is taken only up to what the origin vouched for ([`crate::trust`]). Stored
+    /// with the origin's state (its newest one), so that anti-entropy repairs it too.
+    Incarnation {
+        /// The origin's identity incarnation the vouch is about.
+        life: u64,
+        /// The foca incarnation it is alive at.
+        incarnation: u16,
+    },
 }
 
 /// Which piece of an origin's state an entry is.
@@ -70,6 +81,8 @@ pub enum EntryKey {
     Suspicion(MachineId, u64, u16),
     /// The origin's certificate.
     Certificate,
+    /// The origin's vouch for its foca incarnation.
+    Incarnation,
 }
 
 impl Entry {
@@ -82,6 +95,7 @@ impl Entry {
                 incarnation,
             } => EntryKey::Suspicion(target.machine_id.clone(), target.incarnation, *incarnation),
             Entry::Certificate(_) => EntryKey::Certificate,
+            Entry::Incarnation { .. } => EntryKey::Incarnation,
         }
     }
 }
@@ -130,6 +144,8 @@ pub(crate) struct OriginData {
     pending: BTreeSet<u64>,
     metadata: Option<(Stamp, Metadata, Vec<u8>)>,
     units: BTreeMap<String, (Stamp, Option<UnitState>, Vec<u8>)>,
+    /// The origin's newest vouch for its foca incarnation: stamp, life, incarnation, signature.
+    incarnation: Option<(Stamp, u64, u16, Vec<u8>)>,
 }
 
 impl OriginData {
@@ -143,6 +159,11 @@ impl OriginData {
             .filter_map(|(name, (_, state, _))| state.as_ref().map(|s| (name, s)))
     }
 
+    /// The origin's newest vouch: the life and the foca incarnation it is alive at.
+    pub(crate) fn vouched(&self) -> Option<(u64, u16)> {
+        self.incarnation.as_ref().map(|(_, l, i, _)| (*l, *i))
+    }
+
     /// The newest stamp among the entries (or `synced`, if larger).
     pub(crate) fn newest(&self) -> Stamp {
         self.newest_entry().max(self.synced)
@@ -152,7 +173,11 @@ impl OriginData {
     fn newest_entry(&self) -> Stamp {
         let units = self.units.values().map(|(s, _, _)| *s);
         let meta = self.metadata.iter().map(|(s, _, _)| *s);
-        units.chain(meta).fold(Stamp::default(), Stamp::max)
+        let vouch = self.incarnation.iter().map(|(s, _, _, _)| *s);
+        units
+            .chain(meta)
+            .chain(vouch)
+            .fold(Stamp::default(), Stamp::max)
     }
 
     fn entries_after(&self, after: Stamp) -> Vec<(Stamp, Entry, Vec<u8>)> {
@@ -160,6 +185,18 @@ impl OriginData {
         if let Some((stamp, m, sig)) = &self.metadata {
             if *stamp > after {
                 out.push((*stamp, Entry::Metadata(m.clone()), sig.clone()));
+            }
+        }
+        if let Some((stamp, life, incarnation, sig)) = &self.incarnation {
+            if *stamp > after {
+                out.push((
+                    *stamp,
+                    Entry::Incarnation {
+                        life: *life,
+                        incarnation: *incarnation,
+                    },
+                    sig.clone(),
+                ));
             }
         }
         for (name, (stamp, state, sig)) in &self.units {
@@ -441,6 +478,29 @@ impl Store {
         }
     }
 
+    /// Vouches that this node is alive at foca incarnation `incarnation` in its life `life`;
+    /// returns the update to push (signed with `credentials`), or `None` if nothing changed.
+    pub(crate) fn set_local_incarnation(
+        &mut self,
+        life: u64,
+        incarnation: u16,
+        credentials: &dyn Credentials,
+    ) -> Option<Update> {
+        if self.local_data().vouched() == Some((life, incarnation)) {
+            return None;
+        }
+        let stamp = self.next_local_stamp();
+        let entry = Entry::Incarnation { life, incarnation };
+        let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
+        self.local_data().incarnation = Some((stamp, life, incarnation, signature.clone()));
+        Some(Update {
+            origin: self.local.clone(),
+            stamp,
+            entry,
+            signature,
+        })
+    }
+
     /// Sets or removes (`None`) one local unit's state; returns the update to push, if any.
     pub(crate) fn set_local_unit(
         &mut self,
@@ -486,6 +546,10 @@ impl Store {
                 .units
                 .get(name)
                 .is_none_or(|(s, _, _)| *s < update.stamp),
+            Entry::Incarnation { .. } => data
+                .incarnation
+                .as_ref()
+                .is_none_or(|(s, _, _, _)| *s < update.stamp),
             Entry::Suspicion { .. } | Entry::Certificate(_) => false,
         }
     }
@@ -537,6 +601,18 @@ impl Store {
                         true
                     }
                 },
+                Entry::Incarnation { life, incarnation } => {
+                    if data
+                        .incarnation
+                        .as_ref()
+                        .is_some_and(|(s, _, _, _)| *s >= update.stamp)
+                    {
+                        false
+                    } else {
+                        data.incarnation = Some((update.stamp, *life, *incarnation, sig));
+                        true
+                    }
+                }
                 Entry::Suspicion { .. } | Entry::Certificate(_) => false,
             };
             data.received(update.stamp.version);
@@ -730,6 +806,7 @@ fn enter_epoch(data: &mut OriginData, epoch: u64, changes: &mut Vec<Change>) -> 
             changes.push(Change::Units);
         }
         data.units.clear();
+        data.incarnation = None;
         data.pending.clear();
         data.epoch = epoch;
         data.synced = Stamp { epoch, version: 0 };
@@ -963,6 +1040,27 @@ mod tests {
         assert!(b
             .take_changes()
             .contains(&(MachineId::parse("a").unwrap(), Change::Units)));
+    }
+
+    #[test]
+    fn a_vouch_travels_with_the_state_and_the_newest_wins() {
+        let mut a = store("a", 1);
+        let mut b = store("b", 1);
+        let v1 = a.set_local_incarnation(1, 2, &Unsigned).unwrap();
+        assert!(a.set_local_incarnation(1, 2, &Unsigned).is_none());
+        let v2 = a.set_local_incarnation(1, 3, &Unsigned).unwrap();
+        assert!(b.apply_ok(&v2));
+        assert!(!b.apply_ok(&v1), "an older vouch must not win");
+        let a_id = MachineId::parse("a").unwrap();
+        assert_eq!(b.origin(&a_id).unwrap().vouched(), Some((1, 3)));
+        assert!(
+            b.take_changes().is_empty(),
+            "a vouch changes no metadata or unit"
+        );
+        let mut c = store("c", 1);
+        c.merge_ok(a.delta_ok(&c.digest()));
+        assert_eq!(c.origin(&a_id).unwrap().vouched(), Some((1, 3)));
+        assert_eq!(c.sums, sums_from_scratch(&c));
     }
 
     #[test]

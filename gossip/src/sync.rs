@@ -295,5 +295,6 @@ impl Node {
             self.pass_on(news);
         }
         self.drain_changes();
+        self.release_vouched();
     }
 }

@@ -72,6 +72,8 @@ pub struct VirtualNet {
     cut: std::collections::BTreeSet<NodeIndex>,
     /// Bytes moved by sync exchanges so far.
     pub sync_bytes: u64,
+    // Nodes whose state pushes are lost (their state travels by sync only).
+    mute_pushes: std::collections::BTreeSet<NodeIndex>,
 }
 
 impl VirtualNet {
@@ -98,6 +100,7 @@ impl VirtualNet {
             cut: Default::default(),
             sync_bytes: 0,
             signed: true,
+            mute_pushes: Default::default(),
         }
     }
 
@@ -231,6 +234,17 @@ impl VirtualNet {
             self.slow.remove(&index);
         } else {
             self.slow.insert(index, extra);
+        }
+    }
+
+    /// Loses (`true`) or delivers again (`false`) the state pushes node `index` sends: its state,
+    /// and its vouches for its incarnation, then reach others by anti-entropy only, well after
+    /// its membership updates.
+    pub fn mute_pushes(&mut self, index: NodeIndex, mute: bool) {
+        if mute {
+            self.mute_pushes.insert(index);
+        } else {
+            self.mute_pushes.remove(&index);
         }
     }
 
@@ -418,9 +432,14 @@ impl VirtualNet {
         let mut syncs = Vec::new();
         let src = self.slots[index].addr;
         let slow_src = self.slow.get(&index).copied().unwrap_or_default();
+        let muted = self.mute_pushes.contains(&index);
         let slot = &mut self.slots[index];
         if let Some(node) = slot.node.as_mut() {
             while let Some(t) = node.poll_transmit() {
+                if muted && t.data.first() == Some(&crate::wire::DATAGRAM_STATE) {
+                    self.lost += 1;
+                    continue;
+                }
                 if self.loss > 0.0 && self.rng.random_bool(self.loss) {
                     self.lost += 1;
                     continue;

@@ -75,6 +75,8 @@ impl Node {
             if id == self.identity() && update.state() == State::Suspect {
                 // Lifeguard: being suspected is a sign that our own packets are late.
                 self.heard_self_suspected(update.incarnation());
+                // If foca refutes, this node vouches for its new incarnation.
+                self.heard_self_suspicion();
             }
             return true;
         }
@@ -85,7 +87,9 @@ impl Node {
             return true;
         };
         if known.identity == *id {
-            return true;
+            // SWIM's rules, except that only the machine itself raises its incarnation.
+            let (inc, state) = (known.incarnation, known.state);
+            return self.vouched_for(sender, update, inc, state);
         }
         if id.incarnation > known.identity.incarnation {
             self.counters.rumours_refused += 1;
@@ -107,6 +111,7 @@ impl Node {
         let now = self.now;
         let me = self.identity().machine_id.clone();
         self.roster.observe(sender, now);
+        self.heard_first_hand(sender.id(), sender.incarnation());
         self.store
             .allow_epoch(&sender.id().machine_id, sender.id().incarnation);
         let sender_down = self
