@@ -43,6 +43,9 @@ const MACHINES: usize = 5;
 const POLL: Duration = Duration::from_millis(20);
 const GOSSIP_PORT: u16 = 7479;
 const SETTLE: Duration = Duration::from_secs(120);
+/// fleetd's log filter in the bench: its default (`info`) plus gossip's suspicion and membership
+/// events, which date the phases of a takeover.
+const PHASE_LOG: &str = "info,fleet_gossip::lifeguard=debug,fleet_gossip::core=debug";
 
 /// A fault the bench injected: its kind, victim, and when it began and was undone (host clock, µs).
 struct Fault {
@@ -86,6 +89,9 @@ fn main() {
         }
     }
     let settings = shown.join(", ");
+    // The phases of each takeover come from fleetd's journal: gossip's suspicions and down verdicts
+    // are debug lines (a handful per fault); everything else stays at fleetd's default level.
+    env.push(("RUST_LOG", PHASE_LOG.to_string()));
     println!(
         "{MACHINES} machines, {n_units} units, {rounds} crash rounds, {partitions} partition rounds, {settings}"
     );
@@ -128,13 +134,17 @@ fn main() {
 
     let mut faults = Vec::new();
     let mut recoveries = Vec::new();
+    let mut after_kill = Vec::new();
+    let mut phases: Vec<Phases> = Vec::new();
     let mut doubles_polled = 0usize;
     let mut failed = 0usize;
     for round in 0..rounds {
         match crash_round(&fl, &units, round, &mut faults) {
             Some(r) => {
                 recoveries.push(r.recovery_ms);
+                after_kill.push(r.after_kill_ms);
                 doubles_polled += r.double_polled;
+                phases.extend(r.phases);
             }
             None => failed += 1,
         }
@@ -190,6 +200,11 @@ fn main() {
         "crash -> all of the victim's units active on survivors: {}   goal p50 <= 1500 ms, p99 <= 2500 ms",
         summary_ms(&recoveries)
     );
+    println!(
+        "  the same from the end of Lab::kill (the victim died in between): {}",
+        summary_ms(&after_kill)
+    );
+    print_phases(&phases);
     if failed > 0 {
         println!(
             "  {failed} crash rounds did not recover within the time-out (not in the figures)"
@@ -360,7 +375,138 @@ fn polled_doubles(samples: &[Sample], excluded: impl Fn(usize, u64) -> bool) -> 
 
 struct CrashResult {
     recovery_ms: f64,
+    /// The same from the end of `Lab::kill` (the victim died in between; under load the lab script
+    /// itself takes seconds).
+    after_kill_ms: f64,
     double_polled: usize,
+    phases: Option<Phases>,
+}
+
+/// Where the time of one crash round went, in ms after the kill began (host clock, from the
+/// survivors' fleetd journals; `None` where no line was found).
+#[derive(Clone, Debug, Default)]
+struct Phases {
+    /// The first survivor's suspicion of the victim (its own probe failed; Lifeguard's timer starts).
+    suspected: Option<f64>,
+    /// How many independent confirmations the survivors heard in all.
+    confirmations: usize,
+    /// The first down verdict about the victim, anywhere.
+    down: Option<f64>,
+    /// The last unit's taker: when its gossip declared the victim down.
+    taker_down: Option<f64>,
+    /// ... when its agent first placed the unit there (waiting for votes and the lease proof).
+    placed: Option<f64>,
+    /// ... when it took the claim over (votes in, lease proof held).
+    claimed: Option<f64>,
+    /// ... when the unit was active there.
+    active: f64,
+}
+
+/// fleetd's journal lines on machine `i` from `since` (host clock, µs): (time, message).
+fn fleetd_lines(fl: &FleetLab, i: usize, since: u64) -> Vec<(u64, String)> {
+    let since_arg = format!("@{}", since / 1_000_000);
+    let out = fl.lab.sh(
+        i,
+        &[
+            "journalctl",
+            "-u",
+            "fleet",
+            "--no-pager",
+            "-o",
+            "json",
+            "--output-fields=MESSAGE",
+            "--since",
+            &since_arg,
+        ],
+    );
+    let Ok(out) = out else {
+        return vec![];
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let t: u64 = v["__REALTIME_TIMESTAMP"].as_str()?.parse().ok()?;
+            let m = v["MESSAGE"].as_str()?.to_string();
+            (t >= since).then_some((t, m))
+        })
+        .collect()
+}
+
+/// The phases of a crash round whose last unit became active on `taker` at `active_ms`.
+fn phases_of(
+    fl: &FleetLab,
+    victim: usize,
+    unit: &str,
+    taker: usize,
+    kill_rt: u64,
+    active_ms: f64,
+) -> Phases {
+    let id = support::machine_id(fl, victim);
+    let ms = |t: u64| (t as f64 - kill_rt as f64) / 1000.0;
+    let mut p = Phases {
+        active: active_ms,
+        ..Phases::default()
+    };
+    let earliest = |a: Option<f64>, b: f64| Some(a.map_or(b, |a: f64| a.min(b)));
+    for i in (1..=MACHINES).filter(|&i| i != victim && running(fl, i)) {
+        for (t, m) in fleetd_lines(fl, i, kill_rt) {
+            if m.contains("suspicion started") && m.contains(&id) {
+                p.suspected = earliest(p.suspected, ms(t));
+            } else if m.contains("suspicion confirmed") && m.contains(&id) {
+                p.confirmations += 1;
+            } else if m.contains("MemberDown") && m.contains(&id) {
+                p.down = earliest(p.down, ms(t));
+                if i == taker {
+                    p.taker_down = earliest(p.taker_down, ms(t));
+                }
+            } else if i == taker && m.contains(&format!("unit={unit}")) {
+                if m.contains("placed here, not running yet") {
+                    p.placed = earliest(p.placed, ms(t));
+                } else if m.contains("took the claim over") {
+                    p.claimed = earliest(p.claimed, ms(t));
+                }
+            }
+        }
+    }
+    p
+}
+
+fn fmt_ms(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |x| format!("+{x:.0}"))
+}
+
+/// Medians of the phases over the crash rounds, each in ms after the kill began.
+fn print_phases(phases: &[Phases]) {
+    if phases.is_empty() {
+        return;
+    }
+    let median = |f: fn(&Phases) -> Option<f64>| -> String {
+        let mut xs: Vec<f64> = phases.iter().filter_map(f).collect();
+        if xs.is_empty() {
+            return "-".into();
+        }
+        xs.sort_by(f64::total_cmp);
+        format!("+{:.0}", support::percentile(&xs, 50.0))
+    };
+    println!(
+        "  phases, medians over {} rounds (ms after the kill began): first suspicion {}, first down verdict {}; \
+         the last unit's taker: down verdict {}, placed there {}, claim taken over {}, active {}",
+        phases.len(),
+        median(|p| p.suspected),
+        median(|p| p.down),
+        median(|p| p.taker_down),
+        median(|p| p.placed),
+        median(|p| p.claimed),
+        median(|p| Some(p.active)),
+    );
+    let mut confirmations: Vec<f64> = phases.iter().map(|p| p.confirmations as f64).collect();
+    confirmations.sort_by(f64::total_cmp);
+    println!(
+        "  first down verdict after the kill: {}; suspicion confirmations heard per round: median {:.0}",
+        support::summary_ms(&phases.iter().filter_map(|p| p.down).collect::<Vec<_>>()),
+        support::percentile(&confirmations, 50.0)
+    );
 }
 
 fn live_peer(fl: &FleetLab, not: usize) -> usize {
@@ -412,8 +558,10 @@ fn crash_round(
     faults: &mut Vec<Fault>,
 ) -> Option<CrashResult> {
     let (victim, lost) = pick_victim(fl, units, round);
+    let mut kill_rt = 0;
     let ((t_kill, t_killed, killed_rt, recovered), samples) = Pollers::run(fl, units, |p| {
         support::sleep(Duration::from_millis(200));
+        kill_rt = now_us();
         let t_kill = mono_us();
         fl.lab.kill(victim).expect("kill");
         let t_killed = mono_us();
@@ -456,6 +604,21 @@ fn crash_round(
             (t_killed - t_kill) as f64 / 1000.0,
             detail.join(", ")
         );
+        let (u, i, _) = enters.iter().max_by_key(|e| e.2).unwrap();
+        let ph = phases_of(fl, victim, u, *i, kill_rt, ms);
+        println!(
+            "  phases (ms after the kill began): first suspicion {} ({} confirmations), first down verdict {}, \
+             on m{i} (taker of {}): down {}, placed {}, claim taken {}, active +{:.0}",
+            fmt_ms(ph.suspected),
+            ph.confirmations,
+            fmt_ms(ph.down),
+            u.trim_end_matches(".service"),
+            fmt_ms(ph.taker_down),
+            fmt_ms(ph.placed),
+            fmt_ms(ph.claimed),
+            ph.active
+        );
+
         if ms > 2500.0 {
             let (u, i, _) = enters.iter().max_by_key(|e| e.2).unwrap();
             println!(
@@ -465,7 +628,9 @@ fn crash_round(
         }
         Some(CrashResult {
             recovery_ms: ms,
+            after_kill_ms: ms - (t_killed - t_kill) as f64 / 1000.0,
             double_polled: polled.len(),
+            phases: Some(ph),
         })
     } else {
         println!(
