@@ -7,7 +7,8 @@
 //!   converges (membership both ways, and the unit states of others), and peers without a valid
 //!   certificate (another CA, or the insecure mode) are refused and logged.
 //! - On loopback too: a peer's state push carrying another machine's state that it did not sign is
-//!   refused and logged, and changes nothing.
+//!   refused and logged, and changes nothing; forged refutations of a killed machine do not keep it
+//!   listed, and the forger is named in a WARN.
 //!
 //! Times are printed, never asserted: `benches/gossip.rs` measures them.
 // Both test support modules include `support/bins.rs` (where this build's fleetctl is).
@@ -400,6 +401,156 @@ fn a_relayed_update_in_another_machines_name_is_refused() {
     eprintln!("b logged: {line}");
     assert!(line.contains("WARN"), "{line}");
     rt.block_on(c.abort()).unwrap();
+}
+
+/// Issue 13, rumours about others: a peer with its own valid certificate (`c`, honest about
+/// itself, and declaring nobody down) sends `a` and `b` a forged refutation of `v` ("v alive", one incarnation higher each
+/// time) every 50 ms while `v` is killed. `a` and `b` still drop `v` from their lists, and log a
+/// WARN that names `c` as the relay of refutations `v` never vouched for. (Before vouched
+/// incarnations, `v` stayed listed for as long as the forger ran.)
+#[test]
+fn forged_refutations_do_not_keep_a_killed_machine_listed() {
+    use fleet_gossip::foca::{Codec, Header, Member, Message, PostcardCodec, State};
+    use fleet_gossip::wire::DATAGRAM_SWIM;
+    use fleet_gossip::{MachineId, NodeIdentity};
+    use fleet_gossip_quic::tls::{self, TlsConfig, SERVER_NAME};
+    use fleet_gossip_quic::transport::{quic_transport_config, Gossip, GossipConfig};
+    let etcd = Etcd::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = dir.path().join("cluster");
+    let a = start_tls(&etcd, &cluster, None);
+    let b = start_tls(&etcd, &cluster, Some(&a));
+    let mut v = start_tls(&etcd, &cluster, Some(&a));
+    let v_id = v.machine_id().to_string();
+    wait_until("a and b list v", &[&a, &b, &v], || {
+        machines_of(&a).contains(&v_id) && machines_of(&b).contains(&v_id)
+    });
+
+    // `c`: a member with a certificate of its own, which learns everyone's identity.
+    let c_id = format!("{}{}", support::unique_token(), support::unique_token());
+    let [ca, cert, key] = mint(&cluster, &c_id);
+    let tls = TlsConfig::Mutual {
+        ca_cert: ca.into(),
+        cert: cert.into(),
+        key: key.into(),
+    };
+    let mut config = GossipConfig::new(
+        MachineId::parse(&c_id).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.tls = tls.clone();
+    config.seeds = vec![gossip_addr(&a).parse().unwrap()];
+    let ids: Vec<MachineId> = [&a, &b, &v]
+        .iter()
+        .map(|f| MachineId::parse(f.machine_id()).unwrap())
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (c, known) = rt.block_on(async {
+        let (c, _events) = Gossip::start(config).await.unwrap();
+        let t0 = Instant::now();
+        loop {
+            let view = c.view().await.unwrap();
+            let known: Vec<NodeIdentity> = ids
+                .iter()
+                .filter_map(|id| view.machines.get(id).map(|m| m.identity.clone()))
+                .collect();
+            if known.len() == ids.len() {
+                break (c, known);
+            }
+            assert!(t0.elapsed() < WAIT, "c never learnt a, b and v");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let (a_identity, b_identity, v_identity) =
+        (known[0].clone(), known[1].clone(), known[2].clone());
+    let c_identity = c.identity().clone();
+    // From now on the test speaks for `c` (a patched fleetd would): its own node stops, so it
+    // declares nobody down; each forged packet keeps `c` alive by speaking for itself at a higher
+    // incarnation.
+    rt.block_on(c.abort()).unwrap();
+    let forged = |to: &NodeIdentity, incarnation: u16| {
+        let mut packet = vec![DATAGRAM_SWIM];
+        PostcardCodec
+            .encode_header(
+                &Header {
+                    src: c_identity.clone(),
+                    src_incarnation: incarnation,
+                    dst: to.clone(),
+                    message: Message::Gossip,
+                },
+                &mut packet,
+            )
+            .unwrap();
+        packet.extend_from_slice(&1u16.to_be_bytes());
+        PostcardCodec
+            .encode_member(
+                &Member::new(v_identity.clone(), incarnation, State::Alive),
+                &mut packet,
+            )
+            .unwrap();
+        bytes::Bytes::from(packet)
+    };
+    let gone = rt.block_on(async {
+        let (_, client) = tls::quic_configs(&tls).unwrap();
+        let mut client = client;
+        client.transport_config(std::sync::Arc::new(quic_transport_config(
+            Duration::from_secs(10),
+        )));
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        endpoint.set_default_client_config(client);
+        let mut conns = Vec::new();
+        for (f, identity) in [(&a, &a_identity), (&b, &b_identity)] {
+            let addr: std::net::SocketAddr = gossip_addr(f).parse().unwrap();
+            let conn = endpoint.connect(addr, SERVER_NAME).unwrap().await.unwrap();
+            conns.push((conn, identity.clone()));
+        }
+        v.kill();
+        let killed = Instant::now();
+        let mut gone = None;
+        let mut incarnation = 100u16;
+        while killed.elapsed() < WAIT {
+            for (conn, to) in &conns {
+                let _ = conn.send_datagram(forged(to, incarnation));
+            }
+            incarnation = incarnation.wrapping_add(1).max(1);
+            if gone.is_none()
+                && !machines_of(&a).contains(&v_id)
+                && !machines_of(&b).contains(&v_id)
+            {
+                gone = Some(killed.elapsed());
+                // Forge on for a moment: the verdict holds.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (conn, _) in &conns {
+            conn.close(0u32.into(), b"done");
+        }
+        gone
+    });
+    let Some(gone) = gone else {
+        panic!(
+            "v was still listed {WAIT:?} after it was killed, with forged refutations\n--- a:\n{}\n--- b:\n{}",
+            a.log(),
+            b.log()
+        );
+    };
+    eprintln!(
+        "v left a's and b's lists {gone:?} after it was killed (forged refutations every 50 ms)"
+    );
+    assert!(!machines_of(&a).contains(&v_id) && !machines_of(&b).contains(&v_id));
+    let refused = format!("refused a refutation of machine {v_id} relayed by {c_id}");
+    wait_until("a or b names c as the forger", &[&a, &b], || {
+        a.log().contains(&refused) || b.log().contains(&refused)
+    });
+    let line = [a.log(), b.log()]
+        .into_iter()
+        .flat_map(|l| l.lines().map(str::to_string).collect::<Vec<_>>())
+        .find(|l| l.contains(&refused))
+        .unwrap();
+    eprintln!("logged: {line}");
+    assert!(line.contains("WARN"), "{line}");
 }
 
 // ---- cluster lab -------------------------------------------------------------------------------
