@@ -24,29 +24,13 @@ const WATCHDOG_MARGIN: Duration = Duration::from_millis(300);
 
 /// Writes `deadline` (`None`: fenced now) to `file`, atomically.
 pub fn write_deadline(file: &Path, deadline: Option<Time>) -> std::io::Result<()> {
-    let text = match deadline {
-        Some(d) => format!("{} {}\n", d.as_micros(), clock::boot_id()),
-        None => format!("none {}\n", clock::boot_id()),
-    };
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, file)
+    write_stamp(file, "tmp", deadline)
 }
 
-/// Reads the deadline: `Some(None)` for "fenced", `None` when there is no valid file for this boot.
-pub fn read_deadline(file: &Path) -> Option<Option<Time>> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let (d, boot) = text.trim().split_once(' ')?;
-    if boot != clock::boot_id() {
-        return None;
-    }
-    match d {
-        "none" => Some(None),
-        d => d.parse().ok().map(|us| Some(Time::from_micros(us))),
-    }
+/// Reads the deadline: `Ok(Some(None))` for "fenced", `Ok(None)` when there is no file or it is of
+/// another boot; an error (naming the file and what is wrong) when it cannot be read or does not parse.
+pub fn read_deadline(file: &Path) -> Result<Option<Option<Time>>, StampError> {
+    read_stamp(file)
 }
 
 /// The file in which the guard records, when it guards again after a fencing, when that fencing began
@@ -58,19 +42,97 @@ pub fn fenced_mark_file(fence_file: &Path) -> PathBuf {
 /// Records that the guard guards again after a fencing that began at `at` (this boot's
 /// `CLOCK_MONOTONIC`), atomically.
 pub fn write_fenced_mark(file: &Path, at: Time) -> std::io::Result<()> {
-    let tmp = file.with_extension("fenced-tmp");
-    std::fs::write(&tmp, format!("{} {}\n", at.as_micros(), clock::boot_id()))?;
-    std::fs::rename(&tmp, file)
+    write_stamp(file, "fenced-tmp", Some(at))
 }
 
 /// When the fencing the guard last recovered from during this boot began (`None`: none, or no valid
-/// mark).
+/// mark; an invalid one is logged).
 pub fn read_fenced_mark(file: &Path) -> Option<Time> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let (at, boot) = text.trim().split_once(' ')?;
-    (boot == clock::boot_id())
-        .then(|| at.parse().ok().map(Time::from_micros))
-        .flatten()
+    match read_stamp(file) {
+        Ok(Some(Some(at))) => Some(at),
+        Ok(Some(None)) => {
+            tracing::warn!(file = %file.display(), "fencing mark says none: ignored");
+            None
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!("{e}: ignored");
+            None
+        }
+    }
+}
+
+/// A fence file or a fencing mark that cannot be read or does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {problem}", file.display())]
+pub struct StampError {
+    /// The file.
+    pub file: PathBuf,
+    /// What is wrong with it.
+    pub problem: BadStamp,
+}
+
+/// What is wrong with the text of a fence file or a fencing mark.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadStamp {
+    /// It could not be read.
+    #[error("cannot be read: {0}")]
+    Unreadable(String),
+    /// Not two words.
+    #[error("expected \"<microseconds or none> <boot ID>\", found {0:?}")]
+    Shape(String),
+    /// The first word is neither a count of microseconds nor `none`.
+    #[error("{0:?} is not a time in microseconds (nor none)")]
+    Time(String),
+}
+
+/// The one line a fence file and a fencing mark hold: `<µs|none> <boot ID>`, the time on this boot's
+/// `CLOCK_MONOTONIC` (`None`: `none`, a fence file's "fenced now") and the boot it is of.
+fn stamp_line(at: Option<Time>, boot_id: &str) -> String {
+    match at {
+        Some(t) => format!("{} {boot_id}\n", t.as_micros()),
+        None => format!("none {boot_id}\n"),
+    }
+}
+
+/// Parses what [`stamp_line`] writes: the time (`None` for `none`) and the boot ID.
+fn parse_stamp(text: &str) -> Result<(Option<Time>, &str), BadStamp> {
+    let mut words = text.split_whitespace();
+    let (Some(at), Some(boot), None) = (words.next(), words.next(), words.next()) else {
+        return Err(BadStamp::Shape(text.to_owned()));
+    };
+    let at = match at {
+        "none" => None,
+        us => Some(Time::from_micros(
+            us.parse().map_err(|_| BadStamp::Time(us.to_owned()))?,
+        )),
+    };
+    Ok((at, boot))
+}
+
+/// Writes this boot's stamp `at` to `file` through `file.<tmp_extension>`, atomically.
+fn write_stamp(file: &Path, tmp_extension: &str, at: Option<Time>) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension(tmp_extension);
+    std::fs::write(&tmp, stamp_line(at, &clock::boot_id()))?;
+    std::fs::rename(&tmp, file)
+}
+
+/// Reads the stamp in `file`: `Ok(None)` when there is no file or it is of another boot.
+fn read_stamp(file: &Path) -> Result<Option<Option<Time>>, StampError> {
+    let error = |problem| StampError {
+        file: file.to_owned(),
+        problem,
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(error(BadStamp::Unreadable(e.to_string()))),
+    };
+    let (at, boot) = parse_stamp(&text).map_err(error)?;
+    Ok((boot == clock::boot_id()).then_some(at))
 }
 
 /// Runs the guard until killed. `bus` is the system bus unless `user`.
@@ -89,10 +151,24 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
     crate::api::activation::notify_or_log("READY=1\nSTATUS=guarding");
     tracing::info!(file = %fence_file.display(), "fence guard running");
     let mut fenced_at: Option<Time> = None;
+    // The last error reading the fence file (logged when it changes, not every period).
+    let mut unreadable: Option<StampError> = None;
     loop {
         let now = clock::now();
-        // No valid file (fleetd never wrote one this boot): nothing may run.
-        let deadline = read_deadline(&fence_file).flatten();
+        // No valid file (fleetd never wrote one this boot, or it does not parse): nothing may run.
+        let deadline = match read_deadline(&fence_file) {
+            Ok(d) => {
+                unreadable = None;
+                d.flatten()
+            }
+            Err(e) => {
+                if unreadable.as_ref() != Some(&e) {
+                    tracing::warn!("{e}: no deadline, fencing");
+                    unreadable = Some(e);
+                }
+                None
+            }
+        };
         match deadline {
             Some(d) if now < d => {
                 if let Some(at) = fenced_at.take() {
@@ -155,13 +231,13 @@ mod tests {
     fn deadlines_round_trip_and_other_boots_do_not_count() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("fence");
-        assert_eq!(read_deadline(&f), None);
+        assert_eq!(read_deadline(&f), Ok(None));
         write_deadline(&f, Some(Time::from_micros(1234))).unwrap();
-        assert_eq!(read_deadline(&f), Some(Some(Time::from_micros(1234))));
+        assert_eq!(read_deadline(&f), Ok(Some(Some(Time::from_micros(1234)))));
         write_deadline(&f, None).unwrap();
-        assert_eq!(read_deadline(&f), Some(None));
+        assert_eq!(read_deadline(&f), Ok(Some(None)));
         std::fs::write(&f, "99 some-other-boot\n").unwrap();
-        assert_eq!(read_deadline(&f), None);
+        assert_eq!(read_deadline(&f), Ok(None));
     }
 
     #[test]
@@ -174,5 +250,50 @@ mod tests {
         assert_eq!(read_fenced_mark(&m), Some(Time::from_micros(77)));
         std::fs::write(&m, "99 some-other-boot\n").unwrap();
         assert_eq!(read_fenced_mark(&m), None);
+    }
+
+    #[test]
+    fn the_stamp_parser_reads_what_is_written_and_names_what_is_wrong() {
+        let boot = "0d1e2f";
+        for at in [
+            Some(Time::from_micros(0)),
+            Some(Time::from_micros(u64::MAX)),
+            None,
+        ] {
+            assert_eq!(parse_stamp(&stamp_line(at, boot)), Ok((at, boot)));
+        }
+        assert_eq!(
+            parse_stamp(" 12  b \n"),
+            Ok((Some(Time::from_micros(12)), "b"))
+        );
+        for (text, problem) in [
+            ("", BadStamp::Shape(String::new())),
+            ("1234\n", BadStamp::Shape("1234\n".into())),
+            ("1 b extra", BadStamp::Shape("1 b extra".into())),
+            ("soon b", BadStamp::Time("soon".into())),
+            ("-5 b", BadStamp::Time("-5".into())),
+            ("1.5 b", BadStamp::Time("1.5".into())),
+            ("None b", BadStamp::Time("None".into())),
+        ] {
+            assert_eq!(parse_stamp(text), Err(problem), "{text:?}");
+        }
+        let e = parse_stamp("soon b").unwrap_err().to_string();
+        assert!(e.contains("\"soon\""), "{e}");
+    }
+
+    #[test]
+    fn a_damaged_fence_file_is_an_error_naming_it_and_a_damaged_mark_counts_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("fence");
+        std::fs::write(&f, "12x some-boot\n").unwrap();
+        let e = read_deadline(&f).unwrap_err();
+        assert_eq!(e.problem, BadStamp::Time("12x".into()));
+        assert!(e.to_string().contains(&*f.to_string_lossy()), "{e}");
+        let m = fenced_mark_file(&f);
+        let none = format!("none {}", clock::boot_id());
+        for bad in ["", "12x boot", none.as_str()] {
+            std::fs::write(&m, bad).unwrap();
+            assert_eq!(read_fenced_mark(&m), None, "{bad:?}");
+        }
     }
 }
