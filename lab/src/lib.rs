@@ -40,17 +40,22 @@
 //! # drop(lab);
 //! ```
 
+mod etcd;
+mod forward;
+mod options;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::thread::JoinHandle;
-use std::time::Duration;
+
+use forward::Forward;
+pub use options::{Bind, LabOptions};
 
 /// The lab script shipped with this crate.
 pub const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster-lab.sh");
@@ -132,108 +137,6 @@ pub type Result<T, E = LabError> = std::result::Result<T, E>;
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> LabError {
     let what = what.into();
     move |source| LabError::Io { what, source }
-}
-
-/// A bind mount from the host into every machine.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Bind {
-    /// Host path.
-    pub src: PathBuf,
-    /// Path inside the machines.
-    pub dst: PathBuf,
-    /// Mount read-only.
-    pub read_only: bool,
-}
-
-/// How to build a lab. `LabOptions::new()` (= `default()`) is a plain cluster with etcd.
-#[derive(Clone, Debug, Default)]
-pub struct LabOptions {
-    /// Cluster name (`FT_PREFIX`): ASCII letters and digits, at most 20. `None` picks a name unique to
-    /// this process and lab, so tests can run in parallel (each cluster has its own hub and bridge).
-    pub prefix: Option<String>,
-    /// Bind mounts into every machine (`FT_BINDS`).
-    pub binds: Vec<Bind>,
-    /// Unit files on the host, installed into every machine and started at every boot (`FT_UNITS`).
-    pub units: Vec<PathBuf>,
-    /// Units given as `(name, contents)`, installed and started like [`LabOptions::units`].
-    pub unit_texts: Vec<(String, String)>,
-    /// Extra `KEY=value` lines appended to [`ENV_FILE`] in every machine.
-    pub env: Vec<(String, String)>,
-    /// Do not start the hub etcd (faster boot for tests that only need systemd).
-    pub no_etcd: bool,
-    /// Run an etcd cluster of this many members instead of the hub etcd (`FT_ETCD_MEMBERS`): member
-    /// `k` (1-based) in a netns of its own at [`etcd_member_ip`]`(k)`, so it can be killed, frozen or
-    /// cut off alone. `FT_ETCD` in [`ENV_FILE`] then lists every client URL.
-    pub etcd_members: Option<usize>,
-    /// Serve etcd's clients over TLS with client certificates (`FT_ETCD_TLS`): the directory holds
-    /// `ca.pem`, `server.pem`, `server.key` (with IP SANs of every member and 127.0.0.1) and
-    /// `client.pem`/`client.key` (used by [`Lab::etcdctl`]). Member clusters only.
-    pub etcd_tls: Option<PathBuf>,
-    /// Extra command-line flags for every etcd member (`FT_ETCD_ARGS`), e.g.
-    /// `--auto-compaction-retention=1s`. Member clusters only.
-    pub etcd_args: Vec<String>,
-}
-
-impl LabOptions {
-    /// A plain cluster with etcd and a generated prefix.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Sets the cluster prefix.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = Some(prefix.into());
-        self
-    }
-    /// Adds a bind mount `src` (host) -> `dst` (every machine).
-    pub fn bind(
-        mut self,
-        src: impl Into<PathBuf>,
-        dst: impl Into<PathBuf>,
-        read_only: bool,
-    ) -> Self {
-        self.binds.push(Bind {
-            src: src.into(),
-            dst: dst.into(),
-            read_only,
-        });
-        self
-    }
-    /// Adds a unit file (host path) installed and started in every machine at boot.
-    pub fn unit_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.units.push(path.into());
-        self
-    }
-    /// Adds a unit given by name and contents, installed and started in every machine at boot.
-    pub fn unit(mut self, name: impl Into<String>, contents: impl Into<String>) -> Self {
-        self.unit_texts.push((name.into(), contents.into()));
-        self
-    }
-    /// Adds `KEY=value` to [`ENV_FILE`] in every machine.
-    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-    /// Skips the hub etcd.
-    pub fn without_etcd(mut self) -> Self {
-        self.no_etcd = true;
-        self
-    }
-    /// Runs an etcd cluster of `members` members, each in a netns of its own, instead of the hub
-    /// etcd (see [`LabOptions::etcd_members`]).
-    pub fn etcd_cluster(mut self, members: usize) -> Self {
-        self.etcd_members = Some(members);
-        self
-    }
-    /// Serves etcd over TLS with client certificates from `dir` (see [`LabOptions::etcd_tls`]).
-    pub fn etcd_tls(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.etcd_tls = Some(dir.into());
-        self
-    }
-    /// Adds a command-line flag for every etcd member (see [`LabOptions::etcd_args`]).
-    pub fn etcd_arg(mut self, arg: impl Into<String>) -> Self {
-        self.etcd_args.push(arg.into());
-        self
-    }
 }
 
 /// The cargo profile directory holding the binaries of the current build (`target/debug` when run
@@ -338,6 +241,7 @@ impl Lab {
     /// Boots a hub (+ etcd unless [`LabOptions::no_etcd`]) and `n` machines; returns once every
     /// machine's systemd reports `running` or `degraded` (~0.3 s per machine). On failure whatever
     /// was started is torn down again. First reaps clusters left by crashed test processes.
+    // long: the boot in cluster-lab.sh's order (options, prefix, files, script), undone on failure
     pub fn up(n: usize, opts: LabOptions) -> Result<Lab> {
         let prefix = match &opts.prefix {
             Some(p) => p.clone(),
@@ -554,121 +458,6 @@ impl Lab {
     pub fn hub_ok(&self, cmd: &[&str]) -> Result<String> {
         let out = self.hub(cmd)?;
         ok_stdout(&format!("hub: {}", cmd.join(" ")), out)
-    }
-
-    /// Runs `etcdctl` (API v3) in the hub netns against the lab's etcd (every member of a member
-    /// cluster, with the TLS client certificate when etcd uses TLS); returns its stdout.
-    pub fn etcdctl(&self, args: &[&str]) -> Result<String> {
-        let mut a = vec!["etcdctl"];
-        a.extend_from_slice(args);
-        self.script_stdout(&a)
-    }
-
-    /// Members of the lab's etcd cluster (0 when the lab runs the single hub etcd).
-    pub fn etcd_members(&self) -> usize {
-        self.etcd_members
-    }
-
-    /// The etcd client URLs as machines see them (the `FT_ETCD` of [`ENV_FILE`], split).
-    pub fn etcd_urls_in_lab(&self) -> Vec<String> {
-        let scheme = if self.etcd_tls { "https" } else { "http" };
-        if self.etcd_members == 0 {
-            return vec![format!("{scheme}://{HUB_IP}:2379")];
-        }
-        (1..=self.etcd_members)
-            .map(|k| format!("{scheme}://{}:2379", etcd_member_ip(k)))
-            .collect()
-    }
-
-    fn check_member(&self, k: usize) -> Result<()> {
-        if k == 0 || k > self.etcd_members {
-            return Err(LabError::InvalidOption(format!(
-                "no etcd member {k} (this lab has {} members)",
-                self.etcd_members
-            )));
-        }
-        Ok(())
-    }
-
-    fn member_script(&self, verb: &str, k: usize) -> Result<()> {
-        self.check_member(k)?;
-        self.script(&[verb, &k.to_string()])
-    }
-
-    /// SIGKILLs etcd member `k` (its data dir stays; [`Lab::etcd_start`] restarts it from there).
-    pub fn etcd_kill(&self, k: usize) -> Result<()> {
-        self.member_script("etcd-kill", k)
-    }
-    /// Starts etcd member `k` again from its data dir; returns once it answers `/health` (which
-    /// needs a quorum).
-    pub fn etcd_start(&self, k: usize) -> Result<()> {
-        self.member_script("etcd-start", k)
-    }
-    /// Freezes etcd member `k` (cgroup freezer): it answers nothing, its sockets stay open.
-    pub fn etcd_freeze(&self, k: usize) -> Result<()> {
-        self.member_script("etcd-freeze", k)
-    }
-    /// Thaws a frozen etcd member.
-    pub fn etcd_thaw(&self, k: usize) -> Result<()> {
-        self.member_script("etcd-thaw", k)
-    }
-    /// Cuts etcd member `k` off from the other members (its peer port 2380, both ways) while its
-    /// clients stay connected: a minority of one, which cannot serve linearizable requests.
-    pub fn etcd_isolate(&self, k: usize) -> Result<()> {
-        self.member_script("etcd-isolate", k)
-    }
-    /// Undoes [`Lab::etcd_isolate`].
-    pub fn etcd_rejoin(&self, k: usize) -> Result<()> {
-        self.member_script("etcd-rejoin", k)
-    }
-    /// The member (1-based) that reports itself the etcd leader right now.
-    pub fn etcd_leader(&self) -> Result<usize> {
-        if self.etcd_members == 0 {
-            return Err(LabError::InvalidOption(
-                "the hub etcd has no members to choose from".into(),
-            ));
-        }
-        let out = self.script_stdout(&["etcd-leader"])?;
-        out.trim()
-            .parse()
-            .map_err(|_| LabError::InvalidOption(format!("etcd-leader printed {out:?}")))
-    }
-    /// Host PID of etcd member `k`, while it runs.
-    pub fn etcd_member_pid(&self, k: usize) -> Result<u32> {
-        self.check_member(k)?;
-        let file = self.state.join(format!("e{k}/pid"));
-        fs::read_to_string(&file)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
-            .ok_or_else(|| LabError::InvalidOption(format!("etcd member {k} is not running")))
-    }
-    /// A host `127.0.0.1` port forwarded to etcd member `k`'s client port (`http(s)://127.0.0.1:<port>`).
-    pub fn etcd_member_endpoint(&self, k: usize) -> Result<String> {
-        self.check_member(k)?;
-        let scheme = if self.etcd_tls { "https" } else { "http" };
-        let addr = self.forward_tcp(Netns::Hub, SocketAddr::from((etcd_member_ip(k), 2379)))?;
-        Ok(format!("{scheme}://{addr}"))
-    }
-
-    /// The hub etcd's client URL for the test process on the host: `http://127.0.0.1:<port>`, a
-    /// TCP forwarder (threads of this process) whose outgoing connections are made inside the hub
-    /// netns to `10.77.0.1:2379`. Started on first use, stopped with the lab. Machines use
-    /// [`ETCD_IN_LAB`] instead. Without a forwarder, run `etcdctl` in the hub: [`Lab::etcdctl`].
-    /// In a member cluster this forwards to member 1 ([`Lab::etcd_member_endpoint`] reaches the others).
-    pub fn etcd_endpoint(&self) -> Result<String> {
-        if let Some(ep) = self.etcd_endpoint.get() {
-            return Ok(ep.clone());
-        }
-        if self.etcd_members > 0 {
-            let ep = self.etcd_member_endpoint(1)?;
-            return Ok(self.etcd_endpoint.get_or_init(|| ep).clone());
-        }
-        let addr = self.forward_tcp(Netns::Hub, SocketAddr::from((HUB_IP, 2379)))?;
-        Ok(self
-            .etcd_endpoint
-            .get_or_init(|| format!("http://{addr}"))
-            .clone())
     }
 
     /// Path of a lab netns (`/run/netns/<prefix>-hub` or `/run/netns/<prefix>-m<i>`).
@@ -892,83 +681,6 @@ impl GlobalLock {
         }
         Ok(GlobalLock { _file: f })
     }
-}
-
-/// A TCP forwarder from a host `127.0.0.1` port into a network namespace.
-struct Forward {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Forward {
-    fn start(netns: PathBuf, target: SocketAddr) -> Result<Forward> {
-        // Fail early if the netns is not there.
-        fs::File::open(&netns).map_err(io_err(format!("opening {}", netns.display())))?;
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(io_err("binding a forwarder port"))?;
-        let addr = listener.local_addr().map_err(io_err("forwarder address"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("lab-fwd-{}", addr.port()))
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(client) = conn else { continue };
-                    let netns = netns.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("lab-fwd-conn".into())
-                        .spawn(move || {
-                            if let Err(e) = forward_one(client, &netns, target) {
-                                let _ =
-                                    writeln!(io::stderr(), "fleet-lab forwarder to {target}: {e}");
-                            }
-                        });
-                }
-            })
-            .map_err(io_err("spawning the forwarder thread"))?;
-        Ok(Forward {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    fn stop(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1)); // wake accept()
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Connects to `target` from inside `netns` (this thread enters it; the socket stays there), then
-/// copies bytes both ways until either side closes.
-fn forward_one(client: TcpStream, netns: &Path, target: SocketAddr) -> io::Result<()> {
-    let ns = fs::File::open(netns)?;
-    // SAFETY: setns on an fd we own; CLONE_NEWNET only changes this (short-lived) thread's netns.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let server = TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
-    let _ = server.set_nodelay(true);
-    let _ = client.set_nodelay(true);
-    let (mut c_read, mut s_write) = (client.try_clone()?, server.try_clone()?);
-    let up = std::thread::Builder::new()
-        .name("lab-fwd-up".into())
-        .spawn(move || {
-            let _ = io::copy(&mut c_read, &mut s_write);
-            let _ = s_write.shutdown(Shutdown::Write);
-        })?;
-    let (mut s_read, mut c_write) = (server, client);
-    let _ = io::copy(&mut s_read, &mut c_write);
-    let _ = c_write.shutdown(Shutdown::Write);
-    let _ = up.join();
-    Ok(())
 }
 
 /// One lab shared by the tests of a test binary that do not inject faults: the first test to ask
