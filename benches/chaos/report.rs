@@ -59,6 +59,7 @@ fn rel(t: u64, origin: u64) -> f64 {
     (t as f64 - origin as f64) / 1e6
 }
 
+// long: the report printed top to bottom, one short block per section
 pub fn report(inp: Input) {
     let origin = inp.chaos.0;
     let _ = std::fs::create_dir_all(inp.out);
@@ -414,51 +415,28 @@ fn write_evidence(inp: &Input, tl: &Timeline, o: &Overlap, k: usize, origin: u64
         o.to
     )
     .unwrap();
-    writeln!(text, "\ncopies of {} (journal):", o.unit).unwrap();
-    for r in tl.runs.iter().filter(|r| r.unit == o.unit) {
-        writeln!(
-            text,
-            "  m{}: started +{:.6} s, ended {} (counted until +{:.6} s)",
-            r.machine,
-            rel(r.start, origin),
-            r.end
-                .map(|e| format!("+{:.6} s", rel(e, origin)))
-                .unwrap_or_else(|| "-".into()),
-            rel(tl.run_end(r), origin)
-        )
-        .unwrap();
-    }
+    write_copies(&mut text, tl, &o.unit, origin);
     writeln!(text, "\nfaults begun from 60 s before to 5 s after:").unwrap();
     for d in faults_near(inp.done, o.from, 60_000_000, 5_000_000) {
         writeln!(text, "  {}", fault_line(d, origin)).unwrap();
     }
     for m in [o.a.0, o.b.0] {
-        writeln!(
-            text,
-            "\n--- m{m}: fleetd, its guard and systemd about {}, 30 s before to 5 s after:",
-            o.unit
-        )
-        .unwrap();
-        text.push_str(&journal::excerpt(
-            inp.fl,
+        write_excerpt(
+            &mut text,
+            inp,
             m,
             &o.unit,
-            o.from.saturating_sub(30_000_000),
-            o.to + 5_000_000,
-        ));
+            "30 s before to 5 s after",
+            (o.from.saturating_sub(30_000_000), o.to + 5_000_000),
+        );
     }
-    let path = inp.out.join(format!(
-        "overlap-{k}-{}.txt",
-        o.unit.trim_end_matches(".service")
-    ));
-    if let Err(e) = std::fs::write(&path, text) {
-        println!("writing {}: {e}", path.display());
-    }
-    path.display().to_string()
+    let name = format!("overlap-{k}-{}.txt", o.unit.trim_end_matches(".service"));
+    write_file(inp, &name, text)
 }
 
 /// Writes what is known about a unit that ran nowhere (every machine's journal about it, the faults
 /// around) to a file of `inp.out`; returns its path.
+// long: one evidence file written top to bottom: faults around, then each machine's journal
 fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin: u64) -> String {
     let mut text = String::new();
     writeln!(
@@ -475,20 +453,7 @@ fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin
         st.last_on.map(|m| format!("m{m}")).unwrap_or_else(|| "no machine".into())
     )
     .unwrap();
-    writeln!(text, "\ncopies of {} (journal):", st.unit).unwrap();
-    for r in tl.runs.iter().filter(|r| r.unit == st.unit) {
-        writeln!(
-            text,
-            "  m{}: started +{:.6} s, ended {} (counted until +{:.6} s)",
-            r.machine,
-            rel(r.start, origin),
-            r.end
-                .map(|e| format!("+{:.6} s", rel(e, origin)))
-                .unwrap_or_else(|| "-".into()),
-            rel(tl.run_end(r), origin)
-        )
-        .unwrap();
-    }
+    write_copies(&mut text, tl, &st.unit, origin);
     writeln!(
         text,
         "\nfaults under way from 60 s before to 10 s after it stopped:"
@@ -504,19 +469,14 @@ fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin
     }
     let window = st.from + 30_000_000;
     for m in 1..=inp.machines {
-        writeln!(
-            text,
-            "\n--- m{m}: fleetd, its guard and systemd about {}, 30 s before to 30 s after it stopped:",
-            st.unit
-        )
-        .unwrap();
-        text.push_str(&journal::excerpt(
-            inp.fl,
+        write_excerpt(
+            &mut text,
+            inp,
             m,
             &st.unit,
-            st.from.saturating_sub(30_000_000),
-            window,
-        ));
+            "30 s before to 30 s after it stopped",
+            (st.from.saturating_sub(30_000_000), window),
+        );
         if st.to > window {
             writeln!(
                 text,
@@ -532,7 +492,7 @@ fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin
             ));
         }
     }
-    let path = inp.out.join(format!(
+    let name = format!(
         "{}-{k}-{}.txt",
         if st.never_restarted {
             "never-restarted"
@@ -540,7 +500,48 @@ fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin
             "nowhere"
         },
         st.unit.trim_end_matches(".service")
-    ));
+    );
+    write_file(inp, &name, text)
+}
+
+/// Every copy of `unit` the journals show, one line each.
+fn write_copies(text: &mut String, tl: &Timeline, unit: &str, origin: u64) {
+    writeln!(text, "\ncopies of {unit} (journal):").unwrap();
+    for r in tl.runs.iter().filter(|r| r.unit == unit) {
+        writeln!(
+            text,
+            "  m{}: started +{:.6} s, ended {} (counted until +{:.6} s)",
+            r.machine,
+            rel(r.start, origin),
+            r.end
+                .map(|e| format!("+{:.6} s", rel(e, origin)))
+                .unwrap_or_else(|| "-".into()),
+            rel(tl.run_end(r), origin)
+        )
+        .unwrap();
+    }
+}
+
+/// Machine `m`'s journal about `unit` over `(from, to)` (µs since the epoch), headed by `span`.
+fn write_excerpt(
+    text: &mut String,
+    inp: &Input,
+    m: usize,
+    unit: &str,
+    span: &str,
+    (from, to): (u64, u64),
+) {
+    writeln!(
+        text,
+        "\n--- m{m}: fleetd, its guard and systemd about {unit}, {span}:"
+    )
+    .unwrap();
+    text.push_str(&journal::excerpt(inp.fl, m, unit, from, to));
+}
+
+/// Writes `text` to `name` in `inp.out` (printing why not, if it fails); returns its path.
+fn write_file(inp: &Input, name: &str, text: String) -> String {
+    let path = inp.out.join(name);
     if let Err(e) = std::fs::write(&path, text) {
         println!("writing {}: {e}", path.display());
     }

@@ -368,16 +368,11 @@ impl Timeline {
 /// Machine `i`'s journal lines (fleetd, its guard, and systemd about `unit`) between `from` and `to`,
 /// as text with µs timestamps, read from its persistent journal on the host.
 pub fn excerpt(fl: &FleetLab, i: usize, unit: &str, from: u64, to: u64) -> String {
-    let dir = journal_dir(fl, i);
-    let out = Command::new("journalctl")
-        .arg("-D")
-        .arg(&dir)
-        .args([
-            "--no-pager",
-            "-o",
-            "short-precise",
-            &format!("--since=@{}.{:06}", from / 1_000_000, from % 1_000_000),
-            &format!("--until=@{}.{:06}", to / 1_000_000, to % 1_000_000),
+    let out = journalctl(
+        fl,
+        i,
+        (from, to),
+        &[
             "_SYSTEMD_UNIT=fleet.service",
             "+",
             "_SYSTEMD_UNIT=fleet-guard.service",
@@ -385,26 +380,23 @@ pub fn excerpt(fl: &FleetLab, i: usize, unit: &str, from: u64, to: u64) -> Strin
             &format!("UNIT={unit}"),
             "+",
             &format!("_SYSTEMD_UNIT={unit}"),
-        ])
-        .output();
+        ],
+    );
     match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Ok(text) => text,
         Err(e) => format!("journalctl failed: {e}"),
     }
 }
 
-/// Machine `i`'s journal lines that name `unit` (fleetd's, its guard's, systemd's) between `from` and
-/// `to`: the first and last `max / 2` of them when there are more (a unit stuck for minutes gets a
-/// line every reconcile pass).
-pub fn mentions(fl: &FleetLab, i: usize, unit: &str, from: u64, to: u64, max: usize) -> String {
+/// `journalctl` on machine `i`'s persistent journal (on the host) from `from` to `to` (µs since the
+/// epoch), µs timestamps, with `args` (matches, filters): its stdout.
+fn journalctl(
+    fl: &FleetLab,
+    i: usize,
+    (from, to): (u64, u64),
+    args: &[&str],
+) -> std::io::Result<String> {
     let dir = journal_dir(fl, i);
-    let pattern: String = unit
-        .chars()
-        .flat_map(|c| {
-            let escape = !c.is_ascii_alphanumeric() && c != '-' && c != '_';
-            escape.then_some('\\').into_iter().chain([c])
-        })
-        .collect();
     let out = Command::new("journalctl")
         .arg("-D")
         .arg(&dir)
@@ -412,14 +404,28 @@ pub fn mentions(fl: &FleetLab, i: usize, unit: &str, from: u64, to: u64, max: us
             "--no-pager",
             "-o",
             "short-precise",
-            "--case-sensitive=true",
-            &format!("--grep={pattern}"),
             &format!("--since=@{}.{:06}", from / 1_000_000, from % 1_000_000),
             &format!("--until=@{}.{:06}", to / 1_000_000, to % 1_000_000),
         ])
-        .output();
-    let text = match out {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Machine `i`'s journal lines that name `unit` (fleetd's, its guard's, systemd's) between `from` and
+/// `to`: the first and last `max / 2` of them when there are more (a unit stuck for minutes gets a
+/// line every reconcile pass).
+pub fn mentions(fl: &FleetLab, i: usize, unit: &str, from: u64, to: u64, max: usize) -> String {
+    let pattern: String = unit
+        .chars()
+        .flat_map(|c| {
+            let escape = !c.is_ascii_alphanumeric() && c != '-' && c != '_';
+            escape.then_some('\\').into_iter().chain([c])
+        })
+        .collect();
+    let grep = format!("--grep={pattern}");
+    let text = match journalctl(fl, i, (from, to), &["--case-sensitive=true", &grep]) {
+        Ok(text) => text,
         Err(e) => return format!("journalctl failed: {e}\n"),
     };
     let lines: Vec<&str> = text.lines().collect();
