@@ -7,17 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{http, http_get, http_put_json, Etcd, Fleetd, HttpResponse};
-
-fn assert_error(r: &HttpResponse, status: u16, message_part: &str) {
-    assert_eq!(r.status, status, "body: {}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/json"));
-    let msg = r.error_message();
-    assert!(
-        msg.contains(message_part),
-        "message {msg:?} does not contain {message_part:?}"
-    );
-}
+use support::{assert_error, http, http_get, http_put_json, Etcd, Fleetd, HttpResponse};
 
 fn put_unit(f: &Fleetd, name: &str, state: &str) {
     let body = json!({

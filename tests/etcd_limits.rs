@@ -2,12 +2,12 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet::registry::{Registry, RegistryError, RegistryOptions, ETCD_MAX_REQUEST_BYTES};
 use fleet_sched::{DesiredState, UnitFile, UnitName};
-use support::{Etcd, Fleetd};
+use support::{put_inactive_unit, Etcd, Fleetd, OwnEtcd};
 
 fn name(s: &str) -> UnitName {
     UnitName::parse(s).unwrap()
@@ -133,78 +133,22 @@ async fn thousands_of_units_are_read_in_pages_at_one_revision() {
 
 /// An etcd on loopback with a small backend quota (its NOSPACE alarm is easy to raise).
 struct SmallEtcd {
-    child: Child,
     url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for SmallEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    etcd: OwnEtcd,
 }
 
 impl SmallEtcd {
     fn start(quota: usize) -> SmallEtcd {
-        let data = tempfile::tempdir().unwrap();
-        let (cp, pp) = (free_port(), free_port());
-        let url = format!("http://127.0.0.1:{cp}");
-        let peer = format!("http://127.0.0.1:{pp}");
-        let child = Command::new("etcd")
-            .args(["--name", "small", "--data-dir"])
-            .arg(data.path().join("d"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("small={peer}")])
-            .args(["--quota-backend-bytes", &quota.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let e = SmallEtcd {
-            child,
-            url,
-            _data: data,
-        };
-        let t0 = Instant::now();
-        while e.etcdctl(&["endpoint", "health"]).is_err() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "etcd did not start");
-            std::thread::sleep(Duration::from_millis(100));
+        let flags = ["--quota-backend-bytes".to_string(), quota.to_string()];
+        let etcd = OwnEtcd::start("small", "http", &flags, &["--command-timeout=5s".into()]);
+        SmallEtcd {
+            url: etcd.url().to_string(),
+            etcd,
         }
-        e
     }
 
     fn etcdctl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url, "--command-timeout=5s"])
-            .args(args)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.etcd.etcdctl(args)
     }
 
     /// Writes filler values outside fleet's prefix until etcd raises NOSPACE.
@@ -250,17 +194,6 @@ impl SmallEtcd {
     }
 }
 
-fn put_unit(f: &Fleetd, name: &str) -> support::HttpResponse {
-    support::http_put_json(
-        f.socket(),
-        &format!("/fleet/v1/units/{name}"),
-        &serde_json::json!({
-            "desiredState": "inactive",
-            "options": [{"section": "Service", "name": "ExecStart", "value": "/bin/true"}]
-        }),
-    )
-}
-
 #[test]
 fn the_nospace_alarm_gives_api_writes_a_503_that_says_so_and_reads_keep_working() {
     let etcd = SmallEtcd::start(8 * 1024 * 1024);
@@ -269,10 +202,10 @@ fn the_nospace_alarm_gives_api_writes_a_503_that_says_so_and_reads_keep_working(
         .env("FLEET_ETCD_SERVERS", &etcd.url)
         .start();
     f.wait_ready();
-    assert_eq!(put_unit(&f, "before.service").status, 201);
+    assert_eq!(put_inactive_unit(&f, "before.service").status, 201);
 
     etcd.fill();
-    let r = put_unit(&f, "during.service");
+    let r = put_inactive_unit(&f, "during.service");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["code"], 503);
     let msg = r.error_message();
@@ -292,7 +225,7 @@ fn the_nospace_alarm_gives_api_writes_a_503_that_says_so_and_reads_keep_working(
     etcd.recover();
     let t0 = Instant::now();
     loop {
-        let r = put_unit(&f, "after.service");
+        let r = put_inactive_unit(&f, "after.service");
         if r.status == 201 {
             break;
         }

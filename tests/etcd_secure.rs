@@ -4,85 +4,46 @@
 mod pki;
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fleet::registry::{Registry, RegistryError, RegistryOptions};
 use fleet_sched::{DesiredState, UnitFile, UnitName};
 use pki::Pki;
-use support::{Etcd, Fleetd};
+use support::{put_inactive_unit, Etcd, Fleetd, OwnEtcd};
 
 /// An etcd serving clients over TLS with client certificates, auth enabled: user `root` (by its
 /// certificate's CN), user `fleet` (password `fleetpw`, role `fleet`: readwrite on the prefix), user
 /// `reader` (`readerpw`, read only on the prefix), user `other` (`otherpw`, readwrite elsewhere).
 struct SecureEtcd {
-    child: Child,
     url: String,
-    _data: tempfile::TempDir,
-}
-
-impl Drop for SecureEtcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    _etcd: OwnEtcd,
 }
 
 impl SecureEtcd {
     fn start(pki: &Pki, prefix: &str) -> SecureEtcd {
-        let data = tempfile::tempdir().unwrap();
-        let (cp, pp) = (free_port(), free_port());
-        let url = format!("https://127.0.0.1:{cp}");
-        let peer = format!("http://127.0.0.1:{pp}");
         let p = |f: &str| pki.path(f).display().to_string();
-        let child = Command::new("etcd")
-            .args(["--name", "secure", "--data-dir"])
-            .arg(data.path().join("d"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("secure={peer}")])
-            .args([
-                "--cert-file",
-                &p("server.pem"),
-                "--key-file",
-                &p("server.key"),
-            ])
-            .args(["--client-cert-auth", "--trusted-ca-file", &p("ca.pem")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start etcd");
-        let e = SecureEtcd {
-            child,
-            url,
-            _data: data,
-        };
-        let t0 = Instant::now();
-        while e.etcdctl(pki, &["endpoint", "health"]).is_err() {
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "secure etcd did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let flags = [
+            "--cert-file",
+            &p("server.pem"),
+            "--key-file",
+            &p("server.key"),
+            "--client-cert-auth",
+            "--trusted-ca-file",
+            &p("ca.pem"),
+        ]
+        .map(String::from);
+        // etcdctl as root (client certificate CN=root).
+        let root = [
+            "--command-timeout=3s",
+            "--cacert",
+            &p("ca.pem"),
+            "--cert",
+            &p("root.pem"),
+            "--key",
+            &p("root.key"),
+        ]
+        .map(String::from);
+        let e = OwnEtcd::start("secure", "https", &flags, &root);
         let end = prefix_end(prefix);
         for args in [
             vec!["user", "add", "root", "--no-password"],
@@ -115,32 +76,11 @@ impl SecureEtcd {
             vec!["user", "grant-role", "other", "other"],
             vec!["auth", "enable"],
         ] {
-            e.etcdctl(pki, &args).unwrap();
+            e.etcdctl(&args).unwrap();
         }
-        e
-    }
-
-    /// etcdctl as root (client certificate CN=root).
-    fn etcdctl(&self, pki: &Pki, args: &[&str]) -> Result<String, String> {
-        let p = |f: &str| pki.path(f).display().to_string();
-        let out = Command::new("etcdctl")
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.url, "--command-timeout=3s"])
-            .args([
-                "--cacert",
-                &p("ca.pem"),
-                "--cert",
-                &p("root.pem"),
-                "--key",
-                &p("root.key"),
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        SecureEtcd {
+            url: e.url().to_string(),
+            _etcd: e,
         }
     }
 }
@@ -193,6 +133,7 @@ async fn refused(pki: &Pki, url: &str, prefix: &str, s: &Settings<'_>) -> String
 }
 
 #[tokio::test]
+// long: one secured etcd, each wrong setting tried against it in turn (an etcd start costs seconds)
 async fn the_registry_works_with_tls_and_a_user_and_says_what_is_wrong_otherwise() {
     let pki = Pki::new(&["127.0.0.1"]);
     let prefix = support::unique_prefix();
@@ -333,17 +274,6 @@ fn fleetd(pki: &Pki, etcd: &SecureEtcd, prefix: &str, s: &Settings) -> Fleetd {
     b.start()
 }
 
-fn put_unit(f: &Fleetd, name: &str) -> support::HttpResponse {
-    support::http_put_json(
-        f.socket(),
-        &format!("/fleet/v1/units/{name}"),
-        &serde_json::json!({
-            "desiredState": "inactive",
-            "options": [{"section": "Service", "name": "ExecStart", "value": "/bin/true"}]
-        }),
-    )
-}
-
 #[test]
 fn fleetd_works_with_a_secured_etcd_and_logs_what_is_wrong() {
     let pki = Pki::new(&["127.0.0.1"]);
@@ -352,7 +282,7 @@ fn fleetd_works_with_a_secured_etcd_and_logs_what_is_wrong() {
 
     let good = fleetd(&pki, &etcd, &prefix, &GOOD);
     good.wait_ready();
-    assert_eq!(put_unit(&good, "tls.service").status, 201);
+    assert_eq!(put_inactive_unit(&good, "tls.service").status, 201);
 
     // A wrong password: 503, and an ERROR line that says what to check.
     let bad = fleetd(
@@ -389,7 +319,7 @@ fn fleetd_works_with_a_secured_etcd_and_logs_what_is_wrong() {
         },
     );
     ro.wait_ready();
-    let r = put_unit(&ro, "ro.service");
+    let r = put_inactive_unit(&ro, "ro.service");
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(
         r.error_message().contains("permission denied"),

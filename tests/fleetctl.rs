@@ -6,10 +6,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use fleet_sched::UnitFile;
+use support::run::Run;
 use support::{Etcd, Fleetd};
 
 /// A fleetd on a shared etcd (own key prefix) plus a directory for unit files.
@@ -40,7 +41,7 @@ impl Env {
         let mut cmd = fleetctl(self.dir.path());
         cmd.arg(format!("--endpoint={}", self.fleetd.endpoint()));
         cmd.args(args);
-        Run::of(cmd, args)
+        run_of(cmd, args)
     }
 }
 
@@ -56,57 +57,15 @@ fn fleetctl(cwd: &Path) -> Command {
     cmd
 }
 
-/// The outcome of one fleetctl run.
-struct Run {
-    args: String,
-    code: Option<i32>,
-    out: String,
-    err: String,
-    took: Duration,
-}
-
-impl Run {
-    fn of(mut cmd: Command, args: &[&str]) -> Run {
-        let started = Instant::now();
-        let Output {
-            status,
-            stdout,
-            stderr,
-        } = cmd.output().expect("run fleetctl");
-        Run {
-            args: args.join(" "),
-            code: status.code(),
-            out: String::from_utf8_lossy(&stdout).into_owned(),
-            err: String::from_utf8_lossy(&stderr).into_owned(),
-            took: started.elapsed(),
-        }
-    }
-
-    /// Assert exit 0 and return stdout.
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "fleetctl {} failed\nstdout:\n{}\nstderr:\n{}",
-            self.args,
-            self.out,
-            self.err
-        );
-        &self.out
-    }
-
-    /// Assert exit 1 and return stderr.
-    fn fails(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(1),
-            "fleetctl {} should have failed\nstdout:\n{}\nstderr:\n{}",
-            self.args,
-            self.out,
-            self.err
-        );
-        &self.err
-    }
+/// Runs `cmd` (fleetctl with `args`).
+fn run_of(mut cmd: Command, args: &[&str]) -> Run {
+    let started = Instant::now();
+    let output = cmd.output().expect("run fleetctl");
+    Run::new(
+        format!("fleetctl {}", args.join(" ")),
+        output,
+        started.elapsed(),
+    )
 }
 
 const HELLO: &str = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sh -c \"while true; do echo Hello World; sleep 1; done\"\n";
@@ -411,7 +370,7 @@ fn the_endpoint_comes_from_the_environment_and_the_flag_wins() {
     cmd.env("FLEETCTL_ENDPOINT", env.fleetd.endpoint())
         .args(["submit", "hello"]);
     assert_eq!(
-        Run::of(cmd, &["submit", "hello"]).ok(),
+        run_of(cmd, &["submit", "hello"]).ok(),
         "Unit hello.service inactive\n"
     );
 
@@ -420,7 +379,7 @@ fn the_endpoint_comes_from_the_environment_and_the_flag_wins() {
     cmd.env("FLEETCTL_ENDPOINT", env.fleetd.endpoint())
         .arg(format!("--endpoint={bogus}"))
         .arg("list-units");
-    let r = Run::of(cmd, &["list-units"]);
+    let r = run_of(cmd, &["list-units"]);
     let err = r.fails();
     assert!(
         err.contains(&bogus) && err.contains("cannot connect to fleetd"),
@@ -435,7 +394,7 @@ fn the_endpoint_comes_from_the_environment_and_the_flag_wins() {
         "--strict-host-key-checking=false",
         "list-units",
     ]);
-    let err = Run::of(cmd, &["--tunnel"]).fails().to_string();
+    let err = run_of(cmd, &["--tunnel"]).fails().to_string();
     assert!(err.contains("--tunnel 127.0.0.1"), "{err}");
 }
 
@@ -466,13 +425,13 @@ fn http_endpoints_over_tcp_work_and_debug_logs_requests() {
     let endpoint = format!("--endpoint=http://127.0.0.1:{port}");
     let mut cmd = fleetctl(dir.path());
     cmd.arg(&endpoint).args(&args);
-    assert_eq!(Run::of(cmd, &["submit"]).ok().lines().count(), 20);
+    assert_eq!(run_of(cmd, &["submit"]).ok().lines().count(), 20);
 
     // 20 units at 7 a page: three pages, all listed, in order.
     let mut cmd = fleetctl(dir.path());
     cmd.arg(&endpoint)
         .args(["--debug", "list-unit-files", "--no-legend", "--fields=unit"]);
-    let r = Run::of(cmd, &["--debug", "list-unit-files"]);
+    let r = run_of(cmd, &["--debug", "list-unit-files"]);
     let expected: String = (0..20).map(|i| format!("t{i:02}.service\n")).collect();
     assert_eq!(r.ok(), expected);
     let pages = r
@@ -514,7 +473,7 @@ fn the_original_fleetctl_reads_what_fleetd_serves() {
             .env_remove("FLEETCTL_ENDPOINT")
             .arg(format!("--endpoint={}", env.fleetd.endpoint()))
             .args(args);
-        Run::of(cmd, args)
+        run_of(cmd, args)
     };
     assert_eq!(
         v1(&["submit", "hello.service", "web@.service", "web@1"]).ok(),
@@ -574,7 +533,7 @@ fn simulate_capture_names_what_is_wrong_and_writes_nothing_half() {
     cmd.arg(format!("--endpoint=unix://{}", sock.display()));
     let args = ["simulate", "capture", "-o", &out_arg];
     cmd.args(args);
-    let r = Run::of(cmd, &args);
+    let r = run_of(cmd, &args);
     let err = r.fails();
     assert!(
         err.contains("Error capturing the cluster: reading its machines")

@@ -9,16 +9,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use lab::ssh::{start_sshd, Keys, SSH_PORT};
-use lab::FleetLab;
+use lab::{text, FleetLab};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn main_pid(fl: &FleetLab, i: usize, unit: &str) -> u32 {
     fl.show(i, unit, "MainPID").parse().unwrap_or(0)
@@ -36,6 +29,7 @@ fn wait_running(fl: &FleetLab, unit: &str, machines: &[usize]) -> Vec<u32> {
 }
 
 #[test]
+// long: one lab scenario: each restart builds on the main processes the previous step saw
 fn restart_gives_units_a_new_main_process_on_every_machine_running_them() {
     let Some(fl) = FleetLab::up(3, &[]) else {
         return;
@@ -128,6 +122,7 @@ fn restart_gives_units_a_new_main_process_on_every_machine_running_them() {
 }
 
 #[test]
+// long: one lab scenario: every way of naming a machine tried against the same sshd set-up
 fn ssh_reaches_machines_by_id_prefix_or_unit_and_tunnel_reaches_the_api_through_sshd() {
     if !fleet_lab::require_root() {
         return;
@@ -353,6 +348,7 @@ const GLOBAL_TICKER: &str = "[Unit]\nDescription=global ticker\n\n[Service]\n\
     [X-Fleet]\nGlobal=true\n";
 
 #[test]
+// long: one lab scenario: the journal verbs read the same global unit's lines in turn
 fn journal_of_a_global_unit_reads_every_machine_and_follow_ends_on_sigint() {
     let Some(fl) = FleetLab::up(2, &[]) else {
         return;
@@ -391,25 +387,11 @@ fn journal_of_a_global_unit_reads_every_machine_and_follow_ends_on_sigint() {
     );
 
     // --follow: new lines from both machines until SIGINT, which ends fleetctl with status 0.
-    let out = fl
-        .lab
-        .sh(
-            1,
-            &[
-                "timeout",
-                "--preserve-status",
-                "-s",
-                "INT",
-                "4",
-                "/opt/fleet/bin/fleetctl",
-                "journal",
-                "--follow",
-                "--lines",
-                "1",
-                "gt.service",
-            ],
-        )
-        .expect("run fleetctl journal --follow");
+    let out = fl.fleetctl_until_sigint(
+        1,
+        "4",
+        &["journal", "--follow", "--lines", "1", "gt.service"],
+    );
     let (o, e) = text(&out);
     assert!(out.status.success(), "exit {:?}: {o}{e}", out.status);
     for m in [&m1, &m2] {

@@ -50,22 +50,7 @@ fn put(fl: &FleetLab, key: &str, value: &str) {
 }
 
 fn curl(fl: &FleetLab, i: usize, path: &str) -> String {
-    let out = fl
-        .lab
-        .sh(
-            i,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "--unix-socket",
-                "/var/run/fleet.sock",
-                &format!("http://fleet{path}"),
-            ],
-        )
-        .expect("run curl in the lab");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    fl.api(i, "GET", path, None, 20).1
 }
 
 /// The `fleet_registry_damaged_keys` samples of machine `i`'s metrics with a non-zero value.
@@ -82,6 +67,7 @@ fn damaged_metrics(fl: &FleetLab, i: usize) -> Vec<String> {
 /// listed as damaged while it lasts, and everything recovers when the key is fixed. A unit whose claim
 /// key holds garbage bound to no lease before it was ever claimed still starts.
 #[test]
+// long: one lab scenario: each kind of garbage written over the same running unit's keys in turn
 fn garbage_in_etcd_never_stops_a_running_unit() {
     let Some(fl) = FleetLab::up(2, &[]) else {
         return;
@@ -239,6 +225,7 @@ fn exec_and_pid(fl: &FleetLab, i: usize, unit: &str) -> (String, String) {
 /// refused by the API. A file left in the units directory by hand is not fleet's: never stopped, and a
 /// fleet unit of its name is refused on that machine.
 #[test]
+// long: one lab scenario: each foreign unit tried against the same cluster and its running units
 fn fleet_never_shadows_stops_or_claims_a_unit_it_did_not_create() {
     let Some(fl) = FleetLab::up(2, &[]) else {
         return;

@@ -16,17 +16,19 @@
 mod lab;
 #[path = "support/original.rs"]
 mod original;
+#[path = "support/run.rs"]
+mod run;
 #[path = "interop/scenarios.rs"]
 mod scenarios;
 
 use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use fleet_sched::UnitFile;
 use lab::ssh::{start_sshd, Keys, SSH_PORT};
 use lab::FleetLab;
 use original::Original;
+use run::Run;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Where the original fleetctl is bound in every machine.
@@ -41,41 +43,6 @@ fn lab(n: usize) -> Option<(FleetLab, Original)> {
     Some((fl, orig))
 }
 
-/// The outcome of one run.
-struct Run {
-    what: String,
-    code: Option<i32>,
-    out: String,
-    err: String,
-    took: Duration,
-}
-
-impl Run {
-    fn ok(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "{} failed\nstdout:\n{}\nstderr:\n{}",
-            self.what,
-            self.out,
-            self.err
-        );
-        &self.out
-    }
-
-    fn fails(&self) -> &str {
-        assert_eq!(
-            self.code,
-            Some(1),
-            "{} should have failed\nstdout:\n{}\nstderr:\n{}",
-            self.what,
-            self.out,
-            self.err
-        );
-        &self.err
-    }
-}
-
 /// Runs a fleetctl (`bin`: the original or ours) in machine `i`, in /tmp, with `env` (`K=V`), for at
 /// most 60 s (a hang is a failure, not a stuck test).
 fn run_in(fl: &FleetLab, i: usize, bin: &str, env: &[&str], args: &[&str]) -> Run {
@@ -84,18 +51,12 @@ fn run_in(fl: &FleetLab, i: usize, bin: &str, env: &[&str], args: &[&str]) -> Ru
     cmd.extend_from_slice(&["timeout", "60", bin]);
     cmd.extend_from_slice(args);
     let t0 = Instant::now();
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = fl.lab.sh(i, &cmd).expect("run in the lab");
-    Run {
-        what: format!("{bin} {} on m{i}", args.join(" ")),
-        code: status.code(),
-        out: String::from_utf8_lossy(&stdout).into_owned(),
-        err: String::from_utf8_lossy(&stderr).into_owned(),
-        took: t0.elapsed(),
-    }
+    let output = fl.lab.sh(i, &cmd).expect("run in the lab");
+    Run::new(
+        format!("{bin} {} on m{i}", args.join(" ")),
+        output,
+        t0.elapsed(),
+    )
 }
 
 /// The original fleetctl in machine `i`.
@@ -144,6 +105,7 @@ fn wait_current(fl: &FleetLab, unit: &str, state: &str) {
 const HELLO: &str = "[Unit]\nDescription=Hello World\n\n[Service]\nExecStart=/bin/sh -c \"while true; do echo Hello World; sleep 1; done\"\n";
 
 #[test]
+// long: one lab scenario: every verb of the original client in order on the same units
 fn the_original_fleetctl_submits_starts_stops_and_destroys_units() {
     let Some((fl, _orig)) = lab(3) else {
         return;
@@ -557,6 +519,7 @@ fn the_original_fleetctl_runs_status_and_journal_on_the_units_machine() {
 }
 
 #[test]
+// long: the scenario runner: lab, sshd and agent set-up, both clients over every scenario, the tally
 fn fleets_functional_scenarios_pass_with_the_original_fleetctl_and_ours() {
     use scenarios::{reset, Client, Ctx, ORIGINAL_FAILS, SCENARIOS};
     let Some((fl, _orig)) = lab(3) else {

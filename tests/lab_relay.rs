@@ -7,7 +7,7 @@ mod lab;
 
 use std::time::Duration;
 
-use lab::FleetLab;
+use lab::{text, FleetLab};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -21,13 +21,6 @@ fn ticker(machine: &str) -> String {
     )
 }
 
-fn text(out: &std::process::Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// The numbers of the `tick-N` lines, in order.
 fn ticks(s: &str) -> Vec<u64> {
     s.lines()
@@ -37,6 +30,7 @@ fn ticks(s: &str) -> Vec<u64> {
 }
 
 #[test]
+// long: one lab scenario: status, journal and --follow read the same remote unit in turn
 fn status_and_journal_of_a_unit_on_another_machine_come_from_that_machine() {
     let Some(fl) = FleetLab::up(2, &[]) else {
         return;
@@ -73,25 +67,11 @@ fn status_and_journal_of_a_unit_on_another_machine_come_from_that_machine() {
     );
 
     // journal --follow: new lines keep coming, each once, until SIGINT ends it with status 0.
-    let out = fl
-        .lab
-        .sh(
-            1,
-            &[
-                "timeout",
-                "--preserve-status",
-                "-s",
-                "INT",
-                "4",
-                "/opt/fleet/bin/fleetctl",
-                "journal",
-                "--follow",
-                "--lines",
-                "1",
-                "ticker.service",
-            ],
-        )
-        .expect("run fleetctl journal --follow");
+    let out = fl.fleetctl_until_sigint(
+        1,
+        "4",
+        &["journal", "--follow", "--lines", "1", "ticker.service"],
+    );
     let (o, e) = text(&out);
     assert!(out.status.success(), "exit {:?}: {o}{e}", out.status);
     let t = ticks(&o);

@@ -55,26 +55,8 @@ fn socket_activated_lab(n: usize) -> Option<FleetLab> {
 
 /// `GET path` on machine `i`'s API socket with curl: `(status, body)`.
 fn curl(fl: &FleetLab, i: usize, path: &str) -> (u16, String) {
-    let out = fl
-        .lab
-        .sh(
-            i,
-            &[
-                "curl",
-                "-sS",
-                "--max-time",
-                "20",
-                "--unix-socket",
-                "/var/run/fleet.sock",
-                "-w",
-                "\n%{http_code}",
-                &format!("http://fleet{path}"),
-            ],
-        )
-        .expect("run curl in the lab");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-    (code.trim().parse().unwrap_or(0), body.to_string())
+    let (code, body) = fl.api(i, "GET", path, None, 20);
+    (code.unwrap_or(0), body)
 }
 
 /// The value of the sample `series` (`name{labels}` exactly as exposed) in a scrape.
@@ -165,6 +147,7 @@ fn fleet_socket_starts_fleetd_on_the_first_connection() {
 }
 
 #[test]
+// long: one lab scenario: metrics read before, during and after the same failover
 fn metrics_during_a_failover_count_detection_and_takeover() {
     let Some(fl) = socket_activated_lab(3) else {
         return;

@@ -30,6 +30,7 @@ async fn registry(etcd: &Etcd) -> Registry {
 }
 
 #[tokio::test]
+// long: one unit's whole life through the registry, each step on the state the last left
 async fn create_get_list_replace_destroy_round_trip() {
     let etcd = Etcd::shared();
     let r = registry(&etcd).await;
@@ -218,19 +219,8 @@ async fn the_mirror_sees_writes_made_behind_its_back() {
     let mut c = etcd.client().await;
     let f = file("/bin/external");
     let p = etcd.prefix();
-    c.put(format!("{p}unit-files/{}", f.hash()), f.serialize(), None)
-        .await
-        .unwrap();
-    c.put(
-        format!("{p}units/ext.service"),
-        format!(
-            r#"{{"name":"ext.service","hash":"{}","desiredState":"loaded"}}"#,
-            f.hash()
-        ),
-        None,
-    )
-    .await
-    .unwrap();
+    etcd.put_unit_behind(&mut c, "ext.service", &f, "loaded")
+        .await;
     // The revision of our own last write (other tests write to the shared etcd concurrently).
     // Claims are bound to a lease (an agent's); one bound to none would count as free.
     let lease = c.lease_grant(30, None).await.unwrap().id();

@@ -189,20 +189,8 @@ async fn a_frozen_endpoint_is_left_for_another_and_no_change_is_lost() {
     // Written behind the registry's back while its endpoint is frozen.
     let mut c = etcd.client().await;
     let f = file("/bin/b");
-    let p = etcd.prefix();
-    c.put(format!("{p}unit-files/{}", f.hash()), f.serialize(), None)
-        .await
-        .unwrap();
-    c.put(
-        format!("{p}units/b.service"),
-        format!(
-            r#"{{"name":"b.service","hash":"{}","desiredState":"launched"}}"#,
-            f.hash()
-        ),
-        None,
-    )
-    .await
-    .unwrap();
+    etcd.put_unit_behind(&mut c, "b.service", &f, "launched")
+        .await;
 
     // The watch is silent, the probe gets no answer: the registry moves to the other proxy.
     wait_until(

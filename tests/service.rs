@@ -2,6 +2,7 @@
 //! with client certificates and bearer tokens (and fleetctl over https), socket activation and
 //! readiness notification.
 
+mod pki;
 mod support;
 
 use std::collections::BTreeMap;
@@ -171,44 +172,15 @@ struct Pki {
 
 impl Pki {
     fn new(dir: &Path) -> Pki {
-        let ca = Self::ca(dir, "ca", "fleet API client CA");
-        let rogue = Self::ca(dir, "rogue-ca", "someone else");
-        Self::leaf(dir, &ca, "server", &["127.0.0.1", "localhost"]);
-        Self::leaf(dir, &ca, "client", &[]);
-        Self::leaf(dir, &rogue, "rogue", &[]);
+        let ca = pki::Pki::ca(dir, "ca", "fleet API client CA");
+        let rogue = pki::Pki::ca(dir, "rogue-ca", "someone else");
+        pki::Pki::leaf(dir, &ca, "server", &["127.0.0.1", "localhost"]);
+        pki::Pki::leaf(dir, &ca, "client", &[]);
+        pki::Pki::leaf(dir, &rogue, "rogue", &[]);
         std::fs::write(dir.join("token"), "s3cret-token\n").unwrap();
         Pki {
             dir: dir.to_path_buf(),
         }
-    }
-
-    fn ca(dir: &Path, name: &str, cn: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
-        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        p.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        rcgen::Issuer::new(p, key)
-    }
-
-    fn leaf(dir: &Path, issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, name: &str, sans: &[&str]) {
-        let mut p =
-            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        p.distinguished_name.push(rcgen::DnType::CommonName, name);
-        p.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, issuer).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
     }
 
     fn path(&self, name: &str) -> String {
@@ -485,6 +457,7 @@ fn recv_notification(rx: &UnixDatagram, want: &str, log: &Path) -> String {
 }
 
 #[test]
+// long: one systemd-run scenario: the passed socket, readiness and the served API in turn
 fn socket_activation_serves_the_passed_socket_and_notifies_readiness() {
     let Some(activate) = [
         "/usr/bin/systemd-socket-activate",

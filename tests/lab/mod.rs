@@ -11,6 +11,14 @@ use std::time::{Duration, Instant};
 
 use fleet_lab::{Lab, LabOptions};
 
+/// A command's stdout and stderr, as text.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The lab's fleetd unit (cargo binaries bound at /opt/fleet/bin).
 pub const FLEET_UNIT: &str = include_str!("../../lab/fleet.service");
 
@@ -82,6 +90,21 @@ impl FleetLab {
     /// Runs fleetctl inside machine `i`.
     pub fn fleetctl(&self, i: usize, args: &[&str]) -> Output {
         let mut cmd = vec!["/opt/fleet/bin/fleetctl"];
+        cmd.extend_from_slice(args);
+        self.lab.sh(i, &cmd).expect("run fleetctl in the lab")
+    }
+
+    /// Runs fleetctl inside machine `i` for `secs` seconds, then sends it SIGINT (`timeout
+    /// --preserve-status -s INT`: its own exit status stays), e.g. a `--follow`.
+    pub fn fleetctl_until_sigint(&self, i: usize, secs: &str, args: &[&str]) -> Output {
+        let mut cmd = vec![
+            "timeout",
+            "--preserve-status",
+            "-s",
+            "INT",
+            secs,
+            "/opt/fleet/bin/fleetctl",
+        ];
         cmd.extend_from_slice(args);
         self.lab.sh(i, &cmd).expect("run fleetctl in the lab")
     }
@@ -203,38 +226,36 @@ impl FleetLab {
 
     /// `PATCH /fleet/v1/machines` with `body` through machine `i`'s API: the status code and the body.
     pub fn patch_machines(&self, i: usize, body: &str) -> (u16, String) {
-        let out = self
-            .lab
-            .sh(
-                i,
-                &[
-                    "curl",
-                    "-sS",
-                    "--max-time",
-                    "10",
-                    "--unix-socket",
-                    "/var/run/fleet.sock",
-                    "-X",
-                    "PATCH",
-                    "-H",
-                    "Content-Type: application/json",
-                    "-d",
-                    body,
-                    "-w",
-                    "\n%{http_code}",
-                    "http://fleet/fleet/v1/machines",
-                ],
-            )
-            .expect("run curl in the lab");
+        let (code, text) = self.api(i, "PATCH", "/fleet/v1/machines", Some(body), 10);
+        let code = code.unwrap_or_else(|| panic!("no status from curl on m{i}: {text}"));
+        (code, text)
+    }
+
+    /// `method path` on machine `i`'s API (curl on its unix socket, at most `max_secs` seconds;
+    /// `body` sent as JSON): the status (`None` when curl printed none; 0 when it got no answer)
+    /// and the body.
+    pub fn api(
+        &self,
+        i: usize,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        max_secs: u32,
+    ) -> (Option<u16>, String) {
+        let (max, url) = (max_secs.to_string(), format!("http://fleet{path}"));
+        let mut cmd = vec!["curl", "-sS", "--max-time", &max];
+        cmd.extend(["--unix-socket", "/var/run/fleet.sock"]);
+        if method != "GET" {
+            cmd.extend(["-X", method]);
+        }
+        if let Some(body) = body {
+            cmd.extend(["-H", "Content-Type: application/json", "-d", body]);
+        }
+        cmd.extend(["-w", "\n%{http_code}", &url]);
+        let out = self.lab.sh(i, &cmd).expect("run curl in the lab");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
-        let code = code.trim().parse().unwrap_or_else(|_| {
-            panic!(
-                "no status from curl on m{i}: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (code, body.to_string())
+        (code.trim().parse().ok(), body.to_string())
     }
 
     /// Machine `j`'s metadata as `list-machines` on machine `i` shows it (`k=v,k=v`, `-` when empty),

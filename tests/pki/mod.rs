@@ -34,7 +34,8 @@ impl Pki {
         self.dir.path()
     }
 
-    fn ca(dir: &Path, name: &str, cn: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+    /// A self-signed CA `<name>.pem` (common name `cn`) in `dir`; its issuer for [`Pki::leaf`].
+    pub fn ca(dir: &Path, name: &str, cn: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
         let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         p.distinguished_name.push(rcgen::DnType::CommonName, cn);
@@ -48,7 +49,9 @@ impl Pki {
         rcgen::Issuer::new(p, key)
     }
 
-    fn leaf(dir: &Path, issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, name: &str, sans: &[&str]) {
+    /// A leaf `<name>.pem` + `<name>.key` (CN `name`, SANs `sans`, server and client use) signed by
+    /// `issuer`, in `dir`.
+    pub fn leaf(dir: &Path, issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, name: &str, sans: &[&str]) {
         let mut p =
             rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();

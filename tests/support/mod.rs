@@ -10,6 +10,10 @@
 
 pub mod bins;
 pub mod original;
+mod own_etcd;
+pub mod run;
+
+pub use own_etcd::OwnEtcd;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -43,7 +47,8 @@ pub fn unique_token() -> String {
     format!("{:016x}", h.finish())
 }
 
-fn free_port() -> u16 {
+/// A free loopback TCP port (bound and released).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .expect("bind a free loopback port")
         .local_addr()
@@ -286,6 +291,31 @@ impl Etcd {
             .collect()
     }
 
+    /// Writes unit `name` straight to etcd under this test's prefix, behind fleet's back: its unit
+    /// file (`unit-files/<hash>`) and its record (`units/<name>`, desired state `desired`).
+    pub async fn put_unit_behind(
+        &self,
+        c: &mut etcd_client::Client,
+        name: &str,
+        f: &fleet_sched::UnitFile,
+        desired: &str,
+    ) {
+        let p = &self.prefix;
+        c.put(format!("{p}unit-files/{}", f.hash()), f.serialize(), None)
+            .await
+            .unwrap();
+        c.put(
+            format!("{p}units/{name}"),
+            format!(
+                r#"{{"name":"{name}","hash":"{}","desiredState":"{desired}"}}"#,
+                f.hash()
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+
     /// The current etcd revision.
     pub async fn revision(&self) -> i64 {
         let mut c = self.client().await;
@@ -394,6 +424,29 @@ pub fn free_loopback_addr() -> String {
 /// `GET path` with no headers.
 pub fn http_get(socket: &Path, path: &str) -> HttpResponse {
     http(socket, "GET", path, &[], b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// `PUT /fleet/v1/units/<name>`: an inactive unit running `/bin/true`.
+pub fn put_inactive_unit(f: &Fleetd, name: &str) -> HttpResponse {
+    http_put_json(
+        f.socket(),
+        &format!("/fleet/v1/units/{name}"),
+        &serde_json::json!({
+            "desiredState": "inactive",
+            "options": [{"section": "Service", "name": "ExecStart", "value": "/bin/true"}]
+        }),
+    )
+}
+
+/// Asserts that `r` is a JSON error with `status` whose message contains `message_part`.
+pub fn assert_error(r: &HttpResponse, status: u16, message_part: &str) {
+    assert_eq!(r.status, status, "body: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let msg = r.error_message();
+    assert!(
+        msg.contains(message_part),
+        "message {msg:?} does not contain {message_part:?}"
+    );
 }
 
 /// `PUT path` with `Content-Type: application/json` and a JSON body.
