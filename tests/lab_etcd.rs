@@ -354,6 +354,7 @@ fn an_etcd_member_restarted_from_its_data_dir_serves_fleetd_again() {
 /// etcd with TLS client certificates and users: fleetd (user `fleet`, role readwrite on `/fleet/`)
 /// runs units; a fleetd whose user may only read starts nothing (it cannot claim) and says why.
 #[test]
+// long: one lab scenario on one secured etcd member cluster (its set-up costs seconds)
 fn fleetd_runs_units_on_an_etcd_with_tls_and_users_and_starts_nothing_it_cannot_claim() {
     if !fleet_lab::require_root() {
         return;
@@ -499,6 +500,7 @@ fn block_etcd(fl: &FleetLab, i: usize, block: bool) {
 /// (auto-compaction every 2 s) catches up without touching its units, and the NOSPACE alarm makes API
 /// writes fail with a 503 that says so while every unit keeps running.
 #[test]
+// long: one lab scenario: the NOSPACE step runs on the cluster the compaction step left
 fn compaction_while_away_and_the_nospace_alarm_leave_units_running() {
     let Some(fl) = up_with(|o| {
         o.etcd_arg("--auto-compaction-mode=periodic")

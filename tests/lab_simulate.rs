@@ -148,6 +148,7 @@ fn simulate(scenario: &Path, seed: u64, kill: &[String]) -> Prediction {
 }
 
 #[test]
+// long: one lab scenario: capture, simulate, then the same faults in the lab, compared step by step
 fn the_simulator_predicts_where_units_go_and_how_long_they_are_down() {
     let Some(fl) = FleetLab::up(5, &[]) else {
         return;

@@ -1,6 +1,9 @@
 //! The sans-IO gossip node: foca's SWIM membership, state dissemination by pushes of its own, and
 //! anti-entropy.
 //!
+//! size: one state machine, [`Node`]: foca's runtime, the state pushes, anti-entropy and the
+//! timers share its private state; to be split along those lines when no other change edits it.
+//!
 //! A [`Node`] never touches a socket or a clock. Its driver feeds it datagrams
 //! ([`Node::handle_datagram_from`]), wakes it at [`Node::poll_timeout`] ([`Node::handle_timeout`]),
 //! and carries out what it asks for: datagrams to send ([`Node::poll_transmit`]) and state syncs to

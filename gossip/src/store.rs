@@ -1,5 +1,8 @@
 //! The versioned store of every machine's metadata and unit states.
 //!
+//! size: the store and its one invariant (stamps, `synced`, tombstones) in one place, with the unit
+//! tests of that invariant (from `mod tests` on); the tests can move out when no other change edits it.
+//!
 //! Each origin (machine) owns its entries: one metadata entry and one entry per unit (a removed unit
 //! stays as a tombstone so that the removal spreads too). Every change of an entry gets the origin's
 //! next [`Stamp`] (epoch, version): versions of one origin are contiguous, one per change, and an

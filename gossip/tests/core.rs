@@ -1,4 +1,7 @@
 //! Deterministic tests of the sans-IO node on a virtual network: seeded RNG, virtual clock.
+//!
+//! size: 23 independent scenarios sharing the virtual-network helpers at the top; to be split by
+//! theme (membership, dissemination, anti-entropy) when no other change is editing it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
