@@ -369,8 +369,8 @@ impl std::ops::Deref for TlsFleetLab {
     }
 }
 
-/// Runs the `fleetctl` of this build on the host; panics unless it succeeds.
-fn host_fleetctl(bin: &std::path::Path, args: &[&str]) {
+/// Runs the `fleetctl` of this build (in the directory `bin`) on the host; panics unless it succeeds.
+pub fn host_fleetctl(bin: &std::path::Path, args: &[&str]) {
     let out = std::process::Command::new(bin.join("fleetctl"))
         .args(args)
         .output()
