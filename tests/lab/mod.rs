@@ -243,7 +243,7 @@ impl FleetLab {
         max_secs: u32,
     ) -> (Option<u16>, String) {
         let (max, url) = (max_secs.to_string(), format!("http://fleet{path}"));
-        let mut cmd = vec!["curl", "-sS", "--max-time", &max];
+        let mut cmd = vec!["curl", "-sS", "--max-time", max.as_str()];
         cmd.extend(["--unix-socket", "/var/run/fleet.sock"]);
         if method != "GET" {
             cmd.extend(["-X", method]);
@@ -251,7 +251,7 @@ impl FleetLab {
         if let Some(body) = body {
             cmd.extend(["-H", "Content-Type: application/json", "-d", body]);
         }
-        cmd.extend(["-w", "\n%{http_code}", &url]);
+        cmd.extend(["-w", "\n%{http_code}", url.as_str()]);
         let out = self.lab.sh(i, &cmd).expect("run curl in the lab");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
