@@ -7,6 +7,7 @@
 //! It also keeps rooms of a livable size ([`sizes`]): no file over 800 lines and no function over 80
 //! without a reason written at its top.
 
+#[path = "boundaries/sizes.rs"]
 mod sizes;
 
 use std::collections::BTreeSet;
