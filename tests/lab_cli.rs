@@ -348,7 +348,6 @@ const GLOBAL_TICKER: &str = "[Unit]\nDescription=global ticker\n\n[Service]\n\
     [X-Fleet]\nGlobal=true\n";
 
 #[test]
-// long: one lab scenario: the journal verbs read the same global unit's lines in turn
 fn journal_of_a_global_unit_reads_every_machine_and_follow_ends_on_sigint() {
     let Some(fl) = FleetLab::up(2, &[]) else {
         return;

@@ -436,7 +436,6 @@ fn write_evidence(inp: &Input, tl: &Timeline, o: &Overlap, k: usize, origin: u64
 
 /// Writes what is known about a unit that ran nowhere (every machine's journal about it, the faults
 /// around) to a file of `inp.out`; returns its path.
-// long: one evidence file written top to bottom: faults around, then each machine's journal
 fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin: u64) -> String {
     let mut text = String::new();
     writeln!(
