@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::{assert_error, http, http_get, http_put_json, Etcd, Fleetd, HttpResponse};
+use support::{assert_error, http, http_get, http_put_json, Etcd, Fleetd};
 
 fn put_unit(f: &Fleetd, name: &str, state: &str) {
     let body = json!({

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use fleet::registry::{Registry, RegistryError, RegistryOptions, ETCD_MAX_REQUEST_BYTES};
 use fleet_sched::{DesiredState, UnitFile, UnitName};
-use support::{put_inactive_unit, Etcd, Fleetd, OwnEtcd};
+use support::own_etcd::OwnEtcd;
+use support::{put_inactive_unit, Etcd, Fleetd};
 
 fn name(s: &str) -> UnitName {
     UnitName::parse(s).unwrap()

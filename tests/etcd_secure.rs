@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use fleet::registry::{Registry, RegistryError, RegistryOptions};
 use fleet_sched::{DesiredState, UnitFile, UnitName};
 use pki::Pki;
-use support::{put_inactive_unit, Etcd, Fleetd, OwnEtcd};
+use support::own_etcd::OwnEtcd;
+use support::{put_inactive_unit, Etcd, Fleetd};
 
 /// An etcd serving clients over TLS with client certificates, auth enabled: user `root` (by its
 /// certificate's CN), user `fleet` (password `fleetpw`, role `fleet`: readwrite on the prefix), user

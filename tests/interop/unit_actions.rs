@@ -132,7 +132,7 @@ pub(super) fn ssh_flags(c: &Ctx) -> Result<[&'static str; 5], String> {
         "--ssh-username",
         "root",
         "--ssh-port",
-        super::SSH_PORT,
+        crate::SSH_PORT,
     ])
 }
 

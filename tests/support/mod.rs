@@ -10,10 +10,8 @@
 
 pub mod bins;
 pub mod original;
-mod own_etcd;
+pub mod own_etcd;
 pub mod run;
-
-pub use own_etcd::OwnEtcd;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
