@@ -198,6 +198,8 @@ struct State {
     polls: BTreeMap<i64, VecDeque<LeasePoll>>,
     /// Leases the last pass wanted to know about.
     poll_wanted: BTreeSet<i64>,
+    /// When each wanted lease was last asked about (answered or not).
+    poll_tried: BTreeMap<i64, Time>,
     /// When we superseded each claim we took over (our clock).
     superseded_at: BTreeMap<UnitName, Time>,
     /// When a verdict wants another look.
@@ -366,6 +368,7 @@ async fn run(
         guard_fenced_seen,
         polls: BTreeMap::new(),
         poll_wanted: BTreeSet::new(),
+        poll_tried: BTreeMap::new(),
         superseded_at: BTreeMap::new(),
         wake_at: None,
         gossiped_units: None,

@@ -183,8 +183,13 @@ impl State {
             }
         }
         self.waiting = waiting;
-        if !self.poll_wanted.is_empty() || !self.votes_wanted.is_empty() {
-            let next = now + self.timing.lease_poll_period();
+        // Polls and votes run at the start of a pass: the next one comes when the first of them is
+        // due (at once for one not asked yet: a down verdict reaches etcd and the witnesses within a
+        // round trip, not a poll period later), then once per poll period while they are wanted.
+        let period = self.timing.lease_poll_period();
+        let polls_due = votes::first_due(&self.poll_wanted, &self.poll_tried, now, period);
+        let votes_due = votes::first_due(&self.votes_wanted, &self.votes_asked, now, period);
+        if let Some(next) = polls_due.into_iter().chain(votes_due).min() {
             wake = Some(wake.map_or(next, |w| w.min(next)));
         }
         self.wake_at = wake;
@@ -273,7 +278,9 @@ impl State {
                 Write::Supersede { from, .. } => {
                     tracing::info!(unit = %name, from = %from.machine, "took the claim over; starting once the previous holder is proven stopped");
                     self.superseded_at.insert(name.clone(), clock::now());
+                    // Only answers after the supersede prove the handover: ask at once.
                     self.poll_wanted.insert(from.lease);
+                    self.poll_tried.remove(&from.lease);
                     let verdict = self.cluster.peer(&from.machine).2;
                     m.took_over(
                         from.machine.as_str(),

@@ -7,8 +7,10 @@ impl State {
     /// Asks etcd about the leases the last pass wanted to know about.
     pub(super) async fn run_polls(&mut self) {
         let wanted = std::mem::take(&mut self.poll_wanted);
+        self.poll_tried.retain(|l, _| wanted.contains(l));
         for lease in wanted {
             let sent = clock::now();
+            self.poll_tried.insert(lease, sent);
             match self.registry.lease_time_to_live(lease).await {
                 Ok(answer) => {
                     let q = self.polls.entry(lease).or_default();
@@ -27,12 +29,14 @@ impl State {
     }
 
     /// Asks the witnesses that have not voted yet to vote on the holders the last pass wanted to take
-    /// units from (this machine's own witness is asked directly).
+    /// units from (this machine's own witness is asked directly, the others all at once: one round
+    /// trip, not one per witness).
     pub(super) async fn run_votes(&mut self, committee: &Committee) {
         let wanted = std::mem::take(&mut self.votes_wanted);
         let now = clock::now();
         self.votes.retain(|k, _| wanted.contains(k));
         self.votes_asked.retain(|k, _| wanted.contains(k));
+        let mut asked = tokio::task::JoinSet::new();
         for (holder, lease) in wanted {
             let key = (holder.clone(), lease);
             if self
@@ -51,52 +55,30 @@ impl State {
                 .cloned()
                 .collect();
             for w in ask {
-                let granted = if w == self.opts.machine {
+                if w == self.opts.machine {
                     let (alive, suspect, _) = self.cluster.peer(&holder);
-                    self.witness.vote(&holder, lease, alive && !suspect)
-                } else {
-                    self.ask_vote(&w, &holder, lease).await
-                };
-                if granted {
-                    self.votes.entry(key.clone()).or_default().insert(w);
+                    if self.witness.vote(&holder, lease, alive && !suspect) {
+                        self.votes.entry(key.clone()).or_default().insert(w);
+                    }
+                    continue;
                 }
+                let Some(gossip) = self.cluster.gossip().cloned() else {
+                    continue;
+                };
+                let (key, timeout) = (key.clone(), self.timing.lease_poll_period() * 2);
+                asked.spawn(async move {
+                    let granted = ask_vote(gossip, &w, &key.0, key.1, timeout).await;
+                    (key, w, granted)
+                });
+            }
+        }
+        while let Some(answer) = asked.join_next().await {
+            if let Ok((key, w, true)) = answer {
+                self.votes.entry(key).or_default().insert(w);
             }
         }
     }
 
-    /// One witness's vote on `holder`'s `lease`.
-    pub(super) async fn ask_vote(
-        &self,
-        witness: &MachineId,
-        holder: &MachineId,
-        lease: i64,
-    ) -> bool {
-        let Some(gossip) = self.cluster.gossip() else {
-            return false;
-        };
-        let req = relay::Request::Vote {
-            machine: holder.to_string(),
-            lease,
-        }
-        .encode();
-        let peer = witness.clone();
-        let answer = tokio::time::timeout(
-            self.timing.lease_poll_period() * 2,
-            gossip.request(&peer, req),
-        )
-        .await;
-        match answer
-            .ok()
-            .and_then(|r| r.ok())
-            .map(|b| relay::Response::decode(&b))
-        {
-            Some(Ok(relay::Response::Granted(g))) => g,
-            other => {
-                tracing::debug!(%witness, ?other, "no vote");
-                false
-            }
-        }
-    }
 
     /// Writes our announcement (once per lease generation, or after a metadata change); `false` while
     /// another live agent holds our machine ID.
@@ -149,5 +131,66 @@ impl State {
                 self.cluster.identity_holder().is_none()
             }
         }
+    }
+}
+
+/// One witness's vote on `holder`'s `lease`, asked over gossip's request channel.
+async fn ask_vote(
+    gossip: fleet_gossip_quic::transport::GossipHandle,
+    witness: &MachineId,
+    holder: &MachineId,
+    lease: i64,
+    timeout: Duration,
+) -> bool {
+    let req = relay::Request::Vote {
+        machine: holder.to_string(),
+        lease,
+    }
+    .encode();
+    let answer = tokio::time::timeout(timeout, gossip.request(witness, req)).await;
+    match answer
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|b| relay::Response::decode(&b))
+    {
+        Some(Ok(relay::Response::Granted(g))) => g,
+        other => {
+            tracing::debug!(%witness, ?other, "no vote");
+            false
+        }
+    }
+}
+
+/// When the first of the `wanted` requests is due: at once for one never made, a `period` after the
+/// last one otherwise (`last`: when each was last made); `None` when nothing is wanted.
+pub(super) fn first_due<K: Ord>(
+    wanted: &BTreeSet<K>,
+    last: &BTreeMap<K, Time>,
+    now: Time,
+    period: Duration,
+) -> Option<Time> {
+    wanted
+        .iter()
+        .map(|k| last.get(k).map_or(now, |t| *t + period))
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(x: u64) -> Time {
+        Time::from_micros(x * 1000)
+    }
+
+    #[test]
+    fn a_request_never_made_is_due_at_once_the_others_a_period_after_the_last() {
+        let period = Duration::from_millis(100);
+        let last = BTreeMap::from([(1, ms(950)), (2, ms(980))]);
+        let due = |wanted: &[i64]| first_due(&wanted.iter().copied().collect(), &last, ms(1000), period);
+        assert_eq!(due(&[]), None);
+        assert_eq!(due(&[2]), Some(ms(1080)));
+        assert_eq!(due(&[1, 2]), Some(ms(1050)));
+        assert_eq!(due(&[1, 2, 3]), Some(ms(1000)));
     }
 }
