@@ -79,7 +79,6 @@ impl State {
         }
     }
 
-
     /// Writes our announcement (once per lease generation, or after a metadata change); `false` while
     /// another live agent holds our machine ID.
     pub(super) async fn announce(&mut self, lease: &LeaseStatus) -> bool {
@@ -187,7 +186,8 @@ mod tests {
     fn a_request_never_made_is_due_at_once_the_others_a_period_after_the_last() {
         let period = Duration::from_millis(100);
         let last = BTreeMap::from([(1, ms(950)), (2, ms(980))]);
-        let due = |wanted: &[i64]| first_due(&wanted.iter().copied().collect(), &last, ms(1000), period);
+        let due =
+            |wanted: &[i64]| first_due(&wanted.iter().copied().collect(), &last, ms(1000), period);
         assert_eq!(due(&[]), None);
         assert_eq!(due(&[2]), Some(ms(1080)));
         assert_eq!(due(&[1, 2]), Some(ms(1050)));
