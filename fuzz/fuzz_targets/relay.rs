@@ -1,6 +1,6 @@
 //! The agents' relay messages (`src/agent/relay/wire.rs`, included as it is): a request or a response
-//! that decodes encodes to itself, and the values a responder checks before acting (the unit name, the
-//! witness's machine ID) are validated without a panic.
+//! that decodes encodes to itself, the unit name a responder checks before acting is validated without
+//! a panic, and a decoded request names only valid machine IDs (checked by the decoder).
 #![no_main]
 
 #[allow(dead_code)]
@@ -19,8 +19,9 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(name.as_str(), unit);
             }
         }
+        // A request that decodes names only valid machine IDs.
         if let Request::Support { machine, .. } | Request::Vote { machine, .. } = &r {
-            let _ = MachineId::parse(machine);
+            assert_eq!(MachineId::parse(machine.as_str()).as_ref(), Ok(machine));
         }
     }
     if let Ok(r) = Response::decode(data) {

@@ -121,7 +121,7 @@ pub(super) fn ask_support(g: &GuardInputs, lease: i64) {
         let gossip = gossip.clone();
         let shared = g.shared.clone();
         let req = relay::Request::Support {
-            machine: g.me.to_string(),
+            machine: g.me.clone(),
             lease,
         }
         .encode();

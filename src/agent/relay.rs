@@ -142,23 +142,20 @@ impl Responder {
         let Some(w) = &self.witness else {
             return Some(Response::Error("this machine is not a witness".into()));
         };
-        let Ok(machine) = MachineId::parse(machine) else {
-            return Some(Response::Error(format!("invalid machine ID {machine:?}")));
-        };
         if vote {
-            let seen_alive = (w.alive_of)(&machine);
+            let seen_alive = (w.alive_of)(machine);
             return Some(Response::Granted(
-                w.service.vote(&machine, lease, seen_alive),
+                w.service.vote(machine, lease, seen_alive),
             ));
         }
         // Support only for the machine that asks (a peer cannot keep another's lease alive).
-        let own = from.is_none_or(|f| (w.addr_of)(&machine) == Some(f));
+        let own = from.is_none_or(|f| (w.addr_of)(machine) == Some(f));
         if !own {
             return Some(Response::Error(format!(
                 "support for {machine} must be asked by {machine}"
             )));
         }
-        Some(Response::Granted(w.service.support(&machine, lease)))
+        Some(Response::Granted(w.service.support(machine, lease)))
     }
 
     /// Whether fleet manages unit `name` on this machine: its file in the units directory is one fleet
@@ -432,6 +429,48 @@ mod tests {
     }
 
     #[test]
+    fn machine_ids_are_typed_checked_when_decoded_and_encoded_as_strings() {
+        let typed = [
+            Request::Support {
+                machine: MachineId::parse("m1").unwrap(),
+                lease: -3,
+            },
+            Request::Vote {
+                machine: MachineId::parse("0123456789abcdef0123456789abcdef").unwrap(),
+                lease: 1 << 40,
+            },
+        ];
+        let raw: [Request<String>; 2] = [
+            Request::Support {
+                machine: "m1".into(),
+                lease: -3,
+            },
+            Request::Vote {
+                machine: "0123456789abcdef0123456789abcdef".into(),
+                lease: 1 << 40,
+            },
+        ];
+        for (t, r) in typed.into_iter().zip(raw) {
+            // The same bytes as when the wire carried strings (what older fleetds send and read).
+            assert_eq!(t.encode(), postcard::to_stdvec(&r).unwrap());
+            assert_eq!(Request::decode(&t.encode()), Ok(t));
+        }
+        let long = "a".repeat(65);
+        for bad in ["", "m-1", "m 1", long.as_str()] {
+            let b = postcard::to_stdvec(&Request::<String>::Vote {
+                machine: bad.into(),
+                lease: 7,
+            })
+            .unwrap();
+            let e = Request::decode(&b).unwrap_err().to_string();
+            assert!(e.contains("machine ID"), "{bad:?}: {e}");
+            if !bad.is_empty() {
+                assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
     fn trailing_bytes_are_refused() {
         let mut b = Request::Status {
             unit: "a.service".into(),
@@ -693,7 +732,7 @@ mod tests {
             Arc::new(move |m: &MachineId| *m == seen_alive),
         );
         let vote = |m: &str| Request::Vote {
-            machine: m.into(),
+            machine: MachineId::parse(m).unwrap(),
             lease: 7,
         };
         block(async {

@@ -142,7 +142,7 @@ async fn ask_vote(
     timeout: Duration,
 ) -> bool {
     let req = relay::Request::Vote {
-        machine: holder.to_string(),
+        machine: holder.clone(),
         lease,
     }
     .encode();

@@ -1,15 +1,23 @@
 //! The relay's wire format: one postcard-encoded [`Request`] from the asking agent, one postcard-encoded
 //! [`Response`] back (see the parent module). Decoding refuses trailing bytes and never panics; the
 //! receiver validates the values (unit name, lines, cursor, metadata keys) before acting on them.
+//! Machine IDs are typed ([`MachineId`]) and checked as the request is decoded: a request naming an
+//! invalid one does not decode, and the error names it.
 //!
-//! Needs only serde, postcard and thiserror, so that the fuzz target `fuzz/fuzz_targets/relay.rs`
-//! includes this file as it is, without fleetd's dependency tree.
+//! Needs only serde, postcard, thiserror and fleet-sched, so that the fuzz target
+//! `fuzz/fuzz_targets/relay.rs` includes this file as it is, without fleetd's dependency tree.
 
+use fleet_sched::MachineId;
 use serde::{Deserialize, Serialize};
 
 /// What one agent asks another about a unit it runs.
+///
+/// `Id` is how a machine ID is held: [`MachineId`] (the default, what every caller uses), or `String`
+/// only inside [`Request::decode`], which reads the IDs as strings and checks them itself (postcard
+/// drops the text of a serde error, so an ID checked by serde would fail without its name). Both
+/// encode to the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
+pub enum Request<Id = MachineId> {
     /// `systemctl status` of `unit` with its last `lines` journal lines.
     Status {
         /// The unit name (validated by the receiver).
@@ -40,20 +48,20 @@ pub enum Request {
     /// The sender asks this witness to support its lease while it cannot confirm it (docs/safety.md).
     Support {
         /// The sender's machine ID (checked against the connection's address).
-        machine: String,
+        machine: Id,
         /// Its lease.
         lease: i64,
     },
     /// The sender asks this witness to vote that `machine`'s `lease` may be taken over.
     Vote {
         /// The holder.
-        machine: String,
+        machine: Id,
         /// Its lease.
         lease: i64,
     },
 }
 
-impl Request {
+impl<Id> Request<Id> {
     /// The unit the request is about (none for metadata changes and the witness's requests).
     pub fn unit(&self) -> Option<&str> {
         match self {
@@ -109,9 +117,39 @@ impl Request {
         postcard::to_stdvec(self).expect("a request always encodes")
     }
 
-    /// Parses the wire form (trailing bytes are refused).
+    /// Parses the wire form (trailing bytes are refused; a machine ID that is not one is an error
+    /// naming it).
     pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
-        decode_exact(bytes)
+        decode_exact::<Request<String>>(bytes)?.checked()
+    }
+}
+
+impl Request<String> {
+    /// The request with its machine IDs validated.
+    fn checked(self) -> Result<Request, DecodeError> {
+        let id = |s: String| MachineId::parse(&s).map_err(|e| DecodeError(e.to_string()));
+        Ok(match self {
+            Request::Status { unit, lines } => Request::Status { unit, lines },
+            Request::Journal {
+                unit,
+                lines,
+                cursor,
+            } => Request::Journal {
+                unit,
+                lines,
+                cursor,
+            },
+            Request::Restart { unit } => Request::Restart { unit },
+            Request::SetMetadata { changes } => Request::SetMetadata { changes },
+            Request::Support { machine, lease } => Request::Support {
+                machine: id(machine)?,
+                lease,
+            },
+            Request::Vote { machine, lease } => Request::Vote {
+                machine: id(machine)?,
+                lease,
+            },
+        })
     }
 }
 
