@@ -4,10 +4,15 @@
 //!
 //! Field names are fleet's; empty fields are omitted when writing and default when reading (`null`
 //! too), so either side accepts what fleet v1 wrote.
+//!
+//! Machine IDs are [`MachineId`]s, validated as a document is read (a bad one is an error naming it)
+//! and written as the same JSON string. An ID fleet v1 may leave out (`machineID` of a unit not
+//! placed, or of a unit state) is an `Option`, `""` and `null` reading as `None`; a machine's `id` and
+//! the extensions' `machineID` are required.
 
 use std::collections::BTreeMap;
 
-pub use fleet_sched::UnitOption;
+pub use fleet_sched::{MachineId, UnitOption};
 use serde::{Deserialize, Serialize};
 
 /// Where API v1 is served (`/v1-alpha` is the same API).
@@ -42,14 +47,14 @@ pub struct Unit {
         deserialize_with = "null_as_empty"
     )]
     pub current_state: String,
-    /// The machine the unit is placed on.
+    /// The machine the unit is placed on (`None`: not placed).
     #[serde(
         rename = "machineID",
         default,
-        skip_serializing_if = "String::is_empty",
-        deserialize_with = "null_as_empty"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_id"
     )]
-    pub machine_id: String,
+    pub machine_id: Option<MachineId>,
     /// Extension (fleet v1 has no such field; its fleetctl ignores it): set when what etcd stores for the
     /// unit (its record, its unit file or its claim) does not parse. The unit is shown, and run, as its
     /// last good value; this says what is wrong. Read-only: ignored in a PUT.
@@ -81,13 +86,14 @@ pub struct UnitState {
     /// Hash (40 hex) of the content the machine runs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
-    /// Reporting machine.
+    /// Reporting machine (fleet v1 may leave it out).
     #[serde(
         rename = "machineID",
         default,
-        skip_serializing_if = "String::is_empty"
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "optional_id"
     )]
-    pub machine_id: String,
+    pub machine_id: Option<MachineId>,
     /// systemd LoadState.
     #[serde(
         rename = "systemdLoadState",
@@ -127,11 +133,10 @@ pub struct UnitStatePage {
 }
 
 /// `Machine {id, primaryIP, metadata}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Machine {
     /// Machine ID.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub id: String,
+    pub id: MachineId,
     /// Its public IP.
     #[serde(
         rename = "primaryIP",
@@ -209,12 +214,12 @@ pub struct ErrorBody {
 }
 
 /// Extension `GET /units/{name}/status` and `/journal`: output of a command on the unit's machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UnitOutput {
     /// The machine that answered.
-    #[serde(rename = "machineID", default)]
-    pub machine_id: String,
+    #[serde(rename = "machineID")]
+    pub machine_id: MachineId,
     /// The output.
     #[serde(default)]
     pub text: String,
@@ -235,14 +240,29 @@ pub struct RestartOutput {
 }
 
 /// How a restart went on one machine.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestartResult {
     /// The machine.
-    #[serde(rename = "machineID", default)]
-    pub machine_id: String,
+    #[serde(rename = "machineID")]
+    pub machine_id: MachineId,
     /// Why the unit was not restarted there (absent when it was).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+/// A machine ID fleet may leave out: absent, `null` and `""` are `None`; anything else must be a valid
+/// ID.
+fn optional_id<'de, D>(d: D) -> Result<Option<MachineId>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.is_empty() => Ok(None),
+        Some(s) => MachineId::parse(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
@@ -288,17 +308,19 @@ mod tests {
 
     #[test]
     fn nulls_and_missing_fields_read_as_empty() {
-        let u: Unit = serde_json::from_value(
-            json!({"name": "a.service", "options": null, "desiredState": null, "machineID": null}),
-        )
-        .unwrap();
-        assert_eq!(
-            u,
-            Unit {
-                name: "a.service".into(),
-                ..Unit::default()
-            }
-        );
+        for id in [json!(null), json!("")] {
+            let u: Unit = serde_json::from_value(
+                json!({"name": "a.service", "options": null, "desiredState": null, "machineID": id}),
+            )
+            .unwrap();
+            assert_eq!(
+                u,
+                Unit {
+                    name: "a.service".into(),
+                    ..Unit::default()
+                }
+            );
+        }
         let p: UnitPage = serde_json::from_value(json!({"units": null})).unwrap();
         assert!(p.units.is_empty() && p.next_page_token.is_none());
         let p: MachinePage = serde_json::from_value(json!({})).unwrap();
@@ -312,5 +334,31 @@ mod tests {
             .unwrap(),
             json!({"name": "a.service"})
         );
+    }
+
+    /// A machine ID is validated where a document is read: a bad one is an error naming it, in every
+    /// document that carries one; a required one cannot be left out.
+    #[test]
+    fn bad_machine_ids_do_not_parse_and_are_named() {
+        fn named<T: serde::de::DeserializeOwned + std::fmt::Debug>(doc: serde_json::Value) {
+            let e = serde_json::from_value::<T>(doc.clone())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("\"bad/id\""), "{doc}: {e}");
+        }
+        named::<Unit>(json!({"name": "a.service", "machineID": "bad/id"}));
+        named::<UnitPage>(json!({"units": [{"name": "a.service", "machineID": "bad/id"}]}));
+        named::<UnitState>(json!({"name": "a.service", "machineID": "bad/id"}));
+        named::<MachinePage>(json!({"machines": [{"id": "bad/id"}]}));
+        named::<UnitOutput>(json!({"machineID": "bad/id", "text": ""}));
+        named::<RestartOutput>(json!({"restarts": [{"machineID": "bad/id"}]}));
+        for doc in [json!({}), json!({"id": ""}), json!({"id": null})] {
+            assert!(
+                serde_json::from_value::<Machine>(doc.clone()).is_err(),
+                "{doc}"
+            );
+        }
+        let u: Unit = serde_json::from_value(json!({"machineID": "m1"})).unwrap();
+        assert_eq!(u.machine_id, Some(MachineId::parse("m1").unwrap()));
     }
 }

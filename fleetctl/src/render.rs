@@ -5,26 +5,22 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use fleet_api_types::{Machine, Unit, UnitState};
-use fleet_sched::UnitFile;
+use fleet_sched::{MachineId, UnitFile};
 
 use crate::commands::requirements_of;
 use crate::table::Table;
 
 /// `id8...` or the full ID.
-pub fn machine_id_legend(id: &str, full: bool) -> String {
+pub fn machine_id_legend(id: &MachineId, full: bool) -> String {
     if full {
         id.to_string()
     } else {
-        let short: String = id
-            .chars()
-            .take(fleet_sched::machine::SHORT_ID_LEN)
-            .collect();
-        format!("{short}...")
+        format!("{}...", id.short())
     }
 }
 
 /// `id8.../IP` (or the full ID with `--full`); just the ID legend when the IP is unknown.
-pub fn machine_full_legend(id: &str, machine: Option<&Machine>, full: bool) -> String {
+pub fn machine_full_legend(id: &MachineId, machine: Option<&Machine>, full: bool) -> String {
     let legend = machine_id_legend(id, full);
     match machine {
         Some(m) if !m.primary_ip.is_empty() => format!("{legend}/{}", m.primary_ip),
@@ -81,7 +77,7 @@ pub const MACHINE_FIELDS: &[&str] = &["machine", "ip", "metadata"];
 /// The `list-unit-files` table for `units` (sorted here by name).
 pub fn unit_files_table(
     units: &[Unit],
-    machines: &BTreeMap<String, Machine>,
+    machines: &BTreeMap<MachineId, Machine>,
     cols: &[&str],
     full: bool,
     legend: bool,
@@ -98,10 +94,10 @@ pub fn unit_files_table(
         let target = || {
             if global {
                 "global".to_string()
-            } else if u.machine_id.is_empty() {
-                "-".to_string()
+            } else if let Some(id) = &u.machine_id {
+                machine_full_legend(id, machines.get(id), full)
             } else {
-                machine_full_legend(&u.machine_id, machines.get(&u.machine_id), full)
+                "-".to_string()
             }
         };
         let row = cols
@@ -135,7 +131,7 @@ pub fn unit_files_table(
 /// The `list-units` table for `states` (sorted here by unit, then machine).
 pub fn units_table(
     states: &[UnitState],
-    machines: &BTreeMap<String, Machine>,
+    machines: &BTreeMap<MachineId, Machine>,
     cols: &[&str],
     full: bool,
     legend: bool,
@@ -151,8 +147,10 @@ pub fn units_table(
             .iter()
             .map(|c| match *c {
                 "unit" => dash(&s.name),
-                "machine" if s.machine_id.is_empty() => "-".to_string(),
-                "machine" => machine_full_legend(&s.machine_id, machines.get(&s.machine_id), full),
+                "machine" => match &s.machine_id {
+                    Some(id) => machine_full_legend(id, machines.get(id), full),
+                    None => "-".to_string(),
+                },
                 "active" => dash(&s.systemd_active_state),
                 "sub" => dash(&s.systemd_sub_state),
                 "load" => dash(&s.systemd_load_state),
@@ -203,7 +201,7 @@ pub(crate) fn json_str(s: &str) -> serde_json::Value {
 /// `--full` shows (`null` for `-`, `global` a boolean).
 pub fn unit_files_json(
     units: &[Unit],
-    machines: &BTreeMap<String, Machine>,
+    machines: &BTreeMap<MachineId, Machine>,
     cols: &[&str],
 ) -> serde_json::Value {
     use serde_json::Value;
@@ -222,12 +220,10 @@ pub fn unit_files_json(
                 "state" if global => Value::Null,
                 "state" => json_str(&u.current_state),
                 "target" | "tmachine" if global => Value::String("global".into()),
-                "target" | "tmachine" if u.machine_id.is_empty() => Value::Null,
-                "target" | "tmachine" => Value::String(machine_full_legend(
-                    &u.machine_id,
-                    machines.get(&u.machine_id),
-                    true,
-                )),
+                "target" | "tmachine" => match &u.machine_id {
+                    Some(id) => Value::String(machine_full_legend(id, machines.get(id), true)),
+                    None => Value::Null,
+                },
                 "desc" => json_str(file.as_ref().and_then(|f| f.description()).unwrap_or("")),
                 "global" => Value::Bool(global),
                 other => unreachable!("field {other} was validated"),
@@ -243,7 +239,7 @@ pub fn unit_files_json(
 /// `--full` shows (`null` for `-`).
 pub fn units_json(
     states: &[UnitState],
-    machines: &BTreeMap<String, Machine>,
+    machines: &BTreeMap<MachineId, Machine>,
     cols: &[&str],
 ) -> serde_json::Value {
     use serde_json::Value;
@@ -253,12 +249,10 @@ pub fn units_json(
         let obj = cols.iter().map(|c| {
             let v = match *c {
                 "unit" => json_str(&s.name),
-                "machine" if s.machine_id.is_empty() => Value::Null,
-                "machine" => Value::String(machine_full_legend(
-                    &s.machine_id,
-                    machines.get(&s.machine_id),
-                    true,
-                )),
+                "machine" => match &s.machine_id {
+                    Some(id) => Value::String(machine_full_legend(id, machines.get(id), true)),
+                    None => Value::Null,
+                },
                 "active" => json_str(&s.systemd_active_state),
                 "sub" => json_str(&s.systemd_sub_state),
                 "load" => json_str(&s.systemd_load_state),
@@ -281,7 +275,7 @@ pub fn machines_json(machines: &[Machine], cols: &[&str]) -> serde_json::Value {
     let rows = sorted.into_iter().map(|m| {
         let obj = cols.iter().map(|c| {
             let v = match *c {
-                "machine" => json_str(&m.id),
+                "machine" => Value::String(m.id.to_string()),
                 "ip" => json_str(&m.primary_ip),
                 "metadata" => Value::Object(
                     m.metadata
@@ -381,7 +375,7 @@ mod tests {
         let st = |n: &str, m: &str, a: &str| UnitState {
             name: n.into(),
             hash: "e55c0ae1234567890abcdef1234567890abcdef0".into(),
-            machine_id: m.into(),
+            machine_id: Some(MachineId::parse(m).unwrap()),
             systemd_load_state: "loaded".into(),
             systemd_active_state: a.into(),
             systemd_sub_state: if a == "active" { "running" } else { "dead" }.into(),
@@ -438,7 +432,8 @@ mod tests {
 
     #[test]
     fn short_machine_ids_are_shown_whole() {
-        assert_eq!(machine_id_legend("abc", false), "abc...");
-        assert_eq!(machine_full_legend("abc", None, false), "abc...");
+        let abc = MachineId::parse("abc").unwrap();
+        assert_eq!(machine_id_legend(&abc, false), "abc...");
+        assert_eq!(machine_full_legend(&abc, None, false), "abc...");
     }
 }

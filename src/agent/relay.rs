@@ -264,12 +264,12 @@ impl Responder {
                     return Response::Error(format!("change {i}: empty value for {key}"))
                 }
                 Some(v) => MetadataOp::Set {
-                    machine: me.to_string(),
+                    machine: me.clone(),
                     key: key.clone(),
                     value: v.clone(),
                 },
                 None => MetadataOp::Remove {
-                    machine: me.to_string(),
+                    machine: me.clone(),
                     key: key.clone(),
                 },
             });
@@ -606,12 +606,12 @@ mod tests {
             *rec.0.lock().unwrap(),
             vec![
                 MetadataOp::Set {
-                    machine: "m1".into(),
+                    machine: MachineId::parse("m1").unwrap(),
                     key: "region".into(),
                     value: "eu".into()
                 },
                 MetadataOp::Remove {
-                    machine: "m1".into(),
+                    machine: MachineId::parse("m1").unwrap(),
                     key: "disk".into()
                 }
             ]

@@ -45,7 +45,7 @@ pub enum MetadataOp {
     /// Set `key` to `value` on `machine` (`add` and `replace`).
     Set {
         /// The machine.
-        machine: String,
+        machine: MachineId,
         /// The key (`[A-Za-z0-9_.-]+`).
         key: String,
         /// The value (non-empty).
@@ -54,14 +54,14 @@ pub enum MetadataOp {
     /// Remove `key` from `machine`.
     Remove {
         /// The machine.
-        machine: String,
+        machine: MachineId,
         /// The key.
         key: String,
     },
 }
 
 impl MetadataOp {
-    fn machine(&self) -> &str {
+    fn machine(&self) -> &MachineId {
         match self {
             MetadataOp::Set { machine, .. } | MetadataOp::Remove { machine, .. } => machine,
         }
@@ -73,7 +73,7 @@ impl MetadataOp {
 pub enum MetadataError {
     /// An op names a machine this fleetd cannot change.
     #[error("machine {0} does not exist")]
-    UnknownMachine(String),
+    UnknownMachine(MachineId),
 }
 
 /// The API's source of machines and unit states (gossip, eventually).
@@ -178,8 +178,8 @@ impl ClusterView for LocalCluster {
     }
 
     fn apply_metadata(&self, ops: &[MetadataOp]) -> Result<(), MetadataError> {
-        if let Some(op) = ops.iter().find(|op| op.machine() != self.id.as_str()) {
-            return Err(MetadataError::UnknownMachine(op.machine().to_string()));
+        if let Some(op) = ops.iter().find(|op| *op.machine() != self.id) {
+            return Err(MetadataError::UnknownMachine(op.machine().clone()));
         }
         let mut i = self.inner.write().unwrap_or_else(|e| e.into_inner());
         for op in ops {
@@ -210,12 +210,12 @@ mod tests {
         );
         c.apply_metadata(&[
             MetadataOp::Set {
-                machine: "m1".into(),
+                machine: MachineId::parse("m1").unwrap(),
                 key: "a".into(),
                 value: "9".into(),
             },
             MetadataOp::Remove {
-                machine: "m1".into(),
+                machine: MachineId::parse("m1").unwrap(),
                 key: "b".into(),
             },
         ])
@@ -236,17 +236,22 @@ mod tests {
         let c = LocalCluster::new(MachineId::parse("m1").unwrap(), None, BTreeMap::new());
         let r = c.apply_metadata(&[
             MetadataOp::Set {
-                machine: "m1".into(),
+                machine: MachineId::parse("m1").unwrap(),
                 key: "a".into(),
                 value: "1".into(),
             },
             MetadataOp::Set {
-                machine: "m2".into(),
+                machine: MachineId::parse("m2").unwrap(),
                 key: "a".into(),
                 value: "1".into(),
             },
         ]);
-        assert_eq!(r, Err(MetadataError::UnknownMachine("m2".into())));
+        assert_eq!(
+            r,
+            Err(MetadataError::UnknownMachine(
+                MachineId::parse("m2").unwrap()
+            ))
+        );
         assert!(c.local().metadata.is_empty());
     }
 }

@@ -1,7 +1,7 @@
 //! `/machines` (list, metadata PATCH), `/state` and `/state/{name}`.
 
 use axum::body::Body;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
@@ -37,7 +37,7 @@ pub(super) async fn list(
                 .and_then(|s| s.machines.get(&m.id))
                 .map(|a| a.record.refused.clone())
                 .unwrap_or_default(),
-            id: m.id.to_string(),
+            id: m.id,
             primary_ip: m.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
             metadata: m.metadata,
         })
@@ -80,9 +80,9 @@ pub(super) async fn patch(
         .map_err(|e| ApiError::bad_request(format!("unable to decode body: {e}")))?;
     let mut ops = Vec::with_capacity(raw.len());
     for (i, op) in raw.iter().enumerate() {
-        let (machine, key) = parse_path(&op.path).ok_or_else(|| {
+        let (machine, key) = parse_path(&op.path).map_err(|why| {
             ApiError::bad_request(format!(
-                "operation {i}: machine metadata path {:?} invalid: expected /<machineID>/metadata/<key> with key [A-Za-z0-9_.-]+",
+                "operation {i}: machine metadata path {:?} invalid: {why}",
                 op.path
             ))
         })?;
@@ -124,12 +124,7 @@ async fn relay_metadata(
     relay: Arc<dyn UnitRelay>,
     ops: &[MetadataOp],
 ) -> Result<(), ApiError> {
-    let known: BTreeMap<String, MachineId> = st
-        .cluster
-        .machines()
-        .into_iter()
-        .map(|m| (m.id.to_string(), m.id))
-        .collect();
+    let known: BTreeSet<MachineId> = st.cluster.machines().into_iter().map(|m| m.id).collect();
     let mut per_machine: BTreeMap<MachineId, Vec<MetadataChange>> = BTreeMap::new();
     for op in ops {
         let (machine, change) = match op {
@@ -140,10 +135,12 @@ async fn relay_metadata(
             } => (machine, (key.clone(), Some(value.clone()))),
             MetadataOp::Remove { machine, key } => (machine, (key.clone(), None)),
         };
-        let id = known.get(machine).ok_or_else(|| {
-            ApiError::not_found(MetadataError::UnknownMachine(machine.clone()).to_string())
-        })?;
-        per_machine.entry(id.clone()).or_default().push(change);
+        if !known.contains(machine) {
+            return Err(ApiError::not_found(
+                MetadataError::UnknownMachine(machine.clone()).to_string(),
+            ));
+        }
+        per_machine.entry(machine.clone()).or_default().push(change);
     }
     let mut tasks = tokio::task::JoinSet::new();
     for (machine, changes) in per_machine.clone() {
@@ -224,15 +221,17 @@ fn shows(machines: &[MachineInfo], applied: &BTreeMap<MachineId, Vec<MetadataCha
     })
 }
 
-/// `/<machineID>/metadata/<key>` -> (machine, key).
-fn parse_path(path: &str) -> Option<(String, String)> {
-    let rest = path.strip_prefix('/')?;
-    let (machine, rest) = rest.split_once('/')?;
-    let key = rest.strip_prefix("metadata/")?;
-    if machine.is_empty() || !valid_metadata_key(key) {
-        return None;
+/// `/<machineID>/metadata/<key>` -> (machine, key); the error says what is wrong.
+fn parse_path(path: &str) -> Result<(MachineId, String), String> {
+    let shape = || "expected /<machineID>/metadata/<key> with key [A-Za-z0-9_.-]+".to_string();
+    let rest = path.strip_prefix('/').ok_or_else(shape)?;
+    let (machine, rest) = rest.split_once('/').ok_or_else(shape)?;
+    let key = rest.strip_prefix("metadata/").ok_or_else(shape)?;
+    if !valid_metadata_key(key) {
+        return Err(shape());
     }
-    Some((machine.to_string(), key.to_string()))
+    let machine = MachineId::parse(machine).map_err(|e| e.to_string())?;
+    Ok((machine, key.to_string()))
 }
 
 /// `GET /state?machineID=&unitName=`.
@@ -294,7 +293,7 @@ fn state_to_schema(s: UnitStateInfo) -> schema::UnitState {
     schema::UnitState {
         name: s.name.to_string(),
         hash: s.hash.to_string(),
-        machine_id: s.machine_id.to_string(),
+        machine_id: Some(s.machine_id),
         systemd_load_state: s.load_state.to_string(),
         systemd_active_state: s.active_state.to_string(),
         systemd_sub_state: s.sub_state,
@@ -340,12 +339,25 @@ mod tests {
     fn metadata_paths() {
         assert_eq!(
             parse_path("/abc/metadata/region"),
-            Some(("abc".into(), "region".into()))
+            Ok((MachineId::parse("abc").unwrap(), "region".into()))
         );
-        assert_eq!(parse_path("abc/metadata/region"), None);
-        assert_eq!(parse_path("/abc/metadata/"), None);
-        assert_eq!(parse_path("/abc/metadata/a/b"), None);
-        assert_eq!(parse_path("/abc/meta/region"), None);
-        assert_eq!(parse_path("//metadata/region"), None);
+        for bad in [
+            "abc/metadata/region",
+            "/abc/metadata/",
+            "/abc/metadata/a/b",
+            "/abc/meta/region",
+        ] {
+            let e = parse_path(bad).unwrap_err();
+            assert!(
+                e.starts_with("expected /<machineID>/metadata/<key>"),
+                "{bad}: {e}"
+            );
+        }
+        assert_eq!(
+            parse_path("//metadata/region").unwrap_err(),
+            "machine ID cannot be empty"
+        );
+        let e = parse_path("/ab-c/metadata/region").unwrap_err();
+        assert!(e.contains("\"ab-c\""), "{e}");
     }
 }

@@ -253,7 +253,7 @@ pub(super) async fn restart(
                 },
             };
             RestartResult {
-                machine_id: machine.to_string(),
+                machine_id: machine,
                 error,
             }
         });
@@ -303,7 +303,7 @@ async fn relay(
     };
     match answer {
         Ok(a) => Ok(Json(UnitOutput {
-            machine_id: machine.to_string(),
+            machine_id: machine,
             text: a.text,
             cursor: a.cursor,
             exit_code: a.exit_code,
@@ -472,7 +472,7 @@ mod tests {
     #[test]
     fn the_answer_is_camel_case_json_without_empty_fields() {
         let o = UnitOutput {
-            machine_id: "m1".into(),
+            machine_id: id("m1"),
             text: "x\n".into(),
             cursor: None,
             exit_code: Some(3),

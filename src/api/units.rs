@@ -7,7 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use fleet_sched::{DesiredState, Requirements, UnitFile, UnitName};
+use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitName};
 
 use super::cluster::UnitStateInfo;
 use super::error::ApiError;
@@ -192,7 +192,7 @@ pub(super) async fn set(
 
 /// The API view of a stored unit: currentState from its claim and what its machine reports.
 pub(super) fn to_schema(u: &Unit, claim: Option<&Claim>, states: &[UnitStateInfo]) -> schema::Unit {
-    let machine_id = claim.map(|c| c.machine_id.to_string()).unwrap_or_default();
+    let machine_id = claim.map(|c| c.machine_id.clone());
     let current = claim
         .and_then(|c| {
             states
@@ -207,7 +207,7 @@ pub(super) fn to_schema(u: &Unit, claim: Option<&Claim>, states: &[UnitStateInfo
     // none meanwhile.
     let machine_id =
         if u.desired_state == DesiredState::Inactive && current == DesiredState::Inactive {
-            String::new()
+            None
         } else {
             machine_id
         };
@@ -239,14 +239,14 @@ pub(super) fn filter_states(
     machine: Option<&str>,
     unit: Option<&str>,
 ) -> Vec<UnitStateInfo> {
-    let mut by_key: BTreeMap<(String, String), UnitStateInfo> = BTreeMap::new();
+    let mut by_key: BTreeMap<(UnitName, MachineId), UnitStateInfo> = BTreeMap::new();
     for s in states {
         if machine.is_some_and(|m| m != s.machine_id.as_str())
             || unit.is_some_and(|n| n != s.name.as_str())
         {
             continue;
         }
-        by_key.insert((s.name.to_string(), s.machine_id.to_string()), s);
+        by_key.insert((s.name.clone(), s.machine_id.clone()), s);
     }
     by_key.into_values().collect()
 }
@@ -301,27 +301,39 @@ mod tests {
         // Unloading: the claim is still there, the machine no longer has the unit.
         let s = to_schema(&unit(DesiredState::Inactive), Some(&c), &[]);
         assert_eq!(
-            (s.current_state.as_str(), s.machine_id.as_str()),
-            ("inactive", "")
+            (
+                s.current_state.as_str(),
+                s.machine_id.as_ref().map(MachineId::as_str)
+            ),
+            ("inactive", None)
         );
         // Still loaded there: the machine is named until it lets the unit go.
         let loaded = [state("loaded", "inactive")];
         let s = to_schema(&unit(DesiredState::Inactive), Some(&c), &loaded);
         assert_eq!(
-            (s.current_state.as_str(), s.machine_id.as_str()),
-            ("loaded", "m1")
+            (
+                s.current_state.as_str(),
+                s.machine_id.as_ref().map(MachineId::as_str)
+            ),
+            ("loaded", Some("m1"))
         );
         // A unit meant to run that is not loaded yet keeps its machine.
         let s = to_schema(&unit(DesiredState::Launched), Some(&c), &[]);
         assert_eq!(
-            (s.current_state.as_str(), s.machine_id.as_str()),
-            ("inactive", "m1")
+            (
+                s.current_state.as_str(),
+                s.machine_id.as_ref().map(MachineId::as_str)
+            ),
+            ("inactive", Some("m1"))
         );
         let active = [state("loaded", "active")];
         let s = to_schema(&unit(DesiredState::Loaded), Some(&c), &active);
         assert_eq!(
-            (s.current_state.as_str(), s.machine_id.as_str()),
-            ("launched", "m1")
+            (
+                s.current_state.as_str(),
+                s.machine_id.as_ref().map(MachineId::as_str)
+            ),
+            ("launched", Some("m1"))
         );
     }
 }

@@ -18,7 +18,7 @@ impl<T: Transport> Ctx<T> {
             .await
             .context(worded!("Error retrieving list of units from fleetd"))?;
         let needs_machines = cols.iter().any(|c| *c == "target" || *c == "tmachine")
-            && units.iter().any(|u| !u.machine_id.is_empty());
+            && units.iter().any(|u| u.machine_id.is_some());
         let machines = if needs_machines {
             self.machine_map(false).await?.clone()
         } else {
@@ -108,7 +108,7 @@ mod tests {
         let states = vec![
             UnitState {
                 name: "b.service".into(),
-                machine_id: M1.into(),
+                machine_id: Some(fleet_sched::MachineId::parse(M1).unwrap()),
                 hash: "a".repeat(40),
                 systemd_active_state: "active".into(),
                 ..Default::default()

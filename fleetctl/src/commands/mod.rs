@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use fleet_api_types::{Machine, Unit};
-use fleet_sched::{Requirements, UnitFile, UnitName};
+use fleet_sched::{MachineId, Requirements, UnitFile, UnitName};
 
 use crate::client::{Api, Transport};
 use crate::names;
@@ -113,7 +113,7 @@ pub struct Ctx<T> {
     out: Box<dyn Write>,
     err: Box<dyn Write>,
     /// Machines by ID, fetched at most once unless an unknown ID shows up.
-    machines: Option<BTreeMap<String, Machine>>,
+    machines: Option<BTreeMap<MachineId, Machine>>,
     /// Whether `machines` was refetched because of an unknown ID (done at most once).
     machines_refreshed: bool,
     /// Time between two state checks while blocking.
@@ -211,7 +211,7 @@ impl<T: Transport> Ctx<T> {
         }
     }
 
-    async fn machine_map(&mut self, refresh: bool) -> Result<&BTreeMap<String, Machine>> {
+    async fn machine_map(&mut self, refresh: bool) -> Result<&BTreeMap<MachineId, Machine>> {
         if refresh || self.machines.is_none() {
             let list = self
                 .api
@@ -224,7 +224,7 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// `id8.../IP` for a machine, refreshing the machine list once when the ID is unknown; best effort.
-    async fn legend(&mut self, id: &str) -> String {
+    async fn legend(&mut self, id: &MachineId) -> String {
         let known = matches!(&self.machines, Some(m) if m.contains_key(id));
         if !known && (self.machines.is_none() || !self.machines_refreshed) {
             let refresh = self.machines.is_some();

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context as _, Result};
 use fleet_api_types::Machine;
-use fleet_sched::UnitName;
+use fleet_sched::{MachineId, UnitName};
 
 use super::*;
 use crate::args::{JournalArgs, SshArgs};
@@ -33,7 +33,7 @@ impl<T: Transport> Ctx<T> {
                     if ids.is_empty() {
                         vec![None]
                     } else {
-                        ids.into_iter().map(Some).collect()
+                        ids.into_iter().map(|m| Some(m.to_string())).collect()
                     }
                 }
                 None => vec![None],
@@ -104,7 +104,7 @@ impl<T: Transport> Ctx<T> {
                 _ = &mut stop => return Ok(()),
                 _ = tokio::time::sleep(self.poll_interval) => {}
             }
-            let machine = a.machine.as_deref().or(on.as_deref());
+            let machine = a.machine.as_deref().or(on.as_ref().map(MachineId::as_str));
             let res = tokio::select! {
                 _ = &mut stop => return Ok(()),
                 r = self.api.unit_journal(name.as_str(), FOLLOW_BATCH, cursor.as_deref(), machine) => r,
@@ -113,7 +113,7 @@ impl<T: Transport> Ctx<T> {
                 Ok(o) => {
                     failing_since = None;
                     self.write_out(&o.text)?;
-                    if on.as_deref() != Some(o.machine_id.as_str()) {
+                    if on.as_ref() != Some(&o.machine_id) {
                         on = Some(o.machine_id);
                     }
                     if o.cursor.is_some() {
@@ -122,15 +122,12 @@ impl<T: Transport> Ctx<T> {
                 }
                 Err(e) if e.api_status() == Some(404) => return Err(e).with_context(what),
                 Err(e) => {
-                    if e.api_status() == Some(409) && a.machine.is_none() && on.is_some() {
-                        // Not on that machine any more: follow it wherever it runs now.
-                        say!(
-                            self.err,
-                            "{name} left machine {}: {e}",
-                            on.unwrap_or_default()
-                        );
-                        on = None;
-                        cursor = None;
+                    if e.api_status() == Some(409) && a.machine.is_none() {
+                        if let Some(left) = on.take() {
+                            // Not on that machine any more: follow it wherever it runs now.
+                            say!(self.err, "{name} left machine {left}: {e}");
+                            cursor = None;
+                        }
                     }
                     let first_failure = failing_since.is_none();
                     let since = *failing_since.get_or_insert_with(Instant::now);
@@ -146,15 +143,14 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// The machines that report `name` (sorted, each once).
-    pub(super) async fn machines_running(&mut self, name: &UnitName) -> Result<Vec<String>> {
-        let mut ids: Vec<String> = self
+    pub(super) async fn machines_running(&mut self, name: &UnitName) -> Result<Vec<MachineId>> {
+        let mut ids: Vec<MachineId> = self
             .api
             .unit_states(Some(name.as_str()))
             .await
             .with_context(|| worded!("Error retrieving the machines running {name}"))?
             .into_iter()
-            .map(|s| s.machine_id)
-            .filter(|m| !m.is_empty())
+            .filter_map(|s| s.machine_id)
             .collect();
         ids.sort();
         ids.dedup();
@@ -169,15 +165,15 @@ impl<T: Transport> Ctx<T> {
         &mut self,
         name: &UnitName,
         a: &JournalArgs,
-        machines: Vec<String>,
+        machines: Vec<MachineId>,
         stop: impl std::future::Future<Output = ()>,
     ) -> Result<()> {
         tokio::pin!(stop);
         let what = || worded!("Error reading the journal of {name}");
         // Per machine: the cursor to continue from (None before the first answer), whether it failed.
-        let mut cursors: BTreeMap<String, (Option<String>, bool)> =
+        let mut cursors: BTreeMap<MachineId, (Option<String>, bool)> =
             machines.into_iter().map(|m| (m, (None, false))).collect();
-        let mut last_shown: Option<String> = None;
+        let mut last_shown: Option<MachineId> = None;
         let mut first_round = true;
         let mut polls = 0u32;
         loop {
@@ -195,7 +191,7 @@ impl<T: Transport> Ctx<T> {
                     }
                 }
             }
-            let ids: Vec<String> = cursors.keys().cloned().collect();
+            let ids: Vec<MachineId> = cursors.keys().cloned().collect();
             for m in ids {
                 let (cursor, _) = cursors.get(&m).cloned().unwrap_or_default();
                 let lines = if cursor.is_some() {
@@ -205,7 +201,7 @@ impl<T: Transport> Ctx<T> {
                 };
                 let res = tokio::select! {
                     _ = &mut stop => return Ok(()),
-                    r = self.api.unit_journal(name.as_str(), lines, cursor.as_deref(), Some(&m)) => r,
+                    r = self.api.unit_journal(name.as_str(), lines, cursor.as_deref(), Some(m.as_str())) => r,
                 };
                 match res {
                     Ok(o) => {
@@ -215,7 +211,7 @@ impl<T: Transport> Ctx<T> {
                             entry.0 = o.cursor;
                         }
                         let heading = first_round || !o.text.is_empty();
-                        if heading && last_shown.as_deref() != Some(m.as_str()) {
+                        if heading && last_shown.as_ref() != Some(&m) {
                             if last_shown.is_some() {
                                 say!(self.out, "");
                             }
@@ -285,7 +281,7 @@ impl<T: Transport> Ctx<T> {
             .machine_map(false)
             .await?
             .values()
-            .filter(|m| !prefix.is_empty() && m.id.starts_with(prefix))
+            .filter(|m| !prefix.is_empty() && m.id.as_str().starts_with(prefix))
             .cloned()
             .collect();
         match found.as_slice() {
@@ -315,13 +311,16 @@ impl<T: Transport> Ctx<T> {
                 many => fail!(
                     "Error: global unit {name} runs on {} machines ({}): pick one with --machine",
                     many.len(),
-                    many.join(", ")
+                    many.iter()
+                        .map(MachineId::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
-        } else if u.machine_id.is_empty() {
-            fail!("Error: unit {name} is not running on any machine");
+        } else if let Some(id) = u.machine_id {
+            id
         } else {
-            u.machine_id
+            fail!("Error: unit {name} is not running on any machine");
         };
         let known = self.machine_map(false).await?.get(&id).cloned();
         match known {

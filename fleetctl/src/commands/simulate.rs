@@ -104,18 +104,18 @@ pub fn capture(
     let mut list: Vec<MachineEntry> = machines
         .iter()
         .map(|m| MachineEntry {
-            id: Some(m.id.clone()),
+            id: Some(m.id.to_string()),
             metadata: m.metadata.clone(),
         })
         .collect();
     list.sort_by(|a, b| a.id.cmp(&b.id));
     let mut running: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for s in states {
-        if s.systemd_active_state == "active" {
+        if let (Some(m), "active") = (&s.machine_id, s.systemd_active_state.as_str()) {
             running
                 .entry(s.name.as_str())
                 .or_default()
-                .push(s.machine_id.clone());
+                .push(m.to_string());
         }
     }
     let mut inline = Vec::with_capacity(units.len());
@@ -229,7 +229,7 @@ mod tests {
     fn state(name: &str, m: &str, active: &str) -> UnitState {
         UnitState {
             name: name.into(),
-            machine_id: m.into(),
+            machine_id: Some(fleet_sched::MachineId::parse(m).unwrap()),
             systemd_active_state: active.into(),
             ..Default::default()
         }
@@ -346,12 +346,10 @@ mod tests {
             "{err}"
         );
 
-        let (mut machines, units) = cluster();
-        machines[0].id = "not a machine id!".into();
-        let err = format!(
-            "{:#}",
-            capture("c", "d", Dur::secs(60), &machines, &units, &[]).unwrap_err()
-        );
+        // A machine ID that is not one never reaches capture: the machine list does not parse.
+        let err = serde_json::from_str::<Machine>(r#"{"id": "not a machine id!"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a machine id!"), "{err}");
 
         let (machines, mut units) = cluster();

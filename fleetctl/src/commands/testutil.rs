@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use fleet_api_types::{Machine, Unit};
-use fleet_sched::UnitOption;
+use fleet_sched::{MachineId, UnitOption};
 
 use super::Ctx;
 use crate::args::{JournalArgs, SshArgs};
@@ -16,7 +16,7 @@ use crate::client::Api;
 
 pub(crate) fn machine(id: &str, ip: &str, meta: &[(&str, &str)]) -> Machine {
     Machine {
-        id: id.into(),
+        id: MachineId::parse(id).unwrap(),
         primary_ip: ip.into(),
         metadata: meta
             .iter()
@@ -35,7 +35,7 @@ pub(crate) fn unit(name: &str, opts: &[(&str, &str, &str)], d: &str, c: &str, m:
             .collect(),
         desired_state: d.into(),
         current_state: c.into(),
-        machine_id: m.into(),
+        machine_id: (!m.is_empty()).then(|| MachineId::parse(m).unwrap()),
         damaged: None,
     }
 }
@@ -43,7 +43,7 @@ pub(crate) fn unit(name: &str, opts: &[(&str, &str, &str)], d: &str, c: &str, m:
 pub(crate) const M1: &str = "113f16a7c5e44a1cb2e8a6e8b8f4d7a1";
 pub(crate) const M2: &str = "2cb2e8a6e8b8f4d7a1113f16a7c5e44a";
 
-pub(crate) fn machines() -> BTreeMap<String, Machine> {
+pub(crate) fn machines() -> BTreeMap<MachineId, Machine> {
     [
         machine(M1, "10.0.0.1", &[("region", "us"), ("disk", "ssd")]),
         machine(M2, "", &[]),

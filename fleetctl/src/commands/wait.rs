@@ -61,8 +61,8 @@ impl<T: Transport> Ctx<T> {
                     still.push(name);
                     continue;
                 }
-                if !global && !u.machine_id.is_empty() {
-                    let legend = self.legend(&u.machine_id).await;
+                if let (false, Some(id)) = (global, &u.machine_id) {
+                    let legend = self.legend(id).await;
                     say!(self.out, "Unit {name} {target} on {legend}");
                 } else {
                     say!(self.out, "Unit {name} {target}");
@@ -121,14 +121,14 @@ impl<T: Transport> Ctx<T> {
         if machines.is_empty() {
             return "no machine has joined the cluster (no fleetd agent is running), so nothing can be scheduled".to_string();
         }
-        if unit.machine_id.is_empty() {
+        let Some(id) = &unit.machine_id else {
             return match self.api.units().await {
                 Ok(units) => explain_unplaced(name, &units, &machines),
                 Err(e) => format!("it is not placed on a machine yet (cannot list units: {e})"),
             };
-        }
-        let legend = machine_full_legend(&unit.machine_id, machines.get(&unit.machine_id), false);
-        if !machines.contains_key(&unit.machine_id) {
+        };
+        let legend = machine_full_legend(id, machines.get(id), false);
+        if !machines.contains_key(id) {
             return format!("it is placed on {legend}, which is no longer a member of the cluster");
         }
         let states = self
@@ -136,7 +136,7 @@ impl<T: Transport> Ctx<T> {
             .unit_states(Some(name.as_str()))
             .await
             .unwrap_or_default();
-        match states.iter().find(|s| s.machine_id == unit.machine_id) {
+        match states.iter().find(|s| s.machine_id.as_ref() == Some(id)) {
             None => format!("it is placed on {legend}, which has not reported the unit yet (current state {})", dash(&unit.current_state)),
             Some(s) => format!(
                 "it is placed on {legend}, where systemd reports load={} active={} sub={} (current state {}, wanted {target})",
@@ -154,15 +154,11 @@ impl<T: Transport> Ctx<T> {
 pub fn explain_unplaced(
     name: &UnitName,
     units: &[Unit],
-    machines: &BTreeMap<String, Machine>,
+    machines: &BTreeMap<MachineId, Machine>,
 ) -> String {
     let mut infos: Vec<MachineInfo> = Vec::with_capacity(machines.len());
     for m in machines.values() {
-        let id = match MachineId::parse(&m.id) {
-            Ok(id) => id,
-            Err(e) => return format!("cannot explain: fleetd lists an invalid machine ID: {e}"),
-        };
-        let mut info = MachineInfo::new(id);
+        let mut info = MachineInfo::new(m.id.clone());
         info.metadata = m.metadata.clone();
         info.refused = m
             .refused_units
@@ -171,7 +167,7 @@ pub fn explain_unplaced(
             .collect();
         infos.push(info);
     }
-    let units: Result<Vec<UnitInfo>, String> = units
+    let units: Vec<UnitInfo> = units
         .iter()
         .filter_map(|u| {
             let name = UnitName::parse(&u.name).ok()?;
@@ -179,32 +175,19 @@ pub fn explain_unplaced(
             let req = Requirements::from_unit(&name, &file).ok()?;
             let desired = u.desired_state.parse::<DesiredState>().ok()?;
             let info = UnitInfo::new(name, req, desired);
-            if u.machine_id.is_empty() {
-                return Some(Ok(info));
-            }
-            Some(
-                MachineId::parse(&u.machine_id)
-                    .map(|m| info.claimed_by(m))
-                    .map_err(|e| {
-                        format!(
-                            "cannot explain: unit {} names an invalid machine ID: {e}",
-                            u.name
-                        )
-                    }),
-            )
+            Some(match &u.machine_id {
+                Some(m) => info.claimed_by(m.clone()),
+                None => info,
+            })
         })
         .collect();
-    let units: Vec<UnitInfo> = match units {
-        Ok(u) => u,
-        Err(e) => return e,
-    };
     let count = infos.len();
     let plural = if count == 1 { "" } else { "s" };
     match schedule(&infos, &units).decision(name) {
         Some(Decision::Unplaceable(reason)) => format!("it cannot be placed: {reason}"),
         Some(Decision::On(m)) => format!(
             "it is not placed yet, though it fits on {} ({count} machine{plural} in the cluster): no agent has claimed it",
-            machine_full_legend(m.as_str(), machines.get(m.as_str()), false)
+            machine_full_legend(m, machines.get(m), false)
         ),
         Some(Decision::Global(_)) | None => {
             format!("it is not placed on any of the {count} machine{plural} yet")
@@ -246,7 +229,7 @@ mod tests {
             ),
         ];
         let one: BTreeMap<_, _> = machines().into_iter().take(1).collect();
-        let why = |n: &str, ms: &BTreeMap<String, Machine>| {
+        let why = |n: &str, ms: &BTreeMap<MachineId, Machine>| {
             explain_unplaced(&UnitName::parse(n).unwrap(), &units, ms)
         };
         let w = why("web@2.service", &one);
