@@ -211,6 +211,15 @@ pub struct ErrorBody {
     /// What was wrong.
     #[serde(default)]
     pub message: String,
+    /// Extension (fleet v1 has no such field; its fleetctl ignores it): the machines a request about a
+    /// global unit running on several must choose from with `machineID=` (a 409); absent otherwise.
+    #[serde(
+        rename = "machineIDs",
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "null_as_empty"
+    )]
+    pub machine_ids: Vec<MachineId>,
 }
 
 /// Extension `GET /units/{name}/status` and `/journal`: output of a command on the unit's machine.
@@ -297,6 +306,10 @@ mod tests {
         assert_eq!(serde_json::to_value(&page).unwrap(), doc);
         let doc = json!({"error": {"code": 404, "message": "unit does not exist"}});
         let e: ErrorDoc = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&e).unwrap(), doc);
+        let doc = json!({"error": {"code": 409, "message": "choose", "machineIDs": ["m1", "m2"]}});
+        let e: ErrorDoc = serde_json::from_value(doc.clone()).unwrap();
+        assert_eq!(e.error.machine_ids.len(), 2);
         assert_eq!(serde_json::to_value(&e).unwrap(), doc);
         let doc = json!({"restarts": [{"machineID": "m1"}, {"machineID": "m2", "error": "no"}]});
         let r: RestartOutput = serde_json::from_value(doc.clone()).unwrap();

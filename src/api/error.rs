@@ -2,6 +2,7 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use fleet_sched::MachineId;
 
 use crate::registry::RegistryError;
 
@@ -15,6 +16,8 @@ pub struct ApiError {
     pub status: StatusCode,
     /// Message for the client.
     pub message: String,
+    /// The machines the client must choose from with `machineID=` (the error body's `machineIDs`).
+    pub choose_from: Vec<MachineId>,
 }
 
 impl ApiError {
@@ -23,6 +26,16 @@ impl ApiError {
         ApiError {
             status,
             message: message.into(),
+            choose_from: Vec::new(),
+        }
+    }
+
+    /// 409 for a request about a unit on several machines that must name one of `machines` with
+    /// `machineID=`: clients read the choice from the body's `machineIDs`, not from the message.
+    pub fn choose_machine(message: impl Into<String>, machines: Vec<MachineId>) -> ApiError {
+        ApiError {
+            choose_from: machines,
+            ..ApiError::conflict(message)
         }
     }
 
@@ -80,6 +93,7 @@ impl IntoResponse for ApiError {
             error: fleet_api_types::ErrorBody {
                 code: self.status.as_u16(),
                 message: self.message,
+                machine_ids: self.choose_from,
             },
         })
         .expect("an error document always serializes");

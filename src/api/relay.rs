@@ -23,7 +23,9 @@
 //! The machine: the one holding the unit's claim; for a global unit, the machines the placement
 //! function puts it on (the same function every agent runs), of which `machineID` picks one (needed
 //! when there are several). Errors: 404 `unit does not exist`; 409 `unit is not running on any
-//! machine` (not placed, or not on `machineID`); 400 bad `lines`/`cursor`/`machineID`; 502 (status,
+//! machine` (not placed, or not on `machineID`); 409 when a global unit runs on several machines and
+//! no `machineID` picks one, its error document listing them (`"machineIDs": [...]`, an extension
+//! clients read instead of the message); 400 bad `lines`/`cursor`/`machineID`; 502 (status,
 //! journal) when the
 //! machine cannot be reached or its agent could not answer; 504 when it did not answer within
 //! [`RELAY_TIMEOUT`]; 501 when this fleetd has no relay (no agent).
@@ -401,11 +403,14 @@ pub(crate) fn choose(
             list(placed)
         ))),
         (None, [one]) => Ok(one.clone()),
-        (None, many) => Err(ApiError::conflict(format!(
-            "global unit {name} runs on {} machines ({}); choose one with machineID=",
-            many.len(),
-            list(many)
-        ))),
+        (None, many) => Err(ApiError::choose_machine(
+            format!(
+                "global unit {name} runs on {} machines ({}); choose one with machineID=",
+                many.len(),
+                list(many)
+            ),
+            many.to_vec(),
+        )),
     }
 }
 
@@ -466,6 +471,9 @@ mod tests {
         let e = choose(&n, &placed, None).unwrap_err();
         assert_eq!(e.status, StatusCode::CONFLICT);
         assert!(e.message.contains("3 machines (m1, m2, m3)"), "{e:?}");
+        assert_eq!(e.choose_from, placed);
+        assert!(choose(&n, &placed[..1], None).is_ok());
+        assert!(choose(&n, &[], None).unwrap_err().choose_from.is_empty());
         assert_eq!(choose(&n, &placed, Some(id("m3"))).unwrap(), id("m3"));
     }
 

@@ -82,6 +82,7 @@ fn rewrite(buf: &[u8]) -> Option<Vec<u8>> {
         error: fleet_api_types::ErrorBody {
             code,
             message: message.to_string(),
+            machine_ids: Vec::new(),
         },
     })
     .expect("an error document always serializes");

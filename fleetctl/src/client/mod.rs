@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleet_api_types::{
-    ErrorDoc, Machine, MachinePage, RestartOutput, RestartResult, Unit, UnitOutput, UnitPage,
-    UnitState, UnitStatePage,
+    ErrorDoc, Machine, MachineId, MachinePage, RestartOutput, RestartResult, Unit, UnitOutput,
+    UnitPage, UnitState, UnitStatePage,
 };
 use hyper::body::Bytes;
 use hyper::Method;
@@ -82,6 +82,9 @@ pub enum ClientError {
         status: u16,
         /// The API's message.
         message: String,
+        /// The machines to choose from with `machineID=` (the document's `machineIDs`; a 409 about a
+        /// global unit on several machines), else empty.
+        choose_from: Vec<MachineId>,
     },
     /// The API answered something that is not what the v1 API answers.
     #[error("unexpected answer from fleetd to {method} {path} (HTTP {status}): {detail}")]
@@ -103,6 +106,14 @@ impl ClientError {
         match self {
             ClientError::Api { status, .. } => Some(*status),
             _ => None,
+        }
+    }
+
+    /// The machines an API error says to choose from with `machineID=` (empty for other errors).
+    pub fn choose_from(&self) -> &[MachineId] {
+        match self {
+            ClientError::Api { choose_from, .. } => choose_from,
+            _ => &[],
         }
     }
 }
@@ -202,6 +213,7 @@ impl<T: Transport> Api<T> {
             Ok(doc) => ClientError::Api {
                 status: resp.status,
                 message: doc.error.message,
+                choose_from: doc.error.machine_ids,
             },
             Err(_) => ClientError::Unexpected {
                 method,

@@ -80,7 +80,7 @@ impl<T: Transport> Ctx<T> {
             .await
         {
             Ok(o) => o,
-            Err(e) if e.api_status() == Some(409) && e.to_string().contains("machineID=") => {
+            Err(e) if e.api_status() == Some(409) && !e.choose_from().is_empty() => {
                 // A global unit on several machines: read it on each of them.
                 let machines = self.machines_running(&name).await?;
                 if machines.len() < 2 {
@@ -521,10 +521,25 @@ mod tests {
         assert!(format!("{e:#}").contains("one machine or unit"), "{e:#}");
     }
 
+    /// fleetctl reads the machines to choose from in the error document, never in its message.
+    #[test]
+    fn a_conflict_that_names_no_machines_to_choose_from_is_an_error_whatever_it_says() {
+        let (mut c, _, _) = ctx(&[(
+            409,
+            r#"{"error":{"code":409,"message":"global unit a.service runs on 2 machines (m1, m2); choose one with machineID="}}"#,
+        )]);
+        let e = block(c.journal(&journal_args(false), std::future::pending())).unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "Error reading the journal of a.service: global unit a.service runs on 2 machines (m1, m2); choose one with machineID="
+        );
+        assert_eq!(c.api.transport().requests.len(), 1);
+    }
+
     #[test]
     pub(super) fn journal_of_a_global_unit_reads_each_machine_under_a_heading_and_follows_them_all()
     {
-        let several = r#"{"error":{"code":409,"message":"global unit a.service runs on 2 machines (113f16a7aa, 2cb2e8a6ee); choose one with machineID="}}"#;
+        let several = r#"{"error":{"code":409,"message":"global unit a.service runs on 2 machines (113f16a7aa, 2cb2e8a6ee); choose one with machineID=","machineIDs":["113f16a7aa","2cb2e8a6ee"]}}"#;
         let states = r#"{"states":[{"name":"a.service","machineID":"2cb2e8a6ee"},{"name":"a.service","machineID":"113f16a7aa"}]}"#;
         let (mut c, out, err) = ctx(&[
             (409, several),
