@@ -57,7 +57,7 @@ fuzz_target!(
             relay::Request::Journal { unit: "a.service".into(), lines: 5, cursor: Some("s=1;i=2".into()) },
             relay::Request::Restart { unit: "a.service".into() },
             relay::Request::SetMetadata { changes: vec![("k".into(), Some("v".into())), ("x".into(), None)] },
-            relay::Request::Support { machine: "m2".into(), lease: 7 },
+            relay::Request::Support { machine: MachineId::parse("m2").expect("a valid ID"), lease: 7 },
         ];
         for r in requests {
             seeds.push(framed(&[0, frame::STREAM_REQUEST], &[&r.encode()]));
