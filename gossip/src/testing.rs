@@ -341,6 +341,22 @@ impl VirtualNet {
         self.run_until_time(end);
     }
 
+    /// `n` nodes, each joined through the first, run until every node sees every other alive (at most
+    /// 10 s of virtual time); `None` if they did not all see each other by then.
+    pub fn formed(seed: u64, n: usize, config: Config) -> Option<Self> {
+        let mut net = VirtualNet::new(seed, config);
+        let first = net.add_node(&[]);
+        for _ in 1..n {
+            net.add_node(&[first]);
+        }
+        let all: Vec<NodeIndex> = (0..n).collect();
+        let joined = net.run_until(Duration::from_secs(10), |net| {
+            all.iter()
+                .all(|a| all.iter().all(|b| a == b || net.sees_alive(*a, *b)))
+        });
+        joined.then_some(net)
+    }
+
     /// Runs until `done(net)` holds (checked after each step) or `limit` passes; returns whether it held.
     pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) -> bool {
         let end = self.now + limit;

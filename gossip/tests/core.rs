@@ -13,18 +13,8 @@ use fleet_gossip::{MachineId, NodeIdentity};
 use rand::{rngs::StdRng, SeedableRng};
 
 fn cluster(seed: u64, n: usize) -> VirtualNet {
-    let mut net = VirtualNet::new(seed, Config::default());
-    let first = net.add_node(&[]);
-    for _ in 1..n {
-        net.add_node(&[first]);
-    }
-    let all: Vec<_> = (0..n).collect();
-    let joined = net.run_until(Duration::from_secs(10), |net| {
-        all.iter()
-            .all(|a| all.iter().all(|b| a == b || net.sees_alive(*a, *b)))
-    });
-    assert!(joined, "seed {seed}: {n} nodes did not all see each other");
-    net
+    VirtualNet::formed(seed, n, Config::default())
+        .unwrap_or_else(|| panic!("seed {seed}: {n} nodes did not all see each other"))
 }
 
 fn unit(active: &str, hash: u8) -> UnitState {

@@ -19,16 +19,8 @@ fn without_lifeguard() -> Config {
 }
 
 fn cluster(seed: u64, n: usize, config: Config) -> VirtualNet {
-    let mut net = VirtualNet::new(seed, config);
-    let first = net.add_node(&[]);
-    for _ in 1..n {
-        net.add_node(&[first]);
-    }
-    let all: Vec<_> = (0..n).collect();
-    assert!(net.run_until(Duration::from_secs(10), |net| {
-        all.iter()
-            .all(|a| all.iter().all(|b| a == b || net.sees_alive(*a, *b)))
-    }));
+    let mut net = VirtualNet::formed(seed, n, config)
+        .unwrap_or_else(|| panic!("seed {seed}: {n} nodes did not all see each other"));
     net.run_for(Duration::from_secs(2));
     net
 }
