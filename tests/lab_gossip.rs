@@ -83,6 +83,32 @@ fn start_tls(etcd: &Etcd, dir: &Path, seed: Option<&Fleetd>) -> Fleetd {
 }
 
 /// The gossip address a fleetd logged at start (`gossip endpoint up addr=...`).
+/// A gossip member of the test's own: a fresh machine ID with a certificate minted under `dir`'s CA, and
+/// a gossip config (any local port) seeded with `seed`'s address. Returns its ID, TLS settings and config.
+fn own_member(
+    dir: &Path,
+    seed: &Fleetd,
+) -> (
+    String,
+    fleet_gossip_quic::tls::TlsConfig,
+    fleet_gossip_quic::transport::GossipConfig,
+) {
+    let id = format!("{}{}", support::unique_token(), support::unique_token());
+    let [ca, cert, key] = mint(dir, &id);
+    let tls = fleet_gossip_quic::tls::TlsConfig::Mutual {
+        ca_cert: ca.into(),
+        cert: cert.into(),
+        key: key.into(),
+    };
+    let mut config = fleet_gossip_quic::transport::GossipConfig::new(
+        fleet_gossip::MachineId::parse(&id).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.tls = tls.clone();
+    config.seeds = vec![gossip_addr(seed).parse().unwrap()];
+    (id, tls, config)
+}
+
 fn gossip_addr(f: &Fleetd) -> String {
     let log = f.log();
     log.lines()
@@ -293,8 +319,8 @@ fn a_relayed_update_in_another_machines_name_is_refused() {
     use fleet_gossip::wire::StatePush;
     use fleet_gossip::{Credentials, Entry, MachineId, Metadata, Stamp, Update};
     use fleet_gossip_quic::credentials::CertCredentials;
-    use fleet_gossip_quic::tls::{self, TlsConfig, SERVER_NAME};
-    use fleet_gossip_quic::transport::{quic_transport_config, Gossip, GossipConfig};
+    use fleet_gossip_quic::tls::{self, SERVER_NAME};
+    use fleet_gossip_quic::transport::{quic_transport_config, Gossip};
     let etcd = Etcd::shared();
     let dir = tempfile::tempdir().unwrap();
     let cluster = dir.path().join("cluster");
@@ -306,19 +332,7 @@ fn a_relayed_update_in_another_machines_name_is_refused() {
     let before = machine_entry(&b, a.machine_id()).unwrap();
 
     // `c`: a member with a certificate of its own, which learns `a`'s identity as everyone does.
-    let c_id = format!("{}{}", support::unique_token(), support::unique_token());
-    let [ca, cert, key] = mint(&cluster, &c_id);
-    let tls = TlsConfig::Mutual {
-        ca_cert: ca.into(),
-        cert: cert.into(),
-        key: key.into(),
-    };
-    let mut config = GossipConfig::new(
-        MachineId::parse(&c_id).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.tls = tls.clone();
-    config.seeds = vec![gossip_addr(&a).parse().unwrap()];
+    let (c_id, tls, config) = own_member(&cluster, &a);
     let a_machine = MachineId::parse(a.machine_id()).unwrap();
     let b_addr: std::net::SocketAddr = gossip_addr(&b).parse().unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -409,8 +423,8 @@ fn forged_refutations_do_not_keep_a_killed_machine_listed() {
     use fleet_gossip::foca::{Codec, Header, Member, Message, PostcardCodec, State};
     use fleet_gossip::wire::DATAGRAM_SWIM;
     use fleet_gossip::{MachineId, NodeIdentity};
-    use fleet_gossip_quic::tls::{self, TlsConfig, SERVER_NAME};
-    use fleet_gossip_quic::transport::{quic_transport_config, Gossip, GossipConfig};
+    use fleet_gossip_quic::tls::{self, SERVER_NAME};
+    use fleet_gossip_quic::transport::{quic_transport_config, Gossip};
     let etcd = Etcd::shared();
     let dir = tempfile::tempdir().unwrap();
     let cluster = dir.path().join("cluster");
@@ -423,19 +437,7 @@ fn forged_refutations_do_not_keep_a_killed_machine_listed() {
     });
 
     // `c`: a member with a certificate of its own, which learns everyone's identity.
-    let c_id = format!("{}{}", support::unique_token(), support::unique_token());
-    let [ca, cert, key] = mint(&cluster, &c_id);
-    let tls = TlsConfig::Mutual {
-        ca_cert: ca.into(),
-        cert: cert.into(),
-        key: key.into(),
-    };
-    let mut config = GossipConfig::new(
-        MachineId::parse(&c_id).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.tls = tls.clone();
-    config.seeds = vec![gossip_addr(&a).parse().unwrap()];
+    let (c_id, tls, config) = own_member(&cluster, &a);
     let ids: Vec<MachineId> = [&a, &b, &v]
         .iter()
         .map(|f| MachineId::parse(f.machine_id()).unwrap())
