@@ -9,3 +9,4 @@ pub mod config;
 pub mod metrics;
 pub mod registry;
 pub mod reserved;
+pub mod runtime_lock;

@@ -277,7 +277,7 @@ fn a_peer_claiming_another_machines_identity_is_refused_and_changes_nothing() {
         format!(
             "etcd_servers={}\netcd_key_prefix={}\napi_socket={}\nmachine_id={}\n\
              gossip_listen=127.0.0.1:0\nstate_dir={}\nunits_directory={}\n\
-             gossip_ca_file={}\ngossip_cert_file={}\ngossip_key_file={}\n",
+             gossip_ca_file={}\ngossip_cert_file={}\ngossip_key_file={}\nruntime_dir={}\n",
             etcd.endpoint(),
             etcd.prefix(),
             tmp.path().join("fleet.sock").display(),
@@ -287,6 +287,7 @@ fn a_peer_claiming_another_machines_identity_is_refused_and_changes_nothing() {
             cluster.join("ca").join("ca.pem").display(),
             b_cert.display(),
             b_cert.with_extension("key").display(),
+            tmp.path().join("run").display(),
         ),
     )
     .unwrap();
@@ -676,6 +677,11 @@ fn start_rogue(fl: &FleetLab, i: usize, name: &str, id: &str, extra: &[(&str, &s
         format!("--setenv=FLEET_API_SOCKET=/run/{name}.sock"),
         format!("--setenv=FLEET_STATE_DIR=/run/{name}-state"),
         format!("--setenv=FLEET_UNITS_DIRECTORY=/run/{name}-units"),
+        // Its own fence file, lease and witness files (fleetd refuses a runtime directory another
+        // fleetd holds), and no system systemd to drive: it must not rewrite the machine's fence
+        // guard (`fleet-guard.service`) to watch its own deadline.
+        format!("--setenv=FLEET_RUNTIME_DIR=/run/{name}-run"),
+        "--setenv=FLEET_SYSTEMD_USER=true".into(),
     ];
     for (k, v) in extra {
         cmd.push(format!("--setenv={k}={v}"));

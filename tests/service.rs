@@ -380,10 +380,12 @@ fn fleetd_refuses_a_tcp_api_without_tls_or_insecure() {
     std::fs::write(
         &conf,
         format!(
-            "etcd_servers={}\napi_socket={}\napi_tcp={}\nmachine_id=abc\ngossip_insecure=true\n",
+            "etcd_servers={}\napi_socket={}\napi_tcp={}\nmachine_id=abc\ngossip_insecure=true\n\
+             runtime_dir={}\n",
             etcd.endpoint(),
             dir.path().join("s.sock").display(),
-            support::free_loopback_addr()
+            support::free_loopback_addr(),
+            dir.path().join("run").display(),
         ),
     )
     .unwrap();
@@ -419,13 +421,15 @@ fn write_conf(dir: &Path, etcd: &Etcd, socket: &Path) -> PathBuf {
         &conf,
         format!(
             "etcd_servers={}\netcd_key_prefix={}\napi_socket={}\nmachine_id={}\n\
-             gossip_insecure=true\ngossip_listen=127.0.0.1:0\nstate_dir={}\nunits_directory={}\n",
+             gossip_insecure=true\ngossip_listen=127.0.0.1:0\nstate_dir={}\nunits_directory={}\n\
+             runtime_dir={}\n",
             etcd.endpoint(),
             etcd.prefix(),
             socket.display(),
             support::unique_token(),
             dir.join("state").display(),
             dir.join("units").display(),
+            dir.join("run").display(),
         ),
     )
     .unwrap();
@@ -694,4 +698,61 @@ fn the_api_socket_gets_the_configured_group_and_mode() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no-such-group-here"), "{err}");
+}
+
+/// A second fleetd given a runtime directory a running fleetd holds (its lease, witness files and
+/// fence deadline live there) refuses to start, naming the directory and the holder; the first one
+/// keeps serving. (Before the lock the two overwrote each other's fence deadline.)
+#[test]
+fn a_second_fleetd_on_a_held_runtime_directory_refuses_to_start() {
+    let etcd = Etcd::shared();
+    let first = Fleetd::start(&etcd);
+    let run = first.dir().join("run");
+    let dir = tempfile::tempdir().unwrap();
+    let conf = write_conf(dir.path(), &etcd, &dir.path().join("s.sock"));
+    let mut second = Command::new(env!("CARGO_BIN_EXE_fleetd"))
+        .arg("--config")
+        .arg(&conf)
+        .arg(format!("--runtime-dir={}", run.display()))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second fleetd still runs after 20 s on a held runtime directory");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    second
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "the second fleetd exited 0: {err}");
+    assert!(
+        err.contains(&format!(
+            "the runtime directory {} is in use by another fleetd (pid {})",
+            run.display(),
+            first.pid().unwrap()
+        )),
+        "{err}"
+    );
+    // The first one is untouched: its lock file still names it, and it still answers.
+    assert_eq!(
+        std::fs::read_to_string(run.join("fleetd.lock"))
+            .unwrap()
+            .trim(),
+        first.pid().unwrap().to_string()
+    );
+    first.wait_ready();
 }

@@ -210,6 +210,11 @@ async fn run(
         "fleetd starting"
     );
 
+    // Before anything in the runtime directory is read or written (lease, witness, fence deadline).
+    let _runtime_lock = fleet::runtime_lock::lock(&config.runtime_dir).map_err(|e| {
+        tracing::error!("{e}");
+        e
+    })?;
     let opts = RegistryOptions::from_config(&config);
     opts.check().context("etcd TLS settings")?;
     let registry = Registry::start(opts);

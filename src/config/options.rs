@@ -323,7 +323,8 @@ options! {
     /// `lease.json` (the lease and its recent confirmations: a restarted fleetd keeps renewing the
     /// same lease, so its units stay), `seats.json` (the witness committee's seats and
     /// departures), `witness.json` (this machine's promises as a witness), and `fence`, the fence
-    /// deadline the fence guard reads (docs/safety.md).
+    /// deadline the fence guard reads (docs/safety.md). fleetd holds `fleetd.lock` there while it
+    /// runs: a second fleetd given the same directory refuses to start.
     runtime_dir: PathBuf {
         default: PathBuf::from("/run/fleet"),
         parse: required_path,
