@@ -27,12 +27,7 @@ fn start_units(fl: &FleetLab, via: usize, names: &[&str]) -> Vec<usize> {
     }
     names
         .iter()
-        .map(|n| {
-            fl.wait_for(&format!("{n} running"), WAIT, |fl| {
-                let on = fl.running_on(n);
-                (on.len() == 1).then(|| on[0])
-            })
-        })
+        .map(|n| fl.wait_running_on(n, &[], "running", WAIT, |_| true))
         .collect()
 }
 
@@ -106,18 +101,15 @@ fn assert_no_overlap(fl: &FleetLab, unit: &str, old: usize, new: usize) -> f64 {
 
 /// Keeps checking for `d` that every unit of `want` is active on exactly its machine.
 fn hold(fl: &FleetLab, d: Duration, want: &BTreeMap<&str, usize>) {
-    let t0 = Instant::now();
-    while t0.elapsed() < d {
-        for (u, m) in want {
-            let on = fl.running_on(u);
-            assert!(
-                on == vec![*m],
-                "{u} should run on m{m} only, runs on {on:?}\n{}",
-                fl.journals_dump()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let want: BTreeMap<&str, Vec<usize>> = want.iter().map(|(u, m)| (*u, vec![*m])).collect();
+    fl.hold_on(d, &want);
+}
+
+/// Sends signal `sig` (`KILL`, `STOP`, `CONT`) to fleetd in machine `i` (`systemctl kill`).
+fn signal_fleetd(fl: &FleetLab, i: usize, sig: &str) {
+    fl.lab
+        .sh_ok(i, &["systemctl", "kill", "-s", sig, "fleet.service"])
+        .unwrap();
 }
 
 fn main_pid(fl: &FleetLab, i: usize, unit: &str) -> String {
@@ -196,15 +188,8 @@ fn a_machine_cut_off_from_three_moves_its_units_with_zero_overlap() {
     fl.lab.cut(victim).unwrap();
     let mut homes = BTreeMap::new();
     for u in &moving {
-        let home = fl.wait_for(&format!("{u} running away from m{victim}"), WAIT, |fl| {
-            let on = fl.running_on(u);
-            assert!(
-                on.len() <= 1,
-                "{u} runs on {on:?} at once\n{}",
-                fl.journals_dump()
-            );
-            (on.len() == 1 && on[0] != victim).then(|| on[0])
-        });
+        let away = format!("running away from m{victim}");
+        let home = fl.wait_running_on(u, &[u], &away, WAIT, |m| m != victim);
         homes.insert(*u, home);
     }
     let moved_in = cut_at.elapsed();
@@ -248,17 +233,9 @@ fn a_fleetd_killed_and_kept_down_has_its_units_killed_before_they_start_elsewher
             ],
         )
         .unwrap();
-    fl.lab
-        .sh_ok(
-            victim,
-            &["systemctl", "kill", "-s", "KILL", "fleet.service"],
-        )
-        .unwrap();
+    signal_fleetd(&fl, victim, "KILL");
     for (u, m) in units.iter().zip(&on).filter(|(_, m)| **m == victim) {
-        let home = fl.wait_for(&format!("{u} running elsewhere"), WAIT, |fl| {
-            let on = fl.running_on(u);
-            (on.len() == 1 && on[0] != *m).then(|| on[0])
-        });
+        let home = fl.wait_running_on(u, &[], "running elsewhere", WAIT, |o| o != *m);
         let gap = assert_no_overlap(&fl, u, victim, home);
         eprintln!("{u}: killed by the guard on m{victim}, started on m{home} {gap:.0} ms later");
     }
@@ -289,27 +266,14 @@ fn a_hung_fleetd_has_its_units_killed_and_starts_nothing_when_it_resumes() {
     let units = ["hung-a.service", "hung-b.service", "hung-c.service"];
     let on = start_units(&fl, 1, &units);
     let victim = on.iter().copied().rev().find(|m| *m != 1).unwrap_or(on[0]);
-    fl.lab
-        .sh_ok(
-            victim,
-            &["systemctl", "kill", "-s", "STOP", "fleet.service"],
-        )
-        .unwrap();
+    signal_fleetd(&fl, victim, "STOP");
     let mut homes = BTreeMap::new();
     for (u, _) in units.iter().zip(&on).filter(|(_, m)| **m == victim) {
-        let home = fl.wait_for(&format!("{u} running elsewhere"), WAIT, |fl| {
-            let on = fl.running_on(u);
-            (on.len() == 1 && on[0] != victim).then(|| on[0])
-        });
+        let home = fl.wait_running_on(u, &[], "running elsewhere", WAIT, |m| m != victim);
         assert_no_overlap(&fl, u, victim, home);
         homes.insert(*u, home);
     }
-    fl.lab
-        .sh_ok(
-            victim,
-            &["systemctl", "kill", "-s", "CONT", "fleet.service"],
-        )
-        .unwrap();
+    signal_fleetd(&fl, victim, "CONT");
     let mut want: BTreeMap<&str, usize> = units
         .iter()
         .copied()
@@ -635,11 +599,11 @@ fn a_partition_longer_than_remove_down_after_moves_the_cut_off_units_once_and_me
         .collect();
 
     split(&fl, &b_side, &a_side);
-    let t0 = Instant::now();
     let mut moved_after = None;
-    while t0.elapsed() < Duration::from_secs(16) {
-        let at = where_up(&fl, &names);
-        assert_once_at_most(&fl, &at, &format!("{:?} into the partition", t0.elapsed()));
+    let every = Duration::from_millis(100);
+    fl.hold(Duration::from_secs(16), every, |fl, elapsed| {
+        let at = where_up(fl, &names);
+        assert_once_at_most(fl, &at, &format!("{elapsed:?} into the partition"));
         for (u, (m, _)) in &staying {
             assert_eq!(at[u], [*m], "{u} stays on m{m} during the partition");
         }
@@ -648,10 +612,9 @@ fn a_partition_longer_than_remove_down_after_moves_the_cut_off_units_once_and_me
                 .iter()
                 .all(|u| at[u].len() == 1 && a_side.contains(&at[u][0]))
         {
-            moved_after = Some(t0.elapsed());
+            moved_after = Some(elapsed);
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    });
     let moved_after = moved_after.unwrap_or_else(|| {
         panic!(
             "{moving:?} did not all move to m1/m2 during the partition\n{}",
@@ -681,14 +644,15 @@ fn a_partition_longer_than_remove_down_after_moves_the_cut_off_units_once_and_me
         assert_once_at_most(fl, &at, "after the heal");
         at.values().all(|on| on.len() == 1).then_some(())
     });
-    let t1 = Instant::now();
-    while t1.elapsed() < Duration::from_secs(5) {
-        let at = where_up(&fl, &names);
-        for (u, on) in &at {
-            assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    fl.hold(
+        Duration::from_secs(5),
+        Duration::from_millis(200),
+        |fl, _| {
+            for (u, on) in &where_up(fl, &names) {
+                assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
+            }
+        },
+    );
     for u in &names {
         assert_never_overlapped(&fl, u);
     }

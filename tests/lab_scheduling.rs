@@ -53,33 +53,9 @@ fn start(fl: &FleetLab, units: &[&str]) -> String {
     fl.fleetctl_ok(1, &args)
 }
 
-/// Panics if any of `units` is active on more than one machine.
-fn assert_not_twice(fl: &FleetLab, units: &[&str]) {
-    for u in units {
-        let on = fl.running_on(u);
-        assert!(on.len() <= 1, "{u} is active on machines {on:?} at once");
-    }
-}
-
-/// Waits until `unit` is active on exactly one machine that `ok` accepts (checking that none of
-/// `watch` runs twice meanwhile); returns that machine.
-fn wait_on(
-    fl: &FleetLab,
-    unit: &str,
-    watch: &[&str],
-    what: &str,
-    ok: impl Fn(usize) -> bool,
-) -> usize {
-    fl.wait_for(&format!("{unit} {what}"), WAIT, |fl| {
-        assert_not_twice(fl, watch);
-        let on = fl.running_on(unit);
-        (on.len() == 1 && ok(on[0])).then(|| on[0])
-    })
-}
-
 /// Waits until `unit` runs on exactly one machine (any); returns it.
 fn wait_running(fl: &FleetLab, unit: &str) -> usize {
-    wait_on(fl, unit, &[unit], "running on one machine", |_| true)
+    fl.wait_running_on(unit, &[unit], "running on one machine", WAIT, |_| true)
 }
 
 /// How many times systemd in machine `i` started `unit` (its journal is volatile: since boot). Catches
@@ -90,22 +66,6 @@ fn starts(fl: &FleetLab, i: usize, unit: &str) -> usize {
         .sh_ok(i, &["journalctl", "--no-pager", "-o", "cat", "-u", unit])
         .expect("journalctl");
     out.lines().filter(|l| l.starts_with("Started ")).count()
-}
-
-/// Keeps checking for `d` that `units` are each active on exactly the machine `expected` gives.
-fn hold(fl: &FleetLab, d: Duration, expected: &BTreeMap<&str, Vec<usize>>) {
-    let t0 = Instant::now();
-    while t0.elapsed() < d {
-        for (u, want) in expected {
-            let on = fl.running_on(u);
-            assert!(
-                &on == want,
-                "{u} moved or stopped: on {on:?}, expected {want:?}\n{}",
-                fl.journals_dump()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200).min(d.saturating_sub(t0.elapsed())));
-    }
 }
 
 /// `fleetctl start --block-attempts=2 <unit>` must fail; returns its stderr (the reason).
@@ -160,7 +120,7 @@ fn five_mutually_conflicting_units_fill_three_machines_and_the_other_two_say_why
     fl.fleetctl_ok(1, &args);
     let all: Vec<&str> = names.iter().map(String::as_str).collect();
     let placed = fl.wait_for("three conflict units running", WAIT, |fl| {
-        assert_not_twice(fl, &all);
+        fl.assert_not_twice(&all);
         let on: BTreeMap<&str, usize> = all
             .iter()
             .filter_map(|u| fl.running_on(u).first().map(|m| (*u, *m)))
@@ -173,7 +133,7 @@ fn five_mutually_conflicting_units_fill_three_machines_and_the_other_two_say_why
         .iter()
         .map(|u| (*u, placed.get(u).map(|m| vec![*m]).unwrap_or_default()))
         .collect();
-    hold(&fl, Duration::from_secs(2), &expected);
+    fl.hold_on(Duration::from_secs(2), &expected);
 
     // A blocking start gives up and says why, instead of hanging.
     let mut args = vec!["start", "--block-attempts=3"];
@@ -196,7 +156,7 @@ fn five_mutually_conflicting_units_fill_three_machines_and_the_other_two_say_why
             "{line}"
         );
     }
-    assert_not_twice(&fl, &all);
+    fl.assert_not_twice(&all);
 }
 
 #[test]
@@ -214,7 +174,7 @@ fn a_one_way_conflict_keeps_both_units_apart_whichever_starts_first() {
     // The conflicting unit comes second: it avoids b's machine.
     let on = start_each(&fl, &[("oneway-b.service", ""), ("oneway-a.service", a_x)]);
     assert_eq!(on, [1, 2], "b on the empty m1, a away from it");
-    assert_not_twice(&fl, &ab);
+    fl.assert_not_twice(&ab);
     fl.fleetctl_ok(1, &["destroy", "oneway-a.service", "oneway-b.service"]);
     fl.wait_for("oneway units stopped", WAIT, |fl| {
         ab.iter().all(|u| fl.running_on(u).is_empty()).then_some(())
@@ -232,8 +192,7 @@ fn a_one_way_conflict_keeps_both_units_apart_whichever_starts_first() {
     // The unit that says nothing comes second: the conflict is checked both ways.
     let on = start_each(&fl, &[("oneway-a.service", a_x), ("oneway-b.service", "")]);
     assert_eq!(on, [1, 2], "a on the empty m1, b away from it");
-    hold(
-        &fl,
+    fl.hold_on(
         Duration::from_secs(2),
         &BTreeMap::from([(ab[0], vec![1]), (ab[1], vec![2])]),
     );
@@ -275,12 +234,11 @@ fn conflicts_separated_by_spaces_or_on_several_lines_all_count() {
     // Free m2 of the second pattern's unit: each "a" goes there.
     fl.fleetctl_ok(1, &["destroy", "sp-c.service", "ml-c.service"]);
     for name in ["sp-a.service", "ml-a.service"] {
-        wait_on(&fl, name, &[name], "running on m2", |m| m == 2);
+        fl.wait_running_on(name, &[name], "running on m2", WAIT, |m| m == 2);
     }
     let out = start(&fl, &["sp-a.service", "ml-a.service"]);
     assert_eq!(out.matches("launched on").count(), 2, "{out}");
-    hold(
-        &fl,
+    fl.hold_on(
         Duration::from_secs(1),
         &BTreeMap::from([
             ("sp-a.service", vec![2]),
@@ -306,14 +264,13 @@ fn a_machine_of_follower_moves_with_its_target_when_the_machine_dies() {
     let dead = on[0];
     fl.lab.kill(dead).unwrap();
     let now = fl.wait_for("both units together on one survivor", WAIT, |fl| {
-        assert_not_twice(fl, &units);
+        fl.assert_not_twice(&units);
         let t = fl.running_on(units[0]);
         let f = fl.running_on(units[1]);
         (t.len() == 1 && t == f).then(|| t[0])
     });
     assert_ne!(now, dead);
-    hold(
-        &fl,
+    fl.hold_on(
         Duration::from_secs(2),
         &BTreeMap::from([(units[0], vec![now]), (units[1], vec![now])]),
     );
@@ -326,12 +283,11 @@ fn replaces_takes_the_machine_of_the_replaced_unit_and_a_mutual_replaces_is_igno
     let old_on = start_each(&fl, &[("rep-old.service", "")])[0];
     let path = write_unit(&fl, "rep-new.service", "Replaces=rep-old.service\n");
     start(&fl, &[&path]);
-    wait_on(&fl, units[1], &units, "running where rep-old was", |m| {
+    fl.wait_running_on(units[1], &units, "running where rep-old was", WAIT, |m| {
         m == old_on
     });
-    let moved = wait_on(&fl, units[0], &units, "moved elsewhere", |m| m != old_on);
-    hold(
-        &fl,
+    let moved = fl.wait_running_on(units[0], &units, "moved elsewhere", WAIT, |m| m != old_on);
+    fl.hold_on(
         Duration::from_secs(2),
         &BTreeMap::from([(units[0], vec![moved]), (units[1], vec![old_on])]),
     );
@@ -344,8 +300,7 @@ fn replaces_takes_the_machine_of_the_replaced_unit_and_a_mutual_replaces_is_igno
     let circ = ["circ-a.service", "circ-b.service"];
     let on_a = wait_running(&fl, circ[0]);
     let on_b = wait_running(&fl, circ[1]);
-    hold(
-        &fl,
+    fl.hold_on(
         Duration::from_secs(2),
         &BTreeMap::from([
             (circ[0], vec![on_a]),
@@ -365,13 +320,12 @@ fn a_machine_id_unit_waits_for_its_machine_and_says_why() {
     fl.lab.kill(3).unwrap();
     let why = wait_reason(&fl, "pin.service", "no live machine has MachineID=");
     assert!(why.contains(&m3), "{why}");
-    hold(
-        &fl,
+    fl.hold_on(
         Duration::from_secs(2),
         &BTreeMap::from([("pin.service", vec![])]),
     );
     fl.boot_fleet(3);
-    wait_on(&fl, "pin.service", &["pin.service"], "back on m3", |m| {
+    fl.wait_running_on("pin.service", &["pin.service"], "back on m3", WAIT, |m| {
         m == 3
     });
 }
@@ -379,12 +333,7 @@ fn a_machine_id_unit_waits_for_its_machine_and_says_why() {
 #[test]
 fn global_units_run_where_metadata_matches_and_no_global_unit_conflicts() {
     lab!(fl, 3);
-    for i in [1, 2] {
-        fl.patch_metadata(i, "role", Some("web"));
-    }
-    for i in [1, 2] {
-        fl.wait_metadata(i, "role=web");
-    }
+    fl.set_metadata("role", &[(1, "web"), (2, "web")]);
     let all = write_unit(&fl, "g-all.service", "Global=true\n");
     let web = write_unit(
         &fl,
@@ -407,19 +356,18 @@ fn global_units_run_where_metadata_matches_and_no_global_unit_conflicts() {
         ("solo.service", vec![3]),
     ]);
     fl.wait_for("global units on their machines", WAIT, |fl| {
-        assert_not_twice(fl, &["solo.service"]);
+        fl.assert_not_twice(&["solo.service"]);
         want.iter()
             .all(|(u, on)| &fl.running_on(u) == on)
             .then_some(())
     });
-    hold(&fl, Duration::from_secs(2), &want);
+    fl.hold_on(Duration::from_secs(2), &want);
 }
 
 #[test]
 fn a_late_joiner_runs_the_global_units_and_takes_nothing_else() {
     lab!(fl, 2);
-    fl.patch_metadata(1, "role", Some("web"));
-    fl.wait_metadata(1, "role=web");
+    fl.set_metadata("role", &[(1, "web")]);
     let all = write_unit(&fl, "g-all.service", "Global=true\n");
     let web = write_unit(
         &fl,
@@ -444,12 +392,12 @@ fn a_late_joiner_runs_the_global_units_and_takes_nothing_else() {
         (solo[1], vec![on[1]]),
     ]);
     fl.wait_for("the late joiner runs g-all", WAIT, |fl| {
-        assert_not_twice(fl, &solo);
+        fl.assert_not_twice(&solo);
         want.iter()
             .all(|(u, on)| &fl.running_on(u) == on)
             .then_some(())
     });
-    hold(&fl, Duration::from_secs(3), &want);
+    fl.hold_on(Duration::from_secs(3), &want);
     for k in 0..2 {
         assert_eq!(fl.show(on[k], solo[k], "MainPID"), pids[k], "{}", solo[k]);
         assert_eq!(starts(&fl, on[k], solo[k]), 1, "{}", solo[k]);
@@ -465,12 +413,7 @@ fn a_late_joiner_runs_the_global_units_and_takes_nothing_else() {
 #[test]
 fn template_instances_expand_percent_i_in_machine_metadata() {
     lab!(fl, 3);
-    for i in 1..=3 {
-        fl.patch_metadata(i, "slot", Some(&i.to_string()));
-    }
-    for i in 1..=3 {
-        fl.wait_metadata(i, &format!("slot={i}"));
-    }
+    fl.set_metadata("slot", &[(1, "1"), (2, "2"), (3, "3")]);
     fl.write_file(
         1,
         "/tmp/web@.service",
@@ -501,44 +444,35 @@ fn template_instances_expand_percent_i_in_machine_metadata() {
         why.contains("Unit web@9.service:") && why.contains("slot=9"),
         "{why}"
     );
-    hold(&fl, Duration::from_secs(1), &want);
+    fl.hold_on(Duration::from_secs(1), &want);
     assert!(fl.running_on("web@9.service").is_empty());
 }
 
 #[test]
 fn a_metadata_change_moves_the_unit_or_leaves_it_unplaced() {
     lab!(fl, 3);
-    for i in [1, 2] {
-        fl.patch_metadata(i, "disk", Some("ssd"));
-    }
-    for i in [1, 2] {
-        fl.wait_metadata(i, "disk=ssd");
-    }
+    fl.set_metadata("disk", &[(1, "ssd"), (2, "ssd")]);
     let unit = "dyn.service";
     let first = start_each(&fl, &[(unit, "MachineMetadata=disk=ssd\n")])[0];
     assert!([1, 2].contains(&first), "on m{first}");
     let second = 3 - first;
 
     fl.patch_metadata(first, "disk", None);
-    wait_on(&fl, unit, &[unit], "moved to the other ssd machine", |m| {
+    fl.wait_running_on(unit, &[unit], "moved to the other ssd machine", WAIT, |m| {
         m == second
     });
 
     fl.patch_metadata(second, "disk", None);
     fl.wait_for("dyn.service stopped", WAIT, |fl| {
-        assert_not_twice(fl, &[unit]);
+        fl.assert_not_twice(&[unit]);
         fl.running_on(unit).is_empty().then_some(())
     });
     let why = wait_reason(&fl, unit, "MachineMetadata");
     assert!(why.contains("disk=ssd"), "{why}");
-    hold(
-        &fl,
-        Duration::from_secs(1),
-        &BTreeMap::from([(unit, vec![])]),
-    );
+    fl.hold_on(Duration::from_secs(1), &BTreeMap::from([(unit, vec![])]));
 
     fl.patch_metadata(3, "disk", Some("ssd"));
-    wait_on(&fl, unit, &[unit], "running on m3", |m| m == 3);
+    fl.wait_running_on(unit, &[unit], "running on m3", WAIT, |m| m == 3);
 }
 
 #[test]
@@ -558,7 +492,7 @@ fn a_new_member_takes_only_the_unit_no_survivor_could_run() {
     fl.lab.kill(dead).unwrap();
     // The filler moves to a survivor; the orphaned st unit conflicts with both survivors.
     fl.wait_for("every filler running on a survivor", WAIT, |fl| {
-        assert_not_twice(fl, &everything);
+        fl.assert_not_twice(&everything);
         fill.iter()
             .all(|u| fl.running_on(u).len() == 1)
             .then_some(())
@@ -575,13 +509,17 @@ fn a_new_member_takes_only_the_unit_no_survivor_could_run() {
         .collect();
 
     let m4 = fl.add_fleet_machine();
-    wait_on(&fl, orphan, &everything, "running on the new member", |m| {
-        m == m4
-    });
+    fl.wait_running_on(
+        orphan,
+        &everything,
+        "running on the new member",
+        WAIT,
+        |m| m == m4,
+    );
     let mut want: BTreeMap<&str, Vec<usize>> =
         before.iter().map(|(u, (on, _))| (*u, on.clone())).collect();
     want.insert(orphan, vec![m4]);
-    hold(&fl, Duration::from_secs(3), &want);
+    fl.hold_on(Duration::from_secs(3), &want);
     for (u, (on, pid)) in &before {
         assert_eq!(&fl.show(on[0], u, "MainPID"), pid, "{u} was restarted");
         assert_eq!(starts(&fl, m4, u), 0, "{u} started on the new member");
@@ -601,19 +539,18 @@ fn a_rebooted_machines_units_run_elsewhere_and_never_twice() {
         .collect();
     let victim = on[0];
     fl.lab.kill(victim).unwrap();
-    let moved = wait_on(&fl, units[0], &units, "running on a survivor", |m| {
+    let moved = fl.wait_running_on(units[0], &units, "running on a survivor", WAIT, |m| {
         m != victim
     });
     fl.boot_fleet(victim);
     fl.wait_for("the rebooted machine rejoined", WAIT, |fl| {
-        assert_not_twice(fl, &units);
+        fl.assert_not_twice(&units);
         let out = fl.fleetctl(victim, &["list-machines", "--no-legend"]);
         (out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == 3)
             .then_some(())
     });
     // Nothing moves back, nothing runs twice, the units that did not move were not restarted.
-    hold(
-        &fl,
+    fl.hold_on(
         Duration::from_secs(4),
         &BTreeMap::from([
             (units[0], vec![moved]),
@@ -664,14 +601,14 @@ fn etcd_outage_stops_nothing(outage: Duration) {
         .unwrap();
     let want = BTreeMap::from([(units[0], vec![on[0]]), (units[1], vec![on[1]])]);
     let rest = outage.saturating_sub(blocked_at.elapsed());
-    hold(&fl, rest, &want);
+    fl.hold_on(rest, &want);
     fl.unblock_etcd(cut);
     assert!(
         !probe.status.success(),
         "etcd was still reachable from m{cut}"
     );
     // Past the agent TTL (3 s): no fencing, no takeover, no restart.
-    hold(&fl, Duration::from_secs(5), &want);
+    fl.hold_on(Duration::from_secs(5), &want);
     for k in 0..2 {
         assert_eq!(
             fl.show(on[k], units[k], "MainPID"),

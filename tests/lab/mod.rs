@@ -6,6 +6,7 @@
 pub mod bins;
 pub mod ssh;
 
+use std::collections::BTreeMap;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
@@ -203,6 +204,61 @@ impl FleetLab {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+
+    /// Keeps calling `check` (which panics on what must not happen) every `every` for `d`; `check`
+    /// gets the time since the hold began.
+    pub fn hold(&self, d: Duration, every: Duration, mut check: impl FnMut(&FleetLab, Duration)) {
+        let t0 = Instant::now();
+        while t0.elapsed() < d {
+            check(self, t0.elapsed());
+            std::thread::sleep(every.min(d.saturating_sub(t0.elapsed())));
+        }
+    }
+
+    /// Keeps checking for `d` (every 200 ms) that each unit of `expected` is active on exactly the
+    /// machines it names (none: stopped everywhere).
+    pub fn hold_on(&self, d: Duration, expected: &BTreeMap<&str, Vec<usize>>) {
+        self.hold(d, Duration::from_millis(200), |fl, _| {
+            for (u, want) in expected {
+                let on = fl.running_on(u);
+                assert!(
+                    &on == want,
+                    "{u} moved or stopped: on {on:?}, expected {want:?}\n{}",
+                    fl.journals_dump()
+                );
+            }
+        });
+    }
+
+    /// Panics if any of `units` is active on more than one machine.
+    pub fn assert_not_twice(&self, units: &[&str]) {
+        for u in units {
+            let on = self.running_on(u);
+            assert!(
+                on.len() <= 1,
+                "{u} is active on machines {on:?} at once\n{}",
+                self.journals_dump()
+            );
+        }
+    }
+
+    /// Waits (up to `timeout`) until `unit` is active on exactly one machine that `ok` accepts,
+    /// checking meanwhile that none of `watch` runs twice; returns that machine. `what` says what is
+    /// awaited, for the timeout's message.
+    pub fn wait_running_on(
+        &self,
+        unit: &str,
+        watch: &[&str],
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(usize) -> bool,
+    ) -> usize {
+        self.wait_for(&format!("{unit} {what}"), timeout, |fl| {
+            fl.assert_not_twice(watch);
+            let on = fl.running_on(unit);
+            (on.len() == 1 && ok(on[0])).then(|| on[0])
+        })
+    }
 }
 
 /// The table `nft` uses for [`FleetLab::block_etcd`].
@@ -283,6 +339,17 @@ impl FleetLab {
                     .then_some(())
             },
         );
+    }
+
+    /// Sets metadata `key` of each machine of `values` to its value (all at once), then waits until
+    /// every running machine sees each of them with `key=value` (their only metadata).
+    pub fn set_metadata(&self, key: &str, values: &[(usize, &str)]) {
+        for (i, v) in values {
+            self.patch_metadata(*i, key, Some(v));
+        }
+        for (i, v) in values {
+            self.wait_metadata(*i, &format!("{key}={v}"));
+        }
     }
 
     /// Drops every packet between machine `i` and the hub etcd (10.77.0.1:2379) both ways (nftables in
