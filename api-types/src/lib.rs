@@ -51,8 +51,8 @@ pub struct Unit {
     #[serde(
         rename = "machineID",
         default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_id"
+        with = "optional_id",
+        skip_serializing_if = "Option::is_none"
     )]
     pub machine_id: Option<MachineId>,
     /// Extension (fleet v1 has no such field; its fleetctl ignores it): set when what etcd stores for the
@@ -90,8 +90,8 @@ pub struct UnitState {
     #[serde(
         rename = "machineID",
         default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "optional_id"
+        with = "optional_id",
+        skip_serializing_if = "Option::is_none"
     )]
     pub machine_id: Option<MachineId>,
     /// systemd LoadState.
@@ -259,18 +259,31 @@ pub struct RestartResult {
     pub error: Option<String>,
 }
 
-/// A machine ID fleet may leave out: absent, `null` and `""` are `None`; anything else must be a valid
-/// ID.
-fn optional_id<'de, D>(d: D) -> Result<Option<MachineId>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    match Option::<String>::deserialize(d)? {
-        None => Ok(None),
-        Some(s) if s.is_empty() => Ok(None),
-        Some(s) => MachineId::parse(&s)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
+/// The wire form of a machine ID fleet may leave out (`machineID` of a unit or a unit state), used by
+/// every such field as `#[serde(rename = "machineID", default, with = "optional_id",
+/// skip_serializing_if = "Option::is_none")]`: read, absent, `null` and `""` are `None` and anything
+/// else must be a valid ID (the error names it); written, the ID's string, and no field at all for
+/// `None` (fleet v1's `omitempty`).
+mod optional_id {
+    use super::MachineId;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MachineId>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => MachineId::parse(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+
+    /// `None` writes `""`, as fleet v1 does where it does not omit an empty ID.
+    pub fn serialize<S: Serializer>(id: &Option<MachineId>, s: S) -> Result<S::Ok, S::Error> {
+        match id {
+            Some(id) => id.serialize(s),
+            None => s.serialize_str(""),
+        }
     }
 }
 
@@ -317,6 +330,56 @@ mod tests {
         let doc = json!({"machineID": "m1", "text": "x\n", "exitCode": 3});
         let o: UnitOutput = serde_json::from_value(doc.clone()).unwrap();
         assert_eq!(serde_json::to_value(&o).unwrap(), doc);
+    }
+
+    /// The bytes written for documents with and without an optional machine ID: field order, the ID
+    /// as a plain string, and no `machineID` at all when there is none (fleet v1's `omitempty`).
+    #[test]
+    fn optional_machine_ids_are_written_byte_for_byte_as_fleet_does() {
+        let m1 = || Some(MachineId::parse("m1").unwrap());
+        let unit = |machine_id| Unit {
+            name: "a.service".into(),
+            desired_state: "launched".into(),
+            current_state: "launched".into(),
+            machine_id,
+            ..Unit::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&unit(m1())).unwrap(),
+            r#"{"name":"a.service","desiredState":"launched","currentState":"launched","machineID":"m1"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&unit(None)).unwrap(),
+            r#"{"name":"a.service","desiredState":"launched","currentState":"launched"}"#
+        );
+        let state = |machine_id| UnitState {
+            name: "a.service".into(),
+            hash: "e55c0ae".into(),
+            machine_id,
+            systemd_load_state: "loaded".into(),
+            systemd_active_state: "active".into(),
+            systemd_sub_state: "running".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&state(m1())).unwrap(),
+            r#"{"name":"a.service","hash":"e55c0ae","machineID":"m1","systemdLoadState":"loaded","systemdActiveState":"active","systemdSubState":"running"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&state(None)).unwrap(),
+            r#"{"name":"a.service","hash":"e55c0ae","systemdLoadState":"loaded","systemdActiveState":"active","systemdSubState":"running"}"#
+        );
+        // Read back: absent, null and "" are none; an ID is that ID.
+        for (doc, want) in [
+            (r#"{"name":"a.service"}"#, None),
+            (r#"{"name":"a.service","machineID":null}"#, None),
+            (r#"{"name":"a.service","machineID":""}"#, None),
+            (r#"{"name":"a.service","machineID":"m1"}"#, m1()),
+        ] {
+            let u: Unit = serde_json::from_str(doc).unwrap();
+            assert_eq!(u.machine_id, want, "{doc}");
+            let s: UnitState = serde_json::from_str(doc).unwrap();
+            assert_eq!(s.machine_id, want, "{doc}");
+        }
     }
 
     #[test]
