@@ -5,6 +5,13 @@
 //! fence drop-in) — whether fleetd is alive, dead or hung. While the deadline is ahead it pings
 //! systemd's watchdog with a timeout that ends shortly after the deadline, so a guard that hangs is
 //! killed by systemd, which then stops the bound units itself.
+//!
+//! The kill does not wait for systemd: the guard writes `1` to each bound unit's cgroup `cgroup.kill`
+//! first (the kernel kills every process of it at once), then asks systemd to stop and kill them (so
+//! that `Restart=` does not bring them back and systemd's state follows). After a thaw of the whole
+//! machine, systemd and the D-Bus daemon compete for CPU with every unit just resumed; the guard runs
+//! with real-time scheduling (or, where that is refused, the highest nice priority) and its memory
+//! locked as it is touched, so that it is the first to run and its kill costs no round trip.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -148,11 +155,14 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
     )
     .await
     .context("connecting to systemd")?;
+    prioritize();
     crate::api::activation::notify_or_log("READY=1\nSTATUS=guarding");
     tracing::info!(file = %fence_file.display(), "fence guard running");
     let mut fenced_at: Option<Time> = None;
     // The last error reading the fence file (logged when it changes, not every period).
     let mut unreadable: Option<StampError> = None;
+    // Whether `cgroup.kill` was found missing (logged once).
+    let mut cgroup_kill_missing = false;
     loop {
         let now = clock::now();
         // No valid file (fleetd never wrote one this boot, or it does not parse): nothing may run.
@@ -212,6 +222,7 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
                     }
                     active
                 };
+                kill_cgroups(&systemd, &targets, &mut cgroup_kill_missing);
                 for (u, e) in systemd.fence_units(&targets).await {
                     tracing::warn!(unit = %u, "fencing: {e}");
                 }
@@ -219,9 +230,97 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
                 let _ = crate::api::activation::notify("WATCHDOG=1\nWATCHDOG_USEC=10000000");
             }
         }
-        tokio::time::sleep(GUARD_PERIOD).await;
+        // Wake at the deadline itself when it comes before the next look (tokio's timers run on
+        // `CLOCK_MONOTONIC`, like the deadline; after a freeze they are overdue and fire at once).
+        let next = match deadline {
+            Some(d) if now < d => GUARD_PERIOD.min(d.since(now)),
+            _ => GUARD_PERIOD,
+        };
+        tokio::time::sleep(next).await;
     }
 }
+
+/// Kills `targets` through their cgroups (`cgroup.kill`), before systemd is asked to: logs what
+/// could not be killed that way, and once that the kernel lacks `cgroup.kill` (before 5.14) or there
+/// is no cgroup v2 hierarchy (`missing` remembers it was logged); systemd's kill covers those.
+fn kill_cgroups(systemd: &fleet_systemd::Systemd, targets: &[String], missing: &mut bool) {
+    let started = std::time::Instant::now();
+    let Some(done) = systemd.kill_cgroups(targets) else {
+        if !std::mem::replace(missing, true) {
+            tracing::warn!("no cgroup v2 hierarchy: fencing through systemd only");
+        }
+        return;
+    };
+    if !done.unsupported.is_empty() && !std::mem::replace(missing, true) {
+        tracing::warn!(
+            units = done.unsupported.len(),
+            "no cgroup.kill (kernel before 5.14): fencing through systemd only"
+        );
+    }
+    for (u, e) in &done.failed {
+        tracing::warn!(unit = %u, "fencing: writing cgroup.kill: {e}");
+    }
+    if !done.killed.is_empty() {
+        tracing::info!(
+            units = done.killed.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "fencing: killed through cgroup.kill"
+        );
+    }
+}
+
+/// Makes the guard the first to run when the machine is busy (after a thaw, every process of the
+/// machine is runnable at once): `SCHED_FIFO` for every thread of the guard (threads it starts later
+/// inherit it), else nice -20 where real-time scheduling is refused (a cgroup without real-time
+/// runtime); its pages locked in memory as they are touched, so that the kill does not wait for a
+/// page-in. What could not be done is logged; the guard runs either way.
+fn prioritize() {
+    let param = libc::sched_param {
+        sched_priority: GUARD_RT_PRIORITY,
+    };
+    let tasks: Vec<libc::pid_t> = std::fs::read_dir("/proc/self/task")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut refused = None;
+    for &tid in &tasks {
+        // SAFETY: sched_setscheduler reads one sched_param from a valid pointer.
+        if unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &param) } != 0 {
+            refused = Some(std::io::Error::last_os_error());
+            break;
+        }
+    }
+    match refused {
+        None => tracing::info!(
+            priority = GUARD_RT_PRIORITY,
+            "guard scheduled real-time (SCHED_FIFO)"
+        ),
+        Some(e) => {
+            let mut niced = true;
+            for &tid in &tasks {
+                // SAFETY: setpriority takes plain integers.
+                niced &= unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -20) } == 0;
+            }
+            tracing::warn!(
+                niced,
+                "real-time scheduling refused ({e}): the guard runs at nice -20 instead"
+            );
+        }
+    }
+    // SAFETY: mlockall takes flags only.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
+        tracing::warn!(
+            "locking the guard's memory: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// The guard's `SCHED_FIFO` priority: any real-time priority runs before every normal process
+/// (systemd, the D-Bus daemon, the units); a low one leaves the kernel's own real-time threads first.
+const GUARD_RT_PRIORITY: i32 = 10;
 
 #[cfg(test)]
 mod tests {

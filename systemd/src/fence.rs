@@ -4,9 +4,12 @@
 //! Each claimed unit gets a runtime drop-in, `/run/systemd/system/<unit>.d/50-fleet-fence.conf`, with
 //! `BindsTo=` and `After=` on the guard: when the guard stops or fails (its watchdog fired because it
 //! hung, or it exited after fencing), systemd stops every bound unit. The guard itself kills them with
-//! SIGKILL when the fence deadline passes, which is faster than a stop.
+//! SIGKILL when the fence deadline passes, which is faster than a stop: first through the kernel
+//! (cgroup v2 `cgroup.kill` of each unit's cgroup, [`kill_unit_cgroups`]: no round trip to a systemd that
+//! may be starved of CPU, as after a thaw), then through systemd (a stop, so that `Restart=` does not
+//! bring the unit back, and `KillUnit`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::manager::Systemd;
@@ -24,7 +27,78 @@ const DROPIN: &str = "# Written by fleetd: fleet claims this unit on this machin
 BindsTo=fleet-guard.service\n\
 After=fleet-guard.service\n";
 
+/// The cgroup v2 hierarchy under `fs_root`: `sys/fs/cgroup` on a unified host, `sys/fs/cgroup/unified`
+/// on a hybrid one; `None` without one.
+pub fn cgroup2_root(fs_root: &Path) -> Option<PathBuf> {
+    let base = fs_root.join("sys/fs/cgroup");
+    [base.clone(), base.join("unified")]
+        .into_iter()
+        .find(|d| d.join("cgroup.controllers").exists())
+}
+
+/// How deep below the cgroup root a unit's cgroup is looked for (`system.slice/a.service` is 2; a
+/// slice `a-b-c.slice` nests 3 more).
+const CGROUP_DEPTH: usize = 8;
+
+/// What [`kill_unit_cgroups`] did.
+#[derive(Debug, Default)]
+pub struct CgroupKill {
+    /// The units whose cgroup was told to die (`1` written to its `cgroup.kill`).
+    pub killed: Vec<String>,
+    /// Units with a cgroup but no `cgroup.kill` in it (a kernel before 5.14): not killed this way.
+    pub unsupported: Vec<String>,
+    /// Units whose `cgroup.kill` could not be written, with the error.
+    pub failed: Vec<(String, std::io::Error)>,
+}
+
+/// Kills every process of each unit of `names` through the kernel: writes `1` to `cgroup.kill` of the
+/// unit's cgroup, found by name under the cgroup v2 hierarchy `root` (a unit without a cgroup has no
+/// process: nothing to do). `SIGKILL` reaches every process of the cgroup and of its sub-cgroups at
+/// once, without systemd. systemd then sees the main process die: a unit with `Restart=` is restarted
+/// unless a stop reaches systemd first (within `RestartSec=`), so a caller follows this with
+/// [`Systemd::fence_units`].
+pub fn kill_unit_cgroups(root: &Path, names: &[String]) -> CgroupKill {
+    let wanted: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    let mut done = CgroupKill::default();
+    let mut dirs = vec![(root.to_path_buf(), 0)];
+    while let Some((dir, depth)) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = e.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if wanted.contains(name) {
+                let kill = e.path().join("cgroup.kill");
+                match std::fs::OpenOptions::new().write(true).open(&kill) {
+                    Ok(mut f) => match std::io::Write::write_all(&mut f, b"1") {
+                        Ok(()) => done.killed.push(name.to_string()),
+                        Err(err) => done.failed.push((name.to_string(), err)),
+                    },
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                        done.unsupported.push(name.to_string())
+                    }
+                    Err(err) => done.failed.push((name.to_string(), err)),
+                }
+            } else if depth + 1 < CGROUP_DEPTH {
+                dirs.push((e.path(), depth + 1));
+            }
+        }
+    }
+    done
+}
+
 impl Systemd {
+    /// [`kill_unit_cgroups`] in this manager's cgroup v2 hierarchy (under `fs_root`); `None` when
+    /// there is none (cgroup v1 only).
+    pub fn kill_cgroups(&self, names: &[String]) -> Option<CgroupKill> {
+        let root = cgroup2_root(&self.config().fs_root)?;
+        Some(kill_unit_cgroups(&root, names))
+    }
+
     /// The runtime unit directory of the system manager (`/run/systemd/system`), under `fs_root`.
     fn runtime_unit_dir(&self) -> PathBuf {
         self.config().fs_root.join("run/systemd/system")
@@ -182,5 +256,78 @@ impl Systemd {
             .map_err(|source| Error::Io { path, source })?;
         self.reload().await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake cgroup tree: each path a directory, with a `cgroup.kill` file unless `old_kernel`.
+    fn tree(root: &Path, dirs: &[&str], old_kernel: bool) {
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory\n").unwrap();
+        for d in dirs {
+            let d = root.join(d);
+            std::fs::create_dir_all(&d).unwrap();
+            if !old_kernel {
+                std::fs::write(d.join("cgroup.kill"), "").unwrap();
+            }
+        }
+    }
+
+    fn killed(root: &Path, dir: &str) -> bool {
+        std::fs::read_to_string(root.join(dir).join("cgroup.kill")).unwrap_or_default() == "1"
+    }
+
+    #[test]
+    fn cgroup_kill_reaches_the_named_units_in_any_slice_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("sys/fs/cgroup");
+        std::fs::create_dir_all(&root).unwrap();
+        tree(
+            &root,
+            &[
+                "system.slice/a.service",
+                "system.slice/a.service/inner",
+                "system.slice/b.service",
+                "system.slice/c.service",
+                "app.slice/app-web.slice/d.service",
+                "init.scope",
+            ],
+            false,
+        );
+        assert_eq!(cgroup2_root(tmp.path()), Some(root.clone()));
+        let names: Vec<String> = ["a.service", "d.service", "gone.service"]
+            .map(String::from)
+            .to_vec();
+        let mut done = kill_unit_cgroups(&root, &names);
+        done.killed.sort();
+        assert_eq!(done.killed, ["a.service", "d.service"]);
+        assert!(done.unsupported.is_empty() && done.failed.is_empty(), "{done:?}");
+        assert!(killed(&root, "system.slice/a.service"));
+        assert!(killed(&root, "app.slice/app-web.slice/d.service"));
+        // The kernel kills a cgroup's sub-cgroups with it: nothing to write there.
+        for other in [
+            "system.slice/a.service/inner",
+            "system.slice/b.service",
+            "system.slice/c.service",
+            "init.scope",
+        ] {
+            assert!(!killed(&root, other), "{other}");
+        }
+    }
+
+    #[test]
+    fn without_cgroup_kill_the_units_are_reported_unsupported() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A hybrid host: the v2 hierarchy is `unified`.
+        let root = tmp.path().join("sys/fs/cgroup/unified");
+        std::fs::create_dir_all(&root).unwrap();
+        tree(&root, &["system.slice/a.service"], true);
+        assert_eq!(cgroup2_root(tmp.path()), Some(root.clone()));
+        let done = kill_unit_cgroups(&root, &["a.service".to_string()]);
+        assert!(done.killed.is_empty() && done.failed.is_empty(), "{done:?}");
+        assert_eq!(done.unsupported, ["a.service"]);
+        assert_eq!(cgroup2_root(&tmp.path().join("nowhere")), None);
     }
 }

@@ -43,7 +43,7 @@ mod state;
 
 pub use error::{Error, Result};
 pub use events::{Event, Subscription};
-pub use fence::{FENCE_DROPIN, GUARD_UNIT};
+pub use fence::{cgroup2_root, kill_unit_cgroups, CgroupKill, FENCE_DROPIN, GUARD_UNIT};
 pub use manager::{
     Bus, Config, Job, LoadSpec, ReloadPolicy, Systemd, DEFAULT_CALL_TIMEOUT,
     DEFAULT_UNITS_DIRECTORY, START_PIPELINE,
