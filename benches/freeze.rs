@@ -49,7 +49,9 @@ impl Hog {
                     let mut x: u64 = 1;
                     while !stop.load(Ordering::Relaxed) {
                         for _ in 0..10_000 {
-                            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                            x = std::hint::black_box(
+                                x.wrapping_mul(6364136223846793005).wrapping_add(1),
+                            );
                         }
                     }
                 })
@@ -154,7 +156,10 @@ fn print_journal(fl: &FleetLab, i: usize, units: &[String], from: u64, thawed: u
             .as_str()
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
-        let who = v["UNIT"].as_str().or(v["_SYSTEMD_UNIT"].as_str()).unwrap_or("?");
+        let who = v["UNIT"]
+            .as_str()
+            .or(v["_SYSTEMD_UNIT"].as_str())
+            .unwrap_or("?");
         println!(
             "    {:+9.1} ms {who}: {}",
             (t - thawed as i64) as f64 / 1000.0,
@@ -299,8 +304,14 @@ fn main() {
         // A fresh witness is quiet for a few seconds after a thaw: let it count again.
         std::thread::sleep(Duration::from_secs(5));
     }
-    println!("freeze -> every unit active elsewhere: {}", summary(&takeovers));
-    println!("thaw -> unit's processes gone, every unit: {}", summary(&kills));
+    println!(
+        "freeze -> every unit active elsewhere: {}",
+        summary(&takeovers)
+    );
+    println!(
+        "thaw -> unit's processes gone, every unit: {}",
+        summary(&kills)
+    );
     println!("thaw -> all of a round's units gone: {}", summary(&worst));
     println!("units not dead within 10 s of the thaw: {not_killed}");
     let log = fl.journals(200);

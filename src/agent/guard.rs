@@ -301,7 +301,8 @@ fn prioritize() {
             let mut niced = true;
             for &tid in &tasks {
                 // SAFETY: setpriority takes plain integers.
-                niced &= unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -20) } == 0;
+                niced &=
+                    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, -20) } == 0;
             }
             tracing::warn!(
                 niced,

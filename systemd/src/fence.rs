@@ -303,7 +303,10 @@ mod tests {
         let mut done = kill_unit_cgroups(&root, &names);
         done.killed.sort();
         assert_eq!(done.killed, ["a.service", "d.service"]);
-        assert!(done.unsupported.is_empty() && done.failed.is_empty(), "{done:?}");
+        assert!(
+            done.unsupported.is_empty() && done.failed.is_empty(),
+            "{done:?}"
+        );
         assert!(killed(&root, "system.slice/a.service"));
         assert!(killed(&root, "app.slice/app-web.slice/d.service"));
         // The kernel kills a cgroup's sub-cgroups with it: nothing to write there.
