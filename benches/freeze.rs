@@ -8,7 +8,8 @@
 //!   waits for `cgroup.events` to say `frozen 1`);
 //! - waits until every one of its units is active on another machine (the takeover, which needs the
 //!   frozen holder's fence deadline to have passed), then `BENCH_FROZEN_EXTRA_MS` (500) more;
-//! - thaws it (writes `0` to `cgroup.freeze`; the clock starts right after the write returns) and polls
+//! - thaws it (writes `0` to `cgroup.freeze`; the clock starts right before the write, which itself
+//!   resumes the tasks, so a guard may kill before it returns; also printed: from its end) and polls
 //!   each taken-over unit's cgroup on the thawed machine (`cgroup.procs`, from the host, every ~0.2 ms)
 //!   until it holds no process: that is the thaw → kill time of the unit;
 //! - waits until the cluster settled (every machine lists every machine, every unit active once).
@@ -229,6 +230,8 @@ fn main() {
     let mut worst = vec![];
     let mut takeovers = vec![];
     let mut not_killed = 0;
+    let mut after_write = vec![];
+    let mut writes = vec![];
     for round in 1..=rounds {
         let on = active_on(&fl, &all, &units);
         let mut count: BTreeMap<usize, usize> = BTreeMap::new();
@@ -267,8 +270,11 @@ fn main() {
         takeovers.push(ms(mono_us() - frozen_at));
         std::thread::sleep(extra);
         let before: Vec<Option<usize>> = cgs.iter().map(|c| procs(c)).collect();
-        set_frozen(&fl, victim, false);
+        // The write itself thaws the tasks (a guard may run before it returns): the clock starts
+        // before it; how long it took is printed.
         let thawed = mono_us();
+        set_frozen(&fl, victim, false);
+        let write_us = mono_us() - thawed;
         let thawed_wall = now_wall_us();
         let mut gone: Vec<Option<u64>> = before
             .iter()
@@ -283,6 +289,12 @@ fn main() {
             std::thread::sleep(Duration::from_micros(200));
         }
         let round_kills: Vec<f64> = gone.iter().flatten().map(|&us| ms(us)).collect();
+        after_write.extend(
+            gone.iter()
+                .flatten()
+                .map(|&us| ms(us.saturating_sub(write_us))),
+        );
+        writes.push(ms(write_us));
         not_killed += gone.iter().filter(|g| g.is_none()).count();
         let max = round_kills.iter().copied().fold(0.0, f64::max);
         println!(
@@ -313,6 +325,14 @@ fn main() {
         summary(&kills)
     );
     println!("thaw -> all of a round's units gone: {}", summary(&worst));
+    println!(
+        "the same from the end of the thaw's write, every unit: {}",
+        summary(&after_write)
+    );
+    println!(
+        "the thaw's write (cgroup.freeze = 0) took: {}",
+        summary(&writes)
+    );
     println!("units not dead within 10 s of the thaw: {not_killed}");
     let log = fl.journals(200);
     let fences = log.matches("fence deadline passed").count();

@@ -253,6 +253,83 @@ fn a_fleetd_killed_and_kept_down_has_its_units_killed_before_they_start_elsewher
         guard.contains("fence deadline passed"),
         "the guard did not fence:\n{guard}"
     );
+    // Through the kernel first, not only through systemd (the lab's kernel has `cgroup.kill`).
+    assert!(
+        guard.contains("killed through cgroup.kill"),
+        "the guard did not kill through cgroup.kill:\n{guard}"
+    );
+}
+
+/// A whole machine frozen (cgroup freezer) past its fence deadline while the others take its units
+/// over, then thawed: its units resume with its guard (no design can avoid that instant), and are dead
+/// on it within seconds of the thaw (the guard kills them through `cgroup.kill`, or systemd does when
+/// its overdue watchdog on the guard fires first: both run at the thaw); nothing starts again there and
+/// every unit stays where it was taken over. The bound (thaw to dead) is measured by `benches/freeze.rs`.
+#[test]
+fn a_machine_frozen_past_its_deadline_and_thawed_has_its_units_dead_and_restarts_nothing() {
+    let Some(fl) = FleetLab::up(3, &[]) else {
+        return;
+    };
+    let_membership_season();
+    let units = ["frozen-a.service", "frozen-b.service", "frozen-c.service"];
+    let on = start_units(&fl, 1, &units);
+    let victim = on.iter().copied().rev().find(|m| *m != 1).unwrap_or(on[0]);
+    let held: Vec<&str> = units
+        .iter()
+        .zip(&on)
+        .filter(|(_, m)| **m == victim)
+        .map(|(u, _)| *u)
+        .collect();
+    let others: Vec<usize> = (1..=3).filter(|m| *m != victim).collect();
+    fl.lab.freeze(victim).unwrap();
+    let mut homes = BTreeMap::new();
+    for u in &held {
+        // Only the live machines are asked (systemctl would hang on the frozen one).
+        let home = fl.wait_for(&format!("{u} running elsewhere"), WAIT, |fl| {
+            let on: Vec<usize> = others
+                .iter()
+                .copied()
+                .filter(|i| fl.active_state(*i, u) == "active")
+                .collect();
+            (on.len() == 1).then(|| on[0])
+        });
+        homes.insert(*u, home);
+    }
+    fl.lab.thaw(victim).unwrap();
+    for u in &held {
+        fl.wait_for(&format!("{u} dead on the thawed m{victim}"), WAIT, |fl| {
+            (!matches!(
+                fl.active_state(victim, u).as_str(),
+                "active" | "activating" | "reloading" | "deactivating"
+            ))
+            .then_some(())
+        });
+    }
+    let guard = fl
+        .lab
+        .sh(victim, &["journalctl", "--no-pager", "-u", "fleet-guard"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    eprintln!(
+        "guard of m{victim} killed through cgroup.kill at the thaw: {}",
+        guard.contains("killed through cgroup.kill")
+    );
+    let mut want: BTreeMap<&str, usize> = units
+        .iter()
+        .copied()
+        .zip(on.iter().copied())
+        .filter(|(_, m)| *m != victim)
+        .collect();
+    want.extend(homes.iter().map(|(u, m)| (*u, *m)));
+    hold(&fl, Duration::from_secs(5), &want);
+    for u in &held {
+        assert_eq!(
+            started_at(&fl, victim, u).len(),
+            1,
+            "{u} started again on the thawed machine\n{}",
+            fl.journals_dump()
+        );
+    }
 }
 
 /// fleetd hangs (SIGSTOP) while its machine and units live, then resumes (SIGCONT): the guard kills the
