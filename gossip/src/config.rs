@@ -5,9 +5,10 @@ use std::time::Duration;
 
 /// Failure detection and dissemination settings.
 ///
-/// The defaults aim at a LAN (sub-millisecond RTT): a crashed machine is declared down by every live
-/// member within about 2 s (p99, measured by `examples/detection.rs`), at a cost of a few small
-/// datagrams per second per member. Roughly, detection takes the wait until some member probes the
+/// The defaults aim at a LAN (sub-millisecond RTT) and a blip tolerance of 1 s (see
+/// [`Config::with_blip_tolerance`]): a member silent for less than that is never declared down, a
+/// crashed one is declared down about 1.3 s after the crash in a small cluster (`examples/detection.rs`),
+/// at a cost of a few small datagrams per second per member. Roughly, detection takes the wait until some member probes the
 /// dead one (each member probes one random member per `probe_period`; the chance that nobody probes a
 /// given member in one period is about 1/e, so p99 is about 4.6 periods in a large cluster), plus one
 /// `probe_period` (direct probe, then indirect probes through `num_indirect_probes` members), plus
@@ -25,7 +26,7 @@ use std::time::Duration;
 /// a renewed identity (see [`crate::NodeIdentity`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// How often this node probes one member. Default 400 ms.
+    /// How often this node probes one member. Default 200 ms.
     pub probe_period: Duration,
     /// How long to wait for a direct ack before asking other members to probe indirectly. Must be
     /// less than `probe_period`. Default 80 ms.
@@ -33,11 +34,12 @@ pub struct Config {
     /// How many members to ask for an indirect probe. Default 3.
     pub num_indirect_probes: usize,
     /// The shortest time a suspect has to refute before it is declared down: the suspicion timeout
-    /// once `suspicion_confirmations` other members confirmed it. Default 500 ms.
+    /// once `suspicion_confirmations` other members confirmed it. Default 950 ms (a blip tolerance
+    /// of 1 s, see [`Config::with_blip_tolerance`]).
     pub suspect_to_down_after: Duration,
     /// The suspicion timeout with no confirmation (Lifeguard's dynamic suspicion: it shrinks
     /// logarithmically with each independent confirmation down to `suspect_to_down_after`).
-    /// Default 2 s.
+    /// Default 1.5 s (1.5 times the blip tolerance).
     pub suspicion_max: Duration,
     /// How many independent confirmations bring the suspicion timeout to its minimum (capped by
     /// the number of other live members). Default 3.
@@ -87,10 +89,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            probe_period: Duration::from_millis(400),
+            probe_period: Duration::from_millis(200),
             probe_rtt: Duration::from_millis(80),
             num_indirect_probes: 3,
-            suspect_to_down_after: Duration::from_millis(500),
+            suspect_to_down_after: Duration::from_millis(950),
             suspicion_max: Duration::from_millis(1500),
             suspicion_confirmations: 2,
             max_local_health: 8,
@@ -107,6 +109,38 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The blip tolerance of the defaults (fleetd's default `fence_after`).
+    pub const DEFAULT_BLIP_TOLERANCE: Duration = Duration::from_secs(1);
+
+    /// How long after a thaw a suspect's refutation may take to reach its suspecters: the thawed
+    /// member handles what arrived meanwhile (pings and gossip carrying the suspicion) and answers at
+    /// once; its refutation rides on those answers and on its next gossip round (`gossip_interval`).
+    pub const REFUTATION_ALLOWANCE: Duration = Duration::from_millis(150);
+
+    /// These settings with the suspicion timeouts derived from a blip tolerance `tolerance` (fleetd
+    /// passes its `fence_after`): a member silent (frozen, cut off, starved) for less than
+    /// `tolerance` is never declared down, and a crashed one is declared down soon after it.
+    ///
+    /// A down verdict needs a probe that went unanswered for a whole `probe_period` (foca judges a
+    /// probe when its next round begins) and then a suspicion that stood for at least
+    /// `suspect_to_down_after`, unrefuted: the member was silent from the ping on for at least
+    /// their sum, less the time its refutation takes to come back ([`Config::REFUTATION_ALLOWANCE`]). So
+    /// `suspect_to_down_after = tolerance + REFUTATION_ALLOWANCE − probe_period` (never below half
+    /// the tolerance), and the unconfirmed suspicion lasts 1.5 times the tolerance (Lifeguard's
+    /// maximum: one member's own trouble cannot bring a verdict before others confirm it).
+    ///
+    /// A crash is then declared down about `tolerance + REFUTATION_ALLOWANCE` after the first ping
+    /// to the dead member, plus the wait for that ping (a fraction of a probe period in a
+    /// small cluster, where every member probes every other one every few periods).
+    pub fn with_blip_tolerance(mut self, tolerance: Duration) -> Config {
+        let min = (tolerance + Self::REFUTATION_ALLOWANCE)
+            .saturating_sub(self.probe_period)
+            .max(tolerance / 2);
+        self.suspect_to_down_after = min;
+        self.suspicion_max = (tolerance * 3 / 2).max(min);
+        self
+    }
+
     /// The shortest time from a member falling silent to any Down verdict about it, anywhere: a probe
     /// of it must go unanswered for `probe_rtt`, then the suspicion must stand for at least
     /// `suspect_to_down_after` (Lifeguard's timeouts only ever lengthen these: local health slows
@@ -118,7 +152,7 @@ impl Config {
     /// `suspicion_max` unless other members independently fail to reach the member too, which they
     /// only do once it is silent (or cut off from them as well).
     ///
-    /// 580 ms by default.
+    /// 1030 ms by default.
     pub fn min_detection(&self) -> Duration {
         self.probe_rtt + self.suspect_to_down_after
     }
@@ -150,5 +184,31 @@ impl Config {
                 num_members: NonZeroUsize::new(self.gossip_fanout).unwrap_or(one),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_those_of_the_default_blip_tolerance() {
+        let d = Config::default();
+        assert_eq!(d.clone().with_blip_tolerance(Config::DEFAULT_BLIP_TOLERANCE), d);
+        // Silent for the whole tolerance plus the refutation allowance before any verdict.
+        assert_eq!(
+            d.probe_period + d.suspect_to_down_after,
+            Config::DEFAULT_BLIP_TOLERANCE + Config::REFUTATION_ALLOWANCE
+        );
+    }
+
+    #[test]
+    fn the_suspicion_follows_the_tolerance() {
+        let c = Config::default().with_blip_tolerance(Duration::from_secs(5));
+        assert_eq!(c.suspect_to_down_after, Duration::from_millis(4950));
+        assert_eq!(c.suspicion_max, Duration::from_millis(7500));
+        let c = Config::default().with_blip_tolerance(Duration::from_millis(100));
+        assert_eq!(c.suspect_to_down_after, Duration::from_millis(50));
+        assert_eq!(c.suspicion_max, Duration::from_millis(150));
     }
 }

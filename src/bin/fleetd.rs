@@ -450,6 +450,8 @@ async fn start_gossip(
     gc.tls = tls;
     gc.seeds = config.gossip_seeds.clone();
     gc.core.remove_down_after = config.gossip_remove_down_after;
+    // A machine silent for less than fence_after is never declared down (docs/safety.md, "Cost").
+    gc.core = gc.core.with_blip_tolerance(config.fence_after);
     if listen.ip().is_unspecified() {
         let ip = public_ip.context(
             "gossip listens on a wildcard address and public_ip is unknown: set public_ip or gossip_listen",
