@@ -15,7 +15,12 @@ impl State {
         now: Time,
     ) -> BTreeMap<UnitName, TargetUnit> {
         let me = self.opts.machine.clone();
-        let machines = self.cluster.live_machines();
+        let mut machines = self.cluster.live_machines();
+        // A machine this view suspects gets no new units, and the plan puts its units where they go
+        // once it is declared down: their taker waits (the holder is alive until the verdict) but
+        // starts polling the holder's lease, so that the verdict finds the lease proof ready.
+        let suspects = self.cluster.suspects();
+        machines.retain(|m| m.id == me || !suspects.contains(&m.id));
         let live: BTreeSet<MachineId> = machines.iter().map(|m| m.id.clone()).collect();
         let active = || {
             snap.units

@@ -107,19 +107,22 @@ impl AgentCluster {
         self.gossip.as_ref()
     }
 
-    /// Notified when the set of live machines (or their metadata) changes.
+    /// Notified when the set of live machines, their metadata or which of them are suspected changes.
     pub fn subscribe_membership(&self) -> tokio::sync::watch::Receiver<u64> {
         self.membership.subscribe()
     }
 
-    /// Stores a fresh gossip view; wakes membership subscribers when live machines or metadata changed.
+    /// Stores a fresh gossip view; wakes membership subscribers when live machines, their metadata or
+    /// their suspicion changed (the agent's plan leaves suspects out, see `decide_all`).
     pub fn set_view(&self, view: View) {
-        let key = |v: &View| -> Vec<(String, Option<BTreeMap<String, String>>)> {
+        type Key = (String, Option<BTreeMap<String, String>>, bool);
+        let key = |v: &View| -> Vec<Key> {
             v.live()
                 .map(|m| {
                     (
                         m.identity.machine_id.as_str().to_string(),
                         m.metadata.as_ref().map(|md| md.metadata.clone()),
+                        m.liveness == Liveness::Suspect,
                     )
                 })
                 .collect()
@@ -184,6 +187,18 @@ impl AgentCluster {
             Some(Liveness::Suspect) => (true, true, None),
             Some(Liveness::Down) | None => (false, false, i.down_since.get(id).copied()),
         }
+    }
+
+    /// The machines this node's gossip view suspects (alive, failed a probe, not refuted yet).
+    pub fn suspects(&self) -> BTreeSet<MachineId> {
+        let i = self.read();
+        i.view.as_ref().map_or_else(BTreeSet::new, |v| {
+            v.machines
+                .iter()
+                .filter(|(_, m)| m.liveness == Liveness::Suspect)
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
     }
 
     /// Where machine `id`'s gossip endpoint is (from the gossip view).
