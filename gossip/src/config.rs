@@ -202,6 +202,57 @@ mod tests {
         );
     }
 
+    /// A 5-member virtual LAN (4 survivors: few confirmations possible) with a 2 s tolerance: a
+    /// member frozen for just under 2 s is declared down by nobody, in any seed; a crashed one is
+    /// declared down everywhere within the tolerance plus 1.5 s, and not before the tolerance.
+    #[test]
+    fn a_member_silent_for_less_than_the_tolerance_is_not_declared_down_and_a_crash_is() {
+        use crate::core::Event;
+        use crate::testing::VirtualNet;
+        use crate::Liveness;
+        let tolerance = Duration::from_secs(2);
+        let config = Config::default().with_blip_tolerance(tolerance);
+        let n = 5;
+        for seed in 0..6 {
+            let mut net = VirtualNet::new(seed, config.clone());
+            let first = net.add_node(&[]);
+            for _ in 1..n {
+                net.add_node(&[first]);
+            }
+            assert!(net.run_until(Duration::from_secs(10), |net| {
+                (0..n).all(|a| (0..n).all(|b| a == b || net.sees_alive(a, b)))
+            }));
+            net.run_for(Duration::from_secs(2));
+            let since = net.elapsed();
+            net.freeze(3);
+            net.run_for(tolerance - Duration::from_millis(50));
+            net.thaw(3);
+            net.run_for(Duration::from_secs(5));
+            let downs: usize = (0..n)
+                .filter(|i| *i != 3)
+                .map(|i| {
+                    net.events(i)
+                        .iter()
+                        .filter(|(t, e)| *t >= since && *e == Event::MemberDown(VirtualNet::machine_id(3)))
+                        .count()
+                })
+                .sum();
+            assert_eq!(downs, 0, "seed {seed}: frozen for less than the tolerance, declared down");
+            net.kill(3);
+            let killed = net.elapsed();
+            let others = net.running();
+            assert!(
+                net.run_until(tolerance + Duration::from_millis(1500), |net| {
+                    others.iter().all(|o| net.liveness(*o, 3) == Some(Liveness::Down))
+                }),
+                "seed {seed}: crash not declared down everywhere within {:?}",
+                tolerance + Duration::from_millis(1500)
+            );
+            // Never before the tolerance.
+            assert!(net.elapsed() - killed >= tolerance, "seed {seed}: {:?}", net.elapsed() - killed);
+        }
+    }
+
     #[test]
     fn the_suspicion_follows_the_tolerance() {
         let c = Config::default().with_blip_tolerance(Duration::from_secs(5));
