@@ -194,7 +194,11 @@ mod tests {
     #[test]
     fn the_defaults_are_those_of_the_default_blip_tolerance() {
         let d = Config::default();
-        assert_eq!(d.clone().with_blip_tolerance(Config::DEFAULT_BLIP_TOLERANCE), d);
+        assert_eq!(
+            d.clone()
+                .with_blip_tolerance(Config::DEFAULT_BLIP_TOLERANCE),
+            d
+        );
         // Silent for the whole tolerance plus the refutation allowance before any verdict.
         assert_eq!(
             d.probe_period + d.suspect_to_down_after,
@@ -233,23 +237,34 @@ mod tests {
                 .map(|i| {
                     net.events(i)
                         .iter()
-                        .filter(|(t, e)| *t >= since && *e == Event::MemberDown(VirtualNet::machine_id(3)))
+                        .filter(|(t, e)| {
+                            *t >= since && *e == Event::MemberDown(VirtualNet::machine_id(3))
+                        })
                         .count()
                 })
                 .sum();
-            assert_eq!(downs, 0, "seed {seed}: frozen for less than the tolerance, declared down");
+            assert_eq!(
+                downs, 0,
+                "seed {seed}: frozen for less than the tolerance, declared down"
+            );
             net.kill(3);
             let killed = net.elapsed();
             let others = net.running();
             assert!(
                 net.run_until(tolerance + Duration::from_millis(1500), |net| {
-                    others.iter().all(|o| net.liveness(*o, 3) == Some(Liveness::Down))
+                    others
+                        .iter()
+                        .all(|o| net.liveness(*o, 3) == Some(Liveness::Down))
                 }),
                 "seed {seed}: crash not declared down everywhere within {:?}",
                 tolerance + Duration::from_millis(1500)
             );
             // Never before the tolerance.
-            assert!(net.elapsed() - killed >= tolerance, "seed {seed}: {:?}", net.elapsed() - killed);
+            assert!(
+                net.elapsed() - killed >= tolerance,
+                "seed {seed}: {:?}",
+                net.elapsed() - killed
+            );
         }
     }
 
