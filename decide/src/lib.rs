@@ -11,7 +11,9 @@
 //! 2. [`fence::guard`]: the fence deadline, from the lease confirmations and the witnesses' support;
 //!    past it, every claimed unit is killed (the deadline is also handed to the fence guard, which kills
 //!    them if fleetd itself is dead or hung);
-//! 3. [`unit::decide`] for every unit the plan puts here, every claim this machine holds or held, and
+//! 3. [`plan::in_plan`]: which machines of the gossip view the placement plan is made over (not the
+//!    suspects);
+//! 4. [`unit::decide`] for every unit the plan puts here, every claim this machine holds or held, and
 //!    every unit loaded here: run or not, the etcd write to attempt, the lease to ask etcd about, the
 //!    holder whose lease the witnesses should vote on.
 //!
@@ -37,6 +39,7 @@ pub mod fence;
 pub mod holder;
 #[cfg(feature = "mutations")]
 pub mod mutation;
+pub mod plan;
 pub mod time;
 pub mod timing;
 pub mod unit;
@@ -45,6 +48,7 @@ pub mod witness;
 pub use committee::{Committee, Seat};
 pub use fence::{guard, Confirmation, Guard, OwnLease, Support, Vouch};
 pub use holder::{holder_state, HolderState, LeaseAnswer, LeasePoll};
+pub use plan::in_plan;
 pub use time::Time;
 pub use timing::Timing;
 pub use unit::{decide, Case, Claim, Ctx, Handoff, Peer, Placement, Verdict, Why, Write};

@@ -282,7 +282,8 @@ pub struct Config {
     pub probe_rtt: Dur,
     /// Gossip: indirect probes (3).
     pub num_indirect_probes: usize,
-    /// Gossip: shortest suspicion timeout (500ms; with real cores Lifeguard starts it at 1.5s and
+    /// Gossip: shortest suspicion timeout (750ms: the gossip core's default, derived from a blip
+    /// tolerance of 1 s, fleetd's default `fence_after`; with real cores Lifeguard starts it at 1.5s and
     /// shrinks it with independent confirmations; the model uses this one).
     pub suspect_to_down_after: Dur,
     /// Gossip: dissemination round period (100ms).
@@ -301,6 +302,9 @@ pub struct Config {
     pub fence_after: Dur,
     /// Agent: periodic full pass (`engine_reconcile_interval`, 2s).
     pub reconcile_interval: Dur,
+    /// Agent: how often fleetd reads its gossip view besides on gossip's events (500ms); a change of
+    /// the machines gossip suspects wakes the agent (its plan leaves them out).
+    pub view_refresh: Dur,
     /// Fence guard: how often it reads the deadline (20ms).
     pub guard_poll: Dur,
     /// Agent: fleetd's etcd request timeout (1s): later answers are dropped.
@@ -351,6 +355,7 @@ impl Default for Config {
             agent_ttl: Dur::secs(30),
             fence_after: Dur::secs(1),
             reconcile_interval: Dur::secs(2),
+            view_refresh: Dur::ms(500),
             guard_poll: Dur::ms(20),
             etcd_timeout: Dur::secs(1),
             coalesce: Dur::ms(5),
@@ -576,8 +581,13 @@ impl Scenario {
         {
             return Err(self.invalid("loss and start_failure are probabilities (0..1)".into()));
         }
-        if self.config.pass_quantum.0 == 0 || self.config.sample_interval.0 == 0 {
-            return Err(self.invalid("pass_quantum and sample_interval must be positive".into()));
+        if self.config.pass_quantum.0 == 0
+            || self.config.sample_interval.0 == 0
+            || self.config.view_refresh.0 == 0
+        {
+            return Err(self.invalid(
+                "pass_quantum, sample_interval and view_refresh must be positive".into(),
+            ));
         }
         self.timing()
             .check()

@@ -16,11 +16,9 @@ impl State {
     ) -> BTreeMap<UnitName, TargetUnit> {
         let me = self.opts.machine.clone();
         let mut machines = self.cluster.live_machines();
-        // A machine this view suspects gets no new units, and the plan puts its units where they go
-        // once it is declared down: their taker waits (the holder is alive until the verdict) but
-        // starts polling the holder's lease, so that the verdict finds the lease proof ready.
+        // The plan leaves suspects out (`fleet_decide::plan`): their units' taker polls their lease.
         let suspects = self.cluster.suspects();
-        machines.retain(|m| m.id == me || !suspects.contains(&m.id));
+        machines.retain(|m| fleet_decide::in_plan(m.id == me, suspects.contains(&m.id)));
         let live: BTreeSet<MachineId> = machines.iter().map(|m| m.id.clone()).collect();
         let active = || {
             snap.units

@@ -137,6 +137,24 @@ impl Sim {
         self.flush_node(m);
     }
 
+    /// fleetd's periodic read of its gossip view: the suspects; returns whether they changed (a running
+    /// agent is then woken: its plan leaves suspects out).
+    pub(crate) fn refresh_view(&mut self, m: u32) -> bool {
+        if !self.machines[m as usize].agent_runs() {
+            return false;
+        }
+        let before = self.machines[m as usize]
+            .agent
+            .as_ref()
+            .map(|a| a.suspects.clone());
+        self.refresh_suspects(m);
+        let after = self.machines[m as usize]
+            .agent
+            .as_ref()
+            .map(|a| &a.suspects);
+        before.as_ref() != after
+    }
+
     /// Reads which machines machine `m`'s gossip core suspects, if it handled an input since the last
     /// read (the SWIM model has no per-observer suspicion).
     pub(super) fn refresh_suspects(&mut self, m: u32) {

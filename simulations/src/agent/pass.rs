@@ -74,14 +74,24 @@ impl Sim {
         }
         let committee = self.committee_of(m, now).unwrap_or_default();
         self.run_votes(m, &committee, now);
-        // The plan over the machines this agent's gossip shows alive or suspect, and itself.
+        // The plan over the machines this agent's gossip shows alive, and itself, through the decision
+        // core's rule (`fleet_decide::plan`: suspects are left out).
         let me = self.machines[m as usize].ident;
+        self.refresh_suspects(m);
         let (hash, live) = {
             let a = self.agent_mut(m);
-            let mut live: Vec<u32> = a.live.iter().collect();
+            let mut hash = a.live_hash;
+            let mut live: Vec<u32> = Vec::with_capacity(a.live.len() + 1);
+            for j in a.live.iter() {
+                if fleet_decide::in_plan(j == me, a.suspects.contains(&j)) {
+                    live.push(j);
+                } else {
+                    hash ^= crate::sim::mix(j as u64);
+                }
+            }
             live.push(me);
             live.sort_unstable();
-            (a.live_hash, live)
+            (hash, live)
         };
         let plan = self.plan_for(&live, hash, mirror_rev);
         let mut here: BTreeMap<u32, bool> = BTreeMap::new();
@@ -92,17 +102,10 @@ impl Sim {
         candidates.extend(self.machines[m as usize].units.keys().copied());
         candidates.extend(self.etcd.claims_of(me));
         candidates.extend(self.etcd.handoffs_from(me));
-        // Suspicion is read (expensively) only when some claim names another machine.
         let claims: Vec<(u32, Option<crate::etcd::Claim>)> = candidates
             .iter()
             .map(|&u| (u, self.etcd.claim_at(u, mirror_rev)))
             .collect();
-        if claims
-            .iter()
-            .any(|(_, c)| c.is_some_and(|c| c.machine != me || c.handoff.is_some()))
-        {
-            self.refresh_suspects(m);
-        }
 
         let me_id = self.machine_infos[me as usize].id.clone();
         let mut target = BTreeSet::new();

@@ -47,6 +47,14 @@ impl Sim {
             .rng
             .random_range(0..self.sc.config.reconcile_interval.0.max(1));
         self.push(self.now + jitter, Ev::Tick { m: i, gen });
+        if self.model.is_none() {
+            // fleetd reads its gossip view on every event and every 500 ms (the model has no
+            // per-observer suspicion).
+            let jitter = self
+                .rng
+                .random_range(0..self.sc.config.view_refresh.0.max(1));
+            self.push(self.now + jitter, Ev::ViewRefresh { m: i, gen });
+        }
         self.etcd_send(i, Req::Sync);
     }
 

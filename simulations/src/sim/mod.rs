@@ -220,6 +220,10 @@ pub(crate) enum Ev {
         m: u32,
         gen: u32,
     },
+    ViewRefresh {
+        m: u32,
+        gen: u32,
+    },
     Keepalive {
         m: u32,
         gen: u32,
@@ -577,6 +581,16 @@ impl Sim {
                 self.rejoin_announced(m);
                 let at = self.local_after(m, self.sc.config.reconcile_interval.0);
                 self.push(at, Ev::Tick { m, gen });
+            }
+            Ev::ViewRefresh { m, gen } => {
+                if self.machines[m as usize].gen != gen {
+                    return;
+                }
+                if self.refresh_view(m) {
+                    self.request_pass(m);
+                }
+                let at = self.local_after(m, self.sc.config.view_refresh.0);
+                self.push(at, Ev::ViewRefresh { m, gen });
             }
             Ev::Keepalive { m, gen } => self.keepalive(m, gen),
             Ev::UnitDone {
