@@ -7,8 +7,8 @@ use std::time::Duration;
 ///
 /// The defaults aim at a LAN (sub-millisecond RTT) and a blip tolerance of 1 s (see
 /// [`Config::with_blip_tolerance`]): a member silent for less than that is never declared down, a
-/// crashed one is declared down about 1.3 s after the crash in a small cluster (`examples/detection.rs`),
-/// at a cost of a few small datagrams per second per member. Roughly, detection takes the wait until some member probes the
+/// crashed one is declared down about 1.15 s after the first probe that reaches it unanswered, at a
+/// cost of a few small datagrams per second per member. Roughly, detection takes the wait until some member probes the
 /// dead one (each member probes one random member per `probe_period`; the chance that nobody probes a
 /// given member in one period is about 1/e, so p99 is about 4.6 periods in a large cluster), plus one
 /// `probe_period` (direct probe, then indirect probes through `num_indirect_probes` members), plus
@@ -26,7 +26,7 @@ use std::time::Duration;
 /// a renewed identity (see [`crate::NodeIdentity`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// How often this node probes one member. Default 200 ms.
+    /// How often this node probes one member. Default 400 ms.
     pub probe_period: Duration,
     /// How long to wait for a direct ack before asking other members to probe indirectly. Must be
     /// less than `probe_period`. Default 80 ms.
@@ -34,7 +34,7 @@ pub struct Config {
     /// How many members to ask for an indirect probe. Default 3.
     pub num_indirect_probes: usize,
     /// The shortest time a suspect has to refute before it is declared down: the suspicion timeout
-    /// once `suspicion_confirmations` other members confirmed it. Default 950 ms (a blip tolerance
+    /// once `suspicion_confirmations` other members confirmed it. Default 750 ms (a blip tolerance
     /// of 1 s, see [`Config::with_blip_tolerance`]).
     pub suspect_to_down_after: Duration,
     /// The suspicion timeout with no confirmation (Lifeguard's dynamic suspicion: it shrinks
@@ -89,10 +89,10 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            probe_period: Duration::from_millis(200),
+            probe_period: Duration::from_millis(400),
             probe_rtt: Duration::from_millis(80),
             num_indirect_probes: 3,
-            suspect_to_down_after: Duration::from_millis(950),
+            suspect_to_down_after: Duration::from_millis(750),
             suspicion_max: Duration::from_millis(1500),
             suspicion_confirmations: 2,
             max_local_health: 8,
@@ -152,7 +152,7 @@ impl Config {
     /// `suspicion_max` unless other members independently fail to reach the member too, which they
     /// only do once it is silent (or cut off from them as well).
     ///
-    /// 1030 ms by default.
+    /// 830 ms by default.
     pub fn min_detection(&self) -> Duration {
         self.probe_rtt + self.suspect_to_down_after
     }
@@ -271,7 +271,7 @@ mod tests {
     #[test]
     fn the_suspicion_follows_the_tolerance() {
         let c = Config::default().with_blip_tolerance(Duration::from_secs(5));
-        assert_eq!(c.suspect_to_down_after, Duration::from_millis(4950));
+        assert_eq!(c.suspect_to_down_after, Duration::from_millis(4750));
         assert_eq!(c.suspicion_max, Duration::from_millis(7500));
         let c = Config::default().with_blip_tolerance(Duration::from_millis(100));
         assert_eq!(c.suspect_to_down_after, Duration::from_millis(50));

@@ -298,13 +298,13 @@ options! {
     /// The one setting that trades failover speed against tolerance of network blips
     /// (docs/safety.md). Gossip never declares a machine down that was silent (frozen, cut off,
     /// starved) for less than this: a suspicion lasts at least `fence_after + 150ms` less the
-    /// 200 ms probe period, and up to `1.5·fence_after` until other machines confirm it
+    /// 400 ms probe period, and up to `1.5·fence_after` until other machines confirm it
     /// (docs/gossip.md). A machine that can neither confirm its etcd lease nor get enough support
     /// from the witness committee kills its claimed units this long after its last confirmation;
     /// the lease is renewed every `fence_after/3`, a witness's support lasts `4·fence_after`; a
     /// machine taking a dead machine's units over waits for the down verdict and until the holder
     /// is proven stopped: its last lease renewal + `1.01·fence_after + 100ms`. A crashed machine's
-    /// units therefore start elsewhere about `fence_after + 0.5s` after the crash
+    /// units therefore start elsewhere about `fence_after + 0.5-0.8s` after the crash
     /// (docs/benchmarks.md). Raise it on networks with long blips (failover slows by the same
     /// amount), lower it only with fast etcd and machines that are never starved of CPU: a restarted
     /// fleetd must renew its lease within it; at least `100ms`, well below `agent_ttl`, and the same
