@@ -23,7 +23,9 @@ pub const SERVER_NAME: &str = "fleet";
 /// The ALPN protocol of fleet's gossip.
 /// `2`: datagrams start with a kind byte, state travels in pushes of its own, summary syncs.
 /// `3`: every state update carries its origin's signature; certificates travel with the state.
-pub const ALPN: &[u8] = b"fleet-gossip/3";
+/// `4`: SWIM packets, pushes and summary offers also travel as sealed datagrams outside
+/// connections (`crate::seal`), on the same UDP port.
+pub const ALPN: &[u8] = b"fleet-gossip/4";
 /// The prefix of the URI subject alternative name that carries a machine ID.
 pub const MACHINE_URI_PREFIX: &str = "urn:fleet:machine:";
 

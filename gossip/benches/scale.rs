@@ -21,6 +21,13 @@
 //! adds per packet (`QUIC_OVERHEAD`, 32 B), per ACK (`QUIC_ACK`, 18 B) and per connection set-up
 //! (`HANDSHAKE_BYTES`, 2,100 B each way on average), measured by `gossip-quic/examples/quic_cost.rs`
 //! and checked against the lab (`tests/lab_gossip.rs`, `gossip_cost_per_machine_in_the_lab`).
+//!
+//! Part [2] prints the wire twice: "quic", every contact over a QUIC connection (the transport
+//! before sealed datagrams), and "sealed", today's transport (`fleet_gossip_quic::seal`): a
+//! datagram to a peer without an open connection travels sealed (`SEAL_OVERHEAD` bytes more, no
+//! ACK, no set-up); a summary offer too, answered only when the digests differ, by a sync over a
+//! new connection (whose bytes are modelled as the same exchange's); a peer with an open
+//! connection is reached over it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -57,6 +64,21 @@ struct Totals {
     sync_packets_in: u64,
     sync_packets_out: u64,
     connections: u64,
+    /// The sealed transport's model.
+    sealed: SealedTotals,
+}
+
+/// Bytes and connections of the sealed transport (see the module docs).
+#[derive(Default)]
+struct SealedTotals {
+    payload_in: f64,
+    payload_out: f64,
+    /// Bytes beyond the payload: seals, QUIC packets, ACKs and set-ups.
+    extra_in: f64,
+    extra_out: f64,
+    connections: u64,
+    sealed_in: u64,
+    sealed_out: u64,
 }
 
 /// Stream payload per QUIC packet (packets of QUIC's minimum MTU, 1,200 bytes, without MTU discovery).
@@ -82,6 +104,10 @@ struct Wire {
     ack: f64,
     /// Bytes of one connection set-up, each way on average (the connecting side sends more).
     handshake: f64,
+    /// Bytes a sealed datagram carries beyond its payload (`fleet_gossip_quic::seal`: 3 bytes of
+    /// header, a 32-character machine ID, boot, sequence number and the receiver's incarnation
+    /// (24), two lengths (4) and an ECDSA P-256 signature in DER (70-72): 134).
+    seal: f64,
 }
 
 impl Wire {
@@ -90,6 +116,7 @@ impl Wire {
             packet: env("QUIC_OVERHEAD", 32.0),
             ack: env("QUIC_ACK", 18.0),
             handshake: env("HANDSHAKE_BYTES", 2100.0),
+            seal: env("SEAL_OVERHEAD", 134.0),
         }
     }
 }
@@ -116,7 +143,13 @@ struct Bench {
     totals: Totals,
     /// When the node last exchanged anything with each peer (for the connection model).
     contact: HashMap<usize, Instant>,
+    /// The sealed model's open connections: when each was last used.
+    open: HashMap<usize, Instant>,
     idle_timeout: Duration,
+    seal: f64,
+    packet: f64,
+    ack: f64,
+    handshake: f64,
     probe_number: u8,
     versions: HashMap<usize, u64>,
     units: usize,
@@ -147,6 +180,97 @@ impl Bench {
         self.contact.insert(peer, now);
     }
 
+    /// Whether the sealed model has a connection open to `peer` now (and marks it used).
+    fn connected(&mut self, peer: usize, now: Instant) -> bool {
+        let open = self
+            .open
+            .get(&peer)
+            .is_some_and(|at| now.duration_since(*at) <= self.idle_timeout);
+        if open {
+            self.open.insert(peer, now);
+        } else {
+            self.open.remove(&peer);
+        }
+        open
+    }
+
+    /// The sealed model: a datagram of `len` bytes to (`out`) or from `peer`.
+    fn sealed_datagram(&mut self, peer: usize, len: usize, out: bool, now: Instant) {
+        let (packet, ack, seal) = (self.packet, self.ack, self.seal);
+        let connected = self.connected(peer, now);
+        let t = &mut self.totals.sealed;
+        let (payload, extra, extra_back) = if out {
+            (&mut t.payload_out, &mut t.extra_out, &mut t.extra_in)
+        } else {
+            (&mut t.payload_in, &mut t.extra_in, &mut t.extra_out)
+        };
+        *payload += len as f64;
+        if connected {
+            *extra += packet;
+            *extra_back += ack;
+        } else {
+            *extra += seal;
+            if out {
+                t.sealed_out += 1;
+            } else {
+                t.sealed_in += 1;
+            }
+        }
+    }
+
+    /// The sealed model: a summary offer (`compact`: its sealed form's payload, `None` for a
+    /// full offer) sent (`out`) to or received from `peer`, then the sync exchange of `sizes`
+    /// (offer, answer, delta as the QUIC transport sends them) if it runs over a connection:
+    /// when one is open, when the offer is a full one, or when the digests differ (a new one).
+    fn sealed_sync(
+        &mut self,
+        peer: usize,
+        compact: Option<usize>,
+        in_sync: bool,
+        sizes: [usize; 3],
+        out: bool,
+        now: Instant,
+    ) {
+        let connected = self.connected(peer, now);
+        let (packet, ack, seal, handshake) = (self.packet, self.ack, self.seal, self.handshake);
+        let t = &mut self.totals.sealed;
+        if !connected {
+            if let Some(compact) = compact {
+                let len = 1.0 + compact as f64;
+                if out {
+                    t.payload_out += len;
+                    t.extra_out += seal;
+                    t.sealed_out += 1;
+                } else {
+                    t.payload_in += len;
+                    t.extra_in += seal;
+                    t.sealed_in += 1;
+                }
+                if in_sync {
+                    return;
+                }
+            }
+            t.connections += 1;
+            t.extra_in += handshake;
+            t.extra_out += handshake;
+            self.open.insert(peer, now);
+        }
+        // offer and delta from the initiator, the answer from the peer.
+        let t = &mut self.totals.sealed;
+        for (i, len) in sizes.into_iter().enumerate() {
+            let packets = len.div_ceil(STREAM_PACKET) as f64;
+            if (i == 1) == out {
+                t.payload_in += len as f64;
+                t.extra_in += packet * packets;
+                t.extra_out += ack * packets;
+            } else {
+                t.payload_out += len as f64;
+                t.extra_out += packet * packets;
+                t.extra_in += ack * packets;
+            }
+        }
+    }
+
     fn swim(&self, from: usize, message: Message<NodeIdentity>) -> Vec<u8> {
         let mut out = vec![DATAGRAM_SWIM];
         PostcardCodec
@@ -173,6 +297,7 @@ impl Bench {
                 continue;
             };
             self.touch(peer, now);
+            self.sealed_datagram(peer, t.data.len(), true, now);
             if t.data.first() == Some(&DATAGRAM_SWIM) {
                 let mut buf = &t.data[1..];
                 if let Ok(h) = Codec::<NodeIdentity>::decode_header(&mut PostcardCodec, &mut buf) {
@@ -188,22 +313,29 @@ impl Bench {
                 continue;
             };
             self.touch(peer, now);
-            let offer = self.on_node(|n| n.sync_offer_to(peer_addr).encode());
+            let offer = self.on_node(|n| n.sync_offer_to(peer_addr));
+            let compact = offer.encode_summary().map(|c| c.len());
+            let offer = offer.encode();
             self.totals.sent_sync(offer.len());
             let answer = self
                 .mirror
                 .handle_sync_offer(now, SyncOffer::decode(&offer).unwrap())
-                .unwrap()
-                .encode();
+                .unwrap();
+            let in_sync = answer.in_sync();
+            let answer = answer.encode();
             self.totals.received_sync(answer.len());
             let delta = self.on_node(|n| {
                 n.handle_sync_answer(now, SyncAnswer::decode(&answer).unwrap())
                     .map(|d| d.encode())
             });
+            let mut delta_len = 0;
             if let Ok(delta) = delta {
                 self.totals.sent_sync(delta.len());
+                delta_len = delta.len();
                 let _ = self.mirror.merge(now, FullState::decode(&delta).unwrap());
             }
+            let sizes = [offer.len(), answer.len(), delta_len];
+            self.sealed_sync(peer, compact, in_sync, sizes, true, now);
         }
         while self.node.poll_event().is_some() {}
         while self.mirror.poll_transmit().is_some() {}
@@ -215,6 +347,7 @@ impl Bench {
         self.totals.datagrams_in += 1;
         self.totals.bytes_in += data.len() as u64;
         self.touch(from, now);
+        self.sealed_datagram(from, data.len(), false, now);
         let addr = self.ids[from].addr;
         let _ = self.on_node(|n| n.handle_datagram(now, addr, &data));
         self.drain(now);
@@ -271,24 +404,32 @@ impl Bench {
                     let peer = self.random_peer();
                     self.touch(peer, now);
                     let node_addr = self.node.identity().addr;
-                    let offer = self.mirror.sync_offer_to(node_addr).encode();
+                    let offer = self.mirror.sync_offer_to(node_addr);
+                    let compact = offer.encode_summary().map(|c| c.len());
+                    let offer = offer.encode();
                     self.totals.received_sync(offer.len());
                     let answer = self.on_node(|n| {
                         n.handle_sync_offer(now, SyncOffer::decode(&offer).unwrap())
-                            .map(|a| a.encode())
+                            .map(|a| (a.in_sync(), a.encode()))
                     });
-                    if let Ok(answer) = answer {
+                    let mut sizes = [offer.len(), 0, 0];
+                    let mut in_sync = false;
+                    if let Ok((matched, answer)) = answer {
+                        in_sync = matched;
+                        sizes[1] = answer.len();
                         self.totals.sent_sync(answer.len());
                         if let Ok(delta) = self
                             .mirror
                             .handle_sync_answer(now, SyncAnswer::decode(&answer).unwrap())
                         {
                             let delta = delta.encode();
+                            sizes[2] = delta.len();
                             self.totals.received_sync(delta.len());
                             let _ =
                                 self.on_node(|n| n.merge(now, FullState::decode(&delta).unwrap()));
                         }
                     }
+                    self.sealed_sync(peer, compact, in_sync, sizes, false, now);
                     self.drain(now);
                     let jitter = self.rng.random_range(0.5..1.5);
                     self.push(
@@ -463,8 +604,9 @@ fn main() {
         .collect();
     println!(
         "QUIC: {} B per packet, {} B per ACK, {} B per connection set-up each way (quic_cost); \
-         payload = datagrams + sync messages; wire = payload + QUIC packets, ACKs and set-ups",
-        wire.packet, wire.ack, wire.handshake
+         a seal {} B; payload = datagrams + sync messages; wire = payload + QUIC packets, ACKs, \
+         set-ups and seals",
+        wire.packet, wire.ack, wire.handshake, wire.seal
     );
     whole_cluster(&cluster_sizes, secs, warmup, units, &wire);
     let config = Config::default();
@@ -475,12 +617,38 @@ fn main() {
         env("CHURN", 0.0)
     );
     println!(
-        "{:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "members", "cpu %", "dgram/s", "dgram/s", "payload", "payload", "new conn", "wire", "wire"
+        "{:>7} {:>8} {:>8} {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "members",
+        "cpu %",
+        "dgram/s",
+        "dgram/s",
+        "payload",
+        "payload",
+        "quic:",
+        "wire",
+        "wire",
+        "sealed:",
+        "sealed/s",
+        "payload",
+        "wire",
+        "wire"
     );
     println!(
-        "{:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "", "(1 core)", "in", "out", "B/s in", "B/s out", "per s", "B/s in", "B/s out"
+        "{:>7} {:>8} {:>8} {:>8} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "",
+        "(1 core)",
+        "in",
+        "out",
+        "B/s in",
+        "B/s out",
+        "conn/s",
+        "B/s in",
+        "B/s out",
+        "conn/s",
+        "in / out",
+        "B/s out",
+        "B/s in",
+        "B/s out"
     );
     for n in sizes {
         let (ids, snapshot) = synthetic_cluster(n.max(3), units);
@@ -521,7 +689,12 @@ fn main() {
             seq: 0,
             totals: Totals::default(),
             contact: HashMap::new(),
+            open: HashMap::new(),
             idle_timeout,
+            seal: wire.seal,
+            packet: wire.packet,
+            ack: wire.ack,
+            handshake: wire.handshake,
             probe_number: 0,
             versions: HashMap::new(),
             units,
@@ -541,8 +714,9 @@ fn main() {
         let extra = |sent: f64, received: f64| {
             wire.packet * sent + wire.ack * received + wire.handshake * conns
         };
+        let st = &tt.sealed;
         println!(
-            "{:>7} {:>8.3} {:>8.1} {:>8.1} {:>9.0} {:>9.0} {:>9.2} {:>9.0} {:>9.0}",
+            "{:>7} {:>8.3} {:>8.1} {:>8.1} {:>9.0} {:>9.0} | {:>9.2} {:>9.0} {:>9.0} | {:>9.2} {:>4.1}/{:<4.1} {:>9.0} {:>9.0} {:>9.0}",
             n,
             100.0 * tt.busy.as_secs_f64() / s,
             tt.datagrams_in as f64 / s,
@@ -552,6 +726,12 @@ fn main() {
             conns,
             payload_in + extra(packets_in, packets_out),
             payload_out + extra(packets_out, packets_in),
+            st.connections as f64 / s,
+            st.sealed_in as f64 / s,
+            st.sealed_out as f64 / s,
+            st.payload_out / s,
+            (st.payload_in + st.extra_in) / s,
+            (st.payload_out + st.extra_out) / s,
         );
         eprintln!("  (the {n}-member snapshot loaded in {load:?})");
     }

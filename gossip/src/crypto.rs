@@ -422,6 +422,30 @@ impl Node {
         news
     }
 
+    /// The checked certificate of `machine` this node holds (DER) and the epoch it came with; the
+    /// transport checks `machine`'s sealed datagrams against it. `None` in the insecure
+    /// development mode, and for an unknown machine.
+    pub fn certificate_for(&self, machine: &MachineId) -> Option<(u64, &[u8])> {
+        if !self.credentials.required() {
+            return None;
+        }
+        self.certs.get_with_epoch(machine)
+    }
+
+    /// The identity the membership holds for `machine` (any liveness; never this node's own).
+    pub fn member_identity(&self, machine: &MachineId) -> Option<&crate::NodeIdentity> {
+        self.roster.get(machine).map(|k| &k.identity)
+    }
+
+    /// The member whose identity has address `addr`, if any (a walk over the membership: for
+    /// the transport's once-per-sync use, not per datagram).
+    pub fn member_at(&self, addr: std::net::SocketAddr) -> Option<&crate::NodeIdentity> {
+        self.roster
+            .iter()
+            .map(|(_, k)| &k.identity)
+            .find(|id| id.addr == addr)
+    }
+
     /// How many origins' certificates this node holds (its own included).
     pub fn certificates_known(&self) -> usize {
         self.certs.len()

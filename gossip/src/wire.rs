@@ -133,6 +133,48 @@ impl SyncOffer {
     pub fn is_summary(&self) -> bool {
         self.summary.is_some()
     }
+
+    /// A summary offer in a compact form that fits one datagram (the sender's identity, a 2-byte
+    /// bucket count, then each bucket's sum as 4 bytes: at most 256 × 4 + about 60 bytes);
+    /// `None` for a full offer.
+    pub fn encode_summary(&self) -> Option<Vec<u8>> {
+        let summary = self.summary.as_ref()?;
+        let mut out = postcard::to_allocvec(&self.from).expect("encoding to a Vec cannot fail");
+        out.extend_from_slice(&(summary.len() as u16).to_be_bytes());
+        for sum in summary {
+            out.extend_from_slice(&sum.to_be_bytes());
+        }
+        Some(out)
+    }
+
+    /// Decodes [`SyncOffer::encode_summary`]'s form: at most 256 buckets (the most a node sends),
+    /// no trailing bytes.
+    pub fn decode_summary(bytes: &[u8]) -> Result<SyncOffer, Error> {
+        let bad = || Error::Decode(postcard::Error::DeserializeUnexpectedEnd);
+        let (from, rest) = postcard::take_from_bytes::<NodeIdentity>(bytes)?;
+        let (count, sums) = rest.split_first_chunk::<2>().ok_or_else(bad)?;
+        let count = usize::from(u16::from_be_bytes(*count));
+        if count == 0 || count > crate::store::BUCKETS || sums.len() != count * 4 {
+            return Err(bad());
+        }
+        let summary = sums
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(SyncOffer {
+            from,
+            members: Vec::new(),
+            digest: Vec::new(),
+            summary: Some(summary),
+        })
+    }
+}
+
+impl SyncAnswer {
+    /// Whether this answers a summary that matched the peer's own: nothing to exchange.
+    pub fn in_sync(&self) -> bool {
+        self.bucket_count > 0 && self.buckets.is_empty()
+    }
 }
 
 /// Assembles a [`StatePush`] datagram from already encoded updates (what the outbox keeps), with
@@ -215,6 +257,42 @@ mod tests {
     use super::*;
     use crate::store::Entry;
     use crate::types::Metadata;
+
+    #[test]
+    fn a_compact_summary_offer_round_trips_and_its_caps_hold() {
+        let from = NodeIdentity {
+            machine_id: MachineId::parse(&"a".repeat(32)).unwrap(),
+            addr: "10.0.0.1:7479".parse().unwrap(),
+            incarnation: 1_700_000_000_000,
+        };
+        let offer = SyncOffer {
+            from: from.clone(),
+            members: Vec::new(),
+            digest: Vec::new(),
+            summary: Some((0..256u32).map(|i| i.wrapping_mul(0x9e37_79b9)).collect()),
+        };
+        let compact = offer.encode_summary().unwrap();
+        // 256 buckets fit one sealed datagram's payload (1280 bytes) with room to spare.
+        assert!(compact.len() < 1100, "{}", compact.len());
+        let back = SyncOffer::decode_summary(&compact).unwrap();
+        assert_eq!(back.encode(), offer.encode());
+        let mut trailing = compact.clone();
+        trailing.push(0);
+        assert!(SyncOffer::decode_summary(&trailing).is_err());
+        assert!(SyncOffer::decode_summary(&compact[..compact.len() - 1]).is_err());
+        let head = postcard::to_allocvec(&from).unwrap();
+        for count in [0u16, 257, u16::MAX] {
+            let mut bytes = head.clone();
+            bytes.extend_from_slice(&count.to_be_bytes());
+            bytes.resize(bytes.len() + 4 * usize::from(count), 0);
+            assert!(SyncOffer::decode_summary(&bytes).is_err(), "{count}");
+        }
+        let full = SyncOffer {
+            summary: None,
+            ..offer
+        };
+        assert!(full.encode_summary().is_none());
+    }
 
     #[test]
     fn a_hand_assembled_state_push_decodes() {

@@ -15,6 +15,10 @@ pub(super) struct Driver {
     pub(super) closed_udp: (u64, u64),
     /// Peers are bound to the machine their certificate names (mutual TLS).
     pub(super) bind: bool,
+    /// The endpoint's socket (sealed datagrams go out through it).
+    pub(super) socket: Arc<DemuxSocket>,
+    /// Seals and opens sealed datagrams (mutual TLS only).
+    pub(super) sealer: Option<Sealer>,
 }
 
 impl Driver {
@@ -113,6 +117,7 @@ impl Driver {
                     tracing::debug!(error = %e, "gossip datagram rejected");
                 }
             }
+            Net::Sealed(from, data) => self.sealed(now, from, &data),
             Net::Connected(conn) => {
                 let addr = conn.remote_address();
                 let cert = match peer_cert(&conn, self.bind) {
@@ -199,8 +204,12 @@ impl Driver {
             core: self.node.counters(),
             stream_bytes_in: get(&self.shared.stream_bytes_in),
             stream_bytes_out: get(&self.shared.stream_bytes_out),
-            udp_bytes_in: rx,
-            udp_bytes_out: tx,
+            udp_bytes_in: rx + get(&self.shared.sealed_bytes_in),
+            udp_bytes_out: tx + get(&self.shared.sealed_bytes_out),
+            sealed_in: get(&self.shared.sealed_in),
+            sealed_out: get(&self.shared.sealed_out),
+            sealed_refused: get(&self.shared.sealed_refused),
+            sealed_unverifiable: get(&self.shared.sealed_unverifiable),
             rejected_connections: get(&self.shared.rejected_connections),
             failed_connects: get(&self.shared.failed_connects),
             datagrams_not_sent: get(&self.shared.datagrams_not_sent),
@@ -226,10 +235,175 @@ impl Driver {
         }
     }
 
+    /// Seals `payload` for member `receiver` at `dst` if sealing is what this node does now
+    /// (mutual TLS, past its first `sealed_after`, per its [`super::SealedMode`]) and the
+    /// membership holds `receiver` at `dst`.
+    fn seal_for(
+        &mut self,
+        now: Instant,
+        receiver: &MachineId,
+        dst: SocketAddr,
+        connected: bool,
+        payload: &[u8],
+    ) -> Option<Vec<u8>> {
+        let sealer = self.sealer.as_mut()?;
+        if !sealer.wants(now, connected) {
+            return None;
+        }
+        let identity = self.node.member_identity(receiver)?;
+        if identity.addr != dst {
+            return None;
+        }
+        match sealer.seal(receiver, identity.incarnation, payload) {
+            Ok(sealed) => Some(sealed),
+            Err(e) => {
+                tracing::debug!(%receiver, error = %e, "cannot seal a datagram: sent over a connection");
+                None
+            }
+        }
+    }
+
+    fn send_sealed(&self, dst: SocketAddr, data: &[u8]) {
+        match self.socket.send_sealed(dst, data) {
+            Ok(()) => {
+                self.shared.sealed_out.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .sealed_bytes_out
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.shared
+                    .datagrams_not_sent
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%dst, error = %e, "sealed datagram not sent");
+            }
+        }
+    }
+
+    /// A sealed datagram from `from`: checked ([`Sealer::open`]), then its payload goes to the
+    /// node as the sender's (a SWIM packet or push), or answers a summary offer.
+    fn sealed(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Some(sealer) = self.sealer.as_mut() else {
+            self.shared.sealed_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%from, "sealed datagram dropped: this node runs without certificates");
+            return;
+        };
+        let node = &self.node;
+        let opened = sealer.open(data, |sender| {
+            node.certificate_for(sender)
+                .map(|(epoch, der)| (epoch, der.to_vec()))
+        });
+        let (sender, payload) = match opened {
+            Ok(o) => o,
+            Err(sealed::Refused::Dropped(kind, why)) => {
+                let refused = self.shared.sealed_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                if kind == "stale" {
+                    // Normal for a moment after this node restarts: peers still address its
+                    // previous life.
+                    tracing::debug!(%from, refused, "dropped a sealed gossip datagram ({kind}): {why}");
+                } else if self.sealer.as_mut().is_some_and(|s| s.log_due(now, kind)) {
+                    tracing::warn!(%from, refused, "dropped a sealed gossip datagram ({kind}): {why}");
+                }
+                return;
+            }
+            Err(sealed::Refused::Unverifiable(sender)) => {
+                self.shared
+                    .sealed_unverifiable
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, %sender, "sealed datagram of a machine whose certificate this node does not hold (yet)");
+                // Connect to the member, so that it sends over the connection until its
+                // certificate is here. Only to the address the membership holds for it: a
+                // datagram cannot make this node connect anywhere else.
+                let is_member_here = self
+                    .node
+                    .member_identity(&sender)
+                    .is_some_and(|id| id.addr == from);
+                if is_member_here
+                    && self.live_conn(from).is_none()
+                    && self
+                        .sealer
+                        .as_mut()
+                        .is_some_and(|s| s.fallback_due(now, &sender))
+                {
+                    let endpoint = self.endpoint.clone();
+                    let net_tx = self.net_tx.clone();
+                    let shared = self.shared.clone();
+                    tokio::spawn(async move {
+                        let _ = connect(&endpoint, from, &net_tx, &shared).await;
+                    });
+                }
+                return;
+            }
+        };
+        if payload.first() == Some(&sealed::PAYLOAD_SUMMARY) {
+            self.sealed_summary(now, from, &sender, &payload[1..]);
+            return;
+        }
+        if let Err(e) = self
+            .node
+            .handle_datagram_from(now, from, Some(&sender), payload)
+        {
+            tracing::debug!(error = %e, "sealed gossip datagram rejected");
+        }
+    }
+
+    /// A summary offer of `sender`'s anti-entropy, in a sealed datagram: when the digests
+    /// differ, this node runs a sync with the sender over a connection (its offer, the sender's
+    /// answer, and the state the sender lacks); when they match, nothing more is sent.
+    fn sealed_summary(&mut self, now: Instant, from: SocketAddr, sender: &MachineId, data: &[u8]) {
+        let offer = match SyncOffer::decode_summary(data) {
+            Ok(o) => o,
+            Err(e) => {
+                self.shared.sealed_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%from, %sender, error = %e, "undecodable summary offer dropped");
+                return;
+            }
+        };
+        // The sync goes to the address the membership holds for the sender, whatever the offer says.
+        let Some(peer) = self.node.member_identity(sender).map(|id| id.addr) else {
+            tracing::debug!(%sender, "summary offer of a machine that is no member here: dropped");
+            return;
+        };
+        match self.node.handle_sync_offer_from(now, Some(sender), offer) {
+            Ok(answer) if answer.in_sync() => {}
+            Ok(_) => self.start_sync(peer),
+            Err(e) => tracing::debug!(%sender, error = %e, "sealed summary offer refused"),
+        }
+    }
+
+    /// Runs a sync with `peer` over a connection (opened if needed).
+    fn start_sync(&mut self, peer: SocketAddr) {
+        let offer = self.node.sync_offer_to(peer).encode();
+        self.spawn_sync(peer, offer);
+    }
+
+    /// Runs a sync with `peer` that starts with `offer` (encoded), over a connection.
+    fn spawn_sync(&self, peer: SocketAddr, offer: Vec<u8>) {
+        let conn = self.live_conn(peer);
+        let endpoint = self.endpoint.clone();
+        let net_tx = self.net_tx.clone();
+        let shared = self.shared.clone();
+        let bind = self.bind;
+        tokio::spawn(async move {
+            let run = run_sync(conn, endpoint, peer, offer, net_tx, shared, bind);
+            match tokio::time::timeout(STREAM_TIMEOUT, run).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "sync failed"),
+                Err(_) => tracing::debug!(%peer, "sync timed out"),
+            }
+        });
+    }
+
     /// Carries out what the node asked for: datagrams, syncs, events.
     fn flush(&mut self) {
+        let now = Instant::now();
         while let Some(t) = self.node.poll_transmit() {
-            if let Some(conn) = self.live_conn(t.dst) {
+            let conn = self.live_conn(t.dst);
+            if let Some(sealed) = self.seal_for(now, &t.dst_id, t.dst, conn.is_some(), &t.data) {
+                self.send_sealed(t.dst, &sealed);
+                continue;
+            }
+            if let Some(conn) = conn {
                 self.send_on(&conn, t.data);
                 continue;
             }
@@ -252,20 +426,23 @@ impl Driver {
             }
         }
         while let Some(peer) = self.node.poll_sync() {
-            let offer = self.node.sync_offer_to(peer).encode();
-            let conn = self.live_conn(peer);
-            let endpoint = self.endpoint.clone();
-            let net_tx = self.net_tx.clone();
-            let shared = self.shared.clone();
-            let bind = self.bind;
-            tokio::spawn(async move {
-                let run = run_sync(conn, endpoint, peer, offer, net_tx, shared, bind);
-                match tokio::time::timeout(STREAM_TIMEOUT, run).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "sync failed"),
-                    Err(_) => tracing::debug!(%peer, "sync timed out"),
+            let offer = self.node.sync_offer_to(peer);
+            // A summary offer to a member travels sealed (when this node seals for it): the
+            // peer answers with a sync of its own only when the digests differ, so an idle
+            // cluster's anti-entropy opens no connections.
+            if let Some(compact) = offer.encode_summary() {
+                let receiver = self.node.member_at(peer).map(|id| id.machine_id.clone());
+                if let Some(receiver) = receiver {
+                    let mut payload = vec![sealed::PAYLOAD_SUMMARY];
+                    payload.extend(compact);
+                    let connected = self.live_conn(peer).is_some();
+                    if let Some(sealed) = self.seal_for(now, &receiver, peer, connected, &payload) {
+                        self.send_sealed(peer, &sealed);
+                        continue;
+                    }
                 }
-            });
+            }
+            self.spawn_sync(peer, offer.encode());
         }
         while let Some(event) = self.node.poll_event() {
             let _ = self.event_tx.send(event);

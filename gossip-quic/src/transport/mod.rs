@@ -63,10 +63,14 @@ use crate::frame;
 use crate::tls::{self, TlsConfig, TlsError};
 
 mod driver;
+mod sealed;
 mod streams;
 
 use driver::Driver;
+use sealed::{DemuxSocket, Sealer};
 use streams::*;
+
+pub use sealed::SealedMode;
 
 pub use crate::frame::{MAX_REQUEST, MAX_RESPONSE, STREAM_REQUEST, STREAM_SYNC};
 /// Bytes of large frames (over 64 KiB) all streams together may be receiving at once.
@@ -109,6 +113,13 @@ pub struct GossipConfig {
     /// refuse every message anyway). Default true; only tests of the peers' defences turn it off
     /// to play an impostor.
     pub verify_own_certificate: bool,
+    /// When SWIM packets, pushes and summary offers travel as sealed datagrams (signed with this
+    /// machine's key, outside any connection) rather than over a connection; only with mutual
+    /// TLS. Default [`SealedMode::WithoutConnection`].
+    pub sealed: SealedMode,
+    /// How long after start the node seals nothing (its certificate spreads meanwhile). Default
+    /// 10 s.
+    pub sealed_after: Duration,
 }
 
 impl GossipConfig {
@@ -127,6 +138,8 @@ impl GossipConfig {
             rng_seed: None,
             idle_timeout: Duration::from_secs(60),
             verify_own_certificate: true,
+            sealed: SealedMode::default(),
+            sealed_after: sealed::SEALED_AFTER,
         }
     }
 }
@@ -225,6 +238,12 @@ struct Shared {
     datagrams_overflow: AtomicU64,
     garbage_streams: AtomicU64,
     frames_over_budget: AtomicU64,
+    sealed_in: AtomicU64,
+    sealed_bytes_in: AtomicU64,
+    sealed_out: AtomicU64,
+    sealed_bytes_out: AtomicU64,
+    sealed_refused: AtomicU64,
+    sealed_unverifiable: AtomicU64,
 }
 
 /// A snapshot of a node's counters.
@@ -236,10 +255,20 @@ pub struct Stats {
     pub stream_bytes_in: u64,
     /// Bytes written to sync and request streams.
     pub stream_bytes_out: u64,
-    /// UDP bytes received on all connections so far (QUIC overhead and TLS included).
+    /// UDP bytes received so far: on all connections (QUIC overhead and TLS included) and in
+    /// sealed datagrams.
     pub udp_bytes_in: u64,
-    /// UDP bytes sent on all connections so far.
+    /// UDP bytes sent so far (connections and sealed datagrams).
     pub udp_bytes_out: u64,
+    /// Sealed datagrams received (taken or not).
+    pub sealed_in: u64,
+    /// Sealed datagrams sent.
+    pub sealed_out: u64,
+    /// Sealed datagrams dropped: garbage, oversized, forged, replayed, or addressed to another
+    /// machine or an earlier life of this one.
+    pub sealed_refused: u64,
+    /// Sealed datagrams dropped because this node does not hold their sender's certificate (yet).
+    pub sealed_unverifiable: u64,
     /// Incoming connections refused during the handshake (e.g. no or foreign certificate).
     pub rejected_connections: u64,
     /// Outgoing connection attempts that failed.
@@ -273,6 +302,8 @@ type Cert = Option<MachineId>;
 
 enum Net {
     Datagram(SocketAddr, Cert, Bytes),
+    /// A sealed datagram from this UDP address (not checked yet).
+    Sealed(SocketAddr, Bytes),
     Connected(Connection),
     ConnectFailed(SocketAddr),
     /// A connection ended: its address, stable id, and final UDP bytes (in, out).
@@ -335,11 +366,45 @@ impl Gossip {
         client.transport_config(transport.clone());
         let mut server = server;
         server.transport_config(transport);
-        let mut endpoint =
-            Endpoint::server(server, config.listen).map_err(|source| TransportError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let bind_err = |source| TransportError::Bind {
+            addr: config.listen,
+            source,
+        };
+        let (net_tx, net_rx) = mpsc::channel(4096);
+        let shared = Arc::new(Shared {
+            budget: Semaphore::new(FRAME_BUDGET / 1024),
+            stream_bytes_in: AtomicU64::new(0),
+            stream_bytes_out: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
+            failed_connects: AtomicU64::new(0),
+            datagrams_not_sent: AtomicU64::new(0),
+            datagrams_overflow: AtomicU64::new(0),
+            garbage_streams: AtomicU64::new(0),
+            frames_over_budget: AtomicU64::new(0),
+            sealed_in: AtomicU64::new(0),
+            sealed_bytes_in: AtomicU64::new(0),
+            sealed_out: AtomicU64::new(0),
+            sealed_bytes_out: AtomicU64::new(0),
+            sealed_refused: AtomicU64::new(0),
+            sealed_unverifiable: AtomicU64::new(0),
+        });
+        // The endpoint's socket, with sealed datagrams taken off before QUIC reads. No QUIC
+        // packet starts like one: the endpoint advertises no greasing of QUIC's fixed bit, so
+        // peers always set it.
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(bind_err)?;
+        let socket = quinn::Runtime::wrap_udp_socket(&*runtime, socket).map_err(bind_err)?;
+        let socket =
+            Arc::new(DemuxSocket::new(socket, net_tx.clone(), shared.clone()).map_err(bind_err)?);
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        endpoint_config.grease_quic_bit(false);
+        let mut endpoint = Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server),
+            socket.clone(),
+            runtime,
+        )
+        .map_err(bind_err)?;
         endpoint.set_default_client_config(client);
         let bound = endpoint
             .local_addr()
@@ -374,26 +439,23 @@ impl Gossip {
         let now = Instant::now();
         let mut node = Node::new(config.core.clone(), identity.clone(), rng, now);
         // Every state update is signed with the machine's key and checked against its origin's
-        // certificate (none in the insecure development mode).
+        // certificate (none in the insecure development mode), and so is every sealed datagram.
+        let mut sealer = None;
         if let Some(credentials) = CertCredentials::load(&config.tls)? {
-            node.set_credentials(now, Arc::new(credentials));
+            let credentials = Arc::new(credentials);
+            node.set_credentials(now, credentials.clone());
+            sealer = Some(Sealer::new(
+                credentials,
+                identity.machine_id.clone(),
+                incarnation,
+                config.sealed,
+                now + config.sealed_after,
+            ));
         }
         node.join(now, &config.seeds);
 
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let (net_tx, net_rx) = mpsc::channel(4096);
         let (event_tx, event_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared {
-            budget: Semaphore::new(FRAME_BUDGET / 1024),
-            stream_bytes_in: AtomicU64::new(0),
-            stream_bytes_out: AtomicU64::new(0),
-            rejected_connections: AtomicU64::new(0),
-            failed_connects: AtomicU64::new(0),
-            datagrams_not_sent: AtomicU64::new(0),
-            datagrams_overflow: AtomicU64::new(0),
-            garbage_streams: AtomicU64::new(0),
-            frames_over_budget: AtomicU64::new(0),
-        });
         let handler: SharedHandler = Arc::new(RwLock::new(None));
 
         tokio::spawn(accept_loop(
@@ -412,6 +474,8 @@ impl Gossip {
             handler: handler.clone(),
             closed_udp: (0, 0),
             bind,
+            socket,
+            sealer,
         };
         tokio::spawn(driver.run(cmd_rx, net_rx));
         tracing::info!(machine = %identity.machine_id, %advertise, %bound, "gossip started");
