@@ -22,10 +22,11 @@
 //!   transactions (`op="claim_txn"`);
 //! - systemd jobs (`fleet_systemd_job_duration_seconds{job}`, `fleet_systemd_job_failures_total{job}`):
 //!   start (from queueing the job to its `JobRemoved` signal) and stop (the whole stop-and-wait call);
-//! - gossip traffic (`fleet_gossip_bytes_total{direction}`): UDP bytes of the QUIC endpoint, from
-//!   [`GossipHandle::stats`];
+//! - gossip traffic (`fleet_gossip_bytes_total{direction}`): UDP bytes of the gossip endpoint (QUIC
+//!   connections and sealed datagrams), from [`GossipHandle::stats`];
 //! - refused gossip (`fleet_gossip_refused_total{reason}`, `fleet_gossip_refutations_held_total`):
-//!   the gossip core's counters of what it refused (see [`write_gossip_refusals`]).
+//!   the gossip core's and the transport's (sealed datagrams) counters of what they refused (see
+//!   [`write_gossip_refusals`]).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -416,7 +417,7 @@ impl Metrics {
                     o,
                     "fleet_gossip_bytes_total",
                     "counter",
-                    "UDP bytes of the gossip (QUIC) endpoint, TLS and QUIC overhead included.",
+                    "UDP bytes of the gossip endpoint (QUIC connections, TLS and QUIC overhead included, and sealed datagrams).",
                 );
                 let _ = writeln!(
                     o,
@@ -428,7 +429,7 @@ impl Metrics {
                     "fleet_gossip_bytes_total{{direction=\"out\"}} {}",
                     s.udp_bytes_out
                 );
-                write_gossip_refusals(o, &s.core);
+                write_gossip_refusals(o, &s.core, &s.sealed_refusals);
             }
         }
         out.push_str(extra);
@@ -436,9 +437,14 @@ impl Metrics {
     }
 }
 
-/// Writes what the gossip core refused (`fleet_gossip_refused_total{reason}`) and the refutations
-/// it held for want of the refuted machine's vouch (`fleet_gossip_refutations_held_total`).
-pub fn write_gossip_refusals(o: &mut String, c: &fleet_gossip::Counters) {
+/// Writes what the gossip core and the transport's sealed datagrams refused
+/// (`fleet_gossip_refused_total{reason}`) and the refutations the core held for want of the refuted
+/// machine's vouch (`fleet_gossip_refutations_held_total`).
+pub fn write_gossip_refusals(
+    o: &mut String,
+    c: &fleet_gossip::Counters,
+    sealed: &fleet_gossip_quic::transport::SealedRefusals,
+) {
     header(
         o,
         "fleet_gossip_refused_total",
@@ -447,16 +453,21 @@ pub fn write_gossip_refusals(o: &mut String, c: &fleet_gossip::Counters) {
          rumour (a new life of a machine told by another), signature (state not signed by its \
          origin), certificate (not the cluster CA's, or naming another machine), refutation (a \
          raise of a machine's incarnation it never vouched for), over_budget (dropped unchecked: \
-         the peer's budget of refusals was spent).",
+         the peer's budget of refusals was spent); sealed datagrams (outside connections): \
+         sealed_garbage (malformed or over a cap), sealed_forged (not signed by the machine it \
+         names, or addressed to another machine), sealed_replayed (already taken, or from an older \
+         life of its sender), sealed_stale (addressed to an earlier life of this node), \
+         sealed_unverifiable (its sender's certificate is not here yet).",
     );
-    for (reason, n) in [
+    let core = [
         ("impersonation", c.impersonations_refused),
         ("rumour", c.rumours_refused),
         ("signature", c.signatures_refused),
         ("certificate", c.certificates_refused),
         ("refutation", c.refutations_refused),
         ("over_budget", c.over_budget_dropped),
-    ] {
+    ];
+    for (reason, n) in core.into_iter().chain(sealed.by_reason()) {
         let _ = writeln!(o, "fleet_gossip_refused_total{{reason=\"{reason}\"}} {n}");
     }
     header(
@@ -684,13 +695,22 @@ mod tests {
             refutations_held: 5,
             ..Default::default()
         };
+        let sealed = fleet_gossip_quic::transport::SealedRefusals {
+            garbage: 7,
+            replayed: 11,
+            ..Default::default()
+        };
         let mut text = String::new();
-        write_gossip_refusals(&mut text, &counters);
+        write_gossip_refusals(&mut text, &counters, &sealed);
         assert!(text.contains("# TYPE fleet_gossip_refused_total counter\n"));
         assert!(text.contains("fleet_gossip_refused_total{reason=\"signature\"} 3\n"));
         assert!(text.contains("fleet_gossip_refused_total{reason=\"refutation\"} 2\n"));
         assert!(text.contains("fleet_gossip_refused_total{reason=\"over_budget\"} 40\n"));
         assert!(text.contains("fleet_gossip_refused_total{reason=\"impersonation\"} 0\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"sealed_garbage\"} 7\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"sealed_replayed\"} 11\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"sealed_forged\"} 0\n"));
+        assert!(text.contains("fleet_gossip_refused_total{reason=\"sealed_unverifiable\"} 0\n"));
         assert!(text.contains("fleet_gossip_refutations_held_total 5\n"));
     }
 }

@@ -26,6 +26,18 @@ pub const SERVER_NAME: &str = "fleet";
 /// `4`: SWIM packets, pushes and summary offers also travel as sealed datagrams outside
 /// connections (`crate::seal`), on the same UDP port.
 pub const ALPN: &[u8] = b"fleet-gossip/4";
+/// Whether a failed QUIC handshake failed because the peer offered no protocol this node speaks
+/// (TLS alert 120, `no_application_protocol`): a peer of another version of fleet's gossip.
+pub fn is_protocol_mismatch(e: &quinn::ConnectionError) -> bool {
+    const NO_APPLICATION_PROTOCOL: u8 = 120;
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    code == quinn::TransportErrorCode::crypto(NO_APPLICATION_PROTOCOL)
+}
+
 /// The prefix of the URI subject alternative name that carries a machine ID.
 pub const MACHINE_URI_PREFIX: &str = "urn:fleet:machine:";
 
@@ -136,6 +148,15 @@ fn quic_err(e: impl std::fmt::Display) -> TlsError {
 pub fn quic_configs(
     tls: &TlsConfig,
 ) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
+    quic_configs_speaking(tls, ALPN)
+}
+
+/// [`quic_configs`] offering another ALPN protocol than [`ALPN`]: what a node of another version
+/// of the gossip protocol offers (tests of the refusal of such a peer).
+pub fn quic_configs_speaking(
+    tls: &TlsConfig,
+    alpn: &[u8],
+) -> Result<(quinn::ServerConfig, quinn::ClientConfig), TlsError> {
     let provider = provider();
     let (mut server, mut client) = match tls {
         TlsConfig::Mutual { ca_cert, cert, key } => {
@@ -180,8 +201,8 @@ pub fn quic_configs(
             (server, client)
         }
     };
-    server.alpn_protocols = vec![ALPN.to_vec()];
-    client.alpn_protocols = vec![ALPN.to_vec()];
+    server.alpn_protocols = vec![alpn.to_vec()];
+    client.alpn_protocols = vec![alpn.to_vec()];
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server).map_err(quic_err)?;
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client).map_err(quic_err)?;
     Ok((

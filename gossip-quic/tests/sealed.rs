@@ -11,7 +11,9 @@ use fleet_gossip::{Credentials, Event, Liveness, MachineId, UnitState};
 use fleet_gossip_quic::credentials::CertCredentials;
 use fleet_gossip_quic::seal::{self, Envelope};
 use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, TlsConfig};
-use fleet_gossip_quic::transport::{Gossip, GossipConfig, GossipHandle, SealedMode, Stats};
+use fleet_gossip_quic::transport::{
+    Gossip, GossipConfig, GossipHandle, SealedMode, SealedRefusals, Stats,
+};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn tls_for(dir: &Path, machine: &str) -> TlsConfig {
@@ -249,6 +251,14 @@ async fn forged_replayed_and_garbage_sealed_datagrams_are_dropped() {
         "{:?}",
         stats().await
     );
+    // Each counted under its reason (fleet_gossip_refused_total{reason="sealed_..."}).
+    let s = stats().await;
+    let since = |f: fn(&SealedRefusals) -> u64| f(&s.sealed_refusals) - f(&s0.sealed_refusals);
+    assert_eq!(since(|r| r.replayed), 1, "{s:?}");
+    assert_eq!(since(|r| r.garbage), 2, "{s:?}");
+    assert_eq!(since(|r| r.forged), 3, "{s:?}");
+    assert_eq!(since(|r| r.stale), 1, "{s:?}");
+    assert_eq!(since(|r| r.unverifiable), 0, "{s:?}");
     // None of it disturbed the cluster.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(all_alive(&[&a, &b], &["a", "b"]).await);

@@ -445,3 +445,97 @@ async fn oversized_or_hoarded_frames_are_refused_before_any_allocation() {
     drop(held);
     conn.close(0u32.into(), b"");
 }
+
+/// A log sink the test reads (the subscriber is this test's thread's only: the runtime is
+/// current-thread).
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// A peer of the previous protocol version (ALPN `fleet-gossip/3`, a valid certificate of the
+/// cluster) is refused during the handshake, both ways, at once and not by a time-out, with a
+/// WARN that names the version mismatch.
+#[tokio::test]
+async fn a_peer_of_another_protocol_version_is_refused_with_a_clear_log_line() {
+    use fleet_gossip_quic::tls::{is_protocol_mismatch, quic_configs_speaking, ALPN, SERVER_NAME};
+    let logs = Logs::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::INFO)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mint_ca(&d.join("ca.pem"), &d.join("ca.key")).unwrap();
+    assert_eq!(ALPN, b"fleet-gossip/4");
+    let (a, _ea) = start("a", tls_for(d, "ca", "a"), vec![]).await;
+    let old_tls = tls_for(d, "ca", "old");
+    let (old_server, old_client) = quic_configs_speaking(&old_tls, b"fleet-gossip/3").unwrap();
+
+    // An old node connects to a: refused in the handshake.
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(old_client);
+    let started = Instant::now();
+    let connecting = endpoint.connect(a.local_addr(), SERVER_NAME).unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("the handshake with a peer of another version hung")
+        .expect_err("a peer of another version was accepted");
+    assert!(is_protocol_mismatch(&err), "{err}");
+    // Well under quinn's idle time-out (30 s by default), whatever the load.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(
+        wait_for(Duration::from_secs(5), || async {
+            a.stats().await.unwrap().rejected_connections >= 1
+        })
+        .await
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("refused a gossip connection: the peer speaks another protocol version than fleet-gossip/4"),
+        "{text}"
+    );
+
+    // A new node that joins through an old node's address: its connection fails (no hang), and
+    // it says why.
+    let old = quinn::Endpoint::server(old_server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let old_addr = old.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Some(incoming) = old.accept().await {
+            let _ = incoming.await;
+        }
+    });
+    let (b, _eb) = start("b", tls_for(d, "ca", "b"), vec![old_addr]).await;
+    assert!(
+        wait_for(Duration::from_secs(10), || async {
+            b.stats().await.unwrap().failed_connects >= 1
+        })
+        .await,
+        "{:?}",
+        b.stats().await.unwrap()
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("gossip peer speaks another protocol version than fleet-gossip/4"),
+        "{text}"
+    );
+    a.leave().await.unwrap();
+    b.leave().await.unwrap();
+}

@@ -208,8 +208,15 @@ impl Driver {
             udp_bytes_out: tx + get(&self.shared.sealed_bytes_out),
             sealed_in: get(&self.shared.sealed_in),
             sealed_out: get(&self.shared.sealed_out),
-            sealed_refused: get(&self.shared.sealed_refused),
+            sealed_refused: self.shared.sealed_refused.iter().map(get).sum(),
             sealed_unverifiable: get(&self.shared.sealed_unverifiable),
+            sealed_refusals: SealedRefusals {
+                garbage: get(self.shared.sealed_refused(RefusalKind::Garbage)),
+                forged: get(self.shared.sealed_refused(RefusalKind::Forged)),
+                replayed: get(self.shared.sealed_refused(RefusalKind::Replayed)),
+                stale: get(self.shared.sealed_refused(RefusalKind::Stale)),
+                unverifiable: get(&self.shared.sealed_unverifiable),
+            },
             rejected_connections: get(&self.shared.rejected_connections),
             failed_connects: get(&self.shared.failed_connects),
             datagrams_not_sent: get(&self.shared.datagrams_not_sent),
@@ -284,7 +291,9 @@ impl Driver {
     /// node as the sender's (a SWIM packet or push), or answers a summary offer.
     fn sealed(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
         let Some(sealer) = self.sealer.as_mut() else {
-            self.shared.sealed_refused.fetch_add(1, Ordering::Relaxed);
+            self.shared
+                .sealed_unverifiable
+                .fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%from, "sealed datagram dropped: this node runs without certificates");
             return;
         };
@@ -296,13 +305,18 @@ impl Driver {
         let (sender, payload) = match opened {
             Ok(o) => o,
             Err(sealed::Refused::Dropped(kind, why)) => {
-                let refused = self.shared.sealed_refused.fetch_add(1, Ordering::Relaxed) + 1;
-                if kind == "stale" {
+                let refused = self
+                    .shared
+                    .sealed_refused(kind)
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                let kind_label = kind.label();
+                if kind == RefusalKind::Stale {
                     // Normal for a moment after this node restarts: peers still address its
                     // previous life.
-                    tracing::debug!(%from, refused, "dropped a sealed gossip datagram ({kind}): {why}");
+                    tracing::debug!(%from, refused, "dropped a sealed gossip datagram ({kind_label}): {why}");
                 } else if self.sealer.as_mut().is_some_and(|s| s.log_due(now, kind)) {
-                    tracing::warn!(%from, refused, "dropped a sealed gossip datagram ({kind}): {why}");
+                    tracing::warn!(%from, refused, "dropped a sealed gossip datagram ({kind_label}): {why}");
                 }
                 return;
             }
@@ -354,7 +368,9 @@ impl Driver {
         let offer = match SyncOffer::decode_summary(data) {
             Ok(o) => o,
             Err(e) => {
-                self.shared.sealed_refused.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .sealed_refused(RefusalKind::Garbage)
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%from, %sender, error = %e, "undecodable summary offer dropped");
                 return;
             }

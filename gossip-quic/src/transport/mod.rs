@@ -70,7 +70,7 @@ use driver::Driver;
 use sealed::{DemuxSocket, Sealer};
 use streams::*;
 
-pub use sealed::SealedMode;
+pub use sealed::{RefusalKind, SealedMode, SealedRefusals};
 
 pub use crate::frame::{MAX_REQUEST, MAX_RESPONSE, STREAM_REQUEST, STREAM_SYNC};
 /// Bytes of large frames (over 64 KiB) all streams together may be receiving at once.
@@ -242,8 +242,32 @@ struct Shared {
     sealed_bytes_in: AtomicU64,
     sealed_out: AtomicU64,
     sealed_bytes_out: AtomicU64,
-    sealed_refused: AtomicU64,
+    /// Sealed datagrams dropped, by [`RefusalKind`] (in the order of [`RefusalKind::ALL`]).
+    sealed_refused: [AtomicU64; 4],
     sealed_unverifiable: AtomicU64,
+    /// When a peer of another protocol version was last logged.
+    mismatch_logged_at: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    fn sealed_refused(&self, kind: RefusalKind) -> &AtomicU64 {
+        &self.sealed_refused[kind as usize]
+    }
+
+    /// Whether a peer of another protocol version is due for a log line (at most every 10 s: it
+    /// retries on every contact).
+    fn mismatch_log_due(&self) -> bool {
+        let now = Instant::now();
+        let mut at = self
+            .mismatch_logged_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if at.is_some_and(|t| now < t + Duration::from_secs(10)) {
+            return false;
+        }
+        *at = Some(now);
+        true
+    }
 }
 
 /// A snapshot of a node's counters.
@@ -265,10 +289,12 @@ pub struct Stats {
     /// Sealed datagrams sent.
     pub sealed_out: u64,
     /// Sealed datagrams dropped: garbage, oversized, forged, replayed, or addressed to another
-    /// machine or an earlier life of this one.
+    /// machine or an earlier life of this one (the sum of `sealed_refusals` but `unverifiable`).
     pub sealed_refused: u64,
     /// Sealed datagrams dropped because this node does not hold their sender's certificate (yet).
     pub sealed_unverifiable: u64,
+    /// Sealed datagrams dropped, by why (`fleet_gossip_refused_total{reason="sealed_..."}`).
+    pub sealed_refusals: SealedRefusals,
     /// Incoming connections refused during the handshake (e.g. no or foreign certificate).
     pub rejected_connections: u64,
     /// Outgoing connection attempts that failed.
@@ -385,8 +411,9 @@ impl Gossip {
             sealed_bytes_in: AtomicU64::new(0),
             sealed_out: AtomicU64::new(0),
             sealed_bytes_out: AtomicU64::new(0),
-            sealed_refused: AtomicU64::new(0),
+            sealed_refused: Default::default(),
             sealed_unverifiable: AtomicU64::new(0),
+            mismatch_logged_at: std::sync::Mutex::new(None),
         });
         // The endpoint's socket, with sealed datagrams taken off before QUIC reads. No QUIC
         // packet starts like one: the endpoint advertises no greasing of QUIC's fixed bit, so

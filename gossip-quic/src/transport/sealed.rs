@@ -207,14 +207,91 @@ pub(super) struct Sealer {
     pub(super) from: Instant,
     freshness: Freshness,
     fallback_at: HashMap<MachineId, Instant>,
-    logged_at: HashMap<&'static str, Instant>,
+    logged_at: HashMap<RefusalKind, Instant>,
+}
+
+/// Why a sealed datagram was dropped: the `reason` of `fleet_gossip_refused_total` (prefixed
+/// `sealed_`) and the field of [`SealedRefusals`] it counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefusalKind {
+    /// Not a sealed datagram of this version: truncated, oversized, a field over its cap, trailing
+    /// bytes, a sender that is no machine ID, an undecodable summary offer.
+    Garbage,
+    /// Not signed by the machine it names (or addressed to another machine), or in the receiver's
+    /// own name.
+    Forged,
+    /// A (boot, sequence) pair of the sender already taken, too old for the window, or from an
+    /// older boot of the sender than one taken.
+    Replayed,
+    /// Addressed to an earlier life of the receiver.
+    Stale,
+}
+
+impl RefusalKind {
+    /// Every kind, in the order of [`SealedRefusals::by_kind`].
+    pub const ALL: [RefusalKind; 4] = [
+        RefusalKind::Garbage,
+        RefusalKind::Forged,
+        RefusalKind::Replayed,
+        RefusalKind::Stale,
+    ];
+
+    /// The kind's name in logs and metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalKind::Garbage => "garbage",
+            RefusalKind::Forged => "forged",
+            RefusalKind::Replayed => "replayed",
+            RefusalKind::Stale => "stale",
+        }
+    }
+}
+
+/// Sealed datagrams dropped, by why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SealedRefusals {
+    /// See [`RefusalKind::Garbage`].
+    pub garbage: u64,
+    /// See [`RefusalKind::Forged`].
+    pub forged: u64,
+    /// See [`RefusalKind::Replayed`].
+    pub replayed: u64,
+    /// See [`RefusalKind::Stale`].
+    pub stale: u64,
+    /// Dropped because this node does not hold the sender's certificate (yet): not an attack by
+    /// itself (a new member, a restart with a new certificate), but a forged datagram naming a
+    /// member's new life lands here too.
+    pub unverifiable: u64,
+}
+
+impl SealedRefusals {
+    /// The count of one kind.
+    pub fn of(&self, kind: RefusalKind) -> u64 {
+        match kind {
+            RefusalKind::Garbage => self.garbage,
+            RefusalKind::Forged => self.forged,
+            RefusalKind::Replayed => self.replayed,
+            RefusalKind::Stale => self.stale,
+        }
+    }
+
+    /// Each reason of `fleet_gossip_refused_total` with its count (unverifiable included).
+    pub fn by_reason(&self) -> [(&'static str, u64); 5] {
+        [
+            ("sealed_garbage", self.garbage),
+            ("sealed_forged", self.forged),
+            ("sealed_replayed", self.replayed),
+            ("sealed_stale", self.stale),
+            ("sealed_unverifiable", self.unverifiable),
+        ]
+    }
 }
 
 /// Why a sealed datagram was not taken.
 pub(super) enum Refused {
-    /// Garbage, forged, replayed or addressed elsewhere: dropped (counted, logged at most every
-    /// 10 s per kind).
-    Dropped(&'static str, String),
+    /// Garbage, forged, replayed or addressed elsewhere: dropped (counted by kind, logged at most
+    /// every 10 s per kind).
+    Dropped(RefusalKind, String),
     /// Its sender's certificate is not here (yet): dropped, and the sender's address is worth a
     /// connection if it is the member's.
     Unverifiable(MachineId),
@@ -277,18 +354,18 @@ impl Sealer {
         data: &'a [u8],
         certificate: impl FnOnce(&MachineId) -> Option<(u64, Vec<u8>)>,
     ) -> Result<(MachineId, &'a [u8]), Refused> {
-        let opened = seal::open(data).map_err(|e| Refused::Dropped("garbage", e))?;
+        let opened = seal::open(data).map_err(|e| Refused::Dropped(RefusalKind::Garbage, e))?;
         let sender = MachineId::parse(opened.sender)
-            .map_err(|e| Refused::Dropped("garbage", format!("bad sender ID: {e}")))?;
+            .map_err(|e| Refused::Dropped(RefusalKind::Garbage, format!("bad sender ID: {e}")))?;
         if sender == self.me {
             return Err(Refused::Dropped(
-                "forged",
+                RefusalKind::Forged,
                 "a sealed datagram in this machine's own name".to_string(),
             ));
         }
         if opened.receiver_incarnation < self.boot {
             return Err(Refused::Dropped(
-                "stale",
+                RefusalKind::Stale,
                 format!(
                     "from {sender}: addressed to a previous life of this node (incarnation {})",
                     opened.receiver_incarnation
@@ -297,7 +374,7 @@ impl Sealer {
         }
         let stale = |s: Stale| {
             Refused::Dropped(
-                "replayed",
+                RefusalKind::Replayed,
                 format!(
                     "from {sender}: {} (boot {}, sequence {})",
                     match s {
@@ -322,7 +399,7 @@ impl Sealer {
                 return Err(Refused::Unverifiable(sender));
             }
             return Err(Refused::Dropped(
-                "forged",
+                RefusalKind::Forged,
                 format!(
                     "claims to come from {sender} but does not carry its signature (forged, \
                      damaged, or addressed to another machine)"
@@ -353,10 +430,10 @@ impl Sealer {
     }
 
     /// Whether a refusal of this kind is due for a log line.
-    pub(super) fn log_due(&mut self, now: Instant, kind: &'static str) -> bool {
+    pub(super) fn log_due(&mut self, now: Instant, kind: RefusalKind) -> bool {
         if self
             .logged_at
-            .get(kind)
+            .get(&kind)
             .is_some_and(|at| now < *at + LOG_EVERY)
         {
             return false;

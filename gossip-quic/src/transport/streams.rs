@@ -18,7 +18,18 @@ pub(super) async fn connect(
     shared: &Shared,
 ) -> Result<Connection, String> {
     let result = match endpoint.connect(addr, tls::SERVER_NAME) {
-        Ok(connecting) => connecting.await.map_err(|e| e.to_string()),
+        Ok(connecting) => connecting.await.map_err(|e| {
+            if tls::is_protocol_mismatch(&e) && shared.mismatch_log_due() {
+                tracing::warn!(
+                    %addr,
+                    error = %e,
+                    "gossip peer speaks another protocol version than {}: not connected (upgrade \
+                     every machine to the same fleet release)",
+                    String::from_utf8_lossy(tls::ALPN)
+                );
+            }
+            e.to_string()
+        }),
         Err(e) => Err(e.to_string()),
     };
     match result {
@@ -48,6 +59,19 @@ pub(super) async fn accept_loop(
             match incoming.await {
                 Ok(conn) => {
                     let _ = net_tx.send(Net::Connected(conn)).await;
+                }
+                Err(e) if tls::is_protocol_mismatch(&e) => {
+                    shared.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    if !shared.mismatch_log_due() {
+                        return;
+                    }
+                    tracing::warn!(
+                        %remote,
+                        error = %e,
+                        "refused a gossip connection: the peer speaks another protocol version \
+                         than {} (upgrade every machine to the same fleet release)",
+                        String::from_utf8_lossy(tls::ALPN)
+                    );
                 }
                 Err(e) => {
                     shared.rejected_connections.fetch_add(1, Ordering::Relaxed);
