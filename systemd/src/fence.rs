@@ -52,7 +52,8 @@ pub struct CgroupKill {
 }
 
 /// Kills every process of each unit of `names` through the kernel: writes `1` to `cgroup.kill` of the
-/// unit's cgroup, found by name under the cgroup v2 hierarchy `root` (a unit without a cgroup has no
+/// unit's cgroup, found by name in the slices of the cgroup v2 hierarchy `root` (never inside another
+/// unit, where a user's or a container's manager keeps units of its own; a unit without a cgroup has no
 /// process: nothing to do). `SIGKILL` reaches every process of the cgroup and of its sub-cgroups at
 /// once, without systemd. systemd then sees the main process die: a unit with `Restart=` is restarted
 /// unless a stop reaches systemd first (within `RestartSec=`), so a caller follows this with
@@ -83,7 +84,11 @@ pub fn kill_unit_cgroups(root: &Path, names: &[String]) -> CgroupKill {
                     }
                     Err(err) => done.failed.push((name.to_string(), err)),
                 }
-            } else if depth + 1 < CGROUP_DEPTH {
+            } else if depth + 1 < CGROUP_DEPTH && name.ends_with(".slice") {
+                // Only slices hold this manager's units. Below a unit is the unit's own business, or
+                // another manager's: a user's (`user@0.service`), a container's
+                // (`machine-x.scope/payload/system.slice/...`), whose units of the same name are
+                // not fleet's.
                 dirs.push((e.path(), depth + 1));
             }
         }
@@ -293,6 +298,9 @@ mod tests {
                 "system.slice/c.service",
                 "app.slice/app-web.slice/d.service",
                 "init.scope",
+                // Another manager's units of the same names: a user's, a container's.
+                "user.slice/user-0.slice/user@0.service/app.slice/a.service",
+                "machine.slice/machine-c1.scope/payload/system.slice/d.service",
             ],
             false,
         );
@@ -315,6 +323,8 @@ mod tests {
             "system.slice/b.service",
             "system.slice/c.service",
             "init.scope",
+            "user.slice/user-0.slice/user@0.service/app.slice/a.service",
+            "machine.slice/machine-c1.scope/payload/system.slice/d.service",
         ] {
             assert!(!killed(&root, other), "{other}");
         }
