@@ -225,6 +225,8 @@ struct State {
     strays: BTreeSet<UnitName>,
     /// Placement, kept across passes and fed only what changed.
     placement: plan::AgentPlanner,
+    /// The fence drop-ins known to be on disk as wanted (a pass reads only the others).
+    fence_dropins: tasks::FenceDropins,
 }
 
 async fn connect_systemd(opts: &AgentOptions) -> anyhow::Result<Systemd> {
@@ -381,6 +383,7 @@ async fn run(
         announced_refused: BTreeMap::new(),
         strays: BTreeSet::new(),
         placement: plan::AgentPlanner::new(),
+        fence_dropins: tasks::FenceDropins::default(),
     };
     st.read_current().await;
     let mut generation = st.lease.status().generation;
@@ -529,6 +532,8 @@ impl State {
             .reconnect_with_backoff(Duration::from_secs(3600))
             .await
             .context("reconnecting to systemd")?;
+        // systemd may have restarted: look at the fence drop-ins on disk again.
+        self.fence_dropins.forget();
         self.systemd
             .subscribe_filtered(ours.clone())
             .await

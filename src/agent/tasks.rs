@@ -1,7 +1,45 @@
 //! What this machine runs: the units it has (files and systemd's states), reconcile's tasks towards
-//! the verdicts' target, carried out one by one or in bulk (`load.rs`).
+//! the verdicts' target, carried out one by one or in bulk (`load.rs`), each claimed unit bound to the
+//! fence guard first (its drop-in, known in memory once written: [`FenceDropins`]).
 
 use super::*;
+
+/// The fence drop-ins this agent knows to be on disk as it wants them, by unit: `true`, bound to the
+/// guard (the drop-in written), `false`, not bound (none). Learned by writing or removing them; a unit
+/// not in it is looked at on disk. Empty when fleetd starts and after a reconnect to systemd or a
+/// failed reload ([`FenceDropins::forget`]); a failed write leaves its unit out. So a pass with nothing
+/// to change reads no drop-in.
+#[derive(Debug, Default)]
+pub(super) struct FenceDropins(BTreeMap<UnitName, bool>);
+
+impl FenceDropins {
+    /// The units of `target` whose drop-in must be looked at on disk, each with whether it is to be
+    /// bound (global units are not). Units that left `target` are forgotten: if they come back, their
+    /// drop-in is looked at again.
+    pub(super) fn pending(
+        &mut self,
+        target: &BTreeMap<UnitName, TargetUnit>,
+        globals: &BTreeSet<UnitName>,
+    ) -> Vec<(UnitName, bool)> {
+        self.0.retain(|n, _| target.contains_key(n));
+        target
+            .keys()
+            .map(|n| (n, !globals.contains(n)))
+            .filter(|(n, bind)| self.0.get(*n) != Some(bind))
+            .map(|(n, bind)| (n.clone(), bind))
+            .collect()
+    }
+
+    /// Unit `n`'s drop-in is now on disk as `bind` wants it.
+    pub(super) fn done(&mut self, n: UnitName, bind: bool) {
+        self.0.insert(n, bind);
+    }
+
+    /// Knows nothing any more: every drop-in is looked at on disk again.
+    pub(super) fn forget(&mut self) {
+        self.0.clear();
+    }
+}
 
 impl State {
     pub(super) fn current(&self) -> BTreeMap<UnitName, CurrentUnit> {
@@ -28,22 +66,27 @@ impl State {
 
     pub(super) async fn apply(&mut self, target: BTreeMap<UnitName, TargetUnit>, snap: &Snapshot) {
         let globals = self.cluster.global_units_here();
-        // Every claimed unit that runs or will run is bound to the fence guard before it starts.
+        // Every claimed unit that runs or will run is bound to the fence guard before it starts. Only
+        // the drop-ins not known to be right already are looked at on disk.
         let mut rebind = false;
-        for n in target.keys() {
-            let r = if globals.contains(n) {
-                self.systemd.unbind_from_guard(n.as_str()).await
-            } else {
+        for (n, bind) in self.fence_dropins.pending(&target, &globals) {
+            let r = if bind {
                 self.systemd.bind_to_guard(n.as_str()).await
+            } else {
+                self.systemd.unbind_from_guard(n.as_str()).await
             };
             match r {
-                Ok(changed) => rebind |= changed && self.loaded.contains_key(n),
+                Ok(changed) => {
+                    rebind |= changed && self.loaded.contains_key(&n);
+                    self.fence_dropins.done(n, bind);
+                }
                 Err(e) => tracing::warn!(unit = %n, "fence drop-in: {e}"),
             }
         }
         if rebind {
             if let Err(e) = self.systemd.reload().await {
                 tracing::warn!("reloading systemd for fence drop-ins: {e}");
+                self.fence_dropins.forget();
             }
         }
         let tasks = reconcile(&target, &self.current());
@@ -103,5 +146,74 @@ impl State {
             }
         }
         self.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(names: &[&str]) -> BTreeMap<UnitName, TargetUnit> {
+        names
+            .iter()
+            .map(|n| {
+                let t = TargetUnit {
+                    hash: UnitHash::from_bytes([0; 20]),
+                    state: DesiredState::Launched,
+                };
+                (UnitName::parse(n).unwrap(), t)
+            })
+            .collect()
+    }
+
+    fn names(v: &[(UnitName, bool)]) -> Vec<(&str, bool)> {
+        v.iter().map(|(n, b)| (n.as_str(), *b)).collect()
+    }
+
+    /// A pass with nothing to change looks at no drop-in; one written with an error, a unit whose kind
+    /// changed, a unit that left and came back, and everything after `forget` are looked at again.
+    #[test]
+    fn only_drop_ins_not_known_to_be_right_are_looked_at() {
+        let mut d = FenceDropins::default();
+        let t = target(&["a.service", "b.service", "g.service"]);
+        let globals = BTreeSet::from([UnitName::parse("g.service").unwrap()]);
+        // First pass (fleetd just started): every one, bound but the global one.
+        let first = d.pending(&t, &globals);
+        assert_eq!(
+            names(&first),
+            [
+                ("a.service", true),
+                ("b.service", true),
+                ("g.service", false)
+            ]
+        );
+        // b's write failed: only a and g are known.
+        for (n, bind) in first {
+            if n.as_str() != "b.service" {
+                d.done(n, bind);
+            }
+        }
+        assert_eq!(names(&d.pending(&t, &globals)), [("b.service", true)]);
+        d.done(UnitName::parse("b.service").unwrap(), true);
+        // Nothing to change: nothing looked at, pass after pass.
+        assert!(d.pending(&t, &globals).is_empty());
+        assert!(d.pending(&t, &globals).is_empty());
+        // a becomes global: its drop-in goes.
+        let globals2 = BTreeSet::from([
+            UnitName::parse("a.service").unwrap(),
+            UnitName::parse("g.service").unwrap(),
+        ]);
+        assert_eq!(names(&d.pending(&t, &globals2)), [("a.service", false)]);
+        d.done(UnitName::parse("a.service").unwrap(), false);
+        assert!(d.pending(&t, &globals2).is_empty());
+        // b leaves the target and comes back: looked at again.
+        assert!(d
+            .pending(&target(&["a.service", "g.service"]), &globals2)
+            .is_empty());
+        assert_eq!(names(&d.pending(&t, &globals2)), [("b.service", true)]);
+        d.done(UnitName::parse("b.service").unwrap(), true);
+        // After forget (a reconnect to systemd, a failed reload): all of them again.
+        d.forget();
+        assert_eq!(d.pending(&t, &globals2).len(), 3);
     }
 }
