@@ -247,22 +247,14 @@ impl AgentCluster {
             .units
             .get(unit)
             .and_then(|(_, s)| s.as_ref())
-            .is_some_and(|s| {
-                matches!(
-                    s.active_state.as_str(),
-                    "active" | "activating" | "reloading"
-                )
-            });
+            .is_some_and(|s| s.active_state.is_up());
         let mut found: Option<MachineId> = local.then(|| me.clone());
         if let Some(view) = &i.view {
             for m in view.live() {
                 let Some(s) = m.units.get(unit.as_str()) else {
                     continue;
                 };
-                if !matches!(
-                    s.active_state.as_str(),
-                    "active" | "activating" | "reloading"
-                ) {
+                if !s.active_state.is_up() {
                     continue;
                 }
                 let id = &m.identity.machine_id;

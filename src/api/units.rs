@@ -7,6 +7,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use fleet_sched::systemd_state::{ActiveState, LoadState};
 use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitName};
 
 use super::cluster::UnitStateInfo;
@@ -226,10 +227,12 @@ pub(super) fn to_schema(u: &Unit, claim: Option<&Claim>, states: &[UnitStateInfo
 
 /// `launched` when systemd has it active (or activating), `loaded` when loaded, else `inactive`.
 fn current_state(s: &UnitStateInfo) -> DesiredState {
-    match (s.load_state.as_str(), s.active_state.as_str()) {
-        (_, "active" | "activating" | "reloading" | "deactivating") => DesiredState::Launched,
-        ("loaded", _) => DesiredState::Loaded,
-        _ => DesiredState::Inactive,
+    if s.active_state.is_up() || s.active_state == ActiveState::Deactivating {
+        DesiredState::Launched
+    } else if s.load_state == LoadState::Loaded {
+        DesiredState::Loaded
+    } else {
+        DesiredState::Inactive
     }
 }
 

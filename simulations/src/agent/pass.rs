@@ -171,15 +171,7 @@ impl Sim {
                     placement,
                     claim: dclaim.as_ref(),
                     loaded: sys.is_some(),
-                    running: sys.is_some_and(|s| {
-                        s.started
-                            || matches!(
-                                s.active,
-                                fleet_sched::reconcile::ActiveState::Active
-                                    | fleet_sched::reconcile::ActiveState::Activating
-                                    | fleet_sched::reconcile::ActiveState::Reloading
-                            )
-                    }),
+                    running: sys.is_some_and(|s| s.started || s.active.is_up()),
                     peer,
                     superseded_at: Time(a.superseded_at.get(&u).copied().unwrap_or(a.started_at)),
                 };
