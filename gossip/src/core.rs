@@ -345,6 +345,41 @@ impl Node {
         self.lifeguard.health
     }
 
+    /// Test oracle: where this node's roster (its index of the membership, which [`Node::view`]
+    /// and the choices of peers read) disagrees with foca's list, this machine's own entries
+    /// aside: one line per member that differs, naming both versions. Empty when the roster is
+    /// the exact cache of foca it must be.
+    #[cfg(feature = "testing")]
+    pub fn roster_drift(&self) -> Vec<String> {
+        let me = &self.identity().machine_id;
+        let foca: BTreeMap<&MachineId, &Member<NodeIdentity>> = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| m.id().machine_id != *me)
+            .map(|m| (&m.id().machine_id, m))
+            .collect();
+        let mut out = Vec::new();
+        for (id, m) in &foca {
+            let held = (m.id(), m.state(), m.incarnation());
+            match self.roster.get(id) {
+                Some(k) if (&k.identity, k.state, k.incarnation) == held => {}
+                other => out.push(format!(
+                    "{id}: foca {held:?}, roster {:?}",
+                    other.map(|k| (&k.identity, k.state, k.incarnation))
+                )),
+            }
+        }
+        for (id, k) in self.roster.iter() {
+            if !foca.contains_key(id) {
+                out.push(format!(
+                    "{id}: foca none, roster {:?}",
+                    (&k.identity, k.state, k.incarnation)
+                ));
+            }
+        }
+        out
+    }
+
     /// True once [`Node::leave`] was called.
     pub fn has_left(&self) -> bool {
         self.left
@@ -428,6 +463,13 @@ impl Node {
         };
         let sender = packet.header.src.clone();
         self.check_sender(from, certified, &sender)?;
+        if !self.foca_accepts(&packet.header) {
+            // foca drops the whole packet (see `foca_accepts`): nothing in it may reach the
+            // roster, the vouches or Lifeguard either.
+            let result = self.foca.handle_data(data, &mut self.runtime);
+            self.drain_runtime();
+            return result.map_err(|e| self.garbage(from, e));
+        }
         let mut kept = Vec::with_capacity(packet.updates.len());
         // A peer whose budget of refusals is spent speaks only for itself.
         let over = self.budget_left(&sender.machine_id) == 0;
@@ -442,7 +484,7 @@ impl Node {
             }
         }
         self.over_budget(&sender.machine_id, dropped);
-        self.observe_input(
+        self.observe_datagram(
             &Member::new(sender.clone(), packet.header.src_incarnation, State::Alive),
             &kept,
         );
@@ -971,7 +1013,13 @@ impl Node {
                     Event::MemberDown(id.machine_id)
                 }
                 OwnedNotification::Rename(_, new) => {
-                    self.roster.renamed(&new, now);
+                    // A walk of foca's list, but renames are rare (restarts, renewals).
+                    let held = self
+                        .foca
+                        .iter_membership_state()
+                        .find(|m| *m.id() == new)
+                        .map(|m| (m.state(), m.incarnation()));
+                    self.roster.renamed(&new, held, now);
                     self.store.allow_epoch(&new.machine_id, new.incarnation);
                     Event::MemberRestarted(new.machine_id)
                 }

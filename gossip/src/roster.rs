@@ -248,12 +248,24 @@ impl Roster {
         });
     }
 
-    /// foca notified that `new` replaced `old` (a restart or a renewal).
-    pub(crate) fn renamed(&mut self, new: &NodeIdentity, now: Instant) {
+    /// foca notified that `new` replaced `old` (a restart or a renewal). foca gives the new life
+    /// the state and incarnation of the update that introduced it, `held` (what foca holds for
+    /// `new` now, if the caller looked): the old life's state is not the new one's (a suspected
+    /// life replaced by its successor's own word is not suspected any more).
+    pub(crate) fn renamed(
+        &mut self,
+        new: &NodeIdentity,
+        held: Option<(State, Incarnation)>,
+        now: Instant,
+    ) {
         match self.known.get(&new.machine_id) {
             Some(k) => {
                 let mut next = k.clone();
                 next.identity = new.clone();
+                if let Some((state, incarnation)) = held {
+                    next.state = state;
+                    next.incarnation = incarnation;
+                }
                 next.since = now;
                 self.put(next);
             }
@@ -434,7 +446,7 @@ mod tests {
         r.up(&ident("a", 1), now);
         r.up(&ident("b", 1), now);
         r.observe(&Member::new(ident("a", 1), 0, State::Suspect), now);
-        r.renamed(&ident("b", 2), now);
+        r.renamed(&ident("b", 2), None, now);
         r.down(&ident("a", 1), now);
         assert_eq!(r.sums, scratch(&r));
         r.forget(&ident("a", 1));

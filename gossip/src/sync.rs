@@ -226,7 +226,7 @@ impl Node {
             }
         }
         let sender = Member::alive(from);
-        self.observe_input(&sender, &kept);
+        self.observe_sync(&sender, &kept);
         kept.push(sender);
         // Like state (see `merge_state`): a few membership changes are news foca passes on; a
         // whole membership (a join, a heal) is not re-broadcast by the node that catches up.

@@ -74,6 +74,10 @@ pub struct VirtualNet {
     pub sync_bytes: u64,
     // Nodes whose state pushes are lost (their state travels by sync only).
     mute_pushes: std::collections::BTreeSet<NodeIndex>,
+    // Whether datagrams across the cut wait for the repair instead of being lost.
+    hold_across_cut: bool,
+    // Datagrams held at the cut: (to, from, data), in the order they were sent.
+    held: Vec<(SocketAddr, SocketAddr, Bytes)>,
 }
 
 impl VirtualNet {
@@ -101,6 +105,8 @@ impl VirtualNet {
             sync_bytes: 0,
             signed: true,
             mute_pushes: Default::default(),
+            hold_across_cut: false,
+            held: Vec::new(),
         }
     }
 
@@ -272,9 +278,24 @@ impl VirtualNet {
         self.cut = side.iter().copied().collect();
     }
 
-    /// Ends the partition.
+    /// Partitions the network like [`VirtualNet::partition`], except that datagrams across the
+    /// cut are not lost: they wait, in order, and all arrive just after [`VirtualNet::repair`], as
+    /// a QUIC connection's queued datagrams do once its path works again. Syncs across are lost.
+    pub fn partition_holding(&mut self, side: &[NodeIndex]) {
+        self.partition(side);
+        self.hold_across_cut = true;
+    }
+
+    /// Ends the partition (and delivers the datagrams it held, see
+    /// [`VirtualNet::partition_holding`]).
     pub fn repair(&mut self) {
         self.cut.clear();
+        self.hold_across_cut = false;
+        let at = self.now + self.latency;
+        for (to, from, data) in std::mem::take(&mut self.held) {
+            self.seq += 1;
+            self.in_flight.insert((at, self.seq), (to, from, data));
+        }
     }
 
     fn linked(&self, a: NodeIndex, b: NodeIndex) -> bool {
@@ -285,6 +306,11 @@ impl VirtualNet {
     pub fn node(&mut self, index: NodeIndex) -> Option<&mut Node> {
         self.dirty.insert(index);
         self.slots[index].node.as_mut()
+    }
+
+    /// Node `index`, unless crashed, to read only.
+    pub fn node_ref(&self, index: NodeIndex) -> Option<&Node> {
+        self.slots[index].node.as_ref()
     }
 
     /// The address of node `index`.
@@ -407,7 +433,11 @@ impl VirtualNet {
                 _ => true,
             };
             if !linked {
-                self.lost += 1;
+                if self.hold_across_cut {
+                    self.held.push((to, from, data));
+                } else {
+                    self.lost += 1;
+                }
                 continue;
             }
             let cert = self.index_of(from).map(|f| self.slots[f].cert.clone());

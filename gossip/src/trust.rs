@@ -100,27 +100,69 @@ impl Node {
         false
     }
 
-    /// Follows in the roster what foca is about to apply: the sender is alive (at its
-    /// incarnation), and, if foca holds it active, the updates it passes on. State that these
-    /// identities publish may now be accepted up to their epochs.
-    pub(crate) fn observe_input(
+    /// Whether foca takes a SWIM packet with this header at all: it drops, unread, a packet
+    /// addressed to another identity than this node's (an older life of it: a datagram that
+    /// waited out a partition in a connection's queue, say), unless it is an announce to this
+    /// machine, and a packet from this machine itself.
+    pub(crate) fn foca_accepts(&self, header: &foca::Header<NodeIdentity>) -> bool {
+        let me = self.identity();
+        if header.src.machine_id == me.machine_id {
+            return false;
+        }
+        header.dst == *me
+            || (header.message == foca::Message::Announce && header.dst.machine_id == me.machine_id)
+    }
+
+    /// Follows in the roster what foca is about to apply from a datagram it accepts
+    /// ([`Node::foca_accepts`]): the sender is alive (at its incarnation), and the updates it
+    /// passes on if foca then holds the sender active. foca ignores every update from a sender
+    /// it holds down, or from an older life of a machine than the one it knows (its identity
+    /// loses the conflict); the roster must not learn them either, or it drifts from foca (a
+    /// stale verdict about a live member would stay in the roster, which anti-entropy then
+    /// teaches to the others, and the member would be told it is down at every exchange).
+    pub(crate) fn observe_datagram(
         &mut self,
         sender: &Member<NodeIdentity>,
         updates: &[Member<NodeIdentity>],
     ) {
+        let id = sender.id();
+        let active = match self.roster.get(&id.machine_id) {
+            None => true,
+            Some(k) if k.identity == *id => k.state != State::Down,
+            Some(k) => k.identity.incarnation <= id.incarnation,
+        };
+        self.observe_sender(sender);
+        if active {
+            self.observe_updates(updates);
+        }
+    }
+
+    /// Follows in the roster what foca is about to apply from a sync: all of `updates` (foca's
+    /// `apply_many` takes each on its own merits, whoever sent them), and the sender alive.
+    pub(crate) fn observe_sync(
+        &mut self,
+        sender: &Member<NodeIdentity>,
+        updates: &[Member<NodeIdentity>],
+    ) {
+        self.observe_sender(sender);
+        self.observe_updates(updates);
+    }
+
+    /// The sender is alive at its incarnation; state its identity publishes may now be accepted
+    /// up to its epoch.
+    fn observe_sender(&mut self, sender: &Member<NodeIdentity>) {
         let now = self.now;
-        let me = self.identity().machine_id.clone();
         self.roster.observe(sender, now);
         self.heard_first_hand(sender.id(), sender.incarnation());
         self.store
             .allow_epoch(&sender.id().machine_id, sender.id().incarnation);
-        let sender_down = self
-            .roster
-            .get(&sender.id().machine_id)
-            .is_some_and(|k| k.identity == *sender.id() && k.state == State::Down);
-        if sender_down {
-            return;
-        }
+    }
+
+    /// Updates foca applies: the roster follows them, and state of the identities they hold
+    /// alive may be accepted up to their epochs.
+    fn observe_updates(&mut self, updates: &[Member<NodeIdentity>]) {
+        let now = self.now;
+        let me = self.identity().machine_id.clone();
         for u in updates {
             if u.id().machine_id == me {
                 continue;

@@ -888,3 +888,93 @@ fn unsigned_state_is_refused_by_signing_nodes() {
     let view = net.view(dev).unwrap();
     assert_eq!(view.machines[&m1].metadata, Some(metadata("eu")));
 }
+
+/// The lab's long partition (`tests/lab_safety.rs`), whose datagrams are not lost but wait at the
+/// cut and all arrive just after the heal, as a QUIC connection delivers its queued datagrams once
+/// its path works again: four nodes, every address a seed (`gossip_seeds`), split 2|2 for 16 s,
+/// longer than a 5 s `remove_down_after`. The late datagrams carry the partition's verdicts and
+/// "you are down" notices, addressed to lives the nodes renew at the heal or sent by lives the
+/// others forgot; foca drops them, and the node's index of the membership (which `view()`,
+/// anti-entropy and the choice of peers read) must drop them too. It took them (issue 11): the
+/// index drifted from foca's list and held live members down, anti-entropy taught that to the
+/// others, and the members it named were told they were down at every exchange: they renewed
+/// their identities every anti-entropy interval and the sides did not merge.
+#[test]
+fn a_long_partition_heals_although_its_datagrams_arrive_after_it() {
+    let config = Config {
+        remove_down_after: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let all: Vec<usize> = (0..4).collect();
+    let mut worst = Duration::ZERO;
+    for seed in 0..12 {
+        let mut net = VirtualNet::formed(seed, 4, config.clone())
+            .unwrap_or_else(|| panic!("seed {seed}: the cluster did not form"));
+        let addrs: Vec<_> = all.iter().map(|i| net.addr(*i)).collect();
+        for i in &all {
+            net.with_node(*i, |n, now| n.join(now, &addrs));
+        }
+        net.run_for(Duration::from_secs(3));
+        net.partition_holding(&[2, 3]);
+        net.run_for(Duration::from_secs(16));
+        for (a, b) in [(0, 2), (0, 3), (1, 2), (1, 3)] {
+            assert!(
+                net.liveness(a, b).is_none() && net.liveness(b, a).is_none(),
+                "seed {seed}: {a} and {b} did not forget each other during the partition"
+            );
+        }
+        net.repair();
+        let healed_at = net.elapsed();
+        let mut drift: Option<(Duration, usize, Vec<String>)> = None;
+        let mut watch = |net: &VirtualNet| {
+            for i in 0..4 {
+                let d = net.node_ref(i).expect("running").roster_drift();
+                if drift.is_none() && !d.is_empty() {
+                    drift = Some((net.elapsed() - healed_at, i, d));
+                }
+            }
+        };
+        let merged = net.run_until(Duration::from_secs(30), |net| {
+            watch(net);
+            all.iter().all(|a| {
+                all.iter()
+                    .all(|b| a == b || net.liveness(*a, *b) == Some(Liveness::Alive))
+            })
+        });
+        let took = net.elapsed() - healed_at;
+        // Then 30 s (six anti-entropy intervals) of calm: the merge holds, no one renews again.
+        let held = net.run_until(Duration::from_secs(30), |net| {
+            watch(net);
+            !all.iter().all(|a| {
+                all.iter()
+                    .all(|b| a == b || net.liveness(*a, *b) == Some(Liveness::Alive))
+            })
+        });
+        assert!(
+            merged,
+            "seed {seed}: not merged back within 30 s of the heal"
+        );
+        assert!(!held, "seed {seed}: the merge did not hold");
+        for i in &all {
+            let renewals: Vec<Duration> = net
+                .events(*i)
+                .iter()
+                .filter(|(t, e)| *t >= healed_at && matches!(e, Event::Rejoined(_)))
+                .map(|(t, _)| *t - healed_at)
+                .collect();
+            // One renewal at the heal is foca's answer to a late "you are down"; more is the bug.
+            assert!(
+                renewals.len() <= 1,
+                "seed {seed}: node {i} renewed its identity at {renewals:?} after the heal"
+            );
+        }
+        if let Some((at, i, d)) = &drift {
+            panic!(
+                "seed {seed}: {at:?} after the heal, node {i}'s roster drifted from foca: {d:#?}"
+            );
+        }
+        eprintln!("seed {seed}: merged back {took:?} after the heal");
+        worst = worst.max(took);
+    }
+    eprintln!("worst: {worst:?}");
+}
