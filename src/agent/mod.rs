@@ -389,6 +389,7 @@ async fn run(
     let mut generation = st.lease.status().generation;
     loop {
         let mut full = false;
+        let mut changed = false;
         let wake = st.wake_at;
         tokio::select! {
             _ = &mut stop => break,
@@ -406,7 +407,8 @@ async fn run(
             _ = sleep_until(wake) => { st.wake_at = None; }
             ev = events.next() => match st.absorb(ev) {
                 Absorbed::Nothing => continue,
-                Absorbed::Changed => {}
+                Absorbed::Changed => changed = true,
+                Absorbed::Resync => full = true,
                 Absorbed::Disconnected => {
                     events = st.reconnect_systemd(&ours).await?;
                     full = true;
@@ -416,17 +418,27 @@ async fn run(
         // Coalesce bursts (a watch event often comes with several more).
         tokio::time::sleep(Duration::from_millis(5)).await;
         // Take every systemd signal queued meanwhile before the pass: a batch of starts sends several
-        // per unit, and one pass per signal made 1,000 starts take about 30 s instead of 6.
+        // per unit, and one pass per signal made 1,000 starts take about 30 s instead of 6. The states
+        // are published once for all of them (publishing per signal, a copy of every unit's state each
+        // time, kept the agent busy for tens of seconds after 1,000 starts and queued hundreds of MB
+        // for gossip: docs/benchmarks.md).
         while let Some(ev) = events.try_next() {
-            if st.absorb(Some(ev)) == Absorbed::Disconnected {
-                events = st.reconnect_systemd(&ours).await?;
-                full = true;
-                break;
+            match st.absorb(Some(ev)) {
+                Absorbed::Nothing => {}
+                Absorbed::Changed => changed = true,
+                Absorbed::Resync => full = true,
+                Absorbed::Disconnected => {
+                    events = st.reconnect_systemd(&ours).await?;
+                    full = true;
+                    break;
+                }
             }
         }
         if full {
             st.read_current().await;
             st.host_stale = true;
+        } else if changed {
+            st.publish();
         }
         st.pass().await;
     }
@@ -438,8 +450,10 @@ async fn run(
 enum Absorbed {
     /// Nothing a pass needs to look at.
     Nothing,
-    /// A unit of ours changed: a pass is due.
+    /// A unit of ours changed: a pass is due (publish the states first).
     Changed,
+    /// Changes were lost (the subscription's queue overflowed): re-read every state, then a pass.
+    Resync,
     /// The connection to systemd broke.
     Disconnected,
 }
@@ -488,7 +502,8 @@ impl State {
         }
         self.loaded = loaded;
         let names: Vec<&str> = self.loaded.keys().map(UnitName::as_str).collect();
-        match self.systemd.list_units(&names).await {
+        // Without MainPID (the agent does not use it): one call for all units.
+        match self.systemd.list_unit_states(&names).await {
             Ok(list) => {
                 self.states = list
                     .into_iter()
@@ -500,8 +515,8 @@ impl State {
         self.publish();
     }
 
-    /// Records a state change; returns whether it concerns one of our units.
-    /// Takes one systemd event into the agent's view of its units.
+    /// Takes one systemd event into the agent's view of its units (not published: the caller
+    /// publishes once per burst of events).
     fn absorb(&mut self, ev: Option<Event>) -> Absorbed {
         match ev {
             Some(Event::UnitChanged { name, state }) => {
@@ -516,6 +531,10 @@ impl State {
                 // Units of the machine may have come or gone (a package installed, say).
                 self.host_stale = true;
                 Absorbed::Nothing
+            }
+            Some(Event::Resync) => {
+                tracing::info!("systemd's signals were dropped: re-reading every unit's state");
+                Absorbed::Resync
             }
             Some(Event::Disconnected) | None => Absorbed::Disconnected,
         }
@@ -548,7 +567,6 @@ impl State {
             return false;
         }
         self.states.insert(name, state);
-        self.publish();
         true
     }
 
@@ -572,7 +590,6 @@ impl State {
                 main_pid: None,
             },
         );
-        self.publish();
         true
     }
 

@@ -25,6 +25,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 async fn wait_active(
+    sd: &Systemd,
     events: &mut Subscription,
     mut pending: BTreeSet<String>,
 ) -> Result<(), String> {
@@ -34,6 +35,19 @@ async fn wait_active(
                 if state.active_state == ActiveState::Active =>
             {
                 pending.remove(&name);
+            }
+            Some(Event::Resync) => {
+                // Events were dropped: read the states instead.
+                let names: Vec<&str> = pending.iter().map(String::as_str).collect();
+                let states = sd
+                    .list_unit_states(&names)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                for (name, state) in states {
+                    if state.active_state == ActiveState::Active {
+                        pending.remove(&name);
+                    }
+                }
             }
             Some(Event::Disconnected) | None => return Err("bus connection lost".into()),
             Some(_) => {}
@@ -92,7 +106,7 @@ async fn run(batched: bool, units: usize, batch: usize) -> Result<(), Box<dyn st
                 sd.start_unit(n).await?;
             }
         }
-        wait_active(&mut events, names.iter().cloned().collect()).await?;
+        wait_active(&sd, &mut events, names.iter().cloned().collect()).await?;
         let all = t.elapsed();
         println!(
             "  units {:>5}-{:<5} load {:7.2} ms/unit   load+start until active {:7.2} ms/unit",
@@ -115,7 +129,7 @@ async fn run(batched: bool, units: usize, batch: usize) -> Result<(), Box<dyn st
         let t = Instant::now();
         sd.load_unit(&name, UNIT, false).await?;
         sd.start_unit(&name).await?;
-        wait_active(&mut events, [name].into()).await?;
+        wait_active(&sd, &mut events, [name].into()).await?;
         lat.push(t.elapsed());
     }
     lat.sort();

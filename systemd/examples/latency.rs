@@ -89,6 +89,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 {
                     break
                 }
+                Some(Event::Resync) => {
+                    // Events were dropped: read the state instead.
+                    if sd.unit_state(&name).await?.active_state == ActiveState::Active {
+                        break;
+                    }
+                }
                 Some(Event::Disconnected) | None => return Err("bus connection lost".into()),
                 Some(_) => {}
             }

@@ -1,27 +1,38 @@
 //! Unit state changes and job results, pushed by systemd (no polling).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use zbus::message::Type as MessageType;
 use zbus::zvariant::{OwnedObjectPath, OwnedValue};
 use zbus::{Connection, MatchRule, Message, MessageStream};
 
 use crate::error::{Error, Result};
-use crate::manager::{MANAGER_IFACE, MANAGER_PATH, SYSTEMD};
+use crate::manager::{ListedUnit, MANAGER_IFACE, MANAGER_PATH, SYSTEMD};
 use crate::names::unit_name_from_path;
 use crate::state::{ActiveState, JobResult, LoadState, UnitState};
+
+mod backlog;
+
+use backlog::Backlog;
+pub use backlog::MAX_BACKLOG;
 
 const UNIT_IFACE: &str = "org.freedesktop.systemd1.Unit";
 const SERVICE_IFACE: &str = "org.freedesktop.systemd1.Service";
 const PROPERTIES_IFACE: &str = "org.freedesktop.DBus.Properties";
 
+/// Units whose `LoadState` one `ListUnitsByNames` call reads.
+const LOAD_STATES_PER_CALL: usize = 256;
+
 /// Something systemd told us.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// A unit's load/active/sub state or main PID changed; `state` is the complete new state.
+    /// A unit's load/active/sub state or main PID changed; `state` is the complete new state. When
+    /// the consumer reads more slowly than a unit changes, it sees the unit's newest state only (the
+    /// states in between are skipped).
     UnitChanged {
         /// Unit name.
         name: String,
@@ -46,6 +57,10 @@ pub enum Event {
     },
     /// systemd finished a reload (`Reload`, `daemon-reload`): re-read states if you cache them.
     Reloaded,
+    /// Events were dropped (more than [`MAX_BACKLOG`] waited for the consumer, or a unit's state could
+    /// not be read): re-read the states of every unit you follow ([`crate::Systemd::list_units`]).
+    /// The events after it are newer than what was dropped.
+    Resync,
     /// The bus connection is gone; this is the last event. Reconnect (see [`crate::Systemd`]).
     Disconnected,
 }
@@ -55,20 +70,41 @@ pub enum Event {
 /// `JobRemoved`, `UnitRemoved` and `Reloading` signals.
 ///
 /// Events are only about changes after the subscription: read the current states once with
-/// [`crate::Systemd::list_units`] after subscribing. A background task moves signals from the bus
-/// into an unbounded queue, so a consumer that reads slowly never stalls the connection (zbus
-/// would otherwise stop reading replies once a signal queue is full); the queue grows instead.
-/// It covers every unit of the manager: filter by name.
+/// [`crate::Systemd::list_units`] after subscribing. A background task reads the signals as they come
+/// (so a consumer that reads slowly never stalls the connection: zbus would stop reading replies once
+/// a signal queue is full) into a bounded queue that keeps one state per unit (a newer state replaces
+/// a queued one) and at most [`MAX_BACKLOG`] events; past that it drops them all for one
+/// [`Event::Resync`]. systemd's signals do not carry `LoadState`: a second task reads it for every
+/// unit that needs it (once per unit, and again after a reload) with one `ListUnitsByNames` call for
+/// all of them. It covers every unit of the manager: filter by name.
 ///
 /// Use [`Subscription::next`], or it as a `futures_core::Stream`.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::UnboundedReceiver<Event>,
-    task: tokio::task::JoinHandle<()>,
+    shared: Arc<Mutex<Shared>>,
+    /// Rung (capacity 1) whenever the queue may have something new.
+    bell: mpsc::Receiver<()>,
+    reader: tokio::task::JoinHandle<()>,
+    resolver: tokio::task::JoinHandle<()>,
+}
+
+/// What the reader, the resolver and the consumer share.
+#[derive(Debug)]
+struct Shared {
+    backlog: Backlog,
+    decoder: Decoder,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Subscription {
-    pub(crate) async fn start(conn: &Connection, wanted: UnitFilter) -> Result<Subscription> {
+    pub(crate) async fn start(
+        conn: &Connection,
+        wanted: UnitFilter,
+        max_backlog: usize,
+    ) -> Result<Subscription> {
         let rule = MatchRule::builder()
             .msg_type(MessageType::Signal)
             .sender(SYSTEMD)
@@ -78,60 +114,192 @@ impl Subscription {
         let stream = MessageStream::for_match_rule(rule, conn, Some(1024))
             .await
             .map_err(|e| Error::from_call("AddMatch", "", e))?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let conn = conn.clone();
-        let task = tokio::spawn(async move {
-            let mut signals = drain(stream);
-            let mut decoder = Decoder {
-                conn,
-                wanted,
-                units: HashMap::new(),
-            };
-            loop {
-                tokio::select! {
-                    msg = signals.recv() => match msg {
-                        Some(Ok(msg)) => {
-                            if let Some(ev) = decoder.decode(&msg).await {
-                                if tx.send(ev).is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Some(Err(_)) | None => {
-                            let _ = tx.send(Event::Disconnected);
-                            return;
-                        }
-                    },
-                    _ = tx.closed() => return,
-                }
-            }
-        });
-        Ok(Subscription { rx, task })
+        let shared = Arc::new(Mutex::new(Shared {
+            backlog: Backlog::new(max_backlog),
+            decoder: Decoder::default(),
+        }));
+        let (bell_tx, bell) = mpsc::channel(1);
+        let resolve = Arc::new(Notify::new());
+        let reader = tokio::spawn(read_signals(
+            stream,
+            wanted,
+            shared.clone(),
+            bell_tx.clone(),
+            resolve.clone(),
+        ));
+        let resolver = tokio::spawn(read_load_states(
+            conn.clone(),
+            shared.clone(),
+            bell_tx,
+            resolve,
+        ));
+        Ok(Subscription {
+            shared,
+            bell,
+            reader,
+            resolver,
+        })
     }
 
-    /// The next event; `None` after [`Event::Disconnected`].
+    /// The next event; `None` after [`Event::Disconnected`]. Cancel safe.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
     }
 
     /// The next event if one is already queued, without waiting: lets a consumer take a burst of
     /// signals (a batch of starts sends several per unit) in one go.
     pub fn try_next(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
+        lock(&self.shared).backlog.pop()
+    }
+
+    /// Events queued now, not yet taken.
+    pub fn queued(&self) -> usize {
+        lock(&self.shared).backlog.len()
+    }
+
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        loop {
+            {
+                let mut shared = lock(&self.shared);
+                if let Some(ev) = shared.backlog.pop() {
+                    return Poll::Ready(Some(ev));
+                }
+                if shared.backlog.finished() {
+                    return Poll::Ready(None);
+                }
+            }
+            match self.bell.poll_recv(cx) {
+                Poll::Ready(Some(())) => continue,
+                Poll::Ready(None) => return Poll::Ready(lock(&self.shared).backlog.pop()),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.task.abort();
+        self.reader.abort();
+        self.resolver.abort();
     }
 }
 
 impl futures_core::Stream for Subscription {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
-        self.rx.poll_recv(cx)
+        self.poll_event(cx)
     }
+}
+
+/// Reads the subscription's signals as they come, decodes them (no D-Bus call) and queues what they
+/// mean; wakes the resolver when a unit's `LoadState` must be read.
+async fn read_signals(
+    mut stream: MessageStream,
+    wanted: UnitFilter,
+    shared: Arc<Mutex<Shared>>,
+    bell: mpsc::Sender<()>,
+    resolve: Arc<Notify>,
+) {
+    let mut logged_high_water = 0;
+    loop {
+        let next =
+            std::future::poll_fn(|cx| futures_core::Stream::poll_next(Pin::new(&mut stream), cx))
+                .await;
+        let signal = match next {
+            Some(Ok(msg)) => match Signal::decode(&msg, &wanted) {
+                Some(s) => s,
+                None => continue,
+            },
+            // zbus reports errors only when the connection broke.
+            Some(Err(_)) | None => {
+                lock(&shared).backlog.push(Event::Disconnected);
+                let _ = bell.try_send(());
+                return;
+            }
+        };
+        let (unresolved, overflowed, high_water) = {
+            let mut guard = lock(&shared);
+            let Shared { backlog, decoder } = &mut *guard;
+            let before = backlog.overflows();
+            decoder.apply(signal, backlog);
+            (
+                decoder.has_unresolved(),
+                backlog.overflows() > before,
+                backlog.high_water(),
+            )
+        };
+        if overflowed {
+            tracing::warn!(
+                "systemd's signals came faster than they were taken: dropped the queue, the consumer re-reads every state"
+            );
+        }
+        if high_water >= 2 * logged_high_water.max(64) {
+            logged_high_water = high_water;
+            tracing::debug!(
+                events = high_water,
+                "systemd subscription: longest queue so far"
+            );
+        }
+        if unresolved {
+            resolve.notify_one();
+        }
+        let _ = bell.try_send(());
+    }
+}
+
+/// Reads the `LoadState` of the units the decoder needs it for, many per call.
+async fn read_load_states(
+    conn: Connection,
+    shared: Arc<Mutex<Shared>>,
+    bell: mpsc::Sender<()>,
+    resolve: Arc<Notify>,
+) {
+    loop {
+        resolve.notified().await;
+        loop {
+            let (names, epoch) = lock(&shared).decoder.take_unresolved();
+            if names.is_empty() {
+                break;
+            }
+            for chunk in names.chunks(LOAD_STATES_PER_CALL) {
+                let read = load_states(&conn, chunk).await;
+                {
+                    let mut guard = lock(&shared);
+                    let Shared { backlog, decoder } = &mut *guard;
+                    match read {
+                        Ok(read) => decoder.resolved(epoch, chunk, read, backlog),
+                        Err(e) => {
+                            tracing::debug!("reading the load state of {} units: {e}", chunk.len());
+                            decoder.unreadable(chunk, backlog);
+                        }
+                    }
+                }
+                let _ = bell.try_send(());
+            }
+        }
+    }
+}
+
+/// `LoadState` of each of `names` (one `ListUnitsByNames`).
+async fn load_states(
+    conn: &Connection,
+    names: &[String],
+) -> zbus::Result<Vec<(String, LoadState)>> {
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let reply = conn
+        .call_method(
+            Some(SYSTEMD),
+            MANAGER_PATH,
+            Some(MANAGER_IFACE),
+            "ListUnitsByNames",
+            &(names,),
+        )
+        .await?;
+    let listed: Vec<ListedUnit> = reply.body().deserialize()?;
+    Ok(listed
+        .into_iter()
+        .map(|l| (l.0, LoadState::from(l.2)))
+        .collect())
 }
 
 /// Moves messages from a zbus stream into an unbounded channel (so the connection's reader never
@@ -164,32 +332,104 @@ pub(crate) fn drain(mut stream: MessageStream) -> mpsc::UnboundedReceiver<zbus::
     rx
 }
 
-/// Turns signals into events, merging the `Service` (MainPID) and `Unit` (states) property
-/// changes systemd sends one after the other (type-specific interface first), and dropping
-/// repeats of an unchanged state.
 /// Which units a subscription is about.
 pub(crate) type UnitFilter = Box<dyn Fn(&str) -> bool + Send>;
 
-struct Decoder {
-    conn: Connection,
-    wanted: UnitFilter,
-    units: HashMap<String, Known>,
+/// A signal of a wanted unit, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Signal {
+    /// `PropertiesChanged` of a unit's `Service` interface (systemd sends it just before the `Unit`
+    /// interface's).
+    Service { name: String, main_pid: Option<u32> },
+    /// `PropertiesChanged` of a unit's `Unit` interface.
+    Unit {
+        name: String,
+        load: Option<LoadState>,
+        active: Option<ActiveState>,
+        sub: Option<String>,
+    },
+    /// The Manager's `JobRemoved`.
+    Job {
+        id: u32,
+        job: String,
+        unit: String,
+        result: JobResult,
+    },
+    /// The Manager's `UnitRemoved`.
+    Removed { name: String },
+    /// The Manager's `Reloading(false)`: a reload finished.
+    Reloaded,
 }
 
-/// `LoadState` of the unit object at `path`; `None` if it cannot be read (unit gone).
-async fn load_state(conn: &Connection, path: &str) -> Option<LoadState> {
-    let reply = conn
-        .call_method(
-            Some(SYSTEMD),
-            path,
-            Some(PROPERTIES_IFACE),
-            "Get",
-            &(UNIT_IFACE, "LoadState"),
-        )
-        .await
-        .ok()?;
-    let value: OwnedValue = reply.body().deserialize().ok()?;
-    <&str>::try_from(&value).ok().map(LoadState::from)
+impl Signal {
+    /// What `msg` says, if it is about a unit `wanted` accepts (or a reload); no D-Bus call.
+    fn decode(msg: &Message, wanted: &UnitFilter) -> Option<Signal> {
+        let header = msg.header();
+        let path = header.path()?.as_str();
+        let iface = header.interface()?.as_str();
+        let member = header.member()?.as_str();
+        let body = msg.body();
+        match (iface, member) {
+            (PROPERTIES_IFACE, "PropertiesChanged") => {
+                let name = unit_name_from_path(path).filter(|n| wanted(n))?;
+                let (iface, changed, _invalidated) = body
+                    .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
+                    .ok()?;
+                let text = |key: &str| changed.get(key).and_then(|v| <&str>::try_from(v).ok());
+                match iface.as_str() {
+                    SERVICE_IFACE => Some(Signal::Service {
+                        name,
+                        main_pid: changed.get("MainPID").and_then(|v| u32::try_from(v).ok()),
+                    }),
+                    UNIT_IFACE => Some(Signal::Unit {
+                        load: text("LoadState").map(LoadState::from),
+                        active: text("ActiveState").map(ActiveState::from),
+                        sub: text("SubState").map(str::to_string),
+                        name,
+                    }),
+                    _ => None,
+                }
+            }
+            (MANAGER_IFACE, "JobRemoved") if path == MANAGER_PATH => {
+                let (id, job, unit, result) = body
+                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
+                    .ok()?;
+                if !wanted(&unit) {
+                    return None;
+                }
+                Some(Signal::Job {
+                    id,
+                    job: job.as_str().to_string(),
+                    unit,
+                    result: result.into(),
+                })
+            }
+            (MANAGER_IFACE, "UnitRemoved") if path == MANAGER_PATH => {
+                let (name, _path) = body.deserialize::<(String, OwnedObjectPath)>().ok()?;
+                wanted(&name).then_some(Signal::Removed { name })
+            }
+            (MANAGER_IFACE, "Reloading") if path == MANAGER_PATH => {
+                let active: bool = body.deserialize().ok()?;
+                (!active).then_some(Signal::Reloaded)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Turns signals into events, merging the `Service` (MainPID) and `Unit` (states) property changes
+/// systemd sends one after the other (type-specific interface first), and dropping repeats of an
+/// unchanged state. Sans-IO: the `LoadState` reads it needs are made by the caller
+/// ([`Decoder::take_unresolved`], [`Decoder::resolved`]).
+#[derive(Debug, Default)]
+struct Decoder {
+    units: HashMap<String, Known>,
+    /// Units whose `LoadState` must be read before their state is reported, not asked yet.
+    unresolved: BTreeSet<String>,
+    /// Units whose `LoadState` is being read.
+    asked: BTreeSet<String>,
+    /// Counts reloads: a `LoadState` read before one may be stale.
+    epoch: u64,
 }
 
 #[derive(Debug, Default)]
@@ -199,107 +439,371 @@ struct Known {
     sub: Option<String>,
     main_pid: Option<u32>,
     last_sent: Option<UnitState>,
+    /// systemd removed the unit while its `LoadState` was being read: the state read is reported
+    /// (before the removal), then the unit forgotten.
+    removed: bool,
 }
 
 impl Decoder {
-    async fn decode(&mut self, msg: &Message) -> Option<Event> {
-        let header = msg.header();
-        let path = header.path()?.as_str().to_string();
-        let iface = header.interface()?.as_str().to_string();
-        let member = header.member()?.as_str().to_string();
-        let body = msg.body();
-        match (iface.as_str(), member.as_str()) {
-            (PROPERTIES_IFACE, "PropertiesChanged") => {
-                let name = unit_name_from_path(&path).filter(|n| (self.wanted)(n))?;
-                let (iface, changed, _invalidated) = body
-                    .deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>()
-                    .ok()?;
-                self.properties_changed(name, &path, &iface, &changed).await
-            }
-            (MANAGER_IFACE, "JobRemoved") if path == MANAGER_PATH => {
-                let (id, job, unit, result) = body
-                    .deserialize::<(u32, OwnedObjectPath, String, String)>()
-                    .ok()?;
-                if !(self.wanted)(&unit) {
-                    return None;
+    /// Takes one signal into account; queues the events it makes on `out`.
+    fn apply(&mut self, signal: Signal, out: &mut Backlog) {
+        match signal {
+            Signal::Service { name, main_pid } => {
+                if let Some(pid) = main_pid {
+                    self.units.entry(name).or_default().main_pid = Some(pid);
                 }
-                Some(Event::JobRemoved {
-                    id,
-                    job: job.as_str().to_string(),
-                    unit,
-                    result: result.into(),
-                })
+                // The Unit interface's signal follows and carries the event.
             }
-            (MANAGER_IFACE, "UnitRemoved") if path == MANAGER_PATH => {
-                let (name, _path) = body.deserialize::<(String, OwnedObjectPath)>().ok()?;
-                if !(self.wanted)(&name) {
-                    return None;
+            Signal::Unit {
+                name,
+                load,
+                active,
+                sub,
+            } => {
+                let known = self.units.entry(name.clone()).or_default();
+                if known.removed {
+                    // A new life after the removal: its state comes after the removal, and the
+                    // state from before is not reported.
+                    known.removed = false;
+                    out.unreserve(&name);
                 }
-                self.units.remove(&name);
-                Some(Event::UnitRemoved { name })
-            }
-            (MANAGER_IFACE, "Reloading") if path == MANAGER_PATH => {
-                let active: bool = body.deserialize().ok()?;
-                if active {
-                    return None;
+                if load.is_some() {
+                    known.load = load;
                 }
-                for known in self.units.values_mut() {
-                    known.load = None; // may have changed: read again on the next change
+                if active.is_some() {
+                    known.active = active;
                 }
-                Some(Event::Reloaded)
-            }
-            _ => None,
-        }
-    }
-
-    async fn properties_changed(
-        &mut self,
-        name: String,
-        path: &str,
-        iface: &str,
-        changed: &HashMap<String, OwnedValue>,
-    ) -> Option<Event> {
-        let text = |key: &str| changed.get(key).and_then(|v| <&str>::try_from(v).ok());
-        let known = self.units.entry(name.clone()).or_default();
-        match iface {
-            SERVICE_IFACE => {
-                if let Some(pid) = changed.get("MainPID").and_then(|v| u32::try_from(v).ok()) {
-                    known.main_pid = Some(pid);
-                }
-                None // the Unit interface's signal follows and carries the event
-            }
-            UNIT_IFACE => {
-                if let Some(s) = text("LoadState") {
-                    known.load = Some(s.into());
+                if sub.is_some() {
+                    known.sub = sub;
                 }
                 if known.load.is_none() {
                     // systemd does not include LoadState in PropertiesChanged: read it once per
-                    // unit (and again after a reload), not per change.
-                    known.load = Some(load_state(&self.conn, path).await?);
+                    // unit (and again after a reload), not per change. Until then the unit's place
+                    // in the queue holds back what comes after it.
+                    out.reserve(&name);
+                    if !self.asked.contains(&name) {
+                        self.unresolved.insert(name);
+                    }
+                    return;
                 }
-                if let Some(s) = text("ActiveState") {
-                    known.active = Some(s.into());
-                }
-                if let Some(s) = text("SubState") {
-                    known.sub = Some(s.to_string());
-                }
-                let active_state = known.active.clone()?;
-                let main_pid = known
-                    .main_pid
-                    .filter(|p| *p != 0 && active_state.may_have_main_pid());
-                let state = UnitState {
-                    load_state: known.load.clone()?,
-                    active_state,
-                    sub_state: known.sub.clone()?,
-                    main_pid,
-                };
-                if known.last_sent.as_ref() == Some(&state) {
-                    return None;
-                }
-                known.last_sent = Some(state.clone());
-                Some(Event::UnitChanged { name, state })
+                self.report(&name, out);
             }
-            _ => None,
+            Signal::Job {
+                id,
+                job,
+                unit,
+                result,
+            } => {
+                out.push(Event::JobRemoved {
+                    id,
+                    job,
+                    unit,
+                    result,
+                });
+            }
+            Signal::Removed { name } => {
+                let reading = self.unresolved.contains(&name) || self.asked.contains(&name);
+                match self.units.get_mut(&name) {
+                    Some(known) if reading => known.removed = true,
+                    _ => {
+                        self.units.remove(&name);
+                    }
+                }
+                out.push(Event::UnitRemoved { name });
+            }
+            Signal::Reloaded => {
+                self.epoch += 1;
+                for known in self.units.values_mut() {
+                    known.load = None; // may have changed: read again on the next change
+                }
+                out.push(Event::Reloaded);
+            }
         }
+    }
+
+    /// Queues `name`'s state if it is complete and not the one last queued (else frees its place).
+    fn report(&mut self, name: &str, out: &mut Backlog) {
+        let Some(known) = self.units.get_mut(name) else {
+            out.unreserve(name);
+            return;
+        };
+        let (Some(load_state), Some(active_state), Some(sub_state)) =
+            (known.load.clone(), known.active.clone(), known.sub.clone())
+        else {
+            out.unreserve(name);
+            return;
+        };
+        let main_pid = known
+            .main_pid
+            .filter(|p| *p != 0 && active_state.may_have_main_pid());
+        let state = UnitState {
+            load_state,
+            active_state,
+            sub_state,
+            main_pid,
+        };
+        if known.last_sent.as_ref() == Some(&state) {
+            out.unreserve(name);
+            return;
+        }
+        known.last_sent = Some(state.clone());
+        out.push(Event::UnitChanged {
+            name: name.to_string(),
+            state,
+        });
+    }
+
+    fn has_unresolved(&self) -> bool {
+        !self.unresolved.is_empty()
+    }
+
+    /// The units whose `LoadState` to read now, and the epoch to give [`Decoder::resolved`].
+    fn take_unresolved(&mut self) -> (Vec<String>, u64) {
+        let names: Vec<String> = std::mem::take(&mut self.unresolved).into_iter().collect();
+        self.asked.extend(names.iter().cloned());
+        (names, self.epoch)
+    }
+
+    /// The `LoadState`s read for `asked` (taken at `epoch`): reports those units. A read that a
+    /// reload overtook may be stale: it is used for this report only, and the unit's next change reads
+    /// it again (re-reading at once instead could starve the queue while reloads keep coming).
+    fn resolved(
+        &mut self,
+        epoch: u64,
+        asked: &[String],
+        read: Vec<(String, LoadState)>,
+        out: &mut Backlog,
+    ) {
+        for name in asked {
+            self.asked.remove(name);
+        }
+        let fresh = epoch == self.epoch;
+        let listed: BTreeSet<&str> = read.iter().map(|(n, _)| n.as_str()).collect();
+        for name in asked.iter().filter(|n| !listed.contains(n.as_str())) {
+            out.unreserve(name); // not in the reply (systemd lists every name asked)
+        }
+        for (name, load) in read {
+            let Some(known) = self.units.get_mut(&name) else {
+                out.unreserve(&name); // removed meanwhile
+                continue;
+            };
+            if known.load.is_some() {
+                // A signal carried it meanwhile.
+                self.report(&name, out);
+            } else {
+                known.load = Some(load);
+                self.report(&name, out);
+                if !fresh {
+                    if let Some(known) = self.units.get_mut(&name) {
+                        known.load = None;
+                    }
+                }
+            }
+            if self.units.get(&name).is_some_and(|k| k.removed) {
+                self.units.remove(&name);
+            }
+        }
+    }
+
+    /// The `LoadState`s of `asked` could not be read: their states are not known, so the consumer
+    /// must re-read everything ([`Event::Resync`]).
+    fn unreadable(&mut self, asked: &[String], out: &mut Backlog) {
+        for name in asked {
+            self.asked.remove(name);
+        }
+        out.drop_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str, active: &str, sub: &str) -> Signal {
+        Signal::Unit {
+            name: name.into(),
+            load: None,
+            active: Some(ActiveState::from(active.to_string())),
+            sub: Some(sub.into()),
+        }
+    }
+
+    fn state(active: &str, sub: &str, pid: Option<u32>) -> UnitState {
+        UnitState {
+            load_state: LoadState::Loaded,
+            active_state: ActiveState::from(active.to_string()),
+            sub_state: sub.into(),
+            main_pid: pid,
+        }
+    }
+
+    fn drain(b: &mut Backlog) -> Vec<Event> {
+        std::iter::from_fn(|| b.pop()).collect()
+    }
+
+    #[test]
+    fn load_states_are_read_once_per_unit_for_many_units_at_once() {
+        let (mut d, mut out) = (Decoder::default(), Backlog::new(100));
+        for i in 0..3 {
+            d.apply(
+                unit(&format!("u{i}.service"), "activating", "start"),
+                &mut out,
+            );
+        }
+        assert_eq!(
+            out.pop(),
+            None,
+            "nothing reported before the load state is known"
+        );
+        let (names, epoch) = d.take_unresolved();
+        assert_eq!(names.len(), 3);
+        // More changes while the read is in flight: no second read is asked for.
+        d.apply(
+            Signal::Service {
+                name: "u0.service".into(),
+                main_pid: Some(42),
+            },
+            &mut out,
+        );
+        d.apply(unit("u0.service", "active", "running"), &mut out);
+        assert!(!d.has_unresolved());
+        let read = names
+            .iter()
+            .map(|n| (n.clone(), LoadState::Loaded))
+            .collect();
+        d.resolved(epoch, &names, read, &mut out);
+        let got = drain(&mut out);
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&Event::UnitChanged {
+            name: "u0.service".into(),
+            state: state("active", "running", Some(42)),
+        }));
+        // Known now: the next change is reported at once, a repeat is not.
+        d.apply(unit("u1.service", "active", "running"), &mut out);
+        d.apply(unit("u1.service", "active", "running"), &mut out);
+        assert_eq!(
+            drain(&mut out),
+            vec![Event::UnitChanged {
+                name: "u1.service".into(),
+                state: state("active", "running", None),
+            }]
+        );
+        assert!(!d.has_unresolved());
+    }
+
+    #[test]
+    fn a_read_a_reload_overtook_is_used_once_and_the_next_change_reads_again() {
+        let (mut d, mut out) = (Decoder::default(), Backlog::new(100));
+        d.apply(unit("a.service", "active", "running"), &mut out);
+        let (names, epoch) = d.take_unresolved();
+        d.apply(Signal::Reloaded, &mut out);
+        assert_eq!(drain(&mut out), vec![], "a's place holds the reload back");
+        let read = vec![("a.service".to_string(), LoadState::Loaded)];
+        d.resolved(epoch, &names, read, &mut out);
+        assert_eq!(
+            drain(&mut out),
+            vec![
+                Event::UnitChanged {
+                    name: "a.service".into(),
+                    state: state("active", "running", None),
+                },
+                Event::Reloaded
+            ]
+        );
+        assert!(!d.has_unresolved());
+        d.apply(unit("a.service", "deactivating", "stop"), &mut out);
+        let (again, epoch) = d.take_unresolved();
+        assert_eq!(again, vec!["a.service".to_string()]);
+        let read = vec![("a.service".to_string(), LoadState::Masked)];
+        d.resolved(epoch, &again, read, &mut out);
+        assert_eq!(
+            drain(&mut out),
+            vec![Event::UnitChanged {
+                name: "a.service".into(),
+                state: UnitState {
+                    load_state: LoadState::Masked,
+                    ..state("deactivating", "stop", None)
+                },
+            }]
+        );
+        // Fresh: kept.
+        d.apply(unit("a.service", "inactive", "dead"), &mut out);
+        assert!(!d.has_unresolved());
+        assert_eq!(drain(&mut out).len(), 1);
+    }
+
+    #[test]
+    fn a_unit_removed_while_its_load_state_is_read_reports_its_state_then_the_removal() {
+        let (mut d, mut out) = (Decoder::default(), Backlog::new(100));
+        d.apply(unit("a.service", "active", "running"), &mut out);
+        let (names, epoch) = d.take_unresolved();
+        let removed = Event::UnitRemoved {
+            name: "a.service".into(),
+        };
+        d.apply(
+            Signal::Removed {
+                name: "a.service".into(),
+            },
+            &mut out,
+        );
+        assert_eq!(out.pop(), None);
+        let read = vec![("a.service".to_string(), LoadState::Loaded)];
+        d.resolved(epoch, &names, read, &mut out);
+        assert_eq!(
+            drain(&mut out),
+            vec![
+                Event::UnitChanged {
+                    name: "a.service".into(),
+                    state: state("active", "running", None),
+                },
+                removed.clone()
+            ]
+        );
+        assert!(d.units.is_empty(), "forgotten after the removal");
+        // Removed and back before the read returns: only the new life's state, after the removal.
+        d.apply(unit("b.service", "active", "running"), &mut out);
+        let (names, epoch) = d.take_unresolved();
+        d.apply(
+            Signal::Removed {
+                name: "b.service".into(),
+            },
+            &mut out,
+        );
+        d.apply(unit("b.service", "failed", "failed"), &mut out);
+        let read = vec![("b.service".to_string(), LoadState::Loaded)];
+        d.resolved(epoch, &names, read, &mut out);
+        assert_eq!(
+            drain(&mut out),
+            vec![
+                Event::UnitRemoved {
+                    name: "b.service".into()
+                },
+                Event::UnitChanged {
+                    name: "b.service".into(),
+                    state: state("failed", "failed", None),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_load_state_asks_the_consumer_to_resync() {
+        let (mut d, mut out) = (Decoder::default(), Backlog::new(100));
+        d.apply(unit("a.service", "active", "running"), &mut out);
+        d.apply(
+            Signal::Job {
+                id: 1,
+                job: "/org/freedesktop/systemd1/job/1".into(),
+                unit: "a.service".into(),
+                result: JobResult::Done,
+            },
+            &mut out,
+        );
+        let (names, _) = d.take_unresolved();
+        d.unreadable(&names, &mut out);
+        assert_eq!(drain(&mut out), vec![Event::Resync]);
+        // Its next change asks for the load state again.
+        d.apply(unit("a.service", "inactive", "dead"), &mut out);
+        assert_eq!(d.take_unresolved().0, vec!["a.service".to_string()]);
     }
 }

@@ -42,7 +42,7 @@ mod owner;
 mod state;
 
 pub use error::{Error, Result};
-pub use events::{Event, Subscription};
+pub use events::{Event, Subscription, MAX_BACKLOG};
 pub use fence::{cgroup2_root, kill_unit_cgroups, CgroupKill, FENCE_DROPIN, GUARD_UNIT};
 pub use manager::{
     Bus, Config, Job, LoadSpec, ReloadPolicy, Systemd, DEFAULT_CALL_TIMEOUT,

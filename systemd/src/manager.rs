@@ -29,7 +29,7 @@ pub(crate) const MANAGER_IFACE: &str = "org.freedesktop.systemd1.Manager";
 /// `(type, file, destination)` of a unit file change.
 type UnitFileChange = (String, String, String);
 /// One entry of `ListUnitsByNames`.
-type ListedUnit = (
+pub(crate) type ListedUnit = (
     String,
     String,
     String,
@@ -726,8 +726,19 @@ impl Systemd {
         &self,
         wanted: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<Subscription> {
+        self.subscribe_with_backlog(wanted, crate::MAX_BACKLOG)
+            .await
+    }
+
+    /// Like [`Systemd::subscribe_filtered`], with room for `max_backlog` events (instead of
+    /// [`crate::MAX_BACKLOG`]) before the subscription drops them for one [`crate::Event::Resync`].
+    pub async fn subscribe_with_backlog(
+        &self,
+        wanted: impl Fn(&str) -> bool + Send + 'static,
+        max_backlog: usize,
+    ) -> Result<Subscription> {
         self.ensure_subscribed().await?;
-        Subscription::start(&self.inner.conn, Box::new(wanted)).await
+        Subscription::start(&self.inner.conn, Box::new(wanted), max_backlog).await
     }
 }
 

@@ -236,7 +236,7 @@ async fn the_subscription_sees_changes_made_by_others_and_reloads() {
             assert_eq!(unit, name, "filtered out");
             false
         }
-        Event::Disconnected => false,
+        Event::Resync | Event::Disconnected => false,
     })
     .await;
     assert_eq!(ev, Event::Reloaded);
@@ -677,4 +677,66 @@ async fn batches_load_start_and_unload_many_units_and_a_bad_one_fails_alone() {
     }
     assert!(stray.exists(), "the stray file is left alone");
     std::fs::remove_file(&stray).unwrap();
+}
+
+#[tokio::test]
+async fn a_consumer_that_falls_behind_gets_a_resync_first_then_newer_events() {
+    if !fleet_lab::require_root() {
+        return;
+    }
+    let lab = LAB.get().unwrap();
+    let sd = connect(&lab, 1).await;
+    let names: Vec<String> = (0..4).map(|i| format!("t-backlog-{i}.service")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for n in &refs {
+        sd.load_unit(n, SLEEPER, false).await.unwrap();
+    }
+    // Room for 2 events, and nobody reads while 4 units start: 4 job results and 4 states.
+    let mut events = sd
+        .subscribe_with_backlog(|n| n.starts_with("t-backlog-"), 2)
+        .await
+        .unwrap();
+    for r in sd.start_units(&refs).await {
+        r.unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let states = sd.list_unit_states(&refs).await.unwrap();
+        assert!(states.iter().all(|(_, s)| s.main_pid.is_none()));
+        if states
+            .iter()
+            .all(|(_, s)| s.active_state == ActiveState::Active)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all active: {states:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The signals of the starts came before the reply above; give the subscription's tasks time to
+    // take them.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        events.try_next(),
+        Some(Event::Resync),
+        "the queue overflowed"
+    );
+    let mut rest = Vec::new();
+    while let Some(ev) = events.try_next() {
+        rest.push(ev);
+    }
+    assert!(rest.len() <= 2, "bounded: {rest:?}");
+    // It still follows the units afterwards.
+    sd.stop_unit(&names[0]).await.unwrap();
+    let seen = states_until(&mut events, &names[0], |s| {
+        s.active_state == ActiveState::Inactive
+    })
+    .await;
+    assert_eq!(seen.last().unwrap().sub_state, "dead");
+    for n in &refs {
+        sd.stop_unit_and_wait(n).await.unwrap();
+        sd.unload_unit(n).await.unwrap();
+    }
 }
