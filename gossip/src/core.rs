@@ -75,6 +75,9 @@ use crate::types::{Liveness, MachineId, MachineView, Metadata, NodeIdentity, Uni
 pub use crate::wire::{FullState, StatePush, SyncAnswer, SyncOffer};
 use crate::wire::{Packet, DATAGRAM_STATE, DATAGRAM_SWIM};
 
+/// At most this many full syncs are asked for at once by one [`Node::join`] call (the other new
+/// addresses are retried at a bounded rate, as seeds).
+pub const JOIN_AT_ONCE: usize = 3;
 /// How often at most this node asks one machine directly about a new life it heard of.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// The roster is reconciled with foca's list every this many anti-entropy intervals (one minute
@@ -386,19 +389,31 @@ impl Node {
     }
 
     /// Joins through these addresses (configured seeds, or bootstrap addresses read from etcd): asks
-    /// for a full sync with each new one now, and again every `join_retry_interval` while no member
-    /// is alive (along with a few members last seen down or forgotten, so that a healed partition
-    /// merges back). Our own address is skipped. Addresses accumulate across calls: while some are
-    /// not the address of a member this node knows, it also retries them (and the addresses of
-    /// members it forgot) at a bounded rate, see [`Config::anti_entropy_interval`].
+    /// for a full sync now with up to [`JOIN_AT_ONCE`] new ones (chosen at random), and again every
+    /// `join_retry_interval` while no member is alive (along with a few members last seen down or
+    /// forgotten, so that a healed partition merges back). Our own address is skipped. Addresses
+    /// accumulate across calls: while some are not the address of a member this node knows, it also
+    /// retries them (and the addresses of members it forgot) at a bounded rate, see
+    /// [`Config::anti_entropy_interval`].
+    ///
+    /// One full sync teaches the whole membership of the peer, so a few are enough; a full sync with
+    /// every address given would cost a node O(n) exchanges of O(n) each when a whole cluster starts
+    /// at once and every fleetd joins every machine announced in etcd that it does not know yet.
     pub fn join(&mut self, now: Instant, addrs: &[SocketAddr]) {
         self.now = now;
         let own = self.identity().addr;
-        let fresh: Vec<SocketAddr> = addrs
+        let mut fresh: Vec<SocketAddr> = addrs
             .iter()
             .copied()
             .filter(|a| *a != own && self.seeds.insert(*a))
             .collect();
+        if fresh.len() > JOIN_AT_ONCE {
+            for k in 0..JOIN_AT_ONCE {
+                let i = self.rng.random_range(k..fresh.len());
+                fresh.swap(k, i);
+            }
+            fresh.truncate(JOIN_AT_ONCE);
+        }
         for addr in fresh {
             self.request_sync(addr, true);
         }
@@ -626,6 +641,23 @@ impl Node {
             local: me.machine_id,
             machines,
         }
+    }
+
+    /// Each member this node knows (itself excluded) and how it holds it: what [`Node::view`]
+    /// says of liveness, without copying anyone's state.
+    pub fn liveness(&self) -> impl Iterator<Item = (&MachineId, Liveness)> + '_ {
+        let me = &self.identity().machine_id;
+        self.roster
+            .iter()
+            .filter(move |(id, _)| *id != me)
+            .map(|(id, k)| {
+                let liveness = match k.state {
+                    State::Alive => Liveness::Alive,
+                    State::Suspect => Liveness::Suspect,
+                    State::Down => Liveness::Down,
+                };
+                (id, liveness)
+            })
     }
 
     /// Same as [`Node::view`].

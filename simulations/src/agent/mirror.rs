@@ -112,10 +112,8 @@ impl Sim {
         }
         let Some(node) = a.node.as_ref() else { return };
         let known: BTreeSet<u32> = node
-            .view()
-            .machines
-            .keys()
-            .filter_map(|id| self.by_id.get(id).copied())
+            .liveness()
+            .filter_map(|(id, _)| self.by_id.get(id).copied())
             .collect();
         let addrs: Vec<std::net::SocketAddr> = announced
             .into_iter()
@@ -169,11 +167,9 @@ impl Sim {
             return;
         };
         let suspects: BTreeSet<u32> = node
-            .view()
-            .machines
-            .values()
-            .filter(|v| v.liveness == Liveness::Suspect)
-            .filter_map(|v| self.by_id.get(&v.identity.machine_id).copied())
+            .liveness()
+            .filter(|(_, l)| *l == Liveness::Suspect)
+            .filter_map(|(id, _)| self.by_id.get(id).copied())
             .collect();
         if let Some(a) = self.machines[m as usize].agent.as_mut() {
             a.suspects = suspects;

@@ -118,7 +118,8 @@ impl Sim {
         self.push(at, Ev::Deliver { to, from, data });
     }
 
-    /// The three-message anti-entropy exchange, through the wire encoding, if both ends can talk.
+    /// The three-message anti-entropy exchange that node `a` asked for with `b`, through the wire
+    /// encoding, if both ends can talk.
     pub(super) fn sync(&mut self, a: u32, b: u32) {
         let (ai, bi) = (a as usize, b as usize);
         if a == b
@@ -134,7 +135,10 @@ impl Sim {
             return;
         }
         let (ta, tb) = (self.instant(a), self.instant(b));
-        let Some(offer) = self.node_mut(a).map(|n| n.sync_offer().encode()) else {
+        // As fleetd's driver does: the offer the node chose for this peer (a summary for the
+        // periodic anti-entropy, a full offer for a join, a retry or a heal).
+        let peer = addr_of(b);
+        let Some(offer) = self.node_mut(a).map(|n| n.sync_offer_to(peer).encode()) else {
             return;
         };
         self.metrics.sync_bytes += offer.len() as u64;
