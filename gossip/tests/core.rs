@@ -1,6 +1,6 @@
 //! Deterministic tests of the sans-IO node on a virtual network: seeded RNG, virtual clock.
 //!
-//! size: 23 independent scenarios sharing the virtual-network helpers at the top; to be split by
+//! size: 25 independent scenarios sharing the virtual-network helpers at the top; to be split by
 //! theme (membership, dissemination, anti-entropy) when no other change is editing it.
 
 use std::collections::BTreeMap;
@@ -977,4 +977,59 @@ fn a_long_partition_heals_although_its_datagrams_arrive_after_it() {
         worst = worst.max(took);
     }
     eprintln!("worst: {worst:?}");
+}
+
+/// Issue 14: fleetd joins every machine announced in etcd that its membership does not know; when a
+/// whole cluster starts at once that is nearly every machine, and a full sync with each would cost
+/// every node O(n) exchanges of O(n) members. One join asks for a few full syncs (with addresses
+/// chosen at random); the other addresses stay seeds, not asked again at once, and the cluster still
+/// forms.
+#[test]
+fn a_join_through_many_addresses_asks_for_a_few_full_syncs_and_the_cluster_forms() {
+    use fleet_gossip::core::JOIN_AT_ONCE;
+    let now = std::time::Instant::now();
+    let id = NodeIdentity {
+        machine_id: MachineId::parse("a").unwrap(),
+        addr: "127.0.0.1:4000".parse().unwrap(),
+        incarnation: 1,
+    };
+    let mut node = Node::new(Config::default(), id, StdRng::seed_from_u64(3), now);
+    let addrs: Vec<std::net::SocketAddr> = (1..=50u16)
+        .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + i)))
+        .collect();
+    node.join(now, &addrs);
+    let mut asked = Vec::new();
+    while let Some(peer) = node.poll_sync() {
+        asked.push(peer);
+    }
+    asked.sort();
+    asked.dedup();
+    assert_eq!(asked.len(), JOIN_AT_ONCE, "{asked:?}");
+    assert!(asked.iter().all(|a| addrs.contains(a)));
+    assert!(
+        asked.iter().any(|a| *a != addrs[0] && *a != addrs[1] && *a != addrs[2]),
+        "chosen at random, not the first ones: {asked:?}"
+    );
+    for peer in &asked {
+        assert!(!node.sync_offer_to(*peer).is_summary(), "a join is a full sync");
+    }
+    node.join(now, &addrs);
+    assert_eq!(node.poll_sync(), None, "addresses already given are not asked again at once");
+
+    // Every node joins through every node started before it.
+    let n = 16;
+    let mut net = VirtualNet::new(5, Config::default());
+    for i in 0..n {
+        let before: Vec<usize> = (0..i).collect();
+        let index = net.add_node(&before);
+        let requested = net.node(index).unwrap().counters().syncs_requested;
+        assert!(
+            requested <= JOIN_AT_ONCE as u64,
+            "node {index} asked for {requested} syncs"
+        );
+    }
+    let formed = net.run_until(Duration::from_secs(15), |net| {
+        (0..n).all(|a| (0..n).all(|b| a == b || net.sees_alive(a, b)))
+    });
+    assert!(formed, "the cluster did not form");
 }
