@@ -1007,14 +1007,23 @@ fn a_join_through_many_addresses_asks_for_a_few_full_syncs_and_the_cluster_forms
     assert_eq!(asked.len(), JOIN_AT_ONCE, "{asked:?}");
     assert!(asked.iter().all(|a| addrs.contains(a)));
     assert!(
-        asked.iter().any(|a| *a != addrs[0] && *a != addrs[1] && *a != addrs[2]),
+        asked
+            .iter()
+            .any(|a| *a != addrs[0] && *a != addrs[1] && *a != addrs[2]),
         "chosen at random, not the first ones: {asked:?}"
     );
     for peer in &asked {
-        assert!(!node.sync_offer_to(*peer).is_summary(), "a join is a full sync");
+        assert!(
+            !node.sync_offer_to(*peer).is_summary(),
+            "a join is a full sync"
+        );
     }
     node.join(now, &addrs);
-    assert_eq!(node.poll_sync(), None, "addresses already given are not asked again at once");
+    assert_eq!(
+        node.poll_sync(),
+        None,
+        "addresses already given are not asked again at once"
+    );
 
     // Every node joins through every node started before it.
     let n = 16;
