@@ -297,7 +297,7 @@ fn durations_and_selectors_parse() {
 /// converged by then (simulations/README.md, Speed).
 const FORMATION_MACHINES: usize = 200;
 /// Anti-entropy bytes per machine and second while forming, at most (9.1 kB/s measured at 200
-/// machines, seed 1, release build of 4b9e42e).
+/// machines, seed 1, release build of 14bfe9a).
 const SYNC_BOUND: f64 = 50_000.0;
 
 #[test]
