@@ -383,6 +383,14 @@ impl Node {
         out
     }
 
+    /// Whether this node counts its own machine among the forgotten members (a test oracle; its
+    /// certificate and state would have gone with it). Must stay false: foca keeps this node's
+    /// earlier identities as down members, and their removal concerns a past life, not this machine.
+    #[cfg(feature = "testing")]
+    pub fn forgot_itself(&self) -> bool {
+        self.lost.contains_key(&self.identity().machine_id)
+    }
+
     /// True once [`Node::leave`] was called.
     pub fn has_left(&self) -> bool {
         self.left
@@ -849,7 +857,12 @@ impl Node {
                 if probe_round {
                     self.probe_round_done();
                 }
-                if let Some(id) = forget {
+                // foca keeps this node's earlier identities (after a renewal) as down members: the
+                // end of such a past life forgets nothing of this machine.
+                let own = forget
+                    .as_ref()
+                    .is_some_and(|id| id.machine_id == self.identity().machine_id);
+                if let Some(id) = forget.filter(|_| !own) {
                     self.roster.forget(&id);
                     if self.roster.get(&id.machine_id).is_none() {
                         self.store.forget(&id.machine_id);

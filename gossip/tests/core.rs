@@ -973,6 +973,14 @@ fn a_long_partition_heals_although_its_datagrams_arrive_after_it() {
                 "seed {seed}: {at:?} after the heal, node {i}'s roster drifted from foca: {d:#?}"
             );
         }
+        // Each renewed node's previous identity ended (remove_down_after) during the calm: that
+        // forgot nothing of the node itself.
+        for i in &all {
+            assert!(
+                !net.node_ref(*i).expect("running").forgot_itself(),
+                "seed {seed}: node {i} forgot itself when its previous identity was removed"
+            );
+        }
         eprintln!("seed {seed}: merged back {took:?} after the heal");
         worst = worst.max(took);
     }
