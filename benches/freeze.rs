@@ -189,6 +189,7 @@ fn summary(samples: &[f64]) -> String {
     )
 }
 
+// long: the bench top to bottom: its settings, the lab, the rounds (freeze, takeover, thaw, kill) and the report
 fn main() {
     if !fleet_lab::require_root() {
         println!("bench freeze skipped: needs root and the cluster lab's tools (see above)");

@@ -173,6 +173,7 @@ async fn a_cluster_runs_on_sealed_datagrams() {
 /// datagram, another machine's signature, a replay, a datagram addressed to another machine or to
 /// an earlier life of the receiver. A correctly sealed one is taken (once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// long: a table of bad datagrams against one receiver, each checked for its refusal, then the good one
 async fn forged_replayed_and_garbage_sealed_datagrams_are_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

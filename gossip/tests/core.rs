@@ -900,6 +900,7 @@ fn unsigned_state_is_refused_by_signing_nodes() {
 /// others, and the members it named were told they were down at every exchange: they renewed
 /// their identities every anti-entropy interval and the sides did not merge.
 #[test]
+// long: one scenario per seed in order (form, cut, heal, merge, calm), each step with the checks it owes
 fn a_long_partition_heals_although_its_datagrams_arrive_after_it() {
     let config = Config {
         remove_down_after: Duration::from_secs(5),

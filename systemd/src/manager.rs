@@ -1,7 +1,6 @@
 //! The connection to systemd's Manager and the unit operations fleet needs.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,10 @@ use crate::events::{drain, Subscription};
 use crate::names::validate_unit_name;
 use crate::state::{ActiveState, JobResult, LoadState, UnitState};
 
+mod files;
 mod query;
+
+use files::write_atomic;
 
 /// Where unit files are written by default (as fleet v1 did).
 pub const DEFAULT_UNITS_DIRECTORY: &str = "/run/fleet/units";
@@ -204,8 +206,6 @@ struct Inner {
     manager: ManagerProxy<'static>,
     subscribed: OnceCell<()>,
 }
-
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Systemd {
     pub(crate) fn manager(&self) -> &ManagerProxy<'static> {
@@ -783,24 +783,4 @@ impl FileCall {
 /// The last component of a unit file's path: the unit's name.
 fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
-}
-
-async fn write_atomic(dir: &Path, name: &str, contents: &str) -> Result<()> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
-    };
-    tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
-    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let tmp = dir.join(format!(".fleet-{}-{n}.tmp", std::process::id()));
-    let path = dir.join(name);
-    if let Err(e) = tokio::fs::write(&tmp, contents).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(io(&tmp)(e));
-    }
-    if let Err(e) = tokio::fs::rename(&tmp, &path).await {
-        let _ = tokio::fs::remove_file(&tmp).await;
-        return Err(io(&path)(e));
-    }
-    Ok(())
 }
