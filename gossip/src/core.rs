@@ -1,9 +1,6 @@
 //! The sans-IO gossip node: foca's SWIM membership, state dissemination by pushes of its own, and
 //! anti-entropy.
 //!
-//! size: one state machine, [`Node`]: foca's runtime, the state pushes, anti-entropy and the
-//! timers share its private state; to be split along those lines when no other change edits it.
-//!
 //! A [`Node`] never touches a socket or a clock. Its driver feeds it datagrams
 //! ([`Node::handle_datagram_from`]), wakes it at [`Node::poll_timeout`] ([`Node::handle_timeout`]),
 //! and carries out what it asks for: datagrams to send ([`Node::poll_transmit`]) and state syncs to
@@ -56,40 +53,38 @@
 //! A summary exchange repairs what the peer lacks (push); what the initiator lacks, the peer's own
 //! syncs repair. Joining is a full exchange with a seed address: the seed learns the joiner from
 //! the offer, the joiner learns the whole cluster from the answer.
+//!
+//! # Where the code is
+//! This file holds the node's nouns and its public API; `core/input.rs` takes datagrams in and
+//! drains foca's runtime (its datagrams, timers and notifications); `core/push.rs` disseminates
+//! state updates; `core/timers.rs` runs the timers (foca's, anti-entropy, join retries, checks of
+//! new lives) and the reconnection of forgotten members; `sync.rs` the sync exchange.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, PostcardCodec, State, Timer};
+use foca::{AccumulatingRuntime, Foca, Member, PostcardCodec, State, Timer};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 pub use crate::config::Config;
-use crate::lifeguard::{Lifeguard, TimerKey};
+use crate::lifeguard::Lifeguard;
 use crate::outbox::Outbox;
 use crate::roster::Roster;
-use crate::store::{Change, Entry, Store, Update};
+use crate::store::Store;
 use crate::types::{Liveness, MachineId, MachineView, Metadata, NodeIdentity, UnitState, View};
 pub use crate::wire::{FullState, StatePush, SyncAnswer, SyncOffer};
-use crate::wire::{Packet, DATAGRAM_STATE, DATAGRAM_SWIM};
+use crate::wire::{DATAGRAM_STATE, DATAGRAM_SWIM};
+
+mod input;
+mod push;
+mod timers;
 
 /// At most this many full syncs are asked for at once by one [`Node::join`] call (the other new
 /// addresses are retried at a bounded rate, as seeds).
 pub const JOIN_AT_ONCE: usize = 3;
-/// How often at most this node asks one machine directly about a new life it heard of.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
-/// The roster is reconciled with foca's list every this many anti-entropy intervals (one minute
-/// with the defaults): an O(n) walk, a safety net (the roster follows foca's notifications).
-const RECONCILE_EVERY: u64 = 12;
-/// How long the address of a member forgotten after `remove_down_after` is still tried now and
-/// then (a partition that outlived `remove_down_after` heals through it; Serf's
-/// `reconnect_timeout` is the same idea, 24 h by default there too).
-const LOST_KEPT_FOR: Duration = Duration::from_secs(24 * 3600);
-/// At most this many forgotten addresses are kept (the oldest go first): one reachable member of
-/// the other side is enough to merge back, since a full sync exchanges whole memberships.
-const LOST_MAX: usize = 1024;
 
 /// Something the node learned.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -474,83 +469,6 @@ impl Node {
         }
     }
 
-    fn handle_swim(
-        &mut self,
-        from: SocketAddr,
-        certified: Option<&MachineId>,
-        data: &[u8],
-    ) -> Result<(), Error> {
-        let packet = match Packet::parse(data) {
-            Ok(p) => p,
-            Err(e) => return Err(self.garbage(from, foca::Error::Decode(Box::new(e)))),
-        };
-        let sender = packet.header.src.clone();
-        self.check_sender(from, certified, &sender)?;
-        if !self.foca_accepts(&packet.header) {
-            // foca drops the whole packet (see `foca_accepts`): nothing in it may reach the
-            // roster, the vouches or Lifeguard either.
-            let result = self.foca.handle_data(data, &mut self.runtime);
-            self.drain_runtime();
-            return result.map_err(|e| self.garbage(from, e));
-        }
-        let mut kept = Vec::with_capacity(packet.updates.len());
-        // A peer whose budget of refusals is spent speaks only for itself.
-        let over = self.budget_left(&sender.machine_id) == 0;
-        let mut dropped = 0;
-        for u in &packet.updates {
-            if over && u.id().machine_id != sender.machine_id && *u.id() != *self.identity() {
-                dropped += 1;
-                continue;
-            }
-            if self.admit(&sender, u) {
-                kept.push(u.clone());
-            }
-        }
-        self.over_budget(&sender.machine_id, dropped);
-        self.observe_datagram(
-            &Member::new(sender.clone(), packet.header.src_incarnation, State::Alive),
-            &kept,
-        );
-        let result = if kept.len() == packet.updates.len() {
-            self.foca.handle_data(data, &mut self.runtime)
-        } else {
-            let rewritten = packet.rewrite(&kept, data);
-            self.foca.handle_data(&rewritten, &mut self.runtime)
-        };
-        self.drain_runtime();
-        result.map_err(|e| self.garbage(from, e))
-    }
-
-    fn handle_push(
-        &mut self,
-        from: SocketAddr,
-        certified: Option<&MachineId>,
-        data: &[u8],
-    ) -> Result<(), Error> {
-        let push = match StatePush::decode(data) {
-            Ok(p) => p,
-            Err(e) => {
-                return Err(self.garbage(from, foca::Error::Decode(Box::new(e))));
-            }
-        };
-        self.check_sender(from, certified, &push.from)?;
-        // The sender speaks for itself: its own state may come up to its identity's epoch.
-        self.store
-            .allow_epoch(&push.from.machine_id, push.from.incarnation);
-        // Each update is taken only with its origin's signature (`crate::crypto`).
-        let news = self.take_push(&push.from.machine_id, push.updates);
-        self.pass_on(news);
-        self.drain_changes();
-        self.release_vouched();
-        Ok(())
-    }
-
-    pub(crate) fn garbage(&mut self, from: SocketAddr, source: foca::Error) -> Error {
-        self.counters.garbage_dropped += 1;
-        tracing::debug!(%from, error = %source, "dropped datagram");
-        Error::Garbage { from, source }
-    }
-
     /// When the node next wants [`Node::handle_timeout`] called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.keys().next().map(|(at, _, _)| *at)
@@ -695,432 +613,5 @@ impl Node {
             .cloned()
             .chain(std::iter::once(Member::alive(self.identity().clone())))
             .collect()
-    }
-
-    /// How many times each node passes `update` on: state `max_transmissions` times; suspicion
-    /// claims (which matter only while a suspicion lasts, and of which a partition makes many) a
-    /// third of that.
-    fn transmissions(&self, update: &Update) -> u8 {
-        match update.entry {
-            Entry::Suspicion { .. } => (self.config.max_transmissions / 3).max(2),
-            _ => self.config.max_transmissions,
-        }
-    }
-
-    /// Our own suspicion claim: pushed at once.
-    pub(crate) fn publish_claim(&mut self, claim: Update) {
-        self.publish(vec![claim]);
-    }
-
-    /// Local changes: pushed at once.
-    fn publish(&mut self, updates: Vec<Update>) {
-        if self.left || updates.is_empty() {
-            return;
-        }
-        for u in &updates {
-            self.outbox.add(u, self.transmissions(u));
-        }
-        self.push_now();
-    }
-
-    /// News learnt from others: passed on with the next push.
-    pub(crate) fn pass_on(&mut self, news: Vec<Update>) {
-        if self.left || news.is_empty() {
-            return;
-        }
-        for u in &news {
-            self.outbox.add(u, self.transmissions(u));
-        }
-        let at = self.now + self.config.gossip_interval;
-        self.schedule_push(at);
-    }
-
-    fn push_now(&mut self) {
-        self.push();
-        if !self.outbox.is_empty() {
-            let at = self.now + self.config.gossip_interval;
-            self.schedule_push(at);
-        }
-    }
-
-    fn schedule_push(&mut self, at: Instant) {
-        if self.push_at.is_some_and(|p| p <= at) {
-            return;
-        }
-        self.push_at = Some(at);
-        self.schedule(at, TimerKind::Push);
-    }
-
-    /// One push round: a datagram of pending updates to each of `gossip_fanout` random live
-    /// members.
-    fn push(&mut self) {
-        let me = self.identity().clone();
-        let room = self
-            .config
-            .max_packet_size
-            .max(256)
-            .saturating_sub(crate::wire::state_header_len(&me));
-        let targets =
-            self.roster
-                .random_live(&mut self.rng, self.config.gossip_fanout.max(1), None);
-        for target in targets {
-            if self.outbox.is_empty() {
-                break;
-            }
-            let Some(dst) = self.roster.get(&target).map(|k| k.identity.addr) else {
-                continue;
-            };
-            let (bytes, count) = self.outbox.fill(room);
-            if count == 0 {
-                break;
-            }
-            self.counters.pushes_out += 1;
-            self.transmits.push_back(Transmit {
-                dst,
-                dst_id: target,
-                data: Bytes::from(crate::wire::state_datagram(&me, count, &bytes)),
-            });
-        }
-    }
-
-    fn request_sync(&mut self, addr: SocketAddr, full: bool) {
-        self.counters.syncs_requested += 1;
-        if full {
-            self.full_syncs.insert(addr);
-        }
-        self.syncs.push_back(addr);
-    }
-
-    fn schedule(&mut self, at: Instant, timer: TimerKind) -> TimerKey {
-        // foca wants a probe's indirect stage handled before the next probe when both are due.
-        let prio = match timer {
-            TimerKind::Foca(Timer::SendIndirectProbe { .. }) => 0,
-            _ => 1,
-        };
-        self.timer_seq += 1;
-        let key = (at, prio, self.timer_seq);
-        self.timers.insert(key, timer);
-        key
-    }
-
-    /// Schedules one of foca's timers; returns its key.
-    pub(crate) fn schedule_keyed(&mut self, at: Instant, timer: Timer<NodeIdentity>) -> TimerKey {
-        self.schedule(at, TimerKind::Foca(timer))
-    }
-
-    /// Removes a scheduled foca timer and returns it.
-    pub(crate) fn take_timer(&mut self, key: TimerKey) -> Option<Timer<NodeIdentity>> {
-        match self.timers.remove(&key) {
-            Some(TimerKind::Foca(t)) => Some(t),
-            Some(other) => {
-                self.timers.insert(key, other);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Cancels a scheduled foca timer.
-    pub(crate) fn cancel_timer(&mut self, key: TimerKey) {
-        let _ = self.take_timer(key);
-    }
-
-    fn fire(&mut self, timer: TimerKind) {
-        match timer {
-            TimerKind::Foca(t) => {
-                let forget = match &t {
-                    Timer::RemoveDown(id) => Some(id.clone()),
-                    _ => None,
-                };
-                if let Timer::ChangeSuspectToDown {
-                    member_id,
-                    incarnation,
-                    ..
-                } = &t
-                {
-                    self.suspicion_ends(member_id, *incarnation);
-                    if !self.still_suspected(member_id, *incarnation) {
-                        // Refuted (or renamed, or already down): foca would still send the member
-                        // a "you are down" courtesy message (it checks the incarnation only for
-                        // its own verdict), which makes a live member rejoin for nothing.
-                        return;
-                    }
-                }
-                let probe_round = matches!(t, Timer::ProbeRandomMember(_));
-                if probe_round {
-                    self.lifeguard.probe_failed = false;
-                }
-                if let Err(e) = self.foca.handle_timer(t, &mut self.runtime) {
-                    tracing::debug!(error = %e, "foca timer failed");
-                }
-                self.drain_runtime();
-                if probe_round {
-                    self.probe_round_done();
-                }
-                // foca keeps this node's earlier identities (after a renewal) as down members: the
-                // end of such a past life forgets nothing of this machine.
-                let own = forget
-                    .as_ref()
-                    .is_some_and(|id| id.machine_id == self.identity().machine_id);
-                if let Some(id) = forget.filter(|_| !own) {
-                    self.roster.forget(&id);
-                    if self.roster.get(&id.machine_id).is_none() {
-                        self.store.forget(&id.machine_id);
-                        self.certs.forget(&id.machine_id);
-                        self.remember_lost(id);
-                    }
-                }
-            }
-            TimerKind::Push => {
-                self.push_at = None;
-                self.push_now();
-            }
-            TimerKind::AntiEntropy => {
-                // The roster follows foca's notifications; re-read foca's list now and then so
-                // that it never drifts (an O(n) walk about once a minute, off the hot paths).
-                if self.anti_entropy_ticks.is_multiple_of(RECONCILE_EVERY) {
-                    let fixed = self
-                        .roster
-                        .reconcile(self.foca.iter_membership_state(), self.now);
-                    if fixed > 0 {
-                        tracing::debug!(fixed, "roster reconciled with foca");
-                    }
-                }
-                self.anti_entropy_ticks += 1;
-                let now = self.now;
-                self.checked.retain(|_, at| now < *at + CHECK_EVERY);
-                self.prune_claims();
-                self.prune_held();
-                self.budgets.prune(now);
-                // A summary sync with one random live member, and a full one with one random
-                // member we saw die: if it was only cut off (a healed partition), the sync makes
-                // both sides renew and rejoin.
-                if let Some(pick) = self.roster.random_live(&mut self.rng, 1, None).pop() {
-                    if let Some(k) = self.roster.get(&pick) {
-                        let addr = k.identity.addr;
-                        self.request_sync(addr, false);
-                    }
-                }
-                if let Some(addr) = self.random_down(1).pop() {
-                    self.request_sync(addr, true);
-                }
-                // A partition longer than `remove_down_after` leaves no down member to heal
-                // through: each side forgot the other. Like Serf's reconnect of failed members,
-                // retry one seed or forgotten address that is no known member's, with probability
-                // (such addresses / live members): about one attempt per interval cluster-wide for
-                // one dead machine, one per node per interval on a side that lost more than it kept.
-                self.reconnect();
-                self.schedule(
-                    self.now + self.config.anti_entropy_interval,
-                    TimerKind::AntiEntropy,
-                );
-            }
-            TimerKind::JoinRetry => {
-                if self.foca.num_members() == 0 {
-                    // Isolated: retry the seeds, and a few members we saw die (they may only have
-                    // been cut off; a sync makes both sides renew and rejoin each other).
-                    let mut targets: Vec<SocketAddr> = self.seeds.iter().copied().collect();
-                    for addr in self.random_down(3) {
-                        if !self.seeds.contains(&addr) {
-                            targets.push(addr);
-                        }
-                    }
-                    let mut lost = self.reconnect_candidates();
-                    lost.retain(|a| !self.seeds.contains(a));
-                    for _ in 0..3 {
-                        if lost.is_empty() {
-                            break;
-                        }
-                        let i = self.rng.random_range(0..lost.len());
-                        targets.push(lost.swap_remove(i));
-                    }
-                    for addr in targets {
-                        self.request_sync(addr, true);
-                    }
-                }
-                self.schedule(
-                    self.now + self.config.join_retry_interval,
-                    TimerKind::JoinRetry,
-                );
-            }
-            TimerKind::Check(machine) => {
-                if let Some(k) = self.roster.get(&machine) {
-                    // foca accepts an announce addressed to any life of its machine and answers
-                    // with a feed from its current identity, which this node then hears first-hand.
-                    let dst = k.identity.clone();
-                    if let Err(e) = self.foca.announce(dst, &mut self.runtime) {
-                        tracing::debug!(error = %e, "announce failed");
-                    }
-                    self.drain_runtime();
-                }
-            }
-        }
-    }
-
-    /// Records the address of a member just forgotten (see [`LOST_KEPT_FOR`], [`LOST_MAX`]).
-    fn remember_lost(&mut self, id: NodeIdentity) {
-        self.lost.insert(id.machine_id, (id.addr, self.now));
-        while self.lost.len() > LOST_MAX {
-            let oldest = self
-                .lost
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(m, _)| m.clone());
-            match oldest {
-                Some(m) => self.lost.remove(&m),
-                None => break,
-            };
-        }
-    }
-
-    /// Addresses worth a full sync to merge back a partition: the seeds and the addresses of
-    /// forgotten members, less our own and those of the members this node knows (whatever their
-    /// state: a member seen down is retried by the anti-entropy already). Drops the forgotten
-    /// members that came back or were forgotten over [`LOST_KEPT_FOR`] ago. An O(n) walk, run
-    /// once per anti-entropy interval (and per join retry while isolated).
-    fn reconnect_candidates(&mut self) -> Vec<SocketAddr> {
-        let now = self.now;
-        let roster = &self.roster;
-        self.lost
-            .retain(|m, (_, at)| roster.get(m).is_none() && now < *at + LOST_KEPT_FOR);
-        if self.seeds.is_empty() && self.lost.is_empty() {
-            return Vec::new();
-        }
-        let own = self.identity().addr;
-        let known: BTreeSet<SocketAddr> = self
-            .roster
-            .iter()
-            .map(|(_, k)| k.identity.addr)
-            .chain(std::iter::once(own))
-            .collect();
-        let mut out: BTreeSet<SocketAddr> = self.seeds.clone();
-        out.extend(self.lost.values().map(|(a, _)| *a));
-        out.retain(|a| !known.contains(a));
-        out.into_iter().collect()
-    }
-
-    /// One full sync with a random [`Node::reconnect_candidates`] address, with probability
-    /// (candidates / live members), capped at 1.
-    fn reconnect(&mut self) {
-        let candidates = self.reconnect_candidates();
-        if candidates.is_empty() {
-            return;
-        }
-        let live = self.roster.live_count();
-        if candidates.len() < live {
-            let p = candidates.len() as f64 / live as f64;
-            if !self.rng.random_bool(p) {
-                return;
-            }
-        }
-        let i = self.rng.random_range(0..candidates.len());
-        self.request_sync(candidates[i], true);
-    }
-
-    /// Up to `k` addresses of members seen down, chosen at random (an O(n) walk: used every few
-    /// seconds at most).
-    fn random_down(&mut self, k: usize) -> Vec<SocketAddr> {
-        let mut down: Vec<SocketAddr> = self
-            .roster
-            .iter()
-            .filter(|(_, m)| m.state == State::Down)
-            .map(|(_, m)| m.identity.addr)
-            .collect();
-        let mut out = Vec::new();
-        while out.len() < k && !down.is_empty() {
-            let i = self.rng.random_range(0..down.len());
-            out.push(down.swap_remove(i));
-        }
-        out
-    }
-
-    pub(crate) fn drain_runtime(&mut self) {
-        let now = self.now;
-        self.send_foca_datagrams();
-        while let Some((after, timer)) = self.runtime.to_schedule() {
-            self.lifeguard_schedule(after, timer);
-        }
-        // A suspicion that just started may have asked its suspect something directly.
-        self.send_foca_datagrams();
-        if let Some(vouch) = self.own_vouch() {
-            self.publish(vec![vouch]);
-        }
-        while let Some(n) = self.runtime.to_notify() {
-            let event = match n {
-                OwnedNotification::MemberUp(id) => {
-                    self.roster.up(&id, now);
-                    self.store.allow_epoch(&id.machine_id, id.incarnation);
-                    Event::MemberUp(id.machine_id)
-                }
-                OwnedNotification::MemberDown(id) => {
-                    self.roster.down(&id, now);
-                    self.held_at_down(&id);
-                    Event::MemberDown(id.machine_id)
-                }
-                OwnedNotification::Rename(_, new) => {
-                    // A walk of foca's list, but renames are rare (restarts, renewals).
-                    let held = self
-                        .foca
-                        .iter_membership_state()
-                        .find(|m| *m.id() == new)
-                        .map(|m| (m.state(), m.incarnation()));
-                    self.roster.renamed(&new, held, now);
-                    self.store.allow_epoch(&new.machine_id, new.incarnation);
-                    Event::MemberRestarted(new.machine_id)
-                }
-                OwnedNotification::Active => Event::Connected,
-                OwnedNotification::Idle => Event::Isolated,
-                OwnedNotification::Defunct => Event::Defunct,
-                OwnedNotification::Rejoin(id) => {
-                    tracing::warn!(
-                        incarnation = id.incarnation,
-                        "the cluster declared this node down: rejoined with a renewed identity"
-                    );
-                    Event::Rejoined(id)
-                }
-            };
-            tracing::debug!(?event, "gossip event");
-            self.events.push_back(event);
-        }
-        self.drain_changes();
-    }
-
-    fn send_foca_datagrams(&mut self) {
-        while let Some((to, data)) = self.runtime.to_send() {
-            self.note_own_incarnation(&data);
-            let data = self.with_suspicion(&to, data);
-            let mut framed = Vec::with_capacity(data.len() + 1);
-            framed.push(DATAGRAM_SWIM);
-            framed.extend_from_slice(&data);
-            self.transmits.push_back(Transmit {
-                dst: to.addr,
-                dst_id: to.machine_id,
-                data: Bytes::from(framed),
-            });
-        }
-    }
-
-    pub(crate) fn drain_changes(&mut self) {
-        let changes = self.store.take_changes();
-        for (origin, change) in changes {
-            self.events.push_back(match change {
-                Change::Metadata => Event::MetadataChanged(origin),
-                Change::Units => Event::UnitStatesChanged(origin),
-            });
-        }
-    }
-
-    /// Asks `machine` directly who it is now (soon, spread at random so that a machine that
-    /// restarts is not asked by every member at once), at most every [`CHECK_EVERY`].
-    pub(crate) fn want_check(&mut self, machine: MachineId) {
-        if let Some(at) = self.checked.get(&machine) {
-            if self.now < *at + CHECK_EVERY {
-                return;
-            }
-        }
-        self.checked.insert(machine.clone(), self.now);
-        let spread = self.config.probe_period.as_micros().max(1) as u64;
-        let delay = Duration::from_micros(self.rng.random_range(0..spread));
-        self.schedule(self.now + delay, TimerKind::Check(machine));
     }
 }

@@ -130,11 +130,6 @@ pub const KNOWN_LONG_FNS: &[(&str, &str, &str)] = &[
         "a measuring script: set-up, runs, printed figures, in order",
     ),
     (
-        "gossip/src/core.rs",
-        "fire",
-        "the one dispatch of every timer of the protocol core, a match arm per timer",
-    ),
-    (
         "lab/tests/lab.rs",
         "an_etcd_member_cluster_whose_members_fail_alone",
         "one lab scenario: each member fault builds on the cluster the previous step left",

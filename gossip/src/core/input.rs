@@ -1,0 +1,167 @@
+//! What comes into the node: SWIM datagrams (checked, then handed to foca) and state pushes; and
+//! what foca's runtime asks for after each input (datagrams, timers, notifications).
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use foca::{Member, OwnedNotification, State};
+
+use super::{Error, Event, Node, StatePush, Transmit};
+use crate::store::Change;
+use crate::types::MachineId;
+use crate::wire::{Packet, DATAGRAM_SWIM};
+
+impl Node {
+    pub(super) fn handle_swim(
+        &mut self,
+        from: SocketAddr,
+        certified: Option<&MachineId>,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let packet = match Packet::parse(data) {
+            Ok(p) => p,
+            Err(e) => return Err(self.garbage(from, foca::Error::Decode(Box::new(e)))),
+        };
+        let sender = packet.header.src.clone();
+        self.check_sender(from, certified, &sender)?;
+        if !self.foca_accepts(&packet.header) {
+            // foca drops the whole packet (see `foca_accepts`): nothing in it may reach the
+            // roster, the vouches or Lifeguard either.
+            let result = self.foca.handle_data(data, &mut self.runtime);
+            self.drain_runtime();
+            return result.map_err(|e| self.garbage(from, e));
+        }
+        let mut kept = Vec::with_capacity(packet.updates.len());
+        // A peer whose budget of refusals is spent speaks only for itself.
+        let over = self.budget_left(&sender.machine_id) == 0;
+        let mut dropped = 0;
+        for u in &packet.updates {
+            if over && u.id().machine_id != sender.machine_id && *u.id() != *self.identity() {
+                dropped += 1;
+                continue;
+            }
+            if self.admit(&sender, u) {
+                kept.push(u.clone());
+            }
+        }
+        self.over_budget(&sender.machine_id, dropped);
+        self.observe_datagram(
+            &Member::new(sender.clone(), packet.header.src_incarnation, State::Alive),
+            &kept,
+        );
+        let result = if kept.len() == packet.updates.len() {
+            self.foca.handle_data(data, &mut self.runtime)
+        } else {
+            let rewritten = packet.rewrite(&kept, data);
+            self.foca.handle_data(&rewritten, &mut self.runtime)
+        };
+        self.drain_runtime();
+        result.map_err(|e| self.garbage(from, e))
+    }
+
+    pub(super) fn handle_push(
+        &mut self,
+        from: SocketAddr,
+        certified: Option<&MachineId>,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let push = match StatePush::decode(data) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(self.garbage(from, foca::Error::Decode(Box::new(e))));
+            }
+        };
+        self.check_sender(from, certified, &push.from)?;
+        // The sender speaks for itself: its own state may come up to its identity's epoch.
+        self.store
+            .allow_epoch(&push.from.machine_id, push.from.incarnation);
+        // Each update is taken only with its origin's signature (`crate::crypto`).
+        let news = self.take_push(&push.from.machine_id, push.updates);
+        self.pass_on(news);
+        self.drain_changes();
+        self.release_vouched();
+        Ok(())
+    }
+
+    pub(crate) fn garbage(&mut self, from: SocketAddr, source: foca::Error) -> Error {
+        self.counters.garbage_dropped += 1;
+        tracing::debug!(%from, error = %source, "dropped datagram");
+        Error::Garbage { from, source }
+    }
+
+    pub(crate) fn drain_runtime(&mut self) {
+        let now = self.now;
+        self.send_foca_datagrams();
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            self.lifeguard_schedule(after, timer);
+        }
+        // A suspicion that just started may have asked its suspect something directly.
+        self.send_foca_datagrams();
+        if let Some(vouch) = self.own_vouch() {
+            self.publish(vec![vouch]);
+        }
+        while let Some(n) = self.runtime.to_notify() {
+            let event = match n {
+                OwnedNotification::MemberUp(id) => {
+                    self.roster.up(&id, now);
+                    self.store.allow_epoch(&id.machine_id, id.incarnation);
+                    Event::MemberUp(id.machine_id)
+                }
+                OwnedNotification::MemberDown(id) => {
+                    self.roster.down(&id, now);
+                    self.held_at_down(&id);
+                    Event::MemberDown(id.machine_id)
+                }
+                OwnedNotification::Rename(_, new) => {
+                    // A walk of foca's list, but renames are rare (restarts, renewals).
+                    let held = self
+                        .foca
+                        .iter_membership_state()
+                        .find(|m| *m.id() == new)
+                        .map(|m| (m.state(), m.incarnation()));
+                    self.roster.renamed(&new, held, now);
+                    self.store.allow_epoch(&new.machine_id, new.incarnation);
+                    Event::MemberRestarted(new.machine_id)
+                }
+                OwnedNotification::Active => Event::Connected,
+                OwnedNotification::Idle => Event::Isolated,
+                OwnedNotification::Defunct => Event::Defunct,
+                OwnedNotification::Rejoin(id) => {
+                    tracing::warn!(
+                        incarnation = id.incarnation,
+                        "the cluster declared this node down: rejoined with a renewed identity"
+                    );
+                    Event::Rejoined(id)
+                }
+            };
+            tracing::debug!(?event, "gossip event");
+            self.events.push_back(event);
+        }
+        self.drain_changes();
+    }
+
+    fn send_foca_datagrams(&mut self) {
+        while let Some((to, data)) = self.runtime.to_send() {
+            self.note_own_incarnation(&data);
+            let data = self.with_suspicion(&to, data);
+            let mut framed = Vec::with_capacity(data.len() + 1);
+            framed.push(DATAGRAM_SWIM);
+            framed.extend_from_slice(&data);
+            self.transmits.push_back(Transmit {
+                dst: to.addr,
+                dst_id: to.machine_id,
+                data: Bytes::from(framed),
+            });
+        }
+    }
+
+    pub(crate) fn drain_changes(&mut self) {
+        let changes = self.store.take_changes();
+        for (origin, change) in changes {
+            self.events.push_back(match change {
+                Change::Metadata => Event::MetadataChanged(origin),
+                Change::Units => Event::UnitStatesChanged(origin),
+            });
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The store's digest and anti-entropy deltas.
+//!
+//! The digest of the whole store folds into [`BUCKETS`] sums (one per bucket of origins, kept up to
+//! date on every change), so that two nodes compare their states with a few hundred bytes whatever
+//! the cluster's size, and exchange details only for the buckets that differ. A delta is what a
+//! peer lacks given its digest: every entry newer than its `synced` stamp, per origin.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Entry, OriginData, OriginDelta, Store, BUCKETS};
+use crate::types::{MachineId, Stamp};
+
+/// A well-mixed 64-bit hash, the same on every machine (FNV-1a, then a finaliser).
+pub(crate) fn mix(bytes: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The bucket of an origin (of [`BUCKETS`]).
+pub(crate) fn bucket_of(origin: &MachineId) -> usize {
+    (mix(origin.as_str().as_bytes(), 0) as usize) & (BUCKETS - 1)
+}
+
+/// An origin's contribution to its bucket's sum: its ID and `synced` stamp.
+pub(super) fn contribution(origin: &MachineId, synced: Stamp) -> u64 {
+    let h = mix(origin.as_str().as_bytes(), 1);
+    mix(
+        &[synced.epoch.to_le_bytes(), synced.version.to_le_bytes()].concat(),
+        h,
+    )
+}
+
+/// A member's contribution to its bucket's sum: its ID, its identity's incarnation, and whether it
+/// is down (a suspect counts as alive: suspicion comes and goes too fast to compare).
+pub(crate) fn member_contribution(id: &MachineId, incarnation: u64, down: bool) -> u64 {
+    let h = mix(id.as_str().as_bytes(), 2);
+    mix(
+        &[&incarnation.to_le_bytes()[..], &[u8::from(down)]].concat(),
+        h,
+    )
+}
+
+/// Folds per-bucket sums (several tables of [`BUCKETS`], added) into `count` 32-bit sums.
+fn fold(tables: &[&[u64]], count: usize) -> Vec<u32> {
+    let count = count.clamp(1, BUCKETS).next_power_of_two();
+    let mut out = vec![0u64; count];
+    for table in tables {
+        for (b, sum) in table.iter().enumerate() {
+            out[b & (count - 1)] = out[b & (count - 1)].wrapping_add(*sum);
+        }
+    }
+    out.into_iter().map(|s| (s ^ (s >> 32)) as u32).collect()
+}
+
+impl OriginData {
+    fn entries_after(&self, after: Stamp) -> Vec<(Stamp, Entry, Vec<u8>)> {
+        let mut out = Vec::new();
+        if let Some((stamp, m, sig)) = &self.metadata {
+            if *stamp > after {
+                out.push((*stamp, Entry::Metadata(m.clone()), sig.clone()));
+            }
+        }
+        if let Some((stamp, life, incarnation, sig)) = &self.incarnation {
+            if *stamp > after {
+                out.push((
+                    *stamp,
+                    Entry::Incarnation {
+                        life: *life,
+                        incarnation: *incarnation,
+                    },
+                    sig.clone(),
+                ));
+            }
+        }
+        for (name, (stamp, state, sig)) in &self.units {
+            if *stamp > after {
+                out.push((
+                    *stamp,
+                    Entry::Unit {
+                        name: name.clone(),
+                        state: state.clone(),
+                    },
+                    sig.clone(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Store {
+    /// Per origin, the stamp up to which this node has everything.
+    pub(crate) fn digest(&self) -> Vec<(MachineId, Stamp)> {
+        self.origins
+            .iter()
+            .map(|(id, o)| (id.clone(), o.synced))
+            .collect()
+    }
+
+    /// The digest folded into `count` buckets (a power of two, at most [`BUCKETS`]): 32 bits each.
+    /// `members` adds the membership's per-bucket sums (or is empty).
+    pub(crate) fn summary(&self, count: usize, members: &[u64]) -> Vec<u32> {
+        fold(&[&self.sums, members], count)
+    }
+
+    /// The buckets (of `count`) in which `theirs` differs from this node's summary.
+    pub(crate) fn differing(&self, theirs: &[u32], members: &[u64]) -> Vec<u16> {
+        let mine = self.summary(theirs.len(), members);
+        if mine.len() != theirs.len() {
+            return (0..mine.len() as u16).collect();
+        }
+        (0..mine.len())
+            .filter(|b| mine[*b] != theirs[*b])
+            .map(|b| b as u16)
+            .collect()
+    }
+
+    /// Per origin in `buckets` (of `count`), the stamp up to which this node has everything.
+    pub(crate) fn digest_of(&self, buckets: &[u16], count: usize) -> Vec<(MachineId, Stamp)> {
+        let wanted: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        self.origins
+            .iter()
+            .filter(|(id, _)| wanted.contains(&(bucket_of(id) & mask)))
+            .map(|(id, o)| (id.clone(), o.synced))
+            .collect()
+    }
+
+    /// What a peer whose digest is `peer` lacks. `certificate` gives an origin's certificate,
+    /// sent along when the peer lacks the origin's current epoch.
+    pub(crate) fn delta_for(
+        &self,
+        peer: &[(MachineId, Stamp)],
+        certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
+    ) -> Vec<OriginDelta> {
+        self.delta_where(peer, |_| true, certificate)
+    }
+
+    /// What a peer lacks of the origins in `buckets` (of `count`), `peer` being its digest of them.
+    pub(crate) fn delta_for_buckets(
+        &self,
+        peer: &[(MachineId, Stamp)],
+        buckets: &[u16],
+        count: usize,
+        certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
+    ) -> Vec<OriginDelta> {
+        let wanted: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        self.delta_where(
+            peer,
+            |id| wanted.contains(&(bucket_of(id) & mask)),
+            certificate,
+        )
+    }
+
+    fn delta_where(
+        &self,
+        peer: &[(MachineId, Stamp)],
+        include: impl Fn(&MachineId) -> bool,
+        certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
+    ) -> Vec<OriginDelta> {
+        let peer: BTreeMap<&MachineId, Stamp> = peer.iter().map(|(id, s)| (id, *s)).collect();
+        let mut out = Vec::new();
+        for (id, data) in &self.origins {
+            if !include(id) {
+                continue;
+            }
+            let theirs = peer.get(id).copied().unwrap_or_default();
+            // A peer on an older epoch of this origin needs all of the current one.
+            let new_life = theirs.epoch < data.epoch;
+            let after = if new_life { Stamp::default() } else { theirs };
+            let entries = data.entries_after(after);
+            if !entries.is_empty() || data.synced > theirs {
+                out.push(OriginDelta {
+                    origin: id.clone(),
+                    synced: data.synced,
+                    certificate: if new_life || theirs.version == 0 {
+                        certificate(id)
+                    } else {
+                        None
+                    },
+                    entries,
+                });
+            }
+        }
+        out
+    }
+}
