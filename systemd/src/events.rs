@@ -39,7 +39,9 @@ pub enum Event {
         /// Its state now.
         state: UnitState,
     },
-    /// systemd freed a unit object (e.g. an unloaded, inactive unit); it is `not-found` now.
+    /// systemd freed a unit object (e.g. an unloaded, inactive unit); it is `not-found` now. A
+    /// reload frees every unit object and creates again those that still exist: only a unit it did not
+    /// create again is reported, when the reload ends (before [`Event::Reloaded`]).
     UnitRemoved {
         /// Unit name.
         name: String,
@@ -67,7 +69,7 @@ pub enum Event {
 
 /// A stream of [`Event`]s from one systemd. Built by [`crate::Systemd::subscribe`] (which calls
 /// `Manager.Subscribe()`); it follows `PropertiesChanged` of unit objects and the Manager's
-/// `JobRemoved`, `UnitRemoved` and `Reloading` signals.
+/// `JobRemoved`, `UnitRemoved`, `UnitNew` and `Reloading` signals.
 ///
 /// Events are only about changes after the subscription: read the current states once with
 /// [`crate::Systemd::list_units`] after subscribing. A background task reads the signals as they come
@@ -357,6 +359,10 @@ enum Signal {
     },
     /// The Manager's `UnitRemoved`.
     Removed { name: String },
+    /// The Manager's `UnitNew`.
+    New { name: String },
+    /// The Manager's `Reloading(true)`: a reload started.
+    Reloading,
     /// The Manager's `Reloading(false)`: a reload finished.
     Reloaded,
 }
@@ -408,9 +414,17 @@ impl Signal {
                 let (name, _path) = body.deserialize::<(String, OwnedObjectPath)>().ok()?;
                 wanted(&name).then_some(Signal::Removed { name })
             }
+            (MANAGER_IFACE, "UnitNew") if path == MANAGER_PATH => {
+                let (name, _path) = body.deserialize::<(String, OwnedObjectPath)>().ok()?;
+                wanted(&name).then_some(Signal::New { name })
+            }
             (MANAGER_IFACE, "Reloading") if path == MANAGER_PATH => {
                 let active: bool = body.deserialize().ok()?;
-                (!active).then_some(Signal::Reloaded)
+                Some(if active {
+                    Signal::Reloading
+                } else {
+                    Signal::Reloaded
+                })
             }
             _ => None,
         }
@@ -430,6 +444,13 @@ struct Decoder {
     asked: BTreeSet<String>,
     /// Counts reloads: a `LoadState` read before one may be stale.
     epoch: u64,
+    /// A reload is under way (`Reloading(true)` seen, `Reloading(false)` not yet).
+    reloading: bool,
+    /// Units systemd freed during the reload under way and has not created again (`UnitNew`) yet. A
+    /// reload frees every unit object and creates again all that still exist, running ones included,
+    /// without a `PropertiesChanged` for those whose state did not change: only the units still here
+    /// at its end were really removed.
+    freed_in_reload: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -501,17 +522,19 @@ impl Decoder {
                     result,
                 });
             }
-            Signal::Removed { name } => {
-                let reading = self.unresolved.contains(&name) || self.asked.contains(&name);
-                match self.units.get_mut(&name) {
-                    Some(known) if reading => known.removed = true,
-                    _ => {
-                        self.units.remove(&name);
-                    }
-                }
-                out.push(Event::UnitRemoved { name });
+            Signal::Removed { name } if self.reloading => {
+                self.freed_in_reload.insert(name);
             }
+            Signal::New { name } => {
+                self.freed_in_reload.remove(&name);
+            }
+            Signal::Reloading => self.reloading = true,
+            Signal::Removed { name } => self.removed(name, out),
             Signal::Reloaded => {
+                self.reloading = false;
+                for name in std::mem::take(&mut self.freed_in_reload) {
+                    self.removed(name, out);
+                }
                 self.epoch += 1;
                 for known in self.units.values_mut() {
                     known.load = None; // may have changed: read again on the next change
@@ -519,6 +542,18 @@ impl Decoder {
                 out.push(Event::Reloaded);
             }
         }
+    }
+
+    /// systemd removed `name` (outside a reload, or at the end of one that did not create it again).
+    fn removed(&mut self, name: String, out: &mut Backlog) {
+        let reading = self.unresolved.contains(&name) || self.asked.contains(&name);
+        match self.units.get_mut(&name) {
+            Some(known) if reading => known.removed = true,
+            _ => {
+                self.units.remove(&name);
+            }
+        }
+        out.push(Event::UnitRemoved { name });
     }
 
     /// Queues `name`'s state if it is complete and not the one last queued (else frees its place).

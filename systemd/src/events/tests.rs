@@ -189,3 +189,71 @@ fn an_unreadable_load_state_asks_the_consumer_to_resync() {
     d.apply(unit("a.service", "inactive", "dead"), &mut out);
     assert_eq!(d.take_unresolved().0, vec!["a.service".to_string()]);
 }
+
+/// A reload frees every unit object and creates again those that still exist (`UnitRemoved`, then
+/// `UnitNew`, between `Reloading(true)` and `Reloading(false)`; systemd 252 in the lab), with no
+/// `PropertiesChanged` for a running unit whose state did not change: it is not removed.
+#[test]
+fn a_reload_removes_only_the_units_it_does_not_create_again() {
+    let (mut d, mut out) = (Decoder::default(), Backlog::new(100));
+    d.apply(unit("kept.service", "active", "running"), &mut out);
+    d.apply(unit("gone.service", "inactive", "dead"), &mut out);
+    let (names, epoch) = d.take_unresolved();
+    let read = names
+        .iter()
+        .map(|n| (n.clone(), LoadState::Loaded))
+        .collect();
+    d.resolved(epoch, &names, read, &mut out);
+    assert_eq!(drain(&mut out).len(), 2);
+    let signal = |s: fn(String) -> Signal, name: &str| s(name.to_string());
+    d.apply(Signal::Reloading, &mut out);
+    d.apply(
+        signal(|name| Signal::Removed { name }, "kept.service"),
+        &mut out,
+    );
+    d.apply(
+        signal(|name| Signal::Removed { name }, "gone.service"),
+        &mut out,
+    );
+    d.apply(
+        signal(|name| Signal::New { name }, "kept.service"),
+        &mut out,
+    );
+    assert_eq!(out.pop(), None, "nothing is known before the reload ends");
+    d.apply(Signal::Reloaded, &mut out);
+    assert_eq!(
+        drain(&mut out),
+        vec![
+            Event::UnitRemoved {
+                name: "gone.service".into()
+            },
+            Event::Reloaded
+        ]
+    );
+    // The kept unit's next change is reported (its load state read again after the reload).
+    d.apply(
+        unit("kept.service", "deactivating", "stop-sigterm"),
+        &mut out,
+    );
+    let (names, epoch) = d.take_unresolved();
+    assert_eq!(names, vec!["kept.service".to_string()]);
+    let read = vec![(names[0].clone(), LoadState::Loaded)];
+    d.resolved(epoch, &names, read, &mut out);
+    // Outside a reload a removal is reported at once.
+    d.apply(
+        signal(|name| Signal::Removed { name }, "kept.service"),
+        &mut out,
+    );
+    assert_eq!(
+        drain(&mut out),
+        vec![
+            Event::UnitChanged {
+                name: "kept.service".into(),
+                state: state("deactivating", "stop-sigterm", None),
+            },
+            Event::UnitRemoved {
+                name: "kept.service".into()
+            }
+        ]
+    );
+}
