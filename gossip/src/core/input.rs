@@ -8,7 +8,7 @@ use foca::{Member, OwnedNotification, State};
 
 use super::{Error, Event, Node, StatePush, Transmit};
 use crate::store::Change;
-use crate::types::MachineId;
+use crate::types::{MachineId, NodeIdentity};
 use crate::wire::{Packet, DATAGRAM_SWIM};
 
 impl Node {
@@ -45,18 +45,61 @@ impl Node {
             }
         }
         self.over_budget(&sender.machine_id, dropped);
+        // Judged against the roster as foca holds the members now, before either takes anything.
+        let news = self.without_swim_no_ops(&sender, &kept);
         self.observe_datagram(
             &Member::new(sender.clone(), packet.header.src_incarnation, State::Alive),
             &kept,
         );
-        let result = if kept.len() == packet.updates.len() {
+        let result = if news.len() == packet.updates.len() {
             self.foca.handle_data(data, &mut self.runtime)
         } else {
-            let rewritten = packet.rewrite(&kept, data);
+            let rewritten = packet.rewrite(&news, data);
             self.foca.handle_data(&rewritten, &mut self.runtime)
         };
         self.drain_runtime();
         result.map_err(|e| self.garbage(from, e))
+    }
+
+    /// `updates` without those foca would ignore: an update about the very identity foca holds
+    /// for its machine, in a state and incarnation that do not take precedence over what it
+    /// holds. foca finds each update's member by a walk of its whole list (its `Members::apply`),
+    /// so during a cluster's formation, when SWIM datagrams carry many updates a node already
+    /// knows, those walks were most of a node's work; the roster (the exact cache of foca's list)
+    /// answers in O(log n). foca does nothing for an ignored update (no state, broadcast, timer,
+    /// notification or random draw), so what it applies and does is unchanged, and the roster
+    /// still observes every update (it ignores the same ones). Kept whatever the roster says:
+    /// updates about this machine (foca's refutations and renewals), about the sender's machine
+    /// (foca first applies the sender alive, which may change what it holds), and every update
+    /// after the first kept one about the same machine.
+    fn without_swim_no_ops(
+        &self,
+        sender: &NodeIdentity,
+        updates: &[Member<NodeIdentity>],
+    ) -> Vec<Member<NodeIdentity>> {
+        let me = &self.identity().machine_id;
+        let mut touched: Vec<&MachineId> = Vec::new();
+        let mut out = Vec::with_capacity(updates.len());
+        for m in updates {
+            let id = &m.id().machine_id;
+            let no_op = id != me
+                && *id != sender.machine_id
+                && !touched.contains(&id)
+                && self.roster.get(id).is_some_and(|k| {
+                    k.identity == *m.id()
+                        && !crate::roster::precedes(
+                            k.state,
+                            k.incarnation,
+                            m.state(),
+                            m.incarnation(),
+                        )
+                });
+            if !no_op {
+                touched.push(id);
+                out.push(m.clone());
+            }
+        }
+        out
     }
 
     pub(super) fn handle_push(
