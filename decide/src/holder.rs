@@ -14,9 +14,14 @@
 //!   will again. `H` cannot have the support it needs without one of them ([`crate::committee`]).
 //!
 //! `H` is fenced from the lease bound, stretched by the clock-rate bound, plus the kill allowance, once the
-//! votes are in. Observations must be taken *after* the claim was superseded: a renewal before the
-//! supersede that an earlier poll missed is then seen, and a renewal after it shows `H` a mirror that
-//! contains the supersede, so `H` stops the unit itself.
+//! votes are in. The latest observation must be taken *after* the claim was superseded: a renewal before
+//! the supersede that an earlier poll missed is then seen, and a renewal after it shows `H` a mirror that
+//! contains the supersede, so `H` stops the unit itself. An answer from before the supersede only
+//! tightens that bound, under the rule that chains answers (below): when the latest bound lies before the
+//! earlier poll was sent, the last renewal came before that poll too, and that poll saw it. (The TTL
+//! etcd reports is truncated to whole seconds, so the answer after a supersede alone often proves the
+//! holder stopped only about `fenced_after − 1 s` later; the polls during the suspicion, a few a second,
+//! usually pinned the renewal down already.)
 
 use std::time::Duration;
 
@@ -84,20 +89,27 @@ pub enum HolderState {
     Unknown,
 }
 
-/// What this machine can prove about a holder from `polls` of its lease sent at or after `after`, given
-/// whether a majority of the committee voted that its lease may be taken over (`voted`).
+/// What this machine can prove about a holder from `polls` of its lease, given whether a majority of
+/// the committee voted that its lease may be taken over (`voted`): the latest poll sent must have been
+/// sent at or after `after`; earlier ones only tighten its bound.
 pub fn holder_state(timing: &Timing, voted: bool, polls: &[LeasePoll], after: Time) -> HolderState {
     if mutated!(IgnoreHolderProof) && voted {
         return HolderState::FencedBy(Time::ZERO);
     }
-    let polls: Vec<&LeasePoll> = polls.iter().filter(|p| p.sent >= after).collect();
-    if polls.iter().any(|p| p.answer == LeaseAnswer::NotFound) {
+    // In the order they were sent (answers may arrive out of order).
+    let mut polls = polls.to_vec();
+    polls.sort_by_key(|p| p.sent);
+    let later = polls.iter().filter(|p| p.sent >= after);
+    if later.clone().any(|p| p.answer == LeaseAnswer::NotFound) {
         return HolderState::Gone;
     }
+    if later.count() == 0 {
+        return HolderState::Unknown;
+    }
     // Each answer bounds the last renewal *before etcd handled it*; the holder may have renewed since
-    // an earlier answer, so the bound is the latest answer's. An earlier answer tightens it only when
-    // the latest bound lies before that earlier poll was sent: then the last renewal came before that
-    // poll too, and that poll bounds it as well.
+    // an earlier answer, so the bound is the latest answer's. An earlier answer (before `after` too)
+    // tightens it only when the latest bound lies before that earlier poll was sent: then the last
+    // renewal came before that poll too, and that poll bounds it as well.
     let mut renewed: Option<Time> = None;
     for p in polls.iter().rev() {
         let Some(b) = p.renewed_before(timing) else {
@@ -180,6 +192,30 @@ mod tests {
         let polls = [poll(900, 8)];
         assert_eq!(
             holder_state(&t, true, &polls, ms(1200)),
+            HolderState::Unknown
+        );
+    }
+
+    #[test]
+    fn a_poll_before_the_supersede_tightens_the_bound_of_one_after_it() {
+        let t = timing();
+        // Renewed at 0, then the holder died. Polled during the suspicion right after the TTL ticked
+        // (renewed before 3 ms); superseded at 1500; the answer after it says only "before 602".
+        let polls = [poll(1001, 8), poll(1600, 8)];
+        assert_eq!(
+            holder_state(&t, true, &polls, ms(1500)),
+            HolderState::FencedBy(ms(3) + t.fenced_after())
+        );
+        // A renewal between the two (the later answer's bound lies after the earlier poll): the
+        // earlier answer says nothing about it.
+        let polls = [poll(1001, 8), poll(1600, 9)];
+        assert_eq!(
+            holder_state(&t, true, &polls, ms(1500)),
+            HolderState::FencedBy(ms(1602) + t.fenced_after())
+        );
+        // Still nothing without an answer after the supersede.
+        assert_eq!(
+            holder_state(&t, true, &polls[..1], ms(1500)),
             HolderState::Unknown
         );
     }
