@@ -493,6 +493,52 @@ fn units_the_guard_killed_on_its_own_start_again() {
     }
 }
 
+/// The fence guard dying while the agent is fine (systemd's watchdog kills it when it hangs, or at a
+/// thaw that finds its last watchdog ping overdue): systemd stops every unit bound to it (`BindsTo=`).
+/// The guard must come back and tell the agent (its mark), and the units start again on the same machine.
+/// Before the fix the guard stayed dead (`Restart=no`) and the agent, taking the units for started, kept
+/// their claims without running them while it renewed its lease, so nobody took them over either: the
+/// units ran nowhere until that fleetd fenced or restarted.
+#[test]
+fn units_stopped_with_a_dead_guard_start_again() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let_membership_season();
+    let units = ["bound-a.service", "bound-b.service"];
+    let on = start_units(&fl, 1, &units);
+    let m = on[0];
+    let here: Vec<&str> = units
+        .iter()
+        .zip(&on)
+        .filter(|(_, o)| **o == m)
+        .map(|(u, _)| *u)
+        .collect();
+    let pids: Vec<String> = here.iter().map(|u| main_pid(&fl, m, u)).collect();
+    // What systemd's watchdog does to a guard that stopped pinging it.
+    fl.lab
+        .sh_ok(
+            m,
+            &[
+                "systemctl",
+                "kill",
+                "--signal=SIGKILL",
+                "fleet-guard.service",
+            ],
+        )
+        .expect("killing the guard");
+    for (u, pid) in here.iter().zip(&pids) {
+        fl.wait_for(&format!("{u} running again on m{m}"), WAIT, |fl| {
+            let on = fl.running_on(u);
+            (on == [m] && main_pid(fl, m, u) != *pid).then_some(())
+        });
+    }
+    for u in &units {
+        let on = fl.running_on(u);
+        assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
+    }
+}
+
 /// The units of `names` that are up on machine `i` (systemd's `ActiveState` active, activating or
 /// reloading), read in one `systemctl list-units`.
 fn up_on(fl: &FleetLab, i: usize, names: &[String]) -> Vec<String> {

@@ -159,6 +159,12 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
     crate::api::activation::notify_or_log("READY=1\nSTATUS=guarding");
     tracing::info!(file = %fence_file.display(), "fence guard running");
     let mut fenced_at: Option<Time> = None;
+    // This guard just started: a guard before it, if any, stopped (its watchdog fired at a thaw or
+    // because it hung, or it was killed), and systemd stopped every unit bound to it (`BindsTo=`) with
+    // it. Tell the agent as after a fencing (below), so that the units it started count as not started
+    // and start again; otherwise the agent keeps their claims, renews its lease and never runs them,
+    // and nobody may take them over.
+    let mut began_at: Option<Time> = Some(clock::now());
     // The last error reading the fence file (logged when it changes, not every period).
     let mut unreadable: Option<StampError> = None;
     // Whether `cgroup.kill` was found missing (logged once).
@@ -181,8 +187,15 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
         };
         match deadline {
             Some(d) if now < d => {
-                if let Some(at) = fenced_at.take() {
-                    tracing::info!("fence deadline ahead again: guarding");
+                let fenced = fenced_at.take();
+                if let Some(at) = fenced.or(began_at.take()) {
+                    if fenced.is_some() {
+                        tracing::info!("fence deadline ahead again: guarding");
+                    } else {
+                        tracing::info!(
+                            "guarding; the units bound to an earlier guard count as stopped"
+                        );
+                    }
                     // Tell the agent that the units were stopped under it and that it may start
                     // them again now: a start before this point would be killed again (a stop keeps
                     // systemd's `Restart=` from doing it).

@@ -243,7 +243,8 @@ impl Systemd {
              ExecStart={exec_start}\n\
              WatchdogSec=10s\n\
              WatchdogSignal=SIGKILL\n\
-             Restart=no\n"
+             Restart=always\n\
+             RestartSec=100ms\n"
         );
         let dir = self.runtime_unit_dir();
         let path = dir.join(GUARD_UNIT);
