@@ -15,7 +15,9 @@
 //! copies (goal 0 ms; a frozen machine's copies do not execute until it is thawed, and what follows a
 //! thaw is reported apart: docs/safety.md bounds it by thaw → kill), the longest time a unit ran
 //! nowhere, and the failover time of every fault that must move units (from the fault to the last of
-//! the victim's units started elsewhere, when that happened before the heal). On any overlap it writes
+//! the victim's units started elsewhere, when that happened before the heal). The samplers' own longest
+//! stretches per unit are printed beside them, and a machine whose journal begins after the chaos did
+//! (it lost its beginning: those copies are missing from every journal figure) is named. On any overlap it writes
 //! the evidence (faults around it, both machines' journals) to `--out`; so it does for a unit that
 //! never ran again until the end (or ran nowhere for 60 s or more): the faults under way around its
 //! stop, and every machine's journal about it (all of fleetd's lines around the stop, then the lines

@@ -309,6 +309,35 @@ pub fn report(inp: Input) {
         nowhere_polled as f64 / 1000.0,
         tl.runs.len()
     );
+    // The pollers' own longest stretches, by unit: a check on the journals' figures above, which miss
+    // every copy of a machine whose journal lost its beginning (below).
+    let mut polled_by_len: Vec<(u64, u64, &String)> = polled
+        .nowhere
+        .iter()
+        .zip(inp.units)
+        .map(|(&(len, from), u)| (len, from, u))
+        .collect();
+    polled_by_len.sort_by_key(|p| std::cmp::Reverse(p.0));
+    for (len, from, u) in polled_by_len.iter().take(3).filter(|p| p.0 > 0) {
+        println!(
+            "  polled: {u} seen nowhere for {:.0} ms from +{:.2} s",
+            *len as f64 / 1000.0,
+            rel(*from, origin)
+        );
+    }
+    for i in 1..=inp.machines {
+        match journal::coverage(inp.fl, i) {
+            Ok((oldest, usage)) if oldest > origin => println!(
+                "  JOURNAL INCOMPLETE: m{i}'s journal begins at +{:.2} s, after the chaos began: its copies before then are missing from every journal figure above ({usage})",
+                rel(oldest, origin)
+            ),
+            Ok((oldest, usage)) => println!(
+                "  journal of m{i}: from {:.2} s before the chaos ({usage})",
+                (origin - oldest) as f64 / 1e6
+            ),
+            Err(e) => println!("  journal of m{i}: {e}"),
+        }
+    }
     match &inp.settled {
         Ok(d) => println!(
             "after the last heal: every machine lists every machine and every unit runs once, {:.1} s later",
