@@ -470,27 +470,44 @@ fn units_the_guard_killed_on_its_own_start_again() {
         .map(|(u, _)| *u)
         .collect();
     let pids: Vec<String> = here.iter().map(|u| main_pid(&fl, m, u)).collect();
+    // A guard also writes its mark when it starts (one before it may have died): wait for a new one.
+    let mark = fl.lab.machine_root(m).unwrap();
+    let mark = mark.join("run/fleet/fence.fenced");
+    let mark_before = std::fs::read_to_string(&mark).ok();
     // A deadline long past, for this boot: what the guard reads right after a thaw.
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     fl.write_file(m, "/run/fleet/fence", &format!("1 {}\n", boot.trim()));
-    let mark = fl
-        .lab
-        .machine_root(m)
-        .unwrap()
-        .join("run/fleet/fence.fenced");
-    fl.wait_for("the guard's fencing mark", WAIT, |_| {
-        mark.exists().then_some(())
+    fl.wait_for("the guard's new fencing mark", WAIT, |_| {
+        (std::fs::read_to_string(&mark).ok() != mark_before).then_some(())
     });
     for (u, pid) in here.iter().zip(&pids) {
         fl.wait_for(&format!("{u} running again"), WAIT, |fl| {
             let on = fl.running_on(u);
-            (on.len() == 1 && main_pid(fl, on[0], u) != *pid).then_some(())
+            (on.len() == 1 && runs_anew(fl, on[0], u, pid)).then_some(())
         });
     }
-    for u in &units {
-        let on = fl.running_on(u);
-        assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
-    }
+    hold_where_they_run(&fl, &units);
+}
+
+/// Whether `unit` runs on machine `i` in a process other than `old`: active, with one non-zero
+/// `MainPID` before and after (a unit being killed can show `MainPID` 0 while still active).
+fn runs_anew(fl: &FleetLab, i: usize, unit: &str, old: &str) -> bool {
+    let pid = main_pid(fl, i, unit);
+    let up = fl.active_state(i, unit) == "active";
+    up && pid != "0" && pid != old && main_pid(fl, i, unit) == pid
+}
+
+/// Checks for 3 s that each of `units` keeps running on the one machine it runs on now.
+fn hold_where_they_run(fl: &FleetLab, units: &[&str]) {
+    let want: BTreeMap<&str, Vec<usize>> = units
+        .iter()
+        .map(|u| {
+            let on = fl.running_on(u);
+            assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
+            (*u, on)
+        })
+        .collect();
+    fl.hold_on(Duration::from_secs(3), &want);
 }
 
 /// The fence guard dying while the agent is fine (systemd's watchdog kills it when it hangs, or at a
@@ -530,13 +547,10 @@ fn units_stopped_with_a_dead_guard_start_again() {
     for (u, pid) in here.iter().zip(&pids) {
         fl.wait_for(&format!("{u} running again on m{m}"), WAIT, |fl| {
             let on = fl.running_on(u);
-            (on == [m] && main_pid(fl, m, u) != *pid).then_some(())
+            (on == [m] && runs_anew(fl, m, u, pid)).then_some(())
         });
     }
-    for u in &units {
-        let on = fl.running_on(u);
-        assert_eq!(on.len(), 1, "{u} runs on {on:?}\n{}", fl.journals_dump());
-    }
+    hold_where_they_run(&fl, &units);
 }
 
 /// The units of `names` that are up on machine `i` (systemd's `ActiveState` active, activating or
