@@ -9,10 +9,17 @@
 //! and written as the same JSON string. An ID fleet v1 may leave out (`machineID` of a unit not
 //! placed, or of a unit state) is an `Option`, `""` and `null` reading as `None`; a machine's `id` and
 //! the extensions' `machineID` are required.
+//!
+//! States are typed the same way: `desiredState` and `currentState` are [`DesiredState`]s (fleet v1's
+//! three target states, `inactive`, `loaded`, `launched`: any other word is an error naming it), and a
+//! unit state's `systemd*State`s are systemd's [`LoadState`], [`ActiveState`] and [`SubState`], which
+//! keep a word they do not know in `Other` (a newer systemd never breaks parsing). Each is written as
+//! the same JSON string fleet v1 writes; absent, `null` and `""` read as `None`, which writes no field.
 
 use std::collections::BTreeMap;
 
-pub use fleet_sched::{MachineId, UnitOption};
+pub use fleet_sched::systemd_state::{ActiveState, LoadState, SubState};
+pub use fleet_sched::{DesiredState, MachineId, UnitOption};
 use serde::{Deserialize, Serialize};
 
 /// Where API v1 is served (`/v1-alpha` is the same API).
@@ -31,22 +38,22 @@ pub struct Unit {
         deserialize_with = "null_as_empty"
     )]
     pub options: Vec<UnitOption>,
-    /// `inactive`, `loaded` or `launched`.
+    /// `inactive`, `loaded` or `launched` (`None`: not given, e.g. a PUT that only replaces options).
     #[serde(
         rename = "desiredState",
         default,
-        skip_serializing_if = "String::is_empty",
-        deserialize_with = "null_as_empty"
+        with = "optional_state",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub desired_state: String,
-    /// Derived from the claim and the state its machine reports.
+    pub desired_state: Option<DesiredState>,
+    /// The same three words, derived from the claim and the state its machine reports.
     #[serde(
         rename = "currentState",
         default,
-        skip_serializing_if = "String::is_empty",
-        deserialize_with = "null_as_empty"
+        with = "optional_state",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub current_state: String,
+    pub current_state: Option<DesiredState>,
     /// The machine the unit is placed on (`None`: not placed).
     #[serde(
         rename = "machineID",
@@ -98,23 +105,26 @@ pub struct UnitState {
     #[serde(
         rename = "systemdLoadState",
         default,
-        skip_serializing_if = "String::is_empty"
+        with = "optional_state",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub systemd_load_state: String,
+    pub systemd_load_state: Option<LoadState>,
     /// systemd ActiveState.
     #[serde(
         rename = "systemdActiveState",
         default,
-        skip_serializing_if = "String::is_empty"
+        with = "optional_state",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub systemd_active_state: String,
+    pub systemd_active_state: Option<ActiveState>,
     /// systemd SubState.
     #[serde(
         rename = "systemdSubState",
         default,
-        skip_serializing_if = "String::is_empty"
+        with = "optional_state",
+        skip_serializing_if = "Option::is_none"
     )]
-    pub systemd_sub_state: String,
+    pub systemd_sub_state: Option<SubState>,
 }
 
 /// `GET /state` answer.
@@ -287,6 +297,37 @@ mod optional_id {
     }
 }
 
+/// The wire form of a state fleet v1 may leave out (`desiredState`, `currentState`, the
+/// `systemd*State`s), used as `#[serde(default, with = "optional_state", skip_serializing_if =
+/// "Option::is_none")]`: read, absent, `null` and `""` are `None` and any other string is parsed by the
+/// state's `FromStr` (its error, naming the word, is the document's); written, the state's own string.
+mod optional_state {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+
+    pub fn serialize<S: Serializer, T: Serialize>(
+        state: &Option<T>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        state.serialize(s)
+    }
+}
+
 fn null_as_empty<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -339,8 +380,8 @@ mod tests {
         let m1 = || Some(MachineId::parse("m1").unwrap());
         let unit = |machine_id| Unit {
             name: "a.service".into(),
-            desired_state: "launched".into(),
-            current_state: "launched".into(),
+            desired_state: Some(DesiredState::Launched),
+            current_state: Some(DesiredState::Launched),
             machine_id,
             ..Unit::default()
         };
@@ -356,9 +397,9 @@ mod tests {
             name: "a.service".into(),
             hash: "e55c0ae".into(),
             machine_id,
-            systemd_load_state: "loaded".into(),
-            systemd_active_state: "active".into(),
-            systemd_sub_state: "running".into(),
+            systemd_load_state: Some(LoadState::Loaded),
+            systemd_active_state: Some(ActiveState::Active),
+            systemd_sub_state: Some(SubState::Running),
         };
         assert_eq!(
             serde_json::to_string(&state(m1())).unwrap(),
@@ -410,6 +451,67 @@ mod tests {
             .unwrap(),
             json!({"name": "a.service"})
         );
+    }
+
+    /// States read as their types and are written back as the same bytes; systemd words this crate does
+    /// not know are kept (and written back) verbatim; a word that is not a target state is an error
+    /// naming it; absent, `null` and `""` are no state and write no field.
+    #[test]
+    fn states_are_typed_and_written_as_fleet_writes_them() {
+        let doc = r#"{"name":"a.service","hash":"e55c0ae","machineID":"m1","systemdLoadState":"bad-setting","systemdActiveState":"hibernating","systemdSubState":"stop-watchdog"}"#;
+        let s: UnitState = serde_json::from_str(doc).unwrap();
+        assert_eq!(s.systemd_load_state, Some(LoadState::BadSetting));
+        assert_eq!(
+            s.systemd_active_state,
+            Some(ActiveState::Other("hibernating".into()))
+        );
+        assert_eq!(
+            s.systemd_sub_state,
+            Some(SubState::Other("stop-watchdog".into()))
+        );
+        assert_eq!(serde_json::to_string(&s).unwrap(), doc);
+        let doc = r#"{"name":"a.service","desiredState":"loaded","currentState":"launched"}"#;
+        let u: Unit = serde_json::from_str(doc).unwrap();
+        assert_eq!(
+            (u.desired_state, u.current_state),
+            (Some(DesiredState::Loaded), Some(DesiredState::Launched))
+        );
+        assert_eq!(serde_json::to_string(&u).unwrap(), doc);
+        for field in ["desiredState", "currentState"] {
+            let e = serde_json::from_str::<Unit>(&format!(r#"{{"{field}":"running"}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("invalid desired state \"running\""),
+                "{field}: {e}"
+            );
+        }
+        for empty in ["null", r#""""#] {
+            let u: Unit = serde_json::from_str(&format!(
+                r#"{{"name":"a.service","desiredState":{empty},"currentState":{empty}}}"#
+            ))
+            .unwrap();
+            assert_eq!((u.desired_state, u.current_state), (None, None));
+            assert_eq!(
+                serde_json::to_string(&u).unwrap(),
+                r#"{"name":"a.service"}"#
+            );
+            let s: UnitState = serde_json::from_str(&format!(
+                r#"{{"name":"a.service","systemdLoadState":{empty},"systemdActiveState":{empty},"systemdSubState":{empty}}}"#
+            ))
+            .unwrap();
+            assert_eq!(
+                s,
+                UnitState {
+                    name: "a.service".into(),
+                    ..UnitState::default()
+                }
+            );
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                r#"{"name":"a.service"}"#
+            );
+        }
     }
 
     /// A machine ID is validated where a document is read: a bad one is an error naming it, in every

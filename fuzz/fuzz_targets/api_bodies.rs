@@ -6,13 +6,14 @@
 #![no_main]
 
 use fleet_api_types as schema;
-use fleet_sched::{DesiredState, Requirements, UnitFile, UnitName};
+use fleet_sched::{Requirements, UnitFile, UnitName};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(u) = serde_json::from_slice::<schema::Unit>(data) {
         let name = UnitName::parse(&u.name);
-        let _ = u.desired_state.parse::<DesiredState>();
+        // Its states were parsed with it (`fleet-api-types`): the handler takes them as they are.
+        let _ = (u.desired_state, u.current_state);
         if let Ok(file) = UnitFile::from_options(u.options) {
             if let Ok(name) = name {
                 let _ = Requirements::from_unit(&name, &file);

@@ -55,6 +55,14 @@ macro_rules! systemd_string_enum {
             }
         }
 
+        impl std::str::FromStr for $name {
+            type Err = std::convert::Infallible;
+            /// Never fails: an unknown word is kept in `Other`.
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Ok(Self::from(s))
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(self.as_str())
@@ -102,6 +110,54 @@ systemd_string_enum! {
         Maintenance = "maintenance",
         /// Refreshing its extension images.
         Refreshing = "refreshing",
+    }
+}
+
+systemd_string_enum! {
+    /// A unit's `SubState`: its unit type's own finer state. The words fleet shows most are named
+    /// (services', sockets', timers', mounts', devices' and targets'); systemd has more per type, kept in
+    /// `Other`. Only shown, never decided on.
+    SubState {
+        /// Not running (services, sockets, timers, mounts...).
+        Dead = "dead",
+        /// The service's main process runs.
+        Running = "running",
+        /// A oneshot or forking service whose processes ended with success (`RemainAfterExit=`).
+        Exited = "exited",
+        /// Failed.
+        Failed = "failed",
+        /// Waiting to be restarted (`Restart=`).
+        AutoRestart = "auto-restart",
+        /// `ExecCondition=` running.
+        Condition = "condition",
+        /// `ExecStartPre=` running.
+        StartPre = "start-pre",
+        /// `ExecStart=` starting.
+        Start = "start",
+        /// `ExecStartPost=` running.
+        StartPost = "start-post",
+        /// Reloading.
+        Reload = "reload",
+        /// `ExecStop=` running.
+        Stop = "stop",
+        /// Sent SIGTERM on stop.
+        StopSigterm = "stop-sigterm",
+        /// Sent SIGKILL on stop.
+        StopSigkill = "stop-sigkill",
+        /// `ExecStopPost=` running.
+        StopPost = "stop-post",
+        /// A socket listening.
+        Listening = "listening",
+        /// A timer waiting for its next elapse.
+        Waiting = "waiting",
+        /// A timer that elapsed and will not again.
+        Elapsed = "elapsed",
+        /// A mount mounted.
+        Mounted = "mounted",
+        /// A device plugged.
+        Plugged = "plugged",
+        /// A target (or other unit without finer state) active.
+        Active = "active",
     }
 }
 
@@ -179,5 +235,17 @@ mod tests {
         assert_eq!(String::from(other), "hibernating");
         assert!(JobResult::Done.is_success() && !JobResult::Failed.is_success());
         assert!(ActiveState::parse("activating").is_up() && !ActiveState::Deactivating.is_up());
+        assert_eq!(
+            "auto-restart".parse::<SubState>(),
+            Ok(SubState::AutoRestart)
+        );
+        assert_eq!(
+            "stop-watchdog".parse::<SubState>().unwrap().as_str(),
+            "stop-watchdog"
+        );
+        assert_eq!(
+            serde_json::to_string(&LoadState::BadSetting).unwrap(),
+            "\"bad-setting\""
+        );
     }
 }

@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use fleet_sched::DesiredState;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::selector::Selector;
@@ -209,29 +210,9 @@ fn is_empty_path(p: &Path) -> bool {
     p.as_os_str().is_empty()
 }
 
-/// A unit's desired state, as fleet's API words it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum UnitDesired {
-    /// Scheduled and started (the only state the simulator runs).
-    #[default]
-    Launched,
-    /// Scheduled and loaded, not started: refused by the simulator (edit it to launched or inactive).
-    Loaded,
-    /// Not scheduled: kept in the file, not submitted to the simulated cluster.
-    Inactive,
-}
-
-impl UnitDesired {
-    /// Parses fleet's word (`launched`, `loaded`, `inactive`).
-    pub fn parse(s: &str) -> Option<UnitDesired> {
-        match s {
-            "launched" => Some(UnitDesired::Launched),
-            "loaded" => Some(UnitDesired::Loaded),
-            "inactive" => Some(UnitDesired::Inactive),
-            _ => None,
-        }
-    }
+/// A written-out unit's desired state when the scenario gives none.
+fn launched() -> DesiredState {
+    DesiredState::Launched
 }
 
 /// One unit written out in the scenario (`[[units.unit]]`).
@@ -240,9 +221,9 @@ impl UnitDesired {
 pub struct InlineUnit {
     /// Its name (`web.service`, `web@1.service`).
     pub name: String,
-    /// Its desired state (default `launched`).
-    #[serde(default)]
-    pub state: UnitDesired,
+    /// Its desired state, as fleet's API words it (default `launched`).
+    #[serde(default = "launched")]
+    pub state: DesiredState,
     /// Where it was active when captured (machine IDs; several for a global unit). The simulated
     /// cluster starts from it: a non-global unit active on one machine is claimed there when the
     /// units are submitted (the claim etcd held), and placement, stable like fleetd's, keeps it there

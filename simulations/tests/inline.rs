@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use fleet_sched::DesiredState;
 use fleet_sim::scenario::{
-    Dur, Fault, FaultKind, InlineUnit, MachineEntry, Machines, Scenario, UnitDesired, Units,
+    Dur, Fault, FaultKind, InlineUnit, MachineEntry, Machines, Scenario, Units,
 };
 use fleet_sim::sim::Sim;
 
@@ -13,7 +14,7 @@ const ID_A: &str = "0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a0a";
 const ID_B: &str = "0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b";
 const ID_C: &str = "0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c0c";
 
-fn unit(name: &str, state: UnitDesired, file: &str) -> InlineUnit {
+fn unit(name: &str, state: DesiredState, file: &str) -> InlineUnit {
     InlineUnit {
         name: name.into(),
         state,
@@ -65,22 +66,22 @@ fn tricky() -> Vec<InlineUnit> {
     vec![
         unit(
             "web.service",
-            UnitDesired::Launched,
+            DesiredState::Launched,
             "[Unit]\nDescription=web \"quoted\" \\ back\n\n[Service]\nExecStart=/bin/sh -c 'echo \"\"\" ; sleep 1d'\t\nEnvironment=A=1   \n",
         ),
         unit(
             "db.service",
-            UnitDesired::Launched,
+            DesiredState::Launched,
             "[Service]\nExecStart=/usr/bin/sleep infinity\n\n[X-Fleet]\nConflicts=web.service\nMachineMetadata=rack=a",
         ),
         unit(
             "agent.service",
-            UnitDesired::Launched,
+            DesiredState::Launched,
             "[Service]\nExecStart=/usr/bin/sleep infinity\n[X-Fleet]\nGlobal=true\n",
         ),
         unit(
             "off.service",
-            UnitDesired::Inactive,
+            DesiredState::Inactive,
             "[Service]\nExecStart=/usr/bin/true\n",
         ),
     ]
@@ -149,7 +150,7 @@ fn bad_inline_units_are_refused_naming_the_unit() {
     assert!(err.contains("db.service"), "{err}");
 
     let mut loaded = tricky();
-    loaded[0].state = UnitDesired::Loaded;
+    loaded[0].state = DesiredState::Loaded;
     let err = Sim::new(&scenario(loaded), 1)
         .err()
         .expect("refused")
@@ -181,7 +182,7 @@ fn the_simulated_cluster_starts_where_the_units_were_captured() {
         .into_iter()
         .map(|n| InlineUnit {
             running_on: vec![ID_C.into()],
-            ..unit(n, UnitDesired::Launched, plain)
+            ..unit(n, DesiredState::Launched, plain)
         })
         .collect();
     let sc = scenario(units.clone());

@@ -8,6 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 
+use fleet_sched::systemd_state::SubState;
 use fleet_sched::{MachineId, UnitName};
 
 use super::cluster::{MachineInfo, MetadataError, MetadataOp, UnitStateInfo};
@@ -294,9 +295,10 @@ fn state_to_schema(s: UnitStateInfo) -> schema::UnitState {
         name: s.name.to_string(),
         hash: s.hash.to_string(),
         machine_id: Some(s.machine_id),
-        systemd_load_state: s.load_state.to_string(),
-        systemd_active_state: s.active_state.to_string(),
-        systemd_sub_state: s.sub_state,
+        // As fleet v1 (omitempty): a state systemd left empty is no field.
+        systemd_load_state: Some(s.load_state).filter(|w| !w.as_str().is_empty()),
+        systemd_active_state: Some(s.active_state).filter(|w| !w.as_str().is_empty()),
+        systemd_sub_state: Some(SubState::from(s.sub_state)).filter(|w| !w.as_str().is_empty()),
     }
 }
 

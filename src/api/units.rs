@@ -106,15 +106,8 @@ pub(super) async fn set(
     if let Some(why) = crate::reserved::reserved(name.as_str()) {
         return Err(ApiError::bad_request(why));
     }
-    let desired = if su.desired_state.is_empty() {
-        None
-    } else {
-        Some(
-            su.desired_state
-                .parse::<DesiredState>()
-                .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        )
-    };
+    // Read (and validated: a word that is not a state is a 400 naming it) with the body.
+    let desired = su.desired_state;
     // Validate the options before looking at the registry: an invalid file is invalid either way.
     let file = if su.options.is_empty() {
         None
@@ -215,8 +208,8 @@ pub(super) fn to_schema(u: &Unit, claim: Option<&Claim>, states: &[UnitStateInfo
     schema::Unit {
         name: u.name.to_string(),
         options: u.file.options().to_vec(),
-        desired_state: u.desired_state.to_string(),
-        current_state: current.to_string(),
+        desired_state: Some(u.desired_state),
+        current_state: Some(current),
         machine_id,
         damaged: u
             .damaged
@@ -305,38 +298,38 @@ mod tests {
         let s = to_schema(&unit(DesiredState::Inactive), Some(&c), &[]);
         assert_eq!(
             (
-                s.current_state.as_str(),
+                s.current_state.map(|c| c.as_str()),
                 s.machine_id.as_ref().map(MachineId::as_str)
             ),
-            ("inactive", None)
+            (Some("inactive"), None)
         );
         // Still loaded there: the machine is named until it lets the unit go.
         let loaded = [state("loaded", "inactive")];
         let s = to_schema(&unit(DesiredState::Inactive), Some(&c), &loaded);
         assert_eq!(
             (
-                s.current_state.as_str(),
+                s.current_state.map(|c| c.as_str()),
                 s.machine_id.as_ref().map(MachineId::as_str)
             ),
-            ("loaded", Some("m1"))
+            (Some("loaded"), Some("m1"))
         );
         // A unit meant to run that is not loaded yet keeps its machine.
         let s = to_schema(&unit(DesiredState::Launched), Some(&c), &[]);
         assert_eq!(
             (
-                s.current_state.as_str(),
+                s.current_state.map(|c| c.as_str()),
                 s.machine_id.as_ref().map(MachineId::as_str)
             ),
-            ("inactive", Some("m1"))
+            (Some("inactive"), Some("m1"))
         );
         let active = [state("loaded", "active")];
         let s = to_schema(&unit(DesiredState::Loaded), Some(&c), &active);
         assert_eq!(
             (
-                s.current_state.as_str(),
+                s.current_state.map(|c| c.as_str()),
                 s.machine_id.as_ref().map(MachineId::as_str)
             ),
-            ("launched", Some("m1"))
+            (Some("launched"), Some("m1"))
         );
     }
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fleet_api_types::{
-    ErrorDoc, Machine, MachineId, MachinePage, RestartOutput, RestartResult, Unit, UnitOutput,
-    UnitPage, UnitState, UnitStatePage,
+    DesiredState, ErrorDoc, Machine, MachineId, MachinePage, RestartOutput, RestartResult, Unit,
+    UnitOutput, UnitPage, UnitState, UnitStatePage,
 };
 use hyper::body::Bytes;
 use hyper::Method;
@@ -340,13 +340,13 @@ impl<T: Transport> Api<T> {
     pub async fn set_desired_states(
         &mut self,
         names: &[&str],
-        state: &str,
+        state: DesiredState,
     ) -> Vec<Result<(), ClientError>> {
         let units: Vec<Unit> = names
             .iter()
             .map(|n| Unit {
                 name: n.to_string(),
-                desired_state: state.to_string(),
+                desired_state: Some(state),
                 ..Unit::default()
             })
             .collect();
@@ -354,10 +354,14 @@ impl<T: Transport> Api<T> {
     }
 
     /// Set the desired state of an existing unit (PUT without options).
-    pub async fn set_desired_state(&mut self, name: &str, state: &str) -> Result<(), ClientError> {
+    pub async fn set_desired_state(
+        &mut self,
+        name: &str,
+        state: DesiredState,
+    ) -> Result<(), ClientError> {
         self.put_unit(&Unit {
             name: name.to_string(),
-            desired_state: state.to_string(),
+            desired_state: Some(state),
             ..Unit::default()
         })
         .await
@@ -641,7 +645,7 @@ mod tests {
             (502, "<html>bad gateway</html>"),
         ]));
         assert_eq!(block(api.unit("x.service")).unwrap(), None);
-        let e = block(api.set_desired_state("x.service", "loaded")).unwrap_err();
+        let e = block(api.set_desired_state("x.service", DesiredState::Loaded)).unwrap_err();
         assert_eq!(e.api_status(), Some(409));
         assert_eq!(e.to_string(), "unit does not exist and options field empty");
         let e = block(api.units()).unwrap_err().to_string();

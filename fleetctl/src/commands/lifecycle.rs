@@ -60,7 +60,7 @@ impl<T: Transport> Ctx<T> {
                         Unit {
                             name: name.to_string(),
                             options: file.options().to_vec(),
-                            desired_state: INACTIVE.to_string(),
+                            desired_state: Some(DesiredState::Inactive),
                             ..Unit::default()
                         },
                     );
@@ -128,11 +128,11 @@ impl<T: Transport> Ctx<T> {
                     );
                     return Ok(None);
                 }
-                if !verb.may_replace(&stored.desired_state) {
+                if !verb.may_replace(stored.desired_state) {
                     say!(
                         self.err,
                         "Warning: can not replace Unit({name}) in state '{}' with {}, use the appropriate command",
-                        stored.desired_state,
+                        word(&stored.desired_state),
                         verb.word()
                     );
                     return Ok(None);
@@ -245,8 +245,8 @@ impl<T: Transport> Ctx<T> {
         verb: CreateVerb,
     ) -> Result<()> {
         let (target, word) = match verb {
-            CreateVerb::Load => (LOADED, "load"),
-            CreateVerb::Start => (LAUNCHED, "start"),
+            CreateVerb::Load => (DesiredState::Loaded, "load"),
+            CreateVerb::Start => (DesiredState::Launched, "start"),
             CreateVerb::Submit => unreachable!("submit does not activate"),
         };
         // A template can never be loaded or launched: say so before creating anything.
@@ -272,7 +272,11 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// Sets the desired state of every unit of `names` to `target`, all at once.
-    pub(super) async fn set_states(&mut self, names: &[UnitName], target: &str) -> Result<()> {
+    pub(super) async fn set_states(
+        &mut self,
+        names: &[UnitName],
+        target: DesiredState,
+    ) -> Result<()> {
         let strs: Vec<&str> = names.iter().map(UnitName::as_str).collect();
         let results = self.api.set_desired_states(&strs, target).await;
         let failed: Vec<anyhow::Error> = names
@@ -306,33 +310,35 @@ impl<T: Transport> Ctx<T> {
     pub async fn stop(&mut self, args: &[String], block: &BlockFlags) -> Result<()> {
         let units = self.existing_units(args).await?;
         for u in &units {
-            if u.desired_state == INACTIVE && !is_global(u) {
+            if u.desired_state == Some(DesiredState::Inactive) && !is_global(u) {
                 fail!(
                     "Error: unable to stop unit {} in state inactive (it is not loaded; nothing to stop)",
                     u.name
                 );
             }
         }
-        self.change_state(units, LOADED, "stop", block).await
+        self.change_state(units, DesiredState::Loaded, "stop", block)
+            .await
     }
 
     /// `unload`: desired state inactive.
     pub async fn unload(&mut self, args: &[String], block: &BlockFlags) -> Result<()> {
         let units = self.existing_units(args).await?;
-        self.change_state(units, INACTIVE, "unload", block).await
+        self.change_state(units, DesiredState::Inactive, "unload", block)
+            .await
     }
 
     pub(super) async fn change_state(
         &mut self,
         units: Vec<Unit>,
-        target: &str,
+        target: DesiredState,
         word: &str,
         block: &BlockFlags,
     ) -> Result<()> {
         let mut change: Vec<(UnitName, bool)> = Vec::new();
         for u in units {
             let global = is_global(&u);
-            if !global && u.desired_state == target && u.current_state == target {
+            if !global && u.desired_state == Some(target) && u.current_state == Some(target) {
                 continue; // already there
             }
             let name = UnitName::parse(&u.name)
@@ -402,7 +408,7 @@ impl<T: Transport> Ctx<T> {
             let name = UnitName::parse(&u.name)
                 .map_err(|e| anyhow!("fleetd returned an invalid unit name {:?}: {e}", u.name))?;
             // As fleet's restart: a unit that is not meant to run is started.
-            if u.desired_state == LAUNCHED {
+            if u.desired_state == Some(DesiredState::Launched) {
                 names.push(name);
             } else {
                 to_start.push(name);
@@ -410,7 +416,7 @@ impl<T: Transport> Ctx<T> {
         }
         for name in &to_start {
             self.api
-                .set_desired_state(name.as_str(), LAUNCHED)
+                .set_desired_state(name.as_str(), DesiredState::Launched)
                 .await
                 .with_context(|| {
                     worded!("Error setting target state of unit {name} to launched")
@@ -421,7 +427,7 @@ impl<T: Transport> Ctx<T> {
                 say!(self.out, "Triggered unit {name} start");
             }
         } else if !to_start.is_empty() {
-            self.wait_for(&to_start, LAUNCHED, block.block_attempts)
+            self.wait_for(&to_start, DesiredState::Launched, block.block_attempts)
                 .await?;
         }
         let mut failed = 0;

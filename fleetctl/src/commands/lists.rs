@@ -110,7 +110,7 @@ mod tests {
                 name: "b.service".into(),
                 machine_id: Some(fleet_sched::MachineId::parse(M1).unwrap()),
                 hash: "a".repeat(40),
-                systemd_active_state: "active".into(),
+                systemd_active_state: Some("active".into()),
                 ..Default::default()
             },
             UnitState {

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use fleet_api_types::{Machine, Unit};
-use fleet_sched::{MachineId, Requirements, UnitFile, UnitName};
+use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitName};
 
 use crate::client::{Api, Transport};
 use crate::names;
@@ -72,11 +72,6 @@ pub const FOLLOW_PATIENCE: Duration = Duration::from_secs(30);
 /// Above this many units, a check lists all units (100 a page) instead of fetching each one.
 const BULK_THRESHOLD: usize = 20;
 
-/// Desired/current state words.
-const INACTIVE: &str = "inactive";
-const LOADED: &str = "loaded";
-const LAUNCHED: &str = "launched";
-
 /// The verb that creates units lazily (decides which states `--replace` may cross).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CreateVerb {
@@ -89,10 +84,12 @@ pub enum CreateVerb {
 }
 
 impl CreateVerb {
-    fn may_replace(self, desired: &str) -> bool {
+    /// Whether a unit stored with `desired` (`None`: fleetd gave none) may be replaced.
+    fn may_replace(self, desired: Option<DesiredState>) -> bool {
+        use DesiredState::{Inactive, Loaded};
         match self {
-            CreateVerb::Submit => desired == INACTIVE,
-            CreateVerb::Load => desired == INACTIVE || desired == LOADED,
+            CreateVerb::Submit => desired == Some(Inactive),
+            CreateVerb::Load => matches!(desired, Some(Inactive | Loaded)),
             CreateVerb::Start => true,
         }
     }

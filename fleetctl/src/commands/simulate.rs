@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result};
-use fleet_api_types::{Machine, Unit, UnitState};
+use fleet_api_types::{ActiveState, DesiredState, Machine, Unit, UnitState};
 use fleet_sched::UnitFile;
-use fleet_sim::scenario::{Dur, InlineUnit, MachineEntry, Machines, Scenario, UnitDesired, Units};
+use fleet_sim::scenario::{Dur, InlineUnit, MachineEntry, Machines, Scenario, Units};
 use fleet_sim::sim::Sim;
 
 use super::{stored_file, Ctx};
@@ -111,7 +111,7 @@ pub fn capture(
     list.sort_by(|a, b| a.id.cmp(&b.id));
     let mut running: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for s in states {
-        if let (Some(m), "active") = (&s.machine_id, s.systemd_active_state.as_str()) {
+        if let (Some(m), Some(ActiveState::Active)) = (&s.machine_id, &s.systemd_active_state) {
             running
                 .entry(s.name.as_str())
                 .or_default()
@@ -137,11 +137,10 @@ pub fn capture(
                 u.name
             ),
         }
-        let state = UnitDesired::parse(&u.desired_state).ok_or_else(|| {
+        let state = u.desired_state.ok_or_else(|| {
             worded_err!(
-                "Error capturing unit {}: unknown desired state {:?}",
-                u.name,
-                u.desired_state
+                "Error capturing unit {}: fleetd gave no desired state",
+                u.name
             )
         })?;
         let mut running_on = running.remove(u.name.as_str()).unwrap_or_default();
@@ -202,7 +201,7 @@ pub fn placement_differences(sc: &Scenario) -> Result<Vec<String>> {
     };
     let mut out = Vec::new();
     for u in &sc.units.inline {
-        if u.state == UnitDesired::Inactive {
+        if u.state == DesiredState::Inactive {
             continue;
         }
         let sim_on = simulated.get(&u.name).cloned().unwrap_or_default();
@@ -230,7 +229,7 @@ mod tests {
         UnitState {
             name: name.into(),
             machine_id: Some(fleet_sched::MachineId::parse(m).unwrap()),
-            systemd_active_state: active.into(),
+            systemd_active_state: Some(active.into()),
             ..Default::default()
         }
     }
@@ -294,8 +293,8 @@ mod tests {
         assert_eq!(names, ["db.service", "off.service", "web.service"]);
         let web = &sc.units.inline[2];
         assert_eq!(web.running_on, [B]);
-        assert_eq!(web.state, UnitDesired::Launched);
-        assert_eq!(sc.units.inline[1].state, UnitDesired::Inactive);
+        assert_eq!(web.state, DesiredState::Launched);
+        assert_eq!(sc.units.inline[1].state, DesiredState::Inactive);
         // The file is the stored file, as `fleetctl cat` prints it.
         assert_eq!(web.file, stored_file(&units[0]).unwrap().serialize());
         let text = sc.to_toml().unwrap();
@@ -326,17 +325,18 @@ mod tests {
     #[test]
     fn bad_input_is_refused_naming_what_is_wrong() {
         let (machines, mut units) = cluster();
-        units[0].desired_state = "running".into();
+        // (A word that is no desired state does not parse: see fleet-api-types.)
+        units[0].desired_state = None;
         let err = capture("c", "d", Dur::secs(60), &machines, &units, &[])
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("web.service") && err.contains("running"),
+            err.contains("web.service") && err.contains("no desired state"),
             "{err}"
         );
 
         let (machines, mut units) = cluster();
-        units[1].desired_state = "loaded".into();
+        units[1].desired_state = Some(DesiredState::Loaded);
         let err = format!(
             "{:#}",
             capture("c", "d", Dur::secs(60), &machines, &units, &[]).unwrap_err()

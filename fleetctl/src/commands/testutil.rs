@@ -33,8 +33,8 @@ pub(crate) fn unit(name: &str, opts: &[(&str, &str, &str)], d: &str, c: &str, m:
             .iter()
             .map(|(s, n, v)| UnitOption::new(*s, *n, *v))
             .collect(),
-        desired_state: d.into(),
-        current_state: c.into(),
+        desired_state: (!d.is_empty()).then(|| d.parse().unwrap()),
+        current_state: (!c.is_empty()).then(|| c.parse().unwrap()),
         machine_id: (!m.is_empty()).then(|| MachineId::parse(m).unwrap()),
         damaged: None,
     }

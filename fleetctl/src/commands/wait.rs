@@ -22,7 +22,7 @@ impl<T: Transport> Ctx<T> {
     pub(super) async fn wait_for(
         &mut self,
         names: &[UnitName],
-        target: &str,
+        target: DesiredState,
         attempts: u32,
     ) -> Result<()> {
         let started = Instant::now();
@@ -53,11 +53,11 @@ impl<T: Transport> Ctx<T> {
                 };
                 let global = is_global(&u);
                 let state = if global {
-                    &u.desired_state
+                    u.desired_state
                 } else {
-                    &u.current_state
+                    u.current_state
                 };
-                if state != target {
+                if state != Some(target) {
                     still.push(name);
                     continue;
                 }
@@ -108,7 +108,7 @@ impl<T: Transport> Ctx<T> {
     }
 
     /// A plain explanation of why `name` is not in state `target` (best effort: API failures are named).
-    pub(super) async fn why_not(&mut self, name: &UnitName, target: &str) -> String {
+    pub(super) async fn why_not(&mut self, name: &UnitName, target: DesiredState) -> String {
         let unit = match self.api.unit(name.as_str()).await {
             Ok(Some(u)) => u,
             Ok(None) => return "the unit no longer exists".to_string(),
@@ -137,13 +137,13 @@ impl<T: Transport> Ctx<T> {
             .await
             .unwrap_or_default();
         match states.iter().find(|s| s.machine_id.as_ref() == Some(id)) {
-            None => format!("it is placed on {legend}, which has not reported the unit yet (current state {})", dash(&unit.current_state)),
+            None => format!("it is placed on {legend}, which has not reported the unit yet (current state {})", dash(&word(&unit.current_state))),
             Some(s) => format!(
                 "it is placed on {legend}, where systemd reports load={} active={} sub={} (current state {}, wanted {target})",
-                dash(&s.systemd_load_state),
-                dash(&s.systemd_active_state),
-                dash(&s.systemd_sub_state),
-                dash(&unit.current_state)
+                dash(&word(&s.systemd_load_state)),
+                dash(&word(&s.systemd_active_state)),
+                dash(&word(&s.systemd_sub_state)),
+                dash(&word(&unit.current_state))
             ),
         }
     }
@@ -173,8 +173,7 @@ pub fn explain_unplaced(
             let name = UnitName::parse(&u.name).ok()?;
             let file = UnitFile::from_options(u.options.clone()).ok()?;
             let req = Requirements::from_unit(&name, &file).ok()?;
-            let desired = u.desired_state.parse::<DesiredState>().ok()?;
-            let info = UnitInfo::new(name, req, desired);
+            let info = UnitInfo::new(name, req, u.desired_state?);
             Some(match &u.machine_id {
                 Some(m) => info.claimed_by(m.clone()),
                 None => info,

@@ -15,9 +15,9 @@ pub(super) fn load_units(sc: &Scenario) -> Result<Loaded, SimError> {
             message: err.to_string(),
         })?;
         match u.state {
-            UnitDesired::Launched => {}
-            UnitDesired::Inactive => continue,
-            UnitDesired::Loaded => {
+            DesiredState::Launched => {}
+            DesiredState::Inactive => continue,
+            DesiredState::Loaded => {
                 return Err(SimError::Unit {
                     name: u.name.clone(),
                     message: "desired state loaded: fleet-sim runs launched units only (edit its \

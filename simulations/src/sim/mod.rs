@@ -33,7 +33,7 @@ use crate::model::SwimModel;
 use crate::net::{Effect, Net};
 use crate::outcome::Observer;
 use crate::report::Metrics;
-use crate::scenario::{Fault, FaultKind, GossipMode, Scenario, Selector, UnitDesired};
+use crate::scenario::{Fault, FaultKind, GossipMode, Scenario, Selector};
 
 mod build;
 mod checks;
