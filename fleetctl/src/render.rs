@@ -40,6 +40,11 @@ pub fn format_metadata(metadata: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// A state's word, `""` when there is none (for [`dash`] and [`json_str`]).
+pub(crate) fn word<S: std::fmt::Display>(state: &Option<S>) -> String {
+    state.as_ref().map(ToString::to_string).unwrap_or_default()
+}
+
 pub(crate) fn dash(s: &str) -> String {
     if s.is_empty() {
         "-".to_string()
@@ -74,7 +79,134 @@ pub const UNIT_FIELDS: &[&str] = &["unit", "machine", "active", "sub", "hash", "
 /// Valid `list-machines` fields.
 pub const MACHINE_FIELDS: &[&str] = &["machine", "ip", "metadata"];
 
-/// The `list-unit-files` table for `units` (sorted here by name).
+/// One cell of a list: the table prints it, `--json` holds it.
+enum Cell<'a> {
+    /// Nothing to show: `-` in the table, `null` in JSON (so is an empty text).
+    None,
+    /// A text.
+    Text(String),
+    /// A yes/no (`true`/`false` in the table, a JSON boolean).
+    Bool(bool),
+    /// `k=v,k=v` in the table, an object in JSON.
+    Map(&'a BTreeMap<String, String>),
+}
+
+impl Cell<'_> {
+    /// A state's word, or nothing.
+    fn word<S: std::fmt::Display>(state: &Option<S>) -> Self {
+        Cell::Text(word(state))
+    }
+
+    fn text(self) -> String {
+        match self {
+            Cell::None => "-".to_string(),
+            Cell::Text(s) => dash(&s),
+            Cell::Bool(b) => b.to_string(),
+            Cell::Map(m) => format_metadata(m),
+        }
+    }
+
+    fn json(self) -> serde_json::Value {
+        use serde_json::Value;
+        match self {
+            Cell::None => Value::Null,
+            Cell::Text(s) => json_str(&s),
+            Cell::Bool(b) => Value::Bool(b),
+            Cell::Map(m) => Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// The table of `rows`, one column per `cols` (a header first when `legend`).
+fn table<'a, R>(
+    rows: &'a [R],
+    cols: &[&str],
+    legend: bool,
+    cell: impl Fn(&'a R, &str) -> Cell<'a>,
+) -> Table {
+    let mut t = Table::new();
+    if legend {
+        t.header(cols);
+    }
+    for r in rows {
+        t.row(cols.iter().map(|c| cell(r, c).text()).collect());
+    }
+    t
+}
+
+/// The JSON array of `rows`: one object per row, keyed by `cols`.
+fn json<'a, R>(
+    rows: &'a [R],
+    cols: &[&str],
+    cell: impl Fn(&'a R, &str) -> Cell<'a>,
+) -> serde_json::Value {
+    let rows = rows.iter().map(|r| {
+        let obj = cols.iter().map(|c| (c.to_string(), cell(r, c).json()));
+        serde_json::Value::Object(obj.collect())
+    });
+    serde_json::Value::Array(rows.collect())
+}
+
+/// A unit of `list-unit-files`, its file parsed once.
+struct UnitFileRow<'a> {
+    unit: &'a Unit,
+    file: Option<UnitFile>,
+    global: bool,
+}
+
+/// `units` sorted by name, each with its file.
+fn unit_file_rows(units: &[Unit]) -> Vec<UnitFileRow<'_>> {
+    let mut rows: Vec<UnitFileRow> = units
+        .iter()
+        .map(|u| UnitFileRow {
+            unit: u,
+            file: UnitFile::from_options(u.options.clone()).ok(),
+            global: requirements_of(u).is_some_and(|r| r.global),
+        })
+        .collect();
+    rows.sort_by(|a, b| a.unit.name.cmp(&b.unit.name));
+    rows
+}
+
+/// Column `col` of `list-unit-files` for `r` (`full`: whole IDs and hashes).
+fn unit_file_cell<'a>(
+    r: &UnitFileRow<'a>,
+    col: &str,
+    machines: &BTreeMap<MachineId, Machine>,
+    full: bool,
+) -> Cell<'a> {
+    let u = r.unit;
+    match col {
+        "unit" => Cell::Text(u.name.clone()),
+        "hash" => match &r.file {
+            Some(f) if full => Cell::Text(f.hash().to_string()),
+            Some(f) => Cell::Text(f.hash().short()),
+            None => Cell::None,
+        },
+        "dstate" => Cell::word(&u.desired_state),
+        "state" if r.global => Cell::None,
+        "state" => Cell::word(&u.current_state),
+        "target" | "tmachine" if r.global => Cell::Text("global".into()),
+        "target" | "tmachine" => match &u.machine_id {
+            Some(id) => Cell::Text(machine_full_legend(id, machines.get(id), full)),
+            None => Cell::None,
+        },
+        "desc" => Cell::Text(
+            r.file
+                .as_ref()
+                .and_then(|f| f.description().map(str::to_string))
+                .unwrap_or_default(),
+        ),
+        "global" => Cell::Bool(r.global),
+        other => unreachable!("field {other} was validated"),
+    }
+}
+
+/// The `list-unit-files` table for `units` (sorted here by name); a damaged unit's desired state says so.
 pub fn unit_files_table(
     units: &[Unit],
     machines: &BTreeMap<MachineId, Machine>,
@@ -82,50 +214,54 @@ pub fn unit_files_table(
     full: bool,
     legend: bool,
 ) -> Table {
-    let mut sorted: Vec<&Unit> = units.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let mut t = Table::new();
-    if legend {
-        t.header(cols);
+    table(&unit_file_rows(units), cols, legend, |r, c| {
+        let cell = unit_file_cell(r, c, machines, full);
+        match (c, &r.unit.damaged) {
+            ("dstate", Some(_)) => Cell::Text(format!("{} (damaged)", cell.text())),
+            _ => cell,
+        }
+    })
+}
+
+/// `list-unit-files --json`: one object per unit (sorted by name), keyed by `cols`, with the values
+/// `--full` shows (`null` for `-`, `global` a boolean).
+pub fn unit_files_json(
+    units: &[Unit],
+    machines: &BTreeMap<MachineId, Machine>,
+    cols: &[&str],
+) -> serde_json::Value {
+    json(&unit_file_rows(units), cols, |r, c| {
+        unit_file_cell(r, c, machines, true)
+    })
+}
+
+/// `states` sorted by unit, then machine.
+fn unit_state_rows(states: &[UnitState]) -> Vec<&UnitState> {
+    let mut sorted: Vec<&UnitState> = states.iter().collect();
+    sorted.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
+    sorted
+}
+
+/// Column `col` of `list-units` for `s` (`full`: whole IDs and hashes).
+fn unit_state_cell<'a>(
+    s: &UnitState,
+    col: &str,
+    machines: &BTreeMap<MachineId, Machine>,
+    full: bool,
+) -> Cell<'a> {
+    match col {
+        "unit" => Cell::Text(s.name.clone()),
+        "machine" => match &s.machine_id {
+            Some(id) => Cell::Text(machine_full_legend(id, machines.get(id), full)),
+            None => Cell::None,
+        },
+        "active" => Cell::word(&s.systemd_active_state),
+        "sub" => Cell::word(&s.systemd_sub_state),
+        "load" => Cell::word(&s.systemd_load_state),
+        "hash" if full => Cell::Text(s.hash.clone()),
+        "hash" => Cell::Text(s.hash.chars().take(7).collect()),
+        other => unreachable!("field {other} was validated"),
     }
-    for u in sorted {
-        let file = UnitFile::from_options(u.options.clone()).ok();
-        let global = requirements_of(u).is_some_and(|r| r.global);
-        let target = || {
-            if global {
-                "global".to_string()
-            } else if let Some(id) = &u.machine_id {
-                machine_full_legend(id, machines.get(id), full)
-            } else {
-                "-".to_string()
-            }
-        };
-        let row = cols
-            .iter()
-            .map(|c| match *c {
-                "unit" => u.name.clone(),
-                "hash" => match &file {
-                    Some(f) if full => f.hash().to_string(),
-                    Some(f) => f.hash().short(),
-                    None => "-".to_string(),
-                },
-                "dstate" if u.damaged.is_some() => format!("{} (damaged)", dash(&u.desired_state)),
-                "dstate" => dash(&u.desired_state),
-                "state" if global => "-".to_string(),
-                "state" => dash(&u.current_state),
-                "target" | "tmachine" => target(),
-                "desc" => file
-                    .as_ref()
-                    .and_then(|f| f.description().map(str::to_string))
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or_else(|| "-".to_string()),
-                "global" => global.to_string(),
-                other => unreachable!("field {other} was validated"),
-            })
-            .collect();
-        t.row(row);
-    }
-    t
 }
 
 /// The `list-units` table for `states` (sorted here by unit, then machine).
@@ -136,103 +272,9 @@ pub fn units_table(
     full: bool,
     legend: bool,
 ) -> Table {
-    let mut sorted: Vec<&UnitState> = states.iter().collect();
-    sorted.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
-    let mut t = Table::new();
-    if legend {
-        t.header(cols);
-    }
-    for s in sorted {
-        let row = cols
-            .iter()
-            .map(|c| match *c {
-                "unit" => dash(&s.name),
-                "machine" => match &s.machine_id {
-                    Some(id) => machine_full_legend(id, machines.get(id), full),
-                    None => "-".to_string(),
-                },
-                "active" => dash(&s.systemd_active_state),
-                "sub" => dash(&s.systemd_sub_state),
-                "load" => dash(&s.systemd_load_state),
-                "hash" if s.hash.is_empty() => "-".to_string(),
-                "hash" if full => s.hash.clone(),
-                "hash" => s.hash.chars().take(7).collect(),
-                other => unreachable!("field {other} was validated"),
-            })
-            .collect();
-        t.row(row);
-    }
-    t
-}
-
-/// The `list-machines` table (sorted here by ID).
-pub fn machines_table(machines: &[Machine], cols: &[&str], full: bool, legend: bool) -> Table {
-    let mut sorted: Vec<&Machine> = machines.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut t = Table::new();
-    if legend {
-        t.header(cols);
-    }
-    for m in sorted {
-        let row = cols
-            .iter()
-            .map(|c| match *c {
-                "machine" => machine_id_legend(&m.id, full),
-                "ip" => dash(&m.primary_ip),
-                "metadata" => format_metadata(&m.metadata),
-                other => unreachable!("field {other} was validated"),
-            })
-            .collect();
-        t.row(row);
-    }
-    t
-}
-
-/// `Some(s)` as a JSON string, `null` when empty.
-pub(crate) fn json_str(s: &str) -> serde_json::Value {
-    if s.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::Value::String(s.to_string())
-    }
-}
-
-/// `list-unit-files --json`: one object per unit (sorted by name), keyed by `cols`, with the values
-/// `--full` shows (`null` for `-`, `global` a boolean).
-pub fn unit_files_json(
-    units: &[Unit],
-    machines: &BTreeMap<MachineId, Machine>,
-    cols: &[&str],
-) -> serde_json::Value {
-    use serde_json::Value;
-    let mut sorted: Vec<&Unit> = units.iter().collect();
-    sorted.sort_by(|a, b| a.name.cmp(&b.name));
-    let rows = sorted.into_iter().map(|u| {
-        let file = UnitFile::from_options(u.options.clone()).ok();
-        let global = requirements_of(u).is_some_and(|r| r.global);
-        let obj = cols.iter().map(|c| {
-            let v = match *c {
-                "unit" => json_str(&u.name),
-                "hash" => file
-                    .as_ref()
-                    .map_or(Value::Null, |f| Value::String(f.hash().to_string())),
-                "dstate" => json_str(&u.desired_state),
-                "state" if global => Value::Null,
-                "state" => json_str(&u.current_state),
-                "target" | "tmachine" if global => Value::String("global".into()),
-                "target" | "tmachine" => match &u.machine_id {
-                    Some(id) => Value::String(machine_full_legend(id, machines.get(id), true)),
-                    None => Value::Null,
-                },
-                "desc" => json_str(file.as_ref().and_then(|f| f.description()).unwrap_or("")),
-                "global" => Value::Bool(global),
-                other => unreachable!("field {other} was validated"),
-            };
-            (c.to_string(), v)
-        });
-        Value::Object(obj.collect())
-    });
-    Value::Array(rows.collect())
+    table(&unit_state_rows(states), cols, legend, |s, c| {
+        unit_state_cell(s, c, machines, full)
+    })
 }
 
 /// `list-units --json`: one object per unit and machine (sorted), keyed by `cols`, with the values
@@ -242,54 +284,50 @@ pub fn units_json(
     machines: &BTreeMap<MachineId, Machine>,
     cols: &[&str],
 ) -> serde_json::Value {
-    use serde_json::Value;
-    let mut sorted: Vec<&UnitState> = states.iter().collect();
-    sorted.sort_by(|a, b| (&a.name, &a.machine_id).cmp(&(&b.name, &b.machine_id)));
-    let rows = sorted.into_iter().map(|s| {
-        let obj = cols.iter().map(|c| {
-            let v = match *c {
-                "unit" => json_str(&s.name),
-                "machine" => match &s.machine_id {
-                    Some(id) => Value::String(machine_full_legend(id, machines.get(id), true)),
-                    None => Value::Null,
-                },
-                "active" => json_str(&s.systemd_active_state),
-                "sub" => json_str(&s.systemd_sub_state),
-                "load" => json_str(&s.systemd_load_state),
-                "hash" => json_str(&s.hash),
-                other => unreachable!("field {other} was validated"),
-            };
-            (c.to_string(), v)
-        });
-        Value::Object(obj.collect())
-    });
-    Value::Array(rows.collect())
+    json(&unit_state_rows(states), cols, |s, c| {
+        unit_state_cell(s, c, machines, true)
+    })
+}
+
+/// `machines` sorted by ID.
+fn machine_rows(machines: &[Machine]) -> Vec<&Machine> {
+    let mut sorted: Vec<&Machine> = machines.iter().collect();
+    sorted.sort_by(|a, b| a.id.cmp(&b.id));
+    sorted
+}
+
+/// Column `col` of `list-machines` for `m` (`full`: the whole ID).
+fn machine_cell<'a>(m: &'a Machine, col: &str, full: bool) -> Cell<'a> {
+    match col {
+        "machine" => Cell::Text(machine_id_legend(&m.id, full)),
+        "ip" => Cell::Text(m.primary_ip.clone()),
+        "metadata" => Cell::Map(&m.metadata),
+        other => unreachable!("field {other} was validated"),
+    }
+}
+
+/// The `list-machines` table (sorted here by ID).
+pub fn machines_table(machines: &[Machine], cols: &[&str], full: bool, legend: bool) -> Table {
+    table(&machine_rows(machines), cols, legend, |m, c| {
+        machine_cell(m, c, full)
+    })
 }
 
 /// `list-machines --json`: one object per machine (sorted by ID), keyed by `cols`: `machine` the full
 /// ID, `ip` (`null` when unknown), `metadata` an object.
 pub fn machines_json(machines: &[Machine], cols: &[&str]) -> serde_json::Value {
-    use serde_json::Value;
-    let mut sorted: Vec<&Machine> = machines.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let rows = sorted.into_iter().map(|m| {
-        let obj = cols.iter().map(|c| {
-            let v = match *c {
-                "machine" => Value::String(m.id.to_string()),
-                "ip" => json_str(&m.primary_ip),
-                "metadata" => Value::Object(
-                    m.metadata
-                        .iter()
-                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
-                        .collect(),
-                ),
-                other => unreachable!("field {other} was validated"),
-            };
-            (c.to_string(), v)
-        });
-        Value::Object(obj.collect())
-    });
-    Value::Array(rows.collect())
+    json(&machine_rows(machines), cols, |m, c| {
+        machine_cell(m, c, true)
+    })
+}
+
+/// `Some(s)` as a JSON string, `null` when empty.
+pub(crate) fn json_str(s: &str) -> serde_json::Value {
+    if s.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::Value::String(s.to_string())
+    }
 }
 
 /// Pretty JSON and a newline.
@@ -327,6 +365,21 @@ mod tests {
         assert!(expand_tabs(&out).starts_with(
             "UNIT                    HASH    DSTATE          STATE           TARGET\n"
         ));
+    }
+
+    /// The table says a damaged unit is; `--json` keeps the desired state itself (and both the same
+    /// cells otherwise).
+    #[test]
+    fn a_damaged_units_desired_state_says_so_in_the_table_only() {
+        let mut units = sample_units();
+        units[1].damaged = Some("bad claim".into());
+        let cols = ["unit", "dstate", "state"];
+        let out = unit_files_table(&units[1..2], &machines(), &cols, false, false).render();
+        assert_eq!(out, "hello.service\tlaunched (damaged)\tlaunched\n");
+        assert_eq!(
+            unit_files_json(&units[1..2], &machines(), &cols),
+            serde_json::json!([{"unit": "hello.service", "dstate": "launched", "state": "launched"}])
+        );
     }
 
     #[test]
@@ -376,9 +429,9 @@ mod tests {
             name: n.into(),
             hash: "e55c0ae1234567890abcdef1234567890abcdef0".into(),
             machine_id: Some(MachineId::parse(m).unwrap()),
-            systemd_load_state: "loaded".into(),
-            systemd_active_state: a.into(),
-            systemd_sub_state: if a == "active" { "running" } else { "dead" }.into(),
+            systemd_load_state: Some("loaded".into()),
+            systemd_active_state: Some(a.into()),
+            systemd_sub_state: Some(if a == "active" { "running" } else { "dead" }.into()),
         };
         let states = vec![
             st("hello.service", M2, "active"),
