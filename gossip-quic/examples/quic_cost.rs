@@ -11,8 +11,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, quic_configs, TlsConfig, SERVER_NAME};
+use fleet_gossip_quic::tls::{mint_ca, quic_configs, SERVER_NAME};
 use fleet_gossip_quic::transport::quic_transport_config;
+
+mod support;
 
 /// CPU time of this process (all threads).
 fn process_cpu() -> Duration {
@@ -43,23 +45,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     mint_ca(&d.join("ca.pem"), &d.join("ca.key")).expect("mint CA");
-    let tls = |name: &str| {
-        let cert = d.join(format!("{name}.pem"));
-        let key = d.join(format!("{name}.key"));
-        mint_machine_cert(
-            &d.join("ca.pem"),
-            &d.join("ca.key"),
-            &format!("{:0>32}", name),
-            &cert,
-            &key,
-        )
-        .expect("mint machine cert");
-        TlsConfig::Mutual {
-            ca_cert: d.join("ca.pem"),
-            cert,
-            key,
-        }
-    };
+    let tls = |name: &str| support::machine_tls(d, name, &format!("{:0>32}", name));
     let (mut server_config, _) = quic_configs(&tls("a")).expect("configs");
     // The transport's own parameters (set `MTU_DISCOVERY=1` for quinn's default discovery).
     let transport = || {

@@ -23,8 +23,10 @@
 use std::time::{Duration, Instant};
 
 use fleet_gossip::MachineId;
-use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, TlsConfig};
+use fleet_gossip_quic::tls::{mint_ca, TlsConfig};
 use fleet_gossip_quic::transport::{Gossip, GossipConfig, GossipHandle, SealedMode, Stats};
+
+mod support;
 
 fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)
@@ -127,22 +129,7 @@ async fn main() {
     mint_ca(&d.join("ca.pem"), &d.join("ca.key")).expect("mint CA");
     let nodes = env("NODES", 10usize);
     let tls: Vec<TlsConfig> = (0..nodes)
-        .map(|i| {
-            let (cert, key) = (d.join(format!("{i}.pem")), d.join(format!("{i}.key")));
-            mint_machine_cert(
-                &d.join("ca.pem"),
-                &d.join("ca.key"),
-                &format!("{i:032x}"),
-                &cert,
-                &key,
-            )
-            .expect("mint machine cert");
-            TlsConfig::Mutual {
-                ca_cert: d.join("ca.pem"),
-                cert,
-                key,
-            }
-        })
+        .map(|i| support::machine_tls(d, &i.to_string(), &format!("{i:032x}")))
         .collect();
     println!(
         "{nodes} nodes on loopback, idle, mutual TLS; per member, {} s after {} s:",

@@ -5,34 +5,17 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_gossip::{Credentials, Event, Liveness, MachineId, UnitState};
 use fleet_gossip_quic::credentials::CertCredentials;
 use fleet_gossip_quic::seal::{self, Envelope};
-use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, TlsConfig};
-use fleet_gossip_quic::transport::{
-    Gossip, GossipConfig, GossipHandle, SealedMode, SealedRefusals, Stats,
-};
+use fleet_gossip_quic::tls::{mint_ca, TlsConfig};
+use fleet_gossip_quic::transport::{Gossip, GossipHandle, SealedMode, SealedRefusals, Stats};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-fn tls_for(dir: &Path, machine: &str) -> TlsConfig {
-    let p = |n: String| dir.join(n);
-    let (cert, key) = (p(format!("{machine}.pem")), p(format!("{machine}.key")));
-    mint_machine_cert(
-        &p("ca.pem".into()),
-        &p("ca.key".into()),
-        machine,
-        &cert,
-        &key,
-    )
-    .unwrap();
-    TlsConfig::Mutual {
-        ca_cert: p("ca.pem".into()),
-        cert,
-        key,
-    }
-}
+mod common;
+use common::{config, sees, wait_for};
 
 async fn start(
     machine: &str,
@@ -40,39 +23,15 @@ async fn start(
     seeds: Vec<SocketAddr>,
     sealed: SealedMode,
 ) -> (GossipHandle, UnboundedReceiver<Event>) {
-    let mut config = GossipConfig::new(
-        MachineId::parse(machine).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.tls = tls;
-    config.seeds = seeds;
-    config.rng_seed = Some(machine.len() as u64);
+    let mut config = config(machine, tls, seeds);
     config.sealed = sealed;
     config.sealed_after = Duration::from_millis(500);
     Gossip::start(config).await.unwrap()
 }
 
-async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check().await
-}
-
-async fn sees(observer: &GossipHandle, target: &str, want: Liveness) -> bool {
-    observer.view().await.is_ok_and(|v| {
-        v.machines
-            .get(&MachineId::parse(target).unwrap())
-            .is_some_and(|m| m.liveness == want)
-    })
+/// Mutual TLS for `machine` from the test's CA (`ca.pem`).
+fn tls_for(dir: &Path, machine: &str) -> TlsConfig {
+    common::tls_for(dir, "ca", machine)
 }
 
 /// Whether `a` refused `n` sealed datagrams since `s0`, and its core took exactly one.

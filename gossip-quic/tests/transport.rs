@@ -2,69 +2,22 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fleet_gossip::{Event, Liveness, MachineId, Metadata, UnitState};
-use fleet_gossip_quic::tls::{mint_ca, mint_machine_cert, TlsConfig};
+use fleet_gossip_quic::tls::{mint_ca, TlsConfig};
 use fleet_gossip_quic::transport::{Gossip, GossipConfig, GossipHandle, RequestError};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-fn tls_for(dir: &Path, ca: &str, machine: &str) -> TlsConfig {
-    let p = |n: String| dir.join(n);
-    let cert = p(format!("{machine}.pem"));
-    let key = p(format!("{machine}.key"));
-    mint_machine_cert(
-        &p(format!("{ca}.pem")),
-        &p(format!("{ca}.key")),
-        machine,
-        &cert,
-        &key,
-    )
-    .unwrap();
-    TlsConfig::Mutual {
-        ca_cert: p(format!("{ca}.pem")),
-        cert,
-        key,
-    }
-}
+mod common;
+use common::{config, sees, tls_for, wait_for};
 
 async fn start(
     machine: &str,
     tls: TlsConfig,
     seeds: Vec<SocketAddr>,
 ) -> (GossipHandle, UnboundedReceiver<Event>) {
-    let mut config = GossipConfig::new(
-        MachineId::parse(machine).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    );
-    config.tls = tls;
-    config.seeds = seeds;
-    config.rng_seed = Some(machine.len() as u64);
-    Gossip::start(config).await.unwrap()
-}
-
-async fn wait_for<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    check().await
-}
-
-async fn sees(observer: &GossipHandle, target: &str, want: Liveness) -> bool {
-    observer.view().await.is_ok_and(|v| {
-        v.machines
-            .get(&MachineId::parse(target).unwrap())
-            .is_some_and(|m| m.liveness == want)
-    })
+    Gossip::start(config(machine, tls, seeds)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
