@@ -83,7 +83,6 @@ impl Driver {
             }
             Command::SetMetadata(m) => self.node.set_local_metadata(now, m),
             Command::SetUnits(u) => self.node.set_local_unit_states(now, &u),
-            Command::SetUnit(name, state) => self.node.set_local_unit_state(now, &name, state),
             Command::Join(addrs) => self.node.join(now, &addrs),
             Command::Lookup(id, tx) => {
                 let addr = self.node.view().machines.get(&id).map(|m| m.identity.addr);

@@ -315,7 +315,6 @@ enum Command {
     Stats(oneshot::Sender<Stats>),
     SetMetadata(Metadata),
     SetUnits(BTreeMap<String, UnitState>),
-    SetUnit(String, Option<UnitState>),
     Join(Vec<SocketAddr>),
     Lookup(MachineId, oneshot::Sender<Option<SocketAddr>>),
     Connection(SocketAddr, oneshot::Sender<Result<Connection, String>>),
@@ -583,15 +582,6 @@ impl GossipHandle {
         units: BTreeMap<String, UnitState>,
     ) -> Result<(), TransportError> {
         self.send(Command::SetUnits(units))
-    }
-
-    /// Publishes one unit's runtime state, or its removal (`None`).
-    pub fn set_unit_state(
-        &self,
-        unit: impl Into<String>,
-        state: Option<UnitState>,
-    ) -> Result<(), TransportError> {
-        self.send(Command::SetUnit(unit.into(), state))
     }
 
     /// Joins through more addresses (e.g. bootstrap addresses fleetd read from etcd).
