@@ -16,7 +16,7 @@
 //!   only in the refuted machine's signed word), [`budget`] (a budget of refused input per peer),
 //!   `lifeguard`, `sync`, `config`.
 //! - `testing` (cargo feature `testing`): a deterministic virtual network of nodes (the crate's
-//!   tests, `examples/detection.rs`).
+//!   tests, `examples/detection.rs`, `examples/phases.rs`).
 //!
 //! # Invariants
 //! - The crate reads no clock, opens no socket and draws no ambient randomness: time is passed in,
