@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context as _, Result};
 
 use super::*;
-use crate::args::{ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
+use crate::args::{ListFlags, ListMachinesArgs, ListUnitFilesArgs, ListUnitsArgs};
 use crate::client::Transport;
 
 impl<T: Transport> Ctx<T> {
@@ -19,16 +19,15 @@ impl<T: Transport> Ctx<T> {
             .context(worded!("Error retrieving list of units from fleetd"))?;
         let needs_machines = cols.iter().any(|c| *c == "target" || *c == "tmachine")
             && units.iter().any(|u| u.machine_id.is_some());
-        let machines = if needs_machines {
-            self.machine_map(false).await?.clone()
-        } else {
-            BTreeMap::new()
-        };
+        let machines = self.machines_if(needs_machines).await?;
+        self.write_list(
+            &a.list,
+            || unit_files_json(&units, &machines, &cols),
+            |full, legend| unit_files_table(&units, &machines, &cols, full, legend),
+        )?;
         if a.list.json {
-            return self.write_out(&json_text(&unit_files_json(&units, &machines, &cols)));
+            return Ok(());
         }
-        let t = unit_files_table(&units, &machines, &cols, a.list.full, !a.list.no_legend);
-        self.write_out(&t.render())?;
         for u in &units {
             if let Some(why) = &u.damaged {
                 say!(
@@ -49,16 +48,14 @@ impl<T: Transport> Ctx<T> {
             .unit_states(None)
             .await
             .context(worded!("Error retrieving list of units from fleetd"))?;
-        let machines = if cols.contains(&"machine") && !states.is_empty() {
-            self.machine_map(false).await?.clone()
-        } else {
-            BTreeMap::new()
-        };
-        if a.list.json {
-            return self.write_out(&json_text(&units_json(&states, &machines, &cols)));
-        }
-        let t = units_table(&states, &machines, &cols, a.list.full, !a.list.no_legend);
-        self.write_out(&t.render())
+        let machines = self
+            .machines_if(cols.contains(&"machine") && !states.is_empty())
+            .await?;
+        self.write_list(
+            &a.list,
+            || units_json(&states, &machines, &cols),
+            |full, legend| units_table(&states, &machines, &cols, full, legend),
+        )
     }
 
     /// `list-machines`.
@@ -69,11 +66,34 @@ impl<T: Transport> Ctx<T> {
             .machines()
             .await
             .context(worded!("Error retrieving list of machines from fleetd"))?;
-        if a.list.json {
-            return self.write_out(&json_text(&machines_json(&machines, &cols)));
+        self.write_list(
+            &a.list,
+            || machines_json(&machines, &cols),
+            |full, legend| machines_table(&machines, &cols, full, legend),
+        )
+    }
+
+    /// The machines by ID when a list shows their legends (`needed`), else none (and no request).
+    async fn machines_if(&mut self, needed: bool) -> Result<BTreeMap<MachineId, Machine>> {
+        if needed {
+            Ok(self.machine_map(false).await?.clone())
+        } else {
+            Ok(BTreeMap::new())
         }
-        let t = machines_table(&machines, &cols, a.list.full, !a.list.no_legend);
-        self.write_out(&t.render())
+    }
+
+    /// Writes a list as its flags ask: the `--json` document, or the table (`table(full, legend)`).
+    fn write_list(
+        &mut self,
+        flags: &ListFlags,
+        json: impl FnOnce() -> serde_json::Value,
+        table: impl FnOnce(bool, bool) -> crate::table::Table,
+    ) -> Result<()> {
+        if flags.json {
+            self.write_out(&json_text(&json()))
+        } else {
+            self.write_out(&table(flags.full, !flags.no_legend).render())
+        }
     }
 }
 
