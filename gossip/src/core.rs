@@ -386,11 +386,6 @@ impl Node {
         self.lost.contains_key(&self.identity().machine_id)
     }
 
-    /// True once [`Node::leave`] was called.
-    pub fn has_left(&self) -> bool {
-        self.left
-    }
-
     /// Joins through these addresses (configured seeds, or bootstrap addresses read from etcd): asks
     /// for a full sync now with up to [`JOIN_AT_ONCE`] new ones (chosen at random), and again every
     /// `join_retry_interval` while no member is alive (along with a few members last seen down or

@@ -27,7 +27,9 @@ use crate::types::{MachineId, Metadata, Stamp, UnitState};
 mod digest;
 
 use digest::contribution;
-pub(crate) use digest::{bucket_of, member_contribution, mix};
+#[cfg(any(test, feature = "testing"))]
+pub(crate) use digest::mix;
+pub(crate) use digest::{bucket_of, member_contribution};
 
 /// How many buckets the store's digest keeps (a power of two); summaries fold them further.
 pub(crate) const BUCKETS: usize = 256;

@@ -10,7 +10,7 @@ use std::sync::RwLock;
 
 use fleet_gossip::{Liveness, View};
 use fleet_gossip_quic::transport::GossipHandle;
-use fleet_sched::placement::{self, Decision, Plan, Reason};
+use fleet_sched::placement::{self, Decision, Plan};
 use fleet_sched::{MachineId, UnitHash, UnitName};
 use fleet_systemd::UnitState;
 
@@ -48,7 +48,6 @@ struct Inner {
     identity_conflict: Option<String>,
     report: LocalReport,
     globals_here: BTreeSet<UnitName>,
-    unplaceable: BTreeMap<UnitName, Reason>,
 }
 
 impl AgentCluster {
@@ -364,35 +363,23 @@ impl AgentCluster {
         self.write().report = report;
     }
 
-    /// Stores what the last plan says about this machine and about unplaceable units.
+    /// Stores what the last plan says about this machine.
     pub fn set_plan(&self, plan: &Plan) {
         let me = self.local.id().clone();
-        let mut globals = BTreeSet::new();
-        let mut unplaceable = BTreeMap::new();
-        for (name, d) in &plan.decisions {
-            match d {
-                Decision::Global(ms) if ms.contains(&me) => {
-                    globals.insert(name.clone());
-                }
-                Decision::Unplaceable(r) => {
-                    unplaceable.insert(name.clone(), r.clone());
-                }
-                _ => {}
-            }
-        }
-        let mut i = self.write();
-        i.globals_here = globals;
-        i.unplaceable = unplaceable;
+        let globals = plan
+            .decisions
+            .iter()
+            .filter_map(|(name, d)| match d {
+                Decision::Global(ms) if ms.contains(&me) => Some(name.clone()),
+                _ => None,
+            })
+            .collect();
+        self.write().globals_here = globals;
     }
 
     /// Global units the last plan put on this machine.
     pub fn global_units_here(&self) -> BTreeSet<UnitName> {
         self.read().globals_here.clone()
-    }
-
-    /// Why `unit` could not be placed in the last plan, if it could not.
-    pub fn unplaceable_reason(&self, unit: &UnitName) -> Option<String> {
-        self.read().unplaceable.get(unit).map(|r| r.to_string())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
