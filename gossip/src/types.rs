@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use fleet_sched::systemd_state::{ActiveState, LoadState};
+use fleet_sched::systemd_state::{ActiveState, LoadState, SubState};
 use serde::{Deserialize, Serialize};
 
 /// A machine's ID: the workspace's one type, from `fleet_sched` (validated at construction, shared as
@@ -73,7 +73,7 @@ pub struct UnitState {
     /// systemd's `ActiveState` (`active`, `inactive`, `failed`, ...).
     pub active_state: ActiveState,
     /// systemd's `SubState` (`running`, `dead`, ...).
-    pub sub_state: String,
+    pub sub_state: SubState,
     /// The SHA-1 of the unit file the machine runs (the bytes of `fleet_sched::UnitHash`).
     pub unit_hash: [u8; 20],
 }

@@ -586,7 +586,7 @@ impl State {
             UnitState {
                 load_state: fleet_systemd::LoadState::Loaded,
                 active_state: fleet_systemd::ActiveState::Inactive,
-                sub_state: "dead".to_string(),
+                sub_state: fleet_systemd::SubState::Dead,
                 main_pid: None,
             },
         );

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::RwLock;
 
-use fleet_sched::systemd_state::{ActiveState, LoadState};
+use fleet_sched::systemd_state::{ActiveState, LoadState, SubState};
 use fleet_sched::{MachineId, UnitHash, UnitName};
 
 /// A machine as the API shows it.
@@ -36,7 +36,7 @@ pub struct UnitStateInfo {
     /// systemd ActiveState (`active`, `inactive`, `failed`, ...).
     pub active_state: ActiveState,
     /// systemd SubState (`running`, `dead`, ...).
-    pub sub_state: String,
+    pub sub_state: SubState,
 }
 
 /// One validated metadata change.

@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 
-use fleet_sched::systemd_state::SubState;
 use fleet_sched::{MachineId, UnitName};
 
 use super::cluster::{MachineInfo, MetadataError, MetadataOp, UnitStateInfo};
@@ -298,7 +297,7 @@ fn state_to_schema(s: UnitStateInfo) -> schema::UnitState {
         // As fleet v1 (omitempty): a state systemd left empty is no field.
         systemd_load_state: Some(s.load_state).filter(|w| !w.as_str().is_empty()),
         systemd_active_state: Some(s.active_state).filter(|w| !w.as_str().is_empty()),
-        systemd_sub_state: Some(SubState::from(s.sub_state)).filter(|w| !w.as_str().is_empty()),
+        systemd_sub_state: Some(s.sub_state).filter(|w| !w.as_str().is_empty()),
     }
 }
 

@@ -13,7 +13,7 @@ use zbus::{Connection, MatchRule, Message, MessageStream};
 use crate::error::{Error, Result};
 use crate::manager::{ListedUnit, MANAGER_IFACE, MANAGER_PATH, SYSTEMD};
 use crate::names::unit_name_from_path;
-use crate::state::{ActiveState, JobResult, LoadState, UnitState};
+use crate::state::{ActiveState, JobResult, LoadState, SubState, UnitState};
 
 mod backlog;
 
@@ -348,7 +348,7 @@ enum Signal {
         name: String,
         load: Option<LoadState>,
         active: Option<ActiveState>,
-        sub: Option<String>,
+        sub: Option<SubState>,
     },
     /// The Manager's `JobRemoved`.
     Job {
@@ -390,7 +390,7 @@ impl Signal {
                     UNIT_IFACE => Some(Signal::Unit {
                         load: text("LoadState").map(LoadState::from),
                         active: text("ActiveState").map(ActiveState::from),
-                        sub: text("SubState").map(str::to_string),
+                        sub: text("SubState").map(SubState::from),
                         name,
                     }),
                     _ => None,
@@ -457,7 +457,7 @@ struct Decoder {
 struct Known {
     load: Option<LoadState>,
     active: Option<ActiveState>,
-    sub: Option<String>,
+    sub: Option<SubState>,
     main_pid: Option<u32>,
     last_sent: Option<UnitState>,
     /// systemd removed the unit while its `LoadState` was being read: the state read is reported

@@ -53,4 +53,4 @@ pub use names::{
     unit_object_path, validate_unit_name,
 };
 pub use owner::{is_marked, written_by_fleet, HostUnits, OWNER_MARKER};
-pub use state::{ActiveState, JobResult, LoadState, UnitState};
+pub use state::{ActiveState, JobResult, LoadState, SubState, UnitState};

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use fleet_sched::systemd_state::{ActiveState, JobResult, LoadState};
+pub use fleet_sched::systemd_state::{ActiveState, JobResult, LoadState, SubState};
 
 /// What systemd reports about one unit.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -13,7 +13,7 @@ pub struct UnitState {
     /// `ActiveState`.
     pub active_state: ActiveState,
     /// `SubState` (type specific: `running`, `dead`, `exited`, `listening`, ...).
-    pub sub_state: String,
+    pub sub_state: SubState,
     /// `MainPID` of a service, when it has one.
     pub main_pid: Option<u32>,
 }
@@ -27,7 +27,7 @@ mod tests {
         let st = UnitState {
             load_state: LoadState::Loaded,
             active_state: ActiveState::Other("x".into()),
-            sub_state: "running".into(),
+            sub_state: SubState::Running,
             main_pid: Some(7),
         };
         let json = serde_json::to_string(&st).unwrap();

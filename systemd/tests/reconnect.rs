@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{connect, states_until, wait_for};
 use fleet_lab::{Lab, LabOptions};
-use fleet_systemd::{ActiveState, Event, JobResult};
+use fleet_systemd::{ActiveState, Event, JobResult, SubState};
 
 #[tokio::test]
 async fn a_restarted_bus_ends_the_subscription_and_reconnecting_recovers() {
@@ -41,6 +41,6 @@ async fn a_restarted_bus_ends_the_subscription_and_reconnecting_recovers() {
         ActiveState::Inactive
     );
     assert_eq!(sd.start_unit_and_wait(name).await.unwrap(), JobResult::Done);
-    let seen = states_until(&mut events, name, |s| s.sub_state == "running").await;
+    let seen = states_until(&mut events, name, |s| s.sub_state == SubState::Running).await;
     assert!(seen.last().unwrap().main_pid.is_some());
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{connect, states_until, wait_for};
 use fleet_lab::{LabOptions, SharedLab};
-use fleet_systemd::{ActiveState, Error, Event, JobResult, LoadState};
+use fleet_systemd::{ActiveState, Error, Event, JobResult, LoadState, SubState};
 
 static LAB: SharedLab = SharedLab::new(1, || LabOptions::new().without_etcd());
 
@@ -47,7 +47,7 @@ async fn a_loaded_unit_starts_shows_running_with_its_main_pid_then_stops_and_unl
     );
     let seen = states_until(&mut events, name, |s| s.active_state == ActiveState::Active).await;
     let running = seen.last().unwrap();
-    assert_eq!(running.sub_state, "running");
+    assert_eq!(running.sub_state, SubState::Running);
     assert_eq!(running.load_state, LoadState::Loaded);
     let pid = running.main_pid.expect("a running service has a main PID");
     // The PID is in the machine's pid namespace: ask the machine what it is.
@@ -219,7 +219,7 @@ async fn the_subscription_sees_changes_made_by_others_and_reloads() {
         .unwrap();
     // Someone else (systemctl inside the machine) starts and kills it; we only listen.
     lab.sh_ok(1, &["systemctl", "start", name]).unwrap();
-    let seen = states_until(&mut events, name, |s| s.sub_state == "running").await;
+    let seen = states_until(&mut events, name, |s| s.sub_state == SubState::Running).await;
     let pid = seen.last().unwrap().main_pid.unwrap();
     lab.sh_ok(1, &["kill", "-KILL", &pid.to_string()]).unwrap();
     let seen = states_until(&mut events, name, |s| s.active_state == ActiveState::Failed).await;
@@ -322,7 +322,10 @@ async fn lazy_reload_loads_new_units_without_a_reload_and_reloads_changed_ones()
         LoadState::Loaded
     );
     assert_eq!(sd.start_unit_and_wait(name).await.unwrap(), JobResult::Done);
-    assert_eq!(sd.unit_state(name).await.unwrap().sub_state, "running");
+    assert_eq!(
+        sd.unit_state(name).await.unwrap().sub_state,
+        SubState::Running
+    );
     // New contents of a loaded unit: reloaded, so a restart runs the new command.
     sd.load_unit(name, &SLEEPER.replace("1000", "3000"), false)
         .await
@@ -752,7 +755,7 @@ async fn a_consumer_that_falls_behind_gets_a_resync_first_then_newer_events() {
     let stopped = tokio::time::timeout(std::time::Duration::from_secs(10), follow)
         .await
         .expect("the stop was neither reported nor followed by a Resync within 10 s");
-    assert_eq!(stopped.sub_state, "dead");
+    assert_eq!(stopped.sub_state, SubState::Dead);
     for n in &refs {
         sd.stop_unit_and_wait(n).await.unwrap();
         sd.unload_unit(n).await.unwrap();

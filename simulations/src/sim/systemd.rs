@@ -256,9 +256,9 @@ impl Sim {
                 load_state: "loaded".into(),
                 active_state: s.active.clone(),
                 sub_state: if s.active == ActiveState::Active {
-                    "running".into()
+                    fleet_sched::systemd_state::SubState::Running
                 } else {
-                    "dead".into()
+                    fleet_sched::systemd_state::SubState::Dead
                 },
                 unit_hash: *s.hash.as_bytes(),
             });

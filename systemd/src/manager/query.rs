@@ -70,7 +70,7 @@ impl Systemd {
                     let state = UnitState {
                         load_state: load.into(),
                         active_state: ActiveState::from(active),
-                        sub_state: sub,
+                        sub_state: crate::state::SubState::from(sub),
                         main_pid: None,
                     };
                     (name, path, state)
