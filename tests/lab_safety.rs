@@ -461,15 +461,7 @@ fn units_the_guard_killed_on_its_own_start_again() {
     };
     let_membership_season();
     let units = ["guarded-a.service", "guarded-b.service"];
-    let on = start_units(&fl, 1, &units);
-    let m = on[0];
-    let here: Vec<&str> = units
-        .iter()
-        .zip(&on)
-        .filter(|(_, o)| **o == m)
-        .map(|(u, _)| *u)
-        .collect();
-    let pids: Vec<String> = here.iter().map(|u| main_pid(&fl, m, u)).collect();
+    let (m, here, pids) = started_on_one(&fl, &units);
     // A guard also writes its mark when it starts (one before it may have died): wait for a new one.
     let mark = fl.lab.machine_root(m).unwrap();
     let mark = mark.join("run/fleet/fence.fenced");
@@ -487,6 +479,21 @@ fn units_the_guard_killed_on_its_own_start_again() {
         });
     }
     hold_where_they_run(&fl, &units);
+}
+
+/// Starts `units` (through machine 1) and returns the machine the first one runs on, the units that run
+/// there, and their `MainPID`s.
+fn started_on_one<'a>(fl: &FleetLab, units: &[&'a str]) -> (usize, Vec<&'a str>, Vec<String>) {
+    let on = start_units(fl, 1, units);
+    let m = on[0];
+    let here: Vec<&str> = units
+        .iter()
+        .zip(&on)
+        .filter(|(_, o)| **o == m)
+        .map(|(u, _)| *u)
+        .collect();
+    let pids = here.iter().map(|u| main_pid(fl, m, u)).collect();
+    (m, here, pids)
 }
 
 /// Whether `unit` runs on machine `i` in a process other than `old`: active, with one non-zero
@@ -523,15 +530,7 @@ fn units_stopped_with_a_dead_guard_start_again() {
     };
     let_membership_season();
     let units = ["bound-a.service", "bound-b.service"];
-    let on = start_units(&fl, 1, &units);
-    let m = on[0];
-    let here: Vec<&str> = units
-        .iter()
-        .zip(&on)
-        .filter(|(_, o)| **o == m)
-        .map(|(u, _)| *u)
-        .collect();
-    let pids: Vec<String> = here.iter().map(|u| main_pid(&fl, m, u)).collect();
+    let (m, here, pids) = started_on_one(&fl, &units);
     // What systemd's watchdog does to a guard that stopped pinging it.
     fl.lab
         .sh_ok(
