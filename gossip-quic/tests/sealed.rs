@@ -162,23 +162,42 @@ async fn forged_replayed_and_garbage_sealed_datagrams_are_dropped() {
     };
     // A payload the core drops as garbage (kind 9): what reaches the core shows in its counter.
     let payload = [9u8, 9, 9];
-    let good = seal::seal(envelope(1, "a", a_life), &payload, |m| b_key.sign(m)).unwrap();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let send = |data: &[u8]| {
         sock.send_to(data, a.local_addr()).unwrap();
     };
     let stats = || async { a.stats().await.unwrap() };
 
-    let s0 = stats().await;
-    send(&good);
-    assert!(
-        wait_for(Duration::from_secs(3), || async {
-            stats().await.core.garbage_dropped == s0.core.garbage_dropped + 1
-        })
-        .await,
-        "a correctly sealed datagram did not reach the core: {:?}",
-        stats().await
-    );
+    // a verifies b's seal with b's certificate, which reaches a with b's state, possibly after a
+    // already sees b alive: until then a refuses b's datagrams as unverifiable (and does not
+    // record their sequence numbers). So send fresh ones (new sequence numbers, not replays) until
+    // one reaches the core; any other outcome fails the test.
+    let mut seq = 0;
+    let (good, s0) = loop {
+        seq += 1;
+        let good = seal::seal(envelope(seq, "a", a_life), &payload, |m| b_key.sign(m)).unwrap();
+        let s0 = stats().await;
+        send(&good);
+        let taken = || async { stats().await.core.garbage_dropped == s0.core.garbage_dropped + 1 };
+        let unverifiable = || async { stats().await.sealed_unverifiable > s0.sealed_unverifiable };
+        assert!(
+            wait_for(Duration::from_secs(3), || async {
+                taken().await || unverifiable().await
+            })
+            .await,
+            "a correctly sealed datagram neither reached the core nor waited for b's certificate: {:?}",
+            stats().await
+        );
+        if taken().await {
+            break (good, s0);
+        }
+        assert!(
+            seq < 50,
+            "a never got b's certificate (49 datagrams unverifiable, one every 200 ms): {:?}",
+            stats().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     // The same datagram again: a replay.
     send(&good);
     assert!(
@@ -197,13 +216,23 @@ async fn forged_replayed_and_garbage_sealed_datagrams_are_dropped() {
         stats().await
     );
     // Signed by another machine's key (a valid cluster certificate) in b's name.
-    send(&seal::seal(envelope(2, "a", a_life), &payload, |m| junk_key.sign(m)).unwrap());
+    send(
+        &seal::seal(envelope(seq + 1, "a", a_life), &payload, |m| {
+            junk_key.sign(m)
+        })
+        .unwrap(),
+    );
     // b's signature, but addressed to machine c.
-    send(&seal::seal(envelope(3, "c", a_life), &payload, |m| b_key.sign(m)).unwrap());
+    send(&seal::seal(envelope(seq + 2, "c", a_life), &payload, |m| b_key.sign(m)).unwrap());
     // b's signature, addressed to an earlier life of a.
-    send(&seal::seal(envelope(4, "a", a_life - 1), &payload, |m| b_key.sign(m)).unwrap());
+    send(
+        &seal::seal(envelope(seq + 3, "a", a_life - 1), &payload, |m| {
+            b_key.sign(m)
+        })
+        .unwrap(),
+    );
     // In a's own name.
-    let mut own = envelope(5, "a", a_life);
+    let mut own = envelope(seq + 4, "a", a_life);
     own.sender = "a";
     send(&seal::seal(own, &payload, |m| junk_key.sign(m)).unwrap());
     assert!(
