@@ -2,6 +2,9 @@
 //! machine's units move with zero overlap; a fleetd that dies or hangs for good has its units killed by
 //! the fence guard before they start elsewhere; a second fleetd with a live machine's ID claims nothing.
 //!
+//! size: one binary for the cases of docs/safety.md, one lab test each, sharing the helpers that start
+//! units, read journals and check overlaps; split by case family when no other change is editing it.
+//!
 //! Overlap is checked from systemd's own journals (every machine of the lab logs on the host's clock):
 //! the old copy's last log line of its end ("Deactivated", "Stopped", a kill) must come before the new
 //! copy's "Started". Root only; each test skips with a message elsewhere.
@@ -543,6 +546,60 @@ fn units_stopped_with_a_dead_guard_start_again() {
             ],
         )
         .expect("killing the guard");
+    for (u, pid) in here.iter().zip(&pids) {
+        fl.wait_for(&format!("{u} running again on m{m}"), WAIT, |fl| {
+            let on = fl.running_on(u);
+            (on == [m] && runs_anew(fl, m, u, pid)).then_some(())
+        });
+    }
+    hold_where_they_run(&fl, &units);
+}
+
+/// The guard's fencing calls to systemd stalling (after a thaw, systemd and the D-Bus daemon answer
+/// late; here machine `m`'s D-Bus daemon is stopped for 6 s after the guard began to fence): the guard must not
+/// be killed by its watchdog mid-fence, and the units it killed start again once, on the same machine,
+/// with nothing running twice. Before the fix the guard pinged its watchdog only after its fencing
+/// calls returned, its last ping allowing 300 ms past the old deadline, so systemd killed it
+/// (`Watchdog timeout`, restart counted) while it waited for D-Bus.
+#[test]
+fn a_guard_whose_fencing_calls_stall_is_not_killed_by_its_watchdog() {
+    let Some(fl) = FleetLab::up(2, &[]) else {
+        return;
+    };
+    let_membership_season();
+    let units = ["stalled-a.service", "stalled-b.service"];
+    let (m, here, pids) = started_on_one(&fl, &units);
+    let guard = "fleet-guard.service";
+    let (restarts, guard_pid) = (fl.show(m, guard, "NRestarts"), fl.show(m, guard, "MainPID"));
+    let guard_log = |fl: &FleetLab| {
+        let out = fl.lab.sh(m, &["journalctl", "--no-pager", "-u", guard]);
+        String::from_utf8_lossy(&out.expect("journalctl").stdout).into_owned()
+    };
+    let kills_before = guard_log(&fl).matches("fence deadline passed").count();
+    // systemctl reaches systemd through its private socket, not through the stopped daemon.
+    let dbus = |sig: &str| {
+        fl.lab
+            .sh_ok(m, &["systemctl", "kill", "-s", sig, "dbus.service"])
+    };
+    dbus("STOP").expect("stopping the D-Bus daemon");
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    // Written until the guard reads it: the agent rewrites the file at its next lease confirmation.
+    fl.wait_for("the guard fencing", WAIT, |fl| {
+        fl.write_file(m, "/run/fleet/fence", &format!("1 {}\n", boot.trim()));
+        std::thread::sleep(Duration::from_millis(50));
+        (guard_log(fl).matches("fence deadline passed").count() > kills_before).then_some(())
+    });
+    // Longer than the last ping's allowance (the deadline then ahead + 300 ms: systemd's limit was
+    // 3.03 s in the run that failed without the fix), shorter than the fenced watchdog (10 s).
+    std::thread::sleep(Duration::from_secs(6));
+    dbus("CONT").expect("resuming the D-Bus daemon");
+    let log = guard_log(&fl);
+    assert!(
+        fl.show(m, guard, "NRestarts") == restarts && fl.show(m, guard, "MainPID") == guard_pid,
+        "the guard of m{m} died while its fencing calls stalled (NRestarts {restarts} -> {})\n{log}",
+        fl.show(m, guard, "NRestarts")
+    );
+    assert!(!log.contains("Watchdog timeout"), "{log}");
     for (u, pid) in here.iter().zip(&pids) {
         fl.wait_for(&format!("{u} running again on m{m}"), WAIT, |fl| {
             let on = fl.running_on(u);

@@ -220,8 +220,11 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
                     // The first time, every bound unit at once, without asking systemd for its
                     // state first (fencing a stopped unit is harmless): the kill must come within
                     // `kill_allowance` of the deadline.
+                    kill_cgroups(&systemd, &units, &mut cgroup_kill_missing);
+                    quiet_watchdog_while_fenced();
                     units
                 } else {
+                    quiet_watchdog_while_fenced();
                     let mut active = Vec::new();
                     for u in units {
                         let up = systemd
@@ -233,14 +236,12 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
                             active.push(u);
                         }
                     }
+                    kill_cgroups(&systemd, &active, &mut cgroup_kill_missing);
                     active
                 };
-                kill_cgroups(&systemd, &targets, &mut cgroup_kill_missing);
                 for (u, e) in systemd.fence_units(&targets).await {
                     tracing::warn!(unit = %u, "fencing: {e}");
                 }
-                // Done for now: keep the watchdog quiet while fenced.
-                let _ = crate::api::activation::notify("WATCHDOG=1\nWATCHDOG_USEC=10000000");
             }
         }
         // Wake at the deadline itself when it comes before the next look (tokio's timers run on
@@ -252,6 +253,23 @@ pub async fn run(fence_file: PathBuf, units_directory: PathBuf, user: bool) -> a
         tokio::time::sleep(next).await;
     }
 }
+
+/// While fenced, the guard's watchdog gets its full period ([`FENCED_WATCHDOG`]), pinged before any
+/// round trip to systemd: the last ping while the deadline was ahead allowed only up to
+/// [`WATCHDOG_MARGIN`] past it, and after a thaw (or on a loaded machine) systemd and the D-Bus
+/// daemon may take longer than that to answer the fencing calls. A guard killed there by its watchdog
+/// loses nothing the kill needed (the units' cgroups were killed first, and systemd stops the bound
+/// units), but the guard must then start again before the units can (`tests/lab_safety.rs`,
+/// `a_guard_whose_fencing_calls_stall_is_not_killed_by_its_watchdog`).
+fn quiet_watchdog_while_fenced() {
+    let _ = crate::api::activation::notify(&format!(
+        "WATCHDOG=1\nWATCHDOG_USEC={}",
+        FENCED_WATCHDOG.as_micros()
+    ));
+}
+
+/// The guard's watchdog while fenced: `WatchdogSec=` of `fleet-guard.service` (`fleet_systemd`).
+const FENCED_WATCHDOG: Duration = Duration::from_secs(10);
 
 /// Kills `targets` through their cgroups (`cgroup.kill`), before systemd is asked to: logs what
 /// could not be killed that way, and once that the kernel lacks `cgroup.kill` (before 5.14) or there
