@@ -16,11 +16,11 @@
 //! use rand::{SeedableRng, rngs::StdRng};
 //!
 //! let now = Instant::now();
-//! let id = NodeIdentity {
-//!     machine_id: MachineId::parse("a").unwrap(),
-//!     addr: "127.0.0.1:4000".parse().unwrap(),
-//!     incarnation: 1,
-//! };
+//! let id = NodeIdentity::new(
+//!     MachineId::parse("a").unwrap(),
+//!     "127.0.0.1:4000".parse().unwrap(),
+//!     1,
+//! );
 //! let mut node = Node::new(Config::default(), id, StdRng::seed_from_u64(7), now);
 //! node.join(now, &["127.0.0.1:4001".parse().unwrap()]);
 //! // The driver now opens a stream to the seed and runs the sync exchange.

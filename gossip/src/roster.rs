@@ -379,11 +379,11 @@ mod tests {
     use rand::SeedableRng;
 
     fn ident(id: &str, inc: u64) -> NodeIdentity {
-        NodeIdentity {
-            machine_id: MachineId::parse(id).unwrap(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            incarnation: inc,
-        }
+        NodeIdentity::new(
+            MachineId::parse(id).unwrap(),
+            "127.0.0.1:1".parse().unwrap(),
+            inc,
+        )
     }
 
     #[test]

@@ -181,11 +181,11 @@ impl VirtualNet {
 
     /// (Re)starts node `index` with this incarnation, joining through `seeds`.
     pub fn start(&mut self, index: NodeIndex, incarnation: u64, seeds: &[NodeIndex]) {
-        let identity = NodeIdentity {
-            machine_id: self.slots[index].id.clone(),
-            addr: self.slots[index].addr,
+        let identity = NodeIdentity::new(
+            self.slots[index].id.clone(),
+            self.slots[index].addr,
             incarnation,
-        };
+        );
         let rng = StdRng::from_rng(&mut self.rng);
         let mut node = Node::new(self.config.clone(), identity, rng, self.now);
         if self.signed {
@@ -577,13 +577,15 @@ pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullStat
     use crate::store::{Entry, OriginDelta};
     use crate::types::{Metadata, Stamp, UnitState};
     let ids: Vec<NodeIdentity> = (0..n)
-        .map(|i| NodeIdentity {
-            machine_id: MachineId::parse(&format!("{i:032x}")).unwrap(),
-            addr: SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)),
-                4001,
-            ),
-            incarnation: 1,
+        .map(|i| {
+            NodeIdentity::new(
+                MachineId::parse(&format!("{i:032x}")).unwrap(),
+                SocketAddr::new(
+                    IpAddr::V4(Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8)),
+                    4001,
+                ),
+                1,
+            )
         })
         .collect();
     let state = ids

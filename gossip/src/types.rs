@@ -21,8 +21,15 @@ pub use fleet_sched::MachineId;
 /// [`foca::Identity::renew`], which bumps the incarnation, and the node rejoins by itself.
 ///
 /// This incarnation is not foca's own `Incarnation` (the counter a member bumps to refute suspicion).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// Build one with [`NodeIdentity::new`]: it also holds the machine ID's [`MachineKey`] (never
+/// sent: the wire carries the three public fields only), computed once, which foca compares instead
+/// of the IDs. Do not assign `machine_id` afterwards (build a new identity).
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct NodeIdentity {
+    /// Derived from `machine_id` (first, so that two different identities usually compare unequal
+    /// on it alone).
+    key: MachineKey,
     /// The machine this node runs on. Two identities with the same machine ID are two lives of one
     /// member: the one with the larger incarnation wins.
     pub machine_id: MachineId,
@@ -32,19 +39,115 @@ pub struct NodeIdentity {
     pub incarnation: u64,
 }
 
+impl NodeIdentity {
+    /// The identity of life `incarnation` of machine `machine_id`, listening at `addr`.
+    pub fn new(machine_id: MachineId, addr: SocketAddr, incarnation: u64) -> Self {
+        NodeIdentity {
+            key: MachineKey::of(&machine_id),
+            machine_id,
+            addr,
+            incarnation,
+        }
+    }
+
+    /// The key foca compares for this identity's machine ([`foca::Identity::addr`]).
+    pub fn key(&self) -> MachineKey {
+        self.key
+    }
+}
+
+/// What foca compares to tell whether two identities are lives of one machine
+/// ([`foca::Identity::addr`]): a 64-bit keyed hash of the machine ID (SipHash, as the standard
+/// library's `HashMap` uses, under a key drawn at random once per process).
+///
+/// foca finds a member by walking its whole list and comparing each member's `addr()` with the one
+/// sought, for every membership update and every datagram's sender. Returning the [`MachineId`]
+/// itself cost two reference-count updates and a string comparison per step of that walk; this key
+/// is copied and compared as one integer. Two different machine IDs get the same key with
+/// probability 2⁻⁶⁴ per pair (about 3·10⁻¹² for some pair among 10,000 machines), and since the
+/// hash key is secret to the process and drawn anew by each one, a peer cannot choose a machine
+/// ID that collides with another machine's. The key is never sent, and nothing is ordered by it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MachineKey(u64);
+
+impl MachineKey {
+    /// The key of `id` in this process.
+    pub fn of(id: &MachineId) -> Self {
+        use std::hash::BuildHasher;
+        static HASHER: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        MachineKey(HASHER.get_or_init(Default::default).hash_one(id.as_str()))
+    }
+}
+
+impl std::fmt::Debug for MachineKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Different in every process: left out of what is printed.
+        f.write_str("MachineKey(..)")
+    }
+}
+
+impl std::fmt::Debug for NodeIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // As derived, without the key (different in every process).
+        f.debug_struct("NodeIdentity")
+            .field("machine_id", &self.machine_id)
+            .field("addr", &self.addr)
+            .field("incarnation", &self.incarnation)
+            .finish()
+    }
+}
+
+/// What the wire carries of a [`NodeIdentity`] (as a struct of that name: the encoding is the one
+/// the derived impls gave, byte for byte).
+#[derive(Serialize)]
+#[serde(rename = "NodeIdentity")]
+struct WireIdentityRef<'a> {
+    machine_id: &'a MachineId,
+    addr: &'a SocketAddr,
+    incarnation: &'a u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename = "NodeIdentity")]
+struct WireIdentity {
+    machine_id: MachineId,
+    addr: SocketAddr,
+    incarnation: u64,
+}
+
+impl Serialize for NodeIdentity {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireIdentityRef {
+            machine_id: &self.machine_id,
+            addr: &self.addr,
+            incarnation: &self.incarnation,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeIdentity {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireIdentity::deserialize(d)?;
+        Ok(NodeIdentity::new(w.machine_id, w.addr, w.incarnation))
+    }
+}
+
 impl foca::Identity for NodeIdentity {
-    type Addr = MachineId;
+    type Addr = MachineKey;
 
     fn renew(&self) -> Option<Self> {
         Some(NodeIdentity {
+            key: self.key,
             machine_id: self.machine_id.clone(),
             addr: self.addr,
             incarnation: self.incarnation.checked_add(1)?,
         })
     }
 
-    fn addr(&self) -> MachineId {
-        self.machine_id.clone()
+    fn addr(&self) -> MachineKey {
+        self.key
     }
 
     fn win_addr_conflict(&self, adversary: &Self) -> bool {
@@ -137,5 +240,64 @@ impl View {
         self.machines
             .values()
             .filter(|m| m.liveness != Liveness::Down)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use foca::Identity;
+
+    use super::*;
+
+    fn id(machine: &str, port: u16, incarnation: u64) -> NodeIdentity {
+        NodeIdentity::new(
+            MachineId::parse(machine).unwrap(),
+            SocketAddr::from(([10, 0, 0, 1], port)),
+            incarnation,
+        )
+    }
+
+    /// The encoding is the three public fields' (what the derived impls sent before the key), and
+    /// decoding computes the key: foca tells machines apart by it, so a decoded identity must have
+    /// the key of its machine ID, never a default one shared by all.
+    #[test]
+    fn identity_wire_is_its_three_fields_and_decoding_derives_the_key() {
+        #[derive(Serialize)]
+        struct Plain {
+            machine_id: MachineId,
+            addr: SocketAddr,
+            incarnation: u64,
+        }
+        let a = id("a1", 4000, 7);
+        let plain = Plain {
+            machine_id: a.machine_id.clone(),
+            addr: a.addr,
+            incarnation: a.incarnation,
+        };
+        let bytes = postcard::to_allocvec(&a).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&plain).unwrap());
+        let b = id("b2", 4000, 7);
+        let decoded: Vec<NodeIdentity> =
+            postcard::from_bytes(&postcard::to_allocvec(&vec![a.clone(), b.clone()]).unwrap())
+                .unwrap();
+        assert_eq!(decoded, vec![a.clone(), b.clone()]);
+        assert_eq!(decoded[0].addr(), a.addr());
+        assert_ne!(decoded[0].addr(), decoded[1].addr());
+    }
+
+    /// Lives of one machine share the key (foca's rename), other machines do not; the key is left
+    /// out of what is printed.
+    #[test]
+    fn the_key_follows_the_machine_id_only() {
+        let a = id("a1", 4000, 7);
+        assert_eq!(a.addr(), id("a1", 5000, 9).addr());
+        assert_eq!(a.addr(), a.renew().unwrap().addr());
+        for other in ["a2", "b1", "a", "a10", "A1"] {
+            assert_ne!(a.addr(), id(other, 4000, 7).addr(), "{other}");
+        }
+        assert_eq!(
+            format!("{a:?}"),
+            "NodeIdentity { machine_id: MachineId(\"a1\"), addr: 10.0.0.1:4000, incarnation: 7 }"
+        );
     }
 }

@@ -260,11 +260,11 @@ mod tests {
 
     #[test]
     fn a_compact_summary_offer_round_trips_and_its_caps_hold() {
-        let from = NodeIdentity {
-            machine_id: MachineId::parse(&"a".repeat(32)).unwrap(),
-            addr: "10.0.0.1:7479".parse().unwrap(),
-            incarnation: 1_700_000_000_000,
-        };
+        let from = NodeIdentity::new(
+            MachineId::parse(&"a".repeat(32)).unwrap(),
+            "10.0.0.1:7479".parse().unwrap(),
+            1_700_000_000_000,
+        );
         let offer = SyncOffer {
             from: from.clone(),
             members: Vec::new(),
@@ -296,11 +296,11 @@ mod tests {
 
     #[test]
     fn a_hand_assembled_state_push_decodes() {
-        let from = NodeIdentity {
-            machine_id: MachineId::parse("m1").unwrap(),
-            addr: "10.0.0.1:7479".parse().unwrap(),
-            incarnation: 1_700_000_000_000,
-        };
+        let from = NodeIdentity::new(
+            MachineId::parse("m1").unwrap(),
+            "10.0.0.1:7479".parse().unwrap(),
+            1_700_000_000_000,
+        );
         let updates: Vec<Update> = (1..=3)
             .map(|v| Update {
                 origin: MachineId::parse("m2").unwrap(),

@@ -364,11 +364,11 @@ fn dead_members_are_forgotten_and_not_taught_to_joiners() {
     let now = std::time::Instant::now();
     let mut fresh = Node::new(
         Config::default(),
-        NodeIdentity {
-            machine_id: MachineId::parse("fresh").unwrap(),
-            addr: "10.9.9.9:4000".parse().unwrap(),
-            incarnation: 1,
-        },
+        NodeIdentity::new(
+            MachineId::parse("fresh").unwrap(),
+            "10.9.9.9:4000".parse().unwrap(),
+            1,
+        ),
         StdRng::seed_from_u64(1),
         now,
     );
@@ -448,11 +448,11 @@ fn a_forged_rumour_of_a_new_life_is_refused() {
     let m0 = net.view(0).unwrap();
     let m1_id = m0.machines[&VirtualNet::machine_id(1)].identity.clone();
     let m2_id = m0.machines[&VirtualNet::machine_id(2)].identity.clone();
-    let forged = NodeIdentity {
-        incarnation: m2_id.incarnation + 1000,
-        addr: m1_id.addr,
-        ..m2_id.clone()
-    };
+    let forged = NodeIdentity::new(
+        m2_id.machine_id.clone(),
+        m1_id.addr,
+        m2_id.incarnation + 1000,
+    );
     let mut packet = vec![fleet_gossip::wire::DATAGRAM_SWIM];
     PostcardCodec
         .encode_header(
@@ -997,11 +997,11 @@ fn a_long_partition_heals_although_its_datagrams_arrive_after_it() {
 fn a_join_through_many_addresses_asks_for_a_few_full_syncs_and_the_cluster_forms() {
     use fleet_gossip::core::JOIN_AT_ONCE;
     let now = std::time::Instant::now();
-    let id = NodeIdentity {
-        machine_id: MachineId::parse("a").unwrap(),
-        addr: "127.0.0.1:4000".parse().unwrap(),
-        incarnation: 1,
-    };
+    let id = NodeIdentity::new(
+        MachineId::parse("a").unwrap(),
+        "127.0.0.1:4000".parse().unwrap(),
+        1,
+    );
     let mut node = Node::new(Config::default(), id, StdRng::seed_from_u64(3), now);
     let addrs: Vec<std::net::SocketAddr> = (1..=50u16)
         .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], 4000 + i)))

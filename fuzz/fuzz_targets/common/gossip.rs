@@ -38,11 +38,11 @@ pub fn base() -> Instant {
 }
 
 pub fn identity(i: u8) -> NodeIdentity {
-    NodeIdentity {
-        machine_id: MachineId::parse(&format!("m{i}")).unwrap(),
-        addr: SocketAddr::from(([10, 0, 0, i], 7479)),
-        incarnation: 1_700_000_000_000 + u64::from(i),
-    }
+    NodeIdentity::new(
+        MachineId::parse(&format!("m{i}")).unwrap(),
+        SocketAddr::from(([10, 0, 0, i], 7479)),
+        1_700_000_000_000 + u64::from(i),
+    )
 }
 
 /// Node `m<i>` with some metadata and unit states of its own, seeded RNG, signing its state and

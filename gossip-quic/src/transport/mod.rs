@@ -457,11 +457,7 @@ impl Gossip {
                 StdRng::seed_from_u64(incarnation ^ u64::from(std::process::id()))
             }),
         };
-        let identity = NodeIdentity {
-            machine_id: config.machine_id.clone(),
-            addr: advertise,
-            incarnation,
-        };
+        let identity = NodeIdentity::new(config.machine_id.clone(), advertise, incarnation);
         let now = Instant::now();
         let mut node = Node::new(config.core.clone(), identity.clone(), rng, now);
         // Every state update is signed with the machine's key and checked against its origin's

@@ -61,11 +61,7 @@ impl Sim {
     pub(super) fn join_gossip(&mut self, i: u32, seeds: &[SocketAddr]) {
         if self.model.is_none() {
             let mm = &self.machines[i as usize];
-            let identity = NodeIdentity {
-                machine_id: mm.id.clone(),
-                addr: mm.addr,
-                incarnation: mm.incarnation,
-            };
+            let identity = NodeIdentity::new(mm.id.clone(), mm.addr, mm.incarnation);
             let rng = StdRng::from_rng(&mut self.rng);
             let at = self.instant(i);
             let mut node = Node::new(self.gossip_cfg.clone(), identity, rng, at);
