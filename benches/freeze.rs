@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lab::FleetLab;
-use support::{knob, mono_us, percentile, show_units};
+use support::{knob, machine_cgroup, mono_us, percentile, show_units};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -69,18 +69,6 @@ impl Drop for Hog {
             let _ = t.join();
         }
     }
-}
-
-/// Machine `i`'s cgroup on the host (the root of its cgroup namespace), as `lab/cluster-lab.sh` makes it.
-fn machine_cgroup(fl: &FleetLab, i: usize) -> PathBuf {
-    let root = if std::fs::read_dir("/sys/fs/cgroup/unified").is_ok() {
-        "/sys/fs/cgroup/unified/fleettest"
-    } else {
-        "/sys/fs/cgroup/fleettest"
-    };
-    PathBuf::from(root)
-        .join(fl.lab.prefix())
-        .join(format!("m{i}"))
 }
 
 /// Writes `value` to machine `i`'s `cgroup.freeze`; when freezing, waits until the kernel says it is

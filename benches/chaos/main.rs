@@ -13,7 +13,8 @@
 //! end, every machine's journal (kept on its lab disk, so that a killed machine's survives) gives each
 //! copy of each unit exactly, on the host's clock (`support::journal`): the longest overlap of two
 //! copies (goal 0 ms; a frozen machine's copies do not execute until it is thawed, and what follows a
-//! thaw is reported apart: docs/safety.md bounds it by thaw → kill), the longest time a unit ran
+//! thaw is reported apart, counted from right before the nemesis's write that thaws the machine, with
+//! where its time goes: docs/safety.md bounds it by thaw → kill), the longest time a unit ran
 //! nowhere, and the failover time of every fault that must move units (from the fault to the last of
 //! the victim's units started elsewhere, when that happened before the heal). The samplers' own longest
 //! stretches per unit are printed beside them, and a machine whose journal begins after the chaos did
@@ -432,9 +433,11 @@ fn execute(
 }
 
 fn heal_one(fl: &FleetLab, states: &States, d: &mut Done, origin: u64) {
-    let before = now_us();
+    let called = now_us();
     let r = guarded(|| nemesis::heal(fl, states, &d.fault, MACHINES));
     let after = now_us();
+    let before = r.as_ref().ok().copied().flatten().unwrap_or(called);
+    let r = r.map(|_| ());
     println!(
         "+{:7.2} s  heal   {}{}",
         (before as f64 - origin as f64) / 1e6,

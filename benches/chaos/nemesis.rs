@@ -125,10 +125,22 @@ pub fn inject(fl: &FleetLab, states: &States, f: &Fault, machines: usize) -> Res
     }
 }
 
-/// Undoes `f`.
-pub fn heal(fl: &FleetLab, states: &States, f: &Fault, machines: usize) -> Result<(), String> {
+/// Undoes `f`. Returns the instant (µs since the epoch) right before the one write that undid it, when
+/// there is one: a thaw (a frozen machine's copies execute again from there, not from before the
+/// call).
+pub fn heal(
+    fl: &FleetLab,
+    states: &States,
+    f: &Fault,
+    machines: usize,
+) -> Result<Option<u64>, String> {
     let m = f.machines[0];
-    match &f.kind {
+    if f.kind == Kind::Freeze {
+        let r = thaw(fl, m);
+        states.set(m, UP);
+        return r.map(Some);
+    }
+    let r = match &f.kind {
         Kind::Crash => {
             let r = lab(fl.lab.boot(m));
             states.set(m, UP);
@@ -148,11 +160,7 @@ pub fn heal(fl: &FleetLab, states: &States, f: &Fault, machines: usize) -> Resul
             ],
         ),
         Kind::FleetdStop => sh(fl, m, &["systemctl", "kill", "-s", "CONT", "fleet.service"]),
-        Kind::Freeze => {
-            let r = lab(fl.lab.thaw(m));
-            states.set(m, UP);
-            r
-        }
+        Kind::Freeze => unreachable!("thawed above"),
         Kind::Cut => lab(fl.lab.heal(m)),
         Kind::Drop | Kind::Loss(_) => lab(fl.lab.undrop(m)),
         Kind::EtcdLoss => unblock(fl, m),
@@ -166,5 +174,16 @@ pub fn heal(fl: &FleetLab, states: &States, f: &Fault, machines: usize) -> Resul
                 Err(errors.join("; "))
             }
         }
-    }
+    };
+    r.map(|()| None)
+}
+
+/// Thaws machine `m` as `Lab::thaw` does (writes `0` to its `cgroup.freeze`), without the script's
+/// start-up in between: returns the instant right before the write. Counted from before
+/// `Lab::thaw`, the thaw overlaps included tens of ms of a bash start on a loaded host.
+fn thaw(fl: &FleetLab, m: usize) -> Result<u64, String> {
+    let file = crate::support::machine_cgroup(fl, m).join("cgroup.freeze");
+    let at = crate::support::journal::now_us();
+    std::fs::write(&file, "0").map_err(|e| format!("{}: {e}", file.display()))?;
+    Ok(at)
 }

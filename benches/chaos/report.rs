@@ -230,6 +230,7 @@ pub fn report(inp: Input) {
             summary_ms(&thaw_ms)
         }
     );
+    thaw_breakdown(&inp, &thawed);
     let mut by_len: Vec<&journal::Gap> = gaps.iter().collect();
     by_len.sort_by(|a, b| b.ms().total_cmp(&a.ms()));
     if let Some(g) = by_len.first() {
@@ -352,6 +353,78 @@ pub fn report(inp: Input) {
 const STALL_LONG_US: u64 = 60_000_000;
 /// A unit that ran nowhere for (at least) the last this many µs of the observation never restarted.
 const STALL_END_US: u64 = 10_000_000;
+
+/// Where the time of the thaw overlaps goes, per thaw that ended in one (from the instant right before
+/// the nemesis wrote `0` to the machine's `cgroup.freeze`, the overlap's own start): the write's return
+/// (its tasks may run before it returns), the thawed machine's guard logging its `cgroup.kill`
+/// (journald's receipt: an upper bound of the kill, after which the killed copies run no more of their
+/// code) and the last overlap's end (systemd's end line of the thawed copy, once it reaped it).
+fn thaw_breakdown(inp: &Input, thawed: &[&Overlap]) {
+    let mut kills: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    let (mut call, mut kill, mut end) = (Vec::new(), Vec::new(), Vec::new());
+    let mut no_kill = Vec::new();
+    for d in inp.done.iter().filter(|d| d.fault.kind == Kind::Freeze) {
+        let (Some((t0, t1)), m) = (d.healed, d.fault.machines[0]) else {
+            continue;
+        };
+        let Some(last) = thawed.iter().filter(|o| o.from == t0).map(|o| o.to).max() else {
+            continue;
+        };
+        call.push(t1.saturating_sub(t0) as f64 / 1000.0);
+        end.push((last - t0) as f64 / 1000.0);
+        let lines = kills.entry(m).or_insert_with(|| guard_kills(inp.fl, m));
+        match lines.iter().find(|&&k| k >= t0 && k < t0 + 5_000_000) {
+            Some(k) => kill.push((k - t0) as f64 / 1000.0),
+            None => no_kill.push(format!("#{}", d.fault.id)),
+        }
+    }
+    if call.is_empty() {
+        return;
+    }
+    println!("  where it goes, per thaw with an overlap, from right before the thaw's write:");
+    println!("    the write returned: {}", summary_ms(&call));
+    println!(
+        "    guard's cgroup.kill logged (thaw -> kill, the figure of the < 100 ms goal): {}{}",
+        summary_ms(&kill),
+        if no_kill.is_empty() {
+            String::new()
+        } else {
+            format!("; no kill line within 5 s: {}", no_kill.join(" "))
+        }
+    );
+    println!(
+        "    last overlap ended (systemd's end line): {}",
+        summary_ms(&end)
+    );
+}
+
+/// When machine `i`'s fence guard logged a kill through `cgroup.kill` (journald's receipt time, µs
+/// since the epoch), from its persistent journal.
+fn guard_kills(fl: &FleetLab, i: usize) -> Vec<u64> {
+    let dir = journal::journal_dir(fl, i);
+    let out = std::process::Command::new("journalctl")
+        .arg("-D")
+        .arg(&dir)
+        .args([
+            "--no-pager",
+            "-o",
+            "json",
+            "--output-fields=MESSAGE,__REALTIME_TIMESTAMP",
+            "-u",
+            "fleet-guard.service",
+            "--grep",
+            "killed through cgroup.kill",
+        ])
+        .output();
+    let Ok(out) = out else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["__REALTIME_TIMESTAMP"].as_str()?.parse().ok())
+        .collect()
+}
 
 /// Prints every error of the run: faults that could not be injected or healed, samplers that
 /// stopped, the settling, and `more`.

@@ -249,6 +249,18 @@ pub fn require_binaries() {
 }
 
 /// Machine `i`'s machine ID, read from its lab disk (also while the machine is down).
+/// Machine `i`'s cgroup on the host (the root of its cgroup namespace), as `lab/cluster-lab.sh` makes it.
+pub fn machine_cgroup(fl: &FleetLab, i: usize) -> std::path::PathBuf {
+    let root = if std::fs::read_dir("/sys/fs/cgroup/unified").is_ok() {
+        "/sys/fs/cgroup/unified/fleettest"
+    } else {
+        "/sys/fs/cgroup/fleettest"
+    };
+    std::path::PathBuf::from(root)
+        .join(fl.lab.prefix())
+        .join(format!("m{i}"))
+}
+
 pub fn machine_id(fl: &FleetLab, i: usize) -> String {
     let p = fl
         .lab
