@@ -40,6 +40,7 @@
 //! # drop(lab);
 //! ```
 
+mod diag;
 mod etcd;
 mod forward;
 mod options;

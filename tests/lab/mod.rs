@@ -80,7 +80,7 @@ impl FleetLab {
         }
         let lab = Lab::up(n, more(opts)).expect("lab up");
         let fl = FleetLab { lab };
-        fl.wait_for("every machine announced", Duration::from_secs(30), |fl| {
+        fl.wait_for_etcd("every machine announced", Duration::from_secs(30), |fl| {
             let out = fl.fleetctl(1, &["list-machines", "--no-legend"]);
             (out.status.success() && String::from_utf8_lossy(&out.stdout).lines().count() == n)
                 .then_some(())
@@ -188,7 +188,29 @@ impl FleetLab {
         &self,
         what: &str,
         timeout: Duration,
+        f: impl FnMut(&FleetLab) -> Option<T>,
+    ) -> T {
+        self.wait_until(what, timeout, f, false)
+    }
+
+    /// Like [`FleetLab::wait_for`], for what needs every fleetd to reach etcd (e.g. all announced):
+    /// the timeout's message also holds the lab's network ([`fleet_lab::Lab::net_report`]: bridge,
+    /// neighbours, routes, nftables, a TCP probe from every machine to etcd).
+    pub fn wait_for_etcd<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl FnMut(&FleetLab) -> Option<T>,
+    ) -> T {
+        self.wait_until(what, timeout, f, true)
+    }
+
+    fn wait_until<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
         mut f: impl FnMut(&FleetLab) -> Option<T>,
+        net: bool,
     ) -> T {
         let t0 = Instant::now();
         loop {
@@ -196,8 +218,13 @@ impl FleetLab {
                 return v;
             }
             if t0.elapsed() > timeout {
+                let net = if net {
+                    self.lab.net_report()
+                } else {
+                    String::new()
+                };
                 panic!(
-                    "timed out after {timeout:?} waiting for: {what}\n{}",
+                    "timed out after {timeout:?} waiting for: {what}\n{}{net}",
                     self.journals_dump()
                 );
             }
@@ -524,7 +551,7 @@ impl FleetLab {
 impl TlsFleetLab {
     /// Every running machine lists exactly the running machines (`fleetctl list-machines`).
     pub fn wait_all_listed(&self, timeout: Duration) {
-        self.wait_for(
+        self.wait_for_etcd(
             "every running machine lists every running machine",
             timeout,
             |fl| {
@@ -696,7 +723,7 @@ impl FleetLab {
                 let _ = self.lab.sh(i, cmd);
             }
         }
-        self.wait_for(
+        self.wait_for_etcd(
             &format!("fleetd on m{i} answers"),
             Duration::from_secs(20),
             |fl| {
