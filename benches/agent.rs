@@ -9,11 +9,17 @@
 //! 2. fleetd's resident memory (VmRSS, VmHWM from `/proc/<pid>/status` inside the machine) with no
 //!    units, then with `BENCH_MEM_UNITS` units loaded, then with them all launched.
 //!
+//! 3. etcd transactions (etcd's own count of `Txn` requests) while those units are submitted, loaded and
+//!    started: the API's unit writes and the agent's claims.
+//!
 //! Prints figures, asserts no timing. Root only (skips with a message otherwise). Build the binaries
 //! of the bench profile first: `cargo build --release --bins && cargo bench --bench agent`
 //! (or `scripts/bench-lab.sh`). Knobs: `BENCH_LATENCY_UNITS` (50), `BENCH_MEM_UNITS` (500),
 //! `BENCH_RECONCILE_INTERVAL` (`2s`, fleetd's default), `BENCH_SEED`, `BENCH_JOURNAL` (a file to
-//! write m1's whole journal to at the end: fleetd, systemd and dbus-daemon).
+//! write m1's whole journal to at the end: fleetd, systemd and dbus-daemon), `BENCH_PROFILE` (run
+//! the fleetd and fleetctl of another profile directory than the bench's own, e.g. `release` from a
+//! debug bench: `cargo build --release -p fleet -p fleetctl --bins`, then
+//! `BENCH_PROFILE=release target/debug/deps/agent-<hash>`).
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
@@ -257,9 +263,12 @@ fn wait_slowly(fl: &FleetLab, what: &str, mut done: impl FnMut(&FleetLab) -> boo
 
 /// Returns (rss, hwm) with `n` units loaded, then (rss, hwm) with them launched, in KiB.
 fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
+    let txns = || support::etcd_txns(fl, 1);
+    let tx0 = txns();
     let t = Instant::now();
     submit(fl, "mem-", n);
     let submitted = t.elapsed();
+    let tx_submitted = txns();
     let cmd = format!(
         "/opt/fleet/bin/fleetctl load --no-block {}/*.service >/dev/null",
         dir("mem-")
@@ -275,8 +284,10 @@ fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
         linked_and_active(fl, "mem-").0 >= n
     });
     let loaded = t.elapsed();
+    let tx_loaded = txns();
     support::sleep(Duration::from_secs(5));
     let (rss_l, hwm_l, _) = fleetd_memory_kib(fl, 1);
+    let tx_rested = txns();
 
     let cmd = format!(
         "/opt/fleet/bin/fleetctl start --no-block {}/*.service >/dev/null",
@@ -293,6 +304,7 @@ fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
         linked_and_active(fl, "mem-").1 >= n
     });
     let launched = t.elapsed();
+    let tx_launched = txns();
     support::sleep(Duration::from_secs(5));
     let (rss_a, hwm_a, _) = fleetd_memory_kib(fl, 1);
     println!();
@@ -301,6 +313,16 @@ fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
         submitted.as_secs_f64(),
         loaded.as_secs_f64(),
         launched.as_secs_f64()
+    );
+    let delta = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => (b - a).to_string(),
+        _ => "?".into(),
+    };
+    println!(
+        "etcd transactions for them: submit {}, load until all linked {}, start until all active {}",
+        delta(tx0, tx_submitted),
+        delta(tx_submitted, tx_loaded),
+        delta(tx_rested, tx_launched)
     );
     (rss_l, hwm_l, rss_a, hwm_a)
 }

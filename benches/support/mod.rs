@@ -182,11 +182,7 @@ pub fn fleet_lab_up(n: usize, settings: &[(&str, &str)]) -> Option<FleetLab> {
         unit.push_str(&format!("Environment={k}={v}\n"));
     }
     let opts = fleet_lab::LabOptions::new()
-        .bind(
-            fleet_lab::cargo_profile_dir().expect("cargo profile dir"),
-            fleet_lab::FLEET_BIN_DIR,
-            true,
-        )
+        .bind(bin_dir(), fleet_lab::FLEET_BIN_DIR, true)
         .unit("fleet.service", unit);
     let fl = FleetLab {
         lab: fleet_lab::Lab::up(n, opts).expect("lab up"),
@@ -197,6 +193,36 @@ pub fn fleet_lab_up(n: usize, settings: &[(&str, &str)]) -> Option<FleetLab> {
             .then_some(())
     });
     Some(fl)
+}
+
+/// The directory whose `fleetd` and `fleetctl` the lab's machines run: this bench binary's own cargo
+/// profile directory, or with `BENCH_PROFILE=<profile>` that profile's sibling directory
+/// (`BENCH_PROFILE=release` runs `target/release`'s binaries from a bench built in debug:
+/// `cargo build --release -p fleet -p fleetctl --bins`).
+pub fn bin_dir() -> std::path::PathBuf {
+    let dir = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
+    match std::env::var("BENCH_PROFILE") {
+        Ok(p) if !p.is_empty() => {
+            let name = if p == "dev" { "debug" } else { p.as_str() };
+            dir.parent().expect("target dir").join(name)
+        }
+        _ => dir,
+    }
+}
+
+/// etcd transactions (`Txn` RPCs, etcd's own `grpc_server_started_total`) the lab's etcd has
+/// received so far, read from its metrics inside machine `i`; `None` when unreadable.
+pub fn etcd_txns(fl: &FleetLab, i: usize) -> Option<u64> {
+    let url = format!("{}/metrics", fleet_lab::ETCD_IN_LAB);
+    let out = fl
+        .lab
+        .sh_ok(i, &["curl", "-sS", "--max-time", "10", &url])
+        .ok()?;
+    out.lines()
+        .find(|l| l.starts_with("grpc_server_started_total{") && l.contains("grpc_method=\"Txn\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
 }
 
 /// Sleeps `d`.
@@ -219,9 +245,7 @@ pub fn print_header(name: &str) {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    let profile = fleet_lab::cargo_profile_dir()
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+    let profile = bin_dir().display().to_string();
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
@@ -237,7 +261,7 @@ pub fn print_header(name: &str) {
 
 /// Fails early with a clear message when the lab binaries are missing from the profile dir.
 pub fn require_binaries() {
-    let dir = fleet_lab::cargo_profile_dir().expect("cargo profile dir");
+    let dir = bin_dir();
     for bin in ["fleetd", "fleetctl"] {
         let p = dir.join(bin);
         assert!(
