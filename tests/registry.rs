@@ -471,7 +471,8 @@ async fn garbage_in_a_claim_keeps_its_holder_or_frees_it_when_bound_to_no_lease(
     .await
     .unwrap()
     .expect("bound again");
-    let claim = r.claim(&a).unwrap().unwrap();
+    // `write_claim` does not wait for the mirror: wait for the watch to bring the write.
+    let claim = claim_seen(&r, &a, |c| !c.unbound).await;
     assert!(!claim.unbound && claim.damaged.is_none());
 
     // A registry that never saw it bound (a fresh fleetd) sees a free claim, and claiming replaces it.
@@ -502,8 +503,198 @@ async fn garbage_in_a_claim_keeps_its_holder_or_frees_it_when_bound_to_no_lease(
         .await
         .unwrap()
         .expect("replaced");
-    let claim = fresh.claim(&b).unwrap().expect("claimed");
+    let claim = claim_seen(&fresh, &b, |_| true).await;
     assert_eq!((claim.machine_id.as_str(), claim.lease), ("m2", lease));
     assert!(fresh.snapshot().unwrap().free_claims.is_empty());
     c.lease_revoke(lease).await.unwrap();
+}
+
+/// `unit`'s claim in `r`'s mirror once `ready` holds for it (claim writes do not wait for the mirror:
+/// the watch brings them); panics after 10 s.
+async fn claim_seen(
+    r: &Registry,
+    unit: &UnitName,
+    ready: impl Fn(&fleet::registry::Claim) -> bool,
+) -> fleet::registry::Claim {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match r.claim(unit).unwrap() {
+            Some(c) if ready(&c) => return c,
+            seen => assert!(
+                tokio::time::Instant::now() < deadline,
+                "{unit}'s claim not in the mirror after 10 s: {seen:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every claim key under `etcd`'s prefix: unit → (holder, mod_revision, lease).
+async fn claims_in_etcd(etcd: &Etcd) -> std::collections::BTreeMap<String, (String, i64, i64)> {
+    let mut c = etcd.client().await;
+    let prefix = format!("{}claims/", etcd.prefix());
+    let opts = etcd_client::GetOptions::new().with_prefix();
+    let resp = c.get(prefix.as_str(), Some(opts)).await.unwrap();
+    resp.kvs()
+        .iter()
+        .map(|kv| {
+            let rec: fleet::registry::ClaimRecord = serde_json::from_slice(kv.value()).unwrap();
+            let unit = kv.key_str().unwrap()[prefix.len()..].to_string();
+            (unit, (rec.machine_id, kv.mod_revision(), kv.lease()))
+        })
+        .collect()
+}
+
+fn claims_of(units: &[UnitName]) -> Vec<(UnitName, fleet::registry::ClaimWrite)> {
+    units
+        .iter()
+        .map(|u| (u.clone(), fleet::registry::ClaimWrite::Claim))
+        .collect()
+}
+
+/// A batch of claims whose compares all hold is applied whole, in one transaction (one revision).
+#[tokio::test]
+async fn a_batch_of_claims_is_one_transaction() {
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let m1 = fleet_sched::MachineId::parse("m1").unwrap();
+    let lease = etcd
+        .client()
+        .await
+        .lease_grant(30, None)
+        .await
+        .unwrap()
+        .id();
+    let units: Vec<UnitName> = (0..5).map(|i| name(&format!("b{i}.service"))).collect();
+    let out = r.write_claims(&m1, lease, &claims_of(&units)).await;
+    let revs: Vec<i64> = out
+        .iter()
+        .map(|o| o.clone().unwrap().expect("applied"))
+        .collect();
+    assert!(revs.iter().all(|&v| v == revs[0]), "one revision: {revs:?}");
+    let held = claims_in_etcd(&etcd).await;
+    assert_eq!(held.len(), 5);
+    for u in &units {
+        assert_eq!(held[u.as_str()], ("m1".to_string(), revs[0], lease));
+    }
+}
+
+/// One claim of a batch whose compare fails (another machine claimed the unit first) is not written and
+/// reported as lost; the batch's other writes (claims and a release) are all applied; nothing of the
+/// other machine's claim changes.
+#[tokio::test]
+async fn a_failed_compare_in_a_batch_fails_only_its_own_write() {
+    use fleet::registry::ClaimWrite;
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let (m1, m2) = (
+        fleet_sched::MachineId::parse("m1").unwrap(),
+        fleet_sched::MachineId::parse("m2").unwrap(),
+    );
+    let mut c = etcd.client().await;
+    let (l1, l2) = (
+        c.lease_grant(30, None).await.unwrap().id(),
+        c.lease_grant(30, None).await.unwrap().id(),
+    );
+    let taken = name("taken.service");
+    let mine = name("mine.service");
+    r.write_claim(&taken, &m2, l2, &ClaimWrite::Claim)
+        .await
+        .unwrap()
+        .expect("m2 claims first");
+    let mine_rev = r
+        .write_claim(&mine, &m1, l1, &ClaimWrite::Claim)
+        .await
+        .unwrap()
+        .expect("m1's claim");
+    let before = claims_in_etcd(&etcd).await[taken.as_str()].clone();
+
+    let units: Vec<UnitName> = (0..4).map(|i| name(&format!("f{i}.service"))).collect();
+    let mut writes = claims_of(&units);
+    writes.insert(2, (taken.clone(), ClaimWrite::Claim));
+    let release = ClaimWrite::Release {
+        mod_revision: mine_rev,
+    };
+    writes.push((mine.clone(), release));
+    let out = r.write_claims(&m1, l1, &writes).await;
+    assert_eq!(out[2], Ok(None), "the taken unit's claim lost");
+    let revs: Vec<i64> = [0, 1, 3, 4, 5]
+        .iter()
+        .map(|&i| out[i].clone().unwrap().expect("applied"))
+        .collect();
+    assert!(
+        revs.iter().all(|&v| v == revs[0]),
+        "one retried batch: {revs:?}"
+    );
+    let held = claims_in_etcd(&etcd).await;
+    assert_eq!(
+        held[taken.as_str()],
+        before,
+        "the other machine's claim untouched"
+    );
+    assert!(!held.contains_key(mine.as_str()), "the release applied");
+    for u in &units {
+        assert_eq!(held[u.as_str()], ("m1".to_string(), revs[0], l1));
+    }
+}
+
+/// More claims than one transaction takes go in chunks of `CLAIMS_PER_TXN`, each applied whole.
+#[tokio::test]
+async fn a_batch_larger_than_a_transaction_goes_in_chunks() {
+    use fleet::registry::CLAIMS_PER_TXN;
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let m1 = fleet_sched::MachineId::parse("m1").unwrap();
+    let lease = etcd
+        .client()
+        .await
+        .lease_grant(30, None)
+        .await
+        .unwrap()
+        .id();
+    let n = 2 * CLAIMS_PER_TXN + 50;
+    let units: Vec<UnitName> = (0..n).map(|i| name(&format!("c{i:03}.service"))).collect();
+    let out = r.write_claims(&m1, lease, &claims_of(&units)).await;
+    let mut per_rev = std::collections::BTreeMap::<i64, usize>::new();
+    for o in &out {
+        *per_rev
+            .entry(o.clone().unwrap().expect("applied"))
+            .or_default() += 1;
+    }
+    let sizes: Vec<usize> = per_rev.values().copied().collect();
+    assert_eq!(sizes, vec![CLAIMS_PER_TXN, CLAIMS_PER_TXN, 50]);
+    let held = claims_in_etcd(&etcd).await;
+    assert_eq!(held.len(), n);
+    assert!(held.values().all(|(m, _, l)| m == "m1" && *l == lease));
+}
+
+/// A batch etcd refuses (claims under a lease it no longer knows) is written one by one: the refused
+/// claims fail with etcd's error, the release in the same batch is applied.
+#[tokio::test]
+async fn a_refused_batch_fails_only_the_refused_writes() {
+    use fleet::registry::ClaimWrite;
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let m1 = fleet_sched::MachineId::parse("m1").unwrap();
+    let mut c = etcd.client().await;
+    let (live, gone) = (
+        c.lease_grant(30, None).await.unwrap().id(),
+        c.lease_grant(30, None).await.unwrap().id(),
+    );
+    c.lease_revoke(gone).await.unwrap();
+    let mine = name("r-mine.service");
+    let rev = r
+        .write_claim(&mine, &m1, live, &ClaimWrite::Claim)
+        .await
+        .unwrap()
+        .expect("claimed");
+    let units: Vec<UnitName> = (0..3).map(|i| name(&format!("r{i}.service"))).collect();
+    let mut writes = claims_of(&units);
+    writes.push((mine.clone(), ClaimWrite::Release { mod_revision: rev }));
+    let out = r.write_claims(&m1, gone, &writes).await;
+    for o in &out[..3] {
+        assert!(matches!(o, Err(RegistryError::Etcd(_))), "{o:?}");
+    }
+    assert!(matches!(out[3], Ok(Some(_))), "{:?}", out[3]);
+    assert!(claims_in_etcd(&etcd).await.is_empty());
 }

@@ -2,10 +2,11 @@
 //! the claim writes that carry the verdicts out.
 
 use super::*;
+use crate::registry::ClaimResult;
 
 impl State {
     /// Runs placement and the decision core for every unit that concerns this machine, carries out the
-    /// claim writes, and returns what this machine should run.
+    /// claim writes (in batches: `Registry::write_claims`), and returns what this machine should run.
     pub(super) async fn decide_all(
         &mut self,
         snap: &Snapshot,
@@ -14,6 +15,127 @@ impl State {
         lease: &LeaseStatus,
         now: Time,
     ) -> BTreeMap<UnitName, TargetUnit> {
+        let (wanted, placements) = self.place(snap);
+        let ctx = Ctx {
+            timing: &self.timing,
+            me: &self.opts.machine,
+            lease: lease.lease.id,
+            guard: g,
+            committee,
+            now,
+        };
+        // Every verdict first (the decision core reads nothing a claim write of this pass changes),
+        // then their claim writes as one batch, then what each outcome means.
+        let decided: Vec<Decided> = placements
+            .into_iter()
+            .map(|(name, placement)| self.decide_unit(&ctx, snap, name, placement))
+            .collect();
+        let written = self.write_claims(&decided, lease.lease.id).await;
+
+        let mut target = BTreeMap::new();
+        let mut wake: Option<Time> = None;
+        let mut waiting = BTreeMap::new();
+        for (d, w) in decided.into_iter().zip(written) {
+            let Decided {
+                name,
+                placement,
+                verdict: v,
+                ..
+            } = d;
+            let run = match w {
+                None => v.run,
+                Some((p, result)) => self.claim_written(&name, &v, p, result),
+            };
+            if let Some(l) = v.poll {
+                self.poll_wanted.insert(l);
+            }
+            if let Some(h) = &v.votes {
+                self.votes_wanted.insert((h.machine.clone(), h.lease));
+            }
+            if let Some(t) = v.wake_at {
+                wake = Some(wake.map_or(t, |w: Time| w.min(t)));
+            }
+            if placement != Placement::NotHere && !run {
+                waiting.insert(name.clone(), v.why);
+            }
+            if run {
+                if let Some(t) = wanted.get(&name) {
+                    target.insert(name, t.clone());
+                }
+            } else if v.keeps_loaded() && self.loaded.contains_key(&name) {
+                if let Some(t) = wanted.get(&name) {
+                    let state = DesiredState::Loaded;
+                    target.insert(name, TargetUnit { state, ..t.clone() });
+                }
+            }
+        }
+        self.finish_pass(waiting, wake, now);
+        target
+    }
+
+    /// Logs the units newly waiting and sets when the next pass is due at the latest (`wake`: the
+    /// verdicts' own).
+    fn finish_pass(&mut self, waiting: BTreeMap<UnitName, Why>, mut wake: Option<Time>, now: Time) {
+        for (n, why) in &waiting {
+            if self.waiting.get(n) != Some(why) {
+                tracing::info!(unit = %n, reason = ?why, "placed here, not running yet");
+            }
+        }
+        self.waiting = waiting;
+        // Polls and votes run at the start of a pass: the next one comes when the first of them is
+        // due (at once for one not asked yet: a down verdict reaches etcd and the witnesses within a
+        // round trip, not a poll period later), then once per poll period while they are wanted.
+        let period = self.timing.lease_poll_period();
+        let polls_due = votes::first_due(&self.poll_wanted, &self.poll_tried, now, period);
+        let votes_due = votes::first_due(&self.votes_wanted, &self.votes_asked, now, period);
+        if let Some(next) = polls_due.into_iter().chain(votes_due).min() {
+            wake = Some(wake.map_or(next, |w| w.min(next)));
+        }
+        self.wake_at = wake;
+    }
+
+    /// The claim writes of a pass's verdicts, sent as one batch (`Registry::write_claims`): for each
+    /// verdict, the write it asks for with its outcome.
+    async fn write_claims(
+        &self,
+        decided: &[Decided],
+        lease: i64,
+    ) -> Vec<Option<(Planned, ClaimResult)>> {
+        let planned: Vec<Option<Planned>> = decided
+            .iter()
+            .map(|d| self.claim_write(&d.name, &d.verdict, d.claim.as_ref(), d.stored))
+            .collect();
+        let batch: Vec<(UnitName, ClaimWrite)> = decided
+            .iter()
+            .zip(&planned)
+            .filter_map(|(d, p)| p.as_ref().map(|p| (d.name.clone(), p.write.clone())))
+            .collect();
+        let mut results = self
+            .registry
+            .write_claims(&self.opts.machine, lease, &batch)
+            .await
+            .into_iter();
+        planned
+            .into_iter()
+            .map(|p| p.map(|p| (p, results.next().expect("one outcome per claim write"))))
+            .collect()
+    }
+
+    pub(super) fn is_running(&self, name: &UnitName) -> bool {
+        let up = self
+            .states
+            .get(name)
+            .is_some_and(|s| s.active_state.is_up());
+        up || self.started.contains_key(name)
+    }
+
+    /// Runs placement for this pass: the units placed here with what they should be, and every unit
+    /// that concerns this machine (placed here, claimed by us or taken from us, loaded here) with
+    /// where the plan puts it.
+    fn place(
+        &mut self,
+        snap: &Snapshot,
+    ) -> (BTreeMap<UnitName, TargetUnit>, Vec<(UnitName, Placement)>) {
         let me = self.opts.machine.clone();
         let mut machines = self.cluster.live_machines();
         // The plan leaves suspects out (`fleet_decide::plan`): their units' taker polls their lease.
@@ -53,7 +175,6 @@ impl State {
         let plan = self.placement.plan();
         self.cluster.set_plan(plan);
 
-        // Every unit that concerns us: placed here, claimed by us (or taken from us), loaded here.
         let mut names: BTreeSet<UnitName> = plan
             .decisions
             .iter()
@@ -66,7 +187,7 @@ impl State {
             }
         }
         names.extend(self.loaded.keys().cloned());
-        let placements: Vec<(UnitName, Placement)> = names
+        let placements = names
             .into_iter()
             .map(|name| {
                 let placement = match (plan.decision(&name), wanted.get(&name)) {
@@ -82,146 +203,98 @@ impl State {
                 (name, placement)
             })
             .collect();
-
-        let ctx_lease = lease.lease.id;
-        let mut target = BTreeMap::new();
-        let mut wake: Option<Time> = None;
-        let mut waiting = BTreeMap::new();
-        for (name, placement) in placements {
-            let claim = snap.claims.get(&name).map(|c| fleet_decide::Claim {
-                machine: c.machine_id.clone(),
-                lease: c.lease,
-                mod_revision: c.mod_revision,
-                handoff: c.handoff.as_ref().map(|(m, l)| fleet_decide::Handoff {
-                    machine: m.clone(),
-                    lease: *l,
-                }),
-            });
-            // The machine whose stop we may need to prove: the holder, or the previous holder.
-            let other = claim.as_ref().and_then(|c| {
-                if c.machine != me {
-                    Some((c.machine.clone(), c.lease))
-                } else {
-                    c.handoff.as_ref().map(|h| (h.machine.clone(), h.lease))
-                }
-            });
-            let no_polls = VecDeque::new();
-            let (alive, suspect, down, restarting, polls, votes) = match &other {
-                Some((m, l)) => {
-                    let (alive, suspect, down) = self.cluster.peer(m);
-                    let polls = self.polls.get(l).unwrap_or(&no_polls);
-                    let votes = self.votes.get(&(m.clone(), *l)).map_or(0, |v| {
-                        v.iter()
-                            .filter(|w| *w != m && committee.contains(w))
-                            .count()
-                    });
-                    let restarting = snap.restarting.contains(m);
-                    (alive, suspect, down.is_some(), restarting, polls, votes)
-                }
-                None => (false, false, false, false, &no_polls, 0),
-            };
-            let polls: Vec<LeasePoll> = polls.iter().copied().collect();
-            let running = self.is_running(&name);
-            let case = Case {
-                placement,
-                claim: claim.as_ref(),
-                loaded: self.loaded.contains_key(&name),
-                running,
-                peer: Peer {
-                    alive,
-                    suspect,
-                    down,
-                    votes,
-                    restarting,
-                    polls: &polls,
-                },
-                superseded_at: self
-                    .superseded_at
-                    .get(&name)
-                    .copied()
-                    .unwrap_or(self.started_at),
-            };
-            let ctx = Ctx {
-                timing: &self.timing,
-                me: &me,
-                lease: ctx_lease,
-                guard: g,
-                committee,
-                now,
-            };
-            let v = fleet_decide::decide(&ctx, &case);
-            let stored = Stored {
-                unbound: snap.claims.get(&name).is_some_and(|c| c.unbound),
-                free: snap.free_claims.get(&name).map(|f| f.mod_revision),
-            };
-            let run = self
-                .carry_out(&name, &v, claim.as_ref(), stored, lease.lease.id)
-                .await;
-            if let Some(l) = v.poll {
-                self.poll_wanted.insert(l);
-            }
-            if let Some(h) = &v.votes {
-                self.votes_wanted.insert((h.machine.clone(), h.lease));
-            }
-            if let Some(t) = v.wake_at {
-                wake = Some(wake.map_or(t, |w: Time| w.min(t)));
-            }
-            if placement != Placement::NotHere && !run {
-                waiting.insert(name.clone(), v.why);
-            }
-            if run {
-                if let Some(t) = wanted.get(&name) {
-                    target.insert(name, t.clone());
-                }
-            } else if v.keeps_loaded() && self.loaded.contains_key(&name) {
-                if let Some(t) = wanted.get(&name) {
-                    let state = DesiredState::Loaded;
-                    target.insert(name, TargetUnit { state, ..t.clone() });
-                }
-            }
-        }
-        for (n, why) in &waiting {
-            if self.waiting.get(n) != Some(why) {
-                tracing::info!(unit = %n, reason = ?why, "placed here, not running yet");
-            }
-        }
-        self.waiting = waiting;
-        // Polls and votes run at the start of a pass: the next one comes when the first of them is
-        // due (at once for one not asked yet: a down verdict reaches etcd and the witnesses within a
-        // round trip, not a poll period later), then once per poll period while they are wanted.
-        let period = self.timing.lease_poll_period();
-        let polls_due = votes::first_due(&self.poll_wanted, &self.poll_tried, now, period);
-        let votes_due = votes::first_due(&self.votes_wanted, &self.votes_asked, now, period);
-        if let Some(next) = polls_due.into_iter().chain(votes_due).min() {
-            wake = Some(wake.map_or(next, |w| w.min(next)));
-        }
-        self.wake_at = wake;
-        target
+        (wanted, placements)
     }
 
-    pub(super) fn is_running(&self, name: &UnitName) -> bool {
-        let up = self
-            .states
-            .get(name)
-            .is_some_and(|s| s.active_state.is_up());
-        up || self.started.contains_key(name)
+    /// The decision core's verdict for one unit, with the claim it was given.
+    fn decide_unit(
+        &self,
+        ctx: &Ctx<'_>,
+        snap: &Snapshot,
+        name: UnitName,
+        placement: Placement,
+    ) -> Decided {
+        let me = ctx.me;
+        let claim = snap.claims.get(&name).map(|c| fleet_decide::Claim {
+            machine: c.machine_id.clone(),
+            lease: c.lease,
+            mod_revision: c.mod_revision,
+            handoff: c.handoff.as_ref().map(|(m, l)| fleet_decide::Handoff {
+                machine: m.clone(),
+                lease: *l,
+            }),
+        });
+        // The machine whose stop we may need to prove: the holder, or the previous holder.
+        let other = claim.as_ref().and_then(|c| {
+            if c.machine != *me {
+                Some((c.machine.clone(), c.lease))
+            } else {
+                c.handoff.as_ref().map(|h| (h.machine.clone(), h.lease))
+            }
+        });
+        let no_polls = VecDeque::new();
+        let (alive, suspect, down, restarting, polls, votes) = match &other {
+            Some((m, l)) => {
+                let (alive, suspect, down) = self.cluster.peer(m);
+                let polls = self.polls.get(l).unwrap_or(&no_polls);
+                let votes = self.votes.get(&(m.clone(), *l)).map_or(0, |v| {
+                    v.iter()
+                        .filter(|w| *w != m && ctx.committee.contains(w))
+                        .count()
+                });
+                let restarting = snap.restarting.contains(m);
+                (alive, suspect, down.is_some(), restarting, polls, votes)
+            }
+            None => (false, false, false, false, &no_polls, 0),
+        };
+        let polls: Vec<LeasePoll> = polls.iter().copied().collect();
+        let case = Case {
+            placement,
+            claim: claim.as_ref(),
+            loaded: self.loaded.contains_key(&name),
+            running: self.is_running(&name),
+            peer: Peer {
+                alive,
+                suspect,
+                down,
+                votes,
+                restarting,
+                polls: &polls,
+            },
+            superseded_at: self
+                .superseded_at
+                .get(&name)
+                .copied()
+                .unwrap_or(self.started_at),
+        };
+        let verdict = fleet_decide::decide(ctx, &case);
+        let stored = Stored {
+            unbound: snap.claims.get(&name).is_some_and(|c| c.unbound),
+            free: snap.free_claims.get(&name).map(|f| f.mod_revision),
+        };
+        Decided {
+            name,
+            placement,
+            claim,
+            verdict,
+            stored,
+        }
     }
 
-    /// Carries out a verdict's claim write; returns whether the unit runs here.
+    /// The claim write a verdict asks for, if any.
     ///
     /// Claim keys that are not bound to a lease (written by something other than an agent; see
     /// `registry::mirror`) are repaired here, without changing who holds what: a free one is replaced
     /// (at its revision) by the claim the verdict writes, our own unbound claim is bound to our lease
     /// again, and an unbound claim whose holder's lease is gone is deleted (at its revision) by the
     /// machine the plan puts the unit on.
-    pub(super) async fn carry_out(
-        &mut self,
+    fn claim_write(
+        &self,
         name: &UnitName,
         v: &Verdict,
         claim: Option<&fleet_decide::Claim>,
         stored: Stored,
-        lease: i64,
-    ) -> bool {
+    ) -> Option<Planned> {
         let repair = match (claim, &v.write) {
             (Some(c), None)
                 if stored.unbound && c.machine == self.opts.machine && v.why == Why::Held =>
@@ -238,10 +311,8 @@ impl State {
         if let Some(r) = &repair {
             tracing::warn!(unit = %name, write = ?r, "repairing a claim bound to no lease");
         }
-        let Some(w) = v.write.as_ref().or(repair.as_ref()) else {
-            return v.run;
-        };
-        let write = match w {
+        let w = v.write.clone().or(repair.clone())?;
+        let write = match &w {
             Write::Claim => match stored.free {
                 Some(mod_revision) => ClaimWrite::Replace { mod_revision },
                 None => ClaimWrite::Claim,
@@ -266,13 +337,24 @@ impl State {
                     .unwrap_or_else(|| self.opts.machine.clone()),
             },
         };
+        Some(Planned {
+            verdict_write: w,
+            write,
+            repair: repair.is_some(),
+        })
+    }
+
+    /// What a claim write's outcome means for the unit; returns whether the unit runs here.
+    fn claim_written(
+        &mut self,
+        name: &UnitName,
+        v: &Verdict,
+        p: Planned,
+        result: ClaimResult,
+    ) -> bool {
         let m = crate::metrics::global();
-        match self
-            .registry
-            .write_claim(name, &self.opts.machine, lease, &write)
-            .await
-        {
-            Ok(Some(_)) => match w {
+        match result {
+            Ok(Some(_)) => match p.verdict_write {
                 Write::Claim => {
                     tracing::info!(unit = %name, "claimed");
                     m.placed();
@@ -296,7 +378,7 @@ impl State {
                     tracing::info!(unit = %name, "claim bound to the current lease");
                     v.run
                 }
-                Write::Release { .. } if repair.is_some() => {
+                Write::Release { .. } if p.repair => {
                     tracing::info!(unit = %name, "deleted a claim bound to no lease whose holder's lease is gone");
                     false
                 }
@@ -313,8 +395,27 @@ impl State {
             Err(e) => {
                 tracing::warn!(unit = %name, "claim write: {e}");
                 // A unit that runs under our claim keeps running (the fence deadline guards it).
-                v.run && !matches!(w, Write::Claim | Write::Supersede { .. })
+                v.run && !matches!(p.verdict_write, Write::Claim | Write::Supersede { .. })
             }
         }
     }
+}
+
+/// One unit's verdict in a pass, before its claim write.
+struct Decided {
+    name: UnitName,
+    placement: Placement,
+    claim: Option<fleet_decide::Claim>,
+    verdict: Verdict,
+    stored: Stored,
+}
+
+/// A claim write a verdict asks for.
+struct Planned {
+    /// The decision core's write (or the repair's).
+    verdict_write: Write,
+    /// What the registry writes for it.
+    write: ClaimWrite,
+    /// Whether it repairs a claim bound to no lease.
+    repair: bool,
 }

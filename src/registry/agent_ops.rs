@@ -6,7 +6,9 @@
 //! when absent, every other write compares the `mod_revision` the agent saw, so two agents with different
 //! views can never both win (docs/safety.md).
 
-use etcd_client::{Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{
+    Compare, CompareOp, GetOptions, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse,
+};
 use fleet_sched::{MachineId, UnitName};
 
 use super::keys::{ClaimRecord, HandoffRecord, MachineRecord};
@@ -88,20 +90,23 @@ fn claim_json(machine: &MachineId, handoff: Option<&(MachineId, i64)>) -> String
     .expect("a claim serializes")
 }
 
-impl Registry {
-    /// Carries out a claim write for `unit` by `machine` under `lease`. `Ok(Some(revision))` when etcd
-    /// applied it (at that revision), `Ok(None)` when its compare failed (someone else wrote first).
-    pub async fn write_claim(
-        &self,
-        unit: &UnitName,
-        machine: &MachineId,
-        lease: i64,
-        write: &ClaimWrite,
-    ) -> Result<Option<i64>, RegistryError> {
-        let key = self.keys().claim(unit);
+/// Most claim writes in one transaction. etcd refuses a transaction with more than `--max-txn-ops`
+/// (128 by default in etcd 3.4) compares, or success ops, or failure ops; a batch has one of each
+/// per claim, so this stays well below it.
+pub const CLAIMS_PER_TXN: usize = 100;
+
+/// What one claim write asks of etcd: its key, its compare and its operation.
+struct ClaimOp {
+    key: String,
+    when: Compare,
+    then: TxnOp,
+}
+
+impl ClaimWrite {
+    fn op(&self, key: String, machine: &MachineId, lease: i64) -> ClaimOp {
         let with_lease = || Some(PutOptions::new().with_lease(lease));
         let at = |rev: i64| Compare::mod_revision(key.as_str(), CompareOp::Equal, rev);
-        let (when, then) = match write {
+        let (when, then) = match self {
             ClaimWrite::Claim => (
                 Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
                 TxnOp::put(key.as_str(), claim_json(machine, None), with_lease()),
@@ -140,8 +145,43 @@ impl Registry {
                 ),
             ),
         };
+        ClaimOp { key, when, then }
+    }
+
+    /// Whether this write's compare holds against the key as read (`None`: absent, whose revisions
+    /// etcd compares as 0): the same test etcd makes, for the read a failed batch returns.
+    fn holds(&self, kv: Option<&KeyValue>) -> bool {
+        match self {
+            ClaimWrite::Claim => kv.map_or(0, KeyValue::create_revision) == 0,
+            ClaimWrite::Replace { mod_revision }
+            | ClaimWrite::Supersede { mod_revision, .. }
+            | ClaimWrite::Rebind { mod_revision, .. }
+            | ClaimWrite::Release { mod_revision }
+            | ClaimWrite::Ack { mod_revision, .. } => {
+                kv.map_or(0, KeyValue::mod_revision) == *mod_revision
+            }
+        }
+    }
+}
+
+/// The outcome of one claim write: `Ok(Some(revision))` when etcd applied it (at that revision),
+/// `Ok(None)` when its compare failed (someone else wrote first), `Err` when it is not known to have
+/// been applied (etcd unavailable, or it refused the request).
+pub type ClaimResult = Result<Option<i64>, RegistryError>;
+
+impl Registry {
+    /// Carries out a claim write for `unit` by `machine` under `lease`. `Ok(Some(revision))` when etcd
+    /// applied it (at that revision), `Ok(None)` when its compare failed (someone else wrote first).
+    pub async fn write_claim(
+        &self,
+        unit: &UnitName,
+        machine: &MachineId,
+        lease: i64,
+        write: &ClaimWrite,
+    ) -> ClaimResult {
+        let op = write.op(self.keys().claim(unit), machine, lease);
         let resp = self
-            .agent_txn(Txn::new().when([when]).and_then([then]))
+            .agent_txn(Txn::new().when([op.when]).and_then([op.then]))
             .await
             .map_err(|e| {
                 tracing::debug!(unit = %unit, "{}: {e}", write.name());
@@ -155,6 +195,112 @@ impl Registry {
         }
     }
 
+    /// Carries out many claim writes by `machine` under `lease` (one per unit), in as few
+    /// transactions as etcd takes ([`CLAIMS_PER_TXN`] writes each), and returns each write's outcome
+    /// as [`Registry::write_claim`] would, in order.
+    ///
+    /// Every write keeps its own compare, and a transaction applies all of its writes or none:
+    /// - all compares hold: all are applied, at one revision;
+    /// - some fail: nothing is applied; the transaction's failure branch reads every key at that
+    ///   revision, so the writes whose compare failed are known (`Ok(None)`, as alone), and the others
+    ///   are sent again as a batch of their own (until one applies or a write is left alone);
+    /// - etcd is unavailable: every write of the transaction fails with that error (none applied, or
+    ///   not known to be, as for one write);
+    /// - etcd refuses it (a lease it no longer knows, a limit lower than ours): its writes are sent
+    ///   one by one, so that a refusal fails only the writes it concerns.
+    pub async fn write_claims(
+        &self,
+        machine: &MachineId,
+        lease: i64,
+        writes: &[(UnitName, ClaimWrite)],
+    ) -> Vec<ClaimResult> {
+        let mut out: Vec<Option<ClaimResult>> = vec![None; writes.len()];
+        for chunk in claim_chunks(writes) {
+            self.write_chunk(machine, lease, writes, chunk, &mut out)
+                .await;
+        }
+        out.into_iter()
+            .map(|r| r.expect("every claim write has an outcome"))
+            .collect()
+    }
+
+    /// One chunk of [`Registry::write_claims`]: `idx` are indices into `writes` (distinct keys).
+    async fn write_chunk(
+        &self,
+        machine: &MachineId,
+        lease: i64,
+        writes: &[(UnitName, ClaimWrite)],
+        mut idx: Vec<usize>,
+        out: &mut [Option<ClaimResult>],
+    ) {
+        while idx.len() > 1 {
+            let ops: Vec<ClaimOp> = idx
+                .iter()
+                .map(|&i| {
+                    writes[i]
+                        .1
+                        .op(self.keys().claim(&writes[i].0), machine, lease)
+                })
+                .collect();
+            let reads: Vec<TxnOp> = ops
+                .iter()
+                .map(|o| TxnOp::get(o.key.as_str(), None))
+                .collect();
+            let (when, then): (Vec<Compare>, Vec<TxnOp>) =
+                ops.into_iter().map(|o| (o.when, o.then)).unzip();
+            let txn = Txn::new().when(when).and_then(then).or_else(reads);
+            let resp = match self.agent_txn(txn).await {
+                Ok(r) => r,
+                Err(e @ RegistryError::Unavailable(_)) => {
+                    tracing::debug!(writes = idx.len(), "claim batch: {e}");
+                    for &i in &idx {
+                        out[i] = Some(Err(e.clone()));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(
+                        writes = idx.len(),
+                        "claim batch refused, writing one by one: {e}"
+                    );
+                    break;
+                }
+            };
+            if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or(0);
+                for &i in &idx {
+                    out[i] = Some(Ok(Some(rev)));
+                }
+                return;
+            }
+            let read = resp.op_responses();
+            let mut rest = Vec::with_capacity(idx.len());
+            for (k, &i) in idx.iter().enumerate() {
+                let kv = match read.get(k) {
+                    Some(TxnOpResponse::Get(g)) => g.kvs().first(),
+                    _ => None,
+                };
+                // A write whose read did not come back (never expected) is sent again, not taken
+                // as failed.
+                let known = matches!(read.get(k), Some(TxnOpResponse::Get(_)));
+                if known && !writes[i].1.holds(kv) {
+                    crate::metrics::global().claim_conflict();
+                    out[i] = Some(Ok(None));
+                } else {
+                    rest.push(i);
+                }
+            }
+            if rest.len() == idx.len() {
+                // No compare was seen failing (the reads did not come back as asked): one by one.
+                break;
+            }
+            idx = rest;
+        }
+        for i in idx {
+            let (unit, write) = &writes[i];
+            out[i] = Some(self.write_claim(unit, machine, lease, write).await);
+        }
+    }
     /// Announces this machine under `lease`, unless another live agent holds its machine ID.
     ///
     /// One transaction creates the key when absent or refreshes it when it is bound to `lease`. Held under
@@ -283,6 +429,57 @@ impl Registry {
             }
             Ok(Err(e)) => Err(super::classify(e)),
             Ok(Ok(r)) => Ok(r),
+        }
+    }
+}
+
+/// Splits `writes` into chunks of at most [`CLAIMS_PER_TXN`] indices, never two writes of one unit in
+/// a chunk (etcd refuses a transaction that writes a key twice).
+fn claim_chunks(writes: &[(UnitName, ClaimWrite)]) -> Vec<Vec<usize>> {
+    let mut chunks: Vec<Vec<usize>> = Vec::new();
+    let mut keys: Vec<std::collections::BTreeSet<&UnitName>> = Vec::new();
+    for (i, (unit, _)) in writes.iter().enumerate() {
+        let at = keys
+            .iter()
+            .zip(&chunks)
+            .position(|(k, c)| c.len() < CLAIMS_PER_TXN && !k.contains(unit));
+        match at {
+            Some(c) => {
+                chunks[c].push(i);
+                keys[c].insert(unit);
+            }
+            None => {
+                chunks.push(vec![i]);
+                keys.push([unit].into());
+            }
+        }
+    }
+    chunks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(i: usize) -> UnitName {
+        UnitName::parse(&format!("u{i}.service")).unwrap()
+    }
+
+    #[test]
+    fn chunks_stay_under_the_limit_and_never_repeat_a_unit() {
+        let mut writes: Vec<(UnitName, ClaimWrite)> =
+            (0..250).map(|i| (name(i), ClaimWrite::Claim)).collect();
+        writes.push((name(3), ClaimWrite::Release { mod_revision: 7 }));
+        let chunks = claim_chunks(&writes);
+        let sizes: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![100, 100, 51]);
+        let mut all: Vec<usize> = chunks.concat();
+        all.sort_unstable();
+        assert_eq!(all, (0..writes.len()).collect::<Vec<_>>());
+        for c in &chunks {
+            let units: std::collections::BTreeSet<&UnitName> =
+                c.iter().map(|&i| &writes[i].0).collect();
+            assert_eq!(units.len(), c.len(), "a unit twice in one transaction");
         }
     }
 }

@@ -34,7 +34,7 @@ use etcd_client::{
 use fleet_sched::{DesiredState, MachineId, UnitFile, UnitHash, UnitName};
 use tokio::sync::watch;
 
-pub use agent_ops::{Announced, ClaimWrite};
+pub use agent_ops::{Announced, ClaimResult, ClaimWrite, CLAIMS_PER_TXN};
 pub use keys::{ClaimRecord, HandoffRecord, KeyKind, Keys, MachineRecord, UnitRecord};
 pub use mirror::{
     unparsable_values_total, Claim, Damage, FreeClaim, Machine, Unit, UNKNOWN_HOLDER,

@@ -300,16 +300,6 @@ pub const KNOWN_LONG_FNS: &[(&str, &str, &str)] = &[
         "brings the planner to new inputs in one batch; the steps share the diff",
     ),
     (
-        "src/agent/units.rs",
-        "carry_out",
-        "carries out one verdict's claim writes, each case a short block at its revision",
-    ),
-    (
-        "src/agent/units.rs",
-        "decide_all",
-        "one pass over the units that concern this machine: placement, decision, claim writes",
-    ),
-    (
         "src/api/machines.rs",
         "relay_metadata",
         "one machine's ops relayed with every answer mapped to its status",
