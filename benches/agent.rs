@@ -10,7 +10,8 @@
 //!    units, then with `BENCH_MEM_UNITS` units loaded, then with them all launched.
 //!
 //! 3. etcd transactions (etcd's own count of `Txn` requests) while those units are submitted, loaded and
-//!    started: the API's unit writes and the agent's claims.
+//!    started: the API's unit writes and the agent's claims; and, from fleetd's `/metrics`, how many
+//!    of its own agent transactions (claims, announcements) the load took and their time.
 //!
 //! Prints figures, asserts no timing. Root only (skips with a message otherwise). Build the binaries
 //! of the bench profile first: `cargo build --release --bins && cargo bench --bench agent`
@@ -248,6 +249,19 @@ fn linked_and_active(fl: &FleetLab, prefix: &str) -> (usize, usize) {
     (linked, units.lines().count())
 }
 
+/// fleetd's agent transactions on machine `i` so far (`fleet_etcd_request_duration_seconds` with
+/// `op="claim_txn"`: claim writes and announcements): how many, and their time in seconds.
+fn agent_txns(fl: &FleetLab, i: usize) -> Option<(u64, f64)> {
+    let (_, body) = fl.api(i, "GET", "/metrics", None, 10);
+    let value = |name: &str| {
+        let prefix = format!("fleet_etcd_request_duration_seconds_{name}{{op=\"claim_txn\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some((value("count")? as u64, value("sum")?))
+}
+
 /// Polls `done` every 500 ms (listing hundreds of units keeps systemd busy: the observer must not
 /// slow down what it observes); panics after 10 minutes naming `what`.
 fn wait_slowly(fl: &FleetLab, what: &str, mut done: impl FnMut(&FleetLab) -> bool) {
@@ -265,6 +279,7 @@ fn wait_slowly(fl: &FleetLab, what: &str, mut done: impl FnMut(&FleetLab) -> boo
 fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
     let txns = || support::etcd_txns(fl, 1);
     let tx0 = txns();
+    let agent0 = agent_txns(fl, 1);
     let t = Instant::now();
     submit(fl, "mem-", n);
     let submitted = t.elapsed();
@@ -285,6 +300,7 @@ fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
     });
     let loaded = t.elapsed();
     let tx_loaded = txns();
+    let agent_loaded = agent_txns(fl, 1);
     support::sleep(Duration::from_secs(5));
     let (rss_l, hwm_l, _) = fleetd_memory_kib(fl, 1);
     let tx_rested = txns();
@@ -324,5 +340,12 @@ fn memory(fl: &FleetLab, n: usize) -> (u64, u64, u64, u64) {
         delta(tx_submitted, tx_loaded),
         delta(tx_rested, tx_launched)
     );
+    if let (Some((n0, s0)), Some((n1, s1))) = (agent0, agent_loaded) {
+        println!(
+            "  of which fleetd's agent transactions (claims, announcements) until all linked: {} taking {:.0} ms in all",
+            n1 - n0,
+            (s1 - s0) * 1000.0
+        );
+    }
     (rss_l, hwm_l, rss_a, hwm_a)
 }
