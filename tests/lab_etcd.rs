@@ -24,7 +24,7 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(10);
 
 /// A lab of 3 machines running fleetd against 3 etcd members, with 3 units and a global unit running.
 ///
-/// fleetd runs with its defaults (`fence_after` 1 s, `agent_ttl` 30 s, not the lab's usual 3 s: on a loaded
+/// fleetd runs with its defaults (`fence_after` 700 ms, `agent_ttl` 30 s, not the lab's usual 3 s: on a loaded
 /// machine an election and the move to another member took longer than 3 s, and a lease that etcd expires
 /// takes its claims with it): an etcd election stops every lease renewal, so the units outlive it on the
 /// witness committee's support (docs/safety.md), which these tests therefore exercise too.
@@ -55,7 +55,7 @@ fn up_with(more: impl FnOnce(fleet_lab::LabOptions) -> fleet_lab::LabOptions) ->
             && fl.running_on(GLOBAL).len() == MACHINES)
             .then_some(())
     });
-    // A witness that just started supports nobody for `vote_after_support` (4.14 s with the default
+    // A witness that just started supports nobody for `vote_after_support` (2.93 s with the default
     // fence_after: it may have voted before a restart, docs/safety.md), so a fault this early would find
     // no support anywhere and every machine would fence. Faults come once the witnesses may speak.
     std::thread::sleep(Duration::from_secs(5));

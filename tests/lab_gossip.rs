@@ -968,8 +968,9 @@ fn nothing_moves(fl: &FleetLab, victim: usize, unit: &str, for_: Duration) {
 }
 
 /// Issue 14.2 (Lifeguard): a machine starved to 5% of a core for 10 s (a CPU quota on its fleetd)
-/// or frozen for 1 s (cgroup freezer) is not declared down and its unit moves nowhere; a killed one
-/// loses its unit to another machine.
+/// or frozen for `fence_after` (cgroup freezer; fleetd's default, the blip tolerance gossip's
+/// suspicion derives from) is not declared down and its unit moves nowhere; a killed one loses its
+/// unit to another machine.
 #[test]
 fn a_frozen_or_starved_machine_keeps_its_unit_and_a_killed_one_does_not() {
     // fleetd's default lease TTL (30 s), not the lab's 3 s: starved at 5% of a core under a loaded
@@ -1000,9 +1001,12 @@ fn a_frozen_or_starved_machine_keeps_its_unit_and_a_killed_one_does_not() {
     nothing_moves(&fl, victim, "steady.service", Duration::from_secs(3));
     assert_eq!(fl.running_on("steady.service"), [victim]);
 
-    // Frozen for 1 s.
+    // Frozen for the whole blip tolerance (the lab's fleetds run the default `fence_after`): from
+    // before the freeze's script returns to after the thaw's, so the machine is frozen for a little
+    // less than this plus the thaw script's time.
+    let tolerance = fleet::config::Config::default().fence_after;
     fl.lab.freeze(victim).unwrap();
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(tolerance);
     fl.lab.thaw(victim).unwrap();
     nothing_moves(&fl, victim, "steady.service", Duration::from_secs(5));
     assert!(

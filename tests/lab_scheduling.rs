@@ -627,7 +627,7 @@ fn a_short_etcd_outage_on_one_machine_stops_nothing() {
 /// The lease expires a TTL after its last renewal, so a machine must stop its claimed units shortly
 /// before (docs/safety.md, the slow bound: `agent_ttl·(1−ρ) − K` after its last confirmation). An outage
 /// stops nothing when it ends early enough for a keep-alive to get through before that: with the lab's
-/// 3 s TTL, 2.87 s after the last confirmation, which came at most `fence_after/3` (167 ms) before the
+/// 3 s TTL, 2.87 s after the last confirmation, which came at most `fence_after/3` (233 ms by default) before the
 /// cut; reconnecting takes up to a third of a second more.
 #[test]
 fn an_etcd_outage_of_most_of_the_agent_ttl_stops_nothing() {

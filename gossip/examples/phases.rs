@@ -2,9 +2,11 @@
 //! cluster of `n` members runs a few seconds, one member crashes, and every step records when any
 //! survivor first holds it suspect, when any first holds it down, and when all do. Prints p50, p90,
 //! p99, max and min of each (ms after the crash), and of first suspicion → first down verdict (the
-//! suspicion's length: its 750 ms minimum, 1.03 s with one confirmation, 1.5 s with none).
+//! suspicion's length: `suspect_to_down_after` with two confirmations, `suspicion_max` with none;
+//! 450 ms and 1.05 s by default).
 //!
-//! `cargo run -p fleet-gossip --example phases -- [trials] [n]` (defaults 100 and 5; seeds 0..trials)
+//! `cargo run -p fleet-gossip --example phases -- [trials] [n] [tolerance_ms]` (defaults 100, 5 and
+//! the default blip tolerance, fleetd's default `fence_after`; seeds 0..trials)
 
 use std::time::Duration;
 
@@ -21,7 +23,10 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let trials: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(100);
     let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
-    let config = Config::default();
+    let config = match args.get(2).and_then(|a| a.parse().ok()) {
+        Some(ms) => Config::default().with_blip_tolerance(Duration::from_millis(ms)),
+        None => Config::default(),
+    };
     let (mut first_s, mut first_d, mut all_d, mut length) = (vec![], vec![], vec![], vec![]);
     for seed in 0..trials {
         let Some(mut net) = VirtualNet::formed(seed, n, config.clone()) else {
@@ -63,8 +68,10 @@ fn main() {
         length.push(ms(fd) - ms(fs));
     }
     println!(
-        "{n} members, {} crashes, ms after the crash:",
-        first_s.len()
+        "{n} members, {} crashes, suspicion {:?} to {:?}, ms after the crash:",
+        first_s.len(),
+        config.suspect_to_down_after,
+        config.suspicion_max
     );
     for (name, v) in [
         ("first suspicion", &mut first_s),

@@ -304,13 +304,14 @@ options! {
     /// the lease is renewed every `fence_after/3`, a witness's support lasts `4·fence_after`; a
     /// machine taking a dead machine's units over waits for the down verdict and until the holder
     /// is proven stopped: its last lease renewal + `1.01·fence_after + 100ms`. A crashed machine's
-    /// units therefore start elsewhere about `fence_after + 0.5-0.8s` after the crash
-    /// (docs/benchmarks.md). Raise it on networks with long blips (failover slows by the same
-    /// amount), lower it only with fast etcd and machines that are never starved of CPU: a restarted
-    /// fleetd must renew its lease within it; at least `100ms`, well below `agent_ttl`, and the same
-    /// on every machine.
+    /// units therefore start elsewhere about `fence_after + 0.8s` after the crash on 5 machines, more
+    /// under load (docs/benchmarks.md, "Choosing fence_after"; the default was 1s until 2026-12-07).
+    /// Raise it on networks with long blips (failover slows by the same amount), lower it only with
+    /// fast etcd and machines that are never starved of CPU (below the default it gains little: the
+    /// wait for the first probe of the dead machine stays): a restarted fleetd must renew its lease
+    /// within it; at least `100ms`, well below `agent_ttl`, and the same on every machine.
     fence_after: Duration {
-        default: Duration::from_secs(1),
+        default: fleet_decide::Timing::DEFAULT_FENCE_AFTER,
         parse: |v| duration_at_least(v, Duration::from_millis(100)),
         meta: Meta::ours("DURATION", Restart),
     }

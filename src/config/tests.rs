@@ -95,6 +95,17 @@ fn gossip_remove_down_after_is_well_above_detection() {
     );
 }
 
+/// The default `fence_after` is the safety rules' (fleet-decide) and the blip tolerance gossip's own
+/// defaults are derived from, so that gossip's defaults (and the simulator, which takes them) match
+/// what fleetd runs.
+#[test]
+fn the_default_fence_after_is_gossips_blip_tolerance_and_the_rules_default() {
+    let f = Config::default().fence_after;
+    assert_eq!(f, fleet_decide::Timing::DEFAULT_FENCE_AFTER);
+    assert_eq!(f, fleet_decide::Timing::default().fence_after);
+    assert_eq!(f, fleet_gossip::core::Config::DEFAULT_BLIP_TOLERANCE);
+}
+
 #[test]
 fn obsolete_and_unknown_keys_are_accepted_with_warnings() {
     let mut raw = RawConfig::default();
@@ -366,7 +377,7 @@ fn every_value_reads_back_what_it_shows() {
         );
     }
     assert_eq!(d.show("api_socket_mode").as_deref(), Some("0660"));
-    assert_eq!(d.show("fence_after").as_deref(), Some("1s"));
+    assert_eq!(d.show("fence_after").as_deref(), Some("700ms"));
     assert_eq!(d.show("disable_engine"), None);
 }
 
