@@ -42,7 +42,7 @@ pub struct Config {
     /// Default 1.05 s (1.5 times the blip tolerance).
     pub suspicion_max: Duration,
     /// How many independent confirmations bring the suspicion timeout to its minimum (capped by
-    /// the number of other live members). Default 3.
+    /// the number of other live members). Default 2.
     pub suspicion_confirmations: usize,
     /// The highest local health score (Lifeguard's awareness): each probe of ours that fails adds
     /// one, each that succeeds takes one away, and hearing ourselves suspected adds one; probing
