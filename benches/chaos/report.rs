@@ -402,14 +402,8 @@ fn thaw_breakdown(inp: &Input, thawed: &[&Overlap]) {
 /// since the epoch), from its persistent journal.
 fn guard_kills(fl: &FleetLab, i: usize) -> Vec<u64> {
     let dir = journal::journal_dir(fl, i);
-    let out = std::process::Command::new("journalctl")
-        .arg("-D")
-        .arg(&dir)
+    let out = journal::journalctl_json(&dir, "MESSAGE,__REALTIME_TIMESTAMP")
         .args([
-            "--no-pager",
-            "-o",
-            "json",
-            "--output-fields=MESSAGE,__REALTIME_TIMESTAMP",
             "-u",
             "fleet-guard.service",
             "--grep",

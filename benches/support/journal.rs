@@ -59,15 +59,7 @@ pub fn keep_journals(fl: &FleetLab, i: usize) -> Result<(), String> {
 pub fn coverage(fl: &FleetLab, i: usize) -> Result<(u64, String), String> {
     use std::io::{BufRead, BufReader};
     let dir = journal_dir(fl, i);
-    let mut child = Command::new("journalctl")
-        .arg("-D")
-        .arg(&dir)
-        .args([
-            "--no-pager",
-            "-o",
-            "json",
-            "--output-fields=__REALTIME_TIMESTAMP",
-        ])
+    let mut child = journalctl_json(&dir, "__REALTIME_TIMESTAMP")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -99,6 +91,17 @@ pub fn journal_dir(fl: &FleetLab, i: usize) -> PathBuf {
         .join(format!("m{i}/upper/var/log/journal"))
 }
 
+/// `journalctl -D <dir> --no-pager -o json --output-fields=<fields>`: what every reader of a lab
+/// machine's journal here starts from (add matches, then run it).
+pub fn journalctl_json(dir: &std::path::Path, fields: &str) -> Command {
+    let mut c = Command::new("journalctl");
+    c.arg("-D")
+        .arg(dir)
+        .args(["--no-pager", "-o", "json"])
+        .arg(format!("--output-fields={fields}"));
+    c
+}
+
 /// One invocation of a unit on a machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Run {
@@ -124,18 +127,13 @@ pub fn unit_runs(fl: &FleetLab, i: usize, prefix: &str) -> Result<Vec<Run>, Stri
     if !dir.exists() {
         return Ok(vec![]);
     }
-    let out = Command::new("journalctl")
-        .arg("-D")
-        .arg(&dir)
-        .args([
-            "--no-pager",
-            "-o",
-            "json",
-            "--output-fields=MESSAGE,UNIT,INVOCATION_ID,_SOURCE_REALTIME_TIMESTAMP",
-            "_PID=1",
-        ])
-        .output()
-        .map_err(|e| format!("journalctl -D {}: {e}", dir.display()))?;
+    let out = journalctl_json(
+        &dir,
+        "MESSAGE,UNIT,INVOCATION_ID,_SOURCE_REALTIME_TIMESTAMP",
+    )
+    .arg("_PID=1")
+    .output()
+    .map_err(|e| format!("journalctl -D {}: {e}", dir.display()))?;
     if !out.status.success() {
         return Err(format!(
             "journalctl -D {}: {}",
