@@ -93,8 +93,12 @@ fn sighup_reloads_metadata_and_sigterm_exits_cleanly() {
         "{metadata}"
     );
     let fence = line("fence_after");
+    // From the default (the config file the test fleetd starts with does not set it).
+    let default = fleet::config::show_duration(fleet_decide::Timing::DEFAULT_FENCE_AFTER);
     assert!(
-        fence.contains(r#""1s" -> "2s" (takes effect after a restart)"#),
+        fence.contains(&format!(
+            r#""{default}" -> "2s" (takes effect after a restart)"#
+        )),
         "{fence}"
     );
     f.signal("TERM");
