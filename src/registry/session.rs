@@ -221,7 +221,10 @@ async fn explain_setup_failure(endpoint: &str, opts: &RegistryOptions, reason: S
             return format!("{endpoint}: {d}");
         }
     } else if !r.contains("tcp connect error")
-        && (r.contains("broken pipe") || r.contains("frame") || r.contains("http2"))
+        && (r.contains("broken pipe")
+            || r.contains("connection reset")
+            || r.contains("frame")
+            || r.contains("http2"))
     {
         return format!(
             "{endpoint}: {reason} (if etcd serves TLS, use https:// URLs and set etcd_cafile)"
@@ -667,4 +670,33 @@ async fn check_endpoint(client: &Client, keys: &Keys, t: Duration) -> Result<(),
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain `http://` connection to an etcd that serves TLS ends in one of several transport
+    /// errors, depending on when the server hangs up: each gets the hint (tests/etcd_secure.rs
+    /// saw "connection reset" once in CI, without the hint).
+    #[tokio::test]
+    async fn a_plain_connection_that_a_tls_etcd_hangs_up_on_gets_the_https_hint() {
+        let opts = RegistryOptions::new(vec!["http://127.0.0.1:1".into()], "/fleet");
+        for reason in [
+            "connect: transport error: connection error: connection reset",
+            "connect: transport error: broken pipe",
+            "connect: transport error: http2 error: frame with invalid size",
+        ] {
+            let said = explain_setup_failure("http://127.0.0.1:1", &opts, reason.into()).await;
+            assert!(said.contains("use https:// URLs"), "{reason}: {said}");
+        }
+        // A refused TCP connect is not a TLS server: no hint.
+        let said = explain_setup_failure(
+            "http://127.0.0.1:1",
+            &opts,
+            "connect: transport error: tcp connect error: Connection refused".into(),
+        )
+        .await;
+        assert!(!said.contains("https://"), "{said}");
+    }
 }
