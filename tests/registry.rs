@@ -545,6 +545,16 @@ async fn claims_in_etcd(etcd: &Etcd) -> std::collections::BTreeMap<String, (Stri
         .collect()
 }
 
+/// A fresh 30 s lease.
+async fn grant(etcd: &Etcd) -> i64 {
+    etcd.client()
+        .await
+        .lease_grant(30, None)
+        .await
+        .unwrap()
+        .id()
+}
+
 fn claims_of(units: &[UnitName]) -> Vec<(UnitName, fleet::registry::ClaimWrite)> {
     units
         .iter()
@@ -558,13 +568,7 @@ async fn a_batch_of_claims_is_one_transaction() {
     let etcd = Etcd::shared();
     let r = registry(&etcd).await;
     let m1 = fleet_sched::MachineId::parse("m1").unwrap();
-    let lease = etcd
-        .client()
-        .await
-        .lease_grant(30, None)
-        .await
-        .unwrap()
-        .id();
+    let lease = grant(&etcd).await;
     let units: Vec<UnitName> = (0..5).map(|i| name(&format!("b{i}.service"))).collect();
     let out = r.write_claims(&m1, lease, &claims_of(&units)).await;
     let revs: Vec<i64> = out
@@ -591,11 +595,7 @@ async fn a_failed_compare_in_a_batch_fails_only_its_own_write() {
         fleet_sched::MachineId::parse("m1").unwrap(),
         fleet_sched::MachineId::parse("m2").unwrap(),
     );
-    let mut c = etcd.client().await;
-    let (l1, l2) = (
-        c.lease_grant(30, None).await.unwrap().id(),
-        c.lease_grant(30, None).await.unwrap().id(),
-    );
+    let (l1, l2) = (grant(&etcd).await, grant(&etcd).await);
     let taken = name("taken.service");
     let mine = name("mine.service");
     r.write_claim(&taken, &m2, l2, &ClaimWrite::Claim)
@@ -645,13 +645,7 @@ async fn a_batch_larger_than_a_transaction_goes_in_chunks() {
     let etcd = Etcd::shared();
     let r = registry(&etcd).await;
     let m1 = fleet_sched::MachineId::parse("m1").unwrap();
-    let lease = etcd
-        .client()
-        .await
-        .lease_grant(30, None)
-        .await
-        .unwrap()
-        .id();
+    let lease = grant(&etcd).await;
     let n = 2 * CLAIMS_PER_TXN + 50;
     let units: Vec<UnitName> = (0..n).map(|i| name(&format!("c{i:03}.service"))).collect();
     let out = r.write_claims(&m1, lease, &claims_of(&units)).await;
@@ -676,12 +670,8 @@ async fn a_refused_batch_fails_only_the_refused_writes() {
     let etcd = Etcd::shared();
     let r = registry(&etcd).await;
     let m1 = fleet_sched::MachineId::parse("m1").unwrap();
-    let mut c = etcd.client().await;
-    let (live, gone) = (
-        c.lease_grant(30, None).await.unwrap().id(),
-        c.lease_grant(30, None).await.unwrap().id(),
-    );
-    c.lease_revoke(gone).await.unwrap();
+    let (live, gone) = (grant(&etcd).await, grant(&etcd).await);
+    etcd.client().await.lease_revoke(gone).await.unwrap();
     let mine = name("r-mine.service");
     let rev = r
         .write_claim(&mine, &m1, live, &ClaimWrite::Claim)
