@@ -688,3 +688,100 @@ async fn a_refused_batch_fails_only_the_refused_writes() {
     assert!(matches!(out[3], Ok(Some(_))), "{:?}", out[3]);
     assert!(claims_in_etcd(&etcd).await.is_empty());
 }
+
+/// Unit writes that arrive while another is in flight share one transaction (one revision), each with
+/// its own compare and its own result: the create of a name that exists fails alone, the others are
+/// applied (src/registry/merge.rs).
+#[tokio::test]
+async fn concurrent_unit_writes_share_a_transaction_and_a_bad_one_fails_alone() {
+    let etcd = Etcd::shared();
+    let r = registry(&etcd).await;
+    let taken = name("merge-taken.service");
+    let other = name("merge-other.service");
+    r.create_unit(&taken, &file("/bin/taken"), DesiredState::Inactive)
+        .await
+        .unwrap();
+    r.create_unit(&other, &file("/bin/other"), DesiredState::Inactive)
+        .await
+        .unwrap();
+    let before = r.stats();
+    let fresh: Vec<UnitName> = (0..20)
+        .map(|i| name(&format!("merge{i}.service")))
+        .collect();
+    let mut set = tokio::task::JoinSet::new();
+    for (i, n) in fresh.iter().enumerate() {
+        let (r, n) = (r.clone(), n.clone());
+        set.spawn(async move {
+            let f = file(&format!("/bin/merge {i}"));
+            (
+                n.clone(),
+                r.create_unit(&n, &f, DesiredState::Launched).await,
+            )
+        });
+    }
+    {
+        let (r1, n) = (r.clone(), taken.clone());
+        set.spawn(async move {
+            let f = file("/bin/intruder");
+            (
+                n.clone(),
+                r1.create_unit(&n, &f, DesiredState::Launched).await,
+            )
+        });
+        let (r2, n) = (r.clone(), other.clone());
+        set.spawn(async move {
+            let res = r2.set_desired_state(&n, DesiredState::Loaded).await;
+            (n, res)
+        });
+    }
+    let mut results = std::collections::BTreeMap::new();
+    while let Some(done) = set.join_next().await {
+        let (n, res) = done.unwrap();
+        results.insert(n, res);
+    }
+    assert_eq!(
+        results[&taken],
+        Err(RegistryError::AlreadyExists(taken.clone()))
+    );
+    let taken_now = r.unit(&taken).unwrap().unwrap();
+    assert_eq!(
+        (taken_now.hash, taken_now.desired_state),
+        (file("/bin/taken").hash(), DesiredState::Inactive),
+        "the failed create changed nothing"
+    );
+    assert_eq!(results[&other], Ok(()));
+    assert_eq!(
+        r.unit(&other).unwrap().unwrap().desired_state,
+        DesiredState::Loaded
+    );
+    let revisions = created_at(&r, &results, &fresh);
+    let after = r.stats();
+    let (writes, txns) = (
+        after.unit_writes - before.unit_writes,
+        after.unit_write_txns - before.unit_write_txns,
+    );
+    assert_eq!(writes, 22);
+    // The first write goes alone or with the others; the merged transaction fails on the taken name and
+    // goes again without it.
+    assert!(
+        revisions.len() <= 2 && txns <= 3,
+        "20 creates at {} revisions ({revisions:?}), 22 writes in {txns} transactions",
+        revisions.len()
+    );
+}
+
+/// The revisions at which `fresh` were created, each checked applied and launched.
+fn created_at(
+    r: &Registry,
+    results: &std::collections::BTreeMap<UnitName, Result<(), RegistryError>>,
+    fresh: &[UnitName],
+) -> std::collections::BTreeSet<i64> {
+    let mut revisions = std::collections::BTreeSet::new();
+    for n in fresh {
+        assert_eq!(results[n], Ok(()), "{n}");
+        let u = r.unit(n).unwrap().expect("created");
+        assert_eq!(u.desired_state, DesiredState::Launched);
+        revisions.insert(u.mod_revision);
+    }
+    revisions
+}

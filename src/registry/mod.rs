@@ -2,8 +2,9 @@
 //!
 //! [`Registry::start`] spawns one background task that connects to etcd, reads the prefix once
 //! and keeps ONE watch on it, applying every event to an in-memory mirror. Reads ([`Registry::units`],
-//! [`Registry::unit`], [`Registry::claims`]) are answered from the mirror. Writes are single etcd
-//! transactions with compares; after a write at revision R the writer waits until the mirror has
+//! [`Registry::unit`], [`Registry::claims`]) are answered from the mirror. Writes are etcd
+//! transactions with compares (concurrent unit writes share one, each with its own compares and
+//! result: `merge.rs`); after a write at revision R the writer waits until the mirror has
 //! applied R, so a fleetd always reads its own writes. While the connection or the watch is broken
 //! every operation fails with [`RegistryError::Unavailable`] and the task reconnects with capped
 //! exponential backoff, then re-reads and re-watches.
@@ -15,6 +16,7 @@ mod agent_ops;
 mod diagnose;
 mod keys;
 pub mod lease;
+mod merge;
 mod mirror;
 mod session;
 mod writes;
@@ -214,6 +216,11 @@ pub struct RegistryStats {
     pub endpoint_switches: u64,
     /// Watches canceled because etcd had compacted the revisions they still needed.
     pub compactions: u64,
+    /// Unit writes (create, replace, desired state, destroy) sent to etcd, and the transactions that
+    /// carried them (concurrent writes share one: `merge.rs`).
+    pub unit_writes: u64,
+    /// See `unit_writes`.
+    pub unit_write_txns: u64,
 }
 
 struct Shared {
@@ -239,6 +246,10 @@ struct Shared {
     delta_listings: AtomicU64,
     endpoint_switches: AtomicU64,
     compactions: AtomicU64,
+    /// Unit writes waiting for the next transaction.
+    merger: merge::Merger,
+    unit_writes: AtomicU64,
+    unit_write_txns: AtomicU64,
 }
 
 impl Shared {
@@ -322,6 +333,9 @@ impl Registry {
             delta_listings: AtomicU64::new(0),
             endpoint_switches: AtomicU64::new(0),
             compactions: AtomicU64::new(0),
+            merger: merge::Merger::default(),
+            unit_writes: AtomicU64::new(0),
+            unit_write_txns: AtomicU64::new(0),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(run(shared.clone(), shutdown_rx));
@@ -374,6 +388,8 @@ impl Registry {
             delta_listings: s.delta_listings.load(Ordering::Relaxed),
             endpoint_switches: s.endpoint_switches.load(Ordering::Relaxed),
             compactions: s.compactions.load(Ordering::Relaxed),
+            unit_writes: s.unit_writes.load(Ordering::Relaxed),
+            unit_write_txns: s.unit_write_txns.load(Ordering::Relaxed),
         }
     }
 

@@ -1,6 +1,8 @@
-//! The registry's writes: each one etcd transaction with compares, retried on a concurrent change, then
-//! read back through the mirror (read-your-writes).
+//! The registry's writes: each one etcd transaction with compares (concurrent writes share one, each
+//! with its own compares and result: `merge.rs`), retried on a concurrent change, then read back
+//! through the mirror (read-your-writes).
 
+use super::merge::{Expect, Op, Outcome, UnitWrite};
 use super::*;
 
 /// The planned edit of a unit record.
@@ -38,22 +40,25 @@ impl Registry {
         let keys = &self.shared.keys();
         let rk = keys.unit(name);
         let hash = file.hash();
-        let txn = Txn::new()
-            .when([Compare::create_revision(rk.clone(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(keys.unit_file(&hash), file.serialize(), None),
-                TxnOp::put(rk.clone(), record_json(name, &hash, state), None),
-            ])
-            .or_else([TxnOp::get(rk, None)]);
-        let resp = self.txn(txn).await?;
-        if resp.succeeded() {
-            self.wait_revision(header_revision(&resp)).await;
-            Ok(())
-        } else {
-            if let Some(rev) = else_max_mod_revision(&resp) {
+        let write = UnitWrite {
+            expects: vec![(rk.clone(), Expect::Absent)],
+            ops: vec![
+                Op::Put(keys.unit_file(&hash), file.serialize()),
+                Op::Put(rk.clone(), record_json(name, &hash, state)),
+            ],
+            reads: vec![rk],
+        };
+        match self.write_merged(write).await? {
+            Outcome::Applied(rev) => {
                 self.wait_revision(rev).await;
+                Ok(())
             }
-            Err(RegistryError::AlreadyExists(name.clone()))
+            Outcome::Failed(read) => {
+                if let Some(rev) = read.into_iter().flatten().max() {
+                    self.wait_revision(rev).await;
+                }
+                Err(RegistryError::AlreadyExists(name.clone()))
+            }
         }
     }
 
@@ -90,73 +95,60 @@ impl Registry {
         let keys = &self.shared.keys();
         let rk = keys.unit(name);
         for _ in 0..MAX_ATTEMPTS {
-            let (txn, old_hash) = {
+            let (write, old_hash) = {
                 let m = self.mirror()?;
                 let Some(cur) = m.records.get(name) else {
                     return Err(RegistryError::NotFound(name.clone()));
                 };
-                let mut compares = vec![Compare::mod_revision(
-                    rk.clone(),
-                    CompareOp::Equal,
-                    cur.mod_revision,
-                )];
+                let mut expects = vec![(rk.clone(), Expect::ModRevision(cur.mod_revision))];
                 let mut ops = Vec::new();
                 let new_hash = match &op {
                     RecordOp::Replace(file, state) => {
                         let h = file.hash();
-                        ops.push(TxnOp::put(keys.unit_file(&h), file.serialize(), None));
-                        ops.push(TxnOp::put(
+                        ops.push(Op::Put(keys.unit_file(&h), file.serialize()));
+                        ops.push(Op::Put(
                             rk.clone(),
                             record_json(name, &h, state.unwrap_or(cur.desired_state)),
-                            None,
                         ));
                         Some(h)
                     }
                     RecordOp::SetState(state) => {
-                        ops.push(TxnOp::put(
-                            rk.clone(),
-                            record_json(name, &cur.hash, *state),
-                            None,
-                        ));
+                        ops.push(Op::Put(rk.clone(), record_json(name, &cur.hash, *state)));
                         Some(cur.hash)
                     }
                     RecordOp::Destroy => {
-                        ops.push(TxnOp::delete(rk.clone(), None));
+                        ops.push(Op::Delete(rk.clone()));
                         None
                     }
                 };
                 if new_hash != Some(cur.hash) && !m.hash_referenced(&cur.hash, name) {
                     if let Some(f) = m.files.get(&cur.hash) {
                         let fk = keys.unit_file(&cur.hash);
-                        compares.push(Compare::mod_revision(
-                            fk.clone(),
-                            CompareOp::Equal,
-                            f.mod_revision,
-                        ));
-                        ops.push(TxnOp::delete(fk, None));
+                        expects.push((fk.clone(), Expect::ModRevision(f.mod_revision)));
+                        ops.push(Op::Delete(fk));
                     }
                 }
-                let txn = Txn::new().when(compares).and_then(ops).or_else([
-                    TxnOp::get(rk.clone(), None),
-                    TxnOp::get(keys.unit_file(&cur.hash), None),
-                ]);
-                (txn, cur.hash)
+                let reads = vec![rk.clone(), keys.unit_file(&cur.hash)];
+                let write = UnitWrite {
+                    expects,
+                    ops,
+                    reads,
+                };
+                (write, cur.hash)
             };
-            let resp = self.txn(txn).await?;
-            if resp.succeeded() {
-                self.wait_revision(header_revision(&resp)).await;
-                return Ok(());
-            }
+            let read = match self.write_merged(write).await? {
+                Outcome::Applied(rev) => {
+                    self.wait_revision(rev).await;
+                    return Ok(());
+                }
+                Outcome::Failed(read) => read,
+            };
             // A compare failed: somebody changed the record or the old content. Catch up, retry.
-            let record_gone = match resp.op_responses().first() {
-                Some(TxnOpResponse::Get(g)) => g.kvs().is_empty(),
-                _ => false,
-            };
-            if record_gone {
+            if read.first() == Some(&None) {
                 self.wait_mirror(|m| !m.records.contains_key(name)).await;
                 return Err(RegistryError::NotFound(name.clone()));
             }
-            match else_max_mod_revision(&resp) {
+            match read.into_iter().flatten().max() {
                 Some(rev) => self.wait_revision(rev).await,
                 None => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -165,7 +157,7 @@ impl Registry {
         Err(RegistryError::Conflict(name.clone()))
     }
 
-    async fn txn(&self, txn: Txn) -> Result<TxnResponse, RegistryError> {
+    pub(super) async fn txn(&self, txn: Txn) -> Result<TxnResponse, RegistryError> {
         let mut kv = self.etcd_client()?.kv_client();
         let timeout = self.shared.opts().request_timeout;
         let m = crate::metrics::global();
@@ -230,19 +222,4 @@ fn record_json(name: &UnitName, hash: &UnitHash, state: DesiredState) -> String 
         desired_state: state,
     })
     .expect("a unit record serializes")
-}
-
-fn header_revision(resp: &TxnResponse) -> i64 {
-    resp.header().map(|h| h.revision()).unwrap_or(0)
-}
-
-/// The newest `mod_revision` among the keys read by the `or_else` branch.
-fn else_max_mod_revision(resp: &TxnResponse) -> Option<i64> {
-    resp.op_responses()
-        .iter()
-        .filter_map(|r| match r {
-            TxnOpResponse::Get(g) => g.kvs().iter().map(|kv| kv.mod_revision()).max(),
-            _ => None,
-        })
-        .max()
 }
