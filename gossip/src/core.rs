@@ -83,7 +83,8 @@ mod push;
 mod timers;
 
 /// At most this many full syncs are asked for at once by one [`Node::join`] call (the other new
-/// addresses are retried at a bounded rate, as seeds).
+/// addresses are asked when given again, at most this many per `join_retry_interval`, and
+/// retried at a bounded rate, as seeds).
 pub const JOIN_AT_ONCE: usize = 3;
 
 /// Something the node learned.
@@ -226,6 +227,9 @@ pub struct Node {
     timer_seq: u64,
     pub(crate) now: Instant,
     seeds: BTreeSet<SocketAddr>,
+    /// When [`Node::join`] last asked for syncs (it asks again about addresses given before no
+    /// sooner than `join_retry_interval` after).
+    joined_at: Option<Instant>,
     /// Members forgotten after `remove_down_after`: their last address and when they were
     /// forgotten (see [`Node::reconnect_candidates`]).
     lost: BTreeMap<MachineId, (SocketAddr, Instant)>,
@@ -289,6 +293,7 @@ impl Node {
             timer_seq: 0,
             now,
             seeds: BTreeSet::new(),
+            joined_at: None,
             lost: BTreeMap::new(),
             transmits: VecDeque::new(),
             syncs: VecDeque::new(),
@@ -387,12 +392,17 @@ impl Node {
     }
 
     /// Joins through these addresses (configured seeds, or bootstrap addresses read from etcd): asks
-    /// for a full sync now with up to [`JOIN_AT_ONCE`] new ones (chosen at random), and again every
-    /// `join_retry_interval` while no member is alive (along with a few members last seen down or
-    /// forgotten, so that a healed partition merges back). Our own address is skipped. Addresses
-    /// accumulate across calls: while some are not the address of a member this node knows, it also
-    /// retries them (and the addresses of members it forgot) at a bounded rate, see
-    /// [`Config::anti_entropy_interval`].
+    /// for a full sync now with up to [`JOIN_AT_ONCE`] new ones (chosen at random). Addresses
+    /// accumulate across calls. An address given again that is still no known member's (its sync
+    /// was not picked, failed, or taught nothing of that machine, and rumour has not brought it
+    /// since) is asked again, up to [`JOIN_AT_ONCE`] at random, once `join_retry_interval` has
+    /// passed since this node's last join syncs: fleetd joins the machines announced in etcd that
+    /// its membership does not know on every pass, so a machine announced during a cluster-wide
+    /// start is learnt within about `join_retry_interval`, not only when the anti-entropy's
+    /// reconnection happens to pick its address. Our own address is skipped. The seeds are retried
+    /// every `join_retry_interval` while no member is alive too (along with a few members last seen
+    /// down or forgotten, so that a healed partition merges back), and, along with the addresses of
+    /// members it forgot, at a bounded rate otherwise, see [`Config::anti_entropy_interval`].
     ///
     /// One full sync teaches the whole membership of the peer, so a few are enough; a full sync with
     /// every address given would cost a node O(n) exchanges of O(n) each when a whole cluster starts
@@ -400,17 +410,36 @@ impl Node {
     pub fn join(&mut self, now: Instant, addrs: &[SocketAddr]) {
         self.now = now;
         let own = self.identity().addr;
-        let mut fresh: Vec<SocketAddr> = addrs
-            .iter()
-            .copied()
-            .filter(|a| *a != own && self.seeds.insert(*a))
-            .collect();
+        let mut fresh = Vec::new();
+        let mut again = Vec::new();
+        for a in addrs.iter().copied().filter(|a| *a != own) {
+            if self.seeds.insert(a) {
+                fresh.push(a);
+            } else {
+                again.push(a);
+            }
+        }
+        let retry = self
+            .joined_at
+            .is_none_or(|at| now >= at + self.config.join_retry_interval);
+        if fresh.is_empty() && retry && !again.is_empty() {
+            // An O(n) walk, at most once per `join_retry_interval`.
+            let known: BTreeSet<SocketAddr> =
+                self.roster.iter().map(|(_, k)| k.identity.addr).collect();
+            again.retain(|a| !known.contains(a));
+            again.sort_unstable();
+            again.dedup();
+            fresh = again;
+        }
         if fresh.len() > JOIN_AT_ONCE {
             for k in 0..JOIN_AT_ONCE {
                 let i = self.rng.random_range(k..fresh.len());
                 fresh.swap(k, i);
             }
             fresh.truncate(JOIN_AT_ONCE);
+        }
+        if !fresh.is_empty() {
+            self.joined_at = Some(now);
         }
         for addr in fresh {
             self.request_sync(addr, true);

@@ -1051,3 +1051,60 @@ fn a_join_through_many_addresses_asks_for_a_few_full_syncs_and_the_cluster_forms
     });
     assert!(formed, "the cluster did not form");
 }
+
+/// fleetd joins, on every pass, the machines announced in etcd that its membership does not know.
+/// When a whole cluster starts at once, one such call names many machines and asks only a few of
+/// them (`JOIN_AT_ONCE`); the others used to be remembered as seeds and never asked again by a
+/// later call naming them, so a machine that rumour did not bring stayed unknown until the
+/// anti-entropy's reconnection picked its address (5 s and more: the simulator's 200-machine
+/// formation with `fence_after` 700 ms ended with one machine unseen by one other 3 s in). A
+/// machine still unknown when it is named again is asked once `join_retry_interval` has passed.
+#[test]
+fn a_machine_named_again_by_a_join_is_asked_again_after_the_retry_interval() {
+    use fleet_gossip::core::JOIN_AT_ONCE;
+    let config = Config::default();
+    let retry = config.join_retry_interval;
+    assert!(retry * 2 < config.anti_entropy_interval);
+    let mut net = VirtualNet::new(11, config);
+    // Five machines that know nobody yet: a join naming them all asks three of them.
+    let joiner = net.add_node(&[]);
+    let others: Vec<usize> = (0..JOIN_AT_ONCE + 2).map(|_| net.add_node(&[])).collect();
+    let addrs: Vec<std::net::SocketAddr> = others.iter().map(|o| net.addr(*o)).collect();
+    net.with_node(joiner, |n, now| n.join(now, &addrs));
+    net.run_for(Duration::from_millis(100));
+    let unknown = |net: &VirtualNet| -> Vec<usize> {
+        others
+            .iter()
+            .copied()
+            .filter(|o| !net.sees_alive(joiner, *o))
+            .collect()
+    };
+    assert_eq!(unknown(&net).len(), 2, "one join asks {JOIN_AT_ONCE}");
+    // Named again at once (fleetd's next pass): not asked yet, the rate is bounded.
+    let again: Vec<std::net::SocketAddr> = unknown(&net).iter().map(|o| net.addr(*o)).collect();
+    let asked = net.node(joiner).unwrap().counters().syncs_requested;
+    net.with_node(joiner, |n, now| n.join(now, &again));
+    assert_eq!(
+        net.node(joiner).unwrap().counters().syncs_requested,
+        asked,
+        "asked again within join_retry_interval"
+    );
+    // Named again after the retry interval: asked, and known well before the anti-entropy.
+    net.run_for(retry);
+    net.with_node(joiner, |n, now| n.join(now, &again));
+    net.run_for(Duration::from_millis(100));
+    assert_eq!(
+        unknown(&net),
+        Vec::<usize>::new(),
+        "machines named again by a join stay unknown"
+    );
+    // Known members' addresses are not asked again.
+    let asked = net.node(joiner).unwrap().counters().syncs_requested;
+    net.run_for(retry);
+    net.with_node(joiner, |n, now| n.join(now, &addrs));
+    assert_eq!(
+        net.node(joiner).unwrap().counters().syncs_requested,
+        asked,
+        "known members are asked again"
+    );
+}
