@@ -12,7 +12,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use evidence::{faults_around, stalls, Stall};
+use evidence::{attribute, faults_around, stalls, Move, Stall};
 use plan::{plan, Done, EtcdSide, Fault, Kind, FRESH, RECOVER};
 use support::journal::{Run, Timeline};
 
@@ -322,4 +322,74 @@ fn the_faults_around_a_stall_include_those_still_under_way() {
     );
     assert_eq!(ids(faults_around(&faults, 0, 15, 1000)), vec![1]);
     assert_eq!(ids(faults_around(&faults, 85, 95, 1000)), vec![7, 2, 6]);
+}
+
+fn on(mut d: Done, kind: Kind, machines: &[usize]) -> Done {
+    d.fault.kind = kind;
+    d.fault.machines = machines.to_vec();
+    d
+}
+
+/// A move during a fault that must not move units counts against it only when no other fault on the
+/// moved unit's machine was under way from the injection to the move: faults on other machines do not
+/// excuse it, one on the same machine (begun before the move, or still under way) or a partition does.
+#[test]
+fn a_move_counts_against_a_fault_only_without_another_fault_on_its_machine() {
+    let faults = vec![
+        on(done(1, 100, Some(200)), Kind::EtcdLoss, &[3]),
+        // Another machine crashed meanwhile: no excuse for a move away from m3.
+        on(done(2, 120, Some(180)), Kind::Crash, &[4]),
+        // m3 itself is cut right after the etcd loss's heal.
+        on(done(3, 230, Some(260)), Kind::Cut, &[3]),
+        // A partition later on.
+        on(
+            done(4, 400, Some(450)),
+            Kind::Partition(EtcdSide::Both),
+            &[1],
+        ),
+        // An injection that failed did nothing.
+        {
+            let mut f = on(done(5, 150, None), Kind::Freeze, &[3]);
+            f.error = Some("freeze: no such cgroup".into());
+            f
+        },
+    ];
+    let mv = |unit: &str, at: u64| Move {
+        fault: &faults[0],
+        unit: unit.to_string(),
+        from: 3,
+        to: 1,
+        at,
+    };
+    let (needless, other) = attribute(
+        &faults,
+        vec![
+            mv("during", 160),
+            mv("after-cut", 240),
+            mv("before-cut", 210),
+        ],
+        1000,
+    );
+    let names = |v: &[Move]| v.iter().map(|m| m.unit.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&needless), ["during", "before-cut"]);
+    assert_eq!(other.len(), 1);
+    assert_eq!(other[0].0.unit, "after-cut");
+    assert_eq!(
+        other[0].1.iter().map(|d| d.fault.id).collect::<Vec<_>>(),
+        [3]
+    );
+    // A move during a partition is the partition's too (it concerns every machine).
+    let late = Move {
+        fault: &faults[0],
+        unit: "late".into(),
+        from: 3,
+        to: 1,
+        at: 420,
+    };
+    let (needless, other) = attribute(&faults, vec![late], 1000);
+    assert!(needless.is_empty());
+    assert_eq!(
+        other[0].1.iter().map(|d| d.fault.id).collect::<Vec<_>>(),
+        [3, 4]
+    );
 }

@@ -853,3 +853,130 @@ fn a_partition_longer_than_remove_down_after_moves_the_cut_off_units_once_and_me
         assert_never_overlapped(&fl, u);
     }
 }
+
+/// One machine of `n` loses etcd (nftables drops its traffic with the hub's etcd, both ways) for 3 s,
+/// 10 s and 20 s in turn, while it and the others run units; its peers still reach it. With the
+/// default `agent_ttl` (30 s: a 20 s outage stays under the lease's slow bound), its witnesses support
+/// it (docs/safety.md, "A machine loses etcd only"): every unit stays where it runs with the same
+/// MainPID, never started anywhere else, through each outage and 5 s after it. (The chaos bench
+/// counted such moves under "etcd unreachable"; this is the case without any other fault.)
+fn etcd_loss_moves_nothing(n: usize) {
+    let Some(fl) = FleetLab::up(n, &[("FLEET_AGENT_TTL", "30s")]) else {
+        return;
+    };
+    let_membership_season();
+    let names: Vec<String> = (1..=2 * n).map(|k| format!("el-{k:02}.service")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let on = start_units(&fl, 1, &refs);
+    let want: BTreeMap<&str, usize> = refs.iter().copied().zip(on.iter().copied()).collect();
+    let pids: BTreeMap<&str, String> = want
+        .iter()
+        .map(|(u, m)| (*u, main_pid(&fl, *m, u)))
+        .collect();
+    // The victim runs units; not m1 when another one does (fleetctl runs on m1).
+    let victim = on
+        .iter()
+        .copied()
+        .filter(|m| *m != 1)
+        .max()
+        .unwrap_or(on[0]);
+    // A fresh witness is quiet for a support period (4 s by default): let every one be able to
+    // support the victim.
+    std::thread::sleep(Duration::from_secs(5));
+    for secs in [3, 10, 20] {
+        eprintln!("m{victim} of {n} loses etcd for {secs} s");
+        fl.block_etcd(victim);
+        let probe = fl
+            .lab
+            .sh(
+                victim,
+                &[
+                    "curl",
+                    "-s",
+                    "--max-time",
+                    "0.5",
+                    "http://10.77.0.1:2379/version",
+                ],
+            )
+            .unwrap();
+        hold(&fl, Duration::from_secs(secs), &want);
+        fl.unblock_etcd(victim);
+        assert!(
+            !probe.status.success(),
+            "etcd was still reachable from m{victim}"
+        );
+        hold(&fl, Duration::from_secs(5), &want);
+    }
+    for (u, m) in &want {
+        assert_eq!(&main_pid(&fl, *m, u), &pids[u], "{u} was restarted on m{m}");
+        assert_eq!(started_at(&fl, *m, u).len(), 1, "{u} started again on m{m}");
+        for other in (1..=n).filter(|o| o != m) {
+            assert!(
+                started_at(&fl, other, u).is_empty(),
+                "{u} started on m{other}\n{}",
+                fl.journals_dump()
+            );
+        }
+    }
+}
+
+#[test]
+fn one_of_three_machines_losing_etcd_for_up_to_20_s_moves_nothing() {
+    etcd_loss_moves_nothing(3);
+}
+
+#[test]
+fn one_of_five_machines_losing_etcd_for_up_to_20_s_moves_nothing() {
+    etcd_loss_moves_nothing(5);
+}
+
+/// The needless fence the chaos bench found (docs/safety.md, "A lease voted away stays unsupported"):
+/// m3 of 3 loses all its traffic for 5 s, so its units are taken over on the witnesses' votes, which
+/// end their support of m3's lease for good; m3 comes back within the TTL (30 s) and keeps that lease.
+/// New units are placed on m3 (the least loaded), then m3 loses etcd only, for 3 s: it should keep
+/// them (its peers see it alive), but no witness supports its lease any more, so it fences `F` after its
+/// last confirmation. Ignored until fixed: it fails today (the MainPID changes).
+#[test]
+#[ignore = "fails until a machine whose lease was voted away gets a supported lease again (docs/safety.md)"]
+fn a_machine_whose_units_were_taken_over_keeps_new_ones_through_an_etcd_loss() {
+    let Some(fl) = FleetLab::up(3, &[("FLEET_AGENT_TTL", "30s")]) else {
+        return;
+    };
+    let_membership_season();
+    std::thread::sleep(Duration::from_secs(2));
+    let first = ["vo-a.service", "vo-b.service", "vo-c.service"];
+    let on = start_units(&fl, 1, &first);
+    let victim = 3;
+    assert!(
+        on.contains(&victim),
+        "least-loaded placement spreads 3 units over 3 machines"
+    );
+    fl.lab.drop(victim).unwrap();
+    for (u, m) in first.iter().zip(&on) {
+        if *m == victim {
+            fl.wait_running_on(u, &first, "taken over", WAIT, |m| m != victim);
+        }
+    }
+    fl.lab.undrop(victim).unwrap();
+    // Back, renewing the same lease; a new unit goes to the machine that runs nothing.
+    fl.wait_for("m3 lists every machine", WAIT, |fl| {
+        let out = fl.fleetctl(victim, &["list-machines", "--no-legend"]);
+        (String::from_utf8_lossy(&out.stdout).lines().count() == 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    let second = ["vo-d.service"];
+    let on2 = start_units(&fl, 1, &second);
+    assert_eq!(
+        on2,
+        [victim],
+        "the new unit goes to the machine that runs nothing"
+    );
+    let pid = main_pid(&fl, victim, second[0]);
+    std::thread::sleep(Duration::from_secs(2));
+    fl.block_etcd(victim);
+    let want = BTreeMap::from([(second[0], victim)]);
+    hold(&fl, Duration::from_secs(3), &want);
+    fl.unblock_etcd(victim);
+    hold(&fl, Duration::from_secs(5), &want);
+    assert_eq!(main_pid(&fl, victim, second[0]), pid, "vo-d was restarted");
+}

@@ -94,3 +94,55 @@ pub fn faults_around(done: &[Done], from: u64, to: u64, end: u64) -> Vec<&Done> 
     v.sort_by_key(|d| d.before);
     v
 }
+
+/// A unit that a fault which must not move units (`Kind::moves_units` is `Some(false)`) saw start
+/// elsewhere: it ran on `from` when `fault` began and started on `to` at `at` (µs since the epoch).
+#[derive(Clone, Debug)]
+pub struct Move<'a> {
+    pub fault: &'a Done,
+    pub unit: String,
+    pub from: usize,
+    pub to: usize,
+    pub at: u64,
+}
+
+/// The other faults that concern machine `m` (it is among their victims, or they are partitions)
+/// and were under way at some instant from `from` to `to`: a move of a unit away from `m` in that
+/// stretch may be theirs. `fault` itself is left out; in order of injection.
+pub fn other_faults_on<'a>(
+    done: &'a [Done],
+    fault: &Done,
+    m: usize,
+    from: u64,
+    to: u64,
+    end: u64,
+) -> Vec<&'a Done> {
+    faults_around(done, from, to, end)
+        .into_iter()
+        .filter(|d| d.fault.id != fault.fault.id && d.error.is_none())
+        .filter(|d| {
+            d.fault.machines.contains(&m) || matches!(d.fault.kind, crate::plan::Kind::Partition(_))
+        })
+        .collect()
+}
+
+/// Splits `moves` into those no other fault on the moved unit's machine can explain (the fault they
+/// are counted for moved them: needless) and those another fault on that machine, under way between
+/// the injection and the move, may have moved (misattributed), with those faults.
+pub fn attribute<'a>(
+    done: &'a [Done],
+    moves: Vec<Move<'a>>,
+    end: u64,
+) -> (Vec<Move<'a>>, Vec<(Move<'a>, Vec<&'a Done>)>) {
+    let mut needless = Vec::new();
+    let mut other = Vec::new();
+    for mv in moves {
+        let others = other_faults_on(done, mv.fault, mv.from, mv.fault.before, mv.at, end);
+        if others.is_empty() {
+            needless.push(mv);
+        } else {
+            other.push((mv, others));
+        }
+    }
+    (needless, other)
+}

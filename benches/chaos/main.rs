@@ -22,7 +22,13 @@
 //! the evidence (faults around it, both machines' journals) to `--out`; so it does for a unit that
 //! never ran again until the end (or ran nowhere for 60 s or more): the faults under way around its
 //! stop, and every machine's journal about it (all of fleetd's lines around the stop, then the lines
-//! naming the unit). A fault that cannot be injected or healed, a lab command that fails (even one
+//! naming the unit); and so it does for every unit that a fault which must move nothing (fleetd
+//! restarted, etcd loss, partition with etcd on both sides or with the minority) saw start elsewhere by
+//! 5 s after its heal: the fault, the unit, both machines, the times, the faults under way, and both
+//! machines' journals around it. Such a move counts as needless only when no other fault on the unit's
+//! machine was under way between the injection and the move (`needless-K-<unit>.txt`); otherwise it is
+//! that other fault's (a crash of the machine right after an etcd loss healed moves its units too) and
+//! is listed apart (`other-fault-K-<unit>.txt`). A fault that cannot be injected or healed, a lab command that fails (even one
 //! that panics) or a sampler that stops is recorded, and the run goes on (a failed heal is tried
 //! again once the nemesis ends); the report lists every error at the end. No fault touches a
 //! machine whose fleetd started less than 5 s before (a fresh witness is quiet for 4.14 s); the plan
@@ -39,6 +45,7 @@
 mod evidence;
 #[path = "../../tests/lab/mod.rs"]
 mod lab;
+mod moves;
 mod nemesis;
 mod plan;
 mod report;

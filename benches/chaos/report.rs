@@ -55,7 +55,7 @@ fn victims(d: &Done, machines: usize) -> Vec<usize> {
     }
 }
 
-fn rel(t: u64, origin: u64) -> f64 {
+pub(crate) fn rel(t: u64, origin: u64) -> f64 {
     (t as f64 - origin as f64) / 1e6
 }
 
@@ -88,7 +88,8 @@ pub fn report(inp: Input) {
     // Failover and needless moves, per kind.
     let mut kinds: BTreeMap<&str, KindStats> = BTreeMap::new();
     let mut failover_all = Vec::new();
-    let mut needless: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut moves: Vec<evidence::Move> = Vec::new();
+    let mut stops: Vec<evidence::Move> = Vec::new();
     for d in inp.done {
         let st = kinds.entry(d.fault.kind.name()).or_default();
         st.injected += 1;
@@ -114,12 +115,40 @@ pub fn report(inp: Input) {
         let mut moved = 0;
         let mut last = 0u64;
         for (u, v) in &on {
+            // A unit stopped where it ran (fenced) by a fault that must stop nothing.
+            if expected == Some(false) {
+                let end = tl
+                    .runs
+                    .iter()
+                    .filter(|r| r.machine == *v && r.unit == *u && r.start <= d.before)
+                    .flat_map(|r| tl.segments(r))
+                    .find(|s| s.from <= d.before && d.before < s.to)
+                    .map(|s| s.to);
+                if let Some(end) = end.filter(|&e| e <= limit) {
+                    stops.push(evidence::Move {
+                        fault: d,
+                        unit: u.clone(),
+                        from: *v,
+                        to: *v,
+                        at: end,
+                    });
+                }
+            }
             if let Some(r) = tl
                 .first_start_elsewhere(u, &[*v], d.before)
                 .filter(|r| r.start <= limit)
             {
                 moved += 1;
                 last = last.max(r.start - d.before);
+                if expected == Some(false) {
+                    moves.push(evidence::Move {
+                        fault: d,
+                        unit: u.clone(),
+                        from: *v,
+                        to: r.machine,
+                        at: r.start,
+                    });
+                }
             }
         }
         if moved == on.len() {
@@ -135,9 +164,19 @@ pub fn report(inp: Input) {
         } else {
             st.none_moved += 1;
         }
-        if expected == Some(false) && moved > 0 {
-            *needless.entry(d.fault.kind.name()).or_default() += moved;
-        }
+    }
+    // A move counts against the fault only when no other fault on the unit's machine was under way
+    // between the injection and the move (faults on different machines overlap in time, and one
+    // on the same machine may begin right after the heal).
+    let (needless_moves, other_moves) = evidence::attribute(inp.done, moves, tl.end);
+    let mut needless: BTreeMap<&str, usize> = BTreeMap::new();
+    for mv in &needless_moves {
+        *needless.entry(mv.fault.fault.kind.name()).or_default() += 1;
+    }
+    let (needless_stops, other_stops) = evidence::attribute(inp.done, stops, tl.end);
+    let mut misattributed: BTreeMap<&str, usize> = BTreeMap::new();
+    for (mv, _) in &other_moves {
+        *misattributed.entry(mv.fault.fault.kind.name()).or_default() += 1;
     }
 
     let overlaps = tl.overlaps();
@@ -297,9 +336,52 @@ pub fn report(inp: Input) {
         summary_ms(&failover_all)
     );
     println!(
-        "units moved by faults that must not move them (fleetd restarted, etcd loss, partition with etcd on both sides or with the minority): {} {needless:?}",
-        needless.values().sum::<usize>()
+        "units moved by faults that must not move them (fleetd restarted, etcd loss, partition with etcd on both sides or with the minority), no other fault on their machine meanwhile: {} {needless:?}{}",
+        needless.values().sum::<usize>(),
+        if needless_moves.is_empty() {
+            String::new()
+        } else {
+            format!("   evidence in {}", inp.out.display())
+        }
     );
+    for (k, mv) in needless_moves.iter().enumerate() {
+        let file = crate::moves::write_move_evidence(&inp, &tl, mv, &[], "needless", k + 1, origin);
+        crate::moves::print_move(&inp, &tl, mv, "NEEDLESS", &file, origin);
+    }
+    println!(
+        "  and moved while another fault on their machine was under way too (that fault's, not counted above): {} {misattributed:?}",
+        other_moves.len()
+    );
+    for (k, (mv, others)) in other_moves.iter().enumerate() {
+        let file =
+            crate::moves::write_move_evidence(&inp, &tl, mv, others, "other-fault", k + 1, origin);
+        crate::moves::print_move(&inp, &tl, mv, "OTHER FAULT", &file, origin);
+    }
+    let mut stopped: BTreeMap<&str, usize> = BTreeMap::new();
+    for mv in &needless_stops {
+        *stopped.entry(mv.fault.fault.kind.name()).or_default() += 1;
+    }
+    println!(
+        "units stopped where they ran (fenced) by faults that must not move them, no other fault on their machine meanwhile: {} {stopped:?}; and {} while another fault on their machine was under way",
+        needless_stops.len(),
+        other_stops.len()
+    );
+    for (k, mv) in needless_stops.iter().enumerate() {
+        let file = crate::moves::write_move_evidence(&inp, &tl, mv, &[], "stopped", k + 1, origin);
+        crate::moves::print_move(&inp, &tl, mv, "STOPPED", &file, origin);
+    }
+    for (k, (mv, others)) in other_stops.iter().enumerate() {
+        let file = crate::moves::write_move_evidence(
+            &inp,
+            &tl,
+            mv,
+            others,
+            "stopped-other-fault",
+            k + 1,
+            origin,
+        );
+        crate::moves::print_move(&inp, &tl, mv, "STOPPED, OTHER FAULT", &file, origin);
+    }
     let nowhere_polled = polled.nowhere.iter().map(|n| n.0).max().unwrap_or(0);
     println!(
         "checker: {} samples of systemd (every {:?} per machine; failed or timed out: {:?}); polled: {} observations of a unit active on two machines in answers <= 250 ms apart (journal-checked above), longest seen nowhere {:.0} ms; {} copies in the journals",
@@ -465,7 +547,7 @@ fn faults_near(done: &[Done], t: u64, before: u64, after: u64) -> Vec<&Done> {
         .collect()
 }
 
-fn fault_line(d: &Done, origin: u64) -> String {
+pub(crate) fn fault_line(d: &Done, origin: u64) -> String {
     let healed = d
         .healed
         .map(|(h, _)| format!("healed at +{:.3} s", rel(h, origin)))
@@ -600,7 +682,7 @@ fn write_stall_evidence(inp: &Input, tl: &Timeline, st: &Stall, k: usize, origin
 }
 
 /// Every copy of `unit` the journals show, one line each.
-fn write_copies(text: &mut String, tl: &Timeline, unit: &str, origin: u64) {
+pub(crate) fn write_copies(text: &mut String, tl: &Timeline, unit: &str, origin: u64) {
     writeln!(text, "\ncopies of {unit} (journal):").unwrap();
     for r in tl.runs.iter().filter(|r| r.unit == unit) {
         writeln!(
@@ -618,7 +700,7 @@ fn write_copies(text: &mut String, tl: &Timeline, unit: &str, origin: u64) {
 }
 
 /// Machine `m`'s journal about `unit` over `(from, to)` (µs since the epoch), headed by `span`.
-fn write_excerpt(
+pub(crate) fn write_excerpt(
     text: &mut String,
     inp: &Input,
     m: usize,
@@ -635,7 +717,7 @@ fn write_excerpt(
 }
 
 /// Writes `text` to `name` in `inp.out` (printing why not, if it fails); returns its path.
-fn write_file(inp: &Input, name: &str, text: String) -> String {
+pub(crate) fn write_file(inp: &Input, name: &str, text: String) -> String {
     let path = inp.out.join(name);
     if let Err(e) = std::fs::write(&path, text) {
         println!("writing {}: {e}", path.display());
