@@ -45,8 +45,9 @@
 //!    anti-entropy: a few hundred bytes whatever the cluster's size), or its whole membership and
 //!    digest (a join through a seed, a retry while isolated, a heal with a member seen down).
 //! 2. The peer answers ([`Node::handle_sync_offer_from`]): to a summary, which buckets differ and
-//!    its digest of their origins; to a full offer, its membership, digest and the state the
-//!    initiator lacks.
+//!    its digest of their origins; to a full offer, the members the offer did not list as the
+//!    peer holds them (the others would be no-ops: joining through a second seed costs the
+//!    difference, not the whole list), its digest and the state the initiator lacks.
 //! 3. The initiator merges the answer ([`Node::handle_sync_answer_from`]) and sends back the state
 //!    the peer lacks, which the peer merges ([`Node::merge_from`]).
 //!

@@ -258,8 +258,14 @@ impl Store {
     /// The membership holds `origin` with this identity incarnation: its state may now come in
     /// epochs up to it.
     pub(crate) fn allow_epoch(&mut self, origin: &MachineId, incarnation: u64) {
-        let limit = self.limits.entry(origin.clone()).or_insert(0);
-        *limit = (*limit).max(incarnation);
+        // Called for every member of every membership update: no clone of the ID (an atomic
+        // increment and decrement) unless it is new.
+        match self.limits.get_mut(origin) {
+            Some(limit) => *limit = (*limit).max(incarnation),
+            None => {
+                self.limits.insert(origin.clone(), incarnation);
+            }
+        }
     }
 
     fn epoch_allowed(&mut self, origin: &MachineId, epoch: u64) -> bool {

@@ -1,10 +1,11 @@
 //! The sync exchange (see the module docs of [`crate::core`]): full offers for joins and heals,
 //! summaries of the state digest for the periodic anti-entropy.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use foca::{Member, State};
+use foca::{Incarnation, Member, State};
 use rand::RngExt;
 
 use crate::core::{Error, FullState, Node, SyncAnswer, SyncOffer};
@@ -107,10 +108,27 @@ impl Node {
                 bucket_count: count as u16,
             });
         }
+        // The initiator gave its whole membership: the answer carries only the members it does
+        // not hold as this node does (the rest would be no-ops there), so a join between two
+        // nodes that mostly agree costs the initiator the difference, not the whole list.
+        let offered: HashMap<NodeIdentity, (Incarnation, State)> = offer
+            .members
+            .iter()
+            .map(|m| (m.id().clone(), (m.incarnation(), m.state())))
+            .collect();
         self.apply_members(offer.from, offer.members)?;
+        let news =
+            |m: &Member<NodeIdentity>| offered.get(m.id()) != Some(&(m.incarnation(), m.state()));
+        let members = self
+            .foca
+            .iter_membership_state()
+            .filter(|m| news(m))
+            .cloned()
+            .chain(std::iter::once(Member::alive(self.identity().clone())).filter(|m| news(m)))
+            .collect();
         Ok(SyncAnswer {
             from,
-            members: self.membership(),
+            members,
             digest: self.store.digest(),
             state: self
                 .store
@@ -296,5 +314,62 @@ impl Node {
         }
         self.drain_changes();
         self.release_vouched();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use crate::core::{Config, Node};
+    use crate::testing::synthetic_cluster;
+    use crate::types::{MachineId, NodeIdentity};
+
+    /// The answer to a full offer lists only the members the offer did not list as the peer
+    /// holds them: nothing but the changes for a node that knows the cluster, everything for a
+    /// newcomer, which then knows the cluster as the peer does.
+    #[test]
+    fn a_full_answer_carries_only_the_members_the_offer_lacks() {
+        let now = Instant::now();
+        let (ids, state) = synthetic_cluster(40, 2);
+        let node = |id: &NodeIdentity, seed| {
+            Node::new(
+                Config::default(),
+                id.clone(),
+                StdRng::seed_from_u64(seed),
+                now,
+            )
+        };
+        let (mut a, mut b) = (node(&ids[0], 1), node(&ids[1], 2));
+        a.merge(now, state.clone()).unwrap();
+        b.merge(now, state).unwrap();
+        let members = b.membership().len();
+        assert!(members >= 40, "b holds the cluster: {members}");
+
+        let answer = b.handle_sync_offer(now, a.sync_offer()).unwrap();
+        assert!(
+            answer.members.len() <= 2,
+            "a offered the membership b holds; b answered {} of {members} members",
+            answer.members.len()
+        );
+
+        let newcomer = NodeIdentity::new(
+            MachineId::parse("newcomer").unwrap(),
+            "10.9.9.9:4001".parse().unwrap(),
+            1,
+        );
+        let mut c = node(&newcomer, 3);
+        let answer = b.handle_sync_offer(now, c.sync_offer()).unwrap();
+        assert_eq!(b.membership().len(), 41, "b learnt c");
+        assert_eq!(
+            answer.members.len(),
+            40,
+            "b's membership but c as c offered itself"
+        );
+        c.handle_sync_answer(now, answer).unwrap();
+        assert_eq!(c.roster.len(), 40, "c learnt the 40 members of the cluster");
     }
 }

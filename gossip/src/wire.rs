@@ -39,8 +39,9 @@ pub struct SyncOffer {
     pub(crate) summary: Option<Vec<u32>>,
 }
 
-/// Step 2 of a sync: the peer's answer. To a full offer: its membership, its digest and the state
-/// the initiator lacks. To a summary: which buckets differ, and its digest of those buckets' origins.
+/// Step 2 of a sync: the peer's answer. To a full offer: the members of its membership that the
+/// offer did not list with the same identity, incarnation and state, its digest and the state the
+/// initiator lacks. To a summary: which buckets differ, and its digest of those buckets' origins.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SyncAnswer {
     pub(crate) from: NodeIdentity,

@@ -167,13 +167,30 @@ impl Store {
         include: impl Fn(&MachineId) -> bool,
         certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
     ) -> Vec<OriginDelta> {
-        let peer: BTreeMap<&MachineId, Stamp> = peer.iter().map(|(id, s)| (id, *s)).collect();
+        // A digest comes in the order of its sender's store (by machine ID, as ours): then one
+        // walk of both, without a lookup per origin. Any other order (duplicates included, the
+        // last one counting) goes through a map.
+        let sorted = peer.windows(2).all(|w| w[0].0 < w[1].0);
+        let map: Option<BTreeMap<&MachineId, Stamp>> =
+            (!sorted).then(|| peer.iter().map(|(id, s)| (id, *s)).collect());
+        let mut cursor = 0;
         let mut out = Vec::new();
         for (id, data) in &self.origins {
             if !include(id) {
                 continue;
             }
-            let theirs = peer.get(id).copied().unwrap_or_default();
+            let theirs = match &map {
+                Some(map) => map.get(id).copied().unwrap_or_default(),
+                None => {
+                    while peer.get(cursor).is_some_and(|(p, _)| p < id) {
+                        cursor += 1;
+                    }
+                    match peer.get(cursor) {
+                        Some((p, s)) if p == id => *s,
+                        _ => Stamp::default(),
+                    }
+                }
+            };
             // A peer on an older epoch of this origin needs all of the current one.
             let new_life = theirs.epoch < data.epoch;
             let after = if new_life { Stamp::default() } else { theirs };
