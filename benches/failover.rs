@@ -47,7 +47,8 @@ const GOSSIP_PORT: u16 = 7479;
 const SETTLE: Duration = Duration::from_secs(120);
 /// fleetd's log filter in the bench: its default (`info`) plus gossip's suspicion and membership
 /// events, which date the phases of a takeover.
-const PHASE_LOG: &str = "info,fleet_gossip::lifeguard=debug,fleet_gossip::core=debug";
+const PHASE_LOG: &str =
+    "info,fleet_gossip::lifeguard=debug,fleet_gossip::core=debug,fleet::agent::timing=debug";
 
 /// A fault the bench injected: its kind, victim, and when it began and was undone (host clock, µs).
 struct Fault {
@@ -399,6 +400,13 @@ struct Phases {
     placed: Option<f64>,
     /// ... when it took the claim over (votes in, lease proof held).
     claimed: Option<f64>,
+    /// ... when its agent began to load the unit (write, link; the log line before the batch).
+    loading: Option<f64>,
+    /// ... when its agent began to queue the unit's start job (the proof held after the supersede).
+    starting: Option<f64>,
+    /// ... its agent's timing lines after its down verdict (`fleet::agent::timing`: lease polls, unit
+    /// loads, start jobs, passes that changed something), with when they were logged.
+    timings: Vec<(String, f64)>,
     /// ... when the unit was active there.
     active: f64,
 }
@@ -467,10 +475,28 @@ fn phases_of(
                 } else if m.contains("took the claim over") {
                     p.claimed = earliest(p.claimed, ms(t));
                 }
+            } else if i == taker && m.contains(&format!("load {unit} (")) {
+                p.loading = earliest(p.loading, ms(t));
+            } else if i == taker && m.contains(&format!("start {unit}:")) {
+                p.starting = earliest(p.starting, ms(t));
+            } else if i == taker
+                && p.taker_down.is_some_and(|d| ms(t) >= d)
+                && m.contains("fleet::agent::timing")
+            {
+                p.timings.push((compact(&m), ms(t)));
             }
         }
     }
     p
+}
+
+/// A fleetd timing line without its timestamp and level: from the target on.
+fn compact(m: &str) -> String {
+    m.find("fleet::agent::timing")
+        .map_or(m, |i| {
+            &m[i + "fleet::agent::timing: ".len().min(m.len() - i)..]
+        })
+        .to_string()
 }
 
 fn fmt_ms(x: Option<f64>) -> String {
@@ -492,14 +518,37 @@ fn print_phases(phases: &[Phases]) {
     };
     println!(
         "  phases, medians over {} rounds (ms after the SIGKILL): first suspicion {}, first down verdict {}; \
-         the last unit's taker: down verdict {}, placed there {}, claim taken over {}, active {}",
+         the last unit's taker: down verdict {}, placed there {}, claim taken over {}, load begun {}, \
+         start begun {}, active {}",
         phases.len(),
         median(|p| p.suspected),
         median(|p| p.down),
         median(|p| p.taker_down),
         median(|p| p.placed),
         median(|p| p.claimed),
+        median(|p| p.loading),
+        median(|p| p.starting),
         median(|p| Some(p.active)),
+    );
+    let gap = |f: fn(&Phases) -> Option<(f64, f64)>| -> String {
+        let mut xs: Vec<f64> = phases.iter().filter_map(f).map(|(a, b)| b - a).collect();
+        if xs.is_empty() {
+            return "-".into();
+        }
+        xs.sort_by(f64::total_cmp);
+        format!(
+            "p50 {:.0}, max {:.0}",
+            support::percentile(&xs, 50.0),
+            xs[xs.len() - 1]
+        )
+    };
+    println!(
+        "  the last unit's taker, per round (ms): down verdict -> claim taken over {}; claim taken over -> \
+         start begun {}; start begun -> active (poller) {}; claim taken over -> active {}",
+        gap(|p| p.taker_down.zip(p.claimed)),
+        gap(|p| p.claimed.zip(p.starting)),
+        gap(|p| p.starting.map(|s| (s, p.active))),
+        gap(|p| p.claimed.map(|c| (c, p.active))),
     );
     let mut confirmations: Vec<f64> = phases.iter().map(|p| p.confirmations as f64).collect();
     confirmations.sort_by(f64::total_cmp);
@@ -640,7 +689,7 @@ fn crash_round(
         let ph = phases_of(fl, victim, u, *i, kill_rt, ms);
         println!(
             "  phases (ms after the SIGKILL): first suspicion {} ({} confirmations), first down verdict {}, \
-             on m{i} (taker of {}): down {}, placed {}, claim taken {}, active +{:.0}",
+             on m{i} (taker of {}): down {}, placed {}, claim taken {}, load {}, start {}, active +{:.0}",
             fmt_ms(ph.suspected),
             ph.confirmations,
             fmt_ms(ph.down),
@@ -648,8 +697,13 @@ fn crash_round(
             fmt_ms(ph.taker_down),
             fmt_ms(ph.placed),
             fmt_ms(ph.claimed),
+            fmt_ms(ph.loading),
+            fmt_ms(ph.starting),
             ph.active
         );
+        for (line, at) in ph.timings.iter().filter(|(_, at)| *at <= ph.active + 50.0) {
+            println!("    m{i} +{at:.0}: {line}");
+        }
 
         if ms > 2500.0 {
             let (u, i, _) = enters.iter().max_by_key(|e| e.2).unwrap();

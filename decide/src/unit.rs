@@ -18,6 +18,10 @@
 //!   is no longer loaded here, and never while a handover it started is unresolved (a released claim
 //!   may be claimed and started at once by anyone).
 //! - **Acknowledge** a handover away from this machine once the unit is no longer loaded here.
+//! - **Prepare** a unit this machine took over (or takes over in this pass) while it waits for the proof:
+//!   its file is written and linked, nothing started, so that only the start is left once the proof
+//!   holds. A prepared unit is not `run`; a verdict that no longer prepares it (the plan moved it, the
+//!   claim was taken from this machine, fenced) unloads it.
 //! - **Re-bind** a claim of this machine under an older lease (a previous life of this fleetd).
 
 use fleet_sched::MachineId;
@@ -179,6 +183,10 @@ pub enum Why {
 pub struct Verdict {
     /// Keep it (or get it) running here. A claim written by [`Verdict::write`] must succeed first.
     pub run: bool,
+    /// Load it here without starting it (its file written and linked, no start job), ahead of a start
+    /// that waits for the proof that the previous holder stopped it. Never together with `run`; a
+    /// claim written by [`Verdict::write`] must succeed first.
+    pub prepare: bool,
     /// The etcd write to attempt.
     pub write: Option<Write>,
     /// A lease to ask etcd about (`LeaseTimeToLive`).
@@ -195,6 +203,7 @@ impl Verdict {
     fn new(run: bool, why: Why) -> Verdict {
         Verdict {
             run,
+            prepare: false,
             write: None,
             poll: None,
             votes: None,
@@ -209,6 +218,11 @@ impl Verdict {
     /// costs a batch each way (it made 1,000 loaded units go out and back twice while fleetd was busy).
     pub fn keeps_loaded(&self) -> bool {
         !self.run && self.why == Why::Unconfirmed
+    }
+
+    fn prepare(mut self) -> Verdict {
+        self.prepare = !self.run;
+        self
     }
 
     fn write(mut self, w: Write) -> Verdict {
@@ -328,7 +342,11 @@ fn decide_own(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim, fenced: bool) -> Ve
             // observations, not the fact, and an agent drops the votes once the proof held); the
             // previous holder, once stopped, no longer holds it. Keep it; start nothing new before a
             // fresh proof.
-            return pending_wait(Verdict::new(case.running, Why::HandoffPending), h, s);
+            return pending_wait(
+                Verdict::new(case.running, Why::HandoffPending).prepare(),
+                h,
+                s,
+            );
         }
     }
     if case.running || ctx.guard.may_start(ctx.now) {
@@ -391,12 +409,14 @@ fn decide_takeover(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim) -> Verdict {
         HolderState::FencedBy(t) if t <= ctx.now && !fresh => {
             wait(Why::HolderNotFenced).poll(claim.lease)
         }
-        HolderState::FencedBy(t) if t <= ctx.now => {
-            wait(Why::HandoffPending).write(Write::Supersede {
+        // The votes stay wanted: the proof after the supersede rests on them too.
+        HolderState::FencedBy(t) if t <= ctx.now => wait(Why::HandoffPending)
+            .ask_votes(&holder)
+            .write(Write::Supersede {
                 mod_revision: claim.mod_revision,
                 from: holder,
             })
-        }
+            .prepare(),
         HolderState::FencedBy(t) => wait(Why::HolderNotFenced).poll(claim.lease).wake(t),
         HolderState::Unknown => wait(Why::HolderNotFenced).poll(claim.lease),
     }

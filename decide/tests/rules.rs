@@ -460,3 +460,81 @@ fn a_unit_running_under_an_unresolved_handover_keeps_running_while_it_is_proven_
     let v = World::new(1100).decide(&k);
     assert!(!v.run, "{v:?}");
 }
+
+/// A unit taken over is prepared (loaded, not started) from the pass that supersedes its claim until the
+/// proof holds, so that only the start is left then: never run before the proof, never prepared
+/// before the supersede, and no longer prepared once the takeover is abandoned (the plan moved it, the
+/// claim was taken from this machine, fenced), which unloads it.
+#[test]
+fn a_unit_taken_over_is_prepared_not_started_until_the_proof_and_unprepared_when_abandoned() {
+    let c = claim("h", 9, None);
+    // Before the supersede (not proven, no votes, suspected, alive): nothing prepared.
+    let early = [poll(950, 9)];
+    let v = World::new(1200).decide(&case(Placement::Here, Some(&c), down(&early)));
+    assert_eq!(
+        (v.run, v.prepare, v.why),
+        (false, false, Why::HolderNotFenced)
+    );
+    let mut few = down(&early);
+    few.votes = 1;
+    let v = World::new(1200).decide(&case(Placement::Here, Some(&c), few));
+    assert_eq!((v.run, v.prepare), (false, false), "{v:?}");
+    let suspect = Peer {
+        alive: true,
+        suspect: true,
+        ..Peer::default()
+    };
+    let v = World::new(1200).decide(&case(Placement::Here, Some(&c), suspect));
+    assert_eq!((v.run, v.prepare), (false, false), "{v:?}");
+    // The pass that supersedes prepares it (once the write succeeded), starts nothing.
+    let polls = [poll(950, 9), poll(2001, 7)];
+    let v = World::new(2010).decide(&case(Placement::Here, Some(&c), down(&polls)));
+    assert!(matches!(v.write, Some(Write::Supersede { .. })), "{v:?}");
+    assert_eq!((v.run, v.prepare), (false, true), "{v:?}");
+    // ... and keeps the votes wanted: the proof after the supersede needs them too.
+    assert_eq!(
+        v.votes.as_ref().map(|h| (h.machine.as_str(), h.lease)),
+        Some(("h", 9))
+    );
+    // Ours with the handover, no proof after the supersede yet: prepared, not run.
+    let mine = claim("me", 1, Some(("h", 9)));
+    let mut k = case(Placement::Here, Some(&mine), down(&polls));
+    k.superseded_at = ms(2015);
+    k.loaded = true;
+    let v = World::new(2016).decide(&k);
+    assert_eq!(
+        (v.run, v.prepare, v.why),
+        (false, true, Why::HandoffPending)
+    );
+    // The fresh proof: run (no longer merely prepared).
+    let fresh = [poll(950, 9), poll(2001, 7), poll(2020, 7)];
+    let mut k2 = case(Placement::Here, Some(&mine), down(&fresh));
+    k2.superseded_at = ms(2015);
+    k2.loaded = true;
+    let v = World::new(2030).decide(&k2);
+    assert_eq!((v.run, v.prepare), (true, false), "{v:?}");
+    // Abandoned: the plan puts it elsewhere (the claim is kept until the proof, the unit unloaded).
+    let mut moved = k.clone();
+    moved.placement = Placement::NotHere;
+    let v = World::new(2016).decide(&moved);
+    assert_eq!(
+        (v.run, v.prepare, v.write.clone()),
+        (false, false, None),
+        "{v:?}"
+    );
+    // Abandoned: another machine took the claim from us.
+    let theirs = claim("x", 5, Some(("me", 1)));
+    let mut taken = case(Placement::Here, Some(&theirs), Peer::default());
+    taken.loaded = true;
+    let v = World::new(2016).decide(&taken);
+    assert_eq!((v.run, v.prepare, v.why), (false, false, Why::TakenOver));
+    // Abandoned: fenced.
+    let mut w = World::new(2016);
+    w.g = lease_guard(0, &[], 2016);
+    let v = w.decide(&k);
+    assert_eq!(
+        (v.run, v.prepare, v.why),
+        (false, false, Why::Fenced),
+        "{v:?}"
+    );
+}

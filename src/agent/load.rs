@@ -17,6 +17,15 @@ use fleet_systemd::LoadSpec;
 use super::State;
 use crate::registry::Snapshot;
 
+/// Logs (debug, `fleet::agent::timing`) how long a batch took since `t` (the failover bench reads it).
+fn timing(what: &str, t: std::time::Instant) {
+    tracing::debug!(
+        target: "fleet::agent::timing",
+        ms = t.elapsed().as_secs_f64() * 1000.0,
+        "{what}"
+    );
+}
+
 impl State {
     /// Carries out reconcile's `tasks` in order, the loads and the unloads each as one batch; logs
     /// each task (with `note` appended) and each failure.
@@ -26,12 +35,16 @@ impl State {
             match task {
                 Task::Start(..) if !starts_done => {
                     starts_done = true;
+                    let t = std::time::Instant::now();
                     self.start_all(tasks, note).await;
+                    timing("start jobs queued", t);
                 }
                 Task::Start(..) => {}
                 Task::Load(..) if !loads_done => {
                     loads_done = true;
+                    let t = std::time::Instant::now();
                     self.load_all(tasks, snap, note).await;
+                    timing("units loaded", t);
                 }
                 Task::Unload(..) if !unloads_done => {
                     unloads_done = true;

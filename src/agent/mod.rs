@@ -200,6 +200,15 @@ struct State {
     poll_wanted: BTreeSet<i64>,
     /// When each wanted lease was last asked about (answered or not).
     poll_tried: BTreeMap<i64, Time>,
+    /// `LeaseTimeToLive` polls sent without waiting (`votes.rs`, `poll_early`): lease, sent, received,
+    /// answer; the next pass takes them.
+    early_polls: tokio::task::JoinSet<votes::EarlyPoll>,
+    /// The leases of `early_polls`.
+    early_leases: BTreeSet<i64>,
+    /// The claim writes of the current pass (for its timing log).
+    pass_writes: usize,
+    /// The units the last pass's verdicts prepare (`Verdict::prepare`: loaded, not started).
+    prepared: BTreeSet<UnitName>,
     /// When we superseded each claim we took over (our clock).
     superseded_at: BTreeMap<UnitName, Time>,
     /// When a verdict wants another look.
@@ -371,6 +380,10 @@ async fn run(
         polls: BTreeMap::new(),
         poll_wanted: BTreeSet::new(),
         poll_tried: BTreeMap::new(),
+        early_polls: tokio::task::JoinSet::new(),
+        early_leases: BTreeSet::new(),
+        pass_writes: 0,
+        prepared: BTreeSet::new(),
         superseded_at: BTreeMap::new(),
         wake_at: None,
         gossiped_units: None,
@@ -473,48 +486,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl State {
-    /// Re-reads the units directory and systemd's states of those units.
-    async fn read_current(&mut self) {
-        let dir = self.systemd.local_unit_file_path("");
-        let mut loaded = BTreeMap::new();
-        if let Ok(mut rd) = tokio::fs::read_dir(&dir).await {
-            while let Ok(Some(e)) = rd.next_entry().await {
-                let Some(name) = e.file_name().to_str().and_then(|n| UnitName::parse(n).ok())
-                else {
-                    continue;
-                };
-                match tokio::fs::read_to_string(e.path()).await {
-                    Ok(text) if !fleet_systemd::is_marked(&text) => {
-                        // Not fleet's (left there by hand, say): never stopped, unloaded or relayed.
-                        if self.strays.insert(name.clone()) {
-                            tracing::warn!(unit = %name, file = %e.path().display(), "a unit file fleet did not write is in its units directory: left alone");
-                        }
-                    }
-                    Ok(text) => match UnitFile::parse(&text) {
-                        Ok(f) => {
-                            loaded.insert(name, f.hash());
-                        }
-                        Err(err) => tracing::warn!(unit = %name, "unreadable unit file: {err}"),
-                    },
-                    Err(err) => tracing::warn!(unit = %name, "reading unit file: {err}"),
-                }
-            }
-        }
-        self.loaded = loaded;
-        let names: Vec<&str> = self.loaded.keys().map(UnitName::as_str).collect();
-        // Without MainPID (the agent does not use it): one call for all units.
-        match self.systemd.list_unit_states(&names).await {
-            Ok(list) => {
-                self.states = list
-                    .into_iter()
-                    .filter_map(|(n, s)| UnitName::parse(&n).ok().map(|n| (n, s)))
-                    .collect();
-            }
-            Err(e) => tracing::warn!("reading unit states from systemd: {e}"),
-        }
-        self.publish();
-    }
-
     /// Takes one systemd event into the agent's view of its units (not published: the caller
     /// publishes once per burst of events).
     fn absorb(&mut self, ev: Option<Event>) -> Absorbed {
@@ -647,8 +618,16 @@ impl State {
 
     /// One pass: gather, decide, act.
     async fn pass(&mut self) {
+        let started = clock::now();
         self.run_polls().await;
         let now = clock::now();
+        if now.since(started) > Duration::from_millis(1) {
+            tracing::debug!(
+                target: "fleet::agent::timing",
+                ms = now.since(started).as_secs_f64() * 1000.0,
+                "lease polls"
+            );
+        }
         let snap = self.registry.snapshot().ok();
         if let Some(s) = &snap {
             self.seats.update(&s.machines, self.timing.ttl, now);
@@ -689,9 +668,19 @@ impl State {
             }
         }
         let committee = lock(&self.shared.committee).clone().unwrap_or_default();
+        let polled = clock::now();
         self.run_votes(&committee).await;
+        let voted = clock::now();
         let target = self.decide_all(&snap, &g, &committee, &lease, now).await;
-        self.apply(target, &snap).await;
+        let decided = clock::now();
+        let tasks = self.apply(target, &snap).await;
+        if tasks > 0 || self.pass_writes > 0 {
+            tasks::log_pass(
+                [now, polled, voted, decided, clock::now()],
+                self.pass_writes,
+                tasks,
+            );
+        }
     }
 
     /// Recomputes the unit names this machine refuses (see [`State::refused`]): the registry's active

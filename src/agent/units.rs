@@ -35,6 +35,7 @@ impl State {
         let mut target = BTreeMap::new();
         let mut wake: Option<Time> = None;
         let mut waiting = BTreeMap::new();
+        let mut prepared = BTreeSet::new();
         for (d, w) in decided.into_iter().zip(written) {
             let Decided {
                 name,
@@ -42,6 +43,8 @@ impl State {
                 verdict: v,
                 ..
             } = d;
+            // A unit is prepared (loaded, not started) only once the claim its verdict writes is in.
+            let prepare = v.prepare && w.as_ref().is_none_or(|(_, r)| matches!(r, Ok(Some(_))));
             let run = match w {
                 None => v.run,
                 Some((p, result)) => self.claim_written(&name, &v, p, result),
@@ -62,13 +65,17 @@ impl State {
                 if let Some(t) = wanted.get(&name) {
                     target.insert(name, t.clone());
                 }
-            } else if v.keeps_loaded() && self.loaded.contains_key(&name) {
+            } else if prepare || (v.keeps_loaded() && self.loaded.contains_key(&name)) {
+                if prepare {
+                    prepared.insert(name.clone());
+                }
                 if let Some(t) = wanted.get(&name) {
                     let state = DesiredState::Loaded;
                     target.insert(name, TargetUnit { state, ..t.clone() });
                 }
             }
         }
+        self.prepared = prepared;
         self.finish_pass(waiting, wake, now);
         target
     }
@@ -88,7 +95,9 @@ impl State {
         let period = self.timing.lease_poll_period();
         let polls_due = votes::first_due(&self.poll_wanted, &self.poll_tried, now, period);
         let votes_due = votes::first_due(&self.votes_wanted, &self.votes_asked, now, period);
-        if let Some(next) = polls_due.into_iter().chain(votes_due).min() {
+        // An early poll's answer is taken by the next pass, at once.
+        let early = (!self.early_leases.is_empty()).then_some(now);
+        if let Some(next) = polls_due.into_iter().chain(votes_due).chain(early).min() {
             wake = Some(wake.map_or(next, |w| w.min(next)));
         }
         self.wake_at = wake;
@@ -97,7 +106,7 @@ impl State {
     /// The claim writes of a pass's verdicts, sent as one batch (`Registry::write_claims`): for each
     /// verdict, the write it asks for with its outcome.
     async fn write_claims(
-        &self,
+        &mut self,
         decided: &[Decided],
         lease: i64,
     ) -> Vec<Option<(Planned, ClaimResult)>> {
@@ -110,6 +119,7 @@ impl State {
             .zip(&planned)
             .filter_map(|(d, p)| p.as_ref().map(|p| (d.name.clone(), p.write.clone())))
             .collect();
+        self.pass_writes = batch.len();
         let mut results = self
             .registry
             .write_claims(&self.opts.machine, lease, &batch)
@@ -362,10 +372,11 @@ impl State {
                 }
                 Write::Supersede { from, .. } => {
                     tracing::info!(unit = %name, from = %from.machine, "took the claim over; starting once the previous holder is proven stopped");
-                    self.superseded_at.insert(name.clone(), clock::now());
-                    // Only answers after the supersede prove the handover: ask at once.
-                    self.poll_wanted.insert(from.lease);
-                    self.poll_tried.remove(&from.lease);
+                    let now = clock::now();
+                    self.superseded_at.insert(name.clone(), now);
+                    // Only answers after the supersede prove the handover: ask at once, while this
+                    // pass loads the unit (its verdict prepares it); the next pass takes the answer.
+                    self.poll_early(from.lease, now);
                     let verdict = self.cluster.peer(&from.machine).2;
                     m.took_over(
                         from.machine.as_str(),

@@ -3,28 +3,73 @@
 
 use super::*;
 
+/// An early `LeaseTimeToLive` poll's lease, when it was sent and answered, and the answer.
+pub(super) type EarlyPoll = (
+    i64,
+    Time,
+    Time,
+    Result<fleet_decide::LeaseAnswer, crate::registry::RegistryError>,
+);
+
 impl State {
-    /// Asks etcd about the leases the last pass wanted to know about.
+    /// Asks etcd about the leases the last pass wanted to know about, after taking the answers of the
+    /// polls sent early ([`State::poll_early`]).
     pub(super) async fn run_polls(&mut self) {
+        let mut early = std::mem::take(&mut self.early_polls);
+        let answered = std::mem::take(&mut self.early_leases);
+        while let Some(answer) = early.join_next().await {
+            if let Ok((lease, sent, received, answer)) = answer {
+                self.note_poll(lease, sent, received, answer);
+            }
+        }
         let wanted = std::mem::take(&mut self.poll_wanted);
-        self.poll_tried.retain(|l, _| wanted.contains(l));
-        for lease in wanted {
+        self.poll_tried
+            .retain(|l, _| wanted.contains(l) || answered.contains(l));
+        // A lease asked about early was asked a moment ago: not again in this pass.
+        for lease in wanted.into_iter().filter(|l| !answered.contains(l)) {
             let sent = clock::now();
             self.poll_tried.insert(lease, sent);
-            match self.registry.lease_time_to_live(lease).await {
-                Ok(answer) => {
-                    let q = self.polls.entry(lease).or_default();
-                    q.push_back(LeasePoll {
-                        sent,
-                        received: clock::now(),
-                        answer,
-                    });
-                    while q.len() > POLLS_KEPT {
-                        q.pop_front();
-                    }
+            let answer = self.registry.lease_time_to_live(lease).await;
+            self.note_poll(lease, sent, clock::now(), answer);
+        }
+    }
+
+    /// Asks etcd about `lease` now, without waiting for the answer: the next pass takes it (a
+    /// supersede's proof needs an answer sent after it, and this pass still loads the unit meanwhile).
+    /// The regular polls of `lease` are due a poll period later.
+    pub(super) fn poll_early(&mut self, lease: i64, now: Time) {
+        if !self.early_leases.insert(lease) {
+            return; // asked already in this pass (several units of one holder)
+        }
+        self.poll_tried.insert(lease, now);
+        let registry = self.registry.clone();
+        self.early_polls.spawn(async move {
+            let sent = clock::now();
+            let answer = registry.lease_time_to_live(lease).await;
+            (lease, sent, clock::now(), answer)
+        });
+    }
+
+    fn note_poll(
+        &mut self,
+        lease: i64,
+        sent: Time,
+        received: Time,
+        answer: Result<fleet_decide::LeaseAnswer, crate::registry::RegistryError>,
+    ) {
+        match answer {
+            Ok(answer) => {
+                let q = self.polls.entry(lease).or_default();
+                q.push_back(LeasePoll {
+                    sent,
+                    received,
+                    answer,
+                });
+                while q.len() > POLLS_KEPT {
+                    q.pop_front();
                 }
-                Err(e) => tracing::debug!(lease = format!("{lease:x}"), "LeaseTimeToLive: {e}"),
             }
+            Err(e) => tracing::debug!(lease = format!("{lease:x}"), "LeaseTimeToLive: {e}"),
         }
     }
 
@@ -46,8 +91,18 @@ impl State {
             {
                 continue;
             }
-            self.votes_asked.insert(key.clone(), now);
             let have = self.votes.get(&key).cloned().unwrap_or_default();
+            // A majority voted already: the verdicts need no more (asking the rest cost a round trip
+            // to every witness that had not voted, on every pass of a takeover until the unit started).
+            let voted = have
+                .iter()
+                .filter(|w| **w != holder && committee.contains(w))
+                .count();
+            if voted >= committee.majority() {
+                self.votes_asked.entry(key).or_insert(now);
+                continue;
+            }
+            self.votes_asked.insert(key.clone(), now);
             let ask: Vec<MachineId> = committee
                 .witnesses
                 .iter()
