@@ -141,6 +141,15 @@ pub enum ParseError {
         /// 1-based line number.
         line: usize,
     },
+    /// A `[` inside a section name (`[[Service]`): systemd reads it as an unknown section and
+    /// ignores its options.
+    #[error("line {line}: section name {section:?} contains \"[\"")]
+    BracketInSectionName {
+        /// 1-based line number.
+        line: usize,
+        /// The name between the outer brackets.
+        section: String,
+    },
     /// Text after the closing `]` of a section header.
     #[error("line {line}: unexpected {garbage:?} after section header [{section}]")]
     GarbageAfterSection {
@@ -308,7 +317,7 @@ impl UnitFile {
 
     /// Builds a unit file from options given as data (the HTTP API's `options`), checking that they can
     /// be written as a unit file and read back as the same options, by go-systemd and by systemd:
-    /// non-empty section and name, no `]` in a section, no `=` in a name, no control character but tab
+    /// non-empty section and name, no `[` or `]` in a section, no `=` in a name, no control character but tab
     /// anywhere (line breaks in values only as `\` continuations), no whitespace around a name or a
     /// value.
     pub fn from_options(options: Vec<UnitOption>) -> Result<UnitFile, ParseError> {
@@ -494,6 +503,11 @@ fn option_problem(o: &UnitOption) -> Option<&'static str> {
     if o.section.contains(']') {
         return Some("section name contains \"]\"");
     }
+    // systemd reads `[[Service]` as a section named `[Service`, unknown, and ignores its options:
+    // fleet would schedule by options systemd never reads.
+    if o.section.contains('[') {
+        return Some("section name contains \"[\"");
+    }
     if o.name.is_empty() {
         return Some("option name is empty");
     }
@@ -658,6 +672,12 @@ impl<'a> Lexer<'a> {
         let name = &line[..close];
         if name.is_empty() {
             return Err(ParseError::EmptySectionName { line: line_no });
+        }
+        if name.contains('[') {
+            return Err(ParseError::BracketInSectionName {
+                line: line_no,
+                section: excerpt(name),
+            });
         }
         let garbage = trim_ws(&line[close + 1..]);
         if !garbage.is_empty() {

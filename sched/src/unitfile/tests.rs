@@ -262,6 +262,18 @@ fn only_systemds_whitespace_may_follow_a_section_header() {
 }
 
 #[test]
+fn a_section_name_with_a_bracket_is_refused() {
+    // Found by the systemd oracle (CI24): systemd takes `[[Service]` for an unknown section named
+    // `[Service` and ignores what follows; fleet read its options.
+    let err = UnitFile::parse("[Unit]\nA=1\n[[Service]\nB=2\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "line 3: section name \"[Service\" contains \"[\""
+    );
+    assert!(UnitFile::from_options(vec![opt("[Service", "B", "2")]).is_err());
+}
+
+#[test]
 fn section_names_are_taken_verbatim() {
     assert_eq!(
         parse("[X-Fleet]\nA=1\n[ odd name ]  \nB=2\n"),
