@@ -357,3 +357,70 @@ fn fleet_never_shadows_stops_or_claims_a_unit_it_did_not_create() {
     assert_eq!(exec_and_pid(&fl, 1, "stray.service"), stray);
     untouched(&fl, "after fleetd stopped");
 }
+
+/// A second fleetd on a machine whose systemd a fleetd already drives (another runtime directory, so
+/// the runtime lock does not stop it) refuses to start, naming the holder and the way out; it leaves
+/// the machine's fence guard watching the first fleetd's deadline, and the first keeps running its
+/// unit. (Before the system manager's lock it rewrote `fleet-guard.service` to watch its own fence
+/// file: the first fleetd's units lost their fencing.)
+#[test]
+fn a_second_fleetd_on_a_driven_systemd_refuses_to_start_and_leaves_the_guard_alone() {
+    let Some(fl) = FleetLab::up(1, &[]) else {
+        return;
+    };
+    fl.write_file(
+        1,
+        "/tmp/kept.service",
+        "[Service]\nExecStart=/bin/sleep 100000\n",
+    );
+    fl.fleetctl_ok(1, &["start", "/tmp/kept.service"]);
+    let pid = fl.show(1, "kept.service", "MainPID");
+    let guard_path = "/run/systemd/system/fleet-guard.service";
+    let guard = sh(&fl, 1, &format!("cat {guard_path}"));
+    assert!(guard.contains("--fence-file /run/fleet/fence"), "{guard}");
+    let holder = sh(&fl, 1, "cat /run/fleet-guard.lock");
+
+    let ip = fleet_lab::machine_ip(1);
+    fl.lab
+        .sh_ok(
+            1,
+            &[
+                "systemd-run",
+                "--unit=second-fleetd",
+                "--setenv=FLEET_MACHINE_ID=5eca9dfeed5eca9dfeed5eca9dfeed00",
+                &format!("--setenv=FLEET_GOSSIP_LISTEN={ip}:7480"),
+                "--setenv=FLEET_API_SOCKET=/run/second-fleetd.sock",
+                "--setenv=FLEET_STATE_DIR=/run/second-fleetd-state",
+                "--setenv=FLEET_UNITS_DIRECTORY=/run/second-fleetd-units",
+                "--setenv=FLEET_RUNTIME_DIR=/run/second-fleetd-run",
+                // Past gossip's TLS check, so that only the lock can stop it.
+                "--setenv=FLEET_GOSSIP_INSECURE=true",
+                "/opt/fleet/bin/fleetd",
+                "--etcd-servers=http://127.0.0.1:9",
+                &format!("--public-ip={ip}"),
+            ],
+        )
+        .expect("start a second fleetd");
+    fl.wait_for("the second fleetd to exit", WAIT, |fl| {
+        let state = fl.show(1, "second-fleetd.service", "ActiveState");
+        (state == "failed" || state == "inactive").then_some(())
+    });
+    let log = sh(
+        &fl,
+        1,
+        "journalctl -u second-fleetd.service --no-pager -o cat",
+    );
+    let want = format!(
+        "driven by another fleetd (pid {holder}, lock /run/fleet-guard.lock): run one fleetd per machine"
+    );
+    assert!(log.contains(&want), "want {want:?} in:\n{log}");
+    assert_eq!(
+        sh(&fl, 1, &format!("cat {guard_path}")),
+        guard,
+        "the guard unit was rewritten"
+    );
+    assert_eq!(sh(&fl, 1, "cat /run/fleet-guard.lock"), holder);
+    assert_eq!(fl.show(1, "kept.service", "MainPID"), pid);
+    assert_eq!(fl.show(1, "fleet-guard.service", "ActiveState"), "active");
+    fl.fleetctl_ok(1, &["list-machines"]);
+}

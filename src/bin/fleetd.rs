@@ -229,6 +229,15 @@ async fn run(
         tracing::error!("{e}");
         e
     })?;
+    // One fleetd per system manager: the fence guard and the units' fence drop-ins are the machine's.
+    let _system_lock = if config.systemd_user {
+        None
+    } else {
+        fleet::runtime_lock::lock_system_manager().map_err(|e| {
+            tracing::error!("{e}");
+            e
+        })?
+    };
     let opts = RegistryOptions::from_config(&config);
     opts.check().context("etcd TLS settings")?;
     let registry = Registry::start(opts);

@@ -122,6 +122,9 @@ options! {
         meta: Meta::v1("PATH", Restart),
     }
     /// Drive the user's systemd instead of the system one.
+    ///
+    /// One fleetd per machine drives the system one: it holds `/run/fleet-guard.lock`, and a second
+    /// fleetd without this setting refuses to start.
     systemd_user: bool {
         default: false,
         parse: parse_bool,
