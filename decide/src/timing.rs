@@ -11,7 +11,7 @@ use std::time::Duration;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timing {
     /// F: how long a machine keeps running its claimed units after its last lease confirmation when the
-    /// witness committee does not support it. Default [`Timing::DEFAULT_FENCE_AFTER`] (1 s).
+    /// witness committee does not support it. Default [`Timing::DEFAULT_FENCE_AFTER`] (700 ms).
     pub fence_after: Duration,
     /// The lease TTL (`agent_ttl`): claims vanish with the lease; a machine stops its units before then
     /// whatever support it has, and a departed witness keeps its seat for that long.
@@ -36,7 +36,7 @@ impl Timing {
     /// for the failover goal of issue 11 (a crashed machine's units active elsewhere p50 <= 1.5 s on
     /// 5 machines): a crash's down verdict needs `F + 150 ms` of silence after the first unanswered
     /// probe, so the failover time moves with F (docs/benchmarks.md, "Choosing fence_after").
-    pub const DEFAULT_FENCE_AFTER: Duration = Duration::from_secs(1);
+    pub const DEFAULT_FENCE_AFTER: Duration = Duration::from_millis(700);
 
     /// Timings for `fence_after` and a lease TTL, with the default clock-rate bound and kill allowance.
     pub fn new(fence_after: Duration, ttl: Duration) -> Timing {
@@ -120,11 +120,11 @@ mod tests {
     #[test]
     fn derived_timings_of_the_defaults() {
         let t = Timing::default();
-        assert_eq!(t.keepalive_period(), Duration::from_nanos(333_333_333));
-        assert_eq!(t.fenced_after(), Duration::from_millis(1110));
+        assert_eq!(t.keepalive_period(), Duration::from_nanos(233_333_333));
+        assert_eq!(t.fenced_after(), Duration::from_millis(807));
         assert_eq!(t.slow_fence_after(), Duration::from_millis(29_600));
-        assert_eq!(t.support_validity(), Duration::from_secs(4));
-        assert_eq!(t.vote_after_support(), Duration::from_millis(4140));
+        assert_eq!(t.support_validity(), Duration::from_millis(2800));
+        assert_eq!(t.vote_after_support(), Duration::from_millis(2928));
         assert_eq!(t.lease_poll_period(), Duration::from_millis(100));
         assert!(t.check().is_ok());
     }

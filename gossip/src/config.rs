@@ -5,9 +5,9 @@ use std::time::Duration;
 
 /// Failure detection and dissemination settings.
 ///
-/// The defaults aim at a LAN (sub-millisecond RTT) and a blip tolerance of 1 s (see
+/// The defaults aim at a LAN (sub-millisecond RTT) and a blip tolerance of 700 ms (see
 /// [`Config::with_blip_tolerance`]): a member silent for less than that is never declared down, a
-/// crashed one is declared down about 1.15 s after the first probe that reaches it unanswered, at a
+/// crashed one is declared down about 0.85 s after the first probe that reaches it unanswered, at a
 /// cost of a few small datagrams per second per member. Roughly, detection takes the wait until some member probes the
 /// dead one (each member probes one random member per `probe_period`; the chance that nobody probes a
 /// given member in one period is about 1/e, so p99 is about 4.6 periods in a large cluster), plus one
@@ -34,12 +34,12 @@ pub struct Config {
     /// How many members to ask for an indirect probe. Default 3.
     pub num_indirect_probes: usize,
     /// The shortest time a suspect has to refute before it is declared down: the suspicion timeout
-    /// once `suspicion_confirmations` other members confirmed it. Default 750 ms (a blip tolerance
-    /// of 1 s, see [`Config::with_blip_tolerance`]).
+    /// once `suspicion_confirmations` other members confirmed it. Default 450 ms (a blip tolerance
+    /// of 700 ms, see [`Config::with_blip_tolerance`]).
     pub suspect_to_down_after: Duration,
     /// The suspicion timeout with no confirmation (Lifeguard's dynamic suspicion: it shrinks
     /// logarithmically with each independent confirmation down to `suspect_to_down_after`).
-    /// Default 1.5 s (1.5 times the blip tolerance).
+    /// Default 1.05 s (1.5 times the blip tolerance).
     pub suspicion_max: Duration,
     /// How many independent confirmations bring the suspicion timeout to its minimum (capped by
     /// the number of other live members). Default 2.
@@ -92,8 +92,8 @@ impl Default for Config {
             probe_period: Duration::from_millis(400),
             probe_rtt: Duration::from_millis(80),
             num_indirect_probes: 3,
-            suspect_to_down_after: Duration::from_millis(750),
-            suspicion_max: Duration::from_millis(1500),
+            suspect_to_down_after: Duration::from_millis(450),
+            suspicion_max: Duration::from_millis(1050),
             suspicion_confirmations: 2,
             max_local_health: 8,
             remove_down_after: Duration::from_secs(600),
@@ -111,7 +111,7 @@ impl Default for Config {
 impl Config {
     /// The blip tolerance of the defaults (fleetd's default `fence_after`; a test of fleetd's
     /// configuration checks that the two agree).
-    pub const DEFAULT_BLIP_TOLERANCE: Duration = Duration::from_secs(1);
+    pub const DEFAULT_BLIP_TOLERANCE: Duration = Duration::from_millis(700);
 
     /// How long after a thaw a suspect's refutation may take to reach its suspecters: the thawed
     /// member handles what arrived meanwhile (pings and gossip carrying the suspicion) and answers at
@@ -153,7 +153,7 @@ impl Config {
     /// `suspicion_max` unless other members independently fail to reach the member too, which they
     /// only do once it is silent (or cut off from them as well).
     ///
-    /// 830 ms by default.
+    /// 530 ms by default.
     pub fn min_detection(&self) -> Duration {
         self.probe_rtt + self.suspect_to_down_after
     }

@@ -263,9 +263,9 @@ pub struct Config {
     pub probe_rtt: Dur,
     /// Gossip: indirect probes (3).
     pub num_indirect_probes: usize,
-    /// Gossip: shortest suspicion timeout (750ms: the gossip core's default, derived from a blip
-    /// tolerance of 1 s, fleetd's default `fence_after`; with real cores Lifeguard starts it at
-    /// 1.5s and shrinks it with independent confirmations; the model uses this one).
+    /// Gossip: shortest suspicion timeout (450ms: the gossip core's default, derived from a blip
+    /// tolerance of 700 ms, fleetd's default `fence_after`; with real cores Lifeguard starts it at
+    /// 1.05s and shrinks it with independent confirmations; the model uses this one).
     pub suspect_to_down_after: Dur,
     /// Gossip: dissemination round period (100ms).
     pub gossip_interval: Dur,
@@ -279,7 +279,7 @@ pub struct Config {
     pub agent_ttl: Dur,
     /// Gossip: how long a down member is remembered (`remove_down_after`, 600s).
     pub remove_down_after: Dur,
-    /// Agent: `fence_after` (F, 1s, as fleetd): the one setting of the safety rules (`fleet_decide::Timing`).
+    /// Agent: `fence_after` (F, 700ms, as fleetd): the one setting of the safety rules (`fleet_decide::Timing`).
     pub fence_after: Dur,
     /// Agent: periodic full pass (`engine_reconcile_interval`, 2s).
     pub reconcile_interval: Dur,

@@ -308,9 +308,8 @@ options! {
     /// machine taking a dead machine's units over waits for the down verdict and until the holder
     /// is proven stopped: its last lease renewal + `1.01·fence_after + 100ms`. A crashed machine's
     /// units therefore start elsewhere about `fence_after + 0.8s` after the crash on 5 machines, more
-    /// under load (docs/benchmarks.md, "Choosing fence_after": 700ms was the default for a few hours
-    /// of 2026-12-07 and was set back to 1s because the simulator's 200-machine formation no longer converged
-    /// with it).
+    /// under load (docs/benchmarks.md, "Choosing fence_after"; the default was 1s until 2026-12-07, and
+    /// again for a few hours of that day, until the gossip core's joins no longer left a machine unknown).
     /// Raise it on networks with long blips (failover slows by the same amount), lower it only with
     /// fast etcd and machines that are never starved of CPU (below the default it gains little: the
     /// wait for the first probe of the dead machine stays): a restarted fleetd must renew its lease

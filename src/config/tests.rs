@@ -377,7 +377,7 @@ fn every_value_reads_back_what_it_shows() {
         );
     }
     assert_eq!(d.show("api_socket_mode").as_deref(), Some("0660"));
-    assert_eq!(d.show("fence_after").as_deref(), Some("1s"));
+    assert_eq!(d.show("fence_after").as_deref(), Some("700ms"));
     assert_eq!(d.show("disable_engine"), None);
 }
 
