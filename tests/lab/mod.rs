@@ -379,6 +379,17 @@ impl FleetLab {
         }
     }
 
+    /// Whether machine `i` reaches the hub etcd's client port within 0.5 s (curl to `/version`): a
+    /// check that [`FleetLab::block_etcd`] took effect.
+    pub fn reaches_etcd(&self, i: usize) -> bool {
+        let url = format!("http://{}:2379/version", fleet_lab::HUB_IP);
+        self.lab
+            .sh(i, &["curl", "-s", "--max-time", "0.5", &url])
+            .expect("curl in the lab")
+            .status
+            .success()
+    }
+
     /// Drops every packet between machine `i` and the hub etcd (10.77.0.1:2379) both ways (nftables in
     /// the machine's netns); gossip and everything else still flow. Undone by [`FleetLab::unblock_etcd`].
     pub fn block_etcd(&self, i: usize) {
