@@ -827,7 +827,20 @@ fn a_second_fleetd_with_another_machines_id_and_certificate_is_refused() {
         return;
     };
     let (m1, m2) = (fl.machine_id(1), fl.machine_id(2));
-    let ips_before = fl.fleetctl_ok(2, &["list-machines", "--no-legend", "--full"]);
+    // The baseline once m2 lists every machine with its address (CI26 took it while m3's address was
+    // still "-", and the comparison below then saw m3's arrival, not the impostor).
+    let ips_before = fl.wait_for("m2 lists every machine with its address", WAIT, |fl| {
+        let out = fl.fleetctl_ok(2, &["list-machines", "--no-legend", "--full"]);
+        let addressed = out
+            .lines()
+            .filter(|l| {
+                l.split('\t')
+                    .nth(1)
+                    .is_some_and(|ip| ip.starts_with("10.77."))
+            })
+            .count();
+        (addressed == 3).then_some(out)
+    });
     start_rogue(
         &fl,
         3,
