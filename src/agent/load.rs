@@ -18,7 +18,7 @@ use super::State;
 use crate::registry::Snapshot;
 
 /// Logs (debug, `fleet::agent::timing`) how long a batch took since `t` (the failover bench reads it).
-fn timing(what: &str, t: std::time::Instant) {
+pub(super) fn timing(what: &str, t: std::time::Instant) {
     tracing::debug!(
         target: "fleet::agent::timing",
         ms = t.elapsed().as_secs_f64() * 1000.0,

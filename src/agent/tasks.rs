@@ -148,11 +148,7 @@ impl State {
         if !tasks.is_empty() && !prepared_only {
             let t = std::time::Instant::now();
             self.refresh_states().await;
-            tracing::debug!(
-                target: "fleet::agent::timing",
-                ms = t.elapsed().as_secs_f64() * 1000.0,
-                "states read back"
-            );
+            super::load::timing("states read back", t);
         }
         tasks.len()
     }
