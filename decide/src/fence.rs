@@ -185,6 +185,38 @@ pub fn guard(
     }
 }
 
+/// The fence deadline at `now` while this machine keeps a lease it replaced (`retiring`,
+/// [`crate::lease`]) besides its current one: the earlier of the two leases' deadlines, the retiring
+/// one's from its own confirmations only (no witness is asked to support it; see [`crate::lease`]).
+/// Without a retiring lease, [`guard`].
+pub fn guard_retiring(
+    timing: &Timing,
+    lease: &OwnLease,
+    retiring: Option<&OwnLease>,
+    mirror_revision: i64,
+    support: Option<&Support<'_>>,
+    now: Time,
+) -> Guard {
+    let current = guard(timing, lease, mirror_revision, support, now);
+    let Some(old) = retiring else {
+        return current;
+    };
+    let old = guard(timing, old, mirror_revision, None, now);
+    let deadline = match (current.deadline, old.deadline) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        _ => None,
+    };
+    Guard {
+        deadline,
+        vouch: if old.deadline < current.deadline {
+            old.vouch
+        } else {
+            current.vouch
+        },
+        lease_fresh: current.lease_fresh && old.lease_fresh,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,6 +346,42 @@ mod tests {
         let x = g(5, &[("m1", 10), ("m2", 10)], &[], 0, 10);
         assert_eq!(x.deadline, None);
         assert!(x.fenced(ms(10)));
+    }
+
+    #[test]
+    fn a_retiring_lease_bounds_the_deadline_by_its_own_confirmations() {
+        let t = timing();
+        let c = committee(3);
+        let me = id("m0");
+        let gr = grants(&[("m1", 4000)]);
+        let s = Support {
+            committee: &c,
+            me: &me,
+            granted: &gr,
+        };
+        // The new lease is supported until 4000 + V; the old one, confirmed at 3900, only until 3900 + F.
+        let new = lease(&[(1000, 5)]);
+        let old = lease(&[(3900, 5)]);
+        let x = guard_retiring(&t, &new, Some(&old), 5, Some(&s), ms(4100));
+        assert_eq!(x.deadline, Some(ms(4400)));
+        assert_eq!(x.vouch, Vouch::Lease);
+        assert!(!x.may_start(ms(4100)), "the new lease is not fresh");
+        assert!(x.fenced(ms(4400)));
+        // Both fresh: the earlier confirmation wins, and starts are allowed.
+        let new = lease(&[(4000, 5)]);
+        let x = guard_retiring(&t, &new, Some(&old), 5, Some(&s), ms(4100));
+        assert_eq!(x.deadline, Some(ms(4400)));
+        assert!(x.may_start(ms(4100)));
+        // The old lease's support is never counted: the same grants do not lift it.
+        let alone = guard(&t, &old, 5, Some(&s), ms(4500));
+        assert!(!alone.fenced(ms(4500)), "support alone would keep it");
+        let x = guard_retiring(&t, &new, Some(&old), 5, Some(&s), ms(4500));
+        assert!(x.fenced(ms(4500)));
+        // Without a retiring lease, the plain guard.
+        assert_eq!(
+            guard_retiring(&t, &new, None, 5, Some(&s), ms(4100)),
+            guard(&t, &new, 5, Some(&s), ms(4100))
+        );
     }
 
     #[test]

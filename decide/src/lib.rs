@@ -8,7 +8,8 @@
 //!
 //! One pass of an agent:
 //! 1. [`Committee::choose`]: the witnesses, from the etcd announcements;
-//! 2. [`fence::guard`]: the fence deadline, from the lease confirmations and the witnesses' support;
+//! 2. [`fence::guard`]: the fence deadline, from the lease confirmations and the witnesses' support
+//!    (with a lease this machine replaced and still keeps, [`fence::guard_retiring`]: see [`lease`]);
 //!    past it, every claimed unit is killed (the deadline is also handed to the fence guard, which kills
 //!    them if fleetd itself is dead or hung);
 //! 3. [`plan::in_plan`]: which machines of the gossip view the placement plan is made over (not the
@@ -37,6 +38,7 @@ macro_rules! mutated {
 pub mod committee;
 pub mod fence;
 pub mod holder;
+pub mod lease;
 #[cfg(feature = "mutations")]
 pub mod mutation;
 pub mod plan;
@@ -46,8 +48,9 @@ pub mod unit;
 pub mod witness;
 
 pub use committee::{Committee, Seat};
-pub use fence::{guard, Confirmation, Guard, OwnLease, Support, Vouch};
+pub use fence::{guard, guard_retiring, Confirmation, Guard, OwnLease, Support, Vouch};
 pub use holder::{holder_state, HolderState, LeaseAnswer, LeasePoll};
+pub use lease::{may_retire, replace, Replace, Signals};
 pub use plan::in_plan;
 pub use time::Time;
 pub use timing::Timing;

@@ -22,7 +22,8 @@
 //!   its file is written and linked, nothing started, so that only the start is left once the proof
 //!   holds. A prepared unit is not `run`; a verdict that no longer prepares it (the plan moved it, the
 //!   claim was taken from this machine, fenced) unloads it.
-//! - **Re-bind** a claim of this machine under an older lease (a previous life of this fleetd).
+//! - **Re-bind** a claim of this machine under an older lease (a previous life of this fleetd, or a lease
+//!   it replaced because it may have been voted away: [`crate::lease`]).
 
 use fleet_sched::MachineId;
 
@@ -321,8 +322,9 @@ fn decide_own(ctx: &Ctx<'_>, case: &Case<'_>, claim: &Claim, fenced: bool) -> Ve
         };
     }
     if claim.lease != ctx.lease {
-        // Ours from a previous life (or an expired lease): bind it to the current one. Keep a unit
-        // that runs here meanwhile; start nothing until the claim is bound again.
+        // Ours from a previous life, an expired lease or a lease this machine replaced (crate::lease):
+        // bind it to the current one. Keep a unit that runs here meanwhile; start nothing until the
+        // claim is bound again.
         let v = Verdict::new(case.running && !fenced, Why::Held);
         return if ctx.lease != 0 && ctx.guard.may_start(ctx.now) {
             v.write(Write::Rebind {
