@@ -55,7 +55,7 @@ pub fn replace<'a>(
     claims: impl IntoIterator<Item = &'a Claim>,
     signals: Signals,
 ) -> Option<Replace> {
-    if current == 0 || retiring.is_some() {
+    if current == 0 || retiring.is_some() || mutated!(KeepVotedLease) {
         return None;
     }
     let taken = claims.into_iter().any(|c| {

@@ -17,15 +17,19 @@ pub enum Mutation {
     FenceAfterTtl,
     /// Release a claim while a handover it started is unresolved (`decide::unit`).
     IgnoreHandoverOnRelease,
+    /// Never take a new lease when the current one may have been voted away (`decide::lease`): a
+    /// liveness bug (needless fencing), not a safety one.
+    KeepVotedLease,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 4] = [
+    pub const ALL: [Mutation; 5] = [
         Mutation::IgnoreVotes,
         Mutation::IgnoreHolderProof,
         Mutation::FenceAfterTtl,
         Mutation::IgnoreHandoverOnRelease,
+        Mutation::KeepVotedLease,
     ];
 
     /// Its name on the command line (`ignore-votes`, ...).
@@ -35,6 +39,7 @@ impl Mutation {
             Mutation::IgnoreHolderProof => "ignore-holder-proof",
             Mutation::FenceAfterTtl => "fence-after-ttl",
             Mutation::IgnoreHandoverOnRelease => "ignore-handover-on-release",
+            Mutation::KeepVotedLease => "keep-voted-lease",
         }
     }
 

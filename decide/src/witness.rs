@@ -54,6 +54,15 @@ impl Witness {
         true
     }
 
+    /// Whether this witness voted `machine`'s `lease` away (it refuses the lease's support for good):
+    /// a support request it turns down for this reason is answered so, and the machine takes a new
+    /// lease ([`crate::lease`]).
+    pub fn voted_away(&self, machine: &MachineId, lease: i64) -> bool {
+        self.promises
+            .get(&(machine.clone(), lease))
+            .is_some_and(|p| p.refused)
+    }
+
     /// A request for a vote that `machine`'s `lease` may be taken over. Granted when this witness's own
     /// gossip does not see `machine` alive and unsuspected (`seen_alive`: a takeover is wanted only then,
     /// and a peer, or a stolen certificate, cannot vote a healthy machine's lease away, which would leave
@@ -128,6 +137,8 @@ mod tests {
         let after = ms(1000) + t.vote_after_support();
         assert!(w.vote(&t, &m("h"), 7, false, after));
         assert!(!w.support(&m("h"), 7, after + Duration::from_millis(1)));
+        assert!(w.voted_away(&m("h"), 7));
+        assert!(!w.voted_away(&m("h"), 8));
         // Another lease of the same machine is another matter.
         assert!(w.support(&m("h"), 8, after));
     }
