@@ -9,30 +9,48 @@ use super::*;
 pub(super) struct GuardShared {
     /// The committee of the last pass (`None` before the first pass with the registry).
     pub(super) committee: std::sync::Mutex<Option<Committee>>,
-    /// For each witness, when this machine sent the latest support request it granted.
-    pub(super) granted: std::sync::Mutex<BTreeMap<MachineId, Time>>,
+    /// The lease `granted` is about, and for each witness, when this machine sent the latest support
+    /// request for it that the witness granted (grants for a lease never count for another).
+    pub(super) granted: std::sync::Mutex<(i64, BTreeMap<MachineId, Time>)>,
+    /// A lease a witness answered it voted away (`Response::VotedAway`): the agent replaces it.
+    pub(super) refused: std::sync::Mutex<Option<i64>>,
     /// Wakes the guard writer when a grant arrives (the deadline it extends must be written at once).
     pub(super) granted_now: tokio::sync::Notify,
 }
 
 impl GuardShared {
-    /// The fence deadline with the committee's support.
+    /// The fence deadline with the committee's support (of the current lease only), and the retiring
+    /// lease's own bound while there is one (`fleet_decide::guard_retiring`).
     pub(super) fn guard(
         &self,
         timing: &Timing,
         me: &MachineId,
-        lease: &fleet_decide::OwnLease,
+        lease: &LeaseStatus,
         synced: i64,
         now: Time,
     ) -> Guard {
         let committee = lock(&self.committee).clone();
-        let granted = lock(&self.granted).clone();
+        let granted = {
+            let g = lock(&self.granted);
+            if g.0 == lease.lease.id {
+                g.1.clone()
+            } else {
+                BTreeMap::new()
+            }
+        };
         let support = committee.as_ref().map(|c| Support {
             committee: c,
             me,
             granted: &granted,
         });
-        fleet_decide::guard(timing, lease, synced, support.as_ref(), now)
+        fleet_decide::guard_retiring(
+            timing,
+            &lease.lease,
+            lease.retiring.as_ref(),
+            synced,
+            support.as_ref(),
+            now,
+        )
     }
 }
 
@@ -65,9 +83,10 @@ pub(super) async fn write_guard_loop(mut g: GuardInputs) {
             r = g.lease.changed() => { if r.is_err() { return; } }
         }
         let now = clock::now();
-        let lease = g.lease.borrow().lease.clone();
+        let status = g.lease.borrow().clone();
+        let lease = &status.lease;
         let synced = g.registry.status().synced;
-        let guard = g.shared.guard(&g.timing, &g.me, &lease, synced, now);
+        let guard = g.shared.guard(&g.timing, &g.me, &status, synced, now);
         if written != Some(guard.deadline) {
             match guard::write_deadline(&g.file, guard.deadline) {
                 Ok(()) => written = Some(guard.deadline),
@@ -135,8 +154,22 @@ pub(super) fn ask_support(g: &GuardInputs, lease: i64) {
                 .map(|b| relay::Response::decode(&b))
             {
                 Some(Ok(relay::Response::Granted(true))) => {
-                    lock(&shared.granted).insert(w, sent);
+                    {
+                        let mut g = lock(&shared.granted);
+                        if g.0 != lease {
+                            *g = (lease, BTreeMap::new());
+                        }
+                        g.1.insert(w, sent);
+                    }
                     shared.granted_now.notify_one();
+                }
+                Some(Ok(relay::Response::VotedAway)) => {
+                    tracing::info!(
+                        witness = %w,
+                        lease = format!("{lease:x}"),
+                        "the witness voted this lease away: it will never support it again"
+                    );
+                    *lock(&shared.refused) = Some(lease);
                 }
                 other => tracing::debug!(witness = %w, ?other, "no support"),
             }
@@ -156,10 +189,45 @@ impl State {
         self.shared.guard(
             &self.timing,
             &self.opts.machine,
-            &self.lease.status().lease,
+            &self.lease.status(),
             self.registry.status().synced,
             now,
         )
+    }
+
+    /// Replaces a lease that may have been voted away, and lets the replaced one go once nothing rests
+    /// on it (`fleet_decide::lease`: the claims under it are re-bound by the verdicts, the announcement
+    /// by [`State::announce`] when the lease changes).
+    pub(super) async fn keep_leases(&mut self, snap: &Snapshot, lease: &LeaseStatus) {
+        let claims: Vec<fleet_decide::Claim> =
+            snap.claims.values().map(units::decide_claim).collect();
+        let me = &self.opts.machine;
+        if let Some(old) = lease.retiring.as_ref().map(|r| r.id) {
+            let announced = snap.machines.get(me).map(|m| m.lease);
+            if fleet_decide::may_retire(me, old, announced, &claims) {
+                self.lease.retire();
+            }
+            return;
+        }
+        let id = lease.lease.id;
+        let signals = fleet_decide::Signals {
+            fenced: self.fenced_under == Some(id),
+            refused: *lock(&self.shared.refused) == Some(id),
+        };
+        let Some(why) = fleet_decide::replace(me, id, None, &claims, signals) else {
+            return;
+        };
+        tracing::warn!(
+            lease = format!("{id:x}"),
+            ?why,
+            "this lease may have been voted away (no witness that voted would support it at the next \
+             etcd outage): taking a new one, re-binding the claims to it"
+        );
+        let timeout = (self.timing.keepalive_period() * 3).max(Duration::from_secs(1));
+        match self.lease.replace(timeout).await {
+            Ok(_) => self.fenced_under = None,
+            Err(e) => tracing::warn!("replacing the lease: {e}; trying again at the next pass"),
+        }
     }
 
     /// Past the fence deadline: kill every claimed unit at once (the guard does the same, in case we

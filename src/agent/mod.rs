@@ -192,6 +192,8 @@ struct State {
     announced: Option<(i64, u64)>,
     /// Whether we fenced (killed our claimed units) and have not been vouched for since.
     fenced: bool,
+    /// The lease under which we last fenced past a deadline (`fleet_decide::Signals::fenced`).
+    fenced_under: Option<i64>,
     /// The fence guard's last recovery mark this agent has acted on (`guard::read_fenced_mark`).
     guard_fenced_seen: Option<Time>,
     /// What etcd said about other machines' leases, most recent last.
@@ -302,10 +304,12 @@ async fn run(
         timing.keepalive_period(),
         Some(opts.runtime_dir.join("lease.json")),
     );
-    // The guard first: whatever the previous fleetd's lease allows, and nothing more.
-    let first = fleet_decide::guard(
+    // The guard first: whatever the previous fleetd's leases allow, and nothing more.
+    let status = lease.status();
+    let first = fleet_decide::guard_retiring(
         &timing,
-        &lease.status().lease,
+        &status.lease,
+        status.retiring.as_ref(),
         registry.status().synced,
         None,
         clock::now(),
@@ -376,6 +380,7 @@ async fn run(
         loaded: BTreeMap::new(),
         announced: None,
         fenced: false,
+        fenced_under: None,
         guard_fenced_seen,
         polls: BTreeMap::new(),
         poll_wanted: BTreeSet::new(),
@@ -399,7 +404,7 @@ async fn run(
         fence_dropins: tasks::FenceDropins::default(),
     };
     st.read_current().await;
-    let mut generation = st.lease.status().generation;
+    let mut lease_key = st.lease.status().key();
     loop {
         let mut full = false;
         let mut changed = false;
@@ -411,9 +416,9 @@ async fn run(
             r = reg_rx.changed() => { if r.is_err() { break; } }
             r = lease_rx.changed() => {
                 if r.is_err() { break; }
-                let g = st.lease.status().generation;
-                if g == generation { continue; }
-                generation = g;
+                let k = st.lease.status().key();
+                if k == lease_key { continue; }
+                lease_key = k;
             }
             r = local_rx.changed() => { if r.is_err() { break; } st.announced = None; }
             r = members_rx.changed() => { if r.is_err() { break; } }
@@ -638,6 +643,9 @@ impl State {
         }
         let g = self.compute_guard(now);
         if g.fenced(now) {
+            if g.deadline.is_some() {
+                self.fenced_under = Some(self.lease.status().lease.id);
+            }
             self.fence().await;
             return;
         }
@@ -660,6 +668,7 @@ impl State {
             self.apply(BTreeMap::new(), &snap).await;
             return;
         }
+        self.keep_leases(&snap, &lease).await;
         if let Some(gh) = self.cluster.gossip() {
             let unknown = self.cluster.unknown_announced();
             if !unknown.is_empty() {

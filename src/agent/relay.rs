@@ -155,7 +155,13 @@ impl Responder {
                 "support for {machine} must be asked by {machine}"
             )));
         }
-        Some(Response::Granted(w.service.support(machine, lease)))
+        if w.service.support(machine, lease) {
+            Some(Response::Granted(true))
+        } else if w.service.voted_away(machine, lease) {
+            Some(Response::VotedAway)
+        } else {
+            Some(Response::Granted(false))
+        }
     }
 
     /// Whether fleet manages unit `name` on this machine: its file in the units directory is one fleet

@@ -225,15 +225,7 @@ impl State {
         placement: Placement,
     ) -> Decided {
         let me = ctx.me;
-        let claim = snap.claims.get(&name).map(|c| fleet_decide::Claim {
-            machine: c.machine_id.clone(),
-            lease: c.lease,
-            mod_revision: c.mod_revision,
-            handoff: c.handoff.as_ref().map(|(m, l)| fleet_decide::Handoff {
-                machine: m.clone(),
-                lease: *l,
-            }),
-        });
+        let claim = snap.claims.get(&name).map(decide_claim);
         // The machine whose stop we may need to prove: the holder, or the previous holder.
         let other = claim.as_ref().and_then(|c| {
             if c.machine != *me {
@@ -429,4 +421,17 @@ struct Planned {
     write: ClaimWrite,
     /// Whether it repairs a claim bound to no lease.
     repair: bool,
+}
+
+/// A claim of the registry mirror as the decision core takes it.
+pub(super) fn decide_claim(c: &crate::registry::Claim) -> fleet_decide::Claim {
+    fleet_decide::Claim {
+        machine: c.machine_id.clone(),
+        lease: c.lease,
+        mod_revision: c.mod_revision,
+        handoff: c.handoff.as_ref().map(|(m, l)| fleet_decide::Handoff {
+            machine: m.clone(),
+            lease: *l,
+        }),
+    }
 }

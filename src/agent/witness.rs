@@ -83,6 +83,11 @@ impl WitnessService {
         granted
     }
 
+    /// Whether this witness voted `machine`'s `lease` away.
+    pub fn voted_away(&self, machine: &MachineId, lease: i64) -> bool {
+        self.lock().voted_away(machine, lease)
+    }
+
     /// A vote that `machine`'s `lease` may be taken over (`seen_alive`: gossip here sees it alive and
     /// unsuspected; see [`fleet_decide::Witness::vote`]).
     pub fn vote(&self, machine: &MachineId, lease: i64, seen_alive: bool) -> bool {

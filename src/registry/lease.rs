@@ -6,6 +6,11 @@
 //! answer, so a restarted fleetd goes on renewing the same lease: its claims stand and peers see the
 //! lease renewed, so nothing is taken over. Times are `CLOCK_MONOTONIC`, valid for one boot only (the
 //! file names its boot).
+//!
+//! A lease that may have been voted away is replaced ([`LeaseKeeper::replace`], `fleet_decide::lease`):
+//! a new lease becomes the current one, and the old one is kept alive (and saved) as the *retiring*
+//! lease, with confirmations of its own, until the agent lets it go ([`LeaseKeeper::retire`]) once
+//! nothing rests on it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +30,20 @@ pub struct LeaseStatus {
     pub lease: OwnLease,
     /// Incremented every time a new lease replaces an expired one (claims under the old one are gone).
     pub generation: u64,
+    /// The lease this one replaced while it may still hold claims: kept alive until the agent lets it
+    /// go (`fleet_decide::lease`).
+    pub retiring: Option<OwnLease>,
+}
+
+impl LeaseStatus {
+    /// What identifies this status for the agent's passes: the leases, not their confirmations.
+    pub fn key(&self) -> (i64, u64, Option<i64>) {
+        (
+            self.lease.id,
+            self.generation,
+            self.retiring.as_ref().map(|r| r.id),
+        )
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -37,12 +56,35 @@ struct Saved {
     ttl_ms: u64,
     /// `(CLOCK_MONOTONIC µs, etcd revision)` of each recent confirmation.
     confirmations: Vec<(u64, i64)>,
+    /// The retiring lease: ID, TTL (ms) and confirmations as above.
+    #[serde(default)]
+    retiring: Option<(i64, u64, Vec<(u64, i64)>)>,
+}
+
+/// The shared half of the keeper: the status and where it is saved.
+struct Keep {
+    tx: watch::Sender<LeaseStatus>,
+    file: Option<PathBuf>,
+    machine: String,
+}
+
+impl Keep {
+    fn save(&self) {
+        if let Some(f) = &self.file {
+            save(f, &self.machine, &self.tx.borrow());
+        }
+    }
 }
 
 /// Keeps one lease alive; replaces it with a new one when etcd says it expired.
 pub struct LeaseKeeper {
     status: watch::Receiver<LeaseStatus>,
     task: tokio::task::JoinHandle<()>,
+    /// Keeps the retiring lease alive, while there is one.
+    retiring: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    keep: Arc<Keep>,
+    ttl: Duration,
+    period: Duration,
     registry: Registry,
     client: Arc<std::sync::Mutex<Option<etcd_client::Client>>>,
 }
@@ -57,35 +99,161 @@ impl LeaseKeeper {
         period: Duration,
         file: Option<PathBuf>,
     ) -> LeaseKeeper {
-        let saved = file.as_ref().and_then(|f| load(f, machine));
-        let initial = LeaseStatus {
-            lease: saved.unwrap_or(OwnLease {
+        let (lease, retiring) = file.as_ref().and_then(|f| load(f, machine)).unwrap_or((
+            OwnLease {
                 id: 0,
                 ttl,
                 confirmations: Vec::new(),
-            }),
-            generation: 0,
-        };
-        if initial.lease.id != 0 {
+            },
+            None,
+        ));
+        if lease.id != 0 {
             tracing::info!(
-                lease = format!("{:x}", initial.lease.id),
+                lease = format!("{:x}", lease.id),
+                retiring = retiring.as_ref().map(|r| format!("{:x}", r.id)),
                 "resuming the lease of the previous fleetd"
             );
         }
-        let (tx, rx) = watch::channel(initial);
-        let file = file.map(Arc::new);
+        let retiring_id = retiring.as_ref().map(|r| r.id);
+        let (tx, rx) = watch::channel(LeaseStatus {
+            lease,
+            generation: 0,
+            retiring,
+        });
+        let keep = Arc::new(Keep {
+            tx,
+            file,
+            machine: machine.to_string(),
+        });
         let reg = registry.clone();
         let client = Arc::new(std::sync::Mutex::new(None));
         let slot = client.clone();
-        let machine = machine.to_string();
-        let task =
-            tokio::spawn(async move { keep(reg, machine, ttl, period, tx, file, slot).await });
-        LeaseKeeper {
+        let k = keep.clone();
+        let task = tokio::spawn(async move { keep_current(reg, ttl, period, k, slot).await });
+        let keeper = LeaseKeeper {
             status: rx,
             task,
+            retiring: std::sync::Mutex::new(None),
+            keep,
+            ttl,
+            period,
             registry,
             client,
+        };
+        if let Some(id) = retiring_id {
+            keeper.keep_retiring(id);
         }
+        keeper
+    }
+
+    fn keep_retiring(&self, id: i64) {
+        let (reg, k, period) = (self.registry.clone(), self.keep.clone(), self.period);
+        let task = tokio::spawn(async move { keep_retiring(reg, id, period, k).await });
+        if let Some(old) = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Replaces the current lease with a new one (it may have been voted away:
+    /// `fleet_decide::lease`); the current one becomes the retiring lease and is kept alive until
+    /// [`LeaseKeeper::retire`]. Does nothing while a retiring lease is kept, or before the first lease.
+    pub async fn replace(&self, timeout: Duration) -> Result<i64, String> {
+        {
+            let s = self.status.borrow();
+            if s.lease.id == 0 || s.retiring.is_some() {
+                return Err("no lease to replace, or one still retiring".into());
+            }
+        }
+        let own = self
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut c = match own {
+            Some(c) => c,
+            None => self
+                .registry
+                .connect_client(timeout)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let sent = clock::now();
+        let r = tokio::time::timeout(
+            timeout,
+            c.lease_grant(self.ttl.as_secs().max(1) as i64, None),
+        )
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+        .map_err(|e| e.to_string())?;
+        let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+        let new = OwnLease {
+            id: r.id(),
+            ttl: Duration::from_secs(r.ttl().max(1) as u64),
+            confirmations: vec![Confirmation { sent, revision }],
+        };
+        let mut old = None;
+        self.keep.tx.send_modify(|s| {
+            // The current lease may have expired (and been replaced by the keeper) meanwhile.
+            if s.lease.id != 0 && s.retiring.is_none() {
+                old = Some(s.lease.id);
+                s.retiring = Some(std::mem::replace(&mut s.lease, new.clone()));
+            }
+        });
+        let Some(old) = old else {
+            let _ = tokio::time::timeout(timeout, c.lease_revoke(new.id)).await;
+            return Err("the lease changed meanwhile".into());
+        };
+        self.keep.save();
+        self.keep_retiring(old);
+        tracing::info!(
+            lease = format!("{:x}", new.id),
+            retiring = format!("{old:x}"),
+            "lease granted to replace one that may have been voted away"
+        );
+        Ok(new.id)
+    }
+
+    /// Lets the retiring lease go: stops renewing it and revokes it (best effort, in the background;
+    /// unrevoked, it expires with nothing bound to it).
+    pub fn retire(&self) {
+        if let Some(t) = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+        let mut old = None;
+        self.keep
+            .tx
+            .send_modify(|s| old = s.retiring.take().map(|r| r.id));
+        self.keep.save();
+        let Some(id) = old else {
+            return;
+        };
+        tracing::info!(lease = format!("{id:x}"), "retired the replaced lease");
+        let own = self
+            .client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some(mut c) = own.or_else(|| self.registry.etcd_client().ok()) else {
+            return;
+        };
+        let timeout = (self.period * 3).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            match tokio::time::timeout(timeout, c.lease_revoke(id)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(lease = format!("{id:x}"), "revoking: {e}"),
+                Err(_) => tracing::debug!(lease = format!("{id:x}"), "revoking timed out"),
+            }
+        });
     }
 
     /// The current status.
@@ -98,15 +266,35 @@ impl LeaseKeeper {
         self.status.clone()
     }
 
-    /// Stops renewing without revoking (a restart: the next fleetd resumes the lease).
+    /// Stops renewing without revoking (a restart: the next fleetd resumes the leases).
     pub fn detach(self) {
-        self.task.abort();
+        self.abort();
     }
 
-    /// Stops keeping the lease and revokes it (its keys go at once), best effort within `timeout`.
-    pub async fn revoke(self, timeout: Duration) {
+    fn abort(&self) {
         self.task.abort();
-        let id = self.status.borrow().lease.id;
+        if let Some(t) = self
+            .retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+    }
+
+    /// Stops keeping the leases and revokes them (their keys go at once), best effort within `timeout`.
+    pub async fn revoke(self, timeout: Duration) {
+        self.abort();
+        let (id, retiring) = {
+            let s = self.status.borrow();
+            (s.lease.id, s.retiring.as_ref().map(|r| r.id))
+        };
+        if let Some(old) = retiring {
+            if let Some(mut c) = self.registry.etcd_client().ok() {
+                let _ = tokio::time::timeout(timeout, c.lease_revoke(old)).await;
+            }
+        }
         if id == 0 {
             return;
         }
@@ -132,11 +320,11 @@ impl LeaseKeeper {
 
 impl Drop for LeaseKeeper {
     fn drop(&mut self) {
-        self.task.abort();
+        self.abort();
     }
 }
 
-fn load(file: &PathBuf, machine: &str) -> Option<OwnLease> {
+fn load(file: &PathBuf, machine: &str) -> Option<(OwnLease, Option<OwnLease>)> {
     let bytes = std::fs::read(file).ok()?;
     let s: Saved = match serde_json::from_slice(&bytes) {
         Ok(s) => s,
@@ -148,31 +336,41 @@ fn load(file: &PathBuf, machine: &str) -> Option<OwnLease> {
     if s.boot_id != clock::boot_id() || s.id == 0 || s.machine != machine {
         return None;
     }
-    Some(OwnLease {
-        id: s.id,
-        ttl: Duration::from_millis(s.ttl_ms),
-        confirmations: s
-            .confirmations
+    let lease = |id, ttl_ms, confirmations: Vec<(u64, i64)>| OwnLease {
+        id,
+        ttl: Duration::from_millis(ttl_ms),
+        confirmations: confirmations
             .into_iter()
             .map(|(t, revision)| Confirmation {
                 sent: Time::from_micros(t),
                 revision,
             })
             .collect(),
-    })
+    };
+    Some((
+        lease(s.id, s.ttl_ms, s.confirmations),
+        s.retiring.map(|(id, ttl, c)| lease(id, ttl, c)),
+    ))
 }
 
-fn save(file: &PathBuf, machine: &str, lease: &OwnLease) {
+fn save(file: &PathBuf, machine: &str, status: &LeaseStatus) {
+    let confirmations = |l: &OwnLease| {
+        l.confirmations
+            .iter()
+            .map(|c| (c.sent.as_micros(), c.revision))
+            .collect()
+    };
+    let lease = &status.lease;
     let s = Saved {
         boot_id: clock::boot_id(),
         machine: machine.to_string(),
         id: lease.id,
         ttl_ms: lease.ttl.as_millis() as u64,
-        confirmations: lease
-            .confirmations
-            .iter()
-            .map(|c| (c.sent.as_micros(), c.revision))
-            .collect(),
+        confirmations: confirmations(lease),
+        retiring: status
+            .retiring
+            .as_ref()
+            .map(|r| (r.id, r.ttl.as_millis() as u64, confirmations(r))),
     };
     let json = serde_json::to_vec(&s).expect("lease state serializes");
     let tmp = file.with_extension("tmp");
@@ -186,34 +384,51 @@ fn save(file: &PathBuf, machine: &str, lease: &OwnLease) {
     }
 }
 
-async fn keep(
+/// Keeps the current lease alive; grants a new one when etcd says it expired. A lease replaced by
+/// [`LeaseKeeper::replace`] is left to [`keep_retiring`]: this loop moves on to the new one.
+async fn keep_current(
     registry: Registry,
-    machine: String,
     ttl: Duration,
     period: Duration,
-    tx: watch::Sender<LeaseStatus>,
-    file: Option<Arc<PathBuf>>,
+    keep: Arc<Keep>,
     last_client: Arc<std::sync::Mutex<Option<etcd_client::Client>>>,
 ) {
     let ttl_secs = ttl.as_secs().max(1) as i64;
     let mut backoff = Duration::from_millis(50);
-    let confirm = |c: Confirmation, granted: Option<(i64, Duration)>| {
+    let tx = &keep.tx;
+    // A confirmation of lease `of`: recorded while it is the current lease.
+    let confirm = |of: i64, c: Confirmation, granted: Option<Duration>| {
+        let mut current = true;
         tx.send_modify(|s| {
-            if let Some((id, ttl)) = granted {
-                if s.lease.id != id {
+            if let Some(ttl) = granted {
+                if s.lease.id != of {
                     if s.lease.id != 0 {
                         s.generation += 1;
                     }
                     s.lease.confirmations.clear();
                 }
-                s.lease.id = id;
+                s.lease.id = of;
                 s.lease.ttl = ttl;
             }
-            s.lease.confirm(c);
+            current = s.lease.id == of;
+            if current {
+                s.lease.confirm(c);
+            }
         });
-        if let Some(f) = &file {
-            save(f, &machine, &tx.borrow().lease);
+        if current {
+            keep.save();
         }
+    };
+    // etcd says lease `of` expired: its claims are gone; a new one is granted.
+    let expired = |of: i64| {
+        tx.send_modify(|s| {
+            if s.lease.id == of {
+                s.lease.id = 0;
+                s.lease.confirmations.clear();
+                s.generation += 1;
+            }
+        });
+        keep.save();
     };
     // A connection of our own: a keep-alive must not wait for the watch session to reconnect.
     let mut client: Option<etcd_client::Client> = None;
@@ -242,7 +457,7 @@ async fn keep(
                     id = r.id();
                     let granted = Duration::from_secs(r.ttl().max(1) as u64);
                     let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-                    confirm(Confirmation { sent, revision }, Some((id, granted)));
+                    confirm(id, Confirmation { sent, revision }, Some(granted));
                     tracing::info!(lease = format!("{id:x}"), ?granted, "lease granted");
                     client = Some(c);
                 }
@@ -267,14 +482,7 @@ async fn keep(
                         lease = format!("{id:x}"),
                         "etcd says the lease expired: its claims are gone; granting a new one"
                     );
-                    tx.send_modify(|s| {
-                        s.lease.id = 0;
-                        s.lease.confirmations.clear();
-                        s.generation += 1;
-                    });
-                    if let Some(f) = &file {
-                        save(f, &machine, &tx.borrow().lease);
-                    }
+                    expired(id);
                     continue;
                 }
                 Err(Start::Failed(e)) => {
@@ -288,6 +496,10 @@ async fn keep(
         *last_client.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         client = Some(c);
         loop {
+            if tx.borrow().lease.id != id {
+                // Replaced (`LeaseKeeper::replace`): the retiring keeper renews this one now.
+                break;
+            }
             let sent = clock::now();
             if let Err(e) = keeper.keep_alive().await {
                 tracing::debug!(lease = format!("{id:x}"), "lease keep-alive: {e}");
@@ -298,7 +510,7 @@ async fn keep(
             match tokio::time::timeout(wait, stream.message()).await {
                 Ok(Ok(Some(r))) if r.ttl() > 0 => {
                     let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-                    confirm(Confirmation { sent, revision }, None);
+                    confirm(id, Confirmation { sent, revision }, None);
                     registry.want_synced(revision);
                 }
                 Ok(Ok(Some(_))) => {
@@ -306,14 +518,7 @@ async fn keep(
                         lease = format!("{id:x}"),
                         "etcd says the lease expired: its claims are gone; granting a new one"
                     );
-                    tx.send_modify(|s| {
-                        s.lease.id = 0;
-                        s.lease.confirmations.clear();
-                        s.generation += 1;
-                    });
-                    if let Some(f) = &file {
-                        save(f, &machine, &tx.borrow().lease);
-                    }
+                    expired(id);
                     break;
                 }
                 Ok(Ok(None)) | Ok(Err(_)) => {
@@ -326,6 +531,69 @@ async fn keep(
                     client = None;
                     break;
                 }
+            }
+            tokio::time::sleep(period).await;
+        }
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+/// Keeps the retiring lease `id` alive (recording its confirmations) until it is retired (the task is
+/// aborted) or etcd says it expired.
+async fn keep_retiring(registry: Registry, id: i64, period: Duration, keep: Arc<Keep>) {
+    let tx = &keep.tx;
+    let gone = || {
+        tracing::info!(lease = format!("{id:x}"), "the retiring lease expired");
+        tx.send_modify(|s| {
+            if s.retiring.as_ref().is_some_and(|r| r.id == id) {
+                s.retiring = None;
+            }
+        });
+        keep.save();
+    };
+    let connect_timeout = (period * 3).max(Duration::from_secs(1));
+    let mut backoff = Duration::from_millis(50);
+    let retry_max = (period / 2).max(Duration::from_millis(20));
+    loop {
+        if !tx.borrow().retiring.as_ref().is_some_and(|r| r.id == id) {
+            return;
+        }
+        let (_c, mut keeper, mut stream) =
+            match open_keep_alive(&registry, None, id, connect_timeout, period).await {
+                Ok(x) => x,
+                Err(Start::Expired) => return gone(),
+                Err(Start::Failed(e)) => {
+                    tracing::debug!(lease = format!("{id:x}"), "retiring lease keep-alive: {e}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(retry_max);
+                    continue;
+                }
+            };
+        backoff = Duration::from_millis(50);
+        loop {
+            let sent = clock::now();
+            if keeper.keep_alive().await.is_err() {
+                break;
+            }
+            let wait = (period * 3).max(Duration::from_millis(300));
+            match tokio::time::timeout(wait, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                    let mut kept = false;
+                    tx.send_modify(|s| {
+                        if let Some(l) = s.retiring.as_mut().filter(|r| r.id == id) {
+                            l.confirm(Confirmation { sent, revision });
+                            kept = true;
+                        }
+                    });
+                    if !kept {
+                        return;
+                    }
+                    keep.save();
+                    registry.want_synced(revision);
+                }
+                Ok(Ok(Some(_))) => return gone(),
+                _ => break,
             }
             tokio::time::sleep(period).await;
         }

@@ -104,6 +104,10 @@ pub enum Response {
     Granted(bool),
     /// The request was refused or the command failed.
     Error(String),
+    /// The witness's answer to [`Request::Support`] when it voted that lease away: it will never
+    /// support it again, and the machine takes a new lease (`fleet_decide::lease`). Last, so that an
+    /// older fleetd, which cannot decode it, takes it for no support.
+    VotedAway,
 }
 
 /// A message that is not a valid postcard encoding of the expected type.
