@@ -963,4 +963,9 @@ fn a_machine_whose_units_were_taken_over_keeps_new_ones_through_an_etcd_loss() {
     fl.unblock_etcd(victim);
     hold(&fl, Duration::from_secs(5), &want);
     assert_eq!(main_pid(&fl, victim, second[0]), pid, "vo-d was restarted");
+    // What kept it: the replacement, and the old lease let go once its units were acknowledged.
+    let log = fl.journal(victim, 5000);
+    for line in ["taking a new one", "retired the replaced lease"] {
+        assert!(log.contains(line), "m{victim} never logged {line:?}\n{log}");
+    }
 }

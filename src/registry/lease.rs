@@ -58,8 +58,11 @@ struct Saved {
     confirmations: Vec<(u64, i64)>,
     /// The retiring lease: ID, TTL (ms) and confirmations as above.
     #[serde(default)]
-    retiring: Option<(i64, u64, Vec<(u64, i64)>)>,
+    retiring: Option<SavedRetiring>,
 }
+
+/// A saved retiring lease: ID, TTL (ms), `(CLOCK_MONOTONIC µs, etcd revision)` of each confirmation.
+type SavedRetiring = (i64, u64, Vec<(u64, i64)>);
 
 /// The shared half of the keeper: the status and where it is saved.
 struct Keep {
@@ -73,6 +76,36 @@ impl Keep {
         if let Some(f) = &self.file {
             save(f, &self.machine, &self.tx.borrow());
         }
+    }
+
+    /// A confirmation of lease `of`: recorded while it is the current lease.
+    fn confirm(&self, of: i64, c: Confirmation) {
+        let mut current = false;
+        self.tx.send_modify(|s| {
+            current = s.lease.id == of;
+            if current {
+                s.lease.confirm(c);
+            }
+        });
+        if current {
+            self.save();
+        }
+    }
+
+    /// etcd says the current lease `of` expired: its claims are gone; a new one is to be granted.
+    fn expired(&self, of: i64) {
+        tracing::warn!(
+            lease = format!("{of:x}"),
+            "etcd says the lease expired: its claims are gone; granting a new one"
+        );
+        self.tx.send_modify(|s| {
+            if s.lease.id == of {
+                s.lease.id = 0;
+                s.lease.confirmations.clear();
+                s.generation += 1;
+            }
+        });
+        self.save();
     }
 }
 
@@ -291,7 +324,7 @@ impl LeaseKeeper {
             (s.lease.id, s.retiring.as_ref().map(|r| r.id))
         };
         if let Some(old) = retiring {
-            if let Some(mut c) = self.registry.etcd_client().ok() {
+            if let Ok(mut c) = self.registry.etcd_client() {
                 let _ = tokio::time::timeout(timeout, c.lease_revoke(old)).await;
             }
         }
@@ -393,43 +426,8 @@ async fn keep_current(
     keep: Arc<Keep>,
     last_client: Arc<std::sync::Mutex<Option<etcd_client::Client>>>,
 ) {
-    let ttl_secs = ttl.as_secs().max(1) as i64;
     let mut backoff = Duration::from_millis(50);
     let tx = &keep.tx;
-    // A confirmation of lease `of`: recorded while it is the current lease.
-    let confirm = |of: i64, c: Confirmation, granted: Option<Duration>| {
-        let mut current = true;
-        tx.send_modify(|s| {
-            if let Some(ttl) = granted {
-                if s.lease.id != of {
-                    if s.lease.id != 0 {
-                        s.generation += 1;
-                    }
-                    s.lease.confirmations.clear();
-                }
-                s.lease.id = of;
-                s.lease.ttl = ttl;
-            }
-            current = s.lease.id == of;
-            if current {
-                s.lease.confirm(c);
-            }
-        });
-        if current {
-            keep.save();
-        }
-    };
-    // etcd says lease `of` expired: its claims are gone; a new one is granted.
-    let expired = |of: i64| {
-        tx.send_modify(|s| {
-            if s.lease.id == of {
-                s.lease.id = 0;
-                s.lease.confirmations.clear();
-                s.generation += 1;
-            }
-        });
-        keep.save();
-    };
     // A connection of our own: a keep-alive must not wait for the watch session to reconnect.
     let mut client: Option<etcd_client::Client> = None;
     let retry_max = (period / 2).max(Duration::from_millis(20));
@@ -439,37 +437,14 @@ async fn keep_current(
     loop {
         let mut id = tx.borrow().lease.id;
         if id == 0 {
-            let mut c = match client.clone() {
-                Some(c) => c,
-                None => match registry.connect_client(connect_timeout).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!("lease keeper: connecting to etcd: {e}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(retry_max);
-                        continue;
-                    }
-                },
-            };
-            let sent = clock::now();
-            match tokio::time::timeout(ttl, c.lease_grant(ttl_secs, None)).await {
-                Ok(Ok(r)) => {
-                    id = r.id();
-                    let granted = Duration::from_secs(r.ttl().max(1) as u64);
-                    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-                    confirm(id, Confirmation { sent, revision }, Some(granted));
-                    tracing::info!(lease = format!("{id:x}"), ?granted, "lease granted");
+            match grant(&registry, client.take(), ttl, connect_timeout, &keep).await {
+                Ok((granted, c)) => {
+                    id = granted;
                     client = Some(c);
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!("granting a lease: {e}");
-                    client = None;
+                Err(()) => {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(retry_max);
-                    continue;
-                }
-                Err(_) => {
-                    client = None;
                     continue;
                 }
             }
@@ -478,11 +453,7 @@ async fn keep_current(
             match open_keep_alive(&registry, client.take(), id, connect_timeout, period).await {
                 Ok(x) => x,
                 Err(Start::Expired) => {
-                    tracing::warn!(
-                        lease = format!("{id:x}"),
-                        "etcd says the lease expired: its claims are gone; granting a new one"
-                    );
-                    expired(id);
+                    keep.expired(id);
                     continue;
                 }
                 Err(Start::Failed(e)) => {
@@ -495,109 +466,178 @@ async fn keep_current(
         backoff = Duration::from_millis(50);
         *last_client.lock().unwrap_or_else(|e| e.into_inner()) = Some(c.clone());
         client = Some(c);
-        loop {
-            if tx.borrow().lease.id != id {
-                // Replaced (`LeaseKeeper::replace`): the retiring keeper renews this one now.
-                break;
-            }
-            let sent = clock::now();
-            if let Err(e) = keeper.keep_alive().await {
-                tracing::debug!(lease = format!("{id:x}"), "lease keep-alive: {e}");
-                client = None;
-                break;
-            }
-            let wait = (period * 3).max(Duration::from_millis(300));
-            match tokio::time::timeout(wait, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-                    confirm(id, Confirmation { sent, revision }, None);
-                    registry.want_synced(revision);
-                }
-                Ok(Ok(Some(_))) => {
-                    tracing::warn!(
-                        lease = format!("{id:x}"),
-                        "etcd says the lease expired: its claims are gone; granting a new one"
-                    );
-                    expired(id);
-                    break;
-                }
-                Ok(Ok(None)) | Ok(Err(_)) => {
-                    tracing::debug!(lease = format!("{id:x}"), "lease keep-alive stream ended");
-                    client = None;
-                    break;
-                }
-                Err(_) => {
-                    tracing::debug!(lease = format!("{id:x}"), "no keep-alive answer in time");
-                    client = None;
-                    break;
-                }
-            }
-            tokio::time::sleep(period).await;
+        let ended = renew(
+            &registry,
+            &mut keeper,
+            &mut stream,
+            id,
+            period,
+            // Replaced (`LeaseKeeper::replace`): the retiring keeper renews this one now.
+            || tx.borrow().lease.id == id,
+            |c| keep.confirm(id, c),
+        )
+        .await;
+        match ended {
+            Ended::Expired => keep.expired(id),
+            Ended::Broken => client = None,
+            Ended::Dropped => {}
         }
         tokio::time::sleep(backoff).await;
     }
 }
 
+/// Grants a new current lease (on `client`, or a new connection), recorded as the current one with its
+/// first confirmation.
+async fn grant(
+    registry: &Registry,
+    client: Option<etcd_client::Client>,
+    ttl: Duration,
+    timeout: Duration,
+    keep: &Keep,
+) -> Result<(i64, etcd_client::Client), ()> {
+    let mut c = match client {
+        Some(c) => c,
+        None => match registry.connect_client(timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("lease keeper: connecting to etcd: {e}");
+                return Err(());
+            }
+        },
+    };
+    let sent = clock::now();
+    let r = match tokio::time::timeout(ttl, c.lease_grant(ttl.as_secs().max(1) as i64, None)).await
+    {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!("granting a lease: {e}");
+            return Err(());
+        }
+        Err(_) => return Err(()),
+    };
+    let id = r.id();
+    let granted = Duration::from_secs(r.ttl().max(1) as u64);
+    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+    keep.tx.send_modify(|s| {
+        if s.lease.id != 0 {
+            s.generation += 1;
+        }
+        s.lease = OwnLease {
+            id,
+            ttl: granted,
+            confirmations: vec![Confirmation { sent, revision }],
+        };
+    });
+    keep.save();
+    tracing::info!(lease = format!("{id:x}"), ?granted, "lease granted");
+    Ok((id, c))
+}
+
+/// How a run of keep-alives on one stream ended.
+enum Ended {
+    /// etcd answered that the lease expired.
+    Expired,
+    /// The stream failed or an answer was late: open another.
+    Broken,
+    /// The keeper no longer keeps this lease (`keeps` said so).
+    Dropped,
+}
+
+/// Renews lease `id` on an open keep-alive stream every `period` while `keeps()` holds, handing each
+/// confirmation to `confirmed` (and telling the registry to sync up to its revision).
+async fn renew(
+    registry: &Registry,
+    keeper: &mut etcd_client::LeaseKeeper,
+    stream: &mut etcd_client::LeaseKeepAliveStream,
+    id: i64,
+    period: Duration,
+    keeps: impl Fn() -> bool,
+    mut confirmed: impl FnMut(Confirmation),
+) -> Ended {
+    let wait = (period * 3).max(Duration::from_millis(300));
+    loop {
+        if !keeps() {
+            return Ended::Dropped;
+        }
+        let sent = clock::now();
+        if let Err(e) = keeper.keep_alive().await {
+            tracing::debug!(lease = format!("{id:x}"), "lease keep-alive: {e}");
+            return Ended::Broken;
+        }
+        match tokio::time::timeout(wait, stream.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                let revision = r.header().map(|h| h.revision()).unwrap_or(0);
+                confirmed(Confirmation { sent, revision });
+                registry.want_synced(revision);
+            }
+            Ok(Ok(Some(_))) => return Ended::Expired,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                tracing::debug!(lease = format!("{id:x}"), "lease keep-alive stream ended");
+                return Ended::Broken;
+            }
+            Err(_) => {
+                tracing::debug!(lease = format!("{id:x}"), "no keep-alive answer in time");
+                return Ended::Broken;
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}
+
 /// Keeps the retiring lease `id` alive (recording its confirmations) until it is retired (the task is
-/// aborted) or etcd says it expired.
+/// aborted, or the status no longer names it) or etcd says it expired.
 async fn keep_retiring(registry: Registry, id: i64, period: Duration, keep: Arc<Keep>) {
     let tx = &keep.tx;
-    let gone = || {
-        tracing::info!(lease = format!("{id:x}"), "the retiring lease expired");
-        tx.send_modify(|s| {
-            if s.retiring.as_ref().is_some_and(|r| r.id == id) {
-                s.retiring = None;
-            }
-        });
-        keep.save();
-    };
+    let retiring = || tx.borrow().retiring.as_ref().is_some_and(|r| r.id == id);
     let connect_timeout = (period * 3).max(Duration::from_secs(1));
     let mut backoff = Duration::from_millis(50);
     let retry_max = (period / 2).max(Duration::from_millis(20));
-    loop {
-        if !tx.borrow().retiring.as_ref().is_some_and(|r| r.id == id) {
-            return;
-        }
-        let (_c, mut keeper, mut stream) =
-            match open_keep_alive(&registry, None, id, connect_timeout, period).await {
-                Ok(x) => x,
-                Err(Start::Expired) => return gone(),
-                Err(Start::Failed(e)) => {
-                    tracing::debug!(lease = format!("{id:x}"), "retiring lease keep-alive: {e}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(retry_max);
-                    continue;
-                }
-            };
-        backoff = Duration::from_millis(50);
-        loop {
-            let sent = clock::now();
-            if keeper.keep_alive().await.is_err() {
-                break;
-            }
-            let wait = (period * 3).max(Duration::from_millis(300));
-            match tokio::time::timeout(wait, stream.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    let revision = r.header().map(|h| h.revision()).unwrap_or(0);
-                    let mut kept = false;
+    while retiring() {
+        let ended = match open_keep_alive(&registry, None, id, connect_timeout, period).await {
+            Ok((_c, mut keeper, mut stream)) => {
+                backoff = Duration::from_millis(50);
+                let confirmed = |c: Confirmation| {
                     tx.send_modify(|s| {
                         if let Some(l) = s.retiring.as_mut().filter(|r| r.id == id) {
-                            l.confirm(Confirmation { sent, revision });
-                            kept = true;
+                            l.confirm(c);
                         }
                     });
-                    if !kept {
-                        return;
-                    }
                     keep.save();
-                    registry.want_synced(revision);
-                }
-                Ok(Ok(Some(_))) => return gone(),
-                _ => break,
+                };
+                renew(
+                    &registry,
+                    &mut keeper,
+                    &mut stream,
+                    id,
+                    period,
+                    retiring,
+                    confirmed,
+                )
+                .await
             }
-            tokio::time::sleep(period).await;
+            Err(Start::Expired) => Ended::Expired,
+            Err(Start::Failed(e)) => {
+                tracing::debug!(lease = format!("{id:x}"), "retiring lease keep-alive: {e}");
+                Ended::Broken
+            }
+        };
+        match ended {
+            Ended::Expired => {
+                tracing::info!(lease = format!("{id:x}"), "the retiring lease expired");
+                tx.send_modify(|s| {
+                    if s.retiring.as_ref().is_some_and(|r| r.id == id) {
+                        s.retiring = None;
+                    }
+                });
+                keep.save();
+                return;
+            }
+            Ended::Dropped => return,
+            Ended::Broken => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(retry_max);
+            }
         }
-        tokio::time::sleep(backoff).await;
     }
 }
 
