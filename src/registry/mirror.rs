@@ -614,11 +614,20 @@ impl Mirror {
             .collect()
     }
 
-    /// `true` if a record other than `except` references `hash`.
-    pub fn hash_referenced(&self, hash: &UnitHash, except: &UnitName) -> bool {
+    /// Up to `at_most` units other than `except` whose record references content `hash`, with the
+    /// records' `mod_revision`s.
+    pub fn hash_referencers(
+        &self,
+        hash: &UnitHash,
+        except: &UnitName,
+        at_most: usize,
+    ) -> Vec<(UnitName, i64)> {
         self.records
             .iter()
-            .any(|(n, r)| n != except && r.hash == *hash)
+            .filter(|(n, r)| *n != except && r.hash == *hash)
+            .take(at_most)
+            .map(|(n, r)| (n.clone(), r.mod_revision))
+            .collect()
     }
 }
 

@@ -5,6 +5,12 @@
 use super::merge::{Expect, Op, Outcome, UnitWrite};
 use super::*;
 
+/// A record write that leaves its old content to other units that share it compares their records too
+/// when there are at most this many (a write that compares many records would retry whenever any of
+/// them changes): so the last of them cannot be destroyed unseen, leaving the content to nobody. With
+/// more sharers, all of them destroyed at once while this write runs would leave it behind.
+const KEEP_COMPARES: usize = 4;
+
 /// The planned edit of a unit record.
 enum RecordOp<'a> {
     Replace(&'a UnitFile, Option<DesiredState>),
@@ -95,7 +101,7 @@ impl Registry {
         let keys = &self.shared.keys();
         let rk = keys.unit(name);
         for _ in 0..MAX_ATTEMPTS {
-            let (write, old_hash) = {
+            let (write, old_hash, sharers) = {
                 let m = self.mirror()?;
                 let Some(cur) = m.records.get(name) else {
                     return Err(RegistryError::NotFound(name.clone()));
@@ -121,20 +127,34 @@ impl Registry {
                         None
                     }
                 };
-                if new_hash != Some(cur.hash) && !m.hash_referenced(&cur.hash, name) {
-                    if let Some(f) = m.files.get(&cur.hash) {
-                        let fk = keys.unit_file(&cur.hash);
-                        expects.push((fk.clone(), Expect::ModRevision(f.mod_revision)));
-                        ops.push(Op::Delete(fk));
+                let mut reads = vec![rk.clone(), keys.unit_file(&cur.hash)];
+                let mut sharers = Vec::new();
+                if new_hash != Some(cur.hash) {
+                    let others = m.hash_referencers(&cur.hash, name, KEEP_COMPARES + 1);
+                    if others.is_empty() {
+                        if let Some(f) = m.files.get(&cur.hash) {
+                            let fk = keys.unit_file(&cur.hash);
+                            expects.push((fk.clone(), Expect::ModRevision(f.mod_revision)));
+                            ops.push(Op::Delete(fk));
+                        }
+                    } else if others.len() <= KEEP_COMPARES {
+                        // The content stays for the other units that share it: as long as they do
+                        // (a unit destroyed meanwhile that this mirror does not show gone yet would
+                        // leave the content to nobody, for good).
+                        for (other, rev) in others {
+                            let k = keys.unit(&other);
+                            expects.push((k.clone(), Expect::ModRevision(rev)));
+                            reads.push(k);
+                            sharers.push(other);
+                        }
                     }
                 }
-                let reads = vec![rk.clone(), keys.unit_file(&cur.hash)];
                 let write = UnitWrite {
                     expects,
                     ops,
                     reads,
                 };
-                (write, cur.hash)
+                (write, cur.hash, sharers)
             };
             let read = match self.write_merged(write).await? {
                 Outcome::Applied(rev) => {
@@ -143,10 +163,21 @@ impl Registry {
                 }
                 Outcome::Failed(read) => read,
             };
-            // A compare failed: somebody changed the record or the old content. Catch up, retry.
+            // A compare failed: somebody changed the record, the old content or a unit sharing it.
+            // Catch up, retry.
             if read.first() == Some(&None) {
                 self.wait_mirror(|m| !m.records.contains_key(name)).await;
                 return Err(RegistryError::NotFound(name.clone()));
+            }
+            let gone: Vec<&UnitName> = sharers
+                .iter()
+                .zip(read.iter().skip(2))
+                .filter(|(_, r)| r.is_none())
+                .map(|(n, _)| n)
+                .collect();
+            if !gone.is_empty() {
+                self.wait_mirror(|m| gone.iter().all(|n| !m.records.contains_key(*n)))
+                    .await;
             }
             match read.into_iter().flatten().max() {
                 Some(rev) => self.wait_revision(rev).await,
