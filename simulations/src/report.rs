@@ -95,6 +95,8 @@ pub struct Metrics {
     pub(crate) lease_polls: u64,
     pub(crate) witness_requests: u64,
     pub(crate) leases_lost: u64,
+    pub(crate) leases_replaced: u64,
+    pub(crate) leases_retired: u64,
     pub(crate) identity_conflicts: u64,
     pub(crate) moves: u64,
     pub(crate) failures: u64,
@@ -293,6 +295,11 @@ pub struct Report {
     pub witness_requests: u64,
     /// Times an agent found its own lease gone (expired) and started over with a new one.
     pub leases_lost: u64,
+    /// Times an agent took a new lease because its current one may have been voted away
+    /// (`fleet_decide::replace`).
+    pub leases_replaced: u64,
+    /// Replaced leases let go (revoked) once nothing rested on them (`fleet_decide::may_retire`).
+    pub leases_retired: u64,
     /// Agents that found their machine ID announced by another agent (and claimed nothing).
     pub identity_conflicts: u64,
     /// Unit starts that failed (systemd model).
@@ -365,6 +372,8 @@ impl Report {
             lease_polls: m.lease_polls,
             witness_requests: m.witness_requests,
             leases_lost: m.leases_lost,
+            leases_replaced: m.leases_replaced,
+            leases_retired: m.leases_retired,
             identity_conflicts: m.identity_conflicts,
             start_failures: m.start_failures,
             unit_starts: m.unit_starts,
@@ -477,8 +486,8 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "fencing                   {} fencings, {} units killed by agents, {} by fence guards; {} lease polls, {} witness requests, {} leases lost, {} identity conflicts",
-            self.fencings, self.agent_kills, self.guard_kills, self.lease_polls, self.witness_requests, self.leases_lost, self.identity_conflicts
+            "fencing                   {} fencings, {} units killed by agents, {} by fence guards; {} lease polls, {} witness requests, {} leases lost, {} replaced ({} retired), {} identity conflicts",
+            self.fencings, self.agent_kills, self.guard_kills, self.lease_polls, self.witness_requests, self.leases_lost, self.leases_replaced, self.leases_retired, self.identity_conflicts
         );
         let _ = writeln!(
             s,

@@ -1,7 +1,9 @@
 //! The lease keeper (a keep-alive every `Timing::keepalive_period`, a new lease when etcd says the
-//! old one is gone) and the guard writer (the fence deadline for the guard, support requests).
+//! old one is gone or when `fleet_decide::replace` says it may have been voted away, the replaced
+//! lease kept alive until it retires) and the guard writer (the fence deadline for the guard, support
+//! requests).
 
-use fleet_decide::{Support, Time};
+use fleet_decide::{OwnLease, Support, Time};
 
 use super::{micros, Ask, Req};
 use crate::sim::{Ev, Sim};
@@ -19,14 +21,49 @@ impl Sim {
         let next = self.local_after(m, period);
         self.push(next, Ev::Keepalive { m, gen });
         let lease = self.machines[m as usize].lease.id;
-        let grant_sent = self.agent_mut(m).grant_sent;
         if lease != 0 {
             self.etcd_send(m, Req::Keepalive(lease));
-        } else if !self.in_flight(grant_sent) {
+        } else {
+            self.grant(m);
+        }
+        // The lease it replaced keeps its own keep-alives until it retires.
+        if let Some(old) = self.machines[m as usize].retiring.as_ref().map(|l| l.id) {
+            self.etcd_send(m, Req::Keepalive(old));
+        }
+        self.guard_tick(m);
+    }
+
+    /// Asks etcd for a new lease unless a grant is in flight.
+    pub(super) fn grant(&mut self, m: u32) {
+        let grant_sent = self.agent_mut(m).grant_sent;
+        if !self.in_flight(grant_sent) {
             self.agent_mut(m).grant_sent = Some(self.now);
             self.etcd_send(m, Req::Grant);
         }
-        self.guard_tick(m);
+    }
+
+    /// Makes `lease` machine `m`'s current lease. On a change of its ID, what was about the previous
+    /// one goes: the witnesses' grants (they never count for another lease), the fence and refusal
+    /// signals, the announcement (written again under the new lease).
+    pub(super) fn set_lease(&mut self, m: u32, lease: OwnLease) {
+        let mm = &mut self.machines[m as usize];
+        let changed = mm.lease.id != lease.id;
+        mm.lease = lease;
+        if changed {
+            let a = self.agent_mut(m);
+            a.granted.clear();
+            a.fenced_under = None;
+            a.refused = None;
+            a.announced = None;
+        }
+    }
+
+    /// Lets the replaced lease go: revoked (best effort; its keys go at once), no more keep-alives.
+    pub(super) fn retire(&mut self, m: u32) {
+        if let Some(old) = self.machines[m as usize].retiring.take() {
+            self.metrics.leases_retired += 1;
+            self.etcd_send(m, Req::Revoke(old.id));
+        }
     }
 
     /// The fence deadline of machine `m` now.
@@ -42,9 +79,10 @@ impl Sim {
             me: &me,
             granted: &a.granted,
         });
-        fleet_decide::guard(
+        fleet_decide::guard_retiring(
             &self.timing,
             &mm.lease,
+            mm.retiring.as_ref(),
             a.mirror_rev,
             support.as_ref(),
             Time(now),

@@ -15,7 +15,9 @@
 //!
 //! What belongs to the agent shell and not to the core, modelled here as fleetd does it: the lease
 //! keeper (a keep-alive every `Timing::keepalive_period`, a new lease when etcd says the old one is gone;
-//! the lease ID and confirmations are kept across fleetd restarts), the guard writer (every keep-alive
+//! the lease ID and confirmations are kept across fleetd restarts; a new lease when
+//! [`fleet_decide::replace`] says the current one may have been voted away, the replaced one kept
+//! alive and confirmed until [`fleet_decide::may_retire`] lets it go, then revoked), the guard writer (every keep-alive
 //! period and on every grant: the deadline for the guard and, once a keep-alive answer is late, support
 //! requests to the witnesses every `V/3`, or every keep-alive period while the support falls short), the
 //! machine announcement and its identity check (a fleetd whose machine ID
@@ -62,6 +64,18 @@ pub(crate) enum Ask {
     Vote { holder: u32, lease: i64 },
 }
 
+/// A witness's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// Support or vote granted.
+    Granted,
+    /// Not granted.
+    Denied,
+    /// Support refused because this witness voted the lease away (`Witness::voted_away`): fleetd's
+    /// relay answers so, and the asker takes a new lease.
+    VotedAway,
+}
+
 /// A request to etcd.
 #[derive(Clone, Debug)]
 pub(crate) enum Req {
@@ -69,8 +83,10 @@ pub(crate) enum Req {
     Sync,
     /// Grant a lease.
     Grant,
-    /// Keep the lease alive.
+    /// Keep a lease alive (the current one, or the one it replaced while that one retires).
     Keepalive(i64),
+    /// Revoke a lease this machine replaced (its keys go at once).
+    Revoke(i64),
     /// `LeaseTimeToLive` of another machine's lease.
     TimeToLive(i64),
     /// Write `machines/<id>` under the lease.
@@ -90,6 +106,8 @@ pub(crate) enum Resp {
     Kept(i64),
     /// The lease is gone.
     LeaseGone,
+    /// Revoked (or already gone).
+    Revoked,
     /// Remaining whole seconds and granted seconds, or gone.
     Ttl(Option<(i64, i64)>),
     /// Announced (or refused: another agent holds the ID).
@@ -118,8 +136,17 @@ pub(crate) struct Agent {
     /// (a departed witness's seat expires).
     committee: Option<Committee>,
     committee_until: Option<u64>,
-    /// For each witness, when this machine sent the latest support request it granted.
+    /// For each witness, when this machine sent the latest support request it granted (for the current
+    /// lease: cleared whenever the current lease changes).
     granted: BTreeMap<MachineId, Time>,
+    /// The lease under which a pass found this machine fenced past a deadline, while it was the
+    /// current lease: `fleet_decide::Signals::fenced` once it is no longer fenced.
+    fenced_under: Option<i64>,
+    /// The lease a witness answered it voted away: `fleet_decide::Signals::refused` while it is the
+    /// current lease.
+    refused: Option<i64>,
+    /// The lease being replaced while the grant of its successor is in flight.
+    replacing: Option<i64>,
     /// When support was last asked for (local µs).
     support_round: Option<u64>,
     /// Witnesses that voted that a holder's lease may be taken over, by (holder, lease).
@@ -170,6 +197,9 @@ impl Agent {
             committee: None,
             committee_until: None,
             granted: BTreeMap::new(),
+            fenced_under: None,
+            refused: None,
+            replacing: None,
             support_round: None,
             votes: BTreeMap::new(),
             votes_wanted: BTreeSet::new(),

@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fleet_decide::{Case, Claim as DClaim, Ctx, Handoff, LeasePoll, Peer, Placement, Time, Write};
+use fleet_decide::{
+    Case, Claim as DClaim, Ctx, Handoff, LeasePoll, Peer, Placement, Signals, Time, Write,
+};
 
 use super::{micros, Req};
 use crate::etcd::Txn;
@@ -43,6 +45,12 @@ impl Sim {
         let fenced = guard.fenced(Time(now));
         let was = std::mem::replace(&mut self.agent_mut(m).fenced, fenced);
         if fenced {
+            // As fleetd: a fence past a deadline (not for want of a first confirmation) under the
+            // current lease is remembered until the lease changes (`fleet_decide::Signals::fenced`).
+            let lease = self.machines[m as usize].lease.id;
+            if guard.deadline.is_some() && lease != 0 {
+                self.agent_mut(m).fenced_under = Some(lease);
+            }
             if !was {
                 self.metrics.fencings += 1;
             }
@@ -102,12 +110,18 @@ impl Sim {
         candidates.extend(self.machines[m as usize].units.keys().copied());
         candidates.extend(self.etcd.claims_of(me));
         candidates.extend(self.etcd.handoffs_from(me));
-        let claims: Vec<(u32, Option<crate::etcd::Claim>)> = candidates
-            .iter()
-            .map(|&u| (u, self.etcd.claim_at(u, mirror_rev)))
-            .collect();
-
         let me_id = self.machine_infos[me as usize].id.clone();
+        let claims: Vec<(u32, Option<crate::etcd::Claim>, Option<DClaim>)> = candidates
+            .iter()
+            .map(|&u| {
+                let claim = self.etcd.claim_at(u, mirror_rev);
+                (u, claim, claim.map(|c| self.dclaim(c)))
+            })
+            .collect();
+        // This machine's own leases (as fleetd, every pass with the registry snapshot): a new lease
+        // when the current one may have been voted away, the replaced one let go once nothing rests
+        // on it. The mirror's claims of this machine and of handovers from it are all among `claims`.
+        self.replace_or_retire(m, &me_id, lease, claims.iter().filter_map(|c| c.2.as_ref()));
         let mut target = BTreeSet::new();
         let mut wake: Option<u64> = None;
         let mut writes = Vec::new();
@@ -123,16 +137,7 @@ impl Sim {
                 committee: &committee,
                 now: Time(now),
             };
-            for (u, claim) in claims {
-                let dclaim = claim.map(|c| DClaim {
-                    machine: self.machine_infos[c.machine as usize].id.clone(),
-                    lease: c.lease,
-                    mod_revision: c.mod_revision,
-                    handoff: c.handoff.map(|(h, l)| Handoff {
-                        machine: self.machine_infos[h as usize].id.clone(),
-                        lease: l,
-                    }),
-                });
+            for (u, claim, dclaim) in claims {
                 let placement = match here.get(&u) {
                     Some(true) => Placement::GlobalHere,
                     Some(false) => Placement::Here,
@@ -229,6 +234,61 @@ impl Sim {
         if let Some(t) = wake {
             let at = self.machines[m as usize].clock.global(t).max(self.now);
             self.request_pass_at(m, at);
+        }
+    }
+
+    /// An etcd claim as the decision core reads it.
+    fn dclaim(&self, c: crate::etcd::Claim) -> DClaim {
+        DClaim {
+            machine: self.machine_infos[c.machine as usize].id.clone(),
+            lease: c.lease,
+            mod_revision: c.mod_revision,
+            handoff: c.handoff.map(|(h, l)| Handoff {
+                machine: self.machine_infos[h as usize].id.clone(),
+                lease: l,
+            }),
+        }
+    }
+
+    /// fleetd's lease keeper, each pass: asks [`fleet_decide::replace`] whether the current `lease` may
+    /// have been voted away (a handover from it in `claims`, a fence under it, a witness's refusal),
+    /// and if so grants a new one (which becomes current on the answer, the old one retiring); asks
+    /// [`fleet_decide::may_retire`] whether the retiring lease may go, and if so revokes it.
+    fn replace_or_retire<'a>(
+        &mut self,
+        m: u32,
+        me: &fleet_sched::MachineId,
+        lease: i64,
+        claims: impl Iterator<Item = &'a DClaim> + Clone,
+    ) {
+        let ident = self.machines[m as usize].ident;
+        let retiring = self.machines[m as usize].retiring.as_ref().map(|l| l.id);
+        let a = self.machines[m as usize].agent.as_ref().expect("runs");
+        let signals = Signals {
+            fenced: a.fenced_under == Some(lease),
+            refused: a.refused == Some(lease),
+        };
+        let announced = a.anns.get(&ident).map(|ann| ann.lease);
+        if let Some(why) = fleet_decide::replace(me, lease, retiring, claims.clone(), signals) {
+            if std::env::var_os("FLEET_SIM_TRACE").is_some_and(|v| v == "leases") {
+                eprintln!(
+                    "{:>10.3}s {me} replaces lease {lease:x}: {why:?}",
+                    self.now as f64 / 1e6
+                );
+            }
+            self.agent_mut(m).replacing = Some(lease);
+            self.grant(m);
+        }
+        if let Some(old) = retiring {
+            if fleet_decide::may_retire(me, old, announced, claims) {
+                if std::env::var_os("FLEET_SIM_TRACE").is_some_and(|v| v == "leases") {
+                    eprintln!(
+                        "{:>10.3}s {me} retires lease {old:x}",
+                        self.now as f64 / 1e6
+                    );
+                }
+                self.retire(m);
+            }
         }
     }
 

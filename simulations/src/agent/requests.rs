@@ -66,6 +66,12 @@ impl Sim {
                     Resp::LeaseGone
                 }
             }
+            Req::Revoke(l) => {
+                if self.etcd.revoke(*l) {
+                    self.notify_watchers();
+                }
+                Resp::Revoked
+            }
             Req::TimeToLive(l) => Resp::Ttl(self.etcd.time_to_live(*l, now)),
             Req::Announce(l) => {
                 let ok = self.etcd.announce(ident, *l, addr).is_ok();
@@ -138,8 +144,7 @@ impl Sim {
                 self.advance_mirror(m, rev);
             }
             (Req::Grant, Resp::Granted(id, rev)) => {
-                let mm = &mut self.machines[m as usize];
-                mm.lease = fleet_decide::OwnLease {
+                let lease = fleet_decide::OwnLease {
                     id,
                     ttl: self.sc.config.agent_ttl.std(),
                     confirmations: vec![Confirmation {
@@ -147,25 +152,39 @@ impl Sim {
                         revision: rev,
                     }],
                 };
-                self.agent_mut(m).announced = None;
+                // A replacement: the lease it replaces retires (kept alive, confirmed) while claims,
+                // handovers or the announcement rest on it.
+                let replacing = self.agent_mut(m).replacing.take();
+                let mm = &mut self.machines[m as usize];
+                if replacing.is_some_and(|r| r == mm.lease.id) && mm.retiring.is_none() {
+                    mm.retiring = Some(std::mem::take(&mut mm.lease));
+                    self.metrics.leases_replaced += 1;
+                }
+                self.set_lease(m, lease);
             }
             (Req::Keepalive(l), Resp::Kept(rev)) => {
                 let mm = &mut self.machines[m as usize];
+                let c = Confirmation {
+                    sent: Time(sent),
+                    revision: rev,
+                };
                 if mm.lease.id == l {
-                    mm.lease.confirm(Confirmation {
-                        sent: Time(sent),
-                        revision: rev,
-                    });
+                    mm.lease.confirm(c);
+                } else if let Some(old) = mm.retiring.as_mut().filter(|o| o.id == l) {
+                    old.confirm(c);
                 }
             }
             (Req::Keepalive(l), Resp::LeaseGone) => {
                 let mm = &mut self.machines[m as usize];
                 if mm.lease.id == l {
                     // etcd expired it (and the claims with it): start over with a new one.
-                    mm.lease = fleet_decide::OwnLease::default();
+                    self.set_lease(m, fleet_decide::OwnLease::default());
                     self.metrics.leases_lost += 1;
-                    let gen = mm.gen;
+                    let gen = self.machines[m as usize].gen;
                     self.push(self.now, Ev::Keepalive { m, gen });
+                } else if mm.retiring.as_ref().is_some_and(|o| o.id == l) {
+                    // The replaced lease is gone: nothing to keep alive any more.
+                    mm.retiring = None;
                 }
             }
             (Req::TimeToLive(l), Resp::Ttl(answer)) => {

@@ -3,7 +3,7 @@
 
 use fleet_decide::{Committee, Time};
 
-use super::{micros, Ask, RandomBool};
+use super::{micros, Ask, RandomBool, Reply};
 use crate::sim::{Ev, Sim};
 
 impl Sim {
@@ -60,7 +60,13 @@ impl Sim {
             return;
         }
         let now = Time(self.local(to));
-        let granted = self.witness_decides(to, from, ask, now);
+        let reply = if self.witness_decides(to, from, ask, now) {
+            Reply::Granted
+        } else if self.refused_as_voted_away(to, from, ask) {
+            Reply::VotedAway
+        } else {
+            Reply::Denied
+        };
         if let Some(at) = self.relay_arrival(to, from) {
             self.push(
                 at,
@@ -69,7 +75,7 @@ impl Sim {
                     gen,
                     from: to,
                     ask,
-                    granted,
+                    reply,
                     sent,
                     sent_g,
                 },
@@ -101,6 +107,16 @@ impl Sim {
         }
     }
 
+    /// Whether witness `w` refused `ask` (a support request from machine `from`) because it voted that
+    /// lease away: fleetd's relay answers so (`Witness::voted_away` decides it).
+    fn refused_as_voted_away(&self, w: u32, from: u32, ask: Ask) -> bool {
+        let Ask::Support(lease) = ask else {
+            return false;
+        };
+        let asker = &self.machine_infos[self.machines[from as usize].ident as usize].id;
+        self.machines[w as usize].witness.voted_away(asker, lease)
+    }
+
     /// The witness's answer reaches fleetd on machine `m` (if it still runs, and before its timeout).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn witness_granted(
@@ -109,7 +125,7 @@ impl Sim {
         gen: u32,
         from: u32,
         ask: Ask,
-        granted: bool,
+        reply: Reply,
         sent: u64,
         sent_g: u64,
     ) {
@@ -121,7 +137,20 @@ impl Sim {
             Ask::Support(_) => self.timing.support_validity() / 3,
             Ask::Vote { .. } => self.timing.lease_poll_period() * 2,
         };
-        if self.now.saturating_sub(sent_g) > micros(timeout) || !granted {
+        if self.now.saturating_sub(sent_g) > micros(timeout) {
+            return;
+        }
+        if reply == Reply::VotedAway {
+            // The lease may not be supported again: fleetd takes a new one (`fleet_decide::replace`).
+            if let Ask::Support(lease) = ask {
+                if self.machines[m as usize].lease.id == lease {
+                    self.agent_mut(m).refused = Some(lease);
+                    self.request_pass(m);
+                }
+            }
+            return;
+        }
+        if reply != Reply::Granted {
             return;
         }
         let id = self.machine_infos[from as usize].id.clone();

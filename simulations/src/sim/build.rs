@@ -95,6 +95,7 @@ impl Sim {
                 guard: None,
                 guard_check: None,
                 lease: OwnLease::default(),
+                retiring: None,
                 witness: Witness::default(),
                 seats: BTreeMap::new(),
                 incarnation: 0,

@@ -13,6 +13,7 @@ impl Sim {
         mm.guard = None;
         mm.guard_check = None;
         mm.lease = OwnLease::default();
+        mm.retiring = None;
         mm.seats.clear();
         mm.deferred.clear();
         let now = Time(mm.clock.local(self.now));

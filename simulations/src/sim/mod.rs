@@ -26,7 +26,7 @@ use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, Uni
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::agent::{Agent, Ask, Req, Resp};
+use crate::agent::{Agent, Ask, Reply, Req, Resp};
 use crate::check::{Checker, MachineTruth};
 use crate::etcd::Etcd;
 use crate::model::SwimModel;
@@ -175,6 +175,9 @@ pub(crate) struct Machine {
     /// fleetd's saved lease and confirmations (its state directory: kept across fleetd restarts, lost
     /// with a reboot, whose monotonic clock starts over).
     pub(crate) lease: OwnLease,
+    /// The lease fleetd replaced (`fleet_decide::replace`) and still renews until
+    /// `fleet_decide::may_retire`, with its confirmations; saved like `lease`.
+    pub(crate) retiring: Option<OwnLease>,
     /// This machine as a witness: its promises (kept across fleetd restarts, lost with a reboot).
     pub(crate) witness: Witness,
     /// The committee's seats as fleetd knows them: announcement `create_revision`, when it vanished
@@ -267,7 +270,7 @@ pub(crate) enum Ev {
         gen: u32,
         from: u32,
         ask: Ask,
-        granted: bool,
+        reply: Reply,
         sent: u64,
         sent_g: u64,
     },
@@ -629,10 +632,10 @@ impl Sim {
                 gen,
                 from,
                 ask,
-                granted,
+                reply,
                 sent,
                 sent_g,
-            } => self.witness_granted(m, gen, from, ask, granted, sent, sent_g),
+            } => self.witness_granted(m, gen, from, ask, reply, sent, sent_g),
             Ev::EtcdTick => {
                 if self.etcd_up && self.etcd.expire(self.now) {
                     self.notify_watchers();
