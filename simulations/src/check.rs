@@ -17,12 +17,25 @@
 //!    on) at most once per fault that concerns it, and only while a fault concerns the machine it ran on
 //!    (or within a settling time after it ended): never away from a machine that is alive and reachable.
 //! 5. **Identity**: an agent started with another live machine's ID writes no claim and runs no unit.
+//! 6. **No needless fence**: a machine whose units are killed for want of a fence deadline (by its
+//!    guard or its agent) must have had a reason beyond losing etcd. It is a violation when, over the
+//!    whole window before the kill (`window`: the witnesses' support period plus 2 s), the machine was
+//!    *clean*: powered, not frozen, its fleetd running, concerned by no fault but etcd ones (an etcd
+//!    outage or slowness, a partition, loss or delay between it and etcd only), and it and a majority
+//!    of the cluster's machines were up (powered, not frozen, fleetd running) and connected to each
+//!    other (no partition, loss or delay rule between any two of them), while its etcd link was down
+//!    for less than `etcd_grace` (half the lease TTL: a machine out of etcd's sight for longer may
+//!    legitimately stop its units before its lease can expire) or not down at all. The simulator feeds
+//!    these facts from its fault timeline and network ([`Checker::clean`], [`Checker::etcd_link`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_sched::UnitFile;
 
 use crate::report::{Violation, ViolationKind};
+
+mod fences;
+use fences::Fences;
 
 /// One unit's `[X-Fleet]` requirements, read from its file by this module's own reading of fleet's
 /// specification.
@@ -222,6 +235,8 @@ pub struct Checker {
     /// Per unit running nowhere: since when some healthy machine could run it.
     placeable_since: BTreeMap<u32, u64>,
     impostors: BTreeSet<u32>,
+    /// Invariant 6's facts.
+    fences: Fences,
     /// Violations found.
     pub violations: Vec<Violation>,
     /// Moves (a unit's process started on another machine than the one it last ran on).
@@ -254,6 +269,7 @@ impl Checker {
             nowhere: BTreeMap::new(),
             placeable_since: BTreeMap::new(),
             impostors: BTreeSet::new(),
+            fences: Fences::new(n),
             violations: Vec::new(),
             total_moves: 0,
             machines,

@@ -97,6 +97,40 @@ impl Net {
         1.0 - keep
     }
 
+    /// Which of the machines `0..machines` have every link to every other machine free of rules (no
+    /// partition, loss or delay either way; a rule between a machine and etcd only does not count).
+    pub fn machine_links_clean(&self, machines: usize) -> Vec<bool> {
+        let mut clean = vec![true; machines];
+        for r in &self.rules {
+            let from: Vec<usize> = (0..machines).filter(|&i| r.from[i]).collect();
+            let to: Vec<usize> = (0..machines).filter(|&i| r.to[i]).collect();
+            let other = |side: &[usize], i: usize| side.iter().any(|&j| j != i);
+            for &i in &from {
+                if other(&to, i) {
+                    clean[i] = false;
+                }
+            }
+            for &i in &to {
+                if other(&from, i) {
+                    clean[i] = false;
+                }
+            }
+        }
+        clean
+    }
+
+    /// Whether no rule matches traffic between two different nodes of `set` (indexed by node).
+    pub fn connects_all(&self, set: &[bool]) -> bool {
+        let member = |i: usize| set.get(i).copied().unwrap_or(false);
+        self.rules.iter().all(|r| {
+            let from: Vec<usize> = (0..self.nodes)
+                .filter(|&i| r.from[i] && member(i))
+                .collect();
+            let to: Vec<usize> = (0..self.nodes).filter(|&i| r.to[i] && member(i)).collect();
+            !from.iter().any(|&i| to.iter().any(|&j| j != i))
+        })
+    }
+
     /// Extra delay (µs) from `a` to `b`.
     pub fn delay(&self, a: usize, b: usize) -> u64 {
         self.matching(a, b)

@@ -28,6 +28,8 @@ pub enum ViolationKind {
     Churn,
     /// A second agent with a live machine's ID claimed or ran something.
     Identity,
+    /// A machine whose only fault was a short loss of etcd, its peers in sight, was fenced.
+    NeedlessFence,
 }
 
 /// One invariant violation.
@@ -440,7 +442,7 @@ impl Report {
         if self.violations.is_empty() {
             let _ = writeln!(
                 s,
-                "invariants                all held (double runs, requirements, placement, churn, membership, identity)"
+                "invariants                all held (double runs, requirements, placement, churn, membership, identity, needless fences)"
             );
         } else {
             let _ = writeln!(s, "INVARIANT VIOLATIONS ({}):", self.violations.len());

@@ -114,6 +114,20 @@ fn releasing_under_an_unresolved_handover_is_caught() {
 }
 
 #[test]
+fn keeping_a_voted_away_lease_is_caught() {
+    // h drops all its traffic for 5 s: its units are taken over on its witnesses' votes, which refuse
+    // that lease's support for good. With the bug it keeps renewing that lease, and its etcd-only
+    // losses afterwards (its peers in sight) fence it: a liveness bug, which only the no-needless-fence
+    // invariant sees (the unit only h may run stops there; nothing runs twice, nothing moves).
+    caught_with_faults(
+        "keep-voted-lease",
+        &scenario("voted-lease"),
+        "1",
+        "NeedlessFence",
+    );
+}
+
+#[test]
 fn placement_ignoring_conflicts_is_caught_by_the_independent_checker() {
     // Six api@ instances (Conflicts=api@*.service) on four machines: with the bug in `schedule`, two
     // machines run two each. The checker reads Conflicts= itself; no fault is needed (the shrinker

@@ -179,6 +179,7 @@ impl Sim {
             gossip_cfg,
             model,
             failed_at: vec![None; n],
+            other_faults: vec![0; cluster],
             saved_metadata: HashMap::new(),
             events_processed: 0,
             last_at: 0,
@@ -196,6 +197,14 @@ impl Sim {
         for i in 0..cluster as u32 {
             sim.power_on(i);
         }
+        // No needless fence: the window is the witnesses' support period plus 2 s; an etcd link
+        // down for half the lease TTL excuses a fence (the lease's slow bound comes before its expiry).
+        let window = u64::try_from(sim.timing.support_validity().as_micros())
+            .unwrap_or(u64::MAX / 2)
+            + 2_000_000;
+        sim.checker
+            .check_fences(window, sim.sc.config.agent_ttl.0 / 2);
+        sim.track_fence_truth();
         sim.push(sim.sc.config.units_at.0, Ev::SubmitUnits);
         sim.push(0, Ev::EtcdTick);
         sim.push(CHECK_EVERY, Ev::Check);

@@ -33,6 +33,40 @@ impl Sim {
         );
     }
 
+    /// Feeds the no-needless-fence invariant the ground truth after the faults changed it: which
+    /// machines are clean (powered, not frozen, fleetd running, concerned by no fault but etcd ones
+    /// and connected to every machine, with a majority of the cluster up and connected to each other)
+    /// and whose etcd link is up (reachable, not slowed, lossless).
+    pub(super) fn track_fence_truth(&mut self) {
+        let n = self.cluster;
+        let up: Vec<bool> = (0..n)
+            .map(|i| {
+                let mm = &self.machines[i];
+                mm.powered && !mm.frozen && !mm.agent_frozen && mm.agent.is_some()
+            })
+            .collect();
+        let links = self.net.machine_links_clean(n);
+        // A majority up and connected to each other: those with no rule on their links, or every
+        // machine that is up if no rule separates any two of them.
+        let free = (0..n).filter(|&i| up[i] && links[i]).count();
+        let majority = 2 * free > n || {
+            let count = up.iter().filter(|&&u| u).count();
+            2 * count > n && self.net.connects_all(&up)
+        };
+        let e = self.net.etcd();
+        for i in 0..n {
+            let clean = majority && up[i] && links[i] && self.other_faults[i] == 0;
+            self.checker.clean(self.now, i as u32, clean);
+            let etcd = self.etcd_reachable(i as u32)
+                && self.etcd_extra == 0
+                && self.net.loss(i, e, 0.0) == 0.0
+                && self.net.loss(e, i, 0.0) == 0.0
+                && self.net.delay(i, e) == 0
+                && self.net.delay(e, i) == 0;
+            self.checker.etcd_link(self.now, i as u32, etcd);
+        }
+    }
+
     pub(super) fn check_convergence(&mut self) {
         let live = self.truth();
         let truth: BTreeSet<u32> = live.iter().copied().collect();

@@ -126,6 +126,21 @@ impl Sim {
         if f.kind == FaultKind::Thaw {
             concerned.clear();
         }
+        if other_fault(f.kind) && f.for_.is_some() {
+            for &i in &ms {
+                if let Some(c) = self.other_faults.get_mut(i) {
+                    *c += 1;
+                }
+            }
+        } else if other_fault(f.kind) {
+            // Lasts to the end: those machines are never clean again.
+            for &i in &ms {
+                if let Some(c) = self.other_faults.get_mut(i) {
+                    *c = u32::MAX / 2;
+                }
+            }
+        }
+        self.track_fence_truth();
         self.checker.fault(self.now, k, &concerned);
         if f.for_.is_none() && matches!(f.kind, FaultKind::Thaw | FaultKind::Restart) {
             self.checker.fault_end(self.now, k);
@@ -196,6 +211,14 @@ impl Sim {
             }
             FaultKind::Restart | FaultKind::Thaw | FaultKind::Heal => {}
         }
+        if other_fault(f.kind) {
+            for &i in &ms {
+                if let Some(c) = self.other_faults.get_mut(i) {
+                    *c = c.saturating_sub(1);
+                }
+            }
+        }
+        self.track_fence_truth();
         self.checker.fault_end(self.now, k);
         self.metrics
             .fault_marks
@@ -225,6 +248,14 @@ impl Sim {
 
     // ------------------------------------------------------------------------------------------
     // Invariants and sampling.
+}
+
+/// Faults that concern a machine without being about etcd, its power, pauses, fleetd or network.
+fn other_fault(kind: FaultKind) -> bool {
+    matches!(
+        kind,
+        FaultKind::ClockSkew | FaultKind::SetMetadata | FaultKind::Impostor
+    )
 }
 
 pub(super) fn fault_rng(seed: u64, k: usize) -> StdRng {

@@ -354,6 +354,10 @@ pub struct Sim {
     pub(crate) model: Option<SwimModel>,
     /// When each machine failed (crash, pause, fleetd death), for detection times.
     failed_at: Vec<Option<u64>>,
+    /// Per machine of the cluster: faults under way that concern it and are neither about etcd nor
+    /// about its power, pauses, fleetd or network (clock skew, metadata, a second agent with its ID),
+    /// for the no-needless-fence invariant.
+    other_faults: Vec<u32>,
     /// Metadata before a `set_metadata` fault, per fault.
     saved_metadata: HashMap<usize, Vec<SavedMetadata>>,
     events_processed: u64,

@@ -143,6 +143,9 @@ impl Sim {
         } else {
             self.metrics.agent_kills += victims.len() as u64;
         }
+        if (m as usize) < self.cluster {
+            self.checker.fenced(self.now, m, victims.len(), by_guard);
+        }
         for u in victims {
             if let Some(s) = self.machines[m as usize].units.get_mut(&u) {
                 s.job += 1;
