@@ -92,9 +92,22 @@ impl Witness {
         true
     }
 
-    /// Forgets leases that are gone (`alive` says which still exist), keeping the rest.
-    pub fn retain(&mut self, mut alive: impl FnMut(&MachineId, i64) -> bool) {
-        self.promises.retain(|(m, l), _| alive(m, *l));
+    /// Forgets leases that are gone (`alive` says which still exist, from the registry mirror: the
+    /// announced ones), keeping the rest, and keeping any promise of support that could still bind a
+    /// vote ([`Timing::vote_after_support`]): a machine asks support for a lease it was just granted
+    /// (to replace one, or after one expired) before this witness's mirror shows it announced under it,
+    /// and a support forgotten then would let this witness vote on that lease while the machine counts
+    /// on the support.
+    pub fn retain(
+        &mut self,
+        timing: &Timing,
+        now: Time,
+        mut alive: impl FnMut(&MachineId, i64) -> bool,
+    ) {
+        let binding = timing.vote_after_support();
+        self.promises.retain(|(m, l), p| {
+            alive(m, *l) || p.supported_at.is_some_and(|t| now.since(t) < binding)
+        });
     }
 
     /// How long until this witness may vote on `machine`'s `lease` (zero when it may now).
@@ -141,6 +154,25 @@ mod tests {
         assert!(!w.voted_away(&m("h"), 8));
         // Another lease of the same machine is another matter.
         assert!(w.support(&m("h"), 8, after));
+    }
+
+    #[test]
+    fn a_support_not_yet_announced_is_kept_while_it_binds_a_vote() {
+        let t = Timing::default();
+        let mut w = Witness::default();
+        assert!(w.support(&m("h"), 8, ms(1000)));
+        assert!(w.vote(&t, &m("h"), 7, false, ms(1000)));
+        // The mirror shows neither lease announced: the refusal of 7 goes, the support of 8 stays.
+        w.retain(&t, ms(1500), |_, _| false);
+        assert!(
+            !w.vote(&t, &m("h"), 8, false, ms(1500)),
+            "voted on a supported lease"
+        );
+        assert!(!w.voted_away(&m("h"), 7));
+        // Once it binds no vote any more, it goes too.
+        let later = ms(1000) + t.vote_after_support();
+        w.retain(&t, later, |_, _| false);
+        assert!(w.promises.is_empty());
     }
 
     #[test]

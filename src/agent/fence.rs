@@ -197,8 +197,9 @@ impl State {
 
     /// Replaces a lease that may have been voted away, and lets the replaced one go once nothing rests
     /// on it (`fleet_decide::lease`: the claims under it are re-bound by the verdicts, the announcement
-    /// by [`State::announce`] when the lease changes).
-    pub(super) async fn keep_leases(&mut self, snap: &Snapshot, lease: &LeaseStatus) {
+    /// by [`State::announce`] when the lease changes). Returns whether it replaced the lease: the pass
+    /// then writes nothing more under the old one (the next pass, under the new lease, comes at once).
+    pub(super) async fn keep_leases(&mut self, snap: &Snapshot, lease: &LeaseStatus) -> bool {
         let claims: Vec<fleet_decide::Claim> =
             snap.claims.values().map(units::decide_claim).collect();
         let me = &self.opts.machine;
@@ -207,7 +208,7 @@ impl State {
             if fleet_decide::may_retire(me, old, announced, &claims) {
                 self.lease.retire();
             }
-            return;
+            return false;
         }
         let id = lease.lease.id;
         let signals = fleet_decide::Signals {
@@ -215,7 +216,7 @@ impl State {
             refused: *lock(&self.shared.refused) == Some(id),
         };
         let Some(why) = fleet_decide::replace(me, id, None, &claims, signals) else {
-            return;
+            return false;
         };
         tracing::warn!(
             lease = format!("{id:x}"),
@@ -225,8 +226,14 @@ impl State {
         );
         let timeout = (self.timing.keepalive_period() * 3).max(Duration::from_secs(1));
         match self.lease.replace(timeout).await {
-            Ok(_) => self.fenced_under = None,
-            Err(e) => tracing::warn!("replacing the lease: {e}; trying again at the next pass"),
+            Ok(_) => {
+                self.fenced_under = None;
+                true
+            }
+            Err(e) => {
+                tracing::warn!("replacing the lease: {e}; trying again at the next pass");
+                false
+            }
         }
     }
 

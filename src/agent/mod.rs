@@ -668,7 +668,9 @@ impl State {
             self.apply(BTreeMap::new(), &snap).await;
             return;
         }
-        self.keep_leases(&snap, &lease).await;
+        if self.keep_leases(&snap, &lease).await {
+            return;
+        }
         if let Some(gh) = self.cluster.gossip() {
             let unknown = self.cluster.unknown_announced();
             if !unknown.is_empty() {

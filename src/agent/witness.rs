@@ -100,11 +100,12 @@ impl WitnessService {
         granted
     }
 
-    /// Forgets promises about leases that no longer exist.
+    /// Forgets promises about leases that no longer exist (and bind no vote:
+    /// [`fleet_decide::Witness::retain`]).
     pub fn retain(&self, alive: impl FnMut(&MachineId, i64) -> bool) {
         let mut w = self.lock();
         let before = w.promises.len();
-        w.retain(alive);
+        w.retain(&self.timing, clock::now(), alive);
         if w.promises.len() != before {
             self.save(&w);
         }

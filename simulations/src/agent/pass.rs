@@ -26,7 +26,7 @@ impl Sim {
                     let infos = &self.machine_infos;
                     let by_id = &self.by_id;
                     let anns = &a.anns;
-                    mm.witness.retain(|id, l| {
+                    mm.witness.retain(&timing, Time(now), |id, l| {
                         by_id
                             .get(id)
                             .and_then(|j| anns.get(j))
