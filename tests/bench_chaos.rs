@@ -393,3 +393,10 @@ fn a_move_counts_against_a_fault_only_without_another_fault_on_its_machine() {
         [3, 4]
     );
 }
+
+/// The overlap checker on its made-up timeline (the benches run it before every run too): planted
+/// overlaps, both thaw cases, a killed copy and a gap are found, and nothing else.
+#[test]
+fn the_overlap_checker_finds_the_planted_overlaps_and_the_thaw_cases() {
+    support::journal::self_check();
+}
