@@ -969,3 +969,83 @@ fn a_machine_whose_units_were_taken_over_keeps_new_ones_through_an_etcd_loss() {
         assert!(log.contains(line), "m{victim} never logged {line:?}\n{log}");
     }
 }
+
+/// The first line of fleetd's journal on machine `i` after `after` (µs since the epoch) containing
+/// `what`: its time.
+fn fleetd_logged_after(fl: &FleetLab, i: usize, after: u64, what: &str) -> Option<u64> {
+    unit_events(fl, i, "fleet")
+        .into_iter()
+        .filter(|(t, m)| *t > after && m.contains(what))
+        .map(|(t, _)| t)
+        .min()
+}
+
+fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// After an etcd loss (nftables drops the machine's etcd traffic both ways) of 3 s, 10 s and 20 s, the
+/// machine's lease keeper is answered again and its registry session (the watch, the mirror) is
+/// connected again soon after the heal. Asserted only within a generous bound (15 s: recovery happens
+/// at all); the figures, from the unblock to each journal line, are printed (docs/benchmarks.md).
+/// `LAB_HEAL_ROUNDS` (default 2) rounds of the three outages.
+#[test]
+fn a_machine_that_lost_etcd_renews_its_lease_and_watches_again_after_the_heal() {
+    let Some(fl) = FleetLab::up(3, &[("FLEET_AGENT_TTL", "30s")]) else {
+        return;
+    };
+    let rounds: usize = std::env::var("LAB_HEAL_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let victim = 3;
+    std::thread::sleep(Duration::from_secs(3));
+    let bound = Duration::from_secs(15);
+    let mut figures = Vec::new();
+    for round in 1..=rounds {
+        for secs in [3u64, 10, 20] {
+            fl.block_etcd(victim);
+            let reached = fl.reaches_etcd(victim);
+            let lost_from = epoch_us();
+            std::thread::sleep(Duration::from_secs(secs));
+            // From the start of the command that removes the rule (fleetd may be answered before
+            // it returns): the figures include the command's own time, printed too.
+            let healed = epoch_us();
+            fl.unblock_etcd(victim);
+            let unblock_ms = (epoch_us() - healed) as f64 / 1000.0;
+            assert!(!reached, "etcd was still reachable from m{victim}");
+            // The session noticed the loss (else its reconnection is not measured).
+            let noticed = fleetd_logged_after(&fl, victim, lost_from, "lost etcd at");
+            let (lease, watch) =
+                fl.wait_for("the lease answered and the watch back", bound, |fl| {
+                    let l =
+                        fleetd_logged_after(fl, victim, healed, "lease keep-alive answered again")?;
+                    let w = match noticed {
+                        Some(_) => Some(fleetd_logged_after(
+                            fl,
+                            victim,
+                            healed,
+                            "connected to etcd",
+                        )?),
+                        None => None,
+                    };
+                    Some((l, w))
+                });
+            let ms = |t: u64| (t - healed) as f64 / 1000.0;
+            let watch = watch.map_or("(the session never noticed the loss)".into(), |w| {
+                format!("watch connected {:>7.1} ms", ms(w))
+            });
+            let line = format!(
+                "round {round}, {secs:>2} s outage: lease answered {:>7.1} ms, {watch} after the heal (unblock command {unblock_ms:.1} ms)",
+                ms(lease)
+            );
+            eprintln!("{line}");
+            figures.push(line);
+            std::thread::sleep(Duration::from_secs(3));
+        }
+    }
+    eprintln!("{}", figures.join("\n"));
+}

@@ -434,6 +434,9 @@ async fn keep_current(
     // Short enough that a retry soon sends a fresh SYN after a network comes back, long enough for a TLS
     // handshake and an etcd authentication (bcrypt) on a loaded machine.
     let connect_timeout = (period * 3).max(Duration::from_secs(1));
+    // Since when no keep-alive was answered (a stream broke): the first confirmation after it is
+    // logged with the gap, so an etcd outage's recovery shows in the journal.
+    let mut lost: Option<std::time::Instant> = None;
     loop {
         let mut id = tx.borrow().lease.id;
         if id == 0 {
@@ -458,6 +461,7 @@ async fn keep_current(
                 }
                 Err(Start::Failed(e)) => {
                     tracing::debug!(lease = format!("{id:x}"), "starting lease keep-alive: {e}");
+                    lost.get_or_insert_with(std::time::Instant::now);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(retry_max);
                     continue;
@@ -474,15 +478,34 @@ async fn keep_current(
             period,
             // Replaced (`LeaseKeeper::replace`): the retiring keeper renews this one now.
             || tx.borrow().lease.id == id,
-            |c| keep.confirm(id, c),
+            |c| {
+                keep.confirm(id, c);
+                answered_again(&registry, id, &mut lost);
+            },
         )
         .await;
         match ended {
             Ended::Expired => keep.expired(id),
-            Ended::Broken => client = None,
+            Ended::Broken => {
+                client = None;
+                lost.get_or_insert_with(std::time::Instant::now);
+            }
             Ended::Dropped => {}
         }
         tokio::time::sleep(backoff).await;
+    }
+}
+
+/// A keep-alive of lease `id` was answered: the first answer since `lost` (a broken stream) is logged
+/// with the gap, and wakes the registry's session, which may be waiting out its backoff.
+fn answered_again(registry: &Registry, id: i64, lost: &mut Option<std::time::Instant>) {
+    if let Some(since) = lost.take() {
+        tracing::info!(
+            lease = format!("{id:x}"),
+            unanswered_ms = since.elapsed().as_millis() as u64,
+            "lease keep-alive answered again"
+        );
+        registry.etcd_answers_again();
     }
 }
 

@@ -241,6 +241,8 @@ struct Shared {
     want_synced: std::sync::atomic::AtomicI64,
     /// Wakes the session to ask the watch for a progress notification.
     progress_wanted: tokio::sync::Notify,
+    /// The lease keeper was answered again after a loss: a session not set up starts afresh now.
+    etcd_back: tokio::sync::Notify,
     full_reads: AtomicU64,
     delta_reads: AtomicU64,
     delta_listings: AtomicU64,
@@ -328,6 +330,7 @@ impl Registry {
             suspect: tokio::sync::Notify::new(),
             want_synced: std::sync::atomic::AtomicI64::new(0),
             progress_wanted: tokio::sync::Notify::new(),
+            etcd_back: tokio::sync::Notify::new(),
             full_reads: AtomicU64::new(0),
             delta_reads: AtomicU64::new(0),
             delta_listings: AtomicU64::new(0),
@@ -469,6 +472,13 @@ impl Registry {
         if revision > prev || self.shared.status.borrow().synced < revision {
             self.shared.progress_wanted.notify_one();
         }
+    }
+
+    /// etcd answered again after a loss (the lease keeper's keep-alive, on a connection of its own):
+    /// a session waiting out its backoff, or one still being set up (its connection may have begun
+    /// while the network was down), starts afresh at once. Wakes only a session waiting now.
+    pub fn etcd_answers_again(&self) {
+        self.shared.etcd_back.notify_waiters();
     }
 
     fn unavailable(&self) -> RegistryError {

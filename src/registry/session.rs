@@ -69,25 +69,31 @@ fn is_settings_problem(reason: &str) -> bool {
     .any(|w| reason.contains(w))
 }
 
+/// Why a session attempt was abandoned when the lease keeper reached etcd again.
+const ETCD_BACK: &str = "etcd answers the lease keeper again";
+
 /// The background task: sessions, each pinned to one endpoint, separated by backoff. A session that
 /// fails moves to the next endpoint after `backoff_min`; only when a whole round of endpoints failed
-/// does the delay grow (doubling up to `backoff_max`).
+/// does the delay grow (doubling up to `backoff_max`). When the lease keeper, which tries every
+/// keep-alive period on connections of its own, is answered again after a loss
+/// ([`Registry::etcd_answers_again`]), the backoff is cut short and an attempt still being set up is
+/// started afresh: the watch follows within a few round trips instead of up to `backoff_max` plus a
+/// connect timeout.
 pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = shared.opts().backoff_min;
     let mut failures = 0usize;
     let mut logged: std::collections::HashMap<String, std::time::Instant> = Default::default();
     loop {
         let mut reached = false;
-        let result = tokio::select! {
-            r = session(&shared, &mut reached) => r,
-            _ = shared.reconnect.notified() => Err(SessionEnd {
-                reason: "reconnecting with new settings".into(),
-                rotate: false,
-            }),
-            _ = shutdown.wait_for(|s| *s) => return,
+        let Some(result) = attempt(&shared, &mut shutdown, &mut reached).await else {
+            return;
         };
         let end = match result {
             Ok(()) => return,
+            Err(e) if e.reason == ETCD_BACK => {
+                tracing::debug!("etcd answers the lease keeper again: connecting afresh");
+                continue;
+            }
             Err(e) => e,
         };
         *shared.client.write().unwrap_or_else(|e| e.into_inner()) = None;
@@ -139,8 +145,39 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
         }
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            // etcd is reachable again (the backoff has grown to `backoff_max` in a long outage).
+            _ = shared.etcd_back.notified() => {}
             _ = shared.reconnect.notified() => { backoff = opts.backoff_min; failures = 0; }
             _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One session, raced against a reconfiguration, shutdown (`None`) and the lease keeper's news that
+/// etcd answers again: an attempt not set up yet (it may have begun while the network was down, and
+/// wait for its lost SYN's connect timeout) ends, to start afresh at once.
+async fn attempt(
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+    reached: &mut bool,
+) -> Option<Result<(), SessionEnd>> {
+    let mut attempt = std::pin::pin!(session(shared, reached));
+    loop {
+        tokio::select! {
+            r = &mut attempt => return Some(r),
+            _ = shared.reconnect.notified() => return Some(Err(SessionEnd {
+                reason: "reconnecting with new settings".into(),
+                rotate: false,
+            })),
+            _ = shared.etcd_back.notified() => {
+                if !shared.status.borrow().available {
+                    return Some(Err(SessionEnd {
+                        reason: ETCD_BACK.into(),
+                        rotate: false,
+                    }));
+                }
+            }
+            _ = shutdown.wait_for(|s| *s) => return None,
         }
     }
 }
