@@ -4,18 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use fleet::registry::{Registry, RegistryOptions};
-use support::Etcd;
-
-async fn registry(etcd: &Etcd) -> Registry {
-    let mut opts = RegistryOptions::new(vec![etcd.endpoint().to_string()], etcd.prefix());
-    opts.backoff_max = Duration::from_millis(500);
-    let r = Registry::start(opts);
-    r.wait_available(Duration::from_secs(20))
-        .await
-        .expect("registry reaches etcd");
-    r
-}
+use support::{registry, Etcd};
 
 /// The lease a lease keeper renews, as etcd sees it: `Some(remaining seconds)`, or `None` when gone.
 async fn lease_ttl(etcd: &Etcd, id: i64) -> Option<i64> {

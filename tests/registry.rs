@@ -5,29 +5,8 @@ mod support;
 use std::time::Duration;
 
 use fleet::registry::{Registry, RegistryError, RegistryOptions};
-use fleet_sched::{DesiredState, UnitFile, UnitName};
-use support::Etcd;
-
-fn name(s: &str) -> UnitName {
-    UnitName::parse(s).unwrap()
-}
-
-fn file(exec: &str) -> UnitFile {
-    UnitFile::parse(&format!(
-        "[Unit]\nDescription=test\n\n[Service]\nExecStart={exec}\n"
-    ))
-    .unwrap()
-}
-
-async fn registry(etcd: &Etcd) -> Registry {
-    let mut opts = RegistryOptions::new(vec![etcd.endpoint().to_string()], etcd.prefix());
-    opts.backoff_max = Duration::from_millis(500);
-    let r = Registry::start(opts);
-    r.wait_available(Duration::from_secs(20))
-        .await
-        .expect("registry reaches etcd");
-    r
-}
+use fleet_sched::{DesiredState, UnitName};
+use support::{registry, unit_file as file, unit_name as name, Etcd};
 
 #[tokio::test]
 // long: one unit's whole life through the registry, each step on the state the last left

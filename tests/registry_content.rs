@@ -6,30 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use fleet::registry::{Registry, RegistryOptions};
-use fleet_sched::{DesiredState, UnitFile, UnitName};
-use support::Etcd;
-
-fn name(s: &str) -> UnitName {
-    UnitName::parse(s).unwrap()
-}
-
-fn file(exec: &str) -> UnitFile {
-    UnitFile::parse(&format!(
-        "[Unit]\nDescription=test\n\n[Service]\nExecStart={exec}\n"
-    ))
-    .unwrap()
-}
-
-async fn registry(etcd: &Etcd) -> Registry {
-    let mut opts = RegistryOptions::new(vec![etcd.endpoint().to_string()], etcd.prefix());
-    opts.backoff_max = Duration::from_millis(500);
-    let r = Registry::start(opts);
-    r.wait_available(Duration::from_secs(20))
-        .await
-        .expect("registry reaches etcd");
-    r
-}
+use fleet_sched::DesiredState;
+use support::{registry, unit_file as file, unit_name as name, Etcd};
 
 #[tokio::test]
 async fn units_with_equal_content_share_one_file_until_the_last_is_destroyed() {

@@ -200,9 +200,14 @@ impl State {
     /// by [`State::announce`] when the lease changes). Returns whether it replaced the lease: the pass
     /// then writes nothing more under the old one (the next pass, under the new lease, comes at once).
     pub(super) async fn keep_leases(&mut self, snap: &Snapshot, lease: &LeaseStatus) -> bool {
-        let claims: Vec<fleet_decide::Claim> =
-            snap.claims.values().map(units::decide_claim).collect();
         let me = &self.opts.machine;
+        // Only this machine's claims and handovers from it say anything about its leases.
+        let claims: Vec<fleet_decide::Claim> = snap
+            .claims
+            .values()
+            .filter(|c| c.machine_id == *me || c.handoff.as_ref().is_some_and(|(m, _)| m == me))
+            .map(units::decide_claim)
+            .collect();
         if let Some(old) = lease.retiring.as_ref().map(|r| r.id) {
             let announced = snap.machines.get(me).map(|m| m.lease);
             if fleet_decide::may_retire(me, old, announced, &claims) {

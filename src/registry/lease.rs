@@ -202,12 +202,7 @@ impl LeaseKeeper {
                 return Err("no lease to replace, or one still retiring".into());
             }
         }
-        let own = self
-            .client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let mut c = match own {
+        let mut c = match self.own_client() {
             Some(c) => c,
             None => self
                 .registry
@@ -254,14 +249,7 @@ impl LeaseKeeper {
     /// Lets the retiring lease go: stops renewing it and revokes it (best effort, in the background;
     /// unrevoked, it expires with nothing bound to it).
     pub fn retire(&self) {
-        if let Some(t) = self
-            .retiring
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            t.abort();
-        }
+        self.stop_retiring();
         let mut old = None;
         self.keep
             .tx
@@ -271,12 +259,7 @@ impl LeaseKeeper {
             return;
         };
         tracing::info!(lease = format!("{id:x}"), "retired the replaced lease");
-        let own = self
-            .client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(mut c) = own.or_else(|| self.registry.etcd_client().ok()) else {
+        let Some(mut c) = self.any_client() else {
             return;
         };
         let timeout = (self.period * 3).max(Duration::from_secs(1));
@@ -306,6 +289,11 @@ impl LeaseKeeper {
 
     fn abort(&self) {
         self.task.abort();
+        self.stop_retiring();
+    }
+
+    /// Stops renewing the retiring lease (if one is kept).
+    fn stop_retiring(&self) {
         if let Some(t) = self
             .retiring
             .lock()
@@ -316,6 +304,20 @@ impl LeaseKeeper {
         }
     }
 
+    /// The keeper's own connection to etcd, once it has one.
+    fn own_client(&self) -> Option<etcd_client::Client> {
+        self.client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The keeper's own connection, or else the registry's.
+    fn any_client(&self) -> Option<etcd_client::Client> {
+        self.own_client()
+            .or_else(|| self.registry.etcd_client().ok())
+    }
+
     /// Stops keeping the leases and revokes them (their keys go at once), best effort within `timeout`.
     pub async fn revoke(self, timeout: Duration) {
         self.abort();
@@ -323,20 +325,13 @@ impl LeaseKeeper {
             let s = self.status.borrow();
             (s.lease.id, s.retiring.as_ref().map(|r| r.id))
         };
-        if let Some(old) = retiring {
-            if let Ok(mut c) = self.registry.etcd_client() {
-                let _ = tokio::time::timeout(timeout, c.lease_revoke(old)).await;
-            }
+        if let Some((old, mut c)) = retiring.zip(self.any_client()) {
+            let _ = tokio::time::timeout(timeout, c.lease_revoke(old)).await;
         }
         if id == 0 {
             return;
         }
-        let own = self
-            .client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let Some(mut c) = own.or_else(|| self.registry.etcd_client().ok()) else {
+        let Some(mut c) = self.any_client() else {
             tracing::warn!(
                 lease = format!("{id:x}"),
                 "cannot revoke the lease: etcd unavailable"

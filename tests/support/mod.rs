@@ -23,6 +23,32 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+/// A registry on `etcd`'s prefix, once it reached etcd (its backoff capped at 500 ms, so that a test
+/// sees it reconnect soon).
+pub async fn registry(etcd: &Etcd) -> fleet::registry::Registry {
+    let mut opts =
+        fleet::registry::RegistryOptions::new(vec![etcd.endpoint().to_string()], etcd.prefix());
+    opts.backoff_max = Duration::from_millis(500);
+    let r = fleet::registry::Registry::start(opts);
+    r.wait_available(Duration::from_secs(20))
+        .await
+        .expect("registry reaches etcd");
+    r
+}
+
+/// The unit name `s` (which must be valid).
+pub fn unit_name(s: &str) -> fleet_sched::UnitName {
+    fleet_sched::UnitName::parse(s).unwrap()
+}
+
+/// A service unit that runs `exec`.
+pub fn unit_file(exec: &str) -> fleet_sched::UnitFile {
+    fleet_sched::UnitFile::parse(&format!(
+        "[Unit]\nDescription=test\n\n[Service]\nExecStart={exec}\n"
+    ))
+    .unwrap()
+}
+
 /// A unique etcd key prefix for one test: `/fleet-test-<random>/`.
 pub fn unique_prefix() -> String {
     format!("/fleet-test-{}/", unique_token())
