@@ -400,3 +400,57 @@ async fn a_session_backing_off_reconnects_when_etcd_answers_again() {
         .await
         .expect("reconnected when woken, not after the minute's backoff");
 }
+
+/// A session woken by the lease keeper (`Registry::etcd_answers_again`) continues on the endpoint the
+/// keeper's connection answered on (`Registry::connect_client` hands them out in turn), not on the next
+/// one in its own order, which may be frozen: CI on 26106ce saw a fleetd whose session tried a frozen
+/// etcd member after its lease keeper had been answered by a live one, and stayed unavailable for the
+/// attempt's 5 s (a request timeout, or the HTTP/2 keep-alive's 2 × 3 s, whichever comes first).
+#[tokio::test]
+async fn a_session_woken_by_the_lease_keeper_moves_to_the_endpoint_that_answered() {
+    let etcd = Etcd::shared();
+    let target = etcd_addr(&etcd);
+    let proxies = [
+        Proxy::start(target).await,
+        Proxy::start(target).await,
+        Proxy::start(target).await,
+    ];
+    let urls: Vec<String> = proxies.iter().map(Proxy::url).collect();
+    let mut o = options(urls.clone(), etcd.prefix());
+    o.request_timeout = Duration::from_secs(60);
+    let r = Registry::start(o);
+    r.wait_available(Duration::from_secs(20)).await.unwrap();
+    let s = urls.iter().position(|u| *u == r.endpoint()).unwrap();
+    let (next, answering) = (&proxies[(s + 1) % 3], &proxies[(s + 2) % 3]);
+    // The keeper's connections so far: the session's endpoint, then the next (as after a failure).
+    for _ in 0..2 {
+        let _ = r.connect_client(Duration::from_secs(1)).await;
+    }
+    next.set(Mode::Freeze);
+    proxies[s].set(Mode::Cut);
+    wait_until(
+        "the session tries the frozen endpoint",
+        Duration::from_secs(10),
+        || !r.status().available && r.endpoint() == next.url(),
+    )
+    .await;
+    // The keeper connects again (to the endpoint after the one it used) and is answered.
+    let mut c = r
+        .connect_client(Duration::from_secs(5))
+        .await
+        .expect("the third endpoint answers");
+    tokio::time::timeout(Duration::from_secs(5), c.get("x", None))
+        .await
+        .expect("answered in time")
+        .expect("answered");
+    r.etcd_answers_again();
+    assert_eq!(
+        r.endpoint(),
+        answering.url(),
+        "the next attempt goes to the endpoint that answered"
+    );
+    r.wait_available(Duration::from_secs(20))
+        .await
+        .expect("the session uses the endpoint that answered");
+    assert_eq!(r.endpoint(), answering.url());
+}

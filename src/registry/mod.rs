@@ -477,7 +477,21 @@ impl Registry {
     /// etcd answered again after a loss (the lease keeper's keep-alive, on a connection of its own):
     /// a session waiting out its backoff, or one still being set up (its connection may have begun
     /// while the network was down), starts afresh at once. Wakes only a session waiting now.
+    ///
+    /// The endpoint [`Registry::connect_client`] handed out last (the keeper's connection, most
+    /// likely the one that answered) becomes the session's: the members it would otherwise try in turn
+    /// may include the one that failed (frozen, cut off), whose attempt costs a request timeout.
     pub fn etcd_answers_again(&self) {
+        let side = self.shared.side_endpoint.load(Ordering::Relaxed);
+        if side != usize::MAX && !self.shared.status.borrow().available {
+            let n = self.shared.opts().endpoints.len().max(1);
+            let before = self.shared.endpoint.swap(side % n, Ordering::Relaxed);
+            if before % n != side % n {
+                self.shared
+                    .endpoint_switches
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.shared.etcd_back.notify_waiters();
     }
 

@@ -13,10 +13,16 @@ struct SessionEnd {
 }
 
 impl SessionEnd {
+    /// A failure of the endpoint in use: the next session tries the next one, unless the member
+    /// answered that its leader changed during the request (an election just ended: it has a leader
+    /// again, or the retry says "no leader" and moves on). Moving on from a member that answers can
+    /// land on one that does not (frozen: its connection opens and then nothing comes back for a
+    /// request timeout).
     fn endpoint(reason: impl Into<String>) -> SessionEnd {
+        let reason = reason.into();
         SessionEnd {
-            reason: reason.into(),
-            rotate: true,
+            rotate: !reason.contains("leader changed"),
+            reason,
         }
     }
 }
@@ -712,6 +718,23 @@ async fn check_endpoint(client: &Client, keys: &Keys, t: Duration) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A member that answers "leader changed" (an election ended during the request) is tried again;
+    /// one without a leader, or one that does not answer, is left for the next endpoint.
+    #[test]
+    fn only_a_member_whose_leader_just_changed_is_tried_again() {
+        for (reason, rotate) in [
+            (
+                "http://e:2379: read changes: etcdserver: leader changed",
+                false,
+            ),
+            ("http://e:2379: read changes: etcdserver: no leader", true),
+            ("http://e:2379: read changes: timed out after 5s", true),
+            ("watch stream ended", true),
+        ] {
+            assert_eq!(SessionEnd::from(reason).rotate, rotate, "{reason}");
+        }
+    }
 
     /// A plain `http://` connection to an etcd that serves TLS ends in one of several transport
     /// errors, depending on when the server hangs up: each gets the hint (tests/etcd_secure.rs
