@@ -42,12 +42,15 @@
 //!
 //! # Sync exchange (three messages on one stream)
 //! 1. The initiator sends [`Node::sync_offer_to`]: a summary of its state digest (periodic
-//!    anti-entropy: a few hundred bytes whatever the cluster's size), or its whole membership and
-//!    digest (a join through a seed, a retry while isolated, a heal with a member seen down).
-//! 2. The peer answers ([`Node::handle_sync_offer_from`]): to a summary, which buckets differ and
-//!    its digest of their origins; to a full offer, the members the offer did not list as the
-//!    peer holds them (the others would be no-ops: joining through a second seed costs the
-//!    difference, not the whole list), its digest and the state the initiator lacks.
+//!    anti-entropy: a few hundred bytes whatever the cluster's size), or, for a join through a
+//!    seed, a retry while isolated or a heal with a member seen down, its whole membership and
+//!    digest when it has no live member, a *whole summary* (the summary at 256 buckets and its
+//!    whole digest) when it has some.
+//! 2. The peer answers ([`Node::handle_sync_offer_from`]): to a summary, which buckets differ (at
+//!    most 8 detailed; every one for a whole summary) and its members and digest of those
+//!    buckets, plus, to a whole summary, the state of those buckets the initiator lacks; to a
+//!    full offer, the members the offer did not list as the peer holds them (the others would be
+//!    no-ops), its digest and the state the initiator lacks.
 //! 3. The initiator merges the answer ([`Node::handle_sync_answer_from`]) and sends back the state
 //!    the peer lacks, which the peer merges ([`Node::merge_from`]).
 //!

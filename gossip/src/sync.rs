@@ -31,9 +31,28 @@ impl Node {
 
     /// Step 1 of the sync with `peer` that [`Node::poll_sync`] asked for: a full offer for a join,
     /// a retry or a heal, a summary of the state digest otherwise.
+    ///
+    /// A full sync asked for while this node has live members (a join through a second seed, a
+    /// join of a machine announced in etcd, a heal) is a *whole summary*: the summary at the
+    /// finest grain ([`crate::store::BUCKETS`] buckets) with the whole state digest, and the peer
+    /// details every bucket that differs (see [`Node::handle_sync_offer_from`]). Both ends learn
+    /// what a full exchange would teach them, the members and state of every bucket where they
+    /// differ, without the peer walking the initiator's whole membership. A node with no live
+    /// member (a first join, a retry while isolated) sends the full offer, which lists itself.
     pub fn sync_offer_to(&mut self, peer: SocketAddr) -> SyncOffer {
         if self.full_syncs.remove(&peer) {
-            return self.sync_offer();
+            if self.roster.live_count() == 0 {
+                return self.sync_offer();
+            }
+            return SyncOffer {
+                from: self.identity().clone(),
+                members: Vec::new(),
+                digest: self.store.digest(),
+                summary: Some(
+                    self.store
+                        .summary(crate::store::BUCKETS, &self.member_sums()),
+                ),
+            };
         }
         // About 16 origins per bucket, between 8 and 256 buckets: a few hundred bytes.
         let count = (self.store.len() / 16).clamp(8, crate::store::BUCKETS);
@@ -90,20 +109,35 @@ impl Node {
         self.check_sender(offer.from.addr, certified, &offer.from)?;
         let from = self.identity().clone();
         if let Some(summary) = &offer.summary {
-            self.counters.syncs_merged += 1;
+            let whole = offer.is_whole();
+            if whole {
+                // As for a full offer: the initiator is learnt alive at once (counted there).
+                self.apply_members(offer.from.clone(), Vec::new())?;
+            } else {
+                self.counters.syncs_merged += 1;
+            }
             let mut differ = self.store.differing(summary, &self.member_sums());
-            // Detail a bounded, random choice of the differing buckets.
-            while differ.len() > MAX_DETAILED_BUCKETS {
+            // Detail a bounded, random choice of the differing buckets (every one of them for a
+            // whole summary: a join or a heal, bounded by the cluster like a full answer).
+            while !whole && differ.len() > MAX_DETAILED_BUCKETS {
                 let i = self.rng.random_range(0..differ.len());
                 differ.swap_remove(i);
             }
             differ.sort_unstable();
             let count = summary.len();
+            // A whole summary carries the initiator's whole digest: the state it lacks goes
+            // in this answer (only the differing buckets can have any).
+            let state = if whole {
+                self.store
+                    .delta_for_buckets(&offer.digest, &differ, count, &|id| self.certificate_of(id))
+            } else {
+                Vec::new()
+            };
             return Ok(SyncAnswer {
                 from,
                 members: self.members_of(&differ, count),
                 digest: self.store.digest_of(&differ, count),
-                state: Vec::new(),
+                state,
                 buckets: differ,
                 bucket_count: count as u16,
             });
@@ -165,7 +199,12 @@ impl Node {
             // The peer's members in the differing buckets (it learns ours from the delta).
             let count = usize::from(answer.bucket_count);
             let (buckets, digest) = (answer.buckets, answer.digest);
+            let sender = answer.from.machine_id.clone();
             self.apply_members(answer.from, answer.members)?;
+            if !answer.state.is_empty() {
+                // The answer to a whole summary: the state this node lacks.
+                self.merge_state(&sender, answer.state);
+            }
             let state = self
                 .store
                 .delta_for_buckets(&digest, &buckets, count, &|id| self.certificate_of(id));
@@ -324,9 +363,9 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    use crate::core::{Config, Node};
+    use crate::core::{Config, FullState, Node, SyncAnswer, SyncOffer};
     use crate::testing::synthetic_cluster;
-    use crate::types::{MachineId, NodeIdentity};
+    use crate::types::{Liveness, MachineId, Metadata, NodeIdentity, Stamp};
 
     /// The answer to a full offer lists only the members the offer did not list as the peer
     /// holds them: nothing but the changes for a node that knows the cluster, everything for a
@@ -371,5 +410,97 @@ mod tests {
         );
         c.handle_sync_answer(now, answer).unwrap();
         assert_eq!(c.roster.len(), 40, "c learnt the 40 members of the cluster");
+    }
+
+    /// Runs the sync exchange `a` asked for with `b` (through the wire encoding); returns
+    /// whether `a`'s offer was a whole summary and how many members `b`'s answer listed.
+    fn exchange(now: Instant, a: &mut Node, b: &mut Node) -> (bool, usize) {
+        let peer = a.poll_sync().expect("a sync was asked for");
+        assert_eq!(peer, b.identity().addr);
+        let offer = a.sync_offer_to(peer);
+        let whole = offer.is_whole();
+        if whole {
+            assert!(
+                offer.encode_summary().is_none(),
+                "a whole summary goes on a stream"
+            );
+        }
+        let offer = SyncOffer::decode(&offer.encode()).unwrap();
+        let answer = b.handle_sync_offer(now, offer).unwrap();
+        let listed = answer.members.len();
+        let answer = SyncAnswer::decode(&answer.encode()).unwrap();
+        let delta = a.handle_sync_answer(now, answer).unwrap();
+        b.merge(now, FullState::decode(&delta.encode()).unwrap())
+            .unwrap();
+        (whole, listed)
+    }
+
+    /// What a node holds of every machine but `a` and `b` (whose own state the synthetic
+    /// cluster's differs from): identity, liveness and newest state.
+    fn held(n: &Node, a: &Node, b: &Node) -> Vec<(NodeIdentity, Liveness, Stamp)> {
+        let skip = [&a.identity().machine_id, &b.identity().machine_id];
+        n.view()
+            .machines
+            .into_values()
+            .filter(|m| !skip.contains(&&m.identity.machine_id))
+            .map(|m| (m.identity, m.liveness, m.version))
+            .collect()
+    }
+
+    /// A full sync asked for by a node that has live members (here a join through a second
+    /// seed) is a whole summary: the peer does not walk the initiator's membership, every
+    /// differing bucket is detailed (far more than a periodic summary's 8), and both ends then
+    /// hold what a full exchange would have taught them: each other's members and their state.
+    #[test]
+    fn a_join_by_a_node_with_live_members_is_a_whole_summary_that_teaches_both_ends() {
+        let now = Instant::now();
+        let (ids, state) = synthetic_cluster(60, 2);
+        let node = |id: &NodeIdentity, seed| {
+            Node::new(
+                Config::default(),
+                id.clone(),
+                StdRng::seed_from_u64(seed),
+                now,
+            )
+        };
+        let (mut a, mut b) = (node(&ids[0], 1), node(&ids[1], 2));
+        a.merge(now, state.clone()).unwrap();
+        b.merge(now, state).unwrap();
+        // 12 newcomers join through a only, 12 others through b only, each with its metadata:
+        // a first join (no live member) is a full offer.
+        for k in 0..24u8 {
+            let id = NodeIdentity::new(
+                MachineId::parse(&format!("newcomer{k}")).unwrap(),
+                format!("10.9.9.{k}:4001").parse().unwrap(),
+                1,
+            );
+            let mut c = node(&id, 10 + u64::from(k));
+            c.set_local_metadata(
+                now,
+                Metadata {
+                    version: format!("v{k}"),
+                    ..Metadata::default()
+                },
+            );
+            let seed = if k < 12 { &mut a } else { &mut b };
+            c.join(now, &[seed.identity().addr]);
+            let (whole, _) = exchange(now, &mut c, seed);
+            assert!(!whole, "a node with no live member sends a full offer");
+        }
+        assert_ne!(held(&a, &a, &b), held(&b, &a, &b));
+        assert_eq!(a.membership().len(), 72);
+
+        a.join(now, &[b.identity().addr]);
+        let (whole, listed) = exchange(now, &mut a, &mut b);
+        assert!(whole, "a has live members: its join is a whole summary");
+        assert!(
+            listed < 60,
+            "b listed {listed} members: only the differing buckets"
+        );
+        assert_eq!(a.membership().len(), 84, "a learnt b's 12 newcomers");
+        assert_eq!(b.membership().len(), 84, "b learnt a's 12 newcomers");
+        let (ha, hb) = (held(&a, &a, &b), held(&b, &a, &b));
+        assert_eq!(ha.len(), 82);
+        assert!(ha == hb, "both hold the same members and state");
     }
 }

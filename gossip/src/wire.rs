@@ -130,15 +130,29 @@ impl StatePush {
 }
 
 impl SyncOffer {
-    /// A summary offer (periodic anti-entropy) rather than a full one (join, heal).
+    /// A summary offer (periodic anti-entropy, or a whole summary) rather than a full one (a
+    /// join or a retry by a node with no live member).
     pub fn is_summary(&self) -> bool {
         self.summary.is_some()
     }
 
+    /// A whole summary (a join or a heal by a node that has live members): a summary that
+    /// carries the initiator's whole state digest too, whose every differing bucket the peer
+    /// details, and whose answer carries the state the initiator lacks. It travels on a
+    /// stream like a full offer ([`SyncOffer::encode_summary`] is `None`). A node of an
+    /// earlier version reads it as a plain summary (a few buckets detailed, no state in the
+    /// answer): less is learnt per exchange, nothing wrong.
+    pub fn is_whole(&self) -> bool {
+        self.summary.is_some() && !self.digest.is_empty()
+    }
+
     /// A summary offer in a compact form that fits one datagram (the sender's identity, a 2-byte
     /// bucket count, then each bucket's sum as 4 bytes: at most 256 × 4 + about 60 bytes);
-    /// `None` for a full offer.
+    /// `None` for a full offer and for a whole summary ([`SyncOffer::is_whole`]).
     pub fn encode_summary(&self) -> Option<Vec<u8>> {
+        if self.is_whole() {
+            return None;
+        }
         let summary = self.summary.as_ref()?;
         let mut out = postcard::to_allocvec(&self.from).expect("encoding to a Vec cannot fail");
         out.extend_from_slice(&(summary.len() as u16).to_be_bytes());
