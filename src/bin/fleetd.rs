@@ -296,6 +296,13 @@ async fn run(
     let server = tokio::spawn(api::serve(api::router(state.clone()), listeners, async {
         let _ = stop_rx.await;
     }));
+    // Handlers before READY=1: a stop right after it (systemd may send SIGTERM as soon as it is ready)
+    // must shut down in order, not end the process by SIGTERM's default action (CI on ab4af1d: a SIGTERM
+    // sent on READY=1 ended fleetd silently, without STOPPING=1 or a leave).
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     activation::notify_or_log(&format!(
         "READY=1\nSTATUS=API serving; machine {machine_id}"
     ));
@@ -318,10 +325,6 @@ async fn run(
         witness,
     );
 
-    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
-    let mut usr1 = signal(SignalKind::user_defined1()).context("SIGUSR1 handler")?;
     let mut current = config;
     loop {
         tokio::select! {
