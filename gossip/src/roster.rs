@@ -8,7 +8,7 @@
 //! list every anti-entropy interval and corrects any drift, so the roster is a cache of foca's state,
 //! never a second source of truth.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use foca::{Incarnation, Member, State};
@@ -32,13 +32,21 @@ pub(crate) struct Known {
 }
 
 /// Every member foca knows (never this node), by machine ID, plus the live ones in a vector for
-/// uniform random choice. Ordered maps (not hashed), so that a seeded run makes the same choices
-/// every time.
+/// uniform random choice.
+///
+/// Each member has a slot (a small integer, reused after the member is forgotten). Lookups by
+/// machine ID, which every datagram, membership update and push makes, go through a hash index
+/// (one hash of the ID and one comparison) instead of a B-tree search (a dozen string comparisons,
+/// each a cache miss, at 1,000 members); walks go in machine-ID order through `order`, so that a
+/// seeded run makes the same choices every time. No hashed map is ever walked.
 #[derive(Debug)]
 pub(crate) struct Roster {
-    known: BTreeMap<MachineId, Known>,
+    slots: Vec<Option<Known>>,
+    free: Vec<u32>,
+    index: HashMap<MachineId, u32>,
+    order: BTreeMap<MachineId, u32>,
     live: Vec<MachineId>,
-    live_at: BTreeMap<MachineId, usize>,
+    live_at: HashMap<MachineId, usize>,
     /// Per bucket (of the store's [`BUCKETS`]), the wrapping sum of its members' contributions:
     /// anti-entropy compares memberships with it.
     sums: Vec<u64>,
@@ -47,9 +55,12 @@ pub(crate) struct Roster {
 impl Default for Roster {
     fn default() -> Self {
         Roster {
-            known: BTreeMap::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            order: BTreeMap::new(),
             live: Vec::new(),
-            live_at: BTreeMap::new(),
+            live_at: HashMap::new(),
             sums: vec![0; BUCKETS],
         }
     }
@@ -82,7 +93,16 @@ pub(crate) fn precedes(
 
 impl Roster {
     pub(crate) fn get(&self, id: &MachineId) -> Option<&Known> {
-        self.known.get(id)
+        let slot = *self.index.get(id)?;
+        self.slots[slot as usize].as_ref()
+    }
+
+    /// Removes `id`'s entry (its slot is reused), returning it.
+    fn remove(&mut self, id: &MachineId) -> Option<Known> {
+        let slot = self.index.remove(id)?;
+        self.order.remove(id);
+        self.free.push(slot);
+        self.slots[slot as usize].take()
     }
 
     /// The membership's per-bucket sums (this node itself not included).
@@ -95,8 +115,7 @@ impl Roster {
         let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
         let wanted: std::collections::BTreeSet<usize> =
             buckets.iter().map(|b| *b as usize).collect();
-        self.known
-            .iter()
+        self.iter()
             .filter(|(id, _)| wanted.contains(&(bucket_of(id) & mask)))
             .map(|(_, k)| Member::new(k.identity.clone(), k.incarnation, k.state))
             .collect()
@@ -113,15 +132,18 @@ impl Roster {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.known.len()
+        self.index.len()
     }
 
     pub(crate) fn live_count(&self) -> usize {
         self.live.len()
     }
 
+    /// Every member, in machine-ID order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&MachineId, &Known)> {
-        self.known.iter()
+        self.order
+            .iter()
+            .filter_map(|(id, slot)| Some((id, self.slots[*slot as usize].as_ref()?)))
     }
 
     /// Up to `k` distinct live members chosen uniformly at random, none of them `except`.
@@ -178,9 +200,24 @@ impl Roster {
         let id = known.identity.machine_id.clone();
         self.set_live(&id, known.state != State::Down);
         self.add_sum(&known, true);
-        if let Some(old) = self.known.insert(id, known) {
-            self.add_sum(&old, false);
+        if let Some(slot) = self.index.get(&id).copied() {
+            if let Some(old) = self.slots[slot as usize].replace(known) {
+                self.add_sum(&old, false);
+            }
+            return;
         }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot as usize] = Some(known);
+                slot
+            }
+            None => {
+                self.slots.push(Some(known));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(id.clone(), slot);
+        self.order.insert(id, slot);
     }
 
     /// An update the node passes to foca, applied by SWIM's rules to the same identity only: foca
@@ -189,7 +226,7 @@ impl Roster {
     /// true if the member's liveness changed.
     pub(crate) fn observe(&mut self, update: &Member<NodeIdentity>, now: Instant) -> bool {
         let id = update.id();
-        match self.known.get_mut(&id.machine_id) {
+        match self.get(&id.machine_id) {
             Some(k) if k.identity == *id => {
                 if precedes(k.state, k.incarnation, update.state(), update.incarnation()) {
                     let changed = k.state != update.state();
@@ -222,7 +259,7 @@ impl Roster {
 
     /// foca notified that `id` is up (new, back, or a new life).
     pub(crate) fn up(&mut self, id: &NodeIdentity, now: Instant) {
-        let incarnation = match self.known.get(&id.machine_id) {
+        let incarnation = match self.get(&id.machine_id) {
             Some(k) if k.identity == *id => k.incarnation,
             _ => 0,
         };
@@ -236,7 +273,7 @@ impl Roster {
 
     /// foca notified that `id` is down.
     pub(crate) fn down(&mut self, id: &NodeIdentity, now: Instant) {
-        let incarnation = match self.known.get(&id.machine_id) {
+        let incarnation = match self.get(&id.machine_id) {
             Some(k) if k.identity == *id => k.incarnation,
             _ => 0,
         };
@@ -258,7 +295,7 @@ impl Roster {
         held: Option<(State, Incarnation)>,
         now: Instant,
     ) {
-        match self.known.get(&new.machine_id) {
+        match self.get(&new.machine_id) {
             Some(k) => {
                 let mut next = k.clone();
                 next.identity = new.clone();
@@ -280,13 +317,9 @@ impl Roster {
 
     /// foca forgot `id` (down for `remove_down_after`).
     pub(crate) fn forget(&mut self, id: &NodeIdentity) {
-        if self
-            .known
-            .get(&id.machine_id)
-            .is_some_and(|k| k.identity == *id)
-        {
+        if self.get(&id.machine_id).is_some_and(|k| k.identity == *id) {
             self.set_live(&id.machine_id, false);
-            if let Some(old) = self.known.remove(&id.machine_id) {
+            if let Some(old) = self.remove(&id.machine_id) {
                 self.add_sum(&old, false);
             }
         }
@@ -303,9 +336,9 @@ impl Roster {
         // their IDs being shared `Arc`s) and no rebuild. At 10,000 members the rebuild was a
         // quarter of an idle node's CPU.
         let members: Vec<&Member<NodeIdentity>> = members.collect();
-        let same = members.len() == self.known.len()
+        let same = members.len() == self.len()
             && members.iter().all(|m| {
-                self.known.get(&m.id().machine_id).is_some_and(|k| {
+                self.get(&m.id().machine_id).is_some_and(|k| {
                     k.identity == *m.id()
                         && k.state == m.state()
                         && k.incarnation == m.incarnation()
@@ -325,7 +358,7 @@ impl Roster {
             {
                 continue;
             }
-            let since = match self.known.get(&id.machine_id) {
+            let since = match self.get(&id.machine_id) {
                 Some(k) if k.identity == *id && k.state == m.state() => {
                     if k.incarnation != m.incarnation() {
                         fixed += 1;
@@ -348,26 +381,14 @@ impl Roster {
             );
         }
         fixed += self
-            .known
+            .order
             .keys()
             .filter(|k| !fresh.contains_key(*k))
             .count();
-        self.known = fresh;
-        self.sums = vec![0; BUCKETS];
-        let all: Vec<Known> = self.known.values().cloned().collect();
-        for k in &all {
-            self.add_sum(k, true);
-        }
-        self.live.clear();
-        self.live_at.clear();
-        let live: Vec<MachineId> = self
-            .known
-            .iter()
-            .filter(|(_, k)| k.state != State::Down)
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in live {
-            self.set_live(&id, true);
+        // Rebuilt in machine-ID order: the same sums, and the live members in the same order.
+        *self = Roster::default();
+        for k in fresh.into_values() {
+            self.put(k);
         }
         fixed
     }
@@ -431,13 +452,44 @@ mod tests {
         assert_eq!(r.len(), 99);
     }
 
+    /// Slots are reused after a member is forgotten; lookups find each member's own entry and
+    /// walks go in machine-ID order whatever the slots' order.
+    #[test]
+    fn lookups_and_walks_hold_across_forgetting_and_slot_reuse() {
+        let now = Instant::now();
+        let mut r = Roster::default();
+        for (id, inc) in [("d", 1), ("b", 2), ("a", 3)] {
+            r.up(&ident(id, inc), now);
+        }
+        r.down(&ident("b", 2), now);
+        r.forget(&ident("b", 2));
+        r.up(&ident("c", 4), now);
+        r.up(&ident("e", 5), now);
+        assert_eq!(r.slots.len(), 4, "b's slot went to c");
+        let walk: Vec<(String, u64)> = r
+            .iter()
+            .map(|(id, k)| (id.to_string(), k.identity.incarnation))
+            .collect();
+        let expected = [("a", 3), ("c", 4), ("d", 1), ("e", 5)];
+        assert_eq!(
+            walk,
+            expected.map(|(id, inc)| (id.to_string(), inc)).to_vec()
+        );
+        for (id, inc) in expected {
+            let k = r.get(&MachineId::parse(id).unwrap()).unwrap();
+            assert_eq!(k.identity, ident(id, inc));
+        }
+        assert!(r.get(&MachineId::parse("b").unwrap()).is_none());
+        assert_eq!((r.len(), r.live_count()), (4, 4));
+    }
+
     #[test]
     fn sums_follow_every_change() {
         let now = Instant::now();
         let mut r = Roster::default();
         let scratch = |r: &Roster| {
             let mut sums = vec![0u64; BUCKETS];
-            for (id, k) in &r.known {
+            for (id, k) in r.iter() {
                 let b = bucket_of(id);
                 sums[b] = sums[b].wrapping_add(contribution(k));
             }

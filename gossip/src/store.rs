@@ -17,7 +17,7 @@
 //! The digest of the whole store and the deltas computed from a peer's digest live in `store/digest.rs`;
 //! the unit tests of the invariant in `store/tests.rs`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -225,7 +225,8 @@ pub(crate) struct Store {
     local_stamp: Stamp,
     origins: BTreeMap<MachineId, OriginData>,
     changes: BTreeSet<(MachineId, Change)>,
-    limits: BTreeMap<MachineId, u64>,
+    /// Looked up for every member of every membership update, never walked: hashed.
+    limits: HashMap<MachineId, u64>,
     refused: u64,
     /// Per bucket, the wrapping sum of its origins' contributions.
     sums: Vec<u64>,
@@ -239,7 +240,7 @@ impl Store {
             local_stamp,
             origins: BTreeMap::new(),
             changes: BTreeSet::new(),
-            limits: BTreeMap::new(),
+            limits: HashMap::new(),
             refused: 0,
             sums: vec![0; BUCKETS],
         };
