@@ -20,9 +20,11 @@
 //! stretches per unit are printed beside them, and a machine whose journal begins after the chaos did
 //! (it lost its beginning: those copies are missing from every journal figure) is named. On any overlap it writes
 //! the evidence (faults around it, both machines' journals) to `--out`; so it does for a unit that
-//! never ran again until the end (or ran nowhere for 60 s or more): the faults under way around its
-//! stop, and every machine's journal about it (all of fleetd's lines around the stop, then the lines
-//! naming the unit); and so it does for every unit that a fault which must move nothing (fleetd
+//! never ran again until the end (or ran nowhere for 60 s or more; when none did, for the run's longest
+//! stretch nowhere if it lasted 10 s or more): the faults under way around its stop, and every machine's
+//! journal about it (all of fleetd's lines around the stop, then the lines naming the unit); for a thaw
+//! that ended in an overlap but whose guard logged no kill within 5 s (`thaw-no-kill-<fault>.txt`: the
+//! thawed machine's lines about those units around the thaw); and so it does for every unit that a fault which must move nothing (fleetd
 //! restarted, etcd loss, partition with etcd on both sides or with the minority) saw start elsewhere by
 //! 5 s after its heal: the fault, the unit, both machines, the times, the faults under way, and both
 //! machines' journals around it. Such a move counts as needless only when no other fault on the unit's
