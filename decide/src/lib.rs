@@ -13,7 +13,8 @@
 //!    past it, every claimed unit is killed (the deadline is also handed to the fence guard, which kills
 //!    them if fleetd itself is dead or hung);
 //! 3. [`plan::in_plan`]: which machines of the gossip view the placement plan is made over (not the
-//!    suspects);
+//!    suspects, nor machines that said they cannot take units: [`plan::takes_units`], which every agent
+//!    publishes in its gossip metadata);
 //! 4. [`unit::decide`] for every unit the plan puts here, every claim this machine holds or held, and
 //!    every unit loaded here: run or not, the etcd write to attempt, the lease to ask etcd about, the
 //!    holder whose lease the witnesses should vote on.
@@ -51,7 +52,7 @@ pub use committee::{Committee, Seat};
 pub use fence::{guard, guard_retiring, Confirmation, Guard, OwnLease, Support, Vouch};
 pub use holder::{holder_state, HolderState, LeaseAnswer, LeasePoll};
 pub use lease::{may_retire, replace, Replace, Signals};
-pub use plan::in_plan;
+pub use plan::{in_plan, leave_out_refusing, takes_units};
 pub use time::Time;
 pub use timing::Timing;
 pub use unit::{decide, Case, Claim, Ctx, Handoff, Peer, Placement, Verdict, Why, Write};

@@ -20,16 +20,20 @@ pub enum Mutation {
     /// Never take a new lease when the current one may have been voted away (`decide::lease`): a
     /// liveness bug (needless fencing), not a safety one.
     KeepVotedLease,
+    /// Plan over machines that said they cannot take units (`decide::plan::in_plan`): a liveness bug
+    /// (units planned on a machine without etcd run nowhere), not a safety one.
+    PlanMachinesWithoutEtcd,
 }
 
 impl Mutation {
     /// Every mutation.
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 6] = [
         Mutation::IgnoreVotes,
         Mutation::IgnoreHolderProof,
         Mutation::FenceAfterTtl,
         Mutation::IgnoreHandoverOnRelease,
         Mutation::KeepVotedLease,
+        Mutation::PlanMachinesWithoutEtcd,
     ];
 
     /// Its name on the command line (`ignore-votes`, ...).
@@ -40,6 +44,7 @@ impl Mutation {
             Mutation::FenceAfterTtl => "fence-after-ttl",
             Mutation::IgnoreHandoverOnRelease => "ignore-handover-on-release",
             Mutation::KeepVotedLease => "keep-voted-lease",
+            Mutation::PlanMachinesWithoutEtcd => "plan-machines-without-etcd",
         }
     }
 

@@ -614,6 +614,12 @@ impl Node {
             })
     }
 
+    /// The metadata machine `id` published, as this node holds it (without copying anyone's state,
+    /// unlike [`Node::view`]).
+    pub fn metadata_of(&self, id: &MachineId) -> Option<&Metadata> {
+        self.store.origin(id).and_then(|d| d.metadata())
+    }
+
     /// Same as [`Node::view`].
     pub fn members(&self) -> View {
         self.view()

@@ -168,6 +168,43 @@ pub struct Metadata {
     pub unit_count: u32,
 }
 
+impl Metadata {
+    /// The key, in [`Metadata::metadata`], of the machine's word that it cannot take units now (its
+    /// lease does not vouch for it: `fleet_decide::takes_units`; value `"1"`). The placement plans of
+    /// the others leave such a machine out (`fleet_decide::in_plan`).
+    ///
+    /// It rides in the `k=v` map, not in a field of its own, so that the wire stays the same: state
+    /// is postcard-encoded, which has no optional fields, and a new field would make an older fleetd
+    /// fail to decode every update and sync that carries metadata. An older fleetd reads it as one
+    /// more `k=v` pair (and ignores it: its plan still counts the machine, as before). No operator
+    /// can set it: `:` is not allowed in a metadata key (`[A-Za-z0-9_.-]+`, checked by fleetd's
+    /// configuration and by the relay of `PATCH /fleet/v1/machines`). [`Metadata::user`] leaves it
+    /// out (the API, `MachineMetadata=` requirements).
+    pub const CANNOT_TAKE_UNITS: &'static str = "fleet:cannot-take-units";
+
+    /// Whether the machine said it cannot take units now ([`Metadata::CANNOT_TAKE_UNITS`]).
+    pub fn cannot_take_units(&self) -> bool {
+        self.metadata.contains_key(Self::CANNOT_TAKE_UNITS)
+    }
+
+    /// Sets or clears [`Metadata::CANNOT_TAKE_UNITS`].
+    pub fn set_cannot_take_units(&mut self, cannot: bool) {
+        if cannot {
+            self.metadata
+                .insert(Self::CANNOT_TAKE_UNITS.to_string(), "1".to_string());
+        } else {
+            self.metadata.remove(Self::CANNOT_TAKE_UNITS);
+        }
+    }
+
+    /// The operator's `k=v` metadata: [`Metadata::metadata`] without fleet's own keys.
+    pub fn user(&self) -> BTreeMap<String, String> {
+        let mut m = self.metadata.clone();
+        m.remove(Self::CANNOT_TAKE_UNITS);
+        m
+    }
+}
+
 /// The runtime state a machine reports for one of its units (what `fleetctl list-units` shows).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnitState {
@@ -255,6 +292,41 @@ mod tests {
             SocketAddr::from(([10, 0, 0, 1], port)),
             incarnation,
         )
+    }
+
+    /// A machine's word that it cannot take units travels in the `k=v` map: a fleetd that knows no
+    /// such flag (its `Metadata` as of git ab4af1d, declared here as it was) decodes the same bytes,
+    /// flag and all, and the operator's metadata leaves it out.
+    #[test]
+    fn the_cannot_take_units_flag_decodes_in_an_older_fleetd() {
+        #[derive(Debug, Deserialize)]
+        struct OlderMetadata {
+            public_ip: String,
+            metadata: BTreeMap<String, String>,
+            version: String,
+            unit_count: u32,
+        }
+        let mut m = Metadata {
+            public_ip: "10.0.0.2".into(),
+            metadata: BTreeMap::from([("role".to_string(), "web".to_string())]),
+            version: "0.1.0".into(),
+            unit_count: 3,
+        };
+        assert!(!m.cannot_take_units());
+        m.set_cannot_take_units(true);
+        assert!(m.cannot_take_units());
+        let bytes = postcard::to_stdvec(&(m.clone(), 7u8)).unwrap();
+        let (old, next): (OlderMetadata, u8) = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(next, 7, "what follows the metadata is read where it was");
+        assert_eq!(
+            (old.public_ip.as_str(), old.version.as_str(), old.unit_count),
+            ("10.0.0.2", "0.1.0", 3)
+        );
+        assert_eq!(old.metadata.get(Metadata::CANNOT_TAKE_UNITS).unwrap(), "1");
+        assert_eq!(m.user(), BTreeMap::from([("role".into(), "web".into())]));
+        m.set_cannot_take_units(false);
+        assert!(!m.cannot_take_units());
+        assert_eq!(m.metadata, m.user());
     }
 
     /// The encoding is the three public fields' (what the derived impls sent before the key), and

@@ -97,7 +97,7 @@ enum Cmd {
         fence_after: Option<String>,
         /// Plant a rule bug in the decision core or placement (mutation tests; needs a build with
         /// `--features mutations`): ignore-votes, ignore-holder-proof, fence-after-ttl,
-        /// ignore-handover-on-release, ignore-conflicts.
+        /// ignore-handover-on-release, keep-voted-lease, plan-machines-without-etcd, ignore-conflicts.
         #[arg(long)]
         mutation: Option<String>,
         #[command(flatten)]

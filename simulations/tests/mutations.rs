@@ -128,6 +128,19 @@ fn keeping_a_voted_away_lease_is_caught() {
 }
 
 #[test]
+fn planning_over_machines_without_etcd_is_caught() {
+    // m2, which runs nothing, loses etcd (its gossip fine); then m1 crashes. With the bug the plan still
+    // counts m2, the least loaded, and gives it m1's units, which it cannot claim: they run nowhere
+    // until its etcd is back, past the scenario's 5 s placement bound (a liveness bug: NotPlaced).
+    caught_with_faults(
+        "plan-machines-without-etcd",
+        &scenario("idle-loses-etcd"),
+        "1",
+        "NotPlaced",
+    );
+}
+
+#[test]
 fn placement_ignoring_conflicts_is_caught_by_the_independent_checker() {
     // Six api@ instances (Conflicts=api@*.service) on four machines: with the bug in `schedule`, two
     // machines run two each. The checker reads Conflicts= itself; no fault is needed (the shrinker

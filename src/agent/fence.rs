@@ -185,6 +185,22 @@ pub(super) async fn sleep_until(t: Option<Time>) {
 }
 
 impl State {
+    /// Tells gossip, when it changed, whether this machine can take units (`fleet_decide::takes_units`:
+    /// its lease vouches for it); the others' plans leave it out while it cannot. The guard writer
+    /// runs a pass whenever `may_start` changes, so this follows it within a keep-alive period.
+    pub(super) fn tell_takes_units(&mut self, g: &Guard, now: Time) {
+        let cannot = !fleet_decide::takes_units(g, now);
+        if cannot != self.told_cannot_take {
+            tracing::info!(
+                takes_units = !cannot,
+                vouch = ?g.vouch,
+                "told the cluster whether this machine can take units"
+            );
+            self.told_cannot_take = cannot;
+            self.publish_metadata();
+        }
+    }
+
     pub(super) fn compute_guard(&self, now: Time) -> Guard {
         self.shared.guard(
             &self.timing,

@@ -218,6 +218,8 @@ struct State {
     /// What we last told gossip about our units (to send only changes).
     gossiped_units: Option<BTreeMap<String, fleet_gossip::UnitState>>,
     unit_count: usize,
+    /// Whether gossip was told this machine cannot take units (`fleet_decide::takes_units`).
+    told_cannot_take: bool,
     /// Why units placed here do not run (logged on change).
     waiting: BTreeMap<UnitName, Why>,
     /// Unit names this machine refuses, and why: the registry's units whose name a unit fleet does not
@@ -393,6 +395,7 @@ async fn run(
         wake_at: None,
         gossiped_units: None,
         unit_count: usize::MAX,
+        told_cannot_take: false,
         waiting: BTreeMap::new(),
         refused: BTreeMap::new(),
         host: None,
@@ -607,18 +610,12 @@ impl State {
         }
     }
 
-    /// Tells gossip this machine's metadata (IP, k=v, version, number of units).
+    /// Tells gossip this machine's metadata (IP, k=v, version, number of units, whether it can take
+    /// units).
     fn publish_metadata(&self) {
-        let Some(g) = self.cluster.gossip() else {
-            return;
-        };
-        let local = self.cluster.local_machine();
-        let _ = g.set_metadata(fleet_gossip::Metadata {
-            public_ip: local.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            metadata: local.metadata,
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            unit_count: self.unit_count as u32,
-        });
+        let cannot_take = self.told_cannot_take;
+        self.cluster
+            .publish_metadata(self.unit_count as u32, cannot_take);
     }
 
     /// One pass: gather, decide, act.
@@ -642,6 +639,7 @@ impl State {
                 .retain(|m, l| s.machines.get(m).is_some_and(|x| x.lease == l));
         }
         let g = self.compute_guard(now);
+        self.tell_takes_units(&g, now);
         if g.fenced(now) {
             if g.deadline.is_some() {
                 self.fenced_under = Some(self.lease.status().lease.id);

@@ -14,10 +14,34 @@
 //! also those that arrived while that pass ran) is one batch here. A change therefore waits at most 5 ms
 //! plus the pass in progress.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use fleet_sched::placement::{Change, MachineInfo, PassStats, Plan, Planner, UnitInfo};
 use fleet_sched::{DesiredState, MachineId, Requirements, UnitFile, UnitHash, UnitName};
+
+/// Keeps of the live `machines` those the plan is made over (`fleet_decide::plan`): this machine `me`,
+/// not the `suspects` (their units' taker polls their lease), and not the machines that said they
+/// cannot take units (`refusing`: their lease does not vouch for them) while at least half of the
+/// others can.
+pub fn plan_machines(
+    machines: &mut Vec<MachineInfo>,
+    me: &MachineId,
+    suspects: &BTreeSet<MachineId>,
+    refusing: &BTreeSet<MachineId>,
+) {
+    let candidates = machines.iter().filter(|m| !suspects.contains(&m.id));
+    let (count, refused) = candidates.fold((0, 0), |(c, r), m| {
+        (c + 1, r + usize::from(refusing.contains(&m.id)))
+    });
+    let leave_out = fleet_decide::leave_out_refusing(count, refused);
+    machines.retain(|m| {
+        fleet_decide::in_plan(
+            m.id == *me,
+            suspects.contains(&m.id),
+            leave_out && refusing.contains(&m.id),
+        )
+    });
+}
 
 /// One active unit of the registry, as the agent reads it for placement.
 pub struct UnitInput<'a> {

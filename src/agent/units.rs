@@ -148,9 +148,11 @@ impl State {
     ) -> (BTreeMap<UnitName, TargetUnit>, Vec<(UnitName, Placement)>) {
         let me = self.opts.machine.clone();
         let mut machines = self.cluster.live_machines();
-        // The plan leaves suspects out (`fleet_decide::plan`): their units' taker polls their lease.
-        let suspects = self.cluster.suspects();
-        machines.retain(|m| fleet_decide::in_plan(m.id == me, suspects.contains(&m.id)));
+        let mut refusing = self.cluster.cannot_take_units();
+        if self.told_cannot_take {
+            refusing.insert(me.clone());
+        }
+        plan::plan_machines(&mut machines, &me, &self.cluster.suspects(), &refusing);
         let live: BTreeSet<MachineId> = machines.iter().map(|m| m.id.clone()).collect();
         let active = || {
             snap.units

@@ -161,7 +161,8 @@ impl AgentCluster {
                     MachineInfo {
                         id: m.identity.machine_id.clone(),
                         public_ip: md.public_ip.parse().ok(),
-                        metadata: md.metadata,
+                        // The operator's k=v only: fleet's own flag is for the plan (`cannot_take_units`).
+                        metadata: md.user(),
                     }
                 })
                 .collect(),
@@ -186,6 +187,19 @@ impl AgentCluster {
             Some(Liveness::Suspect) => (true, true, None),
             Some(Liveness::Down) | None => (false, false, i.down_since.get(id).copied()),
         }
+    }
+
+    /// The machines of this node's gossip view that said they cannot take units now
+    /// (`fleet_gossip::Metadata::CANNOT_TAKE_UNITS`, `fleet_decide::takes_units`): the plan leaves them
+    /// out (`fleet_decide::in_plan`).
+    pub fn cannot_take_units(&self) -> BTreeSet<MachineId> {
+        let i = self.read();
+        i.view.as_ref().map_or_else(BTreeSet::new, |v| {
+            v.live()
+                .filter(|m| m.metadata.as_ref().is_some_and(|md| md.cannot_take_units()))
+                .map(|m| m.identity.machine_id.clone())
+                .collect()
+        })
     }
 
     /// The machines this node's gossip view suspects (alive, failed a probe, not refuted yet).
@@ -294,6 +308,23 @@ impl AgentCluster {
             Ok(snap) => snap.machines.iter().map(announced).collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// Tells gossip this machine's metadata: IP and k=v, fleetd's version, `unit_count`, and whether it
+    /// `cannot_take` units (`fleet_gossip::Metadata::CANNOT_TAKE_UNITS`).
+    pub fn publish_metadata(&self, unit_count: u32, cannot_take: bool) {
+        let Some(g) = self.gossip() else {
+            return;
+        };
+        let local = self.local_machine();
+        let mut metadata = fleet_gossip::Metadata {
+            public_ip: local.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            metadata: local.metadata,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            unit_count,
+        };
+        metadata.set_cannot_take_units(cannot_take);
+        let _ = g.set_metadata(metadata);
     }
 
     /// The local machine (configuration plus run-time metadata changes).

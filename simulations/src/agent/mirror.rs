@@ -144,13 +144,13 @@ impl Sim {
         let before = self.machines[m as usize]
             .agent
             .as_ref()
-            .map(|a| a.suspects.clone());
+            .map(|a| (a.suspects.clone(), a.refusing.clone()));
         self.refresh_suspects(m);
         let after = self.machines[m as usize]
             .agent
             .as_ref()
-            .map(|a| &a.suspects);
-        before.as_ref() != after
+            .map(|a| (&a.suspects, &a.refusing));
+        before.as_ref().map(|(s, r)| (s, r)) != after
     }
 
     /// Reads which machines machine `m`'s gossip core suspects, if it handled an input since the last
@@ -171,9 +171,80 @@ impl Sim {
             .filter(|(_, l)| *l == Liveness::Suspect)
             .filter_map(|(id, _)| self.by_id.get(id).copied())
             .collect();
+        // As fleetd's view: the live members whose metadata says they cannot take units.
+        let refusing: BTreeSet<u32> = node
+            .liveness()
+            .filter(|(_, l)| *l != Liveness::Down)
+            .filter(|(id, _)| {
+                node.metadata_of(id)
+                    .is_some_and(|md| md.cannot_take_units())
+            })
+            .filter_map(|(id, _)| self.by_id.get(id).copied())
+            .collect();
         if let Some(a) = self.machines[m as usize].agent.as_mut() {
             a.suspects = suspects;
+            a.refusing = refusing;
             a.suspects_at = Some(inputs);
+        }
+    }
+
+    /// Whether machine `m`'s plan leaves machine `j` out for saying it cannot take units: as `m`'s
+    /// gossip core holds `j`'s metadata, or in the SWIM model (no metadata) as `j`'s agent last told.
+    pub(super) fn refuses_units(&self, m: u32, j: u32) -> bool {
+        match self.machines[m as usize].agent.as_ref() {
+            Some(a) if a.node.is_some() => a.refusing.contains(&j),
+            _ => self.machines[j as usize]
+                .agent
+                .as_ref()
+                .is_some_and(|x| x.told_cannot_take),
+        }
+    }
+
+    /// Machine `i`'s gossip metadata: its `k=v` and whether it can take units.
+    pub(crate) fn gossip_metadata(&self, i: u32) -> fleet_gossip::Metadata {
+        let mut md = fleet_gossip::Metadata {
+            public_ip: String::new(),
+            metadata: self.machine_infos[i as usize].metadata.clone(),
+            version: "sim".into(),
+            unit_count: 0,
+        };
+        let cannot = self.machines[i as usize]
+            .agent
+            .as_ref()
+            .is_some_and(|a| a.told_cannot_take);
+        md.set_cannot_take_units(cannot);
+        md
+    }
+
+    /// As fleetd's agent in every pass: tells gossip, when it changed, whether machine `m` can take
+    /// units (`fleet_decide::takes_units`); the others' plans leave it out while it cannot.
+    pub(super) fn tell_takes_units(&mut self, m: u32, guard: &fleet_decide::Guard, now: u64) {
+        let cannot = !fleet_decide::takes_units(guard, fleet_decide::Time(now));
+        let Some(a) = self.machines[m as usize].agent.as_mut() else {
+            return;
+        };
+        if a.told_cannot_take == cannot {
+            return;
+        }
+        a.told_cannot_take = cannot;
+        if a.node.is_some() {
+            let at = self.instant(m);
+            let md = self.gossip_metadata(m);
+            if let Some(node) = self.machines[m as usize]
+                .agent
+                .as_mut()
+                .and_then(|a| a.node.as_mut())
+            {
+                node.set_local_metadata(at, md);
+            }
+            self.flush_node(m);
+        } else {
+            // The SWIM model carries no metadata: every agent reads it at once, and replans.
+            for j in 0..self.machines.len() as u32 {
+                if j != m && self.machines[j as usize].agent_runs() {
+                    self.request_pass(j);
+                }
+            }
         }
     }
 }

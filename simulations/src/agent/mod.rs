@@ -178,6 +178,11 @@ pub(crate) struct Agent {
     /// the node handles an input).
     suspects: BTreeSet<u32>,
     suspects_at: Option<u64>,
+    /// The machines whose gossip metadata, as this machine's gossip core holds it, says they cannot
+    /// take units (`fleet_decide::takes_units`), read with the suspects.
+    refusing: BTreeSet<u32>,
+    /// Whether this machine's metadata says it cannot take units (what it last told gossip).
+    pub(crate) told_cannot_take: bool,
     /// Inputs handled by the gossip node.
     pub(crate) gossip_inputs: u64,
 }
@@ -219,6 +224,8 @@ impl Agent {
             guard_state: None,
             suspects: BTreeSet::new(),
             suspects_at: None,
+            refusing: BTreeSet::new(),
+            told_cannot_take: false,
             gossip_inputs: 0,
         }
     }

@@ -38,6 +38,7 @@ impl Sim {
         }
         let guard = self.guard_of(m, now);
         self.write_guard(m, guard.deadline.map(|t| t.0));
+        self.tell_takes_units(m, &guard, now);
         let (mirror_rev, conflict, announced) = {
             let a = self.agent_mut(m);
             (a.mirror_rev, a.conflict, a.announced)
@@ -83,15 +84,27 @@ impl Sim {
         let committee = self.committee_of(m, now).unwrap_or_default();
         self.run_votes(m, &committee, now);
         // The plan over the machines this agent's gossip shows alive, and itself, through the decision
-        // core's rule (`fleet_decide::plan`: suspects are left out).
+        // core's rule (`fleet_decide::plan`: suspects, and machines that said they cannot take units,
+        // are left out).
         let me = self.machines[m as usize].ident;
         self.refresh_suspects(m);
         let (hash, live) = {
-            let a = self.agent_mut(m);
+            let a = self.machines[m as usize].agent.as_ref().expect("runs");
+            // Those that cannot take units are left out while at least half of the rest can.
+            let (mut count, mut refused) = (1, usize::from(a.told_cannot_take));
+            for j in a.live.iter() {
+                if j != me && !a.suspects.contains(&j) {
+                    count += 1;
+                    refused += usize::from(self.refuses_units(m, j));
+                }
+            }
+            let leave_out = fleet_decide::leave_out_refusing(count, refused);
             let mut hash = a.live_hash;
             let mut live: Vec<u32> = Vec::with_capacity(a.live.len() + 1);
             for j in a.live.iter() {
-                if fleet_decide::in_plan(j == me, a.suspects.contains(&j)) {
+                let suspected = a.suspects.contains(&j);
+                let refuses = leave_out && self.refuses_units(m, j);
+                if fleet_decide::in_plan(j == me, suspected, refuses) {
                     live.push(j);
                 } else {
                     hash ^= crate::sim::mix(j as u64);

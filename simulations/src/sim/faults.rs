@@ -228,17 +228,9 @@ impl Sim {
     /// Machine `i`'s metadata changed: its gossip node publishes it, every agent replans.
     pub(super) fn republish_metadata(&mut self, i: u32) {
         let at = self.instant(i);
-        let meta = self.machine_infos[i as usize].metadata.clone();
+        let meta = self.gossip_metadata(i);
         if let Some(node) = self.node_mut(i) {
-            node.set_local_metadata(
-                at,
-                fleet_gossip::Metadata {
-                    public_ip: String::new(),
-                    metadata: meta,
-                    version: "sim".into(),
-                    unit_count: 0,
-                },
-            );
+            node.set_local_metadata(at, meta);
             self.flush(i);
         }
         for j in 0..self.cluster as u32 {

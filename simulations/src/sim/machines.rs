@@ -67,15 +67,7 @@ impl Sim {
             let at = self.instant(i);
             let mut node = Node::new(self.gossip_cfg.clone(), identity, rng, at);
             node.join(at, seeds);
-            node.set_local_metadata(
-                at,
-                fleet_gossip::Metadata {
-                    public_ip: String::new(),
-                    metadata: self.machine_infos[i as usize].metadata.clone(),
-                    version: "sim".into(),
-                    unit_count: 0,
-                },
-            );
+            node.set_local_metadata(at, self.gossip_metadata(i));
             if let Some(a) = self.machines[i as usize].agent.as_mut() {
                 a.node = Some(node);
             }
