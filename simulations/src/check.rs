@@ -234,6 +234,9 @@ pub struct Checker {
     nowhere: BTreeMap<u32, (u64, bool)>,
     /// Per unit running nowhere: since when some healthy machine could run it.
     placeable_since: BTreeMap<u32, u64>,
+    /// The longest time a unit ran nowhere while a healthy machine could run it (µs, as of the last
+    /// periodic check): what the placement invariant bounds.
+    pub longest_placeable_nowhere: u64,
     impostors: BTreeSet<u32>,
     /// Invariant 6's facts.
     fences: Fences,
@@ -268,6 +271,7 @@ impl Checker {
             settle,
             nowhere: BTreeMap::new(),
             placeable_since: BTreeMap::new(),
+            longest_placeable_nowhere: 0,
             impostors: BTreeSet::new(),
             fences: Fences::new(n),
             violations: Vec::new(),
@@ -587,21 +591,22 @@ impl Checker {
         }
         // Placement: a unit running nowhere that a healthy machine could run, for longer than the
         // bound (counted from when both were true).
-        let down: Vec<(u32, u64)> = self
+        let down: Vec<(u32, u64, bool)> = self
             .nowhere
             .iter()
-            .filter(|(_, (_, reported))| !reported)
-            .map(|(u, (since, _))| (*u, *since))
+            .map(|(u, (since, reported))| (*u, *since, *reported))
             .collect();
         self.placeable_since
             .retain(|u, _| self.nowhere.contains_key(u));
-        for (u, since) in down {
+        for (u, since, reported) in down {
             let Some(m) = self.placeable_on(u, machines) else {
                 self.placeable_since.remove(&u);
                 continue;
             };
             let from = *self.placeable_since.entry(u).or_insert(now);
-            if now - since.max(from) > placement {
+            let waited = now - since.max(from);
+            self.longest_placeable_nowhere = self.longest_placeable_nowhere.max(waited);
+            if !reported && waited > placement {
                 self.nowhere.insert(u, (since, true));
                 let detail = format!(
                     "running nowhere since {:.3}s, though {} could run it since {:.3}s",

@@ -243,6 +243,7 @@ fn main() -> anyhow::Result<()> {
             let mut reports = Vec::new();
             let started = Instant::now();
             let (mut longest_double, mut worst_down, mut moves) = (0.0f64, 0.0f64, 0u64);
+            let mut placeable_nowhere = 0.0f64;
             for seed in from..from + seeds {
                 let report = Sim::new(&sc, seed)
                     .map_err(|e| explain(e, &sc, &added))?
@@ -261,6 +262,7 @@ fn main() -> anyhow::Result<()> {
                 );
                 longest_double = longest_double.max(report.double_runs.duration.max);
                 worst_down = worst_down.max(report.reschedule.max);
+                placeable_nowhere = placeable_nowhere.max(report.placeable_nowhere_s);
                 moves += report.moves;
                 if report.failed() {
                     failing.push(seed);
@@ -272,11 +274,12 @@ fn main() -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             println!(
-                "{} ({} gossip), {seeds} seeds: longest double run {:.0} ms, longest reschedule {:.3}s, {moves} moves",
+                "{} ({} gossip), {seeds} seeds: longest double run {:.0} ms, longest reschedule {:.3}s, {moves} moves, longest time a placeable unit ran nowhere {:.3}s",
                 sc.name,
                 reports.first().map_or("?", |r| r.gossip_mode),
                 longest_double * 1000.0,
-                worst_down
+                worst_down,
+                placeable_nowhere
             );
             if let Some(p) = json {
                 let text = serde_json::to_string_pretty(&reports)?;

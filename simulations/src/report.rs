@@ -279,6 +279,10 @@ pub struct Report {
     pub initial_placement: Stats,
     /// Time a unit was active nowhere after having been active (failover), per episode.
     pub reschedule: Stats,
+    /// The longest time a launched unit ran nowhere while a healthy machine (fleetd running, etcd
+    /// reachable, ID, metadata, `MachineOf=` and `Conflicts=` allowing) could run it, seconds, as the
+    /// independent checker saw it at its periodic checks: what the placement invariant bounds.
+    pub placeable_nowhere_s: f64,
     /// Unit-seconds of unavailability (launched non-global units active nowhere), after submission.
     pub unavailable_unit_s: f64,
     /// Claims taken over from another machine (supersedes that etcd applied).
@@ -360,6 +364,7 @@ impl Report {
             partition_down_verdicts: m.partition_verdicts,
             initial_placement: Stats::of(&m.placement),
             reschedule: Stats::of(&m.reschedule),
+            placeable_nowhere_s: 0.0,
             unavailable_unit_s: secs(m.unavailable_us),
             double_runs: DoubleRuns {
                 episodes: m.double_durations.len(),
@@ -472,6 +477,11 @@ impl Report {
             st(&self.initial_placement)
         );
         let _ = writeln!(s, "reschedule (failover)     {}", st(&self.reschedule));
+        let _ = writeln!(
+            s,
+            "placeable, ran nowhere    longest {:.3}s (while a healthy machine could run it)",
+            self.placeable_nowhere_s
+        );
         let _ = writeln!(
             s,
             "unavailable               {:.1} unit-seconds",

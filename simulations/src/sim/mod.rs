@@ -474,7 +474,8 @@ impl Sim {
         let violations = std::mem::take(&mut self.checker.violations);
         self.metrics.moves = self.checker.total_moves;
         let outcome = self.outcome();
-        crate::report::Report::build(
+        let placeable_nowhere = self.checker.longest_placeable_nowhere;
+        let mut report = crate::report::Report::build(
             &self.sc,
             self.seed,
             self.now,
@@ -485,7 +486,9 @@ impl Sim {
             self.model.is_some(),
             violations,
             outcome,
-        )
+        );
+        report.placeable_nowhere_s = placeable_nowhere as f64 / 1e6;
+        report
     }
 
     /// The operator's answers from the observations; the reason a unit runs nowhere is the
