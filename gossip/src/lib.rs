@@ -90,6 +90,7 @@ pub mod budget;
 mod config;
 pub mod core;
 pub mod crypto;
+mod dense;
 mod lifeguard;
 mod outbox;
 mod roster;

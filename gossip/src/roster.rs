@@ -15,6 +15,7 @@ use foca::{Incarnation, Member, State};
 use rand::rngs::StdRng;
 use rand::RngExt;
 
+use crate::dense::Dense;
 use crate::store::{bucket_of, member_contribution, BUCKETS};
 use crate::types::{MachineId, NodeIdentity};
 
@@ -34,17 +35,12 @@ pub(crate) struct Known {
 /// Every member foca knows (never this node), by machine ID, plus the live ones in a vector for
 /// uniform random choice.
 ///
-/// Each member has a slot (a small integer, reused after the member is forgotten). Lookups by
-/// machine ID, which every datagram, membership update and push makes, go through a hash index
-/// (one hash of the ID and one comparison) instead of a B-tree search (a dozen string comparisons,
-/// each a cache miss, at 1,000 members); walks go in machine-ID order through `order`, so that a
-/// seeded run makes the same choices every time. No hashed map is ever walked.
+/// Members are found by a hash of their machine ID, which every datagram, membership update and
+/// push looks up, and walked in machine-ID order, so that a seeded run makes the same choices every
+/// time ([`Dense`]). No hashed map is ever walked.
 #[derive(Debug)]
 pub(crate) struct Roster {
-    slots: Vec<Option<Known>>,
-    free: Vec<u32>,
-    index: HashMap<MachineId, u32>,
-    order: BTreeMap<MachineId, u32>,
+    known: Dense<Known>,
     live: Vec<MachineId>,
     live_at: HashMap<MachineId, usize>,
     /// Per bucket (of the store's [`BUCKETS`]), the wrapping sum of its members' contributions:
@@ -55,10 +51,7 @@ pub(crate) struct Roster {
 impl Default for Roster {
     fn default() -> Self {
         Roster {
-            slots: Vec::new(),
-            free: Vec::new(),
-            index: HashMap::new(),
-            order: BTreeMap::new(),
+            known: Dense::default(),
             live: Vec::new(),
             live_at: HashMap::new(),
             sums: vec![0; BUCKETS],
@@ -93,16 +86,7 @@ pub(crate) fn precedes(
 
 impl Roster {
     pub(crate) fn get(&self, id: &MachineId) -> Option<&Known> {
-        let slot = *self.index.get(id)?;
-        self.slots[slot as usize].as_ref()
-    }
-
-    /// Removes `id`'s entry (its slot is reused), returning it.
-    fn remove(&mut self, id: &MachineId) -> Option<Known> {
-        let slot = self.index.remove(id)?;
-        self.order.remove(id);
-        self.free.push(slot);
-        self.slots[slot as usize].take()
+        self.known.get(id)
     }
 
     /// The membership's per-bucket sums (this node itself not included).
@@ -132,7 +116,7 @@ impl Roster {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.index.len()
+        self.known.len()
     }
 
     pub(crate) fn live_count(&self) -> usize {
@@ -141,9 +125,7 @@ impl Roster {
 
     /// Every member, in machine-ID order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&MachineId, &Known)> {
-        self.order
-            .iter()
-            .filter_map(|(id, slot)| Some((id, self.slots[*slot as usize].as_ref()?)))
+        self.known.iter()
     }
 
     /// Up to `k` distinct live members chosen uniformly at random, none of them `except`.
@@ -200,24 +182,9 @@ impl Roster {
         let id = known.identity.machine_id.clone();
         self.set_live(&id, known.state != State::Down);
         self.add_sum(&known, true);
-        if let Some(slot) = self.index.get(&id).copied() {
-            if let Some(old) = self.slots[slot as usize].replace(known) {
-                self.add_sum(&old, false);
-            }
-            return;
+        if let Some(old) = self.known.insert(id, known) {
+            self.add_sum(&old, false);
         }
-        let slot = match self.free.pop() {
-            Some(slot) => {
-                self.slots[slot as usize] = Some(known);
-                slot
-            }
-            None => {
-                self.slots.push(Some(known));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.index.insert(id.clone(), slot);
-        self.order.insert(id, slot);
     }
 
     /// An update the node passes to foca, applied by SWIM's rules to the same identity only: foca
@@ -319,7 +286,7 @@ impl Roster {
     pub(crate) fn forget(&mut self, id: &NodeIdentity) {
         if self.get(&id.machine_id).is_some_and(|k| k.identity == *id) {
             self.set_live(&id.machine_id, false);
-            if let Some(old) = self.remove(&id.machine_id) {
+            if let Some(old) = self.known.remove(&id.machine_id) {
                 self.add_sum(&old, false);
             }
         }
@@ -381,7 +348,7 @@ impl Roster {
             );
         }
         fixed += self
-            .order
+            .known
             .keys()
             .filter(|k| !fresh.contains_key(*k))
             .count();
@@ -465,7 +432,7 @@ mod tests {
         r.forget(&ident("b", 2));
         r.up(&ident("c", 4), now);
         r.up(&ident("e", 5), now);
-        assert_eq!(r.slots.len(), 4, "b's slot went to c");
+        assert_eq!(r.known.slots(), 4, "b's slot went to c");
         let walk: Vec<(String, u64)> = r
             .iter()
             .map(|(id, k)| (id.to_string(), k.identity.incarnation))

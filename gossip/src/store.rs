@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{signed_message, Credentials, Refusal};
+use crate::dense::Dense;
 use crate::types::{MachineId, Metadata, Stamp, UnitState};
 
 mod digest;
@@ -223,7 +224,8 @@ impl OriginData {
 pub(crate) struct Store {
     local: MachineId,
     local_stamp: Stamp,
-    origins: BTreeMap<MachineId, OriginData>,
+    /// Looked up for every update and delta: found by a hash of the ID, walked in ID order.
+    origins: Dense<OriginData>,
     changes: BTreeSet<(MachineId, Change)>,
     /// Looked up for every member of every membership update, never walked: hashed.
     limits: HashMap<MachineId, u64>,
@@ -238,7 +240,7 @@ impl Store {
         let mut store = Store {
             local: local.clone(),
             local_stamp,
-            origins: BTreeMap::new(),
+            origins: Dense::default(),
             changes: BTreeSet::new(),
             limits: HashMap::new(),
             refused: 0,
@@ -299,7 +301,7 @@ impl Store {
     /// Runs `f` on an origin's data and keeps its bucket's sum true if `synced` changed.
     fn with_origin<R>(&mut self, origin: &MachineId, f: impl FnOnce(&mut OriginData) -> R) -> R {
         let existed = self.origins.contains_key(origin);
-        let data = self.origins.entry(origin.clone()).or_default();
+        let data = self.origins.get_or_default(origin);
         let before = data.synced;
         let r = f(data);
         let after = data.synced;
@@ -322,7 +324,7 @@ impl Store {
     }
 
     fn local_data(&mut self) -> &mut OriginData {
-        self.origins.entry(self.local.clone()).or_default()
+        self.origins.get_or_default(&self.local)
     }
 
     /// The epoch this node stamps its own state with.

@@ -175,7 +175,7 @@ impl Store {
             (!sorted).then(|| peer.iter().map(|(id, s)| (id, *s)).collect());
         let mut cursor = 0;
         let mut out = Vec::new();
-        for (id, data) in &self.origins {
+        for (id, data) in self.origins.iter() {
             if !include(id) {
                 continue;
             }

@@ -50,7 +50,7 @@ fn store(id: &str, epoch: u64) -> Store {
 /// The bucket sums, recomputed from scratch.
 fn sums_from_scratch(s: &Store) -> Vec<u64> {
     let mut sums = vec![0u64; BUCKETS];
-    for (id, o) in &s.origins {
+    for (id, o) in s.origins.iter() {
         let b = bucket_of(id);
         sums[b] = sums[b].wrapping_add(contribution(id, o.synced));
     }
