@@ -482,7 +482,13 @@ fn fleetd_runs_units_on_an_etcd_with_tls_and_users_and_starts_nothing_it_cannot_
         "a unit started without a claim\n{}",
         fl.journal(3, 50)
     );
-    assert_eq!(fl.running_on("tls.service").len(), 1);
+    let on = fl.running_on("tls.service");
+    assert_eq!(
+        on.len(),
+        1,
+        "tls.service runs on {on:?}\n{}",
+        fl.journals(40)
+    );
 }
 
 /// Drops machine `i`'s traffic to and from every etcd member (port 2379), nothing else.

@@ -469,11 +469,16 @@ fn units_the_guard_killed_on_its_own_start_again() {
     let mark = fl.lab.machine_root(m).unwrap();
     let mark = mark.join("run/fleet/fence.fenced");
     let mark_before = std::fs::read_to_string(&mark).ok();
-    // A deadline long past, for this boot: what the guard reads right after a thaw.
+    // A deadline long past, for this boot: what the guard reads right after a thaw. The agent rewrites
+    // the file whenever its deadline moves (each lease confirmation), so it is written again until the
+    // guard has acted on it (CI37 saw the guard miss a single write for 30 s).
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
-    fl.write_file(m, "/run/fleet/fence", &format!("1 {}\n", boot.trim()));
-    fl.wait_for("the guard's new fencing mark", WAIT, |_| {
-        (std::fs::read_to_string(&mark).ok() != mark_before).then_some(())
+    fl.wait_for("the guard's new fencing mark", WAIT, |fl| {
+        if std::fs::read_to_string(&mark).ok() != mark_before {
+            return Some(());
+        }
+        fl.write_file(m, "/run/fleet/fence", &format!("1 {}\n", boot.trim()));
+        None
     });
     for (u, pid) in here.iter().zip(&pids) {
         fl.wait_for(&format!("{u} running again"), WAIT, |fl| {

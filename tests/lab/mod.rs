@@ -136,12 +136,27 @@ impl FleetLab {
     }
 
     /// One property of `unit` in machine `i` (`systemctl show -p`).
+    /// A failed `systemctl show` (systemd or D-Bus slow to answer on a loaded host: it prints nothing)
+    /// is asked again, up to 3 times, rather than read as an empty state.
     pub fn show(&self, i: usize, unit: &str, prop: &str) -> String {
-        let out = self
-            .lab
-            .sh(i, &["systemctl", "show", "--value", "-p", prop, unit])
-            .expect("systemctl show");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+        let mut out = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            let o = self
+                .lab
+                .sh(i, &["systemctl", "show", "--value", "-p", prop, unit])
+                .expect("systemctl show");
+            let ok = o.status.success();
+            out = Some(o);
+            if ok {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out.expect("one attempt").stdout)
+            .trim()
+            .to_string()
     }
 
     /// The machine ID of machine `i`.
