@@ -52,7 +52,7 @@ pub use committee::{Committee, Seat};
 pub use fence::{guard, guard_retiring, Confirmation, Guard, OwnLease, Support, Vouch};
 pub use holder::{holder_state, HolderState, LeaseAnswer, LeasePoll};
 pub use lease::{may_retire, replace, Replace, Signals};
-pub use plan::{in_plan, leave_out_refusing, takes_units};
+pub use plan::{in_plan, leave_out_refusing, plan_over, takes_units, Standing};
 pub use time::Time;
 pub use timing::Timing;
 pub use unit::{decide, Case, Claim, Ctx, Handoff, Peer, Placement, Verdict, Why, Write};

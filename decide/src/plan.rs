@@ -39,6 +39,27 @@ pub fn in_plan(itself: bool, suspected: bool, refuses: bool) -> bool {
     itself || !(suspected || refuses)
 }
 
+/// How one machine of a view stands for the plan: whether it is `itself` (this machine), `suspected`
+/// by gossip, and whether it `refuses` units (said it cannot take them: [`takes_units`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub itself: bool,
+    pub suspected: bool,
+    pub refuses: bool,
+}
+
+/// Which machines of a view the plan is made over, in the order given (this machine among them):
+/// [`in_plan`] for each, the refusing ones left out only while [`leave_out_refusing`] holds over the
+/// candidates (the machines not suspected). fleetd's agent and fleet-sim's both call it.
+pub fn plan_over(view: &[Standing]) -> Vec<bool> {
+    let candidates = view.iter().filter(|s| !s.suspected);
+    let refused = candidates.clone().filter(|s| s.refuses).count();
+    let leave_out = leave_out_refusing(candidates.count(), refused);
+    view.iter()
+        .map(|s| in_plan(s.itself, s.suspected, leave_out && s.refuses))
+        .collect()
+}
+
 /// Whether the plan leaves out the machines that said they cannot take units ([`takes_units`]), given
 /// how many `candidates` the view has (live machines that are not suspected, this machine included)
 /// and how many of them said so: only while at least half of the candidates take units.
@@ -97,6 +118,34 @@ mod tests {
         assert!(leave_out_refusing(1, 0));
         assert!(!leave_out_refusing(1, 1));
         assert!(leave_out_refusing(0, 0));
+    }
+
+    #[test]
+    fn the_plan_is_made_over_the_candidates_leaving_out_refusers_only_while_half_can() {
+        use super::{plan_over, Standing};
+        let s = |itself, suspected, refuses| Standing {
+            itself,
+            suspected,
+            refuses,
+        };
+        // Five machines, one refusing, one suspected: both left out, never this machine.
+        let view = [
+            s(true, false, false),
+            s(false, false, true),
+            s(false, true, false),
+            s(false, false, false),
+            s(false, false, false),
+        ];
+        assert_eq!(plan_over(&view), [true, false, false, true, true]);
+        // Of the 3 candidates (the suspect does not count), 2 refuse, this machine among them:
+        // nobody is left out for refusing, the suspect still is.
+        let view = [
+            s(true, false, true),
+            s(false, false, true),
+            s(false, true, false),
+            s(false, false, false),
+        ];
+        assert_eq!(plan_over(&view), [true, true, false, true]);
     }
 
     #[test]

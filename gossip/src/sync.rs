@@ -367,24 +367,33 @@ mod tests {
     use crate::testing::synthetic_cluster;
     use crate::types::{Liveness, MachineId, Metadata, NodeIdentity, Stamp};
 
+    /// A node of identity `id`, default configuration, its RNG seeded with `seed`.
+    fn node(id: &NodeIdentity, seed: u64, now: Instant) -> Node {
+        Node::new(
+            Config::default(),
+            id.clone(),
+            StdRng::seed_from_u64(seed),
+            now,
+        )
+    }
+
+    /// A synthetic cluster of `n` machines (2 units each) and two nodes of it, the first two, each
+    /// holding the whole cluster's state.
+    fn pair(n: usize, now: Instant) -> (Node, Node) {
+        let (ids, state) = synthetic_cluster(n, 2);
+        let (mut a, mut b) = (node(&ids[0], 1, now), node(&ids[1], 2, now));
+        a.merge(now, state.clone()).unwrap();
+        b.merge(now, state).unwrap();
+        (a, b)
+    }
+
     /// The answer to a full offer lists only the members the offer did not list as the peer
     /// holds them: nothing but the changes for a node that knows the cluster, everything for a
     /// newcomer, which then knows the cluster as the peer does.
     #[test]
     fn a_full_answer_carries_only_the_members_the_offer_lacks() {
         let now = Instant::now();
-        let (ids, state) = synthetic_cluster(40, 2);
-        let node = |id: &NodeIdentity, seed| {
-            Node::new(
-                Config::default(),
-                id.clone(),
-                StdRng::seed_from_u64(seed),
-                now,
-            )
-        };
-        let (mut a, mut b) = (node(&ids[0], 1), node(&ids[1], 2));
-        a.merge(now, state.clone()).unwrap();
-        b.merge(now, state).unwrap();
+        let (a, mut b) = pair(40, now);
         let members = b.membership().len();
         assert!(members >= 40, "b holds the cluster: {members}");
 
@@ -400,7 +409,7 @@ mod tests {
             "10.9.9.9:4001".parse().unwrap(),
             1,
         );
-        let mut c = node(&newcomer, 3);
+        let mut c = node(&newcomer, 3, now);
         let answer = b.handle_sync_offer(now, c.sync_offer()).unwrap();
         assert_eq!(b.membership().len(), 41, "b learnt c");
         assert_eq!(
@@ -454,18 +463,7 @@ mod tests {
     #[test]
     fn a_join_by_a_node_with_live_members_is_a_whole_summary_that_teaches_both_ends() {
         let now = Instant::now();
-        let (ids, state) = synthetic_cluster(60, 2);
-        let node = |id: &NodeIdentity, seed| {
-            Node::new(
-                Config::default(),
-                id.clone(),
-                StdRng::seed_from_u64(seed),
-                now,
-            )
-        };
-        let (mut a, mut b) = (node(&ids[0], 1), node(&ids[1], 2));
-        a.merge(now, state.clone()).unwrap();
-        b.merge(now, state).unwrap();
+        let (mut a, mut b) = pair(60, now);
         // 12 newcomers join through a only, 12 others through b only, each with its metadata:
         // a first join (no live member) is a full offer.
         for k in 0..24u8 {
@@ -474,7 +472,7 @@ mod tests {
                 format!("10.9.9.{k}:4001").parse().unwrap(),
                 1,
             );
-            let mut c = node(&id, 10 + u64::from(k));
+            let mut c = node(&id, 10 + u64::from(k), now);
             c.set_local_metadata(
                 now,
                 Metadata {

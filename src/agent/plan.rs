@@ -29,18 +29,16 @@ pub fn plan_machines(
     suspects: &BTreeSet<MachineId>,
     refusing: &BTreeSet<MachineId>,
 ) {
-    let candidates = machines.iter().filter(|m| !suspects.contains(&m.id));
-    let (count, refused) = candidates.fold((0, 0), |(c, r), m| {
-        (c + 1, r + usize::from(refusing.contains(&m.id)))
-    });
-    let leave_out = fleet_decide::leave_out_refusing(count, refused);
-    machines.retain(|m| {
-        fleet_decide::in_plan(
-            m.id == *me,
-            suspects.contains(&m.id),
-            leave_out && refusing.contains(&m.id),
-        )
-    });
+    let view: Vec<fleet_decide::Standing> = machines
+        .iter()
+        .map(|m| fleet_decide::Standing {
+            itself: m.id == *me,
+            suspected: suspects.contains(&m.id),
+            refuses: refusing.contains(&m.id),
+        })
+        .collect();
+    let mut keep = fleet_decide::plan_over(&view).into_iter();
+    machines.retain(|_| keep.next().unwrap_or(false));
 }
 
 /// One active unit of the registry, as the agent reads it for placement.

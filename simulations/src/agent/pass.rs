@@ -90,21 +90,31 @@ impl Sim {
         self.refresh_suspects(m);
         let (hash, live) = {
             let a = self.machines[m as usize].agent.as_ref().expect("runs");
-            // Those that cannot take units are left out while at least half of the rest can.
-            let (mut count, mut refused) = (1, usize::from(a.told_cannot_take));
-            for j in a.live.iter() {
-                if j != me && !a.suspects.contains(&j) {
-                    count += 1;
-                    refused += usize::from(self.refuses_units(m, j));
-                }
+            let others: Vec<u32> = a.live.iter().collect();
+            let mut view: Vec<fleet_decide::Standing> = others
+                .iter()
+                .map(|&j| fleet_decide::Standing {
+                    itself: j == me,
+                    suspected: a.suspects.contains(&j),
+                    refuses: if j == me {
+                        a.told_cannot_take
+                    } else {
+                        self.refuses_units(m, j)
+                    },
+                })
+                .collect();
+            if !a.live.contains(me) {
+                view.push(fleet_decide::Standing {
+                    itself: true,
+                    suspected: false,
+                    refuses: a.told_cannot_take,
+                });
             }
-            let leave_out = fleet_decide::leave_out_refusing(count, refused);
+            let keep = fleet_decide::plan_over(&view);
             let mut hash = a.live_hash;
-            let mut live: Vec<u32> = Vec::with_capacity(a.live.len() + 1);
-            for j in a.live.iter() {
-                let suspected = a.suspects.contains(&j);
-                let refuses = leave_out && self.refuses_units(m, j);
-                if fleet_decide::in_plan(j == me, suspected, refuses) {
+            let mut live: Vec<u32> = Vec::with_capacity(others.len() + 1);
+            for (&j, kept) in others.iter().zip(keep) {
+                if kept {
                     live.push(j);
                 } else {
                     hash ^= crate::sim::mix(j as u64);
