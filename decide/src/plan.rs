@@ -23,8 +23,9 @@
 //! machine would plan them all on itself and poll the dead machine's lease), and placement keeps what
 //! was claimed where it was claimed. Nobody can claim then anyway, and the plan stays as it was.
 //!
-//! fleetd's agent (`src/agent/units.rs`) and the simulator's (`fleet-sim`) both filter their gossip view
-//! through [`in_plan`], and both publish [`takes_units`] in their metadata.
+//! fleetd's agent (`src/agent/plan.rs`) and the simulator's (`fleet-sim`) both filter their gossip view
+//! through [`plan_over`] (which applies [`in_plan`] to each machine), and both publish [`takes_units`] in
+//! their metadata.
 
 use crate::fence::Guard;
 use crate::time::Time;
