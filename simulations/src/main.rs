@@ -480,10 +480,20 @@ fn run_with_progress(sc: &Scenario, seed: u64, added: &Added) -> anyhow::Result<
     let mut sim = Sim::new(sc, seed).map_err(|e| explain(e, sc, added))?;
     let end = sc.duration.0;
     let tty = std::io::stderr().is_terminal();
+    // FLEET_SIM_PROGRESS=lines: a line per step with the wall time so far, for timing the phases of a
+    // run that is not on a terminal (benchmarks).
+    let lines = std::env::var("FLEET_SIM_PROGRESS").is_ok_and(|v| v == "lines");
     let steps = 100u64;
     for k in 1..=steps {
         sim.run_until(end * k / steps);
-        if tty {
+        if lines {
+            eprintln!(
+                "progress {k:>3}%  {:>7.2}s simulated  {:>8.2}s wall  {} events",
+                sim.now() as f64 / 1e6,
+                started.elapsed().as_secs_f64(),
+                sim.events_processed()
+            );
+        } else if tty {
             let wall = started.elapsed().as_secs_f64();
             let simulated = sim.now() as f64 / 1e6;
             let bar: String = (0..40)
