@@ -614,6 +614,17 @@ impl Node {
             })
     }
 
+    /// A count that changes whenever what [`Node::liveness`] or [`Node::metadata_of`] shows may have
+    /// changed: a member's liveness, identity or the time it took that state, a member added or
+    /// forgotten, any origin's metadata. A caller that reads the whole membership after every input
+    /// (fleetd's suspects, the simulator's) reads it again only when this moved: most inputs (probes,
+    /// acks, unit states) change neither.
+    pub fn members_generation(&self) -> u64 {
+        self.roster
+            .generation()
+            .wrapping_add(self.store.metadata_generation())
+    }
+
     /// The metadata machine `id` published, as this node holds it (without copying anyone's state,
     /// unlike [`Node::view`]).
     pub fn metadata_of(&self, id: &MachineId) -> Option<&Metadata> {

@@ -46,6 +46,9 @@ pub(crate) struct Roster {
     /// Per bucket (of the store's [`BUCKETS`]), the wrapping sum of its members' contributions:
     /// anti-entropy compares memberships with it.
     sums: Vec<u64>,
+    /// Counts the changes of what [`crate::core::Node::liveness`] shows: a member's identity, state
+    /// or `since`, a member added or forgotten.
+    generation: u64,
 }
 
 impl Default for Roster {
@@ -55,6 +58,7 @@ impl Default for Roster {
             live: Vec::new(),
             live_at: HashMap::new(),
             sums: vec![0; BUCKETS],
+            generation: 0,
         }
     }
 }
@@ -178,8 +182,20 @@ impl Roster {
         }
     }
 
+    /// How many times a member's identity, state or `since` changed, or a member came or went (the
+    /// count goes on across [`Roster::reconcile`]'s rebuild).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     fn put(&mut self, known: Known) {
         let id = known.identity.machine_id.clone();
+        let differs = self.known.get(&id).is_none_or(|old| {
+            old.identity != known.identity || old.state != known.state || old.since != known.since
+        });
+        if differs {
+            self.generation += 1;
+        }
         self.set_live(&id, known.state != State::Down);
         self.add_sum(&known, true);
         if let Some(old) = self.known.insert(id, known) {
@@ -288,6 +304,7 @@ impl Roster {
             self.set_live(&id.machine_id, false);
             if let Some(old) = self.known.remove(&id.machine_id) {
                 self.add_sum(&old, false);
+                self.generation += 1;
             }
         }
     }
@@ -353,7 +370,9 @@ impl Roster {
             .filter(|k| !fresh.contains_key(*k))
             .count();
         // Rebuilt in machine-ID order: the same sums, and the live members in the same order.
+        let generation = self.generation;
         *self = Roster::default();
+        self.generation = generation + 1;
         for k in fresh.into_values() {
             self.put(k);
         }

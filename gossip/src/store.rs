@@ -232,6 +232,9 @@ pub(crate) struct Store {
     refused: u64,
     /// Per bucket, the wrapping sum of its origins' contributions.
     sums: Vec<u64>,
+    /// Counts the changes of any origin's metadata (this node's own included): set, replaced by a
+    /// different one, dropped with a life, forgotten with the origin.
+    metadata_generation: u64,
 }
 
 impl Store {
@@ -245,6 +248,7 @@ impl Store {
             limits: HashMap::new(),
             refused: 0,
             sums: vec![0; BUCKETS],
+            metadata_generation: 0,
         };
         store.origins.insert(
             local.clone(),
@@ -292,6 +296,19 @@ impl Store {
     /// How many origins the store holds (this node included).
     pub(crate) fn len(&self) -> usize {
         self.origins.len()
+    }
+
+    /// How many times some origin's metadata changed (see the field).
+    pub(crate) fn metadata_generation(&self) -> u64 {
+        self.metadata_generation
+    }
+
+    /// Records a change of `origin`'s store (an event for the node; metadata changes counted).
+    fn changed(&mut self, origin: &MachineId, change: Change) {
+        if change == Change::Metadata {
+            self.metadata_generation += 1;
+        }
+        self.changes.insert((origin.clone(), change));
     }
 
     pub(crate) fn take_changes(&mut self) -> BTreeSet<(MachineId, Change)> {
@@ -348,6 +365,7 @@ impl Store {
         if self.local_data().metadata() == Some(&metadata) {
             return None;
         }
+        self.metadata_generation += 1;
         let stamp = self.next_local_stamp();
         let entry = Entry::Metadata(metadata.clone());
         let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
@@ -550,7 +568,7 @@ impl Store {
             news
         });
         for c in changes {
-            self.changes.insert((origin.clone(), c));
+            self.changed(&origin, c);
         }
         Ok(news)
     }
@@ -606,7 +624,7 @@ impl Store {
                 }
             });
             for c in changes {
-                self.changes.insert((delta.origin.clone(), c));
+                self.changed(&delta.origin, c);
             }
         }
         (news, refused)
@@ -618,6 +636,9 @@ impl Store {
             return;
         }
         if let Some(data) = self.origins.remove(origin) {
+            if data.metadata.is_some() {
+                self.metadata_generation += 1;
+            }
             let b = bucket_of(origin);
             self.sums[b] = self.sums[b].wrapping_sub(contribution(origin, data.synced));
         }

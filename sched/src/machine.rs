@@ -22,8 +22,24 @@ pub const SHORT_ID_LEN: usize = 8;
 /// type is always a valid ID. It is shared (`Arc<str>`): gossip (foca) compares members' addresses on
 /// every update and clones them freely, so a clone is a reference count and comparing an ID with
 /// itself is a pointer comparison; no comparison allocates.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct MachineId(Arc<str>);
+
+/// Equal IDs that share their string compare by pointer alone: `Arc<str>`'s own equality compares
+/// the bytes even then (the standard library's pointer shortcut is only for sized types), and a hash
+/// map lookup or a walk of gossip's members compares IDs on every step.
+impl PartialEq for MachineId {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+/// As the string's (which `Borrow<str>` lookups need).
+impl std::hash::Hash for MachineId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (*self.0).hash(state)
+    }
+}
 
 /// Why a string is not a machine ID.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

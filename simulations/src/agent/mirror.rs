@@ -153,19 +153,19 @@ impl Sim {
         before.as_ref().map(|(s, r)| (s, r)) != after
     }
 
-    /// Reads which machines machine `m`'s gossip core suspects, if it handled an input since the last
-    /// read (the SWIM model has no per-observer suspicion).
+    /// Reads which machines machine `m`'s gossip core suspects, if its membership or metadata changed
+    /// since the last read (`Node::members_generation`; the SWIM model has no per-observer suspicion).
     pub(super) fn refresh_suspects(&mut self, m: u32) {
         let Some(a) = self.machines[m as usize].agent.as_ref() else {
             return;
         };
-        if a.suspects_at == Some(a.gossip_inputs) {
-            return;
-        }
-        let inputs = a.gossip_inputs;
         let Some(node) = a.node.as_ref() else {
             return;
         };
+        let generation = node.members_generation();
+        if a.suspects_at == Some(generation) {
+            return;
+        }
         let suspects: BTreeSet<u32> = node
             .liveness()
             .filter(|(_, l)| *l == Liveness::Suspect)
@@ -184,7 +184,7 @@ impl Sim {
         if let Some(a) = self.machines[m as usize].agent.as_mut() {
             a.suspects = suspects;
             a.refusing = refusing;
-            a.suspects_at = Some(inputs);
+            a.suspects_at = Some(generation);
         }
     }
 

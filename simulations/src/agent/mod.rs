@@ -174,8 +174,7 @@ pub(crate) struct Agent {
     fenced: bool,
     /// (fenced, may start) as the guard writer last saw them.
     guard_state: Option<(bool, bool)>,
-    /// The machines gossip suspects, and the gossip input count it was read at (it changes only when
-    /// the node handles an input).
+    /// The machines gossip suspects, and the node's `members_generation` they were read at.
     suspects: BTreeSet<u32>,
     suspects_at: Option<u64>,
     /// The machines whose gossip metadata, as this machine's gossip core holds it, says they cannot
@@ -183,8 +182,6 @@ pub(crate) struct Agent {
     refusing: BTreeSet<u32>,
     /// Whether this machine's metadata says it cannot take units (what it last told gossip).
     pub(crate) told_cannot_take: bool,
-    /// Inputs handled by the gossip node.
-    pub(crate) gossip_inputs: u64,
 }
 
 impl Agent {
@@ -226,7 +223,6 @@ impl Agent {
             suspects_at: None,
             refusing: BTreeSet::new(),
             told_cannot_take: false,
-            gossip_inputs: 0,
         }
     }
 }

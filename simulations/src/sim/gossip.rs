@@ -53,10 +53,11 @@ impl Sim {
 
     /// Sends what node `m` produced, runs its syncs, handles its events, and re-arms its wake-up.
     pub(super) fn flush(&mut self, m: u32) {
-        let Some(mut node) = self.machines[m as usize].agent.as_mut().and_then(|a| {
-            a.gossip_inputs += 1;
-            a.node.take()
-        }) else {
+        let Some(mut node) = self.machines[m as usize]
+            .agent
+            .as_mut()
+            .and_then(|a| a.node.take())
+        else {
             return;
         };
         let mut syncs = Vec::new();
