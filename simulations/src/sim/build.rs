@@ -169,6 +169,10 @@ impl Sim {
             net: Net::new(n),
             plans: HashMap::new(),
             planner: None,
+            planner_at: None,
+            planner_claims: Vec::new(),
+            inputs_version: 0,
+            units_by_name: Vec::new(),
             plan_computations: 0,
             watch_pending: false,
             submitted: false,
@@ -187,6 +191,9 @@ impl Sim {
             trace: None,
             sc,
         };
+        let mut by_name: Vec<u32> = (0..sim.units.len() as u32).collect();
+        by_name.sort_by(|&a, &b| sim.units[a as usize].name.cmp(&sim.units[b as usize].name));
+        sim.units_by_name = by_name;
         if let Ok(name) = std::env::var("FLEET_SIM_TRACE") {
             sim.trace = sim
                 .units

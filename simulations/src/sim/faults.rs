@@ -68,7 +68,7 @@ impl Sim {
                     }
                 }
                 self.saved_metadata.insert(k, saved);
-                self.plans.clear();
+                self.inputs_changed();
                 for &i in &ms {
                     self.republish_metadata(i as u32);
                 }
@@ -186,7 +186,7 @@ impl Sim {
                     self.machine_infos[i].metadata = meta;
                     self.republish_metadata(i as u32);
                 }
-                self.plans.clear();
+                self.inputs_changed();
             }
             FaultKind::ClockSkew => {
                 for &i in &ms {

@@ -342,6 +342,14 @@ pub struct Sim {
     plans: HashMap<(u64, i64), Rc<PlanIndex>>,
     /// The incremental planner behind `plans` (fleetd's agent keeps one too).
     planner: Option<Planner>,
+    /// What `planner` was last moved to: the live machines (sorted) and `inputs_version` then.
+    planner_at: Option<(Vec<u32>, u64)>,
+    /// The claim `planner` holds for each unit (a live machine's, as `plan_for` counts them).
+    planner_claims: Vec<Option<u32>>,
+    /// Counts the changes of the machines' metadata (the planner's other inputs).
+    inputs_version: u64,
+    /// The units' indices in name order (the order of a plan's decisions).
+    units_by_name: Vec<u32>,
     pub(crate) plan_computations: u64,
     watch_pending: bool,
     pub(crate) submitted: bool,

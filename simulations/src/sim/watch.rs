@@ -83,6 +83,12 @@ impl Sim {
         self.push(at, Ev::Pass { m, gen });
     }
 
+    /// The machines' metadata changed: plans made before are void.
+    pub(super) fn inputs_changed(&mut self) {
+        self.plans.clear();
+        self.inputs_version += 1;
+    }
+
     /// The plan for this set of machines at registry revision `rev` (shared between agents with the
     /// same inputs).
     pub(crate) fn plan_for(&mut self, live: &[u32], hash: u64, rev: i64) -> Rc<PlanIndex> {
@@ -91,40 +97,70 @@ impl Sim {
             return p.clone();
         }
         self.plan_computations += 1;
-        let machines: Vec<MachineInfo> = live
-            .iter()
-            .map(|&j| self.machine_infos[j as usize].clone())
-            .collect();
-        let live_set: BTreeSet<u32> = live.iter().copied().collect();
-        let infos: Vec<UnitInfo> = self
-            .base_infos
-            .iter()
-            .enumerate()
-            .map(|(u, info)| {
-                let mut info = info.clone();
-                if let Some(c) = self.etcd.claim_at(u as u32, rev) {
-                    if live_set.contains(&c.machine) {
-                        info.claim = Some(self.machine_infos[c.machine as usize].id.clone());
+        // fleetd's agent keeps one incremental Planner (the same plan as `schedule`); so does the
+        // simulator, moved from one agent's inputs to the next by their differences: the machines that
+        // differ, and the units whose claim (counted only on a live machine) differs.
+        let changes = match (&self.planner, self.planner_at.take()) {
+            (Some(_), Some((live0, version))) if version == self.inputs_version => {
+                Some(self.plan_changes(&live0, live, rev))
+            }
+            _ => None,
+        };
+        match (changes, self.planner.as_mut()) {
+            (Some(changes), Some(planner)) => {
+                planner.apply(changes);
+            }
+            _ => {
+                let machines: Vec<MachineInfo> = live
+                    .iter()
+                    .map(|&j| self.machine_infos[j as usize].clone())
+                    .collect();
+                let live_set: BTreeSet<u32> = live.iter().copied().collect();
+                self.planner_claims = (0..self.base_infos.len() as u32)
+                    .map(|u| {
+                        self.etcd
+                            .claim_at(u, rev)
+                            .map(|c| c.machine)
+                            .filter(|j| live_set.contains(j))
+                    })
+                    .collect();
+                let infos: Vec<UnitInfo> = self
+                    .base_infos
+                    .iter()
+                    .zip(&self.planner_claims)
+                    .map(|(info, claim)| {
+                        let mut info = info.clone();
+                        if let Some(j) = claim {
+                            info.claim = Some(self.machine_infos[*j as usize].id.clone());
+                        }
+                        info
+                    })
+                    .collect();
+                match self.planner.as_mut() {
+                    Some(p) => {
+                        p.sync(&machines, &infos);
+                    }
+                    None => {
+                        self.planner = Some(Planner::new(&machines, &infos));
                     }
                 }
-                info
-            })
-            .collect();
-        // fleetd's agent keeps one incremental Planner (the same plan as `schedule`); so does the
-        // simulator, moved to each agent's inputs by their differences.
-        let planner = match self.planner.as_mut() {
-            Some(p) => {
-                p.sync(&machines, &infos);
-                p
             }
-            None => self.planner.insert(Planner::new(&machines, &infos)),
-        };
-        let plan = planner.plan();
+        }
+        self.planner_at = Some((live.to_vec(), self.inputs_version));
+        let plan = self.planner.as_ref().expect("set above").plan();
         let mut on: HashMap<u32, Vec<(u32, bool)>> = HashMap::new();
-        for (name, d) in &plan.decisions {
-            let Some(&u) = self.unit_index.get(name) else {
-                continue;
+        // Decisions come in name order; when every unit has one, the k-th is the k-th unit by name.
+        let all = plan.decisions.len() == self.units_by_name.len();
+        for (k, (name, d)) in plan.decisions.iter().enumerate() {
+            let u = if all {
+                self.units_by_name[k]
+            } else {
+                match self.unit_index.get(name) {
+                    Some(&u) => u,
+                    None => continue,
+                }
             };
+            debug_assert_eq!(self.units[u as usize].name, *name);
             match d {
                 Decision::On(mid) => {
                     if let Some(&j) = self.by_id.get(mid) {
@@ -147,6 +183,56 @@ impl Sim {
         }
         self.plans.insert(key, p.clone());
         p
+    }
+
+    /// What moves the planner's inputs from the live machines `live0` (sorted) to `live` (sorted) at
+    /// revision `rev`: machines gone and come, and each unit whose claim differs from the one the
+    /// planner holds (`planner_claims`, updated), a claim counting only on a live machine as
+    /// [`Sim::plan_for`]'s full inputs count it. The unit files and the machines' metadata are the same
+    /// (`inputs_version`).
+    fn plan_changes(
+        &mut self,
+        live0: &[u32],
+        live: &[u32],
+        rev: i64,
+    ) -> Vec<fleet_sched::placement::Change> {
+        use fleet_sched::placement::Change;
+        let mut changes = Vec::new();
+        let size = self.machines.len();
+        let (mut in0, mut in1) = (Bits::new(size), Bits::new(size));
+        for &j in live0 {
+            in0.insert(j);
+        }
+        for &j in live {
+            in1.insert(j);
+        }
+        for &j in live0 {
+            if !in1.contains(j) {
+                changes.push(Change::MachineGone(
+                    self.machine_infos[j as usize].id.clone(),
+                ));
+            }
+        }
+        for &j in live {
+            if !in0.contains(j) {
+                changes.push(Change::Machine(self.machine_infos[j as usize].clone()));
+            }
+        }
+        for u in 0..self.base_infos.len() as u32 {
+            let claim = self
+                .etcd
+                .claim_at(u, rev)
+                .map(|c| c.machine)
+                .filter(|&j| in1.contains(j));
+            if self.planner_claims[u as usize] != claim {
+                self.planner_claims[u as usize] = claim;
+                changes.push(Change::Claim {
+                    unit: self.base_infos[u as usize].name.clone(),
+                    machine: claim.map(|j| self.machine_infos[j as usize].id.clone()),
+                });
+            }
+        }
+        changes
     }
 
     // ------------------------------------------------------------------------------------------
