@@ -110,44 +110,58 @@ impl Sim {
             (Some(changes), Some(planner)) => {
                 planner.apply(changes);
             }
-            _ => {
-                let machines: Vec<MachineInfo> = live
-                    .iter()
-                    .map(|&j| self.machine_infos[j as usize].clone())
-                    .collect();
-                let live_set: BTreeSet<u32> = live.iter().copied().collect();
-                self.planner_claims = (0..self.base_infos.len() as u32)
-                    .map(|u| {
-                        self.etcd
-                            .claim_at(u, rev)
-                            .map(|c| c.machine)
-                            .filter(|j| live_set.contains(j))
-                    })
-                    .collect();
-                let infos: Vec<UnitInfo> = self
-                    .base_infos
-                    .iter()
-                    .zip(&self.planner_claims)
-                    .map(|(info, claim)| {
-                        let mut info = info.clone();
-                        if let Some(j) = claim {
-                            info.claim = Some(self.machine_infos[*j as usize].id.clone());
-                        }
-                        info
-                    })
-                    .collect();
-                match self.planner.as_mut() {
-                    Some(p) => {
-                        p.sync(&machines, &infos);
-                    }
-                    None => {
-                        self.planner = Some(Planner::new(&machines, &infos));
-                    }
-                }
-            }
+            _ => self.sync_planner(live, rev),
         }
         self.planner_at = Some((live.to_vec(), self.inputs_version));
-        let plan = self.planner.as_ref().expect("set above").plan();
+        let p = Rc::new(self.plan_index());
+        if self.plans.len() >= 64 {
+            self.plans.clear();
+        }
+        self.plans.insert(key, p.clone());
+        p
+    }
+
+    /// Brings the planner (made if there is none) to all its inputs: the live machines, every unit
+    /// with its claim at `rev` counted only on a live machine.
+    fn sync_planner(&mut self, live: &[u32], rev: i64) {
+        let machines: Vec<MachineInfo> = live
+            .iter()
+            .map(|&j| self.machine_infos[j as usize].clone())
+            .collect();
+        let live_set: BTreeSet<u32> = live.iter().copied().collect();
+        self.planner_claims = (0..self.base_infos.len() as u32)
+            .map(|u| {
+                self.etcd
+                    .claim_at(u, rev)
+                    .map(|c| c.machine)
+                    .filter(|j| live_set.contains(j))
+            })
+            .collect();
+        let infos: Vec<UnitInfo> = self
+            .base_infos
+            .iter()
+            .zip(&self.planner_claims)
+            .map(|(info, claim)| {
+                let mut info = info.clone();
+                if let Some(j) = claim {
+                    info.claim = Some(self.machine_infos[*j as usize].id.clone());
+                }
+                info
+            })
+            .collect();
+        match self.planner.as_mut() {
+            Some(p) => {
+                p.sync(&machines, &infos);
+            }
+            None => {
+                self.planner = Some(Planner::new(&machines, &infos));
+            }
+        }
+    }
+
+    /// The planner's plan, indexed by machine.
+    fn plan_index(&self) -> PlanIndex {
+        let plan = self.planner.as_ref().expect("a plan was made").plan();
         let mut on: HashMap<u32, Vec<(u32, bool)>> = HashMap::new();
         // Decisions come in name order; when every unit has one, the k-th is the k-th unit by name.
         let all = plan.decisions.len() == self.units_by_name.len();
@@ -177,12 +191,7 @@ impl Sim {
                 Decision::Unplaceable(_) => {}
             }
         }
-        let p = Rc::new(PlanIndex { on });
-        if self.plans.len() >= 64 {
-            self.plans.clear();
-        }
-        self.plans.insert(key, p.clone());
-        p
+        PlanIndex { on }
     }
 
     /// What moves the planner's inputs from the live machines `live0` (sorted) to `live` (sorted) at
