@@ -625,6 +625,22 @@ impl Node {
             .wrapping_add(self.store.metadata_generation())
     }
 
+    /// The members this node suspects (alive, failed a probe, not refuted yet), in machine-ID order:
+    /// those [`Node::liveness`] shows as [`Liveness::Suspect`], without walking the membership.
+    pub fn suspects(&self) -> impl Iterator<Item = &MachineId> + '_ {
+        self.roster.suspects()
+    }
+
+    /// The members, alive or suspect, whose metadata says they cannot take units now
+    /// ([`Metadata::cannot_take_units`]), in machine-ID order: what a walk of [`Node::liveness`] and
+    /// [`Node::metadata_of`] finds, without walking the membership.
+    pub fn refusing_units(&self) -> impl Iterator<Item = &MachineId> + '_ {
+        let me = &self.identity().machine_id;
+        self.store.refusing().filter(move |id| {
+            *id != me && self.roster.get(id).is_some_and(|k| k.state != State::Down)
+        })
+    }
+
     /// The metadata machine `id` published, as this node holds it (without copying anyone's state,
     /// unlike [`Node::view`]).
     pub fn metadata_of(&self, id: &MachineId) -> Option<&Metadata> {

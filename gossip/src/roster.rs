@@ -8,7 +8,7 @@
 //! list every anti-entropy interval and corrects any drift, so the roster is a cache of foca's state,
 //! never a second source of truth.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
 
 use foca::{Incarnation, Member, State};
@@ -49,6 +49,9 @@ pub(crate) struct Roster {
     /// Counts the changes of what [`crate::core::Node::liveness`] shows: a member's identity, state
     /// or `since`, a member added or forgotten.
     generation: u64,
+    /// The members in state suspect, in machine-ID order (kept with every change, so that a reader
+    /// of the suspects does not walk the whole membership).
+    suspects: BTreeSet<MachineId>,
 }
 
 impl Default for Roster {
@@ -59,6 +62,7 @@ impl Default for Roster {
             live_at: HashMap::new(),
             sums: vec![0; BUCKETS],
             generation: 0,
+            suspects: BTreeSet::new(),
         }
     }
 }
@@ -188,6 +192,11 @@ impl Roster {
         self.generation
     }
 
+    /// The members in state suspect, in machine-ID order.
+    pub(crate) fn suspects(&self) -> impl Iterator<Item = &MachineId> {
+        self.suspects.iter()
+    }
+
     fn put(&mut self, known: Known) {
         let id = known.identity.machine_id.clone();
         let differs = self.known.get(&id).is_none_or(|old| {
@@ -195,6 +204,11 @@ impl Roster {
         });
         if differs {
             self.generation += 1;
+        }
+        if known.state == State::Suspect {
+            self.suspects.insert(id.clone());
+        } else {
+            self.suspects.remove(&id);
         }
         self.set_live(&id, known.state != State::Down);
         self.add_sum(&known, true);
@@ -305,6 +319,7 @@ impl Roster {
             if let Some(old) = self.known.remove(&id.machine_id) {
                 self.add_sum(&old, false);
                 self.generation += 1;
+                self.suspects.remove(&id.machine_id);
             }
         }
     }

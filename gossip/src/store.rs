@@ -235,6 +235,9 @@ pub(crate) struct Store {
     /// Counts the changes of any origin's metadata (this node's own included): set, replaced by a
     /// different one, dropped with a life, forgotten with the origin.
     metadata_generation: u64,
+    /// The origins whose metadata says they cannot take units now
+    /// ([`Metadata::cannot_take_units`]), kept with every metadata change.
+    refusing: BTreeSet<MachineId>,
 }
 
 impl Store {
@@ -249,6 +252,7 @@ impl Store {
             refused: 0,
             sums: vec![0; BUCKETS],
             metadata_generation: 0,
+            refusing: BTreeSet::new(),
         };
         store.origins.insert(
             local.clone(),
@@ -303,12 +307,32 @@ impl Store {
         self.metadata_generation
     }
 
+    /// The origins whose metadata says they cannot take units now, in machine-ID order.
+    pub(crate) fn refusing(&self) -> impl Iterator<Item = &MachineId> {
+        self.refusing.iter()
+    }
+
     /// Records a change of `origin`'s store (an event for the node; metadata changes counted).
     fn changed(&mut self, origin: &MachineId, change: Change) {
         if change == Change::Metadata {
             self.metadata_generation += 1;
+            self.metadata_changed(origin);
         }
         self.changes.insert((origin.clone(), change));
+    }
+
+    /// Keeps `refusing` true for `origin` after its metadata changed.
+    fn metadata_changed(&mut self, origin: &MachineId) {
+        let refuses = self
+            .origins
+            .get(origin)
+            .and_then(OriginData::metadata)
+            .is_some_and(Metadata::cannot_take_units);
+        if refuses {
+            self.refusing.insert(origin.clone());
+        } else {
+            self.refusing.remove(origin);
+        }
     }
 
     pub(crate) fn take_changes(&mut self) -> BTreeSet<(MachineId, Change)> {
@@ -370,6 +394,8 @@ impl Store {
         let entry = Entry::Metadata(metadata.clone());
         let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
         self.local_data().metadata = Some((stamp, metadata, signature.clone()));
+        let local = self.local.clone();
+        self.metadata_changed(&local);
         Some(Update {
             origin: self.local.clone(),
             stamp,
@@ -639,6 +665,7 @@ impl Store {
             if data.metadata.is_some() {
                 self.metadata_generation += 1;
             }
+            self.refusing.remove(origin);
             let b = bucket_of(origin);
             self.sums[b] = self.sums[b].wrapping_sub(contribution(origin, data.synced));
         }

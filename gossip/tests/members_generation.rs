@@ -6,7 +6,8 @@
 //! cannot take units given some. Here a small cluster goes through joins, metadata changes, a crash,
 //! a freeze, a partition, a restart and the forgetting of a dead member; after every 20 ms step each
 //! node's membership and metadata are compared with the previous step's, and any difference must come
-//! with a new generation.
+//! with a new generation, and the suspects and the machines that cannot take units that the node keeps
+//! (`Node::suspects`, `Node::refusing_units`) must be what a walk of its membership finds.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -16,6 +17,11 @@ use fleet_gossip::testing::VirtualNet;
 use fleet_gossip::{Liveness, MachineId, Metadata};
 
 type Seen = Vec<(MachineId, Liveness, Option<Metadata>)>;
+
+/// Steps at which some node held a suspect, or a machine that cannot take units (the kept sets'
+/// checks are not vacuous).
+static SUSPECTS_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static REFUSING_SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn seen(node: &Node) -> Seen {
     node.liveness()
@@ -46,6 +52,37 @@ fn steps(net: &mut VirtualNet, last: &mut BTreeMap<usize, (u64, Seen)>, d: Durat
                 continue;
             };
             let now = (node.members_generation(), seen(node));
+            // The kept sets are what a walk of the membership finds.
+            let suspects: Vec<&MachineId> = now
+                .1
+                .iter()
+                .filter(|(_, l, _)| *l == Liveness::Suspect)
+                .map(|(id, _, _)| id)
+                .collect();
+            assert_eq!(
+                node.suspects().collect::<Vec<_>>(),
+                suspects,
+                "node {i}: suspects"
+            );
+            let refusing: Vec<&MachineId> = now
+                .1
+                .iter()
+                .filter(|(_, l, md)| {
+                    *l != Liveness::Down && md.as_ref().is_some_and(|m| m.cannot_take_units())
+                })
+                .map(|(id, _, _)| id)
+                .collect();
+            assert_eq!(
+                node.refusing_units().collect::<Vec<_>>(),
+                refusing,
+                "node {i}: machines that cannot take units"
+            );
+            if !refusing.is_empty() {
+                REFUSING_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if !suspects.is_empty() {
+                SUSPECTS_SEEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some((generation, before)) = last.get(&i) {
                 if *before != now.1 {
                     changes += 1;
@@ -81,10 +118,19 @@ fn every_change_of_the_membership_or_metadata_moves_the_generation() {
     }
     changes += steps(&mut net, &mut last, Duration::from_secs(3));
     let formed = changes;
-    // Metadata set, changed, and the same again (no change).
+    // Metadata set, changed, and the same again (no change); a machine says it cannot take units,
+    // then can again, then cannot (kept through the faults below).
     for (i, v) in [(1, "a"), (2, "b"), (1, "c"), (1, "c")] {
         net.with_node(i, |node, now| {
             node.set_local_metadata(now, metadata("rack", v))
+        });
+        changes += steps(&mut net, &mut last, Duration::from_millis(600));
+    }
+    for cannot in [true, false, true] {
+        net.with_node(2, |node, now| {
+            let mut md = metadata("rack", "b");
+            md.set_cannot_take_units(cannot);
+            node.set_local_metadata(now, md)
         });
         changes += steps(&mut net, &mut last, Duration::from_millis(600));
     }
@@ -128,4 +174,10 @@ fn every_change_of_the_membership_or_metadata_moves_the_generation() {
         })
         .count();
     assert!(forgotten > 0, "no node forgot the dead member");
+    let ordering = std::sync::atomic::Ordering::Relaxed;
+    assert!(SUSPECTS_SEEN.load(ordering) > 0, "no suspect ever seen");
+    assert!(
+        REFUSING_SEEN.load(ordering) > 0,
+        "no refusing machine ever seen"
+    );
 }

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 
 use fleet_decide::{Committee, Seat, Time};
-use fleet_gossip::Liveness;
 
 use crate::sim::Sim;
 
@@ -167,19 +166,13 @@ impl Sim {
             return;
         }
         let suspects: BTreeSet<u32> = node
-            .liveness()
-            .filter(|(_, l)| *l == Liveness::Suspect)
-            .filter_map(|(id, _)| self.by_id.get(id).copied())
+            .suspects()
+            .filter_map(|id| self.by_id.get(id).copied())
             .collect();
         // As fleetd's view: the live members whose metadata says they cannot take units.
         let refusing: BTreeSet<u32> = node
-            .liveness()
-            .filter(|(_, l)| *l != Liveness::Down)
-            .filter(|(id, _)| {
-                node.metadata_of(id)
-                    .is_some_and(|md| md.cannot_take_units())
-            })
-            .filter_map(|(id, _)| self.by_id.get(id).copied())
+            .refusing_units()
+            .filter_map(|id| self.by_id.get(id).copied())
             .collect();
         if let Some(a) = self.machines[m as usize].agent.as_mut() {
             a.suspects = suspects;
