@@ -196,7 +196,8 @@ fn main() -> anyhow::Result<()> {
             }
             let added = add_faults(&mut sc, sub.expect("a subcommand"), &mut again)?;
             eprintln!("fleet-sim: scenario {} seed {seed}", sc.name);
-            let (report, wall) = run_with_progress(&sc, seed, &added)?;
+            // Without shrinking, the process ends after the report: the run's memory is not freed.
+            let (report, wall) = run_with_progress(&sc, seed, &added, no_shrink)?;
             eprintln!(
                 "fleet-sim: {:.1}s simulated in {:.2}s wall ({:.1}x real time)",
                 report.simulated_s,
@@ -475,7 +476,12 @@ converge = "{converge}s"
 }
 
 /// Runs in slices of simulated time, drawing a progress line on a terminal.
-fn run_with_progress(sc: &Scenario, seed: u64, added: &Added) -> anyhow::Result<(Report, f64)> {
+fn run_with_progress(
+    sc: &Scenario,
+    seed: u64,
+    added: &Added,
+    exit_soon: bool,
+) -> anyhow::Result<(Report, f64)> {
     let started = Instant::now();
     let mut sim = Sim::new(sc, seed).map_err(|e| explain(e, sc, added))?;
     let end = sc.duration.0;
@@ -510,7 +516,12 @@ fn run_with_progress(sc: &Scenario, seed: u64, added: &Added) -> anyhow::Result<
         eprintln!();
     }
     let wall = started.elapsed().as_secs_f64();
-    Ok((sim.finish(), wall))
+    let report = if exit_soon {
+        sim.finish_and_exit_soon()
+    } else {
+        sim.finish()
+    };
+    Ok((report, wall))
 }
 
 fn print_shrunk(sc: &Scenario, seed: u64) -> anyhow::Result<()> {

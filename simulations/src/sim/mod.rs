@@ -477,6 +477,16 @@ impl Sim {
 
     /// Ends the run (closes open intervals) and builds the report.
     pub fn finish(mut self) -> crate::report::Report {
+        self.report()
+    }
+
+    /// [`Sim::finish`] without freeing the run's memory, for a process that exits next: at 1,000
+    /// machines, freeing every node's membership and state took 6% of a 24-second run's CPU.
+    pub fn finish_and_exit_soon(self) -> crate::report::Report {
+        std::mem::ManuallyDrop::new(self).report()
+    }
+
+    fn report(&mut self) -> crate::report::Report {
         self.checker.settle(self.now);
         let gossip = self.gossip_totals();
         let violations = std::mem::take(&mut self.checker.violations);
