@@ -182,11 +182,11 @@ pub enum Why {
 /// The outcome for one unit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
-    /// Keep it (or get it) running here. A claim written by [`Verdict::write`] must succeed first.
+    /// Keep it (or get it) running here. A claim to write (`write`) must succeed first.
     pub run: bool,
     /// Load it here without starting it (its file written and linked, no start job), ahead of a start
     /// that waits for the proof that the previous holder stopped it. Never together with `run`; a
-    /// claim written by [`Verdict::write`] must succeed first.
+    /// claim to write (`write`) must succeed first.
     pub prepare: bool,
     /// The etcd write to attempt.
     pub write: Option<Write>,
