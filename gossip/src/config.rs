@@ -67,6 +67,13 @@ pub struct Config {
     pub gossip_interval: Duration,
     /// How many members each gossip round goes to. Default 3.
     pub gossip_fanout: usize,
+    /// How long a unit state learnt from others may wait in this node's outbox to be passed on;
+    /// beyond, it is dropped (sent or not) and left to anti-entropy. A single change is passed on
+    /// its `max_transmissions` times within a few rounds, well before; a burst larger than the
+    /// pushes carry (thousands of unit states at once) would otherwise keep every node pushing
+    /// updates that everyone has for minutes. This node's own updates, metadata, suspicion claims
+    /// and vouches never expire. Default 1 s.
+    pub push_max_wait: Duration,
     /// How often to announce ourselves to one random member seen down (heals partitions: a member
     /// that was only cut off answers, and both sides renew and rejoin). Default 15 s. (foca's
     /// periodic announce to live members is off: its answer, a feed of up to `max_packet_size`
@@ -101,6 +108,7 @@ impl Default for Config {
             max_packet_size: 1100,
             gossip_interval: Duration::from_millis(100),
             gossip_fanout: 3,
+            push_max_wait: Duration::from_secs(1),
             announce_interval: Duration::from_secs(15),
             anti_entropy_interval: Duration::from_secs(5),
             join_retry_interval: Duration::from_secs(1),

@@ -5,8 +5,16 @@
 //! update of the same entry replaces an older one at once. Each update is encoded once, when it
 //! enters; filling a datagram takes updates from the front of a queue in O(1) each, so the cost of
 //! a push is proportional to what it carries, never to the backlog.
+//!
+//! A relayed rumour may be given an expiry ([`Outbox::add`]): past it, it is dropped, sent or not
+//! ([`Outbox::expire`]), and left to anti-entropy. A burst of updates larger than the pushes can
+//! carry (thousands of unit states at once) then costs each node what its pushes carry for that
+//! long, not every update `max_transmissions` times for minutes after everyone has it. Updates
+//! added without an expiry (this node's own, metadata, suspicion claims, vouches, certificates)
+//! keep all their transmissions.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use crate::store::{EntryKey, Update};
 use crate::types::MachineId;
@@ -16,6 +24,8 @@ struct Pending {
     bytes: Vec<u8>,
     stamp: crate::types::Stamp,
     remaining: u8,
+    /// How many times it went out.
+    sent: u8,
     /// Tells a live queue slot from one left behind by a replaced update.
     seq: u64,
 }
@@ -26,6 +36,13 @@ pub(crate) struct Outbox {
     pending: HashMap<(MachineId, EntryKey), Pending>,
     queue: VecDeque<((MachineId, EntryKey), u64)>,
     seq: u64,
+    /// The rumours with an expiry, in the order they came (so by expiry: every one is given the
+    /// same wait).
+    expiring: VecDeque<((MachineId, EntryKey), u64, Instant)>,
+    /// When this node last asked for a repair (an anti-entropy exchange after dropping rumours).
+    pub(crate) repaired_at: Option<Instant>,
+    /// Until when it asks for repairs (a while after it last dropped rumours).
+    pub(crate) repair_until: Option<Instant>,
 }
 
 impl Outbox {
@@ -38,9 +55,10 @@ impl Outbox {
         self.pending.is_empty()
     }
 
-    /// Adds an update to pass on `transmissions` times (it replaces an older update of the same
-    /// entry; an older or equal one is ignored).
-    pub(crate) fn add(&mut self, update: &Update, transmissions: u8) {
+    /// Adds an update to pass on `transmissions` times, until `expires` if given (it replaces an
+    /// older update of the same entry; an older or equal one is ignored). Expiries must come in
+    /// increasing order.
+    pub(crate) fn add(&mut self, update: &Update, transmissions: u8, expires: Option<Instant>) {
         let key = (update.origin.clone(), update.entry.key());
         if self
             .pending
@@ -57,11 +75,42 @@ impl Outbox {
                 bytes,
                 stamp: update.stamp,
                 remaining: transmissions.max(1),
+                sent: 0,
                 seq: self.seq,
             },
         );
+        if let Some(at) = expires {
+            self.expiring.push_back((key.clone(), self.seq, at));
+        }
         // Fresh news goes first.
         self.queue.push_front((key, self.seq));
+    }
+
+    /// Drops the rumours whose expiry is past `now`, sent or not. Returns how many of them had
+    /// gone out fewer times than they had left (a backlog: others likely lack them). O(1) per
+    /// rumour over its life.
+    pub(crate) fn expire(&mut self, now: Instant) -> usize {
+        let mut dropped = 0;
+        while let Some((_, _, at)) = self.expiring.front() {
+            if *at > now {
+                break;
+            }
+            let (key, seq, _) = self.expiring.pop_front().expect("just seen");
+            if let Some(p) = self.pending.get(&key).filter(|p| p.seq == seq) {
+                if p.sent < p.remaining {
+                    dropped += 1;
+                }
+                self.pending.remove(&key);
+            }
+        }
+        // Slots of dropped or replaced updates leave the queue when they reach its front; under a
+        // sustained burst the front is all fresh news, so clear them out now and then.
+        if self.queue.len() > 2 * self.pending.len() + 64 {
+            let pending = &self.pending;
+            self.queue
+                .retain(|(key, seq)| pending.get(key).is_some_and(|p| p.seq == *seq));
+        }
+        dropped
     }
 
     /// Takes updates for one datagram: at most `room` bytes of encoded updates. Returns their
@@ -88,6 +137,7 @@ impl Outbox {
             out.extend_from_slice(&p.bytes);
             count += 1;
             p.remaining -= 1;
+            p.sent = p.sent.saturating_add(1);
             if p.remaining == 0 {
                 self.pending.remove(&key);
             } else {
@@ -125,9 +175,9 @@ mod tests {
     #[test]
     fn each_update_goes_out_a_bounded_number_of_times_and_newer_replaces_older() {
         let mut o = Outbox::default();
-        o.add(&update("a", 1, "x"), 2);
-        o.add(&update("a", 2, "x"), 2);
-        o.add(&update("a", 1, "x"), 2);
+        o.add(&update("a", 1, "x"), 2, None);
+        o.add(&update("a", 2, "x"), 2, None);
+        o.add(&update("a", 1, "x"), 2, None);
         assert_eq!(o.len(), 1);
         let mut sent = 0;
         while !o.is_empty() {
@@ -144,7 +194,7 @@ mod tests {
     fn a_datagram_holds_what_fits_and_the_rest_waits() {
         let mut o = Outbox::default();
         for i in 0..50 {
-            o.add(&update("a", i + 1, &format!("unit-{i}.service")), 1);
+            o.add(&update("a", i + 1, &format!("unit-{i}.service")), 1, None);
         }
         let (bytes, n) = o.fill(300);
         assert!(
@@ -157,5 +207,75 @@ mod tests {
             total += o.fill(300).1;
         }
         assert_eq!(total, 50);
+    }
+
+    #[test]
+    fn a_rumour_with_an_expiry_is_dropped_past_it_and_one_without_is_kept() {
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_secs(1);
+        let mut o = Outbox::default();
+        o.add(&update("a", 1, "own.service"), 12, None);
+        o.add(&update("b", 1, "relayed.service"), 12, Some(later));
+        o.add(&update("b", 2, "claim"), 12, None);
+        assert_eq!(o.expire(t0), 0);
+        assert_eq!(o.len(), 3);
+        // Sent once each: the expiring one is still dropped at its expiry.
+        let (_, n) = o.fill(1000);
+        assert_eq!(n, 3);
+        assert_eq!(o.expire(later), 1);
+        assert_eq!(o.len(), 2);
+        let mut left = Vec::new();
+        while !o.is_empty() {
+            let (bytes, n) = o.fill(1000);
+            let mut rest = &bytes[..];
+            for _ in 0..n {
+                let (u, r): (Update, _) = postcard::take_from_bytes(rest).unwrap();
+                rest = r;
+                left.push(u.origin.to_string());
+            }
+        }
+        assert!(left.iter().all(|o| o == "a" || o == "b"));
+        assert_eq!(left.len(), 22, "11 more of each: never dropped");
+    }
+
+    #[test]
+    fn a_replaced_rumour_expires_with_its_replacement_only() {
+        let t0 = Instant::now();
+        let s = std::time::Duration::from_secs(1);
+        let mut o = Outbox::default();
+        o.add(&update("b", 1, "x"), 12, Some(t0 + s));
+        o.add(&update("b", 2, "x"), 12, Some(t0 + 2 * s));
+        assert_eq!(o.expire(t0 + s), 0, "the older one was replaced");
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.expire(t0 + 2 * s), 1);
+        assert!(o.is_empty());
+    }
+
+    /// A sustained burst: every round brings more news than a datagram carries, and the older
+    /// rumours expire. The queue keeps no more than a bounded number of dead slots.
+    #[test]
+    fn dropped_rumours_do_not_pile_up_in_the_queue() {
+        let t0 = Instant::now();
+        let wait = std::time::Duration::from_millis(1000);
+        let mut o = Outbox::default();
+        let mut v = 0;
+        for round in 0..600u64 {
+            let now = t0 + std::time::Duration::from_millis(100 * round);
+            for _ in 0..100 {
+                v += 1;
+                o.add(&update("b", v, &format!("u{v}")), 12, Some(now + wait));
+            }
+            o.expire(now);
+            for _ in 0..3 {
+                o.fill(1000);
+            }
+            assert!(o.len() <= 1100, "round {round}: {} pending", o.len());
+            assert!(
+                o.queue.len() <= 2 * o.len() + 64 + 100,
+                "round {round}: {} slots for {} pending",
+                o.queue.len(),
+                o.len()
+            );
+        }
     }
 }

@@ -337,6 +337,16 @@ impl VirtualNet {
         self.slots[index].node.as_ref().map(|n| n.view())
     }
 
+    /// True if `observer` is running and holds a state (not a tombstone) of unit `unit` of
+    /// machine `origin`.
+    pub fn holds_unit(&self, observer: NodeIndex, origin: &MachineId, unit: &str) -> bool {
+        self.slots[observer].node.as_ref().is_some_and(|n| {
+            n.store
+                .origin(origin)
+                .is_some_and(|o| o.units().any(|(name, _)| name == unit))
+        })
+    }
+
     /// True if `observer` is running and sees `target` alive (or suspect).
     pub fn sees_alive(&self, observer: NodeIndex, target: NodeIndex) -> bool {
         matches!(
