@@ -126,9 +126,7 @@ impl Sim {
         };
         let plan = self.plan_for(&live, hash, mirror_rev);
         let mut here: BTreeMap<u32, bool> = BTreeMap::new();
-        if let Some(v) = plan.on.get(&me) {
-            here.extend(v.iter().copied());
-        }
+        here.extend(plan.on(me).iter().copied());
         let mut candidates: BTreeSet<u32> = here.keys().copied().collect();
         candidates.extend(self.machines[m as usize].units.keys().copied());
         candidates.extend(self.etcd.claims_of(me));

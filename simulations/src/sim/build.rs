@@ -162,6 +162,7 @@ impl Sim {
             base_infos,
             machine_infos,
             by_id,
+            by_ptr: HashMap::default(),
             unit_index,
             etcd: Etcd::new(nunits),
             etcd_up: true,
@@ -191,6 +192,11 @@ impl Sim {
             trace: None,
             sc,
         };
+        sim.by_ptr = sim
+            .machine_infos
+            .iter()
+            .filter_map(|m| Some((m.id.as_str().as_ptr() as usize, *sim.by_id.get(&m.id)?)))
+            .collect();
         let mut by_name: Vec<u32> = (0..sim.units.len() as u32).collect();
         by_name.sort_by(|&a, &b| sim.units[a as usize].name.cmp(&sim.units[b as usize].name));
         sim.units_by_name = by_name;

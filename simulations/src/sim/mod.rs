@@ -46,6 +46,7 @@ mod watch;
 
 use faults::fault_rng;
 use load::load_units;
+pub(crate) use watch::{AddrHasher, PlanIndex};
 
 /// A datagram in flight.
 type Data = Vec<u8>;
@@ -306,11 +307,6 @@ impl Ord for QItem {
     }
 }
 
-/// A plan, indexed by machine.
-pub(crate) struct PlanIndex {
-    pub(crate) on: HashMap<u32, Vec<(u32, bool)>>,
-}
-
 pub(crate) fn mix(x: u64) -> u64 {
     let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -334,6 +330,10 @@ pub struct Sim {
     base_infos: Vec<UnitInfo>,
     pub(crate) machine_infos: Vec<MachineInfo>,
     pub(crate) by_id: HashMap<MachineId, u32>,
+    /// `by_id` by the address of each machine's ID string in `machine_infos` (the plans' IDs are
+    /// clones of those, sharing the string): a plan's machines are found without hashing their IDs;
+    /// an ID with another string is looked up in `by_id`.
+    by_ptr: HashMap<usize, u32, std::hash::BuildHasherDefault<AddrHasher>>,
     unit_index: HashMap<UnitName, u32>,
     pub(crate) etcd: Etcd,
     pub(crate) etcd_up: bool,

@@ -162,7 +162,13 @@ impl Sim {
     /// The planner's plan, indexed by machine.
     fn plan_index(&self) -> PlanIndex {
         let plan = self.planner.as_ref().expect("a plan was made").plan();
-        let mut on: HashMap<u32, Vec<(u32, bool)>> = HashMap::new();
+        let machine = |mid: &MachineId| {
+            self.by_ptr
+                .get(&(mid.as_str().as_ptr() as usize))
+                .or_else(|| self.by_id.get(mid))
+                .copied()
+        };
+        let mut placed: Vec<(u32, u32, bool)> = Vec::with_capacity(plan.decisions.len());
         // Decisions come in name order; when every unit has one, the k-th is the k-th unit by name.
         let all = plan.decisions.len() == self.units_by_name.len();
         for (k, (name, d)) in plan.decisions.iter().enumerate() {
@@ -177,21 +183,22 @@ impl Sim {
             debug_assert_eq!(self.units[u as usize].name, *name);
             match d {
                 Decision::On(mid) => {
-                    if let Some(&j) = self.by_id.get(mid) {
-                        on.entry(j).or_default().push((u, false));
+                    if let Some(j) = machine(mid) {
+                        debug_assert_eq!(self.by_id.get(mid), Some(&j));
+                        placed.push((j, u, false));
                     }
                 }
                 Decision::Global(ms) => {
                     for mid in ms {
-                        if let Some(&j) = self.by_id.get(mid) {
-                            on.entry(j).or_default().push((u, true));
+                        if let Some(j) = machine(mid) {
+                            placed.push((j, u, true));
                         }
                     }
                 }
                 Decision::Unplaceable(_) => {}
             }
         }
-        PlanIndex { on }
+        PlanIndex::new(self.machines.len(), placed)
     }
 
     /// What moves the planner's inputs from the live machines `live0` (sorted) to `live` (sorted) at
@@ -246,4 +253,60 @@ impl Sim {
 
     // ------------------------------------------------------------------------------------------
     // systemd.
+}
+
+/// A plan, indexed by machine: the units placed on each machine (and whether as a global unit), in
+/// name order, one flat vector for all.
+pub(crate) struct PlanIndex {
+    /// Machine `j`'s units are `units[starts[j]..starts[j + 1]]`.
+    starts: Vec<u32>,
+    units: Vec<(u32, bool)>,
+}
+
+impl PlanIndex {
+    /// From `(machine, unit, global)` triples; `machines` is the number of machines.
+    pub(crate) fn new(machines: usize, placed: Vec<(u32, u32, bool)>) -> PlanIndex {
+        let mut starts = vec![0u32; machines + 1];
+        for &(j, _, _) in &placed {
+            starts[j as usize + 1] += 1;
+        }
+        for j in 0..machines {
+            starts[j + 1] += starts[j];
+        }
+        let mut next = starts.clone();
+        let mut units = vec![(0, false); placed.len()];
+        for (j, u, global) in placed {
+            let at = &mut next[j as usize];
+            units[*at as usize] = (u, global);
+            *at += 1;
+        }
+        PlanIndex { starts, units }
+    }
+
+    /// The units the plan puts on machine `j`.
+    pub(crate) fn on(&self, j: u32) -> &[(u32, bool)] {
+        let j = j as usize;
+        match (self.starts.get(j), self.starts.get(j + 1)) {
+            (Some(&a), Some(&b)) => &self.units[a as usize..b as usize],
+            _ => &[],
+        }
+    }
+}
+
+/// Hashes a machine ID's string address (see `Sim::by_ptr`): one multiplication.
+#[derive(Default)]
+pub(crate) struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
