@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use fleet_gossip::core::{Config, Event};
+use fleet_gossip::testing::running_unit as running;
 use fleet_gossip::testing::VirtualNet;
 use fleet_gossip::UnitState;
 
@@ -40,15 +41,6 @@ fn thread_cpu() -> Duration {
     // SAFETY: `ts` is a valid timespec to write to.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-fn running(i: usize) -> UnitState {
-    UnitState {
-        load_state: "loaded".into(),
-        active_state: "active".into(),
-        sub_state: "running".into(),
-        unit_hash: [i as u8; 20],
-    }
 }
 
 /// Datagrams, push datagrams and bytes sent by every node so far.

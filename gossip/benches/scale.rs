@@ -34,6 +34,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use fleet_gossip::core::{Config, Node};
+use fleet_gossip::testing::running_unit as running;
 use fleet_gossip::testing::{synthetic_cluster, VirtualNet};
 use fleet_gossip::wire::{FullState, SyncAnswer, SyncOffer, DATAGRAM_STATE, DATAGRAM_SWIM};
 use fleet_gossip::{MachineId, Metadata, NodeIdentity, Stamp, UnitState, Update};
@@ -508,16 +509,6 @@ fn machine_metadata(i: usize, units: usize) -> Metadata {
         metadata: [("rack".to_string(), format!("r{}", i % 40))].into(),
         version: "0.1.0".into(),
         unit_count: units as u32,
-    }
-}
-
-/// A running unit of member `i`, as `synthetic_cluster` makes it.
-fn running(i: usize) -> UnitState {
-    UnitState {
-        load_state: "loaded".into(),
-        active_state: "active".into(),
-        sub_state: "running".into(),
-        unit_hash: [i as u8; 20],
     }
 }
 

@@ -578,6 +578,16 @@ impl VirtualNet {
     }
 }
 
+/// A running unit's state as member `i` of the tests' and benchmarks' clusters reports it.
+pub fn running_unit(i: usize) -> crate::types::UnitState {
+    crate::types::UnitState {
+        load_state: "loaded".into(),
+        active_state: "active".into(),
+        sub_state: "running".into(),
+        unit_hash: [i as u8; 20],
+    }
+}
+
 /// A formed cluster of `n` members, for benchmarks at sizes a [`VirtualNet`] cannot hold: their
 /// identities (32-hex-digit machine IDs as fleetd uses, distinct addresses, incarnation 1) and a
 /// full state as a member of it would send to a joiner (every member alive; each with metadata
@@ -585,7 +595,7 @@ impl VirtualNet {
 /// node a member of the formed cluster.
 pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullState) {
     use crate::store::{Entry, OriginDelta};
-    use crate::types::{Metadata, Stamp, UnitState};
+    use crate::types::{Metadata, Stamp};
     let ids: Vec<NodeIdentity> = (0..n)
         .map(|i| {
             NodeIdentity::new(
@@ -618,12 +628,7 @@ pub fn synthetic_cluster(n: usize, units: usize) -> (Vec<NodeIdentity>, FullStat
                     stamp(2 + u as u64),
                     Entry::Unit {
                         name: format!("app-{u:04}.service"),
-                        state: Some(UnitState {
-                            load_state: "loaded".into(),
-                            active_state: "active".into(),
-                            sub_state: "running".into(),
-                            unit_hash: [i as u8; 20],
-                        }),
+                        state: Some(running_unit(i)),
                     },
                     Vec::new(),
                 ));

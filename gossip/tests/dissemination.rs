@@ -7,17 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use fleet_gossip::core::Config;
+use fleet_gossip::testing::running_unit as running;
 use fleet_gossip::testing::VirtualNet;
 use fleet_gossip::{Metadata, UnitState};
-
-fn running(i: usize) -> UnitState {
-    UnitState {
-        load_state: "loaded".into(),
-        active_state: "active".into(),
-        sub_state: "running".into(),
-        unit_hash: [i as u8; 20],
-    }
-}
 
 fn quiet(net: &VirtualNet, n: usize) -> bool {
     (0..n).all(|i| {
