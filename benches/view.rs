@@ -62,8 +62,8 @@ fn thread_cpu() -> Duration {
 }
 
 /// What the driver answers to `Command::View`.
-fn driver_view(node: &mut Node) -> fleet_gossip::View {
-    node.view()
+fn driver_view(node: &mut Node) -> std::sync::Arc<fleet_gossip::View> {
+    node.shared_view()
 }
 
 /// One refresh: the driver's answer, then the agent's `set_view`; the CPU of each part.
@@ -138,6 +138,147 @@ impl Bench {
     }
 }
 
+/// A node holding a formed cluster of `n` members with `units` units each, this machine's own
+/// state published, and an agent's `AgentCluster` that has taken its first view.
+fn setup(n: usize, units: usize, config: &Config) -> (Bench, AgentCluster, Instant) {
+    let (ids, snapshot) = synthetic_cluster(n.max(3), units);
+    let start = Instant::now();
+    let mut node = Node::new(
+        config.clone(),
+        ids[0].clone(),
+        StdRng::seed_from_u64(1),
+        start,
+    );
+    node.merge(start, snapshot).expect("snapshot");
+    node.set_local_metadata(
+        start,
+        Metadata {
+            public_ip: ids[0].addr.ip().to_string(),
+            metadata: [("rack".to_string(), "r0".to_string())].into(),
+            version: "0.1.0".into(),
+            unit_count: units as u32,
+        },
+    );
+    let states = (0..units)
+        .map(|u| (format!("app-{u:04}.service"), running_unit(0)))
+        .collect();
+    node.set_local_unit_states(start, &states);
+    while node.poll_event().is_some() {}
+    while node.poll_transmit().is_some() {}
+    while node.poll_sync().is_some() {}
+    let cluster = AgentCluster::new(
+        LocalCluster::new(ids[0].machine_id.clone(), None, BTreeMap::new()),
+        // Never reached: the runtime is not driven, so its task never runs.
+        Registry::start(RegistryOptions::new(
+            vec!["http://127.0.0.1:9".into()],
+            "/fleet/",
+        )),
+        None,
+    );
+    let mut b = Bench {
+        versions: vec![1 + units as u64; ids.len()],
+        ids,
+        node,
+        rng: StdRng::seed_from_u64(3),
+        units,
+    };
+    // The first refresh (a new node's view): not counted.
+    refresh(&mut b.node, &cluster);
+    (b, cluster, start)
+}
+
+/// [a] and [b]: the mean CPU of a refresh's two parts, idle and after one change each; and the
+/// virtual time reached.
+fn per_refresh(
+    b: &mut Bench,
+    cluster: &AgentCluster,
+    config: &Config,
+    mut now: Instant,
+    reps: u32,
+) -> ([(Duration, Duration); 2], Instant) {
+    let (mut va, mut sa) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..reps {
+        let (v, s) = refresh(&mut b.node, cluster);
+        va += v;
+        sa += s;
+    }
+    let (mut vb, mut sb) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..reps {
+        now += Duration::from_millis(1);
+        for (_, push) in b.change(now, config, 1) {
+            b.deliver(now, &push);
+        }
+        let (v, s) = refresh(&mut b.node, cluster);
+        vb += v;
+        sb += s;
+    }
+    ([(va / reps, sa / reps), (vb / reps, sb / reps)], now)
+}
+
+/// [c] The burst from `t0` for `secs` simulated seconds at `churn` changes/s: events, inputs that
+/// emitted one, and the refreshes of fleetd's loop when each takes `cost`.
+fn burst(
+    b: &mut Bench,
+    config: &Config,
+    t0: Instant,
+    secs: u64,
+    churn: f64,
+    cost: Duration,
+) -> (u64, u64, u64) {
+    let end = t0 + Duration::from_secs(secs);
+    let mut queue: BTreeMap<(Instant, u64), Vec<u8>> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut next_change = t0;
+    let gap = Duration::from_secs_f64(1.0 / churn.max(1e-9));
+    let (mut events, mut inputs, mut refreshes) = (0u64, 0u64, 0u64);
+    // fleetd's loop: when its current refresh ends, and whether events wait for the next one,
+    // which starts as soon as the current one ends.
+    let mut busy_until = t0;
+    let mut waiting = false;
+    let mut next_tick = t0;
+    loop {
+        let next_push = queue.keys().next().map(|(at, _)| *at);
+        let at = [Some(next_change), next_push, Some(next_tick)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap();
+        if at >= end {
+            break;
+        }
+        if waiting && busy_until <= at {
+            refreshes += 1;
+            busy_until += cost;
+            waiting = false;
+        }
+        if at == next_change {
+            let jitter = b.rng.random_range(0.5..1.5);
+            next_change = at + gap.mul_f64(jitter);
+            for (when, push) in b.change(at, config, config.max_transmissions) {
+                seq += 1;
+                queue.insert((when, seq), push);
+            }
+        } else if Some(at) == next_push {
+            let (_, push) = queue.pop_first().unwrap();
+            let e = b.deliver(at, &push);
+            if e > 0 {
+                events += e as u64;
+                inputs += 1;
+                waiting = true;
+            }
+        } else {
+            next_tick = at + Duration::from_millis(500);
+            waiting = true;
+        }
+        if waiting && busy_until <= at {
+            refreshes += 1;
+            busy_until = at + cost;
+            waiting = false;
+        }
+    }
+    (events, inputs, refreshes)
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::var("SIZES")
         .unwrap_or_else(|_| "1000,10000".into())
@@ -171,134 +312,20 @@ fn main() {
         "driver %"
     );
     for &n in &sizes {
-        let (ids, snapshot) = synthetic_cluster(n.max(3), units);
-        let start = Instant::now();
-        let mut node = Node::new(
-            config.clone(),
-            ids[0].clone(),
-            StdRng::seed_from_u64(1),
-            start,
-        );
-        node.merge(start, snapshot).expect("snapshot");
-        node.set_local_metadata(
-            start,
-            Metadata {
-                public_ip: ids[0].addr.ip().to_string(),
-                metadata: [("rack".to_string(), "r0".to_string())].into(),
-                version: "0.1.0".into(),
-                unit_count: units as u32,
-            },
-        );
-        let states = (0..units)
-            .map(|u| (format!("app-{u:04}.service"), running_unit(0)))
-            .collect();
-        node.set_local_unit_states(start, &states);
-        while node.poll_event().is_some() {}
-        while node.poll_transmit().is_some() {}
-        while node.poll_sync().is_some() {}
-        let cluster = AgentCluster::new(
-            LocalCluster::new(ids[0].machine_id.clone(), None, BTreeMap::new()),
-            // Never reached: the runtime is not driven, so its task never runs.
-            Registry::start(RegistryOptions::new(
-                vec!["http://127.0.0.1:9".into()],
-                "/fleet/",
-            )),
-            None,
-        );
-        let mut b = Bench {
-            versions: vec![1 + units as u64; ids.len()],
-            ids,
-            node,
-            rng: StdRng::seed_from_u64(3),
-            units,
-        };
-        // The first refresh (a new node's view): not counted.
-        refresh(&mut b.node, &cluster);
-
-        // [a] idle.
-        let (mut va, mut sa) = (Duration::ZERO, Duration::ZERO);
-        for _ in 0..reps {
-            let (v, s) = refresh(&mut b.node, &cluster);
-            va += v;
-            sa += s;
-        }
-        // [b] after one change each.
-        let (mut vb, mut sb) = (Duration::ZERO, Duration::ZERO);
-        let mut now = start;
-        for _ in 0..reps {
-            now += Duration::from_millis(1);
-            for (_, push) in b.change(now, &config, 1) {
-                b.deliver(now, &push);
-            }
-            let (v, s) = refresh(&mut b.node, &cluster);
-            vb += v;
-            sb += s;
-        }
-        let per = |d: Duration| d / reps;
-        let (view_b, set_b) = (per(vb), per(sb));
-
-        // [c] the burst, in simulated time.
-        let t0 = now + Duration::from_secs(1);
-        let end = t0 + Duration::from_secs(secs);
-        let mut queue: BTreeMap<(Instant, u64), Vec<u8>> = BTreeMap::new();
-        let mut seq = 0u64;
-        let mut next_change = t0;
-        let gap = Duration::from_secs_f64(1.0 / churn.max(1e-9));
-        let (mut events, mut inputs, mut refreshes) = (0u64, 0u64, 0u64);
-        // fleetd's loop: the time its current refresh ends, and whether events wait for the next.
+        let (mut b, cluster, start) = setup(n, units, &config);
+        let ([(view_a, set_a), (view_b, set_b)], now) =
+            per_refresh(&mut b, &cluster, &config, start, reps);
         let cost = view_b + set_b;
-        let mut busy_until = t0;
-        let mut waiting = false;
-        let mut next_tick = t0;
-        loop {
-            let next_push = queue.keys().next().map(|(at, _)| *at);
-            let at = [Some(next_change), next_push, Some(next_tick)]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap();
-            if at >= end {
-                break;
-            }
-            // A refresh that can start before `at` (events waiting and the loop free) does.
-            if waiting && busy_until <= at {
-                refreshes += 1;
-                busy_until = busy_until.max(at) + cost;
-                waiting = false;
-            }
-            if at == next_change {
-                let jitter = b.rng.random_range(0.5..1.5);
-                next_change = at + gap.mul_f64(jitter);
-                for (when, push) in b.change(at, &config, config.max_transmissions) {
-                    seq += 1;
-                    queue.insert((when, seq), push);
-                }
-            } else if Some(at) == next_push {
-                let (_, push) = queue.pop_first().unwrap();
-                let e = b.deliver(at, &push);
-                if e > 0 {
-                    events += e as u64;
-                    inputs += 1;
-                    waiting = true;
-                }
-            } else {
-                next_tick = at + Duration::from_millis(500);
-                waiting = true;
-            }
-            if waiting && busy_until <= at {
-                refreshes += 1;
-                busy_until = at + cost;
-                waiting = false;
-            }
-        }
+        let t0 = now + Duration::from_secs(1);
+        let (events, inputs, refreshes) = burst(&mut b, &config, t0, secs, churn, cost);
         let s = secs as f64;
         let rate = refreshes as f64 / s;
         let us = |d: Duration| format!("{:.1} us", d.as_secs_f64() * 1e6);
         println!(
             "{:>7} | {:>10} {:>10} | {:>10} {:>10} | {:>8.0} {:>9.0} {:>9.1} {:>7.1}% {:>8.1}%",
             n,
-            us(per(va)),
-            us(per(sa)),
+            us(view_a),
+            us(set_a),
             us(view_b),
             us(set_b),
             events as f64 / s,

@@ -96,7 +96,7 @@ async fn a_cluster_runs_on_sealed_datagrams() {
             if !v
                 .machines
                 .get(&MachineId::parse("c").unwrap())
-                .is_some_and(|m| m.units == units)
+                .is_some_and(|m| *m.units == units)
             {
                 return false;
             }

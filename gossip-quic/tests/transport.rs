@@ -71,7 +71,7 @@ async fn three_nodes_gossip_over_mutual_tls_and_refuse_a_foreign_ca() {
             let Some(m) = v.machines.get(&MachineId::parse("a").unwrap()) else {
                 return false;
             };
-            if m.metadata.as_ref() != Some(&meta) || m.units != units {
+            if m.metadata.as_deref() != Some(&meta) || *m.units != units {
                 return false;
             }
         }

@@ -266,6 +266,8 @@ pub struct Node {
     pub(crate) vouches: crate::vouch::Vouches,
     /// Each peer's budget of refused input ([`crate::budget`]).
     pub(crate) budgets: crate::budget::Budgets,
+    /// The last view [`Node::shared_view`] built.
+    view_cache: Option<std::sync::Arc<View>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -318,6 +320,7 @@ impl Node {
             warned_state: BTreeMap::new(),
             vouches: Default::default(),
             budgets: Default::default(),
+            view_cache: None,
             config,
         };
         node.schedule(
@@ -557,8 +560,84 @@ impl Node {
         self.publish(update.into_iter().collect());
     }
 
-    /// This node's view of the cluster, itself included.
+    /// This node's view of the cluster, itself included. Built anew (a walk of the membership),
+    /// but each machine's metadata and units are the store's shared copies: see
+    /// [`Node::shared_view`] for the view a reader that asks often should take.
     pub fn view(&self) -> View {
+        let me = self.identity().clone();
+        let store = &self.store;
+        let entry = |identity: NodeIdentity, liveness: Liveness, since: Instant| {
+            let data = store.origin(&identity.machine_id);
+            let shown = data.map(|d| d.shown());
+            MachineView {
+                identity,
+                liveness,
+                liveness_since: since,
+                metadata: data.and_then(|d| d.metadata_shared().cloned()),
+                units: shown.map(|s| s.units.clone()).unwrap_or_default(),
+                version: shown.map(|s| s.newest).unwrap_or_default(),
+            }
+        };
+        let mut machines: BTreeMap<MachineId, MachineView> = self
+            .roster
+            .iter()
+            .filter(|(id, _)| **id != me.machine_id)
+            .map(|(id, k)| {
+                let liveness = match k.state {
+                    State::Alive => Liveness::Alive,
+                    State::Suspect => Liveness::Suspect,
+                    State::Down => Liveness::Down,
+                };
+                (id.clone(), entry(k.identity.clone(), liveness, k.since))
+            })
+            .collect();
+        machines.insert(
+            me.machine_id.clone(),
+            entry(me.clone(), Liveness::Alive, self.started),
+        );
+        View {
+            local: me.machine_id,
+            machines,
+            generation: self.view_generation(),
+            members_generation: self.members_generation(),
+        }
+    }
+
+    /// This node's view of the cluster, as [`Node::view`] builds it, shared: the same one (a
+    /// pointer copy) until [`Node::view_generation`] moves or this node's identity changes.
+    /// What fleetd's gossip driver answers to every view request.
+    pub fn shared_view(&mut self) -> std::sync::Arc<View> {
+        let generation = self.view_generation();
+        if let Some(v) = &self.view_cache {
+            let me = self.foca.identity();
+            let same_me = v
+                .machines
+                .get(&me.machine_id)
+                .is_some_and(|m| m.identity == *me);
+            if v.generation == generation && same_me {
+                return v.clone();
+            }
+        }
+        let v = std::sync::Arc::new(self.view());
+        self.view_cache = Some(v.clone());
+        v
+    }
+
+    /// A count that moves whenever what [`Node::view`] shows may have changed, but for this node's
+    /// own identity: the membership's changes ([`Node::members_generation`]'s roster part) and
+    /// every change of any machine's state the store holds (metadata, units, their versions),
+    /// an origin added or forgotten.
+    pub fn view_generation(&self) -> u64 {
+        self.roster
+            .generation()
+            .wrapping_add(self.store.generation())
+    }
+
+    /// Test oracle: [`Node::view`] as it was built before views shared anything: every machine's
+    /// metadata and units copied from the store's entries, its version found by a walk of them.
+    /// A view from [`Node::shared_view`] must equal it after any input.
+    #[cfg(feature = "testing")]
+    pub fn view_from_scratch(&self) -> View {
         let me = self.identity().clone();
         let store = &self.store;
         let entry = |identity: NodeIdentity, liveness: Liveness, since: Instant| {
@@ -567,10 +646,11 @@ impl Node {
                 identity,
                 liveness,
                 liveness_since: since,
-                metadata: data.and_then(|d| d.metadata().cloned()),
-                units: data
-                    .map(|d| d.units().map(|(n, s)| (n.clone(), s.clone())).collect())
-                    .unwrap_or_default(),
+                metadata: data.and_then(|d| d.metadata().cloned().map(std::sync::Arc::new)),
+                units: std::sync::Arc::new(
+                    data.map(|d| d.units().map(|(n, s)| (n.clone(), s.clone())).collect())
+                        .unwrap_or_default(),
+                ),
                 version: data.map(|d| d.newest()).unwrap_or_default(),
             }
         };
@@ -594,6 +674,8 @@ impl Node {
         View {
             local: me.machine_id,
             machines,
+            generation: self.view_generation(),
+            members_generation: self.members_generation(),
         }
     }
 

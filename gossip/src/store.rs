@@ -18,6 +18,7 @@
 //! the unit tests of the invariant in `store/tests.rs`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -149,15 +150,50 @@ pub(crate) struct OriginData {
     synced: Stamp,
     /// Versions of this epoch received beyond `synced` (a gap in between).
     pending: BTreeSet<u64>,
-    metadata: Option<(Stamp, Metadata, Vec<u8>)>,
+    /// Shared with every view that shows it (replaced, never changed in place).
+    metadata: Option<(Stamp, Arc<Metadata>, Vec<u8>)>,
     units: BTreeMap<String, (Stamp, Option<UnitState>, Vec<u8>)>,
     /// The origin's newest vouch for its foca incarnation: stamp, life, incarnation, signature.
     incarnation: Option<(Stamp, u64, u16, Vec<u8>)>,
+    /// What a view shows of this origin, built when a view first asks after a change and shared
+    /// by every view until the next change ([`OriginData::touch`] drops it).
+    shown: OnceLock<Shown>,
+    /// Counts [`OriginData::touch`]'s calls.
+    revision: u64,
+}
+
+/// What a [`crate::View`] shows of one origin: its unit states (tombstones left out) and its
+/// newest stamp.
+#[derive(Debug, Clone)]
+pub(crate) struct Shown {
+    pub(crate) units: Arc<BTreeMap<String, UnitState>>,
+    pub(crate) newest: Stamp,
 }
 
 impl OriginData {
     pub(crate) fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_ref().map(|(_, m, _)| &**m)
+    }
+
+    /// The metadata, shared (a view's copy is this pointer).
+    pub(crate) fn metadata_shared(&self) -> Option<&Arc<Metadata>> {
         self.metadata.as_ref().map(|(_, m, _)| m)
+    }
+
+    /// What a view shows of this origin: built once per change of its data (see `shown`).
+    pub(crate) fn shown(&self) -> &Shown {
+        self.shown.get_or_init(|| Shown {
+            units: Arc::new(self.units().map(|(n, s)| (n.clone(), s.clone())).collect()),
+            newest: self.newest(),
+        })
+    }
+
+    /// Every change of what a view shows of this origin (its metadata, units, vouch, `synced` or
+    /// epoch) goes through here: the shared copy is dropped, and the store's `generation` moves
+    /// (see [`Store::with_origin`]).
+    fn touch(&mut self) {
+        self.revision += 1;
+        self.shown = OnceLock::new();
     }
 
     pub(crate) fn units(&self) -> impl Iterator<Item = (&String, &UnitState)> {
@@ -194,6 +230,7 @@ impl OriginData {
             return;
         }
         if v == self.synced.version + 1 {
+            self.touch();
             self.synced.version = v;
             while self.pending.remove(&(self.synced.version + 1)) {
                 self.synced.version += 1;
@@ -205,6 +242,7 @@ impl OriginData {
 
     fn raise_synced(&mut self, to: Stamp) {
         if to > self.synced && to.epoch == self.epoch {
+            self.touch();
             self.synced = to;
             self.pending.retain(|v| *v > to.version);
             while self.pending.remove(&(self.synced.version + 1)) {
@@ -238,6 +276,9 @@ pub(crate) struct Store {
     /// The origins whose metadata says they cannot take units now
     /// ([`Metadata::cannot_take_units`]), kept with every metadata change.
     refusing: BTreeSet<MachineId>,
+    /// Moves whenever what a view shows of any origin may have changed: an origin's data
+    /// touched ([`OriginData::touch`]), added or forgotten.
+    generation: u64,
 }
 
 impl Store {
@@ -253,6 +294,7 @@ impl Store {
             sums: vec![0; BUCKETS],
             metadata_generation: 0,
             refusing: BTreeSet::new(),
+            generation: 0,
         };
         store.origins.insert(
             local.clone(),
@@ -307,6 +349,12 @@ impl Store {
         self.metadata_generation
     }
 
+    /// A count that moves whenever what a view shows of some origin may have changed (see the
+    /// field).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// The origins whose metadata says they cannot take units now, in machine-ID order.
     pub(crate) fn refusing(&self) -> impl Iterator<Item = &MachineId> {
         self.refusing.iter()
@@ -339,13 +387,22 @@ impl Store {
         std::mem::take(&mut self.changes)
     }
 
-    /// Runs `f` on an origin's data and keeps its bucket's sum true if `synced` changed.
+    /// Runs `f` on an origin's data and keeps its bucket's sum true if `synced` changed, and the
+    /// store's `generation` if `f` touched the data (or the origin is new).
+    ///
+    /// Every change of an origin's data goes through here (or [`Store::local_mut`]), and every
+    /// change `f` makes calls [`OriginData::touch`].
     fn with_origin<R>(&mut self, origin: &MachineId, f: impl FnOnce(&mut OriginData) -> R) -> R {
         let existed = self.origins.contains_key(origin);
         let data = self.origins.get_or_default(origin);
         let before = data.synced;
+        let revision = data.revision;
         let r = f(data);
+        let touched = data.revision != revision;
         let after = data.synced;
+        if touched || !existed {
+            self.generation += 1;
+        }
         if after != before || !existed {
             let b = bucket_of(origin);
             if existed {
@@ -360,12 +417,26 @@ impl Store {
         self.local_stamp.version += 1;
         let stamp = self.local_stamp;
         let local = self.local.clone();
-        self.with_origin(&local, |o| o.synced = stamp);
+        self.with_origin(&local, |o| {
+            o.touch();
+            o.synced = stamp;
+        });
         stamp
     }
 
-    fn local_data(&mut self) -> &mut OriginData {
-        self.origins.get_or_default(&self.local)
+    /// This node's own data, to read.
+    fn local_ref(&self) -> &OriginData {
+        self.origins
+            .get(&self.local)
+            .expect("the store holds its own origin")
+    }
+
+    /// This node's own data, to change: touched (see [`OriginData::touch`]).
+    fn local_mut(&mut self) -> &mut OriginData {
+        self.generation += 1;
+        let data = self.origins.get_or_default(&self.local);
+        data.touch();
+        data
     }
 
     /// The epoch this node stamps its own state with.
@@ -386,14 +457,14 @@ impl Store {
         metadata: Metadata,
         credentials: &dyn Credentials,
     ) -> Option<Update> {
-        if self.local_data().metadata() == Some(&metadata) {
+        if self.local_ref().metadata() == Some(&metadata) {
             return None;
         }
         self.metadata_generation += 1;
         let stamp = self.next_local_stamp();
         let entry = Entry::Metadata(metadata.clone());
         let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
-        self.local_data().metadata = Some((stamp, metadata, signature.clone()));
+        self.local_mut().metadata = Some((stamp, Arc::new(metadata), signature.clone()));
         let local = self.local.clone();
         self.metadata_changed(&local);
         Some(Update {
@@ -411,7 +482,7 @@ impl Store {
         units: &BTreeMap<String, UnitState>,
         credentials: &dyn Credentials,
     ) -> Vec<Update> {
-        let data = self.local_data();
+        let data = self.local_ref();
         let mut changed: Vec<(String, Option<UnitState>)> = Vec::new();
         for (name, state) in units {
             let current = data.units.get(name).and_then(|(_, s, _)| s.as_ref());
@@ -442,7 +513,7 @@ impl Store {
             state: state.clone(),
         };
         let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
-        self.local_data()
+        self.local_mut()
             .units
             .insert(name, (stamp, state, signature.clone()));
         Update {
@@ -461,13 +532,13 @@ impl Store {
         incarnation: u16,
         credentials: &dyn Credentials,
     ) -> Option<Update> {
-        if self.local_data().vouched() == Some((life, incarnation)) {
+        if self.local_ref().vouched() == Some((life, incarnation)) {
             return None;
         }
         let stamp = self.next_local_stamp();
         let entry = Entry::Incarnation { life, incarnation };
         let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
-        self.local_data().incarnation = Some((stamp, life, incarnation, signature.clone()));
+        self.local_mut().incarnation = Some((stamp, life, incarnation, signature.clone()));
         Some(Update {
             origin: self.local.clone(),
             stamp,
@@ -484,7 +555,7 @@ impl Store {
         credentials: &dyn Credentials,
     ) -> Option<Update> {
         let current = self
-            .local_data()
+            .local_ref()
             .units
             .get(name)
             .and_then(|(_, s, _)| s.clone());
@@ -557,7 +628,13 @@ impl Store {
                         false
                     } else {
                         let differs = data.metadata() != Some(m);
-                        data.metadata = Some((update.stamp, m.clone(), sig));
+                        // The same metadata again keeps the copy views share.
+                        let shared = match data.metadata.take() {
+                            Some((_, old, _)) if !differs => old,
+                            _ => Arc::new(m.clone()),
+                        };
+                        data.touch();
+                        data.metadata = Some((update.stamp, shared, sig));
                         if differs {
                             changes.push(Change::Metadata);
                         }
@@ -568,6 +645,7 @@ impl Store {
                     Some((s, _, _)) if *s >= update.stamp => false,
                     previous => {
                         let differs = previous.and_then(|(_, s, _)| s.as_ref()) != state.as_ref();
+                        data.touch();
                         data.units
                             .insert(name.clone(), (update.stamp, state.clone(), sig));
                         if differs {
@@ -584,6 +662,7 @@ impl Store {
                     {
                         false
                     } else {
+                        data.touch();
                         data.incarnation = Some((update.stamp, *life, *incarnation, sig));
                         true
                     }
@@ -662,6 +741,7 @@ impl Store {
             return;
         }
         if let Some(data) = self.origins.remove(origin) {
+            self.generation += 1;
             if data.metadata.is_some() {
                 self.metadata_generation += 1;
             }
@@ -680,6 +760,7 @@ fn enter_epoch(data: &mut OriginData, epoch: u64, changes: &mut Vec<Change>) -> 
         return false;
     }
     if epoch > data.epoch {
+        data.touch();
         if data.metadata.take().is_some() {
             changes.push(Change::Metadata);
         }

@@ -254,10 +254,13 @@ pub struct MachineView {
     /// When this node saw `liveness` (or the identity) last change, on this node's clock (its own
     /// entry: when the node started).
     pub liveness_since: std::time::Instant,
-    /// The metadata the machine published, if it has reached us yet.
-    pub metadata: Option<Metadata>,
-    /// The runtime state of each unit the machine reports, by unit name.
-    pub units: BTreeMap<String, UnitState>,
+    /// The metadata the machine published, if it has reached us yet. Shared with the node's
+    /// store and every other view until the machine publishes another.
+    pub metadata: Option<std::sync::Arc<Metadata>>,
+    /// The runtime state of each unit the machine reports, by unit name. Shared with every other
+    /// view taken while this machine's state is unchanged (an unchanged machine costs a view a
+    /// pointer copy).
+    pub units: std::sync::Arc<BTreeMap<String, UnitState>>,
     /// The newest version of the machine's state that this node has (metadata or units).
     pub version: Stamp,
 }
@@ -269,6 +272,13 @@ pub struct View {
     pub local: MachineId,
     /// Every machine the membership knows (alive, suspect, or down and not yet forgotten).
     pub machines: BTreeMap<MachineId, MachineView>,
+    /// The node's `view_generation` when the view was taken: two views of one node with the same
+    /// generation are the same.
+    pub generation: u64,
+    /// The node's `members_generation` when the view was taken: two views of one node with the
+    /// same one show the same members with the same liveness, identities, `liveness_since` and
+    /// metadata (their units and versions may differ).
+    pub members_generation: u64,
 }
 
 impl View {

@@ -130,7 +130,7 @@ fn metadata_and_unit_states_reach_every_member() {
         (1..6).all(|i| {
             let mut net_i = net_node_view(net, i);
             let m = net_i.remove(&origin);
-            m.is_some_and(|m| m.metadata == Some(metadata("eu")) && m.units == units)
+            m.is_some_and(|m| m.metadata.as_deref() == Some(&metadata("eu")) && *m.units == units)
         })
     });
     assert!(
@@ -214,7 +214,7 @@ fn a_joiner_converges_through_anti_entropy() {
         };
         (0..5).all(|i| {
             v.machines.get(&VirtualNet::machine_id(i)).is_some_and(|m| {
-                m.metadata == Some(metadata(&format!("r{i}"))) && m.units.len() == 1
+                m.metadata.as_deref() == Some(&metadata(&format!("r{i}"))) && m.units.len() == 1
             })
         })
     });
@@ -748,7 +748,7 @@ fn a_push_of_another_machines_state_without_its_signature_is_refused() {
     let before: Vec<_> = (0..3)
         .map(|i| net.view(i).unwrap().machines[&m1].clone())
         .collect();
-    assert_eq!(before[0].metadata, Some(metadata("eu")));
+    assert_eq!(before[0].metadata.as_deref(), Some(&metadata("eu")));
     let seen = before[0].version;
     let next = |k| Stamp {
         epoch: seen.epoch,
@@ -800,8 +800,8 @@ fn a_push_of_another_machines_state_without_its_signature_is_refused() {
         n.handle_datagram_from(now, from, Some(&m2), &push).unwrap();
     });
     assert_eq!(
-        net.view(0).unwrap().machines[&m1].metadata,
-        Some(metadata("us"))
+        net.view(0).unwrap().machines[&m1].metadata.as_deref(),
+        Some(&metadata("us"))
     );
 }
 
@@ -849,7 +849,7 @@ fn a_sync_delta_with_another_machines_state_without_its_signature_is_refused() {
         assert_eq!(n.counters().signatures_refused, 1, "{:?}", n.counters());
     });
     let seen_now = &net.view(0).unwrap().machines[&m1];
-    assert_eq!(seen_now.metadata, Some(metadata("eu")));
+    assert_eq!(seen_now.metadata.as_deref(), Some(&metadata("eu")));
     assert_eq!(seen_now.units.len(), 1, "the genuine entry is taken");
     assert_eq!(
         seen_now.version,
@@ -876,8 +876,8 @@ fn unsigned_state_is_refused_by_signing_nodes() {
         let view = net.view(i).unwrap();
         assert_eq!(view.machines[&dev_id].metadata, None, "node {i}");
         assert_eq!(
-            view.machines[&m1].metadata,
-            Some(metadata("eu")),
+            view.machines[&m1].metadata.as_deref(),
+            Some(&metadata("eu")),
             "node {i}"
         );
         // Refused for want of its certificate (it publishes none) before any signature check.
@@ -886,7 +886,10 @@ fn unsigned_state_is_refused_by_signing_nodes() {
     assert!(refused > 0);
     // The unsigned node checks nothing: it takes everyone's state.
     let view = net.view(dev).unwrap();
-    assert_eq!(view.machines[&m1].metadata, Some(metadata("eu")));
+    assert_eq!(
+        view.machines[&m1].metadata.as_deref(),
+        Some(&metadata("eu"))
+    );
 }
 
 /// The lab's long partition (`tests/lab_safety.rs`), whose datagrams are not lost but wait at the

@@ -226,8 +226,8 @@ fn a_peer_that_keeps_sending_refused_updates_is_dropped_beyond_its_budget() {
             .unwrap();
     });
     assert_eq!(
-        net.view(0).unwrap().machines[&m1].metadata,
-        Some(metadata("us"))
+        net.view(0).unwrap().machines[&m1].metadata.as_deref(),
+        Some(&metadata("us"))
     );
     // Three refills later, m2 may cause three more refusals.
     net.run_for(REFILL_EVERY * 3);

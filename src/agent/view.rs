@@ -6,7 +6,7 @@
 //! machine's unit states are known. The HTTP API reads this through [`ClusterView`].
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use fleet_gossip::{Liveness, View};
 use fleet_gossip_quic::transport::GossipHandle;
@@ -40,7 +40,8 @@ pub struct AgentCluster {
 
 #[derive(Default)]
 struct Inner {
-    view: Option<View>,
+    /// The gossip driver's shared view (`GossipHandle::view`): a pointer copy while it is unchanged.
+    view: Option<Arc<View>>,
     /// Machines gossip declared down (or forgot), and when this node first saw them gone
     /// (`CLOCK_MONOTONIC`, the decision core's clock).
     down_since: BTreeMap<MachineId, fleet_decide::Time>,
@@ -113,36 +114,49 @@ impl AgentCluster {
 
     /// Stores a fresh gossip view; wakes membership subscribers when live machines, their metadata or
     /// their suspicion changed (the agent's plan leaves suspects out, see `decide_all`).
-    pub fn set_view(&self, view: View) {
-        type Key = (String, Option<BTreeMap<String, String>>, bool);
-        let key = |v: &View| -> Vec<Key> {
-            v.live()
-                .map(|m| {
-                    (
-                        m.identity.machine_id.as_str().to_string(),
-                        m.metadata.as_ref().map(|md| md.metadata.clone()),
-                        m.liveness == Liveness::Suspect,
-                    )
-                })
-                .collect()
-        };
+    ///
+    /// The same view again (the driver's shared one, unchanged) costs nothing; a view whose
+    /// `members_generation` is the previous one's (unit states changed, no member nor metadata)
+    /// only replaces the pointer; otherwise the live machines are compared in one walk of both
+    /// views, without copying anything.
+    pub fn set_view(&self, view: Arc<View>) {
         let now = crate::clock::now();
         let mut i = self.write();
-        let changed = i.view.as_ref().map(key) != Some(key(&view));
+        let members_moved = match &i.view {
+            Some(old) if Arc::ptr_eq(old, &view) => return,
+            Some(old) => {
+                old.local != view.local || old.members_generation != view.members_generation
+            }
+            None => true,
+        };
+        if !members_moved {
+            i.view = Some(view);
+            return;
+        }
+        let changed = i
+            .view
+            .as_deref()
+            .is_none_or(|old| !same_members(old, &view));
         // Remember when live machines went away (takeover grace, see `live_machines`).
-        let live: BTreeSet<MachineId> =
-            view.live().map(|m| m.identity.machine_id.clone()).collect();
         if let Some(old) = &i.view {
             let gone: Vec<MachineId> = old
                 .live()
-                .filter(|m| !live.contains(&m.identity.machine_id))
+                .filter(|m| {
+                    view.machines
+                        .get(&m.identity.machine_id)
+                        .is_none_or(|n| n.liveness == Liveness::Down)
+                })
                 .map(|m| m.identity.machine_id.clone())
                 .collect();
             for id in gone {
                 i.down_since.entry(id).or_insert(now);
             }
         }
-        i.down_since.retain(|id, _| !live.contains(id));
+        i.down_since.retain(|id, _| {
+            view.machines
+                .get(id)
+                .is_none_or(|m| m.liveness == Liveness::Down)
+        });
         i.view = Some(view);
         drop(i);
         if changed {
@@ -459,7 +473,7 @@ impl ClusterView for AgentCluster {
                 if *id == me {
                     continue;
                 }
-                for (name, s) in &m.units {
+                for (name, s) in m.units.iter() {
                     let Ok(name) = UnitName::parse(name) else {
                         continue;
                     };
@@ -493,6 +507,32 @@ impl ClusterView for AgentCluster {
         }
         self.local_changed();
         Ok(())
+    }
+}
+
+/// Whether two views show the same live machines (alive or suspect), with the same metadata and
+/// the same suspicion: what the agent's plan reads of membership. One walk of both, no copy.
+fn same_members(a: &View, b: &View) -> bool {
+    let mut x = a.live();
+    let mut y = b.live();
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return true,
+            (Some(m), Some(n)) => {
+                let same_metadata = match (&m.metadata, &n.metadata) {
+                    (Some(p), Some(q)) => Arc::ptr_eq(p, q) || p.metadata == q.metadata,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if m.identity.machine_id != n.identity.machine_id
+                    || (m.liveness == Liveness::Suspect) != (n.liveness == Liveness::Suspect)
+                    || !same_metadata
+                {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
     }
 }
 
@@ -535,4 +575,156 @@ pub fn spawn_view_refresh(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use fleet_gossip::{MachineView, Metadata, NodeIdentity, Stamp};
+
+    use super::*;
+    use crate::registry::RegistryOptions;
+
+    fn id(s: &str) -> MachineId {
+        MachineId::parse(s).unwrap()
+    }
+
+    fn machine(m: &str, liveness: Liveness, rack: &str, unit_up: bool) -> (MachineId, MachineView) {
+        let state = fleet_gossip::UnitState {
+            load_state: "loaded".into(),
+            active_state: if unit_up { "active" } else { "failed" }.into(),
+            sub_state: "running".into(),
+            unit_hash: [1; 20],
+        };
+        let view = MachineView {
+            identity: NodeIdentity::new(id(m), SocketAddr::from(([10, 0, 0, 1], 4000)), 1),
+            liveness,
+            liveness_since: std::time::Instant::now(),
+            metadata: Some(Arc::new(Metadata {
+                metadata: BTreeMap::from([("rack".to_string(), rack.to_string())]),
+                ..Metadata::default()
+            })),
+            units: Arc::new(BTreeMap::from([("a.service".to_string(), state)])),
+            version: Stamp::default(),
+        };
+        (id(m), view)
+    }
+
+    fn view(
+        generation: u64,
+        members_generation: u64,
+        machines: Vec<(MachineId, MachineView)>,
+    ) -> Arc<View> {
+        Arc::new(View {
+            local: id("m1"),
+            machines: machines.into_iter().collect(),
+            generation,
+            members_generation,
+        })
+    }
+
+    /// `set_view` wakes membership subscribers exactly when the live machines, their metadata or
+    /// their suspicion changed, records when a machine went down, and stores every new view (unit
+    /// states too) even when it skips the comparison.
+    #[tokio::test]
+    // long: one view after another, each with the wake it must or must not cause
+    async fn set_view_wakes_membership_subscribers_on_membership_changes_only() {
+        let registry = Registry::start(RegistryOptions::new(
+            vec!["http://127.0.0.1:9".into()],
+            "/fleet/",
+        ));
+        let cluster = AgentCluster::new(
+            LocalCluster::new(id("m1"), None, BTreeMap::new()),
+            registry,
+            None,
+        );
+        let membership = cluster.subscribe_membership();
+        let wakes = || *membership.borrow();
+        let unit = UnitName::parse("a.service").unwrap();
+        let m = |s, l, r, up| machine(s, l, r, up);
+        let first = view(
+            1,
+            1,
+            vec![
+                m("m1", Liveness::Alive, "r1", false),
+                m("m2", Liveness::Alive, "r2", false),
+            ],
+        );
+        cluster.set_view(first.clone());
+        assert_eq!(wakes(), 1, "the first view");
+        cluster.set_view(first);
+        assert_eq!(wakes(), 1, "the same view again");
+        // Unit states only: the same members generation, no wake, but the view is stored.
+        cluster.set_view(view(
+            2,
+            1,
+            vec![
+                m("m1", Liveness::Alive, "r1", false),
+                m("m2", Liveness::Alive, "r2", true),
+            ],
+        ));
+        assert_eq!(wakes(), 1, "unit states changed");
+        assert_eq!(
+            cluster.runs_on(&unit),
+            Some(id("m2")),
+            "the new unit states are read"
+        );
+        // The members generation moved but the live machines, metadata and suspicion are the same.
+        cluster.set_view(view(
+            3,
+            2,
+            vec![
+                m("m1", Liveness::Alive, "r1", false),
+                m("m2", Liveness::Alive, "r2", true),
+            ],
+        ));
+        assert_eq!(wakes(), 1, "nothing the plan reads changed");
+        cluster.set_view(view(
+            4,
+            3,
+            vec![
+                m("m1", Liveness::Alive, "r1", false),
+                m("m2", Liveness::Suspect, "r2", true),
+            ],
+        ));
+        assert_eq!(wakes(), 2, "a suspicion");
+        assert_eq!(cluster.suspects(), BTreeSet::from([id("m2")]));
+        cluster.set_view(view(
+            5,
+            4,
+            vec![
+                m("m1", Liveness::Alive, "r1", false),
+                m("m2", Liveness::Alive, "r3", true),
+            ],
+        ));
+        assert_eq!(wakes(), 3, "a refutation and new metadata");
+        assert_eq!(cluster.peer(&id("m2")), (true, false, None));
+        cluster.set_view(view(
+            6,
+            5,
+            vec![
+                m("m1", Liveness::Alive, "r1", false),
+                m("m2", Liveness::Down, "r3", true),
+            ],
+        ));
+        assert_eq!(wakes(), 4, "a machine down");
+        let (alive, suspect, since) = cluster.peer(&id("m2"));
+        assert!(!alive && !suspect && since.is_some(), "down since recorded");
+        assert_eq!(cluster.runs_on(&unit), None, "a down machine runs nothing");
+        cluster.set_view(view(
+            7,
+            6,
+            vec![
+                m("m1", Liveness::Alive, "r1", false),
+                m("m2", Liveness::Alive, "r3", true),
+            ],
+        ));
+        assert_eq!(wakes(), 5, "back");
+        assert_eq!(
+            cluster.peer(&id("m2")),
+            (true, false, None),
+            "down since forgotten"
+        );
+    }
 }

@@ -76,7 +76,8 @@ impl Driver {
         let now = Instant::now();
         match cmd {
             Command::View(tx) => {
-                let _ = tx.send(self.node.view());
+                // A pointer copy unless the node's view changed since the last request.
+                let _ = tx.send(self.node.shared_view());
             }
             Command::Stats(tx) => {
                 let _ = tx.send(self.stats());
@@ -85,7 +86,12 @@ impl Driver {
             Command::SetUnits(u) => self.node.set_local_unit_states(now, &u),
             Command::Join(addrs) => self.node.join(now, &addrs),
             Command::Lookup(id, tx) => {
-                let addr = self.node.view().machines.get(&id).map(|m| m.identity.addr);
+                let addr = self
+                    .node
+                    .shared_view()
+                    .machines
+                    .get(&id)
+                    .map(|m| m.identity.addr);
                 let _ = tx.send(addr);
             }
             Command::Connection(addr, tx) => match self.live_conn(addr) {

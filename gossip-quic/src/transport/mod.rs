@@ -311,7 +311,7 @@ pub struct Stats {
 }
 
 enum Command {
-    View(oneshot::Sender<View>),
+    View(oneshot::Sender<Arc<View>>),
     Stats(oneshot::Sender<Stats>),
     SetMetadata(Metadata),
     SetUnits(BTreeMap<String, UnitState>),
@@ -557,8 +557,11 @@ impl GossipHandle {
         rx.await.map_err(|_| TransportError::Stopped)
     }
 
-    /// The node's current view of the cluster (machines, liveness, metadata, unit states).
-    pub async fn view(&self) -> Result<View, TransportError> {
+    /// The node's current view of the cluster (machines, liveness, metadata, unit states): the
+    /// node's shared one ([`fleet_gossip::core::Node::shared_view`]), rebuilt only when something
+    /// in it changed since the last request (even then, an unchanged machine's metadata and units
+    /// are pointer copies), so asking often costs the driver little.
+    pub async fn view(&self) -> Result<Arc<View>, TransportError> {
         self.ask(Command::View).await
     }
 

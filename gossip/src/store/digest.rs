@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Entry, OriginData, OriginDelta, Store, BUCKETS};
-use crate::types::{MachineId, Stamp};
+use crate::types::{MachineId, Metadata, Stamp};
 
 /// A well-mixed 64-bit hash, the same on every machine (FNV-1a, then a finaliser).
 pub(crate) fn mix(bytes: &[u8], seed: u64) -> u64 {
@@ -65,7 +65,7 @@ impl OriginData {
         let mut out = Vec::new();
         if let Some((stamp, m, sig)) = &self.metadata {
             if *stamp > after {
-                out.push((*stamp, Entry::Metadata(m.clone()), sig.clone()));
+                out.push((*stamp, Entry::Metadata(Metadata::clone(m)), sig.clone()));
             }
         }
         if let Some((stamp, life, incarnation, sig)) = &self.incarnation {
