@@ -61,7 +61,7 @@
 //! # Where the code is
 //! This file holds the node's nouns and its public API; `core/input.rs` takes datagrams in and
 //! drains foca's runtime (its datagrams, timers and notifications); `core/push.rs` disseminates
-//! state updates; `core/timers.rs` runs the timers (foca's, anti-entropy, join retries, checks of
+//! state updates; `core/view.rs` builds and shares the node's view; `core/timers.rs` runs the timers (foca's, anti-entropy, join retries, checks of
 //! new lives) and the reconnection of forgotten members; `sync.rs` the sync exchange.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -78,13 +78,14 @@ use crate::lifeguard::Lifeguard;
 use crate::outbox::Outbox;
 use crate::roster::Roster;
 use crate::store::Store;
-use crate::types::{Liveness, MachineId, MachineView, Metadata, NodeIdentity, UnitState, View};
+use crate::types::{Liveness, MachineId, Metadata, NodeIdentity, UnitState, View};
 pub use crate::wire::{FullState, StatePush, SyncAnswer, SyncOffer};
 use crate::wire::{DATAGRAM_STATE, DATAGRAM_SWIM};
 
 mod input;
 mod push;
 mod timers;
+mod view;
 
 /// At most this many full syncs are asked for at once by one [`Node::join`] call (the other new
 /// addresses are asked when given again, at most this many per `join_retry_interval`, and
@@ -255,7 +256,7 @@ pub struct Node {
     /// `RECONCILE_EVERY`-th).
     anti_entropy_ticks: u64,
     pub(crate) lifeguard: Lifeguard,
-    started: Instant,
+    pub(crate) started: Instant,
     /// Signs this node's state and checks others' ([`crate::crypto`]).
     pub(crate) credentials: std::sync::Arc<dyn crate::crypto::Credentials>,
     /// The checked certificates of the origins this node knows.
@@ -267,7 +268,7 @@ pub struct Node {
     /// Each peer's budget of refused input ([`crate::budget`]).
     pub(crate) budgets: crate::budget::Budgets,
     /// The last view [`Node::shared_view`] built.
-    view_cache: Option<std::sync::Arc<View>>,
+    pub(crate) view_cache: Option<std::sync::Arc<View>>,
 }
 
 impl std::fmt::Debug for Node {
@@ -558,125 +559,6 @@ impl Node {
         self.now = now;
         let update = self.store.set_local_unit(unit, state, &*self.credentials);
         self.publish(update.into_iter().collect());
-    }
-
-    /// This node's view of the cluster, itself included. Built anew (a walk of the membership),
-    /// but each machine's metadata and units are the store's shared copies: see
-    /// [`Node::shared_view`] for the view a reader that asks often should take.
-    pub fn view(&self) -> View {
-        let me = self.identity().clone();
-        let store = &self.store;
-        let entry = |identity: NodeIdentity, liveness: Liveness, since: Instant| {
-            let data = store.origin(&identity.machine_id);
-            let shown = data.map(|d| d.shown());
-            MachineView {
-                identity,
-                liveness,
-                liveness_since: since,
-                metadata: data.and_then(|d| d.metadata_shared().cloned()),
-                units: shown.map(|s| s.units.clone()).unwrap_or_default(),
-                version: shown.map(|s| s.newest).unwrap_or_default(),
-            }
-        };
-        let mut machines: BTreeMap<MachineId, MachineView> = self
-            .roster
-            .iter()
-            .filter(|(id, _)| **id != me.machine_id)
-            .map(|(id, k)| {
-                let liveness = match k.state {
-                    State::Alive => Liveness::Alive,
-                    State::Suspect => Liveness::Suspect,
-                    State::Down => Liveness::Down,
-                };
-                (id.clone(), entry(k.identity.clone(), liveness, k.since))
-            })
-            .collect();
-        machines.insert(
-            me.machine_id.clone(),
-            entry(me.clone(), Liveness::Alive, self.started),
-        );
-        View {
-            local: me.machine_id,
-            machines,
-            generation: self.view_generation(),
-            members_generation: self.members_generation(),
-        }
-    }
-
-    /// This node's view of the cluster, as [`Node::view`] builds it, shared: the same one (a
-    /// pointer copy) until [`Node::view_generation`] moves or this node's identity changes.
-    /// What fleetd's gossip driver answers to every view request.
-    pub fn shared_view(&mut self) -> std::sync::Arc<View> {
-        let generation = self.view_generation();
-        if let Some(v) = &self.view_cache {
-            let me = self.foca.identity();
-            let same_me = v
-                .machines
-                .get(&me.machine_id)
-                .is_some_and(|m| m.identity == *me);
-            if v.generation == generation && same_me {
-                return v.clone();
-            }
-        }
-        let v = std::sync::Arc::new(self.view());
-        self.view_cache = Some(v.clone());
-        v
-    }
-
-    /// A count that moves whenever what [`Node::view`] shows may have changed, but for this node's
-    /// own identity: the membership's changes ([`Node::members_generation`]'s roster part) and
-    /// every change of any machine's state the store holds (metadata, units, their versions),
-    /// an origin added or forgotten.
-    pub fn view_generation(&self) -> u64 {
-        self.roster
-            .generation()
-            .wrapping_add(self.store.generation())
-    }
-
-    /// Test oracle: [`Node::view`] as it was built before views shared anything: every machine's
-    /// metadata and units copied from the store's entries, its version found by a walk of them.
-    /// A view from [`Node::shared_view`] must equal it after any input.
-    #[cfg(feature = "testing")]
-    pub fn view_from_scratch(&self) -> View {
-        let me = self.identity().clone();
-        let store = &self.store;
-        let entry = |identity: NodeIdentity, liveness: Liveness, since: Instant| {
-            let data = store.origin(&identity.machine_id);
-            MachineView {
-                identity,
-                liveness,
-                liveness_since: since,
-                metadata: data.and_then(|d| d.metadata().cloned().map(std::sync::Arc::new)),
-                units: std::sync::Arc::new(
-                    data.map(|d| d.units().map(|(n, s)| (n.clone(), s.clone())).collect())
-                        .unwrap_or_default(),
-                ),
-                version: data.map(|d| d.newest()).unwrap_or_default(),
-            }
-        };
-        let mut machines: BTreeMap<MachineId, MachineView> = self
-            .roster
-            .iter()
-            .filter(|(id, _)| **id != me.machine_id)
-            .map(|(id, k)| {
-                let liveness = match k.state {
-                    State::Alive => Liveness::Alive,
-                    State::Suspect => Liveness::Suspect,
-                    State::Down => Liveness::Down,
-                };
-                (id.clone(), entry(k.identity.clone(), liveness, k.since))
-            })
-            .collect();
-        machines.insert(
-            me.machine_id.clone(),
-            entry(me.clone(), Liveness::Alive, self.started),
-        );
-        View {
-            local: me.machine_id,
-            machines,
-            generation: self.view_generation(),
-            members_generation: self.members_generation(),
-        }
     }
 
     /// Each member this node knows (itself excluded) and how it holds it: what [`Node::view`]

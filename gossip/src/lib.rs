@@ -111,5 +111,6 @@ pub use crate::core::{Config, Counters, Event, Node};
 pub use crate::crypto::{Credentials, Unsigned};
 pub use crate::store::{Entry, EntryKey, OriginDelta, Update};
 pub use crate::types::{
-    Liveness, MachineId, MachineKey, MachineView, Metadata, NodeIdentity, Stamp, UnitState, View,
+    Liveness, MachineId, MachineKey, MachineView, Machines, Metadata, NodeIdentity, Stamp,
+    UnitState, View,
 };

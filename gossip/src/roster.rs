@@ -52,6 +52,8 @@ pub(crate) struct Roster {
     /// The members in state suspect, in machine-ID order (kept with every change, so that a reader
     /// of the suspects does not walk the whole membership).
     suspects: BTreeSet<MachineId>,
+    /// The members whose entry changed (with `generation`) since [`Roster::take_changed`].
+    changed: crate::types::Changed,
 }
 
 impl Default for Roster {
@@ -63,6 +65,7 @@ impl Default for Roster {
             sums: vec![0; BUCKETS],
             generation: 0,
             suspects: BTreeSet::new(),
+            changed: Default::default(),
         }
     }
 }
@@ -192,6 +195,12 @@ impl Roster {
         self.generation
     }
 
+    /// The members whose identity, state or `since` changed, or that came or went, since the last
+    /// call (each such change also moves [`Roster::generation`]).
+    pub(crate) fn take_changed(&mut self) -> crate::types::Changed {
+        self.changed.take()
+    }
+
     /// The members in state suspect, in machine-ID order.
     pub(crate) fn suspects(&self) -> impl Iterator<Item = &MachineId> {
         self.suspects.iter()
@@ -204,6 +213,7 @@ impl Roster {
         });
         if differs {
             self.generation += 1;
+            self.changed.mark(&id);
         }
         if known.state == State::Suspect {
             self.suspects.insert(id.clone());
@@ -319,6 +329,7 @@ impl Roster {
             if let Some(old) = self.known.remove(&id.machine_id) {
                 self.add_sum(&old, false);
                 self.generation += 1;
+                self.changed.mark(&id.machine_id);
                 self.suspects.remove(&id.machine_id);
             }
         }
@@ -388,6 +399,7 @@ impl Roster {
         let generation = self.generation;
         *self = Roster::default();
         self.generation = generation + 1;
+        self.changed.mark_all();
         for k in fresh.into_values() {
             self.put(k);
         }

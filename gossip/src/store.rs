@@ -279,6 +279,8 @@ pub(crate) struct Store {
     /// Moves whenever what a view shows of any origin may have changed: an origin's data
     /// touched ([`OriginData::touch`]), added or forgotten.
     generation: u64,
+    /// The origins whose data changed (with `generation`) since [`Store::take_changed`].
+    changed: crate::types::Changed,
 }
 
 impl Store {
@@ -295,6 +297,7 @@ impl Store {
             metadata_generation: 0,
             refusing: BTreeSet::new(),
             generation: 0,
+            changed: Default::default(),
         };
         store.origins.insert(
             local.clone(),
@@ -355,6 +358,12 @@ impl Store {
         self.generation
     }
 
+    /// The origins whose data changed, or that came or went, since the last call (each such
+    /// change also moves [`Store::generation`]).
+    pub(crate) fn take_changed(&mut self) -> crate::types::Changed {
+        self.changed.take()
+    }
+
     /// The origins whose metadata says they cannot take units now, in machine-ID order.
     pub(crate) fn refusing(&self) -> impl Iterator<Item = &MachineId> {
         self.refusing.iter()
@@ -402,6 +411,7 @@ impl Store {
         let after = data.synced;
         if touched || !existed {
             self.generation += 1;
+            self.changed.mark(origin);
         }
         if after != before || !existed {
             let b = bucket_of(origin);
@@ -434,6 +444,7 @@ impl Store {
     /// This node's own data, to change: touched (see [`OriginData::touch`]).
     fn local_mut(&mut self) -> &mut OriginData {
         self.generation += 1;
+        self.changed.mark(&self.local);
         let data = self.origins.get_or_default(&self.local);
         data.touch();
         data
@@ -742,6 +753,7 @@ impl Store {
         }
         if let Some(data) = self.origins.remove(origin) {
             self.generation += 1;
+            self.changed.mark(origin);
             if data.metadata.is_some() {
                 self.metadata_generation += 1;
             }

@@ -450,9 +450,9 @@ mod tests {
         let skip = [&a.identity().machine_id, &b.identity().machine_id];
         n.view()
             .machines
-            .into_values()
+            .values()
             .filter(|m| !skip.contains(&&m.identity.machine_id))
-            .map(|m| (m.identity, m.liveness, m.version))
+            .map(|m| (m.identity.clone(), m.liveness, m.version))
             .collect()
     }
 

@@ -265,13 +265,18 @@ pub struct MachineView {
     pub version: Stamp,
 }
 
+/// A view's machines by ID: a persistent ordered map (`imbl::OrdMap`), so that a view that differs
+/// from the previous one in a few machines shares everything else with it (a clone is a pointer
+/// copy, an insertion copies one path of the tree).
+pub type Machines = imbl::OrdMap<MachineId, MachineView>;
+
 /// A node's view of the cluster, itself included (with [`Liveness::Alive`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct View {
     /// This node's machine ID.
     pub local: MachineId,
     /// Every machine the membership knows (alive, suspect, or down and not yet forgotten).
-    pub machines: BTreeMap<MachineId, MachineView>,
+    pub machines: Machines,
     /// The node's `view_generation` when the view was taken: two views of one node with the same
     /// generation are the same.
     pub generation: u64,
@@ -279,6 +284,40 @@ pub struct View {
     /// same one show the same members with the same liveness, identities, `liveness_since` and
     /// metadata (their units and versions may differ).
     pub members_generation: u64,
+}
+
+/// The machines whose entry of a view may have changed since the last [`Changed::take`]: listed,
+/// up to [`Changed::CAP`] marks, then "all" (a reader rebuilds the whole view; nothing is listed
+/// any more until then, so a node whose view nobody reads keeps no list).
+#[derive(Debug, Default)]
+pub(crate) struct Changed {
+    pub(crate) ids: Vec<MachineId>,
+    pub(crate) all: bool,
+}
+
+impl Changed {
+    /// Beyond this many marks between two reads, a whole rebuild costs about the same.
+    pub(crate) const CAP: usize = 1024;
+
+    pub(crate) fn mark(&mut self, id: &MachineId) {
+        if self.all {
+            return;
+        }
+        if self.ids.len() >= Self::CAP {
+            self.mark_all();
+        } else {
+            self.ids.push(id.clone());
+        }
+    }
+
+    pub(crate) fn mark_all(&mut self) {
+        self.all = true;
+        self.ids = Vec::new();
+    }
+
+    pub(crate) fn take(&mut self) -> Changed {
+        std::mem::take(self)
+    }
 }
 
 impl View {

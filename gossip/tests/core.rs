@@ -148,16 +148,11 @@ fn metadata_and_unit_states_reach_every_member() {
     }
 }
 
-fn net_node_view(
-    net: &VirtualNet,
-    i: usize,
-) -> BTreeMap<fleet_gossip::MachineId, fleet_gossip::MachineView> {
+fn net_node_view(net: &VirtualNet, i: usize) -> fleet_gossip::Machines {
     net.view(i).map(|v| v.machines).unwrap_or_default()
 }
 
-fn net_views(
-    net: &VirtualNet,
-) -> BTreeMap<usize, BTreeMap<fleet_gossip::MachineId, fleet_gossip::MachineView>> {
+fn net_views(net: &VirtualNet) -> BTreeMap<usize, fleet_gossip::Machines> {
     net.running()
         .into_iter()
         .filter_map(|i| net.view(i).map(|v| (i, v.machines)))

@@ -1,8 +1,9 @@
 //! `Node::shared_view` (what fleetd's gossip driver answers) is always the view built from scratch.
 //!
 //! The shared view is rebuilt only when `Node::view_generation` moves (or the node's identity
-//! changes), and even then each machine's metadata and units are the store's shared copies, rebuilt
-//! only after that machine's data changed. A change that moved neither would leave fleetd with a
+//! changes), and then only the entries of the machines that the roster and the store list as
+//! changed; each machine's metadata and units are the store's shared copies, rebuilt only after
+//! that machine's data changed. A change that moved neither would leave fleetd with a
 //! stale view: a unit state, a suspicion, a metadata change it never sees. Here a small cluster goes
 //! through joins, unit state changes and removals at random, metadata changes, a freeze (suspicion,
 //! refutation), a partition, a crash (down, then forgotten) and a restart with a new life; after
