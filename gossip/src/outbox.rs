@@ -19,7 +19,11 @@ use std::time::Instant;
 use crate::store::{EntryKey, Update};
 use crate::types::MachineId;
 
+type Key = (MachineId, EntryKey);
+
 struct Pending {
+    /// The entry it updates (the index's key, kept to remove it when done).
+    key: Key,
     /// The update, postcard-encoded.
     bytes: Vec<u8>,
     stamp: crate::types::Stamp,
@@ -31,14 +35,21 @@ struct Pending {
 }
 
 /// Updates waiting to be pushed, each a bounded number of times.
+///
+/// The pending updates live in `slots`; the queue and the expiry list name them by slot and
+/// sequence number, so a push round neither hashes nor clones an entry's key (only an update's
+/// arrival and its last transmission or expiry touch the index).
 #[derive(Default)]
 pub(crate) struct Outbox {
-    pending: HashMap<(MachineId, EntryKey), Pending>,
-    queue: VecDeque<((MachineId, EntryKey), u64)>,
+    index: HashMap<Key, u32>,
+    slots: Vec<Option<Pending>>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    queue: VecDeque<(u32, u64)>,
     seq: u64,
     /// The rumours with an expiry, in the order they came (so by expiry: every one is given the
     /// same wait).
-    expiring: VecDeque<((MachineId, EntryKey), u64, Instant)>,
+    expiring: VecDeque<(u32, u64, Instant)>,
     /// When this node last asked for a repair (an anti-entropy exchange after dropping rumours).
     pub(crate) repaired_at: Option<Instant>,
     /// Until when it asks for repairs (a while after it last dropped rumours).
@@ -48,11 +59,27 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// How many updates wait.
     pub(crate) fn len(&self) -> usize {
-        self.pending.len()
+        self.index.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.index.is_empty()
+    }
+
+    /// The pending update in `slot` if it is still the one of sequence number `seq`.
+    fn live(&mut self, slot: u32, seq: u64) -> Option<&mut Pending> {
+        self.slots
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .filter(|p| p.seq == seq)
+    }
+
+    /// Removes the pending update in `slot`.
+    fn remove(&mut self, slot: u32) {
+        if let Some(p) = self.slots[slot as usize].take() {
+            self.index.remove(&p.key);
+            self.free.push(slot);
+        }
     }
 
     /// Adds an update to pass on `transmissions` times, until `expires` if given (it replaces an
@@ -60,30 +87,44 @@ impl Outbox {
     /// increasing order.
     pub(crate) fn add(&mut self, update: &Update, transmissions: u8, expires: Option<Instant>) {
         let key = (update.origin.clone(), update.entry.key());
-        if self
-            .pending
-            .get(&key)
-            .is_some_and(|p| p.stamp >= update.stamp)
-        {
-            return;
+        let held = self.index.get(&key).copied();
+        if let Some(slot) = held {
+            let p = self.slots[slot as usize].as_ref().expect("indexed slot");
+            if p.stamp >= update.stamp {
+                return;
+            }
         }
         self.seq += 1;
-        let bytes = postcard::to_allocvec(update).expect("encoding to a Vec cannot fail");
-        self.pending.insert(
-            key.clone(),
-            Pending {
-                bytes,
-                stamp: update.stamp,
-                remaining: transmissions.max(1),
-                sent: 0,
-                seq: self.seq,
-            },
-        );
+        let pending = Pending {
+            key,
+            bytes: postcard::to_allocvec(update).expect("encoding to a Vec cannot fail"),
+            stamp: update.stamp,
+            remaining: transmissions.max(1),
+            sent: 0,
+            seq: self.seq,
+        };
+        let slot = match held {
+            // A newer update of the same entry takes the older one's slot (its queue and
+            // expiry places go stale: their sequence number is the older one's).
+            Some(slot) => slot,
+            None => {
+                let slot = match self.free.pop() {
+                    Some(slot) => slot,
+                    None => {
+                        self.slots.push(None);
+                        (self.slots.len() - 1) as u32
+                    }
+                };
+                self.index.insert(pending.key.clone(), slot);
+                slot
+            }
+        };
+        self.slots[slot as usize] = Some(pending);
         if let Some(at) = expires {
-            self.expiring.push_back((key.clone(), self.seq, at));
+            self.expiring.push_back((slot, self.seq, at));
         }
         // Fresh news goes first.
-        self.queue.push_front((key, self.seq));
+        self.queue.push_front((slot, self.seq));
     }
 
     /// Drops the rumours whose expiry is past `now`, sent or not. Returns how many of them had
@@ -95,20 +136,23 @@ impl Outbox {
             if *at > now {
                 break;
             }
-            let (key, seq, _) = self.expiring.pop_front().expect("just seen");
-            if let Some(p) = self.pending.get(&key).filter(|p| p.seq == seq) {
+            let (slot, seq, _) = self.expiring.pop_front().expect("just seen");
+            if let Some(p) = self.live(slot, seq) {
                 if p.sent < p.remaining {
                     dropped += 1;
                 }
-                self.pending.remove(&key);
+                self.remove(slot);
             }
         }
         // Slots of dropped or replaced updates leave the queue when they reach its front; under a
         // sustained burst the front is all fresh news, so clear them out now and then.
-        if self.queue.len() > 2 * self.pending.len() + 64 {
-            let pending = &self.pending;
-            self.queue
-                .retain(|(key, seq)| pending.get(key).is_some_and(|p| p.seq == *seq));
+        if self.queue.len() > 2 * self.len() + 64 {
+            let slots = &self.slots;
+            self.queue.retain(|(slot, seq)| {
+                slots[*slot as usize]
+                    .as_ref()
+                    .is_some_and(|p| p.seq == *seq)
+            });
         }
         dropped
     }
@@ -118,19 +162,18 @@ impl Outbox {
     pub(crate) fn fill(&mut self, room: usize) -> (Vec<u8>, usize) {
         let mut out = Vec::new();
         let mut count = 0;
-        let mut requeue = Vec::new();
-        let mut looked = 0;
+        // The updates passed on go behind the fresher ones; the queue's first `limit` slots are
+        // the ones looked at, so those put back at its end are not seen again in this round.
         let limit = self.queue.len();
-        while looked < limit {
-            let Some((key, seq)) = self.queue.pop_front() else {
+        for _ in 0..limit {
+            let Some((slot, seq)) = self.queue.pop_front() else {
                 break;
             };
-            looked += 1;
-            let Some(p) = self.pending.get_mut(&key).filter(|p| p.seq == seq) else {
+            let Some(p) = self.live(slot, seq) else {
                 continue; // replaced by a newer update, or done
             };
             if out.len() + p.bytes.len() > room {
-                requeue.push((key, seq));
+                self.queue.push_back((slot, seq));
                 // One that does not fit ends the datagram (most updates are about the same size).
                 break;
             }
@@ -139,13 +182,11 @@ impl Outbox {
             p.remaining -= 1;
             p.sent = p.sent.saturating_add(1);
             if p.remaining == 0 {
-                self.pending.remove(&key);
+                self.remove(slot);
             } else {
-                requeue.push((key, seq));
+                self.queue.push_back((slot, seq));
             }
         }
-        // Passed on: behind the fresher ones.
-        self.queue.extend(requeue);
         (out, count)
     }
 }
