@@ -317,6 +317,46 @@ fn a_cluster_of_real_cores_forms_from_scratch_over_seeds() {
     }
 }
 
+/// Issue 14.3, in CI: 1,000 machines of the product's real gossip and decision cores (no model)
+/// form from scratch, take 320 units at 3 s, and one machine (holding one of them)
+/// crashes at 5 s. Every invariant holds, the crash is seen by every other machine and its units
+/// run elsewhere, and by the end every view holds exactly the 999 live machines. The cores run
+/// optimised in the dev profile (Cargo.toml) for this; the same run in a release build:
+/// `fleet-sim run simulations/tests/scenarios/thousand-real.toml` (docs/benchmarks.md).
+#[test]
+fn a_thousand_machines_of_real_cores_form_take_units_and_survive_a_crash() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/scenarios/thousand-real.toml");
+    let sc = Scenario::load(&path).expect("scenario loads");
+    let r = Sim::new(&sc, 1).unwrap().run();
+    assert_eq!(r.gossip_mode, "real");
+    assert_eq!(r.machines, 1000);
+    assert!(r.violations.is_empty(), "{:#?}", r.violations);
+    assert_eq!(r.double_runs.episodes, 0);
+    assert_eq!(r.failures, 1);
+    assert_eq!(r.false_down_verdicts, 0);
+    // Every live machine's own view saw the crash (999 observers), within the failover bound.
+    assert_eq!(r.detection.count, 999, "{:?}", r.detection);
+    assert!(r.detection.max < 5.0, "{:?}", r.detection);
+    assert!(
+        r.takeovers >= 1,
+        "the crashed machine's units are taken over"
+    );
+    assert!(
+        r.reschedule.count >= 1 && r.reschedule.max < 5.0,
+        "{:?}",
+        r.reschedule
+    );
+    assert_eq!(r.initial_placement.count, 320, "{:?}", r.initial_placement);
+    let last = r.series.last().expect("samples");
+    assert_eq!(last.live_machines, 999);
+    assert_eq!(
+        last.wrong_views, 0,
+        "every view holds the 999 live machines"
+    );
+    assert_eq!(last.unavailable_units, 0);
+    assert_eq!(last.double_running_units, 0);
+}
+
 fn forms_from_scratch(seed: u64) {
     let n = FORMATION_MACHINES;
     let sc = scenario(&format!(
