@@ -13,7 +13,7 @@ use crate::types::MachineId;
 pub(crate) struct Dense<V> {
     slots: Vec<Option<V>>,
     free: Vec<u32>,
-    index: HashMap<MachineId, u32>,
+    index: HashMap<MachineId, u32, foldhash::fast::RandomState>,
     order: BTreeMap<MachineId, u32>,
 }
 
@@ -22,7 +22,7 @@ impl<V> Default for Dense<V> {
         Dense {
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             order: BTreeMap::new(),
         }
     }

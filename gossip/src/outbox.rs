@@ -41,7 +41,7 @@ struct Pending {
 /// arrival and its last transmission or expiry touch the index).
 #[derive(Default)]
 pub(crate) struct Outbox {
-    index: HashMap<Key, u32>,
+    index: HashMap<Key, u32, foldhash::fast::RandomState>,
     slots: Vec<Option<Pending>>,
     /// Slots free for reuse.
     free: Vec<u32>,
