@@ -4,9 +4,14 @@
 //! comparison, where a B-tree search makes a dozen string comparisons, each a cache miss, at 1,000
 //! entries. Walks go in machine-ID order through an ordered map of slots, so that a seeded run
 //! makes the same choices every time; the hash index is never walked.
+//!
+//! Anti-entropy details a few buckets of the digest ([`crate::store::bucket_of`]) at a time: each
+//! bucket's entries are kept apart, in machine-ID order, so that a walk of a few buckets visits
+//! only their entries (each ID hashed once, when it comes in), not the whole map.
 
 use std::collections::{BTreeMap, HashMap};
 
+use crate::store::{bucket_of, BUCKETS};
 use crate::types::MachineId;
 
 #[derive(Debug)]
@@ -15,6 +20,8 @@ pub(crate) struct Dense<V> {
     free: Vec<u32>,
     index: HashMap<MachineId, u32, foldhash::fast::RandomState>,
     order: BTreeMap<MachineId, u32>,
+    /// Per bucket (of [`BUCKETS`]), its entries' IDs and slots, sorted by ID.
+    buckets: Vec<Vec<(MachineId, u32)>>,
 }
 
 impl<V> Default for Dense<V> {
@@ -24,6 +31,7 @@ impl<V> Default for Dense<V> {
             free: Vec::new(),
             index: HashMap::default(),
             order: BTreeMap::new(),
+            buckets: (0..BUCKETS).map(|_| Vec::new()).collect(),
         }
     }
 }
@@ -57,6 +65,9 @@ impl<V> Dense<V> {
                 (self.slots.len() - 1) as u32
             }
         };
+        let bucket = &mut self.buckets[bucket_of(&id)];
+        let at = bucket.partition_point(|(other, _)| *other < id);
+        bucket.insert(at, (id.clone(), slot));
         self.index.insert(id.clone(), slot);
         self.order.insert(id, slot);
         None
@@ -81,6 +92,10 @@ impl<V> Dense<V> {
     pub(crate) fn remove(&mut self, id: &MachineId) -> Option<V> {
         let slot = self.index.remove(id)?;
         self.order.remove(id);
+        let bucket = &mut self.buckets[bucket_of(id)];
+        if let Ok(at) = bucket.binary_search_by(|(other, _)| other.cmp(id)) {
+            bucket.remove(at);
+        }
         self.free.push(slot);
         self.slots[slot as usize].take()
     }
@@ -90,6 +105,33 @@ impl<V> Dense<V> {
         self.order
             .iter()
             .filter_map(|(id, slot)| Some((id, self.slots[*slot as usize].as_ref()?)))
+    }
+
+    /// The entries in `buckets` of a `count`-bucket summary (`count` taken as
+    /// [`crate::store`]'s summaries take it: between 1 and [`BUCKETS`], rounded up to a power of
+    /// two), in machine-ID order: those whose bucket `b` (of [`BUCKETS`]) has `b & (count - 1)`
+    /// in `buckets`. Visits only those buckets' entries; bucket numbers out of range and
+    /// repeated ones add nothing.
+    pub(crate) fn in_buckets(&self, buckets: &[u16], count: usize) -> Vec<(&MachineId, &V)> {
+        let count = count.clamp(1, BUCKETS).next_power_of_two();
+        let mut wanted = [false; BUCKETS];
+        for coarse in buckets.iter().map(|b| usize::from(*b)) {
+            if coarse < count {
+                for fine in (coarse..BUCKETS).step_by(count) {
+                    wanted[fine] = true;
+                }
+            }
+        }
+        let mut out: Vec<(&MachineId, &V)> = wanted
+            .iter()
+            .zip(&self.buckets)
+            .filter(|(w, _)| **w)
+            .flat_map(|(_, bucket)| bucket)
+            .filter_map(|(id, slot)| Some((id, self.slots[*slot as usize].as_ref()?)))
+            .collect();
+        // Each bucket is sorted, and an ID is in one bucket only.
+        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        out
     }
 
     /// Every ID, in order.
@@ -105,7 +147,10 @@ impl<V> Dense<V> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
     use super::*;
 
     fn id(s: &str) -> MachineId {
@@ -137,5 +182,64 @@ mod tests {
         assert_eq!(d.get(&id("b")), None);
         assert_eq!(d.len(), 4);
         assert_eq!(d.keys().count(), 4);
+    }
+
+    /// Every (count, buckets) question a summary can ask, wrong ones included: counts that are
+    /// no power of two or out of range, bucket numbers beyond the count, repeats.
+    pub(crate) fn bucket_questions(rng: &mut StdRng) -> (usize, Vec<u16>) {
+        let count = match rng.random_range(0..4) {
+            0 => 1 << rng.random_range(0..9),
+            1 => rng.random_range(0..300),
+            _ => 8 << rng.random_range(0..3),
+        };
+        let buckets = (0..rng.random_range(0..10))
+            .map(|_| rng.random_range(0..count.max(1) as u16 + 3))
+            .collect();
+        (count, buckets)
+    }
+
+    /// The slow reference of [`Dense::in_buckets`]: the whole walk, each ID hashed, filtered.
+    pub(crate) fn in_buckets_slow<'a, V>(
+        all: impl Iterator<Item = (&'a MachineId, &'a V)>,
+        buckets: &[u16],
+        count: usize,
+    ) -> Vec<(&'a MachineId, &'a V)> {
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        all.filter(|(id, _)| buckets.contains(&((bucket_of(id) & mask) as u16)))
+            .collect()
+    }
+
+    /// Over random inserts, replacements, removals and slot reuse, the entries of any buckets
+    /// are those a whole walk finds, in the same (machine-ID) order.
+    #[test]
+    fn bucket_walks_equal_the_whole_walk_filtered() {
+        let mut rng = StdRng::seed_from_u64(14);
+        let mut d: Dense<u32> = Dense::default();
+        let mut checked = 0;
+        for step in 0..4000u32 {
+            let k = id(&format!("m{:03}", rng.random_range(0..300)));
+            match rng.random_range(0..3) {
+                0 => {
+                    d.insert(k, step);
+                }
+                1 => *d.get_or_default(&k) += 1,
+                _ => {
+                    d.remove(&k);
+                }
+            }
+            if step % 7 == 0 {
+                let (count, buckets) = bucket_questions(&mut rng);
+                let fast = d.in_buckets(&buckets, count);
+                assert_eq!(
+                    fast,
+                    in_buckets_slow(d.iter(), &buckets, count),
+                    "step {step}: count {count}, buckets {buckets:?}"
+                );
+                checked += fast.len();
+            }
+        }
+        assert!(checked > 1000, "the questions found entries: {checked}");
+        let all: Vec<u16> = (0..8).collect();
+        assert_eq!(d.in_buckets(&all, 8), d.iter().collect::<Vec<_>>());
     }
 }

@@ -106,12 +106,11 @@ impl Roster {
     }
 
     /// The members in `buckets` (of `count`), as foca members.
+    /// In machine-ID order; only those buckets' members are visited.
     pub(crate) fn members_of(&self, buckets: &[u16], count: usize) -> Vec<Member<NodeIdentity>> {
-        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
-        let wanted: std::collections::BTreeSet<usize> =
-            buckets.iter().map(|b| *b as usize).collect();
-        self.iter()
-            .filter(|(id, _)| wanted.contains(&(bucket_of(id) & mask)))
+        self.known
+            .in_buckets(buckets, count)
+            .into_iter()
             .map(|(_, k)| Member::new(k.identity.clone(), k.incarnation, k.state))
             .collect()
     }
@@ -540,5 +539,59 @@ mod tests {
         assert!(r.get(&MachineId::parse("gone").unwrap()).is_none());
         assert_eq!(r.live_count(), 2);
         assert_eq!(r.reconcile(truth.iter(), now), 0);
+    }
+
+    /// Over random ups, downs, suspicions, refutations, new lives, forgotten members and
+    /// reconciliations, the members of a few buckets, which visit only those buckets' members,
+    /// are what a whole walk of the roster finds and then filters by bucket, in the same
+    /// (machine-ID) order.
+    #[test]
+    fn members_of_buckets_equal_the_whole_walk_filtered() {
+        use crate::dense::tests::{bucket_questions, in_buckets_slow};
+
+        let now = Instant::now();
+        let mut rng = StdRng::seed_from_u64(14);
+        let mut r = Roster::default();
+        let mut checked = 0;
+        for step in 0..3000 {
+            let name = format!("m{:02}", rng.random_range(0..80));
+            let life = rng.random_range(1..4);
+            let id = ident(&name, life);
+            match rng.random_range(0..7) {
+                0 => r.up(&id, now),
+                1 => r.down(&id, now),
+                2 => {
+                    r.suspect(&id, rng.random_range(0..3), now);
+                }
+                3 => {
+                    r.observe(&Member::new(id, rng.random_range(0..3), State::Alive), now);
+                }
+                4 => r.renamed(&id, None, now),
+                5 => r.forget(&id),
+                _ if step % 50 == 0 => {
+                    // foca's list: the roster's, some members dropped, one added.
+                    let mut truth: Vec<Member<NodeIdentity>> = r
+                        .iter()
+                        .filter(|_| rng.random_bool(0.9))
+                        .map(|(_, k)| Member::new(k.identity.clone(), k.incarnation, k.state))
+                        .collect();
+                    truth.push(Member::alive(id));
+                    r.reconcile(truth.iter(), now);
+                }
+                _ => {}
+            }
+            let (count, buckets) = bucket_questions(&mut rng);
+            let slow: Vec<Member<NodeIdentity>> = in_buckets_slow(r.iter(), &buckets, count)
+                .into_iter()
+                .map(|(_, k)| Member::new(k.identity.clone(), k.incarnation, k.state))
+                .collect();
+            let fast = r.members_of(&buckets, count);
+            assert_eq!(
+                fast, slow,
+                "step {step}: count {count}, buckets {buckets:?}"
+            );
+            checked += fast.len();
+        }
+        assert!(checked > 1000, "the questions found members: {checked}");
     }
 }

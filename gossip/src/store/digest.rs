@@ -5,7 +5,7 @@
 //! the cluster's size, and exchange details only for the buckets that differ. A delta is what a
 //! peer lacks given its digest: every entry newer than its `synced` stamp, per origin.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use super::{Entry, OriginData, OriginDelta, Store, BUCKETS};
 use crate::types::{MachineId, Metadata, Stamp};
@@ -124,12 +124,12 @@ impl Store {
     }
 
     /// Per origin in `buckets` (of `count`), the stamp up to which this node has everything.
+    /// In machine-ID order (a peer's `delta_where` walks it along its store); only those
+    /// buckets' origins are visited.
     pub(crate) fn digest_of(&self, buckets: &[u16], count: usize) -> Vec<(MachineId, Stamp)> {
-        let wanted: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
-        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
         self.origins
-            .iter()
-            .filter(|(id, _)| wanted.contains(&(bucket_of(id) & mask)))
+            .in_buckets(buckets, count)
+            .into_iter()
             .map(|(id, o)| (id.clone(), o.synced))
             .collect()
     }
@@ -141,7 +141,7 @@ impl Store {
         peer: &[(MachineId, Stamp)],
         certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
     ) -> Vec<OriginDelta> {
-        self.delta_where(peer, |_| true, certificate)
+        self.delta_where(peer, self.origins.iter(), certificate)
     }
 
     /// What a peer lacks of the origins in `buckets` (of `count`), `peer` being its digest of them.
@@ -152,19 +152,15 @@ impl Store {
         count: usize,
         certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
     ) -> Vec<OriginDelta> {
-        let wanted: BTreeSet<usize> = buckets.iter().map(|b| *b as usize).collect();
-        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
-        self.delta_where(
-            peer,
-            |id| wanted.contains(&(bucket_of(id) & mask)),
-            certificate,
-        )
+        let origins = self.origins.in_buckets(buckets, count);
+        self.delta_where(peer, origins.into_iter(), certificate)
     }
 
-    fn delta_where(
+    /// What a peer whose digest is `peer` lacks of `origins` (this store's, in machine-ID order).
+    fn delta_where<'a>(
         &self,
         peer: &[(MachineId, Stamp)],
-        include: impl Fn(&MachineId) -> bool,
+        origins: impl Iterator<Item = (&'a MachineId, &'a OriginData)>,
         certificate: &dyn Fn(&MachineId) -> Option<Vec<u8>>,
     ) -> Vec<OriginDelta> {
         // A digest comes in the order of its sender's store (by machine ID, as ours): then one
@@ -175,10 +171,7 @@ impl Store {
             (!sorted).then(|| peer.iter().map(|(id, s)| (id, *s)).collect());
         let mut cursor = 0;
         let mut out = Vec::new();
-        for (id, data) in self.origins.iter() {
-            if !include(id) {
-                continue;
-            }
+        for (id, data) in origins {
             let theirs = match &map {
                 Some(map) => map.get(id).copied().unwrap_or_default(),
                 None => {

@@ -303,3 +303,87 @@ fn forgetting_an_origin_keeps_the_sums_true() {
         Store::new(MachineId::parse("b").unwrap(), 1).summary(4, &[])
     );
 }
+
+/// Over random updates, restarts (new epochs), anti-entropy merges and forgotten origins, the
+/// digest and deltas of a few buckets, which visit only those buckets' origins, are what a whole
+/// walk of the store computes and then filters by bucket, in the same (machine-ID) order: a
+/// peer merges the digest in one walk along its own store.
+#[test]
+fn digests_and_deltas_of_buckets_equal_the_whole_walk_filtered() {
+    use crate::dense::tests::{bucket_questions, in_buckets_slow};
+    use rand::rngs::StdRng;
+    use rand::{RngExt, SeedableRng};
+
+    let mut rng = StdRng::seed_from_u64(14);
+    let ids: Vec<MachineId> = (0..80)
+        .map(|i| MachineId::parse(&format!("o{i:02}")).unwrap())
+        .collect();
+    let mut origins: Vec<Store> = ids.iter().map(|id| Store::new(id.clone(), 1)).collect();
+    let (mut s, mut t) = (store("s", 1), store("t", 1));
+    let mut checked = 0;
+    for step in 0..3000 {
+        let i = rng.random_range(0..ids.len());
+        match rng.random_range(0..10) {
+            0 => {
+                // A restart: the origin's next life, which the membership then allows.
+                let epoch = origins[i].local_epoch() + 1;
+                origins[i] = Store::new(ids[i].clone(), epoch);
+                if rng.random_bool(0.8) {
+                    s.allow_epoch(&ids[i], epoch);
+                }
+                t.allow_epoch(&ids[i], epoch);
+            }
+            1 => s.forget(&ids[i]),
+            2 => {
+                s.merge_ok(t.delta_ok(&s.digest()));
+            }
+            3 => {
+                t.merge_ok(s.delta_ok(&t.digest()));
+            }
+            _ => {
+                let epoch = origins[i].local_epoch();
+                s.allow_epoch(&ids[i], epoch);
+                t.allow_epoch(&ids[i], epoch);
+                let name = format!("u{}.service", rng.random_range(0..5));
+                let state = rng.random_bool(0.8).then(|| unit("active"));
+                if let Some(u) = origins[i].set_local_unit(&name, state, &Unsigned) {
+                    // Each store hears some pushes only: gaps, out-of-date origins.
+                    if rng.random_bool(0.6) {
+                        s.apply_ok(&u);
+                    }
+                    if rng.random_bool(0.6) {
+                        t.apply_ok(&u);
+                    }
+                }
+            }
+        }
+        if step % 5 != 0 {
+            continue;
+        }
+        let (count, buckets) = bucket_questions(&mut rng);
+        let digest = s.digest_of(&buckets, count);
+        let slow: Vec<(MachineId, Stamp)> = in_buckets_slow(s.origins.iter(), &buckets, count)
+            .into_iter()
+            .map(|(id, o)| (id.clone(), o.synced))
+            .collect();
+        assert_eq!(
+            digest, slow,
+            "step {step}: count {count}, buckets {buckets:?}"
+        );
+        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        let theirs = t.digest_of(&buckets, count);
+        let delta = s.delta_for_buckets(&theirs, &buckets, count, &|_| Some(vec![1]));
+        let slow: Vec<OriginDelta> = s
+            .delta_for(&t.digest(), &|_| Some(vec![1]))
+            .into_iter()
+            .filter(|d| buckets.contains(&((bucket_of(&d.origin) & mask) as u16)))
+            .collect();
+        assert_eq!(
+            delta, slow,
+            "step {step}: count {count}, buckets {buckets:?}"
+        );
+        checked += digest.len() + delta.len();
+        assert_eq!(s.sums, sums_from_scratch(&s));
+    }
+    assert!(checked > 1000, "the questions found origins: {checked}");
+}
