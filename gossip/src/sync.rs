@@ -2,6 +2,7 @@
 //! summaries of the state digest for the periodic anti-entropy.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -10,13 +11,36 @@ use rand::RngExt;
 
 use crate::core::{Error, FullState, Node, SyncAnswer, SyncOffer};
 use crate::store::{bucket_of, member_contribution, OriginDelta, BUCKETS};
-use crate::types::{MachineId, NodeIdentity};
+use crate::types::{MachineId, MachineKey, NodeIdentity};
 
 /// At most this many differing buckets are detailed in one summary answer (the rest waits for
 /// the next sync), which bounds the answer's size.
 const MAX_DETAILED_BUCKETS: usize = 8;
 /// At most this many updates learnt in one sync are passed on in pushes (see `merge_state`).
 const PASS_ON_AFTER_SYNC: usize = 32;
+
+/// A map keyed by [`MachineKey`], which is already a keyed hash of the machine ID: taken as its
+/// own hash. Looked up only, never walked (its order would differ in every process).
+type KeyMap<V> = HashMap<MachineKey, V, BuildHasherDefault<KeyHasher>>;
+
+/// The hasher of [`KeyMap`]: the key's 64 bits as they are.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is expected (a `MachineKey`); anything else is folded in, still exact.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+}
 
 impl Node {
     /// A full offer: this node's membership and its whole digest. See [`Node::sync_offer_to`].
@@ -299,29 +323,37 @@ impl Node {
     /// `members` without the updates foca's `apply_many` would ignore: those about an identity
     /// foca holds whose (incarnation, state) cannot replace the held one by SWIM's order of
     /// precedence. foca finds each member by a walk of its whole list, so a whole membership
-    /// (a join, a heal) costs it O(n) per member; one walk here, into a map, makes that O(n) in
-    /// all. foca does nothing for an ignored update (no state, broadcast, timer, notification
-    /// or random draw), so what it applies and does is unchanged. Updates about this node's own
-    /// machine, and every update after the first kept one about the same machine, are kept.
+    /// (a join, a heal) costs it O(n) per member; one walk here makes that O(n) in all. The walk
+    /// looks each of foca's members up among the batch's machines by [`MachineKey`] (an integer,
+    /// already a keyed hash: hashed no further), so it neither hashes a machine ID nor builds a
+    /// map of the whole membership per sync. foca does nothing for an ignored update (no state,
+    /// broadcast, timer, notification or random draw), so what it applies and does is unchanged.
+    /// Updates about this node's own machine, and every update after the first kept one about the
+    /// same machine, are kept (two machines whose keys collided would only keep more).
     fn without_no_ops(&self, members: Vec<Member<NodeIdentity>>) -> Vec<Member<NodeIdentity>> {
-        // Below this, foca's walks cost less than building the map.
+        // Below this, foca's walks cost less than the walk here.
         const MIN_BATCH: usize = 16;
         if members.len() < MIN_BATCH {
             return members;
         }
-        let held: std::collections::HashMap<&MachineId, &Member<NodeIdentity>> = self
-            .foca
-            .iter_membership_state()
-            .map(|m| (&m.id().machine_id, m))
-            .collect();
+        let mut held: KeyMap<Option<&Member<NodeIdentity>>> =
+            KeyMap::with_capacity_and_hasher(members.len(), Default::default());
+        for m in &members {
+            held.insert(m.id().key(), None);
+        }
+        for h in self.foca.iter_membership_state() {
+            if let Some(slot) = held.get_mut(&h.id().key()) {
+                *slot = Some(h);
+            }
+        }
         let me = &self.identity().machine_id;
-        let mut touched: std::collections::HashSet<MachineId> = std::collections::HashSet::new();
+        let mut touched: KeyMap<()> = KeyMap::default();
         let mut out = Vec::with_capacity(members.len());
         for m in members {
-            let id = &m.id().machine_id;
-            let no_op = id != me
-                && !touched.contains(id)
-                && held.get(id).is_some_and(|h| {
+            let key = m.id().key();
+            let no_op = m.id().machine_id != *me
+                && !touched.contains_key(&key)
+                && held.get(&key).copied().flatten().is_some_and(|h| {
                     h.id() == m.id()
                         && !crate::roster::precedes(
                             h.state(),
@@ -331,7 +363,7 @@ impl Node {
                         )
                 });
             if !no_op {
-                touched.insert(id.clone());
+                touched.insert(key, ());
                 out.push(m);
             }
         }
@@ -362,6 +394,11 @@ mod tests {
 
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    use std::collections::{HashMap, HashSet};
+
+    use foca::{Member, State};
+    use rand::RngExt;
 
     use crate::core::{Config, FullState, Node, SyncAnswer, SyncOffer};
     use crate::testing::synthetic_cluster;
@@ -500,5 +537,97 @@ mod tests {
         let (ha, hb) = (held(&a, &a, &b), held(&b, &a, &b));
         assert_eq!(ha.len(), 82);
         assert!(ha == hb, "both hold the same members and state");
+    }
+
+    /// The filter as it was (foca's whole list into a map by machine ID, per batch): the slow
+    /// reference of `without_no_ops`.
+    fn without_no_ops_slow(
+        n: &Node,
+        members: Vec<Member<NodeIdentity>>,
+    ) -> Vec<Member<NodeIdentity>> {
+        if members.len() < 16 {
+            return members;
+        }
+        let held: HashMap<&MachineId, &Member<NodeIdentity>> = n
+            .foca
+            .iter_membership_state()
+            .map(|m| (&m.id().machine_id, m))
+            .collect();
+        let me = &n.identity().machine_id;
+        let mut touched: HashSet<MachineId> = HashSet::new();
+        let mut out = Vec::new();
+        for m in members {
+            let id = &m.id().machine_id;
+            let no_op = id != me
+                && !touched.contains(id)
+                && held.get(id).is_some_and(|h| {
+                    h.id() == m.id()
+                        && !crate::roster::precedes(
+                            h.state(),
+                            h.incarnation(),
+                            m.state(),
+                            m.incarnation(),
+                        )
+                });
+            if !no_op {
+                touched.insert(id.clone());
+                out.push(m);
+            }
+        }
+        out
+    }
+
+    /// Over random batches (members foca holds, in their held or other states and incarnations,
+    /// older and newer lives, newcomers, this node, repeats), applied as they come so that what
+    /// foca holds changes, the no-op filter keeps exactly what the whole-map filter kept.
+    #[test]
+    fn the_no_op_filter_keeps_what_a_map_of_focas_whole_list_keeps() {
+        let now = Instant::now();
+        let (ids, state) = synthetic_cluster(120, 1);
+        let mut a = node(&ids[0], 1, now);
+        a.merge(now, state).unwrap();
+        let mut rng = StdRng::seed_from_u64(14);
+        let (mut kept, mut dropped) = (0, 0);
+        for round in 0..300 {
+            let len = rng.random_range(0..60);
+            let batch: Vec<Member<NodeIdentity>> = (0..len)
+                .map(|_| {
+                    let id = match rng.random_range(0..10) {
+                        0 => a.identity().clone(),
+                        1 => NodeIdentity::new(
+                            MachineId::parse(&format!("new{}", rng.random_range(0..20))).unwrap(),
+                            "10.9.9.9:4001".parse().unwrap(),
+                            1,
+                        ),
+                        k => {
+                            let mut id = ids[rng.random_range(1..ids.len())].clone();
+                            if k == 2 {
+                                id = NodeIdentity::new(
+                                    id.machine_id.clone(),
+                                    id.addr,
+                                    rng.random_range(0..4),
+                                );
+                            }
+                            id
+                        }
+                    };
+                    let st = [State::Alive, State::Alive, State::Suspect, State::Down]
+                        [rng.random_range(0..4)];
+                    Member::new(id, rng.random_range(0..3), st)
+                })
+                .collect();
+            let fast = a.without_no_ops(batch.clone());
+            let slow = without_no_ops_slow(&a, batch.clone());
+            assert_eq!(fast, slow, "round {round}");
+            if len >= 16 {
+                kept += fast.len();
+                dropped += len - fast.len();
+            }
+            let _ = a.apply_members(ids[1].clone(), batch);
+        }
+        assert!(
+            kept > 500 && dropped > 500,
+            "kept {kept}, dropped {dropped}"
+        );
     }
 }
