@@ -34,6 +34,7 @@ use fleet::agent::AgentCluster;
 use fleet::api::cluster::LocalCluster;
 use fleet::registry::{Registry, RegistryOptions};
 use fleet_gossip::core::{Config, Node};
+use fleet_gossip::testing::{env_or as env, thread_cpu};
 use fleet_gossip::testing::{running_unit, synthetic_cluster};
 use fleet_gossip::wire::DATAGRAM_STATE;
 use fleet_gossip::{Entry, Metadata, NodeIdentity, Stamp, UnitState, Update};
@@ -42,24 +43,6 @@ use rand::{RngExt, SeedableRng};
 
 /// One-way LAN latency of the model.
 const RTT: Duration = Duration::from_micros(250);
-
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for clock_gettime to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 /// What the driver answers to `Command::View`.
 fn driver_view(node: &mut Node) -> std::sync::Arc<fleet_gossip::View> {

@@ -23,25 +23,8 @@ use std::time::Duration;
 use fleet_gossip::core::{Config, Event};
 use fleet_gossip::testing::running_unit as running;
 use fleet_gossip::testing::VirtualNet;
+use fleet_gossip::testing::{env_or as env, thread_cpu};
 use fleet_gossip::UnitState;
-
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to write to.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
 
 /// Datagrams, push datagrams and bytes sent by every node so far.
 fn sent(net: &VirtualNet, n: usize) -> (u64, u64, u64) {

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use fleet_gossip::core::{Config, Node};
 use fleet_gossip::testing::running_unit as running;
-use fleet_gossip::testing::{synthetic_cluster, VirtualNet};
+use fleet_gossip::testing::{env_or as env, synthetic_cluster, thread_cpu, VirtualNet};
 use fleet_gossip::wire::{FullState, SyncAnswer, SyncOffer, DATAGRAM_STATE, DATAGRAM_SWIM};
 use fleet_gossip::{MachineId, Metadata, NodeIdentity, Stamp, UnitState, Update};
 use foca::{Codec, Header, Message, PostcardCodec};
@@ -44,13 +44,6 @@ use rand::{RngExt, SeedableRng};
 
 /// One-way LAN latency of the model.
 const RTT: Duration = Duration::from_micros(250);
-
-fn env<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 #[derive(Default)]
 struct Totals {
@@ -488,18 +481,6 @@ impl Bench {
             }
         }
     }
-}
-
-/// CPU time of the calling thread: unlike wall time, it does not count the time other processes
-/// of a loaded machine run while the node's call is preempted.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec for clock_gettime to write.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// Member `i`'s metadata, as `synthetic_cluster` makes it.

@@ -721,3 +721,23 @@ impl crate::crypto::Credentials for ToyCredentials {
         Self::named(certificate).is_some_and(|id| Self::signature(&id, message) == signature)
     }
 }
+
+/// The benchmarks' knobs: environment variable `key` parsed, or `default` when unset or unparsable.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): what the benchmarks measure on a
+/// shared machine, where wall time means little.
+pub fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for clock_gettime to write.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
