@@ -124,6 +124,35 @@ fn a_replacing_unit_that_cannot_take_the_machine_leaves_the_old_one_in_place() {
 }
 
 #[test]
+fn a_chain_of_replaces_settles_at_its_head() {
+    // web replaces d, d replaces b (claimed on the only machine, in conflict with every service). d
+    // would take b's place, so web takes it: the head of the chain, in the first plan and in the plan
+    // fed back as claims (before, the first plan gave m1 to d and the next one to web).
+    let ms = machines(&["m1"]);
+    let first = vec![
+        claimed("b.service", "Conflicts=*.service\n", "m1"),
+        unit("d.service", "Replaces=b.service\n"),
+        unit("web.service", "Replaces=d.service\n"),
+    ];
+    let plan = run(&ms, &first);
+    assert_eq!(on(&plan, "web.service"), s("m1"));
+    assert_eq!(on(&plan, "d.service"), None);
+    assert_eq!(on(&plan, "b.service"), None);
+    let again = vec![
+        unit("b.service", "Conflicts=*.service\n"),
+        unit("d.service", "Replaces=b.service\n"),
+        claimed("web.service", "Replaces=d.service\n", "m1"),
+    ];
+    assert_eq!(run(&ms, &again), plan);
+    // With room elsewhere, the replaced units move there and the head keeps the machine.
+    let ms = machines(&["m1", "m2", "m3"]);
+    let plan = run(&ms, &first);
+    assert_eq!(on(&plan, "web.service"), s("m1"));
+    assert_ne!(on(&plan, "d.service"), s("m1"));
+    assert_ne!(on(&plan, "b.service"), s("m1"));
+}
+
+#[test]
 fn a_metadata_change_moves_only_the_units_that_no_longer_fit() {
     let us = vec![
         claimed("web1.service", "MachineMetadata=role=web\n", "m1"),

@@ -196,11 +196,12 @@ impl Graph {
             } else {
                 // A unit may take the machine of the units it replaces: their reservations do not count
                 // while it is decided, and stay only where it did not go.
-                let released: Vec<u32> = self.replaces[ui]
-                    .iter()
-                    .copied()
-                    .filter(|&v| reserved[v as usize] && decision[v as usize].is_none())
-                    .collect();
+                // Through a chain too: a replaced unit would take the machine of the ones it replaces.
+                let released: Vec<u32> =
+                    replaced_chain(&self.replaces[ui], |v| &self.replaces[v as usize])
+                        .into_iter()
+                        .filter(|&v| reserved[v as usize] && decision[v as usize].is_none())
+                        .collect();
                 for &v in &released {
                     h.unplace(h.unit_at(v as usize));
                 }
@@ -352,6 +353,26 @@ fn class<H: Host>(h: &H, u: u32, reserved: bool) -> u8 {
     }
 }
 
+/// The units `direct` names and, depth first, the units each of those replaces, each once: a unit
+/// that replaces `v` takes the place `v` would take, which may be the claim of a unit `v` replaces.
+/// `Replaces=` cycles are already left out of `next`, so the walk ends.
+fn replaced_chain<'a>(direct: &'a [u32], next: impl Fn(u32) -> &'a [u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = Vec::new();
+    let mut stack: Vec<&[u32]> = vec![direct];
+    while let Some(top) = stack.last_mut() {
+        let Some((&v, rest)) = top.split_first() else {
+            stack.pop();
+            continue;
+        };
+        *top = rest;
+        if !out.contains(&v) {
+            out.push(v);
+            stack.push(next(v));
+        }
+    }
+    out
+}
+
 /// The live claim of `v` if it is free to move (no `MachineOf=`, no `MachineID=`).
 fn movable_claim<H: Host>(h: &H, v: u32) -> Option<u32> {
     let req = h.req(v);
@@ -398,12 +419,13 @@ pub(super) fn decide<H: Host>(h: &H, u: u32, decision: &[Option<Dec>]) -> Dec {
         |m: u32| !matches!(fixed, Some((f, _)) if f != m) && in_within(m) && h.static_ok(u, m);
     let fits = |m: u32| allowed(m) && !h.blocked(u, m);
 
-    // Its own claim, then the claims of the units it replaces (when they are free to move).
+    // Its own claim, then the claims of the units it replaces, directly or through a chain (when they
+    // are free to move).
     let own = h.claim(u);
     if own != NONE && fits(own) {
         return Dec::On(own);
     }
-    for &v in h.replaces(u) {
+    for v in replaced_chain(h.replaces(u), |v| h.replaces(v)) {
         match movable_claim(h, v) {
             Some(vm) if h.at(v) == NONE && fits(vm) => return Dec::On(vm),
             _ => {}

@@ -54,9 +54,10 @@
 //! - `Replaces=`: the replacing unit and the replaced one never share a machine; the replacing unit is
 //!   decided before the units it replaces and first tries the machine they are claimed on (when they are
 //!   free to move, i.e. have no `MachineOf=`/`MachineID=`), so it takes that machine and the replaced unit
-//!   moves to the least loaded other machine. A mutual or circular `Replaces=` (a replaces b, b replaces
-//!   a, or longer rings) is ignored, and so is a `Replaces=` that matches a global unit or the unit
-//!   itself.
+//!   moves to the least loaded other machine. Along a chain (c replaces b, b replaces a claimed a), the
+//!   head takes the machine: b would take a's, so c tries a's claim too. A mutual or circular
+//!   `Replaces=` (a replaces b, b replaces a, or longer rings) is ignored, and so is a `Replaces=` that
+//!   matches a global unit or the unit itself.
 //!
 //! # Order and stability
 //! Global units are decided first, by name. Then every claim that can be kept is *reserved*: a claim on
@@ -64,8 +65,9 @@
 //! reserved on the same machine, and that no global unit or earlier reservation blocks. Every unit decided
 //! afterwards is checked against the reservations (and counts them in the load), so a newcomer never takes
 //! a claimed unit's place: existing placements are never rebalanced. A unit that replaces a reserved one
-//! ignores that reservation while it is decided; if it takes that machine, the replaced unit and its
-//! followers lose their reservations and are decided anew.
+//! ignores that reservation (and those of the units it replaces through a chain) while it is decided;
+//! if it takes that machine, the replaced unit and its followers lose their reservations and are decided
+//! anew.
 //!
 //! The other non-global units are then decided one at a time, in an order that depends only on the inputs:
 //! 1. `MachineOf` targets before their followers, and units that others replace after those (unless only
@@ -74,8 +76,9 @@
 //!    others wait for is promoted to their rank;
 //! 3. by name.
 //!
-//! A unit first tries its own claim (if on a live machine), then the claims of the units it replaces, then
-//! every candidate machine by load. So a claim is moved only when a rule requires it (a requirement it no
+//! A unit first tries its own claim (if on a live machine), then the claims of the units it replaces
+//! (each followed, depth first, by those of the units that one replaces), then every candidate machine
+//! by load. So a claim is moved only when a rule requires it (a requirement it no
 //! longer meets, a conflict with another claim or a global unit, a unit that replaces it, a `MachineOf=`
 //! target that moved), and re-running [`schedule`] with the plan's decisions as claims yields the same
 //! plan (a property test checks both).
