@@ -94,6 +94,7 @@ mod dense;
 mod lifeguard;
 mod outbox;
 mod roster;
+mod shared;
 mod store;
 mod sync;
 #[cfg(feature = "testing")]
@@ -109,6 +110,7 @@ pub use foca;
 
 pub use crate::core::{Config, Counters, Event, Node};
 pub use crate::crypto::{Credentials, Unsigned};
+pub use crate::shared::Shared;
 pub use crate::store::{Entry, EntryKey, OriginDelta, Update};
 pub use crate::types::{
     Liveness, MachineId, MachineKey, MachineView, Machines, Metadata, NodeIdentity, Stamp,

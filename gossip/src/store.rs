@@ -27,6 +27,7 @@ use crate::dense::Dense;
 use crate::types::{MachineId, Metadata, Stamp, UnitState};
 
 mod digest;
+mod entries;
 
 use digest::contribution;
 #[cfg(any(test, feature = "testing"))]
@@ -152,7 +153,7 @@ pub(crate) struct OriginData {
     pending: BTreeSet<u64>,
     /// Shared with every view that shows it (replaced, never changed in place).
     metadata: Option<(Stamp, Arc<Metadata>, Vec<u8>)>,
-    units: BTreeMap<String, (Stamp, Option<UnitState>, Vec<u8>)>,
+    units: entries::UnitMap<(Stamp, Option<UnitState>, Vec<u8>)>,
     /// The origin's newest vouch for its foca incarnation: stamp, life, incarnation, signature.
     incarnation: Option<(Stamp, u64, u16, Vec<u8>)>,
     /// What a view shows of this origin, built when a view first asks after a change and shared
@@ -281,6 +282,8 @@ pub(crate) struct Store {
     generation: u64,
     /// The origins whose data changed (with `generation`) since [`Store::take_changed`].
     changed: crate::types::Changed,
+    /// Copies shared with the other nodes of a simulator ([`crate::Shared`]), if any.
+    pub(crate) shared: Option<crate::Shared>,
 }
 
 impl Store {
@@ -298,6 +301,7 @@ impl Store {
             refusing: BTreeSet::new(),
             generation: 0,
             changed: Default::default(),
+            shared: None,
         };
         store.origins.insert(
             local.clone(),
@@ -624,6 +628,10 @@ impl Store {
         verify(update)?;
         let origin = update.origin.clone();
         let mut changes = Vec::new();
+        let shared = match &update.entry {
+            Entry::Metadata(_) => self.shared.clone(),
+            _ => None,
+        };
         let news = self.with_origin(&origin, |data| {
             if !enter_epoch(data, update.stamp.epoch, &mut changes) {
                 return false;
@@ -631,26 +639,10 @@ impl Store {
             let sig = update.signature.clone();
             let news = match &update.entry {
                 Entry::Metadata(m) => {
-                    if data
-                        .metadata
-                        .as_ref()
-                        .is_some_and(|(s, _, _)| *s >= update.stamp)
-                    {
-                        false
-                    } else {
-                        let differs = data.metadata() != Some(m);
-                        // The same metadata again keeps the copy views share.
-                        let shared = match data.metadata.take() {
-                            Some((_, old, _)) if !differs => old,
-                            _ => Arc::new(m.clone()),
-                        };
-                        data.touch();
-                        data.metadata = Some((update.stamp, shared, sig));
-                        if differs {
-                            changes.push(Change::Metadata);
-                        }
-                        true
-                    }
+                    data.take_metadata(update.stamp, m, sig, &mut changes, || match &shared {
+                        Some(shared) => shared.metadata(&origin, m),
+                        None => Arc::new(m.clone()),
+                    })
                 }
                 Entry::Unit { name, state } => match data.units.get(name) {
                     Some((s, _, _)) if *s >= update.stamp => false,

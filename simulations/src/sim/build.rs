@@ -182,6 +182,7 @@ impl Sim {
             observer,
             timing,
             gossip_cfg,
+            gossip_shared: fleet_gossip::Shared::default(),
             model,
             failed_at: vec![None; n],
             other_faults: vec![0; cluster],

@@ -66,6 +66,7 @@ impl Sim {
             let rng = StdRng::from_rng(&mut self.rng);
             let at = self.instant(i);
             let mut node = Node::new(self.gossip_cfg.clone(), identity, rng, at);
+            node.share_copies(&self.gossip_shared);
             node.join(at, seeds);
             node.set_local_metadata(at, self.gossip_metadata(i));
             if let Some(a) = self.machines[i as usize].agent.as_mut() {

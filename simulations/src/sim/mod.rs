@@ -359,6 +359,9 @@ pub struct Sim {
     observer: Observer,
     pub(crate) timing: Timing,
     gossip_cfg: GossipConfig,
+    /// What the real gossip cores hold once between them (each machine's metadata): the same
+    /// values, one copy ([`fleet_gossip::Shared`]).
+    gossip_shared: fleet_gossip::Shared,
     pub(crate) model: Option<SwimModel>,
     /// When each machine failed (crash, pause, fleetd death), for detection times.
     failed_at: Vec<Option<u64>>,

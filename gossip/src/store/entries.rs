@@ -1,0 +1,148 @@
+//! An origin's entries: its unit entries by name ([`UnitMap`]), and how a remote value of its
+//! metadata is taken in.
+
+use std::sync::Arc;
+
+use super::{Change, OriginData};
+use crate::types::{Metadata, Stamp};
+
+impl OriginData {
+    /// Takes in the origin's metadata `m` at `stamp` unless the one held is as new; `copy` makes
+    /// the copy to hold (a value equal to the one held keeps that one, which views share). Returns
+    /// whether it was news.
+    pub(super) fn take_metadata(
+        &mut self,
+        stamp: Stamp,
+        m: &Metadata,
+        sig: Vec<u8>,
+        changes: &mut Vec<Change>,
+        copy: impl FnOnce() -> Arc<Metadata>,
+    ) -> bool {
+        if self.metadata.as_ref().is_some_and(|(s, _, _)| *s >= stamp) {
+            return false;
+        }
+        let differs = self.metadata() != Some(m);
+        let kept = match self.metadata.take() {
+            Some((_, old, _)) if !differs => old,
+            _ => copy(),
+        };
+        self.touch();
+        self.metadata = Some((stamp, kept, sig));
+        if differs {
+            changes.push(Change::Metadata);
+        }
+        true
+    }
+}
+
+/// A map from unit name to `V`, kept as a vector sorted by name.
+///
+/// Every node keeps one per machine of the cluster, so its footprint counts n² times across a
+/// simulated cluster (and n times in each fleetd). A `BTreeMap`'s first leaf has room for eleven
+/// entries: about 1.2 kB for an origin's unit entries even when the machine runs one unit. This
+/// vector holds what it holds, with at most a quarter more room. Lookups are binary searches; an
+/// insertion moves the entries after it, which is cheap for the tens to hundreds of units a
+/// machine runs.
+#[derive(Debug, Clone)]
+pub(crate) struct UnitMap<V> {
+    entries: Vec<(String, V)>,
+}
+
+impl<V> Default for UnitMap<V> {
+    fn default() -> Self {
+        UnitMap {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<V> UnitMap<V> {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.entries.binary_search_by(|(n, _)| n.as_str().cmp(name))
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&V> {
+        self.find(name).ok().map(|i| &self.entries[i].1)
+    }
+
+    /// Sets `name` to `value`; returns the value it replaces, if any.
+    pub(crate) fn insert(&mut self, name: String, value: V) -> Option<V> {
+        match self.find(&name) {
+            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            Err(i) => {
+                if self.entries.len() == self.entries.capacity() {
+                    self.entries.reserve_exact(1 + self.entries.len() / 4);
+                }
+                self.entries.insert(i, (name, value));
+                None
+            }
+        }
+    }
+
+    /// The entries in name order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &V)> {
+        self.entries.iter().map(|(n, v)| (n, v))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.entries.iter().map(|(_, v)| v)
+    }
+
+    /// Drops every entry and the room they took.
+    pub(crate) fn clear(&mut self) {
+        self.entries = Vec::new();
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl<'a, V> IntoIterator for &'a UnitMap<V> {
+    type Item = (&'a String, &'a V);
+    type IntoIter = std::iter::Map<
+        std::slice::Iter<'a, (String, V)>,
+        fn(&'a (String, V)) -> (&'a String, &'a V),
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(n, v)| (n, v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::UnitMap;
+    use std::collections::BTreeMap;
+
+    /// The same operations on a `UnitMap` and a `BTreeMap` give the same answers and contents, in
+    /// the same order; the room taken stays within a quarter of the entries (plus one).
+    #[test]
+    fn behaves_like_a_btree_map_with_little_room_to_spare() {
+        let mut ours: UnitMap<u64> = UnitMap::default();
+        let mut reference: BTreeMap<String, u64> = BTreeMap::new();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for step in 0..5_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let name = format!("u{}.service", x % 700);
+            assert_eq!(
+                ours.insert(name.clone(), step),
+                reference.insert(name.clone(), step)
+            );
+            let probe = format!("u{}.service", (x >> 20) % 800);
+            assert_eq!(ours.get(&probe), reference.get(&probe));
+            if step % 1_000 == 999 {
+                assert!(ours.iter().eq(reference.iter()));
+                assert!(ours.values().eq(reference.values()));
+                assert!((&ours).into_iter().eq(reference.iter()));
+                assert!(ours.entries.capacity() <= ours.len() + 1 + ours.len() / 4);
+            }
+        }
+        ours.clear();
+        assert_eq!(ours.iter().count(), 0);
+        assert_eq!(ours.entries.capacity(), 0);
+    }
+}
