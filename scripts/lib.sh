@@ -94,6 +94,7 @@ ensure_deps() {
   fi
   cargo fmt --version >/dev/null 2>&1 || { echo "cargo fmt is missing (rustfmt)" >&2; return 1; }
   cargo clippy --version >/dev/null 2>&1 || { echo "cargo clippy is missing (clippy)" >&2; return 1; }
+  rustdoc --version >/dev/null 2>&1 || { echo "rustdoc is missing (rustup's rustc component, or Debian's rustc-web)" >&2; return 1; }
   ensure_fuzz_deps
 }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite: installs what is missing, checks formatting and lints, starts a private etcd,
+# The whole test suite: installs what is missing, checks formatting, lints and the API docs, starts a private etcd,
 # runs every test (lab tests need root: they boot emulated machines with a real systemd), stops etcd, then
 # runs each fuzz target for 20 s (scripts/fuzz.sh).
 # As root for the lab tests (prefix sudo when you are not root; without root they are skipped):
@@ -22,6 +22,9 @@ log "cargo clippy, each package alone"
 for package in $(cargo tree --workspace --depth 0 --prefix none | awk 'NF { print $1 }' | sort -u); do
   cargo clippy -p "$package" --quiet -- -D warnings
 done
+# The API docs build without a warning (a link to an item that moved or is private is a warning).
+log "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 # The original fleetctl v1.0.0 (tests/lab_interop.rs, tests/interop/): its tests skip without it, so say
 # so here, where a reader of CI's log looks (a checkout without ../shared beside it passed them in 0.02 s).

@@ -58,7 +58,7 @@ pub struct GlobalFlags {
         value_parser = positive_seconds
     )]
     pub request_timeout: f64,
-    /// Reach fleetd through SSH on HOST[:PORT] (the system's OpenSSH client forwards a local socket to
+    /// Reach fleetd through SSH on `HOST[:PORT]` (the system's OpenSSH client forwards a local socket to
     /// --endpoint as seen from HOST); `ssh` then jumps through HOST too.
     #[arg(
         long,

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// `suspect_to_down_after`, plus the spread of the verdict (`gossip_interval` rounds to
 /// `gossip_fanout` members, piggybacked on probes too).
 ///
-/// Accuracy (Lifeguard, on top of foca; see [`crate::lifeguard`]): a live member that is suspected
+/// Accuracy (Lifeguard, on top of foca; see the `lifeguard` module): a live member that is suspected
 /// refutes as soon as it hears the suspicion (the prober's next ping carries it, and foca gossips the
 /// refutation at once). A suspicion starts at `suspicion_max` and shrinks towards
 /// `suspect_to_down_after` only as other members independently fail to reach the suspect

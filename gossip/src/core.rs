@@ -37,7 +37,7 @@
 //! Membership travels in foca's SWIM packets. Every change of a machine's state (its metadata, one
 //! unit's state) is a versioned update that the node pushes to `gossip_fanout` random live members,
 //! and that every member that learns it as news passes on the same way, each at most
-//! `max_transmissions` times ([`crate::outbox`]): a change costs each member a bounded number of
+//! `max_transmissions` times (the `outbox` module): a change costs each member a bounded number of
 //! small datagrams, and nothing when nothing changes.
 //!
 //! # Sync exchange (three messages on one stream)

@@ -69,7 +69,7 @@ pub enum Entry {
     /// The origin's own word that it is alive at foca incarnation `incarnation` in its life
     /// `life` (its identity's incarnation): published, signed, when a refutation raises its foca
     /// incarnation. A relayed membership update that raises the origin's foca incarnation (a
-    /// refutation) is taken only up to what the origin vouched for ([`crate::trust`]). Stored
+    /// refutation) is taken only up to what the origin vouched for (the `trust` module). Stored
     /// with the origin's state (its newest one), so that anti-entropy repairs it too.
     Incarnation {
         /// The origin's identity incarnation the vouch is about.

@@ -58,7 +58,7 @@ impl Node {
     ///
     /// A full sync asked for while this node has live members (a join through a second seed, a
     /// join of a machine announced in etcd, a heal) is a *whole summary*: the summary at the
-    /// finest grain ([`crate::store::BUCKETS`] buckets) with the whole state digest, and the peer
+    /// finest grain (`BUCKETS`, 256 buckets) with the whole state digest, and the peer
     /// details every bucket that differs (see [`Node::handle_sync_offer_from`]). Both ends learn
     /// what a full exchange would teach them, the members and state of every bucket where they
     /// differ, without the peer walking the initiator's whole membership. A node with no live

@@ -23,7 +23,7 @@
 //! - bodies larger than `api_max_body` are refused with 413; a body that is not a JSON object where
 //!   one is expected (`[]` as a unit) is a 400;
 //! - the errors hyper answers by itself (a URI of 64 KiB or more, headers too large, a malformed
-//!   request line) carry the same JSON error body ([`wire`]);
+//!   request line) carry the same JSON error body (`wire`);
 //! - `PATCH /machines` may name any machine of the cluster, as in fleet: each machine applies its
 //!   own ops (relayed over the agents' channel) and keeps them across restarts; a machine that is
 //!   not in the cluster is a 404 and nothing is applied.

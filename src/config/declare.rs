@@ -292,7 +292,7 @@ macro_rules! options {
                 out
             }
 
-            /// Takes from `new` the options whose [`Reload`] `applies` says a reload applied;
+            /// Takes from `new` the options whose `Reload` `applies` says a reload applied;
             /// the others keep their running values.
             pub fn adopt(&mut self, new: &Config, applies: impl Fn($crate::config::declare::Reload) -> bool) {
                 $(

@@ -527,7 +527,7 @@ impl Systemd {
     }
     /// Queues a start job (mode `replace`) for each unit, with up to [`START_PIPELINE`] `StartUnit`
     /// calls in flight at once (systemd still runs them in order; the pipeline saves a bus round trip
-    /// per unit), and never more than about [`MAX_QUEUED_JOBS`] jobs queued in systemd. One result per
+    /// per unit), and never more than about `MAX_QUEUED_JOBS` jobs queued in systemd. One result per
     /// unit, in order.
     ///
     /// A unit systemd refuses for the load state it holds ([`Error::is_stale_load`]: left from before

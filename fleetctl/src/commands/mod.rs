@@ -18,9 +18,9 @@
 //!   every machine running the unit); fleet v1's only cycled the desired state.
 //! - `list-units`, `list-unit-files` and `list-machines` take `--json`.
 //!
-//! Files: [`lifecycle`] (submit, load, start, stop, unload, destroy, cat, restart), [`wait`] (waiting
-//! for desired states, and why a unit is not there), [`remote`] (status, journal, ssh targets),
-//! [`lists`] (the list verbs; their tables and JSON are in [`crate::render`]).
+//! Files: `lifecycle` (submit, load, start, stop, unload, destroy, cat, restart), `wait` (waiting
+//! for desired states, and why a unit is not there), `remote` (status, journal, ssh targets),
+//! `lists` (the list verbs; their tables and JSON are in [`crate::render`]).
 /// Write a line, ignoring failures of the terminal (a closed pipe must not turn success into failure
 /// halfway through; the final table write reports its error).
 macro_rules! say {

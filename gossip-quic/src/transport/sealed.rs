@@ -228,7 +228,7 @@ pub enum RefusalKind {
 }
 
 impl RefusalKind {
-    /// Every kind, in the order of [`SealedRefusals::by_kind`].
+    /// Every kind, in the order of [`SealedRefusals::by_reason`] (which adds `unverifiable`).
     pub const ALL: [RefusalKind; 4] = [
         RefusalKind::Garbage,
         RefusalKind::Forged,
