@@ -722,6 +722,16 @@ impl crate::crypto::Credentials for ToyCredentials {
     }
 }
 
+/// Metadata with one `k=v` pair, `rack=<rack>`, for tests that publish some and watch it spread.
+pub fn rack_metadata(rack: &str) -> crate::types::Metadata {
+    crate::types::Metadata {
+        public_ip: String::new(),
+        metadata: BTreeMap::from([("rack".to_string(), rack.to_string())]),
+        version: "test".into(),
+        unit_count: 0,
+    }
+}
+
 /// The benchmarks' knobs: environment variable `key` parsed, or `default` when unset or unparsable.
 pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     std::env::var(key)

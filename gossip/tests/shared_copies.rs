@@ -9,21 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_gossip::core::Config;
-use fleet_gossip::testing::VirtualNet;
+use fleet_gossip::testing::{rack_metadata as metadata, VirtualNet};
 use fleet_gossip::{Liveness, MachineId, Metadata, Shared};
 
 const NODES: usize = 5;
 /// The node that does not share.
 const LONER: usize = 4;
-
-fn metadata(v: &str) -> Metadata {
-    Metadata {
-        public_ip: String::new(),
-        metadata: BTreeMap::from([("rack".to_string(), v.to_string())]),
-        version: "test".into(),
-        unit_count: 0,
-    }
-}
 
 /// What one node's view shows of each machine.
 type Seen = BTreeMap<MachineId, (Liveness, Option<Arc<Metadata>>)>;

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_gossip::core::{Config, Node};
-use fleet_gossip::testing::{running_unit, VirtualNet};
-use fleet_gossip::{Liveness, Metadata, View};
+use fleet_gossip::testing::{rack_metadata as metadata, running_unit, VirtualNet};
+use fleet_gossip::{Liveness, View};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -31,15 +31,6 @@ struct Seen {
     down: usize,
     /// Machines' entries of a rebuilt view that shared their units with the previous view.
     units_shared: usize,
-}
-
-fn metadata(v: &str) -> Metadata {
-    Metadata {
-        public_ip: String::new(),
-        metadata: BTreeMap::from([("rack".to_string(), v.to_string())]),
-        version: "test".into(),
-        unit_count: 0,
-    }
 }
 
 /// Compares node `i`'s shared view with one built from scratch.
