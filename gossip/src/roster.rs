@@ -42,7 +42,7 @@ pub(crate) struct Known {
 pub(crate) struct Roster {
     known: Dense<Known>,
     live: Vec<MachineId>,
-    live_at: HashMap<MachineId, usize>,
+    live_at: HashMap<MachineId, usize, foldhash::fast::RandomState>,
     /// Per bucket (of the store's [`BUCKETS`]), the wrapping sum of its members' contributions:
     /// anti-entropy compares memberships with it.
     sums: Vec<u64>,
@@ -61,7 +61,7 @@ impl Default for Roster {
         Roster {
             known: Dense::default(),
             live: Vec::new(),
-            live_at: HashMap::new(),
+            live_at: HashMap::default(),
             sums: vec![0; BUCKETS],
             generation: 0,
             suspects: BTreeSet::new(),

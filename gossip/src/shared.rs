@@ -21,7 +21,7 @@ pub struct Shared {
     /// stamp: a machine may publish the same value again under a new stamp (the stamp is kept
     /// apart, in each node's store), and while a new value spreads, nodes that still take in the
     /// old one get copies of their own (one entry per machine, so nothing needs sweeping).
-    metadata: Arc<Mutex<HashMap<MachineId, Weak<Metadata>>>>,
+    metadata: Arc<Mutex<HashMap<MachineId, Weak<Metadata>, foldhash::fast::RandomState>>>,
 }
 
 impl Shared {

@@ -266,8 +266,9 @@ pub(crate) struct Store {
     /// Looked up for every update and delta: found by a hash of the ID, walked in ID order.
     origins: Dense<OriginData>,
     changes: BTreeSet<(MachineId, Change)>,
-    /// Looked up for every member of every membership update, never walked: hashed.
-    limits: HashMap<MachineId, u64>,
+    /// Looked up for every member of every membership update, never walked: hashed (foldhash, as
+    /// `Dense`'s index).
+    limits: HashMap<MachineId, u64, foldhash::fast::RandomState>,
     refused: u64,
     /// Per bucket, the wrapping sum of its origins' contributions.
     sums: Vec<u64>,
@@ -294,7 +295,7 @@ impl Store {
             local_stamp,
             origins: Dense::default(),
             changes: BTreeSet::new(),
-            limits: HashMap::new(),
+            limits: HashMap::default(),
             refused: 0,
             sums: vec![0; BUCKETS],
             metadata_generation: 0,
