@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use crate::store::{bucket_of, BUCKETS};
+use crate::store::{bucket_of, summary_count, BUCKETS};
 use crate::types::MachineId;
 
 #[derive(Debug)]
@@ -107,13 +107,12 @@ impl<V> Dense<V> {
             .filter_map(|(id, slot)| Some((id, self.slots[*slot as usize].as_ref()?)))
     }
 
-    /// The entries in `buckets` of a `count`-bucket summary (`count` taken as
-    /// [`crate::store`]'s summaries take it: between 1 and [`BUCKETS`], rounded up to a power of
-    /// two), in machine-ID order: those whose bucket `b` (of [`BUCKETS`]) has `b & (count - 1)`
+    /// The entries in `buckets` of a `count`-bucket summary (`count` taken as summaries take it:
+    /// [`summary_count`]), in machine-ID order: those whose bucket `b` (of [`BUCKETS`]) has `b & (count - 1)`
     /// in `buckets`. Visits only those buckets' entries; bucket numbers out of range and
     /// repeated ones add nothing.
     pub(crate) fn in_buckets(&self, buckets: &[u16], count: usize) -> Vec<(&MachineId, &V)> {
-        let count = count.clamp(1, BUCKETS).next_power_of_two();
+        let count = summary_count(count);
         let mut wanted = [false; BUCKETS];
         for coarse in buckets.iter().map(|b| usize::from(*b)) {
             if coarse < count {
@@ -204,7 +203,7 @@ pub(crate) mod tests {
         buckets: &[u16],
         count: usize,
     ) -> Vec<(&'a MachineId, &'a V)> {
-        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        let mask = summary_count(count) - 1;
         all.filter(|(id, _)| buckets.contains(&((bucket_of(id) & mask) as u16)))
             .collect()
     }

@@ -32,7 +32,7 @@ mod entries;
 use digest::contribution;
 #[cfg(any(test, feature = "testing"))]
 pub(crate) use digest::mix;
-pub(crate) use digest::{bucket_of, member_contribution};
+pub(crate) use digest::{bucket_of, member_contribution, summary_count};
 
 /// How many buckets the store's digest keeps (a power of two); summaries fold them further.
 pub(crate) const BUCKETS: usize = 256;

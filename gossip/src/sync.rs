@@ -10,7 +10,7 @@ use foca::{Incarnation, Member, State};
 use rand::RngExt;
 
 use crate::core::{Error, FullState, Node, SyncAnswer, SyncOffer};
-use crate::store::{bucket_of, member_contribution, OriginDelta, BUCKETS};
+use crate::store::{bucket_of, member_contribution, summary_count, OriginDelta};
 use crate::types::{MachineId, MachineKey, NodeIdentity};
 
 /// At most this many differing buckets are detailed in one summary answer (the rest waits for
@@ -40,6 +40,13 @@ impl Hasher for KeyHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 ^= n;
     }
+}
+
+/// Whether foca, holding `held`, ignores the update `m`: the same identity, whose (incarnation,
+/// state) cannot replace the held one by SWIM's order of precedence.
+fn ignored_by(held: &Member<NodeIdentity>, m: &Member<NodeIdentity>) -> bool {
+    held.id() == m.id()
+        && !crate::roster::precedes(held.state(), held.incarnation(), m.state(), m.incarnation())
 }
 
 impl Node {
@@ -101,7 +108,7 @@ impl Node {
     fn members_of(&self, buckets: &[u16], count: usize) -> Vec<Member<NodeIdentity>> {
         let me = self.identity();
         let mut members = self.roster.members_of(buckets, count);
-        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        let mask = summary_count(count) - 1;
         if buckets.contains(&((bucket_of(&me.machine_id) & mask) as u16)) {
             members.push(Member::alive(me.clone()));
         }
@@ -353,15 +360,11 @@ impl Node {
             let key = m.id().key();
             let no_op = m.id().machine_id != *me
                 && !touched.contains_key(&key)
-                && held.get(&key).copied().flatten().is_some_and(|h| {
-                    h.id() == m.id()
-                        && !crate::roster::precedes(
-                            h.state(),
-                            h.incarnation(),
-                            m.state(),
-                            m.incarnation(),
-                        )
-                });
+                && held
+                    .get(&key)
+                    .copied()
+                    .flatten()
+                    .is_some_and(|h| ignored_by(h, &m));
             if !no_op {
                 touched.insert(key, ());
                 out.push(m);
@@ -560,15 +563,7 @@ mod tests {
             let id = &m.id().machine_id;
             let no_op = id != me
                 && !touched.contains(id)
-                && held.get(id).is_some_and(|h| {
-                    h.id() == m.id()
-                        && !crate::roster::precedes(
-                            h.state(),
-                            h.incarnation(),
-                            m.state(),
-                            m.incarnation(),
-                        )
-                });
+                && held.get(id).is_some_and(|h| super::ignored_by(h, &m));
             if !no_op {
                 touched.insert(id.clone());
                 out.push(m);

@@ -48,9 +48,15 @@ pub(crate) fn member_contribution(id: &MachineId, incarnation: u64, down: bool) 
     )
 }
 
+/// How many buckets a summary asked for with `count` has: between 1 and [`BUCKETS`], rounded up to
+/// a power of two. Bucket `b` (of [`BUCKETS`]) is in its bucket `b & (summary_count(count) - 1)`.
+pub(crate) fn summary_count(count: usize) -> usize {
+    count.clamp(1, BUCKETS).next_power_of_two()
+}
+
 /// Folds per-bucket sums (several tables of [`BUCKETS`], added) into `count` 32-bit sums.
 fn fold(tables: &[&[u64]], count: usize) -> Vec<u32> {
-    let count = count.clamp(1, BUCKETS).next_power_of_two();
+    let count = summary_count(count);
     let mut out = vec![0u64; count];
     for table in tables {
         for (b, sum) in table.iter().enumerate() {

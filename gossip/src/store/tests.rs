@@ -370,7 +370,7 @@ fn digests_and_deltas_of_buckets_equal_the_whole_walk_filtered() {
             digest, slow,
             "step {step}: count {count}, buckets {buckets:?}"
         );
-        let mask = count.clamp(1, BUCKETS).next_power_of_two() - 1;
+        let mask = super::summary_count(count) - 1;
         let theirs = t.digest_of(&buckets, count);
         let delta = s.delta_for_buckets(&theirs, &buckets, count, &|_| Some(vec![1]));
         let slow: Vec<OriginDelta> = s
