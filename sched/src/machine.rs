@@ -22,7 +22,11 @@ pub const SHORT_ID_LEN: usize = 8;
 /// type is always a valid ID. It is shared (`Arc<str>`): gossip (foca) compares members' addresses on
 /// every update and clones them freely, so a clone is a reference count and comparing an ID with
 /// itself is a pointer comparison; no comparison allocates.
-#[derive(Clone, Eq, PartialOrd, Ord)]
+///
+/// IDs are interned: every live `MachineId` with the same string shares one `Arc` in the whole
+/// process (see [`intern`]), so two equal IDs compare by pointer, without reading the string: a
+/// node's maps hold many IDs, and reading each stored key's string on a lookup was a cache miss.
+#[derive(Clone, Eq)]
 pub struct MachineId(Arc<str>);
 
 /// Equal IDs that share their string compare by pointer alone: `Arc<str>`'s own equality compares
@@ -32,6 +36,57 @@ impl PartialEq for MachineId {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
     }
+}
+
+/// The string's order; an ID is equal to itself without reading it.
+impl Ord for MachineId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        if Arc::ptr_eq(&self.0, &other.0) {
+            std::cmp::Ordering::Equal
+        } else {
+            self.0.cmp(&other.0)
+        }
+    }
+}
+
+impl PartialOrd for MachineId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The process's table of machine IDs: one `Arc` per string that some `MachineId` still holds.
+///
+/// An ID no value holds any more (only the table does) is dropped when the table has doubled since
+/// its last sweep, so IDs that come and go (garbage from a peer, machines long gone) cost memory
+/// only until then: the table is at most about twice the IDs in use, and the sweeps cost O(1) per
+/// new ID, amortised.
+struct Interner {
+    ids: std::collections::HashSet<Arc<str>>,
+    sweep_at: usize,
+}
+
+static INTERNER: std::sync::Mutex<Option<Interner>> = std::sync::Mutex::new(None);
+
+/// The one `Arc` of the (already validated) ID `s`.
+fn intern(s: &str) -> Arc<str> {
+    // A panic while the lock is held leaves the table as it was (each step below is whole).
+    let mut guard = INTERNER.lock().unwrap_or_else(|e| e.into_inner());
+    let table = guard.get_or_insert_with(|| Interner {
+        ids: Default::default(),
+        sweep_at: 1024,
+    });
+    if let Some(id) = table.ids.get(s) {
+        return id.clone();
+    }
+    if table.ids.len() >= table.sweep_at {
+        // Under the lock no one can clone an `Arc` that only the table holds.
+        table.ids.retain(|id| Arc::strong_count(id) > 1);
+        table.sweep_at = (2 * table.ids.len()).max(1024);
+    }
+    let id: Arc<str> = Arc::from(s);
+    table.ids.insert(id.clone());
+    id
 }
 
 /// As the string's (which `Borrow<str>` lookups need).
@@ -75,7 +130,7 @@ impl MachineId {
                 ch,
             });
         }
-        Ok(MachineId(Arc::from(s)))
+        Ok(MachineId(intern(s)))
     }
 
     /// The ID as a string.
@@ -169,6 +224,26 @@ mod tests {
         let id = MachineId::parse("m1").unwrap();
         assert_eq!(id.short(), "m1");
         assert!(id.matches("m1"));
+    }
+
+    #[test]
+    fn equal_ids_share_one_string_and_unused_ones_are_swept() {
+        let a = MachineId::parse("internedA").unwrap();
+        let b: MachineId = serde_json::from_str("\"internedA\"").unwrap();
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
+        assert!(MachineId::parse("internedB").unwrap() > a);
+        // IDs that nothing holds any more leave the table at a sweep, which comes at the latest
+        // when it doubles: thousands of passing IDs leave it small.
+        let weak = Arc::downgrade(&MachineId::parse("internedGone").unwrap().0);
+        for i in 0..100_000 {
+            MachineId::parse(&format!("passing{i}")).unwrap();
+        }
+        assert!(weak.upgrade().is_none(), "an unused ID stayed in the table");
+        let len = INTERNER.lock().unwrap().as_ref().unwrap().ids.len();
+        assert!(len < 10_000, "{len} IDs in the table");
+        // Those still held stay shared.
+        assert!(Arc::ptr_eq(&a.0, &MachineId::parse("internedA").unwrap().0));
     }
 
     #[test]

@@ -10,8 +10,7 @@ use serde::{Deserialize, Serialize};
 macro_rules! systemd_string_enum {
     ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $s:literal,)* }) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(from = "String", into = "String")]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash)]
         pub enum $name {
             $($(#[$vdoc])* $variant,)*
             /// A value this crate does not know (kept verbatim).
@@ -52,6 +51,33 @@ macro_rules! systemd_string_enum {
                     $name::Other(s) => s,
                     known => known.as_str().to_string(),
                 }
+            }
+        }
+
+        /// As systemd's string, without allocating one (gossip encodes three per unit state).
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        /// From systemd's string, borrowed where the format allows: a known word allocates nothing.
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("a systemd ", stringify!($name), " string"))
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        Ok($name::from(v))
+                    }
+                    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<$name, E> {
+                        Ok($name::from(v))
+                    }
+                }
+                deserializer.deserialize_str(Visitor)
             }
         }
 
@@ -247,5 +273,26 @@ mod tests {
             serde_json::to_string(&LoadState::BadSetting).unwrap(),
             "\"bad-setting\""
         );
+    }
+
+    #[test]
+    fn states_round_trip_as_their_strings_borrowed_escaped_or_owned() {
+        for (text, want) in [
+            ("\"running\"", SubState::Running),
+            ("\"run\\u006eing\"", SubState::Running),
+            ("\"hibernating\"", SubState::Other("hibernating".into())),
+        ] {
+            let borrowed: SubState = serde_json::from_str(text).unwrap();
+            let read: SubState = serde_json::from_reader(text.as_bytes()).unwrap();
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            let owned: SubState = serde_json::from_value(value).unwrap();
+            assert_eq!([&borrowed, &read, &owned], [&want; 3], "{text}");
+            let back = serde_json::to_string(&want).unwrap();
+            assert_eq!(serde_json::from_str::<SubState>(&back).unwrap(), want);
+        }
+        let err = serde_json::from_str::<LoadState>("3")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a systemd LoadState string"), "{err}");
     }
 }
