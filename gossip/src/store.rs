@@ -149,8 +149,11 @@ pub(crate) enum Change {
 pub(crate) struct OriginData {
     epoch: u64,
     synced: Stamp,
-    /// Versions of this epoch received beyond `synced` (a gap in between).
-    pending: BTreeSet<u64>,
+    /// Versions of this epoch received beyond `synced` (a gap in between), sorted from the
+    /// largest to the smallest: a vector, not a set, as it is mostly empty and every update of a
+    /// burst may pass through it (a set's first insertion allocates a whole node), and the next
+    /// version to take is its last.
+    pending: Vec<u64>,
     /// Shared with every view that shows it (replaced, never changed in place).
     metadata: Option<(Stamp, Arc<Metadata>, Vec<u8>)>,
     units: entries::UnitMap<(Stamp, Option<UnitState>, Vec<u8>)>,
@@ -184,7 +187,11 @@ impl OriginData {
     /// What a view shows of this origin: built once per change of its data (see `shown`).
     pub(crate) fn shown(&self) -> &Shown {
         self.shown.get_or_init(|| Shown {
-            units: Arc::new(self.units().map(|(n, s)| (n.clone(), s.clone())).collect()),
+            units: Arc::new(
+                self.units()
+                    .map(|(n, s)| (n.to_owned(), s.clone()))
+                    .collect(),
+            ),
             newest: self.newest(),
         })
     }
@@ -197,7 +204,7 @@ impl OriginData {
         self.shown = OnceLock::new();
     }
 
-    pub(crate) fn units(&self) -> impl Iterator<Item = (&String, &UnitState)> {
+    pub(crate) fn units(&self) -> impl Iterator<Item = (&str, &UnitState)> {
         self.units
             .iter()
             .filter_map(|(name, (_, state, _))| state.as_ref().map(|s| (name, s)))
@@ -233,11 +240,19 @@ impl OriginData {
         if v == self.synced.version + 1 {
             self.touch();
             self.synced.version = v;
-            while self.pending.remove(&(self.synced.version + 1)) {
-                self.synced.version += 1;
-            }
+            self.take_pending();
         } else if self.pending.len() < MAX_PENDING {
-            self.pending.insert(v);
+            if let Err(at) = self.pending.binary_search_by(|p| v.cmp(p)) {
+                self.pending.insert(at, v);
+            }
+        }
+    }
+
+    /// Raises `synced` over the pending versions that follow it.
+    fn take_pending(&mut self) {
+        while self.pending.last() == Some(&(self.synced.version + 1)) {
+            self.pending.pop();
+            self.synced.version += 1;
         }
     }
 
@@ -246,9 +261,7 @@ impl OriginData {
             self.touch();
             self.synced = to;
             self.pending.retain(|v| *v > to.version);
-            while self.pending.remove(&(self.synced.version + 1)) {
-                self.synced.version += 1;
-            }
+            self.take_pending();
         }
     }
 }
@@ -265,7 +278,9 @@ pub(crate) struct Store {
     local_stamp: Stamp,
     /// Looked up for every update and delta: found by a hash of the ID, walked in ID order.
     origins: Dense<OriginData>,
-    changes: BTreeSet<(MachineId, Change)>,
+    /// Drained after every datagram and sync step ([`Store::take_changes`]): mostly empty, so a
+    /// vector (a set's first insertion allocates a whole node), made a set when taken.
+    changes: Vec<(MachineId, Change)>,
     /// Looked up for every member of every membership update, never walked: hashed (foldhash, as
     /// `Dense`'s index).
     limits: HashMap<MachineId, u64, foldhash::fast::RandomState>,
@@ -294,7 +309,7 @@ impl Store {
             local: local.clone(),
             local_stamp,
             origins: Dense::default(),
-            changes: BTreeSet::new(),
+            changes: Vec::new(),
             limits: HashMap::default(),
             refused: 0,
             sums: vec![0; BUCKETS],
@@ -380,7 +395,13 @@ impl Store {
             self.metadata_generation += 1;
             self.metadata_changed(origin);
         }
-        self.changes.insert((origin.clone(), change));
+        if !self
+            .changes
+            .last()
+            .is_some_and(|(o, c)| o == origin && *c == change)
+        {
+            self.changes.push((origin.clone(), change));
+        }
     }
 
     /// Keeps `refusing` true for `origin` after its metadata changed.
@@ -397,8 +418,12 @@ impl Store {
         }
     }
 
-    pub(crate) fn take_changes(&mut self) -> BTreeSet<(MachineId, Change)> {
-        std::mem::take(&mut self.changes)
+    /// The changes since the last call, each once, in (origin, change) order.
+    pub(crate) fn take_changes(&mut self) -> Vec<(MachineId, Change)> {
+        let mut changes = std::mem::take(&mut self.changes);
+        changes.sort_unstable();
+        changes.dedup();
+        changes
     }
 
     /// Runs `f` on an origin's data and keeps its bucket's sum true if `synced` changed, and the
@@ -508,7 +533,7 @@ impl Store {
         }
         for (name, (_, state, _)) in &data.units {
             if state.is_some() && !units.contains_key(name) {
-                changed.push((name.clone(), None));
+                changed.push((name.to_owned(), None));
             }
         }
         changed
@@ -531,7 +556,7 @@ impl Store {
         let signature = credentials.sign(&signed_message(&self.local, stamp, &entry));
         self.local_mut()
             .units
-            .insert(name, (stamp, state, signature.clone()));
+            .insert(&name, (stamp, state, signature.clone()));
         Update {
             origin: self.local.clone(),
             stamp,
@@ -650,8 +675,7 @@ impl Store {
                     previous => {
                         let differs = previous.and_then(|(_, s, _)| s.as_ref()) != state.as_ref();
                         data.touch();
-                        data.units
-                            .insert(name.clone(), (update.stamp, state.clone(), sig));
+                        data.units.insert(name, (update.stamp, state.clone(), sig));
                         if differs {
                             changes.push(Change::Units);
                         }

@@ -136,7 +136,7 @@ impl Node {
                 liveness_since: since,
                 metadata: data.and_then(|d| d.metadata().cloned().map(std::sync::Arc::new)),
                 units: std::sync::Arc::new(
-                    data.map(|d| d.units().map(|(n, s)| (n.clone(), s.clone())).collect())
+                    data.map(|d| d.units().map(|(n, s)| (n.to_owned(), s.clone())).collect())
                         .unwrap_or_default(),
                 ),
                 version: data.map(|d| d.newest()).unwrap_or_default(),

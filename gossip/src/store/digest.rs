@@ -91,7 +91,7 @@ impl OriginData {
                 out.push((
                     *stamp,
                     Entry::Unit {
-                        name: name.clone(),
+                        name: name.to_owned(),
                         state: state.clone(),
                     },
                     sig.clone(),

@@ -102,6 +102,43 @@ fn versions_are_contiguous_and_synced_crosses_no_gap() {
     assert_eq!(b.sums, sums_from_scratch(&b));
 }
 
+/// In any order, with repeats: `synced` is always the largest version up to which every version
+/// was taken in, and every update's changes are reported once, in (origin, change) order.
+#[test]
+fn synced_follows_updates_delivered_in_any_order() {
+    let mut a = store("a", 1);
+    let ups: Vec<Update> = (0..120)
+        .map(|i| {
+            let state = if i % 2 == 0 { "active" } else { "failed" };
+            // Mostly a unit each (every version news in any order), some units changed twice.
+            let name = format!("u{}.service", if i % 10 == 9 { i - 5 } else { i });
+            a.set_local_unit(&name, Some(unit(state)), &Unsigned)
+                .unwrap()
+        })
+        .collect();
+    let a_id = MachineId::parse("a").unwrap();
+    for seed in 1..=20u64 {
+        let mut b = store("b", 1);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let u = &ups[(x % ups.len() as u64) as usize];
+            // A version that came after a newer one of its unit is not news, and not taken.
+            if b.apply_ok(u) {
+                seen.insert(u.stamp.version);
+            }
+            let contiguous = (1..).take_while(|v| seen.contains(v)).count() as u64;
+            assert_eq!(b.origin(&a_id).unwrap().synced.version, contiguous);
+            let changes = b.take_changes();
+            assert!(changes.windows(2).all(|w| w[0] < w[1]), "{changes:?}");
+        }
+        assert_eq!(b.sums, sums_from_scratch(&b));
+    }
+}
+
 #[test]
 fn a_new_epoch_replaces_the_previous_life() {
     let mut a = store("a", 1);
@@ -125,7 +162,7 @@ fn a_new_epoch_replaces_the_previous_life() {
         .origin(&MachineId::parse("a").unwrap())
         .unwrap()
         .units()
-        .map(|(n, _)| n.clone())
+        .map(|(n, _)| n.to_owned())
         .collect();
     assert_eq!(names, vec!["z.service".to_string()]);
     // A straggler from the old life is stale.
