@@ -230,40 +230,6 @@ impl OriginData {
             .chain(vouch)
             .fold(Stamp::default(), Stamp::max)
     }
-
-    /// Records that version `v` of the current epoch is here; advances `synced` over every
-    /// contiguous version.
-    fn received(&mut self, v: u64) {
-        if v <= self.synced.version {
-            return;
-        }
-        if v == self.synced.version + 1 {
-            self.touch();
-            self.synced.version = v;
-            self.take_pending();
-        } else if self.pending.len() < MAX_PENDING {
-            if let Err(at) = self.pending.binary_search_by(|p| v.cmp(p)) {
-                self.pending.insert(at, v);
-            }
-        }
-    }
-
-    /// Raises `synced` over the pending versions that follow it.
-    fn take_pending(&mut self) {
-        while self.pending.last() == Some(&(self.synced.version + 1)) {
-            self.pending.pop();
-            self.synced.version += 1;
-        }
-    }
-
-    fn raise_synced(&mut self, to: Stamp) {
-        if to > self.synced && to.epoch == self.epoch {
-            self.touch();
-            self.synced = to;
-            self.pending.retain(|v| *v > to.version);
-            self.take_pending();
-        }
-    }
 }
 
 /// Every origin's state, this node's own included.

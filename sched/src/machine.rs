@@ -24,7 +24,7 @@ pub const SHORT_ID_LEN: usize = 8;
 /// itself is a pointer comparison; no comparison allocates.
 ///
 /// IDs are interned: every live `MachineId` with the same string shares one `Arc` in the whole
-/// process (see [`intern`]), so two equal IDs compare by pointer, without reading the string: a
+/// process (see `intern`), so two equal IDs compare by pointer, without reading the string: a
 /// node's maps hold many IDs, and reading each stored key's string on a lookup was a cache miss.
 #[derive(Clone, Eq)]
 pub struct MachineId(Arc<str>);

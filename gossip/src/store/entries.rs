@@ -1,9 +1,9 @@
-//! An origin's entries: its unit entries by name ([`UnitMap`]), and how a remote value of its
-//! metadata is taken in.
+//! An origin's entries: its unit entries by name ([`UnitMap`]), how a remote value of its
+//! metadata is taken in, and how its `synced` stamp follows the versions that come in.
 
 use std::sync::Arc;
 
-use super::{Change, OriginData};
+use super::{Change, OriginData, MAX_PENDING};
 use crate::types::{Metadata, Stamp};
 
 impl OriginData {
@@ -32,6 +32,40 @@ impl OriginData {
             changes.push(Change::Metadata);
         }
         true
+    }
+
+    /// Records that version `v` of the current epoch is here; advances `synced` over every
+    /// contiguous version.
+    pub(super) fn received(&mut self, v: u64) {
+        if v <= self.synced.version {
+            return;
+        }
+        if v == self.synced.version + 1 {
+            self.touch();
+            self.synced.version = v;
+            self.take_pending();
+        } else if self.pending.len() < MAX_PENDING {
+            if let Err(at) = self.pending.binary_search_by(|p| v.cmp(p)) {
+                self.pending.insert(at, v);
+            }
+        }
+    }
+
+    /// Raises `synced` over the pending versions that follow it.
+    fn take_pending(&mut self) {
+        while self.pending.last() == Some(&(self.synced.version + 1)) {
+            self.pending.pop();
+            self.synced.version += 1;
+        }
+    }
+
+    pub(super) fn raise_synced(&mut self, to: Stamp) {
+        if to > self.synced && to.epoch == self.epoch {
+            self.touch();
+            self.synced = to;
+            self.pending.retain(|v| *v > to.version);
+            self.take_pending();
+        }
     }
 }
 
