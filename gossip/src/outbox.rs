@@ -13,8 +13,11 @@
 //! added without an expiry (this node's own, metadata, suspicion claims, vouches, certificates)
 //! keep all their transmissions.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::time::Instant;
+
+use hashbrown::HashTable;
 
 use crate::store::{EntryKey, Update};
 use crate::types::MachineId;
@@ -22,8 +25,11 @@ use crate::types::MachineId;
 type Key = (MachineId, EntryKey);
 
 struct Pending {
-    /// The entry it updates (the index's key, kept to remove it when done).
+    /// The entry it updates.
     key: Key,
+    /// The key's hash, by which the index finds this slot again (to remove it, or to move it
+    /// when the index grows) without hashing or comparing the key.
+    hash: u64,
     /// The update, postcard-encoded.
     bytes: Vec<u8>,
     stamp: crate::types::Stamp,
@@ -38,10 +44,13 @@ struct Pending {
 ///
 /// The pending updates live in `slots`; the queue and the expiry list name them by slot and
 /// sequence number, so a push round neither hashes nor clones an entry's key (only an update's
-/// arrival and its last transmission or expiry touch the index).
+/// arrival and its last transmission or expiry touch the index). The index holds slot numbers
+/// only: an arrival hashes its key once and compares it with a held key only where the hashes
+/// match; a removal finds its slot by the hash it kept and compares slot numbers.
 #[derive(Default)]
 pub(crate) struct Outbox {
-    index: HashMap<Key, u32, foldhash::fast::RandomState>,
+    index: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
     slots: Vec<Option<Pending>>,
     /// Slots free for reuse.
     free: Vec<u32>,
@@ -54,6 +63,16 @@ pub(crate) struct Outbox {
     pub(crate) repaired_at: Option<Instant>,
     /// Until when it asks for repairs (a while after it last dropped rumours).
     pub(crate) repair_until: Option<Instant>,
+}
+
+/// `update`'s postcard encoding, in a vector of its size (encoding straight into a vector grows it
+/// several times for an update of a hundred bytes).
+fn encode(update: &Update) -> Vec<u8> {
+    let mut buf = [0u8; 1024];
+    match postcard::to_slice(update, &mut buf) {
+        Ok(bytes) => bytes.to_vec(),
+        Err(_) => postcard::to_allocvec(update).expect("encoding to a Vec cannot fail"),
+    }
 }
 
 impl Outbox {
@@ -77,7 +96,9 @@ impl Outbox {
     /// Removes the pending update in `slot`.
     fn remove(&mut self, slot: u32) {
         if let Some(p) = self.slots[slot as usize].take() {
-            self.index.remove(&p.key);
+            if let Ok(entry) = self.index.find_entry(p.hash, |s| *s == slot) {
+                entry.remove();
+            }
             self.free.push(slot);
         }
     }
@@ -87,7 +108,14 @@ impl Outbox {
     /// increasing order.
     pub(crate) fn add(&mut self, update: &Update, transmissions: u8, expires: Option<Instant>) {
         let key = (update.origin.clone(), update.entry.key());
-        let held = self.index.get(&key).copied();
+        let hash = self.hasher.hash_one(&key);
+        let slots = &self.slots;
+        let held = self
+            .index
+            .find(hash, |s| {
+                slots[*s as usize].as_ref().is_some_and(|p| p.key == key)
+            })
+            .copied();
         if let Some(slot) = held {
             let p = self.slots[slot as usize].as_ref().expect("indexed slot");
             if p.stamp >= update.stamp {
@@ -97,7 +125,8 @@ impl Outbox {
         self.seq += 1;
         let pending = Pending {
             key,
-            bytes: postcard::to_allocvec(update).expect("encoding to a Vec cannot fail"),
+            hash,
+            bytes: encode(update),
             stamp: update.stamp,
             remaining: transmissions.max(1),
             sent: 0,
@@ -115,7 +144,10 @@ impl Outbox {
                         (self.slots.len() - 1) as u32
                     }
                 };
-                self.index.insert(pending.key.clone(), slot);
+                let slots = &self.slots;
+                self.index.insert_unique(hash, slot, |s| {
+                    slots[*s as usize].as_ref().map_or(0, |p| p.hash)
+                });
                 slot
             }
         };
@@ -290,6 +322,46 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert_eq!(o.expire(t0 + 2 * s), 1);
         assert!(o.is_empty());
+    }
+
+    /// Many entries, updated in a random order, some sent and done in between: the outbox holds
+    /// one update per entry that has not gone out its times, always the newest that came.
+    #[test]
+    fn the_index_finds_each_entry_and_only_it() {
+        use std::collections::BTreeMap;
+        let mut o = Outbox::default();
+        // (origin, unit) -> the newest version added since the last drain.
+        let mut newest: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        for step in 1..=20_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let (origin, unit) = (format!("m{}", x % 13), format!("u{}", (x >> 8) % 40));
+            let version = step + 2 - (x >> 20) % 3;
+            o.add(&update(&origin, version, &unit), 1, None);
+            let v = newest.entry((origin, unit)).or_default();
+            *v = (*v).max(version);
+            if step % 1_000 == 0 {
+                // Everything goes out once, and is done.
+                let mut out = BTreeMap::new();
+                while !o.is_empty() {
+                    let (bytes, n) = o.fill(1400);
+                    let mut rest = &bytes[..];
+                    for _ in 0..n {
+                        let (u, r): (Update, _) = postcard::take_from_bytes(rest).unwrap();
+                        rest = r;
+                        let Entry::Unit { name, .. } = u.entry else {
+                            panic!("a unit update")
+                        };
+                        let first = out.insert((u.origin.to_string(), name), u.stamp.version);
+                        assert!(first.is_none(), "an entry went out twice");
+                    }
+                }
+                let expected = std::mem::take(&mut newest);
+                assert_eq!(out, expected, "step {step}");
+            }
+        }
     }
 
     /// A sustained burst: every round brings more news than a datagram carries, and the older
