@@ -42,10 +42,6 @@ impl<V> Dense<V> {
         self.slots[slot as usize].as_ref()
     }
 
-    pub(crate) fn contains_key(&self, id: &MachineId) -> bool {
-        self.index.contains_key(id)
-    }
-
     pub(crate) fn len(&self) -> usize {
         self.index.len()
     }
@@ -78,14 +74,26 @@ impl<V> Dense<V> {
     where
         V: Default,
     {
-        let slot = match self.index.get(id).copied() {
-            Some(slot) => slot,
+        self.get_or_default_new(id).0
+    }
+
+    /// As [`Dense::get_or_default`], and whether the entry is new: one lookup of the ID when it
+    /// is held.
+    pub(crate) fn get_or_default_new(&mut self, id: &MachineId) -> (&mut V, bool)
+    where
+        V: Default,
+    {
+        let (slot, new) = match self.index.get(id).copied() {
+            Some(slot) => (slot, false),
             None => {
                 self.insert(id.clone(), V::default());
-                self.index[id]
+                (self.index[id], true)
             }
         };
-        self.slots[slot as usize].get_or_insert_with(V::default)
+        (
+            self.slots[slot as usize].get_or_insert_with(V::default),
+            new,
+        )
     }
 
     /// Removes `id`'s entry (its slot is reused), returning its value.
@@ -176,11 +184,13 @@ pub(crate) mod tests {
         assert_eq!(walk, expected.map(|(k, v)| (k.to_string(), v)).to_vec());
         for (k, v) in expected {
             assert_eq!(d.get(&id(k)), Some(&v));
-            assert!(d.contains_key(&id(k)));
+            assert_eq!(d.get_or_default_new(&id(k)), (&mut v.clone(), false));
         }
         assert_eq!(d.get(&id("b")), None);
         assert_eq!(d.len(), 4);
         assert_eq!(d.keys().count(), 4);
+        assert_eq!(d.get_or_default_new(&id("b")), (&mut 0, true));
+        assert_eq!(d.len(), 5);
     }
 
     /// Every (count, buckets) question a summary can ask, wrong ones included: counts that are

@@ -398,8 +398,8 @@ impl Store {
     /// Every change of an origin's data goes through here (or [`Store::local_mut`]), and every
     /// change `f` makes calls [`OriginData::touch`].
     fn with_origin<R>(&mut self, origin: &MachineId, f: impl FnOnce(&mut OriginData) -> R) -> R {
-        let existed = self.origins.contains_key(origin);
-        let data = self.origins.get_or_default(origin);
+        let (data, new) = self.origins.get_or_default_new(origin);
+        let existed = !new;
         let before = data.synced;
         let revision = data.revision;
         let r = f(data);

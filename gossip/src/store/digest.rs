@@ -68,7 +68,10 @@ fn fold(tables: &[&[u64]], count: usize) -> Vec<u32> {
 
 impl OriginData {
     fn entries_after(&self, after: Stamp) -> Vec<(Stamp, Entry, Vec<u8>)> {
-        let mut out = Vec::new();
+        // Counted first (the stamps lie side by side), so that the vector is made once at its
+        // size: a delta of a burst has hundreds of entries, each about 150 bytes.
+        let units = self.units.values().filter(|(s, _, _)| *s > after).count();
+        let mut out = Vec::with_capacity(units + 2);
         if let Some((stamp, m, sig)) = &self.metadata {
             if *stamp > after {
                 out.push((*stamp, Entry::Metadata(Metadata::clone(m)), sig.clone()));
@@ -176,7 +179,7 @@ impl Store {
         let map: Option<BTreeMap<&MachineId, Stamp>> =
             (!sorted).then(|| peer.iter().map(|(id, s)| (id, *s)).collect());
         let mut cursor = 0;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(origins.size_hint().0);
         for (id, data) in origins {
             let theirs = match &map {
                 Some(map) => map.get(id).copied().unwrap_or_default(),
