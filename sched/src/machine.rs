@@ -62,7 +62,7 @@ impl PartialOrd for MachineId {
 /// only until then: the table is at most about twice the IDs in use, and the sweeps cost O(1) per
 /// new ID, amortised.
 struct Interner {
-    ids: std::collections::HashSet<Arc<str>>,
+    ids: std::collections::HashSet<Arc<str>, foldhash::fast::RandomState>,
     sweep_at: usize,
 }
 
@@ -124,7 +124,13 @@ impl MachineId {
         if s.len() > MAX_MACHINE_ID_LEN {
             return Err(MachineIdError::TooLong(s.to_owned()));
         }
-        if let Some(ch) = s.chars().find(|c| !c.is_ascii_alphanumeric()) {
+        // Bytes first (every ID of every datagram comes through here); the character only for
+        // the error.
+        if !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            let ch = s
+                .chars()
+                .find(|c| !c.is_ascii_alphanumeric())
+                .expect("a byte that is not an ASCII letter or digit");
             return Err(MachineIdError::InvalidChar {
                 id: s.to_owned(),
                 ch,
