@@ -245,6 +245,22 @@ mod tests {
         }
     }
 
+    /// Fills datagrams of `room` bytes until the outbox is empty: every update sent, decoded.
+    fn drain(o: &mut Outbox, room: usize) -> Vec<Update> {
+        let mut sent = Vec::new();
+        while !o.is_empty() {
+            let (bytes, n) = o.fill(room);
+            let mut rest = &bytes[..];
+            for _ in 0..n {
+                let (u, r): (Update, _) = postcard::take_from_bytes(rest).unwrap();
+                rest = r;
+                sent.push(u);
+            }
+            assert!(rest.is_empty(), "{} bytes past the updates", rest.len());
+        }
+        sent
+    }
+
     #[test]
     fn each_update_goes_out_a_bounded_number_of_times_and_newer_replaces_older() {
         let mut o = Outbox::default();
@@ -297,16 +313,10 @@ mod tests {
         assert_eq!(n, 3);
         assert_eq!(o.expire(later), 1);
         assert_eq!(o.len(), 2);
-        let mut left = Vec::new();
-        while !o.is_empty() {
-            let (bytes, n) = o.fill(1000);
-            let mut rest = &bytes[..];
-            for _ in 0..n {
-                let (u, r): (Update, _) = postcard::take_from_bytes(rest).unwrap();
-                rest = r;
-                left.push(u.origin.to_string());
-            }
-        }
+        let left: Vec<String> = drain(&mut o, 1000)
+            .iter()
+            .map(|u| u.origin.to_string())
+            .collect();
         assert!(left.iter().all(|o| o == "a" || o == "b"));
         assert_eq!(left.len(), 22, "11 more of each: never dropped");
     }
@@ -345,18 +355,12 @@ mod tests {
             if step % 1_000 == 0 {
                 // Everything goes out once, and is done.
                 let mut out = BTreeMap::new();
-                while !o.is_empty() {
-                    let (bytes, n) = o.fill(1400);
-                    let mut rest = &bytes[..];
-                    for _ in 0..n {
-                        let (u, r): (Update, _) = postcard::take_from_bytes(rest).unwrap();
-                        rest = r;
-                        let Entry::Unit { name, .. } = u.entry else {
-                            panic!("a unit update")
-                        };
-                        let first = out.insert((u.origin.to_string(), name), u.stamp.version);
-                        assert!(first.is_none(), "an entry went out twice");
-                    }
+                for u in drain(&mut o, 1400) {
+                    let Entry::Unit { name, .. } = u.entry else {
+                        panic!("a unit update")
+                    };
+                    let first = out.insert((u.origin.to_string(), name), u.stamp.version);
+                    assert!(first.is_none(), "an entry went out twice");
                 }
                 let expected = std::mem::take(&mut newest);
                 assert_eq!(out, expected, "step {step}");
