@@ -146,7 +146,7 @@ impl Outbox {
                 };
                 let slots = &self.slots;
                 self.index.insert_unique(hash, slot, |s| {
-                    slots[*s as usize].as_ref().map_or(0, |p| p.hash)
+                    slots[*s as usize].as_ref().expect("indexed slot").hash
                 });
                 slot
             }

@@ -245,7 +245,7 @@ pub(crate) struct Store {
     /// Looked up for every update and delta: found by a hash of the ID, walked in ID order.
     origins: Dense<OriginData>,
     /// Drained after every datagram and sync step ([`Store::take_changes`]): mostly empty, so a
-    /// vector (a set's first insertion allocates a whole node), made a set when taken.
+    /// vector (a set's first insertion allocates a whole node), sorted and deduplicated when taken.
     changes: Vec<(MachineId, Change)>,
     /// Looked up for every member of every membership update, never walked: hashed (foldhash, as
     /// `Dense`'s index).
