@@ -22,10 +22,16 @@ pub fn tls_for(dir: &Path, ca: &str, machine: &str) -> TlsConfig {
         &key,
     )
     .unwrap();
+    tls_files(dir, ca, machine)
+}
+
+/// Mutual TLS for `machine` from files [`tls_for`] minted before.
+#[allow(dead_code)] // not every test binary reads minted files again
+pub fn tls_files(dir: &Path, ca: &str, machine: &str) -> TlsConfig {
     TlsConfig::Mutual {
-        ca_cert: p(format!("{ca}.pem")),
-        cert,
-        key,
+        ca_cert: dir.join(format!("{ca}.pem")),
+        cert: dir.join(format!("{machine}.pem")),
+        key: dir.join(format!("{machine}.key")),
     }
 }
 
