@@ -185,6 +185,7 @@ impl Sim {
             gossip_shared: fleet_gossip::Shared::default(),
             model,
             failed_at: vec![None; n],
+            life_ended_at: vec![None; n],
             other_faults: vec![0; cluster],
             saved_metadata: HashMap::new(),
             events_processed: 0,

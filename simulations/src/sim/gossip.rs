@@ -188,7 +188,16 @@ impl Sim {
             }
             Event::MemberDown(id) => {
                 if let Some(j) = self.index_gid(&id) {
-                    self.learn_down(m, j);
+                    // The life the verdict is about: the identity the observer's node holds.
+                    let earlier = self.machines[m as usize]
+                        .agent
+                        .as_ref()
+                        .and_then(|a| a.node.as_ref())
+                        .and_then(|n| n.member_identity(&id))
+                        .is_some_and(|i| i.incarnation < self.machines[j as usize].incarnation);
+                    if self.learn_down_quiet(m, j) {
+                        self.record_verdict_on(m, j, self.now, earlier);
+                    }
                 }
             }
             _ => {}
@@ -217,7 +226,18 @@ impl Sim {
     /// Records observer `m`'s down verdict about `j` at time `at` in the detection metrics (the
     /// model with `sync_views` applies verdicts later than it draws them).
     pub(crate) fn record_verdict(&mut self, m: u32, j: u32, at: u64) {
-        match self.failed_at[j as usize] {
+        self.record_verdict_on(m, j, at, false);
+    }
+
+    /// [`Self::record_verdict`], for a verdict about `j`'s current life or, with `earlier`, about a
+    /// previous one (a late detection of the failure that ended it).
+    fn record_verdict_on(&mut self, m: u32, j: u32, at: u64, earlier: bool) {
+        let failed = if earlier {
+            self.life_ended_at[j as usize]
+        } else {
+            self.failed_at[j as usize]
+        };
+        match failed {
             Some(t0) if at >= t0 => self.metrics.detection(j, at - t0),
             Some(_) => {}
             None => {

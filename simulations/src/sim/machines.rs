@@ -18,8 +18,15 @@ impl Sim {
         mm.deferred.clear();
         let now = Time(mm.clock.local(self.now));
         mm.witness = Witness::fresh(&self.timing, now);
-        self.failed_at[i as usize] = None;
+        self.new_life(i);
         self.start_agent(i);
+    }
+
+    /// Machine `i` (or its fleetd) starts a new life: a failure of the previous one is over.
+    fn new_life(&mut self, i: u32) {
+        if let Some(t) = self.failed_at[i as usize].take() {
+            self.life_ended_at[i as usize] = Some(t);
+        }
     }
 
     /// Starts fleetd on machine `i` (at boot, or restarted by systemd after it died): it keeps the saved
@@ -39,7 +46,7 @@ impl Sim {
         let gen = mm.gen;
         mm.agent = Some(Box::new(Agent::new(local, n, i)));
         if !mm.impostor {
-            self.failed_at[i as usize] = None;
+            self.new_life(i);
             self.join_gossip(i, &seeds);
         }
         let jitter = self.rng.random_range(0..20_000u64);

@@ -365,6 +365,10 @@ pub struct Sim {
     pub(crate) model: Option<SwimModel>,
     /// When each machine failed (crash, pause, fleetd death), for detection times.
     failed_at: Vec<Option<u64>>,
+    /// When each machine's previous life (its fleetd's gossip identity) ended by a failure, kept
+    /// once it is back: a verdict about that life that arrives after the new one started is a late
+    /// detection, not a false verdict.
+    life_ended_at: Vec<Option<u64>>,
     /// Per machine of the cluster: faults under way that concern it and are neither about etcd nor
     /// about its power, pauses, fleetd or network (clock skew, metadata, a second agent with its ID),
     /// for the no-needless-fence invariant.
