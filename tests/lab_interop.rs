@@ -9,9 +9,10 @@
 //! the original client's own wording. Root only (the lab); skipped with a message when the binary is
 //! not there: it is looked for in `<repo>/../shared/interop/`, then in `$FLEET_SHARED/interop/`.
 //!
-//! `fleets_functional_scenarios_pass_with_the_original_fleetctl_and_ours` runs fleet v1's own
-//! end-to-end scenarios (ported in `tests/interop/scenarios.rs`) with both clients and prints how many
-//! pass with each (`FLEET_SCENARIOS=<parts of names, comma-separated>` runs only those).
+//! `fleets_functional_scenarios_pass_with_the_original_fleetctl` and `..._with_ours` run fleet v1's own
+//! end-to-end scenarios (ported in `tests/interop/scenarios.rs`), each client in a lab of its own (the two
+//! run in parallel), and print how many pass (`FLEET_SCENARIOS=<parts of names, comma-separated>` runs
+//! only those).
 
 mod lab;
 #[path = "support/original.rs"]
@@ -519,12 +520,25 @@ fn the_original_fleetctl_runs_status_and_journal_on_the_units_machine() {
 }
 
 #[test]
-// long: the scenario runner: lab, sshd and agent set-up, both clients over every scenario, the tally
-fn fleets_functional_scenarios_pass_with_the_original_fleetctl_and_ours() {
-    use scenarios::{reset, Client, Ctx, ORIGINAL_FAILS, SCENARIOS};
+fn fleets_functional_scenarios_pass_with_the_original_fleetctl() {
+    functional_scenarios(scenarios::Client::original());
+}
+
+#[test]
+fn fleets_functional_scenarios_pass_with_ours() {
+    functional_scenarios(scenarios::Client::ours());
+}
+
+// long: the scenario runner: lab, sshd and agent set-up, every scenario with one client, the tally
+/// Runs fleet v1's functional scenarios with `client` in a 3-machine lab of its own (the two clients'
+/// runs go in parallel): every one passes with ours; with the original, all but those it fails by
+/// itself ([`scenarios::ORIGINAL_FAILS`]), and each of those still fails.
+fn functional_scenarios(client: scenarios::Client) {
+    use scenarios::{reset, Ctx, ORIGINAL_FAILS, SCENARIOS};
     let Some((fl, _orig)) = lab(3) else {
         return;
     };
+    let original = client.name == scenarios::Client::original().name;
     // sshd in every machine and an ssh-agent in m1 holding the key, for the SSH scenarios (as fleet's
     // own suite had); without sshd those scenarios fail with a message saying so.
     let keys = Path::new("/usr/sbin/sshd")
@@ -536,9 +550,13 @@ fn fleets_functional_scenarios_pass_with_the_original_fleetctl_and_ours() {
         for i in 1..=3 {
             start_sshd(&fl, i, keys);
         }
-        let agent = "/run/fleet-interop-agent.sock";
+        let agent = format!(
+            "/run/fleet-interop-agent-{}-{}.sock",
+            std::process::id(),
+            if original { "original" } else { "ours" }
+        );
         fl.lab
-            .sh_ok(1, &["ssh-agent", "-a", agent])
+            .sh_ok(1, &["ssh-agent", "-a", &agent])
             .expect("start ssh-agent in m1");
         let auth = format!("SSH_AUTH_SOCK={agent}");
         let added = fl
@@ -548,23 +566,14 @@ fn fleets_functional_scenarios_pass_with_the_original_fleetctl_and_ours() {
         assert!(added.status.success(), "ssh-add: {added:?}");
         env.push(auth);
     }
-    let clients = [
-        Client {
-            env: env.clone(),
-            ..Client::original()
-        },
-        Client {
-            env,
-            ..Client::ours()
-        },
-    ];
+    let client = scenarios::Client { env, ..client };
     let only = std::env::var("FLEET_SCENARIOS").ok();
     let selected = |name: &str| match &only {
         Some(o) => o.split(',').any(|o| name.contains(o)),
         None => true,
     };
     let mut failed = Vec::new();
-    let mut passed = [0usize; 2];
+    let mut passed = 0;
     let mut ran = 0;
     let t0 = Instant::now();
     for s in SCENARIOS {
@@ -572,63 +581,60 @@ fn fleets_functional_scenarios_pass_with_the_original_fleetctl_and_ours() {
             continue;
         }
         ran += 1;
-        for (k, client) in clients.iter().enumerate() {
-            reset(&fl);
-            let ctx = Ctx {
-                fl: &fl,
-                client,
-                ssh: keys.is_some(),
-            };
-            let t = Instant::now();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (s.run)(&ctx)))
-                .unwrap_or_else(|p| {
-                    Err(p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "panicked".into()))
-                });
-            match outcome {
-                Ok(()) => {
-                    passed[k] += 1;
-                    eprintln!("ok    {:16} {} ({:.1?})", client.name, s.name, t.elapsed());
-                }
-                Err(e) => {
-                    eprintln!(
-                        "FAIL  {:16} {} ({:.1?}): {e}",
-                        client.name,
-                        s.name,
-                        t.elapsed()
-                    );
-                    failed.push(format!("{}: {}: {e}", client.name, s.name));
-                }
+        reset(&fl);
+        let ctx = Ctx {
+            fl: &fl,
+            client: &client,
+            ssh: keys.is_some(),
+        };
+        let t = Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (s.run)(&ctx)))
+            .unwrap_or_else(|p| {
+                Err(p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panicked".into()))
+            });
+        match outcome {
+            Ok(()) => {
+                passed += 1;
+                eprintln!("ok    {:16} {} ({:.1?})", client.name, s.name, t.elapsed());
+            }
+            Err(e) => {
+                eprintln!(
+                    "FAIL  {:16} {} ({:.1?}): {e}",
+                    client.name,
+                    s.name,
+                    t.elapsed()
+                );
+                failed.push(format!("{}: {e}", s.name));
             }
         }
     }
     eprintln!(
-        "fleet's functional scenarios: {} of {ran} pass with {}, {} of {ran} with {} ({:.0?})",
-        passed[0],
-        clients[0].name,
-        passed[1],
-        clients[1].name,
+        "fleet's functional scenarios: {passed} of {ran} pass with {} ({:.0?})",
+        client.name,
         t0.elapsed()
     );
     reset(&fl);
     // Every scenario passes with ours; with the original, all but those it fails by itself.
-    let known = |f: &str| {
-        ORIGINAL_FAILS
-            .iter()
-            .any(|(name, _)| f.starts_with(&format!("{}: {name}", clients[0].name)))
-    };
+    let known = |f: &str| original && ORIGINAL_FAILS.iter().any(|(name, _)| f.starts_with(name));
     let unexpected: Vec<&String> = failed.iter().filter(|f| !known(f)).collect();
-    assert!(unexpected.is_empty(), "failed:\n{unexpected:#?}");
-    for (name, why) in ORIGINAL_FAILS {
-        let ran = SCENARIOS
-            .iter()
-            .any(|s| s.name.starts_with(name) && selected(s.name));
-        assert!(
-            !ran || failed.iter().any(|f| known(f) && f.contains(name)),
-            "{name} now passes with the original fleetctl: remove it from ORIGINAL_FAILS ({why})"
-        );
+    assert!(
+        unexpected.is_empty(),
+        "failed with {}:\n{unexpected:#?}",
+        client.name
+    );
+    if original {
+        for (name, why) in ORIGINAL_FAILS {
+            let ran = SCENARIOS
+                .iter()
+                .any(|s| s.name.starts_with(name) && selected(s.name));
+            assert!(
+                !ran || failed.iter().any(|f| f.starts_with(name)),
+                "{name} now passes with the original fleetctl: remove it from ORIGINAL_FAILS ({why})"
+            );
+        }
     }
 }
