@@ -520,7 +520,10 @@ impl Node {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self.transmits.pop_front()?;
+        let Some(t) = self.transmits.pop_front() else {
+            release_if_large(&mut self.transmits);
+            return None;
+        };
         self.counters.datagrams_out += 1;
         self.counters.bytes_out += t.data.len() as u64;
         Some(t)
@@ -530,13 +533,21 @@ impl Node {
     /// [`Node::sync_offer_to`]. The driver runs it when it can; a sync that fails is simply lost
     /// (the next periodic one repairs).
     pub fn poll_sync(&mut self) -> Option<SocketAddr> {
-        self.syncs.pop_front()
+        let sync = self.syncs.pop_front();
+        if sync.is_none() {
+            release_if_large(&mut self.syncs);
+        }
+        sync
     }
 
     /// The next event. Events report what the node learned about the cluster and itself; the
     /// node's own `set_local_*` calls produce none.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() {
+            release_if_large(&mut self.events);
+        }
+        event
     }
 
     /// Publishes this machine's metadata (disseminated if it changed).
@@ -638,5 +649,38 @@ impl Node {
             .cloned()
             .chain(std::iter::once(Member::alive(self.identity().clone())))
             .collect()
+    }
+}
+
+/// A queue's room beyond which it is given back once drained: a join, a merge or a heal fills a
+/// node's queues with one item per member of the cluster for a moment, and a queue keeps the room of
+/// its longest moment for good (1,000 simulated nodes of a forming cluster kept 190 MB of it).
+pub(crate) const QUEUE_ROOM_KEPT: usize = 256;
+
+/// Gives the drained `queue`'s room back when it is over [`QUEUE_ROOM_KEPT`].
+pub(crate) fn release_if_large<T>(queue: &mut VecDeque<T>) {
+    if queue.is_empty() && queue.capacity() > QUEUE_ROOM_KEPT {
+        *queue = VecDeque::new();
+    }
+}
+
+#[cfg(test)]
+mod queue_tests {
+    use super::*;
+
+    #[test]
+    fn a_drained_queue_gives_back_only_a_large_room() {
+        let mut q: VecDeque<u32> = (0..1_000).collect();
+        release_if_large(&mut q);
+        assert_eq!(q.len(), 1_000, "a queue with items is left alone");
+        q.clear();
+        release_if_large(&mut q);
+        assert_eq!(q.capacity(), 0, "a drained large queue gives its room back");
+        let mut small: VecDeque<u32> = VecDeque::with_capacity(16);
+        release_if_large(&mut small);
+        assert!(
+            small.capacity() >= 16,
+            "a small room is kept for the next items"
+        );
     }
 }

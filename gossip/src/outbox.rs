@@ -186,6 +186,7 @@ impl Outbox {
                     .is_some_and(|p| p.seq == *seq)
             });
         }
+        self.release_if_empty();
         dropped
     }
 
@@ -219,7 +220,21 @@ impl Outbox {
                 self.queue.push_back((slot, seq));
             }
         }
+        self.release_if_empty();
         (out, count)
+    }
+
+    /// Gives back the room of an outbox that emptied after a burst (a join or a merge passes on
+    /// an update per member; the vectors kept that room for good): with nothing pending, whatever
+    /// the queue and the expiry list still name is stale, and the slot numbers start again.
+    fn release_if_empty(&mut self) {
+        if self.index.is_empty() && self.slots.capacity() > crate::core::QUEUE_ROOM_KEPT {
+            self.slots = Vec::new();
+            self.free = Vec::new();
+            self.queue = VecDeque::new();
+            self.expiring = VecDeque::new();
+            self.index = HashTable::new();
+        }
     }
 }
 
@@ -332,6 +347,36 @@ mod tests {
         assert_eq!(o.len(), 1);
         assert_eq!(o.expire(t0 + 2 * s), 1);
         assert!(o.is_empty());
+    }
+
+    /// A burst's room is given back once everything went out, and the outbox works on after it: each
+    /// later update goes out its times, an expired one does not.
+    #[test]
+    fn an_outbox_emptied_after_a_burst_gives_its_room_back() {
+        let mut o = Outbox::default();
+        let t0 = Instant::now();
+        for i in 0..2_000u64 {
+            o.add(&update(&format!("m{i}"), 1, "web.service"), 3, Some(t0));
+        }
+        assert!(o.slots.capacity() >= 2_000);
+        assert_eq!(drain(&mut o, 1400).len(), 6_000, "each update three times");
+        assert_eq!(o.slots.capacity(), 0, "the burst's slots were kept");
+        assert_eq!(
+            o.queue.capacity() + o.expiring.capacity() + o.free.capacity(),
+            0
+        );
+        // After it: two updates with a later expiry, one sent twice before it passes.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        o.add(&update("a", 2, "x.service"), 2, Some(t1));
+        o.add(&update("b", 2, "y.service"), 4, Some(t1));
+        let (_, n) = o.fill(1400);
+        assert_eq!(n, 2);
+        assert_eq!(o.expire(t1), 1, "b had gone out once of its four times");
+        assert!(o.is_empty());
+        o.add(&update("c", 3, "z.service"), 2, None);
+        let sent = drain(&mut o, 1400);
+        assert_eq!(sent.len(), 2);
+        assert!(sent.iter().all(|u| u.origin.as_str() == "c"));
     }
 
     /// Many entries, updated in a random order, some sent and done in between: the outbox holds

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use foca::{Member, OwnedNotification, State};
+use foca::{AccumulatingRuntime, Member, OwnedNotification, State};
 
 use super::{Error, Event, Node, StatePush, Transmit};
 use crate::store::Change;
@@ -134,16 +134,18 @@ impl Node {
 
     pub(crate) fn drain_runtime(&mut self) {
         let now = self.now;
-        self.send_foca_datagrams();
+        let mut drained = self.send_foca_datagrams();
         while let Some((after, timer)) = self.runtime.to_schedule() {
+            drained += 1;
             self.lifeguard_schedule(after, timer);
         }
         // A suspicion that just started may have asked its suspect something directly.
-        self.send_foca_datagrams();
+        drained += self.send_foca_datagrams();
         if let Some(vouch) = self.own_vouch() {
             self.publish(vec![vouch]);
         }
         while let Some(n) = self.runtime.to_notify() {
+            drained += 1;
             let event = match n {
                 OwnedNotification::MemberUp(id) => {
                     self.roster.up(&id, now);
@@ -180,11 +182,19 @@ impl Node {
             tracing::debug!(?event, "gossip event");
             self.events.push_back(event);
         }
+        if drained > crate::core::QUEUE_ROOM_KEPT && self.runtime.backlog() == 0 {
+            // foca's queues keep the room of their longest moment and cannot give it back: a
+            // drained runtime is a new one.
+            self.runtime = AccumulatingRuntime::new();
+        }
         self.drain_changes();
     }
 
-    fn send_foca_datagrams(&mut self) {
+    /// Frames foca's datagrams as transmits; returns how many.
+    fn send_foca_datagrams(&mut self) -> usize {
+        let mut n = 0;
         while let Some((to, data)) = self.runtime.to_send() {
+            n += 1;
             self.note_own_incarnation(&data);
             let data = self.with_suspicion(&to, data);
             let mut framed = Vec::with_capacity(data.len() + 1);
@@ -196,6 +206,7 @@ impl Node {
                 data: Bytes::from(framed),
             });
         }
+        n
     }
 
     pub(crate) fn drain_changes(&mut self) {
