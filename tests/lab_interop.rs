@@ -521,24 +521,23 @@ fn the_original_fleetctl_runs_status_and_journal_on_the_units_machine() {
 
 #[test]
 fn fleets_functional_scenarios_pass_with_the_original_fleetctl() {
-    functional_scenarios(scenarios::Client::original());
+    functional_scenarios(scenarios::Client::original(), scenarios::ORIGINAL_FAILS);
 }
 
 #[test]
 fn fleets_functional_scenarios_pass_with_ours() {
-    functional_scenarios(scenarios::Client::ours());
+    functional_scenarios(scenarios::Client::ours(), &[]);
 }
 
 // long: the scenario runner: lab, sshd and agent set-up, every scenario with one client, the tally
 /// Runs fleet v1's functional scenarios with `client` in a 3-machine lab of its own (the two clients'
-/// runs go in parallel): every one passes with ours; with the original, all but those it fails by
-/// itself ([`scenarios::ORIGINAL_FAILS`]), and each of those still fails.
-fn functional_scenarios(client: scenarios::Client) {
-    use scenarios::{reset, Ctx, ORIGINAL_FAILS, SCENARIOS};
+/// runs go in parallel): every one passes but those of `fails` (name and why: the original client's
+/// own failures, [`scenarios::ORIGINAL_FAILS`]), and each of those still fails.
+fn functional_scenarios(client: scenarios::Client, fails: &[(&str, &str)]) {
+    use scenarios::{reset, Ctx, SCENARIOS};
     let Some((fl, _orig)) = lab(3) else {
         return;
     };
-    let original = client.name == scenarios::Client::original().name;
     // sshd in every machine and an ssh-agent in m1 holding the key, for the SSH scenarios (as fleet's
     // own suite had); without sshd those scenarios fail with a message saying so.
     let keys = Path::new("/usr/sbin/sshd")
@@ -550,11 +549,10 @@ fn functional_scenarios(client: scenarios::Client) {
         for i in 1..=3 {
             start_sshd(&fl, i, keys);
         }
-        let agent = format!(
-            "/run/fleet-interop-agent-{}-{}.sock",
-            std::process::id(),
-            if original { "original" } else { "ours" }
-        );
+        // One socket per run: the two clients' runs share this process.
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let agent = format!("/run/fleet-interop-agent-{}-{run}.sock", std::process::id());
         fl.lab
             .sh_ok(1, &["ssh-agent", "-a", &agent])
             .expect("start ssh-agent in m1");
@@ -618,23 +616,22 @@ fn functional_scenarios(client: scenarios::Client) {
         t0.elapsed()
     );
     reset(&fl);
-    // Every scenario passes with ours; with the original, all but those it fails by itself.
-    let known = |f: &str| original && ORIGINAL_FAILS.iter().any(|(name, _)| f.starts_with(name));
+    // Every scenario passes but those the client fails by itself.
+    let known = |f: &str| fails.iter().any(|(name, _)| f.starts_with(name));
     let unexpected: Vec<&String> = failed.iter().filter(|f| !known(f)).collect();
     assert!(
         unexpected.is_empty(),
         "failed with {}:\n{unexpected:#?}",
         client.name
     );
-    if original {
-        for (name, why) in ORIGINAL_FAILS {
-            let ran = SCENARIOS
-                .iter()
-                .any(|s| s.name.starts_with(name) && selected(s.name));
-            assert!(
-                !ran || failed.iter().any(|f| f.starts_with(name)),
-                "{name} now passes with the original fleetctl: remove it from ORIGINAL_FAILS ({why})"
-            );
-        }
+    for (name, why) in fails {
+        let ran = SCENARIOS
+            .iter()
+            .any(|s| s.name.starts_with(name) && selected(s.name));
+        assert!(
+            !ran || failed.iter().any(|f| f.starts_with(name)),
+            "{name} now passes with {}: remove it from its list of failures ({why})",
+            client.name
+        );
     }
 }

@@ -520,10 +520,7 @@ impl Node {
 
     /// The next datagram to send.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let Some(t) = self.transmits.pop_front() else {
-            release_if_large(&mut self.transmits);
-            return None;
-        };
+        let t = pop_or_release(&mut self.transmits)?;
         self.counters.datagrams_out += 1;
         self.counters.bytes_out += t.data.len() as u64;
         Some(t)
@@ -533,21 +530,13 @@ impl Node {
     /// [`Node::sync_offer_to`]. The driver runs it when it can; a sync that fails is simply lost
     /// (the next periodic one repairs).
     pub fn poll_sync(&mut self) -> Option<SocketAddr> {
-        let sync = self.syncs.pop_front();
-        if sync.is_none() {
-            release_if_large(&mut self.syncs);
-        }
-        sync
+        pop_or_release(&mut self.syncs)
     }
 
     /// The next event. Events report what the node learned about the cluster and itself; the
     /// node's own `set_local_*` calls produce none.
     pub fn poll_event(&mut self) -> Option<Event> {
-        let event = self.events.pop_front();
-        if event.is_none() {
-            release_if_large(&mut self.events);
-        }
-        event
+        pop_or_release(&mut self.events)
     }
 
     /// Publishes this machine's metadata (disseminated if it changed).
@@ -658,10 +647,19 @@ impl Node {
 pub(crate) const QUEUE_ROOM_KEPT: usize = 256;
 
 /// Gives the drained `queue`'s room back when it is over [`QUEUE_ROOM_KEPT`].
-pub(crate) fn release_if_large<T>(queue: &mut VecDeque<T>) {
+fn release_if_large<T>(queue: &mut VecDeque<T>) {
     if queue.is_empty() && queue.capacity() > QUEUE_ROOM_KEPT {
         *queue = VecDeque::new();
     }
+}
+
+/// The queue's next item; once it is drained, its room goes back ([`release_if_large`]).
+fn pop_or_release<T>(queue: &mut VecDeque<T>) -> Option<T> {
+    let item = queue.pop_front();
+    if item.is_none() {
+        release_if_large(queue);
+    }
+    item
 }
 
 #[cfg(test)]
